@@ -1,0 +1,1 @@
+//! Container runtime: the trait, the libcontainer implementation and a recording fake.

@@ -1,0 +1,53 @@
+//! The wire contract between Baton's coordinator and its agents.
+//!
+//! Architecture invariant: this crate is the only place that defines wire types and MQTT
+//! topic names. It has no async runtime and no MQTT client, so it builds for any target
+//! the agent runs on, and both sides link the very same definitions.
+//!
+//! Compatibility rules (postcard does not describe itself):
+//! - every message travels in an [`Envelope`] whose first field is [`PROTO_VERSION`];
+//! - enum variants are only ever added at the end, struct fields are never reordered,
+//!   added or removed without bumping [`PROTO_VERSION`];
+//! - `tests/golden.rs` pins the exact bytes of representative messages.
+
+mod bounded;
+mod envelope;
+mod messages;
+pub mod topics;
+
+pub use bounded::{BString, BVec};
+pub use envelope::{Envelope, Sender};
+pub use messages::*;
+
+/// The envelope format version. Bump it for any change in the encoding of any message.
+pub const PROTO_VERSION: u16 = 1;
+
+/// The largest encoded envelope either side accepts. Big enough for a node running
+/// [`MAX_PODS_PER_NODE`] ordinary pods; small enough for a Pi Zero to decode safely.
+pub const MAX_MESSAGE_BYTES: usize = 256 * 1024;
+
+/// The most pods one node is ever assigned (kubelet's default `maxPods`).
+pub const MAX_PODS_PER_NODE: usize = 110;
+
+/// The most containers in one pod.
+pub const MAX_CONTAINERS_PER_POD: usize = 16;
+
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum ProtoError {
+    #[error("message of {len} bytes exceeds the limit of {max} bytes")]
+    TooLarge { len: usize, max: usize },
+    #[error("unsupported protocol version {got} (this build speaks {PROTO_VERSION})")]
+    UnsupportedVersion { got: u16 },
+    #[error("malformed message: {0}")]
+    Decode(postcard::Error),
+    #[error("{trailing} unexpected bytes after the message")]
+    TrailingBytes { trailing: usize },
+    #[error("failed to encode message: {0}")]
+    Encode(postcard::Error),
+    #[error("string of {got} bytes exceeds the limit of {max}")]
+    TooLong { max: usize, got: usize },
+    #[error("{got} elements exceed the limit of {max}")]
+    TooMany { max: usize, got: usize },
+    #[error("invalid node name {0:?}: use 1-63 characters from [A-Za-z0-9._-]")]
+    InvalidNodeName(String),
+}

@@ -1,0 +1,235 @@
+//! Message bodies. Field order is wire order: see the compatibility rules in the crate docs.
+
+use core::fmt;
+use core::net::IpAddr;
+
+use serde::{Deserialize, Serialize};
+
+use crate::{BString, BVec, ProtoError, MAX_CONTAINERS_PER_POD, MAX_PODS_PER_NODE};
+
+/// A node's name: 1-63 characters from `[A-Za-z0-9._-]`, so it is always a single,
+/// wildcard-free MQTT topic level and a valid file and interface-name stem.
+#[derive(Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(try_from = "heapless::String<63>", into = "heapless::String<63>")]
+pub struct NodeName(heapless::String<63>);
+
+impl NodeName {
+    pub fn new(s: &str) -> Result<Self, ProtoError> {
+        let ok = !s.is_empty()
+            && s.len() <= 63
+            && s.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
+            && s != "."
+            && s != "..";
+        if !ok {
+            return Err(ProtoError::InvalidNodeName(s.chars().take(80).collect()));
+        }
+        let mut h = heapless::String::new();
+        h.push_str(s).map_err(|_| ProtoError::InvalidNodeName(s.to_owned()))?;
+        Ok(Self(h))
+    }
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl TryFrom<heapless::String<63>> for NodeName {
+    type Error = ProtoError;
+    fn try_from(s: heapless::String<63>) -> Result<Self, ProtoError> {
+        Self::new(&s)
+    }
+}
+
+impl From<NodeName> for heapless::String<63> {
+    fn from(n: NodeName) -> Self {
+        n.0
+    }
+}
+
+impl fmt::Display for NodeName {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl fmt::Debug for NodeName {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Debug::fmt(self.as_str(), f)
+    }
+}
+
+/// Every message either side sends. Variants are only ever appended.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub enum Body {
+    /// Agent -> coordinator, on every (re)connect.
+    Hello(Hello),
+    /// Agent -> coordinator, periodically: what it has applied, and a digest of its pods.
+    Heartbeat(Heartbeat),
+    /// Agent -> coordinator: the full observed state of the node's pods.
+    Status(NodeStatus),
+    /// The agent's MQTT last will, published by the broker when the agent vanishes.
+    Offline,
+    /// Coordinator -> agent, retained: everything the node should run.
+    Desired(DesiredState),
+    /// Coordinator -> agent: send a full [`Body::Status`] now (the heartbeat digest differed).
+    StatusRequest,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Capacity {
+    pub cpu_millis: u32,
+    pub memory_bytes: u64,
+    pub pods: u16,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Label {
+    pub key: BString<317>,
+    pub value: BString<63>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Hello {
+    /// Go-style architecture name, as Kubernetes and OCI use it: amd64, arm64, arm.
+    pub arch: heapless::String<16>,
+    /// OCI variant for `arm` (v6, v7), empty otherwise.
+    pub arch_variant: heapless::String<8>,
+    pub os: heapless::String<16>,
+    pub agent_version: heapless::String<32>,
+    /// What the node offers to pods: its capacity less the agent's reserve.
+    pub allocatable: Capacity,
+    pub labels: BVec<Label, 64>,
+    /// The node's own address, where its hostPorts answer.
+    pub address: Option<IpAddr>,
+    /// The range pod addresses on this node come from, e.g. `10.42.7.0/24`.
+    pub pod_cidr: BString<43>,
+    /// The generation of desired state the agent has applied (0: none yet).
+    pub applied_generation: u64,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Heartbeat {
+    pub applied_generation: u64,
+    /// [`NodeStatus::digest`] of the agent's current status.
+    pub status_digest: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct DesiredState {
+    /// Grows by one whenever the coordinator changes what this node should run.
+    pub generation: u64,
+    pub pods: BVec<PodSpec, MAX_PODS_PER_NODE>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum RestartPolicy {
+    Always,
+    OnFailure,
+    Never,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum PullPolicy {
+    Always,
+    IfNotPresent,
+    Never,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Protocol {
+    Tcp,
+    Udp,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct PodSpec {
+    pub name: BString<253>,
+    /// Distinguishes two incarnations of a pod with the same name.
+    pub uid: BString<64>,
+    pub host_network: bool,
+    pub restart_policy: RestartPolicy,
+    pub termination_grace_secs: u32,
+    pub containers: BVec<ContainerSpec, MAX_CONTAINERS_PER_POD>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EnvVar {
+    pub name: BString<256>,
+    pub value: BString<4096>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Port {
+    pub container_port: u16,
+    pub host_port: Option<u16>,
+    pub protocol: Protocol,
+}
+
+/// Requests and limits, already converted to integer units.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Resources {
+    pub cpu_request_millis: u32,
+    pub cpu_limit_millis: Option<u32>,
+    pub memory_request_bytes: u64,
+    pub memory_limit_bytes: Option<u64>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ContainerSpec {
+    pub name: BString<63>,
+    pub image: BString<512>,
+    pub image_pull_policy: PullPolicy,
+    /// Replaces the image's entrypoint when non-empty.
+    pub command: BVec<BString<4096>, 64>,
+    /// Replaces the image's cmd when non-empty.
+    pub args: BVec<BString<4096>, 256>,
+    pub env: BVec<EnvVar, 256>,
+    pub working_dir: Option<BString<4096>>,
+    pub ports: BVec<Port, 32>,
+    pub resources: Resources,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct NodeStatus {
+    pub applied_generation: u64,
+    pub pods: BVec<PodStatus, MAX_PODS_PER_NODE>,
+}
+
+impl NodeStatus {
+    /// FNV-1a over the postcard encoding of `pods`: cheap change detection, so that a
+    /// heartbeat can say "this is what I have" in eight bytes. Not a security measure.
+    pub fn digest(&self) -> u64 {
+        let bytes = postcard::to_allocvec(&self.pods).unwrap_or_default();
+        let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+        for b in bytes {
+            h ^= u64::from(b);
+            h = h.wrapping_mul(0x0000_0100_0000_01b3);
+        }
+        h
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct PodStatus {
+    pub name: BString<253>,
+    pub uid: BString<64>,
+    pub pod_ip: Option<IpAddr>,
+    pub containers: BVec<ContainerStatus, MAX_CONTAINERS_PER_POD>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ContainerStatus {
+    pub name: BString<63>,
+    pub state: ContainerState,
+    pub restart_count: u32,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ContainerState {
+    Pending,
+    Pulling,
+    /// Running since `started_at_ms` (Unix milliseconds, agent clock).
+    Running { started_at_ms: u64 },
+    Exited { code: i32 },
+    OomKilled,
+    Failed { reason: BString<1024> },
+}

@@ -1,0 +1,111 @@
+//! MQTT topic names, defined here and nowhere else.
+//!
+//! Every topic lives under [`PREFIX`] and names exactly one node, split by direction so a
+//! broker ACL can grant a device `baton/v1/nodes/<its name>/#` and nothing more:
+//!
+//! ```text
+//! baton/v1/nodes/<node>/up/{hello,heartbeat,status,offline}   agent -> coordinator
+//! baton/v1/nodes/<node>/down/{desired,control}                coordinator -> agent
+//! ```
+
+use crate::{Body, NodeName};
+
+pub const PREFIX: &str = "baton/v1";
+
+/// What the coordinator subscribes to: every node's upward topics.
+pub const COORDINATOR_FILTER: &str = "baton/v1/nodes/+/up/#";
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Up {
+    Hello,
+    Heartbeat,
+    Status,
+    Offline,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Down {
+    /// Retained: the broker hands the latest desired state to a reconnecting agent.
+    Desired,
+    Control,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    Up(Up),
+    Down(Down),
+}
+
+impl Kind {
+    fn leaf(self) -> &'static str {
+        match self {
+            Kind::Up(Up::Hello) => "up/hello",
+            Kind::Up(Up::Heartbeat) => "up/heartbeat",
+            Kind::Up(Up::Status) => "up/status",
+            Kind::Up(Up::Offline) => "up/offline",
+            Kind::Down(Down::Desired) => "down/desired",
+            Kind::Down(Down::Control) => "down/control",
+        }
+    }
+
+    /// The one topic kind each body may travel on.
+    pub fn of(body: &Body) -> Kind {
+        match body {
+            Body::Hello(_) => Kind::Up(Up::Hello),
+            Body::Heartbeat(_) => Kind::Up(Up::Heartbeat),
+            Body::Status(_) => Kind::Up(Up::Status),
+            Body::Offline => Kind::Up(Up::Offline),
+            Body::Desired(_) => Kind::Down(Down::Desired),
+            Body::StatusRequest => Kind::Down(Down::Control),
+        }
+    }
+}
+
+pub fn topic(node: &NodeName, kind: Kind) -> String {
+    format!("{PREFIX}/nodes/{node}/{}", kind.leaf())
+}
+
+/// What an agent subscribes to: its own downward topics.
+pub fn agent_filter(node: &NodeName) -> String {
+    format!("{PREFIX}/nodes/{node}/down/#")
+}
+
+/// Splits a concrete topic into its node and kind; `None` for anything not ours.
+pub fn parse(topic: &str) -> Option<(NodeName, Kind)> {
+    let rest = topic.strip_prefix(PREFIX)?.strip_prefix("/nodes/")?;
+    let (node, leaf) = rest.split_once('/')?;
+    let kind = [
+        Kind::Up(Up::Hello),
+        Kind::Up(Up::Heartbeat),
+        Kind::Up(Up::Status),
+        Kind::Up(Up::Offline),
+        Kind::Down(Down::Desired),
+        Kind::Down(Down::Control),
+    ]
+    .into_iter()
+    .find(|k| k.leaf() == leaf)?;
+    Some((NodeName::new(node).ok()?, kind))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn topics_round_trip() {
+        let n = NodeName::new("pi-7").unwrap();
+        for k in [Kind::Up(Up::Hello), Kind::Up(Up::Offline), Kind::Down(Down::Desired)] {
+            let t = topic(&n, k);
+            assert_eq!(parse(&t), Some((n.clone(), k)));
+        }
+        assert_eq!(topic(&n, Kind::Up(Up::Heartbeat)), "baton/v1/nodes/pi-7/up/heartbeat");
+        assert_eq!(agent_filter(&n), "baton/v1/nodes/pi-7/down/#");
+    }
+
+    #[test]
+    fn foreign_topics_are_not_ours() {
+        for t in ["baton/v2/nodes/a/up/hello", "baton/v1/nodes/a/up/nope", "baton/v1/nodes/+/up/hello", "x"] {
+            assert_eq!(parse(t), None, "{t}");
+        }
+    }
+}

@@ -1,0 +1,51 @@
+#!/usr/bin/env bash
+# Installs every system package the fleet and the test suite need, on a fresh Debian 12
+# machine. Idempotent: packages already present are skipped, so CI pays only for what is new.
+set -euo pipefail
+
+need_root() { [ "$(id -u)" = 0 ] || { echo "install-deps: run as root" >&2; exit 1; }; }
+need_root
+
+# Debian packages, by what needs them:
+#   iproute2 iptables          pod networking (bridge, veth, netns, NAT)
+#   libseccomp-dev             libcontainer's seccomp feature links -lseccomp
+#   docker-registry            a real OCI registry on loopback for e2e tests
+#   mosquitto mosquitto-clients the external-broker mode and its tests
+#   runc                       the reference runtime the benchmarks compare against
+#   busybox-static             the example images' userland (amd64; arm64 via apt-get download)
+#   gcc-aarch64-linux-gnu qemu-user-static  the aarch64 cross build and its smoke test
+#   curl python3               image build/push script and health checks
+PKGS=(iproute2 iptables libseccomp-dev docker-registry mosquitto mosquitto-clients runc
+      busybox-static gcc-aarch64-linux-gnu qemu-user-static curl python3 pkg-config)
+
+missing=()
+for p in "${PKGS[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+if [ "${#missing[@]}" -gt 0 ]; then
+  echo "install-deps: installing ${missing[*]}"
+  apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+fi
+
+# Debian starts these daemons on install; the tests start their own instances on
+# loopback or inside their own namespaces, so the system-wide ones must not hold ports.
+for svc in mosquitto docker-registry; do
+  if command -v systemctl >/dev/null 2>&1 && systemctl is-active --quiet "$svc" 2>/dev/null; then
+    systemctl stop "$svc" || true
+  fi
+  pkill -x "$svc" 2>/dev/null || true
+done
+pkill -f '^/usr/bin/docker-registry' 2>/dev/null || true
+
+# The arm64 busybox for the multi-arch example images.
+if ! dpkg --print-foreign-architectures | grep -qx arm64; then
+  dpkg --add-architecture arm64
+  apt-get update -qq
+fi
+
+# Rust targets for the ARM builds.
+if command -v rustup >/dev/null 2>&1; then
+  rustup target list --installed | grep -qx aarch64-unknown-linux-musl || rustup target add aarch64-unknown-linux-musl
+fi
+echo "install-deps: ok"

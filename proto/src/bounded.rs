@@ -22,7 +22,10 @@ impl<const N: usize> BString<N> {
     pub fn new(s: impl Into<String>) -> Result<Self, ProtoError> {
         let s = s.into();
         if s.len() > N {
-            return Err(ProtoError::TooLong { max: N, got: s.len() });
+            return Err(ProtoError::TooLong {
+                max: N,
+                got: s.len(),
+            });
         }
         Ok(Self(s))
     }
@@ -88,7 +91,10 @@ impl<T, const N: usize> BVec<T, N> {
     }
     pub fn from_vec(v: Vec<T>) -> Result<Self, ProtoError> {
         if v.len() > N {
-            return Err(ProtoError::TooMany { max: N, got: v.len() });
+            return Err(ProtoError::TooMany {
+                max: N,
+                got: v.len(),
+            });
         }
         Ok(Self(v))
     }

@@ -26,13 +26,22 @@ pub struct Envelope {
 
 impl Envelope {
     pub fn new(sender: Sender, seq: u64, body: Body) -> Self {
-        Self { proto_version: PROTO_VERSION, sender, seq, body, signature: BVec::new() }
+        Self {
+            proto_version: PROTO_VERSION,
+            sender,
+            seq,
+            body,
+            signature: BVec::new(),
+        }
     }
 
     pub fn encode(&self) -> Result<Vec<u8>, ProtoError> {
         let bytes = postcard::to_allocvec(self).map_err(ProtoError::Encode)?;
         if bytes.len() > MAX_MESSAGE_BYTES {
-            return Err(ProtoError::TooLarge { len: bytes.len(), max: MAX_MESSAGE_BYTES });
+            return Err(ProtoError::TooLarge {
+                len: bytes.len(),
+                max: MAX_MESSAGE_BYTES,
+            });
         }
         Ok(bytes)
     }
@@ -41,15 +50,21 @@ impl Envelope {
     /// unknown version before looking at the body, and any trailing garbage.
     pub fn decode(bytes: &[u8]) -> Result<Self, ProtoError> {
         if bytes.len() > MAX_MESSAGE_BYTES {
-            return Err(ProtoError::TooLarge { len: bytes.len(), max: MAX_MESSAGE_BYTES });
+            return Err(ProtoError::TooLarge {
+                len: bytes.len(),
+                max: MAX_MESSAGE_BYTES,
+            });
         }
         let (version, _) = postcard::take_from_bytes::<u16>(bytes).map_err(ProtoError::Decode)?;
         if version != PROTO_VERSION {
             return Err(ProtoError::UnsupportedVersion { got: version });
         }
-        let (env, rest) = postcard::take_from_bytes::<Envelope>(bytes).map_err(ProtoError::Decode)?;
+        let (env, rest) =
+            postcard::take_from_bytes::<Envelope>(bytes).map_err(ProtoError::Decode)?;
         if !rest.is_empty() {
-            return Err(ProtoError::TrailingBytes { trailing: rest.len() });
+            return Err(ProtoError::TrailingBytes {
+                trailing: rest.len(),
+            });
         }
         Ok(env)
     }

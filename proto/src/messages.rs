@@ -17,14 +17,16 @@ impl NodeName {
     pub fn new(s: &str) -> Result<Self, ProtoError> {
         let ok = !s.is_empty()
             && s.len() <= 63
-            && s.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
+            && s.bytes()
+                .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
             && s != "."
             && s != "..";
         if !ok {
             return Err(ProtoError::InvalidNodeName(s.chars().take(80).collect()));
         }
         let mut h = heapless::String::new();
-        h.push_str(s).map_err(|_| ProtoError::InvalidNodeName(s.to_owned()))?;
+        h.push_str(s)
+            .map_err(|_| ProtoError::InvalidNodeName(s.to_owned()))?;
         Ok(Self(h))
     }
     pub fn as_str(&self) -> &str {
@@ -228,8 +230,14 @@ pub enum ContainerState {
     Pending,
     Pulling,
     /// Running since `started_at_ms` (Unix milliseconds, agent clock).
-    Running { started_at_ms: u64 },
-    Exited { code: i32 },
+    Running {
+        started_at_ms: u64,
+    },
+    Exited {
+        code: i32,
+    },
     OomKilled,
-    Failed { reason: BString<1024> },
+    Failed {
+        reason: BString<1024>,
+    },
 }

@@ -94,17 +94,29 @@ mod tests {
     #[test]
     fn topics_round_trip() {
         let n = NodeName::new("pi-7").unwrap();
-        for k in [Kind::Up(Up::Hello), Kind::Up(Up::Offline), Kind::Down(Down::Desired)] {
+        for k in [
+            Kind::Up(Up::Hello),
+            Kind::Up(Up::Offline),
+            Kind::Down(Down::Desired),
+        ] {
             let t = topic(&n, k);
             assert_eq!(parse(&t), Some((n.clone(), k)));
         }
-        assert_eq!(topic(&n, Kind::Up(Up::Heartbeat)), "baton/v1/nodes/pi-7/up/heartbeat");
+        assert_eq!(
+            topic(&n, Kind::Up(Up::Heartbeat)),
+            "baton/v1/nodes/pi-7/up/heartbeat"
+        );
         assert_eq!(agent_filter(&n), "baton/v1/nodes/pi-7/down/#");
     }
 
     #[test]
     fn foreign_topics_are_not_ours() {
-        for t in ["baton/v2/nodes/a/up/hello", "baton/v1/nodes/a/up/nope", "baton/v1/nodes/+/up/hello", "x"] {
+        for t in [
+            "baton/v2/nodes/a/up/hello",
+            "baton/v1/nodes/a/up/nope",
+            "baton/v1/nodes/+/up/hello",
+            "x",
+        ] {
             assert_eq!(parse(t), None, "{t}");
         }
     }

@@ -1,0 +1,64 @@
+#!/usr/bin/env bash
+# Builds Baton's example images (baton/busybox:1, baton/http-echo:1 and :2), each a
+# linux/amd64 + linux/arm64 image index, as OCI layouts under images/out/ (or --out DIR),
+# reproducibly, without Docker. With --push HOST:PORT it also pushes them to a plain-HTTP
+# registry (see images/registry.sh). Prints every image's index digest.
+#
+#   images/build.sh [--out DIR] [--push HOST:PORT]
+set -euo pipefail
+
+here=$(cd "$(dirname "$0")" && pwd)
+out="$here/out"
+cache="$here/.cache"
+push=""
+while [ $# -gt 0 ]; do
+  case "$1" in
+    --out) out=$2; shift 2 ;;
+    --push) push=$2; shift 2 ;;
+    -h|--help) sed -n '2,7p' "$0"; exit 0 ;;
+    *) echo "build.sh: unknown argument $1" >&2; exit 2 ;;
+  esac
+done
+
+amd64_bin=/bin/busybox
+if ! dpkg-query -W -f='${Status}' busybox-static 2>/dev/null | grep -q "install ok installed"; then
+  echo "build.sh: busybox-static is not installed; run scripts/install-deps.sh" >&2
+  exit 1
+fi
+version=$(dpkg-query -W -f='${Version}' busybox-static)
+
+# The arm64 busybox comes from the same Debian version's arm64 package, kept in a cache
+# inside the repo so rebuilds are offline and give the same bytes.
+mkdir -p "$cache"
+deb=""
+for f in "$cache"/busybox-static_*_arm64.deb; do
+  [ -e "$f" ] && [ "$(dpkg-deb -f "$f" Version)" = "$version" ] && deb=$f
+done
+if [ -z "$deb" ]; then
+  if ! dpkg --print-foreign-architectures | grep -qx arm64; then
+    echo "build.sh: dpkg has no arm64 architecture; run scripts/install-deps.sh" >&2
+    exit 1
+  fi
+  # apt-get download writes into the current directory; run it as _apt can't write here.
+  (cd "$cache" && apt-get download -q -o APT::Sandbox::User=root "busybox-static:arm64=$version" >/dev/null)
+  for f in "$cache"/busybox-static_*_arm64.deb; do
+    [ -e "$f" ] && [ "$(dpkg-deb -f "$f" Version)" = "$version" ] && deb=$f
+  done
+  [ -n "$deb" ] || { echo "build.sh: could not download busybox-static:arm64=$version" >&2; exit 1; }
+fi
+rm -rf "$cache/arm64"
+dpkg-deb -x "$deb" "$cache/arm64"
+arm64_bin="$cache/arm64/bin/busybox"
+
+# Both binaries come from the same source version and Debian config, so they share one
+# applet list; take it from the one we can run.
+"$amd64_bin" --list-full > "$cache/applets"
+
+rm -rf "$out"
+mkdir -p "$out"
+python3 "$here/oci.py" build --out "$out" \
+  --busybox-amd64 "$amd64_bin" --busybox-arm64 "$arm64_bin" --applets "$cache/applets"
+
+if [ -n "$push" ]; then
+  python3 "$here/oci.py" push --out "$out" --registry "$push"
+fi

@@ -1,0 +1,87 @@
+#!/usr/bin/env bash
+# Starts or stops a throwaway OCI registry (Debian's docker-registry, Distribution 2.8) for
+# tests and demos. Everything it owns lives in DATA_DIR: config, storage, log and pidfile.
+#
+#   images/registry.sh start ADDR DATA_DIR   # ADDR like 127.0.0.1:5000; returns once /v2/ answers
+#   images/registry.sh stop  ADDR DATA_DIR
+#
+# Works under `ip netns exec NS`: the daemon inherits the namespace, and the readiness
+# probe runs from the same one. Only the HTTP listener is configured: no debug or
+# prometheus listeners, no auth, plain HTTP.
+set -euo pipefail
+
+usage() { echo "usage: $0 start|stop ADDR DATA_DIR" >&2; exit 2; }
+[ $# -eq 3 ] || usage
+action=$1 addr=$2 data=$3
+registry_bin=${REGISTRY_BIN:-/usr/bin/docker-registry}
+pidfile="$data/registry.pid"
+
+# True if the pidfile names a live docker-registry (not a recycled pid).
+running() {
+  [ -f "$pidfile" ] || return 1
+  local pid
+  pid=$(cat "$pidfile")
+  [ -n "$pid" ] && [ -r "/proc/$pid/cmdline" ] && tr '\0' ' ' <"/proc/$pid/cmdline" | grep -q "docker-registry"
+}
+
+case "$action" in
+  start)
+    [ -x "$registry_bin" ] || { echo "registry.sh: $registry_bin missing; run scripts/install-deps.sh" >&2; exit 1; }
+    mkdir -p "$data/storage"
+    data=$(cd "$data" && pwd)
+    pidfile="$data/registry.pid"
+    if running; then
+      echo "registry.sh: already running (pid $(cat "$pidfile"))" >&2
+      exit 1
+    fi
+    cat >"$data/config.yml" <<EOF
+version: 0.1
+log:
+  level: warn
+  accesslog:
+    disabled: true
+storage:
+  filesystem:
+    rootdirectory: $data/storage
+  delete:
+    enabled: true
+http:
+  addr: $addr
+EOF
+    # setsid: the registry must outlive this script and not share its process group.
+    setsid "$registry_bin" serve "$data/config.yml" </dev/null >"$data/registry.log" 2>&1 &
+    echo $! >"$pidfile"
+    for _ in $(seq 1 200); do
+      if curl -fsS -o /dev/null --max-time 1 "http://$addr/v2/" 2>/dev/null; then
+        exit 0
+      fi
+      if ! running; then
+        echo "registry.sh: docker-registry exited; log:" >&2
+        cat "$data/registry.log" >&2
+        rm -f "$pidfile"
+        exit 1
+      fi
+      sleep 0.1
+    done
+    echo "registry.sh: no answer from http://$addr/v2/ after 20 s; log:" >&2
+    cat "$data/registry.log" >&2
+    kill "$(cat "$pidfile")" 2>/dev/null || true
+    rm -f "$pidfile"
+    exit 1
+    ;;
+  stop)
+    if ! running; then
+      rm -f "$pidfile"
+      exit 0
+    fi
+    pid=$(cat "$pidfile")
+    kill -TERM "$pid" 2>/dev/null || true
+    for _ in $(seq 1 100); do
+      [ -d "/proc/$pid" ] || break
+      sleep 0.1
+    done
+    [ -d "/proc/$pid" ] && kill -KILL "$pid" 2>/dev/null || true
+    rm -f "$pidfile"
+    ;;
+  *) usage ;;
+esac

@@ -252,6 +252,7 @@ pub enum ContainerState {
     Pulling,
     Running { started_at: String },
     Exited { exit_code: i32 },
+    #[serde(rename = "oomKilled")]
     OOMKilled,
     Failed { reason: String },
 }

@@ -16,7 +16,8 @@ need_root
 #   gcc-aarch64-linux-gnu qemu-user-static  the aarch64 cross build and its smoke test
 #   curl python3               image build/push script and health checks
 PKGS=(iproute2 iptables libseccomp-dev docker-registry mosquitto mosquitto-clients runc
-      busybox-static gcc-aarch64-linux-gnu qemu-user-static curl python3 pkg-config)
+      busybox-static gcc-aarch64-linux-gnu qemu-user-static curl python3 pkg-config
+      linux-libc-dev-arm64-cross)
 
 missing=()
 for p in "${PKGS[@]}"; do
@@ -42,6 +43,11 @@ pkill -f '^/usr/bin/docker-registry' 2>/dev/null || true
 if ! dpkg --print-foreign-architectures | grep -qx arm64; then
   dpkg --add-architecture arm64
   apt-get update -qq
+fi
+# musl's aarch64 headers for C code in the static aarch64-musl agent (cross/aarch64-linux-musl-gcc);
+# a foreign-arch package, so it can only be installed once arm64 is added above.
+if ! dpkg-query -W -f='${Status}' musl-dev:arm64 2>/dev/null | grep -q "install ok installed"; then
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends musl-dev:arm64 >/dev/null
 fi
 
 # Rust targets for the ARM builds.

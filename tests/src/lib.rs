@@ -1,1 +1,392 @@
+//! Harness for end-to-end tests across real processes.
+//!
+//! A [`Lab`] is a small fleet on one machine: a "hub" network namespace holding the
+//! coordinator, its broker and an OCI registry, and one namespace per agent, each a
+//! separate "device" with its own address on a shared bridge. Every address used lives in
+//! namespaces the lab created, and everything it starts is stopped and removed on drop,
+//! also when a test fails.
 
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+use serde_json::Value;
+
+pub fn repo_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("tests/ has a parent").to_path_buf()
+}
+
+/// A workspace binary, built by `cargo build` before the tests run (scripts/test.sh does).
+pub fn bin(name: &str) -> PathBuf {
+    let exe = std::env::current_exe().expect("test executable path");
+    // target/debug/deps/<test> -> target/debug/<name>
+    let p = exe.parent().and_then(Path::parent).map(|d| d.join(name)).expect("target dir");
+    assert!(p.exists(), "{} is missing: run `cargo build --workspace --bins` first (scripts/test.sh does)", p.display());
+    p
+}
+
+/// Runs a command, failing with its output if it fails.
+pub fn sh(cmd: &mut Command) -> Result<Output> {
+    let out = cmd.output().with_context(|| format!("cannot run {cmd:?}"))?;
+    if !out.status.success() {
+        bail!(
+            "{cmd:?} failed ({}): {}{}",
+            out.status,
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    Ok(out)
+}
+
+fn ip(args: &[&str]) -> Result<()> {
+    sh(Command::new("ip").args(args)).map(|_| ())
+}
+
+/// Polls `f` until it returns `Ok(Some(v))`, or fails after `timeout` with the last error.
+pub fn wait_for<T>(what: &str, timeout: Duration, mut f: impl FnMut() -> Result<Option<T>>) -> Result<T> {
+    let start = Instant::now();
+    let mut last = String::from("condition not met");
+    loop {
+        match f() {
+            Ok(Some(v)) => return Ok(v),
+            Ok(None) => {}
+            Err(e) => last = format!("{e:#}"),
+        }
+        if start.elapsed() > timeout {
+            bail!("timed out after {timeout:?} waiting for {what}: {last}");
+        }
+        std::thread::sleep(Duration::from_millis(300));
+    }
+}
+
+/// A child process that is stopped (SIGTERM, then SIGKILL) when dropped.
+pub struct Proc {
+    pub name: String,
+    child: Option<Child>,
+    log: PathBuf,
+}
+
+impl Proc {
+    pub fn spawn(name: &str, cmd: &mut Command, log: PathBuf) -> Result<Proc> {
+        let f = fs::File::create(&log)?;
+        let child = cmd
+            .stdin(Stdio::null())
+            .stdout(f.try_clone()?)
+            .stderr(f)
+            .spawn()
+            .with_context(|| format!("cannot start {name}: {cmd:?}"))?;
+        Ok(Proc { name: name.into(), child: Some(child), log })
+    }
+
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
+    pub fn log(&self) -> String {
+        fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    pub fn is_running(&mut self) -> bool {
+        self.child.as_mut().is_some_and(|c| matches!(c.try_wait(), Ok(None)))
+    }
+
+    /// SIGTERM, wait up to `grace`, then SIGKILL.
+    pub fn stop(&mut self, grace: Duration) {
+        let Some(mut child) = self.child.take() else { return };
+        let _ = Command::new("kill").arg("-TERM").arg(child.id().to_string()).status();
+        let deadline = Instant::now() + grace;
+        while Instant::now() < deadline {
+            if let Ok(Some(_)) = child.try_wait() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        let _ = child.kill();
+        let _ = child.wait();
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        self.stop(Duration::from_secs(30));
+        if std::thread::panicking() {
+            let log = self.log();
+            let tail: Vec<&str> = log.lines().rev().take(60).collect();
+            eprintln!("----- last lines of {} ({}) -----", self.name, self.log.display());
+            for l in tail.into_iter().rev() {
+                eprintln!("{l}");
+            }
+        }
+    }
+}
+
+/// A network namespace, deleted on drop.
+pub struct Netns(pub String);
+
+impl Netns {
+    pub fn new(name: &str) -> Result<Netns> {
+        let _ = Command::new("ip").args(["netns", "del", name]).output();
+        ip(&["netns", "add", name])?;
+        let ns = Netns(name.into());
+        ip(&["-n", name, "link", "set", "lo", "up"])?;
+        Ok(ns)
+    }
+
+    /// `ip netns exec <ns> <program>`.
+    pub fn cmd(&self, program: impl AsRef<std::ffi::OsStr>) -> Command {
+        let mut c = Command::new("ip");
+        c.args(["netns", "exec", &self.0]).arg(program);
+        c
+    }
+}
+
+impl Drop for Netns {
+    fn drop(&mut self) {
+        let _ = Command::new("ip").args(["netns", "del", &self.0]).output();
+    }
+}
+
+pub enum Broker {
+    /// The coordinator's embedded broker.
+    Embedded,
+    /// A real Mosquitto in the hub namespace; the coordinator uses `--broker`.
+    Mosquitto,
+}
+
+pub struct Agent {
+    pub name: String,
+    pub ns: Netns,
+    pub addr: String,
+    pub data_dir: PathBuf,
+    pub proc: Option<Proc>,
+}
+
+static NEXT: AtomicU32 = AtomicU32::new(0);
+
+/// A fleet: hub (coordinator, broker, registry) plus agents, each in its own namespace.
+pub struct Lab {
+    pub id: String,
+    pub dir: tempfile::TempDir,
+    pub subnet: u32,
+    pub hub: Netns,
+    pub agents: Vec<Agent>,
+    pub coordinator: Option<Proc>,
+    pub mosquitto: Option<Proc>,
+    broker: Broker,
+    registry_dir: PathBuf,
+    coordinator_starts: u32,
+}
+
+impl Lab {
+    pub fn hub_ip(&self) -> String {
+        format!("10.213.{}.1", self.subnet)
+    }
+
+    pub fn registry(&self) -> String {
+        format!("{}:5000", self.hub_ip())
+    }
+
+    pub fn mqtt_url(&self) -> String {
+        format!("mqtt://{}:1883", self.hub_ip())
+    }
+
+    /// Builds the namespaces and links, starts the registry with the example images, the
+    /// broker if external, the coordinator, and `agents` agents.
+    pub fn start(tag: &str, agents: usize, broker: Broker) -> Result<Lab> {
+        let n = NEXT.fetch_add(1, Ordering::SeqCst);
+        let pid = std::process::id();
+        let subnet = (pid.wrapping_mul(7).wrapping_add(n * 13)) % 200 + 20;
+        let id = format!("{tag}{}-{n}", pid % 10000);
+        let dir = tempfile::Builder::new().prefix(&format!("baton-e2e-{id}-")).tempdir()?;
+        let hub = Netns::new(&format!("bt-{id}-hub"))?;
+        let br = "br-lab";
+        ip(&["-n", &hub.0, "link", "add", br, "type", "bridge"])?;
+        let hub_ip = format!("10.213.{subnet}.1");
+        ip(&["-n", &hub.0, "addr", "add", &format!("{hub_ip}/24"), "dev", br])?;
+        ip(&["-n", &hub.0, "link", "set", br, "up"])?;
+        let registry_dir = dir.path().join("registry");
+        let mut lab = Lab {
+            id: id.clone(),
+            dir,
+            subnet,
+            hub,
+            agents: Vec::new(),
+            coordinator: None,
+            mosquitto: None,
+            broker,
+            registry_dir,
+            coordinator_starts: 0,
+        };
+        for i in 1..=agents {
+            let name = format!("{id}-n{i}");
+            let ns = Netns::new(&format!("bt-{name}"))?;
+            let (a, b) = (format!("v{subnet}x{n}a{i}"), format!("v{subnet}x{n}b{i}"));
+            ip(&["link", "add", &a, "type", "veth", "peer", "name", &b])?;
+            ip(&["link", "set", &a, "netns", &lab.hub.0])?;
+            ip(&["link", "set", &b, "netns", &ns.0])?;
+            ip(&["-n", &lab.hub.0, "link", "set", &a, "master", br, "up"])?;
+            ip(&["-n", &ns.0, "link", "set", &b, "name", "eth0"])?;
+            let addr = format!("10.213.{subnet}.{}", 10 + i);
+            ip(&["-n", &ns.0, "addr", "add", &format!("{addr}/24"), "dev", "eth0"])?;
+            ip(&["-n", &ns.0, "link", "set", "eth0", "up"])?;
+            let data_dir = lab.dir.path().join(format!("agent{i}"));
+            lab.agents.push(Agent { name, ns, addr, data_dir, proc: None });
+        }
+        lab.start_registry()?;
+        if matches!(lab.broker, Broker::Mosquitto) {
+            lab.start_mosquitto()?;
+        }
+        lab.start_coordinator()?;
+        for i in 0..agents {
+            lab.start_agent(i)?;
+        }
+        Ok(lab)
+    }
+
+    fn start_registry(&self) -> Result<()> {
+        let root = repo_root();
+        sh(self.hub.cmd(root.join("images/registry.sh")).args(["start", &self.registry()]).arg(&self.registry_dir))?;
+        sh(self.hub.cmd(root.join("images/build.sh")).args(["--push", &self.registry()]))?;
+        Ok(())
+    }
+
+    fn start_mosquitto(&mut self) -> Result<()> {
+        let conf = self.dir.path().join("mosquitto.conf");
+        fs::write(
+            &conf,
+            format!(
+                "listener 1883 {}\nallow_anonymous true\nset_tcp_nodelay true\nmax_queued_messages 10000\npersistence false\n",
+                self.hub_ip()
+            ),
+        )?;
+        let log = self.dir.path().join("mosquitto.log");
+        let mut p = Proc::spawn("mosquitto", self.hub.cmd("/usr/sbin/mosquitto").arg("-c").arg(&conf), log)?;
+        let hub = self.hub.0.clone();
+        let port_open = format!("{}:1883", self.hub_ip());
+        wait_for("mosquitto to listen", Duration::from_secs(20), || {
+            if !p.is_running() {
+                bail!("mosquitto exited: {}", p.log());
+            }
+            let out = Command::new("ip").args(["netns", "exec", &hub, "ss", "-ltn"]).output()?;
+            Ok(String::from_utf8_lossy(&out.stdout).contains(&port_open).then_some(()))
+        })?;
+        self.mosquitto = Some(p);
+        Ok(())
+    }
+
+    pub fn start_coordinator(&mut self) -> Result<()> {
+        let mut cmd = self.hub.cmd(bin("baton"));
+        cmd.arg("server").arg("--data-dir").arg(self.dir.path().join("coordinator")).env("RUST_LOG", "info");
+        match self.broker {
+            Broker::Embedded => cmd.args(["--mqtt-listen", &format!("{}:1883", self.hub_ip())]),
+            Broker::Mosquitto => cmd.args(["--broker", &self.mqtt_url()]),
+        };
+        self.coordinator_starts += 1;
+        let log = self.dir.path().join(format!("coordinator-{}.log", self.coordinator_starts));
+        let p = Proc::spawn("coordinator", &mut cmd, log)?;
+        self.coordinator = Some(p);
+        wait_for("the coordinator API", Duration::from_secs(30), || {
+            Ok(self.baton(&["get", "nodes"]).ok().map(|_| ()))
+        })
+    }
+
+    pub fn start_agent(&mut self, i: usize) -> Result<()> {
+        let mqtt = self.mqtt_url();
+        let registry = self.registry();
+        let a = &mut self.agents[i];
+        let mut cmd = a.ns.cmd(bin("baton-agent"));
+        cmd.args(["--coordinator", &mqtt, "--node-name", &a.name, "--insecure-registry", &registry])
+            .args(["--heartbeat-secs", "1", "--pod-cidr", &format!("10.42.{}.0/24", i + 1)])
+            .arg("--data-dir")
+            .arg(&a.data_dir)
+            .env("RUST_LOG", "info");
+        let log = a.data_dir.with_extension("log");
+        a.proc = Some(Proc::spawn(&a.name.clone(), &mut cmd, log)?);
+        let name = a.name.clone();
+        wait_for(&format!("node {name} to be Ready"), Duration::from_secs(60), || {
+            let nodes = self.get_json(&["get", "nodes"])?;
+            Ok(items(&nodes).iter().any(|n| n["metadata"]["name"] == name.as_str() && n["status"]["ready"] == true).then_some(()))
+        })
+    }
+
+    /// Runs the `baton` CLI in the hub namespace against the coordinator.
+    pub fn baton(&self, args: &[&str]) -> Result<Output> {
+        sh(self.hub.cmd(bin("baton")).args(args).env("BATON_SERVER", "http://127.0.0.1:7474"))
+    }
+
+    /// The CLI's result without failing on a non-zero exit.
+    pub fn baton_raw(&self, args: &[&str], stdin: Option<&str>) -> Result<Output> {
+        let mut cmd = self.hub.cmd(bin("baton"));
+        cmd.args(args).env("BATON_SERVER", "http://127.0.0.1:7474");
+        if let Some(input) = stdin {
+            use std::io::Write;
+            let mut child = cmd.stdin(Stdio::piped()).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn()?;
+            child.stdin.take().context("stdin")?.write_all(input.as_bytes())?;
+            return Ok(child.wait_with_output()?);
+        }
+        Ok(cmd.output()?)
+    }
+
+    pub fn apply(&self, yaml: &str) -> Result<Output> {
+        let out = self.baton_raw(&["apply", "-f", "-"], Some(yaml))?;
+        if !out.status.success() {
+            bail!("apply failed: {}", String::from_utf8_lossy(&out.stderr));
+        }
+        Ok(out)
+    }
+
+    pub fn get_json(&self, args: &[&str]) -> Result<Value> {
+        let mut a = args.to_vec();
+        a.extend(["-o", "json"]);
+        let out = self.baton(&a)?;
+        serde_json::from_slice(&out.stdout).with_context(|| format!("baton {a:?} printed no JSON"))
+    }
+
+    pub fn pods(&self) -> Result<Vec<Value>> {
+        Ok(items(&self.get_json(&["get", "pods"])?))
+    }
+
+    pub fn agent_by_node(&self, node: &str) -> Option<&Agent> {
+        self.agents.iter().find(|a| a.name == node)
+    }
+}
+
+impl Drop for Lab {
+    fn drop(&mut self) {
+        // Agents first (they stop their pods on SIGTERM), then a reset for anything left.
+        for (i, a) in self.agents.iter_mut().enumerate() {
+            if let Some(mut p) = a.proc.take() {
+                p.stop(Duration::from_secs(40));
+                drop(p);
+            }
+            let _ = a
+                .ns
+                .cmd(bin("baton-agent"))
+                .args(["reset", "--node-name", &a.name, "--pod-cidr", &format!("10.42.{}.0/24", i + 1)])
+                .arg("--data-dir")
+                .arg(&a.data_dir)
+                .output();
+        }
+        self.coordinator.take();
+        self.mosquitto.take();
+        let _ = Command::new("ip")
+            .args(["netns", "exec", &self.hub.0])
+            .arg(repo_root().join("images/registry.sh"))
+            .args(["stop", &self.registry()])
+            .arg(&self.registry_dir)
+            .output();
+    }
+}
+
+/// The objects of a `get -o json` answer, whether it printed a list or one object.
+pub fn items(v: &Value) -> Vec<Value> {
+    match v {
+        Value::Array(a) => a.clone(),
+        Value::Object(o) if o.contains_key("items") => o["items"].as_array().cloned().unwrap_or_default(),
+        other => vec![other.clone()],
+    }
+}

@@ -1,0 +1,174 @@
+//! The agent's MQTT bridge: one producer of node-loop events, one consumer of bodies to
+//! send. The node loop never sees MQTT, so its tests drive it with plain channels.
+//!
+//! Reconnects forever with capped backoff (a device may be offline for days) and never
+//! touches running pods when it does. While disconnected, `publish` drops messages rather
+//! than queueing them: the protocol is level-triggered, and on reconnect the node loop
+//! sends one Hello and one full Status, which supersede anything that was dropped.
+
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use baton_proto::topics::{self, Down, Kind};
+use baton_proto::{Body, DesiredState, Envelope, NodeName, Sender, MAX_MESSAGE_BYTES};
+use rumqttc::{AsyncClient, Event, LastWill, MqttOptions, Packet, QoS};
+use tokio::sync::mpsc;
+use tracing::{debug, info, warn};
+
+#[derive(Debug, thiserror::Error)]
+pub enum BusError {
+    #[error("invalid broker address {0:?}: expected mqtt://HOST:PORT")]
+    BadUrl(String),
+    #[error("cannot encode message: {0}")]
+    Encode(#[from] baton_proto::ProtoError),
+    #[error("not connected to the broker")]
+    Disconnected,
+    #[error("mqtt client queue is full")]
+    Full,
+}
+
+#[derive(Debug)]
+pub enum BusEvent {
+    Connected,
+    Disconnected,
+    Desired(DesiredState),
+    StatusRequest,
+}
+
+/// Parses `mqtt://host:port`, `tcp://host:port` or `host:port` (port 1883 by default).
+pub fn parse_url(url: &str) -> Result<(String, u16), BusError> {
+    let rest = url.strip_prefix("mqtt://").or_else(|| url.strip_prefix("tcp://")).unwrap_or(url);
+    let rest = rest.trim_end_matches('/');
+    if rest.is_empty() || rest.contains('/') {
+        return Err(BusError::BadUrl(url.into()));
+    }
+    match rest.rsplit_once(':') {
+        Some((host, port)) if !host.is_empty() => {
+            let port = port.parse().map_err(|_| BusError::BadUrl(url.into()))?;
+            Ok((host.trim_matches(['[', ']']).to_owned(), port))
+        }
+        Some(_) => Err(BusError::BadUrl(url.into())),
+        None => Ok((rest.to_owned(), 1883)),
+    }
+}
+
+#[derive(Clone)]
+pub struct Bus {
+    client: AsyncClient,
+    node: NodeName,
+    seq: Arc<AtomicU64>,
+    connected: Arc<AtomicBool>,
+}
+
+impl Bus {
+    /// Starts the connection task. Events arrive on `events` until the receiver is dropped.
+    pub fn start(url: &str, node: NodeName, events: mpsc::Sender<BusEvent>) -> Result<Self, BusError> {
+        let (host, port) = parse_url(url)?;
+        let mut opts = MqttOptions::new(format!("baton-agent-{node}"), host, port);
+        opts.set_keep_alive(Duration::from_secs(10));
+        opts.set_clean_session(true);
+        opts.set_max_packet_size(MAX_MESSAGE_BYTES + 4096, MAX_MESSAGE_BYTES + 4096);
+        let will = Envelope::new(Sender::Node(node.clone()), 0, Body::Offline).encode()?;
+        opts.set_last_will(LastWill::new(topics::topic(&node, Kind::of(&Body::Offline)), will, QoS::AtLeastOnce, false));
+        let (client, mut eventloop) = AsyncClient::new(opts, 64);
+        let bus = Bus { client, node, seq: Arc::new(AtomicU64::new(1)), connected: Arc::new(AtomicBool::new(false)) };
+        let task = bus.clone();
+        tokio::spawn(async move {
+            let mut backoff = Duration::from_millis(250);
+            loop {
+                match eventloop.poll().await {
+                    Ok(Event::Incoming(Packet::ConnAck(_))) => {
+                        info!(node = %task.node, "connected to broker");
+                        backoff = Duration::from_millis(250);
+                        if let Err(e) = task.client.try_subscribe(topics::agent_filter(&task.node), QoS::AtLeastOnce) {
+                            warn!(error = %e, "subscribe failed");
+                        }
+                        task.connected.store(true, Ordering::SeqCst);
+                        if events.send(BusEvent::Connected).await.is_err() {
+                            return;
+                        }
+                    }
+                    Ok(Event::Incoming(Packet::Publish(p))) => {
+                        if let Some(ev) = task.accept(&p.topic, &p.payload) {
+                            if events.send(ev).await.is_err() {
+                                return;
+                            }
+                        }
+                    }
+                    Ok(_) => {}
+                    Err(e) => {
+                        if task.connected.swap(false, Ordering::SeqCst) {
+                            warn!(error = %e, "lost the broker; pods keep running, reconnecting");
+                            if events.send(BusEvent::Disconnected).await.is_err() {
+                                return;
+                            }
+                        } else {
+                            debug!(error = %e, retry_in = ?backoff, "broker unreachable");
+                        }
+                        tokio::time::sleep(backoff).await;
+                        backoff = (backoff * 2).min(Duration::from_secs(30));
+                    }
+                }
+            }
+        });
+        Ok(bus)
+    }
+
+    /// Checks that a message is for us, from the coordinator, on the topic its body
+    /// belongs to. Anything else is logged with the reason and dropped.
+    fn accept(&self, topic: &str, payload: &[u8]) -> Option<BusEvent> {
+        let reject = |why: &str| {
+            warn!(%topic, reason = why, "rejected message");
+            None
+        };
+        let Some((node, kind)) = topics::parse(topic) else { return reject("unknown topic") };
+        if node != self.node {
+            return reject("topic names another node");
+        }
+        let env = match Envelope::decode(payload) {
+            Ok(env) => env,
+            Err(e) => return reject(&e.to_string()),
+        };
+        if env.sender != Sender::Coordinator {
+            return reject("sender is not the coordinator");
+        }
+        if Kind::of(&env.body) != kind {
+            return reject("body does not belong on this topic");
+        }
+        match (kind, env.body) {
+            (Kind::Down(Down::Desired), Body::Desired(d)) => Some(BusEvent::Desired(d)),
+            (Kind::Down(Down::Control), Body::StatusRequest) => Some(BusEvent::StatusRequest),
+            _ => reject("not a coordinator-to-agent message"),
+        }
+    }
+
+    pub fn is_connected(&self) -> bool {
+        self.connected.load(Ordering::SeqCst)
+    }
+
+    pub fn publish(&self, body: Body) -> Result<(), BusError> {
+        if !self.is_connected() {
+            return Err(BusError::Disconnected);
+        }
+        let topic = topics::topic(&self.node, Kind::of(&body));
+        let seq = self.seq.fetch_add(1, Ordering::Relaxed);
+        let payload = Envelope::new(Sender::Node(self.node.clone()), seq, body).encode()?;
+        self.client.try_publish(topic, QoS::AtLeastOnce, false, payload).map_err(|_| BusError::Full)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn urls() {
+        assert_eq!(parse_url("mqtt://10.0.0.1:1884").unwrap(), ("10.0.0.1".into(), 1884));
+        assert_eq!(parse_url("broker.lan").unwrap(), ("broker.lan".into(), 1883));
+        assert_eq!(parse_url("tcp://[::1]:1883").unwrap(), ("::1".into(), 1883));
+        for bad in ["", "mqtt://", "mqtt://h:x", "mqtt://h:1/x", ":1883"] {
+            assert!(parse_url(bad).is_err(), "{bad:?}");
+        }
+    }
+}

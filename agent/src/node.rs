@@ -1,0 +1,572 @@
+//! The node loop: the agent's single owner of state, driven by one closed event enum.
+//!
+//! Inputs are bus events (desired state, status requests, connectivity), container exits
+//! from the runtime, and results from pod workers. Each turn it asks the pure reconciler
+//! what to do and hands the steps to workers. Nothing here blocks: runtime, image and
+//! network calls happen in workers, which report back as events.
+
+use std::collections::BTreeMap;
+use std::net::IpAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use baton_proto::{
+    BString, BVec, Body, Capacity, ContainerState, ContainerStatus, DesiredState, Heartbeat, Hello, Label, NodeName,
+    NodeStatus, PodSpec, PodStatus,
+};
+use tokio::sync::mpsc;
+use tracing::{error, info, instrument, warn};
+
+use crate::bus::{Bus, BusEvent};
+use crate::image::{ImageConfig, ImageStore, ImageStoreConfig, Platform};
+use crate::network::{NetConfig, Network, PortForward};
+use crate::pod::{self, Deps, StartFailure, StartedPod};
+use crate::reconcile::{self, ContainerObs, Lifecycle, Millis, PodObs, Step};
+use crate::runtime::{ContainerId, ExitEvent, ExitReason, RunSpec, Runtime};
+use crate::state::StateFile;
+
+#[derive(Debug, thiserror::Error)]
+pub enum AgentError {
+    #[error(transparent)]
+    State(#[from] crate::state::StateError),
+    #[error(transparent)]
+    Bus(#[from] crate::bus::BusError),
+    #[error(transparent)]
+    Runtime(#[from] crate::runtime::RuntimeError),
+    #[error(transparent)]
+    Network(#[from] crate::network::NetError),
+    #[error(transparent)]
+    Image(#[from] crate::image::ImageError),
+    #[error("cannot prepare data directory {path}: {source}")]
+    DataDir { path: PathBuf, source: std::io::Error },
+}
+
+pub struct AgentConfig {
+    pub node: NodeName,
+    pub coordinator: String,
+    pub data_dir: PathBuf,
+    pub labels: Vec<(String, String)>,
+    pub allocatable: Capacity,
+    pub address: Option<IpAddr>,
+    pub pod_cidr: Option<String>,
+    pub insecure_registries: Vec<String>,
+    pub heartbeat_interval: Duration,
+    pub cgroup_root: String,
+    pub log_max_bytes: u64,
+    pub pids_limit: i64,
+    /// Stop every pod when the agent is asked to exit (otherwise they keep running).
+    pub stop_pods_on_exit: bool,
+}
+
+pub enum Event {
+    Bus(BusEvent),
+    Exit(ExitEvent),
+    Pulling { uid: String, container: String },
+    Pulled { uid: String, result: Result<Vec<ImageConfig>, StartFailure> },
+    Started { uid: String, result: Result<StartedPod, StartFailure> },
+    Stopped { uid: String },
+    Restarted { uid: String, container: String, result: Result<RunSpec, String> },
+}
+
+struct Ctr {
+    name: String,
+    id: Option<ContainerId>,
+    obs: ContainerObs,
+    report: ContainerState,
+    /// Consecutive restarts, for the backoff; reset by a long run.
+    level: u32,
+    restarts: u32,
+    spec: Option<RunSpec>,
+    image: Option<ImageConfig>,
+}
+
+struct Pod {
+    spec: PodSpec,
+    lifecycle: Lifecycle,
+    pod_ip: Option<IpAddr>,
+    ctrs: Vec<Ctr>,
+    _forwards: Vec<PortForward>,
+    /// A worker (pull, start or restart) is running for this pod. A stop waits for it,
+    /// so a worker can never create something after the stop has cleaned up.
+    busy: bool,
+}
+
+fn now_ms() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
+}
+
+pub struct Agent {
+    cfg: AgentConfig,
+    deps: Arc<Deps>,
+    state_file: StateFile,
+    desired: DesiredState,
+    pods: BTreeMap<String, Pod>,
+    /// Pods whose start failed: not retried before this time.
+    cooldown: BTreeMap<String, (Millis, u32)>,
+    tx: mpsc::Sender<Event>,
+    epoch: Instant,
+    status_dirty: bool,
+}
+
+impl Agent {
+    fn mono(&self) -> Millis {
+        self.epoch.elapsed().as_millis() as Millis
+    }
+
+    fn hello(&self) -> Body {
+        let labels = self
+            .cfg
+            .labels
+            .iter()
+            .filter_map(|(k, v)| Some(Label { key: BString::new(k.as_str()).ok()?, value: BString::new(v.as_str()).ok()? }))
+            .collect::<Vec<_>>();
+        let p = Platform::host();
+        Body::Hello(Hello {
+            arch: p.arch.as_str().try_into().unwrap_or_default(),
+            arch_variant: p.variant.as_deref().unwrap_or("").try_into().unwrap_or_default(),
+            os: p.os.as_str().try_into().unwrap_or_default(),
+            agent_version: env!("CARGO_PKG_VERSION").try_into().unwrap_or_default(),
+            allocatable: self.cfg.allocatable,
+            labels: BVec::from_vec(labels.into_iter().take(64).collect()).unwrap_or_default(),
+            address: self.cfg.address,
+            pod_cidr: BString::new(self.deps.network.pod_cidr()).unwrap_or_default(),
+            applied_generation: self.desired.generation,
+        })
+    }
+
+    fn status(&self) -> NodeStatus {
+        let pods = self
+            .pods
+            .iter()
+            .filter_map(|(uid, p)| {
+                let containers = p
+                    .ctrs
+                    .iter()
+                    .filter_map(|c| {
+                        Some(ContainerStatus {
+                            name: BString::new(c.name.as_str()).ok()?,
+                            state: c.report.clone(),
+                            restart_count: c.restarts,
+                        })
+                    })
+                    .collect::<Vec<_>>();
+                Some(PodStatus {
+                    name: p.spec.name.clone(),
+                    uid: BString::new(uid.as_str()).ok()?,
+                    pod_ip: p.pod_ip,
+                    containers: BVec::from_vec(containers).ok()?,
+                })
+            })
+            .take(baton_proto::MAX_PODS_PER_NODE)
+            .collect::<Vec<_>>();
+        NodeStatus { applied_generation: self.desired.generation, pods: BVec::from_vec(pods).unwrap_or_default() }
+    }
+
+    fn observed(&self) -> BTreeMap<String, PodObs> {
+        self.pods
+            .iter()
+            .map(|(uid, p)| {
+                let containers = p.ctrs.iter().map(|c| (c.name.clone(), c.obs, c.level)).collect();
+                (uid.clone(), PodObs { lifecycle: p.lifecycle, restart_policy: p.spec.restart_policy, containers })
+            })
+            .collect()
+    }
+
+    /// One reconcile turn; returns when to run again for pending backoffs.
+    fn reconcile(&mut self) -> Option<Millis> {
+        let now = self.mono();
+        let plan = reconcile::plan(&self.desired, &self.observed(), now);
+        let mut wake = plan.wake_at;
+        for step in plan.steps {
+            match step {
+                Step::StartPod { uid } => {
+                    if let Some((until, _)) = self.cooldown.get(&uid) {
+                        if *until > now {
+                            wake = Some(wake.map_or(*until, |w| w.min(*until)));
+                            continue;
+                        }
+                    }
+                    self.start_pod(uid);
+                }
+                Step::StopPod { uid } => self.stop_pod(&uid),
+                Step::RestartContainer { uid, container } => self.restart_container(&uid, &container),
+            }
+        }
+        wake
+    }
+
+    fn start_pod(&mut self, uid: String) {
+        let Some(spec) = self.desired.pods.iter().find(|p| p.uid.as_str() == uid).cloned() else { return };
+        let ctrs = spec
+            .containers
+            .iter()
+            .map(|c| Ctr {
+                name: c.name.to_string(),
+                id: None,
+                obs: ContainerObs::Waiting,
+                report: ContainerState::Pending,
+                level: 0,
+                restarts: 0,
+                spec: None,
+                image: None,
+            })
+            .collect();
+        info!(pod = %spec.name, %uid, "starting pod");
+        self.pods.insert(
+            uid.clone(),
+            Pod {
+                spec: spec.clone(),
+                lifecycle: Lifecycle::Starting,
+                pod_ip: None,
+                ctrs,
+                _forwards: Vec::new(),
+                busy: true,
+            },
+        );
+        self.status_dirty = true;
+        let deps = self.deps.clone();
+        let tx = self.tx.clone();
+        tokio::spawn(async move {
+            let progress = tx.clone();
+            let u = uid.clone();
+            let result = pod::pull(&deps, &spec, |c| {
+                let _ = progress.try_send(Event::Pulling { uid: u.clone(), container: c.to_owned() });
+            })
+            .await;
+            let _ = tx.send(Event::Pulled { uid, result }).await;
+        });
+    }
+
+    fn stop_pod(&mut self, uid: &str) {
+        let Some(p) = self.pods.get_mut(uid) else { return };
+        if p.lifecycle != Lifecycle::Stopping {
+            info!(pod = %p.spec.name, %uid, "stopping pod");
+        }
+        p.lifecycle = Lifecycle::Stopping;
+        p._forwards.clear();
+        if p.busy {
+            return; // resumed when the worker reports back
+        }
+        p.busy = true;
+        let containers = p.spec.containers.iter().map(|c| c.name.to_string()).collect();
+        let grace = Duration::from_secs(u64::from(p.spec.termination_grace_secs.min(300)));
+        let (deps, tx, uid) = (self.deps.clone(), self.tx.clone(), uid.to_owned());
+        tokio::spawn(async move {
+            pod::stop(deps, uid.clone(), containers, grace).await;
+            let _ = tx.send(Event::Stopped { uid }).await;
+        });
+    }
+
+    fn restart_container(&mut self, uid: &str, name: &str) {
+        let Some(p) = self.pods.get_mut(uid) else { return };
+        let Some(c) = p.ctrs.iter_mut().find(|c| c.name == name) else { return };
+        let (Some(spec), Some(img)) = (c.spec.clone(), c.image.clone()) else { return };
+        info!(pod = %p.spec.name, container = name, restarts = c.restarts + 1, "restarting container");
+        c.obs = ContainerObs::Waiting;
+        c.restarts += 1;
+        c.level += 1;
+        p.busy = true;
+        let dir = self.deps.container_dir(uid, name);
+        let (deps, tx, uid, name) = (self.deps.clone(), self.tx.clone(), uid.to_owned(), name.to_owned());
+        tokio::spawn(async move {
+            let result = pod::run_container(&deps, spec, img, dir).await;
+            let _ = tx.send(Event::Restarted { uid, container: name, result }).await;
+        });
+    }
+
+    fn on_start_failed(&mut self, uid: &str, f: StartFailure) {
+        let Some(p) = self.pods.get_mut(uid) else { return };
+        p.busy = false;
+        warn!(pod = %p.spec.name, reason = %f.reason, "pod failed to start");
+        for c in p.ctrs.iter_mut() {
+            if f.container.is_none() || f.container.as_deref() == Some(c.name.as_str()) {
+                c.report = ContainerState::Failed { reason: truncate(&f.reason) };
+            }
+        }
+        // Tear down what was made, and retry with backoff once it is gone.
+        let attempts = self.cooldown.get(uid).map_or(0, |(_, n)| *n) + 1;
+        let until = self.mono() + reconcile::backoff(attempts).max(2_000);
+        self.cooldown.insert(uid.to_owned(), (until, attempts));
+        self.stop_pod(uid);
+        self.status_dirty = true;
+    }
+
+    fn handle(&mut self, ev: Event, bus: &Bus) -> Result<(), AgentError> {
+        match ev {
+            Event::Bus(BusEvent::Connected) => {
+                let _ = bus.publish(self.hello());
+                self.status_dirty = true;
+            }
+            Event::Bus(BusEvent::Disconnected) => {}
+            Event::Bus(BusEvent::StatusRequest) => self.status_dirty = true,
+            Event::Bus(BusEvent::Desired(d)) => {
+                if d.generation != self.desired.generation || d != self.desired {
+                    info!(generation = d.generation, pods = d.pods.len(), "new desired state");
+                    // Persist before acting, so a crash right now restarts from it.
+                    self.state_file.store(&d)?;
+                    self.desired = d;
+                    self.status_dirty = true;
+                }
+            }
+            Event::Pulling { uid, container } => {
+                if let Some(c) = self.pods.get_mut(&uid).and_then(|p| p.ctrs.iter_mut().find(|c| c.name == container)) {
+                    if c.report == ContainerState::Pending {
+                        c.report = ContainerState::Pulling;
+                        self.status_dirty = true;
+                    }
+                }
+            }
+            Event::Pulled { uid, result } => match result {
+                Ok(images) => {
+                    let Some(p) = self.pods.get_mut(&uid) else { return Ok(()) };
+                    if p.lifecycle != Lifecycle::Starting {
+                        p.busy = false;
+                        self.stop_pod(&uid);
+                        return Ok(());
+                    }
+                    for (c, img) in p.ctrs.iter_mut().zip(&images) {
+                        c.image = Some(img.clone());
+                        c.report = ContainerState::Pending;
+                    }
+                    let (deps, tx, spec) = (self.deps.clone(), self.tx.clone(), p.spec.clone());
+                    tokio::spawn(async move {
+                        let result = pod::start(deps, spec, images).await;
+                        let _ = tx.send(Event::Started { uid, result }).await;
+                    });
+                }
+                Err(f) => self.on_start_failed(&uid, f),
+            },
+            Event::Started { uid, result } => match result {
+                Ok(started) => {
+                    let Some(p) = self.pods.get_mut(&uid) else { return Ok(()) };
+                    p.busy = false;
+                    if p.lifecycle == Lifecycle::Stopping {
+                        drop(started);
+                        self.stop_pod(&uid);
+                        return Ok(());
+                    }
+                    p.lifecycle = Lifecycle::Running;
+                    p.pod_ip = started.pod_ip;
+                    p._forwards = started.forwards;
+                    let (wall, mono) = (now_ms(), self.epoch.elapsed().as_millis() as Millis);
+                    for s in started.containers {
+                        if let Some(c) = p.ctrs.iter_mut().find(|c| c.name == s.name) {
+                            c.id = Some(s.id);
+                            c.spec = Some(s.spec);
+                            c.obs = ContainerObs::Running { since: mono };
+                            c.report = ContainerState::Running { started_at_ms: wall };
+                        }
+                    }
+                    self.cooldown.remove(&uid);
+                    self.status_dirty = true;
+                }
+                Err(f) => self.on_start_failed(&uid, f),
+            },
+            Event::Restarted { uid, container, result } => {
+                let now = self.mono();
+                let Some(p) = self.pods.get_mut(&uid) else { return Ok(()) };
+                p.busy = false;
+                if p.lifecycle == Lifecycle::Stopping {
+                    self.stop_pod(&uid);
+                    return Ok(());
+                }
+                let Some(c) = p.ctrs.iter_mut().find(|c| c.name == container) else { return Ok(()) };
+                match result {
+                    Ok(spec) => {
+                        c.spec = Some(spec);
+                        c.obs = ContainerObs::Running { since: now };
+                        c.report = ContainerState::Running { started_at_ms: now_ms() };
+                    }
+                    Err(reason) => {
+                        c.obs = ContainerObs::Exited { code: -1, oom: false, at: now, ran_for: 0 };
+                        c.report = ContainerState::Failed { reason: truncate(&reason) };
+                    }
+                }
+                self.status_dirty = true;
+            }
+            Event::Stopped { uid } => {
+                if let Some(p) = self.pods.get(&uid) {
+                    info!(pod = %p.spec.name, %uid, "pod stopped");
+                }
+                self.pods.remove(&uid);
+                self.status_dirty = true;
+            }
+            Event::Exit(ExitEvent { id, reason }) => {
+                let now = self.mono();
+                for p in self.pods.values_mut() {
+                    let Some(c) = p.ctrs.iter_mut().find(|c| c.id.as_ref() == Some(&id)) else { continue };
+                    if p.lifecycle == Lifecycle::Stopping {
+                        break;
+                    }
+                    let ran_for = match c.obs {
+                        ContainerObs::Running { since } => now.saturating_sub(since),
+                        _ => 0,
+                    };
+                    let (code, oom) = match reason {
+                        ExitReason::Exited(code) => (code, false),
+                        ExitReason::Signaled(sig) => (128 + sig, false),
+                        ExitReason::OomKilled => (137, true),
+                    };
+                    info!(pod = %p.spec.name, container = %c.name, code, oom, "container exited");
+                    c.obs = ContainerObs::Exited { code, oom, at: now, ran_for };
+                    if ran_for >= reconcile::BACKOFF_RESET_AFTER {
+                        c.level = 0;
+                    }
+                    c.report = if oom { ContainerState::OomKilled } else { ContainerState::Exited { code } };
+                    self.status_dirty = true;
+                    break;
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+fn truncate(reason: &str) -> BString<1024> {
+    let mut s: String = reason.chars().take(1000).collect();
+    while s.len() > 1024 {
+        s.pop();
+    }
+    BString::new(s).unwrap_or_default()
+}
+
+/// Removes whatever a previous run of this agent left: containers, rootfs mounts, pod
+/// networks and directories. Pods are then started afresh from the desired state.
+#[instrument(skip_all)]
+pub fn clean_leftovers(deps: &Deps) {
+    if let Ok(ids) = deps.runtime.list() {
+        for id in ids {
+            let _ = deps.runtime.kill(&id, pod::libc_sig::SIGKILL);
+            if let Err(e) = deps.runtime.delete(&id) {
+                warn!(container = %id, error = %e, "cannot remove leftover container");
+            }
+        }
+    }
+    let Ok(entries) = std::fs::read_dir(&deps.pods_dir) else { return };
+    for pod_dir in entries.flatten() {
+        let uid = pod_dir.file_name().to_string_lossy().into_owned();
+        if let Ok(ctrs) = std::fs::read_dir(pod_dir.path().join("containers")) {
+            for c in ctrs.flatten() {
+                if let Err(e) = deps.images.unmount_rootfs(&c.path()) {
+                    warn!(dir = %c.path().display(), error = %e, "cannot remove leftover rootfs");
+                }
+            }
+        }
+        if let Err(e) = deps.network.delete_pod(&uid) {
+            warn!(%uid, error = %e, "cannot remove leftover pod network");
+        }
+        let _ = std::fs::remove_dir_all(pod_dir.path());
+    }
+}
+
+pub fn build_deps(cfg: &AgentConfig, exits: mpsc::UnboundedSender<ExitEvent>) -> Result<Deps, AgentError> {
+    let dir = |p: PathBuf| -> Result<PathBuf, AgentError> {
+        std::fs::create_dir_all(&p).map_err(|source| AgentError::DataDir { path: p.clone(), source })?;
+        Ok(p)
+    };
+    let runtime = crate::runtime::youki::YoukiRuntime::new(dir(cfg.data_dir.join("runtime"))?, exits)?;
+    let images = ImageStore::new(ImageStoreConfig {
+        root: dir(cfg.data_dir.join("images"))?,
+        insecure_registries: cfg.insecure_registries.clone(),
+        platform: Platform::host(),
+    })?;
+    let net_cfg = NetConfig::derive(cfg.node.as_str(), dir(cfg.data_dir.join("net"))?, cfg.pod_cidr.as_deref())?;
+    Ok(Deps {
+        node: cfg.node.to_string(),
+        pods_dir: dir(cfg.data_dir.join("pods"))?,
+        cgroup_root: cfg.cgroup_root.clone(),
+        log_max_bytes: cfg.log_max_bytes,
+        pids_limit: cfg.pids_limit,
+        runtime: Arc::new(runtime),
+        images,
+        network: Network::new(net_cfg),
+    })
+}
+
+/// Runs the agent until `shutdown` resolves.
+pub async fn run(cfg: AgentConfig, shutdown: impl std::future::Future<Output = ()>) -> Result<(), AgentError> {
+    std::fs::create_dir_all(&cfg.data_dir).map_err(|source| AgentError::DataDir { path: cfg.data_dir.clone(), source })?;
+    let (exit_tx, mut exit_rx) = mpsc::unbounded_channel();
+    let deps = build_deps(&cfg, exit_tx)?;
+    deps.network.setup_node()?;
+    clean_leftovers(&deps);
+
+    let state_file = StateFile::new(&cfg.data_dir);
+    let desired = match state_file.load() {
+        Ok(d) => d,
+        Err(e) => {
+            // A corrupt file must not keep the node from ever starting: run nothing until
+            // the coordinator says otherwise, and say so loudly.
+            error!(error = %e, "ignoring unreadable desired state");
+            DesiredState { generation: 0, pods: BVec::new() }
+        }
+    };
+    info!(node = %cfg.node, generation = desired.generation, pods = desired.pods.len(), "agent starting");
+
+    let (tx, mut rx) = mpsc::channel(256);
+    let (bus_tx, mut bus_rx) = mpsc::channel(64);
+    let bus = Bus::start(&cfg.coordinator, cfg.node.clone(), bus_tx)?;
+    let heartbeat_every = cfg.heartbeat_interval;
+    let stop_on_exit = cfg.stop_pods_on_exit;
+    let mut agent = Agent {
+        cfg,
+        deps: Arc::new(deps),
+        state_file,
+        desired,
+        pods: BTreeMap::new(),
+        cooldown: BTreeMap::new(),
+        tx,
+        epoch: Instant::now(),
+        status_dirty: true,
+    };
+
+    tokio::pin!(shutdown);
+    let mut heartbeat = tokio::time::interval(heartbeat_every);
+    let mut wake: Option<Millis> = None;
+    loop {
+        let sleep_for = wake.map(|w| Duration::from_millis(w.saturating_sub(agent.mono()))).unwrap_or(Duration::from_secs(3600));
+        let ev = tokio::select! {
+            _ = &mut shutdown => break,
+            Some(e) = rx.recv() => Some(e),
+            Some(e) = bus_rx.recv() => Some(Event::Bus(e)),
+            Some(e) = exit_rx.recv() => Some(Event::Exit(e)),
+            _ = heartbeat.tick() => {
+                let status = agent.status();
+                let _ = bus.publish(Body::Heartbeat(Heartbeat { applied_generation: agent.desired.generation, status_digest: status.digest() }));
+                None
+            }
+            _ = tokio::time::sleep(sleep_for) => None,
+        };
+        if let Some(ev) = ev {
+            if let Err(e) = agent.handle(ev, &bus) {
+                error!(error = %e, "event handling failed");
+            }
+        }
+        wake = agent.reconcile();
+        if agent.status_dirty && bus.is_connected() {
+            if bus.publish(Body::Status(agent.status())).is_ok() {
+                agent.status_dirty = false;
+            }
+        }
+    }
+
+    if stop_on_exit {
+        info!("stopping all pods before exit");
+        agent.desired = DesiredState { generation: agent.desired.generation, pods: BVec::new() };
+        agent.reconcile();
+        while !agent.pods.is_empty() {
+            match tokio::time::timeout(Duration::from_secs(60), rx.recv()).await {
+                Ok(Some(ev)) => {
+                    if let Err(e) = agent.handle(ev, &bus) {
+                        error!(error = %e, "event handling failed");
+                    }
+                    agent.reconcile();
+                }
+                _ => break,
+            }
+        }
+    }
+    info!("agent stopped");
+    Ok(())
+}

@@ -1,0 +1,198 @@
+//! The agent's reconciler: desired pods plus observed pods in, a list of steps out.
+//!
+//! Pure and synchronous, with time passed in, so every decision is a table test. The
+//! node loop executes the steps and feeds what happened back as observations.
+
+use std::collections::BTreeMap;
+
+use baton_proto::{DesiredState, RestartPolicy};
+
+/// Milliseconds on a monotonic clock the caller chooses.
+pub type Millis = u64;
+
+/// A container crash-looping slower than this resets its backoff, as kubelet does.
+pub const BACKOFF_RESET_AFTER: Millis = 10 * 60 * 1000;
+pub const BACKOFF_CAP: Millis = 5 * 60 * 1000;
+const BACKOFF_FIRST: Millis = 10 * 1000;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Lifecycle {
+    /// Pulling images, wiring the network, creating containers.
+    Starting,
+    Running,
+    Stopping,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ContainerObs {
+    Waiting,
+    Running { since: Millis },
+    Exited { code: i32, oom: bool, at: Millis, ran_for: Millis },
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PodObs {
+    pub lifecycle: Lifecycle,
+    pub restart_policy: RestartPolicy,
+    /// Per container: its state and how many restarts its backoff has counted.
+    pub containers: Vec<(String, ContainerObs, u32)>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Step {
+    StartPod { uid: String },
+    StopPod { uid: String },
+    RestartContainer { uid: String, container: String },
+}
+
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct Plan {
+    pub steps: Vec<Step>,
+    /// When to call `plan` again at the latest, for a restart whose backoff is running.
+    pub wake_at: Option<Millis>,
+}
+
+/// Delay before restarting a container that has been restarted `level` times in a row:
+/// immediate the first time, then 10 s doubling up to five minutes.
+pub fn backoff(level: u32) -> Millis {
+    match level {
+        0 => 0,
+        n => BACKOFF_FIRST.saturating_mul(1 << (n - 1).min(16)).min(BACKOFF_CAP),
+    }
+}
+
+pub fn should_restart(policy: RestartPolicy, code: i32, oom: bool) -> bool {
+    match policy {
+        RestartPolicy::Always => true,
+        RestartPolicy::OnFailure => code != 0 || oom,
+        RestartPolicy::Never => false,
+    }
+}
+
+pub fn plan(desired: &DesiredState, observed: &BTreeMap<String, PodObs>, now: Millis) -> Plan {
+    let mut out = Plan::default();
+    for pod in desired.pods.iter() {
+        if !observed.contains_key(pod.uid.as_str()) {
+            out.steps.push(Step::StartPod { uid: pod.uid.to_string() });
+        }
+    }
+    for (uid, obs) in observed {
+        let wanted = desired.pods.iter().any(|p| p.uid.as_str() == uid);
+        if !wanted {
+            if obs.lifecycle != Lifecycle::Stopping {
+                out.steps.push(Step::StopPod { uid: uid.clone() });
+            }
+            continue;
+        }
+        if obs.lifecycle != Lifecycle::Running {
+            continue;
+        }
+        for (name, state, level) in &obs.containers {
+            let ContainerObs::Exited { code, oom, at, ran_for } = *state else { continue };
+            if !should_restart(obs.restart_policy, code, oom) {
+                continue;
+            }
+            let level = if ran_for >= BACKOFF_RESET_AFTER { 0 } else { *level };
+            let due = at.saturating_add(backoff(level));
+            if due <= now {
+                out.steps.push(Step::RestartContainer { uid: uid.clone(), container: name.clone() });
+            } else {
+                out.wake_at = Some(out.wake_at.map_or(due, |w| w.min(due)));
+            }
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use baton_proto::{BString, BVec, PodSpec};
+
+    fn desired(uids: &[&str]) -> DesiredState {
+        let pods = uids
+            .iter()
+            .map(|u| PodSpec {
+                name: BString::new(format!("pod-{u}")).unwrap(),
+                uid: BString::new(*u).unwrap(),
+                host_network: false,
+                restart_policy: RestartPolicy::Always,
+                termination_grace_secs: 1,
+                containers: BVec::new(),
+            })
+            .collect();
+        DesiredState { generation: 1, pods: BVec::from_vec(pods).unwrap() }
+    }
+
+    fn obs(lifecycle: Lifecycle, policy: RestartPolicy, c: ContainerObs, level: u32) -> PodObs {
+        PodObs { lifecycle, restart_policy: policy, containers: vec![("c".into(), c, level)] }
+    }
+
+    fn observed(items: &[(&str, PodObs)]) -> BTreeMap<String, PodObs> {
+        items.iter().map(|(u, o)| (u.to_string(), o.clone())).collect()
+    }
+
+    fn start(u: &str) -> Step {
+        Step::StartPod { uid: u.into() }
+    }
+    fn stop(u: &str) -> Step {
+        Step::StopPod { uid: u.into() }
+    }
+    fn restart(u: &str) -> Step {
+        Step::RestartContainer { uid: u.into(), container: "c".into() }
+    }
+
+    #[test]
+    fn table() {
+        use ContainerObs::*;
+        use Lifecycle::*;
+        use RestartPolicy::*;
+        let running = Running { since: 0 };
+        let crashed = |code, at| Exited { code, oom: false, at, ran_for: 1000 };
+        #[rustfmt::skip]
+        let cases: Vec<(&str, DesiredState, BTreeMap<String, PodObs>, Millis, Plan)> = vec![
+            ("nothing to do", desired(&[]), observed(&[]), 0, Plan::default()),
+            ("start new pods", desired(&["a", "b"]), observed(&[]), 0,
+                Plan { steps: vec![start("a"), start("b")], wake_at: None }),
+            ("stop pods no longer wanted, keep wanted ones", desired(&["a"]),
+                observed(&[("a", obs(Running, Always, running, 0)), ("b", obs(Running, Always, running, 0))]), 0,
+                Plan { steps: vec![stop("b")], wake_at: None }),
+            ("a pod already stopping is not stopped twice", desired(&[]),
+                observed(&[("b", obs(Stopping, Always, running, 0))]), 0, Plan::default()),
+            ("a replaced pod (new uid) stops the old and starts the new", desired(&["new"]),
+                observed(&[("old", obs(Running, Always, running, 0))]), 0,
+                Plan { steps: vec![start("new"), stop("old")], wake_at: None }),
+            ("first crash restarts at once", desired(&["a"]),
+                observed(&[("a", obs(Running, Always, crashed(1, 500), 0))]), 500,
+                Plan { steps: vec![restart("a")], wake_at: None }),
+            ("second crash waits 10s", desired(&["a"]),
+                observed(&[("a", obs(Running, Always, crashed(1, 500), 1))]), 600,
+                Plan { steps: vec![], wake_at: Some(10_500) }),
+            ("... and restarts once it is due", desired(&["a"]),
+                observed(&[("a", obs(Running, Always, crashed(1, 500), 1))]), 10_500,
+                Plan { steps: vec![restart("a")], wake_at: None }),
+            ("a long run resets the backoff", desired(&["a"]),
+                observed(&[("a", obs(Running, Always, Exited { code: 1, oom: false, at: 5, ran_for: BACKOFF_RESET_AFTER }, 7))]), 5,
+                Plan { steps: vec![restart("a")], wake_at: None }),
+            ("OnFailure leaves a clean exit alone", desired(&["a"]),
+                observed(&[("a", obs(Running, OnFailure, crashed(0, 5), 0))]), 10, Plan::default()),
+            ("OnFailure restarts an OOM kill", desired(&["a"]),
+                observed(&[("a", obs(Running, OnFailure, Exited { code: 137, oom: true, at: 5, ran_for: 1 }, 0))]), 10,
+                Plan { steps: vec![restart("a")], wake_at: None }),
+            ("Never never restarts", desired(&["a"]),
+                observed(&[("a", obs(Running, Never, crashed(1, 5), 0))]), 10, Plan::default()),
+            ("a starting pod is left to finish", desired(&["a"]),
+                observed(&[("a", obs(Starting, Always, Waiting, 0))]), 10, Plan::default()),
+        ];
+        for (name, d, o, now, want) in cases {
+            assert_eq!(plan(&d, &o, now), want, "{name}");
+        }
+    }
+
+    #[test]
+    fn backoff_doubles_to_the_cap() {
+        let seq: Vec<Millis> = (0..8).map(backoff).collect();
+        assert_eq!(seq, [0, 10_000, 20_000, 40_000, 80_000, 160_000, 300_000, 300_000]);
+        assert_eq!(backoff(u32::MAX), BACKOFF_CAP);
+    }
+}

@@ -1,0 +1,144 @@
+//! The agent's persisted desired state: what it was last told to run.
+//!
+//! Written before acting on it (write to a temp file, fsync, rename, fsync the directory)
+//! so that a power cut at any instant leaves either the old or the new state on disk,
+//! never a torn one. After a reboot with no network the agent starts from this file.
+
+use std::fs::{self, File, OpenOptions};
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use baton_proto::{DesiredState, BVec};
+
+#[derive(Debug, thiserror::Error)]
+pub enum StateError {
+    #[error("cannot write desired state to {path}: {source}")]
+    Write { path: PathBuf, source: std::io::Error },
+    #[error("cannot read desired state from {path}: {source}")]
+    Read { path: PathBuf, source: std::io::Error },
+    #[error("desired state file {path} is corrupt: {reason}")]
+    Corrupt { path: PathBuf, reason: String },
+}
+
+pub struct StateFile {
+    path: PathBuf,
+}
+
+impl StateFile {
+    pub fn new(data_dir: &Path) -> Self {
+        Self { path: data_dir.join("desired.bin") }
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// The last persisted desired state, or an empty generation-0 state if none exists.
+    pub fn load(&self) -> Result<DesiredState, StateError> {
+        let bytes = match fs::read(&self.path) {
+            Ok(b) => b,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                return Ok(DesiredState { generation: 0, pods: BVec::new() })
+            }
+            Err(source) => return Err(StateError::Read { path: self.path.clone(), source }),
+        };
+        decode(&bytes).map_err(|reason| StateError::Corrupt { path: self.path.clone(), reason })
+    }
+
+    pub fn store(&self, state: &DesiredState) -> Result<(), StateError> {
+        let err = |source| StateError::Write { path: self.path.clone(), source };
+        let bytes = encode(state);
+        let tmp = self.path.with_extension("bin.tmp");
+        let mut f = OpenOptions::new().write(true).create(true).truncate(true).open(&tmp).map_err(err)?;
+        f.write_all(&bytes).map_err(err)?;
+        f.sync_all().map_err(err)?;
+        drop(f);
+        fs::rename(&tmp, &self.path).map_err(err)?;
+        if let Some(dir) = self.path.parent() {
+            File::open(dir).and_then(|d| d.sync_all()).map_err(err)?;
+        }
+        Ok(())
+    }
+}
+
+// File format: "BTNS" magic, u32 LE length, postcard(DesiredState), u32 LE FNV-1a checksum.
+// The checksum catches a file that a broken SD card or filesystem returns half-written.
+const MAGIC: &[u8; 4] = b"BTNS";
+
+fn checksum(bytes: &[u8]) -> u32 {
+    bytes.iter().fold(0x811c_9dc5u32, |h, b| (h ^ u32::from(*b)).wrapping_mul(0x0100_0193))
+}
+
+fn encode(state: &DesiredState) -> Vec<u8> {
+    // postcard encoding of a DesiredState cannot fail: it only has sized, owned fields.
+    let body = postcard::to_allocvec(state).unwrap_or_default();
+    let mut out = Vec::with_capacity(body.len() + 12);
+    out.extend_from_slice(MAGIC);
+    out.extend_from_slice(&(body.len() as u32).to_le_bytes());
+    out.extend_from_slice(&body);
+    out.extend_from_slice(&checksum(&body).to_le_bytes());
+    out
+}
+
+fn decode(bytes: &[u8]) -> Result<DesiredState, String> {
+    if bytes.len() < 12 || &bytes[..4] != MAGIC {
+        return Err("bad header".into());
+    }
+    let len = u32::from_le_bytes([bytes[4], bytes[5], bytes[6], bytes[7]]) as usize;
+    if bytes.len() != len + 12 {
+        return Err(format!("length {} does not match header {len}", bytes.len() - 12));
+    }
+    let body = &bytes[8..8 + len];
+    let sum = u32::from_le_bytes([bytes[8 + len], bytes[9 + len], bytes[10 + len], bytes[11 + len]]);
+    if checksum(body) != sum {
+        return Err("checksum mismatch".into());
+    }
+    postcard::from_bytes(body).map_err(|e| e.to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use baton_proto::{BString, PodSpec, RestartPolicy};
+
+    fn state(generation: u64, pods: usize) -> DesiredState {
+        let pods = (0..pods)
+            .map(|i| PodSpec {
+                name: BString::new(format!("p{i}")).unwrap(),
+                uid: BString::new(format!("u{i}")).unwrap(),
+                host_network: false,
+                restart_policy: RestartPolicy::Always,
+                termination_grace_secs: 1,
+                containers: BVec::new(),
+            })
+            .collect();
+        DesiredState { generation, pods: BVec::from_vec(pods).unwrap() }
+    }
+
+    #[test]
+    fn round_trip_and_missing_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let f = StateFile::new(dir.path());
+        assert_eq!(f.load().unwrap().generation, 0);
+        f.store(&state(4, 3)).unwrap();
+        assert_eq!(f.load().unwrap(), state(4, 3));
+        f.store(&state(5, 1)).unwrap();
+        assert_eq!(f.load().unwrap(), state(5, 1));
+    }
+
+    #[test]
+    fn torn_or_flipped_files_are_reported_not_used() {
+        let dir = tempfile::tempdir().unwrap();
+        let f = StateFile::new(dir.path());
+        f.store(&state(4, 3)).unwrap();
+        let good = fs::read(f.path()).unwrap();
+        for cut in [0, 3, 11, good.len() / 2, good.len() - 1] {
+            fs::write(f.path(), &good[..cut]).unwrap();
+            assert!(matches!(f.load(), Err(StateError::Corrupt { .. })), "cut at {cut}");
+        }
+        let mut flipped = good.clone();
+        flipped[14] ^= 0x40;
+        fs::write(f.path(), &flipped).unwrap();
+        assert!(matches!(f.load(), Err(StateError::Corrupt { .. })));
+    }
+}

@@ -147,7 +147,7 @@ mod tests {
         use ContainerObs::*;
         use Lifecycle::*;
         use RestartPolicy::*;
-        let running = Running { since: 0 };
+        let running = ContainerObs::Running { since: 0 };
         let crashed = |code, at| Exited { code, oom: false, at, ran_for: 1000 };
         #[rustfmt::skip]
         let cases: Vec<(&str, DesiredState, BTreeMap<String, PodObs>, Millis, Plan)> = vec![
@@ -155,32 +155,32 @@ mod tests {
             ("start new pods", desired(&["a", "b"]), observed(&[]), 0,
                 Plan { steps: vec![start("a"), start("b")], wake_at: None }),
             ("stop pods no longer wanted, keep wanted ones", desired(&["a"]),
-                observed(&[("a", obs(Running, Always, running, 0)), ("b", obs(Running, Always, running, 0))]), 0,
+                observed(&[("a", obs(Lifecycle::Running, Always, running, 0)), ("b", obs(Lifecycle::Running, Always, running, 0))]), 0,
                 Plan { steps: vec![stop("b")], wake_at: None }),
             ("a pod already stopping is not stopped twice", desired(&[]),
                 observed(&[("b", obs(Stopping, Always, running, 0))]), 0, Plan::default()),
             ("a replaced pod (new uid) stops the old and starts the new", desired(&["new"]),
-                observed(&[("old", obs(Running, Always, running, 0))]), 0,
+                observed(&[("old", obs(Lifecycle::Running, Always, running, 0))]), 0,
                 Plan { steps: vec![start("new"), stop("old")], wake_at: None }),
             ("first crash restarts at once", desired(&["a"]),
-                observed(&[("a", obs(Running, Always, crashed(1, 500), 0))]), 500,
+                observed(&[("a", obs(Lifecycle::Running, Always, crashed(1, 500), 0))]), 500,
                 Plan { steps: vec![restart("a")], wake_at: None }),
             ("second crash waits 10s", desired(&["a"]),
-                observed(&[("a", obs(Running, Always, crashed(1, 500), 1))]), 600,
+                observed(&[("a", obs(Lifecycle::Running, Always, crashed(1, 500), 1))]), 600,
                 Plan { steps: vec![], wake_at: Some(10_500) }),
             ("... and restarts once it is due", desired(&["a"]),
-                observed(&[("a", obs(Running, Always, crashed(1, 500), 1))]), 10_500,
+                observed(&[("a", obs(Lifecycle::Running, Always, crashed(1, 500), 1))]), 10_500,
                 Plan { steps: vec![restart("a")], wake_at: None }),
             ("a long run resets the backoff", desired(&["a"]),
-                observed(&[("a", obs(Running, Always, Exited { code: 1, oom: false, at: 5, ran_for: BACKOFF_RESET_AFTER }, 7))]), 5,
+                observed(&[("a", obs(Lifecycle::Running, Always, Exited { code: 1, oom: false, at: 5, ran_for: BACKOFF_RESET_AFTER }, 7))]), 5,
                 Plan { steps: vec![restart("a")], wake_at: None }),
             ("OnFailure leaves a clean exit alone", desired(&["a"]),
-                observed(&[("a", obs(Running, OnFailure, crashed(0, 5), 0))]), 10, Plan::default()),
+                observed(&[("a", obs(Lifecycle::Running, OnFailure, crashed(0, 5), 0))]), 10, Plan::default()),
             ("OnFailure restarts an OOM kill", desired(&["a"]),
-                observed(&[("a", obs(Running, OnFailure, Exited { code: 137, oom: true, at: 5, ran_for: 1 }, 0))]), 10,
+                observed(&[("a", obs(Lifecycle::Running, OnFailure, Exited { code: 137, oom: true, at: 5, ran_for: 1 }, 0))]), 10,
                 Plan { steps: vec![restart("a")], wake_at: None }),
             ("Never never restarts", desired(&["a"]),
-                observed(&[("a", obs(Running, Never, crashed(1, 5), 0))]), 10, Plan::default()),
+                observed(&[("a", obs(Lifecycle::Running, Never, crashed(1, 5), 0))]), 10, Plan::default()),
             ("a starting pod is left to finish", desired(&["a"]),
                 observed(&[("a", obs(Starting, Always, Waiting, 0))]), 10, Plan::default()),
         ];

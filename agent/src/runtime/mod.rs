@@ -1,1 +1,293 @@
 //! Container runtime: the trait, the libcontainer implementation and a recording fake.
+//!
+//! The trait is synchronous on purpose: creating a container forks and blocks on pipes inside
+//! libcontainer, so the node core calls it from `spawn_blocking`. Exits are not returned by any
+//! call; they arrive later as [`ExitEvent`]s on the channel handed to the implementation's
+//! constructor, which lets the core treat "a container stopped" like any other event.
+//!
+//! Architecture invariant: only [`youki`] imports libcontainer (and libcgroups); everything else
+//! in the agent sees the types in this module.
+
+pub mod fake;
+mod logs;
+pub mod youki;
+
+use std::fmt;
+use std::path::PathBuf;
+
+pub use fake::FakeRuntime;
+pub use youki::YoukiRuntime;
+
+/// Boxed cause kept in [`RuntimeError::Backend`], so that the backend's error type does not leak
+/// into this module while the cause chain survives.
+pub type BoxError = Box<dyn std::error::Error + Send + Sync + 'static>;
+
+/// A container id: 1..=128 characters of `[A-Za-z0-9_.-]`, neither `.` nor `..`.
+///
+/// The id names a directory under the runtime's state dir, so the check keeps it a single,
+/// harmless path component.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct ContainerId(String);
+
+impl ContainerId {
+    pub const MAX_LEN: usize = 128;
+
+    pub fn new(id: &str) -> Result<Self, RuntimeError> {
+        let invalid = |reason| RuntimeError::InvalidId {
+            id: id.chars().take(Self::MAX_LEN + 8).collect(),
+            reason,
+        };
+        if id.is_empty() {
+            return Err(invalid("empty"));
+        }
+        if id.len() > Self::MAX_LEN {
+            return Err(invalid("longer than 128 characters"));
+        }
+        if id == "." || id == ".." {
+            return Err(invalid("not a file name"));
+        }
+        if !id
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '-'))
+        {
+            return Err(invalid("only [A-Za-z0-9_.-] allowed"));
+        }
+        Ok(Self(id.to_owned()))
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Display for ContainerId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// Everything needed to start one container. The caller resolves images, entrypoints and names;
+/// the runtime only turns this into an OCI spec.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RunSpec {
+    pub id: ContainerId,
+    /// Already prepared root filesystem (the image store's overlay mount), absolute.
+    pub rootfs: PathBuf,
+    /// argv, non-empty: entrypoint and cmd already resolved by the caller.
+    pub args: Vec<String>,
+    /// `KEY=VALUE` entries.
+    pub env: Vec<String>,
+    /// Absolute working directory inside the container.
+    pub cwd: String,
+    pub hostname: String,
+    /// `Some`: join this network namespace file (e.g. `/run/netns/x`); `None`: share the agent's
+    /// network namespace (hostNetwork).
+    pub netns: Option<PathBuf>,
+    /// Relative cgroup path, e.g. `baton/<node>/<pod-uid>/<container>`. The caller derives it per
+    /// agent so that agents sharing a machine never collide.
+    pub cgroup_path: PathBuf,
+    /// Memory limit; swap is limited to the same total so the limit cannot be escaped by swapping.
+    pub memory_limit_bytes: Option<u64>,
+    /// CPU limit as a CFS quota over a 100 ms period.
+    pub cpu_limit_millis: Option<u32>,
+    /// CPU request, turned into shares (v1) or weight (v2) like kubelet does.
+    pub cpu_request_millis: u32,
+    /// Maximum number of tasks in the container's cgroup.
+    pub pids_limit: i64,
+    /// stdout and stderr both go here.
+    pub log_path: PathBuf,
+    /// The log is rotated to `<log_path>.1` before it would grow past this; one rotated file is kept.
+    pub log_max_bytes: u64,
+}
+
+/// Why a container's init process ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ExitReason {
+    /// Exit status. `-1` means the status could not be collected (someone else reaped the init).
+    Exited(i32),
+    /// Terminated by this signal number.
+    Signaled(i32),
+    /// The cgroup's memory limit was hit and the kernel OOM killer fired.
+    OomKilled,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ExitEvent {
+    pub id: ContainerId,
+    pub reason: ExitReason,
+}
+
+/// The operation that a backend failure happened in, for [`RuntimeError::Backend`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Operation {
+    Create,
+    Start,
+    Kill,
+    Delete,
+    Load,
+}
+
+impl fmt::Display for Operation {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Self::Create => "create",
+            Self::Start => "start",
+            Self::Kill => "kill",
+            Self::Delete => "delete",
+            Self::Load => "load",
+        })
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum RuntimeError {
+    #[error("invalid container id {id:?}: {reason}")]
+    InvalidId { id: String, reason: &'static str },
+    #[error("invalid run spec for container {id}: {reason}")]
+    InvalidSpec { id: ContainerId, reason: String },
+    #[error("container {0} already exists")]
+    AlreadyExists(ContainerId),
+    #[error("container {0} not found")]
+    NotFound(ContainerId),
+    /// The runtime has state for the container but its init has exited.
+    #[error("container {0} is not running")]
+    NotRunning(ContainerId),
+    #[error("i/o error on {}", path.display())]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("failed to {op} container {id}")]
+    Backend {
+        op: Operation,
+        id: ContainerId,
+        #[source]
+        source: BoxError,
+    },
+    /// Only produced by [`FakeRuntime`], for tests of the callers' error handling.
+    #[error("injected failure: {0}")]
+    Injected(String),
+}
+
+/// A container runtime. Implementations must be usable from several threads at once.
+pub trait Runtime: Send + Sync + 'static {
+    /// Creates and starts the container; returns the init pid. Its exit is reported later as an
+    /// [`ExitEvent`] on the channel given to the implementation's constructor.
+    fn run(&self, spec: &RunSpec) -> Result<u32, RuntimeError>;
+    /// Signals every process of the container (e.g. SIGTERM, then SIGKILL after a grace period
+    /// chosen by the caller). Like kill(2), signal 0 sends nothing and only checks: it is `Ok`
+    /// while the container runs. Errors with [`RuntimeError::NotFound`] for an unknown id and
+    /// [`RuntimeError::NotRunning`] once the container's init has exited.
+    fn kill(&self, id: &ContainerId, signal: i32) -> Result<(), RuntimeError>;
+    /// Force-removes: kills what is left, waits, removes runtime state and the container's
+    /// cgroups. Idempotent: deleting an unknown id is Ok.
+    fn delete(&self, id: &ContainerId) -> Result<(), RuntimeError>;
+    /// Ids of the containers this runtime has state for (to find leftovers after an agent restart).
+    fn list(&self) -> Result<Vec<ContainerId>, RuntimeError>;
+}
+
+impl RunSpec {
+    /// Checks what the runtime relies on before touching the system.
+    pub fn validate(&self) -> Result<(), RuntimeError> {
+        let bad = |reason: &str| RuntimeError::InvalidSpec {
+            id: self.id.clone(),
+            reason: reason.to_owned(),
+        };
+        if self.args.is_empty() {
+            return Err(bad("args must not be empty"));
+        }
+        if !self.rootfs.is_absolute() {
+            return Err(bad("rootfs must be an absolute path"));
+        }
+        if !self.cwd.starts_with('/') {
+            return Err(bad("cwd must be absolute"));
+        }
+        if let Some(netns) = &self.netns {
+            if !netns.is_absolute() {
+                return Err(bad("netns must be an absolute path"));
+            }
+        }
+        let mut components = 0;
+        for c in self.cgroup_path.components() {
+            match c {
+                std::path::Component::Normal(_) => components += 1,
+                _ => return Err(bad("cgroup_path must be relative, without '.' or '..'")),
+            }
+        }
+        if components == 0 {
+            return Err(bad("cgroup_path must not be empty"));
+        }
+        if self.env.iter().any(|e| !e.contains('=')) {
+            return Err(bad("env entries must be KEY=VALUE"));
+        }
+        if self.pids_limit <= 0 {
+            return Err(bad("pids_limit must be positive"));
+        }
+        if self.log_max_bytes == 0 {
+            return Err(bad("log_max_bytes must be positive"));
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn container_id_rules() {
+        assert!(ContainerId::new("web-1_a.b").is_ok());
+        assert!(ContainerId::new(&"a".repeat(128)).is_ok());
+        for bad in ["", ".", "..", "a/b", "a b", "é", &"a".repeat(129)] {
+            assert!(
+                matches!(ContainerId::new(bad), Err(RuntimeError::InvalidId { .. })),
+                "{bad:?} accepted"
+            );
+        }
+    }
+
+    fn spec() -> RunSpec {
+        RunSpec {
+            id: ContainerId::new("c").unwrap(),
+            rootfs: "/r".into(),
+            args: vec!["sh".into()],
+            env: vec!["A=1".into()],
+            cwd: "/".into(),
+            hostname: "h".into(),
+            netns: None,
+            cgroup_path: "baton/n/p/c".into(),
+            memory_limit_bytes: None,
+            cpu_limit_millis: None,
+            cpu_request_millis: 0,
+            pids_limit: 10,
+            log_path: "/l".into(),
+            log_max_bytes: 1,
+        }
+    }
+
+    #[test]
+    fn spec_validation_rejects_what_the_runtime_cannot_use() {
+        assert!(spec().validate().is_ok());
+        let cases: &[fn(&mut RunSpec)] = &[
+            |s| s.args.clear(),
+            |s| s.rootfs = "r".into(),
+            |s| s.cwd = "tmp".into(),
+            |s| s.cgroup_path = "/abs".into(),
+            |s| s.cgroup_path = "a/../b".into(),
+            |s| s.cgroup_path = "".into(),
+            |s| s.env.push("NOEQ".into()),
+            |s| s.pids_limit = 0,
+            |s| s.log_max_bytes = 0,
+            |s| s.netns = Some("x".into()),
+        ];
+        for (i, f) in cases.iter().enumerate() {
+            let mut s = spec();
+            f(&mut s);
+            assert!(
+                matches!(s.validate(), Err(RuntimeError::InvalidSpec { .. })),
+                "case {i} accepted"
+            );
+        }
+    }
+}

@@ -1,0 +1,193 @@
+//! A recording [`Runtime`] for unit tests of the agent core: it records every call with typed
+//! arguments, can be told to fail the next `run`, and lets the test decide when containers exit.
+
+use std::collections::BTreeSet;
+use std::sync::{Mutex, MutexGuard};
+
+use tokio::sync::mpsc::UnboundedSender;
+
+use super::{ContainerId, ExitEvent, ExitReason, RunSpec, Runtime, RuntimeError};
+
+/// One recorded call. `Run` keeps the spec inline (not boxed) so tests can match on it directly;
+/// the size of a test double's enum does not matter.
+#[allow(clippy::large_enum_variant)]
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Call {
+    Run(RunSpec),
+    Kill(ContainerId, i32),
+    Delete(ContainerId),
+    List,
+}
+
+#[derive(Default)]
+struct State {
+    calls: Vec<Call>,
+    fail_next_run: Option<String>,
+    /// Ids that were run and not deleted, i.e. what `list` reports.
+    containers: BTreeSet<ContainerId>,
+    /// Ids that `exit` was called for since their last `run`.
+    exited: BTreeSet<ContainerId>,
+    next_pid: u32,
+}
+
+pub struct FakeRuntime {
+    exits: UnboundedSender<ExitEvent>,
+    state: Mutex<State>,
+}
+
+impl FakeRuntime {
+    pub fn new(exits: UnboundedSender<ExitEvent>) -> Self {
+        Self {
+            exits,
+            state: Mutex::new(State {
+                next_pid: 1000,
+                ..State::default()
+            }),
+        }
+    }
+
+    /// Every call so far, in order.
+    pub fn calls(&self) -> Vec<Call> {
+        self.lock().calls.clone()
+    }
+
+    /// Makes the next `run` fail with [`RuntimeError::Injected`] (the call is still recorded).
+    pub fn fail_next_run(&self, err_msg: impl Into<String>) {
+        self.lock().fail_next_run = Some(err_msg.into());
+    }
+
+    /// Reports that `id` exited, as the real runtime's reaper would. From now on `kill` answers
+    /// [`RuntimeError::NotRunning`] for it, like the real runtime.
+    pub fn exit(&self, id: &ContainerId, reason: ExitReason) {
+        self.lock().exited.insert(id.clone());
+        // A closed receiver means the core under test is gone; nothing to report to.
+        let _ = self.exits.send(ExitEvent {
+            id: id.clone(),
+            reason,
+        });
+    }
+
+    /// Ids that were run and not yet deleted.
+    pub fn containers(&self) -> Vec<ContainerId> {
+        self.lock().containers.iter().cloned().collect()
+    }
+
+    /// A poisoned lock only means another test thread panicked; the data is still usable.
+    fn lock(&self) -> MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+impl Runtime for FakeRuntime {
+    fn run(&self, spec: &RunSpec) -> Result<u32, RuntimeError> {
+        let mut st = self.lock();
+        st.calls.push(Call::Run(spec.clone()));
+        if let Some(msg) = st.fail_next_run.take() {
+            return Err(RuntimeError::Injected(msg));
+        }
+        spec.validate()?;
+        if !st.containers.insert(spec.id.clone()) {
+            return Err(RuntimeError::AlreadyExists(spec.id.clone()));
+        }
+        st.exited.remove(&spec.id);
+        st.next_pid += 1;
+        Ok(st.next_pid)
+    }
+
+    fn kill(&self, id: &ContainerId, signal: i32) -> Result<(), RuntimeError> {
+        let mut st = self.lock();
+        st.calls.push(Call::Kill(id.clone(), signal));
+        if !st.containers.contains(id) {
+            Err(RuntimeError::NotFound(id.clone()))
+        } else if st.exited.contains(id) {
+            Err(RuntimeError::NotRunning(id.clone()))
+        } else {
+            Ok(())
+        }
+    }
+
+    fn delete(&self, id: &ContainerId) -> Result<(), RuntimeError> {
+        let mut st = self.lock();
+        st.calls.push(Call::Delete(id.clone()));
+        st.containers.remove(id);
+        st.exited.remove(id);
+        Ok(())
+    }
+
+    fn list(&self) -> Result<Vec<ContainerId>, RuntimeError> {
+        let mut st = self.lock();
+        st.calls.push(Call::List);
+        Ok(st.containers.iter().cloned().collect())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn spec(id: &str) -> RunSpec {
+        RunSpec {
+            id: ContainerId::new(id).unwrap(),
+            rootfs: "/r".into(),
+            args: vec!["true".into()],
+            env: vec![],
+            cwd: "/".into(),
+            hostname: "h".into(),
+            netns: None,
+            cgroup_path: "baton/n/p/c".into(),
+            memory_limit_bytes: None,
+            cpu_limit_millis: None,
+            cpu_request_millis: 0,
+            pids_limit: 10,
+            log_path: "/l".into(),
+            log_max_bytes: 1,
+        }
+    }
+
+    #[test]
+    fn records_calls_injects_failures_and_emits_exits() {
+        let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+        let rt = FakeRuntime::new(tx);
+        let a = spec("a");
+        rt.fail_next_run("boom");
+        assert!(matches!(rt.run(&a), Err(RuntimeError::Injected(m)) if m == "boom"));
+        let pid = rt.run(&a).unwrap();
+        assert!(pid > 0);
+        assert!(matches!(rt.run(&a), Err(RuntimeError::AlreadyExists(_))));
+        rt.kill(&a.id, 15).unwrap();
+        rt.kill(&a.id, 0).unwrap();
+        rt.exit(&a.id, ExitReason::Signaled(15));
+        assert!(matches!(
+            rt.kill(&a.id, 0),
+            Err(RuntimeError::NotRunning(_))
+        ));
+        assert_eq!(
+            rx.try_recv().unwrap(),
+            ExitEvent {
+                id: a.id.clone(),
+                reason: ExitReason::Signaled(15)
+            }
+        );
+        assert_eq!(rt.list().unwrap(), vec![a.id.clone()]);
+        rt.delete(&a.id).unwrap();
+        rt.delete(&a.id).unwrap();
+        assert!(rt.list().unwrap().is_empty());
+        assert!(matches!(rt.kill(&a.id, 9), Err(RuntimeError::NotFound(_))));
+        assert_eq!(
+            rt.calls(),
+            vec![
+                Call::Run(a.clone()),
+                Call::Run(a.clone()),
+                Call::Run(a.clone()),
+                Call::Kill(a.id.clone(), 15),
+                Call::Kill(a.id.clone(), 0),
+                Call::Kill(a.id.clone(), 0),
+                Call::List,
+                Call::Delete(a.id.clone()),
+                Call::Delete(a.id.clone()),
+                Call::List,
+                Call::Kill(a.id.clone(), 9),
+            ]
+        );
+    }
+}

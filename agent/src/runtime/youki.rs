@@ -1,0 +1,566 @@
+//! [`Runtime`] on youki's libcontainer, in-process.
+//!
+//! Architecture invariant: this is the only module that imports libcontainer and libcgroups.
+//!
+//! Layout under `state_dir`:
+//! - `containers/<id>/`: libcontainer's own state (what `list` reads, what `Container::load`
+//!   finds again after an agent restart);
+//! - `bundles/<id>/config.json`: the OCI spec we generated.
+//!
+//! Reaping: libcontainer clones the container's init with `CLONE_PARENT`, so the init is *our*
+//! child and nobody else will reap it. Each container gets a small thread that blocks in
+//! `waitpid(pid)`, then reads the cgroup's OOM counter (before `delete` can remove the cgroup),
+//! waits briefly for the log copier to drain, and sends the [`ExitEvent`]. A thread per container
+//! costs a few KiB of stack; a single `waitpid(-1)` loop would instead steal the exit statuses of
+//! other children of the agent (e.g. `ip` commands run by the network module).
+//!
+//! Caveat: libcontainer forks from a multi-threaded process. glibc makes `malloc` fork-safe, but
+//! a lock held by another thread at fork time (e.g. a logging writer's) stays locked in the
+//! child. The child logs only on errors, so this is a narrow window; a separate shim process
+//! would close it entirely.
+
+use std::collections::HashMap;
+use std::fs::{self, File};
+use std::io;
+use std::os::fd::OwnedFd;
+use std::path::{Path, PathBuf};
+use std::sync::{mpsc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use libcgroups::common::{get_cgroup_setup, CgroupSetup, DEFAULT_CGROUP_ROOT};
+use libcgroups::v1::util::{get_subsystem_mount_point, list_supported_mount_points};
+use libcgroups::v1::ControllerType;
+use libcontainer::container::builder::ContainerBuilder;
+use libcontainer::container::{Container, ContainerStatus};
+use libcontainer::oci_spec::runtime::{
+    LinuxCpuBuilder, LinuxMemoryBuilder, LinuxNamespace, LinuxNamespaceType, LinuxPidsBuilder,
+    LinuxResources, Root, Spec,
+};
+use libcontainer::signal::Signal;
+use libcontainer::syscall::syscall::SyscallType;
+use nix::errno::Errno;
+use nix::fcntl::OFlag;
+use nix::sys::wait::{waitpid, WaitStatus};
+use nix::unistd::Pid;
+use tokio::sync::mpsc::UnboundedSender;
+
+use super::logs;
+use super::{ContainerId, ExitEvent, ExitReason, Operation, RunSpec, Runtime, RuntimeError};
+
+/// CFS period used for CPU limits, as kubelet does.
+const CPU_PERIOD_US: u64 = 100_000;
+/// How long `delete` waits for the reaper after SIGKILL before removing state anyway.
+const REAP_WAIT: Duration = Duration::from_secs(10);
+/// How long the reaper waits for the log copier to drain after the init exited. Every process
+/// of the pid namespace dies with its init, so EOF normally follows within milliseconds.
+const LOG_DRAIN_WAIT: Duration = Duration::from_secs(2);
+
+/// Where this host's cgroup directories are, to read OOM counters and to prune empty parents.
+#[derive(Debug, Clone)]
+enum CgroupLayout {
+    /// Legacy or hybrid: one hierarchy per controller (libcgroups uses v1 then).
+    V1 {
+        memory: Option<PathBuf>,
+        mounts: Vec<PathBuf>,
+    },
+    Unified {
+        root: PathBuf,
+    },
+}
+
+impl CgroupLayout {
+    fn detect() -> Self {
+        match get_cgroup_setup() {
+            Ok(CgroupSetup::Unified) => Self::Unified {
+                root: PathBuf::from(DEFAULT_CGROUP_ROOT),
+            },
+            other => {
+                if let Err(e) = &other {
+                    tracing::warn!(error = %e, "cannot detect cgroup setup; assuming v1");
+                }
+                let mut mounts: Vec<PathBuf> = list_supported_mount_points()
+                    .map(|m| m.into_values().collect())
+                    .unwrap_or_default();
+                mounts.sort();
+                mounts.dedup();
+                Self::V1 {
+                    memory: get_subsystem_mount_point(&ControllerType::Memory).ok(),
+                    mounts,
+                }
+            }
+        }
+    }
+
+    /// The directories that hold `rel` in every hierarchy.
+    fn dirs(&self, rel: &Path) -> Vec<PathBuf> {
+        match self {
+            Self::V1 { mounts, .. } => mounts.iter().map(|m| m.join(rel)).collect(),
+            Self::Unified { root } => vec![root.join(rel)],
+        }
+    }
+
+    /// Number of OOM kills recorded in the cgroup at `rel`; `None` when unreadable.
+    fn oom_kills(&self, rel: &Path) -> Option<u64> {
+        let (file, key) = match self {
+            Self::V1 { memory, .. } => (
+                memory.as_ref()?.join(rel).join("memory.oom_control"),
+                "oom_kill",
+            ),
+            Self::Unified { root } => (root.join(rel).join("memory.events"), "oom_kill"),
+        };
+        let text = fs::read_to_string(file).ok()?;
+        text.lines().find_map(|l| {
+            let mut it = l.split_whitespace();
+            (it.next() == Some(key))
+                .then(|| it.next().and_then(|v| v.parse().ok()))
+                .flatten()
+        })
+    }
+}
+
+pub struct YoukiRuntime {
+    containers_dir: PathBuf,
+    bundles_dir: PathBuf,
+    exits: UnboundedSender<ExitEvent>,
+    layout: CgroupLayout,
+    /// Per container we started: fires once its reaper has sent the exit event.
+    reaped: Mutex<HashMap<ContainerId, mpsc::Receiver<()>>>,
+    /// Serialises cgroup creation (in `run`) with pruning of empty parent cgroups (in
+    /// `delete`), so a prune can never remove a parent that a concurrent create just made.
+    cgroup_tree: Mutex<()>,
+}
+
+fn io_err(path: &Path) -> impl FnOnce(io::Error) -> RuntimeError + '_ {
+    move |source| RuntimeError::Io {
+        path: path.to_owned(),
+        source,
+    }
+}
+
+fn backend<E>(op: Operation, id: &ContainerId) -> impl FnOnce(E) -> RuntimeError + '_
+where
+    E: std::error::Error + Send + Sync + 'static,
+{
+    move |e| RuntimeError::Backend {
+        op,
+        id: id.clone(),
+        source: Box::new(e),
+    }
+}
+
+/// A poisoned lock only means a thread panicked while holding it; the guarded data is still
+/// consistent (a map of receivers, or nothing at all).
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+impl YoukiRuntime {
+    pub fn new(
+        state_dir: PathBuf,
+        exits: UnboundedSender<ExitEvent>,
+    ) -> Result<Self, RuntimeError> {
+        let containers_dir = state_dir.join("containers");
+        let bundles_dir = state_dir.join("bundles");
+        for d in [&containers_dir, &bundles_dir] {
+            fs::create_dir_all(d).map_err(io_err(d))?;
+        }
+        Ok(Self {
+            containers_dir,
+            bundles_dir,
+            exits,
+            layout: CgroupLayout::detect(),
+            reaped: Mutex::new(HashMap::new()),
+            cgroup_tree: Mutex::new(()),
+        })
+    }
+
+    /// The libcontainer state directory of `id` (exists while the runtime has state for it).
+    pub fn container_dir(&self, id: &ContainerId) -> PathBuf {
+        self.containers_dir.join(id.as_str())
+    }
+
+    /// Pid of the container's init, if the runtime has state for it and it is still running.
+    pub fn pid(&self, id: &ContainerId) -> Result<Option<u32>, RuntimeError> {
+        let dir = self.container_dir(id);
+        if !dir.exists() {
+            return Ok(None);
+        }
+        let mut c = Container::load(dir).map_err(backend(Operation::Load, id))?;
+        c.refresh_status().map_err(backend(Operation::Load, id))?;
+        Ok(match c.status() {
+            ContainerStatus::Stopped => None,
+            _ => c.pid().and_then(|p| u32::try_from(p.as_raw()).ok()),
+        })
+    }
+
+    fn build_spec(spec: &RunSpec) -> Result<Spec, RuntimeError> {
+        let spec_err = backend(Operation::Create, &spec.id);
+        let mut oci = Spec::default();
+        oci.set_hostname(Some(spec.hostname.clone()));
+
+        let mut root = Root::default();
+        root.set_path(spec.rootfs.clone()).set_readonly(Some(false));
+        oci.set_root(Some(root));
+
+        let mut process = oci.process().clone().unwrap_or_default();
+        process
+            .set_args(Some(spec.args.clone()))
+            .set_env(Some(spec.env.clone()))
+            .set_cwd(PathBuf::from(&spec.cwd))
+            .set_no_new_privileges(Some(true));
+        oci.set_process(Some(process));
+
+        let mut linux = oci.linux().clone().unwrap_or_default();
+        // Absolute: relative to the cgroup roots, whichever process creates it.
+        linux.set_cgroups_path(Some(Path::new("/").join(&spec.cgroup_path)));
+
+        let mut namespaces = linux.namespaces().clone().unwrap_or_default();
+        namespaces.retain(|ns| ns.typ() != LinuxNamespaceType::Network);
+        if let Some(netns) = &spec.netns {
+            let mut ns = LinuxNamespace::default();
+            ns.set_typ(LinuxNamespaceType::Network)
+                .set_path(Some(netns.clone()));
+            namespaces.push(ns);
+        }
+        linux.set_namespaces(Some(namespaces));
+
+        let mut resources = linux
+            .resources()
+            .clone()
+            .unwrap_or_else(LinuxResources::default);
+        if let Some(limit) = spec.memory_limit_bytes {
+            let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+            resources.set_memory(Some(
+                LinuxMemoryBuilder::default()
+                    .limit(limit)
+                    .swap(limit)
+                    .build()
+                    .map_err(spec_err)?,
+            ));
+        }
+        let mut cpu = LinuxCpuBuilder::default();
+        cpu = cpu.shares(cpu_shares(spec.cpu_request_millis));
+        if let Some(millis) = spec.cpu_limit_millis {
+            cpu = cpu.quota(cpu_quota_us(millis)).period(CPU_PERIOD_US);
+        }
+        resources.set_cpu(Some(
+            cpu.build().map_err(backend(Operation::Create, &spec.id))?,
+        ));
+        resources.set_pids(Some(
+            LinuxPidsBuilder::default()
+                .limit(spec.pids_limit)
+                .build()
+                .map_err(backend(Operation::Create, &spec.id))?,
+        ));
+        linux.set_resources(Some(resources));
+        oci.set_linux(Some(linux));
+        Ok(oci)
+    }
+
+    /// Removes the now empty parents of a deleted container's cgroup, but never the first path
+    /// component: that one is shared by every agent on the machine (e.g. `baton/`), and another
+    /// agent process may be creating a child in it right now.
+    fn prune_cgroup_parents(&self, cgroup_path: &Path) {
+        let rel = cgroup_path.strip_prefix("/").unwrap_or(cgroup_path);
+        let mut parent = rel.parent();
+        while let Some(p) = parent {
+            if p.components().count() < 2 {
+                break;
+            }
+            for dir in self.layout.dirs(p) {
+                match fs::remove_dir(&dir) {
+                    Ok(()) => {}
+                    Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+                    // Not empty (EBUSY for cgroups with children): a sibling is still there.
+                    Err(_) => return,
+                }
+            }
+            parent = p.parent();
+        }
+    }
+
+    /// Removes what a failed or finished container left of the bundle.
+    fn remove_bundle(&self, id: &ContainerId) -> Result<(), RuntimeError> {
+        let dir = self.bundles_dir.join(id.as_str());
+        match fs::remove_dir_all(&dir) {
+            Err(e) if e.kind() != io::ErrorKind::NotFound => Err(io_err(&dir)(e)),
+            _ => Ok(()),
+        }
+    }
+
+    fn start_reaper(
+        &self,
+        id: ContainerId,
+        pid: Pid,
+        cgroup_path: PathBuf,
+        log_done: mpsc::Receiver<()>,
+    ) -> Result<(), RuntimeError> {
+        let (done_tx, done_rx) = mpsc::channel();
+        let exits = self.exits.clone();
+        let layout = self.layout.clone();
+        let name = id.to_string();
+        let key = id.clone();
+        std::thread::Builder::new()
+            .name(format!("reap-{name}"))
+            .spawn(move || {
+                let status = loop {
+                    match waitpid(pid, None) {
+                        Err(Errno::EINTR) => continue,
+                        other => break other,
+                    }
+                };
+                let reason = match status {
+                    Ok(WaitStatus::Exited(_, code)) => ExitReason::Exited(code),
+                    Ok(WaitStatus::Signaled(_, sig, _)) => ExitReason::Signaled(sig as i32),
+                    other => {
+                        tracing::error!(container = %id, status = ?other, "cannot collect container exit status");
+                        ExitReason::Exited(-1)
+                    }
+                };
+                // Anything but a clean exit after an OOM kill in the cgroup is blamed on the OOM,
+                // as kubelet does (a shell whose child was OOM-killed exits 137, not SIGKILL).
+                let oom = layout.oom_kills(&cgroup_path).unwrap_or(0) > 0;
+                let reason = match reason {
+                    ExitReason::Exited(0) => reason,
+                    _ if oom => ExitReason::OomKilled,
+                    _ => reason,
+                };
+                let _ = log_done.recv_timeout(LOG_DRAIN_WAIT);
+                tracing::debug!(container = %id, ?reason, "container exited");
+                let _ = exits.send(ExitEvent { id, reason });
+                let _ = done_tx.send(());
+            })
+            .map_err(io_err(Path::new("/proc/self/task")))?;
+        lock(&self.reaped).insert(key, done_rx);
+        Ok(())
+    }
+
+    fn create_and_start(&self, spec: &RunSpec, bundle: &Path) -> Result<u32, RuntimeError> {
+        let id = &spec.id;
+        let (read_end, write_end) = nix::unistd::pipe2(OFlag::O_CLOEXEC)
+            .map_err(|e| io_err(Path::new("pipe"))(e.into()))?;
+        let write_err: OwnedFd = write_end.try_clone().map_err(io_err(Path::new("pipe")))?;
+        let log_done = logs::spawn_copier(
+            id.to_string(),
+            File::from(read_end),
+            spec.log_path.clone(),
+            spec.log_max_bytes,
+        )
+        .map_err(io_err(&spec.log_path))?;
+
+        let mut container = {
+            let _tree = lock(&self.cgroup_tree);
+            ContainerBuilder::new(id.to_string(), SyscallType::default())
+                .with_root_path(&self.containers_dir)
+                .and_then(|b| b.validate_id())
+                .map(|b| {
+                    b.with_stdout(write_end)
+                        .with_stderr(write_err)
+                        .as_init(bundle)
+                        .with_systemd(false)
+                        .with_detach(true)
+                })
+                .and_then(|b| b.build())
+                .map_err(backend(Operation::Create, id))?
+        };
+        // The builder dropped our copies of the pipe's write end: the copier sees EOF once the
+        // container's processes are gone.
+        let pid = container.pid().ok_or_else(|| RuntimeError::Backend {
+            op: Operation::Create,
+            id: id.clone(),
+            source: "created container has no pid".into(),
+        })?;
+        // Reap from now on: even if start fails, the init must not stay a zombie.
+        self.start_reaper(id.clone(), pid, spec.cgroup_path.clone(), log_done)?;
+        if let Err(e) = container.start() {
+            let err = backend(Operation::Start, id)(e);
+            if let Err(del) = self.delete(id) {
+                tracing::warn!(container = %id, error = %del, "cleanup after failed start failed");
+            }
+            return Err(err);
+        }
+        u32::try_from(pid.as_raw()).map_err(|e| RuntimeError::Backend {
+            op: Operation::Create,
+            id: id.clone(),
+            source: Box::new(e),
+        })
+    }
+}
+
+/// kubelet's milli-CPU to shares conversion: 1000m = 1024 shares, clamped to the kernel's range.
+fn cpu_shares(millis: u32) -> u64 {
+    (u64::from(millis) * 1024 / 1000).clamp(2, 262_144)
+}
+
+/// kubelet's milli-CPU to CFS quota over [`CPU_PERIOD_US`], at least the kernel's 1 ms minimum.
+fn cpu_quota_us(millis: u32) -> i64 {
+    (i64::from(millis) * CPU_PERIOD_US as i64 / 1000).max(1000)
+}
+
+impl Runtime for YoukiRuntime {
+    #[tracing::instrument(skip_all, fields(container = %spec.id))]
+    fn run(&self, spec: &RunSpec) -> Result<u32, RuntimeError> {
+        spec.validate()?;
+        let id = &spec.id;
+        if self.container_dir(id).exists() {
+            return Err(RuntimeError::AlreadyExists(id.clone()));
+        }
+        let oci = Self::build_spec(spec)?;
+        let bundle = self.bundles_dir.join(id.as_str());
+        fs::create_dir_all(&bundle).map_err(io_err(&bundle))?;
+        let config = bundle.join("config.json");
+        if let Err(e) = oci.save(&config) {
+            let _ = self.remove_bundle(id);
+            return Err(backend(Operation::Create, id)(e));
+        }
+        match self.create_and_start(spec, &bundle) {
+            Ok(pid) => {
+                tracing::info!(pid, "container started");
+                Ok(pid)
+            }
+            Err(e) => {
+                // libcontainer already removed its own state after a failed build.
+                let _ = self.remove_bundle(id);
+                Err(e)
+            }
+        }
+    }
+
+    fn kill(&self, id: &ContainerId, signal: i32) -> Result<(), RuntimeError> {
+        let dir = self.container_dir(id);
+        if !dir.exists() {
+            return Err(RuntimeError::NotFound(id.clone()));
+        }
+        let mut c = Container::load(dir).map_err(backend(Operation::Load, id))?;
+        c.refresh_status().map_err(backend(Operation::Load, id))?;
+        // The pid namespace dies with its init, so a stopped init means nothing is left to signal.
+        if c.status() == ContainerStatus::Stopped {
+            return Err(RuntimeError::NotRunning(id.clone()));
+        }
+        if signal == 0 {
+            return Ok(());
+        }
+        let sig = Signal::try_from(signal).map_err(backend(Operation::Kill, id))?;
+        c.kill(sig, true).map_err(backend(Operation::Kill, id))
+    }
+
+    #[tracing::instrument(skip_all, fields(container = %id))]
+    fn delete(&self, id: &ContainerId) -> Result<(), RuntimeError> {
+        let dir = self.container_dir(id);
+        let reaper = lock(&self.reaped).remove(id);
+        if dir.exists() {
+            let mut c = Container::load(dir).map_err(backend(Operation::Load, id))?;
+            let cgroup_path = c.spec().ok().map(|cfg| cfg.cgroup_path);
+            // Kill first and let our reaper report the exit (and read the OOM counter) before
+            // the cgroup disappears. Errors are fine here: delete(force) kills again.
+            if let Err(e) = c.kill(Signal::from(nix::sys::signal::Signal::SIGKILL), true) {
+                tracing::debug!(error = %e, "kill before delete failed");
+            }
+            if let Some(rx) = &reaper {
+                if rx.recv_timeout(REAP_WAIT).is_err() {
+                    tracing::warn!("container init not reaped in time; deleting anyway");
+                }
+            }
+            {
+                let _tree = lock(&self.cgroup_tree);
+                c.delete(true).map_err(backend(Operation::Delete, id))?;
+                if let Some(p) = cgroup_path {
+                    self.prune_cgroup_parents(&p);
+                }
+            }
+            tracing::info!("container deleted");
+        }
+        self.remove_bundle(id)
+    }
+
+    fn list(&self) -> Result<Vec<ContainerId>, RuntimeError> {
+        let rd = fs::read_dir(&self.containers_dir).map_err(io_err(&self.containers_dir))?;
+        let mut ids = Vec::new();
+        for entry in rd {
+            let entry = entry.map_err(io_err(&self.containers_dir))?;
+            if let Some(id) = entry
+                .file_name()
+                .to_str()
+                .and_then(|n| ContainerId::new(n).ok())
+            {
+                ids.push(id);
+            }
+        }
+        ids.sort();
+        Ok(ids)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cpu_conversions_follow_kubelet() {
+        assert_eq!(cpu_shares(0), 2);
+        assert_eq!(cpu_shares(1000), 1024);
+        assert_eq!(cpu_shares(250), 256);
+        assert_eq!(cpu_shares(u32::MAX), 262_144);
+        assert_eq!(cpu_quota_us(500), 50_000);
+        assert_eq!(cpu_quota_us(2000), 200_000);
+        assert_eq!(cpu_quota_us(1), 1000);
+    }
+
+    #[test]
+    fn spec_maps_network_and_limits() {
+        let mut s = RunSpec {
+            id: ContainerId::new("c").unwrap(),
+            rootfs: "/r".into(),
+            args: vec!["sh".into(), "-c".into(), "true".into()],
+            env: vec!["A=1".into()],
+            cwd: "/tmp".into(),
+            hostname: "h".into(),
+            netns: Some("/run/netns/x".into()),
+            cgroup_path: "baton/n/p/c".into(),
+            memory_limit_bytes: Some(32 << 20),
+            cpu_limit_millis: Some(500),
+            cpu_request_millis: 100,
+            pids_limit: 64,
+            log_path: "/l".into(),
+            log_max_bytes: 1,
+        };
+        let oci = YoukiRuntime::build_spec(&s).unwrap();
+        let linux = oci.linux().as_ref().unwrap();
+        let nets: Vec<_> = linux
+            .namespaces()
+            .as_ref()
+            .unwrap()
+            .iter()
+            .filter(|n| n.typ() == LinuxNamespaceType::Network)
+            .collect();
+        assert_eq!(nets.len(), 1);
+        assert_eq!(nets[0].path().as_deref(), Some(Path::new("/run/netns/x")));
+        assert_eq!(
+            linux.cgroups_path().as_deref(),
+            Some(Path::new("/baton/n/p/c"))
+        );
+        let res = linux.resources().as_ref().unwrap();
+        let mem = res.memory().unwrap();
+        assert_eq!((mem.limit(), mem.swap()), (Some(32 << 20), Some(32 << 20)));
+        let cpu = res.cpu().as_ref().unwrap();
+        assert_eq!(
+            (cpu.quota(), cpu.period(), cpu.shares()),
+            (Some(50_000), Some(100_000), Some(102))
+        );
+        assert_eq!(res.pids().unwrap().limit(), 64);
+        let p = oci.process().as_ref().unwrap();
+        assert_eq!(p.cwd(), Path::new("/tmp"));
+        assert_eq!(p.no_new_privileges(), Some(true));
+        assert_eq!(oci.root().as_ref().unwrap().readonly(), Some(false));
+
+        s.netns = None;
+        let oci = YoukiRuntime::build_spec(&s).unwrap();
+        let linux = oci.linux().as_ref().unwrap();
+        assert!(!linux
+            .namespaces()
+            .as_ref()
+            .unwrap()
+            .iter()
+            .any(|n| n.typ() == LinuxNamespaceType::Network));
+    }
+}

@@ -1,1 +1,920 @@
+//! `baton apply` input: Kubernetes YAML manifests to [`api::Object`]s.
+//!
+//! Baton accepts a strict subset of the Kubernetes schema, so a manifest written for
+//! Kubernetes applies unchanged when it only uses that subset, and anything else is
+//! refused with the full path of the first field Baton does not support. Silently
+//! ignoring a `securityContext` or a `livenessProbe` would run a workload with weaker
+//! guarantees than its author asked for.
+//!
+//! Parsing runs in three passes per document, all before anything is returned, so a
+//! manifest is all-or-nothing:
+//! 1. YAML to a [`Value`] (syntax errors carry line and column);
+//! 2. a walk of the value against an allow-list ([`Shape`]) that names unsupported
+//!    fields, drops `status`, and treats `null` as absent as Kubernetes does;
+//! 3. serde into private input structs that mirror the Kubernetes shape (type errors
+//!    carry their path through `serde_path_to_error`), then validation into `api` types.
 
+use std::collections::{BTreeMap, BTreeSet};
+
+use serde::Deserialize;
+use serde_yaml_ng::Value;
+
+use crate::api::{self, PullPolicy, RestartPolicy};
+use crate::controller::{POD_NAME_SUFFIX_LEN, POD_TEMPLATE_HASH_LABEL, TEMPLATE_HASH_LEN};
+use crate::quantity;
+
+/// Longest DNS-1123 label: pod and container names.
+pub const MAX_NAME_LEN: usize = 63;
+/// Longest Deployment name, so that `<name>-<hash>-<suffix>` pod names fit in 63.
+pub const MAX_DEPLOYMENT_NAME_LEN: usize =
+    MAX_NAME_LEN - 1 - TEMPLATE_HASH_LEN - 1 - POD_NAME_SUFFIX_LEN;
+/// More replicas than this is a typo on an edge cluster, not a plan.
+pub const MAX_REPLICAS: i64 = 1000;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ManifestError {
+    #[error("document {doc}: invalid YAML: {source}")]
+    Yaml {
+        doc: usize,
+        source: serde_yaml_ng::Error,
+    },
+    #[error("document {doc}: {path}: {message}")]
+    Field {
+        doc: usize,
+        path: String,
+        message: String,
+    },
+    #[error("document {doc}: {message}")]
+    Document { doc: usize, message: String },
+    /// Every field Baton does not support in the document, as `(path, message)`, in
+    /// document order, so one round trip shows them all.
+    #[error("document {doc}: {}", render_fields(fields))]
+    Unsupported {
+        doc: usize,
+        fields: Vec<(String, String)>,
+    },
+    #[error("no objects in manifest")]
+    Empty,
+}
+
+fn render_fields(fields: &[(String, String)]) -> String {
+    fields
+        .iter()
+        .map(|(path, message)| format!("{path}: {message}"))
+        .collect::<Vec<_>>()
+        .join("; ")
+}
+
+/// Parses one or more `---`-separated documents. Empty documents are skipped; any
+/// error in any document fails the whole manifest.
+pub fn parse_manifests(yaml: &str) -> Result<Vec<api::Object>, ManifestError> {
+    let mut objects = Vec::new();
+    // (kind, name) -> document that defined it, to refuse duplicates within one apply.
+    let mut seen: BTreeMap<(&'static str, String), usize> = BTreeMap::new();
+    for (i, de) in serde_yaml_ng::Deserializer::from_str(yaml).enumerate() {
+        let doc = i + 1;
+        let mut value =
+            Value::deserialize(de).map_err(|source| ManifestError::Yaml { doc, source })?;
+        if value.is_null() {
+            continue;
+        }
+        value
+            .apply_merge()
+            .map_err(|source| ManifestError::Yaml { doc, source })?;
+        let object = parse_document(doc, value)?;
+        let key = match &object {
+            api::Object::Deployment(d) => ("deployment", d.metadata.name.clone()),
+            api::Object::Pod(p) => ("pod", p.metadata.name.clone()),
+        };
+        if let Some(first) = seen.get(&key) {
+            return Err(ManifestError::Document {
+                doc,
+                message: format!("{}/{} is already defined in document {first}", key.0, key.1),
+            });
+        }
+        seen.insert(key, doc);
+        objects.push(object);
+    }
+    if objects.is_empty() {
+        return Err(ManifestError::Empty);
+    }
+    Ok(objects)
+}
+
+fn parse_document(doc: usize, mut value: Value) -> Result<api::Object, ManifestError> {
+    let document_error = |message: String| ManifestError::Document { doc, message };
+    let Some(map) = value.as_mapping() else {
+        return Err(document_error(
+            "expected a mapping with apiVersion and kind".to_string(),
+        ));
+    };
+    let field = |name: &str| -> Result<String, ManifestError> {
+        match map.get(name) {
+            Some(Value::String(s)) => Ok(s.clone()),
+            Some(_) => Err(ManifestError::Field {
+                doc,
+                path: name.to_string(),
+                message: "expected a string".to_string(),
+            }),
+            None => Err(ManifestError::Field {
+                doc,
+                path: name.to_string(),
+                message: "required".to_string(),
+            }),
+        }
+    };
+    let api_version = field("apiVersion")?;
+    let kind = field("kind")?;
+    let field_error =
+        |(path, message): (String, String)| ManifestError::Field { doc, path, message };
+    let check = |value: &mut Value, shape: &Shape| -> Result<(), ManifestError> {
+        let mut unsupported = Vec::new();
+        walk(value, shape, &mut String::new(), &mut unsupported).map_err(field_error)?;
+        if unsupported.is_empty() {
+            Ok(())
+        } else {
+            Err(ManifestError::Unsupported {
+                doc,
+                fields: unsupported,
+            })
+        }
+    };
+    match (api_version.as_str(), kind.as_str()) {
+        ("apps/v1", "Deployment") => {
+            check(&mut value, &DEPLOYMENT)?;
+            let input: InDeployment = from_value(doc, value)?;
+            deployment(input)
+                .map(api::Object::Deployment)
+                .map_err(field_error)
+        }
+        ("v1", "Pod") => {
+            check(&mut value, &POD)?;
+            let input: InPod = from_value(doc, value)?;
+            pod(input).map(api::Object::Pod).map_err(field_error)
+        }
+        _ => Err(document_error(format!(
+            "kind {kind} (apiVersion {api_version}) is not supported by Baton; \
+             supported: Deployment (apps/v1), Pod (v1)"
+        ))),
+    }
+}
+
+fn from_value<T: serde::de::DeserializeOwned>(
+    doc: usize,
+    value: Value,
+) -> Result<T, ManifestError> {
+    serde_path_to_error::deserialize(value).map_err(|e| ManifestError::Field {
+        doc,
+        path: e.path().to_string(),
+        message: e.inner().to_string(),
+    })
+}
+
+// ---------------------------------------------------------------------------------------
+// Pass 2: the allow-list.
+
+/// What Baton accepts at a place in the document.
+enum Shape {
+    /// A scalar or list of scalars; serde checks its type.
+    Leaf,
+    /// A Kubernetes quantity; numbers (`cpu: 1`, `cpu: 0.5`) become strings.
+    Quantity,
+    /// A string-to-string map (labels, annotations, nodeSelector); keys are free.
+    FreeMap,
+    /// A mapping with exactly these fields allowed.
+    Object(&'static [(&'static str, Shape)]),
+    List(&'static Shape),
+    /// Accepted, checked against the inner shape, then removed (`status`, `strategy: {}`).
+    Dropped(&'static Shape),
+    /// Anything at all (only under `Dropped`).
+    Any,
+    /// Only `null` (`creationTimestamp: null`, which `kubectl create --dry-run` prints).
+    NullOnly,
+}
+
+const RESOURCE_LIST: Shape =
+    Shape::Object(&[("cpu", Shape::Quantity), ("memory", Shape::Quantity)]);
+const CONTAINER: Shape = Shape::Object(&[
+    ("name", Shape::Leaf),
+    ("image", Shape::Leaf),
+    ("imagePullPolicy", Shape::Leaf),
+    ("command", Shape::Leaf),
+    ("args", Shape::Leaf),
+    (
+        "env",
+        Shape::List(&Shape::Object(&[
+            ("name", Shape::Leaf),
+            ("value", Shape::Leaf),
+        ])),
+    ),
+    ("workingDir", Shape::Leaf),
+    (
+        "ports",
+        Shape::List(&Shape::Object(&[
+            ("name", Shape::Leaf),
+            ("containerPort", Shape::Leaf),
+            ("hostPort", Shape::Leaf),
+            ("protocol", Shape::Leaf),
+        ])),
+    ),
+    (
+        "resources",
+        Shape::Object(&[("requests", RESOURCE_LIST), ("limits", RESOURCE_LIST)]),
+    ),
+]);
+const POD_SPEC: Shape = Shape::Object(&[
+    ("containers", Shape::List(&CONTAINER)),
+    ("nodeSelector", Shape::FreeMap),
+    ("hostNetwork", Shape::Leaf),
+    ("restartPolicy", Shape::Leaf),
+    ("terminationGracePeriodSeconds", Shape::Leaf),
+]);
+const META: Shape = Shape::Object(&[
+    ("name", Shape::Leaf),
+    ("namespace", Shape::Leaf),
+    ("labels", Shape::FreeMap),
+    ("annotations", Shape::FreeMap),
+    ("creationTimestamp", Shape::NullOnly),
+]);
+const TEMPLATE_META: Shape = Shape::Object(&[
+    ("labels", Shape::FreeMap),
+    ("annotations", Shape::FreeMap),
+    ("creationTimestamp", Shape::NullOnly),
+]);
+const DEPLOYMENT: Shape = Shape::Object(&[
+    ("apiVersion", Shape::Leaf),
+    ("kind", Shape::Leaf),
+    ("metadata", META),
+    (
+        "spec",
+        Shape::Object(&[
+            ("replicas", Shape::Leaf),
+            (
+                "selector",
+                Shape::Object(&[("matchLabels", Shape::FreeMap)]),
+            ),
+            (
+                "template",
+                Shape::Object(&[("metadata", TEMPLATE_META), ("spec", POD_SPEC)]),
+            ),
+            // `kubectl create deployment --dry-run=client -o yaml` prints `strategy: {}`;
+            // any actual strategy is refused until rolling updates exist.
+            ("strategy", Shape::Dropped(&Shape::Object(&[]))),
+        ]),
+    ),
+    ("status", Shape::Dropped(&Shape::Any)),
+]);
+const POD: Shape = Shape::Object(&[
+    ("apiVersion", Shape::Leaf),
+    ("kind", Shape::Leaf),
+    ("metadata", META),
+    ("spec", POD_SPEC),
+    ("status", Shape::Dropped(&Shape::Any)),
+]);
+
+const NOT_SUPPORTED: &str = "field not supported by Baton";
+
+/// Checks `value` against `shape`, rewriting it in place: removes `null` fields and
+/// dropped ones, and turns numeric quantities into strings. Unsupported fields are
+/// collected into `unsupported`; other errors are returned as `(path, message)`.
+fn walk(
+    value: &mut Value,
+    shape: &Shape,
+    path: &mut String,
+    unsupported: &mut Vec<(String, String)>,
+) -> Result<(), (String, String)> {
+    match shape {
+        Shape::Leaf | Shape::FreeMap | Shape::Any | Shape::Dropped(_) => Ok(()),
+        Shape::NullOnly => {
+            if !value.is_null() {
+                unsupported.push((
+                    path.clone(),
+                    format!("{NOT_SUPPORTED} (set by the coordinator)"),
+                ));
+            }
+            Ok(())
+        }
+        Shape::Quantity => {
+            if let Value::Number(n) = value {
+                // YAML reads `129e6` and `0.5` as floats; Rust's shortest round-trip
+                // form keeps them readable ("129000000", not "129000000.0").
+                let text = match (n.as_u64(), n.as_i64(), n.as_f64()) {
+                    (Some(u), _, _) => u.to_string(),
+                    (None, Some(i), _) => i.to_string(),
+                    (None, None, Some(f)) => f.to_string(),
+                    (None, None, None) => n.to_string(),
+                };
+                *value = Value::String(text);
+            }
+            Ok(())
+        }
+        Shape::List(item) => {
+            if let Value::Sequence(items) = value {
+                for (i, v) in items.iter_mut().enumerate() {
+                    let len = path.len();
+                    path.push_str(&format!("[{i}]"));
+                    walk(v, item, path, unsupported)?;
+                    path.truncate(len);
+                }
+            }
+            Ok(())
+        }
+        Shape::Object(fields) => {
+            let Value::Mapping(map) = value else {
+                return Ok(()); // serde reports the type error with its path
+            };
+            let mut remove = Vec::new();
+            for (k, v) in map.iter_mut() {
+                let Value::String(key) = k else {
+                    return Err((path.clone(), format!("keys must be strings, got {k:?}")));
+                };
+                let len = path.len();
+                if !path.is_empty() {
+                    path.push('.');
+                }
+                path.push_str(key);
+                match fields.iter().find(|(name, _)| name == key) {
+                    None => {
+                        unsupported.push((path.clone(), NOT_SUPPORTED.to_string()));
+                        remove.push(k.clone());
+                    }
+                    Some((_, Shape::Dropped(inner))) => {
+                        walk(v, inner, path, unsupported)?;
+                        remove.push(k.clone());
+                    }
+                    Some((_, field_shape)) => {
+                        walk(v, field_shape, path, unsupported)?;
+                        // Kubernetes treats `field: null` as an absent field.
+                        if v.is_null() {
+                            remove.push(k.clone());
+                        }
+                    }
+                }
+                path.truncate(len);
+            }
+            for k in remove {
+                map.remove(&k);
+            }
+            Ok(())
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// Pass 3: input structs (the Kubernetes shape) and validation into `api` types.
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+struct InDeployment {
+    #[allow(dead_code)]
+    api_version: String,
+    #[allow(dead_code)]
+    kind: String,
+    metadata: InMeta,
+    spec: InDeploymentSpec,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+struct InPod {
+    #[allow(dead_code)]
+    api_version: String,
+    #[allow(dead_code)]
+    kind: String,
+    metadata: InMeta,
+    spec: InPodSpec,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+struct InMeta {
+    name: Option<String>,
+    namespace: Option<String>,
+    #[serde(default)]
+    labels: BTreeMap<String, String>,
+    #[serde(default)]
+    annotations: BTreeMap<String, String>,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+struct InDeploymentSpec {
+    replicas: Option<i64>,
+    selector: Option<InSelector>,
+    template: InTemplate,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+struct InSelector {
+    #[serde(default)]
+    match_labels: BTreeMap<String, String>,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+struct InTemplate {
+    #[serde(default)]
+    metadata: InTemplateMeta,
+    spec: InPodSpec,
+}
+
+#[derive(Default, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+struct InTemplateMeta {
+    #[serde(default)]
+    labels: BTreeMap<String, String>,
+    #[serde(default)]
+    annotations: BTreeMap<String, String>,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+struct InPodSpec {
+    containers: Vec<InContainer>,
+    #[serde(default)]
+    node_selector: BTreeMap<String, String>,
+    #[serde(default)]
+    host_network: bool,
+    restart_policy: Option<RestartPolicy>,
+    termination_grace_period_seconds: Option<i64>,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+struct InContainer {
+    name: Option<String>,
+    image: Option<String>,
+    image_pull_policy: Option<PullPolicy>,
+    #[serde(default)]
+    command: Vec<String>,
+    #[serde(default)]
+    args: Vec<String>,
+    #[serde(default)]
+    env: Vec<InEnv>,
+    working_dir: Option<String>,
+    #[serde(default)]
+    ports: Vec<InPort>,
+    #[serde(default)]
+    resources: InResources,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+struct InEnv {
+    name: String,
+    #[serde(default)]
+    value: String,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+struct InPort {
+    name: Option<String>,
+    container_port: i64,
+    host_port: Option<i64>,
+    protocol: Option<api::Protocol>,
+}
+
+#[derive(Default, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+struct InResources {
+    #[serde(default)]
+    requests: InResourceList,
+    #[serde(default)]
+    limits: InResourceList,
+}
+
+#[derive(Default, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+struct InResourceList {
+    cpu: Option<String>,
+    memory: Option<String>,
+}
+
+type Invalid = (String, String);
+
+fn invalid<T>(path: impl Into<String>, message: impl Into<String>) -> Result<T, Invalid> {
+    Err((path.into(), message.into()))
+}
+
+fn deployment(input: InDeployment) -> Result<api::Deployment, Invalid> {
+    let metadata = object_meta(input.metadata, MAX_DEPLOYMENT_NAME_LEN)?;
+    let spec = input.spec;
+    let replicas = spec.replicas.unwrap_or(1);
+    if !(0..=MAX_REPLICAS).contains(&replicas) {
+        return invalid(
+            "spec.replicas",
+            format!("must be between 0 and {MAX_REPLICAS}, got {replicas}"),
+        );
+    }
+    let Some(selector) = spec.selector else {
+        return invalid("spec.selector", "required");
+    };
+    if selector.match_labels.is_empty() {
+        return invalid("spec.selector.matchLabels", "must not be empty");
+    }
+    labels("spec.selector.matchLabels", &selector.match_labels)?;
+    let template_meta = spec.template.metadata;
+    labels("spec.template.metadata.labels", &template_meta.labels)?;
+    annotations(
+        "spec.template.metadata.annotations",
+        &template_meta.annotations,
+    )?;
+    for (path, map) in [
+        ("spec.selector.matchLabels", &selector.match_labels),
+        ("spec.template.metadata.labels", &template_meta.labels),
+    ] {
+        if map.contains_key(POD_TEMPLATE_HASH_LABEL) {
+            return invalid(
+                format!("{path}.{POD_TEMPLATE_HASH_LABEL}"),
+                "label is reserved: Baton sets it on the pods it creates",
+            );
+        }
+    }
+    if selector
+        .match_labels
+        .iter()
+        .any(|(k, v)| template_meta.labels.get(k) != Some(v))
+    {
+        return invalid(
+            "spec.template.metadata.labels",
+            "`selector` does not match template `labels`",
+        );
+    }
+    let pod_spec = pod_spec("spec.template.spec", spec.template.spec)?;
+    if pod_spec.restart_policy != RestartPolicy::Always {
+        return invalid(
+            "spec.template.spec.restartPolicy",
+            format!(
+                "must be Always for a Deployment, got {:?}",
+                pod_spec.restart_policy
+            ),
+        );
+    }
+    Ok(api::Deployment {
+        api_version: "apps/v1".to_string(),
+        kind: "Deployment".to_string(),
+        metadata,
+        spec: api::DeploymentSpec {
+            replicas: replicas as u32, // within 0..=1000, checked above
+            selector: api::LabelSelector {
+                match_labels: selector.match_labels,
+            },
+            template: api::PodTemplateSpec {
+                metadata: api::TemplateMeta {
+                    labels: template_meta.labels,
+                    annotations: template_meta.annotations,
+                },
+                spec: pod_spec,
+            },
+        },
+        status: api::DeploymentStatus::default(),
+    })
+}
+
+fn pod(input: InPod) -> Result<api::Pod, Invalid> {
+    Ok(api::Pod {
+        api_version: "v1".to_string(),
+        kind: "Pod".to_string(),
+        metadata: object_meta(input.metadata, MAX_NAME_LEN)?,
+        spec: pod_spec("spec", input.spec)?,
+        status: api::PodStatus::default(),
+    })
+}
+
+fn object_meta(meta: InMeta, max_name_len: usize) -> Result<api::ObjectMeta, Invalid> {
+    let Some(name) = meta.name else {
+        return invalid("metadata.name", "required");
+    };
+    dns_label("metadata.name", &name, max_name_len)?;
+    if let Some(ns) = meta.namespace {
+        if ns != "default" {
+            return invalid(
+                "metadata.namespace",
+                format!("only the \"default\" namespace is supported, got {ns:?}"),
+            );
+        }
+    }
+    labels("metadata.labels", &meta.labels)?;
+    annotations("metadata.annotations", &meta.annotations)?;
+    Ok(api::ObjectMeta {
+        name,
+        labels: meta.labels,
+        annotations: meta.annotations,
+        ..Default::default()
+    })
+}
+
+fn pod_spec(path: &str, spec: InPodSpec) -> Result<api::PodSpec, Invalid> {
+    if spec.containers.is_empty() {
+        return invalid(
+            format!("{path}.containers"),
+            "at least one container is required",
+        );
+    }
+    for (k, v) in &spec.node_selector {
+        let p = format!("{path}.nodeSelector");
+        qualified_name(&p, k)?;
+        label_value(&format!("{p}.{k}"), v)?;
+    }
+    let grace = match spec.termination_grace_period_seconds {
+        None => None,
+        Some(s) => Some(u32::try_from(s).map_err(|_| {
+            (
+                format!("{path}.terminationGracePeriodSeconds"),
+                format!("must be between 0 and {}, got {s}", u32::MAX),
+            )
+        })?),
+    };
+    let mut names = BTreeSet::new();
+    let mut host_ports = BTreeSet::new();
+    let mut containers = Vec::with_capacity(spec.containers.len());
+    for (i, c) in spec.containers.into_iter().enumerate() {
+        let cpath = format!("{path}.containers[{i}]");
+        let c = container(&cpath, c, spec.host_network)?;
+        if !names.insert(c.name.clone()) {
+            return invalid(
+                format!("{cpath}.name"),
+                format!("duplicate container name {:?}", c.name),
+            );
+        }
+        for (j, p) in c.ports.iter().enumerate() {
+            if let Some(hp) = p.host_port {
+                if !host_ports.insert((hp, p.protocol == api::Protocol::UDP)) {
+                    return invalid(
+                        format!("{cpath}.ports[{j}].hostPort"),
+                        format!("duplicate host port {hp}/{:?} in the pod", p.protocol),
+                    );
+                }
+            }
+        }
+        containers.push(c);
+    }
+    Ok(api::PodSpec {
+        containers,
+        node_selector: spec.node_selector,
+        host_network: spec.host_network,
+        restart_policy: spec.restart_policy.unwrap_or_default(),
+        termination_grace_period_seconds: grace,
+        node_name: None,
+    })
+}
+
+fn container(path: &str, c: InContainer, host_network: bool) -> Result<api::Container, Invalid> {
+    let Some(name) = c.name else {
+        return invalid(format!("{path}.name"), "required");
+    };
+    dns_label(&format!("{path}.name"), &name, MAX_NAME_LEN)?;
+    let image = c.image.unwrap_or_default();
+    if image.is_empty() {
+        return invalid(format!("{path}.image"), "required");
+    }
+    if image.chars().any(|ch| ch.is_whitespace()) {
+        return invalid(format!("{path}.image"), "must not contain whitespace");
+    }
+    let mut env = Vec::with_capacity(c.env.len());
+    for (i, e) in c.env.into_iter().enumerate() {
+        // Kubernetes 1.34 relaxed env names from C identifiers to any printable ASCII
+        // except '='; Baton follows the current rule.
+        if e.name.is_empty()
+            || !e
+                .name
+                .bytes()
+                .all(|b| (0x20..0x7f).contains(&b) && b != b'=')
+        {
+            return invalid(
+                format!("{path}.env[{i}].name"),
+                format!("{:?} must be non-empty printable ASCII without '='", e.name),
+            );
+        }
+        env.push(api::EnvVar {
+            name: e.name,
+            value: e.value,
+        });
+    }
+    let mut ports = Vec::with_capacity(c.ports.len());
+    let mut port_names = BTreeSet::new();
+    for (i, p) in c.ports.into_iter().enumerate() {
+        let ppath = format!("{path}.ports[{i}]");
+        let container_port = port(&format!("{ppath}.containerPort"), p.container_port)?;
+        let host_port = match p.host_port {
+            None => None,
+            Some(hp) => Some(port(&format!("{ppath}.hostPort"), hp)?),
+        };
+        if host_network && host_port.is_some_and(|hp| hp != container_port) {
+            return invalid(
+                format!("{ppath}.hostPort"),
+                "must match containerPort when hostNetwork is true",
+            );
+        }
+        if let Some(n) = &p.name {
+            port_name(&format!("{ppath}.name"), n)?;
+            if !port_names.insert(n.clone()) {
+                return invalid(
+                    format!("{ppath}.name"),
+                    format!("duplicate port name {n:?}"),
+                );
+            }
+        }
+        ports.push(api::ContainerPort {
+            name: p.name,
+            container_port,
+            host_port,
+            protocol: p.protocol.unwrap_or_default(),
+        });
+    }
+    let resources = resources(&format!("{path}.resources"), c.resources)?;
+    Ok(api::Container {
+        name,
+        image,
+        image_pull_policy: c.image_pull_policy,
+        command: c.command,
+        args: c.args,
+        env,
+        working_dir: c.working_dir,
+        ports,
+        resources,
+    })
+}
+
+fn resources(path: &str, r: InResources) -> Result<api::ResourceRequirements, Invalid> {
+    let cpu = |which: &str, v: &Option<String>| -> Result<Option<u32>, Invalid> {
+        v.as_deref()
+            .map(|s| {
+                quantity::parse_cpu_millis(s)
+                    .map_err(|e| (format!("{path}.{which}.cpu"), e.to_string()))
+            })
+            .transpose()
+    };
+    let memory = |which: &str, v: &Option<String>| -> Result<Option<u64>, Invalid> {
+        v.as_deref()
+            .map(|s| {
+                quantity::parse_memory_bytes(s)
+                    .map_err(|e| (format!("{path}.{which}.memory"), e.to_string()))
+            })
+            .transpose()
+    };
+    if let (Some(req), Some(lim)) = (
+        cpu("requests", &r.requests.cpu)?,
+        cpu("limits", &r.limits.cpu)?,
+    ) {
+        if req > lim {
+            return invalid(
+                format!("{path}.requests.cpu"),
+                format!(
+                    "request {} must be less than or equal to the limit {}",
+                    quantity::format_cpu(req.into()),
+                    quantity::format_cpu(lim.into())
+                ),
+            );
+        }
+    }
+    if let (Some(req), Some(lim)) = (
+        memory("requests", &r.requests.memory)?,
+        memory("limits", &r.limits.memory)?,
+    ) {
+        if req > lim {
+            return invalid(
+                format!("{path}.requests.memory"),
+                format!(
+                    "request {} must be less than or equal to the limit {}",
+                    quantity::format_memory(req),
+                    quantity::format_memory(lim)
+                ),
+            );
+        }
+    }
+    Ok(api::ResourceRequirements {
+        requests: api::ResourceList {
+            cpu: r.requests.cpu,
+            memory: r.requests.memory,
+        },
+        limits: api::ResourceList {
+            cpu: r.limits.cpu,
+            memory: r.limits.memory,
+        },
+    })
+}
+
+fn port(path: &str, p: i64) -> Result<u16, Invalid> {
+    match u16::try_from(p) {
+        Ok(p) if p >= 1 => Ok(p),
+        _ => invalid(path, format!("must be between 1 and 65535, got {p}")),
+    }
+}
+
+fn is_alnum_lower(b: u8) -> bool {
+    b.is_ascii_lowercase() || b.is_ascii_digit()
+}
+
+/// RFC 1123 label: lowercase alphanumerics and '-', starting and ending alphanumeric.
+fn dns_label(path: &str, s: &str, max: usize) -> Result<(), Invalid> {
+    let b = s.as_bytes();
+    let ok = !b.is_empty()
+        && b.iter().all(|&c| is_alnum_lower(c) || c == b'-')
+        && is_alnum_lower(b[0])
+        && is_alnum_lower(b[b.len() - 1]);
+    if !ok {
+        return invalid(
+            path,
+            format!(
+                "{s:?} must consist of lowercase alphanumerics or '-' and start and end \
+                 with an alphanumeric (RFC 1123 label)"
+            ),
+        );
+    }
+    if s.len() > max {
+        return invalid(path, format!("{s:?} must be at most {max} characters"));
+    }
+    Ok(())
+}
+
+/// RFC 1123 subdomain: dot-separated labels, at most 253 characters.
+fn dns_subdomain(s: &str) -> bool {
+    s.len() <= 253
+        && s.split('.').all(|l| {
+            let b = l.as_bytes();
+            !b.is_empty()
+                && b.iter().all(|&c| is_alnum_lower(c) || c == b'-')
+                && is_alnum_lower(b[0])
+                && is_alnum_lower(b[b.len() - 1])
+        })
+}
+
+/// The name part of a label key, and a label value: `[A-Za-z0-9]([-A-Za-z0-9_.]*[A-Za-z0-9])?`.
+fn label_name_chars(s: &str) -> bool {
+    let b = s.as_bytes();
+    !b.is_empty()
+        && b.len() <= 63
+        && b.iter()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, b'-' | b'_' | b'.'))
+        && b[0].is_ascii_alphanumeric()
+        && b[b.len() - 1].is_ascii_alphanumeric()
+}
+
+/// A label or annotation key: `[prefix/]name` with a DNS subdomain prefix.
+fn qualified_name(path: &str, key: &str) -> Result<(), Invalid> {
+    let (prefix, name) = match key.split_once('/') {
+        Some((p, n)) => (Some(p), n),
+        None => (None, key),
+    };
+    if prefix.is_some_and(|p| !dns_subdomain(p)) || !label_name_chars(name) {
+        return invalid(
+            format!("{path}.{key}"),
+            "key must be [prefix/]name: a DNS subdomain prefix and a name of at most 63 \
+             alphanumerics, '-', '_' or '.', starting and ending alphanumeric",
+        );
+    }
+    Ok(())
+}
+
+fn label_value(path: &str, v: &str) -> Result<(), Invalid> {
+    if v.is_empty() || label_name_chars(v) {
+        return Ok(());
+    }
+    invalid(
+        path,
+        format!(
+            "{v:?} must be at most 63 alphanumerics, '-', '_' or '.', starting and ending \
+             alphanumeric"
+        ),
+    )
+}
+
+fn labels(path: &str, labels: &BTreeMap<String, String>) -> Result<(), Invalid> {
+    for (k, v) in labels {
+        qualified_name(path, k)?;
+        label_value(&format!("{path}.{k}"), v)?;
+    }
+    Ok(())
+}
+
+fn annotations(path: &str, annotations: &BTreeMap<String, String>) -> Result<(), Invalid> {
+    annotations.keys().try_for_each(|k| qualified_name(path, k))
+}
+
+/// IANA service name, as Kubernetes requires for port names.
+fn port_name(path: &str, n: &str) -> Result<(), Invalid> {
+    let b = n.as_bytes();
+    let ok = !b.is_empty()
+        && b.len() <= 15
+        && b.iter().all(|&c| is_alnum_lower(c) || c == b'-')
+        && b.iter().any(|c| c.is_ascii_lowercase())
+        && b[0] != b'-'
+        && b[b.len() - 1] != b'-'
+        && !n.contains("--");
+    if !ok {
+        return invalid(
+            path,
+            format!(
+                "{n:?} must be at most 15 lowercase alphanumerics or '-', contain a letter, \
+                 and not start, end or repeat '-' (IANA service name)"
+            ),
+        );
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,409 @@
+//! Data-driven manifest tests in the style of rust-analyzer's `check(input, expect)`.
+//!
+//! - `coordinator/tests/manifests/NAME.yaml` is parsed and rendered (objects as YAML, or
+//!   `error: ...`), then compared with `NAME.expected`. Run with `UPDATE_EXPECT=1` to
+//!   rewrite the `.expected` files after an intended change, and review the diff.
+//! - The tables below check one rule each on a small template.
+
+use super::*;
+
+fn render(result: Result<Vec<api::Object>, ManifestError>) -> String {
+    match result {
+        Err(e) => format!("error: {e}\n"),
+        Ok(objects) => objects
+            .iter()
+            .map(|o| match o {
+                api::Object::Deployment(d) => serde_yaml_ng::to_string(d),
+                api::Object::Pod(p) => serde_yaml_ng::to_string(p),
+            })
+            .collect::<Result<Vec<_>, _>>()
+            .expect("api objects serialize")
+            .join("---\n"),
+    }
+}
+
+#[test]
+fn data_files() {
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/manifests");
+    let update = std::env::var_os("UPDATE_EXPECT").is_some();
+    let mut inputs: Vec<_> = std::fs::read_dir(&dir)
+        .expect("read tests/manifests")
+        .map(|e| e.expect("dir entry").path())
+        .filter(|p| p.extension().is_some_and(|e| e == "yaml"))
+        .collect();
+    inputs.sort();
+    assert!(inputs.len() >= 7, "test data missing in {}", dir.display());
+    let mut failures = Vec::new();
+    for input in inputs {
+        let yaml = std::fs::read_to_string(&input).expect("read input");
+        let actual = render(parse_manifests(&yaml));
+        let expected_path = input.with_extension("expected");
+        if update {
+            std::fs::write(&expected_path, &actual).expect("write expected");
+            continue;
+        }
+        let expected = std::fs::read_to_string(&expected_path).unwrap_or_default();
+        if actual != expected {
+            failures.push(format!(
+                "{}:\n--- expected\n{expected}\n--- actual\n{actual}",
+                input.display()
+            ));
+        }
+    }
+    assert!(
+        failures.is_empty(),
+        "{}\n(run with UPDATE_EXPECT=1 to update)",
+        failures.join("\n")
+    );
+}
+
+/// A valid Deployment; `{M}` metadata, `{D}` deployment spec, `{S}` pod spec and `{C}`
+/// container lines are substituted by each case (already indented).
+const TEMPLATE: &str = "\
+apiVersion: apps/v1
+kind: Deployment
+metadata:
+  name: web
+{M}spec:
+  replicas: 2
+  selector:
+    matchLabels:
+      app: web
+{D}  template:
+    metadata:
+      labels:
+        app: web
+    spec:
+{S}      containers:
+      - name: web
+        image: nginx:1.25
+{C}";
+
+fn doc(m: &str, d: &str, s: &str, c: &str) -> String {
+    TEMPLATE
+        .replace("{M}", m)
+        .replace("{D}", d)
+        .replace("{S}", s)
+        .replace("{C}", c)
+}
+
+/// Parses `input` and compares its rendering with `expect` (`error: ...` or `ok`).
+fn check(name: &str, input: &str, expect: &str) {
+    let result = parse_manifests(input);
+    let actual = match &result {
+        Ok(_) => "ok".to_string(),
+        Err(e) => format!("error: {e}"),
+    };
+    assert_eq!(actual, expect, "case {name:?}, input:\n{input}");
+}
+
+#[test]
+fn unsupported_fields_are_named_by_path() {
+    let cases: &[(&str, String, &str)] = &[
+        (
+            "container securityContext",
+            doc("", "", "", "        securityContext: {runAsUser: 0}\n"),
+            "error: document 1: spec.template.spec.containers[0].securityContext: field not supported by Baton",
+        ),
+        (
+            "livenessProbe",
+            doc("", "", "", "        livenessProbe:\n          exec: {command: [true]}\n"),
+            "error: document 1: spec.template.spec.containers[0].livenessProbe: field not supported by Baton",
+        ),
+        (
+            "pod volumes",
+            doc("", "", "      volumes: []\n", ""),
+            "error: document 1: spec.template.spec.volumes: field not supported by Baton",
+        ),
+        (
+            "extended resource",
+            doc("", "", "", "        resources:\n          limits:\n            nvidia.com/gpu: 1\n"),
+            "error: document 1: spec.template.spec.containers[0].resources.limits.nvidia.com/gpu: field not supported by Baton",
+        ),
+        (
+            "env valueFrom",
+            doc("", "", "", "        env:\n        - name: A\n          valueFrom: {fieldRef: {fieldPath: spec.nodeName}}\n"),
+            "error: document 1: spec.template.spec.containers[0].env[0].valueFrom: field not supported by Baton",
+        ),
+        (
+            "rolling update strategy",
+            doc("", "  strategy:\n    type: Recreate\n", "", ""),
+            "error: document 1: spec.strategy.type: field not supported by Baton",
+        ),
+        (
+            "selector matchExpressions",
+            doc("", "", "", "").replace("    matchLabels:", "    matchExpressions: []\n    matchLabels:"),
+            "error: document 1: spec.selector.matchExpressions: field not supported by Baton",
+        ),
+        (
+            "generateName",
+            doc("  generateName: web-\n", "", "", ""),
+            "error: document 1: metadata.generateName: field not supported by Baton",
+        ),
+        (
+            "creationTimestamp with a value",
+            doc("  creationTimestamp: \"2026-01-01T00:00:00Z\"\n", "", "", ""),
+            "error: document 1: metadata.creationTimestamp: field not supported by Baton (set by the coordinator)",
+        ),
+        (
+            "nodeName set by hand",
+            doc("", "", "      nodeName: pi-1\n", ""),
+            "error: document 1: spec.template.spec.nodeName: field not supported by Baton",
+        ),
+        (
+            "all unsupported fields are listed",
+            doc("", "", "      volumes: []\n", "        securityContext: {}\n"),
+            "error: document 1: spec.template.spec.volumes: field not supported by Baton; spec.template.spec.containers[0].securityContext: field not supported by Baton",
+        ),
+        (
+            "typo at the top",
+            doc("", "", "", "") + "specs: {}\n",
+            "error: document 1: specs: field not supported by Baton",
+        ),
+    ];
+    for (name, input, expect) in cases {
+        check(name, input, expect);
+    }
+}
+
+#[test]
+fn validation_rules() {
+    let long = "a".repeat(MAX_DEPLOYMENT_NAME_LEN + 1);
+    let cases: Vec<(&str, String, &str)> = vec![
+        ("template itself", doc("", "", "", ""), "ok"),
+        (
+            "name not DNS-1123",
+            doc("", "", "", "").replace("name: web\nspec", "name: Web_1\nspec"),
+            "error: document 1: metadata.name: \"Web_1\" must consist of lowercase alphanumerics or '-' and start and end with an alphanumeric (RFC 1123 label)",
+        ),
+        (
+            "deployment name too long for pod names",
+            doc("", "", "", "").replace("name: web\nspec", &format!("name: {long}\nspec")),
+            "error: document 1: metadata.name: \"aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa\" must be at most 46 characters",
+        ),
+        (
+            "namespace",
+            doc("  namespace: kube-system\n", "", "", ""),
+            "error: document 1: metadata.namespace: only the \"default\" namespace is supported, got \"kube-system\"",
+        ),
+        (
+            "missing name",
+            doc("", "", "", "").replace("  name: web\nspec", "  labels: {a: b}\nspec"),
+            "error: document 1: metadata.name: required",
+        ),
+        (
+            "bad label value",
+            doc("  labels:\n    app: \"-x\"\n", "", "", ""),
+            "error: document 1: metadata.labels.app: \"-x\" must be at most 63 alphanumerics, '-', '_' or '.', starting and ending alphanumeric",
+        ),
+        (
+            "label value must be a string",
+            doc("  labels:\n    tier: 1\n", "", "", ""),
+            "error: document 1: metadata.labels.tier: invalid type: integer `1`, expected a string",
+        ),
+        (
+            "no containers",
+            doc("", "", "", "").replace("      - name: web\n        image: nginx:1.25\n", " []\n").replace("containers:\n []", "containers: []"),
+            "error: document 1: spec.template.spec.containers: at least one container is required",
+        ),
+        (
+            "containers null",
+            doc("", "", "", "").replace("      - name: web\n        image: nginx:1.25\n", "").replace("containers:\n", "containers: null\n"),
+            "error: document 1: spec.template.spec: missing field `containers`",
+        ),
+        (
+            "duplicate container names",
+            doc("", "", "", "      - name: web\n        image: busybox\n"),
+            "error: document 1: spec.template.spec.containers[1].name: duplicate container name \"web\"",
+        ),
+        (
+            "empty image",
+            doc("", "", "", "").replace("image: nginx:1.25", "image: \"\""),
+            "error: document 1: spec.template.spec.containers[0].image: required",
+        ),
+        (
+            "bad quantity",
+            doc("", "", "", "        resources:\n          requests:\n            memory: 1.5Gb\n"),
+            "error: document 1: spec.template.spec.containers[0].resources.requests.memory: quantity \"1.5Gb\" has an unknown suffix \"Gb\"",
+        ),
+        (
+            "negative quantity",
+            doc("", "", "", "        resources:\n          limits:\n            cpu: -1\n"),
+            "error: document 1: spec.template.spec.containers[0].resources.limits.cpu: quantity \"-1\" is negative",
+        ),
+        (
+            "request above limit",
+            doc("", "", "", "        resources:\n          requests: {cpu: 2}\n          limits: {cpu: 500m}\n"),
+            "error: document 1: spec.template.spec.containers[0].resources.requests.cpu: request 2 must be less than or equal to the limit 500m",
+        ),
+        (
+            "memory request above limit",
+            doc("", "", "", "        resources:\n          requests: {memory: 1Gi}\n          limits: {memory: 512Mi}\n"),
+            "error: document 1: spec.template.spec.containers[0].resources.requests.memory: request 1Gi must be less than or equal to the limit 512Mi",
+        ),
+        (
+            "port out of range",
+            doc("", "", "", "        ports:\n        - containerPort: 70000\n"),
+            "error: document 1: spec.template.spec.containers[0].ports[0].containerPort: must be between 1 and 65535, got 70000",
+        ),
+        (
+            "host port zero",
+            doc("", "", "", "        ports:\n        - containerPort: 80\n          hostPort: 0\n"),
+            "error: document 1: spec.template.spec.containers[0].ports[0].hostPort: must be between 1 and 65535, got 0",
+        ),
+        (
+            "SCTP",
+            doc("", "", "", "        ports:\n        - containerPort: 80\n          protocol: SCTP\n"),
+            "error: document 1: spec.template.spec.containers[0].ports[0].protocol: unknown variant `SCTP`, expected `TCP` or `UDP`",
+        ),
+        (
+            "duplicate host port",
+            doc("", "", "", "        ports:\n        - {containerPort: 80, hostPort: 8080}\n      - name: two\n        image: x\n        ports:\n        - {containerPort: 81, hostPort: 8080}\n"),
+            "error: document 1: spec.template.spec.containers[1].ports[0].hostPort: duplicate host port 8080/TCP in the pod",
+        ),
+        (
+            "same host port, other protocol",
+            doc("", "", "", "        ports:\n        - {containerPort: 53, hostPort: 53}\n        - {containerPort: 53, hostPort: 53, protocol: UDP}\n"),
+            "ok",
+        ),
+        (
+            "hostNetwork port mismatch",
+            doc("", "", "      hostNetwork: true\n", "        ports:\n        - {containerPort: 80, hostPort: 8080}\n"),
+            "error: document 1: spec.template.spec.containers[0].ports[0].hostPort: must match containerPort when hostNetwork is true",
+        ),
+        (
+            "bad port name",
+            doc("", "", "", "        ports:\n        - {containerPort: 80, name: HTTP}\n"),
+            "error: document 1: spec.template.spec.containers[0].ports[0].name: \"HTTP\" must be at most 15 lowercase alphanumerics or '-', contain a letter, and not start, end or repeat '-' (IANA service name)",
+        ),
+        (
+            "env name with =",
+            doc("", "", "", "        env:\n        - {name: \"A=B\", value: x}\n"),
+            "error: document 1: spec.template.spec.containers[0].env[0].name: \"A=B\" must be non-empty printable ASCII without '='",
+        ),
+        (
+            "env value must be a string",
+            doc("", "", "", "        env:\n        - {name: A, value: 1}\n"),
+            "error: document 1: spec.template.spec.containers[0].env[0].value: invalid type: integer `1`, expected a string",
+        ),
+        (
+            "replicas too many",
+            doc("", "", "", "").replace("replicas: 2", "replicas: 1001"),
+            "error: document 1: spec.replicas: must be between 0 and 1000, got 1001",
+        ),
+        (
+            "replicas negative",
+            doc("", "", "", "").replace("replicas: 2", "replicas: -1"),
+            "error: document 1: spec.replicas: must be between 0 and 1000, got -1",
+        ),
+        (
+            "replicas not a number",
+            doc("", "", "", "").replace("replicas: 2", "replicas: two"),
+            "error: document 1: spec.replicas: invalid type: string \"two\", expected i64",
+        ),
+        (
+            "selector missing",
+            doc("", "", "", "").replace("  selector:\n    matchLabels:\n      app: web\n", ""),
+            "error: document 1: spec.selector: required",
+        ),
+        (
+            "selector empty",
+            doc("", "", "", "").replace("    matchLabels:\n      app: web\n", "    matchLabels: {}\n"),
+            "error: document 1: spec.selector.matchLabels: must not be empty",
+        ),
+        (
+            "selector does not match template",
+            doc("", "", "", "").replace("      app: web\n  template", "      app: api\n  template"),
+            "error: document 1: spec.template.metadata.labels: `selector` does not match template `labels`",
+        ),
+        (
+            "reserved label",
+            doc("", "", "", "").replace("        app: web\n", "        app: web\n        pod-template-hash: abc\n"),
+            "error: document 1: spec.template.metadata.labels.pod-template-hash: label is reserved: Baton sets it on the pods it creates",
+        ),
+        (
+            "deployment restartPolicy",
+            doc("", "", "      restartPolicy: Never\n", ""),
+            "error: document 1: spec.template.spec.restartPolicy: must be Always for a Deployment, got Never",
+        ),
+        (
+            "unknown restartPolicy",
+            doc("", "", "      restartPolicy: Sometimes\n", ""),
+            "error: document 1: spec.template.spec.restartPolicy: unknown variant `Sometimes`, expected one of `Always`, `OnFailure`, `Never`",
+        ),
+        (
+            "negative grace period",
+            doc("", "", "      terminationGracePeriodSeconds: -5\n", ""),
+            "error: document 1: spec.template.spec.terminationGracePeriodSeconds: must be between 0 and 4294967295, got -5",
+        ),
+        (
+            "bad nodeSelector key",
+            doc("", "", "      nodeSelector:\n        \"bad key\": x\n", ""),
+            "error: document 1: spec.template.spec.nodeSelector.bad key: key must be [prefix/]name: a DNS subdomain prefix and a name of at most 63 alphanumerics, '-', '_' or '.', starting and ending alphanumeric",
+        ),
+        (
+            "unsupported apiVersion",
+            doc("", "", "", "").replace("apps/v1", "extensions/v1beta1"),
+            "error: document 1: kind Deployment (apiVersion extensions/v1beta1) is not supported by Baton; supported: Deployment (apps/v1), Pod (v1)",
+        ),
+        ("missing kind", "apiVersion: v1\nmetadata: {name: x}\n".to_string(), "error: document 1: kind: required"),
+        ("not a mapping", "- a\n- b\n".to_string(), "error: document 1: expected a mapping with apiVersion and kind"),
+        ("empty manifest", "\n---\n# just a comment\n".to_string(), "error: no objects in manifest"),
+        (
+            "duplicate object",
+            format!("{}---\n{}", doc("", "", "", ""), doc("", "", "", "")),
+            "error: document 2: deployment/web is already defined in document 1",
+        ),
+        (
+            "error in a later document fails the whole manifest",
+            format!("{}---\n{}", doc("", "", "", ""), doc("", "", "", "").replace("name: web\nspec", "name: w2\nspec").replace("replicas: 2", "replicas: -3")),
+            "error: document 2: spec.replicas: must be between 0 and 1000, got -3",
+        ),
+        (
+            "duplicate YAML key",
+            "apiVersion: v1\nkind: Pod\nkind: Pod\n".to_string(),
+            "error: document 1: invalid YAML: duplicate entry with key \"kind\"",
+        ),
+    ];
+    for (name, input, expect) in &cases {
+        check(name, input, expect);
+    }
+}
+
+#[test]
+fn yaml_errors_carry_line_and_column() {
+    let err = parse_manifests("apiVersion: v1\nkind: Pod\nmetadata:\n  name: [unclosed\n")
+        .expect_err("malformed");
+    let msg = err.to_string();
+    assert!(msg.starts_with("document 1: invalid YAML: "), "{msg}");
+    assert!(msg.contains("line "), "{msg}");
+    assert!(msg.contains("column "), "{msg}");
+}
+
+#[test]
+fn defaults_and_conversions() {
+    let input = doc(
+        "",
+        "",
+        "",
+        "        resources:\n          limits: {cpu: 1, memory: 64Mi}\n",
+    )
+    .replace("  replicas: 2\n", "");
+    let objects = parse_manifests(&input).expect("valid");
+    let [api::Object::Deployment(d)] = objects.as_slice() else {
+        panic!("want one deployment, got {objects:?}");
+    };
+    assert_eq!(d.spec.replicas, 1, "replicas default to 1 as in Kubernetes");
+    assert_eq!(
+        (d.api_version.as_str(), d.kind.as_str()),
+        ("apps/v1", "Deployment")
+    );
+    assert!(d.metadata.uid.is_empty() && d.metadata.creation_timestamp.is_empty());
+    let c = &d.spec.template.spec.containers[0];
+    assert_eq!(
+        c.resources.limits.cpu.as_deref(),
+        Some("1"),
+        "numeric quantity kept as text"
+    );
+    assert_eq!(d.spec.template.spec.restart_policy, RestartPolicy::Always);
+}

@@ -1,0 +1,167 @@
+//! The embedded MQTT broker (rumqttd), for installations without a broker of their own.
+//!
+//! rumqttd's `Broker::start()` blocks for ever and has no shutdown, and it makes its own
+//! threads and runtimes, so it runs on a dedicated OS thread that lives as long as the
+//! process. A process that starts the broker twice (tests) keeps the first one listening.
+//!
+//! The configuration is built in code rather than read from a file, so that nothing
+//! listens where we did not ask:
+//! - one MQTT 3.1.1 (v4) TCP listener on the given address, and no console or prometheus
+//!   listener (rumqttd's sample config binds those to 0.0.0.0);
+//! - `max_payload_size` fits the largest envelope ([`baton_proto::MAX_MESSAGE_BYTES`]) plus
+//!   slack for the MQTT header;
+//! - router memory is bounded: rumqttd keeps each topic's messages in an in-memory
+//!   commit log. With its default segments (100 MB x 10) it grew to 400 MB after 1.3M
+//!   messages; with small segments it stays in the tens of MB. The price is that a
+//!   subscriber that falls far behind can lose QoS1 messages. Baton's protocol is
+//!   level-triggered (a heartbeat carries the applied generation and a status digest, and
+//!   the coordinator republishes or asks again on a mismatch), so a lost message is
+//!   healed at the next heartbeat.
+
+use std::collections::HashMap;
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::time::{Duration, Instant};
+
+use rumqttd::{Config, ConnectionSettings, RouterConfig, ServerSettings};
+
+/// Most concurrent MQTT connections (agents plus the coordinator itself).
+pub const MAX_CONNECTIONS: usize = 10_000;
+/// Bytes per router log segment.
+pub const MAX_SEGMENT_SIZE: usize = 1024 * 1024;
+/// Segments kept per topic.
+pub const MAX_SEGMENT_COUNT: usize = 4;
+/// Largest MQTT payload accepted: one envelope plus slack.
+pub const MAX_PAYLOAD_SIZE: usize = baton_proto::MAX_MESSAGE_BYTES + 4 * 1024;
+/// Unacknowledged QoS1 messages per connection.
+pub const MAX_INFLIGHT_COUNT: usize = 100;
+
+#[derive(Debug, thiserror::Error)]
+pub enum BrokerError {
+    #[error("cannot listen for MQTT on {addr}: {source}")]
+    Bind {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
+    #[error("cannot start the MQTT broker thread: {0}")]
+    Thread(std::io::Error),
+    #[error("the embedded MQTT broker on {addr} stopped while starting: {reason}")]
+    Stopped { addr: SocketAddr, reason: String },
+    #[error("the embedded MQTT broker on {addr} did not accept connections within {secs}s")]
+    Timeout { addr: SocketAddr, secs: u64 },
+}
+
+/// The rumqttd configuration Baton uses; see the module docs for why each limit is set.
+pub fn config(listen: SocketAddr) -> Config {
+    let connections = ConnectionSettings {
+        connection_timeout_ms: 10_000,
+        max_payload_size: MAX_PAYLOAD_SIZE,
+        max_inflight_count: MAX_INFLIGHT_COUNT,
+        auth: None,
+        external_auth: None,
+        dynamic_filters: true,
+    };
+    let server = ServerSettings {
+        name: "baton-v4".into(),
+        listen,
+        tls: None,
+        next_connection_delay_ms: 1,
+        connections,
+    };
+    Config {
+        id: 0,
+        router: RouterConfig {
+            max_connections: MAX_CONNECTIONS,
+            max_outgoing_packet_count: 200,
+            max_segment_size: MAX_SEGMENT_SIZE,
+            max_segment_count: MAX_SEGMENT_COUNT,
+            custom_segment: None,
+            initialized_filters: None,
+            shared_subscriptions_strategy: Default::default(),
+        },
+        v4: Some(HashMap::from([("1".to_owned(), server)])),
+        v5: None,
+        ws: None,
+        cluster: None,
+        console: None,
+        bridge: None,
+        prometheus: None,
+        metrics: None,
+    }
+}
+
+/// Starts the broker on `listen` and returns the address it accepts connections on,
+/// once it does.
+///
+/// Port 0 picks a free port. rumqttd cannot report the port it bound, so we find a free
+/// one first by binding it ourselves; the short window in which another process could
+/// take it ends in a clear [`BrokerError`], not a silent failure. Binding first also
+/// turns "address in use" into an error here instead of a log line on rumqttd's thread.
+pub fn start(listen: SocketAddr) -> Result<SocketAddr, BrokerError> {
+    let probe = TcpListener::bind(listen).map_err(|source| BrokerError::Bind {
+        addr: listen,
+        source,
+    })?;
+    let addr = probe.local_addr().map_err(|source| BrokerError::Bind {
+        addr: listen,
+        source,
+    })?;
+    drop(probe);
+
+    let (done_tx, done_rx) = std::sync::mpsc::channel::<String>();
+    std::thread::Builder::new()
+        .name("mqtt-broker".into())
+        .spawn(move || {
+            let mut broker = rumqttd::Broker::new(config(addr));
+            // `start` only returns when its listener threads end, e.g. when the bind
+            // failed (rumqttd logs that and returns Ok).
+            let reason = match broker.start() {
+                Ok(()) => "its listener ended (see the log for the cause)".to_owned(),
+                Err(e) => e.to_string(),
+            };
+            let _ = done_tx.send(reason);
+        })
+        .map_err(BrokerError::Thread)?;
+
+    let timeout = Duration::from_secs(10);
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Ok(reason) = done_rx.try_recv() {
+            return Err(BrokerError::Stopped { addr, reason });
+        }
+        if TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_ok() {
+            tracing::info!(%addr, "embedded MQTT broker listening");
+            return Ok(addr);
+        }
+        if Instant::now() > deadline {
+            return Err(BrokerError::Timeout {
+                addr,
+                secs: timeout.as_secs(),
+            });
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn config_has_no_extra_listeners_and_bounded_memory() {
+        let c = config("127.0.0.1:1883".parse().unwrap());
+        assert!(c.console.is_none() && c.prometheus.is_none() && c.v5.is_none() && c.ws.is_none());
+        assert_eq!(c.v4.as_ref().map(|v| v.len()), Some(1));
+        assert!(c.router.max_segment_size * c.router.max_segment_count <= 8 * 1024 * 1024);
+        const { assert!(MAX_PAYLOAD_SIZE > baton_proto::MAX_MESSAGE_BYTES) };
+        assert!(c.router.max_segment_size >= MAX_PAYLOAD_SIZE);
+    }
+
+    #[test]
+    fn starts_on_a_free_port_and_refuses_a_taken_one() {
+        let addr = start("127.0.0.1:0".parse().unwrap()).unwrap();
+        assert_ne!(addr.port(), 0);
+        let err = start(addr).unwrap_err();
+        assert!(matches!(err, BrokerError::Bind { .. }), "{err}");
+        assert!(err.to_string().contains("cannot listen for MQTT"), "{err}");
+    }
+}

@@ -1,0 +1,397 @@
+//! The MQTT bridge between the broker and the core.
+//!
+//! The core never sees MQTT: it reads [`crate::core::Event`]s from one channel and writes
+//! [`Outbound`] messages to another. This module is one producer of events and the one
+//! consumer of outbound messages, so a test can replace it with an in-memory bus (two
+//! channels) and the server can point it at the embedded broker or an external one alike.
+//!
+//! Everything that arrives is checked before the core sees it: the payload must decode
+//! as an [`Envelope`] (size, version and layout are checked by the decoder), the topic
+//! must name a node and an upward kind, the body must be the kind the topic says, and the
+//! envelope's sender must be the node the topic names. Anything else is counted, logged
+//! with the reason and dropped; nothing an agent sends can stop the bridge.
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use baton_proto::topics::{self, Kind};
+use baton_proto::{Body, Envelope, NodeName, Sender};
+use rumqttc::{AsyncClient, Event as MqttEvent, MqttOptions, Packet, QoS};
+use serde::Serialize;
+use tokio::sync::mpsc;
+use tokio::task::JoinHandle;
+
+use crate::core::Event;
+
+/// One message from the core to a node.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Outbound {
+    pub node: NodeName,
+    pub body: Body,
+    /// Retained messages are handed by the broker to an agent that (re)subscribes.
+    pub retain: bool,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum BusError {
+    #[error("invalid broker url {url:?}: {reason}")]
+    Url { url: String, reason: String },
+}
+
+/// Counters for `/healthz` and for tests.
+#[derive(Debug, Default)]
+pub struct BusStats {
+    pub connected: AtomicBool,
+    pub received: AtomicU64,
+    pub dropped: AtomicU64,
+    pub published: AtomicU64,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub struct BusStatsSnapshot {
+    pub connected: bool,
+    pub received: u64,
+    pub dropped: u64,
+    pub published: u64,
+}
+
+impl BusStats {
+    pub fn snapshot(&self) -> BusStatsSnapshot {
+        BusStatsSnapshot {
+            connected: self.connected.load(Ordering::Relaxed),
+            received: self.received.load(Ordering::Relaxed),
+            dropped: self.dropped.load(Ordering::Relaxed),
+            published: self.published.load(Ordering::Relaxed),
+        }
+    }
+}
+
+/// Where the broker is.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BrokerAddr {
+    pub host: String,
+    pub port: u16,
+}
+
+impl BrokerAddr {
+    /// Parses `mqtt://host[:port]` (port 1883 by default) or a bare `host:port`.
+    pub fn parse(url: &str) -> Result<Self, BusError> {
+        let err = |reason: &str| BusError::Url {
+            url: url.to_owned(),
+            reason: reason.to_owned(),
+        };
+        let rest = match url.split_once("://") {
+            Some(("mqtt" | "tcp", rest)) => rest,
+            Some((scheme, _)) => {
+                return Err(err(&format!(
+                    "unsupported scheme {scheme:?}: use mqtt://host:port"
+                )))
+            }
+            None => url,
+        };
+        let rest = rest.trim_end_matches('/');
+        if rest.is_empty() || rest.contains('/') || rest.contains('@') {
+            return Err(err("expected mqtt://host:port"));
+        }
+        if let Ok(sa) = rest.parse::<SocketAddr>() {
+            return Ok(Self {
+                host: sa.ip().to_string(),
+                port: sa.port(),
+            });
+        }
+        let (host, port) = match rest.rsplit_once(':') {
+            Some((h, p)) if !h.contains(':') || h.starts_with('[') => (
+                h.trim_start_matches('[').trim_end_matches(']'),
+                p.parse::<u16>().map_err(|_| err("bad port"))?,
+            ),
+            _ => (rest.trim_start_matches('[').trim_end_matches(']'), 1883),
+        };
+        if host.is_empty() {
+            return Err(err("missing host"));
+        }
+        Ok(Self {
+            host: host.to_owned(),
+            port,
+        })
+    }
+}
+
+impl From<SocketAddr> for BrokerAddr {
+    fn from(sa: SocketAddr) -> Self {
+        Self {
+            host: sa.ip().to_string(),
+            port: sa.port(),
+        }
+    }
+}
+
+/// Why an inbound message was dropped.
+#[derive(Debug, thiserror::Error, PartialEq)]
+pub enum Rejected {
+    #[error("topic is not a baton node topic")]
+    Topic,
+    #[error("topic is a downward topic")]
+    Direction,
+    #[error("{0}")]
+    Decode(#[from] baton_proto::ProtoError),
+    #[error("body kind does not match the topic")]
+    KindMismatch,
+    #[error("sender {sender:?} does not match the topic's node")]
+    SenderMismatch { sender: Sender },
+}
+
+/// Checks one inbound MQTT message, as described in the module docs.
+pub fn check_inbound(topic: &str, payload: &[u8]) -> Result<(NodeName, Body), Rejected> {
+    let (node, kind) = topics::parse(topic).ok_or(Rejected::Topic)?;
+    if !matches!(kind, Kind::Up(_)) {
+        return Err(Rejected::Direction);
+    }
+    let env = Envelope::decode(payload)?;
+    if Kind::of(&env.body) != kind {
+        return Err(Rejected::KindMismatch);
+    }
+    if env.sender != Sender::Node(node.clone()) {
+        return Err(Rejected::SenderMismatch { sender: env.sender });
+    }
+    Ok((node, env.body))
+}
+
+/// The running bridge: two tasks, aborted on drop of [`Bus::shutdown`].
+pub struct Bus {
+    tasks: Vec<JoinHandle<()>>,
+    client: AsyncClient,
+}
+
+impl Bus {
+    /// Starts the bridge. It connects (and reconnects for ever, with capped backoff) in
+    /// the background, so this does not wait for the broker.
+    pub fn start(
+        broker: BrokerAddr,
+        client_id: &str,
+        events: mpsc::Sender<Event>,
+        outbound: mpsc::Receiver<Outbound>,
+        stats: Arc<BusStats>,
+    ) -> Self {
+        let mut opts = MqttOptions::new(client_id, broker.host.clone(), broker.port);
+        opts.set_keep_alive(Duration::from_secs(15));
+        opts.set_clean_session(true);
+        // Accept somewhat oversized packets so that they reach the decoder, which counts
+        // and drops them, instead of tearing down the connection.
+        opts.set_max_packet_size(
+            2 * baton_proto::MAX_MESSAGE_BYTES + 4096,
+            baton_proto::MAX_MESSAGE_BYTES + 4096,
+        );
+        opts.set_inflight(100);
+        let (client, eventloop) = AsyncClient::new(opts, 256);
+        let recv = tokio::spawn(receive_loop(
+            broker,
+            client.clone(),
+            eventloop,
+            events,
+            stats.clone(),
+        ));
+        let send = tokio::spawn(send_loop(client.clone(), outbound, stats));
+        Self {
+            tasks: vec![recv, send],
+            client,
+        }
+    }
+
+    /// Disconnects politely (best effort) and stops both tasks.
+    pub async fn shutdown(self) {
+        let _ = tokio::time::timeout(Duration::from_millis(500), self.client.disconnect()).await;
+        for t in &self.tasks {
+            t.abort();
+        }
+        for t in self.tasks {
+            let _ = t.await;
+        }
+    }
+}
+
+async fn receive_loop(
+    broker: BrokerAddr,
+    client: AsyncClient,
+    mut eventloop: rumqttc::EventLoop,
+    events: mpsc::Sender<Event>,
+    stats: Arc<BusStats>,
+) {
+    const MIN_BACKOFF: Duration = Duration::from_millis(100);
+    const MAX_BACKOFF: Duration = Duration::from_secs(5);
+    let mut backoff = MIN_BACKOFF;
+    loop {
+        match eventloop.poll().await {
+            Ok(MqttEvent::Incoming(Packet::ConnAck(_))) => {
+                tracing::info!(host = %broker.host, port = broker.port, "connected to the MQTT broker");
+                stats.connected.store(true, Ordering::Relaxed);
+                backoff = MIN_BACKOFF;
+                // Clean session: the subscription is gone after every reconnect. `try_`
+                // because awaiting here, in the loop that drains the request queue, could
+                // deadlock if the queue were full.
+                if let Err(e) = client.try_subscribe(topics::COORDINATOR_FILTER, QoS::AtLeastOnce) {
+                    tracing::error!(error = %e, "cannot subscribe to node topics");
+                }
+            }
+            Ok(MqttEvent::Incoming(Packet::Publish(p))) => {
+                stats.received.fetch_add(1, Ordering::Relaxed);
+                match check_inbound(&p.topic, &p.payload) {
+                    Ok((node, body)) => {
+                        tracing::trace!(%node, kind = ?Kind::of(&body), "inbound");
+                        if events.send(Event::Inbound { node, body }).await.is_err() {
+                            return; // the core has stopped
+                        }
+                    }
+                    Err(reason) => {
+                        stats.dropped.fetch_add(1, Ordering::Relaxed);
+                        tracing::warn!(topic = %p.topic, bytes = p.payload.len(), %reason, "dropped an inbound message");
+                    }
+                }
+            }
+            Ok(_) => {}
+            Err(e) => {
+                if stats.connected.swap(false, Ordering::Relaxed) {
+                    tracing::warn!(error = %e, "lost the MQTT broker connection; reconnecting");
+                } else {
+                    tracing::debug!(error = %e, ?backoff, "cannot reach the MQTT broker; retrying");
+                }
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(MAX_BACKOFF);
+            }
+        }
+    }
+}
+
+async fn send_loop(
+    client: AsyncClient,
+    mut outbound: mpsc::Receiver<Outbound>,
+    stats: Arc<BusStats>,
+) {
+    let mut seq: u64 = 0;
+    while let Some(msg) = outbound.recv().await {
+        seq += 1;
+        let kind = Kind::of(&msg.body);
+        let topic = topics::topic(&msg.node, kind);
+        let payload = match Envelope::new(Sender::Coordinator, seq, msg.body).encode() {
+            Ok(p) => p,
+            Err(e) => {
+                tracing::error!(node = %msg.node, ?kind, error = %e, "cannot encode an outbound message; dropped");
+                continue;
+            }
+        };
+        // Publishing only queues the request for the event loop, which sends it once
+        // connected; if it cannot, the next heartbeat's mismatch makes the core resend.
+        match client
+            .publish(topic, QoS::AtLeastOnce, msg.retain, payload)
+            .await
+        {
+            Ok(()) => {
+                stats.published.fetch_add(1, Ordering::Relaxed);
+            }
+            Err(e) => {
+                tracing::warn!(node = %msg.node, error = %e, "cannot queue an outbound message")
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use baton_proto::Heartbeat;
+
+    fn node(n: &str) -> NodeName {
+        NodeName::new(n).unwrap()
+    }
+
+    fn hb() -> Body {
+        Body::Heartbeat(Heartbeat {
+            applied_generation: 1,
+            status_digest: 2,
+        })
+    }
+
+    #[test]
+    fn accepts_a_well_formed_message() {
+        let bytes = Envelope::new(Sender::Node(node("pi-1")), 1, hb())
+            .encode()
+            .unwrap();
+        let got = check_inbound("baton/v1/nodes/pi-1/up/heartbeat", &bytes).unwrap();
+        assert_eq!(got, (node("pi-1"), hb()));
+    }
+
+    #[test]
+    fn rejects_what_an_agent_must_not_send() {
+        let good = Envelope::new(Sender::Node(node("pi-1")), 1, hb())
+            .encode()
+            .unwrap();
+        let spoofed = Envelope::new(Sender::Node(node("pi-2")), 1, hb())
+            .encode()
+            .unwrap();
+        let as_coord = Envelope::new(Sender::Coordinator, 1, hb())
+            .encode()
+            .unwrap();
+        let mut bad_version = good.clone();
+        bad_version[0] = 99;
+        type Case<'a> = (&'a str, Vec<u8>, fn(&Rejected) -> bool);
+        let cases: Vec<Case> = vec![
+            ("baton/v1/nodes/pi-1/up/status", good.clone(), |r| {
+                *r == Rejected::KindMismatch
+            }),
+            ("baton/v1/nodes/pi-1/down/desired", good.clone(), |r| {
+                *r == Rejected::Direction
+            }),
+            ("other/topic", good.clone(), |r| *r == Rejected::Topic),
+            ("baton/v1/nodes/pi-1/up/heartbeat", spoofed, |r| {
+                matches!(r, Rejected::SenderMismatch { .. })
+            }),
+            ("baton/v1/nodes/pi-1/up/heartbeat", as_coord, |r| {
+                matches!(r, Rejected::SenderMismatch { .. })
+            }),
+            (
+                "baton/v1/nodes/pi-1/up/heartbeat",
+                vec![1, 0xff, 0xff, 0xff],
+                |r| matches!(r, Rejected::Decode(_)),
+            ),
+            ("baton/v1/nodes/pi-1/up/heartbeat", bad_version, |r| {
+                matches!(r, Rejected::Decode(_))
+            }),
+            (
+                "baton/v1/nodes/pi-1/up/heartbeat",
+                vec![0; baton_proto::MAX_MESSAGE_BYTES + 1],
+                |r| {
+                    matches!(
+                        r,
+                        Rejected::Decode(baton_proto::ProtoError::TooLarge { .. })
+                    )
+                },
+            ),
+        ];
+        for (topic, payload, want) in cases {
+            let r = check_inbound(topic, &payload).unwrap_err();
+            assert!(want(&r), "{topic}: {r:?}");
+        }
+    }
+
+    #[test]
+    fn broker_urls() {
+        let ok = |u: &str, h: &str, p: u16| {
+            assert_eq!(
+                BrokerAddr::parse(u).unwrap(),
+                BrokerAddr {
+                    host: h.into(),
+                    port: p
+                },
+                "{u}"
+            )
+        };
+        ok("mqtt://127.0.0.1:1884", "127.0.0.1", 1884);
+        ok("mqtt://broker.local", "broker.local", 1883);
+        ok("tcp://[::1]:1885", "::1", 1885);
+        ok("localhost:9", "localhost", 9);
+        for bad in ["http://x:1", "mqtt://", "mqtt://h:notaport", "mqtt://u@h:1"] {
+            assert!(BrokerAddr::parse(bad).is_err(), "{bad}");
+        }
+    }
+}

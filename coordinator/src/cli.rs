@@ -1,0 +1,1067 @@
+//! The `baton` command line: `baton server` and a kubectl-like client of the HTTP API.
+//!
+//! Every flag can also be set from the environment (`BATON_*`), which is how systemd
+//! units and containers configure it. Output follows kubectl's habits (`get` tables,
+//! `-o wide|json|yaml`, `describe` with an Events section, `deployment.apps/web created`)
+//! so that muscle memory carries over. The table renderers are pure functions of the
+//! API's JSON and the current time, tested below.
+
+use std::io::Read;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::{Duration, SystemTime};
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use serde_json::Value;
+
+use crate::api;
+use crate::core::{Applied, ApplyAction, ResourceKind};
+use crate::quantity;
+use crate::server::{MqttMode, ServerConfig};
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "baton",
+    version,
+    about = "Baton: an embedded-first edge orchestrator",
+    propagate_version = true
+)]
+pub struct Cli {
+    /// The coordinator's API.
+    #[arg(
+        long,
+        global = true,
+        env = "BATON_SERVER",
+        default_value = "http://127.0.0.1:7474"
+    )]
+    pub server: String,
+    /// Log format (RUST_LOG sets the level).
+    #[arg(long, global = true, env = "BATON_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
+    pub log_format: LogFormat,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the coordinator: API server, scheduler, controllers, store and MQTT broker.
+    Server(ServerArgs),
+    /// Create or update objects from a manifest (`-f -` reads stdin).
+    Apply {
+        #[arg(short = 'f', long = "filename", env = "BATON_APPLY_FILE")]
+        file: String,
+    },
+    /// List nodes, deployments or pods, or show one.
+    Get {
+        /// nodes|deployments|pods (also node/no, deployment/deploy, pod/po, or TYPE/NAME)
+        resource: String,
+        name: Option<String>,
+        #[arg(short = 'o', long = "output", env = "BATON_OUTPUT", value_enum)]
+        output: Option<Output>,
+    },
+    /// Delete a deployment (with its pods) or a pod.
+    Delete {
+        resource: String,
+        name: Option<String>,
+    },
+    /// Set a deployment's replica count.
+    Scale {
+        /// `deployment NAME` or `deployment/NAME`
+        resource: String,
+        name: Option<String>,
+        #[arg(long)]
+        replicas: u32,
+    },
+    /// Show one object in detail, with its events.
+    Describe {
+        resource: String,
+        name: Option<String>,
+    },
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Output {
+    Wide,
+    Json,
+    Yaml,
+}
+
+#[derive(Debug, Args)]
+pub struct ServerArgs {
+    /// Where the coordinator keeps its state.
+    #[arg(long, env = "BATON_DATA_DIR", default_value = "/var/lib/baton")]
+    pub data_dir: PathBuf,
+    /// Address of the HTTP API (loopback unless --allow-remote).
+    #[arg(long, env = "BATON_LISTEN", default_value = crate::server::DEFAULT_HTTP_LISTEN)]
+    pub listen: SocketAddr,
+    /// Serve the API on a non-loopback address. It has no authentication yet.
+    #[arg(long, env = "BATON_ALLOW_REMOTE")]
+    pub allow_remote: bool,
+    /// Address of the embedded MQTT broker.
+    #[arg(long, env = "BATON_MQTT_LISTEN", default_value = crate::server::DEFAULT_MQTT_LISTEN, conflicts_with = "broker")]
+    pub mqtt_listen: SocketAddr,
+    /// Use this MQTT broker (mqtt://host:port) instead of the embedded one.
+    #[arg(long, env = "BATON_BROKER")]
+    pub broker: Option<String>,
+    /// A node without a heartbeat for this long is NotReady (e.g. 20s, 1m).
+    #[arg(long, env = "BATON_HEARTBEAT_TIMEOUT", default_value = "20s", value_parser = humantime::parse_duration)]
+    pub heartbeat_timeout: Duration,
+}
+
+impl ServerArgs {
+    pub fn config(&self) -> ServerConfig {
+        ServerConfig {
+            data_dir: self.data_dir.clone(),
+            http_listen: self.listen,
+            allow_remote: self.allow_remote,
+            mqtt: match &self.broker {
+                Some(url) => MqttMode::External { url: url.clone() },
+                None => MqttMode::Embedded {
+                    listen: self.mqtt_listen,
+                },
+            },
+            heartbeat_timeout: self.heartbeat_timeout,
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum CliError {
+    #[error("cannot reach the coordinator at {server}: is `baton server` running? ({reason})")]
+    Unreachable { server: String, reason: String },
+    #[error("Error from server ({status}): {message}")]
+    Server { status: String, message: String },
+    #[error("{0}")]
+    Usage(String),
+    #[error("cannot read {path}: {source}")]
+    Read {
+        path: String,
+        source: std::io::Error,
+    },
+    #[error("unexpected answer from the coordinator: {0}")]
+    Protocol(String),
+}
+
+/// A resource argument: `pods`, `pod NAME` or `pod/NAME`.
+fn target(resource: &str, name: Option<&str>) -> Result<(ResourceKind, Option<String>), CliError> {
+    let (kind, inline) = match resource.split_once('/') {
+        Some((k, n)) => (k, Some(n.to_owned())),
+        None => (resource, None),
+    };
+    let kind = ResourceKind::parse(kind).ok_or_else(|| {
+        CliError::Usage(format!("error: the server doesn't have a resource type {kind:?} (use nodes, deployments or pods)"))
+    })?;
+    let name = match (inline, name) {
+        (Some(_), Some(_)) => {
+            return Err(CliError::Usage(
+                "error: give the name either as TYPE/NAME or as TYPE NAME, not both".into(),
+            ))
+        }
+        (Some(n), None) => Some(n),
+        (None, n) => n.map(str::to_owned),
+    };
+    if name.as_deref() == Some("") {
+        return Err(CliError::Usage("error: empty resource name".into()));
+    }
+    Ok((kind, name))
+}
+
+fn named(
+    resource: &str,
+    name: Option<&str>,
+    verb: &str,
+) -> Result<(ResourceKind, String), CliError> {
+    match target(resource, name)? {
+        (k, Some(n)) => Ok((k, n)),
+        (_, None) => Err(CliError::Usage(format!(
+            "error: resource name may not be empty for {verb}"
+        ))),
+    }
+}
+
+/// kubectl's name for a kind in messages: `deployment.apps/web`.
+fn qualified(kind: ResourceKind) -> &'static str {
+    match kind {
+        ResourceKind::Deployment => "deployment.apps",
+        ResourceKind::Pod => "pod",
+        ResourceKind::Node => "node",
+    }
+}
+
+struct Client {
+    base: String,
+    http: reqwest::Client,
+}
+
+impl Client {
+    fn new(server: &str) -> Self {
+        Self {
+            base: server.trim_end_matches('/').to_owned(),
+            http: reqwest::Client::new(),
+        }
+    }
+
+    async fn send(&self, req: reqwest::RequestBuilder) -> Result<Value, CliError> {
+        let resp = req
+            .timeout(Duration::from_secs(30))
+            .send()
+            .await
+            .map_err(|e| CliError::Unreachable {
+                server: self.base.clone(),
+                reason: error_chain(&e),
+            })?;
+        let status = resp.status();
+        let body = resp
+            .bytes()
+            .await
+            .map_err(|e| CliError::Protocol(e.to_string()))?;
+        let value: Value = serde_json::from_slice(&body)
+            .unwrap_or_else(|_| Value::String(String::from_utf8_lossy(&body).into_owned()));
+        if status.is_success() {
+            return Ok(value);
+        }
+        let message = value
+            .get("error")
+            .and_then(Value::as_str)
+            .map(str::to_owned)
+            .unwrap_or_else(|| value.to_string());
+        let status = match status.as_u16() {
+            400 => "BadRequest".to_owned(),
+            404 => "NotFound".to_owned(),
+            409 => "Conflict".to_owned(),
+            500 => "InternalError".to_owned(),
+            503 => "ServiceUnavailable".to_owned(),
+            s => s.to_string(),
+        };
+        Err(CliError::Server { status, message })
+    }
+
+    async fn get(&self, path: &str) -> Result<Value, CliError> {
+        self.send(self.http.get(format!("{}{path}", self.base)))
+            .await
+    }
+}
+
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut cur = e.source();
+    while let Some(c) = cur {
+        let m = c.to_string();
+        if !s.contains(&m) {
+            s.push_str(": ");
+            s.push_str(&m);
+        }
+        cur = c.source();
+    }
+    s
+}
+
+fn items(v: &Value) -> Vec<Value> {
+    v.get("items")
+        .and_then(Value::as_array)
+        .cloned()
+        .unwrap_or_default()
+}
+
+fn parse_objects<T: serde::de::DeserializeOwned>(values: &[Value]) -> Result<Vec<T>, CliError> {
+    values
+        .iter()
+        .map(|v| serde_json::from_value(v.clone()).map_err(|e| CliError::Protocol(e.to_string())))
+        .collect()
+}
+
+/// Runs a client subcommand, printing to stdout. `server` is handled by the binary.
+pub async fn run(cli: &Cli) -> Result<(), CliError> {
+    let client = Client::new(&cli.server);
+    let mut out = String::new();
+    match &cli.command {
+        Command::Server(_) => {
+            return Err(CliError::Usage(
+                "internal: `server` is run by the binary".into(),
+            ))
+        }
+        Command::Apply { file } => {
+            let yaml = read_manifest(file)?;
+            let v = client
+                .send(
+                    client
+                        .http
+                        .post(format!("{}/api/v1/apply", client.base))
+                        .body(yaml),
+                )
+                .await?;
+            let results: Vec<Applied> = v
+                .get("results")
+                .map(|r| serde_json::from_value(r.clone()))
+                .transpose()
+                .map_err(|e| CliError::Protocol(e.to_string()))?
+                .unwrap_or_default();
+            for r in results {
+                let action = match r.action {
+                    ApplyAction::Created => "created",
+                    ApplyAction::Configured => "configured",
+                    ApplyAction::Unchanged => "unchanged",
+                };
+                out.push_str(&format!("{}/{} {action}\n", qualified(r.kind), r.name));
+            }
+        }
+        Command::Get {
+            resource,
+            name,
+            output,
+        } => {
+            let (kind, name) = target(resource, name.as_deref())?;
+            let path = match &name {
+                Some(n) => format!("/api/v1/{}/{}", kind.plural(), n),
+                None => format!("/api/v1/{}", kind.plural()),
+            };
+            let v = client.get(&path).await?;
+            let objects = if name.is_some() {
+                vec![v.clone()]
+            } else {
+                items(&v)
+            };
+            out = match output {
+                Some(Output::Json) => {
+                    let doc = if name.is_some() { v } else { list_doc(objects) };
+                    serde_json::to_string_pretty(&doc)
+                        .map_err(|e| CliError::Protocol(e.to_string()))?
+                        + "\n"
+                }
+                Some(Output::Yaml) => {
+                    let doc = if name.is_some() { v } else { list_doc(objects) };
+                    serde_yaml_ng::to_string(&doc).map_err(|e| CliError::Protocol(e.to_string()))?
+                }
+                Some(Output::Wide) | None => {
+                    let wide = *output == Some(Output::Wide);
+                    let now = SystemTime::now();
+                    if objects.is_empty() && name.is_none() {
+                        eprintln!("No resources found");
+                        String::new()
+                    } else {
+                        match kind {
+                            ResourceKind::Pod => pods_table(&parse_objects(&objects)?, wide, now),
+                            ResourceKind::Deployment => {
+                                deployments_table(&parse_objects(&objects)?, wide, now)
+                            }
+                            ResourceKind::Node => nodes_table(&parse_objects(&objects)?, wide, now),
+                        }
+                    }
+                }
+            };
+        }
+        Command::Delete { resource, name } => {
+            let (kind, name) = named(resource, name.as_deref(), "delete")?;
+            client
+                .send(client.http.delete(format!(
+                    "{}/api/v1/{}/{}",
+                    client.base,
+                    kind.plural(),
+                    name
+                )))
+                .await?;
+            out.push_str(&format!("{} \"{name}\" deleted\n", qualified(kind)));
+        }
+        Command::Scale {
+            resource,
+            name,
+            replicas,
+        } => {
+            let (kind, name) = named(resource, name.as_deref(), "scale")?;
+            if kind != ResourceKind::Deployment {
+                return Err(CliError::Usage(format!(
+                    "error: cannot scale a {}: only deployments scale",
+                    kind.as_str()
+                )));
+            }
+            let url = format!("{}/api/v1/deployments/{}/scale", client.base, name);
+            client
+                .send(
+                    client
+                        .http
+                        .post(url)
+                        .json(&serde_json::json!({ "replicas": replicas })),
+                )
+                .await?;
+            out.push_str(&format!("deployment.apps/{name} scaled\n"));
+        }
+        Command::Describe { resource, name } => {
+            let (kind, name) = named(resource, name.as_deref(), "describe")?;
+            let v = client
+                .get(&format!("/api/v1/describe/{}/{}", kind.plural(), name))
+                .await?;
+            let object = v.get("object").cloned().unwrap_or(Value::Null);
+            let events: Vec<api::Event> = parse_objects(
+                v.get("events")
+                    .and_then(Value::as_array)
+                    .map_or(&[][..], |a| a),
+            )?;
+            let now = SystemTime::now();
+            out = match kind {
+                ResourceKind::Pod => {
+                    describe_pod(&parse_objects(&[object])?.remove(0), &events, now)
+                }
+                ResourceKind::Deployment => {
+                    describe_deployment(&parse_objects(&[object])?.remove(0), &events, now)
+                }
+                ResourceKind::Node => {
+                    let node: api::Node = parse_objects(&[object])?.remove(0);
+                    let pods: Vec<api::Pod> =
+                        parse_objects(&items(&client.get("/api/v1/pods").await?))?;
+                    let on_node: Vec<&api::Pod> = pods
+                        .iter()
+                        .filter(|p| {
+                            p.spec.node_name.as_deref() == Some(node.metadata.name.as_str())
+                        })
+                        .collect();
+                    describe_node(&node, &on_node, &events, now)
+                }
+            };
+        }
+    }
+    print!("{out}");
+    Ok(())
+}
+
+fn list_doc(items: Vec<Value>) -> Value {
+    serde_json::json!({ "apiVersion": "v1", "kind": "List", "items": items })
+}
+
+fn read_manifest(file: &str) -> Result<String, CliError> {
+    let mut s = String::new();
+    if file == "-" {
+        std::io::stdin()
+            .read_to_string(&mut s)
+            .map_err(|source| CliError::Read {
+                path: "stdin".into(),
+                source,
+            })?;
+    } else {
+        s = std::fs::read_to_string(file).map_err(|source| CliError::Read {
+            path: file.into(),
+            source,
+        })?;
+    }
+    Ok(s)
+}
+
+// ----- rendering -----------------------------------------------------------------------
+
+/// Left-aligned columns separated by three spaces, like kubectl's tabwriter.
+pub fn table(header: &[&str], rows: &[Vec<String>]) -> String {
+    let mut widths: Vec<usize> = header.iter().map(|h| h.len()).collect();
+    for r in rows {
+        for (i, c) in r.iter().enumerate() {
+            if i < widths.len() {
+                widths[i] = widths[i].max(c.chars().count());
+            }
+        }
+    }
+    let mut out = String::new();
+    let line = |cells: Vec<&str>, out: &mut String| {
+        let last = cells.len().saturating_sub(1);
+        for (i, c) in cells.iter().enumerate() {
+            out.push_str(c);
+            if i < last {
+                out.push_str(&" ".repeat(widths[i] - c.chars().count() + 3));
+            }
+        }
+        out.push('\n');
+    };
+    line(header.to_vec(), &mut out);
+    for r in rows {
+        line(r.iter().map(String::as_str).collect(), &mut out);
+    }
+    out
+}
+
+/// kubectl-style age: `45s`, `5m`, `3h`, `2d`; `<unknown>` when there is no timestamp.
+pub fn age(timestamp: &str, now: SystemTime) -> String {
+    let Ok(t) = humantime::parse_rfc3339_weak(timestamp) else {
+        return "<unknown>".into();
+    };
+    let s = now.duration_since(t).unwrap_or_default().as_secs();
+    match s {
+        0..120 => format!("{s}s"),
+        120..7200 => format!("{}m", s / 60),
+        7200..172_800 => format!("{}h", s / 3600),
+        _ => format!("{}d", s / 86_400),
+    }
+}
+
+/// The STATUS column of `get pods`: the first container that is not running says why.
+pub fn pod_status_word(p: &api::Pod) -> String {
+    match p.status.phase {
+        api::PodPhase::Unknown => return "Unknown".into(),
+        api::PodPhase::Succeeded => return "Completed".into(),
+        _ => {}
+    }
+    if p.spec.node_name.is_none() {
+        return "Pending".into();
+    }
+    let statuses = &p.status.container_statuses;
+    if statuses.is_empty() {
+        return "Pending".into();
+    }
+    for c in statuses {
+        let word = match &c.state {
+            api::ContainerState::Running { .. } => continue,
+            api::ContainerState::Pending => "Pending".to_owned(),
+            api::ContainerState::Pulling => "Pulling".to_owned(),
+            api::ContainerState::OOMKilled => "OOMKilled".to_owned(),
+            api::ContainerState::Exited { exit_code: 0 } => "Completed".to_owned(),
+            api::ContainerState::Exited { .. } => "Error".to_owned(),
+            api::ContainerState::Failed { reason } => reason
+                .split(|c: char| c.is_whitespace() || c == ':')
+                .find(|w| !w.is_empty())
+                .unwrap_or("Failed")
+                .to_owned(),
+        };
+        return word;
+    }
+    "Running".into()
+}
+
+pub fn pods_table(pods: &[api::Pod], wide: bool, now: SystemTime) -> String {
+    let rows: Vec<Vec<String>> = pods
+        .iter()
+        .map(|p| {
+            let total = p.spec.containers.len();
+            let ready = p
+                .status
+                .container_statuses
+                .iter()
+                .filter(|c| c.ready)
+                .count();
+            let restarts: u32 = p
+                .status
+                .container_statuses
+                .iter()
+                .map(|c| c.restart_count)
+                .sum();
+            let mut row = vec![
+                p.metadata.name.clone(),
+                format!("{ready}/{total}"),
+                pod_status_word(p),
+                restarts.to_string(),
+                age(&p.metadata.creation_timestamp, now),
+                p.spec.node_name.clone().unwrap_or_else(|| "<none>".into()),
+            ];
+            if wide {
+                row.push(p.status.pod_ip.clone().unwrap_or_else(|| "<none>".into()));
+            }
+            row
+        })
+        .collect();
+    let mut header = vec!["NAME", "READY", "STATUS", "RESTARTS", "AGE", "NODE"];
+    if wide {
+        header.push("IP");
+    }
+    table(&header, &rows)
+}
+
+pub fn deployments_table(ds: &[api::Deployment], wide: bool, now: SystemTime) -> String {
+    let rows: Vec<Vec<String>> = ds
+        .iter()
+        .map(|d| {
+            let mut row = vec![
+                d.metadata.name.clone(),
+                format!("{}/{}", d.status.ready_replicas, d.spec.replicas),
+                d.status.updated_replicas.to_string(),
+                d.status.ready_replicas.to_string(),
+                age(&d.metadata.creation_timestamp, now),
+            ];
+            if wide {
+                let images: Vec<&str> = d
+                    .spec
+                    .template
+                    .spec
+                    .containers
+                    .iter()
+                    .map(|c| c.image.as_str())
+                    .collect();
+                row.push(images.join(","));
+                row.push(selector(&d.spec.selector.match_labels));
+            }
+            row
+        })
+        .collect();
+    let mut header = vec!["NAME", "READY", "UP-TO-DATE", "AVAILABLE", "AGE"];
+    if wide {
+        header.extend(["IMAGES", "SELECTOR"]);
+    }
+    table(&header, &rows)
+}
+
+fn selector(labels: &std::collections::BTreeMap<String, String>) -> String {
+    if labels.is_empty() {
+        return "<none>".into();
+    }
+    labels
+        .iter()
+        .map(|(k, v)| format!("{k}={v}"))
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
+fn arch(n: &api::Node) -> String {
+    if n.status.arch_variant.is_empty() {
+        n.status.arch.clone()
+    } else {
+        format!("{}/{}", n.status.arch, n.status.arch_variant)
+    }
+}
+
+pub fn nodes_table(nodes: &[api::Node], wide: bool, now: SystemTime) -> String {
+    let rows: Vec<Vec<String>> = nodes
+        .iter()
+        .map(|n| {
+            let mut row = vec![
+                n.metadata.name.clone(),
+                if n.status.ready { "Ready" } else { "NotReady" }.into(),
+                arch(n),
+                age(&n.metadata.creation_timestamp, now),
+                n.status.agent_version.clone(),
+            ];
+            if wide {
+                row.push(n.status.address.clone().unwrap_or_else(|| "<none>".into()));
+                row.push(if n.status.pod_cidr.is_empty() {
+                    "<none>".into()
+                } else {
+                    n.status.pod_cidr.clone()
+                });
+                row.push(quantity::format_cpu(u64::from(
+                    n.status.allocatable.cpu_millis,
+                )));
+                row.push(quantity::format_memory(n.status.allocatable.memory_bytes));
+            }
+            row
+        })
+        .collect();
+    let mut header = vec!["NAME", "STATUS", "ARCH", "AGE", "VERSION"];
+    if wide {
+        header.extend(["ADDRESS", "POD-CIDR", "CPU", "MEMORY"]);
+    }
+    table(&header, &rows)
+}
+
+fn event_type(reason: &str) -> &'static str {
+    match reason {
+        "FailedScheduling" | "OOMKilled" | "Error" | "Failed" | "NodeNotReady" | "BackOff" => {
+            "Warning"
+        }
+        _ => "Normal",
+    }
+}
+
+fn events_section(events: &[api::Event], now: SystemTime) -> String {
+    if events.is_empty() {
+        return "Events:  <none>\n".into();
+    }
+    let rows: Vec<Vec<String>> = events
+        .iter()
+        .map(|e| {
+            vec![
+                event_type(&e.reason).into(),
+                e.reason.clone(),
+                age(&e.timestamp, now),
+                e.message.clone(),
+            ]
+        })
+        .collect();
+    let t = table(&["Type", "Reason", "Age", "Message"], &rows);
+    let mut out = String::from("Events:\n");
+    for l in t.lines() {
+        out.push_str("  ");
+        out.push_str(l);
+        out.push('\n');
+    }
+    out
+}
+
+fn kv(out: &mut String, key: &str, value: impl AsRef<str>) {
+    let key = format!("{key}:");
+    out.push_str(&format!("{key:<16}{}\n", value.as_ref()));
+}
+
+fn labels_str(labels: &std::collections::BTreeMap<String, String>) -> String {
+    if labels.is_empty() {
+        return "<none>".into();
+    }
+    labels
+        .iter()
+        .map(|(k, v)| format!("{k}={v}"))
+        .collect::<Vec<_>>()
+        .join("\n                ")
+}
+
+fn resources_lines(out: &mut String, c: &api::Container) {
+    for (what, list) in [
+        ("Limits", &c.resources.limits),
+        ("Requests", &c.resources.requests),
+    ] {
+        if list.is_empty() {
+            continue;
+        }
+        out.push_str(&format!("    {what}:\n"));
+        if let Some(cpu) = &list.cpu {
+            out.push_str(&format!("      cpu:     {cpu}\n"));
+        }
+        if let Some(m) = &list.memory {
+            out.push_str(&format!("      memory:  {m}\n"));
+        }
+    }
+}
+
+pub fn describe_pod(p: &api::Pod, events: &[api::Event], now: SystemTime) -> String {
+    let mut out = String::new();
+    kv(&mut out, "Name", &p.metadata.name);
+    let node = match (&p.spec.node_name, &p.status.host_ip) {
+        (Some(n), Some(ip)) => format!("{n}/{ip}"),
+        (Some(n), None) => n.clone(),
+        (None, _) => "<none>".into(),
+    };
+    kv(&mut out, "Node", node);
+    kv(&mut out, "Start Time", &p.metadata.creation_timestamp);
+    kv(&mut out, "Labels", labels_str(&p.metadata.labels));
+    kv(&mut out, "Status", format!("{:?}", p.status.phase));
+    if let Some(r) = &p.status.reason {
+        kv(&mut out, "Reason", r);
+    }
+    if let Some(m) = &p.status.message {
+        kv(&mut out, "Message", m);
+    }
+    kv(
+        &mut out,
+        "IP",
+        p.status.pod_ip.as_deref().unwrap_or("<none>"),
+    );
+    kv(&mut out, "UID", &p.metadata.uid);
+    if let Some(owner) = &p.metadata.owner {
+        kv(&mut out, "Controlled By", format!("Deployment/{owner}"));
+    }
+    out.push_str("Containers:\n");
+    for c in &p.spec.containers {
+        out.push_str(&format!("  {}:\n", c.name));
+        out.push_str(&format!("    Image:          {}\n", c.image));
+        let status = p
+            .status
+            .container_statuses
+            .iter()
+            .find(|s| s.name == c.name);
+        let state = match status.map(|s| &s.state) {
+            None => "Waiting".to_owned(),
+            Some(api::ContainerState::Running { started_at }) => {
+                format!("Running (started {started_at})")
+            }
+            Some(api::ContainerState::Exited { exit_code }) => {
+                format!("Terminated (exit code {exit_code})")
+            }
+            Some(api::ContainerState::OOMKilled) => "Terminated (OOMKilled)".into(),
+            Some(api::ContainerState::Failed { reason }) => format!("Waiting ({reason})"),
+            Some(api::ContainerState::Pulling) => "Waiting (Pulling)".into(),
+            Some(api::ContainerState::Pending) => "Waiting (Pending)".into(),
+        };
+        out.push_str(&format!("    State:          {state}\n"));
+        out.push_str(&format!(
+            "    Ready:          {}\n",
+            status.is_some_and(|s| s.ready)
+        ));
+        out.push_str(&format!(
+            "    Restart Count:  {}\n",
+            status.map_or(0, |s| s.restart_count)
+        ));
+        resources_lines(&mut out, c);
+    }
+    out.push_str(&events_section(events, now));
+    out
+}
+
+pub fn describe_deployment(d: &api::Deployment, events: &[api::Event], now: SystemTime) -> String {
+    let mut out = String::new();
+    kv(&mut out, "Name", &d.metadata.name);
+    kv(&mut out, "Created", &d.metadata.creation_timestamp);
+    kv(&mut out, "Labels", labels_str(&d.metadata.labels));
+    kv(
+        &mut out,
+        "Selector",
+        selector(&d.spec.selector.match_labels),
+    );
+    kv(
+        &mut out,
+        "Replicas",
+        format!(
+            "{} desired | {} updated | {} total | {} available",
+            d.spec.replicas, d.status.updated_replicas, d.status.replicas, d.status.ready_replicas
+        ),
+    );
+    kv(
+        &mut out,
+        "Generation",
+        format!(
+            "{} (observed {})",
+            d.metadata.generation, d.status.observed_generation
+        ),
+    );
+    out.push_str("Pod Template:\n");
+    out.push_str(&format!(
+        "  Labels:  {}\n",
+        selector(&d.spec.template.metadata.labels)
+    ));
+    out.push_str("  Containers:\n");
+    for c in &d.spec.template.spec.containers {
+        out.push_str(&format!("   {}:\n    Image:  {}\n", c.name, c.image));
+        resources_lines(&mut out, c);
+    }
+    out.push_str(&events_section(events, now));
+    out
+}
+
+pub fn describe_node(
+    n: &api::Node,
+    pods: &[&api::Pod],
+    events: &[api::Event],
+    now: SystemTime,
+) -> String {
+    let mut out = String::new();
+    kv(&mut out, "Name", &n.metadata.name);
+    kv(&mut out, "Labels", labels_str(&n.metadata.labels));
+    kv(&mut out, "Created", &n.metadata.creation_timestamp);
+    kv(&mut out, "Ready", n.status.ready.to_string());
+    kv(&mut out, "Last Heartbeat", &n.status.last_heartbeat);
+    kv(&mut out, "Architecture", arch(n));
+    kv(&mut out, "OS", &n.status.os);
+    kv(&mut out, "Agent Version", &n.status.agent_version);
+    kv(
+        &mut out,
+        "Address",
+        n.status.address.as_deref().unwrap_or("<none>"),
+    );
+    kv(&mut out, "PodCIDR", &n.status.pod_cidr);
+    kv(
+        &mut out,
+        "Generation",
+        format!(
+            "desired {} / applied {}",
+            n.status.desired_generation, n.status.applied_generation
+        ),
+    );
+    out.push_str("Allocatable:\n");
+    out.push_str(&format!(
+        "  cpu:     {}\n",
+        quantity::format_cpu(u64::from(n.status.allocatable.cpu_millis))
+    ));
+    out.push_str(&format!(
+        "  memory:  {}\n",
+        quantity::format_memory(n.status.allocatable.memory_bytes)
+    ));
+    out.push_str(&format!("  pods:    {}\n", n.status.allocatable.pods));
+    out.push_str(&format!("Pods:            ({} in total)\n", pods.len()));
+    if !pods.is_empty() {
+        let rows: Vec<Vec<String>> = pods
+            .iter()
+            .map(|p| {
+                vec![
+                    p.metadata.name.clone(),
+                    pod_status_word(p),
+                    age(&p.metadata.creation_timestamp, now),
+                ]
+            })
+            .collect();
+        for l in table(&["Name", "Status", "Age"], &rows).lines() {
+            out.push_str("  ");
+            out.push_str(l);
+            out.push('\n');
+        }
+    }
+    out.push_str(&events_section(events, now));
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ts(s: &str) -> SystemTime {
+        humantime::parse_rfc3339(s).unwrap()
+    }
+
+    fn pod(name: &str, node: Option<&str>, states: Vec<api::ContainerState>) -> api::Pod {
+        api::Pod {
+            api_version: "v1".into(),
+            kind: "Pod".into(),
+            metadata: api::ObjectMeta {
+                name: name.into(),
+                creation_timestamp: "2026-11-01T12:00:00Z".into(),
+                ..Default::default()
+            },
+            spec: api::PodSpec {
+                containers: (0..states.len().max(1))
+                    .map(|i| api::Container {
+                        name: format!("c{i}"),
+                        image: "busybox".into(),
+                        ..Default::default()
+                    })
+                    .collect(),
+                node_name: node.map(str::to_owned),
+                ..Default::default()
+            },
+            status: api::PodStatus {
+                container_statuses: states
+                    .into_iter()
+                    .enumerate()
+                    .map(|(i, state)| api::ContainerStatus {
+                        name: format!("c{i}"),
+                        ready: matches!(state, api::ContainerState::Running { .. }),
+                        state,
+                        restart_count: 1,
+                    })
+                    .collect(),
+                pod_ip: Some("10.42.0.7".into()),
+                ..Default::default()
+            },
+        }
+    }
+
+    #[test]
+    fn status_words() {
+        use api::ContainerState as S;
+        let run = || S::Running {
+            started_at: "x".into(),
+        };
+        let cases = [
+            (pod("a", None, vec![]), "Pending"),
+            (pod("b", Some("n"), vec![]), "Pending"),
+            (pod("c", Some("n"), vec![run(), run()]), "Running"),
+            (pod("d", Some("n"), vec![run(), S::Pulling]), "Pulling"),
+            (pod("e", Some("n"), vec![S::OOMKilled]), "OOMKilled"),
+            (
+                pod("f", Some("n"), vec![S::Exited { exit_code: 2 }]),
+                "Error",
+            ),
+            (
+                pod("g", Some("n"), vec![S::Exited { exit_code: 0 }]),
+                "Completed",
+            ),
+            (
+                pod(
+                    "h",
+                    Some("n"),
+                    vec![S::Failed {
+                        reason: "ImagePullFailed: manifest unknown".into(),
+                    }],
+                ),
+                "ImagePullFailed",
+            ),
+        ];
+        for (p, want) in cases {
+            assert_eq!(pod_status_word(&p), want, "{}", p.metadata.name);
+        }
+        let mut lost = pod("i", Some("n"), vec![run()]);
+        lost.status.phase = api::PodPhase::Unknown;
+        assert_eq!(pod_status_word(&lost), "Unknown");
+    }
+
+    #[test]
+    fn pods_table_like_kubectl() {
+        use api::ContainerState as S;
+        let pods = [
+            pod(
+                "web-1",
+                Some("pi-1"),
+                vec![S::Running {
+                    started_at: "x".into(),
+                }],
+            ),
+            pod("web-22", None, vec![]),
+        ];
+        let got = pods_table(&pods, true, ts("2026-11-01T12:05:00Z"));
+        let want = "\
+NAME     READY   STATUS    RESTARTS   AGE   NODE     IP
+web-1    1/1     Running   1          5m    pi-1     10.42.0.7
+web-22   0/1     Pending   0          5m    <none>   10.42.0.7
+";
+        assert_eq!(got, want);
+    }
+
+    #[test]
+    fn ages() {
+        let now = ts("2026-11-03T12:00:00Z");
+        for (t, want) in [
+            ("2026-11-03T11:59:15Z", "45s"),
+            ("2026-11-03T11:50:00Z", "10m"),
+            ("2026-11-03T07:00:00Z", "5h"),
+            ("2026-11-01T12:00:00Z", "2d"),
+            ("", "<unknown>"),
+        ] {
+            assert_eq!(age(t, now), want, "{t}");
+        }
+    }
+
+    #[test]
+    fn resource_arguments() {
+        assert_eq!(target("po", None).unwrap(), (ResourceKind::Pod, None));
+        assert_eq!(
+            target("deployment/web", None).unwrap(),
+            (ResourceKind::Deployment, Some("web".into()))
+        );
+        assert_eq!(
+            target("no", Some("pi-1")).unwrap(),
+            (ResourceKind::Node, Some("pi-1".into()))
+        );
+        assert!(target("services", None).is_err());
+        assert!(target("pod/a", Some("b")).is_err());
+        assert!(named("deploy", None, "scale").is_err());
+    }
+
+    #[test]
+    fn flags_come_from_the_environment_too() {
+        let cli = Cli::try_parse_from([
+            "baton",
+            "--server",
+            "http://127.0.0.1:9",
+            "get",
+            "po",
+            "-o",
+            "wide",
+        ])
+        .unwrap();
+        assert_eq!(cli.server, "http://127.0.0.1:9");
+        assert!(matches!(
+            cli.command,
+            Command::Get {
+                output: Some(Output::Wide),
+                ..
+            }
+        ));
+        let cli = Cli::try_parse_from([
+            "baton",
+            "server",
+            "--broker",
+            "mqtt://127.0.0.1:1884",
+            "--heartbeat-timeout",
+            "1m",
+        ])
+        .unwrap();
+        let Command::Server(args) = cli.command else {
+            panic!("not server")
+        };
+        let cfg = args.config();
+        assert_eq!(
+            cfg.mqtt,
+            MqttMode::External {
+                url: "mqtt://127.0.0.1:1884".into()
+            }
+        );
+        assert_eq!(cfg.heartbeat_timeout, Duration::from_secs(60));
+        assert!(
+            Cli::try_parse_from(["baton", "scale", "deployment/web", "--replicas", "3"]).is_ok()
+        );
+    }
+}

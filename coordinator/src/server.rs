@@ -1,0 +1,232 @@
+//! `baton server`: wires the store, the core, the MQTT bridge (and optionally the
+//! embedded broker) and the HTTP API together.
+//!
+//! [`Server::bind`] opens everything that can fail (store, broker, HTTP listener) and
+//! reports the bound addresses, so tests can start it on port 0; [`Server::run`] serves
+//! until the shutdown future completes. On shutdown the HTTP server stops accepting, the
+//! bridge disconnects, and the core ends once every event sender is gone, which releases
+//! the store (redb holds a file lock), so a test can start a new server on the same data
+//! directory right away. The embedded broker cannot be stopped (see [`crate::broker`]).
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::mpsc;
+
+use crate::broker::{self, BrokerError};
+use crate::bus::{BrokerAddr, Bus, BusError, BusStats};
+use crate::core::{Core, CoreError, Event};
+use crate::http::{self, HttpError};
+use crate::store::{RedbStore, Store, StoreError};
+
+/// Default address of the HTTP API.
+pub const DEFAULT_HTTP_LISTEN: &str = "127.0.0.1:7474";
+/// Default address of the embedded MQTT broker.
+pub const DEFAULT_MQTT_LISTEN: &str = "127.0.0.1:1883";
+/// A node is NotReady after this long without a heartbeat (about 4 missed 5 s beats).
+pub const DEFAULT_HEARTBEAT_TIMEOUT: Duration = Duration::from_secs(20);
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum MqttMode {
+    /// Run rumqttd in this process, listening on `listen`.
+    Embedded { listen: SocketAddr },
+    /// Use an existing broker at `mqtt://host:port`.
+    External { url: String },
+}
+
+#[derive(Debug, Clone)]
+pub struct ServerConfig {
+    pub data_dir: PathBuf,
+    pub http_listen: SocketAddr,
+    /// Serve the API on a non-loopback address (no authentication yet).
+    pub allow_remote: bool,
+    pub mqtt: MqttMode,
+    pub heartbeat_timeout: Duration,
+}
+
+impl ServerConfig {
+    /// The defaults, with data in `data_dir`.
+    pub fn new(data_dir: impl Into<PathBuf>) -> Self {
+        Self {
+            data_dir: data_dir.into(),
+            http_listen: SocketAddr::from(([127, 0, 0, 1], 7474)),
+            allow_remote: false,
+            mqtt: MqttMode::Embedded {
+                listen: SocketAddr::from(([127, 0, 0, 1], 1883)),
+            },
+            heartbeat_timeout: DEFAULT_HEARTBEAT_TIMEOUT,
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ServerError {
+    #[error("cannot create the data directory {path}: {source}")]
+    DataDir {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("cannot open the store in {path}: {source}")]
+    Store { path: PathBuf, source: StoreError },
+    #[error("cannot load the state: {0}")]
+    Core(#[from] CoreError),
+    #[error(transparent)]
+    Broker(#[from] BrokerError),
+    #[error(transparent)]
+    Bus(#[from] BusError),
+    #[error(transparent)]
+    Http(#[from] HttpError),
+    #[error("cannot listen for HTTP on {addr}: {source}")]
+    Bind {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
+    #[error("the HTTP server failed: {0}")]
+    Serve(std::io::Error),
+}
+
+/// A bound, not yet serving, coordinator.
+pub struct Server {
+    http_addr: SocketAddr,
+    broker: BrokerAddr,
+    embedded_mqtt: Option<SocketAddr>,
+    listener: tokio::net::TcpListener,
+    core: Core,
+    events_tx: mpsc::Sender<Event>,
+    events_rx: mpsc::Receiver<Event>,
+    outbound_rx: mpsc::Receiver<crate::bus::Outbound>,
+}
+
+impl Server {
+    /// Opens the store, loads the state, starts the embedded broker if asked, and binds
+    /// the HTTP listener.
+    pub async fn bind(cfg: ServerConfig) -> Result<Self, ServerError> {
+        http::check_listen(cfg.http_listen, cfg.allow_remote)?;
+        std::fs::create_dir_all(&cfg.data_dir).map_err(|source| ServerError::DataDir {
+            path: cfg.data_dir.clone(),
+            source,
+        })?;
+        let store: Arc<dyn Store> =
+            Arc::new(
+                RedbStore::open(&cfg.data_dir).map_err(|source| ServerError::Store {
+                    path: cfg.data_dir.clone(),
+                    source,
+                })?,
+            );
+        let (outbound_tx, outbound_rx) = mpsc::channel(4096);
+        let core = Core::new(store, outbound_tx, cfg.heartbeat_timeout)?;
+
+        let (broker, embedded_mqtt) = match &cfg.mqtt {
+            MqttMode::Embedded { listen } => {
+                let listen = *listen;
+                let addr = tokio::task::spawn_blocking(move || broker::start(listen))
+                    .await
+                    .map_err(|e| BrokerError::Stopped {
+                        addr: listen,
+                        reason: e.to_string(),
+                    })??;
+                (BrokerAddr::from(addr), Some(addr))
+            }
+            MqttMode::External { url } => (BrokerAddr::parse(url)?, None),
+        };
+
+        let listener = tokio::net::TcpListener::bind(cfg.http_listen)
+            .await
+            .map_err(|source| ServerError::Bind {
+                addr: cfg.http_listen,
+                source,
+            })?;
+        let http_addr = listener.local_addr().map_err(|source| ServerError::Bind {
+            addr: cfg.http_listen,
+            source,
+        })?;
+        let (events_tx, events_rx) = mpsc::channel(1024);
+        Ok(Self {
+            http_addr,
+            broker,
+            embedded_mqtt,
+            listener,
+            core,
+            events_tx,
+            events_rx,
+            outbound_rx,
+        })
+    }
+
+    /// Where the HTTP API listens.
+    pub fn http_addr(&self) -> SocketAddr {
+        self.http_addr
+    }
+
+    /// Where the embedded broker listens, if this server runs one.
+    pub fn mqtt_addr(&self) -> Option<SocketAddr> {
+        self.embedded_mqtt
+    }
+
+    /// Serves until `shutdown` completes.
+    pub async fn run(
+        self,
+        shutdown: impl Future<Output = ()> + Send + 'static,
+    ) -> Result<(), ServerError> {
+        let Server {
+            http_addr,
+            broker,
+            listener,
+            core,
+            events_tx,
+            events_rx,
+            outbound_rx,
+            ..
+        } = self;
+        let stats = Arc::new(BusStats::default());
+        let core_task = tokio::spawn(core.run(events_rx));
+
+        let client_id = format!("baton-coordinator-{}", std::process::id());
+        let bus = Bus::start(
+            broker.clone(),
+            &client_id,
+            events_tx.clone(),
+            outbound_rx,
+            stats.clone(),
+        );
+
+        let ticker_tx = events_tx.clone();
+        let ticker = tokio::spawn(async move {
+            let mut every = tokio::time::interval(Duration::from_secs(1));
+            every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+            loop {
+                every.tick().await;
+                if ticker_tx.send(Event::Tick).await.is_err() {
+                    return;
+                }
+            }
+        });
+
+        tracing::info!(%http_addr, broker = %format!("{}:{}", broker.host, broker.port), "coordinator serving");
+        let app = http::router(events_tx, stats);
+        let served = axum::serve(listener, app)
+            .with_graceful_shutdown(shutdown)
+            .await
+            .map_err(ServerError::Serve);
+
+        tracing::info!("shutting down");
+        ticker.abort();
+        let _ = ticker.await;
+        bus.shutdown().await;
+        // The core stops when the last event sender (held by the router, the bus and the
+        // ticker, all gone now) is dropped; waiting for it releases the store.
+        let _ = core_task.await;
+        served
+    }
+}
+
+/// Binds and serves until `shutdown` completes.
+pub async fn run(
+    cfg: ServerConfig,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), ServerError> {
+    Server::bind(cfg).await?.run(shutdown).await
+}

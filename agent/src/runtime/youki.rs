@@ -164,6 +164,7 @@ impl YoukiRuntime {
         for d in [&containers_dir, &bundles_dir] {
             fs::create_dir_all(d).map_err(io_err(d))?;
         }
+        handle_sigpipe().map_err(io_err(Path::new("SIGPIPE")))?;
         Ok(Self {
             containers_dir,
             bundles_dir,
@@ -385,6 +386,28 @@ impl YoukiRuntime {
             source: Box::new(e),
         })
     }
+}
+
+/// Makes SIGPIPE *handled* instead of ignored in this process, once.
+///
+/// Rust programs (and the test harness) start with SIGPIPE ignored, and an ignored signal stays
+/// ignored across exec, so every container would inherit it: `yes | head` would then never end,
+/// because `yes` gets EPIPE instead of dying. A handled signal is reset to the default by exec.
+/// Registering a tokio listener installs such a handler (it only wakes tokio's signal driver),
+/// without unsafe code; the handler outlives the small runtime used to install it, and writes to
+/// closed sockets in the agent still just return EPIPE.
+fn handle_sigpipe() -> io::Result<()> {
+    static DONE: std::sync::OnceLock<()> = std::sync::OnceLock::new();
+    if DONE.get().is_some() {
+        return Ok(());
+    }
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_io()
+        .build()?;
+    let _enter = rt.enter();
+    let _listener = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::pipe())?;
+    let _ = DONE.set(());
+    Ok(())
 }
 
 /// kubelet's milli-CPU to shares conversion: 1000m = 1024 shares, clamped to the kernel's range.

@@ -1,0 +1,262 @@
+//! Real containers through `YoukiRuntime` (root, cgroups): lifecycle, limits, logs, cleanup.
+
+mod rt_support;
+
+use std::fs;
+use std::path::Path;
+
+use baton_agent::runtime::{ExitReason, Runtime, RuntimeError, YoukiRuntime};
+use rt_support::{cgroup_dirs, cgroup_file, Fixture};
+
+#[test]
+fn args_env_cwd_and_hostname_reach_the_process() {
+    let mut fx = Fixture::new("argv");
+    let mut spec = fx.spec(
+        "c",
+        &[
+            "sh",
+            "-c",
+            r#"echo "foo=$FOO"; echo "cwd=$(pwd)"; echo "host=$(hostname)"; echo "args=$1|$2""#,
+            "sh",
+            "x y",
+            "z",
+        ],
+    );
+    spec.env.push("FOO=bar baz".into());
+    spec.cwd = "/tmp".into();
+    spec.hostname = "pod-host".into();
+    let (reason, log) = fx.run_to_end(&spec);
+    assert_eq!(reason, ExitReason::Exited(0), "log: {log}");
+    assert_eq!(log, "foo=bar baz\ncwd=/tmp\nhost=pod-host\nargs=x y|z\n");
+}
+
+#[test]
+fn exit_code_is_reported_and_stopped_container_is_not_running() {
+    let mut fx = Fixture::new("exitcode");
+    let spec = fx.spec("c", &["sh", "-c", "echo to-stderr >&2; exit 7"]);
+    fx.runtime.run(&spec).unwrap();
+    assert_eq!(fx.wait_exit(&spec.id), ExitReason::Exited(7));
+    assert_eq!(fs::read_to_string(&spec.log_path).unwrap(), "to-stderr\n");
+    assert!(matches!(
+        fx.runtime.kill(&spec.id, 0),
+        Err(RuntimeError::NotRunning(_))
+    ));
+    assert_eq!(fx.runtime.list().unwrap(), vec![spec.id.clone()]);
+    fx.runtime.delete(&spec.id).unwrap();
+    assert!(fx.runtime.list().unwrap().is_empty());
+    assert!(matches!(
+        fx.runtime.kill(&spec.id, 0),
+        Err(RuntimeError::NotFound(_))
+    ));
+}
+
+#[test]
+fn memory_limit_gives_oom_killed() {
+    let mut fx = Fixture::new("oom");
+    let mut spec = fx.spec(
+        "c",
+        &["dd", "if=/dev/zero", "of=/dev/null", "bs=100M", "count=1"],
+    );
+    spec.memory_limit_bytes = Some(32 << 20);
+    let (reason, log) = fx.run_to_end(&spec);
+    assert_eq!(reason, ExitReason::OomKilled, "log: {log}");
+}
+
+#[test]
+fn a_small_allocation_under_the_limit_is_not_oom() {
+    let mut fx = Fixture::new("nooom");
+    let mut spec = fx.spec(
+        "c",
+        &["dd", "if=/dev/zero", "of=/dev/null", "bs=1M", "count=1"],
+    );
+    spec.memory_limit_bytes = Some(32 << 20);
+    let (reason, log) = fx.run_to_end(&spec);
+    assert_eq!(reason, ExitReason::Exited(0), "log: {log}");
+}
+
+#[test]
+fn kill_reports_the_signal_and_delete_removes_state_and_cgroups() {
+    let mut fx = Fixture::new("kill");
+    let mut spec = fx.spec("c", &["sleep", "1000"]);
+    spec.memory_limit_bytes = Some(64 << 20);
+    spec.cpu_limit_millis = Some(500);
+    spec.cpu_request_millis = 250;
+    spec.pids_limit = 33;
+    let pid = fx.runtime.run(&spec).unwrap();
+    assert!(pid > 1);
+    assert!(matches!(
+        fx.runtime.run(&spec),
+        Err(RuntimeError::AlreadyExists(_))
+    ));
+    fx.runtime.kill(&spec.id, 0).unwrap();
+
+    // Limits landed in the container's cgroup.
+    let cg = spec.cgroup_path.as_path();
+    let read = |c: &str, v1: &str, v2: &str| {
+        fs::read_to_string(cgroup_file(c, cg, v1, v2))
+            .unwrap()
+            .trim()
+            .to_owned()
+    };
+    assert_eq!(read("pids", "pids.max", "pids.max"), "33");
+    assert_eq!(
+        read("memory", "memory.limit_in_bytes", "memory.max"),
+        (64u64 << 20).to_string()
+    );
+    let quota = read("cpu", "cpu.cfs_quota_us", "cpu.max");
+    assert!(quota.starts_with("50000"), "quota {quota}");
+    if Path::new("/sys/fs/cgroup/cpu").exists() {
+        assert_eq!(read("cpu", "cpu.shares", "cpu.weight"), "256");
+    }
+    let procs =
+        fs::read_to_string(cgroup_file("pids", cg, "cgroup.procs", "cgroup.procs")).unwrap();
+    assert!(
+        procs.lines().any(|l| l == pid.to_string()),
+        "init {pid} not in {procs}"
+    );
+
+    fx.runtime.kill(&spec.id, 9).unwrap();
+    assert_eq!(fx.wait_exit(&spec.id), ExitReason::Signaled(9));
+
+    let state = fx.runtime.container_dir(&spec.id);
+    assert!(state.exists());
+    fx.runtime.delete(&spec.id).unwrap();
+    assert!(!state.exists());
+    for d in cgroup_dirs(cg) {
+        assert!(!d.exists(), "{} left behind", d.display());
+    }
+    // The empty pod and node levels are pruned too; the top level is never touched.
+    let memory_top = cgroup_file("memory", Path::new(&fx.cgroup_top), "", "");
+    assert!(!memory_top.join("node").exists());
+    assert!(memory_top.exists());
+    // Idempotent, and unknown ids are fine.
+    fx.runtime.delete(&spec.id).unwrap();
+    fx.runtime.delete(&fx.id("never-created")).unwrap();
+}
+
+#[test]
+fn delete_of_a_running_container_kills_it_and_reports_the_exit() {
+    let mut fx = Fixture::new("delrun");
+    let spec = fx.spec("c", &["sh", "-c", "sleep 1000 & sleep 1000"]);
+    fx.runtime.run(&spec).unwrap();
+    fx.runtime.delete(&spec.id).unwrap();
+    assert_eq!(fx.wait_exit(&spec.id), ExitReason::Signaled(9));
+    for d in cgroup_dirs(&spec.cgroup_path) {
+        assert!(!d.exists(), "{} left behind", d.display());
+    }
+}
+
+#[test]
+fn sigterm_reaches_a_process_that_handles_it() {
+    let mut fx = Fixture::new("term");
+    let spec = fx.spec(
+        "c",
+        &[
+            "sh",
+            "-c",
+            "trap 'echo got-term; exit 3' TERM; echo ready; while true; do sleep 0.1; done",
+        ],
+    );
+    fx.runtime.run(&spec).unwrap();
+    rt_support::poll("ready", || {
+        fs::read_to_string(&spec.log_path)
+            .ok()
+            .filter(|l| l.contains("ready"))
+    });
+    fx.runtime.kill(&spec.id, 15).unwrap();
+    assert_eq!(fx.wait_exit(&spec.id), ExitReason::Exited(3));
+    assert!(fs::read_to_string(&spec.log_path)
+        .unwrap()
+        .contains("got-term"));
+    fx.runtime.delete(&spec.id).unwrap();
+}
+
+/// Also checks that SIGPIPE has its default action in the container (the agent ignores it, and
+/// ignored signals survive exec): otherwise `yes` would never end after `head` exits.
+#[test]
+fn logs_stay_within_the_bound() {
+    let mut fx = Fixture::new("logs");
+    let mut spec = fx.spec(
+        "c",
+        &["sh", "-c", "yes 0123456789 | head -c 3000000; echo done"],
+    );
+    spec.log_max_bytes = 64 * 1024;
+    let (reason, log) = fx.run_to_end(&spec);
+    assert_eq!(reason, ExitReason::Exited(0));
+    let rotated = fs::read_to_string(spec.log_path.with_extension("log.1")).unwrap();
+    assert!(
+        log.len() as u64 <= spec.log_max_bytes,
+        "log is {} bytes",
+        log.len()
+    );
+    assert!(
+        rotated.len() as u64 <= spec.log_max_bytes,
+        "rotated log is {} bytes",
+        rotated.len()
+    );
+    assert!(log.ends_with("done\n"));
+    assert!(rotated.len() as u64 > spec.log_max_bytes / 2);
+    // Rotation may cut a line at either end of the file; everything in between is intact.
+    let lines: Vec<&str> = rotated.lines().collect();
+    assert!(lines[1..lines.len() - 1].iter().all(|l| *l == "0123456789"));
+    let logs_dir = spec.log_path.parent().unwrap();
+    assert_eq!(fs::read_dir(logs_dir).unwrap().count(), 2);
+}
+
+#[test]
+fn pids_limit_stops_a_fork_loop() {
+    let mut fx = Fixture::new("pids");
+    let mut spec = fx.spec(
+        "c",
+        &[
+            "sh",
+            "-c",
+            "i=0; while [ $i -lt 50 ]; do sleep 60 & i=$((i+1)); done; echo all-forked",
+        ],
+    );
+    spec.pids_limit = 10;
+    fx.runtime.run(&spec).unwrap();
+    let reason = fx.wait_exit(&spec.id);
+    let log = fs::read_to_string(&spec.log_path).unwrap();
+    assert!(
+        !log.contains("all-forked"),
+        "fork loop was not limited: {reason:?} {log}"
+    );
+    assert!(
+        log.contains("fork"),
+        "expected a fork failure: {reason:?} {log}"
+    );
+    fx.runtime.delete(&spec.id).unwrap();
+}
+
+#[test]
+fn a_new_runtime_instance_lists_and_deletes_leftovers() {
+    let mut fx = Fixture::new("readopt");
+    let spec = fx.spec("c", &["sleep", "1000"]);
+    fx.runtime.run(&spec).unwrap();
+    // An agent restart: a second runtime over the same state dir, without the reaper.
+    let (tx, _rx) = tokio::sync::mpsc::unbounded_channel();
+    let again = YoukiRuntime::new(fx.dir.path().join("state"), tx).unwrap();
+    assert_eq!(again.list().unwrap(), vec![spec.id.clone()]);
+    again.kill(&spec.id, 0).unwrap();
+    again.delete(&spec.id).unwrap();
+    assert!(again.list().unwrap().is_empty());
+    // The original process is still the parent, so its reaper reports the exit.
+    assert_eq!(fx.wait_exit(&spec.id), ExitReason::Signaled(9));
+    for d in cgroup_dirs(&spec.cgroup_path) {
+        assert!(!d.exists(), "{} left behind", d.display());
+    }
+}
+
+#[test]
+fn a_missing_binary_fails_run_and_leaves_nothing() {
+    let fx = Fixture::new("nobin");
+    let spec = fx.spec("c", &["/bin/does-not-exist"]);
+    let err = fx.runtime.run(&spec).unwrap_err();
+    assert!(matches!(err, RuntimeError::Backend { .. }), "{err:?}");
+    assert!(std::error::Error::source(&err).is_some());
+    assert!(fx.runtime.list().unwrap().is_empty());
+    for d in cgroup_dirs(&spec.cgroup_path) {
+        assert!(!d.exists(), "{} left behind", d.display());
+    }
+}

@@ -15,7 +15,8 @@
 use std::collections::hash_map::Entry;
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
-use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Mutex, RwLock};
 
 use redb::{ReadableTable, TableDefinition};
 use serde::de::DeserializeOwned;
@@ -96,6 +97,8 @@ pub enum StoreError {
         found: u32,
         supported: u32,
     },
+    #[error("store {path} is unavailable: reopening it after an I/O error failed")]
+    Unavailable { path: PathBuf },
     #[error("store {path} has an invalid schema version {found:?}")]
     InvalidSchema { path: PathBuf, found: String },
     /// An I/O failure (a full disk, say) or another backend error. The batch that hit it
@@ -130,13 +133,25 @@ pub trait Store: Send + Sync + 'static {
 }
 
 /// The embedded store: one redb file.
+///
+/// After an I/O error (a full disk, say) redb refuses every later call on the same
+/// handle with `PreviousIo` until the file is reopened. So that a coordinator whose disk
+/// filled up recovers once space is freed, without a restart, the store remembers the
+/// failure and reopens the file at the start of the next call; that call fails again if
+/// the disk is still full, and the state on disk stays the last committed one.
 pub struct RedbStore {
-    db: redb::Database,
+    path: PathBuf,
+    /// `None` only between dropping a failed handle and a successful reopen. The write
+    /// lock is taken only to reopen, so calls share the handle as redb intends.
+    db: RwLock<Option<redb::Database>>,
+    needs_reopen: AtomicBool,
 }
 
 impl std::fmt::Debug for RedbStore {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("RedbStore").finish_non_exhaustive()
+        f.debug_struct("RedbStore")
+            .field("path", &self.path)
+            .finish_non_exhaustive()
     }
 }
 
@@ -152,46 +167,98 @@ impl RedbStore {
             source,
         })?;
         let path = data_dir.join(FILE_NAME);
-        let mut builder = redb::Builder::new();
-        builder.set_cache_size(CACHE_BYTES);
-        // The v3 format is what redb 3 reads without an upgrade step.
-        builder.create_with_file_format_v3(true);
-        let db = builder.create(&path).map_err(|e| open_error(&path, e))?;
-        let store = RedbStore { db };
-        store.check_schema(&path)?;
-        Ok(store)
+        let db = open_db(&path)?;
+        check_schema(&db, &path)?;
+        Ok(RedbStore {
+            path,
+            db: RwLock::new(Some(db)),
+            needs_reopen: AtomicBool::new(false),
+        })
     }
 
-    /// Reads the schema version, or writes it (and creates every table) on a new file.
-    fn check_schema(&self, path: &Path) -> Result<(), StoreError> {
-        match self.get(Table::Meta, SCHEMA_VERSION_KEY)? {
-            Some(bytes) => {
-                let text = String::from_utf8_lossy(&bytes).into_owned();
-                let found: u32 = text.parse().map_err(|_| StoreError::InvalidSchema {
+    /// The file this store lives in.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Runs `f` on the database handle, reopening it first after an earlier I/O error,
+    /// and noting a new I/O error for the next call.
+    fn with_db<T>(
+        &self,
+        f: impl FnOnce(&redb::Database) -> Result<T, StoreError>,
+    ) -> Result<T, StoreError> {
+        if self.needs_reopen.load(Ordering::Acquire) {
+            self.reopen()?;
+        }
+        // A panic while holding the lock cannot leave the handle half-changed.
+        let guard = self.db.read().unwrap_or_else(|e| e.into_inner());
+        let Some(db) = guard.as_ref() else {
+            return Err(StoreError::Unavailable {
+                path: self.path.clone(),
+            });
+        };
+        let result = f(db);
+        if let Err(StoreError::Backend(e)) = &result {
+            if matches!(**e, redb::Error::Io(_) | redb::Error::PreviousIo) {
+                self.needs_reopen.store(true, Ordering::Release);
+            }
+        }
+        result
+    }
+
+    fn reopen(&self) -> Result<(), StoreError> {
+        let mut guard = self.db.write().unwrap_or_else(|e| e.into_inner());
+        if !self.needs_reopen.load(Ordering::Acquire) {
+            return Ok(()); // another caller reopened it meanwhile
+        }
+        tracing::warn!(path = %self.path.display(), "reopening the store after an I/O error");
+        // Drop the failed handle first: it holds the file lock.
+        *guard = None;
+        let db = open_db(&self.path)?;
+        check_schema(&db, &self.path)?;
+        *guard = Some(db);
+        self.needs_reopen.store(false, Ordering::Release);
+        Ok(())
+    }
+}
+
+fn open_db(path: &Path) -> Result<redb::Database, StoreError> {
+    let mut builder = redb::Builder::new();
+    builder.set_cache_size(CACHE_BYTES);
+    // The v3 format is what redb 3 reads without an upgrade step.
+    builder.create_with_file_format_v3(true);
+    builder.create(path).map_err(|e| open_error(path, e))
+}
+
+/// Reads the schema version, or writes it (and creates every table) on a new file.
+fn check_schema(db: &redb::Database, path: &Path) -> Result<(), StoreError> {
+    match get(db, Table::Meta, SCHEMA_VERSION_KEY)? {
+        Some(bytes) => {
+            let text = String::from_utf8_lossy(&bytes).into_owned();
+            let found: u32 = text.parse().map_err(|_| StoreError::InvalidSchema {
+                path: path.to_path_buf(),
+                found: text.clone(),
+            })?;
+            if found > SCHEMA_VERSION {
+                return Err(StoreError::NewerSchema {
                     path: path.to_path_buf(),
-                    found: text.clone(),
-                })?;
-                if found > SCHEMA_VERSION {
-                    return Err(StoreError::NewerSchema {
-                        path: path.to_path_buf(),
-                        found,
-                        supported: SCHEMA_VERSION,
-                    });
-                }
-                Ok(())
+                    found,
+                    supported: SCHEMA_VERSION,
+                });
             }
-            None => {
-                let txn = self.db.begin_write().map_err(backend)?;
-                for t in Table::ALL {
-                    txn.open_table(t.definition()).map_err(backend)?;
-                }
-                {
-                    let mut meta = txn.open_table(Table::Meta.definition()).map_err(backend)?;
-                    meta.insert(SCHEMA_VERSION_KEY, SCHEMA_VERSION.to_string().as_bytes())
-                        .map_err(backend)?;
-                }
-                txn.commit().map_err(backend)
+            Ok(())
+        }
+        None => {
+            let txn = db.begin_write().map_err(backend)?;
+            for t in Table::ALL {
+                txn.open_table(t.definition()).map_err(backend)?;
             }
+            {
+                let mut meta = txn.open_table(Table::Meta.definition()).map_err(backend)?;
+                meta.insert(SCHEMA_VERSION_KEY, SCHEMA_VERSION.to_string().as_bytes())
+                    .map_err(backend)?;
+            }
+            txn.commit().map_err(backend)
         }
     }
 }
@@ -203,6 +270,15 @@ fn open_error(path: &Path, e: redb::DatabaseError) -> StoreError {
         redb::DatabaseError::Storage(redb::StorageError::Corrupted(message)) => {
             StoreError::Corrupt { path, message }
         }
+        // redb reports a file without its magic number or with a damaged header so.
+        redb::DatabaseError::Storage(redb::StorageError::Io(e))
+            if e.kind() == std::io::ErrorKind::InvalidData =>
+        {
+            StoreError::Corrupt {
+                path,
+                message: "bad file header".to_string(),
+            }
+        }
         other => StoreError::Open {
             path,
             source: Box::new(other.into()),
@@ -210,58 +286,68 @@ fn open_error(path: &Path, e: redb::DatabaseError) -> StoreError {
     }
 }
 
-impl Store for RedbStore {
-    fn get(&self, table: Table, key: &str) -> Result<Option<Vec<u8>>, StoreError> {
-        let txn = self.db.begin_read().map_err(backend)?;
-        let t = match txn.open_table(table.definition()) {
-            Ok(t) => t,
-            Err(redb::TableError::TableDoesNotExist(_)) => return Ok(None),
-            Err(e) => return Err(backend(e)),
-        };
-        Ok(t.get(key).map_err(backend)?.map(|v| v.value().to_vec()))
-    }
+fn get(db: &redb::Database, table: Table, key: &str) -> Result<Option<Vec<u8>>, StoreError> {
+    let txn = db.begin_read().map_err(backend)?;
+    let t = match txn.open_table(table.definition()) {
+        Ok(t) => t,
+        Err(redb::TableError::TableDoesNotExist(_)) => return Ok(None),
+        Err(e) => return Err(backend(e)),
+    };
+    Ok(t.get(key).map_err(backend)?.map(|v| v.value().to_vec()))
+}
 
-    fn list(&self, table: Table) -> Result<Vec<(String, Vec<u8>)>, StoreError> {
-        let txn = self.db.begin_read().map_err(backend)?;
-        let t = match txn.open_table(table.definition()) {
-            Ok(t) => t,
-            Err(redb::TableError::TableDoesNotExist(_)) => return Ok(Vec::new()),
-            Err(e) => return Err(backend(e)),
-        };
-        let mut out = Vec::new();
-        for entry in t.iter().map_err(backend)? {
-            let (k, v) = entry.map_err(backend)?;
-            out.push((k.value().to_string(), v.value().to_vec()));
-        }
-        Ok(out)
+fn list(db: &redb::Database, table: Table) -> Result<Vec<(String, Vec<u8>)>, StoreError> {
+    let txn = db.begin_read().map_err(backend)?;
+    let t = match txn.open_table(table.definition()) {
+        Ok(t) => t,
+        Err(redb::TableError::TableDoesNotExist(_)) => return Ok(Vec::new()),
+        Err(e) => return Err(backend(e)),
+    };
+    let mut out = Vec::new();
+    for entry in t.iter().map_err(backend)? {
+        let (k, v) = entry.map_err(backend)?;
+        out.push((k.value().to_string(), v.value().to_vec()));
     }
+    Ok(out)
+}
 
-    fn commit(&self, ops: Vec<Op>) -> Result<(), StoreError> {
-        let txn = self.db.begin_write().map_err(backend)?;
-        {
-            let mut tables = HashMap::new();
-            for op in &ops {
-                let table = match op {
-                    Op::Put(t, ..) | Op::Delete(t, _) => *t,
-                };
-                let t = match tables.entry(table) {
-                    Entry::Occupied(e) => e.into_mut(),
-                    Entry::Vacant(e) => {
-                        e.insert(txn.open_table(table.definition()).map_err(backend)?)
-                    }
-                };
-                match op {
-                    Op::Put(_, k, v) => {
-                        t.insert(k.as_str(), v.as_slice()).map_err(backend)?;
-                    }
-                    Op::Delete(_, k) => {
-                        t.remove(k.as_str()).map_err(backend)?;
-                    }
+fn commit(db: &redb::Database, ops: Vec<Op>) -> Result<(), StoreError> {
+    let txn = db.begin_write().map_err(backend)?;
+    {
+        let mut tables = HashMap::new();
+        for op in &ops {
+            let table = match op {
+                Op::Put(t, ..) | Op::Delete(t, _) => *t,
+            };
+            let t = match tables.entry(table) {
+                Entry::Occupied(e) => e.into_mut(),
+                Entry::Vacant(e) => e.insert(txn.open_table(table.definition()).map_err(backend)?),
+            };
+            match op {
+                Op::Put(_, k, v) => {
+                    t.insert(k.as_str(), v.as_slice()).map_err(backend)?;
+                }
+                Op::Delete(_, k) => {
+                    t.remove(k.as_str()).map_err(backend)?;
                 }
             }
         }
-        // Dropping `txn` on an error above aborts it: nothing of the batch is written.
-        txn.commit().map_err(backend)
+    }
+    // Dropping `txn` on an error above aborts it: nothing of the batch is written.
+    txn.commit().map_err(backend)
+}
+
+impl Store for RedbStore {
+    fn get(&self, table: Table, key: &str) -> Result<Option<Vec<u8>>, StoreError> {
+        self.with_db(|db| get(db, table, key))
+    }
+
+    fn list(&self, table: Table) -> Result<Vec<(String, Vec<u8>)>, StoreError> {
+        self.with_db(|db| list(db, table))
+    }
+
+    fn commit(&self, ops: Vec<Op>) -> Result<(), StoreError> {
+        self.with_db(|db| commit(db, ops))
     }
 }
 
@@ -380,7 +466,7 @@ mod tests {
         let all: Vec<Vec<u32>> = list_json(s, Table::Deployments).expect("list_json");
         assert_eq!(all, vec![vec![1, 2, 3]]);
         let bad = get_json::<Vec<u32>>(s, Table::Pods, "a");
-        assert!(matches!(bad, Ok(None) | Err(StoreError::Decode { .. })) && bad.is_err());
+        assert!(matches!(bad, Err(StoreError::Decode { .. })), "{bad:?}");
     }
 
     #[test]

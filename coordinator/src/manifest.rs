@@ -163,10 +163,15 @@ fn from_value<T: serde::de::DeserializeOwned>(
     doc: usize,
     value: Value,
 ) -> Result<T, ManifestError> {
-    serde_path_to_error::deserialize(value).map_err(|e| ManifestError::Field {
-        doc,
-        path: e.path().to_string(),
-        message: e.inner().to_string(),
+    serde_path_to_error::deserialize(value).map_err(|e| {
+        let path = e.path().to_string();
+        let message = e.inner().to_string();
+        // serde_path_to_error spells the document root ".".
+        if path == "." {
+            ManifestError::Document { doc, message }
+        } else {
+            ManifestError::Field { doc, path, message }
+        }
     })
 }
 

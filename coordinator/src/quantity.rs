@@ -332,4 +332,31 @@ mod tests {
             assert_eq!(parse_cpu_millis(&format_cpu(u64::from(millis))), Ok(millis));
         }
     }
+
+    proptest::proptest! {
+        #[test]
+        fn arbitrary_text_never_panics(s in "\\PC{0,40}") {
+            let _ = parse_cpu_millis(&s);
+            let _ = parse_memory_bytes(&s);
+        }
+
+        #[test]
+        fn plain_integers_are_bytes(n in proptest::num::u64::ANY) {
+            proptest::prop_assert_eq!(parse_memory_bytes(&n.to_string()), Ok(n));
+        }
+
+        #[test]
+        fn exact_multiples_round_trip(n in 1u64..1024, shift in proptest::sample::select(vec![0u32, 10, 20, 30, 40, 50])) {
+            let bytes = n << shift;
+            proptest::prop_assert_eq!(parse_memory_bytes(&format_memory(bytes)), Ok(bytes));
+        }
+
+        /// One decimal of a unit of at least one is within 5% of the truth.
+        #[test]
+        fn display_is_close(bytes in 1u64..u64::MAX / 2) {
+            let shown = parse_memory_bytes(&format_memory(bytes)).map_err(|e| proptest::test_runner::TestCaseError::fail(e.to_string()))?;
+            let diff = shown.abs_diff(bytes);
+            proptest::prop_assert!(diff <= bytes / 20, "{} shown as {}", bytes, format_memory(bytes));
+        }
+    }
 }

@@ -346,6 +346,16 @@ fn validation_rules() {
             doc("", "", "", "").replace("apps/v1", "extensions/v1beta1"),
             "error: document 1: kind Deployment (apiVersion extensions/v1beta1) is not supported by Baton; supported: Deployment (apps/v1), Pod (v1)",
         ),
+        (
+            "missing metadata",
+            "apiVersion: v1\nkind: Pod\nspec: {containers: [{name: a, image: b}]}\n".to_string(),
+            "error: document 1: missing field `metadata`",
+        ),
+        (
+            "command must be a list",
+            doc("", "", "", "        command: /bin/sh\n"),
+            "error: document 1: spec.template.spec.containers[0].command: invalid type: string \"/bin/sh\", expected a sequence",
+        ),
         ("missing kind", "apiVersion: v1\nmetadata: {name: x}\n".to_string(), "error: document 1: kind: required"),
         ("not a mapping", "- a\n- b\n".to_string(), "error: document 1: expected a mapping with apiVersion and kind"),
         ("empty manifest", "\n---\n# just a comment\n".to_string(), "error: no objects in manifest"),
@@ -406,4 +416,23 @@ fn defaults_and_conversions() {
         "numeric quantity kept as text"
     );
     assert_eq!(d.spec.template.spec.restart_policy, RestartPolicy::Always);
+}
+
+proptest::proptest! {
+    /// Whatever the input, parsing returns instead of panicking.
+    #[test]
+    fn never_panics(input in "\\PC{0,200}") {
+        let _ = parse_manifests(&input);
+    }
+
+    /// Mutating a valid manifest byte-wise never panics either.
+    #[test]
+    fn mutated_manifests_never_panic(pos in 0usize..400, byte in proptest::num::u8::ANY) {
+        let mut bytes = doc("", "", "", "        ports: [{containerPort: 80}]\n").into_bytes();
+        let i = pos % bytes.len();
+        bytes[i] = byte;
+        if let Ok(input) = String::from_utf8(bytes) {
+            let _ = parse_manifests(&input);
+        }
+    }
 }

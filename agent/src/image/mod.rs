@@ -302,9 +302,7 @@ impl ImageStore {
         if policy != PullPolicy::Always {
             let layout = self.inner.layout.clone();
             let (p, k) = (parsed.clone(), key.clone());
-            let local = tokio::task::spawn_blocking(move || load_local(&layout, &p, &k))
-                .await
-                .map_err(|e| ImageError::Rootfs(format!("local lookup task failed: {e}")))??;
+            let local = blocking(move || load_local(&layout, &p, &k)).await??;
             match (local, policy) {
                 (Some(mut cfg), _) => {
                     debug!("image present locally");
@@ -629,4 +627,27 @@ async fn blocking<T: Send + 'static>(
             context: "image store task failed".into(),
             source: Arc::new(io::Error::other(e.to_string())),
         })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn store_is_send_sync_and_clone() {
+        fn check<T: Send + Sync + Clone + 'static>() {}
+        check::<ImageStore>();
+        check::<ImageError>();
+    }
+
+    #[test]
+    fn ref_key_depends_on_platform() {
+        let r: Reference = "127.0.0.1:5000/app:v1".parse().unwrap();
+        let a = ref_key(&r, &Platform::new("linux", "arm", Some("v6")));
+        let b = ref_key(&r, &Platform::new("linux", "arm", Some("v7")));
+        assert_ne!(a, b);
+        let short: Reference = "busybox".parse().unwrap();
+        assert!(ref_key(&short, &Platform::new("linux", "amd64", None))
+            .starts_with("docker.io/library/busybox:latest|"));
+    }
 }

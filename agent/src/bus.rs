@@ -38,7 +38,10 @@ pub enum BusEvent {
 
 /// Parses `mqtt://host:port`, `tcp://host:port` or `host:port` (port 1883 by default).
 pub fn parse_url(url: &str) -> Result<(String, u16), BusError> {
-    let rest = url.strip_prefix("mqtt://").or_else(|| url.strip_prefix("tcp://")).unwrap_or(url);
+    let rest = url
+        .strip_prefix("mqtt://")
+        .or_else(|| url.strip_prefix("tcp://"))
+        .unwrap_or(url);
     let rest = rest.trim_end_matches('/');
     if rest.is_empty() || rest.contains('/') {
         return Err(BusError::BadUrl(url.into()));
@@ -63,16 +66,30 @@ pub struct Bus {
 
 impl Bus {
     /// Starts the connection task. Events arrive on `events` until the receiver is dropped.
-    pub fn start(url: &str, node: NodeName, events: mpsc::Sender<BusEvent>) -> Result<Self, BusError> {
+    pub fn start(
+        url: &str,
+        node: NodeName,
+        events: mpsc::Sender<BusEvent>,
+    ) -> Result<Self, BusError> {
         let (host, port) = parse_url(url)?;
         let mut opts = MqttOptions::new(format!("baton-agent-{node}"), host, port);
         opts.set_keep_alive(Duration::from_secs(10));
         opts.set_clean_session(true);
         opts.set_max_packet_size(MAX_MESSAGE_BYTES + 4096, MAX_MESSAGE_BYTES + 4096);
         let will = Envelope::new(Sender::Node(node.clone()), 0, Body::Offline).encode()?;
-        opts.set_last_will(LastWill::new(topics::topic(&node, Kind::of(&Body::Offline)), will, QoS::AtLeastOnce, false));
+        opts.set_last_will(LastWill::new(
+            topics::topic(&node, Kind::of(&Body::Offline)),
+            will,
+            QoS::AtLeastOnce,
+            false,
+        ));
         let (client, mut eventloop) = AsyncClient::new(opts, 64);
-        let bus = Bus { client, node, seq: Arc::new(AtomicU64::new(1)), connected: Arc::new(AtomicBool::new(false)) };
+        let bus = Bus {
+            client,
+            node,
+            seq: Arc::new(AtomicU64::new(1)),
+            connected: Arc::new(AtomicBool::new(false)),
+        };
         let task = bus.clone();
         tokio::spawn(async move {
             let mut backoff = Duration::from_millis(250);
@@ -81,7 +98,10 @@ impl Bus {
                     Ok(Event::Incoming(Packet::ConnAck(_))) => {
                         info!(node = %task.node, "connected to broker");
                         backoff = Duration::from_millis(250);
-                        if let Err(e) = task.client.try_subscribe(topics::agent_filter(&task.node), QoS::AtLeastOnce) {
+                        if let Err(e) = task
+                            .client
+                            .try_subscribe(topics::agent_filter(&task.node), QoS::AtLeastOnce)
+                        {
                             warn!(error = %e, "subscribe failed");
                         }
                         task.connected.store(true, Ordering::SeqCst);
@@ -122,7 +142,9 @@ impl Bus {
             warn!(%topic, reason = why, "rejected message");
             None
         };
-        let Some((node, kind)) = topics::parse(topic) else { return reject("unknown topic") };
+        let Some((node, kind)) = topics::parse(topic) else {
+            return reject("unknown topic");
+        };
         if node != self.node {
             return reject("topic names another node");
         }
@@ -154,7 +176,9 @@ impl Bus {
         let topic = topics::topic(&self.node, Kind::of(&body));
         let seq = self.seq.fetch_add(1, Ordering::Relaxed);
         let payload = Envelope::new(Sender::Node(self.node.clone()), seq, body).encode()?;
-        self.client.try_publish(topic, QoS::AtLeastOnce, false, payload).map_err(|_| BusError::Full)
+        self.client
+            .try_publish(topic, QoS::AtLeastOnce, false, payload)
+            .map_err(|_| BusError::Full)
     }
 }
 
@@ -164,8 +188,14 @@ mod tests {
 
     #[test]
     fn urls() {
-        assert_eq!(parse_url("mqtt://10.0.0.1:1884").unwrap(), ("10.0.0.1".into(), 1884));
-        assert_eq!(parse_url("broker.lan").unwrap(), ("broker.lan".into(), 1883));
+        assert_eq!(
+            parse_url("mqtt://10.0.0.1:1884").unwrap(),
+            ("10.0.0.1".into(), 1884)
+        );
+        assert_eq!(
+            parse_url("broker.lan").unwrap(),
+            ("broker.lan".into(), 1883)
+        );
         assert_eq!(parse_url("tcp://[::1]:1883").unwrap(), ("::1".into(), 1883));
         for bad in ["", "mqtt://", "mqtt://h:x", "mqtt://h:1/x", ":1883"] {
             assert!(parse_url(bad).is_err(), "{bad:?}");

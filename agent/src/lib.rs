@@ -7,9 +7,7 @@
 pub mod bus;
 pub mod image;
 pub mod network;
-#[cfg(any())] // enabled once runtime, image and network land
 pub mod node;
-#[cfg(any())]
 pub mod pod;
 pub mod reconcile;
 pub mod runtime;

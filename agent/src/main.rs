@@ -1,10 +1,206 @@
-//! Temporary entry point while the agent's modules land; replaced by the real one.
-use clap::Parser;
+//! `baton-agent`: parses flags and runs [`baton_agent::node::run`]. Nothing else lives here.
+
+use std::net::{IpAddr, ToSocketAddrs, UdpSocket};
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::{bail, Context, Result};
+use baton_agent::node::{self, AgentConfig};
+use baton_proto::{Capacity, NodeName};
+use clap::{Parser, Subcommand};
 
 #[derive(Parser)]
-#[command(name = "baton-agent", version)]
-struct Cli {}
+#[command(
+    name = "baton-agent",
+    version,
+    about = "Runs the pods the Baton coordinator assigns to this node"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Option<Command>,
+    #[command(flatten)]
+    run: RunArgs,
+}
 
-fn main() {
-    let _ = Cli::parse();
+#[derive(Subcommand)]
+enum Command {
+    /// Remove every container, rootfs mount and pod network this agent's data dir owns.
+    Reset,
+}
+
+#[derive(clap::Args)]
+struct RunArgs {
+    /// The MQTT broker the coordinator uses.
+    #[arg(
+        long,
+        env = "BATON_COORDINATOR",
+        default_value = "mqtt://127.0.0.1:1883"
+    )]
+    coordinator: String,
+    /// This node's name (default: the host name).
+    #[arg(long, env = "BATON_NODE_NAME")]
+    node_name: Option<String>,
+    #[arg(long, env = "BATON_DATA_DIR", default_value = "/var/lib/baton-agent")]
+    data_dir: PathBuf,
+    /// Node labels, e.g. `zone=lab,disk=ssd`.
+    #[arg(long, env = "BATON_LABELS", value_delimiter = ',')]
+    labels: Vec<String>,
+    /// Pod address range, e.g. 10.42.7.0/24 (default: derived from the node name).
+    #[arg(long, env = "BATON_POD_CIDR")]
+    pod_cidr: Option<String>,
+    /// The address this node advertises (default: the one that routes to the broker).
+    #[arg(long, env = "BATON_NODE_IP")]
+    node_ip: Option<IpAddr>,
+    /// Registries (host:port) reached over plain HTTP.
+    #[arg(
+        long = "insecure-registry",
+        env = "BATON_INSECURE_REGISTRIES",
+        value_delimiter = ','
+    )]
+    insecure_registries: Vec<String>,
+    #[arg(long, env = "BATON_HEARTBEAT_SECS", default_value_t = 5)]
+    heartbeat_secs: u64,
+    /// CPU kept back from pods for the system and the agent.
+    #[arg(long, env = "BATON_RESERVED_CPU_MILLIS", default_value_t = 100)]
+    reserved_cpu_millis: u32,
+    /// Memory kept back from pods, in MiB.
+    #[arg(long, env = "BATON_RESERVED_MEMORY_MIB", default_value_t = 128)]
+    reserved_memory_mib: u64,
+    #[arg(long, env = "BATON_MAX_PODS", default_value_t = 110)]
+    max_pods: u16,
+    /// Cgroup path under which every pod's cgroups are created (then `<node>/<pod>/<ctr>`).
+    #[arg(long, env = "BATON_CGROUP_ROOT", default_value = "baton")]
+    cgroup_root: String,
+    /// Bound on each container's log file, in bytes (one rotated file is kept).
+    #[arg(long, env = "BATON_LOG_MAX_BYTES", default_value_t = 1 << 20)]
+    log_max_bytes: u64,
+    #[arg(long, env = "BATON_PIDS_LIMIT", default_value_t = 1024)]
+    pids_limit: i64,
+    /// Leave pods running when the agent exits (default: stop them).
+    #[arg(long, env = "BATON_KEEP_PODS_ON_EXIT")]
+    keep_pods_on_exit: bool,
+    /// Log format: text or json. Filter with RUST_LOG.
+    #[arg(long, env = "BATON_LOG_FORMAT", default_value = "text")]
+    log_format: String,
+}
+
+fn init_logging(format: &str) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let b = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    if format == "json" {
+        b.json().init();
+    } else {
+        b.init();
+    }
+}
+
+fn host_capacity() -> (u32, u64) {
+    let cpus = std::thread::available_parallelism()
+        .map(|n| n.get() as u32)
+        .unwrap_or(1);
+    let mem = std::fs::read_to_string("/proc/meminfo")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("MemTotal:"))
+                .and_then(|l| l.split_whitespace().nth(1)?.parse::<u64>().ok())
+        })
+        .unwrap_or(0)
+        * 1024;
+    (cpus * 1000, mem)
+}
+
+/// The local address the kernel would use to reach the broker. No packet is sent.
+fn route_address(url: &str) -> Option<IpAddr> {
+    let (host, port) = baton_agent::bus::parse_url(url).ok()?;
+    let addr = (host.as_str(), port).to_socket_addrs().ok()?.next()?;
+    let sock = UdpSocket::bind(if addr.is_ipv4() {
+        "0.0.0.0:0"
+    } else {
+        "[::]:0"
+    })
+    .ok()?;
+    sock.connect(addr).ok()?;
+    Some(sock.local_addr().ok()?.ip())
+}
+
+fn config(a: RunArgs) -> Result<AgentConfig> {
+    let name = match a.node_name {
+        Some(n) => n,
+        None => nix::unistd::gethostname()
+            .context("cannot read host name")?
+            .to_string_lossy()
+            .into_owned(),
+    };
+    let node = NodeName::new(&name).with_context(|| "--node-name")?;
+    let mut labels = Vec::new();
+    for l in a.labels.iter().filter(|l| !l.is_empty()) {
+        let Some((k, v)) = l.split_once('=') else {
+            bail!("label {l:?} is not KEY=VALUE")
+        };
+        labels.push((k.trim().to_owned(), v.trim().to_owned()));
+    }
+    let (cpu, mem) = host_capacity();
+    let allocatable = Capacity {
+        cpu_millis: cpu.saturating_sub(a.reserved_cpu_millis),
+        memory_bytes: mem.saturating_sub(a.reserved_memory_mib << 20),
+        pods: a.max_pods.min(baton_proto::MAX_PODS_PER_NODE as u16),
+    };
+    Ok(AgentConfig {
+        address: a.node_ip.or_else(|| route_address(&a.coordinator)),
+        node,
+        coordinator: a.coordinator,
+        data_dir: a.data_dir,
+        labels,
+        allocatable,
+        pod_cidr: a.pod_cidr,
+        insecure_registries: a
+            .insecure_registries
+            .into_iter()
+            .filter(|r| !r.is_empty())
+            .collect(),
+        heartbeat_interval: Duration::from_secs(a.heartbeat_secs.max(1)),
+        cgroup_root: a.cgroup_root,
+        log_max_bytes: a.log_max_bytes,
+        pids_limit: a.pids_limit,
+        stop_pods_on_exit: !a.keep_pods_on_exit,
+    })
+}
+
+async fn shutdown_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    let Ok(mut term) = signal(SignalKind::terminate()) else {
+        return std::future::pending().await;
+    };
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = tokio::signal::ctrl_c() => {}
+    }
+}
+
+fn main() -> Result<()> {
+    let cli = Cli::parse();
+    init_logging(&cli.run.log_format);
+    let cfg = config(cli.run)?;
+    let rt = tokio::runtime::Runtime::new().context("cannot start the async runtime")?;
+    match cli.command {
+        Some(Command::Reset) => {
+            let _guard = rt.enter();
+            let (tx, _rx) = tokio::sync::mpsc::unbounded_channel();
+            let deps = node::build_deps(&cfg, tx)?;
+            node::clean_leftovers(&deps);
+            deps.network.teardown_node()?;
+            println!(
+                "reset {}: no pods, containers or pod networks left",
+                cfg.data_dir.display()
+            );
+            Ok(())
+        }
+        None => rt
+            .block_on(node::run(cfg, shutdown_signal()))
+            .context("agent failed"),
+    }
 }

@@ -12,8 +12,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use baton_proto::{
-    BString, BVec, Body, Capacity, ContainerState, ContainerStatus, DesiredState, Heartbeat, Hello, Label, NodeName,
-    NodeStatus, PodSpec, PodStatus,
+    BString, BVec, Body, Capacity, ContainerState, ContainerStatus, DesiredState, Heartbeat, Hello,
+    Label, NodeName, NodeStatus, PodSpec, PodStatus,
 };
 use tokio::sync::mpsc;
 use tracing::{error, info, instrument, warn};
@@ -23,7 +23,7 @@ use crate::image::{ImageConfig, ImageStore, ImageStoreConfig, Platform};
 use crate::network::{NetConfig, Network, PortForward};
 use crate::pod::{self, Deps, StartFailure, StartedPod};
 use crate::reconcile::{self, ContainerObs, Lifecycle, Millis, PodObs, Step};
-use crate::runtime::{ContainerId, ExitEvent, ExitReason, RunSpec, Runtime};
+use crate::runtime::{ContainerId, ExitEvent, ExitReason, RunSpec};
 use crate::state::StateFile;
 
 #[derive(Debug, thiserror::Error)]
@@ -37,9 +37,12 @@ pub enum AgentError {
     #[error(transparent)]
     Network(#[from] crate::network::NetError),
     #[error(transparent)]
-    Image(#[from] crate::image::ImageError),
+    Image(#[from] Box<crate::image::ImageError>),
     #[error("cannot prepare data directory {path}: {source}")]
-    DataDir { path: PathBuf, source: std::io::Error },
+    DataDir {
+        path: PathBuf,
+        source: std::io::Error,
+    },
 }
 
 pub struct AgentConfig {
@@ -62,11 +65,26 @@ pub struct AgentConfig {
 pub enum Event {
     Bus(BusEvent),
     Exit(ExitEvent),
-    Pulling { uid: String, container: String },
-    Pulled { uid: String, result: Result<Vec<ImageConfig>, StartFailure> },
-    Started { uid: String, result: Result<StartedPod, StartFailure> },
-    Stopped { uid: String },
-    Restarted { uid: String, container: String, result: Result<RunSpec, String> },
+    Pulling {
+        uid: String,
+        container: String,
+    },
+    Pulled {
+        uid: String,
+        result: Result<Vec<ImageConfig>, StartFailure>,
+    },
+    Started {
+        uid: String,
+        result: Box<Result<StartedPod, StartFailure>>,
+    },
+    Stopped {
+        uid: String,
+    },
+    Restarted {
+        uid: String,
+        container: String,
+        result: Box<Result<RunSpec, String>>,
+    },
 }
 
 struct Ctr {
@@ -93,7 +111,10 @@ struct Pod {
 }
 
 fn now_ms() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
 }
 
 pub struct Agent {
@@ -119,18 +140,29 @@ impl Agent {
             .cfg
             .labels
             .iter()
-            .filter_map(|(k, v)| Some(Label { key: BString::new(k.as_str()).ok()?, value: BString::new(v.as_str()).ok()? }))
+            .filter_map(|(k, v)| {
+                Some(Label {
+                    key: BString::new(k.as_str()).ok()?,
+                    value: BString::new(v.as_str()).ok()?,
+                })
+            })
             .collect::<Vec<_>>();
         let p = Platform::host();
         Body::Hello(Hello {
             arch: p.arch.as_str().try_into().unwrap_or_default(),
-            arch_variant: p.variant.as_deref().unwrap_or("").try_into().unwrap_or_default(),
+            arch_variant: p
+                .variant
+                .as_deref()
+                .unwrap_or("")
+                .try_into()
+                .unwrap_or_default(),
             os: p.os.as_str().try_into().unwrap_or_default(),
             agent_version: env!("CARGO_PKG_VERSION").try_into().unwrap_or_default(),
             allocatable: self.cfg.allocatable,
             labels: BVec::from_vec(labels.into_iter().take(64).collect()).unwrap_or_default(),
             address: self.cfg.address,
-            pod_cidr: BString::new(self.deps.network.pod_cidr()).unwrap_or_default(),
+            pod_cidr: BString::new(self.deps.network.config().pod_cidr.to_string())
+                .unwrap_or_default(),
             applied_generation: self.desired.generation,
         })
     }
@@ -160,15 +192,29 @@ impl Agent {
             })
             .take(baton_proto::MAX_PODS_PER_NODE)
             .collect::<Vec<_>>();
-        NodeStatus { applied_generation: self.desired.generation, pods: BVec::from_vec(pods).unwrap_or_default() }
+        NodeStatus {
+            applied_generation: self.desired.generation,
+            pods: BVec::from_vec(pods).unwrap_or_default(),
+        }
     }
 
     fn observed(&self) -> BTreeMap<String, PodObs> {
         self.pods
             .iter()
             .map(|(uid, p)| {
-                let containers = p.ctrs.iter().map(|c| (c.name.clone(), c.obs, c.level)).collect();
-                (uid.clone(), PodObs { lifecycle: p.lifecycle, restart_policy: p.spec.restart_policy, containers })
+                let containers = p
+                    .ctrs
+                    .iter()
+                    .map(|c| (c.name.clone(), c.obs, c.level))
+                    .collect();
+                (
+                    uid.clone(),
+                    PodObs {
+                        lifecycle: p.lifecycle,
+                        restart_policy: p.spec.restart_policy,
+                        containers,
+                    },
+                )
             })
             .collect()
     }
@@ -190,14 +236,24 @@ impl Agent {
                     self.start_pod(uid);
                 }
                 Step::StopPod { uid } => self.stop_pod(&uid),
-                Step::RestartContainer { uid, container } => self.restart_container(&uid, &container),
+                Step::RestartContainer { uid, container } => {
+                    self.restart_container(&uid, &container)
+                }
             }
         }
         wake
     }
 
     fn start_pod(&mut self, uid: String) {
-        let Some(spec) = self.desired.pods.iter().find(|p| p.uid.as_str() == uid).cloned() else { return };
+        let Some(spec) = self
+            .desired
+            .pods
+            .iter()
+            .find(|p| p.uid.as_str() == uid)
+            .cloned()
+        else {
+            return;
+        };
         let ctrs = spec
             .containers
             .iter()
@@ -231,7 +287,10 @@ impl Agent {
             let progress = tx.clone();
             let u = uid.clone();
             let result = pod::pull(&deps, &spec, |c| {
-                let _ = progress.try_send(Event::Pulling { uid: u.clone(), container: c.to_owned() });
+                let _ = progress.try_send(Event::Pulling {
+                    uid: u.clone(),
+                    container: c.to_owned(),
+                });
             })
             .await;
             let _ = tx.send(Event::Pulled { uid, result }).await;
@@ -239,7 +298,9 @@ impl Agent {
     }
 
     fn stop_pod(&mut self, uid: &str) {
-        let Some(p) = self.pods.get_mut(uid) else { return };
+        let Some(p) = self.pods.get_mut(uid) else {
+            return;
+        };
         if p.lifecycle != Lifecycle::Stopping {
             info!(pod = %p.spec.name, %uid, "stopping pod");
         }
@@ -249,7 +310,12 @@ impl Agent {
             return; // resumed when the worker reports back
         }
         p.busy = true;
-        let containers = p.spec.containers.iter().map(|c| c.name.to_string()).collect();
+        let containers = p
+            .spec
+            .containers
+            .iter()
+            .map(|c| c.name.to_string())
+            .collect();
         let grace = Duration::from_secs(u64::from(p.spec.termination_grace_secs.min(300)));
         let (deps, tx, uid) = (self.deps.clone(), self.tx.clone(), uid.to_owned());
         tokio::spawn(async move {
@@ -259,29 +325,50 @@ impl Agent {
     }
 
     fn restart_container(&mut self, uid: &str, name: &str) {
-        let Some(p) = self.pods.get_mut(uid) else { return };
-        let Some(c) = p.ctrs.iter_mut().find(|c| c.name == name) else { return };
-        let (Some(spec), Some(img)) = (c.spec.clone(), c.image.clone()) else { return };
+        let Some(p) = self.pods.get_mut(uid) else {
+            return;
+        };
+        let Some(c) = p.ctrs.iter_mut().find(|c| c.name == name) else {
+            return;
+        };
+        let (Some(spec), Some(img)) = (c.spec.clone(), c.image.clone()) else {
+            return;
+        };
         info!(pod = %p.spec.name, container = name, restarts = c.restarts + 1, "restarting container");
         c.obs = ContainerObs::Waiting;
         c.restarts += 1;
         c.level += 1;
         p.busy = true;
         let dir = self.deps.container_dir(uid, name);
-        let (deps, tx, uid, name) = (self.deps.clone(), self.tx.clone(), uid.to_owned(), name.to_owned());
+        let (deps, tx, uid, name) = (
+            self.deps.clone(),
+            self.tx.clone(),
+            uid.to_owned(),
+            name.to_owned(),
+        );
         tokio::spawn(async move {
             let result = pod::run_container(&deps, spec, img, dir).await;
-            let _ = tx.send(Event::Restarted { uid, container: name, result }).await;
+            let _ = tx
+                .send(Event::Restarted {
+                    uid,
+                    container: name,
+                    result: Box::new(result),
+                })
+                .await;
         });
     }
 
     fn on_start_failed(&mut self, uid: &str, f: StartFailure) {
-        let Some(p) = self.pods.get_mut(uid) else { return };
+        let Some(p) = self.pods.get_mut(uid) else {
+            return;
+        };
         p.busy = false;
         warn!(pod = %p.spec.name, reason = %f.reason, "pod failed to start");
         for c in p.ctrs.iter_mut() {
             if f.container.is_none() || f.container.as_deref() == Some(c.name.as_str()) {
-                c.report = ContainerState::Failed { reason: truncate(&f.reason) };
+                c.report = ContainerState::Failed {
+                    reason: truncate(&f.reason),
+                };
             }
         }
         // Tear down what was made, and retry with backoff once it is gone.
@@ -302,7 +389,11 @@ impl Agent {
             Event::Bus(BusEvent::StatusRequest) => self.status_dirty = true,
             Event::Bus(BusEvent::Desired(d)) => {
                 if d.generation != self.desired.generation || d != self.desired {
-                    info!(generation = d.generation, pods = d.pods.len(), "new desired state");
+                    info!(
+                        generation = d.generation,
+                        pods = d.pods.len(),
+                        "new desired state"
+                    );
                     // Persist before acting, so a crash right now restarts from it.
                     self.state_file.store(&d)?;
                     self.desired = d;
@@ -310,7 +401,11 @@ impl Agent {
                 }
             }
             Event::Pulling { uid, container } => {
-                if let Some(c) = self.pods.get_mut(&uid).and_then(|p| p.ctrs.iter_mut().find(|c| c.name == container)) {
+                if let Some(c) = self
+                    .pods
+                    .get_mut(&uid)
+                    .and_then(|p| p.ctrs.iter_mut().find(|c| c.name == container))
+                {
                     if c.report == ContainerState::Pending {
                         c.report = ContainerState::Pulling;
                         self.status_dirty = true;
@@ -319,7 +414,9 @@ impl Agent {
             }
             Event::Pulled { uid, result } => match result {
                 Ok(images) => {
-                    let Some(p) = self.pods.get_mut(&uid) else { return Ok(()) };
+                    let Some(p) = self.pods.get_mut(&uid) else {
+                        return Ok(());
+                    };
                     if p.lifecycle != Lifecycle::Starting {
                         p.busy = false;
                         self.stop_pod(&uid);
@@ -332,14 +429,21 @@ impl Agent {
                     let (deps, tx, spec) = (self.deps.clone(), self.tx.clone(), p.spec.clone());
                     tokio::spawn(async move {
                         let result = pod::start(deps, spec, images).await;
-                        let _ = tx.send(Event::Started { uid, result }).await;
+                        let _ = tx
+                            .send(Event::Started {
+                                uid,
+                                result: Box::new(result),
+                            })
+                            .await;
                     });
                 }
                 Err(f) => self.on_start_failed(&uid, f),
             },
-            Event::Started { uid, result } => match result {
+            Event::Started { uid, result } => match *result {
                 Ok(started) => {
-                    let Some(p) = self.pods.get_mut(&uid) else { return Ok(()) };
+                    let Some(p) = self.pods.get_mut(&uid) else {
+                        return Ok(());
+                    };
                     p.busy = false;
                     if p.lifecycle == Lifecycle::Stopping {
                         drop(started);
@@ -355,7 +459,9 @@ impl Agent {
                             c.id = Some(s.id);
                             c.spec = Some(s.spec);
                             c.obs = ContainerObs::Running { since: mono };
-                            c.report = ContainerState::Running { started_at_ms: wall };
+                            c.report = ContainerState::Running {
+                                started_at_ms: wall,
+                            };
                         }
                     }
                     self.cooldown.remove(&uid);
@@ -363,24 +469,41 @@ impl Agent {
                 }
                 Err(f) => self.on_start_failed(&uid, f),
             },
-            Event::Restarted { uid, container, result } => {
+            Event::Restarted {
+                uid,
+                container,
+                result,
+            } => {
                 let now = self.mono();
-                let Some(p) = self.pods.get_mut(&uid) else { return Ok(()) };
+                let Some(p) = self.pods.get_mut(&uid) else {
+                    return Ok(());
+                };
                 p.busy = false;
                 if p.lifecycle == Lifecycle::Stopping {
                     self.stop_pod(&uid);
                     return Ok(());
                 }
-                let Some(c) = p.ctrs.iter_mut().find(|c| c.name == container) else { return Ok(()) };
-                match result {
+                let Some(c) = p.ctrs.iter_mut().find(|c| c.name == container) else {
+                    return Ok(());
+                };
+                match *result {
                     Ok(spec) => {
                         c.spec = Some(spec);
                         c.obs = ContainerObs::Running { since: now };
-                        c.report = ContainerState::Running { started_at_ms: now_ms() };
+                        c.report = ContainerState::Running {
+                            started_at_ms: now_ms(),
+                        };
                     }
                     Err(reason) => {
-                        c.obs = ContainerObs::Exited { code: -1, oom: false, at: now, ran_for: 0 };
-                        c.report = ContainerState::Failed { reason: truncate(&reason) };
+                        c.obs = ContainerObs::Exited {
+                            code: -1,
+                            oom: false,
+                            at: now,
+                            ran_for: 0,
+                        };
+                        c.report = ContainerState::Failed {
+                            reason: truncate(&reason),
+                        };
                     }
                 }
                 self.status_dirty = true;
@@ -395,7 +518,9 @@ impl Agent {
             Event::Exit(ExitEvent { id, reason }) => {
                 let now = self.mono();
                 for p in self.pods.values_mut() {
-                    let Some(c) = p.ctrs.iter_mut().find(|c| c.id.as_ref() == Some(&id)) else { continue };
+                    let Some(c) = p.ctrs.iter_mut().find(|c| c.id.as_ref() == Some(&id)) else {
+                        continue;
+                    };
                     if p.lifecycle == Lifecycle::Stopping {
                         break;
                     }
@@ -409,11 +534,20 @@ impl Agent {
                         ExitReason::OomKilled => (137, true),
                     };
                     info!(pod = %p.spec.name, container = %c.name, code, oom, "container exited");
-                    c.obs = ContainerObs::Exited { code, oom, at: now, ran_for };
+                    c.obs = ContainerObs::Exited {
+                        code,
+                        oom,
+                        at: now,
+                        ran_for,
+                    };
                     if ran_for >= reconcile::BACKOFF_RESET_AFTER {
                         c.level = 0;
                     }
-                    c.report = if oom { ContainerState::OomKilled } else { ContainerState::Exited { code } };
+                    c.report = if oom {
+                        ContainerState::OomKilled
+                    } else {
+                        ContainerState::Exited { code }
+                    };
                     self.status_dirty = true;
                     break;
                 }
@@ -443,7 +577,9 @@ pub fn clean_leftovers(deps: &Deps) {
             }
         }
     }
-    let Ok(entries) = std::fs::read_dir(&deps.pods_dir) else { return };
+    let Ok(entries) = std::fs::read_dir(&deps.pods_dir) else {
+        return;
+    };
     for pod_dir in entries.flatten() {
         let uid = pod_dir.file_name().to_string_lossy().into_owned();
         if let Ok(ctrs) = std::fs::read_dir(pod_dir.path().join("containers")) {
@@ -460,18 +596,30 @@ pub fn clean_leftovers(deps: &Deps) {
     }
 }
 
-pub fn build_deps(cfg: &AgentConfig, exits: mpsc::UnboundedSender<ExitEvent>) -> Result<Deps, AgentError> {
+pub fn build_deps(
+    cfg: &AgentConfig,
+    exits: mpsc::UnboundedSender<ExitEvent>,
+) -> Result<Deps, AgentError> {
     let dir = |p: PathBuf| -> Result<PathBuf, AgentError> {
-        std::fs::create_dir_all(&p).map_err(|source| AgentError::DataDir { path: p.clone(), source })?;
+        std::fs::create_dir_all(&p).map_err(|source| AgentError::DataDir {
+            path: p.clone(),
+            source,
+        })?;
         Ok(p)
     };
-    let runtime = crate::runtime::youki::YoukiRuntime::new(dir(cfg.data_dir.join("runtime"))?, exits)?;
+    let runtime =
+        crate::runtime::youki::YoukiRuntime::new(dir(cfg.data_dir.join("runtime"))?, exits)?;
     let images = ImageStore::new(ImageStoreConfig {
         root: dir(cfg.data_dir.join("images"))?,
         insecure_registries: cfg.insecure_registries.clone(),
         platform: Platform::host(),
-    })?;
-    let net_cfg = NetConfig::derive(cfg.node.as_str(), dir(cfg.data_dir.join("net"))?, cfg.pod_cidr.as_deref())?;
+    })
+    .map_err(Box::new)?;
+    let net_cfg = NetConfig::derive(
+        cfg.node.as_str(),
+        dir(cfg.data_dir.join("net"))?,
+        cfg.pod_cidr.as_deref(),
+    )?;
     Ok(Deps {
         node: cfg.node.to_string(),
         pods_dir: dir(cfg.data_dir.join("pods"))?,
@@ -485,8 +633,14 @@ pub fn build_deps(cfg: &AgentConfig, exits: mpsc::UnboundedSender<ExitEvent>) ->
 }
 
 /// Runs the agent until `shutdown` resolves.
-pub async fn run(cfg: AgentConfig, shutdown: impl std::future::Future<Output = ()>) -> Result<(), AgentError> {
-    std::fs::create_dir_all(&cfg.data_dir).map_err(|source| AgentError::DataDir { path: cfg.data_dir.clone(), source })?;
+pub async fn run(
+    cfg: AgentConfig,
+    shutdown: impl std::future::Future<Output = ()>,
+) -> Result<(), AgentError> {
+    std::fs::create_dir_all(&cfg.data_dir).map_err(|source| AgentError::DataDir {
+        path: cfg.data_dir.clone(),
+        source,
+    })?;
     let (exit_tx, mut exit_rx) = mpsc::unbounded_channel();
     let deps = build_deps(&cfg, exit_tx)?;
     deps.network.setup_node()?;
@@ -499,7 +653,10 @@ pub async fn run(cfg: AgentConfig, shutdown: impl std::future::Future<Output = (
             // A corrupt file must not keep the node from ever starting: run nothing until
             // the coordinator says otherwise, and say so loudly.
             error!(error = %e, "ignoring unreadable desired state");
-            DesiredState { generation: 0, pods: BVec::new() }
+            DesiredState {
+                generation: 0,
+                pods: BVec::new(),
+            }
         }
     };
     info!(node = %cfg.node, generation = desired.generation, pods = desired.pods.len(), "agent starting");
@@ -525,7 +682,9 @@ pub async fn run(cfg: AgentConfig, shutdown: impl std::future::Future<Output = (
     let mut heartbeat = tokio::time::interval(heartbeat_every);
     let mut wake: Option<Millis> = None;
     loop {
-        let sleep_for = wake.map(|w| Duration::from_millis(w.saturating_sub(agent.mono()))).unwrap_or(Duration::from_secs(3600));
+        let sleep_for = wake
+            .map(|w| Duration::from_millis(w.saturating_sub(agent.mono())))
+            .unwrap_or(Duration::from_secs(3600));
         let ev = tokio::select! {
             _ = &mut shutdown => break,
             Some(e) = rx.recv() => Some(e),
@@ -544,16 +703,20 @@ pub async fn run(cfg: AgentConfig, shutdown: impl std::future::Future<Output = (
             }
         }
         wake = agent.reconcile();
-        if agent.status_dirty && bus.is_connected() {
-            if bus.publish(Body::Status(agent.status())).is_ok() {
-                agent.status_dirty = false;
-            }
+        if agent.status_dirty
+            && bus.is_connected()
+            && bus.publish(Body::Status(agent.status())).is_ok()
+        {
+            agent.status_dirty = false;
         }
     }
 
     if stop_on_exit {
         info!("stopping all pods before exit");
-        agent.desired = DesiredState { generation: agent.desired.generation, pods: BVec::new() };
+        agent.desired = DesiredState {
+            generation: agent.desired.generation,
+            pods: BVec::new(),
+        };
         agent.reconcile();
         while !agent.pods.is_empty() {
             match tokio::time::timeout(Duration::from_secs(60), rx.recv()).await {

@@ -70,7 +70,12 @@ pub fn argv(c: &ContainerSpec, img: &ImageConfig) -> Vec<String> {
     match (command.is_empty(), args.is_empty()) {
         (false, _) => command.into_iter().chain(args).collect(),
         (true, false) => img.entrypoint.iter().cloned().chain(args).collect(),
-        (true, true) => img.entrypoint.iter().chain(img.cmd.iter()).cloned().collect(),
+        (true, true) => img
+            .entrypoint
+            .iter()
+            .chain(img.cmd.iter())
+            .cloned()
+            .collect(),
     }
 }
 
@@ -81,7 +86,10 @@ pub fn environment(c: &ContainerSpec, img: &ImageConfig, hostname: &str) -> Vec<
         Some(slot) => slot.1 = v.to_owned(),
         None => env.push((k.to_owned(), v.to_owned())),
     };
-    set("PATH", "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin");
+    set(
+        "PATH",
+        "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
+    );
     for kv in &img.env {
         if let Some((k, v)) = kv.split_once('=') {
             set(k, v);
@@ -95,7 +103,9 @@ pub fn environment(c: &ContainerSpec, img: &ImageConfig, hostname: &str) -> Vec<
 }
 
 async fn blocking<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> Result<T, String> {
-    tokio::task::spawn_blocking(f).await.map_err(|e| format!("worker panicked: {e}"))
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|e| format!("worker panicked: {e}"))
 }
 
 /// Pulls every image of the pod, reporting each container as it starts pulling.
@@ -107,10 +117,14 @@ pub async fn pull(
     let mut out = Vec::new();
     for c in pod.containers.iter() {
         on_pulling(&c.name);
-        let img = deps.images.ensure(&c.image, c.image_pull_policy).await.map_err(|e| StartFailure {
-            container: Some(c.name.to_string()),
-            reason: format!("ImagePullFailed: {e}"),
-        })?;
+        let img = deps
+            .images
+            .ensure(&c.image, c.image_pull_policy)
+            .await
+            .map_err(|e| StartFailure {
+                container: Some(c.name.to_string()),
+                reason: format!("ImagePullFailed: {e}"),
+            })?;
         out.push(img);
     }
     Ok(out)
@@ -118,9 +132,16 @@ pub async fn pull(
 
 /// Network, rootfs and containers for a pod whose images are present. On failure,
 /// whatever was created is left for [`stop`], which tolerates partial pods.
-pub async fn start(deps: Arc<Deps>, pod: PodSpec, images: Vec<ImageConfig>) -> Result<StartedPod, StartFailure> {
+pub async fn start(
+    deps: Arc<Deps>,
+    pod: PodSpec,
+    images: Vec<ImageConfig>,
+) -> Result<StartedPod, StartFailure> {
     let uid = pod.uid.to_string();
-    let fail = |container: Option<&str>, reason: String| StartFailure { container: container.map(str::to_owned), reason };
+    let fail = |container: Option<&str>, reason: String| StartFailure {
+        container: container.map(str::to_owned),
+        reason,
+    };
 
     let netns = if pod.host_network {
         None
@@ -138,7 +159,8 @@ pub async fn start(deps: Arc<Deps>, pod: PodSpec, images: Vec<ImageConfig>) -> R
     let mut started = Vec::new();
     for (c, img) in pod.containers.iter().zip(images) {
         let name = c.name.to_string();
-        let id = Deps::container_id(&uid, &name).map_err(|e| fail(Some(&name), format!("CreateContainerError: {e}")))?;
+        let id = Deps::container_id(&uid, &name)
+            .map_err(|e| fail(Some(&name), format!("CreateContainerError: {e}")))?;
         let dir = deps.container_dir(&uid, &name);
         let spec = RunSpec {
             id: id.clone(),
@@ -153,7 +175,10 @@ pub async fn start(deps: Arc<Deps>, pod: PodSpec, images: Vec<ImageConfig>) -> R
                 .unwrap_or_else(|| "/".into()),
             hostname: pod.name.chars().take(63).collect(),
             netns: netns.as_ref().map(|n| n.netns_path.clone()),
-            cgroup_path: PathBuf::from(&deps.cgroup_root).join(&deps.node).join(&uid).join(&name),
+            cgroup_path: PathBuf::from(&deps.cgroup_root)
+                .join(&deps.node)
+                .join(&uid)
+                .join(&name),
             memory_limit_bytes: c.resources.memory_limit_bytes,
             cpu_limit_millis: c.resources.cpu_limit_millis,
             cpu_request_millis: c.resources.cpu_request_millis,
@@ -162,16 +187,23 @@ pub async fn start(deps: Arc<Deps>, pod: PodSpec, images: Vec<ImageConfig>) -> R
             log_max_bytes: deps.log_max_bytes,
         };
         if spec.args.is_empty() {
-            return Err(fail(Some(&name), "CreateContainerError: no command: the image has no entrypoint or cmd".into()));
+            return Err(fail(
+                Some(&name),
+                "CreateContainerError: no command: the image has no entrypoint or cmd".into(),
+            ));
         }
-        let spec = run_container(&deps, spec, img, dir).await.map_err(|e| fail(Some(&name), e))?;
+        let spec = run_container(&deps, spec, img, dir)
+            .await
+            .map_err(|e| fail(Some(&name), e))?;
         started.push(Started { name, id, spec });
     }
 
     let mut forwards = Vec::new();
     for c in pod.containers.iter() {
         for p in c.ports.iter() {
-            let Some(host_port) = p.host_port else { continue };
+            let Some(host_port) = p.host_port else {
+                continue;
+            };
             if pod.host_network {
                 continue; // the container already listens on the node's own port
             }
@@ -182,22 +214,40 @@ pub async fn start(deps: Arc<Deps>, pod: PodSpec, images: Vec<ImageConfig>) -> R
         }
     }
     info!(pod = %pod.name, %uid, ?pod_ip, "pod started");
-    Ok(StartedPod { pod_ip, containers: started, forwards })
+    Ok(StartedPod {
+        pod_ip,
+        containers: started,
+        forwards,
+    })
 }
 
 /// Mounts a fresh rootfs and runs one container. Used for first starts and restarts.
-pub async fn run_container(deps: &Arc<Deps>, mut spec: RunSpec, img: ImageConfig, dir: PathBuf) -> Result<RunSpec, String> {
+pub async fn run_container(
+    deps: &Arc<Deps>,
+    mut spec: RunSpec,
+    img: ImageConfig,
+    dir: PathBuf,
+) -> Result<RunSpec, String> {
     let d = deps.clone();
     blocking(move || {
         // A restart gets a fresh writable layer, as Kubernetes gives a fresh container.
         let _ = d.runtime.delete(&spec.id);
-        d.images.unmount_rootfs(&dir).map_err(|e| format!("CreateContainerError: {e}"))?;
-        std::fs::create_dir_all(&dir).map_err(|e| format!("CreateContainerError: {}: {e}", dir.display()))?;
+        d.images
+            .unmount_rootfs(&dir)
+            .map_err(|e| format!("CreateContainerError: {e}"))?;
+        std::fs::create_dir_all(&dir)
+            .map_err(|e| format!("CreateContainerError: {}: {e}", dir.display()))?;
         if let Some(logs) = spec.log_path.parent() {
-            std::fs::create_dir_all(logs).map_err(|e| format!("CreateContainerError: {}: {e}", logs.display()))?;
+            std::fs::create_dir_all(logs)
+                .map_err(|e| format!("CreateContainerError: {}: {e}", logs.display()))?;
         }
-        spec.rootfs = d.images.mount_rootfs(&img, &dir).map_err(|e| format!("CreateContainerError: {e}"))?;
-        d.runtime.run(&spec).map_err(|e| format!("CreateContainerError: {e}"))?;
+        spec.rootfs = d
+            .images
+            .mount_rootfs(&img, &dir)
+            .map_err(|e| format!("CreateContainerError: {e}"))?;
+        d.runtime
+            .run(&spec)
+            .map_err(|e| format!("CreateContainerError: {e}"))?;
         Ok(spec)
     })
     .await?
@@ -211,12 +261,17 @@ fn alive(runtime: &dyn Runtime, id: &ContainerId) -> bool {
 /// Stops a pod: SIGTERM, a grace period, SIGKILL, then removes containers, rootfs, logs,
 /// network and the pod directory. Tolerates anything already gone.
 pub async fn stop(deps: Arc<Deps>, uid: String, containers: Vec<String>, grace: Duration) {
-    let ids: Vec<ContainerId> = containers.iter().filter_map(|c| Deps::container_id(&uid, c).ok()).collect();
+    let ids: Vec<ContainerId> = containers
+        .iter()
+        .filter_map(|c| Deps::container_id(&uid, c).ok())
+        .collect();
     for id in &ids {
         let _ = deps.runtime.kill(id, libc_sig::SIGTERM);
     }
     let deadline = tokio::time::Instant::now() + grace;
-    while tokio::time::Instant::now() < deadline && ids.iter().any(|id| alive(deps.runtime.as_ref(), id)) {
+    while tokio::time::Instant::now() < deadline
+        && ids.iter().any(|id| alive(deps.runtime.as_ref(), id))
+    {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     let d = deps.clone();

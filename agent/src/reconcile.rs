@@ -26,8 +26,15 @@ pub enum Lifecycle {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ContainerObs {
     Waiting,
-    Running { since: Millis },
-    Exited { code: i32, oom: bool, at: Millis, ran_for: Millis },
+    Running {
+        since: Millis,
+    },
+    Exited {
+        code: i32,
+        oom: bool,
+        at: Millis,
+        ran_for: Millis,
+    },
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -57,7 +64,9 @@ pub struct Plan {
 pub fn backoff(level: u32) -> Millis {
     match level {
         0 => 0,
-        n => BACKOFF_FIRST.saturating_mul(1 << (n - 1).min(16)).min(BACKOFF_CAP),
+        n => BACKOFF_FIRST
+            .saturating_mul(1 << (n - 1).min(16))
+            .min(BACKOFF_CAP),
     }
 }
 
@@ -73,7 +82,9 @@ pub fn plan(desired: &DesiredState, observed: &BTreeMap<String, PodObs>, now: Mi
     let mut out = Plan::default();
     for pod in desired.pods.iter() {
         if !observed.contains_key(pod.uid.as_str()) {
-            out.steps.push(Step::StartPod { uid: pod.uid.to_string() });
+            out.steps.push(Step::StartPod {
+                uid: pod.uid.to_string(),
+            });
         }
     }
     for (uid, obs) in observed {
@@ -88,14 +99,29 @@ pub fn plan(desired: &DesiredState, observed: &BTreeMap<String, PodObs>, now: Mi
             continue;
         }
         for (name, state, level) in &obs.containers {
-            let ContainerObs::Exited { code, oom, at, ran_for } = *state else { continue };
+            let ContainerObs::Exited {
+                code,
+                oom,
+                at,
+                ran_for,
+            } = *state
+            else {
+                continue;
+            };
             if !should_restart(obs.restart_policy, code, oom) {
                 continue;
             }
-            let level = if ran_for >= BACKOFF_RESET_AFTER { 0 } else { *level };
+            let level = if ran_for >= BACKOFF_RESET_AFTER {
+                0
+            } else {
+                *level
+            };
             let due = at.saturating_add(backoff(level));
             if due <= now {
-                out.steps.push(Step::RestartContainer { uid: uid.clone(), container: name.clone() });
+                out.steps.push(Step::RestartContainer {
+                    uid: uid.clone(),
+                    container: name.clone(),
+                });
             } else {
                 out.wake_at = Some(out.wake_at.map_or(due, |w| w.min(due)));
             }
@@ -121,15 +147,25 @@ mod tests {
                 containers: BVec::new(),
             })
             .collect();
-        DesiredState { generation: 1, pods: BVec::from_vec(pods).unwrap() }
+        DesiredState {
+            generation: 1,
+            pods: BVec::from_vec(pods).unwrap(),
+        }
     }
 
     fn obs(lifecycle: Lifecycle, policy: RestartPolicy, c: ContainerObs, level: u32) -> PodObs {
-        PodObs { lifecycle, restart_policy: policy, containers: vec![("c".into(), c, level)] }
+        PodObs {
+            lifecycle,
+            restart_policy: policy,
+            containers: vec![("c".into(), c, level)],
+        }
     }
 
     fn observed(items: &[(&str, PodObs)]) -> BTreeMap<String, PodObs> {
-        items.iter().map(|(u, o)| (u.to_string(), o.clone())).collect()
+        items
+            .iter()
+            .map(|(u, o)| (u.to_string(), o.clone()))
+            .collect()
     }
 
     fn start(u: &str) -> Step {
@@ -139,7 +175,10 @@ mod tests {
         Step::StopPod { uid: u.into() }
     }
     fn restart(u: &str) -> Step {
-        Step::RestartContainer { uid: u.into(), container: "c".into() }
+        Step::RestartContainer {
+            uid: u.into(),
+            container: "c".into(),
+        }
     }
 
     #[test]
@@ -148,41 +187,159 @@ mod tests {
         use Lifecycle::*;
         use RestartPolicy::*;
         let running = ContainerObs::Running { since: 0 };
-        let crashed = |code, at| Exited { code, oom: false, at, ran_for: 1000 };
+        let crashed = |code, at| Exited {
+            code,
+            oom: false,
+            at,
+            ran_for: 1000,
+        };
         #[rustfmt::skip]
-        let cases: Vec<(&str, DesiredState, BTreeMap<String, PodObs>, Millis, Plan)> = vec![
-            ("nothing to do", desired(&[]), observed(&[]), 0, Plan::default()),
-            ("start new pods", desired(&["a", "b"]), observed(&[]), 0,
-                Plan { steps: vec![start("a"), start("b")], wake_at: None }),
-            ("stop pods no longer wanted, keep wanted ones", desired(&["a"]),
-                observed(&[("a", obs(Lifecycle::Running, Always, running, 0)), ("b", obs(Lifecycle::Running, Always, running, 0))]), 0,
-                Plan { steps: vec![stop("b")], wake_at: None }),
-            ("a pod already stopping is not stopped twice", desired(&[]),
-                observed(&[("b", obs(Stopping, Always, running, 0))]), 0, Plan::default()),
-            ("a replaced pod (new uid) stops the old and starts the new", desired(&["new"]),
-                observed(&[("old", obs(Lifecycle::Running, Always, running, 0))]), 0,
-                Plan { steps: vec![start("new"), stop("old")], wake_at: None }),
-            ("first crash restarts at once", desired(&["a"]),
-                observed(&[("a", obs(Lifecycle::Running, Always, crashed(1, 500), 0))]), 500,
-                Plan { steps: vec![restart("a")], wake_at: None }),
-            ("second crash waits 10s", desired(&["a"]),
-                observed(&[("a", obs(Lifecycle::Running, Always, crashed(1, 500), 1))]), 600,
-                Plan { steps: vec![], wake_at: Some(10_500) }),
-            ("... and restarts once it is due", desired(&["a"]),
-                observed(&[("a", obs(Lifecycle::Running, Always, crashed(1, 500), 1))]), 10_500,
-                Plan { steps: vec![restart("a")], wake_at: None }),
-            ("a long run resets the backoff", desired(&["a"]),
-                observed(&[("a", obs(Lifecycle::Running, Always, Exited { code: 1, oom: false, at: 5, ran_for: BACKOFF_RESET_AFTER }, 7))]), 5,
-                Plan { steps: vec![restart("a")], wake_at: None }),
-            ("OnFailure leaves a clean exit alone", desired(&["a"]),
-                observed(&[("a", obs(Lifecycle::Running, OnFailure, crashed(0, 5), 0))]), 10, Plan::default()),
-            ("OnFailure restarts an OOM kill", desired(&["a"]),
-                observed(&[("a", obs(Lifecycle::Running, OnFailure, Exited { code: 137, oom: true, at: 5, ran_for: 1 }, 0))]), 10,
-                Plan { steps: vec![restart("a")], wake_at: None }),
-            ("Never never restarts", desired(&["a"]),
-                observed(&[("a", obs(Lifecycle::Running, Never, crashed(1, 5), 0))]), 10, Plan::default()),
-            ("a starting pod is left to finish", desired(&["a"]),
-                observed(&[("a", obs(Starting, Always, Waiting, 0))]), 10, Plan::default()),
+        type Case = (&'static str, DesiredState, BTreeMap<String, PodObs>, Millis, Plan);
+        let cases: Vec<Case> = vec![
+            (
+                "nothing to do",
+                desired(&[]),
+                observed(&[]),
+                0,
+                Plan::default(),
+            ),
+            (
+                "start new pods",
+                desired(&["a", "b"]),
+                observed(&[]),
+                0,
+                Plan {
+                    steps: vec![start("a"), start("b")],
+                    wake_at: None,
+                },
+            ),
+            (
+                "stop pods no longer wanted, keep wanted ones",
+                desired(&["a"]),
+                observed(&[
+                    ("a", obs(Lifecycle::Running, Always, running, 0)),
+                    ("b", obs(Lifecycle::Running, Always, running, 0)),
+                ]),
+                0,
+                Plan {
+                    steps: vec![stop("b")],
+                    wake_at: None,
+                },
+            ),
+            (
+                "a pod already stopping is not stopped twice",
+                desired(&[]),
+                observed(&[("b", obs(Stopping, Always, running, 0))]),
+                0,
+                Plan::default(),
+            ),
+            (
+                "a replaced pod (new uid) stops the old and starts the new",
+                desired(&["new"]),
+                observed(&[("old", obs(Lifecycle::Running, Always, running, 0))]),
+                0,
+                Plan {
+                    steps: vec![start("new"), stop("old")],
+                    wake_at: None,
+                },
+            ),
+            (
+                "first crash restarts at once",
+                desired(&["a"]),
+                observed(&[("a", obs(Lifecycle::Running, Always, crashed(1, 500), 0))]),
+                500,
+                Plan {
+                    steps: vec![restart("a")],
+                    wake_at: None,
+                },
+            ),
+            (
+                "second crash waits 10s",
+                desired(&["a"]),
+                observed(&[("a", obs(Lifecycle::Running, Always, crashed(1, 500), 1))]),
+                600,
+                Plan {
+                    steps: vec![],
+                    wake_at: Some(10_500),
+                },
+            ),
+            (
+                "... and restarts once it is due",
+                desired(&["a"]),
+                observed(&[("a", obs(Lifecycle::Running, Always, crashed(1, 500), 1))]),
+                10_500,
+                Plan {
+                    steps: vec![restart("a")],
+                    wake_at: None,
+                },
+            ),
+            (
+                "a long run resets the backoff",
+                desired(&["a"]),
+                observed(&[(
+                    "a",
+                    obs(
+                        Lifecycle::Running,
+                        Always,
+                        Exited {
+                            code: 1,
+                            oom: false,
+                            at: 5,
+                            ran_for: BACKOFF_RESET_AFTER,
+                        },
+                        7,
+                    ),
+                )]),
+                5,
+                Plan {
+                    steps: vec![restart("a")],
+                    wake_at: None,
+                },
+            ),
+            (
+                "OnFailure leaves a clean exit alone",
+                desired(&["a"]),
+                observed(&[("a", obs(Lifecycle::Running, OnFailure, crashed(0, 5), 0))]),
+                10,
+                Plan::default(),
+            ),
+            (
+                "OnFailure restarts an OOM kill",
+                desired(&["a"]),
+                observed(&[(
+                    "a",
+                    obs(
+                        Lifecycle::Running,
+                        OnFailure,
+                        Exited {
+                            code: 137,
+                            oom: true,
+                            at: 5,
+                            ran_for: 1,
+                        },
+                        0,
+                    ),
+                )]),
+                10,
+                Plan {
+                    steps: vec![restart("a")],
+                    wake_at: None,
+                },
+            ),
+            (
+                "Never never restarts",
+                desired(&["a"]),
+                observed(&[("a", obs(Lifecycle::Running, Never, crashed(1, 5), 0))]),
+                10,
+                Plan::default(),
+            ),
+            (
+                "a starting pod is left to finish",
+                desired(&["a"]),
+                observed(&[("a", obs(Starting, Always, Waiting, 0))]),
+                10,
+                Plan::default(),
+            ),
         ];
         for (name, d, o, now, want) in cases {
             assert_eq!(plan(&d, &o, now), want, "{name}");
@@ -192,7 +349,10 @@ mod tests {
     #[test]
     fn backoff_doubles_to_the_cap() {
         let seq: Vec<Millis> = (0..8).map(backoff).collect();
-        assert_eq!(seq, [0, 10_000, 20_000, 40_000, 80_000, 160_000, 300_000, 300_000]);
+        assert_eq!(
+            seq,
+            [0, 10_000, 20_000, 40_000, 80_000, 160_000, 300_000, 300_000]
+        );
         assert_eq!(backoff(u32::MAX), BACKOFF_CAP);
     }
 }

@@ -8,14 +8,20 @@ use std::fs::{self, File, OpenOptions};
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
-use baton_proto::{DesiredState, BVec};
+use baton_proto::{BVec, DesiredState};
 
 #[derive(Debug, thiserror::Error)]
 pub enum StateError {
     #[error("cannot write desired state to {path}: {source}")]
-    Write { path: PathBuf, source: std::io::Error },
+    Write {
+        path: PathBuf,
+        source: std::io::Error,
+    },
     #[error("cannot read desired state from {path}: {source}")]
-    Read { path: PathBuf, source: std::io::Error },
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
     #[error("desired state file {path} is corrupt: {reason}")]
     Corrupt { path: PathBuf, reason: String },
 }
@@ -26,7 +32,9 @@ pub struct StateFile {
 
 impl StateFile {
     pub fn new(data_dir: &Path) -> Self {
-        Self { path: data_dir.join("desired.bin") }
+        Self {
+            path: data_dir.join("desired.bin"),
+        }
     }
 
     pub fn path(&self) -> &Path {
@@ -38,18 +46,37 @@ impl StateFile {
         let bytes = match fs::read(&self.path) {
             Ok(b) => b,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-                return Ok(DesiredState { generation: 0, pods: BVec::new() })
+                return Ok(DesiredState {
+                    generation: 0,
+                    pods: BVec::new(),
+                })
             }
-            Err(source) => return Err(StateError::Read { path: self.path.clone(), source }),
+            Err(source) => {
+                return Err(StateError::Read {
+                    path: self.path.clone(),
+                    source,
+                })
+            }
         };
-        decode(&bytes).map_err(|reason| StateError::Corrupt { path: self.path.clone(), reason })
+        decode(&bytes).map_err(|reason| StateError::Corrupt {
+            path: self.path.clone(),
+            reason,
+        })
     }
 
     pub fn store(&self, state: &DesiredState) -> Result<(), StateError> {
-        let err = |source| StateError::Write { path: self.path.clone(), source };
+        let err = |source| StateError::Write {
+            path: self.path.clone(),
+            source,
+        };
         let bytes = encode(state);
         let tmp = self.path.with_extension("bin.tmp");
-        let mut f = OpenOptions::new().write(true).create(true).truncate(true).open(&tmp).map_err(err)?;
+        let mut f = OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .open(&tmp)
+            .map_err(err)?;
         f.write_all(&bytes).map_err(err)?;
         f.sync_all().map_err(err)?;
         drop(f);
@@ -66,7 +93,9 @@ impl StateFile {
 const MAGIC: &[u8; 4] = b"BTNS";
 
 fn checksum(bytes: &[u8]) -> u32 {
-    bytes.iter().fold(0x811c_9dc5u32, |h, b| (h ^ u32::from(*b)).wrapping_mul(0x0100_0193))
+    bytes.iter().fold(0x811c_9dc5u32, |h, b| {
+        (h ^ u32::from(*b)).wrapping_mul(0x0100_0193)
+    })
 }
 
 fn encode(state: &DesiredState) -> Vec<u8> {
@@ -86,10 +115,18 @@ fn decode(bytes: &[u8]) -> Result<DesiredState, String> {
     }
     let len = u32::from_le_bytes([bytes[4], bytes[5], bytes[6], bytes[7]]) as usize;
     if bytes.len() != len + 12 {
-        return Err(format!("length {} does not match header {len}", bytes.len() - 12));
+        return Err(format!(
+            "length {} does not match header {len}",
+            bytes.len() - 12
+        ));
     }
     let body = &bytes[8..8 + len];
-    let sum = u32::from_le_bytes([bytes[8 + len], bytes[9 + len], bytes[10 + len], bytes[11 + len]]);
+    let sum = u32::from_le_bytes([
+        bytes[8 + len],
+        bytes[9 + len],
+        bytes[10 + len],
+        bytes[11 + len],
+    ]);
     if checksum(body) != sum {
         return Err("checksum mismatch".into());
     }
@@ -112,7 +149,10 @@ mod tests {
                 containers: BVec::new(),
             })
             .collect();
-        DesiredState { generation, pods: BVec::from_vec(pods).unwrap() }
+        DesiredState {
+            generation,
+            pods: BVec::from_vec(pods).unwrap(),
+        }
     }
 
     #[test]
@@ -134,7 +174,10 @@ mod tests {
         let good = fs::read(f.path()).unwrap();
         for cut in [0, 3, 11, good.len() / 2, good.len() - 1] {
             fs::write(f.path(), &good[..cut]).unwrap();
-            assert!(matches!(f.load(), Err(StateError::Corrupt { .. })), "cut at {cut}");
+            assert!(
+                matches!(f.load(), Err(StateError::Corrupt { .. })),
+                "cut at {cut}"
+            );
         }
         let mut flipped = good.clone();
         flipped[14] ^= 0x40;

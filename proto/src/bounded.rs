@@ -82,8 +82,15 @@ impl<'de, const N: usize> Deserialize<'de> for BString<N> {
 }
 
 /// A vector of at most `N` elements.
-#[derive(Clone, PartialEq, Eq, Hash, Default)]
+#[derive(Clone, PartialEq, Eq, Hash)]
 pub struct BVec<T, const N: usize>(Vec<T>);
+
+// Not derived: the derive would demand `T: Default`, which an empty vector does not need.
+impl<T, const N: usize> Default for BVec<T, N> {
+    fn default() -> Self {
+        Self(Vec::new())
+    }
+}
 
 impl<T, const N: usize> BVec<T, N> {
     pub fn new() -> Self {

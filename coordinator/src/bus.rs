@@ -43,6 +43,7 @@ pub enum BusError {
 /// Counters for `/healthz` and for tests.
 #[derive(Debug, Default)]
 pub struct BusStats {
+    /// Connected and subscribed to the nodes' topics.
     pub connected: AtomicBool,
     pub received: AtomicU64,
     pub dropped: AtomicU64,
@@ -225,7 +226,6 @@ async fn receive_loop(
         match eventloop.poll().await {
             Ok(MqttEvent::Incoming(Packet::ConnAck(_))) => {
                 tracing::info!(host = %broker.host, port = broker.port, "connected to the MQTT broker");
-                stats.connected.store(true, Ordering::Relaxed);
                 backoff = MIN_BACKOFF;
                 // Clean session: the subscription is gone after every reconnect. `try_`
                 // because awaiting here, in the loop that drains the request queue, could
@@ -233,6 +233,10 @@ async fn receive_loop(
                 if let Err(e) = client.try_subscribe(topics::COORDINATOR_FILTER, QoS::AtLeastOnce) {
                     tracing::error!(error = %e, "cannot subscribe to node topics");
                 }
+            }
+            Ok(MqttEvent::Incoming(Packet::SubAck(_))) => {
+                // Only now can nodes' messages reach us: "connected" means subscribed.
+                stats.connected.store(true, Ordering::Relaxed);
             }
             Ok(MqttEvent::Incoming(Packet::Publish(p))) => {
                 stats.received.fetch_add(1, Ordering::Relaxed);

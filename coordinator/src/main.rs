@@ -52,7 +52,15 @@ async fn serve(args: &cli::ServerArgs) -> anyhow::Result<()> {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let is_server = matches!(cli.command, Command::Server(_));
-    init_logging(cli.log_format, if is_server { "info" } else { "warn" });
+    // Without RUST_LOG: rumqttd logs every connect at INFO and every disconnect (and our
+    // readiness probe) at ERROR in its broker module; bind failures it would log there are
+    // reported by `broker::start` itself.
+    let default_filter = if is_server {
+        "info,rumqttd=warn,rumqttd::server::broker=off"
+    } else {
+        "warn"
+    };
+    init_logging(cli.log_format, default_filter);
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()

@@ -30,6 +30,9 @@ version=$(dpkg-query -W -f='${Version}' busybox-static)
 # The arm64 busybox comes from the same Debian version's arm64 package, kept in a cache
 # inside the repo so rebuilds are offline and give the same bytes.
 mkdir -p "$cache"
+# Parallel builds (tests) share the cache: serialize the download, extract privately.
+exec 9>"$cache/.lock"
+flock 9
 deb=""
 for f in "$cache"/busybox-static_*_arm64.deb; do
   [ -e "$f" ] && [ "$(dpkg-deb -f "$f" Version)" = "$version" ] && deb=$f
@@ -46,18 +49,20 @@ if [ -z "$deb" ]; then
   done
   [ -n "$deb" ] || { echo "build.sh: could not download busybox-static:arm64=$version" >&2; exit 1; }
 fi
-rm -rf "$cache/arm64"
-dpkg-deb -x "$deb" "$cache/arm64"
-arm64_bin="$cache/arm64/bin/busybox"
+flock -u 9
+scratch=$(mktemp -d "$cache/run.XXXXXX")
+trap 'rm -rf "$scratch"' EXIT
+dpkg-deb -x "$deb" "$scratch/arm64"
+arm64_bin="$scratch/arm64/bin/busybox"
 
 # Both binaries come from the same source version and Debian config, so they share one
 # applet list; take it from the one we can run.
-"$amd64_bin" --list-full > "$cache/applets"
+"$amd64_bin" --list-full > "$scratch/applets"
 
 rm -rf "$out"
 mkdir -p "$out"
 python3 "$here/oci.py" build --out "$out" \
-  --busybox-amd64 "$amd64_bin" --busybox-arm64 "$arm64_bin" --applets "$cache/applets"
+  --busybox-amd64 "$amd64_bin" --busybox-arm64 "$arm64_bin" --applets "$scratch/applets"
 
 if [ -n "$push" ]; then
   python3 "$here/oci.py" push --out "$out" --registry "$push"

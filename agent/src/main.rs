@@ -25,7 +25,7 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Remove every container, rootfs mount and pod network this agent's data dir owns.
-    Reset,
+    Reset(Box<RunArgs>),
 }
 
 #[derive(clap::Args)]
@@ -85,8 +85,9 @@ struct RunArgs {
 }
 
 fn init_logging(format: &str) {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| {
+        tracing_subscriber::EnvFilter::new("info,libcgroups=error,libcontainer=warn")
+    });
     let b = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr);
@@ -183,11 +184,15 @@ async fn shutdown_signal() {
 
 fn main() -> Result<()> {
     let cli = Cli::parse();
-    init_logging(&cli.run.log_format);
-    let cfg = config(cli.run)?;
+    let (args, reset) = match cli.command {
+        Some(Command::Reset(args)) => (*args, true),
+        None => (cli.run, false),
+    };
+    init_logging(&args.log_format);
+    let cfg = config(args)?;
     let rt = tokio::runtime::Runtime::new().context("cannot start the async runtime")?;
-    match cli.command {
-        Some(Command::Reset) => {
+    if reset {
+        {
             let _guard = rt.enter();
             let (tx, _rx) = tokio::sync::mpsc::unbounded_channel();
             let deps = node::build_deps(&cfg, tx)?;
@@ -197,10 +202,9 @@ fn main() -> Result<()> {
                 "reset {}: no pods, containers or pod networks left",
                 cfg.data_dir.display()
             );
-            Ok(())
         }
-        None => rt
-            .block_on(node::run(cfg, shutdown_signal()))
-            .context("agent failed"),
+        return Ok(());
     }
+    rt.block_on(node::run(cfg, shutdown_signal()))
+        .context("agent failed")
 }

@@ -128,6 +128,9 @@ pub struct Agent {
     tx: mpsc::Sender<Event>,
     epoch: Instant,
     status_dirty: bool,
+    /// Hello is repeated with every heartbeat until a desired state arrives: a Hello sent
+    /// before the coordinator subscribed (it restarted with its embedded broker) is lost.
+    hello_pending: bool,
 }
 
 impl Agent {
@@ -383,11 +386,17 @@ impl Agent {
         match ev {
             Event::Bus(BusEvent::Connected) => {
                 let _ = bus.publish(self.hello());
+                self.hello_pending = true;
                 self.status_dirty = true;
             }
             Event::Bus(BusEvent::Disconnected) => {}
-            Event::Bus(BusEvent::StatusRequest) => self.status_dirty = true,
+            Event::Bus(BusEvent::StatusRequest) => {
+                // The coordinator may not know this node at all (its store was replaced).
+                let _ = bus.publish(self.hello());
+                self.status_dirty = true;
+            }
             Event::Bus(BusEvent::Desired(d)) => {
+                self.hello_pending = false;
                 if d.generation != self.desired.generation || d != self.desired {
                     info!(
                         generation = d.generation,
@@ -676,6 +685,7 @@ pub async fn run(
         tx,
         epoch: Instant::now(),
         status_dirty: true,
+        hello_pending: false,
     };
 
     tokio::pin!(shutdown);
@@ -691,6 +701,9 @@ pub async fn run(
             Some(e) = bus_rx.recv() => Some(Event::Bus(e)),
             Some(e) = exit_rx.recv() => Some(Event::Exit(e)),
             _ = heartbeat.tick() => {
+                if agent.hello_pending {
+                    let _ = bus.publish(agent.hello());
+                }
                 let status = agent.status();
                 let _ = bus.publish(Body::Heartbeat(Heartbeat { applied_generation: agent.desired.generation, status_digest: status.digest() }));
                 None

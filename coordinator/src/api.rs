@@ -226,9 +226,10 @@ pub struct PodStatus {
     pub reason: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub message: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    // Kubernetes spells these with a capital IP, which camelCase would not produce.
+    #[serde(default, rename = "podIP", skip_serializing_if = "Option::is_none")]
     pub pod_ip: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(default, rename = "hostIP", skip_serializing_if = "Option::is_none")]
     pub host_ip: Option<String>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub container_statuses: Vec<ContainerStatus>,
@@ -246,15 +247,21 @@ pub struct ContainerStatus {
 /// Mirrors the agent's report. Kubernetes nests running/waiting/terminated; Baton keeps
 /// the states its agents report, which map onto kubectl's STATUS column directly.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase")]
+#[serde(rename_all = "camelCase", rename_all_fields = "camelCase")]
 pub enum ContainerState {
     Pending,
     Pulling,
-    Running { started_at: String },
-    Exited { exit_code: i32 },
+    Running {
+        started_at: String,
+    },
+    Exited {
+        exit_code: i32,
+    },
     #[serde(rename = "oomKilled")]
     OOMKilled,
-    Failed { reason: String },
+    Failed {
+        reason: String,
+    },
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

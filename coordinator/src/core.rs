@@ -807,10 +807,14 @@ impl Core {
             }
             Body::Heartbeat(hb) => {
                 if !self.nodes.contains_key(name) {
-                    tracing::debug!(
-                        node = name,
-                        "heartbeat from an unknown node; waiting for its hello"
-                    );
+                    // Its Hello was lost (sent before we subscribed): a StatusRequest makes
+                    // the agent say Hello again.
+                    tracing::debug!(node = name, "heartbeat from an unknown node; asking it");
+                    self.pending_out.push(Outbound {
+                        node: node.clone(),
+                        body: Body::StatusRequest,
+                        retain: false,
+                    });
                     return;
                 }
                 let live = self.live.entry(name.to_owned()).or_insert(Live {

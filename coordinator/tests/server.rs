@@ -451,7 +451,7 @@ async fn scripted_agent_scenario(
     )
     .await?;
     assert_eq!(
-        pods["items"][0]["status"]["podIp"]
+        pods["items"][0]["status"]["podIP"]
             .as_str()
             .map(|ip| ip.starts_with("10.42.7.")),
         Some(true)

@@ -16,21 +16,34 @@ use anyhow::{bail, Context, Result};
 use serde_json::Value;
 
 pub fn repo_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("tests/ has a parent").to_path_buf()
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("tests/ has a parent")
+        .to_path_buf()
 }
 
 /// A workspace binary, built by `cargo build` before the tests run (scripts/test.sh does).
 pub fn bin(name: &str) -> PathBuf {
     let exe = std::env::current_exe().expect("test executable path");
     // target/debug/deps/<test> -> target/debug/<name>
-    let p = exe.parent().and_then(Path::parent).map(|d| d.join(name)).expect("target dir");
-    assert!(p.exists(), "{} is missing: run `cargo build --workspace --bins` first (scripts/test.sh does)", p.display());
+    let p = exe
+        .parent()
+        .and_then(Path::parent)
+        .map(|d| d.join(name))
+        .expect("target dir");
+    assert!(
+        p.exists(),
+        "{} is missing: run `cargo build --workspace --bins` first (scripts/test.sh does)",
+        p.display()
+    );
     p
 }
 
 /// Runs a command, failing with its output if it fails.
 pub fn sh(cmd: &mut Command) -> Result<Output> {
-    let out = cmd.output().with_context(|| format!("cannot run {cmd:?}"))?;
+    let out = cmd
+        .output()
+        .with_context(|| format!("cannot run {cmd:?}"))?;
     if !out.status.success() {
         bail!(
             "{cmd:?} failed ({}): {}{}",
@@ -47,7 +60,11 @@ fn ip(args: &[&str]) -> Result<()> {
 }
 
 /// Polls `f` until it returns `Ok(Some(v))`, or fails after `timeout` with the last error.
-pub fn wait_for<T>(what: &str, timeout: Duration, mut f: impl FnMut() -> Result<Option<T>>) -> Result<T> {
+pub fn wait_for<T>(
+    what: &str,
+    timeout: Duration,
+    mut f: impl FnMut() -> Result<Option<T>>,
+) -> Result<T> {
     let start = Instant::now();
     let mut last = String::from("condition not met");
     loop {
@@ -79,7 +96,11 @@ impl Proc {
             .stderr(f)
             .spawn()
             .with_context(|| format!("cannot start {name}: {cmd:?}"))?;
-        Ok(Proc { name: name.into(), child: Some(child), log })
+        Ok(Proc {
+            name: name.into(),
+            child: Some(child),
+            log,
+        })
     }
 
     pub fn pid(&self) -> Option<u32> {
@@ -91,13 +112,20 @@ impl Proc {
     }
 
     pub fn is_running(&mut self) -> bool {
-        self.child.as_mut().is_some_and(|c| matches!(c.try_wait(), Ok(None)))
+        self.child
+            .as_mut()
+            .is_some_and(|c| matches!(c.try_wait(), Ok(None)))
     }
 
     /// SIGTERM, wait up to `grace`, then SIGKILL.
     pub fn stop(&mut self, grace: Duration) {
-        let Some(mut child) = self.child.take() else { return };
-        let _ = Command::new("kill").arg("-TERM").arg(child.id().to_string()).status();
+        let Some(mut child) = self.child.take() else {
+            return;
+        };
+        let _ = Command::new("kill")
+            .arg("-TERM")
+            .arg(child.id().to_string())
+            .status();
         let deadline = Instant::now() + grace;
         while Instant::now() < deadline {
             if let Ok(Some(_)) = child.try_wait() {
@@ -113,14 +141,6 @@ impl Proc {
 impl Drop for Proc {
     fn drop(&mut self) {
         self.stop(Duration::from_secs(30));
-        if std::thread::panicking() {
-            let log = self.log();
-            let tail: Vec<&str> = log.lines().rev().take(60).collect();
-            eprintln!("----- last lines of {} ({}) -----", self.name, self.log.display());
-            for l in tail.into_iter().rev() {
-                eprintln!("{l}");
-            }
-        }
     }
 }
 
@@ -136,10 +156,14 @@ impl Netns {
         Ok(ns)
     }
 
-    /// `ip netns exec <ns> <program>`.
+    /// Runs `program` inside the namespace. `nsenter --net` rather than `ip netns exec`:
+    /// the latter also remounts /sys in a new mount namespace, which hides the cgroup
+    /// hierarchy from the agent.
     pub fn cmd(&self, program: impl AsRef<std::ffi::OsStr>) -> Command {
-        let mut c = Command::new("ip");
-        c.args(["netns", "exec", &self.0]).arg(program);
+        let mut c = Command::new("nsenter");
+        c.arg(format!("--net=/run/netns/{}", self.0))
+            .arg("--")
+            .arg(program);
         c
     }
 }
@@ -201,12 +225,22 @@ impl Lab {
         let pid = std::process::id();
         let subnet = (pid.wrapping_mul(7).wrapping_add(n * 13)) % 200 + 20;
         let id = format!("{tag}{}-{n}", pid % 10000);
-        let dir = tempfile::Builder::new().prefix(&format!("baton-e2e-{id}-")).tempdir()?;
+        let dir = tempfile::Builder::new()
+            .prefix(&format!("baton-e2e-{id}-"))
+            .tempdir()?;
         let hub = Netns::new(&format!("bt-{id}-hub"))?;
         let br = "br-lab";
         ip(&["-n", &hub.0, "link", "add", br, "type", "bridge"])?;
         let hub_ip = format!("10.213.{subnet}.1");
-        ip(&["-n", &hub.0, "addr", "add", &format!("{hub_ip}/24"), "dev", br])?;
+        ip(&[
+            "-n",
+            &hub.0,
+            "addr",
+            "add",
+            &format!("{hub_ip}/24"),
+            "dev",
+            br,
+        ])?;
         ip(&["-n", &hub.0, "link", "set", br, "up"])?;
         let registry_dir = dir.path().join("registry");
         let mut lab = Lab {
@@ -231,26 +265,71 @@ impl Lab {
             ip(&["-n", &lab.hub.0, "link", "set", &a, "master", br, "up"])?;
             ip(&["-n", &ns.0, "link", "set", &b, "name", "eth0"])?;
             let addr = format!("10.213.{subnet}.{}", 10 + i);
-            ip(&["-n", &ns.0, "addr", "add", &format!("{addr}/24"), "dev", "eth0"])?;
+            ip(&[
+                "-n",
+                &ns.0,
+                "addr",
+                "add",
+                &format!("{addr}/24"),
+                "dev",
+                "eth0",
+            ])?;
             ip(&["-n", &ns.0, "link", "set", "eth0", "up"])?;
             let data_dir = lab.dir.path().join(format!("agent{i}"));
-            lab.agents.push(Agent { name, ns, addr, data_dir, proc: None });
+            lab.agents.push(Agent {
+                name,
+                ns,
+                addr,
+                data_dir,
+                proc: None,
+            });
         }
-        lab.start_registry()?;
-        if matches!(lab.broker, Broker::Mosquitto) {
-            lab.start_mosquitto()?;
-        }
-        lab.start_coordinator()?;
-        for i in 0..agents {
-            lab.start_agent(i)?;
+        let started = (|| {
+            lab.start_registry()?;
+            if matches!(lab.broker, Broker::Mosquitto) {
+                lab.start_mosquitto()?;
+            }
+            lab.start_coordinator()?;
+            for i in 0..agents {
+                lab.start_agent(i)?;
+            }
+            Ok(())
+        })();
+        if let Err(e) = started {
+            lab.dump_logs();
+            return Err(e);
         }
         Ok(lab)
     }
 
+    /// Prints the tail of every process log, for a failing test.
+    pub fn dump_logs(&self) {
+        let procs = self
+            .coordinator
+            .iter()
+            .chain(self.mosquitto.iter())
+            .chain(self.agents.iter().filter_map(|a| a.proc.as_ref()));
+        for p in procs {
+            let log = p.log();
+            let lines: Vec<&str> = log.lines().collect();
+            eprintln!("----- last lines of {} ({}) -----", p.name, p.log.display());
+            for l in &lines[lines.len().saturating_sub(80)..] {
+                eprintln!("{l}");
+            }
+        }
+    }
+
     fn start_registry(&self) -> Result<()> {
         let root = repo_root();
-        sh(self.hub.cmd(root.join("images/registry.sh")).args(["start", &self.registry()]).arg(&self.registry_dir))?;
-        sh(self.hub.cmd(root.join("images/build.sh")).args(["--push", &self.registry()]))?;
+        sh(self
+            .hub
+            .cmd(root.join("images/registry.sh"))
+            .args(["start", &self.registry()])
+            .arg(&self.registry_dir))?;
+        sh(self
+            .hub
+            .cmd(root.join("images/build.sh"))
+            .args(["--push", &self.registry()]))?;
         Ok(())
     }
 
@@ -264,15 +343,24 @@ impl Lab {
             ),
         )?;
         let log = self.dir.path().join("mosquitto.log");
-        let mut p = Proc::spawn("mosquitto", self.hub.cmd("/usr/sbin/mosquitto").arg("-c").arg(&conf), log)?;
+        let mut p = Proc::spawn(
+            "mosquitto",
+            self.hub.cmd("/usr/sbin/mosquitto").arg("-c").arg(&conf),
+            log,
+        )?;
         let hub = self.hub.0.clone();
         let port_open = format!("{}:1883", self.hub_ip());
         wait_for("mosquitto to listen", Duration::from_secs(20), || {
             if !p.is_running() {
                 bail!("mosquitto exited: {}", p.log());
             }
-            let out = Command::new("ip").args(["netns", "exec", &hub, "ss", "-ltn"]).output()?;
-            Ok(String::from_utf8_lossy(&out.stdout).contains(&port_open).then_some(()))
+            let out = Command::new("nsenter")
+                .arg(format!("--net=/run/netns/{hub}"))
+                .args(["ss", "-ltn"])
+                .output()?;
+            Ok(String::from_utf8_lossy(&out.stdout)
+                .contains(&port_open)
+                .then_some(()))
         })?;
         self.mosquitto = Some(p);
         Ok(())
@@ -280,13 +368,22 @@ impl Lab {
 
     pub fn start_coordinator(&mut self) -> Result<()> {
         let mut cmd = self.hub.cmd(bin("baton"));
-        cmd.arg("server").arg("--data-dir").arg(self.dir.path().join("coordinator")).env("RUST_LOG", "info");
+        cmd.arg("server")
+            .arg("--data-dir")
+            .arg(self.dir.path().join("coordinator"))
+            .env(
+                "RUST_LOG",
+                "info,libcgroups=error,libcontainer=warn,rumqttd=warn",
+            );
         match self.broker {
             Broker::Embedded => cmd.args(["--mqtt-listen", &format!("{}:1883", self.hub_ip())]),
             Broker::Mosquitto => cmd.args(["--broker", &self.mqtt_url()]),
         };
         self.coordinator_starts += 1;
-        let log = self.dir.path().join(format!("coordinator-{}.log", self.coordinator_starts));
+        let log = self
+            .dir
+            .path()
+            .join(format!("coordinator-{}.log", self.coordinator_starts));
         let p = Proc::spawn("coordinator", &mut cmd, log)?;
         self.coordinator = Some(p);
         wait_for("the coordinator API", Duration::from_secs(30), || {
@@ -299,23 +396,49 @@ impl Lab {
         let registry = self.registry();
         let a = &mut self.agents[i];
         let mut cmd = a.ns.cmd(bin("baton-agent"));
-        cmd.args(["--coordinator", &mqtt, "--node-name", &a.name, "--insecure-registry", &registry])
-            .args(["--heartbeat-secs", "1", "--pod-cidr", &format!("10.42.{}.0/24", i + 1)])
-            .arg("--data-dir")
-            .arg(&a.data_dir)
-            .env("RUST_LOG", "info");
+        cmd.args([
+            "--coordinator",
+            &mqtt,
+            "--node-name",
+            &a.name,
+            "--insecure-registry",
+            &registry,
+        ])
+        .args([
+            "--heartbeat-secs",
+            "1",
+            "--pod-cidr",
+            &format!("10.42.{}.0/24", i + 1),
+        ])
+        .arg("--data-dir")
+        .arg(&a.data_dir)
+        .env(
+            "RUST_LOG",
+            "info,libcgroups=error,libcontainer=warn,rumqttd=warn",
+        );
         let log = a.data_dir.with_extension("log");
         a.proc = Some(Proc::spawn(&a.name.clone(), &mut cmd, log)?);
         let name = a.name.clone();
-        wait_for(&format!("node {name} to be Ready"), Duration::from_secs(60), || {
-            let nodes = self.get_json(&["get", "nodes"])?;
-            Ok(items(&nodes).iter().any(|n| n["metadata"]["name"] == name.as_str() && n["status"]["ready"] == true).then_some(()))
-        })
+        wait_for(
+            &format!("node {name} to be Ready"),
+            Duration::from_secs(60),
+            || {
+                let nodes = self.get_json(&["get", "nodes"])?;
+                Ok(items(&nodes)
+                    .iter()
+                    .any(|n| n["metadata"]["name"] == name.as_str() && n["status"]["ready"] == true)
+                    .then_some(()))
+            },
+        )
     }
 
     /// Runs the `baton` CLI in the hub namespace against the coordinator.
     pub fn baton(&self, args: &[&str]) -> Result<Output> {
-        sh(self.hub.cmd(bin("baton")).args(args).env("BATON_SERVER", "http://127.0.0.1:7474"))
+        sh(self
+            .hub
+            .cmd(bin("baton"))
+            .args(args)
+            .env("BATON_SERVER", "http://127.0.0.1:7474"))
     }
 
     /// The CLI's result without failing on a non-zero exit.
@@ -324,8 +447,16 @@ impl Lab {
         cmd.args(args).env("BATON_SERVER", "http://127.0.0.1:7474");
         if let Some(input) = stdin {
             use std::io::Write;
-            let mut child = cmd.stdin(Stdio::piped()).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn()?;
-            child.stdin.take().context("stdin")?.write_all(input.as_bytes())?;
+            let mut child = cmd
+                .stdin(Stdio::piped())
+                .stdout(Stdio::piped())
+                .stderr(Stdio::piped())
+                .spawn()?;
+            child
+                .stdin
+                .take()
+                .context("stdin")?
+                .write_all(input.as_bytes())?;
             return Ok(child.wait_with_output()?);
         }
         Ok(cmd.output()?)
@@ -363,19 +494,24 @@ impl Drop for Lab {
                 p.stop(Duration::from_secs(40));
                 drop(p);
             }
-            let _ = a
-                .ns
-                .cmd(bin("baton-agent"))
-                .args(["reset", "--node-name", &a.name, "--pod-cidr", &format!("10.42.{}.0/24", i + 1)])
-                .arg("--data-dir")
-                .arg(&a.data_dir)
-                .output();
+            let _ =
+                a.ns.cmd(bin("baton-agent"))
+                    .args([
+                        "reset",
+                        "--node-name",
+                        &a.name,
+                        "--pod-cidr",
+                        &format!("10.42.{}.0/24", i + 1),
+                    ])
+                    .arg("--data-dir")
+                    .arg(&a.data_dir)
+                    .output();
         }
         self.coordinator.take();
         self.mosquitto.take();
-        let _ = Command::new("ip")
-            .args(["netns", "exec", &self.hub.0])
-            .arg(repo_root().join("images/registry.sh"))
+        let _ = self
+            .hub
+            .cmd(repo_root().join("images/registry.sh"))
             .args(["stop", &self.registry()])
             .arg(&self.registry_dir)
             .output();
@@ -386,7 +522,9 @@ impl Drop for Lab {
 pub fn items(v: &Value) -> Vec<Value> {
     match v {
         Value::Array(a) => a.clone(),
-        Value::Object(o) if o.contains_key("items") => o["items"].as_array().cloned().unwrap_or_default(),
+        Value::Object(o) if o.contains_key("items") => {
+            o["items"].as_array().cloned().unwrap_or_default()
+        }
         other => vec![other.clone()],
     }
 }

@@ -14,16 +14,24 @@
 //! costs a few KiB of stack; a single `waitpid(-1)` loop would instead steal the exit statuses of
 //! other children of the agent (e.g. `ip` commands run by the network module).
 //!
-//! Caveat: libcontainer forks from a multi-threaded process. glibc makes `malloc` fork-safe, but
-//! a lock held by another thread at fork time (e.g. a logging writer's) stays locked in the
-//! child. The child logs only on errors, so this is a narrow window; a separate shim process
-//! would close it entirely.
+//! Caveat: libcontainer forks from a multi-threaded process, and a lock held by another thread
+//! at fork time stays locked forever in the child. glibc makes `malloc` fork-safe. The lock that
+//! bit us is Rust's environment lock: `Command::spawn` holds it (read) while forking, and
+//! libcontainer's default executor clears and sets the environment (write) in the child, so an
+//! `ip` command spawned during a container create hung the container's init for good. The
+//! [`ExplicitEnvExecutor`] below never touches the process environment. What remains is narrow
+//! (e.g. a logging writer's lock, taken only when the child logs); a single-threaded shim process
+//! per container, as containerd does, would close it entirely.
 
+use std::cell::RefCell;
 use std::collections::HashMap;
+use std::ffi::CString;
 use std::fs::{self, File};
 use std::io;
 use std::os::fd::OwnedFd;
+use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
+use std::rc::Rc;
 use std::sync::{mpsc, Mutex, MutexGuard};
 use std::time::Duration;
 
@@ -38,6 +46,10 @@ use libcontainer::oci_spec::runtime::{
 };
 use libcontainer::signal::Signal;
 use libcontainer::syscall::syscall::SyscallType;
+use libcontainer::workload::default::DefaultExecutor;
+use libcontainer::workload::{
+    Executor, ExecutorError, ExecutorSetEnvsError, ExecutorValidationError,
+};
 use nix::errno::Errno;
 use nix::fcntl::OFlag;
 use nix::sys::wait::{waitpid, WaitStatus};
@@ -355,7 +367,8 @@ impl YoukiRuntime {
                 .with_root_path(&self.containers_dir)
                 .and_then(|b| b.validate_id())
                 .map(|b| {
-                    b.with_stdout(write_end)
+                    b.with_executor(ExplicitEnvExecutor::default())
+                        .with_stdout(write_end)
                         .with_stderr(write_err)
                         .as_init(bundle)
                         .with_systemd(false)
@@ -388,6 +401,83 @@ impl YoukiRuntime {
     }
 }
 
+/// libcontainer's default executor, minus its use of the process environment: `setup_envs` keeps
+/// the container's environment aside and `exec` passes it to `execve` explicitly. See the module
+/// docs for why (`std::env::set_var` in a forked child can deadlock).
+#[derive(Clone, Default)]
+struct ExplicitEnvExecutor {
+    /// Filled by `setup_envs` in the container's init, read by `exec` in the same process. `Rc`
+    /// because executors are cloned into the child, which is single-threaded.
+    envs: Rc<RefCell<Vec<CString>>>,
+}
+
+impl ExplicitEnvExecutor {
+    fn path_var(&self) -> String {
+        self.envs
+            .borrow()
+            .iter()
+            .find_map(|e| e.to_str().ok()?.strip_prefix("PATH=").map(str::to_owned))
+            .unwrap_or_else(|| {
+                "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin".into()
+            })
+    }
+}
+
+/// `execvp`'s lookup, over the container's PATH (we are already inside the rootfs).
+fn find_executable(name: &str, path_var: &str) -> Option<PathBuf> {
+    if name.contains('/') {
+        return Some(PathBuf::from(name));
+    }
+    path_var
+        .split(':')
+        .map(|dir| Path::new(dir).join(name))
+        .find(|p| fs::metadata(p).is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0))
+}
+
+impl Executor for ExplicitEnvExecutor {
+    fn exec(&self, spec: &Spec) -> Result<(), ExecutorError> {
+        let args = spec
+            .process()
+            .as_ref()
+            .and_then(|p| p.args().as_ref())
+            .filter(|a| !a.is_empty())
+            .ok_or(ExecutorError::InvalidArg)?;
+        let path = find_executable(&args[0], &self.path_var()).ok_or_else(|| {
+            ExecutorError::Other(format!("executable {:?} not found in PATH", args[0]))
+        })?;
+        let path = CString::new(path.into_os_string().into_encoded_bytes())
+            .map_err(|_| ExecutorError::InvalidArg)?;
+        let argv = args
+            .iter()
+            .map(|a| CString::new(a.as_bytes()))
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|_| ExecutorError::InvalidArg)?;
+        let envs = self.envs.borrow();
+        let err = match nix::unistd::execve(&path, &argv, &envs) {
+            Err(e) => e,
+            Ok(never) => match never {},
+        };
+        Err(ExecutorError::Execution(
+            format!("cannot execute {path:?}: {err}").into(),
+        ))
+    }
+
+    fn validate(&self, spec: &Spec) -> Result<(), ExecutorValidationError> {
+        DefaultExecutor {}.validate(spec)
+    }
+
+    fn setup_envs(&self, envs: HashMap<String, String>) -> Result<(), ExecutorSetEnvsError> {
+        let mut list = envs
+            .into_iter()
+            .map(|(k, v)| CString::new(format!("{k}={v}")))
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| ExecutorSetEnvsError::SetEnvs(Box::new(e)))?;
+        list.sort();
+        *self.envs.borrow_mut() = list;
+        Ok(())
+    }
+}
+
 /// Makes SIGPIPE *handled* instead of ignored in this process, once.
 ///
 /// Rust programs (and the test harness) start with SIGPIPE ignored, and an ignored signal stays
@@ -401,11 +491,18 @@ fn handle_sigpipe() -> io::Result<()> {
     if DONE.get().is_some() {
         return Ok(());
     }
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_io()
-        .build()?;
-    let _enter = rt.enter();
-    let _listener = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::pipe())?;
+    // Inside a runtime (the agent) use it: creating and dropping a second runtime from
+    // async context panics. Outside one (tests, benches) a throwaway runtime will do;
+    // tokio keeps the handler installed after both are gone.
+    if tokio::runtime::Handle::try_current().is_ok() {
+        let _listener = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::pipe())?;
+    } else {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_io()
+            .build()?;
+        let _enter = rt.enter();
+        let _listener = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::pipe())?;
+    }
     let _ = DONE.set(());
     Ok(())
 }

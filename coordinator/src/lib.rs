@@ -1,15 +1,15 @@
 //! Baton's coordinator library. `main.rs` only parses flags.
 
 pub mod api;
-pub mod controller;
-pub mod manifest;
-pub mod quantity;
-pub mod scheduler;
-pub mod store;
 pub mod broker;
 pub mod bus;
 pub mod cli;
+pub mod controller;
 pub mod core;
 pub mod http;
+pub mod manifest;
+pub mod quantity;
+pub mod scheduler;
 pub mod server;
+pub mod store;
 pub mod wire;

@@ -40,7 +40,7 @@ struct RunArgs {
     /// This node's name (default: the host name).
     #[arg(long, env = "BATON_NODE_NAME")]
     node_name: Option<String>,
-    #[arg(long, env = "BATON_DATA_DIR", default_value = "/var/lib/baton-agent")]
+    #[arg(long, env = "BATON_AGENT_DATA_DIR", default_value = "/var/lib/baton-agent")]
     data_dir: PathBuf,
     /// Node labels, e.g. `zone=lab,disk=ssd`.
     #[arg(long, env = "BATON_LABELS", value_delimiter = ',')]

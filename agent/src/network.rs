@@ -335,11 +335,21 @@ impl Network {
     /// decommissioning a node and for tests; the agent does not call it on a normal restart.
     #[tracing::instrument(skip_all, fields(node = %self.cfg.node, bridge = %self.cfg.bridge))]
     pub fn teardown_node(&self) -> Result<(), NetError> {
+        // Best effort throughout: a failing step must not keep the later ones from running.
         let mut first_err = None;
-        for (_, uid) in self.allocations()? {
-            if let Err(e) = self.delete_pod(&uid) {
+        let mut note = |r: Result<(), NetError>| {
+            if let Err(e) = r {
+                tracing::warn!(error = %e, "node teardown step failed");
                 first_err.get_or_insert(e);
             }
+        };
+        match self.allocations() {
+            Ok(pods) => {
+                for (_, uid) in pods {
+                    note(self.delete_pod(&uid));
+                }
+            }
+            Err(e) => note(Err(e)),
         }
         let _g = self.guard();
         for (table, parent, chain) in [
@@ -347,19 +357,20 @@ impl Network {
             ("filter", "FORWARD", self.forward_chain()),
         ] {
             while iptables(&["-t", table, "-D", parent, "-j", &chain]).is_ok() {}
-            if chain_exists(table, &chain)? {
-                let r = iptables(&["-t", table, "-F", &chain])
-                    .and_then(|_| iptables(&["-t", table, "-X", &chain]));
-                if let Err(e) = r {
-                    first_err.get_or_insert(e);
+            note(chain_exists(table, &chain).and_then(|exists| {
+                if exists {
+                    iptables(&["-t", table, "-F", &chain])?;
+                    iptables(&["-t", table, "-X", &chain])?;
                 }
-            }
+                Ok(())
+            }));
         }
-        if link_exists(None, &self.cfg.bridge)? {
-            if let Err(e) = ip(&["link", "del", &self.cfg.bridge]) {
-                first_err.get_or_insert(e);
+        note(link_exists(None, &self.cfg.bridge).and_then(|exists| {
+            if exists {
+                ip(&["link", "del", &self.cfg.bridge])?;
             }
-        }
+            Ok(())
+        }));
         first_err.map_or(Ok(()), Err)
     }
 
@@ -561,16 +572,13 @@ fn link_exists(ns: Option<&str>, name: &str) -> Result<bool, NetError> {
     }
 }
 
+/// Whether `table` has `chain`. Read from the table's full listing rather than from the error of
+/// listing one chain: iptables-nft 1.8.9 reports a missing chain as "incompatible".
 fn chain_exists(table: &str, chain: &str) -> Result<bool, NetError> {
-    match iptables(&["-t", table, "-S", chain]) {
-        Ok(_) => Ok(true),
-        Err(NetError::Command { stderr, .. })
-            if stderr.contains("No chain") || stderr.contains("does not exist") =>
-        {
-            Ok(false)
-        }
-        Err(e) => Err(e),
-    }
+    let rules = iptables(&["-t", table, "-S"])?;
+    Ok(rules
+        .lines()
+        .any(|l| l.strip_prefix("-N ").map(str::trim) == Some(chain)))
 }
 
 fn ensure_chain(table: &str, chain: &str) -> Result<(), NetError> {
@@ -584,8 +592,11 @@ fn ensure_chain(table: &str, chain: &str) -> Result<(), NetError> {
     Ok(())
 }
 
+/// Appends `-j chain` to `parent` unless it is there.
 fn ensure_jump(table: &str, parent: &str, chain: &str) -> Result<(), NetError> {
-    if iptables(&["-t", table, "-C", parent, "-j", chain]).is_err() {
+    let rules = iptables(&["-t", table, "-S", parent])?;
+    let jump = format!("-A {parent} -j {chain}");
+    if !rules.lines().any(|l| l.trim() == jump) {
         iptables(&["-t", table, "-A", parent, "-j", chain])?;
     }
     Ok(())

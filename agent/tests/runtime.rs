@@ -260,3 +260,33 @@ fn a_missing_binary_fails_run_and_leaves_nothing() {
         assert!(!d.exists(), "{} left behind", d.display());
     }
 }
+
+/// Creating containers while other threads spawn commands must not hang the container's init:
+/// `Command::spawn` holds std's environment lock while it forks, and a child forked by
+/// libcontainer at that moment must never need that lock.
+#[test]
+fn creates_do_not_hang_while_other_threads_spawn_commands() {
+    let mut fx = Fixture::new("forkrace");
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let spawners: Vec<_> = (0..2)
+        .map(|_| {
+            let stop = stop.clone();
+            std::thread::spawn(move || {
+                while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    let _ = std::process::Command::new("/bin/true").status();
+                }
+            })
+        })
+        .collect();
+    for i in 0..20 {
+        let mut spec = fx.spec(&format!("c{i}"), &["sh", "-c", "echo $FOO"]);
+        spec.env.push(format!("FOO=run{i}"));
+        let (reason, log) = fx.run_to_end(&spec);
+        assert_eq!(reason, ExitReason::Exited(0));
+        assert_eq!(log, format!("run{i}\n"));
+    }
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    for s in spawners {
+        s.join().unwrap();
+    }
+}

@@ -1,0 +1,232 @@
+//! Real pod networking (root): bridge, netns + veth, addresses, pod-to-pod traffic, hostPort
+//! forwarding and host network. Each test uses its own node name and CIDR, so tests can run in
+//! parallel, and tears its node down on drop.
+
+mod rt_support;
+
+use std::io::{Read, Write};
+use std::net::{Ipv4Addr, SocketAddr, TcpStream};
+use std::path::Path;
+use std::process::Command;
+use std::time::Duration;
+
+use baton_agent::network::{NetConfig, Network, PortForward};
+use baton_agent::runtime::{ExitReason, Runtime};
+use rt_support::{poll, Fixture};
+
+/// A node network that is torn down (pods, chains, bridge) on drop.
+struct NodeNet {
+    net: Network,
+    _state: tempfile::TempDir,
+}
+
+impl NodeNet {
+    fn new(test: &str, cidr: &str) -> Self {
+        let state = tempfile::tempdir().unwrap();
+        let node = format!("nt-{test}-{}", std::process::id());
+        let cfg = NetConfig::derive(&node, state.path().into(), Some(cidr)).unwrap();
+        Self {
+            net: Network::new(cfg),
+            _state: state,
+        }
+    }
+}
+
+impl Drop for NodeNet {
+    fn drop(&mut self) {
+        if let Err(e) = self.net.teardown_node() {
+            eprintln!("teardown failed: {e}");
+        }
+    }
+}
+
+fn link_exists(ns: Option<&str>, name: &str) -> bool {
+    let mut cmd = Command::new("ip");
+    if let Some(ns) = ns {
+        cmd.args(["-n", ns]);
+    }
+    cmd.args(["link", "show", "dev", name])
+        .output()
+        .unwrap()
+        .status
+        .success()
+}
+
+fn iptables_has(table: &str, chain: &str) -> bool {
+    Command::new("iptables")
+        .args(["-w", "-t", table, "-S", chain])
+        .output()
+        .unwrap()
+        .status
+        .success()
+}
+
+/// One HTTP/1.0 GET; `None` while nothing answers yet.
+fn http_get(addr: SocketAddr, path: &str) -> Option<String> {
+    let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(2)).ok()?;
+    s.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
+    write!(s, "GET {path} HTTP/1.0\r\nHost: test\r\n\r\n").ok()?;
+    let mut body = String::new();
+    s.read_to_string(&mut body).ok()?;
+    (!body.is_empty()).then_some(body)
+}
+
+#[test]
+fn setup_node_is_idempotent_and_teardown_removes_everything() {
+    let node = NodeNet::new("setup", "10.231.1.0/24");
+    let net = &node.net;
+    net.setup_node().unwrap();
+    net.setup_node().unwrap();
+    let br = &net.config().bridge;
+    assert!(link_exists(None, br));
+    let addrs = Command::new("ip")
+        .args(["-o", "addr", "show", "dev", br])
+        .output()
+        .unwrap();
+    let addrs = String::from_utf8_lossy(&addrs.stdout);
+    assert_eq!(addrs.matches("inet ").count(), 1, "{addrs}");
+    assert!(addrs.contains("10.231.1.1/24"), "{addrs}");
+    assert_eq!(net.gateway(), Ipv4Addr::new(10, 231, 1, 1));
+    let nat = Command::new("iptables")
+        .args(["-w", "-t", "nat", "-S", &net.nat_chain()])
+        .output()
+        .unwrap();
+    let nat = String::from_utf8_lossy(&nat.stdout);
+    assert_eq!(nat.matches("MASQUERADE").count(), 1, "{nat}");
+    let post = Command::new("iptables")
+        .args(["-w", "-t", "nat", "-S", "POSTROUTING"])
+        .output()
+        .unwrap();
+    assert_eq!(
+        String::from_utf8_lossy(&post.stdout)
+            .matches(&net.nat_chain())
+            .count(),
+        1
+    );
+    assert!(iptables_has("filter", &net.forward_chain()));
+    assert_eq!(
+        std::fs::read_to_string("/proc/sys/net/ipv4/ip_forward")
+            .unwrap()
+            .trim(),
+        "1"
+    );
+
+    let pod = net.create_pod("p1").unwrap();
+    net.teardown_node().unwrap();
+    assert!(!link_exists(None, br));
+    assert!(!iptables_has("nat", &net.nat_chain()));
+    assert!(!iptables_has("filter", &net.forward_chain()));
+    assert!(!pod.netns_path.exists());
+    assert!(net.allocations().unwrap().is_empty());
+}
+
+#[test]
+fn pods_reach_each_other_the_agent_reaches_pods_and_host_ports_forward() {
+    let node = NodeNet::new("pods", "10.231.2.0/24");
+    let net = &node.net;
+    net.setup_node().unwrap();
+    let a = net.create_pod("pod-a").unwrap();
+    assert_eq!(
+        net.create_pod("pod-a").unwrap(),
+        a,
+        "create_pod must be idempotent"
+    );
+    let b = net.create_pod("pod-b").unwrap();
+    assert_ne!(a.ip, b.ip);
+    assert_ne!(a.netns_path, b.netns_path);
+    assert!(a.netns_path.exists());
+    let a_ns = a
+        .netns_path
+        .file_name()
+        .unwrap()
+        .to_str()
+        .unwrap()
+        .to_owned();
+    assert!(link_exists(Some(&a_ns), "eth0"));
+
+    let mut fx = Fixture::new("netpods");
+    let mut httpd = fx.spec("httpd", &["httpd", "-f", "-p", "8080", "-h", "/www"]);
+    httpd.netns = Some(a.netns_path.clone());
+    fx.runtime.run(&httpd).unwrap();
+
+    // The agent's side reaches the pod's address.
+    let pod_addr = SocketAddr::from((a.ip, 8080));
+    let body = poll("httpd in pod a", || http_get(pod_addr, "/index.html"));
+    assert!(body.contains("hello from baton"), "{body}");
+
+    // Another pod reaches it over the bridge.
+    let url = format!("http://{}:8080/index.html", a.ip);
+    let mut client = fx.spec("client", &["wget", "-q", "-O", "-", &url]);
+    client.netns = Some(b.netns_path.clone());
+    let (reason, log) = fx.run_to_end(&client);
+    assert_eq!(reason, ExitReason::Exited(0), "{log}");
+    assert!(log.contains("hello from baton"), "{log}");
+
+    // hostPort: 127.0.0.1:<free port> forwards to the pod.
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let fwd = {
+        let _enter = rt.enter();
+        PortForward::start_on(SocketAddr::from(([127, 0, 0, 1], 0)), pod_addr).unwrap()
+    };
+    let body = poll("forwarded GET", || {
+        http_get(fwd.local_addr(), "/index.html")
+    });
+    assert!(body.contains("hello from baton"), "{body}");
+    let local = fwd.local_addr();
+    drop(fwd);
+    poll("forwarder to stop listening", || {
+        TcpStream::connect_timeout(&local, Duration::from_secs(1))
+            .is_err()
+            .then_some(())
+    });
+
+    fx.runtime.delete(&httpd.id).unwrap();
+    net.delete_pod("pod-a").unwrap();
+    net.delete_pod("pod-a").unwrap();
+    assert!(!a.netns_path.exists());
+    assert!(!net
+        .allocations()
+        .unwrap()
+        .iter()
+        .any(|(_, uid)| uid == "pod-a"));
+    // The freed address is handed out again, the one in use is not.
+    let c = net.create_pod("pod-c").unwrap();
+    assert_eq!(c.ip, a.ip);
+    assert_ne!(c.ip, b.ip);
+}
+
+#[test]
+fn addresses_survive_an_agent_restart() {
+    let node = NodeNet::new("restart", "10.231.3.0/24");
+    node.net.setup_node().unwrap();
+    let a = node.net.create_pod("a").unwrap();
+    let again = Network::new(node.net.config().clone());
+    assert_eq!(again.create_pod("a").unwrap(), a);
+    let b = again.create_pod("b").unwrap();
+    assert_ne!(b.ip, a.ip);
+}
+
+#[test]
+fn host_network_container_sees_the_agents_interfaces() {
+    let node = NodeNet::new("hostnet", "10.231.4.0/24");
+    node.net.setup_node().unwrap();
+    let mut fx = Fixture::new("hostnet");
+    let spec = fx.spec("c", &["cat", "/proc/net/dev"]);
+    assert!(spec.netns.is_none());
+    let (reason, log) = fx.run_to_end(&spec);
+    assert_eq!(reason, ExitReason::Exited(0), "{log}");
+    assert!(
+        log.contains(&format!("{}:", node.net.config().bridge)),
+        "{log}"
+    );
+
+    // And a pod container does not.
+    let pod = node.net.create_pod("p").unwrap();
+    let mut spec = fx.spec("d", &["cat", "/proc/net/dev"]);
+    spec.netns = Some(pod.netns_path.clone());
+    let (reason, log) = fx.run_to_end(&spec);
+    assert_eq!(reason, ExitReason::Exited(0), "{log}");
+    assert!(!log.contains(&node.net.config().bridge), "{log}");
+    assert!(log.contains("eth0:"), "{log}");
+    assert!(Path::new(&pod.netns_path).exists());
+}

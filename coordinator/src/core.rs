@@ -570,11 +570,28 @@ impl Core {
             return;
         }
         let (mut usage, mut by_owner) = self.usage_by_node();
+        // Host ports taken per node, so two pods never claim the same node port.
+        let mut ports: HashMap<String, BTreeSet<scheduler::HostPort>> = HashMap::new();
+        for p in self.pods.values() {
+            let Some(node) = &p.spec.node_name else {
+                continue;
+            };
+            if !matches!(
+                p.status.phase,
+                api::PodPhase::Succeeded | api::PodPhase::Failed
+            ) {
+                ports
+                    .entry(node.clone())
+                    .or_default()
+                    .extend(scheduler::host_ports(&p.spec));
+            }
+        }
         for name in pending {
             let Some(pod) = self.pods.get(&name) else {
                 continue;
             };
             let owner = pod.metadata.owner.clone().unwrap_or_default();
+            let wanted_ports = scheduler::host_ports(&pod.spec);
             let result = {
                 // Not-ready nodes are candidates too: the scheduler filters them out and
                 // counts them in its "0/N nodes are available" message.
@@ -583,6 +600,7 @@ impl Core {
                     .values()
                     .map(|n| Candidate {
                         node: n,
+                        host_ports: ports.get(&n.metadata.name).cloned().unwrap_or_default(),
                         used: usage.get(&n.metadata.name).copied().unwrap_or_default(),
                         pods_of_same_owner: if owner.is_empty() {
                             0
@@ -610,6 +628,7 @@ impl Core {
                         pod.status.host_ip = host_ip;
                     }
                     usage.entry(node.clone()).or_default().add(req);
+                    ports.entry(node.clone()).or_default().extend(wanted_ports);
                     if !owner.is_empty() {
                         *by_owner.entry((node.clone(), owner)).or_default() += 1;
                     }

@@ -7,7 +7,7 @@
 //! owner first), then prefers the least requested node, then the node name, so the same
 //! inputs always give the same answer.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 use crate::api;
 use crate::quantity;
@@ -19,13 +19,32 @@ pub const LABEL_HOSTNAME: &str = "kubernetes.io/hostname";
 pub const LABEL_BETA_ARCH: &str = "beta.kubernetes.io/arch";
 pub const LABEL_BETA_OS: &str = "beta.kubernetes.io/os";
 
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub struct Candidate<'a> {
     pub node: &'a api::Node,
     /// Sum of the requests of the pods already placed on the node.
     pub used: Usage,
     /// Pods of the same owner (Deployment) as the pod being placed already on the node.
     pub pods_of_same_owner: u32,
+    /// Host ports already taken on the node by the pods placed there.
+    pub host_ports: BTreeSet<HostPort>,
+}
+
+/// A port on the node itself: a `hostPort`, or any port of a `hostNetwork` pod.
+pub type HostPort = (api::Protocol, u16);
+
+/// The node ports a pod needs. Kubernetes counts every container port of a hostNetwork
+/// pod as a host port, since the pod listens on the node's own interfaces.
+pub fn host_ports(pod: &api::PodSpec) -> BTreeSet<HostPort> {
+    pod.containers
+        .iter()
+        .flat_map(|c| c.ports.iter())
+        .filter_map(|p| match (pod.host_network, p.host_port) {
+            (true, _) => Some((p.protocol, p.host_port.unwrap_or(p.container_port))),
+            (false, Some(h)) => Some((p.protocol, h)),
+            (false, None) => None,
+        })
+        .collect()
 }
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -97,6 +116,7 @@ enum Reject {
     TooManyPods,
     Cpu,
     Memory,
+    Ports,
 }
 
 impl Reject {
@@ -107,6 +127,7 @@ impl Reject {
             Reject::TooManyPods => "node(s) had too many pods",
             Reject::Cpu => "node(s) had insufficient cpu",
             Reject::Memory => "node(s) had insufficient memory",
+            Reject::Ports => "node(s) didn't have free ports for the requested pod ports",
         }
     }
 }
@@ -140,6 +161,9 @@ fn filter(
     }
     if c.used.memory_bytes.saturating_add(req.memory_bytes) > alloc.memory_bytes {
         rejects.push(Reject::Memory);
+    }
+    if host_ports(pod).iter().any(|p| c.host_ports.contains(p)) {
+        rejects.push(Reject::Ports);
     }
     rejects
 }
@@ -342,7 +366,28 @@ mod tests {
             node,
             used,
             pods_of_same_owner: same,
+            host_ports: BTreeSet::new(),
         };
+        let with_ports = |node, ports: &[u16]| Candidate {
+            node,
+            used: Usage::default(),
+            pods_of_same_owner: 0,
+            host_ports: ports.iter().map(|p| (api::Protocol::TCP, *p)).collect(),
+        };
+        let mut on_8080 = small.clone();
+        on_8080.containers[0].ports.push(api::ContainerPort {
+            container_port: 80,
+            host_port: Some(8080),
+            ..Default::default()
+        });
+        let mut udp_8080 = on_8080.clone();
+        udp_8080.containers[0].ports[0].protocol = api::Protocol::UDP;
+        let mut host_net_80 = small.clone();
+        host_net_80.host_network = true;
+        host_net_80.containers[0].ports.push(api::ContainerPort {
+            container_port: 80,
+            ..Default::default()
+        });
         let idle = Usage::default();
         type Row<'a> = (
             &'a str,
@@ -394,6 +439,24 @@ mod tests {
                     c(&pi2, used(0, "0", 110), 0),
                 ],
                 Err("0/5 nodes are available: 1 node(s) not ready, 2 node(s) didn't match node selector, 1 node(s) had too many pods, 1 node(s) had insufficient cpu, 1 node(s) had insufficient memory"),
+            ),
+            (
+                "a taken host port moves the pod",
+                &on_8080,
+                vec![with_ports(&pi1, &[8080]), with_ports(&pi2, &[80])],
+                Ok("pi-2"),
+            ),
+            (
+                "the same port number on another protocol is free",
+                &udp_8080,
+                vec![with_ports(&pi1, &[8080])],
+                Ok("pi-1"),
+            ),
+            (
+                "hostNetwork ports are host ports",
+                &host_net_80,
+                vec![with_ports(&pi1, &[80])],
+                Err("0/1 nodes are available: 1 node(s) didn't have free ports for the requested pod ports"),
             ),
             (
                 "insufficient memory everywhere",

@@ -111,6 +111,21 @@ fn leftovers(lab: &Lab, node: &str, uid: &str) -> Vec<String> {
     left
 }
 
+fn wait_cleaned_up(lab: &Lab, node: &str, uid: &str) -> Result<()> {
+    wait_for(
+        &format!("pod {uid} on {node} to be cleaned up"),
+        LONG,
+        || {
+            let left = leftovers(lab, node, uid);
+            if left.is_empty() {
+                Ok(Some(()))
+            } else {
+                anyhow::bail!("still there: {left:?}")
+            }
+        },
+    )
+}
+
 /// Fetches the http-echo info page of a pod from inside its node's namespace.
 fn http_info(lab: &Lab, pod: &Value) -> Result<String> {
     let node = pod["spec"]["nodeName"].as_str().context("pod has a node")?;
@@ -216,14 +231,7 @@ fn steps(lab: &mut Lab) -> Result<()> {
             p["spec"]["nodeName"].as_str().unwrap_or(""),
             p["metadata"]["uid"].as_str().unwrap_or(""),
         );
-        wait_for(&format!("pod {} to be cleaned up", name(p)), LONG, || {
-            let left = leftovers(lab, node, uid);
-            if left.is_empty() {
-                Ok(Some(()))
-            } else {
-                anyhow::bail!("still there: {left:?}")
-            }
-        })?;
+        wait_cleaned_up(lab, node, uid)?;
     }
     ensure!(
         http_info(lab, &kept[0])?.contains("hostname="),
@@ -300,14 +308,7 @@ fn steps(lab: &mut Lab) -> Result<()> {
         Ok(lab.pods()?.is_empty().then_some(()))
     })?;
     for (node, uid) in &all {
-        wait_for(&format!("pod {uid} cleaned up"), LONG, || {
-            let left = leftovers(lab, node, uid);
-            if left.is_empty() {
-                Ok(Some(()))
-            } else {
-                anyhow::bail!("still there: {left:?}")
-            }
-        })?;
+        wait_cleaned_up(lab, node, uid)?;
     }
     Ok(())
 }

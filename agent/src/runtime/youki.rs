@@ -281,11 +281,8 @@ impl YoukiRuntime {
                 break;
             }
             for dir in self.layout.dirs(p) {
-                match fs::remove_dir(&dir) {
-                    Ok(()) => {}
-                    Err(e) if e.kind() == io::ErrorKind::NotFound => {}
-                    // Not empty (EBUSY for cgroups with children): a sibling is still there.
-                    Err(_) => return,
+                if !remove_empty_cgroup(&dir) {
+                    return; // a sibling container is still there
                 }
             }
             parent = p.parent();
@@ -399,6 +396,33 @@ impl YoukiRuntime {
             source: Box::new(e),
         })
     }
+}
+
+/// Removes a cgroup directory that has no child cgroups and no tasks; `true` once it is gone.
+///
+/// Right after a child cgroup is removed, the kernel may still answer EBUSY for its parent
+/// for a few milliseconds (the child is torn down asynchronously), so EBUSY on an otherwise
+/// empty directory is retried briefly.
+fn remove_empty_cgroup(dir: &Path) -> bool {
+    for attempt in 0..8u32 {
+        match fs::remove_dir(dir) {
+            Ok(()) => return true,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return true,
+            Err(_) => {
+                let has_children = fs::read_dir(dir).is_ok_and(|rd| {
+                    rd.flatten()
+                        .any(|e| e.file_type().is_ok_and(|t| t.is_dir()))
+                });
+                let has_tasks = fs::read_to_string(dir.join("cgroup.procs"))
+                    .is_ok_and(|p| !p.trim().is_empty());
+                if has_children || has_tasks {
+                    return false;
+                }
+                std::thread::sleep(Duration::from_millis(5 << attempt.min(5)));
+            }
+        }
+    }
+    false
 }
 
 /// libcontainer's default executor, minus its use of the process environment: `setup_envs` keeps

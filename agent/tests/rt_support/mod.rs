@@ -41,7 +41,13 @@ pub fn rmdir_tree(path: &Path) {
             }
         }
     }
-    let _ = fs::remove_dir(path);
+    // A just-removed child can keep its parent busy for a few milliseconds.
+    for _ in 0..50 {
+        if fs::remove_dir(path).is_ok() || !path.exists() {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
 }
 
 /// Every cgroup hierarchy's directory for a relative path.

@@ -1,0 +1,89 @@
+//! Median wall time of create + start + wait for exit + delete of `/bin/true` through
+//! `YoukiRuntime`. Needs root and the host's static busybox.
+//!
+//!     cargo run --release -p baton-agent --example bench_runtime -- [runs]
+
+use std::os::unix::fs::symlink;
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+use baton_agent::runtime::{ContainerId, ExitReason, RunSpec, Runtime, YoukiRuntime};
+
+fn main() -> Result<()> {
+    let runs: usize = std::env::args()
+        .nth(1)
+        .map(|s| s.parse())
+        .transpose()?
+        .unwrap_or(50);
+    let dir = tempfile::tempdir()?;
+    let rootfs = dir.path().join("rootfs");
+    for d in ["bin", "proc", "dev", "sys", "tmp", "etc"] {
+        std::fs::create_dir_all(rootfs.join(d))?;
+    }
+    std::fs::copy("/bin/busybox", rootfs.join("bin/busybox")).context("copy /bin/busybox")?;
+    symlink("busybox", rootfs.join("bin/true"))?;
+
+    let (tx, mut exits) = tokio::sync::mpsc::unbounded_channel();
+    let rt = YoukiRuntime::new(dir.path().join("state"), tx)?;
+    let cgroup_top = format!("baton-bench-{}", std::process::id());
+    let mut times = Vec::with_capacity(runs);
+    let (mut t_run, mut t_wait, mut t_delete) = (Vec::new(), Vec::new(), Vec::new());
+    for i in 0..runs {
+        let spec = RunSpec {
+            id: ContainerId::new(&format!("bench-{i}"))?,
+            rootfs: rootfs.clone(),
+            args: vec!["/bin/true".into()],
+            env: vec!["PATH=/bin".into()],
+            cwd: "/".into(),
+            hostname: "bench".into(),
+            netns: None,
+            cgroup_path: PathBuf::from(&cgroup_top).join("pod").join(i.to_string()),
+            memory_limit_bytes: Some(64 << 20),
+            cpu_limit_millis: None,
+            cpu_request_millis: 100,
+            pids_limit: 64,
+            log_path: dir.path().join(format!("logs/{i}.log")),
+            log_max_bytes: 1 << 20,
+        };
+        let start = Instant::now();
+        rt.run(&spec)?;
+        t_run.push(start.elapsed());
+        let ev = exits.blocking_recv().context("exit channel closed")?;
+        t_wait.push(start.elapsed());
+        if ev.reason != ExitReason::Exited(0) {
+            bail!("{} ended with {:?}", ev.id, ev.reason);
+        }
+        rt.delete(&spec.id)?;
+        let total = start.elapsed();
+        t_delete.push(total - t_wait[i]);
+        t_wait[i] -= t_run[i];
+        times.push(total);
+    }
+    // The runtime prunes empty parents but never the top level; remove ours in every hierarchy.
+    // A just-removed child cgroup can keep its parent busy for a few milliseconds.
+    let mut dirs = vec![PathBuf::from("/sys/fs/cgroup").join(&cgroup_top)];
+    for entry in std::fs::read_dir("/sys/fs/cgroup")?.flatten() {
+        dirs.push(entry.path().join(&cgroup_top));
+    }
+    for _ in 0..50 {
+        dirs.retain(|d| d.exists() && std::fs::remove_dir(d).is_err());
+        if dirs.is_empty() {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let ms = |d: Duration| d.as_secs_f64() * 1000.0;
+    for (name, mut v) in [("run", t_run), ("wait", t_wait), ("delete", t_delete)] {
+        v.sort();
+        println!("{name}: median {:.2} ms", ms(v[runs / 2]));
+    }
+    times.sort();
+    println!(
+        "runs={runs} median={:.2} ms min={:.2} ms max={:.2} ms",
+        ms(times[runs / 2]),
+        ms(times[0]),
+        ms(times[runs - 1])
+    );
+    Ok(())
+}

@@ -112,6 +112,10 @@ pub struct ServerArgs {
     /// A node without a heartbeat for this long is NotReady (e.g. 20s, 1m).
     #[arg(long, env = "BATON_HEARTBEAT_TIMEOUT", default_value = "20s", value_parser = humantime::parse_duration)]
     pub heartbeat_timeout: Duration,
+    /// A deleted Ready pod stays on its node, marked Terminating, for this many seconds
+    /// before the node stops it, so clients stop sending it requests first.
+    #[arg(long, env = "BATON_POD_DRAIN_SECONDS", default_value_t = 2)]
+    pub pod_drain_seconds: u64,
 }
 
 impl ServerArgs {
@@ -127,6 +131,7 @@ impl ServerArgs {
                 },
             },
             heartbeat_timeout: self.heartbeat_timeout,
+            pod_drain: Duration::from_secs(self.pod_drain_seconds),
         }
     }
 }

@@ -57,17 +57,41 @@ fn is_terminal(p: &api::Pod) -> bool {
     )
 }
 
-fn hash_of(p: &api::Pod) -> Option<&str> {
+/// A pod the coordinator has decided to delete; it is draining and counts for nothing.
+pub fn is_terminating(p: &api::Pod) -> bool {
+    p.metadata.deletion_timestamp.is_some()
+}
+
+/// The pod-template-hash label of a pod.
+pub fn hash_of(p: &api::Pod) -> Option<&str> {
     p.metadata
         .labels
         .get(POD_TEMPLATE_HASH_LABEL)
         .map(String::as_str)
 }
 
-fn is_ready(p: &api::Pod) -> bool {
-    p.status.phase == api::PodPhase::Running
+/// Ready as clients (and later Services) see it: every container runs and is ready, and
+/// the pod is not terminating.
+pub fn is_ready(p: &api::Pod) -> bool {
+    !is_terminating(p)
+        && p.status.phase == api::PodPhase::Running
         && p.status.container_statuses.len() == p.spec.containers.len()
         && p.status.container_statuses.iter().all(|c| c.ready)
+}
+
+/// A rolling update's `(maxSurge, maxUnavailable)` as pod counts for the current
+/// replicas: surge rounds up, unavailable rounds down, and if both come out zero,
+/// unavailable becomes 1 so the rollout can make progress (as in Kubernetes).
+pub fn fenceposts(d: &api::Deployment) -> (u32, u32) {
+    let ru = d.spec.strategy.rolling_update.unwrap_or_default();
+    let r = d.spec.replicas;
+    let surge = ru.max_surge.resolve(r, true);
+    let unavailable = ru.max_unavailable.resolve(r, false).min(r);
+    if surge == 0 && unavailable == 0 {
+        (0, 1)
+    } else {
+        (surge, unavailable)
+    }
 }
 
 /// Builds the pod a Deployment wants for its current template.
@@ -92,15 +116,41 @@ pub fn new_pod(d: &api::Deployment, hash: &str, suffix: &str) -> api::Pod {
     }
 }
 
-/// Plans what it takes for `owned` to become exactly `replicas` live pods of the current
-/// template.
+/// Deletion preference: unscheduled first, then not running, then not ready, then the
+/// newest, so a plan disturbs as little serving work as possible.
+fn deletion_order(pods: &mut [&api::Pod]) {
+    pods.sort_by_key(|p| {
+        let ts = &p.metadata.creation_timestamp;
+        (
+            p.spec.node_name.is_some(),
+            p.status.phase == api::PodPhase::Running,
+            is_ready(p),
+            // A pod the server has not stamped yet is the newest of all.
+            Reverse((ts.is_empty(), ts.clone())),
+            p.metadata.name.clone(),
+        )
+    });
+}
+
+/// Plans the next step towards `replicas` ready pods of the current template.
 ///
-/// - Pods of another template hash are deleted; their replacements are created in the
-///   same plan (a rolling update comes later).
-/// - Succeeded or Failed pods are deleted and do not count: with `restartPolicy: Always`
-///   a pod only ends that way when it is lost for good, so it needs a replacement.
-/// - Extra pods are deleted preferring unscheduled ones, then ones not running, then the
-///   newest, so the plan disturbs as little running work as possible.
+/// Terminating pods are already on their way out and are ignored. Succeeded or Failed
+/// pods are deleted and do not count: with `restartPolicy: Always` a pod only ends that
+/// way when it is lost for good, so it needs a replacement.
+///
+/// When pods of another template remain, the strategy decides:
+/// - `RollingUpdate` (Kubernetes' algorithm, one sync per call): create new pods while
+///   the total stays within `replicas + maxSurge`; delete old pods only while
+///   `total - minAvailable - unavailable new pods` allows it, not-ready old pods first,
+///   then ready ones only down to `replicas - maxUnavailable` ready pods. The caller
+///   reconciles again whenever a pod's readiness changes, which advances the rollout.
+///   After a scale-down mid-rollout the total may exceed `replicas + maxSurge`; the
+///   excess is deleted regardless of readiness, as Kubernetes' proportional scaling does.
+/// - `Recreate`: delete every old pod, and create new ones only once no old pod is left,
+///   not even a terminating one.
+///
+/// Applying a plan and reconciling again with unchanged readiness converges in a few
+/// calls; with readiness unchanged a plan is never repeated (see the tests).
 ///
 /// `name_suffix` supplies the random part of new pod names; a suffix that collides with
 /// an existing pod is drawn again.
@@ -111,40 +161,26 @@ pub fn reconcile_deployment(
 ) -> Vec<Action> {
     let hash = template_hash(&d.spec.template);
     let mut actions = Vec::new();
-    let mut current: Vec<&api::Pod> = Vec::new();
-    let mut stale: Vec<&str> = Vec::new();
-    for p in owned {
-        if hash_of(p) != Some(hash.as_str()) || is_terminal(p) {
-            stale.push(&p.metadata.name);
+    let mut new: Vec<&api::Pod> = Vec::new();
+    let mut old: Vec<&api::Pod> = Vec::new();
+    let mut dead: Vec<&str> = Vec::new();
+    for p in owned.iter().copied().filter(|p| !is_terminating(p)) {
+        if is_terminal(p) {
+            dead.push(&p.metadata.name);
+        } else if hash_of(p) == Some(hash.as_str()) {
+            new.push(p);
         } else {
-            current.push(p);
+            old.push(p);
         }
     }
-    stale.sort_unstable();
-    actions.extend(stale.into_iter().map(|n| Action::DeletePod(n.to_string())));
-
+    dead.sort_unstable();
+    actions.extend(dead.into_iter().map(|n| Action::DeletePod(n.to_string())));
+    deletion_order(&mut new);
+    deletion_order(&mut old);
     let want = d.spec.replicas as usize;
-    if current.len() > want {
-        current.sort_by_key(|p| {
-            let ts = &p.metadata.creation_timestamp;
-            (
-                p.spec.node_name.is_some(),
-                p.status.phase == api::PodPhase::Running,
-                is_ready(p),
-                // A pod the server has not stamped yet is the newest of all.
-                Reverse((ts.is_empty(), ts.clone())),
-                p.metadata.name.clone(),
-            )
-        });
-        let extra = current.len() - want;
-        actions.extend(
-            current[..extra]
-                .iter()
-                .map(|p| Action::DeletePod(p.metadata.name.clone())),
-        );
-    } else {
-        let mut taken: BTreeSet<String> = owned.iter().map(|p| p.metadata.name.clone()).collect();
-        for _ in current.len()..want {
+    let mut taken: BTreeSet<String> = owned.iter().map(|p| p.metadata.name.clone()).collect();
+    let mut create = |n: usize, actions: &mut Vec<Action>| {
+        for _ in 0..n {
             let mut pod = new_pod(d, &hash, &name_suffix());
             // A handful of redraws makes a collision vanishingly unlikely with random
             // suffixes, and stays bounded should a caller's generator be constant.
@@ -157,6 +193,73 @@ pub fn reconcile_deployment(
             taken.insert(pod.metadata.name.clone());
             actions.push(Action::CreatePod(pod));
         }
+    };
+    let delete = |pods: &[&api::Pod], actions: &mut Vec<Action>| {
+        actions.extend(
+            pods.iter()
+                .map(|p| Action::DeletePod(p.metadata.name.clone())),
+        );
+    };
+
+    if d.spec.strategy.type_ == api::StrategyType::Recreate {
+        if !old.is_empty() {
+            delete(&old, &mut actions);
+            return actions;
+        }
+        if owned
+            .iter()
+            .any(|p| is_terminating(p) && hash_of(p) != Some(hash.as_str()))
+        {
+            return actions; // old pods still draining
+        }
+    }
+    if old.is_empty() {
+        if new.len() > want {
+            delete(&new[..new.len() - want], &mut actions);
+        } else {
+            create(want - new.len(), &mut actions);
+        }
+        return actions;
+    }
+
+    // A rolling update is in progress.
+    let (surge, unavailable) = fenceposts(d);
+    let max_total = want + surge as usize;
+    let min_available = want.saturating_sub(unavailable as usize);
+    if new.len() > want {
+        let extra = new.len() - want;
+        delete(&new[..extra], &mut actions);
+        new.drain(..extra);
+    }
+    let total = new.len() + old.len();
+    let creates = max_total.saturating_sub(total).min(want - new.len());
+    create(creates, &mut actions);
+    let total = total + creates;
+    let new_unavailable = new.iter().filter(|p| !is_ready(p)).count() + creates;
+    let mut budget = total.saturating_sub(min_available + new_unavailable);
+    let available = new.iter().chain(&old).filter(|p| is_ready(p)).count();
+    let mut can_lose_ready = available.saturating_sub(min_available);
+    let mut removed = 0;
+    let mut kept: Vec<&api::Pod> = Vec::new();
+    for p in &old {
+        let ready = is_ready(p);
+        if budget > 0 && (!ready || can_lose_ready > 0) {
+            budget -= 1;
+            if ready {
+                can_lose_ready -= 1;
+            }
+            removed += 1;
+            actions.push(Action::DeletePod(p.metadata.name.clone()));
+        } else {
+            kept.push(p);
+        }
+    }
+    // After a scale-down mid-rollout: shed the excess, old pods first.
+    let excess = (total - removed).saturating_sub(max_total);
+    if excess > 0 {
+        let mut rest: Vec<&api::Pod> = kept;
+        rest.extend(new.iter().filter(|p| !is_ready(p)));
+        delete(&rest[..excess.min(rest.len())], &mut actions);
     }
     actions
 }
@@ -164,7 +267,9 @@ pub fn reconcile_deployment(
 /// The Deployment's status as `kubectl get deployments` shows it.
 pub fn deployment_status(d: &api::Deployment, owned: &[&api::Pod]) -> api::DeploymentStatus {
     let hash = template_hash(&d.spec.template);
-    let live = owned.iter().filter(|p| !is_terminal(p));
+    let live = owned
+        .iter()
+        .filter(|p| !is_terminal(p) && !is_terminating(p));
     let mut status = api::DeploymentStatus {
         observed_generation: d.metadata.generation,
         ..Default::default()
@@ -176,6 +281,7 @@ pub fn deployment_status(d: &api::Deployment, owned: &[&api::Pod]) -> api::Deplo
         }
         if is_ready(p) {
             status.ready_replicas += 1;
+            status.available_replicas += 1;
         }
     }
     status
@@ -215,13 +321,52 @@ mod tests {
                         ..Default::default()
                     },
                 },
+                strategy: Default::default(),
+                revision_history_limit: 10,
             },
             status: Default::default(),
         }
     }
 
+    fn rolling(mut d: api::Deployment, surge: &str, unavailable: &str) -> api::Deployment {
+        let parse = |s: &str| {
+            api::IntOrPercent::parse_percent(s)
+                .unwrap_or_else(|| api::IntOrPercent::Int(s.parse().unwrap()))
+        };
+        d.spec.strategy = api::DeploymentStrategy {
+            type_: api::StrategyType::RollingUpdate,
+            rolling_update: Some(api::RollingUpdate {
+                max_surge: parse(surge),
+                max_unavailable: parse(unavailable),
+            }),
+        };
+        d
+    }
+
+    fn recreate(mut d: api::Deployment) -> api::Deployment {
+        d.spec.strategy = api::DeploymentStrategy {
+            type_: api::StrategyType::Recreate,
+            rolling_update: None,
+        };
+        d
+    }
+
+    fn make_ready(p: &mut api::Pod) {
+        p.spec.node_name = Some("n1".into());
+        p.status.phase = api::PodPhase::Running;
+        p.status.container_statuses = vec![api::ContainerStatus {
+            name: "app".into(),
+            state: api::ContainerState::Running {
+                started_at: "t".into(),
+            },
+            ready: true,
+            restart_count: 0,
+        }];
+    }
+
     /// A pod as the store would hold it: `state` is `p` (pending, unscheduled),
-    /// `s` (scheduled, pending), `r` (running, ready), `f` (failed).
+    /// `s` (scheduled, pending), `r` (running, ready), `f` (failed), `t` (ready but
+    /// terminating).
     fn pod(d: &api::Deployment, suffix: &str, ts: &str, state: char) -> api::Pod {
         let mut p = new_pod(d, &template_hash(&d.spec.template), suffix);
         p.metadata.creation_timestamp = ts.into();
@@ -229,16 +374,10 @@ mod tests {
             p.spec.node_name = Some("n1".into());
         }
         match state {
-            'r' => {
-                p.status.phase = api::PodPhase::Running;
-                p.status.container_statuses = vec![api::ContainerStatus {
-                    name: "app".into(),
-                    state: api::ContainerState::Running {
-                        started_at: ts.into(),
-                    },
-                    ready: true,
-                    restart_count: 0,
-                }];
+            'r' => make_ready(&mut p),
+            't' => {
+                make_ready(&mut p);
+                p.metadata.deletion_timestamp = Some(ts.into());
             }
             'f' => p.status.phase = api::PodPhase::Failed,
             _ => {}
@@ -353,21 +492,26 @@ mod tests {
                 vec![format!("-web-{h1}-b"), format!("-web-{h1}-a")],
             ),
             (
-                "template change replaces old pods in one plan",
-                &d2,
-                vec![("a", "t1", 'r', false), ("b", "t1", 'r', false)],
-                vec![
-                    format!("-web-{h1}-a"),
-                    format!("-web-{h1}-b"),
-                    format!("+web-{h2}-x0001"),
-                    format!("+web-{h2}-x0002"),
-                ],
+                "terminating pods are ignored and their names stay taken",
+                &two,
+                vec![("x0001", "t1", 't', false), ("a", "t1", 'r', false)],
+                vec![format!("+web-{h1}-x0002")],
             ),
             (
-                "half-finished template change",
+                "a template change starts a rolling update (2 replicas: surge 1, unavailable 0)",
                 &d2,
-                vec![("a", "t1", 'r', false), ("n", "t2", 's', true)],
-                vec![format!("-web-{h1}-a"), format!("+web-{h2}-x0001")],
+                vec![("a", "t1", 'r', false), ("b", "t1", 'r', false)],
+                vec![format!("+web-{h2}-x0001")],
+            ),
+            (
+                "a new pod that is ready lets one old pod go (at the surge limit)",
+                &d2,
+                vec![
+                    ("a", "t1", 'r', false),
+                    ("b", "t2", 'r', false),
+                    ("n", "t3", 'r', true),
+                ],
+                vec![format!("-web-{h1}-b")],
             ),
             (
                 "failed pods are replaced",
@@ -394,15 +538,244 @@ mod tests {
             let owned: Vec<&api::Pod> = pods.iter().collect();
             let plan = reconcile_deployment(d, &owned, &mut suffixes());
             assert_eq!(render(&plan), want, "{name}");
-
-            // Idempotence: reconciling the result of the plan asks for nothing more.
-            let mut after = pods.clone();
-            apply(&mut after, &plan);
-            let owned: Vec<&api::Pod> = after.iter().collect();
+            // Idempotence: the same inputs give the same plan.
             let again = reconcile_deployment(d, &owned, &mut suffixes());
-            assert_eq!(render(&again), Vec::<String>::new(), "{name}: second pass");
-            assert_eq!(after.len(), d.spec.replicas as usize, "{name}: pod count");
+            assert_eq!(render(&again), want, "{name}: same inputs");
         }
+    }
+
+    /// Rolling-update steps, rendered as `+new` per created pod and `-SUFFIX` per
+    /// deleted one. Old pods `a`..`d` have timestamps in that order, so the newest old
+    /// pod goes first among equals.
+    #[test]
+    fn rolling_update_steps() {
+        let v1 = |r| deployment(r, "v1");
+        let v2 = |r, s, u| rolling(deployment(r, "v2"), s, u);
+        // (name, deployment, old pods (suffix, state), new pods' states, plan)
+        type Row<'a> = (&'a str, api::Deployment, Vec<(&'a str, char)>, &'a str, &'a str);
+        let rows: Vec<Row> = vec![
+            (
+                "first step surges one and retires one ready old pod",
+                v2(4, "1", "1"),
+                vec![("a", 'r'), ("b", 'r'), ("c", 'r'), ("d", 'r')],
+                "",
+                "+new -d",
+            ),
+            (
+                "waits while new pods are not ready",
+                v2(4, "1", "1"),
+                old3(),
+                "ss",
+                "",
+            ),
+            (
+                "a ready new pod frees one old pod",
+                v2(4, "1", "1"),
+                old3(),
+                "rs",
+                "-c",
+            ),
+            (
+                "not-ready old pods go first, even when nothing new is ready",
+                v2(4, "1", "1"),
+                vec![("a", 'r'), ("b", 's'), ("c", 's'), ("d", 'r')],
+                "",
+                "+new -c",
+            ),
+            (
+                "maxUnavailable 0 only surges",
+                v2(4, "1", "0"),
+                vec![("a", 'r'), ("b", 'r'), ("c", 'r'), ("d", 'r')],
+                "",
+                "+new",
+            ),
+            (
+                "25%/25% of 4 is 1/1",
+                v2(4, "25%", "25%"),
+                vec![("a", 'r'), ("b", 'r'), ("c", 'r'), ("d", 'r')],
+                "",
+                "+new -d",
+            ),
+            (
+                "50% of 3: surge rounds up to 2, unavailable down to 1",
+                v2(3, "50%", "50%"),
+                old3(),
+                "",
+                "+new +new -c",
+            ),
+            (
+                "10% of 3: surge rounds up to 1, unavailable down to 0",
+                v2(3, "10%", "10%"),
+                old3(),
+                "",
+                "+new",
+            ),
+            (
+                "0% and 10% of 3 are both 0: unavailable becomes 1",
+                v2(3, "0%", "10%"),
+                old3(),
+                "",
+                "-c",
+            ),
+            (
+                "surge as a number",
+                v2(3, "3", "0"),
+                old3(),
+                "",
+                "+new +new +new",
+            ),
+            (
+                "scale down mid-rollout sheds the excess",
+                v2(2, "25%", "25%"),
+                vec![("a", 'r'), ("b", 'r'), ("c", 'r'), ("d", 'r')],
+                "ss",
+                "-d -c -b",
+            ),
+            (
+                "scale up mid-rollout surges to the new size",
+                v2(6, "25%", "25%"),
+                vec![("a", 'r'), ("b", 'r')],
+                "s",
+                "+new +new +new +new +new",
+            ),
+            (
+                "recreate deletes every old pod first",
+                recreate(deployment(2, "v2")),
+                vec![("a", 'r'), ("b", 's')],
+                "",
+                "-b -a",
+            ),
+            (
+                "recreate waits for terminating old pods",
+                recreate(deployment(2, "v2")),
+                vec![("a", 't')],
+                "",
+                "",
+            ),
+            (
+                "recreate then creates the new pods",
+                recreate(deployment(2, "v2")),
+                vec![],
+                "",
+                "+new +new",
+            ),
+            (
+                "a finished rollout with old pods draining does nothing",
+                v2(2, "1", "0"),
+                vec![("a", 't'), ("b", 't')],
+                "rr",
+                "",
+            ),
+        ];
+        for (name, d, old, new, want) in rows {
+            let old_d = v1(1);
+            let mut pods: Vec<api::Pod> = old
+                .iter()
+                .enumerate()
+                .map(|(i, (s, st))| pod(&old_d, s, &format!("t{i}"), *st))
+                .collect();
+            for (i, st) in new.chars().enumerate() {
+                pods.push(pod(&d, &format!("n{i}"), "t9", st));
+            }
+            let owned: Vec<&api::Pod> = pods.iter().collect();
+            let got = reconcile_deployment(&d, &owned, &mut suffixes());
+            let rendered: Vec<String> = got
+                .iter()
+                .map(|a| match a {
+                    Action::CreatePod(_) => "+new".to_string(),
+                    Action::DeletePod(n) => format!("-{}", n.rsplit('-').next().unwrap_or("")),
+                })
+                .collect();
+            assert_eq!(rendered.join(" "), want, "{name}");
+            let again = reconcile_deployment(&d, &owned, &mut suffixes());
+            assert_eq!(render(&again), render(&got), "{name}: not deterministic");
+        }
+    }
+
+    fn old3() -> Vec<(&'static str, char)> {
+        vec![("a", 'r'), ("b", 'r'), ("c", 'r')]
+    }
+
+    /// Drives rollouts to the end, one pod becoming ready at a time, and checks the
+    /// bounds after every plan: never more than `replicas + maxSurge` pods, never fewer
+    /// ready than `replicas - maxUnavailable` (once that many were ready). Also scales
+    /// mid-rollout and checks that the end state is exactly `replicas` new ready pods.
+    #[test]
+    fn rollouts_stay_within_bounds_and_converge() {
+        let cases: &[(u32, &str, &str, Option<u32>)] = &[
+            (4, "1", "1", None),
+            (4, "1", "0", None),
+            (4, "0", "1", None),
+            (6, "25%", "25%", None),
+            (10, "30%", "0", None),
+            (3, "0%", "10%", None),
+            (5, "2", "2", Some(2)),
+            (2, "1", "0", Some(7)),
+        ];
+        for &(replicas, surge, unavailable, rescale) in cases {
+            let what = format!("{replicas} replicas, surge {surge}, unavailable {unavailable}, rescale {rescale:?}");
+            let v1 = deployment(replicas, "v1");
+            let mut d = rolling(deployment(replicas, "v2"), surge, unavailable);
+            let mut pods: Vec<api::Pod> = (0..replicas)
+                .map(|i| pod(&v1, &format!("o{i}"), &format!("t{i}"), 'r'))
+                .collect();
+            let mut suffix = suffixes();
+            for step in 0..200 {
+                if step == 3 {
+                    if let Some(r) = rescale {
+                        d.spec.replicas = r;
+                    }
+                }
+                let (max_surge, max_unavailable) = fenceposts(&d);
+                let r = d.spec.replicas as usize;
+                let ready_before = pods.iter().filter(|p| is_ready(p)).count();
+                let plan = reconcile_deployment(&d, &pods.iter().collect::<Vec<_>>(), &mut suffix);
+                apply(&mut pods, &plan);
+                let ready = pods.iter().filter(|p| is_ready(p)).count();
+                // A step that only scaled down may go below; otherwise availability holds.
+                let floor = r.saturating_sub(max_unavailable as usize).min(ready_before);
+                if step != 3 {
+                    assert!(ready >= floor, "{what}, step {step}: {ready} ready < {floor}");
+                    assert!(
+                        pods.len() <= r + max_surge as usize,
+                        "{what}, step {step}: {} pods",
+                        pods.len()
+                    );
+                }
+                if plan.is_empty() {
+                    // Nothing to do: a pod becomes ready, or we are done.
+                    match pods.iter_mut().find(|p| !is_ready(p)) {
+                        Some(p) => make_ready(p),
+                        None => break,
+                    }
+                }
+            }
+            let h2 = template_hash(&d.spec.template);
+            assert_eq!(pods.len(), d.spec.replicas as usize, "{what}: {pods:?}");
+            assert!(
+                pods.iter().all(|p| is_ready(p) && hash_of(p) == Some(h2.as_str())),
+                "{what}: not all new and ready"
+            );
+        }
+    }
+
+    #[test]
+    fn recreate_converges() {
+        let v1 = deployment(3, "v1");
+        let d = recreate(deployment(3, "v2"));
+        let mut pods: Vec<api::Pod> = (0..3).map(|i| pod(&v1, &format!("o{i}"), "t", 'r')).collect();
+        let plan = reconcile_deployment(&d, &pods.iter().collect::<Vec<_>>(), &mut suffixes());
+        assert_eq!(plan.len(), 3);
+        assert!(plan.iter().all(|a| matches!(a, Action::DeletePod(_))));
+        // The core marks them terminating first: nothing new yet.
+        for p in &mut pods {
+            p.metadata.deletion_timestamp = Some("t".into());
+        }
+        assert!(reconcile_deployment(&d, &pods.iter().collect::<Vec<_>>(), &mut suffixes()).is_empty());
+        pods.clear();
+        let plan = reconcile_deployment(&d, &[], &mut suffixes());
+        assert_eq!(plan.len(), 3);
+        assert!(plan.iter().all(|a| matches!(a, Action::CreatePod(_))));
     }
 
     #[test]
@@ -443,6 +816,7 @@ mod tests {
                 replicas: 3,
                 ready_replicas: 2,
                 updated_replicas: 2,
+                available_replicas: 2,
                 observed_generation: 3,
             }
         );

@@ -41,12 +41,16 @@ use crate::api;
 use crate::bus::Outbound;
 use crate::controller::{self, Action};
 use crate::manifest;
+use crate::rollout::{self, RolloutError};
 use crate::scheduler::{self, Candidate, Usage};
 use crate::store::{Op, Store, StoreError, Table};
 use crate::wire;
 
 /// How many events the store keeps; older ones are deleted as new ones arrive.
 pub const MAX_EVENTS: usize = 1000;
+/// How long a deleted Ready pod stays in its node's desired state (see
+/// [`Core::with_pod_drain`]).
+pub const DEFAULT_POD_DRAIN: Duration = Duration::from_secs(2);
 
 /// Everything the core reacts to. Closed on purpose: a new input is a new variant here.
 ///
@@ -136,6 +140,19 @@ pub enum ApiOp {
     Events {
         object: Option<String>,
     },
+    /// A Deployment's rollout progress (`rollout::RolloutProgress`).
+    RolloutStatus {
+        name: String,
+    },
+    /// A Deployment's revisions, oldest first (`api::Revision`).
+    RolloutHistory {
+        name: String,
+    },
+    /// Rolls a Deployment back to `to_revision`, or to the previous revision.
+    RolloutUndo {
+        name: String,
+        to_revision: Option<u64>,
+    },
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -209,6 +226,8 @@ enum Tab {
     Deployment,
     Pod,
     Node,
+    /// Keyed by `rollout::revision_key`.
+    Revision,
 }
 
 /// The coordinator's state and its transaction bookkeeping; see the module docs.
@@ -218,7 +237,13 @@ pub struct Core {
     heartbeat_timeout: Duration,
 
     deployments: BTreeMap<String, api::Deployment>,
+    /// Deployment revisions by `rollout::revision_key`.
+    revisions: BTreeMap<String, api::Revision>,
     pods: BTreeMap<String, api::Pod>,
+    /// Terminating pods and when their drain ends (rebuilt from `deletionTimestamp` on
+    /// load, so a restart drains them once more rather than never).
+    draining: HashMap<String, Instant>,
+    pod_drain: Duration,
     nodes: BTreeMap<String, api::Node>,
     live: HashMap<String, Live>,
     /// Each node's desired content as last published (or loaded), to detect changes.
@@ -292,7 +317,10 @@ impl Core {
             outbound,
             heartbeat_timeout,
             deployments: BTreeMap::new(),
+            revisions: BTreeMap::new(),
             pods: BTreeMap::new(),
+            draining: HashMap::new(),
+            pod_drain: DEFAULT_POD_DRAIN,
             nodes: BTreeMap::new(),
             live: HashMap::new(),
             desired: HashMap::new(),
@@ -306,10 +334,29 @@ impl Core {
         Ok(core)
     }
 
+    /// Sets how long a deleted Ready pod is kept, marked terminating, in its node's
+    /// desired state before it is removed (which makes the agent stop it).
+    ///
+    /// Clients select only Ready, non-terminating pods, so this is the time they have
+    /// to notice the pod is going before it stops answering: a request in flight never
+    /// hits a pod that was already told to stop. Zero removes pods at once.
+    pub fn with_pod_drain(mut self, drain: Duration) -> Self {
+        self.pod_drain = drain;
+        self
+    }
+
     fn load(&mut self) -> Result<(), CoreError> {
         let store = self.store.as_ref();
         self.deployments = load_table(store, Table::Deployments, "deployment")?;
         self.pods = load_table(store, Table::Pods, "pod")?;
+        self.revisions = load_table(store, Table::Revisions, "revision")?;
+        let drain_end = Instant::now() + self.pod_drain;
+        self.draining = self
+            .pods
+            .values()
+            .filter(|p| controller::is_terminating(p))
+            .map(|p| (p.metadata.name.clone(), drain_end))
+            .collect();
         self.nodes = load_table(store, Table::Nodes, "node")?;
         let events: BTreeMap<String, api::Event> = load_table(store, Table::Events, "event")?;
         self.events = events
@@ -366,6 +413,7 @@ impl Core {
             }
             Event::Tick => {
                 self.tick();
+                self.expire_drains();
                 let _ = self.finish();
             }
         }
@@ -436,6 +484,10 @@ impl Core {
                 ),
                 Tab::Pod => (Table::Pods, self.pods.get(name).map(serde_json::to_vec)),
                 Tab::Node => (Table::Nodes, self.nodes.get(name).map(serde_json::to_vec)),
+                Tab::Revision => (
+                    Table::Revisions,
+                    self.revisions.get(name).map(serde_json::to_vec),
+                ),
             };
             match value {
                 Some(Ok(bytes)) => ops.push(Op::Put(table, name.clone(), bytes)),
@@ -478,6 +530,7 @@ impl Core {
     fn run_controllers(&mut self) {
         let names: Vec<String> = self.deployments.keys().cloned().collect();
         for name in names {
+            self.sync_revisions(&name);
             let Some(d) = self.deployments.get(&name) else {
                 continue;
             };
@@ -508,26 +561,107 @@ impl Core {
                         created += 1;
                     }
                     Action::DeletePod(pod_name) => {
-                        if self.pods.remove(&pod_name).is_some() {
-                            self.touch(Tab::Pod, &pod_name);
-                            self.record(
-                                format!("pod/{pod_name}"),
-                                "Killing",
-                                "Deleted by its deployment".into(),
-                            );
+                        if self.terminate_pod(&pod_name, "Deleted by its deployment") {
                             deleted += 1;
                         }
                     }
                 }
             }
             if created > 0 || deleted > 0 {
-                let live = Self::owned(&self.pods, &name).len();
+                let live = Self::owned(&self.pods, &name)
+                    .into_iter()
+                    .filter(|p| !controller::is_terminating(p))
+                    .count();
                 let msg = match (created, deleted) {
                     (c, 0) => format!("Scaled up to {live} replicas (created {c} pods)"),
                     (0, d) => format!("Scaled down to {live} replicas (deleted {d} pods)"),
                     (c, d) => format!("Replaced pods: created {c}, deleted {d}; {live} replicas"),
                 };
                 self.record(format!("deployment/{name}"), "ScalingReplicaSet", msg);
+            }
+        }
+    }
+
+    /// Brings a Deployment's stored revisions in line with its template.
+    fn sync_revisions(&mut self, name: &str) {
+        let Some(d) = self.deployments.get(name) else {
+            return;
+        };
+        let plan = {
+            let live: BTreeSet<String> = Self::owned(&self.pods, name)
+                .into_iter()
+                .filter(|p| !controller::is_terminating(p))
+                .filter_map(|p| controller::hash_of(p).map(str::to_owned))
+                .collect();
+            let existing: Vec<&api::Revision> = self
+                .revisions
+                .values()
+                .filter(|r| r.deployment == name)
+                .collect();
+            rollout::sync_revisions(d, &existing, &live, &api::now_rfc3339())
+        };
+        for rev in plan.delete {
+            let key = rollout::revision_key(name, rev);
+            self.revisions.remove(&key);
+            self.touch(Tab::Revision, &key);
+        }
+        for r in plan.put {
+            let key = rollout::revision_key(name, r.revision);
+            self.revisions.insert(key.clone(), r);
+            self.touch(Tab::Revision, &key);
+        }
+    }
+
+    /// A Deployment's revisions, oldest first.
+    fn revisions_of(&self, name: &str) -> Vec<&api::Revision> {
+        let mut revs: Vec<&api::Revision> = self
+            .revisions
+            .values()
+            .filter(|r| r.deployment == name)
+            .collect();
+        revs.sort_by_key(|r| r.revision);
+        revs
+    }
+
+    /// Starts deleting a pod; returns whether anything changed.
+    ///
+    /// A Ready pod may be serving, so it is marked terminating (`deletionTimestamp`) and
+    /// stays in its node's desired state for the drain period (see
+    /// [`Core::with_pod_drain`]); [`Core::expire_drains`] removes it afterwards. A pod
+    /// that is not Ready serves no one and goes at once.
+    fn terminate_pod(&mut self, name: &str, why: &str) -> bool {
+        let Some(pod) = self.pods.get_mut(name) else {
+            return false;
+        };
+        if controller::is_terminating(pod) {
+            return false;
+        }
+        if controller::is_ready(pod) && !self.pod_drain.is_zero() {
+            pod.metadata.deletion_timestamp = Some(api::now_rfc3339());
+            self.draining
+                .insert(name.to_owned(), Instant::now() + self.pod_drain);
+        } else {
+            self.pods.remove(name);
+        }
+        self.touch(Tab::Pod, name);
+        self.record(format!("pod/{name}"), "Killing", why.to_owned());
+        true
+    }
+
+    /// Removes terminating pods whose drain period is over, which takes them out of
+    /// their node's desired state.
+    fn expire_drains(&mut self) {
+        let now = Instant::now();
+        let done: Vec<String> = self
+            .draining
+            .iter()
+            .filter(|(_, end)| **end <= now)
+            .map(|(n, _)| n.clone())
+            .collect();
+        for name in done {
+            self.draining.remove(&name);
+            if self.pods.remove(&name).is_some() {
+                self.touch(Tab::Pod, &name);
             }
         }
     }
@@ -952,7 +1086,67 @@ impl Core {
                 Ok(ApiReply::Described { object, events })
             }
             ApiOp::Events { object } => Ok(ApiReply::Events(self.events_of(object.as_deref()))),
+            ApiOp::RolloutStatus { name } => {
+                let d = self
+                    .deployments
+                    .get(&name)
+                    .ok_or_else(|| Self::not_found(ResourceKind::Deployment, &name))?;
+                let revision = self.revisions_of(&name).last().map_or(0, |r| r.revision);
+                let owned = Self::owned(&self.pods, &name);
+                Ok(ApiReply::Object(to_json(&rollout::rollout_progress(
+                    d, &owned, revision,
+                ))))
+            }
+            ApiOp::RolloutHistory { name } => {
+                if !self.deployments.contains_key(&name) {
+                    return Err(Self::not_found(ResourceKind::Deployment, &name));
+                }
+                Ok(ApiReply::Objects(
+                    self.revisions_of(&name).into_iter().map(to_json).collect(),
+                ))
+            }
+            ApiOp::RolloutUndo { name, to_revision } => self.undo(&name, to_revision),
         }
+    }
+
+    /// `rollout undo`: puts an earlier revision's template back; the controller then
+    /// rolls it out like any template change, and revision bookkeeping renumbers it.
+    fn undo(&mut self, name: &str, to: Option<u64>) -> Result<ApiReply, ApiError> {
+        let d = self
+            .deployments
+            .get(name)
+            .ok_or_else(|| Self::not_found(ResourceKind::Deployment, name))?;
+        let current = controller::template_hash(&d.spec.template);
+        let (revision, hash, template) = {
+            let revs = self.revisions_of(name);
+            let target =
+                rollout::undo_target(name, &revs, &current, to).map_err(|e| match e {
+                    RolloutError::RevisionNotFound(_) => ApiError::NotFound(e.to_string()),
+                    RolloutError::NoHistory(_) => ApiError::BadRequest(e.to_string()),
+                })?;
+            (
+                target.revision,
+                target.template_hash.clone(),
+                target.template.clone(),
+            )
+        };
+        let rolled_back = hash != current;
+        if rolled_back {
+            if let Some(d) = self.deployments.get_mut(name) {
+                d.spec.template = template;
+                d.metadata.generation += 1;
+            }
+            self.touch(Tab::Deployment, name);
+            self.record(
+                format!("deployment/{name}"),
+                "DeploymentRollback",
+                format!("Rolled back deployment {name} to revision {revision}"),
+            );
+        }
+        Ok(ApiReply::Object(serde_json::json!({
+            "rolledBack": rolled_back,
+            "revision": revision,
+        })))
     }
 
     fn events_of(&self, object: Option<&str>) -> Vec<api::Event> {
@@ -1134,13 +1328,16 @@ impl Core {
                     .map(|p| p.metadata.name.clone())
                     .collect();
                 for pod in owned {
-                    self.pods.remove(&pod);
-                    self.touch(Tab::Pod, &pod);
-                    self.record(
-                        format!("pod/{pod}"),
-                        "Killing",
-                        format!("Deployment {name} deleted"),
-                    );
+                    self.terminate_pod(&pod, &format!("Deployment {name} deleted"));
+                }
+                let revs: Vec<String> = self
+                    .revisions_of(name)
+                    .into_iter()
+                    .map(|r| rollout::revision_key(name, r.revision))
+                    .collect();
+                for key in revs {
+                    self.revisions.remove(&key);
+                    self.touch(Tab::Revision, &key);
                 }
                 self.record(
                     format!("deployment/{name}"),
@@ -1149,15 +1346,11 @@ impl Core {
                 );
             }
             ResourceKind::Pod => {
-                if self.pods.remove(name).is_none() {
+                if !self.pods.contains_key(name) {
                     return Err(Self::not_found(kind, name));
                 }
-                self.touch(Tab::Pod, name);
-                self.record(
-                    format!("pod/{name}"),
-                    "Killing",
-                    "Deleted by the user".into(),
-                );
+                // Deleting a pod that is already terminating is not an error.
+                self.terminate_pod(name, "Deleted by the user");
             }
         }
         Ok(ApiReply::Deleted {

@@ -9,6 +9,7 @@ pub mod core;
 pub mod http;
 pub mod manifest;
 pub mod quantity;
+pub mod rollout;
 pub mod scheduler;
 pub mod server;
 pub mod store;

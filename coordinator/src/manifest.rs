@@ -262,9 +262,19 @@ const DEPLOYMENT: Shape = Shape::Object(&[
                 "template",
                 Shape::Object(&[("metadata", TEMPLATE_META), ("spec", POD_SPEC)]),
             ),
-            // `kubectl create deployment --dry-run=client -o yaml` prints `strategy: {}`;
-            // any actual strategy is refused until rolling updates exist.
-            ("strategy", Shape::Dropped(&Shape::Object(&[]))),
+            // `kubectl create deployment --dry-run=client -o yaml` prints `strategy: {}`,
+            // which means the default: RollingUpdate with 25%/25%.
+            (
+                "strategy",
+                Shape::Object(&[
+                    ("type", Shape::Leaf),
+                    (
+                        "rollingUpdate",
+                        Shape::Object(&[("maxSurge", Shape::Leaf), ("maxUnavailable", Shape::Leaf)]),
+                    ),
+                ]),
+            ),
+            ("revisionHistoryLimit", Shape::Leaf),
         ]),
     ),
     ("status", Shape::Dropped(&Shape::Any)),
@@ -407,6 +417,24 @@ struct InDeploymentSpec {
     replicas: Option<i64>,
     selector: Option<InSelector>,
     template: InTemplate,
+    strategy: Option<InStrategy>,
+    revision_history_limit: Option<i64>,
+}
+
+#[derive(Default, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+struct InStrategy {
+    #[serde(rename = "type")]
+    type_: Option<api::StrategyType>,
+    rolling_update: Option<InRollingUpdate>,
+}
+
+#[derive(Default, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+struct InRollingUpdate {
+    /// IntOrString: checked by hand for Kubernetes' messages.
+    max_surge: Option<Value>,
+    max_unavailable: Option<Value>,
 }
 
 #[derive(Deserialize)]
@@ -547,6 +575,16 @@ fn deployment(input: InDeployment) -> Result<api::Deployment, Invalid> {
             "`selector` does not match template `labels`",
         );
     }
+    let strategy = strategy(spec.strategy.unwrap_or_default())?;
+    let revision_history_limit = match spec.revision_history_limit {
+        None => api::DEFAULT_REVISION_HISTORY_LIMIT,
+        Some(n) => u32::try_from(n).map_err(|_| {
+            (
+                "spec.revisionHistoryLimit".to_string(),
+                format!("must be between 0 and {}, got {n}", u32::MAX),
+            )
+        })?,
+    };
     let pod_spec = pod_spec("spec.template.spec", spec.template.spec)?;
     if pod_spec.restart_policy != RestartPolicy::Always {
         return invalid(
@@ -573,9 +611,84 @@ fn deployment(input: InDeployment) -> Result<api::Deployment, Invalid> {
                 },
                 spec: pod_spec,
             },
+            strategy,
+            revision_history_limit,
         },
         status: api::DeploymentStatus::default(),
     })
+}
+
+/// A Deployment strategy with Kubernetes' defaults and validation rules.
+fn strategy(s: InStrategy) -> Result<api::DeploymentStrategy, Invalid> {
+    let path = "spec.strategy.rollingUpdate";
+    match s.type_.unwrap_or_default() {
+        api::StrategyType::Recreate => {
+            if s.rolling_update.is_some() {
+                return invalid(path, "may not be specified when strategy `type` is 'Recreate'");
+            }
+            Ok(api::DeploymentStrategy {
+                type_: api::StrategyType::Recreate,
+                rolling_update: None,
+            })
+        }
+        api::StrategyType::RollingUpdate => {
+            let ru = s.rolling_update.unwrap_or_default();
+            let default = api::RollingUpdate::default();
+            let max_surge = int_or_percent(&format!("{path}.maxSurge"), ru.max_surge)?
+                .unwrap_or(default.max_surge);
+            let max_unavailable =
+                int_or_percent(&format!("{path}.maxUnavailable"), ru.max_unavailable)?
+                    .unwrap_or(default.max_unavailable);
+            if matches!(max_unavailable, api::IntOrPercent::Percent(p) if p > 100) {
+                return invalid(
+                    format!("{path}.maxUnavailable"),
+                    "must not be greater than 100%",
+                );
+            }
+            if max_surge.is_zero() && max_unavailable.is_zero() {
+                return invalid(
+                    format!("{path}.maxUnavailable"),
+                    "may not be 0 when `maxSurge` is 0",
+                );
+            }
+            Ok(api::DeploymentStrategy {
+                type_: api::StrategyType::RollingUpdate,
+                rolling_update: Some(api::RollingUpdate {
+                    max_surge,
+                    max_unavailable,
+                }),
+            })
+        }
+    }
+}
+
+/// Kubernetes' IntOrString for `maxSurge`/`maxUnavailable`: a non-negative integer or a
+/// percentage string such as `25%`.
+fn int_or_percent(path: &str, v: Option<Value>) -> Result<Option<api::IntOrPercent>, Invalid> {
+    match v {
+        None => Ok(None),
+        Some(Value::Number(n)) => match n.as_i64() {
+            Some(i) if i < 0 => invalid(path, format!("must be greater than or equal to 0, got {i}")),
+            Some(i) => u32::try_from(i)
+                .map(|i| Some(api::IntOrPercent::Int(i)))
+                .or_else(|_| invalid(path, format!("must be at most {}, got {i}", u32::MAX))),
+            None => invalid(path, format!("must be an integer or a percentage, got {n}")),
+        },
+        Some(Value::String(text)) => match api::IntOrPercent::parse_percent(&text) {
+            Some(p) => Ok(Some(p)),
+            None => invalid(
+                path,
+                format!(
+                    "{text:?}: a valid percent string must be a numeric string followed by an \
+                     ending '%' (e.g. '1%' or '93%')"
+                ),
+            ),
+        },
+        Some(other) => invalid(
+            path,
+            format!("must be an integer or a percentage, got {other:?}"),
+        ),
+    }
 }
 
 fn pod(input: InPod) -> Result<api::Pod, Invalid> {

@@ -45,6 +45,9 @@ pub struct ServerConfig {
     pub allow_remote: bool,
     pub mqtt: MqttMode,
     pub heartbeat_timeout: Duration,
+    /// How long a deleted Ready pod drains before its node stops it
+    /// (see `Core::with_pod_drain`).
+    pub pod_drain: Duration,
 }
 
 impl ServerConfig {
@@ -58,6 +61,7 @@ impl ServerConfig {
                 listen: SocketAddr::from(([127, 0, 0, 1], 1883)),
             },
             heartbeat_timeout: DEFAULT_HEARTBEAT_TIMEOUT,
+            pod_drain: crate::core::DEFAULT_POD_DRAIN,
         }
     }
 }
@@ -117,7 +121,8 @@ impl Server {
                 })?,
             );
         let (outbound_tx, outbound_rx) = mpsc::channel(4096);
-        let core = Core::new(store, outbound_tx, cfg.heartbeat_timeout)?;
+        let core =
+            Core::new(store, outbound_tx, cfg.heartbeat_timeout)?.with_pod_drain(cfg.pod_drain);
 
         let (broker, embedded_mqtt) = match &cfg.mqtt {
             MqttMode::Embedded { listen } => {

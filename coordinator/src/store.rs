@@ -40,15 +40,18 @@ pub enum Table {
     Nodes,
     Events,
     Meta,
+    /// Deployment revisions, keyed `<deployment>/<revision>` (see `crate::rollout`).
+    Revisions,
 }
 
 impl Table {
-    pub const ALL: [Table; 5] = [
+    pub const ALL: [Table; 6] = [
         Table::Deployments,
         Table::Pods,
         Table::Nodes,
         Table::Events,
         Table::Meta,
+        Table::Revisions,
     ];
 
     pub fn name(self) -> &'static str {
@@ -58,6 +61,7 @@ impl Table {
             Table::Nodes => "nodes",
             Table::Events => "events",
             Table::Meta => "meta",
+            Table::Revisions => "revisions",
         }
     }
 

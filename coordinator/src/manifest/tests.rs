@@ -126,9 +126,9 @@ fn unsupported_fields_are_named_by_path() {
             "error: document 1: spec.template.spec.containers[0].env[0].valueFrom: field not supported by Baton",
         ),
         (
-            "rolling update strategy",
-            doc("", "  strategy:\n    type: Recreate\n", "", ""),
-            "error: document 1: spec.strategy.type: field not supported by Baton",
+            "strategy fields beyond the supported ones",
+            doc("", "  strategy:\n    blueGreen: {}\n  progressDeadlineSeconds: 60\n", "", ""),
+            "error: document 1: spec.strategy.blueGreen: field not supported by Baton; spec.progressDeadlineSeconds: field not supported by Baton",
         ),
         (
             "selector matchExpressions",
@@ -373,6 +373,98 @@ fn validation_rules() {
             "duplicate YAML key",
             "apiVersion: v1\nkind: Pod\nkind: Pod\n".to_string(),
             "error: document 1: invalid YAML: duplicate entry with key \"kind\"",
+        ),
+    ];
+    for (name, input, expect) in &cases {
+        check(name, input, expect);
+    }
+}
+
+/// `spec.strategy` and `spec.revisionHistoryLimit`: Kubernetes' defaults and rules.
+#[test]
+fn strategies() {
+    let with = |d: &str| doc("", d, "", "");
+    let ok = |input: &str| -> api::DeploymentSpec {
+        match parse_manifests(input) {
+            Ok(o) => match o.as_slice() {
+                [api::Object::Deployment(d)] => d.spec.clone(),
+                other => panic!("want one deployment, got {other:?}"),
+            },
+            Err(e) => panic!("{e}\n{input}"),
+        }
+    };
+    let ru = |s: &api::DeploymentSpec| {
+        let r = s.strategy.rolling_update.expect("rolling update");
+        (r.max_surge.to_string(), r.max_unavailable.to_string())
+    };
+    // Defaults: RollingUpdate 25%/25%, 10 revisions; also for `strategy: {}`.
+    for input in [with(""), with("  strategy: {}\n"), with("  strategy:\n    type: RollingUpdate\n")] {
+        let s = ok(&input);
+        assert_eq!(s.strategy.type_, api::StrategyType::RollingUpdate);
+        assert_eq!(ru(&s), ("25%".into(), "25%".into()));
+        assert_eq!(s.revision_history_limit, 10);
+    }
+    let s = ok(&with(
+        "  revisionHistoryLimit: 3\n  strategy:\n    rollingUpdate: {maxSurge: 2, maxUnavailable: 0%}\n",
+    ));
+    assert_eq!(ru(&s), ("2".into(), "0%".into()));
+    assert_eq!(s.revision_history_limit, 3);
+    let s = ok(&with("  strategy:\n    rollingUpdate: {maxSurge: 0}\n"));
+    assert_eq!(ru(&s), ("0".into(), "25%".into()), "the other default stays");
+    let s = ok(&with("  strategy:\n    type: Recreate\n"));
+    assert_eq!(s.strategy.type_, api::StrategyType::Recreate);
+    assert_eq!(s.strategy.rolling_update, None);
+
+    let cases: Vec<(&str, String, &str)> = vec![
+        (
+            "both zero",
+            with("  strategy:\n    rollingUpdate: {maxSurge: 0, maxUnavailable: 0}\n"),
+            "error: document 1: spec.strategy.rollingUpdate.maxUnavailable: may not be 0 when `maxSurge` is 0",
+        ),
+        (
+            "both zero as percentages",
+            with("  strategy:\n    rollingUpdate: {maxSurge: 0%, maxUnavailable: \"0%\"}\n"),
+            "error: document 1: spec.strategy.rollingUpdate.maxUnavailable: may not be 0 when `maxSurge` is 0",
+        ),
+        (
+            "negative surge",
+            with("  strategy:\n    rollingUpdate: {maxSurge: -1}\n"),
+            "error: document 1: spec.strategy.rollingUpdate.maxSurge: must be greater than or equal to 0, got -1",
+        ),
+        (
+            "not a percentage",
+            with("  strategy:\n    rollingUpdate: {maxSurge: ten}\n"),
+            "error: document 1: spec.strategy.rollingUpdate.maxSurge: \"ten\": a valid percent string must be a numeric string followed by an ending '%' (e.g. '1%' or '93%')",
+        ),
+        (
+            "fractional",
+            with("  strategy:\n    rollingUpdate: {maxUnavailable: 1.5}\n"),
+            "error: document 1: spec.strategy.rollingUpdate.maxUnavailable: must be an integer or a percentage, got 1.5",
+        ),
+        (
+            "unavailable above 100%",
+            with("  strategy:\n    rollingUpdate: {maxUnavailable: 150%}\n"),
+            "error: document 1: spec.strategy.rollingUpdate.maxUnavailable: must not be greater than 100%",
+        ),
+        (
+            "surge above 100% is fine",
+            with("  strategy:\n    rollingUpdate: {maxSurge: 200%}\n"),
+            "ok",
+        ),
+        (
+            "unknown type",
+            with("  strategy:\n    type: BlueGreen\n"),
+            "error: document 1: spec.strategy.type: unknown variant `BlueGreen`, expected `Recreate` or `RollingUpdate`",
+        ),
+        (
+            "recreate with rollingUpdate",
+            with("  strategy:\n    type: Recreate\n    rollingUpdate: {maxSurge: 1}\n"),
+            "error: document 1: spec.strategy.rollingUpdate: may not be specified when strategy `type` is 'Recreate'",
+        ),
+        (
+            "negative history limit",
+            with("  revisionHistoryLimit: -1\n"),
+            "error: document 1: spec.revisionHistoryLimit: must be between 0 and 4294967295, got -1",
         ),
     ];
     for (name, input, expect) in &cases {

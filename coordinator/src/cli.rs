@@ -6,7 +6,7 @@
 //! so that muscle memory carries over. The table renderers are pure functions of the
 //! API's JSON and the current time, tested below.
 
-use std::io::Read;
+use std::io::{IsTerminal, Read, Write};
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::{Duration, SystemTime};
@@ -17,6 +17,7 @@ use serde_json::Value;
 use crate::api;
 use crate::core::{Applied, ApplyAction, ResourceKind};
 use crate::quantity;
+use crate::rollout::RolloutProgress;
 use crate::server::{MqttMode, ServerConfig};
 
 #[derive(Debug, Parser)]
@@ -82,6 +83,38 @@ pub enum Command {
     Describe {
         resource: String,
         name: Option<String>,
+    },
+    /// Manage a deployment's rollout: status, history, undo.
+    Rollout {
+        #[command(subcommand)]
+        action: RolloutCommand,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum RolloutCommand {
+    /// Wait for a rollout to finish, showing its progress; fails if it cannot finish.
+    Status {
+        /// `deployment/NAME` or `deployment NAME`
+        resource: String,
+        name: Option<String>,
+        /// Give up after this long (e.g. 90s, 5m); 0 waits forever.
+        #[arg(long, value_parser = humantime::parse_duration)]
+        timeout: Option<Duration>,
+    },
+    /// List a deployment's revisions, or show one template with --revision.
+    History {
+        resource: String,
+        name: Option<String>,
+        #[arg(long)]
+        revision: Option<u64>,
+    },
+    /// Roll back to the previous revision, or to --to-revision.
+    Undo {
+        resource: String,
+        name: Option<String>,
+        #[arg(long)]
+        to_revision: Option<u64>,
     },
 }
 
@@ -151,6 +184,9 @@ pub enum CliError {
     },
     #[error("unexpected answer from the coordinator: {0}")]
     Protocol(String),
+    /// A rollout that cannot finish, or did not within `--timeout`.
+    #[error("{0}")]
+    Rollout(String),
 }
 
 /// A resource argument: `pods`, `pod NAME` or `pod/NAME`.
@@ -396,6 +432,9 @@ pub async fn run(cli: &Cli) -> Result<(), CliError> {
                 .await?;
             out.push_str(&format!("deployment.apps/{name} scaled\n"));
         }
+        Command::Rollout { action } => {
+            out = rollout(&client, action).await?;
+        }
         Command::Describe { resource, name } => {
             let (kind, name) = named(resource, name.as_deref(), "describe")?;
             let v = client
@@ -432,6 +471,211 @@ pub async fn run(cli: &Cli) -> Result<(), CliError> {
     }
     print!("{out}");
     Ok(())
+}
+
+/// A rollout subcommand's argument must name a deployment.
+fn deployment_name(resource: &str, name: Option<&str>, verb: &str) -> Result<String, CliError> {
+    let (kind, name) = named(resource, name, verb)?;
+    if kind != ResourceKind::Deployment {
+        return Err(CliError::Usage(format!(
+            "error: no rollout for a {}: only deployments have rollouts",
+            kind.as_str()
+        )));
+    }
+    Ok(name)
+}
+
+async fn rollout(client: &Client, action: &RolloutCommand) -> Result<String, CliError> {
+    let base = |name: &str| format!("/api/v1/deployments/{name}/rollout");
+    match action {
+        RolloutCommand::Status {
+            resource,
+            name,
+            timeout,
+        } => {
+            let name = deployment_name(resource, name.as_deref(), "rollout status")?;
+            let timeout = timeout.filter(|t| !t.is_zero());
+            watch_rollout(client, &name, timeout).await?;
+            Ok(String::new())
+        }
+        RolloutCommand::History {
+            resource,
+            name,
+            revision,
+        } => {
+            let name = deployment_name(resource, name.as_deref(), "rollout history")?;
+            let v = client.get(&format!("{}/history", base(&name))).await?;
+            let revisions: Vec<api::Revision> = parse_objects(&items(&v))?;
+            match revision {
+                None => Ok(history_table(&name, &revisions)),
+                Some(n) => revisions
+                    .iter()
+                    .find(|r| r.revision == *n)
+                    .map(|r| revision_details(&name, r))
+                    .ok_or_else(|| {
+                        CliError::Usage(format!("error: unable to find the specified revision {n}"))
+                    }),
+            }
+        }
+        RolloutCommand::Undo {
+            resource,
+            name,
+            to_revision,
+        } => {
+            let name = deployment_name(resource, name.as_deref(), "rollout undo")?;
+            let url = format!("{}{}/undo", client.base, base(&name));
+            let v = client
+                .send(
+                    client
+                        .http
+                        .post(url)
+                        .json(&serde_json::json!({ "toRevision": to_revision })),
+                )
+                .await?;
+            if v.get("rolledBack").and_then(Value::as_bool) == Some(false) {
+                let rev = v.get("revision").and_then(Value::as_u64).unwrap_or(0);
+                Ok(format!(
+                    "deployment.apps/{name} skipped rollback (current template already matches revision {rev})\n"
+                ))
+            } else {
+                Ok(format!("deployment.apps/{name} rolled back\n"))
+            }
+        }
+    }
+}
+
+/// Polls the rollout until it is done, it fails, or `timeout` passes. On a terminal the
+/// progress is one line redrawn in place; otherwise a line is printed only when the
+/// state changes, so logs stay short.
+async fn watch_rollout(
+    client: &Client,
+    name: &str,
+    timeout: Option<Duration>,
+) -> Result<(), CliError> {
+    let tty = std::io::stdout().is_terminal();
+    let start = std::time::Instant::now();
+    let mut last = String::new();
+    let mut stdout = std::io::stdout();
+    let clear = |stdout: &mut std::io::Stdout, drawn: bool| {
+        if tty && drawn {
+            let _ = write!(stdout, "\r\x1b[K");
+        }
+    };
+    loop {
+        let v = client
+            .get(&format!("/api/v1/deployments/{name}/rollout/status"))
+            .await?;
+        let p: RolloutProgress =
+            serde_json::from_value(v).map_err(|e| CliError::Protocol(e.to_string()))?;
+        if p.done {
+            clear(&mut stdout, !last.is_empty());
+            let _ = writeln!(stdout, "{}", p.message);
+            return Ok(());
+        }
+        if let Some(why) = &p.failure {
+            clear(&mut stdout, !last.is_empty());
+            return Err(CliError::Rollout(format!(
+                "error: deployment {name:?} rollout failed: {why}"
+            )));
+        }
+        let line = if tty {
+            progress_bar(&p)
+        } else {
+            p.message.clone()
+        };
+        if line != last {
+            if tty {
+                let _ = write!(stdout, "\r{line}\x1b[K");
+            } else {
+                let _ = writeln!(stdout, "{line}");
+            }
+            let _ = stdout.flush();
+            last = line;
+        }
+        if timeout.is_some_and(|t| start.elapsed() >= t) {
+            clear(&mut stdout, !last.is_empty());
+            return Err(CliError::Rollout(format!(
+                "error: timed out waiting for deployment {name:?} to roll out: {}",
+                p.message
+            )));
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+}
+
+/// `[#####-----] 3/6 updated, 2 ready`, plus old and terminating pods when there are any.
+pub fn progress_bar(p: &RolloutProgress) -> String {
+    const WIDTH: usize = 10;
+    let filled = if p.replicas == 0 {
+        WIDTH
+    } else {
+        (p.updated.min(p.replicas) as usize * WIDTH) / p.replicas as usize
+    };
+    let mut line = format!(
+        "[{}{}] {}/{} updated, {} ready",
+        "#".repeat(filled),
+        "-".repeat(WIDTH - filled),
+        p.updated,
+        p.replicas,
+        p.updated_ready
+    );
+    if p.old > 0 {
+        line.push_str(&format!(", {} old", p.old));
+    }
+    if p.terminating > 0 {
+        line.push_str(&format!(", {} terminating", p.terminating));
+    }
+    line
+}
+
+/// `rollout history`: kubectl's REVISION / CHANGE-CAUSE table.
+pub fn history_table(name: &str, revisions: &[api::Revision]) -> String {
+    let rows: Vec<Vec<String>> = revisions
+        .iter()
+        .map(|r| {
+            vec![
+                r.revision.to_string(),
+                r.change_cause.clone().unwrap_or_else(|| "<none>".into()),
+            ]
+        })
+        .collect();
+    format!(
+        "deployment.apps/{name}\n{}",
+        table(&["REVISION", "CHANGE-CAUSE"], &rows)
+    )
+}
+
+/// `rollout history --revision N`: the template of one revision.
+pub fn revision_details(name: &str, r: &api::Revision) -> String {
+    let mut out = format!("deployment.apps/{name} with revision #{}\n", r.revision);
+    let mut labels = r.template.metadata.labels.clone();
+    labels.insert(
+        crate::controller::POD_TEMPLATE_HASH_LABEL.into(),
+        r.template_hash.clone(),
+    );
+    out.push_str("Pod Template:\n");
+    out.push_str(&format!("  Labels:       {}\n", selector(&labels)));
+    if let Some(c) = &r.change_cause {
+        out.push_str(&format!(
+            "  Annotations:  {}={c}\n",
+            api::CHANGE_CAUSE_ANNOTATION
+        ));
+    }
+    out.push_str("  Containers:\n");
+    for c in &r.template.spec.containers {
+        out.push_str(&format!("   {}:\n    Image:      {}\n", c.name, c.image));
+        for p in &c.ports {
+            out.push_str(&format!(
+                "    Port:       {}/{:?}\n",
+                p.container_port, p.protocol
+            ));
+        }
+        for e in &c.env {
+            out.push_str(&format!("    Env:        {}={}\n", e.name, e.value));
+        }
+        resources_lines(&mut out, c);
+    }
+    out
 }
 
 fn list_doc(items: Vec<Value>) -> Value {
@@ -502,6 +746,9 @@ pub fn age(timestamp: &str, now: SystemTime) -> String {
 
 /// The STATUS column of `get pods`: the first container that is not running says why.
 pub fn pod_status_word(p: &api::Pod) -> String {
+    if p.metadata.deletion_timestamp.is_some() {
+        return "Terminating".into();
+    }
     match p.status.phase {
         api::PodPhase::Unknown => return "Unknown".into(),
         api::PodPhase::Succeeded => return "Completed".into(),
@@ -579,7 +826,7 @@ pub fn deployments_table(ds: &[api::Deployment], wide: bool, now: SystemTime) ->
                 d.metadata.name.clone(),
                 format!("{}/{}", d.status.ready_replicas, d.spec.replicas),
                 d.status.updated_replicas.to_string(),
-                d.status.ready_replicas.to_string(),
+                d.status.available_replicas.to_string(),
                 age(&d.metadata.creation_timestamp, now),
             ];
             if wide {
@@ -803,9 +1050,20 @@ pub fn describe_deployment(d: &api::Deployment, events: &[api::Event], now: Syst
         "Replicas",
         format!(
             "{} desired | {} updated | {} total | {} available",
-            d.spec.replicas, d.status.updated_replicas, d.status.replicas, d.status.ready_replicas
+            d.spec.replicas,
+            d.status.updated_replicas,
+            d.status.replicas,
+            d.status.available_replicas
         ),
     );
+    let strategy = match &d.spec.strategy.rolling_update {
+        Some(ru) => format!(
+            "{:?} ({} max unavailable, {} max surge)",
+            d.spec.strategy.type_, ru.max_unavailable, ru.max_surge
+        ),
+        None => format!("{:?}", d.spec.strategy.type_),
+    };
+    kv(&mut out, "Strategy", strategy);
     kv(
         &mut out,
         "Generation",
@@ -971,6 +1229,102 @@ mod tests {
         let mut lost = pod("i", Some("n"), vec![run()]);
         lost.status.phase = api::PodPhase::Unknown;
         assert_eq!(pod_status_word(&lost), "Unknown");
+    }
+
+    #[test]
+    fn rollout_rendering() {
+        let mut p = RolloutProgress {
+            replicas: 6,
+            updated: 3,
+            updated_ready: 2,
+            ..Default::default()
+        };
+        assert_eq!(progress_bar(&p), "[#####-----] 3/6 updated, 2 ready");
+        p.old = 4;
+        p.terminating = 1;
+        assert_eq!(
+            progress_bar(&p),
+            "[#####-----] 3/6 updated, 2 ready, 4 old, 1 terminating"
+        );
+        p = RolloutProgress {
+            replicas: 0,
+            ..Default::default()
+        };
+        assert_eq!(progress_bar(&p), "[##########] 0/0 updated, 0 ready");
+
+        let rev = |n: u64, cause: Option<&str>| api::Revision {
+            deployment: "web".into(),
+            revision: n,
+            template_hash: "abc".into(),
+            template: api::PodTemplateSpec {
+                metadata: Default::default(),
+                spec: api::PodSpec {
+                    containers: vec![api::Container {
+                        name: "echo".into(),
+                        image: "reg/http-echo:2".into(),
+                        ..Default::default()
+                    }],
+                    ..Default::default()
+                },
+            },
+            change_cause: cause.map(str::to_owned),
+            creation_timestamp: String::new(),
+        };
+        let revs = [rev(1, None), rev(2, Some("kubectl apply v2"))];
+        assert_eq!(
+            history_table("web", &revs),
+            "deployment.apps/web\nREVISION   CHANGE-CAUSE\n1          <none>\n2          kubectl apply v2\n"
+        );
+        let details = revision_details("web", &revs[1]);
+        assert!(
+            details.starts_with("deployment.apps/web with revision #2\n"),
+            "{details}"
+        );
+        assert!(details.contains("pod-template-hash=abc"), "{details}");
+        assert!(details.contains("Image:      reg/http-echo:2"), "{details}");
+
+        let cli = Cli::try_parse_from([
+            "baton",
+            "rollout",
+            "status",
+            "deployment/web",
+            "--timeout",
+            "90s",
+        ])
+        .unwrap();
+        assert!(matches!(
+            cli.command,
+            Command::Rollout {
+                action: RolloutCommand::Status {
+                    timeout: Some(t),
+                    ..
+                }
+            } if t == Duration::from_secs(90)
+        ));
+        assert!(Cli::try_parse_from([
+            "baton",
+            "rollout",
+            "undo",
+            "deployment",
+            "web",
+            "--to-revision",
+            "1"
+        ])
+        .is_ok());
+        assert!(deployment_name("pod/x", None, "rollout status").is_err());
+    }
+
+    #[test]
+    fn terminating_pods_say_so() {
+        let mut p = pod(
+            "web-1",
+            Some("pi-1"),
+            vec![api::ContainerState::Running {
+                started_at: "x".into(),
+            }],
+        );
+        p.metadata.deletion_timestamp = Some("2026-11-01T12:00:00Z".into());
+        assert_eq!(pod_status_word(&p), "Terminating");
     }
 
     #[test]

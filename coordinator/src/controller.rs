@@ -552,7 +552,13 @@ mod tests {
         let v1 = |r| deployment(r, "v1");
         let v2 = |r, s, u| rolling(deployment(r, "v2"), s, u);
         // (name, deployment, old pods (suffix, state), new pods' states, plan)
-        type Row<'a> = (&'a str, api::Deployment, Vec<(&'a str, char)>, &'a str, &'a str);
+        type Row<'a> = (
+            &'a str,
+            api::Deployment,
+            Vec<(&'a str, char)>,
+            &'a str,
+            &'a str,
+        );
         let rows: Vec<Row> = vec![
             (
                 "first step surges one and retires one ready old pod",
@@ -735,7 +741,10 @@ mod tests {
                 // A step that only scaled down may go below; otherwise availability holds.
                 let floor = r.saturating_sub(max_unavailable as usize).min(ready_before);
                 if step != 3 {
-                    assert!(ready >= floor, "{what}, step {step}: {ready} ready < {floor}");
+                    assert!(
+                        ready >= floor,
+                        "{what}, step {step}: {ready} ready < {floor}"
+                    );
                     assert!(
                         pods.len() <= r + max_surge as usize,
                         "{what}, step {step}: {} pods",
@@ -753,7 +762,8 @@ mod tests {
             let h2 = template_hash(&d.spec.template);
             assert_eq!(pods.len(), d.spec.replicas as usize, "{what}: {pods:?}");
             assert!(
-                pods.iter().all(|p| is_ready(p) && hash_of(p) == Some(h2.as_str())),
+                pods.iter()
+                    .all(|p| is_ready(p) && hash_of(p) == Some(h2.as_str())),
                 "{what}: not all new and ready"
             );
         }
@@ -763,7 +773,9 @@ mod tests {
     fn recreate_converges() {
         let v1 = deployment(3, "v1");
         let d = recreate(deployment(3, "v2"));
-        let mut pods: Vec<api::Pod> = (0..3).map(|i| pod(&v1, &format!("o{i}"), "t", 'r')).collect();
+        let mut pods: Vec<api::Pod> = (0..3)
+            .map(|i| pod(&v1, &format!("o{i}"), "t", 'r'))
+            .collect();
         let plan = reconcile_deployment(&d, &pods.iter().collect::<Vec<_>>(), &mut suffixes());
         assert_eq!(plan.len(), 3);
         assert!(plan.iter().all(|a| matches!(a, Action::DeletePod(_))));
@@ -771,7 +783,9 @@ mod tests {
         for p in &mut pods {
             p.metadata.deletion_timestamp = Some("t".into());
         }
-        assert!(reconcile_deployment(&d, &pods.iter().collect::<Vec<_>>(), &mut suffixes()).is_empty());
+        assert!(
+            reconcile_deployment(&d, &pods.iter().collect::<Vec<_>>(), &mut suffixes()).is_empty()
+        );
         pods.clear();
         let plan = reconcile_deployment(&d, &[], &mut suffixes());
         assert_eq!(plan.len(), 3);

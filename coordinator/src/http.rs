@@ -15,6 +15,9 @@
 //! GET    /api/v1/{nodes|deployments|pods}[/NAME]
 //! DELETE /api/v1/{deployments|pods}/NAME
 //! POST   /api/v1/deployments/NAME/scale    body: {"replicas": N}
+//! GET    /api/v1/deployments/NAME/rollout/status    rollout::RolloutProgress
+//! GET    /api/v1/deployments/NAME/rollout/history   {"items": [api::Revision, ...]}
+//! POST   /api/v1/deployments/NAME/rollout/undo      body: {"toRevision": N} or empty
 //! GET    /api/v1/describe/{kind}/NAME      {"object": ..., "events": [...]}
 //! GET    /api/v1/events[?object=pod/NAME]
 //! ```
@@ -73,6 +76,18 @@ pub fn router(core: mpsc::Sender<Event>, bus: Arc<BusStats>) -> Router {
         .route("/api/v1/{kind}", get(list))
         .route("/api/v1/{kind}/{name}", get(get_one).delete(delete))
         .route("/api/v1/deployments/{name}/scale", post(scale))
+        .route(
+            "/api/v1/deployments/{name}/rollout/status",
+            get(rollout_status),
+        )
+        .route(
+            "/api/v1/deployments/{name}/rollout/history",
+            get(rollout_history),
+        )
+        .route(
+            "/api/v1/deployments/{name}/rollout/undo",
+            post(rollout_undo),
+        )
         .layer(axum::extract::DefaultBodyLimit::max(MAX_BODY_BYTES))
         .with_state(AppState { core, bus })
 }
@@ -212,6 +227,44 @@ async fn scale(
     })?;
     Ok(Json(render(
         call(&state, ApiOp::Scale { name, replicas }).await?,
+    )))
+}
+
+async fn rollout_status(State(state): State<AppState>, Path(name): Path<String>) -> Reply {
+    Ok(Json(render(
+        call(&state, ApiOp::RolloutStatus { name }).await?,
+    )))
+}
+
+async fn rollout_history(State(state): State<AppState>, Path(name): Path<String>) -> Reply {
+    Ok(Json(render(
+        call(&state, ApiOp::RolloutHistory { name }).await?,
+    )))
+}
+
+#[derive(Deserialize, Default)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+struct UndoBody {
+    to_revision: Option<u64>,
+}
+
+async fn rollout_undo(
+    State(state): State<AppState>,
+    Path(name): Path<String>,
+    body: axum::body::Bytes,
+) -> Reply {
+    let UndoBody { to_revision } = if body.iter().all(u8::is_ascii_whitespace) {
+        UndoBody::default()
+    } else {
+        serde_json::from_slice(&body).map_err(|e| {
+            Failure(
+                StatusCode::BAD_REQUEST,
+                format!("expected {{\"toRevision\": N}} or an empty body: {e}"),
+            )
+        })?
+    };
+    Ok(Json(render(
+        call(&state, ApiOp::RolloutUndo { name, to_revision }).await?,
     )))
 }
 

@@ -270,7 +270,10 @@ const DEPLOYMENT: Shape = Shape::Object(&[
                     ("type", Shape::Leaf),
                     (
                         "rollingUpdate",
-                        Shape::Object(&[("maxSurge", Shape::Leaf), ("maxUnavailable", Shape::Leaf)]),
+                        Shape::Object(&[
+                            ("maxSurge", Shape::Leaf),
+                            ("maxUnavailable", Shape::Leaf),
+                        ]),
                     ),
                 ]),
             ),
@@ -624,7 +627,10 @@ fn strategy(s: InStrategy) -> Result<api::DeploymentStrategy, Invalid> {
     match s.type_.unwrap_or_default() {
         api::StrategyType::Recreate => {
             if s.rolling_update.is_some() {
-                return invalid(path, "may not be specified when strategy `type` is 'Recreate'");
+                return invalid(
+                    path,
+                    "may not be specified when strategy `type` is 'Recreate'",
+                );
             }
             Ok(api::DeploymentStrategy {
                 type_: api::StrategyType::Recreate,
@@ -668,7 +674,9 @@ fn int_or_percent(path: &str, v: Option<Value>) -> Result<Option<api::IntOrPerce
     match v {
         None => Ok(None),
         Some(Value::Number(n)) => match n.as_i64() {
-            Some(i) if i < 0 => invalid(path, format!("must be greater than or equal to 0, got {i}")),
+            Some(i) if i < 0 => {
+                invalid(path, format!("must be greater than or equal to 0, got {i}"))
+            }
             Some(i) => u32::try_from(i)
                 .map(|i| Some(api::IntOrPercent::Int(i)))
                 .or_else(|_| invalid(path, format!("must be at most {}, got {i}", u32::MAX))),

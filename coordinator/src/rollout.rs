@@ -201,7 +201,8 @@ pub fn rollout_progress(
             p.failure = pod_failure(pod);
         }
     }
-    let waiting = |what: String| format!("Waiting for deployment {name:?} rollout to finish: {what}...");
+    let waiting =
+        |what: String| format!("Waiting for deployment {name:?} rollout to finish: {what}...");
     p.message = if p.updated < p.replicas {
         waiting(format!(
             "{} out of {} new replicas have been updated",
@@ -224,16 +225,19 @@ pub fn rollout_progress(
 
 fn pod_failure(pod: &api::Pod) -> Option<String> {
     let name = &pod.metadata.name;
-    pod.status.container_statuses.iter().find_map(|c| match &c.state {
-        api::ContainerState::Failed { reason } => {
-            Some(format!("pod {name}: container {}: {reason}", c.name))
-        }
-        _ if !c.ready && c.restart_count >= CRASH_LOOP_RESTARTS => Some(format!(
-            "pod {name}: container {} keeps crashing ({} restarts)",
-            c.name, c.restart_count
-        )),
-        _ => None,
-    })
+    pod.status
+        .container_statuses
+        .iter()
+        .find_map(|c| match &c.state {
+            api::ContainerState::Failed { reason } => {
+                Some(format!("pod {name}: container {}: {reason}", c.name))
+            }
+            _ if !c.ready && c.restart_count >= CRASH_LOOP_RESTARTS => Some(format!(
+                "pod {name}: container {} keeps crashing ({} restarts)",
+                c.name, c.restart_count
+            )),
+            _ => None,
+        })
 }
 
 #[cfg(test)]
@@ -317,7 +321,15 @@ mod tests {
     fn revision_bookkeeping() {
         let mut revs = Vec::new();
         // (what, image, history limit, change-cause, images with live pods, history after)
-        let rows: &[(&str, &str, u32, Option<&str>, &[&str], &[&str])] = &[
+        type Row<'a> = (
+            &'a str,
+            &'a str,
+            u32,
+            Option<&'a str>,
+            &'a [&'a str],
+            &'a [&'a str],
+        );
+        let rows: &[Row] = &[
             ("first apply", "v1", 10, None, &[], &["1:v1"]),
             ("same template again", "v1", 10, None, &["v1"], &["1:v1"]),
             (
@@ -368,7 +380,14 @@ mod tests {
                 &["v4"],
                 &["4:v3", "5:v4"],
             ),
-            ("limit 0 keeps only the current", "v4", 0, None, &["v4"], &["5:v4"]),
+            (
+                "limit 0 keeps only the current",
+                "v4",
+                0,
+                None,
+                &["v4"],
+                &["5:v4"],
+            ),
         ];
         for (what, img, limit, cause, live, want) in rows {
             let d = deployment(img, *limit, *cause);
@@ -386,8 +405,14 @@ mod tests {
         let current = template_hash(&deployment("v3", 10, None).spec.template);
         let img = |r: &api::Revision| r.template.spec.containers[0].image.clone();
         assert_eq!(img(undo_target("web", &all, &current, None).unwrap()), "v2");
-        assert_eq!(img(undo_target("web", &all, &current, Some(0)).unwrap()), "v2");
-        assert_eq!(img(undo_target("web", &all, &current, Some(1)).unwrap()), "v1");
+        assert_eq!(
+            img(undo_target("web", &all, &current, Some(0)).unwrap()),
+            "v2"
+        );
+        assert_eq!(
+            img(undo_target("web", &all, &current, Some(1)).unwrap()),
+            "v1"
+        );
         assert_eq!(
             undo_target("web", &all, &current, Some(7)).unwrap_err(),
             RolloutError::RevisionNotFound(7)
@@ -501,6 +526,9 @@ mod tests {
                 "pod web-{h}-b: container app: ImagePullFailed: manifest unknown"
             ))
         );
-        assert_eq!((p.updated, p.updated_ready, p.old, p.available), (1, 0, 1, 1));
+        assert_eq!(
+            (p.updated, p.updated_ready, p.old, p.available),
+            (1, 0, 1, 1)
+        );
     }
 }

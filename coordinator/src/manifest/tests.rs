@@ -398,7 +398,11 @@ fn strategies() {
         (r.max_surge.to_string(), r.max_unavailable.to_string())
     };
     // Defaults: RollingUpdate 25%/25%, 10 revisions; also for `strategy: {}`.
-    for input in [with(""), with("  strategy: {}\n"), with("  strategy:\n    type: RollingUpdate\n")] {
+    for input in [
+        with(""),
+        with("  strategy: {}\n"),
+        with("  strategy:\n    type: RollingUpdate\n"),
+    ] {
         let s = ok(&input);
         assert_eq!(s.strategy.type_, api::StrategyType::RollingUpdate);
         assert_eq!(ru(&s), ("25%".into(), "25%".into()));
@@ -410,7 +414,11 @@ fn strategies() {
     assert_eq!(ru(&s), ("2".into(), "0%".into()));
     assert_eq!(s.revision_history_limit, 3);
     let s = ok(&with("  strategy:\n    rollingUpdate: {maxSurge: 0}\n"));
-    assert_eq!(ru(&s), ("0".into(), "25%".into()), "the other default stays");
+    assert_eq!(
+        ru(&s),
+        ("0".into(), "25%".into()),
+        "the other default stays"
+    );
     let s = ok(&with("  strategy:\n    type: Recreate\n"));
     assert_eq!(s.strategy.type_, api::StrategyType::Recreate);
     assert_eq!(s.strategy.rolling_update, None);

@@ -6,7 +6,7 @@ use std::fs;
 use std::path::Path;
 
 use baton_agent::runtime::{ExitReason, Runtime, RuntimeError, YoukiRuntime};
-use rt_support::{cgroup_dirs, cgroup_file, Fixture};
+use rt_support::{cgroup_dirs, cgroup_file, poll, Fixture};
 
 #[test]
 fn args_env_cwd_and_hostname_reach_the_process() {
@@ -289,4 +289,53 @@ fn creates_do_not_hang_while_other_threads_spawn_commands() {
     for s in spawners {
         s.join().unwrap();
     }
+}
+
+/// An agent restart: a second runtime over the same state dir takes over a running container
+/// it did not start, notices when it ends, and the container's log never went through either.
+#[test]
+fn a_new_runtime_instance_adopts_a_running_container_and_notices_its_exit() {
+    let mut fx = Fixture::new("adopt");
+    let spec = fx.spec(
+        "c",
+        &[
+            "sh",
+            "-c",
+            "i=0; while true; do echo line$i; i=$((i+1)); sleep 0.05; done",
+        ],
+    );
+    let pid = fx.runtime.run(&spec).unwrap();
+    let (tx, mut exits) = tokio::sync::mpsc::unbounded_channel();
+    let again = YoukiRuntime::new(fx.dir.path().join("state"), tx).unwrap();
+    let found = again
+        .state(&spec.id)
+        .unwrap()
+        .expect("state of the running container");
+    assert_eq!((found.pid, found.running), (pid, true));
+    assert!(found.created_at_ms.is_some());
+    let adopted = again
+        .adopt(&spec.id, &spec.log_path, spec.log_max_bytes)
+        .unwrap();
+    assert_eq!(adopted.pid, pid);
+    // Still logging, straight into the file.
+    let len = fs::metadata(&spec.log_path).unwrap().len();
+    poll("more log lines", || {
+        (fs::metadata(&spec.log_path).unwrap().len() > len).then_some(())
+    });
+    // Killed behind the adopter's back (as `kill -9 <pid>` would): the watcher notices.
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(pid as i32),
+        nix::sys::signal::Signal::SIGKILL,
+    )
+    .unwrap();
+    let ev = poll("the adopter's exit event", || exits.try_recv().ok());
+    assert_eq!(ev.id, spec.id);
+    assert_eq!(ev.reason, ExitReason::Exited(-1));
+    assert!(!again.state(&spec.id).unwrap().unwrap().running);
+    assert!(matches!(
+        again.adopt(&spec.id, &spec.log_path, spec.log_max_bytes),
+        Err(RuntimeError::NotRunning(_))
+    ));
+    again.delete(&spec.id).unwrap();
+    assert!(again.state(&spec.id).unwrap().is_none());
 }

@@ -1,12 +1,13 @@
 //! A recording [`Runtime`] for unit tests of the agent core: it records every call with typed
 //! arguments, can be told to fail the next `run`, and lets the test decide when containers exit.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::Path;
 use std::sync::{Mutex, MutexGuard};
 
 use tokio::sync::mpsc::UnboundedSender;
 
-use super::{ContainerId, ExitEvent, ExitReason, RunSpec, Runtime, RuntimeError};
+use super::{Adopted, ContainerId, ExitEvent, ExitReason, RunSpec, Runtime, RuntimeError};
 
 /// One recorded call. `Run` keeps the spec inline (not boxed) so tests can match on it directly;
 /// the size of a test double's enum does not matter.
@@ -17,6 +18,8 @@ pub enum Call {
     Kill(ContainerId, i32),
     Delete(ContainerId),
     List,
+    State(ContainerId),
+    Adopt(ContainerId),
 }
 
 #[derive(Default)]
@@ -27,6 +30,8 @@ struct State {
     containers: BTreeSet<ContainerId>,
     /// Ids that `exit` was called for since their last `run`.
     exited: BTreeSet<ContainerId>,
+    /// Pid of each container in `containers`.
+    pids: BTreeMap<ContainerId, u32>,
     next_pid: u32,
 }
 
@@ -67,6 +72,22 @@ impl FakeRuntime {
         });
     }
 
+    /// Pretends an earlier agent process left `id` behind, running or already exited: it is
+    /// listed and answers `state`, without a recorded `run`. Returns its pid.
+    pub fn seed(&self, id: &ContainerId, running: bool) -> u32 {
+        let mut st = self.lock();
+        st.next_pid += 1;
+        let pid = st.next_pid;
+        st.containers.insert(id.clone());
+        st.pids.insert(id.clone(), pid);
+        if running {
+            st.exited.remove(id);
+        } else {
+            st.exited.insert(id.clone());
+        }
+        pid
+    }
+
     /// Ids that were run and not yet deleted.
     pub fn containers(&self) -> Vec<ContainerId> {
         self.lock().containers.iter().cloned().collect()
@@ -91,7 +112,9 @@ impl Runtime for FakeRuntime {
         }
         st.exited.remove(&spec.id);
         st.next_pid += 1;
-        Ok(st.next_pid)
+        let pid = st.next_pid;
+        st.pids.insert(spec.id.clone(), pid);
+        Ok(pid)
     }
 
     fn kill(&self, id: &ContainerId, signal: i32) -> Result<(), RuntimeError> {
@@ -111,6 +134,7 @@ impl Runtime for FakeRuntime {
         st.calls.push(Call::Delete(id.clone()));
         st.containers.remove(id);
         st.exited.remove(id);
+        st.pids.remove(id);
         Ok(())
     }
 
@@ -118,6 +142,37 @@ impl Runtime for FakeRuntime {
         let mut st = self.lock();
         st.calls.push(Call::List);
         Ok(st.containers.iter().cloned().collect())
+    }
+
+    fn state(&self, id: &ContainerId) -> Result<Option<Adopted>, RuntimeError> {
+        let mut st = self.lock();
+        st.calls.push(Call::State(id.clone()));
+        Ok(st.pids.get(id).map(|pid| Adopted {
+            pid: *pid,
+            running: !st.exited.contains(id),
+            created_at_ms: None,
+        }))
+    }
+
+    fn adopt(
+        &self,
+        id: &ContainerId,
+        _log_path: &Path,
+        _log_max_bytes: u64,
+    ) -> Result<Adopted, RuntimeError> {
+        let mut st = self.lock();
+        st.calls.push(Call::Adopt(id.clone()));
+        let Some(pid) = st.pids.get(id).copied() else {
+            return Err(RuntimeError::NotFound(id.clone()));
+        };
+        if st.exited.contains(id) {
+            return Err(RuntimeError::NotRunning(id.clone()));
+        }
+        Ok(Adopted {
+            pid,
+            running: true,
+            created_at_ms: None,
+        })
     }
 }
 

@@ -1,24 +1,32 @@
-//! Bounded container logs.
+//! Bounded container logs that outlive the agent.
 //!
-//! The container's stdout and stderr are the write end of one pipe; a thread copies the read end
-//! into `log_path`. Before a write would take the file past `max_bytes`, the file is renamed to
-//! `<log_path>.1` (replacing the previous one) and a new file is started, so the disk use of one
-//! container is at most `2 * max_bytes` however chatty it is.
+//! A container's stdout and stderr are the log file itself, opened `O_APPEND`. Nothing of the
+//! agent sits between the container and its log, so a container keeps logging (and never gets
+//! EPIPE or SIGPIPE) while the agent is down, crashed or being upgraded.
 //!
-//! Why a pipe and a copier rather than handing the container the file itself: a file given to
-//! the container can only be bounded by truncating it under the writer's feet, and the container
-//! could still grow it between checks. With a pipe the kernel's pipe buffer is the only thing in
-//! between, and a slow disk throttles the container instead of growing memory. If writing the log
-//! fails (disk full, directory gone), the copier keeps draining the pipe and drops the bytes so
-//! that the container never blocks on a full pipe.
+//! The size bound is enforced by the agent from a periodic check ([`Rotator`]): a file past
+//! `max_bytes` is *copy-truncated*: its newest `max_bytes` are copied to `<log>.1` (replacing
+//! the previous one), then the file is truncated to zero. `O_APPEND` writers continue at the new
+//! end, so nobody needs to reopen anything. When the container has exited (no writer is left),
+//! [`finish`] splits what is there exactly at the bound, as a rotation at every `max_bytes`
+//! would have.
+//!
+//! Trade-offs, chosen on purpose: between two checks a very chatty container can write past the
+//! bound (by at most what it writes in one [`CHECK_EVERY`]); the few bytes written between the
+//! copy and the truncate of a rotation are lost (logrotate's `copytruncate` has the same race);
+//! and while the agent is gone nothing bounds the file. The earlier design (a pipe drained by an
+//! agent thread) bounded the file exactly, but tied every container's output to the agent's
+//! life: the container's next write after an agent crash got EPIPE.
 
+use std::collections::HashMap;
 use std::fs::{self, File, OpenOptions};
-use std::io::{self, Read, Write};
+use std::io::{self, Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
-use std::sync::mpsc;
+use std::sync::{Arc, Mutex, MutexGuard, Weak};
+use std::time::Duration;
 
-/// Size of one read from the pipe.
-const CHUNK: usize = 64 * 1024;
+/// How often the rotator looks at every log's size.
+pub(crate) const CHECK_EVERY: Duration = Duration::from_millis(250);
 
 /// Path of the one rotated file kept next to `log_path`.
 pub(crate) fn rotated_path(log_path: &Path) -> PathBuf {
@@ -27,96 +35,154 @@ pub(crate) fn rotated_path(log_path: &Path) -> PathBuf {
     PathBuf::from(s)
 }
 
-/// A log file that rotates itself at `max_bytes`.
-pub(crate) struct RotatingLog {
-    path: PathBuf,
-    max_bytes: u64,
-    file: File,
-    size: u64,
+/// Opens (creating, appending) the file a container writes its output to.
+pub(crate) fn open_for_container(path: &Path) -> io::Result<File> {
+    if let Some(dir) = path.parent() {
+        fs::create_dir_all(dir)?;
+    }
+    OpenOptions::new().create(true).append(true).open(path)
 }
 
-impl RotatingLog {
-    /// Opens (appending) `path`. An existing file counts towards the bound, so a restarted
-    /// container sharing the path cannot push it past `max_bytes`.
-    pub(crate) fn open(path: PathBuf, max_bytes: u64) -> io::Result<Self> {
-        if let Some(dir) = path.parent() {
-            fs::create_dir_all(dir)?;
-        }
-        let file = OpenOptions::new().create(true).append(true).open(&path)?;
-        let size = file.metadata()?.len();
-        Ok(Self {
-            path,
-            max_bytes: max_bytes.max(1),
-            file,
-            size,
-        })
-    }
+/// Reads `len` bytes at `offset` of `path`.
+fn read_range(path: &Path, offset: u64, len: u64) -> io::Result<Vec<u8>> {
+    let mut f = File::open(path)?;
+    f.seek(SeekFrom::Start(offset))?;
+    let mut buf = Vec::with_capacity(usize::try_from(len).unwrap_or(0));
+    f.take(len).read_to_end(&mut buf)?;
+    Ok(buf)
+}
 
-    pub(crate) fn write(&mut self, mut buf: &[u8]) -> io::Result<()> {
-        while !buf.is_empty() {
-            if self.size >= self.max_bytes
-                || (self.size > 0 && self.size + buf.len() as u64 > self.max_bytes)
-            {
-                self.rotate()?;
-            }
-            let room = usize::try_from(self.max_bytes - self.size).unwrap_or(usize::MAX);
-            let n = buf.len().min(room);
-            self.file.write_all(&buf[..n])?;
-            self.size += n as u64;
-            buf = &buf[n..];
-        }
-        Ok(())
+/// Replaces `path` with `bytes` atomically (temp file and rename).
+fn replace(path: &Path, bytes: &[u8]) -> io::Result<()> {
+    let mut tmp = path.as_os_str().to_owned();
+    tmp.push(".tmp");
+    let tmp = PathBuf::from(tmp);
+    let result = (|| {
+        let mut f = File::create(&tmp)?;
+        f.write_all(bytes)?;
+        fs::rename(&tmp, path)
+    })();
+    if result.is_err() {
+        let _ = fs::remove_file(&tmp);
     }
+    result
+}
 
-    fn rotate(&mut self) -> io::Result<()> {
-        self.file.flush()?;
-        fs::rename(&self.path, rotated_path(&self.path))?;
-        self.file = OpenOptions::new()
-            .create(true)
-            .write(true)
-            .truncate(true)
-            .open(&self.path)?;
-        self.size = 0;
-        Ok(())
+fn size(path: &Path) -> io::Result<Option<u64>> {
+    match fs::metadata(path) {
+        Ok(m) => Ok(Some(m.len())),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(e),
     }
 }
 
-/// Starts a thread copying `pipe` into a [`RotatingLog`] at `path` until EOF, i.e. until every
-/// process holding the write end is gone. The returned receiver yields once when the copy ended.
-pub(crate) fn spawn_copier(
-    name: String,
-    mut pipe: File,
+/// Copy-truncates `path` if it is past `max_bytes` while writers may still append to it.
+/// Returns whether it rotated.
+pub(crate) fn rotate_if_needed(path: &Path, max_bytes: u64) -> io::Result<bool> {
+    let max = max_bytes.max(1);
+    let Some(len) = size(path)? else {
+        return Ok(false);
+    };
+    if len <= max {
+        return Ok(false);
+    }
+    let newest = read_range(path, len - max, max)?;
+    replace(&rotated_path(path), &newest)?;
+    OpenOptions::new().write(true).open(path)?.set_len(0)?;
+    Ok(true)
+}
+
+/// Settles the log of an exited container (nobody writes to it any more): if it is past
+/// `max_bytes`, the bytes after the last multiple of `max_bytes` stay in the file and the
+/// `max_bytes` before them become `<log>.1`.
+pub(crate) fn finish(path: &Path, max_bytes: u64) -> io::Result<()> {
+    let max = max_bytes.max(1);
+    let Some(len) = size(path)? else {
+        return Ok(());
+    };
+    if len <= max {
+        return Ok(());
+    }
+    let keep = match len % max {
+        0 => max,
+        r => r,
+    };
+    let start = len - keep;
+    let older = read_range(path, start.saturating_sub(max), start.min(max))?;
+    let newest = read_range(path, start, keep)?;
+    replace(&rotated_path(path), &older)?;
+    replace(path, &newest)
+}
+
+struct Entry {
     path: PathBuf,
     max_bytes: u64,
-) -> io::Result<mpsc::Receiver<()>> {
-    let mut log = RotatingLog::open(path, max_bytes)?;
-    let (done_tx, done_rx) = mpsc::channel();
-    std::thread::Builder::new()
-        .name(format!("log-{name}"))
-        .spawn(move || {
-            let mut buf = vec![0u8; CHUNK];
-            let mut broken = false;
-            loop {
-                let n = match pipe.read(&mut buf) {
-                    Ok(0) => break,
-                    Ok(n) => n,
-                    Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                    Err(e) => {
-                        tracing::warn!(container = %name, error = %e, "reading container output failed");
-                        break;
-                    }
-                };
-                if broken {
-                    continue;
-                }
-                if let Err(e) = log.write(&buf[..n]) {
-                    tracing::warn!(container = %name, error = %e, "writing container log failed; dropping further output");
-                    broken = true;
-                }
+}
+
+#[derive(Default)]
+struct Logs {
+    entries: HashMap<String, Entry>,
+}
+
+/// The periodic size check over every running container's log.
+///
+/// One thread for all containers. It holds only a weak reference, so it ends within one
+/// [`CHECK_EVERY`] after the runtime that owns the rotator is dropped.
+pub(crate) struct Rotator {
+    logs: Mutex<Logs>,
+}
+
+impl Rotator {
+    pub(crate) fn start() -> io::Result<Arc<Self>> {
+        let me = Arc::new(Self {
+            logs: Mutex::new(Logs::default()),
+        });
+        let weak: Weak<Self> = Arc::downgrade(&me);
+        std::thread::Builder::new()
+            .name("log-rotator".into())
+            .spawn(move || loop {
+                std::thread::sleep(CHECK_EVERY);
+                let Some(r) = weak.upgrade() else { break };
+                r.check_all();
+            })?;
+        Ok(me)
+    }
+
+    /// A poisoned lock only means a rotation panicked; the map is still consistent.
+    fn lock(&self) -> MutexGuard<'_, Logs> {
+        self.logs.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn check_all(&self) {
+        let logs = self.lock();
+        for (name, e) in &logs.entries {
+            if let Err(err) = rotate_if_needed(&e.path, e.max_bytes) {
+                tracing::warn!(container = %name, error = %err, "log rotation failed");
             }
-            let _ = done_tx.send(());
-        })?;
-    Ok(done_rx)
+        }
+    }
+
+    /// Starts bounding `path` for container `name` (replacing an earlier registration).
+    pub(crate) fn watch(&self, name: &str, path: PathBuf, max_bytes: u64) {
+        self.lock()
+            .entries
+            .insert(name.to_owned(), Entry { path, max_bytes });
+    }
+
+    /// Stops bounding the log of `name` and settles it with [`finish`]: its container exited.
+    pub(crate) fn finish(&self, name: &str) {
+        let mut logs = self.lock();
+        if let Some(e) = logs.entries.remove(name) {
+            if let Err(err) = finish(&e.path, e.max_bytes) {
+                tracing::warn!(container = %name, error = %err, "settling the log failed");
+            }
+        }
+    }
+
+    /// Forgets `name` without touching its file.
+    pub(crate) fn forget(&self, name: &str) {
+        self.lock().entries.remove(name);
+    }
 }
 
 #[cfg(test)]
@@ -124,26 +190,58 @@ mod tests {
     use super::*;
 
     #[test]
-    fn rotates_before_exceeding_the_bound_and_keeps_one_file() {
+    fn copytruncate_keeps_the_newest_bytes_and_appenders_continue() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("sub/c.log");
-        let mut log = RotatingLog::open(path.clone(), 10).unwrap();
-        log.write(b"12345").unwrap();
-        log.write(b"678").unwrap();
-        assert_eq!(fs::read(&path).unwrap(), b"12345678");
-        // Does not fit: rotate first, never split across files unless larger than the bound.
-        log.write(b"abcd").unwrap();
-        assert_eq!(fs::read(rotated_path(&path)).unwrap(), b"12345678");
-        assert_eq!(fs::read(&path).unwrap(), b"abcd");
-        // Larger than the bound: split, and only the last two pieces survive.
-        log.write(b"ABCDEFGHIJKLMNOPQRSTUVWXY").unwrap();
+        let mut w = open_for_container(&path).unwrap();
+        w.write_all(b"12345678").unwrap();
+        assert!(!rotate_if_needed(&path, 10).unwrap());
+        w.write_all(b"abcdef").unwrap();
+        assert!(rotate_if_needed(&path, 10).unwrap());
+        assert_eq!(fs::read(rotated_path(&path)).unwrap(), b"5678abcdef");
+        assert_eq!(fs::read(&path).unwrap(), b"");
+        // The O_APPEND writer goes on at the new end, with no hole.
+        w.write_all(b"xyz").unwrap();
+        assert_eq!(fs::read(&path).unwrap(), b"xyz");
+        assert!(!rotate_if_needed(&dir.path().join("missing"), 10).unwrap());
+    }
+
+    #[test]
+    fn finish_splits_at_the_bound() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("c.log");
+        fs::write(&path, b"ABCDEFGHIJKLMNOPQRSTUVWXY").unwrap();
+        finish(&path, 10).unwrap();
         assert_eq!(fs::read(rotated_path(&path)).unwrap(), b"KLMNOPQRST");
         assert_eq!(fs::read(&path).unwrap(), b"UVWXY");
-        drop(log);
-        // Reopening counts what is there.
-        let mut log = RotatingLog::open(path.clone(), 10).unwrap();
-        log.write(b"123456").unwrap();
-        assert_eq!(fs::read(&path).unwrap(), b"123456");
-        assert_eq!(fs::read(rotated_path(&path)).unwrap(), b"UVWXY");
+        // Within the bound: left alone, the earlier rotated file too.
+        finish(&path, 10).unwrap();
+        assert_eq!(fs::read(&path).unwrap(), b"UVWXY");
+        assert_eq!(fs::read(rotated_path(&path)).unwrap(), b"KLMNOPQRST");
+        // An exact multiple keeps a full file.
+        fs::write(&path, b"0123456789abcdefghij").unwrap();
+        finish(&path, 10).unwrap();
+        assert_eq!(fs::read(rotated_path(&path)).unwrap(), b"0123456789");
+        assert_eq!(fs::read(&path).unwrap(), b"abcdefghij");
+        assert_eq!(fs::read_dir(dir.path()).unwrap().count(), 2);
+    }
+
+    #[test]
+    fn the_rotator_bounds_a_registered_log() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("c.log");
+        let r = Rotator::start().unwrap();
+        r.watch("c", path.clone(), 100);
+        let mut w = open_for_container(&path).unwrap();
+        w.write_all(&[b'x'; 500]).unwrap();
+        let end = std::time::Instant::now() + Duration::from_secs(10);
+        while fs::metadata(&path).unwrap().len() > 100 {
+            assert!(std::time::Instant::now() < end, "not rotated");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        assert_eq!(fs::read(rotated_path(&path)).unwrap().len(), 100);
+        w.write_all(b"tail").unwrap();
+        r.finish("c");
+        assert_eq!(fs::read(&path).unwrap(), b"tail");
     }
 }

@@ -13,7 +13,7 @@ mod logs;
 pub mod youki;
 
 use std::fmt;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 pub use fake::FakeRuntime;
 pub use youki::YoukiRuntime;
@@ -94,9 +94,10 @@ pub struct RunSpec {
     pub cpu_request_millis: u32,
     /// Maximum number of tasks in the container's cgroup.
     pub pids_limit: i64,
-    /// stdout and stderr both go here.
+    /// stdout and stderr both go here (the file itself, opened for appending: see `logs`).
     pub log_path: PathBuf,
-    /// The log is rotated to `<log_path>.1` before it would grow past this; one rotated file is kept.
+    /// The log is copy-truncated to `<log_path>.1` once a periodic check finds it past this;
+    /// one rotated file is kept.
     pub log_max_bytes: u64,
 }
 
@@ -109,6 +110,18 @@ pub enum ExitReason {
     Signaled(i32),
     /// The cgroup's memory limit was hit and the kernel OOM killer fired.
     OomKilled,
+}
+
+/// What the runtime knows about a container it has state for, e.g. one a previous agent
+/// process started.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Adopted {
+    /// Pid of the container's init (in the agent's pid namespace).
+    pub pid: u32,
+    /// The init still runs *and* is still the container's process (not a reused pid).
+    pub running: bool,
+    /// When the container was created, in milliseconds since the Unix epoch, if known.
+    pub created_at_ms: Option<u64>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -185,6 +198,18 @@ pub trait Runtime: Send + Sync + 'static {
     fn delete(&self, id: &ContainerId) -> Result<(), RuntimeError>;
     /// Ids of the containers this runtime has state for (to find leftovers after an agent restart).
     fn list(&self) -> Result<Vec<ContainerId>, RuntimeError>;
+    /// What the runtime knows about `id`; `None` if it has no state for it.
+    fn state(&self, id: &ContainerId) -> Result<Option<Adopted>, RuntimeError>;
+    /// Takes over a running container that another process (an earlier agent) started: from
+    /// now on its exit is reported as an [`ExitEvent`] like for [`Runtime::run`], and its log
+    /// at `log_path` is bounded again. Errors with [`RuntimeError::NotRunning`] if it is not
+    /// running and [`RuntimeError::NotFound`] if there is no state for it.
+    fn adopt(
+        &self,
+        id: &ContainerId,
+        log_path: &Path,
+        log_max_bytes: u64,
+    ) -> Result<Adopted, RuntimeError>;
 }
 
 impl RunSpec {

@@ -2,8 +2,10 @@
 //!
 //! Module map: `node` owns all state and is driven by events; `reconcile` decides (pure);
 //! `pod` executes decisions in workers; `runtime`, `image` and `network` are the effects
-//! behind small interfaces; `bus` is the MQTT bridge; `state` persists desired state.
+//! behind small interfaces; `bus` is the MQTT bridge; `state` persists desired state; `adopt` takes
+//! over running containers after an agent restart.
 
+pub mod adopt;
 pub mod bus;
 pub mod image;
 pub mod network;

@@ -40,7 +40,11 @@ struct RunArgs {
     /// This node's name (default: the host name).
     #[arg(long, env = "BATON_NODE_NAME")]
     node_name: Option<String>,
-    #[arg(long, env = "BATON_AGENT_DATA_DIR", default_value = "/var/lib/baton-agent")]
+    #[arg(
+        long,
+        env = "BATON_AGENT_DATA_DIR",
+        default_value = "/var/lib/baton-agent"
+    )]
     data_dir: PathBuf,
     /// Node labels, e.g. `zone=lab,disk=ssd`.
     #[arg(long, env = "BATON_LABELS", value_delimiter = ',')]
@@ -76,9 +80,11 @@ struct RunArgs {
     log_max_bytes: u64,
     #[arg(long, env = "BATON_PIDS_LIMIT", default_value_t = 1024)]
     pids_limit: i64,
-    /// Leave pods running when the agent exits (default: stop them).
-    #[arg(long, env = "BATON_KEEP_PODS_ON_EXIT")]
-    keep_pods_on_exit: bool,
+    /// Stop every pod when the agent exits. By default pods keep running, so that an agent
+    /// upgrade or restart does not disrupt them (the next agent adopts them); `reset` removes
+    /// them for good.
+    #[arg(long, env = "BATON_STOP_PODS_ON_EXIT")]
+    stop_pods_on_exit: bool,
     /// Log format: text or json. Filter with RUST_LOG.
     #[arg(long, env = "BATON_LOG_FORMAT", default_value = "text")]
     log_format: String,
@@ -167,7 +173,7 @@ fn config(a: RunArgs) -> Result<AgentConfig> {
         cgroup_root: a.cgroup_root,
         log_max_bytes: a.log_max_bytes,
         pids_limit: a.pids_limit,
-        stop_pods_on_exit: !a.keep_pods_on_exit,
+        stop_pods_on_exit: a.stop_pods_on_exit,
     })
 }
 

@@ -436,6 +436,26 @@ impl Network {
         })
     }
 
+    /// The network an earlier agent process made for the pod, if it is complete: an address
+    /// allocated to it, its netns and its host veth. Changes nothing; for re-adopting pods
+    /// after an agent restart.
+    pub fn existing_pod(&self, pod_uid: &str) -> Result<Option<PodNet>, NetError> {
+        let names = self.names(pod_uid)?;
+        let _g = self.guard();
+        let Some((ip, _)) = self
+            .allocations()?
+            .into_iter()
+            .find(|(_, owner)| owner == pod_uid)
+        else {
+            return Ok(None);
+        };
+        let netns_path = Path::new(NETNS_DIR).join(&names.netns);
+        if !netns_path.exists() || !link_exists(None, &names.host_veth)? {
+            return Ok(None);
+        }
+        Ok(Some(PodNet { netns_path, ip }))
+    }
+
     /// Removes the pod's veth and netns and frees its address. Idempotent.
     #[tracing::instrument(skip_all, fields(node = %self.cfg.node, pod = %pod_uid))]
     pub fn delete_pod(&self, pod_uid: &str) -> Result<(), NetError> {

@@ -58,7 +58,8 @@ pub struct AgentConfig {
     pub cgroup_root: String,
     pub log_max_bytes: u64,
     pub pids_limit: i64,
-    /// Stop every pod when the agent is asked to exit (otherwise they keep running).
+    /// Stop every pod when the agent is asked to exit. Off by default: pods keep running and
+    /// the next agent process adopts them.
     pub stop_pods_on_exit: bool,
 }
 
@@ -382,6 +383,41 @@ impl Agent {
         self.status_dirty = true;
     }
 
+    /// Tracks a pod taken over from a previous agent process as Running. Restart counts
+    /// start again from zero: they lived in the previous process's memory.
+    fn track_adopted(&mut self, p: crate::adopt::AdoptedPod) {
+        let since = self.mono();
+        let uid = p.spec.uid.to_string();
+        let ctrs = p
+            .containers
+            .into_iter()
+            .map(|c| Ctr {
+                name: c.name,
+                id: Some(c.id),
+                obs: ContainerObs::Running { since },
+                report: ContainerState::Running {
+                    started_at_ms: c.adopted.created_at_ms.unwrap_or_else(now_ms),
+                },
+                level: 0,
+                restarts: 0,
+                spec: Some(c.spec),
+                image: Some(c.image),
+            })
+            .collect();
+        self.pods.insert(
+            uid,
+            Pod {
+                spec: p.spec,
+                lifecycle: Lifecycle::Running,
+                pod_ip: p.pod_ip,
+                ctrs,
+                _forwards: p.forwards,
+                busy: false,
+            },
+        );
+        self.status_dirty = true;
+    }
+
     fn handle(&mut self, ev: Event, bus: &Bus) -> Result<(), AgentError> {
         match ev {
             Event::Bus(BusEvent::Connected) => {
@@ -574,35 +610,12 @@ fn truncate(reason: &str) -> BString<1024> {
     BString::new(s).unwrap_or_default()
 }
 
-/// Removes whatever a previous run of this agent left: containers, rootfs mounts, pod
-/// networks and directories. Pods are then started afresh from the desired state.
+/// Removes everything this agent's data dir owns: containers, rootfs mounts, pod networks
+/// and directories (`baton-agent reset`). A normal start adopts instead (see [`crate::adopt`]).
 #[instrument(skip_all)]
 pub fn clean_leftovers(deps: &Deps) {
-    if let Ok(ids) = deps.runtime.list() {
-        for id in ids {
-            let _ = deps.runtime.kill(&id, pod::libc_sig::SIGKILL);
-            if let Err(e) = deps.runtime.delete(&id) {
-                warn!(container = %id, error = %e, "cannot remove leftover container");
-            }
-        }
-    }
-    let Ok(entries) = std::fs::read_dir(&deps.pods_dir) else {
-        return;
-    };
-    for pod_dir in entries.flatten() {
-        let uid = pod_dir.file_name().to_string_lossy().into_owned();
-        if let Ok(ctrs) = std::fs::read_dir(pod_dir.path().join("containers")) {
-            for c in ctrs.flatten() {
-                if let Err(e) = deps.images.unmount_rootfs(&c.path()) {
-                    warn!(dir = %c.path().display(), error = %e, "cannot remove leftover rootfs");
-                }
-            }
-        }
-        if let Err(e) = deps.network.delete_pod(&uid) {
-            warn!(%uid, error = %e, "cannot remove leftover pod network");
-        }
-        let _ = std::fs::remove_dir_all(pod_dir.path());
-    }
+    let ids = deps.runtime.list().unwrap_or_default();
+    crate::adopt::remove_leftovers(deps, &ids, &std::collections::BTreeSet::new());
 }
 
 pub fn build_deps(
@@ -651,9 +664,8 @@ pub async fn run(
         source,
     })?;
     let (exit_tx, mut exit_rx) = mpsc::unbounded_channel();
-    let deps = build_deps(&cfg, exit_tx)?;
+    let deps = Arc::new(build_deps(&cfg, exit_tx)?);
     deps.network.setup_node()?;
-    clean_leftovers(&deps);
 
     let state_file = StateFile::new(&cfg.data_dir);
     let desired = match state_file.load() {
@@ -669,6 +681,8 @@ pub async fn run(
         }
     };
     info!(node = %cfg.node, generation = desired.generation, pods = desired.pods.len(), "agent starting");
+    // Containers outlive the agent: take over what still runs instead of restarting it.
+    let adopted = crate::adopt::adopt_or_clean(&deps, &desired).await;
 
     let (tx, mut rx) = mpsc::channel(256);
     let (bus_tx, mut bus_rx) = mpsc::channel(64);
@@ -677,7 +691,7 @@ pub async fn run(
     let stop_on_exit = cfg.stop_pods_on_exit;
     let mut agent = Agent {
         cfg,
-        deps: Arc::new(deps),
+        deps,
         state_file,
         desired,
         pods: BTreeMap::new(),
@@ -687,6 +701,9 @@ pub async fn run(
         status_dirty: true,
         hello_pending: false,
     };
+    for p in adopted {
+        agent.track_adopted(p);
+    }
 
     tokio::pin!(shutdown);
     let mut heartbeat = tokio::time::interval(heartbeat_every);

@@ -13,7 +13,7 @@ use baton_proto::{ContainerSpec, PodSpec};
 use tracing::{info, warn};
 
 use crate::image::{ImageConfig, ImageStore};
-use crate::network::{Network, PortForward};
+use crate::network::{Network, PodNet, PortForward};
 use crate::runtime::{ContainerId, RunSpec, Runtime};
 
 /// Everything a pod worker needs, shared by all of them.
@@ -162,30 +162,7 @@ pub async fn start(
         let id = Deps::container_id(&uid, &name)
             .map_err(|e| fail(Some(&name), format!("CreateContainerError: {e}")))?;
         let dir = deps.container_dir(&uid, &name);
-        let spec = RunSpec {
-            id: id.clone(),
-            rootfs: PathBuf::new(),
-            args: argv(c, &img),
-            env: environment(c, &img, &pod.name),
-            cwd: c
-                .working_dir
-                .as_ref()
-                .map(|w| w.to_string())
-                .or_else(|| Some(img.working_dir.clone()).filter(|w| !w.is_empty()))
-                .unwrap_or_else(|| "/".into()),
-            hostname: pod.name.chars().take(63).collect(),
-            netns: netns.as_ref().map(|n| n.netns_path.clone()),
-            cgroup_path: PathBuf::from(&deps.cgroup_root)
-                .join(&deps.node)
-                .join(&uid)
-                .join(&name),
-            memory_limit_bytes: c.resources.memory_limit_bytes,
-            cpu_limit_millis: c.resources.cpu_limit_millis,
-            cpu_request_millis: c.resources.cpu_request_millis,
-            pids_limit: deps.pids_limit,
-            log_path: deps.pod_dir(&uid).join("logs").join(format!("{name}.log")),
-            log_max_bytes: deps.log_max_bytes,
-        };
+        let spec = run_spec(&deps, &pod, c, &img, id.clone(), netns.as_ref());
         if spec.args.is_empty() {
             return Err(fail(
                 Some(&name),
@@ -198,6 +175,59 @@ pub async fn start(
         started.push(Started { name, id, spec });
     }
 
+    let forwards = start_forwards(&pod, pod_ip)?;
+    info!(pod = %pod.name, %uid, ?pod_ip, "pod started");
+    Ok(StartedPod {
+        pod_ip,
+        containers: started,
+        forwards,
+    })
+}
+
+/// The run spec of one container of `pod`; `rootfs` is filled in when it is mounted. Also
+/// used to rebuild the spec of a container adopted after an agent restart, so both must
+/// derive it the same way.
+pub fn run_spec(
+    deps: &Deps,
+    pod: &PodSpec,
+    c: &ContainerSpec,
+    img: &ImageConfig,
+    id: ContainerId,
+    netns: Option<&PodNet>,
+) -> RunSpec {
+    let uid = pod.uid.as_str();
+    let name = c.name.as_str();
+    RunSpec {
+        id,
+        rootfs: PathBuf::new(),
+        args: argv(c, img),
+        env: environment(c, img, &pod.name),
+        cwd: c
+            .working_dir
+            .as_ref()
+            .map(|w| w.to_string())
+            .or_else(|| Some(img.working_dir.clone()).filter(|w| !w.is_empty()))
+            .unwrap_or_else(|| "/".into()),
+        hostname: pod.name.chars().take(63).collect(),
+        netns: netns.map(|n| n.netns_path.clone()),
+        cgroup_path: PathBuf::from(&deps.cgroup_root)
+            .join(&deps.node)
+            .join(uid)
+            .join(name),
+        memory_limit_bytes: c.resources.memory_limit_bytes,
+        cpu_limit_millis: c.resources.cpu_limit_millis,
+        cpu_request_millis: c.resources.cpu_request_millis,
+        pids_limit: deps.pids_limit,
+        log_path: deps.pod_dir(uid).join("logs").join(format!("{name}.log")),
+        log_max_bytes: deps.log_max_bytes,
+    }
+}
+
+/// The hostPort forwarders of a pod whose address is `pod_ip`.
+pub fn start_forwards(
+    pod: &PodSpec,
+    pod_ip: Option<IpAddr>,
+) -> Result<Vec<PortForward>, StartFailure> {
     let mut forwards = Vec::new();
     for c in pod.containers.iter() {
         for p in c.ports.iter() {
@@ -209,16 +239,14 @@ pub async fn start(
             }
             let Some(ip) = pod_ip else { continue };
             let fwd = PortForward::start(host_port, SocketAddr::new(ip, p.container_port))
-                .map_err(|e| fail(Some(&c.name), format!("HostPortFailed: {e}")))?;
+                .map_err(|e| StartFailure {
+                    container: Some(c.name.to_string()),
+                    reason: format!("HostPortFailed: {e}"),
+                })?;
             forwards.push(fwd);
         }
     }
-    info!(pod = %pod.name, %uid, ?pod_ip, "pod started");
-    Ok(StartedPod {
-        pod_ip,
-        containers: started,
-        forwards,
-    })
+    Ok(forwards)
 }
 
 /// Mounts a fresh rootfs and runs one container. Used for first starts and restarts.

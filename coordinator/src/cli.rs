@@ -145,6 +145,9 @@ pub struct ServerArgs {
     /// A node without a heartbeat for this long is NotReady (e.g. 20s, 1m).
     #[arg(long, env = "BATON_HEARTBEAT_TIMEOUT", default_value = "20s", value_parser = humantime::parse_duration)]
     pub heartbeat_timeout: Duration,
+    /// A node NotReady for this long loses its Deployment pods to Ready nodes (e.g. 60s).
+    #[arg(long, env = "BATON_POD_EVICTION_TIMEOUT", default_value = "60s", value_parser = humantime::parse_duration)]
+    pub pod_eviction_timeout: Duration,
     /// A deleted Ready pod stays on its node, marked Terminating, for this many seconds
     /// before the node stops it, so clients stop sending it requests first.
     #[arg(long, env = "BATON_POD_DRAIN_SECONDS", default_value_t = 2)]
@@ -164,6 +167,7 @@ impl ServerArgs {
                 },
             },
             heartbeat_timeout: self.heartbeat_timeout,
+            pod_eviction_timeout: self.pod_eviction_timeout,
             pod_drain: Duration::from_secs(self.pod_drain_seconds),
         }
     }

@@ -48,6 +48,10 @@ use crate::wire;
 
 /// How many events the store keeps; older ones are deleted as new ones arrive.
 pub const MAX_EVENTS: usize = 1000;
+/// How long a node may be NotReady before its Deployment pods are evicted (see
+/// [`Core::with_pod_eviction_timeout`]); Kubernetes' old default was five minutes, edge
+/// fleets want their services back sooner.
+pub const DEFAULT_POD_EVICTION_TIMEOUT: Duration = Duration::from_secs(60);
 /// How long a deleted Ready pod stays in its node's desired state (see
 /// [`Core::with_pod_drain`]).
 pub const DEFAULT_POD_DRAIN: Duration = Duration::from_secs(2);
@@ -235,6 +239,11 @@ pub struct Core {
     store: Arc<dyn Store>,
     outbound: mpsc::Sender<Outbound>,
     heartbeat_timeout: Duration,
+    /// How long a node stays NotReady before its Deployment pods are evicted.
+    pod_eviction_timeout: Duration,
+    /// Since when each NotReady node has been NotReady (not persisted: a restarted
+    /// coordinator gives every NotReady node a full eviction timeout again).
+    not_ready_since: HashMap<String, Instant>,
 
     deployments: BTreeMap<String, api::Deployment>,
     /// Deployment revisions by `rollout::revision_key`.
@@ -316,6 +325,8 @@ impl Core {
             store,
             outbound,
             heartbeat_timeout,
+            pod_eviction_timeout: DEFAULT_POD_EVICTION_TIMEOUT,
+            not_ready_since: HashMap::new(),
             deployments: BTreeMap::new(),
             revisions: BTreeMap::new(),
             pods: BTreeMap::new(),
@@ -345,6 +356,14 @@ impl Core {
         self
     }
 
+    /// Sets how long a node may be NotReady before the pods of Deployments on it are
+    /// evicted (deleted, so that their Deployments replace them on Ready nodes). Bare pods
+    /// stay, shown Unknown, as in Kubernetes: nothing else would ever run them again.
+    pub fn with_pod_eviction_timeout(mut self, timeout: Duration) -> Self {
+        self.pod_eviction_timeout = timeout;
+        self
+    }
+
     fn load(&mut self) -> Result<(), CoreError> {
         let store = self.store.as_ref();
         self.deployments = load_table(store, Table::Deployments, "deployment")?;
@@ -371,6 +390,12 @@ impl Core {
                 last_seen: now,
                 status_digest: None,
             });
+        }
+        // ...and a NotReady one a full eviction timeout.
+        for n in self.nodes.values().filter(|n| !n.status.ready) {
+            self.not_ready_since
+                .entry(n.metadata.name.clone())
+                .or_insert(now);
         }
         self.desired = self
             .nodes
@@ -884,6 +909,11 @@ impl Core {
         }
         n.status.ready = ready;
         n.status.last_heartbeat = api::now_rfc3339();
+        if ready {
+            self.not_ready_since.remove(node);
+        } else {
+            self.not_ready_since.insert(node.to_owned(), Instant::now());
+        }
         self.touch(Tab::Node, node);
         let reason = if ready { "NodeReady" } else { "NodeNotReady" };
         self.record(format!("node/{node}"), reason, why.to_owned());
@@ -1065,6 +1095,57 @@ impl Core {
             }
             let why = format!("No heartbeat for {}s", self.heartbeat_timeout.as_secs());
             self.set_ready(&name, false, &why);
+        }
+        self.evict_from_lost_nodes(now);
+    }
+
+    /// Deletes the Deployment pods of nodes NotReady for longer than the eviction timeout.
+    /// Settling then lets their Deployments create replacements, which the scheduler puts
+    /// on Ready nodes, and removes them from the lost node's desired state, so that the
+    /// node stops them as soon as it is back (it gets that state retained on reconnect,
+    /// and again on Hello or a heartbeat with an older generation).
+    fn evict_from_lost_nodes(&mut self, now: Instant) {
+        let lost: Vec<String> = self
+            .nodes
+            .values()
+            .filter(|n| !n.status.ready)
+            .filter(|n| {
+                self.not_ready_since
+                    .get(&n.metadata.name)
+                    .is_some_and(|since| now.duration_since(*since) >= self.pod_eviction_timeout)
+            })
+            .map(|n| n.metadata.name.clone())
+            .collect();
+        for node in lost {
+            let evict: Vec<String> = self
+                .pods
+                .values()
+                .filter(|p| p.spec.node_name.as_deref() == Some(node.as_str()))
+                .filter(|p| p.metadata.owner.is_some())
+                .map(|p| p.metadata.name.clone())
+                .collect();
+            if evict.is_empty() {
+                continue;
+            }
+            self.record(
+                format!("node/{node}"),
+                "NodeLost",
+                format!(
+                    "NotReady for {}s: evicting {} pod(s) of deployments",
+                    self.pod_eviction_timeout.as_secs(),
+                    evict.len()
+                ),
+            );
+            for name in evict {
+                self.pods.remove(&name);
+                self.draining.remove(&name);
+                self.touch(Tab::Pod, &name);
+                self.record(
+                    format!("pod/{name}"),
+                    "Evicted",
+                    format!("Node {node} was lost; its deployment replaces the pod elsewhere"),
+                );
+            }
         }
     }
 
@@ -2025,6 +2106,173 @@ spec:
             }),
             Err(ApiError::NotFound(_))
         ));
+    }
+
+    // ----- node loss: eviction and return ----------------------------------------
+
+    fn beat(h: &mut Harness, node: &str) {
+        h.send(
+            node,
+            Body::Heartbeat(Heartbeat {
+                applied_generation: 0,
+                status_digest: 0,
+            }),
+        );
+    }
+
+    /// Lets `secs` pass in 1 s steps, `alive` beating and the core ticking every second.
+    async fn pass(h: &mut Harness, secs: u64, alive: &str) {
+        for _ in 0..secs {
+            tokio::time::advance(Duration::from_secs(1)).await;
+            beat(h, alive);
+            h.core.handle(Event::Tick);
+        }
+    }
+
+    fn on_node(pods: &[api::Pod], node: &str) -> Vec<api::Pod> {
+        pods.iter()
+            .filter(|p| p.spec.node_name.as_deref() == Some(node))
+            .cloned()
+            .collect()
+    }
+
+    fn reasons(h: &mut Harness, object: &str) -> Vec<String> {
+        let ApiReply::Events(ev) = h
+            .api(ApiOp::Events {
+                object: Some(object.into()),
+            })
+            .unwrap()
+        else {
+            panic!("not events")
+        };
+        ev.into_iter().map(|e| e.reason).collect()
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_silent_node_loses_its_deployment_pods_after_the_eviction_timeout() {
+        let eviction = Duration::from_secs(60);
+        let mut h = two_nodes();
+        let bare = "apiVersion: v1\nkind: Pod\nmetadata: {name: solo}\nspec:\n  containers: [{name: c, image: busybox:1.36}]\n";
+        h.apply(bare).unwrap();
+        let lost = h.pods()[0].spec.node_name.clone().unwrap();
+        let alive = if lost == "pi-1" { "pi-2" } else { "pi-1" };
+        h.apply(&deployment("web", 3, "100m")).unwrap();
+        let before = on_node(&h.pods(), &lost);
+        let evicted: Vec<api::Pod> = before
+            .iter()
+            .filter(|p| p.metadata.owner.is_some())
+            .cloned()
+            .collect();
+        assert!(
+            !evicted.is_empty(),
+            "the lost node runs web pods: {before:?}"
+        );
+        h.drain();
+
+        // The heartbeat timeout makes it NotReady; its pods stay (Unknown) until eviction.
+        pass(&mut h, TIMEOUT.as_secs() + 1, alive).await;
+        assert!(!h.node(&lost).status.ready);
+        pass(&mut h, eviction.as_secs() - 2, alive).await;
+        assert_eq!(
+            on_node(&h.pods(), &lost).len(),
+            before.len(),
+            "evicted too early"
+        );
+        assert!(on_node(&h.pods(), &lost)
+            .iter()
+            .all(|p| p.status.phase == api::PodPhase::Unknown));
+        pass(&mut h, 3, alive).await;
+
+        // Its deployment pods are gone and replaced on the Ready node; the bare pod stays.
+        let pods = h.pods();
+        let left = on_node(&pods, &lost);
+        assert_eq!(left.len(), 1, "{left:?}");
+        assert_eq!(left[0].metadata.name, "solo");
+        assert_eq!(left[0].status.phase, api::PodPhase::Unknown);
+        let web: Vec<&api::Pod> = pods
+            .iter()
+            .filter(|p| p.metadata.owner.as_deref() == Some("web"))
+            .collect();
+        assert_eq!(web.len(), 3);
+        assert!(web
+            .iter()
+            .all(|p| p.spec.node_name.as_deref() == Some(alive)));
+        assert!(reasons(&mut h, &format!("node/{lost}")).contains(&"NodeLost".to_string()));
+        for p in &evicted {
+            let r = reasons(&mut h, &format!("pod/{}", p.metadata.name));
+            assert_eq!(r.last().map(String::as_str), Some("Evicted"), "{r:?}");
+        }
+        let msgs = h.drain();
+        let to_alive = desired_for(&msgs, alive).expect("replacements are published");
+        assert_eq!(to_alive.pods.len(), 3);
+        // The lost node's retained desired state no longer lists the evicted pods.
+        let to_lost = desired_for(&msgs, &lost).expect("the lost node's state is republished");
+        let names: Vec<&str> = to_lost.pods.iter().map(|p| p.name.as_str()).collect();
+        assert_eq!(names, vec!["solo"]);
+
+        // Another eviction period changes nothing more.
+        pass(&mut h, eviction.as_secs() + 1, alive).await;
+        assert_eq!(h.pods().len(), 4);
+
+        // The node returns: it is Ready again, is sent the state without the evicted pods,
+        // and its report about them is ignored.
+        h.send(&lost, hello(4000));
+        assert!(h.node(&lost).status.ready);
+        let msgs = h.drain();
+        let back = desired_for(&msgs, &lost).unwrap();
+        assert_eq!(back, to_lost);
+        let old = DesiredState {
+            generation: back.generation,
+            pods: BVec::from_vec(
+                evicted
+                    .iter()
+                    .map(|p| crate::wire::pod_spec(p).unwrap())
+                    .collect(),
+            )
+            .unwrap(),
+        };
+        h.send(&lost, Body::Status(running_status(&old, back.generation)));
+        let pods = h.pods();
+        assert_eq!(pods.len(), 4);
+        assert!(evicted
+            .iter()
+            .all(|e| pods.iter().all(|p| p.metadata.name != e.metadata.name)));
+        // A heartbeat with the generation it had before the loss gets the state again.
+        h.send(
+            &lost,
+            Body::Heartbeat(Heartbeat {
+                applied_generation: back.generation - 1,
+                status_digest: 0,
+            }),
+        );
+        assert_eq!(desired_for(&h.drain(), &lost), Some(back));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_offline_node_is_not_ready_at_once_and_evicted_after_the_timeout() {
+        let (tx, out) = mpsc::channel(1024);
+        let store = Arc::new(MemStore::new());
+        let core = Core::new(store.clone(), tx, TIMEOUT)
+            .unwrap()
+            .with_pod_eviction_timeout(Duration::from_secs(5));
+        let mut h = Harness { core, out, store };
+        h.send("pi-1", hello(4000));
+        h.send("pi-2", hello(4000));
+        h.apply(&deployment("web", 2, "100m")).unwrap();
+        assert_eq!(on_node(&h.pods(), "pi-1").len(), 1);
+        h.send("pi-1", Body::Offline);
+        assert!(
+            !h.node("pi-1").status.ready,
+            "the last will is NotReady at once"
+        );
+        pass(&mut h, 4, "pi-2").await;
+        assert_eq!(on_node(&h.pods(), "pi-1").len(), 1);
+        pass(&mut h, 2, "pi-2").await;
+        assert!(on_node(&h.pods(), "pi-1").is_empty());
+        assert_eq!(on_node(&h.pods(), "pi-2").len(), 2);
+        // A restarted coordinator keeps the outcome.
+        let again = Harness::new(h.store.clone());
+        assert_eq!(again.core.pods.len(), 2);
     }
 
     // ----- rollouts: capacity bounds, drain, revisions ---------------------------------

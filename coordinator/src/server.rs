@@ -45,6 +45,9 @@ pub struct ServerConfig {
     pub allow_remote: bool,
     pub mqtt: MqttMode,
     pub heartbeat_timeout: Duration,
+    /// How long a node is NotReady before its Deployment pods are evicted and replaced
+    /// elsewhere (see `Core::with_pod_eviction_timeout`).
+    pub pod_eviction_timeout: Duration,
     /// How long a deleted Ready pod drains before its node stops it
     /// (see `Core::with_pod_drain`).
     pub pod_drain: Duration,
@@ -61,6 +64,7 @@ impl ServerConfig {
                 listen: SocketAddr::from(([127, 0, 0, 1], 1883)),
             },
             heartbeat_timeout: DEFAULT_HEARTBEAT_TIMEOUT,
+            pod_eviction_timeout: crate::core::DEFAULT_POD_EVICTION_TIMEOUT,
             pod_drain: crate::core::DEFAULT_POD_DRAIN,
         }
     }
@@ -121,8 +125,9 @@ impl Server {
                 })?,
             );
         let (outbound_tx, outbound_rx) = mpsc::channel(4096);
-        let core =
-            Core::new(store, outbound_tx, cfg.heartbeat_timeout)?.with_pod_drain(cfg.pod_drain);
+        let core = Core::new(store, outbound_tx, cfg.heartbeat_timeout)?
+            .with_pod_drain(cfg.pod_drain)
+            .with_pod_eviction_timeout(cfg.pod_eviction_timeout);
 
         let (broker, embedded_mqtt) = match &cfg.mqtt {
             MqttMode::Embedded { listen } => {

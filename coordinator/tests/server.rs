@@ -52,6 +52,7 @@ impl TestServer {
             allow_remote: false,
             mqtt,
             heartbeat_timeout: Duration::from_secs(20),
+            pod_eviction_timeout: Duration::from_secs(60),
             pod_drain: Duration::from_secs(2),
         };
         let server = Server::bind(cfg).await?;

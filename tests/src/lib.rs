@@ -103,6 +103,33 @@ impl Proc {
         })
     }
 
+    /// Like [`Proc::spawn`], but appends to `log` instead of truncating it.
+    pub fn spawn_appending(name: &str, cmd: &mut Command, log: PathBuf) -> Result<Proc> {
+        let f = fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&log)?;
+        let child = cmd
+            .stdin(Stdio::null())
+            .stdout(f.try_clone()?)
+            .stderr(f)
+            .spawn()
+            .with_context(|| format!("cannot start {name}: {cmd:?}"))?;
+        Ok(Proc {
+            name: name.into(),
+            child: Some(child),
+            log,
+        })
+    }
+
+    /// SIGKILL, as a crash would end it: no cleanup of any kind.
+    pub fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
     pub fn pid(&self) -> Option<u32> {
         self.child.as_ref().map(Child::id)
     }
@@ -203,6 +230,8 @@ pub struct Lab {
     broker: Broker,
     registry_dir: PathBuf,
     coordinator_starts: u32,
+    /// Extra flags for every `baton server` this lab starts (see [`Lab::start_with`]).
+    pub coordinator_args: Vec<String>,
 }
 
 impl Lab {
@@ -221,6 +250,16 @@ impl Lab {
     /// Builds the namespaces and links, starts the registry with the example images, the
     /// broker if external, the coordinator, and `agents` agents.
     pub fn start(tag: &str, agents: usize, broker: Broker) -> Result<Lab> {
+        Self::start_with(tag, agents, broker, &[])
+    }
+
+    /// [`Lab::start`], with extra `baton server` flags (e.g. a short `--pod-eviction-timeout`).
+    pub fn start_with(
+        tag: &str,
+        agents: usize,
+        broker: Broker,
+        coordinator_args: &[&str],
+    ) -> Result<Lab> {
         let n = NEXT.fetch_add(1, Ordering::SeqCst);
         let pid = std::process::id();
         let subnet = (pid.wrapping_mul(7).wrapping_add(n * 13)) % 200 + 20;
@@ -254,6 +293,7 @@ impl Lab {
             broker,
             registry_dir,
             coordinator_starts: 0,
+            coordinator_args: coordinator_args.iter().map(|a| a.to_string()).collect(),
         };
         for i in 1..=agents {
             let name = format!("{id}-n{i}");
@@ -379,6 +419,7 @@ impl Lab {
             Broker::Embedded => cmd.args(["--mqtt-listen", &format!("{}:1883", self.hub_ip())]),
             Broker::Mosquitto => cmd.args(["--broker", &self.mqtt_url()]),
         };
+        cmd.args(&self.coordinator_args);
         self.coordinator_starts += 1;
         let log = self
             .dir
@@ -392,6 +433,24 @@ impl Lab {
     }
 
     pub fn start_agent(&mut self, i: usize) -> Result<()> {
+        self.spawn_agent(i)?;
+        let name = self.agents[i].name.clone();
+        wait_for(
+            &format!("node {name} to be Ready"),
+            Duration::from_secs(60),
+            || {
+                let nodes = self.get_json(&["get", "nodes"])?;
+                Ok(items(&nodes)
+                    .iter()
+                    .any(|n| n["metadata"]["name"] == name.as_str() && n["status"]["ready"] == true)
+                    .then_some(()))
+            },
+        )
+    }
+
+    /// Starts agent `i` without waiting for it to be Ready (e.g. with its link down). Its
+    /// log is appended to, so the logs of earlier runs stay readable.
+    pub fn spawn_agent(&mut self, i: usize) -> Result<()> {
         let mqtt = self.mqtt_url();
         let registry = self.registry();
         let a = &mut self.agents[i];
@@ -417,19 +476,8 @@ impl Lab {
             "info,libcgroups=error,libcontainer=warn,rumqttd=warn",
         );
         let log = a.data_dir.with_extension("log");
-        a.proc = Some(Proc::spawn(&a.name.clone(), &mut cmd, log)?);
-        let name = a.name.clone();
-        wait_for(
-            &format!("node {name} to be Ready"),
-            Duration::from_secs(60),
-            || {
-                let nodes = self.get_json(&["get", "nodes"])?;
-                Ok(items(&nodes)
-                    .iter()
-                    .any(|n| n["metadata"]["name"] == name.as_str() && n["status"]["ready"] == true)
-                    .then_some(()))
-            },
-        )
+        a.proc = Some(Proc::spawn_appending(&a.name.clone(), &mut cmd, log)?);
+        Ok(())
     }
 
     /// Runs the `baton` CLI in the hub namespace against the coordinator.
@@ -527,4 +575,65 @@ pub fn items(v: &Value) -> Vec<Value> {
         }
         other => vec![other.clone()],
     }
+}
+
+impl Lab {
+    /// Kills agent `i` with SIGKILL (a crash): its containers keep running.
+    pub fn kill_agent(&mut self, i: usize) {
+        if let Some(mut p) = self.agents[i].proc.take() {
+            p.kill();
+        }
+    }
+
+    /// Takes agent `i`'s link to the hub down or up (a network cut, not a crash).
+    pub fn set_link(&self, i: usize, up: bool) -> Result<()> {
+        ip(&[
+            "-n",
+            &self.agents[i].ns.0,
+            "link",
+            "set",
+            "eth0",
+            if up { "up" } else { "down" },
+        ])
+    }
+
+    /// Runs `baton-agent reset` for agent `i` (which must be stopped): removes its
+    /// containers, mounts and pod networks.
+    pub fn reset_agent(&self, i: usize) -> Result<()> {
+        let a = &self.agents[i];
+        sh(a.ns
+            .cmd(bin("baton-agent"))
+            .args([
+                "reset",
+                "--node-name",
+                &a.name,
+                "--pod-cidr",
+                &format!("10.42.{}.0/24", i + 1),
+            ])
+            .arg("--data-dir")
+            .arg(&a.data_dir))
+        .map(|_| ())
+    }
+
+    /// Index of the agent running node `node`.
+    pub fn agent_index(&self, node: &str) -> Option<usize> {
+        self.agents.iter().position(|a| a.name == node)
+    }
+}
+
+/// The pids in a container's pids cgroup (`baton/<node>/<pod uid>/<container>`), sorted;
+/// empty if the cgroup is gone.
+pub fn container_pids(node: &str, uid: &str, container: &str) -> Vec<u32> {
+    let procs = Path::new("/sys/fs/cgroup/pids/baton")
+        .join(node)
+        .join(uid)
+        .join(container)
+        .join("cgroup.procs");
+    let mut pids: Vec<u32> = fs::read_to_string(procs)
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|l| l.trim().parse().ok())
+        .collect();
+    pids.sort();
+    pids
 }

@@ -1,0 +1,455 @@
+//! Self-healing, end to end on real processes: agent crashes that must not restart
+//! containers, node loss with rescheduling and return, and an offline agent restart.
+//!
+//! Figures (crash-to-restarted latency, node-loss-to-rescheduled time) are printed, not
+//! asserted. `BATON_HEAL_DEFAULTS=1` runs the node-loss test with the coordinator's default
+//! heartbeat and eviction timeouts, to measure them as shipped.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, ensure, Context, Result};
+use baton_e2e::{container_pids, wait_for, Broker, Lab};
+use serde_json::Value;
+
+const LONG: Duration = Duration::from_secs(120);
+
+fn web(registry: &str, replicas: u32) -> String {
+    format!(
+        r#"apiVersion: apps/v1
+kind: Deployment
+metadata:
+  name: web
+  labels: {{app: web}}
+spec:
+  replicas: {replicas}
+  selector:
+    matchLabels: {{app: web}}
+  template:
+    metadata:
+      labels: {{app: web}}
+    spec:
+      terminationGracePeriodSeconds: 2
+      containers:
+      - name: echo
+        image: {registry}/baton/http-echo:1
+        ports:
+        - containerPort: 8080
+        resources:
+          requests: {{cpu: 50m, memory: 16Mi}}
+          limits: {{cpu: 500m, memory: 64Mi}}
+"#
+    )
+}
+
+fn s(v: &Value) -> String {
+    v.as_str().unwrap_or_default().to_owned()
+}
+
+fn uid(p: &Value) -> String {
+    s(&p["metadata"]["uid"])
+}
+
+fn node(p: &Value) -> String {
+    s(&p["spec"]["nodeName"])
+}
+
+fn restarts(p: &Value) -> u64 {
+    p["status"]["containerStatuses"][0]["restartCount"]
+        .as_u64()
+        .unwrap_or(u64::MAX)
+}
+
+fn container_running(p: &Value) -> bool {
+    p["status"]["phase"] == "Running"
+        && p["status"]["containerStatuses"][0]["state"]["running"].is_object()
+        && p["status"]["podIP"].is_string()
+}
+
+fn web_pods(lab: &Lab) -> Result<Vec<Value>> {
+    Ok(lab
+        .pods()?
+        .into_iter()
+        .filter(|p| p["metadata"]["owner"] == "web")
+        .collect())
+}
+
+/// Waits for exactly `n` web pods, all Running.
+fn wait_running(lab: &Lab, n: usize, timeout: Duration) -> Result<Vec<Value>> {
+    wait_for(&format!("{n} running web pods"), timeout, || {
+        let pods = web_pods(lab)?;
+        let running = pods.iter().filter(|p| container_running(p)).count();
+        Ok((pods.len() == n && running == n).then_some(pods))
+    })
+}
+
+/// The init pid of a pod's container, from the runtime's state on the agent.
+fn init_pid(lab: &Lab, p: &Value, container: &str) -> Result<u32> {
+    let agent = lab.agent_by_node(&node(p)).context("a lab node")?;
+    let state = agent
+        .data_dir
+        .join("runtime/containers")
+        .join(format!("{}-{container}", uid(p)))
+        .join("state.json");
+    let v: Value = serde_json::from_slice(&std::fs::read(&state)?)?;
+    let pid = v["pid"].as_u64().context("state has a pid")?;
+    Ok(u32::try_from(pid)?)
+}
+
+/// Fetches the http-echo info page at `ip` from inside agent `i`'s namespace.
+fn http(lab: &Lab, i: usize, ip: &str) -> Result<String> {
+    let out = lab.agents[i]
+        .ns
+        .cmd("curl")
+        .args(["-sS", "--max-time", "5"])
+        .arg(format!("http://{ip}:8080/cgi-bin/info"))
+        .output()?;
+    ensure!(
+        out.status.success(),
+        "curl {ip}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+/// What is left of a pod on its node: directory, mounts, cgroups.
+fn leftovers(lab: &Lab, node: &str, uid: &str) -> Vec<String> {
+    let mut left = Vec::new();
+    let agent = lab.agent_by_node(node).expect("a lab node");
+    let dir = agent.data_dir.join("pods").join(uid);
+    if dir.exists() {
+        left.push(dir.display().to_string());
+    }
+    let mounts = std::fs::read_to_string("/proc/mounts").unwrap_or_default();
+    left.extend(
+        mounts
+            .lines()
+            .filter(|l| l.contains(uid))
+            .map(|l| format!("mount {l}")),
+    );
+    for ctrl in ["memory", "pids", "cpu"] {
+        let cg = Path::new("/sys/fs/cgroup")
+            .join(ctrl)
+            .join("baton")
+            .join(node)
+            .join(uid);
+        if cg.exists() {
+            left.push(cg.display().to_string());
+        }
+    }
+    left
+}
+
+fn node_ready(lab: &Lab, name: &str) -> Result<bool> {
+    let n = lab.get_json(&["get", "node", name])?;
+    Ok(n["status"]["ready"] == true)
+}
+
+fn on_failure<T>(lab: &Lab, r: Result<T>) -> Result<T> {
+    if r.is_err() {
+        lab.dump_logs();
+    }
+    r
+}
+
+#[test]
+fn agent_kill_9_and_restart_keeps_containers_running() -> Result<()> {
+    let mut lab = Lab::start("healk", 1, Broker::Embedded)?;
+    let r = agent_kill_9(&mut lab);
+    on_failure(&lab, r)
+}
+
+fn agent_kill_9(lab: &mut Lab) -> Result<()> {
+    lab.apply(&web(&lab.registry(), 2))?;
+    let pods = wait_running(lab, 2, LONG)?;
+    let mut before = BTreeMap::new();
+    for p in &pods {
+        let pid = init_pid(lab, p, "echo")?;
+        let procs = container_pids(&node(p), &uid(p), "echo");
+        ensure!(
+            procs.contains(&pid),
+            "init {pid} not in its cgroup {procs:?}"
+        );
+        before.insert(uid(p), (pid, procs, s(&p["status"]["podIP"])));
+    }
+
+    lab.kill_agent(0);
+    // The containers keep serving while the agent is gone.
+    for (_, _, ip) in before.values() {
+        let page = http(lab, 0, ip)?;
+        ensure!(!page.is_empty(), "empty page from {ip}");
+    }
+    std::thread::sleep(Duration::from_secs(2));
+    for (_, _, ip) in before.values() {
+        http(lab, 0, ip)?;
+    }
+
+    lab.start_agent(0)?;
+    let pods = wait_for("both pods reported Running again", LONG, || {
+        let pods = web_pods(lab)?;
+        Ok((pods.len() == 2 && pods.iter().all(container_running)).then_some(pods))
+    })?;
+    ensure!(
+        lab.agents[0]
+            .proc
+            .as_ref()
+            .is_some_and(|p| p.log().contains("pod adopted")),
+        "the agent did not adopt its pods"
+    );
+    for p in &pods {
+        let (pid, procs, ip) = before.get(&uid(p)).context("the same pods")?;
+        ensure!(restarts(p) == 0, "restarted: {p}");
+        ensure!(
+            init_pid(lab, p, "echo")? == *pid,
+            "the init of {} changed",
+            uid(p)
+        );
+        let now = container_pids(&node(p), &uid(p), "echo");
+        ensure!(
+            now.contains(pid) && now == *procs,
+            "processes changed: {procs:?} -> {now:?}"
+        );
+        ensure!(s(&p["status"]["podIP"]) == *ip, "pod IP changed");
+        http(lab, 0, ip)?;
+    }
+
+    // The restarted agent watches what it adopted: a killed init is noticed and the
+    // container restarts under restartPolicy Always.
+    let victim = pods[0].clone();
+    let (pid, _, _) = before[&uid(&victim)].clone();
+    let killed = Instant::now();
+    baton_e2e::sh(std::process::Command::new("kill").args(["-9", &pid.to_string()]))?;
+    let new_pid = wait_for("a new init in the container's cgroup", LONG, || {
+        let now = container_pids(&node(&victim), &uid(&victim), "echo");
+        Ok(now
+            .first()
+            .copied()
+            .filter(|_| !now.contains(&pid))
+            .map(|_| now))
+    })?;
+    let in_cgroup = killed.elapsed();
+    let p = wait_for("the pod Running with 1 restart", LONG, || {
+        let pods = web_pods(lab)?;
+        Ok(pods
+            .into_iter()
+            .find(|p| uid(p) == uid(&victim) && restarts(p) == 1 && container_running(p)))
+    })?;
+    let reported = killed.elapsed();
+    println!(
+        "FIGURE crash-to-restarted (adopted container, kill -9 of its init): new process after {:.2}s, reported Running with restartCount 1 after {:.2}s",
+        in_cgroup.as_secs_f64(),
+        reported.as_secs_f64()
+    );
+    ensure!(init_pid(lab, &p, "echo")? != pid);
+    ensure!(!new_pid.is_empty());
+    http(lab, 0, &s(&p["status"]["podIP"]))?;
+    // The other pod was not touched.
+    let other = pods
+        .iter()
+        .find(|q| uid(q) != uid(&victim))
+        .context("2 pods")?;
+    ensure!(init_pid(lab, other, "echo")? == before[&uid(other)].0);
+    Ok(())
+}
+
+#[test]
+fn node_loss_reschedules_and_the_returning_node_drops_its_evicted_pods() -> Result<()> {
+    let defaults = std::env::var("BATON_HEAL_DEFAULTS").is_ok_and(|v| v == "1");
+    let args: &[&str] = if defaults {
+        &[]
+    } else {
+        &["--heartbeat-timeout", "3s", "--pod-eviction-timeout", "5s"]
+    };
+    let mut lab = Lab::start_with("heall", 2, Broker::Embedded, args)?;
+    let r = node_loss(&mut lab, defaults);
+    on_failure(&lab, r)
+}
+
+fn node_loss(lab: &mut Lab, defaults: bool) -> Result<()> {
+    lab.apply(&web(&lab.registry(), 3))?;
+    let pods = wait_running(lab, 3, LONG)?;
+    let mut per_node: BTreeMap<String, Vec<Value>> = BTreeMap::new();
+    for p in &pods {
+        per_node.entry(node(p)).or_default().push(p.clone());
+    }
+    ensure!(
+        per_node.len() == 2,
+        "3 replicas spread over 2 nodes: {per_node:?}"
+    );
+    let lost_name = lab.agents[0].name.clone();
+    let kept_name = lab.agents[1].name.clone();
+    let evicted: Vec<String> = per_node[&lost_name].iter().map(uid).collect();
+    let kept_before: BTreeMap<String, u32> = per_node[&kept_name]
+        .iter()
+        .map(|p| Ok((uid(p), init_pid(lab, p, "echo")?)))
+        .collect::<Result<_>>()?;
+    let lost_agent_pid = lab.agents[0].proc.as_ref().and_then(|p| p.pid());
+
+    lab.set_link(0, false)?;
+    let cut = Instant::now();
+    wait_for("the lost node to be NotReady", LONG, || {
+        Ok((!node_ready(lab, &lost_name)?).then_some(()))
+    })?;
+    let not_ready = cut.elapsed();
+    let timeout = if defaults {
+        Duration::from_secs(180)
+    } else {
+        LONG
+    };
+    let pods = wait_for("all 3 replicas Running on the other node", timeout, || {
+        let pods = web_pods(lab)?;
+        Ok((pods.len() == 3
+            && pods
+                .iter()
+                .all(|p| node(p) == kept_name && container_running(p)))
+        .then_some(pods))
+    })?;
+    let rescheduled = cut.elapsed();
+    println!(
+        "FIGURE node-loss-to-rescheduled ({}): NotReady after {:.1}s, all replicas Running elsewhere after {:.1}s",
+        if defaults {
+            "default timeouts"
+        } else {
+            "heartbeat timeout 3s, eviction timeout 5s"
+        },
+        not_ready.as_secs_f64(),
+        rescheduled.as_secs_f64()
+    );
+    for u in &evicted {
+        ensure!(
+            pods.iter().all(|p| uid(p) != *u),
+            "evicted pod {u} still listed"
+        );
+    }
+    // The lost node still runs its stale pods while cut off (it keeps what it was given).
+    for u in &evicted {
+        ensure!(
+            !container_pids(&lost_name, u, "echo").is_empty(),
+            "the cut-off node stopped {u} on its own"
+        );
+    }
+
+    lab.set_link(0, true)?;
+    let back = Instant::now();
+    wait_for("the node to be Ready again", LONG, || {
+        Ok(node_ready(lab, &lost_name)?.then_some(()))
+    })?;
+    for u in &evicted {
+        wait_for(&format!("evicted pod {u} to be gone"), LONG, || {
+            let left = leftovers(lab, &lost_name, u);
+            if left.is_empty() {
+                Ok(Some(()))
+            } else {
+                bail!("still there: {left:?}")
+            }
+        })?;
+    }
+    println!(
+        "FIGURE returning node stopped its evicted pods {:.1}s after its link came back",
+        back.elapsed().as_secs_f64()
+    );
+    let pods = wait_running(lab, 3, LONG)?;
+    ensure!(pods.iter().all(|p| node(p) == kept_name));
+    // The same agent process all along, and the other node's containers never restarted.
+    ensure!(lab.agents[0].proc.as_ref().and_then(|p| p.pid()) == lost_agent_pid);
+    ensure!(lab.agents[0].proc.as_mut().is_some_and(|p| p.is_running()));
+    for p in &pods {
+        if let Some(pid) = kept_before.get(&uid(p)) {
+            ensure!(init_pid(lab, p, "echo")? == *pid, "{} restarted", uid(p));
+            ensure!(restarts(p) == 0);
+        }
+    }
+    Ok(())
+}
+
+#[test]
+fn an_offline_agent_restart_runs_its_pods_from_the_persisted_state() -> Result<()> {
+    // A long eviction timeout: this node is offline on purpose and must keep its pods.
+    let mut lab = Lab::start_with(
+        "healo",
+        1,
+        Broker::Embedded,
+        &["--pod-eviction-timeout", "10m"],
+    )?;
+    let r = offline_reboot(&mut lab);
+    on_failure(&lab, r)
+}
+
+/// Pod addresses allocated on agent `i`, from its IPAM files.
+fn allocated_ips(lab: &Lab, i: usize) -> Vec<String> {
+    let net = lab.agents[i].data_dir.join("net");
+    let mut ips = Vec::new();
+    for d in std::fs::read_dir(net).into_iter().flatten().flatten() {
+        if !d.file_name().to_string_lossy().starts_with("ipam-") {
+            continue;
+        }
+        for f in std::fs::read_dir(d.path()).into_iter().flatten().flatten() {
+            let name = f.file_name().to_string_lossy().into_owned();
+            if name.parse::<std::net::Ipv4Addr>().is_ok() {
+                ips.push(name);
+            }
+        }
+    }
+    ips.sort();
+    ips
+}
+
+fn offline_reboot(lab: &mut Lab) -> Result<()> {
+    lab.apply(&web(&lab.registry(), 2))?;
+    let pods = wait_running(lab, 2, LONG)?;
+    let uids: BTreeSet<String> = pods.iter().map(uid).collect();
+    let name = lab.agents[0].name.clone();
+    let old: BTreeMap<String, Vec<u32>> = uids
+        .iter()
+        .map(|u| (u.clone(), container_pids(&name, u, "echo")))
+        .collect();
+
+    // A power cut, as far as the pods go: the agent and every container process die.
+    lab.kill_agent(0);
+    for pids in old.values() {
+        for pid in pids {
+            let _ = std::process::Command::new("kill")
+                .args(["-9", &pid.to_string()])
+                .status();
+        }
+    }
+    wait_for("the containers to die", LONG, || {
+        Ok(uids
+            .iter()
+            .all(|u| container_pids(&name, u, "echo").is_empty())
+            .then_some(()))
+    })?;
+
+    // Back up with no network: the pods start from the persisted desired state.
+    lab.set_link(0, false)?;
+    lab.spawn_agent(0)?;
+    wait_for("both pods serving again, offline", LONG, || {
+        let fresh = uids.iter().all(|u| {
+            let now = container_pids(&name, u, "echo");
+            !now.is_empty() && now.iter().all(|p| !old[u].contains(p))
+        });
+        if !fresh {
+            bail!("containers not restarted yet");
+        }
+        let ips = allocated_ips(lab, 0);
+        ensure!(ips.len() == 2, "addresses: {ips:?}");
+        for ip in &ips {
+            http(lab, 0, ip)?;
+        }
+        Ok(Some(()))
+    })?;
+
+    lab.set_link(0, true)?;
+    let pods = wait_for("the coordinator to see both pods Running", LONG, || {
+        let pods = web_pods(lab)?;
+        Ok((pods.len() == 2
+            && pods.iter().all(container_running)
+            && pods.iter().all(|p| uids.contains(&uid(p))))
+        .then_some(pods))
+    })?;
+    ensure!(node_ready(lab, &name)?);
+    let ips: BTreeSet<String> = pods.iter().map(|p| s(&p["status"]["podIP"])).collect();
+    ensure!(ips == allocated_ips(lab, 0).into_iter().collect::<BTreeSet<_>>());
+    Ok(())
+}

@@ -12,7 +12,7 @@ root=$PWD
 state=$root/.baton
 bin=$root/target/release
 export BATON_SERVER=http://127.0.0.1:7474
-node=${BATON_NODE_NAME:-$(hostname | tr -c 'A-Za-z0-9._-\n' '-' | cut -c1-63)}
+node=${BATON_NODE_NAME:-$(hostname | tr -c 'A-Za-z0-9._\n-' '-' | cut -c1-63)}
 
 stop_pid() { # name
   local f=$state/$1.pid

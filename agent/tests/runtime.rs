@@ -295,7 +295,7 @@ fn creates_do_not_hang_while_other_threads_spawn_commands() {
 /// it did not start, notices when it ends, and the container's log never went through either.
 #[test]
 fn a_new_runtime_instance_adopts_a_running_container_and_notices_its_exit() {
-    let mut fx = Fixture::new("adopt");
+    let fx = Fixture::new("adopt");
     let spec = fx.spec(
         "c",
         &[

@@ -366,9 +366,13 @@ impl Lab {
             .cmd(root.join("images/registry.sh"))
             .args(["start", &self.registry()])
             .arg(&self.registry_dir))?;
+        // A private output dir: labs start in parallel, and one lab's build must not
+        // rewrite the layout another is pushing from.
         sh(self
             .hub
             .cmd(root.join("images/build.sh"))
+            .arg("--out")
+            .arg(self.dir.path().join("images"))
             .args(["--push", &self.registry()]))?;
         Ok(())
     }
@@ -636,4 +640,29 @@ pub fn container_pids(node: &str, uid: &str, container: &str) -> Vec<u32> {
         .collect();
     pids.sort();
     pids
+}
+
+impl Lab {
+    /// Kills the coordinator with SIGKILL, as a crash or a power cut of the hub would: no
+    /// shutdown, no last words. With the embedded broker, the broker dies with it.
+    pub fn kill_coordinator(&mut self) {
+        if let Some(mut p) = self.coordinator.take() {
+            p.kill();
+        }
+    }
+
+    /// Kills the external Mosquitto with SIGKILL, waits `down_for`, and starts it again with
+    /// the same configuration (no persistence: retained messages are lost, as after a crash).
+    pub fn restart_mosquitto(&mut self, down_for: Duration) -> Result<()> {
+        if let Some(mut p) = self.mosquitto.take() {
+            p.kill();
+        }
+        std::thread::sleep(down_for);
+        self.start_mosquitto()
+    }
+
+    /// Everything agent `i` has logged, across its restarts.
+    pub fn agent_log(&self, i: usize) -> String {
+        fs::read_to_string(self.agents[i].data_dir.with_extension("log")).unwrap_or_default()
+    }
 }

@@ -62,6 +62,21 @@ struct RunArgs {
         value_delimiter = ','
     )]
     insecure_registries: Vec<String>,
+    /// Registry credentials: Docker's config.json (`auths`), plus optional `caFiles`
+    /// (registry -> PEM file) for per-registry CAs.
+    #[arg(long, env = "BATON_REGISTRY_CONFIG")]
+    registry_config: Option<PathBuf>,
+    /// A PEM CA bundle trusted for every registry, on top of the built-in roots.
+    #[arg(long, env = "BATON_REGISTRY_CA")]
+    registry_ca: Option<PathBuf>,
+    /// Most disk the image store may use: bytes (`2Gi`, `500M`) or a share of its
+    /// filesystem (`20%`). Unused images are removed, least recently used first.
+    #[arg(long, env = "BATON_IMAGE_DISK_BUDGET")]
+    image_disk_budget: Option<baton_agent::image::DiskSize>,
+    /// Free disk to keep on the image store's filesystem (default: 5% or 256Mi, whichever
+    /// is smaller).
+    #[arg(long, env = "BATON_IMAGE_MIN_FREE")]
+    image_min_free: Option<baton_agent::image::DiskSize>,
     #[arg(long, env = "BATON_HEARTBEAT_SECS", default_value_t = 5)]
     heartbeat_secs: u64,
     /// CPU kept back from pods for the system and the agent.
@@ -169,6 +184,12 @@ fn config(a: RunArgs) -> Result<AgentConfig> {
             .into_iter()
             .filter(|r| !r.is_empty())
             .collect(),
+        registry_config: a.registry_config,
+        registry_ca: a.registry_ca,
+        image_limits: baton_agent::image::DiskLimits {
+            budget: a.image_disk_budget,
+            min_free: a.image_min_free,
+        },
         heartbeat_interval: Duration::from_secs(a.heartbeat_secs.max(1)),
         cgroup_root: a.cgroup_root,
         log_max_bytes: a.log_max_bytes,

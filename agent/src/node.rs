@@ -54,6 +54,12 @@ pub struct AgentConfig {
     pub address: Option<IpAddr>,
     pub pod_cidr: Option<String>,
     pub insecure_registries: Vec<String>,
+    /// Docker `config.json`-style registry credentials and per-registry CAs.
+    pub registry_config: Option<PathBuf>,
+    /// A PEM CA bundle trusted for every registry.
+    pub registry_ca: Option<PathBuf>,
+    /// Image store disk budget and free-space floor.
+    pub image_limits: crate::image::DiskLimits,
     pub heartbeat_interval: Duration,
     pub cgroup_root: String,
     pub log_max_bytes: u64,
@@ -225,6 +231,16 @@ impl Agent {
 
     /// One reconcile turn; returns when to run again for pending backoffs.
     fn reconcile(&mut self) -> Option<Millis> {
+        // Images of assigned and of still-tracked (running, stopping) pods are never
+        // garbage-collected; cheap when nothing changed.
+        let in_use: std::collections::BTreeSet<String> = self
+            .desired
+            .pods
+            .iter()
+            .chain(self.pods.values().map(|p| &p.spec))
+            .flat_map(|p| p.containers.iter().map(|c| c.image.to_string()))
+            .collect();
+        self.deps.images.set_in_use(&in_use);
         let now = self.mono();
         let plan = reconcile::plan(&self.desired, &self.observed(), now);
         let mut wake = plan.wake_at;
@@ -631,10 +647,20 @@ pub fn build_deps(
     };
     let runtime =
         crate::runtime::youki::YoukiRuntime::new(dir(cfg.data_dir.join("runtime"))?, exits)?;
+    let registry_config = match &cfg.registry_config {
+        Some(p) => crate::image::RegistryConfig::load(p).map_err(Box::new)?,
+        None => Default::default(),
+    };
+    let registry_ca = match &cfg.registry_ca {
+        Some(p) => vec![crate::image::load_ca(p).map_err(Box::new)?],
+        None => Vec::new(),
+    };
     let images = ImageStore::new(ImageStoreConfig {
-        root: dir(cfg.data_dir.join("images"))?,
         insecure_registries: cfg.insecure_registries.clone(),
-        platform: Platform::host(),
+        registry_config,
+        registry_ca,
+        limits: cfg.image_limits,
+        ..ImageStoreConfig::new(dir(cfg.data_dir.join("images"))?, Platform::host())
     })
     .map_err(Box::new)?;
     let net_cfg = NetConfig::derive(
@@ -705,6 +731,18 @@ pub async fn run(
         agent.track_adopted(p);
     }
 
+    // Images are also collected before every pull; this catches a disk filled by others.
+    let images = agent.deps.images.clone();
+    let image_gc = tokio::spawn(async move {
+        let mut every = tokio::time::interval(Duration::from_secs(300));
+        loop {
+            every.tick().await;
+            if let Err(e) = images.gc().await {
+                warn!(error = %e, "image garbage collection failed");
+            }
+        }
+    });
+
     tokio::pin!(shutdown);
     let mut heartbeat = tokio::time::interval(heartbeat_every);
     let mut wake: Option<Millis> = None;
@@ -760,6 +798,7 @@ pub async fn run(
             }
         }
     }
+    image_gc.abort();
     info!("agent stopped");
     Ok(())
 }

@@ -13,6 +13,7 @@ use super::ImageError;
 /// Paths of the store, rooted at one directory.
 #[derive(Debug, Clone)]
 pub(crate) struct Layout {
+    root: PathBuf,
     blobs: PathBuf,
     layers: PathBuf,
     refs: PathBuf,
@@ -80,9 +81,11 @@ pub(crate) fn sha256_bytes(bytes: &[u8]) -> String {
 
 impl Layout {
     /// Creates the directories and removes what a killed agent may have left half done:
-    /// `.partial` downloads and `.tmp-*` files and layer directories.
+    /// `.tmp-*` files and layer directories. `.partial` downloads stay: they are verified
+    /// prefixes-to-be of blobs, resumed by the next pull (and hashed whole before use).
     pub(crate) fn open(root: &Path) -> Result<Self, ImageError> {
         let layout = Self {
+            root: root.to_path_buf(),
             blobs: root.join("blobs").join("sha256"),
             layers: root.join("layers").join("sha256"),
             refs: root.join("refs"),
@@ -92,6 +95,22 @@ impl Layout {
             sweep(dir)?;
         }
         Ok(layout)
+    }
+
+    pub(crate) fn root(&self) -> &Path {
+        &self.root
+    }
+
+    pub(crate) fn blobs_dir(&self) -> &Path {
+        &self.blobs
+    }
+
+    pub(crate) fn layers_dir(&self) -> &Path {
+        &self.layers
+    }
+
+    pub(crate) fn refs_dir(&self) -> &Path {
+        &self.refs
     }
 
     pub(crate) fn blob(&self, hex: &str) -> PathBuf {
@@ -176,7 +195,7 @@ fn sweep(dir: &Path) -> Result<(), ImageError> {
         let entry = entry.map_err(ImageError::io(format!("list {}", dir.display())))?;
         let name = entry.file_name();
         let name = name.to_string_lossy();
-        if !(name.ends_with(".partial") || name.contains(".tmp-")) {
+        if !name.contains(".tmp-") {
             continue;
         }
         let path = entry.path();
@@ -228,7 +247,7 @@ mod tests {
     }
 
     #[test]
-    fn open_sweeps_leftovers() {
+    fn open_sweeps_leftovers_but_keeps_partial_downloads() {
         let dir = tempfile::tempdir().unwrap();
         let layout = Layout::open(dir.path()).unwrap();
         let partial = layout.blobs.join("abc.partial");
@@ -238,7 +257,7 @@ mod tests {
         fs::create_dir_all(tmp_layer.join("etc")).unwrap();
         fs::create_dir_all(&done_layer).unwrap();
         Layout::open(dir.path()).unwrap();
-        assert!(!partial.exists());
+        assert!(partial.exists(), "a partial download is resumed, not swept");
         assert!(!tmp_layer.exists());
         assert!(done_layer.exists());
     }

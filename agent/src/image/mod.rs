@@ -4,11 +4,23 @@
 //! Layout under the store's root (one [`ImageStore`] per root):
 //!
 //! ```text
-//! blobs/sha256/<hex>          manifests, configs and compressed layers, verified
-//! blobs/sha256/<hex>.partial  a download in progress; never read, swept at start
+//! blobs/sha256/<hex>          manifests and configs (and, with keep_layer_blobs, compressed
+//!                             layers), verified
+//! blobs/sha256/<hex>.partial  a download in progress or cut off; resumed, hashed whole
 //! layers/sha256/<hex>/        a layer unpacked for overlayfs (whiteouts as 0:0 char devices)
-//! refs/<sha256(ref|platform)>.json   reference -> manifest digest (+ config digest)
+//! refs/<sha256(ref|platform)>.json   reference -> manifest digest (+ config digest);
+//!                             its mtime is the image's last use, for LRU collection
 //! ```
+//!
+//! A layer's compressed blob is deleted once the layer is unpacked and its `diff_id`
+//! verified (unless [`ImageStoreConfig::keep_layer_blobs`]): the unpacked directory is what
+//! containers use, and keeping both roughly doubled the store on devices whose SD card is
+//! the scarcest resource. The cost: a layer lost from `layers/` is fetched again.
+//!
+//! Disk budget: see [`gc`]. Pulls make room first (orphans, then unused images least
+//! recently used first), refuse up front what cannot fit even then (`disk budget: ...`,
+//! before downloading), and check the measured use again after every layer, so that an
+//! image that unpacks bigger than guessed fails cleanly instead of filling the disk.
 //!
 //! Invariants, so that a killed agent or a flipped bit on an SD card never yields a wrong
 //! rootfs:
@@ -23,14 +35,16 @@
 //! (a shared future), and each blob and layer has its own async lock, so a layer shared
 //! between images is downloaded and unpacked once even when both images are pulled at once.
 
+mod auth;
 mod flight;
+pub mod gc;
 mod layout;
 mod overlay;
 mod platform;
 mod pull;
 mod unpack;
 
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap};
 use std::io;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -44,9 +58,12 @@ use oci_client::Reference;
 use serde::{Deserialize, Serialize};
 use tracing::{debug, info, instrument, warn};
 
+pub use auth::{load_ca, Credentials, RegistryConfig};
+pub use gc::{DiskLimits, DiskSize, DiskUsage, GcReport};
 pub use platform::Platform;
 
 use flight::KeyedLocks;
+use gc::{human, Gc, Keep, PullGuard};
 use layout::{digest_hex, Layout};
 
 /// How many layers of one image are fetched and unpacked at once. Small on purpose: the
@@ -61,6 +78,29 @@ pub struct ImageStoreConfig {
     pub insecure_registries: Vec<String>,
     /// The platform to pick from multi-arch images, normally [`Platform::host`].
     pub platform: Platform,
+    /// Node-level credentials and per-registry CAs (`--registry-config`).
+    pub registry_config: RegistryConfig,
+    /// PEM bundles trusted for every registry, on top of the built-in roots (`--registry-ca`).
+    pub registry_ca: Vec<Vec<u8>>,
+    /// Disk budget and free-space floor.
+    pub limits: DiskLimits,
+    /// Keep compressed layer blobs after unpacking (see the module doc). Off by default.
+    pub keep_layer_blobs: bool,
+}
+
+impl ImageStoreConfig {
+    /// A store at `root` for `platform`, anonymous, with no budget and the default floor.
+    pub fn new(root: impl Into<PathBuf>, platform: Platform) -> Self {
+        Self {
+            root: root.into(),
+            insecure_registries: Vec::new(),
+            platform,
+            registry_config: RegistryConfig::default(),
+            registry_ca: Vec::new(),
+            limits: DiskLimits::default(),
+            keep_layer_blobs: false,
+        }
+    }
 }
 
 /// What the node loop needs from an image to run a container.
@@ -89,6 +129,8 @@ pub struct ImageStoreStats {
     pub blob_fetches: u64,
     /// Blob bytes received.
     pub blob_bytes: u64,
+    /// Bytes of partial downloads that were continued instead of fetched again.
+    pub blob_bytes_resumed: u64,
     /// Layers unpacked into `layers/`.
     pub layers_unpacked: u64,
 }
@@ -108,10 +150,20 @@ pub enum ImageError {
     NotPresent(String),
     #[error("registry {registry} unreachable: {reason}")]
     Unreachable { registry: String, reason: String },
-    #[error(
-        "registry {registry} denied access to \"{reference}\" (registry auth is not configured)"
-    )]
-    Unauthorized { registry: String, reference: String },
+    #[error("unauthorized: registry {registry} denied access to \"{reference}\" ({hint})")]
+    Unauthorized {
+        registry: String,
+        reference: String,
+        hint: &'static str,
+    },
+    #[error("tls error with registry {registry}: {reason} (trust its CA with --registry-ca or caFiles in --registry-config)")]
+    Tls { registry: String, reason: String },
+    /// The store cannot hold the image within its budget or free-space floor, even after
+    /// removing every image that no pod uses; or the disk filled up during the pull.
+    #[error("disk budget: {0}")]
+    DiskBudget(String),
+    #[error("registry config {}: {reason}", path.display())]
+    RegistryConfig { path: PathBuf, reason: String },
     #[error("registry {registry} error: {reason}")]
     Registry { registry: String, reason: String },
     #[error("no manifest for {platform} in index of \"{reference}\" (it has: {available})")]
@@ -158,6 +210,25 @@ pub enum ImageError {
 }
 
 impl ImageError {
+    /// A full disk (or quota) anywhere in a pull is a budget failure, not an obscure io one.
+    fn no_space_to_budget(self, reference: &str) -> ImageError {
+        if let ImageError::Io { context, source } = &self {
+            let full = matches!(
+                source.kind(),
+                io::ErrorKind::StorageFull | io::ErrorKind::QuotaExceeded
+            ) || matches!(
+                source.raw_os_error(),
+                Some(libc_errno::ENOSPC | libc_errno::EDQUOT)
+            );
+            if full {
+                return ImageError::DiskBudget(format!(
+                    "no space left on the device holding the image store while pulling \"{reference}\" ({context})"
+                ));
+            }
+        }
+        self
+    }
+
     /// Wraps an io error with what was being done, for `map_err`.
     pub(crate) fn io(context: impl Into<String>) -> impl FnOnce(io::Error) -> ImageError {
         let context = context.into();
@@ -166,6 +237,12 @@ impl ImageError {
             source: Arc::new(source),
         }
     }
+}
+
+/// errno values for [`ImageError::no_space_to_budget`].
+mod libc_errno {
+    pub const ENOSPC: i32 = nix::errno::Errno::ENOSPC as i32;
+    pub const EDQUOT: i32 = nix::errno::Errno::EDQUOT as i32;
 }
 
 type SharedPull = Shared<BoxFuture<'static, Result<ImageConfig, ImageError>>>;
@@ -186,6 +263,14 @@ struct Inner {
     pulls: Mutex<HashMap<String, SharedPull>>,
     blob_locks: KeyedLocks,
     layer_locks: KeyedLocks,
+    /// What garbage collection must leave alone; see [`gc`].
+    keep: Keep,
+    limits: DiskLimits,
+    /// Measured sizes of unpacked layers, by hex digest (layers never change).
+    layer_sizes: Mutex<HashMap<String, u64>>,
+    /// One collection at a time; held on a blocking thread only.
+    gc_lock: Mutex<()>,
+    keep_layer_blobs: bool,
 }
 
 #[derive(Default)]
@@ -194,6 +279,7 @@ pub(crate) struct Counters {
     manifest_bytes: AtomicU64,
     blob_fetches: AtomicU64,
     blob_bytes: AtomicU64,
+    blob_bytes_resumed: AtomicU64,
     layers_unpacked: AtomicU64,
 }
 
@@ -205,7 +291,7 @@ impl Counters {
 
 /// What `refs/` records for a reference.
 #[derive(Debug, Serialize, Deserialize)]
-struct RefRecord {
+pub(crate) struct RefRecord {
     reference: String,
     platform: Platform,
     manifest_digest: String,
@@ -252,12 +338,21 @@ impl ImageStore {
         Ok(Self {
             inner: Arc::new(Inner {
                 layout,
-                registry: pull::Registry::new(cfg.insecure_registries),
+                registry: pull::Registry::new(
+                    cfg.insecure_registries,
+                    cfg.registry_config,
+                    cfg.registry_ca,
+                ),
                 platform: cfg.platform,
                 stats: Counters::default(),
                 pulls: Mutex::new(HashMap::new()),
                 blob_locks: KeyedLocks::default(),
                 layer_locks: KeyedLocks::default(),
+                keep: Keep::new(),
+                limits: cfg.limits,
+                layer_sizes: Mutex::new(HashMap::new()),
+                gc_lock: Mutex::new(()),
+                keep_layer_blobs: cfg.keep_layer_blobs,
             }),
         })
     }
@@ -275,6 +370,7 @@ impl ImageStore {
             manifest_bytes: s.manifest_bytes.load(Ordering::Relaxed),
             blob_fetches: s.blob_fetches.load(Ordering::Relaxed),
             blob_bytes: s.blob_bytes.load(Ordering::Relaxed),
+            blob_bytes_resumed: s.blob_bytes_resumed.load(Ordering::Relaxed),
             layers_unpacked: s.layers_unpacked.load(Ordering::Relaxed),
         }
     }
@@ -285,11 +381,24 @@ impl ImageStore {
     /// again); `IfNotPresent` uses the local copy by reference if it is complete and intact;
     /// `Never` fails with [`ImageError::NotPresent`] if it is not. Concurrent calls for the
     /// same reference share one pull.
-    #[instrument(skip_all, fields(image = %reference, policy = ?policy))]
     pub async fn ensure(
         &self,
         reference: &str,
         policy: PullPolicy,
+    ) -> Result<ImageConfig, ImageError> {
+        self.ensure_with(reference, policy, None).await
+    }
+
+    /// [`ImageStore::ensure`] with credentials for this pull (a pod's imagePullSecret),
+    /// used instead of the node's for the image's registry. Pulls with different
+    /// credentials do not join each other. An image already present is used whatever the
+    /// credentials, as with kubelet's `IfNotPresent`.
+    #[instrument(skip_all, fields(image = %reference, policy = ?policy))]
+    pub async fn ensure_with(
+        &self,
+        reference: &str,
+        policy: PullPolicy,
+        credentials: Option<&Credentials>,
     ) -> Result<ImageConfig, ImageError> {
         let parsed: Reference = reference.parse().map_err(|e: oci_client::ParseError| {
             ImageError::InvalidReference {
@@ -306,6 +415,7 @@ impl ImageStore {
             match (local, policy) {
                 (Some(mut cfg), _) => {
                     debug!("image present locally");
+                    touch(&self.inner.layout.ref_file(&key));
                     cfg.reference = reference.to_owned();
                     return Ok(cfg);
                 }
@@ -316,14 +426,19 @@ impl ImageStore {
             }
         }
 
+        let flight_key = match credentials {
+            Some(c) => format!("{key}|{}", c.fingerprint()),
+            None => key.clone(),
+        };
         let pull = {
             let mut pulls = self.inner.pulls.lock().unwrap_or_else(|e| e.into_inner());
             pulls
-                .entry(key.clone())
+                .entry(flight_key.clone())
                 .or_insert_with(|| {
                     let inner = Arc::clone(&self.inner);
                     let (parsed, key) = (parsed.clone(), key.clone());
-                    async move { inner.pull(parsed, key).await }
+                    let creds = credentials.cloned();
+                    async move { inner.pull(parsed, key, creds).await }
                         .boxed()
                         .shared()
                 })
@@ -332,8 +447,8 @@ impl ImageStore {
         let result = pull.clone().await;
         {
             let mut pulls = self.inner.pulls.lock().unwrap_or_else(|e| e.into_inner());
-            if pulls.get(&key).is_some_and(|p| p.ptr_eq(&pull)) {
-                pulls.remove(&key);
+            if pulls.get(&flight_key).is_some_and(|p| p.ptr_eq(&pull)) {
+                pulls.remove(&flight_key);
             }
         }
         result.map(|mut cfg| {
@@ -345,7 +460,26 @@ impl ImageStore {
     /// Builds a container's root filesystem: an overlay of the image's layers (top first)
     /// with `upper/` and `work/` inside `container_dir`, mounted on `container_dir/rootfs`,
     /// which is returned. Idempotent: an existing mount there is reused.
+    ///
+    /// The layers stay pinned against garbage collection until [`ImageStore::unmount_rootfs`].
     pub fn mount_rootfs(
+        &self,
+        image: &ImageConfig,
+        container_dir: &Path,
+    ) -> Result<PathBuf, ImageError> {
+        // Pin first, then look: the collector checks pins right before it removes a layer.
+        self.inner
+            .keep
+            .lock()
+            .pin_mount(container_dir, &image.layers);
+        let result = self.mount_pinned(image, container_dir);
+        if result.is_err() {
+            self.inner.keep.lock().unpin_mount(container_dir);
+        }
+        result
+    }
+
+    fn mount_pinned(
         &self,
         image: &ImageConfig,
         container_dir: &Path,
@@ -364,7 +498,59 @@ impl ImageStore {
     /// Unmounts `container_dir/rootfs` (lazily if it is busy) and removes `container_dir`
     /// with everything in it. Idempotent.
     pub fn unmount_rootfs(&self, container_dir: &Path) -> Result<(), ImageError> {
-        overlay::unmount_and_remove(container_dir)
+        overlay::unmount_and_remove(container_dir)?;
+        self.inner.keep.lock().unpin_mount(container_dir);
+        Ok(())
+    }
+
+    /// Tells the store which images assigned or running pods use (references as the pods
+    /// give them): garbage collection never removes them. The node loop calls this whenever
+    /// its desired state or its set of pods changes; each call replaces the previous set.
+    pub fn set_in_use(&self, references: &BTreeSet<String>) {
+        let platform = &self.inner.platform;
+        let keys = gc::keys_of(references, |r| {
+            r.parse::<Reference>().ok().map(|p| ref_key(&p, platform))
+        });
+        let mut st = self.inner.keep.lock();
+        if st.in_use != keys {
+            debug!(images = keys.len(), "images in use");
+            st.in_use = keys;
+        }
+    }
+
+    /// Collects garbage if the store is over its budget or the disk under its floor (the
+    /// node loop calls this periodically; pulls do it themselves).
+    pub async fn gc(&self) -> Result<GcReport, ImageError> {
+        let inner = Arc::clone(&self.inner);
+        let report = blocking(move || inner.collect(0)).await??;
+        if !report.fits {
+            warn!(
+                usage = report.usage,
+                budget = ?report.budget,
+                free = report.free,
+                min_free = report.min_free,
+                "image store over its limits and nothing left that may be removed"
+            );
+        }
+        Ok(report)
+    }
+
+    /// The store's measured disk use.
+    pub async fn disk_usage(&self) -> Result<DiskUsage, ImageError> {
+        let inner = Arc::clone(&self.inner);
+        blocking(move || inner.gc().usage()).await?
+    }
+}
+
+/// Sets a ref file's mtime to now: its image was just used (LRU order for collection).
+/// Best effort: a failure only makes the image look older.
+fn touch(path: &Path) {
+    let result = std::fs::File::options()
+        .write(true)
+        .open(path)
+        .and_then(|f| f.set_modified(std::time::SystemTime::now()));
+    if let Err(e) = result {
+        debug!(path = %path.display(), error = %e, "cannot record image use");
     }
 }
 
@@ -467,19 +653,116 @@ impl Inner {
         self: Arc<Self>,
         reference: Reference,
         key: String,
+        creds: Option<Credentials>,
+    ) -> Result<ImageConfig, ImageError> {
+        let whole = reference.whole();
+        let result = Arc::clone(&self).pull_inner(reference, key, creds).await;
+        let result = result.map_err(|e| e.no_space_to_budget(&whole));
+        if let Err(ImageError::DiskBudget(_)) = result {
+            // What this pull left is now an orphan; over the limits, collect it at once.
+            let inner = Arc::clone(&self);
+            if let Ok(Err(e)) = blocking(move || inner.collect(0)).await {
+                warn!(error = %e, "garbage collection after a failed pull failed");
+            }
+        }
+        result
+    }
+
+    fn gc(&self) -> Gc<'_> {
+        Gc {
+            layout: &self.layout,
+            keep: &self.keep,
+            limits: self.limits,
+            sizes: &self.layer_sizes,
+        }
+    }
+
+    /// Blocking: one collection making room for `need` bytes.
+    fn collect(&self, need: u64) -> Result<GcReport, ImageError> {
+        let _one = self.gc_lock.lock().unwrap_or_else(|e| e.into_inner());
+        self.gc().collect(need)
+    }
+
+    /// Makes room before downloading. `need` is a guess of what the pull adds (compressed
+    /// blobs plus unpacked layers); `must` what it certainly adds at least (the compressed
+    /// blobs). Fails only if even `must` cannot fit, so a metered link is not spent on an
+    /// image that cannot be stored.
+    async fn make_room(
+        self: &Arc<Self>,
+        reference: &Reference,
+        need: u64,
+        must: u64,
+    ) -> Result<(), ImageError> {
+        let inner = Arc::clone(self);
+        let report = blocking(move || inner.collect(need)).await??;
+        if report.fits {
+            return Ok(());
+        }
+        let inner = Arc::clone(self);
+        let report = blocking(move || inner.collect(must)).await??;
+        if report.fits {
+            debug!(
+                need,
+                must, "room for the download, maybe not for the unpacked layers"
+            );
+            return Ok(());
+        }
+        Err(ImageError::DiskBudget(format!(
+            "\"{}\" needs at least {} more; {} (every image left is in use)",
+            reference.whole(),
+            human(must),
+            describe(&report)
+        )))
+    }
+
+    /// After a layer landed: the measured use must still be within the limits.
+    async fn check_limits(self: &Arc<Self>, reference: &Reference) -> Result<(), ImageError> {
+        let inner = Arc::clone(self);
+        let report = blocking(move || inner.collect(0)).await??;
+        if report.fits {
+            return Ok(());
+        }
+        Err(ImageError::DiskBudget(format!(
+            "\"{}\" does not fit once unpacked; {} (every image left is in use)",
+            reference.whole(),
+            describe(&report)
+        )))
+    }
+
+    async fn pull_inner(
+        self: Arc<Self>,
+        reference: Reference,
+        key: String,
+        creds: Option<Credentials>,
     ) -> Result<ImageConfig, ImageError> {
         info!(image = %reference.whole(), platform = %self.platform, "pulling image");
+        let mut guard = PullGuard::new(&self.keep, &key);
         let resolved = self
             .registry
-            .resolve(&reference, &self.platform, &self.stats)
+            .resolve(&reference, creds.as_ref(), &self.platform, &self.stats)
             .await?;
         let manifest = parse_manifest(&reference, &resolved.manifest)?;
+        // Registered before anything is looked up on disk: see gc's module doc.
+        guard.protect(
+            [
+                resolved.manifest_digest.clone(),
+                manifest.config.digest.clone(),
+            ]
+            .into_iter()
+            .chain(manifest.layers.iter().map(|l| l.digest.clone())),
+        );
+        let (need, must) = self.room_needed(&manifest)?;
+        if must > 0 {
+            self.make_room(&reference, need, must).await?;
+        }
 
         let layout = self.layout.clone();
         let (digest, bytes) = (resolved.manifest_digest.clone(), resolved.manifest.clone());
         blocking(move || layout.store_verified(&digest, &bytes)).await??;
 
-        let config_path = self.ensure_blob(&reference, &manifest.config).await?;
+        let config_path = self
+            .ensure_blob(&reference, creds.as_ref(), &manifest.config)
+            .await?;
         let layout = self.layout.clone();
         let config_digest = manifest.config.digest.clone();
         let config_bytes = blocking(move || layout.read_verified(&config_digest))
@@ -522,7 +805,7 @@ impl Inner {
             .layers
             .iter()
             .zip(&config.rootfs.diff_ids)
-            .map(|(layer, diff_id)| self.ensure_layer(&reference, layer, diff_id))
+            .map(|(layer, diff_id)| self.ensure_layer(&reference, creds.as_ref(), layer, diff_id))
             .collect();
         futures::stream::iter(layer_jobs)
             .buffer_unordered(LAYER_CONCURRENCY)
@@ -545,6 +828,7 @@ impl Inner {
                 .map_err(ImageError::io(format!("write {}", path.display())))
         })
         .await??;
+        drop(guard);
 
         info!(image = %reference.whole(), manifest = %resolved.manifest_digest, "image ready");
         Ok(image_config(
@@ -558,8 +842,9 @@ impl Inner {
     /// Makes sure the layer is unpacked under `layers/`, fetching its blob if needed. A layer
     /// already unpacked needs no blob at all.
     async fn ensure_layer(
-        &self,
+        self: &Arc<Self>,
         reference: &Reference,
+        creds: Option<&Credentials>,
         layer: &OciDescriptor,
         diff_id: &str,
     ) -> Result<(), ImageError> {
@@ -576,11 +861,22 @@ impl Inner {
                 media_type: layer.media_type.clone(),
             });
         }
-        let blob = self.ensure_blob(reference, layer).await?;
+        let blob = self.ensure_blob(reference, creds, layer).await?;
         let (digest, diff_id) = (layer.digest.clone(), diff_id.to_owned());
-        blocking(move || unpack::unpack_layer(&blob, &dir, &digest, &diff_id)).await??;
+        let keep_blob = self.keep_layer_blobs;
+        blocking(move || {
+            unpack::unpack_layer(&blob, &dir, &digest, &diff_id)?;
+            if !keep_blob {
+                // The layer is complete and verified; its compressed copy is dead weight.
+                if let Err(e) = std::fs::remove_file(&blob) {
+                    warn!(blob = %blob.display(), error = %e, "cannot remove unpacked layer blob");
+                }
+            }
+            Ok::<(), ImageError>(())
+        })
+        .await??;
         Counters::add(&self.stats.layers_unpacked, 1);
-        Ok(())
+        self.check_limits(reference).await
     }
 
     /// Returns the path of the verified blob, downloading it if it is absent or corrupt. A
@@ -588,6 +884,7 @@ impl Inner {
     async fn ensure_blob(
         &self,
         reference: &Reference,
+        creds: Option<&Credentials>,
         desc: &OciDescriptor,
     ) -> Result<PathBuf, ImageError> {
         let hex = digest_hex(&desc.digest)?.to_owned();
@@ -604,7 +901,7 @@ impl Inner {
             attempt += 1;
             match self
                 .registry
-                .download_blob(reference, desc, &path, &self.stats)
+                .download_blob(reference, creds, desc, &path, &self.stats)
                 .await
             {
                 Ok(()) => return Ok(path),
@@ -617,8 +914,58 @@ impl Inner {
     }
 }
 
+impl Inner {
+    /// What a pull of `manifest` adds to the store: a guess (compressed blobs missing, plus
+    /// their unpacked size guessed at 3x for gzip, the usual ratio for root filesystems) and
+    /// a floor (the compressed blobs alone), in bytes. Layers already unpacked add nothing.
+    fn room_needed(&self, manifest: &OciImageManifest) -> Result<(u64, u64), ImageError> {
+        let size = |d: &OciDescriptor| u64::try_from(d.size).unwrap_or(0);
+        let (mut need, mut must) = (0u64, 0u64);
+        if !self
+            .layout
+            .blob(digest_hex(&manifest.config.digest)?)
+            .exists()
+        {
+            need += size(&manifest.config);
+            must += size(&manifest.config);
+        }
+        for l in &manifest.layers {
+            if self.layout.layer(digest_hex(&l.digest)?).is_dir() {
+                continue;
+            }
+            let partial = pull::partial_path(&self.layout.blob(digest_hex(&l.digest)?));
+            let have = std::fs::metadata(&partial).map(|m| m.len()).unwrap_or(0);
+            let compressed = size(l).saturating_sub(have);
+            let unpacked = if l.media_type.contains("gzip") {
+                size(l).saturating_mul(3)
+            } else {
+                size(l)
+            };
+            need = need.saturating_add(compressed).saturating_add(unpacked);
+            must = must.saturating_add(compressed);
+        }
+        Ok((need, must))
+    }
+}
+
+fn describe(r: &GcReport) -> String {
+    let budget = match r.budget {
+        Some(b) => format!(
+            "the image store uses {} of its {} budget",
+            human(r.usage),
+            human(b)
+        ),
+        None => format!("the image store uses {}", human(r.usage)),
+    };
+    format!(
+        "{budget}, and the disk has {} free of the {} to keep free",
+        human(r.free),
+        human(r.min_free)
+    )
+}
+
 /// Runs blocking filesystem work off the async threads.
-async fn blocking<T: Send + 'static>(
+pub(crate) async fn blocking<T: Send + 'static>(
     f: impl FnOnce() -> T + Send + 'static,
 ) -> Result<T, ImageError> {
     tokio::task::spawn_blocking(f)

@@ -1,10 +1,16 @@
-//! Talking to registries with oci-client: manifest resolution and verified blob downloads.
+//! Talking to registries with oci-client: manifest resolution, verified and resumable blob
+//! downloads, per-registry credentials and trusted CAs.
 
-use std::path::Path;
+use std::collections::HashMap;
+use std::io::Read;
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
 use std::time::Duration;
 
 use futures::StreamExt;
-use oci_client::client::{ClientConfig, ClientProtocol};
+use oci_client::client::{
+    BlobResponse, Certificate, CertificateEncoding, ClientConfig, ClientProtocol,
+};
 use oci_client::errors::{DigestError, OciDistributionError, OciErrorCode};
 use oci_client::manifest::{
     OciDescriptor, OciImageIndex, IMAGE_MANIFEST_LIST_MEDIA_TYPE, IMAGE_MANIFEST_MEDIA_TYPE,
@@ -17,6 +23,7 @@ use sha2::{Digest, Sha256};
 use tokio::io::AsyncWriteExt;
 use tracing::{debug, info};
 
+use super::auth::{Credentials, RegistryConfig};
 use super::layout::sha256_bytes;
 use super::platform::{describe_entries, select_manifest, Platform};
 use super::{Counters, ImageError};
@@ -31,8 +38,15 @@ const MANIFEST_TYPES: &[&str] = &[
     IMAGE_MANIFEST_MEDIA_TYPE,
 ];
 
+/// The registries this store pulls from: one oci-client [`Client`] per registry and
+/// credential set, because oci-client keeps one auth (and token cache) per registry name and
+/// one set of trusted roots per client. Cached: a client holds a connection pool and tokens.
 pub(crate) struct Registry {
-    client: Client,
+    insecure: Vec<String>,
+    config: RegistryConfig,
+    /// PEM bundles trusted for every registry (`--registry-ca`).
+    extra_ca: Vec<Vec<u8>>,
+    clients: Mutex<HashMap<String, Client>>,
 }
 
 /// The platform-specific manifest a reference resolved to.
@@ -56,20 +70,63 @@ enum Kind {
 }
 
 impl Registry {
-    pub(crate) fn new(insecure_registries: Vec<String>) -> Self {
-        let client = Client::new(ClientConfig {
-            protocol: ClientProtocol::HttpsExcept(insecure_registries),
+    pub(crate) fn new(
+        insecure_registries: Vec<String>,
+        config: RegistryConfig,
+        extra_ca: Vec<Vec<u8>>,
+    ) -> Self {
+        Self {
+            insecure: insecure_registries,
+            config,
+            extra_ca,
+            clients: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// The client and auth for `registry`: per-pull credentials if given, else the node's.
+    fn client(
+        &self,
+        registry: &str,
+        creds: Option<&Credentials>,
+    ) -> Result<(Client, RegistryAuth), ImageError> {
+        let creds = creds.or_else(|| self.config.credentials(registry));
+        let auth = creds.map_or(RegistryAuth::Anonymous, Credentials::to_auth);
+        let key = format!(
+            "{registry}|{}",
+            creds.map(Credentials::fingerprint).unwrap_or_default()
+        );
+        let mut clients = self.clients.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(c) = clients.get(&key) {
+            return Ok((c.clone(), auth));
+        }
+        let mut roots: Vec<Certificate> = self
+            .extra_ca
+            .iter()
+            .map(|pem| Certificate {
+                encoding: CertificateEncoding::Pem,
+                data: pem.clone(),
+            })
+            .collect();
+        if let Some(pem) = self.config.ca(registry) {
+            roots.push(Certificate {
+                encoding: CertificateEncoding::Pem,
+                data: pem.to_vec(),
+            });
+        }
+        let client = Client::try_from(ClientConfig {
+            protocol: ClientProtocol::HttpsExcept(self.insecure.clone()),
+            extra_root_certificates: roots,
             connect_timeout: Some(Duration::from_secs(10)),
             // Per read, not per download: a slow link is fine, a stalled one is not.
             read_timeout: Some(Duration::from_secs(60)),
             ..ClientConfig::default()
-        });
-        Self { client }
-    }
-
-    /// Credentials for a registry. Anonymous for now; per-registry secrets plug in here.
-    fn auth(&self, _registry: &str) -> RegistryAuth {
-        RegistryAuth::Anonymous
+        })
+        .map_err(|e| ImageError::Tls {
+            registry: registry.to_owned(),
+            reason: format!("cannot set up the client: {e}"),
+        })?;
+        clients.insert(key, client.clone());
+        Ok((client, auth))
     }
 
     /// Resolves a reference to the image manifest for `platform`, going through an index if
@@ -77,10 +134,11 @@ impl Registry {
     pub(crate) async fn resolve(
         &self,
         reference: &Reference,
+        creds: Option<&Credentials>,
         platform: &Platform,
         stats: &Counters,
     ) -> Result<Resolved, ImageError> {
-        let (bytes, digest) = self.fetch_manifest(reference, stats).await?;
+        let (bytes, digest) = self.fetch_manifest(reference, creds, stats).await?;
         match kind(reference, &bytes)? {
             Kind::Image => Ok(Resolved {
                 manifest: bytes,
@@ -106,7 +164,7 @@ impl Registry {
                 })?;
                 debug!(manifest = %entry.digest, "selected manifest from index");
                 let by_digest = reference.clone_with_digest(entry.digest.clone());
-                let (bytes, digest) = self.fetch_manifest(&by_digest, stats).await?;
+                let (bytes, digest) = self.fetch_manifest(&by_digest, creds, stats).await?;
                 if digest != entry.digest {
                     return Err(ImageError::DigestMismatch {
                         expected: entry.digest.clone(),
@@ -132,15 +190,25 @@ impl Registry {
     async fn fetch_manifest(
         &self,
         reference: &Reference,
+        creds: Option<&Credentials>,
         stats: &Counters,
     ) -> Result<(Vec<u8>, String), ImageError> {
-        let auth = self.auth(reference.resolve_registry());
+        let (client, auth) = self.client(reference.resolve_registry(), creds)?;
         Counters::add(&stats.manifest_fetches, 1);
-        let (body, _) = self
-            .client
+        let (body, _) = client
             .pull_manifest_raw(reference, &auth, MANIFEST_TYPES)
             .await
-            .map_err(|e| map_err(e, reference))?;
+            .map_err(|e| {
+                map_err(
+                    e,
+                    reference,
+                    creds.is_some()
+                        || self
+                            .config
+                            .credentials(reference.resolve_registry())
+                            .is_some(),
+                )
+            })?;
         Counters::add(&stats.manifest_bytes, body.len() as u64);
         if body.len() > MAX_MANIFEST_BYTES {
             return Err(ImageError::InvalidManifest {
@@ -160,22 +228,31 @@ impl Registry {
         Ok((body.to_vec(), digest))
     }
 
-    /// Downloads a blob to `dest`: into `dest.partial`, hashed and counted on the way,
-    /// synced, and renamed only if digest and size match. Nothing is left behind on error.
+    /// Downloads a blob to `dest` through `dest.partial`, hashed and counted on the way,
+    /// synced, and renamed only if digest and size match.
+    ///
+    /// Resuming: a `.partial` left by a dropped link or a power cut is kept and continued
+    /// with a ranged GET (`Range: bytes=<len>-`, which Distribution honours;
+    /// oci-client's `pull_blob_stream_partial` sends it with the same auth and TLS settings,
+    /// so no second HTTP stack is needed). Its bytes are hashed again first and the digest
+    /// is checked over the whole file at the end, so a partial that was truncated or
+    /// corrupted is never used: it fails the digest, is deleted, and the caller fetches the
+    /// blob again from zero. A registry that ignores the range (200 instead of 206) simply
+    /// restarts the file. Only a digest or size mismatch deletes the partial; any other
+    /// failure keeps it for the next attempt.
     pub(crate) async fn download_blob(
         &self,
         reference: &Reference,
+        creds: Option<&Credentials>,
         desc: &OciDescriptor,
         dest: &Path,
         stats: &Counters,
     ) -> Result<(), ImageError> {
-        let mut name = dest.file_name().unwrap_or_default().to_os_string();
-        name.push(".partial");
-        let partial = dest.with_file_name(name);
+        let partial = partial_path(dest);
         let result = self
-            .download_to(reference, desc, &partial, dest, stats)
+            .download_to(reference, creds, desc, &partial, dest, stats)
             .await;
-        if result.is_err() {
+        if let Err(ImageError::DigestMismatch { .. }) = result {
             let _ = tokio::fs::remove_file(&partial).await;
         }
         result
@@ -184,71 +261,132 @@ impl Registry {
     async fn download_to(
         &self,
         reference: &Reference,
+        creds: Option<&Credentials>,
         desc: &OciDescriptor,
         partial: &Path,
         dest: &Path,
         stats: &Counters,
     ) -> Result<(), ImageError> {
         let registry = reference.resolve_registry().to_owned();
-        self.client
-            .store_auth_if_needed(&registry, &self.auth(&registry))
-            .await;
-        let mut file = tokio::fs::File::create(partial)
-            .await
-            .map_err(ImageError::io(format!("create {}", partial.display())))?;
-        Counters::add(&stats.blob_fetches, 1);
-        debug!(blob = %desc.digest, size = desc.size, "downloading blob");
-        let mut stream = self
-            .client
-            .pull_blob_stream(reference, desc)
-            .await
-            .map_err(|e| map_err(e, reference))?;
-        let mut hasher = Sha256::new();
-        let mut received: u64 = 0;
+        let has_creds = creds.is_some() || self.config.credentials(&registry).is_some();
+        let (client, auth) = self.client(&registry, creds)?;
+        client.store_auth_if_needed(&registry, &auth).await;
         let expected_size = u64::try_from(desc.size).ok().filter(|s| *s > 0);
-        while let Some(chunk) = stream.next().await {
-            let chunk = match chunk {
-                Ok(c) => c,
-                // oci-client verifies too, and reports a mismatch at the end of the stream.
-                Err(e) if is_digest_error(&e) => {
-                    return Err(ImageError::DigestMismatch {
-                        expected: desc.digest.clone(),
-                        actual: format!("sha256:{}", hex::encode(hasher.finalize())),
-                    })
+        let mismatch = |actual: String| ImageError::DigestMismatch {
+            expected: desc.digest.clone(),
+            actual,
+        };
+
+        // What an earlier attempt left, hashed again: a partial is data from disk too.
+        let (mut offset, mut hasher) = {
+            let p = partial.to_path_buf();
+            super::blocking(move || hash_prefix(&p))
+                .await?
+                .map_err(ImageError::io(format!("read {}", partial.display())))?
+        };
+        if expected_size.is_some_and(|s| offset > s) {
+            return Err(mismatch(format!(
+                "a partial download longer than the {} bytes announced",
+                desc.size
+            )));
+        }
+        let mut file = tokio::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(partial)
+            .await
+            .map_err(ImageError::io(format!("open {}", partial.display())))?;
+        let mut received: u64 = offset;
+        if expected_size != Some(offset) {
+            Counters::add(&stats.blob_fetches, 1);
+            let mut stream = if offset > 0 {
+                debug!(blob = %desc.digest, offset, size = desc.size, "resuming blob download");
+                match client
+                    .pull_blob_stream_partial(reference, desc, offset, None)
+                    .await
+                {
+                    Ok(BlobResponse::Partial(s)) => {
+                        Counters::add(&stats.blob_bytes_resumed, offset);
+                        s
+                    }
+                    Ok(BlobResponse::Full(s)) => {
+                        info!(blob = %desc.digest, "registry ignored the range; starting over");
+                        file.set_len(0)
+                            .await
+                            .map_err(ImageError::io(format!("truncate {}", partial.display())))?;
+                        (offset, hasher, received) = (0, Sha256::new(), 0);
+                        s
+                    }
+                    // The range is past the blob's end: the partial cannot be a prefix.
+                    Err(OciDistributionError::ServerError { code: 416, .. }) => {
+                        return Err(mismatch(format!(
+                            "a partial download of {offset} bytes the registry cannot continue"
+                        )))
+                    }
+                    Err(e) => return Err(map_err(e, reference, has_creds)),
                 }
-                Err(e) => {
-                    return Err(ImageError::Registry {
-                        registry,
-                        reason: format!("download of {} failed: {}", desc.digest, root_cause(&e)),
-                    })
-                }
+            } else {
+                debug!(blob = %desc.digest, size = desc.size, "downloading blob");
+                client
+                    .pull_blob_stream(reference, desc)
+                    .await
+                    .map_err(|e| map_err(e, reference, has_creds))?
             };
-            received += chunk.len() as u64;
-            Counters::add(&stats.blob_bytes, chunk.len() as u64);
-            if expected_size.is_some_and(|s| received > s) {
-                return Err(ImageError::DigestMismatch {
-                    expected: desc.digest.clone(),
-                    actual: format!("more than the {} bytes announced", desc.size),
-                });
+            let _ = offset;
+            let streamed: Result<(), ImageError> = async {
+                while let Some(chunk) = stream.next().await {
+                    let chunk = match chunk {
+                        Ok(c) => c,
+                        // oci-client verifies full downloads too, and reports a mismatch
+                        // at the end of the stream.
+                        Err(e) if is_digest_error(&e) => {
+                            return Err(mismatch(format!(
+                                "sha256:{}",
+                                hex::encode(hasher.clone().finalize())
+                            )))
+                        }
+                        Err(e) => {
+                            return Err(ImageError::Registry {
+                                registry: registry.clone(),
+                                reason: format!(
+                                    "download of {} failed: {}",
+                                    desc.digest,
+                                    root_cause(&e)
+                                ),
+                            })
+                        }
+                    };
+                    received += chunk.len() as u64;
+                    Counters::add(&stats.blob_bytes, chunk.len() as u64);
+                    if expected_size.is_some_and(|s| received > s) {
+                        return Err(mismatch(format!(
+                            "more than the {} bytes announced",
+                            desc.size
+                        )));
+                    }
+                    hasher.update(&chunk);
+                    file.write_all(&chunk)
+                        .await
+                        .map_err(ImageError::io(format!("write {}", partial.display())))?;
+                }
+                Ok(())
             }
-            hasher.update(&chunk);
-            file.write_all(&chunk)
+            .await;
+            // Whatever arrived is kept for the next attempt, so make sure it reached the file.
+            let flushed = file
+                .flush()
                 .await
-                .map_err(ImageError::io(format!("write {}", partial.display())))?;
+                .map_err(ImageError::io(format!("write {}", partial.display())));
+            streamed?;
+            flushed?;
         }
         let actual = format!("sha256:{}", hex::encode(hasher.finalize()));
         if actual != desc.digest {
-            return Err(ImageError::DigestMismatch {
-                expected: desc.digest.clone(),
-                actual,
-            });
+            return Err(mismatch(actual));
         }
         if let Some(size) = expected_size {
             if received != size {
-                return Err(ImageError::DigestMismatch {
-                    expected: desc.digest.clone(),
-                    actual: format!("{received} bytes instead of {size}"),
-                });
+                return Err(mismatch(format!("{received} bytes instead of {size}")));
             }
         }
         file.sync_all()
@@ -261,6 +399,35 @@ impl Registry {
         info!(blob = %desc.digest, bytes = received, "blob downloaded and verified");
         Ok(())
     }
+}
+
+/// `<dest>.partial`.
+pub(crate) fn partial_path(dest: &Path) -> PathBuf {
+    let mut name = dest.file_name().unwrap_or_default().to_os_string();
+    name.push(".partial");
+    dest.with_file_name(name)
+}
+
+/// The length of an existing partial download and the hash of its bytes (0 and an empty
+/// hash if there is none).
+fn hash_prefix(path: &Path) -> std::io::Result<(u64, Sha256)> {
+    let mut hasher = Sha256::new();
+    let mut f = match std::fs::File::open(path) {
+        Ok(f) => f,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok((0, hasher)),
+        Err(e) => return Err(e),
+    };
+    let mut buf = vec![0u8; 64 * 1024];
+    let mut len = 0u64;
+    loop {
+        let n = f.read(&mut buf)?;
+        if n == 0 {
+            break;
+        }
+        hasher.update(&buf[..n]);
+        len += n as u64;
+    }
+    Ok((len, hasher))
 }
 
 fn kind(reference: &Reference, bytes: &[u8]) -> Result<Kind, ImageError> {
@@ -295,11 +462,43 @@ fn root_cause(e: &(dyn std::error::Error + 'static)) -> String {
     cur.to_string()
 }
 
+/// Whether a request failed because the server's certificate was not accepted. reqwest
+/// hides rustls's error type behind io errors, so this reads the cause chain's text; the
+/// phrases are rustls's `Display` for certificate and handshake errors.
+fn is_tls(e: &(dyn std::error::Error + 'static)) -> bool {
+    let mut cur: Option<&(dyn std::error::Error + 'static)> = Some(e);
+    while let Some(err) = cur {
+        let text = err.to_string().to_ascii_lowercase();
+        if text.contains("invalid peer certificate")
+            || text.contains("unknownissuer")
+            || text.contains("certificate")
+            || text.contains("handshake")
+        {
+            return true;
+        }
+        cur = err.source();
+    }
+    false
+}
+
 /// Turns oci-client's errors into the user-facing kinds of [`ImageError`].
-fn map_err(e: OciDistributionError, reference: &Reference) -> ImageError {
+fn map_err(e: OciDistributionError, reference: &Reference, has_creds: bool) -> ImageError {
     let registry = reference.resolve_registry().to_owned();
     let not_found = || ImageError::NotFound(reference.whole());
+    let unauthorized = || ImageError::Unauthorized {
+        registry: registry.clone(),
+        reference: reference.whole(),
+        hint: if has_creds {
+            "check the credentials for it"
+        } else {
+            "no credentials are configured for it"
+        },
+    };
     match e {
+        OciDistributionError::RequestError(ref r) if is_tls(r) => ImageError::Tls {
+            registry: registry.clone(),
+            reason: root_cause(r),
+        },
         OciDistributionError::RequestError(ref r) if r.is_connect() || r.is_timeout() => {
             ImageError::Unreachable {
                 registry,
@@ -311,6 +510,14 @@ fn map_err(e: OciDistributionError, reference: &Reference) -> ImageError {
             reason: root_cause(r),
         },
         OciDistributionError::ImageManifestNotFoundError(_) => not_found(),
+        OciDistributionError::RegistryError { ref envelope, .. }
+            if envelope
+                .errors
+                .iter()
+                .any(|e| matches!(e.code, OciErrorCode::Unauthorized | OciErrorCode::Denied)) =>
+        {
+            unauthorized()
+        }
         OciDistributionError::RegistryError { ref envelope, .. }
             if envelope.errors.iter().any(|e| {
                 matches!(
@@ -326,10 +533,10 @@ fn map_err(e: OciDistributionError, reference: &Reference) -> ImageError {
         }
         OciDistributionError::ServerError { code: 404, .. } => not_found(),
         OciDistributionError::UnauthorizedError { .. }
-        | OciDistributionError::AuthenticationFailure(_) => ImageError::Unauthorized {
-            registry,
-            reference: reference.whole(),
-        },
+        | OciDistributionError::AuthenticationFailure(_)
+        | OciDistributionError::ServerError {
+            code: 401 | 403, ..
+        } => unauthorized(),
         OciDistributionError::DigestError(DigestError::VerificationError { expected, actual }) => {
             ImageError::DigestMismatch { expected, actual }
         }

@@ -263,79 +263,54 @@ fn a_missing_binary_fails_run_and_leaves_nothing() {
 
 /// Creating containers while other threads spawn commands must not hang the container's init:
 /// `Command::spawn` holds std's environment lock while it forks, and a child forked by
-/// libcontainer at that moment must never need that lock.
+/// libcontainer at that moment must never need that lock. The creates run on a worker thread so
+/// that a hang fails the test instead of stalling the suite.
 #[test]
 fn creates_do_not_hang_while_other_threads_spawn_commands() {
-    let mut fx = Fixture::new("forkrace");
-    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::{mpsc, Arc};
+
+    let stop = Arc::new(AtomicBool::new(false));
     let spawners: Vec<_> = (0..2)
         .map(|_| {
             let stop = stop.clone();
             std::thread::spawn(move || {
-                while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                while !stop.load(Ordering::Relaxed) {
                     let _ = std::process::Command::new("/bin/true").status();
                 }
             })
         })
         .collect();
-    for i in 0..20 {
-        let mut spec = fx.spec(&format!("c{i}"), &["sh", "-c", "echo $FOO"]);
-        spec.env.push(format!("FOO=run{i}"));
-        let (reason, log) = fx.run_to_end(&spec);
-        assert_eq!(reason, ExitReason::Exited(0));
-        assert_eq!(log, format!("run{i}\n"));
+    let (done_tx, done_rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        let mut fx = Fixture::new("forkrace");
+        for i in 0..10 {
+            let mut spec = fx.spec(&format!("c{i}"), &["sh", "-c", "echo $FOO"]);
+            spec.env.push(format!("FOO=run{i}"));
+            let (reason, log) = fx.run_to_end(&spec);
+            let _ = done_tx.send(Some((i, reason, log)));
+        }
+        let _ = done_tx.send(None);
+    });
+    let mut finished = false;
+    while let Ok(msg) = done_rx.recv_timeout(rt_support::DEADLINE) {
+        match msg {
+            Some((i, reason, log)) => {
+                assert_eq!(reason, ExitReason::Exited(0), "container {i}: {log}");
+                assert_eq!(log, format!("run{i}\n"));
+            }
+            None => {
+                finished = true;
+                break;
+            }
+        }
     }
-    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    stop.store(true, Ordering::Relaxed);
     for s in spawners {
         s.join().unwrap();
     }
-}
-
-/// An agent restart: a second runtime over the same state dir takes over a running container
-/// it did not start, notices when it ends, and the container's log never went through either.
-#[test]
-fn a_new_runtime_instance_adopts_a_running_container_and_notices_its_exit() {
-    let fx = Fixture::new("adopt");
-    let spec = fx.spec(
-        "c",
-        &[
-            "sh",
-            "-c",
-            "i=0; while true; do echo line$i; i=$((i+1)); sleep 0.05; done",
-        ],
+    assert!(
+        finished,
+        "a container create hung while other threads spawned commands"
     );
-    let pid = fx.runtime.run(&spec).unwrap();
-    let (tx, mut exits) = tokio::sync::mpsc::unbounded_channel();
-    let again = YoukiRuntime::new(fx.dir.path().join("state"), tx).unwrap();
-    let found = again
-        .state(&spec.id)
-        .unwrap()
-        .expect("state of the running container");
-    assert_eq!((found.pid, found.running), (pid, true));
-    assert!(found.created_at_ms.is_some());
-    let adopted = again
-        .adopt(&spec.id, &spec.log_path, spec.log_max_bytes)
-        .unwrap();
-    assert_eq!(adopted.pid, pid);
-    // Still logging, straight into the file.
-    let len = fs::metadata(&spec.log_path).unwrap().len();
-    poll("more log lines", || {
-        (fs::metadata(&spec.log_path).unwrap().len() > len).then_some(())
-    });
-    // Killed behind the adopter's back (as `kill -9 <pid>` would): the watcher notices.
-    nix::sys::signal::kill(
-        nix::unistd::Pid::from_raw(pid as i32),
-        nix::sys::signal::Signal::SIGKILL,
-    )
-    .unwrap();
-    let ev = poll("the adopter's exit event", || exits.try_recv().ok());
-    assert_eq!(ev.id, spec.id);
-    assert_eq!(ev.reason, ExitReason::Exited(-1));
-    assert!(!again.state(&spec.id).unwrap().unwrap().running);
-    assert!(matches!(
-        again.adopt(&spec.id, &spec.log_path, spec.log_max_bytes),
-        Err(RuntimeError::NotRunning(_))
-    ));
-    again.delete(&spec.id).unwrap();
-    assert!(again.state(&spec.id).unwrap().is_none());
 }

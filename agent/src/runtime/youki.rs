@@ -10,9 +10,23 @@
 //! Reaping: libcontainer clones the container's init with `CLONE_PARENT`, so the init is *our*
 //! child and nobody else will reap it. Each container gets a small thread that blocks in
 //! `waitpid(pid)`, then reads the cgroup's OOM counter (before `delete` can remove the cgroup),
-//! waits briefly for the log copier to drain, and sends the [`ExitEvent`]. A thread per container
-//! costs a few KiB of stack; a single `waitpid(-1)` loop would instead steal the exit statuses of
-//! other children of the agent (e.g. `ip` commands run by the network module).
+//! settles the log, and sends the [`ExitEvent`]. A thread per container costs a few KiB of
+//! stack; a single `waitpid(-1)` loop would instead steal the exit statuses of other children of
+//! the agent (e.g. `ip` commands run by the network module).
+//!
+//! Adoption: after an agent restart the containers an earlier agent started still run, but
+//! their inits are no longer our children (they were reparented to init or a subreaper), so
+//! `waitpid` cannot watch them. [`Runtime::adopt`] starts a thread that polls the init once a
+//! second instead: it is gone when `/proc/<pid>/stat` disappears, shows a zombie, or shows
+//! another start time (the pid was reused). The exit code is then unknown (`-1`) unless the
+//! cgroup's OOM counter blames the OOM killer. Why polling and not a pidfd: nix 0.29 and tokio
+//! offer no safe `pidfd_open` (and `unsafe_code` is denied), and `pidfd_open` needs Linux 5.3,
+//! newer than some ARM vendor kernels, so a polling fallback would be needed anyway. The cost is
+//! one small `/proc` read per adopted container per second and up to a second of latency in
+//! noticing the exit. The agent stays the only supervisor: there is no shim per container.
+//!
+//! Logs: the container's stdout and stderr are its log file (see `logs`), so the container
+//! never depends on the agent to write its output.
 //!
 //! Caveat: libcontainer forks from a multi-threaded process, and a lock held by another thread
 //! at fork time stays locked forever in the child. glibc makes `malloc` fork-safe. The lock that
@@ -26,13 +40,13 @@
 use std::cell::RefCell;
 use std::collections::HashMap;
 use std::ffi::CString;
-use std::fs::{self, File};
+use std::fs;
 use std::io;
 use std::os::fd::OwnedFd;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::rc::Rc;
-use std::sync::{mpsc, Mutex, MutexGuard};
+use std::sync::{mpsc, Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 use libcgroups::common::{get_cgroup_setup, CgroupSetup, DEFAULT_CGROUP_ROOT};
@@ -51,21 +65,21 @@ use libcontainer::workload::{
     Executor, ExecutorError, ExecutorSetEnvsError, ExecutorValidationError,
 };
 use nix::errno::Errno;
-use nix::fcntl::OFlag;
 use nix::sys::wait::{waitpid, WaitStatus};
 use nix::unistd::Pid;
 use tokio::sync::mpsc::UnboundedSender;
 
 use super::logs;
-use super::{ContainerId, ExitEvent, ExitReason, Operation, RunSpec, Runtime, RuntimeError};
+use super::{
+    Adopted, ContainerId, ExitEvent, ExitReason, Operation, RunSpec, Runtime, RuntimeError,
+};
 
 /// CFS period used for CPU limits, as kubelet does.
 const CPU_PERIOD_US: u64 = 100_000;
 /// How long `delete` waits for the reaper after SIGKILL before removing state anyway.
 const REAP_WAIT: Duration = Duration::from_secs(10);
-/// How long the reaper waits for the log copier to drain after the init exited. Every process
-/// of the pid namespace dies with its init, so EOF normally follows within milliseconds.
-const LOG_DRAIN_WAIT: Duration = Duration::from_secs(2);
+/// How often the watcher of an adopted container checks that its init still runs.
+const WATCH_EVERY: Duration = Duration::from_secs(1);
 
 /// Where this host's cgroup directories are, to read OOM counters and to prune empty parents.
 #[derive(Debug, Clone)]
@@ -135,8 +149,11 @@ pub struct YoukiRuntime {
     bundles_dir: PathBuf,
     exits: UnboundedSender<ExitEvent>,
     layout: CgroupLayout,
-    /// Per container we started: fires once its reaper has sent the exit event.
+    /// Per container we started or adopted: fires once its reaper (or watcher) has sent the
+    /// exit event.
     reaped: Mutex<HashMap<ContainerId, mpsc::Receiver<()>>>,
+    /// Bounds the log files of running containers.
+    logs: Arc<logs::Rotator>,
 }
 
 /// Serialises libcontainer's create, start and delete across the whole process (every
@@ -189,6 +206,7 @@ impl YoukiRuntime {
             exits,
             layout: CgroupLayout::detect(),
             reaped: Mutex::new(HashMap::new()),
+            logs: logs::Rotator::start().map_err(io_err(Path::new("/proc/self/task")))?,
         })
     }
 
@@ -209,6 +227,76 @@ impl YoukiRuntime {
             ContainerStatus::Stopped => None,
             _ => c.pid().and_then(|p| u32::try_from(p.as_raw()).ok()),
         })
+    }
+
+    /// Loads the container's state and checks its init against `/proc` and its cgroup.
+    fn inspect(&self, id: &ContainerId) -> Result<Option<Inspected>, RuntimeError> {
+        let dir = self.container_dir(id);
+        if !dir.exists() {
+            return Ok(None);
+        }
+        // `load` refreshes the status from /proc already.
+        let c = Container::load(dir).map_err(backend(Operation::Load, id))?;
+        let cgroup_path = c.spec().ok().map(|cfg| cfg.cgroup_path);
+        let pid = c
+            .pid()
+            .and_then(|p| u32::try_from(p.as_raw()).ok())
+            .unwrap_or(0);
+        let proc = (pid > 0).then(|| proc_info(pid)).flatten();
+        let running = c.status() != ContainerStatus::Stopped
+            && proc.is_some_and(|p| !p.zombie)
+            && cgroup_path.as_deref().is_some_and(|cg| in_cgroup(pid, cg));
+        let created_at_ms = c
+            .created()
+            .and_then(|t| u64::try_from(t.timestamp_millis()).ok());
+        Ok(Some(Inspected {
+            adopted: Adopted {
+                pid,
+                running,
+                created_at_ms,
+            },
+            cgroup_path,
+            proc,
+        }))
+    }
+
+    /// Watches an init that is not our child (see the module docs) and reports its exit.
+    fn start_watcher(
+        &self,
+        id: ContainerId,
+        pid: u32,
+        start_time: u64,
+        cgroup_path: Option<PathBuf>,
+    ) -> Result<(), RuntimeError> {
+        let (done_tx, done_rx) = mpsc::channel();
+        let exits = self.exits.clone();
+        let layout = self.layout.clone();
+        let rotator = self.logs.clone();
+        let key = id.clone();
+        std::thread::Builder::new()
+            .name(format!("watch-{id}"))
+            .spawn(move || {
+                while proc_info(pid).is_some_and(|p| !p.zombie && p.start_time == start_time) {
+                    std::thread::sleep(WATCH_EVERY);
+                }
+                let oom = cgroup_path
+                    .as_deref()
+                    .and_then(|cg| layout.oom_kills(cg))
+                    .unwrap_or(0)
+                    > 0;
+                let reason = if oom {
+                    ExitReason::OomKilled
+                } else {
+                    ExitReason::Exited(-1)
+                };
+                rotator.finish(id.as_str());
+                tracing::debug!(container = %id, ?reason, "adopted container exited");
+                let _ = exits.send(ExitEvent { id, reason });
+                let _ = done_tx.send(());
+            })
+            .map_err(io_err(Path::new("/proc/self/task")))?;
+        lock(&self.reaped).insert(key, done_rx);
+        Ok(())
     }
 
     fn build_spec(spec: &RunSpec) -> Result<Spec, RuntimeError> {
@@ -308,11 +396,11 @@ impl YoukiRuntime {
         id: ContainerId,
         pid: Pid,
         cgroup_path: PathBuf,
-        log_done: mpsc::Receiver<()>,
     ) -> Result<(), RuntimeError> {
         let (done_tx, done_rx) = mpsc::channel();
         let exits = self.exits.clone();
         let layout = self.layout.clone();
+        let rotator = self.logs.clone();
         let name = id.to_string();
         let key = id.clone();
         std::thread::Builder::new()
@@ -340,7 +428,7 @@ impl YoukiRuntime {
                     _ if oom => ExitReason::OomKilled,
                     _ => reason,
                 };
-                let _ = log_done.recv_timeout(LOG_DRAIN_WAIT);
+                rotator.finish(id.as_str());
                 tracing::debug!(container = %id, ?reason, "container exited");
                 let _ = exits.send(ExitEvent { id, reason });
                 let _ = done_tx.send(());
@@ -352,16 +440,10 @@ impl YoukiRuntime {
 
     fn create_and_start(&self, spec: &RunSpec, bundle: &Path) -> Result<u32, RuntimeError> {
         let id = &spec.id;
-        let (read_end, write_end) = nix::unistd::pipe2(OFlag::O_CLOEXEC)
-            .map_err(|e| io_err(Path::new("pipe"))(e.into()))?;
-        let write_err: OwnedFd = write_end.try_clone().map_err(io_err(Path::new("pipe")))?;
-        let log_done = logs::spawn_copier(
-            id.to_string(),
-            File::from(read_end),
-            spec.log_path.clone(),
-            spec.log_max_bytes,
-        )
-        .map_err(io_err(&spec.log_path))?;
+        let out: OwnedFd = logs::open_for_container(&spec.log_path)
+            .map_err(io_err(&spec.log_path))?
+            .into();
+        let err: OwnedFd = out.try_clone().map_err(io_err(&spec.log_path))?;
 
         let mut container = {
             let _tree = lock(&LIBCONTAINER);
@@ -370,8 +452,8 @@ impl YoukiRuntime {
                 .and_then(|b| b.validate_id())
                 .map(|b| {
                     b.with_executor(ExplicitEnvExecutor::default())
-                        .with_stdout(write_end)
-                        .with_stderr(write_err)
+                        .with_stdout(out)
+                        .with_stderr(err)
                         .as_init(bundle)
                         .with_systemd(false)
                         .with_detach(true)
@@ -379,15 +461,15 @@ impl YoukiRuntime {
                 .and_then(|b| b.build())
                 .map_err(backend(Operation::Create, id))?
         };
-        // The builder dropped our copies of the pipe's write end: the copier sees EOF once the
-        // container's processes are gone.
         let pid = container.pid().ok_or_else(|| RuntimeError::Backend {
             op: Operation::Create,
             id: id.clone(),
             source: "created container has no pid".into(),
         })?;
         // Reap from now on: even if start fails, the init must not stay a zombie.
-        self.start_reaper(id.clone(), pid, spec.cgroup_path.clone(), log_done)?;
+        self.logs
+            .watch(id.as_str(), spec.log_path.clone(), spec.log_max_bytes);
+        self.start_reaper(id.clone(), pid, spec.cgroup_path.clone())?;
         let started = {
             let _lc = lock(&LIBCONTAINER);
             container.start()
@@ -405,6 +487,48 @@ impl YoukiRuntime {
             source: Box::new(e),
         })
     }
+}
+
+/// A container's init as found in `/proc`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct ProcInfo {
+    /// Start time in clock ticks after boot (field 22 of `/proc/<pid>/stat`).
+    start_time: u64,
+    zombie: bool,
+}
+
+/// Reads `/proc/<pid>/stat`; `None` if there is no such process.
+fn proc_info(pid: u32) -> Option<ProcInfo> {
+    let stat = fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // The command name may hold spaces and parentheses: fields start after the last ')'.
+    let rest = stat.get(stat.rfind(')')? + 1..)?;
+    let mut fields = rest.split_whitespace();
+    let state = fields.next()?;
+    // `rest` starts at field 3 (state); start time is field 22.
+    let start_time = fields.nth(18)?.parse().ok()?;
+    Some(ProcInfo {
+        start_time,
+        zombie: matches!(state, "Z" | "X" | "x"),
+    })
+}
+
+/// Whether the process `pid` is a member of the cgroup at `rel` (in any hierarchy). This is
+/// what tells a container's init from an unrelated process that got its pid after a reboot.
+fn in_cgroup(pid: u32, rel: &Path) -> bool {
+    let rel = rel.strip_prefix("/").unwrap_or(rel);
+    let want = format!("/{}", rel.display());
+    fs::read_to_string(format!("/proc/{pid}/cgroup")).is_ok_and(|text| {
+        text.lines()
+            .filter_map(|l| l.splitn(3, ':').nth(2))
+            .any(|path| path == want)
+    })
+}
+
+/// What `state` found, plus what `adopt` needs to watch the container.
+struct Inspected {
+    adopted: Adopted,
+    cgroup_path: Option<PathBuf>,
+    proc: Option<ProcInfo>,
 }
 
 /// Removes a cgroup directory that has no child cgroups and no tasks; `true` once it is gone.
@@ -623,7 +747,41 @@ impl Runtime for YoukiRuntime {
             }
             tracing::info!("container deleted");
         }
+        self.logs.forget(id.as_str());
         self.remove_bundle(id)
+    }
+
+    fn state(&self, id: &ContainerId) -> Result<Option<Adopted>, RuntimeError> {
+        Ok(self.inspect(id)?.map(|i| i.adopted))
+    }
+
+    #[tracing::instrument(skip_all, fields(container = %id))]
+    fn adopt(
+        &self,
+        id: &ContainerId,
+        log_path: &Path,
+        log_max_bytes: u64,
+    ) -> Result<Adopted, RuntimeError> {
+        let Some(found) = self.inspect(id)? else {
+            return Err(RuntimeError::NotFound(id.clone()));
+        };
+        let (true, Some(proc)) = (found.adopted.running, found.proc) else {
+            return Err(RuntimeError::NotRunning(id.clone()));
+        };
+        if lock(&self.reaped).contains_key(id) {
+            // Started or adopted by this process already: it is being watched.
+            return Ok(found.adopted);
+        }
+        self.logs
+            .watch(id.as_str(), log_path.to_owned(), log_max_bytes);
+        self.start_watcher(
+            id.clone(),
+            found.adopted.pid,
+            proc.start_time,
+            found.cgroup_path,
+        )?;
+        tracing::info!(pid = found.adopted.pid, "container adopted");
+        Ok(found.adopted)
     }
 
     fn list(&self) -> Result<Vec<ContainerId>, RuntimeError> {

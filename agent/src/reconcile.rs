@@ -70,6 +70,27 @@ pub fn backoff(level: u32) -> Millis {
     }
 }
 
+/// Up to a tenth of the backoff, different per container: many containers that crash
+/// together (a shared dependency went away) do not all come back in the same instant.
+/// Derived from the container's identity rather than a random source, so the planner
+/// stays a pure function.
+pub fn jitter(uid: &str, container: &str, level: u32) -> Millis {
+    let spread = backoff(level) / 10;
+    if spread == 0 {
+        return 0;
+    }
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in uid
+        .bytes()
+        .chain([0])
+        .chain(container.bytes())
+        .chain(level.to_le_bytes())
+    {
+        h = (h ^ u64::from(b)).wrapping_mul(0x0000_0100_0000_01b3);
+    }
+    h % (spread + 1)
+}
+
 pub fn should_restart(policy: RestartPolicy, code: i32, oom: bool) -> bool {
     match policy {
         RestartPolicy::Always => true,
@@ -116,7 +137,9 @@ pub fn plan(desired: &DesiredState, observed: &BTreeMap<String, PodObs>, now: Mi
             } else {
                 *level
             };
-            let due = at.saturating_add(backoff(level));
+            let due = at
+                .saturating_add(backoff(level))
+                .saturating_add(jitter(uid, name, level));
             if due <= now {
                 out.steps.push(Step::RestartContainer {
                     uid: uid.clone(),
@@ -254,20 +277,30 @@ mod tests {
                 },
             ),
             (
-                "second crash waits 10s",
+                "second crash waits 10s (plus its jitter)",
                 desired(&["a"]),
                 observed(&[("a", obs(Lifecycle::Running, Always, crashed(1, 500), 1))]),
                 600,
                 Plan {
                     steps: vec![],
-                    wake_at: Some(10_500),
+                    wake_at: Some(10_500 + jitter("a", "c", 1)),
+                },
+            ),
+            (
+                "... and not a moment before",
+                desired(&["a"]),
+                observed(&[("a", obs(Lifecycle::Running, Always, crashed(1, 500), 1))]),
+                10_499 + jitter("a", "c", 1),
+                Plan {
+                    steps: vec![],
+                    wake_at: Some(10_500 + jitter("a", "c", 1)),
                 },
             ),
             (
                 "... and restarts once it is due",
                 desired(&["a"]),
                 observed(&[("a", obs(Lifecycle::Running, Always, crashed(1, 500), 1))]),
-                10_500,
+                10_500 + jitter("a", "c", 1),
                 Plan {
                     steps: vec![restart("a")],
                     wake_at: None,
@@ -344,6 +377,23 @@ mod tests {
         for (name, d, o, now, want) in cases {
             assert_eq!(plan(&d, &o, now), want, "{name}");
         }
+    }
+
+    #[test]
+    fn jitter_is_bounded_spread_and_absent_for_the_first_restart() {
+        assert_eq!(jitter("a", "c", 0), 0);
+        for level in 1..10 {
+            for uid in ["a", "b", "c", "d"] {
+                assert!(jitter(uid, "c", level) <= backoff(level) / 10);
+            }
+        }
+        let spread: std::collections::BTreeSet<Millis> = (0..20)
+            .map(|i| jitter(&format!("pod-{i}"), "c", 3))
+            .collect();
+        assert!(
+            spread.len() > 10,
+            "jitter does not spread restarts: {spread:?}"
+        );
     }
 
     #[test]

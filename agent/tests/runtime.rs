@@ -6,7 +6,7 @@ use std::fs;
 use std::path::Path;
 
 use baton_agent::runtime::{ExitReason, Runtime, RuntimeError, YoukiRuntime};
-use rt_support::{cgroup_dirs, cgroup_file, poll, Fixture};
+use rt_support::{cgroup_dirs, cgroup_file, Fixture};
 
 #[test]
 fn args_env_cwd_and_hostname_reach_the_process() {

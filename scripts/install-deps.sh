@@ -15,9 +15,10 @@ need_root
 #   busybox-static             the example images' userland (amd64; arm64 via apt-get download)
 #   gcc-aarch64-linux-gnu qemu-user-static  the aarch64 cross build and its smoke test
 #   curl python3               image build/push script and health checks
+#   apache2-utils openssl      htpasswd (bcrypt) and a test CA for the registry auth/TLS tests
 PKGS=(iproute2 iptables libseccomp-dev docker-registry mosquitto mosquitto-clients runc
       busybox-static gcc-aarch64-linux-gnu qemu-user-static curl python3 pkg-config
-      linux-libc-dev-arm64-cross)
+      linux-libc-dev-arm64-cross apache2-utils openssl)
 
 missing=()
 for p in "${PKGS[@]}"; do

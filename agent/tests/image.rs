@@ -8,17 +8,26 @@ use std::fs;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 
-use anyhow::Result;
-use baton_agent::image::{ImageConfig, ImageError, ImageStore, ImageStoreConfig, Platform};
+use std::collections::BTreeSet;
+
+use anyhow::{Context, Result};
+use baton_agent::image::{
+    Credentials, DiskLimits, DiskSize, ImageConfig, ImageError, ImageStore, ImageStoreConfig,
+    Platform, RegistryConfig,
+};
 use baton_proto::PullPolicy;
 use common::*;
 
+/// A store config pulling from `registry` over plain HTTP.
+fn config(root: &Path, registry: &str, platform: Platform) -> ImageStoreConfig {
+    ImageStoreConfig {
+        insecure_registries: vec![registry.to_owned()],
+        ..ImageStoreConfig::new(root, platform)
+    }
+}
+
 fn store(root: &Path, reg: &Registry, platform: Platform) -> Result<ImageStore> {
-    Ok(ImageStore::new(ImageStoreConfig {
-        root: root.to_path_buf(),
-        insecure_registries: vec![reg.addr().to_owned()],
-        platform,
-    })?)
+    Ok(ImageStore::new(config(root, reg.addr(), platform))?)
 }
 
 fn amd64() -> Platform {
@@ -107,16 +116,18 @@ async fn pull_unpack_and_mount_apply_whiteouts() -> Result<()> {
         }
     );
 
-    // Content-addressed layout: verified blobs, unpacked layers, nothing half done.
+    // Content-addressed layout: verified manifest and config, unpacked layers whose
+    // compressed blobs are gone, nothing half done.
     let blobs = tmp.path().join("store/blobs/sha256");
-    for d in [
-        &pushed.digest,
-        &pushed.config_digest,
-        &base.digest,
-        &upper.digest,
-    ] {
+    for d in [&pushed.digest, &pushed.config_digest] {
         let path = blobs.join(d.trim_start_matches("sha256:"));
         assert_eq!(sha256(&fs::read(&path)?), *d);
+    }
+    for d in [&base.digest, &upper.digest] {
+        assert!(
+            !blobs.join(d.trim_start_matches("sha256:")).exists(),
+            "layer blob kept after unpack"
+        );
     }
     assert!(dir_names(&blobs)?
         .iter()
@@ -602,7 +613,10 @@ async fn corrupt_blob_on_disk_is_refetched_not_used() -> Result<()> {
 
     // A flipped bit in a layer blob whose unpack was lost (an agent killed between
     // download and unpack): the blob is caught before unpacking and fetched again.
-    flip_a_byte(&blob(&upper.digest))?;
+    let mut rotten = upper.data.clone();
+    let mid = rotten.len() / 2;
+    rotten[mid] ^= 0x01;
+    fs::write(blob(&upper.digest), rotten)?;
     fs::remove_dir_all(
         root.join("layers/sha256")
             .join(upper.digest.trim_start_matches("sha256:")),
@@ -657,11 +671,13 @@ async fn corrupt_blob_from_registry_fails_the_pull() -> Result<()> {
             .starts_with(&format!("digest mismatch for {}", upper.digest)),
         "{err}"
     );
-    // Tried twice (one retry), kept nothing of it, recorded nothing.
+    // Tried twice (one retry), kept nothing of it, recorded nothing. (The other layer's
+    // download, cut short by the failure, may stay as a partial to resume.)
     assert_eq!(reg.blob_gets(&upper.digest), 2);
     let blobs = dir_names(&root.join("blobs/sha256"))?;
-    assert!(!blobs.contains(upper.digest.trim_start_matches("sha256:")));
-    assert!(blobs.iter().all(|n| !n.ends_with(".partial")), "{blobs:?}");
+    let hex = upper.digest.trim_start_matches("sha256:");
+    assert!(!blobs.contains(hex));
+    assert!(!blobs.contains(&format!("{hex}.partial")), "{blobs:?}");
     assert!(!root
         .join("layers/sha256")
         .join(upper.digest.trim_start_matches("sha256:"))
@@ -750,5 +766,505 @@ async fn stopped_registry_errors_cleanly() -> Result<()> {
         .unwrap_err();
     assert!(matches!(err, ImageError::Unreachable { .. }), "{err:?}");
     assert!(dir_names(&tmp.path().join("fresh/refs"))?.is_empty());
+    Ok(())
+}
+
+/// An image with one plain layer holding `size` random bytes in `data/blob`, and its name.
+struct Unique {
+    reference: String,
+    layer: Layer,
+    data: Vec<u8>,
+}
+
+async fn push_unique(
+    client: &oci_client::Client,
+    reg: &str,
+    name: &str,
+    size: usize,
+) -> Result<Unique> {
+    let data = random_bytes(size);
+    let layer = plain_layer(&[
+        E::Dir("data"),
+        E::File("data/blob", &data, 0o644),
+        E::File("name", name.as_bytes(), 0o644),
+    ])?;
+    push_image(client, reg, name, Some("v1"), &AMD64, &[&layer]).await?;
+    Ok(Unique {
+        reference: format!("{reg}/{name}:v1"),
+        layer,
+        data,
+    })
+}
+
+fn set(refs: &[&Unique]) -> BTreeSet<String> {
+    refs.iter().map(|u| u.reference.clone()).collect()
+}
+
+fn layer_dir(root: &Path, digest: &str) -> PathBuf {
+    root.join("layers/sha256")
+        .join(digest.trim_start_matches("sha256:"))
+}
+
+async fn present(s: &ImageStore, u: &Unique) -> bool {
+    s.ensure(&u.reference, PullPolicy::Never).await.is_ok()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn budget_removes_unused_images_lru_first_and_never_in_use_ones() -> Result<()> {
+    let reg = Registry::start()?;
+    let client = push_client();
+    let mut images = Vec::new();
+    for name in ["a", "b", "c", "d", "e", "f"] {
+        images.push(push_unique(&client, reg.addr(), name, 512 << 10).await?);
+    }
+    let [a, b, c, d, e, f] = &images[..] else {
+        unreachable!()
+    };
+    let tmp = tempfile::tempdir()?;
+    // What one image costs on this filesystem, measured in a scratch store.
+    let probe = store(&tmp.path().join("probe"), &reg, amd64())?;
+    probe.ensure(&a.reference, PullPolicy::IfNotPresent).await?;
+    let one = probe.disk_usage().await?.total();
+    assert!(one >= 512 << 10, "{one}");
+    // Four and a half images: three at rest plus a fourth one's unpacked layer and its
+    // blob during the pull.
+    let budget = one * 9 / 2;
+    let root = tmp.path().join("store");
+    let s = ImageStore::new(ImageStoreConfig {
+        limits: DiskLimits {
+            budget: Some(DiskSize::Bytes(budget)),
+            min_free: Some(DiskSize::Bytes(0)),
+        },
+        ..config(&root, reg.addr(), amd64())
+    })?;
+
+    s.ensure(&a.reference, PullPolicy::IfNotPresent).await?;
+    s.set_in_use(&set(&[a]));
+    s.ensure(&b.reference, PullPolicy::IfNotPresent).await?;
+    s.ensure(&c.reference, PullPolicy::IfNotPresent).await?;
+    // b is used again, so c becomes the least recently used image no pod uses.
+    tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    s.ensure(&b.reference, PullPolicy::IfNotPresent).await?;
+
+    s.ensure(&d.reference, PullPolicy::IfNotPresent).await?;
+    assert!(!present(&s, c).await, "the LRU unused image was kept");
+    assert!(!layer_dir(&root, &c.layer.digest).exists());
+    assert!(present(&s, a).await, "an in-use image was removed");
+    assert!(
+        present(&s, b).await,
+        "a recently used image was removed first"
+    );
+    assert!(present(&s, d).await);
+    assert!(s.disk_usage().await?.total() <= budget);
+
+    // Nothing unused left: e still fits at rest, but no image may go for it.
+    s.set_in_use(&set(&[a, b, d]));
+    s.ensure(&e.reference, PullPolicy::IfNotPresent).await?;
+    for u in [a, b, d, e] {
+        assert!(present(&s, u).await, "{} removed", u.reference);
+    }
+
+    // Everything in use and no room: refused before downloading, nothing harmed.
+    s.set_in_use(&set(&[a, b, d, e]));
+    let err = s
+        .ensure(&f.reference, PullPolicy::IfNotPresent)
+        .await
+        .unwrap_err();
+    assert!(matches!(err, ImageError::DiskBudget(_)), "{err:?}");
+    assert!(err.to_string().starts_with("disk budget: "), "{err}");
+    assert_eq!(reg.blob_gets(&f.layer.digest), 0, "downloaded in vain");
+    println!("{err}");
+    for u in [a, b, d, e] {
+        assert!(present(&s, u).await, "{} removed", u.reference);
+    }
+    assert!(s.disk_usage().await?.total() <= budget);
+    let img = s.ensure(&a.reference, PullPolicy::Never).await?;
+    let container = tmp.path().join("containers/a");
+    let _guard = Rootfs {
+        store: &s,
+        dir: container.clone(),
+    };
+    let rootfs = s.mount_rootfs(&img, &container)?;
+    assert_eq!(fs::read(rootfs.join("data/blob"))?, a.data);
+    assert_eq!(fs::read(rootfs.join("name"))?, b"a");
+
+    // A periodic collection with the pods gone frees what they pinned, but never a
+    // mounted image's layers.
+    s.set_in_use(&BTreeSet::new());
+    let err = s.ensure(&f.reference, PullPolicy::IfNotPresent).await;
+    assert!(err.is_ok(), "{err:?}");
+    assert!(
+        layer_dir(&root, &a.layer.digest).exists(),
+        "mounted layer removed"
+    );
+    assert_eq!(fs::read(rootfs.join("data/blob"))?, a.data);
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn full_disk_fails_the_pull_cleanly_and_harms_nothing() -> Result<()> {
+    let reg = Registry::start()?;
+    let client = push_client();
+    let small = push_unique(&client, reg.addr(), "small", 64 << 10).await?;
+    let big = push_unique(&client, reg.addr(), "big", 1 << 20).await?;
+    // Compresses to a few KiB and unpacks to 2 MiB: only unpacking can hit the full disk.
+    let zeros = vec![0u8; 2 << 20];
+    let bomb = layer(&[E::File("zeros", &zeros, 0o644)])?;
+    push_image(&client, reg.addr(), "bomb", Some("v1"), &AMD64, &[&bomb]).await?;
+    let bomb_ref = format!("{}/bomb:v1", reg.addr());
+
+    let disk = Tmpfs::mount(8 << 20)?;
+    let tmp = tempfile::tempdir()?;
+    let root = disk.path().join("images");
+    let s = ImageStore::new(ImageStoreConfig {
+        limits: DiskLimits {
+            budget: None,
+            min_free: Some(DiskSize::Bytes(128 << 10)),
+        },
+        ..config(&root, reg.addr(), amd64())
+    })?;
+    let img = s.ensure(&small.reference, PullPolicy::IfNotPresent).await?;
+    s.set_in_use(&set(&[&small]));
+    let container = tmp.path().join("containers/small");
+    let _guard = Rootfs {
+        store: &s,
+        dir: container.clone(),
+    };
+    let rootfs = s.mount_rootfs(&img, &container)?;
+    let filler = disk.path().join("filler");
+    fill_leaving(&filler, 512 << 10)?;
+
+    // 1 MiB of incompressible layer cannot fit in 512 KiB: refused before downloading.
+    let err = s
+        .ensure(&big.reference, PullPolicy::Always)
+        .await
+        .unwrap_err();
+    assert!(matches!(err, ImageError::DiskBudget(_)), "{err:?}");
+    assert!(err.to_string().starts_with("disk budget: "), "{err}");
+    assert_eq!(reg.blob_gets(&big.layer.digest), 0);
+    println!("{err}");
+
+    // The bomb passes the check up front and fills the disk while unpacking.
+    let err = s.ensure(&bomb_ref, PullPolicy::Always).await.unwrap_err();
+    assert!(matches!(err, ImageError::DiskBudget(_)), "{err:?}");
+    assert!(err.to_string().starts_with("disk budget: "), "{err}");
+    assert!(err.to_string().contains("no space left"), "{err}");
+    println!("{err}");
+
+    // Nothing harmed, nothing half done left behind.
+    assert_eq!(fs::read(rootfs.join("data/blob"))?, small.data);
+    assert!(present(&s, &small).await);
+    let layers = dir_names(&root.join("layers/sha256"))?;
+    assert_eq!(
+        layers,
+        HashSet::from([small.layer.digest.trim_start_matches("sha256:").to_owned()]),
+        "leftovers of the failed pulls"
+    );
+
+    // With space again, both pulls succeed.
+    fs::remove_file(&filler)?;
+    s.ensure(&big.reference, PullPolicy::IfNotPresent).await?;
+    let img = s.ensure(&bomb_ref, PullPolicy::IfNotPresent).await?;
+    let bomb_dir = tmp.path().join("containers/bomb");
+    let _bomb_guard = Rootfs {
+        store: &s,
+        dir: bomb_dir.clone(),
+    };
+    let bomb_root = s.mount_rootfs(&img, &bomb_dir)?;
+    assert_eq!(fs::metadata(bomb_root.join("zeros"))?.len(), 2 << 20);
+    assert_eq!(fs::read(rootfs.join("data/blob"))?, small.data);
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cut_download_resumes_with_a_range_request() -> Result<()> {
+    let reg = Registry::start()?;
+    let client = push_client();
+    let data = random_bytes(1 << 20);
+    let big = plain_layer(&[E::File("big", &data, 0o644)])?;
+    push_image(&client, reg.addr(), "resume", Some("v1"), &AMD64, &[&big]).await?;
+
+    let proxy = CutProxy::start(reg.addr())?;
+    let reference = format!("{}/resume:v1", proxy.addr());
+    let needle = format!("/blobs/{} ", big.digest);
+    let tmp = tempfile::tempdir()?;
+    let root = tmp.path().join("store");
+    let partial = root.join("blobs/sha256").join(format!(
+        "{}.partial",
+        big.digest.trim_start_matches("sha256:")
+    ));
+
+    // The link drops 300 KiB into the layer.
+    proxy.watch(&needle, 300 << 10);
+    let s = ImageStore::new(config(&root, proxy.addr(), amd64()))?;
+    let err = s.ensure(&reference, PullPolicy::Always).await.unwrap_err();
+    assert!(matches!(err, ImageError::Registry { .. }), "{err:?}");
+    let have = fs::metadata(&partial)
+        .context("the partial download was not kept")?
+        .len();
+    assert!(have > 0 && have < big.data.len() as u64, "{have}");
+    drop(s);
+
+    // A restarted agent on the same store asks only for the rest.
+    proxy.watch(&needle, 0);
+    let s = ImageStore::new(config(&root, proxy.addr(), amd64()))?;
+    let img = s.ensure(&reference, PullPolicy::IfNotPresent).await?;
+    let rest = big.data.len() as u64 - have;
+    let stats = s.stats();
+    assert_eq!(stats.blob_bytes_resumed, have, "{stats:?}");
+    // The config arrived whole before the cut and is not fetched again.
+    assert_eq!(stats.blob_bytes, rest, "{stats:?}");
+    assert_eq!(stats.blob_fetches, 1, "{stats:?}");
+    assert!(
+        proxy.requests().contains(&format!("range: bytes={have}-")),
+        "no range request: {}",
+        proxy.requests()
+    );
+    let through = proxy.watched_bytes();
+    assert!(
+        through >= rest && through < rest + 4096,
+        "{through} bytes through the link for {rest} missing"
+    );
+    assert!(!partial.exists());
+    let container = tmp.path().join("containers/resume");
+    let _guard = Rootfs {
+        store: &s,
+        dir: container.clone(),
+    };
+    let rootfs = s.mount_rootfs(&img, &container)?;
+    assert_eq!(fs::read(rootfs.join("big"))?, data);
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn corrupt_partial_download_is_discarded_and_fetched_again() -> Result<()> {
+    let reg = Registry::start()?;
+    let client = push_client();
+    let data = random_bytes(256 << 10);
+    let l = plain_layer(&[E::File("f", &data, 0o644)])?;
+    push_image(&client, reg.addr(), "trunc", Some("v1"), &AMD64, &[&l]).await?;
+    let reference = format!("{}/trunc:v1", reg.addr());
+    let tmp = tempfile::tempdir()?;
+    let root = tmp.path().join("store");
+    let s = store(&root, &reg, amd64())?;
+    let hex = l.digest.trim_start_matches("sha256:");
+    // Bytes that are not the blob's prefix (a torn write, a flipped bit).
+    fs::write(
+        root.join("blobs/sha256").join(format!("{hex}.partial")),
+        random_bytes(100 << 10),
+    )?;
+    let img = s.ensure(&reference, PullPolicy::IfNotPresent).await?;
+    assert_eq!(
+        reg.blob_gets(&l.digest),
+        2,
+        "resumed, failed the digest, refetched"
+    );
+    assert_eq!(s.stats().blob_bytes_resumed, 100 << 10);
+    let container = tmp.path().join("containers/trunc");
+    let _guard = Rootfs {
+        store: &s,
+        dir: container.clone(),
+    };
+    let rootfs = s.mount_rootfs(&img, &container)?;
+    assert_eq!(fs::read(rootfs.join("f"))?, data);
+
+    // A partial longer than the blob cannot be a prefix of it either.
+    let other = plain_layer(&[E::File("g", &data[..1000], 0o644)])?;
+    push_image(&client, reg.addr(), "long", Some("v1"), &AMD64, &[&other]).await?;
+    fs::write(
+        root.join("blobs/sha256").join(format!(
+            "{}.partial",
+            other.digest.trim_start_matches("sha256:")
+        )),
+        random_bytes(other.data.len() + 10),
+    )?;
+    s.ensure(&format!("{}/long:v1", reg.addr()), PullPolicy::IfNotPresent)
+        .await?;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn registry_basic_auth_over_tls_with_a_custom_ca() -> Result<()> {
+    let (user, password) = ("baton", "s3cret");
+    let reg = Registry::start_with(RegistryOpts {
+        htpasswd: Some((user.into(), password.into())),
+        tls: true,
+    })?;
+    let ca = fs::read(reg.ca_pem())?;
+    let client = oci_client::Client::new(oci_client::client::ClientConfig {
+        protocol: oci_client::client::ClientProtocol::Https,
+        extra_root_certificates: vec![oci_client::client::Certificate {
+            encoding: oci_client::client::CertificateEncoding::Pem,
+            data: ca.clone(),
+        }],
+        ..Default::default()
+    });
+    client
+        .store_auth_if_needed(
+            reg.addr(),
+            &oci_client::secrets::RegistryAuth::Basic(user.into(), password.into()),
+        )
+        .await;
+    let base = base_layer()?;
+    let pushed = push_image(&client, reg.addr(), "private", Some("v1"), &AMD64, &[&base]).await?;
+    let reference = format!("{}/private:v1", reg.addr());
+    let tmp = tempfile::tempdir()?;
+    let https = |name: &str, registry_config: RegistryConfig| -> Result<ImageStore> {
+        Ok(ImageStore::new(ImageStoreConfig {
+            registry_config,
+            ..ImageStoreConfig::new(tmp.path().join(name), amd64())
+        })?)
+    };
+
+    // The node's config.json as `docker login` writes it, plus this registry's CA.
+    fs::write(tmp.path().join("ca.pem"), &ca)?;
+    let config_json = tmp.path().join("config.json");
+    fs::write(
+        &config_json,
+        serde_json::json!({
+            "auths": { reg.addr(): { "auth": "YmF0b246czNjcmV0" } },
+            "caFiles": { reg.addr(): "ca.pem" },
+        })
+        .to_string(),
+    )?;
+    let s = https("ok", RegistryConfig::load(&config_json)?)?;
+    let img = s.ensure(&reference, PullPolicy::Always).await?;
+    assert_eq!(img.manifest_digest, pushed.digest);
+
+    // A wrong password.
+    let wrong = RegistryConfig::default()
+        .with_credentials(
+            reg.addr(),
+            Credentials::Basic {
+                username: user.into(),
+                password: "nope".into(),
+            },
+        )
+        .with_ca(reg.addr(), ca.clone());
+    let s = https("wrong", wrong)?;
+    let err = s.ensure(&reference, PullPolicy::Always).await.unwrap_err();
+    assert!(matches!(err, ImageError::Unauthorized { .. }), "{err:?}");
+    assert!(err.to_string().starts_with("unauthorized: "), "{err}");
+    println!("{err}");
+    assert!(dir_names(&tmp.path().join("wrong/refs"))?.is_empty());
+
+    // No credentials on the node: unauthorized too, and it says so; a pod's own
+    // credentials (imagePullSecret) pull it.
+    let s = https(
+        "anon",
+        RegistryConfig::default().with_ca(reg.addr(), ca.clone()),
+    )?;
+    let err = s.ensure(&reference, PullPolicy::Always).await.unwrap_err();
+    assert!(err.to_string().starts_with("unauthorized: "), "{err}");
+    assert!(err.to_string().contains("no credentials"), "{err}");
+    let creds = Credentials::Basic {
+        username: user.into(),
+        password: password.into(),
+    };
+    let img = s
+        .ensure_with(&reference, PullPolicy::Always, Some(&creds))
+        .await?;
+    assert_eq!(img.manifest_digest, pushed.digest);
+
+    // The right password but a CA nobody trusts.
+    let s = https(
+        "untrusted",
+        RegistryConfig::default().with_credentials(reg.addr(), creds.clone()),
+    )?;
+    let err = s.ensure(&reference, PullPolicy::Always).await.unwrap_err();
+    assert!(matches!(err, ImageError::Tls { .. }), "{err:?}");
+    let msg = err.to_string();
+    assert!(
+        msg.starts_with(&format!("tls error with registry {}", reg.addr())),
+        "{msg}"
+    );
+    assert!(msg.to_lowercase().contains("certificate"), "{msg}");
+    println!("{err}");
+
+    // The CA given node-wide (--registry-ca) works as well.
+    let s = ImageStore::new(ImageStoreConfig {
+        registry_ca: vec![ca.clone()],
+        registry_config: RegistryConfig::default().with_credentials(reg.addr(), creds),
+        ..ImageStoreConfig::new(tmp.path().join("node-ca"), amd64())
+    })?;
+    s.ensure(&reference, PullPolicy::Always).await?;
+    Ok(())
+}
+
+/// Figures for docs/benchmarks.md: the example http-echo image built with images/build.sh,
+/// pushed to a registry started here, pulled cold and warm; disk used with and without the
+/// compressed layer blobs kept.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn http_echo_pull_figures_and_blob_deletion_saving() -> Result<()> {
+    let reg = Registry::start()?;
+    let tmp = tempfile::tempdir()?;
+    let repo = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    let out = std::process::Command::new(repo.join("images/build.sh"))
+        .arg("--out")
+        .arg(tmp.path().join("oci"))
+        .arg("--push")
+        .arg(reg.addr())
+        .output()?;
+    anyhow::ensure!(
+        out.status.success(),
+        "build.sh: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let reference = format!("{}/baton/http-echo:1", reg.addr());
+
+    let mut usage = Vec::new();
+    for keep in [true, false] {
+        let root = tmp.path().join(if keep { "keep" } else { "drop" });
+        let s = ImageStore::new(ImageStoreConfig {
+            keep_layer_blobs: keep,
+            ..config(&root, reg.addr(), Platform::host())
+        })?;
+        let t = std::time::Instant::now();
+        let img = s.ensure(&reference, PullPolicy::Always).await?;
+        let cold_time = t.elapsed();
+        let cold = s.stats();
+        let t = std::time::Instant::now();
+        s.ensure(&reference, PullPolicy::Always).await?;
+        let warm_time = t.elapsed();
+        let warm = s.stats();
+        let du = s.disk_usage().await?;
+        let layer_bytes: u64 = img
+            .layers
+            .iter()
+            .map(|d| {
+                fs::metadata(reg.blob_data_path(d))
+                    .map(|m| m.len())
+                    .unwrap_or(0)
+            })
+            .sum();
+        println!(
+            "http-echo keep_layer_blobs={keep}: cold {} blob + {} manifest bytes in {:?}; warm {} blob + {} manifest bytes in {:?}; disk {} (blobs {}, layers {}, refs {}) vs {} compressed layer bytes in {} layers",
+            cold.blob_bytes,
+            cold.manifest_bytes,
+            cold_time,
+            warm.blob_bytes - cold.blob_bytes,
+            warm.manifest_bytes - cold.manifest_bytes,
+            warm_time,
+            du.total(),
+            du.blobs,
+            du.layers,
+            du.refs,
+            layer_bytes,
+            img.layers.len(),
+        );
+        assert_eq!(
+            warm.blob_bytes, cold.blob_bytes,
+            "warm pull downloaded blobs"
+        );
+        assert!(cold.blob_bytes >= layer_bytes);
+        usage.push((du, layer_bytes));
+    }
+    let ((kept, layer_bytes), (dropped, _)) = (usage[0], usage[1]);
+    assert_eq!(kept.layers, dropped.layers);
+    // Dropping the blobs saves at least their bytes (allocation rounds up).
+    assert!(
+        kept.blobs - dropped.blobs >= layer_bytes,
+        "{kept:?} vs {dropped:?}"
+    );
     Ok(())
 }

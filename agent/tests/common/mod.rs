@@ -3,6 +3,7 @@
 
 #![allow(dead_code)]
 
+pub mod proxy;
 pub mod registry;
 
 use std::io::Write;
@@ -15,7 +16,8 @@ use oci_client::{Client, Reference};
 use serde_json::json;
 use sha2::{Digest, Sha256};
 
-pub use registry::Registry;
+pub use proxy::CutProxy;
+pub use registry::{Registry, RegistryOpts};
 
 pub const OCI_MANIFEST: &str = "application/vnd.oci.image.manifest.v1+json";
 pub const OCI_INDEX: &str = "application/vnd.oci.image.index.v1+json";
@@ -268,5 +270,63 @@ pub fn flip_a_byte(path: &Path) -> Result<()> {
     let i = bytes.len() / 2;
     bytes[i] ^= 0x01;
     std::fs::write(path, bytes)?;
+    Ok(())
+}
+
+/// A tmpfs of a fixed size mounted on a fresh directory, unmounted (lazily, so a leftover
+/// mount below cannot keep it) and removed on drop.
+pub struct Tmpfs {
+    dir: tempfile::TempDir,
+}
+
+impl Tmpfs {
+    pub fn mount(bytes: u64) -> Result<Self> {
+        let dir = tempfile::tempdir()?;
+        nix::mount::mount(
+            Some("tmpfs"),
+            dir.path(),
+            Some("tmpfs"),
+            nix::mount::MsFlags::MS_NOSUID | nix::mount::MsFlags::MS_NODEV,
+            Some(format!("size={bytes},mode=0755").as_str()),
+        )
+        .context("mount tmpfs")?;
+        Ok(Tmpfs { dir })
+    }
+
+    pub fn path(&self) -> &Path {
+        self.dir.path()
+    }
+}
+
+impl Drop for Tmpfs {
+    fn drop(&mut self) {
+        if let Err(e) = nix::mount::umount2(self.dir.path(), nix::mount::MntFlags::MNT_DETACH) {
+            eprintln!("cannot unmount tmpfs {}: {e}", self.dir.path().display());
+        }
+    }
+}
+
+/// `n` random (incompressible) bytes.
+pub fn random_bytes(n: usize) -> Vec<u8> {
+    use rand::RngCore;
+    let mut v = vec![0u8; n];
+    rand::thread_rng().fill_bytes(&mut v);
+    v
+}
+
+/// Fills the filesystem holding `path` with a file `path`, leaving about `leave` bytes free.
+pub fn fill_leaving(path: &Path, leave: u64) -> Result<()> {
+    let st = nix::sys::statvfs::statvfs(path.parent().context("no parent")?)?;
+    let avail = st.blocks_available() as u64 * st.fragment_size() as u64;
+    let size = avail.saturating_sub(leave);
+    let mut f = std::fs::File::create(path)?;
+    let chunk = vec![0xa5u8; 64 * 1024];
+    let mut left = size;
+    while left > 0 {
+        let n = left.min(chunk.len() as u64) as usize;
+        f.write_all(&chunk[..n])?;
+        left -= n as u64;
+    }
+    f.sync_all()?;
     Ok(())
 }

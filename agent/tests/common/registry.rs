@@ -1,5 +1,6 @@
 //! A real registry for tests: Debian's `docker-registry` (Distribution 2.8) on 127.0.0.1 with
-//! its storage in a tempdir, killed on drop.
+//! its storage in a tempdir, killed on drop. Optionally with htpasswd (bcrypt, made with
+//! `htpasswd`) basic auth and TLS from a CA made here with `openssl`.
 
 use std::fs;
 use std::io::{Read, Write};
@@ -16,16 +17,32 @@ pub struct Registry {
     child: Option<Child>,
     addr: String,
     dir: tempfile::TempDir,
+    opts: RegistryOpts,
+}
+
+/// How to start a registry: plain HTTP and anonymous by default.
+#[derive(Default, Clone)]
+pub struct RegistryOpts {
+    /// Basic auth with one user (`user`, `password`).
+    pub htpasswd: Option<(String, String)>,
+    /// HTTPS with a server certificate for 127.0.0.1 signed by a fresh CA ([`Registry::ca_pem`]).
+    pub tls: bool,
 }
 
 impl Registry {
     /// Starts a registry on a free loopback port and waits until `GET /v2/` answers.
     pub fn start() -> Result<Self> {
+        Self::start_with(RegistryOpts::default())
+    }
+
+    pub fn start_with(opts: RegistryOpts) -> Result<Self> {
         let mut reg = Registry {
             child: None,
             addr: String::new(),
             dir: tempfile::tempdir()?,
+            opts,
         };
+        reg.prepare()?;
         // The port is free when we look; another process may grab it before the registry
         // binds, so try a few.
         let mut last_err = anyhow::anyhow!("registry did not start");
@@ -44,18 +61,48 @@ impl Registry {
         Err(last_err)
     }
 
+    /// Writes the htpasswd file and the certificates the options ask for.
+    fn prepare(&self) -> Result<()> {
+        let d = self.dir.path();
+        if let Some((user, password)) = &self.opts.htpasswd {
+            let out = Command::new("htpasswd")
+                .args(["-Bbn", user, password])
+                .output()
+                .context("run htpasswd (apache2-utils; scripts/install-deps.sh)")?;
+            if !out.status.success() {
+                bail!("htpasswd failed: {}", String::from_utf8_lossy(&out.stderr));
+            }
+            fs::write(d.join("htpasswd"), out.stdout)?;
+        }
+        if self.opts.tls {
+            make_ca_and_cert(d, "ca", "server")?;
+        }
+        Ok(())
+    }
+
+    /// The PEM of the CA that signed the registry's certificate (TLS registries).
+    pub fn ca_pem(&self) -> PathBuf {
+        self.dir.path().join("ca.pem")
+    }
+
     fn spawn(&self) -> Result<Child> {
         let storage = self.dir.path().join("storage");
         fs::create_dir_all(&storage)?;
         let config = self.dir.path().join("config.yml");
-        fs::write(
-            &config,
-            format!(
-                "version: 0.1\nlog:\n  level: info\nstorage:\n  filesystem:\n    rootdirectory: {}\nhttp:\n  addr: {}\n",
-                storage.display(),
-                self.addr
-            ),
-        )?;
+        let mut yml = format!(
+            "version: 0.1\nlog:\n  level: info\nstorage:\n  filesystem:\n    rootdirectory: {}\nhttp:\n  addr: {}\n",
+            storage.display(),
+            self.addr
+        );
+        if self.opts.tls {
+            let d = self.dir.path().display();
+            yml += &format!("  tls:\n    certificate: {d}/server.pem\n    key: {d}/server.key\n");
+        }
+        if self.opts.htpasswd.is_some() {
+            let d = self.dir.path().display();
+            yml += &format!("auth:\n  htpasswd:\n    realm: baton-test\n    path: {d}/htpasswd\n");
+        }
+        fs::write(&config, yml)?;
         let log = fs::File::create(self.dir.path().join("registry.log"))?;
         Command::new(BINARY)
             .arg("serve")
@@ -75,7 +122,14 @@ impl Registry {
                     bail!("registry exited with {status}: {}", self.log());
                 }
             }
-            if http_get_status(&self.addr, "/v2/").ok() == Some(200) {
+            let ready = if self.opts.tls {
+                // No TLS client here: the port accepting is enough, the first pull retries
+                // nothing, so also give the server a moment after bind.
+                TcpStream::connect(&self.addr).is_ok()
+            } else {
+                matches!(http_get_status(&self.addr, "/v2/").ok(), Some(200 | 401))
+            };
+            if ready {
                 return Ok(());
             }
             if Instant::now() > deadline {
@@ -127,6 +181,85 @@ impl Drop for Registry {
     fn drop(&mut self) {
         self.stop();
     }
+}
+
+/// Makes `<ca>.pem`/`<ca>.key` (a self-signed CA) and `<name>.pem`/`<name>.key` (a server
+/// certificate for 127.0.0.1 signed by it) in `dir`, with openssl.
+pub fn make_ca_and_cert(dir: &std::path::Path, ca: &str, name: &str) -> Result<()> {
+    let run = |args: &[&str]| -> Result<()> {
+        let out = Command::new("openssl")
+            .args(args)
+            .current_dir(dir)
+            .output()
+            .context("run openssl")?;
+        if !out.status.success() {
+            bail!("openssl {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+        }
+        Ok(())
+    };
+    let (ca_key, ca_pem) = (format!("{ca}.key"), format!("{ca}.pem"));
+    let (key, csr, pem) = (
+        format!("{name}.key"),
+        format!("{name}.csr"),
+        format!("{name}.pem"),
+    );
+    run(&[
+        "req",
+        "-x509",
+        "-newkey",
+        "ec",
+        "-pkeyopt",
+        "ec_paramgen_curve:prime256v1",
+        "-nodes",
+        "-keyout",
+        &ca_key,
+        "-out",
+        &ca_pem,
+        "-days",
+        "2",
+        "-subj",
+        "/CN=baton test CA",
+        "-addext",
+        "basicConstraints=critical,CA:TRUE",
+        "-addext",
+        "keyUsage=critical,keyCertSign,cRLSign",
+    ])?;
+    run(&[
+        "req",
+        "-newkey",
+        "ec",
+        "-pkeyopt",
+        "ec_paramgen_curve:prime256v1",
+        "-nodes",
+        "-keyout",
+        &key,
+        "-out",
+        &csr,
+        "-subj",
+        "/CN=127.0.0.1",
+    ])?;
+    fs::write(
+        dir.join(format!("{name}.ext")),
+        "subjectAltName=IP:127.0.0.1\nbasicConstraints=CA:FALSE\nkeyUsage=critical,digitalSignature\nextendedKeyUsage=serverAuth\n",
+    )?;
+    run(&[
+        "x509",
+        "-req",
+        "-in",
+        &csr,
+        "-CA",
+        &ca_pem,
+        "-CAkey",
+        &ca_key,
+        "-CAcreateserial",
+        "-out",
+        &pem,
+        "-days",
+        "2",
+        "-extfile",
+        &format!("{name}.ext"),
+    ])?;
+    Ok(())
 }
 
 /// A minimal HTTP/1.0 GET on loopback, returning the status code.

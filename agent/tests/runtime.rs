@@ -314,3 +314,36 @@ fn creates_do_not_hang_while_other_threads_spawn_commands() {
         "a container create hung while other threads spawned commands"
     );
 }
+
+/// An agent killed between create and start leaves a container whose init is alive in its
+/// cgroup but still waits to exec (state `created`). The next agent must not adopt it: it
+/// would report Running for a container that never runs its command (found by the chaos
+/// suite, tests/tests/chaos.rs). The state file is rewritten to `created` to stand for that
+/// moment, which the runtime API cannot stop at.
+#[test]
+fn a_created_but_never_started_container_is_not_adoptable() {
+    let mut fx = Fixture::new("created");
+    let spec = fx.spec("c", &["sleep", "1000"]);
+    fx.runtime.run(&spec).unwrap();
+    let state = fx
+        .dir
+        .path()
+        .join("state/containers")
+        .join(spec.id.as_str())
+        .join("state.json");
+    let mut v: serde_json::Value = serde_json::from_slice(&fs::read(&state).unwrap()).unwrap();
+    assert_eq!(v["status"], "running");
+    v["status"] = "created".into();
+    fs::write(&state, serde_json::to_vec(&v).unwrap()).unwrap();
+
+    let (tx, _rx) = tokio::sync::mpsc::unbounded_channel();
+    let again = YoukiRuntime::new(fx.dir.path().join("state"), tx).unwrap();
+    let found = again.state(&spec.id).unwrap().expect("state is there");
+    assert!(!found.running, "a created container counted as running");
+    assert!(matches!(
+        again.adopt(&spec.id, &spec.log_path, spec.log_max_bytes),
+        Err(RuntimeError::NotRunning(_))
+    ));
+    again.delete(&spec.id).unwrap();
+    assert_eq!(fx.wait_exit(&spec.id), ExitReason::Signaled(9));
+}

@@ -243,8 +243,14 @@ impl YoukiRuntime {
             .and_then(|p| u32::try_from(p.as_raw()).ok())
             .unwrap_or(0);
         let proc = (pid > 0).then(|| proc_info(pid)).flatten();
-        let running = c.status() != ContainerStatus::Stopped
-            && proc.is_some_and(|p| !p.zombie)
+        // Only a started container runs its command. One left `Created` (the previous agent
+        // died between create and start) has an init alive in its cgroup that still waits
+        // to exec, forever: adopting it would report Running for a pod that serves nothing,
+        // so it counts as not running and is removed and started afresh.
+        let running = matches!(
+            c.status(),
+            ContainerStatus::Running | ContainerStatus::Paused
+        ) && proc.is_some_and(|p| !p.zombie)
             && cgroup_path.as_deref().is_some_and(|cg| in_cgroup(pid, cg));
         let created_at_ms = c
             .created()

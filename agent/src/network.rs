@@ -425,6 +425,8 @@ impl Network {
         ip(&["-n", &n.netns, "link", "set", "lo", "up"])?;
         ip(&["-n", &n.netns, "addr", "replace", &addr, "dev", "eth0"])?;
         ip(&["-n", &n.netns, "link", "set", "eth0", "up"])?;
+        // The node may still map this address to a deleted pod's MAC.
+        ip(&["neigh", "flush", "to", &ip_addr.to_string()])?;
         let gw = self.gateway().to_string();
         ip(&[
             "-n", &n.netns, "route", "replace", "default", "via", &gw, "dev", "eth0",
@@ -514,11 +516,28 @@ impl Network {
             short_hash(&[pod_uid], 12)
         ));
         fs::write(&tmp, pod_uid).map_err(io_err(&tmp))?;
+        // Round robin from the last address handed out, like CNI's host-local IPAM: an
+        // address just freed is reused last, so clients that still hold the old pod's MAC
+        // for it in their neighbour cache are not sent to a dead port.
+        let addrs: Vec<Ipv4Addr> = self.cfg.pod_cidr.pod_addrs().collect();
+        let last_file = self
+            .cfg
+            .state_dir
+            .join(format!("ipam-{}.last", self.cfg.bridge));
+        let start = fs::read_to_string(&last_file)
+            .ok()
+            .and_then(|s| s.trim().parse::<Ipv4Addr>().ok())
+            .and_then(|last| addrs.iter().position(|a| *a == last))
+            .map_or(0, |i| i + 1);
         let result = (|| {
-            for ip in self.cfg.pod_cidr.pod_addrs() {
+            for ip in addrs[start..].iter().chain(&addrs[..start]).copied() {
                 let path = dir.join(ip.to_string());
                 match fs::hard_link(&tmp, &path) {
-                    Ok(()) => return Ok(ip),
+                    Ok(()) => {
+                        // Best effort: losing it only makes reuse come sooner.
+                        let _ = fs::write(&last_file, ip.to_string());
+                        return Ok(ip);
+                    }
                     Err(e) if e.kind() == io::ErrorKind::AlreadyExists => continue,
                     Err(e) => return Err(io_err(&path)(e)),
                 }
@@ -784,6 +803,17 @@ mod tests {
         assert_ne!(na.netns, nb.netns);
         assert!(na.host_veth.len() <= MAX_IFNAME && na.netns.len() <= MAX_IFNAME);
         assert!(Network::new(c).names(" x").is_err());
+    }
+
+    #[test]
+    fn a_freed_address_is_reused_last() {
+        let dir = tempfile::tempdir().unwrap();
+        let cfg = NetConfig::derive("n", dir.path().into(), Some("10.1.2.0/29")).unwrap();
+        let net = Network::new(cfg.clone());
+        let x = net.allocate("x").unwrap();
+        net.free("x").unwrap();
+        let y = Network::new(cfg).allocate("y").unwrap();
+        assert_ne!(x, y, "a just-freed address was handed out again at once");
     }
 
     #[test]

@@ -19,7 +19,7 @@ images/build.sh >/dev/null
 
 echo "== tests"
 # Real-container and real-network tests use unique names, so they may run in parallel.
-cargo test --workspace --locked -- --test-threads "${BATON_TEST_THREADS:-4}"
+cargo test --workspace --locked --no-fail-fast -- --test-threads "${BATON_TEST_THREADS:-4}"
 
 echo "== image recipes"
 images/test.sh

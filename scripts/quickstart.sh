@@ -12,6 +12,8 @@ root=$PWD
 state=$root/.baton
 bin=$root/target/release
 export BATON_SERVER=http://127.0.0.1:7474
+# The coordinator writes an admin CLI config (server + token) on first start.
+export BATON_CONFIG=$state/coordinator/admin.conf
 node=${BATON_NODE_NAME:-$(hostname | tr -c 'A-Za-z0-9._\n-' '-' | cut -c1-63)}
 
 stop_pid() { # name
@@ -64,5 +66,5 @@ for _ in $(seq 1 300); do curl -fsS --max-time 2 http://127.0.0.1:8080/cgi-bin/i
 echo
 curl -fsS http://127.0.0.1:8080/cgi-bin/info
 echo
-echo "quickstart: up. Try: $bin/baton get pods; $bin/baton describe deployment hello"
+echo "quickstart: up. Try: BATON_CONFIG=$BATON_CONFIG $bin/baton get pods; ... describe deployment hello"
 echo "quickstart: stop with: sudo scripts/quickstart.sh down"

@@ -15,6 +15,7 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 use serde_json::Value;
 
 use crate::api;
+use crate::client_config::{self, ConfigError, Overrides};
 use crate::core::{Applied, ApplyAction, ResourceKind};
 use crate::quantity;
 use crate::rollout::RolloutProgress;
@@ -28,14 +29,17 @@ use crate::server::{MqttMode, ServerConfig};
     propagate_version = true
 )]
 pub struct Cli {
-    /// The coordinator's API.
-    #[arg(
-        long,
-        global = true,
-        env = "BATON_SERVER",
-        default_value = "http://127.0.0.1:7474"
-    )]
-    pub server: String,
+    /// The coordinator's API (overrides the config file's `server`; default
+    /// http://127.0.0.1:7474).
+    #[arg(long, global = true, env = "BATON_SERVER")]
+    pub server: Option<String>,
+    /// An API token (overrides the config file's `token`).
+    #[arg(long, global = true, env = "BATON_TOKEN", hide_env_values = true)]
+    pub token: Option<String>,
+    /// The CLI config (server, token, certificate-authority); default ~/.baton/config,
+    /// else /var/lib/baton/admin.conf if readable.
+    #[arg(long, global = true, env = "BATON_CONFIG")]
+    pub config: Option<PathBuf>,
     /// Log format (RUST_LOG sets the level).
     #[arg(long, global = true, env = "BATON_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
     pub log_format: LogFormat,
@@ -89,6 +93,28 @@ pub enum Command {
         #[command(subcommand)]
         action: RolloutCommand,
     },
+    /// Manage API tokens (admin only).
+    Token {
+        #[command(subcommand)]
+        action: TokenCommand,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum TokenCommand {
+    /// Make a token and print it; it is shown only this once.
+    Create {
+        /// admin (everything) or read-only (GET routes only).
+        #[arg(long, value_parser = ["admin", "read-only"])]
+        role: String,
+        /// A name to list and delete it by (default: a random one).
+        #[arg(long)]
+        name: Option<String>,
+    },
+    /// List tokens (names, roles and ages; never secrets).
+    List,
+    /// Delete a token: it stops working at once.
+    Delete { name: String },
 }
 
 #[derive(Debug, Subcommand)]
@@ -130,12 +156,19 @@ pub struct ServerArgs {
     /// Where the coordinator keeps its state.
     #[arg(long, env = "BATON_DATA_DIR", default_value = "/var/lib/baton")]
     pub data_dir: PathBuf,
-    /// Address of the HTTP API (loopback unless --allow-remote).
+    /// Address of the HTTP API. Off loopback it needs --tls-cert/--tls-key.
     #[arg(long, env = "BATON_LISTEN", default_value = crate::server::DEFAULT_HTTP_LISTEN)]
     pub listen: SocketAddr,
-    /// Serve the API on a non-loopback address. It has no authentication yet.
-    #[arg(long, env = "BATON_ALLOW_REMOTE")]
-    pub allow_remote: bool,
+    /// Serve the API over TLS with this PEM certificate chain (needs --tls-key).
+    #[arg(long, env = "BATON_TLS_CERT", requires = "tls_key")]
+    pub tls_cert: Option<PathBuf>,
+    /// The PEM private key of --tls-cert.
+    #[arg(long, env = "BATON_TLS_KEY", requires = "tls_cert")]
+    pub tls_key: Option<PathBuf>,
+    /// Serve the API on a non-loopback address WITHOUT TLS: tokens cross the network in
+    /// clear text.
+    #[arg(long, env = "BATON_INSECURE_ALLOW_REMOTE")]
+    pub insecure_allow_remote: bool,
     /// Address of the embedded MQTT broker.
     #[arg(long, env = "BATON_MQTT_LISTEN", default_value = crate::server::DEFAULT_MQTT_LISTEN, conflicts_with = "broker")]
     pub mqtt_listen: SocketAddr,
@@ -159,7 +192,14 @@ impl ServerArgs {
         ServerConfig {
             data_dir: self.data_dir.clone(),
             http_listen: self.listen,
-            allow_remote: self.allow_remote,
+            insecure_allow_remote: self.insecure_allow_remote,
+            tls: match (&self.tls_cert, &self.tls_key) {
+                (Some(cert), Some(key)) => Some(crate::server::TlsFiles {
+                    cert: cert.clone(),
+                    key: key.clone(),
+                }),
+                _ => None,
+            },
             mqtt: match &self.broker {
                 Some(url) => MqttMode::External { url: url.clone() },
                 None => MqttMode::Embedded {
@@ -177,6 +217,12 @@ impl ServerArgs {
 pub enum CliError {
     #[error("cannot reach the coordinator at {server}: is `baton server` running? ({reason})")]
     Unreachable { server: String, reason: String },
+    #[error("cannot verify the TLS certificate of {server} ({reason}): set certificate-authority in the CLI config to the CA that signed it")]
+    Tls { server: String, reason: String },
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    #[error("invalid certificate-authority: {0}")]
+    Ca(String),
     #[error("Error from server ({status}): {message}")]
     Server { status: String, message: String },
     #[error("{0}")]
@@ -242,24 +288,59 @@ fn qualified(kind: ResourceKind) -> &'static str {
 struct Client {
     base: String,
     http: reqwest::Client,
+    token: String,
 }
 
 impl Client {
-    fn new(server: &str) -> Self {
-        Self {
-            base: server.trim_end_matches('/').to_owned(),
-            http: reqwest::Client::new(),
+    /// A client for the coordinator the flags and config name. With a
+    /// `certificate-authority`, only that CA is trusted, as kubectl does.
+    fn new(cli: &Cli) -> Result<Self, CliError> {
+        let r = client_config::resolve(
+            &Overrides {
+                config: cli.config.clone(),
+                server: cli.server.clone(),
+                token: cli.token.clone(),
+            },
+            &client_config::default_paths(),
+        )?;
+        let mut b = reqwest::Client::builder();
+        if let Some(pem) = &r.ca_pem {
+            let certs = reqwest::Certificate::from_pem_bundle(pem)
+                .map_err(|e| CliError::Ca(error_chain(&e)))?;
+            if certs.is_empty() {
+                return Err(CliError::Ca("no PEM certificate found".into()));
+            }
+            b = b.tls_built_in_root_certs(false);
+            for c in certs {
+                b = b.add_root_certificate(c);
+            }
         }
+        Ok(Self {
+            base: r.server.trim_end_matches('/').to_owned(),
+            http: b.build().map_err(|e| CliError::Ca(error_chain(&e)))?,
+            token: r.token,
+        })
     }
 
     async fn send(&self, req: reqwest::RequestBuilder) -> Result<Value, CliError> {
         let resp = req
+            .bearer_auth(&self.token)
             .timeout(Duration::from_secs(30))
             .send()
             .await
-            .map_err(|e| CliError::Unreachable {
-                server: self.base.clone(),
-                reason: error_chain(&e),
+            .map_err(|e| {
+                let reason = error_chain(&e);
+                if reason.contains("certificate") {
+                    CliError::Tls {
+                        server: self.base.clone(),
+                        reason,
+                    }
+                } else {
+                    CliError::Unreachable {
+                        server: self.base.clone(),
+                        reason,
+                    }
+                }
             })?;
         let status = resp.status();
         let body = resp
@@ -278,6 +359,8 @@ impl Client {
             .unwrap_or_else(|| value.to_string());
         let status = match status.as_u16() {
             400 => "BadRequest".to_owned(),
+            401 => "Unauthorized".to_owned(),
+            403 => "Forbidden".to_owned(),
             404 => "NotFound".to_owned(),
             409 => "Conflict".to_owned(),
             500 => "InternalError".to_owned(),
@@ -323,7 +406,7 @@ fn parse_objects<T: serde::de::DeserializeOwned>(values: &[Value]) -> Result<Vec
 
 /// Runs a client subcommand, printing to stdout. `server` is handled by the binary.
 pub async fn run(cli: &Cli) -> Result<(), CliError> {
-    let client = Client::new(&cli.server);
+    let client = Client::new(cli)?;
     let mut out = String::new();
     match &cli.command {
         Command::Server(_) => {
@@ -439,6 +522,9 @@ pub async fn run(cli: &Cli) -> Result<(), CliError> {
         Command::Rollout { action } => {
             out = rollout(&client, action).await?;
         }
+        Command::Token { action } => {
+            out = token(&client, action).await?;
+        }
         Command::Describe { resource, name } => {
             let (kind, name) = named(resource, name.as_deref(), "describe")?;
             let v = client
@@ -475,6 +561,53 @@ pub async fn run(cli: &Cli) -> Result<(), CliError> {
     }
     print!("{out}");
     Ok(())
+}
+
+async fn token(client: &Client, action: &TokenCommand) -> Result<String, CliError> {
+    let url = format!("{}/api/v1/tokens", client.base);
+    match action {
+        TokenCommand::Create { role, name } => {
+            let name = name
+                .clone()
+                .unwrap_or_else(|| format!("token-{}", &crate::auth::new_secret()[..8]));
+            let v = client
+                .send(
+                    client
+                        .http
+                        .post(url)
+                        .json(&serde_json::json!({ "name": name, "role": role })),
+                )
+                .await?;
+            let secret = v
+                .get("token")
+                .and_then(Value::as_str)
+                .ok_or_else(|| CliError::Protocol("no token in the answer".into()))?;
+            eprintln!("token/{name} created ({role}); it is shown only this once:");
+            Ok(format!("{secret}\n"))
+        }
+        TokenCommand::List => {
+            let v = client.send(client.http.get(url)).await?;
+            let list: Vec<crate::auth::TokenInfo> = parse_objects(&items(&v))?;
+            let now = SystemTime::now();
+            let rows: Vec<Vec<String>> = list
+                .iter()
+                .map(|t| {
+                    vec![
+                        t.name.clone(),
+                        t.role.as_str().to_owned(),
+                        age(&t.creation_timestamp, now),
+                    ]
+                })
+                .collect();
+            Ok(table(&["NAME", "ROLE", "AGE"], &rows))
+        }
+        TokenCommand::Delete { name } => {
+            client
+                .send(client.http.delete(format!("{url}/{name}")))
+                .await?;
+            Ok(format!("token \"{name}\" deleted\n"))
+        }
+    }
 }
 
 /// A rollout subcommand's argument must name a deployment.
@@ -1395,7 +1528,7 @@ web-22   0/1     Pending   0          5m    <none>   10.42.0.7
             "wide",
         ])
         .unwrap();
-        assert_eq!(cli.server, "http://127.0.0.1:9");
+        assert_eq!(cli.server.as_deref(), Some("http://127.0.0.1:9"));
         assert!(matches!(
             cli.command,
             Command::Get {

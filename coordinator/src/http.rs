@@ -5,12 +5,16 @@
 //! sees exactly what the core has committed. Errors are `{"error": "..."}` with 400, 404,
 //! 409, 500 or 503.
 //!
-//! There is no TLS and no authentication yet, so the server listens on loopback unless
-//! the operator explicitly allows a remote address (see [`check_listen`]).
+//! Every route but `/healthz` needs `Authorization: Bearer <token>` (see [`crate::auth`]):
+//! 401 without a known token, 403 when the token's role may not call the route. Off
+//! loopback the API must also be served over TLS (see [`check_listen`]).
 //!
 //! Routes:
 //! ```text
-//! GET    /healthz
+//! GET    /healthz                          (no token needed)
+//! GET    /api/v1/tokens                    {"items": [auth::TokenInfo, ...]}  (admin)
+//! POST   /api/v1/tokens                    body: {"name": N, "role": R} -> {"name", "role", "token"}
+//! DELETE /api/v1/tokens/NAME
 //! POST   /api/v1/apply                     body: YAML text
 //! GET    /api/v1/{nodes|deployments|pods}[/NAME]
 //! DELETE /api/v1/{deployments|pods}/NAME
@@ -25,15 +29,17 @@
 use std::net::SocketAddr;
 use std::sync::Arc;
 
-use axum::extract::{Path, Query, State};
-use axum::http::StatusCode;
+use axum::extract::{Path, Query, Request, State};
+use axum::http::{header, StatusCode};
+use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
+use axum::routing::{delete as delete_route, get, post};
 use axum::{Json, Router};
 use serde::Deserialize;
 use serde_json::json;
 use tokio::sync::mpsc;
 
+use crate::auth::{self, AuthError, Role, Tokens};
 use crate::bus::BusStats;
 use crate::core::{ApiError, ApiOp, ApiReply, ApiRequest, Event, ResourceKind};
 
@@ -43,20 +49,25 @@ pub const MAX_BODY_BYTES: usize = 1024 * 1024;
 #[derive(Debug, thiserror::Error)]
 pub enum HttpError {
     #[error(
-        "refusing to serve the API on non-loopback address {0}: it has no authentication yet; pass --allow-remote to do it anyway"
+        "refusing to serve the API on non-loopback address {0} without TLS: pass --tls-cert and --tls-key, or --insecure-allow-remote to do it anyway"
     )]
     NotLoopback(SocketAddr),
 }
 
-/// Refuses a non-loopback listen address unless `allow_remote`.
-pub fn check_listen(addr: SocketAddr, allow_remote: bool) -> Result<(), HttpError> {
-    if addr.ip().is_loopback() {
+/// Refuses a non-loopback listen address without TLS unless `insecure_allow_remote`:
+/// tokens would cross the network in clear text. Loopback may stay plain HTTP.
+pub fn check_listen(
+    addr: SocketAddr,
+    tls: bool,
+    insecure_allow_remote: bool,
+) -> Result<(), HttpError> {
+    if addr.ip().is_loopback() || tls {
         return Ok(());
     }
-    if !allow_remote {
+    if !insecure_allow_remote {
         return Err(HttpError::NotLoopback(addr));
     }
-    tracing::warn!(%addr, "serving the API on a non-loopback address WITHOUT authentication or TLS");
+    tracing::warn!(%addr, "serving the API on a non-loopback address WITHOUT TLS: tokens cross the network in clear text");
     Ok(())
 }
 
@@ -64,12 +75,15 @@ pub fn check_listen(addr: SocketAddr, allow_remote: bool) -> Result<(), HttpErro
 struct AppState {
     core: mpsc::Sender<Event>,
     bus: Arc<BusStats>,
+    tokens: Arc<Tokens>,
 }
 
-/// The API's routes.
-pub fn router(core: mpsc::Sender<Event>, bus: Arc<BusStats>) -> Router {
+/// The API's routes, behind token authentication.
+pub fn router(core: mpsc::Sender<Event>, bus: Arc<BusStats>, tokens: Arc<Tokens>) -> Router {
     Router::new()
         .route("/healthz", get(healthz))
+        .route("/api/v1/tokens", get(list_tokens).post(create_token))
+        .route("/api/v1/tokens/{name}", delete_route(delete_token))
         .route("/api/v1/apply", post(apply))
         .route("/api/v1/events", get(events))
         .route("/api/v1/describe/{kind}/{name}", get(describe))
@@ -88,8 +102,96 @@ pub fn router(core: mpsc::Sender<Event>, bus: Arc<BusStats>) -> Router {
             "/api/v1/deployments/{name}/rollout/undo",
             post(rollout_undo),
         )
+        .layer(axum::middleware::from_fn_with_state(
+            tokens.clone(),
+            require_token,
+        ))
         .layer(axum::extract::DefaultBodyLimit::max(MAX_BODY_BYTES))
-        .with_state(AppState { core, bus })
+        .with_state(AppState { core, bus, tokens })
+}
+
+/// 401 unless the request carries a known bearer token, 403 unless its role may call
+/// the route. `/healthz` stays open for probes.
+async fn require_token(State(tokens): State<Arc<Tokens>>, req: Request, next: Next) -> Response {
+    if req.uri().path() == "/healthz" {
+        return next.run(req).await;
+    }
+    let bearer = req
+        .headers()
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .map(str::trim);
+    let unauthorized = |msg: &str| {
+        let mut r = Failure(StatusCode::UNAUTHORIZED, msg.to_owned()).into_response();
+        r.headers_mut().insert(
+            header::WWW_AUTHENTICATE,
+            header::HeaderValue::from_static("Bearer"),
+        );
+        r
+    };
+    let Some(secret) = bearer else {
+        return unauthorized("unauthorized: send an API token as `Authorization: Bearer TOKEN`");
+    };
+    let Some((name, role)) = tokens.authenticate(secret) else {
+        return unauthorized("unauthorized: unknown or deleted token");
+    };
+    let method = req.method().as_str().to_owned();
+    let path = req.uri().path().to_owned();
+    if auth::authorize(role, &method, &path).is_err() {
+        tracing::info!(token = %name, role = role.as_str(), %method, %path, "forbidden");
+        let denied = auth::Denied {
+            name,
+            role: role.as_str(),
+            method,
+            path,
+        };
+        return Failure(StatusCode::FORBIDDEN, denied.to_string()).into_response();
+    }
+    next.run(req).await
+}
+
+impl From<AuthError> for Failure {
+    fn from(e: AuthError) -> Self {
+        let code = match &e {
+            AuthError::Exists(_) => StatusCode::CONFLICT,
+            AuthError::NotFound(_) => StatusCode::NOT_FOUND,
+            AuthError::InvalidName(_) => StatusCode::BAD_REQUEST,
+            AuthError::Store(_) | AuthError::WriteConf { .. } => StatusCode::INTERNAL_SERVER_ERROR,
+        };
+        Failure(code, e.to_string())
+    }
+}
+
+async fn list_tokens(State(state): State<AppState>) -> Reply {
+    Ok(Json(json!({ "items": state.tokens.list() })))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct CreateToken {
+    name: String,
+    role: Role,
+}
+
+async fn create_token(State(state): State<AppState>, body: axum::body::Bytes) -> Reply {
+    let CreateToken { name, role } = serde_json::from_slice(&body).map_err(|e| {
+        Failure(
+            StatusCode::BAD_REQUEST,
+            format!("expected {{\"name\": N, \"role\": \"admin\"|\"read-only\"}}: {e}"),
+        )
+    })?;
+    let token = state.tokens.create(&name, role)?;
+    tracing::info!(token = %name, role = role.as_str(), "token created");
+    Ok(Json(json!({ "name": name, "role": role, "token": token })))
+}
+
+async fn delete_token(State(state): State<AppState>, Path(name): Path<String>) -> Reply {
+    state.tokens.delete(&name)?;
+    tracing::info!(token = %name, "token deleted");
+    Ok(Json(
+        json!({ "deleted": { "kind": "token", "name": name } }),
+    ))
 }
 
 struct Failure(StatusCode, String);
@@ -284,11 +386,126 @@ mod tests {
     use super::*;
 
     #[test]
-    fn loopback_only_unless_allowed() {
-        assert!(check_listen("127.0.0.1:7474".parse().unwrap(), false).is_ok());
-        assert!(check_listen("[::1]:7474".parse().unwrap(), false).is_ok());
-        let err = check_listen("0.0.0.0:7474".parse().unwrap(), false).unwrap_err();
-        assert!(err.to_string().contains("--allow-remote"));
-        assert!(check_listen("0.0.0.0:7474".parse().unwrap(), true).is_ok());
+    fn remote_needs_tls_unless_explicitly_insecure() {
+        let lo = "127.0.0.1:7474".parse().unwrap();
+        let any = "0.0.0.0:7474".parse().unwrap();
+        assert!(check_listen(lo, false, false).is_ok());
+        assert!(check_listen("[::1]:7474".parse().unwrap(), false, false).is_ok());
+        let err = check_listen(any, false, false).unwrap_err();
+        assert!(err.to_string().contains("--tls-cert"), "{err}");
+        assert!(err.to_string().contains("--insecure-allow-remote"), "{err}");
+        assert!(check_listen(any, true, false).is_ok());
+        assert!(check_listen(any, false, true).is_ok());
+    }
+
+    /// Route x role -> status, through the real router and middleware. The core is a
+    /// task that answers every API call with an empty list, so allowed calls get 200
+    /// (or 400 for a bad body) and denied ones never reach it.
+    #[tokio::test]
+    async fn status_per_route_and_role() {
+        use axum::body::Body;
+        use tower::ServiceExt;
+
+        let (tx, mut rx) = mpsc::channel::<Event>(16);
+        tokio::spawn(async move {
+            while let Some(ev) = rx.recv().await {
+                if let Event::Api(req) = ev {
+                    let _ = req.reply.send(Ok(ApiReply::Objects(Vec::new())));
+                }
+            }
+        });
+        let store: Arc<dyn crate::store::Store> = Arc::new(crate::store::MemStore::default());
+        let tokens = Arc::new(Tokens::load(store).unwrap());
+        let admin = tokens.create("admin", Role::Admin).unwrap();
+        let ro = tokens.create("viewer", Role::ReadOnly).unwrap();
+        let app = router(tx, Arc::new(BusStats::default()), tokens.clone());
+
+        let cases: &[(&str, &str, &str, Option<&str>, u16)] = &[
+            ("GET", "/healthz", "", None, 200),
+            ("GET", "/api/v1/pods", "", None, 401),
+            ("GET", "/api/v1/pods", "", Some("wrong"), 401),
+            ("GET", "/api/v1/pods", "", Some(&ro), 200),
+            ("GET", "/api/v1/pods/x", "", Some(&ro), 200),
+            ("GET", "/api/v1/events", "", Some(&ro), 200),
+            ("POST", "/api/v1/apply", "", Some(&ro), 403),
+            ("DELETE", "/api/v1/pods/x", "", Some(&ro), 403),
+            (
+                "POST",
+                "/api/v1/deployments/x/scale",
+                r#"{"replicas":1}"#,
+                Some(&ro),
+                403,
+            ),
+            (
+                "POST",
+                "/api/v1/deployments/x/rollout/undo",
+                "",
+                Some(&ro),
+                403,
+            ),
+            ("GET", "/api/v1/tokens", "", Some(&ro), 403),
+            (
+                "POST",
+                "/api/v1/tokens",
+                r#"{"name":"x","role":"admin"}"#,
+                Some(&ro),
+                403,
+            ),
+            ("GET", "/api/v1/pods", "", Some(&admin), 200),
+            ("POST", "/api/v1/apply", "", Some(&admin), 200),
+            ("DELETE", "/api/v1/pods/x", "", Some(&admin), 200),
+            (
+                "POST",
+                "/api/v1/deployments/x/scale",
+                r#"{"replicas":1}"#,
+                Some(&admin),
+                200,
+            ),
+            ("GET", "/api/v1/tokens", "", Some(&admin), 200),
+            (
+                "POST",
+                "/api/v1/tokens",
+                r#"{"name":"x","role":"bogus"}"#,
+                Some(&admin),
+                400,
+            ),
+            (
+                "POST",
+                "/api/v1/tokens",
+                r#"{"name":"x","role":"read-only"}"#,
+                Some(&admin),
+                200,
+            ),
+            (
+                "POST",
+                "/api/v1/tokens",
+                r#"{"name":"x","role":"read-only"}"#,
+                Some(&admin),
+                409,
+            ),
+            ("DELETE", "/api/v1/tokens/x", "", Some(&admin), 200),
+            ("DELETE", "/api/v1/tokens/x", "", Some(&admin), 404),
+        ];
+        for (method, path, body, token, want) in cases {
+            let mut req = axum::http::Request::builder().method(*method).uri(*path);
+            if let Some(t) = token {
+                req = req.header("authorization", format!("Bearer {t}"));
+            }
+            let resp = app
+                .clone()
+                .oneshot(req.body(Body::from(body.to_string())).unwrap())
+                .await
+                .unwrap();
+            let status = resp.status().as_u16();
+            let bytes = axum::body::to_bytes(resp.into_body(), 1 << 20)
+                .await
+                .unwrap();
+            assert_eq!(status, *want, "{method} {path} as {token:?}: {bytes:?}");
+            if status == 403 {
+                let v: serde_json::Value = serde_json::from_slice(&bytes).unwrap();
+                let msg = v["error"].as_str().unwrap();
+                assert!(msg.contains("read-only"), "{msg}");
+            }
+        }
     }
 }

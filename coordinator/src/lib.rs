@@ -1,9 +1,11 @@
 //! Baton's coordinator library. `main.rs` only parses flags.
 
 pub mod api;
+pub mod auth;
 pub mod broker;
 pub mod bus;
 pub mod cli;
+pub mod client_config;
 pub mod controller;
 pub mod core;
 pub mod http;
@@ -13,4 +15,5 @@ pub mod rollout;
 pub mod scheduler;
 pub mod server;
 pub mod store;
+pub mod tls;
 pub mod wire;

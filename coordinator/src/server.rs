@@ -16,11 +16,13 @@ use std::time::Duration;
 
 use tokio::sync::mpsc;
 
+use crate::auth::{self, AuthError, Tokens};
 use crate::broker::{self, BrokerError};
 use crate::bus::{BrokerAddr, Bus, BusError, BusStats};
 use crate::core::{Core, CoreError, Event};
 use crate::http::{self, HttpError};
 use crate::store::{RedbStore, Store, StoreError};
+use crate::tls::{self, TlsError, TlsListener};
 
 /// Default address of the HTTP API.
 pub const DEFAULT_HTTP_LISTEN: &str = "127.0.0.1:7474";
@@ -41,8 +43,10 @@ pub enum MqttMode {
 pub struct ServerConfig {
     pub data_dir: PathBuf,
     pub http_listen: SocketAddr,
-    /// Serve the API on a non-loopback address (no authentication yet).
-    pub allow_remote: bool,
+    /// Serve the API on a non-loopback address without TLS (tokens in clear text).
+    pub insecure_allow_remote: bool,
+    /// Serve the API over TLS with this certificate chain and key (PEM files).
+    pub tls: Option<TlsFiles>,
     pub mqtt: MqttMode,
     pub heartbeat_timeout: Duration,
     /// How long a node is NotReady before its Deployment pods are evicted and replaced
@@ -59,7 +63,8 @@ impl ServerConfig {
         Self {
             data_dir: data_dir.into(),
             http_listen: SocketAddr::from(([127, 0, 0, 1], 7474)),
-            allow_remote: false,
+            insecure_allow_remote: false,
+            tls: None,
             mqtt: MqttMode::Embedded {
                 listen: SocketAddr::from(([127, 0, 0, 1], 1883)),
             },
@@ -68,6 +73,13 @@ impl ServerConfig {
             pod_drain: crate::core::DEFAULT_POD_DRAIN,
         }
     }
+}
+
+/// The API's TLS certificate chain and private key, as PEM files.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TlsFiles {
+    pub cert: PathBuf,
+    pub key: PathBuf,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -87,6 +99,10 @@ pub enum ServerError {
     Bus(#[from] BusError),
     #[error(transparent)]
     Http(#[from] HttpError),
+    #[error(transparent)]
+    Tls(#[from] TlsError),
+    #[error("cannot set up API tokens: {0}")]
+    Auth(#[from] AuthError),
     #[error("cannot listen for HTTP on {addr}: {source}")]
     Bind {
         addr: SocketAddr,
@@ -102,6 +118,8 @@ pub struct Server {
     broker: BrokerAddr,
     embedded_mqtt: Option<SocketAddr>,
     listener: tokio::net::TcpListener,
+    tls: Option<Arc<rustls::ServerConfig>>,
+    tokens: Arc<Tokens>,
     core: Core,
     events_tx: mpsc::Sender<Event>,
     events_rx: mpsc::Receiver<Event>,
@@ -112,7 +130,15 @@ impl Server {
     /// Opens the store, loads the state, starts the embedded broker if asked, and binds
     /// the HTTP listener.
     pub async fn bind(cfg: ServerConfig) -> Result<Self, ServerError> {
-        http::check_listen(cfg.http_listen, cfg.allow_remote)?;
+        http::check_listen(
+            cfg.http_listen,
+            cfg.tls.is_some(),
+            cfg.insecure_allow_remote,
+        )?;
+        let tls = match &cfg.tls {
+            Some(f) => Some(tls::server_config(&f.cert, &f.key)?),
+            None => None,
+        };
         std::fs::create_dir_all(&cfg.data_dir).map_err(|source| ServerError::DataDir {
             path: cfg.data_dir.clone(),
             source,
@@ -124,6 +150,7 @@ impl Server {
                     source,
                 })?,
             );
+        let tokens = Arc::new(Tokens::load(store.clone())?);
         let (outbound_tx, outbound_rx) = mpsc::channel(4096);
         let core = Core::new(store, outbound_tx, cfg.heartbeat_timeout)?
             .with_pod_drain(cfg.pod_drain)
@@ -153,12 +180,20 @@ impl Server {
             addr: cfg.http_listen,
             source,
         })?;
+        auth::bootstrap(
+            &tokens,
+            &cfg.data_dir,
+            &server_url(http_addr, tls.is_some()),
+            cfg.tls.as_ref().map(|f| f.cert.as_path()),
+        )?;
         let (events_tx, events_rx) = mpsc::channel(1024);
         Ok(Self {
             http_addr,
             broker,
             embedded_mqtt,
             listener,
+            tls,
+            tokens,
             core,
             events_tx,
             events_rx,
@@ -185,6 +220,8 @@ impl Server {
             http_addr,
             broker,
             listener,
+            tls,
+            tokens,
             core,
             events_tx,
             events_rx,
@@ -216,11 +253,20 @@ impl Server {
         });
 
         tracing::info!(%http_addr, broker = %format!("{}:{}", broker.host, broker.port), "coordinator serving");
-        let app = http::router(events_tx, stats);
-        let served = axum::serve(listener, app)
-            .with_graceful_shutdown(shutdown)
-            .await
-            .map_err(ServerError::Serve);
+        let app = http::router(events_tx, stats, tokens);
+        let served = match tls {
+            None => axum::serve(listener, app)
+                .with_graceful_shutdown(shutdown)
+                .await
+                .map_err(ServerError::Serve),
+            Some(cfg) => match TlsListener::new(listener, cfg) {
+                Ok(listener) => axum::serve(listener, app)
+                    .with_graceful_shutdown(shutdown)
+                    .await
+                    .map_err(ServerError::Serve),
+                Err(e) => Err(ServerError::Serve(e)),
+            },
+        };
 
         tracing::info!("shutting down");
         ticker.abort();
@@ -231,6 +277,19 @@ impl Server {
         let _ = core_task.await;
         served
     }
+}
+
+/// The URL the CLI should use for an API bound at `addr`: a wildcard address is
+/// reached on loopback.
+pub fn server_url(addr: SocketAddr, tls: bool) -> String {
+    let mut addr = addr;
+    if addr.ip().is_unspecified() {
+        addr.set_ip(match addr {
+            SocketAddr::V4(_) => std::net::Ipv4Addr::LOCALHOST.into(),
+            SocketAddr::V6(_) => std::net::Ipv6Addr::LOCALHOST.into(),
+        });
+    }
+    format!("{}://{addr}", if tls { "https" } else { "http" })
 }
 
 /// Binds and serves until `shutdown` completes.

@@ -42,16 +42,19 @@ pub enum Table {
     Meta,
     /// Deployment revisions, keyed `<deployment>/<revision>` (see `crate::rollout`).
     Revisions,
+    /// API tokens, keyed by name; only their SHA-256 is stored (see `crate::auth`).
+    Tokens,
 }
 
 impl Table {
-    pub const ALL: [Table; 6] = [
+    pub const ALL: [Table; 7] = [
         Table::Deployments,
         Table::Pods,
         Table::Nodes,
         Table::Events,
         Table::Meta,
         Table::Revisions,
+        Table::Tokens,
     ];
 
     pub fn name(self) -> &'static str {
@@ -62,6 +65,7 @@ impl Table {
             Table::Events => "events",
             Table::Meta => "meta",
             Table::Revisions => "revisions",
+            Table::Tokens => "tokens",
         }
     }
 

@@ -30,6 +30,8 @@ fn free_port() -> u16 {
 
 struct TestServer {
     http: SocketAddr,
+    /// A client that sends the generated admin token.
+    client: reqwest::Client,
     mqtt_port: u16,
     stop: Option<oneshot::Sender<()>>,
     task: Option<JoinHandle<Result<(), baton_coordinator::server::ServerError>>>,
@@ -49,7 +51,8 @@ impl TestServer {
         let cfg = ServerConfig {
             data_dir: data_dir.to_owned(),
             http_listen: "127.0.0.1:0".parse()?,
-            allow_remote: false,
+            insecure_allow_remote: false,
+            tls: None,
             mqtt,
             heartbeat_timeout: Duration::from_secs(20),
             pod_eviction_timeout: Duration::from_secs(60),
@@ -68,14 +71,18 @@ impl TestServer {
         }));
         let s = Self {
             http,
+            client: admin_client(data_dir)?,
             mqtt_port,
             stop: Some(stop),
             task: Some(task),
         };
         // A node's message reaches the coordinator only once it has subscribed.
-        poll_json(&format!("{}/healthz", s.url()), "bridge subscribed", |v| {
-            v["mqtt"]["connected"] == true
-        })
+        poll_json(
+            &s.client,
+            &format!("{}/healthz", s.url()),
+            "bridge subscribed",
+            |v| v["mqtt"]["connected"] == true,
+        )
         .await?;
         Ok(s)
     }
@@ -343,8 +350,12 @@ async fn http_json(req: reqwest::RequestBuilder) -> Result<(u16, Value)> {
 }
 
 /// Polls `GET url` until `ok` accepts the JSON, or fails after the deadline.
-async fn poll_json(url: &str, what: &str, ok: impl Fn(&Value) -> bool) -> Result<Value> {
-    let http = reqwest::Client::new();
+async fn poll_json(
+    http: &reqwest::Client,
+    url: &str,
+    what: &str,
+    ok: impl Fn(&Value) -> bool,
+) -> Result<Value> {
     let start = Instant::now();
     loop {
         let (_, v) = http_json(http.get(url)).await?;
@@ -381,11 +392,28 @@ fn pod_phases(v: &Value) -> Vec<(String, String, String)> {
         .unwrap_or_default()
 }
 
-/// Runs the `baton` binary against `server`.
-fn baton(server: &str, args: &[&str]) -> Result<(i32, String, String)> {
+/// A reqwest client that sends the admin token from `<data_dir>/admin.conf`.
+fn admin_client(data_dir: &Path) -> Result<reqwest::Client> {
+    let conf = baton_coordinator::client_config::ClientConfig::load(&data_dir.join("admin.conf"))?;
+    let token = conf.token.context("admin.conf has no token")?;
+    let mut headers = reqwest::header::HeaderMap::new();
+    headers.insert(
+        reqwest::header::AUTHORIZATION,
+        format!("Bearer {token}").parse()?,
+    );
+    Ok(reqwest::Client::builder()
+        .default_headers(headers)
+        .build()?)
+}
+
+/// Runs the `baton` binary with the CLI config `conf` (the server's admin.conf, which
+/// names its address and admin token).
+fn baton(conf: &Path, args: &[&str]) -> Result<(i32, String, String)> {
     let out = Command::new(env!("CARGO_BIN_EXE_baton"))
         .args(args)
-        .env("BATON_SERVER", server)
+        .env("BATON_CONFIG", conf)
+        .env_remove("BATON_SERVER")
+        .env_remove("BATON_TOKEN")
         .env_remove("RUST_LOG")
         .stdin(Stdio::null())
         .output()?;
@@ -416,7 +444,7 @@ async fn scripted_agent_scenario(
         })
         .await?;
 
-    let http = reqwest::Client::new();
+    let http = server.client.clone();
     let (code, v) = http_json(
         http.post(format!("{}/api/v1/apply", server.url()))
             .body(WEB),
@@ -444,6 +472,7 @@ async fn scripted_agent_scenario(
         }))
         .await?;
     let pods = poll_json(
+        &server.client,
         &format!("{}/api/v1/pods", server.url()),
         "pods running",
         |v| {
@@ -468,11 +497,12 @@ async fn embedded_broker_end_to_end_and_restart() -> Result<()> {
         listen: "127.0.0.1:0".parse()?,
     };
     let server = TestServer::start(data.path(), embedded.clone()).await?;
+    let conf = data.path().join("admin.conf");
     let (mut agent, desired) = scripted_agent_scenario(&server, "pi-e2e-1").await?;
     let url = server.url();
 
     // The CLI sees the same, through the binary.
-    let (code, out, err) = baton(&url, &["get", "pods", "-o", "wide"])?;
+    let (code, out, err) = baton(&conf, &["get", "pods", "-o", "wide"])?;
     assert_eq!(code, 0, "{err}");
     let lines: Vec<&str> = out.lines().collect();
     assert!(
@@ -489,7 +519,7 @@ async fn embedded_broker_end_to_end_and_restart() -> Result<()> {
             "{out}"
         );
     }
-    let (code, out, err) = baton(&url, &["get", "deploy"])?;
+    let (code, out, err) = baton(&conf, &["get", "deploy"])?;
     assert_eq!(code, 0, "{err}");
     assert!(
         out.lines()
@@ -497,12 +527,12 @@ async fn embedded_broker_end_to_end_and_restart() -> Result<()> {
             .is_some_and(|l| l.starts_with("web") && l.contains("2/2")),
         "{out}"
     );
-    let (code, out, _) = baton(&url, &["get", "no", "pi-e2e-1", "-o", "json"])?;
+    let (code, out, _) = baton(&conf, &["get", "no", "pi-e2e-1", "-o", "json"])?;
     assert_eq!(code, 0);
     let node: Value = serde_json::from_str(&out)?;
     assert_eq!(node["status"]["ready"], true);
     assert_eq!(node["status"]["appliedGeneration"], desired.generation);
-    let (code, out, _) = baton(&url, &["describe", "pod", desired.pods[0].name.as_str()])?;
+    let (code, out, _) = baton(&conf, &["describe", "pod", desired.pods[0].name.as_str()])?;
     assert_eq!(code, 0);
     assert!(
         out.contains("Events:")
@@ -510,7 +540,7 @@ async fn embedded_broker_end_to_end_and_restart() -> Result<()> {
             && out.contains("Controlled By:  Deployment/web"),
         "{out}"
     );
-    let (code, _, err) = baton(&url, &["get", "pod", "nope"])?;
+    let (code, _, err) = baton(&conf, &["get", "pod", "nope"])?;
     assert_eq!(code, 1);
     assert!(err.contains("NotFound") && err.contains("nope"), "{err}");
 
@@ -547,14 +577,23 @@ async fn embedded_broker_end_to_end_and_restart() -> Result<()> {
             vec![0u8; baton_proto::MAX_MESSAGE_BYTES + 100],
         )
         .await?;
-    let health = poll_json(&format!("{url}/healthz"), "dropped messages counted", |v| {
-        v["mqtt"]["dropped"].as_u64().is_some_and(|d| d >= 2)
-    })
+    let health = poll_json(
+        &server.client,
+        &format!("{url}/healthz"),
+        "dropped messages counted",
+        |v| v["mqtt"]["dropped"].as_u64().is_some_and(|d| d >= 2),
+    )
     .await?;
     assert_eq!(health["status"], "ok");
     // The pods are untouched and the bridge still delivers: a heartbeat with a stale
     // generation is answered with the desired state.
-    let v = poll_json(&format!("{url}/api/v1/pods"), "pods", |_| true).await?;
+    let v = poll_json(
+        &server.client,
+        &format!("{url}/api/v1/pods"),
+        "pods",
+        |_| true,
+    )
+    .await?;
     assert!(pod_phases(&v).iter().all(|(_, _, ph)| ph == "Running"));
     agent
         .send(Body::Heartbeat(Heartbeat {
@@ -570,13 +609,16 @@ async fn embedded_broker_end_to_end_and_restart() -> Result<()> {
 
     // Restart on the same data dir: everything is still there. (The first embedded
     // broker cannot be stopped, so the new server gets a new MQTT port.)
-    let before = reqwest::get(format!("{url}/api/v1/pods"))
+    let before = server
+        .client
+        .get(format!("{url}/api/v1/pods"))
+        .send()
         .await?
         .json::<Value>()
         .await?;
     server.stop().await?;
     drop(agent); // only now: its last will must not reach the first server
-    let (code, _, err) = baton(&url, &["get", "pods"])?;
+    let (code, _, err) = baton(&conf, &["get", "pods"])?;
     assert_eq!(code, 1);
     assert!(
         err.contains("cannot reach the coordinator") && err.contains("baton server"),
@@ -584,7 +626,10 @@ async fn embedded_broker_end_to_end_and_restart() -> Result<()> {
     );
 
     let server = TestServer::start(data.path(), embedded).await?;
-    let after = reqwest::get(format!("{}/api/v1/pods", server.url()))
+    let after = server
+        .client
+        .get(format!("{}/api/v1/pods", server.url()))
+        .send()
         .await?
         .json::<Value>()
         .await?;
@@ -599,10 +644,7 @@ async fn embedded_broker_end_to_end_and_restart() -> Result<()> {
     );
 
     // Scaling to 1 reaches the agent as a new generation with one pod.
-    let (code, out, err) = baton(
-        &server.url(),
-        &["scale", "deployment/web", "--replicas", "1"],
-    )?;
+    let (code, out, err) = baton(&conf, &["scale", "deployment/web", "--replicas", "1"])?;
     assert_eq!(code, 0, "{err}");
     assert_eq!(out.trim(), "deployment.apps/web scaled");
     let scaled = agent.expect_desired(|d| d.pods.len() == 1).await?;
@@ -622,19 +664,21 @@ async fn against_a_real_mosquitto() -> Result<()> {
         },
     )
     .await?;
+    let conf = data.path().join("admin.conf");
     let (agent, desired) = scripted_agent_scenario(&server, "pi-mosq-1").await?;
 
     // The agent vanishing fires its last will: the node goes NotReady, its pods Unknown.
     agent.task.abort();
     drop(agent);
     let nodes = poll_json(
+        &server.client,
         &format!("{}/api/v1/nodes/pi-mosq-1", server.url()),
         "node not ready",
         |v| v["status"]["ready"] == false,
     )
     .await?;
     assert_eq!(nodes["status"]["desiredGeneration"], desired.generation);
-    let (code, out, err) = baton(&server.url(), &["get", "pods"])?;
+    let (code, out, err) = baton(&conf, &["get", "pods"])?;
     assert_eq!(code, 0, "{err}");
     assert!(out.lines().skip(1).all(|l| l.contains("Unknown")), "{out}");
     server.stop().await?;
@@ -660,7 +704,8 @@ async fn refuses_a_taken_port_and_a_remote_address() -> Result<()> {
     let err = Server::bind(cfg)
         .await
         .err()
-        .context("served on 0.0.0.0 without --allow-remote")?;
-    assert!(err.to_string().contains("--allow-remote"), "{err}");
+        .context("served on 0.0.0.0 without TLS")?;
+    assert!(err.to_string().contains("--tls-cert"), "{err}");
+    assert!(err.to_string().contains("--insecure-allow-remote"), "{err}");
     Ok(())
 }

@@ -115,6 +115,7 @@ fi
 fleet_http=127.0.0.1:17474 fleet_mqtt=127.0.0.1:11883 fleet_reg=127.0.0.1:15000
 fleet_node=bench-$$
 export BATON_SERVER=http://$fleet_http
+export BATON_CONFIG=$work/coordinator/admin.conf # written by `baton server` on first start
 baton="$root/target/release/baton"
 fleet_up=0
 fleet_start() {

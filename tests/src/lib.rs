@@ -484,19 +484,29 @@ impl Lab {
         Ok(())
     }
 
-    /// Runs the `baton` CLI in the hub namespace against the coordinator.
+    /// The CLI config with the admin token that the coordinator writes on first start.
+    pub fn admin_conf(&self) -> PathBuf {
+        self.dir.path().join("coordinator").join("admin.conf")
+    }
+
+    /// Runs the `baton` CLI in the hub namespace against the coordinator, as admin.
     pub fn baton(&self, args: &[&str]) -> Result<Output> {
         sh(self
             .hub
             .cmd(bin("baton"))
             .args(args)
+            .env("BATON_CONFIG", self.admin_conf())
+            .env_remove("BATON_TOKEN")
             .env("BATON_SERVER", "http://127.0.0.1:7474"))
     }
 
     /// The CLI's result without failing on a non-zero exit.
     pub fn baton_raw(&self, args: &[&str], stdin: Option<&str>) -> Result<Output> {
         let mut cmd = self.hub.cmd(bin("baton"));
-        cmd.args(args).env("BATON_SERVER", "http://127.0.0.1:7474");
+        cmd.args(args)
+            .env("BATON_CONFIG", self.admin_conf())
+            .env_remove("BATON_TOKEN")
+            .env("BATON_SERVER", "http://127.0.0.1:7474");
         if let Some(input) = stdin {
             use std::io::Write;
             let mut child = cmd

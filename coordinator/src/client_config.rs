@@ -232,7 +232,7 @@ mod tests {
             config: Some(explicit.clone()),
             ..Default::default()
         };
-        let r = resolve(&o, &[home.clone()]).unwrap();
+        let r = resolve(&o, std::slice::from_ref(&home)).unwrap();
         assert_eq!(
             (r.server.as_str(), r.token.as_str()),
             (DEFAULT_SERVER, "explicit-token")
@@ -244,7 +244,7 @@ mod tests {
             ..Default::default()
         };
         assert!(matches!(
-            resolve(&o, &[home.clone()]),
+            resolve(&o, std::slice::from_ref(&home)),
             Err(ConfigError::Read { .. })
         ));
 
@@ -254,14 +254,14 @@ mod tests {
             server: Some("http://flag:2".into()),
             token: Some("flag-token".into()),
         };
-        let r = resolve(&o, &[home.clone()]).unwrap();
+        let r = resolve(&o, std::slice::from_ref(&home)).unwrap();
         assert_eq!(
             (r.server.as_str(), r.token.as_str()),
             ("http://flag:2", "flag-token")
         );
 
         // Nothing at all: a clear error.
-        let e = resolve(&Overrides::default(), &[missing.clone()]).unwrap_err();
+        let e = resolve(&Overrides::default(), std::slice::from_ref(&missing)).unwrap_err();
         assert!(
             e.to_string().starts_with("no credentials: pass --token"),
             "{e}"

@@ -138,7 +138,7 @@ async fn require_token(State(tokens): State<Arc<Tokens>>, req: Request, next: Ne
     };
     let method = req.method().as_str().to_owned();
     let path = req.uri().path().to_owned();
-    if auth::authorize(role, &method, &path).is_err() {
+    if !auth::authorize(role, &method, &path) {
         tracing::info!(token = %name, role = role.as_str(), %method, %path, "forbidden");
         let denied = auth::Denied {
             name,

@@ -739,13 +739,15 @@ struct RolloutWatch {
 
 /// The deployment's pods as the API shows them, read from the hub namespace directly (the
 /// watcher thread cannot borrow the lab while the test restarts the coordinator).
-fn api_pods(hub: &str) -> Result<Vec<Value>> {
+fn api_pods(hub: &str, admin_conf: &Path) -> Result<Vec<Value>> {
     let out = baton_e2e::sh(
         Command::new("nsenter")
             .arg(format!("--net=/run/netns/{hub}"))
             .arg("--")
             .arg(baton_e2e::bin("baton"))
             .args(["get", "pods", "-o", "json"])
+            .env("BATON_CONFIG", admin_conf)
+            .env_remove("BATON_TOKEN")
             .env("BATON_SERVER", "http://127.0.0.1:7474"),
     )?;
     Ok(items(&serde_json::from_slice(&out.stdout)?)
@@ -754,13 +756,13 @@ fn api_pods(hub: &str) -> Result<Vec<Value>> {
         .collect())
 }
 
-fn watch_rollout(hub: &str, nodes: &[String], stop: &AtomicBool) -> RolloutWatch {
+fn watch_rollout(hub: &str, conf: &Path, nodes: &[String], stop: &AtomicBool) -> RolloutWatch {
     let mut w = RolloutWatch {
         min_ready: usize::MAX,
         ..Default::default()
     };
     while !stop.load(Ordering::SeqCst) {
-        match api_pods(hub) {
+        match api_pods(hub, conf) {
             Ok(pods) => {
                 w.polls += 1;
                 w.max_live = w
@@ -802,9 +804,9 @@ fn coordinator_restart_mid_rollout(lab: &mut Lab, fig: &mut Figures) -> Result<(
 
     let stop = std::sync::Arc::new(AtomicBool::new(false));
     let watcher = {
-        let (hub, stop) = (lab.hub.0.clone(), stop.clone());
+        let (hub, conf, stop) = (lab.hub.0.clone(), lab.admin_conf(), stop.clone());
         let nodes: Vec<String> = lab.agents.iter().map(|a| a.name.clone()).collect();
-        std::thread::spawn(move || watch_rollout(&hub, &nodes, &stop))
+        std::thread::spawn(move || watch_rollout(&hub, &conf, &nodes, &stop))
     };
     let result = (|| -> Result<(Duration, Vec<Value>)> {
         lab.apply(&web(&reg, replicas, 2))?;

@@ -75,10 +75,13 @@ fn version_of(lab: &Lab, pod: &Value) -> Result<String> {
     let out = agent
         .ns
         .cmd("curl")
+        // 10 s, not less: on a 2-core machine running builds beside the tests a healthy pod
+        // has been seen to take over 3 s to answer. A request to a stopped pod never
+        // answers, so it still fails.
         .args([
             "-sS",
             "--max-time",
-            "3",
+            "10",
             &format!("http://{ip}:8080/cgi-bin/info"),
         ])
         .output()?;

@@ -1,7 +1,12 @@
 //! Median wall time of create + start + wait for exit + delete of `/bin/true` through
 //! `YoukiRuntime`. Needs root and the host's static busybox.
 //!
-//!     cargo run --release -p baton-agent --example bench_runtime -- [runs]
+//!     cargo run --release -p baton-agent --example bench_runtime -- [ROOTFS] [RUNS]
+//!
+//! With ROOTFS (tests/bench/run.sh passes the rootfs of its runc bundle) both runtimes run
+//! the very same files; without it a busybox rootfs is made in a tempdir. Unlike the runc
+//! bundle, the container shares the host's network namespace (the runtime only joins
+//! existing ones), which spares it the cost of creating one.
 
 use std::os::unix::fs::symlink;
 use std::path::PathBuf;
@@ -11,18 +16,32 @@ use anyhow::{bail, Context, Result};
 use baton_agent::runtime::{ContainerId, ExitReason, RunSpec, Runtime, YoukiRuntime};
 
 fn main() -> Result<()> {
-    let runs: usize = std::env::args()
-        .nth(1)
-        .map(|s| s.parse())
+    let mut args: Vec<String> = std::env::args().skip(1).collect();
+    let given_rootfs = match args.first() {
+        Some(a) if a.parse::<usize>().is_err() => Some(PathBuf::from(args.remove(0))),
+        _ => None,
+    };
+    let runs: usize = args
+        .first()
+        .map(|s| s.parse().context("RUNS must be a number"))
         .transpose()?
         .unwrap_or(50);
     let dir = tempfile::tempdir()?;
-    let rootfs = dir.path().join("rootfs");
-    for d in ["bin", "proc", "dev", "sys", "tmp", "etc"] {
-        std::fs::create_dir_all(rootfs.join(d))?;
-    }
-    std::fs::copy("/bin/busybox", rootfs.join("bin/busybox")).context("copy /bin/busybox")?;
-    symlink("busybox", rootfs.join("bin/true"))?;
+    let rootfs = match given_rootfs {
+        Some(r) => r
+            .canonicalize()
+            .with_context(|| format!("rootfs {}", r.display()))?,
+        None => {
+            let rootfs = dir.path().join("rootfs");
+            for d in ["bin", "proc", "dev", "sys", "tmp", "etc"] {
+                std::fs::create_dir_all(rootfs.join(d))?;
+            }
+            std::fs::copy("/bin/busybox", rootfs.join("bin/busybox"))
+                .context("copy /bin/busybox")?;
+            symlink("busybox", rootfs.join("bin/true"))?;
+            rootfs
+        }
+    };
 
     let (tx, mut exits) = tokio::sync::mpsc::unbounded_channel();
     let rt = YoukiRuntime::new(dir.path().join("state"), tx)?;

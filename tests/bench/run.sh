@@ -93,12 +93,11 @@ runc_ms=$(median <"$work/runc.ms")
 row "runc run /bin/true, median of $runs (reference)" "$runc_ms ms" "1.00" "create+start+wait+delete"
 
 # --- (3) the agent's runtime module on the same bundle --------------------------------------
-# agent/examples/bench_runtime.rs: args <rootfs> <runs>; prints the median in ms (the last
-# number on its last line of stdout).
+# agent/examples/bench_runtime.rs: args <rootfs> <runs>; its last line carries `median=<ms>`.
 if [ -f "$root/agent/examples/bench_runtime.rs" ]; then
   log "agent runtime /bin/true x $runs"
   out=$(cd "$root" && cargo run -q --release -p baton-agent --example bench_runtime -- "$bundle/rootfs" "$runs") || out=""
-  agent_ms=$(printf '%s\n' "$out" | tail -n 1 | grep -Eo '[0-9]+(\.[0-9]+)?' | tail -n 1 || true)
+  agent_ms=$(printf '%s\n' "$out" | grep -Eo 'median=[0-9.]+' | tail -n 1 | cut -d= -f2 || true)
   if [ -n "$agent_ms" ]; then
     row "agent runtime (libcontainer) /bin/true, median of $runs" "$agent_ms ms" "$(ratio "$agent_ms" "$runc_ms")" "vs runc run"
   else

@@ -15,6 +15,8 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context, Result};
 use serde_json::Value;
 
+pub mod fleet;
+
 pub fn repo_root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
         .parent()
@@ -90,17 +92,7 @@ pub struct Proc {
 impl Proc {
     pub fn spawn(name: &str, cmd: &mut Command, log: PathBuf) -> Result<Proc> {
         let f = fs::File::create(&log)?;
-        let child = cmd
-            .stdin(Stdio::null())
-            .stdout(f.try_clone()?)
-            .stderr(f)
-            .spawn()
-            .with_context(|| format!("cannot start {name}: {cmd:?}"))?;
-        Ok(Proc {
-            name: name.into(),
-            child: Some(child),
-            log,
-        })
+        Self::spawn_into(name, cmd, f, log)
     }
 
     /// Like [`Proc::spawn`], but appends to `log` instead of truncating it.
@@ -109,6 +101,11 @@ impl Proc {
             .create(true)
             .append(true)
             .open(&log)?;
+        Self::spawn_into(name, cmd, f, log)
+    }
+
+    /// Starts `cmd` with stdout and stderr into `f`, the open `log`.
+    fn spawn_into(name: &str, cmd: &mut Command, f: fs::File, log: PathBuf) -> Result<Proc> {
         let child = cmd
             .stdin(Stdio::null())
             .stdout(f.try_clone()?)
@@ -551,23 +548,12 @@ impl Lab {
 impl Drop for Lab {
     fn drop(&mut self) {
         // Agents first (they stop their pods on SIGTERM), then a reset for anything left.
-        for (i, a) in self.agents.iter_mut().enumerate() {
-            if let Some(mut p) = a.proc.take() {
+        for i in 0..self.agents.len() {
+            if let Some(mut p) = self.agents[i].proc.take() {
                 p.stop(Duration::from_secs(40));
                 drop(p);
             }
-            let _ =
-                a.ns.cmd(bin("baton-agent"))
-                    .args([
-                        "reset",
-                        "--node-name",
-                        &a.name,
-                        "--pod-cidr",
-                        &format!("10.42.{}.0/24", i + 1),
-                    ])
-                    .arg("--data-dir")
-                    .arg(&a.data_dir)
-                    .output();
+            let _ = self.reset_command(i).output();
         }
         self.coordinator.take();
         self.mosquitto.take();
@@ -614,19 +600,24 @@ impl Lab {
     /// Runs `baton-agent reset` for agent `i` (which must be stopped): removes its
     /// containers, mounts and pod networks.
     pub fn reset_agent(&self, i: usize) -> Result<()> {
+        sh(&mut self.reset_command(i)).map(|_| ())
+    }
+
+    /// `baton-agent reset` for agent `i`, with the node name, pod CIDR and data dir it
+    /// runs with.
+    fn reset_command(&self, i: usize) -> Command {
         let a = &self.agents[i];
-        sh(a.ns
-            .cmd(bin("baton-agent"))
-            .args([
-                "reset",
-                "--node-name",
-                &a.name,
-                "--pod-cidr",
-                &format!("10.42.{}.0/24", i + 1),
-            ])
-            .arg("--data-dir")
-            .arg(&a.data_dir))
-        .map(|_| ())
+        let mut cmd = a.ns.cmd(bin("baton-agent"));
+        cmd.args([
+            "reset",
+            "--node-name",
+            &a.name,
+            "--pod-cidr",
+            &format!("10.42.{}.0/24", i + 1),
+        ])
+        .arg("--data-dir")
+        .arg(&a.data_dir);
+        cmd
     }
 
     /// Index of the agent running node `node`.
@@ -638,18 +629,7 @@ impl Lab {
 /// The pids in a container's pids cgroup (`baton/<node>/<pod uid>/<container>`), sorted;
 /// empty if the cgroup is gone.
 pub fn container_pids(node: &str, uid: &str, container: &str) -> Vec<u32> {
-    let procs = Path::new("/sys/fs/cgroup/pids/baton")
-        .join(node)
-        .join(uid)
-        .join(container)
-        .join("cgroup.procs");
-    let mut pids: Vec<u32> = fs::read_to_string(procs)
-        .unwrap_or_default()
-        .lines()
-        .filter_map(|l| l.trim().parse().ok())
-        .collect();
-    pids.sort();
-    pids
+    fleet::cgroup_procs(&fleet::cgroup_dir("pids", node).join(uid).join(container))
 }
 
 impl Lab {

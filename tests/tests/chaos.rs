@@ -25,6 +25,10 @@ use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, ensure, Context, Result};
+use baton_e2e::fleet::{
+    self, cgroup_dir, cgroup_procs, container_state, http_info, is_ready, is_terminating, node_of,
+    owned_pods, text as s, uid, uids, wait_pods, EchoDeployment,
+};
 use baton_e2e::{items, wait_for, Broker, Lab};
 use serde_json::Value;
 
@@ -36,30 +40,12 @@ const DEPLOYMENT: &str = "web";
 const CONTAINER: &str = "echo";
 
 fn web(registry: &str, replicas: usize, version: u32) -> String {
-    format!(
-        r#"apiVersion: apps/v1
-kind: Deployment
-metadata:
-  name: {DEPLOYMENT}
-spec:
-  replicas: {replicas}
-  selector:
-    matchLabels: {{app: web}}
-  template:
-    metadata:
-      labels: {{app: web}}
-    spec:
-      terminationGracePeriodSeconds: 2
-      containers:
-      - name: {CONTAINER}
-        image: {registry}/baton/http-echo:{version}
-        ports:
-        - containerPort: 8080
-        resources:
-          requests: {{cpu: 20m, memory: 16Mi}}
-          limits: {{cpu: 500m, memory: 64Mi}}
-"#
-    )
+    EchoDeployment::new(replicas)
+        .name(DEPLOYMENT)
+        .container(CONTAINER)
+        .tag(version)
+        .cpu_request("20m")
+        .yaml(registry)
 }
 
 fn image(registry: &str, version: u32) -> String {
@@ -67,22 +53,6 @@ fn image(registry: &str, version: u32) -> String {
 }
 
 // ----- small readers -------------------------------------------------------------------
-
-fn s(v: &Value) -> String {
-    v.as_str().unwrap_or_default().to_owned()
-}
-
-fn uid(p: &Value) -> String {
-    s(&p["metadata"]["uid"])
-}
-
-fn node_of(p: &Value) -> String {
-    s(&p["spec"]["nodeName"])
-}
-
-fn is_terminating(p: &Value) -> bool {
-    !p["metadata"]["deletionTimestamp"].is_null()
-}
 
 fn restarts(p: &Value) -> u64 {
     p["status"]["containerStatuses"]
@@ -95,22 +65,8 @@ fn restarts(p: &Value) -> u64 {
         .unwrap_or(0)
 }
 
-/// Ready as a Service would select it: running, every container ready, not terminating.
-fn is_ready(p: &Value) -> bool {
-    p["status"]["phase"] == "Running"
-        && !is_terminating(p)
-        && p["status"]["podIP"].is_string()
-        && p["status"]["containerStatuses"]
-            .as_array()
-            .is_some_and(|cs| !cs.is_empty() && cs.iter().all(|c| c["ready"] == true))
-}
-
 fn web_pods(lab: &Lab) -> Result<Vec<Value>> {
-    Ok(lab
-        .pods()?
-        .into_iter()
-        .filter(|p| p["metadata"]["owner"] == DEPLOYMENT)
-        .collect())
+    owned_pods(lab, DEPLOYMENT)
 }
 
 fn node_ready(lab: &Lab, name: &str) -> Result<bool> {
@@ -119,34 +75,12 @@ fn node_ready(lab: &Lab, name: &str) -> Result<bool> {
 
 /// The init pid of a pod's container, from the runtime state on its node.
 fn init_pid(lab: &Lab, node: &str, uid: &str) -> Result<u32> {
-    let agent = lab.agent_by_node(node).context("a lab node")?;
-    let state = agent
-        .data_dir
-        .join("runtime/containers")
-        .join(format!("{uid}-{CONTAINER}"))
-        .join("state.json");
-    let v: Value = serde_json::from_slice(
-        &std::fs::read(&state).with_context(|| format!("{}", state.display()))?,
-    )?;
-    Ok(u32::try_from(
-        v["pid"].as_u64().context("state has a pid")?,
-    )?)
+    fleet::init_pid(lab, node, uid, CONTAINER)
 }
 
 /// Whether the runtime recorded the container of a pod as started (`running`).
 fn recorded_started(lab: &Lab, node: &str, uid: &str) -> bool {
-    let Some(agent) = lab.agent_by_node(node) else {
-        return false;
-    };
-    let state = agent
-        .data_dir
-        .join("runtime/containers")
-        .join(format!("{uid}-{CONTAINER}"))
-        .join("state.json");
-    std::fs::read(state)
-        .ok()
-        .and_then(|b| serde_json::from_slice::<Value>(&b).ok())
-        .is_some_and(|v| v["status"] == "running")
+    container_state(lab, node, uid, CONTAINER).is_ok_and(|v| v["status"] == "running")
 }
 
 /// Init pids of every container that runs its command (started, init in its cgroup), by
@@ -154,7 +88,7 @@ fn recorded_started(lab: &Lab, node: &str, uid: &str) -> bool {
 fn running_inits(lab: &Lab, node: &str) -> BTreeMap<String, u32> {
     let mut out = BTreeMap::new();
     for uid in subdirs(&cgroup_dir("pids", node)) {
-        let procs = procs_of(&cgroup_dir("pids", node).join(&uid).join(CONTAINER));
+        let procs = cgroup_procs(&cgroup_dir("pids", node).join(&uid).join(CONTAINER));
         if let Ok(pid) = init_pid(lab, node, &uid) {
             if procs.contains(&pid)
                 && exe_name(pid).is_some_and(|e| e != "baton-agent")
@@ -165,13 +99,6 @@ fn running_inits(lab: &Lab, node: &str) -> BTreeMap<String, u32> {
         }
     }
     out
-}
-
-fn cgroup_dir(controller: &str, node: &str) -> std::path::PathBuf {
-    Path::new("/sys/fs/cgroup")
-        .join(controller)
-        .join("baton")
-        .join(node)
 }
 
 fn subdirs(dir: &Path) -> Vec<String> {
@@ -186,24 +113,14 @@ fn subdirs(dir: &Path) -> Vec<String> {
     out
 }
 
-fn procs_of(cgroup: &Path) -> Vec<u32> {
-    let mut pids: Vec<u32> = std::fs::read_to_string(cgroup.join("cgroup.procs"))
-        .unwrap_or_default()
-        .lines()
-        .filter_map(|l| l.trim().parse().ok())
-        .collect();
-    pids.sort();
-    pids
-}
-
 /// Every process in any of `node`'s pod cgroups (pids controller), by pod uid.
 fn node_procs(node: &str) -> BTreeMap<String, Vec<u32>> {
     let root = cgroup_dir("pids", node);
     let mut out = BTreeMap::new();
     for uid in subdirs(&root) {
-        let mut pids = procs_of(&root.join(&uid));
+        let mut pids = cgroup_procs(&root.join(&uid));
         for c in subdirs(&root.join(&uid)) {
-            pids.extend(procs_of(&root.join(&uid).join(c)));
+            pids.extend(cgroup_procs(&root.join(&uid).join(c)));
         }
         if !pids.is_empty() {
             out.insert(uid, pids);
@@ -243,22 +160,6 @@ fn descends_from(pid: u32, init: u32) -> Option<bool> {
         }
     }
     Some(false)
-}
-
-fn http_info(lab: &Lab, node: &str, ip: &str) -> Result<String> {
-    let agent = lab.agent_by_node(node).context("a lab node")?;
-    let out = agent
-        .ns
-        .cmd("curl")
-        .args(["-sS", "--max-time", "3"])
-        .arg(format!("http://{ip}:8080/cgi-bin/info"))
-        .output()?;
-    ensure!(
-        out.status.success(),
-        "curl {ip} on {node}: {}",
-        String::from_utf8_lossy(&out.stderr).trim()
-    );
-    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
 }
 
 // ----- the invariants ------------------------------------------------------------------
@@ -457,7 +358,7 @@ fn check_invariants(lab: &Lab, exp: &Expected) -> Result<Vec<Value>> {
             let name = s(&p["metadata"]["name"]);
             let pid = init_pid(lab, &a.name, u)?;
             let cg = cgroup_dir("pids", &a.name).join(u).join(CONTAINER);
-            let procs = procs_of(&cg);
+            let procs = cgroup_procs(&cg);
             ensure!(
                 procs.contains(&pid),
                 "pod {name}: init {pid} not in its cgroup {procs:?}"
@@ -486,7 +387,7 @@ fn check_invariants(lab: &Lab, exp: &Expected) -> Result<Vec<Value>> {
                 "pod {name}: address {ip} vs allocations {:?}",
                 addrs.get(*u)
             );
-            let body = http_info(lab, &a.name, &ip)?;
+            let body = http_info(lab, &a.name, &ip, Duration::from_secs(3))?;
             ensure!(
                 body.contains(&format!("hostname={name}")),
                 "pod {name} answered {body:?}"
@@ -521,10 +422,14 @@ fn converge(lab: &Lab, exp: &Expected) -> Result<(Duration, Vec<Value>)> {
 
 /// Waits for `n` Ready pods of the deployment; returns them.
 fn settled(lab: &Lab, n: usize) -> Result<Vec<Value>> {
-    wait_for(&format!("{n} ready pods"), LONG, || {
-        let pods = web_pods(lab)?;
-        Ok((pods.len() == n && pods.iter().all(is_ready)).then_some(pods))
-    })
+    wait_pods(
+        lab,
+        DEPLOYMENT,
+        n,
+        LONG,
+        &format!("{n} ready pods"),
+        is_ready,
+    )
 }
 
 /// Init pids of the given pods, by uid.
@@ -627,6 +532,13 @@ fn finish(fig: &mut Figures, took: Duration, pods: &[Value]) {
     fig.restarts = pods.iter().map(restarts).sum();
 }
 
+/// [`converge`], then [`finish`]: the end of a scenario with nothing more to check.
+fn converge_and_finish(lab: &Lab, fig: &mut Figures, exp: &Expected) -> Result<()> {
+    let (took, pods) = converge(lab, exp)?;
+    finish(fig, took, &pods);
+    Ok(())
+}
+
 /// xorshift64: reproducible "random" fault points without a dependency.
 struct Rng(u64);
 
@@ -707,11 +619,9 @@ fn agent_kill_mid_deploy(lab: &mut Lab, fig: &mut Figures) -> Result<()> {
         replicas: 4,
         image: image(&reg, 1),
         pinned,
-        gone: BTreeSet::new(),
+        ..Expected::default()
     };
-    let (took, pods) = converge(lab, &exp)?;
-    finish(fig, took, &pods);
-    Ok(())
+    converge_and_finish(lab, fig, &exp)
 }
 
 // ----- 2. coordinator restart mid-rollout ----------------------------------------------
@@ -800,7 +710,7 @@ fn coordinator_restart_mid_rollout(lab: &mut Lab, fig: &mut Figures) -> Result<(
     // 25% of 4: maxSurge rounds up to 1, maxUnavailable down to 1.
     let (replicas, max_surge, max_unavailable) = (4, 1, 1);
     lab.apply(&web(&reg, replicas, 1))?;
-    let v1: BTreeSet<String> = settled(lab, replicas)?.iter().map(uid).collect();
+    let v1 = uids(&settled(lab, replicas)?);
 
     let stop = std::sync::Arc::new(AtomicBool::new(false));
     let watcher = {
@@ -840,8 +750,8 @@ fn coordinator_restart_mid_rollout(lab: &mut Lab, fig: &mut Figures) -> Result<(
         let exp = Expected {
             replicas,
             image: image(&reg, 2),
-            pinned: BTreeMap::new(),
             gone: v1.clone(),
+            ..Expected::default()
         };
         converge(lab, &exp)
     })();
@@ -951,11 +861,9 @@ fn broker_restart(lab: &mut Lab, fig: &mut Figures, mosquitto: bool) -> Result<(
         replicas: 3,
         image: image(&reg, 1),
         pinned,
-        gone: BTreeSet::new(),
+        ..Expected::default()
     };
-    let (took, pods) = converge(lab, &exp)?;
-    finish(fig, took, &pods);
-    Ok(())
+    converge_and_finish(lab, fig, &exp)
 }
 
 // ----- 4. a long partition of one node -------------------------------------------------
@@ -996,7 +904,7 @@ fn partition(lab: &mut Lab, fig: &mut Figures) -> Result<()> {
         "replicas not spread over both nodes"
     );
     let kept_pins = pins(lab, &kept_pods)?;
-    let cut_uids: BTreeSet<String> = cut_pods.iter().map(uid).collect();
+    let cut_uids = uids(&cut_pods);
     let cut_procs = node_procs(&cut);
     let agent_pid = lab.agents[0].proc.as_ref().and_then(|p| p.pid());
 
@@ -1086,9 +994,7 @@ fn partition(lab: &mut Lab, fig: &mut Figures) -> Result<()> {
         pinned: kept_pins,
         gone: cut_uids,
     };
-    let (took, pods) = converge(lab, &exp)?;
-    finish(fig, took, &pods);
-    Ok(())
+    converge_and_finish(lab, fig, &exp)
 }
 
 // ----- 5. a node rebooted offline ------------------------------------------------------
@@ -1162,7 +1068,7 @@ fn rebooted_offline(lab: &mut Lab, fig: &mut Figures) -> Result<()> {
     let reg = lab.registry();
     lab.apply(&web(&reg, 2, 1))?;
     let pods = settled(lab, 2)?;
-    let uids: BTreeSet<String> = pods.iter().map(uid).collect();
+    let uids = uids(&pods);
     let name = lab.agents[0].name.clone();
     let old = node_procs(&name);
 
@@ -1326,8 +1232,7 @@ fn power_loss(lab: &mut Lab, fig: &mut Figures) -> Result<()> {
     let exp = Expected {
         replicas,
         image: image(&reg, 1),
-        pinned: BTreeMap::new(),
-        gone: BTreeSet::new(),
+        ..Expected::default()
     };
     let (took, pods) = converge(lab, &exp)?;
     let mut kept = 0;
@@ -1395,7 +1300,7 @@ fn flapping(lab: &mut Lab, fig: &mut Figures) -> Result<()> {
         replicas: 3,
         image: image(&reg, 1),
         pinned: pinned.clone(),
-        gone: BTreeSet::new(),
+        ..Expected::default()
     };
     let (took, pods) = converge(lab, &exp)?;
     ensure!(

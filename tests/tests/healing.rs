@@ -6,53 +6,22 @@
 //! heartbeat and eviction timeouts, to measure them as shipped.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::path::Path;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, ensure, Context, Result};
+use baton_e2e::fleet::{
+    self, container_running, http_info, node_of as node, owned_pods, pod_ip, uid, uids,
+    wait_cleaned_up, wait_pods, EchoDeployment,
+};
 use baton_e2e::{container_pids, wait_for, Broker, Lab};
 use serde_json::Value;
 
 const LONG: Duration = Duration::from_secs(120);
 
-fn web(registry: &str, replicas: u32) -> String {
-    format!(
-        r#"apiVersion: apps/v1
-kind: Deployment
-metadata:
-  name: web
-  labels: {{app: web}}
-spec:
-  replicas: {replicas}
-  selector:
-    matchLabels: {{app: web}}
-  template:
-    metadata:
-      labels: {{app: web}}
-    spec:
-      terminationGracePeriodSeconds: 2
-      containers:
-      - name: echo
-        image: {registry}/baton/http-echo:1
-        ports:
-        - containerPort: 8080
-        resources:
-          requests: {{cpu: 50m, memory: 16Mi}}
-          limits: {{cpu: 500m, memory: 64Mi}}
-"#
-    )
-}
-
-fn s(v: &Value) -> String {
-    v.as_str().unwrap_or_default().to_owned()
-}
-
-fn uid(p: &Value) -> String {
-    s(&p["metadata"]["uid"])
-}
-
-fn node(p: &Value) -> String {
-    s(&p["spec"]["nodeName"])
+fn web(registry: &str, replicas: usize) -> String {
+    EchoDeployment::new(replicas)
+        .metadata("  labels: {app: web}\n")
+        .yaml(registry)
 }
 
 fn restarts(p: &Value) -> u64 {
@@ -61,84 +30,30 @@ fn restarts(p: &Value) -> u64 {
         .unwrap_or(u64::MAX)
 }
 
-fn container_running(p: &Value) -> bool {
-    p["status"]["phase"] == "Running"
-        && p["status"]["containerStatuses"][0]["state"]["running"].is_object()
-        && p["status"]["podIP"].is_string()
-}
-
 fn web_pods(lab: &Lab) -> Result<Vec<Value>> {
-    Ok(lab
-        .pods()?
-        .into_iter()
-        .filter(|p| p["metadata"]["owner"] == "web")
-        .collect())
+    owned_pods(lab, "web")
 }
 
 /// Waits for exactly `n` web pods, all Running.
 fn wait_running(lab: &Lab, n: usize, timeout: Duration) -> Result<Vec<Value>> {
-    wait_for(&format!("{n} running web pods"), timeout, || {
-        let pods = web_pods(lab)?;
-        let running = pods.iter().filter(|p| container_running(p)).count();
-        Ok((pods.len() == n && running == n).then_some(pods))
-    })
+    wait_pods(
+        lab,
+        "web",
+        n,
+        timeout,
+        &format!("{n} running web pods"),
+        container_running,
+    )
 }
 
 /// The init pid of a pod's container, from the runtime's state on the agent.
 fn init_pid(lab: &Lab, p: &Value, container: &str) -> Result<u32> {
-    let agent = lab.agent_by_node(&node(p)).context("a lab node")?;
-    let state = agent
-        .data_dir
-        .join("runtime/containers")
-        .join(format!("{}-{container}", uid(p)))
-        .join("state.json");
-    let v: Value = serde_json::from_slice(&std::fs::read(&state)?)?;
-    let pid = v["pid"].as_u64().context("state has a pid")?;
-    Ok(u32::try_from(pid)?)
+    fleet::init_pid(lab, &node(p), &uid(p), container)
 }
 
 /// Fetches the http-echo info page at `ip` from inside agent `i`'s namespace.
 fn http(lab: &Lab, i: usize, ip: &str) -> Result<String> {
-    let out = lab.agents[i]
-        .ns
-        .cmd("curl")
-        .args(["-sS", "--max-time", "5"])
-        .arg(format!("http://{ip}:8080/cgi-bin/info"))
-        .output()?;
-    ensure!(
-        out.status.success(),
-        "curl {ip}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
-}
-
-/// What is left of a pod on its node: directory, mounts, cgroups.
-fn leftovers(lab: &Lab, node: &str, uid: &str) -> Vec<String> {
-    let mut left = Vec::new();
-    let agent = lab.agent_by_node(node).expect("a lab node");
-    let dir = agent.data_dir.join("pods").join(uid);
-    if dir.exists() {
-        left.push(dir.display().to_string());
-    }
-    let mounts = std::fs::read_to_string("/proc/mounts").unwrap_or_default();
-    left.extend(
-        mounts
-            .lines()
-            .filter(|l| l.contains(uid))
-            .map(|l| format!("mount {l}")),
-    );
-    for ctrl in ["memory", "pids", "cpu"] {
-        let cg = Path::new("/sys/fs/cgroup")
-            .join(ctrl)
-            .join("baton")
-            .join(node)
-            .join(uid);
-        if cg.exists() {
-            left.push(cg.display().to_string());
-        }
-    }
-    left
+    http_info(lab, &lab.agents[i].name, ip, Duration::from_secs(5))
 }
 
 fn node_ready(lab: &Lab, name: &str) -> Result<bool> {
@@ -171,7 +86,7 @@ fn agent_kill_9(lab: &mut Lab) -> Result<()> {
             procs.contains(&pid),
             "init {pid} not in its cgroup {procs:?}"
         );
-        before.insert(uid(p), (pid, procs, s(&p["status"]["podIP"])));
+        before.insert(uid(p), (pid, procs, pod_ip(p)));
     }
 
     lab.kill_agent(0);
@@ -186,10 +101,14 @@ fn agent_kill_9(lab: &mut Lab) -> Result<()> {
     }
 
     lab.start_agent(0)?;
-    let pods = wait_for("both pods reported Running again", LONG, || {
-        let pods = web_pods(lab)?;
-        Ok((pods.len() == 2 && pods.iter().all(container_running)).then_some(pods))
-    })?;
+    let pods = wait_pods(
+        lab,
+        "web",
+        2,
+        LONG,
+        "both pods reported Running again",
+        container_running,
+    )?;
     ensure!(
         lab.agents[0]
             .proc
@@ -210,7 +129,7 @@ fn agent_kill_9(lab: &mut Lab) -> Result<()> {
             now.contains(pid) && now == *procs,
             "processes changed: {procs:?} -> {now:?}"
         );
-        ensure!(s(&p["status"]["podIP"]) == *ip, "pod IP changed");
+        ensure!(pod_ip(p) == *ip, "pod IP changed");
         http(lab, 0, ip)?;
     }
 
@@ -243,7 +162,7 @@ fn agent_kill_9(lab: &mut Lab) -> Result<()> {
     );
     ensure!(init_pid(lab, &p, "echo")? != pid);
     ensure!(!new_pid.is_empty());
-    http(lab, 0, &s(&p["status"]["podIP"]))?;
+    http(lab, 0, &pod_ip(&p))?;
     // The other pod was not touched.
     let other = pods
         .iter()
@@ -336,14 +255,7 @@ fn node_loss(lab: &mut Lab, defaults: bool) -> Result<()> {
         Ok(node_ready(lab, &lost_name)?.then_some(()))
     })?;
     for u in &evicted {
-        wait_for(&format!("evicted pod {u} to be gone"), LONG, || {
-            let left = leftovers(lab, &lost_name, u);
-            if left.is_empty() {
-                Ok(Some(()))
-            } else {
-                bail!("still there: {left:?}")
-            }
-        })?;
+        wait_cleaned_up(lab, &lost_name, u, LONG).context("an evicted pod")?;
     }
     println!(
         "FIGURE returning node stopped its evicted pods {:.1}s after its link came back",
@@ -398,7 +310,7 @@ fn allocated_ips(lab: &Lab, i: usize) -> Vec<String> {
 fn offline_reboot(lab: &mut Lab) -> Result<()> {
     lab.apply(&web(&lab.registry(), 2))?;
     let pods = wait_running(lab, 2, LONG)?;
-    let uids: BTreeSet<String> = pods.iter().map(uid).collect();
+    let uids = uids(&pods);
     let name = lab.agents[0].name.clone();
     let old: BTreeMap<String, Vec<u32>> = uids
         .iter()
@@ -449,7 +361,7 @@ fn offline_reboot(lab: &mut Lab) -> Result<()> {
         .then_some(pods))
     })?;
     ensure!(node_ready(lab, &name)?);
-    let ips: BTreeSet<String> = pods.iter().map(|p| s(&p["status"]["podIP"])).collect();
+    let ips: BTreeSet<String> = pods.iter().map(pod_ip).collect();
     ensure!(ips == allocated_ips(lab, 0).into_iter().collect::<BTreeSet<_>>());
     Ok(())
 }

@@ -9,89 +9,33 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, ensure, Context, Result};
-use baton_e2e::{wait_for, Broker, Lab};
+use baton_e2e::fleet::{is_ready, is_terminating, owned_pods, pod_info, wait_pods, EchoDeployment};
+use baton_e2e::{Broker, Lab};
 use serde_json::Value;
 
 const LONG: Duration = Duration::from_secs(180);
 /// 4 replicas with the default 25% surge: ceil(1) = 1.
 const MAX_SURGE: usize = 1;
 
-fn web(registry: &str, replicas: u32, version: u32) -> String {
-    format!(
-        r#"apiVersion: apps/v1
-kind: Deployment
-metadata:
-  name: web
-  annotations:
-    kubernetes.io/change-cause: "http-echo {version}"
-spec:
-  replicas: {replicas}
-  selector:
-    matchLabels: {{app: web}}
-  template:
-    metadata:
-      labels: {{app: web}}
-    spec:
-      terminationGracePeriodSeconds: 2
-      containers:
-      - name: echo
-        image: {registry}/baton/http-echo:{version}
-        ports:
-        - containerPort: 8080
-        resources:
-          requests: {{cpu: 50m, memory: 16Mi}}
-          limits: {{cpu: 500m, memory: 64Mi}}
-"#
-    )
-}
-
-fn is_terminating(p: &Value) -> bool {
-    !p["metadata"]["deletionTimestamp"].is_null()
-}
-
-/// Ready as a Service would select it: running, every container ready, not terminating.
-fn is_ready(p: &Value) -> bool {
-    p["status"]["phase"] == "Running"
-        && !is_terminating(p)
-        && p["status"]["podIP"].is_string()
-        && p["status"]["containerStatuses"]
-            .as_array()
-            .is_some_and(|cs| !cs.is_empty() && cs.iter().all(|c| c["ready"] == true))
+fn web(registry: &str, replicas: usize, version: u32) -> String {
+    EchoDeployment::new(replicas)
+        .tag(version)
+        .metadata(&format!(
+            "  annotations:\n    kubernetes.io/change-cause: \"http-echo {version}\"\n"
+        ))
+        .yaml(registry)
 }
 
 fn web_pods(lab: &Lab) -> Result<Vec<Value>> {
-    Ok(lab
-        .pods()?
-        .into_iter()
-        .filter(|p| p["metadata"]["owner"] == "web")
-        .collect())
+    owned_pods(lab, "web")
 }
 
 /// Fetches a pod's info page from inside its node's namespace; returns its version.
 fn version_of(lab: &Lab, pod: &Value) -> Result<String> {
-    let node = pod["spec"]["nodeName"].as_str().context("pod has a node")?;
-    let ip = pod["status"]["podIP"].as_str().context("pod has an IP")?;
-    let agent = lab.agent_by_node(node).context("node is a lab agent")?;
-    let out = agent
-        .ns
-        .cmd("curl")
-        // 10 s, not less: on a 2-core machine running builds beside the tests a healthy pod
-        // has been seen to take over 3 s to answer. A request to a stopped pod never
-        // answers, so it still fails.
-        .args([
-            "-sS",
-            "--max-time",
-            "10",
-            &format!("http://{ip}:8080/cgi-bin/info"),
-        ])
-        .output()?;
-    let body = String::from_utf8_lossy(&out.stdout);
-    ensure!(
-        out.status.success(),
-        "curl {} ({ip}): {}",
-        pod["metadata"]["name"],
-        String::from_utf8_lossy(&out.stderr).trim()
-    );
+    // 10 s, not less: on a 2-core machine running builds beside the tests a healthy pod
+    // has been seen to take over 3 s to answer. A request to a stopped pod never
+    // answers, so it still fails.
+    let body = pod_info(lab, pod, Duration::from_secs(10))?;
     body.lines()
         .find_map(|l| l.strip_prefix("version="))
         .map(str::to_owned)
@@ -165,10 +109,14 @@ fn under_load<T>(lab: &Lab, during: impl FnOnce() -> Result<T>) -> Result<(T, St
 
 /// Waits until exactly `n` web pods exist, none terminating, all ready; returns them.
 fn settled(lab: &Lab, n: usize) -> Result<Vec<Value>> {
-    wait_for(&format!("{n} ready web pods"), LONG, || {
-        let pods = web_pods(lab)?;
-        Ok((pods.len() == n && pods.iter().all(is_ready)).then_some(pods))
-    })
+    wait_pods(
+        lab,
+        "web",
+        n,
+        LONG,
+        &format!("{n} ready web pods"),
+        is_ready,
+    )
 }
 
 fn all_on_version(lab: &Lab, n: usize, version: &str) -> Result<()> {

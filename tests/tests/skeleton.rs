@@ -4,44 +4,23 @@
 //! One scenario, run against the embedded broker and against a real Mosquitto.
 
 use std::collections::BTreeSet;
-use std::path::Path;
 use std::time::Duration;
 
-use anyhow::{ensure, Context, Result};
+use anyhow::{ensure, Result};
+use baton_e2e::fleet::{
+    exactly, identity, is_running, node_of, pod_info, pod_name as name, uid, wait_cleaned_up,
+    EchoDeployment,
+};
 use baton_e2e::{items, wait_for, Broker, Lab};
 use serde_json::Value;
 
 const LONG: Duration = Duration::from_secs(120);
 
-fn web(registry: &str, replicas: u32) -> String {
-    format!(
-        r#"apiVersion: apps/v1
-kind: Deployment
-metadata:
-  name: web
-  labels: {{app: web}}
-spec:
-  replicas: {replicas}
-  selector:
-    matchLabels: {{app: web}}
-  template:
-    metadata:
-      labels: {{app: web}}
-    spec:
-      terminationGracePeriodSeconds: 2
-      containers:
-      - name: echo
-        image: {registry}/baton/http-echo:1
-        env:
-        - name: MESSAGE
-          value: hello-from-baton
-        ports:
-        - containerPort: 8080
-        resources:
-          requests: {{cpu: 50m, memory: 16Mi}}
-          limits: {{cpu: 500m, memory: 64Mi}}
-"#
-    )
+fn web(registry: &str, replicas: usize) -> String {
+    EchoDeployment::new(replicas)
+        .metadata("  labels: {app: web}\n")
+        .env("MESSAGE", "hello-from-baton")
+        .yaml(registry)
 }
 
 fn oom_pod(registry: &str) -> String {
@@ -62,106 +41,13 @@ spec:
     )
 }
 
-fn name(p: &Value) -> String {
-    p["metadata"]["name"]
-        .as_str()
-        .unwrap_or_default()
-        .to_owned()
-}
-
 fn running_web_pods(lab: &Lab, n: usize) -> Result<Option<Vec<Value>>> {
-    let pods: Vec<Value> = lab
-        .pods()?
-        .into_iter()
-        .filter(|p| p["metadata"]["owner"] == "web")
-        .collect();
-    let running = pods
-        .iter()
-        .filter(|p| p["status"]["phase"] == "Running" && p["status"]["podIP"].is_string())
-        .count();
-    Ok((pods.len() == n && running == n).then_some(pods))
-}
-
-/// Everything an agent made for a pod: its directory (rootfs, logs), its mounts and its
-/// cgroups. Returns what is still there.
-fn leftovers(lab: &Lab, node: &str, uid: &str) -> Vec<String> {
-    let mut left = Vec::new();
-    let agent = lab.agent_by_node(node).expect("pod on a lab node");
-    let dir = agent.data_dir.join("pods").join(uid);
-    if dir.exists() {
-        left.push(dir.display().to_string());
-    }
-    let mounts = std::fs::read_to_string("/proc/mounts").unwrap_or_default();
-    left.extend(
-        mounts
-            .lines()
-            .filter(|l| l.contains(uid))
-            .map(|l| format!("mount {l}")),
-    );
-    for ctrl in ["memory", "pids", "cpu"] {
-        let cg = Path::new("/sys/fs/cgroup")
-            .join(ctrl)
-            .join("baton")
-            .join(node)
-            .join(uid);
-        if cg.exists() {
-            left.push(cg.display().to_string());
-        }
-    }
-    left
-}
-
-fn wait_cleaned_up(lab: &Lab, node: &str, uid: &str) -> Result<()> {
-    wait_for(
-        &format!("pod {uid} on {node} to be cleaned up"),
-        LONG,
-        || {
-            let left = leftovers(lab, node, uid);
-            if left.is_empty() {
-                Ok(Some(()))
-            } else {
-                anyhow::bail!("still there: {left:?}")
-            }
-        },
-    )
+    exactly(lab, "web", n, is_running)
 }
 
 /// Fetches the http-echo info page of a pod from inside its node's namespace.
 fn http_info(lab: &Lab, pod: &Value) -> Result<String> {
-    let node = pod["spec"]["nodeName"].as_str().context("pod has a node")?;
-    let ip = pod["status"]["podIP"].as_str().context("pod has an IP")?;
-    let agent = lab.agent_by_node(node).context("node is a lab agent")?;
-    let out = agent
-        .ns
-        .cmd("curl")
-        .args([
-            "-sS",
-            "--max-time",
-            "5",
-            &format!("http://{ip}:8080/cgi-bin/info"),
-        ])
-        .output()?;
-    ensure!(
-        out.status.success(),
-        "curl {ip}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
-}
-
-fn identity(objs: &[Value]) -> BTreeSet<(String, String, String)> {
-    objs.iter()
-        .map(|o| {
-            (
-                name(o),
-                o["metadata"]["uid"].as_str().unwrap_or_default().to_owned(),
-                o["spec"]["nodeName"]
-                    .as_str()
-                    .unwrap_or_default()
-                    .to_owned(),
-            )
-        })
-        .collect()
+    pod_info(lab, pod, Duration::from_secs(5))
 }
 
 fn scenario(broker: Broker, tag: &str) -> Result<()> {
@@ -227,11 +113,7 @@ fn steps(lab: &mut Lab) -> Result<()> {
     lab.baton(&["scale", "deployment", "web", "--replicas", "1"])?;
     let kept = wait_for("1 web pod", LONG, || running_web_pods(lab, 1))?;
     for p in pods.iter().filter(|p| name(p) != name(&kept[0])) {
-        let (node, uid) = (
-            p["spec"]["nodeName"].as_str().unwrap_or(""),
-            p["metadata"]["uid"].as_str().unwrap_or(""),
-        );
-        wait_cleaned_up(lab, node, uid)?;
+        wait_cleaned_up(lab, &node_of(p), &uid(p), LONG)?;
     }
     ensure!(
         http_info(lab, &kept[0])?.contains("hostname="),
@@ -292,23 +174,14 @@ fn steps(lab: &mut Lab) -> Result<()> {
     })?;
 
     // Delete: everything is gone.
-    let all: Vec<(String, String)> = lab
-        .pods()?
-        .iter()
-        .map(|p| {
-            (
-                p["spec"]["nodeName"].as_str().unwrap_or("").to_owned(),
-                p["metadata"]["uid"].as_str().unwrap_or("").to_owned(),
-            )
-        })
-        .collect();
+    let all: Vec<(String, String)> = lab.pods()?.iter().map(|p| (node_of(p), uid(p))).collect();
     lab.baton(&["delete", "deployment", "web"])?;
     lab.baton(&["delete", "pod", "hog"])?;
     wait_for("no pods left", LONG, || {
         Ok(lab.pods()?.is_empty().then_some(()))
     })?;
     for (node, uid) in &all {
-        wait_cleaned_up(lab, node, uid)?;
+        wait_cleaned_up(lab, node, uid, LONG)?;
     }
     Ok(())
 }

@@ -283,6 +283,19 @@ impl Network {
         self.lock.lock().unwrap_or_else(|e| e.into_inner())
     }
 
+    /// The bridge's MAC: locally administered, unicast, derived from the node name.
+    fn bridge_mac(&self) -> String {
+        let h = short_hash(&["bridge-mac", &self.cfg.node], 10);
+        format!(
+            "02:{}:{}:{}:{}:{}",
+            &h[0..2],
+            &h[2..4],
+            &h[4..6],
+            &h[6..8],
+            &h[8..10]
+        )
+    }
+
     /// Brings up the node's bridge, forwarding and NAT. Idempotent.
     #[tracing::instrument(skip_all, fields(node = %self.cfg.node, bridge = %self.cfg.bridge))]
     pub fn setup_node(&self) -> Result<(), NetError> {
@@ -296,6 +309,11 @@ impl Network {
                 }
             }
         }
+        // A fixed MAC: otherwise the bridge takes the lowest MAC of its ports and changes
+        // it as pods come and go. Pods cache the gateway's MAC, and once the port whose MAC
+        // the bridge had is deleted (a pod stopped), their replies to the node go nowhere
+        // until the cache expires: a rollout e2e run saw requests hang for 10 s that way.
+        ip(&["link", "set", br, "address", &self.bridge_mac()])?;
         let gw = format!("{}/{}", self.gateway(), self.cfg.pod_cidr.prefix());
         ip(&["addr", "replace", &gw, "dev", br])?;
         ip(&["link", "set", br, "up"])?;

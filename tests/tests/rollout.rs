@@ -32,10 +32,7 @@ fn web_pods(lab: &Lab) -> Result<Vec<Value>> {
 
 /// Fetches a pod's info page from inside its node's namespace; returns its version.
 fn version_of(lab: &Lab, pod: &Value) -> Result<String> {
-    // 10 s, not less: on a 2-core machine running builds beside the tests a healthy pod
-    // has been seen to take over 3 s to answer. A request to a stopped pod never
-    // answers, so it still fails.
-    let body = pod_info(lab, pod, Duration::from_secs(10))?;
+    let body = pod_info(lab, pod, Duration::from_secs(3))?;
     body.lines()
         .find_map(|l| l.strip_prefix("version="))
         .map(str::to_owned)
@@ -57,14 +54,20 @@ fn load(lab: &Lab, stop: &AtomicBool) -> Stats {
     let mut stats = Stats::default();
     let mut ready: Vec<Value> = Vec::new();
     let mut refreshed: Option<Instant> = None;
+    let mut listed = Instant::now();
+    let mut last_list_error = String::new();
     let mut seed: u64 = 0x9e37_79b9_7f4a_7c15 ^ u64::from(std::process::id());
     while !stop.load(Ordering::SeqCst) {
         if refreshed.is_none_or(|t| t.elapsed() >= Duration::from_millis(200)) {
             // A failed read keeps the previous list; it is not a failed request.
-            if let Ok(pods) = web_pods(lab) {
-                let live = pods.iter().filter(|p| !is_terminating(p)).count();
-                stats.max_live = stats.max_live.max(live);
-                ready = pods.into_iter().filter(is_ready).collect();
+            match web_pods(lab) {
+                Ok(pods) => {
+                    let live = pods.iter().filter(|p| !is_terminating(p)).count();
+                    stats.max_live = stats.max_live.max(live);
+                    ready = pods.into_iter().filter(is_ready).collect();
+                    listed = Instant::now();
+                }
+                Err(e) => last_list_error = format!("{e:#}"),
             }
             refreshed = Some(Instant::now());
         }
@@ -82,7 +85,10 @@ fn load(lab: &Lab, stop: &AtomicBool) -> Stats {
                 stats.ok += 1;
                 *stats.versions.entry(v).or_default() += 1;
             }
-            Err(e) => stats.failed.push(format!("{e:#}")),
+            Err(e) => stats.failed.push(format!(
+                "{e:#} (pod list {} ms old; last list error: {last_list_error:?})",
+                listed.elapsed().as_millis()
+            )),
         }
     }
     stats

@@ -874,6 +874,23 @@ impl Core {
         })
     }
 
+    /// Asks a node for a full status; also makes an agent whose Hello was lost say it again.
+    fn request_status(&mut self, node: &NodeName) {
+        self.pending_out.push(Outbound {
+            node: node.clone(),
+            body: Body::StatusRequest,
+            retain: false,
+        });
+    }
+
+    /// The node's liveness record, created as seen now if it has none yet.
+    fn live_entry(&mut self, name: &str, now: Instant) -> &mut Live {
+        self.live.entry(name.to_owned()).or_insert(Live {
+            last_seen: now,
+            status_digest: None,
+        })
+    }
+
     fn publish_desired(&mut self, node: &str) {
         if let Some(msg) = self.desired_message(node) {
             self.pending_out.push(msg);
@@ -982,28 +999,17 @@ impl Core {
                 }
                 self.publish_desired(name);
                 // Its status is unknown to us until it reports: ask.
-                self.pending_out.push(Outbound {
-                    node: node.clone(),
-                    body: Body::StatusRequest,
-                    retain: false,
-                });
+                self.request_status(node);
             }
             Body::Heartbeat(hb) => {
                 if !self.nodes.contains_key(name) {
                     // Its Hello was lost (sent before we subscribed): a StatusRequest makes
                     // the agent say Hello again.
                     tracing::debug!(node = name, "heartbeat from an unknown node; asking it");
-                    self.pending_out.push(Outbound {
-                        node: node.clone(),
-                        body: Body::StatusRequest,
-                        retain: false,
-                    });
+                    self.request_status(node);
                     return;
                 }
-                let live = self.live.entry(name.to_owned()).or_insert(Live {
-                    last_seen: now,
-                    status_digest: None,
-                });
+                let live = self.live_entry(name, now);
                 live.last_seen = now;
                 let digest_differs = live.status_digest != Some(hb.status_digest);
                 self.set_ready(name, true, "Heartbeat received");
@@ -1022,11 +1028,7 @@ impl Core {
                     self.publish_desired(name);
                 }
                 if digest_differs {
-                    self.pending_out.push(Outbound {
-                        node: node.clone(),
-                        body: Body::StatusRequest,
-                        retain: false,
-                    });
+                    self.request_status(node);
                 }
             }
             Body::Status(st) => {
@@ -1034,10 +1036,7 @@ impl Core {
                     tracing::debug!(node = name, "status from an unknown node; ignored");
                     return;
                 }
-                let live = self.live.entry(name.to_owned()).or_insert(Live {
-                    last_seen: now,
-                    status_digest: None,
-                });
+                let live = self.live_entry(name, now);
                 live.last_seen = now;
                 live.status_digest = Some(st.digest());
                 self.set_applied(name, st.applied_generation);

@@ -988,7 +988,8 @@ pub fn deployments_table(ds: &[api::Deployment], wide: bool, now: SystemTime) ->
     table(&header, &rows)
 }
 
-fn selector(labels: &std::collections::BTreeMap<String, String>) -> String {
+/// `k=v` pairs joined by `sep`, or `<none>` as kubectl prints an empty set.
+fn join_labels(labels: &std::collections::BTreeMap<String, String>, sep: &str) -> String {
     if labels.is_empty() {
         return "<none>".into();
     }
@@ -996,7 +997,12 @@ fn selector(labels: &std::collections::BTreeMap<String, String>) -> String {
         .iter()
         .map(|(k, v)| format!("{k}={v}"))
         .collect::<Vec<_>>()
-        .join(",")
+        .join(sep)
+}
+
+/// One line, as in selectors and tables.
+fn selector(labels: &std::collections::BTreeMap<String, String>) -> String {
+    join_labels(labels, ",")
 }
 
 fn arch(n: &api::Node) -> String {
@@ -1079,15 +1085,9 @@ fn kv(out: &mut String, key: &str, value: impl AsRef<str>) {
     out.push_str(&format!("{key:<16}{}\n", value.as_ref()));
 }
 
+/// One label a line, aligned under the value column of `describe`.
 fn labels_str(labels: &std::collections::BTreeMap<String, String>) -> String {
-    if labels.is_empty() {
-        return "<none>".into();
-    }
-    labels
-        .iter()
-        .map(|(k, v)| format!("{k}={v}"))
-        .collect::<Vec<_>>()
-        .join("\n                ")
+    join_labels(labels, "\n                ")
 }
 
 fn resources_lines(out: &mut String, c: &api::Container) {

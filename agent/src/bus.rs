@@ -18,7 +18,8 @@ use tracing::{debug, info, warn};
 
 #[derive(Debug, thiserror::Error)]
 pub enum BusError {
-    #[error("invalid broker address {0:?}: expected mqtt://HOST:PORT")]
+    /// The broker address did not parse; the text says why.
+    #[error("{0}")]
     BadUrl(String),
     #[error("cannot encode message: {0}")]
     Encode(#[from] baton_proto::ProtoError),
@@ -36,24 +37,10 @@ pub enum BusEvent {
     StatusRequest,
 }
 
-/// Parses `mqtt://host:port`, `tcp://host:port` or `host:port` (port 1883 by default).
+/// Parses the broker address (`mqtt://host:port`); the format is defined in
+/// [`baton_proto::broker`], shared with the coordinator.
 pub fn parse_url(url: &str) -> Result<(String, u16), BusError> {
-    let rest = url
-        .strip_prefix("mqtt://")
-        .or_else(|| url.strip_prefix("tcp://"))
-        .unwrap_or(url);
-    let rest = rest.trim_end_matches('/');
-    if rest.is_empty() || rest.contains('/') {
-        return Err(BusError::BadUrl(url.into()));
-    }
-    match rest.rsplit_once(':') {
-        Some((host, port)) if !host.is_empty() => {
-            let port = port.parse().map_err(|_| BusError::BadUrl(url.into()))?;
-            Ok((host.trim_matches(['[', ']']).to_owned(), port))
-        }
-        Some(_) => Err(BusError::BadUrl(url.into())),
-        None => Ok((rest.to_owned(), 1883)),
-    }
+    baton_proto::broker::parse_broker_url(url).map_err(|e| BusError::BadUrl(e.to_string()))
 }
 
 /// The longest pause between reconnect attempts. Short enough that a node is back within

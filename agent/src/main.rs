@@ -158,6 +158,8 @@ fn config(a: RunArgs) -> Result<AgentConfig> {
             .into_owned(),
     };
     let node = NodeName::new(&name).with_context(|| "--node-name")?;
+    // Checked with the other flags, before the agent creates anything on the host.
+    baton_agent::bus::parse_url(&a.coordinator).context("--coordinator")?;
     let mut labels = Vec::new();
     for l in a.labels.iter().filter(|l| !l.is_empty()) {
         let Some((k, v)) = l.split_once('=') else {

@@ -79,43 +79,15 @@ pub struct BrokerAddr {
 impl BrokerAddr {
     /// Parses `mqtt://host[:port]` (port 1883 by default) or a bare `host:port`.
     pub fn parse(url: &str) -> Result<Self, BusError> {
-        let err = |reason: &str| BusError::Url {
-            url: url.to_owned(),
-            reason: reason.to_owned(),
-        };
-        let rest = match url.split_once("://") {
-            Some(("mqtt" | "tcp", rest)) => rest,
-            Some((scheme, _)) => {
-                return Err(err(&format!(
-                    "unsupported scheme {scheme:?}: use mqtt://host:port"
-                )))
-            }
-            None => url,
-        };
-        let rest = rest.trim_end_matches('/');
-        if rest.is_empty() || rest.contains('/') || rest.contains('@') {
-            return Err(err("expected mqtt://host:port"));
-        }
-        if let Ok(sa) = rest.parse::<SocketAddr>() {
-            return Ok(Self {
-                host: sa.ip().to_string(),
-                port: sa.port(),
-            });
-        }
-        let (host, port) = match rest.rsplit_once(':') {
-            Some((h, p)) if !h.contains(':') || h.starts_with('[') => (
-                h.trim_start_matches('[').trim_end_matches(']'),
-                p.parse::<u16>().map_err(|_| err("bad port"))?,
-            ),
-            _ => (rest.trim_start_matches('[').trim_end_matches(']'), 1883),
-        };
-        if host.is_empty() {
-            return Err(err("missing host"));
-        }
-        Ok(Self {
-            host: host.to_owned(),
-            port,
-        })
+        let (host, port) =
+            baton_proto::broker::parse_broker_url(url).map_err(|e| BusError::Url {
+                url: url.to_owned(),
+                reason: match e {
+                    baton_proto::ProtoError::BrokerUrl { reason, .. } => reason,
+                    other => other.to_string(),
+                },
+            })?;
+        Ok(Self { host, port })
     }
 }
 

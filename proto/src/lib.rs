@@ -11,6 +11,7 @@
 //! - `tests/golden.rs` pins the exact bytes of representative messages.
 
 mod bounded;
+pub mod broker;
 mod envelope;
 mod messages;
 pub mod topics;
@@ -50,4 +51,6 @@ pub enum ProtoError {
     TooMany { max: usize, got: usize },
     #[error("invalid node name {0:?}: use 1-63 characters from [A-Za-z0-9._-]")]
     InvalidNodeName(String),
+    #[error("invalid broker address {url:?}: {reason}")]
+    BrokerUrl { url: String, reason: String },
 }

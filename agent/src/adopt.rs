@@ -249,10 +249,18 @@ mod tests {
                         working_dir: None,
                         ports: BVec::new(),
                         resources: Default::default(),
+                        liveness_probe: None,
+                        readiness_probe: None,
+                        security: Default::default(),
+                        volume_mounts: BVec::new(),
+                        startup_probe: None,
                     })
                     .collect(),
             )
             .unwrap(),
+            init_containers: BVec::new(),
+            volumes: BVec::new(),
+            image_pull_secrets: BVec::new(),
         }
     }
 
@@ -260,6 +268,7 @@ mod tests {
         DesiredState {
             generation: 3,
             pods: BVec::from_vec(pods).unwrap(),
+            secrets: BVec::new(),
         }
     }
 

@@ -190,6 +190,8 @@ impl Agent {
                             name: BString::new(c.name.as_str()).ok()?,
                             state: c.report.clone(),
                             restart_count: c.restarts,
+                            ready: matches!(c.report, ContainerState::Running { .. }),
+                            last_termination: None,
                         })
                     })
                     .collect::<Vec<_>>();
@@ -198,6 +200,7 @@ impl Agent {
                     uid: BString::new(uid.as_str()).ok()?,
                     pod_ip: p.pod_ip,
                     containers: BVec::from_vec(containers).ok()?,
+                    init_containers: BVec::new(),
                 })
             })
             .take(baton_proto::MAX_PODS_PER_NODE)
@@ -703,6 +706,7 @@ pub async fn run(
             DesiredState {
                 generation: 0,
                 pods: BVec::new(),
+                secrets: BVec::new(),
             }
         }
     };
@@ -784,6 +788,7 @@ pub async fn run(
         agent.desired = DesiredState {
             generation: agent.desired.generation,
             pods: BVec::new(),
+            secrets: agent.desired.secrets.clone(),
         };
         agent.reconcile();
         while !agent.pods.is_empty() {

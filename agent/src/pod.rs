@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
-use baton_proto::{ContainerSpec, PodSpec};
+use baton_proto::{ContainerSpec, EnvValue, PodSpec};
 use tracing::{info, warn};
 
 use crate::image::{ImageConfig, ImageStore};
@@ -97,7 +97,10 @@ pub fn environment(c: &ContainerSpec, img: &ImageConfig, hostname: &str) -> Vec<
     }
     set("HOSTNAME", hostname);
     for e in c.env.iter() {
-        set(&e.name, &e.value);
+        // Secret references are resolved by the caller before a spec gets here.
+        if let EnvValue::Literal(v) = &e.value {
+            set(&e.name, v);
+        }
     }
     env.into_iter().map(|(k, v)| format!("{k}={v}")).collect()
 }

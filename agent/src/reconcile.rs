@@ -168,11 +168,15 @@ mod tests {
                 restart_policy: RestartPolicy::Always,
                 termination_grace_secs: 1,
                 containers: BVec::new(),
+                init_containers: BVec::new(),
+                volumes: BVec::new(),
+                image_pull_secrets: BVec::new(),
             })
             .collect();
         DesiredState {
             generation: 1,
             pods: BVec::from_vec(pods).unwrap(),
+            secrets: BVec::new(),
         }
     }
 

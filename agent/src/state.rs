@@ -49,6 +49,7 @@ impl StateFile {
                 return Ok(DesiredState {
                     generation: 0,
                     pods: BVec::new(),
+                    secrets: BVec::new(),
                 })
             }
             Err(source) => {
@@ -147,11 +148,15 @@ mod tests {
                 restart_policy: RestartPolicy::Always,
                 termination_grace_secs: 1,
                 containers: BVec::new(),
+                init_containers: BVec::new(),
+                volumes: BVec::new(),
+                image_pull_secrets: BVec::new(),
             })
             .collect();
         DesiredState {
             generation,
             pods: BVec::from_vec(pods).unwrap(),
+            secrets: BVec::new(),
         }
     }
 

@@ -869,6 +869,7 @@ impl Core {
             body: Body::Desired(proto::DesiredState {
                 generation: n.status.desired_generation,
                 pods,
+                secrets: proto::BVec::new(),
             }),
             retain: true,
         })
@@ -1668,8 +1669,11 @@ spec:
                         started_at_ms: 1_700_000_000_000,
                     },
                     restart_count: 0,
+                    last_termination: None,
+                    ready: true,
                 }])
                 .unwrap(),
+                init_containers: BVec::new(),
             })
             .collect();
         NodeStatus {
@@ -1813,6 +1817,8 @@ spec:
             name: BString::new("main").unwrap(),
             state: ContainerState::OomKilled,
             restart_count: 1,
+            last_termination: None,
+            ready: true,
         }])
         .unwrap();
         stale.pods = BVec::from_vec(pods).unwrap();
@@ -1844,6 +1850,8 @@ spec:
             name: BString::new("main").unwrap(),
             state: ContainerState::OomKilled,
             restart_count: 1,
+            last_termination: None,
+            ready: true,
         }])
         .unwrap();
         st.pods = BVec::from_vec(pods).unwrap();
@@ -2229,6 +2237,7 @@ spec:
                     .collect(),
             )
             .unwrap(),
+            secrets: BVec::new(),
         };
         h.send(&lost, Body::Status(running_status(&old, back.generation)));
         let pods = h.pods();
@@ -2297,8 +2306,11 @@ spec:
                             ContainerState::Pending
                         },
                         restart_count: 0,
+                        last_termination: None,
+                        ready: true,
                     }])
                     .unwrap(),
+                    init_containers: BVec::new(),
                 })
                 .collect();
             let generation = h.node(node).status.desired_generation;

@@ -127,7 +127,7 @@ pub fn pod_spec(pod: &api::Pod) -> Result<proto::PodSpec, WireError> {
             .map(|e| {
                 Ok(proto::EnvVar {
                     name: bstr(name, p("env.name"), &e.name)?,
-                    value: bstr(name, p("env.value"), &e.value)?,
+                    value: proto::EnvValue::Literal(bstr(name, p("env.value"), &e.value)?),
                 })
             })
             .collect::<Result<Vec<_>, WireError>>()?;
@@ -161,6 +161,11 @@ pub fn pod_spec(pod: &api::Pod) -> Result<proto::PodSpec, WireError> {
                 .transpose()?,
             ports: bvec(name, p("ports"), ports)?,
             resources: container_resources(name, i, c)?,
+            volume_mounts: BVec::new(),
+            liveness_probe: None,
+            readiness_probe: None,
+            startup_probe: None,
+            security: proto::SecurityContext::default(),
         });
     }
     Ok(proto::PodSpec {
@@ -174,6 +179,9 @@ pub fn pod_spec(pod: &api::Pod) -> Result<proto::PodSpec, WireError> {
         },
         termination_grace_secs: spec.termination_grace_period_seconds.unwrap_or(30),
         containers: bvec(name, "spec.containers", containers)?,
+        init_containers: BVec::new(),
+        volumes: BVec::new(),
+        image_pull_secrets: BVec::new(),
     })
 }
 
@@ -372,6 +380,8 @@ mod tests {
                 name: BString::new("c").unwrap(),
                 state,
                 restart_count: 0,
+                last_termination: None,
+                ready: true,
             })
             .collect();
         proto::PodStatus {
@@ -379,6 +389,7 @@ mod tests {
             uid: BString::new("u1").unwrap(),
             pod_ip: Some("10.42.0.5".parse().unwrap()),
             containers: BVec::from_vec(containers).unwrap(),
+            init_containers: BVec::new(),
         }
     }
 

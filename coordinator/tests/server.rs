@@ -311,9 +311,12 @@ fn running(d: &DesiredState) -> Result<NodeStatus> {
                                 started_at_ms: 1_800_000_000_000,
                             },
                             restart_count: 0,
+                            ready: true,
+                            last_termination: None,
                         })
                         .collect(),
                 )?,
+                init_containers: BVec::new(),
             })
         })
         .collect::<Result<Vec<_>>>()?;

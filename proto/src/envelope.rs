@@ -11,18 +11,24 @@ pub enum Sender {
 
 /// The unit of every MQTT payload.
 ///
-/// `seq` increases by one per message from a sender within one process lifetime, which
-/// makes loss and reordering visible in logs; replay protection builds on it later.
-/// `signature` is empty today. It is reserved for a signature over the encoding of the
-/// other four fields, so adding signing does not change this layout.
+/// `seq` grows strictly per sender, across restarts (senders persist it or derive it from
+/// the clock), so a receiver that remembers the last `seq` it accepted from a sender can
+/// refuse replays. `sent_at_ms` (Unix milliseconds, sender clock) bounds how old a message
+/// may be. `signature` is an Ed25519 signature over [`Envelope::signing_bytes`]; empty
+/// only where signing is off (un-enrolled development fleets).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Envelope {
     pub proto_version: u16,
     pub sender: Sender,
     pub seq: u64,
+    pub sent_at_ms: u64,
     pub body: Body,
     pub signature: BVec<u8, 128>,
 }
+
+/// Prefixes every signed byte string, so a Baton signature can never be mistaken for a
+/// signature over anything else made with the same key.
+pub const SIGNING_CONTEXT: &[u8] = b"baton-envelope-v2\0";
 
 impl Envelope {
     pub fn new(sender: Sender, seq: u64, body: Body) -> Self {
@@ -30,9 +36,26 @@ impl Envelope {
             proto_version: PROTO_VERSION,
             sender,
             seq,
+            sent_at_ms: 0,
             body,
             signature: BVec::new(),
         }
+    }
+
+    /// What the signature covers: [`SIGNING_CONTEXT`], the MQTT topic (so a message cannot
+    /// be moved to another node's topic), then the envelope encoded with an empty signature.
+    pub fn signing_bytes(&self, topic: &str) -> Result<Vec<u8>, ProtoError> {
+        let unsigned = Envelope {
+            signature: BVec::new(),
+            ..self.clone()
+        };
+        let body = postcard::to_allocvec(&unsigned).map_err(ProtoError::Encode)?;
+        let mut out = Vec::with_capacity(SIGNING_CONTEXT.len() + topic.len() + 1 + body.len());
+        out.extend_from_slice(SIGNING_CONTEXT);
+        out.extend_from_slice(topic.as_bytes());
+        out.push(0);
+        out.extend_from_slice(&body);
+        Ok(out)
     }
 
     pub fn encode(&self) -> Result<Vec<u8>, ProtoError> {

@@ -17,11 +17,11 @@ mod messages;
 pub mod topics;
 
 pub use bounded::{BString, BVec};
-pub use envelope::{Envelope, Sender};
+pub use envelope::{Envelope, Sender, SIGNING_CONTEXT};
 pub use messages::*;
 
 /// The envelope format version. Bump it for any change in the encoding of any message.
-pub const PROTO_VERSION: u16 = 1;
+pub const PROTO_VERSION: u16 = 2;
 
 /// The largest encoded envelope either side accepts. Big enough for a node running
 /// [`MAX_PODS_PER_NODE`] ordinary pods; small enough for a Pi Zero to decode safely.
@@ -29,6 +29,13 @@ pub const MAX_MESSAGE_BYTES: usize = 256 * 1024;
 
 /// The most pods one node is ever assigned (kubelet's default `maxPods`).
 pub const MAX_PODS_PER_NODE: usize = 110;
+
+/// The most secrets one node's desired state carries.
+pub const MAX_SECRETS_PER_NODE: usize = 64;
+
+/// The largest sealed secret (and secret value). k8s allows 1 MiB; a node's whole desired
+/// state must fit in [`MAX_MESSAGE_BYTES`].
+pub const MAX_SEALED_BYTES: usize = 64 * 1024;
 
 /// The most containers in one pod.
 pub const MAX_CONTAINERS_PER_POD: usize = 16;

@@ -5,7 +5,10 @@ use core::net::IpAddr;
 
 use serde::{Deserialize, Serialize};
 
-use crate::{BString, BVec, ProtoError, MAX_CONTAINERS_PER_POD, MAX_PODS_PER_NODE};
+use crate::{
+    BString, BVec, ProtoError, MAX_CONTAINERS_PER_POD, MAX_PODS_PER_NODE, MAX_SEALED_BYTES,
+    MAX_SECRETS_PER_NODE,
+};
 
 /// A node's name: 1-63 characters from `[A-Za-z0-9._-]`, so it is always a single,
 /// wildcard-free MQTT topic level and a valid file and interface-name stem.
@@ -120,6 +123,45 @@ pub struct DesiredState {
     /// Grows by one whenever the coordinator changes what this node should run.
     pub generation: u64,
     pub pods: BVec<PodSpec, MAX_PODS_PER_NODE>,
+    /// The secrets this node's pods reference (env, volumes, `imagePullSecrets`), each
+    /// sealed to this node's key: nothing else on the way can read them.
+    pub secrets: BVec<SealedSecret, MAX_SECRETS_PER_NODE>,
+}
+
+/// A k8s `Secret`, sealed for one node. The plaintext is the postcard encoding of
+/// [`SecretData`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SealedSecret {
+    pub name: BString<253>,
+    /// Changes whenever the secret's content changes, so agents notice without opening it.
+    pub version: u64,
+    pub sealed: Sealed,
+}
+
+/// Ciphertext for one recipient; `data`'s layout is defined by `scheme` (docs/security.md).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Sealed {
+    pub scheme: SealScheme,
+    pub data: BVec<u8, MAX_SEALED_BYTES>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum SealScheme {
+    /// `data` = ephemeral X25519 public key (32) | ChaCha20-Poly1305 ciphertext and tag,
+    /// keyed by HKDF-SHA256 over the X25519 shared secret.
+    X25519ChaCha20Poly1305,
+}
+
+/// What a [`Sealed`] secret opens to.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SecretData {
+    pub items: BVec<SecretItem, 64>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SecretItem {
+    pub key: BString<253>,
+    pub value: BVec<u8, MAX_SEALED_BYTES>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -151,10 +193,96 @@ pub struct PodSpec {
     pub restart_policy: RestartPolicy,
     pub termination_grace_secs: u32,
     pub containers: BVec<ContainerSpec, MAX_CONTAINERS_PER_POD>,
+    /// Run to completion, in order, before `containers` start.
+    pub init_containers: BVec<ContainerSpec, MAX_CONTAINERS_PER_POD>,
+    pub volumes: BVec<Volume, 16>,
+    /// Names of secrets in [`DesiredState::secrets`] holding registry credentials
+    /// (`.dockerconfigjson`).
+    pub image_pull_secrets: BVec<BString<253>, 8>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct EnvVar {
+    pub name: BString<256>,
+    pub value: EnvValue,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum EnvValue {
+    Literal(BString<4096>),
+    /// `valueFrom.secretKeyRef`: a key of a secret in [`DesiredState::secrets`].
+    SecretKey {
+        secret: BString<253>,
+        key: BString<253>,
+    },
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Volume {
+    pub name: BString<63>,
+    pub source: VolumeSource,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum VolumeSource {
+    /// Files named after the secret's keys, on a tmpfs private to the pod.
+    Secret { secret_name: BString<253> },
+    /// Scratch space shared by the pod's containers, gone with the pod.
+    EmptyDir { size_limit_bytes: Option<u64> },
+    /// Only sent when the coordinator's policy allows host paths.
+    HostPath { path: BString<4096> },
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct VolumeMount {
+    pub name: BString<63>,
+    pub mount_path: BString<4096>,
+    pub read_only: bool,
+}
+
+/// k8s `securityContext`, already checked against the coordinator's policy.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SecurityContext {
+    pub privileged: bool,
+    pub capabilities_add: BVec<BString<32>, 48>,
+    pub capabilities_drop: BVec<BString<32>, 48>,
+    pub run_as_user: Option<u32>,
+    pub run_as_group: Option<u32>,
+    pub read_only_root_filesystem: bool,
+}
+
+/// A k8s probe; the coordinator fills in k8s's defaults and resolves named ports.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Probe {
+    pub handler: ProbeHandler,
+    pub initial_delay_secs: u32,
+    pub period_secs: u32,
+    pub timeout_secs: u32,
+    pub success_threshold: u32,
+    pub failure_threshold: u32,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ProbeHandler {
+    /// Runs inside the container's namespaces; exit code 0 is success.
+    Exec { command: BVec<BString<4096>, 64> },
+    /// Success is a status in 200..400. `host` defaults to the pod's address.
+    HttpGet {
+        path: BString<2048>,
+        port: u16,
+        https: bool,
+        host: Option<BString<253>>,
+        headers: BVec<HttpHeader, 16>,
+    },
+    /// Success is an accepted connection.
+    TcpSocket {
+        port: u16,
+        host: Option<BString<253>>,
+    },
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HttpHeader {
     pub name: BString<256>,
     pub value: BString<4096>,
 }
@@ -188,6 +316,11 @@ pub struct ContainerSpec {
     pub working_dir: Option<BString<4096>>,
     pub ports: BVec<Port, 32>,
     pub resources: Resources,
+    pub volume_mounts: BVec<VolumeMount, 16>,
+    pub liveness_probe: Option<Probe>,
+    pub readiness_probe: Option<Probe>,
+    pub startup_probe: Option<Probe>,
+    pub security: SecurityContext,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -216,6 +349,8 @@ pub struct PodStatus {
     pub uid: BString<64>,
     pub pod_ip: Option<IpAddr>,
     pub containers: BVec<ContainerStatus, MAX_CONTAINERS_PER_POD>,
+    /// One per init container, in order; empty once the pod has none.
+    pub init_containers: BVec<ContainerStatus, MAX_CONTAINERS_PER_POD>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -223,6 +358,20 @@ pub struct ContainerStatus {
     pub name: BString<63>,
     pub state: ContainerState,
     pub restart_count: u32,
+    /// Running and passing its readiness probe (or running, without one).
+    pub ready: bool,
+    /// How the previous run of this container ended.
+    pub last_termination: Option<Termination>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Termination {
+    pub exit_code: i32,
+    /// k8s's words: `Completed`, `Error`, `OOMKilled`, or why the agent killed it
+    /// (e.g. `LivenessProbeFailed`).
+    pub reason: BString<128>,
+    /// Unix milliseconds, agent clock.
+    pub finished_at_ms: u64,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

@@ -15,7 +15,7 @@ proptest! {
     #[test]
     fn valid_prefix_then_garbage_never_panics(tail in proptest::collection::vec(any::<u8>(), 0..512), body_tag in 0u8..8) {
         // A correct version and sender, then an arbitrary body: exercises every decoder.
-        let mut bytes = vec![1, 1, 4, b'p', b'i', b'-', b'1', 5, body_tag];
+        let mut bytes = vec![2, 1, 4, b'p', b'i', b'-', b'1', 5, 0, body_tag];
         bytes.extend_from_slice(&tail);
         let _ = Envelope::decode(&bytes);
     }
@@ -46,8 +46,8 @@ fn oversized_input_is_refused_before_parsing() {
 #[test]
 fn unknown_version_is_named() {
     assert_eq!(
-        Envelope::decode(&[2, 0, 0, 3]),
-        Err(ProtoError::UnsupportedVersion { got: 2 })
+        Envelope::decode(&[1, 0, 0, 3]),
+        Err(ProtoError::UnsupportedVersion { got: 1 })
     );
 }
 
@@ -67,7 +67,7 @@ fn trailing_bytes_are_refused() {
 fn declared_lengths_over_the_bound_are_refused_without_allocating() {
     // Desired state claiming u32::MAX pods: the bounded decoder must refuse it from the
     // length prefix alone (a naive Vec decoder would try to reserve for it).
-    let mut bytes = vec![1, 0, 0, 4, 1];
+    let mut bytes = vec![2, 0, 0, 0, 4, 1];
     bytes.extend_from_slice(&[0xff, 0xff, 0xff, 0xff, 0x0f]);
     assert!(matches!(
         Envelope::decode(&bytes),
@@ -82,6 +82,9 @@ fn declared_lengths_over_the_bound_are_refused_without_allocating() {
             restart_policy: RestartPolicy::Never,
             termination_grace_secs: 0,
             containers: BVec::new(),
+            init_containers: BVec::new(),
+            volumes: BVec::new(),
+            image_pull_secrets: BVec::new(),
         })
         .collect();
     // Encoding through a plain Vec to bypass the constructor's own bound check.
@@ -90,19 +93,23 @@ fn declared_lengths_over_the_bound_are_refused_without_allocating() {
         v: u16,
         s: Sender,
         seq: u64,
+        sent_at_ms: u64,
         tag: u8,
         generation: u64,
         pods: &'a [PodSpec],
+        secrets: &'a [SealedSecret],
         sig: &'a [u8],
     }
     let raw = |pods: &[PodSpec]| {
         postcard::to_allocvec(&Raw {
-            v: 1,
+            v: PROTO_VERSION,
             s: Sender::Coordinator,
             seq: 0,
+            sent_at_ms: 0,
             tag: 4,
             generation: 1,
             pods,
+            secrets: &[],
             sig: &[],
         })
         .unwrap()
@@ -120,10 +127,10 @@ fn strings_over_their_bound_are_refused() {
     // A Status with one pod whose name is `n` bytes long (bound 253). The same layout
     // decodes at 253 and fails at 254, so the failure is the bound and nothing else.
     fn status_with_pod_name(n: usize) -> Vec<u8> {
-        let mut bytes = vec![1, 1, 1, b'n', 0, 2, 0, 1];
+        let mut bytes = vec![2, 1, 1, b'n', 0, 0, 2, 0, 1];
         bytes.extend_from_slice(&[(n as u8) | 0x80, (n >> 7) as u8]);
         bytes.extend_from_slice("x".repeat(n).as_bytes());
-        bytes.extend_from_slice(&[1, b'u', 0, 0, 0]);
+        bytes.extend_from_slice(&[1, b'u', 0, 0, 0, 0]);
         bytes
     }
     assert!(BString::<253>::new("x".repeat(254)).is_err());
@@ -143,6 +150,6 @@ fn node_names_are_single_topic_levels() {
         assert!(NodeName::new(good).is_ok(), "{good:?} refused");
     }
     // The decoder applies the same rule: sender "a/b".
-    assert!(Envelope::decode(&[1, 1, 3, b'a', b'/', b'b', 0, 3, 0]).is_err());
-    assert!(Envelope::decode(&[1, 1, 3, b'a', b'-', b'b', 0, 3, 0]).is_ok());
+    assert!(Envelope::decode(&[2, 1, 3, b'a', b'/', b'b', 0, 0, 3, 0]).is_err());
+    assert!(Envelope::decode(&[2, 1, 3, b'a', b'-', b'b', 0, 0, 3, 0]).is_ok());
 }

@@ -33,10 +33,11 @@ fn heartbeat() {
             status_digest: 0x0102_0304_0506_0708,
         }),
     );
-    // 01 version | 01 Node, 04 "pi-1" | ac02 seq=300 | 01 Heartbeat | 07 gen | digest varint | 00 no signature
+    // 02 version | 01 Node, 04 "pi-1" | ac02 seq=300 | 00 sent_at | 01 Heartbeat | 07 gen |
+    // digest varint | 00 no signature
     check(
         env,
-        "0101047069 2d31ac020107 888e98a8c0e0808101 00"
+        "0201047069 2d31ac02 00 0107 888e98a8c0e0808101 00"
             .replace(' ', "")
             .as_str(),
     );
@@ -46,11 +47,11 @@ fn heartbeat() {
 fn offline_and_status_request() {
     check(
         Envelope::new(Sender::Node(node()), 0, Body::Offline),
-        "01010470692d31000300",
+        "02010470692d3100000300",
     );
     check(
         Envelope::new(Sender::Coordinator, 1, Body::StatusRequest),
-        "0100010500",
+        "020001000500",
     );
 }
 
@@ -81,7 +82,7 @@ fn hello() {
     );
     check(env, &HELLO.replace([' ', '\\'], ""));
 }
-const HELLO: &str = "010104 70692d31 01 00 05 61726d3634 00 05 6c696e7578 05 302e312e30 \
+const HELLO: &str = "020104 70692d31 01 00 00 05 61726d3634 00 05 6c696e7578 05 302e312e30 \
 ac1b 8080808004 6e 01 04 7a6f6e65 03 6c6162 01 00 0a000002 0c 31302e34322e312e302f3234 03 00";
 
 #[test]
@@ -94,7 +95,7 @@ fn desired_state() {
         args: BVec::from_vec(vec![s("-p"), s("8080")]).unwrap(),
         env: BVec::from_vec(vec![EnvVar {
             name: s("MESSAGE"),
-            value: s("hi"),
+            value: EnvValue::Literal(s("hi")),
         }])
         .unwrap(),
         working_dir: Some(s("/www")),
@@ -110,6 +111,11 @@ fn desired_state() {
             memory_request_bytes: 16 << 20,
             memory_limit_bytes: Some(32 << 20),
         },
+        liveness_probe: None,
+        readiness_probe: None,
+        security: Default::default(),
+        volume_mounts: BVec::new(),
+        startup_probe: None,
     };
     let pod = PodSpec {
         name: s("web-abc"),
@@ -118,6 +124,9 @@ fn desired_state() {
         restart_policy: RestartPolicy::Always,
         termination_grace_secs: 30,
         containers: BVec::from_vec(vec![c]).unwrap(),
+        init_containers: BVec::new(),
+        volumes: BVec::new(),
+        image_pull_secrets: BVec::new(),
     };
     let env = Envelope::new(
         Sender::Coordinator,
@@ -125,13 +134,15 @@ fn desired_state() {
         Body::Desired(DesiredState {
             generation: 2,
             pods: BVec::from_vec(vec![pod]).unwrap(),
+            secrets: BVec::new(),
         }),
     );
     check(env, &DESIRED.replace([' ', '\\'], ""));
 }
-const DESIRED: &str = "0100090402010777 65622d616263 02 7531 00 00 1e 01 03 776562 \
+const DESIRED: &str = "020009000402010777 65622d616263 02 7531 00 00 1e 01 03 776562 \
 20 3132372e302e302e313a353030302f6261746f6e2f687474702d6563686f3a31 01 00 02 022d70 0438303830 \
-01 074d455353414745 026869 01 042f777777 01 903f01 5000 64 01f403 8080800801 808080 1000";
+01 074d455353414745 00 026869 01 042f777777 01 903f01 5000 64 01f403 8080800801 808080 10 \
+00 000000 000000000000 00 00 00 00 00";
 
 #[test]
 fn status() {
@@ -149,22 +160,222 @@ fn status() {
                         name: s("a"),
                         state: ContainerState::OomKilled,
                         restart_count: 1,
+                        last_termination: None,
+                        ready: true,
                     },
                     ContainerStatus {
                         name: s("b"),
                         state: ContainerState::Failed { reason: s("x") },
                         restart_count: 0,
+                        last_termination: None,
+                        ready: true,
                     },
                 ])
                 .unwrap(),
+                init_containers: BVec::new(),
             }])
             .unwrap(),
         }),
     );
     check(
         env,
-        "010104 70692d31 02 02 02 01 0170 0175 01 00 0a2a0102 02 0161 04 01 0162 05 0178 00 00"
+        "020104 70692d31 02 00 02 02 01 0170 0175 01 00 0a2a0102 02 0161 04 01 01 00 0162 05 0178 00 01 00 00 00"
             .replace(' ', "")
             .as_str(),
     );
+}
+
+fn probe(handler: ProbeHandler) -> Probe {
+    Probe {
+        handler,
+        initial_delay_secs: 1,
+        period_secs: 10,
+        timeout_secs: 1,
+        success_threshold: 1,
+        failure_threshold: 3,
+    }
+}
+
+#[test]
+fn desired_state_v2_fields() {
+    let c = ContainerSpec {
+        name: s("app"),
+        image: s("r/a@sha256:00"),
+        image_pull_policy: PullPolicy::Never,
+        command: BVec::new(),
+        args: BVec::new(),
+        env: BVec::from_vec(vec![EnvVar {
+            name: s("PW"),
+            value: EnvValue::SecretKey {
+                secret: s("db"),
+                key: s("pw"),
+            },
+        }])
+        .unwrap(),
+        working_dir: None,
+        ports: BVec::new(),
+        resources: Resources::default(),
+        volume_mounts: BVec::from_vec(vec![VolumeMount {
+            name: s("creds"),
+            mount_path: s("/s"),
+            read_only: true,
+        }])
+        .unwrap(),
+        liveness_probe: Some(probe(ProbeHandler::Exec {
+            command: BVec::from_vec(vec![s("true")]).unwrap(),
+        })),
+        readiness_probe: Some(probe(ProbeHandler::HttpGet {
+            path: s("/h"),
+            port: 80,
+            https: false,
+            host: None,
+            headers: BVec::from_vec(vec![HttpHeader {
+                name: s("X"),
+                value: s("y"),
+            }])
+            .unwrap(),
+        })),
+        startup_probe: Some(probe(ProbeHandler::TcpSocket {
+            port: 81,
+            host: None,
+        })),
+        security: SecurityContext {
+            privileged: false,
+            capabilities_add: BVec::from_vec(vec![s("NET_ADMIN")]).unwrap(),
+            capabilities_drop: BVec::new(),
+            run_as_user: Some(1000),
+            run_as_group: None,
+            read_only_root_filesystem: true,
+        },
+    };
+    let init = ContainerSpec {
+        name: s("i"),
+        image: s("r/b"),
+        image_pull_policy: PullPolicy::Always,
+        command: BVec::new(),
+        args: BVec::new(),
+        env: BVec::new(),
+        working_dir: None,
+        ports: BVec::new(),
+        resources: Resources::default(),
+        volume_mounts: BVec::new(),
+        liveness_probe: None,
+        readiness_probe: None,
+        startup_probe: None,
+        security: SecurityContext::default(),
+    };
+    let pod = PodSpec {
+        name: s("p"),
+        uid: s("u"),
+        host_network: false,
+        restart_policy: RestartPolicy::OnFailure,
+        termination_grace_secs: 5,
+        containers: BVec::from_vec(vec![c]).unwrap(),
+        init_containers: BVec::from_vec(vec![init]).unwrap(),
+        volumes: BVec::from_vec(vec![
+            Volume {
+                name: s("creds"),
+                source: VolumeSource::Secret {
+                    secret_name: s("db"),
+                },
+            },
+            Volume {
+                name: s("tmp"),
+                source: VolumeSource::EmptyDir {
+                    size_limit_bytes: Some(1024),
+                },
+            },
+        ])
+        .unwrap(),
+        image_pull_secrets: BVec::from_vec(vec![s("regcred")]).unwrap(),
+    };
+    let mut env = Envelope::new(
+        Sender::Coordinator,
+        1_800_000_000_000_000,
+        Body::Desired(DesiredState {
+            generation: 1,
+            pods: BVec::from_vec(vec![pod]).unwrap(),
+            secrets: BVec::from_vec(vec![SealedSecret {
+                name: s("db"),
+                version: 3,
+                sealed: Sealed {
+                    scheme: SealScheme::X25519ChaCha20Poly1305,
+                    data: BVec::from_vec(vec![0xaa, 0xbb]).unwrap(),
+                },
+            }])
+            .unwrap(),
+        }),
+    );
+    env.sent_at_ms = 1_800_000_000_000;
+    env.signature = BVec::from_vec(vec![0x5a; 64]).unwrap();
+    check(env, &DESIRED_V2.replace([' ', '\\'], ""));
+}
+// seq and sent_at are realistic microsecond/millisecond clocks; the 64-byte signature is
+// a placeholder pattern (the crate does not sign; it only defines what is signed).
+const DESIRED_V2: &str = "0200 8080e2c4f2a29903 80a0f1c2b134 04 01 01 0170 0175 00 01 05 01 \
+03617070 0d722f61407368613235363a3030 02 00 00 01 025057 01 026462 027077 00 00 00000000 \
+01 056372656473 022f73 01 \
+01 00 01 0474727565 010a01 0103 \
+01 01 022f68 50 00 00 01 0158 0179 010a01 0103 \
+01 02 51 00 010a01 0103 \
+00 01 094e45545f41444d494e 00 01 e807 00 01 \
+01 0169 03722f62 00 00 00 00 00 00 00000000 00 000000 000000000000 \
+02 056372656473 00 026462 03746d70 01 01 8008 \
+01 07726567637265 64 \
+01 026462 03 00 02aabb \
+40 5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a";
+
+#[test]
+fn status_v2_fields() {
+    let ready = ContainerStatus {
+        name: s("a"),
+        state: ContainerState::Running {
+            started_at_ms: 1_000,
+        },
+        restart_count: 2,
+        ready: true,
+        last_termination: Some(Termination {
+            exit_code: 137,
+            reason: s("OOMKilled"),
+            finished_at_ms: 900,
+        }),
+    };
+    let init = ContainerStatus {
+        name: s("i"),
+        state: ContainerState::Exited { code: 0 },
+        restart_count: 0,
+        ready: false,
+        last_termination: None,
+    };
+    let env = Envelope::new(
+        Sender::Node(node()),
+        3,
+        Body::Status(NodeStatus {
+            applied_generation: 1,
+            pods: BVec::from_vec(vec![PodStatus {
+                name: s("p"),
+                uid: s("u"),
+                pod_ip: None,
+                containers: BVec::from_vec(vec![ready]).unwrap(),
+                init_containers: BVec::from_vec(vec![init]).unwrap(),
+            }])
+            .unwrap(),
+        }),
+    );
+    check(env, &STATUS_V2.replace([' ', '\\'], ""));
+}
+const STATUS_V2: &str = "020104 70692d31 03 00 02 01 01 0170 0175 00 \
+01 0161 02 e807 02 01 01 9202 094f4f4d4b696c6c6564 8407 \
+01 0169 03 00 00 00 00 00";
+
+#[test]
+fn signing_bytes_bind_the_topic_and_ignore_the_signature() {
+    let mut env = Envelope::new(Sender::Coordinator, 1, Body::StatusRequest);
+    let a = env.signing_bytes("baton/v1/nodes/a/down/control").unwrap();
+    env.signature = BVec::from_vec(vec![1, 2, 3]).unwrap();
+    assert_eq!(a, env.signing_bytes("baton/v1/nodes/a/down/control").unwrap());
+    assert_ne!(a, env.signing_bytes("baton/v1/nodes/b/down/control").unwrap());
+    assert!(a.starts_with(SIGNING_CONTEXT));
+    env.seq = 2;
+    assert_ne!(a, env.signing_bytes("baton/v1/nodes/a/down/control").unwrap());
 }

@@ -16,6 +16,7 @@ use anyhow::{bail, Context, Result};
 use serde_json::Value;
 
 pub mod fleet;
+pub mod proxy;
 
 pub fn repo_root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))

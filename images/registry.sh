@@ -7,7 +7,13 @@
 #
 # Works under `ip netns exec NS`: the daemon inherits the namespace, and the readiness
 # probe runs from the same one. Only the HTTP listener is configured: no debug or
-# prometheus listeners, no auth, plain HTTP.
+# prometheus listeners; by default no auth and plain HTTP.
+#
+# Optional environment (for auth and TLS tests):
+#   REGISTRY_HTPASSWD=FILE   basic auth against an htpasswd file (bcrypt lines)
+#   REGISTRY_TLS_CERT=FILE REGISTRY_TLS_KEY=FILE   serve HTTPS with this certificate
+#   REGISTRY_STORAGE=DIR     storage root (default DATA_DIR/storage); lets a second
+#                            registry serve what another one holds
 set -euo pipefail
 
 usage() { echo "usage: $0 start|stop ADDR DATA_DIR" >&2; exit 2; }
@@ -27,8 +33,21 @@ running() {
 case "$action" in
   start)
     [ -x "$registry_bin" ] || { echo "registry.sh: $registry_bin missing; run scripts/install-deps.sh" >&2; exit 1; }
-    mkdir -p "$data/storage"
+    storage=${REGISTRY_STORAGE:-$data/storage}
+    mkdir -p "$data" "$storage"
     data=$(cd "$data" && pwd)
+    storage=$(cd "$storage" && pwd)
+    scheme=http
+    extra=""
+    if [ -n "${REGISTRY_HTPASSWD:-}" ]; then
+      extra+=$'auth:\n  htpasswd:\n    realm: baton-registry\n    path: '"$REGISTRY_HTPASSWD"$'\n'
+    fi
+    if [ -n "${REGISTRY_TLS_CERT:-}" ]; then
+      scheme=https
+      tls=$'  tls:\n    certificate: '"$REGISTRY_TLS_CERT"$'\n    key: '"${REGISTRY_TLS_KEY:?REGISTRY_TLS_KEY is needed with REGISTRY_TLS_CERT}"$'\n'
+    else
+      tls=""
+    fi
     pidfile="$data/registry.pid"
     if running; then
       echo "registry.sh: already running (pid $(cat "$pidfile"))" >&2
@@ -42,17 +61,20 @@ log:
     disabled: true
 storage:
   filesystem:
-    rootdirectory: $data/storage
+    rootdirectory: $storage
   delete:
     enabled: true
-http:
+${extra}http:
   addr: $addr
+${tls}
 EOF
     # setsid: the registry must outlive this script and not share its process group.
     setsid "$registry_bin" serve "$data/config.yml" </dev/null >"$data/registry.log" 2>&1 &
     echo $! >"$pidfile"
     for _ in $(seq 1 200); do
-      if curl -fsS -o /dev/null --max-time 1 "http://$addr/v2/" 2>/dev/null; then
+      # Any HTTP answer means it serves: 401 is what an auth registry says to anyone.
+      code=$(curl -ksS -o /dev/null -w '%{http_code}' --max-time 1 "$scheme://$addr/v2/" 2>/dev/null || true)
+      if [ "$code" = 200 ] || [ "$code" = 401 ]; then
         exit 0
       fi
       if ! running; then
@@ -63,7 +85,7 @@ EOF
       fi
       sleep 0.1
     done
-    echo "registry.sh: no answer from http://$addr/v2/ after 20 s; log:" >&2
+    echo "registry.sh: no answer from $scheme://$addr/v2/ after 20 s; log:" >&2
     cat "$data/registry.log" >&2
     kill "$(cat "$pidfile")" 2>/dev/null || true
     rm -f "$pidfile"

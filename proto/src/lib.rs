@@ -14,6 +14,7 @@ mod bounded;
 pub mod broker;
 mod envelope;
 mod messages;
+pub mod sign;
 pub mod topics;
 
 pub use bounded::{BString, BVec};

@@ -1,8 +1,12 @@
 #!/usr/bin/env bash
-# Builds Baton's example images (baton/busybox:1, baton/http-echo:1 and :2), each a
-# linux/amd64 + linux/arm64 image index, as OCI layouts under images/out/ (or --out DIR),
-# reproducibly, without Docker. With --push HOST:PORT it also pushes them to a plain-HTTP
-# registry (see images/registry.sh). Prints every image's index digest.
+# Builds Baton's example images (baton/busybox:1, baton/http-echo:1 and :2, and the todo
+# app's baton/todo-app:1 and :2 and baton/kv:1), each a linux/amd64 + linux/arm64 image
+# index, as OCI layouts under images/out/ (or --out DIR), reproducibly, without Docker.
+# With --push HOST:PORT it also pushes them to a plain-HTTP registry (see
+# images/registry.sh). Prints every image's index digest.
+#
+# The todo app's binaries are built here from images/apps (static musl, both targets,
+# cached in images/apps/target); the aarch64 one through .cargo/config.toml's cross setup.
 #
 #   images/build.sh [--out DIR] [--push HOST:PORT]
 set -euo pipefail
@@ -15,7 +19,7 @@ while [ $# -gt 0 ]; do
   case "$1" in
     --out) out=$2; shift 2 ;;
     --push) push=$2; shift 2 ;;
-    -h|--help) sed -n '2,7p' "$0"; exit 0 ;;
+    -h|--help) sed -n '2,11p' "$0"; exit 0 ;;
     *) echo "build.sh: unknown argument $1" >&2; exit 2 ;;
   esac
 done
@@ -59,10 +63,32 @@ arm64_bin="$scratch/arm64/bin/busybox"
 # applet list; take it from the one we can run.
 "$amd64_bin" --list-full > "$scratch/applets"
 
+# The todo app: std-only Rust, so an offline build; cargo's own lock serializes parallel
+# runs. The path remap keeps this checkout's location out of the binaries, so other
+# checkouts with the same toolchain get the same bytes.
+apps="$here/apps"
+for t in x86_64-unknown-linux-musl aarch64-unknown-linux-musl; do
+  if ! rustup target list --installed 2>/dev/null | grep -qx "$t"; then
+    echo "build.sh: Rust target $t is missing; run scripts/install-deps.sh (or rustup target add $t)" >&2
+    exit 1
+  fi
+done
+command -v aarch64-linux-gnu-gcc >/dev/null || {
+  echo "build.sh: aarch64-linux-gnu-gcc (the aarch64 linker) is missing; run scripts/install-deps.sh" >&2
+  exit 1
+}
+for t in x86_64-unknown-linux-musl aarch64-unknown-linux-musl; do
+  (cd "$apps" && CARGO_TARGET_DIR="$apps/target" CARGO_ENCODED_RUSTFLAGS="--remap-path-prefix=$apps=/baton-apps" \
+    cargo build --quiet --release --locked --offline --target "$t") \
+    || { echo "build.sh: building images/apps for $t failed" >&2; exit 1; }
+done
+
 rm -rf "$out"
 mkdir -p "$out"
 python3 "$here/oci.py" build --out "$out" \
-  --busybox-amd64 "$amd64_bin" --busybox-arm64 "$arm64_bin" --applets "$scratch/applets"
+  --busybox-amd64 "$amd64_bin" --busybox-arm64 "$arm64_bin" --applets "$scratch/applets" \
+  --apps-amd64 "$apps/target/x86_64-unknown-linux-musl/release" \
+  --apps-arm64 "$apps/target/aarch64-unknown-linux-musl/release"
 
 if [ -n "$push" ]; then
   python3 "$here/oci.py" push --out "$out" --registry "$push"

@@ -8,6 +8,7 @@ timestamp (`gzip -n`), JSON with sorted keys and no whitespace, `created` fixed 
 
 Subcommands:
   build --out DIR --busybox-amd64 FILE --busybox-arm64 FILE --applets FILE
+        [--apps-amd64 DIR --apps-arm64 DIR]   (DIRs holding the todo-app and kv binaries)
   push  --out DIR --registry HOST:PORT
 """
 
@@ -172,6 +173,66 @@ def echo_tree(version):
     return t
 
 
+def app_base_tree():
+    """The todo app images' shared base layer: no binaries, so it is byte-identical for
+    every platform and both images (one blob, pulled once per node). Just what a static
+    binary in a container expects to find: users, hosts files to bind over, /tmp."""
+    t = Tree()
+    for d in ["dev", "etc", "proc", "sys", "usr/local/bin"]:
+        t.dir(d)
+    t.dir("tmp", 0o1777)
+    t.file("etc/passwd", b"root:x:0:0:root:/root:/sbin/nologin\nnobody:x:65534:65534:nobody:/nonexistent:/sbin/nologin\n")
+    t.file("etc/group", b"root:x:0:\nnogroup:x:65534:\n")
+    t.file("etc/hosts", b"127.0.0.1\tlocalhost\n::1\tlocalhost\n")
+    t.file("etc/hostname", b"")
+    t.file("etc/resolv.conf", b"")
+    return t
+
+
+def app_tree(name, binary, extra_dirs=()):
+    """One static binary at /usr/local/bin/NAME (the image's only arch-specific layer)."""
+    t = Tree()
+    t.file(f"usr/local/bin/{name}", binary, 0o755)
+    for d in extra_dirs:
+        t.dir(d)
+    return t
+
+
+def build_apps(out, apps_dirs, printed):
+    """baton/todo-app:1 and :2 (same layers, only APP_VERSION differs) and baton/kv:1."""
+    base = app_base_tree().tar()
+    binary = {arch: {n: open(os.path.join(apps_dirs[arch], n), "rb").read() for n in ["todo-app", "kv"]} for arch, _ in PLATFORMS}
+    todo_layer = {arch: app_tree("todo-app", binary[arch]["todo-app"]).tar() for arch, _ in PLATFORMS}
+    kv_layer = {arch: app_tree("kv", binary[arch]["kv"], ["data"]).tar() for arch, _ in PLATFORMS}
+
+    todo = Layout(os.path.join(out, "baton", "todo-app"))
+    for version in ["1", "2"]:
+        cfg = {
+            # host-gateway: the pod's default gateway, i.e. its node, where the kv store
+            # publishes its hostPort (Baton has no Services yet).
+            "Env": [PATH_ENV, "APP_VERSION=" + version, "PORT=3000", "KV_PRIMARY=host-gateway:6379"],
+            "Entrypoint": ["/usr/local/bin/todo-app"],
+            "ExposedPorts": {"3000/tcp": {}},
+            "WorkingDir": "/",
+            "Labels": {"org.opencontainers.image.title": "todo-app", "org.opencontainers.image.version": version},
+        }
+        entries = [image(todo, a, v, [base, todo_layer[a]], cfg) for a, v in PLATFORMS]
+        printed.append(("baton/todo-app:" + version, index(todo, version, entries)))
+    todo.finish()
+
+    kv = Layout(os.path.join(out, "baton", "kv"))
+    cfg = {
+        "Env": [PATH_ENV, "KV_PORT=6379"],
+        "Entrypoint": ["/usr/local/bin/kv"],
+        "ExposedPorts": {"6379/tcp": {}},
+        "WorkingDir": "/data",
+        "Labels": {"org.opencontainers.image.title": "kv", "org.opencontainers.image.version": "1"},
+    }
+    entries = [image(kv, a, v, [base, kv_layer[a]], cfg) for a, v in PLATFORMS]
+    printed.append(("baton/kv:1", index(kv, "1", entries)))
+    kv.finish()
+
+
 def image(layout, arch, variant, layers, config):
     """Writes layers, config and manifest for one platform; returns the index entry."""
     layer_descs, diff_ids = [], []
@@ -228,6 +289,11 @@ def cmd_build(args):
         entries = [image(echo, a, v, [base[a], www], cfg) for a, v in PLATFORMS]
         printed.append(("baton/http-echo:" + version, index(echo, version, entries)))
     echo.finish()
+
+    if args.apps_amd64 or args.apps_arm64:
+        if not (args.apps_amd64 and args.apps_arm64):
+            raise SystemExit("build: --apps-amd64 and --apps-arm64 go together")
+        build_apps(args.out, {"amd64": args.apps_amd64, "arm64": args.apps_arm64}, printed)
 
     for name, desc in printed:
         print(f"{name} {desc['digest']}")
@@ -315,6 +381,8 @@ def main():
     b.add_argument("--busybox-amd64", required=True)
     b.add_argument("--busybox-arm64", required=True)
     b.add_argument("--applets", required=True, help="output of `busybox --list-full`")
+    b.add_argument("--apps-amd64", help="directory with the x86_64 musl todo-app and kv binaries")
+    b.add_argument("--apps-arm64", help="directory with the aarch64 musl todo-app and kv binaries")
     b.set_defaults(func=cmd_build)
     q = sub.add_parser("push")
     q.add_argument("--out", required=True)

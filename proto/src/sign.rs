@@ -235,7 +235,8 @@ mod tests {
         let w = 600_000;
         let now = Some(1_000_000_000);
         use Freshness::*;
-        let cases: &[(Option<u64>, u64, u64, Option<u64>, Freshness)] = &[
+        type Case = (Option<u64>, u64, u64, Option<u64>, Freshness);
+        let cases: &[Case] = &[
             (None, 1, 1_000_000_000, now, Fresh),
             (Some(5), 6, 1_000_000_000, now, Fresh),
             (Some(5), 5, 1_000_000_000, now, Duplicate),

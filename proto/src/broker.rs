@@ -1,48 +1,78 @@
 //! The broker address both sides are configured with: `mqtt://host[:port]` (also `tcp://`,
-//! or a bare `host[:port]`), port 1883 by default. Defined once so an address that works
-//! for the coordinator's `--broker` works for an agent's `--coordinator` too.
+//! or a bare `host[:port]`), port 1883 by default, or `mqtts://host[:port]` for MQTT over
+//! TLS, port 8883 by default. Defined once so an address that works for the coordinator's
+//! `--broker` works for an agent's `--coordinator` too.
 
 use crate::ProtoError;
 
 pub const DEFAULT_PORT: u16 = 1883;
+/// The IANA port for MQTT over TLS.
+pub const DEFAULT_TLS_PORT: u16 = 8883;
 
-/// Splits a broker address into host and port.
-pub fn parse_broker_url(url: &str) -> Result<(String, u16), ProtoError> {
-    let err = |reason: &str| ProtoError::BrokerUrl {
-        url: url.to_owned(),
-        reason: reason.to_owned(),
-    };
-    let rest = match url.split_once("://") {
-        Some(("mqtt" | "tcp", rest)) => rest,
-        Some((scheme, _)) => {
-            return Err(err(&format!(
-                "unsupported scheme {scheme:?}: use mqtt://host:port"
-            )))
+/// A parsed broker address.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BrokerUrl {
+    pub host: String,
+    pub port: u16,
+    /// `mqtts://`: the connection must be TLS. Never inferred from the port, so a typo
+    /// cannot silently downgrade a connection to clear text.
+    pub tls: bool,
+}
+
+impl BrokerUrl {
+    pub fn parse(url: &str) -> Result<Self, ProtoError> {
+        let err = |reason: &str| ProtoError::BrokerUrl {
+            url: url.to_owned(),
+            reason: reason.to_owned(),
+        };
+        let (rest, tls) = match url.split_once("://") {
+            Some(("mqtt" | "tcp", rest)) => (rest, false),
+            Some(("mqtts", rest)) => (rest, true),
+            Some((scheme, _)) => {
+                return Err(err(&format!(
+                    "unsupported scheme {scheme:?}: use mqtt://host:port or mqtts://host:port"
+                )))
+            }
+            None => (url, false),
+        };
+        let default_port = if tls { DEFAULT_TLS_PORT } else { DEFAULT_PORT };
+        let rest = rest.trim_end_matches('/');
+        if rest.is_empty() || rest.contains('/') || rest.contains('@') {
+            return Err(err("expected mqtt://host:port"));
         }
-        None => url,
-    };
-    let rest = rest.trim_end_matches('/');
-    if rest.is_empty() || rest.contains('/') || rest.contains('@') {
-        return Err(err("expected mqtt://host:port"));
+        if let Ok(sa) = rest.parse::<core::net::SocketAddr>() {
+            return Ok(Self {
+                host: sa.ip().to_string(),
+                port: sa.port(),
+                tls,
+            });
+        }
+        let (host, port) = match rest.rsplit_once(':') {
+            // A colon inside an unbracketed host is an IPv6 address without a port.
+            Some((h, p)) if !h.contains(':') || h.starts_with('[') => (
+                h.trim_start_matches('[').trim_end_matches(']'),
+                p.parse::<u16>().map_err(|_| err("bad port"))?,
+            ),
+            _ => (
+                rest.trim_start_matches('[').trim_end_matches(']'),
+                default_port,
+            ),
+        };
+        if host.is_empty() {
+            return Err(err("missing host"));
+        }
+        Ok(Self {
+            host: host.to_owned(),
+            port,
+            tls,
+        })
     }
-    if let Ok(sa) = rest.parse::<core::net::SocketAddr>() {
-        return Ok((sa.ip().to_string(), sa.port()));
-    }
-    let (host, port) = match rest.rsplit_once(':') {
-        // A colon inside an unbracketed host is an IPv6 address without a port.
-        Some((h, p)) if !h.contains(':') || h.starts_with('[') => (
-            h.trim_start_matches('[').trim_end_matches(']'),
-            p.parse::<u16>().map_err(|_| err("bad port"))?,
-        ),
-        _ => (
-            rest.trim_start_matches('[').trim_end_matches(']'),
-            DEFAULT_PORT,
-        ),
-    };
-    if host.is_empty() {
-        return Err(err("missing host"));
-    }
-    Ok((host.to_owned(), port))
+}
+
+/// Splits a broker address into host and port (see [`BrokerUrl::parse`] for whether it
+/// asks for TLS).
+pub fn parse_broker_url(url: &str) -> Result<(String, u16), ProtoError> {
+    BrokerUrl::parse(url).map(|u| (u.host, u.port))
 }
 
 #[cfg(test)]
@@ -67,8 +97,28 @@ mod tests {
             "mqtt://u@h:1",
             "mqtt://h:1/x",
             ":1883",
+            "mqtts://",
+            "ssl://h:1",
         ] {
             assert!(parse_broker_url(bad).is_err(), "{bad:?}");
         }
+    }
+
+    #[test]
+    fn tls_only_from_the_scheme() {
+        let u = |s: &str| BrokerUrl::parse(s).unwrap();
+        assert_eq!(
+            u("mqtts://broker.lan"),
+            BrokerUrl {
+                host: "broker.lan".into(),
+                port: 8883,
+                tls: true
+            }
+        );
+        assert_eq!(u("mqtts://10.0.0.1:1884").port, 1884);
+        assert!(u("mqtts://[::1]:8884").tls);
+        // Port 8883 without the scheme is still clear text: never guessed from the port.
+        assert!(!u("mqtt://h:8883").tls && !u("h:8883").tls);
+        assert_eq!(parse_broker_url("mqtts://h").unwrap(), ("h".into(), 8883));
     }
 }

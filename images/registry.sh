@@ -10,10 +10,11 @@
 # prometheus listeners; by default no auth and plain HTTP.
 #
 # Optional environment (for auth and TLS tests):
-#   REGISTRY_HTPASSWD=FILE   basic auth against an htpasswd file (bcrypt lines)
-#   REGISTRY_TLS_CERT=FILE REGISTRY_TLS_KEY=FILE   serve HTTPS with this certificate
-#   REGISTRY_STORAGE=DIR     storage root (default DATA_DIR/storage); lets a second
+#   REG_HTPASSWD=FILE   basic auth against an htpasswd file (bcrypt lines)
+#   REG_TLS_CERT=FILE REG_TLS_KEY=FILE   serve HTTPS with this certificate
+#   REG_STORAGE=DIR     storage root (default DATA_DIR/storage); lets a second
 #                            registry serve what another one holds
+# (Not REGISTRY_*: docker-registry reads those as overrides of its own config.)
 set -euo pipefail
 
 usage() { echo "usage: $0 start|stop ADDR DATA_DIR" >&2; exit 2; }
@@ -33,18 +34,18 @@ running() {
 case "$action" in
   start)
     [ -x "$registry_bin" ] || { echo "registry.sh: $registry_bin missing; run scripts/install-deps.sh" >&2; exit 1; }
-    storage=${REGISTRY_STORAGE:-$data/storage}
+    storage=${REG_STORAGE:-$data/storage}
     mkdir -p "$data" "$storage"
     data=$(cd "$data" && pwd)
     storage=$(cd "$storage" && pwd)
     scheme=http
     extra=""
-    if [ -n "${REGISTRY_HTPASSWD:-}" ]; then
-      extra+=$'auth:\n  htpasswd:\n    realm: baton-registry\n    path: '"$REGISTRY_HTPASSWD"$'\n'
+    if [ -n "${REG_HTPASSWD:-}" ]; then
+      extra+=$'auth:\n  htpasswd:\n    realm: baton-registry\n    path: '"$REG_HTPASSWD"$'\n'
     fi
-    if [ -n "${REGISTRY_TLS_CERT:-}" ]; then
+    if [ -n "${REG_TLS_CERT:-}" ]; then
       scheme=https
-      tls=$'  tls:\n    certificate: '"$REGISTRY_TLS_CERT"$'\n    key: '"${REGISTRY_TLS_KEY:?REGISTRY_TLS_KEY is needed with REGISTRY_TLS_CERT}"$'\n'
+      tls=$'  tls:\n    certificate: '"$REG_TLS_CERT"$'\n    key: '"${REG_TLS_KEY:?REG_TLS_KEY is needed with REG_TLS_CERT}"$'\n'
     else
       tls=""
     fi

@@ -1039,11 +1039,11 @@ fn auth_steps(rig: &mut Rig) -> Result<()> {
         .cmd(repo_root().join("images/registry.sh"))
         .args(["start", &addr])
         .arg(&reg_dir)
-        .env("REGISTRY_HTPASSWD", dir.join("htpasswd"))
-        .env("REGISTRY_TLS_CERT", dir.join("srv.pem"))
-        .env("REGISTRY_TLS_KEY", dir.join("srv.key"))
+        .env("REG_HTPASSWD", dir.join("htpasswd"))
+        .env("REG_TLS_CERT", dir.join("srv.pem"))
+        .env("REG_TLS_KEY", dir.join("srv.key"))
         .env(
-            "REGISTRY_STORAGE",
+            "REG_STORAGE",
             rig.lab.dir.path().join("registry/storage"),
         ))?;
     rig.cleanups.push(Cleanup::Registry {

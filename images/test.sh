@@ -3,8 +3,12 @@
 #   1. two builds give byte-identical layouts (same digests for every blob);
 #   2. a push to a fresh registry on 127.0.0.1:<free port> succeeds, and the index and both
 #      platform manifests come back with curl, with the right media types and platforms;
-#   3. the amd64 http-echo rootfs serves its CGI on loopback and reports MESSAGE.
-# Cleans up (registry, temp dirs, httpd) on any exit. Needs root (chroot) and python3.
+#   3. the amd64 http-echo rootfs serves its CGI on loopback and reports MESSAGE;
+#   4. the todo app images: todo-app and kv share their base layer, :1 and :2 differ only
+#      in config; the amd64 binaries from the layers run for real on loopback (kv primary
+#      + replica + todo-app: a todo posted, read back, seen on the replica; the primary
+#      killed -> /healthz 503); the arm64 kv answers PING under qemu-aarch64-static.
+# Cleans up (registry, temp dirs, processes) on any exit. Needs root (chroot) and python3.
 set -euo pipefail
 
 here=$(cd "$(dirname "$0")" && pwd)
@@ -12,9 +16,11 @@ tmp=$(mktemp -d /tmp/baton-images-test.XXXXXX)
 port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
 addr="127.0.0.1:$port"
 httpd_pid=""
+pids=()
 cleanup() {
   set +e
   if [ -n "$httpd_pid" ]; then kill "$httpd_pid" 2>/dev/null; wait "$httpd_pid" 2>/dev/null; fi
+  for p in "${pids[@]}"; do kill "$p" 2>/dev/null; wait "$p" 2>/dev/null; done
   "$here/registry.sh" stop "$addr" "$tmp/registry"
   rm -rf "$tmp"
 }
@@ -25,14 +31,14 @@ echo "== reproducibility"
 "$here/build.sh" --out "$tmp/a" >"$tmp/a.digests"
 "$here/build.sh" --out "$tmp/b" >"$tmp/b.digests"
 cat "$tmp/a.digests"
-[ "$(wc -l <"$tmp/a.digests")" -eq 3 ] || fail "expected 3 images"
+[ "$(wc -l <"$tmp/a.digests")" -eq 6 ] || fail "expected 6 images"
 diff "$tmp/a.digests" "$tmp/b.digests" || fail "index digests differ between builds"
 diff -r "$tmp/a" "$tmp/b" >/dev/null || fail "layouts differ between builds"
 
 echo "== push to $addr"
 "$here/registry.sh" start "$addr" "$tmp/registry"
 python3 "$here/oci.py" push --out "$tmp/a" --registry "$addr" | tee "$tmp/pushed"
-[ "$(wc -l <"$tmp/pushed")" -eq 3 ] || fail "expected 3 pushed images"
+[ "$(wc -l <"$tmp/pushed")" -eq 6 ] || fail "expected 6 pushed images"
 
 echo "== fetch back"
 accept_index="application/vnd.oci.image.index.v1+json"
@@ -92,5 +98,122 @@ echo "$body"
 echo "$body" | grep -qx "message=replica-7" || fail "CGI did not report MESSAGE"
 echo "$body" | grep -qx "version=1" || fail "CGI did not report version 1"
 echo "$body" | grep -q "^hostname=." || fail "CGI did not report a hostname"
+
+echo "== todo app images: shared layers"
+free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'; }
+# What an image (layout REPO, TAG, ARCH) holds: WHAT is `layers` (digests, base first),
+# `env` (the config's Env, one a line) or `config` (the config digest).
+image_info() { # REPO TAG ARCH WHAT
+  python3 - "$tmp/a/$1" "$2" "$3" "$4" <<'EOF'
+import json, sys
+root, tag, arch, what = sys.argv[1:]
+blob = lambda d: json.load(open(f"{root}/blobs/sha256/{d.split(':')[1]}"))
+top = [m for m in json.load(open(f"{root}/index.json"))["manifests"]
+       if m["annotations"]["org.opencontainers.image.ref.name"] == tag][0]
+m = blob([m for m in blob(top["digest"])["manifests"] if m["platform"]["architecture"] == arch][0]["digest"])
+if what == "layers":
+    print("\n".join(l["digest"] for l in m["layers"]))
+elif what == "env":
+    print("\n".join(blob(m["config"]["digest"])["config"]["Env"]))
+else:
+    print(m["config"]["digest"])
+EOF
+}
+extract() { # REPO TAG ARCH DEST
+  mkdir -p "$4"
+  for layer in $(image_info "$1" "$2" "$3" layers); do
+    tar -xzf "$tmp/a/$1/blobs/sha256/${layer#sha256:}" -C "$4"
+  done
+}
+kv() { # PORT COMMAND: one KV command over TCP; prints the reply's first line
+  python3 - "$1" "$2" <<'EOF'
+import socket, sys
+s = socket.create_connection(("127.0.0.1", int(sys.argv[1])), timeout=5)
+s.sendall(sys.argv[2].encode() + b"\n")
+print(s.makefile().readline().rstrip("\n"))
+EOF
+}
+wait_until() { # DESCRIPTION COMMAND...: polls for up to 20 s
+  local what=$1; shift
+  for _ in $(seq 1 200); do
+    if "$@" >/dev/null 2>&1; then return 0; fi
+    sleep 0.1
+  done
+  fail "timed out waiting for $what"
+}
+
+for arch in amd64 arm64; do
+  todo1=$(image_info baton/todo-app 1 "$arch" layers)
+  todo2=$(image_info baton/todo-app 2 "$arch" layers)
+  kvl=$(image_info baton/kv 1 "$arch" layers)
+  [ "$todo1" = "$todo2" ] || fail "todo-app:1 and :2 ($arch) should share every layer"
+  [ "$(image_info baton/todo-app 1 "$arch" config)" != "$(image_info baton/todo-app 2 "$arch" config)" ] \
+    || fail "todo-app:1 and :2 ($arch) have the same config"
+  [ "$(head -1 <<<"$todo1")" = "$(head -1 <<<"$kvl")" ] || fail "todo-app and kv ($arch) should share the base layer"
+  [ "$(tail -1 <<<"$todo1")" != "$(tail -1 <<<"$kvl")" ] || fail "todo-app and kv ($arch) have the same binary layer"
+done
+base=$(image_info baton/kv 1 amd64 layers | head -1)
+[ "$base" = "$(image_info baton/kv 1 arm64 layers | head -1)" ] || fail "the base layer should be one blob for both platforms"
+echo "ok: base layer $base is shared by todo-app and kv on both platforms"
+
+echo "== todo app for real (amd64 binaries from the image layers, loopback)"
+extract baton/kv 1 amd64 "$tmp/kv-amd64"
+extract baton/todo-app 2 amd64 "$tmp/todo-amd64"
+for b in "$tmp/kv-amd64/usr/local/bin/kv" "$tmp/todo-amd64/usr/local/bin/todo-app"; do
+  # Static: no program interpreter (the cross binutils read any ELF).
+  if aarch64-linux-gnu-readelf -lW "$b" | grep -q "Requesting program interpreter"; then
+    fail "$b is dynamically linked"
+  fi
+done
+p_primary=$(free_port) p_replica=$(free_port) p_web=$(free_port)
+"$tmp/kv-amd64/usr/local/bin/kv" --bind 127.0.0.1 --port "$p_primary" 2>"$tmp/kv-primary.log" &
+primary_pid=$!
+pids+=("$primary_pid")
+KV_ROLE=replica KV_PRIMARY="127.0.0.1:$p_primary" KV_PORT="$p_replica" KV_BIND=127.0.0.1 \
+  "$tmp/kv-amd64/usr/local/bin/kv" 2>"$tmp/kv-replica.log" &
+pids+=($!)
+# The image's own environment (APP_VERSION=2), with loopback addresses for the test.
+mapfile -t image_env < <(image_info baton/todo-app 2 amd64 env)
+env -i "${image_env[@]}" BIND=127.0.0.1 PORT="$p_web" KV_PRIMARY="127.0.0.1:$p_primary" \
+  KV_REPLICA="127.0.0.1:$p_replica" "$tmp/todo-amd64/usr/local/bin/todo-app" 2>"$tmp/todo.log" &
+pids+=($!)
+web="http://127.0.0.1:$p_web"
+wait_until "todo-app to be ready" curl -fsS --max-time 2 "$web/healthz"
+version=$(curl -fsS "$web/api/version")
+echo "version: $version"
+grep -q '"version":"2"' <<<"$version" || fail "todo-app:2 does not say version 2"
+created=$(curl -fsS -X POST -H 'Content-Type: application/json' -d '{"title":"water the tomatoes"}' "$web/api/todos")
+echo "created: $created"
+id=$(python3 -c 'import json,sys; print(json.loads(sys.argv[1])["id"])' "$created")
+has_todo() { curl -fsS --max-time 2 "$web/api/todos" | grep -q '"title":"water the tomatoes"'; }
+wait_until "the todo in the listing" has_todo
+on_replica() { kv "$p_replica" "GET todo:$id" | grep -q '^VAL .*water the tomatoes'; }
+wait_until "the todo on the replica" on_replica
+echo "replica: $(kv "$p_replica" "GET todo:$id")"
+status=$(curl -sS -o /dev/null -w '%{http_code}' -X POST -d '{bad' "$web/api/todos")
+[ "$status" = 400 ] || fail "invalid JSON gave HTTP $status, not 400"
+kill "$primary_pid"
+not_ready() { [ "$(curl -sS -o /dev/null -w '%{http_code}' --max-time 5 "$web/healthz")" = 503 ]; }
+wait_until "/healthz to fail once the primary is gone" not_ready
+echo "ok: /healthz is 503 without the primary"
+replica_down() { kv "$p_replica" INFO | grep -q "link=down"; }
+wait_until "the replica to see its primary gone" replica_down
+has_todo || fail "reads should still be served by the replica"
+
+if command -v qemu-aarch64-static >/dev/null; then
+  echo "== arm64 binaries under qemu-aarch64-static"
+  extract baton/kv 1 arm64 "$tmp/kv-arm64"
+  extract baton/todo-app 1 arm64 "$tmp/todo-arm64"
+  qemu-aarch64-static "$tmp/todo-arm64/usr/local/bin/todo-app" --help | grep -q "usage: todo-app" \
+    || fail "arm64 todo-app --help"
+  p_arm=$(free_port)
+  qemu-aarch64-static "$tmp/kv-arm64/usr/local/bin/kv" --bind 127.0.0.1 --port "$p_arm" 2>"$tmp/kv-arm64.log" &
+  pids+=($!)
+  arm_pong() { [ "$(kv "$p_arm" PING)" = PONG ]; }
+  wait_until "the arm64 kv to answer PING" arm_pong
+  echo "ok: arm64 kv says PONG"
+else
+  echo "== skipped: arm64 run (qemu-aarch64-static is not installed)"
+fi
 
 echo "PASS"

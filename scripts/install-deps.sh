@@ -54,5 +54,7 @@ fi
 # Rust targets for the ARM builds.
 if command -v rustup >/dev/null 2>&1; then
   rustup target list --installed | grep -qx aarch64-unknown-linux-musl || rustup target add aarch64-unknown-linux-musl
+  # The todo app images' amd64 binaries (images/build.sh): static musl like the arm64 ones.
+  rustup target list --installed | grep -qx x86_64-unknown-linux-musl || rustup target add x86_64-unknown-linux-musl
 fi
 echo "install-deps: ok"

@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
 # Checks the example images end to end:
+#   0. the todo app's own unit and loopback tests (cargo test in images/apps);
 #   1. two builds give byte-identical layouts (same digests for every blob);
 #   2. a push to a fresh registry on 127.0.0.1:<free port> succeeds, and the index and both
 #      platform manifests come back with curl, with the right media types and platforms;
@@ -26,6 +27,13 @@ cleanup() {
 }
 trap cleanup EXIT
 fail() { echo "FAIL: $*" >&2; exit 1; }
+
+echo "== the todo app's own tests (images/apps: protocol, JSON, replication, HTTP API)"
+if ! (cd "$here/apps" && CARGO_TARGET_DIR="$here/apps/target" cargo test --locked --offline) >"$tmp/apps-test.log" 2>&1; then
+  cat "$tmp/apps-test.log" >&2
+  fail "cargo test in images/apps"
+fi
+grep "^test result" "$tmp/apps-test.log"
 
 echo "== reproducibility"
 "$here/build.sh" --out "$tmp/a" >"$tmp/a.digests"
@@ -152,8 +160,8 @@ for arch in amd64 arm64; do
   [ "$(head -1 <<<"$todo1")" = "$(head -1 <<<"$kvl")" ] || fail "todo-app and kv ($arch) should share the base layer"
   [ "$(tail -1 <<<"$todo1")" != "$(tail -1 <<<"$kvl")" ] || fail "todo-app and kv ($arch) have the same binary layer"
 done
-base=$(image_info baton/kv 1 amd64 layers | head -1)
-[ "$base" = "$(image_info baton/kv 1 arm64 layers | head -1)" ] || fail "the base layer should be one blob for both platforms"
+base=$(image_info baton/kv 1 amd64 layers | sed -n 1p)
+[ "$base" = "$(image_info baton/kv 1 arm64 layers | sed -n 1p)" ] || fail "the base layer should be one blob for both platforms"
 echo "ok: base layer $base is shared by todo-app and kv on both platforms"
 
 echo "== todo app for real (amd64 binaries from the image layers, loopback)"

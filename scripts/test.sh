@@ -2,7 +2,8 @@
 # Runs every test Baton has, on a fresh Debian 12 machine, as root:
 # installs what the tests need, checks formatting and lints, builds the binaries and the
 # example images, runs unit, integration and end-to-end tests (real broker, registry,
-# containers, namespaces), and the aarch64 cross build with its qemu smoke test.
+# containers, namespaces), every fuzz target for a bounded time, and the aarch64 cross
+# build with its qemu smoke test.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -12,6 +13,8 @@ scripts/install-deps.sh
 echo "== fmt and clippy"
 cargo fmt --all -- --check
 cargo clippy --workspace --all-targets --locked -- -D warnings
+# The example images' programs are their own small workspace (images/apps).
+(cd images/apps && cargo fmt --all -- --check && cargo clippy --all-targets --locked -- -D warnings)
 
 echo "== build"
 cargo build --workspace --bins --locked
@@ -20,6 +23,9 @@ images/build.sh >/dev/null
 echo "== tests"
 # Real-container and real-network tests use unique names, so they may run in parallel.
 cargo test --workspace --locked --no-fail-fast -- --test-threads "${BATON_TEST_THREADS:-4}"
+
+echo "== fuzz (bounded)"
+scripts/fuzz.sh "${BATON_FUZZ_SECONDS:-20}"
 
 echo "== image recipes"
 images/test.sh

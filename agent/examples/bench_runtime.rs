@@ -64,6 +64,8 @@ fn main() -> Result<()> {
             pids_limit: 64,
             log_path: dir.path().join(format!("logs/{i}.log")),
             log_max_bytes: 1 << 20,
+            mounts: vec![],
+            security: Default::default(),
         };
         let start = Instant::now();
         rt.run(&spec)?;

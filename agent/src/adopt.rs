@@ -3,9 +3,11 @@
 //! Containers do not depend on the agent process: they keep running, and logging, while it is
 //! gone. When it starts again it must not restart them. It compares the persisted desired
 //! state with what the runtime still has ([`plan`], pure) and then:
-//! - adopts every desired pod whose containers *all* still run: it rebuilds their run specs
-//!   (from the local image configs, never pulling), finds the pod's network, asks the runtime
-//!   to watch them again and restarts the pod's hostPort forwarders;
+//! - adopts every desired pod whose main containers *all* still run: it rebuilds their run
+//!   specs (from the local image configs, never pulling), finds the pod's network and
+//!   volumes, asks the runtime to watch them again, restarts the pod's hostPort forwarders
+//!   and reads the pod's record (restart counts, last terminations). Its init containers
+//!   are done (the main ones could not run otherwise) and are never run again;
 //! - removes everything else a previous process left: containers of pods that are no longer
 //!   desired, every container of a pod that is only partly there, and the rootfs mounts, pod
 //!   networks and directories of pods not adopted. Those desired pods then start normally.
@@ -22,7 +24,7 @@ use tracing::{info, instrument, warn};
 
 use crate::image::ImageConfig;
 use crate::network::PortForward;
-use crate::pod::{self, Deps};
+use crate::pod::{self, Deps, PodRecord};
 use crate::runtime::{Adopted, ContainerId, RunSpec};
 
 /// What to do with what a previous agent process left behind.
@@ -35,6 +37,8 @@ pub struct Plan {
 }
 
 /// Decides from the desired state and the runtime's view of each container it has state for.
+/// Only main containers count: init containers have exited by the time those run, and what
+/// is left of them is removed.
 pub fn plan(desired: &DesiredState, found: &BTreeMap<ContainerId, Adopted>) -> Plan {
     let mut out = Plan::default();
     let mut claimed = BTreeSet::new();
@@ -79,6 +83,8 @@ pub struct AdoptedPod {
     pub pod_ip: Option<IpAddr>,
     pub containers: Vec<AdoptedContainer>,
     pub forwards: Vec<PortForward>,
+    /// What the previous agent process recorded about the pod's containers.
+    pub record: PodRecord,
 }
 
 /// Adopts what still runs and removes the rest (see the module docs). Blocks on runtime and
@@ -150,6 +156,9 @@ async fn adopt_pod(deps: &Arc<Deps>, pod: &PodSpec) -> Result<AdoptedPod, String
         )
     };
     let pod_ip = net.as_ref().map(|n| IpAddr::V4(n.ip));
+    // Idempotent: finds the tmpfs volumes still mounted and the emptyDirs with their content.
+    let vols = crate::volumes::prepare(&deps.pod_dir(uid), &pod.volumes, deps.secrets.as_ref())
+        .map_err(|e| format!("volumes: {e}"))?;
     let mut containers = Vec::new();
     for c in pod.containers.iter() {
         // The image was there when the container started; never pull here.
@@ -159,7 +168,7 @@ async fn adopt_pod(deps: &Arc<Deps>, pod: &PodSpec) -> Result<AdoptedPod, String
             .await
             .map_err(|e| format!("image of container {}: {e}", c.name))?;
         let id = Deps::container_id(uid, &c.name)?;
-        let mut spec = pod::run_spec(deps, pod, c, &image, id.clone(), net.as_ref());
+        let mut spec = pod::run_spec(deps, pod, c, &image, id.clone(), net.as_ref(), &vols)?;
         spec.rootfs = deps.container_dir(uid, &c.name).join("rootfs");
         let adopted = deps
             .runtime
@@ -179,6 +188,7 @@ async fn adopt_pod(deps: &Arc<Deps>, pod: &PodSpec) -> Result<AdoptedPod, String
         pod_ip,
         containers,
         forwards,
+        record: PodRecord::load(&deps.record_path(uid)),
     })
 }
 
@@ -207,6 +217,9 @@ pub fn remove_leftovers(deps: &Deps, containers: &[ContainerId], keep: &BTreeSet
             }
             if let Err(e) = deps.network.delete_pod(&uid) {
                 warn!(%uid, error = %e, "cannot remove leftover pod network");
+            }
+            if let Err(e) = crate::volumes::teardown(&pod_dir.path()) {
+                warn!(%uid, error = %e, "cannot unmount leftover pod volumes");
             }
             let _ = std::fs::remove_dir_all(pod_dir.path());
         }

@@ -11,6 +11,8 @@ pub mod image;
 pub mod network;
 pub mod node;
 pub mod pod;
+pub mod probe;
 pub mod reconcile;
 pub mod runtime;
 pub mod state;
+pub mod volumes;

@@ -12,8 +12,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use baton_proto::{
-    BString, BVec, Body, Capacity, ContainerState, ContainerStatus, DesiredState, Heartbeat, Hello,
-    Label, NodeName, NodeStatus, PodSpec, PodStatus,
+    BString, BVec, Body, Capacity, ContainerSpec, ContainerState, ContainerStatus, DesiredState,
+    Heartbeat, Hello, Label, NodeName, NodeStatus, PodSpec, PodStatus, Termination,
 };
 use tokio::sync::mpsc;
 use tracing::{error, info, instrument, warn};
@@ -21,8 +21,9 @@ use tracing::{error, info, instrument, warn};
 use crate::bus::{Bus, BusEvent};
 use crate::image::{ImageConfig, ImageStore, ImageStoreConfig, Platform};
 use crate::network::{NetConfig, Network, PortForward};
-use crate::pod::{self, Deps, StartFailure, StartedPod};
-use crate::reconcile::{self, ContainerObs, Lifecycle, Millis, PodObs, Step};
+use crate::pod::{self, ContainerRecord, Deps, PodRecord, StartFailure, StartedPod};
+use crate::probe::{self, ContainerProbes, Verdict};
+use crate::reconcile::{self, ContainerObs, CtrObs, Lifecycle, Millis, PodObs, Step};
 use crate::runtime::{ContainerId, ExitEvent, ExitReason, RunSpec};
 use crate::state::StateFile;
 
@@ -87,15 +88,31 @@ pub enum Event {
     Stopped {
         uid: String,
     },
+    /// A container was started (first run or restart).
     Restarted {
         uid: String,
         container: String,
         result: Box<Result<RunSpec, String>>,
     },
+    /// A worker that needs no answer (e.g. removing a finished init container) is done.
+    WorkerDone {
+        uid: String,
+    },
+    /// A probe of run `run` of a container came back.
+    Probed {
+        uid: String,
+        container: String,
+        run: u64,
+        kind: probe::Kind,
+        ok: bool,
+    },
 }
 
 struct Ctr {
     name: String,
+    /// An init container (run to completion before the main ones).
+    init: bool,
+    cspec: ContainerSpec,
     id: Option<ContainerId>,
     obs: ContainerObs,
     report: ContainerState,
@@ -104,6 +121,46 @@ struct Ctr {
     restarts: u32,
     spec: Option<RunSpec>,
     image: Option<ImageConfig>,
+    /// Counts runs, so that a probe result from an earlier run is ignored.
+    run: u64,
+    /// The probe schedule of the current run (`None` while not running).
+    probes: Option<ContainerProbes>,
+    last_termination: Option<Termination>,
+    /// Why the agent is killing the current run (a failed liveness or startup probe).
+    kill_reason: Option<&'static str>,
+}
+
+impl Ctr {
+    fn new(c: &ContainerSpec, init: bool) -> Self {
+        Self {
+            name: c.name.to_string(),
+            init,
+            cspec: c.clone(),
+            id: None,
+            obs: ContainerObs::Waiting,
+            report: ContainerState::Pending,
+            level: 0,
+            restarts: 0,
+            spec: None,
+            image: None,
+            run: 0,
+            probes: None,
+            last_termination: None,
+            kill_reason: None,
+        }
+    }
+
+    fn status(&self) -> Option<ContainerStatus> {
+        Some(ContainerStatus {
+            name: BString::new(self.name.as_str()).ok()?,
+            state: self.report.clone(),
+            restart_count: self.restarts,
+            ready: !self.init
+                && matches!(self.report, ContainerState::Running { .. })
+                && self.probes.as_ref().is_some_and(|p| p.ready()),
+            last_termination: self.last_termination.clone(),
+        })
+    }
 }
 
 struct Pod {
@@ -112,9 +169,28 @@ struct Pod {
     pod_ip: Option<IpAddr>,
     ctrs: Vec<Ctr>,
     _forwards: Vec<PortForward>,
-    /// A worker (pull, start or restart) is running for this pod. A stop waits for it,
+    /// Workers (pull, start, run, remove) running for this pod. A stop waits for them all,
     /// so a worker can never create something after the stop has cleaned up.
-    busy: bool,
+    busy: u32,
+    /// Every init container has succeeded once; kept in the pod's record.
+    init_done: bool,
+}
+
+impl Pod {
+    fn record(&self) -> PodRecord {
+        PodRecord {
+            init_done: self.init_done,
+            containers: self
+                .ctrs
+                .iter()
+                .map(|c| ContainerRecord {
+                    name: c.name.clone(),
+                    restarts: c.restarts,
+                    last_termination: c.last_termination.clone(),
+                })
+                .collect(),
+        }
+    }
 }
 
 fn now_ms() -> u64 {
@@ -182,25 +258,19 @@ impl Agent {
             .pods
             .iter()
             .filter_map(|(uid, p)| {
-                let containers = p
-                    .ctrs
-                    .iter()
-                    .filter_map(|c| {
-                        Some(ContainerStatus {
-                            name: BString::new(c.name.as_str()).ok()?,
-                            state: c.report.clone(),
-                            restart_count: c.restarts,
-                            ready: matches!(c.report, ContainerState::Running { .. }),
-                            last_termination: None,
-                        })
-                    })
-                    .collect::<Vec<_>>();
+                let of = |init: bool| {
+                    p.ctrs
+                        .iter()
+                        .filter(|c| c.init == init)
+                        .filter_map(Ctr::status)
+                        .collect::<Vec<_>>()
+                };
                 Some(PodStatus {
                     name: p.spec.name.clone(),
                     uid: BString::new(uid.as_str()).ok()?,
                     pod_ip: p.pod_ip,
-                    containers: BVec::from_vec(containers).ok()?,
-                    init_containers: BVec::new(),
+                    containers: BVec::from_vec(of(false)).ok()?,
+                    init_containers: BVec::from_vec(of(true)).ok()?,
                 })
             })
             .take(baton_proto::MAX_PODS_PER_NODE)
@@ -215,17 +285,25 @@ impl Agent {
         self.pods
             .iter()
             .map(|(uid, p)| {
-                let containers = p
-                    .ctrs
-                    .iter()
-                    .map(|c| (c.name.clone(), c.obs, c.level))
-                    .collect();
+                let of = |init: bool| {
+                    p.ctrs
+                        .iter()
+                        .filter(|c| c.init == init)
+                        .map(|c| CtrObs {
+                            name: c.name.clone(),
+                            state: c.obs,
+                            level: c.level,
+                        })
+                        .collect()
+                };
                 (
                     uid.clone(),
                     PodObs {
                         lifecycle: p.lifecycle,
                         restart_policy: p.spec.restart_policy,
-                        containers,
+                        init_containers: of(true),
+                        init_done: p.init_done,
+                        containers: of(false),
                     },
                 )
             })
@@ -259,12 +337,78 @@ impl Agent {
                     self.start_pod(uid);
                 }
                 Step::StopPod { uid } => self.stop_pod(&uid),
+                Step::StartContainer { uid, container } => {
+                    self.run_container(&uid, &container, false)
+                }
                 Step::RestartContainer { uid, container } => {
-                    self.restart_container(&uid, &container)
+                    self.run_container(&uid, &container, true)
+                }
+            }
+        }
+        if let Some(p) = self.send_probes(now) {
+            wake = Some(wake.map_or(p, |w| w.min(p)));
+        }
+        wake
+    }
+
+    /// Sends the probes that are due; returns when the next one is.
+    fn send_probes(&mut self, now: Millis) -> Option<Millis> {
+        let mut wake: Option<Millis> = None;
+        for (uid, p) in self.pods.iter_mut() {
+            if p.lifecycle != Lifecycle::Running {
+                continue;
+            }
+            for c in p.ctrs.iter_mut() {
+                let (Some(probes), Some(id)) = (c.probes.as_mut(), c.id.as_ref()) else {
+                    continue;
+                };
+                for kind in probes.due(now) {
+                    let Some(spec) = probe::probe_of(&c.cspec, kind).cloned() else {
+                        continue;
+                    };
+                    let target = probe::Target {
+                        runtime: self.deps.runtime.clone(),
+                        id: id.clone(),
+                        pod_ip: p.pod_ip,
+                    };
+                    let (tx, uid, container, run) =
+                        (self.tx.clone(), uid.clone(), c.name.clone(), c.run);
+                    tokio::spawn(async move {
+                        let result = probe::run(&spec, &target).await;
+                        if let Err(reason) = &result {
+                            tracing::debug!(%uid, %container, ?kind, %reason, "probe failed");
+                        }
+                        let _ = tx
+                            .send(Event::Probed {
+                                uid,
+                                container,
+                                run,
+                                kind,
+                                ok: result.is_ok(),
+                            })
+                            .await;
+                    });
+                }
+                if let Some(w) = probes.next_wake() {
+                    wake = Some(wake.map_or(w, |x| x.min(w)));
                 }
             }
         }
         wake
+    }
+
+    /// Persists the pod's record (restart counts, terminations, init done); best effort.
+    fn save_record(&self, uid: &str) {
+        let Some(p) = self.pods.get(uid) else {
+            return;
+        };
+        let dir = self.deps.pod_dir(uid);
+        if p.lifecycle == Lifecycle::Stopping || !dir.exists() {
+            return;
+        }
+        if let Err(e) = p.record().store(&self.deps.record_path(uid)) {
+            warn!(%uid, error = %e, "cannot persist pod record");
+        }
     }
 
     fn start_pod(&mut self, uid: String) {
@@ -278,18 +422,10 @@ impl Agent {
             return;
         };
         let ctrs = spec
-            .containers
+            .init_containers
             .iter()
-            .map(|c| Ctr {
-                name: c.name.to_string(),
-                id: None,
-                obs: ContainerObs::Waiting,
-                report: ContainerState::Pending,
-                level: 0,
-                restarts: 0,
-                spec: None,
-                image: None,
-            })
+            .map(|c| Ctr::new(c, true))
+            .chain(spec.containers.iter().map(|c| Ctr::new(c, false)))
             .collect();
         info!(pod = %spec.name, %uid, "starting pod");
         self.pods.insert(
@@ -300,7 +436,8 @@ impl Agent {
                 pod_ip: None,
                 ctrs,
                 _forwards: Vec::new(),
-                busy: true,
+                busy: 1,
+                init_done: false,
             },
         );
         self.status_dirty = true;
@@ -329,14 +466,11 @@ impl Agent {
         }
         p.lifecycle = Lifecycle::Stopping;
         p._forwards.clear();
-        if p.busy {
-            return; // resumed when the worker reports back
+        if p.busy > 0 {
+            return; // resumed when the last worker reports back
         }
-        p.busy = true;
-        let containers = p
-            .spec
-            .containers
-            .iter()
+        p.busy = 1;
+        let containers = pod::all_containers(&p.spec)
             .map(|c| c.name.to_string())
             .collect();
         let grace = Duration::from_secs(u64::from(p.spec.termination_grace_secs.min(300)));
@@ -347,7 +481,9 @@ impl Agent {
         });
     }
 
-    fn restart_container(&mut self, uid: &str, name: &str) {
+    /// Runs a container of a prepared pod: its first run, or a restart (counted, and one
+    /// level further into the backoff).
+    fn run_container(&mut self, uid: &str, name: &str, restart: bool) {
         let Some(p) = self.pods.get_mut(uid) else {
             return;
         };
@@ -357,11 +493,18 @@ impl Agent {
         let (Some(spec), Some(img)) = (c.spec.clone(), c.image.clone()) else {
             return;
         };
-        info!(pod = %p.spec.name, container = name, restarts = c.restarts + 1, "restarting container");
-        c.obs = ContainerObs::Waiting;
-        c.restarts += 1;
-        c.level += 1;
-        p.busy = true;
+        c.obs = ContainerObs::Creating;
+        if restart {
+            info!(pod = %p.spec.name, container = name, restarts = c.restarts + 1, "restarting container");
+            c.restarts += 1;
+            c.level += 1;
+        } else {
+            info!(pod = %p.spec.name, container = name, init = c.init, "starting container");
+        }
+        p.busy += 1;
+        if restart {
+            self.save_record(uid);
+        }
         let dir = self.deps.container_dir(uid, name);
         let (deps, tx, uid, name) = (
             self.deps.clone(),
@@ -385,7 +528,7 @@ impl Agent {
         let Some(p) = self.pods.get_mut(uid) else {
             return;
         };
-        p.busy = false;
+        p.busy = p.busy.saturating_sub(1);
         warn!(pod = %p.spec.name, reason = %f.reason, "pod failed to start");
         for c in p.ctrs.iter_mut() {
             if f.container.is_none() || f.container.as_deref() == Some(c.name.as_str()) {
@@ -402,27 +545,55 @@ impl Agent {
         self.status_dirty = true;
     }
 
-    /// Tracks a pod taken over from a previous agent process as Running. Restart counts
-    /// start again from zero: they lived in the previous process's memory.
+    /// Tracks a pod taken over from a previous agent process as Running. Restart counts and
+    /// last terminations come from the pod's record. Its init containers are done (its main
+    /// containers run). Probes start again as if the containers had just passed their
+    /// startup probe and were ready: the previous process reported them so, and flapping
+    /// readiness on every agent upgrade would stall rollouts for nothing.
     fn track_adopted(&mut self, p: crate::adopt::AdoptedPod) {
         let since = self.mono();
         let uid = p.spec.uid.to_string();
-        let ctrs = p
-            .containers
-            .into_iter()
-            .map(|c| Ctr {
-                name: c.name,
-                id: Some(c.id),
-                obs: ContainerObs::Running { since },
-                report: ContainerState::Running {
-                    started_at_ms: c.adopted.created_at_ms.unwrap_or_else(now_ms),
-                },
-                level: 0,
-                restarts: 0,
-                spec: Some(c.spec),
-                image: Some(c.image),
+        let record = p.record;
+        let restore = |c: &mut Ctr| {
+            if let Some(r) = record.container(&c.name) {
+                c.restarts = r.restarts;
+                c.last_termination = r.last_termination.clone();
+            }
+        };
+        let mut ctrs: Vec<Ctr> = p
+            .spec
+            .init_containers
+            .iter()
+            .map(|c| {
+                let mut ctr = Ctr::new(c, true);
+                ctr.obs = ContainerObs::Exited {
+                    code: 0,
+                    oom: false,
+                    at: since,
+                    ran_for: 0,
+                };
+                ctr.report = ContainerState::Exited { code: 0 };
+                restore(&mut ctr);
+                ctr
             })
             .collect();
+        for c in p.containers {
+            let Some(cspec) = p.spec.containers.iter().find(|s| s.name.as_str() == c.name) else {
+                continue;
+            };
+            let mut ctr = Ctr::new(cspec, false);
+            ctr.id = Some(c.id);
+            ctr.obs = ContainerObs::Running { since };
+            ctr.report = ContainerState::Running {
+                started_at_ms: c.adopted.created_at_ms.unwrap_or_else(now_ms),
+            };
+            ctr.spec = Some(c.spec);
+            ctr.image = Some(c.image);
+            ctr.run = 1;
+            ctr.probes = Some(ContainerProbes::adopted(cspec, since));
+            restore(&mut ctr);
+            ctrs.push(ctr);
+        }
         self.pods.insert(
             uid,
             Pod {
@@ -431,10 +602,78 @@ impl Agent {
                 pod_ip: p.pod_ip,
                 ctrs,
                 _forwards: p.forwards,
-                busy: false,
+                busy: 0,
+                init_done: true,
             },
         );
         self.status_dirty = true;
+    }
+
+    /// A probe came back: readiness changes are reported, a failed liveness or startup probe
+    /// kills the container (SIGTERM, the pod's grace period, SIGKILL); it is then restarted
+    /// like any exited container, per the restart policy and backoff.
+    fn on_probed(&mut self, uid: &str, name: &str, run: u64, kind: probe::Kind, ok: bool) {
+        let Some(p) = self.pods.get_mut(uid) else {
+            return;
+        };
+        let grace = Duration::from_secs(u64::from(p.spec.termination_grace_secs.min(300)));
+        let pod_name = p.spec.name.clone();
+        let Some(c) = p.ctrs.iter_mut().find(|c| c.name == name && c.run == run) else {
+            return;
+        };
+        let Some(probes) = c.probes.as_mut() else {
+            return;
+        };
+        match probes.record(kind, ok) {
+            Verdict::Nothing => {}
+            Verdict::Ready(ready) => {
+                info!(pod = %pod_name, container = name, ready, "readiness changed");
+                self.status_dirty = true;
+            }
+            Verdict::Kill { reason } => {
+                warn!(pod = %pod_name, container = name, reason, "probe failed; killing the container");
+                c.kill_reason = Some(reason);
+                self.status_dirty = true;
+                if let Some(id) = c.id.clone() {
+                    tokio::spawn(pod::kill_container(self.deps.clone(), id, grace));
+                }
+            }
+        }
+    }
+
+    /// After a container of pod `uid` exited: persist the record, and once every init
+    /// container has succeeded, mark the pod's init done and remove them.
+    fn after_exit(&mut self, uid: &str) {
+        if let Some(p) = self.pods.get_mut(uid) {
+            let all_init_ok = p.ctrs.iter().filter(|c| c.init).all(|c| {
+                matches!(
+                    c.obs,
+                    ContainerObs::Exited {
+                        code: 0,
+                        oom: false,
+                        ..
+                    }
+                )
+            });
+            if !p.init_done && all_init_ok && p.ctrs.iter().any(|c| c.init) {
+                p.init_done = true;
+                info!(pod = %p.spec.name, "init containers done");
+                for c in p.ctrs.iter().filter(|c| c.init) {
+                    p.busy += 1;
+                    let (deps, tx, uid, name) = (
+                        self.deps.clone(),
+                        self.tx.clone(),
+                        uid.to_owned(),
+                        c.name.clone(),
+                    );
+                    tokio::spawn(async move {
+                        pod::remove_container(deps, uid.clone(), name).await;
+                        let _ = tx.send(Event::WorkerDone { uid }).await;
+                    });
+                }
+            }
+        }
+        self.save_record(uid);
     }
 
     fn handle(&mut self, ev: Event, bus: &Bus) -> Result<(), AgentError> {
@@ -482,7 +721,7 @@ impl Agent {
                         return Ok(());
                     };
                     if p.lifecycle != Lifecycle::Starting {
-                        p.busy = false;
+                        p.busy = p.busy.saturating_sub(1);
                         self.stop_pod(&uid);
                         return Ok(());
                     }
@@ -508,24 +747,20 @@ impl Agent {
                     let Some(p) = self.pods.get_mut(&uid) else {
                         return Ok(());
                     };
-                    p.busy = false;
+                    p.busy = p.busy.saturating_sub(1);
                     if p.lifecycle == Lifecycle::Stopping {
                         drop(started);
                         self.stop_pod(&uid);
                         return Ok(());
                     }
+                    // Prepared: the reconciler now starts the containers, init ones first.
                     p.lifecycle = Lifecycle::Running;
                     p.pod_ip = started.pod_ip;
                     p._forwards = started.forwards;
-                    let (wall, mono) = (now_ms(), self.epoch.elapsed().as_millis() as Millis);
                     for s in started.containers {
                         if let Some(c) = p.ctrs.iter_mut().find(|c| c.name == s.name) {
                             c.id = Some(s.id);
                             c.spec = Some(s.spec);
-                            c.obs = ContainerObs::Running { since: mono };
-                            c.report = ContainerState::Running {
-                                started_at_ms: wall,
-                            };
                         }
                     }
                     self.cooldown.remove(&uid);
@@ -542,7 +777,7 @@ impl Agent {
                 let Some(p) = self.pods.get_mut(&uid) else {
                     return Ok(());
                 };
-                p.busy = false;
+                p.busy = p.busy.saturating_sub(1);
                 if p.lifecycle == Lifecycle::Stopping {
                     self.stop_pod(&uid);
                     return Ok(());
@@ -557,6 +792,10 @@ impl Agent {
                         c.report = ContainerState::Running {
                             started_at_ms: now_ms(),
                         };
+                        c.run += 1;
+                        c.kill_reason = None;
+                        // Init containers are not probed (as in k8s).
+                        c.probes = (!c.init).then(|| ContainerProbes::new(&c.cspec, now));
                     }
                     Err(reason) => {
                         c.obs = ContainerObs::Exited {
@@ -572,6 +811,21 @@ impl Agent {
                 }
                 self.status_dirty = true;
             }
+            Event::WorkerDone { uid } => {
+                if let Some(p) = self.pods.get_mut(&uid) {
+                    p.busy = p.busy.saturating_sub(1);
+                    if p.lifecycle == Lifecycle::Stopping {
+                        self.stop_pod(&uid);
+                    }
+                }
+            }
+            Event::Probed {
+                uid,
+                container,
+                run,
+                kind,
+                ok,
+            } => self.on_probed(&uid, &container, run, kind, ok),
             Event::Stopped { uid } => {
                 if let Some(p) = self.pods.get(&uid) {
                     info!(pod = %p.spec.name, %uid, "pod stopped");
@@ -581,7 +835,8 @@ impl Agent {
             }
             Event::Exit(ExitEvent { id, reason }) => {
                 let now = self.mono();
-                for p in self.pods.values_mut() {
+                let mut exited_in = None;
+                for (uid, p) in self.pods.iter_mut() {
                     let Some(c) = p.ctrs.iter_mut().find(|c| c.id.as_ref() == Some(&id)) else {
                         continue;
                     };
@@ -612,12 +867,34 @@ impl Agent {
                     } else {
                         ContainerState::Exited { code }
                     };
+                    c.probes = None;
+                    c.last_termination = Some(termination(code, oom, c.kill_reason.take()));
+                    exited_in = Some(uid.clone());
                     self.status_dirty = true;
                     break;
+                }
+                if let Some(uid) = exited_in {
+                    self.after_exit(&uid);
                 }
             }
         }
         Ok(())
+    }
+}
+
+/// k8s's words for how a run ended: why the agent killed it, else `OOMKilled`, `Completed`
+/// (exit 0) or `Error`.
+fn termination(code: i32, oom: bool, killed_for: Option<&'static str>) -> Termination {
+    let reason = match (killed_for, oom, code) {
+        (Some(r), _, _) => r,
+        (None, true, _) => "OOMKilled",
+        (None, false, 0) => "Completed",
+        (None, false, _) => "Error",
+    };
+    Termination {
+        exit_code: code,
+        reason: BString::new(reason).unwrap_or_default(),
+        finished_at_ms: now_ms(),
     }
 }
 
@@ -680,6 +957,7 @@ pub fn build_deps(
         runtime: Arc::new(runtime),
         images,
         network: Network::new(net_cfg),
+        secrets: Arc::new(crate::volumes::NoSecrets),
     })
 }
 

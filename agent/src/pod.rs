@@ -2,19 +2,33 @@
 //! task and reports back to the node loop as an event; the node loop alone owns state.
 //!
 //! The order matters and mirrors kubelet: pull every image first (a pod whose image is
-//! missing never holds a network namespace), then the network, then the containers.
+//! missing never holds a network namespace), then the network and volumes, and resolve every
+//! container's run spec (secrets included: a missing one fails the pod before anything
+//! runs). The containers themselves are then run one step at a time as the reconciler asks
+//! ([`run_container`]): init containers in order, then the main ones.
+//!
+//! All containers of a pod join the pod's one network namespace (`/run/netns/<pod>`), so
+//! they share its address and reach each other on `localhost`; they all get the pod's name
+//! as hostname.
+//!
+//! What must survive an agent restart about a pod's containers (restart counts, last
+//! terminations, whether its init containers are done) is kept in `<pod_dir>/record.bin`
+//! ([`PodRecord`]), written atomically like the desired state.
 
+use std::io::Write;
 use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
-use baton_proto::{ContainerSpec, EnvValue, PodSpec};
+use baton_proto::{ContainerSpec, EnvValue, PodSpec, SecurityContext, Termination};
+use serde::{Deserialize, Serialize};
 use tracing::{info, warn};
 
 use crate::image::{ImageConfig, ImageStore};
 use crate::network::{Network, PodNet, PortForward};
-use crate::runtime::{ContainerId, RunSpec, Runtime};
+use crate::runtime::{ContainerId, RunSpec, Runtime, Security};
+use crate::volumes::{self, PodVolumes, SecretSource};
 
 /// Everything a pod worker needs, shared by all of them.
 pub struct Deps {
@@ -26,17 +40,21 @@ pub struct Deps {
     pub runtime: Arc<dyn Runtime>,
     pub images: ImageStore,
     pub network: Network,
+    /// Plaintext of the secrets pods reference (env and secret volumes).
+    pub secrets: Arc<dyn SecretSource>,
 }
 
-/// A container brought up by a worker.
+/// A container of a prepared pod, ready to run: init containers first, in order.
 pub struct Started {
     pub name: String,
     pub id: ContainerId,
     pub spec: RunSpec,
 }
 
+/// A pod whose network and volumes are ready; no container runs yet.
 pub struct StartedPod {
     pub pod_ip: Option<IpAddr>,
+    /// Init containers, then main containers, in spec order.
     pub containers: Vec<Started>,
     pub forwards: Vec<PortForward>,
 }
@@ -60,6 +78,72 @@ impl Deps {
     pub fn container_id(uid: &str, container: &str) -> Result<ContainerId, String> {
         ContainerId::new(&format!("{uid}-{container}")).map_err(|e| e.to_string())
     }
+
+    pub fn record_path(&self, uid: &str) -> PathBuf {
+        self.pod_dir(uid).join("record.bin")
+    }
+}
+
+/// Init containers, then main containers: the order the node tracks them in.
+pub fn all_containers(pod: &PodSpec) -> impl Iterator<Item = &ContainerSpec> {
+    pod.init_containers.iter().chain(pod.containers.iter())
+}
+
+/// What must outlive the agent process about a pod's containers.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PodRecord {
+    pub init_done: bool,
+    pub containers: Vec<ContainerRecord>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ContainerRecord {
+    pub name: String,
+    pub restarts: u32,
+    pub last_termination: Option<Termination>,
+}
+
+impl PodRecord {
+    /// The record at `path`; an empty one if it is missing or unreadable (a record only
+    /// makes statuses nicer, it never decides what runs).
+    pub fn load(path: &Path) -> Self {
+        std::fs::read(path)
+            .ok()
+            .and_then(|b| postcard::from_bytes(&b).ok())
+            .unwrap_or_default()
+    }
+
+    /// Write to a temp file, fsync, rename, fsync the directory: the old or the new record,
+    /// never a torn one. Skipped (with a warning) when the pod directory is already gone.
+    pub fn store(&self, path: &Path) -> std::io::Result<()> {
+        let bytes = postcard::to_allocvec(self).map_err(std::io::Error::other)?;
+        let tmp = path.with_extension("bin.tmp");
+        let mut f = std::fs::File::create(&tmp)?;
+        f.write_all(&bytes)?;
+        f.sync_all()?;
+        drop(f);
+        std::fs::rename(&tmp, path)?;
+        if let Some(dir) = path.parent() {
+            std::fs::File::open(dir)?.sync_all()?;
+        }
+        Ok(())
+    }
+
+    pub fn container(&self, name: &str) -> Option<&ContainerRecord> {
+        self.containers.iter().find(|c| c.name == name)
+    }
+}
+
+/// The runtime's view of a k8s security context.
+pub fn security(s: &SecurityContext) -> Security {
+    Security {
+        privileged: s.privileged,
+        capabilities_add: s.capabilities_add.iter().map(|c| c.to_string()).collect(),
+        capabilities_drop: s.capabilities_drop.iter().map(|c| c.to_string()).collect(),
+        run_as_user: s.run_as_user,
+        run_as_group: s.run_as_group,
+        read_only_root_filesystem: s.read_only_root_filesystem,
+    }
 }
 
 /// Resolves the process like Kubernetes: `command` replaces the image entrypoint and
@@ -79,8 +163,14 @@ pub fn argv(c: &ContainerSpec, img: &ImageConfig) -> Vec<String> {
     }
 }
 
-/// Image env first, then the pod's, a later name replacing an earlier one.
-pub fn environment(c: &ContainerSpec, img: &ImageConfig, hostname: &str) -> Vec<String> {
+/// Image env first, then the pod's, a later name replacing an earlier one. A `secretKeyRef`
+/// that does not resolve fails with k8s's `CreateContainerConfigError` reason.
+pub fn environment(
+    c: &ContainerSpec,
+    img: &ImageConfig,
+    hostname: &str,
+    secrets: &dyn SecretSource,
+) -> Result<Vec<String>, String> {
     let mut env: Vec<(String, String)> = Vec::new();
     let mut set = |k: &str, v: &str| match env.iter_mut().find(|(n, _)| n == k) {
         Some(slot) => slot.1 = v.to_owned(),
@@ -97,12 +187,16 @@ pub fn environment(c: &ContainerSpec, img: &ImageConfig, hostname: &str) -> Vec<
     }
     set("HOSTNAME", hostname);
     for e in c.env.iter() {
-        // Secret references are resolved by the caller before a spec gets here.
-        if let EnvValue::Literal(v) = &e.value {
-            set(&e.name, v);
+        match &e.value {
+            EnvValue::Literal(v) => set(&e.name, v),
+            EnvValue::SecretKey { secret, key } => {
+                let v = volumes::secret_env(secrets, secret, key)
+                    .map_err(|e| format!("CreateContainerConfigError: {e}"))?;
+                set(&e.name, &v);
+            }
         }
     }
-    env.into_iter().map(|(k, v)| format!("{k}={v}")).collect()
+    Ok(env.into_iter().map(|(k, v)| format!("{k}={v}")).collect())
 }
 
 async fn blocking<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> Result<T, String> {
@@ -118,7 +212,7 @@ pub async fn pull(
     mut on_pulling: impl FnMut(&str),
 ) -> Result<Vec<ImageConfig>, StartFailure> {
     let mut out = Vec::new();
-    for c in pod.containers.iter() {
+    for c in all_containers(pod) {
         on_pulling(&c.name);
         let img = deps
             .images
@@ -133,8 +227,8 @@ pub async fn pull(
     Ok(out)
 }
 
-/// Network, rootfs and containers for a pod whose images are present. On failure,
-/// whatever was created is left for [`stop`], which tolerates partial pods.
+/// Network, volumes and run specs for a pod whose images are present. On failure, whatever
+/// was created is left for [`stop`], which tolerates partial pods.
 pub async fn start(
     deps: Arc<Deps>,
     pod: PodSpec,
@@ -159,27 +253,30 @@ pub async fn start(
     };
     let pod_ip = netns.as_ref().map(|n| IpAddr::V4(n.ip));
 
+    let (d, p, dir) = (deps.clone(), pod.clone(), deps.pod_dir(&uid));
+    let vols = blocking(move || volumes::prepare(&dir, &p.volumes, d.secrets.as_ref()))
+        .await
+        .map_err(|e| fail(None, e))?
+        .map_err(|e| fail(None, format!("CreateContainerConfigError: {e}")))?;
+
     let mut started = Vec::new();
-    for (c, img) in pod.containers.iter().zip(images) {
+    for (c, img) in all_containers(&pod).zip(&images) {
         let name = c.name.to_string();
         let id = Deps::container_id(&uid, &name)
             .map_err(|e| fail(Some(&name), format!("CreateContainerError: {e}")))?;
-        let dir = deps.container_dir(&uid, &name);
-        let spec = run_spec(&deps, &pod, c, &img, id.clone(), netns.as_ref());
+        let spec = run_spec(&deps, &pod, c, img, id.clone(), netns.as_ref(), &vols)
+            .map_err(|e| fail(Some(&name), e))?;
         if spec.args.is_empty() {
             return Err(fail(
                 Some(&name),
                 "CreateContainerError: no command: the image has no entrypoint or cmd".into(),
             ));
         }
-        let spec = run_container(&deps, spec, img, dir)
-            .await
-            .map_err(|e| fail(Some(&name), e))?;
         started.push(Started { name, id, spec });
     }
 
     let forwards = start_forwards(&pod, pod_ip)?;
-    info!(pod = %pod.name, %uid, ?pod_ip, "pod started");
+    info!(pod = %pod.name, %uid, ?pod_ip, "pod prepared");
     Ok(StartedPod {
         pod_ip,
         containers: started,
@@ -197,14 +294,17 @@ pub fn run_spec(
     img: &ImageConfig,
     id: ContainerId,
     netns: Option<&PodNet>,
-) -> RunSpec {
+    vols: &PodVolumes,
+) -> Result<RunSpec, String> {
     let uid = pod.uid.as_str();
     let name = c.name.as_str();
-    RunSpec {
+    let mounts = volumes::mounts(vols, &c.volume_mounts)
+        .map_err(|e| format!("CreateContainerConfigError: {e}"))?;
+    Ok(RunSpec {
         id,
         rootfs: PathBuf::new(),
         args: argv(c, img),
-        env: environment(c, img, &pod.name),
+        env: environment(c, img, &pod.name, deps.secrets.as_ref())?,
         cwd: c
             .working_dir
             .as_ref()
@@ -223,7 +323,9 @@ pub fn run_spec(
         pids_limit: deps.pids_limit,
         log_path: deps.pod_dir(uid).join("logs").join(format!("{name}.log")),
         log_max_bytes: deps.log_max_bytes,
-    }
+        mounts,
+        security: security(&c.security),
+    })
 }
 
 /// The hostPort forwarders of a pod whose address is `pod_ip`.
@@ -284,6 +386,38 @@ pub async fn run_container(
     .await?
 }
 
+/// Removes a container that has finished for good (a succeeded init container): its
+/// runtime state and its rootfs. Its log stays, with the pod.
+pub async fn remove_container(deps: Arc<Deps>, uid: String, name: String) {
+    let result = blocking(move || {
+        if let Ok(id) = Deps::container_id(&uid, &name) {
+            if let Err(e) = deps.runtime.delete(&id) {
+                warn!(container = %id, error = %e, "delete failed");
+            }
+        }
+        if let Err(e) = deps.images.unmount_rootfs(&deps.container_dir(&uid, &name)) {
+            warn!(%uid, container = %name, error = %e, "rootfs cleanup failed");
+        }
+    })
+    .await;
+    if let Err(e) = result {
+        warn!(error = %e, "remove worker failed");
+    }
+}
+
+/// Kills one container as kubelet does for a failed liveness probe: SIGTERM, up to `grace`,
+/// then SIGKILL. Its exit arrives as usual, from the runtime.
+pub async fn kill_container(deps: Arc<Deps>, id: ContainerId, grace: Duration) {
+    let _ = deps.runtime.kill(&id, libc_sig::SIGTERM);
+    let deadline = tokio::time::Instant::now() + grace;
+    while tokio::time::Instant::now() < deadline && alive(deps.runtime.as_ref(), &id) {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    if alive(deps.runtime.as_ref(), &id) {
+        let _ = deps.runtime.kill(&id, libc_sig::SIGKILL);
+    }
+}
+
 /// Is any process of this container still alive? Signal 0 probes without touching it.
 fn alive(runtime: &dyn Runtime, id: &ContainerId) -> bool {
     runtime.kill(id, 0).is_ok()
@@ -320,6 +454,9 @@ pub async fn stop(deps: Arc<Deps>, uid: String, containers: Vec<String>, grace: 
         }
         if let Err(e) = d.network.delete_pod(&uid) {
             warn!(%uid, error = %e, "network cleanup failed");
+        }
+        if let Err(e) = volumes::teardown(&d.pod_dir(&uid)) {
+            warn!(%uid, error = %e, "volume cleanup failed");
         }
         remove_pod_dir(&d.pod_dir(&uid));
     })

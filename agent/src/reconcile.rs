@@ -2,6 +2,13 @@
 //!
 //! Pure and synchronous, with time passed in, so every decision is a table test. The
 //! node loop executes the steps and feeds what happened back as observations.
+//!
+//! Within a running pod (network and volumes ready), containers are sequenced as kubelet
+//! does: init containers one at a time, in order, each to a clean exit; a failed one is
+//! restarted with the same backoff as any container unless the policy is `Never` (the pod
+//! has then failed and nothing more runs). Only once all have succeeded do the main
+//! containers start, all at once. Init containers never run again after that, not even when
+//! a main container restarts (the node keeps `init_done` across agent restarts).
 
 use std::collections::BTreeMap;
 
@@ -25,7 +32,10 @@ pub enum Lifecycle {
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ContainerObs {
+    /// Not started yet in this pod's life (or its start failed before it ran).
     Waiting,
+    /// A worker is creating it right now.
+    Creating,
     Running {
         since: Millis,
     },
@@ -38,18 +48,41 @@ pub enum ContainerObs {
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CtrObs {
+    pub name: String,
+    pub state: ContainerObs,
+    /// How many restarts in a row its backoff has counted.
+    pub level: u32,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PodObs {
     pub lifecycle: Lifecycle,
     pub restart_policy: RestartPolicy,
-    /// Per container: its state and how many restarts its backoff has counted.
-    pub containers: Vec<(String, ContainerObs, u32)>,
+    /// In order.
+    pub init_containers: Vec<CtrObs>,
+    /// Every init container has succeeded once (possibly in an earlier agent process).
+    pub init_done: bool,
+    pub containers: Vec<CtrObs>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Step {
-    StartPod { uid: String },
-    StopPod { uid: String },
-    RestartContainer { uid: String, container: String },
+    StartPod {
+        uid: String,
+    },
+    StopPod {
+        uid: String,
+    },
+    /// First run of a container (init or main) in this pod's life.
+    StartContainer {
+        uid: String,
+        container: String,
+    },
+    RestartContainer {
+        uid: String,
+        container: String,
+    },
 }
 
 #[derive(Debug, Default, PartialEq, Eq)]
@@ -99,6 +132,55 @@ pub fn should_restart(policy: RestartPolicy, code: i32, oom: bool) -> bool {
     }
 }
 
+/// The next init container to act on: the first that has not succeeded.
+fn plan_init(uid: &str, obs: &PodObs, now: Millis, out: &mut Plan) {
+    for c in &obs.init_containers {
+        match c.state {
+            ContainerObs::Exited {
+                code: 0,
+                oom: false,
+                ..
+            } => continue,
+            ContainerObs::Waiting => out.steps.push(Step::StartContainer {
+                uid: uid.to_owned(),
+                container: c.name.clone(),
+            }),
+            ContainerObs::Exited { .. } => {
+                // An init container is retried on failure under Always and OnFailure alike;
+                // under Never the pod has failed.
+                if obs.restart_policy != RestartPolicy::Never {
+                    plan_restart(uid, c, now, out);
+                }
+            }
+            ContainerObs::Creating | ContainerObs::Running { .. } => {}
+        }
+        return;
+    }
+}
+
+/// Restarts an exited container once its backoff is over, or asks to be woken then.
+fn plan_restart(uid: &str, c: &CtrObs, now: Millis, out: &mut Plan) {
+    let ContainerObs::Exited { at, ran_for, .. } = c.state else {
+        return;
+    };
+    let level = if ran_for >= BACKOFF_RESET_AFTER {
+        0
+    } else {
+        c.level
+    };
+    let due = at
+        .saturating_add(backoff(level))
+        .saturating_add(jitter(uid, &c.name, level));
+    if due <= now {
+        out.steps.push(Step::RestartContainer {
+            uid: uid.to_owned(),
+            container: c.name.clone(),
+        });
+    } else {
+        out.wake_at = Some(out.wake_at.map_or(due, |w| w.min(due)));
+    }
+}
+
 pub fn plan(desired: &DesiredState, observed: &BTreeMap<String, PodObs>, now: Millis) -> Plan {
     let mut out = Plan::default();
     for pod in desired.pods.iter() {
@@ -119,34 +201,33 @@ pub fn plan(desired: &DesiredState, observed: &BTreeMap<String, PodObs>, now: Mi
         if obs.lifecycle != Lifecycle::Running {
             continue;
         }
-        for (name, state, level) in &obs.containers {
-            let ContainerObs::Exited {
-                code,
-                oom,
-                at,
-                ran_for,
-            } = *state
-            else {
-                continue;
-            };
-            if !should_restart(obs.restart_policy, code, oom) {
-                continue;
-            }
-            let level = if ran_for >= BACKOFF_RESET_AFTER {
-                0
-            } else {
-                *level
-            };
-            let due = at
-                .saturating_add(backoff(level))
-                .saturating_add(jitter(uid, name, level));
-            if due <= now {
-                out.steps.push(Step::RestartContainer {
+        let init_done = obs.init_done
+            || obs.init_containers.iter().all(|c| {
+                matches!(
+                    c.state,
+                    ContainerObs::Exited {
+                        code: 0,
+                        oom: false,
+                        ..
+                    }
+                )
+            });
+        if !init_done {
+            plan_init(uid, obs, now, &mut out);
+            continue;
+        }
+        for c in &obs.containers {
+            match c.state {
+                ContainerObs::Waiting => out.steps.push(Step::StartContainer {
                     uid: uid.clone(),
-                    container: name.clone(),
-                });
-            } else {
-                out.wake_at = Some(out.wake_at.map_or(due, |w| w.min(due)));
+                    container: c.name.clone(),
+                }),
+                ContainerObs::Exited { code, oom, .. } => {
+                    if should_restart(obs.restart_policy, code, oom) {
+                        plan_restart(uid, c, now, &mut out);
+                    }
+                }
+                ContainerObs::Creating | ContainerObs::Running { .. } => {}
             }
         }
     }
@@ -180,11 +261,21 @@ mod tests {
         }
     }
 
+    fn ctr(name: &str, state: ContainerObs, level: u32) -> CtrObs {
+        CtrObs {
+            name: name.into(),
+            state,
+            level,
+        }
+    }
+
     fn obs(lifecycle: Lifecycle, policy: RestartPolicy, c: ContainerObs, level: u32) -> PodObs {
         PodObs {
             lifecycle,
             restart_policy: policy,
-            containers: vec![("c".into(), c, level)],
+            init_containers: vec![],
+            init_done: false,
+            containers: vec![ctr("c", c, level)],
         }
     }
 
@@ -381,6 +472,113 @@ mod tests {
         for (name, d, o, now, want) in cases {
             assert_eq!(plan(&d, &o, now), want, "{name}");
         }
+    }
+
+    fn start_c(u: &str, c: &str) -> Step {
+        Step::StartContainer {
+            uid: u.into(),
+            container: c.into(),
+        }
+    }
+    fn restart_c(u: &str, c: &str) -> Step {
+        Step::RestartContainer {
+            uid: u.into(),
+            container: c.into(),
+        }
+    }
+
+    /// Init containers `i1`, `i2` and main container `c`, running pod `a`.
+    fn with_init(
+        policy: RestartPolicy,
+        i1: ContainerObs,
+        i2: (ContainerObs, u32),
+        c: ContainerObs,
+        init_done: bool,
+    ) -> BTreeMap<String, PodObs> {
+        observed(&[(
+            "a",
+            PodObs {
+                lifecycle: Lifecycle::Running,
+                restart_policy: policy,
+                init_containers: vec![ctr("i1", i1, 0), ctr("i2", i2.0, i2.1)],
+                init_done,
+                containers: vec![ctr("c", c, 0)],
+            },
+        )])
+    }
+
+    #[test]
+    fn init_containers_run_in_order_to_success_before_the_main_ones() {
+        use ContainerObs::*;
+        use RestartPolicy::*;
+        let ok = Exited {
+            code: 0,
+            oom: false,
+            at: 100,
+            ran_for: 50,
+        };
+        let failed = Exited {
+            code: 2,
+            oom: false,
+            at: 100,
+            ran_for: 50,
+        };
+        let d = desired(&["a"]);
+        let wake = 100 + backoff(2) + jitter("a", "i2", 2);
+        #[rustfmt::skip]
+        let cases: Vec<(&str, BTreeMap<String, PodObs>, Millis, Plan)> = vec![
+            ("a fresh pod starts its first init container only",
+             with_init(Always, Waiting, (Waiting, 0), Waiting, false), 0,
+             Plan { steps: vec![start_c("a", "i1")], wake_at: None }),
+            ("one runs at a time",
+             with_init(Always, Running { since: 1 }, (Waiting, 0), Waiting, false), 5, Plan::default()),
+            ("nor while it is being created",
+             with_init(Always, Creating, (Waiting, 0), Waiting, false), 5, Plan::default()),
+            ("a success starts the next",
+             with_init(Always, ok, (Waiting, 0), Waiting, false), 200,
+             Plan { steps: vec![start_c("a", "i2")], wake_at: None }),
+            ("a failure is retried at once the first time",
+             with_init(Always, ok, (failed, 0), Waiting, false), 100,
+             Plan { steps: vec![restart_c("a", "i2")], wake_at: None }),
+            ("... then with backoff",
+             with_init(OnFailure, ok, (failed, 2), Waiting, false), 200,
+             Plan { steps: vec![], wake_at: Some(wake) }),
+            ("... and restarted when due",
+             with_init(OnFailure, ok, (failed, 2), Waiting, false), wake,
+             Plan { steps: vec![restart_c("a", "i2")], wake_at: None }),
+            ("under Never a failed init container fails the pod: nothing more runs",
+             with_init(Never, ok, (failed, 0), Waiting, false), 10_000_000, Plan::default()),
+            ("all succeeded: the main containers start",
+             with_init(Always, ok, (ok, 0), Waiting, false), 200,
+             Plan { steps: vec![start_c("a", "c")], wake_at: None }),
+            ("once done (e.g. before an agent restart), init containers never run again",
+             with_init(Always, Waiting, (Waiting, 0), failed, true), 200,
+             Plan { steps: vec![restart_c("a", "c")], wake_at: None }),
+        ];
+        for (name, o, now, want) in cases {
+            assert_eq!(plan(&d, &o, now), want, "{name}");
+        }
+    }
+
+    #[test]
+    fn main_containers_without_init_start_together() {
+        let o = observed(&[(
+            "a",
+            PodObs {
+                lifecycle: Lifecycle::Running,
+                restart_policy: RestartPolicy::Always,
+                init_containers: vec![],
+                init_done: false,
+                containers: vec![
+                    ctr("x", ContainerObs::Waiting, 0),
+                    ctr("y", ContainerObs::Waiting, 0),
+                ],
+            },
+        )]);
+        assert_eq!(
+            plan(&desired(&["a"]), &o, 0).steps,
+            vec![start_c("a", "x"), start_c("a", "y")]
+        );
     }
 
     #[test]

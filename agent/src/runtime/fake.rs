@@ -7,7 +7,9 @@ use std::sync::{Mutex, MutexGuard};
 
 use tokio::sync::mpsc::UnboundedSender;
 
-use super::{Adopted, ContainerId, ExitEvent, ExitReason, RunSpec, Runtime, RuntimeError};
+use super::{
+    Adopted, ContainerId, ExecOutcome, ExitEvent, ExitReason, RunSpec, Runtime, RuntimeError,
+};
 
 /// One recorded call. `Run` keeps the spec inline (not boxed) so tests can match on it directly;
 /// the size of a test double's enum does not matter.
@@ -20,6 +22,7 @@ pub enum Call {
     List,
     State(ContainerId),
     Adopt(ContainerId),
+    Exec(ContainerId, Vec<String>),
 }
 
 #[derive(Default)]
@@ -33,6 +36,8 @@ struct State {
     /// Pid of each container in `containers`.
     pids: BTreeMap<ContainerId, u32>,
     next_pid: u32,
+    /// What `exec` answers per container; `Exited(0)` when not set.
+    exec_outcomes: BTreeMap<ContainerId, ExecOutcome>,
 }
 
 pub struct FakeRuntime {
@@ -86,6 +91,11 @@ impl FakeRuntime {
             st.exited.insert(id.clone());
         }
         pid
+    }
+
+    /// From now on `exec` in `id` answers `outcome` (a probe test's knob).
+    pub fn set_exec_outcome(&self, id: &ContainerId, outcome: ExecOutcome) {
+        self.lock().exec_outcomes.insert(id.clone(), outcome);
     }
 
     /// Ids that were run and not yet deleted.
@@ -174,6 +184,27 @@ impl Runtime for FakeRuntime {
             created_at_ms: None,
         })
     }
+
+    fn exec(
+        &self,
+        id: &ContainerId,
+        args: &[String],
+        _timeout: std::time::Duration,
+    ) -> Result<ExecOutcome, RuntimeError> {
+        let mut st = self.lock();
+        st.calls.push(Call::Exec(id.clone(), args.to_vec()));
+        if !st.containers.contains(id) {
+            return Err(RuntimeError::NotFound(id.clone()));
+        }
+        if st.exited.contains(id) {
+            return Err(RuntimeError::NotRunning(id.clone()));
+        }
+        Ok(st
+            .exec_outcomes
+            .get(id)
+            .cloned()
+            .unwrap_or(ExecOutcome::Exited(0)))
+    }
 }
 
 #[cfg(test)]
@@ -196,6 +227,8 @@ mod tests {
             pids_limit: 10,
             log_path: "/l".into(),
             log_max_bytes: 1,
+            mounts: vec![],
+            security: Default::default(),
         }
     }
 

@@ -99,6 +99,65 @@ pub struct RunSpec {
     /// The log is copy-truncated to `<log_path>.1` once a periodic check finds it past this;
     /// one rotated file is kept.
     pub log_max_bytes: u64,
+    /// Bind mounts (the pod's volumes), applied in order after the default mounts.
+    pub mounts: Vec<Mount>,
+    pub security: Security,
+}
+
+/// A bind mount of a host path (a prepared pod volume) into the container.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Mount {
+    /// Absolute host path.
+    pub source: PathBuf,
+    /// Absolute path inside the container; created if missing.
+    pub destination: String,
+    pub read_only: bool,
+}
+
+/// The process's privileges: k8s `securityContext`, already checked by the coordinator.
+///
+/// The base capability set is containerd's (and Docker's) default, so images behave as they
+/// do under Kubernetes; `add` and `drop` apply on top (`ALL` is understood in both, drop
+/// first). Capabilities are set as bounding, effective and permitted, never inheritable or
+/// ambient, so a non-root user ends up with none after `execve`, as in Kubernetes.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Security {
+    /// Every capability, host devices, no masked or read-only kernel paths.
+    pub privileged: bool,
+    /// Names with or without the `CAP_` prefix, any case (`NET_ADMIN`, `cap_net_admin`).
+    pub capabilities_add: Vec<String>,
+    pub capabilities_drop: Vec<String>,
+    pub run_as_user: Option<u32>,
+    /// Defaults to 0 when only the user is given.
+    pub run_as_group: Option<u32>,
+    pub read_only_root_filesystem: bool,
+}
+
+/// The capabilities a container gets by default: containerd's and Docker's set.
+pub const DEFAULT_CAPABILITIES: &[&str] = &[
+    "CAP_CHOWN",
+    "CAP_DAC_OVERRIDE",
+    "CAP_FSETID",
+    "CAP_FOWNER",
+    "CAP_MKNOD",
+    "CAP_NET_RAW",
+    "CAP_SETGID",
+    "CAP_SETUID",
+    "CAP_SETFCAP",
+    "CAP_SETPCAP",
+    "CAP_NET_BIND_SERVICE",
+    "CAP_SYS_CHROOT",
+    "CAP_KILL",
+    "CAP_AUDIT_WRITE",
+];
+
+/// How a command run with [`Runtime::exec`] ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ExecOutcome {
+    /// Exit status (128 + n when killed by signal n).
+    Exited(i32),
+    /// Still running at the deadline; it was killed.
+    TimedOut,
 }
 
 /// Why a container's init process ended.
@@ -138,6 +197,7 @@ pub enum Operation {
     Kill,
     Delete,
     Load,
+    Exec,
 }
 
 impl fmt::Display for Operation {
@@ -148,6 +208,7 @@ impl fmt::Display for Operation {
             Self::Kill => "kill",
             Self::Delete => "delete",
             Self::Load => "load",
+            Self::Exec => "exec",
         })
     }
 }
@@ -181,6 +242,8 @@ pub enum RuntimeError {
     /// Only produced by [`FakeRuntime`], for tests of the callers' error handling.
     #[error("injected failure: {0}")]
     Injected(String),
+    #[error("unknown capability {0:?}")]
+    UnknownCapability(String),
 }
 
 /// A container runtime. Implementations must be usable from several threads at once.
@@ -210,6 +273,17 @@ pub trait Runtime: Send + Sync + 'static {
         log_path: &Path,
         log_max_bytes: u64,
     ) -> Result<Adopted, RuntimeError>;
+    /// Runs `args` inside the running container `id`: in its namespaces, cgroup and root, as
+    /// its user, with its environment, output discarded. Blocks until the command exits or
+    /// `timeout` passes; then the command is killed (SIGKILL) and reaped, and the result is
+    /// [`ExecOutcome::TimedOut`]. Children it left behind stay in the container. Errors with
+    /// [`RuntimeError::NotRunning`] if the container is not running.
+    fn exec(
+        &self,
+        id: &ContainerId,
+        args: &[String],
+        timeout: std::time::Duration,
+    ) -> Result<ExecOutcome, RuntimeError>;
 }
 
 impl RunSpec {
@@ -252,6 +326,14 @@ impl RunSpec {
         if self.log_max_bytes == 0 {
             return Err(bad("log_max_bytes must be positive"));
         }
+        for m in &self.mounts {
+            if !m.source.is_absolute() || !m.destination.starts_with('/') {
+                return Err(bad("mount source and destination must be absolute"));
+            }
+            if m.destination.split('/').any(|c| c == "..") {
+                return Err(bad("mount destination must not contain '..'"));
+            }
+        }
         Ok(())
     }
 }
@@ -288,6 +370,8 @@ mod tests {
             pids_limit: 10,
             log_path: "/l".into(),
             log_max_bytes: 1,
+            mounts: vec![],
+            security: Security::default(),
         }
     }
 
@@ -305,6 +389,20 @@ mod tests {
             |s| s.pids_limit = 0,
             |s| s.log_max_bytes = 0,
             |s| s.netns = Some("x".into()),
+            |s| {
+                s.mounts.push(Mount {
+                    source: "rel".into(),
+                    destination: "/d".into(),
+                    read_only: false,
+                })
+            },
+            |s| {
+                s.mounts.push(Mount {
+                    source: "/s".into(),
+                    destination: "/d/../../etc".into(),
+                    read_only: false,
+                })
+            },
         ];
         for (i, f) in cases.iter().enumerate() {
             let mut s = spec();

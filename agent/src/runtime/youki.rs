@@ -55,8 +55,9 @@ use libcgroups::v1::ControllerType;
 use libcontainer::container::builder::ContainerBuilder;
 use libcontainer::container::{Container, ContainerStatus};
 use libcontainer::oci_spec::runtime::{
-    LinuxCpuBuilder, LinuxMemoryBuilder, LinuxNamespace, LinuxNamespaceType, LinuxPidsBuilder,
-    LinuxResources, Root, Spec,
+    Capabilities, Capability, LinuxCapabilities, LinuxCpuBuilder, LinuxDevice, LinuxDeviceCgroup,
+    LinuxDeviceType, LinuxMemoryBuilder, LinuxNamespace, LinuxNamespaceType, LinuxPidsBuilder,
+    LinuxResources, Mount as OciMount, Root, Spec, User,
 };
 use libcontainer::signal::Signal;
 use libcontainer::syscall::syscall::SyscallType;
@@ -71,7 +72,8 @@ use tokio::sync::mpsc::UnboundedSender;
 
 use super::logs;
 use super::{
-    Adopted, ContainerId, ExitEvent, ExitReason, Operation, RunSpec, Runtime, RuntimeError,
+    Adopted, ContainerId, ExecOutcome, ExitEvent, ExitReason, Operation, RunSpec, Runtime,
+    RuntimeError, Security, DEFAULT_CAPABILITIES,
 };
 
 /// CFS period used for CPU limits, as kubelet does.
@@ -311,7 +313,8 @@ impl YoukiRuntime {
         oci.set_hostname(Some(spec.hostname.clone()));
 
         let mut root = Root::default();
-        root.set_path(spec.rootfs.clone()).set_readonly(Some(false));
+        root.set_path(spec.rootfs.clone())
+            .set_readonly(Some(spec.security.read_only_root_filesystem));
         oci.set_root(Some(root));
 
         let mut process = oci.process().clone().unwrap_or_default();
@@ -319,8 +322,48 @@ impl YoukiRuntime {
             .set_args(Some(spec.args.clone()))
             .set_env(Some(spec.env.clone()))
             .set_cwd(PathBuf::from(&spec.cwd))
-            .set_no_new_privileges(Some(true));
+            // k8s's allowPrivilegeEscalation is implied true for privileged containers.
+            .set_no_new_privileges(Some(!spec.security.privileged))
+            .set_capabilities(Some(capabilities(&spec.id, &spec.security)?));
+        if spec.security.run_as_user.is_some() || spec.security.run_as_group.is_some() {
+            let mut user = User::default();
+            user.set_uid(spec.security.run_as_user.unwrap_or(0))
+                .set_gid(spec.security.run_as_group.unwrap_or(0));
+            process.set_user(user);
+        }
         oci.set_process(Some(process));
+
+        let mut mounts = oci.mounts().clone().unwrap_or_default();
+        if spec.security.privileged {
+            // Writable /sys and cgroupfs, as runc gives privileged containers.
+            for m in mounts.iter_mut() {
+                let d = m.destination().clone();
+                if d == Path::new("/sys") || d == Path::new("/sys/fs/cgroup") {
+                    let opts: Vec<String> = m
+                        .options()
+                        .clone()
+                        .unwrap_or_default()
+                        .into_iter()
+                        .filter(|o| o != "ro")
+                        .collect();
+                    m.set_options(Some(opts));
+                }
+            }
+        }
+        for m in &spec.mounts {
+            let mut opts = vec!["rbind".to_owned(), "rprivate".to_owned()];
+            if m.read_only {
+                opts.push("ro".to_owned());
+            }
+            let mut mount = OciMount::default();
+            mount
+                .set_destination(PathBuf::from(&m.destination))
+                .set_typ(Some("bind".to_owned()))
+                .set_source(Some(m.source.clone()))
+                .set_options(Some(opts));
+            mounts.push(mount);
+        }
+        oci.set_mounts(Some(mounts));
 
         let mut linux = oci.linux().clone().unwrap_or_default();
         // Absolute: relative to the cgroup roots, whichever process creates it.
@@ -364,6 +407,17 @@ impl YoukiRuntime {
                 .build()
                 .map_err(backend(Operation::Create, &spec.id))?,
         ));
+        if spec.security.privileged {
+            // Every device of the host, as runc does for privileged containers: each is
+            // created in the container's own /dev (never a bind of the host's /dev, where
+            // libcontainer's device setup would write), and the device cgroup allows all.
+            let mut allow_all = LinuxDeviceCgroup::default();
+            allow_all.set_allow(true).set_access(Some("rwm".to_owned()));
+            resources.set_devices(Some(vec![allow_all]));
+            linux.set_devices(Some(host_devices()));
+            linux.set_masked_paths(Some(Vec::new()));
+            linux.set_readonly_paths(Some(Vec::new()));
+        }
         linux.set_resources(Some(resources));
         oci.set_linux(Some(linux));
         Ok(oci)
@@ -492,6 +546,35 @@ impl YoukiRuntime {
             id: id.clone(),
             source: Box::new(e),
         })
+    }
+}
+
+/// Waits for our child `pid` until `timeout`, then kills and reaps it.
+fn wait_with_timeout(pid: Pid, timeout: Duration) -> Result<ExecOutcome, Errno> {
+    use nix::sys::wait::WaitPidFlag;
+    let deadline = std::time::Instant::now() + timeout;
+    let mut nap = Duration::from_millis(1);
+    loop {
+        match waitpid(pid, Some(WaitPidFlag::WNOHANG)) {
+            Ok(WaitStatus::Exited(_, code)) => return Ok(ExecOutcome::Exited(code)),
+            Ok(WaitStatus::Signaled(_, sig, _)) => {
+                return Ok(ExecOutcome::Exited(128 + sig as i32))
+            }
+            Ok(_) => {}
+            Err(Errno::EINTR) => continue,
+            Err(e) => return Err(e),
+        }
+        if std::time::Instant::now() >= deadline {
+            let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGKILL);
+            loop {
+                match waitpid(pid, None) {
+                    Err(Errno::EINTR) => continue,
+                    _ => return Ok(ExecOutcome::TimedOut),
+                }
+            }
+        }
+        std::thread::sleep(nap);
+        nap = (nap * 2).min(Duration::from_millis(20));
     }
 }
 
@@ -670,6 +753,161 @@ fn handle_sigpipe() -> io::Result<()> {
     Ok(())
 }
 
+/// Every capability with its number, to give privileged containers all that this kernel knows.
+const ALL_CAPABILITIES: &[(&str, u32)] = &[
+    ("CHOWN", 0),
+    ("DAC_OVERRIDE", 1),
+    ("DAC_READ_SEARCH", 2),
+    ("FOWNER", 3),
+    ("FSETID", 4),
+    ("KILL", 5),
+    ("SETGID", 6),
+    ("SETUID", 7),
+    ("SETPCAP", 8),
+    ("LINUX_IMMUTABLE", 9),
+    ("NET_BIND_SERVICE", 10),
+    ("NET_BROADCAST", 11),
+    ("NET_ADMIN", 12),
+    ("NET_RAW", 13),
+    ("IPC_LOCK", 14),
+    ("IPC_OWNER", 15),
+    ("SYS_MODULE", 16),
+    ("SYS_RAWIO", 17),
+    ("SYS_CHROOT", 18),
+    ("SYS_PTRACE", 19),
+    ("SYS_PACCT", 20),
+    ("SYS_ADMIN", 21),
+    ("SYS_BOOT", 22),
+    ("SYS_NICE", 23),
+    ("SYS_RESOURCE", 24),
+    ("SYS_TIME", 25),
+    ("SYS_TTY_CONFIG", 26),
+    ("MKNOD", 27),
+    ("LEASE", 28),
+    ("AUDIT_WRITE", 29),
+    ("AUDIT_CONTROL", 30),
+    ("SETFCAP", 31),
+    ("MAC_OVERRIDE", 32),
+    ("MAC_ADMIN", 33),
+    ("SYSLOG", 34),
+    ("WAKE_ALARM", 35),
+    ("BLOCK_SUSPEND", 36),
+    ("AUDIT_READ", 37),
+    ("PERFMON", 38),
+    ("BPF", 39),
+    ("CHECKPOINT_RESTORE", 40),
+];
+
+/// `net_admin`, `CAP_NET_ADMIN` -> `NET_ADMIN`.
+fn cap_name(name: &str) -> String {
+    let up = name.trim().to_ascii_uppercase();
+    up.strip_prefix("CAP_").map(str::to_owned).unwrap_or(up)
+}
+
+fn parse_cap(id: &ContainerId, name: &str) -> Result<Capability, RuntimeError> {
+    use std::str::FromStr;
+    Capability::from_str(&cap_name(name)).map_err(|_| RuntimeError::InvalidSpec {
+        id: id.clone(),
+        reason: format!("unknown capability {name:?}"),
+    })
+}
+
+/// The capabilities this kernel knows (up to `/proc/sys/kernel/cap_last_cap`): naming one it
+/// does not know would make the container's start fail.
+fn kernel_capabilities() -> Vec<&'static str> {
+    let last = fs::read_to_string("/proc/sys/kernel/cap_last_cap")
+        .ok()
+        .and_then(|s| s.trim().parse::<u32>().ok())
+        .unwrap_or(40);
+    ALL_CAPABILITIES
+        .iter()
+        .filter(|(_, n)| *n <= last)
+        .map(|(name, _)| *name)
+        .collect()
+}
+
+/// The default set (or every capability for a privileged container), minus `drop`, plus
+/// `add`, as bounding, effective and permitted; never inheritable or ambient (see
+/// [`Security`]).
+fn capabilities(id: &ContainerId, sec: &Security) -> Result<LinuxCapabilities, RuntimeError> {
+    let all = || kernel_capabilities().into_iter().map(str::to_owned);
+    let mut names: Vec<String> = if sec.privileged {
+        all().collect()
+    } else {
+        DEFAULT_CAPABILITIES.iter().map(|c| cap_name(c)).collect()
+    };
+    if !sec.privileged {
+        for d in &sec.capabilities_drop {
+            let d = cap_name(d);
+            if d == "ALL" {
+                names.clear();
+            } else {
+                parse_cap(id, &d)?;
+                names.retain(|n| *n != d);
+            }
+        }
+        for a in &sec.capabilities_add {
+            let a = cap_name(a);
+            if a == "ALL" {
+                names = all().collect();
+            } else if !names.contains(&a) {
+                parse_cap(id, &a)?;
+                names.push(a);
+            }
+        }
+    }
+    let set: Capabilities = names
+        .iter()
+        .map(|n| parse_cap(id, n))
+        .collect::<Result<_, _>>()?;
+    let mut caps = LinuxCapabilities::default();
+    caps.set_bounding(Some(set.clone()))
+        .set_effective(Some(set.clone()))
+        .set_permitted(Some(set))
+        .set_inheritable(None)
+        .set_ambient(None);
+    Ok(caps)
+}
+
+/// The host's character and block devices directly under `/dev` (not its subdirectories,
+/// which hold pseudo-terminals and shared memory the container gets its own of).
+fn host_devices() -> Vec<LinuxDevice> {
+    use std::os::unix::fs::{FileTypeExt, MetadataExt};
+    let Ok(rd) = fs::read_dir("/dev") else {
+        return Vec::new();
+    };
+    let mut out = Vec::new();
+    for e in rd.flatten() {
+        let Ok(md) = fs::symlink_metadata(e.path()) else {
+            continue;
+        };
+        let ft = md.file_type();
+        let typ = if ft.is_char_device() {
+            LinuxDeviceType::C
+        } else if ft.is_block_device() {
+            LinuxDeviceType::B
+        } else {
+            continue;
+        };
+        // The container's own /dev/console and /dev/ptmx come from its devpts.
+        if matches!(e.file_name().to_str(), Some("console" | "ptmx" | "tty")) {
+            continue;
+        }
+        let rdev = md.rdev();
+        let mut d = LinuxDevice::default();
+        d.set_path(e.path())
+            .set_typ(typ)
+            .set_major(nix::sys::stat::major(rdev) as i64)
+            .set_minor(nix::sys::stat::minor(rdev) as i64)
+            .set_file_mode(Some(md.mode() & 0o7777))
+            .set_uid(Some(md.uid()))
+            .set_gid(Some(md.gid()));
+        out.push(d);
+    }
+    out.sort_by(|a, b| a.path().cmp(b.path()));
+    out
+}
+
 /// kubelet's milli-CPU to shares conversion: 1000m = 1024 shares, clamped to the kernel's range.
 fn cpu_shares(millis: u32) -> u64 {
     (u64::from(millis) * 1024 / 1000).clamp(2, 262_144)
@@ -790,6 +1028,73 @@ impl Runtime for YoukiRuntime {
         Ok(found.adopted)
     }
 
+    /// Through libcontainer's tenant builder, as `youki exec` does: it joins the init's
+    /// namespaces and cgroup, applies the container's capabilities and chroots to its root, so
+    /// the command sees exactly what the container sees. Chosen over a hand-made setns+chroot
+    /// child, which would need `unsafe` fork code and would miss the cgroup and capabilities.
+    /// The tenant is cloned with `CLONE_PARENT` like the init, so it is our child and we reap
+    /// it (by pid, never stealing other children's statuses).
+    #[tracing::instrument(skip_all, fields(container = %id))]
+    fn exec(
+        &self,
+        id: &ContainerId,
+        args: &[String],
+        timeout: Duration,
+    ) -> Result<ExecOutcome, RuntimeError> {
+        if args.is_empty() {
+            return Err(RuntimeError::InvalidSpec {
+                id: id.clone(),
+                reason: "exec needs a command".into(),
+            });
+        }
+        let dir = self.container_dir(id);
+        if !dir.exists() {
+            return Err(RuntimeError::NotFound(id.clone()));
+        }
+        let c = Container::load(dir).map_err(backend(Operation::Load, id))?;
+        if c.status() != ContainerStatus::Running {
+            return Err(RuntimeError::NotRunning(id.clone()));
+        }
+        // As the container's user: the tenant builder would otherwise run it as root.
+        let config = self.bundles_dir.join(id.as_str()).join("config.json");
+        let user = Spec::load(&config)
+            .ok()
+            .and_then(|s| s.process().as_ref().map(|p| p.user().clone()));
+        let devnull = |path: &Path| -> Result<OwnedFd, RuntimeError> {
+            fs::OpenOptions::new()
+                .read(true)
+                .write(true)
+                .open(path)
+                .map(OwnedFd::from)
+                .map_err(io_err(path))
+        };
+        let null = Path::new("/dev/null");
+        let (stdin, stdout, stderr) = (devnull(null)?, devnull(null)?, devnull(null)?);
+        let pid = {
+            let _lc = lock(&LIBCONTAINER);
+            ContainerBuilder::new(id.to_string(), SyscallType::default())
+                .with_root_path(&self.containers_dir)
+                .map(|b| {
+                    b.with_executor(ExplicitEnvExecutor::default())
+                        .with_stdin(stdin)
+                        .with_stdout(stdout)
+                        .with_stderr(stderr)
+                        .as_tenant()
+                        .with_container_args(args.to_vec())
+                        .with_detach(true)
+                        .with_user(user.as_ref().map(|u| u.uid()))
+                        .with_group(user.as_ref().map(|u| u.gid()))
+                })
+                .and_then(|b| b.build())
+                .map_err(backend(Operation::Exec, id))?
+        };
+        wait_with_timeout(pid, timeout).map_err(|e| RuntimeError::Backend {
+            op: Operation::Exec,
+            id: id.clone(),
+            source: Box::new(e),
+        })
+    }
+
     fn list(&self) -> Result<Vec<ContainerId>, RuntimeError> {
         let rd = fs::read_dir(&self.containers_dir).map_err(io_err(&self.containers_dir))?;
         let mut ids = Vec::new();
@@ -840,6 +1145,8 @@ mod tests {
             pids_limit: 64,
             log_path: "/l".into(),
             log_max_bytes: 1,
+            mounts: vec![],
+            security: Security::default(),
         };
         let oci = YoukiRuntime::build_spec(&s).unwrap();
         let linux = oci.linux().as_ref().unwrap();

@@ -15,7 +15,7 @@ pub const DEADLINE: Duration = Duration::from_secs(30);
 
 const APPLETS: &[&str] = &[
     "sh", "echo", "cat", "dd", "sleep", "httpd", "wget", "ip", "env", "pwd", "hostname", "yes",
-    "head", "seq", "true", "false", "ls", "printf", "mkdir",
+    "head", "seq", "true", "false", "ls", "printf", "mkdir", "id", "grep", "touch", "nc", "test",
 ];
 
 /// A rootfs with the host's static busybox and its applet links under `dir/rootfs`.
@@ -121,6 +121,8 @@ impl Fixture {
             pids_limit: 64,
             log_path: self.dir.path().join("logs").join(format!("{suffix}.log")),
             log_max_bytes: 1 << 20,
+            mounts: vec![],
+            security: Default::default(),
         }
     }
 

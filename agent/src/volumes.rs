@@ -1,0 +1,525 @@
+//! Pod volumes: emptyDir, hostPath and secret, prepared on the host under the pod's directory
+//! and bound into containers by their `volumeMounts`.
+//!
+//! Layout: `<pod_dir>/volumes/<name>`.
+//! - emptyDir: a plain directory (mode 0777, so any user in any container can write), or a
+//!   tmpfs of that size when it has a `sizeLimit`: the kernel enforces the limit, where a
+//!   directory would need a du-style poller.
+//! - secret: a tmpfs (never on disk, so an SD card never holds plaintext) with one file per
+//!   key, mode 0644 like k8s's `defaultMode`, then remounted read-only. Containers get it
+//!   read-only whatever their mount says, as k8s does.
+//! - hostPath: the host path itself; the coordinator only sends it when its policy allows.
+//!
+//! Invariants: everything lives under the pod's directory, so removing a pod removes its
+//! volumes; [`teardown`] unmounts the tmpfs volumes first (a `remove_dir_all` over a mount
+//! point fails and would leave it mounted). [`prepare`] is idempotent, so adoption after an
+//! agent restart reuses what is there (an emptyDir keeps its content).
+//!
+//! Plaintext secrets come from a [`SecretSource`]: the node loop's view of the unsealed
+//! `DesiredState.secrets`. Environment variables from secrets (`secretKeyRef`) resolve from
+//! the same source ([`secret_env`]).
+
+use std::collections::BTreeMap;
+use std::fs;
+use std::io::Write;
+use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::sync::RwLock;
+
+use baton_proto::{SecretData, Volume, VolumeMount, VolumeSource};
+use nix::mount::{mount, umount2, MntFlags, MsFlags};
+
+use crate::runtime::Mount;
+
+/// Where the plaintext of a secret comes from. The node implements it over the unsealed
+/// secrets of its desired state; tests use [`StaticSecrets`].
+pub trait SecretSource: Send + Sync {
+    fn get(&self, name: &str) -> Option<SecretData>;
+}
+
+/// Knows no secret: every reference fails with a clear reason.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct NoSecrets;
+
+impl SecretSource for NoSecrets {
+    fn get(&self, _name: &str) -> Option<SecretData> {
+        None
+    }
+}
+
+/// A settable set of secrets (tests, and a simple holder for the node loop).
+#[derive(Debug, Default)]
+pub struct StaticSecrets(RwLock<BTreeMap<String, SecretData>>);
+
+impl StaticSecrets {
+    /// Adds or replaces `name` with these key/value pairs (pairs beyond the wire bound of 64
+    /// are dropped).
+    pub fn insert(&self, name: &str, items: &[(&str, &[u8])]) {
+        let items = items
+            .iter()
+            .filter_map(|(k, v)| {
+                Some(baton_proto::SecretItem {
+                    key: baton_proto::BString::new(*k).ok()?,
+                    value: baton_proto::BVec::from_vec(v.to_vec()).ok()?,
+                })
+            })
+            .take(64)
+            .collect();
+        let data = SecretData {
+            items: baton_proto::BVec::from_vec(items).unwrap_or_default(),
+        };
+        self.0
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(name.to_owned(), data);
+    }
+}
+
+impl SecretSource for StaticSecrets {
+    fn get(&self, name: &str) -> Option<SecretData> {
+        self.0
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(name)
+            .cloned()
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum VolumeError {
+    #[error("secret {0:?} not found")]
+    SecretNotFound(String),
+    #[error("couldn't find key {key} in Secret {secret}")]
+    KeyNotFound { secret: String, key: String },
+    #[error("key {key} of secret {secret:?} is not valid text for an environment variable")]
+    NotText { secret: String, key: String },
+    #[error("invalid name {0:?} for a volume or secret key")]
+    BadName(String),
+    #[error("volume {0:?} is not defined in the pod")]
+    UnknownVolume(String),
+    #[error("hostPath {0} does not exist")]
+    HostPathMissing(PathBuf),
+    #[error("i/o error on {}", path.display())]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("cannot mount {}", path.display())]
+    Mount {
+        path: PathBuf,
+        #[source]
+        source: nix::Error,
+    },
+}
+
+fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> VolumeError + '_ {
+    move |source| VolumeError::Io {
+        path: path.to_owned(),
+        source,
+    }
+}
+
+/// The prepared volumes of one pod: volume name to host path.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct PodVolumes {
+    paths: BTreeMap<String, (PathBuf, bool)>,
+}
+
+impl PodVolumes {
+    /// Host path of a prepared volume.
+    pub fn path(&self, name: &str) -> Option<&Path> {
+        self.paths.get(name).map(|(p, _)| p.as_path())
+    }
+}
+
+pub fn volumes_dir(pod_dir: &Path) -> PathBuf {
+    pod_dir.join("volumes")
+}
+
+/// A file name that cannot escape its directory: `[A-Za-z0-9._-]`, not `.` or `..`.
+fn safe_name(name: &str) -> Result<&str, VolumeError> {
+    let ok = !name.is_empty()
+        && name != "."
+        && name != ".."
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'));
+    if ok {
+        Ok(name)
+    } else {
+        Err(VolumeError::BadName(name.to_owned()))
+    }
+}
+
+/// Creates (or finds again) every volume of a pod. Idempotent.
+pub fn prepare(
+    pod_dir: &Path,
+    volumes: &[Volume],
+    secrets: &dyn SecretSource,
+) -> Result<PodVolumes, VolumeError> {
+    let base = volumes_dir(pod_dir);
+    let mut out = PodVolumes::default();
+    let mounted = mount_points_under(&base);
+    for v in volumes {
+        let name = safe_name(&v.name)?;
+        let dir = base.join(name);
+        match &v.source {
+            VolumeSource::HostPath { path } => {
+                let p = PathBuf::from(path.as_str());
+                if !p.is_absolute() || !p.exists() {
+                    return Err(VolumeError::HostPathMissing(p));
+                }
+                out.paths.insert(name.to_owned(), (p, false));
+            }
+            VolumeSource::EmptyDir { size_limit_bytes } => {
+                fs::create_dir_all(&dir).map_err(io_err(&dir))?;
+                if let Some(size) = size_limit_bytes {
+                    if !mounted.contains(&dir) {
+                        mount_tmpfs(&dir, *size, "1777")?;
+                    }
+                }
+                fs::set_permissions(&dir, fs::Permissions::from_mode(0o1777))
+                    .map_err(io_err(&dir))?;
+                out.paths.insert(name.to_owned(), (dir, false));
+            }
+            VolumeSource::Secret { secret_name } => {
+                let data = secrets
+                    .get(secret_name)
+                    .ok_or_else(|| VolumeError::SecretNotFound(secret_name.to_string()))?;
+                fs::create_dir_all(&dir).map_err(io_err(&dir))?;
+                if !mounted.contains(&dir) {
+                    write_secret(&dir, &data)?;
+                }
+                out.paths.insert(name.to_owned(), (dir, true));
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// A tmpfs sized for the secret, one 0644 file per key, then remounted read-only.
+fn write_secret(dir: &Path, data: &SecretData) -> Result<(), VolumeError> {
+    for item in data.items.iter() {
+        safe_name(&item.key)?;
+    }
+    let bytes: u64 = data.items.iter().map(|i| i.value.len() as u64 + 4096).sum();
+    mount_tmpfs(dir, bytes + 64 * 1024, "0755")?;
+    let result = (|| {
+        for item in data.items.iter() {
+            let path = dir.join(item.key.as_str());
+            let mut f = fs::OpenOptions::new()
+                .write(true)
+                .create(true)
+                .truncate(true)
+                .mode(0o644)
+                .open(&path)
+                .map_err(io_err(&path))?;
+            f.write_all(&item.value).map_err(io_err(&path))?;
+        }
+        mount(
+            None::<&str>,
+            dir,
+            None::<&str>,
+            MsFlags::MS_REMOUNT | MsFlags::MS_RDONLY | MsFlags::MS_NOSUID | MsFlags::MS_NODEV,
+            None::<&str>,
+        )
+        .map_err(|source| VolumeError::Mount {
+            path: dir.to_owned(),
+            source,
+        })
+    })();
+    if result.is_err() {
+        let _ = umount2(dir, MntFlags::MNT_DETACH);
+    }
+    result
+}
+
+fn mount_tmpfs(dir: &Path, size: u64, mode: &str) -> Result<(), VolumeError> {
+    let opts = format!("size={size},mode={mode}");
+    mount(
+        Some("tmpfs"),
+        dir,
+        Some("tmpfs"),
+        MsFlags::MS_NOSUID | MsFlags::MS_NODEV,
+        Some(opts.as_str()),
+    )
+    .map_err(|source| VolumeError::Mount {
+        path: dir.to_owned(),
+        source,
+    })
+}
+
+/// The bind mounts for a container's `volumeMounts`. Secret volumes are always read-only.
+pub fn mounts(vols: &PodVolumes, volume_mounts: &[VolumeMount]) -> Result<Vec<Mount>, VolumeError> {
+    volume_mounts
+        .iter()
+        .map(|m| {
+            let (source, always_ro) = vols
+                .paths
+                .get(m.name.as_str())
+                .ok_or_else(|| VolumeError::UnknownVolume(m.name.to_string()))?;
+            Ok(Mount {
+                source: source.clone(),
+                destination: m.mount_path.to_string(),
+                read_only: m.read_only || *always_ro,
+            })
+        })
+        .collect()
+}
+
+/// The value of `key` in `secret`, for an environment variable.
+pub fn secret_env(
+    secrets: &dyn SecretSource,
+    secret: &str,
+    key: &str,
+) -> Result<String, VolumeError> {
+    let data = secrets
+        .get(secret)
+        .ok_or_else(|| VolumeError::SecretNotFound(secret.to_owned()))?;
+    let item = data
+        .items
+        .iter()
+        .find(|i| i.key.as_str() == key)
+        .ok_or_else(|| VolumeError::KeyNotFound {
+            secret: secret.to_owned(),
+            key: key.to_owned(),
+        })?;
+    String::from_utf8(item.value.to_vec())
+        .ok()
+        .filter(|s| !s.contains('\0'))
+        .ok_or_else(|| VolumeError::NotText {
+            secret: secret.to_owned(),
+            key: key.to_owned(),
+        })
+}
+
+/// Unmounts every mount under the pod's volumes directory (deepest first). Idempotent; the
+/// caller removes the directory afterwards.
+pub fn teardown(pod_dir: &Path) -> Result<(), VolumeError> {
+    let mut points = mount_points_under(&volumes_dir(pod_dir));
+    points.sort_by_key(|p| std::cmp::Reverse(p.components().count()));
+    let mut first_err = None;
+    for p in points {
+        if let Err(source) = umount2(&p, MntFlags::MNT_DETACH) {
+            if source != nix::errno::Errno::EINVAL && source != nix::errno::Errno::ENOENT {
+                first_err.get_or_insert(VolumeError::Mount { path: p, source });
+            }
+        }
+    }
+    first_err.map_or(Ok(()), Err)
+}
+
+/// Mount points at or below `dir`, from `/proc/self/mountinfo`.
+fn mount_points_under(dir: &Path) -> Vec<PathBuf> {
+    let Ok(text) = fs::read_to_string("/proc/self/mountinfo") else {
+        return Vec::new();
+    };
+    text.lines()
+        .filter_map(|l| l.split(' ').nth(4))
+        .map(|p| PathBuf::from(unescape_mountinfo(p)))
+        .filter(|p| p.starts_with(dir))
+        .collect()
+}
+
+/// mountinfo escapes space, tab, newline and backslash as `\ooo`.
+fn unescape_mountinfo(s: &str) -> String {
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        if b[i] == b'\\' {
+            if let Some(v) = s
+                .get(i + 1..i + 4)
+                .and_then(|o| u8::from_str_radix(o, 8).ok())
+            {
+                out.push(v);
+                i += 4;
+                continue;
+            }
+        }
+        out.push(b[i]);
+        i += 1;
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use baton_proto::BString;
+
+    fn vol(name: &str, source: VolumeSource) -> Volume {
+        Volume {
+            name: BString::new(name).unwrap(),
+            source,
+        }
+    }
+
+    fn vm(name: &str, path: &str, ro: bool) -> VolumeMount {
+        VolumeMount {
+            name: BString::new(name).unwrap(),
+            mount_path: BString::new(path).unwrap(),
+            read_only: ro,
+        }
+    }
+
+    /// Unmounts whatever a test mounted, even if it fails half-way.
+    struct Cleanup(PathBuf);
+    impl Drop for Cleanup {
+        fn drop(&mut self) {
+            let _ = teardown(&self.0);
+        }
+    }
+
+    #[test]
+    fn secrets_resolve_for_env_with_clear_errors() {
+        let s = StaticSecrets::default();
+        s.insert("db", &[("password", b"hunter2"), ("bin", b"a\0b")]);
+        assert_eq!(secret_env(&s, "db", "password").unwrap(), "hunter2");
+        let e = secret_env(&s, "nope", "x").unwrap_err().to_string();
+        assert_eq!(e, "secret \"nope\" not found");
+        assert!(matches!(
+            secret_env(&s, "db", "user"),
+            Err(VolumeError::KeyNotFound { .. })
+        ));
+        assert!(matches!(
+            secret_env(&s, "db", "bin"),
+            Err(VolumeError::NotText { .. })
+        ));
+        assert!(NoSecrets.get("db").is_none());
+    }
+
+    #[test]
+    fn empty_dir_secret_and_host_path_are_prepared_and_torn_down() {
+        let dir = tempfile::tempdir().unwrap();
+        let pod = dir.path().join("pod");
+        let _c = Cleanup(pod.clone());
+        let s = StaticSecrets::default();
+        s.insert("db", &[("password", b"hunter2")]);
+        let vols = vec![
+            vol(
+                "scratch",
+                VolumeSource::EmptyDir {
+                    size_limit_bytes: None,
+                },
+            ),
+            vol(
+                "small",
+                VolumeSource::EmptyDir {
+                    size_limit_bytes: Some(1 << 20),
+                },
+            ),
+            vol(
+                "creds",
+                VolumeSource::Secret {
+                    secret_name: BString::new("db").unwrap(),
+                },
+            ),
+            vol(
+                "host",
+                VolumeSource::HostPath {
+                    path: BString::new(dir.path().to_str().unwrap()).unwrap(),
+                },
+            ),
+        ];
+        let pv = prepare(&pod, &vols, &s).unwrap();
+        let creds = pv.path("creds").unwrap().to_owned();
+        assert_eq!(fs::read(creds.join("password")).unwrap(), b"hunter2");
+        let mode = fs::metadata(creds.join("password"))
+            .unwrap()
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o777, 0o644);
+        // Read-only: even root cannot add a file.
+        assert!(fs::write(creds.join("x"), b"1").is_err());
+        let small = pv.path("small").unwrap().to_owned();
+        let mounted = mount_points_under(&volumes_dir(&pod));
+        assert!(
+            mounted.contains(&small) && mounted.contains(&creds),
+            "{mounted:?}"
+        );
+        // The size limit holds.
+        assert!(fs::write(small.join("big"), vec![0u8; 2 << 20]).is_err());
+        fs::write(pv.path("scratch").unwrap().join("keep"), b"1").unwrap();
+        // Idempotent: a second prepare (adoption) keeps content and mounts once.
+        let again = prepare(&pod, &vols, &s).unwrap();
+        assert_eq!(again, pv);
+        assert!(pv.path("scratch").unwrap().join("keep").exists());
+        assert_eq!(mount_points_under(&volumes_dir(&pod)).len(), 2);
+
+        let m = mounts(
+            &pv,
+            &[
+                vm("scratch", "/data", false),
+                vm("creds", "/etc/creds", false),
+                vm("host", "/h", true),
+            ],
+        )
+        .unwrap();
+        assert_eq!(
+            m.iter()
+                .map(|m| (m.destination.as_str(), m.read_only))
+                .collect::<Vec<_>>(),
+            [("/data", false), ("/etc/creds", true), ("/h", true)]
+        );
+        assert!(matches!(
+            mounts(&pv, &[vm("other", "/x", false)]),
+            Err(VolumeError::UnknownVolume(_))
+        ));
+
+        teardown(&pod).unwrap();
+        assert!(mount_points_under(&volumes_dir(&pod)).is_empty());
+        fs::remove_dir_all(&pod).unwrap();
+    }
+
+    #[test]
+    fn missing_secret_or_host_path_and_bad_names_fail_before_mounting() {
+        let dir = tempfile::tempdir().unwrap();
+        let pod = dir.path().join("pod");
+        let _c = Cleanup(pod.clone());
+        let cases = [
+            (
+                vol(
+                    "s",
+                    VolumeSource::Secret {
+                        secret_name: BString::new("db").unwrap(),
+                    },
+                ),
+                "secret \"db\" not found",
+            ),
+            (
+                vol(
+                    "h",
+                    VolumeSource::HostPath {
+                        path: BString::new("/does/not/exist").unwrap(),
+                    },
+                ),
+                "hostPath /does/not/exist does not exist",
+            ),
+            (
+                vol(
+                    "..",
+                    VolumeSource::EmptyDir {
+                        size_limit_bytes: None,
+                    },
+                ),
+                "invalid name \"..\" for a volume or secret key",
+            ),
+        ];
+        for (v, want) in cases {
+            assert_eq!(
+                prepare(&pod, &[v], &NoSecrets).unwrap_err().to_string(),
+                want
+            );
+        }
+        assert!(mount_points_under(&volumes_dir(&pod)).is_empty());
+    }
+
+    #[test]
+    fn mountinfo_escapes() {
+        assert_eq!(unescape_mountinfo("/a\\040b"), "/a b");
+        assert_eq!(unescape_mountinfo("/plain"), "/plain");
+        assert_eq!(unescape_mountinfo("/x\\"), "/x\\");
+    }
+}

@@ -28,11 +28,7 @@ static NEXT: AtomicU32 = AtomicU32::new(0);
 /// Something to undo when the rig goes: a tmpfs mount or an extra registry.
 enum Cleanup {
     Umount(PathBuf),
-    Registry {
-        ns: String,
-        addr: String,
-        dir: PathBuf,
-    },
+    Registry { addr: String, dir: PathBuf },
 }
 
 impl Drop for Cleanup {
@@ -41,11 +37,10 @@ impl Drop for Cleanup {
             Cleanup::Umount(p) => {
                 let _ = Command::new("umount").arg("-l").arg(&*p).status();
             }
-            Cleanup::Registry { ns, addr, dir } => {
-                let _ = Command::new("nsenter")
-                    .arg(format!("--net=/run/netns/{ns}"))
-                    .arg("--")
-                    .arg(repo_root().join("images/registry.sh"))
+            // Not through the hub namespace: it is gone by now (the lab drops first),
+            // and stopping only signals the pid in the registry's pidfile.
+            Cleanup::Registry { addr, dir } => {
+                let _ = Command::new(repo_root().join("images/registry.sh"))
                     .args(["stop", addr.as_str()])
                     .arg(&*dir)
                     .output();
@@ -1042,12 +1037,8 @@ fn auth_steps(rig: &mut Rig) -> Result<()> {
         .env("REG_HTPASSWD", dir.join("htpasswd"))
         .env("REG_TLS_CERT", dir.join("srv.pem"))
         .env("REG_TLS_KEY", dir.join("srv.key"))
-        .env(
-            "REG_STORAGE",
-            rig.lab.dir.path().join("registry/storage"),
-        ))?;
+        .env("REG_STORAGE", rig.lab.dir.path().join("registry/storage")))?;
     rig.cleanups.push(Cleanup::Registry {
-        ns: rig.lab.hub.0.clone(),
         addr: addr.clone(),
         dir: reg_dir,
     });

@@ -12,9 +12,13 @@ use std::time::Duration;
 
 use baton_proto::topics::{self, Down, Kind};
 use baton_proto::{Body, DesiredState, Envelope, NodeName, Sender, MAX_MESSAGE_BYTES};
-use rumqttc::{AsyncClient, Event, LastWill, MqttOptions, Packet, QoS};
+use rumqttc::{
+    AsyncClient, Event, LastWill, MqttOptions, Packet, QoS, TlsConfiguration, Transport,
+};
 use tokio::sync::mpsc;
 use tracing::{debug, info, warn};
+
+use crate::mqtt_tls::{MqttTls, MqttTlsError};
 
 #[derive(Debug, thiserror::Error)]
 pub enum BusError {
@@ -27,6 +31,12 @@ pub enum BusError {
     Disconnected,
     #[error("mqtt client queue is full")]
     Full,
+    #[error("the broker url {0} asks for TLS (mqtts://) but no CA, client certificate and key were given")]
+    TlsMissing(String),
+    #[error("a CA, client certificate and key were given but the broker url {0} is not mqtts://")]
+    TlsUnused(String),
+    #[error(transparent)]
+    Tls(#[from] MqttTlsError),
 }
 
 #[derive(Debug)]
@@ -37,10 +47,44 @@ pub enum BusEvent {
     StatusRequest,
 }
 
-/// Parses the broker address (`mqtt://host:port`); the format is defined in
-/// [`baton_proto::broker`], shared with the coordinator.
+/// Parses the broker address (`mqtt://host:port` or `mqtts://host:port`); the format is
+/// defined in [`baton_proto::broker`], shared with the coordinator.
 pub fn parse_url(url: &str) -> Result<(String, u16), BusError> {
     baton_proto::broker::parse_broker_url(url).map_err(|e| BusError::BadUrl(e.to_string()))
+}
+
+/// The MQTT connection settings for `node`: address, session, packet limits, last will,
+/// and the transport. `mqtts://` needs `tls` and `mqtt://` refuses it, so certificates are
+/// never silently ignored and a TLS address never falls back to clear text.
+pub fn mqtt_options(
+    url: &str,
+    node: &NodeName,
+    tls: Option<&MqttTls>,
+) -> Result<MqttOptions, BusError> {
+    let addr =
+        baton_proto::broker::BrokerUrl::parse(url).map_err(|e| BusError::BadUrl(e.to_string()))?;
+    let mut opts = MqttOptions::new(format!("baton-agent-{node}"), addr.host, addr.port);
+    opts.set_keep_alive(Duration::from_secs(10));
+    opts.set_clean_session(true);
+    opts.set_max_packet_size(MAX_MESSAGE_BYTES + 4096, MAX_MESSAGE_BYTES + 4096);
+    let will = Envelope::new(Sender::Node(node.clone()), 0, Body::Offline).encode()?;
+    opts.set_last_will(LastWill::new(
+        topics::topic(node, Kind::of(&Body::Offline)),
+        will,
+        QoS::AtLeastOnce,
+        false,
+    ));
+    match (addr.tls, tls) {
+        (true, Some(tls)) => {
+            opts.set_transport(Transport::tls_with_config(TlsConfiguration::Rustls(
+                tls.client_config()?,
+            )));
+        }
+        (true, None) => return Err(BusError::TlsMissing(url.to_owned())),
+        (false, Some(_)) => return Err(BusError::TlsUnused(url.to_owned())),
+        (false, None) => {}
+    }
+    Ok(opts)
 }
 
 /// The longest pause between reconnect attempts. Short enough that a node is back within
@@ -62,24 +106,25 @@ pub struct Bus {
 }
 
 impl Bus {
-    /// Starts the connection task. Events arrive on `events` until the receiver is dropped.
+    /// Starts the connection task over plain MQTT. Events arrive on `events` until the
+    /// receiver is dropped.
     pub fn start(
         url: &str,
         node: NodeName,
         events: mpsc::Sender<BusEvent>,
     ) -> Result<Self, BusError> {
-        let (host, port) = parse_url(url)?;
-        let mut opts = MqttOptions::new(format!("baton-agent-{node}"), host, port);
-        opts.set_keep_alive(Duration::from_secs(10));
-        opts.set_clean_session(true);
-        opts.set_max_packet_size(MAX_MESSAGE_BYTES + 4096, MAX_MESSAGE_BYTES + 4096);
-        let will = Envelope::new(Sender::Node(node.clone()), 0, Body::Offline).encode()?;
-        opts.set_last_will(LastWill::new(
-            topics::topic(&node, Kind::of(&Body::Offline)),
-            will,
-            QoS::AtLeastOnce,
-            false,
-        ));
+        Self::start_tls(url, node, None, events)
+    }
+
+    /// [`Bus::start`], over TLS with a client certificate when `url` is `mqtts://`
+    /// (see [`mqtt_options`]).
+    pub fn start_tls(
+        url: &str,
+        node: NodeName,
+        tls: Option<&MqttTls>,
+        events: mpsc::Sender<BusEvent>,
+    ) -> Result<Self, BusError> {
+        let opts = mqtt_options(url, &node, tls)?;
         let (client, mut eventloop) = AsyncClient::new(opts, 64);
         let bus = Bus {
             client,
@@ -195,6 +240,31 @@ mod tests {
     }
 
     #[test]
+    fn tls_is_used_exactly_when_the_url_asks_for_it() {
+        let node = NodeName::new("pi-1").unwrap();
+        let tls = MqttTls {
+            ca_pem: b"junk".to_vec(),
+            cert_pem: Vec::new(),
+            key_pem: Vec::new(),
+        };
+        assert!(matches!(
+            mqtt_options("mqtts://b:8883", &node, None),
+            Err(BusError::TlsMissing(_))
+        ));
+        assert!(matches!(
+            mqtt_options("mqtt://b:1883", &node, Some(&tls)),
+            Err(BusError::TlsUnused(_))
+        ));
+        // Bad material fails here, at start, not on every reconnect.
+        assert!(matches!(
+            mqtt_options("mqtts://b", &node, Some(&tls)),
+            Err(BusError::Tls(_))
+        ));
+        let plain = mqtt_options("mqtt://b", &node, None).unwrap();
+        assert!(matches!(plain.transport(), Transport::Tcp));
+    }
+
+    #[test]
     fn urls() {
         assert_eq!(
             parse_url("mqtt://10.0.0.1:1884").unwrap(),
@@ -205,6 +275,7 @@ mod tests {
             ("broker.lan".into(), 1883)
         );
         assert_eq!(parse_url("tcp://[::1]:1883").unwrap(), ("::1".into(), 1883));
+        assert_eq!(parse_url("mqtts://b").unwrap(), ("b".into(), 8883));
         for bad in ["", "mqtt://", "mqtt://h:x", "mqtt://h:1/x", ":1883"] {
             assert!(parse_url(bad).is_err(), "{bad:?}");
         }

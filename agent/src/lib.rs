@@ -8,6 +8,7 @@
 pub mod adopt;
 pub mod bus;
 pub mod image;
+pub mod mqtt_tls;
 pub mod network;
 pub mod node;
 pub mod pod;

@@ -37,6 +37,15 @@ struct RunArgs {
         default_value = "mqtt://127.0.0.1:1883"
     )]
     coordinator: String,
+    /// With an `mqtts://` broker: the PEM CA that signed the broker's certificate.
+    #[arg(long, env = "BATON_MQTT_CA", requires_all = ["mqtt_cert", "mqtt_key"])]
+    mqtt_ca: Option<PathBuf>,
+    /// With an `mqtts://` broker: this node's PEM client certificate (CN = node name).
+    #[arg(long, env = "BATON_MQTT_CERT", requires_all = ["mqtt_ca", "mqtt_key"])]
+    mqtt_cert: Option<PathBuf>,
+    /// The PEM private key of --mqtt-cert (Ed25519, ECDSA or RSA).
+    #[arg(long, env = "BATON_MQTT_KEY", requires_all = ["mqtt_ca", "mqtt_cert"])]
+    mqtt_key: Option<PathBuf>,
     /// This node's name (default: the host name).
     #[arg(long, env = "BATON_NODE_NAME")]
     node_name: Option<String>,
@@ -160,6 +169,15 @@ fn config(a: RunArgs) -> Result<AgentConfig> {
     let node = NodeName::new(&name).with_context(|| "--node-name")?;
     // Checked with the other flags, before the agent creates anything on the host.
     baton_agent::bus::parse_url(&a.coordinator).context("--coordinator")?;
+    let mqtt_tls = match (&a.mqtt_ca, &a.mqtt_cert, &a.mqtt_key) {
+        (Some(ca), Some(cert), Some(key)) => Some(
+            baton_agent::mqtt_tls::MqttTls::from_files(ca, cert, key)
+                .context("--mqtt-ca/--mqtt-cert/--mqtt-key")?,
+        ),
+        _ => None,
+    };
+    baton_agent::bus::mqtt_options(&a.coordinator, &node, mqtt_tls.as_ref())
+        .context("--coordinator")?;
     let mut labels = Vec::new();
     for l in a.labels.iter().filter(|l| !l.is_empty()) {
         let Some((k, v)) = l.split_once('=') else {
@@ -197,6 +215,7 @@ fn config(a: RunArgs) -> Result<AgentConfig> {
         log_max_bytes: a.log_max_bytes,
         pids_limit: a.pids_limit,
         stop_pods_on_exit: a.stop_pods_on_exit,
+        mqtt_tls,
     })
 }
 

@@ -68,6 +68,8 @@ pub struct AgentConfig {
     /// Stop every pod when the agent is asked to exit. Off by default: pods keep running and
     /// the next agent process adopts them.
     pub stop_pods_on_exit: bool,
+    /// CA, client certificate and key for an `mqtts://` broker (see [`crate::mqtt_tls`]).
+    pub mqtt_tls: Option<crate::mqtt_tls::MqttTls>,
 }
 
 pub enum Event {
@@ -994,7 +996,12 @@ pub async fn run(
 
     let (tx, mut rx) = mpsc::channel(256);
     let (bus_tx, mut bus_rx) = mpsc::channel(64);
-    let bus = Bus::start(&cfg.coordinator, cfg.node.clone(), bus_tx)?;
+    let bus = Bus::start_tls(
+        &cfg.coordinator,
+        cfg.node.clone(),
+        cfg.mqtt_tls.as_ref(),
+        bus_tx,
+    )?;
     let heartbeat_every = cfg.heartbeat_interval;
     let stop_on_exit = cfg.stop_pods_on_exit;
     let mut agent = Agent {

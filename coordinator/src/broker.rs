@@ -17,12 +17,35 @@
 //!   level-triggered (a heartbeat carries the applied generation and a status digest, and
 //!   the coordinator republishes or asks again on a mismatch), so a lost message is
 //!   healed at the next heartbeat.
+//!
+//! **TLS** ([`start_with`] with [`BrokerTlsFiles`]): the listener on the given address
+//! speaks only TLS and requires a client certificate that chains to the client CA
+//! (rumqttd's `verify-client-cert` feature: rustls' WebPki client verifier, anchored on
+//! the first certificate of that file). The coordinator's own bridge then uses a second,
+//! plain listener on `127.0.0.1` (an ephemeral port), so the coordinator needs no client
+//! certificate for its own broker. What rumqttd does with a verified certificate, read
+//! from its 0.20 source (`server/tls.rs`, `router/connection.rs`, `router/routing.rs`):
+//! - the **CN is not used** at all: the client id is whatever the client says, so a
+//!   device may connect as another device's client id (which disconnects that device);
+//! - the subject's **Organization (O)**, if present, becomes a "tenant": it must be
+//!   alphanumeric (a cert with `O=acme-corp` is refused), and the client id becomes
+//!   `<O>.<client id>`. Without the `validate-tenant-prefix` feature (we leave it off: it
+//!   forces topics under `/tenants/<O>/`, which Baton's topics are not) nothing else
+//!   follows from it;
+//! - there is **no per-topic ACL**: any client with a valid certificate may subscribe to
+//!   and publish on every node's topics. Envelope signatures hold that line (see
+//!   docs/security.md, "Transport").
+//! - rumqttd runs the TLS handshake inside its accept loop, without a deadline, so one
+//!   client that connects and stays silent holds up every other new connection on that
+//!   listener until it goes away (see docs/security.md).
 
 use std::collections::HashMap;
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::time::{Duration, Instant};
 
-use rumqttd::{Config, ConnectionSettings, RouterConfig, ServerSettings};
+use rumqttd::{Config, ConnectionSettings, RouterConfig, ServerSettings, TlsConfig};
+
+pub use crate::tls::BrokerTlsFiles;
 
 /// Most concurrent MQTT connections (agents plus the coordinator itself).
 pub const MAX_CONNECTIONS: usize = 10_000;
@@ -48,10 +71,73 @@ pub enum BrokerError {
     Stopped { addr: SocketAddr, reason: String },
     #[error("the embedded MQTT broker on {addr} did not accept connections within {secs}s")]
     Timeout { addr: SocketAddr, secs: u64 },
+    #[error("refusing to run the MQTT broker on the non-loopback address {0} without TLS: give --mqtt-tls-cert, --mqtt-tls-key and --mqtt-client-ca, or --insecure-mqtt to accept anyone who can reach it")]
+    NotLoopback(SocketAddr),
+    #[error("the embedded broker's TLS files: {0}")]
+    Tls(#[from] crate::tls::TlsError),
+    #[error("a TLS file path is not UTF-8: {0}")]
+    Path(std::path::PathBuf),
+}
+
+/// The embedded broker may listen beyond loopback only with TLS and client certificates,
+/// unless `insecure` (`--insecure-mqtt`), like the HTTP API's rule in `http::check_listen`.
+pub fn check_listen(listen: SocketAddr, tls: bool, insecure: bool) -> Result<(), BrokerError> {
+    if listen.ip().is_loopback() || tls {
+        return Ok(());
+    }
+    if !insecure {
+        return Err(BrokerError::NotLoopback(listen));
+    }
+    tracing::warn!(%listen, "running the MQTT broker on a non-loopback address WITHOUT TLS: anyone who can reach it can connect");
+    Ok(())
+}
+
+/// Where a started broker accepts connections.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Listening {
+    /// The address asked for (TLS if configured).
+    pub addr: SocketAddr,
+    /// Where the coordinator's own bridge connects: `addr` itself without TLS, or a plain
+    /// listener on loopback with TLS.
+    pub local: SocketAddr,
 }
 
 /// The rumqttd configuration Baton uses; see the module docs for why each limit is set.
 pub fn config(listen: SocketAddr) -> Config {
+    let mut c = base_config();
+    c.v4 = Some(HashMap::from([(
+        "1".to_owned(),
+        server("baton-v4", listen, None),
+    )]));
+    c
+}
+
+/// [`config`] with a TLS listener on `listen` (client certificates required) and a plain
+/// one on `local` for the coordinator's own bridge.
+pub fn tls_config(
+    listen: SocketAddr,
+    tls: &BrokerTlsFiles,
+    local: SocketAddr,
+) -> Result<Config, BrokerError> {
+    let path = |p: &std::path::Path| {
+        p.to_str()
+            .map(str::to_owned)
+            .ok_or_else(|| BrokerError::Path(p.to_owned()))
+    };
+    let tls = TlsConfig::Rustls {
+        capath: Some(path(&tls.client_ca)?),
+        certpath: path(&tls.cert)?,
+        keypath: path(&tls.key)?,
+    };
+    let mut c = base_config();
+    c.v4 = Some(HashMap::from([
+        ("1".to_owned(), server("baton-v4-tls", listen, Some(tls))),
+        ("2".to_owned(), server("baton-v4-local", local, None)),
+    ]));
+    Ok(c)
+}
+
+fn server(name: &str, listen: SocketAddr, tls: Option<TlsConfig>) -> ServerSettings {
     let connections = ConnectionSettings {
         connection_timeout_ms: 10_000,
         max_payload_size: MAX_PAYLOAD_SIZE,
@@ -60,13 +146,16 @@ pub fn config(listen: SocketAddr) -> Config {
         external_auth: None,
         dynamic_filters: true,
     };
-    let server = ServerSettings {
-        name: "baton-v4".into(),
+    ServerSettings {
+        name: name.into(),
         listen,
-        tls: None,
+        tls,
         next_connection_delay_ms: 1,
         connections,
-    };
+    }
+}
+
+fn base_config() -> Config {
     Config {
         id: 0,
         router: RouterConfig {
@@ -78,7 +167,7 @@ pub fn config(listen: SocketAddr) -> Config {
             initialized_filters: None,
             shared_subscriptions_strategy: Default::default(),
         },
-        v4: Some(HashMap::from([("1".to_owned(), server)])),
+        v4: None,
         v5: None,
         ws: None,
         cluster: None,
@@ -97,21 +186,30 @@ pub fn config(listen: SocketAddr) -> Config {
 /// take it ends in a clear [`BrokerError`], not a silent failure. Binding first also
 /// turns "address in use" into an error here instead of a log line on rumqttd's thread.
 pub fn start(listen: SocketAddr) -> Result<SocketAddr, BrokerError> {
-    let probe = TcpListener::bind(listen).map_err(|source| BrokerError::Bind {
-        addr: listen,
-        source,
-    })?;
-    let addr = probe.local_addr().map_err(|source| BrokerError::Bind {
-        addr: listen,
-        source,
-    })?;
-    drop(probe);
+    start_with(listen, None).map(|l| l.addr)
+}
+
+/// [`start`], with a TLS listener requiring client certificates if `tls` is given (see
+/// the module docs), whose files are checked first.
+pub fn start_with(
+    listen: SocketAddr,
+    tls: Option<&BrokerTlsFiles>,
+) -> Result<Listening, BrokerError> {
+    let addr = free_addr(listen)?;
+    let (cfg, local) = match tls {
+        None => (config(addr), addr),
+        Some(files) => {
+            crate::tls::check_broker_tls(files)?;
+            let local = free_addr(SocketAddr::from(([127, 0, 0, 1], 0)))?;
+            (tls_config(addr, files, local)?, local)
+        }
+    };
 
     let (done_tx, done_rx) = std::sync::mpsc::channel::<String>();
     std::thread::Builder::new()
         .name("mqtt-broker".into())
         .spawn(move || {
-            let mut broker = rumqttd::Broker::new(config(addr));
+            let mut broker = rumqttd::Broker::new(cfg);
             // `start` only returns when its listener threads end, e.g. when the bind
             // failed (rumqttd logs that and returns Ok).
             let reason = match broker.start() {
@@ -128,9 +226,10 @@ pub fn start(listen: SocketAddr) -> Result<SocketAddr, BrokerError> {
         if let Ok(reason) = done_rx.try_recv() {
             return Err(BrokerError::Stopped { addr, reason });
         }
-        if TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_ok() {
-            tracing::info!(%addr, "embedded MQTT broker listening");
-            return Ok(addr);
+        let up = |a: &SocketAddr| TcpStream::connect_timeout(a, Duration::from_millis(200)).is_ok();
+        if up(&addr) && up(&local) {
+            tracing::info!(%addr, tls = tls.is_some(), "embedded MQTT broker listening");
+            return Ok(Listening { addr, local });
         }
         if Instant::now() > deadline {
             return Err(BrokerError::Timeout {
@@ -140,6 +239,18 @@ pub fn start(listen: SocketAddr) -> Result<SocketAddr, BrokerError> {
         }
         std::thread::sleep(Duration::from_millis(20));
     }
+}
+
+/// Binds `listen` and lets go of it, for its resolved port (see [`start`]).
+fn free_addr(listen: SocketAddr) -> Result<SocketAddr, BrokerError> {
+    let probe = TcpListener::bind(listen).map_err(|source| BrokerError::Bind {
+        addr: listen,
+        source,
+    })?;
+    probe.local_addr().map_err(|source| BrokerError::Bind {
+        addr: listen,
+        source,
+    })
 }
 
 #[cfg(test)]
@@ -154,6 +265,58 @@ mod tests {
         assert!(c.router.max_segment_size * c.router.max_segment_count <= 8 * 1024 * 1024);
         const { assert!(MAX_PAYLOAD_SIZE > baton_proto::MAX_MESSAGE_BYTES) };
         assert!(c.router.max_segment_size >= MAX_PAYLOAD_SIZE);
+    }
+
+    #[test]
+    fn tls_config_has_one_tls_listener_and_a_plain_one_on_loopback() {
+        let files = BrokerTlsFiles {
+            cert: "/c.pem".into(),
+            key: "/k.pem".into(),
+            client_ca: "/ca.pem".into(),
+        };
+        let c = tls_config(
+            "10.0.0.1:8883".parse().unwrap(),
+            &files,
+            "127.0.0.1:4000".parse().unwrap(),
+        )
+        .unwrap();
+        let v4 = c.v4.unwrap();
+        assert_eq!(v4.len(), 2);
+        for s in v4.values() {
+            match &s.tls {
+                Some(TlsConfig::Rustls { capath, .. }) => {
+                    assert_eq!(s.listen.to_string(), "10.0.0.1:8883");
+                    assert_eq!(capath.as_deref(), Some("/ca.pem"));
+                }
+                Some(other) => panic!("{other:?}"),
+                None => assert!(s.listen.ip().is_loopback()),
+            }
+        }
+    }
+
+    #[test]
+    fn plain_mqtt_beyond_loopback_only_when_forced() {
+        let lo: SocketAddr = "127.0.0.1:1883".parse().unwrap();
+        let any: SocketAddr = "0.0.0.0:1883".parse().unwrap();
+        let lan: SocketAddr = "10.1.2.3:1883".parse().unwrap();
+        assert!(check_listen(lo, false, false).is_ok());
+        for a in [any, lan] {
+            let err = check_listen(a, false, false).unwrap_err();
+            assert!(err.to_string().contains("--insecure-mqtt"), "{err}");
+            assert!(check_listen(a, true, false).is_ok());
+            assert!(check_listen(a, false, true).is_ok());
+        }
+    }
+
+    #[test]
+    fn bad_tls_files_fail_before_the_broker_starts() {
+        let files = BrokerTlsFiles {
+            cert: "/nonexistent/c.pem".into(),
+            key: "/nonexistent/k.pem".into(),
+            client_ca: "/nonexistent/ca.pem".into(),
+        };
+        let err = start_with("127.0.0.1:0".parse().unwrap(), Some(&files)).unwrap_err();
+        assert!(err.to_string().contains("/nonexistent/ca.pem"), "{err}");
     }
 
     #[test]

@@ -1,5 +1,7 @@
 //! TLS for the HTTP API: a rustls server config from PEM files, and a listener that
-//! hands axum finished TLS streams.
+//! hands axum finished TLS streams. Also the MQTT side's TLS material: the client config
+//! for an `mqtts://` broker ([`mqtt_client_config`]) and the checks on the embedded
+//! broker's certificate, key and client CA ([`check_broker_tls`]).
 //!
 //! Handshakes run in their own tasks (with a deadline) and finished streams arrive
 //! through a channel, so one slow or silent client cannot hold up `accept` for the
@@ -29,32 +31,118 @@ pub enum TlsError {
     Key { path: PathBuf, message: String },
     #[error("invalid TLS certificate or key: {0}")]
     Config(#[from] rustls::Error),
+    #[error("cannot read the CA {path}: {message}")]
+    Ca { path: PathBuf, message: String },
+    #[error("invalid client CA: {0}")]
+    ClientCa(String),
 }
 
-/// Builds the server side from a PEM certificate chain and a PEM private key.
-pub fn server_config(cert: &Path, key: &Path) -> Result<Arc<rustls::ServerConfig>, TlsError> {
-    let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(cert)
+/// The coordinator's MQTT client identity for an `mqtts://` broker, as PEM files: the CA
+/// that signed the broker's certificate, and the coordinator's certificate and key.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MqttClientFiles {
+    pub ca: PathBuf,
+    pub cert: PathBuf,
+    pub key: PathBuf,
+}
+
+/// The embedded broker's TLS listener, as PEM files: its certificate chain and key, and
+/// the CA whose certificates clients must present.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BrokerTlsFiles {
+    pub cert: PathBuf,
+    pub key: PathBuf,
+    pub client_ca: PathBuf,
+}
+
+fn ring() -> Arc<rustls::crypto::CryptoProvider> {
+    Arc::new(rustls::crypto::ring::default_provider())
+}
+
+fn read_certs(path: &Path) -> Result<Vec<CertificateDer<'static>>, TlsError> {
+    let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(path)
         .and_then(|it| it.collect::<Result<Vec<_>, _>>())
         .map_err(|e| TlsError::Cert {
-            path: cert.to_owned(),
+            path: path.to_owned(),
             message: e.to_string(),
         })?;
     if certs.is_empty() {
         return Err(TlsError::Cert {
-            path: cert.to_owned(),
+            path: path.to_owned(),
             message: "no certificate in the file".into(),
         });
     }
-    let key = PrivateKeyDer::from_pem_file(key).map_err(|e| TlsError::Key {
-        path: key.to_owned(),
+    Ok(certs)
+}
+
+fn read_key(path: &Path) -> Result<PrivateKeyDer<'static>, TlsError> {
+    PrivateKeyDer::from_pem_file(path).map_err(|e| TlsError::Key {
+        path: path.to_owned(),
         message: e.to_string(),
+    })
+}
+
+fn read_roots(path: &Path) -> Result<rustls::RootCertStore, TlsError> {
+    let certs = read_certs(path).map_err(|e| match e {
+        TlsError::Cert { path, message } => TlsError::Ca { path, message },
+        other => other,
     })?;
-    let cfg = rustls::ServerConfig::builder_with_provider(Arc::new(
-        rustls::crypto::ring::default_provider(),
-    ))
-    .with_safe_default_protocol_versions()?
-    .with_no_client_auth()
-    .with_single_cert(certs, key)?;
+    let mut roots = rustls::RootCertStore::empty();
+    for c in certs {
+        roots.add(c).map_err(|e| TlsError::Ca {
+            path: path.to_owned(),
+            message: e.to_string(),
+        })?;
+    }
+    Ok(roots)
+}
+
+/// The coordinator's MQTT client over TLS: the broker's certificate must chain to
+/// `files.ca` and name the host dialled (DNS or IP SAN); the coordinator presents
+/// `files.cert` (Ed25519, ECDSA or RSA key).
+pub fn mqtt_client_config(files: &MqttClientFiles) -> Result<Arc<rustls::ClientConfig>, TlsError> {
+    let roots = read_roots(&files.ca)?;
+    let cfg = rustls::ClientConfig::builder_with_provider(ring())
+        .with_safe_default_protocol_versions()?
+        .with_root_certificates(roots)
+        .with_client_auth_cert(read_certs(&files.cert)?, read_key(&files.key)?)?;
+    Ok(Arc::new(cfg))
+}
+
+/// Checks the embedded broker's TLS files the way its listener will use them, so that a
+/// bad file is an error at start-up rather than a log line on every connection (rumqttd
+/// reads them per connection). rumqttd trusts only the **first** certificate of the
+/// client CA file, so a file with several is refused rather than half used.
+pub fn check_broker_tls(files: &BrokerTlsFiles) -> Result<(), TlsError> {
+    let roots = read_roots(&files.client_ca)?;
+    if roots.len() != 1 {
+        return Err(TlsError::Ca {
+            path: files.client_ca.clone(),
+            message: format!(
+                "holds {} certificates; the embedded broker trusts only the first, so give exactly one",
+                roots.len()
+            ),
+        });
+    }
+    let verifier =
+        rustls::server::WebPkiClientVerifier::builder_with_provider(Arc::new(roots), ring())
+            .build()
+            .map_err(|e| TlsError::ClientCa(e.to_string()))?;
+    rustls::ServerConfig::builder_with_provider(ring())
+        .with_safe_default_protocol_versions()?
+        .with_client_cert_verifier(verifier)
+        .with_single_cert(read_certs(&files.cert)?, read_key(&files.key)?)?;
+    Ok(())
+}
+
+/// Builds the server side from a PEM certificate chain and a PEM private key.
+pub fn server_config(cert: &Path, key: &Path) -> Result<Arc<rustls::ServerConfig>, TlsError> {
+    let certs = read_certs(cert)?;
+    let key = read_key(key)?;
+    let cfg = rustls::ServerConfig::builder_with_provider(ring())
+        .with_safe_default_protocol_versions()?
+        .with_no_client_auth()
+        .with_single_cert(certs, key)?;
     Ok(Arc::new(cfg))
 }
 

@@ -14,6 +14,7 @@ mod bounded;
 pub mod broker;
 mod envelope;
 mod messages;
+pub mod seal;
 pub mod sign;
 pub mod topics;
 

@@ -78,6 +78,26 @@ struct RunArgs {
     /// A PEM CA bundle trusted for every registry, on top of the built-in roots.
     #[arg(long, env = "BATON_REGISTRY_CA")]
     registry_ca: Option<PathBuf>,
+    /// A registry tried first for every image (http://HOST:PORT or https://HOST:PORT),
+    /// e.g. the coordinator's own (`baton image import`); the image's registry is the
+    /// fallback.
+    #[arg(long, env = "BATON_REGISTRY_MIRROR")]
+    registry_mirror: Option<String>,
+    /// A file holding the bearer token sent to --registry-mirror (for the coordinator, a
+    /// read-only API token).
+    #[arg(
+        long,
+        env = "BATON_REGISTRY_MIRROR_TOKEN_FILE",
+        requires = "registry_mirror"
+    )]
+    registry_mirror_token_file: Option<PathBuf>,
+    /// A PEM CA bundle for an https --registry-mirror.
+    #[arg(long, env = "BATON_REGISTRY_MIRROR_CA", requires = "registry_mirror")]
+    registry_mirror_ca: Option<PathBuf>,
+    /// A directory of OCI image archives (*.tar) and OCI layouts imported into the image
+    /// store at start, so pods using them run without any registry.
+    #[arg(long, env = "BATON_PRELOAD_IMAGES")]
+    preload_images: Option<PathBuf>,
     /// Most disk the image store may use: bytes (`2Gi`, `500M`) or a share of its
     /// filesystem (`20%`). Unused images are removed, least recently used first.
     #[arg(long, env = "BATON_IMAGE_DISK_BUDGET")]
@@ -191,6 +211,17 @@ fn config(a: RunArgs) -> Result<AgentConfig> {
         memory_bytes: mem.saturating_sub(a.reserved_memory_mib << 20),
         pods: a.max_pods.min(baton_proto::MAX_PODS_PER_NODE as u16),
     };
+    let registry_mirror = match a.registry_mirror.as_deref().filter(|u| !u.is_empty()) {
+        Some(url) => Some(
+            baton_agent::image::RegistryMirror::load(
+                url,
+                a.registry_mirror_token_file.as_deref(),
+                a.registry_mirror_ca.as_deref(),
+            )
+            .context("--registry-mirror")?,
+        ),
+        None => None,
+    };
     Ok(AgentConfig {
         address: a.node_ip.or_else(|| route_address(&a.coordinator)),
         node,
@@ -206,6 +237,8 @@ fn config(a: RunArgs) -> Result<AgentConfig> {
             .collect(),
         registry_config: a.registry_config,
         registry_ca: a.registry_ca,
+        registry_mirror,
+        preload_images: a.preload_images,
         image_limits: baton_agent::image::DiskLimits {
             budget: a.image_disk_budget,
             min_free: a.image_min_free,

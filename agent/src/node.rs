@@ -59,6 +59,10 @@ pub struct AgentConfig {
     pub registry_config: Option<PathBuf>,
     /// A PEM CA bundle trusted for every registry.
     pub registry_ca: Option<PathBuf>,
+    /// A registry tried first for every image (`--registry-mirror`).
+    pub registry_mirror: Option<crate::image::RegistryMirror>,
+    /// OCI archives and layouts imported into the image store at start.
+    pub preload_images: Option<PathBuf>,
     /// Image store disk budget and free-space floor.
     pub image_limits: crate::image::DiskLimits,
     pub heartbeat_interval: Duration,
@@ -942,6 +946,7 @@ pub fn build_deps(
         registry_config,
         registry_ca,
         limits: cfg.image_limits,
+        mirror: cfg.registry_mirror.clone(),
         ..ImageStoreConfig::new(dir(cfg.data_dir.join("images"))?, Platform::host())
     })
     .map_err(Box::new)?;
@@ -963,6 +968,20 @@ pub fn build_deps(
     })
 }
 
+/// Imports `--preload-images` before any pod starts, so that their first reconcile finds
+/// the images. A broken archive is logged and skipped: the agent still starts.
+async fn preload_images(images: &ImageStore, dir: &std::path::Path) {
+    match images.preload_dir(dir).await {
+        Ok(r) => tracing::info!(
+            dir = %dir.display(),
+            imported = ?r.imported,
+            failed = r.failed.len(),
+            "preloaded images"
+        ),
+        Err(e) => tracing::warn!(dir = %dir.display(), error = %e, "cannot preload images"),
+    }
+}
+
 /// Runs the agent until `shutdown` resolves.
 pub async fn run(
     cfg: AgentConfig,
@@ -975,6 +994,9 @@ pub async fn run(
     let (exit_tx, mut exit_rx) = mpsc::unbounded_channel();
     let deps = Arc::new(build_deps(&cfg, exit_tx)?);
     deps.network.setup_node()?;
+    if let Some(dir) = &cfg.preload_images {
+        preload_images(&deps.images, dir).await;
+    }
 
     let state_file = StateFile::new(&cfg.data_dir);
     let desired = match state_file.load() {

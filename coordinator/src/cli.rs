@@ -98,6 +98,31 @@ pub enum Command {
         #[command(subcommand)]
         action: TokenCommand,
     },
+    /// Manage images the coordinator serves to its agents (air-gapped sites).
+    Image {
+        #[command(subcommand)]
+        action: ImageCommand,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ImageCommand {
+    /// Upload an OCI image archive (a tar of an OCI layout, e.g. from `skopeo copy ...
+    /// oci-archive:FILE` or `docker save`) or an OCI layout directory (admin only).
+    Import {
+        file: PathBuf,
+        /// REPOSITORY[:TAG] to store it as, when the archive names its images only by tag
+        /// (or not at all); REPOSITORY alone keeps each image's tag.
+        #[arg(long)]
+        name: Option<String>,
+    },
+    /// List imported images.
+    List {
+        #[arg(short = 'o', long = "output", value_enum)]
+        output: Option<Output>,
+    },
+    /// Delete an imported image (REPOSITORY:TAG); blobs no other image needs go with it.
+    Delete { name: String },
 }
 
 #[derive(Debug, Subcommand)]
@@ -323,25 +348,25 @@ impl Client {
     }
 
     async fn send(&self, req: reqwest::RequestBuilder) -> Result<Value, CliError> {
-        let resp = req
-            .bearer_auth(&self.token)
-            .timeout(Duration::from_secs(30))
-            .send()
-            .await
-            .map_err(|e| {
-                let reason = error_chain(&e);
-                if reason.contains("certificate") {
-                    CliError::Tls {
-                        server: self.base.clone(),
-                        reason,
-                    }
-                } else {
-                    CliError::Unreachable {
-                        server: self.base.clone(),
-                        reason,
-                    }
+        self.send_with(req.timeout(Duration::from_secs(30))).await
+    }
+
+    /// [`Client::send`] with no overall timeout of its own (an upload may take long).
+    async fn send_with(&self, req: reqwest::RequestBuilder) -> Result<Value, CliError> {
+        let resp = req.bearer_auth(&self.token).send().await.map_err(|e| {
+            let reason = error_chain(&e);
+            if reason.contains("certificate") {
+                CliError::Tls {
+                    server: self.base.clone(),
+                    reason,
                 }
-            })?;
+            } else {
+                CliError::Unreachable {
+                    server: self.base.clone(),
+                    reason,
+                }
+            }
+        })?;
         let status = resp.status();
         let body = resp
             .bytes()
@@ -525,6 +550,9 @@ pub async fn run(cli: &Cli) -> Result<(), CliError> {
         Command::Token { action } => {
             out = token(&client, action).await?;
         }
+        Command::Image { action } => {
+            out = image(&client, action).await?;
+        }
         Command::Describe { resource, name } => {
             let (kind, name) = named(resource, name.as_deref(), "describe")?;
             let v = client
@@ -608,6 +636,110 @@ async fn token(client: &Client, action: &TokenCommand) -> Result<String, CliErro
             Ok(format!("token \"{name}\" deleted\n"))
         }
     }
+}
+
+/// `baton image ...`: the coordinator's registry (see [`crate::registry`]).
+async fn image(client: &Client, action: &ImageCommand) -> Result<String, CliError> {
+    use crate::registry::ImageSummary;
+    let base = format!("{}/api/v1/images", client.base);
+    let platforms = |s: &ImageSummary| {
+        if s.platforms.is_empty() {
+            "-".to_owned()
+        } else {
+            s.platforms.join(",")
+        }
+    };
+    match action {
+        ImageCommand::Import { file, name } => {
+            let started = std::time::Instant::now();
+            let bytes = std::fs::metadata(file).map(|m| m.len()).ok();
+            let body = crate::registry::upload_body(file)
+                .await
+                .map_err(|e| CliError::Usage(format!("error: {e}")))?;
+            let mut req = client.http.post(format!("{base}/import")).body(body);
+            if let Some(n) = name {
+                req = req.query(&[("name", n)]);
+            }
+            let v = client.send_with(req).await?;
+            let list: Vec<ImageSummary> = parse_objects(&items(&v))?;
+            let secs = started.elapsed().as_secs_f64();
+            let mut out = String::new();
+            for s in &list {
+                out.push_str(&format!(
+                    "image/{} imported ({}, {}, {})\n",
+                    s.name,
+                    s.digest,
+                    platforms(s),
+                    quantity::format_memory(s.size)
+                ));
+            }
+            match bytes.filter(|_| file.is_file()) {
+                Some(b) => eprintln!(
+                    "uploaded {} in {secs:.2} s ({:.1} MB/s)",
+                    quantity::format_memory(b),
+                    b as f64 / 1e6 / secs.max(1e-6)
+                ),
+                None => eprintln!("uploaded in {secs:.2} s"),
+            }
+            Ok(out)
+        }
+        ImageCommand::List { output } => {
+            let v = client.get("/api/v1/images").await?;
+            let list: Vec<ImageSummary> = parse_objects(&items(&v))?;
+            match output {
+                Some(Output::Json) => Ok(serde_json::to_string_pretty(&v)
+                    .map_err(|e| CliError::Protocol(e.to_string()))?
+                    + "\n"),
+                Some(Output::Yaml) => {
+                    serde_yaml_ng::to_string(&v).map_err(|e| CliError::Protocol(e.to_string()))
+                }
+                Some(Output::Wide) | None => {
+                    if list.is_empty() {
+                        eprintln!("No images imported");
+                        return Ok(String::new());
+                    }
+                    Ok(images_table(
+                        &list,
+                        *output == Some(Output::Wide),
+                        SystemTime::now(),
+                    ))
+                }
+            }
+        }
+        ImageCommand::Delete { name } => {
+            client
+                .send(client.http.delete(format!("{base}/{name}")))
+                .await?;
+            Ok(format!("image \"{name}\" deleted\n"))
+        }
+    }
+}
+
+/// `baton image list`: a digest's first 12 hex digits, as `docker images` shows them,
+/// unless wide.
+pub fn images_table(list: &[crate::registry::ImageSummary], wide: bool, now: SystemTime) -> String {
+    let rows: Vec<Vec<String>> = list
+        .iter()
+        .map(|s| {
+            let digest = if wide {
+                s.digest.clone()
+            } else {
+                s.digest.chars().take("sha256:".len() + 12).collect()
+            };
+            vec![
+                s.name.clone(),
+                digest,
+                if s.platforms.is_empty() {
+                    "-".to_owned()
+                } else {
+                    s.platforms.join(",")
+                },
+                quantity::format_memory(s.size),
+                age(&s.creation_timestamp, now),
+            ]
+        })
+        .collect();
+    table(&["NAME", "DIGEST", "PLATFORMS", "SIZE", "AGE"], &rows)
 }
 
 /// A rollout subcommand's argument must name a deployment.

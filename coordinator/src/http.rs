@@ -24,6 +24,7 @@
 //! POST   /api/v1/deployments/NAME/rollout/undo      body: {"toRevision": N} or empty
 //! GET    /api/v1/describe/{kind}/NAME      {"object": ..., "events": [...]}
 //! GET    /api/v1/events[?object=pod/NAME]
+//! GET|POST|DELETE /api/v1/images...  and GET /v2/...  (see crate::registry::routes)
 //! ```
 
 use std::net::SocketAddr;
@@ -80,7 +81,19 @@ struct AppState {
 
 /// The API's routes, behind token authentication.
 pub fn router(core: mpsc::Sender<Event>, bus: Arc<BusStats>, tokens: Arc<Tokens>) -> Router {
-    Router::new()
+    router_with_images(core, bus, tokens, None)
+}
+
+/// [`router`], plus the image import API and the read-only registry (see
+/// [`crate::registry::routes`]) behind the same token middleware: `/v2/` reads need any
+/// token, import and delete an admin one.
+pub fn router_with_images(
+    core: mpsc::Sender<Event>,
+    bus: Arc<BusStats>,
+    tokens: Arc<Tokens>,
+    images: Option<Arc<crate::registry::Registry>>,
+) -> Router {
+    let mut routes = Router::new()
         .route("/healthz", get(healthz))
         .route("/api/v1/tokens", get(list_tokens).post(create_token))
         .route("/api/v1/tokens/{name}", delete_route(delete_token))
@@ -101,7 +114,11 @@ pub fn router(core: mpsc::Sender<Event>, bus: Arc<BusStats>, tokens: Arc<Tokens>
         .route(
             "/api/v1/deployments/{name}/rollout/undo",
             post(rollout_undo),
-        )
+        );
+    if let Some(images) = images {
+        routes = routes.merge(crate::registry::routes(images));
+    }
+    routes
         .layer(axum::middleware::from_fn_with_state(
             tokens.clone(),
             require_token,

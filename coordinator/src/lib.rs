@@ -11,6 +11,7 @@ pub mod core;
 pub mod http;
 pub mod manifest;
 pub mod quantity;
+pub mod registry;
 pub mod rollout;
 pub mod scheduler;
 pub mod server;

@@ -21,6 +21,7 @@ use crate::broker::{self, BrokerError};
 use crate::bus::{BrokerAddr, Bus, BusError, BusStats};
 use crate::core::{Core, CoreError, Event};
 use crate::http::{self, HttpError};
+use crate::registry::{Registry, RegistryError};
 use crate::store::{RedbStore, Store, StoreError};
 use crate::tls::{self, TlsError, TlsListener};
 
@@ -103,6 +104,8 @@ pub enum ServerError {
     Tls(#[from] TlsError),
     #[error("cannot set up API tokens: {0}")]
     Auth(#[from] AuthError),
+    #[error("cannot open the image registry: {0}")]
+    Registry(#[from] RegistryError),
     #[error("cannot listen for HTTP on {addr}: {source}")]
     Bind {
         addr: SocketAddr,
@@ -120,6 +123,8 @@ pub struct Server {
     listener: tokio::net::TcpListener,
     tls: Option<Arc<rustls::ServerConfig>>,
     tokens: Arc<Tokens>,
+    /// Imported images, served on `/v2/` (see [`crate::registry`]).
+    registry: Arc<Registry>,
     core: Core,
     events_tx: mpsc::Sender<Event>,
     events_rx: mpsc::Receiver<Event>,
@@ -151,6 +156,7 @@ impl Server {
                 })?,
             );
         let tokens = Arc::new(Tokens::load(store.clone())?);
+        let registry = Arc::new(Registry::open(&cfg.data_dir, store.clone())?);
         let (outbound_tx, outbound_rx) = mpsc::channel(4096);
         let core = Core::new(store, outbound_tx, cfg.heartbeat_timeout)?
             .with_pod_drain(cfg.pod_drain)
@@ -194,6 +200,7 @@ impl Server {
             listener,
             tls,
             tokens,
+            registry,
             core,
             events_tx,
             events_rx,
@@ -222,6 +229,7 @@ impl Server {
             listener,
             tls,
             tokens,
+            registry,
             core,
             events_tx,
             events_rx,
@@ -253,7 +261,7 @@ impl Server {
         });
 
         tracing::info!(%http_addr, broker = %format!("{}:{}", broker.host, broker.port), "coordinator serving");
-        let app = http::router(events_tx, stats, tokens);
+        let app = http::router_with_images(events_tx, stats, tokens, Some(registry));
         let served = match tls {
             None => axum::serve(listener, app)
                 .with_graceful_shutdown(shutdown)

@@ -44,10 +44,12 @@ pub enum Table {
     Revisions,
     /// API tokens, keyed by name; only their SHA-256 is stored (see `crate::auth`).
     Tokens,
+    /// Imported images, keyed `repository:tag` (see `crate::registry`).
+    Images,
 }
 
 impl Table {
-    pub const ALL: [Table; 7] = [
+    pub const ALL: [Table; 8] = [
         Table::Deployments,
         Table::Pods,
         Table::Nodes,
@@ -55,6 +57,7 @@ impl Table {
         Table::Meta,
         Table::Revisions,
         Table::Tokens,
+        Table::Images,
     ];
 
     pub fn name(self) -> &'static str {
@@ -66,6 +69,7 @@ impl Table {
             Table::Meta => "meta",
             Table::Revisions => "revisions",
             Table::Tokens => "tokens",
+            Table::Images => "images",
         }
     }
 

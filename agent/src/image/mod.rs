@@ -39,8 +39,10 @@ mod auth;
 mod flight;
 pub mod gc;
 mod layout;
+mod mirror;
 mod overlay;
 mod platform;
+mod preload;
 mod pull;
 mod unpack;
 
@@ -60,6 +62,8 @@ use tracing::{debug, info, instrument, warn};
 
 pub use auth::{load_ca, Credentials, RegistryConfig};
 pub use gc::{DiskLimits, DiskSize, DiskUsage, GcReport};
+pub use mirror::RegistryMirror;
+pub use preload::PreloadReport;
 pub use platform::Platform;
 
 use flight::KeyedLocks;
@@ -86,6 +90,8 @@ pub struct ImageStoreConfig {
     pub limits: DiskLimits,
     /// Keep compressed layer blobs after unpacking (see the module doc). Off by default.
     pub keep_layer_blobs: bool,
+    /// A registry tried first for every image (see [`mirror`]).
+    pub mirror: Option<RegistryMirror>,
 }
 
 impl ImageStoreConfig {
@@ -99,6 +105,7 @@ impl ImageStoreConfig {
             registry_ca: Vec::new(),
             limits: DiskLimits::default(),
             keep_layer_blobs: false,
+            mirror: None,
         }
     }
 }
@@ -207,6 +214,8 @@ pub enum ImageError {
         #[source]
         source: Arc<io::Error>,
     },
+    #[error("invalid registry mirror {url:?}: {reason}")]
+    Mirror { url: String, reason: String },
 }
 
 impl ImageError {
@@ -271,6 +280,7 @@ struct Inner {
     /// One collection at a time; held on a blocking thread only.
     gc_lock: Mutex<()>,
     keep_layer_blobs: bool,
+    mirror: Option<RegistryMirror>,
 }
 
 #[derive(Default)]
@@ -333,8 +343,16 @@ struct RawRootfs {
 impl ImageStore {
     /// Opens (creating if needed) the store at `cfg.root` and sweeps leftovers of a previous
     /// run that was killed mid-download or mid-unpack.
-    pub fn new(cfg: ImageStoreConfig) -> Result<Self, ImageError> {
+    pub fn new(mut cfg: ImageStoreConfig) -> Result<Self, ImageError> {
         let layout = Layout::open(&cfg.root)?;
+        if let Some(m) = &cfg.mirror {
+            if m.is_insecure() {
+                cfg.insecure_registries.push(m.host().to_owned());
+            }
+            if let Some(ca) = m.ca() {
+                cfg.registry_ca.push(ca.to_vec());
+            }
+        }
         Ok(Self {
             inner: Arc::new(Inner {
                 layout,
@@ -353,6 +371,7 @@ impl ImageStore {
                 layer_sizes: Mutex::new(HashMap::new()),
                 gc_lock: Mutex::new(()),
                 keep_layer_blobs: cfg.keep_layer_blobs,
+                mirror: cfg.mirror,
             }),
         })
     }
@@ -656,7 +675,9 @@ impl Inner {
         creds: Option<Credentials>,
     ) -> Result<ImageConfig, ImageError> {
         let whole = reference.whole();
-        let result = Arc::clone(&self).pull_inner(reference, key, creds).await;
+        let result = Arc::clone(&self)
+            .pull_via_mirror(reference, key, creds)
+            .await;
         let result = result.map_err(|e| e.no_space_to_budget(&whole));
         if let Err(ImageError::DiskBudget(_)) = result {
             // What this pull left is now an orphan; over the limits, collect it at once.

@@ -812,29 +812,44 @@ fn parse_cap(id: &ContainerId, name: &str) -> Result<Capability, RuntimeError> {
     })
 }
 
-/// The capabilities this kernel knows (up to `/proc/sys/kernel/cap_last_cap`): naming one it
-/// does not know would make the container's start fail.
-fn kernel_capabilities() -> Vec<&'static str> {
+/// The capabilities this process may hand on: its own bounding set (a container can never
+/// get more; an agent in a restricted sandbox may lack some), or every capability up to
+/// `cap_last_cap` when that cannot be read.
+fn grantable_capabilities() -> Vec<&'static str> {
+    let bounding = fs::read_to_string("/proc/self/status").ok().and_then(|s| {
+        s.lines()
+            .find_map(|l| l.strip_prefix("CapBnd:"))
+            .and_then(|v| u64::from_str_radix(v.trim(), 16).ok())
+    });
     let last = fs::read_to_string("/proc/sys/kernel/cap_last_cap")
         .ok()
         .and_then(|s| s.trim().parse::<u32>().ok())
         .unwrap_or(40);
     ALL_CAPABILITIES
         .iter()
-        .filter(|(_, n)| *n <= last)
+        .filter(|(_, n)| match bounding {
+            Some(b) => *n < 64 && b & (1u64 << n) != 0,
+            None => *n <= last,
+        })
         .map(|(name, _)| *name)
         .collect()
 }
 
-/// The default set (or every capability for a privileged container), minus `drop`, plus
-/// `add`, as bounding, effective and permitted; never inheritable or ambient (see
-/// [`Security`]).
+/// The default set (or every grantable capability for a privileged container), minus `drop`,
+/// plus `add`, as bounding, effective and permitted; never inheritable or ambient (see
+/// [`Security`]). Asking to add a capability the agent does not have itself is an error
+/// (the container could not start with it anyway, and would fail less clearly).
 fn capabilities(id: &ContainerId, sec: &Security) -> Result<LinuxCapabilities, RuntimeError> {
-    let all = || kernel_capabilities().into_iter().map(str::to_owned);
+    let grantable = grantable_capabilities();
+    let all = || grantable.iter().map(|c| c.to_string());
     let mut names: Vec<String> = if sec.privileged {
         all().collect()
     } else {
-        DEFAULT_CAPABILITIES.iter().map(|c| cap_name(c)).collect()
+        DEFAULT_CAPABILITIES
+            .iter()
+            .map(|c| cap_name(c))
+            .filter(|c| grantable.contains(&c.as_str()))
+            .collect()
     };
     if !sec.privileged {
         for d in &sec.capabilities_drop {
@@ -852,6 +867,12 @@ fn capabilities(id: &ContainerId, sec: &Security) -> Result<LinuxCapabilities, R
                 names = all().collect();
             } else if !names.contains(&a) {
                 parse_cap(id, &a)?;
+                if !grantable.contains(&a.as_str()) {
+                    return Err(RuntimeError::InvalidSpec {
+                        id: id.clone(),
+                        reason: format!("capability {a} is not in the agent's own bounding set"),
+                    });
+                }
                 names.push(a);
             }
         }

@@ -15,5 +15,6 @@ pub mod pod;
 pub mod probe;
 pub mod reconcile;
 pub mod runtime;
+pub mod secrets;
 pub mod state;
 pub mod volumes;

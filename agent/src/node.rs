@@ -220,6 +220,8 @@ pub struct Agent {
     /// Hello is repeated with every heartbeat until a desired state arrives: a Hello sent
     /// before the coordinator subscribed (it restarted with its embedded broker) is lost.
     hello_pending: bool,
+    /// The desired state's secrets, opened (`deps.secrets` reads the same set).
+    secrets: crate::secrets::DeviceSecrets,
 }
 
 impl Agent {
@@ -705,6 +707,7 @@ impl Agent {
                     );
                     // Persist before acting, so a crash right now restarts from it.
                     self.state_file.store(&d)?;
+                    self.secrets.update(&d.secrets);
                     self.desired = d;
                     self.status_dirty = true;
                 }
@@ -992,7 +995,10 @@ pub async fn run(
         source,
     })?;
     let (exit_tx, mut exit_rx) = mpsc::unbounded_channel();
-    let deps = Arc::new(build_deps(&cfg, exit_tx)?);
+    let secrets = crate::secrets::DeviceSecrets::new(cfg.node.as_str(), &cfg.data_dir);
+    let mut deps = build_deps(&cfg, exit_tx)?;
+    deps.secrets = Arc::new(secrets.clone());
+    let deps = Arc::new(deps);
     deps.network.setup_node()?;
     if let Some(dir) = &cfg.preload_images {
         preload_images(&deps.images, dir).await;
@@ -1013,6 +1019,8 @@ pub async fn run(
         }
     };
     info!(node = %cfg.node, generation = desired.generation, pods = desired.pods.len(), "agent starting");
+    // Sealed in desired.bin, so secrets are back after a reboot without the network.
+    secrets.update(&desired.secrets);
     // Containers outlive the agent: take over what still runs instead of restarting it.
     let adopted = crate::adopt::adopt_or_clean(&deps, &desired).await;
 
@@ -1037,6 +1045,7 @@ pub async fn run(
         epoch: Instant::now(),
         status_dirty: true,
         hello_pending: false,
+        secrets,
     };
     for p in adopted {
         agent.track_adopted(p);

@@ -214,9 +214,14 @@ pub async fn pull(
     let mut out = Vec::new();
     for c in all_containers(pod) {
         on_pulling(&c.name);
+        let creds = crate::secrets::pull_credentials(
+            deps.secrets.as_ref(),
+            &pod.image_pull_secrets,
+            &c.image,
+        );
         let img = deps
             .images
-            .ensure(&c.image, c.image_pull_policy)
+            .ensure_with(&c.image, c.image_pull_policy, creds.as_ref())
             .await
             .map_err(|e| StartFailure {
                 container: Some(c.name.to_string()),

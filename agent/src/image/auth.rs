@@ -175,6 +175,19 @@ impl RegistryConfig {
         Ok(cfg)
     }
 
+    /// Credentials from the `.dockerconfigjson` of a pod's imagePullSecret: its `auths`
+    /// only. A `caFiles` entry is dropped: it would name files on this node, which a
+    /// secret sent from the coordinator has no business choosing.
+    pub fn from_docker_config_json(bytes: &[u8]) -> Result<Self, String> {
+        let mut raw: serde_json::Value =
+            serde_json::from_slice(bytes).map_err(|e| e.to_string())?;
+        if let Some(obj) = raw.as_object_mut() {
+            obj.remove("caFiles");
+        }
+        let clean = serde_json::to_vec(&raw).map_err(|e| e.to_string())?;
+        Self::parse(&clean, Path::new("/"))
+    }
+
     /// Sets the credentials of a registry (for programmatic setup and tests).
     pub fn with_credentials(mut self, registry: &str, creds: Credentials) -> Self {
         self.auths.insert(normalize_registry(registry), creds);

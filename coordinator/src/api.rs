@@ -284,6 +284,170 @@ pub struct PodSpec {
     /// Set by the scheduler.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub node_name: Option<String>,
+    // The fields below are skipped when empty so that the JSON of a template that does
+    // not use them, and therefore its `pod-template-hash`, is what it was before they
+    // existed: adding them rolls no running Deployment.
+    /// Run to completion, in order, before `containers` start.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub init_containers: Vec<Container>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub volumes: Vec<Volume>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub image_pull_secrets: Vec<LocalObjectReference>,
+    #[serde(default, skip_serializing_if = "PodSecurityContext::is_empty")]
+    pub security_context: PodSecurityContext,
+}
+
+impl PodSpec {
+    /// Init containers first, then the main ones, each with its manifest path.
+    pub fn all_containers<'a>(
+        &'a self,
+        path: &'a str,
+    ) -> impl Iterator<Item = (String, &'a Container)> + 'a {
+        let init = self
+            .init_containers
+            .iter()
+            .enumerate()
+            .map(move |(i, c)| (format!("{path}.initContainers[{i}]"), c));
+        let main = self
+            .containers
+            .iter()
+            .enumerate()
+            .map(move |(i, c)| (format!("{path}.containers[{i}]"), c));
+        init.chain(main)
+    }
+}
+
+/// A reference to an object by name (`imagePullSecrets: [{name}]`).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LocalObjectReference {
+    pub name: String,
+}
+
+/// Pod-level `securityContext`: defaults each container's user and group.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct PodSecurityContext {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub run_as_user: Option<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub run_as_group: Option<u32>,
+}
+
+impl PodSecurityContext {
+    pub fn is_empty(&self) -> bool {
+        self.run_as_user.is_none() && self.run_as_group.is_none()
+    }
+}
+
+/// A pod volume: `{name, secret|emptyDir|hostPath: ...}` as in Kubernetes.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Volume {
+    pub name: String,
+    #[serde(flatten)]
+    pub source: VolumeSource,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", rename_all_fields = "camelCase")]
+pub enum VolumeSource {
+    /// The secret's keys as files, on a tmpfs private to the pod.
+    Secret { secret_name: String },
+    /// Scratch space shared by the pod's containers; `size_limit` is a quantity.
+    EmptyDir {
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        size_limit: Option<String>,
+    },
+    /// A directory of the node; only admitted when the coordinator's policy allows it.
+    HostPath { path: String },
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct VolumeMount {
+    pub name: String,
+    pub mount_path: String,
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub read_only: bool,
+}
+
+/// Container `securityContext`. Fields left out inherit the pod's (user, group) or the
+/// runtime's defaults.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct SecurityContext {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub privileged: Option<bool>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub capabilities: Option<Capabilities>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub run_as_user: Option<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub run_as_group: Option<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub read_only_root_filesystem: Option<bool>,
+}
+
+/// Linux capabilities, upper case without the `CAP_` prefix (`NET_ADMIN`), as in k8s.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Capabilities {
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub add: Vec<String>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub drop: Vec<String>,
+}
+
+/// A probe with Kubernetes' defaults filled in and named ports resolved by the manifest
+/// parser, so the rest of the coordinator and the agent never guess.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Probe {
+    #[serde(flatten)]
+    pub handler: ProbeHandler,
+    pub initial_delay_seconds: u32,
+    pub period_seconds: u32,
+    pub timeout_seconds: u32,
+    pub success_threshold: u32,
+    pub failure_threshold: u32,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", rename_all_fields = "camelCase")]
+pub enum ProbeHandler {
+    Exec {
+        command: Vec<String>,
+    },
+    HttpGet {
+        #[serde(default)]
+        path: String,
+        port: u16,
+        #[serde(default)]
+        scheme: Scheme,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        host: Option<String>,
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        http_headers: Vec<HttpHeader>,
+    },
+    TcpSocket {
+        port: u16,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        host: Option<String>,
+    },
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Scheme {
+    #[default]
+    HTTP,
+    HTTPS,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HttpHeader {
+    pub name: String,
+    pub value: String,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
@@ -305,14 +469,40 @@ pub struct Container {
     pub ports: Vec<ContainerPort>,
     #[serde(default)]
     pub resources: ResourceRequirements,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub volume_mounts: Vec<VolumeMount>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub liveness_probe: Option<Probe>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub readiness_probe: Option<Probe>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub startup_probe: Option<Probe>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub security_context: Option<SecurityContext>,
 }
 
+/// An environment variable: a literal `value`, or `valueFrom.secretKeyRef`.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct EnvVar {
     pub name: String,
     #[serde(default)]
     pub value: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub value_from: Option<EnvVarSource>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct EnvVarSource {
+    pub secret_key_ref: SecretKeySelector,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SecretKeySelector {
+    /// The secret's name.
+    pub name: String,
+    pub key: String,
 }
 
 #[derive(
@@ -389,22 +579,52 @@ pub struct PodStatus {
     pub host_ip: Option<String>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub container_statuses: Vec<ContainerStatus>,
+    /// One per init container, in order.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub init_container_statuses: Vec<ContainerStatus>,
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct ContainerStatus {
     pub name: String,
     pub state: ContainerState,
+    /// As the agent reports it: running and passing its readiness probe, if any.
     pub ready: bool,
     pub restart_count: u32,
+    /// Kubernetes' word for the current state, derived by `crate::wire` as kubelet would
+    /// set `state.waiting.reason` or `state.terminated.reason`: `CrashLoopBackOff`,
+    /// `PodInitializing`, `Error`, `Completed`, `OOMKilled`. `None` while running.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+    /// How the previous run ended (k8s `lastState`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_state: Option<LastState>,
+}
+
+/// k8s `lastState`: only `terminated` is ever set.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct LastState {
+    pub terminated: TerminatedState,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct TerminatedState {
+    pub exit_code: i32,
+    /// `Completed`, `Error`, `OOMKilled`, or why the agent killed it.
+    pub reason: String,
+    /// RFC 3339, from the agent's clock.
+    pub finished_at: String,
 }
 
 /// Mirrors the agent's report. Kubernetes nests running/waiting/terminated; Baton keeps
 /// the states its agents report, which map onto kubectl's STATUS column directly.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase", rename_all_fields = "camelCase")]
 pub enum ContainerState {
+    #[default]
     Pending,
     Pulling,
     Running {
@@ -472,9 +692,157 @@ pub struct Event {
     pub timestamp: String,
 }
 
+/// A Kubernetes `Secret` (`v1`). `data` holds the decoded bytes (`stringData` is merged
+/// into it by the manifest parser); it serializes as base64, as in Kubernetes.
+///
+/// Its `Debug` shows key names and sizes only, so a value never lands in a log line.
+#[derive(Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Secret {
+    pub api_version: String,
+    pub kind: String,
+    pub metadata: ObjectMeta,
+    #[serde(rename = "type", default)]
+    pub type_: SecretType,
+    #[serde(default, with = "base64_map")]
+    pub data: BTreeMap<String, Vec<u8>>,
+}
+
+impl Secret {
+    /// Bytes of keys and values together, the size the secret is bounded by.
+    pub fn size_bytes(&self) -> usize {
+        self.data.iter().map(|(k, v)| k.len() + v.len()).sum()
+    }
+}
+
+impl std::fmt::Debug for Secret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let sizes: BTreeMap<&str, usize> = self
+            .data
+            .iter()
+            .map(|(k, v)| (k.as_str(), v.len()))
+            .collect();
+        f.debug_struct("Secret")
+            .field("metadata", &self.metadata)
+            .field("type_", &self.type_)
+            .field("data_sizes", &sizes)
+            .finish()
+    }
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub enum SecretType {
+    #[default]
+    Opaque,
+    /// Registry credentials for `imagePullSecrets`: one key, `.dockerconfigjson`.
+    #[serde(rename = "kubernetes.io/dockerconfigjson")]
+    DockerConfigJson,
+}
+
+impl SecretType {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Opaque => "Opaque",
+            Self::DockerConfigJson => DOCKER_CONFIG_JSON_TYPE,
+        }
+    }
+}
+
+pub const DOCKER_CONFIG_JSON_TYPE: &str = "kubernetes.io/dockerconfigjson";
+/// The key a `kubernetes.io/dockerconfigjson` secret must hold.
+pub const DOCKER_CONFIG_JSON_KEY: &str = ".dockerconfigjson";
+
+/// Standard base64 (RFC 4648, padded), as Kubernetes uses for `Secret.data`. Small and
+/// local rather than a dependency: it is a dozen lines and only secrets use it.
+pub mod base64 {
+    const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+
+    pub fn encode(bytes: &[u8]) -> String {
+        let mut out = String::with_capacity(bytes.len().div_ceil(3) * 4);
+        for chunk in bytes.chunks(3) {
+            let b = [
+                chunk[0],
+                chunk.get(1).copied().unwrap_or(0),
+                chunk.get(2).copied().unwrap_or(0),
+            ];
+            let n = (u32::from(b[0]) << 16) | (u32::from(b[1]) << 8) | u32::from(b[2]);
+            for i in 0..4 {
+                if i <= chunk.len() {
+                    out.push(ALPHABET[((n >> (18 - 6 * i)) & 63) as usize] as char);
+                } else {
+                    out.push('=');
+                }
+            }
+        }
+        out
+    }
+
+    /// Decodes padded standard base64; `None` on anything else (wrong length, stray
+    /// characters, padding in the middle, non-zero trailing bits).
+    pub fn decode(s: &str) -> Option<Vec<u8>> {
+        let s = s.as_bytes();
+        if s.len() % 4 != 0 {
+            return None;
+        }
+        let value = |c: u8| ALPHABET.iter().position(|&a| a == c).map(|v| v as u32);
+        let mut out = Vec::with_capacity(s.len() / 4 * 3);
+        let chunks = s.len() / 4;
+        for (ci, chunk) in s.chunks(4).enumerate() {
+            let pad = chunk.iter().rev().take_while(|&&c| c == b'=').count();
+            if pad > 2 || (pad > 0 && ci + 1 != chunks) {
+                return None;
+            }
+            let mut n = 0u32;
+            for &c in &chunk[..4 - pad] {
+                n = (n << 6) | value(c)?;
+            }
+            n <<= 6 * pad as u32;
+            let bytes = [(n >> 16) as u8, (n >> 8) as u8, n as u8];
+            let keep = 3 - pad;
+            // Non-canonical encodings (bits set in the padding) are refused.
+            if bytes[keep..].iter().any(|&b| b != 0) {
+                return None;
+            }
+            out.extend_from_slice(&bytes[..keep]);
+        }
+        Some(out)
+    }
+}
+
+mod base64_map {
+    use std::collections::BTreeMap;
+
+    use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+    pub fn serialize<S: Serializer>(
+        m: &BTreeMap<String, Vec<u8>>,
+        s: S,
+    ) -> Result<S::Ok, S::Error> {
+        m.iter()
+            .map(|(k, v)| (k.as_str(), super::base64::encode(v)))
+            .collect::<BTreeMap<_, _>>()
+            .serialize(s)
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(
+        d: D,
+    ) -> Result<BTreeMap<String, Vec<u8>>, D::Error> {
+        BTreeMap::<String, String>::deserialize(d)?
+            .into_iter()
+            .map(|(k, v)| match super::base64::decode(&v) {
+                Some(b) => Ok((k, b)),
+                None => Err(serde::de::Error::custom(format!(
+                    "data.{k}: invalid base64"
+                ))),
+            })
+            .collect()
+    }
+}
+
 /// One object of a manifest, as `baton apply` takes it.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Object {
     Deployment(Deployment),
     Pod(Pod),
+    Secret(Secret),
 }

@@ -210,6 +210,30 @@ pub struct ServerArgs {
     /// before the node stops it, so clients stop sending it requests first.
     #[arg(long, env = "BATON_POD_DRAIN_SECONDS", default_value_t = 2)]
     pub pod_drain_seconds: u64,
+    /// Admit privileged containers (`securityContext.privileged: true`).
+    #[arg(long, env = "BATON_ALLOW_PRIVILEGED")]
+    pub allow_privileged: bool,
+    /// Admit hostPath volumes at or below this directory (repeatable; the environment
+    /// variable takes a comma-separated list).
+    #[arg(
+        long = "allow-host-path",
+        value_name = "PREFIX",
+        env = "BATON_ALLOW_HOST_PATH",
+        value_delimiter = ','
+    )]
+    pub allow_host_paths: Vec<String>,
+    /// Admit adding this capability (e.g. NET_ADMIN; ALL for any), beyond the baseline set
+    /// any pod may add (repeatable; comma-separated in the environment).
+    #[arg(
+        long = "allow-capability",
+        value_name = "CAP",
+        env = "BATON_ALLOW_CAPABILITY",
+        value_delimiter = ','
+    )]
+    pub allow_capabilities: Vec<String>,
+    /// Admit pods with `hostNetwork: true`.
+    #[arg(long, env = "BATON_ALLOW_HOST_NETWORK")]
+    pub allow_host_network: bool,
 }
 
 impl ServerArgs {
@@ -234,6 +258,19 @@ impl ServerArgs {
             heartbeat_timeout: self.heartbeat_timeout,
             pod_eviction_timeout: self.pod_eviction_timeout,
             pod_drain: Duration::from_secs(self.pod_drain_seconds),
+            policy: crate::policy::Policy {
+                allow_privileged: self.allow_privileged,
+                allow_host_paths: self.allow_host_paths.clone(),
+                allow_capabilities: self
+                    .allow_capabilities
+                    .iter()
+                    .map(|c| {
+                        let c = c.trim().to_ascii_uppercase();
+                        c.strip_prefix("CAP_").map(str::to_owned).unwrap_or(c)
+                    })
+                    .collect(),
+                allow_host_network: self.allow_host_network,
+            },
         }
     }
 }
@@ -307,6 +344,7 @@ fn qualified(kind: ResourceKind) -> &'static str {
         ResourceKind::Deployment => "deployment.apps",
         ResourceKind::Pod => "pod",
         ResourceKind::Node => "node",
+        ResourceKind::Secret => "secret",
     }
 }
 
@@ -504,6 +542,7 @@ pub async fn run(cli: &Cli) -> Result<(), CliError> {
                                 deployments_table(&parse_objects(&objects)?, wide, now)
                             }
                             ResourceKind::Node => nodes_table(&parse_objects(&objects)?, wide, now),
+                            ResourceKind::Secret => secrets_table(&objects, now),
                         }
                     }
                 }
@@ -584,6 +623,7 @@ pub async fn run(cli: &Cli) -> Result<(), CliError> {
                         .collect();
                     describe_node(&node, &on_node, &events, now)
                 }
+                ResourceKind::Secret => describe_secret(&object, &events, now),
             };
         }
     }
@@ -940,7 +980,13 @@ pub fn revision_details(name: &str, r: &api::Revision) -> String {
             ));
         }
         for e in &c.env {
-            out.push_str(&format!("    Env:        {}={}\n", e.name, e.value));
+            match &e.value_from {
+                Some(from) => out.push_str(&format!(
+                    "    Env:        {}=<set to the key '{}' in secret '{}'>\n",
+                    e.name, from.secret_key_ref.key, from.secret_key_ref.name
+                )),
+                None => out.push_str(&format!("    Env:        {}={}\n", e.name, e.value)),
+            }
         }
         resources_lines(&mut out, c);
     }
@@ -1013,7 +1059,32 @@ pub fn age(timestamp: &str, now: SystemTime) -> String {
     }
 }
 
-/// The STATUS column of `get pods`: the first container that is not running says why.
+/// A container's state in one word (kubelet's `waiting`/`terminated` reason): the one
+/// the coordinator derived (`reason`), or, for statuses stored before it did, one derived
+/// from the state alone. `None` while running.
+fn state_word(c: &api::ContainerStatus) -> Option<String> {
+    if c.reason.is_some() {
+        return c.reason.clone();
+    }
+    let word = match &c.state {
+        api::ContainerState::Running { .. } => return None,
+        api::ContainerState::Pending => "Pending",
+        api::ContainerState::Pulling => "Pulling",
+        api::ContainerState::OOMKilled => "OOMKilled",
+        api::ContainerState::Exited { exit_code: 0 } => "Completed",
+        api::ContainerState::Exited { .. } => "Error",
+        api::ContainerState::Failed { reason } => reason
+            .split(|c: char| c.is_whitespace() || c == ':')
+            .find(|w| !w.is_empty())
+            .unwrap_or("Failed"),
+    };
+    Some(word.to_owned())
+}
+
+/// The STATUS column of `get pods`, derived as kubectl derives it: the first init
+/// container that has not completed says `Init:Error`, `Init:CrashLoopBackOff` or
+/// `Init:1/2`; otherwise the last main container that is not running and ready says why
+/// (`CrashLoopBackOff`, `OOMKilled`, `Error`, `Completed`, `PodInitializing`).
 pub fn pod_status_word(p: &api::Pod) -> String {
     if p.metadata.deletion_timestamp.is_some() {
         return "Terminating".into();
@@ -1026,27 +1097,62 @@ pub fn pod_status_word(p: &api::Pod) -> String {
     if p.spec.node_name.is_none() {
         return "Pending".into();
     }
+    let inits = &p.status.init_container_statuses;
+    for (i, c) in inits.iter().enumerate() {
+        if matches!(c.state, api::ContainerState::Exited { exit_code: 0 }) {
+            continue;
+        }
+        return match state_word(c) {
+            Some(w) if w != "PodInitializing" => format!("Init:{w}"),
+            _ => format!("Init:{i}/{}", p.spec.init_containers.len().max(inits.len())),
+        };
+    }
     let statuses = &p.status.container_statuses;
     if statuses.is_empty() {
         return "Pending".into();
     }
-    for c in statuses {
-        let word = match &c.state {
-            api::ContainerState::Running { .. } => continue,
-            api::ContainerState::Pending => "Pending".to_owned(),
-            api::ContainerState::Pulling => "Pulling".to_owned(),
-            api::ContainerState::OOMKilled => "OOMKilled".to_owned(),
-            api::ContainerState::Exited { exit_code: 0 } => "Completed".to_owned(),
-            api::ContainerState::Exited { .. } => "Error".to_owned(),
-            api::ContainerState::Failed { reason } => reason
-                .split(|c: char| c.is_whitespace() || c == ':')
-                .find(|w| !w.is_empty())
-                .unwrap_or("Failed")
-                .to_owned(),
-        };
-        return word;
+    let mut reason = None;
+    let mut has_running = false;
+    for c in statuses.iter().rev() {
+        match state_word(c) {
+            Some(w) => reason = Some(w),
+            None => has_running |= c.ready,
+        }
     }
-    "Running".into()
+    match reason {
+        // One container completed while another still runs: the pod is running.
+        Some(w) if w == "Completed" && has_running => "Running".into(),
+        Some(w) => w,
+        None => "Running".into(),
+    }
+}
+
+/// The RESTARTS column: the sum of restarts, and how long ago the last one ended, as
+/// kubectl shows it (`3 (42s ago)`). While init containers run, theirs count.
+pub fn restarts_column(p: &api::Pod, now: SystemTime) -> String {
+    let initializing = p
+        .status
+        .init_container_statuses
+        .iter()
+        .any(|c| !matches!(c.state, api::ContainerState::Exited { exit_code: 0 }));
+    let counted = if initializing {
+        &p.status.init_container_statuses
+    } else {
+        &p.status.container_statuses
+    };
+    let restarts: u32 = counted.iter().map(|c| c.restart_count).sum();
+    let last = counted
+        .iter()
+        .filter_map(|c| c.last_state.as_ref())
+        .filter_map(|l| humantime::parse_rfc3339_weak(&l.terminated.finished_at).ok())
+        .max();
+    match last {
+        Some(t) if restarts > 0 => {
+            let ago = age(&humantime::format_rfc3339_seconds(t).to_string(), now);
+            format!("{restarts} ({ago} ago)")
+        }
+        _ => restarts.to_string(),
+    }
 }
 
 pub fn pods_table(pods: &[api::Pod], wide: bool, now: SystemTime) -> String {
@@ -1060,17 +1166,11 @@ pub fn pods_table(pods: &[api::Pod], wide: bool, now: SystemTime) -> String {
                 .iter()
                 .filter(|c| c.ready)
                 .count();
-            let restarts: u32 = p
-                .status
-                .container_statuses
-                .iter()
-                .map(|c| c.restart_count)
-                .sum();
             let mut row = vec![
                 p.metadata.name.clone(),
                 format!("{ready}/{total}"),
                 pod_status_word(p),
-                restarts.to_string(),
+                restarts_column(p, now),
                 age(&p.metadata.creation_timestamp, now),
                 p.spec.node_name.clone().unwrap_or_else(|| "<none>".into()),
             ];
@@ -1085,6 +1185,55 @@ pub fn pods_table(pods: &[api::Pod], wide: bool, now: SystemTime) -> String {
         header.push("IP");
     }
     table(&header, &rows)
+}
+
+/// `get secrets`: kubectl's NAME / TYPE / DATA / AGE, from the API's view of a secret
+/// (which carries key sizes, never values).
+pub fn secrets_table(secrets: &[Value], now: SystemTime) -> String {
+    let rows: Vec<Vec<String>> = secrets
+        .iter()
+        .map(|s| {
+            let meta = s.get("metadata");
+            let field = |v: Option<&Value>| v.and_then(Value::as_str).unwrap_or("").to_owned();
+            vec![
+                field(meta.and_then(|m| m.get("name"))),
+                field(s.get("type")),
+                s.get("dataSizes")
+                    .and_then(Value::as_object)
+                    .map_or(0, |m| m.len())
+                    .to_string(),
+                age(&field(meta.and_then(|m| m.get("creationTimestamp"))), now),
+            ]
+        })
+        .collect();
+    table(&["NAME", "TYPE", "DATA", "AGE"], &rows)
+}
+
+/// `describe secret`: like kubectl, each key with its size in bytes, never its value.
+pub fn describe_secret(s: &Value, events: &[api::Event], now: SystemTime) -> String {
+    let mut out = String::new();
+    let meta = s.get("metadata");
+    let text = |v: Option<&Value>| v.and_then(Value::as_str).unwrap_or("").to_owned();
+    kv(&mut out, "Name", text(meta.and_then(|m| m.get("name"))));
+    let labels: std::collections::BTreeMap<String, String> = meta
+        .and_then(|m| m.get("labels"))
+        .and_then(|l| serde_json::from_value(l.clone()).ok())
+        .unwrap_or_default();
+    kv(&mut out, "Labels", labels_str(&labels));
+    kv(&mut out, "Type", text(s.get("type")));
+    out.push_str("\nData\n====\n");
+    if let Some(sizes) = s.get("dataSizes").and_then(Value::as_object) {
+        let width = sizes.keys().map(|k| k.len() + 1).max().unwrap_or(0);
+        for (k, v) in sizes {
+            let key = format!("{k}:");
+            out.push_str(&format!(
+                "{key:<width$}  {} bytes\n",
+                v.as_u64().unwrap_or(0)
+            ));
+        }
+    }
+    out.push_str(&events_section(events, now));
+    out
 }
 
 pub fn deployments_table(ds: &[api::Deployment], wide: bool, now: SystemTime) -> String {
@@ -1240,6 +1389,185 @@ fn resources_lines(out: &mut String, c: &api::Container) {
     }
 }
 
+/// `describe pod`'s State / Last State lines for one container, as kubectl prints them.
+fn state_lines(out: &mut String, s: Option<&api::ContainerStatus>) {
+    let Some(s) = s else {
+        out.push_str("    State:          Waiting\n");
+        return;
+    };
+    let word = state_word(s);
+    match &s.state {
+        api::ContainerState::Running { started_at } => {
+            out.push_str("    State:          Running\n");
+            out.push_str(&format!("      Started:      {started_at}\n"));
+        }
+        api::ContainerState::Exited { .. } | api::ContainerState::OOMKilled
+            if word.as_deref() != Some("CrashLoopBackOff") =>
+        {
+            let code = match s.state {
+                api::ContainerState::Exited { exit_code } => exit_code,
+                _ => 137,
+            };
+            out.push_str("    State:          Terminated\n");
+            out.push_str(&format!(
+                "      Reason:       {}\n",
+                word.unwrap_or_else(|| "Error".into())
+            ));
+            out.push_str(&format!("      Exit Code:    {code}\n"));
+        }
+        other => {
+            out.push_str("    State:          Waiting\n");
+            if let Some(w) = word {
+                out.push_str(&format!("      Reason:       {w}\n"));
+            }
+            if let api::ContainerState::Failed { reason } = other {
+                out.push_str(&format!("      Message:      {reason}\n"));
+            }
+        }
+    }
+    if let Some(last) = &s.last_state {
+        let t = &last.terminated;
+        out.push_str("    Last State:     Terminated\n");
+        out.push_str(&format!("      Reason:       {}\n", t.reason));
+        out.push_str(&format!("      Exit Code:    {}\n", t.exit_code));
+        out.push_str(&format!("      Finished:     {}\n", t.finished_at));
+    }
+}
+
+/// kubectl's one-line probe summary:
+/// `http-get http://:8080/healthz delay=0s timeout=1s period=10s #success=1 #failure=3`.
+pub fn probe_line(p: &api::Probe) -> String {
+    let what = match &p.handler {
+        api::ProbeHandler::Exec { command } => format!("exec [{}]", command.join(" ")),
+        api::ProbeHandler::HttpGet {
+            path,
+            port,
+            scheme,
+            host,
+            ..
+        } => {
+            let scheme = match scheme {
+                api::Scheme::HTTP => "http",
+                api::Scheme::HTTPS => "https",
+            };
+            format!(
+                "http-get {scheme}://{}:{port}{path}",
+                host.as_deref().unwrap_or("")
+            )
+        }
+        api::ProbeHandler::TcpSocket { port, host } => {
+            format!("tcp-socket {}:{port}", host.as_deref().unwrap_or(""))
+        }
+    };
+    format!(
+        "{what} delay={}s timeout={}s period={}s #success={} #failure={}",
+        p.initial_delay_seconds,
+        p.timeout_seconds,
+        p.period_seconds,
+        p.success_threshold,
+        p.failure_threshold
+    )
+}
+
+/// One container of `describe pod`: image, ports, state, probes, environment, mounts.
+/// Secret-backed variables show where the value comes from, never the value.
+fn container_section(out: &mut String, c: &api::Container, status: Option<&api::ContainerStatus>) {
+    out.push_str(&format!("  {}:\n", c.name));
+    out.push_str(&format!("    Image:          {}\n", c.image));
+    for p in &c.ports {
+        out.push_str(&format!(
+            "    Port:           {}/{:?}\n",
+            p.container_port, p.protocol
+        ));
+    }
+    if !c.command.is_empty() {
+        out.push_str(&format!("    Command:        {}\n", c.command.join(" ")));
+    }
+    if !c.args.is_empty() {
+        out.push_str(&format!("    Args:           {}\n", c.args.join(" ")));
+    }
+    state_lines(out, status);
+    out.push_str(&format!(
+        "    Ready:          {}\n",
+        if status.is_some_and(|s| s.ready) {
+            "True"
+        } else {
+            "False"
+        }
+    ));
+    out.push_str(&format!(
+        "    Restart Count:  {}\n",
+        status.map_or(0, |s| s.restart_count)
+    ));
+    resources_lines(out, c);
+    for (what, probe) in [
+        ("Liveness", &c.liveness_probe),
+        ("Readiness", &c.readiness_probe),
+        ("Startup", &c.startup_probe),
+    ] {
+        if let Some(p) = probe {
+            let key = format!("{what}:");
+            out.push_str(&format!("    {key:<16}{}\n", probe_line(p)));
+        }
+    }
+    if let Some(sc) = &c.security_context {
+        let mut parts = Vec::new();
+        if sc.privileged == Some(true) {
+            parts.push("privileged".to_owned());
+        }
+        if let Some(u) = sc.run_as_user {
+            parts.push(format!("runAsUser={u}"));
+        }
+        if let Some(g) = sc.run_as_group {
+            parts.push(format!("runAsGroup={g}"));
+        }
+        if sc.read_only_root_filesystem == Some(true) {
+            parts.push("readOnlyRootFilesystem".to_owned());
+        }
+        if let Some(caps) = &sc.capabilities {
+            if !caps.add.is_empty() {
+                parts.push(format!("add={}", caps.add.join(",")));
+            }
+            if !caps.drop.is_empty() {
+                parts.push(format!("drop={}", caps.drop.join(",")));
+            }
+        }
+        if !parts.is_empty() {
+            out.push_str(&format!("    Security:       {}\n", parts.join(" ")));
+        }
+    }
+    if c.env.is_empty() {
+        out.push_str("    Environment:    <none>\n");
+    } else {
+        out.push_str("    Environment:\n");
+        let width = c.env.iter().map(|e| e.name.len() + 1).max().unwrap_or(0);
+        for e in &c.env {
+            let value = match &e.value_from {
+                Some(from) => format!(
+                    "<set to the key '{}' in secret '{}'>",
+                    from.secret_key_ref.key, from.secret_key_ref.name
+                ),
+                None => e.value.clone(),
+            };
+            let key = format!("{}:", e.name);
+            out.push_str(&format!("      {key:<width$}  {value}\n"));
+        }
+    }
+    if c.volume_mounts.is_empty() {
+        out.push_str("    Mounts:         <none>\n");
+    } else {
+        out.push_str("    Mounts:\n");
+        for m in &c.volume_mounts {
+            out.push_str(&format!(
+                "      {} from {} ({})\n",
+                m.mount_path,
+                m.name,
+                if m.read_only { "ro" } else { "rw" }
+            ));
+        }
+    }
+}
+
 pub fn describe_pod(p: &api::Pod, events: &[api::Event], now: SystemTime) -> String {
     let mut out = String::new();
     kv(&mut out, "Name", &p.metadata.name);
@@ -1267,38 +1595,59 @@ pub fn describe_pod(p: &api::Pod, events: &[api::Event], now: SystemTime) -> Str
     if let Some(owner) = &p.metadata.owner {
         kv(&mut out, "Controlled By", format!("Deployment/{owner}"));
     }
+    if !p.spec.init_containers.is_empty() {
+        out.push_str("Init Containers:\n");
+        for (i, c) in p.spec.init_containers.iter().enumerate() {
+            let status = p
+                .status
+                .init_container_statuses
+                .get(i)
+                .filter(|s| s.name == c.name);
+            container_section(&mut out, c, status);
+        }
+    }
     out.push_str("Containers:\n");
     for c in &p.spec.containers {
-        out.push_str(&format!("  {}:\n", c.name));
-        out.push_str(&format!("    Image:          {}\n", c.image));
         let status = p
             .status
             .container_statuses
             .iter()
             .find(|s| s.name == c.name);
-        let state = match status.map(|s| &s.state) {
-            None => "Waiting".to_owned(),
-            Some(api::ContainerState::Running { started_at }) => {
-                format!("Running (started {started_at})")
+        container_section(&mut out, c, status);
+    }
+    if !p.spec.volumes.is_empty() {
+        out.push_str("Volumes:\n");
+        for v in &p.spec.volumes {
+            out.push_str(&format!("  {}:\n", v.name));
+            match &v.source {
+                api::VolumeSource::Secret { secret_name } => {
+                    out.push_str("    Type:        Secret (a volume populated by a Secret)\n");
+                    out.push_str(&format!("    SecretName:  {secret_name}\n"));
+                }
+                api::VolumeSource::EmptyDir { size_limit } => {
+                    out.push_str(
+                        "    Type:        EmptyDir (a temporary directory that shares a pod's lifetime)\n",
+                    );
+                    out.push_str(&format!(
+                        "    SizeLimit:   {}\n",
+                        size_limit.as_deref().unwrap_or("<unset>")
+                    ));
+                }
+                api::VolumeSource::HostPath { path } => {
+                    out.push_str("    Type:        HostPath (bare host directory volume)\n");
+                    out.push_str(&format!("    Path:        {path}\n"));
+                }
             }
-            Some(api::ContainerState::Exited { exit_code }) => {
-                format!("Terminated (exit code {exit_code})")
-            }
-            Some(api::ContainerState::OOMKilled) => "Terminated (OOMKilled)".into(),
-            Some(api::ContainerState::Failed { reason }) => format!("Waiting ({reason})"),
-            Some(api::ContainerState::Pulling) => "Waiting (Pulling)".into(),
-            Some(api::ContainerState::Pending) => "Waiting (Pending)".into(),
-        };
-        out.push_str(&format!("    State:          {state}\n"));
-        out.push_str(&format!(
-            "    Ready:          {}\n",
-            status.is_some_and(|s| s.ready)
-        ));
-        out.push_str(&format!(
-            "    Restart Count:  {}\n",
-            status.map_or(0, |s| s.restart_count)
-        ));
-        resources_lines(&mut out, c);
+        }
+    }
+    if !p.spec.image_pull_secrets.is_empty() {
+        let names: Vec<&str> = p
+            .spec
+            .image_pull_secrets
+            .iter()
+            .map(|r| r.name.as_str())
+            .collect();
+        kv(&mut out, "Pull Secrets", names.join(", "));
     }
     out.push_str(&events_section(events, now));
     out
@@ -1453,6 +1802,7 @@ mod tests {
                         ready: matches!(state, api::ContainerState::Running { .. }),
                         state,
                         restart_count: 1,
+                        ..Default::default()
                     })
                     .collect(),
                 pod_ip: Some("10.42.0.7".into()),
@@ -1498,6 +1848,235 @@ mod tests {
         let mut lost = pod("i", Some("n"), vec![run()]);
         lost.status.phase = api::PodPhase::Unknown;
         assert_eq!(pod_status_word(&lost), "Unknown");
+    }
+
+    fn status(
+        name: &str,
+        state: api::ContainerState,
+        reason: Option<&str>,
+    ) -> api::ContainerStatus {
+        api::ContainerStatus {
+            name: name.into(),
+            ready: matches!(state, api::ContainerState::Running { .. }),
+            state,
+            reason: reason.map(str::to_owned),
+            ..Default::default()
+        }
+    }
+
+    /// A pod on a node with two init containers and one main container.
+    fn init_pod(inits: Vec<api::ContainerStatus>, main: Vec<api::ContainerStatus>) -> api::Pod {
+        let mut p = pod("i", Some("n"), vec![]);
+        p.spec.init_containers = ["a", "b"]
+            .iter()
+            .map(|n| api::Container {
+                name: (*n).into(),
+                image: "busybox".into(),
+                ..Default::default()
+            })
+            .collect();
+        p.status.init_container_statuses = inits;
+        p.status.container_statuses = main;
+        p
+    }
+
+    #[test]
+    fn status_words_follow_kubectl_for_init_containers_and_crash_loops() {
+        use api::ContainerState as S;
+        let done = || status("a", S::Exited { exit_code: 0 }, Some("Completed"));
+        let run = || S::Running {
+            started_at: "x".into(),
+        };
+        let waiting_main = || vec![status("c0", S::Pending, Some("PodInitializing"))];
+        let cases = [
+            (
+                init_pod(
+                    vec![
+                        status("a", S::Pending, Some("PodInitializing")),
+                        status("b", S::Pending, Some("PodInitializing")),
+                    ],
+                    waiting_main(),
+                ),
+                "Init:0/2",
+            ),
+            (
+                init_pod(vec![done(), status("b", run(), None)], waiting_main()),
+                "Init:1/2",
+            ),
+            (
+                init_pod(
+                    vec![status("a", S::Exited { exit_code: 1 }, Some("Error"))],
+                    waiting_main(),
+                ),
+                "Init:Error",
+            ),
+            (
+                init_pod(
+                    vec![status(
+                        "a",
+                        S::Exited { exit_code: 1 },
+                        Some("CrashLoopBackOff"),
+                    )],
+                    waiting_main(),
+                ),
+                "Init:CrashLoopBackOff",
+            ),
+            (
+                init_pod(vec![done(), done()], waiting_main()),
+                "PodInitializing",
+            ),
+            (
+                init_pod(vec![done(), done()], vec![status("c0", run(), None)]),
+                "Running",
+            ),
+            (
+                init_pod(
+                    vec![done(), done()],
+                    vec![status("c0", S::OOMKilled, Some("CrashLoopBackOff"))],
+                ),
+                "CrashLoopBackOff",
+            ),
+        ];
+        for (p, want) in cases {
+            assert_eq!(pod_status_word(&p), want, "{:?}", p.status);
+        }
+        // One container done, one still running and ready: Running, as kubectl says.
+        let mut p = pod("j", Some("n"), vec![]);
+        p.status.container_statuses = vec![
+            status("c0", S::Exited { exit_code: 0 }, Some("Completed")),
+            status("c1", run(), None),
+        ];
+        assert_eq!(pod_status_word(&p), "Running");
+        // Not ready although running: READY 0/1, STATUS Running.
+        let mut p = pod("k", Some("n"), vec![run()]);
+        p.status.container_statuses[0].ready = false;
+        assert_eq!(pod_status_word(&p), "Running");
+        let table = pods_table(&[p], false, ts("2026-11-01T12:05:00Z"));
+        assert!(table.contains("k      0/1     Running"), "{table}");
+    }
+
+    #[test]
+    fn restarts_show_when_the_last_one_ended() {
+        use api::ContainerState as S;
+        let mut p = pod(
+            "r",
+            Some("n"),
+            vec![S::Running {
+                started_at: "x".into(),
+            }],
+        );
+        p.status.container_statuses[0].restart_count = 3;
+        p.status.container_statuses[0].last_state = Some(api::LastState {
+            terminated: api::TerminatedState {
+                exit_code: 137,
+                reason: "OOMKilled".into(),
+                finished_at: "2026-11-01T12:04:18Z".into(),
+            },
+        });
+        let now = ts("2026-11-01T12:05:00Z");
+        assert_eq!(restarts_column(&p, now), "3 (42s ago)");
+        p.status.container_statuses[0].last_state = None;
+        assert_eq!(restarts_column(&p, now), "3");
+        // While init containers run, theirs are the restarts that count.
+        let mut i = init_pod(
+            vec![status(
+                "a",
+                S::Exited { exit_code: 1 },
+                Some("CrashLoopBackOff"),
+            )],
+            vec![],
+        );
+        i.status.init_container_statuses[0].restart_count = 4;
+        assert_eq!(restarts_column(&i, now), "4");
+    }
+
+    #[test]
+    fn describe_shows_probes_last_state_mounts_and_secret_refs() {
+        let yaml = "\
+apiVersion: v1
+kind: Pod
+metadata: {name: web}
+spec:
+  volumes:
+  - {name: data, emptyDir: {}}
+  - {name: creds, secret: {secretName: db}}
+  containers:
+  - name: web
+    image: busybox:1
+    ports: [{name: http, containerPort: 8080}]
+    env:
+    - {name: MODE, value: prod}
+    - name: PW
+      valueFrom: {secretKeyRef: {name: db, key: pw}}
+    volumeMounts:
+    - {name: data, mountPath: /data}
+    - {name: creds, mountPath: /creds, readOnly: true}
+    livenessProbe:
+      httpGet: {path: /healthz, port: http}
+    readinessProbe:
+      exec: {command: [cat, /tmp/ready]}
+      periodSeconds: 5
+    startupProbe:
+      tcpSocket: {port: 8080}
+      failureThreshold: 30
+";
+        let mut p = match crate::manifest::parse_manifests(yaml).unwrap().remove(0) {
+            api::Object::Pod(p) => p,
+            _ => unreachable!(),
+        };
+        p.spec.node_name = Some("pi-1".into());
+        p.status.container_statuses = vec![api::ContainerStatus {
+            name: "web".into(),
+            state: api::ContainerState::Running {
+                started_at: "2026-11-01T12:04:20Z".into(),
+            },
+            ready: true,
+            restart_count: 2,
+            reason: None,
+            last_state: Some(api::LastState {
+                terminated: api::TerminatedState {
+                    exit_code: 137,
+                    reason: "OOMKilled".into(),
+                    finished_at: "2026-11-01T12:04:18Z".into(),
+                },
+            }),
+        }];
+        let out = describe_pod(&p, &[], ts("2026-11-01T12:05:00Z"));
+        for want in [
+            "    State:          Running\n      Started:      2026-11-01T12:04:20Z\n",
+            "    Last State:     Terminated\n      Reason:       OOMKilled\n      Exit Code:    137\n      Finished:     2026-11-01T12:04:18Z\n",
+            "    Ready:          True\n    Restart Count:  2\n",
+            "    Liveness:       http-get http://:8080/healthz delay=0s timeout=1s period=10s #success=1 #failure=3\n",
+            "    Readiness:      exec [cat /tmp/ready] delay=0s timeout=1s period=5s #success=1 #failure=3\n",
+            "    Startup:        tcp-socket :8080 delay=0s timeout=1s period=10s #success=1 #failure=30\n",
+            "      MODE:  prod\n      PW:    <set to the key 'pw' in secret 'db'>\n",
+            "      /data from data (rw)\n      /creds from creds (ro)\n",
+            "    SecretName:  db\n",
+        ] {
+            assert!(out.contains(want), "missing {want:?} in:\n{out}");
+        }
+    }
+
+    #[test]
+    fn secrets_show_key_sizes_never_values() {
+        let view = serde_json::json!({
+            "apiVersion": "v1",
+            "kind": "Secret",
+            "metadata": {"name": "db", "creationTimestamp": "2026-11-01T12:00:00Z"},
+            "type": "Opaque",
+            "dataSizes": {"pw": 6, "user": 5},
+        });
+        let now = ts("2026-11-01T12:05:00Z");
+        assert_eq!(
+            secrets_table(std::slice::from_ref(&view), now),
+            "NAME   TYPE     DATA   AGE\ndb     Opaque   2      5m\n"
+        );
+        let out = describe_secret(&view, &[], now);
+        assert!(out.contains("Type:           Opaque\n"), "{out}");
+        assert!(
+            out.contains("\nData\n====\npw:    6 bytes\nuser:  5 bytes\n"),
+            "{out}"
+        );
     }
 
     #[test]

@@ -361,6 +361,7 @@ mod tests {
             },
             ready: true,
             restart_count: 0,
+            ..Default::default()
         }];
     }
 
@@ -845,5 +846,64 @@ mod tests {
         let pods = vec![mine.clone(), other];
         let owned = owned_pods(&d, &pods);
         assert_eq!(owned, vec![&mine]);
+    }
+
+    /// Readiness is the agent's word (its readiness probe), not "the container runs": a
+    /// rollout holds while the new pod runs but its probe has not passed, and moves on
+    /// once the agent reports it ready.
+    #[test]
+    fn a_rollout_waits_for_the_agents_readiness_not_for_running() {
+        use baton_proto as proto;
+        let d = rolling(deployment(2, "v2"), "1", "0");
+        let old: Vec<api::Pod> = ["a", "b"]
+            .iter()
+            .map(|s| {
+                let mut p = pod(&deployment(2, "v1"), s, "2026-01-01T00:00:00Z", 'r');
+                p.metadata.owner = Some("web".into());
+                p
+            })
+            .collect();
+        let mut next = suffixes();
+        let refs: Vec<&api::Pod> = old.iter().collect();
+        let plan = reconcile_deployment(&d, &refs, &mut next);
+        let [Action::CreatePod(new)] = plan.as_slice() else {
+            panic!("expected one surge pod, got {:?}", render(&plan))
+        };
+        let mut new = new.clone();
+        new.spec.node_name = Some("n1".into());
+        let report = |ready: bool| proto::PodStatus {
+            name: proto::BString::new(new.metadata.name.clone()).unwrap(),
+            uid: proto::BString::new("u").unwrap(),
+            pod_ip: None,
+            containers: proto::BVec::from_vec(vec![proto::ContainerStatus {
+                name: proto::BString::new("app").unwrap(),
+                state: proto::ContainerState::Running { started_at_ms: 1 },
+                restart_count: 0,
+                ready,
+                last_termination: None,
+            }])
+            .unwrap(),
+            init_containers: proto::BVec::new(),
+        };
+        new.status = crate::wire::pod_status(&report(false), &new.spec, None);
+        assert_eq!(new.status.phase, api::PodPhase::Running);
+        assert!(!is_ready(&new));
+        let mut all: Vec<&api::Pod> = old.iter().collect();
+        all.push(&new);
+        assert_eq!(
+            render(&reconcile_deployment(&d, &all, &mut next)),
+            Vec::<String>::new(),
+            "running but not ready: no old pod may go"
+        );
+        new.status = crate::wire::pod_status(&report(true), &new.spec, None);
+        let mut all: Vec<&api::Pod> = old.iter().collect();
+        all.push(&new);
+        let plan = render(&reconcile_deployment(&d, &all, &mut next));
+        assert_eq!(plan.len(), 1, "{plan:?}");
+        assert!(
+            plan[0].starts_with("-web-")
+                && !plan[0].contains(&hash_of(&new).unwrap_or("?").to_string()),
+            "one old pod goes: {plan:?}"
+        );
     }
 }

@@ -41,6 +41,7 @@ use crate::api;
 use crate::bus::Outbound;
 use crate::controller::{self, Action};
 use crate::manifest;
+use crate::policy::{self, Policy};
 use crate::rollout::{self, RolloutError};
 use crate::scheduler::{self, Candidate, Usage};
 use crate::store::{Op, Store, StoreError, Table};
@@ -88,6 +89,7 @@ pub enum ResourceKind {
     Node,
     Deployment,
     Pod,
+    Secret,
 }
 
 impl ResourceKind {
@@ -99,6 +101,7 @@ impl ResourceKind {
                 Some(Self::Deployment)
             }
             "pods" | "pod" | "po" => Some(Self::Pod),
+            "secrets" | "secret" => Some(Self::Secret),
             _ => None,
         }
     }
@@ -108,6 +111,7 @@ impl ResourceKind {
             Self::Node => "node",
             Self::Deployment => "deployment",
             Self::Pod => "pod",
+            Self::Secret => "secret",
         }
     }
     pub fn plural(self) -> &'static str {
@@ -115,6 +119,7 @@ impl ResourceKind {
             Self::Node => "nodes",
             Self::Deployment => "deployments",
             Self::Pod => "pods",
+            Self::Secret => "secrets",
         }
     }
 }
@@ -232,6 +237,7 @@ enum Tab {
     Node,
     /// Keyed by `rollout::revision_key`.
     Revision,
+    Secret,
 }
 
 /// The coordinator's state and its transaction bookkeeping; see the module docs.
@@ -254,6 +260,10 @@ pub struct Core {
     draining: HashMap<String, Instant>,
     pod_drain: Duration,
     nodes: BTreeMap<String, api::Node>,
+    /// Secrets as applied. The API shows only their key names and sizes (`secret_view`).
+    secrets: BTreeMap<String, api::Secret>,
+    /// What pods may ask of their nodes; checked on apply (`crate::policy`).
+    policy: Policy,
     live: HashMap<String, Live>,
     /// Each node's desired content as last published (or loaded), to detect changes.
     desired: HashMap<String, Vec<proto::PodSpec>>,
@@ -333,6 +343,8 @@ impl Core {
             draining: HashMap::new(),
             pod_drain: DEFAULT_POD_DRAIN,
             nodes: BTreeMap::new(),
+            secrets: BTreeMap::new(),
+            policy: Policy::default(),
             live: HashMap::new(),
             desired: HashMap::new(),
             events: VecDeque::new(),
@@ -359,6 +371,12 @@ impl Core {
     /// Sets how long a node may be NotReady before the pods of Deployments on it are
     /// evicted (deleted, so that their Deployments replace them on Ready nodes). Bare pods
     /// stay, shown Unknown, as in Kubernetes: nothing else would ever run them again.
+    /// Sets the admission policy `apply` checks pods against (default: deny all).
+    pub fn with_policy(mut self, policy: Policy) -> Self {
+        self.policy = policy;
+        self
+    }
+
     pub fn with_pod_eviction_timeout(mut self, timeout: Duration) -> Self {
         self.pod_eviction_timeout = timeout;
         self
@@ -377,6 +395,7 @@ impl Core {
             .map(|p| (p.metadata.name.clone(), drain_end))
             .collect();
         self.nodes = load_table(store, Table::Nodes, "node")?;
+        self.secrets = load_table(store, Table::Secrets, "secret")?;
         let events: BTreeMap<String, api::Event> = load_table(store, Table::Events, "event")?;
         self.events = events
             .into_iter()
@@ -512,6 +531,10 @@ impl Core {
                 Tab::Revision => (
                     Table::Revisions,
                     self.revisions.get(name).map(serde_json::to_vec),
+                ),
+                Tab::Secret => (
+                    Table::Secrets,
+                    self.secrets.get(name).map(serde_json::to_vec),
                 ),
             };
             match value {
@@ -1264,6 +1287,7 @@ impl Core {
             ResourceKind::Node => self.nodes.get(name).map(to_json),
             ResourceKind::Deployment => self.deployments.get(name).map(to_json),
             ResourceKind::Pod => self.pods.get(name).map(|p| self.pod_view(p)),
+            ResourceKind::Secret => self.secrets.get(name).map(secret_view),
         };
         v.ok_or_else(|| Self::not_found(kind, name))
     }
@@ -1273,6 +1297,7 @@ impl Core {
             ResourceKind::Node => self.nodes.values().map(to_json).collect(),
             ResourceKind::Deployment => self.deployments.values().map(to_json).collect(),
             ResourceKind::Pod => self.pods.values().map(|p| self.pod_view(p)).collect(),
+            ResourceKind::Secret => self.secrets.values().map(secret_view).collect(),
         }
     }
 
@@ -1289,9 +1314,17 @@ impl Core {
                         "xxxxx",
                     );
                     check_wire(&probe, &format!("deployment {:?}", d.metadata.name))?;
+                    policy::check_pod(&d.spec.template.spec, "spec.template.spec", &self.policy)
+                        .map_err(|e| {
+                            ApiError::BadRequest(format!("deployment {:?}: {e}", d.metadata.name))
+                        })?;
                 }
+                api::Object::Secret(_) => {}
                 api::Object::Pod(p) => {
                     check_wire(p, &format!("pod {:?}", p.metadata.name))?;
+                    policy::check_pod(&p.spec, "spec", &self.policy).map_err(|e| {
+                        ApiError::BadRequest(format!("pod {:?}: {e}", p.metadata.name))
+                    })?;
                     if let Some(old) = self.pods.get(&p.metadata.name) {
                         let mut old_spec = old.spec.clone();
                         old_spec.node_name = p.spec.node_name.clone();
@@ -1310,6 +1343,7 @@ impl Core {
             out.push(match o {
                 api::Object::Deployment(d) => self.apply_deployment(d),
                 api::Object::Pod(p) => self.apply_pod(p),
+                api::Object::Secret(s) => self.apply_secret(s),
             });
         }
         Ok(out)
@@ -1351,6 +1385,44 @@ impl Core {
         }
         Applied {
             kind: ResourceKind::Deployment,
+            name,
+            action,
+        }
+    }
+
+    /// Stores a Secret as given (its content replaces the old one). Distributing secrets
+    /// to the nodes whose pods use them is not done here.
+    fn apply_secret(&mut self, mut s: api::Secret) -> Applied {
+        let name = s.metadata.name.clone();
+        let action = match self.secrets.get(&name) {
+            None => {
+                s.metadata.uid = new_uid();
+                s.metadata.creation_timestamp = api::now_rfc3339();
+                s.metadata.generation = 1;
+                ApplyAction::Created
+            }
+            Some(old) => {
+                if old.type_ == s.type_
+                    && old.data == s.data
+                    && old.metadata.labels == s.metadata.labels
+                    && old.metadata.annotations == s.metadata.annotations
+                {
+                    return Applied {
+                        kind: ResourceKind::Secret,
+                        name,
+                        action: ApplyAction::Unchanged,
+                    };
+                }
+                s.metadata.uid = old.metadata.uid.clone();
+                s.metadata.creation_timestamp = old.metadata.creation_timestamp.clone();
+                s.metadata.generation = old.metadata.generation + 1;
+                ApplyAction::Configured
+            }
+        };
+        self.secrets.insert(name.clone(), s);
+        self.touch(Tab::Secret, &name);
+        Applied {
+            kind: ResourceKind::Secret,
             name,
             action,
         }
@@ -1425,6 +1497,12 @@ impl Core {
                     "Deleted by the user".into(),
                 );
             }
+            ResourceKind::Secret => {
+                if self.secrets.remove(name).is_none() {
+                    return Err(Self::not_found(kind, name));
+                }
+                self.touch(Tab::Secret, name);
+            }
             ResourceKind::Pod => {
                 if !self.pods.contains_key(name) {
                     return Err(Self::not_found(kind, name));
@@ -1458,6 +1536,19 @@ impl Core {
         self.get_one(ResourceKind::Deployment, name)
             .map(ApiReply::Object)
     }
+}
+
+/// A Secret as the API shows it: metadata, type and each key's size in bytes
+/// (`dataSizes`), never a value.
+fn secret_view(s: &api::Secret) -> serde_json::Value {
+    let sizes: BTreeMap<&str, usize> = s.data.iter().map(|(k, v)| (k.as_str(), v.len())).collect();
+    serde_json::json!({
+        "apiVersion": s.api_version,
+        "kind": s.kind,
+        "metadata": to_json(&s.metadata),
+        "type": s.type_.as_str(),
+        "dataSizes": sizes,
+    })
 }
 
 fn check_wire(pod: &api::Pod, what: &str) -> Result<(), ApiError> {
@@ -2038,6 +2129,101 @@ spec:
     }
 
     #[tokio::test(start_paused = true)]
+    async fn the_policy_refuses_on_apply_and_flags_admit() {
+        let mut h = two_nodes();
+        let privileged = deployment("priv", 1, "100m").replace(
+            "        resources:",
+            "        securityContext: {privileged: true}\n        resources:",
+        );
+        let before = h.snapshot();
+        let err = h.apply(&privileged).unwrap_err();
+        assert_eq!(
+            err,
+            ApiError::BadRequest(
+                "deployment \"priv\": spec.template.spec.containers[0].securityContext.privileged: privileged containers are refused by the coordinator's policy (start `baton server` with --allow-privileged to allow them)".into()
+            )
+        );
+        let host = "apiVersion: v1\nkind: Pod\nmetadata: {name: h}\nspec:\n  volumes: [{name: v, hostPath: {path: /srv/x}}]\n  containers: [{name: c, image: busybox:1}]\n";
+        assert!(
+            matches!(h.apply(host), Err(ApiError::BadRequest(m)) if m.contains("--allow-host-path"))
+        );
+        assert_eq!(h.snapshot(), before);
+        // The same core with a policy that allows them admits both.
+        let store = h.store.clone();
+        drop(h);
+        let mut h = Harness::new(store);
+        h.core.policy = Policy {
+            allow_privileged: true,
+            allow_host_paths: vec!["/srv".into()],
+            ..Default::default()
+        };
+        assert!(h.apply(&privileged).is_ok());
+        assert!(h.apply(host).is_ok());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn secrets_are_stored_and_shown_without_values() {
+        let mut h = two_nodes();
+        let secret = "apiVersion: v1\nkind: Secret\nmetadata: {name: db}\nstringData: {password: hunter2, user: admin}\n";
+        let applied = h.apply(secret).unwrap();
+        assert_eq!(
+            applied,
+            vec![Applied {
+                kind: ResourceKind::Secret,
+                name: "db".into(),
+                action: ApplyAction::Created
+            }]
+        );
+        assert_eq!(h.apply(secret).unwrap()[0].action, ApplyAction::Unchanged);
+        let changed = secret.replace("hunter2", "hunter3");
+        assert_eq!(
+            h.apply(&changed).unwrap()[0].action,
+            ApplyAction::Configured
+        );
+        for op in [
+            ApiOp::Get {
+                kind: ResourceKind::Secret,
+                name: Some("db".into()),
+            },
+            ApiOp::Get {
+                kind: ResourceKind::Secret,
+                name: None,
+            },
+            ApiOp::Describe {
+                kind: ResourceKind::Secret,
+                name: "db".into(),
+            },
+        ] {
+            let reply = format!("{:?}", h.api(op).unwrap());
+            assert!(!reply.contains("hunter"), "{reply}");
+            assert!(!reply.contains(&api::base64::encode(b"hunter3")), "{reply}");
+            assert!(reply.contains("\"password\": Number(7)"), "{reply}");
+        }
+        // It survives a restart, and delete removes it.
+        let store = h.store.clone();
+        drop(h);
+        let mut h = Harness::new(store);
+        assert!(h
+            .api(ApiOp::Get {
+                kind: ResourceKind::Secret,
+                name: Some("db".into())
+            })
+            .is_ok());
+        h.api(ApiOp::Delete {
+            kind: ResourceKind::Secret,
+            name: "db".into(),
+        })
+        .unwrap();
+        assert!(matches!(
+            h.api(ApiOp::Get {
+                kind: ResourceKind::Secret,
+                name: Some("db".into())
+            }),
+            Err(ApiError::NotFound(_))
+        ));
+    }
+
+    #[tokio::test(start_paused = true)]
     async fn a_restarted_core_has_the_same_state() {
         let mut h = two_nodes();
         h.apply(&deployment("web", 3, "100m")).unwrap();
@@ -2358,7 +2544,7 @@ spec:
                 .remove(0)
             {
                 api::Object::Deployment(d) => d.spec.template,
-                api::Object::Pod(_) => unreachable!(),
+                api::Object::Pod(_) | api::Object::Secret(_) => unreachable!(),
             });
         for step in 0..50 {
             report(h, ready);

@@ -10,6 +10,7 @@ pub mod controller;
 pub mod core;
 pub mod http;
 pub mod manifest;
+pub mod policy;
 pub mod quantity;
 pub mod registry;
 pub mod rollout;

@@ -30,6 +30,8 @@ pub const MAX_DEPLOYMENT_NAME_LEN: usize =
     MAX_NAME_LEN - 1 - TEMPLATE_HASH_LEN - 1 - POD_NAME_SUFFIX_LEN;
 /// More replicas than this is a typo on an edge cluster, not a plan.
 pub const MAX_REPLICAS: i64 = 1000;
+/// The most keys one Secret holds (what one sealed secret carries on the wire).
+pub const MAX_SECRET_KEYS: usize = 64;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ManifestError {
@@ -85,6 +87,7 @@ pub fn parse_manifests(yaml: &str) -> Result<Vec<api::Object>, ManifestError> {
         let key = match &object {
             api::Object::Deployment(d) => ("deployment", d.metadata.name.clone()),
             api::Object::Pod(p) => ("pod", p.metadata.name.clone()),
+            api::Object::Secret(x) => ("secret", x.metadata.name.clone()),
         };
         if let Some(first) = seen.get(&key) {
             return Err(ManifestError::Document {
@@ -152,9 +155,14 @@ fn parse_document(doc: usize, mut value: Value) -> Result<api::Object, ManifestE
             let input: InPod = from_value(doc, value)?;
             pod(input).map(api::Object::Pod).map_err(field_error)
         }
+        ("v1", "Secret") => {
+            check(&mut value, &SECRET)?;
+            let input: InSecret = from_value(doc, value)?;
+            secret(input).map(api::Object::Secret).map_err(field_error)
+        }
         _ => Err(document_error(format!(
             "kind {kind} (apiVersion {api_version}) is not supported by Baton; \
-             supported: Deployment (apps/v1), Pod (v1)"
+             supported: Deployment (apps/v1), Pod (v1), Secret (v1)"
         ))),
     }
 }
@@ -199,6 +207,34 @@ enum Shape {
 
 const RESOURCE_LIST: Shape =
     Shape::Object(&[("cpu", Shape::Quantity), ("memory", Shape::Quantity)]);
+const PROBE: Shape = Shape::Object(&[
+    ("exec", Shape::Object(&[("command", Shape::Leaf)])),
+    (
+        "httpGet",
+        Shape::Object(&[
+            ("path", Shape::Leaf),
+            ("port", Shape::Leaf),
+            ("scheme", Shape::Leaf),
+            ("host", Shape::Leaf),
+            (
+                "httpHeaders",
+                Shape::List(&Shape::Object(&[
+                    ("name", Shape::Leaf),
+                    ("value", Shape::Leaf),
+                ])),
+            ),
+        ]),
+    ),
+    (
+        "tcpSocket",
+        Shape::Object(&[("port", Shape::Leaf), ("host", Shape::Leaf)]),
+    ),
+    ("initialDelaySeconds", Shape::Leaf),
+    ("periodSeconds", Shape::Leaf),
+    ("timeoutSeconds", Shape::Leaf),
+    ("successThreshold", Shape::Leaf),
+    ("failureThreshold", Shape::Leaf),
+]);
 const CONTAINER: Shape = Shape::Object(&[
     ("name", Shape::Leaf),
     ("image", Shape::Leaf),
@@ -210,6 +246,13 @@ const CONTAINER: Shape = Shape::Object(&[
         Shape::List(&Shape::Object(&[
             ("name", Shape::Leaf),
             ("value", Shape::Leaf),
+            (
+                "valueFrom",
+                Shape::Object(&[(
+                    "secretKeyRef",
+                    Shape::Object(&[("name", Shape::Leaf), ("key", Shape::Leaf)]),
+                )]),
+            ),
         ])),
     ),
     ("workingDir", Shape::Leaf),
@@ -226,13 +269,55 @@ const CONTAINER: Shape = Shape::Object(&[
         "resources",
         Shape::Object(&[("requests", RESOURCE_LIST), ("limits", RESOURCE_LIST)]),
     ),
+    (
+        "volumeMounts",
+        Shape::List(&Shape::Object(&[
+            ("name", Shape::Leaf),
+            ("mountPath", Shape::Leaf),
+            ("readOnly", Shape::Leaf),
+        ])),
+    ),
+    ("livenessProbe", PROBE),
+    ("readinessProbe", PROBE),
+    ("startupProbe", PROBE),
+    (
+        "securityContext",
+        Shape::Object(&[
+            ("privileged", Shape::Leaf),
+            (
+                "capabilities",
+                Shape::Object(&[("add", Shape::Leaf), ("drop", Shape::Leaf)]),
+            ),
+            ("runAsUser", Shape::Leaf),
+            ("runAsGroup", Shape::Leaf),
+            ("readOnlyRootFilesystem", Shape::Leaf),
+        ]),
+    ),
 ]);
 const POD_SPEC: Shape = Shape::Object(&[
     ("containers", Shape::List(&CONTAINER)),
+    ("initContainers", Shape::List(&CONTAINER)),
     ("nodeSelector", Shape::FreeMap),
     ("hostNetwork", Shape::Leaf),
     ("restartPolicy", Shape::Leaf),
     ("terminationGracePeriodSeconds", Shape::Leaf),
+    (
+        "volumes",
+        Shape::List(&Shape::Object(&[
+            ("name", Shape::Leaf),
+            ("secret", Shape::Object(&[("secretName", Shape::Leaf)])),
+            ("emptyDir", Shape::Object(&[("sizeLimit", Shape::Quantity)])),
+            ("hostPath", Shape::Object(&[("path", Shape::Leaf)])),
+        ])),
+    ),
+    (
+        "imagePullSecrets",
+        Shape::List(&Shape::Object(&[("name", Shape::Leaf)])),
+    ),
+    (
+        "securityContext",
+        Shape::Object(&[("runAsUser", Shape::Leaf), ("runAsGroup", Shape::Leaf)]),
+    ),
 ]);
 const META: Shape = Shape::Object(&[
     ("name", Shape::Leaf),
@@ -288,6 +373,14 @@ const POD: Shape = Shape::Object(&[
     ("metadata", META),
     ("spec", POD_SPEC),
     ("status", Shape::Dropped(&Shape::Any)),
+]);
+const SECRET: Shape = Shape::Object(&[
+    ("apiVersion", Shape::Leaf),
+    ("kind", Shape::Leaf),
+    ("metadata", META),
+    ("type", Shape::Leaf),
+    ("data", Shape::FreeMap),
+    ("stringData", Shape::FreeMap),
 ]);
 
 const NOT_SUPPORTED: &str = "field not supported by Baton";
@@ -469,11 +562,150 @@ struct InTemplateMeta {
 struct InPodSpec {
     containers: Vec<InContainer>,
     #[serde(default)]
+    init_containers: Vec<InContainer>,
+    #[serde(default)]
     node_selector: BTreeMap<String, String>,
     #[serde(default)]
     host_network: bool,
     restart_policy: Option<RestartPolicy>,
     termination_grace_period_seconds: Option<i64>,
+    #[serde(default)]
+    volumes: Vec<InVolume>,
+    #[serde(default)]
+    image_pull_secrets: Vec<InRef>,
+    #[serde(default)]
+    security_context: InPodSecurityContext,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+struct InRef {
+    name: Option<String>,
+}
+
+#[derive(Default, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+struct InPodSecurityContext {
+    run_as_user: Option<i64>,
+    run_as_group: Option<i64>,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+struct InVolume {
+    name: Option<String>,
+    secret: Option<InSecretVolume>,
+    empty_dir: Option<InEmptyDir>,
+    host_path: Option<InHostPath>,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+struct InSecretVolume {
+    secret_name: Option<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+struct InEmptyDir {
+    size_limit: Option<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+struct InHostPath {
+    path: Option<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+struct InVolumeMount {
+    name: Option<String>,
+    mount_path: Option<String>,
+    #[serde(default)]
+    read_only: bool,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+struct InProbe {
+    exec: Option<InExec>,
+    http_get: Option<InHttpGet>,
+    tcp_socket: Option<InTcpSocket>,
+    initial_delay_seconds: Option<i64>,
+    period_seconds: Option<i64>,
+    timeout_seconds: Option<i64>,
+    success_threshold: Option<i64>,
+    failure_threshold: Option<i64>,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+struct InExec {
+    #[serde(default)]
+    command: Vec<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+struct InHttpGet {
+    path: Option<String>,
+    /// IntOrString: a number or a named containerPort.
+    port: Option<Value>,
+    scheme: Option<api::Scheme>,
+    host: Option<String>,
+    #[serde(default)]
+    http_headers: Vec<InHeader>,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+struct InHeader {
+    name: String,
+    #[serde(default)]
+    value: String,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+struct InTcpSocket {
+    port: Option<Value>,
+    host: Option<String>,
+}
+
+#[derive(Default, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+struct InSecurityContext {
+    privileged: Option<bool>,
+    capabilities: Option<InCapabilities>,
+    run_as_user: Option<i64>,
+    run_as_group: Option<i64>,
+    read_only_root_filesystem: Option<bool>,
+}
+
+#[derive(Default, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+struct InCapabilities {
+    #[serde(default)]
+    add: Vec<String>,
+    #[serde(default)]
+    drop: Vec<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+struct InSecret {
+    #[allow(dead_code)]
+    api_version: String,
+    #[allow(dead_code)]
+    kind: String,
+    metadata: InMeta,
+    #[serde(rename = "type")]
+    type_: Option<String>,
+    #[serde(default)]
+    data: BTreeMap<String, String>,
+    #[serde(default)]
+    string_data: BTreeMap<String, String>,
 }
 
 #[derive(Deserialize)]
@@ -493,6 +725,12 @@ struct InContainer {
     ports: Vec<InPort>,
     #[serde(default)]
     resources: InResources,
+    #[serde(default)]
+    volume_mounts: Vec<InVolumeMount>,
+    liveness_probe: Option<InProbe>,
+    readiness_probe: Option<InProbe>,
+    startup_probe: Option<InProbe>,
+    security_context: Option<InSecurityContext>,
 }
 
 #[derive(Deserialize)]
@@ -501,6 +739,20 @@ struct InEnv {
     name: String,
     #[serde(default)]
     value: String,
+    value_from: Option<InEnvSource>,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+struct InEnvSource {
+    secret_key_ref: Option<InSecretKeyRef>,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+struct InSecretKeyRef {
+    name: Option<String>,
+    key: Option<String>,
 }
 
 #[derive(Deserialize)]
@@ -732,6 +984,20 @@ fn object_meta(meta: InMeta, max_name_len: usize) -> Result<api::ObjectMeta, Inv
     })
 }
 
+/// Kubernetes' probe defaults.
+const PROBE_PERIOD_SECONDS: u32 = 10;
+const PROBE_TIMEOUT_SECONDS: u32 = 1;
+const PROBE_SUCCESS_THRESHOLD: u32 = 1;
+const PROBE_FAILURE_THRESHOLD: u32 = 3;
+
+/// Whether a container runs to completion before the others (an init container) or
+/// alongside them: init containers may not have probes, as in Kubernetes.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum ContainerKind {
+    Init,
+    Main,
+}
+
 fn pod_spec(path: &str, spec: InPodSpec) -> Result<api::PodSpec, Invalid> {
     if spec.containers.is_empty() {
         return invalid(
@@ -753,30 +1019,55 @@ fn pod_spec(path: &str, spec: InPodSpec) -> Result<api::PodSpec, Invalid> {
             )
         })?),
     };
+    let volumes = volumes(path, spec.volumes)?;
+    let volume_names: BTreeSet<&str> = volumes.iter().map(|v| v.name.as_str()).collect();
     let mut names = BTreeSet::new();
     let mut host_ports = BTreeSet::new();
-    let mut containers = Vec::with_capacity(spec.containers.len());
-    for (i, c) in spec.containers.into_iter().enumerate() {
-        let cpath = format!("{path}.containers[{i}]");
-        let c = container(&cpath, c, spec.host_network)?;
-        if !names.insert(c.name.clone()) {
-            return invalid(
-                format!("{cpath}.name"),
-                format!("duplicate container name {:?}", c.name),
-            );
-        }
-        for (j, p) in c.ports.iter().enumerate() {
-            if let Some(hp) = p.host_port {
-                if !host_ports.insert((hp, p.protocol == api::Protocol::UDP)) {
-                    return invalid(
-                        format!("{cpath}.ports[{j}].hostPort"),
-                        format!("duplicate host port {hp}/{:?} in the pod", p.protocol),
-                    );
+    let mut convert = |field: &str,
+                       kind: ContainerKind,
+                       input: Vec<InContainer>|
+     -> Result<Vec<api::Container>, Invalid> {
+        let mut out = Vec::with_capacity(input.len());
+        for (i, c) in input.into_iter().enumerate() {
+            let cpath = format!("{path}.{field}[{i}]");
+            let c = container(&cpath, c, spec.host_network, &volume_names, kind)?;
+            if !names.insert(c.name.clone()) {
+                return invalid(
+                    format!("{cpath}.name"),
+                    format!("duplicate container name {:?}", c.name),
+                );
+            }
+            for (j, p) in c.ports.iter().enumerate() {
+                if let Some(hp) = p.host_port {
+                    if !host_ports.insert((hp, p.protocol == api::Protocol::UDP)) {
+                        return invalid(
+                            format!("{cpath}.ports[{j}].hostPort"),
+                            format!("duplicate host port {hp}/{:?} in the pod", p.protocol),
+                        );
+                    }
                 }
             }
+            out.push(c);
         }
-        containers.push(c);
+        Ok(out)
+    };
+    let init_containers = convert("initContainers", ContainerKind::Init, spec.init_containers)?;
+    let containers = convert("containers", ContainerKind::Main, spec.containers)?;
+    let mut image_pull_secrets = Vec::with_capacity(spec.image_pull_secrets.len());
+    for (i, r) in spec.image_pull_secrets.into_iter().enumerate() {
+        let p = format!("{path}.imagePullSecrets[{i}].name");
+        let name = required(&p, r.name)?;
+        secret_name(&p, &name)?;
+        image_pull_secrets.push(api::LocalObjectReference { name });
     }
+    let sc = spec.security_context;
+    let security_context = api::PodSecurityContext {
+        run_as_user: id(&format!("{path}.securityContext.runAsUser"), sc.run_as_user)?,
+        run_as_group: id(
+            &format!("{path}.securityContext.runAsGroup"),
+            sc.run_as_group,
+        )?,
+    };
     Ok(api::PodSpec {
         containers,
         node_selector: spec.node_selector,
@@ -784,10 +1075,134 @@ fn pod_spec(path: &str, spec: InPodSpec) -> Result<api::PodSpec, Invalid> {
         restart_policy: spec.restart_policy.unwrap_or_default(),
         termination_grace_period_seconds: grace,
         node_name: None,
+        init_containers,
+        volumes,
+        image_pull_secrets,
+        security_context,
     })
 }
 
-fn container(path: &str, c: InContainer, host_network: bool) -> Result<api::Container, Invalid> {
+fn required<T>(path: &str, v: Option<T>) -> Result<T, Invalid> {
+    v.ok_or_else(|| (path.to_owned(), "required".to_owned()))
+}
+
+/// A user or group id: Kubernetes allows 0..=2147483647.
+fn id(path: &str, v: Option<i64>) -> Result<Option<u32>, Invalid> {
+    match v {
+        None => Ok(None),
+        Some(n) if (0..=i64::from(i32::MAX)).contains(&n) => Ok(Some(n as u32)),
+        Some(n) => invalid(path, format!("must be between 0 and 2147483647, got {n}")),
+    }
+}
+
+/// A secret's name: a DNS subdomain, as Kubernetes requires.
+fn secret_name(path: &str, name: &str) -> Result<(), Invalid> {
+    if dns_subdomain(name) {
+        Ok(())
+    } else {
+        invalid(
+            path,
+            format!(
+                "{name:?} must be a lowercase RFC 1123 subdomain: labels of alphanumerics or \
+                 '-' separated by '.', at most 253 characters"
+            ),
+        )
+    }
+}
+
+/// A key of a secret: `[-._a-zA-Z0-9]+`, at most 253 characters.
+fn secret_key(path: &str, key: &str) -> Result<(), Invalid> {
+    let ok = !key.is_empty()
+        && key.len() <= 253
+        && key
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_'))
+        && key != "."
+        && key != "..";
+    if ok {
+        Ok(())
+    } else {
+        invalid(
+            path,
+            format!(
+                "{key:?}: a valid key must consist of alphanumerics, '-', '_' or '.' (at most 253)"
+            ),
+        )
+    }
+}
+
+/// An absolute path without `..` components: mount points and host paths.
+fn absolute_path(path: &str, p: &str) -> Result<(), Invalid> {
+    if !p.starts_with('/') {
+        return invalid(path, format!("{p:?} must be an absolute path"));
+    }
+    if p.split('/').any(|c| c == "..") {
+        return invalid(path, format!("{p:?} must not contain '..'"));
+    }
+    if p.contains('\0') {
+        return invalid(path, "must not contain NUL");
+    }
+    Ok(())
+}
+
+fn volumes(path: &str, input: Vec<InVolume>) -> Result<Vec<api::Volume>, Invalid> {
+    let mut out: Vec<api::Volume> = Vec::with_capacity(input.len());
+    for (i, v) in input.into_iter().enumerate() {
+        let vpath = format!("{path}.volumes[{i}]");
+        let name = required(&format!("{vpath}.name"), v.name)?;
+        dns_label(&format!("{vpath}.name"), &name, MAX_NAME_LEN)?;
+        if out.iter().any(|o| o.name == name) {
+            return invalid(
+                format!("{vpath}.name"),
+                format!("duplicate volume name {name:?}"),
+            );
+        }
+        let mut sources = Vec::new();
+        if let Some(s) = v.secret {
+            let p = format!("{vpath}.secret.secretName");
+            let secret = required(&p, s.secret_name)?;
+            secret_name(&p, &secret)?;
+            sources.push(api::VolumeSource::Secret {
+                secret_name: secret,
+            });
+        }
+        if let Some(e) = v.empty_dir {
+            if let Some(limit) = &e.size_limit {
+                quantity::parse_memory_bytes(limit)
+                    .map_err(|err| (format!("{vpath}.emptyDir.sizeLimit"), err.to_string()))?;
+            }
+            sources.push(api::VolumeSource::EmptyDir {
+                size_limit: e.size_limit,
+            });
+        }
+        if let Some(h) = v.host_path {
+            let p = format!("{vpath}.hostPath.path");
+            let hp = required(&p, h.path)?;
+            absolute_path(&p, &hp)?;
+            sources.push(api::VolumeSource::HostPath { path: hp });
+        }
+        let source = match sources.len() {
+            0 => {
+                return invalid(
+                    vpath,
+                    "must specify a volume type: secret, emptyDir or hostPath",
+                )
+            }
+            1 => sources.remove(0),
+            _ => return invalid(vpath, "may not specify more than 1 volume type"),
+        };
+        out.push(api::Volume { name, source });
+    }
+    Ok(out)
+}
+
+fn container(
+    path: &str,
+    c: InContainer,
+    host_network: bool,
+    volume_names: &BTreeSet<&str>,
+    kind: ContainerKind,
+) -> Result<api::Container, Invalid> {
     let Some(name) = c.name else {
         return invalid(format!("{path}.name"), "required");
     };
@@ -814,9 +1229,30 @@ fn container(path: &str, c: InContainer, host_network: bool) -> Result<api::Cont
                 format!("{:?} must be non-empty printable ASCII without '='", e.name),
             );
         }
+        let value_from = match e.value_from {
+            None => None,
+            Some(from) => {
+                let fpath = format!("{path}.env[{i}].valueFrom");
+                if !e.value.is_empty() {
+                    return invalid(fpath, "may not be specified when `value` is not empty");
+                }
+                let Some(r) = from.secret_key_ref else {
+                    return invalid(fpath, "must specify secretKeyRef");
+                };
+                let rpath = format!("{fpath}.secretKeyRef");
+                let secret = required(&format!("{rpath}.name"), r.name)?;
+                secret_name(&format!("{rpath}.name"), &secret)?;
+                let key = required(&format!("{rpath}.key"), r.key)?;
+                secret_key(&format!("{rpath}.key"), &key)?;
+                Some(api::EnvVarSource {
+                    secret_key_ref: api::SecretKeySelector { name: secret, key },
+                })
+            }
+        };
         env.push(api::EnvVar {
             name: e.name,
             value: e.value,
+            value_from,
         });
     }
     let mut ports = Vec::with_capacity(c.ports.len());
@@ -851,6 +1287,57 @@ fn container(path: &str, c: InContainer, host_network: bool) -> Result<api::Cont
         });
     }
     let resources = resources(&format!("{path}.resources"), c.resources)?;
+    let mut volume_mounts: Vec<api::VolumeMount> = Vec::with_capacity(c.volume_mounts.len());
+    for (i, m) in c.volume_mounts.into_iter().enumerate() {
+        let mpath = format!("{path}.volumeMounts[{i}]");
+        let vname = required(&format!("{mpath}.name"), m.name)?;
+        if !volume_names.contains(vname.as_str()) {
+            return invalid(
+                format!("{mpath}.name"),
+                format!("no volume named {vname:?} in the pod's volumes"),
+            );
+        }
+        let mount_path = required(&format!("{mpath}.mountPath"), m.mount_path)?;
+        absolute_path(&format!("{mpath}.mountPath"), &mount_path)?;
+        if volume_mounts.iter().any(|o| o.mount_path == mount_path) {
+            return invalid(
+                format!("{mpath}.mountPath"),
+                format!("{mount_path:?} must be unique"),
+            );
+        }
+        volume_mounts.push(api::VolumeMount {
+            name: vname,
+            mount_path,
+            read_only: m.read_only,
+        });
+    }
+    let mut probes = [
+        ("livenessProbe", c.liveness_probe, true),
+        ("readinessProbe", c.readiness_probe, false),
+        ("startupProbe", c.startup_probe, true),
+    ]
+    .into_iter()
+    .map(|(field, p, single_success)| {
+        let ppath = format!("{path}.{field}");
+        match p {
+            None => Ok(None),
+            Some(_) if kind == ContainerKind::Init => {
+                invalid(ppath, "must not be set for init containers")
+            }
+            Some(p) => probe(&ppath, p, &ports, single_success).map(Some),
+        }
+    })
+    .collect::<Result<Vec<_>, Invalid>>()?
+    .into_iter();
+    let (liveness_probe, readiness_probe, startup_probe) = (
+        probes.next().flatten(),
+        probes.next().flatten(),
+        probes.next().flatten(),
+    );
+    let security_context = c
+        .security_context
+        .map(|sc| security_context(&format!("{path}.securityContext"), sc))
+        .transpose()?;
     Ok(api::Container {
         name,
         image,
@@ -861,7 +1348,302 @@ fn container(path: &str, c: InContainer, host_network: bool) -> Result<api::Cont
         working_dir: c.working_dir,
         ports,
         resources,
+        volume_mounts,
+        liveness_probe,
+        readiness_probe,
+        startup_probe,
+        security_context,
     })
+}
+
+fn security_context(path: &str, sc: InSecurityContext) -> Result<api::SecurityContext, Invalid> {
+    let capabilities = match sc.capabilities {
+        None => None,
+        Some(caps) => {
+            let list = |which: &str, v: Vec<String>| -> Result<Vec<String>, Invalid> {
+                v.into_iter()
+                    .enumerate()
+                    .map(|(i, cap)| capability(&format!("{path}.capabilities.{which}[{i}]"), &cap))
+                    .collect()
+            };
+            Some(api::Capabilities {
+                add: list("add", caps.add)?,
+                drop: list("drop", caps.drop)?,
+            })
+        }
+    };
+    Ok(api::SecurityContext {
+        privileged: sc.privileged,
+        capabilities,
+        run_as_user: id(&format!("{path}.runAsUser"), sc.run_as_user)?,
+        run_as_group: id(&format!("{path}.runAsGroup"), sc.run_as_group)?,
+        read_only_root_filesystem: sc.read_only_root_filesystem,
+    })
+}
+
+/// A capability name as Kubernetes writes it (`NET_ADMIN`); a `CAP_` prefix is dropped
+/// so `CAP_NET_ADMIN` and `NET_ADMIN` are one capability for the policy.
+fn capability(path: &str, cap: &str) -> Result<String, Invalid> {
+    let name = cap.strip_prefix("CAP_").unwrap_or(cap);
+    let ok = !name.is_empty()
+        && name.len() <= 28
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_uppercase() || b.is_ascii_digit() || b == b'_');
+    if !ok {
+        return invalid(
+            path,
+            format!("{cap:?} must be a capability name in upper case, e.g. NET_ADMIN"),
+        );
+    }
+    Ok(name.to_owned())
+}
+
+/// A probe with Kubernetes' defaults filled in, its port resolved and its values checked
+/// as the API server checks them.
+fn probe(
+    path: &str,
+    p: InProbe,
+    ports: &[api::ContainerPort],
+    single_success: bool,
+) -> Result<api::Probe, Invalid> {
+    let mut handlers = Vec::new();
+    if let Some(e) = p.exec {
+        if e.command.is_empty() {
+            return invalid(format!("{path}.exec.command"), "required");
+        }
+        handlers.push(api::ProbeHandler::Exec { command: e.command });
+    }
+    if let Some(h) = p.http_get {
+        let hpath = format!("{path}.httpGet");
+        let port = probe_port(&format!("{hpath}.port"), h.port, ports)?;
+        let http_path = h
+            .path
+            .filter(|s| !s.is_empty())
+            .unwrap_or_else(|| "/".into());
+        if !http_path.starts_with('/') {
+            return invalid(
+                format!("{hpath}.path"),
+                format!("{http_path:?} must start with '/'"),
+            );
+        }
+        for (i, hd) in h.http_headers.iter().enumerate() {
+            let ok = !hd.name.is_empty()
+                && hd
+                    .name
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'-');
+            if !ok {
+                return invalid(
+                    format!("{hpath}.httpHeaders[{i}].name"),
+                    format!("{:?} must be a valid HTTP header name", hd.name),
+                );
+            }
+        }
+        handlers.push(api::ProbeHandler::HttpGet {
+            path: http_path,
+            port,
+            scheme: h.scheme.unwrap_or_default(),
+            host: probe_host(&format!("{hpath}.host"), h.host)?,
+            http_headers: h
+                .http_headers
+                .into_iter()
+                .map(|hd| api::HttpHeader {
+                    name: hd.name,
+                    value: hd.value,
+                })
+                .collect(),
+        });
+    }
+    if let Some(t) = p.tcp_socket {
+        let tpath = format!("{path}.tcpSocket");
+        handlers.push(api::ProbeHandler::TcpSocket {
+            port: probe_port(&format!("{tpath}.port"), t.port, ports)?,
+            host: probe_host(&format!("{tpath}.host"), t.host)?,
+        });
+    }
+    let handler = match handlers.len() {
+        0 => {
+            return invalid(
+                path,
+                "must specify a handler type: exec, httpGet or tcpSocket",
+            )
+        }
+        1 => handlers.remove(0),
+        _ => return invalid(path, "may not specify more than 1 handler type"),
+    };
+    let number = |field: &str, v: Option<i64>, default: u32, min: u32| -> Result<u32, Invalid> {
+        let v = v.unwrap_or(i64::from(default));
+        match u32::try_from(v) {
+            Ok(n) if n >= min => Ok(n),
+            _ => invalid(
+                format!("{path}.{field}"),
+                format!("must be greater than or equal to {min}, got {v}"),
+            ),
+        }
+    };
+    let success_threshold = number(
+        "successThreshold",
+        p.success_threshold,
+        PROBE_SUCCESS_THRESHOLD,
+        1,
+    )?;
+    if single_success && success_threshold != 1 {
+        return invalid(
+            format!("{path}.successThreshold"),
+            format!("must be 1, got {success_threshold}"),
+        );
+    }
+    Ok(api::Probe {
+        handler,
+        initial_delay_seconds: number("initialDelaySeconds", p.initial_delay_seconds, 0, 0)?,
+        period_seconds: number("periodSeconds", p.period_seconds, PROBE_PERIOD_SECONDS, 1)?,
+        timeout_seconds: number(
+            "timeoutSeconds",
+            p.timeout_seconds,
+            PROBE_TIMEOUT_SECONDS,
+            1,
+        )?,
+        success_threshold,
+        failure_threshold: number(
+            "failureThreshold",
+            p.failure_threshold,
+            PROBE_FAILURE_THRESHOLD,
+            1,
+        )?,
+    })
+}
+
+/// A probe's `port`: a number, or the name of one of the container's ports.
+fn probe_port(path: &str, v: Option<Value>, ports: &[api::ContainerPort]) -> Result<u16, Invalid> {
+    match v {
+        None => invalid(path, "required"),
+        Some(Value::Number(n)) => match n.as_i64() {
+            Some(i) => port(path, i),
+            None => invalid(path, format!("must be an integer or a port name, got {n}")),
+        },
+        Some(Value::String(name)) => {
+            if let Ok(i) = name.parse::<i64>() {
+                return port(path, i);
+            }
+            port_name(path, &name)?;
+            match ports
+                .iter()
+                .find(|p| p.name.as_deref() == Some(name.as_str()))
+            {
+                Some(p) => Ok(p.container_port),
+                None => invalid(
+                    path,
+                    format!("no port named {name:?} in the container's ports"),
+                ),
+            }
+        }
+        Some(other) => invalid(
+            path,
+            format!("must be an integer or a port name, got {other:?}"),
+        ),
+    }
+}
+
+fn probe_host(path: &str, host: Option<String>) -> Result<Option<String>, Invalid> {
+    match host {
+        None => Ok(None),
+        Some(h) if h.is_empty() => Ok(None),
+        Some(h) if h.len() <= 253 && !h.chars().any(|c| c.is_whitespace() || c == '/') => {
+            Ok(Some(h))
+        }
+        Some(h) => invalid(path, format!("{h:?} must be a host name or an address")),
+    }
+}
+
+/// Bytes a sealed secret adds to its content: the X25519 key (32), the AEAD tag (16), and
+/// postcard's length prefixes (a count, and two varints of at most 3 bytes per item).
+pub fn sealed_overhead(items: usize) -> usize {
+    32 + 16 + 2 + items * 6
+}
+
+fn secret(input: InSecret) -> Result<api::Secret, Invalid> {
+    let meta = input.metadata;
+    let Some(name) = meta.name.clone() else {
+        return invalid("metadata.name", "required");
+    };
+    secret_name("metadata.name", &name)?;
+    let metadata = object_meta(
+        InMeta {
+            name: Some("x".into()),
+            ..meta
+        },
+        MAX_NAME_LEN,
+    )
+    .map(|m| api::ObjectMeta { name, ..m })?;
+    let type_ = match input.type_.as_deref() {
+        None | Some("Opaque") => api::SecretType::Opaque,
+        Some(api::DOCKER_CONFIG_JSON_TYPE) => api::SecretType::DockerConfigJson,
+        Some(other) => {
+            return invalid(
+                "type",
+                format!(
+                    "{other:?} is not supported by Baton; supported: Opaque, {}",
+                    api::DOCKER_CONFIG_JSON_TYPE
+                ),
+            )
+        }
+    };
+    let mut data = BTreeMap::new();
+    for (k, v) in input.data {
+        let p = format!("data.{k}");
+        secret_key(&p, &k)?;
+        let bytes = api::base64::decode(v.trim())
+            .ok_or_else(|| (p.clone(), "invalid base64".to_owned()))?;
+        data.insert(k, bytes);
+    }
+    // As in Kubernetes, `stringData` is merged into `data` and wins on a shared key.
+    for (k, v) in input.string_data {
+        secret_key(&format!("stringData.{k}"), &k)?;
+        data.insert(k, v.into_bytes());
+    }
+    if data.len() > MAX_SECRET_KEYS {
+        return invalid(
+            "data",
+            format!(
+                "at most {MAX_SECRET_KEYS} keys are supported, got {}",
+                data.len()
+            ),
+        );
+    }
+    let secret = api::Secret {
+        api_version: "v1".into(),
+        kind: "Secret".into(),
+        metadata,
+        type_,
+        data,
+    };
+    let size = secret.size_bytes() + sealed_overhead(secret.data.len());
+    if size > baton_proto::MAX_SEALED_BYTES {
+        return invalid(
+            "data",
+            format!(
+                "the secret is {size} bytes (keys, values and encryption overhead); at most {} \
+                 are supported",
+                baton_proto::MAX_SEALED_BYTES
+            ),
+        );
+    }
+    if type_ == api::SecretType::DockerConfigJson {
+        let key = api::DOCKER_CONFIG_JSON_KEY;
+        let Some(json) = secret.data.get(key) else {
+            return invalid(
+                format!("data[{key}]"),
+                format!("required for type {}", api::DOCKER_CONFIG_JSON_TYPE),
+            );
+        };
+        match serde_json::from_slice::<serde_json::Value>(json) {
+            Ok(serde_json::Value::Object(_)) => {}
+            Ok(_) => return invalid(format!("data[{key}]"), "must be a JSON object"),
+            Err(e) => return invalid(format!("data[{key}]"), format!("invalid JSON: {e}")),
+        }
+    }
+    Ok(secret)
 }
 
 fn resources(path: &str, r: InResources) -> Result<api::ResourceRequirements, Invalid> {

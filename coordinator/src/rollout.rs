@@ -453,6 +453,7 @@ mod tests {
                 },
                 ready: true,
                 restart_count: 0,
+                ..Default::default()
             }];
         }
         p
@@ -515,6 +516,7 @@ mod tests {
             },
             ready: false,
             restart_count: 0,
+            ..Default::default()
         }];
         let pods = [pod(&v1, "a", true, false), bad];
         let owned: Vec<&api::Pod> = pods.iter().collect();

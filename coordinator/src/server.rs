@@ -56,6 +56,8 @@ pub struct ServerConfig {
     /// How long a deleted Ready pod drains before its node stops it
     /// (see `Core::with_pod_drain`).
     pub pod_drain: Duration,
+    /// What pods may ask of their nodes beyond the defaults (`crate::policy`).
+    pub policy: crate::policy::Policy,
 }
 
 impl ServerConfig {
@@ -72,6 +74,7 @@ impl ServerConfig {
             heartbeat_timeout: DEFAULT_HEARTBEAT_TIMEOUT,
             pod_eviction_timeout: crate::core::DEFAULT_POD_EVICTION_TIMEOUT,
             pod_drain: crate::core::DEFAULT_POD_DRAIN,
+            policy: crate::policy::Policy::default(),
         }
     }
 }
@@ -160,7 +163,8 @@ impl Server {
         let (outbound_tx, outbound_rx) = mpsc::channel(4096);
         let core = Core::new(store, outbound_tx, cfg.heartbeat_timeout)?
             .with_pod_drain(cfg.pod_drain)
-            .with_pod_eviction_timeout(cfg.pod_eviction_timeout);
+            .with_pod_eviction_timeout(cfg.pod_eviction_timeout)
+            .with_policy(cfg.policy.clone());
 
         let (broker, embedded_mqtt) = match &cfg.mqtt {
             MqttMode::Embedded { listen } => {

@@ -44,12 +44,14 @@ pub enum Table {
     Revisions,
     /// API tokens, keyed by name; only their SHA-256 is stored (see `crate::auth`).
     Tokens,
+    /// Secrets, keyed by name (`api::Secret`).
+    Secrets,
     /// Imported images, keyed `repository:tag` (see `crate::registry`).
     Images,
 }
 
 impl Table {
-    pub const ALL: [Table; 8] = [
+    pub const ALL: [Table; 9] = [
         Table::Deployments,
         Table::Pods,
         Table::Nodes,
@@ -58,6 +60,7 @@ impl Table {
         Table::Revisions,
         Table::Tokens,
         Table::Images,
+        Table::Secrets,
     ];
 
     pub fn name(self) -> &'static str {
@@ -69,6 +72,7 @@ impl Table {
             Table::Meta => "meta",
             Table::Revisions => "revisions",
             Table::Tokens => "tokens",
+            Table::Secrets => "secrets",
             Table::Images => "images",
         }
     }

@@ -57,6 +57,7 @@ impl TestServer {
             heartbeat_timeout: Duration::from_secs(20),
             pod_eviction_timeout: Duration::from_secs(60),
             pod_drain: Duration::from_secs(2),
+            policy: Default::default(),
         };
         let server = Server::bind(cfg).await?;
         let http = server.http_addr();

@@ -15,6 +15,7 @@ fn render(result: Result<Vec<api::Object>, ManifestError>) -> String {
             .map(|o| match o {
                 api::Object::Deployment(d) => serde_yaml_ng::to_string(d),
                 api::Object::Pod(p) => serde_yaml_ng::to_string(p),
+                api::Object::Secret(s) => serde_yaml_ng::to_string(s),
             })
             .collect::<Result<Vec<_>, _>>()
             .expect("api objects serialize")
@@ -101,19 +102,19 @@ fn check(name: &str, input: &str, expect: &str) {
 fn unsupported_fields_are_named_by_path() {
     let cases: &[(&str, String, &str)] = &[
         (
-            "container securityContext",
-            doc("", "", "", "        securityContext: {runAsUser: 0}\n"),
-            "error: document 1: spec.template.spec.containers[0].securityContext: field not supported by Baton",
+            "container securityContext beyond the supported fields",
+            doc("", "", "", "        securityContext: {runAsUser: 0, seccompProfile: {type: Unconfined}, allowPrivilegeEscalation: true}\n"),
+            "error: document 1: spec.template.spec.containers[0].securityContext.seccompProfile: field not supported by Baton; spec.template.spec.containers[0].securityContext.allowPrivilegeEscalation: field not supported by Baton",
         ),
         (
-            "livenessProbe",
-            doc("", "", "", "        livenessProbe:\n          exec: {command: [true]}\n"),
-            "error: document 1: spec.template.spec.containers[0].livenessProbe: field not supported by Baton",
+            "grpc probe",
+            doc("", "", "", "        livenessProbe:\n          grpc: {port: 9000}\n"),
+            "error: document 1: spec.template.spec.containers[0].livenessProbe.grpc: field not supported by Baton",
         ),
         (
-            "pod volumes",
-            doc("", "", "      volumes: []\n", ""),
-            "error: document 1: spec.template.spec.volumes: field not supported by Baton",
+            "configMap volume and hostPath type",
+            doc("", "", "      volumes:\n      - {name: a, configMap: {name: c}}\n      - {name: b, hostPath: {path: /x, type: Directory}}\n", ""),
+            "error: document 1: spec.template.spec.volumes[0].configMap: field not supported by Baton; spec.template.spec.volumes[1].hostPath.type: field not supported by Baton",
         ),
         (
             "extended resource",
@@ -123,7 +124,7 @@ fn unsupported_fields_are_named_by_path() {
         (
             "env valueFrom",
             doc("", "", "", "        env:\n        - name: A\n          valueFrom: {fieldRef: {fieldPath: spec.nodeName}}\n"),
-            "error: document 1: spec.template.spec.containers[0].env[0].valueFrom: field not supported by Baton",
+            "error: document 1: spec.template.spec.containers[0].env[0].valueFrom.fieldRef: field not supported by Baton",
         ),
         (
             "strategy fields beyond the supported ones",
@@ -152,8 +153,8 @@ fn unsupported_fields_are_named_by_path() {
         ),
         (
             "all unsupported fields are listed",
-            doc("", "", "      volumes: []\n", "        securityContext: {}\n"),
-            "error: document 1: spec.template.spec.volumes: field not supported by Baton; spec.template.spec.containers[0].securityContext: field not supported by Baton",
+            doc("", "", "      dnsPolicy: None\n", "        lifecycle: {}\n"),
+            "error: document 1: spec.template.spec.dnsPolicy: field not supported by Baton; spec.template.spec.containers[0].lifecycle: field not supported by Baton",
         ),
         (
             "typo at the top",
@@ -344,7 +345,7 @@ fn validation_rules() {
         (
             "unsupported apiVersion",
             doc("", "", "", "").replace("apps/v1", "extensions/v1beta1"),
-            "error: document 1: kind Deployment (apiVersion extensions/v1beta1) is not supported by Baton; supported: Deployment (apps/v1), Pod (v1)",
+            "error: document 1: kind Deployment (apiVersion extensions/v1beta1) is not supported by Baton; supported: Deployment (apps/v1), Pod (v1), Secret (v1)",
         ),
         (
             "missing metadata",
@@ -534,5 +535,280 @@ proptest::proptest! {
         if let Ok(input) = String::from_utf8(bytes) {
             let _ = parse_manifests(&input);
         }
+    }
+}
+
+#[test]
+fn pod_feature_rules() {
+    let c = |lines: &str| doc("", "", "", lines);
+    let s = |lines: &str| doc("", "", lines, "");
+    let cases: Vec<(&str, String, &str)> = vec![
+        (
+            "probe without a handler",
+            c("        livenessProbe: {periodSeconds: 5}\n"),
+            "error: document 1: spec.template.spec.containers[0].livenessProbe: must specify a handler type: exec, httpGet or tcpSocket",
+        ),
+        (
+            "probe with two handlers",
+            c("        readinessProbe:\n          exec: {command: [\"true\"]}\n          tcpSocket: {port: 80}\n"),
+            "error: document 1: spec.template.spec.containers[0].readinessProbe: may not specify more than 1 handler type",
+        ),
+        (
+            "liveness successThreshold must be 1",
+            c("        livenessProbe:\n          tcpSocket: {port: 80}\n          successThreshold: 2\n"),
+            "error: document 1: spec.template.spec.containers[0].livenessProbe.successThreshold: must be 1, got 2",
+        ),
+        (
+            "startup successThreshold must be 1",
+            c("        startupProbe:\n          tcpSocket: {port: 80}\n          successThreshold: 3\n"),
+            "error: document 1: spec.template.spec.containers[0].startupProbe.successThreshold: must be 1, got 3",
+        ),
+        (
+            "readiness may need several successes",
+            c("        readinessProbe:\n          tcpSocket: {port: 80}\n          successThreshold: 3\n"),
+            "ok",
+        ),
+        (
+            "period must be positive",
+            c("        readinessProbe:\n          tcpSocket: {port: 80}\n          periodSeconds: 0\n"),
+            "error: document 1: spec.template.spec.containers[0].readinessProbe.periodSeconds: must be greater than or equal to 1, got 0",
+        ),
+        (
+            "negative delay",
+            c("        readinessProbe:\n          tcpSocket: {port: 80}\n          initialDelaySeconds: -1\n"),
+            "error: document 1: spec.template.spec.containers[0].readinessProbe.initialDelaySeconds: must be greater than or equal to 0, got -1",
+        ),
+        (
+            "unknown named port",
+            c("        livenessProbe:\n          httpGet: {path: /, port: metrics}\n"),
+            "error: document 1: spec.template.spec.containers[0].livenessProbe.httpGet.port: no port named \"metrics\" in the container's ports",
+        ),
+        (
+            "port out of range",
+            c("        livenessProbe:\n          tcpSocket: {port: 70000}\n"),
+            "error: document 1: spec.template.spec.containers[0].livenessProbe.tcpSocket.port: must be between 1 and 65535, got 70000",
+        ),
+        (
+            "bad scheme",
+            c("        livenessProbe:\n          httpGet: {port: 80, scheme: FTP}\n"),
+            "error: document 1: spec.template.spec.containers[0].livenessProbe.httpGet.scheme: unknown variant `FTP`, expected `HTTP` or `HTTPS`",
+        ),
+        (
+            "empty exec command",
+            c("        livenessProbe:\n          exec: {command: []}\n"),
+            "error: document 1: spec.template.spec.containers[0].livenessProbe.exec.command: required",
+        ),
+        (
+            "probes on init containers",
+            s("      initContainers:\n      - name: i\n        image: busybox:1\n        readinessProbe: {exec: {command: [\"true\"]}}\n"),
+            "error: document 1: spec.template.spec.initContainers[0].readinessProbe: must not be set for init containers",
+        ),
+        (
+            "init and main containers share names",
+            s("      initContainers:\n      - name: web\n        image: busybox:1\n"),
+            "error: document 1: spec.template.spec.containers[0].name: duplicate container name \"web\"",
+        ),
+        (
+            "mount of a missing volume",
+            c("        volumeMounts: [{name: data, mountPath: /data}]\n"),
+            "error: document 1: spec.template.spec.containers[0].volumeMounts[0].name: no volume named \"data\" in the pod's volumes",
+        ),
+        (
+            "relative mount path",
+            doc("", "", "      volumes: [{name: d, emptyDir: {}}]\n", "        volumeMounts: [{name: d, mountPath: data}]\n"),
+            "error: document 1: spec.template.spec.containers[0].volumeMounts[0].mountPath: \"data\" must be an absolute path",
+        ),
+        (
+            "volume without a source",
+            s("      volumes: [{name: d}]\n"),
+            "error: document 1: spec.template.spec.volumes[0]: must specify a volume type: secret, emptyDir or hostPath",
+        ),
+        (
+            "volume with two sources",
+            s("      volumes: [{name: d, emptyDir: {}, hostPath: {path: /x}}]\n"),
+            "error: document 1: spec.template.spec.volumes[0]: may not specify more than 1 volume type",
+        ),
+        (
+            "duplicate volume",
+            s("      volumes: [{name: d, emptyDir: {}}, {name: d, emptyDir: {}}]\n"),
+            "error: document 1: spec.template.spec.volumes[1].name: duplicate volume name \"d\"",
+        ),
+        (
+            "hostPath with ..",
+            s("      volumes: [{name: d, hostPath: {path: /data/../etc}}]\n"),
+            "error: document 1: spec.template.spec.volumes[0].hostPath.path: \"/data/../etc\" must not contain '..'",
+        ),
+        (
+            "bad emptyDir size",
+            s("      volumes: [{name: d, emptyDir: {sizeLimit: lots}}]\n"),
+            "error: document 1: spec.template.spec.volumes[0].emptyDir.sizeLimit: quantity \"lots\" is not a valid Kubernetes quantity",
+        ),
+        (
+            "env value and valueFrom",
+            c("        env:\n        - name: A\n          value: x\n          valueFrom: {secretKeyRef: {name: s, key: k}}\n"),
+            "error: document 1: spec.template.spec.containers[0].env[0].valueFrom: may not be specified when `value` is not empty",
+        ),
+        (
+            "secret key with a slash",
+            c("        env:\n        - name: A\n          valueFrom: {secretKeyRef: {name: s, key: a/b}}\n"),
+            "error: document 1: spec.template.spec.containers[0].env[0].valueFrom.secretKeyRef.key: \"a/b\": a valid key must consist of alphanumerics, '-', '_' or '.' (at most 253)",
+        ),
+        (
+            "secretKeyRef without a key",
+            c("        env:\n        - name: A\n          valueFrom: {secretKeyRef: {name: s}}\n"),
+            "error: document 1: spec.template.spec.containers[0].env[0].valueFrom.secretKeyRef.key: required",
+        ),
+        (
+            "negative runAsUser",
+            s("      securityContext: {runAsUser: -1}\n"),
+            "error: document 1: spec.template.spec.securityContext.runAsUser: must be between 0 and 2147483647, got -1",
+        ),
+        (
+            "lower-case capability",
+            c("        securityContext: {capabilities: {add: [net_admin]}}\n"),
+            "error: document 1: spec.template.spec.containers[0].securityContext.capabilities.add[0]: \"net_admin\" must be a capability name in upper case, e.g. NET_ADMIN",
+        ),
+        (
+            "imagePullSecrets name",
+            s("      imagePullSecrets: [{name: Reg_Cred}]\n"),
+            "error: document 1: spec.template.spec.imagePullSecrets[0].name: \"Reg_Cred\" must be a lowercase RFC 1123 subdomain: labels of alphanumerics or '-' separated by '.', at most 253 characters",
+        ),
+    ];
+    for (name, input, expect) in cases {
+        let result = parse_manifests(&input);
+        let actual = match &result {
+            Ok(_) => "ok".to_string(),
+            Err(e) => format!("error: {e}"),
+        };
+        // Quantity messages carry the parser's detail after the value; compare the head.
+        assert!(
+            actual == expect || actual.starts_with(expect),
+            "case {name:?}:\n  want {expect}\n  got  {actual}"
+        );
+    }
+}
+
+#[test]
+fn probe_defaults_and_named_ports() {
+    let input = doc(
+        "",
+        "",
+        "",
+        "        ports: [{name: http, containerPort: 8080}]\n        livenessProbe:\n          httpGet: {port: http}\n",
+    );
+    let api::Object::Deployment(d) = parse_manifests(&input).unwrap().remove(0) else {
+        panic!("not a deployment")
+    };
+    let p = d.spec.template.spec.containers[0]
+        .liveness_probe
+        .clone()
+        .unwrap();
+    assert_eq!(
+        p,
+        api::Probe {
+            handler: api::ProbeHandler::HttpGet {
+                path: "/".into(),
+                port: 8080,
+                scheme: api::Scheme::HTTP,
+                host: None,
+                http_headers: vec![],
+            },
+            initial_delay_seconds: 0,
+            period_seconds: 10,
+            timeout_seconds: 1,
+            success_threshold: 1,
+            failure_threshold: 3,
+        }
+    );
+}
+
+#[test]
+fn secret_rules() {
+    let secret =
+        |body: &str| format!("apiVersion: v1\nkind: Secret\nmetadata: {{name: db}}\n{body}");
+    let big = "a".repeat(baton_proto::MAX_SEALED_BYTES);
+    let cases: Vec<(&str, String, &str)> = vec![
+        ("empty", secret(""), "ok"),
+        (
+            "bad base64",
+            secret("data: {pw: \"not base64!\"}\n"),
+            "error: document 1: data.pw: invalid base64",
+        ),
+        (
+            "bad key",
+            secret("stringData: {\"a/b\": x}\n"),
+            "error: document 1: stringData.a/b: \"a/b\": a valid key must consist of alphanumerics, '-', '_' or '.' (at most 253)",
+        ),
+        (
+            "unknown type",
+            secret("type: kubernetes.io/tls\n"),
+            "error: document 1: type: \"kubernetes.io/tls\" is not supported by Baton; supported: Opaque, kubernetes.io/dockerconfigjson",
+        ),
+        (
+            "dockerconfigjson without its key",
+            secret("type: kubernetes.io/dockerconfigjson\nstringData: {other: x}\n"),
+            "error: document 1: data[.dockerconfigjson]: required for type kubernetes.io/dockerconfigjson",
+        ),
+        (
+            "dockerconfigjson that is not JSON",
+            secret("type: kubernetes.io/dockerconfigjson\nstringData: {.dockerconfigjson: \"{nope\"}\n"),
+            "error: document 1: data[.dockerconfigjson]: invalid JSON",
+        ),
+        (
+            "too big",
+            secret(&format!("stringData: {{k: {big}}}\n")),
+            "error: document 1: data: the secret is 65593 bytes (keys, values and encryption overhead); at most 65536 are supported",
+        ),
+        (
+            "unknown field",
+            secret("immutable: true\n"),
+            "error: document 1: immutable: field not supported by Baton",
+        ),
+        (
+            "name is a subdomain",
+            "apiVersion: v1\nkind: Secret\nmetadata: {name: db.prod}\n".to_string(),
+            "ok",
+        ),
+    ];
+    for (name, input, expect) in cases {
+        let actual = match parse_manifests(&input) {
+            Ok(_) => "ok".to_string(),
+            Err(e) => format!("error: {e}"),
+        };
+        assert!(
+            actual == expect || actual.starts_with(expect),
+            "case {name:?}:\n  want {expect}\n  got  {actual}"
+        );
+    }
+    // A secret's Debug never shows values.
+    let api::Object::Secret(s) = parse_manifests(&secret("stringData: {pw: hunter2}\n"))
+        .unwrap()
+        .remove(0)
+    else {
+        panic!("not a secret")
+    };
+    assert_eq!(s.data["pw"], b"hunter2");
+    assert!(!format!("{s:?}").contains("hunter2"));
+}
+
+#[test]
+fn base64_round_trips_and_is_strict() {
+    for bytes in [
+        &b""[..],
+        b"f",
+        b"fo",
+        b"foo",
+        b"foob",
+        b"fooba",
+        b"foobar",
+        &[0, 255, 128],
+    ] {
+        let enc = api::base64::encode(bytes);
+        assert_eq!(api::base64::decode(&enc).as_deref(), Some(bytes), "{enc}");
+    }
+    assert_eq!(api::base64::encode(b"foobar"), "Zm9vYmFy");
+    assert_eq!(api::base64::encode(b"fo"), "Zm8=");
+    for bad in ["Zm8", "Zm9=Zm8=", "Zm9v!", "Zm9=", "Z==="] {
+        assert_eq!(api::base64::decode(bad), None, "{bad}");
     }
 }

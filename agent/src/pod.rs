@@ -484,3 +484,84 @@ pub mod libc_sig {
     pub const SIGTERM: i32 = 15;
     pub const SIGKILL: i32 = 9;
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use baton_proto::BString;
+
+    #[test]
+    fn the_record_survives_a_restart_and_a_bad_file_is_an_empty_record() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("record.bin");
+        assert_eq!(PodRecord::load(&path), PodRecord::default());
+        let rec = PodRecord {
+            init_done: true,
+            containers: vec![ContainerRecord {
+                name: "web".into(),
+                restarts: 3,
+                last_termination: Some(Termination {
+                    exit_code: 137,
+                    reason: BString::new("OOMKilled").unwrap(),
+                    finished_at_ms: 1_700_000_000_000,
+                }),
+            }],
+        };
+        rec.store(&path).unwrap();
+        assert_eq!(PodRecord::load(&path), rec);
+        assert_eq!(PodRecord::load(&path).container("web").unwrap().restarts, 3);
+        assert!(!path.with_extension("bin.tmp").exists());
+        std::fs::write(&path, b"\xff\xff\xff").unwrap();
+        assert_eq!(PodRecord::load(&path), PodRecord::default());
+    }
+
+    #[test]
+    fn secret_env_resolves_or_names_what_is_missing() {
+        let secrets = crate::volumes::StaticSecrets::default();
+        secrets.insert("db", &[("password", b"hunter2")]);
+        let img = ImageConfig {
+            reference: "busybox".into(),
+            manifest_digest: String::new(),
+            entrypoint: vec![],
+            cmd: vec!["sh".into()],
+            env: vec!["A=0".into()],
+            working_dir: String::new(),
+            layers: vec![],
+        };
+        let mut c = ContainerSpec {
+            name: BString::new("c").unwrap(),
+            image: BString::new("busybox").unwrap(),
+            image_pull_policy: baton_proto::PullPolicy::IfNotPresent,
+            command: baton_proto::BVec::new(),
+            args: baton_proto::BVec::new(),
+            env: baton_proto::BVec::new(),
+            working_dir: None,
+            ports: baton_proto::BVec::new(),
+            resources: Default::default(),
+            volume_mounts: baton_proto::BVec::new(),
+            liveness_probe: None,
+            readiness_probe: None,
+            startup_probe: None,
+            security: Default::default(),
+        };
+        c.env = baton_proto::BVec::from_vec(vec![
+            baton_proto::EnvVar {
+                name: BString::new("A").unwrap(),
+                value: EnvValue::Literal(BString::new("1").unwrap()),
+            },
+            baton_proto::EnvVar {
+                name: BString::new("PW").unwrap(),
+                value: EnvValue::SecretKey {
+                    secret: BString::new("db").unwrap(),
+                    key: BString::new("password").unwrap(),
+                },
+            },
+        ])
+        .unwrap();
+        let env = environment(&c, &img, "p", &secrets).unwrap();
+        assert!(env.contains(&"PW=hunter2".to_owned()), "{env:?}");
+        assert!(env.contains(&"A=1".to_owned()));
+        let err = environment(&c, &img, "p", &crate::volumes::NoSecrets).unwrap_err();
+        assert_eq!(err, "CreateContainerConfigError: secret \"db\" not found");
+    }
+}

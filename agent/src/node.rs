@@ -327,7 +327,7 @@ impl Agent {
             .pods
             .iter()
             .chain(self.pods.values().map(|p| &p.spec))
-            .flat_map(|p| p.containers.iter().map(|c| c.image.to_string()))
+            .flat_map(|p| pod::all_containers(p).map(|c| c.image.to_string()))
             .collect();
         self.deps.images.set_in_use(&in_use);
         let now = self.mono();

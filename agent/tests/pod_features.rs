@@ -93,6 +93,14 @@ fn exec_runs_inside_the_containers_namespaces_and_root() {
         ExecOutcome::Exited(0)
     );
     assert_eq!(exec(&["sh", "-c", "exit 3"]), ExecOutcome::Exited(3));
+    // Execs leave nothing behind in the runtime's state (they run every probe period).
+    let leftovers: Vec<_> = fs::read_dir(fx.runtime.container_dir(&spec.id))
+        .unwrap()
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|n| n.starts_with("tenant-"))
+        .collect();
+    assert!(leftovers.is_empty(), "{leftovers:?}");
     // A command that outlives its timeout is killed and reaped.
     assert_eq!(
         fx.runtime

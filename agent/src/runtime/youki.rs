@@ -549,6 +549,21 @@ impl YoukiRuntime {
     }
 }
 
+/// Removes the `tenant-notify-*.sock` files libcontainer's tenant builder leaves.
+fn remove_tenant_sockets(container_dir: &Path) {
+    let Ok(rd) = fs::read_dir(container_dir) else {
+        return;
+    };
+    for e in rd.flatten() {
+        if e.file_name()
+            .to_string_lossy()
+            .starts_with("tenant-notify-")
+        {
+            let _ = fs::remove_file(e.path());
+        }
+    }
+}
+
 /// Waits for our child `pid` until `timeout`, then kills and reaps it.
 fn wait_with_timeout(pid: Pid, timeout: Duration) -> Result<ExecOutcome, Errno> {
     use nix::sys::wait::WaitPidFlag;
@@ -1093,7 +1108,7 @@ impl Runtime for YoukiRuntime {
         let (stdin, stdout, stderr) = (devnull(null)?, devnull(null)?, devnull(null)?);
         let pid = {
             let _lc = lock(&LIBCONTAINER);
-            ContainerBuilder::new(id.to_string(), SyscallType::default())
+            let pid = ContainerBuilder::new(id.to_string(), SyscallType::default())
                 .with_root_path(&self.containers_dir)
                 .map(|b| {
                     b.with_executor(ExplicitEnvExecutor::default())
@@ -1106,8 +1121,11 @@ impl Runtime for YoukiRuntime {
                         .with_user(user.as_ref().map(|u| u.uid()))
                         .with_group(user.as_ref().map(|u| u.gid()))
                 })
-                .and_then(|b| b.build())
-                .map_err(backend(Operation::Exec, id))?
+                .and_then(|b| b.build());
+            // libcontainer leaves the tenant's notify socket behind: one file per exec, every
+            // probe period, forever. Builds are serialised by the lock, so none is in use now.
+            remove_tenant_sockets(&self.container_dir(id));
+            pid.map_err(backend(Operation::Exec, id))?
         };
         wait_with_timeout(pid, timeout).map_err(|e| RuntimeError::Backend {
             op: Operation::Exec,

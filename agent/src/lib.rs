@@ -7,6 +7,7 @@
 
 pub mod adopt;
 pub mod bus;
+pub mod identity;
 pub mod image;
 pub mod mqtt_tls;
 pub mod network;

@@ -5,6 +5,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
+use baton_agent::identity::{self, IdentityFile};
 use baton_agent::node::{self, AgentConfig};
 use baton_proto::{Capacity, NodeName};
 use clap::{Parser, Subcommand};
@@ -26,6 +27,9 @@ struct Cli {
 enum Command {
     /// Remove every container, rootfs mount and pod network this agent's data dir owns.
     Reset(Box<RunArgs>),
+    /// Rotate this device's key: a new key pair, a request signed by the current key, and
+    /// a new identity file, which a running agent picks up (nothing restarts).
+    Rotate(Box<RunArgs>),
 }
 
 #[derive(clap::Args)]
@@ -46,6 +50,17 @@ struct RunArgs {
     /// The PEM private key of --mqtt-cert (Ed25519, ECDSA or RSA).
     #[arg(long, env = "BATON_MQTT_KEY", requires_all = ["mqtt_ca", "mqtt_cert"])]
     mqtt_key: Option<PathBuf>,
+    /// A join token (`baton token create`): enroll this device over the coordinator's API
+    /// if it has no identity yet (<data-dir>/identity.json). Ignored once enrolled.
+    #[arg(long, env = "BATON_JOIN_TOKEN", hide_env_values = true)]
+    join_token: Option<String>,
+    /// The coordinator's HTTP API, for enrollment and key rotation
+    /// (e.g. https://10.0.0.1:7474; plain http only on loopback).
+    #[arg(long, env = "BATON_COORDINATOR_API")]
+    coordinator_api: Option<String>,
+    /// How far (in seconds) a coordinator message's send time may be from this clock.
+    #[arg(long, env = "BATON_SIGNATURE_WINDOW_SECS", default_value_t = 600)]
+    signature_window_secs: u64,
     /// This node's name (default: the host name).
     #[arg(long, env = "BATON_NODE_NAME")]
     node_name: Option<String>,
@@ -178,15 +193,64 @@ fn route_address(url: &str) -> Option<IpAddr> {
     Some(sock.local_addr().ok()?.ip())
 }
 
-fn config(a: RunArgs) -> Result<AgentConfig> {
-    let name = match a.node_name {
-        Some(n) => n,
+fn node_name(a: &RunArgs) -> Result<NodeName> {
+    let name = match &a.node_name {
+        Some(n) => n.clone(),
         None => nix::unistd::gethostname()
             .context("cannot read host name")?
             .to_string_lossy()
             .into_owned(),
     };
-    let node = NodeName::new(&name).with_context(|| "--node-name")?;
+    NodeName::new(&name).with_context(|| "--node-name")
+}
+
+fn flag_labels(a: &RunArgs) -> Result<Vec<(String, String)>> {
+    let mut labels = Vec::new();
+    for l in a.labels.iter().filter(|l| !l.is_empty()) {
+        let Some((k, v)) = l.split_once('=') else {
+            bail!("label {l:?} is not KEY=VALUE")
+        };
+        labels.push((k.trim().to_owned(), v.trim().to_owned()));
+    }
+    Ok(labels)
+}
+
+/// The identity file, made by enrolling with --join-token if there is none yet.
+async fn load_or_enroll(a: &RunArgs) -> Result<Option<IdentityFile>> {
+    let path = a.data_dir.join(identity::IDENTITY_FILE);
+    if let Some(id) = IdentityFile::load(&path)? {
+        if a.node_name.as_deref().is_some_and(|n| n != id.node_name) {
+            bail!(
+                "{} is the identity of node {:?}, not --node-name {:?}",
+                path.display(),
+                id.node_name,
+                a.node_name.as_deref().unwrap_or_default()
+            );
+        }
+        return Ok(Some(id));
+    }
+    let Some(token) = &a.join_token else {
+        return Ok(None);
+    };
+    let api = a
+        .coordinator_api
+        .as_deref()
+        .context("--join-token needs --coordinator-api")?;
+    std::fs::create_dir_all(&a.data_dir)
+        .with_context(|| format!("cannot create {}", a.data_dir.display()))?;
+    let labels = flag_labels(a)?.into_iter().collect();
+    let arch = baton_agent::image::Platform::host().arch;
+    let id = identity::enroll(&path, api, token, &node_name(a)?, &labels, &arch)
+        .await
+        .context("enrollment failed")?;
+    Ok(Some(id))
+}
+
+fn config(a: RunArgs, identity: Option<IdentityFile>) -> Result<AgentConfig> {
+    let node = match &identity {
+        Some(id) => NodeName::new(&id.node_name).context("identity file")?,
+        None => node_name(&a)?,
+    };
     // Checked with the other flags, before the agent creates anything on the host.
     baton_agent::bus::parse_url(&a.coordinator).context("--coordinator")?;
     let mqtt_tls = match (&a.mqtt_ca, &a.mqtt_cert, &a.mqtt_key) {
@@ -198,13 +262,23 @@ fn config(a: RunArgs) -> Result<AgentConfig> {
     };
     baton_agent::bus::mqtt_options(&a.coordinator, &node, mqtt_tls.as_ref())
         .context("--coordinator")?;
-    let mut labels = Vec::new();
-    for l in a.labels.iter().filter(|l| !l.is_empty()) {
-        let Some((k, v)) = l.split_once('=') else {
-            bail!("label {l:?} is not KEY=VALUE")
-        };
-        labels.push((k.trim().to_owned(), v.trim().to_owned()));
-    }
+    let mut labels = flag_labels(&a)?;
+    let security = match &identity {
+        Some(id) => {
+            // The labels the coordinator gave at enrollment win over the flags.
+            labels.retain(|(k, _)| !id.labels.contains_key(k));
+            labels.extend(id.labels.iter().map(|(k, v)| (k.clone(), v.clone())));
+            Some(
+                identity::AgentSecurity::new(
+                    &a.data_dir,
+                    id,
+                    Duration::from_secs(a.signature_window_secs),
+                )
+                .context("identity")?,
+            )
+        }
+        None => None,
+    };
     let (cpu, mem) = host_capacity();
     let allocatable = Capacity {
         cpu_millis: cpu.saturating_sub(a.reserved_cpu_millis),
@@ -249,6 +323,7 @@ fn config(a: RunArgs) -> Result<AgentConfig> {
         pids_limit: a.pids_limit,
         stop_pods_on_exit: a.stop_pods_on_exit,
         mqtt_tls,
+        security,
     })
 }
 
@@ -265,13 +340,27 @@ async fn shutdown_signal() {
 
 fn main() -> Result<()> {
     let cli = Cli::parse();
-    let (args, reset) = match cli.command {
-        Some(Command::Reset(args)) => (*args, true),
-        None => (cli.run, false),
+    let (args, reset, rotate) = match cli.command {
+        Some(Command::Reset(args)) => (*args, true, false),
+        Some(Command::Rotate(args)) => (*args, false, true),
+        None => (cli.run, false, false),
     };
     init_logging(&args.log_format);
-    let cfg = config(args)?;
     let rt = tokio::runtime::Runtime::new().context("cannot start the async runtime")?;
+    if rotate {
+        let path = args.data_dir.join(identity::IDENTITY_FILE);
+        let id = rt
+            .block_on(identity::rotate(&path, args.coordinator_api.as_deref()))
+            .context("key rotation failed")?;
+        println!("rotated the key of node {}", id.node_name);
+        return Ok(());
+    }
+    let identity = if reset {
+        IdentityFile::load(&args.data_dir.join(identity::IDENTITY_FILE))?
+    } else {
+        rt.block_on(load_or_enroll(&args))?
+    };
+    let cfg = config(args, identity)?;
     if reset {
         {
             let _guard = rt.enter();

@@ -74,6 +74,9 @@ pub struct AgentConfig {
     pub stop_pods_on_exit: bool,
     /// CA, client certificate and key for an `mqtts://` broker (see [`crate::mqtt_tls`]).
     pub mqtt_tls: Option<crate::mqtt_tls::MqttTls>,
+    /// The enrolled identity: sign what we send, verify what we get (see
+    /// [`crate::identity`]). `None` on fleets without enrollment.
+    pub security: Option<crate::identity::AgentSecurity>,
 }
 
 pub enum Event {
@@ -1026,10 +1029,11 @@ pub async fn run(
 
     let (tx, mut rx) = mpsc::channel(256);
     let (bus_tx, mut bus_rx) = mpsc::channel(64);
-    let bus = Bus::start_tls(
+    let bus = Bus::start_secure(
         &cfg.coordinator,
         cfg.node.clone(),
         cfg.mqtt_tls.as_ref(),
+        cfg.security.clone(),
         bus_tx,
     )?;
     let heartbeat_every = cfg.heartbeat_interval;

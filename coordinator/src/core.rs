@@ -220,6 +220,8 @@ pub enum CoreError {
         key: String,
         source: serde_json::Error,
     },
+    #[error(transparent)]
+    Secrets(#[from] crate::secrets::SecretsError),
 }
 
 /// What the core knows about a node beyond its stored object.
@@ -262,6 +264,10 @@ pub struct Core {
     nodes: BTreeMap<String, api::Node>,
     /// Secrets as applied. The API shows only their key names and sizes (`secret_view`).
     secrets: BTreeMap<String, api::Secret>,
+    /// Encrypts secrets at rest and seals them per node (`crate::secrets`).
+    secret_keeper: crate::secrets::SecretKeeper,
+    /// The secrets each node's desired state carries, as last published (or loaded).
+    desired_secrets: HashMap<String, Vec<crate::secrets::SentSecret>>,
     /// What pods may ask of their nodes; checked on apply (`crate::policy`).
     policy: Policy,
     live: HashMap<String, Live>,
@@ -344,6 +350,8 @@ impl Core {
             pod_drain: DEFAULT_POD_DRAIN,
             nodes: BTreeMap::new(),
             secrets: BTreeMap::new(),
+            secret_keeper: crate::secrets::SecretKeeper::default(),
+            desired_secrets: HashMap::new(),
             policy: Policy::default(),
             live: HashMap::new(),
             desired: HashMap::new(),
@@ -377,6 +385,39 @@ impl Core {
         self
     }
 
+    /// Encrypts secrets at rest with `keeper`'s data key and seals them to nodes' keys.
+    /// Reloads the state (encrypted secrets only load with the key) and rewrites secrets
+    /// stored in plain JSON by older versions, encrypted.
+    pub fn with_secrets(
+        mut self,
+        keeper: crate::secrets::SecretKeeper,
+    ) -> Result<Self, CoreError> {
+        self.secret_keeper = keeper;
+        self.load()?;
+        let rewrite = self.load_secrets()?.1;
+        let ops = rewrite
+            .iter()
+            .filter_map(|n| {
+                let s = self.secrets.get(n)?;
+                let bytes = self.secret_keeper.to_store(n, s).ok()?;
+                Some(Op::Put(Table::Secrets, n.clone(), bytes))
+            })
+            .collect::<Vec<_>>();
+        if !ops.is_empty() {
+            self.store.commit(ops)?;
+            tracing::info!(count = rewrite.len(), "encrypted secrets stored in plain text");
+        }
+        Ok(self)
+    }
+
+    fn load_secrets(
+        &self,
+    ) -> Result<(BTreeMap<String, api::Secret>, Vec<String>), CoreError> {
+        Ok(self
+            .secret_keeper
+            .load(self.store.list(Table::Secrets)?)?)
+    }
+
     pub fn with_pod_eviction_timeout(mut self, timeout: Duration) -> Self {
         self.pod_eviction_timeout = timeout;
         self
@@ -395,7 +436,8 @@ impl Core {
             .map(|p| (p.metadata.name.clone(), drain_end))
             .collect();
         self.nodes = load_table(store, Table::Nodes, "node")?;
-        self.secrets = load_table(store, Table::Secrets, "secret")?;
+        self.secrets = self.load_secrets()?.0;
+        let store = self.store.as_ref();
         let events: BTreeMap<String, api::Event> = load_table(store, Table::Events, "event")?;
         self.events = events
             .into_iter()
@@ -420,6 +462,11 @@ impl Core {
             .nodes
             .keys()
             .map(|n| (n.clone(), self.desired_pods(n)))
+            .collect();
+        self.desired_secrets = self
+            .nodes
+            .keys()
+            .map(|n| (n.clone(), self.desired_secret_list(n)))
             .collect();
         self.dirty.clear();
         self.new_events.clear();
@@ -457,6 +504,7 @@ impl Core {
             }
             Event::Tick => {
                 self.tick();
+                self.recheck_secrets();
                 self.expire_drains();
                 let _ = self.finish();
             }
@@ -534,7 +582,11 @@ impl Core {
                 ),
                 Tab::Secret => (
                     Table::Secrets,
-                    self.secrets.get(name).map(serde_json::to_vec),
+                    self.secrets.get(name).map(|s| {
+                        self.secret_keeper
+                            .to_store(name, s)
+                            .map_err(serde::ser::Error::custom)
+                    }),
                 ),
             };
             match value {
@@ -566,6 +618,7 @@ impl Core {
         self.run_controllers();
         self.schedule_pending();
         self.update_deployment_statuses();
+        self.update_secret_blocks();
         self.update_desired();
     }
 
@@ -863,6 +916,7 @@ impl Core {
             .pods
             .values()
             .filter(|p| p.spec.node_name.as_deref() == Some(node))
+            .filter(|p| self.secret_blocker(p).is_none())
         {
             match wire::pod_spec(p) {
                 Ok(spec) => out.push(spec),
@@ -887,12 +941,13 @@ impl Core {
             pods.truncate(proto::MAX_PODS_PER_NODE);
         }
         let pods = proto::BVec::from_vec(pods).ok()?;
+        let secrets = self.sealed_secrets(node);
         Some(Outbound {
             node: name,
             body: Body::Desired(proto::DesiredState {
                 generation: n.status.desired_generation,
                 pods,
-                secrets: proto::BVec::new(),
+                secrets,
             }),
             retain: true,
         })
@@ -926,10 +981,14 @@ impl Core {
         let names: Vec<String> = self.nodes.keys().cloned().collect();
         for node in names {
             let pods = self.desired_pods(&node);
-            if self.desired.get(&node) == Some(&pods) {
+            let secrets = self.desired_secret_list_for(&node, &pods);
+            if self.desired.get(&node) == Some(&pods)
+                && self.desired_secrets.get(&node) == Some(&secrets)
+            {
                 continue;
             }
             self.desired.insert(node.clone(), pods);
+            self.desired_secrets.insert(node.clone(), secrets);
             if let Some(n) = self.nodes.get_mut(&node) {
                 n.status.desired_generation += 1;
                 tracing::debug!(%node, generation = n.status.desired_generation, "desired state changed");
@@ -1535,6 +1594,157 @@ impl Core {
         }
         self.get_one(ResourceKind::Deployment, name)
             .map(ApiReply::Object)
+    }
+}
+
+/// Secrets in nodes' desired states (see `crate::secrets` for the rules).
+impl Core {
+    /// Why `p` cannot be sent to its node yet (a `CreateContainerConfigError` message).
+    fn secret_blocker(&self, p: &api::Pod) -> Option<String> {
+        let node = p.spec.node_name.as_deref()?;
+        self.secret_keeper.blocker(&p.spec, node, &self.secrets)
+    }
+
+    /// The secrets `pods` (a node's desired pods) reference, as sent to `node`.
+    fn desired_secret_list_for(
+        &self,
+        node: &str,
+        pods: &[proto::PodSpec],
+    ) -> Vec<crate::secrets::SentSecret> {
+        let mut names = BTreeSet::new();
+        for p in pods {
+            for c in p.init_containers.iter().chain(p.containers.iter()) {
+                for e in c.env.iter() {
+                    if let proto::EnvValue::SecretKey { secret, .. } = &e.value {
+                        names.insert(secret.as_str().to_owned());
+                    }
+                }
+            }
+            for v in p.volumes.iter() {
+                if let proto::VolumeSource::Secret { secret_name } = &v.source {
+                    names.insert(secret_name.as_str().to_owned());
+                }
+            }
+            names.extend(p.image_pull_secrets.iter().map(|n| n.as_str().to_owned()));
+        }
+        if names.is_empty() {
+            return Vec::new();
+        }
+        self.secret_keeper.sent(node, &names, &self.secrets)
+    }
+
+    fn desired_secret_list(&self, node: &str) -> Vec<crate::secrets::SentSecret> {
+        let pods = self.desired.get(node).map(Vec::as_slice).unwrap_or_default();
+        self.desired_secret_list_for(node, pods)
+    }
+
+    /// The node's secrets, sealed to its key (cached seals are reused).
+    fn sealed_secrets(
+        &self,
+        node: &str,
+    ) -> proto::BVec<proto::SealedSecret, { proto::MAX_SECRETS_PER_NODE }> {
+        let mut out = Vec::new();
+        for sent in self.desired_secrets.get(node).into_iter().flatten() {
+            let Some(secret) = self.secrets.get(&sent.name) else {
+                continue;
+            };
+            match self.secret_keeper.seal(node, sent, secret) {
+                Ok(s) => out.push(s),
+                Err(e) => tracing::error!(node, error = %e, "secret cannot be sealed; left out"),
+            }
+        }
+        if out.len() > proto::MAX_SECRETS_PER_NODE {
+            tracing::error!(node, secrets = out.len(), "more secrets than a node can be sent; truncated");
+            out.truncate(proto::MAX_SECRETS_PER_NODE);
+        }
+        proto::BVec::from_vec(out).unwrap_or_default()
+    }
+
+    /// Marks pods withheld for a secret `CreateContainerConfigError`, and clears that
+    /// once they can be sent (only if it was ours: the pod is not in its node's last
+    /// desired state, so an agent's own report of the same reason is left alone).
+    fn update_secret_blocks(&mut self) {
+        let mut changes = Vec::new();
+        for p in self.pods.values() {
+            let Some(node) = p.spec.node_name.as_deref() else {
+                continue;
+            };
+            if controller::is_terminating(p) {
+                continue;
+            }
+            let ours = p.status.reason.as_deref() == Some(crate::secrets::CONFIG_ERROR);
+            match self.secret_blocker(p) {
+                Some(msg) => {
+                    if !ours || p.status.message.as_deref() != Some(msg.as_str()) {
+                        changes.push((p.metadata.name.clone(), Some(msg)));
+                    }
+                }
+                None => {
+                    let sent = self.desired.get(node).is_some_and(|d| {
+                        d.iter()
+                            .any(|s| s.name.as_str() == p.metadata.name && s.uid.as_str() == p.metadata.uid)
+                    });
+                    if ours && !sent {
+                        changes.push((p.metadata.name.clone(), None));
+                    }
+                }
+            }
+        }
+        for (name, msg) in changes {
+            let Some(pod) = self.pods.get_mut(&name) else {
+                continue;
+            };
+            match msg {
+                Some(msg) => {
+                    pod.status.phase = api::PodPhase::Pending;
+                    pod.status.reason = Some(crate::secrets::CONFIG_ERROR.into());
+                    pod.status.message = Some(msg.clone());
+                    self.touch(Tab::Pod, &name);
+                    self.record(format!("pod/{name}"), "Failed", format!("Error: {msg}"));
+                }
+                None => {
+                    pod.status.reason = None;
+                    pod.status.message = None;
+                    self.touch(Tab::Pod, &name);
+                    self.record(
+                        format!("pod/{name}"),
+                        "SecretsReady",
+                        "Its secrets can be sent to its node now".into(),
+                    );
+                }
+            }
+        }
+    }
+
+    /// Node keys change outside the core (enrollment, rotation, revocation): once a tick,
+    /// nodes whose pods use secrets get their desired state recomputed if that changed it.
+    fn recheck_secrets(&mut self) {
+        let nodes: BTreeSet<String> = self
+            .pods
+            .values()
+            .filter(|p| !crate::secrets::references(&p.spec).is_empty())
+            .filter_map(|p| p.spec.node_name.clone())
+            .collect();
+        let mut keep = BTreeSet::new();
+        for node in nodes {
+            let pods = self.desired_pods(&node);
+            let secrets = self.desired_secret_list_for(&node, &pods);
+            keep.extend(secrets.iter().map(|s| (node.clone(), s.name.clone())));
+            let stale = self.desired.get(&node) != Some(&pods)
+                || self.desired_secrets.get(&node) != Some(&secrets);
+            // A pod that is still withheld but lost its status (an agent's last report)
+            // needs settling too.
+            let unmarked = self.pods.values().any(|p| {
+                p.spec.node_name.as_deref() == Some(node.as_str())
+                    && !controller::is_terminating(p)
+                    && p.status.reason.as_deref() != Some(crate::secrets::CONFIG_ERROR)
+                    && self.secret_blocker(p).is_some()
+            });
+            if (stale || unmarked) && self.nodes.contains_key(&node) {
+                self.touch(Tab::Node, &node);
+            }
+        }
+        self.secret_keeper.forget_except(&keep);
     }
 }
 

@@ -15,6 +15,7 @@ pub mod quantity;
 pub mod registry;
 pub mod rollout;
 pub mod scheduler;
+pub mod secrets;
 pub mod server;
 pub mod store;
 pub mod tls;

@@ -15,6 +15,7 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context, Result};
 use serde_json::Value;
 
+pub mod certs;
 pub mod fleet;
 pub mod proxy;
 
@@ -230,6 +231,30 @@ pub struct Lab {
     coordinator_starts: u32,
     /// Extra flags for every `baton server` this lab starts (see [`Lab::start_with`]).
     pub coordinator_args: Vec<String>,
+    /// With [`Lab::start_mtls`]: the fleet's certificates; MQTT is mTLS only.
+    pub mtls: Option<LabPki>,
+}
+
+/// The certificates of an mTLS lab (see [`Lab::start_mtls`]), under `<lab dir>/pki`.
+pub struct LabPki {
+    pub ca: certs::Pki,
+    /// The broker's certificate (IP SAN: the hub address).
+    pub server: certs::CertPair,
+    /// CN = [`certs::COORDINATOR_CN`].
+    pub coordinator: certs::CertPair,
+    /// CN = [`certs::OBSERVER_CN`]: Mosquitto's ACL lets it read every up/ topic.
+    pub observer: certs::CertPair,
+    /// One per agent, CN = its node name.
+    pub agents: Vec<certs::CertPair>,
+}
+
+/// The MQTT port of a lab: 8883 with mTLS, else 1883.
+fn mqtt_port(mtls: bool) -> u16 {
+    if mtls {
+        8883
+    } else {
+        1883
+    }
 }
 
 impl Lab {
@@ -242,7 +267,17 @@ impl Lab {
     }
 
     pub fn mqtt_url(&self) -> String {
-        format!("mqtt://{}:1883", self.hub_ip())
+        match self.mtls {
+            Some(_) => format!("mqtts://{}:8883", self.hub_ip()),
+            None => format!("mqtt://{}:1883", self.hub_ip()),
+        }
+    }
+
+    /// [`Lab::start`] with MQTT over mutual TLS only: Mosquitto runs the shipped
+    /// deploy/mosquitto config and ACL (with this lab's paths), the embedded broker runs
+    /// its TLS listener; every agent and the coordinator present their own certificate.
+    pub fn start_mtls(tag: &str, agents: usize, broker: Broker) -> Result<Lab> {
+        Self::start_inner(tag, agents, broker, &[], true)
     }
 
     /// Builds the namespaces and links, starts the registry with the example images, the
@@ -257,6 +292,16 @@ impl Lab {
         agents: usize,
         broker: Broker,
         coordinator_args: &[&str],
+    ) -> Result<Lab> {
+        Self::start_inner(tag, agents, broker, coordinator_args, false)
+    }
+
+    fn start_inner(
+        tag: &str,
+        agents: usize,
+        broker: Broker,
+        coordinator_args: &[&str],
+        mtls: bool,
     ) -> Result<Lab> {
         let n = NEXT.fetch_add(1, Ordering::SeqCst);
         let pid = std::process::id();
@@ -292,6 +337,7 @@ impl Lab {
             registry_dir,
             coordinator_starts: 0,
             coordinator_args: coordinator_args.iter().map(|a| a.to_string()).collect(),
+            mtls: None,
         };
         for i in 1..=agents {
             let name = format!("{id}-n{i}");
@@ -321,6 +367,9 @@ impl Lab {
                 data_dir,
                 proc: None,
             });
+        }
+        if mtls {
+            lab.mtls = Some(lab.make_pki()?);
         }
         let started = (|| {
             lab.start_registry()?;
@@ -375,15 +424,66 @@ impl Lab {
         Ok(())
     }
 
+    fn make_pki(&self) -> Result<LabPki> {
+        let ca = certs::Pki::new(&self.dir.path().join("pki"), "baton-ca")?;
+        let server = ca.server("broker", &[&self.hub_ip(), "127.0.0.1"])?;
+        let coordinator = ca.client("coordinator", certs::COORDINATOR_CN)?;
+        let observer = ca.client("observer", certs::OBSERVER_CN)?;
+        let agents = self
+            .agents
+            .iter()
+            .map(|a| ca.client(&a.name, &a.name))
+            .collect::<Result<Vec<_>>>()?;
+        Ok(LabPki {
+            ca,
+            server,
+            coordinator,
+            observer,
+            agents,
+        })
+    }
+
+    /// The shipped deploy/mosquitto config and ACL, pointed at this lab's certificates and
+    /// hub address. Two test-only additions: `user root` (Mosquitto started as root drops
+    /// to the `mosquitto` user, which cannot read the lab's 0700 temp dir) and an observer
+    /// identity with read access to every node's up/ topics.
+    fn mosquitto_mtls_conf(&self, pki: &LabPki) -> Result<String> {
+        let deploy = repo_root().join("deploy/mosquitto");
+        let acl = self.dir.path().join("mosquitto.acl");
+        fs::write(
+            &acl,
+            fs::read_to_string(deploy.join("acl"))?
+                + &format!(
+                    "\n# test only\nuser {}\ntopic read baton/v1/nodes/+/up/#\n",
+                    certs::OBSERVER_CN
+                ),
+        )?;
+        let path = |p: &Path| p.display().to_string();
+        let conf = fs::read_to_string(deploy.join("mosquitto.conf"))?
+            .replace(
+                "listener 8883\n",
+                &format!("listener 8883 {}\n", self.hub_ip()),
+            )
+            .replace("/etc/baton/mqtt/server.crt", &path(&pki.server.cert))
+            .replace("/etc/baton/mqtt/server.key", &path(&pki.server.key))
+            .replace("/etc/baton/mqtt/ca.crt", &path(&pki.ca.ca))
+            .replace("/etc/baton/mqtt/acl", &path(&acl));
+        if conf.contains("/etc/baton") || !conf.contains(&self.hub_ip()) {
+            bail!("deploy/mosquitto/mosquitto.conf no longer has the paths this lab replaces");
+        }
+        Ok(conf + "\n# test only\nuser root\n")
+    }
+
     fn start_mosquitto(&mut self) -> Result<()> {
         let conf = self.dir.path().join("mosquitto.conf");
-        fs::write(
-            &conf,
-            format!(
+        let text = match &self.mtls {
+            Some(pki) => self.mosquitto_mtls_conf(pki)?,
+            None => format!(
                 "listener 1883 {}\nallow_anonymous true\nset_tcp_nodelay true\nmax_queued_messages 10000\npersistence false\n",
                 self.hub_ip()
             ),
-        )?;
+        };
+        fs::write(&conf, text)?;
         let log = self.dir.path().join("mosquitto.log");
         let mut p = Proc::spawn(
             "mosquitto",
@@ -391,7 +491,7 @@ impl Lab {
             log,
         )?;
         let hub = self.hub.0.clone();
-        let port_open = format!("{}:1883", self.hub_ip());
+        let port_open = format!("{}:{}", self.hub_ip(), mqtt_port(self.mtls.is_some()));
         wait_for("mosquitto to listen", Duration::from_secs(20), || {
             if !p.is_running() {
                 bail!("mosquitto exited: {}", p.log());
@@ -417,9 +517,27 @@ impl Lab {
                 "RUST_LOG",
                 "info,libcgroups=error,libcontainer=warn,rumqttd=warn",
             );
-        match self.broker {
-            Broker::Embedded => cmd.args(["--mqtt-listen", &format!("{}:1883", self.hub_ip())]),
-            Broker::Mosquitto => cmd.args(["--broker", &self.mqtt_url()]),
+        let listen = format!("{}:{}", self.hub_ip(), mqtt_port(self.mtls.is_some()));
+        match (&self.broker, &self.mtls) {
+            // Plain MQTT off loopback has to be forced.
+            (Broker::Embedded, None) => cmd.args(["--mqtt-listen", &listen, "--insecure-mqtt"]),
+            (Broker::Mosquitto, None) => cmd.args(["--broker", &self.mqtt_url()]),
+            (Broker::Embedded, Some(pki)) => cmd
+                .args(["--mqtt-listen", &listen])
+                .arg("--mqtt-tls-cert")
+                .arg(&pki.server.cert)
+                .arg("--mqtt-tls-key")
+                .arg(&pki.server.key)
+                .arg("--mqtt-client-ca")
+                .arg(&pki.ca.ca),
+            (Broker::Mosquitto, Some(pki)) => cmd
+                .args(["--broker", &self.mqtt_url()])
+                .arg("--broker-ca")
+                .arg(&pki.ca.ca)
+                .arg("--broker-cert")
+                .arg(&pki.coordinator.cert)
+                .arg("--broker-key")
+                .arg(&pki.coordinator.key),
         };
         cmd.args(&self.coordinator_args);
         self.coordinator_starts += 1;
@@ -455,6 +573,17 @@ impl Lab {
     pub fn spawn_agent(&mut self, i: usize) -> Result<()> {
         let mqtt = self.mqtt_url();
         let registry = self.registry();
+        let tls_args: Vec<std::ffi::OsString> = match &self.mtls {
+            Some(pki) => vec![
+                "--mqtt-ca".into(),
+                pki.ca.ca.clone().into(),
+                "--mqtt-cert".into(),
+                pki.agents[i].cert.clone().into(),
+                "--mqtt-key".into(),
+                pki.agents[i].key.clone().into(),
+            ],
+            None => Vec::new(),
+        };
         let a = &mut self.agents[i];
         let mut cmd = a.ns.cmd(bin("baton-agent"));
         cmd.args([
@@ -477,6 +606,7 @@ impl Lab {
             "RUST_LOG",
             "info,libcgroups=error,libcontainer=warn,rumqttd=warn",
         );
+        cmd.args(tls_args);
         let log = a.data_dir.with_extension("log");
         a.proc = Some(Proc::spawn_appending(&a.name.clone(), &mut cmd, log)?);
         Ok(())

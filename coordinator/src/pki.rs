@@ -157,6 +157,7 @@ impl Pki {
             Ok(pem) => pem,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
                 let mut p = ca_params();
+                p.serial_number = Some(rand::random::<[u8; 16]>().to_vec().into());
                 p.not_before = unix_time(now_unix().saturating_sub(3600))?;
                 p.not_after = unix_time(now_unix() + 30 * 365 * 86400)?;
                 let pem = p.self_signed(&Ed25519Signer(&key))?.pem();

@@ -162,6 +162,12 @@ pub enum ApiOp {
         name: String,
         to_revision: Option<u64>,
     },
+    /// Shuts a node out after its identity was revoked (`crate::security`), or takes it
+    /// back after it re-enrolled: see [`Core::with_revoked`].
+    SetRevoked {
+        name: String,
+        revoked: bool,
+    },
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -270,6 +276,8 @@ pub struct Core {
     desired_secrets: HashMap<String, Vec<crate::secrets::SentSecret>>,
     /// What pods may ask of their nodes; checked on apply (`crate::policy`).
     policy: Policy,
+    /// Nodes whose identity is revoked: never Ready, sent an empty desired state once.
+    revoked: BTreeSet<String>,
     live: HashMap<String, Live>,
     /// Each node's desired content as last published (or loaded), to detect changes.
     desired: HashMap<String, Vec<proto::PodSpec>>,
@@ -353,6 +361,7 @@ impl Core {
             secret_keeper: crate::secrets::SecretKeeper::default(),
             desired_secrets: HashMap::new(),
             policy: Policy::default(),
+            revoked: BTreeSet::new(),
             live: HashMap::new(),
             desired: HashMap::new(),
             events: VecDeque::new(),
@@ -382,6 +391,16 @@ impl Core {
     /// Sets the admission policy `apply` checks pods against (default: deny all).
     pub fn with_policy(mut self, policy: Policy) -> Self {
         self.policy = policy;
+        self
+    }
+
+    /// Marks nodes whose identity is revoked (loaded by `crate::security`, which owns
+    /// that state). Their desired state is empty, so nothing is published to them again.
+    pub fn with_revoked(mut self, revoked: BTreeSet<String>) -> Self {
+        for n in &revoked {
+            self.desired.insert(n.clone(), Vec::new());
+        }
+        self.revoked = revoked;
         self
     }
 
@@ -912,6 +931,9 @@ impl Core {
     /// The pods a node should run, sorted by name, in wire form.
     fn desired_pods(&self, node: &str) -> Vec<proto::PodSpec> {
         let mut out = Vec::new();
+        if self.revoked.contains(node) {
+            return out;
+        }
         for p in self
             .pods
             .values()
@@ -1199,24 +1221,31 @@ impl Core {
             .map(|n| n.metadata.name.clone())
             .collect();
         for node in lost {
+            let why = format!(
+                "NotReady for {}s",
+                self.pod_eviction_timeout.as_secs()
+            );
+            self.evict_node(&node, &why);
+        }
+    }
+
+    /// Deletes the Deployment pods on `node` (their Deployments replace them elsewhere).
+    fn evict_node(&mut self, node: &str, why: &str) {
+        {
             let evict: Vec<String> = self
                 .pods
                 .values()
-                .filter(|p| p.spec.node_name.as_deref() == Some(node.as_str()))
+                .filter(|p| p.spec.node_name.as_deref() == Some(node))
                 .filter(|p| p.metadata.owner.is_some())
                 .map(|p| p.metadata.name.clone())
                 .collect();
             if evict.is_empty() {
-                continue;
+                return;
             }
             self.record(
                 format!("node/{node}"),
                 "NodeLost",
-                format!(
-                    "NotReady for {}s: evicting {} pod(s) of deployments",
-                    self.pod_eviction_timeout.as_secs(),
-                    evict.len()
-                ),
+                format!("{why}: evicting {} pod(s) of deployments", evict.len()),
             );
             for name in evict {
                 self.pods.remove(&name);
@@ -1269,7 +1298,33 @@ impl Core {
                 ))
             }
             ApiOp::RolloutUndo { name, to_revision } => self.undo(&name, to_revision),
+            ApiOp::SetRevoked { name, revoked } => Ok(self.set_revoked(&name, revoked)),
         }
+    }
+
+    /// A revoked node is shut out like a lost one, at once: NotReady (its messages are
+    /// refused, so it never becomes Ready again), its Deployment pods evicted and
+    /// replaced elsewhere, and its desired state emptied (published once, so an honest
+    /// agent stops its pods). Re-enrolling takes it back.
+    fn set_revoked(&mut self, node: &str, revoked: bool) -> ApiReply {
+        if revoked {
+            if self.revoked.insert(node.to_owned()) {
+                self.set_ready(node, false, "Node identity revoked");
+                self.record(
+                    format!("node/{node}"),
+                    "Revoked",
+                    "Node identity revoked: its messages are refused".into(),
+                );
+                self.evict_node(node, "Node identity revoked");
+            }
+        } else if self.revoked.remove(node) {
+            self.record(
+                format!("node/{node}"),
+                "Enrolled",
+                "Node enrolled again with a new identity".into(),
+            );
+        }
+        ApiReply::Object(serde_json::json!({ "node": node, "revoked": revoked }))
     }
 
     /// `rollout undo`: puts an earlier revision's template back; the controller then

@@ -398,6 +398,188 @@ async fn events(State(state): State<AppState>, Query(q): Query<EventsQuery>) -> 
     )))
 }
 
+// ----- enrollment, identities and rejections (crate::enroll, crate::security) ---------
+
+#[derive(Clone)]
+struct SecState {
+    core: mpsc::Sender<Event>,
+    security: Arc<crate::security::Security>,
+    enroller: Arc<crate::enroll::Enroller>,
+}
+
+/// Routes of device identity, merged beside [`router`]'s:
+/// ```text
+/// GET    /api/v1/enroll/ca                  the CA certificate, PEM (no token; pinned by hash)
+/// POST   /api/v1/enroll                     enroll::EnrollRequest -> EnrollResponse (no token)
+/// POST   /api/v1/nodes/NAME/rotate          enroll::RotateRequest, signed by the node key (no token)
+/// GET    /api/v1/tokens/join                {"items": [enroll::JoinTokenInfo]}       (admin)
+/// POST   /api/v1/tokens/join                enroll::CreateJoinToken -> {"token", ...} (admin)
+/// DELETE /api/v1/tokens/join/ID                                                      (admin)
+/// POST   /api/v1/nodes/NAME/revoke                                                   (admin)
+/// GET    /api/v1/security/rejections        security::RejectionReport                (read-only)
+/// ```
+/// The first three authenticate themselves (join token, node signature) and are capped
+/// at `enroll::MAX_REQUEST_BYTES`; the others sit behind the same token check as
+/// everything else.
+pub fn security_router(
+    core: mpsc::Sender<Event>,
+    tokens: Arc<Tokens>,
+    security: Arc<crate::security::Security>,
+    enroller: Arc<crate::enroll::Enroller>,
+) -> Router {
+    let public = enroll_routes();
+    let authed = Router::new()
+        .route("/api/v1/tokens/join", get(list_join).post(create_join))
+        .route("/api/v1/tokens/join/{id}", delete_route(delete_join))
+        .route("/api/v1/nodes/{name}/revoke", post(revoke))
+        .route("/api/v1/security/rejections", get(rejections))
+        .layer(axum::middleware::from_fn_with_state(tokens, require_token))
+        .layer(axum::extract::DefaultBodyLimit::max(MAX_BODY_BYTES));
+    public.merge(authed).with_state(SecState {
+        core,
+        security,
+        enroller,
+    })
+}
+
+fn enroll_routes() -> Router<SecState> {
+    Router::new()
+        .route("/api/v1/enroll/ca", get(enroll_ca))
+        .route("/api/v1/enroll", post(enroll))
+        .route("/api/v1/nodes/{name}/rotate", post(rotate))
+        .layer(axum::extract::DefaultBodyLimit::max(
+            crate::enroll::MAX_REQUEST_BYTES,
+        ))
+}
+
+/// Only the three routes devices use (enroll, its CA, rotate), for the separate
+/// `--enroll-listen` TLS listener: devices on the network can enroll while the API
+/// itself stays on loopback.
+pub fn enroll_router(
+    core: mpsc::Sender<Event>,
+    security: Arc<crate::security::Security>,
+    enroller: Arc<crate::enroll::Enroller>,
+) -> Router {
+    enroll_routes().with_state(SecState {
+        core,
+        security,
+        enroller,
+    })
+}
+
+fn unix_now() -> u64 {
+    crate::security::now_ms() / 1000
+}
+
+impl From<crate::enroll::EnrollError> for Failure {
+    fn from(e: crate::enroll::EnrollError) -> Self {
+        let code = StatusCode::from_u16(e.status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+        if code.is_server_error() {
+            tracing::error!(error = %e, "enrollment failed");
+        } else {
+            tracing::info!(error = %e, "enrollment refused");
+        }
+        Failure(code, e.to_string())
+    }
+}
+
+async fn sec_call(state: &SecState, op: ApiOp) -> Result<ApiReply, Failure> {
+    let (req, rx) = ApiRequest::new(op);
+    state
+        .core
+        .send(Event::Api(req))
+        .await
+        .map_err(|_| Failure::from(ApiError::Unavailable))?;
+    Ok(rx
+        .await
+        .map_err(|_| Failure::from(ApiError::Unavailable))??)
+}
+
+async fn enroll_ca(State(state): State<SecState>) -> Response {
+    (
+        [(header::CONTENT_TYPE, "application/x-pem-file")],
+        state.security.pki().ca_pem().to_owned(),
+    )
+        .into_response()
+}
+
+async fn enroll(State(state): State<SecState>, body: axum::body::Bytes) -> Reply {
+    let done = state.enroller.enroll(&body, unix_now())?;
+    if done.was_revoked {
+        sec_call(
+            &state,
+            ApiOp::SetRevoked {
+                name: done.response.node_name.clone(),
+                revoked: false,
+            },
+        )
+        .await?;
+    }
+    Ok(Json(json!(done.response)))
+}
+
+async fn rotate(
+    State(state): State<SecState>,
+    Path(name): Path<String>,
+    body: axum::body::Bytes,
+) -> Reply {
+    let resp = state
+        .enroller
+        .rotate(&name, &body, crate::security::now_ms())?;
+    Ok(Json(json!(resp)))
+}
+
+async fn list_join(State(state): State<SecState>) -> Reply {
+    Ok(Json(json!({ "items": state.enroller.list_tokens() })))
+}
+
+async fn create_join(State(state): State<SecState>, body: axum::body::Bytes) -> Reply {
+    let req: crate::enroll::CreateJoinToken = serde_json::from_slice(&body).map_err(|e| {
+        Failure(
+            StatusCode::BAD_REQUEST,
+            format!("expected {{\"ttlSeconds\": N, \"uses\": N, \"labels\": {{}}, \"nodeName\": N}}: {e}"),
+        )
+    })?;
+    let (token, info) = state.enroller.create_token(&req, unix_now())?;
+    tracing::info!(id = %info.id, uses = info.uses_left, "join token created");
+    Ok(Json(json!({ "token": token, "info": info })))
+}
+
+async fn delete_join(State(state): State<SecState>, Path(id): Path<String>) -> Reply {
+    if !state.enroller.delete_token(&id)? {
+        return Err(Failure(
+            StatusCode::NOT_FOUND,
+            format!("join token {id:?} not found"),
+        ));
+    }
+    Ok(Json(
+        json!({ "deleted": { "kind": "jointoken", "name": id } }),
+    ))
+}
+
+async fn revoke(State(state): State<SecState>, Path(name): Path<String>) -> Reply {
+    state.security.revoke(&name).map_err(|e| match e {
+        crate::security::SecurityError::NotEnrolled(_) => {
+            Failure(StatusCode::NOT_FOUND, e.to_string())
+        }
+        other => Failure(StatusCode::INTERNAL_SERVER_ERROR, other.to_string()),
+    })?;
+    Ok(Json(render(
+        sec_call(
+            &state,
+            ApiOp::SetRevoked {
+                name,
+                revoked: true,
+            },
+        )
+        .await?,
+    )))
+}
+
+async fn rejections(State(state): State<SecState>) -> Reply {
+    Ok(Json(json!(state.security.report())))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

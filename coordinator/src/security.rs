@@ -194,6 +194,24 @@ fn reject(reason: Reason, detail: impl Into<String>) -> Rejection {
     }
 }
 
+/// The layout checks of [`crate::bus::check_inbound`] (topic, direction, decoding, kind,
+/// sender), keeping the envelope for the signature and replay checks.
+pub fn check_envelope(topic: &str, payload: &[u8]) -> Result<(NodeName, Envelope), Rejected> {
+    use baton_proto::topics::{self, Kind};
+    let (node, kind) = topics::parse(topic).ok_or(Rejected::Topic)?;
+    if !matches!(kind, Kind::Up(_)) {
+        return Err(Rejected::Direction);
+    }
+    let env = Envelope::decode(payload)?;
+    if Kind::of(&env.body) != kind {
+        return Err(Rejected::KindMismatch);
+    }
+    if env.sender != Sender::Node(node.clone()) {
+        return Err(Rejected::SenderMismatch { sender: env.sender });
+    }
+    Ok((node, env))
+}
+
 /// What `GET /api/v1/security/rejections` returns.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "camelCase")]
@@ -354,7 +372,7 @@ impl Security {
         payload: &[u8],
         now_ms: u64,
     ) -> Result<Option<(NodeName, Body)>, Rejection> {
-        let (node, env) = crate::bus::check_envelope(topic, payload).map_err(|e| match e {
+        let (node, env) = check_envelope(topic, payload).map_err(|e| match e {
             Rejected::KindMismatch | Rejected::SenderMismatch { .. } => {
                 reject(Reason::TopicMismatch, e.to_string())
             }

@@ -48,10 +48,18 @@ pub enum Table {
     Secrets,
     /// Imported images, keyed `repository:tag` (see `crate::registry`).
     Images,
+    /// Join tokens for enrollment, keyed by id; only their SHA-256 (see `crate::enroll`).
+    JoinTokens,
+    /// Enrolled node identities (keys, certificates, revocation), keyed by node name
+    /// (see `crate::security`).
+    Identities,
+    /// The last sequence number accepted from each node, keyed by node name, written
+    /// lazily (see `crate::security`).
+    Seqs,
 }
 
 impl Table {
-    pub const ALL: [Table; 9] = [
+    pub const ALL: [Table; 12] = [
         Table::Deployments,
         Table::Pods,
         Table::Nodes,
@@ -61,6 +69,9 @@ impl Table {
         Table::Tokens,
         Table::Images,
         Table::Secrets,
+        Table::JoinTokens,
+        Table::Identities,
+        Table::Seqs,
     ];
 
     pub fn name(self) -> &'static str {
@@ -74,6 +85,9 @@ impl Table {
             Table::Tokens => "tokens",
             Table::Secrets => "secrets",
             Table::Images => "images",
+            Table::JoinTokens => "join_tokens",
+            Table::Identities => "identities",
+            Table::Seqs => "seqs",
         }
     }
 

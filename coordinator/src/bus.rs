@@ -18,7 +18,9 @@ use std::time::Duration;
 
 use baton_proto::topics::{self, Kind};
 use baton_proto::{Body, Envelope, NodeName, Sender};
-use rumqttc::{AsyncClient, Event as MqttEvent, MqttOptions, Packet, QoS};
+use rumqttc::{
+    AsyncClient, Event as MqttEvent, MqttOptions, Packet, QoS, TlsConfiguration, Transport,
+};
 use serde::Serialize;
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
@@ -38,6 +40,10 @@ pub struct Outbound {
 pub enum BusError {
     #[error("invalid broker url {url:?}: {reason}")]
     Url { url: String, reason: String },
+    #[error("the broker {host}:{port} is mqtts:// but no --broker-ca, --broker-cert and --broker-key were given")]
+    TlsMissing { host: String, port: u16 },
+    #[error("--broker-ca, --broker-cert and --broker-key were given but the broker {host}:{port} is not mqtts://")]
+    TlsUnused { host: String, port: u16 },
 }
 
 /// Counters for `/healthz` and for tests.
@@ -74,30 +80,69 @@ impl BusStats {
 pub struct BrokerAddr {
     pub host: String,
     pub port: u16,
+    /// `mqtts://`: connect over TLS.
+    pub tls: bool,
 }
 
 impl BrokerAddr {
-    /// Parses `mqtt://host[:port]` (port 1883 by default) or a bare `host:port`.
+    /// Parses `mqtt://host[:port]` (port 1883 by default), `mqtts://host[:port]` (8883) or
+    /// a bare `host:port`.
     pub fn parse(url: &str) -> Result<Self, BusError> {
-        let (host, port) =
-            baton_proto::broker::parse_broker_url(url).map_err(|e| BusError::Url {
-                url: url.to_owned(),
-                reason: match e {
-                    baton_proto::ProtoError::BrokerUrl { reason, .. } => reason,
-                    other => other.to_string(),
-                },
-            })?;
-        Ok(Self { host, port })
+        let u = baton_proto::broker::BrokerUrl::parse(url).map_err(|e| BusError::Url {
+            url: url.to_owned(),
+            reason: match e {
+                baton_proto::ProtoError::BrokerUrl { reason, .. } => reason,
+                other => other.to_string(),
+            },
+        })?;
+        Ok(Self {
+            host: u.host,
+            port: u.port,
+            tls: u.tls,
+        })
     }
 }
 
+/// A plain-MQTT address (the embedded broker's local listener).
 impl From<SocketAddr> for BrokerAddr {
     fn from(sa: SocketAddr) -> Self {
         Self {
             host: sa.ip().to_string(),
             port: sa.port(),
+            tls: false,
         }
     }
+}
+
+/// The coordinator's MQTT connection settings: session, limits, and the transport.
+/// `tls` is the client config for an `mqtts://` broker; it is required there and refused
+/// for `mqtt://`, so certificates are never silently ignored and a TLS address never
+/// falls back to clear text.
+pub fn mqtt_options(
+    broker: &BrokerAddr,
+    client_id: &str,
+    tls: Option<Arc<rustls::ClientConfig>>,
+) -> Result<MqttOptions, BusError> {
+    let mut opts = MqttOptions::new(client_id, broker.host.clone(), broker.port);
+    opts.set_keep_alive(Duration::from_secs(15));
+    opts.set_clean_session(true);
+    // Accept somewhat oversized packets so that they reach the decoder, which counts
+    // and drops them, instead of tearing down the connection.
+    opts.set_max_packet_size(
+        2 * baton_proto::MAX_MESSAGE_BYTES + 4096,
+        baton_proto::MAX_MESSAGE_BYTES + 4096,
+    );
+    opts.set_inflight(100);
+    let (host, port) = (broker.host.clone(), broker.port);
+    match (broker.tls, tls) {
+        (true, Some(cfg)) => {
+            opts.set_transport(Transport::tls_with_config(TlsConfiguration::Rustls(cfg)));
+        }
+        (true, None) => return Err(BusError::TlsMissing { host, port }),
+        (false, Some(_)) => return Err(BusError::TlsUnused { host, port }),
+        (false, None) => {}
+    }
+    Ok(opts)
 }
 
 /// Why an inbound message was dropped.
@@ -138,25 +183,30 @@ pub struct Bus {
 }
 
 impl Bus {
-    /// Starts the bridge. It connects (and reconnects for ever, with capped backoff) in
-    /// the background, so this does not wait for the broker.
+    /// Starts the bridge with `tls` for an `mqtts://` broker (see [`mqtt_options`]). It
+    /// connects (and reconnects for ever, with capped backoff) in the background, so this
+    /// does not wait for the broker.
     pub fn start(
         broker: BrokerAddr,
+        tls: Option<Arc<rustls::ClientConfig>>,
         client_id: &str,
         events: mpsc::Sender<Event>,
         outbound: mpsc::Receiver<Outbound>,
         stats: Arc<BusStats>,
+    ) -> Result<Self, BusError> {
+        let opts = mqtt_options(&broker, client_id, tls)?;
+        Ok(Self::start_with_options(
+            broker, opts, events, outbound, stats,
+        ))
+    }
+
+    fn start_with_options(
+        broker: BrokerAddr,
+        opts: MqttOptions,
+        events: mpsc::Sender<Event>,
+        outbound: mpsc::Receiver<Outbound>,
+        stats: Arc<BusStats>,
     ) -> Self {
-        let mut opts = MqttOptions::new(client_id, broker.host.clone(), broker.port);
-        opts.set_keep_alive(Duration::from_secs(15));
-        opts.set_clean_session(true);
-        // Accept somewhat oversized packets so that they reach the decoder, which counts
-        // and drops them, instead of tearing down the connection.
-        opts.set_max_packet_size(
-            2 * baton_proto::MAX_MESSAGE_BYTES + 4096,
-            baton_proto::MAX_MESSAGE_BYTES + 4096,
-        );
-        opts.set_inflight(100);
         let (client, eventloop) = AsyncClient::new(opts, 256);
         let recv = tokio::spawn(receive_loop(
             broker,
@@ -351,13 +401,41 @@ mod tests {
     }
 
     #[test]
+    fn tls_exactly_when_the_url_asks_for_it() {
+        let tls = BrokerAddr::parse("mqtts://b").unwrap();
+        let plain = BrokerAddr::parse("mqtt://b").unwrap();
+        let cfg = Arc::new(
+            rustls::ClientConfig::builder_with_provider(Arc::new(
+                rustls::crypto::ring::default_provider(),
+            ))
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_root_certificates(rustls::RootCertStore::empty())
+            .with_no_client_auth(),
+        );
+        assert!(matches!(
+            mqtt_options(&tls, "c", None),
+            Err(BusError::TlsMissing { .. })
+        ));
+        assert!(matches!(
+            mqtt_options(&plain, "c", Some(cfg.clone())),
+            Err(BusError::TlsUnused { .. })
+        ));
+        let o = mqtt_options(&tls, "c", Some(cfg)).unwrap();
+        assert!(matches!(o.transport(), Transport::Tls(_)));
+        let o = mqtt_options(&plain, "c", None).unwrap();
+        assert!(matches!(o.transport(), Transport::Tcp));
+    }
+
+    #[test]
     fn broker_urls() {
         let ok = |u: &str, h: &str, p: u16| {
             assert_eq!(
                 BrokerAddr::parse(u).unwrap(),
                 BrokerAddr {
                     host: h.into(),
-                    port: p
+                    port: p,
+                    tls: u.starts_with("mqtts://"),
                 },
                 "{u}"
             )
@@ -366,6 +444,7 @@ mod tests {
         ok("mqtt://broker.local", "broker.local", 1883);
         ok("tcp://[::1]:1885", "::1", 1885);
         ok("localhost:9", "localhost", 9);
+        ok("mqtts://broker.lan", "broker.lan", 8883);
         for bad in ["http://x:1", "mqtt://", "mqtt://h:notaport", "mqtt://u@h:1"] {
             assert!(BrokerAddr::parse(bad).is_err(), "{bad}");
         }

@@ -56,7 +56,8 @@ pub enum LogFormat {
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Run the coordinator: API server, scheduler, controllers, store and MQTT broker.
-    Server(ServerArgs),
+    /// Boxed: its many flags would make every other command as large.
+    Server(Box<ServerArgs>),
     /// Create or update objects from a manifest (`-f -` reads stdin).
     Apply {
         #[arg(short = 'f', long = "filename", env = "BATON_APPLY_FILE")]
@@ -197,9 +198,34 @@ pub struct ServerArgs {
     /// Address of the embedded MQTT broker.
     #[arg(long, env = "BATON_MQTT_LISTEN", default_value = crate::server::DEFAULT_MQTT_LISTEN, conflicts_with = "broker")]
     pub mqtt_listen: SocketAddr,
-    /// Use this MQTT broker (mqtt://host:port) instead of the embedded one.
+    /// Use this MQTT broker (mqtt://host:port, or mqtts://host:port with --broker-ca,
+    /// --broker-cert and --broker-key) instead of the embedded one.
     #[arg(long, env = "BATON_BROKER")]
     pub broker: Option<String>,
+    /// The PEM CA that signed the external broker's certificate (mqtts://).
+    #[arg(long, env = "BATON_BROKER_CA", requires_all = ["broker", "broker_cert", "broker_key"])]
+    pub broker_ca: Option<PathBuf>,
+    /// The coordinator's PEM client certificate for the external broker (mqtts://).
+    #[arg(long, env = "BATON_BROKER_CERT", requires_all = ["broker", "broker_ca", "broker_key"])]
+    pub broker_cert: Option<PathBuf>,
+    /// The PEM private key of --broker-cert.
+    #[arg(long, env = "BATON_BROKER_KEY", requires_all = ["broker", "broker_ca", "broker_cert"])]
+    pub broker_key: Option<PathBuf>,
+    /// The embedded broker speaks TLS with this PEM certificate chain and requires client
+    /// certificates signed by --mqtt-client-ca. Required off loopback.
+    #[arg(long, env = "BATON_MQTT_TLS_CERT", requires_all = ["mqtt_tls_key", "mqtt_client_ca"], conflicts_with = "broker")]
+    pub mqtt_tls_cert: Option<PathBuf>,
+    /// The PEM private key of --mqtt-tls-cert.
+    #[arg(long, env = "BATON_MQTT_TLS_KEY", requires_all = ["mqtt_tls_cert", "mqtt_client_ca"], conflicts_with = "broker")]
+    pub mqtt_tls_key: Option<PathBuf>,
+    /// The one PEM CA certificate whose certificates the embedded broker's clients must
+    /// present.
+    #[arg(long, env = "BATON_MQTT_CLIENT_CA", requires_all = ["mqtt_tls_cert", "mqtt_tls_key"], conflicts_with = "broker")]
+    pub mqtt_client_ca: Option<PathBuf>,
+    /// Run the embedded broker on a non-loopback address WITHOUT TLS: anyone who can reach
+    /// it can connect, read and publish.
+    #[arg(long, env = "BATON_INSECURE_MQTT", conflicts_with = "broker")]
+    pub insecure_mqtt: bool,
     /// A node without a heartbeat for this long is NotReady (e.g. 20s, 1m).
     #[arg(long, env = "BATON_HEARTBEAT_TIMEOUT", default_value = "20s", value_parser = humantime::parse_duration)]
     pub heartbeat_timeout: Duration,
@@ -258,6 +284,27 @@ impl ServerArgs {
             heartbeat_timeout: self.heartbeat_timeout,
             pod_eviction_timeout: self.pod_eviction_timeout,
             pod_drain: Duration::from_secs(self.pod_drain_seconds),
+            mqtt_tls: match (
+                &self.mqtt_tls_cert,
+                &self.mqtt_tls_key,
+                &self.mqtt_client_ca,
+            ) {
+                (Some(cert), Some(key), Some(ca)) => Some(crate::tls::BrokerTlsFiles {
+                    cert: cert.clone(),
+                    key: key.clone(),
+                    client_ca: ca.clone(),
+                }),
+                _ => None,
+            },
+            insecure_mqtt: self.insecure_mqtt,
+            broker_tls: match (&self.broker_ca, &self.broker_cert, &self.broker_key) {
+                (Some(ca), Some(cert), Some(key)) => Some(crate::tls::MqttClientFiles {
+                    ca: ca.clone(),
+                    cert: cert.clone(),
+                    key: key.clone(),
+                }),
+                _ => None,
+            },
             policy: crate::policy::Policy {
                 allow_privileged: self.allow_privileged,
                 allow_host_paths: self.allow_host_paths.clone(),

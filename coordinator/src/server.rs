@@ -18,12 +18,12 @@ use tokio::sync::mpsc;
 
 use crate::auth::{self, AuthError, Tokens};
 use crate::broker::{self, BrokerError};
-use crate::bus::{BrokerAddr, Bus, BusError, BusStats};
+use crate::bus::{self as mqtt_bus, BrokerAddr, Bus, BusError, BusStats};
 use crate::core::{Core, CoreError, Event};
 use crate::http::{self, HttpError};
 use crate::registry::{Registry, RegistryError};
 use crate::store::{RedbStore, Store, StoreError};
-use crate::tls::{self, TlsError, TlsListener};
+use crate::tls::{self, BrokerTlsFiles, MqttClientFiles, TlsError, TlsListener};
 
 /// Default address of the HTTP API.
 pub const DEFAULT_HTTP_LISTEN: &str = "127.0.0.1:7474";
@@ -56,6 +56,13 @@ pub struct ServerConfig {
     /// How long a deleted Ready pod drains before its node stops it
     /// (see `Core::with_pod_drain`).
     pub pod_drain: Duration,
+    /// The embedded broker's listener speaks TLS and requires client certificates signed
+    /// by `client_ca` (see [`crate::broker`]). Embedded mode only.
+    pub mqtt_tls: Option<BrokerTlsFiles>,
+    /// Run the embedded broker on a non-loopback address without TLS.
+    pub insecure_mqtt: bool,
+    /// The coordinator's CA and client identity for an `mqtts://` external broker.
+    pub broker_tls: Option<MqttClientFiles>,
     /// What pods may ask of their nodes beyond the defaults (`crate::policy`).
     pub policy: crate::policy::Policy,
 }
@@ -74,6 +81,9 @@ impl ServerConfig {
             heartbeat_timeout: DEFAULT_HEARTBEAT_TIMEOUT,
             pod_eviction_timeout: crate::core::DEFAULT_POD_EVICTION_TIMEOUT,
             pod_drain: crate::core::DEFAULT_POD_DRAIN,
+            mqtt_tls: None,
+            insecure_mqtt: false,
+            broker_tls: None,
             policy: crate::policy::Policy::default(),
         }
     }
@@ -114,6 +124,8 @@ pub enum ServerError {
         addr: SocketAddr,
         source: std::io::Error,
     },
+    #[error("{0}")]
+    MqttConfig(&'static str),
     #[error("the HTTP server failed: {0}")]
     Serve(std::io::Error),
 }
@@ -123,6 +135,8 @@ pub struct Server {
     http_addr: SocketAddr,
     broker: BrokerAddr,
     embedded_mqtt: Option<SocketAddr>,
+    /// TLS for the bridge's own connection (an `mqtts://` external broker).
+    broker_tls: Option<Arc<rustls::ClientConfig>>,
     listener: tokio::net::TcpListener,
     tls: Option<Arc<rustls::ServerConfig>>,
     tokens: Arc<Tokens>,
@@ -166,19 +180,7 @@ impl Server {
             .with_pod_eviction_timeout(cfg.pod_eviction_timeout)
             .with_policy(cfg.policy.clone());
 
-        let (broker, embedded_mqtt) = match &cfg.mqtt {
-            MqttMode::Embedded { listen } => {
-                let listen = *listen;
-                let addr = tokio::task::spawn_blocking(move || broker::start(listen))
-                    .await
-                    .map_err(|e| BrokerError::Stopped {
-                        addr: listen,
-                        reason: e.to_string(),
-                    })??;
-                (BrokerAddr::from(addr), Some(addr))
-            }
-            MqttMode::External { url } => (BrokerAddr::parse(url)?, None),
-        };
+        let (broker, embedded_mqtt, broker_tls) = start_mqtt(&cfg).await?;
 
         let listener = tokio::net::TcpListener::bind(cfg.http_listen)
             .await
@@ -201,6 +203,7 @@ impl Server {
             http_addr,
             broker,
             embedded_mqtt,
+            broker_tls,
             listener,
             tls,
             tokens,
@@ -230,6 +233,7 @@ impl Server {
         let Server {
             http_addr,
             broker,
+            broker_tls,
             listener,
             tls,
             tokens,
@@ -244,13 +248,21 @@ impl Server {
         let core_task = tokio::spawn(core.run(events_rx));
 
         let client_id = format!("baton-coordinator-{}", std::process::id());
-        let bus = Bus::start(
+        let bus = match Bus::start(
             broker.clone(),
+            broker_tls,
             &client_id,
             events_tx.clone(),
             outbound_rx,
             stats.clone(),
-        );
+        ) {
+            Ok(bus) => bus,
+            Err(e) => {
+                // Not reached: `bind` built the same options.
+                core_task.abort();
+                return Err(e.into());
+            }
+        };
 
         let ticker_tx = events_tx.clone();
         let ticker = tokio::spawn(async move {
@@ -288,6 +300,60 @@ impl Server {
         // ticker, all gone now) is dropped; waiting for it releases the store.
         let _ = core_task.await;
         served
+    }
+}
+
+/// Starts the embedded broker, or checks the external one's address and TLS material.
+/// Returns where the bridge connects, the embedded broker's public address, and the
+/// bridge's TLS config.
+async fn start_mqtt(
+    cfg: &ServerConfig,
+) -> Result<
+    (
+        BrokerAddr,
+        Option<SocketAddr>,
+        Option<Arc<rustls::ClientConfig>>,
+    ),
+    ServerError,
+> {
+    match &cfg.mqtt {
+        MqttMode::Embedded { listen } => {
+            if cfg.broker_tls.is_some() {
+                return Err(ServerError::MqttConfig(
+                    "--broker-ca/--broker-cert/--broker-key are for an external --broker; the embedded broker takes --mqtt-tls-cert/--mqtt-tls-key/--mqtt-client-ca",
+                ));
+            }
+            let listen = *listen;
+            broker::check_listen(listen, cfg.mqtt_tls.is_some(), cfg.insecure_mqtt)?;
+            let files = cfg.mqtt_tls.clone();
+            let l = tokio::task::spawn_blocking(move || broker::start_with(listen, files.as_ref()))
+                .await
+                .map_err(|e| BrokerError::Stopped {
+                    addr: listen,
+                    reason: e.to_string(),
+                })??;
+            // With TLS the bridge uses the broker's plain loopback listener.
+            Ok((BrokerAddr::from(l.local), Some(l.addr), None))
+        }
+        MqttMode::External { url } => {
+            if cfg.mqtt_tls.is_some() {
+                return Err(ServerError::MqttConfig(
+                    "--mqtt-tls-cert/--mqtt-tls-key/--mqtt-client-ca configure the embedded broker, not an external --broker",
+                ));
+            }
+            let addr = BrokerAddr::parse(url)?;
+            let tls = match &cfg.broker_tls {
+                Some(files) => Some(tls::mqtt_client_config(files)?),
+                None => None,
+            };
+            // Refuses mqtts:// without material and material without mqtts://, now
+            // rather than in the background.
+            mqtt_bus::mqtt_options(&addr, "check", tls.clone())?;
+            if !addr.tls {
+                tracing::warn!(host = %addr.host, port = addr.port, "the external MQTT broker is reached in clear text (mqtt://)");
+            }
+            Ok((addr, None, tls))
+        }
     }
 }
 

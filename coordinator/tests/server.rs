@@ -58,6 +58,7 @@ impl TestServer {
             pod_eviction_timeout: Duration::from_secs(60),
             pod_drain: Duration::from_secs(2),
             policy: Default::default(),
+            ..ServerConfig::new(data_dir)
         };
         let server = Server::bind(cfg).await?;
         let http = server.http_addr();

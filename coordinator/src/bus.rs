@@ -26,6 +26,7 @@ use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 
 use crate::core::Event;
+use crate::security::Security;
 
 /// One message from the core to a node.
 #[derive(Debug, Clone, PartialEq)]
@@ -193,10 +194,11 @@ impl Bus {
         events: mpsc::Sender<Event>,
         outbound: mpsc::Receiver<Outbound>,
         stats: Arc<BusStats>,
+        security: Option<Arc<Security>>,
     ) -> Result<Self, BusError> {
         let opts = mqtt_options(&broker, client_id, tls)?;
         Ok(Self::start_with_options(
-            broker, opts, events, outbound, stats,
+            broker, opts, events, outbound, stats, security,
         ))
     }
 
@@ -206,6 +208,7 @@ impl Bus {
         events: mpsc::Sender<Event>,
         outbound: mpsc::Receiver<Outbound>,
         stats: Arc<BusStats>,
+        security: Option<Arc<Security>>,
     ) -> Self {
         let (client, eventloop) = AsyncClient::new(opts, 256);
         let recv = tokio::spawn(receive_loop(
@@ -214,8 +217,9 @@ impl Bus {
             eventloop,
             events,
             stats.clone(),
+            security.clone(),
         ));
-        let send = tokio::spawn(send_loop(client.clone(), outbound, stats));
+        let send = tokio::spawn(send_loop(client.clone(), outbound, stats, security));
         Self {
             tasks: vec![recv, send],
             client,
@@ -240,6 +244,7 @@ async fn receive_loop(
     mut eventloop: rumqttc::EventLoop,
     events: mpsc::Sender<Event>,
     stats: Arc<BusStats>,
+    security: Option<Arc<Security>>,
 ) {
     const MIN_BACKOFF: Duration = Duration::from_millis(100);
     const MAX_BACKOFF: Duration = Duration::from_secs(5);
@@ -262,6 +267,20 @@ async fn receive_loop(
             }
             Ok(MqttEvent::Incoming(Packet::Publish(p))) => {
                 stats.received.fetch_add(1, Ordering::Relaxed);
+                if let Some(sec) = &security {
+                    // Signature, replay and layout checks; it counts and logs rejections.
+                    match sec.check_inbound(&p.topic, &p.payload) {
+                        Some((node, body)) => {
+                            if events.send(Event::Inbound { node, body }).await.is_err() {
+                                return;
+                            }
+                        }
+                        None => {
+                            stats.dropped.fetch_add(1, Ordering::Relaxed);
+                        }
+                    }
+                    continue;
+                }
                 match check_inbound(&p.topic, &p.payload) {
                     Ok((node, body)) => {
                         tracing::trace!(%node, kind = ?Kind::of(&body), "inbound");
@@ -293,13 +312,21 @@ async fn send_loop(
     client: AsyncClient,
     mut outbound: mpsc::Receiver<Outbound>,
     stats: Arc<BusStats>,
+    security: Option<Arc<Security>>,
 ) {
     let mut seq: u64 = 0;
     while let Some(msg) = outbound.recv().await {
         seq += 1;
         let kind = Kind::of(&msg.body);
-        let topic = topics::topic(&msg.node, kind);
-        let payload = match Envelope::new(Sender::Coordinator, seq, msg.body).encode() {
+        let sealed = match &security {
+            // Signed, with a persisted sequence number and the send time.
+            Some(sec) => sec.seal(&msg.node, msg.body).map_err(|e| e.to_string()),
+            None => Envelope::new(Sender::Coordinator, seq, msg.body)
+                .encode()
+                .map(|p| (topics::topic(&msg.node, kind), p))
+                .map_err(|e| e.to_string()),
+        };
+        let (topic, payload) = match sealed {
             Ok(p) => p,
             Err(e) => {
                 tracing::error!(node = %msg.node, ?kind, error = %e, "cannot encode an outbound message; dropped");

@@ -56,7 +56,6 @@ pub enum LogFormat {
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Run the coordinator: API server, scheduler, controllers, store and MQTT broker.
-    /// Boxed: its many flags would make every other command as large.
     Server(Box<ServerArgs>),
     /// Create or update objects from a manifest (`-f -` reads stdin).
     Apply {
@@ -94,10 +93,20 @@ pub enum Command {
         #[command(subcommand)]
         action: RolloutCommand,
     },
-    /// Manage API tokens (admin only).
+    /// Manage API tokens and join tokens (admin only).
     Token {
         #[command(subcommand)]
         action: TokenCommand,
+    },
+    /// Manage node identities: revoke.
+    Node {
+        #[command(subcommand)]
+        action: NodeCommand,
+    },
+    /// Security counters: refused messages per reason and node.
+    Security {
+        #[command(subcommand)]
+        action: SecurityCommand,
     },
     /// Manage images the coordinator serves to its agents (air-gapped sites).
     Image {
@@ -126,16 +135,97 @@ pub enum ImageCommand {
     Delete { name: String },
 }
 
+/// `baton node ...`: a node's identity (see [`crate::security`]).
+#[derive(Debug, Subcommand)]
+pub enum NodeCommand {
+    /// Revoke a node's identity: its messages are refused from now on, its desired state
+    /// is emptied and its Deployment pods are rescheduled elsewhere.
+    Revoke { name: String },
+}
+
+/// `baton security ...`.
+#[derive(Debug, Subcommand)]
+pub enum SecurityCommand {
+    /// Refused MQTT messages, per reason and per node, since the coordinator started.
+    Rejections {
+        #[arg(short = 'o', long = "output", value_enum)]
+        output: Option<Output>,
+    },
+}
+
+async fn node_command(client: &Client, action: &NodeCommand) -> Result<String, CliError> {
+    match action {
+        NodeCommand::Revoke { name } => {
+            client
+                .send(
+                    client
+                        .http
+                        .post(format!("{}/api/v1/nodes/{name}/revoke", client.base)),
+                )
+                .await?;
+            Ok(format!("node/{name} revoked\n"))
+        }
+    }
+}
+
+async fn security_command(client: &Client, action: &SecurityCommand) -> Result<String, CliError> {
+    match action {
+        SecurityCommand::Rejections { output } => {
+            let v = client
+                .send(
+                    client
+                        .http
+                        .get(format!("{}/api/v1/security/rejections", client.base)),
+                )
+                .await?;
+            if matches!(output, Some(Output::Json)) {
+                return Ok(format!(
+                    "{}\n",
+                    serde_json::to_string_pretty(&v).unwrap_or_default()
+                ));
+            }
+            let mut rows: Vec<Vec<String>> = Vec::new();
+            if let Some(nodes) = v["nodes"].as_object() {
+                for (node, reasons) in nodes {
+                    for (reason, n) in reasons.as_object().into_iter().flatten() {
+                        rows.push(vec![node.clone(), reason.clone(), n.to_string()]);
+                    }
+                }
+            }
+            let mut out = format!(
+                "require signatures: {}, window: {}s, duplicates dropped: {}\n",
+                v["requireSignatures"], v["windowSeconds"], v["duplicates"]
+            );
+            out.push_str(&table(&["NODE", "REASON", "COUNT"], &rows));
+            Ok(out)
+        }
+    }
+}
+
 #[derive(Debug, Subcommand)]
 pub enum TokenCommand {
-    /// Make a token and print it; it is shown only this once.
+    /// Make a token and print it; it is shown only this once. With --role: an API token.
+    /// Without: a join token that enrolls devices (`baton-agent --join-token`).
     Create {
         /// admin (everything) or read-only (GET routes only).
-        #[arg(long, value_parser = ["admin", "read-only"])]
-        role: String,
+        #[arg(long, value_parser = ["admin", "read-only"], conflicts_with_all = ["ttl", "uses", "labels", "node_name"])]
+        role: Option<String>,
         /// A name to list and delete it by (default: a random one).
-        #[arg(long)]
+        #[arg(long, requires = "role")]
         name: Option<String>,
+        /// Join token: how long it can be used (default 1h).
+        #[arg(long, value_parser = humantime::parse_duration)]
+        ttl: Option<Duration>,
+        /// Join token: how many devices it can enroll (default 1).
+        #[arg(long)]
+        uses: Option<u32>,
+        /// Join token: labels the enrolled nodes get (k=v,...).
+        #[arg(long, value_delimiter = ',')]
+        labels: Vec<String>,
+        /// Join token: the only node name it may enroll; it may also replace that node's
+        /// key (a new device for the same name, or a revoked node coming back).
+        #[arg(long)]
+        node_name: Option<String>,
     },
     /// List tokens (names, roles and ages; never secrets).
     List,
@@ -260,6 +350,30 @@ pub struct ServerArgs {
     /// Admit pods with `hostNetwork: true`.
     #[arg(long, env = "BATON_ALLOW_HOST_NETWORK")]
     pub allow_host_network: bool,
+    /// Refuse messages from nodes that have not enrolled (enrolled nodes are always
+    /// verified). Off by default so fleets without enrollment keep working.
+    #[arg(long, env = "BATON_REQUIRE_SIGNATURES")]
+    pub require_signatures: bool,
+    /// How far a message's send time may be from this clock before it is refused as
+    /// stale (e.g. 10m).
+    #[arg(long, env = "BATON_SIGNATURE_WINDOW", default_value = "10m", value_parser = humantime::parse_duration)]
+    pub signature_window: Duration,
+    /// How long a node's previous key stays valid after a key rotation.
+    #[arg(long, env = "BATON_ROTATION_OVERLAP", default_value = "5m", value_parser = humantime::parse_duration)]
+    pub rotation_overlap: Duration,
+    /// Serve the API over TLS with a certificate from the coordinator's own CA
+    /// (<data-dir>/pki/ca.crt, pinned by join tokens), so agents can enroll from other hosts.
+    #[arg(long, env = "BATON_TLS_AUTO", conflicts_with = "tls_cert")]
+    pub tls_auto: bool,
+    /// Extra names or addresses for the --tls-auto and --enroll-listen certificates (repeatable;
+    /// comma-separated in the environment).
+    #[arg(long = "tls-san", value_name = "NAME", env = "BATON_TLS_SAN", value_delimiter = ',')]
+    pub tls_sans: Vec<String>,
+    /// Also serve enrollment and key rotation (only those) over TLS on this address, with
+    /// a certificate from the coordinator's CA: devices enroll here while the API stays
+    /// on loopback (e.g. 0.0.0.0:7475).
+    #[arg(long, env = "BATON_ENROLL_LISTEN")]
+    pub enroll_listen: Option<SocketAddr>,
 }
 
 impl ServerArgs {
@@ -318,6 +432,14 @@ impl ServerArgs {
                     .collect(),
                 allow_host_network: self.allow_host_network,
             },
+            security: crate::security::SecurityConfig {
+                require_signatures: self.require_signatures,
+                window: self.signature_window,
+                rotation_overlap: self.rotation_overlap,
+            },
+            api_tls_auto: self.tls_auto,
+            enroll_listen: self.enroll_listen,
+            tls_sans: self.tls_sans.clone(),
         }
     }
 }
@@ -636,6 +758,12 @@ pub async fn run(cli: &Cli) -> Result<(), CliError> {
         Command::Token { action } => {
             out = token(&client, action).await?;
         }
+        Command::Node { action } => {
+            out = node_command(&client, action).await?;
+        }
+        Command::Security { action } => {
+            out = security_command(&client, action).await?;
+        }
         Command::Image { action } => {
             out = image(&client, action).await?;
         }
@@ -681,7 +809,42 @@ pub async fn run(cli: &Cli) -> Result<(), CliError> {
 async fn token(client: &Client, action: &TokenCommand) -> Result<String, CliError> {
     let url = format!("{}/api/v1/tokens", client.base);
     match action {
-        TokenCommand::Create { role, name } => {
+        TokenCommand::Create {
+            role: None,
+            ttl,
+            uses,
+            labels,
+            node_name,
+            ..
+        } => {
+            let mut map = serde_json::Map::new();
+            for l in labels.iter().filter(|l| !l.is_empty()) {
+                let (k, v) = l.split_once('=').ok_or_else(|| {
+                    CliError::Usage(format!("label {l:?} is not KEY=VALUE"))
+                })?;
+                map.insert(k.trim().to_owned(), Value::from(v.trim()));
+            }
+            let v = client
+                .send(client.http.post(format!("{url}/join")).json(&serde_json::json!({
+                    "ttlSeconds": ttl.unwrap_or(Duration::from_secs(3600)).as_secs(),
+                    "uses": uses.unwrap_or(1),
+                    "labels": map,
+                    "nodeName": node_name,
+                })))
+                .await?;
+            let token = v
+                .get("token")
+                .and_then(Value::as_str)
+                .ok_or_else(|| CliError::Protocol("no token in the answer".into()))?;
+            let id = v["info"]["id"].as_str().unwrap_or_default();
+            eprintln!("join token {id} created; it is shown only this once:");
+            Ok(format!("{token}\n"))
+        }
+        TokenCommand::Create {
+            role: Some(role),
+            name,
+            ..
+        } => {
             let name = name
                 .clone()
                 .unwrap_or_else(|| format!("token-{}", &crate::auth::new_secret()[..8]));
@@ -701,7 +864,7 @@ async fn token(client: &Client, action: &TokenCommand) -> Result<String, CliErro
             Ok(format!("{secret}\n"))
         }
         TokenCommand::List => {
-            let v = client.send(client.http.get(url)).await?;
+            let v = client.send(client.http.get(&url)).await?;
             let list: Vec<crate::auth::TokenInfo> = parse_objects(&items(&v))?;
             let now = SystemTime::now();
             let rows: Vec<Vec<String>> = list
@@ -714,13 +877,54 @@ async fn token(client: &Client, action: &TokenCommand) -> Result<String, CliErro
                     ]
                 })
                 .collect();
-            Ok(table(&["NAME", "ROLE", "AGE"], &rows))
+            let mut out = table(&["NAME", "ROLE", "AGE"], &rows);
+            let v = client.send(client.http.get(format!("{url}/join"))).await?;
+            let joins: Vec<crate::enroll::JoinTokenInfo> = parse_objects(&items(&v))?;
+            if !joins.is_empty() {
+                let now_s = now.duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs());
+                let rows: Vec<Vec<String>> = joins
+                    .iter()
+                    .map(|t| {
+                        let left = t.expires.saturating_sub(now_s);
+                        vec![
+                            t.id.clone(),
+                            t.uses_left.to_string(),
+                            if left == 0 {
+                                "expired".into()
+                            } else {
+                                humantime::format_duration(Duration::from_secs(left)).to_string()
+                            },
+                            t.node_name.clone().unwrap_or_else(|| "<any>".into()),
+                            t.labels
+                                .iter()
+                                .map(|(k, v)| format!("{k}={v}"))
+                                .collect::<Vec<_>>()
+                                .join(","),
+                        ]
+                    })
+                    .collect();
+                out.push('\n');
+                out.push_str(&table(
+                    &["JOIN TOKEN", "USES LEFT", "EXPIRES IN", "NODE", "LABELS"],
+                    &rows,
+                ));
+            }
+            Ok(out)
         }
         TokenCommand::Delete { name } => {
-            client
+            match client
                 .send(client.http.delete(format!("{url}/{name}")))
-                .await?;
-            Ok(format!("token \"{name}\" deleted\n"))
+                .await
+            {
+                Ok(_) => Ok(format!("token \"{name}\" deleted\n")),
+                Err(CliError::Server { status, .. }) if status == "NotFound" => {
+                    client
+                        .send(client.http.delete(format!("{url}/join/{name}")))
+                        .await?;
+                    Ok(format!("join token \"{name}\" deleted\n"))
+                }
+                Err(e) => Err(e),
+            }
         }
     }
 }

@@ -65,6 +65,17 @@ pub struct ServerConfig {
     pub broker_tls: Option<MqttClientFiles>,
     /// What pods may ask of their nodes beyond the defaults (`crate::policy`).
     pub policy: crate::policy::Policy,
+    /// Signature and replay checks of node messages (`crate::security`).
+    pub security: crate::security::SecurityConfig,
+    /// Serve the API over TLS with a certificate from the coordinator's own CA
+    /// (`crate::pki`), valid for the listen address, loopback, `localhost` and `tls_sans`.
+    pub api_tls_auto: bool,
+    /// A second listener, always TLS with a certificate from the coordinator's CA, that
+    /// serves only enrollment and key rotation (`http::enroll_router`), so devices can
+    /// enroll while the API stays on loopback.
+    pub enroll_listen: Option<SocketAddr>,
+    /// Extra names or addresses for the CA-issued certificates (API and enrollment).
+    pub tls_sans: Vec<String>,
 }
 
 impl ServerConfig {
@@ -85,6 +96,10 @@ impl ServerConfig {
             insecure_mqtt: false,
             broker_tls: None,
             policy: crate::policy::Policy::default(),
+            security: crate::security::SecurityConfig::default(),
+            api_tls_auto: false,
+            enroll_listen: None,
+            tls_sans: Vec::new(),
         }
     }
 }
@@ -128,6 +143,12 @@ pub enum ServerError {
     MqttConfig(&'static str),
     #[error("the HTTP server failed: {0}")]
     Serve(std::io::Error),
+    #[error("cannot set up the coordinator's key and CA: {0}")]
+    Pki(#[from] crate::pki::PkiError),
+    #[error("cannot load node identities: {0}")]
+    Security(#[from] crate::security::SecurityError),
+    #[error("cannot load join tokens: {0}")]
+    Enroll(#[from] crate::enroll::EnrollError),
 }
 
 /// A bound, not yet serving, coordinator.
@@ -146,6 +167,10 @@ pub struct Server {
     events_tx: mpsc::Sender<Event>,
     events_rx: mpsc::Receiver<Event>,
     outbound_rx: mpsc::Receiver<crate::bus::Outbound>,
+    security: Arc<crate::security::Security>,
+    enroller: Arc<crate::enroll::Enroller>,
+    /// The `--enroll-listen` listener and its TLS config.
+    enroll: Option<(tokio::net::TcpListener, Arc<rustls::ServerConfig>)>,
 }
 
 impl Server {
@@ -154,17 +179,30 @@ impl Server {
     pub async fn bind(cfg: ServerConfig) -> Result<Self, ServerError> {
         http::check_listen(
             cfg.http_listen,
-            cfg.tls.is_some(),
+            cfg.tls.is_some() || cfg.api_tls_auto,
             cfg.insecure_allow_remote,
         )?;
-        let tls = match &cfg.tls {
-            Some(f) => Some(tls::server_config(&f.cert, &f.key)?),
-            None => None,
-        };
         std::fs::create_dir_all(&cfg.data_dir).map_err(|source| ServerError::DataDir {
             path: cfg.data_dir.clone(),
             source,
         })?;
+        let pki = Arc::new(crate::pki::Pki::load_or_create(
+            &cfg.data_dir.join("pki"),
+        )?);
+        let (tls, api_ca) = match (&cfg.tls, cfg.api_tls_auto) {
+            (Some(f), _) => (
+                Some(tls::server_config(&f.cert, &f.key)?),
+                Some(f.cert.clone()),
+            ),
+            (None, true) => {
+                let (cert, key) = pki.api_tls(&api_sans(cfg.http_listen, &cfg.tls_sans))?;
+                (
+                    Some(tls::server_config(&cert, &key)?),
+                    Some(cfg.data_dir.join("pki").join(crate::pki::CA_FILE)),
+                )
+            }
+            (None, false) => (None, None),
+        };
         let store: Arc<dyn Store> =
             Arc::new(
                 RedbStore::open(&cfg.data_dir).map_err(|source| ServerError::Store {
@@ -174,11 +212,34 @@ impl Server {
             );
         let tokens = Arc::new(Tokens::load(store.clone())?);
         let registry = Arc::new(Registry::open(&cfg.data_dir, store.clone())?);
+        let security = Arc::new(crate::security::Security::load(
+            store.clone(),
+            pki,
+            cfg.security.clone(),
+        )?);
+        let enroller = Arc::new(crate::enroll::Enroller::load(
+            store.clone(),
+            security.clone(),
+        )?);
         let (outbound_tx, outbound_rx) = mpsc::channel(4096);
+        security.set_nudge(outbound_tx.clone());
         let core = Core::new(store, outbound_tx, cfg.heartbeat_timeout)?
+            .with_revoked(security.revoked())
             .with_pod_drain(cfg.pod_drain)
             .with_pod_eviction_timeout(cfg.pod_eviction_timeout)
-            .with_policy(cfg.policy.clone());
+            .with_policy(cfg.policy.clone())
+            .with_secrets(crate::secrets::SecretKeeper::new(
+                crate::secrets::DataKey::load_or_create(&cfg.data_dir.join("pki"))
+                    .map_err(crate::core::CoreError::from)?,
+                {
+                    // Secrets are sealed to enrolled, unrevoked identities only.
+                    let security = security.clone();
+                    Arc::new(move |node: &str| {
+                        let rec = security.identity(node).filter(|r| !r.revoked)?;
+                        crate::secrets::decode_public_key(&rec.public_key)
+                    })
+                },
+            ))?;
 
         let (broker, embedded_mqtt, broker_tls) = start_mqtt(&cfg).await?;
 
@@ -196,8 +257,19 @@ impl Server {
             &tokens,
             &cfg.data_dir,
             &server_url(http_addr, tls.is_some()),
-            cfg.tls.as_ref().map(|f| f.cert.as_path()),
+            api_ca.as_deref(),
         )?;
+        let enroll = match cfg.enroll_listen {
+            None => None,
+            Some(addr) => {
+                let l = tokio::net::TcpListener::bind(addr)
+                    .await
+                    .map_err(|source| ServerError::Bind { addr, source })?;
+                let pki = security.pki();
+                let (cert, key) = pki.api_tls(&api_sans(addr, &cfg.tls_sans))?;
+                Some((l, tls::server_config(&cert, &key)?))
+            }
+        };
         let (events_tx, events_rx) = mpsc::channel(1024);
         Ok(Self {
             http_addr,
@@ -212,6 +284,9 @@ impl Server {
             events_tx,
             events_rx,
             outbound_rx,
+            security,
+            enroller,
+            enroll,
         })
     }
 
@@ -242,6 +317,9 @@ impl Server {
             events_tx,
             events_rx,
             outbound_rx,
+            security,
+            enroller,
+            enroll,
             ..
         } = self;
         let stats = Arc::new(BusStats::default());
@@ -255,6 +333,7 @@ impl Server {
             events_tx.clone(),
             outbound_rx,
             stats.clone(),
+            Some(security.clone()),
         ) {
             Ok(bus) => bus,
             Err(e) => {
@@ -276,8 +355,33 @@ impl Server {
             }
         });
 
+        // Per-node seqs are written lazily (see `crate::security`).
+        let flusher = {
+            let security = security.clone();
+            tokio::spawn(async move {
+                let mut every = tokio::time::interval(Duration::from_secs(5));
+                loop {
+                    every.tick().await;
+                    if let Err(e) = security.flush() {
+                        tracing::warn!(error = %e, "cannot persist node sequence numbers");
+                    }
+                }
+            })
+        };
+
         tracing::info!(%http_addr, broker = %format!("{}:{}", broker.host, broker.port), "coordinator serving");
-        let app = http::router_with_images(events_tx, stats, tokens, Some(registry));
+        let enroll_server = enroll.and_then(|(l, cfg)| {
+            let app = http::enroll_router(events_tx.clone(), security.clone(), enroller.clone());
+            let addr = l.local_addr().ok();
+            tracing::info!(?addr, "serving enrollment over TLS");
+            let l = TlsListener::new(l, cfg).ok()?;
+            Some(tokio::spawn(async move {
+                let _ = axum::serve(l, app).await;
+            }))
+        });
+        let sec_routes =
+            http::security_router(events_tx.clone(), tokens.clone(), security.clone(), enroller);
+        let app = http::router_with_images(events_tx, stats, tokens, Some(registry)).merge(sec_routes);
         let served = match tls {
             None => axum::serve(listener, app)
                 .with_graceful_shutdown(shutdown)
@@ -296,6 +400,15 @@ impl Server {
         ticker.abort();
         let _ = ticker.await;
         bus.shutdown().await;
+        flusher.abort();
+        let _ = flusher.await;
+        if let Some(t) = enroll_server {
+            t.abort();
+            let _ = t.await;
+        }
+        if let Err(e) = security.flush() {
+            tracing::warn!(error = %e, "cannot persist node sequence numbers");
+        }
         // The core stops when the last event sender (held by the router, the bus and the
         // ticker, all gone now) is dropped; waiting for it releases the store.
         let _ = core_task.await;
@@ -355,6 +468,22 @@ async fn start_mqtt(
             Ok((addr, None, tls))
         }
     }
+}
+
+/// The names the automatic API certificate is valid for: the listen address (unless a
+/// wildcard), loopback, `localhost`, and `extra`.
+fn api_sans(listen: SocketAddr, extra: &[String]) -> Vec<String> {
+    let mut sans = vec!["127.0.0.1".to_owned(), "::1".to_owned(), "localhost".to_owned()];
+    if !listen.ip().is_unspecified() {
+        sans.push(listen.ip().to_string());
+    }
+    for e in extra {
+        if !sans.contains(e) {
+            sans.push(e.clone());
+        }
+    }
+    sans.dedup();
+    sans
 }
 
 /// The URL the CLI should use for an API bound at `addr`: a wildcard address is

@@ -127,13 +127,13 @@ fn steps(lab: &mut Lab) -> Result<()> {
     );
     let bad = web(&reg, 5).replace(
         "      containers:",
-        "      volumes:\n      - name: data\n        emptyDir: {}\n      containers:",
+        "      affinity:\n        nodeAffinity: {}\n      containers:",
     );
     let out = lab.baton_raw(&["apply", "-f", "-"], Some(&bad))?;
     ensure!(!out.status.success(), "invalid manifest accepted");
     let err = String::from_utf8_lossy(&out.stderr);
     ensure!(
-        err.contains("spec.template.spec.volumes"),
+        err.contains("spec.template.spec.affinity"),
         "error does not name the field: {err}"
     );
     let out = lab.baton_raw(&["apply", "-f", "-"], Some("kind: [unclosed"))?;

@@ -1174,7 +1174,7 @@ impl Core {
                 }
                 self.set_ready(name, false, "Agent went offline (last will)");
             }
-            Body::Desired(_) | Body::StatusRequest => {
+            Body::Desired(_) | Body::StatusRequest | Body::RotateKey => {
                 tracing::warn!(node = name, "downward message on an upward topic; ignored");
             }
         }

@@ -77,6 +77,10 @@ pub enum Body {
     Desired(DesiredState),
     /// Coordinator -> agent: send a full [`Body::Status`] now (the heartbeat digest differed).
     StatusRequest,
+    /// Coordinator -> agent (`baton node rotate`): make a new device key and have it
+    /// certified, signing the request with the current key. Added in v2 before any v2
+    /// release, so no version bump.
+    RotateKey,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]

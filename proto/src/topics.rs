@@ -56,7 +56,7 @@ impl Kind {
             Body::Status(_) => Kind::Up(Up::Status),
             Body::Offline => Kind::Up(Up::Offline),
             Body::Desired(_) => Kind::Down(Down::Desired),
-            Body::StatusRequest => Kind::Down(Down::Control),
+            Body::StatusRequest | Body::RotateKey => Kind::Down(Down::Control),
         }
     }
 }

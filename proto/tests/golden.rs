@@ -379,3 +379,12 @@ fn signing_bytes_bind_the_topic_and_ignore_the_signature() {
     env.seq = 2;
     assert_ne!(a, env.signing_bytes("baton/v1/nodes/a/down/control").unwrap());
 }
+
+#[test]
+fn rotate_key() {
+    // 02 version | 00 Coordinator | 07 seq | 00 sent_at | 06 RotateKey | 00 no signature
+    check(
+        Envelope::new(Sender::Coordinator, 7, Body::RotateKey),
+        "020007000600",
+    );
+}

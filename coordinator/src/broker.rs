@@ -18,32 +18,23 @@
 //!   the coordinator republishes or asks again on a mismatch), so a lost message is
 //!   healed at the next heartbeat.
 //!
-//! **TLS** ([`start_with`] with [`BrokerTlsFiles`]): the listener on the given address
-//! speaks only TLS and requires a client certificate that chains to the client CA
-//! (rumqttd's `verify-client-cert` feature: rustls' WebPki client verifier, anchored on
-//! the first certificate of that file). The coordinator's own bridge then uses a second,
-//! plain listener on `127.0.0.1` (an ephemeral port), so the coordinator needs no client
-//! certificate for its own broker. What rumqttd does with a verified certificate, read
-//! from its 0.20 source (`server/tls.rs`, `router/connection.rs`, `router/routing.rs`):
-//! - the **CN is not used** at all: the client id is whatever the client says, so a
-//!   device may connect as another device's client id (which disconnects that device);
-//! - the subject's **Organization (O)**, if present, becomes a "tenant": it must be
-//!   alphanumeric (a cert with `O=acme-corp` is refused), and the client id becomes
-//!   `<O>.<client id>`. Without the `validate-tenant-prefix` feature (we leave it off: it
-//!   forces topics under `/tenants/<O>/`, which Baton's topics are not) nothing else
-//!   follows from it;
-//! - there is **no per-topic ACL**: any client with a valid certificate may subscribe to
-//!   and publish on every node's topics. Envelope signatures hold that line (see
-//!   docs/security.md, "Transport").
-//! - rumqttd runs the TLS handshake inside its accept loop, without a deadline, so one
-//!   client that connects and stays silent holds up every other new connection on that
-//!   listener until it goes away (see docs/security.md).
+//! **TLS** ([`start_with`] with [`BrokerTlsFiles`]): Baton's own TLS front
+//! ([`crate::mqtt_front`]) listens on the given address, requires a client certificate
+//! that chains to the client CA, checks that the MQTT client id belongs to the
+//! certificate's CN, and splices each connection to rumqttd's plain listener on
+//! `127.0.0.1` (an ephemeral port), which the coordinator's own bridge uses directly.
+//! rumqttd's own TLS listener is not used: it handshakes inside its accept loop with no
+//! deadline (one silent client stalls every new connection), refuses an IP address as
+//! SNI, and ignores the CN (see the front's docs). What rumqttd still does not do, read
+//! from its 0.20 source: there is **no per-topic ACL**: any client with a valid
+//! certificate may subscribe to and publish on every node's topics. Envelope signatures
+//! hold that line (see docs/security.md, "Transport").
 
 use std::collections::HashMap;
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::time::{Duration, Instant};
 
-use rumqttd::{Config, ConnectionSettings, RouterConfig, ServerSettings, TlsConfig};
+use rumqttd::{Config, ConnectionSettings, RouterConfig, ServerSettings};
 
 pub use crate::tls::BrokerTlsFiles;
 
@@ -75,8 +66,8 @@ pub enum BrokerError {
     NotLoopback(SocketAddr),
     #[error("the embedded broker's TLS files: {0}")]
     Tls(#[from] crate::tls::TlsError),
-    #[error("a TLS file path is not UTF-8: {0}")]
-    Path(std::path::PathBuf),
+    #[error("the embedded broker's TLS front: {0}")]
+    Front(#[from] crate::mqtt_front::MqttFrontError),
 }
 
 /// The embedded broker may listen beyond loopback only with TLS and client certificates,
@@ -107,37 +98,23 @@ pub fn config(listen: SocketAddr) -> Config {
     let mut c = base_config();
     c.v4 = Some(HashMap::from([(
         "1".to_owned(),
-        server("baton-v4", listen, None),
+        server("baton-v4", listen),
     )]));
     c
 }
 
-/// [`config`] with a TLS listener on `listen` (client certificates required) and a plain
-/// one on `local` for the coordinator's own bridge.
-pub fn tls_config(
-    listen: SocketAddr,
-    tls: &BrokerTlsFiles,
-    local: SocketAddr,
-) -> Result<Config, BrokerError> {
-    let path = |p: &std::path::Path| {
-        p.to_str()
-            .map(str::to_owned)
-            .ok_or_else(|| BrokerError::Path(p.to_owned()))
-    };
-    let tls = TlsConfig::Rustls {
-        capath: Some(path(&tls.client_ca)?),
-        certpath: path(&tls.cert)?,
-        keypath: path(&tls.key)?,
-    };
+/// The rumqttd side of a TLS broker: only the plain listener on `local` (loopback), which
+/// the TLS front and the coordinator's bridge connect to.
+pub fn local_config(local: SocketAddr) -> Config {
     let mut c = base_config();
-    c.v4 = Some(HashMap::from([
-        ("1".to_owned(), server("baton-v4-tls", listen, Some(tls))),
-        ("2".to_owned(), server("baton-v4-local", local, None)),
-    ]));
-    Ok(c)
+    c.v4 = Some(HashMap::from([(
+        "1".to_owned(),
+        server("baton-v4-local", local),
+    )]));
+    c
 }
 
-fn server(name: &str, listen: SocketAddr, tls: Option<TlsConfig>) -> ServerSettings {
+fn server(name: &str, listen: SocketAddr) -> ServerSettings {
     let connections = ConnectionSettings {
         connection_timeout_ms: 10_000,
         max_payload_size: MAX_PAYLOAD_SIZE,
@@ -149,7 +126,7 @@ fn server(name: &str, listen: SocketAddr, tls: Option<TlsConfig>) -> ServerSetti
     ServerSettings {
         name: name.into(),
         listen,
-        tls,
+        tls: None,
         next_connection_delay_ms: 1,
         connections,
     }
@@ -189,22 +166,38 @@ pub fn start(listen: SocketAddr) -> Result<SocketAddr, BrokerError> {
     start_with(listen, None).map(|l| l.addr)
 }
 
-/// [`start`], with a TLS listener requiring client certificates if `tls` is given (see
-/// the module docs), whose files are checked first.
+/// [`start`], with Baton's TLS front requiring client certificates on `listen` if `tls`
+/// is given (see the module docs), whose files are checked first.
 pub fn start_with(
     listen: SocketAddr,
     tls: Option<&BrokerTlsFiles>,
 ) -> Result<Listening, BrokerError> {
-    let addr = free_addr(listen)?;
-    let (cfg, local) = match tls {
-        None => (config(addr), addr),
-        Some(files) => {
-            crate::tls::check_broker_tls(files)?;
-            let local = free_addr(SocketAddr::from(([127, 0, 0, 1], 0)))?;
-            (tls_config(addr, files, local)?, local)
-        }
+    let Some(files) = tls else {
+        let addr = free_addr(listen)?;
+        start_rumqttd(config(addr), addr)?;
+        tracing::info!(%addr, tls = false, "embedded MQTT broker listening");
+        return Ok(Listening { addr, local: addr });
     };
+    let server_cfg = crate::tls::broker_server_config(files)?;
+    // The front's listener is bound now and kept: no window for another process.
+    let public = TcpListener::bind(listen).map_err(|source| BrokerError::Bind {
+        addr: listen,
+        source,
+    })?;
+    let addr = public.local_addr().map_err(|source| BrokerError::Bind {
+        addr: listen,
+        source,
+    })?;
+    let local = free_addr(SocketAddr::from(([127, 0, 0, 1], 0)))?;
+    start_rumqttd(local_config(local), local)?;
+    crate::mqtt_front::spawn_thread(public, crate::mqtt_front::Front::new(server_cfg, local))?;
+    tracing::info!(%addr, %local, tls = true, "embedded MQTT broker listening behind the TLS front");
+    Ok(Listening { addr, local })
+}
 
+/// Starts rumqttd on its thread and waits until `probe` accepts connections.
+fn start_rumqttd(cfg: Config, probe: SocketAddr) -> Result<(), BrokerError> {
+    let addr = probe;
     let (done_tx, done_rx) = std::sync::mpsc::channel::<String>();
     std::thread::Builder::new()
         .name("mqtt-broker".into())
@@ -226,10 +219,8 @@ pub fn start_with(
         if let Ok(reason) = done_rx.try_recv() {
             return Err(BrokerError::Stopped { addr, reason });
         }
-        let up = |a: &SocketAddr| TcpStream::connect_timeout(a, Duration::from_millis(200)).is_ok();
-        if up(&addr) && up(&local) {
-            tracing::info!(%addr, tls = tls.is_some(), "embedded MQTT broker listening");
-            return Ok(Listening { addr, local });
+        if TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_ok() {
+            return Ok(());
         }
         if Instant::now() > deadline {
             return Err(BrokerError::Timeout {
@@ -268,29 +259,12 @@ mod tests {
     }
 
     #[test]
-    fn tls_config_has_one_tls_listener_and_a_plain_one_on_loopback() {
-        let files = BrokerTlsFiles {
-            cert: "/c.pem".into(),
-            key: "/k.pem".into(),
-            client_ca: "/ca.pem".into(),
-        };
-        let c = tls_config(
-            "10.0.0.1:8883".parse().unwrap(),
-            &files,
-            "127.0.0.1:4000".parse().unwrap(),
-        )
-        .unwrap();
+    fn local_config_is_one_plain_listener_on_loopback() {
+        let c = local_config("127.0.0.1:4000".parse().unwrap());
         let v4 = c.v4.unwrap();
-        assert_eq!(v4.len(), 2);
+        assert_eq!(v4.len(), 1);
         for s in v4.values() {
-            match &s.tls {
-                Some(TlsConfig::Rustls { capath, .. }) => {
-                    assert_eq!(s.listen.to_string(), "10.0.0.1:8883");
-                    assert_eq!(capath.as_deref(), Some("/ca.pem"));
-                }
-                Some(other) => panic!("{other:?}"),
-                None => assert!(s.listen.ip().is_loopback()),
-            }
+            assert!(s.tls.is_none() && s.listen.ip().is_loopback());
         }
     }
 

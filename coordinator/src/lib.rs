@@ -11,6 +11,7 @@ pub mod core;
 pub mod enroll;
 pub mod http;
 pub mod manifest;
+pub mod mqtt_front;
 pub mod policy;
 pub mod pki;
 pub mod quantity;

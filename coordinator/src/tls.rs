@@ -1,7 +1,7 @@
 //! TLS for the HTTP API: a rustls server config from PEM files, and a listener that
 //! hands axum finished TLS streams. Also the MQTT side's TLS material: the client config
-//! for an `mqtts://` broker ([`mqtt_client_config`]) and the checks on the embedded
-//! broker's certificate, key and client CA ([`check_broker_tls`]).
+//! for an `mqtts://` broker ([`mqtt_client_config`]) and the embedded broker's TLS front
+//! config ([`broker_server_config`]; the front itself is [`crate::mqtt_front`]).
 //!
 //! Handshakes run in their own tasks (with a deadline) and finished streams arrive
 //! through a channel, so one slow or silent client cannot hold up `accept` for the
@@ -109,30 +109,25 @@ pub fn mqtt_client_config(files: &MqttClientFiles) -> Result<Arc<rustls::ClientC
     Ok(Arc::new(cfg))
 }
 
-/// Checks the embedded broker's TLS files the way its listener will use them, so that a
-/// bad file is an error at start-up rather than a log line on every connection (rumqttd
-/// reads them per connection). rumqttd trusts only the **first** certificate of the
-/// client CA file, so a file with several is refused rather than half used.
-pub fn check_broker_tls(files: &BrokerTlsFiles) -> Result<(), TlsError> {
+/// The embedded broker's TLS front ([`crate::mqtt_front`]): its certificate chain and
+/// key, and a client certificate required that chains to one of the CAs in
+/// `files.client_ca`. Built at start-up, so a bad file is an error then.
+pub fn broker_server_config(files: &BrokerTlsFiles) -> Result<Arc<rustls::ServerConfig>, TlsError> {
     let roots = read_roots(&files.client_ca)?;
-    if roots.len() != 1 {
-        return Err(TlsError::Ca {
-            path: files.client_ca.clone(),
-            message: format!(
-                "holds {} certificates; the embedded broker trusts only the first, so give exactly one",
-                roots.len()
-            ),
-        });
-    }
     let verifier =
         rustls::server::WebPkiClientVerifier::builder_with_provider(Arc::new(roots), ring())
             .build()
             .map_err(|e| TlsError::ClientCa(e.to_string()))?;
-    rustls::ServerConfig::builder_with_provider(ring())
+    let cfg = rustls::ServerConfig::builder_with_provider(ring())
         .with_safe_default_protocol_versions()?
         .with_client_cert_verifier(verifier)
         .with_single_cert(read_certs(&files.cert)?, read_key(&files.key)?)?;
-    Ok(())
+    Ok(Arc::new(cfg))
+}
+
+/// Checks the embedded broker's TLS files (see [`broker_server_config`]).
+pub fn check_broker_tls(files: &BrokerTlsFiles) -> Result<(), TlsError> {
+    broker_server_config(files).map(|_| ())
 }
 
 /// Builds the server side from a PEM certificate chain and a PEM private key.

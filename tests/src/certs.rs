@@ -13,10 +13,10 @@ use crate::sh;
 /// The coordinator's MQTT username under Mosquitto's `use_identity_as_username`; the
 /// shipped ACL (deploy/mosquitto/acl) grants it every node's up/ reads and down/ writes.
 pub const COORDINATOR_CN: &str = "baton:coordinator";
-/// The broker's DNS name in the lab's certificates. OpenSSL-based clients
-/// (`mosquitto_sub`) send an IP address as TLS SNI, which the embedded broker's rustls
-/// 0.22 refuses (`decode_error`), so the tests dial this name instead (see
-/// `tests/tests/mtls.rs`). rustls clients, like the agents, send no SNI for an IP.
+/// The broker's DNS name in the lab's certificates (besides its IP addresses). The tests
+/// dial the IP address: OpenSSL-based clients (`mosquitto_sub`) then send it as TLS SNI,
+/// which both brokers accept (the embedded one since its TLS front, see
+/// `coordinator/src/mqtt_front.rs`).
 pub const BROKER_NAME: &str = "baton-broker.lab";
 /// A test-only identity that may read every node's up/ topics, to see what gets through.
 pub const OBSERVER_CN: &str = "baton:observer";
@@ -26,6 +26,8 @@ pub const OBSERVER_CN: &str = "baton:observer";
 pub struct CertPair {
     pub cert: PathBuf,
     pub key: PathBuf,
+    /// The subject's CN: the client id the embedded broker's TLS front allows.
+    pub cn: String,
 }
 
 /// A CA able to issue certificates into its directory.
@@ -101,7 +103,11 @@ impl Pki {
             .arg(&extfile)
             .arg("-out")
             .arg(&cert))?;
-        Ok(CertPair { cert, key })
+        Ok(CertPair {
+            cert,
+            key,
+            cn: cn.to_owned(),
+        })
     }
 }
 

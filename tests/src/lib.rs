@@ -233,6 +233,8 @@ pub struct Lab {
     pub coordinator_args: Vec<String>,
     /// With [`Lab::start_mtls`]: the fleet's certificates; MQTT is mTLS only.
     pub mtls: Option<LabPki>,
+    /// Extra flags for every agent this lab starts from now on (e.g. `--join-token`).
+    pub agent_args: Vec<String>,
 }
 
 /// The certificates of an mTLS lab (see [`Lab::start_mtls`]), under `<lab dir>/pki`.
@@ -338,6 +340,7 @@ impl Lab {
             coordinator_starts: 0,
             coordinator_args: coordinator_args.iter().map(|a| a.to_string()).collect(),
             mtls: None,
+            agent_args: Vec::new(),
         };
         for i in 1..=agents {
             let name = format!("{id}-n{i}");
@@ -584,6 +587,7 @@ impl Lab {
             ],
             None => Vec::new(),
         };
+        let extra = self.agent_args.clone();
         let a = &mut self.agents[i];
         let mut cmd = a.ns.cmd(bin("baton-agent"));
         cmd.args([
@@ -606,7 +610,7 @@ impl Lab {
             "RUST_LOG",
             "info,libcgroups=error,libcontainer=warn,rumqttd=warn",
         );
-        cmd.args(tls_args);
+        cmd.args(tls_args).args(extra);
         let log = a.data_dir.with_extension("log");
         a.proc = Some(Proc::spawn_appending(&a.name.clone(), &mut cmd, log)?);
         Ok(())

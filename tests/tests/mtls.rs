@@ -9,17 +9,18 @@
 //! - Mosquitto: device A can neither read device B's topics nor publish on them, nor on
 //!   its own downward topics; clients without a certificate, or with one from another CA,
 //!   cannot connect.
-//! - Embedded rumqttd: strangers cannot connect either, but it has no per-topic ACL:
-//!   device A reads B's desired state and its forged message on B's topic reaches the
-//!   coordinator's side of the broker. That is what envelope signatures are for
-//!   (docs/security.md, "Transport").
+//! - Embedded rumqttd behind Baton's TLS front: strangers cannot connect either, nor can
+//!   device A use B's client id, but rumqttd has no per-topic ACL: device A reads B's
+//!   desired state and its forged message on B's topic reaches the coordinator's side of
+//!   the broker. That is what envelope signatures are for (docs/security.md,
+//!   "Transport"); with enrolled agents they refuse A's forgeries in both directions.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Command, Output};
 use std::time::Duration;
 
 use anyhow::{ensure, Context, Result};
-use baton_e2e::certs::{CertPair, Pki, BROKER_NAME};
+use baton_e2e::certs::{CertPair, Pki};
 use baton_e2e::fleet::{is_running, pod_info, wait_pods, EchoDeployment};
 use baton_e2e::{items, wait_for, Broker, Lab, Proc};
 use baton_proto::{Body, Envelope, Heartbeat, NodeName, Sender};
@@ -38,48 +39,42 @@ fn deploys_and_runs(lab: &Lab) -> Result<()> {
     Ok(())
 }
 
-/// `/etc/netns/<ns>/hosts` naming the hub [`BROKER_NAME`], for `ip netns exec`; removed
-/// on drop. The OpenSSL-based mosquitto clients would send the hub's IP address as TLS
-/// SNI, which the embedded broker's rustls refuses; by name they send a valid SNI.
-struct BrokerName(Vec<PathBuf>);
-
-impl BrokerName {
-    fn new(lab: &Lab) -> Result<Self> {
-        let mut dirs = Vec::new();
-        for a in &lab.agents {
-            let dir = Path::new("/etc/netns").join(&a.ns.0);
-            std::fs::create_dir_all(&dir)?;
-            dirs.push(dir.clone());
-            std::fs::write(
-                dir.join("hosts"),
-                format!("127.0.0.1 localhost\n{} {BROKER_NAME}\n", lab.hub_ip()),
-            )?;
-        }
-        Ok(BrokerName(dirs))
-    }
-}
-
-impl Drop for BrokerName {
-    fn drop(&mut self) {
-        for d in &self.0 {
-            let _ = std::fs::remove_dir_all(d);
-        }
-    }
-}
-
-/// `mosquitto_sub`/`mosquitto_pub` from agent `from`'s namespace to the lab's broker (by
-/// name, see [`BrokerName`]), trusting `ca`, with `identity` as client certificate if
-/// given. On Mosquitto (`use_username_as_clientid`) a tool using device A's certificate
-/// takes over A's session, so A's agent reconnects after each one: as intended, a
-/// certificate is one session.
+/// `mosquitto_sub`/`mosquitto_pub` from agent `from`'s namespace to the lab's broker by
+/// IP address (OpenSSL sends it as TLS SNI: both brokers accept that), trusting `ca`,
+/// with `identity` as client certificate if given, and its CN as client id (the embedded
+/// broker's TLS front allows no other; Mosquitto sets it anyway). On either broker a
+/// tool using device A's certificate and id takes over the session of that id, not of
+/// A's agent (`baton-agent-A`).
 fn mq(lab: &Lab, from: usize, prog: &str, ca: &Path, identity: Option<&CertPair>) -> Command {
+    mq_as(
+        lab,
+        from,
+        prog,
+        ca,
+        identity,
+        identity.map(|i| i.cn.as_str()),
+    )
+}
+
+/// [`mq`] with an explicit client id.
+fn mq_as(
+    lab: &Lab,
+    from: usize,
+    prog: &str,
+    ca: &Path,
+    identity: Option<&CertPair>,
+    client_id: Option<&str>,
+) -> Command {
     let mut c = Command::new("ip");
     c.args(["netns", "exec", &lab.agents[from].ns.0, prog]);
-    c.args(["-h", BROKER_NAME, "-p", "8883", "-q", "1"])
+    c.args(["-h", &lab.hub_ip(), "-p", "8883", "-q", "1"])
         .arg("--cafile")
         .arg(ca);
     if let Some(id) = identity {
         c.arg("--cert").arg(&id.cert).arg("--key").arg(&id.key);
+    }
+    if let Some(id) = client_id {
+        c.args(["-i", id]);
     }
     c
 }
@@ -173,7 +168,6 @@ fn strangers_cannot_connect(lab: &Lab) -> Result<()> {
 
 fn scenario(broker: Broker, tag: &str, attacks: impl FnOnce(&mut Lab) -> Result<()>) -> Result<()> {
     let mut lab = Lab::start_mtls(tag, 2, broker)?;
-    let _name = BrokerName::new(&lab)?;
     let result = deploys_and_runs(&lab)
         .and_then(|()| strangers_cannot_connect(&lab))
         .and_then(|()| attacks(&mut lab));
@@ -298,6 +292,20 @@ fn fleet_over_mtls_on_the_embedded_broker() -> Result<()> {
         let b = lab.agents[1].name.clone();
         let cert_a = &pki.agents[0];
 
+        // The TLS front binds the client id to the certificate: A cannot take over B's
+        // agent session (which would disconnect B and publish its last will).
+        for id in [format!("baton-agent-{b}"), b.clone()] {
+            let out = mq_as(lab, 0, "mosquitto_sub", &pki.ca.ca, Some(cert_a), Some(&id))
+                .args(["-t", "baton/v1/#", "-C", "1", "-W", "5"])
+                .output()?;
+            let text = String::from_utf8_lossy(&out.stderr).to_lowercase();
+            ensure!(
+                !out.status.success() && text.contains("not author"),
+                "device A connected as {id}: {out:?}"
+            );
+        }
+        ensure!(ready(lab, &b)?, "{b} is not Ready");
+
         // No per-topic ACL: device A reads B's retained desired state.
         let (got, _) = first_message(
             lab,
@@ -314,11 +322,12 @@ fn fleet_over_mtls_on_the_embedded_broker() -> Result<()> {
         );
 
         // And A's forgery on B's upward topic passes the broker: a subscriber on B's
-        // last-will topic (A itself, again for want of an ACL) receives it.
+        // last-will topic receives it. (The subscriber uses B's certificate and id `B`,
+        // not A's: two clients with A's id would take over each other's session.)
         let watched = lab.dir.path().join("observer.out");
         let mut observer = Proc::spawn(
             "observer",
-            mq(lab, 0, "mosquitto_sub", &pki.ca.ca, Some(cert_a))
+            mq(lab, 1, "mosquitto_sub", &pki.ca.ca, Some(&pki.agents[1]))
                 .args(["-t", &format!("baton/v1/nodes/{b}/up/offline")])
                 .args(["-F", "%t %l"]),
             watched.clone(),
@@ -369,4 +378,181 @@ fn fleet_over_mtls_on_the_embedded_broker() -> Result<()> {
         );
         Ok(())
     })
+}
+
+fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+fn rejections(lab: &Lab, node: &str, reason: &str) -> Result<u64> {
+    let out = lab.baton(&["security", "rejections", "-o", "json"])?;
+    let v: Value = serde_json::from_slice(&out.stdout)?;
+    Ok(v["nodes"][node][reason].as_u64().unwrap_or(0))
+}
+
+/// Restarts the lab's coordinator with enrollment served on the hub address, and its
+/// agents enrolled with one two-use join token (their MQTT certificates stay the lab's).
+fn enroll_fleet(lab: &mut Lab) -> Result<()> {
+    let n = lab.agents.len();
+    for i in 0..n {
+        lab.kill_agent(i);
+    }
+    lab.kill_coordinator();
+    let hub = lab.hub_ip();
+    lab.coordinator_args.extend([
+        "--enroll-listen".to_string(),
+        format!("{hub}:7475"),
+        "--tls-san".to_string(),
+        hub.clone(),
+        "--require-signatures".to_string(),
+    ]);
+    lab.start_coordinator()?;
+    let out = lab.baton(&["token", "create", "--ttl", "1h", "--uses", &n.to_string()])?;
+    let token = String::from_utf8(out.stdout)?.trim().to_owned();
+    ensure!(token.starts_with("bjt1."), "no join token: {token:?}");
+    lab.agent_args = vec![
+        "--join-token".into(),
+        token,
+        "--coordinator-api".into(),
+        format!("https://{hub}:7475"),
+    ];
+    for i in 0..n {
+        lab.start_agent(i)?;
+        let id = lab.agents[i].data_dir.join("identity.json");
+        wait_for(&format!("agent {i} enrolled"), LONG, || {
+            ensure!(
+                lab.agents[i].proc.as_mut().is_some_and(|p| p.is_running()),
+                "agent {i} exited: {}",
+                lab.agent_log(i)
+            );
+            Ok(id.exists().then_some(()))
+        })?;
+    }
+    // Every node Ready again with signed heartbeats (required from now on).
+    for a in &lab.agents {
+        let name = a.name.clone();
+        wait_for(&format!("{name} Ready, signed"), LONG, || {
+            Ok((ready(lab, &name)? && rejections(lab, &name, "unknown-node")? == 0).then_some(()))
+        })?;
+    }
+    Ok(())
+}
+
+/// On the embedded broker (no per-topic ACL) device A, with its own valid certificate,
+/// forges messages for B in both directions; they pass the broker and are refused by
+/// signature: the coordinator counts them, B's agent refuses its forged desired state,
+/// and B's pod keeps the same container processes.
+#[test]
+fn signatures_hold_the_line_on_the_embedded_broker() -> Result<()> {
+    let mut lab = Lab::start_mtls("mts", 2, Broker::Embedded)?;
+    let result = signatures_hold(&mut lab);
+    if result.is_err() {
+        lab.dump_logs();
+    }
+    result
+}
+
+fn signatures_hold(lab: &mut Lab) -> Result<()> {
+    use baton_e2e::container_pids;
+    use baton_e2e::fleet::{node_of, uid};
+    use baton_proto::sign::{self, SigningKey};
+    use baton_proto::{BVec, DesiredState};
+
+    enroll_fleet(lab)?;
+    lab.apply(&EchoDeployment::new(2).yaml(&lab.registry()))?;
+    let pods = wait_pods(lab, "web", 2, LONG, "2 running web pods", is_running)?;
+    let pki = lab.mtls.as_ref().context("mtls lab")?;
+    let b = lab.agents[1].name.clone();
+    let on_b: Vec<&Value> = pods.iter().filter(|p| node_of(p) == b).collect();
+    ensure!(on_b.len() == 1, "expected one pod on {b}: {pods:?}");
+    let b_uid = uid(on_b[0]);
+    let pids = container_pids(&b, &b_uid, "echo");
+    ensure!(!pids.is_empty(), "no container process on {b}");
+
+    let attacker = SigningKey::from_bytes(&[0x42; 32]);
+    let write = |name: &str, env: &Envelope| -> Result<std::path::PathBuf> {
+        let path = lab.dir.path().join(name);
+        std::fs::write(&path, env.encode()?)?;
+        Ok(path)
+    };
+    // Up: B's heartbeat signed by another key, and an unsigned Offline for B.
+    let hb_topic = format!("baton/v1/nodes/{b}/up/heartbeat");
+    let mut hb = Envelope::new(
+        Sender::Node(NodeName::new(&b)?),
+        u64::MAX / 2,
+        Body::Heartbeat(Heartbeat {
+            applied_generation: 0,
+            status_digest: 0,
+        }),
+    );
+    hb.sent_at_ms = now_ms();
+    sign::sign(&mut hb, &hb_topic, &attacker)?;
+    let hb = write("forged-hb", &hb)?;
+    let offline = forged(lab, &b, Body::Offline, "forged-offline")?;
+    // Down: an empty desired state for B, signed by another key and unsigned.
+    let desired_topic = format!("baton/v1/nodes/{b}/down/desired");
+    let desired = |key: Option<&SigningKey>, name: &str| -> Result<std::path::PathBuf> {
+        let mut env = Envelope::new(
+            Sender::Coordinator,
+            u64::MAX / 2,
+            Body::Desired(DesiredState {
+                generation: 1_000_000,
+                pods: BVec::new(),
+                secrets: BVec::new(),
+            }),
+        );
+        env.sent_at_ms = now_ms();
+        if let Some(k) = key {
+            sign::sign(&mut env, &desired_topic, k)?;
+        }
+        write(name, &env)
+    };
+    let desired_signed = desired(Some(&attacker), "forged-desired-signed")?;
+    let desired_unsigned = desired(None, "forged-desired-unsigned")?;
+    let cert_a = &pki.agents[0];
+    for (topic, payload) in [
+        (&hb_topic, &hb),
+        (&format!("baton/v1/nodes/{b}/up/offline"), &offline),
+        (&desired_topic, &desired_signed),
+        (&desired_topic, &desired_unsigned),
+    ] {
+        let out = publish(lab, 0, cert_a, topic, payload, false)?;
+        ensure!(out.status.success(), "mosquitto_pub {topic}: {out:?}");
+    }
+
+    wait_for("the coordinator to count A's forgeries for B", LONG, || {
+        Ok(
+            (rejections(lab, &b, "bad-signature")? >= 1 && rejections(lab, &b, "unsigned")? >= 1)
+                .then_some(()),
+        )
+    })?;
+    wait_for(
+        "B's agent to refuse both forged desired states",
+        LONG,
+        || {
+            let log = lab.agent_log(1);
+            let refusals: Vec<&str> = log
+                .lines()
+                .filter(|l| l.contains("refused a coordinator message"))
+                .collect();
+            let has = |r: &str| refusals.iter().any(|l| l.contains(r));
+            Ok((has("bad-signature") && has("unsigned")).then_some(()))
+        },
+    )?;
+    // B is untouched: Ready, the same pod, the same container processes.
+    std::thread::sleep(Duration::from_secs(3));
+    ensure!(ready(lab, &b)?, "{b} went NotReady");
+    let now = wait_pods(lab, "web", 2, LONG, "2 running web pods", is_running)?;
+    ensure!(
+        now.iter().any(|p| node_of(p) == b && uid(p) == b_uid),
+        "the pod on {b} was replaced: {now:?}"
+    );
+    ensure!(
+        container_pids(&b, &b_uid, "echo") == pids,
+        "the container on {b} was restarted"
+    );
+    Ok(())
 }

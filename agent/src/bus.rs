@@ -247,6 +247,14 @@ impl Bus {
         match (kind, env.body) {
             (Kind::Down(Down::Desired), Body::Desired(d)) => Some(BusEvent::Desired(d)),
             (Kind::Down(Down::Control), Body::StatusRequest) => Some(BusEvent::StatusRequest),
+            // Only a verified request counts: without an identity there is nothing to rotate.
+            (Kind::Down(Down::Control), Body::RotateKey) => match &self.security {
+                Some(sec) => {
+                    sec.rotate_in_background();
+                    None
+                }
+                None => reject("key rotation asked of a node without an identity"),
+            },
             _ => reject("not a coordinator-to-agent message"),
         }
     }

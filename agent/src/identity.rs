@@ -482,6 +482,8 @@ struct Inner {
     state: Mutex<State>,
     refused: Mutex<BTreeMap<&'static str, u64>>,
     duplicates: AtomicU64,
+    /// A coordinator-requested rotation ([`AgentSecurity::rotate_in_background`]) runs.
+    rotating: std::sync::atomic::AtomicBool,
 }
 
 impl AgentSecurity {
@@ -523,12 +525,33 @@ impl AgentSecurity {
                 }),
                 refused: Mutex::new(BTreeMap::new()),
                 duplicates: AtomicU64::new(0),
+                rotating: std::sync::atomic::AtomicBool::new(false),
             }),
         })
     }
 
     pub fn node(&self) -> &NodeName {
         &self.inner.node
+    }
+
+    /// On a verified `RotateKey` (`baton node rotate`): runs [`rotate`] in a task of its
+    /// own, as `baton-agent rotate` would, so the bus keeps going and no container
+    /// restarts; [`AgentSecurity::seal`] picks the new key up from the identity file. At
+    /// most one rotation runs at a time; a request during one is ignored.
+    pub fn rotate_in_background(&self) {
+        use std::sync::atomic::Ordering;
+        if self.inner.rotating.swap(true, Ordering::SeqCst) {
+            info!(node = %self.inner.node, "a key rotation is already running");
+            return;
+        }
+        let inner = self.inner.clone();
+        tokio::spawn(async move {
+            info!(node = %inner.node, "the coordinator asked for a key rotation");
+            if let Err(e) = rotate(&inner.identity_path, None).await {
+                warn!(node = %inner.node, error = %e, "key rotation failed; keeping the current key");
+            }
+            inner.rotating.store(false, Ordering::SeqCst);
+        });
     }
 
     fn state(&self) -> std::sync::MutexGuard<'_, State> {

@@ -416,6 +416,8 @@ struct SecState {
 /// POST   /api/v1/tokens/join                enroll::CreateJoinToken -> {"token", ...} (admin)
 /// DELETE /api/v1/tokens/join/ID                                                      (admin)
 /// POST   /api/v1/nodes/NAME/revoke                                                   (admin)
+/// POST   /api/v1/nodes/NAME/rotate-key      -> security::IdentitySummary (before)    (admin)
+/// GET    /api/v1/nodes/NAME/identity        security::IdentitySummary                (read-only)
 /// GET    /api/v1/security/rejections        security::RejectionReport                (read-only)
 /// ```
 /// The first three authenticate themselves (join token, node signature) and are capped
@@ -432,6 +434,8 @@ pub fn security_router(
         .route("/api/v1/tokens/join", get(list_join).post(create_join))
         .route("/api/v1/tokens/join/{id}", delete_route(delete_join))
         .route("/api/v1/nodes/{name}/revoke", post(revoke))
+        .route("/api/v1/nodes/{name}/rotate-key", post(rotate_key))
+        .route("/api/v1/nodes/{name}/identity", get(node_identity))
         .route("/api/v1/security/rejections", get(rejections))
         .layer(axum::middleware::from_fn_with_state(tokens, require_token))
         .layer(axum::extract::DefaultBodyLimit::max(MAX_BODY_BYTES));
@@ -574,6 +578,31 @@ async fn revoke(State(state): State<SecState>, Path(name): Path<String>) -> Repl
         )
         .await?,
     )))
+}
+
+fn security_failure(e: crate::security::SecurityError) -> Failure {
+    use crate::security::SecurityError as E;
+    match e {
+        E::NotEnrolled(_) => Failure(StatusCode::NOT_FOUND, e.to_string()),
+        E::Revoked(_) => Failure(StatusCode::CONFLICT, e.to_string()),
+        E::NotQueued(_) => Failure(StatusCode::SERVICE_UNAVAILABLE, e.to_string()),
+        other => Failure(StatusCode::INTERNAL_SERVER_ERROR, other.to_string()),
+    }
+}
+
+async fn rotate_key(State(state): State<SecState>, Path(name): Path<String>) -> Reply {
+    let before = state
+        .security
+        .request_rotation(&name)
+        .map_err(security_failure)?;
+    Ok(Json(json!(before)))
+}
+
+async fn node_identity(State(state): State<SecState>, Path(name): Path<String>) -> Reply {
+    let rec = state.security.identity(&name).ok_or_else(|| {
+        security_failure(crate::security::SecurityError::NotEnrolled(name.clone()))
+    })?;
+    Ok(Json(json!(crate::security::IdentitySummary::from(&rec))))
 }
 
 async fn rejections(State(state): State<SecState>) -> Reply {

@@ -78,6 +78,39 @@ pub enum SecurityError {
     Encode(#[from] ProtoError),
     #[error("cannot sign an outbound message: {0}")]
     Sign(#[from] SignError),
+    #[error("node {0:?} is revoked")]
+    Revoked(String),
+    #[error("cannot queue the key rotation request for node {0:?}: the MQTT bridge is not running or is full")]
+    NotQueued(String),
+}
+
+/// What `baton node identity` shows of an enrolled node: its keys and their validity,
+/// never the certificate or anything secret.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct IdentitySummary {
+    pub node: String,
+    pub public_key: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub previous_key: Option<String>,
+    pub previous_valid_until_ms: u64,
+    pub not_after: u64,
+    pub enrolled_at: String,
+    pub revoked: bool,
+}
+
+impl From<&IdentityRecord> for IdentitySummary {
+    fn from(r: &IdentityRecord) -> Self {
+        Self {
+            node: r.node.clone(),
+            public_key: r.public_key.clone(),
+            previous_key: r.previous_key.clone(),
+            previous_valid_until_ms: r.previous_valid_until_ms,
+            not_after: r.not_after,
+            enrolled_at: r.enrolled_at.clone(),
+            revoked: r.revoked,
+        }
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -523,6 +556,39 @@ impl Security {
             tracing::warn!(node, "node identity revoked");
         }
         Ok(rec)
+    }
+
+    /// `baton node rotate`: queues a signed `RotateKey` on the node's control topic. The
+    /// agent then rotates as `baton-agent rotate` does (a new key, a request signed by
+    /// the current one to the rotate route), so the new key arrives through
+    /// [`crate::enroll`] and both keys are accepted for the overlap. Not retained: a node
+    /// that is offline now is not rotated later by surprise; ask again.
+    pub fn request_rotation(&self, node: &str) -> Result<IdentitySummary, SecurityError> {
+        let rec = self
+            .identity(node)
+            .ok_or_else(|| SecurityError::NotEnrolled(node.to_owned()))?;
+        if rec.revoked {
+            return Err(SecurityError::Revoked(node.to_owned()));
+        }
+        let name = NodeName::new(node).map_err(|_| SecurityError::NotEnrolled(node.to_owned()))?;
+        let queued = self
+            .nudge
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .as_ref()
+            .is_some_and(|tx| {
+                tx.try_send(Outbound {
+                    node: name,
+                    body: Body::RotateKey,
+                    retain: false,
+                })
+                .is_ok()
+            });
+        if !queued {
+            return Err(SecurityError::NotQueued(node.to_owned()));
+        }
+        tracing::info!(node, "key rotation requested");
+        Ok(IdentitySummary::from(&rec))
     }
 
     /// Names of revoked nodes (the core keeps them out of scheduling).

@@ -408,6 +408,8 @@ fn enroll_fleet(lab: &mut Lab) -> Result<()> {
         "--tls-san".to_string(),
         hub.clone(),
         "--require-signatures".to_string(),
+        "--rotation-overlap".to_string(),
+        "3s".to_string(),
     ]);
     lab.start_coordinator()?;
     let out = lab.baton(&["token", "create", "--ttl", "1h", "--uses", &n.to_string()])?;
@@ -554,5 +556,80 @@ fn signatures_hold(lab: &mut Lab) -> Result<()> {
         container_pids(&b, &b_uid, "echo") == pids,
         "the container on {b} was restarted"
     );
+
+    // `baton node rotate` while B's pod runs: the coordinator asks B's agent, which
+    // rotates in place. B keeps its pod and stays Ready; its enrolled key changed; a
+    // message signed with the old key is refused once the 3 s overlap is over.
+    let identity = |lab: &Lab| -> Result<Value> {
+        Ok(serde_json::from_slice(
+            &lab.baton(&["node", "identity", &b, "-o", "json"])?.stdout,
+        )?)
+    };
+    let old_pub = identity(lab)?["publicKey"].clone();
+    let file: Value = serde_json::from_slice(&std::fs::read(
+        lab.agents[1].data_dir.join("identity.json"),
+    )?)?;
+    let old_seed = base64_decode(file["privateKey"].as_str().context("privateKey")?)?;
+    let old_key = SigningKey::from_bytes(
+        &old_seed
+            .try_into()
+            .map_err(|_| anyhow::anyhow!("a 32-byte seed"))?,
+    );
+    let out = lab.baton(&["node", "rotate", &b])?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    ensure!(text.contains("key rotated"), "baton node rotate: {text}");
+    let new_pub = identity(lab)?["publicKey"].clone();
+    ensure!(new_pub != old_pub, "the enrolled key of {b} did not change");
+    let file: Value = serde_json::from_slice(&std::fs::read(
+        lab.agents[1].data_dir.join("identity.json"),
+    )?)?;
+    ensure!(
+        base64_decode(file["privateKey"].as_str().context("privateKey")?)? != old_key.to_bytes(),
+        "the device key in {b}'s identity file did not change"
+    );
+    let sig_before = rejections(lab, &b, "bad-signature")?;
+    std::thread::sleep(Duration::from_secs(6));
+    ensure!(ready(lab, &b)?, "{b} is not Ready after rotation");
+    ensure!(
+        rejections(lab, &b, "bad-signature")? == sig_before,
+        "messages of {b} were refused after rotation"
+    );
+    ensure!(
+        container_pids(&b, &b_uid, "echo") == pids,
+        "rotation restarted the container on {b}"
+    );
+    let mut old = Envelope::new(
+        Sender::Node(NodeName::new(&b)?),
+        u64::MAX / 2,
+        Body::Heartbeat(Heartbeat {
+            applied_generation: 0,
+            status_digest: 0,
+        }),
+    );
+    old.sent_at_ms = now_ms();
+    sign::sign(&mut old, &hb_topic, &old_key)?;
+    let old = write("old-key-hb", &old)?;
+    let out = publish(lab, 0, cert_a, &hb_topic, &old, false)?;
+    ensure!(out.status.success(), "mosquitto_pub: {out:?}");
+    wait_for("the old key to be refused after the overlap", LONG, || {
+        Ok((rejections(lab, &b, "bad-signature")? > sig_before).then_some(()))
+    })?;
     Ok(())
+}
+
+fn base64_decode(s: &str) -> Result<Vec<u8>> {
+    use std::io::Write;
+    let mut child = Command::new("base64")
+        .arg("-d")
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()?;
+    child
+        .stdin
+        .take()
+        .context("stdin")?
+        .write_all(s.as_bytes())?;
+    let out = child.wait_with_output()?;
+    ensure!(out.status.success(), "base64 -d: {out:?}");
+    Ok(out.stdout)
 }

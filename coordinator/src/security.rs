@@ -196,6 +196,8 @@ pub enum Reason {
     Replay,
     /// `sent_at_ms` outside the window.
     Stale,
+    /// The node's certificate is past its notAfter (rotate before it).
+    Expired,
 }
 
 impl Reason {
@@ -209,6 +211,7 @@ impl Reason {
             Reason::Revoked => "revoked",
             Reason::Replay => "replay",
             Reason::Stale => "stale",
+            Reason::Expired => "expired",
         }
     }
 }
@@ -423,6 +426,13 @@ impl Security {
         };
         if id.revoked {
             return Err(reject(Reason::Revoked, "node's identity was revoked"));
+        }
+        // 0: a record without an expiry (none is issued so).
+        if id.not_after != 0 && now_ms / 1000 >= id.not_after {
+            return Err(reject(
+                Reason::Expired,
+                format!("node certificate expired at {} (Unix s)", id.not_after),
+            ));
         }
         let keys = id.keys(now_ms);
         sign::verify_any(&env, topic, &keys).map_err(|e| match e {
@@ -818,6 +828,23 @@ mod tests {
             sec.revoke("nope"),
             Err(SecurityError::NotEnrolled(_))
         ));
+    }
+
+    #[test]
+    fn messages_of_an_expired_certificate_are_refused() {
+        let (sec, _ck, _dir) = setup(false);
+        let key = SigningKey::from_bytes(&[9; 32]);
+        let mut rec = record("pi-9", &key.verifying_key());
+        let now = 1_800_000_000_000u64;
+        rec.not_after = now / 1000 + 60;
+        sec.install(rec, vec![]).unwrap();
+        let (t, p) = msg("pi-9", "heartbeat", hb(), 1, now, Some(&key));
+        assert!(sec.verify(&t, &p, now).is_ok());
+        // A minute later the certificate has expired: refused, however well signed.
+        let later = now + 60_000;
+        let (t, p) = msg("pi-9", "heartbeat", hb(), 2, later, Some(&key));
+        assert_eq!(reason(sec.verify(&t, &p, later)), Some(Reason::Expired));
+        assert_eq!(Reason::Expired.as_str(), "expired");
     }
 
     #[test]

@@ -54,9 +54,10 @@ fn main() -> ExitCode {
     let is_server = matches!(cli.command, Command::Server(_));
     // Without RUST_LOG: rumqttd logs every connect at INFO and every disconnect (and our
     // readiness probe) at ERROR in its broker module; bind failures it would log there are
-    // reported by `broker::start` itself.
+    // reported by `broker::start` itself. rustls warns about every OpenSSL client that sends
+    // an IP address as SNI (mosquitto_pub -h IP): harmless, so only its errors are kept.
     let default_filter = if is_server {
-        "info,rumqttd=warn,rumqttd::server::broker=off"
+        "info,rumqttd=warn,rumqttd::server::broker=off,rustls=error"
     } else {
         "warn"
     };

@@ -441,6 +441,8 @@ fn container_reason(
     Some(word.to_owned())
 }
 
+/// `initializing`: the pod's init containers have not all completed (always true for an
+/// init container itself), so a container not yet started waits with `PodInitializing`.
 fn container_status(
     c: &proto::ContainerStatus,
     policy: api::RestartPolicy,
@@ -483,7 +485,7 @@ pub fn pod_status(
     let init_container_statuses: Vec<api::ContainerStatus> = s
         .init_containers
         .iter()
-        .map(|c| container_status(c, policy, true, false))
+        .map(|c| container_status(c, policy, true, true))
         .collect();
     let initializing = init_container_statuses
         .iter()
@@ -974,6 +976,17 @@ spec:
             reason: BString::new("OOMKilled").unwrap(),
             finished_at_ms: 1_700_000_000_000,
         });
+        // An init container not yet started waits on the pod's initialization, which
+        // kubectl shows as `Init:0/1`.
+        let st = pod_status(
+            &report(vec![cstatus("i", S::Pulling, 0, false)], waiting()),
+            &spec(Always),
+            None,
+        );
+        assert_eq!(
+            reasons(&st),
+            (vec![s("PodInitializing")], vec![s("PodInitializing")])
+        );
         let st = pod_status(&report(vec![], vec![oom.clone()]), &spec(Always), None);
         assert_eq!(reasons(&st).1, vec![s("CrashLoopBackOff")]);
         let last = st.container_statuses[0]

@@ -14,6 +14,10 @@
 #   REG_TLS_CERT=FILE REG_TLS_KEY=FILE   serve HTTPS with this certificate
 #   REG_STORAGE=DIR     storage root (default DATA_DIR/storage); lets a second
 #                            registry serve what another one holds
+#   REG_TOKEN_REALM=URL REG_TOKEN_SERVICE=NAME REG_TOKEN_ISSUER=NAME REG_TOKEN_ROOTCERTS=FILE
+#                       bearer-token auth as Docker Hub does it: clients are sent to the
+#                       realm for a JWT, which must be issued by ISSUER for SERVICE and signed
+#                       by a key whose certificate is in the PEM bundle (not with REG_HTPASSWD)
 # (Not REGISTRY_*: docker-registry reads those as overrides of its own config.)
 set -euo pipefail
 
@@ -42,6 +46,13 @@ case "$action" in
     extra=""
     if [ -n "${REG_HTPASSWD:-}" ]; then
       extra+=$'auth:\n  htpasswd:\n    realm: baton-registry\n    path: '"$REG_HTPASSWD"$'\n'
+    fi
+    if [ -n "${REG_TOKEN_REALM:-}" ]; then
+      [ -z "${REG_HTPASSWD:-}" ] || { echo "registry.sh: REG_HTPASSWD and REG_TOKEN_REALM exclude each other" >&2; exit 2; }
+      extra+=$'auth:\n  token:\n    realm: '"$REG_TOKEN_REALM"
+      extra+=$'\n    service: '"${REG_TOKEN_SERVICE:?REG_TOKEN_SERVICE is needed with REG_TOKEN_REALM}"
+      extra+=$'\n    issuer: '"${REG_TOKEN_ISSUER:?REG_TOKEN_ISSUER is needed with REG_TOKEN_REALM}"
+      extra+=$'\n    rootcertbundle: '"${REG_TOKEN_ROOTCERTS:?REG_TOKEN_ROOTCERTS is needed with REG_TOKEN_REALM}"$'\n'
     fi
     if [ -n "${REG_TLS_CERT:-}" ]; then
       scheme=https

@@ -18,6 +18,7 @@ use serde_json::Value;
 pub mod certs;
 pub mod fleet;
 pub mod proxy;
+pub mod token_server;
 
 pub fn repo_root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))

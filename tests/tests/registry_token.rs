@@ -19,7 +19,7 @@ use std::time::Duration;
 use anyhow::{bail, ensure, Context, Result};
 use baton_e2e::proxy::Proxy;
 use baton_e2e::token_server::{Presented, TokenServer};
-use baton_e2e::{bin, items, repo_root, sh, wait_for, Broker, Lab, Proc};
+use baton_e2e::{items, repo_root, sh, wait_for, Broker, Lab};
 use serde_json::{json, Value};
 
 const LONG: Duration = Duration::from_secs(180);
@@ -342,6 +342,206 @@ async fn token_flow_through_the_image_store() -> Result<()> {
             .all(|r| r.status != Some(200) || r.path == "/v2/"),
         "the registry served something to a wrong password: {:?}",
         proxy.requests()
+    );
+    Ok(())
+}
+
+// ----- 2. real agents, node credentials and imagePullSecrets ------------------------------
+
+fn get_pod(lab: &Lab, name: &str) -> Result<Value> {
+    lab.get_json(&["get", "pod", name])
+}
+
+fn wait_running(lab: &Lab, name: &str) -> Result<Value> {
+    wait_for(&format!("pod {name} Running"), LONG, || {
+        let p = get_pod(lab, name)?;
+        let running = p["status"]["phase"] == "Running"
+            && p["status"]["containerStatuses"][0]["state"]["running"].is_object();
+        Ok(running.then_some(p))
+    })
+}
+
+/// Waits until the pod's container reports a failure containing `needle`; returns it.
+fn wait_failed(lab: &Lab, name: &str, needle: &str) -> Result<String> {
+    wait_for(&format!("pod {name} to fail with {needle:?}"), LONG, || {
+        let p = get_pod(lab, name)?;
+        let reason = p["status"]["containerStatuses"][0]["state"]["failed"]["reason"]
+            .as_str()
+            .unwrap_or_default()
+            .to_owned();
+        if reason.contains(needle) {
+            Ok(Some(reason))
+        } else {
+            bail!("status now: {}", p["status"])
+        }
+    })
+}
+
+/// A pod pinned to `node` that sleeps, always pulling, with extra pod-spec YAML.
+fn pod(name: &str, node: &str, image: &str, spec_extra: &str) -> String {
+    format!(
+        "apiVersion: v1\nkind: Pod\nmetadata:\n  name: {name}\nspec:\n  nodeSelector: {{kubernetes.io/hostname: {node}}}\n  terminationGracePeriodSeconds: 1\n{spec_extra}  containers:\n  - name: c\n    image: {image}\n    imagePullPolicy: Always\n    command: [sleep, '3600']\n"
+    )
+}
+
+fn join_token(lab: &Lab) -> Result<String> {
+    let out = lab.baton(&["token", "create"])?;
+    let t = String::from_utf8(out.stdout)?.trim().to_owned();
+    ensure!(t.starts_with("bjt1."), "no join token printed: {t:?}");
+    Ok(t)
+}
+
+#[test]
+fn agents_pull_through_the_token_flow() -> Result<()> {
+    let mut lab = Lab::start("tok", 3, Broker::Embedded)?;
+    let r = agent_steps(&mut lab);
+    if r.is_err() {
+        lab.dump_logs();
+    }
+    r
+}
+
+fn agent_steps(lab: &mut Lab) -> Result<()> {
+    let hub = lab.hub_ip();
+    let dir = lab.dir.path().join("token-test");
+    fs::create_dir_all(&dir)?;
+    let tokens = TokenServer::start(
+        Some(&lab.hub.0),
+        &format!("{hub}:0"),
+        &dir.join("token"),
+        SERVICE,
+        ISSUER,
+    )?;
+    tokens.add_user("baton", "s3cret");
+    tokens.make_public("baton/busybox");
+    let tok_addr = format!("{hub}:{TOKEN_REG_PORT}");
+    let _registry = start_token_registry(
+        Some(&lab.hub),
+        &tok_addr,
+        &dir.join("tokreg"),
+        &lab.dir.path().join("registry/storage"),
+        &tokens,
+    )?;
+    preflight(Some(&lab.hub), &tok_addr, &tokens)?;
+    let proxy = Proxy::start(Some(&lab.hub.0), &format!("{hub}:0"), &tok_addr)?;
+    let reg = proxy.addr();
+
+    // Secrets are only sealed to enrolled nodes: restart the fleet enrolled, each agent
+    // with its own node-level registry config (A right, B wrong, C none).
+    for i in 0..3 {
+        lab.kill_agent(i);
+    }
+    lab.kill_coordinator();
+    lab.coordinator_args.extend([
+        "--enroll-listen".to_string(),
+        format!("{hub}:{ENROLL_PORT}"),
+        "--tls-san".to_string(),
+        hub.clone(),
+    ]);
+    lab.start_coordinator()?;
+    let configs = [
+        Some(docker_config(&dir, "good.json", &reg, "s3cret")?),
+        Some(docker_config(&dir, "bad.json", &reg, "wrong")?),
+        None,
+    ];
+    for (i, config) in configs.iter().enumerate() {
+        let mut args = vec![
+            "--join-token".to_string(),
+            join_token(lab)?,
+            "--coordinator-api".to_string(),
+            format!("https://{hub}:{ENROLL_PORT}"),
+            "--insecure-registry".to_string(),
+            reg.clone(),
+        ];
+        if let Some(path) = config {
+            args.push("--registry-config".into());
+            args.push(path.display().to_string());
+        }
+        lab.agent_args = args;
+        lab.spawn_agent(i)?;
+        // The node may still show Ready from before the restart: wait for the identity too.
+        let (name, id_file) = (
+            lab.agents[i].name.clone(),
+            lab.agents[i].data_dir.join("identity.json"),
+        );
+        wait_for(&format!("{name} enrolled and Ready"), LONG, || {
+            let nodes = lab.get_json(&["get", "nodes"])?;
+            let ready = items(&nodes)
+                .iter()
+                .any(|n| n["metadata"]["name"] == name.as_str() && n["status"]["ready"] == true);
+            Ok((ready && id_file.exists()).then_some(()))
+        })?;
+    }
+    lab.agent_args.clear();
+    let node = |i: usize| lab.agents[i].name.clone();
+    let (na, nb, nc) = (node(0), node(1), node(2));
+    let echo = format!("{reg}/baton/http-echo:1");
+    let echo_scope = "repository:baton/http-echo:pull";
+
+    // A: node credentials, one token for the whole pull.
+    let n = tokens.requests().len();
+    proxy.clear_log();
+    lab.apply(&pod("good", &na, &echo, ""))?;
+    wait_running(lab, "good")?;
+    let asked = token_requests_for(&tokens, n, echo_scope);
+    let blob_gets = proxy
+        .requests()
+        .iter()
+        .filter(|r| r.method == "GET" && r.path.contains("/blobs/"))
+        .count();
+    eprintln!(
+        "FIGURE agent token pull of http-echo:1: {} token request(s), {blob_gets} blob GETs",
+        asked.len()
+    );
+    ensure!(
+        asked == vec![Presented::Valid("baton".into())],
+        "token requests for one pull by the agent: {asked:?}"
+    );
+    ensure!(blob_gets >= 3, "only {blob_gets} blob GETs");
+
+    // B: a wrong password in the node's config.
+    lab.apply(&pod("badpw", &nb, &echo, ""))?;
+    let reason = wait_failed(lab, "badpw", "ImagePullFailed: unauthorized")?;
+    eprintln!("FIGURE token registry, wrong password: {reason}");
+    ensure!(
+        tokens
+            .requests()
+            .iter()
+            .any(|r| r.presented == Presented::Invalid("baton".into()) && r.status == 401),
+        "the token server never saw the wrong password"
+    );
+
+    // C: no credentials. A private repository is refused, a public one pulls anonymously.
+    let n = tokens.requests().len();
+    lab.apply(&pod("anon", &nc, &echo, ""))?;
+    let reason = wait_failed(lab, "anon", "ImagePullFailed: unauthorized")?;
+    eprintln!("FIGURE token registry, anonymous: {reason}");
+    ensure!(
+        token_requests_for(&tokens, n, echo_scope)
+            .iter()
+            .all(|p| *p == Presented::Anonymous),
+        "C sent credentials it does not have"
+    );
+    lab.apply(&pod("public", &nc, &format!("{reg}/baton/busybox:1"), ""))?;
+    wait_running(lab, "public")?;
+
+    // C again, with the credentials in a coordinator secret (imagePullSecrets).
+    let cfg = json!({"auths": {reg.clone(): {"username": "baton", "password": "s3cret"}}});
+    lab.apply(&format!(
+        "apiVersion: v1\nkind: Secret\nmetadata:\n  name: regcred\ntype: kubernetes.io/dockerconfigjson\nstringData:\n  .dockerconfigjson: '{cfg}'\n"
+    ))?;
+    let n = tokens.requests().len();
+    lab.apply(&pod(
+        "withsecret",
+        &nc,
+        &echo,
+        "  imagePullSecrets: [{name: regcred}]\n",
+    ))?;
+    wait_running(lab, "withsecret")?;
+    let asked = token_requests_for(&tokens, n, echo_scope);
+    ensure!(
+        asked.contains(&Presented::Valid("baton".into())),
+        "the secret's credentials never reached the token server: {asked:?}"
     );
     Ok(())
 }

@@ -70,6 +70,10 @@ struct RunArgs {
         default_value = "/var/lib/baton-agent"
     )]
     data_dir: PathBuf,
+    /// Runtime files that must not reach a disk (OCI bundles: they hold secret env values);
+    /// a tmpfs is mounted here unless it is one already. Per node, so agents can share it.
+    #[arg(long, env = "BATON_AGENT_RUN_DIR", default_value = "/run/baton")]
+    run_dir: PathBuf,
     /// Node labels, e.g. `zone=lab,disk=ssd`.
     #[arg(long, env = "BATON_LABELS", value_delimiter = ',')]
     labels: Vec<String>,
@@ -301,6 +305,7 @@ fn config(a: RunArgs, identity: Option<IdentityFile>) -> Result<AgentConfig> {
         node,
         coordinator: a.coordinator,
         data_dir: a.data_dir,
+        run_dir: a.run_dir,
         labels,
         allocatable,
         pod_cidr: a.pod_cidr,

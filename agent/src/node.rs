@@ -50,6 +50,8 @@ pub struct AgentConfig {
     pub node: NodeName,
     pub coordinator: String,
     pub data_dir: PathBuf,
+    /// Where OCI bundles go, on a tmpfs (see [`crate::runtime::tmpfs_bundles_dir`]).
+    pub run_dir: PathBuf,
     pub labels: Vec<(String, String)>,
     pub allocatable: Capacity,
     pub address: Option<IpAddr>,
@@ -937,8 +939,12 @@ pub fn build_deps(
         })?;
         Ok(p)
     };
-    let runtime =
-        crate::runtime::youki::YoukiRuntime::new(dir(cfg.data_dir.join("runtime"))?, exits)?;
+    let bundles = crate::runtime::tmpfs_bundles_dir(&cfg.run_dir, cfg.node.as_str())?;
+    let runtime = crate::runtime::youki::YoukiRuntime::with_bundles_dir(
+        dir(cfg.data_dir.join("runtime"))?,
+        bundles,
+        exits,
+    )?;
     let registry_config = match &cfg.registry_config {
         Some(p) => crate::image::RegistryConfig::load(p).map_err(Box::new)?,
         None => Default::default(),

@@ -288,21 +288,29 @@ fn steps(lab: &mut Lab) -> Result<()> {
                 continue;
             }
             let bytes = std::fs::read(&f).unwrap_or_default();
-            // Known gap, outside this feature: the OCI bundle's config.json carries the
-            // process env (as with runc and containerd, whose bundles live on /run). It is
-            // reported, not hidden; every other file must be clean.
-            let bundle_config =
-                f.ends_with("config.json") && f.components().any(|c| c.as_os_str() == "bundles");
-            if bundle_config {
-                if contains(&bytes, value.as_bytes()) {
-                    eprintln!("FINDING env secret in the OCI bundle: {}", f.display());
-                }
-                continue;
-            }
             ensure!(
                 !contains(&bytes, value.as_bytes()),
                 "{} of {node} holds the value",
                 f.display()
+            );
+        }
+        // The env value does reach the OCI bundle (the runtime needs it), which the agent
+        // keeps on a tmpfs of its own under /run/baton: memory, never the disk.
+        if i == 0 {
+            let bundles = std::path::Path::new("/run/baton")
+                .join(node.as_str())
+                .join("bundles");
+            ensure!(
+                tmpfs.iter().any(|m| bundles.starts_with(m)),
+                "{} is not on a tmpfs (tmpfs mounts: {tmpfs:?})",
+                bundles.display()
+            );
+            ensure!(
+                files_under(&bundles)
+                    .iter()
+                    .any(|f| contains(&std::fs::read(f).unwrap_or_default(), value.as_bytes())),
+                "no bundle under {} carries the env value: where did it go?",
+                bundles.display()
             );
         }
         let desired = baton_agent::state::StateFile::new(dir).load()?;

@@ -338,6 +338,69 @@ impl RunSpec {
     }
 }
 
+/// Where this node's OCI bundles go: `<run_dir>/<node>/bundles`, on a tmpfs.
+///
+/// A bundle's `config.json` holds the container's environment, secret values included, so
+/// it must never reach a disk (runc and containerd keep bundles on `/run` for the same
+/// reason). If `run_dir` is not a tmpfs already (systemd makes `/run` one, but not every
+/// image or container host does), a small tmpfs is mounted on it, under a lock so agents
+/// of several nodes on one machine never stack mounts and hide each other's bundles.
+/// Bundles vanish with a reboot, exactly like the containers they describe.
+pub fn tmpfs_bundles_dir(run_dir: &Path, node: &str) -> Result<PathBuf, RuntimeError> {
+    use nix::fcntl::{Flock, FlockArg};
+    use nix::mount::{mount, MsFlags};
+    use std::os::unix::fs::DirBuilderExt;
+
+    let io = |path: &Path| {
+        let path = path.to_owned();
+        move |source: std::io::Error| RuntimeError::Io { path, source }
+    };
+    let nix_io = |path: &Path| {
+        let path = path.to_owned();
+        move |e: nix::errno::Errno| RuntimeError::Io {
+            path,
+            source: std::io::Error::from(e),
+        }
+    };
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(run_dir)
+        .map_err(io(run_dir))?;
+    let is_tmpfs = |p: &Path| {
+        nix::sys::statfs::statfs(p).map(|s| s.filesystem_type() == nix::sys::statfs::TMPFS_MAGIC)
+    };
+    if !is_tmpfs(run_dir).map_err(nix_io(run_dir))? {
+        // The lock file sits beside the mount point, not under it: a mount would hide it.
+        let lock_path = run_dir.with_extension("lock");
+        let file = std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&lock_path)
+            .map_err(io(&lock_path))?;
+        let _guard =
+            Flock::lock(file, FlockArg::LockExclusive).map_err(|(_, e)| nix_io(&lock_path)(e))?;
+        if !is_tmpfs(run_dir).map_err(nix_io(run_dir))? {
+            mount(
+                Some("tmpfs"),
+                run_dir,
+                Some("tmpfs"),
+                MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC,
+                Some("mode=0700,size=64m"),
+            )
+            .map_err(nix_io(run_dir))?;
+        }
+    }
+    let dir = run_dir.join(node).join("bundles");
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(&dir)
+        .map_err(io(&dir))?;
+    Ok(dir)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -5,7 +5,9 @@
 //! Layout under `state_dir`:
 //! - `containers/<id>/`: libcontainer's own state (what `list` reads, what `Container::load`
 //!   finds again after an agent restart);
-//! - `bundles/<id>/config.json`: the OCI spec we generated.
+//! - `bundles/<id>/config.json`: the OCI spec we generated. The agent puts bundles on a tmpfs
+//!   instead ([`YoukiRuntime::with_bundles_dir`], [`super::tmpfs_bundles_dir`]): they hold
+//!   the containers' environment, secret values included.
 //!
 //! Reaping: libcontainer clones the container's init with `CLONE_PARENT`, so the init is *our*
 //! child and nobody else will reap it. Each container gets a small thread that blocks in
@@ -196,8 +198,17 @@ impl YoukiRuntime {
         state_dir: PathBuf,
         exits: UnboundedSender<ExitEvent>,
     ) -> Result<Self, RuntimeError> {
-        let containers_dir = state_dir.join("containers");
         let bundles_dir = state_dir.join("bundles");
+        Self::with_bundles_dir(state_dir, bundles_dir, exits)
+    }
+
+    /// [`YoukiRuntime::new`], with the bundles somewhere else than the state directory.
+    pub fn with_bundles_dir(
+        state_dir: PathBuf,
+        bundles_dir: PathBuf,
+        exits: UnboundedSender<ExitEvent>,
+    ) -> Result<Self, RuntimeError> {
+        let containers_dir = state_dir.join("containers");
         for d in [&containers_dir, &bundles_dir] {
             fs::create_dir_all(d).map_err(io_err(d))?;
         }
@@ -1108,20 +1119,28 @@ impl Runtime for YoukiRuntime {
         let (stdin, stdout, stderr) = (devnull(null)?, devnull(null)?, devnull(null)?);
         let pid = {
             let _lc = lock(&LIBCONTAINER);
-            let pid = ContainerBuilder::new(id.to_string(), SyscallType::default())
-                .with_root_path(&self.containers_dir)
-                .map(|b| {
-                    b.with_executor(ExplicitEnvExecutor::default())
-                        .with_stdin(stdin)
-                        .with_stdout(stdout)
-                        .with_stderr(stderr)
-                        .as_tenant()
-                        .with_container_args(args.to_vec())
-                        .with_detach(true)
-                        .with_user(user.as_ref().map(|u| u.uid()))
-                        .with_group(user.as_ref().map(|u| u.gid()))
-                })
-                .and_then(|b| b.build());
+            // No logging in the forked child: libcgroups logs a warning on every cgroup join
+            // (e.g. perf_event missing on v1 hosts), and a child that logs takes the log
+            // writer's lock, which another agent thread may have held at fork time: the
+            // child then hangs forever, and this build with it (seen within minutes with
+            // exec probes every 2 s). The child inherits this thread's scoped dispatcher.
+            let quiet = tracing::subscriber::NoSubscriber::default();
+            let pid = tracing::subscriber::with_default(quiet, || {
+                ContainerBuilder::new(id.to_string(), SyscallType::default())
+                    .with_root_path(&self.containers_dir)
+                    .map(|b| {
+                        b.with_executor(ExplicitEnvExecutor::default())
+                            .with_stdin(stdin)
+                            .with_stdout(stdout)
+                            .with_stderr(stderr)
+                            .as_tenant()
+                            .with_container_args(args.to_vec())
+                            .with_detach(true)
+                            .with_user(user.as_ref().map(|u| u.uid()))
+                            .with_group(user.as_ref().map(|u| u.gid()))
+                    })
+                    .and_then(|b| b.build())
+            });
             // libcontainer leaves the tenant's notify socket behind: one file per exec, every
             // probe period, forever. Builds are serialised by the lock, so none is in use now.
             remove_tenant_sockets(&self.container_dir(id));

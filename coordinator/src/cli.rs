@@ -436,7 +436,12 @@ pub struct ServerArgs {
     pub tls_auto: bool,
     /// Extra names or addresses for the --tls-auto and --enroll-listen certificates (repeatable;
     /// comma-separated in the environment).
-    #[arg(long = "tls-san", value_name = "NAME", env = "BATON_TLS_SAN", value_delimiter = ',')]
+    #[arg(
+        long = "tls-san",
+        value_name = "NAME",
+        env = "BATON_TLS_SAN",
+        value_delimiter = ','
+    )]
     pub tls_sans: Vec<String>,
     /// Also serve enrollment and key rotation (only those) over TLS on this address, with
     /// a certificate from the coordinator's CA: devices enroll here while the API stays
@@ -888,18 +893,23 @@ async fn token(client: &Client, action: &TokenCommand) -> Result<String, CliErro
         } => {
             let mut map = serde_json::Map::new();
             for l in labels.iter().filter(|l| !l.is_empty()) {
-                let (k, v) = l.split_once('=').ok_or_else(|| {
-                    CliError::Usage(format!("label {l:?} is not KEY=VALUE"))
-                })?;
+                let (k, v) = l
+                    .split_once('=')
+                    .ok_or_else(|| CliError::Usage(format!("label {l:?} is not KEY=VALUE")))?;
                 map.insert(k.trim().to_owned(), Value::from(v.trim()));
             }
             let v = client
-                .send(client.http.post(format!("{url}/join")).json(&serde_json::json!({
-                    "ttlSeconds": ttl.unwrap_or(Duration::from_secs(3600)).as_secs(),
-                    "uses": uses.unwrap_or(1),
-                    "labels": map,
-                    "nodeName": node_name,
-                })))
+                .send(
+                    client
+                        .http
+                        .post(format!("{url}/join"))
+                        .json(&serde_json::json!({
+                            "ttlSeconds": ttl.unwrap_or(Duration::from_secs(3600)).as_secs(),
+                            "uses": uses.unwrap_or(1),
+                            "labels": map,
+                            "nodeName": node_name,
+                        })),
+                )
                 .await?;
             let token = v
                 .get("token")
@@ -950,7 +960,9 @@ async fn token(client: &Client, action: &TokenCommand) -> Result<String, CliErro
             let v = client.send(client.http.get(format!("{url}/join"))).await?;
             let joins: Vec<crate::enroll::JoinTokenInfo> = parse_objects(&items(&v))?;
             if !joins.is_empty() {
-                let now_s = now.duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs());
+                let now_s = now
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map_or(0, |d| d.as_secs());
                 let rows: Vec<Vec<String>> = joins
                     .iter()
                     .map(|t| {

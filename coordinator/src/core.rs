@@ -407,10 +407,7 @@ impl Core {
     /// Encrypts secrets at rest with `keeper`'s data key and seals them to nodes' keys.
     /// Reloads the state (encrypted secrets only load with the key) and rewrites secrets
     /// stored in plain JSON by older versions, encrypted.
-    pub fn with_secrets(
-        mut self,
-        keeper: crate::secrets::SecretKeeper,
-    ) -> Result<Self, CoreError> {
+    pub fn with_secrets(mut self, keeper: crate::secrets::SecretKeeper) -> Result<Self, CoreError> {
         self.secret_keeper = keeper;
         self.load()?;
         let rewrite = self.load_secrets()?.1;
@@ -424,17 +421,16 @@ impl Core {
             .collect::<Vec<_>>();
         if !ops.is_empty() {
             self.store.commit(ops)?;
-            tracing::info!(count = rewrite.len(), "encrypted secrets stored in plain text");
+            tracing::info!(
+                count = rewrite.len(),
+                "encrypted secrets stored in plain text"
+            );
         }
         Ok(self)
     }
 
-    fn load_secrets(
-        &self,
-    ) -> Result<(BTreeMap<String, api::Secret>, Vec<String>), CoreError> {
-        Ok(self
-            .secret_keeper
-            .load(self.store.list(Table::Secrets)?)?)
+    fn load_secrets(&self) -> Result<(BTreeMap<String, api::Secret>, Vec<String>), CoreError> {
+        Ok(self.secret_keeper.load(self.store.list(Table::Secrets)?)?)
     }
 
     pub fn with_pod_eviction_timeout(mut self, timeout: Duration) -> Self {
@@ -1221,10 +1217,7 @@ impl Core {
             .map(|n| n.metadata.name.clone())
             .collect();
         for node in lost {
-            let why = format!(
-                "NotReady for {}s",
-                self.pod_eviction_timeout.as_secs()
-            );
+            let why = format!("NotReady for {}s", self.pod_eviction_timeout.as_secs());
             self.evict_node(&node, &why);
         }
     }
@@ -1689,7 +1682,11 @@ impl Core {
     }
 
     fn desired_secret_list(&self, node: &str) -> Vec<crate::secrets::SentSecret> {
-        let pods = self.desired.get(node).map(Vec::as_slice).unwrap_or_default();
+        let pods = self
+            .desired
+            .get(node)
+            .map(Vec::as_slice)
+            .unwrap_or_default();
         self.desired_secret_list_for(node, pods)
     }
 
@@ -1709,7 +1706,11 @@ impl Core {
             }
         }
         if out.len() > proto::MAX_SECRETS_PER_NODE {
-            tracing::error!(node, secrets = out.len(), "more secrets than a node can be sent; truncated");
+            tracing::error!(
+                node,
+                secrets = out.len(),
+                "more secrets than a node can be sent; truncated"
+            );
             out.truncate(proto::MAX_SECRETS_PER_NODE);
         }
         proto::BVec::from_vec(out).unwrap_or_default()
@@ -1736,8 +1737,9 @@ impl Core {
                 }
                 None => {
                     let sent = self.desired.get(node).is_some_and(|d| {
-                        d.iter()
-                            .any(|s| s.name.as_str() == p.metadata.name && s.uid.as_str() == p.metadata.uid)
+                        d.iter().any(|s| {
+                            s.name.as_str() == p.metadata.name && s.uid.as_str() == p.metadata.uid
+                        })
                     });
                     if ours && !sent {
                         changes.push((p.metadata.name.clone(), None));

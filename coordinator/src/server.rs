@@ -186,9 +186,7 @@ impl Server {
             path: cfg.data_dir.clone(),
             source,
         })?;
-        let pki = Arc::new(crate::pki::Pki::load_or_create(
-            &cfg.data_dir.join("pki"),
-        )?);
+        let pki = Arc::new(crate::pki::Pki::load_or_create(&cfg.data_dir.join("pki"))?);
         let (tls, api_ca) = match (&cfg.tls, cfg.api_tls_auto) {
             (Some(f), _) => (
                 Some(tls::server_config(&f.cert, &f.key)?),
@@ -379,9 +377,14 @@ impl Server {
                 let _ = axum::serve(l, app).await;
             }))
         });
-        let sec_routes =
-            http::security_router(events_tx.clone(), tokens.clone(), security.clone(), enroller);
-        let app = http::router_with_images(events_tx, stats, tokens, Some(registry)).merge(sec_routes);
+        let sec_routes = http::security_router(
+            events_tx.clone(),
+            tokens.clone(),
+            security.clone(),
+            enroller,
+        );
+        let app =
+            http::router_with_images(events_tx, stats, tokens, Some(registry)).merge(sec_routes);
         let served = match tls {
             None => axum::serve(listener, app)
                 .with_graceful_shutdown(shutdown)
@@ -473,7 +476,11 @@ async fn start_mqtt(
 /// The names the automatic API certificate is valid for: the listen address (unless a
 /// wildcard), loopback, `localhost`, and `extra`.
 fn api_sans(listen: SocketAddr, extra: &[String]) -> Vec<String> {
-    let mut sans = vec!["127.0.0.1".to_owned(), "::1".to_owned(), "localhost".to_owned()];
+    let mut sans = vec![
+        "127.0.0.1".to_owned(),
+        "::1".to_owned(),
+        "localhost".to_owned(),
+    ];
     if !listen.ip().is_unspecified() {
         sans.push(listen.ip().to_string());
     }

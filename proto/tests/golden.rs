@@ -373,11 +373,20 @@ fn signing_bytes_bind_the_topic_and_ignore_the_signature() {
     let mut env = Envelope::new(Sender::Coordinator, 1, Body::StatusRequest);
     let a = env.signing_bytes("baton/v1/nodes/a/down/control").unwrap();
     env.signature = BVec::from_vec(vec![1, 2, 3]).unwrap();
-    assert_eq!(a, env.signing_bytes("baton/v1/nodes/a/down/control").unwrap());
-    assert_ne!(a, env.signing_bytes("baton/v1/nodes/b/down/control").unwrap());
+    assert_eq!(
+        a,
+        env.signing_bytes("baton/v1/nodes/a/down/control").unwrap()
+    );
+    assert_ne!(
+        a,
+        env.signing_bytes("baton/v1/nodes/b/down/control").unwrap()
+    );
     assert!(a.starts_with(SIGNING_CONTEXT));
     env.seq = 2;
-    assert_ne!(a, env.signing_bytes("baton/v1/nodes/a/down/control").unwrap());
+    assert_ne!(
+        a,
+        env.signing_bytes("baton/v1/nodes/a/down/control").unwrap()
+    );
 }
 
 #[test]

@@ -63,8 +63,8 @@ use tracing::{debug, info, instrument, warn};
 pub use auth::{load_ca, Credentials, RegistryConfig};
 pub use gc::{DiskLimits, DiskSize, DiskUsage, GcReport};
 pub use mirror::RegistryMirror;
-pub use preload::PreloadReport;
 pub use platform::Platform;
+pub use preload::PreloadReport;
 
 use flight::KeyedLocks;
 use gc::{human, Gc, Keep, PullGuard};

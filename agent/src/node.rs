@@ -139,9 +139,34 @@ struct Ctr {
     last_termination: Option<Termination>,
     /// Why the agent is killing the current run (a failed liveness or startup probe).
     kill_reason: Option<&'static str>,
+    /// An exit that arrived while the start of this run was still being reported: the
+    /// reaper thread and the starting worker race, and a container that exits at once
+    /// (`exit 3`) is often reaped first. Applied as soon as the start is recorded.
+    early_exit: Option<(i32, bool)>,
 }
 
 impl Ctr {
+    /// Records that the current run ended.
+    fn apply_exit(&mut self, code: i32, oom: bool, now: Millis) {
+        let ran_for = match self.obs {
+            ContainerObs::Running { since } => now.saturating_sub(since),
+            _ => 0,
+        };
+        self.obs = ContainerObs::Exited {
+            code,
+            oom,
+            at: now,
+            ran_for,
+        };
+        self.report = if oom {
+            ContainerState::OomKilled
+        } else {
+            ContainerState::Exited { code }
+        };
+        self.probes = None;
+        self.last_termination = Some(termination(code, oom, self.kill_reason.take()));
+    }
+
     fn new(c: &ContainerSpec, init: bool) -> Self {
         Self {
             name: c.name.to_string(),
@@ -158,6 +183,7 @@ impl Ctr {
             probes: None,
             last_termination: None,
             kill_reason: None,
+            early_exit: None,
         }
     }
 
@@ -507,6 +533,7 @@ impl Agent {
             return;
         };
         c.obs = ContainerObs::Creating;
+        c.early_exit = None;
         if restart {
             info!(pod = %p.spec.name, container = name, restarts = c.restarts + 1, "restarting container");
             c.restarts += 1;
@@ -810,8 +837,16 @@ impl Agent {
                         c.kill_reason = None;
                         // Init containers are not probed (as in k8s).
                         c.probes = (!c.init).then(|| ContainerProbes::new(&c.cspec, now));
+                        if let Some((code, oom)) = c.early_exit.take() {
+                            info!(pod = %p.spec.name, container = %c.name, code, oom, "container exited");
+                            c.apply_exit(code, oom, now);
+                            self.status_dirty = true;
+                            self.after_exit(&uid);
+                            return Ok(());
+                        }
                     }
                     Err(reason) => {
+                        c.early_exit = None;
                         c.obs = ContainerObs::Exited {
                             code: -1,
                             oom: false,
@@ -866,23 +901,16 @@ impl Agent {
                         ExitReason::Signaled(sig) => (128 + sig, false),
                         ExitReason::OomKilled => (137, true),
                     };
+                    if matches!(c.obs, ContainerObs::Creating) {
+                        // Reaped before its start was recorded: apply it right after.
+                        c.early_exit = Some((code, oom));
+                        break;
+                    }
                     info!(pod = %p.spec.name, container = %c.name, code, oom, "container exited");
-                    c.obs = ContainerObs::Exited {
-                        code,
-                        oom,
-                        at: now,
-                        ran_for,
-                    };
                     if ran_for >= reconcile::BACKOFF_RESET_AFTER {
                         c.level = 0;
                     }
-                    c.report = if oom {
-                        ContainerState::OomKilled
-                    } else {
-                        ContainerState::Exited { code }
-                    };
-                    c.probes = None;
-                    c.last_termination = Some(termination(code, oom, c.kill_reason.take()));
+                    c.apply_exit(code, oom, now);
                     exited_in = Some(uid.clone());
                     self.status_dirty = true;
                     break;

@@ -42,9 +42,18 @@ fn row(lab: &Lab, name: &str) -> Result<Vec<String>> {
 
 /// Waits until `get pods` shows `name` with `status` in its STATUS column.
 fn wait_status(lab: &Lab, name: &str, status: &str) -> Result<Vec<String>> {
+    let last = std::cell::RefCell::new(Vec::new());
     wait_for(&format!("{name} to show {status}"), LONG, || {
         let r = row(lab, name)?;
+        *last.borrow_mut() = r.clone();
         Ok((r.get(2).map(String::as_str) == Some(status)).then_some(r))
+    })
+    .with_context(|| {
+        format!(
+            "last row {:?}; pod {}",
+            last.borrow(),
+            pod(lab, name).map(|p| p.to_string()).unwrap_or_default()
+        )
     })
 }
 
@@ -227,10 +236,7 @@ fn network_and_init(lab: &Lab) -> Result<()> {
 
     // A failing init container: Init:Error, then a crash loop under Always; the main
     // container never starts.
-    wait_for("initloop to crash-loop", LONG, || {
-        let r = row(lab, "initloop")?;
-        Ok((r[2] == "Init:CrashLoopBackOff").then_some(()))
-    })?;
+    wait_status(lab, "initloop", "Init:CrashLoopBackOff")?;
     let p = pod(lab, "initloop")?;
     ensure!(p["status"]["phase"] == "Pending", "{p}");
     ensure!(

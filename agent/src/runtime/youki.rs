@@ -516,21 +516,27 @@ impl YoukiRuntime {
             .into();
         let err: OwnedFd = out.try_clone().map_err(io_err(&spec.log_path))?;
 
+        // As for exec: nothing may log in libcontainer's forked children (see `exec`), so
+        // creating and starting run under a scoped no-op subscriber; failures come back as
+        // errors, which the caller logs.
+        let quiet = || tracing::subscriber::NoSubscriber::default();
         let mut container = {
             let _tree = lock(&LIBCONTAINER);
-            ContainerBuilder::new(id.to_string(), SyscallType::default())
-                .with_root_path(&self.containers_dir)
-                .and_then(|b| b.validate_id())
-                .map(|b| {
-                    b.with_executor(ExplicitEnvExecutor::default())
-                        .with_stdout(out)
-                        .with_stderr(err)
-                        .as_init(bundle)
-                        .with_systemd(false)
-                        .with_detach(true)
-                })
-                .and_then(|b| b.build())
-                .map_err(backend(Operation::Create, id))?
+            tracing::subscriber::with_default(quiet(), || {
+                ContainerBuilder::new(id.to_string(), SyscallType::default())
+                    .with_root_path(&self.containers_dir)
+                    .and_then(|b| b.validate_id())
+                    .map(|b| {
+                        b.with_executor(ExplicitEnvExecutor::default())
+                            .with_stdout(out)
+                            .with_stderr(err)
+                            .as_init(bundle)
+                            .with_systemd(false)
+                            .with_detach(true)
+                    })
+                    .and_then(|b| b.build())
+            })
+            .map_err(backend(Operation::Create, id))?
         };
         let pid = container.pid().ok_or_else(|| RuntimeError::Backend {
             op: Operation::Create,
@@ -543,7 +549,7 @@ impl YoukiRuntime {
         self.start_reaper(id.clone(), pid, spec.cgroup_path.clone())?;
         let started = {
             let _lc = lock(&LIBCONTAINER);
-            container.start()
+            tracing::subscriber::with_default(quiet(), || container.start())
         };
         if let Err(e) = started {
             let err = backend(Operation::Start, id)(e);

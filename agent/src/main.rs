@@ -373,6 +373,14 @@ fn main() -> Result<()> {
             let deps = node::build_deps(&cfg, tx)?;
             node::clean_leftovers(&deps);
             deps.network.teardown_node()?;
+            // The node's (now empty) bundle directory on the run-dir tmpfs.
+            let run = cfg.run_dir.join(cfg.node.as_str());
+            match std::fs::remove_dir_all(&run) {
+                Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                    return Err(e).with_context(|| format!("cannot remove {}", run.display()));
+                }
+                _ => {}
+            }
             println!(
                 "reset {}: no pods, containers or pod networks left",
                 cfg.data_dir.display()

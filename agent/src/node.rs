@@ -251,6 +251,12 @@ pub struct Agent {
     /// Hello is repeated with every heartbeat until a desired state arrives: a Hello sent
     /// before the coordinator subscribed (it restarted with its embedded broker) is lost.
     hello_pending: bool,
+    /// Set while the agent has no broker connection (and from start until the first one).
+    offline: bool,
+    /// The first desired state after being offline is still to come.
+    back_from_offline: bool,
+    /// Pods to stop without a grace period (see [`Agent::note_evicted`]).
+    force_stop: std::collections::BTreeSet<String>,
     /// The desired state's secrets, opened (`deps.secrets` reads the same set).
     secrets: crate::secrets::DeviceSecrets,
 }
@@ -496,6 +502,24 @@ impl Agent {
         });
     }
 
+    /// The first desired state after an outage drops the pods the coordinator took away
+    /// while this node was unreachable: it evicted them and runs their replacements on
+    /// other nodes (or a user deleted them). They have been gone from the fleet's point of
+    /// view for the whole outage, so no grace period is owed, and every second they keep
+    /// running is a copy beyond `replicas + maxSurge`: stop them at once (SIGKILL), so the
+    /// excess ends within a heartbeat of the node's return (issue 4; chaos scenario 4).
+    /// Pods removed while connected keep their full grace period.
+    fn note_evicted(&mut self, next: &DesiredState) {
+        let kept: std::collections::BTreeSet<&str> =
+            next.pods.iter().map(|p| p.uid.as_str()).collect();
+        for p in self.desired.pods.iter() {
+            if !kept.contains(p.uid.as_str()) {
+                info!(pod = %p.name, uid = %p.uid, "removed while this node was away: stopping it without a grace period");
+                self.force_stop.insert(p.uid.to_string());
+            }
+        }
+    }
+
     fn stop_pod(&mut self, uid: &str) {
         let Some(p) = self.pods.get_mut(uid) else {
             return;
@@ -512,7 +536,11 @@ impl Agent {
         let containers = pod::all_containers(&p.spec)
             .map(|c| c.name.to_string())
             .collect();
-        let grace = Duration::from_secs(u64::from(p.spec.termination_grace_secs.min(300)));
+        let grace = if self.force_stop.remove(uid) {
+            Duration::ZERO
+        } else {
+            Duration::from_secs(u64::from(p.spec.termination_grace_secs.min(300)))
+        };
         let (deps, tx, uid) = (self.deps.clone(), self.tx.clone(), uid.to_owned());
         tokio::spawn(async move {
             pod::stop(deps, uid.clone(), containers, grace).await;
@@ -722,8 +750,9 @@ impl Agent {
                 let _ = bus.publish(self.hello());
                 self.hello_pending = true;
                 self.status_dirty = true;
+                self.back_from_offline = std::mem::replace(&mut self.offline, false);
             }
-            Event::Bus(BusEvent::Disconnected) => {}
+            Event::Bus(BusEvent::Disconnected) => self.offline = true,
             Event::Bus(BusEvent::StatusRequest) => {
                 // The coordinator may not know this node at all (its store was replaced).
                 let _ = bus.publish(self.hello());
@@ -737,6 +766,9 @@ impl Agent {
                         pods = d.pods.len(),
                         "new desired state"
                     );
+                    if std::mem::take(&mut self.back_from_offline) {
+                        self.note_evicted(&d);
+                    }
                     // Persist before acting, so a crash right now restarts from it.
                     self.state_file.store(&d)?;
                     self.secrets.update(&d.secrets);
@@ -880,6 +912,7 @@ impl Agent {
                     info!(pod = %p.spec.name, %uid, "pod stopped");
                 }
                 self.pods.remove(&uid);
+                self.force_stop.remove(&uid);
                 self.status_dirty = true;
             }
             Event::Exit(ExitEvent { id, reason }) => {
@@ -1083,6 +1116,9 @@ pub async fn run(
         epoch: Instant::now(),
         status_dirty: true,
         hello_pending: false,
+        offline: true,
+        back_from_offline: false,
+        force_stop: Default::default(),
         secrets,
     };
     for p in adopted {

@@ -17,7 +17,6 @@
 //! kubeconfig. The token is never logged.
 
 use std::collections::HashMap;
-use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, PoisonError};
 
@@ -267,26 +266,11 @@ pub fn bootstrap(
     write_private(&path, conf.to_yaml().as_bytes())
 }
 
-/// Writes `bytes` to `path` with mode 0600, atomically (a temporary file, then rename).
 fn write_private(path: &Path, bytes: &[u8]) -> Result<(), AuthError> {
-    let err = |source| AuthError::WriteConf {
+    crate::fsutil::write_private(path, bytes).map_err(|source| AuthError::WriteConf {
         path: path.to_owned(),
         source,
-    };
-    let tmp = path.with_extension("conf.tmp");
-    let _ = std::fs::remove_file(&tmp);
-    let mut opts = std::fs::OpenOptions::new();
-    opts.write(true).create_new(true);
-    #[cfg(unix)]
-    {
-        use std::os::unix::fs::OpenOptionsExt;
-        opts.mode(0o600);
-    }
-    let mut f = opts.open(&tmp).map_err(err)?;
-    f.write_all(bytes).map_err(err)?;
-    f.sync_all().map_err(err)?;
-    drop(f);
-    std::fs::rename(&tmp, path).map_err(err)
+    })
 }
 
 #[cfg(test)]

@@ -163,6 +163,12 @@ pub enum Rejected {
 
 /// Checks one inbound MQTT message, as described in the module docs.
 pub fn check_inbound(topic: &str, payload: &[u8]) -> Result<(NodeName, Body), Rejected> {
+    check_envelope(topic, payload).map(|(node, env)| (node, env.body))
+}
+
+/// The layout checks of [`check_inbound`] (topic, direction, decoding, kind, sender),
+/// keeping the whole envelope, for the signature and replay checks in [`crate::security`].
+pub fn check_envelope(topic: &str, payload: &[u8]) -> Result<(NodeName, Envelope), Rejected> {
     let (node, kind) = topics::parse(topic).ok_or(Rejected::Topic)?;
     if !matches!(kind, Kind::Up(_)) {
         return Err(Rejected::Direction);
@@ -174,7 +180,7 @@ pub fn check_inbound(topic: &str, payload: &[u8]) -> Result<(NodeName, Body), Re
     if env.sender != Sender::Node(node.clone()) {
         return Err(Rejected::SenderMismatch { sender: env.sender });
     }
-    Ok((node, env.body))
+    Ok((node, env))
 }
 
 /// The running bridge: two tasks, aborted on drop of [`Bus::shutdown`].

@@ -9,6 +9,7 @@ pub mod client_config;
 pub mod controller;
 pub mod core;
 pub mod enroll;
+pub mod fsutil;
 pub mod http;
 pub mod manifest;
 pub mod mqtt_front;

@@ -15,7 +15,6 @@
 //! rcgen does the X.509 encoding; signing goes through ed25519-dalek via [`rcgen::SigningKey`],
 //! so no second crypto library is linked for it.
 
-use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use ed25519_dalek::pkcs8::{DecodePrivateKey, EncodePrivateKey};
@@ -281,26 +280,11 @@ pub fn pem_to_der(pem: &str) -> Option<Vec<u8>> {
         .map(|c| c.to_vec())
 }
 
-/// Writes `bytes` to `path` with mode 0600, atomically (temporary file, fsync, rename).
 fn write_private(path: &Path, bytes: &[u8]) -> Result<(), PkiError> {
-    let err = |source| PkiError::Io {
+    crate::fsutil::write_private(path, bytes).map_err(|source| PkiError::Io {
         path: path.to_owned(),
         source,
-    };
-    let tmp = path.with_extension("tmp");
-    let _ = std::fs::remove_file(&tmp);
-    let mut opts = std::fs::OpenOptions::new();
-    opts.write(true).create_new(true);
-    #[cfg(unix)]
-    {
-        use std::os::unix::fs::OpenOptionsExt;
-        opts.mode(0o600);
-    }
-    let mut f = opts.open(&tmp).map_err(err)?;
-    f.write_all(bytes).map_err(err)?;
-    f.sync_all().map_err(err)?;
-    drop(f);
-    std::fs::rename(&tmp, path).map_err(err)
+    })
 }
 
 #[cfg(test)]

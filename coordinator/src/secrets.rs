@@ -204,25 +204,11 @@ fn hmac(key: &[u8; 32]) -> Hmac<Sha256> {
     <Hmac<Sha256> as KeyInit>::new(&block.into())
 }
 
-/// Writes `bytes` to `path` with mode 0600, atomically (temporary file, fsync, rename).
 fn write_private(path: &Path, bytes: &[u8]) -> Result<(), SecretsError> {
-    use std::io::Write;
-    let err = |source| SecretsError::Io {
+    crate::fsutil::write_private(path, bytes).map_err(|source| SecretsError::Io {
         path: path.to_owned(),
         source,
-    };
-    let tmp = path.with_extension("tmp");
-    let _ = std::fs::remove_file(&tmp);
-    let mut opts = std::fs::OpenOptions::new();
-    opts.write(true).create_new(true);
-    {
-        use std::os::unix::fs::OpenOptionsExt;
-        opts.mode(0o600);
-    }
-    let mut f = opts.open(&tmp).map_err(err)?;
-    f.write_all(bytes).map_err(err)?;
-    f.sync_all().map_err(err)?;
-    std::fs::rename(&tmp, path).map_err(err)
+    })
 }
 
 /// Where nodes' sealing keys come from: their enrolled identities.

@@ -39,6 +39,7 @@ use baton_proto::{Body, Envelope, NodeName, ProtoError, Sender};
 use serde::{Deserialize, Serialize};
 use tokio::sync::mpsc;
 
+use crate::bus::check_envelope;
 use crate::bus::{Outbound, Rejected};
 use crate::pki::Pki;
 use crate::store::{self, Op, Store, StoreError, Table};
@@ -228,24 +229,6 @@ fn reject(reason: Reason, detail: impl Into<String>) -> Rejection {
         reason,
         detail: detail.into(),
     }
-}
-
-/// The layout checks of [`crate::bus::check_inbound`] (topic, direction, decoding, kind,
-/// sender), keeping the envelope for the signature and replay checks.
-pub fn check_envelope(topic: &str, payload: &[u8]) -> Result<(NodeName, Envelope), Rejected> {
-    use baton_proto::topics::{self, Kind};
-    let (node, kind) = topics::parse(topic).ok_or(Rejected::Topic)?;
-    if !matches!(kind, Kind::Up(_)) {
-        return Err(Rejected::Direction);
-    }
-    let env = Envelope::decode(payload)?;
-    if Kind::of(&env.body) != kind {
-        return Err(Rejected::KindMismatch);
-    }
-    if env.sender != Sender::Node(node.clone()) {
-        return Err(Rejected::SenderMismatch { sender: env.sender });
-    }
-    Ok((node, env))
 }
 
 /// What `GET /api/v1/security/rejections` returns.

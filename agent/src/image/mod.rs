@@ -639,6 +639,41 @@ fn parse_manifest(reference: &Reference, bytes: &[u8]) -> Result<OciImageManifes
     }
     Ok(manifest)
 }
+/// What every image config must satisfy before its layers are used, whether it came from a
+/// registry, a mirror or a preload archive: it is for this node's platform, and it names one
+/// diff_id per layer.
+fn check_config(
+    reference: &Reference,
+    platform: &Platform,
+    config: &RawConfig,
+    layers: usize,
+) -> Result<(), ImageError> {
+    if platform::match_rank(
+        platform,
+        &config.os,
+        &config.architecture,
+        config.variant.as_deref(),
+    )
+    .is_none()
+    {
+        return Err(ImageError::WrongPlatform {
+            reference: reference.whole(),
+            image: Platform::new(&config.os, &config.architecture, config.variant.as_deref())
+                .to_string(),
+            node: platform.clone(),
+        });
+    }
+    if config.rootfs.diff_ids.len() != layers {
+        return Err(ImageError::InvalidManifest {
+            reference: reference.whole(),
+            reason: format!(
+                "{layers} layers but {} diff_ids in the config",
+                config.rootfs.diff_ids.len()
+            ),
+        });
+    }
+    Ok(())
+}
 
 fn parse_config(reference: &Reference, bytes: &[u8]) -> Result<RawConfig, ImageError> {
     serde_json::from_slice(bytes).map_err(|e| ImageError::InvalidManifest {
@@ -794,31 +829,7 @@ impl Inner {
             })?;
         let config = parse_config(&reference, &config_bytes)?;
 
-        if platform::match_rank(
-            &self.platform,
-            &config.os,
-            &config.architecture,
-            config.variant.as_deref(),
-        )
-        .is_none()
-        {
-            return Err(ImageError::WrongPlatform {
-                reference: reference.whole(),
-                image: Platform::new(&config.os, &config.architecture, config.variant.as_deref())
-                    .to_string(),
-                node: self.platform.clone(),
-            });
-        }
-        if config.rootfs.diff_ids.len() != manifest.layers.len() {
-            return Err(ImageError::InvalidManifest {
-                reference: reference.whole(),
-                reason: format!(
-                    "{} layers but {} diff_ids in the config",
-                    manifest.layers.len(),
-                    config.rootfs.diff_ids.len()
-                ),
-            });
-        }
+        check_config(&reference, &self.platform, &config, manifest.layers.len())?;
 
         // Built before streaming: a closure over borrowed pairs inside this shared, Send
         // future trips rustc's higher-ranked lifetime inference.

@@ -30,10 +30,10 @@ use tracing::{info, warn};
 
 use super::gc::PullGuard;
 use super::layout::{digest_hex, sha256_bytes, temp_sibling, write_atomic};
-use super::platform::{describe_entries, match_rank, select_manifest};
+use super::platform::{describe_entries, select_manifest};
 use super::{
-    blocking, image_config, parse_config, parse_manifest, ref_key, unpack, ImageConfig, ImageError,
-    ImageStore, Platform, RefRecord,
+    blocking, check_config, image_config, parse_config, parse_manifest, ref_key, unpack,
+    ImageConfig, ImageError, ImageStore, Platform, RefRecord,
 };
 
 /// Small JSON documents (index, manifests, configs) are refused beyond this.
@@ -379,31 +379,7 @@ impl ImageStore {
         );
         let config_bytes = blocking(move || s.read_small(&cd, cs)).await??;
         let config = parse_config(reference, &config_bytes)?;
-        if match_rank(
-            &inner.platform,
-            &config.os,
-            &config.architecture,
-            config.variant.as_deref(),
-        )
-        .is_none()
-        {
-            return Err(ImageError::WrongPlatform {
-                reference: reference.whole(),
-                image: Platform::new(&config.os, &config.architecture, config.variant.as_deref())
-                    .to_string(),
-                node: inner.platform.clone(),
-            });
-        }
-        if config.rootfs.diff_ids.len() != manifest.layers.len() {
-            return Err(ImageError::InvalidManifest {
-                reference: reference.whole(),
-                reason: format!(
-                    "{} layers but {} diff_ids in the config",
-                    manifest.layers.len(),
-                    config.rootfs.diff_ids.len()
-                ),
-            });
-        }
+        check_config(reference, &inner.platform, &config, manifest.layers.len())?;
         let layout = inner.layout.clone();
         let (md, mb, cd) = (
             manifest_digest.clone(),

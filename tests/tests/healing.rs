@@ -365,3 +365,102 @@ fn offline_reboot(lab: &mut Lab) -> Result<()> {
     ensure!(ips == allocated_ips(lab, 0).into_iter().collect::<BTreeSet<_>>());
     Ok(())
 }
+
+#[test]
+fn local_restarts_and_liveness_keep_working_offline() -> Result<()> {
+    // A long eviction timeout: the node is cut off on purpose and must keep its pod.
+    let mut lab = Lab::start_with(
+        "healv",
+        1,
+        Broker::Embedded,
+        &["--pod-eviction-timeout", "10m"],
+    )?;
+    let r = offline_liveness(&mut lab);
+    on_failure(&lab, r)
+}
+
+/// With its link down, the agent alone restarts a crashed container (backoff included) and
+/// one whose liveness probe fails; once the link is back, the coordinator sees both restarts
+/// and the last one's reason.
+fn offline_liveness(lab: &mut Lab) -> Result<()> {
+    let reg = lab.registry();
+    lab.apply(&format!(
+        r#"apiVersion: apps/v1
+kind: Deployment
+metadata: {{name: live}}
+spec:
+  replicas: 1
+  selector: {{matchLabels: {{app: live}}}}
+  template:
+    metadata: {{labels: {{app: live}}}}
+    spec:
+      terminationGracePeriodSeconds: 1
+      containers:
+      - name: web
+        image: {reg}/baton/busybox:1
+        command: [sh, -c, "mkdir -p /www && echo ok > /www/alive && exec httpd -f -p 8080 -h /www"]
+        livenessProbe:
+          httpGet: {{path: /alive, port: 8080}}
+          periodSeconds: 1
+          failureThreshold: 2
+"#
+    ))?;
+    let p = wait_pods(
+        lab,
+        "live",
+        1,
+        LONG,
+        "the live pod running",
+        container_running,
+    )?
+    .remove(0);
+    let (node, pod_uid) = (node(&p), uid(&p));
+    let first = fleet::init_pid(lab, &node, &pod_uid, "web")?;
+
+    lab.set_link(0, false)?;
+    // A crash while offline: the agent restarts it by itself (first restart: no backoff).
+    let _ = std::process::Command::new("kill")
+        .args(["-9", &first.to_string()])
+        .status();
+    let second = wait_for("a restart after the crash, offline", LONG, || {
+        Ok(fleet::init_pid(lab, &node, &pod_uid, "web")
+            .ok()
+            .filter(|p| *p != first))
+    })?;
+    // A failing liveness probe while offline: /alive gone, the probe gets 404 twice, the
+    // agent kills and restarts the container (after the backoff of a second restart).
+    let out = std::process::Command::new("nsenter")
+        .args(["-t", &second.to_string(), "-m", "rm", "/www/alive"])
+        .output()?;
+    ensure!(out.status.success(), "nsenter rm: {out:?}");
+    let third = wait_for(
+        "a restart after the liveness failure, offline",
+        LONG,
+        || {
+            Ok(fleet::init_pid(lab, &node, &pod_uid, "web")
+                .ok()
+                .filter(|p| *p != second && *p != first))
+        },
+    )?;
+    // Nothing of this reached the coordinator: it was the agent alone.
+    let seen = owned_pods(lab, "live")?;
+    ensure!(
+        seen.len() == 1 && restarts(&seen[0]) == 0,
+        "the coordinator saw restarts while the node was cut off: {seen:?}"
+    );
+
+    lab.set_link(0, true)?;
+    let p = wait_for("the coordinator to see 2 restarts", LONG, || {
+        let pods = owned_pods(lab, "live")?;
+        Ok(pods
+            .into_iter()
+            .find(|p| uid(p) == pod_uid && restarts(p) == 2 && container_running(p)))
+    })?;
+    let last = &p["status"]["containerStatuses"][0]["lastState"]["terminated"];
+    ensure!(last["reason"] == "LivenessProbeFailed", "last state {last}");
+    ensure!(
+        fleet::init_pid(lab, &node, &pod_uid, "web")? == third,
+        "restarted again after the link returned"
+    );
+    Ok(())
+}

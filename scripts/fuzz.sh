@@ -14,11 +14,13 @@ if [ ! -x "$tools/bin/cargo-fuzz" ]; then
 fi
 export PATH="$tools/bin:$PATH" RUSTC_BOOTSTRAP=1
 cd fuzz
-# Seeds: the committed envelope seeds (golden messages) and every example manifest.
+targets=$(cargo fuzz list)
+# Seeds: the committed ones (golden messages, enrollment bodies) and every example
+# manifest. A fresh clone has no directory for a target without committed seeds.
+for t in $targets; do mkdir -p "corpus/$t"; done
 for f in ../examples/*.yaml; do cp "$f" "corpus/manifest_parse/$(basename "$f")"; done
 # No sanitizer: the code under test has no unsafe (denied workspace-wide), so ASan adds
 # build time and little else; panics and aborts are what libFuzzer reports.
-targets=$(cargo fuzz list)
 cargo fuzz build --sanitizer none --release $targets >/dev/null 2>&1 || cargo fuzz build --sanitizer none --release
 for t in $targets; do
   echo "== fuzz $t for ${secs}s"

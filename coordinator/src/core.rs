@@ -512,6 +512,12 @@ impl Core {
                 let _ = req.reply.send(result);
             }
             Event::Inbound { node, body } => {
+                // Security refuses a revoked node's messages, but one verified just before
+                // the revocation can still be queued here: it must not make the node Ready.
+                if self.revoked.contains(node.as_str()) {
+                    tracing::debug!(node = %node, "message of a revoked node dropped");
+                    return;
+                }
                 let span = tracing::debug_span!("inbound", node = %node);
                 let _g = span.enter();
                 self.inbound(&node, body);
@@ -2051,6 +2057,29 @@ spec:
             assert_eq!(status_requests(&msgs, n), 1);
         }
         h
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_revoked_node_stays_not_ready_whatever_reaches_the_core() {
+        let mut h = two_nodes();
+        assert!(h.node("pi-1").status.ready);
+        h.api(ApiOp::SetRevoked {
+            name: "pi-1".into(),
+            revoked: true,
+        })
+        .unwrap();
+        assert!(!h.node("pi-1").status.ready);
+        // A message verified just before the revocation, still queued for the core.
+        h.send(
+            "pi-1",
+            Body::Heartbeat(Heartbeat {
+                applied_generation: 1,
+                status_digest: 0,
+            }),
+        );
+        h.send("pi-1", hello(4000));
+        assert!(!h.node("pi-1").status.ready, "a revoked node became Ready");
+        assert!(h.node("pi-2").status.ready);
     }
 
     #[tokio::test(start_paused = true)]

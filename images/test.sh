@@ -169,7 +169,8 @@ extract baton/kv 1 amd64 "$tmp/kv-amd64"
 extract baton/todo-app 2 amd64 "$tmp/todo-amd64"
 for b in "$tmp/kv-amd64/usr/local/bin/kv" "$tmp/todo-amd64/usr/local/bin/todo-app"; do
   # Static: no program interpreter (the cross binutils read any ELF).
-  if aarch64-linux-gnu-readelf -lW "$b" | grep -q "Requesting program interpreter"; then
+  headers=$(aarch64-linux-gnu-readelf -lW "$b")
+  if grep -q "Requesting program interpreter" <<<"$headers"; then
     fail "$b is dynamically linked"
   fi
 done
@@ -212,8 +213,11 @@ if command -v qemu-aarch64-static >/dev/null; then
   echo "== arm64 binaries under qemu-aarch64-static"
   extract baton/kv 1 arm64 "$tmp/kv-arm64"
   extract baton/todo-app 1 arm64 "$tmp/todo-arm64"
-  qemu-aarch64-static "$tmp/todo-arm64/usr/local/bin/todo-app" --help | grep -q "usage: todo-app" \
-    || fail "arm64 todo-app --help"
+  # Captured first: `| grep -q` would close the pipe at the first match, and the program
+  # would then die of a broken pipe, failing the check under pipefail (seen in CI).
+  help=$(qemu-aarch64-static "$tmp/todo-arm64/usr/local/bin/todo-app" --help) \
+    || fail "arm64 todo-app --help exited with an error"
+  grep -q "usage: todo-app" <<<"$help" || fail "arm64 todo-app --help"
   p_arm=$(free_port)
   qemu-aarch64-static "$tmp/kv-arm64/usr/local/bin/kv" --bind 127.0.0.1 --port "$p_arm" 2>"$tmp/kv-arm64.log" &
   pids+=($!)

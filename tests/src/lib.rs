@@ -12,13 +12,16 @@ use std::process::{Child, Command, Output, Stdio};
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
-use anyhow::{bail, Context, Result};
+use anyhow::{bail, ensure, Context, Result};
 use serde_json::Value;
 
 pub mod certs;
 pub mod fleet;
 pub mod proxy;
 pub mod token_server;
+
+/// The coordinator's enrollment listener in a lab (each lab has its own hub address).
+pub const ENROLL_PORT: u16 = 7475;
 
 pub fn repo_root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -769,6 +772,41 @@ pub fn container_pids(node: &str, uid: &str, container: &str) -> Vec<u32> {
 }
 
 impl Lab {
+    /// Stops every agent and the coordinator, and starts the coordinator again serving
+    /// enrollment over TLS on the hub address ([`ENROLL_PORT`]), with `extra` flags. The
+    /// agents are left stopped, to be started enrolled.
+    pub fn restart_coordinator_enrolling(&mut self, extra: &[&str]) -> Result<()> {
+        for i in 0..self.agents.len() {
+            self.kill_agent(i);
+        }
+        self.kill_coordinator();
+        let hub = self.hub_ip();
+        self.coordinator_args.extend([
+            "--enroll-listen".to_string(),
+            format!("{hub}:{ENROLL_PORT}"),
+            "--tls-san".to_string(),
+            hub,
+        ]);
+        self.coordinator_args
+            .extend(extra.iter().map(|a| a.to_string()));
+        self.start_coordinator()
+    }
+
+    /// Where agents enroll after [`Lab::restart_coordinator_enrolling`].
+    pub fn enroll_api(&self) -> String {
+        format!("https://{}:{ENROLL_PORT}", self.hub_ip())
+    }
+
+    /// `baton token create ARGS`: a join token string.
+    pub fn join_token(&self, args: &[&str]) -> Result<String> {
+        let mut a = vec!["token", "create"];
+        a.extend_from_slice(args);
+        let out = self.baton(&a)?;
+        let t = String::from_utf8(out.stdout)?.trim().to_owned();
+        ensure!(t.starts_with("bjt1."), "no join token printed: {t:?}");
+        Ok(t)
+    }
+
     /// Kills the coordinator with SIGKILL, as a crash or a power cut of the hub would: no
     /// shutdown, no last words. With the embedded broker, the broker dies with it.
     pub fn kill_coordinator(&mut self) {

@@ -397,29 +397,13 @@ fn rejections(lab: &Lab, node: &str, reason: &str) -> Result<u64> {
 /// agents enrolled with one two-use join token (their MQTT certificates stay the lab's).
 fn enroll_fleet(lab: &mut Lab) -> Result<()> {
     let n = lab.agents.len();
-    for i in 0..n {
-        lab.kill_agent(i);
-    }
-    lab.kill_coordinator();
-    let hub = lab.hub_ip();
-    lab.coordinator_args.extend([
-        "--enroll-listen".to_string(),
-        format!("{hub}:7475"),
-        "--tls-san".to_string(),
-        hub.clone(),
-        "--require-signatures".to_string(),
-        "--rotation-overlap".to_string(),
-        "3s".to_string(),
-    ]);
-    lab.start_coordinator()?;
-    let out = lab.baton(&["token", "create", "--ttl", "1h", "--uses", &n.to_string()])?;
-    let token = String::from_utf8(out.stdout)?.trim().to_owned();
-    ensure!(token.starts_with("bjt1."), "no join token: {token:?}");
+    lab.restart_coordinator_enrolling(&["--require-signatures", "--rotation-overlap", "3s"])?;
+    let token = lab.join_token(&["--ttl", "1h", "--uses", &n.to_string()])?;
     lab.agent_args = vec![
         "--join-token".into(),
         token,
         "--coordinator-api".into(),
-        format!("https://{hub}:7475"),
+        lab.enroll_api(),
     ];
     for i in 0..n {
         lab.start_agent(i)?;

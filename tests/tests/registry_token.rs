@@ -25,7 +25,6 @@ use serde_json::{json, Value};
 const LONG: Duration = Duration::from_secs(180);
 const SERVICE: &str = "baton-test-registry";
 const ISSUER: &str = "baton-test-token-issuer";
-const ENROLL_PORT: u16 = 7476;
 /// The token registry's port in a lab's hub namespace.
 const TOKEN_REG_PORT: u16 = 5002;
 
@@ -385,13 +384,6 @@ fn pod(name: &str, node: &str, image: &str, spec_extra: &str) -> String {
     )
 }
 
-fn join_token(lab: &Lab) -> Result<String> {
-    let out = lab.baton(&["token", "create"])?;
-    let t = String::from_utf8(out.stdout)?.trim().to_owned();
-    ensure!(t.starts_with("bjt1."), "no join token printed: {t:?}");
-    Ok(t)
-}
-
 #[test]
 fn agents_pull_through_the_token_flow() -> Result<()> {
     let mut lab = Lab::start("tok", 3, Broker::Embedded)?;
@@ -429,17 +421,7 @@ fn agent_steps(lab: &mut Lab) -> Result<()> {
 
     // Secrets are only sealed to enrolled nodes: restart the fleet enrolled, each agent
     // with its own node-level registry config (A right, B wrong, C none).
-    for i in 0..3 {
-        lab.kill_agent(i);
-    }
-    lab.kill_coordinator();
-    lab.coordinator_args.extend([
-        "--enroll-listen".to_string(),
-        format!("{hub}:{ENROLL_PORT}"),
-        "--tls-san".to_string(),
-        hub.clone(),
-    ]);
-    lab.start_coordinator()?;
+    lab.restart_coordinator_enrolling(&[])?;
     let configs = [
         Some(docker_config(&dir, "good.json", &reg, "s3cret")?),
         Some(docker_config(&dir, "bad.json", &reg, "wrong")?),
@@ -448,9 +430,9 @@ fn agent_steps(lab: &mut Lab) -> Result<()> {
     for (i, config) in configs.iter().enumerate() {
         let mut args = vec![
             "--join-token".to_string(),
-            join_token(lab)?,
+            lab.join_token(&[])?,
             "--coordinator-api".to_string(),
-            format!("https://{hub}:{ENROLL_PORT}"),
+            lab.enroll_api(),
             "--insecure-registry".to_string(),
             reg.clone(),
         ];

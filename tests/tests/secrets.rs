@@ -15,7 +15,6 @@ use baton_e2e::{bin, container_pids, items, repo_root, sh, wait_for, Broker, Lab
 use serde_json::Value;
 
 const LONG: Duration = Duration::from_secs(120);
-const ENROLL_PORT: u16 = 7476;
 const AUTH_PORT: u16 = 5001;
 
 /// Stops the htpasswd registry even when the test fails. Not through the hub namespace
@@ -32,10 +31,6 @@ impl Drop for Registry {
             .arg(&self.dir)
             .output();
     }
-}
-
-fn api(lab: &Lab) -> String {
-    format!("https://{}:{ENROLL_PORT}", lab.hub_ip())
 }
 
 fn auth_registry(lab: &Lab) -> String {
@@ -64,7 +59,7 @@ fn start_enrolled(lab: &mut Lab, i: usize, token: &str) -> Result<()> {
         "--join-token",
         token,
         "--coordinator-api",
-        &api(lab),
+        &lab.enroll_api(),
     ])
     .arg("--data-dir")
     .arg(&dir)
@@ -83,13 +78,6 @@ fn start_enrolled(lab: &mut Lab, i: usize, token: &str) -> Result<()> {
             .any(|n| n["metadata"]["name"] == name.as_str() && n["status"]["ready"] == true);
         Ok((ready && dir.join("identity.json").exists()).then_some(()))
     })
-}
-
-fn join_token(lab: &Lab) -> Result<String> {
-    let out = lab.baton(&["token", "create"])?;
-    let t = String::from_utf8(out.stdout)?.trim().to_owned();
-    ensure!(t.starts_with("bjt1."), "no join token printed: {t:?}");
-    Ok(t)
 }
 
 fn get_pod(lab: &Lab, name: &str) -> Result<Value> {
@@ -157,19 +145,12 @@ fn secrets_reach_only_their_pod_sealed() -> Result<()> {
 
 fn steps(lab: &mut Lab) -> Result<()> {
     // Enroll both agents (secrets are only ever sealed to enrolled keys).
-    lab.kill_agent(0);
-    lab.kill_agent(1);
-    lab.kill_coordinator();
+    lab.restart_coordinator_enrolling(&[])?;
     let hub = lab.hub_ip();
-    lab.coordinator_args.extend([
-        "--enroll-listen".to_string(),
-        format!("{hub}:{ENROLL_PORT}"),
-        "--tls-san".to_string(),
-        hub.clone(),
-    ]);
-    lab.start_coordinator()?;
-    start_enrolled(lab, 0, &join_token(lab)?)?;
-    start_enrolled(lab, 1, &join_token(lab)?)?;
+    for i in 0..2 {
+        let token = lab.join_token(&[])?;
+        start_enrolled(lab, i, &token)?;
+    }
     let (na, nb) = (lab.agents[0].name.clone(), lab.agents[1].name.clone());
 
     // Everything on the broker from now on, retained messages included.

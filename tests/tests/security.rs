@@ -15,11 +15,6 @@ use baton_proto::{BVec, Body, DesiredState, Envelope, Heartbeat, NodeName, Sende
 use serde_json::Value;
 
 const LONG: Duration = Duration::from_secs(120);
-const ENROLL_PORT: u16 = 7475;
-
-fn api(lab: &Lab) -> String {
-    format!("https://{}:{ENROLL_PORT}", lab.hub_ip())
-}
 
 /// An agent command for lab agent `i`, like the lab's own, plus enrollment flags.
 fn agent_cmd(lab: &Lab, i: usize, data_dir: &Path, name: &str, token: &str) -> Command {
@@ -40,7 +35,7 @@ fn agent_cmd(lab: &Lab, i: usize, data_dir: &Path, name: &str, token: &str) -> C
         "--join-token",
         token,
         "--coordinator-api",
-        &api(lab),
+        &lab.enroll_api(),
     ])
     .arg("--data-dir")
     .arg(data_dir)
@@ -88,15 +83,6 @@ fn enroll_refused(lab: &Lab, i: usize, token: &str, tag: &str) -> Result<String>
         "{tag}: an identity was written"
     );
     Ok(text)
-}
-
-fn join_token(lab: &Lab, args: &[&str]) -> Result<String> {
-    let mut a = vec!["token", "create"];
-    a.extend_from_slice(args);
-    let out = lab.baton(&a)?;
-    let t = String::from_utf8(out.stdout)?.trim().to_owned();
-    ensure!(t.starts_with("bjt1."), "no join token printed: {t:?}");
-    Ok(t)
 }
 
 fn rejections(lab: &Lab, node: &str, reason: &str) -> Result<u64> {
@@ -171,26 +157,16 @@ fn enrolled_fleet_refuses_forgery_replay_and_revoked_nodes() -> Result<()> {
 fn steps(lab: &mut Lab) -> Result<()> {
     // The lab started its agents without identities; start them again enrolled, with the
     // coordinator serving enrollment over TLS on the hub address.
-    lab.kill_agent(0);
-    lab.kill_agent(1);
-    lab.kill_coordinator();
-    let hub = lab.hub_ip();
-    lab.coordinator_args.extend([
-        "--enroll-listen".to_string(),
-        format!("{hub}:{ENROLL_PORT}"),
-        "--tls-san".to_string(),
-        hub.clone(),
-    ]);
-    lab.start_coordinator()?;
+    lab.restart_coordinator_enrolling(&[])?;
 
     // Enrollment: a single-use token works once.
-    let token = join_token(lab, &["--ttl", "1h", "--labels", "zone=lab"])?;
+    let token = lab.join_token(&["--ttl", "1h", "--labels", "zone=lab"])?;
     start_enrolled(lab, 0, &token)?;
     let n0 = lab.agents[0].name.clone();
     let text = enroll_refused(lab, 1, &token, "reused")?;
     ensure!(text.contains("invalid join token"), "reused token: {text}");
     // An expired token is refused.
-    let expired = join_token(lab, &["--ttl", "1s"])?;
+    let expired = lab.join_token(&["--ttl", "1s"])?;
     std::thread::sleep(Duration::from_secs(2));
     let text = enroll_refused(lab, 1, &expired, "expired")?;
     ensure!(text.contains("expired"), "expired token: {text}");
@@ -199,7 +175,8 @@ fn steps(lab: &mut Lab) -> Result<()> {
     wrong_ca.replace_range(wrong_ca.len() - 4.., "0000");
     let text = enroll_refused(lab, 1, &wrong_ca, "wrongca")?;
     ensure!(text.contains("does not match"), "wrong CA hash: {text}");
-    start_enrolled(lab, 1, &join_token(lab, &[])?)?;
+    let token = lab.join_token(&[])?;
+    start_enrolled(lab, 1, &token)?;
     let n1 = lab.agents[1].name.clone();
     let id: Value = serde_json::from_slice(&std::fs::read(
         lab.agents[0].data_dir.join("identity.json"),

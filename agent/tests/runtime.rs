@@ -347,3 +347,38 @@ fn a_created_but_never_started_container_is_not_adoptable() {
     again.delete(&spec.id).unwrap();
     assert_eq!(fx.wait_exit(&spec.id), ExitReason::Signaled(9));
 }
+
+/// libcontainer rewrites `state.json` in place (truncate, then write) on every kill, and
+/// reads `/proc/<pid>/stat` after opening `/proc/<pid>` on every load. Loads racing a kill
+/// on another thread, or a container's exit, must not fail: a failed load in `delete` left a
+/// stopped pod's container and cgroup behind (CI, `--test skeleton`).
+#[test]
+fn loads_racing_kills_and_exits_do_not_fail() {
+    let fx = Fixture::new("race");
+    let spec = fx.spec("c", &["sh", "-c", "trap '' CONT; sleep 1000"]);
+    fx.runtime.run(&spec).unwrap();
+    std::thread::scope(|s| {
+        let rt = &fx.runtime;
+        let id = &spec.id;
+        let killer = s.spawn(move || {
+            for _ in 0..400 {
+                // SIGCONT changes nothing in the container, but libcontainer saves its state.
+                rt.kill(id, 18).unwrap();
+            }
+        });
+        let mut loads = 0;
+        while !killer.is_finished() {
+            let state = rt.state(id).unwrap().expect("state while running");
+            assert!(state.running, "the container stopped under SIGCONT");
+            loads += 1;
+        }
+        killer.join().unwrap();
+        assert!(loads > 0);
+    });
+    // A delete racing the exit of the container's init also succeeds and leaves nothing.
+    fx.runtime.kill(&spec.id, 9).unwrap();
+    fx.runtime.delete(&spec.id).unwrap();
+    for d in cgroup_dirs(&spec.cgroup_path) {
+        assert!(!d.exists(), "{} left behind", d.display());
+    }
+}

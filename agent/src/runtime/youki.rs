@@ -82,6 +82,8 @@ use super::{
 const CPU_PERIOD_US: u64 = 100_000;
 /// How long `delete` waits for the reaper after SIGKILL before removing state anyway.
 const REAP_WAIT: Duration = Duration::from_secs(10);
+/// How long [`load`] keeps retrying a transient failure (1 + 2 + ... ms, about 0.25 s).
+const LOAD_RETRY_CAP: Duration = Duration::from_millis(200);
 /// How often the watcher of an adopted container checks that its init still runs.
 const WATCH_EVERY: Duration = Duration::from_secs(1);
 
@@ -169,6 +171,25 @@ pub struct YoukiRuntime {
 /// Other agent code must not rely on the working directory (use absolute paths).
 static LIBCONTAINER: Mutex<()> = Mutex::new(());
 
+/// libcontainer rewrites `state.json` in place (truncate, then write) on every kill and
+/// delete, and `Container::load` reads `/proc/<pid>/stat` after opening `/proc/<pid>`. So a
+/// load racing a kill on another thread can read a half-written file, and one racing the
+/// init's exit fails to stat it. Both pass within milliseconds; a failed load in `delete`
+/// used to leave a stopped pod's container and cgroup behind.
+fn load(dir: &Path, id: &ContainerId) -> Result<Container, RuntimeError> {
+    let mut pause = Duration::from_millis(1);
+    loop {
+        match Container::load(dir.to_owned()) {
+            Ok(c) => return Ok(c),
+            Err(_) if pause < LOAD_RETRY_CAP && dir.exists() => {
+                std::thread::sleep(pause);
+                pause *= 2;
+            }
+            Err(e) => return Err(backend(Operation::Load, id)(e)),
+        }
+    }
+}
+
 fn io_err(path: &Path) -> impl FnOnce(io::Error) -> RuntimeError + '_ {
     move |source| RuntimeError::Io {
         path: path.to_owned(),
@@ -234,7 +255,7 @@ impl YoukiRuntime {
         if !dir.exists() {
             return Ok(None);
         }
-        let mut c = Container::load(dir).map_err(backend(Operation::Load, id))?;
+        let mut c = load(&dir, id)?;
         c.refresh_status().map_err(backend(Operation::Load, id))?;
         Ok(match c.status() {
             ContainerStatus::Stopped => None,
@@ -249,7 +270,7 @@ impl YoukiRuntime {
             return Ok(None);
         }
         // `load` refreshes the status from /proc already.
-        let c = Container::load(dir).map_err(backend(Operation::Load, id))?;
+        let c = load(&dir, id)?;
         let cgroup_path = c.spec().ok().map(|cfg| cfg.cgroup_path);
         let pid = c
             .pid()
@@ -1005,7 +1026,7 @@ impl Runtime for YoukiRuntime {
         if !dir.exists() {
             return Err(RuntimeError::NotFound(id.clone()));
         }
-        let mut c = Container::load(dir).map_err(backend(Operation::Load, id))?;
+        let mut c = load(&dir, id)?;
         c.refresh_status().map_err(backend(Operation::Load, id))?;
         // The pid namespace dies with its init, so a stopped init means nothing is left to signal.
         if c.status() == ContainerStatus::Stopped {
@@ -1023,7 +1044,7 @@ impl Runtime for YoukiRuntime {
         let dir = self.container_dir(id);
         let reaper = lock(&self.reaped).remove(id);
         if dir.exists() {
-            let mut c = Container::load(dir).map_err(backend(Operation::Load, id))?;
+            let mut c = load(&dir, id)?;
             let cgroup_path = c.spec().ok().map(|cfg| cfg.cgroup_path);
             // Kill first and let our reaper report the exit (and read the OOM counter) before
             // the cgroup disappears. Errors are fine here: delete(force) kills again.
@@ -1035,12 +1056,26 @@ impl Runtime for YoukiRuntime {
                     tracing::warn!("container init not reaped in time; deleting anyway");
                 }
             }
-            {
+            // `delete` refreshes the status from /proc first, which can race the init's exit
+            // as `load` does: retry on fresh state.
+            let mut pause = Duration::from_millis(5);
+            loop {
                 let _tree = lock(&LIBCONTAINER);
-                c.delete(true).map_err(backend(Operation::Delete, id))?;
-                if let Some(p) = cgroup_path {
-                    self.prune_cgroup_parents(&p);
+                match c.delete(true) {
+                    Ok(()) => break,
+                    Err(_) if pause < LOAD_RETRY_CAP && dir.exists() => {
+                        drop(_tree);
+                        std::thread::sleep(pause);
+                        pause *= 2;
+                        c = load(&dir, id)?;
+                    }
+                    Err(_) if !dir.exists() => break,
+                    Err(e) => return Err(backend(Operation::Delete, id)(e)),
                 }
+            }
+            if let Some(p) = cgroup_path {
+                let _tree = lock(&LIBCONTAINER);
+                self.prune_cgroup_parents(&p);
             }
             tracing::info!("container deleted");
         }
@@ -1104,7 +1139,7 @@ impl Runtime for YoukiRuntime {
         if !dir.exists() {
             return Err(RuntimeError::NotFound(id.clone()));
         }
-        let c = Container::load(dir).map_err(backend(Operation::Load, id))?;
+        let c = load(&dir, id)?;
         if c.status() != ContainerStatus::Running {
             return Err(RuntimeError::NotRunning(id.clone()));
         }

@@ -444,31 +444,72 @@ pub async fn stop(deps: Arc<Deps>, uid: String, containers: Vec<String>, grace: 
     {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    let d = deps.clone();
-    let result = blocking(move || {
-        for (id, name) in ids.iter().zip(&containers) {
-            if alive(d.runtime.as_ref(), id) {
-                let _ = d.runtime.kill(id, libc_sig::SIGKILL);
+    let (d, u) = (deps.clone(), uid.clone());
+    until_clean(&uid, move |last| cleanup(&d, &u, &ids, &containers, last)).await;
+}
+
+/// Runs a blocking `cleanup` until no step fails, pausing 1, 2, 4 and 8 s between attempts;
+/// the last attempt is told that it is the last. A step that fails (a busy mount, a
+/// container whose state cannot be read) used to stay failed, leaving cgroups, mounts and
+/// addresses behind until the next agent start. Returns how many steps still failed.
+async fn until_clean(uid: &str, cleanup: impl Fn(bool) -> usize + Send + Sync + 'static) -> usize {
+    let cleanup = Arc::new(cleanup);
+    let mut pause = Duration::from_secs(1);
+    loop {
+        let last = pause > STOP_RETRY_CAP;
+        let f = cleanup.clone();
+        match blocking(move || f(last)).await {
+            Ok(0) => return 0,
+            Ok(failed) if !last => {
+                warn!(%uid, failed, retry_in = ?pause, "pod cleanup incomplete; retrying");
             }
-            if let Err(e) = d.runtime.delete(id) {
-                warn!(container = %id, error = %e, "delete failed");
+            Ok(failed) => {
+                warn!(%uid, failed, "pod cleanup incomplete; the next agent start removes the rest");
+                return failed;
             }
-            if let Err(e) = d.images.unmount_rootfs(&d.container_dir(&uid, name)) {
-                warn!(container = %id, error = %e, "rootfs cleanup failed");
+            Err(e) => {
+                warn!(error = %e, "stop worker failed");
+                return 1;
             }
         }
-        if let Err(e) = d.network.delete_pod(&uid) {
-            warn!(%uid, error = %e, "network cleanup failed");
-        }
-        if let Err(e) = volumes::teardown(&d.pod_dir(&uid)) {
-            warn!(%uid, error = %e, "volume cleanup failed");
-        }
-        remove_pod_dir(&d.pod_dir(&uid));
-    })
-    .await;
-    if let Err(e) = result {
-        warn!(error = %e, "stop worker failed");
+        tokio::time::sleep(pause).await;
+        pause *= 2;
     }
+}
+
+/// The longest pause between two cleanup attempts of a stopped pod (1, 2, 4, 8 s).
+const STOP_RETRY_CAP: Duration = Duration::from_secs(8);
+
+/// Removes a stopped pod's containers, rootfs, network, volumes and directory; returns how
+/// many steps failed. The directory stays while anything in it failed, so that a retry
+/// finds what is left, unless this is the `last` attempt.
+fn cleanup(d: &Deps, uid: &str, ids: &[ContainerId], containers: &[String], last: bool) -> usize {
+    let mut failed = 0;
+    for (id, name) in ids.iter().zip(containers) {
+        if alive(d.runtime.as_ref(), id) {
+            let _ = d.runtime.kill(id, libc_sig::SIGKILL);
+        }
+        if let Err(e) = d.runtime.delete(id) {
+            warn!(container = %id, error = %e, "delete failed");
+            failed += 1;
+        }
+        if let Err(e) = d.images.unmount_rootfs(&d.container_dir(uid, name)) {
+            warn!(container = %id, error = %e, "rootfs cleanup failed");
+            failed += 1;
+        }
+    }
+    if let Err(e) = d.network.delete_pod(uid) {
+        warn!(%uid, error = %e, "network cleanup failed");
+        failed += 1;
+    }
+    if let Err(e) = volumes::teardown(&d.pod_dir(uid)) {
+        warn!(%uid, error = %e, "volume cleanup failed");
+        failed += 1;
+    }
+    if failed == 0 || last {
+        remove_pod_dir(&d.pod_dir(uid));
+    }
+    failed
 }
 
 fn remove_pod_dir(dir: &Path) {
@@ -563,5 +604,37 @@ mod tests {
         assert!(env.contains(&"A=1".to_owned()));
         let err = environment(&c, &img, "p", &crate::volumes::NoSecrets).unwrap_err();
         assert_eq!(err, "CreateContainerConfigError: secret \"db\" not found");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_failed_cleanup_is_retried_until_it_succeeds_or_the_last_attempt() {
+        use std::sync::atomic::{AtomicUsize, Ordering};
+        use std::sync::Mutex;
+        // Fails twice, then succeeds: three attempts, none of them the last.
+        let calls = Arc::new(Mutex::new(Vec::new()));
+        let c = calls.clone();
+        let n = AtomicUsize::new(0);
+        let left = until_clean("u", move |last| {
+            c.lock().unwrap().push(last);
+            usize::from(n.fetch_add(1, Ordering::SeqCst) < 2)
+        })
+        .await;
+        assert_eq!(left, 0);
+        assert_eq!(*calls.lock().unwrap(), vec![false, false, false]);
+        // Always fails: five attempts (after 1, 2, 4 and 8 s), the fifth told it is the last.
+        let calls = Arc::new(Mutex::new(Vec::new()));
+        let c = calls.clone();
+        let before = tokio::time::Instant::now();
+        let left = until_clean("u", move |last| {
+            c.lock().unwrap().push(last);
+            2
+        })
+        .await;
+        assert_eq!(left, 2);
+        assert_eq!(
+            *calls.lock().unwrap(),
+            vec![false, false, false, false, true]
+        );
+        assert_eq!(before.elapsed(), Duration::from_secs(15));
     }
 }

@@ -30,6 +30,12 @@ pub fn repo_root() -> PathBuf {
         .to_path_buf()
 }
 
+/// The `RUST_LOG` of the lab's processes; `BATON_E2E_LOG` overrides it for a post-mortem.
+fn log_filter() -> String {
+    std::env::var("BATON_E2E_LOG")
+        .unwrap_or_else(|_| "info,libcgroups=error,libcontainer=warn,rumqttd=warn".into())
+}
+
 /// A workspace binary, built by `cargo build` before the tests run (scripts/test.sh does).
 pub fn bin(name: &str) -> PathBuf {
     let exe = std::env::current_exe().expect("test executable path");
@@ -279,6 +285,30 @@ impl Lab {
         }
     }
 
+    /// The topics of the messages published on the (plain) broker under `filter` during
+    /// `window`, in order, seen by a `mosquitto_sub` in the hub.
+    pub fn watch_topics(&self, filter: &str, window: Duration) -> Result<Vec<String>> {
+        ensure!(self.mtls.is_none(), "watch_topics needs the plain listener");
+        let secs = window.as_secs().max(1).to_string();
+        let out = self
+            .hub
+            .cmd("mosquitto_sub")
+            .args(["-h", &self.hub_ip(), "-p", "1883", "-i"])
+            .arg(format!("baton-e2e-watch-{}", std::process::id()))
+            .args(["-t", filter, "-F", "%t", "-W", &secs])
+            .output()
+            .context("mosquitto_sub")?;
+        let err = String::from_utf8_lossy(&out.stderr);
+        ensure!(
+            !err.contains("Error") && !err.contains("refused"),
+            "mosquitto_sub: {err}"
+        );
+        Ok(String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .map(str::to_owned)
+            .collect())
+    }
+
     /// [`Lab::start`] with MQTT over mutual TLS only: Mosquitto runs the shipped
     /// deploy/mosquitto config and ACL (with this lab's paths), the embedded broker runs
     /// its TLS listener; every agent and the coordinator present their own certificate.
@@ -315,6 +345,8 @@ impl Lab {
         let id = format!("{tag}{}-{n}", pid % 10000);
         let dir = tempfile::Builder::new()
             .prefix(&format!("baton-e2e-{id}-"))
+            // BATON_E2E_KEEP=1 keeps the logs and state of every lab for a post-mortem.
+            .disable_cleanup(std::env::var_os("BATON_E2E_KEEP").is_some())
             .tempdir()?;
         let hub = Netns::new(&format!("bt-{id}-hub"))?;
         let br = "br-lab";
@@ -520,10 +552,7 @@ impl Lab {
         cmd.arg("server")
             .arg("--data-dir")
             .arg(self.dir.path().join("coordinator"))
-            .env(
-                "RUST_LOG",
-                "info,libcgroups=error,libcontainer=warn,rumqttd=warn",
-            );
+            .env("RUST_LOG", log_filter());
         let listen = format!("{}:{}", self.hub_ip(), mqtt_port(self.mtls.is_some()));
         match (&self.broker, &self.mtls) {
             // Plain MQTT off loopback has to be forced.
@@ -610,10 +639,7 @@ impl Lab {
         ])
         .arg("--data-dir")
         .arg(&a.data_dir)
-        .env(
-            "RUST_LOG",
-            "info,libcgroups=error,libcontainer=warn,rumqttd=warn",
-        );
+        .env("RUST_LOG", log_filter());
         cmd.args(tls_args).args(extra);
         let log = a.data_dir.with_extension("log");
         a.proc = Some(Proc::spawn_appending(&a.name.clone(), &mut cmd, log)?);

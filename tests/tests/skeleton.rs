@@ -89,6 +89,18 @@ fn steps(lab: &mut Lab) -> Result<()> {
             "env did not reach the container: {body:?}"
         );
     }
+    // A settled fleet only heartbeats: no Hello, Status or desired state goes back and
+    // forth (a Hello/StatusRequest ping-pong once sent ~30 Hellos a second per agent).
+    let topics = lab.watch_topics("baton/v1/nodes/#", Duration::from_secs(4))?;
+    let count = |suffix: &str| topics.iter().filter(|t| t.ends_with(suffix)).count();
+    ensure!(
+        count("/up/heartbeat") >= 2,
+        "no heartbeats seen: {topics:?}"
+    );
+    ensure!(
+        count("/up/hello") + count("/down/control") + count("/down/desired") <= 2,
+        "chatter in a settled fleet: {topics:?}"
+    );
     let table = String::from_utf8_lossy(&lab.baton(&["get", "pods"])?.stdout).into_owned();
     for col in ["NAME", "READY", "STATUS", "RESTARTS", "AGE", "NODE"] {
         ensure!(table.contains(col), "no {col} column in:\n{table}");

@@ -760,13 +760,24 @@ impl Agent {
             }
             Event::Bus(BusEvent::Desired(d)) => {
                 self.hello_pending = false;
-                if d.generation != self.desired.generation || d != self.desired {
+                // Only the first desired state after an outage tells what was taken away
+                // meanwhile; an unchanged one means nothing was, and a later change is an
+                // ordinary one that keeps its grace period.
+                let back = std::mem::take(&mut self.back_from_offline);
+                let changed = d.generation != self.desired.generation || d != self.desired;
+                if back && !changed {
+                    info!(
+                        generation = d.generation,
+                        "back online; the desired state did not change meanwhile"
+                    );
+                }
+                if changed {
                     info!(
                         generation = d.generation,
                         pods = d.pods.len(),
                         "new desired state"
                     );
-                    if std::mem::take(&mut self.back_from_offline) {
+                    if back {
                         self.note_evicted(&d);
                     }
                     // Persist before acting, so a crash right now restarts from it.

@@ -464,3 +464,64 @@ spec:
     );
     Ok(())
 }
+
+#[test]
+fn a_pod_deleted_after_a_reconnect_keeps_its_grace_period() -> Result<()> {
+    let dir = tempfile::Builder::new()
+        .prefix("baton-e2e-grace-")
+        .tempdir()?;
+    let host = dir.path().to_string_lossy().into_owned();
+    let mut lab = Lab::start_with("healg", 1, Broker::Mosquitto, &["--allow-host-path", &host])?;
+    let r = grace_after_reconnect(&mut lab, &host, dir.path());
+    on_failure(&lab, r)
+}
+
+/// Only pods taken away *while* a node was unreachable are killed without a grace period
+/// when it returns. A broker restart with nothing changed, then a delete, is an ordinary
+/// delete: the container gets SIGTERM and its grace period. (The agent used to keep its
+/// "back from offline" mark until the next *changed* desired state, however late, and
+/// SIGKILLed whatever that removed.) The trap takes a second, so only a grace period lets it
+/// write its file.
+fn grace_after_reconnect(lab: &mut Lab, host: &str, dir: &std::path::Path) -> Result<()> {
+    let reg = lab.registry();
+    lab.apply(&format!(
+        r#"apiVersion: v1
+kind: Pod
+metadata: {{name: graceful}}
+spec:
+  terminationGracePeriodSeconds: 30
+  volumes: [{{name: out, hostPath: {{path: {host}}}}}]
+  containers:
+  - name: c
+    image: {reg}/baton/busybox:1
+    command: [sh, -c, "trap 'sleep 1; echo term > /out/term; exit 0' TERM; echo up > /out/up; while true; do sleep 0.2; done"]
+    volumeMounts: [{{name: out, mountPath: /out}}]
+"#
+    ))?;
+    wait_for("the pod's container to run its trap", LONG, || {
+        Ok(dir.join("up").exists().then_some(()))
+    })?;
+    lab.restart_mosquitto(Duration::from_secs(1))?;
+    wait_for(
+        "the agent back with an unchanged desired state",
+        LONG,
+        || {
+            Ok(lab
+                .agent_log(0)
+                .contains("back online; the desired state did not change meanwhile")
+                .then_some(()))
+        },
+    )?;
+    lab.baton(&["delete", "pod", "graceful"])?;
+    wait_for("the container's SIGTERM handler to run", LONG, || {
+        Ok(dir.join("term").exists().then_some(()))
+    })?;
+    ensure!(
+        !lab.agent_log(0).contains("without a grace period"),
+        "an ordinary delete was treated as an eviction while away"
+    );
+    wait_for("the pod to be gone", LONG, || {
+        Ok(lab.pods()?.is_empty().then_some(()))
+    })?;
+    Ok(())
+}

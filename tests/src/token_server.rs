@@ -497,6 +497,7 @@ fn respond(conn: &mut TcpStream, status: u16, extra: &str, body: &str) -> Result
         200 => "OK",
         400 => "Bad Request",
         401 => "Unauthorized",
+        500 => "Internal Server Error",
         _ => "Not Found",
     };
     write!(
@@ -551,21 +552,21 @@ fn serve(sh: &Shared, mut conn: TcpStream) -> Result<()> {
         granted: Vec::new(),
         status: 0,
     };
-    let result = if service.as_deref() != Some(sh.service.as_str()) {
-        record.status = 400;
-        respond(
-            &mut conn,
+    // (status, extra headers, body, an error to return after answering)
+    let (status, extra, body, failure) = if service.as_deref() != Some(sh.service.as_str()) {
+        (
             400,
             "",
-            r#"{"errors":[{"code":"UNSUPPORTED","message":"unknown service"}]}"#,
+            r#"{"errors":[{"code":"UNSUPPORTED","message":"unknown service"}]}"#.to_owned(),
+            None,
         )
     } else if matches!(presented, Presented::Invalid(_)) {
-        record.status = 401;
-        respond(
-            &mut conn,
+        (
             401,
             "WWW-Authenticate: Basic realm=\"baton-test-token\"\r\n",
-            r#"{"errors":[{"code":"UNAUTHORIZED","message":"authentication required"}]}"#,
+            r#"{"errors":[{"code":"UNAUTHORIZED","message":"authentication required"}]}"#
+                .to_owned(),
+            None,
         )
     } else {
         let access = grant(sh, &presented, &scopes);
@@ -575,24 +576,22 @@ fn serve(sh: &Shared, mut conn: TcpStream) -> Result<()> {
             .collect();
         match sign_token(sh, &presented, &access) {
             Ok(token) => {
-                record.status = 200;
                 let body = json!({
                     "token": token,
                     "access_token": token,
                     "expires_in": TOKEN_TTL_SECS,
                 })
                 .to_string();
-                respond(&mut conn, 200, "", &body)
+                (200, "", body, None)
             }
-            Err(e) => {
-                record.status = 500;
-                let _ = respond(&mut conn, 400, "", r#"{"error":"signing failed"}"#);
-                Err(e)
-            }
+            Err(e) => (500, "", r#"{"error":"signing failed"}"#.to_owned(), Some(e)),
         }
     };
+    record.status = status;
+    // Logged before answering: a client that has its answer must find its request here.
     lock(&sh.log).push(record);
-    result
+    respond(&mut conn, status, extra, &body)?;
+    failure.map_or(Ok(()), Err)
 }
 
 #[cfg(test)]

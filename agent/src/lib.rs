@@ -19,3 +19,12 @@ pub mod runtime;
 pub mod secrets;
 pub mod state;
 pub mod volumes;
+
+/// libcontainer clones its container processes straight off this multi-threaded process
+/// (raw `clone3`: no `pthread_atfork` handlers run), and the child allocates. Under glibc's
+/// malloc a child cloned while another thread held an arena lock waited on it forever (CI:
+/// a pod stuck in `youki:[1:INTER]` on `main_arena`). mimalloc allocates from the cloning
+/// thread's own heap and frees across threads with atomics, so the child has no lock to
+/// inherit. It applies to every binary and test that links this library.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;

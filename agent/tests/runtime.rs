@@ -315,6 +315,65 @@ fn creates_do_not_hang_while_other_threads_spawn_commands() {
     );
 }
 
+/// libcontainer clones the container's processes off this multi-threaded process, and the
+/// child allocates. Under glibc's malloc a child cloned while another thread held the arena
+/// lock it needed waited forever (CI: a pod stuck in `youki:[1:INTER]` on `main_arena`). Many
+/// threads allocating and freeing across threads (more than glibc has arenas) while
+/// containers are created: every create must finish.
+#[test]
+fn creates_do_not_hang_while_other_threads_allocate() {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::{mpsc, Arc};
+
+    let stop = Arc::new(AtomicBool::new(false));
+    let (give, take) = mpsc::sync_channel::<Vec<u8>>(64);
+    let take = Arc::new(std::sync::Mutex::new(take));
+    let mut churn = Vec::new();
+    for t in 0..24 {
+        let (stop, give, take) = (stop.clone(), give.clone(), take.clone());
+        churn.push(std::thread::spawn(move || {
+            let mut n = t;
+            while !stop.load(Ordering::Relaxed) {
+                n = (n * 7 + 13) % 97;
+                // Sizes past glibc's tcache, freed by another thread than the allocator.
+                let _ = give.try_send(vec![n as u8; 2048 + n * 700]);
+                let got = take.lock().unwrap().try_recv();
+                drop(got);
+            }
+        }));
+    }
+    let (done_tx, done_rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        let mut fx = Fixture::new("allocrace");
+        for i in 0..40 {
+            let spec = fx.spec(&format!("c{i}"), &["true"]);
+            let (reason, log) = fx.run_to_end(&spec);
+            let _ = done_tx.send(Some((i, reason, log)));
+        }
+        let _ = done_tx.send(None);
+    });
+    let mut finished = false;
+    while let Ok(msg) = done_rx.recv_timeout(rt_support::DEADLINE) {
+        match msg {
+            Some((i, reason, log)) => {
+                assert_eq!(reason, ExitReason::Exited(0), "container {i}: {log}")
+            }
+            None => {
+                finished = true;
+                break;
+            }
+        }
+    }
+    stop.store(true, Ordering::Relaxed);
+    for c in churn {
+        c.join().unwrap();
+    }
+    assert!(
+        finished,
+        "a container create hung while other threads allocated"
+    );
+}
+
 /// An agent killed between create and start leaves a container whose init is alive in its
 /// cgroup but still waits to exec (state `created`). The next agent must not adopt it: it
 /// would report Running for a container that never runs its command (found by the chaos

@@ -4,6 +4,8 @@ mod rt_support;
 
 use std::fs;
 use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{mpsc, Arc, Mutex};
 
 use baton_agent::runtime::{ExitReason, Runtime, RuntimeError, YoukiRuntime};
 use rt_support::{cgroup_dirs, cgroup_file, Fixture};
@@ -267,48 +269,27 @@ fn a_missing_binary_fails_run_and_leaves_nothing() {
 /// that a hang fails the test instead of stalling the suite.
 #[test]
 fn creates_do_not_hang_while_other_threads_spawn_commands() {
-    use std::sync::atomic::{AtomicBool, Ordering};
-    use std::sync::{mpsc, Arc};
-
-    let stop = Arc::new(AtomicBool::new(false));
-    let spawners: Vec<_> = (0..2)
-        .map(|_| {
-            let stop = stop.clone();
-            std::thread::spawn(move || {
-                while !stop.load(Ordering::Relaxed) {
-                    let _ = std::process::Command::new("/bin/true").status();
-                }
-            })
-        })
-        .collect();
-    let (done_tx, done_rx) = mpsc::channel();
-    std::thread::spawn(move || {
-        let mut fx = Fixture::new("forkrace");
-        for i in 0..10 {
+    let finished = creates_finish_while(
+        "forkrace",
+        10,
+        |stop| {
+            (0..2)
+                .map(|_| {
+                    let stop = stop.clone();
+                    std::thread::spawn(move || {
+                        while !stop.load(Ordering::Relaxed) {
+                            let _ = std::process::Command::new("/bin/true").status();
+                        }
+                    })
+                })
+                .collect()
+        },
+        |fx, i| {
             let mut spec = fx.spec(&format!("c{i}"), &["sh", "-c", "echo $FOO"]);
             spec.env.push(format!("FOO=run{i}"));
-            let (reason, log) = fx.run_to_end(&spec);
-            let _ = done_tx.send(Some((i, reason, log)));
-        }
-        let _ = done_tx.send(None);
-    });
-    let mut finished = false;
-    while let Ok(msg) = done_rx.recv_timeout(rt_support::DEADLINE) {
-        match msg {
-            Some((i, reason, log)) => {
-                assert_eq!(reason, ExitReason::Exited(0), "container {i}: {log}");
-                assert_eq!(log, format!("run{i}\n"));
-            }
-            None => {
-                finished = true;
-                break;
-            }
-        }
-    }
-    stop.store(true, Ordering::Relaxed);
-    for s in spawners {
-        s.join().unwrap();
-    }
+            (spec, format!("run{i}\n"))
+        },
+    );
     assert!(
         finished,
         "a container create hung while other threads spawned commands"
@@ -322,41 +303,69 @@ fn creates_do_not_hang_while_other_threads_spawn_commands() {
 /// containers are created: every create must finish.
 #[test]
 fn creates_do_not_hang_while_other_threads_allocate() {
-    use std::sync::atomic::{AtomicBool, Ordering};
-    use std::sync::{mpsc, Arc};
-
-    let stop = Arc::new(AtomicBool::new(false));
     let (give, take) = mpsc::sync_channel::<Vec<u8>>(64);
-    let take = Arc::new(std::sync::Mutex::new(take));
-    let mut churn = Vec::new();
-    for t in 0..24 {
-        let (stop, give, take) = (stop.clone(), give.clone(), take.clone());
-        churn.push(std::thread::spawn(move || {
-            let mut n = t;
-            while !stop.load(Ordering::Relaxed) {
-                n = (n * 7 + 13) % 97;
-                // Sizes past glibc's tcache, freed by another thread than the allocator.
-                let _ = give.try_send(vec![n as u8; 2048 + n * 700]);
-                let got = take.lock().unwrap().try_recv();
-                drop(got);
-            }
-        }));
-    }
+    let take = Arc::new(Mutex::new(take));
+    let finished = creates_finish_while(
+        "allocrace",
+        40,
+        |stop| {
+            (0..24)
+                .map(|t| {
+                    let (stop, give, take) = (stop.clone(), give.clone(), take.clone());
+                    std::thread::spawn(move || {
+                        let mut n = t;
+                        while !stop.load(Ordering::Relaxed) {
+                            n = (n * 7 + 13) % 97;
+                            // Sizes past glibc's tcache, freed by another thread than the
+                            // one that allocated them.
+                            let _ = give.try_send(vec![n as u8; 2048 + n * 700]);
+                            let got = take.lock().unwrap().try_recv();
+                            drop(got);
+                        }
+                    })
+                })
+                .collect()
+        },
+        |fx, i| {
+            (
+                fx.spec(&format!("c{i}"), &["echo", "ok"]),
+                "ok\n".to_owned(),
+            )
+        },
+    );
+    assert!(
+        finished,
+        "a container create hung while other threads allocated"
+    );
+}
+
+/// Runs `runs` containers one after the other on a worker thread (so that a hang fails the
+/// test instead of stalling the suite) while `background` threads run, checking each exits
+/// 0 with the expected log. False if one did not finish within the deadline.
+fn creates_finish_while(
+    test: &'static str,
+    runs: usize,
+    background: impl FnOnce(&Arc<AtomicBool>) -> Vec<std::thread::JoinHandle<()>>,
+    spec: impl Fn(&Fixture, usize) -> (baton_agent::runtime::RunSpec, String) + Send + 'static,
+) -> bool {
+    let stop = Arc::new(AtomicBool::new(false));
+    let threads = background(&stop);
     let (done_tx, done_rx) = mpsc::channel();
     std::thread::spawn(move || {
-        let mut fx = Fixture::new("allocrace");
-        for i in 0..40 {
-            let spec = fx.spec(&format!("c{i}"), &["true"]);
+        let mut fx = Fixture::new(test);
+        for i in 0..runs {
+            let (spec, want) = spec(&fx, i);
             let (reason, log) = fx.run_to_end(&spec);
-            let _ = done_tx.send(Some((i, reason, log)));
+            let _ = done_tx.send(Some((i, reason, log, want)));
         }
         let _ = done_tx.send(None);
     });
     let mut finished = false;
     while let Ok(msg) = done_rx.recv_timeout(rt_support::DEADLINE) {
         match msg {
-            Some((i, reason, log)) => {
-                assert_eq!(reason, ExitReason::Exited(0), "container {i}: {log}")
+            Some((i, reason, log, want)) => {
+                assert_eq!(reason, ExitReason::Exited(0), "container {i}: {log}");
+                assert_eq!(log, want, "container {i}");
             }
             None => {
                 finished = true;
@@ -365,13 +374,10 @@ fn creates_do_not_hang_while_other_threads_allocate() {
         }
     }
     stop.store(true, Ordering::Relaxed);
-    for c in churn {
-        c.join().unwrap();
+    for t in threads {
+        t.join().unwrap();
     }
-    assert!(
-        finished,
-        "a container create hung while other threads allocated"
-    );
+    finished
 }
 
 /// An agent killed between create and start leaves a container whose init is alive in its

@@ -25,6 +25,24 @@ pub mod volumes;
 /// malloc a child cloned while another thread held an arena lock waited on it forever (CI:
 /// a pod stuck in `youki:[1:INTER]` on `main_arena`). mimalloc allocates from the cloning
 /// thread's own heap and frees across threads with atomics, so the child has no lock to
-/// inherit. It applies to every binary and test that links this library.
+/// inherit. It applies to every binary and test that links this library. Built without its
+/// transparent-huge-page advice (`no_thp`), which tripled the agent's RSS on hosts with THP.
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
+/// Makes mimalloc return freed pages to the OS at once instead of after 10 ms. The agent's
+/// many short-lived worker threads otherwise each kept pages of their own: with 10 pods the
+/// agent used 46 MB instead of 29 MB (`tests/bench/probes.sh`). `baton-agent` calls this
+/// first thing.
+pub fn tune_allocator() {
+    // SAFETY: `mi_option_set` only stores a value in mimalloc's option table; it takes no
+    // pointers and is safe to call from any thread at any time.
+    #[allow(unsafe_code)]
+    unsafe {
+        libmimalloc_sys::mi_option_set(MI_OPTION_PURGE_DELAY, 0);
+    }
+}
+
+/// `mi_option_purge_delay` in mimalloc v2's `mimalloc.h` (libmimalloc-sys exports no
+/// constant for it).
+const MI_OPTION_PURGE_DELAY: libmimalloc_sys::mi_option_t = 15;

@@ -343,7 +343,33 @@ async fn shutdown_signal() {
     }
 }
 
+/// Blocking threads the agent starts up front and never ends (container creates, deletes,
+/// exec probes, unpacking and cleanup run on them; more queue).
+const BLOCKING_THREADS: usize = 16;
+
+/// The tokio runtime, with a blocking pool that is complete from the start and never
+/// shrinks: a thread that starts or ends takes a lock of Rust's runtime, and a container
+/// process libcontainer clones off the agent at that moment hangs on it forever (see
+/// `Watchers` in `runtime/youki.rs`).
+fn runtime() -> std::io::Result<tokio::runtime::Runtime> {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .max_blocking_threads(BLOCKING_THREADS)
+        .thread_keep_alive(Duration::from_secs(u64::from(u32::MAX)))
+        .build()?;
+    let all_up = std::sync::Arc::new(std::sync::Barrier::new(BLOCKING_THREADS + 1));
+    for _ in 0..BLOCKING_THREADS {
+        let b = all_up.clone();
+        rt.spawn_blocking(move || {
+            b.wait();
+        });
+    }
+    all_up.wait();
+    Ok(rt)
+}
+
 fn main() -> Result<()> {
+    baton_agent::tune_allocator();
     let cli = Cli::parse();
     let (args, reset, rotate) = match cli.command {
         Some(Command::Reset(args)) => (*args, true, false),
@@ -351,7 +377,7 @@ fn main() -> Result<()> {
         None => (cli.run, false, false),
     };
     init_logging(&args.log_format);
-    let rt = tokio::runtime::Runtime::new().context("cannot start the async runtime")?;
+    let rt = runtime().context("cannot start the async runtime")?;
     if rotate {
         let path = args.data_dir.join(identity::IDENTITY_FILE);
         let id = rt

@@ -112,44 +112,11 @@ fi
 # broker and store) and one agent, all release builds. The pods are busybox `sleep`, so the
 # figures are Baton's cost, not the workload's.
 fleet_http=127.0.0.1:17474 fleet_mqtt=127.0.0.1:11883 fleet_reg=127.0.0.1:15000
-fleet_node=bench-$$
-export BATON_SERVER=http://$fleet_http
-export BATON_CONFIG=$work/coordinator/admin.conf # written by `baton server` on first start
-baton="$root/target/release/baton"
-fleet_up=0
-fleet_start() {
-  (cd "$root" && cargo build --release -p baton-coordinator -p baton-agent >&2) || return 1
-  "$root/images/registry.sh" start "$fleet_reg" "$work/registry" >&2 || return 1
-  "$root/images/build.sh" --push "$fleet_reg" >/dev/null || return 1
-  RUST_LOG=warn "$baton" server --data-dir "$work/coordinator" --listen "$fleet_http" --mqtt-listen "$fleet_mqtt" \
-    >"$work/coordinator.log" 2>&1 &
-  coord_pid=$!
-  for _ in $(seq 1 100); do "$baton" get nodes >/dev/null 2>&1 && break; sleep 0.1; done
-  RUST_LOG=warn "$root/target/release/baton-agent" --coordinator "mqtt://$fleet_mqtt" --node-name "$fleet_node" \
-    --data-dir "$work/agent" --insecure-registry "$fleet_reg" --pod-cidr 10.77.250.0/24 >"$work/agent.log" 2>&1 &
-  agent_pid=$!
-  fleet_up=1
-  for _ in $(seq 1 200); do "$baton" get nodes 2>/dev/null | grep -q " Ready" && break; sleep 0.1; done
-  "$baton" get nodes 2>/dev/null | grep -q " Ready"
-}
-fleet_stop() {
-  [ "$fleet_up" = 1 ] || return 0
-  "$baton" delete deployment sleepers >/dev/null 2>&1 || true
-  kill -TERM "$agent_pid" 2>/dev/null; wait "$agent_pid" 2>/dev/null || true
-  "$root/target/release/baton-agent" reset --node-name "$fleet_node" --data-dir "$work/agent" --pod-cidr 10.77.250.0/24 >/dev/null 2>&1 || true
-  kill -TERM "$coord_pid" 2>/dev/null; wait "$coord_pid" 2>/dev/null || true
-  "$root/images/registry.sh" stop "$fleet_reg" "$work/registry" >/dev/null 2>&1 || true
-  fleet_up=0
-}
+fleet_node=bench-$$ fleet_cidr=10.77.250.0/24 bindir=$root/target/release
+# shellcheck source=tests/bench/fleet.sh
+. "$root/tests/bench/fleet.sh"
+fleet_build() { (cd "$root" && cargo build --release -p baton-coordinator -p baton-agent >&2); }
 trap 'fleet_stop; cleanup' EXIT
-sleepers() { # $1 = replicas
-  printf '%s\n' "apiVersion: apps/v1" "kind: Deployment" "metadata: {name: sleepers}" "spec:" \
-    "  replicas: $1" "  selector: {matchLabels: {app: sleepers}}" "  template:" \
-    "    metadata: {labels: {app: sleepers}}" "    spec:" "      terminationGracePeriodSeconds: 1" \
-    "      containers:" "      - name: sleep" "        image: $fleet_reg/baton/busybox:1" \
-    "        command: [sleep, \"3600\"]" \
-    "        resources: {requests: {cpu: 10m, memory: 8Mi}, limits: {memory: 16Mi}}"
-}
 running_pods() {
   "$baton" get pods -o json 2>/dev/null | python3 -c 'import json,sys; print(sum(1 for p in json.load(sys.stdin)["items"] if p["status"].get("phase") == "Running"))' 2>/dev/null || echo 0
 }
@@ -158,12 +125,10 @@ wait_running() { # $1 = count; polls every 20 ms, gives up after about two minut
   return 1
 }
 wait_no_pods() { for _ in $(seq 1 600); do [ "$("$baton" get pods 2>/dev/null | wc -l)" -le 1 ] && return 0; sleep 0.1; done; return 1; }
-rss_kib() { awk '/^VmRSS:/ { print $2 }' "/proc/$1/status"; }
-
 log "starting a one-machine fleet for the fleet figures"
-if fleet_start; then
+if fleet_build && fleet_start; then
   sleep 3
-  rss0=$(rss_kib "$agent_pid")
+  rss0=$(rss "$agent_pid")
   # Warm the image cache, so the latency below is Baton's, not the registry's.
   sleepers 1 | "$baton" apply -f - >/dev/null && wait_running 1 && "$baton" delete deployment sleepers >/dev/null && wait_no_pods
   t0=$(now_ns)
@@ -174,14 +139,14 @@ if fleet_start; then
     per_pod=$(awk -v a="$apply_ms" 'BEGIN { printf "%.1f", a / 10 }')
     row "apply -> 10 pods Running (image cached)" "$apply_ms ms" "$(ratio "$per_pod" "$runc_ms")" "per pod vs runc run; polled via the CLI"
     sleep 3
-    rss10=$(rss_kib "$agent_pid")
+    rss10=$(rss "$agent_pid")
     row "agent RSS, idle, 0 pods" "$rss0 KiB" "1.00" "reference for the next row"
     row "agent RSS, idle, 10 pods" "$rss10 KiB" "$(ratio "$rss10" "$rss0")" "vs 0 pods"
   else
     row "apply -> 10 pods Running" "n/a (pods did not all run)" "-" "see the agent log"
     row "agent RSS, idle, 0 pods" "$rss0 KiB" "1.00" ""
   fi
-  coord_rss=$(rss_kib "$coord_pid")
+  coord_rss=$(rss "$coord_pid")
   row "coordinator RSS (embedded broker + store), 1 node, 10 pods" "$coord_rss KiB" "-" ""
 else
   row "fleet figures" "n/a (fleet did not start)" "-" "see $work/*.log"

@@ -160,6 +160,8 @@ pub struct YoukiRuntime {
     reaped: Mutex<HashMap<ContainerId, mpsc::Receiver<()>>>,
     /// Bounds the log files of running containers.
     logs: Arc<logs::Rotator>,
+    /// The threads that wait for containers' inits (reapers and watchers).
+    watchers: Watchers,
 }
 
 /// Serialises libcontainer's create, start and delete across the whole process (every
@@ -187,6 +189,53 @@ fn load(dir: &Path, id: &ContainerId) -> Result<Container, RuntimeError> {
             }
             Err(e) => return Err(backend(Operation::Load, id)(e)),
         }
+    }
+}
+
+/// A job for a [`Watchers`] thread: wait for one container's init and report its exit.
+type WatchJob = Box<dyn FnOnce() + Send>;
+
+/// The threads that wait for containers' inits, reused and never ended. Rust's runtime takes
+/// a process-wide lock whenever a thread starts or ends (its stack-guard registry), and a
+/// child libcontainer clones off this process while another thread holds that lock hangs in
+/// its `exit` forever (gdb: `youki:[1:INTER]` in `thread_info::delete_current_info`), and
+/// the create with it. So no watcher thread ends, and a new one starts only under
+/// [`LIBCONTAINER`], fully started before the lock is released. (`baton-agent` holds the
+/// tokio blocking pool to the same rule: started up front, never shrinking.)
+#[derive(Default, Clone)]
+struct Watchers {
+    idle: Arc<Mutex<Vec<mpsc::Sender<WatchJob>>>>,
+}
+
+impl Watchers {
+    fn run(&self, mut job: WatchJob) -> io::Result<()> {
+        loop {
+            let Some(worker) = lock(&self.idle).pop() else {
+                break;
+            };
+            match worker.send(job) {
+                Ok(()) => return Ok(()),
+                Err(mpsc::SendError(back)) => job = back, // that thread is gone (a panic)
+            }
+        }
+        let (tx, rx) = mpsc::channel::<WatchJob>();
+        let (started_tx, started_rx) = mpsc::channel::<()>();
+        let (idle, me) = (self.idle.clone(), tx.clone());
+        let clones = lock(&LIBCONTAINER);
+        std::thread::Builder::new()
+            .name("watch".into())
+            .spawn(move || {
+                let _ = started_tx.send(());
+                while let Ok(job) = rx.recv() {
+                    job();
+                    lock(&idle).push(me.clone());
+                }
+            })?;
+        // Once it runs, the runtime has registered the thread: no clone overlapped that.
+        let _ = started_rx.recv();
+        drop(clones);
+        tx.send(job)
+            .map_err(|_| io::Error::other("a new watcher thread ended at once"))
     }
 }
 
@@ -241,6 +290,7 @@ impl YoukiRuntime {
             layout: CgroupLayout::detect(),
             reaped: Mutex::new(HashMap::new()),
             logs: logs::Rotator::start().map_err(io_err(Path::new("/proc/self/task")))?,
+            watchers: Watchers::default(),
         })
     }
 
@@ -313,9 +363,8 @@ impl YoukiRuntime {
         let layout = self.layout.clone();
         let rotator = self.logs.clone();
         let key = id.clone();
-        std::thread::Builder::new()
-            .name(format!("watch-{id}"))
-            .spawn(move || {
+        self.watchers
+            .run(Box::new(move || {
                 while proc_info(pid).is_some_and(|p| !p.zombie && p.start_time == start_time) {
                     std::thread::sleep(WATCH_EVERY);
                 }
@@ -333,7 +382,7 @@ impl YoukiRuntime {
                 tracing::debug!(container = %id, ?reason, "adopted container exited");
                 let _ = exits.send(ExitEvent { id, reason });
                 let _ = done_tx.send(());
-            })
+            }))
             .map_err(io_err(Path::new("/proc/self/task")))?;
         lock(&self.reaped).insert(key, done_rx);
         Ok(())
@@ -493,11 +542,9 @@ impl YoukiRuntime {
         let exits = self.exits.clone();
         let layout = self.layout.clone();
         let rotator = self.logs.clone();
-        let name = id.to_string();
         let key = id.clone();
-        std::thread::Builder::new()
-            .name(format!("reap-{name}"))
-            .spawn(move || {
+        self.watchers
+            .run(Box::new(move || {
                 let status = loop {
                     match waitpid(pid, None) {
                         Err(Errno::EINTR) => continue,
@@ -524,7 +571,7 @@ impl YoukiRuntime {
                 tracing::debug!(container = %id, ?reason, "container exited");
                 let _ = exits.send(ExitEvent { id, reason });
                 let _ = done_tx.send(());
-            })
+            }))
             .map_err(io_err(Path::new("/proc/self/task")))?;
         lock(&self.reaped).insert(key, done_rx);
         Ok(())

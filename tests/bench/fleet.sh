@@ -1,0 +1,61 @@
+# shellcheck shell=bash
+# The benchmarks' one-machine fleet, sourced by run.sh, probes.sh and idle.sh: a registry with
+# the example images, a coordinator (embedded broker and store) and one agent, on loopback
+# ports and data dirs of their own. Set before sourcing: root, work, bindir, fleet_http,
+# fleet_mqtt, fleet_reg, fleet_node, fleet_cidr; optionally agent_env (VAR=value ...).
+export BATON_SERVER=http://$fleet_http
+export BATON_CONFIG=$work/coordinator/admin.conf # written by `baton server` on first start
+baton="$bindir/baton"
+fleet_up=0
+rss() { awk '/^VmRSS:/ { print $2 }' "/proc/$1/status"; }
+# utime + stime in clock ticks (the command name may contain spaces: count past its ")").
+cpu_ticks() { sed 's/^.*) //' "/proc/$1/stat" | awk '{ print $12 + $13 }'; }
+fleet_start() {
+  "$root/images/registry.sh" start "$fleet_reg" "$work/registry" >&2 || return 1
+  "$root/images/build.sh" --push "$fleet_reg" >/dev/null || return 1
+  RUST_LOG=warn "$baton" server --data-dir "$work/coordinator" --listen "$fleet_http" --mqtt-listen "$fleet_mqtt" \
+    >"$work/coordinator.log" 2>&1 &
+  coord_pid=$!
+  for _ in $(seq 1 100); do "$baton" get nodes >/dev/null 2>&1 && break; sleep 0.1; done
+  env ${agent_env[@]+"${agent_env[@]}"} BATON_AGENT_RUN_DIR=/run/baton RUST_LOG=warn "$bindir/baton-agent" \
+    --coordinator "mqtt://$fleet_mqtt" --node-name "$fleet_node" --data-dir "$work/agent" \
+    --insecure-registry "$fleet_reg" --pod-cidr "$fleet_cidr" >"$work/agent.log" 2>&1 &
+  agent_pid=$!
+  fleet_up=1
+  for _ in $(seq 1 200); do "$baton" get nodes 2>/dev/null | grep -q " Ready" && break; sleep 0.1; done
+  "$baton" get nodes 2>/dev/null | grep -q " Ready"
+}
+fleet_stop() {
+  [ "$fleet_up" = 1 ] || return 0
+  "$baton" delete deployment sleepers >/dev/null 2>&1 || true
+  sleep 3
+  kill -TERM "$agent_pid" 2>/dev/null; wait "$agent_pid" 2>/dev/null || true
+  "$bindir/baton-agent" reset --node-name "$fleet_node" --data-dir "$work/agent" --pod-cidr "$fleet_cidr" >/dev/null 2>&1 || true
+  kill -TERM "$coord_pid" 2>/dev/null; wait "$coord_pid" 2>/dev/null || true
+  "$root/images/registry.sh" stop "$fleet_reg" "$work/registry" >/dev/null 2>&1 || true
+  fleet_up=0
+}
+# The benchmarks' Deployment: $1 replicas of busybox running $2 (a YAML flow list; default
+# `sleep 3600`), 16Mi limit; $3, if given, is appended to the container (e.g. probes).
+sleepers() {
+  local cmd='[sleep, "3600"]'
+  if [ -n "${2:-}" ]; then cmd=$2; fi
+  cat <<Y
+apiVersion: apps/v1
+kind: Deployment
+metadata: {name: sleepers}
+spec:
+  replicas: $1
+  selector: {matchLabels: {app: sleepers}}
+  template:
+    metadata: {labels: {app: sleepers}}
+    spec:
+      terminationGracePeriodSeconds: 1
+      containers:
+      - name: c
+        image: $fleet_reg/baton/busybox:1
+        command: $cmd
+        resources: {requests: {cpu: 10m, memory: 8Mi}, limits: {memory: 16Mi}}
+Y
+  if [ -n "${3:-}" ]; then printf '%s\n' "$3"; fi
+}

@@ -21,8 +21,13 @@ cargo build --workspace --bins --locked
 images/build.sh >/dev/null
 
 echo "== tests"
-# Real-container and real-network tests use unique names, so they may run in parallel.
-cargo test --workspace --locked --no-fail-fast -- --test-threads "${BATON_TEST_THREADS:-4}"
+# Real-container and real-network tests use unique names, so they may run in parallel. The
+# agent's own tests clone containers off the test process, whose threads must not start or
+# end meanwhile (docs/architecture.md, the agent's clone-safety invariant): one at a time.
+failed=0
+cargo test --workspace --exclude baton-agent --locked --no-fail-fast -- --test-threads "${BATON_TEST_THREADS:-4}" || failed=1
+cargo test -p baton-agent --locked --no-fail-fast -- --test-threads 1 || failed=1
+[ "$failed" = 0 ]
 
 echo "== fuzz (bounded)"
 scripts/fuzz.sh "${BATON_FUZZ_SECONDS:-20}"

@@ -5,7 +5,7 @@ mod rt_support;
 use std::fs;
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{mpsc, Arc, Mutex};
+use std::sync::{mpsc, Arc, Barrier, Mutex};
 
 use baton_agent::runtime::{ExitReason, Runtime, RuntimeError, YoukiRuntime};
 use rt_support::{cgroup_dirs, cgroup_file, Fixture};
@@ -272,11 +272,13 @@ fn creates_do_not_hang_while_other_threads_spawn_commands() {
     let finished = creates_finish_while(
         "forkrace",
         10,
-        |stop| {
+        2,
+        |stop, started| {
             (0..2)
                 .map(|_| {
-                    let stop = stop.clone();
+                    let (stop, started) = (stop.clone(), started.clone());
                     std::thread::spawn(move || {
+                        started.wait();
                         while !stop.load(Ordering::Relaxed) {
                             let _ = std::process::Command::new("/bin/true").status();
                         }
@@ -308,11 +310,14 @@ fn creates_do_not_hang_while_other_threads_allocate() {
     let finished = creates_finish_while(
         "allocrace",
         40,
-        |stop| {
+        24,
+        |stop, started| {
             (0..24)
                 .map(|t| {
                     let (stop, give, take) = (stop.clone(), give.clone(), take.clone());
+                    let started = started.clone();
                     std::thread::spawn(move || {
+                        started.wait();
                         let mut n = t;
                         while !stop.load(Ordering::Relaxed) {
                             n = (n * 7 + 13) % 97;
@@ -345,11 +350,16 @@ fn creates_do_not_hang_while_other_threads_allocate() {
 fn creates_finish_while(
     test: &'static str,
     runs: usize,
-    background: impl FnOnce(&Arc<AtomicBool>) -> Vec<std::thread::JoinHandle<()>>,
+    threads: usize,
+    background: impl FnOnce(&Arc<AtomicBool>, &Arc<Barrier>) -> Vec<std::thread::JoinHandle<()>>,
     spec: impl Fn(&Fixture, usize) -> (baton_agent::runtime::RunSpec, String) + Send + 'static,
 ) -> bool {
     let stop = Arc::new(AtomicBool::new(false));
-    let threads = background(&stop);
+    // Every background thread waits here once: all have started before the first create
+    // (a thread starting while a container is cloned is another hang, not this test's).
+    let started = Arc::new(Barrier::new(threads + 1));
+    let threads = background(&stop, &started);
+    started.wait();
     let (done_tx, done_rx) = mpsc::channel();
     std::thread::spawn(move || {
         let mut fx = Fixture::new(test);

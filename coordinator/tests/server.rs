@@ -443,6 +443,15 @@ async fn scripted_agent_scenario(
         "a hello is answered with a generation >= 1"
     );
     assert!(first.pods.is_empty());
+    // A heartbeat whose status digest the coordinator has not seen (no Status was sent)
+    // makes it ask for the status. (It no longer asks after every Hello: a real agent
+    // sends its status by itself, and answers a StatusRequest with a Hello.)
+    agent
+        .send(Body::Heartbeat(Heartbeat {
+            applied_generation: first.generation,
+            status_digest: 1,
+        }))
+        .await?;
     agent
         .expect("a status request", |b| {
             (*b == Body::StatusRequest).then_some(())

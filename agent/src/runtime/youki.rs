@@ -289,7 +289,10 @@ impl YoukiRuntime {
             exits,
             layout: CgroupLayout::detect(),
             reaped: Mutex::new(HashMap::new()),
-            logs: logs::Rotator::start().map_err(io_err(Path::new("/proc/self/task")))?,
+            logs: {
+                let _clones = lock(&LIBCONTAINER);
+                logs::Rotator::start().map_err(io_err(Path::new("/proc/self/task")))?
+            },
             watchers: Watchers::default(),
         })
     }

@@ -46,3 +46,16 @@ pub fn tune_allocator() {
 /// `mi_option_purge_delay` in mimalloc v2's `mimalloc.h` (libmimalloc-sys exports no
 /// constant for it).
 const MI_OPTION_PURGE_DELAY: libmimalloc_sys::mi_option_t = 15;
+
+#[cfg(test)]
+mod tests {
+    /// The option index is copied from mimalloc's header: if an upgrade moved it, this reads
+    /// another option. Tests never call `tune_allocator`, so the default (10 ms) shows.
+    #[test]
+    fn the_purge_delay_option_index_is_mimallocs() {
+        #[allow(unsafe_code)]
+        // SAFETY: reads an integer from mimalloc's option table.
+        let delay = unsafe { libmimalloc_sys::mi_option_get(super::MI_OPTION_PURGE_DELAY) };
+        assert_eq!(delay, 10);
+    }
+}

@@ -146,12 +146,15 @@ struct Ctr {
 }
 
 impl Ctr {
-    /// Records that the current run ended.
+    /// Records that the current run ended; a run long enough resets the restart backoff.
     fn apply_exit(&mut self, code: i32, oom: bool, now: Millis) {
         let ran_for = match self.obs {
             ContainerObs::Running { since } => now.saturating_sub(since),
             _ => 0,
         };
+        if ran_for >= reconcile::BACKOFF_RESET_AFTER {
+            self.level = 0;
+        }
         self.obs = ContainerObs::Exited {
             code,
             oom,
@@ -936,10 +939,6 @@ impl Agent {
                     if p.lifecycle == Lifecycle::Stopping {
                         break;
                     }
-                    let ran_for = match c.obs {
-                        ContainerObs::Running { since } => now.saturating_sub(since),
-                        _ => 0,
-                    };
                     let (code, oom) = match reason {
                         ExitReason::Exited(code) => (code, false),
                         ExitReason::Signaled(sig) => (128 + sig, false),
@@ -951,9 +950,6 @@ impl Agent {
                         break;
                     }
                     info!(pod = %p.spec.name, container = %c.name, code, oom, "container exited");
-                    if ran_for >= reconcile::BACKOFF_RESET_AFTER {
-                        c.level = 0;
-                    }
                     c.apply_exit(code, oom, now);
                     exited_in = Some(uid.clone());
                     self.status_dirty = true;

@@ -59,3 +59,11 @@ spec:
 Y
   if [ -n "${3:-}" ]; then printf '%s\n' "$3"; fi
 }
+# How many pods are Running, and waiting for a count (polls every 20 ms, about two minutes).
+running_pods() {
+  "$baton" get pods -o json 2>/dev/null | python3 -c 'import json,sys; print(sum(1 for p in json.load(sys.stdin)["items"] if p["status"].get("phase") == "Running"))' 2>/dev/null || echo 0
+}
+wait_running() { # $1 = count; polls every 20 ms, gives up after about two minutes
+  for _ in $(seq 1 4000); do [ "$(running_pods)" = "$1" ] && return 0; sleep 0.02; done
+  return 1
+}

@@ -19,11 +19,7 @@ fleet_node=ibench-$$ fleet_cidr=10.77.252.0/24
 trap 'fleet_stop; rm -rf "$work"' EXIT
 fleet_start
 sleepers 10 | "$baton" apply -f - >/dev/null
-running() {
-  "$baton" get pods -o json 2>/dev/null | python3 -c 'import json,sys; print(sum(1 for p in json.load(sys.stdin)["items"] if p["status"].get("phase") == "Running"))' 2>/dev/null || echo 0
-}
-for _ in $(seq 1 1200); do [ "$(running)" = 10 ] && break; sleep 0.1; done
-[ "$(running)" = 10 ] || { echo "pods not running" >&2; tail -20 "$work/agent.log" >&2; exit 1; }
+wait_running 10 || { echo "pods not running" >&2; tail -20 "$work/agent.log" >&2; exit 1; }
 sleep 10 # settle
 hz=$(getconf CLK_TCK)
 a0=$(cpu_ticks "$agent_pid") c0=$(cpu_ticks "$coord_pid")

@@ -117,13 +117,6 @@ fleet_node=bench-$$ fleet_cidr=10.77.250.0/24 bindir=$root/target/release
 . "$root/tests/bench/fleet.sh"
 fleet_build() { (cd "$root" && cargo build --release -p baton-coordinator -p baton-agent >&2); }
 trap 'fleet_stop; cleanup' EXIT
-running_pods() {
-  "$baton" get pods -o json 2>/dev/null | python3 -c 'import json,sys; print(sum(1 for p in json.load(sys.stdin)["items"] if p["status"].get("phase") == "Running"))' 2>/dev/null || echo 0
-}
-wait_running() { # $1 = count; polls every 20 ms, gives up after about two minutes
-  for _ in $(seq 1 4000); do [ "$(running_pods)" = "$1" ] && return 0; sleep 0.02; done
-  return 1
-}
 wait_no_pods() { for _ in $(seq 1 600); do [ "$("$baton" get pods 2>/dev/null | wc -l)" -le 1 ] && return 0; sleep 0.1; done; return 1; }
 log "starting a one-machine fleet for the fleet figures"
 if fleet_build && fleet_start; then

@@ -138,22 +138,13 @@ impl Rotator {
             logs: Mutex::new(Logs::default()),
         });
         let weak: Weak<Self> = Arc::downgrade(&me);
-        let (started_tx, started_rx) = std::sync::mpsc::channel();
-        // The thread never ends, even after its runtime is gone, and the caller learns when
-        // it has started: a thread starting or ending must not overlap a container clone
-        // (see `Watchers` in youki.rs).
-        std::thread::Builder::new()
-            .name("log-rotator".into())
-            .spawn(move || {
-                let _ = started_tx.send(());
-                loop {
-                    std::thread::sleep(CHECK_EVERY);
-                    if let Some(r) = weak.upgrade() {
-                        r.check_all();
-                    }
-                }
-            })?;
-        let _ = started_rx.recv();
+        // Never ends, even after its runtime is gone: see `spawn_started`.
+        super::spawn_started("log-rotator", move || loop {
+            std::thread::sleep(CHECK_EVERY);
+            if let Some(r) = weak.upgrade() {
+                r.check_all();
+            }
+        })?;
         Ok(me)
     }
 

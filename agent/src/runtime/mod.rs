@@ -401,6 +401,25 @@ pub fn tmpfs_bundles_dir(run_dir: &Path, node: &str) -> Result<PathBuf, RuntimeE
     Ok(dir)
 }
 
+/// Spawns a thread and returns once it runs. Rust's runtime registers a thread (its stack
+/// guard, under a process-wide lock) before running its body, and a container process
+/// libcontainer clones while that lock is held hangs in its `exit` forever. So the runtime
+/// starts its long-lived threads holding the clone lock, through this, and they never end.
+pub(crate) fn spawn_started(
+    name: &str,
+    body: impl FnOnce() + Send + 'static,
+) -> std::io::Result<()> {
+    let (started_tx, started_rx) = std::sync::mpsc::channel::<()>();
+    std::thread::Builder::new()
+        .name(name.to_owned())
+        .spawn(move || {
+            let _ = started_tx.send(());
+            body();
+        })?;
+    let _ = started_rx.recv();
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

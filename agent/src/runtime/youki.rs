@@ -82,8 +82,8 @@ use super::{
 const CPU_PERIOD_US: u64 = 100_000;
 /// How long `delete` waits for the reaper after SIGKILL before removing state anyway.
 const REAP_WAIT: Duration = Duration::from_secs(10);
-/// How long [`load`] keeps retrying a transient failure (1 + 2 + ... ms, about 0.25 s).
-const LOAD_RETRY_CAP: Duration = Duration::from_millis(200);
+/// How long [`retry_transient`] keeps retrying (1 + 2 + ... + 128 ms, about 0.25 s).
+const RETRY_CAP: Duration = Duration::from_millis(200);
 /// How often the watcher of an adopted container checks that its init still runs.
 const WATCH_EVERY: Duration = Duration::from_secs(1);
 
@@ -179,15 +179,20 @@ static LIBCONTAINER: Mutex<()> = Mutex::new(());
 /// init's exit fails to stat it. Both pass within milliseconds; a failed load in `delete`
 /// used to leave a stopped pod's container and cgroup behind.
 fn load(dir: &Path, id: &ContainerId) -> Result<Container, RuntimeError> {
+    retry_transient(dir, || Container::load(dir.to_owned())).map_err(backend(Operation::Load, id))
+}
+
+/// Runs `op` again after 1, 2, 4, ... ms (at most [`RETRY_CAP`] in all) while it fails and
+/// the container's state directory `dir` still exists; the last error otherwise.
+fn retry_transient<T, E>(dir: &Path, mut op: impl FnMut() -> Result<T, E>) -> Result<T, E> {
     let mut pause = Duration::from_millis(1);
     loop {
-        match Container::load(dir.to_owned()) {
-            Ok(c) => return Ok(c),
-            Err(_) if pause < LOAD_RETRY_CAP && dir.exists() => {
+        match op() {
+            Err(_) if pause < RETRY_CAP && dir.exists() => {
                 std::thread::sleep(pause);
                 pause *= 2;
             }
-            Err(e) => return Err(backend(Operation::Load, id)(e)),
+            done => return done,
         }
     }
 }
@@ -219,21 +224,16 @@ impl Watchers {
             }
         }
         let (tx, rx) = mpsc::channel::<WatchJob>();
-        let (started_tx, started_rx) = mpsc::channel::<()>();
         let (idle, me) = (self.idle.clone(), tx.clone());
-        let clones = lock(&LIBCONTAINER);
-        std::thread::Builder::new()
-            .name("watch".into())
-            .spawn(move || {
-                let _ = started_tx.send(());
+        {
+            let _clones = lock(&LIBCONTAINER);
+            super::spawn_started("watch", move || {
                 while let Ok(job) = rx.recv() {
                     job();
                     lock(&idle).push(me.clone());
                 }
             })?;
-        // Once it runs, the runtime has registered the thread: no clone overlapped that.
-        let _ = started_rx.recv();
-        drop(clones);
+        }
         tx.send(job)
             .map_err(|_| io::Error::other("a new watcher thread ended at once"))
     }
@@ -1107,20 +1107,22 @@ impl Runtime for YoukiRuntime {
                 }
             }
             // `delete` refreshes the status from /proc first, which can race the init's exit
-            // as `load` does: retry on fresh state.
-            let mut pause = Duration::from_millis(5);
-            loop {
-                let _tree = lock(&LIBCONTAINER);
-                match c.delete(true) {
-                    Ok(()) => break,
-                    Err(_) if pause < LOAD_RETRY_CAP && dir.exists() => {
-                        drop(_tree);
-                        std::thread::sleep(pause);
-                        pause *= 2;
-                        c = load(&dir, id)?;
+            // as `load` does: retry, on fresh state. Gone means deleted (it goes last).
+            let deleted = retry_transient(&dir, || {
+                let r = {
+                    let _tree = lock(&LIBCONTAINER);
+                    c.delete(true)
+                };
+                if r.is_err() {
+                    if let Ok(fresh) = Container::load(dir.clone()) {
+                        c = fresh;
                     }
-                    Err(_) if !dir.exists() => break,
-                    Err(e) => return Err(backend(Operation::Delete, id)(e)),
+                }
+                r
+            });
+            if let Err(e) = deleted {
+                if dir.exists() {
+                    return Err(backend(Operation::Delete, id)(e));
                 }
             }
             if let Some(p) = cgroup_path {

@@ -185,25 +185,24 @@ pub const BODY_READ_TIMEOUT: std::time::Duration = std::time::Duration::from_sec
 async fn read_body_in_time(req: Request, next: Next) -> Response {
     let (parts, body) = req.into_parts();
     let limit = crate::enroll::MAX_REQUEST_BYTES;
-    let bytes = match tokio::time::timeout(BODY_READ_TIMEOUT, axum::body::to_bytes(body, limit))
-        .await
-    {
-        Ok(Ok(b)) => b,
-        Ok(Err(e)) => {
-            return Failure(
-                StatusCode::PAYLOAD_TOO_LARGE,
-                format!("cannot read a request body of at most {limit} bytes: {e}"),
-            )
-            .into_response()
-        }
-        Err(_) => {
-            return Failure(
-                StatusCode::REQUEST_TIMEOUT,
-                format!("the request body did not arrive within {BODY_READ_TIMEOUT:?}"),
-            )
-            .into_response()
-        }
-    };
+    let bytes =
+        match tokio::time::timeout(BODY_READ_TIMEOUT, axum::body::to_bytes(body, limit)).await {
+            Ok(Ok(b)) => b,
+            Ok(Err(e)) => {
+                return Failure(
+                    StatusCode::PAYLOAD_TOO_LARGE,
+                    format!("cannot read a request body of at most {limit} bytes: {e}"),
+                )
+                .into_response()
+            }
+            Err(_) => {
+                return Failure(
+                    StatusCode::REQUEST_TIMEOUT,
+                    format!("the request body did not arrive within {BODY_READ_TIMEOUT:?}"),
+                )
+                .into_response()
+            }
+        };
     next.run(Request::from_parts(parts, axum::body::Body::from(bytes)))
         .await
 }

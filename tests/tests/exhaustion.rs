@@ -63,7 +63,10 @@ impl Coordinator {
             token: String::new(),
         };
         wait_for("the coordinator API", Duration::from_secs(30), || {
-            Ok(c.baton(&["get", "nodes"], None)?.status.success().then_some(()))
+            Ok(c.baton(&["get", "nodes"], None)?
+                .status
+                .success()
+                .then_some(()))
         })?;
         let conf = std::fs::read_to_string(c.admin_conf())?;
         c.token = conf
@@ -109,7 +112,10 @@ impl Coordinator {
 
     /// Runs `f` on a thread inside the coordinator's network namespace (sockets made
     /// there stay in it).
-    fn inside<T: Send + 'static>(&self, f: impl FnOnce() -> Result<T> + Send + 'static) -> Result<T> {
+    fn inside<T: Send + 'static>(
+        &self,
+        f: impl FnOnce() -> Result<T> + Send + 'static,
+    ) -> Result<T> {
         let ns = self.ns.0.clone();
         std::thread::spawn(move || {
             let netns = std::fs::File::open(format!("/run/netns/{ns}"))?;
@@ -204,11 +210,20 @@ fn silent_connections_cannot_exhaust_the_api_or_enrollment() -> Result<()> {
     let (status, took) = c
         .inside(move || timed_request(API, "/api/v1/nodes", &t))
         .with_context(|| format!("GET /api/v1/nodes under {CONNS} silent connections"))?;
-    ensure!(status.starts_with("HTTP/1.1 200"), "GET /api/v1/nodes: {status:?}");
+    ensure!(
+        status.starts_with("HTTP/1.1 200"),
+        "GET /api/v1/nodes: {status:?}"
+    );
     ensure!(took < ANSWER_WITHIN, "GET /api/v1/nodes took {took:?}");
     let fds = c.fds()?;
-    ensure!(fds <= max_fds, "the server holds {fds} fds (base {base_fds}, at most {max_fds})");
-    println!("API: {} silent connections, answer in {took:?}, server fds {fds} (base {base_fds})", held[0].len());
+    ensure!(
+        fds <= max_fds,
+        "the server holds {fds} fds (base {base_fds}, at most {max_fds})"
+    );
+    println!(
+        "API: {} silent connections, answer in {took:?}, server fds {fds} (base {base_fds})",
+        held[0].len()
+    );
 
     // 2. Half-sent registry requests (a head that never ends), then a real /v2/ read.
     let partial = c.inside(|| flood(API, CONNS, b"GET /v2/ HTTP/1.1\r\nHost: x\r\n"))?;
@@ -220,7 +235,10 @@ fn silent_connections_cannot_exhaust_the_api_or_enrollment() -> Result<()> {
     ensure!(status.starts_with("HTTP/1.1 200"), "GET /v2/: {status:?}");
     ensure!(took < ANSWER_WITHIN, "GET /v2/ took {took:?}");
     let fds = c.fds()?;
-    ensure!(fds <= max_fds, "the server holds {fds} fds (at most {max_fds})");
+    ensure!(
+        fds <= max_fds,
+        "the server holds {fds} fds (at most {max_fds})"
+    );
     println!("/v2/: answer in {took:?}, server fds {fds}");
 
     // 3. Silent connections to the enrollment listener (TLS): a device still gets the CA,
@@ -228,27 +246,50 @@ fn silent_connections_cannot_exhaust_the_api_or_enrollment() -> Result<()> {
     let enroll = c.inside(|| flood(ENROLL, CONNS, b""))?;
     held.push(enroll);
     let started = Instant::now();
-    let out = c
-        .ns
-        .cmd("curl")
-        .args(["-sk", "--max-time", "1", "-o", "/dev/null", "-w", "%{http_code}"])
-        .arg(format!("https://{ENROLL}/api/v1/enroll/ca"))
-        .output()?;
+    let out =
+        c.ns.cmd("curl")
+            .args([
+                "-sk",
+                "--max-time",
+                "1",
+                "-o",
+                "/dev/null",
+                "-w",
+                "%{http_code}",
+            ])
+            .arg(format!("https://{ENROLL}/api/v1/enroll/ca"))
+            .output()?;
     let took = started.elapsed();
     let code = String::from_utf8_lossy(&out.stdout).to_string();
-    ensure!(code == "200", "GET /api/v1/enroll/ca: {code:?} after {took:?}");
+    ensure!(
+        code == "200",
+        "GET /api/v1/enroll/ca: {code:?} after {took:?}"
+    );
     ensure!(took < ANSWER_WITHIN, "GET /api/v1/enroll/ca took {took:?}");
     let t = token.clone();
     let (status, took_api) = c.inside(move || timed_request(API, "/api/v1/nodes", &t))?;
-    ensure!(status.starts_with("HTTP/1.1 200"), "GET /api/v1/nodes: {status:?}");
-    ensure!(took_api < ANSWER_WITHIN, "GET /api/v1/nodes took {took_api:?}");
+    ensure!(
+        status.starts_with("HTTP/1.1 200"),
+        "GET /api/v1/nodes: {status:?}"
+    );
+    ensure!(
+        took_api < ANSWER_WITHIN,
+        "GET /api/v1/nodes took {took_api:?}"
+    );
     let fds = c.fds()?;
-    ensure!(fds <= max_fds, "the server holds {fds} fds (at most {max_fds})");
+    ensure!(
+        fds <= max_fds,
+        "the server holds {fds} fds (at most {max_fds})"
+    );
     println!("enroll: CA in {took:?} (curl, process start included), API in {took_api:?}, server fds {fds}");
 
     // The CLI works too, and the shedding was reported.
     let out = c.baton(&["get", "nodes"], None)?;
-    ensure!(out.status.success(), "baton get nodes: {}", String::from_utf8_lossy(&out.stderr));
+    ensure!(
+        out.status.success(),
+        "baton get nodes: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     ensure!(
         c.log().contains("HTTP connection limit reached"),
         "no WARN about shed connections in the log:\n{}",
@@ -325,18 +366,28 @@ fn apply_refuses_host_port_22_and_a_relative_working_dir() -> Result<()> {
         Err(e) => e,
     };
     ensure!(
-        err.contains("spec.template.spec.containers[0].workingDir: \"../../..\" must be an absolute path"),
+        err.contains(
+            "spec.template.spec.containers[0].workingDir: \"../../..\" must be an absolute path"
+        ),
         "{err}"
     );
     // Nothing of either reached the store; a hostPort in the default range is admitted.
     let pods = c.baton(&["get", "pods", "-o", "json"], None)?;
-    ensure!(!String::from_utf8_lossy(&pods.stdout).contains("sshd"), "the refused pod was stored");
+    ensure!(
+        !String::from_utf8_lossy(&pods.stdout).contains("sshd"),
+        "the refused pod was stored"
+    );
     apply(&c, HOST_PORT_8080)?.map_err(|e| anyhow::anyhow!("hostPort 8080 refused: {e}"))?;
     drop(c);
 
     // The operator may allow it explicitly (repeatable flag; the default is then replaced).
-    let c = Coordinator::start("adm2", None, &["--allow-host-port", "22", "--allow-host-port", "8000-9000"])?;
-    apply(&c, HOST_PORT_22)?.map_err(|e| anyhow::anyhow!("hostPort 22 refused with --allow-host-port 22: {e}"))?;
+    let c = Coordinator::start(
+        "adm2",
+        None,
+        &["--allow-host-port", "22", "--allow-host-port", "8000-9000"],
+    )?;
+    apply(&c, HOST_PORT_22)?
+        .map_err(|e| anyhow::anyhow!("hostPort 22 refused with --allow-host-port 22: {e}"))?;
     apply(&c, HOST_PORT_8080)?.map_err(|e| anyhow::anyhow!("hostPort 8080 refused: {e}"))?;
     Ok(())
 }

@@ -666,6 +666,35 @@ mod tests {
         assert!(check_listen(any, false, true).is_ok());
     }
 
+    /// A device route's body that never finishes is cut off at BODY_READ_TIMEOUT (408)
+    /// rather than holding its connection; an oversized one is refused (413).
+    #[tokio::test(start_paused = true)]
+    async fn device_route_bodies_must_arrive_in_time() {
+        use axum::body::Body;
+        use tower::ServiceExt;
+
+        let app = Router::new()
+            .route(
+                "/x",
+                post(|b: axum::body::Bytes| async move { b.len().to_string() }),
+            )
+            .layer(axum::middleware::from_fn(read_body_in_time));
+        let send = |body: Body| {
+            let req = axum::http::Request::post("/x").body(body).unwrap();
+            app.clone().oneshot(req)
+        };
+        let ok = send(Body::from("hello")).await.unwrap();
+        assert_eq!(ok.status(), StatusCode::OK);
+        let started = tokio::time::Instant::now();
+        let never = futures::stream::pending::<Result<axum::body::Bytes, std::io::Error>>();
+        let slow = send(Body::from_stream(never)).await.unwrap();
+        assert_eq!(slow.status(), StatusCode::REQUEST_TIMEOUT);
+        assert_eq!(started.elapsed(), BODY_READ_TIMEOUT);
+        let big = vec![b'x'; crate::enroll::MAX_REQUEST_BYTES + 1];
+        let big = send(Body::from(big)).await.unwrap();
+        assert_eq!(big.status(), StatusCode::PAYLOAD_TOO_LARGE);
+    }
+
     /// Route x role -> status, through the real router and middleware. The core is a
     /// task that answers every API call with an empty list, so allowed calls get 200
     /// (or 400 for a bad body) and denied ones never reach it.

@@ -212,3 +212,31 @@ async fn shutdown_stops_accepting_and_ends_idle_connections() {
     assert!(closed_within(&mut idle, Duration::from_secs(1)).await);
     assert!(TcpStream::connect(addr).await.is_err());
 }
+
+#[tokio::test]
+async fn a_silent_tls_client_is_dropped_at_the_handshake_deadline() {
+    let dir = tempfile::tempdir().unwrap();
+    let pki = crate::pki::Pki::load_or_create(dir.path()).unwrap();
+    let (cert, key) = pki.api_tls(&["127.0.0.1".to_owned()]).unwrap();
+    let cfg = crate::tls::server_config(&cert, &key).unwrap();
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let conns = Conns::new(Limits {
+        max_connections: 16,
+        header_read_timeout: Duration::from_secs(60),
+        handshake_timeout: Duration::from_millis(300),
+    });
+    tokio::spawn(serve(
+        listener,
+        Some(cfg),
+        app(Arc::new(Notify::new())),
+        conns.clone(),
+        std::future::pending(),
+    ));
+    let started = Instant::now();
+    let mut silent = TcpStream::connect(addr).await.unwrap();
+    assert!(closed_within(&mut silent, Duration::from_secs(3)).await);
+    assert!(started.elapsed() >= Duration::from_millis(250));
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    assert_eq!(conns.open(), 0);
+}

@@ -419,6 +419,19 @@ pub struct ServerArgs {
     /// Admit pods with `hostNetwork: true`.
     #[arg(long, env = "BATON_ALLOW_HOST_NETWORK")]
     pub allow_host_network: bool,
+    /// Admit `hostPort`s in this range (PORT or FIRST-LAST; ALL or 0-65535 for any, none
+    /// for no port; repeatable, comma-separated in the environment). Giving it replaces
+    /// the default, the unprivileged 1024-65535: below 1024 live the node's own services
+    /// (ssh, DNS, HTTP), which a pod could otherwise stand in for. hostIP plays no part.
+    #[arg(
+        long = "allow-host-port",
+        value_name = "RANGE",
+        env = "BATON_ALLOW_HOST_PORT",
+        value_delimiter = ',',
+        default_value = "1024-65535",
+        value_parser = host_port_range
+    )]
+    pub allow_host_ports: Vec<crate::policy::HostPorts>,
     /// Refuse messages from nodes that have not enrolled (enrolled nodes are always
     /// verified). Off by default so fleets without enrollment keep working.
     #[arg(long, env = "BATON_REQUIRE_SIGNATURES")]
@@ -448,6 +461,11 @@ pub struct ServerArgs {
     /// on loopback (e.g. 0.0.0.0:7475).
     #[arg(long, env = "BATON_ENROLL_LISTEN")]
     pub enroll_listen: Option<SocketAddr>,
+}
+
+/// One `--allow-host-port` value (see [`crate::policy::HostPorts::parse`]).
+fn host_port_range(s: &str) -> Result<crate::policy::HostPorts, crate::policy::HostPortRangeError> {
+    crate::policy::HostPorts::parse(&[s])
 }
 
 impl ServerArgs {
@@ -505,6 +523,7 @@ impl ServerArgs {
                     })
                     .collect(),
                 allow_host_network: self.allow_host_network,
+                allow_host_ports: self.allow_host_ports.iter().cloned().collect(),
             },
             security: crate::security::SecurityConfig {
                 require_signatures: self.require_signatures,
@@ -2492,6 +2511,31 @@ spec:
         ])
         .is_ok());
         assert!(deployment_name("pod/x", None, "rollout status").is_err());
+    }
+
+    #[test]
+    fn allow_host_port_replaces_the_default_and_repeats() {
+        let policy = |args: &[&str]| {
+            let mut argv = vec!["baton", "server"];
+            argv.extend_from_slice(args);
+            match Cli::try_parse_from(argv).map(|c| c.command) {
+                Ok(Command::Server(s)) => Ok(s.config().policy.allow_host_ports),
+                Ok(_) => panic!("not the server command"),
+                Err(e) => Err(e.to_string()),
+            }
+        };
+        let default = policy(&[]).unwrap();
+        assert!(default.allows(1024) && default.allows(8080) && !default.allows(22));
+        let custom =
+            policy(&["--allow-host-port", "8000-9000", "--allow-host-port", "22"]).unwrap();
+        assert!(custom.allows(22) && custom.allows(8080) && !custom.allows(6379));
+        assert!(policy(&["--allow-host-port", "ALL"]).unwrap().allows(1));
+        assert!(!policy(&["--allow-host-port", "none"]).unwrap().allows(8080));
+        let err = policy(&["--allow-host-port", "9000-8000"]).unwrap_err();
+        assert!(
+            err.contains("invalid host port range \"9000-8000\""),
+            "{err}"
+        );
     }
 
     #[test]

@@ -165,7 +165,46 @@ async fn require_token(State(tokens): State<Arc<Tokens>>, req: Request, next: Ne
         };
         return Failure(StatusCode::FORBIDDEN, denied.to_string()).into_response();
     }
-    next.run(req).await
+    // An authenticated request keeps its connection from being closed to make room for
+    // others until its response is sent (see crate::serve).
+    let hold = crate::serve::Hold::of(&req);
+    let resp = next.run(req).await;
+    match hold {
+        Some(h) => h.until_sent(resp),
+        None => resp,
+    }
+}
+
+/// How long an unauthenticated device request (enroll, rotate) may take to send its
+/// body: a client trickling a body would otherwise hold its connection for as long as
+/// it likes.
+pub const BODY_READ_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// Reads the body of the token-less device routes within [`BODY_READ_TIMEOUT`] (and
+/// `enroll::MAX_REQUEST_BYTES`) before the handler sees it.
+async fn read_body_in_time(req: Request, next: Next) -> Response {
+    let (parts, body) = req.into_parts();
+    let limit = crate::enroll::MAX_REQUEST_BYTES;
+    let bytes =
+        match tokio::time::timeout(BODY_READ_TIMEOUT, axum::body::to_bytes(body, limit)).await {
+            Ok(Ok(b)) => b,
+            Ok(Err(e)) => {
+                return Failure(
+                    StatusCode::PAYLOAD_TOO_LARGE,
+                    format!("cannot read a request body of at most {limit} bytes: {e}"),
+                )
+                .into_response()
+            }
+            Err(_) => {
+                return Failure(
+                    StatusCode::REQUEST_TIMEOUT,
+                    format!("the request body did not arrive within {BODY_READ_TIMEOUT:?}"),
+                )
+                .into_response()
+            }
+        };
+    next.run(Request::from_parts(parts, axum::body::Body::from(bytes)))
+        .await
 }
 
 impl From<AuthError> for Failure {
@@ -454,6 +493,7 @@ fn enroll_routes() -> Router<SecState> {
         .layer(axum::extract::DefaultBodyLimit::max(
             crate::enroll::MAX_REQUEST_BYTES,
         ))
+        .layer(axum::middleware::from_fn(read_body_in_time))
 }
 
 /// Only the three routes devices use (enroll, its CA, rotate), for the separate
@@ -624,6 +664,35 @@ mod tests {
         assert!(err.to_string().contains("--insecure-allow-remote"), "{err}");
         assert!(check_listen(any, true, false).is_ok());
         assert!(check_listen(any, false, true).is_ok());
+    }
+
+    /// A device route's body that never finishes is cut off at BODY_READ_TIMEOUT (408)
+    /// rather than holding its connection; an oversized one is refused (413).
+    #[tokio::test(start_paused = true)]
+    async fn device_route_bodies_must_arrive_in_time() {
+        use axum::body::Body;
+        use tower::ServiceExt;
+
+        let app = Router::new()
+            .route(
+                "/x",
+                post(|b: axum::body::Bytes| async move { b.len().to_string() }),
+            )
+            .layer(axum::middleware::from_fn(read_body_in_time));
+        let send = |body: Body| {
+            let req = axum::http::Request::post("/x").body(body).unwrap();
+            app.clone().oneshot(req)
+        };
+        let ok = send(Body::from("hello")).await.unwrap();
+        assert_eq!(ok.status(), StatusCode::OK);
+        let started = tokio::time::Instant::now();
+        let never = futures::stream::pending::<Result<axum::body::Bytes, std::io::Error>>();
+        let slow = send(Body::from_stream(never)).await.unwrap();
+        assert_eq!(slow.status(), StatusCode::REQUEST_TIMEOUT);
+        assert_eq!(started.elapsed(), BODY_READ_TIMEOUT);
+        let big = vec![b'x'; crate::enroll::MAX_REQUEST_BYTES + 1];
+        let big = send(Body::from(big)).await.unwrap();
+        assert_eq!(big.status(), StatusCode::PAYLOAD_TOO_LARGE);
     }
 
     /// Route x role -> status, through the real router and middleware. The core is a

@@ -21,6 +21,7 @@ pub mod rollout;
 pub mod scheduler;
 pub mod secrets;
 pub mod security;
+pub mod serve;
 pub mod server;
 pub mod store;
 pub mod tls;

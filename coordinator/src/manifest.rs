@@ -1145,6 +1145,20 @@ fn absolute_path(path: &str, p: &str) -> Result<(), Invalid> {
     Ok(())
 }
 
+/// The runtime (OCI `process.cwd`) needs an absolute directory, resolved inside the
+/// container's root: a relative one was accepted and then crash-looped on the node.
+/// `..` is harmless there, so unlike a mount path it is allowed; empty means unset, as
+/// in Kubernetes.
+fn working_dir(path: &str, w: String) -> Result<String, Invalid> {
+    if !w.starts_with('/') {
+        return invalid(path, format!("{w:?} must be an absolute path"));
+    }
+    if w.contains('\0') {
+        return invalid(path, "must not contain NUL");
+    }
+    Ok(w)
+}
+
 fn volumes(path: &str, input: Vec<InVolume>) -> Result<Vec<api::Volume>, Invalid> {
     let mut out: Vec<api::Volume> = Vec::with_capacity(input.len());
     for (i, v) in input.into_iter().enumerate() {
@@ -1345,7 +1359,11 @@ fn container(
         command: c.command,
         args: c.args,
         env,
-        working_dir: c.working_dir,
+        working_dir: c
+            .working_dir
+            .filter(|w| !w.is_empty())
+            .map(|w| working_dir(&format!("{path}.workingDir"), w))
+            .transpose()?,
         ports,
         resources,
         volume_mounts,

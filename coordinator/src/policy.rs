@@ -56,6 +56,8 @@ pub struct Policy {
     pub allow_capabilities: BTreeSet<String>,
     /// `--allow-host-network`: pods with `hostNetwork: true`.
     pub allow_host_network: bool,
+    /// `--allow-host-port RANGE`: the `hostPort`s a container may bind on its node.
+    pub allow_host_ports: HostPorts,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -68,6 +70,12 @@ pub enum PolicyError {
     HostPath { path: String, host_path: String },
     #[error("{path}: hostNetwork is refused by the coordinator's policy (start `baton server` with --allow-host-network to allow it)")]
     HostNetwork { path: String },
+    #[error("{path}: hostPort {port} is refused by the coordinator's policy, which allows {allowed} (start `baton server` with --allow-host-port {port}, besides the ranges it allows now, to allow it)")]
+    HostPort {
+        path: String,
+        port: u16,
+        allowed: HostPorts,
+    },
     #[error("{path}: {value} exceeds the coordinator's bound of {max}")]
     TooLarge {
         path: String,
@@ -141,6 +149,7 @@ pub fn check_pod(spec: &api::PodSpec, path: &str, policy: &Policy) -> Result<(),
             }
         }
     }
+    check_host_ports(spec, path, policy)?;
     for (cpath, c) in spec.all_containers(path) {
         check_container(&cpath, c, policy)?;
     }
@@ -229,6 +238,108 @@ fn memory(path: &str, s: &str) -> Result<u64, PolicyError> {
     Ok(bytes)
 }
 
+/// The host ports a pod may bind without a flag: the unprivileged range. Below 1024
+/// live the node's own services (ssh on 22, DNS, HTTP): a pod there could stand in for
+/// one, as binding them needs root on an ordinary host. Every shipped example fits
+/// (8080, 6379, 6380); `--allow-host-port` narrows or widens it.
+pub const DEFAULT_HOST_PORTS: (u16, u16) = (1024, 65535);
+
+/// Ranges of host ports (`--allow-host-port`), Pod Security "baseline"'s "known list".
+/// Empty allows none. `hostIP` plays no part: the agent's forwarder binds all addresses.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HostPorts(Vec<(u16, u16)>);
+
+impl Default for HostPorts {
+    fn default() -> Self {
+        Self(vec![DEFAULT_HOST_PORTS])
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("invalid host port range {0:?}: expected PORT, FIRST-LAST (0-65535), ALL or none")]
+pub struct HostPortRangeError(String);
+
+impl HostPorts {
+    /// From `--allow-host-port` values: `8080`, `8000-9000`, `ALL` (or `0-65535`) for
+    /// any, `none` for no port.
+    pub fn parse<S: AsRef<str>>(specs: &[S]) -> Result<Self, HostPortRangeError> {
+        let mut ranges = Vec::new();
+        for spec in specs {
+            let spec = spec.as_ref().trim();
+            if spec.eq_ignore_ascii_case("all") {
+                ranges.push((0, u16::MAX));
+                continue;
+            }
+            if spec.eq_ignore_ascii_case("none") {
+                continue;
+            }
+            let bad = || HostPortRangeError(spec.to_owned());
+            let num = |s: &str| s.trim().parse::<u16>().map_err(|_| bad());
+            let (first, last) = match spec.split_once('-') {
+                Some((a, b)) => (num(a)?, num(b)?),
+                None => (num(spec)?, num(spec)?),
+            };
+            if first > last {
+                return Err(bad());
+            }
+            ranges.push((first, last));
+        }
+        Ok(Self(ranges))
+    }
+
+    pub fn allows(&self, port: u16) -> bool {
+        self.0.iter().any(|&(a, b)| (a..=b).contains(&port))
+    }
+}
+
+/// The union of several `--allow-host-port` values.
+impl FromIterator<HostPorts> for HostPorts {
+    fn from_iter<I: IntoIterator<Item = HostPorts>>(iter: I) -> Self {
+        Self(iter.into_iter().flat_map(|h| h.0).collect())
+    }
+}
+
+impl std::fmt::Display for HostPorts {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        if self.0.is_empty() {
+            return f.write_str("no host ports");
+        }
+        let parts: Vec<String> = self
+            .0
+            .iter()
+            .map(|&(a, b)| {
+                if a == b {
+                    a.to_string()
+                } else {
+                    format!("{a}-{b}")
+                }
+            })
+            .collect();
+        f.write_str(&parts.join(","))
+    }
+}
+
+/// Every `hostPort` (init containers included) must lie in an allowed range. The ports
+/// of a `hostNetwork` pod are governed by `--allow-host-network`, which grants them all.
+fn check_host_ports(spec: &api::PodSpec, path: &str, policy: &Policy) -> Result<(), PolicyError> {
+    if spec.host_network {
+        return Ok(());
+    }
+    for (cpath, c) in spec.all_containers(path) {
+        for (i, p) in c.ports.iter().enumerate() {
+            let Some(port) = p.host_port else { continue };
+            if !policy.allow_host_ports.allows(port) {
+                return Err(PolicyError::HostPort {
+                    path: format!("{cpath}.ports[{i}].hostPort"),
+                    port,
+                    allowed: policy.allow_host_ports.clone(),
+                });
+            }
+        }
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -276,6 +387,14 @@ mod tests {
                 "spec.hostNetwork: hostNetwork is refused by the coordinator's policy (start `baton server` with --allow-host-network to allow it)",
             ),
             (
+                pod("", "    ports: [{containerPort: 22, hostPort: 22}]\n"),
+                "spec.containers[0].ports[0].hostPort: hostPort 22 is refused by the coordinator's policy, which allows 1024-65535 (start `baton server` with --allow-host-port 22, besides the ranges it allows now, to allow it)",
+            ),
+            (
+                pod("  initContainers:\n  - name: i\n    image: busybox:1\n    ports: [{containerPort: 80, hostPort: 80}]\n", ""),
+                "spec.initContainers[0].ports[0].hostPort: hostPort 80 is refused by the coordinator's policy, which allows 1024-65535 (start `baton server` with --allow-host-port 80, besides the ranges it allows now, to allow it)",
+            ),
+            (
                 pod("  initContainers:\n  - name: i\n    image: busybox:1\n    securityContext: {privileged: true}\n", ""),
                 "spec.initContainers[0].securityContext.privileged: privileged containers are refused by the coordinator's policy (start `baton server` with --allow-privileged to allow them)",
             ),
@@ -296,6 +415,7 @@ mod tests {
             allow_host_paths: vec!["/data/".into()],
             allow_capabilities: BTreeSet::from(["NET_ADMIN".to_string()]),
             allow_host_network: true,
+            ..Default::default()
         };
         assert_eq!(check(&p, &allow), Ok(()));
         // One permission less each time: the matching error comes back.
@@ -317,6 +437,81 @@ mod tests {
         let mut all = without.clone();
         all.allow_capabilities = BTreeSet::from(["ALL".to_string()]);
         assert_eq!(check(&p, &all), Ok(()));
+    }
+
+    #[test]
+    fn host_port_ranges() {
+        // (flag values, port, allowed?)
+        let cases: &[(&[&str], u16, bool)] = &[
+            (&["1024-65535"], 1023, false),
+            (&["1024-65535"], 1024, true),
+            (&["1024-65535"], 65535, true),
+            (&["8000-9000"], 8080, true),
+            (&["8000-9000"], 6379, false),
+            (&["8000-9000", "22"], 22, true),
+            (&["8000-9000", "22"], 23, false),
+            (&[" 80 "], 80, true),
+            (&["ALL"], 1, true),
+            (&["all"], 22, true),
+            (&["0-65535"], 22, true),
+            (&["none"], 8080, false),
+            (&["none", "8080"], 8080, true),
+            (&[], 8080, false),
+        ];
+        for (specs, port, ok) in cases {
+            let ports = HostPorts::parse(specs).unwrap();
+            assert_eq!(ports.allows(*port), *ok, "{specs:?} allows {port}?");
+        }
+        for bad in ["", "x", "9000-8000", "1-2-3", "70000", "-1", "80-"] {
+            assert_eq!(
+                HostPorts::parse(&[bad]),
+                Err(HostPortRangeError(bad.trim().to_owned())),
+                "{bad:?}"
+            );
+        }
+        assert_eq!(HostPorts::default().to_string(), "1024-65535");
+        assert_eq!(
+            HostPorts::parse(&["22", "8000-9000"]).unwrap().to_string(),
+            "22,8000-9000"
+        );
+        assert_eq!(
+            HostPorts::parse(&["none"]).unwrap().to_string(),
+            "no host ports"
+        );
+    }
+
+    #[test]
+    fn host_ports_are_checked_against_the_allowed_ranges() {
+        let narrow = Policy {
+            allow_host_ports: HostPorts::parse(&["8000-9000"]).unwrap(),
+            ..Default::default()
+        };
+        let p = pod(
+            "",
+            "    ports:\n    - {containerPort: 80, hostPort: 8080}\n    - {containerPort: 81, hostPort: 9001}\n",
+        );
+        assert_eq!(
+            check(&p, &narrow),
+            Err("spec.containers[0].ports[1].hostPort: hostPort 9001 is refused by the coordinator's policy, which allows 8000-9000 (start `baton server` with --allow-host-port 9001, besides the ranges it allows now, to allow it)".into())
+        );
+        assert_eq!(check(&p, &Policy::default()), Ok(()));
+        // Ports without hostPort bind nothing on the node.
+        let inner = pod("", "    ports: [{containerPort: 22}]\n");
+        let none = Policy {
+            allow_host_ports: HostPorts::parse(&["none"]).unwrap(),
+            ..Default::default()
+        };
+        assert_eq!(check(&inner, &none), Ok(()));
+        // A hostNetwork pod binds what it likes once --allow-host-network admits it.
+        let host = pod(
+            "  hostNetwork: true\n",
+            "    ports: [{containerPort: 22, hostPort: 22}]\n",
+        );
+        let net = Policy {
+            allow_host_network: true,
+            ..none
+        };
+        assert_eq!(check(&host, &net), Ok(()));
     }
 
     #[test]

@@ -23,7 +23,7 @@ use crate::core::{Core, CoreError, Event};
 use crate::http::{self, HttpError};
 use crate::registry::{Registry, RegistryError};
 use crate::store::{RedbStore, Store, StoreError};
-use crate::tls::{self, BrokerTlsFiles, MqttClientFiles, TlsError, TlsListener};
+use crate::tls::{self, BrokerTlsFiles, MqttClientFiles, TlsError};
 
 /// Default address of the HTTP API.
 pub const DEFAULT_HTTP_LISTEN: &str = "127.0.0.1:7474";
@@ -141,8 +141,6 @@ pub enum ServerError {
     },
     #[error("{0}")]
     MqttConfig(&'static str),
-    #[error("the HTTP server failed: {0}")]
-    Serve(std::io::Error),
     #[error("cannot set up the coordinator's key and CA: {0}")]
     Pki(#[from] crate::pki::PkiError),
     #[error("cannot load node identities: {0}")]
@@ -171,6 +169,8 @@ pub struct Server {
     enroller: Arc<crate::enroll::Enroller>,
     /// The `--enroll-listen` listener and its TLS config.
     enroll: Option<(tokio::net::TcpListener, Arc<rustls::ServerConfig>)>,
+    /// The open HTTP connections of both listeners, and their bound (`crate::serve`).
+    conns: Arc<crate::serve::Conns>,
 }
 
 impl Server {
@@ -182,6 +182,11 @@ impl Server {
             cfg.tls.is_some() || cfg.api_tls_auto,
             cfg.insecure_allow_remote,
         )?;
+        let limits = crate::serve::Limits::for_process();
+        tracing::info!(
+            max_connections = limits.max_connections,
+            "HTTP connections bounded by the open-files limit"
+        );
         std::fs::create_dir_all(&cfg.data_dir).map_err(|source| ServerError::DataDir {
             path: cfg.data_dir.clone(),
             source,
@@ -285,6 +290,7 @@ impl Server {
             security,
             enroller,
             enroll,
+            conns: crate::serve::Conns::new(limits),
         })
     }
 
@@ -318,6 +324,7 @@ impl Server {
             security,
             enroller,
             enroll,
+            conns,
             ..
         } = self;
         let stats = Arc::new(BusStats::default());
@@ -368,14 +375,18 @@ impl Server {
         };
 
         tracing::info!(%http_addr, broker = %format!("{}:{}", broker.host, broker.port), "coordinator serving");
-        let enroll_server = enroll.and_then(|(l, cfg)| {
+        // Both listeners share one connection bound: together they stay within the fds.
+        let enroll_server = enroll.map(|(l, cfg)| {
             let app = http::enroll_router(events_tx.clone(), security.clone(), enroller.clone());
             let addr = l.local_addr().ok();
             tracing::info!(?addr, "serving enrollment over TLS");
-            let l = TlsListener::new(l, cfg).ok()?;
-            Some(tokio::spawn(async move {
-                let _ = axum::serve(l, app).await;
-            }))
+            tokio::spawn(crate::serve::serve(
+                l,
+                Some(cfg),
+                app,
+                conns.clone(),
+                std::future::pending(),
+            ))
         });
         let sec_routes = http::security_router(
             events_tx.clone(),
@@ -385,19 +396,7 @@ impl Server {
         );
         let app =
             http::router_with_images(events_tx, stats, tokens, Some(registry)).merge(sec_routes);
-        let served = match tls {
-            None => axum::serve(listener, app)
-                .with_graceful_shutdown(shutdown)
-                .await
-                .map_err(ServerError::Serve),
-            Some(cfg) => match TlsListener::new(listener, cfg) {
-                Ok(listener) => axum::serve(listener, app)
-                    .with_graceful_shutdown(shutdown)
-                    .await
-                    .map_err(ServerError::Serve),
-                Err(e) => Err(ServerError::Serve(e)),
-            },
-        };
+        crate::serve::serve(listener, tls, app, conns, shutdown).await;
 
         tracing::info!("shutting down");
         ticker.abort();
@@ -415,7 +414,7 @@ impl Server {
         // The core stops when the last event sender (held by the router, the bus and the
         // ticker, all gone now) is dropped; waiting for it releases the store.
         let _ = core_task.await;
-        served
+        Ok(())
     }
 }
 

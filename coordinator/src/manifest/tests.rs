@@ -619,6 +619,31 @@ fn pod_feature_rules() {
             "error: document 1: spec.template.spec.containers[0].volumeMounts[0].mountPath: \"data\" must be an absolute path",
         ),
         (
+            "relative working directory",
+            c("        workingDir: ../../..\n"),
+            "error: document 1: spec.template.spec.containers[0].workingDir: \"../../..\" must be an absolute path",
+        ),
+        (
+            "working directory without a leading slash",
+            c("        workingDir: app\n"),
+            "error: document 1: spec.template.spec.containers[0].workingDir: \"app\" must be an absolute path",
+        ),
+        (
+            "an empty working directory is unset, as in Kubernetes",
+            c("        workingDir: \"\"\n"),
+            "ok",
+        ),
+        (
+            "relative working directory of an init container",
+            s("      initContainers:\n      - name: i\n        image: busybox:1\n        workingDir: tmp\n"),
+            "error: document 1: spec.template.spec.initContainers[0].workingDir: \"tmp\" must be an absolute path",
+        ),
+        (
+            "absolute working directories are fine, `..` inside the root included",
+            s("      initContainers:\n      - name: i\n        image: busybox:1\n        workingDir: /srv/../tmp\n"),
+            "ok",
+        ),
+        (
             "volume without a source",
             s("      volumes: [{name: d}]\n"),
             "error: document 1: spec.template.spec.volumes[0]: must specify a volume type: secret, emptyDir or hostPath",

@@ -1001,7 +1001,7 @@ pub fn build_deps(
     exits: mpsc::UnboundedSender<ExitEvent>,
 ) -> Result<Deps, AgentError> {
     let dir = |p: PathBuf| -> Result<PathBuf, AgentError> {
-        std::fs::create_dir_all(&p).map_err(|source| AgentError::DataDir {
+        crate::datadir::create_private_dir(&p).map_err(|source| AgentError::DataDir {
             path: p.clone(),
             source,
         })?;
@@ -1067,7 +1067,7 @@ pub async fn run(
     cfg: AgentConfig,
     shutdown: impl std::future::Future<Output = ()>,
 ) -> Result<(), AgentError> {
-    std::fs::create_dir_all(&cfg.data_dir).map_err(|source| AgentError::DataDir {
+    crate::datadir::create_private_dir(&cfg.data_dir).map_err(|source| AgentError::DataDir {
         path: cfg.data_dir.clone(),
         source,
     })?;

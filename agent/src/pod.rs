@@ -16,6 +16,7 @@
 //! ([`PodRecord`]), written atomically like the desired state.
 
 use std::io::Write;
+use std::os::unix::fs::OpenOptionsExt;
 use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -118,7 +119,12 @@ impl PodRecord {
     pub fn store(&self, path: &Path) -> std::io::Result<()> {
         let bytes = postcard::to_allocvec(self).map_err(std::io::Error::other)?;
         let tmp = path.with_extension("bin.tmp");
-        let mut f = std::fs::File::create(&tmp)?;
+        let mut f = std::fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .mode(crate::datadir::PRIVATE_FILE)
+            .open(&tmp)?;
         f.write_all(&bytes)?;
         f.sync_all()?;
         drop(f);
@@ -259,7 +265,8 @@ pub async fn start(
     let pod_ip = netns.as_ref().map(|n| IpAddr::V4(n.ip));
 
     let (d, p, dir) = (deps.clone(), pod.clone(), deps.pod_dir(&uid));
-    let vols = blocking(move || volumes::prepare(&dir, &p.volumes, d.secrets.as_ref()))
+    let readers = volumes::Readers::of(&pod);
+    let vols = blocking(move || volumes::prepare(&dir, &p.volumes, &readers, d.secrets.as_ref()))
         .await
         .map_err(|e| fail(None, e))?
         .map_err(|e| fail(None, format!("CreateContainerConfigError: {e}")))?;
@@ -373,10 +380,10 @@ pub async fn run_container(
         d.images
             .unmount_rootfs(&dir)
             .map_err(|e| format!("CreateContainerError: {e}"))?;
-        std::fs::create_dir_all(&dir)
+        crate::datadir::create_private_dir(&dir)
             .map_err(|e| format!("CreateContainerError: {}: {e}", dir.display()))?;
         if let Some(logs) = spec.log_path.parent() {
-            std::fs::create_dir_all(logs)
+            crate::datadir::create_private_dir(logs)
                 .map_err(|e| format!("CreateContainerError: {}: {e}", logs.display()))?;
         }
         spec.rootfs = d

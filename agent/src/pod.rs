@@ -16,8 +16,8 @@
 //! ([`PodRecord`]), written atomically like the desired state.
 
 use std::io::Write;
-use std::os::unix::fs::OpenOptionsExt;
 use std::net::{IpAddr, SocketAddr};
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
@@ -269,7 +269,12 @@ pub async fn start(
     let vols = blocking(move || volumes::prepare(&dir, &p.volumes, &readers, d.secrets.as_ref()))
         .await
         .map_err(|e| fail(None, e))?
-        .map_err(|e| fail(None, format!("CreateContainerConfigError: {}", error_chain(&e))))?;
+        .map_err(|e| {
+            fail(
+                None,
+                format!("CreateContainerConfigError: {}", error_chain(&e)),
+            )
+        })?;
 
     let mut started = Vec::new();
     for (c, img) in all_containers(&pod).zip(&images) {
@@ -404,9 +409,10 @@ pub async fn run_container(
     let uid = uid.to_owned();
     blocking(move || {
         let sandbox = match spec.netns {
-            Some(_) => d.network.ensure_pod(&uid).map_err(|e| {
-                format!("CreateContainerError: pod sandbox: {}", error_chain(&e))
-            })?,
+            Some(_) => d
+                .network
+                .ensure_pod(&uid)
+                .map_err(|e| format!("CreateContainerError: pod sandbox: {}", error_chain(&e)))?,
             None => None,
         };
         if let Some(s) = &sandbox {

@@ -566,7 +566,10 @@ mod tests {
         // Its one reader's, and nobody else's.
         use std::os::unix::fs::MetadataExt;
         let file = fs::metadata(creds.join("password")).unwrap();
-        assert_eq!((file.mode() & 0o7777, file.uid(), file.gid()), (0o400, 1000, 2000));
+        assert_eq!(
+            (file.mode() & 0o7777, file.uid(), file.gid()),
+            (0o400, 1000, 2000)
+        );
         let tmpfs = fs::metadata(&creds).unwrap();
         assert_eq!((tmpfs.mode() & 0o7777, tmpfs.uid()), (0o700, 1000));
         // Read-only: even root cannot add a file.

@@ -490,7 +490,10 @@ fn failed_creates_leave_no_zombies() {
     for i in 0..20 {
         let mut spec = fx.spec(&format!("c{i}"), &["true"]);
         spec.netns = Some(fx.dir.path().join("no-such-netns"));
-        let err = fx.runtime.run(&spec).expect_err("a create into a missing netns");
+        let err = fx
+            .runtime
+            .run(&spec)
+            .expect_err("a create into a missing netns");
         assert!(matches!(err, RuntimeError::Backend { .. }), "{err}");
         assert!(fx.runtime.list().unwrap().is_empty());
     }

@@ -32,12 +32,7 @@ fn on_failure<T>(lab: &Lab, r: Result<T>) -> Result<T> {
 /// `setpriv -- /a/path` would reach through directories nobody cannot search.
 fn as_nobody(args: &[&str]) -> Result<Output> {
     Command::new("setpriv")
-        .args([
-            "--reuid=65534",
-            "--regid=65534",
-            "--clear-groups",
-            "--",
-        ])
+        .args(["--reuid=65534", "--regid=65534", "--clear-groups", "--"])
         .args(args)
         .output()
         .context("setpriv")
@@ -77,7 +72,9 @@ fn evil_layout(dir: &Path, work: &Path) -> Result<String> {
     fs::create_dir_all(stage.join("bin"))?;
     fs::copy("/usr/bin/id", stage.join("suid-id"))?;
     fs::set_permissions(stage.join("suid-id"), fs::Permissions::from_mode(0o4755))?;
-    sh(Command::new("mknod").arg(stage.join("dev-kmsg")).args(["c", "1", "11"]))?;
+    sh(Command::new("mknod")
+        .arg(stage.join("dev-kmsg"))
+        .args(["c", "1", "11"]))?;
     fs::set_permissions(stage.join("dev-kmsg"), fs::Permissions::from_mode(0o666))?;
     fs::copy("/bin/busybox", stage.join("bin/busybox"))?;
     for applet in ["sh", "sleep"] {
@@ -239,7 +236,13 @@ spec:
         fs::read_to_string(&bundle)?.contains(&value),
         "the bundle does not hold the secret env: the check below would prove little"
     );
-    ensure!(fs::metadata(layer_dir.join("suid-id"))?.permissions().mode() & 0o4000 != 0);
+    ensure!(
+        fs::metadata(layer_dir.join("suid-id"))?
+            .permissions()
+            .mode()
+            & 0o4000
+            != 0
+    );
 
     // What nobody tried, and must be refused.
     let setuid = layer_dir.join("suid-id");
@@ -261,16 +264,29 @@ spec:
     denied("read a secret volume", &["cat", p(&secret)])?;
     denied("list a secret volume", &["ls", p(&creds)])?;
     denied("read a container log", &["cat", p(&log)])?;
-    denied("read the desired state", &["cat", p(&data.join("desired.bin"))])?;
-    denied("read the identity", &["cat", p(&data.join("identity.json"))])?;
+    denied(
+        "read the desired state",
+        &["cat", p(&data.join("desired.bin"))],
+    )?;
+    denied(
+        "read the identity",
+        &["cat", p(&data.join("identity.json"))],
+    )?;
     denied("read a bundle", &["cat", p(&bundle)])?;
 
     // And the modes behind it, in depth.
     ensure!(mode(&data)?.0 == 0o700, "data dir {:o}", mode(&data)?.0);
     for d in ["pods", "images", "runtime", "net"] {
-        ensure!(mode(&data.join(d))?.0 == 0o700, "{d} is {:o}", mode(&data.join(d))?.0);
+        ensure!(
+            mode(&data.join(d))?.0 == 0o700,
+            "{d} is {:o}",
+            mode(&data.join(d))?.0
+        );
     }
-    ensure!(mode(&run.join(&node))?.0 == 0o700, "the node's run dir is open");
+    ensure!(
+        mode(&run.join(&node))?.0 == 0o700,
+        "the node's run dir is open"
+    );
     ensure!(mode(&log)?.0 == 0o600, "log {:o}", mode(&log)?.0);
     for f in ["desired.bin", "identity.json"] {
         ensure!(mode(&data.join(f))?.0 == 0o600, "{f} is open");
@@ -329,7 +345,14 @@ fn netns_of(pid: u32) -> Result<String> {
 
 fn second_agent(lab: &mut Lab) -> Result<()> {
     lab.apply(&fleet::EchoDeployment::new(1).yaml(&lab.registry()))?;
-    let pods = wait_pods(lab, "web", 1, LONG, "one running web pod", container_running)?;
+    let pods = wait_pods(
+        lab,
+        "web",
+        1,
+        LONG,
+        "one running web pod",
+        container_running,
+    )?;
     let pod = &pods[0];
     let init = fleet::init_pid(lab, &node_of(pod), &uid(pod), "echo")?;
     let netns = netns_of(init)?;
@@ -393,11 +416,17 @@ fn second_agent(lab: &mut Lab) -> Result<()> {
         "the netns file is gone"
     );
     ensure!(bridge_ports(lab)? == ports, "bridge ports changed");
-    let page = http_info(lab, &lab.agents[0].name, &pod_ip(pod), Duration::from_secs(5))?;
+    let page = http_info(
+        lab,
+        &lab.agents[0].name,
+        &pod_ip(pod),
+        Duration::from_secs(5),
+    )?;
     ensure!(!page.is_empty(), "the pod does not answer");
     let pods: Vec<Value> = lab.pods()?;
     ensure!(
-        pods.iter().all(|p| p["status"]["containerStatuses"][0]["restartCount"] == 0),
+        pods.iter()
+            .all(|p| p["status"]["containerStatuses"][0]["restartCount"] == 0),
         "restarts: {pods:?}"
     );
     Ok(())

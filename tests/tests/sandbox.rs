@@ -42,7 +42,14 @@ fn a_pod_whose_netns_was_deleted_gets_a_new_sandbox_and_runs_again() -> Result<(
 
 fn sandbox(lab: &mut Lab) -> Result<()> {
     lab.apply(&EchoDeployment::new(1).grace_secs(1).yaml(&lab.registry()))?;
-    let pods = wait_pods(lab, "web", 1, LONG, "one running web pod", container_running)?;
+    let pods = wait_pods(
+        lab,
+        "web",
+        1,
+        LONG,
+        "one running web pod",
+        container_running,
+    )?;
     let pod = pods[0].clone();
     let (node, pod_uid, ip) = (node_of(&pod), uid(&pod), pod_ip(&pod));
     let init = fleet::init_pid(lab, &node, &pod_uid, "echo")?;
@@ -74,7 +81,12 @@ fn sandbox(lab: &mut Lab) -> Result<()> {
         "the new container is not in a new {netns}: {:?}",
         netns_of(init2)
     );
-    ensure!(pod_ip(&again) == ip, "address {} became {}", ip, pod_ip(&again));
+    ensure!(
+        pod_ip(&again) == ip,
+        "address {} became {}",
+        ip,
+        pod_ip(&again)
+    );
     // Reachable again through its new veth on the node's bridge.
     let page = http_info(lab, &lab.agents[0].name, &ip, Duration::from_secs(5))?;
     ensure!(page.contains("version=1"), "page: {page}");

@@ -43,7 +43,10 @@ const LOG_MODE: u32 = 0o600;
 /// when an older agent made it 0644).
 pub(crate) fn open_for_container(path: &Path) -> io::Result<File> {
     if let Some(dir) = path.parent() {
-        fs::DirBuilder::new().recursive(true).mode(0o700).create(dir)?;
+        fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(dir)?;
     }
     let f = OpenOptions::new()
         .create(true)

@@ -227,7 +227,7 @@ mod tests {
     /// Record locks are per process, so the second taker must be another process (the
     /// e2e test `tests/tests/local_user.rs` runs a second agent).
     #[test]
-    fn a_second_process_is_refused_with_the_holders_pid() {
+    fn another_process_cannot_take_the_lock() {
         let tmp = tempfile::tempdir().unwrap();
         let dir = tmp.path().join("data");
         let _held = lock(&dir).unwrap();

@@ -157,8 +157,14 @@ async fn adopt_pod(deps: &Arc<Deps>, pod: &PodSpec) -> Result<AdoptedPod, String
     };
     let pod_ip = net.as_ref().map(|n| IpAddr::V4(n.ip));
     // Idempotent: finds the tmpfs volumes still mounted and the emptyDirs with their content.
-    let vols = crate::volumes::prepare(&deps.pod_dir(uid), &pod.volumes, deps.secrets.as_ref())
-        .map_err(|e| format!("volumes: {e}"))?;
+    let readers = crate::volumes::Readers::of(pod);
+    let vols = crate::volumes::prepare(
+        &deps.pod_dir(uid),
+        &pod.volumes,
+        &readers,
+        deps.secrets.as_ref(),
+    )
+    .map_err(|e| format!("volumes: {e}"))?;
     let mut containers = Vec::new();
     for c in pod.containers.iter() {
         // The image was there when the container started; never pull here.

@@ -7,6 +7,7 @@
 
 pub mod adopt;
 pub mod bus;
+pub mod datadir;
 pub mod identity;
 pub mod image;
 pub mod mqtt_tls;

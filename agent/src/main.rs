@@ -377,6 +377,10 @@ fn main() -> Result<()> {
         None => (cli.run, false, false),
     };
     init_logging(&args.log_format);
+    // Before anything touches the data dir; `rotate` works beside a running agent.
+    let _data_dir_lock = (!rotate)
+        .then(|| baton_agent::datadir::lock(&args.data_dir))
+        .transpose()?;
     let rt = runtime().context("cannot start the async runtime")?;
     if rotate {
         let path = args.data_dir.join(identity::IDENTITY_FILE);

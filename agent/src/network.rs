@@ -218,6 +218,15 @@ pub struct PodNet {
     pub ip: Ipv4Addr,
 }
 
+/// A pod's network made again by [`Network::ensure_pod`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Sandbox {
+    pub net: PodNet,
+    /// The network namespace is a new one: containers still running in the old one are cut
+    /// off and must be restarted into it.
+    pub new_netns: bool,
+}
+
 /// Names derived for one pod.
 struct PodNames {
     netns: String,
@@ -399,7 +408,7 @@ impl Network {
         let _g = self.guard();
         let netns_path = Path::new(NETNS_DIR).join(&names.netns);
         let fresh = !netns_path.exists();
-        let result = self.create_pod_locked(pod_uid, &names, &netns_path);
+        let result = self.create_pod_locked(pod_uid, &names, &netns_path, fresh);
         if result.is_err() && fresh {
             // Do not leave a half-made pod behind; an existing one is left for delete_pod.
             if let Err(e) = self.delete_pod_locked(pod_uid, &names) {
@@ -414,8 +423,14 @@ impl Network {
         pod_uid: &str,
         n: &PodNames,
         netns_path: &Path,
+        fresh: bool,
     ) -> Result<PodNet, NetError> {
         let ip_addr = self.allocate(pod_uid)?;
+        if fresh && link_exists(None, &n.host_veth)? {
+            // The netns file was removed while processes kept the namespace alive: this veth
+            // leads into that orphan, not into the namespace made below.
+            ip(&["link", "del", &n.host_veth])?;
+        }
         if !netns_path.exists() {
             ip(&["netns", "add", &n.netns])?;
         }
@@ -474,6 +489,23 @@ impl Network {
             return Ok(None);
         }
         Ok(Some(PodNet { netns_path, ip }))
+    }
+
+    /// The pod's network, made again if any part of it is gone (kubelet recreates a dead
+    /// sandbox the same way): its netns removed from outside (`ip netns delete`, a crash,
+    /// another process), its host veth deleted, its address file lost. The address stays the
+    /// same while its file is there. `None` when it is all there.
+    pub fn ensure_pod(&self, pod_uid: &str) -> Result<Option<Sandbox>, NetError> {
+        if self.existing_pod(pod_uid)?.is_some() {
+            return Ok(None);
+        }
+        let names = self.names(pod_uid)?;
+        let new_netns = !Path::new(NETNS_DIR).join(&names.netns).exists();
+        tracing::warn!(pod = %pod_uid, new_netns, "pod sandbox incomplete; making it again");
+        Ok(Some(Sandbox {
+            net: self.create_pod(pod_uid)?,
+            new_netns,
+        }))
     }
 
     /// Removes the pod's veth and netns and frees its address. Idempotent.

@@ -103,7 +103,7 @@ pub enum Event {
     Restarted {
         uid: String,
         container: String,
-        result: Box<Result<RunSpec, String>>,
+        result: Box<Result<pod::Ran, String>>,
     },
     /// A worker that needs no answer (e.g. removing a finished init container) is done.
     WorkerDone {
@@ -584,7 +584,7 @@ impl Agent {
             name.to_owned(),
         );
         tokio::spawn(async move {
-            let result = pod::run_container(&deps, spec, img, dir).await;
+            let result = pod::run_container(&deps, &uid, spec, img, dir).await;
             let _ = tx
                 .send(Event::Restarted {
                     uid,
@@ -869,12 +869,19 @@ impl Agent {
                     self.stop_pod(&uid);
                     return Ok(());
                 }
+                if let Ok(pod::Ran {
+                    sandbox: Some(sandbox),
+                    ..
+                }) = result.as_ref()
+                {
+                    on_new_sandbox(p, &container, sandbox, &self.deps);
+                }
                 let Some(c) = p.ctrs.iter_mut().find(|c| c.name == container) else {
                     return Ok(());
                 };
                 match *result {
-                    Ok(spec) => {
-                        c.spec = Some(spec);
+                    Ok(ran) => {
+                        c.spec = Some(ran.spec);
                         c.obs = ContainerObs::Running { since: now };
                         c.report = ContainerState::Running {
                             started_at_ms: now_ms(),
@@ -964,6 +971,33 @@ impl Agent {
     }
 }
 
+/// The pod's network was made again before `started` ran (see [`Network::ensure_pod`]):
+/// its address and hostPort forwards follow, and, if the network namespace is a new one,
+/// the pod's other running containers, cut off in the old one, are killed (SIGTERM, the
+/// grace period, SIGKILL) to be restarted into it, as kubelet does with a new sandbox.
+fn on_new_sandbox(p: &mut Pod, started: &str, sandbox: &crate::network::Sandbox, deps: &Arc<Deps>) {
+    let ip = Some(IpAddr::V4(sandbox.net.ip));
+    warn!(pod = %p.spec.name, new_netns = sandbox.new_netns, ?ip, "pod sandbox made again");
+    if p.pod_ip != ip {
+        p._forwards.clear();
+        match pod::start_forwards(&p.spec, ip) {
+            Ok(f) => p._forwards = f,
+            Err(e) => warn!(pod = %p.spec.name, reason = %e.reason, "hostPort forwards lost"),
+        }
+        p.pod_ip = ip;
+    }
+    if !sandbox.new_netns {
+        return;
+    }
+    let grace = Duration::from_secs(u64::from(p.spec.termination_grace_secs.min(300)));
+    for c in p.ctrs.iter().filter(|c| c.name != started) {
+        if let (ContainerObs::Running { .. }, Some(id)) = (c.obs, c.id.clone()) {
+            info!(pod = %p.spec.name, container = %c.name, "pod sandbox changed; restarting the container into it");
+            tokio::spawn(pod::kill_container(deps.clone(), id, grace));
+        }
+    }
+}
+
 /// k8s's words for how a run ended: why the agent killed it, else `OOMKilled`, `Completed`
 /// (exit 0) or `Error`.
 fn termination(code: i32, oom: bool, killed_for: Option<&'static str>) -> Termination {
@@ -1001,7 +1035,7 @@ pub fn build_deps(
     exits: mpsc::UnboundedSender<ExitEvent>,
 ) -> Result<Deps, AgentError> {
     let dir = |p: PathBuf| -> Result<PathBuf, AgentError> {
-        std::fs::create_dir_all(&p).map_err(|source| AgentError::DataDir {
+        crate::datadir::create_private_dir(&p).map_err(|source| AgentError::DataDir {
             path: p.clone(),
             source,
         })?;
@@ -1067,7 +1101,7 @@ pub async fn run(
     cfg: AgentConfig,
     shutdown: impl std::future::Future<Output = ()>,
 ) -> Result<(), AgentError> {
-    std::fs::create_dir_all(&cfg.data_dir).map_err(|source| AgentError::DataDir {
+    crate::datadir::create_private_dir(&cfg.data_dir).map_err(|source| AgentError::DataDir {
         path: cfg.data_dir.clone(),
         source,
     })?;

@@ -17,6 +17,7 @@
 
 use std::io::Write;
 use std::net::{IpAddr, SocketAddr};
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
@@ -26,7 +27,7 @@ use serde::{Deserialize, Serialize};
 use tracing::{info, warn};
 
 use crate::image::{ImageConfig, ImageStore};
-use crate::network::{Network, PodNet, PortForward};
+use crate::network::{Network, PodNet, PortForward, Sandbox};
 use crate::runtime::{ContainerId, RunSpec, Runtime, Security};
 use crate::volumes::{self, PodVolumes, SecretSource};
 
@@ -118,7 +119,12 @@ impl PodRecord {
     pub fn store(&self, path: &Path) -> std::io::Result<()> {
         let bytes = postcard::to_allocvec(self).map_err(std::io::Error::other)?;
         let tmp = path.with_extension("bin.tmp");
-        let mut f = std::fs::File::create(&tmp)?;
+        let mut f = std::fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .mode(crate::datadir::PRIVATE_FILE)
+            .open(&tmp)?;
         f.write_all(&bytes)?;
         f.sync_all()?;
         drop(f);
@@ -191,7 +197,7 @@ pub fn environment(
             EnvValue::Literal(v) => set(&e.name, v),
             EnvValue::SecretKey { secret, key } => {
                 let v = volumes::secret_env(secrets, secret, key)
-                    .map_err(|e| format!("CreateContainerConfigError: {e}"))?;
+                    .map_err(|e| format!("CreateContainerConfigError: {}", error_chain(&e)))?;
                 set(&e.name, &v);
             }
         }
@@ -225,7 +231,7 @@ pub async fn pull(
             .await
             .map_err(|e| StartFailure {
                 container: Some(c.name.to_string()),
-                reason: format!("ImagePullFailed: {e}"),
+                reason: format!("ImagePullFailed: {}", error_chain(&e)),
             })?;
         out.push(img);
     }
@@ -253,16 +259,22 @@ pub async fn start(
         let net = blocking(move || d.network.create_pod(&u))
             .await
             .map_err(|e| fail(None, e))?
-            .map_err(|e| fail(None, format!("NetworkSetupFailed: {e}")))?;
+            .map_err(|e| fail(None, format!("NetworkSetupFailed: {}", error_chain(&e))))?;
         Some(net)
     };
     let pod_ip = netns.as_ref().map(|n| IpAddr::V4(n.ip));
 
     let (d, p, dir) = (deps.clone(), pod.clone(), deps.pod_dir(&uid));
-    let vols = blocking(move || volumes::prepare(&dir, &p.volumes, d.secrets.as_ref()))
+    let readers = volumes::Readers::of(&pod);
+    let vols = blocking(move || volumes::prepare(&dir, &p.volumes, &readers, d.secrets.as_ref()))
         .await
         .map_err(|e| fail(None, e))?
-        .map_err(|e| fail(None, format!("CreateContainerConfigError: {e}")))?;
+        .map_err(|e| {
+            fail(
+                None,
+                format!("CreateContainerConfigError: {}", error_chain(&e)),
+            )
+        })?;
 
     let mut started = Vec::new();
     for (c, img) in all_containers(&pod).zip(&images) {
@@ -304,7 +316,7 @@ pub fn run_spec(
     let uid = pod.uid.as_str();
     let name = c.name.as_str();
     let mounts = volumes::mounts(vols, &c.volume_mounts)
-        .map_err(|e| format!("CreateContainerConfigError: {e}"))?;
+        .map_err(|e| format!("CreateContainerConfigError: {}", error_chain(&e)))?;
     Ok(RunSpec {
         id,
         rootfs: PathBuf::new(),
@@ -351,7 +363,7 @@ pub fn start_forwards(
             let fwd = PortForward::start(host_port, SocketAddr::new(ip, p.container_port))
                 .map_err(|e| StartFailure {
                     container: Some(c.name.to_string()),
-                    reason: format!("HostPortFailed: {e}"),
+                    reason: format!("HostPortFailed: {}", error_chain(&e)),
                 })?;
             forwards.push(fwd);
         }
@@ -359,34 +371,72 @@ pub fn start_forwards(
     Ok(forwards)
 }
 
-/// Mounts a fresh rootfs and runs one container. Used for first starts and restarts.
+/// A container started by [`run_container`].
+pub struct Ran {
+    pub spec: RunSpec,
+    /// The pod's network had to be made again first (see [`Network::ensure_pod`]).
+    pub sandbox: Option<Sandbox>,
+}
+
+/// `e` and every cause under it, `: `-separated: what `describe` shows must say why (a
+/// bare "failed to create container x" was all a pod without its netns ever showed). A
+/// cause whose text its parent already printed is not repeated.
+pub fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut out = e.to_string();
+    let mut next = e.source();
+    while let Some(cause) = next {
+        let text = cause.to_string();
+        if !out.contains(&text) {
+            out.push_str(": ");
+            out.push_str(&text);
+        }
+        next = cause.source();
+    }
+    out
+}
+
+/// Mounts a fresh rootfs and runs one container of pod `uid`. Used for first starts and
+/// restarts. A pod whose network is gone gets it back first, as kubelet recreates a dead
+/// sandbox: a create into a missing netns would fail forever.
 pub async fn run_container(
     deps: &Arc<Deps>,
+    uid: &str,
     mut spec: RunSpec,
     img: ImageConfig,
     dir: PathBuf,
-) -> Result<RunSpec, String> {
+) -> Result<Ran, String> {
     let d = deps.clone();
+    let uid = uid.to_owned();
     blocking(move || {
+        let sandbox = match spec.netns {
+            Some(_) => d
+                .network
+                .ensure_pod(&uid)
+                .map_err(|e| format!("CreateContainerError: pod sandbox: {}", error_chain(&e)))?,
+            None => None,
+        };
+        if let Some(s) = &sandbox {
+            spec.netns = Some(s.net.netns_path.clone());
+        }
         // A restart gets a fresh writable layer, as Kubernetes gives a fresh container.
         let _ = d.runtime.delete(&spec.id);
         d.images
             .unmount_rootfs(&dir)
-            .map_err(|e| format!("CreateContainerError: {e}"))?;
-        std::fs::create_dir_all(&dir)
+            .map_err(|e| format!("CreateContainerError: {}", error_chain(&e)))?;
+        crate::datadir::create_private_dir(&dir)
             .map_err(|e| format!("CreateContainerError: {}: {e}", dir.display()))?;
         if let Some(logs) = spec.log_path.parent() {
-            std::fs::create_dir_all(logs)
+            crate::datadir::create_private_dir(logs)
                 .map_err(|e| format!("CreateContainerError: {}: {e}", logs.display()))?;
         }
         spec.rootfs = d
             .images
             .mount_rootfs(&img, &dir)
-            .map_err(|e| format!("CreateContainerError: {e}"))?;
+            .map_err(|e| format!("CreateContainerError: {}", error_chain(&e)))?;
         d.runtime
             .run(&spec)
-            .map_err(|e| format!("CreateContainerError: {e}"))?;
-        Ok(spec)
+            .map_err(|e| format!("CreateContainerError: {}", error_chain(&e)))?;
+        Ok(Ran { spec, sandbox })
     })
     .await?
 }
@@ -604,6 +654,29 @@ mod tests {
         assert!(env.contains(&"A=1".to_owned()));
         let err = environment(&c, &img, "p", &crate::volumes::NoSecrets).unwrap_err();
         assert_eq!(err, "CreateContainerConfigError: secret \"db\" not found");
+    }
+
+    #[test]
+    fn container_errors_keep_their_causes() {
+        let io = std::io::Error::other("no such file or directory");
+        let e = crate::runtime::RuntimeError::Backend {
+            op: crate::runtime::Operation::Create,
+            id: ContainerId::new("u-echo").unwrap(),
+            source: Box::new(crate::runtime::RuntimeError::Io {
+                path: "/run/netns/x".into(),
+                source: io,
+            }),
+        };
+        assert_eq!(
+            error_chain(&e),
+            "failed to create container u-echo: i/o error on /run/netns/x: no such file or directory"
+        );
+        // A cause its parent already printed is not repeated.
+        let e = crate::node::AgentError::DataDir {
+            path: "/d".into(),
+            source: std::io::Error::other("denied"),
+        };
+        assert_eq!(error_chain(&e), "cannot prepare data directory /d: denied");
     }
 
     #[tokio::test(start_paused = true)]

@@ -6,6 +6,7 @@
 
 use std::fs::{self, File, OpenOptions};
 use std::io::Write;
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 
 use baton_proto::{BVec, DesiredState};
@@ -76,6 +77,8 @@ impl StateFile {
             .write(true)
             .create(true)
             .truncate(true)
+            // Sealed secrets and pod specs: the owner's only (see `datadir`).
+            .mode(0o600)
             .open(&tmp)
             .map_err(err)?;
         f.write_all(&bytes).map_err(err)?;

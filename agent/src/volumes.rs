@@ -6,8 +6,14 @@
 //!   tmpfs of that size when it has a `sizeLimit`: the kernel enforces the limit, where a
 //!   directory would need a du-style poller.
 //! - secret: a tmpfs (never on disk, so an SD card never holds plaintext) with one file per
-//!   key, mode 0644 like k8s's `defaultMode`, then remounted read-only. Containers get it
-//!   read-only whatever their mount says, as k8s does.
+//!   key, then remounted read-only. Containers get it read-only whatever their mount says, as
+//!   k8s does. Only the containers that mount it may read it ([`Readers`]): the tmpfs is
+//!   0700 and its files 0400, owned by their user when they all run as one (`runAsUser`,
+//!   `runAsGroup`); root-owned with group read (0750, 0440) when they differ in user but
+//!   share a group. k8s's 0644 (`defaultMode`) would let any host user who reached the
+//!   directory read the secret; the pod API has no `fsGroup` or `defaultMode` to ask for
+//!   more. Containers sharing neither user nor group get 0755/0444, and then only the data
+//!   directory's 0700 keeps host users out.
 //! - hostPath: the host path itself; the coordinator only sends it when its policy allows.
 //!
 //! Invariants: everything lives under the pod's directory, so removing a pod removes its
@@ -26,7 +32,7 @@ use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::RwLock;
 
-use baton_proto::{SecretData, Volume, VolumeMount, VolumeSource};
+use baton_proto::{PodSpec, SecretData, Volume, VolumeMount, VolumeSource};
 use nix::mount::{mount, umount2, MntFlags, MsFlags};
 
 use crate::runtime::Mount;
@@ -152,10 +158,91 @@ fn safe_name(name: &str) -> Result<&str, VolumeError> {
     }
 }
 
-/// Creates (or finds again) every volume of a pod. Idempotent.
+/// The users (uid, gid) of the containers that mount each volume: who may read a secret.
+/// A container without `runAsUser`/`runAsGroup` runs as 0 (the agent ignores an image's
+/// `USER`).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Readers(BTreeMap<String, Vec<(u32, u32)>>);
+
+impl Readers {
+    /// Every container of `pod`, init containers included.
+    pub fn of(pod: &PodSpec) -> Self {
+        let mut map: BTreeMap<String, Vec<(u32, u32)>> = BTreeMap::new();
+        for c in pod.init_containers.iter().chain(pod.containers.iter()) {
+            let user = (
+                c.security.run_as_user.unwrap_or(0),
+                c.security.run_as_group.unwrap_or(0),
+            );
+            for m in c.volume_mounts.iter() {
+                let users = map.entry(m.name.to_string()).or_default();
+                if !users.contains(&user) {
+                    users.push(user);
+                }
+            }
+        }
+        Self(map)
+    }
+
+    /// `volume` is mounted by containers running as these (uid, gid) pairs.
+    pub fn add(&mut self, volume: &str, uid: u32, gid: u32) {
+        let users = self.0.entry(volume.to_owned()).or_default();
+        if !users.contains(&(uid, gid)) {
+            users.push((uid, gid));
+        }
+    }
+
+    /// Owner, group, directory mode and file mode of secret volume `volume` (see the module
+    /// docs). Nobody mounting it: root's only.
+    fn secret_access(&self, volume: &str) -> SecretAccess {
+        let users = self.0.get(volume).map(Vec::as_slice).unwrap_or_default();
+        let same = |f: fn(&(u32, u32)) -> u32| {
+            let first = users.first().map(f)?;
+            users.iter().all(|u| f(u) == first).then_some(first)
+        };
+        match (same(|u| u.0), same(|u| u.1)) {
+            (Some(uid), gid) => SecretAccess {
+                uid,
+                gid: gid.unwrap_or(0),
+                dir_mode: 0o700,
+                file_mode: 0o400,
+            },
+            (None, Some(gid)) => SecretAccess {
+                uid: 0,
+                gid,
+                dir_mode: 0o750,
+                file_mode: 0o440,
+            },
+            (None, None) if users.is_empty() => SecretAccess {
+                uid: 0,
+                gid: 0,
+                dir_mode: 0o700,
+                file_mode: 0o400,
+            },
+            (None, None) => SecretAccess {
+                uid: 0,
+                gid: 0,
+                dir_mode: 0o755,
+                file_mode: 0o444,
+            },
+        }
+    }
+}
+
+/// Who owns a secret volume's tmpfs and files, and their modes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct SecretAccess {
+    uid: u32,
+    gid: u32,
+    dir_mode: u32,
+    file_mode: u32,
+}
+
+/// Creates (or finds again) every volume of a pod. Idempotent; a secret volume an older
+/// agent left open (0755 and 0644) is closed to its [`Readers`].
 pub fn prepare(
     pod_dir: &Path,
     volumes: &[Volume],
+    readers: &Readers,
     secrets: &dyn SecretSource,
 ) -> Result<PodVolumes, VolumeError> {
     let base = volumes_dir(pod_dir);
@@ -188,8 +275,11 @@ pub fn prepare(
                     .get(secret_name)
                     .ok_or_else(|| VolumeError::SecretNotFound(secret_name.to_string()))?;
                 fs::create_dir_all(&dir).map_err(io_err(&dir))?;
-                if !mounted.contains(&dir) {
-                    write_secret(&dir, &data)?;
+                let access = readers.secret_access(name);
+                if mounted.contains(&dir) {
+                    tighten_secret(&dir, access)?;
+                } else {
+                    write_secret(&dir, &data, access)?;
                 }
                 out.paths.insert(name.to_owned(), (dir, true));
             }
@@ -198,13 +288,14 @@ pub fn prepare(
     Ok(out)
 }
 
-/// A tmpfs sized for the secret, one 0644 file per key, then remounted read-only.
-fn write_secret(dir: &Path, data: &SecretData) -> Result<(), VolumeError> {
+/// A tmpfs sized for the secret, one file per key, owned and moded per `access`, then
+/// remounted read-only. The files are written 0600 and handed over only once complete.
+fn write_secret(dir: &Path, data: &SecretData, access: SecretAccess) -> Result<(), VolumeError> {
     for item in data.items.iter() {
         safe_name(&item.key)?;
     }
     let bytes: u64 = data.items.iter().map(|i| i.value.len() as u64 + 4096).sum();
-    mount_tmpfs(dir, bytes + 64 * 1024, "0755")?;
+    mount_tmpfs(dir, bytes + 64 * 1024, "0700")?;
     let result = (|| {
         for item in data.items.iter() {
             let path = dir.join(item.key.as_str());
@@ -212,27 +303,71 @@ fn write_secret(dir: &Path, data: &SecretData) -> Result<(), VolumeError> {
                 .write(true)
                 .create(true)
                 .truncate(true)
-                .mode(0o644)
+                .mode(0o600)
                 .open(&path)
                 .map_err(io_err(&path))?;
             f.write_all(&item.value).map_err(io_err(&path))?;
         }
-        mount(
-            None::<&str>,
-            dir,
-            None::<&str>,
-            MsFlags::MS_REMOUNT | MsFlags::MS_RDONLY | MsFlags::MS_NOSUID | MsFlags::MS_NODEV,
-            None::<&str>,
-        )
-        .map_err(|source| VolumeError::Mount {
-            path: dir.to_owned(),
-            source,
-        })
+        set_access(dir, access)?;
+        remount(dir, MsFlags::MS_RDONLY)
     })();
     if result.is_err() {
         let _ = umount2(dir, MntFlags::MNT_DETACH);
     }
     result
+}
+
+/// Owner and modes of a secret tmpfs and of every file in it.
+fn set_access(dir: &Path, a: SecretAccess) -> Result<(), VolumeError> {
+    let (uid, gid) = (
+        Some(nix::unistd::Uid::from_raw(a.uid)),
+        Some(nix::unistd::Gid::from_raw(a.gid)),
+    );
+    let rd = fs::read_dir(dir).map_err(io_err(dir))?;
+    for e in rd {
+        let path = e.map_err(io_err(dir))?.path();
+        nix::unistd::chown(&path, uid, gid).map_err(|e| io_err(&path)(e.into()))?;
+        fs::set_permissions(&path, fs::Permissions::from_mode(a.file_mode))
+            .map_err(io_err(&path))?;
+    }
+    nix::unistd::chown(dir, uid, gid).map_err(|e| io_err(dir)(e.into()))?;
+    fs::set_permissions(dir, fs::Permissions::from_mode(a.dir_mode)).map_err(io_err(dir))
+}
+
+/// Brings a mounted secret volume (adopted from an earlier agent) to `access` if it is not
+/// there: remounted writable for the change, read-only again after.
+fn tighten_secret(dir: &Path, access: SecretAccess) -> Result<(), VolumeError> {
+    use std::os::unix::fs::MetadataExt;
+    let is = |p: &Path, mode: u32| {
+        fs::symlink_metadata(p).is_ok_and(|m| {
+            m.mode() & 0o7777 == mode && m.uid() == access.uid && m.gid() == access.gid
+        })
+    };
+    let files_ok = fs::read_dir(dir)
+        .map_err(io_err(dir))?
+        .flatten()
+        .all(|e| is(&e.path(), access.file_mode));
+    if files_ok && is(dir, access.dir_mode) {
+        return Ok(());
+    }
+    remount(dir, MsFlags::empty())?;
+    let result = set_access(dir, access);
+    remount(dir, MsFlags::MS_RDONLY)?;
+    result
+}
+
+fn remount(dir: &Path, extra: MsFlags) -> Result<(), VolumeError> {
+    mount(
+        None::<&str>,
+        dir,
+        None::<&str>,
+        MsFlags::MS_REMOUNT | MsFlags::MS_NOSUID | MsFlags::MS_NODEV | extra,
+        None::<&str>,
+    )
+    .map_err(|source| VolumeError::Mount {
+        path: dir.to_owned(),
+        source,
+    })
 }
 
 fn mount_tmpfs(dir: &Path, size: u64, mode: &str) -> Result<(), VolumeError> {
@@ -423,14 +558,20 @@ mod tests {
                 },
             ),
         ];
-        let pv = prepare(&pod, &vols, &s).unwrap();
+        let mut readers = Readers::default();
+        readers.add("creds", 1000, 2000);
+        let pv = prepare(&pod, &vols, &readers, &s).unwrap();
         let creds = pv.path("creds").unwrap().to_owned();
         assert_eq!(fs::read(creds.join("password")).unwrap(), b"hunter2");
-        let mode = fs::metadata(creds.join("password"))
-            .unwrap()
-            .permissions()
-            .mode();
-        assert_eq!(mode & 0o777, 0o644);
+        // Its one reader's, and nobody else's.
+        use std::os::unix::fs::MetadataExt;
+        let file = fs::metadata(creds.join("password")).unwrap();
+        assert_eq!(
+            (file.mode() & 0o7777, file.uid(), file.gid()),
+            (0o400, 1000, 2000)
+        );
+        let tmpfs = fs::metadata(&creds).unwrap();
+        assert_eq!((tmpfs.mode() & 0o7777, tmpfs.uid()), (0o700, 1000));
         // Read-only: even root cannot add a file.
         assert!(fs::write(creds.join("x"), b"1").is_err());
         let small = pv.path("small").unwrap().to_owned();
@@ -443,7 +584,7 @@ mod tests {
         assert!(fs::write(small.join("big"), vec![0u8; 2 << 20]).is_err());
         fs::write(pv.path("scratch").unwrap().join("keep"), b"1").unwrap();
         // Idempotent: a second prepare (adoption) keeps content and mounts once.
-        let again = prepare(&pod, &vols, &s).unwrap();
+        let again = prepare(&pod, &vols, &readers, &s).unwrap();
         assert_eq!(again, pv);
         assert!(pv.path("scratch").unwrap().join("keep").exists());
         assert_eq!(mount_points_under(&volumes_dir(&pod)).len(), 2);
@@ -509,11 +650,63 @@ mod tests {
         ];
         for (v, want) in cases {
             assert_eq!(
-                prepare(&pod, &[v], &NoSecrets).unwrap_err().to_string(),
+                prepare(&pod, &[v], &Readers::default(), &NoSecrets)
+                    .unwrap_err()
+                    .to_string(),
                 want
             );
         }
         assert!(mount_points_under(&volumes_dir(&pod)).is_empty());
+    }
+
+    #[test]
+    fn a_secret_is_readable_by_the_containers_that_mount_it_only() {
+        let access = |users: &[(u32, u32)]| {
+            let mut r = Readers::default();
+            for (u, g) in users {
+                r.add("v", *u, *g);
+            }
+            let a = r.secret_access("v");
+            (a.uid, a.gid, a.dir_mode, a.file_mode)
+        };
+        assert_eq!(access(&[]), (0, 0, 0o700, 0o400));
+        assert_eq!(access(&[(0, 0)]), (0, 0, 0o700, 0o400));
+        assert_eq!(access(&[(1000, 0)]), (1000, 0, 0o700, 0o400));
+        assert_eq!(access(&[(1000, 5), (1000, 6)]), (1000, 0, 0o700, 0o400));
+        assert_eq!(access(&[(1000, 5), (1001, 5)]), (0, 5, 0o750, 0o440));
+        assert_eq!(access(&[(1000, 5), (0, 0)]), (0, 0, 0o755, 0o444));
+    }
+
+    /// An agent upgraded from one that made secret volumes 0755 with 0644 files closes them
+    /// when it adopts the pod.
+    #[test]
+    fn an_old_open_secret_volume_is_closed_on_adoption() {
+        use std::os::unix::fs::MetadataExt;
+        let dir = tempfile::tempdir().unwrap();
+        let pod = dir.path().join("pod");
+        let _c = Cleanup(pod.clone());
+        let creds = volumes_dir(&pod).join("creds");
+        fs::create_dir_all(&creds).unwrap();
+        mount_tmpfs(&creds, 1 << 20, "0755").unwrap();
+        fs::write(creds.join("password"), b"hunter2").unwrap();
+        fs::set_permissions(creds.join("password"), fs::Permissions::from_mode(0o644)).unwrap();
+        remount(&creds, MsFlags::MS_RDONLY).unwrap();
+        let s = StaticSecrets::default();
+        s.insert("db", &[("password", b"hunter2")]);
+        let vols = [vol(
+            "creds",
+            VolumeSource::Secret {
+                secret_name: BString::new("db").unwrap(),
+            },
+        )];
+        let mut readers = Readers::default();
+        readers.add("creds", 1000, 1000);
+        prepare(&pod, &vols, &readers, &s).unwrap();
+        let file = fs::metadata(creds.join("password")).unwrap();
+        assert_eq!((file.mode() & 0o7777, file.uid()), (0o400, 1000));
+        assert_eq!(fs::metadata(&creds).unwrap().mode() & 0o7777, 0o700);
+        assert!(fs::write(creds.join("x"), b"1").is_err(), "left writable");
+        assert_eq!(mount_points_under(&volumes_dir(&pod)).len(), 1);
     }
 
     #[test]

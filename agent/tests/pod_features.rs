@@ -176,6 +176,7 @@ fn an_empty_dir_carries_files_from_one_container_to_the_next() {
                 size_limit_bytes: Some(1 << 20),
             },
         }],
+        &volumes::Readers::default(),
         &volumes::NoSecrets,
     )
     .unwrap();
@@ -225,6 +226,9 @@ fn a_secret_volume_is_readable_and_read_only_in_the_container() {
     let _v = Volumes(pod_dir.clone());
     let secrets = StaticSecrets::default();
     secrets.insert("db", &[("password", b"hunter2")]);
+    // Mounted by a container running as 1000: its file.
+    let mut readers = volumes::Readers::default();
+    readers.add("creds", 1000, 0);
     let vols = volumes::prepare(
         &pod_dir,
         &[baton_proto::Volume {
@@ -233,6 +237,7 @@ fn a_secret_volume_is_readable_and_read_only_in_the_container() {
                 secret_name: BString::new("db").unwrap(),
             },
         }],
+        &readers,
         &secrets,
     )
     .unwrap();
@@ -254,13 +259,20 @@ fn a_secret_volume_is_readable_and_read_only_in_the_container() {
         }],
     )
     .unwrap();
-    // A non-root user can read it (mode 0644).
+    // Its non-root user can read it (owner 1000, mode 0400).
     spec.security.run_as_user = Some(1000);
     let (reason, log) = fx.run_to_end(&spec);
     assert_eq!(reason, ExitReason::Exited(0), "log: {log}");
     assert!(log.starts_with("hunter2\n"), "{log}");
     assert!(!log.contains("WROTE"), "{log}");
     assert!(log.ends_with("1000\n"), "{log}");
+    // A container of another user given the same mount cannot read it.
+    let mut other = fx.spec("other", &["cat", "/etc/creds/password"]);
+    other.mounts = spec.mounts.clone();
+    other.security.run_as_user = Some(2000);
+    let (reason, log) = fx.run_to_end(&other);
+    assert_ne!(reason, ExitReason::Exited(0), "uid 2000 read it: {log}");
+    assert!(log.contains("Permission denied"), "{log}");
 }
 
 #[test]

@@ -457,3 +457,52 @@ fn loads_racing_kills_and_exits_do_not_fail() {
         assert!(!d.exists(), "{} left behind", d.display());
     }
 }
+
+/// Zombie children of this process whose name is libcontainer's (`youki:[1:INTER]`,
+/// `youki:[2:INIT]`).
+fn youki_zombies() -> Vec<String> {
+    let me = std::process::id().to_string();
+    let mut out = Vec::new();
+    for e in fs::read_dir("/proc").unwrap().flatten() {
+        let Ok(stat) = fs::read_to_string(e.path().join("stat")) else {
+            continue;
+        };
+        let (Some(open), Some(close)) = (stat.find('('), stat.rfind(')')) else {
+            continue;
+        };
+        let comm = &stat[open + 1..close];
+        let mut rest = stat[close + 1..].split_whitespace();
+        let (state, ppid) = (rest.next(), rest.next());
+        if state == Some("Z") && ppid == Some(me.as_str()) && comm.starts_with("youki") {
+            out.push(format!("{} {comm}", e.file_name().to_string_lossy()));
+        }
+    }
+    out
+}
+
+/// Issue 10: each create that libcontainer failed after cloning left its intermediate and
+/// init processes as zombies of the agent, forever (12 after 6 attempts). A network namespace
+/// that is gone (a pod sandbox removed from outside) fails inside the clone, as in the field.
+#[test]
+fn failed_creates_leave_no_zombies() {
+    let mut fx = Fixture::new("zombies");
+    let before = youki_zombies();
+    for i in 0..20 {
+        let mut spec = fx.spec(&format!("c{i}"), &["true"]);
+        spec.netns = Some(fx.dir.path().join("no-such-netns"));
+        let err = fx
+            .runtime
+            .run(&spec)
+            .expect_err("a create into a missing netns");
+        assert!(matches!(err, RuntimeError::Backend { .. }), "{err}");
+        assert!(fx.runtime.list().unwrap().is_empty());
+    }
+    let left: Vec<String> = youki_zombies()
+        .into_iter()
+        .filter(|z| !before.contains(z))
+        .collect();
+    assert!(left.is_empty(), "zombies left by failed creates: {left:?}");
+    // The runtime still creates containers afterwards.
+    let ok = fx.spec("ok", &["true"]);
+    assert_eq!(fx.run_to_end(&ok).0, ExitReason::Exited(0));
+}

@@ -21,6 +21,7 @@
 use std::collections::HashMap;
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Read, Seek, SeekFrom, Write};
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard, Weak};
 use std::time::Duration;
@@ -35,12 +36,25 @@ pub(crate) fn rotated_path(log_path: &Path) -> PathBuf {
     PathBuf::from(s)
 }
 
-/// Opens (creating, appending) the file a container writes its output to.
+/// Logs hold whatever containers print, secrets included: the owner's (root's) only.
+const LOG_MODE: u32 = 0o600;
+
+/// Opens (creating, appending) the file a container writes its output to, mode 0600 (also
+/// when an older agent made it 0644).
 pub(crate) fn open_for_container(path: &Path) -> io::Result<File> {
     if let Some(dir) = path.parent() {
-        fs::create_dir_all(dir)?;
+        fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(dir)?;
     }
-    OpenOptions::new().create(true).append(true).open(path)
+    let f = OpenOptions::new()
+        .create(true)
+        .append(true)
+        .mode(LOG_MODE)
+        .open(path)?;
+    f.set_permissions(fs::Permissions::from_mode(LOG_MODE))?;
+    Ok(f)
 }
 
 /// Reads `len` bytes at `offset` of `path`.
@@ -58,7 +72,12 @@ fn replace(path: &Path, bytes: &[u8]) -> io::Result<()> {
     tmp.push(".tmp");
     let tmp = PathBuf::from(tmp);
     let result = (|| {
-        let mut f = File::create(&tmp)?;
+        let mut f = OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .mode(LOG_MODE)
+            .open(&tmp)?;
         f.write_all(bytes)?;
         fs::rename(&tmp, path)
     })();
@@ -200,6 +219,10 @@ mod tests {
         assert!(rotate_if_needed(&path, 10).unwrap());
         assert_eq!(fs::read(rotated_path(&path)).unwrap(), b"5678abcdef");
         assert_eq!(fs::read(&path).unwrap(), b"");
+        // Both closed to other users.
+        for p in [&path, &rotated_path(&path)] {
+            assert_eq!(fs::metadata(p).unwrap().permissions().mode() & 0o777, 0o600);
+        }
         // The O_APPEND writer goes on at the new end, with no hole.
         w.write_all(b"xyz").unwrap();
         assert_eq!(fs::read(&path).unwrap(), b"xyz");

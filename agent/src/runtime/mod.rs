@@ -349,7 +349,7 @@ impl RunSpec {
 pub fn tmpfs_bundles_dir(run_dir: &Path, node: &str) -> Result<PathBuf, RuntimeError> {
     use nix::fcntl::{Flock, FlockArg};
     use nix::mount::{mount, MsFlags};
-    use std::os::unix::fs::DirBuilderExt;
+    use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
 
     let io = |path: &Path| {
         let path = path.to_owned();
@@ -398,6 +398,11 @@ pub fn tmpfs_bundles_dir(run_dir: &Path, node: &str) -> Result<PathBuf, RuntimeE
         .mode(0o700)
         .create(&dir)
         .map_err(io(&dir))?;
+    // Also when they were there already with other modes (an older agent, an admin): the
+    // run dir itself may be a shared one such as `/run`, this node's part of it is not.
+    for d in [run_dir.join(node), dir.clone()] {
+        std::fs::set_permissions(&d, std::fs::Permissions::from_mode(0o700)).map_err(io(&d))?;
+    }
     Ok(dir)
 }
 

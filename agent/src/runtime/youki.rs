@@ -84,6 +84,8 @@ const CPU_PERIOD_US: u64 = 100_000;
 const REAP_WAIT: Duration = Duration::from_secs(10);
 /// How long [`retry_transient`] keeps retrying (1 + 2 + ... + 128 ms, about 0.25 s).
 const RETRY_CAP: Duration = Duration::from_millis(200);
+/// How long the processes of a failed create may take to exit before they are killed.
+const FAILED_BUILD_WAIT: Duration = Duration::from_secs(2);
 /// How often the watcher of an adopted container checks that its init still runs.
 const WATCH_EVERY: Duration = Duration::from_secs(1);
 
@@ -593,7 +595,8 @@ impl YoukiRuntime {
         let quiet = || tracing::subscriber::NoSubscriber::default();
         let mut container = {
             let _tree = lock(&LIBCONTAINER);
-            tracing::subscriber::with_default(quiet(), || {
+            let before = thread_children();
+            let built = tracing::subscriber::with_default(quiet(), || {
                 ContainerBuilder::new(id.to_string(), SyscallType::default())
                     .with_root_path(&self.containers_dir)
                     .and_then(|b| b.validate_id())
@@ -606,8 +609,11 @@ impl YoukiRuntime {
                             .with_detach(true)
                     })
                     .and_then(|b| b.build())
-            })
-            .map_err(backend(Operation::Create, id))?
+            });
+            if built.is_err() {
+                reap_failed_build(&before);
+            }
+            built.map_err(backend(Operation::Create, id))?
         };
         let pid = container.pid().ok_or_else(|| RuntimeError::Backend {
             op: Operation::Create,
@@ -648,6 +654,37 @@ fn remove_tenant_sockets(container_dir: &Path) {
             .starts_with("tenant-notify-")
         {
             let _ = fs::remove_file(e.path());
+        }
+    }
+}
+
+/// The children of the calling thread, from `/proc/thread-self/children` (empty where the
+/// kernel lacks `CONFIG_PROC_CHILDREN`).
+fn thread_children() -> Vec<Pid> {
+    fs::read_to_string("/proc/thread-self/children")
+        .map(|s| {
+            s.split_whitespace()
+                .filter_map(|p| p.parse().ok())
+                .map(Pid::from_raw)
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// Reaps what a failed libcontainer build cloned: its error paths return without waiting
+/// for the intermediate process (and the init, cloned with `CLONE_PARENT`, is ours too), so
+/// every failed create left two zombies, `youki:[1:INTER]` and `youki:[2:INIT]`, forever.
+/// Both are children of the thread that ran the build (a clone's parent is the cloning
+/// thread, `CLONE_PARENT` passes that on), so the children of this thread that were not
+/// there before the build (`before`) are exactly that build's: no other container's init
+/// (watched by its reaper) and no other thread's `ip` command is touched. They exit once
+/// libcontainer drops its ends of their pipes; one still alive after [`FAILED_BUILD_WAIT`]
+/// is killed.
+fn reap_failed_build(before: &[Pid]) {
+    for pid in thread_children() {
+        if !before.contains(&pid) {
+            let outcome = wait_with_timeout(pid, FAILED_BUILD_WAIT);
+            tracing::debug!(%pid, ?outcome, "reaped a process of a failed create");
         }
     }
 }
@@ -1218,6 +1255,7 @@ impl Runtime for YoukiRuntime {
             // child then hangs forever, and this build with it (seen within minutes with
             // exec probes every 2 s). The child inherits this thread's scoped dispatcher.
             let quiet = tracing::subscriber::NoSubscriber::default();
+            let before = thread_children();
             let pid = tracing::subscriber::with_default(quiet, || {
                 ContainerBuilder::new(id.to_string(), SyscallType::default())
                     .with_root_path(&self.containers_dir)
@@ -1234,6 +1272,9 @@ impl Runtime for YoukiRuntime {
                     })
                     .and_then(|b| b.build())
             });
+            if pid.is_err() {
+                reap_failed_build(&before);
+            }
             // libcontainer leaves the tenant's notify socket behind: one file per exec, every
             // probe period, forever. Builds are serialised by the lock, so none is in use now.
             remove_tenant_sockets(&self.container_dir(id));

@@ -7,13 +7,15 @@
 //! sends one Hello and one full Status, which supersede anything that was dropped.
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::Arc;
-use std::time::Duration;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
+use baton_proto::link::{LinkFault, Repeats, Side};
 use baton_proto::topics::{self, Down, Kind};
-use baton_proto::{Body, DesiredState, Envelope, NodeName, Sender, MAX_MESSAGE_BYTES};
+use baton_proto::{BString, Body, DesiredState, Envelope, NodeName, Sender, MAX_MESSAGE_BYTES};
 use rumqttc::{
-    AsyncClient, Event, LastWill, MqttOptions, Packet, QoS, TlsConfiguration, Transport,
+    AsyncClient, ConnectionError, Event, LastWill, MqttOptions, Packet, QoS, StateError,
+    SubscribeReasonCode, TlsConfiguration, Transport,
 };
 use tokio::sync::mpsc;
 use tracing::{debug, info, warn};
@@ -114,6 +116,8 @@ pub struct Bus {
     connected: Arc<AtomicBool>,
     /// With an enrolled identity: signs what we send, verifies what we get.
     security: Option<AgentSecurity>,
+    /// Why the attempts before the current connection failed, for the Hello.
+    last_connect_error: Arc<Mutex<Option<String>>>,
 }
 
 impl Bus {
@@ -152,6 +156,8 @@ impl Bus {
         if let Some(sec) = &security {
             opts.set_last_will(signed_will(sec)?);
         }
+        let tls = baton_proto::broker::BrokerUrl::parse(url).is_ok_and(|u| u.tls);
+        let url = url.to_owned();
         let (client, mut eventloop) = AsyncClient::new(opts, 64);
         let bus = Bus {
             client,
@@ -159,14 +165,20 @@ impl Bus {
             seq: Arc::new(AtomicU64::new(1)),
             connected: Arc::new(AtomicBool::new(false)),
             security,
+            last_connect_error: Arc::new(Mutex::new(None)),
         };
         let task = bus.clone();
         tokio::spawn(async move {
             let mut backoff = Duration::from_millis(250);
+            let mut link = LinkLog::new(url, tls);
             loop {
                 match eventloop.poll().await {
                     Ok(Event::Incoming(Packet::ConnAck(_))) => {
-                        info!(node = %task.node, "connected to broker");
+                        let report = link.connected(&task.node);
+                        *task
+                            .last_connect_error
+                            .lock()
+                            .unwrap_or_else(|e| e.into_inner()) = report;
                         backoff = Duration::from_millis(250);
                         if let Err(e) = task
                             .client
@@ -177,6 +189,13 @@ impl Bus {
                         task.connected.store(true, Ordering::SeqCst);
                         if events.send(BusEvent::Connected).await.is_err() {
                             return;
+                        }
+                    }
+                    Ok(Event::Incoming(Packet::SubAck(ack))) => {
+                        // An ACL that denies our topics answers 0x80 here and drops our
+                        // publishes silently: this is the only sign of it.
+                        if ack.return_codes.contains(&SubscribeReasonCode::Failure) {
+                            link.subscribe_denied(&topics::agent_filter(&task.node));
                         }
                     }
                     Ok(Event::Incoming(Packet::Publish(p))) => {
@@ -200,11 +219,13 @@ impl Bus {
                         }
                         if task.connected.swap(false, Ordering::SeqCst) {
                             warn!(error = %e, "lost the broker; pods keep running, reconnecting");
+                            link.lost(&e);
                             if events.send(BusEvent::Disconnected).await.is_err() {
                                 return;
                             }
                         } else {
                             debug!(error = %e, retry_in = ?backoff, "broker unreachable");
+                            link.failed(&e);
                         }
                         tokio::time::sleep(with_jitter(backoff)).await;
                         backoff = (backoff * 2).min(RECONNECT_CAP);
@@ -263,9 +284,23 @@ impl Bus {
         self.connected.load(Ordering::SeqCst)
     }
 
-    pub fn publish(&self, body: Body) -> Result<(), BusError> {
+    /// Why the attempts before the current connection failed (`None`: it got through at
+    /// once), as sent in the Hello.
+    pub fn last_connect_error(&self) -> Option<String> {
+        self.last_connect_error
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    /// Sends `body`. A Hello gets the link's [`Bus::last_connect_error`] filled in here,
+    /// where the link's history lives, so the node loop need not know it.
+    pub fn publish(&self, mut body: Body) -> Result<(), BusError> {
         if !self.is_connected() {
             return Err(BusError::Disconnected);
+        }
+        if let Body::Hello(h) = &mut body {
+            h.last_connect_error = self.last_connect_error().map(|e| BString::truncated(&e));
         }
         let (topic, payload) = match &self.security {
             Some(sec) => sec.seal(body).map_err(|e| BusError::Sign(e.to_string()))?,
@@ -279,6 +314,173 @@ impl Bus {
         self.client
             .try_publish(topic, QoS::AtLeastOnce, false, payload)
             .map_err(|_| BusError::Full)
+    }
+}
+
+/// How often a link that keeps failing for the same reason is logged again.
+const WARN_EVERY: Duration = Duration::from_secs(60);
+
+/// The broker link's history, logged so that a person can act on it: every failure to
+/// connect at WARN with the address, cause and advice, repeats once a minute with their
+/// count, and an INFO with the attempts and time when it finally connects.
+struct LinkLog {
+    url: String,
+    tls: bool,
+    repeats: Repeats,
+    /// The last failure, explained, for the next Hello.
+    last: Option<String>,
+}
+
+impl LinkLog {
+    fn new(url: String, tls: bool) -> Self {
+        Self {
+            url,
+            tls,
+            repeats: Repeats::new(WARN_EVERY),
+            last: None,
+        }
+    }
+
+    fn failed(&mut self, e: &ConnectionError) {
+        self.record(link_fault(e, false));
+    }
+
+    /// An established connection broke: not worth a second warning (the caller said
+    /// so), but the start of an outage.
+    fn lost(&mut self, e: &ConnectionError) {
+        let fault = link_fault(e, true);
+        self.repeats.failed(Instant::now(), &fault.to_string());
+        self.last = Some(fault.explain(Side::Agent, self.tls));
+    }
+
+    fn record(&mut self, fault: LinkFault) {
+        let why = fault.explain(Side::Agent, self.tls);
+        if let Some(w) = self.repeats.failed(Instant::now(), &fault.to_string()) {
+            if w.attempts == 1 {
+                warn!(broker = %self.url, "cannot connect to the MQTT broker at {}: {why}", self.url);
+            } else {
+                warn!(
+                    broker = %self.url,
+                    attempts = w.attempts,
+                    "cannot connect to the MQTT broker at {}: {why}; still failing after {} attempts in {}s ({} not logged)",
+                    self.url, w.attempts, w.failing_for.as_secs(), w.held
+                );
+            }
+        }
+        self.last = Some(why);
+    }
+
+    fn subscribe_denied(&mut self, filter: &str) {
+        let fault = LinkFault::SubscribeDenied(filter.to_owned());
+        warn!(broker = %self.url, "the MQTT broker at {}: {}", self.url, fault.explain(Side::Agent, self.tls));
+    }
+
+    /// Connected: logs the end of an outage and returns what to report in the Hello.
+    fn connected(&mut self, node: &NodeName) -> Option<String> {
+        match self.repeats.succeeded(Instant::now()) {
+            Some(r) => info!(
+                %node, broker = %self.url, attempts = r.attempts,
+                "connected to the MQTT broker at {} after {} failed attempts in {}s",
+                self.url, r.attempts, r.after.as_secs()
+            ),
+            None => info!(%node, broker = %self.url, "connected to the MQTT broker"),
+        }
+        self.last.take()
+    }
+}
+
+/// What an MQTT client error means for the person running this agent. `connected`: the
+/// connection had been up (a loss, not a failure to connect). The coordinator's bus has
+/// the same mapping (coordinator/src/bus.rs); keep them alike.
+pub fn link_fault(e: &ConnectionError, connected: bool) -> LinkFault {
+    match e {
+        ConnectionError::ConnectionRefused(code) => {
+            return LinkFault::ConnackRefused(format!("{code:?}"))
+        }
+        ConnectionError::NotConnAck(p) => {
+            let first = format!("{p:?}");
+            let name = first.split(['(', ' ']).next().unwrap_or("?");
+            return LinkFault::NotMqtt(format!("expected a CONNACK, got a {name} packet"));
+        }
+        ConnectionError::NetworkTimeout | ConnectionError::FlushTimeout => {
+            return LinkFault::Timeout
+        }
+        _ => {}
+    }
+    let mut cur: Option<&(dyn std::error::Error + 'static)> = Some(e);
+    while let Some(err) = cur {
+        if let Some(r) = err.downcast_ref::<rustls::Error>() {
+            return tls_fault(r);
+        }
+        if let Some(io) = err.downcast_ref::<std::io::Error>() {
+            // io::Error's `source` skips its payload: rustls's error is that payload.
+            if let Some(r) = io.get_ref().and_then(|i| i.downcast_ref::<rustls::Error>()) {
+                return tls_fault(r);
+            }
+            return io_fault(io, connected);
+        }
+        cur = err.source();
+    }
+    match e {
+        ConnectionError::MqttState(StateError::ConnectionAborted) if !connected => {
+            LinkFault::NotMqtt("the server hung up without answering CONNECT".into())
+        }
+        ConnectionError::MqttState(StateError::Deserialization(d)) if !connected => {
+            LinkFault::NotMqtt(d.to_string())
+        }
+        ConnectionError::MqttState(_) if connected => LinkFault::Closed(e.to_string()),
+        _ => LinkFault::Other(e.to_string()),
+    }
+}
+
+fn io_fault(e: &std::io::Error, connected: bool) -> LinkFault {
+    use std::io::ErrorKind as K;
+    match e.kind() {
+        K::ConnectionRefused => LinkFault::Refused,
+        K::TimedOut => LinkFault::Timeout,
+        K::HostUnreachable | K::NetworkUnreachable | K::NetworkDown | K::AddrNotAvailable => {
+            LinkFault::Unreachable(e.to_string())
+        }
+        K::ConnectionReset | K::UnexpectedEof | K::BrokenPipe | K::ConnectionAborted
+            if !connected =>
+        {
+            LinkFault::NotMqtt(format!("the server hung up without answering CONNECT: {e}"))
+        }
+        _ if connected => LinkFault::Closed(e.to_string()),
+        // Name resolution failures come as uncategorized errors.
+        _ if e.to_string().contains("lookup") => LinkFault::Unreachable(e.to_string()),
+        _ => LinkFault::Other(e.to_string()),
+    }
+}
+
+fn tls_fault(e: &rustls::Error) -> LinkFault {
+    use rustls::{AlertDescription as A, CertificateError as C, Error as E};
+    match e {
+        E::InvalidCertificate(c) => match c {
+            C::BadSignature | C::UnknownIssuer | C::BadEncoding => {
+                LinkFault::UntrustedBroker(format!("{c:?}"))
+            }
+            C::NotValidForName | C::NotValidForNameContext { .. } => {
+                LinkFault::WrongBrokerName(e.to_string())
+            }
+            C::Expired | C::ExpiredContext { .. } | C::NotValidYet | C::NotValidYetContext { .. } => {
+                LinkFault::BrokerCertExpired(e.to_string())
+            }
+            _ => LinkFault::Tls(e.to_string()),
+        },
+        E::AlertReceived(
+            a @ (A::BadCertificate
+            | A::UnknownCA
+            | A::CertificateRequired
+            | A::CertificateUnknown
+            | A::CertificateExpired
+            | A::CertificateRevoked
+            | A::UnsupportedCertificate
+            | A::AccessDenied
+            | A::DecryptError),
+        ) => LinkFault::ClientCertRefused(format!("it sent the TLS alert {a:?}")),
+        E::InvalidMessage(_) => LinkFault::NotTls(e.to_string()),
+        _ => LinkFault::Tls(e.to_string()),
     }
 }
 

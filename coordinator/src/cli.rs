@@ -98,7 +98,7 @@ pub enum Command {
         #[command(subcommand)]
         action: TokenCommand,
     },
-    /// Manage node identities: revoke.
+    /// Manage node identities: revoke, rotate (the device key), identity (show it).
     Node {
         #[command(subcommand)]
         action: NodeCommand,
@@ -186,14 +186,35 @@ async fn node_command(client: &Client, action: &NodeCommand) -> Result<String, C
             Ok(match output {
                 Some(Output::Json) => format!("{v:#}\n"),
                 _ => format!(
-                    "node:       {name}\npublic key: {}\nprevious:   {}\nnot after:  {}\nrevoked:    {}\n",
+                    "node:        {name}\npublic key:  {}\nprevious:    {}\nnot after:   {}\nfingerprint: {}\nserial:      {}\nrevoked:     {}\n",
                     v["publicKey"].as_str().unwrap_or("-"),
                     v["previousKey"].as_str().unwrap_or("-"),
-                    v["notAfter"],
+                    not_after_str(v["notAfter"].as_u64(), SystemTime::now()),
+                    v["fingerprint"].as_str().unwrap_or("-"),
+                    v["serial"].as_str().unwrap_or("-"),
                     v["revoked"],
                 ),
             })
         }
+    }
+}
+
+/// A certificate's notAfter (Unix seconds) as RFC 3339 UTC with what is left of it:
+/// `2027-01-04T10:00:00Z (29d 23h left)`, or `(expired 2h ago)`.
+pub fn not_after_str(not_after: Option<u64>, now: SystemTime) -> String {
+    let Some(secs) = not_after else {
+        return "-".into();
+    };
+    let at = std::time::UNIX_EPOCH + Duration::from_secs(secs);
+    let when = humantime::format_rfc3339_seconds(at);
+    let round = |d: Duration| {
+        // Two units are enough to read: "29d 23h", "5m 3s".
+        let s = humantime::format_duration(Duration::from_secs(d.as_secs())).to_string();
+        s.split(' ').take(2).collect::<Vec<_>>().join(" ")
+    };
+    match at.duration_since(now) {
+        Ok(left) => format!("{when} ({} left)", round(left)),
+        Err(e) => format!("{when} (expired {} ago)", round(e.duration())),
     }
 }
 
@@ -298,8 +319,12 @@ pub enum TokenCommand {
     },
     /// List tokens (names, roles and ages; never secrets).
     List,
-    /// Delete a token: it stops working at once.
-    Delete { name: String },
+    /// Delete an API token by its NAME, or a join token by its ID (the JOIN TOKEN column
+    /// of `token list`): it stops working at once.
+    Delete {
+        #[arg(value_name = "NAME|ID")]
+        name: String,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -870,7 +895,12 @@ pub async fn run(cli: &Cli) -> Result<(), CliError> {
                             p.spec.node_name.as_deref() == Some(node.metadata.name.as_str())
                         })
                         .collect();
-                    describe_node(&node, &on_node, &events, now)
+                    // 404: not enrolled (a fleet without identities); shown as such.
+                    let identity = client
+                        .get(&format!("/api/v1/nodes/{}/identity", node.metadata.name))
+                        .await
+                        .ok();
+                    describe_node(&node, identity.as_ref(), &on_node, &events, now)
                 }
                 ResourceKind::Secret => describe_secret(&object, &events, now),
             };
@@ -1648,13 +1678,18 @@ pub fn nodes_table(nodes: &[api::Node], wide: bool, now: SystemTime) -> String {
                     n.status.allocatable.cpu_millis,
                 )));
                 row.push(quantity::format_memory(n.status.allocatable.memory_bytes));
+                // The cause without its advice (`describe node` has both).
+                row.push(match &n.status.last_connect_error {
+                    Some(e) => e.message.split(" (").next().unwrap_or_default().to_owned(),
+                    None => "<none>".into(),
+                });
             }
             row
         })
         .collect();
     let mut header = vec!["NAME", "STATUS", "ARCH", "AGE", "VERSION"];
     if wide {
-        header.extend(["ADDRESS", "POD-CIDR", "CPU", "MEMORY"]);
+        header.extend(["ADDRESS", "POD-CIDR", "CPU", "MEMORY", "LAST-CONNECT-ERROR"]);
     }
     table(&header, &rows)
 }
@@ -2036,8 +2071,11 @@ pub fn describe_deployment(d: &api::Deployment, events: &[api::Event], now: Syst
     out
 }
 
+/// `identity`: the node's `/identity` (an [`crate::security::IdentitySummary`]), `None`
+/// when it has not enrolled.
 pub fn describe_node(
     n: &api::Node,
+    identity: Option<&Value>,
     pods: &[&api::Pod],
     events: &[api::Event],
     now: SystemTime,
@@ -2065,6 +2103,32 @@ pub fn describe_node(
             n.status.desired_generation, n.status.applied_generation
         ),
     );
+    match &n.status.last_connect_error {
+        Some(e) => kv(
+            &mut out,
+            "Last Connect Error",
+            format!("{} (reported {})", e.message, e.reported_at),
+        ),
+        None => kv(&mut out, "Last Connect Error", "<none>"),
+    }
+    match identity {
+        Some(id) => {
+            out.push_str("Enrollment:\n");
+            out.push_str("  enrolled:     yes\n");
+            let field = |k: &str| id[k].as_str().filter(|s| !s.is_empty()).unwrap_or("-").to_owned();
+            out.push_str(&format!("  fingerprint:  {}\n", field("fingerprint")));
+            out.push_str(&format!("  serial:       {}\n", field("serial")));
+            out.push_str(&format!(
+                "  not after:    {}\n",
+                not_after_str(id["notAfter"].as_u64(), now)
+            ));
+            out.push_str(&format!(
+                "  revoked:      {}\n",
+                if id["revoked"] == true { "yes" } else { "no" }
+            ));
+        }
+        None => out.push_str("Enrollment:\n  enrolled:     no\n"),
+    }
     out.push_str("Allocatable:\n");
     out.push_str(&format!(
         "  cpu:     {}\n",

@@ -1066,6 +1066,18 @@ impl Core {
                     n.metadata.uid = old.metadata.uid.clone();
                     n.metadata.creation_timestamp = old.metadata.creation_timestamp.clone();
                     n.status.desired_generation = old.status.desired_generation;
+                    // An agent repeats its report in every Hello of one connection, and
+                    // sends none after connecting at once: keep the first report's time,
+                    // and the last report until there is a new one.
+                    match (&mut n.status.last_connect_error, &old.status.last_connect_error) {
+                        (None, old_err) => n.status.last_connect_error = old_err.clone(),
+                        (Some(new), Some(old_err))
+                            if new.message == old_err.message && old.status.ready =>
+                        {
+                            new.reported_at = old_err.reported_at.clone();
+                        }
+                        _ => {}
+                    }
                 } else {
                     n.metadata.uid = new_uid();
                     n.metadata.creation_timestamp = api::now_rfc3339();
@@ -1936,6 +1948,7 @@ spec:
             address: Some("192.168.1.10".parse().unwrap()),
             pod_cidr: BString::new("10.42.1.0/24").unwrap(),
             applied_generation: 0,
+            last_connect_error: None,
         })
     }
 

@@ -367,7 +367,11 @@ impl Server {
             })
         };
 
-        tracing::info!(%http_addr, broker = %format!("{}:{}", broker.host, broker.port), "coordinator serving");
+        tracing::info!(
+            api = %server_url(http_addr, tls.is_some()),
+            broker = %format!("{}://{}:{}", if broker.tls { "mqtts" } else { "mqtt" }, broker.host, broker.port),
+            "coordinator serving"
+        );
         let enroll_server = enroll.and_then(|(l, cfg)| {
             let app = http::enroll_router(events_tx.clone(), security.clone(), enroller.clone());
             let addr = l.local_addr().ok();

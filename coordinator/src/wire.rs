@@ -557,6 +557,10 @@ pub fn node_from_hello(name: &proto::NodeName, h: &proto::Hello) -> api::Node {
             last_heartbeat: api::now_rfc3339(),
             applied_generation: h.applied_generation,
             desired_generation: 0,
+            last_connect_error: h.last_connect_error.as_ref().map(|m| api::ConnectError {
+                message: m.to_string(),
+                reported_at: api::now_rfc3339(),
+            }),
         },
     }
 }

@@ -153,6 +153,9 @@ impl Bus {
         events: mpsc::Sender<BusEvent>,
     ) -> Result<Self, BusError> {
         let mut opts = mqtt_options(url, &node, tls)?;
+        if let Some(problem) = tls.and_then(|t| identity_problem(&t.cert_pem, &node)) {
+            warn!("{problem}");
+        }
         if let Some(sec) = &security {
             opts.set_last_will(signed_will(sec)?);
         }
@@ -317,6 +320,88 @@ impl Bus {
     }
 }
 
+/// What is wrong with this node's MQTT client certificate, if its CN is not the node
+/// name. Brokers bind a device's topics to its CN: the embedded broker refuses the
+/// connection (CONNACK "not authorized", logged when it happens), but Mosquitto's ACL
+/// (deploy/mosquitto/acl, `%u`) lets it connect and subscribe and then drops all it sends
+/// and never delivers it anything, with nothing on the wire to tell. So it is checked here.
+pub fn identity_problem(cert_pem: &[u8], node: &NodeName) -> Option<String> {
+    use rustls_pki_types::pem::PemObject;
+    let der = rustls_pki_types::CertificateDer::from_pem_slice(cert_pem).ok()?;
+    let cn = subject_cn(&der).unwrap_or_default();
+    (cn != node.as_str()).then(|| {
+        format!(
+            "this node's MQTT client certificate (--mqtt-cert) has CN {cn:?}, not the node name {node:?}: brokers bind a node's topics to its certificate's CN, which must be the node name, so the broker will refuse it or silently drop all it sends (is this another node's certificate?)"
+        )
+    })
+}
+
+/// The subject CN of an X.509 certificate (DER): Certificate > TBSCertificate > (version,
+/// serial, signature, issuer, validity) > subject > RDNs > CN. A small walk rather than a
+/// full X.509 parser on the device: this is the one field the agent reads.
+fn subject_cn(der: &[u8]) -> Option<String> {
+    /// One DER element at the start of `b`: (tag, contents, rest).
+    fn tlv(b: &[u8]) -> Option<(u8, &[u8], &[u8])> {
+        let (&tag, b) = b.split_first()?;
+        let (&first, b) = b.split_first()?;
+        let (len, b) = if first < 0x80 {
+            (usize::from(first), b)
+        } else {
+            let n = usize::from(first & 0x7f);
+            if n == 0 || n > 4 || b.len() < n {
+                return None;
+            }
+            let len = b[..n]
+                .iter()
+                .fold(0usize, |acc, &x| (acc << 8) | usize::from(x));
+            (len, &b[n..])
+        };
+        (b.len() >= len).then(|| (tag, &b[..len], &b[len..]))
+    }
+    const SEQ: u8 = 0x30;
+    const SET: u8 = 0x31;
+    const CN_OID: [u8; 3] = [0x55, 0x04, 0x03];
+    let (SEQ, cert, _) = tlv(der)? else {
+        return None;
+    };
+    let (SEQ, mut tbs, _) = tlv(cert)? else {
+        return None;
+    };
+    if tbs.first() == Some(&0xa0) {
+        tbs = tlv(tbs)?.2; // [0] version
+    }
+    // serial, signature algorithm, issuer, validity
+    for _ in 0..4 {
+        tbs = tlv(tbs)?.2;
+    }
+    let (SEQ, mut rdns, _) = tlv(tbs)? else {
+        return None;
+    };
+    while !rdns.is_empty() {
+        let (SET, mut set, rest) = tlv(rdns)? else {
+            return None;
+        };
+        rdns = rest;
+        while !set.is_empty() {
+            let (SEQ, atv, rest) = tlv(set)? else {
+                return None;
+            };
+            set = rest;
+            let (0x06, oid, value) = tlv(atv)? else {
+                return None;
+            };
+            if oid == CN_OID {
+                // UTF8String, PrintableString or IA5String.
+                let (0x0c | 0x13 | 0x16, text, _) = tlv(value)? else {
+                    return None;
+                };
+                return String::from_utf8(text.to_vec()).ok();
+            }
+        }
+    }
+    None
+}
+
 /// How often a link that keeps failing for the same reason is logged again.
 const WARN_EVERY: Duration = Duration::from_secs(60);
 
@@ -426,7 +511,7 @@ pub fn link_fault(e: &ConnectionError, connected: bool) -> LinkFault {
             LinkFault::NotMqtt("the server hung up without answering CONNECT".into())
         }
         ConnectionError::MqttState(StateError::Deserialization(d)) if !connected => {
-            LinkFault::NotMqtt(d.to_string())
+            LinkFault::NotMqtt(format!("its answer is not an MQTT packet ({d})"))
         }
         ConnectionError::MqttState(_) if connected => LinkFault::Closed(e.to_string()),
         _ => LinkFault::Other(e.to_string()),
@@ -463,9 +548,10 @@ fn tls_fault(e: &rustls::Error) -> LinkFault {
             C::NotValidForName | C::NotValidForNameContext { .. } => {
                 LinkFault::WrongBrokerName(e.to_string())
             }
-            C::Expired | C::ExpiredContext { .. } | C::NotValidYet | C::NotValidYetContext { .. } => {
-                LinkFault::BrokerCertExpired(e.to_string())
-            }
+            C::Expired
+            | C::ExpiredContext { .. }
+            | C::NotValidYet
+            | C::NotValidYetContext { .. } => LinkFault::BrokerCertExpired(e.to_string()),
             _ => LinkFault::Tls(e.to_string()),
         },
         E::AlertReceived(
@@ -487,6 +573,117 @@ fn tls_fault(e: &rustls::Error) -> LinkFault {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    use rumqttc::{ConnectReturnCode, TlsError};
+    use std::io::{Error as IoError, ErrorKind};
+
+    fn rustls_io(e: rustls::Error) -> IoError {
+        IoError::new(ErrorKind::InvalidData, e)
+    }
+
+    /// The client library's errors, as the e2e tests (tests/tests/diagnostics.rs) saw them
+    /// for each misconfiguration, map to the fault whose advice fits.
+    #[test]
+    fn client_errors_map_to_actionable_faults() {
+        use rustls::{AlertDescription, CertificateError, InvalidMessage};
+        let refused = ConnectionError::Io(IoError::from(ErrorKind::ConnectionRefused));
+        assert_eq!(link_fault(&refused, false), LinkFault::Refused);
+        let bad_sig = ConnectionError::Tls(TlsError::Io(rustls_io(
+            rustls::Error::InvalidCertificate(CertificateError::BadSignature),
+        )));
+        assert_eq!(
+            link_fault(&bad_sig, false),
+            LinkFault::UntrustedBroker("BadSignature".into())
+        );
+        let unknown = ConnectionError::Tls(TlsError::TLS(rustls::Error::InvalidCertificate(
+            CertificateError::UnknownIssuer,
+        )));
+        assert_eq!(
+            link_fault(&unknown, false),
+            LinkFault::UntrustedBroker("UnknownIssuer".into())
+        );
+        let expired = ConnectionError::Tls(TlsError::Io(rustls_io(
+            rustls::Error::InvalidCertificate(CertificateError::Expired),
+        )));
+        assert!(matches!(
+            link_fault(&expired, false),
+            LinkFault::BrokerCertExpired(_)
+        ));
+        let name = ConnectionError::Tls(TlsError::Io(rustls_io(
+            rustls::Error::InvalidCertificate(CertificateError::NotValidForName),
+        )));
+        assert!(matches!(
+            link_fault(&name, false),
+            LinkFault::WrongBrokerName(_)
+        ));
+        // Our certificate refused by the broker: an alert, read after the handshake.
+        let alert = ConnectionError::MqttState(StateError::Io(rustls_io(
+            rustls::Error::AlertReceived(AlertDescription::UnknownCA),
+        )));
+        assert!(matches!(
+            link_fault(&alert, false),
+            LinkFault::ClientCertRefused(_)
+        ));
+        // mqtts:// to a plain MQTT port.
+        let plain = ConnectionError::Tls(TlsError::Io(rustls_io(rustls::Error::InvalidMessage(
+            InvalidMessage::InvalidContentType,
+        ))));
+        assert!(matches!(link_fault(&plain, false), LinkFault::NotTls(_)));
+        let na = ConnectionError::ConnectionRefused(ConnectReturnCode::NotAuthorized);
+        assert_eq!(
+            link_fault(&na, false),
+            LinkFault::ConnackRefused("NotAuthorized".into())
+        );
+        // mqtt:// to a TLS port: the TLS alert is not an MQTT packet, or it hangs up.
+        let garbage = ConnectionError::MqttState(StateError::Deserialization(
+            rumqttc::mqttbytes::Error::BoundaryCrossed(768),
+        ));
+        assert!(matches!(link_fault(&garbage, false), LinkFault::NotMqtt(_)));
+        let hangup = ConnectionError::MqttState(StateError::ConnectionAborted);
+        assert!(matches!(link_fault(&hangup, false), LinkFault::NotMqtt(_)));
+        assert!(matches!(link_fault(&hangup, true), LinkFault::Closed(_)));
+        let reset = ConnectionError::Io(IoError::from(ErrorKind::ConnectionReset));
+        assert!(matches!(link_fault(&reset, false), LinkFault::NotMqtt(_)));
+        assert!(matches!(link_fault(&reset, true), LinkFault::Closed(_)));
+        assert_eq!(
+            link_fault(&ConnectionError::NetworkTimeout, false),
+            LinkFault::Timeout
+        );
+        let unreachable = ConnectionError::Io(IoError::from(ErrorKind::HostUnreachable));
+        assert!(matches!(
+            link_fault(&unreachable, false),
+            LinkFault::Unreachable(_)
+        ));
+    }
+
+    /// The CN of certificates made like enrollment makes them, and like `openssl req
+    /// -subj` does (the issuer's CN comes first in the DER and must not be taken).
+    #[test]
+    fn the_subject_cn_is_read_and_checked_against_the_node() {
+        // CN=pi-1 under CN=fixture-ca, Ed25519 (the fixture of mqtt_tls.rs).
+        let pem = b"-----BEGIN CERTIFICATE-----
+MIIBPjCB8aADAgECAhR59MAqfpnvgN+LS88/I1QpqMi4rTAFBgMrZXAwFTETMBEG
+A1UEAwwKZml4dHVyZS1jYTAgFw0yNjExMjYyMjQ2NTZaGA8yMTI2MTEwMjIyNDY1
+NlowDzENMAsGA1UEAwwEcGktMTAqMAUGAytlcAMhABFAMlBRCfO/HaVw1dVuLEgy
+3Kw91aYcZdnnVYGUZ5IBo1cwVTATBgNVHSUEDDAKBggrBgEFBQcDAjAdBgNVHQ4E
+FgQUuP1/LmoLCcE14Hd5Kl7a9/VZaBUwHwYDVR0jBBgwFoAUyGpx2Eb7TkY2ZBgm
+rti7Du2zdgwwBQYDK2VwA0EAwxFyek2mUrWWTIXLEeOedW4faLL0vpvks7V8EpW0
+QEvMH0BSL665xupgYQd2hpMfE4NBwqDMAXb2v01SUQfOCQ==
+-----END CERTIFICATE-----
+";
+        let pi1 = NodeName::new("pi-1").unwrap();
+        use rustls_pki_types::pem::PemObject;
+        let der = rustls_pki_types::CertificateDer::from_pem_slice(pem).unwrap();
+        assert_eq!(subject_cn(&der).as_deref(), Some("pi-1"));
+        assert_eq!(identity_problem(pem, &pi1), None);
+        let other = identity_problem(pem, &NodeName::new("pi-2").unwrap()).unwrap();
+        assert!(
+            other.contains(r#"has CN "pi-1", not the node name "pi-2""#),
+            "{other}"
+        );
+        assert_eq!(subject_cn(&der[..der.len() / 2]), None, "truncated");
+        assert_eq!(subject_cn(b""), None);
+    }
 
     #[test]
     fn jitter_stays_within_a_quarter_below() {

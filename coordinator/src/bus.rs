@@ -60,6 +60,9 @@ pub struct BusStats {
     /// Why the link is not usable now (a failed connect, a denied subscription), with
     /// advice; `None` while it works or before the first attempt ended.
     pub error: Mutex<Option<String>>,
+    /// A configuration that makes the broker drop everything without telling us (see
+    /// [`identity_problem`]); it stands until a node's message arrives, which disproves it.
+    pub suspect: Mutex<Option<String>>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -70,6 +73,8 @@ pub struct BusStatsSnapshot {
     pub published: u64,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub suspect: Option<String>,
 }
 
 impl BusStats {
@@ -80,6 +85,22 @@ impl BusStats {
             dropped: self.dropped.load(Ordering::Relaxed),
             published: self.published.load(Ordering::Relaxed),
             error: self.error(),
+            suspect: self
+                .suspect
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .clone(),
+        }
+    }
+
+    /// Why the link cannot carry the nodes' messages now, if it is known: `/healthz`
+    /// answers 503 with it.
+    pub fn problem(&self) -> Option<String> {
+        let s = self.snapshot();
+        match (s.error, s.suspect) {
+            (Some(e), _) if !s.connected => Some(e),
+            (_, Some(w)) if s.received == 0 => Some(w),
+            _ => None,
         }
     }
 
@@ -373,6 +394,25 @@ async fn receive_loop(
     }
 }
 
+/// The certificate CN the shipped Mosquitto ACL (deploy/mosquitto/acl) grants the
+/// coordinator's topics to.
+pub const COORDINATOR_CN: &str = "baton:coordinator";
+
+/// What is wrong with the coordinator's MQTT client certificate `cert_pem`, if its CN is
+/// not [`COORDINATOR_CN`]. Checked from the certificate because the wire does not tell:
+/// Mosquitto (2.0.11, tests/tests/diagnostics.rs) grants a SUBSCRIBE its ACL denies
+/// (SUBACK 0, not 0x80) and acknowledges denied publishes, then drops them all.
+pub fn identity_problem(cert_pem: &[u8]) -> Option<String> {
+    use rustls_pki_types::pem::PemObject;
+    let der = rustls_pki_types::CertificateDer::from_pem_slice(cert_pem).ok()?;
+    let cn = crate::mqtt_front::common_name(&der).unwrap_or_default();
+    (cn != COORDINATOR_CN).then(|| {
+        format!(
+            "the coordinator's MQTT client certificate (--broker-cert) has CN {cn:?}, but deploy/mosquitto's ACL grants the coordinator's topics only to CN {COORDINATOR_CN}, and Mosquitto drops what its ACL denies without an error: no node will appear (issue the certificate with CN {COORDINATOR_CN})"
+        )
+    })
+}
+
 /// How often a link that keeps failing for the same reason is logged again.
 const WARN_EVERY: Duration = Duration::from_secs(60);
 
@@ -413,7 +453,7 @@ pub fn link_fault(e: &ConnectionError, connected: bool) -> LinkFault {
             LinkFault::NotMqtt("the server hung up without answering CONNECT".into())
         }
         ConnectionError::MqttState(StateError::Deserialization(d)) if !connected => {
-            LinkFault::NotMqtt(d.to_string())
+            LinkFault::NotMqtt(format!("its answer is not an MQTT packet ({d})"))
         }
         ConnectionError::MqttState(_) if connected => LinkFault::Closed(e.to_string()),
         _ => LinkFault::Other(e.to_string()),
@@ -450,9 +490,10 @@ fn tls_fault(e: &rustls::Error) -> LinkFault {
             C::NotValidForName | C::NotValidForNameContext { .. } => {
                 LinkFault::WrongBrokerName(e.to_string())
             }
-            C::Expired | C::ExpiredContext { .. } | C::NotValidYet | C::NotValidYetContext { .. } => {
-                LinkFault::BrokerCertExpired(e.to_string())
-            }
+            C::Expired
+            | C::ExpiredContext { .. }
+            | C::NotValidYet
+            | C::NotValidYetContext { .. } => LinkFault::BrokerCertExpired(e.to_string()),
             _ => LinkFault::Tls(e.to_string()),
         },
         E::AlertReceived(
@@ -638,5 +679,49 @@ mod tests {
         for bad in ["http://x:1", "mqtt://", "mqtt://h:notaport", "mqtt://u@h:1"] {
             assert!(BrokerAddr::parse(bad).is_err(), "{bad}");
         }
+    }
+
+    /// The coordinator's certificate is checked for the CN the shipped ACL expects, and
+    /// `/healthz`'s problem stands until a node's message disproves it.
+    #[test]
+    fn a_certificate_the_acl_ignores_is_a_problem_until_a_node_is_heard() {
+        // Self-signed Ed25519 certificates (openssl req -x509 -subj /CN=...).
+        const RIGHT: &str = "-----BEGIN CERTIFICATE-----
+MIIBTzCCAQGgAwIBAgIUclDS1Jy6YhPlPLoKI46btiwp7TcwBQYDK2VwMBwxGjAY
+BgNVBAMMEWJhdG9uOmNvb3JkaW5hdG9yMCAXDTI2MTIwNTE4MDExNloYDzIxMjYx
+MTExMTgwMTE2WjAcMRowGAYDVQQDDBFiYXRvbjpjb29yZGluYXRvcjAqMAUGAytl
+cAMhAJmEsM7ywAS3vwf9HbDlM3VI/Ift/KlIOGPGNOHCWyvLo1MwUTAdBgNVHQ4E
+FgQU0CoyCqakBt0O3hp6hH/foGlVXdQwHwYDVR0jBBgwFoAU0CoyCqakBt0O3hp6
+hH/foGlVXdQwDwYDVR0TAQH/BAUwAwEB/zAFBgMrZXADQQAs6i9hv/g+fas6i8g7
+exPsb2TJ03DS9L4Te9eOt5E5WGwI352coOR9rmaa5+JvkMlIfvp2BVVge7wbqmE7
+1KMM
+-----END CERTIFICATE-----
+";
+        const WRONG: &str = "-----BEGIN CERTIFICATE-----
+MIIBTzCCAQGgAwIBAgIUT+YiFJBNbtLiQMHlGwOmSZki2/YwBQYDK2VwMBwxGjAY
+BgNVBAMMEWJhdG9uLWNvb3JkaW5hdG9yMCAXDTI2MTIwNTE4MDExNloYDzIxMjYx
+MTExMTgwMTE2WjAcMRowGAYDVQQDDBFiYXRvbi1jb29yZGluYXRvcjAqMAUGAytl
+cAMhAFhHgfGt0gmVLLwssr73SUx50fKKCw4QHcPT4IJwLR6vo1MwUTAdBgNVHQ4E
+FgQUhgZ7w5cD/ykI3zshx7Jt+fBC3gQwHwYDVR0jBBgwFoAUhgZ7w5cD/ykI3zsh
+x7Jt+fBC3gQwDwYDVR0TAQH/BAUwAwEB/zAFBgMrZXADQQB9BWrWTfdolIQKRDB+
+VbNWYP8PhZ0Woq5DjzDeLekWAYTF0LyPHF2kyHxX1pVHqPHZ6KcF93f/Yd+AI+M6
+v38J
+-----END CERTIFICATE-----
+";
+        assert_eq!(identity_problem(RIGHT.as_bytes()), None);
+        let p = identity_problem(WRONG.as_bytes()).unwrap();
+        assert!(p.contains(r#"has CN "baton-coordinator""#), "{p}");
+
+        let stats = BusStats::default();
+        assert_eq!(stats.problem(), None, "nothing known yet");
+        *stats.suspect.lock().unwrap() = Some(p.clone());
+        stats.connected.store(true, Ordering::Relaxed);
+        assert_eq!(stats.problem(), Some(p));
+        stats.received.fetch_add(1, Ordering::Relaxed);
+        assert_eq!(stats.problem(), None, "a node's message got through");
+        stats.set_error(Some("connection refused".into()));
+        assert_eq!(stats.problem(), None, "connected: a stale error");
+        stats.connected.store(false, Ordering::Relaxed);
+        assert_eq!(stats.problem(), Some("connection refused".into()));
     }
 }

@@ -2106,16 +2106,22 @@ pub fn describe_node(
     match &n.status.last_connect_error {
         Some(e) => kv(
             &mut out,
-            "Last Connect Error",
+            "Connect Error",
             format!("{} (reported {})", e.message, e.reported_at),
         ),
-        None => kv(&mut out, "Last Connect Error", "<none>"),
+        None => kv(&mut out, "Connect Error", "<none>"),
     }
     match identity {
         Some(id) => {
             out.push_str("Enrollment:\n");
             out.push_str("  enrolled:     yes\n");
-            let field = |k: &str| id[k].as_str().filter(|s| !s.is_empty()).unwrap_or("-").to_owned();
+            let field = |k: &str| {
+                id[k]
+                    .as_str()
+                    .filter(|s| !s.is_empty())
+                    .unwrap_or("-")
+                    .to_owned()
+            };
             out.push_str(&format!("  fingerprint:  {}\n", field("fingerprint")));
             out.push_str(&format!("  serial:       {}\n", field("serial")));
             out.push_str(&format!(
@@ -2665,6 +2671,82 @@ web-22   0/1     Pending   0          5m    <none>   10.42.0.7
         assert_eq!(cfg.heartbeat_timeout, Duration::from_secs(60));
         assert!(
             Cli::try_parse_from(["baton", "scale", "deployment/web", "--replicas", "3"]).is_ok()
+        );
+    }
+
+    #[test]
+    fn not_after_is_rfc3339_with_what_is_left() {
+        let now = ts("2026-12-05T12:00:00Z");
+        let secs = |t: &str| {
+            ts(t)
+                .duration_since(std::time::UNIX_EPOCH)
+                .unwrap()
+                .as_secs()
+        };
+        assert_eq!(
+            not_after_str(Some(secs("2027-01-04T13:30:00Z")), now),
+            "2027-01-04T13:30:00Z (30days 1h left)"
+        );
+        assert_eq!(
+            not_after_str(Some(secs("2026-12-05T10:00:00Z")), now),
+            "2026-12-05T10:00:00Z (expired 2h ago)"
+        );
+        assert_eq!(not_after_str(None, now), "-");
+    }
+
+    #[test]
+    fn describe_and_wide_show_the_last_connect_error_and_enrollment() {
+        let now = ts("2026-12-05T12:00:00Z");
+        let mut n = api::Node {
+            api_version: "v1".into(),
+            kind: "Node".into(),
+            metadata: api::ObjectMeta {
+                name: "pi-1".into(),
+                creation_timestamp: "2026-12-05T11:00:00Z".into(),
+                ..Default::default()
+            },
+            status: api::NodeStatus {
+                ready: true,
+                ..Default::default()
+            },
+        };
+        let out = describe_node(&n, None, &[], &[], now);
+        assert!(out.contains("Connect Error:  <none>"), "{out}");
+        assert!(out.contains("Enrollment:\n  enrolled:     no\n"), "{out}");
+        n.status.last_connect_error = Some(api::ConnectError {
+            message: "connection refused (nothing listens there)".into(),
+            reported_at: "2026-12-05T11:59:00Z".into(),
+        });
+        let identity = serde_json::json!({
+            "notAfter": 1_796_515_200u64,
+            "fingerprint": "SHA256:abcd",
+            "serial": "01:02",
+            "revoked": true,
+        });
+        let out = describe_node(&n, Some(&identity), &[], &[], now);
+        assert!(
+            out.contains(
+                "connection refused (nothing listens there) (reported 2026-12-05T11:59:00Z)"
+            ),
+            "{out}"
+        );
+        for want in [
+            "  enrolled:     yes\n",
+            "  fingerprint:  SHA256:abcd\n",
+            "  serial:       01:02\n",
+            "  not after:    2026-12-06T00:00:00Z (12h left)\n",
+            "  revoked:      yes\n",
+        ] {
+            assert!(out.contains(want), "{want:?} in\n{out}");
+        }
+        let wide = nodes_table(&[n], true, now);
+        assert!(
+            wide.lines().next().unwrap().ends_with("LAST-CONNECT-ERROR"),
+            "{wide}"
+        );
+        assert!(
+            wide.lines().nth(1).unwrap().ends_with("connection refused"),
+            "{wide}"
         );
     }
 }

@@ -267,17 +267,23 @@ fn render(reply: ApiReply) -> serde_json::Value {
 }
 
 /// 200 while the broker link works; 503 with the reason while it is known to be broken
-/// (connecting failed, or the broker denied the subscription), so a probe or a person
-/// sees a coordinator that can reach no node. Before the first attempt has ended it is
+/// (connecting failed, the broker denied the subscription, or a certificate the broker's
+/// ACL will silently ignore and no node heard from), so a probe or a person sees a
+/// coordinator that can reach no node. Before the first attempt has ended it is
 /// still 200: nothing is known to be wrong yet.
 async fn healthz(State(state): State<AppState>) -> (StatusCode, Json<serde_json::Value>) {
     let mqtt = state.bus.snapshot();
-    match (&mqtt.error, mqtt.connected) {
-        (Some(reason), false) => (
+    match state.bus.problem() {
+        Some(reason) => (
             StatusCode::SERVICE_UNAVAILABLE,
-            Json(json!({ "status": "unavailable", "reason": format!("mqtt: {reason}"), "mqtt": mqtt })),
+            Json(
+                json!({ "status": "unavailable", "reason": format!("mqtt: {reason}"), "mqtt": mqtt }),
+            ),
         ),
-        _ => (StatusCode::OK, Json(json!({ "status": "ok", "mqtt": mqtt }))),
+        None => (
+            StatusCode::OK,
+            Json(json!({ "status": "ok", "mqtt": mqtt })),
+        ),
     }
 }
 

@@ -158,6 +158,8 @@ pub struct Server {
     embedded_mqtt: Option<SocketAddr>,
     /// TLS for the bridge's own connection (an `mqtts://` external broker).
     broker_tls: Option<Arc<rustls::ClientConfig>>,
+    /// What is wrong with the bridge's client certificate (see [`crate::bus::identity_problem`]).
+    broker_identity: Option<String>,
     listener: tokio::net::TcpListener,
     tls: Option<Arc<rustls::ServerConfig>>,
     tokens: Arc<Tokens>,
@@ -240,6 +242,11 @@ impl Server {
             ))?;
 
         let (broker, embedded_mqtt, broker_tls) = start_mqtt(&cfg).await?;
+        let broker_identity = cfg
+            .broker_tls
+            .as_ref()
+            .and_then(|f| std::fs::read(&f.cert).ok())
+            .and_then(|pem| crate::bus::identity_problem(&pem));
 
         let listener = tokio::net::TcpListener::bind(cfg.http_listen)
             .await
@@ -274,6 +281,7 @@ impl Server {
             broker,
             embedded_mqtt,
             broker_tls,
+            broker_identity,
             listener,
             tls,
             tokens,
@@ -307,6 +315,7 @@ impl Server {
             http_addr,
             broker,
             broker_tls,
+            broker_identity,
             listener,
             tls,
             tokens,
@@ -321,6 +330,10 @@ impl Server {
             ..
         } = self;
         let stats = Arc::new(BusStats::default());
+        if let Some(problem) = broker_identity {
+            tracing::warn!("{problem}");
+            *stats.suspect.lock().unwrap_or_else(|e| e.into_inner()) = Some(problem);
+        }
         let core_task = tokio::spawn(core.run(events_rx));
 
         let client_id = format!("baton-coordinator-{}", std::process::id());

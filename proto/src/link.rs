@@ -63,7 +63,10 @@ impl fmt::Display for LinkFault {
                 write!(f, "tls: the broker's certificate is not trusted: {why}")
             }
             LinkFault::WrongBrokerName(why) => {
-                write!(f, "tls: the broker's certificate is for another name: {why}")
+                write!(
+                    f,
+                    "tls: the broker's certificate is for another name: {why}"
+                )
             }
             LinkFault::BrokerCertExpired(why) => {
                 write!(f, "tls: the broker's certificate is not valid now: {why}")
@@ -79,7 +82,10 @@ impl fmt::Display for LinkFault {
             }
             LinkFault::Closed(why) => write!(f, "connection closed: {why}"),
             LinkFault::SubscribeDenied(filter) => {
-                write!(f, "the broker denied the subscription to {filter} (SUBACK 0x80)")
+                write!(
+                    f,
+                    "the broker denied the subscription to {filter} (SUBACK 0x80)"
+                )
             }
             LinkFault::Other(why) => write!(f, "{why}"),
         }
@@ -317,7 +323,9 @@ mod tests {
             .explain(Side::Coordinator, true)
             .contains("--broker-ca"));
         let na = F::ConnackRefused("NotAuthorized".into());
-        assert!(na.explain(Side::Agent, true).contains("another node's certificate"));
+        assert!(na
+            .explain(Side::Agent, true)
+            .contains("another node's certificate"));
         assert!(na
             .explain(Side::Coordinator, true)
             .contains("baton:coordinator"));

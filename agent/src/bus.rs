@@ -177,7 +177,7 @@ impl Bus {
             loop {
                 match eventloop.poll().await {
                     Ok(Event::Incoming(Packet::ConnAck(_))) => {
-                        let report = link.connected(&task.node);
+                        let (_, report) = link.connected(&task.node);
                         *task
                             .last_connect_error
                             .lock()
@@ -228,7 +228,7 @@ impl Bus {
                             }
                         } else {
                             debug!(error = %e, retry_in = ?backoff, "broker unreachable");
-                            link.failed(&e);
+                            let _ = link.failed(&e);
                         }
                         tokio::time::sleep(with_jitter(backoff)).await;
                         backoff = (backoff * 2).min(RECONNECT_CAP);
@@ -426,33 +426,37 @@ impl LinkLog {
         }
     }
 
-    fn failed(&mut self, e: &ConnectionError) {
-        self.record(link_fault(e, false));
+    /// tokio's clock, so that tests can pause and advance it.
+    fn now() -> Instant {
+        tokio::time::Instant::now().into_std()
     }
 
-    /// An established connection broke: not worth a second warning (the caller said
-    /// so), but the start of an outage.
+    /// A failed attempt to connect; returns the line logged, if any.
+    fn failed(&mut self, e: &ConnectionError) -> Option<String> {
+        let fault = link_fault(e, false);
+        let why = fault.explain(Side::Agent, self.tls);
+        let w = self.repeats.failed(Self::now(), &fault.to_string());
+        self.last = Some(why.clone());
+        let w = w?;
+        let mut line = format!("cannot connect to the MQTT broker at {}: {why}", self.url);
+        if w.attempts > 1 {
+            line.push_str(&format!(
+                "; still failing after {} attempts in {}s ({} not logged)",
+                w.attempts,
+                w.failing_for.as_secs(),
+                w.held
+            ));
+        }
+        warn!(broker = %self.url, attempts = w.attempts, "{line}");
+        Some(line)
+    }
+
+    /// An established connection broke: not worth a second warning (the caller logs
+    /// it), but the start of an outage.
     fn lost(&mut self, e: &ConnectionError) {
         let fault = link_fault(e, true);
-        self.repeats.failed(Instant::now(), &fault.to_string());
+        self.repeats.failed(Self::now(), &fault.to_string());
         self.last = Some(fault.explain(Side::Agent, self.tls));
-    }
-
-    fn record(&mut self, fault: LinkFault) {
-        let why = fault.explain(Side::Agent, self.tls);
-        if let Some(w) = self.repeats.failed(Instant::now(), &fault.to_string()) {
-            if w.attempts == 1 {
-                warn!(broker = %self.url, "cannot connect to the MQTT broker at {}: {why}", self.url);
-            } else {
-                warn!(
-                    broker = %self.url,
-                    attempts = w.attempts,
-                    "cannot connect to the MQTT broker at {}: {why}; still failing after {} attempts in {}s ({} not logged)",
-                    self.url, w.attempts, w.failing_for.as_secs(), w.held
-                );
-            }
-        }
-        self.last = Some(why);
     }
 
     fn subscribe_denied(&mut self, filter: &str) {
@@ -460,17 +464,20 @@ impl LinkLog {
         warn!(broker = %self.url, "the MQTT broker at {}: {}", self.url, fault.explain(Side::Agent, self.tls));
     }
 
-    /// Connected: logs the end of an outage and returns what to report in the Hello.
-    fn connected(&mut self, node: &NodeName) -> Option<String> {
-        match self.repeats.succeeded(Instant::now()) {
-            Some(r) => info!(
-                %node, broker = %self.url, attempts = r.attempts,
+    /// Connected: logs it (with the outage it ends, if any) and returns the line and what
+    /// to report in the Hello.
+    fn connected(&mut self, node: &NodeName) -> (String, Option<String>) {
+        let line = match self.repeats.succeeded(Self::now()) {
+            Some(r) => format!(
                 "connected to the MQTT broker at {} after {} failed attempts in {}s",
-                self.url, r.attempts, r.after.as_secs()
+                self.url,
+                r.attempts,
+                r.after.as_secs()
             ),
-            None => info!(%node, broker = %self.url, "connected to the MQTT broker"),
-        }
-        self.last.take()
+            None => format!("connected to the MQTT broker at {}", self.url),
+        };
+        info!(%node, broker = %self.url, "{line}");
+        (line, self.last.take())
     }
 }
 
@@ -683,6 +690,49 @@ QEvMH0BSL665xupgYQd2hpMfE4NBwqDMAXb2v01SUQfOCQ==
         );
         assert_eq!(subject_cn(&der[..der.len() / 2]), None, "truncated");
         assert_eq!(subject_cn(b""), None);
+    }
+
+    /// Against a broker that refuses for over a minute: the first failure is logged, the
+    /// next ones are held, one more line comes a minute later with the count, a new cause
+    /// is logged at once, and the success says how long it took; the Hello then carries
+    /// the last failure, and only once.
+    #[tokio::test(start_paused = true)]
+    async fn repeats_are_rate_limited_and_the_recovery_is_told() {
+        let node = NodeName::new("pi-1").unwrap();
+        let mut link = LinkLog::new("mqtt://b:1883".into(), false);
+        let refused = ConnectionError::Io(IoError::from(ErrorKind::ConnectionRefused));
+        assert_eq!(
+            link.failed(&refused).as_deref(),
+            Some("cannot connect to the MQTT broker at mqtt://b:1883: connection refused (nothing listens there: is the broker running, and is the port right?)")
+        );
+        for _ in 0..7 {
+            tokio::time::advance(RECONNECT_CAP).await;
+            assert_eq!(link.failed(&refused), None);
+        }
+        tokio::time::advance(RECONNECT_CAP).await;
+        let again = link.failed(&refused).unwrap();
+        assert!(
+            again.ends_with("; still failing after 9 attempts in 64s (7 not logged)"),
+            "{again}"
+        );
+        tokio::time::advance(RECONNECT_CAP).await;
+        assert_eq!(link.failed(&refused), None);
+        let hangup = ConnectionError::MqttState(StateError::ConnectionAborted);
+        let changed = link.failed(&hangup).unwrap();
+        assert!(
+            changed.contains("the server hung up without answering CONNECT (is this a TLS port? use mqtts://); still failing after 11 attempts in 72s (1 not logged)"),
+            "{changed}"
+        );
+        tokio::time::advance(Duration::from_secs(3)).await;
+        let (line, report) = link.connected(&node);
+        assert_eq!(
+            line,
+            "connected to the MQTT broker at mqtt://b:1883 after 11 failed attempts in 75s"
+        );
+        assert!(report.unwrap().starts_with("the server did not answer as MQTT"));
+        let (line, report) = link.connected(&node);
+        assert_eq!(line, "connected to the MQTT broker at mqtt://b:1883");
+        assert_eq!(report, None);
     }
 
     #[test]

@@ -14,7 +14,7 @@
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use baton_proto::link::{LinkFault, Repeats, Side};
 use baton_proto::topics::{self, Kind};
@@ -305,7 +305,7 @@ async fn receive_loop(
         match eventloop.poll().await {
             Ok(MqttEvent::Incoming(Packet::ConnAck(_))) => {
                 up = true;
-                match repeats.succeeded(Instant::now()) {
+                match repeats.succeeded(tokio::time::Instant::now().into_std()) {
                     Some(r) => tracing::info!(
                         broker = %addr, attempts = r.attempts,
                         "connected to the MQTT broker at {addr} after {} failed attempts in {}s",
@@ -371,10 +371,10 @@ async fn receive_loop(
                 let why = fault.explain(Side::Coordinator, broker.tls);
                 if std::mem::take(&mut up) {
                     tracing::warn!(error = %e, "lost the MQTT broker connection; reconnecting");
-                    repeats.failed(Instant::now(), &fault.to_string());
+                    repeats.failed(tokio::time::Instant::now().into_std(), &fault.to_string());
                 } else {
                     tracing::debug!(error = %e, ?backoff, "cannot reach the MQTT broker; retrying");
-                    if let Some(w) = repeats.failed(Instant::now(), &fault.to_string()) {
+                    if let Some(w) = repeats.failed(tokio::time::Instant::now().into_std(), &fault.to_string()) {
                         if w.attempts == 1 {
                             tracing::warn!(broker = %addr, "cannot connect to the MQTT broker at {addr}: {why}");
                         } else {

@@ -487,3 +487,53 @@ fn wrong_cn_against_the_mosquitto_acl_is_detected() -> Result<()> {
         Ok(())
     })
 }
+
+/// A plain-HTTP registry (Distribution's docker-registry) that the agent was not told is
+/// plain: the pull fails with a message that says it is reachable but not TLS, and names
+/// the flag, `--insecure-registry HOST:PORT` (it used to say "unreachable: received
+/// corrupt message of type InvalidContentType").
+#[test]
+fn a_plain_http_registry_not_marked_insecure_names_the_flag() -> Result<()> {
+    let mut site = Site::new("r")?;
+    let registry_dir = site.path("registry");
+    sh(site
+        .ns
+        .cmd(repo_root().join("images/registry.sh"))
+        .args(["start", "127.0.0.1:5000"])
+        .arg(&registry_dir))?;
+    site.coordinator("coordinator", &[])?;
+    let agent = site.agent("puller", "mqtt://127.0.0.1:1883", None)?;
+    let result = with_logs(&site, |site| {
+        site.wait_line(agent, &["connected to the MQTT broker"], Duration::from_secs(30))?;
+        let manifest = site.path("pod.yaml");
+        std::fs::write(
+            &manifest,
+            "apiVersion: v1\nkind: Pod\nmetadata:\n  name: plain\nspec:\n  containers:\n  - name: c\n    image: 127.0.0.1:5000/baton/busybox:1\n",
+        )?;
+        site.baton("coordinator", &["apply", "-f", &manifest.display().to_string()])?;
+        let want = "registry 127.0.0.1:5000 error: it speaks plain HTTP, not HTTPS (received corrupt message of type InvalidContentType); to pull from it over plain HTTP, start the agent with --insecure-registry 127.0.0.1:5000";
+        let reason = wait_for("the pull to fail", Duration::from_secs(60), || {
+            let out = site.baton("coordinator", &["get", "pod", "plain", "-o", "json"])?;
+            let v: serde_json::Value = serde_json::from_str(&out)?;
+            let reason = v["status"]["containerStatuses"][0]["state"]["failed"]["reason"]
+                .as_str()
+                .unwrap_or_default()
+                .to_owned();
+            if reason.contains(want) {
+                Ok(Some(reason))
+            } else {
+                bail!("pod status: {}", v["status"])
+            }
+        })?;
+        ensure!(!reason.contains("unreachable"), "{reason}");
+        eprintln!("FIGURE plain registry: {reason}");
+        Ok(())
+    });
+    let _ = site
+        .ns
+        .cmd(repo_root().join("images/registry.sh"))
+        .args(["stop", "127.0.0.1:5000"])
+        .arg(&registry_dir)
+        .output();
+    result
+}

@@ -729,7 +729,9 @@ QEvMH0BSL665xupgYQd2hpMfE4NBwqDMAXb2v01SUQfOCQ==
             line,
             "connected to the MQTT broker at mqtt://b:1883 after 11 failed attempts in 75s"
         );
-        assert!(report.unwrap().starts_with("the server did not answer as MQTT"));
+        assert!(report
+            .unwrap()
+            .starts_with("the server did not answer as MQTT"));
         let (line, report) = link.connected(&node);
         assert_eq!(line, "connected to the MQTT broker at mqtt://b:1883");
         assert_eq!(report, None);

@@ -374,7 +374,9 @@ async fn receive_loop(
                     repeats.failed(tokio::time::Instant::now().into_std(), &fault.to_string());
                 } else {
                     tracing::debug!(error = %e, ?backoff, "cannot reach the MQTT broker; retrying");
-                    if let Some(w) = repeats.failed(tokio::time::Instant::now().into_std(), &fault.to_string()) {
+                    if let Some(w) =
+                        repeats.failed(tokio::time::Instant::now().into_std(), &fault.to_string())
+                    {
                         if w.attempts == 1 {
                             tracing::warn!(broker = %addr, "cannot connect to the MQTT broker at {addr}: {why}");
                         } else {

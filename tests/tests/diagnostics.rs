@@ -504,13 +504,20 @@ fn a_plain_http_registry_not_marked_insecure_names_the_flag() -> Result<()> {
     site.coordinator("coordinator", &[])?;
     let agent = site.agent("puller", "mqtt://127.0.0.1:1883", None)?;
     let result = with_logs(&site, |site| {
-        site.wait_line(agent, &["connected to the MQTT broker"], Duration::from_secs(30))?;
+        site.wait_line(
+            agent,
+            &["connected to the MQTT broker"],
+            Duration::from_secs(30),
+        )?;
         let manifest = site.path("pod.yaml");
         std::fs::write(
             &manifest,
             "apiVersion: v1\nkind: Pod\nmetadata:\n  name: plain\nspec:\n  containers:\n  - name: c\n    image: 127.0.0.1:5000/baton/busybox:1\n",
         )?;
-        site.baton("coordinator", &["apply", "-f", &manifest.display().to_string()])?;
+        site.baton(
+            "coordinator",
+            &["apply", "-f", &manifest.display().to_string()],
+        )?;
         let want = "registry 127.0.0.1:5000 error: it speaks plain HTTP, not HTTPS (received corrupt message of type InvalidContentType); to pull from it over plain HTTP, start the agent with --insecure-registry 127.0.0.1:5000";
         let reason = wait_for("the pull to fail", Duration::from_secs(60), || {
             let out = site.baton("coordinator", &["get", "pod", "plain", "-o", "json"])?;

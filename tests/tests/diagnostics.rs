@@ -218,7 +218,7 @@ fn agent_connection_failures_are_explained_at_the_default_log_level() -> Result<
     let broker = fleet.server("broker", &["127.0.0.1"])?;
     let other = Pki::new(&site.path("other"), "other-ca")?;
     // The embedded broker behind its TLS front on 8883, the API over HTTPS on 7474.
-    site.coordinator(
+    let coordinator = site.coordinator(
         "coordinator",
         &[
             "--tls-auto",
@@ -253,6 +253,12 @@ fn agent_connection_failures_are_explained_at_the_default_log_level() -> Result<
     let good = site.agent("good", "mqtts://127.0.0.1:8883", Some((&fleet.ca, &own)))?;
 
     with_logs(&site, |site| {
+        // The listen log names the scheme it serves (it said `http_addr=` for HTTPS).
+        let serving = site.wait_line(coordinator, &["coordinator serving"], PROMPT)?;
+        ensure!(
+            serving.contains("https://127.0.0.1:7474") && !serving.contains("http_addr"),
+            "{serving}"
+        );
         let cases = [
             (
                 closed,

@@ -543,3 +543,104 @@ fn a_plain_http_registry_not_marked_insecure_names_the_flag() -> Result<()> {
         .output();
     result
 }
+
+/// An enrolled node's enrollment state in `describe node` (fingerprint and serial of the
+/// certificate the device holds, notAfter as RFC 3339 with the time left, revoked or not)
+/// and `node identity` with the same.
+#[test]
+fn describe_node_shows_the_enrollment_state() -> Result<()> {
+    let mut lab = baton_e2e::Lab::start("dge", 1, baton_e2e::Broker::Embedded)?;
+    let result = (|| -> Result<()> {
+        lab.restart_coordinator_enrolling(&[])?;
+        let token = lab.join_token(&[])?;
+        lab.agent_args = vec![
+            "--join-token".into(),
+            token,
+            "--coordinator-api".into(),
+            lab.enroll_api(),
+        ];
+        lab.spawn_agent(0)?;
+        let name = lab.agents[0].name.clone();
+        let identity = lab.agents[0].data_dir.join("identity.json");
+        wait_for("the agent to enroll", Duration::from_secs(60), || {
+            Ok(identity.exists().then_some(()))
+        })?;
+        let id: serde_json::Value = serde_json::from_slice(&std::fs::read(
+            lab.agents[0].data_dir.join("identity.json"),
+        )?)?;
+        let pem = lab.dir.path().join("node.crt");
+        std::fs::write(&pem, id["certificate"].as_str().context("certificate")?)?;
+        let text = |cmd: &mut Command| -> Result<String> {
+            Ok(String::from_utf8_lossy(&sh(cmd)?.stdout).trim().to_owned())
+        };
+        // `sha256 Fingerprint=AB:CD:...` and `serial=0123...` from openssl.
+        let fp = text(
+            Command::new("openssl")
+                .args(["x509", "-noout", "-fingerprint", "-sha256", "-in"])
+                .arg(&pem),
+        )?;
+        let fp = fp
+            .rsplit('=')
+            .next()
+            .unwrap_or_default()
+            .replace(':', "")
+            .to_lowercase();
+        let serial = text(
+            Command::new("openssl")
+                .args(["x509", "-noout", "-serial", "-in"])
+                .arg(&pem),
+        )?;
+        let serial = serial.trim_start_matches("serial=").to_lowercase();
+
+        let describe = || -> Result<String> {
+            Ok(
+                String::from_utf8_lossy(&lab.baton(&["describe", "node", &name])?.stdout)
+                    .into_owned(),
+            )
+        };
+        let out = describe()?;
+        eprintln!("FIGURE describe enrolled node:\n{out}");
+        ensure!(out.contains("  enrolled:     yes\n"), "{out}");
+        ensure!(
+            out.contains(&format!("  fingerprint:  SHA256:{fp}\n")),
+            "want {fp}:\n{out}"
+        );
+        let shown = out
+            .lines()
+            .find_map(|l| l.strip_prefix("  serial:       "))
+            .unwrap_or_default()
+            .replace(':', "");
+        ensure!(
+            shown.trim_start_matches('0') == serial.trim_start_matches('0'),
+            "want {serial}:\n{out}"
+        );
+        let not_after = out
+            .lines()
+            .find_map(|l| l.strip_prefix("  not after:    "))
+            .unwrap_or_default()
+            .to_owned();
+        ensure!(
+            not_after.len() > 22
+                && not_after.as_bytes()[10] == b'T'
+                && not_after.contains("Z (")
+                && not_after.ends_with(" left)"),
+            "not after: {not_after:?}"
+        );
+        ensure!(out.contains("  revoked:      no\n"), "{out}");
+        let ident =
+            String::from_utf8_lossy(&lab.baton(&["node", "identity", &name])?.stdout).into_owned();
+        ensure!(
+            ident.contains(&format!("not after:   {not_after}")),
+            "{ident}"
+        );
+
+        lab.baton(&["node", "revoke", &name])?;
+        let out = describe()?;
+        ensure!(out.contains("  revoked:      yes\n"), "{out}");
+        Ok(())
+    })();
+    if result.is_err() {
+        lab.dump_logs();
+    }
+    result
+}

@@ -7,13 +7,15 @@
 //! sends one Hello and one full Status, which supersede anything that was dropped.
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::Arc;
-use std::time::Duration;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
+use baton_proto::link::{LinkFault, Repeats, Side};
 use baton_proto::topics::{self, Down, Kind};
-use baton_proto::{Body, DesiredState, Envelope, NodeName, Sender, MAX_MESSAGE_BYTES};
+use baton_proto::{BString, Body, DesiredState, Envelope, NodeName, Sender, MAX_MESSAGE_BYTES};
 use rumqttc::{
-    AsyncClient, Event, LastWill, MqttOptions, Packet, QoS, TlsConfiguration, Transport,
+    AsyncClient, ConnectionError, Event, LastWill, MqttOptions, Packet, QoS, StateError,
+    SubscribeReasonCode, TlsConfiguration, Transport,
 };
 use tokio::sync::mpsc;
 use tracing::{debug, info, warn};
@@ -114,6 +116,8 @@ pub struct Bus {
     connected: Arc<AtomicBool>,
     /// With an enrolled identity: signs what we send, verifies what we get.
     security: Option<AgentSecurity>,
+    /// Why the attempts before the current connection failed, for the Hello.
+    last_connect_error: Arc<Mutex<Option<String>>>,
 }
 
 impl Bus {
@@ -149,9 +153,14 @@ impl Bus {
         events: mpsc::Sender<BusEvent>,
     ) -> Result<Self, BusError> {
         let mut opts = mqtt_options(url, &node, tls)?;
+        if let Some(problem) = tls.and_then(|t| identity_problem(&t.cert_pem, &node)) {
+            warn!("{problem}");
+        }
         if let Some(sec) = &security {
             opts.set_last_will(signed_will(sec)?);
         }
+        let tls = baton_proto::broker::BrokerUrl::parse(url).is_ok_and(|u| u.tls);
+        let url = url.to_owned();
         let (client, mut eventloop) = AsyncClient::new(opts, 64);
         let bus = Bus {
             client,
@@ -159,14 +168,20 @@ impl Bus {
             seq: Arc::new(AtomicU64::new(1)),
             connected: Arc::new(AtomicBool::new(false)),
             security,
+            last_connect_error: Arc::new(Mutex::new(None)),
         };
         let task = bus.clone();
         tokio::spawn(async move {
             let mut backoff = Duration::from_millis(250);
+            let mut link = LinkLog::new(url, tls);
             loop {
                 match eventloop.poll().await {
                     Ok(Event::Incoming(Packet::ConnAck(_))) => {
-                        info!(node = %task.node, "connected to broker");
+                        let (_, report) = link.connected(&task.node);
+                        *task
+                            .last_connect_error
+                            .lock()
+                            .unwrap_or_else(|e| e.into_inner()) = report;
                         backoff = Duration::from_millis(250);
                         if let Err(e) = task
                             .client
@@ -177,6 +192,13 @@ impl Bus {
                         task.connected.store(true, Ordering::SeqCst);
                         if events.send(BusEvent::Connected).await.is_err() {
                             return;
+                        }
+                    }
+                    Ok(Event::Incoming(Packet::SubAck(ack))) => {
+                        // An ACL that denies our topics answers 0x80 here and drops our
+                        // publishes silently: this is the only sign of it.
+                        if ack.return_codes.contains(&SubscribeReasonCode::Failure) {
+                            link.subscribe_denied(&topics::agent_filter(&task.node));
                         }
                     }
                     Ok(Event::Incoming(Packet::Publish(p))) => {
@@ -200,11 +222,13 @@ impl Bus {
                         }
                         if task.connected.swap(false, Ordering::SeqCst) {
                             warn!(error = %e, "lost the broker; pods keep running, reconnecting");
+                            link.lost(&e);
                             if events.send(BusEvent::Disconnected).await.is_err() {
                                 return;
                             }
                         } else {
                             debug!(error = %e, retry_in = ?backoff, "broker unreachable");
+                            let _ = link.failed(&e);
                         }
                         tokio::time::sleep(with_jitter(backoff)).await;
                         backoff = (backoff * 2).min(RECONNECT_CAP);
@@ -263,9 +287,23 @@ impl Bus {
         self.connected.load(Ordering::SeqCst)
     }
 
-    pub fn publish(&self, body: Body) -> Result<(), BusError> {
+    /// Why the attempts before the current connection failed (`None`: it got through at
+    /// once), as sent in the Hello.
+    pub fn last_connect_error(&self) -> Option<String> {
+        self.last_connect_error
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    /// Sends `body`. A Hello gets the link's [`Bus::last_connect_error`] filled in here,
+    /// where the link's history lives, so the node loop need not know it.
+    pub fn publish(&self, mut body: Body) -> Result<(), BusError> {
         if !self.is_connected() {
             return Err(BusError::Disconnected);
+        }
+        if let Body::Hello(h) = &mut body {
+            h.last_connect_error = self.last_connect_error().map(|e| BString::truncated(&e));
         }
         let (topic, payload) = match &self.security {
             Some(sec) => sec.seal(body).map_err(|e| BusError::Sign(e.to_string()))?,
@@ -282,9 +320,423 @@ impl Bus {
     }
 }
 
+/// What is wrong with this node's MQTT client certificate, if its CN is not the node
+/// name. Brokers bind a device's topics to its CN: the embedded broker refuses the
+/// connection (CONNACK "not authorized", logged when it happens), but Mosquitto's ACL
+/// (deploy/mosquitto/acl, `%u`) lets it connect and subscribe and then drops all it sends
+/// and never delivers it anything, with nothing on the wire to tell. So it is checked here.
+pub fn identity_problem(cert_pem: &[u8], node: &NodeName) -> Option<String> {
+    use rustls_pki_types::pem::PemObject;
+    let der = rustls_pki_types::CertificateDer::from_pem_slice(cert_pem).ok()?;
+    let cn = subject_cn(&der).unwrap_or_default();
+    (cn != node.as_str()).then(|| {
+        format!(
+            "this node's MQTT client certificate (--mqtt-cert) has CN {cn:?}, not the node name {node:?}: brokers bind a node's topics to its certificate's CN, which must be the node name, so the broker will refuse it or silently drop all it sends (is this another node's certificate?)"
+        )
+    })
+}
+
+/// The subject CN of an X.509 certificate (DER): Certificate > TBSCertificate > (version,
+/// serial, signature, issuer, validity) > subject > RDNs > CN. A small walk rather than a
+/// full X.509 parser on the device: this is the one field the agent reads.
+fn subject_cn(der: &[u8]) -> Option<String> {
+    /// One DER element at the start of `b`: (tag, contents, rest).
+    fn tlv(b: &[u8]) -> Option<(u8, &[u8], &[u8])> {
+        let (&tag, b) = b.split_first()?;
+        let (&first, b) = b.split_first()?;
+        let (len, b) = if first < 0x80 {
+            (usize::from(first), b)
+        } else {
+            let n = usize::from(first & 0x7f);
+            if n == 0 || n > 4 || b.len() < n {
+                return None;
+            }
+            let len = b[..n]
+                .iter()
+                .fold(0usize, |acc, &x| (acc << 8) | usize::from(x));
+            (len, &b[n..])
+        };
+        (b.len() >= len).then(|| (tag, &b[..len], &b[len..]))
+    }
+    const SEQ: u8 = 0x30;
+    const SET: u8 = 0x31;
+    const CN_OID: [u8; 3] = [0x55, 0x04, 0x03];
+    let (SEQ, cert, _) = tlv(der)? else {
+        return None;
+    };
+    let (SEQ, mut tbs, _) = tlv(cert)? else {
+        return None;
+    };
+    if tbs.first() == Some(&0xa0) {
+        tbs = tlv(tbs)?.2; // [0] version
+    }
+    // serial, signature algorithm, issuer, validity
+    for _ in 0..4 {
+        tbs = tlv(tbs)?.2;
+    }
+    let (SEQ, mut rdns, _) = tlv(tbs)? else {
+        return None;
+    };
+    while !rdns.is_empty() {
+        let (SET, mut set, rest) = tlv(rdns)? else {
+            return None;
+        };
+        rdns = rest;
+        while !set.is_empty() {
+            let (SEQ, atv, rest) = tlv(set)? else {
+                return None;
+            };
+            set = rest;
+            let (0x06, oid, value) = tlv(atv)? else {
+                return None;
+            };
+            if oid == CN_OID {
+                // UTF8String, PrintableString or IA5String.
+                let (0x0c | 0x13 | 0x16, text, _) = tlv(value)? else {
+                    return None;
+                };
+                return String::from_utf8(text.to_vec()).ok();
+            }
+        }
+    }
+    None
+}
+
+/// How often a link that keeps failing for the same reason is logged again.
+const WARN_EVERY: Duration = Duration::from_secs(60);
+
+/// The broker link's history, logged so that a person can act on it: every failure to
+/// connect at WARN with the address, cause and advice, repeats once a minute with their
+/// count, and an INFO with the attempts and time when it finally connects.
+struct LinkLog {
+    url: String,
+    tls: bool,
+    repeats: Repeats,
+    /// The last failure, explained, for the next Hello.
+    last: Option<String>,
+}
+
+impl LinkLog {
+    fn new(url: String, tls: bool) -> Self {
+        Self {
+            url,
+            tls,
+            repeats: Repeats::new(WARN_EVERY),
+            last: None,
+        }
+    }
+
+    /// tokio's clock, so that tests can pause and advance it.
+    fn now() -> Instant {
+        tokio::time::Instant::now().into_std()
+    }
+
+    /// A failed attempt to connect; returns the line logged, if any.
+    fn failed(&mut self, e: &ConnectionError) -> Option<String> {
+        let fault = link_fault(e, false);
+        let why = fault.explain(Side::Agent, self.tls);
+        let w = self.repeats.failed(Self::now(), &fault.to_string());
+        self.last = Some(why.clone());
+        let w = w?;
+        let mut line = format!("cannot connect to the MQTT broker at {}: {why}", self.url);
+        if w.attempts > 1 {
+            line.push_str(&format!(
+                "; still failing after {} attempts in {}s ({} not logged)",
+                w.attempts,
+                w.failing_for.as_secs(),
+                w.held
+            ));
+        }
+        warn!(broker = %self.url, attempts = w.attempts, "{line}");
+        Some(line)
+    }
+
+    /// An established connection broke: not worth a second warning (the caller logs
+    /// it), but the start of an outage.
+    fn lost(&mut self, e: &ConnectionError) {
+        let fault = link_fault(e, true);
+        self.repeats.failed(Self::now(), &fault.to_string());
+        self.last = Some(fault.explain(Side::Agent, self.tls));
+    }
+
+    fn subscribe_denied(&mut self, filter: &str) {
+        let fault = LinkFault::SubscribeDenied(filter.to_owned());
+        warn!(broker = %self.url, "the MQTT broker at {}: {}", self.url, fault.explain(Side::Agent, self.tls));
+    }
+
+    /// Connected: logs it (with the outage it ends, if any) and returns the line and what
+    /// to report in the Hello.
+    fn connected(&mut self, node: &NodeName) -> (String, Option<String>) {
+        let line = match self.repeats.succeeded(Self::now()) {
+            Some(r) => format!(
+                "connected to broker at {} after {} failed attempts in {}s",
+                self.url,
+                r.attempts,
+                r.after.as_secs()
+            ),
+            None => format!("connected to broker at {}", self.url),
+        };
+        // "connected to broker": tests/tests/chaos.rs counts reconnects by it.
+        info!(%node, broker = %self.url, "{line}");
+        (line, self.last.take())
+    }
+}
+
+/// What an MQTT client error means for the person running this agent. `connected`: the
+/// connection had been up (a loss, not a failure to connect). The coordinator's bus has
+/// the same mapping (coordinator/src/bus.rs); keep them alike.
+pub fn link_fault(e: &ConnectionError, connected: bool) -> LinkFault {
+    match e {
+        ConnectionError::ConnectionRefused(code) => {
+            return LinkFault::ConnackRefused(format!("{code:?}"))
+        }
+        ConnectionError::NotConnAck(p) => {
+            let first = format!("{p:?}");
+            let name = first.split(['(', ' ']).next().unwrap_or("?");
+            return LinkFault::NotMqtt(format!("expected a CONNACK, got a {name} packet"));
+        }
+        ConnectionError::NetworkTimeout | ConnectionError::FlushTimeout => {
+            return LinkFault::Timeout
+        }
+        _ => {}
+    }
+    let mut cur: Option<&(dyn std::error::Error + 'static)> = Some(e);
+    while let Some(err) = cur {
+        if let Some(r) = err.downcast_ref::<rustls::Error>() {
+            return tls_fault(r);
+        }
+        if let Some(io) = err.downcast_ref::<std::io::Error>() {
+            // io::Error's `source` skips its payload: rustls's error is that payload.
+            if let Some(r) = io.get_ref().and_then(|i| i.downcast_ref::<rustls::Error>()) {
+                return tls_fault(r);
+            }
+            return io_fault(io, connected);
+        }
+        cur = err.source();
+    }
+    match e {
+        ConnectionError::MqttState(StateError::ConnectionAborted) if !connected => {
+            LinkFault::NotMqtt("the server hung up without answering CONNECT".into())
+        }
+        ConnectionError::MqttState(StateError::Deserialization(d)) if !connected => {
+            LinkFault::NotMqtt(format!("its answer is not an MQTT packet ({d})"))
+        }
+        ConnectionError::MqttState(_) if connected => LinkFault::Closed(e.to_string()),
+        _ => LinkFault::Other(e.to_string()),
+    }
+}
+
+fn io_fault(e: &std::io::Error, connected: bool) -> LinkFault {
+    use std::io::ErrorKind as K;
+    match e.kind() {
+        K::ConnectionRefused => LinkFault::Refused,
+        K::TimedOut => LinkFault::Timeout,
+        K::HostUnreachable | K::NetworkUnreachable | K::NetworkDown | K::AddrNotAvailable => {
+            LinkFault::Unreachable(e.to_string())
+        }
+        K::ConnectionReset | K::UnexpectedEof | K::BrokenPipe | K::ConnectionAborted
+            if !connected =>
+        {
+            LinkFault::NotMqtt(format!("the server hung up without answering CONNECT: {e}"))
+        }
+        _ if connected => LinkFault::Closed(e.to_string()),
+        // Name resolution failures come as uncategorized errors.
+        _ if e.to_string().contains("lookup") => LinkFault::Unreachable(e.to_string()),
+        _ => LinkFault::Other(e.to_string()),
+    }
+}
+
+fn tls_fault(e: &rustls::Error) -> LinkFault {
+    use rustls::{AlertDescription as A, CertificateError as C, Error as E};
+    match e {
+        E::InvalidCertificate(c) => match c {
+            C::BadSignature | C::UnknownIssuer | C::BadEncoding => {
+                LinkFault::UntrustedBroker(format!("{c:?}"))
+            }
+            C::NotValidForName | C::NotValidForNameContext { .. } => {
+                LinkFault::WrongBrokerName(e.to_string())
+            }
+            C::Expired
+            | C::ExpiredContext { .. }
+            | C::NotValidYet
+            | C::NotValidYetContext { .. } => LinkFault::BrokerCertExpired(e.to_string()),
+            _ => LinkFault::Tls(e.to_string()),
+        },
+        E::AlertReceived(
+            a @ (A::BadCertificate
+            | A::UnknownCA
+            | A::CertificateRequired
+            | A::CertificateUnknown
+            | A::CertificateExpired
+            | A::CertificateRevoked
+            | A::UnsupportedCertificate
+            | A::AccessDenied
+            | A::DecryptError),
+        ) => LinkFault::ClientCertRefused(format!("it sent the TLS alert {a:?}")),
+        E::InvalidMessage(_) => LinkFault::NotTls(e.to_string()),
+        _ => LinkFault::Tls(e.to_string()),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    use rumqttc::{ConnectReturnCode, TlsError};
+    use std::io::{Error as IoError, ErrorKind};
+
+    fn rustls_io(e: rustls::Error) -> IoError {
+        IoError::new(ErrorKind::InvalidData, e)
+    }
+
+    /// The client library's errors, as the e2e tests (tests/tests/diagnostics.rs) saw them
+    /// for each misconfiguration, map to the fault whose advice fits.
+    #[test]
+    fn client_errors_map_to_actionable_faults() {
+        use rustls::{AlertDescription, CertificateError, InvalidMessage};
+        let refused = ConnectionError::Io(IoError::from(ErrorKind::ConnectionRefused));
+        assert_eq!(link_fault(&refused, false), LinkFault::Refused);
+        let bad_sig = ConnectionError::Tls(TlsError::Io(rustls_io(
+            rustls::Error::InvalidCertificate(CertificateError::BadSignature),
+        )));
+        assert_eq!(
+            link_fault(&bad_sig, false),
+            LinkFault::UntrustedBroker("BadSignature".into())
+        );
+        let unknown = ConnectionError::Tls(TlsError::TLS(rustls::Error::InvalidCertificate(
+            CertificateError::UnknownIssuer,
+        )));
+        assert_eq!(
+            link_fault(&unknown, false),
+            LinkFault::UntrustedBroker("UnknownIssuer".into())
+        );
+        let expired = ConnectionError::Tls(TlsError::Io(rustls_io(
+            rustls::Error::InvalidCertificate(CertificateError::Expired),
+        )));
+        assert!(matches!(
+            link_fault(&expired, false),
+            LinkFault::BrokerCertExpired(_)
+        ));
+        let name = ConnectionError::Tls(TlsError::Io(rustls_io(
+            rustls::Error::InvalidCertificate(CertificateError::NotValidForName),
+        )));
+        assert!(matches!(
+            link_fault(&name, false),
+            LinkFault::WrongBrokerName(_)
+        ));
+        // Our certificate refused by the broker: an alert, read after the handshake.
+        let alert = ConnectionError::MqttState(StateError::Io(rustls_io(
+            rustls::Error::AlertReceived(AlertDescription::UnknownCA),
+        )));
+        assert!(matches!(
+            link_fault(&alert, false),
+            LinkFault::ClientCertRefused(_)
+        ));
+        // mqtts:// to a plain MQTT port.
+        let plain = ConnectionError::Tls(TlsError::Io(rustls_io(rustls::Error::InvalidMessage(
+            InvalidMessage::InvalidContentType,
+        ))));
+        assert!(matches!(link_fault(&plain, false), LinkFault::NotTls(_)));
+        let na = ConnectionError::ConnectionRefused(ConnectReturnCode::NotAuthorized);
+        assert_eq!(
+            link_fault(&na, false),
+            LinkFault::ConnackRefused("NotAuthorized".into())
+        );
+        // mqtt:// to a TLS port: the TLS alert is not an MQTT packet, or it hangs up.
+        let garbage = ConnectionError::MqttState(StateError::Deserialization(
+            rumqttc::mqttbytes::Error::BoundaryCrossed(768),
+        ));
+        assert!(matches!(link_fault(&garbage, false), LinkFault::NotMqtt(_)));
+        let hangup = ConnectionError::MqttState(StateError::ConnectionAborted);
+        assert!(matches!(link_fault(&hangup, false), LinkFault::NotMqtt(_)));
+        assert!(matches!(link_fault(&hangup, true), LinkFault::Closed(_)));
+        let reset = ConnectionError::Io(IoError::from(ErrorKind::ConnectionReset));
+        assert!(matches!(link_fault(&reset, false), LinkFault::NotMqtt(_)));
+        assert!(matches!(link_fault(&reset, true), LinkFault::Closed(_)));
+        assert_eq!(
+            link_fault(&ConnectionError::NetworkTimeout, false),
+            LinkFault::Timeout
+        );
+        let unreachable = ConnectionError::Io(IoError::from(ErrorKind::HostUnreachable));
+        assert!(matches!(
+            link_fault(&unreachable, false),
+            LinkFault::Unreachable(_)
+        ));
+    }
+
+    /// The CN of certificates made like enrollment makes them, and like `openssl req
+    /// -subj` does (the issuer's CN comes first in the DER and must not be taken).
+    #[test]
+    fn the_subject_cn_is_read_and_checked_against_the_node() {
+        // CN=pi-1 under CN=fixture-ca, Ed25519 (the fixture of mqtt_tls.rs).
+        let pem = b"-----BEGIN CERTIFICATE-----
+MIIBPjCB8aADAgECAhR59MAqfpnvgN+LS88/I1QpqMi4rTAFBgMrZXAwFTETMBEG
+A1UEAwwKZml4dHVyZS1jYTAgFw0yNjExMjYyMjQ2NTZaGA8yMTI2MTEwMjIyNDY1
+NlowDzENMAsGA1UEAwwEcGktMTAqMAUGAytlcAMhABFAMlBRCfO/HaVw1dVuLEgy
+3Kw91aYcZdnnVYGUZ5IBo1cwVTATBgNVHSUEDDAKBggrBgEFBQcDAjAdBgNVHQ4E
+FgQUuP1/LmoLCcE14Hd5Kl7a9/VZaBUwHwYDVR0jBBgwFoAUyGpx2Eb7TkY2ZBgm
+rti7Du2zdgwwBQYDK2VwA0EAwxFyek2mUrWWTIXLEeOedW4faLL0vpvks7V8EpW0
+QEvMH0BSL665xupgYQd2hpMfE4NBwqDMAXb2v01SUQfOCQ==
+-----END CERTIFICATE-----
+";
+        let pi1 = NodeName::new("pi-1").unwrap();
+        use rustls_pki_types::pem::PemObject;
+        let der = rustls_pki_types::CertificateDer::from_pem_slice(pem).unwrap();
+        assert_eq!(subject_cn(&der).as_deref(), Some("pi-1"));
+        assert_eq!(identity_problem(pem, &pi1), None);
+        let other = identity_problem(pem, &NodeName::new("pi-2").unwrap()).unwrap();
+        assert!(
+            other.contains(r#"has CN "pi-1", not the node name "pi-2""#),
+            "{other}"
+        );
+        assert_eq!(subject_cn(&der[..der.len() / 2]), None, "truncated");
+        assert_eq!(subject_cn(b""), None);
+    }
+
+    /// Against a broker that refuses for over a minute: the first failure is logged, the
+    /// next ones are held, one more line comes a minute later with the count, a new cause
+    /// is logged at once, and the success says how long it took; the Hello then carries
+    /// the last failure, and only once.
+    #[tokio::test(start_paused = true)]
+    async fn repeats_are_rate_limited_and_the_recovery_is_told() {
+        let node = NodeName::new("pi-1").unwrap();
+        let mut link = LinkLog::new("mqtt://b:1883".into(), false);
+        let refused = ConnectionError::Io(IoError::from(ErrorKind::ConnectionRefused));
+        assert_eq!(
+            link.failed(&refused).as_deref(),
+            Some("cannot connect to the MQTT broker at mqtt://b:1883: connection refused (nothing listens there: is the broker running, and is the port right?)")
+        );
+        for _ in 0..7 {
+            tokio::time::advance(RECONNECT_CAP).await;
+            assert_eq!(link.failed(&refused), None);
+        }
+        tokio::time::advance(RECONNECT_CAP).await;
+        let again = link.failed(&refused).unwrap();
+        assert!(
+            again.ends_with("; still failing after 9 attempts in 64s (7 not logged)"),
+            "{again}"
+        );
+        tokio::time::advance(RECONNECT_CAP).await;
+        assert_eq!(link.failed(&refused), None);
+        let hangup = ConnectionError::MqttState(StateError::ConnectionAborted);
+        let changed = link.failed(&hangup).unwrap();
+        assert!(
+            changed.contains("the server hung up without answering CONNECT (is this a TLS port? use mqtts://); still failing after 11 attempts in 72s (1 not logged)"),
+            "{changed}"
+        );
+        tokio::time::advance(Duration::from_secs(3)).await;
+        let (line, report) = link.connected(&node);
+        assert_eq!(
+            line,
+            "connected to broker at mqtt://b:1883 after 11 failed attempts in 75s"
+        );
+        assert!(report
+            .unwrap()
+            .starts_with("the server did not answer as MQTT"));
+        let (line, report) = link.connected(&node);
+        assert_eq!(line, "connected to broker at mqtt://b:1883");
+        assert_eq!(report, None);
+    }
 
     #[test]
     fn jitter_stays_within_a_quarter_below() {

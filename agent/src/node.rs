@@ -298,6 +298,8 @@ impl Agent {
             pod_cidr: BString::new(self.deps.network.config().pod_cidr.to_string())
                 .unwrap_or_default(),
             applied_generation: self.desired.generation,
+            // Filled in by the bus, which keeps the link's history.
+            last_connect_error: None,
         })
     }
 

@@ -671,6 +671,19 @@ pub struct NodeStatus {
     /// The generation of the desired state the coordinator last published to it.
     #[serde(default)]
     pub desired_generation: u64,
+    /// Why the agent's attempts to reach the broker failed before it last got through,
+    /// as it reported in its Hello; kept until it reports another.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_connect_error: Option<ConnectError>,
+}
+
+/// An agent's report of its failed connection attempts (see [`NodeStatus`]).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ConnectError {
+    pub message: String,
+    /// When the coordinator received the report (RFC 3339).
+    pub reported_at: String,
 }
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]

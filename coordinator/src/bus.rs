@@ -13,13 +13,15 @@
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use baton_proto::link::{LinkFault, Repeats, Side};
 use baton_proto::topics::{self, Kind};
 use baton_proto::{Body, Envelope, NodeName, Sender};
 use rumqttc::{
-    AsyncClient, Event as MqttEvent, MqttOptions, Packet, QoS, TlsConfiguration, Transport,
+    AsyncClient, ConnectionError, Event as MqttEvent, MqttOptions, Packet, QoS, StateError,
+    SubscribeReasonCode, TlsConfiguration, Transport,
 };
 use serde::Serialize;
 use tokio::sync::mpsc;
@@ -55,14 +57,24 @@ pub struct BusStats {
     pub received: AtomicU64,
     pub dropped: AtomicU64,
     pub published: AtomicU64,
+    /// Why the link is not usable now (a failed connect, a denied subscription), with
+    /// advice; `None` while it works or before the first attempt ended.
+    pub error: Mutex<Option<String>>,
+    /// A configuration that makes the broker drop everything without telling us (see
+    /// [`identity_problem`]); it stands until a node's message arrives, which disproves it.
+    pub suspect: Mutex<Option<String>>,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct BusStatsSnapshot {
     pub connected: bool,
     pub received: u64,
     pub dropped: u64,
     pub published: u64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub suspect: Option<String>,
 }
 
 impl BusStats {
@@ -72,7 +84,33 @@ impl BusStats {
             received: self.received.load(Ordering::Relaxed),
             dropped: self.dropped.load(Ordering::Relaxed),
             published: self.published.load(Ordering::Relaxed),
+            error: self.error(),
+            suspect: self
+                .suspect
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .clone(),
         }
+    }
+
+    /// Why the link cannot carry the nodes' messages now, if it is known: `/healthz`
+    /// answers 503 with it.
+    pub fn problem(&self) -> Option<String> {
+        let s = self.snapshot();
+        match (s.error, s.suspect) {
+            (Some(e), _) if !s.connected => Some(e),
+            (_, Some(w)) if s.received == 0 => Some(w),
+            _ => None,
+        }
+    }
+
+    /// See [`BusStats::error`].
+    pub fn error(&self) -> Option<String> {
+        self.error.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    fn set_error(&self, e: Option<String>) {
+        *self.error.lock().unwrap_or_else(|e| e.into_inner()) = e;
     }
 }
 
@@ -255,10 +293,26 @@ async fn receive_loop(
     const MIN_BACKOFF: Duration = Duration::from_millis(100);
     const MAX_BACKOFF: Duration = Duration::from_secs(5);
     let mut backoff = MIN_BACKOFF;
+    let addr = format!(
+        "{}://{}:{}",
+        if broker.tls { "mqtts" } else { "mqtt" },
+        broker.host,
+        broker.port
+    );
+    let mut repeats = Repeats::new(WARN_EVERY);
+    let mut up = false;
     loop {
         match eventloop.poll().await {
             Ok(MqttEvent::Incoming(Packet::ConnAck(_))) => {
-                tracing::info!(host = %broker.host, port = broker.port, "connected to the MQTT broker");
+                up = true;
+                match repeats.succeeded(tokio::time::Instant::now().into_std()) {
+                    Some(r) => tracing::info!(
+                        broker = %addr, attempts = r.attempts,
+                        "connected to the MQTT broker at {addr} after {} failed attempts in {}s",
+                        r.attempts, r.after.as_secs()
+                    ),
+                    None => tracing::info!(broker = %addr, "connected to the MQTT broker"),
+                }
                 backoff = MIN_BACKOFF;
                 // Clean session: the subscription is gone after every reconnect. `try_`
                 // because awaiting here, in the loop that drains the request queue, could
@@ -267,8 +321,18 @@ async fn receive_loop(
                     tracing::error!(error = %e, "cannot subscribe to node topics");
                 }
             }
-            Ok(MqttEvent::Incoming(Packet::SubAck(_))) => {
+            Ok(MqttEvent::Incoming(Packet::SubAck(ack))) => {
+                if ack.return_codes.contains(&SubscribeReasonCode::Failure) {
+                    // The broker's ACL refused us (Mosquitto answers 0x80 and would drop
+                    // our publishes silently): no node can ever appear, so say why.
+                    let why = LinkFault::SubscribeDenied(topics::COORDINATOR_FILTER.into())
+                        .explain(Side::Coordinator, broker.tls);
+                    tracing::warn!(broker = %addr, "the MQTT broker at {addr}: {why}");
+                    stats.set_error(Some(why));
+                    continue;
+                }
                 // Only now can nodes' messages reach us: "connected" means subscribed.
+                stats.set_error(None);
                 stats.connected.store(true, Ordering::Relaxed);
             }
             Ok(MqttEvent::Incoming(Packet::Publish(p))) => {
@@ -302,15 +366,151 @@ async fn receive_loop(
             }
             Ok(_) => {}
             Err(e) => {
-                if stats.connected.swap(false, Ordering::Relaxed) {
+                stats.connected.store(false, Ordering::Relaxed);
+                let fault = link_fault(&e, up);
+                let why = fault.explain(Side::Coordinator, broker.tls);
+                if std::mem::take(&mut up) {
                     tracing::warn!(error = %e, "lost the MQTT broker connection; reconnecting");
+                    repeats.failed(tokio::time::Instant::now().into_std(), &fault.to_string());
                 } else {
                     tracing::debug!(error = %e, ?backoff, "cannot reach the MQTT broker; retrying");
+                    if let Some(w) =
+                        repeats.failed(tokio::time::Instant::now().into_std(), &fault.to_string())
+                    {
+                        if w.attempts == 1 {
+                            tracing::warn!(broker = %addr, "cannot connect to the MQTT broker at {addr}: {why}");
+                        } else {
+                            tracing::warn!(
+                                broker = %addr, attempts = w.attempts,
+                                "cannot connect to the MQTT broker at {addr}: {why}; still failing after {} attempts in {}s ({} not logged)",
+                                w.attempts, w.failing_for.as_secs(), w.held
+                            );
+                        }
+                    }
                 }
+                stats.set_error(Some(why));
                 tokio::time::sleep(backoff).await;
                 backoff = (backoff * 2).min(MAX_BACKOFF);
             }
         }
+    }
+}
+
+/// The certificate CN the shipped Mosquitto ACL (deploy/mosquitto/acl) grants the
+/// coordinator's topics to.
+pub const COORDINATOR_CN: &str = "baton:coordinator";
+
+/// What is wrong with the coordinator's MQTT client certificate `cert_pem`, if its CN is
+/// not [`COORDINATOR_CN`]. Checked from the certificate because the wire does not tell:
+/// Mosquitto (2.0.11, tests/tests/diagnostics.rs) grants a SUBSCRIBE its ACL denies
+/// (SUBACK 0, not 0x80) and acknowledges denied publishes, then drops them all.
+pub fn identity_problem(cert_pem: &[u8]) -> Option<String> {
+    use rustls_pki_types::pem::PemObject;
+    let der = rustls_pki_types::CertificateDer::from_pem_slice(cert_pem).ok()?;
+    let cn = crate::mqtt_front::common_name(&der).unwrap_or_default();
+    (cn != COORDINATOR_CN).then(|| {
+        format!(
+            "the coordinator's MQTT client certificate (--broker-cert) has CN {cn:?}, but deploy/mosquitto's ACL grants the coordinator's topics only to CN {COORDINATOR_CN}, and Mosquitto drops what its ACL denies without an error: no node will appear (issue the certificate with CN {COORDINATOR_CN})"
+        )
+    })
+}
+
+/// How often a link that keeps failing for the same reason is logged again.
+const WARN_EVERY: Duration = Duration::from_secs(60);
+
+/// What an MQTT client error means for the person running the coordinator. `connected`:
+/// the connection had been up. The same mapping as the agent's (agent/src/bus.rs): both
+/// use the same client library; keep them alike.
+pub fn link_fault(e: &ConnectionError, connected: bool) -> LinkFault {
+    match e {
+        ConnectionError::ConnectionRefused(code) => {
+            return LinkFault::ConnackRefused(format!("{code:?}"))
+        }
+        ConnectionError::NotConnAck(p) => {
+            let first = format!("{p:?}");
+            let name = first.split(['(', ' ']).next().unwrap_or("?");
+            return LinkFault::NotMqtt(format!("expected a CONNACK, got a {name} packet"));
+        }
+        ConnectionError::NetworkTimeout | ConnectionError::FlushTimeout => {
+            return LinkFault::Timeout
+        }
+        _ => {}
+    }
+    let mut cur: Option<&(dyn std::error::Error + 'static)> = Some(e);
+    while let Some(err) = cur {
+        if let Some(r) = err.downcast_ref::<rustls::Error>() {
+            return tls_fault(r);
+        }
+        if let Some(io) = err.downcast_ref::<std::io::Error>() {
+            // io::Error's `source` skips its payload: rustls's error is that payload.
+            if let Some(r) = io.get_ref().and_then(|i| i.downcast_ref::<rustls::Error>()) {
+                return tls_fault(r);
+            }
+            return io_fault(io, connected);
+        }
+        cur = err.source();
+    }
+    match e {
+        ConnectionError::MqttState(StateError::ConnectionAborted) if !connected => {
+            LinkFault::NotMqtt("the server hung up without answering CONNECT".into())
+        }
+        ConnectionError::MqttState(StateError::Deserialization(d)) if !connected => {
+            LinkFault::NotMqtt(format!("its answer is not an MQTT packet ({d})"))
+        }
+        ConnectionError::MqttState(_) if connected => LinkFault::Closed(e.to_string()),
+        _ => LinkFault::Other(e.to_string()),
+    }
+}
+
+fn io_fault(e: &std::io::Error, connected: bool) -> LinkFault {
+    use std::io::ErrorKind as K;
+    match e.kind() {
+        K::ConnectionRefused => LinkFault::Refused,
+        K::TimedOut => LinkFault::Timeout,
+        K::HostUnreachable | K::NetworkUnreachable | K::NetworkDown | K::AddrNotAvailable => {
+            LinkFault::Unreachable(e.to_string())
+        }
+        K::ConnectionReset | K::UnexpectedEof | K::BrokenPipe | K::ConnectionAborted
+            if !connected =>
+        {
+            LinkFault::NotMqtt(format!("the server hung up without answering CONNECT: {e}"))
+        }
+        _ if connected => LinkFault::Closed(e.to_string()),
+        // Name resolution failures come as uncategorized errors.
+        _ if e.to_string().contains("lookup") => LinkFault::Unreachable(e.to_string()),
+        _ => LinkFault::Other(e.to_string()),
+    }
+}
+
+fn tls_fault(e: &rustls::Error) -> LinkFault {
+    use rustls::{AlertDescription as A, CertificateError as C, Error as E};
+    match e {
+        E::InvalidCertificate(c) => match c {
+            C::BadSignature | C::UnknownIssuer | C::BadEncoding => {
+                LinkFault::UntrustedBroker(format!("{c:?}"))
+            }
+            C::NotValidForName | C::NotValidForNameContext { .. } => {
+                LinkFault::WrongBrokerName(e.to_string())
+            }
+            C::Expired
+            | C::ExpiredContext { .. }
+            | C::NotValidYet
+            | C::NotValidYetContext { .. } => LinkFault::BrokerCertExpired(e.to_string()),
+            _ => LinkFault::Tls(e.to_string()),
+        },
+        E::AlertReceived(
+            a @ (A::BadCertificate
+            | A::UnknownCA
+            | A::CertificateRequired
+            | A::CertificateUnknown
+            | A::CertificateExpired
+            | A::CertificateRevoked
+            | A::UnsupportedCertificate
+            | A::AccessDenied
+            | A::DecryptError),
+        ) => LinkFault::ClientCertRefused(format!("it sent the TLS alert {a:?}")),
+        E::InvalidMessage(_) => LinkFault::NotTls(e.to_string()),
+        _ => LinkFault::Tls(e.to_string()),
     }
 }
 
@@ -481,5 +681,49 @@ mod tests {
         for bad in ["http://x:1", "mqtt://", "mqtt://h:notaport", "mqtt://u@h:1"] {
             assert!(BrokerAddr::parse(bad).is_err(), "{bad}");
         }
+    }
+
+    /// The coordinator's certificate is checked for the CN the shipped ACL expects, and
+    /// `/healthz`'s problem stands until a node's message disproves it.
+    #[test]
+    fn a_certificate_the_acl_ignores_is_a_problem_until_a_node_is_heard() {
+        // Self-signed Ed25519 certificates (openssl req -x509 -subj /CN=...).
+        const RIGHT: &str = "-----BEGIN CERTIFICATE-----
+MIIBTzCCAQGgAwIBAgIUclDS1Jy6YhPlPLoKI46btiwp7TcwBQYDK2VwMBwxGjAY
+BgNVBAMMEWJhdG9uOmNvb3JkaW5hdG9yMCAXDTI2MTIwNTE4MDExNloYDzIxMjYx
+MTExMTgwMTE2WjAcMRowGAYDVQQDDBFiYXRvbjpjb29yZGluYXRvcjAqMAUGAytl
+cAMhAJmEsM7ywAS3vwf9HbDlM3VI/Ift/KlIOGPGNOHCWyvLo1MwUTAdBgNVHQ4E
+FgQU0CoyCqakBt0O3hp6hH/foGlVXdQwHwYDVR0jBBgwFoAU0CoyCqakBt0O3hp6
+hH/foGlVXdQwDwYDVR0TAQH/BAUwAwEB/zAFBgMrZXADQQAs6i9hv/g+fas6i8g7
+exPsb2TJ03DS9L4Te9eOt5E5WGwI352coOR9rmaa5+JvkMlIfvp2BVVge7wbqmE7
+1KMM
+-----END CERTIFICATE-----
+";
+        const WRONG: &str = "-----BEGIN CERTIFICATE-----
+MIIBTzCCAQGgAwIBAgIUT+YiFJBNbtLiQMHlGwOmSZki2/YwBQYDK2VwMBwxGjAY
+BgNVBAMMEWJhdG9uLWNvb3JkaW5hdG9yMCAXDTI2MTIwNTE4MDExNloYDzIxMjYx
+MTExMTgwMTE2WjAcMRowGAYDVQQDDBFiYXRvbi1jb29yZGluYXRvcjAqMAUGAytl
+cAMhAFhHgfGt0gmVLLwssr73SUx50fKKCw4QHcPT4IJwLR6vo1MwUTAdBgNVHQ4E
+FgQUhgZ7w5cD/ykI3zshx7Jt+fBC3gQwHwYDVR0jBBgwFoAUhgZ7w5cD/ykI3zsh
+x7Jt+fBC3gQwDwYDVR0TAQH/BAUwAwEB/zAFBgMrZXADQQB9BWrWTfdolIQKRDB+
+VbNWYP8PhZ0Woq5DjzDeLekWAYTF0LyPHF2kyHxX1pVHqPHZ6KcF93f/Yd+AI+M6
+v38J
+-----END CERTIFICATE-----
+";
+        assert_eq!(identity_problem(RIGHT.as_bytes()), None);
+        let p = identity_problem(WRONG.as_bytes()).unwrap();
+        assert!(p.contains(r#"has CN "baton-coordinator""#), "{p}");
+
+        let stats = BusStats::default();
+        assert_eq!(stats.problem(), None, "nothing known yet");
+        *stats.suspect.lock().unwrap() = Some(p.clone());
+        stats.connected.store(true, Ordering::Relaxed);
+        assert_eq!(stats.problem(), Some(p));
+        stats.received.fetch_add(1, Ordering::Relaxed);
+        assert_eq!(stats.problem(), None, "a node's message got through");
+        stats.set_error(Some("connection refused".into()));
+        assert_eq!(stats.problem(), None, "connected: a stale error");
+        stats.connected.store(false, Ordering::Relaxed);
+        assert_eq!(stats.problem(), Some("connection refused".into()));
     }
 }

@@ -98,7 +98,7 @@ pub enum Command {
         #[command(subcommand)]
         action: TokenCommand,
     },
-    /// Manage node identities: revoke.
+    /// Manage node identities: revoke, rotate (the device key), identity (show it).
     Node {
         #[command(subcommand)]
         action: NodeCommand,
@@ -186,14 +186,35 @@ async fn node_command(client: &Client, action: &NodeCommand) -> Result<String, C
             Ok(match output {
                 Some(Output::Json) => format!("{v:#}\n"),
                 _ => format!(
-                    "node:       {name}\npublic key: {}\nprevious:   {}\nnot after:  {}\nrevoked:    {}\n",
+                    "node:        {name}\npublic key:  {}\nprevious:    {}\nnot after:   {}\nfingerprint: {}\nserial:      {}\nrevoked:     {}\n",
                     v["publicKey"].as_str().unwrap_or("-"),
                     v["previousKey"].as_str().unwrap_or("-"),
-                    v["notAfter"],
+                    not_after_str(v["notAfter"].as_u64(), SystemTime::now()),
+                    v["fingerprint"].as_str().unwrap_or("-"),
+                    v["serial"].as_str().unwrap_or("-"),
                     v["revoked"],
                 ),
             })
         }
+    }
+}
+
+/// A certificate's notAfter (Unix seconds) as RFC 3339 UTC with what is left of it:
+/// `2027-01-04T10:00:00Z (29d 23h left)`, or `(expired 2h ago)`.
+pub fn not_after_str(not_after: Option<u64>, now: SystemTime) -> String {
+    let Some(secs) = not_after else {
+        return "-".into();
+    };
+    let at = std::time::UNIX_EPOCH + Duration::from_secs(secs);
+    let when = humantime::format_rfc3339_seconds(at);
+    let round = |d: Duration| {
+        // Two units are enough to read: "29d 23h", "5m 3s".
+        let s = humantime::format_duration(Duration::from_secs(d.as_secs())).to_string();
+        s.split(' ').take(2).collect::<Vec<_>>().join(" ")
+    };
+    match at.duration_since(now) {
+        Ok(left) => format!("{when} ({} left)", round(left)),
+        Err(e) => format!("{when} (expired {} ago)", round(e.duration())),
     }
 }
 
@@ -298,8 +319,12 @@ pub enum TokenCommand {
     },
     /// List tokens (names, roles and ages; never secrets).
     List,
-    /// Delete a token: it stops working at once.
-    Delete { name: String },
+    /// Delete an API token by its NAME, or a join token by its ID (the JOIN TOKEN column
+    /// of `token list`): it stops working at once.
+    Delete {
+        #[arg(value_name = "NAME|ID")]
+        name: String,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -889,7 +914,12 @@ pub async fn run(cli: &Cli) -> Result<(), CliError> {
                             p.spec.node_name.as_deref() == Some(node.metadata.name.as_str())
                         })
                         .collect();
-                    describe_node(&node, &on_node, &events, now)
+                    // 404: not enrolled (a fleet without identities); shown as such.
+                    let identity = client
+                        .get(&format!("/api/v1/nodes/{}/identity", node.metadata.name))
+                        .await
+                        .ok();
+                    describe_node(&node, identity.as_ref(), &on_node, &events, now)
                 }
                 ResourceKind::Secret => describe_secret(&object, &events, now),
             };
@@ -1667,13 +1697,18 @@ pub fn nodes_table(nodes: &[api::Node], wide: bool, now: SystemTime) -> String {
                     n.status.allocatable.cpu_millis,
                 )));
                 row.push(quantity::format_memory(n.status.allocatable.memory_bytes));
+                // The cause without its advice (`describe node` has both).
+                row.push(match &n.status.last_connect_error {
+                    Some(e) => e.message.split(" (").next().unwrap_or_default().to_owned(),
+                    None => "<none>".into(),
+                });
             }
             row
         })
         .collect();
     let mut header = vec!["NAME", "STATUS", "ARCH", "AGE", "VERSION"];
     if wide {
-        header.extend(["ADDRESS", "POD-CIDR", "CPU", "MEMORY"]);
+        header.extend(["ADDRESS", "POD-CIDR", "CPU", "MEMORY", "LAST-CONNECT-ERROR"]);
     }
     table(&header, &rows)
 }
@@ -2055,8 +2090,11 @@ pub fn describe_deployment(d: &api::Deployment, events: &[api::Event], now: Syst
     out
 }
 
+/// `identity`: the node's `/identity` (an [`crate::security::IdentitySummary`]), `None`
+/// when it has not enrolled.
 pub fn describe_node(
     n: &api::Node,
+    identity: Option<&Value>,
     pods: &[&api::Pod],
     events: &[api::Event],
     now: SystemTime,
@@ -2084,6 +2122,38 @@ pub fn describe_node(
             n.status.desired_generation, n.status.applied_generation
         ),
     );
+    match &n.status.last_connect_error {
+        Some(e) => kv(
+            &mut out,
+            "Connect Error",
+            format!("{} (reported {})", e.message, e.reported_at),
+        ),
+        None => kv(&mut out, "Connect Error", "<none>"),
+    }
+    match identity {
+        Some(id) => {
+            out.push_str("Enrollment:\n");
+            out.push_str("  enrolled:     yes\n");
+            let field = |k: &str| {
+                id[k]
+                    .as_str()
+                    .filter(|s| !s.is_empty())
+                    .unwrap_or("-")
+                    .to_owned()
+            };
+            out.push_str(&format!("  fingerprint:  {}\n", field("fingerprint")));
+            out.push_str(&format!("  serial:       {}\n", field("serial")));
+            out.push_str(&format!(
+                "  not after:    {}\n",
+                not_after_str(id["notAfter"].as_u64(), now)
+            ));
+            out.push_str(&format!(
+                "  revoked:      {}\n",
+                if id["revoked"] == true { "yes" } else { "no" }
+            ));
+        }
+        None => out.push_str("Enrollment:\n  enrolled:     no\n"),
+    }
     out.push_str("Allocatable:\n");
     out.push_str(&format!(
         "  cpu:     {}\n",
@@ -2645,6 +2715,82 @@ web-22   0/1     Pending   0          5m    <none>   10.42.0.7
         assert_eq!(cfg.heartbeat_timeout, Duration::from_secs(60));
         assert!(
             Cli::try_parse_from(["baton", "scale", "deployment/web", "--replicas", "3"]).is_ok()
+        );
+    }
+
+    #[test]
+    fn not_after_is_rfc3339_with_what_is_left() {
+        let now = ts("2026-12-05T12:00:00Z");
+        let secs = |t: &str| {
+            ts(t)
+                .duration_since(std::time::UNIX_EPOCH)
+                .unwrap()
+                .as_secs()
+        };
+        assert_eq!(
+            not_after_str(Some(secs("2027-01-04T13:30:00Z")), now),
+            "2027-01-04T13:30:00Z (30days 1h left)"
+        );
+        assert_eq!(
+            not_after_str(Some(secs("2026-12-05T10:00:00Z")), now),
+            "2026-12-05T10:00:00Z (expired 2h ago)"
+        );
+        assert_eq!(not_after_str(None, now), "-");
+    }
+
+    #[test]
+    fn describe_and_wide_show_the_last_connect_error_and_enrollment() {
+        let now = ts("2026-12-05T12:00:00Z");
+        let mut n = api::Node {
+            api_version: "v1".into(),
+            kind: "Node".into(),
+            metadata: api::ObjectMeta {
+                name: "pi-1".into(),
+                creation_timestamp: "2026-12-05T11:00:00Z".into(),
+                ..Default::default()
+            },
+            status: api::NodeStatus {
+                ready: true,
+                ..Default::default()
+            },
+        };
+        let out = describe_node(&n, None, &[], &[], now);
+        assert!(out.contains("Connect Error:  <none>"), "{out}");
+        assert!(out.contains("Enrollment:\n  enrolled:     no\n"), "{out}");
+        n.status.last_connect_error = Some(api::ConnectError {
+            message: "connection refused (nothing listens there)".into(),
+            reported_at: "2026-12-05T11:59:00Z".into(),
+        });
+        let identity = serde_json::json!({
+            "notAfter": 1_796_515_200u64,
+            "fingerprint": "SHA256:abcd",
+            "serial": "01:02",
+            "revoked": true,
+        });
+        let out = describe_node(&n, Some(&identity), &[], &[], now);
+        assert!(
+            out.contains(
+                "connection refused (nothing listens there) (reported 2026-12-05T11:59:00Z)"
+            ),
+            "{out}"
+        );
+        for want in [
+            "  enrolled:     yes\n",
+            "  fingerprint:  SHA256:abcd\n",
+            "  serial:       01:02\n",
+            "  not after:    2026-12-06T00:00:00Z (12h left)\n",
+            "  revoked:      yes\n",
+        ] {
+            assert!(out.contains(want), "{want:?} in\n{out}");
+        }
+        let wide = nodes_table(&[n], true, now);
+        assert!(
+            wide.lines().next().unwrap().ends_with("LAST-CONNECT-ERROR"),
+            "{wide}"
+        );
+        assert!(
+            wide.lines().nth(1).unwrap().ends_with("connection refused"),
+            "{wide}"
         );
     }
 }

@@ -1066,6 +1066,21 @@ impl Core {
                     n.metadata.uid = old.metadata.uid.clone();
                     n.metadata.creation_timestamp = old.metadata.creation_timestamp.clone();
                     n.status.desired_generation = old.status.desired_generation;
+                    // An agent repeats its report in every Hello of one connection, and
+                    // sends none after connecting at once: keep the first report's time,
+                    // and the last report until there is a new one.
+                    match (
+                        &mut n.status.last_connect_error,
+                        &old.status.last_connect_error,
+                    ) {
+                        (None, old_err) => n.status.last_connect_error = old_err.clone(),
+                        (Some(new), Some(old_err))
+                            if new.message == old_err.message && old.status.ready =>
+                        {
+                            new.reported_at = old_err.reported_at.clone();
+                        }
+                        _ => {}
+                    }
                 } else {
                     n.metadata.uid = new_uid();
                     n.metadata.creation_timestamp = api::now_rfc3339();
@@ -1936,6 +1951,7 @@ spec:
             address: Some("192.168.1.10".parse().unwrap()),
             pod_cidr: BString::new("10.42.1.0/24").unwrap(),
             applied_generation: 0,
+            last_connect_error: None,
         })
     }
 
@@ -3024,5 +3040,38 @@ spec:
         tokio::time::advance(DEFAULT_POD_DRAIN).await;
         h2.core.handle(Event::Tick);
         assert!(!in_desired(&h2, &terminating[0]));
+    }
+
+    /// The agent's report of why it could not connect is shown on the node, survives the
+    /// Hellos that carry none (it got through at once since) and keeps the time of its
+    /// first report while repeated within one connection.
+    #[test]
+    fn a_nodes_last_connect_error_is_kept_until_replaced() {
+        let mut h = Harness::new(Arc::new(MemStore::default()));
+        let with_error = |msg: &str| match hello(1000) {
+            Body::Hello(mut hl) => {
+                hl.last_connect_error = Some(BString::new(msg).unwrap());
+                Body::Hello(hl)
+            }
+            _ => unreachable!(),
+        };
+        h.send("pi-1", hello(1000));
+        assert_eq!(h.node("pi-1").status.last_connect_error, None);
+        h.send("pi-1", with_error("connection refused"));
+        let first = h.node("pi-1").status.last_connect_error.unwrap();
+        assert_eq!(first.message, "connection refused");
+        std::thread::sleep(std::time::Duration::from_millis(1100));
+        h.send("pi-1", with_error("connection refused"));
+        assert_eq!(
+            h.node("pi-1").status.last_connect_error,
+            Some(first.clone())
+        );
+        h.send("pi-1", hello(1000));
+        assert_eq!(h.node("pi-1").status.last_connect_error, Some(first));
+        h.send("pi-1", with_error("timed out"));
+        assert_eq!(
+            h.node("pi-1").status.last_connect_error.unwrap().message,
+            "timed out"
+        );
     }
 }

@@ -305,8 +305,25 @@ fn render(reply: ApiReply) -> serde_json::Value {
     }
 }
 
-async fn healthz(State(state): State<AppState>) -> Json<serde_json::Value> {
-    Json(json!({ "status": "ok", "mqtt": state.bus.snapshot() }))
+/// 200 while the broker link works; 503 with the reason while it is known to be broken
+/// (connecting failed, the broker denied the subscription, or a certificate the broker's
+/// ACL will silently ignore and no node heard from), so a probe or a person sees a
+/// coordinator that can reach no node. Before the first attempt has ended it is
+/// still 200: nothing is known to be wrong yet.
+async fn healthz(State(state): State<AppState>) -> (StatusCode, Json<serde_json::Value>) {
+    let mqtt = state.bus.snapshot();
+    match state.bus.problem() {
+        Some(reason) => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            Json(
+                json!({ "status": "unavailable", "reason": format!("mqtt: {reason}"), "mqtt": mqtt }),
+            ),
+        ),
+        None => (
+            StatusCode::OK,
+            Json(json!({ "status": "ok", "mqtt": mqtt })),
+        ),
+    }
 }
 
 async fn apply(State(state): State<AppState>, body: String) -> Reply {

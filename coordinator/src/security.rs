@@ -98,11 +98,27 @@ pub struct IdentitySummary {
     pub not_after: u64,
     pub enrolled_at: String,
     pub revoked: bool,
+    /// `SHA256:<hex>` of the node certificate's DER, to compare with the device's copy
+    /// (`openssl x509 -noout -fingerprint -sha256`); empty if it cannot be read.
+    pub fingerprint: String,
+    /// The node certificate's serial number, colon-separated hex.
+    pub serial: String,
 }
 
 impl From<&IdentityRecord> for IdentitySummary {
     fn from(r: &IdentityRecord) -> Self {
+        use sha2::Digest as _;
+        let der = crate::pki::pem_to_der(&r.certificate).unwrap_or_default();
+        let serial = x509_parser::parse_x509_certificate(&der)
+            .map(|(_, c)| c.raw_serial_as_string())
+            .unwrap_or_default();
         Self {
+            fingerprint: if der.is_empty() {
+                String::new()
+            } else {
+                format!("SHA256:{}", hex::encode(sha2::Sha256::digest(&der)))
+            },
+            serial,
             node: r.node.clone(),
             public_key: r.public_key.clone(),
             previous_key: r.previous_key.clone(),

@@ -156,6 +156,8 @@ pub struct Server {
     embedded_mqtt: Option<SocketAddr>,
     /// TLS for the bridge's own connection (an `mqtts://` external broker).
     broker_tls: Option<Arc<rustls::ClientConfig>>,
+    /// What is wrong with the bridge's client certificate (see [`crate::bus::identity_problem`]).
+    broker_identity: Option<String>,
     listener: tokio::net::TcpListener,
     tls: Option<Arc<rustls::ServerConfig>>,
     tokens: Arc<Tokens>,
@@ -245,6 +247,11 @@ impl Server {
             ))?;
 
         let (broker, embedded_mqtt, broker_tls) = start_mqtt(&cfg).await?;
+        let broker_identity = cfg
+            .broker_tls
+            .as_ref()
+            .and_then(|f| std::fs::read(&f.cert).ok())
+            .and_then(|pem| crate::bus::identity_problem(&pem));
 
         let listener = tokio::net::TcpListener::bind(cfg.http_listen)
             .await
@@ -279,6 +286,7 @@ impl Server {
             broker,
             embedded_mqtt,
             broker_tls,
+            broker_identity,
             listener,
             tls,
             tokens,
@@ -313,6 +321,7 @@ impl Server {
             http_addr,
             broker,
             broker_tls,
+            broker_identity,
             listener,
             tls,
             tokens,
@@ -328,6 +337,10 @@ impl Server {
             ..
         } = self;
         let stats = Arc::new(BusStats::default());
+        if let Some(problem) = broker_identity {
+            tracing::warn!("{problem}");
+            *stats.suspect.lock().unwrap_or_else(|e| e.into_inner()) = Some(problem);
+        }
         let core_task = tokio::spawn(core.run(events_rx));
 
         let client_id = format!("baton-coordinator-{}", std::process::id());
@@ -374,7 +387,11 @@ impl Server {
             })
         };
 
-        tracing::info!(%http_addr, broker = %format!("{}:{}", broker.host, broker.port), "coordinator serving");
+        tracing::info!(
+            api = %server_url(http_addr, tls.is_some()),
+            broker = %format!("{}://{}:{}", if broker.tls { "mqtts" } else { "mqtt" }, broker.host, broker.port),
+            "coordinator serving"
+        );
         // Both listeners share one connection bound: together they stay within the fds.
         let enroll_server = enroll.map(|(l, cfg)| {
             let app = http::enroll_router(events_tx.clone(), security.clone(), enroller.clone());

@@ -557,6 +557,11 @@ pub fn node_from_hello(name: &proto::NodeName, h: &proto::Hello) -> api::Node {
             last_heartbeat: api::now_rfc3339(),
             applied_generation: h.applied_generation,
             desired_generation: 0,
+            last_connect_error: h.last_connect_error.as_ref().map(|m| api::ConnectError {
+                // Text from the device, shown on a terminal: no control characters.
+                message: m.chars().filter(|c| !c.is_control()).collect(),
+                reported_at: api::now_rfc3339(),
+            }),
         },
     }
 }
@@ -1023,5 +1028,33 @@ spec:
         // JSON carries the reasons and the last state in k8s's shape.
         let json = serde_json::to_value(&st).unwrap();
         assert_eq!(json["containerStatuses"][0]["reason"], "CrashLoopBackOff");
+    }
+
+    /// The agent's connection report reaches the node's status without the control
+    /// characters a hostile device could use to rewrite an operator's terminal.
+    #[test]
+    fn a_hellos_connect_error_is_kept_without_control_characters() {
+        let h = proto::Hello {
+            arch: "arm64".try_into().unwrap(),
+            arch_variant: Default::default(),
+            os: "linux".try_into().unwrap(),
+            agent_version: "0.1.0".try_into().unwrap(),
+            allocatable: proto::Capacity {
+                cpu_millis: 1000,
+                memory_bytes: 1 << 30,
+                pods: 110,
+            },
+            labels: proto::BVec::new(),
+            address: None,
+            pod_cidr: proto::BString::new("10.42.1.0/24").unwrap(),
+            applied_generation: 0,
+            last_connect_error: Some(
+                proto::BString::new("connection refused\u{1b}[2J\r\n(advice)").unwrap(),
+            ),
+        };
+        let n = node_from_hello(&proto::NodeName::new("pi-1").unwrap(), &h);
+        let e = n.status.last_connect_error.unwrap();
+        assert_eq!(e.message, "connection refused[2J(advice)");
+        assert!(!e.reported_at.is_empty());
     }
 }

@@ -254,6 +254,7 @@ impl FakeAgent {
             address: Some("127.0.0.1".parse()?),
             pod_cidr: BString::new("10.42.7.0/24")?,
             applied_generation,
+            last_connect_error: None,
         }))
         .await
     }

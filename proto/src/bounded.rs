@@ -29,6 +29,15 @@ impl<const N: usize> BString<N> {
         }
         Ok(Self(s))
     }
+    /// `s`, cut at a character boundary to fit (for human-readable text such as
+    /// [`crate::Hello::last_connect_error`], where a shortened message beats none).
+    pub fn truncated(s: &str) -> Self {
+        let mut end = s.len().min(N);
+        while !s.is_char_boundary(end) {
+            end -= 1;
+        }
+        Self(s[..end].to_owned())
+    }
     pub fn as_str(&self) -> &str {
         &self.0
     }

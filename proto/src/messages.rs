@@ -113,6 +113,10 @@ pub struct Hello {
     pub pod_cidr: BString<43>,
     /// The generation of desired state the agent has applied (0: none yet).
     pub applied_generation: u64,
+    /// Why the agent's attempts to reach the broker failed before this connection
+    /// succeeded, with advice (see [`crate::link`]); `None` if it got through at once.
+    /// Added in v3; so an operator sees it in `baton describe node`.
+    pub last_connect_error: Option<BString<256>>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]

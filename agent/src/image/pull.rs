@@ -481,6 +481,19 @@ fn is_tls(e: &(dyn std::error::Error + 'static)) -> bool {
     false
 }
 
+/// Whether our TLS client got an answer that is not TLS (rustls: "received corrupt
+/// message of type InvalidContentType"): a plain-HTTP server, typically.
+fn is_plain_http(e: &(dyn std::error::Error + 'static)) -> bool {
+    let mut cur: Option<&(dyn std::error::Error + 'static)> = Some(e);
+    while let Some(err) = cur {
+        if err.to_string().contains("InvalidContentType") {
+            return true;
+        }
+        cur = err.source();
+    }
+    false
+}
+
 /// Turns oci-client's errors into the user-facing kinds of [`ImageError`].
 fn map_err(e: OciDistributionError, reference: &Reference, has_creds: bool) -> ImageError {
     let registry = reference.resolve_registry().to_owned();
@@ -495,6 +508,15 @@ fn map_err(e: OciDistributionError, reference: &Reference, has_creds: bool) -> I
         },
     };
     match e {
+        // Reachable, but not TLS: "unreachable" (what reqwest's connect error suggests)
+        // sent people looking at the network instead of the flag.
+        OciDistributionError::RequestError(ref r) if is_plain_http(r) => ImageError::Registry {
+            reason: format!(
+                "it speaks plain HTTP, not HTTPS ({}); to pull from it over plain HTTP, start the agent with --insecure-registry {registry}",
+                root_cause(r)
+            ),
+            registry,
+        },
         OciDistributionError::RequestError(ref r) if is_tls(r) => ImageError::Tls {
             registry: registry.clone(),
             reason: root_cause(r),

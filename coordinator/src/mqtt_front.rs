@@ -702,6 +702,23 @@ mod tests {
         assert!(out.status.success(), "{out:?}");
         let out = pubs("pi-2");
         assert!(!out.status.success(), "{out:?}");
+        // rumqttd's loopback listener, which any local user can reach, wants the login
+        // only the front and the coordinator know: without it, or with a guess, refused.
+        let plain = |extra: &[&str]| {
+            std::process::Command::new("mosquitto_pub")
+                .args(["-h", "127.0.0.1", "-p", &l.local.port().to_string()])
+                .args(["-i", "pi-1", "-q", "1", "-t", "baton/test", "-m", "hi"])
+                .args(extra)
+                .output()
+                .expect("run mosquitto_pub")
+        };
+        let out = plain(&[]);
+        assert!(!out.status.success(), "no login: {out:?}");
+        let out = plain(&["-u", crate::broker::LOCAL_USERNAME, "-P", "guess"]);
+        assert!(!out.status.success(), "a guessed password: {out:?}");
+        let login = l.login.clone().expect("a login with TLS");
+        let out = plain(&["-u", &login.username, "-P", &login.password]);
+        assert!(out.status.success(), "the real login: {out:?}");
         let _ = &lab.dir;
     }
 }

@@ -23,6 +23,14 @@ pub mod token_server;
 /// The coordinator's enrollment listener in a lab (each lab has its own hub address).
 pub const ENROLL_PORT: u16 = 7475;
 
+/// The development-mode flags every lab passes (docs/security.md, "Local users and the
+/// broker"): labs run unenrolled agents unless a test enrolls them, which is cheaper than
+/// enrolling every device of every lab. `tests/tests/production.rs` runs the secure
+/// default, from docs/operations.md. An agent a test starts by hand needs
+/// [`DEV_AGENT_FLAGS`] too unless it enrolls.
+pub const DEV_COORDINATOR_FLAGS: &[&str] = &["--insecure-mqtt"];
+pub const DEV_AGENT_FLAGS: &[&str] = &["--insecure-unenrolled"];
+
 pub fn repo_root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
         .parent()
@@ -554,9 +562,11 @@ impl Lab {
             .arg(self.dir.path().join("coordinator"))
             .env("RUST_LOG", log_filter());
         let listen = format!("{}:{}", self.hub_ip(), mqtt_port(self.mtls.is_some()));
+        // Development mode: plain MQTT (unless the lab has its own certificates) and
+        // unenrolled nodes accepted unsigned.
+        cmd.args(DEV_COORDINATOR_FLAGS);
         match (&self.broker, &self.mtls) {
-            // Plain MQTT off loopback has to be forced.
-            (Broker::Embedded, None) => cmd.args(["--mqtt-listen", &listen, "--insecure-mqtt"]),
+            (Broker::Embedded, None) => cmd.args(["--mqtt-listen", &listen]),
             (Broker::Mosquitto, None) => cmd.args(["--broker", &self.mqtt_url()]),
             (Broker::Embedded, Some(pki)) => cmd
                 .args(["--mqtt-listen", &listen])
@@ -640,7 +650,7 @@ impl Lab {
         .arg("--data-dir")
         .arg(&a.data_dir)
         .env("RUST_LOG", log_filter());
-        cmd.args(tls_args).args(extra);
+        cmd.args(tls_args).args(DEV_AGENT_FLAGS).args(extra);
         let log = a.data_dir.with_extension("log");
         a.proc = Some(Proc::spawn_appending(&a.name.clone(), &mut cmd, log)?);
         Ok(())

@@ -324,6 +324,13 @@ impl Lab {
         Self::start_inner(tag, agents, broker, &[], true)
     }
 
+    /// The namespaces, bridge and device links of a lab, and nothing running in them (no
+    /// registry, broker, coordinator or agent): for a test that starts them its own way.
+    /// The agents' `data_dir` and names are set, so dropping the lab still resets them.
+    pub fn start_bare(tag: &str, agents: usize) -> Result<Lab> {
+        Self::build(tag, agents, Broker::Embedded, &[])
+    }
+
     /// Builds the namespaces and links, starts the registry with the example images, the
     /// broker if external, the coordinator, and `agents` agents.
     pub fn start(tag: &str, agents: usize, broker: Broker) -> Result<Lab> {
@@ -347,6 +354,30 @@ impl Lab {
         coordinator_args: &[&str],
         mtls: bool,
     ) -> Result<Lab> {
+        let mut lab = Self::build(tag, agents, broker, coordinator_args)?;
+        if mtls {
+            lab.mtls = Some(lab.make_pki()?);
+        }
+        let started = (|| {
+            lab.start_registry()?;
+            if matches!(lab.broker, Broker::Mosquitto) {
+                lab.start_mosquitto()?;
+            }
+            lab.start_coordinator()?;
+            for i in 0..agents {
+                lab.start_agent(i)?;
+            }
+            Ok(())
+        })();
+        if let Err(e) = started {
+            lab.dump_logs();
+            return Err(e);
+        }
+        Ok(lab)
+    }
+
+    /// The namespaces and links (see [`Lab::start_bare`]).
+    fn build(tag: &str, agents: usize, broker: Broker, coordinator_args: &[&str]) -> Result<Lab> {
         let n = NEXT.fetch_add(1, Ordering::SeqCst);
         let pid = std::process::id();
         let subnet = (pid.wrapping_mul(7).wrapping_add(n * 13)) % 200 + 20;
@@ -414,24 +445,6 @@ impl Lab {
                 data_dir,
                 proc: None,
             });
-        }
-        if mtls {
-            lab.mtls = Some(lab.make_pki()?);
-        }
-        let started = (|| {
-            lab.start_registry()?;
-            if matches!(lab.broker, Broker::Mosquitto) {
-                lab.start_mosquitto()?;
-            }
-            lab.start_coordinator()?;
-            for i in 0..agents {
-                lab.start_agent(i)?;
-            }
-            Ok(())
-        })();
-        if let Err(e) = started {
-            lab.dump_logs();
-            return Err(e);
         }
         Ok(lab)
     }

@@ -310,7 +310,9 @@ fn http_err(url: &str) -> impl Fn(reqwest::Error) -> IdentityError + '_ {
 fn describe(e: &reqwest::Error) -> String {
     let mut chain = Vec::new();
     let mut refused = false;
-    let mut cur: Option<&(dyn std::error::Error + 'static)> = Some(e);
+    // reqwest's own text ("error sending request for url") says nothing: its causes do.
+    let mut cur: Option<&(dyn std::error::Error + 'static)> =
+        std::error::Error::source(e).or(Some(e));
     while let Some(err) = cur {
         if let Some(io) = err.downcast_ref::<std::io::Error>() {
             refused |= io.kind() == std::io::ErrorKind::ConnectionRefused;

@@ -349,3 +349,100 @@ fn the_production_sequence_on_the_embedded_broker() -> Result<()> {
 fn the_production_sequence_on_mosquitto() -> Result<()> {
     scenario("prm", "mosquitto")
 }
+
+/// Issue 10: a bad flag fails before the single-use token is spent (the same token
+/// enrolls afterwards); a wrong enrollment port says what is there; a reused token says
+/// it was used.
+#[test]
+fn enrollment_failures_say_why_and_spend_no_token() -> Result<()> {
+    let mut lab = Lab::start_bare("prf", 1)?;
+    let site = Site {
+        coord: lab.hub_ip(),
+        coordinator_dir: lab.dir.path().join("coordinator"),
+        mqtt_dir: lab.dir.path().join("mqtt"),
+    };
+    let r = enrollment_failures(&mut lab, &site);
+    if r.is_err() {
+        lab.dump_logs();
+    }
+    r
+}
+
+fn enrollment_failures(lab: &mut Lab, site: &Site) -> Result<()> {
+    let coord = site.coord.clone();
+    let mut server = lab.hub.cmd(bin("baton"));
+    server.args(["server", "--listen", "0.0.0.0:7474", "--tls-auto", "--tls-san", &coord]);
+    server.args(["--mqtt-listen", "0.0.0.0:8883"]);
+    site.env(&mut server);
+    let log = lab.dir.path().join("coordinator.log");
+    lab.coordinator = Some(Proc::spawn("coordinator", &mut server, log)?);
+    wait_for("the coordinator API", Duration::from_secs(60), || {
+        Ok(cli(lab, site, &["get", "nodes"]).ok().map(|_| ()))
+    })?;
+    let token = String::from_utf8(cli(lab, site, &["token", "create", "--ttl", "10m"])?.stdout)?
+        .trim()
+        .to_owned();
+    let api = format!("https://{coord}:7474");
+    let mqtt = format!("mqtts://{coord}:8883");
+    let agent = |lab: &Lab, data: &Path, name: &str, extra: &[&str]| -> Output {
+        let a = &lab.agents[0];
+        let mut c = a.ns.cmd("timeout");
+        c.args(["60", &bin("baton-agent").display().to_string()]);
+        c.args(["--node-name", name, "--join-token", &token])
+            .arg("--data-dir")
+            .arg(data)
+            .args(extra);
+        site.env(&mut c);
+        c.output().expect("baton-agent")
+    };
+    let stderr = |o: &Output| String::from_utf8_lossy(&o.stderr).into_owned();
+    let data = lab.agents[0].data_dir.clone();
+    let name = lab.agents[0].name.clone();
+
+    // Bad flags, each found before anything is sent.
+    for bad in [
+        vec!["--coordinator-api", api.as_str(), "--coordinator", "mqtts://"],
+        vec!["--coordinator-api", api.as_str(), "--coordinator", mqtt.as_str(), "--registry-mirror", "https://r:5000", "--registry-mirror-ca", "/nonexistent/ca.pem"],
+        vec!["--coordinator-api", api.as_str(), "--coordinator", mqtt.as_str(), "--labels", "no-equals-sign"],
+        vec!["--coordinator-api", "http://10.9.9.9:7474", "--coordinator", mqtt.as_str()],
+    ] {
+        let out = agent(lab, &data, &name, &bad);
+        ensure!(!out.status.success(), "started with {bad:?}");
+        ensure!(!stderr(&out).contains("enrolled"), "{bad:?}: {}", stderr(&out));
+        ensure!(!data.join("identity.json").exists(), "{bad:?} enrolled");
+    }
+    // Wrong ports: nothing there, and the MQTT port (TLS, but not the API).
+    let out = agent(lab, &data, &name, &["--coordinator-api", &format!("https://{coord}:7999"), "--coordinator", &mqtt]);
+    ensure!(
+        stderr(&out).contains("nothing listens on") && stderr(&out).contains(":7999"),
+        "{}",
+        stderr(&out)
+    );
+    let out = agent(lab, &data, &name, &["--coordinator-api", &format!("https://{coord}:8883"), "--coordinator", &mqtt]);
+    ensure!(
+        stderr(&out).contains("not as the coordinator") || stderr(&out).contains("does not answer as the coordinator"),
+        "{}",
+        stderr(&out)
+    );
+    ensure!(!stderr(&out).contains("error sending request for url ("), "{}", stderr(&out));
+
+    // The token was never spent: it enrolls the device now, which then connects over
+    // mTLS with nothing but its identity.
+    let i = 0;
+    let a = &mut lab.agents[i];
+    let mut c = a.ns.cmd(bin("baton-agent"));
+    c.args(["--node-name", &name, "--join-token", &token, "--coordinator-api", &api, "--coordinator", &mqtt])
+        .arg("--data-dir")
+        .arg(&data);
+    site.env(&mut c);
+    let log = data.with_extension("log");
+    a.proc = Some(Proc::spawn_appending(&name, &mut c, log)?);
+    wait_ready(lab, site)?;
+
+    // The same token again, for another device: "already used".
+    let other = lab.dir.path().join("other");
+    let out = agent(lab, &other, "other-device", &["--coordinator-api", &api, "--coordinator", &mqtt]);
+    ensure!(!out.status.success());
+    ensure!(stderr(&out).contains("already used"), "{}", stderr(&out));
+    Ok(())
+}

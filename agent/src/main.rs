@@ -361,10 +361,7 @@ fn config(a: RunArgs, identity: Option<IdentityFile>) -> Result<AgentConfig> {
                 .context("identity")?,
             )
         }
-        None => {
-            tracing::warn!("--insecure-unenrolled: DEVELOPMENT ONLY. This agent has no identity and runs unsigned desired states from anyone who can publish on the broker, as root");
-            None
-        }
+        None => None,
     };
     let (cpu, mem) = host_capacity();
     let allocatable = Capacity {
@@ -469,6 +466,9 @@ fn main() -> Result<()> {
         args.insecure_unenrolled = true;
     }
     let cfg = config(args, identity)?;
+    if cfg.security.is_none() && !reset {
+        tracing::warn!("--insecure-unenrolled: DEVELOPMENT ONLY. This agent has no identity and runs unsigned desired states from anyone who can publish on the broker, as root");
+    }
     if reset {
         {
             let _guard = rt.enter();

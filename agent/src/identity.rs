@@ -93,7 +93,9 @@ pub enum IdentityError {
     NodeMismatch { file: String, flag: String },
     #[error("enrollment request to {url} failed: {message}")]
     Http { url: String, message: String },
-    #[error("invalid coordinator API URL {url:?}: expected https://HOST:PORT (http only on loopback)")]
+    #[error(
+        "invalid coordinator API URL {url:?}: expected https://HOST:PORT (http only on loopback)"
+    )]
     ApiUrl { url: String },
     #[error("the coordinator refused: {0}")]
     Refused(String),

@@ -152,7 +152,10 @@ QEvMH0BSL665xupgYQd2hpMfE4NBwqDMAXb2v01SUQfOCQ==
     #[test]
     fn the_identity_key_pem_is_openssls_own_form() {
         use base64::Engine as _;
-        let body: String = NODE_KEY.lines().filter(|l| !l.starts_with("-----")).collect();
+        let body: String = NODE_KEY
+            .lines()
+            .filter(|l| !l.starts_with("-----"))
+            .collect();
         let der = base64::engine::general_purpose::STANDARD
             .decode(body)
             .unwrap();

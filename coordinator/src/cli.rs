@@ -135,7 +135,13 @@ pub enum BrokerCommand {
         out: PathBuf,
         /// A host name or address agents dial to reach the broker (repeatable;
         /// comma-separated in the environment). Loopback is always included.
-        #[arg(long = "san", value_name = "NAME", env = "BATON_MOSQUITTO_SAN", value_delimiter = ',', required = true)]
+        #[arg(
+            long = "san",
+            value_name = "NAME",
+            env = "BATON_MOSQUITTO_SAN",
+            value_delimiter = ',',
+            required = true
+        )]
         sans: Vec<String>,
         /// Mosquitto's TLS port.
         #[arg(long, env = "BATON_MOSQUITTO_PORT", default_value_t = 8883)]

@@ -276,17 +276,16 @@ fn fixed_header(buf: &[u8]) -> Result<Option<(usize, usize)>, MqttFrontError> {
 
 /// `buf` (a whole CONNECT, checked by [`connect_client_id`], and what followed it) with
 /// the CONNECT's username and password replaced by `login`'s.
-pub fn with_login(
-    buf: &[u8],
-    login: &crate::bus::MqttLogin,
-) -> Result<Vec<u8>, MqttFrontError> {
+pub fn with_login(buf: &[u8], login: &crate::bus::MqttLogin) -> Result<Vec<u8>, MqttFrontError> {
     let (h, rem) = fixed_header(buf)?.ok_or(MqttFrontError::Malformed("truncated CONNECT"))?;
     let packet = buf
         .get(h..h + rem)
         .ok_or(MqttFrontError::Malformed("truncated CONNECT"))?;
     // Protocol name (6), level (1), flags (1), keep-alive (2), then the client id and,
     // with the will flag, the will topic and message; username and password come last.
-    let flags = *packet.get(7).ok_or(MqttFrontError::Malformed("short CONNECT"))?;
+    let flags = *packet
+        .get(7)
+        .ok_or(MqttFrontError::Malformed("short CONNECT"))?;
     let mut cur = Cursor {
         buf: packet,
         pos: 10,
@@ -534,7 +533,10 @@ mod tests {
         let out = with_login(&theirs, &login).unwrap();
         let text = String::from_utf8_lossy(&out);
         assert!(text.contains("will/topic") && text.contains("bye") && text.contains("s3cret"));
-        assert!(!text.contains("mallory") && !text.contains("guess"), "{text}");
+        assert!(
+            !text.contains("mallory") && !text.contains("guess"),
+            "{text}"
+        );
         assert_eq!(connect_client_id(&out).unwrap().as_deref(), Some("id"));
     }
 

@@ -336,7 +336,6 @@ pub fn ed25519_pem(key: &SigningKey) -> String {
     format!("-----BEGIN PRIVATE KEY-----\n{b64}\n-----END PRIVATE KEY-----\n")
 }
 
-
 /// The DER bytes of the first certificate in a PEM text.
 pub fn pem_to_der(pem: &str) -> Option<Vec<u8>> {
     use rustls_pki_types::pem::PemObject;

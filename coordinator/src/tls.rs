@@ -127,7 +127,9 @@ pub fn mqtt_client_config_pem(
     };
     let mut roots = rustls::RootCertStore::empty();
     for c in certs(ca, "CA")? {
-        roots.add(c).map_err(|e| TlsError::ClientCa(e.to_string()))?;
+        roots
+            .add(c)
+            .map_err(|e| TlsError::ClientCa(e.to_string()))?;
     }
     let key = PrivateKeyDer::from_pem_slice(key).map_err(|e| TlsError::Key {
         path: mem("key"),

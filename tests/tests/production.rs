@@ -81,10 +81,7 @@ impl Site {
 
     fn env(&self, c: &mut Command) {
         let bin_dir = bin("baton").parent().unwrap().to_owned();
-        let path = format!(
-            "{}:/usr/sbin:/usr/bin:/sbin:/bin",
-            bin_dir.display()
-        );
+        let path = format!("{}:/usr/sbin:/usr/bin:/sbin:/bin", bin_dir.display());
         c.env_clear()
             .env("PATH", path)
             .env("COORD", &self.coord)
@@ -233,10 +230,30 @@ fn local_user_attacks(lab: &Lab, site: &Site, embedded: bool) -> Result<()> {
     let key = key.display().to_string();
     let capture = lab.dir.path().join("capture.bin");
     let out = sh(lab.hub.cmd("mosquitto_sub").args([
-        "-h", &site.coord, "-p", "8883", "--cafile", &ca, "--cert", &cert, "--key", &key,
-        "-i", &node, "-t", &desired, "-C", "1", "-W", "10", "-N",
+        "-h",
+        &site.coord,
+        "-p",
+        "8883",
+        "--cafile",
+        &ca,
+        "--cert",
+        &cert,
+        "--key",
+        &key,
+        "-i",
+        &node,
+        "-t",
+        &desired,
+        "-C",
+        "1",
+        "-W",
+        "10",
+        "-N",
     ]))?;
-    ensure!(!out.stdout.is_empty(), "root with the device's certificate captured nothing");
+    ensure!(
+        !out.stdout.is_empty(),
+        "root with the device's certificate captured nothing"
+    );
     std::fs::write(&capture, &out.stdout)?;
     // nobody may read the capture file: the attack is on the broker, not on this file.
     let world = lab.dir.path().join("world");
@@ -256,7 +273,11 @@ fn local_user_attacks(lab: &Lab, site: &Site, embedded: bool) -> Result<()> {
 
     let mut ports = vec![(site.coord.clone(), 8883u16)];
     if embedded {
-        let pid = lab.coordinator.as_ref().and_then(|p| p.pid()).context("pid")?;
+        let pid = lab
+            .coordinator
+            .as_ref()
+            .and_then(|p| p.pid())
+            .context("pid")?;
         // `bash -c exec` keeps the pid.
         let local = loopback_ports(lab, pid)?;
         ensure!(!local.is_empty(), "rumqttd's loopback listener not found");
@@ -371,7 +392,14 @@ fn enrollment_failures_say_why_and_spend_no_token() -> Result<()> {
 fn enrollment_failures(lab: &mut Lab, site: &Site) -> Result<()> {
     let coord = site.coord.clone();
     let mut server = lab.hub.cmd(bin("baton"));
-    server.args(["server", "--listen", "0.0.0.0:7474", "--tls-auto", "--tls-san", &coord]);
+    server.args([
+        "server",
+        "--listen",
+        "0.0.0.0:7474",
+        "--tls-auto",
+        "--tls-san",
+        &coord,
+    ]);
     server.args(["--mqtt-listen", "0.0.0.0:8883"]);
     site.env(&mut server);
     let log = lab.dir.path().join("coordinator.log");
@@ -401,39 +429,103 @@ fn enrollment_failures(lab: &mut Lab, site: &Site) -> Result<()> {
 
     // Bad flags, each found before anything is sent.
     for bad in [
-        vec!["--coordinator-api", api.as_str(), "--coordinator", "mqtts://"],
-        vec!["--coordinator-api", api.as_str(), "--coordinator", mqtt.as_str(), "--registry-mirror", "https://r:5000", "--registry-mirror-ca", "/nonexistent/ca.pem"],
-        vec!["--coordinator-api", api.as_str(), "--coordinator", mqtt.as_str(), "--labels", "no-equals-sign"],
-        vec!["--coordinator-api", "http://10.9.9.9:7474", "--coordinator", mqtt.as_str()],
+        vec![
+            "--coordinator-api",
+            api.as_str(),
+            "--coordinator",
+            "mqtts://",
+        ],
+        vec![
+            "--coordinator-api",
+            api.as_str(),
+            "--coordinator",
+            mqtt.as_str(),
+            "--registry-mirror",
+            "https://r:5000",
+            "--registry-mirror-ca",
+            "/nonexistent/ca.pem",
+        ],
+        vec![
+            "--coordinator-api",
+            api.as_str(),
+            "--coordinator",
+            mqtt.as_str(),
+            "--labels",
+            "no-equals-sign",
+        ],
+        vec![
+            "--coordinator-api",
+            "http://10.9.9.9:7474",
+            "--coordinator",
+            mqtt.as_str(),
+        ],
     ] {
         let out = agent(lab, &data, &name, &bad);
         ensure!(!out.status.success(), "started with {bad:?}");
-        ensure!(!stderr(&out).contains("enrolled"), "{bad:?}: {}", stderr(&out));
+        ensure!(
+            !stderr(&out).contains("enrolled"),
+            "{bad:?}: {}",
+            stderr(&out)
+        );
         ensure!(!data.join("identity.json").exists(), "{bad:?} enrolled");
     }
     // Wrong ports: nothing there, and the MQTT port (TLS, but not the API).
-    let out = agent(lab, &data, &name, &["--coordinator-api", &format!("https://{coord}:7999"), "--coordinator", &mqtt]);
+    let out = agent(
+        lab,
+        &data,
+        &name,
+        &[
+            "--coordinator-api",
+            &format!("https://{coord}:7999"),
+            "--coordinator",
+            &mqtt,
+        ],
+    );
     ensure!(
         stderr(&out).contains("nothing listens on") && stderr(&out).contains(":7999"),
         "{}",
         stderr(&out)
     );
-    let out = agent(lab, &data, &name, &["--coordinator-api", &format!("https://{coord}:8883"), "--coordinator", &mqtt]);
+    let out = agent(
+        lab,
+        &data,
+        &name,
+        &[
+            "--coordinator-api",
+            &format!("https://{coord}:8883"),
+            "--coordinator",
+            &mqtt,
+        ],
+    );
     ensure!(
-        stderr(&out).contains("not as the coordinator") || stderr(&out).contains("does not answer as the coordinator"),
+        stderr(&out).contains("not as the coordinator")
+            || stderr(&out).contains("does not answer as the coordinator"),
         "{}",
         stderr(&out)
     );
-    ensure!(!stderr(&out).contains("error sending request for url ("), "{}", stderr(&out));
+    ensure!(
+        !stderr(&out).contains("error sending request for url ("),
+        "{}",
+        stderr(&out)
+    );
 
     // The token was never spent: it enrolls the device now, which then connects over
     // mTLS with nothing but its identity.
     let i = 0;
     let a = &mut lab.agents[i];
     let mut c = a.ns.cmd(bin("baton-agent"));
-    c.args(["--node-name", &name, "--join-token", &token, "--coordinator-api", &api, "--coordinator", &mqtt])
-        .arg("--data-dir")
-        .arg(&data);
+    c.args([
+        "--node-name",
+        &name,
+        "--join-token",
+        &token,
+        "--coordinator-api",
+        &api,
+        "--coordinator",
+        &mqtt,
+    ])
+    .arg("--data-dir")
+    .arg(&data);
     site.env(&mut c);
     let log = data.with_extension("log");
     a.proc = Some(Proc::spawn_appending(&name, &mut c, log)?);
@@ -441,7 +533,12 @@ fn enrollment_failures(lab: &mut Lab, site: &Site) -> Result<()> {
 
     // The same token again, for another device: "already used".
     let other = lab.dir.path().join("other");
-    let out = agent(lab, &other, "other-device", &["--coordinator-api", &api, "--coordinator", &mqtt]);
+    let out = agent(
+        lab,
+        &other,
+        "other-device",
+        &["--coordinator-api", &api, "--coordinator", &mqtt],
+    );
     ensure!(!out.status.success());
     ensure!(stderr(&out).contains("already used"), "{}", stderr(&out));
     Ok(())

@@ -170,7 +170,12 @@ impl IdentityFile {
             message: e.to_string(),
         })?;
         write_private(path, &bytes)?;
-        let dir = path.parent().unwrap_or(Path::new("."));
+        self.write_pem_files(path.parent().unwrap_or(Path::new(".")))
+    }
+
+    /// The PEM copies of the node certificate, key and CA in `dir` (see the module docs);
+    /// also for an identity enrolled by a version that did not write them.
+    pub fn write_pem_files(&self, dir: &Path) -> Result<(), IdentityError> {
         let tls = self.mqtt_tls()?;
         write_private(&dir.join(KEY_PEM_FILE), &tls.key_pem)?;
         write_private(&dir.join(CERT_PEM_FILE), &tls.cert_pem)?;

@@ -295,6 +295,9 @@ async fn load_or_enroll(a: &RunArgs) -> Result<Option<IdentityFile>> {
                 a.node_name.as_deref().unwrap_or_default()
             );
         }
+        if !a.data_dir.join(identity::KEY_PEM_FILE).exists() {
+            id.write_pem_files(&a.data_dir)?;
+        }
         return Ok(Some(id));
     }
     let Some(token) = &a.join_token else {

@@ -183,6 +183,16 @@ pub fn start_with(
     listen: SocketAddr,
     tls: Option<&BrokerTlsFiles>,
 ) -> Result<Listening, BrokerError> {
+    start_guarded(listen, tls, None)
+}
+
+/// [`start_with`], with the TLS front also refusing the certificate CNs `refused` names
+/// (revoked nodes, see [`crate::mqtt_front::Front::refused`]).
+pub fn start_guarded(
+    listen: SocketAddr,
+    tls: Option<&BrokerTlsFiles>,
+    refused: Option<crate::mqtt_front::RefuseCn>,
+) -> Result<Listening, BrokerError> {
     let Some(files) = tls else {
         let addr = free_addr(listen)?;
         start_rumqttd(config(addr), addr)?;
@@ -211,6 +221,7 @@ pub fn start_with(
     start_rumqttd(local_config(local, &login), local)?;
     let mut front = crate::mqtt_front::Front::new(server_cfg, local);
     front.login = Some(login.clone());
+    front.refused = refused;
     crate::mqtt_front::spawn_thread(public, front)?;
     tracing::info!(%addr, %local, tls = true, "embedded MQTT broker listening behind the TLS front");
     Ok(Listening {

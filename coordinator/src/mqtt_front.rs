@@ -73,6 +73,8 @@ pub enum MqttFrontError {
     TooLong,
     #[error("the MQTT CONNECT is over {MAX_CONNECT_BYTES} bytes")]
     ConnectTooLong,
+    #[error("certificate CN {0:?} is revoked")]
+    Revoked(String),
     #[error("client id {client_id:?} does not belong to certificate CN {cn:?}")]
     ClientIdMismatch { cn: String, client_id: String },
     #[error("cannot reach the broker's loopback listener: {0}")]
@@ -95,7 +97,12 @@ pub struct Front {
     pub max_connections: usize,
     /// The login rumqttd's loopback listener requires, put into every CONNECT.
     pub login: Option<crate::bus::MqttLogin>,
+    /// Whether a certificate CN is refused (a revoked node), asked at every connect.
+    pub refused: Option<RefuseCn>,
 }
+
+/// See [`Front::refused`].
+pub type RefuseCn = Arc<dyn Fn(&str) -> bool + Send + Sync>;
 
 impl Front {
     pub fn new(tls: Arc<rustls::ServerConfig>, upstream: SocketAddr) -> Self {
@@ -106,6 +113,7 @@ impl Front {
             connect_timeout: CONNECT_TIMEOUT,
             max_connections: crate::broker::MAX_CONNECTIONS,
             login: None,
+            refused: None,
         }
     }
 }
@@ -159,7 +167,7 @@ pub async fn serve(listener: TcpListener, front: Front) {
             let _slot = slot;
             match handle(tcp, &acceptor, &front).await {
                 Ok(()) => {}
-                Err(e @ MqttFrontError::ClientIdMismatch { .. }) => {
+                Err(e @ (MqttFrontError::ClientIdMismatch { .. } | MqttFrontError::Revoked(_))) => {
                     tracing::warn!(%peer, error = %e, "MQTT connection refused")
                 }
                 Err(e) => tracing::debug!(%peer, error = %e, "MQTT connection ended"),
@@ -188,6 +196,13 @@ async fn handle(
     let (client_id, head) = tokio::time::timeout(front.connect_timeout, read_connect(&mut tls))
         .await
         .map_err(|_| MqttFrontError::ConnectTimeout)??;
+    // A revoked node's certificate is valid until it expires: refused here by name, so
+    // revocation also ends its access to the broker at its next connect.
+    if front.refused.as_ref().is_some_and(|refused| refused(&cn)) {
+        let _ = tls.write_all(&CONNACK_NOT_AUTHORIZED).await;
+        let _ = tls.shutdown().await;
+        return Err(MqttFrontError::Revoked(cn));
+    }
     if !client_id_allowed(&cn, &client_id) {
         let _ = tls.write_all(&CONNACK_NOT_AUTHORIZED).await;
         let _ = tls.shutdown().await;
@@ -641,6 +656,11 @@ mod tests {
             upstream,
         );
         front.handshake_timeout = Duration::from_secs(600);
+        let revoked = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let flag = revoked.clone();
+        front.refused = Some(Arc::new(move |cn: &str| {
+            cn == "pi-1" && flag.load(std::sync::atomic::Ordering::SeqCst)
+        }));
         let server = tokio::spawn(serve(listener, front));
 
         let mut silent = Vec::new();
@@ -674,6 +694,20 @@ mod tests {
                 "{other:?}: {err:?}"
             );
         }
+        // Revoked: its certificate still chains, its connects are refused.
+        revoked.store(true, std::sync::atomic::Ordering::SeqCst);
+        let err = mqtt_connect(addr, &lab.node, "baton-agent-pi-1")
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(
+                err,
+                rumqttc::ConnectionError::ConnectionRefused(
+                    rumqttc::ConnectReturnCode::NotAuthorized
+                )
+            ),
+            "{err:?}"
+        );
         drop(silent);
         server.abort();
     }

@@ -247,7 +247,7 @@ impl Server {
                 },
             ))?;
 
-        let (broker, embedded_mqtt, broker_tls) = start_mqtt(&cfg, &pki).await?;
+        let (broker, embedded_mqtt, broker_tls) = start_mqtt(&cfg, &pki, &security).await?;
 
         let listener = tokio::net::TcpListener::bind(cfg.http_listen)
             .await
@@ -433,6 +433,7 @@ impl Server {
 async fn start_mqtt(
     cfg: &ServerConfig,
     pki: &crate::pki::Pki,
+    security: &Arc<crate::security::Security>,
 ) -> Result<
     (
         BrokerAddr,
@@ -464,12 +465,19 @@ async fn start_mqtt(
                 }
             };
             broker::check_listen(listen, files.is_some(), cfg.insecure_mqtt)?;
-            let l = tokio::task::spawn_blocking(move || broker::start_with(listen, files.as_ref()))
-                .await
-                .map_err(|e| BrokerError::Stopped {
-                    addr: listen,
-                    reason: e.to_string(),
-                })??;
+            // A revoked node's certificate still chains to the CA: refused by name.
+            let refused: crate::mqtt_front::RefuseCn = {
+                let security = security.clone();
+                Arc::new(move |cn: &str| security.identity(cn).is_some_and(|r| r.revoked))
+            };
+            let l = tokio::task::spawn_blocking(move || {
+                broker::start_guarded(listen, files.as_ref(), Some(refused))
+            })
+            .await
+            .map_err(|e| BrokerError::Stopped {
+                addr: listen,
+                reason: e.to_string(),
+            })??;
             // With TLS the bridge uses the broker's plain loopback listener, with the
             // login only this process knows.
             let mut local = BrokerAddr::from(l.local);

@@ -7,7 +7,7 @@
 //! and kept running; `token` runs in the hub, its output is the `$TOKEN` of the next
 //! device; `device-daemon` is started on each device. A block with a `BROKER:` prefix
 //! runs only for that broker. The test sets `COORD`, `TOKEN`, `BATON_DATA_DIR`,
-//! `BATON_AGENT_DATA_DIR`, `BATON_CONFIG`, `BATON_NODE_NAME` and replaces
+//! `BATON_AGENT_DATA_DIR`, `BATON_CONFIG`, `BATON_NODE_NAME`, `BATON_POD_CIDR` and replaces
 //! `/etc/baton/mqtt` with a directory of its own; nothing else of a block is changed.
 
 use std::path::{Path, PathBuf};

@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
 # A single-machine fleet: a local OCI registry with the example images, the coordinator
-# (embedded MQTT broker and store), one agent, and the example app applied and answering.
+# (embedded MQTT broker over mutual TLS, and store), one agent enrolled with a join token,
+# and the example app applied and answering. Nothing here lets another local user read or
+# command the agent (docs/security.md, "Local users and the broker").
 #
 #   sudo scripts/quickstart.sh        # bring it up (idempotent)
 #   sudo scripts/quickstart.sh down   # stop everything it started; pods are stopped too
@@ -10,7 +12,9 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 root=$PWD
 state=$root/.baton
-bin=$root/target/release
+# BATON_QUICKSTART_PROFILE=debug uses (and builds) debug binaries: quicker to build.
+profile=${BATON_QUICKSTART_PROFILE:-release}
+bin=$root/target/$profile
 export BATON_SERVER=http://127.0.0.1:7474
 # The coordinator writes an admin CLI config (server + token) on first start.
 export BATON_CONFIG=$state/coordinator/admin.conf
@@ -39,7 +43,7 @@ fi
 
 [ "$(id -u)" = 0 ] || { echo "quickstart: run as root (the agent creates cgroups and namespaces)" >&2; exit 1; }
 scripts/install-deps.sh
-cargo build --release --locked --bins
+if [ "$profile" = debug ]; then cargo build --locked --bins; else cargo build --release --locked --bins; fi
 mkdir -p "$state"
 
 images/registry.sh start 127.0.0.1:5000 "$state/registry"
@@ -53,7 +57,15 @@ start() { # name, command...
 }
 start coordinator "$bin/baton" server --data-dir "$state/coordinator"
 for _ in $(seq 1 100); do "$bin/baton" get nodes >/dev/null 2>&1 && break; sleep 0.2; done
-start agent "$bin/baton-agent" --node-name "$node" --data-dir "$state/agent" --insecure-registry 127.0.0.1:5000
+# First start: a single-use join token, bound to this node, enrolls the agent (its key,
+# node certificate and the coordinator's CA land in .baton/agent/); later starts need none.
+# Passed in the environment, not argv, which every local user can read.
+token=
+if [ ! -f "$state/agent/identity.json" ]; then
+  token=$("$bin/baton" token create --ttl 10m --node-name "$node")
+fi
+BATON_JOIN_TOKEN=$token start agent "$bin/baton-agent" --node-name "$node" --data-dir "$state/agent" \
+  --coordinator-api "$BATON_SERVER" --insecure-registry 127.0.0.1:5000
 
 echo "quickstart: waiting for node $node"
 for _ in $(seq 1 150); do "$bin/baton" get nodes 2>/dev/null | grep -q " Ready" && break; sleep 0.2; done

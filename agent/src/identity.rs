@@ -15,6 +15,12 @@
 //! It is made once by [`enroll`] (`baton-agent --join-token`); later starts read it and
 //! ignore the token. The private key never leaves the device.
 //!
+//! **MQTT over mutual TLS** needs nothing else: the node certificate (CN = node name) is
+//! the agent's client certificate, the CA the broker's, and the key the device key
+//! ([`IdentityFile::mqtt_tls`]). For other tools (`mosquitto_sub`, `openssl`) the same
+//! three are written beside the file as PEM, rewritten on every save: `node.crt`,
+//! `node.key` (PKCS#8 v1, which OpenSSL 3.0 reads; mode 0600) and `ca.crt`.
+//!
 //! **Enrollment** pins the coordinator before trusting it: the join token carries the
 //! SHA-256 of the coordinator's CA certificate. The agent fetches the CA (`GET
 //! /api/v1/enroll/ca`, unauthenticated, so the TLS certificate is not checked for that
@@ -53,6 +59,10 @@ use tracing::{info, warn};
 
 pub const IDENTITY_FILE: &str = "identity.json";
 pub const SEQ_FILE: &str = "seq.json";
+/// The PEM copies of the node certificate, key and CA (see the module docs).
+pub const CERT_PEM_FILE: &str = "node.crt";
+pub const KEY_PEM_FILE: &str = "node.key";
+pub const CA_PEM_FILE: &str = "ca.crt";
 pub const FORMAT_VERSION: u32 = 1;
 /// 2026-01-01T00:00:00Z. A clock before this is unset (see the module docs). Bump it with
 /// releases; it only has to be before any real "now" the binary will see.
@@ -81,8 +91,12 @@ pub enum IdentityError {
     PlainHttp,
     #[error("the identity file is for node {file:?}, not {flag:?}")]
     NodeMismatch { file: String, flag: String },
-    #[error("cannot reach the coordinator API at {url}: {message}")]
+    #[error("enrollment request to {url} failed: {message}")]
     Http { url: String, message: String },
+    #[error(
+        "invalid coordinator API URL {url:?}: expected https://HOST:PORT (http only on loopback)"
+    )]
+    ApiUrl { url: String },
     #[error("the coordinator refused: {0}")]
     Refused(String),
     #[error("no coordinator API URL: pass --coordinator-api")]
@@ -148,13 +162,34 @@ impl IdentityFile {
         Ok(Some(f))
     }
 
-    /// Writes it with mode 0600, atomically (temporary file, fsync, rename, fsync dir).
+    /// Writes it with mode 0600, atomically (temporary file, fsync, rename, fsync dir),
+    /// then its PEM copies beside it (see the module docs).
     pub fn save(&self, path: &Path) -> Result<(), IdentityError> {
         let bytes = serde_json::to_vec_pretty(self).map_err(|e| IdentityError::Invalid {
             path: path.to_owned(),
             message: e.to_string(),
         })?;
-        write_private(path, &bytes)
+        write_private(path, &bytes)?;
+        self.write_pem_files(path.parent().unwrap_or(Path::new(".")))
+    }
+
+    /// The PEM copies of the node certificate, key and CA in `dir` (see the module docs);
+    /// also for an identity enrolled by a version that did not write them.
+    pub fn write_pem_files(&self, dir: &Path) -> Result<(), IdentityError> {
+        let tls = self.mqtt_tls()?;
+        write_private(&dir.join(KEY_PEM_FILE), &tls.key_pem)?;
+        write_private(&dir.join(CERT_PEM_FILE), &tls.cert_pem)?;
+        write_private(&dir.join(CA_PEM_FILE), &tls.ca_pem)
+    }
+
+    /// The client side of mutual TLS to the broker: the node certificate, the device key
+    /// as PKCS#8 v1 PEM, and the coordinator's CA as the broker's trust anchor.
+    pub fn mqtt_tls(&self) -> Result<crate::mqtt_tls::MqttTls, IdentityError> {
+        Ok(crate::mqtt_tls::MqttTls {
+            ca_pem: self.ca_certificate.clone().into_bytes(),
+            cert_pem: self.certificate.clone().into_bytes(),
+            key_pem: ed25519_pem(&self.signing_key()?.to_bytes()).into_bytes(),
+        })
     }
 
     pub fn signing_key(&self) -> Result<SigningKey, IdentityError> {
@@ -168,6 +203,23 @@ impl IdentityFile {
         let b = unb64(&self.coordinator_public_key).ok_or(sign::SignError::BadKey)?;
         Ok(sign::verifying_key(&b)?)
     }
+}
+
+/// An Ed25519 seed as PKCS#8 v1 PEM (RFC 8410 without the public key): the form OpenSSL
+/// 3.0, rustls and ring all read.
+pub fn ed25519_pem(seed: &[u8; 32]) -> String {
+    // PrivateKeyInfo { version 0, AlgorithmIdentifier { id-Ed25519 }, OCTET STRING {
+    // OCTET STRING (32) } }: a fixed prefix and the seed.
+    const PREFIX: [u8; 16] = [
+        0x30, 0x2e, 0x02, 0x01, 0x00, 0x30, 0x05, 0x06, 0x03, 0x2b, 0x65, 0x70, 0x04, 0x22, 0x04,
+        0x20,
+    ];
+    let mut der = PREFIX.to_vec();
+    der.extend_from_slice(seed);
+    format!(
+        "-----BEGIN PRIVATE KEY-----\n{}\n-----END PRIVATE KEY-----\n",
+        b64(&der)
+    )
 }
 
 fn write_private(path: &Path, bytes: &[u8]) -> Result<(), IdentityError> {
@@ -256,7 +308,74 @@ fn pinned_client(ca_pem: &str) -> Result<reqwest::Client, IdentityError> {
 fn http_err(url: &str) -> impl Fn(reqwest::Error) -> IdentityError + '_ {
     move |e| IdentityError::Http {
         url: url.to_owned(),
-        message: format!("{e:#}"),
+        message: describe(&e),
+    }
+}
+
+/// What went wrong, in the words of what the peer did: nothing listening, something that
+/// is not TLS or not HTTP (the MQTT port, say), or no answer; then the cause chain.
+fn describe(e: &reqwest::Error) -> String {
+    let mut chain = Vec::new();
+    let mut refused = false;
+    // reqwest's own text ("error sending request for url") says nothing: its causes do.
+    let mut cur: Option<&(dyn std::error::Error + 'static)> =
+        std::error::Error::source(e).or(Some(e));
+    while let Some(err) = cur {
+        if let Some(io) = err.downcast_ref::<std::io::Error>() {
+            refused |= io.kind() == std::io::ErrorKind::ConnectionRefused;
+        }
+        let text = err.to_string();
+        if !chain.iter().any(|c: &String| c.contains(&text)) {
+            chain.push(text);
+        }
+        cur = err.source();
+    }
+    let peer = e
+        .url()
+        .map(|u| {
+            format!(
+                "{}:{}",
+                u.host_str().unwrap_or("?"),
+                u.port_or_known_default().unwrap_or(0)
+            )
+        })
+        .unwrap_or_else(|| "the coordinator".into());
+    let what = if refused {
+        format!("nothing listens on {peer} (connection refused): is the coordinator running, and is this its API or --enroll-listen port?")
+    } else if e.is_timeout() {
+        format!("{peer} did not answer within 30 s")
+    } else if e.is_connect() {
+        format!("{peer} accepted the connection but the TLS handshake failed: it does not answer as the coordinator's HTTPS API (the MQTT port, or another service?)")
+    } else {
+        format!("{peer} answered, but not as the coordinator's API (the MQTT port, or another service?)")
+    };
+    format!("{what}: {}", chain.join(": "))
+}
+
+/// Checks the enrollment arguments before anything is sent: the token's form and the
+/// API URL (https, or http to loopback only).
+pub fn check_enroll_args(api: &str, token: &str) -> Result<(), IdentityError> {
+    JoinToken::parse(token)?;
+    let bad = || IdentityError::ApiUrl {
+        url: api.to_owned(),
+    };
+    let u = reqwest::Url::parse(api.trim_end_matches('/')).map_err(|_| bad())?;
+    let host = u.host_str().ok_or_else(bad)?.to_owned();
+    match u.scheme() {
+        "https" => Ok(()),
+        "http" => {
+            let loopback = host == "localhost"
+                || host
+                    .trim_matches(|c| c == '[' || c == ']')
+                    .parse::<std::net::IpAddr>()
+                    .is_ok_and(|ip| ip.is_loopback());
+            if loopback {
+                Ok(())
+            } else {
+                Err(IdentityError::PlainHttp)
+            }
+        }
+        _ => Err(bad()),
     }
 }
 
@@ -359,6 +478,7 @@ pub async fn enroll(
     labels: &BTreeMap<String, String>,
     arch: &str,
 ) -> Result<IdentityFile, IdentityError> {
+    check_enroll_args(api, token)?;
     let token = JoinToken::parse(token)?;
     let api = api.trim_end_matches('/');
     let ca_pem = pinned_ca(api, &token.ca_sha256).await?;

@@ -34,26 +34,30 @@ enum Command {
 
 #[derive(clap::Args)]
 struct RunArgs {
-    /// The MQTT broker the coordinator uses.
-    #[arg(
-        long,
-        env = "BATON_COORDINATOR",
-        default_value = "mqtt://127.0.0.1:1883"
-    )]
-    coordinator: String,
-    /// With an `mqtts://` broker: the PEM CA that signed the broker's certificate.
+    /// The MQTT broker the coordinator uses, e.g. mqtts://10.0.0.1:8883 (default: the local
+    /// embedded broker, mqtts://127.0.0.1:1883, or mqtt:// with --insecure-unenrolled and
+    /// no identity). Over mqtts:// the agent presents its enrolled node certificate.
+    #[arg(long, env = "BATON_COORDINATOR")]
+    coordinator: Option<String>,
+    /// Override the identity's CA for an `mqtts://` broker: the PEM CA that signed the
+    /// broker's certificate.
     #[arg(long, env = "BATON_MQTT_CA", requires_all = ["mqtt_cert", "mqtt_key"])]
     mqtt_ca: Option<PathBuf>,
-    /// With an `mqtts://` broker: this node's PEM client certificate (CN = node name).
+    /// Override the identity's node certificate: a PEM client certificate (CN = node name).
     #[arg(long, env = "BATON_MQTT_CERT", requires_all = ["mqtt_ca", "mqtt_key"])]
     mqtt_cert: Option<PathBuf>,
     /// The PEM private key of --mqtt-cert (Ed25519, ECDSA or RSA).
     #[arg(long, env = "BATON_MQTT_KEY", requires_all = ["mqtt_ca", "mqtt_cert"])]
     mqtt_key: Option<PathBuf>,
     /// A join token (`baton token create`): enroll this device over the coordinator's API
-    /// if it has no identity yet (<data-dir>/identity.json). Ignored once enrolled.
+    /// if it has no identity yet (<data-dir>/identity.json). Ignored once enrolled. Every
+    /// other flag is checked before the token is spent.
     #[arg(long, env = "BATON_JOIN_TOKEN", hide_env_values = true)]
     join_token: Option<String>,
+    /// DEVELOPMENT ONLY (logged as a warning): run without an enrolled identity, taking
+    /// unsigned desired states from anyone who can publish on the broker.
+    #[arg(long, env = "BATON_INSECURE_UNENROLLED")]
+    insecure_unenrolled: bool,
     /// The coordinator's HTTP API, for enrollment and key rotation
     /// (e.g. https://10.0.0.1:7474; plain http only on loopback).
     #[arg(long, env = "BATON_COORDINATOR_API")]
@@ -219,7 +223,67 @@ fn flag_labels(a: &RunArgs) -> Result<Vec<(String, String)>> {
     Ok(labels)
 }
 
-/// The identity file, made by enrolling with --join-token if there is none yet.
+/// The broker: --coordinator, else the local embedded broker, over TLS unless the agent
+/// runs unenrolled.
+fn broker_url(a: &RunArgs, enrolled: bool) -> String {
+    a.coordinator.clone().unwrap_or_else(|| {
+        let scheme = if enrolled { "mqtts" } else { "mqtt" };
+        format!("{scheme}://127.0.0.1:1883")
+    })
+}
+
+/// What the flags say, checked without an identity: before enrollment, so that a bad
+/// flag never costs the single-use join token.
+struct Checked {
+    url: String,
+    /// --mqtt-ca/--mqtt-cert/--mqtt-key, which override the identity's.
+    flag_tls: Option<baton_agent::mqtt_tls::MqttTls>,
+    labels: Vec<(String, String)>,
+    registry_mirror: Option<baton_agent::image::RegistryMirror>,
+}
+
+fn check_flags(a: &RunArgs, enrolled: bool) -> Result<Checked> {
+    let url = broker_url(a, enrolled);
+    let tls_url = baton_agent::bus::parse_url(&url)
+        .map(|_| url.starts_with("mqtts://"))
+        .context("--coordinator")?;
+    let flag_tls = match (&a.mqtt_ca, &a.mqtt_cert, &a.mqtt_key) {
+        (Some(ca), Some(cert), Some(key)) => {
+            let t = baton_agent::mqtt_tls::MqttTls::from_files(ca, cert, key)
+                .context("--mqtt-ca/--mqtt-cert/--mqtt-key")?;
+            t.client_config()
+                .context("--mqtt-ca/--mqtt-cert/--mqtt-key")?;
+            Some(t)
+        }
+        _ => None,
+    };
+    if flag_tls.is_some() && !tls_url {
+        bail!("--mqtt-ca/--mqtt-cert/--mqtt-key were given but the broker {url} is not mqtts://");
+    }
+    if tls_url && flag_tls.is_none() && !enrolled {
+        bail!("the broker {url} is mqtts:// but this agent has no identity to present: enroll with --join-token, or give --mqtt-ca/--mqtt-cert/--mqtt-key");
+    }
+    let registry_mirror = match a.registry_mirror.as_deref().filter(|u| !u.is_empty()) {
+        Some(u) => Some(
+            baton_agent::image::RegistryMirror::load(
+                u,
+                a.registry_mirror_token_file.as_deref(),
+                a.registry_mirror_ca.as_deref(),
+            )
+            .context("--registry-mirror")?,
+        ),
+        None => None,
+    };
+    Ok(Checked {
+        url,
+        flag_tls,
+        labels: flag_labels(a)?,
+        registry_mirror,
+    })
+}
+
+/// The identity file, made by enrolling with --join-token if there is none yet. Without
+/// either, only --insecure-unenrolled (development) lets the agent run.
 async fn load_or_enroll(a: &RunArgs) -> Result<Option<IdentityFile>> {
     let path = a.data_dir.join(identity::IDENTITY_FILE);
     if let Some(id) = IdentityFile::load(&path)? {
@@ -231,20 +295,33 @@ async fn load_or_enroll(a: &RunArgs) -> Result<Option<IdentityFile>> {
                 a.node_name.as_deref().unwrap_or_default()
             );
         }
+        if !a.data_dir.join(identity::KEY_PEM_FILE).exists() {
+            id.write_pem_files(&a.data_dir)?;
+        }
         return Ok(Some(id));
     }
     let Some(token) = &a.join_token else {
-        return Ok(None);
+        if a.insecure_unenrolled {
+            return Ok(None);
+        }
+        bail!(
+            "this device has no identity ({} is missing): enroll it with --join-token TOKEN (from `baton token create` on the coordinator) and --coordinator-api https://COORDINATOR:7474; --insecure-unenrolled runs without one, for development only",
+            path.display()
+        );
     };
     let api = a
         .coordinator_api
         .as_deref()
-        .context("--join-token needs --coordinator-api")?;
+        .context("--join-token needs --coordinator-api (the coordinator's https:// API or --enroll-listen address)")?;
+    // Everything that could still fail after enrollment, checked before the token is spent.
+    identity::check_enroll_args(api, token).context("cannot enroll")?;
+    let node = node_name(a)?;
+    check_flags(a, true)?;
     std::fs::create_dir_all(&a.data_dir)
         .with_context(|| format!("cannot create {}", a.data_dir.display()))?;
     let labels = flag_labels(a)?.into_iter().collect();
     let arch = baton_agent::image::Platform::host().arch;
-    let id = identity::enroll(&path, api, token, &node_name(a)?, &labels, &arch)
+    let id = identity::enroll(&path, api, token, &node, &labels, &arch)
         .await
         .context("enrollment failed")?;
     Ok(Some(id))
@@ -256,19 +333,25 @@ fn config(a: RunArgs, identity: Option<IdentityFile>) -> Result<AgentConfig> {
         None => node_name(&a)?,
     };
     // Checked with the other flags, before the agent creates anything on the host.
-    baton_agent::bus::parse_url(&a.coordinator).context("--coordinator")?;
-    let mqtt_tls = match (&a.mqtt_ca, &a.mqtt_cert, &a.mqtt_key) {
-        (Some(ca), Some(cert), Some(key)) => Some(
-            baton_agent::mqtt_tls::MqttTls::from_files(ca, cert, key)
-                .context("--mqtt-ca/--mqtt-cert/--mqtt-key")?,
-        ),
+    let Checked {
+        url,
+        flag_tls,
+        mut labels,
+        registry_mirror,
+    } = check_flags(&a, identity.is_some())?;
+    let mqtt_tls = match (flag_tls, &identity) {
+        (Some(t), _) => Some(t),
+        (None, Some(id)) if url.starts_with("mqtts://") => {
+            Some(id.mqtt_tls().context("the identity's MQTT certificate")?)
+        }
         _ => None,
     };
-    baton_agent::bus::mqtt_options(&a.coordinator, &node, mqtt_tls.as_ref())
-        .context("--coordinator")?;
-    let mut labels = flag_labels(&a)?;
+    baton_agent::bus::mqtt_options(&url, &node, mqtt_tls.as_ref()).context("--coordinator")?;
     let security = match &identity {
         Some(id) => {
+            if !url.starts_with("mqtts://") {
+                tracing::warn!(broker = %url, "the broker is reached in clear text: messages stay signed, but anyone on the path reads the desired states");
+            }
             // The labels the coordinator gave at enrollment win over the flags.
             labels.retain(|(k, _)| !id.labels.contains_key(k));
             labels.extend(id.labels.iter().map(|(k, v)| (k.clone(), v.clone())));
@@ -289,21 +372,10 @@ fn config(a: RunArgs, identity: Option<IdentityFile>) -> Result<AgentConfig> {
         memory_bytes: mem.saturating_sub(a.reserved_memory_mib << 20),
         pods: a.max_pods.min(baton_proto::MAX_PODS_PER_NODE as u16),
     };
-    let registry_mirror = match a.registry_mirror.as_deref().filter(|u| !u.is_empty()) {
-        Some(url) => Some(
-            baton_agent::image::RegistryMirror::load(
-                url,
-                a.registry_mirror_token_file.as_deref(),
-                a.registry_mirror_ca.as_deref(),
-            )
-            .context("--registry-mirror")?,
-        ),
-        None => None,
-    };
     Ok(AgentConfig {
-        address: a.node_ip.or_else(|| route_address(&a.coordinator)),
+        address: a.node_ip.or_else(|| route_address(&url)),
         node,
-        coordinator: a.coordinator,
+        coordinator: url,
         data_dir: a.data_dir,
         run_dir: a.run_dir,
         labels,
@@ -395,7 +467,15 @@ fn main() -> Result<()> {
     } else {
         rt.block_on(load_or_enroll(&args))?
     };
+    let mut args = args;
+    if reset {
+        // Reset needs no broker: an unenrolled data dir is reset like any other.
+        args.insecure_unenrolled = true;
+    }
     let cfg = config(args, identity)?;
+    if cfg.security.is_none() && !reset {
+        tracing::warn!("--insecure-unenrolled: DEVELOPMENT ONLY. This agent has no identity and runs unsigned desired states from anyone who can publish on the broker, as root");
+    }
     if reset {
         {
             let _guard = rt.enter();

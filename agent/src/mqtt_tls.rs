@@ -2,8 +2,9 @@
 //! broker with its node certificate and accepts only a broker whose certificate chains to
 //! the configured CA and names the host (DNS or IP SAN) the agent dialled.
 //!
-//! The material is held as PEM bytes, not paths, so that it can come from flags
-//! ([`MqttTls::from_files`]) or straight from the agent's identity file. rustls uses the
+//! The material is held as PEM bytes, not paths, so that it can come from the agent's
+//! identity file (the default: [`crate::identity::IdentityFile::mqtt_tls`]) or, to
+//! override it, from flags ([`MqttTls::from_files`]). rustls uses the
 //! ring provider explicitly: other crates in the tree also link aws-lc-rs, and with two
 //! providers compiled in rustls cannot pick a process default by itself. Ed25519 client
 //! keys work (ring signs with them in TLS 1.3 and 1.2), as do ECDSA and RSA.
@@ -144,6 +145,43 @@ QEvMH0BSL665xupgYQd2hpMfE4NBwqDMAXb2v01SUQfOCQ==
             no_ca.client_config().unwrap_err(),
             MqttTlsError::Ca(_)
         ));
+    }
+
+    /// The identity's key PEM is byte for byte what `openssl genpkey` writes, so OpenSSL
+    /// 3.0 reads it, and an identity file carries everything mTLS needs.
+    #[test]
+    fn the_identity_key_pem_is_openssls_own_form() {
+        use base64::Engine as _;
+        let body: String = NODE_KEY
+            .lines()
+            .filter(|l| !l.starts_with("-----"))
+            .collect();
+        let der = base64::engine::general_purpose::STANDARD
+            .decode(body)
+            .unwrap();
+        let seed: [u8; 32] = der[der.len() - 32..].try_into().unwrap();
+        assert_eq!(crate::identity::ed25519_pem(&seed), NODE_KEY);
+        let id = crate::identity::IdentityFile {
+            version: crate::identity::FORMAT_VERSION,
+            node_name: "pi-1".into(),
+            private_key: base64::engine::general_purpose::STANDARD.encode(seed),
+            certificate: NODE_CERT.into(),
+            coordinator_public_key: String::new(),
+            ca_certificate: CA.into(),
+            labels: Default::default(),
+            not_after: 0,
+            coordinator_api: None,
+        };
+        id.mqtt_tls().unwrap().client_config().unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        id.save(&dir.path().join(crate::identity::IDENTITY_FILE))
+            .unwrap();
+        let out = std::process::Command::new("openssl")
+            .args(["pkey", "-noout", "-in"])
+            .arg(dir.path().join(crate::identity::KEY_PEM_FILE))
+            .output()
+            .expect("openssl");
+        assert!(out.status.success(), "{out:?}");
     }
 
     #[test]

@@ -23,6 +23,10 @@
 //! that chains to the client CA, checks that the MQTT client id belongs to the
 //! certificate's CN, and splices each connection to rumqttd's plain listener on
 //! `127.0.0.1` (an ephemeral port), which the coordinator's own bridge uses directly.
+//! That listener requires a username and password made at each start and known only to
+//! this process (the front writes them into every CONNECT it forwards, the bridge sends
+//! them itself), so a local user who finds the port cannot connect around the front:
+//! rumqttd 0.20 has no Unix socket listener, and a loopback port is open to every user.
 //! rumqttd's own TLS listener is not used: it handshakes inside its accept loop with no
 //! deadline (one silent client stalls every new connection), refuses an IP address as
 //! SNI, and ignores the CN (see the front's docs). What rumqttd still does not do, read
@@ -84,14 +88,19 @@ pub fn check_listen(listen: SocketAddr, tls: bool, insecure: bool) -> Result<(),
 }
 
 /// Where a started broker accepts connections.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Listening {
     /// The address asked for (TLS if configured).
     pub addr: SocketAddr,
     /// Where the coordinator's own bridge connects: `addr` itself without TLS, or a plain
     /// listener on loopback with TLS.
     pub local: SocketAddr,
+    /// With TLS: the login `local` requires.
+    pub login: Option<crate::bus::MqttLogin>,
 }
+
+/// The username of rumqttd's loopback listener (the password is random per start).
+pub const LOCAL_USERNAME: &str = "baton-local";
 
 /// The rumqttd configuration Baton uses; see the module docs for why each limit is set.
 pub fn config(listen: SocketAddr) -> Config {
@@ -104,13 +113,15 @@ pub fn config(listen: SocketAddr) -> Config {
 }
 
 /// The rumqttd side of a TLS broker: only the plain listener on `local` (loopback), which
-/// the TLS front and the coordinator's bridge connect to.
-pub fn local_config(local: SocketAddr) -> Config {
+/// the TLS front and the coordinator's bridge connect to with `login`.
+pub fn local_config(local: SocketAddr, login: &crate::bus::MqttLogin) -> Config {
     let mut c = base_config();
-    c.v4 = Some(HashMap::from([(
-        "1".to_owned(),
-        server("baton-v4-local", local),
+    let mut s = server("baton-v4-local", local);
+    s.connections.auth = Some(HashMap::from([(
+        login.username.clone(),
+        login.password.clone(),
     )]));
+    c.v4 = Some(HashMap::from([("1".to_owned(), s)]));
     c
 }
 
@@ -172,11 +183,25 @@ pub fn start_with(
     listen: SocketAddr,
     tls: Option<&BrokerTlsFiles>,
 ) -> Result<Listening, BrokerError> {
+    start_guarded(listen, tls, None)
+}
+
+/// [`start_with`], with the TLS front also refusing the certificate CNs `refused` names
+/// (revoked nodes, see [`crate::mqtt_front::Front::refused`]).
+pub fn start_guarded(
+    listen: SocketAddr,
+    tls: Option<&BrokerTlsFiles>,
+    refused: Option<crate::mqtt_front::RefuseCn>,
+) -> Result<Listening, BrokerError> {
     let Some(files) = tls else {
         let addr = free_addr(listen)?;
         start_rumqttd(config(addr), addr)?;
         tracing::info!(%addr, tls = false, "embedded MQTT broker listening");
-        return Ok(Listening { addr, local: addr });
+        return Ok(Listening {
+            addr,
+            local: addr,
+            login: None,
+        });
     };
     let server_cfg = crate::tls::broker_server_config(files)?;
     // The front's listener is bound now and kept: no window for another process.
@@ -189,10 +214,21 @@ pub fn start_with(
         source,
     })?;
     let local = free_addr(SocketAddr::from(([127, 0, 0, 1], 0)))?;
-    start_rumqttd(local_config(local), local)?;
-    crate::mqtt_front::spawn_thread(public, crate::mqtt_front::Front::new(server_cfg, local))?;
+    let login = crate::bus::MqttLogin {
+        username: LOCAL_USERNAME.to_owned(),
+        password: hex::encode(rand::random::<[u8; 32]>()),
+    };
+    start_rumqttd(local_config(local, &login), local)?;
+    let mut front = crate::mqtt_front::Front::new(server_cfg, local);
+    front.login = Some(login.clone());
+    front.refused = refused;
+    crate::mqtt_front::spawn_thread(public, front)?;
     tracing::info!(%addr, %local, tls = true, "embedded MQTT broker listening behind the TLS front");
-    Ok(Listening { addr, local })
+    Ok(Listening {
+        addr,
+        local,
+        login: Some(login),
+    })
 }
 
 /// Starts rumqttd on its thread and waits until `probe` accepts connections.
@@ -260,11 +296,17 @@ mod tests {
 
     #[test]
     fn local_config_is_one_plain_listener_on_loopback() {
-        let c = local_config("127.0.0.1:4000".parse().unwrap());
+        let login = crate::bus::MqttLogin {
+            username: LOCAL_USERNAME.into(),
+            password: "p".into(),
+        };
+        let c = local_config("127.0.0.1:4000".parse().unwrap(), &login);
         let v4 = c.v4.unwrap();
         assert_eq!(v4.len(), 1);
         for s in v4.values() {
             assert!(s.tls.is_none() && s.listen.ip().is_loopback());
+            let auth = s.connections.auth.as_ref().expect("a login is required");
+            assert_eq!(auth.get(LOCAL_USERNAME).map(String::as_str), Some("p"));
         }
     }
 

@@ -121,6 +121,25 @@ pub struct BrokerAddr {
     pub port: u16,
     /// `mqtts://`: connect over TLS.
     pub tls: bool,
+    /// MQTT username and password (the embedded broker's loopback listener, see
+    /// [`crate::broker`]).
+    pub login: Option<MqttLogin>,
+}
+
+/// An MQTT username and password; `Debug` never shows the password.
+#[derive(Clone, PartialEq, Eq)]
+pub struct MqttLogin {
+    pub username: String,
+    pub password: String,
+}
+
+impl std::fmt::Debug for MqttLogin {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("MqttLogin")
+            .field("username", &self.username)
+            .field("password", &"<redacted>")
+            .finish()
+    }
 }
 
 impl BrokerAddr {
@@ -138,6 +157,7 @@ impl BrokerAddr {
             host: u.host,
             port: u.port,
             tls: u.tls,
+            login: None,
         })
     }
 }
@@ -149,6 +169,7 @@ impl From<SocketAddr> for BrokerAddr {
             host: sa.ip().to_string(),
             port: sa.port(),
             tls: false,
+            login: None,
         }
     }
 }
@@ -172,6 +193,9 @@ pub fn mqtt_options(
         baton_proto::MAX_MESSAGE_BYTES + 4096,
     );
     opts.set_inflight(100);
+    if let Some(l) = &broker.login {
+        opts.set_credentials(l.username.clone(), l.password.clone());
+    }
     let (host, port) = (broker.host.clone(), broker.port);
     match (broker.tls, tls) {
         (true, Some(cfg)) => {
@@ -669,6 +693,7 @@ mod tests {
                     host: h.into(),
                     port: p,
                     tls: u.starts_with("mqtts://"),
+                    login: None,
                 },
                 "{u}"
             )

@@ -113,6 +113,64 @@ pub enum Command {
         #[command(subcommand)]
         action: ImageCommand,
     },
+    /// Certificates and configuration for an external MQTT broker, issued by the
+    /// coordinator's CA (run on the coordinator's host).
+    Broker {
+        #[command(subcommand)]
+        action: BrokerCommand,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum BrokerCommand {
+    /// Write Mosquitto's certificate and key, the coordinator's client certificate, the
+    /// CA, the ACL and a ready mosquitto.conf into --out: then `mosquitto -c
+    /// OUT/mosquitto.conf`.
+    MosquittoConfig {
+        /// The coordinator's data directory (its CA signs the certificates).
+        #[arg(long, env = "BATON_DATA_DIR", default_value = "/var/lib/baton")]
+        data_dir: PathBuf,
+        /// Where to write the files.
+        #[arg(long, env = "BATON_MOSQUITTO_DIR", default_value = "/etc/baton/mqtt")]
+        out: PathBuf,
+        /// A host name or address agents dial to reach the broker (repeatable;
+        /// comma-separated in the environment). Loopback is always included.
+        #[arg(
+            long = "san",
+            value_name = "NAME",
+            env = "BATON_MOSQUITTO_SAN",
+            value_delimiter = ',',
+            required = true
+        )]
+        sans: Vec<String>,
+        /// Mosquitto's TLS port.
+        #[arg(long, env = "BATON_MOSQUITTO_PORT", default_value_t = 8883)]
+        port: u16,
+    },
+}
+
+/// Runs `baton broker ...`: local files only, no API.
+pub fn run_broker(action: &BrokerCommand) -> Result<(), crate::broker_config::BrokerConfigError> {
+    match action {
+        BrokerCommand::MosquittoConfig {
+            data_dir,
+            out,
+            sans,
+            port,
+        } => {
+            let files = crate::broker_config::write(&crate::broker_config::MosquittoConfig {
+                data_dir: data_dir.clone(),
+                out: out.clone(),
+                sans: sans.iter().filter(|s| !s.is_empty()).cloned().collect(),
+                port: *port,
+            })?;
+            for f in files {
+                println!("wrote {}", f.display());
+            }
+            println!("run: mosquitto -c {}", out.join("mosquitto.conf").display());
+            Ok(())
+        }
+    }
 }
 
 #[derive(Debug, Subcommand)]
@@ -379,24 +437,27 @@ pub struct ServerArgs {
     /// clear text.
     #[arg(long, env = "BATON_INSECURE_ALLOW_REMOTE")]
     pub insecure_allow_remote: bool,
-    /// Address of the embedded MQTT broker.
+    /// Address of the embedded MQTT broker: mutual TLS with certificates from the
+    /// coordinator's CA (--mqtt-tls-auto) unless --mqtt-tls-cert or --insecure-mqtt.
     #[arg(long, env = "BATON_MQTT_LISTEN", default_value = crate::server::DEFAULT_MQTT_LISTEN, conflicts_with = "broker")]
     pub mqtt_listen: SocketAddr,
-    /// Use this MQTT broker (mqtt://host:port, or mqtts://host:port with --broker-ca,
-    /// --broker-cert and --broker-key) instead of the embedded one.
+    /// Use this MQTT broker instead of the embedded one: mqtts://host:port (its
+    /// certificate from the coordinator's CA, `baton broker mosquitto-config`; the
+    /// coordinator presents a client certificate it issues itself, CN baton:coordinator),
+    /// or mqtt://host:port in clear text.
     #[arg(long, env = "BATON_BROKER")]
     pub broker: Option<String>,
-    /// The PEM CA that signed the external broker's certificate (mqtts://).
+    /// Override: the PEM CA that signed the external broker's certificate (mqtts://).
     #[arg(long, env = "BATON_BROKER_CA", requires_all = ["broker", "broker_cert", "broker_key"])]
     pub broker_ca: Option<PathBuf>,
-    /// The coordinator's PEM client certificate for the external broker (mqtts://).
+    /// Override: the coordinator's PEM client certificate for the external broker.
     #[arg(long, env = "BATON_BROKER_CERT", requires_all = ["broker", "broker_ca", "broker_key"])]
     pub broker_cert: Option<PathBuf>,
     /// The PEM private key of --broker-cert.
     #[arg(long, env = "BATON_BROKER_KEY", requires_all = ["broker", "broker_ca", "broker_cert"])]
     pub broker_key: Option<PathBuf>,
-    /// The embedded broker speaks TLS with this PEM certificate chain and requires client
-    /// certificates signed by --mqtt-client-ca. Required off loopback.
+    /// The embedded broker speaks TLS with this PEM certificate chain (instead of one from
+    /// the coordinator's CA) and requires client certificates signed by --mqtt-client-ca.
     #[arg(long, env = "BATON_MQTT_TLS_CERT", requires_all = ["mqtt_tls_key", "mqtt_client_ca"], conflicts_with = "broker")]
     pub mqtt_tls_cert: Option<PathBuf>,
     /// The PEM private key of --mqtt-tls-cert.
@@ -406,9 +467,15 @@ pub struct ServerArgs {
     /// present.
     #[arg(long, env = "BATON_MQTT_CLIENT_CA", requires_all = ["mqtt_tls_cert", "mqtt_tls_key"], conflicts_with = "broker")]
     pub mqtt_client_ca: Option<PathBuf>,
-    /// Run the embedded broker on a non-loopback address WITHOUT TLS: anyone who can reach
-    /// it can connect, read and publish.
-    #[arg(long, env = "BATON_INSECURE_MQTT", conflicts_with = "broker")]
+    /// The embedded broker's TLS certificate comes from the coordinator's CA, for
+    /// --mqtt-listen, loopback and --tls-san; clients present node certificates from the
+    /// same CA (enrollment issues them). The default; the flag only states it.
+    #[arg(long, env = "BATON_MQTT_TLS_AUTO", conflicts_with_all = ["mqtt_tls_cert", "insecure_mqtt", "broker"])]
+    pub mqtt_tls_auto: bool,
+    /// DEVELOPMENT ONLY (logged as a warning): the embedded broker speaks plain MQTT to
+    /// anyone who can reach it, local users included, and nodes that never enrolled are
+    /// accepted unsigned, so anyone who can publish can command them.
+    #[arg(long, env = "BATON_INSECURE_MQTT")]
     pub insecure_mqtt: bool,
     /// A node without a heartbeat for this long is NotReady (e.g. 20s, 1m).
     #[arg(long, env = "BATON_HEARTBEAT_TIMEOUT", default_value = "20s", value_parser = humantime::parse_duration)]
@@ -457,8 +524,8 @@ pub struct ServerArgs {
         value_parser = host_port_range
     )]
     pub allow_host_ports: Vec<crate::policy::HostPorts>,
-    /// Refuse messages from nodes that have not enrolled (enrolled nodes are always
-    /// verified). Off by default so fleets without enrollment keep working.
+    /// Refuse messages from nodes that have not enrolled even with --insecure-mqtt
+    /// (always so without it; enrolled nodes are always verified).
     #[arg(long, env = "BATON_REQUIRE_SIGNATURES")]
     pub require_signatures: bool,
     /// How far a message's send time may be from this clock before it is refused as
@@ -551,7 +618,7 @@ impl ServerArgs {
                 allow_host_ports: self.allow_host_ports.iter().cloned().collect(),
             },
             security: crate::security::SecurityConfig {
-                require_signatures: self.require_signatures,
+                require_signatures: self.require_signatures || !self.insecure_mqtt,
                 window: self.signature_window,
                 rotation_overlap: self.rotation_overlap,
             },
@@ -759,9 +826,9 @@ pub async fn run(cli: &Cli) -> Result<(), CliError> {
     let client = Client::new(cli)?;
     let mut out = String::new();
     match &cli.command {
-        Command::Server(_) => {
+        Command::Server(_) | Command::Broker { .. } => {
             return Err(CliError::Usage(
-                "internal: `server` is run by the binary".into(),
+                "internal: `server` and `broker` are run by the binary".into(),
             ))
         }
         Command::Apply { file } => {

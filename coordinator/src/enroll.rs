@@ -60,7 +60,7 @@ pub enum EnrollError {
     InvalidToken,
     #[error("join token expired")]
     Expired,
-    #[error("join token has no uses left")]
+    #[error("join token was already used (each use enrolls one device): make a new one with `baton token create`")]
     UsedUp,
     #[error("join token is for node {allowed:?}, not {requested:?}")]
     WrongNode { allowed: String, requested: String },
@@ -308,10 +308,21 @@ pub struct Enroller {
 
 impl Enroller {
     pub fn load(store: Arc<dyn Store>, security: Arc<Security>) -> Result<Self, EnrollError> {
-        let tokens = store::list_json::<JoinTokenRecord>(store.as_ref(), Table::JoinTokens)?
-            .into_iter()
-            .map(|r| (r.id.clone(), r))
-            .collect();
+        // A used-up token is kept until it expires, so that reusing it is told apart from
+        // a wrong one; past that it is dropped here.
+        let now = crate::security::now_ms() / 1000;
+        let (gone, tokens): (Vec<_>, Vec<_>) =
+            store::list_json::<JoinTokenRecord>(store.as_ref(), Table::JoinTokens)?
+                .into_iter()
+                .partition(|r| r.uses_left == 0 && r.expires <= now);
+        if !gone.is_empty() {
+            store.commit(
+                gone.into_iter()
+                    .map(|r| Op::Delete(Table::JoinTokens, r.id))
+                    .collect(),
+            )?;
+        }
+        let tokens = tokens.into_iter().map(|r| (r.id.clone(), r)).collect();
         Ok(Self {
             store,
             security,
@@ -372,7 +383,12 @@ impl Enroller {
     }
 
     pub fn list_tokens(&self) -> Vec<JoinTokenInfo> {
-        let mut v: Vec<JoinTokenInfo> = self.tokens().values().map(JoinTokenInfo::from).collect();
+        let mut v: Vec<JoinTokenInfo> = self
+            .tokens()
+            .values()
+            .filter(|r| r.uses_left > 0)
+            .map(JoinTokenInfo::from)
+            .collect();
         v.sort_by(|a, b| a.id.cmp(&b.id));
         v
     }
@@ -406,11 +422,11 @@ impl Enroller {
             .filter(|r| r.sha256 == hash(&token.secret))
             .ok_or(EnrollError::InvalidToken)?
             .clone();
-        if now_unix >= rec.expires {
-            return Err(EnrollError::Expired);
-        }
         if rec.uses_left == 0 {
             return Err(EnrollError::UsedUp);
+        }
+        if now_unix >= rec.expires {
+            return Err(EnrollError::Expired);
         }
         if let Some(allowed) = &rec.node_name {
             if allowed != name.as_str() {
@@ -449,18 +465,10 @@ impl Enroller {
         };
         let mut used = rec.clone();
         used.uses_left -= 1;
-        let token_op = if used.uses_left == 0 {
-            Op::Delete(Table::JoinTokens, used.id.clone())
-        } else {
-            store::put_json(Table::JoinTokens, &used.id, &used)?
-        };
+        let token_op = store::put_json(Table::JoinTokens, &used.id, &used)?;
         // One commit: the identity and the token's use, or neither.
         self.security.install(identity, vec![token_op])?;
-        if used.uses_left == 0 {
-            tokens.remove(&used.id);
-        } else {
-            tokens.insert(used.id.clone(), used);
-        }
+        tokens.insert(used.id.clone(), used);
         drop(tokens);
         tracing::info!(node = %name, token = %rec.id, "node enrolled");
         Ok(Enrolled {
@@ -635,8 +643,15 @@ mod tests {
         assert_eq!(ok.response.labels["zone"], "a");
         assert_eq!(ok.response.labels["x"], "y");
         assert_eq!(ok.response.not_after, NOW + DEFAULT_CERT_TTL.as_secs());
+        // A used token is told apart from a wrong one.
         let again = e.enroll(&req(&t, "pi-2", &SigningKey::from_bytes(&[2; 32])), NOW);
-        assert!(matches!(again, Err(EnrollError::InvalidToken)), "{again:?}");
+        assert!(matches!(again, Err(EnrollError::UsedUp)), "{again:?}");
+        assert!(again.unwrap_err().to_string().contains("already used"));
+        let parts: Vec<&str> = t.split('.').collect();
+        let wrong = format!("{}.{}.{}.{}", parts[0], parts[1], "f".repeat(32), parts[3]);
+        assert_ne!(wrong, t);
+        let r = e.enroll(&req(&wrong, "pi-2", &SigningKey::from_bytes(&[2; 32])), NOW);
+        assert!(matches!(r, Err(EnrollError::InvalidToken)), "{r:?}");
         assert!(e.list_tokens().is_empty());
     }
 

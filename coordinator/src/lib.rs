@@ -3,6 +3,7 @@
 pub mod api;
 pub mod auth;
 pub mod broker;
+pub mod broker_config;
 pub mod bus;
 pub mod cli;
 pub mod client_config;

@@ -76,6 +76,7 @@ fn main() -> ExitCode {
     let result = runtime.block_on(async {
         match &cli.command {
             Command::Server(args) => serve(args).await,
+            Command::Broker { action } => cli::run_broker(action).map_err(anyhow::Error::from),
             _ => cli::run(&cli).await.map_err(anyhow::Error::from),
         }
     });

@@ -15,7 +15,12 @@
 //!    3.1.1 CONNECT whose client id is the certificate's CN (or `baton-agent-<CN>`, the id
 //!    Baton's agent uses); anything else is answered with CONNACK "not authorized" and
 //!    closed, so one device cannot take over another device's session;
-//! 3. the bytes read so far, then both directions, are copied to rumqttd's plain listener
+//! 3. the CONNECT is read whole (bounded) and, when the broker has a login, rewritten to
+//!    carry it in place of whatever username and password the client sent: rumqttd's
+//!    loopback listener requires a password made at each start and known only to this
+//!    process, so no local user can connect to it around the front (docs/security.md,
+//!    "Local users and the broker");
+//! 4. the bytes read so far, then both directions, are copied to rumqttd's plain listener
 //!    on loopback (`tokio::io::copy_bidirectional`).
 //!
 //! The front runs on its own thread and runtime for the life of the process, like rumqttd
@@ -38,6 +43,9 @@ pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 /// The most bytes read looking for the CONNECT's client id. Baton's client ids are under
 /// 80 bytes; a CONNECT whose client id ends beyond this is refused.
 pub const MAX_CONNECT_PREFIX: usize = 1024;
+/// The most bytes a whole CONNECT may have (its last will included); the agent's is about
+/// 200.
+pub const MAX_CONNECT_BYTES: usize = 8 * 1024;
 /// The client id prefix of Baton's agent (`agent/src/bus.rs`): `baton-agent-<node>`.
 pub const AGENT_CLIENT_ID_PREFIX: &str = "baton-agent-";
 /// MQTT 3.1.1 CONNACK, return code 5: "connection refused, not authorized".
@@ -63,6 +71,10 @@ pub enum MqttFrontError {
     Protocol(u8),
     #[error("the MQTT CONNECT's client id ends beyond {MAX_CONNECT_PREFIX} bytes")]
     TooLong,
+    #[error("the MQTT CONNECT is over {MAX_CONNECT_BYTES} bytes")]
+    ConnectTooLong,
+    #[error("certificate CN {0:?} is revoked")]
+    Revoked(String),
     #[error("client id {client_id:?} does not belong to certificate CN {cn:?}")]
     ClientIdMismatch { cn: String, client_id: String },
     #[error("cannot reach the broker's loopback listener: {0}")]
@@ -83,7 +95,14 @@ pub struct Front {
     pub connect_timeout: Duration,
     /// Connections open at once (in handshake or spliced); more are closed at accept.
     pub max_connections: usize,
+    /// The login rumqttd's loopback listener requires, put into every CONNECT.
+    pub login: Option<crate::bus::MqttLogin>,
+    /// Whether a certificate CN is refused (a revoked node), asked at every connect.
+    pub refused: Option<RefuseCn>,
 }
+
+/// See [`Front::refused`].
+pub type RefuseCn = Arc<dyn Fn(&str) -> bool + Send + Sync>;
 
 impl Front {
     pub fn new(tls: Arc<rustls::ServerConfig>, upstream: SocketAddr) -> Self {
@@ -93,6 +112,8 @@ impl Front {
             handshake_timeout: HANDSHAKE_TIMEOUT,
             connect_timeout: CONNECT_TIMEOUT,
             max_connections: crate::broker::MAX_CONNECTIONS,
+            login: None,
+            refused: None,
         }
     }
 }
@@ -146,7 +167,7 @@ pub async fn serve(listener: TcpListener, front: Front) {
             let _slot = slot;
             match handle(tcp, &acceptor, &front).await {
                 Ok(()) => {}
-                Err(e @ MqttFrontError::ClientIdMismatch { .. }) => {
+                Err(e @ (MqttFrontError::ClientIdMismatch { .. } | MqttFrontError::Revoked(_))) => {
                     tracing::warn!(%peer, error = %e, "MQTT connection refused")
                 }
                 Err(e) => tracing::debug!(%peer, error = %e, "MQTT connection ended"),
@@ -175,11 +196,22 @@ async fn handle(
     let (client_id, head) = tokio::time::timeout(front.connect_timeout, read_connect(&mut tls))
         .await
         .map_err(|_| MqttFrontError::ConnectTimeout)??;
+    // A revoked node's certificate is valid until it expires: refused here by name, so
+    // revocation also ends its access to the broker at its next connect.
+    if front.refused.as_ref().is_some_and(|refused| refused(&cn)) {
+        let _ = tls.write_all(&CONNACK_NOT_AUTHORIZED).await;
+        let _ = tls.shutdown().await;
+        return Err(MqttFrontError::Revoked(cn));
+    }
     if !client_id_allowed(&cn, &client_id) {
         let _ = tls.write_all(&CONNACK_NOT_AUTHORIZED).await;
         let _ = tls.shutdown().await;
         return Err(MqttFrontError::ClientIdMismatch { cn, client_id });
     }
+    let head = match &front.login {
+        Some(login) => with_login(&head, login)?,
+        None => head,
+    };
     let mut up = TcpStream::connect(front.upstream)
         .await
         .map_err(MqttFrontError::Upstream)?;
@@ -205,27 +237,103 @@ pub fn common_name(der: &[u8]) -> Option<String> {
     cns.next().is_none().then_some(cn)
 }
 
-/// Reads until the first packet's client id is known; returns it with every byte read
-/// (to be forwarded to the broker as they are).
+/// Reads until the first packet's client id is known and the packet is complete; returns
+/// the id with every byte read (to be forwarded to the broker).
 async fn read_connect(
     r: &mut (impl AsyncRead + Unpin),
 ) -> Result<(String, Vec<u8>), MqttFrontError> {
     let mut buf = Vec::with_capacity(256);
     let mut chunk = [0u8; 512];
+    let mut id = None;
     loop {
-        if let Some(id) = connect_client_id(&buf)? {
-            return Ok((id, buf));
+        if id.is_none() {
+            id = connect_client_id(&buf)?;
+            if id.is_none() && buf.len() >= MAX_CONNECT_PREFIX {
+                return Err(MqttFrontError::TooLong);
+            }
         }
-        if buf.len() >= MAX_CONNECT_PREFIX {
-            return Err(MqttFrontError::TooLong);
+        if let Some(id) = &id {
+            match fixed_header(&buf)? {
+                Some((h, rem)) if h + rem > MAX_CONNECT_BYTES => {
+                    return Err(MqttFrontError::ConnectTooLong)
+                }
+                Some((h, rem)) if buf.len() >= h + rem => return Ok((id.clone(), buf)),
+                _ => {}
+            }
         }
-        let want = chunk.len().min(MAX_CONNECT_PREFIX - buf.len());
-        let n = r.read(&mut chunk[..want]).await?;
+        let n = r.read(&mut chunk).await?;
         if n == 0 {
             return Err(MqttFrontError::Closed);
         }
         buf.extend_from_slice(&chunk[..n]);
     }
+}
+
+/// A packet's fixed header: its length and the remaining length it announces, or `None`
+/// if more bytes are needed.
+fn fixed_header(buf: &[u8]) -> Result<Option<(usize, usize)>, MqttFrontError> {
+    let mut remaining: usize = 0;
+    let mut pos = 1;
+    loop {
+        let Some(&b) = buf.get(pos) else {
+            return Ok(None);
+        };
+        remaining |= usize::from(b & 0x7f) << (7 * (pos - 1));
+        pos += 1;
+        if b & 0x80 == 0 {
+            return Ok(Some((pos, remaining)));
+        }
+        if pos > 4 {
+            return Err(MqttFrontError::Malformed("remaining length over 4 bytes"));
+        }
+    }
+}
+
+/// `buf` (a whole CONNECT, checked by [`connect_client_id`], and what followed it) with
+/// the CONNECT's username and password replaced by `login`'s.
+pub fn with_login(buf: &[u8], login: &crate::bus::MqttLogin) -> Result<Vec<u8>, MqttFrontError> {
+    let (h, rem) = fixed_header(buf)?.ok_or(MqttFrontError::Malformed("truncated CONNECT"))?;
+    let packet = buf
+        .get(h..h + rem)
+        .ok_or(MqttFrontError::Malformed("truncated CONNECT"))?;
+    // Protocol name (6), level (1), flags (1), keep-alive (2), then the client id and,
+    // with the will flag, the will topic and message; username and password come last.
+    let flags = *packet
+        .get(7)
+        .ok_or(MqttFrontError::Malformed("short CONNECT"))?;
+    let mut cur = Cursor {
+        buf: packet,
+        pos: 10,
+        end: packet.len(),
+    };
+    let fields = if flags & 0x04 != 0 { 3 } else { 1 };
+    for _ in 0..fields {
+        cur.string()?
+            .ok_or(MqttFrontError::Malformed("truncated CONNECT"))?;
+    }
+    let mut var = packet[..cur.pos].to_vec();
+    var[7] = flags | 0xc0;
+    for field in [&login.username, &login.password] {
+        let len = u16::try_from(field.len()).map_err(|_| MqttFrontError::Malformed("login"))?;
+        var.extend_from_slice(&len.to_be_bytes());
+        var.extend_from_slice(field.as_bytes());
+    }
+    let mut out = vec![0x10];
+    let mut len = var.len();
+    loop {
+        let mut b = (len % 128) as u8;
+        len /= 128;
+        if len > 0 {
+            b |= 0x80;
+        }
+        out.push(b);
+        if len == 0 {
+            break;
+        }
+    }
+    out.extend(var);
+    out.extend_from_slice(&buf[h + rem..]);
+    Ok(out)
 }
 
 /// The client id of an MQTT 3.1.1 CONNECT at the start of `buf`, or `None` if more bytes
@@ -240,21 +348,9 @@ pub fn connect_client_id(buf: &[u8]) -> Result<Option<String>, MqttFrontError> {
         return Err(MqttFrontError::NotConnect(first));
     }
     // Remaining length: 7 bits per byte, at most 4 bytes.
-    let mut remaining: usize = 0;
-    let mut pos = 1;
-    loop {
-        let Some(&b) = buf.get(pos) else {
-            return Ok(None);
-        };
-        remaining |= usize::from(b & 0x7f) << (7 * (pos - 1));
-        pos += 1;
-        if b & 0x80 == 0 {
-            break;
-        }
-        if pos > 4 {
-            return Err(MqttFrontError::Malformed("remaining length over 4 bytes"));
-        }
-    }
+    let Some((pos, remaining)) = fixed_header(buf)? else {
+        return Ok(None);
+    };
     let end = pos + remaining;
     let mut cur = Cursor { buf, pos, end };
     let Some(name) = cur.string()? else {
@@ -423,6 +519,42 @@ mod tests {
         }
     }
 
+    #[test]
+    fn the_login_replaces_the_clients_own() {
+        let login = crate::bus::MqttLogin {
+            username: "baton-front".into(),
+            password: "s3cret".into(),
+        };
+        let p = connect_packet("baton-agent-pi-1");
+        let mut more = p.clone();
+        more.extend_from_slice(&[0xc0, 0x00]);
+        let out = with_login(&more, &login).unwrap();
+        let mut expect = p[2..].to_vec();
+        expect[7] |= 0xc0;
+        expect.extend_from_slice(b"\x00\x0bbaton-front\x00\x06s3cret");
+        assert_eq!(out[0], 0x10);
+        assert_eq!(usize::from(out[1]), expect.len());
+        assert_eq!(&out[2..2 + expect.len()], &expect[..]);
+        // The PINGREQ that followed is kept.
+        assert_eq!(&out[2 + expect.len()..], &[0xc0, 0x00]);
+        // A client's own username, password and will: the will stays, the login is ours.
+        let mut var = vec![0, 4, b'M', b'Q', b'T', b'T', 4, 0xc4 | 0x02, 0, 30];
+        for f in ["id", "will/topic", "bye", "mallory", "guess"] {
+            var.extend_from_slice(&(f.len() as u16).to_be_bytes());
+            var.extend_from_slice(f.as_bytes());
+        }
+        let mut theirs = vec![0x10, var.len() as u8];
+        theirs.extend(var);
+        let out = with_login(&theirs, &login).unwrap();
+        let text = String::from_utf8_lossy(&out);
+        assert!(text.contains("will/topic") && text.contains("bye") && text.contains("s3cret"));
+        assert!(
+            !text.contains("mallory") && !text.contains("guess"),
+            "{text}"
+        );
+        assert_eq!(connect_client_id(&out).unwrap().as_deref(), Some("id"));
+    }
+
     #[tokio::test]
     async fn read_connect_is_bounded() {
         let p = connect_packet("pi-1");
@@ -498,6 +630,7 @@ mod tests {
             host: "127.0.0.1".into(),
             port: addr.port(),
             tls: true,
+            login: None,
         };
         let opts = crate::bus::mqtt_options(&broker, client_id, Some(tls)).unwrap();
         let (_client, mut events) = rumqttc::AsyncClient::new(opts, 10);
@@ -523,6 +656,11 @@ mod tests {
             upstream,
         );
         front.handshake_timeout = Duration::from_secs(600);
+        let revoked = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let flag = revoked.clone();
+        front.refused = Some(Arc::new(move |cn: &str| {
+            cn == "pi-1" && flag.load(std::sync::atomic::Ordering::SeqCst)
+        }));
         let server = tokio::spawn(serve(listener, front));
 
         let mut silent = Vec::new();
@@ -556,6 +694,20 @@ mod tests {
                 "{other:?}: {err:?}"
             );
         }
+        // Revoked: its certificate still chains, its connects are refused.
+        revoked.store(true, std::sync::atomic::Ordering::SeqCst);
+        let err = mqtt_connect(addr, &lab.node, "baton-agent-pi-1")
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(
+                err,
+                rumqttc::ConnectionError::ConnectionRefused(
+                    rumqttc::ConnectReturnCode::NotAuthorized
+                )
+            ),
+            "{err:?}"
+        );
         drop(silent);
         server.abort();
     }
@@ -586,6 +738,23 @@ mod tests {
         assert!(out.status.success(), "{out:?}");
         let out = pubs("pi-2");
         assert!(!out.status.success(), "{out:?}");
+        // rumqttd's loopback listener, which any local user can reach, wants the login
+        // only the front and the coordinator know: without it, or with a guess, refused.
+        let plain = |extra: &[&str]| {
+            std::process::Command::new("mosquitto_pub")
+                .args(["-h", "127.0.0.1", "-p", &l.local.port().to_string()])
+                .args(["-i", "pi-1", "-q", "1", "-t", "baton/test", "-m", "hi"])
+                .args(extra)
+                .output()
+                .expect("run mosquitto_pub")
+        };
+        let out = plain(&[]);
+        assert!(!out.status.success(), "no login: {out:?}");
+        let out = plain(&["-u", crate::broker::LOCAL_USERNAME, "-P", "guess"]);
+        assert!(!out.status.success(), "a guessed password: {out:?}");
+        let login = l.login.clone().expect("a login with TLS");
+        let out = plain(&["-u", &login.username, "-P", &login.password]);
+        assert!(out.status.success(), "the real login: {out:?}");
         let _ = &lab.dir;
     }
 }

@@ -1,15 +1,19 @@
 //! The coordinator's key and certificate authority.
 //!
-//! One Ed25519 key, `<data-dir>/pki/coordinator.key` (PKCS#8 PEM, mode 0600, made on
-//! first start), signs every envelope the coordinator sends and every certificate it
+//! One Ed25519 key, `<data-dir>/pki/coordinator.key` (PKCS#8 v1 PEM, mode 0600, made on
+//! first start; v1 because OpenSSL 3.0 cannot read the v2 form with the public key that
+//! ed25519-dalek writes, and a key written that way by an older version is rewritten), signs every envelope the coordinator sends and every certificate it
 //! issues. `<data-dir>/pki/ca.crt` is a self-signed X.509 CA certificate for that key.
 //! Agents pin the CA by the SHA-256 of its DER bytes, which every join token carries
 //! (like kubeadm's discovery hash), and the coordinator's public key is the CA's key, so
 //! pinning one pins the other.
 //!
 //! Node certificates are X.509 leaves, CN = node name, for the device's own Ed25519 key,
-//! signed by the CA, so the same certificate can later authenticate the device to an MQTT
-//! broker with mutual TLS. The API's TLS certificate ([`Pki::api_tls`]) is a leaf of the
+//! signed by the CA; the agent presents it to the MQTT broker (mutual TLS), so enrollment
+//! is the device's whole onboarding. The broker's server certificate
+//! ([`Pki::issue_server`]: the embedded broker's `--mqtt-tls-auto`, Mosquitto's from
+//! `baton broker mosquitto-config`) and the coordinator's own MQTT client certificate
+//! ([`Pki::issue_client`], CN [`COORDINATOR_CN`]) come from the same CA. The API's TLS certificate ([`Pki::api_tls`]) is a leaf of the
 //! same CA, so an agent that pinned the CA can enroll over HTTPS from another host.
 //!
 //! rcgen does the X.509 encoding; signing goes through ed25519-dalek via [`rcgen::SigningKey`],
@@ -17,7 +21,7 @@
 
 use std::path::{Path, PathBuf};
 
-use ed25519_dalek::pkcs8::{DecodePrivateKey, EncodePrivateKey};
+use ed25519_dalek::pkcs8::DecodePrivateKey;
 use ed25519_dalek::{Signer, SigningKey, VerifyingKey};
 use rcgen::{
     BasicConstraints, CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose, IsCa,
@@ -30,7 +34,14 @@ pub const CA_FILE: &str = "ca.crt";
 /// The API's TLS certificate and key, reissued on every start by [`Pki::api_tls`].
 pub const API_CERT_FILE: &str = "api.crt";
 pub const API_KEY_FILE: &str = "api.key";
+/// The embedded broker's TLS certificate and key (`--mqtt-tls-auto`), reissued on every
+/// start by [`Pki::broker_tls`].
+pub const BROKER_CERT_FILE: &str = "mqtt-server.crt";
+pub const BROKER_KEY_FILE: &str = "mqtt-server.key";
 const CA_COMMON_NAME: &str = "baton coordinator CA";
+/// The coordinator's MQTT identity (CN). The colon cannot occur in a node name, so no
+/// device can be issued it (deploy/mosquitto/acl relies on that).
+pub const COORDINATOR_CN: &str = "baton:coordinator";
 
 #[derive(Debug, thiserror::Error)]
 pub enum PkiError {
@@ -138,13 +149,21 @@ impl Pki {
         let key_path = dir.join(KEY_FILE);
         let ca_path = dir.join(CA_FILE);
         let key = match std::fs::read_to_string(&key_path) {
-            Ok(pem) => SigningKey::from_pkcs8_pem(&pem).map_err(|e| PkiError::Key {
-                path: key_path.clone(),
-                message: e.to_string(),
-            })?,
+            Ok(pem) => {
+                let key = SigningKey::from_pkcs8_pem(&pem).map_err(|e| PkiError::Key {
+                    path: key_path.clone(),
+                    message: e.to_string(),
+                })?;
+                let v1 = ed25519_pem(&key);
+                if pem != v1 {
+                    // An older version wrote PKCS#8 v2, which OpenSSL 3.0 cannot read.
+                    write_private(&key_path, v1.as_bytes())?;
+                }
+                key
+            }
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
                 let key = new_key();
-                write_private(&key_path, key_pem(&key, &key_path)?.as_bytes())?;
+                write_private(&key_path, ed25519_pem(&key).as_bytes())?;
                 // A new key needs a new CA certificate.
                 let _ = std::fs::remove_file(&ca_path);
                 tracing::info!(path = %key_path.display(), "created the coordinator key");
@@ -228,18 +247,37 @@ impl Pki {
     /// Issues the API's TLS certificate for `sans` (IP addresses or DNS names) with a
     /// fresh key, writes both next to the CA, and returns their paths (cert, key).
     pub fn api_tls(&self, sans: &[String]) -> Result<(PathBuf, PathBuf), PkiError> {
-        let key = new_key();
-        let mut p = CertificateParams::default();
-        let mut dn = DistinguishedName::new();
-        dn.push(DnType::CommonName, "baton coordinator API");
-        p.distinguished_name = dn;
-        p.not_before = unix_time(now_unix().saturating_sub(300))?;
-        p.not_after = unix_time(now_unix() + 365 * 86400)?;
-        p.serial_number = Some(rand::random::<[u8; 16]>().to_vec().into());
-        p.is_ca = IsCa::ExplicitNoCa;
-        p.key_usages = vec![KeyUsagePurpose::DigitalSignature];
+        let (cert, key) = self.issue_server("baton coordinator API", sans)?;
+        self.write_pair(API_CERT_FILE, API_KEY_FILE, &cert, &key)
+    }
+
+    /// The embedded broker's TLS certificate (`--mqtt-tls-auto`) for `sans`, written next
+    /// to the CA like [`Pki::api_tls`]; returns (cert, key) paths.
+    pub fn broker_tls(&self, sans: &[String]) -> Result<(PathBuf, PathBuf), PkiError> {
+        let (cert, key) = self.issue_server("baton MQTT broker", sans)?;
+        self.write_pair(BROKER_CERT_FILE, BROKER_KEY_FILE, &cert, &key)
+    }
+
+    fn write_pair(
+        &self,
+        cert_file: &str,
+        key_file: &str,
+        cert: &str,
+        key: &str,
+    ) -> Result<(PathBuf, PathBuf), PkiError> {
+        let cert_path = self.dir.join(cert_file);
+        let key_path = self.dir.join(key_file);
+        write_private(&key_path, key.as_bytes())?;
+        write_private(&cert_path, cert.as_bytes())?;
+        Ok((cert_path, key_path))
+    }
+
+    /// A TLS server certificate for `sans` (IP addresses or DNS names), valid a year, with
+    /// a fresh Ed25519 key. Returns (the chain: leaf then CA, so clients that pinned the
+    /// CA can verify it; the key as PKCS#8 v1 PEM).
+    pub fn issue_server(&self, cn: &str, sans: &[String]) -> Result<(String, String), PkiError> {
+        let mut p = self.leaf_params(cn)?;
         p.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
-        p.use_authority_key_identifier_extension = true;
         for s in sans {
             let san = match s.parse::<std::net::IpAddr>() {
                 Ok(ip) => SanType::IpAddress(ip),
@@ -249,13 +287,33 @@ impl Pki {
             };
             p.subject_alt_names.push(san);
         }
+        let key = new_key();
         let pem = p.signed_by(&Ed25519Signer(&key), &self.issuer())?.pem();
-        let cert_path = self.dir.join(API_CERT_FILE);
-        let key_path = self.dir.join(API_KEY_FILE);
-        write_private(&key_path, key_pem(&key, &key_path)?.as_bytes())?;
-        // The chain: leaf, then the CA, so clients that pinned the CA can verify it.
-        write_private(&cert_path, format!("{pem}{}", self.ca_pem).as_bytes())?;
-        Ok((cert_path, key_path))
+        Ok((format!("{pem}{}", self.ca_pem), ed25519_pem(&key)))
+    }
+
+    /// A TLS client certificate with this CN (e.g. [`COORDINATOR_CN`]), valid a year, with
+    /// a fresh Ed25519 key. Returns (certificate PEM, key as PKCS#8 v1 PEM).
+    pub fn issue_client(&self, cn: &str) -> Result<(String, String), PkiError> {
+        let mut p = self.leaf_params(cn)?;
+        p.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
+        let key = new_key();
+        let pem = p.signed_by(&Ed25519Signer(&key), &self.issuer())?.pem();
+        Ok((pem, ed25519_pem(&key)))
+    }
+
+    fn leaf_params(&self, cn: &str) -> Result<CertificateParams, PkiError> {
+        let mut p = CertificateParams::default();
+        let mut dn = DistinguishedName::new();
+        dn.push(DnType::CommonName, cn);
+        p.distinguished_name = dn;
+        p.not_before = unix_time(now_unix().saturating_sub(300))?;
+        p.not_after = unix_time(now_unix() + 365 * 86400)?;
+        p.serial_number = Some(rand::random::<[u8; 16]>().to_vec().into());
+        p.is_ca = IsCa::ExplicitNoCa;
+        p.key_usages = vec![KeyUsagePurpose::DigitalSignature];
+        p.use_authority_key_identifier_extension = true;
+        Ok(p)
     }
 }
 
@@ -263,13 +321,19 @@ fn new_key() -> SigningKey {
     SigningKey::from_bytes(&rand::random::<[u8; 32]>())
 }
 
-fn key_pem(key: &SigningKey, path: &Path) -> Result<String, PkiError> {
-    key.to_pkcs8_pem(ed25519_dalek::pkcs8::spki::der::pem::LineEnding::LF)
-        .map(|z| z.to_string())
-        .map_err(|e| PkiError::Key {
-            path: path.to_owned(),
-            message: e.to_string(),
-        })
+/// An Ed25519 key as PKCS#8 v1 PEM (RFC 8410 without the public key), the form OpenSSL
+/// 3.0, rustls and ring all read.
+pub fn ed25519_pem(key: &SigningKey) -> String {
+    // PrivateKeyInfo { version 0, AlgorithmIdentifier { id-Ed25519 }, OCTET STRING {
+    // OCTET STRING (32) } }: a fixed prefix and the seed.
+    const PREFIX: [u8; 16] = [
+        0x30, 0x2e, 0x02, 0x01, 0x00, 0x30, 0x05, 0x06, 0x03, 0x2b, 0x65, 0x70, 0x04, 0x22, 0x04,
+        0x20,
+    ];
+    let mut der = PREFIX.to_vec();
+    der.extend_from_slice(key.as_bytes());
+    let b64 = crate::security::b64(&der);
+    format!("-----BEGIN PRIVATE KEY-----\n{b64}\n-----END PRIVATE KEY-----\n")
 }
 
 /// The DER bytes of the first certificate in a PEM text.
@@ -340,6 +404,42 @@ mod tests {
             )
             .unwrap();
         assert!(pki.issue_node_cert("pi-1", &device, u64::MAX).is_err());
+    }
+
+    /// Every key the coordinator writes is one OpenSSL 3.0 reads (`openssl pkey`), and
+    /// one written by an older version in PKCS#8 v2 is rewritten on load.
+    #[test]
+    fn keys_are_readable_by_openssl() {
+        use ed25519_dalek::pkcs8::EncodePrivateKey;
+        let dir = tempfile::tempdir().unwrap();
+        let old = SigningKey::from_bytes(&[9; 32]);
+        let v2 = old
+            .to_pkcs8_pem(ed25519_dalek::pkcs8::spki::der::pem::LineEnding::LF)
+            .unwrap();
+        std::fs::write(dir.path().join(KEY_FILE), v2.as_bytes()).unwrap();
+        let pki = Pki::load_or_create(dir.path()).unwrap();
+        assert_eq!(pki.public_key(), old.verifying_key());
+        let (_, broker_key) = pki.broker_tls(&["127.0.0.1".into()]).unwrap();
+        let (_, api_key) = pki.api_tls(&["127.0.0.1".into()]).unwrap();
+        let (_, client_key) = pki.issue_client(COORDINATOR_CN).unwrap();
+        let client_path = dir.path().join("client.key");
+        std::fs::write(&client_path, client_key).unwrap();
+        for key in [dir.path().join(KEY_FILE), broker_key, api_key, client_path] {
+            let out = std::process::Command::new("openssl")
+                .args(["pkey", "-noout", "-in"])
+                .arg(&key)
+                .output()
+                .expect("openssl is installed (scripts/install-deps.sh)");
+            assert!(
+                out.status.success(),
+                "openssl cannot read {}: {}",
+                key.display(),
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        // The same key, still.
+        let again = Pki::load_or_create(dir.path()).unwrap();
+        assert_eq!(again.public_key(), old.verifying_key());
     }
 
     #[test]

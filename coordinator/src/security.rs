@@ -8,9 +8,11 @@
 //! node's messages are refused outright. Rejections are counted per reason and per node,
 //! logged with the reason, and dropped: they never reach the core.
 //!
-//! **Modes.** Nodes without an identity (fleets that never enrolled, the quickstart) are
-//! accepted unsigned unless `--require-signatures`. An enrolled node is always verified,
-//! so its unsigned message is always refused.
+//! **Modes.** Nodes without an enrolled identity are refused (reason `unknown-node`), so
+//! every node must enroll; only development mode (`baton server --insecure-mqtt`, logged
+//! as a warning at start) accepts them unsigned, and `--require-signatures` refuses them
+//! even then. An enrolled node is always verified, so its unsigned message is always
+//! refused.
 //!
 //! **The last will.** `Offline` is published by the broker when the agent vanishes, so
 //! the agent signs it when it connects, with the seq and time of that moment. It is
@@ -141,9 +143,10 @@ pub struct SecurityConfig {
 }
 
 impl Default for SecurityConfig {
+    /// Signatures required: only `--insecure-mqtt` (development) accepts unenrolled nodes.
     fn default() -> Self {
         Self {
-            require_signatures: false,
+            require_signatures: true,
             window: DEFAULT_WINDOW,
             rotation_overlap: DEFAULT_ROTATION_OVERLAP,
         }

@@ -57,11 +57,18 @@ pub struct ServerConfig {
     /// (see `Core::with_pod_drain`).
     pub pod_drain: Duration,
     /// The embedded broker's listener speaks TLS and requires client certificates signed
-    /// by `client_ca` (see [`crate::broker`]). Embedded mode only.
+    /// by `client_ca` (see [`crate::broker`]). Embedded mode only. Without it (and without
+    /// `insecure_mqtt`) the broker gets a certificate from the coordinator's CA for its
+    /// listen address, loopback and `tls_sans`, and requires node certificates from the
+    /// same CA (`--mqtt-tls-auto`, the default).
     pub mqtt_tls: Option<BrokerTlsFiles>,
-    /// Run the embedded broker on a non-loopback address without TLS.
+    /// Development mode (`--insecure-mqtt`): the embedded broker speaks plain MQTT to
+    /// anyone, on any address. Logged as a warning at start. Whether unenrolled nodes are
+    /// accepted unsigned is `security.require_signatures` (the CLI turns it off with this).
     pub insecure_mqtt: bool,
-    /// The coordinator's CA and client identity for an `mqtts://` external broker.
+    /// The coordinator's CA and client identity for an `mqtts://` external broker. Without
+    /// it the coordinator trusts its own CA for the broker and presents a client
+    /// certificate it issues itself (CN `baton:coordinator`, `crate::pki`).
     pub broker_tls: Option<MqttClientFiles>,
     /// What pods may ask of their nodes beyond the defaults (`crate::policy`).
     pub policy: crate::policy::Policy,
@@ -194,6 +201,7 @@ impl Server {
             source,
         })?;
         let pki = Arc::new(crate::pki::Pki::load_or_create(&cfg.data_dir.join("pki"))?);
+        warn_insecure(&cfg);
         let (tls, api_ca) = match (&cfg.tls, cfg.api_tls_auto) {
             (Some(f), _) => (
                 Some(tls::server_config(&f.cert, &f.key)?),
@@ -219,7 +227,7 @@ impl Server {
         let registry = Arc::new(Registry::open(&cfg.data_dir, store.clone())?);
         let security = Arc::new(crate::security::Security::load(
             store.clone(),
-            pki,
+            pki.clone(),
             cfg.security.clone(),
         )?);
         let enroller = Arc::new(crate::enroll::Enroller::load(
@@ -246,7 +254,7 @@ impl Server {
                 },
             ))?;
 
-        let (broker, embedded_mqtt, broker_tls) = start_mqtt(&cfg).await?;
+        let (broker, embedded_mqtt, broker_tls) = start_mqtt(&cfg, &pki, &security).await?;
         let broker_identity = cfg
             .broker_tls
             .as_ref()
@@ -440,6 +448,8 @@ impl Server {
 /// bridge's TLS config.
 async fn start_mqtt(
     cfg: &ServerConfig,
+    pki: &crate::pki::Pki,
+    security: &Arc<crate::security::Security>,
 ) -> Result<
     (
         BrokerAddr,
@@ -456,16 +466,39 @@ async fn start_mqtt(
                 ));
             }
             let listen = *listen;
-            broker::check_listen(listen, cfg.mqtt_tls.is_some(), cfg.insecure_mqtt)?;
-            let files = cfg.mqtt_tls.clone();
-            let l = tokio::task::spawn_blocking(move || broker::start_with(listen, files.as_ref()))
-                .await
-                .map_err(|e| BrokerError::Stopped {
-                    addr: listen,
-                    reason: e.to_string(),
-                })??;
-            // With TLS the bridge uses the broker's plain loopback listener.
-            Ok((BrokerAddr::from(l.local), Some(l.addr), None))
+            let files = match (&cfg.mqtt_tls, cfg.insecure_mqtt) {
+                (Some(files), _) => Some(files.clone()),
+                (None, true) => None,
+                // --mqtt-tls-auto: a certificate from our CA; node certificates from it
+                // are the clients' (enrollment issues them).
+                (None, false) => {
+                    let (cert, key) = pki.broker_tls(&api_sans(listen, &cfg.tls_sans))?;
+                    Some(BrokerTlsFiles {
+                        cert,
+                        key,
+                        client_ca: cfg.data_dir.join("pki").join(crate::pki::CA_FILE),
+                    })
+                }
+            };
+            broker::check_listen(listen, files.is_some(), cfg.insecure_mqtt)?;
+            // A revoked node's certificate still chains to the CA: refused by name.
+            let refused: crate::mqtt_front::RefuseCn = {
+                let security = security.clone();
+                Arc::new(move |cn: &str| security.identity(cn).is_some_and(|r| r.revoked))
+            };
+            let l = tokio::task::spawn_blocking(move || {
+                broker::start_guarded(listen, files.as_ref(), Some(refused))
+            })
+            .await
+            .map_err(|e| BrokerError::Stopped {
+                addr: listen,
+                reason: e.to_string(),
+            })??;
+            // With TLS the bridge uses the broker's plain loopback listener, with the
+            // login only this process knows.
+            let mut local = BrokerAddr::from(l.local);
+            local.login = l.login;
+            Ok((local, Some(l.addr), None))
         }
         MqttMode::External { url } => {
             if cfg.mqtt_tls.is_some() {
@@ -474,9 +507,19 @@ async fn start_mqtt(
                 ));
             }
             let addr = BrokerAddr::parse(url)?;
-            let tls = match &cfg.broker_tls {
-                Some(files) => Some(tls::mqtt_client_config(files)?),
-                None => None,
+            let tls = match (&cfg.broker_tls, addr.tls) {
+                (Some(files), _) => Some(tls::mqtt_client_config(files)?),
+                // The broker's certificate is from our CA (`baton broker
+                // mosquitto-config`), and so is our client certificate, issued now.
+                (None, true) => {
+                    let (cert, key) = pki.issue_client(crate::pki::COORDINATOR_CN)?;
+                    Some(tls::mqtt_client_config_pem(
+                        pki.ca_pem().as_bytes(),
+                        cert.as_bytes(),
+                        key.as_bytes(),
+                    )?)
+                }
+                (None, false) => None,
             };
             // Refuses mqtts:// without material and material without mqtts://, now
             // rather than in the background.
@@ -486,6 +529,18 @@ async fn start_mqtt(
             }
             Ok((addr, None, tls))
         }
+    }
+}
+
+/// Development mode and unsigned nodes, said once at start (see docs/security.md, "Local
+/// users and the broker").
+fn warn_insecure(cfg: &ServerConfig) {
+    if cfg.insecure_mqtt && matches!(cfg.mqtt, MqttMode::Embedded { .. }) && cfg.mqtt_tls.is_none()
+    {
+        tracing::warn!("--insecure-mqtt: DEVELOPMENT ONLY. The embedded MQTT broker speaks plain MQTT to anyone who can reach it, including every local user: they can read every desired state");
+    }
+    if !cfg.security.require_signatures {
+        tracing::warn!("--insecure-mqtt: DEVELOPMENT ONLY. Nodes without an enrolled identity are accepted unsigned: whoever can publish on the broker can speak for them");
     }
 }
 

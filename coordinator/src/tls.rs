@@ -99,6 +99,39 @@ pub fn mqtt_client_config(files: &MqttClientFiles) -> Result<Arc<rustls::ClientC
     Ok(Arc::new(cfg))
 }
 
+/// [`mqtt_client_config`] from PEM bytes (the coordinator's own CA and the client
+/// certificate it issued itself).
+pub fn mqtt_client_config_pem(
+    ca: &[u8],
+    cert: &[u8],
+    key: &[u8],
+) -> Result<Arc<rustls::ClientConfig>, TlsError> {
+    let mem = |what: &str| PathBuf::from(format!("<{what} in memory>"));
+    let certs = |pem: &[u8], what: &str| {
+        CertificateDer::pem_slice_iter(pem)
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| TlsError::Cert {
+                path: mem(what),
+                message: e.to_string(),
+            })
+    };
+    let mut roots = rustls::RootCertStore::empty();
+    for c in certs(ca, "CA")? {
+        roots
+            .add(c)
+            .map_err(|e| TlsError::ClientCa(e.to_string()))?;
+    }
+    let key = PrivateKeyDer::from_pem_slice(key).map_err(|e| TlsError::Key {
+        path: mem("key"),
+        message: e.to_string(),
+    })?;
+    let cfg = rustls::ClientConfig::builder_with_provider(ring())
+        .with_safe_default_protocol_versions()?
+        .with_root_certificates(roots)
+        .with_client_auth_cert(certs(cert, "certificate")?, key)?;
+    Ok(Arc::new(cfg))
+}
+
 /// The embedded broker's TLS front ([`crate::mqtt_front`]): its certificate chain and
 /// key, and a client certificate required that chains to one of the CAs in
 /// `files.client_ca`. Built at start-up, so a bad file is an error then.

@@ -58,6 +58,12 @@ impl TestServer {
             pod_eviction_timeout: Duration::from_secs(60),
             pod_drain: Duration::from_secs(2),
             policy: Default::default(),
+            // The fake agents below speak plain, unsigned MQTT: development mode.
+            insecure_mqtt: true,
+            security: baton_coordinator::security::SecurityConfig {
+                require_signatures: false,
+                ..Default::default()
+            },
             ..ServerConfig::new(data_dir)
         };
         let server = Server::bind(cfg).await?;

@@ -23,6 +23,14 @@ pub mod token_server;
 /// The coordinator's enrollment listener in a lab (each lab has its own hub address).
 pub const ENROLL_PORT: u16 = 7475;
 
+/// The development-mode flags every lab passes (docs/security.md, "Local users and the
+/// broker"): labs run unenrolled agents unless a test enrolls them, which is cheaper than
+/// enrolling every device of every lab. `tests/tests/production.rs` runs the secure
+/// default, from docs/operations.md. An agent a test starts by hand needs
+/// [`DEV_AGENT_FLAGS`] too unless it enrolls.
+pub const DEV_COORDINATOR_FLAGS: &[&str] = &["--insecure-mqtt"];
+pub const DEV_AGENT_FLAGS: &[&str] = &["--insecure-unenrolled"];
+
 pub fn repo_root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
         .parent()
@@ -316,6 +324,13 @@ impl Lab {
         Self::start_inner(tag, agents, broker, &[], true)
     }
 
+    /// The namespaces, bridge and device links of a lab, and nothing running in them (no
+    /// registry, broker, coordinator or agent): for a test that starts them its own way.
+    /// The agents' `data_dir` and names are set, so dropping the lab still resets them.
+    pub fn start_bare(tag: &str, agents: usize) -> Result<Lab> {
+        Self::build(tag, agents, Broker::Embedded, &[])
+    }
+
     /// Builds the namespaces and links, starts the registry with the example images, the
     /// broker if external, the coordinator, and `agents` agents.
     pub fn start(tag: &str, agents: usize, broker: Broker) -> Result<Lab> {
@@ -339,6 +354,30 @@ impl Lab {
         coordinator_args: &[&str],
         mtls: bool,
     ) -> Result<Lab> {
+        let mut lab = Self::build(tag, agents, broker, coordinator_args)?;
+        if mtls {
+            lab.mtls = Some(lab.make_pki()?);
+        }
+        let started = (|| {
+            lab.start_registry()?;
+            if matches!(lab.broker, Broker::Mosquitto) {
+                lab.start_mosquitto()?;
+            }
+            lab.start_coordinator()?;
+            for i in 0..agents {
+                lab.start_agent(i)?;
+            }
+            Ok(())
+        })();
+        if let Err(e) = started {
+            lab.dump_logs();
+            return Err(e);
+        }
+        Ok(lab)
+    }
+
+    /// The namespaces and links (see [`Lab::start_bare`]).
+    fn build(tag: &str, agents: usize, broker: Broker, coordinator_args: &[&str]) -> Result<Lab> {
         let n = NEXT.fetch_add(1, Ordering::SeqCst);
         let pid = std::process::id();
         let subnet = (pid.wrapping_mul(7).wrapping_add(n * 13)) % 200 + 20;
@@ -406,24 +445,6 @@ impl Lab {
                 data_dir,
                 proc: None,
             });
-        }
-        if mtls {
-            lab.mtls = Some(lab.make_pki()?);
-        }
-        let started = (|| {
-            lab.start_registry()?;
-            if matches!(lab.broker, Broker::Mosquitto) {
-                lab.start_mosquitto()?;
-            }
-            lab.start_coordinator()?;
-            for i in 0..agents {
-                lab.start_agent(i)?;
-            }
-            Ok(())
-        })();
-        if let Err(e) = started {
-            lab.dump_logs();
-            return Err(e);
         }
         Ok(lab)
     }
@@ -554,9 +575,11 @@ impl Lab {
             .arg(self.dir.path().join("coordinator"))
             .env("RUST_LOG", log_filter());
         let listen = format!("{}:{}", self.hub_ip(), mqtt_port(self.mtls.is_some()));
+        // Development mode: plain MQTT (unless the lab has its own certificates) and
+        // unenrolled nodes accepted unsigned.
+        cmd.args(DEV_COORDINATOR_FLAGS);
         match (&self.broker, &self.mtls) {
-            // Plain MQTT off loopback has to be forced.
-            (Broker::Embedded, None) => cmd.args(["--mqtt-listen", &listen, "--insecure-mqtt"]),
+            (Broker::Embedded, None) => cmd.args(["--mqtt-listen", &listen]),
             (Broker::Mosquitto, None) => cmd.args(["--broker", &self.mqtt_url()]),
             (Broker::Embedded, Some(pki)) => cmd
                 .args(["--mqtt-listen", &listen])
@@ -640,7 +663,7 @@ impl Lab {
         .arg("--data-dir")
         .arg(&a.data_dir)
         .env("RUST_LOG", log_filter());
-        cmd.args(tls_args).args(extra);
+        cmd.args(tls_args).args(DEV_AGENT_FLAGS).args(extra);
         let log = a.data_dir.with_extension("log");
         a.proc = Some(Proc::spawn_appending(&a.name.clone(), &mut cmd, log)?);
         Ok(())

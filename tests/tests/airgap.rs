@@ -57,6 +57,7 @@ fn restart_agent_with(lab: &mut Lab, i: usize, extra: &[&str]) -> Result<()> {
     let mut cmd = a.ns.cmd(bin("baton-agent"));
     cmd.args(["--coordinator", &mqtt, "--node-name", &a.name])
         .args(["--insecure-registry", &registry, "--heartbeat-secs", "1"])
+        .args(baton_e2e::DEV_AGENT_FLAGS)
         .args(["--pod-cidr", &format!("10.42.{}.0/24", i + 1)])
         .arg("--data-dir")
         .arg(&a.data_dir)

@@ -140,6 +140,7 @@ impl Rig {
         let mut cmd = a.ns.cmd(bin("baton-agent"));
         cmd.args(["--coordinator", &mqtt, "--node-name", &a.name])
             .args(["--heartbeat-secs", "1"])
+            .args(baton_e2e::DEV_AGENT_FLAGS)
             .args(["--pod-cidr", &format!("10.42.{}.0/24", i + 1)])
             .args(["--labels", &format!("baton-node={}", a.name)])
             .arg("--data-dir")

@@ -164,7 +164,7 @@ fn steps(lab: &mut Lab) -> Result<()> {
     start_enrolled(lab, 0, &token)?;
     let n0 = lab.agents[0].name.clone();
     let text = enroll_refused(lab, 1, &token, "reused")?;
-    ensure!(text.contains("invalid join token"), "reused token: {text}");
+    ensure!(text.contains("already used"), "reused token: {text}");
     // An expired token is refused.
     let expired = lab.join_token(&["--ttl", "1s"])?;
     std::thread::sleep(Duration::from_secs(2));

@@ -23,7 +23,7 @@
 //! a layer forge redirects or metacopy files. `hostile` (tests and the fuzz target) feeds
 //! arbitrary entries and checks that the outside stays as it was.
 
-use std::cell::{Cell, RefCell};
+use std::cell::RefCell;
 use std::ffi::OsStr;
 use std::fs;
 use std::io::{self, BufRead, BufReader, Read};
@@ -67,7 +67,7 @@ pub(crate) trait Meter {
 #[derive(Default)]
 pub(crate) struct Tally {
     pub limit: Option<u64>,
-    pub charged: Cell<u64>,
+    pub charged: std::cell::Cell<u64>,
 }
 
 #[cfg(any(test, feature = "fuzzing"))]

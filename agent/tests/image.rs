@@ -813,9 +813,19 @@ async fn present(s: &ImageStore, u: &Unique) -> bool {
 async fn budget_removes_unused_images_lru_first_and_never_in_use_ones() -> Result<()> {
     let reg = Registry::start()?;
     let client = push_client();
+    // e is small and f big: the budget holds while a layer unpacks next to its blob too
+    // (issue 9.4), so e must fit beside three images with its blob, and f must not fit
+    // up front once e is stored.
     let mut images = Vec::new();
-    for name in ["a", "b", "c", "d", "e", "f"] {
-        images.push(push_unique(&client, reg.addr(), name, 512 << 10).await?);
+    for (name, size) in [
+        ("a", 512 << 10),
+        ("b", 512 << 10),
+        ("c", 512 << 10),
+        ("d", 512 << 10),
+        ("e", 128 << 10),
+        ("f", 768 << 10),
+    ] {
+        images.push(push_unique(&client, reg.addr(), name, size).await?);
     }
     let [a, b, c, d, e, f] = &images[..] else {
         unreachable!()

@@ -23,9 +23,10 @@ use super::{ImageError, Inner};
 /// other writers share the disk.
 const STAT_EVERY: u64 = 1 << 20;
 
-/// Room asked of the collector when a charge crosses a limit, so it does not run again at
-/// the next read.
-const RESERVE: u64 = 8 << 20;
+/// Room asked of the collector when a charge crosses a limit, beyond what is charged: a
+/// few reads, so it does not run at every read, yet small, so it removes no more unused
+/// images than the layer needs (the rest of the layer is unknown).
+const RESERVE: u64 = 64 << 10;
 
 /// Charges of all unpacks of one store.
 #[derive(Default)]

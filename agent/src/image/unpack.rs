@@ -195,7 +195,7 @@ pub(crate) fn extract(
         unpack_entry(&mut entry, root, meter, block).map_err(|e| match e {
             EntryError::Unsafe(reason) => budget_first(bad(reason)),
             EntryError::Io(context, source) => budget_first(ImageError::io(context)(source)),
-            EntryError::Refused(e) => e,
+            EntryError::Refused(e) => *e,
         })?;
     }
     // The tar may end before the stream does (end-of-archive blocks, padding); the diff_id
@@ -208,9 +208,10 @@ pub(crate) fn extract(
 }
 
 /// The filesystem's allocation unit, at least 4 KiB (what ext4 and tmpfs allocate).
+#[allow(clippy::unnecessary_cast)] // c_ulong is u32 on 32-bit targets
 fn fs_block(root: &Path) -> u64 {
     nix::sys::statvfs::statvfs(root)
-        .map(|s| s.block_size() as u64)
+        .map(|s| s.fragment_size() as u64)
         .unwrap_or(0)
         .max(4096)
 }
@@ -221,7 +222,7 @@ pub(crate) enum EntryError {
     Unsafe(String),
     Io(String, io::Error),
     /// The meter stopped the unpack.
-    Refused(ImageError),
+    Refused(Box<ImageError>),
 }
 
 fn io_err(context: impl Into<String>) -> impl FnOnce(io::Error) -> EntryError {
@@ -357,7 +358,11 @@ fn unpack_entry<R: Read>(
     };
     let parent = rel.parent().unwrap_or(Path::new(""));
     // What the tar stream does not pay for: directories created on the way.
-    let charge = |bytes: u64| meter.charge(bytes).map_err(EntryError::Refused);
+    let charge = |bytes: u64| {
+        meter
+            .charge(bytes)
+            .map_err(|e| EntryError::Refused(Box::new(e)))
+    };
     charge(missing_dirs(root, parent) * block)?;
 
     match marker(name) {

@@ -1119,6 +1119,48 @@ async fn unpack_is_metered_collects_unused_images_and_stops_at_the_budget() -> R
     Ok(())
 }
 
+/// Layers carry setuid-root files and device nodes, so the store is root's alone (0700);
+/// containers still read their files through overlayfs, whatever user they run as.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn store_is_root_only_yet_rootfs_files_stay_readable_to_other_users() -> Result<()> {
+    let reg = Registry::start()?;
+    let client = push_client();
+    let u = push_unique(&client, reg.addr(), "perm", 4 << 10).await?;
+    let tmp = tempfile::tempdir()?;
+    let root = tmp.path().join("store");
+    let s = store(&root, &reg, amd64())?;
+    let img = s.ensure(&u.reference, PullPolicy::IfNotPresent).await?;
+    assert_eq!(fs::metadata(&root)?.mode() & 0o7777, 0o700);
+    let container = tmp.path().join("containers/perm");
+    let _guard = Rootfs {
+        store: &s,
+        dir: container.clone(),
+    };
+    let rootfs = s.mount_rootfs(&img, &container)?;
+    let as_user = |path: &Path| {
+        std::process::Command::new("setpriv")
+            .args([
+                "--reuid",
+                "1000",
+                "--regid",
+                "1000",
+                "--clear-groups",
+                "cat",
+            ])
+            .arg(path)
+            .output()
+    };
+    let through_overlay = as_user(&rootfs.join("name"))?;
+    assert!(through_overlay.status.success(), "{through_overlay:?}");
+    assert_eq!(through_overlay.stdout, b"perm");
+    let direct = as_user(&layer_dir(&root, &u.layer.digest).join("name"))?;
+    assert!(
+        !direct.status.success(),
+        "a host user read a layer: {direct:?}"
+    );
+    Ok(())
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn cut_download_resumes_with_a_range_request() -> Result<()> {
     let reg = Registry::start()?;

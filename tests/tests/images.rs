@@ -434,6 +434,19 @@ fn gzip(data: &[u8]) -> Result<Vec<u8>> {
 /// Pushes `repo:tag`: busybox's amd64 base layer plus one layer holding `file` (a tar,
 /// gzipped if `gz`), running `sleep 3600`. Returns the extra layer's digest.
 fn push_image(rig: &Rig, repo: &str, file: &[u8], gz: bool) -> Result<String> {
+    let tar = tar_one("filler.bin", file);
+    let diff_id = sha256(&tar);
+    let (blob, media) = if gz {
+        (gzip(&tar)?, "application/vnd.oci.image.layer.v1.tar+gzip")
+    } else {
+        (tar, "application/vnd.oci.image.layer.v1.tar")
+    };
+    push_layer(rig, repo, &blob, &diff_id, media)
+}
+
+/// Pushes `repo:1`: busybox's amd64 base layer plus the layer `blob` (whose uncompressed
+/// digest is `diff_id`), running `sleep 3600`. Returns the layer's digest.
+fn push_layer(rig: &Rig, repo: &str, blob: &[u8], diff_id: &str, media: &str) -> Result<String> {
     let lab = &rig.lab;
     let bb = image_info(lab, "baton/busybox", "1")?;
     let (base, base_size) = bb.layers[0].clone();
@@ -450,14 +463,7 @@ fn push_image(rig: &Rig, repo: &str, file: &[u8], gz: bool) -> Result<String> {
             ),
         ],
     )?;
-    let tar = tar_one("filler.bin", file);
-    let diff_id = sha256(&tar);
-    let (blob, media) = if gz {
-        (gzip(&tar)?, "application/vnd.oci.image.layer.v1.tar+gzip")
-    } else {
-        (tar, "application/vnd.oci.image.layer.v1.tar")
-    };
-    let layer = put_blob(rig, repo, &blob)?;
+    let layer = put_blob(rig, repo, blob)?;
     let config = json!({
         "architecture": "amd64", "os": "linux",
         "config": {"Env": ["PATH=/usr/sbin:/usr/bin:/sbin:/bin"], "Cmd": SLEEP},
@@ -1341,5 +1347,252 @@ async fn arm64_node_gets_the_arm64_manifest_and_pull_figures() -> Result<()> {
     for f in &figures {
         eprintln!("FIGURE {f}");
     }
+    Ok(())
+}
+
+// ----- 7. hostile layers (issue 9) -------------------------------------------------------
+
+/// Names of the unpacked layers in agent `i`'s store.
+fn layer_names(rig: &Rig, i: usize) -> Result<std::collections::BTreeSet<String>> {
+    Ok(fs::read_dir(rig.store(i).join("layers/sha256"))?
+        .filter_map(|e| e.ok())
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .collect())
+}
+
+/// Issue 9.1: a layer whose only entry is a whiteout named `..` (`.wh...`) made the agent
+/// remove `<layer tmp>/..`, i.e. `<data-dir>/images/layers/sha256`: every layer on the
+/// node, so the running pods' root filesystems went empty while they showed Running. Here a
+/// real agent pulls such an image from the registry while a pod runs on it.
+#[test]
+fn whiteout_of_dot_dot_fails_the_pull_and_harms_no_other_pod() -> Result<()> {
+    let mut rig = Rig::new("imgw")?;
+    let r = whiteout_steps(&mut rig);
+    rig.check(r)
+}
+
+fn whiteout_steps(rig: &mut Rig) -> Result<()> {
+    let tar = tar_one(".wh...", b"");
+    push_layer(
+        rig,
+        "evil/dotdot",
+        &tar,
+        &sha256(&tar),
+        "application/vnd.oci.image.layer.v1.tar",
+    )?;
+    let reg = rig.lab.registry();
+    let px = rig.proxy_to(&reg)?;
+    let p = rig.proxies[px].addr();
+    let i = rig.add_agent(&["--insecure-registry".into(), p.clone()])?;
+    let node = rig.node(i);
+    let echo = format!("{p}/baton/http-echo:1");
+
+    rig.lab.apply(&pod("web", &node, &echo, None, &[]))?;
+    let web = wait_running(&rig.lab, "web")?;
+    let ip = web["status"]["podIP"]
+        .as_str()
+        .unwrap_or_default()
+        .to_owned();
+    let before = layer_names(rig, i)?;
+    ensure!(!before.is_empty(), "no layers after the first pull");
+
+    rig.lab.apply(&pod(
+        "evil",
+        &node,
+        &format!("{p}/evil/dotdot:1"),
+        None,
+        &[],
+    ))?;
+    wait_failed(&rig.lab, "evil", "ImagePullFailed")?;
+    // Let the agent retry the pull: each retry used to wipe the store again.
+    std::thread::sleep(Duration::from_secs(12));
+
+    let after = layer_names(rig, i)?;
+    ensure!(
+        before.is_subset(&after),
+        "layers removed: before {before:?}, after {after:?}"
+    );
+    ensure!(
+        !after.iter().any(|n| n.contains(".tmp-")),
+        "half-unpacked layer left: {after:?}"
+    );
+    // The running pod's rootfs is whole: its CGI script and the shell that runs it come
+    // from the layers.
+    let web = get_pod(&rig.lab, "web")?;
+    ensure!(running(&web), "{web}");
+    let body = http_info(&rig.lab, &node, &ip, Duration::from_secs(10))?;
+    ensure!(body.contains("version=1"), "{body:?}");
+    // The pull failed for what the layer is, and says so.
+    let reason = wait_failed(&rig.lab, "evil", "ImagePullFailed: invalid layer")?;
+    eprintln!("FIGURE whiteout ..: {reason}");
+    ensure!(reason.contains("whiteout"), "{reason}");
+    // And the image still starts pods from the store without pulling it again.
+    let gets = rig.proxies[px].requests().len();
+    rig.lab.apply(&pod("web2", &node, &echo, None, &[]))?;
+    wait_running(&rig.lab, "web2")?;
+    let manifest_only = rig.proxies[px].requests()[gets..]
+        .iter()
+        .all(|r| !r.path.contains("/blobs/"));
+    ensure!(manifest_only, "http-echo's blobs were fetched again");
+    Ok(())
+}
+
+/// A gzip of a tar holding one file of `len` zero bytes, made by a streaming `gzip`;
+/// returns it and the tar's digest (its diff_id).
+fn gzip_zeros(len: u64) -> Result<(Vec<u8>, String)> {
+    use std::io::Write;
+    let mut head = tar_one("zeros", b"");
+    head.truncate(512);
+    head[124..136].copy_from_slice(format!("{len:011o}\0").as_bytes());
+    head[148..156].copy_from_slice(b"        ");
+    let sum: u32 = head.iter().map(|&b| b as u32).sum();
+    head[148..156].copy_from_slice(format!("{sum:06o}\0 ").as_bytes());
+    let mut child = Command::new("gzip")
+        .args(["-n", "-9"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()?;
+    let mut stdin = child.stdin.take().context("stdin")?;
+    let writer = std::thread::spawn(move || -> std::io::Result<String> {
+        let mut hasher = Sha256::new();
+        let mut put = |b: &[u8]| {
+            hasher.update(b);
+            stdin.write_all(b)
+        };
+        put(&head)?;
+        let chunk = vec![0u8; 1 << 20];
+        let mut left = len;
+        while left > 0 {
+            let n = left.min(chunk.len() as u64) as usize;
+            put(&chunk[..n])?;
+            left -= n as u64;
+        }
+        put(&[0u8; 1024])?;
+        Ok(format!("sha256:{}", hex::encode(hasher.finalize())))
+    });
+    let out = child.wait_with_output()?;
+    let diff_id = writer
+        .join()
+        .map_err(|_| anyhow::anyhow!("gzip writer"))??;
+    ensure!(out.status.success(), "gzip failed");
+    Ok((out.stdout, diff_id))
+}
+
+/// Allocated bytes under `root` (st_blocks, hard links once), without a subprocess, so
+/// it can sample a store many times a second.
+fn allocated(root: &Path) -> u64 {
+    use std::os::unix::fs::MetadataExt;
+    let mut total = 0;
+    let mut seen = std::collections::HashSet::new();
+    let mut stack = vec![root.to_path_buf()];
+    while let Some(p) = stack.pop() {
+        let Ok(m) = fs::symlink_metadata(&p) else {
+            continue;
+        };
+        if m.nlink() > 1 && !m.is_dir() && !seen.insert(m.ino()) {
+            continue;
+        }
+        total += m.blocks() * 512;
+        if m.is_dir() {
+            if let Ok(rd) = fs::read_dir(&p) {
+                stack.extend(rd.filter_map(|e| e.ok()).map(|e| e.path()));
+            }
+        }
+    }
+    total
+}
+
+/// Issue 9.4: the budget was checked only once a layer was unpacked, so a small gzip that
+/// expands hugely filled the disk first. A real bomb layer (384 MiB of zeros in well under
+/// 1 MiB of gzip) pulled under `--image-disk-budget 64Mi`: the pull fails with
+/// `disk budget`, and the store, sampled all along, never grows past the budget plus one
+/// read buffer.
+#[test]
+fn gzip_bomb_stops_at_the_disk_budget_while_unpacking() -> Result<()> {
+    let mut rig = Rig::new("imgb")?;
+    let r = bomb_steps(&mut rig);
+    rig.check(r)
+}
+
+fn bomb_steps(rig: &mut Rig) -> Result<()> {
+    const BUDGET: u64 = 64 << 20;
+    const BOMB: u64 = 384 << 20;
+    // What the unpacker may write past its accounting: one read of the tar stream (8 KiB),
+    // and the temporary directory's own block; rounded up generously.
+    const ONE_BUFFER: u64 = 64 << 10;
+    let (gz, diff_id) = gzip_zeros(BOMB)?;
+    ensure!(gz.len() < 1 << 20, "bomb is {} B compressed", gz.len());
+    let bomb = push_layer(
+        rig,
+        "fill/bomb",
+        &gz,
+        &diff_id,
+        "application/vnd.oci.image.layer.v1.tar+gzip",
+    )?;
+    let reg = rig.lab.registry();
+    let px = rig.proxy_to(&reg)?;
+    let p = rig.proxies[px].addr();
+    let i = rig.add_agent(&[
+        "--insecure-registry".into(),
+        p.clone(),
+        "--image-disk-budget".into(),
+        "64Mi".into(),
+    ])?;
+    let node = rig.node(i);
+    rig.lab.apply(&pod(
+        "web",
+        &node,
+        &format!("{p}/baton/http-echo:1"),
+        None,
+        &[],
+    ))?;
+    let web = wait_running(&rig.lab, "web")?;
+
+    let store = rig.store(i);
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let sampler = {
+        let (store, stop) = (store.clone(), stop.clone());
+        std::thread::spawn(move || {
+            let (mut peak, mut samples) = (0u64, 0u64);
+            while !stop.load(Ordering::Relaxed) {
+                peak = peak.max(allocated(&store));
+                samples += 1;
+                std::thread::sleep(Duration::from_millis(5));
+            }
+            (peak, samples)
+        })
+    };
+    rig.lab
+        .apply(&pod("bomb", &node, &format!("{p}/fill/bomb:1"), None, &[]))?;
+    let reason = wait_failed(&rig.lab, "bomb", "ImagePullFailed: disk budget");
+    stop.store(true, Ordering::Relaxed);
+    let (peak, samples) = sampler
+        .join()
+        .map_err(|_| anyhow::anyhow!("sampler panicked"))?;
+    let reason = reason?;
+    eprintln!(
+        "FIGURE gzip bomb: {} B gzip expanding to {BOMB} B, budget {BUDGET} B: store peak {peak} B over {samples} samples; {reason}",
+        gz.len()
+    );
+    ensure!(
+        !rig.proxies[px].blob_gets(&bomb).is_empty(),
+        "the bomb was never downloaded"
+    );
+    ensure!(
+        peak <= BUDGET + ONE_BUFFER,
+        "the store grew to {peak} B under a {BUDGET} B budget"
+    );
+    let left: Vec<_> = layer_names(rig, i)?
+        .into_iter()
+        .filter(|n| n.contains(".tmp-") || n == hex_of(&bomb))
+        .collect();
+    ensure!(left.is_empty(), "partial bomb layer left: {left:?}");
+    let now = du(&store)?;
+    ensure!(now <= BUDGET, "store at {now} B after the failed pull");
+    let web_now = get_pod(&rig.lab, "web")?;
+    ensure!(
+        running(&web_now) && web_now["metadata"]["uid"] == web["metadata"]["uid"],
+        "{web_now}"
+    );
     Ok(())
 }

@@ -2,6 +2,7 @@
 
 use std::fs;
 use std::io::{self, Read, Write};
+use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 
@@ -94,6 +95,11 @@ impl Layout {
             fs::create_dir_all(dir).map_err(ImageError::io(format!("create {}", dir.display())))?;
             sweep(dir)?;
         }
+        // Layers hold what images hold: setuid-root files and device nodes. Only root may
+        // walk to them on the host (containers see them through overlayfs, which checks
+        // the layers with the mounter's credentials).
+        fs::set_permissions(root, fs::Permissions::from_mode(0o700))
+            .map_err(ImageError::io(format!("chmod {}", root.display())))?;
         Ok(layout)
     }
 

@@ -19,8 +19,8 @@
 //!
 //! Disk budget: see [`gc`]. Pulls make room first (orphans, then unused images least
 //! recently used first), refuse up front what cannot fit even then (`disk budget: ...`,
-//! before downloading), and check the measured use again after every layer, so that an
-//! image that unpacks bigger than guessed fails cleanly instead of filling the disk.
+//! before downloading), count every byte while a layer unpacks and stop it at the budget or
+//! the free-disk floor ([`meter`]), and check the measured use again after every layer.
 //!
 //! Invariants, so that a killed agent or a flipped bit on an SD card never yields a wrong
 //! rootfs:
@@ -38,7 +38,12 @@
 mod auth;
 mod flight;
 pub mod gc;
+/// Hostile layers for the property test and the fuzz target (feature `fuzzing`).
+#[cfg(any(test, feature = "fuzzing"))]
+#[doc(hidden)]
+pub mod hostile;
 mod layout;
+mod meter;
 mod mirror;
 mod overlay;
 mod platform;
@@ -277,6 +282,8 @@ struct Inner {
     limits: DiskLimits,
     /// Measured sizes of unpacked layers, by hex digest (layers never change).
     layer_sizes: Mutex<HashMap<String, u64>>,
+    /// What unpacks in flight have written; see [`meter`].
+    unpack_charges: meter::Charges,
     /// One collection at a time; held on a blocking thread only.
     gc_lock: Mutex<()>,
     keep_layer_blobs: bool,
@@ -369,6 +376,7 @@ impl ImageStore {
                 keep: Keep::new(),
                 limits: cfg.limits,
                 layer_sizes: Mutex::new(HashMap::new()),
+                unpack_charges: meter::Charges::default(),
                 gc_lock: Mutex::new(()),
                 keep_layer_blobs: cfg.keep_layer_blobs,
                 mirror: cfg.mirror,
@@ -733,6 +741,18 @@ impl Inner {
         }
     }
 
+    /// Blocking: unpacks a layer blob into `dir`, metered against the store's limits.
+    fn unpack_metered(
+        &self,
+        blob: &Path,
+        dir: &Path,
+        digest: &str,
+        diff_id: &str,
+    ) -> Result<(), ImageError> {
+        let meter = meter::StoreMeter::new(self, digest)?;
+        unpack::unpack_layer(blob, dir, digest, diff_id, &meter)
+    }
+
     /// Blocking: one collection making room for `need` bytes.
     fn collect(&self, need: u64) -> Result<GcReport, ImageError> {
         let _one = self.gc_lock.lock().unwrap_or_else(|e| e.into_inner());
@@ -896,8 +916,9 @@ impl Inner {
         let blob = self.ensure_blob(reference, creds, layer).await?;
         let (digest, diff_id) = (layer.digest.clone(), diff_id.to_owned());
         let keep_blob = self.keep_layer_blobs;
+        let inner = Arc::clone(self);
         blocking(move || {
-            unpack::unpack_layer(&blob, &dir, &digest, &diff_id)?;
+            inner.unpack_metered(&blob, &dir, &digest, &diff_id)?;
             if !keep_blob {
                 // The layer is complete and verified; its compressed copy is dead weight.
                 if let Err(e) = std::fs::remove_file(&blob) {

@@ -413,9 +413,10 @@ impl ImageStore {
                 diff_id.clone(),
             );
             let keep_blob = inner.keep_layer_blobs;
+            let metered = Arc::clone(inner);
             blocking(move || {
                 s.copy_blob(&digest, size, &blob)?;
-                let unpacked = unpack::unpack_layer(&blob, &dir, &digest, &diff_id);
+                let unpacked = metered.unpack_metered(&blob, &dir, &digest, &diff_id);
                 if !keep_blob || unpacked.is_err() {
                     let _ = fs::remove_file(&blob);
                 }

@@ -4,13 +4,26 @@
 //! - `dir/.wh.<name>` becomes a character device 0:0 named `dir/<name>`;
 //! - `dir/.wh..wh..opq` becomes the xattr `trusted.overlay.opaque=y` on `dir`.
 //!
-//! Layers come from the network, so every path is checked: absolute paths and `..` are
-//! refused, and nothing is ever created through a symlink that leads out of the layer
-//! (regular entries go through tar's `unpack_in`, which checks the canonical parent; the
-//! nodes and markers created here walk the parent components without following symlinks).
+//! Layers come from the network, so nothing outside the layer's own (temporary) directory
+//! is ever created, changed or removed, whatever the tarball holds:
+//! - absolute paths and `..` are refused, in entry names and hard link targets;
+//! - a whiteout names exactly one file in its directory: `.wh.`, `.wh..` and `.wh...` are
+//!   refused (`.wh...` once made the agent remove `<layer tmp>/..`, every layer of the node);
+//! - nothing is created through a symlink that leads out of the layer (regular entries go
+//!   through tar's `unpack_in`, which checks the canonical parent and the canonical hard link
+//!   target; the nodes and markers created here walk the parent components without following
+//!   symlinks, and xattrs are set with `lsetxattr`);
+//! - device nodes lose setuid, setgid and sticky bits; setuid files keep theirs (images need
+//!   them), and the store's root is 0700 ([`super::layout`]) so no other host user reaches
+//!   them or the nodes;
+//! - every byte written is charged to a [`Meter`] before it is written, so a layer that
+//!   expands past the disk budget stops within one read buffer (see [`super::meter`]).
+//!
 //! Overlay's own xattrs (`trusted.overlay.*`) are never taken from a tarball: they would let
-//! a layer forge redirects or metacopy files.
+//! a layer forge redirects or metacopy files. `hostile` (tests and the fuzz target) feeds
+//! arbitrary entries and checks that the outside stays as it was.
 
+use std::cell::RefCell;
 use std::ffi::OsStr;
 use std::fs;
 use std::io::{self, BufRead, BufReader, Read};
@@ -32,6 +45,8 @@ const WHITEOUT_PREFIX: &str = ".wh.";
 const OPAQUE_MARKER: &str = ".wh..wh..opq";
 const OPAQUE_XATTR: &str = "trusted.overlay.opaque";
 const PAX_XATTR_PREFIX: &str = "SCHILY.xattr.";
+/// Symlink targets this long get a data block of their own on ext4.
+const EXT4_FAST_SYMLINK: usize = 60;
 
 /// Whether the store can unpack layers of this media type. The payload is sniffed anyway
 /// (gzip or plain tar), so this only rules out what cannot work: zstd, and non-layers.
@@ -40,19 +55,50 @@ pub(crate) fn supported_media_type(media_type: &str) -> bool {
     !mt.contains("zstd") && (mt.contains("tar") || mt.ends_with("layer.v1"))
 }
 
+/// Counts what an unpack writes.
+pub(crate) trait Meter {
+    /// `bytes` more are about to be written; an error (normally [`ImageError::DiskBudget`])
+    /// stops the unpack before they are.
+    fn charge(&self, bytes: u64) -> Result<(), ImageError>;
+}
+
+/// A meter with an optional fixed limit, for tests and fuzzing: counts what was charged.
+#[cfg(any(test, feature = "fuzzing"))]
+#[derive(Default)]
+pub(crate) struct Tally {
+    pub limit: Option<u64>,
+    pub charged: std::cell::Cell<u64>,
+}
+
+#[cfg(any(test, feature = "fuzzing"))]
+impl Meter for Tally {
+    fn charge(&self, bytes: u64) -> Result<(), ImageError> {
+        let now = self.charged.get().saturating_add(bytes);
+        self.charged.set(now);
+        match self.limit {
+            Some(limit) if now > limit => Err(ImageError::DiskBudget(format!(
+                "layer would use more than {limit} B"
+            ))),
+            _ => Ok(()),
+        }
+    }
+}
+
 /// Unpacks the layer blob into `dest`, which must not exist yet: into a temporary sibling
 /// first, checked against `diff_id` (the digest of the uncompressed tar), synced to disk and
-/// renamed into place, so that `dest` existing means the layer is complete.
+/// renamed into place, so that `dest` existing means the layer is complete. Whatever fails
+/// (a hostile entry, the budget), the temporary directory is removed.
 pub(crate) fn unpack_layer(
     blob: &Path,
     dest: &Path,
     digest: &str,
     diff_id: &str,
+    meter: &dyn Meter,
 ) -> Result<(), ImageError> {
     let tmp = temp_sibling(dest);
     fs::create_dir(&tmp).map_err(ImageError::io(format!("create {}", tmp.display())))?;
     let result = (|| {
-        let actual = extract(blob, &tmp, digest)?;
+        let actual = extract(blob, &tmp, digest, meter)?;
         if actual != diff_id {
             return Err(ImageError::InvalidLayer {
                 digest: digest.to_owned(),
@@ -75,15 +121,24 @@ pub(crate) fn unpack_layer(
     result
 }
 
-/// A reader that hashes what passes through it.
-struct Hashing<R> {
+/// A reader that hashes what passes through it and charges it to the meter before handing
+/// it on: tar writes file data as it reads it, so nothing is written past a refusal. (The
+/// tar stream is at least the data it holds, headers and padding included; what it does
+/// not cover, block rounding and directories, is charged per entry.)
+struct Hashing<'m, R> {
     inner: R,
     hasher: Sha256,
+    meter: &'m dyn Meter,
+    refused: &'m RefCell<Option<ImageError>>,
 }
 
-impl<R: Read> Read for Hashing<R> {
+impl<R: Read> Read for Hashing<'_, R> {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
         let n = self.inner.read(buf)?;
+        if let Err(e) = self.meter.charge(n as u64) {
+            *self.refused.borrow_mut() = Some(e);
+            return Err(io::Error::other("stopped by the disk budget"));
+        }
         self.hasher.update(&buf[..n]);
         Ok(n)
     }
@@ -91,7 +146,12 @@ impl<R: Read> Read for Hashing<R> {
 
 /// Extracts the (gzip or plain) tarball `blob` into `root`; returns the `sha256:` digest of
 /// the uncompressed tar.
-pub(crate) fn extract(blob: &Path, root: &Path, digest: &str) -> Result<String, ImageError> {
+pub(crate) fn extract(
+    blob: &Path,
+    root: &Path,
+    digest: &str,
+    meter: &dyn Meter,
+) -> Result<String, ImageError> {
     let file = fs::File::open(blob).map_err(ImageError::io(format!("open {}", blob.display())))?;
     let mut reader = BufReader::new(file);
     let head = reader
@@ -108,9 +168,12 @@ pub(crate) fn extract(blob: &Path, root: &Path, digest: &str) -> Result<String, 
     } else {
         Box::new(reader)
     };
+    let refused = RefCell::new(None);
     let mut archive = tar::Archive::new(Hashing {
         inner: decoded,
         hasher: Sha256::new(),
+        meter,
+        refused: &refused,
     });
     archive.set_preserve_permissions(true);
     archive.set_preserve_ownerships(true);
@@ -119,21 +182,38 @@ pub(crate) fn extract(blob: &Path, root: &Path, digest: &str) -> Result<String, 
     // Xattrs are applied by us, filtered; see the module doc.
     archive.set_unpack_xattrs(false);
 
+    // A refusal by the meter surfaces from tar as some io error; the meter's reason wins.
+    let budget_first = |e: ImageError| refused.borrow_mut().take().unwrap_or(e);
+    let block = fs_block(root);
+    // The layer's own directory.
+    meter.charge(block)?;
     let entries = archive
         .entries()
-        .map_err(|e| bad(format!("not a tar archive: {e}")))?;
+        .map_err(|e| budget_first(bad(format!("not a tar archive: {e}"))))?;
     for entry in entries {
-        let mut entry = entry.map_err(|e| bad(format!("corrupt tar: {e}")))?;
-        unpack_entry(&mut entry, root).map_err(|e| match e {
-            EntryError::Unsafe(reason) => bad(reason),
-            EntryError::Io(context, source) => ImageError::io(context)(source),
+        let mut entry = entry.map_err(|e| budget_first(bad(format!("corrupt tar: {e}"))))?;
+        unpack_entry(&mut entry, root, meter, block).map_err(|e| match e {
+            EntryError::Unsafe(reason) => budget_first(bad(reason)),
+            EntryError::Io(context, source) => budget_first(ImageError::io(context)(source)),
+            EntryError::Refused(e) => *e,
         })?;
     }
     // The tar may end before the stream does (end-of-archive blocks, padding); the diff_id
-    // covers all of it.
+    // covers all of it. It is charged too, which bounds the work a bomb made of trailing
+    // zeros can cause.
     let mut rest = archive.into_inner();
-    io::copy(&mut rest, &mut io::sink()).map_err(|e| bad(format!("corrupt stream: {e}")))?;
+    io::copy(&mut rest, &mut io::sink())
+        .map_err(|e| budget_first(bad(format!("corrupt stream: {e}"))))?;
     Ok(format!("sha256:{}", hex::encode(rest.hasher.finalize())))
+}
+
+/// The filesystem's allocation unit, at least 4 KiB (what ext4 and tmpfs allocate).
+#[allow(clippy::unnecessary_cast)] // c_ulong is u32 on 32-bit targets
+fn fs_block(root: &Path) -> u64 {
+    nix::sys::statvfs::statvfs(root)
+        .map(|s| s.fragment_size() as u64)
+        .unwrap_or(0)
+        .max(4096)
 }
 
 #[derive(Debug)]
@@ -141,6 +221,8 @@ pub(crate) enum EntryError {
     /// The layer tries something it must not; the message says what.
     Unsafe(String),
     Io(String, io::Error),
+    /// The meter stopped the unpack.
+    Refused(Box<ImageError>),
 }
 
 fn io_err(context: impl Into<String>) -> impl FnOnce(io::Error) -> EntryError {
@@ -230,7 +312,7 @@ pub(crate) fn marker(name: &OsStr) -> Marker<'_> {
     if bytes == OPAQUE_MARKER.as_bytes() {
         Marker::Opaque
     } else if let Some(rest) = bytes.strip_prefix(WHITEOUT_PREFIX.as_bytes()) {
-        if rest.starts_with(WHITEOUT_PREFIX.as_bytes()) || rest.is_empty() {
+        if rest.starts_with(WHITEOUT_PREFIX.as_bytes()) {
             Marker::AufsMeta
         } else {
             Marker::Whiteout(OsStr::from_bytes(rest))
@@ -240,7 +322,31 @@ pub(crate) fn marker(name: &OsStr) -> Marker<'_> {
     }
 }
 
-fn unpack_entry<R: Read>(entry: &mut tar::Entry<'_, R>, root: &Path) -> Result<(), EntryError> {
+/// Whether `name` is exactly one normal path component: not empty, `.` or `..`, no `/`.
+pub(crate) fn single_name(name: &OsStr) -> bool {
+    let b = name.as_bytes();
+    !b.is_empty() && b != b"." && b != b".." && !b.contains(&b'/') && !b.contains(&0)
+}
+
+/// How many directories under `root` creating `root/rel` creates (missing ancestors).
+fn missing_dirs(root: &Path, rel: &Path) -> u64 {
+    let mut n = 0;
+    let mut p = root.join(rel);
+    while p != root && p.starts_with(root) && fs::symlink_metadata(&p).is_err() {
+        n += 1;
+        if !p.pop() {
+            break;
+        }
+    }
+    n
+}
+
+fn unpack_entry<R: Read>(
+    entry: &mut tar::Entry<'_, R>,
+    root: &Path,
+    meter: &dyn Meter,
+    block: u64,
+) -> Result<(), EntryError> {
     let raw = entry
         .path()
         .map_err(io_err("read entry path"))?
@@ -251,14 +357,28 @@ fn unpack_entry<R: Read>(entry: &mut tar::Entry<'_, R>, root: &Path) -> Result<(
         return Ok(());
     };
     let parent = rel.parent().unwrap_or(Path::new(""));
+    // What the tar stream does not pay for: directories created on the way.
+    let charge = |bytes: u64| {
+        meter
+            .charge(bytes)
+            .map_err(|e| EntryError::Refused(Box::new(e)))
+    };
+    charge(missing_dirs(root, parent) * block)?;
 
     match marker(name) {
         Marker::Opaque => {
             let dir = safe_dir(root, parent)?;
+            charge(block)?;
             return xattr::set(&dir, OPAQUE_XATTR, b"y")
                 .map_err(io_err(format!("set {OPAQUE_XATTR} on {}", dir.display())));
         }
         Marker::Whiteout(hidden) => {
+            if !single_name(hidden) {
+                return Err(EntryError::Unsafe(format!(
+                    "whiteout {} does not name a file in its directory",
+                    rel.display()
+                )));
+            }
             let dir = safe_dir(root, parent)?;
             let target = dir.join(hidden);
             remove_existing(&target)?;
@@ -274,6 +394,26 @@ fn unpack_entry<R: Read>(entry: &mut tar::Entry<'_, R>, root: &Path) -> Result<(
 
     let xattrs = pax_xattrs(entry)?;
     let kind = entry.header().entry_type();
+    // Allocation the stream does not cover: a file's last block, a directory's first, a
+    // long symlink's target, an xattr block.
+    let mut extra = if xattrs.is_empty() { 0 } else { block };
+    if kind.is_dir() {
+        extra += missing_dirs(root, &rel) * block;
+    } else if kind.is_symlink() {
+        let long = entry
+            .link_name_bytes()
+            .is_some_and(|l| l.len() >= EXT4_FAST_SYMLINK);
+        extra += if long { block } else { 0 };
+    } else if !(kind.is_hard_link()
+        || matches!(kind, EntryType::Char | EntryType::Block | EntryType::Fifo))
+    {
+        let size = entry.size();
+        extra += size
+            .div_ceil(block)
+            .saturating_mul(block)
+            .saturating_sub(size);
+    }
+    charge(extra)?;
     if kind.is_hard_link() {
         let target = entry
             .link_name()
@@ -357,7 +497,8 @@ fn make_node<R: Read>(
     let dir = safe_dir(root, parent)?;
     let target = dir.join(name);
     remove_existing(&target)?;
-    let mode = header.mode().map_err(io_err("read mode"))? & 0o7777;
+    // No setuid, setgid or sticky bit on a device node or fifo: they mean nothing there.
+    let mode = header.mode().map_err(io_err("read mode"))? & 0o777;
     let (flag, dev) = match kind {
         EntryType::Fifo => (SFlag::S_IFIFO, 0),
         _ => {
@@ -393,304 +534,4 @@ fn make_node<R: Read>(
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use std::os::unix::fs::{FileTypeExt, MetadataExt};
-
-    /// A tar entry with the exact name and link bytes given, bypassing the checks of
-    /// `tar::Builder` (which refuses `..`), as a hostile registry would send it.
-    fn raw_entry(out: &mut Vec<u8>, name: &str, kind: EntryType, link: &str, data: &[u8]) {
-        let mut h = tar::Header::new_ustar();
-        {
-            let bytes = h.as_mut_bytes();
-            bytes[..100].fill(0);
-            bytes[..name.len()].copy_from_slice(name.as_bytes());
-            bytes[157..257].fill(0);
-            bytes[157..157 + link.len()].copy_from_slice(link.as_bytes());
-        }
-        h.set_entry_type(kind);
-        h.set_size(data.len() as u64);
-        h.set_mode(if kind == EntryType::Directory {
-            0o755
-        } else {
-            0o644
-        });
-        h.set_mtime(1_700_000_000);
-        h.set_uid(0);
-        h.set_gid(0);
-        h.set_cksum();
-        out.extend_from_slice(h.as_bytes());
-        out.extend_from_slice(data);
-        let pad = (512 - data.len() % 512) % 512;
-        out.extend(std::iter::repeat_n(0u8, pad));
-    }
-
-    fn hdr(kind: EntryType, mode: u32, size: u64) -> tar::Header {
-        let mut h = tar::Header::new_gnu();
-        h.set_entry_type(kind);
-        h.set_mode(mode);
-        h.set_size(size);
-        h.set_uid(0);
-        h.set_gid(0);
-        h.set_mtime(1_700_000_000);
-        h
-    }
-
-    fn finish(mut out: Vec<u8>) -> Vec<u8> {
-        out.extend(std::iter::repeat_n(0u8, 1024));
-        out
-    }
-
-    fn run(tar: &[u8]) -> (tempfile::TempDir, Result<String, ImageError>) {
-        let dir = tempfile::tempdir().unwrap();
-        let blob = dir.path().join("blob");
-        fs::write(&blob, tar).unwrap();
-        let root = dir.path().join("root");
-        fs::create_dir(&root).unwrap();
-        let res = extract(&blob, &root, "sha256:test");
-        (dir, res)
-    }
-
-    #[test]
-    fn markers() {
-        assert_eq!(marker(OsStr::new(".wh..wh..opq")), Marker::Opaque);
-        assert_eq!(
-            marker(OsStr::new(".wh.foo")),
-            Marker::Whiteout(OsStr::new("foo"))
-        );
-        assert_eq!(marker(OsStr::new(".wh..wh.plnk")), Marker::AufsMeta);
-        assert_eq!(marker(OsStr::new(".wh.")), Marker::AufsMeta);
-        assert_eq!(marker(OsStr::new("foo.wh.bar")), Marker::None);
-        assert_eq!(marker(OsStr::new(".whale")), Marker::None);
-    }
-
-    #[test]
-    fn relative_paths() {
-        assert_eq!(
-            safe_relative(Path::new("./a/./b")).unwrap(),
-            PathBuf::from("a/b")
-        );
-        assert_eq!(safe_relative(Path::new("./")).unwrap(), PathBuf::new());
-        assert!(matches!(
-            safe_relative(Path::new("/etc/passwd")),
-            Err(EntryError::Unsafe(_))
-        ));
-        assert!(matches!(
-            safe_relative(Path::new("a/../../x")),
-            Err(EntryError::Unsafe(_))
-        ));
-        assert!(matches!(
-            safe_relative(Path::new("..")),
-            Err(EntryError::Unsafe(_))
-        ));
-    }
-
-    #[test]
-    fn whiteouts_become_overlay_markers() {
-        let mut t = Vec::new();
-        raw_entry(&mut t, "./etc/", EntryType::Directory, "", b"");
-        raw_entry(&mut t, "./etc/.wh.passwd", EntryType::Regular, "", b"");
-        raw_entry(&mut t, "opq/", EntryType::Directory, "", b"");
-        raw_entry(&mut t, "opq/.wh..wh..opq", EntryType::Regular, "", b"");
-        raw_entry(&mut t, "opq/new", EntryType::Regular, "", b"n");
-        // Whiteout in a directory the layer does not list: created on the way.
-        raw_entry(&mut t, "usr/lib/.wh.libx.so", EntryType::Regular, "", b"");
-        raw_entry(&mut t, ".wh..wh.plnk", EntryType::Regular, "", b"");
-        let (dir, res) = run(&finish(t));
-        res.unwrap();
-        let root = dir.path().join("root");
-        for w in ["etc/passwd", "usr/lib/libx.so"] {
-            let m = fs::symlink_metadata(root.join(w)).unwrap();
-            assert!(m.file_type().is_char_device(), "{w}");
-            assert_eq!(m.rdev(), 0, "{w}");
-        }
-        assert!(!root.join("etc/.wh.passwd").exists());
-        assert_eq!(
-            xattr::get(root.join("opq"), OPAQUE_XATTR)
-                .unwrap()
-                .as_deref(),
-            Some(&b"y"[..])
-        );
-        assert!(!root.join("opq/.wh..wh..opq").exists());
-        assert_eq!(fs::read(root.join("opq/new")).unwrap(), b"n");
-        assert!(!root.join(".wh..wh.plnk").exists());
-    }
-
-    #[test]
-    fn preserves_modes_symlinks_and_hardlinks() {
-        let mut b = tar::Builder::new(Vec::new());
-        b.append_data(&mut hdr(EntryType::Directory, 0o750, 0), "bin", &[][..])
-            .unwrap();
-        b.append_data(
-            &mut hdr(EntryType::Regular, 0o4755, 3),
-            "bin/tool",
-            &b"abc"[..],
-        )
-        .unwrap();
-        b.append_link(
-            &mut hdr(EntryType::Symlink, 0o777, 0),
-            "bin/sh",
-            "/bin/tool",
-        )
-        .unwrap();
-        b.append_link(&mut hdr(EntryType::Link, 0o644, 0), "bin/tool2", "bin/tool")
-            .unwrap();
-        b.append_data(&mut hdr(EntryType::Fifo, 0o600, 0), "bin/fifo", &[][..])
-            .unwrap();
-        let (dir, res) = run(&b.into_inner().unwrap());
-        res.unwrap();
-        let root = dir.path().join("root");
-        assert_eq!(
-            fs::metadata(root.join("bin")).unwrap().mode() & 0o7777,
-            0o750
-        );
-        assert_eq!(
-            fs::metadata(root.join("bin/tool")).unwrap().mode() & 0o7777,
-            0o4755
-        );
-        // Absolute symlinks are fine inside a rootfs; they are not followed here.
-        assert_eq!(
-            fs::read_link(root.join("bin/sh")).unwrap(),
-            PathBuf::from("/bin/tool")
-        );
-        let ino = |p: &str| fs::metadata(root.join(p)).unwrap().ino();
-        assert_eq!(ino("bin/tool"), ino("bin/tool2"));
-        let fifo = fs::symlink_metadata(root.join("bin/fifo")).unwrap();
-        assert!(fifo.file_type().is_fifo());
-        assert_eq!(fifo.mode() & 0o7777, 0o600);
-    }
-
-    #[test]
-    fn refuses_parent_dir_and_absolute_paths() {
-        for name in ["../evil", "a/../../evil", "/evil"] {
-            let mut t = Vec::new();
-            raw_entry(&mut t, name, EntryType::Regular, "", b"x");
-            let (dir, res) = run(&finish(t));
-            let err = res.unwrap_err();
-            assert!(
-                matches!(err, ImageError::InvalidLayer { .. }),
-                "{name}: {err}"
-            );
-            assert!(!dir.path().join("evil").exists());
-        }
-    }
-
-    #[test]
-    fn refuses_writing_through_a_symlink() {
-        let outside = tempfile::tempdir().unwrap();
-        let target = outside.path().to_str().unwrap().to_owned();
-        let mut t = Vec::new();
-        raw_entry(&mut t, "escape", EntryType::Symlink, &target, b"");
-        raw_entry(&mut t, "escape/pwned", EntryType::Regular, "", b"x");
-        let (_dir, res) = run(&finish(t));
-        assert!(
-            matches!(res, Err(ImageError::InvalidLayer { .. })),
-            "{res:?}"
-        );
-        assert!(!outside.path().join("pwned").exists());
-
-        // A whiteout or opaque marker under the symlink must not touch the outside either.
-        for marker in ["escape/.wh.victim", "escape/.wh..wh..opq"] {
-            fs::write(outside.path().join("victim"), b"keep").unwrap();
-            let mut t = Vec::new();
-            raw_entry(&mut t, "escape", EntryType::Symlink, &target, b"");
-            raw_entry(&mut t, marker, EntryType::Regular, "", b"");
-            let (_dir, res) = run(&finish(t));
-            assert!(
-                matches!(res, Err(ImageError::InvalidLayer { .. })),
-                "{marker}: {res:?}"
-            );
-            assert_eq!(fs::read(outside.path().join("victim")).unwrap(), b"keep");
-            assert_eq!(xattr::get(outside.path(), OPAQUE_XATTR).unwrap(), None);
-        }
-    }
-
-    #[test]
-    fn refuses_hardlink_out_of_the_layer() {
-        let mut t = Vec::new();
-        raw_entry(
-            &mut t,
-            "passwd",
-            EntryType::Link,
-            "../../../etc/passwd",
-            b"",
-        );
-        let (_dir, res) = run(&finish(t));
-        assert!(
-            matches!(res, Err(ImageError::InvalidLayer { .. })),
-            "{res:?}"
-        );
-        let mut t = Vec::new();
-        raw_entry(&mut t, "passwd", EntryType::Link, "/etc/passwd", b"");
-        let (dir, res) = run(&finish(t));
-        assert!(
-            matches!(res, Err(ImageError::InvalidLayer { .. })),
-            "{res:?}"
-        );
-        assert!(!dir.path().join("root/passwd").exists());
-    }
-
-    #[test]
-    fn drops_overlay_xattrs_from_the_tarball() {
-        let mut b = tar::Builder::new(Vec::new());
-        b.append_pax_extensions([
-            ("SCHILY.xattr.trusted.overlay.redirect", &b"/etc"[..]),
-            ("SCHILY.xattr.user.baton", &b"kept"[..]),
-        ])
-        .unwrap();
-        b.append_data(&mut hdr(EntryType::Regular, 0o644, 1), "f", &b"x"[..])
-            .unwrap();
-        let (dir, res) = run(&b.into_inner().unwrap());
-        res.unwrap();
-        let f = dir.path().join("root/f");
-        assert_eq!(xattr::get(&f, "trusted.overlay.redirect").unwrap(), None);
-        assert_eq!(
-            xattr::get(&f, "user.baton").unwrap().as_deref(),
-            Some(&b"kept"[..])
-        );
-    }
-
-    #[test]
-    fn gzip_and_plain_give_the_same_diff_id_and_bad_diff_id_leaves_nothing() {
-        let mut t = Vec::new();
-        raw_entry(&mut t, "a", EntryType::Regular, "", b"hello");
-        let tar = finish(t);
-        let diff_id = format!("sha256:{}", hex::encode(Sha256::digest(&tar)));
-        let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
-        io::Write::write_all(&mut gz, &tar).unwrap();
-        let gz = gz.finish().unwrap();
-        assert_eq!(run(&tar).1.unwrap(), diff_id);
-        assert_eq!(run(&gz).1.unwrap(), diff_id);
-
-        let dir = tempfile::tempdir().unwrap();
-        let blob = dir.path().join("blob");
-        fs::write(&blob, &gz).unwrap();
-        let dest = dir.path().join("layer");
-        let wrong = format!("sha256:{}", "0".repeat(64));
-        assert!(unpack_layer(&blob, &dest, "sha256:x", &wrong).is_err());
-        assert!(!dest.exists());
-        let left: Vec<_> = fs::read_dir(dir.path()).unwrap().collect();
-        assert_eq!(left.len(), 1, "temp dir left behind");
-        unpack_layer(&blob, &dest, "sha256:x", &diff_id).unwrap();
-        assert_eq!(fs::read(dest.join("a")).unwrap(), b"hello");
-    }
-
-    #[test]
-    fn media_types() {
-        assert!(supported_media_type(
-            "application/vnd.oci.image.layer.v1.tar+gzip"
-        ));
-        assert!(supported_media_type(
-            "application/vnd.oci.image.layer.v1.tar"
-        ));
-        assert!(supported_media_type(
-            "application/vnd.docker.image.rootfs.diff.tar.gzip"
-        ));
-        assert!(!supported_media_type(
-            "application/vnd.oci.image.layer.v1.tar+zstd"
-        ));
-        assert!(!supported_media_type(
-            "application/vnd.oci.image.config.v1+json"
-        ));
-    }
-}
+mod tests;

@@ -507,7 +507,13 @@ impl YoukiRuntime {
             linux.set_readonly_paths(Some(Vec::new()));
         }
         linux.set_resources(Some(resources));
-        linux.set_seccomp(seccomp_filter(&spec.id, &spec.security, &cap_names)?);
+        let target = seccomp::Target::native().filter(|_| super::seccomp_available());
+        linux.set_seccomp(seccomp_filter(
+            &spec.id,
+            &spec.security,
+            &cap_names,
+            target,
+        )?);
         oci.set_linux(Some(linux));
         Ok(oci)
     }
@@ -1079,16 +1085,16 @@ fn host_devices() -> Vec<LinuxDevice> {
 /// seccomp support (see [`super::seccomp_available`]) runs `Default` containers unconfined,
 /// having warned at start, and refuses an explicit `RuntimeDefault`: running a container
 /// that asked for the filter without it would be a silent downgrade, as containerd's CRI
-/// plugin also refuses ("seccomp is not supported").
+/// plugin also refuses ("seccomp is not supported"). `target` is `None` on such an agent.
 fn seccomp_filter(
     id: &ContainerId,
     sec: &Security,
     caps: &[String],
+    target: Option<seccomp::Target>,
 ) -> Result<Option<LinuxSeccomp>, RuntimeError> {
     if sec.privileged || sec.seccomp == Seccomp::Unconfined {
         return Ok(None);
     }
-    let target = seccomp::Target::native().filter(|_| super::seccomp_available());
     let Some(target) = target else {
         return match sec.seccomp {
             Seccomp::RuntimeDefault => Err(RuntimeError::InvalidSpec {
@@ -1444,6 +1450,48 @@ mod tests {
         assert_eq!(cpu_quota_us(500), 50_000);
         assert_eq!(cpu_quota_us(2000), 200_000);
         assert_eq!(cpu_quota_us(1), 1000);
+    }
+
+    #[test]
+    fn seccomp_filter_follows_the_profile_and_the_agent() {
+        let id = ContainerId::new("c").unwrap();
+        let caps = vec!["CHOWN".to_string()];
+        let with = |seccomp, privileged, target| {
+            let sec = Security {
+                seccomp,
+                privileged,
+                ..Security::default()
+            };
+            seccomp_filter(&id, &sec, &caps, target)
+        };
+        let x86 = Some(seccomp::Target::X86_64);
+        for asked in [Seccomp::Default, Seccomp::RuntimeDefault] {
+            let f = with(asked, false, x86).unwrap().expect("a filter");
+            assert_eq!(f.default_action(), LinuxSeccompAction::ScmpActErrno);
+            assert_eq!(f.default_errno_ret(), Some(seccomp::EPERM));
+            let clone = f
+                .syscalls()
+                .iter()
+                .flatten()
+                .find(|s| s.names() == &["clone".to_string()])
+                .expect("a clone rule");
+            let arg = clone.args().as_ref().unwrap()[0];
+            // libcontainer's reading: value = datum, valueTwo = mask.
+            assert_eq!(
+                (arg.value(), arg.value_two()),
+                (0, Some(seccomp::CLONE_NAMESPACE_FLAGS))
+            );
+            assert_eq!(with(asked, true, x86).unwrap(), None, "privileged");
+        }
+        assert_eq!(with(Seccomp::Unconfined, false, x86).unwrap(), None);
+        // An agent without seccomp support: unconfined unless the filter was asked for.
+        assert_eq!(with(Seccomp::Default, false, None).unwrap(), None);
+        assert_eq!(with(Seccomp::Unconfined, false, None).unwrap(), None);
+        let refused = with(Seccomp::RuntimeDefault, false, None).unwrap_err();
+        assert!(
+            refused.to_string().contains("without seccomp support"),
+            "{refused}"
+        );
     }
 
     #[test]

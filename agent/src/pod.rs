@@ -21,9 +21,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
-use baton_proto::{
-    ContainerSpec, EnvValue, PodSpec, SeccompProfile, SecurityContext, Termination,
-};
+use baton_proto::{ContainerSpec, EnvValue, PodSpec, SeccompProfile, SecurityContext, Termination};
 use serde::{Deserialize, Serialize};
 use tracing::{info, warn};
 

@@ -4,7 +4,10 @@
 //! privileged containers run without a filter.
 //!
 //! The syscalls are tried by `tests/fixtures/syscall-probe.c`, compiled static here (busybox
-//! has no `keyctl`); its exit code has a bit for each call that worked but must not.
+//! has no `keyctl`); its exit code has a bit for each call that worked but must not. The
+//! file needs the `seccomp` feature (on by default; the static musl build leaves it out).
+
+#![cfg(feature = "seccomp")]
 
 mod rt_support;
 
@@ -92,7 +95,10 @@ fn execs_into_a_default_container_are_filtered_too() {
         "an exec'd process runs under the container's filter"
     );
     assert_eq!(exec(&["syscall-probe"]), ExecOutcome::Exited(0));
-    assert_eq!(exec(&["unshare", "-U", "-r", "true"]), ExecOutcome::Exited(1));
+    assert_eq!(
+        exec(&["unshare", "-U", "-r", "true"]),
+        ExecOutcome::Exited(1)
+    );
     fx.runtime.delete(&spec.id).unwrap();
 }
 

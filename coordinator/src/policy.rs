@@ -165,7 +165,11 @@ fn check_seccomp(spec: &api::PodSpec, path: &str, policy: &Policy) -> Result<(),
         });
     }
     for (cpath, c) in spec.all_containers(path) {
-        if unconfined(c.security_context.as_ref().and_then(|sc| sc.seccomp_profile)) {
+        if unconfined(
+            c.security_context
+                .as_ref()
+                .and_then(|sc| sc.seccomp_profile),
+        ) {
             return Err(PolicyError::Unconfined {
                 path: format!("{cpath}.securityContext.seccompProfile.type"),
             });
@@ -436,14 +440,23 @@ mod tests {
         let refused = |path: &str| {
             Err(format!("{path}: seccomp profile Unconfined is refused by the coordinator's policy (start `baton server` with --allow-privileged to allow it)"))
         };
-        let on_pod = pod("  securityContext: {seccompProfile: {type: Unconfined}}\n", "");
-        let on_container = pod("", "    securityContext: {seccompProfile: {type: Unconfined}}\n");
+        let on_pod = pod(
+            "  securityContext: {seccompProfile: {type: Unconfined}}\n",
+            "",
+        );
+        let on_container = pod(
+            "",
+            "    securityContext: {seccompProfile: {type: Unconfined}}\n",
+        );
         let on_init = pod(
             "  initContainers:\n  - name: i\n    image: busybox:1\n    securityContext: {seccompProfile: {type: Unconfined}}\n",
             "",
         );
         let deny = Policy::default();
-        assert_eq!(check(&on_pod, &deny), refused("spec.securityContext.seccompProfile.type"));
+        assert_eq!(
+            check(&on_pod, &deny),
+            refused("spec.securityContext.seccompProfile.type")
+        );
         assert_eq!(
             check(&on_container, &deny),
             refused("spec.containers[0].securityContext.seccompProfile.type")
@@ -457,8 +470,14 @@ mod tests {
             "  securityContext: {seccompProfile: {type: Unconfined}}\n",
             "    securityContext: {seccompProfile: {type: RuntimeDefault}}\n",
         );
-        assert_eq!(check(&mixed, &deny), refused("spec.securityContext.seccompProfile.type"));
-        let default = pod("  securityContext: {seccompProfile: {type: RuntimeDefault}}\n", "");
+        assert_eq!(
+            check(&mixed, &deny),
+            refused("spec.securityContext.seccompProfile.type")
+        );
+        let default = pod(
+            "  securityContext: {seccompProfile: {type: RuntimeDefault}}\n",
+            "",
+        );
         assert_eq!(check(&default, &deny), Ok(()));
         let allow = Policy {
             allow_privileged: true,

@@ -869,7 +869,10 @@ spec:
         use proto::SeccompProfile::{Default, RuntimeDefault, Unconfined};
         assert_eq!(profiles("", ""), (Default, Default));
         assert_eq!(
-            profiles("  securityContext: {seccompProfile: {type: RuntimeDefault}}\n", ""),
+            profiles(
+                "  securityContext: {seccompProfile: {type: RuntimeDefault}}\n",
+                ""
+            ),
             (RuntimeDefault, RuntimeDefault)
         );
         assert_eq!(
@@ -880,7 +883,10 @@ spec:
             (Unconfined, RuntimeDefault)
         );
         assert_eq!(
-            profiles("", "    securityContext: {seccompProfile: {type: Unconfined}}\n"),
+            profiles(
+                "",
+                "    securityContext: {seccompProfile: {type: Unconfined}}\n"
+            ),
             (Default, Unconfined)
         );
     }

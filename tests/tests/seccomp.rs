@@ -119,7 +119,10 @@ fn confined_and_unconfined(lab: &Lab, host: &str, dir: &Path) -> Result<()> {
         "probe=0\n",
         "\na\n",
     ] {
-        ensure!(confined.contains(want), "confined: no {want:?} in:\n{confined}");
+        ensure!(
+            confined.contains(want),
+            "confined: no {want:?} in:\n{confined}"
+        );
     }
     let p = wait_for("confined to be Ready", LONG, || {
         let p = lab.get_json(&["get", "pod", "confined"])?;

@@ -91,7 +91,10 @@ pub enum Cmp {
     Eq(u64),
     Ne(u64),
     /// `arg & mask == value`.
-    MaskedEq { mask: u64, value: u64 },
+    MaskedEq {
+        mask: u64,
+        value: u64,
+    },
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -684,10 +687,7 @@ mod tests {
         for allowed in ["read", "execve", "futex", "arch_prctl", "clock_gettime"] {
             assert!(p.allows_unconditionally(allowed), "{allowed}");
         }
-        assert_eq!(
-            p.architectures,
-            vec![Arch::X86_64, Arch::X86, Arch::X32]
-        );
+        assert_eq!(p.architectures, vec![Arch::X86_64, Arch::X86, Arch::X32]);
     }
 
     #[test]
@@ -721,7 +721,15 @@ mod tests {
             &caps(&["CAP_SYS_ADMIN", "sys_ptrace", "SYS_TIME"]),
             (6, 1),
         );
-        for name in ["clone", "clone3", "unshare", "setns", "mount", "kcmp", "clock_settime"] {
+        for name in [
+            "clone",
+            "clone3",
+            "unshare",
+            "setns",
+            "mount",
+            "kcmp",
+            "clock_settime",
+        ] {
             assert!(admin.allows_unconditionally(name), "{name}");
         }
         assert!(
@@ -736,10 +744,7 @@ mod tests {
     #[test]
     fn argument_rules() {
         let p = default_profile(Target::Arm, &default_caps(), (4, 4));
-        let personality: Vec<_> = p
-            .rules_for("personality")
-            .map(|r| r.args.clone())
-            .collect();
+        let personality: Vec<_> = p.rules_for("personality").map(|r| r.args.clone()).collect();
         assert_eq!(personality.len(), PERSONALITIES.len());
         assert!(personality.iter().all(|a| a.len() == 1 && a[0].index == 0));
         let socket: Vec<_> = p.rules_for("socket").collect();

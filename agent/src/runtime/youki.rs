@@ -1161,7 +1161,13 @@ fn oci_seccomp(
     LinuxSeccompBuilder::default()
         .default_action(LinuxSeccompAction::ScmpActErrno)
         .default_errno_ret(profile.default_errno)
-        .architectures(profile.architectures.iter().map(|&a| arch(a)).collect::<Vec<_>>())
+        .architectures(
+            profile
+                .architectures
+                .iter()
+                .map(|&a| arch(a))
+                .collect::<Vec<_>>(),
+        )
         .syscalls(syscalls)
         .build()
 }

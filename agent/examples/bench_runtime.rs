@@ -7,13 +7,18 @@
 //! the very same files; without it a busybox rootfs is made in a tempdir. Unlike the runc
 //! bundle, the container shares the host's network namespace (the runtime only joins
 //! existing ones), which spares it the cost of creating one.
+//!
+//! `BATON_BENCH_SECCOMP=unconfined` runs the containers without the default seccomp filter,
+//! to measure what the filter costs.
 
 use std::os::unix::fs::symlink;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
-use baton_agent::runtime::{ContainerId, ExitReason, RunSpec, Runtime, YoukiRuntime};
+use baton_agent::runtime::{
+    ContainerId, ExitReason, RunSpec, Runtime, Seccomp, Security, YoukiRuntime,
+};
 
 fn main() -> Result<()> {
     let mut args: Vec<String> = std::env::args().skip(1).collect();
@@ -46,6 +51,11 @@ fn main() -> Result<()> {
     let (tx, mut exits) = tokio::sync::mpsc::unbounded_channel();
     let rt = YoukiRuntime::new(dir.path().join("state"), tx)?;
     let cgroup_top = format!("baton-bench-{}", std::process::id());
+    let seccomp = match std::env::var("BATON_BENCH_SECCOMP").as_deref() {
+        Ok("unconfined") => Seccomp::Unconfined,
+        _ => Seccomp::Default,
+    };
+    println!("seccomp: {seccomp:?}");
     let mut times = Vec::with_capacity(runs);
     let (mut t_run, mut t_wait, mut t_delete) = (Vec::new(), Vec::new(), Vec::new());
     for i in 0..runs {
@@ -65,7 +75,10 @@ fn main() -> Result<()> {
             log_path: dir.path().join(format!("logs/{i}.log")),
             log_max_bytes: 1 << 20,
             mounts: vec![],
-            security: Default::default(),
+            security: Security {
+                seccomp,
+                ..Security::default()
+            },
         };
         let start = Instant::now();
         rt.run(&spec)?;

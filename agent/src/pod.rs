@@ -22,13 +22,13 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
-use baton_proto::{ContainerSpec, EnvValue, PodSpec, SecurityContext, Termination};
+use baton_proto::{ContainerSpec, EnvValue, PodSpec, SeccompProfile, SecurityContext, Termination};
 use serde::{Deserialize, Serialize};
 use tracing::{info, warn};
 
 use crate::image::{ImageConfig, ImageStore};
 use crate::network::{Network, PodNet, PortForward, Sandbox};
-use crate::runtime::{ContainerId, RunSpec, Runtime, Security};
+use crate::runtime::{ContainerId, RunSpec, Runtime, Seccomp, Security};
 use crate::volumes::{self, PodVolumes, SecretSource};
 
 /// Everything a pod worker needs, shared by all of them.
@@ -149,6 +149,11 @@ pub fn security(s: &SecurityContext) -> Security {
         run_as_user: s.run_as_user,
         run_as_group: s.run_as_group,
         read_only_root_filesystem: s.read_only_root_filesystem,
+        seccomp: match s.seccomp {
+            SeccompProfile::Default => Seccomp::Default,
+            SeccompProfile::RuntimeDefault => Seccomp::RuntimeDefault,
+            SeccompProfile::Unconfined => Seccomp::Unconfined,
+        },
     }
 }
 

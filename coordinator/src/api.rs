@@ -324,7 +324,7 @@ pub struct LocalObjectReference {
     pub name: String,
 }
 
-/// Pod-level `securityContext`: defaults each container's user and group.
+/// Pod-level `securityContext`: defaults each container's user, group and seccomp profile.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct PodSecurityContext {
@@ -332,12 +332,30 @@ pub struct PodSecurityContext {
     pub run_as_user: Option<u32>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub run_as_group: Option<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub seccomp_profile: Option<SeccompProfile>,
 }
 
 impl PodSecurityContext {
     pub fn is_empty(&self) -> bool {
-        self.run_as_user.is_none() && self.run_as_group.is_none()
+        self.run_as_user.is_none() && self.run_as_group.is_none() && self.seccomp_profile.is_none()
     }
+}
+
+/// k8s `seccompProfile`. Left out means the runtime's default profile (kubelet's
+/// `--seccomp-default`); `Localhost` profiles are refused by the manifest parser.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SeccompProfile {
+    #[serde(rename = "type")]
+    pub typ: SeccompProfileType,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum SeccompProfileType {
+    /// The agent's default allow-list (containerd's).
+    RuntimeDefault,
+    /// No filter; only admitted under `baton server --allow-privileged`.
+    Unconfined,
 }
 
 /// A pod volume: `{name, secret|emptyDir|hostPath: ...}` as in Kubernetes.
@@ -387,6 +405,9 @@ pub struct SecurityContext {
     pub run_as_group: Option<u32>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub read_only_root_filesystem: Option<bool>,
+    /// Overrides the pod's.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub seccomp_profile: Option<SeccompProfile>,
 }
 
 /// Linux capabilities, upper case without the `CAP_` prefix (`NET_ADMIN`), as in k8s.

@@ -291,6 +291,7 @@ const CONTAINER: Shape = Shape::Object(&[
             ("runAsUser", Shape::Leaf),
             ("runAsGroup", Shape::Leaf),
             ("readOnlyRootFilesystem", Shape::Leaf),
+            ("seccompProfile", SECCOMP_PROFILE),
         ]),
     ),
 ]);
@@ -316,9 +317,17 @@ const POD_SPEC: Shape = Shape::Object(&[
     ),
     (
         "securityContext",
-        Shape::Object(&[("runAsUser", Shape::Leaf), ("runAsGroup", Shape::Leaf)]),
+        Shape::Object(&[
+            ("runAsUser", Shape::Leaf),
+            ("runAsGroup", Shape::Leaf),
+            ("seccompProfile", SECCOMP_PROFILE),
+        ]),
     ),
 ]);
+/// `localhostProfile` is known so that a `Localhost` profile is refused with its own
+/// message (by [`seccomp_profile`]) rather than as an unknown field.
+const SECCOMP_PROFILE: Shape =
+    Shape::Object(&[("type", Shape::Leaf), ("localhostProfile", Shape::Leaf)]);
 const META: Shape = Shape::Object(&[
     ("name", Shape::Leaf),
     ("namespace", Shape::Leaf),
@@ -588,6 +597,15 @@ struct InRef {
 struct InPodSecurityContext {
     run_as_user: Option<i64>,
     run_as_group: Option<i64>,
+    seccomp_profile: Option<InSeccompProfile>,
+}
+
+#[derive(Default, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+struct InSeccompProfile {
+    #[serde(rename = "type")]
+    typ: Option<String>,
+    localhost_profile: Option<String>,
 }
 
 #[derive(Deserialize)]
@@ -681,6 +699,7 @@ struct InSecurityContext {
     run_as_user: Option<i64>,
     run_as_group: Option<i64>,
     read_only_root_filesystem: Option<bool>,
+    seccomp_profile: Option<InSeccompProfile>,
 }
 
 #[derive(Default, Deserialize)]
@@ -1067,6 +1086,10 @@ fn pod_spec(path: &str, spec: InPodSpec) -> Result<api::PodSpec, Invalid> {
             &format!("{path}.securityContext.runAsGroup"),
             sc.run_as_group,
         )?,
+        seccomp_profile: seccomp_profile(
+            &format!("{path}.securityContext.seccompProfile"),
+            sc.seccomp_profile,
+        )?,
     };
     Ok(api::PodSpec {
         containers,
@@ -1396,7 +1419,44 @@ fn security_context(path: &str, sc: InSecurityContext) -> Result<api::SecurityCo
         run_as_user: id(&format!("{path}.runAsUser"), sc.run_as_user)?,
         run_as_group: id(&format!("{path}.runAsGroup"), sc.run_as_group)?,
         read_only_root_filesystem: sc.read_only_root_filesystem,
+        seccomp_profile: seccomp_profile(&format!("{path}.seccompProfile"), sc.seccomp_profile)?,
     })
+}
+
+/// `seccompProfile` at `path`. Only `RuntimeDefault` and `Unconfined` are supported: a
+/// `Localhost` profile is a file on the node the coordinator cannot check, refused by name
+/// rather than run with some other filter.
+fn seccomp_profile(
+    path: &str,
+    p: Option<InSeccompProfile>,
+) -> Result<Option<api::SeccompProfile>, Invalid> {
+    let Some(p) = p else {
+        return Ok(None);
+    };
+    let tpath = format!("{path}.type");
+    let typ = match required(&tpath, p.typ)?.as_str() {
+        "RuntimeDefault" => api::SeccompProfileType::RuntimeDefault,
+        "Unconfined" => api::SeccompProfileType::Unconfined,
+        "Localhost" => {
+            return invalid(
+                tpath,
+                "Localhost seccomp profiles are not supported by Baton (use RuntimeDefault, or Unconfined where the coordinator's policy allows it)",
+            )
+        }
+        other => {
+            return invalid(
+                tpath,
+                format!("{other:?} must be RuntimeDefault, Unconfined or Localhost"),
+            )
+        }
+    };
+    if p.localhost_profile.is_some() {
+        return invalid(
+            format!("{path}.localhostProfile"),
+            "may only be set with type Localhost",
+        );
+    }
+    Ok(Some(api::SeccompProfile { typ }))
 }
 
 /// A capability name as Kubernetes writes it (`NET_ADMIN`); a `CAP_` prefix is dropped

@@ -68,6 +68,8 @@ pub enum PolicyError {
     Capability { path: String, cap: String },
     #[error("{path}: hostPath {host_path:?} is refused by the coordinator's policy (start `baton server` with --allow-host-path PREFIX, a directory containing it, to allow it)")]
     HostPath { path: String, host_path: String },
+    #[error("{path}: seccomp profile Unconfined is refused by the coordinator's policy (start `baton server` with --allow-privileged to allow it)")]
+    Unconfined { path: String },
     #[error("{path}: hostNetwork is refused by the coordinator's policy (start `baton server` with --allow-host-network to allow it)")]
     HostNetwork { path: String },
     #[error("{path}: hostPort {port} is refused by the coordinator's policy, which allows {allowed} (start `baton server` with --allow-host-port {port}, besides the ranges it allows now, to allow it)")]
@@ -152,6 +154,35 @@ pub fn check_pod(spec: &api::PodSpec, path: &str, policy: &Policy) -> Result<(),
     check_host_ports(spec, path, policy)?;
     for (cpath, c) in spec.all_containers(path) {
         check_container(&cpath, c, policy)?;
+    }
+    check_seccomp(spec, path, policy)
+}
+
+/// `seccompProfile: {type: Unconfined}`, on the pod or a container, lifts the syscall
+/// filter every container gets by default (`unshare`, `keyctl`, `bpf`, `mount` ... reach
+/// the host kernel again), so it needs the same flag as a privileged container.
+fn check_seccomp(spec: &api::PodSpec, path: &str, policy: &Policy) -> Result<(), PolicyError> {
+    if policy.allow_privileged {
+        return Ok(());
+    }
+    let unconfined = |p: Option<api::SeccompProfile>| {
+        p.is_some_and(|p| p.typ == api::SeccompProfileType::Unconfined)
+    };
+    if unconfined(spec.security_context.seccomp_profile) {
+        return Err(PolicyError::Unconfined {
+            path: format!("{path}.securityContext.seccompProfile.type"),
+        });
+    }
+    for (cpath, c) in spec.all_containers(path) {
+        if unconfined(
+            c.security_context
+                .as_ref()
+                .and_then(|sc| sc.seccomp_profile),
+        ) {
+            return Err(PolicyError::Unconfined {
+                path: format!("{cpath}.securityContext.seccompProfile.type"),
+            });
+        }
     }
     Ok(())
 }
@@ -597,5 +628,66 @@ mod tests {
                 .starts_with("spec.template.spec.containers[0].securityContext.privileged:"),
             "{err}"
         );
+    }
+
+    #[test]
+    fn unconfined_seccomp_needs_allow_privileged() {
+        let refused = |path: &str| {
+            Err(format!("{path}: seccomp profile Unconfined is refused by the coordinator's policy (start `baton server` with --allow-privileged to allow it)"))
+        };
+        let on_pod = pod(
+            "  securityContext: {seccompProfile: {type: Unconfined}}\n",
+            "",
+        );
+        let on_container = pod(
+            "",
+            "    securityContext: {seccompProfile: {type: Unconfined}}\n",
+        );
+        let on_init = pod(
+            "  initContainers:\n  - name: i\n    image: busybox:1\n    securityContext: {seccompProfile: {type: Unconfined}}\n",
+            "",
+        );
+        let deny = Policy::default();
+        assert_eq!(
+            check(&on_pod, &deny),
+            refused("spec.securityContext.seccompProfile.type")
+        );
+        assert_eq!(
+            check(&on_container, &deny),
+            refused("spec.containers[0].securityContext.seccompProfile.type")
+        );
+        assert_eq!(
+            check(&on_init, &deny),
+            refused("spec.initContainers[0].securityContext.seccompProfile.type")
+        );
+        // A container asking for the default under an Unconfined pod still names the pod.
+        let mixed = pod(
+            "  securityContext: {seccompProfile: {type: Unconfined}}\n",
+            "    securityContext: {seccompProfile: {type: RuntimeDefault}}\n",
+        );
+        assert_eq!(
+            check(&mixed, &deny),
+            refused("spec.securityContext.seccompProfile.type")
+        );
+        let default = pod(
+            "  securityContext: {seccompProfile: {type: RuntimeDefault}}\n",
+            "",
+        );
+        assert_eq!(check(&default, &deny), Ok(()));
+        let allow = Policy {
+            allow_privileged: true,
+            ..Policy::default()
+        };
+        for s in [&on_pod, &on_container, &on_init, &mixed] {
+            assert_eq!(check(s, &allow), Ok(()));
+        }
+        // The other flags do not lift it.
+        let others = Policy {
+            allow_host_paths: vec!["/".into()],
+            allow_capabilities: BTreeSet::from(["ALL".to_string()]),
+            allow_host_network: true,
+            ..Policy::default()
+        };
+        assert!(check(&on_container, &others).is_err());
     }
 }

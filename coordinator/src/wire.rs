@@ -196,7 +196,18 @@ fn security(
         run_as_user: sc.run_as_user.or(pod_sc.run_as_user),
         run_as_group: sc.run_as_group.or(pod_sc.run_as_group),
         read_only_root_filesystem: sc.read_only_root_filesystem.unwrap_or(false),
+        seccomp: seccomp(sc.seccomp_profile.or(pod_sc.seccomp_profile)),
     })
+}
+
+/// The container's profile over the pod's; neither given is [`proto::SeccompProfile::Default`],
+/// which an agent applies where it can, while an explicit `RuntimeDefault` is a demand.
+fn seccomp(p: Option<api::SeccompProfile>) -> proto::SeccompProfile {
+    match p.map(|p| p.typ) {
+        None => proto::SeccompProfile::Default,
+        Some(api::SeccompProfileType::RuntimeDefault) => proto::SeccompProfile::RuntimeDefault,
+        Some(api::SeccompProfileType::Unconfined) => proto::SeccompProfile::Unconfined,
+    }
 }
 
 /// One container (init or main) as its agent receives it; `path` is its manifest path,
@@ -844,6 +855,45 @@ spec:
         assert_eq!(sec.run_as_group, Some(2000));
         assert_eq!(sec.capabilities_add[0].as_str(), "NET_ADMIN");
         assert_eq!(sec.capabilities_drop[0].as_str(), "ALL");
+    }
+
+    #[test]
+    fn seccomp_profiles_resolve_container_over_pod() {
+        let yaml = |pod_sc: &str, c_sc: &str| {
+            format!(
+                "apiVersion: v1\nkind: Pod\nmetadata: {{name: p}}\nspec:\n{pod_sc}  initContainers:\n  - {{name: i, image: busybox:1}}\n  containers:\n  - name: c\n    image: busybox:1\n{c_sc}"
+            )
+        };
+        let profiles = |pod_sc: &str, c_sc: &str| {
+            let spec = pod_spec(&parse_pod(&yaml(pod_sc, c_sc))).unwrap();
+            (
+                spec.init_containers[0].security.seccomp,
+                spec.containers[0].security.seccomp,
+            )
+        };
+        use proto::SeccompProfile::{Default, RuntimeDefault, Unconfined};
+        assert_eq!(profiles("", ""), (Default, Default));
+        assert_eq!(
+            profiles(
+                "  securityContext: {seccompProfile: {type: RuntimeDefault}}\n",
+                ""
+            ),
+            (RuntimeDefault, RuntimeDefault)
+        );
+        assert_eq!(
+            profiles(
+                "  securityContext: {seccompProfile: {type: Unconfined}}\n",
+                "    securityContext: {seccompProfile: {type: RuntimeDefault}}\n"
+            ),
+            (Unconfined, RuntimeDefault)
+        );
+        assert_eq!(
+            profiles(
+                "",
+                "    securityContext: {seccompProfile: {type: Unconfined}}\n"
+            ),
+            (Default, Unconfined)
+        );
     }
 
     fn cstatus(

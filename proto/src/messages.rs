@@ -257,6 +257,23 @@ pub struct SecurityContext {
     pub run_as_user: Option<u32>,
     pub run_as_group: Option<u32>,
     pub read_only_root_filesystem: bool,
+    /// Since v3: the container's `seccompProfile.type`, its own over the pod's.
+    pub seccomp: SeccompProfile,
+}
+
+/// k8s `seccompProfile.type`, resolved for one container. `Localhost` profiles are refused
+/// by the coordinator, so they have no variant (a later one goes at the end).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub enum SeccompProfile {
+    /// Nothing asked: the agent's default profile, as kubelet's `--seccomp-default`. An agent
+    /// built without seccomp support runs the container unconfined (and says so at start).
+    #[default]
+    Default,
+    /// `RuntimeDefault` asked for explicitly: an agent that cannot apply the default profile
+    /// fails the container rather than run it unconfined.
+    RuntimeDefault,
+    /// `Unconfined`: no filter. Admitted only under `baton server --allow-privileged`.
+    Unconfined,
 }
 
 /// A k8s probe; the coordinator fills in k8s's defaults and resolves named ports.

@@ -33,7 +33,7 @@ fn heartbeat() {
             status_digest: 0x0102_0304_0506_0708,
         }),
     );
-    // 02 version | 01 Node, 04 "pi-1" | ac02 seq=300 | 00 sent_at | 01 Heartbeat | 07 gen |
+    // 03 version | 01 Node, 04 "pi-1" | ac02 seq=300 | 00 sent_at | 01 Heartbeat | 07 gen |
     // digest varint | 00 no signature
     check(
         env,
@@ -144,7 +144,7 @@ fn desired_state() {
 const DESIRED: &str = "030009000402010777 65622d616263 02 7531 00 00 1e 01 03 776562 \
 20 3132372e302e302e313a353030302f6261746f6e2f687474702d6563686f3a31 01 00 02 022d70 0438303830 \
 01 074d455353414745 00 026869 01 042f777777 01 903f01 5000 64 01f403 8080800801 808080 10 \
-00 000000 000000000000 00 00 00 00 00";
+00 000000 000000000000 00 00 00 00 00 00";
 
 #[test]
 fn status() {
@@ -248,6 +248,7 @@ fn desired_state_v2_fields() {
             run_as_user: Some(1000),
             run_as_group: None,
             read_only_root_filesystem: true,
+            seccomp: SeccompProfile::Unconfined,
         },
     };
     let init = ContainerSpec {
@@ -320,8 +321,8 @@ const DESIRED_V2: &str = "0300 8080e2c4f2a29903 80a0f1c2b134 04 01 01 0170 0175 
 01 00 01 0474727565 010a01 0103 \
 01 01 022f68 50 00 00 01 0158 0179 010a01 0103 \
 01 02 51 00 010a01 0103 \
-00 01 094e45545f41444d494e 00 01 e807 00 01 \
-01 0169 03722f62 00 00 00 00 00 00 00000000 00 000000 000000000000 \
+00 01 094e45545f41444d494e 00 01 e807 00 01 02 \
+01 0169 03722f62 00 00 00 00 00 00 00000000 00 000000 000000000000 00 \
 02 056372656473 00 026462 03746d70 01 01 8008 \
 01 07726567637265 64 \
 01 026462 03 00 02aabb \
@@ -393,7 +394,7 @@ fn signing_bytes_bind_the_topic_and_ignore_the_signature() {
 
 #[test]
 fn rotate_key() {
-    // 02 version | 00 Coordinator | 07 seq | 00 sent_at | 06 RotateKey | 00 no signature
+    // 03 version | 00 Coordinator | 07 seq | 00 sent_at | 06 RotateKey | 00 no signature
     check(
         Envelope::new(Sender::Coordinator, 7, Body::RotateKey),
         "030007000600",

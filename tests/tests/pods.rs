@@ -462,6 +462,11 @@ fn policy_and_secrets(lab: &Lab) -> Result<()> {
             "    securityContext: {capabilities: {add: [SYS_ADMIN]}}\n",
             "--allow-capability SYS_ADMIN",
         ),
+        (
+            "  securityContext: {seccompProfile: {type: Unconfined}}\n",
+            "",
+            "--allow-privileged",
+        ),
     ] {
         let yaml = busybox_pod(
             &reg,

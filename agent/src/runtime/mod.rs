@@ -10,6 +10,7 @@
 
 pub mod fake;
 mod logs;
+pub mod seccomp;
 pub mod youki;
 
 use std::fmt;
@@ -131,6 +132,27 @@ pub struct Security {
     /// Defaults to 0 when only the user is given.
     pub run_as_group: Option<u32>,
     pub read_only_root_filesystem: bool,
+    /// Ignored for privileged containers, which run without a filter (as in Kubernetes).
+    pub seccomp: Seccomp,
+}
+
+/// The container's syscall filter (k8s `seccompProfile`, resolved by the coordinator).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum Seccomp {
+    /// Nothing asked: [`seccomp::default_profile`] if this agent was built with seccomp
+    /// support, else none (the agent warns about that once at start).
+    #[default]
+    Default,
+    /// Asked for explicitly: an agent without seccomp support refuses the container.
+    RuntimeDefault,
+    Unconfined,
+}
+
+/// Whether this agent can apply seccomp filters: built with the `seccomp` feature (which
+/// links libseccomp; the static musl builds leave it out for now) for an architecture the
+/// default profile knows.
+pub fn seccomp_available() -> bool {
+    cfg!(feature = "seccomp") && seccomp::Target::native().is_some()
 }
 
 /// The capabilities a container gets by default: containerd's and Docker's set.

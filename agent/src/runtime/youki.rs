@@ -57,9 +57,11 @@ use libcgroups::v1::ControllerType;
 use libcontainer::container::builder::ContainerBuilder;
 use libcontainer::container::{Container, ContainerStatus};
 use libcontainer::oci_spec::runtime::{
-    Capabilities, Capability, LinuxCapabilities, LinuxCpuBuilder, LinuxDevice, LinuxDeviceCgroup,
-    LinuxDeviceType, LinuxMemoryBuilder, LinuxNamespace, LinuxNamespaceType, LinuxPidsBuilder,
-    LinuxResources, Mount as OciMount, Root, Spec, User,
+    Arch as OciArch, Capabilities, Capability, LinuxCapabilities, LinuxCpuBuilder, LinuxDevice,
+    LinuxDeviceCgroup, LinuxDeviceType, LinuxMemoryBuilder, LinuxNamespace, LinuxNamespaceType,
+    LinuxPidsBuilder, LinuxResources, LinuxSeccomp, LinuxSeccompAction, LinuxSeccompArgBuilder,
+    LinuxSeccompBuilder, LinuxSeccompOperator, LinuxSyscallBuilder, Mount as OciMount, Root, Spec,
+    User,
 };
 use libcontainer::signal::Signal;
 use libcontainer::syscall::syscall::SyscallType;
@@ -72,10 +74,10 @@ use nix::sys::wait::{waitpid, WaitStatus};
 use nix::unistd::Pid;
 use tokio::sync::mpsc::UnboundedSender;
 
-use super::logs;
+use super::{logs, seccomp};
 use super::{
     Adopted, ContainerId, ExecOutcome, ExitEvent, ExitReason, Operation, RunSpec, Runtime,
-    RuntimeError, Security, DEFAULT_CAPABILITIES,
+    RuntimeError, Seccomp, Security, DEFAULT_CAPABILITIES,
 };
 
 /// CFS period used for CPU limits, as kubelet does.
@@ -285,6 +287,7 @@ impl YoukiRuntime {
             fs::create_dir_all(d).map_err(io_err(d))?;
         }
         handle_sigpipe().map_err(io_err(Path::new("SIGPIPE")))?;
+        warn_without_seccomp();
         Ok(Self {
             containers_dir,
             bundles_dir,
@@ -395,6 +398,7 @@ impl YoukiRuntime {
 
     fn build_spec(spec: &RunSpec) -> Result<Spec, RuntimeError> {
         let spec_err = backend(Operation::Create, &spec.id);
+        let cap_names = capability_names(&spec.id, &spec.security)?;
         let mut oci = Spec::default();
         oci.set_hostname(Some(spec.hostname.clone()));
 
@@ -410,7 +414,7 @@ impl YoukiRuntime {
             .set_cwd(PathBuf::from(&spec.cwd))
             // k8s's allowPrivilegeEscalation is implied true for privileged containers.
             .set_no_new_privileges(Some(!spec.security.privileged))
-            .set_capabilities(Some(capabilities(&spec.id, &spec.security)?));
+            .set_capabilities(Some(capabilities(&spec.id, &cap_names)?));
         if spec.security.run_as_user.is_some() || spec.security.run_as_group.is_some() {
             let mut user = User::default();
             user.set_uid(spec.security.run_as_user.unwrap_or(0))
@@ -505,6 +509,13 @@ impl YoukiRuntime {
             linux.set_readonly_paths(Some(Vec::new()));
         }
         linux.set_resources(Some(resources));
+        let target = seccomp::Target::native().filter(|_| super::seccomp_available());
+        linux.set_seccomp(seccomp_filter(
+            &spec.id,
+            &spec.security,
+            &cap_names,
+            target,
+        )?);
         oci.set_linux(Some(linux));
         Ok(oci)
     }
@@ -795,9 +806,39 @@ struct ExplicitEnvExecutor {
     /// Filled by `setup_envs` in the container's init, read by `exec` in the same process. `Rc`
     /// because executors are cloned into the child, which is single-threaded.
     envs: Rc<RefCell<Vec<CString>>>,
+    /// For a process exec'd into a running container: the container's seccomp filter, which
+    /// libcontainer's tenant builder leaves out of the spec. `None` for inits, whose filter
+    /// libcontainer loads itself. Loading needs `no_new_privs`, which the tenant has by then.
+    seccomp: Option<Rc<LinuxSeccomp>>,
 }
 
 impl ExplicitEnvExecutor {
+    fn for_tenant(seccomp: Option<LinuxSeccomp>) -> Self {
+        Self {
+            envs: Rc::default(),
+            seccomp: seccomp.map(Rc::new),
+        }
+    }
+
+    /// Loads the tenant's filter; without seccomp support there is never one to load (the
+    /// spec of a container gets none, see [`seccomp_filter`]), so a filter here is an error.
+    fn load_seccomp(&self) -> Result<(), ExecutorError> {
+        let Some(filter) = &self.seccomp else {
+            return Ok(());
+        };
+        #[cfg(feature = "seccomp")]
+        return libcontainer::seccomp::initialize_seccomp(filter)
+            .map(drop)
+            .map_err(|e| ExecutorError::Other(format!("cannot load the seccomp filter: {e}")));
+        #[cfg(not(feature = "seccomp"))]
+        {
+            let _ = filter;
+            Err(ExecutorError::Other(
+                "the container has a seccomp filter, but this agent has no seccomp support".into(),
+            ))
+        }
+    }
+
     fn path_var(&self) -> String {
         self.envs
             .borrow()
@@ -839,6 +880,8 @@ impl Executor for ExplicitEnvExecutor {
             .collect::<Result<Vec<_>, _>>()
             .map_err(|_| ExecutorError::InvalidArg)?;
         let envs = self.envs.borrow();
+        // Last, so the child makes as few syscalls as possible under the filter.
+        self.load_seccomp()?;
         let err = match nix::unistd::execve(&path, &argv, &envs) {
             Err(e) => e,
             Ok(never) => match never {},
@@ -979,7 +1022,7 @@ fn grantable_capabilities() -> Vec<&'static str> {
 /// plus `add`, as bounding, effective and permitted; never inheritable or ambient (see
 /// [`Security`]). Asking to add a capability the agent does not have itself is an error
 /// (the container could not start with it anyway, and would fail less clearly).
-fn capabilities(id: &ContainerId, sec: &Security) -> Result<LinuxCapabilities, RuntimeError> {
+fn capability_names(id: &ContainerId, sec: &Security) -> Result<Vec<String>, RuntimeError> {
     let grantable = grantable_capabilities();
     let all = || grantable.iter().map(|c| c.to_string());
     let mut names: Vec<String> = if sec.privileged {
@@ -1017,6 +1060,11 @@ fn capabilities(id: &ContainerId, sec: &Security) -> Result<LinuxCapabilities, R
             }
         }
     }
+    Ok(names)
+}
+
+/// `names` (from [`capability_names`]) as the OCI capability sets.
+fn capabilities(id: &ContainerId, names: &[String]) -> Result<LinuxCapabilities, RuntimeError> {
     let set: Capabilities = names
         .iter()
         .map(|n| parse_cap(id, n))
@@ -1067,6 +1115,130 @@ fn host_devices() -> Vec<LinuxDevice> {
     }
     out.sort_by(|a, b| a.path().cmp(b.path()));
     out
+}
+
+/// The container's `linux.seccomp`: [`seccomp::default_profile`] unless it is privileged or
+/// `Unconfined` (as in Kubernetes, privileged containers get no filter). An agent without
+/// seccomp support (see [`super::seccomp_available`]) runs `Default` containers unconfined,
+/// having warned at start, and refuses an explicit `RuntimeDefault`: running a container
+/// that asked for the filter without it would be a silent downgrade, as containerd's CRI
+/// plugin also refuses ("seccomp is not supported"). `target` is `None` on such an agent.
+fn seccomp_filter(
+    id: &ContainerId,
+    sec: &Security,
+    caps: &[String],
+    target: Option<seccomp::Target>,
+) -> Result<Option<LinuxSeccomp>, RuntimeError> {
+    if sec.privileged || sec.seccomp == Seccomp::Unconfined {
+        return Ok(None);
+    }
+    let Some(target) = target else {
+        return match sec.seccomp {
+            Seccomp::RuntimeDefault => Err(RuntimeError::InvalidSpec {
+                id: id.clone(),
+                reason: "seccomp profile RuntimeDefault asked for, but this agent was built \
+                         without seccomp support"
+                    .into(),
+            }),
+            _ => Ok(None),
+        };
+    };
+    let profile = seccomp::default_profile(target, caps, kernel_version());
+    oci_seccomp(&profile)
+        .map(Some)
+        .map_err(backend(Operation::Create, id))
+}
+
+/// `profile` as libcontainer reads an OCI seccomp section.
+fn oci_seccomp(
+    profile: &seccomp::Profile,
+) -> Result<LinuxSeccomp, libcontainer::oci_spec::OciSpecError> {
+    let action = |a: seccomp::Action| match a {
+        seccomp::Action::Allow => (LinuxSeccompAction::ScmpActAllow, None),
+        seccomp::Action::Errno(e) => (LinuxSeccompAction::ScmpActErrno, Some(e)),
+    };
+    let mut syscalls = Vec::with_capacity(profile.rules.len());
+    for rule in &profile.rules {
+        let mut args = Vec::with_capacity(rule.args.len());
+        for a in &rule.args {
+            let b = LinuxSeccompArgBuilder::default().index(a.index as usize);
+            let b = match a.cmp {
+                seccomp::Cmp::Eq(v) => b.op(LinuxSeccompOperator::ScmpCmpEq).value(v),
+                seccomp::Cmp::Ne(v) => b.op(LinuxSeccompOperator::ScmpCmpNe).value(v),
+                // libcontainer 0.7 reads `value` as the datum and `valueTwo` as the mask
+                // (runc and the OCI spec: the other way round). The bundle is only ever
+                // read by libcontainer, so it is written the way libcontainer applies it;
+                // `a_default_container_can_fork_but_not_unshare` fails if that changes.
+                seccomp::Cmp::MaskedEq { mask, value } => b
+                    .op(LinuxSeccompOperator::ScmpCmpMaskedEq)
+                    .value(value)
+                    .value_two(mask),
+            };
+            args.push(b.build()?);
+        }
+        let (act, errno) = action(rule.action);
+        let mut b = LinuxSyscallBuilder::default()
+            .names(rule.names.iter().map(|n| n.to_string()).collect::<Vec<_>>())
+            .action(act);
+        if let Some(e) = errno {
+            b = b.errno_ret(e);
+        }
+        if !args.is_empty() {
+            b = b.args(args);
+        }
+        syscalls.push(b.build()?);
+    }
+    let arch = |a: seccomp::Arch| match a {
+        seccomp::Arch::X86_64 => OciArch::ScmpArchX86_64,
+        seccomp::Arch::X86 => OciArch::ScmpArchX86,
+        seccomp::Arch::X32 => OciArch::ScmpArchX32,
+        seccomp::Arch::Aarch64 => OciArch::ScmpArchAarch64,
+        seccomp::Arch::Arm => OciArch::ScmpArchArm,
+    };
+    LinuxSeccompBuilder::default()
+        .default_action(LinuxSeccompAction::ScmpActErrno)
+        .default_errno_ret(profile.default_errno)
+        .architectures(
+            profile
+                .architectures
+                .iter()
+                .map(|&a| arch(a))
+                .collect::<Vec<_>>(),
+        )
+        .syscalls(syscalls)
+        .build()
+}
+
+/// The running kernel's (major, minor), read once; (0, 0) when unknown, which only withholds
+/// `ptrace` (allowed from 4.8).
+fn kernel_version() -> (u32, u32) {
+    static VERSION: std::sync::OnceLock<(u32, u32)> = std::sync::OnceLock::new();
+    *VERSION.get_or_init(|| {
+        let Ok(uts) = nix::sys::utsname::uname() else {
+            return (0, 0);
+        };
+        let release = uts.release().to_string_lossy().into_owned();
+        let mut parts = release
+            .split(|c: char| !c.is_ascii_digit())
+            .map(|p| p.parse::<u32>().ok());
+        match (parts.next().flatten(), parts.next().flatten()) {
+            (Some(major), Some(minor)) => (major, minor),
+            _ => (0, 0),
+        }
+    })
+}
+
+/// Says once per process that containers will run without a syscall filter.
+fn warn_without_seccomp() {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    if !super::seccomp_available() {
+        ONCE.call_once(|| {
+            tracing::warn!(
+                "this agent was built without seccomp support: containers run without a \
+                 syscall filter, and those asking for seccompProfile RuntimeDefault are refused"
+            );
+        });
+    }
 }
 
 /// kubelet's milli-CPU to shares conversion: 1000m = 1024 shares, clamped to the kernel's range.
@@ -1232,11 +1404,18 @@ impl Runtime for YoukiRuntime {
         if c.status() != ContainerStatus::Running {
             return Err(RuntimeError::NotRunning(id.clone()));
         }
-        // As the container's user: the tenant builder would otherwise run it as root.
+        // As the container's user (the tenant builder would otherwise run it as root) and
+        // under its seccomp filter (the tenant builder drops `linux.seccomp`; the executor
+        // loads it in the child, right before `execve`, as runc's exec does).
         let config = self.bundles_dir.join(id.as_str()).join("config.json");
-        let user = Spec::load(&config)
-            .ok()
-            .and_then(|s| s.process().as_ref().map(|p| p.user().clone()));
+        let bundle_spec = Spec::load(&config).map_err(backend(Operation::Exec, id))?;
+        let user = bundle_spec.process().as_ref().map(|p| p.user().clone());
+        let executor = ExplicitEnvExecutor::for_tenant(
+            bundle_spec
+                .linux()
+                .as_ref()
+                .and_then(|l| l.seccomp().clone()),
+        );
         let devnull = |path: &Path| -> Result<OwnedFd, RuntimeError> {
             fs::OpenOptions::new()
                 .read(true)
@@ -1260,7 +1439,7 @@ impl Runtime for YoukiRuntime {
                 ContainerBuilder::new(id.to_string(), SyscallType::default())
                     .with_root_path(&self.containers_dir)
                     .map(|b| {
-                        b.with_executor(ExplicitEnvExecutor::default())
+                        b.with_executor(executor)
                             .with_stdin(stdin)
                             .with_stdout(stdout)
                             .with_stderr(stderr)
@@ -1318,6 +1497,48 @@ mod tests {
         assert_eq!(cpu_quota_us(500), 50_000);
         assert_eq!(cpu_quota_us(2000), 200_000);
         assert_eq!(cpu_quota_us(1), 1000);
+    }
+
+    #[test]
+    fn seccomp_filter_follows_the_profile_and_the_agent() {
+        let id = ContainerId::new("c").unwrap();
+        let caps = vec!["CHOWN".to_string()];
+        let with = |seccomp, privileged, target| {
+            let sec = Security {
+                seccomp,
+                privileged,
+                ..Security::default()
+            };
+            seccomp_filter(&id, &sec, &caps, target)
+        };
+        let x86 = Some(seccomp::Target::X86_64);
+        for asked in [Seccomp::Default, Seccomp::RuntimeDefault] {
+            let f = with(asked, false, x86).unwrap().expect("a filter");
+            assert_eq!(f.default_action(), LinuxSeccompAction::ScmpActErrno);
+            assert_eq!(f.default_errno_ret(), Some(seccomp::EPERM));
+            let clone = f
+                .syscalls()
+                .iter()
+                .flatten()
+                .find(|s| s.names() == &["clone".to_string()])
+                .expect("a clone rule");
+            let arg = clone.args().as_ref().unwrap()[0];
+            // libcontainer's reading: value = datum, valueTwo = mask.
+            assert_eq!(
+                (arg.value(), arg.value_two()),
+                (0, Some(seccomp::CLONE_NAMESPACE_FLAGS))
+            );
+            assert_eq!(with(asked, true, x86).unwrap(), None, "privileged");
+        }
+        assert_eq!(with(Seccomp::Unconfined, false, x86).unwrap(), None);
+        // An agent without seccomp support: unconfined unless the filter was asked for.
+        assert_eq!(with(Seccomp::Default, false, None).unwrap(), None);
+        assert_eq!(with(Seccomp::Unconfined, false, None).unwrap(), None);
+        let refused = with(Seccomp::RuntimeDefault, false, None).unwrap_err();
+        assert!(
+            refused.to_string().contains("without seccomp support"),
+            "{refused}"
+        );
     }
 
     #[test]

@@ -103,8 +103,8 @@ fn unsupported_fields_are_named_by_path() {
     let cases: &[(&str, String, &str)] = &[
         (
             "container securityContext beyond the supported fields",
-            doc("", "", "", "        securityContext: {runAsUser: 0, seccompProfile: {type: Unconfined}, allowPrivilegeEscalation: true}\n"),
-            "error: document 1: spec.template.spec.containers[0].securityContext.seccompProfile: field not supported by Baton; spec.template.spec.containers[0].securityContext.allowPrivilegeEscalation: field not supported by Baton",
+            doc("", "", "", "        securityContext: {runAsUser: 0, seLinuxOptions: {level: s0}, allowPrivilegeEscalation: true}\n"),
+            "error: document 1: spec.template.spec.containers[0].securityContext.seLinuxOptions: field not supported by Baton; spec.template.spec.containers[0].securityContext.allowPrivilegeEscalation: field not supported by Baton",
         ),
         (
             "grpc probe",
@@ -711,6 +711,84 @@ fn pod_feature_rules() {
             "case {name:?}:\n  want {expect}\n  got  {actual}"
         );
     }
+}
+
+#[test]
+fn seccomp_profiles() {
+    let c = |lines: &str| doc("", "", "", lines);
+    let s = |lines: &str| doc("", "", lines, "");
+    let cases: Vec<(&str, String, &str)> = vec![
+        (
+            "RuntimeDefault on the container",
+            c("        securityContext: {seccompProfile: {type: RuntimeDefault}}\n"),
+            "ok",
+        ),
+        (
+            "Unconfined on the pod parses (the policy gates it)",
+            s("      securityContext: {seccompProfile: {type: Unconfined}}\n"),
+            "ok",
+        ),
+        (
+            "Localhost on the container",
+            c("        securityContext:\n          seccompProfile: {type: Localhost, localhostProfile: my.json}\n"),
+            "error: document 1: spec.template.spec.containers[0].securityContext.seccompProfile.type: Localhost seccomp profiles are not supported by Baton (use RuntimeDefault, or Unconfined where the coordinator's policy allows it)",
+        ),
+        (
+            "Localhost on the pod",
+            s("      securityContext: {seccompProfile: {type: Localhost}}\n"),
+            "error: document 1: spec.template.spec.securityContext.seccompProfile.type: Localhost seccomp profiles are not supported by Baton (use RuntimeDefault, or Unconfined where the coordinator's policy allows it)",
+        ),
+        (
+            "unknown type",
+            c("        securityContext: {seccompProfile: {type: Strict}}\n"),
+            "error: document 1: spec.template.spec.containers[0].securityContext.seccompProfile.type: \"Strict\" must be RuntimeDefault, Unconfined or Localhost",
+        ),
+        (
+            "type missing",
+            s("      securityContext: {seccompProfile: {}}\n"),
+            "error: document 1: spec.template.spec.securityContext.seccompProfile.type: required",
+        ),
+        (
+            "localhostProfile without Localhost",
+            c("        securityContext: {seccompProfile: {type: RuntimeDefault, localhostProfile: x.json}}\n"),
+            "error: document 1: spec.template.spec.containers[0].securityContext.seccompProfile.localhostProfile: may only be set with type Localhost",
+        ),
+    ];
+    for (name, input, expect) in &cases {
+        check(name, input, expect);
+    }
+    // Both levels reach the API objects; leaving them out keeps them out (and the
+    // template hash of existing Deployments unchanged).
+    let both = parse_manifests(&doc(
+        "",
+        "",
+        "      securityContext: {seccompProfile: {type: Unconfined}}\n",
+        "        securityContext: {seccompProfile: {type: RuntimeDefault}}\n",
+    ))
+    .unwrap();
+    let api::Object::Deployment(d) = &both[0] else {
+        panic!("a deployment")
+    };
+    let spec = &d.spec.template.spec;
+    assert_eq!(
+        spec.security_context.seccomp_profile.map(|p| p.typ),
+        Some(api::SeccompProfileType::Unconfined)
+    );
+    assert_eq!(
+        spec.containers[0]
+            .security_context
+            .as_ref()
+            .and_then(|sc| sc.seccomp_profile)
+            .map(|p| p.typ),
+        Some(api::SeccompProfileType::RuntimeDefault)
+    );
+    let yaml = render(Ok(both));
+    assert!(
+        yaml.contains("seccompProfile:\n") && yaml.contains("type: Unconfined"),
+        "{yaml}"
+    );
+    let plain = render(parse_manifests(&doc("", "", "", "")));
+    assert!(!plain.contains("seccomp"), "{plain}");
 }
 
 #[test]

@@ -16,12 +16,12 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use baton_proto::link::{LinkFault, Repeats, Side};
+use baton_link::{link_fault, LinkFault, Repeats, Side};
 use baton_proto::topics::{self, Kind};
 use baton_proto::{Body, Envelope, NodeName, Sender};
 use rumqttc::{
-    AsyncClient, ConnectionError, Event as MqttEvent, MqttOptions, Packet, QoS, StateError,
-    SubscribeReasonCode, TlsConfiguration, Transport,
+    AsyncClient, Event as MqttEvent, MqttOptions, Packet, QoS, SubscribeReasonCode,
+    TlsConfiguration, Transport,
 };
 use serde::Serialize;
 use tokio::sync::mpsc;
@@ -441,102 +441,6 @@ pub fn identity_problem(cert_pem: &[u8]) -> Option<String> {
 
 /// How often a link that keeps failing for the same reason is logged again.
 const WARN_EVERY: Duration = Duration::from_secs(60);
-
-/// What an MQTT client error means for the person running the coordinator. `connected`:
-/// the connection had been up. The same mapping as the agent's (agent/src/bus.rs): both
-/// use the same client library; keep them alike.
-pub fn link_fault(e: &ConnectionError, connected: bool) -> LinkFault {
-    match e {
-        ConnectionError::ConnectionRefused(code) => {
-            return LinkFault::ConnackRefused(format!("{code:?}"))
-        }
-        ConnectionError::NotConnAck(p) => {
-            let first = format!("{p:?}");
-            let name = first.split(['(', ' ']).next().unwrap_or("?");
-            return LinkFault::NotMqtt(format!("expected a CONNACK, got a {name} packet"));
-        }
-        ConnectionError::NetworkTimeout | ConnectionError::FlushTimeout => {
-            return LinkFault::Timeout
-        }
-        _ => {}
-    }
-    let mut cur: Option<&(dyn std::error::Error + 'static)> = Some(e);
-    while let Some(err) = cur {
-        if let Some(r) = err.downcast_ref::<rustls::Error>() {
-            return tls_fault(r);
-        }
-        if let Some(io) = err.downcast_ref::<std::io::Error>() {
-            // io::Error's `source` skips its payload: rustls's error is that payload.
-            if let Some(r) = io.get_ref().and_then(|i| i.downcast_ref::<rustls::Error>()) {
-                return tls_fault(r);
-            }
-            return io_fault(io, connected);
-        }
-        cur = err.source();
-    }
-    match e {
-        ConnectionError::MqttState(StateError::ConnectionAborted) if !connected => {
-            LinkFault::NotMqtt("the server hung up without answering CONNECT".into())
-        }
-        ConnectionError::MqttState(StateError::Deserialization(d)) if !connected => {
-            LinkFault::NotMqtt(format!("its answer is not an MQTT packet ({d})"))
-        }
-        ConnectionError::MqttState(_) if connected => LinkFault::Closed(e.to_string()),
-        _ => LinkFault::Other(e.to_string()),
-    }
-}
-
-fn io_fault(e: &std::io::Error, connected: bool) -> LinkFault {
-    use std::io::ErrorKind as K;
-    match e.kind() {
-        K::ConnectionRefused => LinkFault::Refused,
-        K::TimedOut => LinkFault::Timeout,
-        K::HostUnreachable | K::NetworkUnreachable | K::NetworkDown | K::AddrNotAvailable => {
-            LinkFault::Unreachable(e.to_string())
-        }
-        K::ConnectionReset | K::UnexpectedEof | K::BrokenPipe | K::ConnectionAborted
-            if !connected =>
-        {
-            LinkFault::NotMqtt(format!("the server hung up without answering CONNECT: {e}"))
-        }
-        _ if connected => LinkFault::Closed(e.to_string()),
-        // Name resolution failures come as uncategorized errors.
-        _ if e.to_string().contains("lookup") => LinkFault::Unreachable(e.to_string()),
-        _ => LinkFault::Other(e.to_string()),
-    }
-}
-
-fn tls_fault(e: &rustls::Error) -> LinkFault {
-    use rustls::{AlertDescription as A, CertificateError as C, Error as E};
-    match e {
-        E::InvalidCertificate(c) => match c {
-            C::BadSignature | C::UnknownIssuer | C::BadEncoding => {
-                LinkFault::UntrustedBroker(format!("{c:?}"))
-            }
-            C::NotValidForName | C::NotValidForNameContext { .. } => {
-                LinkFault::WrongBrokerName(e.to_string())
-            }
-            C::Expired
-            | C::ExpiredContext { .. }
-            | C::NotValidYet
-            | C::NotValidYetContext { .. } => LinkFault::BrokerCertExpired(e.to_string()),
-            _ => LinkFault::Tls(e.to_string()),
-        },
-        E::AlertReceived(
-            a @ (A::BadCertificate
-            | A::UnknownCA
-            | A::CertificateRequired
-            | A::CertificateUnknown
-            | A::CertificateExpired
-            | A::CertificateRevoked
-            | A::UnsupportedCertificate
-            | A::AccessDenied
-            | A::DecryptError),
-        ) => LinkFault::ClientCertRefused(format!("it sent the TLS alert {a:?}")),
-        E::InvalidMessage(_) => LinkFault::NotTls(e.to_string()),
-        _ => LinkFault::Tls(e.to_string()),
-    }
-}
 
 async fn send_loop(
     client: AsyncClient,

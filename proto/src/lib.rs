@@ -13,7 +13,6 @@
 mod bounded;
 pub mod broker;
 mod envelope;
-pub mod link;
 mod messages;
 pub mod seal;
 pub mod sign;

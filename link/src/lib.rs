@@ -1,12 +1,17 @@
 //! The broker link's failures as a person can act on them, shared by the agent and the
-//! coordinator: what went wrong ([`LinkFault`]), what to do about it
-//! ([`LinkFault::advice`]), and how often to say so ([`Repeats`]).
+//! coordinator: what went wrong ([`LinkFault`], from the MQTT client's error by
+//! [`link_fault`]), what to do about it ([`LinkFault::advice`]), and how often to say so
+//! ([`Repeats`]).
 //!
-//! Why here: both sides connect to the same broker with the same client library and
-//! must speak of the same failures alike, and the agent reports its last one to the
-//! coordinator in its `Hello` (`last_connect_error`). Each side maps its MQTT client's
-//! error types to a [`LinkFault`]; nothing here knows MQTT clients, TLS libraries or
-//! clocks beyond `std::time`.
+//! Why a crate of its own: both sides connect to the same broker with the same client
+//! library (rumqttc over rustls) and must speak of the same failures alike, and the agent
+//! reports its last one to the coordinator in its `Hello` (`last_connect_error`). It is
+//! not in `proto`, which must know no MQTT client; nothing here knows clocks beyond
+//! `std::time`.
+
+mod classify;
+
+pub use classify::link_fault;
 
 use std::fmt;
 use std::time::{Duration, Instant};

@@ -1,29 +1,17 @@
 //! Baton's coordinator library. `main.rs` only parses flags.
+//!
+//! The folders are its rooms, top to bottom (see docs/architecture.md):
+//! `cli` and `server` (the two ways the `baton` binary runs) → `edge` (HTTP, MQTT, TLS,
+//! the embedded broker) → `registry` → `security` → `core` (the state machine) → `decide`
+//! (pure deciders) → `contract` and `model` (the API's types) → `store`.
 
-pub mod api;
-pub mod auth;
-pub mod broker;
-pub mod broker_config;
-pub mod bus;
 pub mod cli;
-pub mod client_config;
-pub mod controller;
+pub mod contract;
 pub mod core;
-pub mod enroll;
-pub mod fsutil;
-pub mod http;
-pub mod manifest;
-pub mod mqtt_front;
-pub mod pki;
-pub mod policy;
-pub mod quantity;
+pub mod decide;
+pub mod edge;
+pub mod model;
 pub mod registry;
-pub mod rollout;
-pub mod scheduler;
-pub mod secrets;
 pub mod security;
-pub mod serve;
 pub mod server;
 pub mod store;
-pub mod tls;
-pub mod wire;

@@ -7,7 +7,7 @@ use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use anyhow::{Context, Result};
-use baton_coordinator::client_config::ClientConfig;
+use baton_coordinator::contract::client_config::ClientConfig;
 use baton_coordinator::server::{MqttMode, Server, ServerConfig, TlsFiles};
 use serde_json::Value;
 use tokio::sync::oneshot;

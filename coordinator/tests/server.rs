@@ -60,7 +60,7 @@ impl TestServer {
             policy: Default::default(),
             // The fake agents below speak plain, unsigned MQTT: development mode.
             insecure_mqtt: true,
-            security: baton_coordinator::security::SecurityConfig {
+            security: baton_coordinator::security::gate::SecurityConfig {
                 require_signatures: false,
                 ..Default::default()
             },
@@ -406,7 +406,9 @@ fn pod_phases(v: &Value) -> Vec<(String, String, String)> {
 
 /// A reqwest client that sends the admin token from `<data_dir>/admin.conf`.
 fn admin_client(data_dir: &Path) -> Result<reqwest::Client> {
-    let conf = baton_coordinator::client_config::ClientConfig::load(&data_dir.join("admin.conf"))?;
+    let conf = baton_coordinator::contract::client_config::ClientConfig::load(
+        &data_dir.join("admin.conf"),
+    )?;
     let token = conf.token.context("admin.conf has no token")?;
     let mut headers = reqwest::header::HeaderMap::new();
     headers.insert(

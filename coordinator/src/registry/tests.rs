@@ -497,7 +497,7 @@ mod http {
     /// import and delete.
     #[tokio::test]
     async fn roles_on_image_routes() {
-        use crate::auth::{Role, Tokens};
+        use crate::security::auth::{Role, Tokens};
         let dir = tempfile::tempdir().unwrap();
         let (reg, f) = imported(dir.path());
         let store: Arc<dyn Store> = Arc::new(MemStore::new());
@@ -508,9 +508,9 @@ mod http {
             tokens.create("viewer", Role::ReadOnly).unwrap()
         );
         let (tx, _rx) = mpsc::channel(1);
-        let app = crate::http::router_with_images(
+        let app = crate::edge::http::router_with_images(
             tx,
-            Arc::new(crate::bus::BusStats::default()),
+            Arc::new(crate::edge::bus::BusStats::default()),
             tokens,
             Some(reg.clone()),
         );

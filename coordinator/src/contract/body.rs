@@ -1,0 +1,100 @@
+//! The bodies the API answers with. The server's handlers serialize these and the CLI
+//! deserializes the same types, so a field renamed on one side is renamed on both.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+use super::resource::{Applied, ResourceKind};
+use crate::model::api;
+
+pub use crate::decide::rollout::RolloutProgress;
+
+/// One object as `get` and `describe` show it.
+///
+/// Untagged: each variant serializes as the object itself (its own `kind` field tells
+/// them apart), so the JSON is what kubectl users expect.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(untagged)]
+#[allow(clippy::large_enum_variant)]
+pub enum ApiObject {
+    Node(api::Node),
+    Deployment(api::Deployment),
+    Pod(api::Pod),
+    Secret(SecretView),
+}
+
+/// A Secret as the API shows it: metadata, type and each key's size in bytes
+/// (`dataSizes`), never a value.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct SecretView {
+    pub api_version: String,
+    pub kind: String,
+    pub metadata: api::ObjectMeta,
+    #[serde(rename = "type")]
+    pub type_: String,
+    pub data_sizes: BTreeMap<String, usize>,
+}
+
+/// `{"items": [...]}`: every list the API returns.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct List<T> {
+    pub items: Vec<T>,
+}
+
+/// What `apply` did, one entry per object in the manifest.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ApplyResults {
+    pub results: Vec<Applied>,
+}
+
+/// `{"deleted": {"kind": K, "name": N}}`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Deleted {
+    pub deleted: DeletedRef,
+}
+
+/// What was deleted. `kind` is a string because tokens and images are deleted too.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct DeletedRef {
+    pub kind: String,
+    pub name: String,
+}
+
+impl Deleted {
+    pub fn resource(kind: ResourceKind, name: String) -> Self {
+        Self::other(kind.as_str(), name)
+    }
+    pub fn other(kind: &str, name: String) -> Self {
+        Self {
+            deleted: DeletedRef {
+                kind: kind.to_owned(),
+                name,
+            },
+        }
+    }
+}
+
+/// `describe`: the object and the events about it, oldest first.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Described {
+    pub object: ApiObject,
+    pub events: Vec<api::Event>,
+}
+
+/// The answer to `rollout undo`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct UndoResult {
+    /// False when the target revision is the current template already.
+    pub rolled_back: bool,
+    pub revision: u64,
+}
+
+/// The answer to revoking a node or taking it back.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Revocation {
+    pub node: String,
+    pub revoked: bool,
+}

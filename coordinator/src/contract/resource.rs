@@ -1,0 +1,60 @@
+//! The resource vocabulary of the API: which kinds exist, and what `apply` did to each.
+
+use serde::{Deserialize, Serialize};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ResourceKind {
+    Node,
+    Deployment,
+    Pod,
+    Secret,
+}
+
+impl ResourceKind {
+    /// Accepts kubectl's spellings: plural, singular and short forms.
+    pub fn parse(s: &str) -> Option<Self> {
+        match s.to_ascii_lowercase().as_str() {
+            "nodes" | "node" | "no" => Some(Self::Node),
+            "deployments" | "deployment" | "deploy" | "deployments.apps" | "deployment.apps" => {
+                Some(Self::Deployment)
+            }
+            "pods" | "pod" | "po" => Some(Self::Pod),
+            "secrets" | "secret" => Some(Self::Secret),
+            _ => None,
+        }
+    }
+    /// The singular lowercase name used in event object references (`pod/NAME`).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Node => "node",
+            Self::Deployment => "deployment",
+            Self::Pod => "pod",
+            Self::Secret => "secret",
+        }
+    }
+    pub fn plural(self) -> &'static str {
+        match self {
+            Self::Node => "nodes",
+            Self::Deployment => "deployments",
+            Self::Pod => "pods",
+            Self::Secret => "secrets",
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ApplyAction {
+    Created,
+    Configured,
+    Unchanged,
+}
+
+/// One line of `baton apply` output.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Applied {
+    pub kind: ResourceKind,
+    pub name: String,
+    pub action: ApplyAction,
+}

@@ -1,0 +1,489 @@
+//! Pure pod placement: filter the nodes a pod can run on, then score the rest.
+//!
+//! Filters, in the order Kubernetes reports them: the node is ready, its labels (with
+//! the implicit `kubernetes.io/{arch,os,hostname}`) satisfy the pod's nodeSelector, it
+//! has room for one more pod, and the pod's cpu and memory requests fit what is left of
+//! its allocatable resources. Scoring spreads a Deployment's pods (fewest pods of the same
+//! owner first), then prefers the least requested node, then the node name, so the same
+//! inputs always give the same answer.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use crate::model::api;
+use crate::model::quantity;
+
+pub const LABEL_ARCH: &str = "kubernetes.io/arch";
+pub const LABEL_OS: &str = "kubernetes.io/os";
+pub const LABEL_HOSTNAME: &str = "kubernetes.io/hostname";
+/// Deprecated in Kubernetes but still in old manifests; Baton sets them too.
+pub const LABEL_BETA_ARCH: &str = "beta.kubernetes.io/arch";
+pub const LABEL_BETA_OS: &str = "beta.kubernetes.io/os";
+
+#[derive(Debug, Clone)]
+pub struct Candidate<'a> {
+    pub node: &'a api::Node,
+    /// Sum of the requests of the pods already placed on the node.
+    pub used: Usage,
+    /// Pods of the same owner (Deployment) as the pod being placed already on the node.
+    pub pods_of_same_owner: u32,
+    /// Host ports already taken on the node by the pods placed there.
+    pub host_ports: BTreeSet<HostPort>,
+}
+
+/// A port on the node itself: a `hostPort`, or any port of a `hostNetwork` pod.
+pub type HostPort = (api::Protocol, u16);
+
+/// The node ports a pod needs. Kubernetes counts every container port of a hostNetwork
+/// pod as a host port, since the pod listens on the node's own interfaces.
+pub fn host_ports(pod: &api::PodSpec) -> BTreeSet<HostPort> {
+    pod.containers
+        .iter()
+        .flat_map(|c| c.ports.iter())
+        .filter_map(|p| match (pod.host_network, p.host_port) {
+            (true, _) => Some((p.protocol, p.host_port.unwrap_or(p.container_port))),
+            (false, Some(h)) => Some((p.protocol, h)),
+            (false, None) => None,
+        })
+        .collect()
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Usage {
+    pub cpu_millis: u64,
+    pub memory_bytes: u64,
+    pub pods: u32,
+}
+
+impl Usage {
+    pub fn add(&mut self, other: Usage) {
+        self.cpu_millis = self.cpu_millis.saturating_add(other.cpu_millis);
+        self.memory_bytes = self.memory_bytes.saturating_add(other.memory_bytes);
+        self.pods = self.pods.saturating_add(other.pods);
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{reason}")]
+pub struct Unschedulable {
+    /// kubectl-style, e.g. "0/3 nodes are available: 1 node(s) not ready, ...".
+    pub reason: String,
+}
+
+/// A node's labels as the scheduler sees them: its own plus the well-known ones derived
+/// from its status and name, which win over user labels of the same key as the kubelet's
+/// do.
+pub fn node_labels(node: &api::Node) -> BTreeMap<String, String> {
+    let mut labels = node.metadata.labels.clone();
+    let s = &node.status;
+    for (k, v) in [
+        (LABEL_ARCH, &s.arch),
+        (LABEL_BETA_ARCH, &s.arch),
+        (LABEL_OS, &s.os),
+        (LABEL_BETA_OS, &s.os),
+        (LABEL_HOSTNAME, &node.metadata.name),
+    ] {
+        labels.insert(k.to_string(), v.clone());
+    }
+    labels
+}
+
+/// The resources a pod asks for: the sum over its containers of each request, or of the
+/// limit where only a limit is given (Kubernetes defaults the request to the limit).
+pub fn pod_requests(spec: &api::PodSpec) -> Result<Usage, quantity::QuantityError> {
+    let mut total = Usage {
+        pods: 1,
+        ..Usage::default()
+    };
+    for c in &spec.containers {
+        let r = &c.resources;
+        if let Some(cpu) = r.requests.cpu.as_deref().or(r.limits.cpu.as_deref()) {
+            total.cpu_millis += u64::from(quantity::parse_cpu_millis(cpu)?);
+        }
+        if let Some(mem) = r.requests.memory.as_deref().or(r.limits.memory.as_deref()) {
+            total.memory_bytes = total
+                .memory_bytes
+                .saturating_add(quantity::parse_memory_bytes(mem)?);
+        }
+    }
+    Ok(total)
+}
+
+/// Why a node was filtered out; the order is the order of the summary.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+enum Reject {
+    NotReady,
+    Selector,
+    TooManyPods,
+    Cpu,
+    Memory,
+    Ports,
+}
+
+impl Reject {
+    fn message(self) -> &'static str {
+        match self {
+            Reject::NotReady => "node(s) not ready",
+            Reject::Selector => "node(s) didn't match node selector",
+            Reject::TooManyPods => "node(s) had too many pods",
+            Reject::Cpu => "node(s) had insufficient cpu",
+            Reject::Memory => "node(s) had insufficient memory",
+            Reject::Ports => "node(s) didn't have free ports for the requested pod ports",
+        }
+    }
+}
+
+/// Every reason `node` cannot take a pod with `req`, empty when it fits. Not-ready and
+/// selector mismatches end the check; the resource checks all report, as in Kubernetes.
+fn filter(
+    pod: &api::PodSpec,
+    req: Usage,
+    c: &Candidate<'_>,
+    labels: &BTreeMap<String, String>,
+) -> Vec<Reject> {
+    let status = &c.node.status;
+    if !status.ready {
+        return vec![Reject::NotReady];
+    }
+    if pod
+        .node_selector
+        .iter()
+        .any(|(k, v)| labels.get(k) != Some(v))
+    {
+        return vec![Reject::Selector];
+    }
+    let alloc = status.allocatable;
+    let mut rejects = Vec::new();
+    if c.used.pods.saturating_add(1) > u32::from(alloc.pods) {
+        rejects.push(Reject::TooManyPods);
+    }
+    if c.used.cpu_millis.saturating_add(req.cpu_millis) > u64::from(alloc.cpu_millis) {
+        rejects.push(Reject::Cpu);
+    }
+    if c.used.memory_bytes.saturating_add(req.memory_bytes) > alloc.memory_bytes {
+        rejects.push(Reject::Memory);
+    }
+    if host_ports(pod).iter().any(|p| c.host_ports.contains(p)) {
+        rejects.push(Reject::Ports);
+    }
+    rejects
+}
+
+/// How full the node would be with the pod, in millionths: the mean of the cpu and
+/// memory fractions (Kubernetes' LeastAllocated). Integer maths keeps it deterministic.
+fn requested_fraction(c: &Candidate<'_>, req: Usage) -> u64 {
+    let alloc = c.node.status.allocatable;
+    let frac = |used: u64, total: u64| -> u128 {
+        if total == 0 {
+            return 0;
+        }
+        u128::from(used) * 1_000_000 / u128::from(total)
+    };
+    let cpu = frac(
+        c.used.cpu_millis.saturating_add(req.cpu_millis),
+        u64::from(alloc.cpu_millis),
+    );
+    let mem = frac(
+        c.used.memory_bytes.saturating_add(req.memory_bytes),
+        alloc.memory_bytes,
+    );
+    u64::try_from((cpu + mem) / 2).unwrap_or(u64::MAX)
+}
+
+/// Picks the node for `pod` among `candidates`, or says why none fits.
+pub fn schedule(pod: &api::PodSpec, candidates: &[Candidate<'_>]) -> Result<String, Unschedulable> {
+    let req = pod_requests(pod).map_err(|e| Unschedulable {
+        reason: format!("invalid resource request: {e}"),
+    })?;
+    let mut counts: BTreeMap<Reject, usize> = BTreeMap::new();
+    let mut best: Option<((u32, u64, &str), &Candidate<'_>)> = None;
+    for c in candidates {
+        let labels = node_labels(c.node);
+        let rejects = filter(pod, req, c, &labels);
+        if !rejects.is_empty() {
+            for r in rejects {
+                *counts.entry(r).or_default() += 1;
+            }
+            continue;
+        }
+        let key = (
+            c.pods_of_same_owner,
+            requested_fraction(c, req),
+            c.node.metadata.name.as_str(),
+        );
+        if best.as_ref().is_none_or(|(k, _)| key < *k) {
+            best = Some((key, c));
+        }
+    }
+    if let Some((_, c)) = best {
+        return Ok(c.node.metadata.name.clone());
+    }
+    let reason = if candidates.is_empty() {
+        "0/0 nodes are available: no nodes registered".to_string()
+    } else {
+        let parts: Vec<String> = counts
+            .iter()
+            .map(|(r, n)| format!("{n} {}", r.message()))
+            .collect();
+        format!(
+            "0/{} nodes are available: {}",
+            candidates.len(),
+            parts.join(", ")
+        )
+    };
+    Err(Unschedulable { reason })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// `node("n1", "arm64", "4", "4Gi", 110)` is a ready linux node.
+    fn node(name: &str, arch: &str, cpu: &str, mem: &str, pods: u16) -> api::Node {
+        api::Node {
+            api_version: "v1".into(),
+            kind: "Node".into(),
+            metadata: api::ObjectMeta {
+                name: name.into(),
+                ..Default::default()
+            },
+            status: api::NodeStatus {
+                ready: true,
+                arch: arch.into(),
+                os: "linux".into(),
+                agent_version: "0.1.0".into(),
+                allocatable: api::NodeCapacity {
+                    cpu_millis: quantity::parse_cpu_millis(cpu).expect("cpu"),
+                    memory_bytes: quantity::parse_memory_bytes(mem).expect("mem"),
+                    pods,
+                },
+                ..Default::default()
+            },
+        }
+    }
+
+    /// Per container: (request cpu, request memory, limit cpu, limit memory).
+    type Resources<'a> = (
+        Option<&'a str>,
+        Option<&'a str>,
+        Option<&'a str>,
+        Option<&'a str>,
+    );
+
+    fn pod(containers: &[Resources<'_>]) -> api::PodSpec {
+        api::PodSpec {
+            containers: containers
+                .iter()
+                .enumerate()
+                .map(|(i, (rc, rm, lc, lm))| api::Container {
+                    name: format!("c{i}"),
+                    image: "x".into(),
+                    resources: api::ResourceRequirements {
+                        requests: api::ResourceList {
+                            cpu: rc.map(Into::into),
+                            memory: rm.map(Into::into),
+                        },
+                        limits: api::ResourceList {
+                            cpu: lc.map(Into::into),
+                            memory: lm.map(Into::into),
+                        },
+                    },
+                    ..Default::default()
+                })
+                .collect(),
+            ..Default::default()
+        }
+    }
+
+    fn used(cpu: u64, mem: &str, pods: u32) -> Usage {
+        Usage {
+            cpu_millis: cpu,
+            memory_bytes: quantity::parse_memory_bytes(mem).expect("mem"),
+            pods,
+        }
+    }
+
+    #[test]
+    fn requests_default_to_limits_and_sum_over_containers() {
+        let spec = pod(&[
+            (Some("100m"), Some("64Mi"), Some("1"), Some("128Mi")),
+            (None, None, Some("250m"), Some("32Mi")),
+            (None, None, None, None),
+        ]);
+        assert_eq!(pod_requests(&spec), Ok(used(350, "96Mi", 1)));
+    }
+
+    #[test]
+    fn node_labels_add_well_known_ones() {
+        let mut n = node("pi-1", "arm64", "4", "4Gi", 10);
+        n.metadata.labels.insert("zone".into(), "garage".into());
+        n.metadata.labels.insert(LABEL_ARCH.into(), "lies".into());
+        let l = node_labels(&n);
+        let want: BTreeMap<String, String> = [
+            ("beta.kubernetes.io/arch", "arm64"),
+            ("beta.kubernetes.io/os", "linux"),
+            ("kubernetes.io/arch", "arm64"),
+            ("kubernetes.io/hostname", "pi-1"),
+            ("kubernetes.io/os", "linux"),
+            ("zone", "garage"),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
+        assert_eq!(l, want);
+    }
+
+    #[test]
+    fn table() {
+        let pi1 = node("pi-1", "arm64", "4", "4Gi", 110);
+        let pi2 = node("pi-2", "arm64", "4", "4Gi", 110);
+        let x86 = node("nuc", "amd64", "8", "16Gi", 110);
+        let mut down = node("down", "arm64", "4", "4Gi", 110);
+        down.status.ready = false;
+        let tiny = node("tiny", "arm", "1", "256Mi", 2);
+        let mut zoned = node("zoned", "arm64", "4", "4Gi", 110);
+        zoned.metadata.labels.insert("zone".into(), "barn".into());
+
+        let small = pod(&[(Some("100m"), Some("64Mi"), None, None)]);
+        let big_mem = pod(&[(None, None, None, Some("8Gi"))]);
+        let mut on_arm64 = small.clone();
+        on_arm64
+            .node_selector
+            .insert(LABEL_ARCH.into(), "arm64".into());
+        let mut on_beta_amd64 = small.clone();
+        on_beta_amd64
+            .node_selector
+            .insert(LABEL_BETA_ARCH.into(), "amd64".into());
+        let mut in_barn = small.clone();
+        in_barn.node_selector.insert("zone".into(), "barn".into());
+        let mut on_host = small.clone();
+        on_host
+            .node_selector
+            .insert(LABEL_HOSTNAME.into(), "pi-2".into());
+        let mut bad = small.clone();
+        bad.containers[0].resources.requests.cpu = Some("lots".into());
+
+        let c = |node, used, same| Candidate {
+            node,
+            used,
+            pods_of_same_owner: same,
+            host_ports: BTreeSet::new(),
+        };
+        let with_ports = |node, ports: &[u16]| Candidate {
+            node,
+            used: Usage::default(),
+            pods_of_same_owner: 0,
+            host_ports: ports.iter().map(|p| (api::Protocol::TCP, *p)).collect(),
+        };
+        let mut on_8080 = small.clone();
+        on_8080.containers[0].ports.push(api::ContainerPort {
+            container_port: 80,
+            host_port: Some(8080),
+            ..Default::default()
+        });
+        let mut udp_8080 = on_8080.clone();
+        udp_8080.containers[0].ports[0].protocol = api::Protocol::UDP;
+        let mut host_net_80 = small.clone();
+        host_net_80.host_network = true;
+        host_net_80.containers[0].ports.push(api::ContainerPort {
+            container_port: 80,
+            ..Default::default()
+        });
+        let idle = Usage::default();
+        type Row<'a> = (
+            &'a str,
+            &'a api::PodSpec,
+            Vec<Candidate<'a>>,
+            Result<&'a str, &'a str>,
+        );
+        let rows: Vec<Row> = vec![
+            ("no nodes", &small, vec![], Err("0/0 nodes are available: no nodes registered")),
+            ("single node", &small, vec![c(&pi1, idle, 0)], Ok("pi-1")),
+            ("ties break by name", &small, vec![c(&pi2, idle, 0), c(&pi1, idle, 0)], Ok("pi-1")),
+            (
+                "spread beats free capacity",
+                &small,
+                vec![c(&x86, idle, 1), c(&pi1, used(3000, "3Gi", 5), 0)],
+                Ok("pi-1"),
+            ),
+            (
+                "least requested among equals",
+                &small,
+                vec![c(&pi1, used(2000, "1Gi", 2), 0), c(&pi2, used(500, "1Gi", 2), 0)],
+                Ok("pi-2"),
+            ),
+            ("not ready skipped", &small, vec![c(&down, idle, 0), c(&pi2, idle, 0)], Ok("pi-2")),
+            ("arch selector", &on_arm64, vec![c(&x86, idle, 0), c(&pi2, idle, 0)], Ok("pi-2")),
+            ("beta arch selector", &on_beta_amd64, vec![c(&pi1, idle, 0), c(&x86, idle, 0)], Ok("nuc")),
+            ("user label selector", &in_barn, vec![c(&pi1, idle, 0), c(&zoned, idle, 0)], Ok("zoned")),
+            ("hostname selector", &on_host, vec![c(&pi1, idle, 0), c(&pi2, idle, 1)], Ok("pi-2")),
+            (
+                "limit-only memory counts as request",
+                &big_mem,
+                vec![c(&pi1, idle, 0), c(&x86, idle, 3)],
+                Ok("nuc"),
+            ),
+            (
+                "exact fit is allowed",
+                &small,
+                vec![c(&tiny, used(900, "192Mi", 1), 0)],
+                Ok("tiny"),
+            ),
+            (
+                "summary in filter order",
+                &on_arm64,
+                vec![
+                    c(&down, idle, 0),
+                    c(&x86, idle, 0),
+                    c(&tiny, idle, 0),
+                    c(&pi1, used(3950, "4050Mi", 3), 0),
+                    c(&pi2, used(0, "0", 110), 0),
+                ],
+                Err("0/5 nodes are available: 1 node(s) not ready, 2 node(s) didn't match node selector, 1 node(s) had too many pods, 1 node(s) had insufficient cpu, 1 node(s) had insufficient memory"),
+            ),
+            (
+                "a taken host port moves the pod",
+                &on_8080,
+                vec![with_ports(&pi1, &[8080]), with_ports(&pi2, &[80])],
+                Ok("pi-2"),
+            ),
+            (
+                "the same port number on another protocol is free",
+                &udp_8080,
+                vec![with_ports(&pi1, &[8080])],
+                Ok("pi-1"),
+            ),
+            (
+                "hostNetwork ports are host ports",
+                &host_net_80,
+                vec![with_ports(&pi1, &[80])],
+                Err("0/1 nodes are available: 1 node(s) didn't have free ports for the requested pod ports"),
+            ),
+            (
+                "insufficient memory everywhere",
+                &big_mem,
+                vec![c(&pi1, idle, 0), c(&pi2, idle, 0)],
+                Err("0/2 nodes are available: 2 node(s) had insufficient memory"),
+            ),
+            (
+                "full tiny node",
+                &small,
+                vec![c(&tiny, used(950, "200Mi", 2), 0)],
+                Err("0/1 nodes are available: 1 node(s) had too many pods, 1 node(s) had insufficient cpu, 1 node(s) had insufficient memory"),
+            ),
+            (
+                "unparseable request",
+                &bad,
+                vec![c(&pi1, idle, 0)],
+                Err("invalid resource request: quantity \"lots\" is not a valid Kubernetes quantity"),
+            ),
+        ];
+        for (name, spec, candidates, want) in rows {
+            let got = schedule(spec, &candidates);
+            let got = match &got {
+                Ok(n) => Ok(n.as_str()),
+                Err(u) => Err(u.reason.as_str()),
+            };
+            assert_eq!(got, want, "{name}");
+        }
+    }
+}

@@ -1,0 +1,658 @@
+//! The MQTT bridge between the broker and the core.
+//!
+//! The core never sees MQTT: it reads [`crate::core::Event`]s from one channel and writes
+//! [`Outbound`] messages to another. This module is one producer of events and the one
+//! consumer of outbound messages, so a test can replace it with an in-memory bus (two
+//! channels) and the server can point it at the embedded broker or an external one alike.
+//!
+//! Everything that arrives is checked before the core sees it: the payload must decode
+//! as an [`Envelope`] (size, version and layout are checked by the decoder), the topic
+//! must name a node and an upward kind, the body must be the kind the topic says, and the
+//! envelope's sender must be the node the topic names. Anything else is counted, logged
+//! with the reason and dropped; nothing an agent sends can stop the bridge.
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use baton_link::{link_fault, LinkFault, Repeats, Side};
+use baton_proto::topics::{self, Kind};
+use baton_proto::{Body, Envelope, NodeName, Sender};
+use rumqttc::{
+    AsyncClient, Event as MqttEvent, MqttOptions, Packet, QoS, SubscribeReasonCode,
+    TlsConfiguration, Transport,
+};
+use serde::Serialize;
+use tokio::sync::mpsc;
+use tokio::task::JoinHandle;
+
+use crate::core::Event;
+use crate::security::gate::Security;
+
+/// One message from the core to a node.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Outbound {
+    pub node: NodeName,
+    pub body: Body,
+    /// Retained messages are handed by the broker to an agent that (re)subscribes.
+    pub retain: bool,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum BusError {
+    #[error("invalid broker url {url:?}: {reason}")]
+    Url { url: String, reason: String },
+    #[error("the broker {host}:{port} is mqtts:// but no --broker-ca, --broker-cert and --broker-key were given")]
+    TlsMissing { host: String, port: u16 },
+    #[error("--broker-ca, --broker-cert and --broker-key were given but the broker {host}:{port} is not mqtts://")]
+    TlsUnused { host: String, port: u16 },
+}
+
+/// Counters for `/healthz` and for tests.
+#[derive(Debug, Default)]
+pub struct BusStats {
+    /// Connected and subscribed to the nodes' topics.
+    pub connected: AtomicBool,
+    pub received: AtomicU64,
+    pub dropped: AtomicU64,
+    pub published: AtomicU64,
+    /// Why the link is not usable now (a failed connect, a denied subscription), with
+    /// advice; `None` while it works or before the first attempt ended.
+    pub error: Mutex<Option<String>>,
+    /// A configuration that makes the broker drop everything without telling us (see
+    /// [`identity_problem`]); it stands until a node's message arrives, which disproves it.
+    pub suspect: Mutex<Option<String>>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct BusStatsSnapshot {
+    pub connected: bool,
+    pub received: u64,
+    pub dropped: u64,
+    pub published: u64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub suspect: Option<String>,
+}
+
+impl BusStats {
+    pub fn snapshot(&self) -> BusStatsSnapshot {
+        BusStatsSnapshot {
+            connected: self.connected.load(Ordering::Relaxed),
+            received: self.received.load(Ordering::Relaxed),
+            dropped: self.dropped.load(Ordering::Relaxed),
+            published: self.published.load(Ordering::Relaxed),
+            error: self.error(),
+            suspect: self
+                .suspect
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .clone(),
+        }
+    }
+
+    /// Why the link cannot carry the nodes' messages now, if it is known: `/healthz`
+    /// answers 503 with it.
+    pub fn problem(&self) -> Option<String> {
+        let s = self.snapshot();
+        match (s.error, s.suspect) {
+            (Some(e), _) if !s.connected => Some(e),
+            (_, Some(w)) if s.received == 0 => Some(w),
+            _ => None,
+        }
+    }
+
+    /// See [`BusStats::error`].
+    pub fn error(&self) -> Option<String> {
+        self.error.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    fn set_error(&self, e: Option<String>) {
+        *self.error.lock().unwrap_or_else(|e| e.into_inner()) = e;
+    }
+}
+
+/// Where the broker is.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BrokerAddr {
+    pub host: String,
+    pub port: u16,
+    /// `mqtts://`: connect over TLS.
+    pub tls: bool,
+    /// MQTT username and password (the embedded broker's loopback listener, see
+    /// [`crate::edge::broker`]).
+    pub login: Option<MqttLogin>,
+}
+
+/// An MQTT username and password; `Debug` never shows the password.
+#[derive(Clone, PartialEq, Eq)]
+pub struct MqttLogin {
+    pub username: String,
+    pub password: String,
+}
+
+impl std::fmt::Debug for MqttLogin {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("MqttLogin")
+            .field("username", &self.username)
+            .field("password", &"<redacted>")
+            .finish()
+    }
+}
+
+impl BrokerAddr {
+    /// Parses `mqtt://host[:port]` (port 1883 by default), `mqtts://host[:port]` (8883) or
+    /// a bare `host:port`.
+    pub fn parse(url: &str) -> Result<Self, BusError> {
+        let u = baton_proto::broker::BrokerUrl::parse(url).map_err(|e| BusError::Url {
+            url: url.to_owned(),
+            reason: match e {
+                baton_proto::ProtoError::BrokerUrl { reason, .. } => reason,
+                other => other.to_string(),
+            },
+        })?;
+        Ok(Self {
+            host: u.host,
+            port: u.port,
+            tls: u.tls,
+            login: None,
+        })
+    }
+}
+
+/// A plain-MQTT address (the embedded broker's local listener).
+impl From<SocketAddr> for BrokerAddr {
+    fn from(sa: SocketAddr) -> Self {
+        Self {
+            host: sa.ip().to_string(),
+            port: sa.port(),
+            tls: false,
+            login: None,
+        }
+    }
+}
+
+/// The coordinator's MQTT connection settings: session, limits, and the transport.
+/// `tls` is the client config for an `mqtts://` broker; it is required there and refused
+/// for `mqtt://`, so certificates are never silently ignored and a TLS address never
+/// falls back to clear text.
+pub fn mqtt_options(
+    broker: &BrokerAddr,
+    client_id: &str,
+    tls: Option<Arc<rustls::ClientConfig>>,
+) -> Result<MqttOptions, BusError> {
+    let mut opts = MqttOptions::new(client_id, broker.host.clone(), broker.port);
+    opts.set_keep_alive(Duration::from_secs(15));
+    opts.set_clean_session(true);
+    // Accept somewhat oversized packets so that they reach the decoder, which counts
+    // and drops them, instead of tearing down the connection.
+    opts.set_max_packet_size(
+        2 * baton_proto::MAX_MESSAGE_BYTES + 4096,
+        baton_proto::MAX_MESSAGE_BYTES + 4096,
+    );
+    opts.set_inflight(100);
+    if let Some(l) = &broker.login {
+        opts.set_credentials(l.username.clone(), l.password.clone());
+    }
+    let (host, port) = (broker.host.clone(), broker.port);
+    match (broker.tls, tls) {
+        (true, Some(cfg)) => {
+            opts.set_transport(Transport::tls_with_config(TlsConfiguration::Rustls(cfg)));
+        }
+        (true, None) => return Err(BusError::TlsMissing { host, port }),
+        (false, Some(_)) => return Err(BusError::TlsUnused { host, port }),
+        (false, None) => {}
+    }
+    Ok(opts)
+}
+
+/// Why an inbound message was dropped.
+#[derive(Debug, thiserror::Error, PartialEq)]
+pub enum Rejected {
+    #[error("topic is not a baton node topic")]
+    Topic,
+    #[error("topic is a downward topic")]
+    Direction,
+    #[error("{0}")]
+    Decode(#[from] baton_proto::ProtoError),
+    #[error("body kind does not match the topic")]
+    KindMismatch,
+    #[error("sender {sender:?} does not match the topic's node")]
+    SenderMismatch { sender: Sender },
+}
+
+/// Checks one inbound MQTT message, as described in the module docs.
+pub fn check_inbound(topic: &str, payload: &[u8]) -> Result<(NodeName, Body), Rejected> {
+    check_envelope(topic, payload).map(|(node, env)| (node, env.body))
+}
+
+/// The layout checks of [`check_inbound`] (topic, direction, decoding, kind, sender),
+/// keeping the whole envelope, for the signature and replay checks in [`crate::security::gate`].
+pub fn check_envelope(topic: &str, payload: &[u8]) -> Result<(NodeName, Envelope), Rejected> {
+    let (node, kind) = topics::parse(topic).ok_or(Rejected::Topic)?;
+    if !matches!(kind, Kind::Up(_)) {
+        return Err(Rejected::Direction);
+    }
+    let env = Envelope::decode(payload)?;
+    if Kind::of(&env.body) != kind {
+        return Err(Rejected::KindMismatch);
+    }
+    if env.sender != Sender::Node(node.clone()) {
+        return Err(Rejected::SenderMismatch { sender: env.sender });
+    }
+    Ok((node, env))
+}
+
+/// The running bridge: two tasks, aborted on drop of [`Bus::shutdown`].
+pub struct Bus {
+    tasks: Vec<JoinHandle<()>>,
+    client: AsyncClient,
+}
+
+impl Bus {
+    /// Starts the bridge with `tls` for an `mqtts://` broker (see [`mqtt_options`]). It
+    /// connects (and reconnects for ever, with capped backoff) in the background, so this
+    /// does not wait for the broker.
+    pub fn start(
+        broker: BrokerAddr,
+        tls: Option<Arc<rustls::ClientConfig>>,
+        client_id: &str,
+        events: mpsc::Sender<Event>,
+        outbound: mpsc::Receiver<Outbound>,
+        stats: Arc<BusStats>,
+        security: Option<Arc<Security>>,
+    ) -> Result<Self, BusError> {
+        let opts = mqtt_options(&broker, client_id, tls)?;
+        Ok(Self::start_with_options(
+            broker, opts, events, outbound, stats, security,
+        ))
+    }
+
+    fn start_with_options(
+        broker: BrokerAddr,
+        opts: MqttOptions,
+        events: mpsc::Sender<Event>,
+        outbound: mpsc::Receiver<Outbound>,
+        stats: Arc<BusStats>,
+        security: Option<Arc<Security>>,
+    ) -> Self {
+        let (client, eventloop) = AsyncClient::new(opts, 256);
+        let recv = tokio::spawn(receive_loop(
+            broker,
+            client.clone(),
+            eventloop,
+            events,
+            stats.clone(),
+            security.clone(),
+        ));
+        let send = tokio::spawn(send_loop(client.clone(), outbound, stats, security));
+        Self {
+            tasks: vec![recv, send],
+            client,
+        }
+    }
+
+    /// Disconnects politely (best effort) and stops both tasks.
+    pub async fn shutdown(self) {
+        let _ = tokio::time::timeout(Duration::from_millis(500), self.client.disconnect()).await;
+        for t in &self.tasks {
+            t.abort();
+        }
+        for t in self.tasks {
+            let _ = t.await;
+        }
+    }
+}
+
+async fn receive_loop(
+    broker: BrokerAddr,
+    client: AsyncClient,
+    mut eventloop: rumqttc::EventLoop,
+    events: mpsc::Sender<Event>,
+    stats: Arc<BusStats>,
+    security: Option<Arc<Security>>,
+) {
+    const MIN_BACKOFF: Duration = Duration::from_millis(100);
+    const MAX_BACKOFF: Duration = Duration::from_secs(5);
+    let mut backoff = MIN_BACKOFF;
+    let addr = format!(
+        "{}://{}:{}",
+        if broker.tls { "mqtts" } else { "mqtt" },
+        broker.host,
+        broker.port
+    );
+    let mut repeats = Repeats::new(WARN_EVERY);
+    let mut up = false;
+    loop {
+        match eventloop.poll().await {
+            Ok(MqttEvent::Incoming(Packet::ConnAck(_))) => {
+                up = true;
+                match repeats.succeeded(tokio::time::Instant::now().into_std()) {
+                    Some(r) => tracing::info!(
+                        broker = %addr, attempts = r.attempts,
+                        "connected to the MQTT broker at {addr} after {} failed attempts in {}s",
+                        r.attempts, r.after.as_secs()
+                    ),
+                    None => tracing::info!(broker = %addr, "connected to the MQTT broker"),
+                }
+                backoff = MIN_BACKOFF;
+                // Clean session: the subscription is gone after every reconnect. `try_`
+                // because awaiting here, in the loop that drains the request queue, could
+                // deadlock if the queue were full.
+                if let Err(e) = client.try_subscribe(topics::COORDINATOR_FILTER, QoS::AtLeastOnce) {
+                    tracing::error!(error = %e, "cannot subscribe to node topics");
+                }
+            }
+            Ok(MqttEvent::Incoming(Packet::SubAck(ack))) => {
+                if ack.return_codes.contains(&SubscribeReasonCode::Failure) {
+                    // The broker's ACL refused us (Mosquitto answers 0x80 and would drop
+                    // our publishes silently): no node can ever appear, so say why.
+                    let why = LinkFault::SubscribeDenied(topics::COORDINATOR_FILTER.into())
+                        .explain(Side::Coordinator, broker.tls);
+                    tracing::warn!(broker = %addr, "the MQTT broker at {addr}: {why}");
+                    stats.set_error(Some(why));
+                    continue;
+                }
+                // Only now can nodes' messages reach us: "connected" means subscribed.
+                stats.set_error(None);
+                stats.connected.store(true, Ordering::Relaxed);
+            }
+            Ok(MqttEvent::Incoming(Packet::Publish(p))) => {
+                stats.received.fetch_add(1, Ordering::Relaxed);
+                if let Some(sec) = &security {
+                    // Signature, replay and layout checks; it counts and logs rejections.
+                    match sec.check_inbound(&p.topic, &p.payload) {
+                        Some((node, body)) => {
+                            if events.send(Event::Inbound { node, body }).await.is_err() {
+                                return;
+                            }
+                        }
+                        None => {
+                            stats.dropped.fetch_add(1, Ordering::Relaxed);
+                        }
+                    }
+                    continue;
+                }
+                match check_inbound(&p.topic, &p.payload) {
+                    Ok((node, body)) => {
+                        tracing::trace!(%node, kind = ?Kind::of(&body), "inbound");
+                        if events.send(Event::Inbound { node, body }).await.is_err() {
+                            return; // the core has stopped
+                        }
+                    }
+                    Err(reason) => {
+                        stats.dropped.fetch_add(1, Ordering::Relaxed);
+                        tracing::warn!(topic = %p.topic, bytes = p.payload.len(), %reason, "dropped an inbound message");
+                    }
+                }
+            }
+            Ok(_) => {}
+            Err(e) => {
+                stats.connected.store(false, Ordering::Relaxed);
+                let fault = link_fault(&e, up);
+                let why = fault.explain(Side::Coordinator, broker.tls);
+                if std::mem::take(&mut up) {
+                    tracing::warn!(error = %e, "lost the MQTT broker connection; reconnecting");
+                    repeats.failed(tokio::time::Instant::now().into_std(), &fault.to_string());
+                } else {
+                    tracing::debug!(error = %e, ?backoff, "cannot reach the MQTT broker; retrying");
+                    if let Some(w) =
+                        repeats.failed(tokio::time::Instant::now().into_std(), &fault.to_string())
+                    {
+                        if w.attempts == 1 {
+                            tracing::warn!(broker = %addr, "cannot connect to the MQTT broker at {addr}: {why}");
+                        } else {
+                            tracing::warn!(
+                                broker = %addr, attempts = w.attempts,
+                                "cannot connect to the MQTT broker at {addr}: {why}; still failing after {} attempts in {}s ({} not logged)",
+                                w.attempts, w.failing_for.as_secs(), w.held
+                            );
+                        }
+                    }
+                }
+                stats.set_error(Some(why));
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(MAX_BACKOFF);
+            }
+        }
+    }
+}
+
+/// The certificate CN the shipped Mosquitto ACL (deploy/mosquitto/acl) grants the
+/// coordinator's topics to.
+pub const COORDINATOR_CN: &str = "baton:coordinator";
+
+/// What is wrong with the coordinator's MQTT client certificate `cert_pem`, if its CN is
+/// not [`COORDINATOR_CN`]. Checked from the certificate because the wire does not tell:
+/// Mosquitto (2.0.11, tests/tests/diagnostics.rs) grants a SUBSCRIBE its ACL denies
+/// (SUBACK 0, not 0x80) and acknowledges denied publishes, then drops them all.
+pub fn identity_problem(cert_pem: &[u8]) -> Option<String> {
+    use rustls_pki_types::pem::PemObject;
+    let der = rustls_pki_types::CertificateDer::from_pem_slice(cert_pem).ok()?;
+    let cn = crate::edge::mqtt_front::common_name(&der).unwrap_or_default();
+    (cn != COORDINATOR_CN).then(|| {
+        format!(
+            "the coordinator's MQTT client certificate (--broker-cert) has CN {cn:?}, but deploy/mosquitto's ACL grants the coordinator's topics only to CN {COORDINATOR_CN}, and Mosquitto drops what its ACL denies without an error: no node will appear (issue the certificate with CN {COORDINATOR_CN})"
+        )
+    })
+}
+
+/// How often a link that keeps failing for the same reason is logged again.
+const WARN_EVERY: Duration = Duration::from_secs(60);
+
+async fn send_loop(
+    client: AsyncClient,
+    mut outbound: mpsc::Receiver<Outbound>,
+    stats: Arc<BusStats>,
+    security: Option<Arc<Security>>,
+) {
+    let mut seq: u64 = 0;
+    while let Some(msg) = outbound.recv().await {
+        seq += 1;
+        let kind = Kind::of(&msg.body);
+        let sealed = match &security {
+            // Signed, with a persisted sequence number and the send time.
+            Some(sec) => sec.seal(&msg.node, msg.body).map_err(|e| e.to_string()),
+            None => Envelope::new(Sender::Coordinator, seq, msg.body)
+                .encode()
+                .map(|p| (topics::topic(&msg.node, kind), p))
+                .map_err(|e| e.to_string()),
+        };
+        let (topic, payload) = match sealed {
+            Ok(p) => p,
+            Err(e) => {
+                tracing::error!(node = %msg.node, ?kind, error = %e, "cannot encode an outbound message; dropped");
+                continue;
+            }
+        };
+        // Publishing only queues the request for the event loop, which sends it once
+        // connected; if it cannot, the next heartbeat's mismatch makes the core resend.
+        match client
+            .publish(topic, QoS::AtLeastOnce, msg.retain, payload)
+            .await
+        {
+            Ok(()) => {
+                stats.published.fetch_add(1, Ordering::Relaxed);
+            }
+            Err(e) => {
+                tracing::warn!(node = %msg.node, error = %e, "cannot queue an outbound message")
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use baton_proto::Heartbeat;
+
+    fn node(n: &str) -> NodeName {
+        NodeName::new(n).unwrap()
+    }
+
+    fn hb() -> Body {
+        Body::Heartbeat(Heartbeat {
+            applied_generation: 1,
+            status_digest: 2,
+        })
+    }
+
+    #[test]
+    fn accepts_a_well_formed_message() {
+        let bytes = Envelope::new(Sender::Node(node("pi-1")), 1, hb())
+            .encode()
+            .unwrap();
+        let got = check_inbound("baton/v1/nodes/pi-1/up/heartbeat", &bytes).unwrap();
+        assert_eq!(got, (node("pi-1"), hb()));
+    }
+
+    #[test]
+    fn rejects_what_an_agent_must_not_send() {
+        let good = Envelope::new(Sender::Node(node("pi-1")), 1, hb())
+            .encode()
+            .unwrap();
+        let spoofed = Envelope::new(Sender::Node(node("pi-2")), 1, hb())
+            .encode()
+            .unwrap();
+        let as_coord = Envelope::new(Sender::Coordinator, 1, hb())
+            .encode()
+            .unwrap();
+        let mut bad_version = good.clone();
+        bad_version[0] = 99;
+        type Case<'a> = (&'a str, Vec<u8>, fn(&Rejected) -> bool);
+        let cases: Vec<Case> = vec![
+            ("baton/v1/nodes/pi-1/up/status", good.clone(), |r| {
+                *r == Rejected::KindMismatch
+            }),
+            ("baton/v1/nodes/pi-1/down/desired", good.clone(), |r| {
+                *r == Rejected::Direction
+            }),
+            ("other/topic", good.clone(), |r| *r == Rejected::Topic),
+            ("baton/v1/nodes/pi-1/up/heartbeat", spoofed, |r| {
+                matches!(r, Rejected::SenderMismatch { .. })
+            }),
+            ("baton/v1/nodes/pi-1/up/heartbeat", as_coord, |r| {
+                matches!(r, Rejected::SenderMismatch { .. })
+            }),
+            (
+                "baton/v1/nodes/pi-1/up/heartbeat",
+                vec![1, 0xff, 0xff, 0xff],
+                |r| matches!(r, Rejected::Decode(_)),
+            ),
+            ("baton/v1/nodes/pi-1/up/heartbeat", bad_version, |r| {
+                matches!(r, Rejected::Decode(_))
+            }),
+            (
+                "baton/v1/nodes/pi-1/up/heartbeat",
+                vec![0; baton_proto::MAX_MESSAGE_BYTES + 1],
+                |r| {
+                    matches!(
+                        r,
+                        Rejected::Decode(baton_proto::ProtoError::TooLarge { .. })
+                    )
+                },
+            ),
+        ];
+        for (topic, payload, want) in cases {
+            let r = check_inbound(topic, &payload).unwrap_err();
+            assert!(want(&r), "{topic}: {r:?}");
+        }
+    }
+
+    #[test]
+    fn tls_exactly_when_the_url_asks_for_it() {
+        let tls = BrokerAddr::parse("mqtts://b").unwrap();
+        let plain = BrokerAddr::parse("mqtt://b").unwrap();
+        let cfg = Arc::new(
+            rustls::ClientConfig::builder_with_provider(Arc::new(
+                rustls::crypto::ring::default_provider(),
+            ))
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_root_certificates(rustls::RootCertStore::empty())
+            .with_no_client_auth(),
+        );
+        assert!(matches!(
+            mqtt_options(&tls, "c", None),
+            Err(BusError::TlsMissing { .. })
+        ));
+        assert!(matches!(
+            mqtt_options(&plain, "c", Some(cfg.clone())),
+            Err(BusError::TlsUnused { .. })
+        ));
+        let o = mqtt_options(&tls, "c", Some(cfg)).unwrap();
+        assert!(matches!(o.transport(), Transport::Tls(_)));
+        let o = mqtt_options(&plain, "c", None).unwrap();
+        assert!(matches!(o.transport(), Transport::Tcp));
+    }
+
+    #[test]
+    fn broker_urls() {
+        let ok = |u: &str, h: &str, p: u16| {
+            assert_eq!(
+                BrokerAddr::parse(u).unwrap(),
+                BrokerAddr {
+                    host: h.into(),
+                    port: p,
+                    tls: u.starts_with("mqtts://"),
+                    login: None,
+                },
+                "{u}"
+            )
+        };
+        ok("mqtt://127.0.0.1:1884", "127.0.0.1", 1884);
+        ok("mqtt://broker.local", "broker.local", 1883);
+        ok("tcp://[::1]:1885", "::1", 1885);
+        ok("localhost:9", "localhost", 9);
+        ok("mqtts://broker.lan", "broker.lan", 8883);
+        for bad in ["http://x:1", "mqtt://", "mqtt://h:notaport", "mqtt://u@h:1"] {
+            assert!(BrokerAddr::parse(bad).is_err(), "{bad}");
+        }
+    }
+
+    /// The coordinator's certificate is checked for the CN the shipped ACL expects, and
+    /// `/healthz`'s problem stands until a node's message disproves it.
+    #[test]
+    fn a_certificate_the_acl_ignores_is_a_problem_until_a_node_is_heard() {
+        // Self-signed Ed25519 certificates (openssl req -x509 -subj /CN=...).
+        const RIGHT: &str = "-----BEGIN CERTIFICATE-----
+MIIBTzCCAQGgAwIBAgIUclDS1Jy6YhPlPLoKI46btiwp7TcwBQYDK2VwMBwxGjAY
+BgNVBAMMEWJhdG9uOmNvb3JkaW5hdG9yMCAXDTI2MTIwNTE4MDExNloYDzIxMjYx
+MTExMTgwMTE2WjAcMRowGAYDVQQDDBFiYXRvbjpjb29yZGluYXRvcjAqMAUGAytl
+cAMhAJmEsM7ywAS3vwf9HbDlM3VI/Ift/KlIOGPGNOHCWyvLo1MwUTAdBgNVHQ4E
+FgQU0CoyCqakBt0O3hp6hH/foGlVXdQwHwYDVR0jBBgwFoAU0CoyCqakBt0O3hp6
+hH/foGlVXdQwDwYDVR0TAQH/BAUwAwEB/zAFBgMrZXADQQAs6i9hv/g+fas6i8g7
+exPsb2TJ03DS9L4Te9eOt5E5WGwI352coOR9rmaa5+JvkMlIfvp2BVVge7wbqmE7
+1KMM
+-----END CERTIFICATE-----
+";
+        const WRONG: &str = "-----BEGIN CERTIFICATE-----
+MIIBTzCCAQGgAwIBAgIUT+YiFJBNbtLiQMHlGwOmSZki2/YwBQYDK2VwMBwxGjAY
+BgNVBAMMEWJhdG9uLWNvb3JkaW5hdG9yMCAXDTI2MTIwNTE4MDExNloYDzIxMjYx
+MTExMTgwMTE2WjAcMRowGAYDVQQDDBFiYXRvbi1jb29yZGluYXRvcjAqMAUGAytl
+cAMhAFhHgfGt0gmVLLwssr73SUx50fKKCw4QHcPT4IJwLR6vo1MwUTAdBgNVHQ4E
+FgQUhgZ7w5cD/ykI3zshx7Jt+fBC3gQwHwYDVR0jBBgwFoAUhgZ7w5cD/ykI3zsh
+x7Jt+fBC3gQwDwYDVR0TAQH/BAUwAwEB/zAFBgMrZXADQQB9BWrWTfdolIQKRDB+
+VbNWYP8PhZ0Woq5DjzDeLekWAYTF0LyPHF2kyHxX1pVHqPHZ6KcF93f/Yd+AI+M6
+v38J
+-----END CERTIFICATE-----
+";
+        assert_eq!(identity_problem(RIGHT.as_bytes()), None);
+        let p = identity_problem(WRONG.as_bytes()).unwrap();
+        assert!(p.contains(r#"has CN "baton-coordinator""#), "{p}");
+
+        let stats = BusStats::default();
+        assert_eq!(stats.problem(), None, "nothing known yet");
+        *stats.suspect.lock().unwrap() = Some(p.clone());
+        stats.connected.store(true, Ordering::Relaxed);
+        assert_eq!(stats.problem(), Some(p));
+        stats.received.fetch_add(1, Ordering::Relaxed);
+        assert_eq!(stats.problem(), None, "a node's message got through");
+        stats.set_error(Some("connection refused".into()));
+        assert_eq!(stats.problem(), None, "connected: a stale error");
+        stats.connected.store(false, Ordering::Relaxed);
+        assert_eq!(stats.problem(), Some("connection refused".into()));
+    }
+}

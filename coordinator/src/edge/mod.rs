@@ -1,0 +1,9 @@
+//! The edge: where the coordinator meets the network. The HTTP API server and its accept loop, TLS, the MQTT bus client, and the embedded broker with its mTLS front.
+
+pub mod broker;
+pub mod broker_config;
+pub mod bus;
+pub mod http;
+pub mod mqtt_front;
+pub mod serve;
+pub mod tls;

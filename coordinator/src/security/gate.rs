@@ -1,0 +1,887 @@
+//! Message authentication on the coordinator: the broker is not trusted.
+//!
+//! Every inbound MQTT message passes [`Security::check_inbound`] before the core sees it:
+//! the layout checks of [`crate::edge::bus::check_envelope`] (topic, kind, sender), then, for a
+//! node with an enrolled identity, its Ed25519 signature over `signing_bytes(topic)`
+//! against the node's key (or, during a rotation, its previous key), then the replay
+//! rule (`seq` above the last accepted one, `sent_at_ms` within the window). A revoked
+//! node's messages are refused outright. Rejections are counted per reason and per node,
+//! logged with the reason, and dropped: they never reach the core.
+//!
+//! **Modes.** Nodes without an enrolled identity are refused (reason `unknown-node`), so
+//! every node must enroll; only development mode (`baton server --insecure-mqtt`, logged
+//! as a warning at start) accepts them unsigned, and `--require-signatures` refuses them
+//! even then. An enrolled node is always verified, so its unsigned message is always
+//! refused.
+//!
+//! **The last will.** `Offline` is published by the broker when the agent vanishes, so
+//! the agent signs it when it connects, with the seq and time of that moment. It is
+//! therefore exempt from the time window and from the per-node seq (later messages have
+//! higher ones), and checked only against the seq of the last will accepted before. A
+//! replayed will is still signed by the node; the worst it can do is mark the node
+//! NotReady until its next heartbeat.
+//!
+//! **Persistence.** The last accepted seq per node lives in memory and is written to the
+//! store lazily ([`Security::flush`], every few seconds and at shutdown), not once per
+//! heartbeat, to spare SD cards. After a crash the coordinator may have lost the last
+//! few seconds of updates; a message from those seconds could then be replayed once, in
+//! order, and only within the time window: a genuine, recent report from the node itself,
+//! which the level-triggered protocol treats as idempotent.
+//!
+//! Outbound messages are sealed here too ([`Security::seal`]): a persisted,
+//! clock-following sequence number, the send time, and the coordinator's signature.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::time::{Duration, Instant};
+
+use base64::Engine as _;
+use baton_proto::sign::{self, Freshness, SeqCounter, SignError, VerifyingKey};
+use baton_proto::{Body, Envelope, NodeName, ProtoError, Sender};
+use serde::{Deserialize, Serialize};
+use tokio::sync::mpsc;
+
+use crate::edge::bus::check_envelope;
+use crate::edge::bus::{Outbound, Rejected};
+use crate::security::pki::Pki;
+use crate::store::{self, Op, Store, StoreError, Table};
+
+/// The default bound on how far `sent_at_ms` may be from the coordinator's clock.
+pub const DEFAULT_WINDOW: Duration = Duration::from_secs(600);
+/// The default time both keys are accepted after a rotation.
+pub const DEFAULT_ROTATION_OVERLAP: Duration = Duration::from_secs(300);
+/// The store key (in [`Table::Meta`]) of the coordinator's seq reservation.
+const SEQ_RESERVATION_KEY: &str = "coordinator_seq_reserved";
+/// A node with a wrong clock is sent a signed `StatusRequest` at most this often, so it
+/// can learn the time from it (see docs/security.md, "devices without a clock").
+const CLOCK_NUDGE_EVERY: Duration = Duration::from_secs(10);
+
+pub fn b64(bytes: &[u8]) -> String {
+    base64::engine::general_purpose::STANDARD.encode(bytes)
+}
+
+pub fn unb64(s: &str) -> Option<Vec<u8>> {
+    base64::engine::general_purpose::STANDARD.decode(s).ok()
+}
+
+pub fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum SecurityError {
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error("no enrolled identity for node {0:?}")]
+    NotEnrolled(String),
+    #[error("cannot encode an outbound message: {0}")]
+    Encode(#[from] ProtoError),
+    #[error("cannot sign an outbound message: {0}")]
+    Sign(#[from] SignError),
+    #[error("node {0:?} is revoked")]
+    Revoked(String),
+    #[error("cannot queue the key rotation request for node {0:?}: the MQTT bridge is not running or is full")]
+    NotQueued(String),
+}
+
+/// What `baton node identity` shows of an enrolled node: its keys and their validity,
+/// never the certificate or anything secret.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct IdentitySummary {
+    pub node: String,
+    pub public_key: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub previous_key: Option<String>,
+    pub previous_valid_until_ms: u64,
+    pub not_after: u64,
+    pub enrolled_at: String,
+    pub revoked: bool,
+    /// `SHA256:<hex>` of the node certificate's DER, to compare with the device's copy
+    /// (`openssl x509 -noout -fingerprint -sha256`); empty if it cannot be read.
+    pub fingerprint: String,
+    /// The node certificate's serial number, colon-separated hex.
+    pub serial: String,
+}
+
+impl From<&IdentityRecord> for IdentitySummary {
+    fn from(r: &IdentityRecord) -> Self {
+        use sha2::Digest as _;
+        let der = crate::security::pki::pem_to_der(&r.certificate).unwrap_or_default();
+        let serial = x509_parser::parse_x509_certificate(&der)
+            .map(|(_, c)| c.raw_serial_as_string())
+            .unwrap_or_default();
+        Self {
+            fingerprint: if der.is_empty() {
+                String::new()
+            } else {
+                format!("SHA256:{}", hex::encode(sha2::Sha256::digest(&der)))
+            },
+            serial,
+            node: r.node.clone(),
+            public_key: r.public_key.clone(),
+            previous_key: r.previous_key.clone(),
+            previous_valid_until_ms: r.previous_valid_until_ms,
+            not_after: r.not_after,
+            enrolled_at: r.enrolled_at.clone(),
+            revoked: r.revoked,
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct SecurityConfig {
+    /// Refuse messages from nodes without an enrolled identity.
+    pub require_signatures: bool,
+    /// Bound on `|sent_at_ms - now|`.
+    pub window: Duration,
+    /// How long the previous key stays valid after a rotation.
+    pub rotation_overlap: Duration,
+}
+
+impl Default for SecurityConfig {
+    /// Signatures required: only `--insecure-mqtt` (development) accepts unenrolled nodes.
+    fn default() -> Self {
+        Self {
+            require_signatures: true,
+            window: DEFAULT_WINDOW,
+            rotation_overlap: DEFAULT_ROTATION_OVERLAP,
+        }
+    }
+}
+
+/// An enrolled node, as stored in [`Table::Identities`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct IdentityRecord {
+    pub node: String,
+    /// Base64 of the 32-byte Ed25519 public key.
+    pub public_key: String,
+    /// The key before the last rotation, valid until `previous_valid_until_ms`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub previous_key: Option<String>,
+    #[serde(default)]
+    pub previous_valid_until_ms: u64,
+    #[serde(default)]
+    pub labels: BTreeMap<String, String>,
+    #[serde(default)]
+    pub arch: String,
+    /// The certificate's notAfter, Unix seconds.
+    pub not_after: u64,
+    /// The node certificate, PEM.
+    pub certificate: String,
+    pub enrolled_at: String,
+    #[serde(default)]
+    pub revoked: bool,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub revoked_at: Option<String>,
+}
+
+impl IdentityRecord {
+    /// The keys valid at `now_ms`: the current one, and the previous one during the
+    /// rotation overlap.
+    fn keys(&self, now_ms: u64) -> Vec<VerifyingKey> {
+        let mut out = Vec::with_capacity(2);
+        let decode = |s: &str| unb64(s).and_then(|b| sign::verifying_key(&b).ok());
+        if let Some(k) = decode(&self.public_key) {
+            out.push(k);
+        }
+        if now_ms <= self.previous_valid_until_ms {
+            if let Some(k) = self.previous_key.as_deref().and_then(decode) {
+                out.push(k);
+            }
+        }
+        out
+    }
+}
+
+/// Why a message was refused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Reason {
+    /// Undecodable, oversized, unknown version, or not a node topic at all.
+    Malformed,
+    /// The body or sender does not belong on the topic (incl. a node writing as another).
+    TopicMismatch,
+    /// No signature, from an enrolled node or while signatures are required.
+    Unsigned,
+    BadSignature,
+    /// Signed, or signatures required, but the node never enrolled.
+    UnknownNode,
+    Revoked,
+    /// A sequence number at or below the last accepted one.
+    Replay,
+    /// `sent_at_ms` outside the window.
+    Stale,
+    /// The node's certificate is past its notAfter (rotate before it).
+    Expired,
+}
+
+impl Reason {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Reason::Malformed => "malformed",
+            Reason::TopicMismatch => "topic-mismatch",
+            Reason::Unsigned => "unsigned",
+            Reason::BadSignature => "bad-signature",
+            Reason::UnknownNode => "unknown-node",
+            Reason::Revoked => "revoked",
+            Reason::Replay => "replay",
+            Reason::Stale => "stale",
+            Reason::Expired => "expired",
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{}: {detail}", reason.as_str())]
+pub struct Rejection {
+    pub reason: Reason,
+    pub detail: String,
+}
+
+fn reject(reason: Reason, detail: impl Into<String>) -> Rejection {
+    Rejection {
+        reason,
+        detail: detail.into(),
+    }
+}
+
+/// What `GET /api/v1/security/rejections` returns.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct RejectionReport {
+    pub require_signatures: bool,
+    pub window_seconds: u64,
+    /// Rejections per reason since the coordinator started.
+    pub total: BTreeMap<Reason, u64>,
+    /// Rejections per node (as named by the topic) and reason.
+    pub nodes: BTreeMap<String, BTreeMap<Reason, u64>>,
+    /// Exact duplicates (QoS 1 redelivery) dropped quietly; not rejections.
+    pub duplicates: u64,
+    /// Enrolled nodes and whether they are revoked.
+    pub enrolled: BTreeMap<String, bool>,
+}
+
+#[derive(Default)]
+struct Inner {
+    identities: HashMap<String, IdentityRecord>,
+    last_seq: HashMap<String, u64>,
+    /// Seq of the last accepted last will, per node (in memory only).
+    last_will: HashMap<String, u64>,
+    dirty: BTreeSet<String>,
+    total: BTreeMap<Reason, u64>,
+    per_node: BTreeMap<String, BTreeMap<Reason, u64>>,
+    duplicates: u64,
+    nudged: HashMap<String, Instant>,
+}
+
+/// Identities, replay state and rejection counters; shared by the bus and the API.
+///
+/// A std mutex: it is never held across an await, and the work under it is a hash lookup
+/// and one signature check.
+pub struct Security {
+    store: Arc<dyn Store>,
+    pki: Arc<Pki>,
+    cfg: SecurityConfig,
+    inner: Mutex<Inner>,
+    seq: Mutex<SeqCounter>,
+    nudge: Mutex<Option<mpsc::Sender<Outbound>>>,
+}
+
+impl Security {
+    /// Loads identities, per-node seqs and the coordinator's seq reservation.
+    pub fn load(
+        store: Arc<dyn Store>,
+        pki: Arc<Pki>,
+        cfg: SecurityConfig,
+    ) -> Result<Self, SecurityError> {
+        let mut inner = Inner::default();
+        for rec in store::list_json::<IdentityRecord>(store.as_ref(), Table::Identities)? {
+            inner.identities.insert(rec.node.clone(), rec);
+        }
+        for (node, v) in store.list(Table::Seqs)? {
+            if let Some(seq) = std::str::from_utf8(&v).ok().and_then(|s| s.parse().ok()) {
+                inner.last_seq.insert(node, seq);
+            }
+        }
+        let reserved = store
+            .get(Table::Meta, SEQ_RESERVATION_KEY)?
+            .and_then(|v| String::from_utf8(v).ok()?.parse().ok())
+            .unwrap_or(0);
+        Ok(Self {
+            store,
+            pki,
+            cfg,
+            inner: Mutex::new(inner),
+            seq: Mutex::new(SeqCounter::resume(reserved)),
+            nudge: Mutex::new(None),
+        })
+    }
+
+    /// Where to send a signed `StatusRequest` to a node whose clock is off.
+    pub fn set_nudge(&self, outbound: mpsc::Sender<Outbound>) {
+        *self.nudge.lock().unwrap_or_else(PoisonError::into_inner) = Some(outbound);
+    }
+
+    fn inner(&self) -> MutexGuard<'_, Inner> {
+        self.inner.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    pub fn config(&self) -> &SecurityConfig {
+        &self.cfg
+    }
+
+    pub fn pki(&self) -> &Arc<Pki> {
+        &self.pki
+    }
+
+    /// Checks one inbound MQTT message (see the module docs); counts and logs a rejection.
+    pub fn check_inbound(&self, topic: &str, payload: &[u8]) -> Option<(NodeName, Body)> {
+        let node_hint = baton_proto::topics::parse(topic).map(|(n, _)| n.as_str().to_owned());
+        match self.verify(topic, payload, now_ms()) {
+            Ok(Some(accepted)) => Some(accepted),
+            Ok(None) => None, // a duplicate
+            Err(r) => {
+                self.count(node_hint.as_deref(), &r);
+                None
+            }
+        }
+    }
+
+    fn count(&self, node: Option<&str>, r: &Rejection) {
+        tracing::warn!(node = node.unwrap_or("-"), reason = r.reason.as_str(), detail = %r.detail, "rejected an inbound message");
+        let mut inner = self.inner();
+        *inner.total.entry(r.reason).or_default() += 1;
+        if let Some(n) = node {
+            *inner
+                .per_node
+                .entry(n.to_owned())
+                .or_default()
+                .entry(r.reason)
+                .or_default() += 1;
+        }
+        if r.reason == Reason::Stale {
+            if let Some(n) = node {
+                self.nudge_clock(&mut inner, n);
+            }
+        }
+    }
+
+    /// A node whose clock is off gets a signed StatusRequest now and then: it learns the
+    /// time from the coordinator's `sent_at_ms` and answers with Hello and Status.
+    fn nudge_clock(&self, inner: &mut Inner, node: &str) {
+        if !inner.identities.contains_key(node) {
+            return;
+        }
+        let now = Instant::now();
+        if inner
+            .nudged
+            .get(node)
+            .is_some_and(|t| now.duration_since(*t) < CLOCK_NUDGE_EVERY)
+        {
+            return;
+        }
+        inner.nudged.insert(node.to_owned(), now);
+        let Ok(name) = NodeName::new(node) else {
+            return;
+        };
+        if let Some(tx) = self
+            .nudge
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .as_ref()
+        {
+            let _ = tx.try_send(Outbound {
+                node: name,
+                body: Body::StatusRequest,
+                retain: false,
+            });
+        }
+    }
+
+    /// The checks, with the clock as a parameter. `Ok(None)` is an exact duplicate.
+    pub fn verify(
+        &self,
+        topic: &str,
+        payload: &[u8],
+        now_ms: u64,
+    ) -> Result<Option<(NodeName, Body)>, Rejection> {
+        let (node, env) = check_envelope(topic, payload).map_err(|e| match e {
+            Rejected::KindMismatch | Rejected::SenderMismatch { .. } => {
+                reject(Reason::TopicMismatch, e.to_string())
+            }
+            _ => reject(Reason::Malformed, e.to_string()),
+        })?;
+        let mut inner = self.inner();
+        let Some(id) = inner.identities.get(node.as_str()) else {
+            if self.cfg.require_signatures {
+                return Err(reject(
+                    Reason::UnknownNode,
+                    "node is not enrolled and --require-signatures is on",
+                ));
+            }
+            return Ok(Some((node, env.body)));
+        };
+        if id.revoked {
+            return Err(reject(Reason::Revoked, "node's identity was revoked"));
+        }
+        // 0: a record without an expiry (none is issued so).
+        if id.not_after != 0 && now_ms / 1000 >= id.not_after {
+            return Err(reject(
+                Reason::Expired,
+                format!("node certificate expired at {} (Unix s)", id.not_after),
+            ));
+        }
+        let keys = id.keys(now_ms);
+        sign::verify_any(&env, topic, &keys).map_err(|e| match e {
+            SignError::Unsigned => reject(Reason::Unsigned, "enrolled nodes must sign"),
+            other => reject(Reason::BadSignature, other.to_string()),
+        })?;
+        let name = node.as_str().to_owned();
+        if matches!(env.body, Body::Offline) {
+            // Signed at connect time; see the module docs.
+            let last = inner.last_will.get(&name).copied();
+            return match sign::check_fresh(last, env.seq, env.sent_at_ms, None, 0) {
+                Freshness::Fresh => {
+                    inner.last_will.insert(name, env.seq);
+                    Ok(Some((node, env.body)))
+                }
+                Freshness::Duplicate => {
+                    inner.duplicates += 1;
+                    Ok(None)
+                }
+                _ => Err(reject(Reason::Replay, "an old last will")),
+            };
+        }
+        let window = self.cfg.window.as_millis() as u64;
+        match sign::check_fresh(
+            inner.last_seq.get(&name).copied(),
+            env.seq,
+            env.sent_at_ms,
+            Some(now_ms),
+            window,
+        ) {
+            Freshness::Fresh => {
+                inner.last_seq.insert(name.clone(), env.seq);
+                inner.dirty.insert(name);
+                Ok(Some((node, env.body)))
+            }
+            Freshness::Duplicate => {
+                inner.duplicates += 1;
+                tracing::debug!(node = %node, seq = env.seq, "duplicate message dropped");
+                Ok(None)
+            }
+            Freshness::Replayed { last } => Err(reject(
+                Reason::Replay,
+                format!("seq {} is not above {last}", env.seq),
+            )),
+            Freshness::Stale { skew_ms } => Err(reject(
+                Reason::Stale,
+                format!("sent_at is {skew_ms} ms off this clock (window {window} ms)"),
+            )),
+        }
+    }
+
+    /// Encodes and signs one outbound message: returns the topic and the payload.
+    pub fn seal(&self, node: &NodeName, body: Body) -> Result<(String, Vec<u8>), SecurityError> {
+        let topic = baton_proto::topics::topic(node, baton_proto::topics::Kind::of(&body));
+        let now = now_ms();
+        let seq = {
+            let mut c = self.seq.lock().unwrap_or_else(PoisonError::into_inner);
+            let (seq, reserve) = c.next(now.saturating_mul(1000));
+            if let Some(r) = reserve {
+                // Rare (once per reservation): durable before the number is used.
+                self.store.commit(vec![Op::Put(
+                    Table::Meta,
+                    SEQ_RESERVATION_KEY.into(),
+                    r.to_string().into_bytes(),
+                )])?;
+            }
+            seq
+        };
+        let mut env = Envelope::new(Sender::Coordinator, seq, body);
+        env.sent_at_ms = now;
+        sign::sign(&mut env, &topic, self.pki.signing_key())?;
+        Ok((topic, env.encode()?))
+    }
+
+    /// Writes the per-node seqs that changed since the last flush, in one commit.
+    pub fn flush(&self) -> Result<(), SecurityError> {
+        let ops: Vec<Op> = {
+            let mut inner = self.inner();
+            let dirty = std::mem::take(&mut inner.dirty);
+            dirty
+                .into_iter()
+                .filter_map(|n| {
+                    let seq = inner.last_seq.get(&n)?;
+                    Some(Op::Put(Table::Seqs, n, seq.to_string().into_bytes()))
+                })
+                .collect()
+        };
+        if !ops.is_empty() {
+            self.store.commit(ops)?;
+        }
+        Ok(())
+    }
+
+    pub fn identity(&self, node: &str) -> Option<IdentityRecord> {
+        self.inner().identities.get(node).cloned()
+    }
+
+    /// Commits `rec` (and `extra` ops, e.g. a join token's use) in one transaction, then
+    /// makes it effective. A new key starts a new seq history.
+    pub fn install(&self, rec: IdentityRecord, extra: Vec<Op>) -> Result<(), SecurityError> {
+        let same_key = self
+            .identity(&rec.node)
+            .is_some_and(|old| old.public_key == rec.public_key || rec.previous_key.is_some());
+        let mut ops = extra;
+        ops.push(store::put_json(Table::Identities, &rec.node, &rec)?);
+        if !same_key {
+            ops.push(Op::Delete(Table::Seqs, rec.node.clone()));
+        }
+        self.store.commit(ops)?;
+        let mut inner = self.inner();
+        if !same_key {
+            inner.last_seq.remove(&rec.node);
+            inner.last_will.remove(&rec.node);
+            inner.dirty.remove(&rec.node);
+        }
+        inner.identities.insert(rec.node.clone(), rec);
+        Ok(())
+    }
+
+    /// Marks `node`'s identity revoked: from now on its messages are refused.
+    pub fn revoke(&self, node: &str) -> Result<IdentityRecord, SecurityError> {
+        let mut rec = self
+            .identity(node)
+            .ok_or_else(|| SecurityError::NotEnrolled(node.to_owned()))?;
+        if !rec.revoked {
+            rec.revoked = true;
+            rec.revoked_at = Some(crate::model::api::now_rfc3339());
+            self.store
+                .commit(vec![store::put_json(Table::Identities, node, &rec)?])?;
+            self.inner().identities.insert(node.to_owned(), rec.clone());
+            tracing::warn!(node, "node identity revoked");
+        }
+        Ok(rec)
+    }
+
+    /// `baton node rotate`: queues a signed `RotateKey` on the node's control topic. The
+    /// agent then rotates as `baton-agent rotate` does (a new key, a request signed by
+    /// the current one to the rotate route), so the new key arrives through
+    /// [`crate::security::enroll`] and both keys are accepted for the overlap. Not retained: a node
+    /// that is offline now is not rotated later by surprise; ask again.
+    pub fn request_rotation(&self, node: &str) -> Result<IdentitySummary, SecurityError> {
+        let rec = self
+            .identity(node)
+            .ok_or_else(|| SecurityError::NotEnrolled(node.to_owned()))?;
+        if rec.revoked {
+            return Err(SecurityError::Revoked(node.to_owned()));
+        }
+        let name = NodeName::new(node).map_err(|_| SecurityError::NotEnrolled(node.to_owned()))?;
+        let queued = self
+            .nudge
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .as_ref()
+            .is_some_and(|tx| {
+                tx.try_send(Outbound {
+                    node: name,
+                    body: Body::RotateKey,
+                    retain: false,
+                })
+                .is_ok()
+            });
+        if !queued {
+            return Err(SecurityError::NotQueued(node.to_owned()));
+        }
+        tracing::info!(node, "key rotation requested");
+        Ok(IdentitySummary::from(&rec))
+    }
+
+    /// Names of revoked nodes (the core keeps them out of scheduling).
+    pub fn revoked(&self) -> BTreeSet<String> {
+        self.inner()
+            .identities
+            .values()
+            .filter(|r| r.revoked)
+            .map(|r| r.node.clone())
+            .collect()
+    }
+
+    pub fn report(&self) -> RejectionReport {
+        let inner = self.inner();
+        RejectionReport {
+            require_signatures: self.cfg.require_signatures,
+            window_seconds: self.cfg.window.as_secs(),
+            total: inner.total.clone(),
+            nodes: inner.per_node.clone(),
+            duplicates: inner.duplicates,
+            enrolled: inner
+                .identities
+                .values()
+                .map(|r| (r.node.clone(), r.revoked))
+                .collect(),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::MemStore;
+    use baton_proto::sign::SigningKey;
+    use baton_proto::Heartbeat;
+
+    const NOW: u64 = 1_800_000_000_000;
+
+    fn setup(require: bool) -> (Security, SigningKey, tempfile::TempDir) {
+        let dir = tempfile::tempdir().unwrap();
+        let pki = Arc::new(Pki::load_or_create(dir.path()).unwrap());
+        let store: Arc<dyn Store> = Arc::new(MemStore::default());
+        let sec = Security::load(
+            store,
+            pki,
+            SecurityConfig {
+                require_signatures: require,
+                ..Default::default()
+            },
+        )
+        .unwrap();
+        let key = SigningKey::from_bytes(&[9; 32]);
+        sec.install(record("pi-1", &key.verifying_key()), vec![])
+            .unwrap();
+        (sec, key, dir)
+    }
+
+    fn record(node: &str, k: &VerifyingKey) -> IdentityRecord {
+        IdentityRecord {
+            node: node.into(),
+            public_key: b64(k.as_bytes()),
+            previous_key: None,
+            previous_valid_until_ms: 0,
+            labels: BTreeMap::new(),
+            arch: "amd64".into(),
+            not_after: 0,
+            certificate: String::new(),
+            enrolled_at: String::new(),
+            revoked: false,
+            revoked_at: None,
+        }
+    }
+
+    fn msg(
+        node: &str,
+        kind: &str,
+        body: Body,
+        seq: u64,
+        at: u64,
+        key: Option<&SigningKey>,
+    ) -> (String, Vec<u8>) {
+        let topic = format!("baton/v1/nodes/{node}/up/{kind}");
+        let mut env = Envelope::new(Sender::Node(NodeName::new(node).unwrap()), seq, body);
+        env.sent_at_ms = at;
+        if let Some(k) = key {
+            sign::sign(&mut env, &topic, k).unwrap();
+        }
+        (topic, env.encode().unwrap())
+    }
+
+    fn hb() -> Body {
+        Body::Heartbeat(Heartbeat {
+            applied_generation: 1,
+            status_digest: 2,
+        })
+    }
+
+    fn reason(r: Result<Option<(NodeName, Body)>, Rejection>) -> Option<Reason> {
+        r.err().map(|e| e.reason)
+    }
+
+    #[test]
+    fn enrolled_nodes_must_sign_fresh_messages_with_their_key() {
+        let (sec, key, _d) = setup(false);
+        let other = SigningKey::from_bytes(&[1; 32]);
+        let (t, p) = msg("pi-1", "heartbeat", hb(), 10, NOW, Some(&key));
+        assert!(sec.verify(&t, &p, NOW).unwrap().is_some());
+        // The very same bytes again: a duplicate, dropped quietly.
+        assert_eq!(sec.verify(&t, &p, NOW), Ok(None));
+        let cases = [
+            (
+                msg("pi-1", "heartbeat", hb(), 9, NOW, Some(&key)),
+                Reason::Replay,
+            ),
+            (
+                msg("pi-1", "heartbeat", hb(), 11, NOW, None),
+                Reason::Unsigned,
+            ),
+            (
+                msg("pi-1", "heartbeat", hb(), 11, NOW, Some(&other)),
+                Reason::BadSignature,
+            ),
+            (
+                msg("pi-1", "heartbeat", hb(), 11, NOW - 600_001, Some(&key)),
+                Reason::Stale,
+            ),
+            (
+                msg("pi-1", "status", hb(), 11, NOW, Some(&key)),
+                Reason::TopicMismatch,
+            ),
+        ];
+        for ((t, p), want) in cases {
+            assert_eq!(reason(sec.verify(&t, &p, NOW)), Some(want), "{want:?}");
+        }
+        // Signed for another node's topic and moved: the signature covers the topic.
+        let (_, p) = msg("pi-1", "heartbeat", hb(), 12, NOW, Some(&key));
+        assert_eq!(
+            reason(sec.verify("baton/v1/nodes/pi-2/up/heartbeat", &p, NOW)),
+            Some(Reason::TopicMismatch)
+        );
+        assert_eq!(
+            reason(sec.verify("baton/v1/nodes/pi-1/up/heartbeat", &[1, 2, 3], NOW)),
+            Some(Reason::Malformed)
+        );
+        // Rejected messages did not move the seq: 11 is still fresh.
+        let (t, p) = msg("pi-1", "heartbeat", hb(), 11, NOW, Some(&key));
+        assert!(sec.verify(&t, &p, NOW).unwrap().is_some());
+    }
+
+    #[test]
+    fn unenrolled_nodes_depend_on_the_mode() {
+        let (open, _, _d) = setup(false);
+        let (t, p) = msg("pi-9", "heartbeat", hb(), 1, 0, None);
+        assert!(open.verify(&t, &p, NOW).unwrap().is_some());
+        let (strict, _, _d2) = setup(true);
+        assert_eq!(
+            reason(strict.verify(&t, &p, NOW)),
+            Some(Reason::UnknownNode)
+        );
+    }
+
+    #[test]
+    fn last_will_is_exempt_from_seq_and_time_but_not_replayable() {
+        let (sec, key, _d) = setup(false);
+        let (t, p) = msg("pi-1", "heartbeat", hb(), 100, NOW, Some(&key));
+        sec.verify(&t, &p, NOW).unwrap();
+        // Signed at connect, hours ago, with a lower seq.
+        let (wt, wp) = msg(
+            "pi-1",
+            "offline",
+            Body::Offline,
+            50,
+            NOW - 7_200_000,
+            Some(&key),
+        );
+        assert!(sec.verify(&wt, &wp, NOW).unwrap().is_some());
+        assert_eq!(sec.verify(&wt, &wp, NOW), Ok(None));
+        let (ot, op) = msg("pi-1", "offline", Body::Offline, 40, NOW, Some(&key));
+        assert_eq!(reason(sec.verify(&ot, &op, NOW)), Some(Reason::Replay));
+        let (ft, fp) = msg("pi-1", "offline", Body::Offline, 60, NOW, None);
+        assert_eq!(reason(sec.verify(&ft, &fp, NOW)), Some(Reason::Unsigned));
+    }
+
+    #[test]
+    fn revocation_rotation_and_persistence() {
+        let (sec, key, _d) = setup(false);
+        let (t, p) = msg("pi-1", "heartbeat", hb(), 10, NOW, Some(&key));
+        sec.verify(&t, &p, NOW).unwrap();
+        sec.flush().unwrap();
+        // A restarted coordinator remembers the seq.
+        let again = Security::load(
+            sec.store.clone(),
+            sec.pki.clone(),
+            SecurityConfig::default(),
+        )
+        .unwrap();
+        assert_eq!(again.verify(&t, &p, NOW), Ok(None));
+        let (t9, p9) = msg("pi-1", "heartbeat", hb(), 9, NOW, Some(&key));
+        assert_eq!(reason(again.verify(&t9, &p9, NOW)), Some(Reason::Replay));
+        // Rotation: both keys during the overlap, only the new one after it.
+        let new = SigningKey::from_bytes(&[10; 32]);
+        let mut rec = record("pi-1", &new.verifying_key());
+        rec.previous_key = Some(b64(key.verifying_key().as_bytes()));
+        rec.previous_valid_until_ms = NOW + 1000;
+        sec.install(rec, vec![]).unwrap();
+        let (t, p) = msg("pi-1", "heartbeat", hb(), 11, NOW, Some(&key));
+        assert!(sec.verify(&t, &p, NOW).unwrap().is_some());
+        let (t, p) = msg("pi-1", "heartbeat", hb(), 12, NOW + 2000, Some(&key));
+        assert_eq!(
+            reason(sec.verify(&t, &p, NOW + 2000)),
+            Some(Reason::BadSignature)
+        );
+        let (t, p) = msg("pi-1", "heartbeat", hb(), 13, NOW + 2000, Some(&new));
+        assert!(sec.verify(&t, &p, NOW + 2000).unwrap().is_some());
+        // Revoked: refused whatever it signs, and that survives a restart.
+        sec.revoke("pi-1").unwrap();
+        let (t, p) = msg("pi-1", "heartbeat", hb(), 14, NOW, Some(&new));
+        assert_eq!(reason(sec.verify(&t, &p, NOW)), Some(Reason::Revoked));
+        let again = Security::load(
+            sec.store.clone(),
+            sec.pki.clone(),
+            SecurityConfig::default(),
+        )
+        .unwrap();
+        assert_eq!(again.revoked().into_iter().collect::<Vec<_>>(), ["pi-1"]);
+        assert!(matches!(
+            sec.revoke("nope"),
+            Err(SecurityError::NotEnrolled(_))
+        ));
+    }
+
+    #[test]
+    fn messages_of_an_expired_certificate_are_refused() {
+        let (sec, _ck, _dir) = setup(false);
+        let key = SigningKey::from_bytes(&[9; 32]);
+        let mut rec = record("pi-9", &key.verifying_key());
+        let now = 1_800_000_000_000u64;
+        rec.not_after = now / 1000 + 60;
+        sec.install(rec, vec![]).unwrap();
+        let (t, p) = msg("pi-9", "heartbeat", hb(), 1, now, Some(&key));
+        assert!(sec.verify(&t, &p, now).is_ok());
+        // A minute later the certificate has expired: refused, however well signed.
+        let later = now + 60_000;
+        let (t, p) = msg("pi-9", "heartbeat", hb(), 2, later, Some(&key));
+        assert_eq!(reason(sec.verify(&t, &p, later)), Some(Reason::Expired));
+        assert_eq!(Reason::Expired.as_str(), "expired");
+    }
+
+    #[test]
+    fn counters_per_reason_and_node() {
+        let (sec, _key, _d) = setup(false);
+        let (t, p) = msg("pi-1", "heartbeat", hb(), 10, NOW, None);
+        assert!(sec.check_inbound(&t, &p).is_none());
+        assert!(sec.check_inbound(&t, &p).is_none());
+        let r = sec.report();
+        assert_eq!(r.total.get(&Reason::Unsigned), Some(&2));
+        assert_eq!(r.nodes["pi-1"].get(&Reason::Unsigned), Some(&2));
+        assert_eq!(r.enrolled.get("pi-1"), Some(&false));
+    }
+
+    #[test]
+    fn outbound_messages_are_signed_with_growing_seqs() {
+        let (sec, _key, _d) = setup(false);
+        let node = NodeName::new("pi-1").unwrap();
+        let (t1, p1) = sec.seal(&node, Body::StatusRequest).unwrap();
+        let (_, p2) = sec.seal(&node, Body::StatusRequest).unwrap();
+        let (e1, e2) = (
+            Envelope::decode(&p1).unwrap(),
+            Envelope::decode(&p2).unwrap(),
+        );
+        assert!(e2.seq > e1.seq);
+        assert_eq!(t1, "baton/v1/nodes/pi-1/down/control");
+        sign::verify(&e1, &t1, &sec.pki.public_key()).unwrap();
+        // A restart continues above the persisted reservation.
+        let again = Security::load(
+            sec.store.clone(),
+            sec.pki.clone(),
+            SecurityConfig::default(),
+        )
+        .unwrap();
+        let (_, p3) = again.seal(&node, Body::StatusRequest).unwrap();
+        assert!(Envelope::decode(&p3).unwrap().seq > e2.seq);
+    }
+}

@@ -42,7 +42,6 @@ use crate::decide::controller::{self, Action};
 use crate::decide::policy::{self, Policy};
 use crate::decide::rollout::{self, RolloutError};
 use crate::decide::scheduler::{self, Candidate, Usage};
-use crate::edge::bus::Outbound;
 use crate::model::api;
 use crate::model::manifest;
 use crate::model::wire;
@@ -68,6 +67,15 @@ pub enum Event {
     Api(ApiRequest),
     Inbound { node: NodeName, body: Body },
     Tick,
+}
+
+/// One message from the core to a node.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Outbound {
+    pub node: NodeName,
+    pub body: Body,
+    /// Retained messages are handed by the broker to an agent that (re)subscribes.
+    pub retain: bool,
 }
 
 /// An API call and where its answer goes.

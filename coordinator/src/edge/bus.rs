@@ -27,17 +27,8 @@ use serde::Serialize;
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 
-use crate::core::Event;
+use crate::core::{Event, Outbound};
 use crate::security::gate::Security;
-
-/// One message from the core to a node.
-#[derive(Debug, Clone, PartialEq)]
-pub struct Outbound {
-    pub node: NodeName,
-    pub body: Body,
-    /// Retained messages are handed by the broker to an agent that (re)subscribes.
-    pub retain: bool,
-}
 
 #[derive(Debug, thiserror::Error)]
 pub enum BusError {

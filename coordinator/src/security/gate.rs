@@ -41,8 +41,9 @@ use baton_proto::{Body, Envelope, NodeName, ProtoError, Sender};
 use serde::{Deserialize, Serialize};
 use tokio::sync::mpsc;
 
+use crate::core::Outbound;
 use crate::edge::bus::check_envelope;
-use crate::edge::bus::{Outbound, Rejected};
+use crate::edge::bus::Rejected;
 use crate::security::pki::Pki;
 use crate::store::{self, Op, Store, StoreError, Table};
 

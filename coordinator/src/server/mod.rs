@@ -173,7 +173,7 @@ pub struct Server {
     core: Core,
     events_tx: mpsc::Sender<Event>,
     events_rx: mpsc::Receiver<Event>,
-    outbound_rx: mpsc::Receiver<crate::edge::bus::Outbound>,
+    outbound_rx: mpsc::Receiver<crate::core::Outbound>,
     security: Arc<crate::security::gate::Security>,
     enroller: Arc<crate::security::enroll::Enroller>,
     /// The `--enroll-listen` listener and its TLS config.

@@ -125,3 +125,280 @@ fn unsafe_code_is_denied_workspace_wide() {
         );
     }
 }
+
+// ----- the coordinator's rooms and the size bound (issue 11) ---------------------------
+
+/// The coordinator's rooms, top to bottom: a room may import only rooms after it.
+/// docs/architecture.md draws the same order.
+const ROOMS: &[&str] = &[
+    "cli", "server", "edge", "registry", "security", "core", "contract", "decide", "model", "store",
+];
+
+/// What the CLI may use: it talks to a server over HTTP only, so never the server's
+/// state machine or its network edge. (Local verbs such as `broker mosquitto-config`
+/// use the PKI and TLS helpers.)
+const CLI_MAY_NOT_IMPORT: &[&str] = &["server", "core", "edge::http", "edge::bus", "registry"];
+
+/// No source file has more lines than this before its test module (tests aside).
+const MAX_FILE_LINES: usize = 800;
+
+/// A file's code without its tests: comment lines dropped, and nothing from the first
+/// `#[cfg(test)]` on. `tests.rs` files and files under a `tests/` folder are all test.
+fn non_test_code(p: &Path) -> Vec<(usize, String)> {
+    let is_test_file = p.file_name().is_some_and(|n| n == "tests.rs")
+        || p.components().any(|c| c.as_os_str() == "tests");
+    if is_test_file {
+        return Vec::new();
+    }
+    code_lines(p)
+        .into_iter()
+        .take_while(|(_, l)| l.trim() != "#[cfg(test)]")
+        .collect()
+}
+
+/// `coordinator/src/edge/bus.rs` → `edge::bus`; `core/mod.rs` → `core`.
+fn module_of(src: &Path, file: &Path) -> Vec<String> {
+    let rel = file.strip_prefix(src).unwrap();
+    let mut parts: Vec<String> = rel
+        .components()
+        .map(|c| c.as_os_str().to_string_lossy().into_owned())
+        .collect();
+    let last = parts.pop().unwrap();
+    match last.as_str() {
+        "mod.rs" | "lib.rs" | "main.rs" => {}
+        f => parts.push(f.trim_end_matches(".rs").to_owned()),
+    }
+    parts
+}
+
+/// Every `crate::a::b` and `super::c` path named in `code`, as segments.
+fn named_paths(module: &[String], is_mod_rs: bool, code: &str) -> Vec<Vec<String>> {
+    let mut out = Vec::new();
+    let bytes = code.as_bytes();
+    for (start, _) in code
+        .match_indices("crate::")
+        .chain(code.match_indices("super::"))
+    {
+        // `baton_coordinator::crate::` cannot occur; skip identifiers ending in the word.
+        if start > 0 && (bytes[start - 1].is_ascii_alphanumeric() || bytes[start - 1] == b'_') {
+            continue;
+        }
+        let rest = &code[start..];
+        let segs: Vec<String> = rest
+            .split("::")
+            .take_while(|s| !s.is_empty())
+            .map(|s| {
+                s.chars()
+                    .take_while(|c| c.is_ascii_alphanumeric() || *c == '_')
+                    .collect::<String>()
+            })
+            .take_while(|s| !s.is_empty())
+            .collect();
+        let mut path: Vec<String> = if segs[0] == "crate" {
+            Vec::new()
+        } else {
+            // `super` in `a/b.rs` is `a`; in `a/mod.rs` (module `a`) it is the crate root.
+            let mut p = module.to_vec();
+            if !is_mod_rs || !p.is_empty() {
+                p.pop();
+            }
+            p
+        };
+        let mut rest_segs = segs.into_iter().skip(1).peekable();
+        while rest_segs.peek().is_some_and(|s| s == "super") {
+            rest_segs.next();
+            path.pop();
+        }
+        path.extend(rest_segs);
+        out.push(path);
+    }
+    out
+}
+
+struct Import {
+    from: Vec<String>,
+    to: Vec<String>,
+    at: String,
+}
+
+/// The coordinator's module graph: one edge per path a file's non-test code names,
+/// resolved to the longest module that exists.
+fn coordinator_imports() -> Vec<Import> {
+    let root = repo_root();
+    let src = root.join("coordinator/src");
+    let mut files = Vec::new();
+    rust_files(&src, &mut files);
+    let modules: Vec<Vec<String>> = files.iter().map(|f| module_of(&src, f)).collect();
+    let mut out = Vec::new();
+    for f in &files {
+        let from = module_of(&src, f);
+        let is_mod_rs = f.file_name().is_some_and(|n| n == "mod.rs");
+        for (n, line) in non_test_code(f) {
+            for path in named_paths(&from, is_mod_rs, &line) {
+                let Some(to) = (1..=path.len())
+                    .rev()
+                    .map(|k| path[..k].to_vec())
+                    .find(|p| modules.contains(p))
+                else {
+                    continue;
+                };
+                out.push(Import {
+                    from: from.clone(),
+                    to,
+                    at: format!(
+                        "{}:{n}: {}",
+                        f.strip_prefix(&root).unwrap().display(),
+                        line.trim()
+                    ),
+                });
+            }
+        }
+    }
+    out
+}
+
+#[test]
+fn coordinator_rooms_import_only_downward() {
+    let rank = |m: &[String]| m.first().and_then(|r| ROOMS.iter().position(|x| x == r));
+    let mut bad = Vec::new();
+    for i in coordinator_imports() {
+        let (Some(a), Some(b)) = (rank(&i.from), rank(&i.to)) else {
+            continue; // lib.rs and main.rs sit above every room
+        };
+        if a > b {
+            bad.push(format!(
+                "{} imports {} upward: {}",
+                i.from[0],
+                i.to.join("::"),
+                i.at
+            ));
+        }
+        if i.from[0] == "cli" {
+            let to = i.to.join("::");
+            if CLI_MAY_NOT_IMPORT
+                .iter()
+                .any(|f| to == *f || to.starts_with(&format!("{f}::")))
+            {
+                bad.push(format!("the CLI imports the server's {to}: {}", i.at));
+            }
+        }
+    }
+    assert!(bad.is_empty(), "rooms out of order:\n{}", bad.join("\n"));
+    // Every room exists: a renamed folder must rename its entry above.
+    let src = repo_root().join("coordinator/src");
+    for r in ROOMS {
+        assert!(
+            src.join(r).join("mod.rs").is_file(),
+            "no room coordinator/src/{r}/"
+        );
+    }
+}
+
+#[test]
+fn coordinator_modules_have_no_import_circles() {
+    use std::collections::{BTreeMap, BTreeSet};
+    // A child naming its own parent (a room's shared types in mod.rs) is not a circle.
+    let mut graph: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
+    let mut witness: BTreeMap<(String, String), String> = BTreeMap::new();
+    for i in coordinator_imports() {
+        if i.to.is_empty() || i.from.starts_with(&i.to) {
+            continue;
+        }
+        let (a, b) = (i.from.join("::"), i.to.join("::"));
+        witness.entry((a.clone(), b.clone())).or_insert(i.at);
+        graph.entry(a).or_default().insert(b);
+    }
+    // Depth-first search for a back edge; report the circle with one line per hop.
+    fn visit(
+        n: &str,
+        graph: &BTreeMap<String, BTreeSet<String>>,
+        state: &mut BTreeMap<String, u8>,
+        stack: &mut Vec<String>,
+    ) -> Option<Vec<String>> {
+        state.insert(n.to_owned(), 1);
+        stack.push(n.to_owned());
+        for m in graph.get(n).into_iter().flatten() {
+            match state.get(m.as_str()).copied().unwrap_or(0) {
+                1 => {
+                    let at = stack.iter().position(|s| s == m).unwrap();
+                    let mut c = stack[at..].to_vec();
+                    c.push(m.clone());
+                    return Some(c);
+                }
+                0 => {
+                    if let Some(c) = visit(m, graph, state, stack) {
+                        return Some(c);
+                    }
+                }
+                _ => {}
+            }
+        }
+        stack.pop();
+        state.insert(n.to_owned(), 2);
+        None
+    }
+    let mut state = BTreeMap::new();
+    for n in graph.keys() {
+        if state.get(n).copied().unwrap_or(0) == 0 {
+            if let Some(c) = visit(n, &graph, &mut state, &mut Vec::new()) {
+                let hops: Vec<String> = c
+                    .windows(2)
+                    .map(|w| witness[&(w[0].clone(), w[1].clone())].clone())
+                    .collect();
+                panic!("import circle {}:\n{}", c.join(" -> "), hops.join("\n"));
+            }
+        }
+    }
+}
+
+#[test]
+fn no_source_file_is_over_the_size_bound() {
+    let root = repo_root();
+    let mut bad = Vec::new();
+    for c in ["proto", "link", "coordinator", "agent"] {
+        let mut files = Vec::new();
+        rust_files(&root.join(c).join("src"), &mut files);
+        for f in files {
+            // Count every line (comments too) up to the test module.
+            let text = fs::read_to_string(&f).unwrap_or_default();
+            let n = text
+                .lines()
+                .take_while(|l| l.trim() != "#[cfg(test)]")
+                .count();
+            if n > MAX_FILE_LINES && !non_test_code(&f).is_empty() {
+                bad.push(format!(
+                    "{}: {n} lines",
+                    f.strip_prefix(&root).unwrap().display()
+                ));
+            }
+        }
+    }
+    assert!(
+        bad.is_empty(),
+        "over {MAX_FILE_LINES} lines before the tests (split by concern):\n{}",
+        bad.join("\n")
+    );
+}
+
+#[test]
+fn the_cli_builds_no_route_by_hand() {
+    // Routes are defined once in coordinator/src/contract; the CLI calls them by name.
+    let mut files = Vec::new();
+    rust_files(&repo_root().join("coordinator/src/cli"), &mut files);
+    let mut bad = Vec::new();
+    for f in &files {
+        for (n, l) in non_test_code(f) {
+            if ["\"/api/", "/api/v1", "\"/v2/", "\"/healthz"]
+                .iter()
+                .any(|r| l.contains(r))
+            {
+                bad.push(format!("{}:{n}: {}", f.display(), l.trim()));
+            }
+        }
+    }
+    assert!(
+        bad.is_empty(),
+        "routes built in the CLI:\n{}",
+        bad.join("\n")
+    );
+}

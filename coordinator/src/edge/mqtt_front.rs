@@ -321,8 +321,16 @@ pub fn with_login(
         var.extend_from_slice(&len.to_be_bytes());
         var.extend_from_slice(field.as_bytes());
     }
-    let mut out = vec![0x10];
-    let mut len = var.len();
+    let mut out = encode_packet(0x10, &var);
+    out.extend_from_slice(&buf[h + rem..]);
+    Ok(out)
+}
+
+/// One packet: its first byte, the remaining length `rest` announces (7 bits per byte,
+/// low bits first, the form [`fixed_header`] reads), then `rest`.
+fn encode_packet(first: u8, rest: &[u8]) -> Vec<u8> {
+    let mut out = vec![first];
+    let mut len = rest.len();
     loop {
         let mut b = (len % 128) as u8;
         len /= 128;
@@ -334,9 +342,8 @@ pub fn with_login(
             break;
         }
     }
-    out.extend(var);
-    out.extend_from_slice(&buf[h + rem..]);
-    Ok(out)
+    out.extend_from_slice(rest);
+    out
 }
 
 /// The client id of an MQTT 3.1.1 CONNECT at the start of `buf`, or `None` if more bytes
@@ -431,21 +438,7 @@ mod tests {
         let mut var = vec![0, 4, b'M', b'Q', b'T', b'T', 4, 0x02, 0, 30];
         var.extend_from_slice(&(client_id.len() as u16).to_be_bytes());
         var.extend_from_slice(client_id.as_bytes());
-        let mut p = vec![0x10];
-        let mut len = var.len();
-        loop {
-            let mut b = (len % 128) as u8;
-            len /= 128;
-            if len > 0 {
-                b |= 0x80;
-            }
-            p.push(b);
-            if len == 0 {
-                break;
-            }
-        }
-        p.extend(var);
-        p
+        encode_packet(0x10, &var)
     }
 
     #[test]

@@ -28,7 +28,9 @@ use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 
 use crate::core::{Event, Outbound};
+use crate::edge::mqtt::MqttLogin;
 use crate::security::gate::Security;
+use crate::security::pki::{common_name, COORDINATOR_CN};
 
 #[derive(Debug, thiserror::Error)]
 pub enum BusError {
@@ -115,22 +117,6 @@ pub struct BrokerAddr {
     /// MQTT username and password (the embedded broker's loopback listener, see
     /// [`crate::edge::broker`]).
     pub login: Option<MqttLogin>,
-}
-
-/// An MQTT username and password; `Debug` never shows the password.
-#[derive(Clone, PartialEq, Eq)]
-pub struct MqttLogin {
-    pub username: String,
-    pub password: String,
-}
-
-impl std::fmt::Debug for MqttLogin {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("MqttLogin")
-            .field("username", &self.username)
-            .field("password", &"<redacted>")
-            .finish()
-    }
 }
 
 impl BrokerAddr {
@@ -411,18 +397,15 @@ async fn receive_loop(
     }
 }
 
-/// The certificate CN the shipped Mosquitto ACL (deploy/mosquitto/acl) grants the
-/// coordinator's topics to.
-pub const COORDINATOR_CN: &str = "baton:coordinator";
-
 /// What is wrong with the coordinator's MQTT client certificate `cert_pem`, if its CN is
-/// not [`COORDINATOR_CN`]. Checked from the certificate because the wire does not tell:
+/// not [`COORDINATOR_CN`] (the CN the shipped Mosquitto ACL, deploy/mosquitto/acl, grants
+/// the coordinator's topics to). Checked from the certificate because the wire does not tell:
 /// Mosquitto (2.0.11, tests/tests/diagnostics.rs) grants a SUBSCRIBE its ACL denies
 /// (SUBACK 0, not 0x80) and acknowledges denied publishes, then drops them all.
 pub fn identity_problem(cert_pem: &[u8]) -> Option<String> {
     use rustls_pki_types::pem::PemObject;
     let der = rustls_pki_types::CertificateDer::from_pem_slice(cert_pem).ok()?;
-    let cn = crate::edge::mqtt_front::common_name(&der).unwrap_or_default();
+    let cn = common_name(&der).unwrap_or_default();
     (cn != COORDINATOR_CN).then(|| {
         format!(
             "the coordinator's MQTT client certificate (--broker-cert) has CN {cn:?}, but deploy/mosquitto's ACL grants the coordinator's topics only to CN {COORDINATOR_CN}, and Mosquitto drops what its ACL denies without an error: no node will appear (issue the certificate with CN {COORDINATOR_CN})"

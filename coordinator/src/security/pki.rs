@@ -344,6 +344,14 @@ pub fn pem_to_der(pem: &str) -> Option<Vec<u8>> {
         .map(|c| c.to_vec())
 }
 
+/// The subject's common name, if it has exactly one and it is UTF-8.
+pub fn common_name(der: &[u8]) -> Option<String> {
+    let (_, cert) = x509_parser::parse_x509_certificate(der).ok()?;
+    let mut cns = cert.subject().iter_common_name();
+    let cn = cns.next()?.as_str().ok()?.to_owned();
+    cns.next().is_none().then_some(cn)
+}
+
 fn write_private(path: &Path, bytes: &[u8]) -> Result<(), PkiError> {
     crate::store::durable::write_private(path, bytes).map_err(|source| PkiError::Io {
         path: path.to_owned(),

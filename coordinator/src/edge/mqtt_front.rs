@@ -575,7 +575,7 @@ mod tests {
             .unwrap();
         let ca = dir.path().join("pki").join(crate::security::pki::CA_FILE);
         let device = ed25519_dalek::SigningKey::from_bytes(&[7; 32]);
-        let now = crate::security::gate::now_ms() / 1000;
+        let now = crate::security::encoding::now_ms() / 1000;
         let node_pem = pki
             .issue_node_cert("pi-1", &device.verifying_key(), now + 3600)
             .unwrap();

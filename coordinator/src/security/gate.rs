@@ -35,7 +35,6 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant};
 
-use base64::Engine as _;
 use baton_proto::sign::{self, Freshness, SeqCounter, SignError, VerifyingKey};
 use baton_proto::{Body, Envelope, NodeName, ProtoError, Sender};
 use serde::{Deserialize, Serialize};
@@ -44,7 +43,8 @@ use tokio::sync::mpsc;
 use crate::core::Outbound;
 use crate::edge::bus::check_envelope;
 use crate::edge::bus::Rejected;
-use crate::security::pki::Pki;
+use crate::security::encoding::{now_ms, unb64};
+use crate::security::pki::{self, Pki};
 use crate::store::{self, Op, Store, StoreError, Table};
 
 /// The default bound on how far `sent_at_ms` may be from the coordinator's clock.
@@ -56,21 +56,6 @@ const SEQ_RESERVATION_KEY: &str = "coordinator_seq_reserved";
 /// A node with a wrong clock is sent a signed `StatusRequest` at most this often, so it
 /// can learn the time from it (see docs/security.md, "devices without a clock").
 const CLOCK_NUDGE_EVERY: Duration = Duration::from_secs(10);
-
-pub fn b64(bytes: &[u8]) -> String {
-    base64::engine::general_purpose::STANDARD.encode(bytes)
-}
-
-pub fn unb64(s: &str) -> Option<Vec<u8>> {
-    base64::engine::general_purpose::STANDARD.decode(s).ok()
-}
-
-pub fn now_ms() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or(0)
-}
 
 #[derive(Debug, thiserror::Error)]
 pub enum SecurityError {
@@ -111,7 +96,7 @@ pub struct IdentitySummary {
 impl From<&IdentityRecord> for IdentitySummary {
     fn from(r: &IdentityRecord) -> Self {
         use sha2::Digest as _;
-        let der = crate::security::pki::pem_to_der(&r.certificate).unwrap_or_default();
+        let der = pki::pem_to_der(&r.certificate).unwrap_or_default();
         let serial = x509_parser::parse_x509_certificate(&der)
             .map(|(_, c)| c.raw_serial_as_string())
             .unwrap_or_default();
@@ -634,6 +619,7 @@ impl Security {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::security::encoding::b64;
     use crate::store::MemStore;
     use baton_proto::sign::SigningKey;
     use baton_proto::Heartbeat;

@@ -29,6 +29,8 @@ use rcgen::{
 };
 use sha2::{Digest, Sha256};
 
+use crate::security::encoding;
+
 pub const KEY_FILE: &str = "coordinator.key";
 pub const CA_FILE: &str = "ca.crt";
 /// The API's TLS certificate and key, reissued on every start by [`Pki::api_tls`].
@@ -332,7 +334,7 @@ pub fn ed25519_pem(key: &SigningKey) -> String {
     ];
     let mut der = PREFIX.to_vec();
     der.extend_from_slice(key.as_bytes());
-    let b64 = crate::security::gate::b64(&der);
+    let b64 = encoding::b64(&der);
     format!("-----BEGIN PRIVATE KEY-----\n{b64}\n-----END PRIVATE KEY-----\n")
 }
 

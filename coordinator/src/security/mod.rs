@@ -3,6 +3,7 @@
 pub mod auth;
 pub mod encoding;
 pub mod enroll;
+pub mod envelope;
 pub mod gate;
 pub mod pki;
 pub mod secrets;

@@ -40,10 +40,12 @@ use std::time::{Duration, Instant};
 
 use rumqttd::{Config, ConnectionSettings, RouterConfig, ServerSettings};
 
+use crate::edge::mqtt::{MqttLogin, MAX_CONNECTIONS};
+use crate::edge::mqtt_front::{self, Front, MqttFrontError, RefuseCn};
+use crate::edge::tls::{broker_server_config, TlsError};
+
 pub use crate::edge::tls::BrokerTlsFiles;
 
-/// Most concurrent MQTT connections (agents plus the coordinator itself).
-pub const MAX_CONNECTIONS: usize = 10_000;
 /// Bytes per router log segment.
 pub const MAX_SEGMENT_SIZE: usize = 1024 * 1024;
 /// Segments kept per topic.
@@ -69,9 +71,9 @@ pub enum BrokerError {
     #[error("refusing to run the MQTT broker on the non-loopback address {0} without TLS: give --mqtt-tls-cert, --mqtt-tls-key and --mqtt-client-ca, or --insecure-mqtt to accept anyone who can reach it")]
     NotLoopback(SocketAddr),
     #[error("the embedded broker's TLS files: {0}")]
-    Tls(#[from] crate::edge::tls::TlsError),
+    Tls(#[from] TlsError),
     #[error("the embedded broker's TLS front: {0}")]
-    Front(#[from] crate::edge::mqtt_front::MqttFrontError),
+    Front(#[from] MqttFrontError),
 }
 
 /// The embedded broker may listen beyond loopback only with TLS and client certificates,
@@ -96,7 +98,7 @@ pub struct Listening {
     /// listener on loopback with TLS.
     pub local: SocketAddr,
     /// With TLS: the login `local` requires.
-    pub login: Option<crate::edge::bus::MqttLogin>,
+    pub login: Option<MqttLogin>,
 }
 
 /// The username of rumqttd's loopback listener (the password is random per start).
@@ -114,7 +116,7 @@ pub fn config(listen: SocketAddr) -> Config {
 
 /// The rumqttd side of a TLS broker: only the plain listener on `local` (loopback), which
 /// the TLS front and the coordinator's bridge connect to with `login`.
-pub fn local_config(local: SocketAddr, login: &crate::edge::bus::MqttLogin) -> Config {
+pub fn local_config(local: SocketAddr, login: &MqttLogin) -> Config {
     let mut c = base_config();
     let mut s = server("baton-v4-local", local);
     s.connections.auth = Some(HashMap::from([(
@@ -191,7 +193,7 @@ pub fn start_with(
 pub fn start_guarded(
     listen: SocketAddr,
     tls: Option<&BrokerTlsFiles>,
-    refused: Option<crate::edge::mqtt_front::RefuseCn>,
+    refused: Option<RefuseCn>,
 ) -> Result<Listening, BrokerError> {
     let Some(files) = tls else {
         let addr = free_addr(listen)?;
@@ -203,7 +205,7 @@ pub fn start_guarded(
             login: None,
         });
     };
-    let server_cfg = crate::edge::tls::broker_server_config(files)?;
+    let server_cfg = broker_server_config(files)?;
     // The front's listener is bound now and kept: no window for another process.
     let public = TcpListener::bind(listen).map_err(|source| BrokerError::Bind {
         addr: listen,
@@ -214,15 +216,15 @@ pub fn start_guarded(
         source,
     })?;
     let local = free_addr(SocketAddr::from(([127, 0, 0, 1], 0)))?;
-    let login = crate::edge::bus::MqttLogin {
+    let login = MqttLogin {
         username: LOCAL_USERNAME.to_owned(),
         password: hex::encode(rand::random::<[u8; 32]>()),
     };
     start_rumqttd(local_config(local, &login), local)?;
-    let mut front = crate::edge::mqtt_front::Front::new(server_cfg, local);
+    let mut front = Front::new(server_cfg, local);
     front.login = Some(login.clone());
     front.refused = refused;
-    crate::edge::mqtt_front::spawn_thread(public, front)?;
+    mqtt_front::spawn_thread(public, front)?;
     tracing::info!(%addr, %local, tls = true, "embedded MQTT broker listening behind the TLS front");
     Ok(Listening {
         addr,
@@ -296,7 +298,7 @@ mod tests {
 
     #[test]
     fn local_config_is_one_plain_listener_on_loopback() {
-        let login = crate::edge::bus::MqttLogin {
+        let login = MqttLogin {
             username: LOCAL_USERNAME.into(),
             password: "p".into(),
         };

@@ -5,11 +5,11 @@
 //! consumer of outbound messages, so a test can replace it with an in-memory bus (two
 //! channels) and the server can point it at the embedded broker or an external one alike.
 //!
-//! Everything that arrives is checked before the core sees it: the payload must decode
-//! as an [`Envelope`] (size, version and layout are checked by the decoder), the topic
-//! must name a node and an upward kind, the body must be the kind the topic says, and the
-//! envelope's sender must be the node the topic names. Anything else is counted, logged
-//! with the reason and dropped; nothing an agent sends can stop the bridge.
+//! Everything that arrives passes the one inbound gate, [`Security::admit`], before the
+//! core sees it: the layout checks of [`crate::security::envelope`] (topic, kind, sender),
+//! then the signature and replay checks, in signed and development mode alike. The gate
+//! counts and logs what it refuses, the bridge drops it; nothing an agent sends can stop
+//! the bridge. Everything that leaves is sealed by the same gate ([`Security::seal`]).
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -18,7 +18,6 @@ use std::time::Duration;
 
 use baton_link::{link_fault, LinkFault, Repeats, Side};
 use baton_proto::topics::{self, Kind};
-use baton_proto::{Body, Envelope, NodeName, Sender};
 use rumqttc::{
     AsyncClient, Event as MqttEvent, MqttOptions, Packet, QoS, SubscribeReasonCode,
     TlsConfiguration, Transport,
@@ -28,7 +27,9 @@ use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 
 use crate::core::{Event, Outbound};
+use crate::edge::mqtt::MqttLogin;
 use crate::security::gate::Security;
+use crate::security::pki::{common_name, COORDINATOR_CN};
 
 #[derive(Debug, thiserror::Error)]
 pub enum BusError {
@@ -117,22 +118,6 @@ pub struct BrokerAddr {
     pub login: Option<MqttLogin>,
 }
 
-/// An MQTT username and password; `Debug` never shows the password.
-#[derive(Clone, PartialEq, Eq)]
-pub struct MqttLogin {
-    pub username: String,
-    pub password: String,
-}
-
-impl std::fmt::Debug for MqttLogin {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("MqttLogin")
-            .field("username", &self.username)
-            .field("password", &"<redacted>")
-            .finish()
-    }
-}
-
 impl BrokerAddr {
     /// Parses `mqtt://host[:port]` (port 1883 by default), `mqtts://host[:port]` (8883) or
     /// a bare `host:port`.
@@ -199,43 +184,6 @@ pub fn mqtt_options(
     Ok(opts)
 }
 
-/// Why an inbound message was dropped.
-#[derive(Debug, thiserror::Error, PartialEq)]
-pub enum Rejected {
-    #[error("topic is not a baton node topic")]
-    Topic,
-    #[error("topic is a downward topic")]
-    Direction,
-    #[error("{0}")]
-    Decode(#[from] baton_proto::ProtoError),
-    #[error("body kind does not match the topic")]
-    KindMismatch,
-    #[error("sender {sender:?} does not match the topic's node")]
-    SenderMismatch { sender: Sender },
-}
-
-/// Checks one inbound MQTT message, as described in the module docs.
-pub fn check_inbound(topic: &str, payload: &[u8]) -> Result<(NodeName, Body), Rejected> {
-    check_envelope(topic, payload).map(|(node, env)| (node, env.body))
-}
-
-/// The layout checks of [`check_inbound`] (topic, direction, decoding, kind, sender),
-/// keeping the whole envelope, for the signature and replay checks in [`crate::security::gate`].
-pub fn check_envelope(topic: &str, payload: &[u8]) -> Result<(NodeName, Envelope), Rejected> {
-    let (node, kind) = topics::parse(topic).ok_or(Rejected::Topic)?;
-    if !matches!(kind, Kind::Up(_)) {
-        return Err(Rejected::Direction);
-    }
-    let env = Envelope::decode(payload)?;
-    if Kind::of(&env.body) != kind {
-        return Err(Rejected::KindMismatch);
-    }
-    if env.sender != Sender::Node(node.clone()) {
-        return Err(Rejected::SenderMismatch { sender: env.sender });
-    }
-    Ok((node, env))
-}
-
 /// The running bridge: two tasks, aborted on drop of [`Bus::shutdown`].
 pub struct Bus {
     tasks: Vec<JoinHandle<()>>,
@@ -245,7 +193,8 @@ pub struct Bus {
 impl Bus {
     /// Starts the bridge with `tls` for an `mqtts://` broker (see [`mqtt_options`]). It
     /// connects (and reconnects for ever, with capped backoff) in the background, so this
-    /// does not wait for the broker.
+    /// does not wait for the broker. Every message in passes `gate`, every message out is
+    /// sealed by it.
     pub fn start(
         broker: BrokerAddr,
         tls: Option<Arc<rustls::ClientConfig>>,
@@ -253,11 +202,11 @@ impl Bus {
         events: mpsc::Sender<Event>,
         outbound: mpsc::Receiver<Outbound>,
         stats: Arc<BusStats>,
-        security: Option<Arc<Security>>,
+        gate: Arc<Security>,
     ) -> Result<Self, BusError> {
         let opts = mqtt_options(&broker, client_id, tls)?;
         Ok(Self::start_with_options(
-            broker, opts, events, outbound, stats, security,
+            broker, opts, events, outbound, stats, gate,
         ))
     }
 
@@ -267,7 +216,7 @@ impl Bus {
         events: mpsc::Sender<Event>,
         outbound: mpsc::Receiver<Outbound>,
         stats: Arc<BusStats>,
-        security: Option<Arc<Security>>,
+        gate: Arc<Security>,
     ) -> Self {
         let (client, eventloop) = AsyncClient::new(opts, 256);
         let recv = tokio::spawn(receive_loop(
@@ -276,9 +225,9 @@ impl Bus {
             eventloop,
             events,
             stats.clone(),
-            security.clone(),
+            gate.clone(),
         ));
-        let send = tokio::spawn(send_loop(client.clone(), outbound, stats, security));
+        let send = tokio::spawn(send_loop(client.clone(), outbound, stats, gate));
         Self {
             tasks: vec![recv, send],
             client,
@@ -303,7 +252,7 @@ async fn receive_loop(
     mut eventloop: rumqttc::EventLoop,
     events: mpsc::Sender<Event>,
     stats: Arc<BusStats>,
-    security: Option<Arc<Security>>,
+    gate: Arc<Security>,
 ) {
     const MIN_BACKOFF: Duration = Duration::from_millis(100);
     const MAX_BACKOFF: Duration = Duration::from_secs(5);
@@ -352,30 +301,15 @@ async fn receive_loop(
             }
             Ok(MqttEvent::Incoming(Packet::Publish(p))) => {
                 stats.received.fetch_add(1, Ordering::Relaxed);
-                if let Some(sec) = &security {
-                    // Signature, replay and layout checks; it counts and logs rejections.
-                    match sec.check_inbound(&p.topic, &p.payload) {
-                        Some((node, body)) => {
-                            if events.send(Event::Inbound { node, body }).await.is_err() {
-                                return;
-                            }
-                        }
-                        None => {
-                            stats.dropped.fetch_add(1, Ordering::Relaxed);
-                        }
-                    }
-                    continue;
-                }
-                match check_inbound(&p.topic, &p.payload) {
-                    Ok((node, body)) => {
-                        tracing::trace!(%node, kind = ?Kind::of(&body), "inbound");
+                // Layout, signature and replay checks; the gate counts and logs rejections.
+                match gate.admit(&p.topic, &p.payload) {
+                    Some((node, body)) => {
                         if events.send(Event::Inbound { node, body }).await.is_err() {
                             return; // the core has stopped
                         }
                     }
-                    Err(reason) => {
+                    None => {
                         stats.dropped.fetch_add(1, Ordering::Relaxed);
-                        tracing::warn!(topic = %p.topic, bytes = p.payload.len(), %reason, "dropped an inbound message");
                     }
                 }
             }
@@ -411,18 +345,15 @@ async fn receive_loop(
     }
 }
 
-/// The certificate CN the shipped Mosquitto ACL (deploy/mosquitto/acl) grants the
-/// coordinator's topics to.
-pub const COORDINATOR_CN: &str = "baton:coordinator";
-
 /// What is wrong with the coordinator's MQTT client certificate `cert_pem`, if its CN is
-/// not [`COORDINATOR_CN`]. Checked from the certificate because the wire does not tell:
+/// not [`COORDINATOR_CN`] (the CN the shipped Mosquitto ACL, deploy/mosquitto/acl, grants
+/// the coordinator's topics to). Checked from the certificate because the wire does not tell:
 /// Mosquitto (2.0.11, tests/tests/diagnostics.rs) grants a SUBSCRIBE its ACL denies
 /// (SUBACK 0, not 0x80) and acknowledges denied publishes, then drops them all.
 pub fn identity_problem(cert_pem: &[u8]) -> Option<String> {
     use rustls_pki_types::pem::PemObject;
     let der = rustls_pki_types::CertificateDer::from_pem_slice(cert_pem).ok()?;
-    let cn = crate::edge::mqtt_front::common_name(&der).unwrap_or_default();
+    let cn = common_name(&der).unwrap_or_default();
     (cn != COORDINATOR_CN).then(|| {
         format!(
             "the coordinator's MQTT client certificate (--broker-cert) has CN {cn:?}, but deploy/mosquitto's ACL grants the coordinator's topics only to CN {COORDINATOR_CN}, and Mosquitto drops what its ACL denies without an error: no node will appear (issue the certificate with CN {COORDINATOR_CN})"
@@ -437,21 +368,12 @@ async fn send_loop(
     client: AsyncClient,
     mut outbound: mpsc::Receiver<Outbound>,
     stats: Arc<BusStats>,
-    security: Option<Arc<Security>>,
+    gate: Arc<Security>,
 ) {
-    let mut seq: u64 = 0;
     while let Some(msg) = outbound.recv().await {
-        seq += 1;
         let kind = Kind::of(&msg.body);
-        let sealed = match &security {
-            // Signed, with a persisted sequence number and the send time.
-            Some(sec) => sec.seal(&msg.node, msg.body).map_err(|e| e.to_string()),
-            None => Envelope::new(Sender::Coordinator, seq, msg.body)
-                .encode()
-                .map(|p| (topics::topic(&msg.node, kind), p))
-                .map_err(|e| e.to_string()),
-        };
-        let (topic, payload) = match sealed {
+        // Signed, with a persisted sequence number and the send time.
+        let (topic, payload) = match gate.seal(&msg.node, msg.body) {
             Ok(p) => p,
             Err(e) => {
                 tracing::error!(node = %msg.node, ?kind, error = %e, "cannot encode an outbound message; dropped");
@@ -477,80 +399,6 @@ async fn send_loop(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use baton_proto::Heartbeat;
-
-    fn node(n: &str) -> NodeName {
-        NodeName::new(n).unwrap()
-    }
-
-    fn hb() -> Body {
-        Body::Heartbeat(Heartbeat {
-            applied_generation: 1,
-            status_digest: 2,
-        })
-    }
-
-    #[test]
-    fn accepts_a_well_formed_message() {
-        let bytes = Envelope::new(Sender::Node(node("pi-1")), 1, hb())
-            .encode()
-            .unwrap();
-        let got = check_inbound("baton/v1/nodes/pi-1/up/heartbeat", &bytes).unwrap();
-        assert_eq!(got, (node("pi-1"), hb()));
-    }
-
-    #[test]
-    fn rejects_what_an_agent_must_not_send() {
-        let good = Envelope::new(Sender::Node(node("pi-1")), 1, hb())
-            .encode()
-            .unwrap();
-        let spoofed = Envelope::new(Sender::Node(node("pi-2")), 1, hb())
-            .encode()
-            .unwrap();
-        let as_coord = Envelope::new(Sender::Coordinator, 1, hb())
-            .encode()
-            .unwrap();
-        let mut bad_version = good.clone();
-        bad_version[0] = 99;
-        type Case<'a> = (&'a str, Vec<u8>, fn(&Rejected) -> bool);
-        let cases: Vec<Case> = vec![
-            ("baton/v1/nodes/pi-1/up/status", good.clone(), |r| {
-                *r == Rejected::KindMismatch
-            }),
-            ("baton/v1/nodes/pi-1/down/desired", good.clone(), |r| {
-                *r == Rejected::Direction
-            }),
-            ("other/topic", good.clone(), |r| *r == Rejected::Topic),
-            ("baton/v1/nodes/pi-1/up/heartbeat", spoofed, |r| {
-                matches!(r, Rejected::SenderMismatch { .. })
-            }),
-            ("baton/v1/nodes/pi-1/up/heartbeat", as_coord, |r| {
-                matches!(r, Rejected::SenderMismatch { .. })
-            }),
-            (
-                "baton/v1/nodes/pi-1/up/heartbeat",
-                vec![1, 0xff, 0xff, 0xff],
-                |r| matches!(r, Rejected::Decode(_)),
-            ),
-            ("baton/v1/nodes/pi-1/up/heartbeat", bad_version, |r| {
-                matches!(r, Rejected::Decode(_))
-            }),
-            (
-                "baton/v1/nodes/pi-1/up/heartbeat",
-                vec![0; baton_proto::MAX_MESSAGE_BYTES + 1],
-                |r| {
-                    matches!(
-                        r,
-                        Rejected::Decode(baton_proto::ProtoError::TooLarge { .. })
-                    )
-                },
-            ),
-        ];
-        for (topic, payload, want) in cases {
-            let r = check_inbound(topic, &payload).unwrap_err();
-            assert!(want(&r), "{topic}: {r:?}");
-        }
-    }
 
     #[test]
     fn tls_exactly_when_the_url_asks_for_it() {

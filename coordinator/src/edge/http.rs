@@ -537,7 +537,7 @@ pub fn enroll_router(
 }
 
 fn unix_now() -> u64 {
-    crate::security::gate::now_ms() / 1000
+    crate::security::encoding::now_ms() / 1000
 }
 
 impl From<crate::security::enroll::EnrollError> for Failure {
@@ -594,7 +594,7 @@ async fn rotate(
 ) -> Reply {
     let resp = state
         .enroller
-        .rotate(&name, &body, crate::security::gate::now_ms())?;
+        .rotate(&name, &body, crate::security::encoding::now_ms())?;
     Ok(Json(json!(resp)))
 }
 

@@ -35,6 +35,9 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::Semaphore;
 use tokio_rustls::TlsAcceptor;
 
+use crate::edge::mqtt::{MqttLogin, MAX_CONNECTIONS};
+use crate::security::pki::common_name;
+
 /// A client that has not finished its TLS handshake by then is dropped.
 pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 /// A client that has not sent its CONNECT by then is dropped (rumqttd's own plain
@@ -96,7 +99,7 @@ pub struct Front {
     /// Connections open at once (in handshake or spliced); more are closed at accept.
     pub max_connections: usize,
     /// The login rumqttd's loopback listener requires, put into every CONNECT.
-    pub login: Option<crate::edge::bus::MqttLogin>,
+    pub login: Option<MqttLogin>,
     /// Whether a certificate CN is refused (a revoked node), asked at every connect.
     pub refused: Option<RefuseCn>,
 }
@@ -111,7 +114,7 @@ impl Front {
             upstream,
             handshake_timeout: HANDSHAKE_TIMEOUT,
             connect_timeout: CONNECT_TIMEOUT,
-            max_connections: crate::edge::broker::MAX_CONNECTIONS,
+            max_connections: MAX_CONNECTIONS,
             login: None,
             refused: None,
         }
@@ -229,14 +232,6 @@ pub fn client_id_allowed(cn: &str, client_id: &str) -> bool {
     client_id == cn || client_id.strip_prefix(AGENT_CLIENT_ID_PREFIX) == Some(cn)
 }
 
-/// The subject's common name, if it has exactly one and it is UTF-8.
-pub fn common_name(der: &[u8]) -> Option<String> {
-    let (_, cert) = x509_parser::parse_x509_certificate(der).ok()?;
-    let mut cns = cert.subject().iter_common_name();
-    let cn = cns.next()?.as_str().ok()?.to_owned();
-    cns.next().is_none().then_some(cn)
-}
-
 /// Reads until the first packet's client id is known and the packet is complete; returns
 /// the id with every byte read (to be forwarded to the broker).
 async fn read_connect(
@@ -291,10 +286,7 @@ fn fixed_header(buf: &[u8]) -> Result<Option<(usize, usize)>, MqttFrontError> {
 
 /// `buf` (a whole CONNECT, checked by [`connect_client_id`], and what followed it) with
 /// the CONNECT's username and password replaced by `login`'s.
-pub fn with_login(
-    buf: &[u8],
-    login: &crate::edge::bus::MqttLogin,
-) -> Result<Vec<u8>, MqttFrontError> {
+pub fn with_login(buf: &[u8], login: &MqttLogin) -> Result<Vec<u8>, MqttFrontError> {
     let (h, rem) = fixed_header(buf)?.ok_or(MqttFrontError::Malformed("truncated CONNECT"))?;
     let packet = buf
         .get(h..h + rem)
@@ -321,8 +313,16 @@ pub fn with_login(
         var.extend_from_slice(&len.to_be_bytes());
         var.extend_from_slice(field.as_bytes());
     }
-    let mut out = vec![0x10];
-    let mut len = var.len();
+    let mut out = encode_packet(0x10, &var);
+    out.extend_from_slice(&buf[h + rem..]);
+    Ok(out)
+}
+
+/// One packet: its first byte, the remaining length `rest` announces (7 bits per byte,
+/// low bits first, the form [`fixed_header`] reads), then `rest`.
+fn encode_packet(first: u8, rest: &[u8]) -> Vec<u8> {
+    let mut out = vec![first];
+    let mut len = rest.len();
     loop {
         let mut b = (len % 128) as u8;
         len /= 128;
@@ -334,9 +334,8 @@ pub fn with_login(
             break;
         }
     }
-    out.extend(var);
-    out.extend_from_slice(&buf[h + rem..]);
-    Ok(out)
+    out.extend_from_slice(rest);
+    out
 }
 
 /// The client id of an MQTT 3.1.1 CONNECT at the start of `buf`, or `None` if more bytes
@@ -431,21 +430,7 @@ mod tests {
         let mut var = vec![0, 4, b'M', b'Q', b'T', b'T', 4, 0x02, 0, 30];
         var.extend_from_slice(&(client_id.len() as u16).to_be_bytes());
         var.extend_from_slice(client_id.as_bytes());
-        let mut p = vec![0x10];
-        let mut len = var.len();
-        loop {
-            let mut b = (len % 128) as u8;
-            len /= 128;
-            if len > 0 {
-                b |= 0x80;
-            }
-            p.push(b);
-            if len == 0 {
-                break;
-            }
-        }
-        p.extend(var);
-        p
+        encode_packet(0x10, &var)
     }
 
     #[test]
@@ -524,7 +509,7 @@ mod tests {
 
     #[test]
     fn the_login_replaces_the_clients_own() {
-        let login = crate::edge::bus::MqttLogin {
+        let login = MqttLogin {
             username: "baton-front".into(),
             password: "s3cret".into(),
         };
@@ -590,7 +575,7 @@ mod tests {
             .unwrap();
         let ca = dir.path().join("pki").join(crate::security::pki::CA_FILE);
         let device = ed25519_dalek::SigningKey::from_bytes(&[7; 32]);
-        let now = crate::security::gate::now_ms() / 1000;
+        let now = crate::security::encoding::now_ms() / 1000;
         let node_pem = pki
             .issue_node_cert("pi-1", &device.verifying_key(), now + 3600)
             .unwrap();

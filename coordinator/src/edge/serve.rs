@@ -313,7 +313,7 @@ impl http_body::Body for HeldBody {
 }
 
 /// Serves `app` on `listener` (over TLS with `tls`) until `shutdown` completes, then
-/// stops accepting and gives open connections [`SHUTDOWN_GRACE`] to finish.
+/// stops accepting and gives open connections `SHUTDOWN_GRACE` (5 s) to finish.
 pub async fn serve(
     listener: TcpListener,
     tls: Option<Arc<rustls::ServerConfig>>,

@@ -36,7 +36,8 @@ use baton_proto::NodeName;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
-use crate::security::gate::{b64, unb64, IdentityRecord, Security, SecurityError};
+use crate::security::encoding::{b64, now_ms, unb64};
+use crate::security::gate::{IdentityRecord, Security, SecurityError};
 use crate::security::pki::{Pki, PkiError};
 use crate::store::{self, Op, Store, StoreError, Table};
 
@@ -310,7 +311,7 @@ impl Enroller {
     pub fn load(store: Arc<dyn Store>, security: Arc<Security>) -> Result<Self, EnrollError> {
         // A used-up token is kept until it expires, so that reusing it is told apart from
         // a wrong one; past that it is dropped here.
-        let now = crate::security::gate::now_ms() / 1000;
+        let now = now_ms() / 1000;
         let (gone, tokens): (Vec<_>, Vec<_>) =
             store::list_json::<JoinTokenRecord>(store.as_ref(), Table::JoinTokens)?
                 .into_iter()

@@ -29,6 +29,8 @@ use rcgen::{
 };
 use sha2::{Digest, Sha256};
 
+use crate::security::encoding;
+
 pub const KEY_FILE: &str = "coordinator.key";
 pub const CA_FILE: &str = "ca.crt";
 /// The API's TLS certificate and key, reissued on every start by [`Pki::api_tls`].
@@ -332,7 +334,7 @@ pub fn ed25519_pem(key: &SigningKey) -> String {
     ];
     let mut der = PREFIX.to_vec();
     der.extend_from_slice(key.as_bytes());
-    let b64 = crate::security::gate::b64(&der);
+    let b64 = encoding::b64(&der);
     format!("-----BEGIN PRIVATE KEY-----\n{b64}\n-----END PRIVATE KEY-----\n")
 }
 
@@ -342,6 +344,14 @@ pub fn pem_to_der(pem: &str) -> Option<Vec<u8>> {
     rustls_pki_types::CertificateDer::from_pem_slice(pem.as_bytes())
         .ok()
         .map(|c| c.to_vec())
+}
+
+/// The subject's common name, if it has exactly one and it is UTF-8.
+pub fn common_name(der: &[u8]) -> Option<String> {
+    let (_, cert) = x509_parser::parse_x509_certificate(der).ok()?;
+    let mut cns = cert.subject().iter_common_name();
+    let cn = cns.next()?.as_str().ok()?.to_owned();
+    cns.next().is_none().then_some(cn)
 }
 
 fn write_private(path: &Path, bytes: &[u8]) -> Result<(), PkiError> {

@@ -361,7 +361,7 @@ impl Server {
             events_tx.clone(),
             outbound_rx,
             stats.clone(),
-            Some(security.clone()),
+            security.clone(),
         ) {
             Ok(bus) => bus,
             Err(e) => {

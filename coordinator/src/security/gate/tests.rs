@@ -1,0 +1,255 @@
+//! The gate's checks, with the clock as a parameter.
+
+use super::*;
+use crate::security::encoding::b64;
+use crate::store::MemStore;
+use baton_proto::sign::SigningKey;
+use baton_proto::Heartbeat;
+
+const NOW: u64 = 1_800_000_000_000;
+
+fn setup(require: bool) -> (Security, SigningKey, tempfile::TempDir) {
+    let dir = tempfile::tempdir().unwrap();
+    let pki = Arc::new(Pki::load_or_create(dir.path()).unwrap());
+    let store: Arc<dyn Store> = Arc::new(MemStore::default());
+    let sec = Security::load(
+        store,
+        pki,
+        SecurityConfig {
+            require_signatures: require,
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    let key = SigningKey::from_bytes(&[9; 32]);
+    sec.install(record("pi-1", &key.verifying_key()), vec![])
+        .unwrap();
+    (sec, key, dir)
+}
+
+fn record(node: &str, k: &VerifyingKey) -> IdentityRecord {
+    IdentityRecord {
+        node: node.into(),
+        public_key: b64(k.as_bytes()),
+        previous_key: None,
+        previous_valid_until_ms: 0,
+        labels: BTreeMap::new(),
+        arch: "amd64".into(),
+        not_after: 0,
+        certificate: String::new(),
+        enrolled_at: String::new(),
+        revoked: false,
+        revoked_at: None,
+    }
+}
+
+fn msg(
+    node: &str,
+    kind: &str,
+    body: Body,
+    seq: u64,
+    at: u64,
+    key: Option<&SigningKey>,
+) -> (String, Vec<u8>) {
+    let topic = format!("baton/v1/nodes/{node}/up/{kind}");
+    let mut env = Envelope::new(Sender::Node(NodeName::new(node).unwrap()), seq, body);
+    env.sent_at_ms = at;
+    if let Some(k) = key {
+        sign::sign(&mut env, &topic, k).unwrap();
+    }
+    (topic, env.encode().unwrap())
+}
+
+fn hb() -> Body {
+    Body::Heartbeat(Heartbeat {
+        applied_generation: 1,
+        status_digest: 2,
+    })
+}
+
+fn reason(r: Result<Option<(NodeName, Body)>, Rejection>) -> Option<Reason> {
+    r.err().map(|e| e.reason)
+}
+
+#[test]
+fn enrolled_nodes_must_sign_fresh_messages_with_their_key() {
+    let (sec, key, _d) = setup(false);
+    let other = SigningKey::from_bytes(&[1; 32]);
+    let (t, p) = msg("pi-1", "heartbeat", hb(), 10, NOW, Some(&key));
+    assert!(sec.verify(&t, &p, NOW).unwrap().is_some());
+    // The very same bytes again: a duplicate, dropped quietly.
+    assert_eq!(sec.verify(&t, &p, NOW), Ok(None));
+    let cases = [
+        (
+            msg("pi-1", "heartbeat", hb(), 9, NOW, Some(&key)),
+            Reason::Replay,
+        ),
+        (
+            msg("pi-1", "heartbeat", hb(), 11, NOW, None),
+            Reason::Unsigned,
+        ),
+        (
+            msg("pi-1", "heartbeat", hb(), 11, NOW, Some(&other)),
+            Reason::BadSignature,
+        ),
+        (
+            msg("pi-1", "heartbeat", hb(), 11, NOW - 600_001, Some(&key)),
+            Reason::Stale,
+        ),
+        (
+            msg("pi-1", "status", hb(), 11, NOW, Some(&key)),
+            Reason::TopicMismatch,
+        ),
+    ];
+    for ((t, p), want) in cases {
+        assert_eq!(reason(sec.verify(&t, &p, NOW)), Some(want), "{want:?}");
+    }
+    // Signed for another node's topic and moved: the signature covers the topic.
+    let (_, p) = msg("pi-1", "heartbeat", hb(), 12, NOW, Some(&key));
+    assert_eq!(
+        reason(sec.verify("baton/v1/nodes/pi-2/up/heartbeat", &p, NOW)),
+        Some(Reason::TopicMismatch)
+    );
+    assert_eq!(
+        reason(sec.verify("baton/v1/nodes/pi-1/up/heartbeat", &[1, 2, 3], NOW)),
+        Some(Reason::Malformed)
+    );
+    // Rejected messages did not move the seq: 11 is still fresh.
+    let (t, p) = msg("pi-1", "heartbeat", hb(), 11, NOW, Some(&key));
+    assert!(sec.verify(&t, &p, NOW).unwrap().is_some());
+}
+
+#[test]
+fn unenrolled_nodes_depend_on_the_mode() {
+    let (open, _, _d) = setup(false);
+    let (t, p) = msg("pi-9", "heartbeat", hb(), 1, 0, None);
+    assert!(open.verify(&t, &p, NOW).unwrap().is_some());
+    let (strict, _, _d2) = setup(true);
+    assert_eq!(
+        reason(strict.verify(&t, &p, NOW)),
+        Some(Reason::UnknownNode)
+    );
+}
+
+#[test]
+fn last_will_is_exempt_from_seq_and_time_but_not_replayable() {
+    let (sec, key, _d) = setup(false);
+    let (t, p) = msg("pi-1", "heartbeat", hb(), 100, NOW, Some(&key));
+    sec.verify(&t, &p, NOW).unwrap();
+    // Signed at connect, hours ago, with a lower seq.
+    let (wt, wp) = msg(
+        "pi-1",
+        "offline",
+        Body::Offline,
+        50,
+        NOW - 7_200_000,
+        Some(&key),
+    );
+    assert!(sec.verify(&wt, &wp, NOW).unwrap().is_some());
+    assert_eq!(sec.verify(&wt, &wp, NOW), Ok(None));
+    let (ot, op) = msg("pi-1", "offline", Body::Offline, 40, NOW, Some(&key));
+    assert_eq!(reason(sec.verify(&ot, &op, NOW)), Some(Reason::Replay));
+    let (ft, fp) = msg("pi-1", "offline", Body::Offline, 60, NOW, None);
+    assert_eq!(reason(sec.verify(&ft, &fp, NOW)), Some(Reason::Unsigned));
+}
+
+#[test]
+fn revocation_rotation_and_persistence() {
+    let (sec, key, _d) = setup(false);
+    let (t, p) = msg("pi-1", "heartbeat", hb(), 10, NOW, Some(&key));
+    sec.verify(&t, &p, NOW).unwrap();
+    sec.flush().unwrap();
+    // A restarted coordinator remembers the seq.
+    let again = Security::load(
+        sec.store.clone(),
+        sec.pki.clone(),
+        SecurityConfig::default(),
+    )
+    .unwrap();
+    assert_eq!(again.verify(&t, &p, NOW), Ok(None));
+    let (t9, p9) = msg("pi-1", "heartbeat", hb(), 9, NOW, Some(&key));
+    assert_eq!(reason(again.verify(&t9, &p9, NOW)), Some(Reason::Replay));
+    // Rotation: both keys during the overlap, only the new one after it.
+    let new = SigningKey::from_bytes(&[10; 32]);
+    let mut rec = record("pi-1", &new.verifying_key());
+    rec.previous_key = Some(b64(key.verifying_key().as_bytes()));
+    rec.previous_valid_until_ms = NOW + 1000;
+    sec.install(rec, vec![]).unwrap();
+    let (t, p) = msg("pi-1", "heartbeat", hb(), 11, NOW, Some(&key));
+    assert!(sec.verify(&t, &p, NOW).unwrap().is_some());
+    let (t, p) = msg("pi-1", "heartbeat", hb(), 12, NOW + 2000, Some(&key));
+    assert_eq!(
+        reason(sec.verify(&t, &p, NOW + 2000)),
+        Some(Reason::BadSignature)
+    );
+    let (t, p) = msg("pi-1", "heartbeat", hb(), 13, NOW + 2000, Some(&new));
+    assert!(sec.verify(&t, &p, NOW + 2000).unwrap().is_some());
+    // Revoked: refused whatever it signs, and that survives a restart.
+    sec.revoke("pi-1").unwrap();
+    let (t, p) = msg("pi-1", "heartbeat", hb(), 14, NOW, Some(&new));
+    assert_eq!(reason(sec.verify(&t, &p, NOW)), Some(Reason::Revoked));
+    let again = Security::load(
+        sec.store.clone(),
+        sec.pki.clone(),
+        SecurityConfig::default(),
+    )
+    .unwrap();
+    assert_eq!(again.revoked().into_iter().collect::<Vec<_>>(), ["pi-1"]);
+    assert!(matches!(
+        sec.revoke("nope"),
+        Err(SecurityError::NotEnrolled(_))
+    ));
+}
+
+#[test]
+fn messages_of_an_expired_certificate_are_refused() {
+    let (sec, _ck, _dir) = setup(false);
+    let key = SigningKey::from_bytes(&[9; 32]);
+    let mut rec = record("pi-9", &key.verifying_key());
+    let now = 1_800_000_000_000u64;
+    rec.not_after = now / 1000 + 60;
+    sec.install(rec, vec![]).unwrap();
+    let (t, p) = msg("pi-9", "heartbeat", hb(), 1, now, Some(&key));
+    assert!(sec.verify(&t, &p, now).is_ok());
+    // A minute later the certificate has expired: refused, however well signed.
+    let later = now + 60_000;
+    let (t, p) = msg("pi-9", "heartbeat", hb(), 2, later, Some(&key));
+    assert_eq!(reason(sec.verify(&t, &p, later)), Some(Reason::Expired));
+    assert_eq!(Reason::Expired.as_str(), "expired");
+}
+
+#[test]
+fn counters_per_reason_and_node() {
+    let (sec, _key, _d) = setup(false);
+    let (t, p) = msg("pi-1", "heartbeat", hb(), 10, NOW, None);
+    assert!(sec.admit(&t, &p).is_none());
+    assert!(sec.admit(&t, &p).is_none());
+    let r = sec.report();
+    assert_eq!(r.total.get(&Reason::Unsigned), Some(&2));
+    assert_eq!(r.nodes["pi-1"].get(&Reason::Unsigned), Some(&2));
+    assert_eq!(r.enrolled.get("pi-1"), Some(&false));
+}
+
+#[test]
+fn outbound_messages_are_signed_with_growing_seqs() {
+    let (sec, _key, _d) = setup(false);
+    let node = NodeName::new("pi-1").unwrap();
+    let (t1, p1) = sec.seal(&node, Body::StatusRequest).unwrap();
+    let (_, p2) = sec.seal(&node, Body::StatusRequest).unwrap();
+    let (e1, e2) = (
+        Envelope::decode(&p1).unwrap(),
+        Envelope::decode(&p2).unwrap(),
+    );
+    assert!(e2.seq > e1.seq);
+    assert_eq!(t1, "baton/v1/nodes/pi-1/down/control");
+    sign::verify(&e1, &t1, &sec.pki.public_key()).unwrap();
+    // A restart continues above the persisted reservation.
+    let again = Security::load(
+        sec.store.clone(),
+        sec.pki.clone(),
+        SecurityConfig::default(),
+    )
+    .unwrap();
+    let (_, p3) = again.seal(&node, Body::StatusRequest).unwrap();
+    assert!(Envelope::decode(&p3).unwrap().seq > e2.seq);
+}

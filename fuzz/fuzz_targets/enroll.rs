@@ -8,9 +8,9 @@
 
 use std::sync::{Arc, OnceLock};
 
-use baton_coordinator::enroll::{CreateJoinToken, Enroller};
-use baton_coordinator::pki::Pki;
-use baton_coordinator::security::{Security, SecurityConfig};
+use baton_coordinator::security::enroll::{CreateJoinToken, Enroller};
+use baton_coordinator::security::pki::Pki;
+use baton_coordinator::security::gate::{Security, SecurityConfig};
 use baton_coordinator::store::{MemStore, Store};
 use libfuzzer_sys::fuzz_target;
 

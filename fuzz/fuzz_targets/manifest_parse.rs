@@ -2,7 +2,7 @@
 //! clear error. Invalid UTF-8 is not interesting here (the CLI refuses it before parsing).
 #![no_main]
 
-use baton_coordinator::manifest::parse_manifests;
+use baton_coordinator::model::manifest::parse_manifests;
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {

@@ -19,6 +19,9 @@ mod pods;
 mod report;
 mod workers;
 
+#[cfg(test)]
+mod tests;
+
 use std::collections::BTreeMap;
 use std::net::IpAddr;
 use std::path::PathBuf;

@@ -493,17 +493,8 @@ mod tests {
     /// -subj` does (the issuer's CN comes first in the DER and must not be taken).
     #[test]
     fn the_subject_cn_is_read_and_checked_against_the_node() {
-        // CN=pi-1 under CN=fixture-ca, Ed25519 (the fixture of mqtt_tls.rs).
-        let pem = b"-----BEGIN CERTIFICATE-----
-MIIBPjCB8aADAgECAhR59MAqfpnvgN+LS88/I1QpqMi4rTAFBgMrZXAwFTETMBEG
-A1UEAwwKZml4dHVyZS1jYTAgFw0yNjExMjYyMjQ2NTZaGA8yMTI2MTEwMjIyNDY1
-NlowDzENMAsGA1UEAwwEcGktMTAqMAUGAytlcAMhABFAMlBRCfO/HaVw1dVuLEgy
-3Kw91aYcZdnnVYGUZ5IBo1cwVTATBgNVHSUEDDAKBggrBgEFBQcDAjAdBgNVHQ4E
-FgQUuP1/LmoLCcE14Hd5Kl7a9/VZaBUwHwYDVR0jBBgwFoAUyGpx2Eb7TkY2ZBgm
-rti7Du2zdgwwBQYDK2VwA0EAwxFyek2mUrWWTIXLEeOedW4faLL0vpvks7V8EpW0
-QEvMH0BSL665xupgYQd2hpMfE4NBwqDMAXb2v01SUQfOCQ==
------END CERTIFICATE-----
-";
+        // CN=pi-1 under CN=fixture-ca, Ed25519.
+        let pem = crate::mqtt_tls::fixtures::NODE_CERT.as_bytes();
         let pi1 = NodeName::new("pi-1").unwrap();
         use rustls_pki_types::pem::PemObject;
         let der = rustls_pki_types::CertificateDer::from_pem_slice(pem).unwrap();

@@ -493,17 +493,8 @@ mod tests {
     /// -subj` does (the issuer's CN comes first in the DER and must not be taken).
     #[test]
     fn the_subject_cn_is_read_and_checked_against_the_node() {
-        // CN=pi-1 under CN=fixture-ca, Ed25519 (the fixture of mqtt_tls.rs).
-        let pem = b"-----BEGIN CERTIFICATE-----
-MIIBPjCB8aADAgECAhR59MAqfpnvgN+LS88/I1QpqMi4rTAFBgMrZXAwFTETMBEG
-A1UEAwwKZml4dHVyZS1jYTAgFw0yNjExMjYyMjQ2NTZaGA8yMTI2MTEwMjIyNDY1
-NlowDzENMAsGA1UEAwwEcGktMTAqMAUGAytlcAMhABFAMlBRCfO/HaVw1dVuLEgy
-3Kw91aYcZdnnVYGUZ5IBo1cwVTATBgNVHSUEDDAKBggrBgEFBQcDAjAdBgNVHQ4E
-FgQUuP1/LmoLCcE14Hd5Kl7a9/VZaBUwHwYDVR0jBBgwFoAUyGpx2Eb7TkY2ZBgm
-rti7Du2zdgwwBQYDK2VwA0EAwxFyek2mUrWWTIXLEeOedW4faLL0vpvks7V8EpW0
-QEvMH0BSL665xupgYQd2hpMfE4NBwqDMAXb2v01SUQfOCQ==
------END CERTIFICATE-----
-";
+        // CN=pi-1 under CN=fixture-ca, Ed25519.
+        let pem = crate::mqtt_tls::fixtures::NODE_CERT.as_bytes();
         let pi1 = NodeName::new("pi-1").unwrap();
         use rustls_pki_types::pem::PemObject;
         let der = rustls_pki_types::CertificateDer::from_pem_slice(pem).unwrap();
@@ -561,6 +552,102 @@ QEvMH0BSL665xupgYQd2hpMfE4NBwqDMAXb2v01SUQfOCQ==
         let (line, report) = link.connected(&node);
         assert_eq!(line, "connected to broker at mqtt://b:1883");
         assert_eq!(report, None);
+    }
+
+    /// A bus that never connects, to call `accept` on.
+    fn offline_bus(security: Option<AgentSecurity>) -> Bus {
+        let node = NodeName::new("pi-1").unwrap();
+        let (client, _) =
+            AsyncClient::new(mqtt_options("mqtt://127.0.0.1:9", &node, None).unwrap(), 1);
+        Bus {
+            client,
+            node,
+            seq: Arc::new(AtomicU64::new(1)),
+            connected: Arc::new(AtomicBool::new(false)),
+            security,
+            last_connect_error: Arc::new(Mutex::new(None)),
+        }
+    }
+
+    /// `body` from the coordinator on pi-1's control topic, signed by `key` if given.
+    fn control(
+        body: Body,
+        seq: u64,
+        key: Option<&baton_proto::sign::SigningKey>,
+    ) -> (String, Vec<u8>) {
+        let node = NodeName::new("pi-1").unwrap();
+        let topic = topics::topic(&node, Kind::of(&body));
+        let mut env = Envelope::new(Sender::Coordinator, seq, body);
+        env.sent_at_ms = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_millis() as u64;
+        if let Some(k) = key {
+            baton_proto::sign::sign(&mut env, &topic, k).unwrap();
+        }
+        (topic, env.encode().unwrap())
+    }
+
+    /// A verified RotateKey is the bus's own business: it starts the rotation (a signed
+    /// request to the coordinator's API, seen here by a listener standing in for it) and
+    /// gives the node loop no event, so no pod is touched.
+    #[tokio::test]
+    async fn a_verified_rotate_key_starts_a_rotation_and_gives_the_node_loop_nothing() {
+        use base64::Engine as _;
+        use tokio::io::AsyncReadExt;
+        let b64 = |b: &[u8]| base64::engine::general_purpose::STANDARD.encode(b);
+        let api = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let coordinator = baton_proto::sign::SigningKey::from_bytes(&[1; 32]);
+        let id = crate::identity::IdentityFile {
+            version: crate::identity::FORMAT_VERSION,
+            node_name: "pi-1".into(),
+            private_key: b64(&[5; 32]),
+            certificate: crate::mqtt_tls::fixtures::NODE_CERT.into(),
+            coordinator_public_key: b64(coordinator.verifying_key().as_bytes()),
+            ca_certificate: crate::mqtt_tls::fixtures::CA.into(),
+            labels: Default::default(),
+            not_after: 0,
+            coordinator_api: Some(format!("http://{}", api.local_addr().unwrap())),
+        };
+        id.save(&dir.path().join(crate::identity::IDENTITY_FILE))
+            .unwrap();
+        let sec = AgentSecurity::new(dir.path(), &id, crate::identity::DEFAULT_WINDOW).unwrap();
+        let bus = offline_bus(Some(sec));
+
+        let (topic, payload) = control(Body::StatusRequest, 10, Some(&coordinator));
+        assert!(matches!(
+            bus.accept(&topic, &payload),
+            Some(BusEvent::StatusRequest)
+        ));
+        let (topic, payload) = control(Body::RotateKey, 11, Some(&coordinator));
+        assert!(bus.accept(&topic, &payload).is_none());
+
+        let (mut conn, _) = tokio::time::timeout(Duration::from_secs(10), api.accept())
+            .await
+            .expect("no rotation request within 10 s")
+            .unwrap();
+        let mut request = vec![0; 4096];
+        let n = conn.read(&mut request).await.unwrap();
+        let request = String::from_utf8_lossy(&request[..n]);
+        assert!(
+            request.starts_with("POST /api/v1/nodes/pi-1/rotate "),
+            "{request}"
+        );
+    }
+
+    /// Without an identity there is nothing to rotate: the request is refused, like any
+    /// unsigned message an enrolled node would refuse, and the node loop hears nothing.
+    #[test]
+    fn rotate_key_without_an_identity_is_refused() {
+        let bus = offline_bus(None);
+        let (topic, payload) = control(Body::StatusRequest, 1, None);
+        assert!(matches!(
+            bus.accept(&topic, &payload),
+            Some(BusEvent::StatusRequest)
+        ));
+        let (topic, payload) = control(Body::RotateKey, 2, None);
+        assert!(bus.accept(&topic, &payload).is_none());
     }
 
     #[test]

@@ -1,4 +1,5 @@
-//! Baton's agent library. `main.rs` only parses flags and calls [`node::run`].
+//! Baton's agent library. `main.rs` only parses flags, starts the bus and runs a
+//! [`node::Node`] over it.
 //!
 //! Module map: `node` owns all state and is driven by events; `reconcile` decides (pure);
 //! `pod` executes decisions in workers; `runtime`, `image` and `network` are the effects

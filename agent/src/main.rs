@@ -1,12 +1,14 @@
-//! `baton-agent`: parses flags and runs [`baton_agent::node::run`]. Nothing else lives here.
+//! `baton-agent`: parses flags, prepares the node ([`baton_agent::node::Node`]), starts its
+//! MQTT bus and runs the node loop over it. Nothing else lives here.
 
 use std::net::{IpAddr, ToSocketAddrs, UdpSocket};
 use std::path::PathBuf;
 use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
+use baton_agent::bus::Bus;
 use baton_agent::identity::{self, IdentityFile};
-use baton_agent::node::{self, AgentConfig};
+use baton_agent::node::{self, AgentConfig, AgentError};
 use baton_proto::{Capacity, NodeName};
 use clap::{Parser, Subcommand};
 
@@ -327,7 +329,16 @@ async fn load_or_enroll(a: &RunArgs) -> Result<Option<IdentityFile>> {
     Ok(Some(id))
 }
 
-fn config(a: RunArgs, identity: Option<IdentityFile>) -> Result<AgentConfig> {
+/// How the node reaches the coordinator: the broker, the TLS material to present, and
+/// the identity that signs and verifies messages.
+struct Link {
+    url: String,
+    mqtt_tls: Option<baton_agent::mqtt_tls::MqttTls>,
+    /// `None` on fleets without enrollment.
+    security: Option<identity::AgentSecurity>,
+}
+
+fn config(a: RunArgs, identity: Option<IdentityFile>) -> Result<(AgentConfig, Link)> {
     let node = match &identity {
         Some(id) => NodeName::new(&id.node_name).context("identity file")?,
         None => node_name(&a)?,
@@ -372,10 +383,9 @@ fn config(a: RunArgs, identity: Option<IdentityFile>) -> Result<AgentConfig> {
         memory_bytes: mem.saturating_sub(a.reserved_memory_mib << 20),
         pods: a.max_pods.min(baton_proto::MAX_PODS_PER_NODE as u16),
     };
-    Ok(AgentConfig {
+    let cfg = AgentConfig {
         address: a.node_ip.or_else(|| route_address(&url)),
         node,
-        coordinator: url,
         data_dir: a.data_dir,
         run_dir: a.run_dir,
         labels,
@@ -399,9 +409,15 @@ fn config(a: RunArgs, identity: Option<IdentityFile>) -> Result<AgentConfig> {
         log_max_bytes: a.log_max_bytes,
         pids_limit: a.pids_limit,
         stop_pods_on_exit: a.stop_pods_on_exit,
-        mqtt_tls,
-        security,
-    })
+    };
+    Ok((
+        cfg,
+        Link {
+            url,
+            mqtt_tls,
+            security,
+        },
+    ))
 }
 
 async fn shutdown_signal() {
@@ -472,8 +488,8 @@ fn main() -> Result<()> {
         // Reset needs no broker: an unenrolled data dir is reset like any other.
         args.insecure_unenrolled = true;
     }
-    let cfg = config(args, identity)?;
-    if cfg.security.is_none() && !reset {
+    let (cfg, link) = config(args, identity)?;
+    if link.security.is_none() && !reset {
         tracing::warn!("--insecure-unenrolled: DEVELOPMENT ONLY. This agent has no identity and runs unsigned desired states from anyone who can publish on the broker, as root");
     }
     if reset {
@@ -498,6 +514,21 @@ fn main() -> Result<()> {
         }
         return Ok(());
     }
-    rt.block_on(node::run(cfg, shutdown_signal()))
-        .context("agent failed")
+    rt.block_on(run(cfg, link)).context("agent failed")
+}
+
+/// Prepares the node, then connects, in that order: a node that cannot start (its data
+/// dir, runtime or network) never shows up on the broker.
+async fn run(cfg: AgentConfig, link: Link) -> Result<(), AgentError> {
+    let name = cfg.node.clone();
+    let node = node::Node::prepare(cfg).await?;
+    let (events, bus_events) = tokio::sync::mpsc::channel(64);
+    let bus = Bus::start_secure(
+        &link.url,
+        name,
+        link.mqtt_tls.as_ref(),
+        link.security,
+        events,
+    )?;
+    node.run(&bus, bus_events, shutdown_signal()).await
 }

@@ -102,23 +102,8 @@ fn certs(pem: &[u8]) -> Result<Vec<CertificateDer<'static>>, String> {
 
 #[cfg(test)]
 mod tests {
+    use super::fixtures::{CA, NODE_CERT, NODE_KEY};
     use super::*;
-
-    // An Ed25519 CA and an Ed25519 node certificate (CN=pi-1) under it, made with
-    // `openssl genpkey -algorithm ed25519` and `openssl x509 -req -extfile` (webpki
-    // refuses X.509 v1 certificates, which `x509 -req` makes without extensions).
-    const CA: &str = "-----BEGIN CERTIFICATE-----\nMIIBQDCB86ADAgECAhR1gl+4St85DkMPCYg+ZvFRR62Z8zAFBgMrZXAwFTETMBEG\nA1UEAwwKZml4dHVyZS1jYTAgFw0yNjExMjYyMjQwMTZaGA8yMTI2MTEwMjIyNDAx\nNlowFTETMBEGA1UEAwwKZml4dHVyZS1jYTAqMAUGAytlcAMhAAG4MqKwZ9DXo4E2\nU3s0YO9zsz6goJy1GkvJdOK+We2/o1MwUTAdBgNVHQ4EFgQUyGpx2Eb7TkY2ZBgm\nrti7Du2zdgwwHwYDVR0jBBgwFoAUyGpx2Eb7TkY2ZBgmrti7Du2zdgwwDwYDVR0T\nAQH/BAUwAwEB/zAFBgMrZXADQQCfGSMqkdSFzuATKZqAmFzBb5/YDGauMYqL1ds3\nvuedcLZrKrk/akZtCWOZiir5C2LbbSCY4lQ/uNBZfM/JJRcC\n-----END CERTIFICATE-----\n";
-    const NODE_CERT: &str = "-----BEGIN CERTIFICATE-----
-MIIBPjCB8aADAgECAhR59MAqfpnvgN+LS88/I1QpqMi4rTAFBgMrZXAwFTETMBEG
-A1UEAwwKZml4dHVyZS1jYTAgFw0yNjExMjYyMjQ2NTZaGA8yMTI2MTEwMjIyNDY1
-NlowDzENMAsGA1UEAwwEcGktMTAqMAUGAytlcAMhABFAMlBRCfO/HaVw1dVuLEgy
-3Kw91aYcZdnnVYGUZ5IBo1cwVTATBgNVHSUEDDAKBggrBgEFBQcDAjAdBgNVHQ4E
-FgQUuP1/LmoLCcE14Hd5Kl7a9/VZaBUwHwYDVR0jBBgwFoAUyGpx2Eb7TkY2ZBgm
-rti7Du2zdgwwBQYDK2VwA0EAwxFyek2mUrWWTIXLEeOedW4faLL0vpvks7V8EpW0
-QEvMH0BSL665xupgYQd2hpMfE4NBwqDMAXb2v01SUQfOCQ==
------END CERTIFICATE-----
-";
-    const NODE_KEY: &str = "-----BEGIN PRIVATE KEY-----\nMC4CAQAwBQYDK2VwBCIEIPsybUd7tGeV0RWTpQka2uqw8sn0DlSpLDUNIywt4fyT\n-----END PRIVATE KEY-----\n";
 
     #[test]
     fn ed25519_client_identity_is_accepted() {
@@ -202,4 +187,24 @@ QEvMH0BSL665xupgYQd2hpMfE4NBwqDMAXb2v01SUQfOCQ==
         let err = MqttTls::from_files(p, p, p).unwrap_err();
         assert!(err.to_string().contains("/nonexistent/ca.pem"), "{err}");
     }
+}
+
+/// PEM test material, shared by the tests of every module that reads certificates.
+#[cfg(test)]
+pub(crate) mod fixtures {
+    // An Ed25519 CA and an Ed25519 node certificate (CN=pi-1) under it, made with
+    // `openssl genpkey -algorithm ed25519` and `openssl x509 -req -extfile` (webpki
+    // refuses X.509 v1 certificates, which `x509 -req` makes without extensions).
+    pub(crate) const CA: &str = "-----BEGIN CERTIFICATE-----\nMIIBQDCB86ADAgECAhR1gl+4St85DkMPCYg+ZvFRR62Z8zAFBgMrZXAwFTETMBEG\nA1UEAwwKZml4dHVyZS1jYTAgFw0yNjExMjYyMjQwMTZaGA8yMTI2MTEwMjIyNDAx\nNlowFTETMBEGA1UEAwwKZml4dHVyZS1jYTAqMAUGAytlcAMhAAG4MqKwZ9DXo4E2\nU3s0YO9zsz6goJy1GkvJdOK+We2/o1MwUTAdBgNVHQ4EFgQUyGpx2Eb7TkY2ZBgm\nrti7Du2zdgwwHwYDVR0jBBgwFoAUyGpx2Eb7TkY2ZBgmrti7Du2zdgwwDwYDVR0T\nAQH/BAUwAwEB/zAFBgMrZXADQQCfGSMqkdSFzuATKZqAmFzBb5/YDGauMYqL1ds3\nvuedcLZrKrk/akZtCWOZiir5C2LbbSCY4lQ/uNBZfM/JJRcC\n-----END CERTIFICATE-----\n";
+    pub(crate) const NODE_CERT: &str = "-----BEGIN CERTIFICATE-----
+MIIBPjCB8aADAgECAhR59MAqfpnvgN+LS88/I1QpqMi4rTAFBgMrZXAwFTETMBEG
+A1UEAwwKZml4dHVyZS1jYTAgFw0yNjExMjYyMjQ2NTZaGA8yMTI2MTEwMjIyNDY1
+NlowDzENMAsGA1UEAwwEcGktMTAqMAUGAytlcAMhABFAMlBRCfO/HaVw1dVuLEgy
+3Kw91aYcZdnnVYGUZ5IBo1cwVTATBgNVHSUEDDAKBggrBgEFBQcDAjAdBgNVHQ4E
+FgQUuP1/LmoLCcE14Hd5Kl7a9/VZaBUwHwYDVR0jBBgwFoAUyGpx2Eb7TkY2ZBgm
+rti7Du2zdgwwBQYDK2VwA0EAwxFyek2mUrWWTIXLEeOedW4faLL0vpvks7V8EpW0
+QEvMH0BSL665xupgYQd2hpMfE4NBwqDMAXb2v01SUQfOCQ==
+-----END CERTIFICATE-----
+";
+    pub(crate) const NODE_KEY: &str = "-----BEGIN PRIVATE KEY-----\nMC4CAQAwBQYDK2VwBCIEIPsybUd7tGeV0RWTpQka2uqw8sn0DlSpLDUNIywt4fyT\n-----END PRIVATE KEY-----\n";
 }

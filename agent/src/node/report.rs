@@ -1,0 +1,127 @@
+//! What the node loop tells: the coordinator (Hello, Heartbeat, Status, through a
+//! [`Publish`]) and the reconciler (what it observes of each pod).
+
+use std::collections::BTreeMap;
+
+use baton_proto::{BString, BVec, Body, Heartbeat, Hello, Label, NodeStatus, PodStatus};
+
+use super::pods::Ctr;
+use super::{Agent, Publish};
+use crate::image::Platform;
+use crate::reconcile::{CtrObs, PodObs};
+
+impl Agent {
+    pub(super) fn hello(&self) -> Body {
+        let labels = self
+            .cfg
+            .labels
+            .iter()
+            .filter_map(|(k, v)| {
+                Some(Label {
+                    key: BString::new(k.as_str()).ok()?,
+                    value: BString::new(v.as_str()).ok()?,
+                })
+            })
+            .collect::<Vec<_>>();
+        let p = Platform::host();
+        Body::Hello(Hello {
+            arch: p.arch.as_str().try_into().unwrap_or_default(),
+            arch_variant: p
+                .variant
+                .as_deref()
+                .unwrap_or("")
+                .try_into()
+                .unwrap_or_default(),
+            os: p.os.as_str().try_into().unwrap_or_default(),
+            agent_version: env!("CARGO_PKG_VERSION").try_into().unwrap_or_default(),
+            allocatable: self.cfg.allocatable,
+            labels: BVec::from_vec(labels.into_iter().take(64).collect()).unwrap_or_default(),
+            address: self.cfg.address,
+            pod_cidr: BString::new(self.deps.network.config().pod_cidr.to_string())
+                .unwrap_or_default(),
+            applied_generation: self.desired.generation,
+            // Filled in by the bus, which keeps the link's history.
+            last_connect_error: None,
+        })
+    }
+
+    pub(super) fn status(&self) -> NodeStatus {
+        let pods = self
+            .pods
+            .iter()
+            .filter_map(|(uid, p)| {
+                let of = |init: bool| {
+                    p.ctrs
+                        .iter()
+                        .filter(|c| c.init == init)
+                        .filter_map(Ctr::status)
+                        .collect::<Vec<_>>()
+                };
+                Some(PodStatus {
+                    name: p.spec.name.clone(),
+                    uid: BString::new(uid.as_str()).ok()?,
+                    pod_ip: p.pod_ip,
+                    containers: BVec::from_vec(of(false)).ok()?,
+                    init_containers: BVec::from_vec(of(true)).ok()?,
+                })
+            })
+            .take(baton_proto::MAX_PODS_PER_NODE)
+            .collect::<Vec<_>>();
+        NodeStatus {
+            applied_generation: self.desired.generation,
+            pods: BVec::from_vec(pods).unwrap_or_default(),
+        }
+    }
+
+    /// The heartbeat: the Hello again while no desired state has come since the last
+    /// connect, then the applied generation and the status digest.
+    pub(super) fn heartbeat(&self, bus: &dyn Publish) {
+        if self.hello_pending {
+            let _ = bus.publish(self.hello());
+        }
+        let status = self.status();
+        let _ = bus.publish(Body::Heartbeat(Heartbeat {
+            applied_generation: self.desired.generation,
+            status_digest: status.digest(),
+        }));
+    }
+
+    /// Sends the full status if it changed since the last one that went out.
+    pub(super) fn publish_status(&mut self, bus: &dyn Publish) {
+        if self.status_dirty
+            && bus.is_connected()
+            && bus.publish(Body::Status(self.status())).is_ok()
+        {
+            self.status_dirty = false;
+        }
+    }
+
+    pub(super) fn observed(&self) -> BTreeMap<String, PodObs> {
+        self.pods
+            .iter()
+            .map(|(uid, p)| {
+                let of = |init: bool| {
+                    p.ctrs
+                        .iter()
+                        .filter(|c| c.init == init)
+                        .map(|c| CtrObs {
+                            name: c.name.clone(),
+                            state: c.obs,
+                            level: c.level,
+                        })
+                        .collect()
+                };
+                (
+                    uid.clone(),
+                    PodObs {
+                        lifecycle: p.lifecycle,
+                        restart_policy: p.spec.restart_policy,
+                        init_containers: of(true),
+                        init_done: p.init_done,
+                        containers: of(false),
+                    },
+                )
+            })
+            .collect()
+    }
+}

@@ -43,7 +43,6 @@
 //! message refused as stale with a signed `StatusRequest`, which teaches the time.
 
 use std::collections::BTreeMap;
-use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
@@ -162,7 +161,7 @@ impl IdentityFile {
         Ok(Some(f))
     }
 
-    /// Writes it with mode 0600, atomically (temporary file, fsync, rename, fsync dir),
+    /// Writes it with mode 0600, atomically and durably (see [`crate::durable`]),
     /// then its PEM copies beside it (see the module docs).
     pub fn save(&self, path: &Path) -> Result<(), IdentityError> {
         let bytes = serde_json::to_vec_pretty(self).map_err(|e| IdentityError::Invalid {
@@ -222,26 +221,12 @@ pub fn ed25519_pem(seed: &[u8; 32]) -> String {
     )
 }
 
+/// Identity, PEM copies and replay state: mode 0600, and durable ([`crate::durable::write`]).
+/// Lost to a power cut, a rotated key the coordinator has already certified would lock the
+/// device out, and a lost seq reservation lets our seqs repeat (refused as replays) when the
+/// clock is behind ([`SeqCounter`]).
 fn write_private(path: &Path, bytes: &[u8]) -> Result<(), IdentityError> {
-    let tmp = path.with_extension("tmp");
-    let _ = std::fs::remove_file(&tmp);
-    let mut opts = std::fs::OpenOptions::new();
-    opts.write(true).create_new(true);
-    {
-        use std::os::unix::fs::OpenOptionsExt;
-        opts.mode(0o600);
-    }
-    let mut f = opts.open(&tmp).map_err(io(&tmp))?;
-    f.write_all(bytes).map_err(io(&tmp))?;
-    f.sync_all().map_err(io(&tmp))?;
-    drop(f);
-    std::fs::rename(&tmp, path).map_err(io(path))?;
-    if let Some(dir) = path.parent() {
-        if let Ok(d) = std::fs::File::open(dir) {
-            let _ = d.sync_all();
-        }
-    }
-    Ok(())
+    crate::durable::write(path, bytes, crate::datadir::PRIVATE_FILE).map_err(io(path))
 }
 
 /// The parts of a join token string that the agent uses.

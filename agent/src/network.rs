@@ -565,7 +565,9 @@ impl Network {
             std::process::id(),
             short_hash(&[pod_uid], 12)
         ));
-        fs::write(&tmp, pod_uid).map_err(io_err(&tmp))?;
+        // Durably, and the link below synced too: after a power cut an address is claimed
+        // by its pod or not at all, never by an empty file that nobody would ever free.
+        crate::durable::write(&tmp, pod_uid.as_bytes(), 0o644).map_err(io_err(&tmp))?;
         // Round robin from the last address handed out, like CNI's host-local IPAM: an
         // address just freed is reused last, so clients that still hold the old pod's MAC
         // for it in their neighbour cache are not sent to a dead port.
@@ -584,8 +586,14 @@ impl Network {
                 let path = dir.join(ip.to_string());
                 match fs::hard_link(&tmp, &path) {
                     Ok(()) => {
-                        // Best effort: losing it only makes reuse come sooner.
-                        let _ = fs::write(&last_file, ip.to_string());
+                        crate::durable::sync_parent(&path).map_err(io_err(&path))?;
+                        // Best effort and unsynced on purpose: losing it only makes reuse
+                        // come sooner. Atomic all the same, so a reader never sees half.
+                        let _ = crate::durable::write_unsynced(
+                            &last_file,
+                            ip.to_string().as_bytes(),
+                            0o644,
+                        );
                         return Ok(ip);
                     }
                     Err(e) if e.kind() == io::ErrorKind::AlreadyExists => continue,

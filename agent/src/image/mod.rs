@@ -876,7 +876,7 @@ impl Inner {
         })?;
         let path = self.layout.ref_file(&key);
         blocking(move || {
-            layout::write_atomic(&path, &json)
+            crate::durable::write(&path, &json, layout::STORE_FILE)
                 .map_err(ImageError::io(format!("write {}", path.display())))
         })
         .await??;

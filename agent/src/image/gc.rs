@@ -31,7 +31,8 @@ use oci_client::manifest::OciImageManifest;
 use tracing::{debug, info, warn};
 
 use super::layout::{digest_hex, Layout};
-use super::{ImageError, RefRecord};
+use super::local::RefRecord;
+use super::ImageError;
 use crate::durable::temp_sibling;
 
 /// A size limit: bytes, or a share of the filesystem that holds the image store.

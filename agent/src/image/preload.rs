@@ -30,11 +30,9 @@ use tracing::{info, warn};
 
 use super::gc::PullGuard;
 use super::layout::{digest_hex, sha256_bytes, STORE_FILE};
+use super::local::{check_config, image_config, parse_config, parse_manifest, ref_key, RefRecord};
 use super::platform::{describe_entries, select_manifest};
-use super::{
-    blocking, check_config, image_config, parse_config, parse_manifest, ref_key, unpack,
-    ImageConfig, ImageError, ImageStore, Platform, RefRecord,
-};
+use super::{blocking, unpack, ImageConfig, ImageError, ImageStore, Platform};
 use crate::durable::{self, temp_sibling};
 
 /// Small JSON documents (index, manifests, configs) are refused beyond this.

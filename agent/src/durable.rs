@@ -1,7 +1,7 @@
 //! Replacing a file so that readers, and the disk after a power cut, see either the old
 //! content or the whole new one: the agent's one way of persisting state.
 //!
-//! [`write`] puts the bytes in a temporary sibling created with the final mode (so a secret
+//! [`write()`] puts the bytes in a temporary sibling created with the final mode (so a secret
 //! is never readable by others, not even while half written), fsyncs it, renames it over the
 //! target and fsyncs the directory (without that, the rename itself may not survive a power
 //! cut). Files that are not written in one piece (downloads, unpacked layers) are synced by
@@ -29,7 +29,7 @@ pub fn write(path: &Path, bytes: &[u8], mode: u32) -> io::Result<()> {
     replace(path, mode, Durability::Synced, |f| f.write_all(bytes))
 }
 
-/// [`write`] without the fsyncs: atomic for readers, not across a power cut.
+/// [`write()`] without the fsyncs: atomic for readers, not across a power cut.
 pub fn write_unsynced(path: &Path, bytes: &[u8], mode: u32) -> io::Result<()> {
     replace(path, mode, Durability::Unsynced, |f| f.write_all(bytes))
 }

@@ -11,12 +11,12 @@
 //!   the containers' environment, secret values included.
 //!
 //! Threads: creates, starts, deletes and execs run on the caller's thread (in `baton-agent`,
-//! its tokio blocking pool), their libcontainer calls one at a time under [`LIBCONTAINER`].
-//! Waiting for containers runs on a pool of [`Watchers`] threads ([`reap`]): each container
+//! its tokio blocking pool), their libcontainer calls one at a time under `LIBCONTAINER`.
+//! Waiting for containers runs on a pool of `Watchers` threads (`reap`): each container
 //! we started or adopted holds one of them until it exits, then the thread waits idle for the
 //! next container. The pool grows to the most containers that ran at once and never shrinks,
 //! because a thread that ends (or starts) at the wrong moment can hang a clone (below). One
-//! more thread, [`logs::Rotator`]'s, bounds every container's log.
+//! more thread, `logs::Rotator`'s, bounds every container's log.
 //!
 //! Reaping: libcontainer clones the container's init with `CLONE_PARENT`, so the init is *our*
 //! child and nobody else will reap it. Its watcher thread blocks in `waitpid(pid)`, then reads
@@ -52,8 +52,8 @@
 //!   default executor clears and sets the environment (write) in the child, so an `ip` command
 //!   spawned during a create hung the container's init for good. [`ExplicitEnvExecutor`] never
 //!   touches the process environment;
-//! - Rust's thread registry lock, taken whenever a thread starts or ends: hence [`Watchers`]
-//!   and the log rotator start under [`LIBCONTAINER`] and never end, and `baton-agent` starts its
+//! - Rust's thread registry lock, taken whenever a thread starts or ends: hence `Watchers`
+//!   and the log rotator start under `LIBCONTAINER` and never end, and `baton-agent` starts its
 //!   whole blocking pool up front and never shrinks it;
 //! - the log writer's lock: builds run under a scoped no-op `tracing` subscriber, which the
 //!   child inherits, so it never logs.

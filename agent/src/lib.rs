@@ -9,6 +9,7 @@
 pub mod adopt;
 pub mod bus;
 pub mod datadir;
+pub mod durable;
 pub mod identity;
 pub mod image;
 pub mod mqtt_tls;

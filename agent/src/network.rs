@@ -15,19 +15,23 @@
 //! connections to 127.0.0.1 as well, needs no `route_localnet`, and leaves no kernel state
 //! behind when the agent dies.
 
-use std::fmt;
-use std::fs;
+mod cidr;
+mod command;
+mod forward;
+mod ipam;
+
 use std::io;
 use std::net::{Ipv4Addr, SocketAddr};
 use std::path::{Path, PathBuf};
-use std::process::Command;
-use std::str::FromStr;
 use std::sync::{Mutex, MutexGuard};
-use std::time::Duration;
 
 use sha2::{Digest, Sha256};
-use tokio::net::{TcpListener, TcpStream};
-use tokio::task::{JoinHandle, JoinSet};
+
+pub use cidr::Ipv4Net;
+use command::{
+    chain_exists, enable_ip_forward, ensure_chain, ensure_jump, ip, iptables, link_exists,
+};
+pub use forward::PortForward;
 
 /// Where `ip netns add` puts its namespace files.
 const NETNS_DIR: &str = "/run/netns";
@@ -76,86 +80,6 @@ fn io_err(path: &Path) -> impl FnOnce(io::Error) -> NetError + '_ {
     move |source| NetError::Io {
         path: path.to_owned(),
         source,
-    }
-}
-
-/// An IPv4 network, e.g. `10.42.7.0/24`. The address is always the network address.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub struct Ipv4Net {
-    addr: Ipv4Addr,
-    prefix: u8,
-}
-
-impl Ipv4Net {
-    /// `addr` is masked down to the network address. A pod network needs room for the gateway
-    /// and at least one pod, so the prefix must be at most 30.
-    pub fn new(addr: Ipv4Addr, prefix: u8) -> Result<Self, NetError> {
-        let cidr = || format!("{addr}/{prefix}");
-        if prefix > 30 {
-            return Err(NetError::InvalidCidr {
-                cidr: cidr(),
-                reason: "prefix must be at most 30",
-            });
-        }
-        let mask = u32::MAX.checked_shl(32 - u32::from(prefix)).unwrap_or(0);
-        Ok(Self {
-            addr: Ipv4Addr::from(u32::from(addr) & mask),
-            prefix,
-        })
-    }
-
-    pub fn addr(&self) -> Ipv4Addr {
-        self.addr
-    }
-
-    pub fn prefix(&self) -> u8 {
-        self.prefix
-    }
-
-    fn size(&self) -> u32 {
-        1u32 << (32 - u32::from(self.prefix))
-    }
-
-    /// The `n`th address of the network (0 is the network address).
-    fn nth(&self, n: u32) -> Ipv4Addr {
-        Ipv4Addr::from(u32::from(self.addr) + n)
-    }
-
-    pub fn contains(&self, ip: Ipv4Addr) -> bool {
-        u32::from(ip).wrapping_sub(u32::from(self.addr)) < self.size()
-    }
-
-    /// The bridge's address: the first host.
-    pub fn gateway(&self) -> Ipv4Addr {
-        self.nth(1)
-    }
-
-    /// Addresses pods may get: every host but the gateway (no network or broadcast address).
-    fn pod_addrs(&self) -> impl Iterator<Item = Ipv4Addr> + '_ {
-        (2..self.size() - 1).map(|n| self.nth(n))
-    }
-}
-
-impl fmt::Display for Ipv4Net {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}/{}", self.addr, self.prefix)
-    }
-}
-
-impl FromStr for Ipv4Net {
-    type Err = NetError;
-
-    fn from_str(s: &str) -> Result<Self, Self::Err> {
-        let bad = |reason| NetError::InvalidCidr {
-            cidr: s.to_owned(),
-            reason,
-        };
-        let (a, p) = s
-            .split_once('/')
-            .ok_or_else(|| bad("expected ADDR/PREFIX"))?;
-        let addr: Ipv4Addr = a.parse().map_err(|_| bad("not an IPv4 address"))?;
-        let prefix: u8 = p.parse().map_err(|_| bad("prefix is not a number"))?;
-        Self::new(addr, prefix)
     }
 }
 
@@ -265,10 +189,6 @@ impl Network {
     /// The filter chain accepting forwarded traffic of this node's bridge.
     pub fn forward_chain(&self) -> String {
         format!("{}-fwd", self.cfg.bridge)
-    }
-
-    fn ipam_dir(&self) -> PathBuf {
-        self.cfg.state_dir.join(format!("ipam-{}", self.cfg.bridge))
     }
 
     fn names(&self, pod_uid: &str) -> Result<PodNames, NetError> {
@@ -524,285 +444,6 @@ impl Network {
             ip(&["netns", "del", &n.netns])?;
         }
         self.free(pod_uid)
-    }
-
-    /// The address of every pod that has one, from the address files.
-    pub fn allocations(&self) -> Result<Vec<(Ipv4Addr, String)>, NetError> {
-        let dir = self.ipam_dir();
-        let rd = match fs::read_dir(&dir) {
-            Ok(rd) => rd,
-            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Vec::new()),
-            Err(e) => return Err(io_err(&dir)(e)),
-        };
-        let mut out = Vec::new();
-        for entry in rd {
-            let entry = entry.map_err(io_err(&dir))?;
-            let Some(ip) = entry.file_name().to_str().and_then(|n| n.parse().ok()) else {
-                continue; // a temp file of an allocation in progress
-            };
-            let path = entry.path();
-            let owner = fs::read_to_string(&path).map_err(io_err(&path))?;
-            out.push((ip, owner));
-        }
-        out.sort();
-        Ok(out)
-    }
-
-    /// Returns the pod's address, allocating a free one if it has none.
-    ///
-    /// One file per address, named by the address and holding the pod uid. A new file is
-    /// written under a temporary name and hard-linked into place: `link` fails if the name
-    /// exists, so two allocators (even in two processes) can never both get an address, and a
-    /// crash never leaves a claimed address without its owner.
-    fn allocate(&self, pod_uid: &str) -> Result<Ipv4Addr, NetError> {
-        if let Some((ip, _)) = self.allocations()?.into_iter().find(|(_, o)| o == pod_uid) {
-            return Ok(ip);
-        }
-        let dir = self.ipam_dir();
-        fs::create_dir_all(&dir).map_err(io_err(&dir))?;
-        let tmp = dir.join(format!(
-            ".tmp-{}-{}",
-            std::process::id(),
-            short_hash(&[pod_uid], 12)
-        ));
-        fs::write(&tmp, pod_uid).map_err(io_err(&tmp))?;
-        // Round robin from the last address handed out, like CNI's host-local IPAM: an
-        // address just freed is reused last, so clients that still hold the old pod's MAC
-        // for it in their neighbour cache are not sent to a dead port.
-        let addrs: Vec<Ipv4Addr> = self.cfg.pod_cidr.pod_addrs().collect();
-        let last_file = self
-            .cfg
-            .state_dir
-            .join(format!("ipam-{}.last", self.cfg.bridge));
-        let start = fs::read_to_string(&last_file)
-            .ok()
-            .and_then(|s| s.trim().parse::<Ipv4Addr>().ok())
-            .and_then(|last| addrs.iter().position(|a| *a == last))
-            .map_or(0, |i| i + 1);
-        let result = (|| {
-            for ip in addrs[start..].iter().chain(&addrs[..start]).copied() {
-                let path = dir.join(ip.to_string());
-                match fs::hard_link(&tmp, &path) {
-                    Ok(()) => {
-                        // Best effort: losing it only makes reuse come sooner.
-                        let _ = fs::write(&last_file, ip.to_string());
-                        return Ok(ip);
-                    }
-                    Err(e) if e.kind() == io::ErrorKind::AlreadyExists => continue,
-                    Err(e) => return Err(io_err(&path)(e)),
-                }
-            }
-            Err(NetError::Exhausted(self.cfg.pod_cidr))
-        })();
-        let _ = fs::remove_file(&tmp);
-        result
-    }
-
-    fn free(&self, pod_uid: &str) -> Result<(), NetError> {
-        let dir = self.ipam_dir();
-        for (ip, owner) in self.allocations()? {
-            if owner == pod_uid {
-                let path = dir.join(ip.to_string());
-                match fs::remove_file(&path) {
-                    Err(e) if e.kind() != io::ErrorKind::NotFound => return Err(io_err(&path)(e)),
-                    _ => {}
-                }
-            }
-        }
-        Ok(())
-    }
-}
-
-/// Runs a command, returning stdout; a non-zero exit becomes [`NetError::Command`] with the
-/// command line and its stderr.
-fn run(program: &str, args: &[&str]) -> Result<String, NetError> {
-    let command = || format!("{program} {}", args.join(" "));
-    let out = Command::new(program)
-        .args(args)
-        .output()
-        .map_err(|source| NetError::Spawn {
-            command: command(),
-            source,
-        })?;
-    if out.status.success() {
-        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
-    } else {
-        Err(NetError::Command {
-            command: command(),
-            status: out.status.to_string(),
-            stderr: String::from_utf8_lossy(&out.stderr).trim().to_owned(),
-        })
-    }
-}
-
-fn ip(args: &[&str]) -> Result<String, NetError> {
-    run("ip", args)
-}
-
-/// iptables with `-w`: agents and tests change rules concurrently, and without it a second
-/// writer fails at once on the xtables lock.
-fn iptables(args: &[&str]) -> Result<String, NetError> {
-    let mut all = vec!["-w"];
-    all.extend_from_slice(args);
-    run("iptables", &all)
-}
-
-/// Whether `name` exists, in netns `ns` or the agent's own.
-fn link_exists(ns: Option<&str>, name: &str) -> Result<bool, NetError> {
-    let mut args = Vec::new();
-    if let Some(ns) = ns {
-        args.extend(["-n", ns]);
-    }
-    args.extend(["link", "show", "dev", name]);
-    match ip(&args) {
-        Ok(_) => Ok(true),
-        Err(NetError::Command { stderr, .. }) if stderr.contains("does not exist") => Ok(false),
-        Err(e) => Err(e),
-    }
-}
-
-/// Whether `table` has `chain`. Read from the table's full listing rather than from the error of
-/// listing one chain: iptables-nft 1.8.9 reports a missing chain as "incompatible".
-fn chain_exists(table: &str, chain: &str) -> Result<bool, NetError> {
-    let rules = iptables(&["-t", table, "-S"])?;
-    Ok(rules
-        .lines()
-        .any(|l| l.strip_prefix("-N ").map(str::trim) == Some(chain)))
-}
-
-fn ensure_chain(table: &str, chain: &str) -> Result<(), NetError> {
-    if !chain_exists(table, chain)? {
-        if let Err(e) = iptables(&["-t", table, "-N", chain]) {
-            if !chain_exists(table, chain)? {
-                return Err(e);
-            }
-        }
-    }
-    Ok(())
-}
-
-/// Appends `-j chain` to `parent` unless it is there.
-fn ensure_jump(table: &str, parent: &str, chain: &str) -> Result<(), NetError> {
-    let rules = iptables(&["-t", table, "-S", parent])?;
-    let jump = format!("-A {parent} -j {chain}");
-    if !rules.lines().any(|l| l.trim() == jump) {
-        iptables(&["-t", table, "-A", parent, "-j", chain])?;
-    }
-    Ok(())
-}
-
-/// Pods reach beyond the node only if the agent's namespace forwards. Written only when off,
-/// so that a read-only `/proc/sys` with forwarding already on is not an error.
-fn enable_ip_forward() -> Result<(), NetError> {
-    let path = Path::new("/proc/sys/net/ipv4/ip_forward");
-    let on = fs::read_to_string(path).map_err(io_err(path))?;
-    if on.trim() != "1" {
-        fs::write(path, "1").map_err(io_err(path))?;
-    }
-    Ok(())
-}
-
-/// Most connections one forwarder keeps open; more are refused, so that a flood cannot exhaust
-/// the agent's file descriptors.
-const MAX_FORWARDED_CONNECTIONS: usize = 512;
-/// How long connecting to the pod may take before the client's connection is dropped.
-const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
-
-/// A hostPort: listens on the agent's side and copies each connection to the pod.
-///
-/// Dropping it aborts its task, which closes the listener and every connection it forwards
-/// (shortly after, on the runtime's next poll of the task).
-pub struct PortForward {
-    local: SocketAddr,
-    target: SocketAddr,
-    task: JoinHandle<()>,
-}
-
-impl PortForward {
-    /// Listens on `0.0.0.0:host_port` in the agent's network namespace. Must be called within a
-    /// tokio runtime. Binding happens before this returns, so a taken port is reported here.
-    pub fn start(host_port: u16, target: SocketAddr) -> Result<Self, NetError> {
-        Self::start_on(SocketAddr::from(([0, 0, 0, 0], host_port)), target)
-    }
-
-    /// Like [`PortForward::start`] on a chosen address; port 0 picks a free port (see
-    /// [`PortForward::local_addr`]).
-    pub fn start_on(bind: SocketAddr, target: SocketAddr) -> Result<Self, NetError> {
-        let handle = tokio::runtime::Handle::try_current().map_err(NetError::NoRuntime)?;
-        let listen_err = |source| NetError::Listen { addr: bind, source };
-        let std_listener = std::net::TcpListener::bind(bind).map_err(listen_err)?;
-        std_listener.set_nonblocking(true).map_err(listen_err)?;
-        let local = std_listener.local_addr().map_err(listen_err)?;
-        let listener = {
-            let _enter = handle.enter();
-            TcpListener::from_std(std_listener).map_err(listen_err)?
-        };
-        let task = handle.spawn(forward_loop(listener, target));
-        tracing::info!(%local, %target, "port forward started");
-        Ok(Self {
-            local,
-            target,
-            task,
-        })
-    }
-
-    pub fn local_addr(&self) -> SocketAddr {
-        self.local
-    }
-
-    pub fn target(&self) -> SocketAddr {
-        self.target
-    }
-}
-
-impl Drop for PortForward {
-    fn drop(&mut self) {
-        self.task.abort();
-    }
-}
-
-/// Accepts until aborted. The connections live in a [`JoinSet`] owned by this future, so
-/// aborting the forwarder also aborts (and closes) all of them.
-async fn forward_loop(listener: TcpListener, target: SocketAddr) {
-    let mut conns = JoinSet::new();
-    loop {
-        tokio::select! {
-            accepted = listener.accept() => match accepted {
-                Ok((client, peer)) => {
-                    if conns.len() >= MAX_FORWARDED_CONNECTIONS {
-                        tracing::warn!(%peer, %target, "too many forwarded connections; refusing");
-                        continue;
-                    }
-                    conns.spawn(forward_one(client, target));
-                }
-                Err(e) => {
-                    // Typically EMFILE: back off instead of spinning.
-                    tracing::warn!(error = %e, "accept failed");
-                    tokio::time::sleep(Duration::from_millis(100)).await;
-                }
-            },
-            Some(_) = conns.join_next(), if !conns.is_empty() => {}
-        }
-    }
-}
-
-async fn forward_one(mut client: TcpStream, target: SocketAddr) {
-    let mut upstream = match tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(target)).await
-    {
-        Ok(Ok(s)) => s,
-        Ok(Err(e)) => {
-            tracing::debug!(%target, error = %e, "cannot connect to pod");
-            return;
-        }
-        Err(_) => {
-            tracing::debug!(%target, "connecting to pod timed out");
-            return;
-        }
-    };
-    let _ = client.set_nodelay(true);
-    let _ = upstream.set_nodelay(true);
-    if let Err(e) = tokio::io::copy_bidirectional(&mut client, &mut upstream).await {
-        tracing::debug!(%target, error = %e, "forwarded connection ended with an error");
     }
 }
 

@@ -15,9 +15,7 @@
 //! terminations, whether its init containers are done) is kept in `<pod_dir>/record.bin`
 //! ([`PodRecord`]), written atomically like the desired state.
 
-use std::io::Write;
 use std::net::{IpAddr, SocketAddr};
-use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
@@ -114,25 +112,13 @@ impl PodRecord {
             .unwrap_or_default()
     }
 
-    /// Write to a temp file, fsync, rename, fsync the directory: the old or the new record,
-    /// never a torn one. Skipped (with a warning) when the pod directory is already gone.
+    /// Durably ([`crate::durable::write`]): the old or the new record, never a torn one.
+    /// Durable although the record never decides what runs: it is written only when a
+    /// container exits, and a restart count or termination lost to a power cut would be
+    /// reported wrong for the pod's life. (The node skips it once the pod directory is gone.)
     pub fn store(&self, path: &Path) -> std::io::Result<()> {
         let bytes = postcard::to_allocvec(self).map_err(std::io::Error::other)?;
-        let tmp = path.with_extension("bin.tmp");
-        let mut f = std::fs::OpenOptions::new()
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .mode(crate::datadir::PRIVATE_FILE)
-            .open(&tmp)?;
-        f.write_all(&bytes)?;
-        f.sync_all()?;
-        drop(f);
-        std::fs::rename(&tmp, path)?;
-        if let Some(dir) = path.parent() {
-            std::fs::File::open(dir)?.sync_all()?;
-        }
-        Ok(())
+        crate::durable::write(path, &bytes, crate::datadir::PRIVATE_FILE)
     }
 
     pub fn container(&self, name: &str) -> Option<&ContainerRecord> {
@@ -606,7 +592,11 @@ mod tests {
         rec.store(&path).unwrap();
         assert_eq!(PodRecord::load(&path), rec);
         assert_eq!(PodRecord::load(&path).container("web").unwrap().restarts, 3);
-        assert!(!path.with_extension("bin.tmp").exists());
+        let left: Vec<_> = std::fs::read_dir(dir.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
+        assert_eq!(left, ["record.bin"], "a temporary file left behind");
         std::fs::write(&path, b"\xff\xff\xff").unwrap();
         assert_eq!(PodRecord::load(&path), PodRecord::default());
     }

@@ -1,12 +1,11 @@
 //! The agent's persisted desired state: what it was last told to run.
 //!
-//! Written before acting on it (write to a temp file, fsync, rename, fsync the directory)
-//! so that a power cut at any instant leaves either the old or the new state on disk,
-//! never a torn one. After a reboot with no network the agent starts from this file.
+//! Written before acting on it, durably ([`crate::durable::write`]: temp file, fsync,
+//! rename, fsync the directory), so that a power cut at any instant leaves either the old or
+//! the new state on disk, never a torn one. After a reboot with no network the agent starts
+//! from this file.
 
-use std::fs::{self, File, OpenOptions};
-use std::io::Write;
-use std::os::unix::fs::OpenOptionsExt;
+use std::fs;
 use std::path::{Path, PathBuf};
 
 use baton_proto::{BVec, DesiredState};
@@ -66,29 +65,16 @@ impl StateFile {
         })
     }
 
+    /// Durably (see [`crate::durable`]): after a reboot with no network the agent runs
+    /// what this file says, so a store that returned must survive a power cut.
     pub fn store(&self, state: &DesiredState) -> Result<(), StateError> {
-        let err = |source| StateError::Write {
-            path: self.path.clone(),
-            source,
-        };
-        let bytes = encode(state);
-        let tmp = self.path.with_extension("bin.tmp");
-        let mut f = OpenOptions::new()
-            .write(true)
-            .create(true)
-            .truncate(true)
-            // Sealed secrets and pod specs: the owner's only (see `datadir`).
-            .mode(0o600)
-            .open(&tmp)
-            .map_err(err)?;
-        f.write_all(&bytes).map_err(err)?;
-        f.sync_all().map_err(err)?;
-        drop(f);
-        fs::rename(&tmp, &self.path).map_err(err)?;
-        if let Some(dir) = self.path.parent() {
-            File::open(dir).and_then(|d| d.sync_all()).map_err(err)?;
-        }
-        Ok(())
+        // Sealed secrets and pod specs: the owner's only (see `datadir`).
+        crate::durable::write(&self.path, &encode(state), crate::datadir::PRIVATE_FILE).map_err(
+            |source| StateError::Write {
+                path: self.path.clone(),
+                source,
+            },
+        )
     }
 }
 

@@ -55,14 +55,17 @@ fn offenders(crates: &[&str], needle: &str, allowed: &[&str]) -> Vec<String> {
 #[test]
 fn only_the_youki_runtime_imports_libcontainer() {
     for needle in ["libcontainer::", "libcgroups::"] {
-        let bad = offenders(
+        let bad: Vec<String> = offenders(
             &["agent", "coordinator", "proto"],
             needle,
             &["agent/src/runtime/youki.rs"],
-        );
+        )
+        .into_iter()
+        .filter(|l| !l.starts_with("agent/src/runtime/youki/"))
+        .collect();
         assert!(
             bad.is_empty(),
-            "{needle} used outside agent/src/runtime/youki.rs:\n{}",
+            "{needle} used outside agent/src/runtime/youki.rs and youki/:\n{}",
             bad.join("\n")
         );
     }

@@ -30,8 +30,10 @@ use std::time::SystemTime;
 use oci_client::manifest::OciImageManifest;
 use tracing::{debug, info, warn};
 
-use super::layout::{digest_hex, temp_sibling, Layout};
-use super::{ImageError, RefRecord};
+use super::layout::{digest_hex, Layout};
+use super::local::RefRecord;
+use super::ImageError;
+use crate::durable::temp_sibling;
 
 /// A size limit: bytes, or a share of the filesystem that holds the image store.
 #[derive(Debug, Clone, Copy, PartialEq)]

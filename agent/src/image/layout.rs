@@ -1,10 +1,9 @@
 //! The store's directory layout, digest checks and crash-safe writes. All blocking.
 
 use std::fs;
-use std::io::{self, Read, Write};
+use std::io::{self, Read};
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
 
 use sha2::{Digest, Sha256};
 use tracing::{info, warn};
@@ -36,30 +35,9 @@ pub(crate) fn digest_hex(digest: &str) -> Result<&str, ImageError> {
     }
 }
 
-/// A unique name for a temporary sibling of `path`, recognisable by [`Layout::open`]'s sweep.
-pub(crate) fn temp_sibling(path: &Path) -> PathBuf {
-    static COUNTER: AtomicU64 = AtomicU64::new(0);
-    let n = COUNTER.fetch_add(1, Ordering::Relaxed);
-    let mut name = path.file_name().unwrap_or_default().to_os_string();
-    name.push(format!(".tmp-{}-{n}", std::process::id()));
-    path.with_file_name(name)
-}
-
-/// Writes `bytes` to a temporary file, syncs it and renames it over `path`, so readers see
-/// either the old content or the whole new one, also across a power cut.
-pub(crate) fn write_atomic(path: &Path, bytes: &[u8]) -> io::Result<()> {
-    let tmp = temp_sibling(path);
-    let result = (|| {
-        let mut f = fs::File::create(&tmp)?;
-        f.write_all(bytes)?;
-        f.sync_all()?;
-        fs::rename(&tmp, path)
-    })();
-    if result.is_err() {
-        let _ = fs::remove_file(&tmp);
-    }
-    result
-}
+/// The mode of the store's files: readable by others as before; the store's root (0700, see
+/// [`Layout::open`]) is what keeps them out.
+pub(crate) const STORE_FILE: u32 = 0o644;
 
 /// `sha256:<hex>` of a file's content.
 pub(crate) fn sha256_file(path: &Path) -> io::Result<String> {
@@ -182,7 +160,10 @@ impl Layout {
             return Ok(());
         }
         let path = self.blob(digest_hex(digest)?);
-        write_atomic(&path, bytes).map_err(ImageError::io(format!("write {}", path.display())))
+        // Durably, like every file of the store: a node that reboots with no network must
+        // still have the images it had.
+        crate::durable::write(&path, bytes, STORE_FILE)
+            .map_err(ImageError::io(format!("write {}", path.display())))
     }
 }
 
@@ -194,7 +175,8 @@ fn remove_file(path: &Path) -> Result<(), ImageError> {
     }
 }
 
-/// Removes leftovers of interrupted work in `dir`.
+/// Removes leftovers of interrupted work in `dir`: the temporary siblings of
+/// [`crate::durable::temp_sibling`].
 fn sweep(dir: &Path) -> Result<(), ImageError> {
     let entries = fs::read_dir(dir).map_err(ImageError::io(format!("list {}", dir.display())))?;
     for entry in entries {

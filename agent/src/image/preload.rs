@@ -29,12 +29,11 @@ use sha2::{Digest, Sha256};
 use tracing::{info, warn};
 
 use super::gc::PullGuard;
-use super::layout::{digest_hex, sha256_bytes, temp_sibling, write_atomic};
+use super::layout::{digest_hex, sha256_bytes, STORE_FILE};
+use super::local::{check_config, image_config, parse_config, parse_manifest, ref_key, RefRecord};
 use super::platform::{describe_entries, select_manifest};
-use super::{
-    blocking, check_config, image_config, parse_config, parse_manifest, ref_key, unpack,
-    ImageConfig, ImageError, ImageStore, Platform, RefRecord,
-};
+use super::{blocking, unpack, ImageConfig, ImageError, ImageStore, Platform};
+use crate::durable::{self, temp_sibling};
 
 /// Small JSON documents (index, manifests, configs) are refused beyond this.
 const MAX_JSON_BYTES: u64 = 4 * 1024 * 1024;
@@ -190,8 +189,8 @@ impl Source {
         Ok(buf)
     }
 
-    /// Copies blob `digest` to `dest` (through a temporary sibling, synced, renamed only if
-    /// its digest and size match).
+    /// Copies blob `digest` to `dest` (through a temporary sibling, synced, renamed durably
+    /// only if its digest and size match).
     fn copy_blob(&self, digest: &str, size: i64, dest: &Path) -> Result<(), ImageError> {
         let (mut r, _) = self.open_blob(digest)?;
         let tmp = temp_sibling(dest);
@@ -229,7 +228,7 @@ impl Source {
             }
             f.sync_all()
                 .map_err(ImageError::io(format!("sync {}", tmp.display())))?;
-            fs::rename(&tmp, dest).map_err(ImageError::io(format!("rename {}", tmp.display())))
+            durable::rename(&tmp, dest).map_err(ImageError::io(format!("rename {}", tmp.display())))
         })();
         if result.is_err() {
             let _ = fs::remove_file(&tmp);
@@ -437,7 +436,8 @@ impl ImageStore {
         })?;
         let path = inner.layout.ref_file(&key);
         blocking(move || {
-            write_atomic(&path, &json).map_err(ImageError::io(format!("write {}", path.display())))
+            durable::write(&path, &json, STORE_FILE)
+                .map_err(ImageError::io(format!("write {}", path.display())))
         })
         .await??;
         drop(guard);

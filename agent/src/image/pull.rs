@@ -393,8 +393,10 @@ impl Registry {
             .await
             .map_err(ImageError::io(format!("sync {}", partial.display())))?;
         drop(file);
-        tokio::fs::rename(partial, dest)
-            .await
+        // With the directory synced too: a blob verified before a power cut is there after.
+        let (from, to) = (partial.to_path_buf(), dest.to_path_buf());
+        super::blocking(move || crate::durable::rename(&from, &to))
+            .await?
             .map_err(ImageError::io(format!("rename {}", partial.display())))?;
         info!(blob = %desc.digest, bytes = received, "blob downloaded and verified");
         Ok(())

@@ -38,8 +38,8 @@ use sha2::{Digest, Sha256};
 use tar::EntryType;
 use tracing::{debug, warn};
 
-use super::layout::temp_sibling;
 use super::ImageError;
+use crate::durable::{self, temp_sibling};
 
 const WHITEOUT_PREFIX: &str = ".wh.";
 const OPAQUE_MARKER: &str = ".wh..wh..opq";
@@ -113,7 +113,8 @@ pub(crate) fn unpack_layer(
             fs::File::open(&tmp).map_err(ImageError::io(format!("open {}", tmp.display())))?;
         nix::unistd::syncfs(dir.as_raw_fd())
             .map_err(|e| ImageError::io(format!("sync {}", tmp.display()))(io::Error::from(e)))?;
-        fs::rename(&tmp, dest).map_err(ImageError::io(format!("rename to {}", dest.display())))
+        // The directory too: a layer that was there before a power cut is there after.
+        durable::rename(&tmp, dest).map_err(ImageError::io(format!("rename to {}", dest.display())))
     })();
     if result.is_err() {
         let _ = fs::remove_dir_all(&tmp);

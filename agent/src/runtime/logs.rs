@@ -20,7 +20,7 @@
 
 use std::collections::HashMap;
 use std::fs::{self, File, OpenOptions};
-use std::io::{self, Read, Seek, SeekFrom, Write};
+use std::io::{self, Read, Seek, SeekFrom};
 use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard, Weak};
@@ -66,25 +66,12 @@ fn read_range(path: &Path, offset: u64, len: u64) -> io::Result<Vec<u8>> {
     Ok(buf)
 }
 
-/// Replaces `path` with `bytes` atomically (temp file and rename).
+/// Replaces `path` with `bytes` atomically, on purpose without fsync
+/// ([`crate::durable::write_unsynced`]): a chatty container rotates often, the live log it
+/// comes from is never synced either, and losing the newest output of containers that a
+/// power cut killed anyway is an accepted loss; an SD card is not worth wearing out for it.
 fn replace(path: &Path, bytes: &[u8]) -> io::Result<()> {
-    let mut tmp = path.as_os_str().to_owned();
-    tmp.push(".tmp");
-    let tmp = PathBuf::from(tmp);
-    let result = (|| {
-        let mut f = OpenOptions::new()
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .mode(LOG_MODE)
-            .open(&tmp)?;
-        f.write_all(bytes)?;
-        fs::rename(&tmp, path)
-    })();
-    if result.is_err() {
-        let _ = fs::remove_file(&tmp);
-    }
-    result
+    crate::durable::write_unsynced(path, bytes, LOG_MODE)
 }
 
 fn size(path: &Path) -> io::Result<Option<u64>> {
@@ -207,6 +194,7 @@ impl Rotator {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::io::Write;
 
     #[test]
     fn copytruncate_keeps_the_newest_bytes_and_appenders_continue() {

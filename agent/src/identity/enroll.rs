@@ -1,0 +1,314 @@
+//! Getting an identity from the coordinator: the join token, enrollment over a CA pinned by
+//! the token's hash, and key rotation (see the module docs of [`super`]).
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::time::Duration;
+
+use baton_proto::sign::SigningKey;
+use baton_proto::NodeName;
+use ed25519_dalek::Signer;
+use sha2::{Digest, Sha256};
+use tracing::info;
+
+use super::{
+    b64, unb64, wall_ms, IdentityError, IdentityFile, FORMAT_VERSION, ROTATE_CONTEXT, TOKEN_PREFIX,
+};
+
+/// The parts of a join token string that the agent uses.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct JoinToken {
+    pub raw: String,
+    pub ca_sha256: String,
+}
+
+impl JoinToken {
+    pub fn parse(s: &str) -> Result<Self, IdentityError> {
+        let parts: Vec<&str> = s.trim().split('.').collect();
+        let hex_of = |s: &str, n: usize| s.len() == n && s.bytes().all(|b| b.is_ascii_hexdigit());
+        match parts.as_slice() {
+            [p, id, secret, ca]
+                if *p == TOKEN_PREFIX && hex_of(id, 16) && hex_of(secret, 32) && hex_of(ca, 64) =>
+            {
+                Ok(Self {
+                    raw: s.trim().to_owned(),
+                    ca_sha256: ca.to_ascii_lowercase(),
+                })
+            }
+            _ => Err(IdentityError::Token),
+        }
+    }
+}
+
+/// The DER bytes of the first certificate in a PEM text.
+fn pem_der(pem: &str) -> Option<Vec<u8>> {
+    use rustls_pki_types::pem::PemObject;
+    rustls_pki_types::CertificateDer::from_pem_slice(pem.as_bytes())
+        .ok()
+        .map(|c| c.to_vec())
+}
+
+/// The Ed25519 key inside a certificate's subject public key info.
+fn ed25519_key_of(cert_der: &[u8]) -> Option<[u8; 32]> {
+    let der = rustls_pki_types::CertificateDer::from(cert_der.to_vec());
+    let anchor = webpki::anchor_from_trusted_cert(&der).ok()?;
+    // SubjectPublicKeyInfo contents: AlgorithmIdentifier { id-Ed25519 }, BIT STRING (33).
+    const PREFIX: &[u8] = &[0x30, 0x05, 0x06, 0x03, 0x2b, 0x65, 0x70, 0x03, 0x21, 0x00];
+    let spki: &[u8] = anchor.subject_public_key_info.as_ref();
+    spki.strip_prefix(PREFIX)?.try_into().ok()
+}
+
+/// A client that trusts only the coordinator's CA (any http client for http URLs).
+fn pinned_client(ca_pem: &str) -> Result<reqwest::Client, IdentityError> {
+    let cert =
+        reqwest::Certificate::from_pem(ca_pem.as_bytes()).map_err(|e| IdentityError::Http {
+            url: String::new(),
+            message: e.to_string(),
+        })?;
+    reqwest::Client::builder()
+        .tls_built_in_root_certs(false)
+        .add_root_certificate(cert)
+        .timeout(Duration::from_secs(30))
+        .build()
+        .map_err(|e| IdentityError::Http {
+            url: String::new(),
+            message: e.to_string(),
+        })
+}
+
+fn http_err(url: &str) -> impl Fn(reqwest::Error) -> IdentityError + '_ {
+    move |e| IdentityError::Http {
+        url: url.to_owned(),
+        message: describe(&e),
+    }
+}
+
+/// What went wrong, in the words of what the peer did: nothing listening, something that
+/// is not TLS or not HTTP (the MQTT port, say), or no answer; then the cause chain.
+fn describe(e: &reqwest::Error) -> String {
+    let mut chain = Vec::new();
+    let mut refused = false;
+    // reqwest's own text ("error sending request for url") says nothing: its causes do.
+    let mut cur: Option<&(dyn std::error::Error + 'static)> =
+        std::error::Error::source(e).or(Some(e));
+    while let Some(err) = cur {
+        if let Some(io) = err.downcast_ref::<std::io::Error>() {
+            refused |= io.kind() == std::io::ErrorKind::ConnectionRefused;
+        }
+        let text = err.to_string();
+        if !chain.iter().any(|c: &String| c.contains(&text)) {
+            chain.push(text);
+        }
+        cur = err.source();
+    }
+    let peer = e
+        .url()
+        .map(|u| {
+            format!(
+                "{}:{}",
+                u.host_str().unwrap_or("?"),
+                u.port_or_known_default().unwrap_or(0)
+            )
+        })
+        .unwrap_or_else(|| "the coordinator".into());
+    let what = if refused {
+        format!("nothing listens on {peer} (connection refused): is the coordinator running, and is this its API or --enroll-listen port?")
+    } else if e.is_timeout() {
+        format!("{peer} did not answer within 30 s")
+    } else if e.is_connect() {
+        format!("{peer} accepted the connection but the TLS handshake failed: it does not answer as the coordinator's HTTPS API (the MQTT port, or another service?)")
+    } else {
+        format!("{peer} answered, but not as the coordinator's API (the MQTT port, or another service?)")
+    };
+    format!("{what}: {}", chain.join(": "))
+}
+
+/// Checks the enrollment arguments before anything is sent: the token's form and the
+/// API URL (https, or http to loopback only).
+pub fn check_enroll_args(api: &str, token: &str) -> Result<(), IdentityError> {
+    JoinToken::parse(token)?;
+    let bad = || IdentityError::ApiUrl {
+        url: api.to_owned(),
+    };
+    let u = reqwest::Url::parse(api.trim_end_matches('/')).map_err(|_| bad())?;
+    let host = u.host_str().ok_or_else(bad)?.to_owned();
+    match u.scheme() {
+        "https" => Ok(()),
+        "http" => {
+            let loopback = host == "localhost"
+                || host
+                    .trim_matches(|c| c == '[' || c == ']')
+                    .parse::<std::net::IpAddr>()
+                    .is_ok_and(|ip| ip.is_loopback());
+            if loopback {
+                Ok(())
+            } else {
+                Err(IdentityError::PlainHttp)
+            }
+        }
+        _ => Err(bad()),
+    }
+}
+
+/// Fetches the coordinator's CA and checks it against the token's hash.
+async fn pinned_ca(api: &str, ca_sha256: &str) -> Result<String, IdentityError> {
+    let url = format!("{api}/api/v1/enroll/ca");
+    let https = api.starts_with("https://");
+    if !https {
+        let host = reqwest::Url::parse(api)
+            .ok()
+            .and_then(|u| u.host_str().map(str::to_owned))
+            .unwrap_or_default();
+        let loopback = host == "localhost"
+            || host
+                .trim_matches(|c| c == '[' || c == ']')
+                .parse::<std::net::IpAddr>()
+                .is_ok_and(|ip| ip.is_loopback());
+        if !loopback {
+            return Err(IdentityError::PlainHttp);
+        }
+    }
+    // Not verified here: nothing is trusted until the hash matches.
+    let client = reqwest::Client::builder()
+        .danger_accept_invalid_certs(true)
+        .timeout(Duration::from_secs(30))
+        .build()
+        .map_err(http_err(&url))?;
+    let resp = client.get(&url).send().await.map_err(http_err(&url))?;
+    if !resp.status().is_success() {
+        return Err(IdentityError::Refused(format!(
+            "GET {url}: {}",
+            resp.status()
+        )));
+    }
+    let pem = resp.text().await.map_err(http_err(&url))?;
+    let got = pem_der(&pem)
+        .map(|d| hex::encode(Sha256::digest(d)))
+        .unwrap_or_default();
+    if got != ca_sha256 {
+        return Err(IdentityError::CaMismatch { got });
+    }
+    Ok(pem)
+}
+
+async fn post_json(
+    client: &reqwest::Client,
+    url: &str,
+    body: &serde_json::Value,
+) -> Result<serde_json::Value, IdentityError> {
+    let resp = client
+        .post(url)
+        .json(body)
+        .send()
+        .await
+        .map_err(http_err(url))?;
+    let status = resp.status();
+    let v: serde_json::Value = resp.json().await.map_err(http_err(url))?;
+    if !status.is_success() {
+        let msg = v["error"].as_str().unwrap_or("no reason given");
+        return Err(IdentityError::Refused(format!("{status}: {msg}")));
+    }
+    Ok(v)
+}
+
+/// Builds the identity file from an enrollment (or rotation) answer, after checking that
+/// the coordinator key is the pinned CA's key.
+fn identity_from(
+    v: &serde_json::Value,
+    seed: &[u8; 32],
+    ca_pem: &str,
+    api: &str,
+) -> Result<IdentityFile, IdentityError> {
+    let s = |k: &str| v[k].as_str().unwrap_or_default().to_owned();
+    let ca_der = pem_der(ca_pem).ok_or(IdentityError::KeyMismatch)?;
+    let ca_key = ed25519_key_of(&ca_der).ok_or(IdentityError::KeyMismatch)?;
+    if unb64(&s("coordinatorPublicKey")).as_deref() != Some(&ca_key[..]) {
+        return Err(IdentityError::KeyMismatch);
+    }
+    let labels = serde_json::from_value(v["labels"].clone()).unwrap_or_default();
+    Ok(IdentityFile {
+        version: FORMAT_VERSION,
+        node_name: s("nodeName"),
+        private_key: b64(seed),
+        certificate: s("certificate"),
+        coordinator_public_key: s("coordinatorPublicKey"),
+        ca_certificate: ca_pem.to_owned(),
+        labels,
+        not_after: v["notAfter"].as_u64().unwrap_or(0),
+        coordinator_api: Some(api.to_owned()),
+    })
+}
+
+/// Enrolls this device: a new key pair, `POST /api/v1/enroll` with the join token, and
+/// the identity file written to `path`.
+pub async fn enroll(
+    path: &Path,
+    api: &str,
+    token: &str,
+    node: &NodeName,
+    labels: &BTreeMap<String, String>,
+    arch: &str,
+) -> Result<IdentityFile, IdentityError> {
+    check_enroll_args(api, token)?;
+    let token = JoinToken::parse(token)?;
+    let api = api.trim_end_matches('/');
+    let ca_pem = pinned_ca(api, &token.ca_sha256).await?;
+    let client = pinned_client(&ca_pem)?;
+    let seed: [u8; 32] = rand::random();
+    let key = SigningKey::from_bytes(&seed);
+    let body = serde_json::json!({
+        "token": token.raw,
+        "nodeName": node.as_str(),
+        "publicKey": b64(key.verifying_key().as_bytes()),
+        "labels": labels,
+        "arch": arch,
+    });
+    let v = post_json(&client, &format!("{api}/api/v1/enroll"), &body).await?;
+    let id = identity_from(&v, &seed, &ca_pem, api)?;
+    if id.node_name != node.as_str() {
+        return Err(IdentityError::NodeMismatch {
+            file: id.node_name,
+            flag: node.as_str().to_owned(),
+        });
+    }
+    id.save(path)?;
+    info!(node = %node, path = %path.display(), not_after = id.not_after, "enrolled");
+    Ok(id)
+}
+
+/// Rotates the device key: a new key pair, a request signed by the current key, and the
+/// identity file rewritten. A running agent picks the new key up from the file; the
+/// coordinator accepts both keys for a short overlap, so nothing restarts.
+pub async fn rotate(path: &Path, api: Option<&str>) -> Result<IdentityFile, IdentityError> {
+    let cur = IdentityFile::load(path)?.ok_or_else(|| IdentityError::Invalid {
+        path: path.to_owned(),
+        message: "no identity: enroll first".into(),
+    })?;
+    let api = api
+        .map(str::to_owned)
+        .or(cur.coordinator_api.clone())
+        .ok_or(IdentityError::NoApi)?;
+    let api = api.trim_end_matches('/').to_owned();
+    let client = pinned_client(&cur.ca_certificate)?;
+    let seed: [u8; 32] = rand::random();
+    let new_pub = b64(SigningKey::from_bytes(&seed).verifying_key().as_bytes());
+    let ts = wall_ms();
+    let mut msg = ROTATE_CONTEXT.to_vec();
+    msg.extend_from_slice(cur.node_name.as_bytes());
+    msg.push(0);
+    msg.extend_from_slice(new_pub.as_bytes());
+    msg.push(0);
+    msg.extend_from_slice(ts.to_string().as_bytes());
+    let sig = cur.signing_key()?.sign(&msg);
+    let body = serde_json::json!({
+        "newPublicKey": new_pub,
+        "timestampMs": ts,
+        "signature": b64(&sig.to_bytes()),
+    });
+    let url = format!("{api}/api/v1/nodes/{}/rotate", cur.node_name);
+    let v = post_json(&client, &url, &body).await?;
+    let id = identity_from(&v, &seed, &cur.ca_certificate, &api)?;
+    id.save(path)?;
+    info!(node = %id.node_name, "device key rotated");
+    Ok(id)
+}

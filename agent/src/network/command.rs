@@ -1,0 +1,96 @@
+//! Running `ip` and `iptables`, and the small idempotent steps built on them.
+
+use std::fs;
+use std::path::Path;
+use std::process::Command;
+
+use super::{io_err, NetError};
+
+/// Runs a command, returning stdout; a non-zero exit becomes [`NetError::Command`] with the
+/// command line and its stderr.
+pub(super) fn run(program: &str, args: &[&str]) -> Result<String, NetError> {
+    let command = || format!("{program} {}", args.join(" "));
+    let out = Command::new(program)
+        .args(args)
+        .output()
+        .map_err(|source| NetError::Spawn {
+            command: command(),
+            source,
+        })?;
+    if out.status.success() {
+        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    } else {
+        Err(NetError::Command {
+            command: command(),
+            status: out.status.to_string(),
+            stderr: String::from_utf8_lossy(&out.stderr).trim().to_owned(),
+        })
+    }
+}
+
+pub(super) fn ip(args: &[&str]) -> Result<String, NetError> {
+    run("ip", args)
+}
+
+/// iptables with `-w`: agents and tests change rules concurrently, and without it a second
+/// writer fails at once on the xtables lock.
+pub(super) fn iptables(args: &[&str]) -> Result<String, NetError> {
+    let mut all = vec!["-w"];
+    all.extend_from_slice(args);
+    run("iptables", &all)
+}
+
+/// Whether `name` exists, in netns `ns` or the agent's own.
+pub(super) fn link_exists(ns: Option<&str>, name: &str) -> Result<bool, NetError> {
+    let mut args = Vec::new();
+    if let Some(ns) = ns {
+        args.extend(["-n", ns]);
+    }
+    args.extend(["link", "show", "dev", name]);
+    match ip(&args) {
+        Ok(_) => Ok(true),
+        Err(NetError::Command { stderr, .. }) if stderr.contains("does not exist") => Ok(false),
+        Err(e) => Err(e),
+    }
+}
+
+/// Whether `table` has `chain`. Read from the table's full listing rather than from the error of
+/// listing one chain: iptables-nft 1.8.9 reports a missing chain as "incompatible".
+pub(super) fn chain_exists(table: &str, chain: &str) -> Result<bool, NetError> {
+    let rules = iptables(&["-t", table, "-S"])?;
+    Ok(rules
+        .lines()
+        .any(|l| l.strip_prefix("-N ").map(str::trim) == Some(chain)))
+}
+
+pub(super) fn ensure_chain(table: &str, chain: &str) -> Result<(), NetError> {
+    if !chain_exists(table, chain)? {
+        if let Err(e) = iptables(&["-t", table, "-N", chain]) {
+            if !chain_exists(table, chain)? {
+                return Err(e);
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Appends `-j chain` to `parent` unless it is there.
+pub(super) fn ensure_jump(table: &str, parent: &str, chain: &str) -> Result<(), NetError> {
+    let rules = iptables(&["-t", table, "-S", parent])?;
+    let jump = format!("-A {parent} -j {chain}");
+    if !rules.lines().any(|l| l.trim() == jump) {
+        iptables(&["-t", table, "-A", parent, "-j", chain])?;
+    }
+    Ok(())
+}
+
+/// Pods reach beyond the node only if the agent's namespace forwards. Written only when off,
+/// so that a read-only `/proc/sys` with forwarding already on is not an error.
+pub(super) fn enable_ip_forward() -> Result<(), NetError> {
+    let path = Path::new("/proc/sys/net/ipv4/ip_forward");
+    let on = fs::read_to_string(path).map_err(io_err(path))?;
+    if on.trim() != "1" {
+        fs::write(path, "1").map_err(io_err(path))?;
+    }
+    Ok(())
+}

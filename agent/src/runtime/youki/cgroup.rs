@@ -1,0 +1,114 @@
+//! The host's cgroups as the runtime reads them: where a container's cgroup is in each
+//! hierarchy (v1 or unified), its OOM counter, whether a process is in it, and removing the
+//! empty ones a delete leaves.
+
+use std::fs;
+use std::io;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use libcgroups::common::{get_cgroup_setup, CgroupSetup, DEFAULT_CGROUP_ROOT};
+use libcgroups::v1::util::{get_subsystem_mount_point, list_supported_mount_points};
+use libcgroups::v1::ControllerType;
+
+/// Where this host's cgroup directories are, to read OOM counters and to prune empty parents.
+#[derive(Debug, Clone)]
+pub(super) enum CgroupLayout {
+    /// Legacy or hybrid: one hierarchy per controller (libcgroups uses v1 then).
+    V1 {
+        memory: Option<PathBuf>,
+        mounts: Vec<PathBuf>,
+    },
+    Unified {
+        root: PathBuf,
+    },
+}
+
+impl CgroupLayout {
+    pub(super) fn detect() -> Self {
+        match get_cgroup_setup() {
+            Ok(CgroupSetup::Unified) => Self::Unified {
+                root: PathBuf::from(DEFAULT_CGROUP_ROOT),
+            },
+            other => {
+                if let Err(e) = &other {
+                    tracing::warn!(error = %e, "cannot detect cgroup setup; assuming v1");
+                }
+                let mut mounts: Vec<PathBuf> = list_supported_mount_points()
+                    .map(|m| m.into_values().collect())
+                    .unwrap_or_default();
+                mounts.sort();
+                mounts.dedup();
+                Self::V1 {
+                    memory: get_subsystem_mount_point(&ControllerType::Memory).ok(),
+                    mounts,
+                }
+            }
+        }
+    }
+
+    /// The directories that hold `rel` in every hierarchy.
+    pub(super) fn dirs(&self, rel: &Path) -> Vec<PathBuf> {
+        match self {
+            Self::V1 { mounts, .. } => mounts.iter().map(|m| m.join(rel)).collect(),
+            Self::Unified { root } => vec![root.join(rel)],
+        }
+    }
+
+    /// Number of OOM kills recorded in the cgroup at `rel`; `None` when unreadable.
+    pub(super) fn oom_kills(&self, rel: &Path) -> Option<u64> {
+        let (file, key) = match self {
+            Self::V1 { memory, .. } => (
+                memory.as_ref()?.join(rel).join("memory.oom_control"),
+                "oom_kill",
+            ),
+            Self::Unified { root } => (root.join(rel).join("memory.events"), "oom_kill"),
+        };
+        let text = fs::read_to_string(file).ok()?;
+        text.lines().find_map(|l| {
+            let mut it = l.split_whitespace();
+            (it.next() == Some(key))
+                .then(|| it.next().and_then(|v| v.parse().ok()))
+                .flatten()
+        })
+    }
+}
+
+/// Whether the process `pid` is a member of the cgroup at `rel` (in any hierarchy). This is
+/// what tells a container's init from an unrelated process that got its pid after a reboot.
+pub(super) fn in_cgroup(pid: u32, rel: &Path) -> bool {
+    let rel = rel.strip_prefix("/").unwrap_or(rel);
+    let want = format!("/{}", rel.display());
+    fs::read_to_string(format!("/proc/{pid}/cgroup")).is_ok_and(|text| {
+        text.lines()
+            .filter_map(|l| l.splitn(3, ':').nth(2))
+            .any(|path| path == want)
+    })
+}
+
+/// Removes a cgroup directory that has no child cgroups and no tasks; `true` once it is gone.
+///
+/// Right after a child cgroup is removed, the kernel may still answer EBUSY for its parent
+/// for a few milliseconds (the child is torn down asynchronously), so EBUSY on an otherwise
+/// empty directory is retried briefly.
+pub(super) fn remove_empty_cgroup(dir: &Path) -> bool {
+    for attempt in 0..8u32 {
+        match fs::remove_dir(dir) {
+            Ok(()) => return true,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return true,
+            Err(_) => {
+                let has_children = fs::read_dir(dir).is_ok_and(|rd| {
+                    rd.flatten()
+                        .any(|e| e.file_type().is_ok_and(|t| t.is_dir()))
+                });
+                let has_tasks = fs::read_to_string(dir.join("cgroup.procs"))
+                    .is_ok_and(|p| !p.trim().is_empty());
+                if has_children || has_tasks {
+                    return false;
+                }
+                std::thread::sleep(Duration::from_millis(5 << attempt.min(5)));
+            }
+        }
+    }
+    false
+}

@@ -174,7 +174,8 @@ async fn adopt_pod(deps: &Arc<Deps>, pod: &PodSpec) -> Result<AdoptedPod, String
             .await
             .map_err(|e| format!("image of container {}: {e}", c.name))?;
         let id = Deps::container_id(uid, &c.name)?;
-        let mut spec = pod::run_spec(deps, pod, c, &image, id.clone(), net.as_ref(), &vols)?;
+        let mut spec = pod::run_spec(deps, pod, c, &image, id.clone(), net.as_ref(), &vols)
+            .map_err(|e| e.to_string())?;
         spec.rootfs = deps.container_dir(uid, &c.name).join("rootfs");
         let adopted = deps
             .runtime
@@ -188,7 +189,7 @@ async fn adopt_pod(deps: &Arc<Deps>, pod: &PodSpec) -> Result<AdoptedPod, String
             adopted,
         });
     }
-    let forwards = pod::start_forwards(pod, pod_ip).map_err(|f| f.reason)?;
+    let forwards = pod::start_forwards(pod, pod_ip).map_err(|f| f.reason.to_string())?;
     Ok(AdoptedPod {
         spec: pod.clone(),
         pod_ip,

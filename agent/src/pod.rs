@@ -58,11 +58,31 @@ pub struct StartedPod {
     pub forwards: Vec<PortForward>,
 }
 
-/// Why a pod could not start; the text is what `baton get pods` shows.
+/// Why a pod could not start; the reason's text is what `baton get pods` shows.
 #[derive(Debug, Clone)]
 pub struct StartFailure {
     pub container: Option<String>,
-    pub reason: String,
+    pub reason: WorkerError,
+}
+
+/// Why a pod worker failed, as kubelet names it: the variant is the reason word, and the
+/// text (`Reason: what went wrong`) is what the container's status carries.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum WorkerError {
+    #[error("ImagePullFailed: {0}")]
+    ImagePull(String),
+    #[error("NetworkSetupFailed: {0}")]
+    NetworkSetup(String),
+    /// The pod's configuration cannot be met: a missing secret or key, a bad volume.
+    #[error("CreateContainerConfigError: {0}")]
+    CreateContainerConfig(String),
+    #[error("CreateContainerError: {0}")]
+    CreateContainer(String),
+    #[error("HostPortFailed: {0}")]
+    HostPort(String),
+    /// The worker task itself failed (a panic): a bug, not a reason kubelet has a word for.
+    #[error("worker panicked: {0}")]
+    Panicked(String),
 }
 
 impl Deps {
@@ -167,7 +187,7 @@ pub fn environment(
     img: &ImageConfig,
     hostname: &str,
     secrets: &dyn SecretSource,
-) -> Result<Vec<String>, String> {
+) -> Result<Vec<String>, WorkerError> {
     let mut env: Vec<(String, String)> = Vec::new();
     let mut set = |k: &str, v: &str| match env.iter_mut().find(|(n, _)| n == k) {
         Some(slot) => slot.1 = v.to_owned(),
@@ -188,7 +208,7 @@ pub fn environment(
             EnvValue::Literal(v) => set(&e.name, v),
             EnvValue::SecretKey { secret, key } => {
                 let v = volumes::secret_env(secrets, secret, key)
-                    .map_err(|e| format!("CreateContainerConfigError: {}", error_chain(&e)))?;
+                    .map_err(|e| WorkerError::CreateContainerConfig(error_chain(&e)))?;
                 set(&e.name, &v);
             }
         }
@@ -196,10 +216,12 @@ pub fn environment(
     Ok(env.into_iter().map(|(k, v)| format!("{k}={v}")).collect())
 }
 
-async fn blocking<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> Result<T, String> {
+async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> T + Send + 'static,
+) -> Result<T, WorkerError> {
     tokio::task::spawn_blocking(f)
         .await
-        .map_err(|e| format!("worker panicked: {e}"))
+        .map_err(|e| WorkerError::Panicked(e.to_string()))
 }
 
 /// Pulls every image of the pod, reporting each container as it starts pulling.
@@ -222,7 +244,7 @@ pub async fn pull(
             .await
             .map_err(|e| StartFailure {
                 container: Some(c.name.to_string()),
-                reason: format!("ImagePullFailed: {}", error_chain(&e)),
+                reason: WorkerError::ImagePull(error_chain(&e)),
             })?;
         out.push(img);
     }
@@ -237,7 +259,7 @@ pub async fn start(
     images: Vec<ImageConfig>,
 ) -> Result<StartedPod, StartFailure> {
     let uid = pod.uid.to_string();
-    let fail = |container: Option<&str>, reason: String| StartFailure {
+    let fail = |container: Option<&str>, reason: WorkerError| StartFailure {
         container: container.map(str::to_owned),
         reason,
     };
@@ -250,7 +272,7 @@ pub async fn start(
         let net = blocking(move || d.network.create_pod(&u))
             .await
             .map_err(|e| fail(None, e))?
-            .map_err(|e| fail(None, format!("NetworkSetupFailed: {}", error_chain(&e))))?;
+            .map_err(|e| fail(None, WorkerError::NetworkSetup(error_chain(&e))))?;
         Some(net)
     };
     let pod_ip = netns.as_ref().map(|n| IpAddr::V4(n.ip));
@@ -260,24 +282,21 @@ pub async fn start(
     let vols = blocking(move || volumes::prepare(&dir, &p.volumes, &readers, d.secrets.as_ref()))
         .await
         .map_err(|e| fail(None, e))?
-        .map_err(|e| {
-            fail(
-                None,
-                format!("CreateContainerConfigError: {}", error_chain(&e)),
-            )
-        })?;
+        .map_err(|e| fail(None, WorkerError::CreateContainerConfig(error_chain(&e))))?;
 
     let mut started = Vec::new();
     for (c, img) in all_containers(&pod).zip(&images) {
         let name = c.name.to_string();
         let id = Deps::container_id(&uid, &name)
-            .map_err(|e| fail(Some(&name), format!("CreateContainerError: {e}")))?;
+            .map_err(|e| fail(Some(&name), WorkerError::CreateContainer(e)))?;
         let spec = run_spec(&deps, &pod, c, img, id.clone(), netns.as_ref(), &vols)
             .map_err(|e| fail(Some(&name), e))?;
         if spec.args.is_empty() {
             return Err(fail(
                 Some(&name),
-                "CreateContainerError: no command: the image has no entrypoint or cmd".into(),
+                WorkerError::CreateContainer(
+                    "no command: the image has no entrypoint or cmd".into(),
+                ),
             ));
         }
         started.push(Started { name, id, spec });
@@ -303,11 +322,11 @@ pub fn run_spec(
     id: ContainerId,
     netns: Option<&PodNet>,
     vols: &PodVolumes,
-) -> Result<RunSpec, String> {
+) -> Result<RunSpec, WorkerError> {
     let uid = pod.uid.as_str();
     let name = c.name.as_str();
     let mounts = volumes::mounts(vols, &c.volume_mounts)
-        .map_err(|e| format!("CreateContainerConfigError: {}", error_chain(&e)))?;
+        .map_err(|e| WorkerError::CreateContainerConfig(error_chain(&e)))?;
     Ok(RunSpec {
         id,
         rootfs: PathBuf::new(),
@@ -354,7 +373,7 @@ pub fn start_forwards(
             let fwd = PortForward::start(host_port, SocketAddr::new(ip, p.container_port))
                 .map_err(|e| StartFailure {
                     container: Some(c.name.to_string()),
-                    reason: format!("HostPortFailed: {}", error_chain(&e)),
+                    reason: WorkerError::HostPort(error_chain(&e)),
                 })?;
             forwards.push(fwd);
         }
@@ -395,15 +414,14 @@ pub async fn run_container(
     mut spec: RunSpec,
     img: ImageConfig,
     dir: PathBuf,
-) -> Result<Ran, String> {
+) -> Result<Ran, WorkerError> {
     let d = deps.clone();
     let uid = uid.to_owned();
     blocking(move || {
         let sandbox = match spec.netns {
-            Some(_) => d
-                .network
-                .ensure_pod(&uid)
-                .map_err(|e| format!("CreateContainerError: pod sandbox: {}", error_chain(&e)))?,
+            Some(_) => d.network.ensure_pod(&uid).map_err(|e| {
+                WorkerError::CreateContainer(format!("pod sandbox: {}", error_chain(&e)))
+            })?,
             None => None,
         };
         if let Some(s) = &sandbox {
@@ -413,20 +431,20 @@ pub async fn run_container(
         let _ = d.runtime.delete(&spec.id);
         d.images
             .unmount_rootfs(&dir)
-            .map_err(|e| format!("CreateContainerError: {}", error_chain(&e)))?;
+            .map_err(|e| WorkerError::CreateContainer(error_chain(&e)))?;
         crate::datadir::create_private_dir(&dir)
-            .map_err(|e| format!("CreateContainerError: {}: {e}", dir.display()))?;
+            .map_err(|e| WorkerError::CreateContainer(format!("{}: {e}", dir.display())))?;
         if let Some(logs) = spec.log_path.parent() {
             crate::datadir::create_private_dir(logs)
-                .map_err(|e| format!("CreateContainerError: {}: {e}", logs.display()))?;
+                .map_err(|e| WorkerError::CreateContainer(format!("{}: {e}", logs.display())))?;
         }
         spec.rootfs = d
             .images
             .mount_rootfs(&img, &dir)
-            .map_err(|e| format!("CreateContainerError: {}", error_chain(&e)))?;
+            .map_err(|e| WorkerError::CreateContainer(error_chain(&e)))?;
         d.runtime
             .run(&spec)
-            .map_err(|e| format!("CreateContainerError: {}", error_chain(&e)))?;
+            .map_err(|e| WorkerError::CreateContainer(error_chain(&e)))?;
         Ok(Ran { spec, sandbox })
     })
     .await?
@@ -648,7 +666,38 @@ mod tests {
         assert!(env.contains(&"PW=hunter2".to_owned()), "{env:?}");
         assert!(env.contains(&"A=1".to_owned()));
         let err = environment(&c, &img, "p", &crate::volumes::NoSecrets).unwrap_err();
-        assert_eq!(err, "CreateContainerConfigError: secret \"db\" not found");
+        assert_eq!(
+            err,
+            WorkerError::CreateContainerConfig("secret \"db\" not found".into())
+        );
+        assert_eq!(
+            err.to_string(),
+            "CreateContainerConfigError: secret \"db\" not found"
+        );
+    }
+
+    /// The reason words and texts the status showed when they were built with `format!`.
+    #[test]
+    fn worker_errors_read_as_kubelet_reasons() {
+        for (e, text) in [
+            (WorkerError::ImagePull("x".into()), "ImagePullFailed: x"),
+            (
+                WorkerError::NetworkSetup("x".into()),
+                "NetworkSetupFailed: x",
+            ),
+            (
+                WorkerError::CreateContainerConfig("x".into()),
+                "CreateContainerConfigError: x",
+            ),
+            (
+                WorkerError::CreateContainer("x".into()),
+                "CreateContainerError: x",
+            ),
+            (WorkerError::HostPort("x".into()), "HostPortFailed: x"),
+            (WorkerError::Panicked("x".into()), "worker panicked: x"),
+        ] {
+            assert_eq!(e.to_string(), text);
+        }
     }
 
     #[test]

@@ -14,7 +14,7 @@ use super::workers::{kill, on_new_sandbox};
 use super::{Agent, AgentError, Publish};
 use crate::bus::BusEvent;
 use crate::image::ImageConfig;
-use crate::pod::{self, StartFailure, StartedPod};
+use crate::pod::{self, StartFailure, StartedPod, WorkerError};
 use crate::probe::{self, ContainerProbes, Verdict};
 use crate::reconcile::{self, ContainerObs, Lifecycle};
 use crate::runtime::{ContainerId, ExitEvent, ExitReason};
@@ -41,7 +41,7 @@ pub enum Event {
     Restarted {
         uid: String,
         container: String,
-        result: Box<Result<pod::Ran, String>>,
+        result: Box<Result<pod::Ran, WorkerError>>,
     },
     /// A worker that needs no answer (e.g. removing a finished init container) is done.
     WorkerDone {
@@ -229,7 +229,7 @@ impl Agent {
         self.status_dirty = true;
     }
 
-    fn on_restarted(&mut self, uid: &str, container: &str, result: Result<pod::Ran, String>) {
+    fn on_restarted(&mut self, uid: &str, container: &str, result: Result<pod::Ran, WorkerError>) {
         let now = self.mono();
         let Some(p) = self.pods.get_mut(uid) else {
             return;

@@ -10,13 +10,9 @@ use std::collections::BTreeSet;
 use sha2::{Digest, Sha256};
 
 use crate::model::api;
-
-/// The label that ties a pod to the template it was made from, as in Kubernetes.
-pub const POD_TEMPLATE_HASH_LABEL: &str = "pod-template-hash";
-/// Hex characters of the template hash in pod names and the label.
-pub const TEMPLATE_HASH_LEN: usize = 10;
-/// Characters of the random suffix the caller supplies for pod names.
-pub const POD_NAME_SUFFIX_LEN: usize = 5;
+// The naming constants live in the model, which the manifest parser shares; re-exported
+// because the core and the CLI name them by this path.
+pub use crate::model::api::{POD_NAME_SUFFIX_LEN, POD_TEMPLATE_HASH_LABEL, TEMPLATE_HASH_LEN};
 
 /// One step of a plan. Plans are short-lived and a few entries long, so the size gap
 /// between the variants costs nothing worth a `Box` in every caller's pattern.

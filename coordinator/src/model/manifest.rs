@@ -19,8 +19,10 @@ use std::collections::{BTreeMap, BTreeSet};
 use serde::Deserialize;
 use serde_yaml_ng::Value;
 
-use crate::decide::controller::{POD_NAME_SUFFIX_LEN, POD_TEMPLATE_HASH_LABEL, TEMPLATE_HASH_LEN};
-use crate::model::api::{self, PullPolicy, RestartPolicy};
+use crate::model::api::{
+    self, PullPolicy, RestartPolicy, POD_NAME_SUFFIX_LEN, POD_TEMPLATE_HASH_LABEL,
+    TEMPLATE_HASH_LEN,
+};
 use crate::model::quantity;
 
 /// Longest DNS-1123 label: pod and container names.

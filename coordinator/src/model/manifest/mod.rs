@@ -9,12 +9,12 @@
 //! Parsing runs in three passes per document, all before anything is returned, so a
 //! manifest is all-or-nothing:
 //! 1. YAML to a [`Value`] (syntax errors carry line and column), here;
-//! 2. a walk of the value against an allow-list ([`shape`]) that names unsupported
+//! 2. a walk of the value against an allow-list (`shape`) that names unsupported
 //!    fields, drops `status`, and treats `null` as absent as Kubernetes does;
-//! 3. serde into private input structs that mirror the Kubernetes shape ([`input`]; type
+//! 3. serde into private input structs that mirror the Kubernetes shape (`input`; type
 //!    errors carry their path through `serde_path_to_error`), then validation into `api`
-//!    types: one module a kind ([`deployment`], [`pod`], [`secret`]) or part of one
-//!    ([`container`], [`probe`]), over the field rules they share ([`validate`]).
+//!    types: one module a kind (`deployment`, `pod`, `secret`) or part of one
+//!    (`container`, `probe`), over the field rules they share (`validate`).
 
 mod container;
 mod deployment;

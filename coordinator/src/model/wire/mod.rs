@@ -5,7 +5,7 @@
 //! `api` object or the other way round. Keeping the mapping here means a change to either
 //! side is a change to exactly one module, and the defaults Kubernetes users expect
 //! (requests default to limits, `imagePullPolicy` depends on the tag) live in one place.
-//! Down to agents: [`spec`]; up from them: [`status`] and [`node`].
+//! Down to agents: `spec`; up from them: `status` and `node`.
 
 mod node;
 mod spec;

@@ -209,15 +209,12 @@ fn check_container(path: &str, c: &api::Container, policy: &Policy) -> Result<()
     let rpath = format!("{path}.resources");
     let cpu_req = cpu(&format!("{rpath}.requests.cpu"), &r.requests.cpu)?;
     let cpu_lim = cpu(&format!("{rpath}.limits.cpu"), &r.limits.cpu)?;
-    if let (Some(req), Some(lim)) = (cpu_req, cpu_lim) {
-        if lim < req {
-            return Err(PolicyError::LimitBelowRequest {
-                path: format!("{rpath}.limits.cpu"),
-                limit: quantity::format_cpu(lim),
-                request: quantity::format_cpu(req),
-            });
-        }
-    }
+    limit_not_below_request(
+        format!("{rpath}.limits.cpu"),
+        cpu_req,
+        cpu_lim,
+        quantity::format_cpu,
+    )?;
     let mem = |which: &str, v: &Option<String>| -> Result<Option<u64>, PolicyError> {
         v.as_deref()
             .map(|s| memory(&format!("{rpath}.{which}.memory"), s))
@@ -225,48 +222,68 @@ fn check_container(path: &str, c: &api::Container, policy: &Policy) -> Result<()
     };
     let mem_req = mem("requests", &r.requests.memory)?;
     let mem_lim = mem("limits", &r.limits.memory)?;
-    if let (Some(req), Some(lim)) = (mem_req, mem_lim) {
-        if lim < req {
-            return Err(PolicyError::LimitBelowRequest {
-                path: format!("{rpath}.limits.memory"),
-                limit: quantity::format_memory(lim),
-                request: quantity::format_memory(req),
-            });
-        }
+    limit_not_below_request(
+        format!("{rpath}.limits.memory"),
+        mem_req,
+        mem_lim,
+        quantity::format_memory,
+    )
+}
+
+/// A limit below its request (when both are given) is refused at `path`, the limit's.
+fn limit_not_below_request(
+    path: String,
+    request: Option<u64>,
+    limit: Option<u64>,
+    format: fn(u64) -> String,
+) -> Result<(), PolicyError> {
+    match (request, limit) {
+        (Some(request), Some(limit)) if limit < request => Err(PolicyError::LimitBelowRequest {
+            path,
+            limit: format(limit),
+            request: format(request),
+        }),
+        _ => Ok(()),
     }
-    Ok(())
 }
 
 fn cpu(path: &str, v: &Option<String>) -> Result<Option<u64>, PolicyError> {
-    let Some(s) = v else { return Ok(None) };
-    let millis = quantity::parse_cpu_millis(s).map_err(|source| PolicyError::Quantity {
-        path: path.to_owned(),
-        source,
-    })?;
-    let millis = u64::from(millis);
-    if millis > MAX_CPU_MILLIS {
-        return Err(PolicyError::TooLarge {
-            path: path.to_owned(),
-            value: s.clone(),
-            max: quantity::format_cpu(MAX_CPU_MILLIS),
-        });
-    }
-    Ok(Some(millis))
+    let parse = |s: &str| quantity::parse_cpu_millis(s).map(u64::from);
+    v.as_deref()
+        .map(|s| bounded(path, s, parse, MAX_CPU_MILLIS, quantity::format_cpu))
+        .transpose()
 }
 
 fn memory(path: &str, s: &str) -> Result<u64, PolicyError> {
-    let bytes = quantity::parse_memory_bytes(s).map_err(|source| PolicyError::Quantity {
+    bounded(
+        path,
+        s,
+        quantity::parse_memory_bytes,
+        MAX_MEMORY_BYTES,
+        quantity::format_memory,
+    )
+}
+
+/// The quantity `s` at `path`, parsed and refused above the coordinator's bound `max`.
+fn bounded(
+    path: &str,
+    s: &str,
+    parse: impl Fn(&str) -> Result<u64, quantity::QuantityError>,
+    max: u64,
+    format: fn(u64) -> String,
+) -> Result<u64, PolicyError> {
+    let value = parse(s).map_err(|source| PolicyError::Quantity {
         path: path.to_owned(),
         source,
     })?;
-    if bytes > MAX_MEMORY_BYTES {
+    if value > max {
         return Err(PolicyError::TooLarge {
             path: path.to_owned(),
             value: s.to_owned(),
-            max: quantity::format_memory(MAX_MEMORY_BYTES),
+            max: format(max),
         });
     }
-    Ok(bytes)
+    Ok(value)
 }
 
 /// The host ports a pod may bind without a flag: the unprivileged range. Below 1024

@@ -210,6 +210,16 @@ pub struct Revision {
     pub creation_timestamp: String,
 }
 
+// How a Deployment names and labels its pods, `<deployment>-<hash>-<suffix>`: the
+// controller builds the names, and the manifest parser bounds Deployment names so they fit.
+
+/// The label that ties a pod to the template it was made from, as in Kubernetes.
+pub const POD_TEMPLATE_HASH_LABEL: &str = "pod-template-hash";
+/// Hex characters of the template hash in pod names and the label.
+pub const TEMPLATE_HASH_LEN: usize = 10;
+/// Characters of the random suffix the caller supplies for pod names.
+pub const POD_NAME_SUFFIX_LEN: usize = 5;
+
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct PodTemplateSpec {

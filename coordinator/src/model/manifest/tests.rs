@@ -6,6 +6,7 @@
 //! - The tables below check one rule each on a small template.
 
 use super::*;
+use crate::model::api::RestartPolicy;
 
 fn render(result: Result<Vec<api::Object>, ManifestError>) -> String {
     match result {

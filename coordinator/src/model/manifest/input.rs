@@ -1,0 +1,326 @@
+//! Pass 3's input: private structs that mirror the Kubernetes shape. serde fills them
+//! (type errors carry their path through `serde_path_to_error`) and the validation in the
+//! sibling modules turns them into `api` types.
+
+use std::collections::BTreeMap;
+
+use serde::Deserialize;
+use serde_yaml_ng::Value;
+
+use crate::model::api::{self, PullPolicy, RestartPolicy};
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub(super) struct InDeployment {
+    #[allow(dead_code)]
+    pub(super) api_version: String,
+    #[allow(dead_code)]
+    pub(super) kind: String,
+    pub(super) metadata: InMeta,
+    pub(super) spec: InDeploymentSpec,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub(super) struct InPod {
+    #[allow(dead_code)]
+    pub(super) api_version: String,
+    #[allow(dead_code)]
+    pub(super) kind: String,
+    pub(super) metadata: InMeta,
+    pub(super) spec: InPodSpec,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub(super) struct InMeta {
+    pub(super) name: Option<String>,
+    pub(super) namespace: Option<String>,
+    #[serde(default)]
+    pub(super) labels: BTreeMap<String, String>,
+    #[serde(default)]
+    pub(super) annotations: BTreeMap<String, String>,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub(super) struct InDeploymentSpec {
+    pub(super) replicas: Option<i64>,
+    pub(super) selector: Option<InSelector>,
+    pub(super) template: InTemplate,
+    pub(super) strategy: Option<InStrategy>,
+    pub(super) revision_history_limit: Option<i64>,
+}
+
+#[derive(Default, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub(super) struct InStrategy {
+    #[serde(rename = "type")]
+    pub(super) type_: Option<api::StrategyType>,
+    pub(super) rolling_update: Option<InRollingUpdate>,
+}
+
+#[derive(Default, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub(super) struct InRollingUpdate {
+    /// IntOrString: checked by hand for Kubernetes' messages.
+    pub(super) max_surge: Option<Value>,
+    pub(super) max_unavailable: Option<Value>,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub(super) struct InSelector {
+    #[serde(default)]
+    pub(super) match_labels: BTreeMap<String, String>,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub(super) struct InTemplate {
+    #[serde(default)]
+    pub(super) metadata: InTemplateMeta,
+    pub(super) spec: InPodSpec,
+}
+
+#[derive(Default, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub(super) struct InTemplateMeta {
+    #[serde(default)]
+    pub(super) labels: BTreeMap<String, String>,
+    #[serde(default)]
+    pub(super) annotations: BTreeMap<String, String>,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub(super) struct InPodSpec {
+    pub(super) containers: Vec<InContainer>,
+    #[serde(default)]
+    pub(super) init_containers: Vec<InContainer>,
+    #[serde(default)]
+    pub(super) node_selector: BTreeMap<String, String>,
+    #[serde(default)]
+    pub(super) host_network: bool,
+    pub(super) restart_policy: Option<RestartPolicy>,
+    pub(super) termination_grace_period_seconds: Option<i64>,
+    #[serde(default)]
+    pub(super) volumes: Vec<InVolume>,
+    #[serde(default)]
+    pub(super) image_pull_secrets: Vec<InRef>,
+    #[serde(default)]
+    pub(super) security_context: InPodSecurityContext,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub(super) struct InRef {
+    pub(super) name: Option<String>,
+}
+
+#[derive(Default, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub(super) struct InPodSecurityContext {
+    pub(super) run_as_user: Option<i64>,
+    pub(super) run_as_group: Option<i64>,
+    pub(super) seccomp_profile: Option<InSeccompProfile>,
+}
+
+#[derive(Default, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub(super) struct InSeccompProfile {
+    #[serde(rename = "type")]
+    pub(super) typ: Option<String>,
+    pub(super) localhost_profile: Option<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub(super) struct InVolume {
+    pub(super) name: Option<String>,
+    pub(super) secret: Option<InSecretVolume>,
+    pub(super) empty_dir: Option<InEmptyDir>,
+    pub(super) host_path: Option<InHostPath>,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub(super) struct InSecretVolume {
+    pub(super) secret_name: Option<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub(super) struct InEmptyDir {
+    pub(super) size_limit: Option<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub(super) struct InHostPath {
+    pub(super) path: Option<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub(super) struct InVolumeMount {
+    pub(super) name: Option<String>,
+    pub(super) mount_path: Option<String>,
+    #[serde(default)]
+    pub(super) read_only: bool,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub(super) struct InProbe {
+    pub(super) exec: Option<InExec>,
+    pub(super) http_get: Option<InHttpGet>,
+    pub(super) tcp_socket: Option<InTcpSocket>,
+    pub(super) initial_delay_seconds: Option<i64>,
+    pub(super) period_seconds: Option<i64>,
+    pub(super) timeout_seconds: Option<i64>,
+    pub(super) success_threshold: Option<i64>,
+    pub(super) failure_threshold: Option<i64>,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub(super) struct InExec {
+    #[serde(default)]
+    pub(super) command: Vec<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub(super) struct InHttpGet {
+    pub(super) path: Option<String>,
+    /// IntOrString: a number or a named containerPort.
+    pub(super) port: Option<Value>,
+    pub(super) scheme: Option<api::Scheme>,
+    pub(super) host: Option<String>,
+    #[serde(default)]
+    pub(super) http_headers: Vec<InHeader>,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub(super) struct InHeader {
+    pub(super) name: String,
+    #[serde(default)]
+    pub(super) value: String,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub(super) struct InTcpSocket {
+    pub(super) port: Option<Value>,
+    pub(super) host: Option<String>,
+}
+
+#[derive(Default, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub(super) struct InSecurityContext {
+    pub(super) privileged: Option<bool>,
+    pub(super) capabilities: Option<InCapabilities>,
+    pub(super) run_as_user: Option<i64>,
+    pub(super) run_as_group: Option<i64>,
+    pub(super) read_only_root_filesystem: Option<bool>,
+    pub(super) seccomp_profile: Option<InSeccompProfile>,
+}
+
+#[derive(Default, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub(super) struct InCapabilities {
+    #[serde(default)]
+    pub(super) add: Vec<String>,
+    #[serde(default)]
+    pub(super) drop: Vec<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub(super) struct InSecret {
+    #[allow(dead_code)]
+    pub(super) api_version: String,
+    #[allow(dead_code)]
+    pub(super) kind: String,
+    pub(super) metadata: InMeta,
+    #[serde(rename = "type")]
+    pub(super) type_: Option<String>,
+    #[serde(default)]
+    pub(super) data: BTreeMap<String, String>,
+    #[serde(default)]
+    pub(super) string_data: BTreeMap<String, String>,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub(super) struct InContainer {
+    pub(super) name: Option<String>,
+    pub(super) image: Option<String>,
+    pub(super) image_pull_policy: Option<PullPolicy>,
+    #[serde(default)]
+    pub(super) command: Vec<String>,
+    #[serde(default)]
+    pub(super) args: Vec<String>,
+    #[serde(default)]
+    pub(super) env: Vec<InEnv>,
+    pub(super) working_dir: Option<String>,
+    #[serde(default)]
+    pub(super) ports: Vec<InPort>,
+    #[serde(default)]
+    pub(super) resources: InResources,
+    #[serde(default)]
+    pub(super) volume_mounts: Vec<InVolumeMount>,
+    pub(super) liveness_probe: Option<InProbe>,
+    pub(super) readiness_probe: Option<InProbe>,
+    pub(super) startup_probe: Option<InProbe>,
+    pub(super) security_context: Option<InSecurityContext>,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub(super) struct InEnv {
+    pub(super) name: String,
+    #[serde(default)]
+    pub(super) value: String,
+    pub(super) value_from: Option<InEnvSource>,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub(super) struct InEnvSource {
+    pub(super) secret_key_ref: Option<InSecretKeyRef>,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub(super) struct InSecretKeyRef {
+    pub(super) name: Option<String>,
+    pub(super) key: Option<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub(super) struct InPort {
+    pub(super) name: Option<String>,
+    pub(super) container_port: i64,
+    pub(super) host_port: Option<i64>,
+    pub(super) protocol: Option<api::Protocol>,
+}
+
+#[derive(Default, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub(super) struct InResources {
+    #[serde(default)]
+    pub(super) requests: InResourceList,
+    #[serde(default)]
+    pub(super) limits: InResourceList,
+}
+
+#[derive(Default, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub(super) struct InResourceList {
+    pub(super) cpu: Option<String>,
+    pub(super) memory: Option<String>,
+}

@@ -1,0 +1,162 @@
+//! A `Pod` (`v1`), and the pod spec a Deployment's template shares: containers, volumes,
+//! pull secrets and the pod's security context.
+
+use std::collections::BTreeSet;
+
+use super::container::{container, seccomp_profile, ContainerKind};
+use super::input::{InContainer, InPod, InPodSpec, InVolume};
+use super::validate::{
+    absolute_path, dns_label, id, invalid, label_value, object_meta, qualified_name, required,
+    secret_name, Invalid,
+};
+use super::MAX_NAME_LEN;
+use crate::model::{api, quantity};
+
+pub(super) fn pod(input: InPod) -> Result<api::Pod, Invalid> {
+    Ok(api::Pod {
+        api_version: "v1".to_string(),
+        kind: "Pod".to_string(),
+        metadata: object_meta(input.metadata, MAX_NAME_LEN)?,
+        spec: pod_spec("spec", input.spec)?,
+        status: api::PodStatus::default(),
+    })
+}
+
+pub(super) fn pod_spec(path: &str, spec: InPodSpec) -> Result<api::PodSpec, Invalid> {
+    if spec.containers.is_empty() {
+        return invalid(
+            format!("{path}.containers"),
+            "at least one container is required",
+        );
+    }
+    for (k, v) in &spec.node_selector {
+        let p = format!("{path}.nodeSelector");
+        qualified_name(&p, k)?;
+        label_value(&format!("{p}.{k}"), v)?;
+    }
+    let grace = match spec.termination_grace_period_seconds {
+        None => None,
+        Some(s) => Some(u32::try_from(s).map_err(|_| {
+            (
+                format!("{path}.terminationGracePeriodSeconds"),
+                format!("must be between 0 and {}, got {s}", u32::MAX),
+            )
+        })?),
+    };
+    let volumes = volumes(path, spec.volumes)?;
+    let volume_names: BTreeSet<&str> = volumes.iter().map(|v| v.name.as_str()).collect();
+    let mut names = BTreeSet::new();
+    let mut host_ports = BTreeSet::new();
+    let mut convert = |field: &str,
+                       kind: ContainerKind,
+                       input: Vec<InContainer>|
+     -> Result<Vec<api::Container>, Invalid> {
+        let mut out = Vec::with_capacity(input.len());
+        for (i, c) in input.into_iter().enumerate() {
+            let cpath = format!("{path}.{field}[{i}]");
+            let c = container(&cpath, c, spec.host_network, &volume_names, kind)?;
+            if !names.insert(c.name.clone()) {
+                return invalid(
+                    format!("{cpath}.name"),
+                    format!("duplicate container name {:?}", c.name),
+                );
+            }
+            for (j, p) in c.ports.iter().enumerate() {
+                if let Some(hp) = p.host_port {
+                    if !host_ports.insert((hp, p.protocol == api::Protocol::UDP)) {
+                        return invalid(
+                            format!("{cpath}.ports[{j}].hostPort"),
+                            format!("duplicate host port {hp}/{:?} in the pod", p.protocol),
+                        );
+                    }
+                }
+            }
+            out.push(c);
+        }
+        Ok(out)
+    };
+    let init_containers = convert("initContainers", ContainerKind::Init, spec.init_containers)?;
+    let containers = convert("containers", ContainerKind::Main, spec.containers)?;
+    let mut image_pull_secrets = Vec::with_capacity(spec.image_pull_secrets.len());
+    for (i, r) in spec.image_pull_secrets.into_iter().enumerate() {
+        let p = format!("{path}.imagePullSecrets[{i}].name");
+        let name = required(&p, r.name)?;
+        secret_name(&p, &name)?;
+        image_pull_secrets.push(api::LocalObjectReference { name });
+    }
+    let sc = spec.security_context;
+    let security_context = api::PodSecurityContext {
+        run_as_user: id(&format!("{path}.securityContext.runAsUser"), sc.run_as_user)?,
+        run_as_group: id(
+            &format!("{path}.securityContext.runAsGroup"),
+            sc.run_as_group,
+        )?,
+        seccomp_profile: seccomp_profile(
+            &format!("{path}.securityContext.seccompProfile"),
+            sc.seccomp_profile,
+        )?,
+    };
+    Ok(api::PodSpec {
+        containers,
+        node_selector: spec.node_selector,
+        host_network: spec.host_network,
+        restart_policy: spec.restart_policy.unwrap_or_default(),
+        termination_grace_period_seconds: grace,
+        node_name: None,
+        init_containers,
+        volumes,
+        image_pull_secrets,
+        security_context,
+    })
+}
+
+fn volumes(path: &str, input: Vec<InVolume>) -> Result<Vec<api::Volume>, Invalid> {
+    let mut out: Vec<api::Volume> = Vec::with_capacity(input.len());
+    for (i, v) in input.into_iter().enumerate() {
+        let vpath = format!("{path}.volumes[{i}]");
+        let name = required(&format!("{vpath}.name"), v.name)?;
+        dns_label(&format!("{vpath}.name"), &name, MAX_NAME_LEN)?;
+        if out.iter().any(|o| o.name == name) {
+            return invalid(
+                format!("{vpath}.name"),
+                format!("duplicate volume name {name:?}"),
+            );
+        }
+        let mut sources = Vec::new();
+        if let Some(s) = v.secret {
+            let p = format!("{vpath}.secret.secretName");
+            let secret = required(&p, s.secret_name)?;
+            secret_name(&p, &secret)?;
+            sources.push(api::VolumeSource::Secret {
+                secret_name: secret,
+            });
+        }
+        if let Some(e) = v.empty_dir {
+            if let Some(limit) = &e.size_limit {
+                quantity::parse_memory_bytes(limit)
+                    .map_err(|err| (format!("{vpath}.emptyDir.sizeLimit"), err.to_string()))?;
+            }
+            sources.push(api::VolumeSource::EmptyDir {
+                size_limit: e.size_limit,
+            });
+        }
+        if let Some(h) = v.host_path {
+            let p = format!("{vpath}.hostPath.path");
+            let hp = required(&p, h.path)?;
+            absolute_path(&p, &hp)?;
+            sources.push(api::VolumeSource::HostPath { path: hp });
+        }
+        let source = match sources.len() {
+            0 => {
+                return invalid(
+                    vpath,
+                    "must specify a volume type: secret, emptyDir or hostPath",
+                )
+            }
+            1 => sources.remove(0),
+            _ => return invalid(vpath, "may not specify more than 1 volume type"),
+        };
+        out.push(api::Volume { name, source });
+    }
+    Ok(out)
+}

@@ -1,0 +1,46 @@
+//! Up from the agent: its Hello, as the Node the API shows.
+
+use baton_proto as proto;
+
+use crate::model::api;
+
+/// A node as it introduced itself. Its pod capacity is capped at what one desired-state
+/// message can carry ([`proto::MAX_PODS_PER_NODE`]).
+pub fn node_from_hello(name: &proto::NodeName, h: &proto::Hello) -> api::Node {
+    let max_pods = u16::try_from(proto::MAX_PODS_PER_NODE).unwrap_or(u16::MAX);
+    api::Node {
+        api_version: "v1".into(),
+        kind: "Node".into(),
+        metadata: api::ObjectMeta {
+            name: name.to_string(),
+            labels: h
+                .labels
+                .iter()
+                .map(|l| (l.key.to_string(), l.value.to_string()))
+                .collect(),
+            ..Default::default()
+        },
+        status: api::NodeStatus {
+            ready: true,
+            arch: h.arch.to_string(),
+            arch_variant: h.arch_variant.to_string(),
+            os: h.os.to_string(),
+            agent_version: h.agent_version.to_string(),
+            allocatable: api::NodeCapacity {
+                cpu_millis: h.allocatable.cpu_millis,
+                memory_bytes: h.allocatable.memory_bytes,
+                pods: h.allocatable.pods.min(max_pods),
+            },
+            address: h.address.map(|a| a.to_string()),
+            pod_cidr: h.pod_cidr.to_string(),
+            last_heartbeat: api::now_rfc3339(),
+            applied_generation: h.applied_generation,
+            desired_generation: 0,
+            last_connect_error: h.last_connect_error.as_ref().map(|m| api::ConnectError {
+                // Text from the device, shown on a terminal: no control characters.
+                message: m.chars().filter(|c| !c.is_control()).collect(),
+                reported_at: api::now_rfc3339(),
+            }),
+        },
+    }
+}

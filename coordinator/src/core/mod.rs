@@ -6,11 +6,11 @@
 //! drive the core with events directly, see `core/tests/`).
 //!
 //! Each event is handled as a transaction: the handler changes the in-memory state and
-//! marks what it touched; then [`Core::finish`] runs the pure deployment controller and
-//! scheduler over the result, recomputes each node's desired state, and writes every
-//! touched object plus new events to the store in ONE atomic `commit`. Only after the
-//! commit succeeds are messages sent to nodes. If it fails, the state is reloaded from the
-//! store, so memory never runs ahead of disk.
+//! marks what it touched; then `Core::finish` (in `txn`) runs the pure deployment
+//! controller and scheduler over the result, recomputes each node's desired state, and
+//! writes every touched object plus new events to the store in ONE atomic `commit`. Only
+//! after the commit succeeds are messages sent to nodes. If it fails, the state is
+//! reloaded from the store, so memory never runs ahead of disk.
 //!
 //! **Level-triggered protocol.** Each node's desired state is published retained with a
 //! generation that grows whenever its content changes. Agents report the generation they
@@ -36,7 +36,7 @@ mod events;
 mod nodes;
 mod requests;
 mod schedule;
-mod secrets;
+pub mod secrets;
 #[cfg(test)]
 mod tests;
 mod txn;
@@ -195,8 +195,9 @@ pub enum CoreError {
         key: String,
         source: serde_json::Error,
     },
+    /// A [`secrets::Keeper`]'s failure.
     #[error(transparent)]
-    Secrets(#[from] crate::security::secrets::SecretsError),
+    Secrets(#[from] secrets::KeeperError),
 }
 
 /// What the core knows about a node beyond its stored object.
@@ -239,10 +240,10 @@ pub struct Core {
     nodes: BTreeMap<String, api::Node>,
     /// Secrets as applied. The API shows only their key names and sizes (`secret_view`).
     secrets: BTreeMap<String, api::Secret>,
-    /// Encrypts secrets at rest and seals them per node (`crate::security::secrets`).
-    secret_keeper: crate::security::secrets::SecretKeeper,
+    /// Encrypts secrets at rest and seals them per node ([`secrets::Keeper`]).
+    secret_keeper: Box<dyn secrets::Keeper>,
     /// The secrets each node's desired state carries, as last published (or loaded).
-    desired_secrets: HashMap<String, Vec<crate::security::secrets::SentSecret>>,
+    desired_secrets: HashMap<String, Vec<secrets::SentSecret>>,
     /// What pods may ask of their nodes; checked on apply (`crate::decide::policy`).
     policy: Policy,
     /// Nodes whose identity is revoked: never Ready, sent an empty desired state once.
@@ -300,7 +301,7 @@ impl Core {
             pod_drain: DEFAULT_POD_DRAIN,
             nodes: BTreeMap::new(),
             secrets: BTreeMap::new(),
-            secret_keeper: crate::security::secrets::SecretKeeper::default(),
+            secret_keeper: Box::new(secrets::Unkept),
             desired_secrets: HashMap::new(),
             policy: Policy::default(),
             revoked: BTreeSet::new(),
@@ -348,9 +349,9 @@ impl Core {
     /// stored in plain JSON by older versions, encrypted.
     pub fn with_secrets(
         mut self,
-        keeper: crate::security::secrets::SecretKeeper,
+        keeper: impl secrets::Keeper + 'static,
     ) -> Result<Self, CoreError> {
-        self.secret_keeper = keeper;
+        self.secret_keeper = Box::new(keeper);
         self.load()?;
         let rewrite = self.load_secrets()?.1;
         let ops = rewrite

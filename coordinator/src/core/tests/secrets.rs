@@ -1,6 +1,9 @@
 //! Secrets: storage, views, and pods withheld for them.
 
 use super::*;
+use crate::core::secrets::blocker;
+use crate::security::secrets::{DataKey, SecretKeeper};
+use baton_proto::sign::SigningKey;
 
 #[tokio::test(start_paused = true)]
 async fn secrets_are_stored_and_shown_without_values() {
@@ -62,4 +65,71 @@ async fn secrets_are_stored_and_shown_without_values() {
         }),
         Err(ApiError::NotFound(_))
     ));
+}
+
+fn secret(name: &str, data: &[(&str, &[u8])]) -> api::Secret {
+    api::Secret {
+        api_version: "v1".into(),
+        kind: "Secret".into(),
+        metadata: api::ObjectMeta {
+            name: name.into(),
+            ..Default::default()
+        },
+        type_: api::SecretType::Opaque,
+        data: data
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_vec()))
+            .collect(),
+    }
+}
+
+fn pod_spec(yaml: &str) -> api::PodSpec {
+    serde_yaml_ng::from_str(yaml).unwrap()
+}
+
+const USES_DB: &str = r#"
+containers:
+- name: c
+  image: busybox
+  env:
+  - name: PW
+    valueFrom: {secretKeyRef: {name: db, key: password}}
+volumes:
+- name: v
+  secret: {secretName: files}
+imagePullSecrets: [{name: regcred}]
+"#;
+
+/// The reasons a pod is withheld, with the real keeper (only pi-1 has an enrolled key).
+#[test]
+fn blockers_name_the_missing_piece() {
+    let node_key = SigningKey::from_bytes(&[7; 32]).verifying_key();
+    let keys = move |node: &str| (node == "pi-1").then_some(node_key);
+    let keeper = SecretKeeper::new(DataKey::ephemeral(), Arc::new(keys));
+    let spec = pod_spec(USES_DB);
+    let mut secrets = BTreeMap::new();
+    assert_eq!(
+        blocker(&keeper, &spec, "pi-1", &secrets).as_deref(),
+        Some(r#"secret "db" not found"#)
+    );
+    secrets.insert("db".into(), secret("db", &[("user", b"u")]));
+    secrets.insert("files".into(), secret("files", &[("f", b"x")]));
+    secrets.insert(
+        "regcred".into(),
+        secret("regcred", &[(".dockerconfigjson", b"{}")]),
+    );
+    assert_eq!(
+        blocker(&keeper, &spec, "pi-1", &secrets).as_deref(),
+        Some("couldn't find key password in Secret db")
+    );
+    secrets.insert("db".into(), secret("db", &[("password", b"p")]));
+    assert_eq!(blocker(&keeper, &spec, "pi-1", &secrets), None);
+    assert_eq!(
+        blocker(&keeper, &spec, "pi-2", &secrets).as_deref(),
+        Some(r#"node pi-2 has no enrolled key to seal secret "db" to"#)
+    );
+    assert_eq!(
+        blocker(&keeper, &pod_spec("containers: []"), "pi-2", &secrets),
+        None
+    );
 }

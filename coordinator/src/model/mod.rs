@@ -3,4 +3,5 @@
 pub mod api;
 pub mod manifest;
 pub mod quantity;
+pub mod secrets;
 pub mod wire;

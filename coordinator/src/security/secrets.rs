@@ -10,45 +10,48 @@
 //! (plain JSON) still load, and are rewritten encrypted at start.
 //!
 //! **On the wire.** A node's desired state carries exactly the secrets its (sent) pods
-//! reference through env `secretKeyRef`, `secret` volumes and `imagePullSecrets`, each
-//! sealed to the node's enrolled Ed25519 key with `baton_proto::seal` under
-//! `secret_context(node, name, version)`. The broker and other devices see ciphertext.
-//! `version` is a keyed hash (HMAC-SHA256 under a key derived from the data key) of the
-//! content: it changes when the content does, yet a broker operator cannot test guesses
-//! of a low-entropy value against it.
+//! reference through env `secretKeyRef`, `secret` volumes and `imagePullSecrets` (the core
+//! decides which, [`crate::core::secrets`]), each sealed to the node's enrolled Ed25519 key
+//! with `baton_proto::seal` under `secret_context(node, name, version)`. The broker and
+//! other devices see ciphertext. `version` is a keyed hash (HMAC-SHA256 under a key
+//! derived from the data key) of the content: it changes when the content does, yet a
+//! broker operator cannot test guesses of a low-entropy value against it.
 //!
 //! **When a secret cannot be sent** (it does not exist, lacks a referenced key, or the
-//! node has no enrolled key to seal to) the pod is withheld from its node and shows
-//! `CreateContainerConfigError` with the reason; it is sent as soon as that is fixed
-//! (checked on every change and every tick, which also notices enrollments and key
-//! rotations). A node never receives a secret in plaintext.
+//! node has no enrolled key to seal to) the core withholds the pod from its node and shows
+//! `CreateContainerConfigError` with the reason; it is sent as soon as that is fixed (see
+//! [`crate::core::secrets`]). A node never receives a secret in plaintext.
+//!
+//! [`SecretKeeper`] is the core's [`Keeper`]: the core holds it behind that trait, so the
+//! core depends on no part of security.
 //!
 //! Sealing is randomized, so sealed blobs are cached per (node, secret) and reused while
 //! the version and the node's key are unchanged: republishing a desired state after a
 //! lost message sends the same bytes.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeSet, HashMap};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, PoisonError};
 
 use baton_proto::seal::{self, SealError};
 use baton_proto::sign::VerifyingKey;
-use baton_proto::{self as proto, BString, BVec};
+use baton_proto::{self as proto, BString};
 use chacha20poly1305::aead::{Aead, KeyInit, Payload};
 use chacha20poly1305::{ChaCha20Poly1305, Key, Nonce};
 use hmac::{Hmac, Mac};
 use rand::RngCore;
 use sha2::Sha256;
 
+use crate::core::secrets::{Keeper, KeeperError, SentSecret, ENCRYPTED_PREFIX};
+use crate::core::CoreError;
 use crate::model::api;
+use crate::model::secrets::encode_data;
 
 /// The data key's file inside `<data-dir>/pki`.
 pub const KEY_FILE: &str = "secrets.key";
 /// The prefix of an encrypted store entry (anything else is legacy plain JSON).
-const MAGIC: &[u8] = b"baton-secret-v1\0";
+const MAGIC: &[u8] = ENCRYPTED_PREFIX;
 const NONCE_BYTES: usize = 12;
-/// The `reason` of a pod withheld for a secret, as in Kubernetes.
-pub const CONFIG_ERROR: &str = "CreateContainerConfigError";
 
 #[derive(Debug, thiserror::Error)]
 pub enum SecretsError {
@@ -79,6 +82,14 @@ pub enum SecretsError {
         name: String,
         source: proto::ProtoError,
     },
+}
+
+/// The core reports a keeper's failures, and the server a data key it cannot load, as
+/// [`CoreError::Secrets`].
+impl From<SecretsError> for CoreError {
+    fn from(e: SecretsError) -> Self {
+        Self::Secrets(Box::new(e))
+    }
 }
 
 /// The data key secrets are encrypted under at rest.
@@ -234,34 +245,13 @@ pub fn decode_public_key(b64: &str) -> Option<VerifyingKey> {
     baton_proto::sign::verifying_key(&bytes).ok()
 }
 
-/// No node has a key (a core without identities).
-struct NoKeys;
-
-impl NodeKeys for NoKeys {
-    fn sealing_key(&self, _: &str) -> Option<VerifyingKey> {
-        None
-    }
-}
-
-/// One secret as a node's desired state refers to it: what decides whether the node must
-/// be sent a new desired state.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct SentSecret {
-    pub name: String,
-    pub version: u64,
-    /// The node key it is sealed to: a rotated key needs a new seal.
-    pub key: [u8; 32],
-}
-
 type SealCache = HashMap<(String, String), (u64, [u8; 32], proto::SealedSecret)>;
 
 /// The core's handle on secrets: at-rest encryption, node keys, sealing (see the module
-/// docs). The core owns it; the cache is behind a `Mutex` only because sealing happens
-/// while building messages from `&Core`.
+/// docs). The core owns it as its [`Keeper`]; the cache is behind a `Mutex` only because
+/// sealing happens while building messages from `&Core`.
 pub struct SecretKeeper {
     data_key: DataKey,
-    /// Whether store entries are encrypted (off only for in-memory test cores).
-    encrypt: bool,
     keys: Arc<dyn NodeKeys>,
     version_key: [u8; 32],
     cache: Mutex<SealCache>,
@@ -269,23 +259,7 @@ pub struct SecretKeeper {
 
 impl std::fmt::Debug for SecretKeeper {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("SecretKeeper")
-            .field("encrypt", &self.encrypt)
-            .finish_non_exhaustive()
-    }
-}
-
-impl Default for SecretKeeper {
-    /// Plain JSON at rest and no node keys: what a core gets before `Core::with_secrets`.
-    fn default() -> Self {
-        let data_key = DataKey::ephemeral();
-        Self {
-            version_key: data_key.version_key(),
-            data_key,
-            encrypt: false,
-            keys: Arc::new(NoKeys),
-            cache: Mutex::new(HashMap::new()),
-        }
+        f.debug_struct("SecretKeeper").finish_non_exhaustive()
     }
 }
 
@@ -294,61 +268,32 @@ impl SecretKeeper {
         Self {
             version_key: data_key.version_key(),
             data_key,
-            encrypt: true,
             keys,
             cache: Mutex::new(HashMap::new()),
         }
     }
 
-    /// What goes into the store for `secret`.
+    /// What goes into the store for `secret`: it encrypted.
     pub fn to_store(&self, name: &str, secret: &api::Secret) -> Result<Vec<u8>, SecretsError> {
-        if self.encrypt {
-            self.data_key.encrypt(name, secret)
-        } else {
-            serde_json::to_vec(secret).map_err(|source| SecretsError::Json {
-                name: name.to_owned(),
-                source,
-            })
-        }
+        self.data_key.encrypt(name, secret)
     }
 
     /// Reads one store entry: the secret, and whether it must be rewritten (it was plain
-    /// JSON and this keeper encrypts). `None` for an encrypted entry while no data key is
-    /// loaded yet (the core loads again once it has one).
+    /// JSON, written before encryption existed). A keeper reads every entry, so never
+    /// `None` (which is for a core without a keeper, `crate::core::secrets::Unkept`).
     pub fn from_store(
         &self,
         name: &str,
         bytes: &[u8],
     ) -> Result<Option<(api::Secret, bool)>, SecretsError> {
         if bytes.starts_with(MAGIC) {
-            if !self.encrypt {
-                return Ok(None);
-            }
             return self.data_key.decrypt(name, bytes).map(|s| Some((s, false)));
         }
         let s = serde_json::from_slice(bytes).map_err(|source| SecretsError::Json {
             name: name.to_owned(),
             source,
         })?;
-        Ok(Some((s, self.encrypt)))
-    }
-
-    /// Loads the whole secrets table; the second value names legacy entries to rewrite.
-    pub fn load(
-        &self,
-        entries: Vec<(String, Vec<u8>)>,
-    ) -> Result<(BTreeMap<String, api::Secret>, Vec<String>), SecretsError> {
-        let mut out = BTreeMap::new();
-        let mut rewrite = Vec::new();
-        for (name, bytes) in entries {
-            if let Some((s, legacy)) = self.from_store(&name, &bytes)? {
-                if legacy {
-                    rewrite.push(name.clone());
-                }
-                out.insert(name, s);
-            }
-        }
-        Ok((out, rewrite))
+        Ok(Some((s, true)))
     }
 
     /// The content version of `secret` (see the module docs).
@@ -369,53 +314,6 @@ impl SecretKeeper {
 
     pub fn node_key(&self, node: &str) -> Option<VerifyingKey> {
         self.keys.sealing_key(node)
-    }
-
-    /// Why `spec` cannot be sent to `node` yet, as the pod's status message; `None` when
-    /// every secret it references can be sealed to the node.
-    pub fn blocker(
-        &self,
-        spec: &api::PodSpec,
-        node: &str,
-        secrets: &BTreeMap<String, api::Secret>,
-    ) -> Option<String> {
-        let refs = references(spec);
-        if refs.is_empty() {
-            return None;
-        }
-        if let Some(msg) = missing(&refs, secrets) {
-            return Some(msg);
-        }
-        if self.node_key(node).is_none() {
-            let first = refs.keys().next().map(String::as_str).unwrap_or_default();
-            return Some(format!(
-                "node {node} has no enrolled key to seal secret {first:?} to"
-            ));
-        }
-        None
-    }
-
-    /// What `node` is sent for the secrets `names`, in name order (missing ones skipped:
-    /// their pods are withheld).
-    pub fn sent(
-        &self,
-        node: &str,
-        names: &BTreeSet<String>,
-        secrets: &BTreeMap<String, api::Secret>,
-    ) -> Vec<SentSecret> {
-        let Some(key) = self.node_key(node) else {
-            return Vec::new();
-        };
-        names
-            .iter()
-            .filter_map(|n| {
-                secrets.get(n).map(|s| SentSecret {
-                    name: n.clone(),
-                    version: self.version(s),
-                    key: key.to_bytes(),
-                })
-            })
-            .collect()
     }
 
     /// Seals `secret` (as `sent` describes it) to `node`, reusing an earlier seal of the
@@ -469,78 +367,48 @@ impl SecretKeeper {
     }
 }
 
-/// The postcard bytes of a secret's [`proto::SecretData`]: what gets sealed.
-pub fn encode_data(secret: &api::Secret) -> Result<Vec<u8>, proto::ProtoError> {
-    let items = secret
-        .data
-        .iter()
-        .map(|(k, v)| {
-            Ok(proto::SecretItem {
-                key: BString::new(k.as_str())?,
-                value: BVec::from_vec(v.clone())?,
-            })
-        })
-        .collect::<Result<Vec<_>, proto::ProtoError>>()?;
-    let data = proto::SecretData {
-        items: BVec::from_vec(items)?,
-    };
-    postcard::to_allocvec(&data).map_err(proto::ProtoError::Encode)
-}
+/// The core sees the keeper through its trait; the errors become [`CoreError::Secrets`].
+impl Keeper for SecretKeeper {
+    fn to_store(&self, name: &str, secret: &api::Secret) -> Result<Vec<u8>, KeeperError> {
+        Ok(SecretKeeper::to_store(self, name, secret)?)
+    }
 
-/// The secrets a pod references, each with the keys it needs by name (env
-/// `secretKeyRef`s); volumes and `imagePullSecrets` need the secret only.
-pub fn references(spec: &api::PodSpec) -> BTreeMap<String, BTreeSet<String>> {
-    let mut out: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
-    for c in spec.init_containers.iter().chain(&spec.containers) {
-        for e in &c.env {
-            if let Some(from) = &e.value_from {
-                out.entry(from.secret_key_ref.name.clone())
-                    .or_default()
-                    .insert(from.secret_key_ref.key.clone());
-            }
-        }
+    fn read_store(
+        &self,
+        name: &str,
+        bytes: &[u8],
+    ) -> Result<Option<(api::Secret, bool)>, KeeperError> {
+        Ok(SecretKeeper::from_store(self, name, bytes)?)
     }
-    for v in &spec.volumes {
-        if let api::VolumeSource::Secret { secret_name } = &v.source {
-            out.entry(secret_name.clone()).or_default();
-        }
-    }
-    for r in &spec.image_pull_secrets {
-        out.entry(r.name.clone()).or_default();
-    }
-    out
-}
 
-/// The first missing secret or key, as Kubernetes words it.
-fn missing(
-    refs: &BTreeMap<String, BTreeSet<String>>,
-    secrets: &BTreeMap<String, api::Secret>,
-) -> Option<String> {
-    for (name, keys) in refs {
-        let Some(s) = secrets.get(name) else {
-            return Some(format!("secret {name:?} not found"));
-        };
-        if let Some(k) = keys.iter().find(|k| !s.data.contains_key(*k)) {
-            return Some(format!("couldn't find key {k} in Secret {name}"));
-        }
-        match encode_data(s) {
-            Err(e) => return Some(format!("secret {name:?} cannot be sent to a node: {e}")),
-            Ok(bytes) if bytes.len() > seal::MAX_PLAINTEXT_BYTES => {
-                return Some(format!(
-                    "secret {name:?} is {} bytes encoded, over the {} bytes a node accepts",
-                    bytes.len(),
-                    seal::MAX_PLAINTEXT_BYTES
-                ))
-            }
-            Ok(_) => {}
-        }
+    fn version(&self, secret: &api::Secret) -> u64 {
+        SecretKeeper::version(self, secret)
     }
-    None
+
+    fn node_key(&self, node: &str) -> Option<VerifyingKey> {
+        SecretKeeper::node_key(self, node)
+    }
+
+    fn seal(
+        &self,
+        node: &str,
+        sent: &SentSecret,
+        secret: &api::Secret,
+    ) -> Result<proto::SealedSecret, KeeperError> {
+        Ok(SecretKeeper::seal(self, node, sent, secret)?)
+    }
+
+    fn forget_except(&self, keep: &BTreeSet<(String, String)>) {
+        SecretKeeper::forget_except(self, keep)
+    }
 }
 
 #[cfg(test)]
 mod tests {
+    use std::collections::BTreeMap;
+
     use super::*;
+    use crate::core::secrets::{self as core_secrets, load, Unkept};
     use baton_proto::sign::SigningKey;
 
     fn secret(name: &str, data: &[(&str, &[u8])]) -> api::Secret {
@@ -563,6 +431,14 @@ mod tests {
     impl NodeKeys for Keys {
         fn sealing_key(&self, node: &str) -> Option<VerifyingKey> {
             self.0.get(node).copied()
+        }
+    }
+
+    /// No node has a key.
+    struct NoKeys;
+    impl NodeKeys for NoKeys {
+        fn sealing_key(&self, _: &str) -> Option<VerifyingKey> {
+            None
         }
     }
 
@@ -606,15 +482,15 @@ mod tests {
         let s = secret("db", &[("a", b"1")]);
         let plain = serde_json::to_vec(&s).unwrap();
         let enc = keeper.to_store("db2", &s).unwrap();
-        let (m, rewrite) = keeper
-            .load(vec![("db".into(), plain), ("db2".into(), enc.clone())])
-            .unwrap();
+        let (m, rewrite) = load(
+            &keeper,
+            vec![("db".into(), plain), ("db2".into(), enc.clone())],
+        )
+        .unwrap();
         assert_eq!(m.len(), 2);
         assert_eq!(rewrite, vec!["db".to_string()]);
-        // A keeper without a data key skips encrypted entries instead of failing.
-        let (m, _) = SecretKeeper::default()
-            .load(vec![("db2".into(), enc)])
-            .unwrap();
+        // A core without a keeper skips encrypted entries instead of failing.
+        let (m, _) = load(&Unkept, vec![("db2".into(), enc)]).unwrap();
         assert!(m.is_empty());
     }
 
@@ -629,66 +505,6 @@ mod tests {
         assert_ne!(keeper.version(&a), other.version(&a));
     }
 
-    fn pod_spec(yaml: &str) -> api::PodSpec {
-        serde_yaml_ng::from_str(yaml).unwrap()
-    }
-
-    const USES_DB: &str = r#"
-containers:
-- name: c
-  image: busybox
-  env:
-  - name: PW
-    valueFrom: {secretKeyRef: {name: db, key: password}}
-volumes:
-- name: v
-  secret: {secretName: files}
-imagePullSecrets: [{name: regcred}]
-"#;
-
-    #[test]
-    fn references_cover_env_volumes_and_pull_secrets() {
-        let refs = references(&pod_spec(USES_DB));
-        assert_eq!(
-            refs.keys().cloned().collect::<Vec<_>>(),
-            vec!["db", "files", "regcred"]
-        );
-        assert!(refs["db"].contains("password"));
-    }
-
-    #[test]
-    fn blockers_name_the_missing_piece() {
-        let node_key = SigningKey::from_bytes(&[7; 32]).verifying_key();
-        let keys = Keys([("pi-1".to_string(), node_key)].into());
-        let keeper = SecretKeeper::new(DataKey::ephemeral(), Arc::new(keys));
-        let spec = pod_spec(USES_DB);
-        let mut secrets = BTreeMap::new();
-        assert_eq!(
-            keeper.blocker(&spec, "pi-1", &secrets).as_deref(),
-            Some(r#"secret "db" not found"#)
-        );
-        secrets.insert("db".into(), secret("db", &[("user", b"u")]));
-        secrets.insert("files".into(), secret("files", &[("f", b"x")]));
-        secrets.insert(
-            "regcred".into(),
-            secret("regcred", &[(".dockerconfigjson", b"{}")]),
-        );
-        assert_eq!(
-            keeper.blocker(&spec, "pi-1", &secrets).as_deref(),
-            Some("couldn't find key password in Secret db")
-        );
-        secrets.insert("db".into(), secret("db", &[("password", b"p")]));
-        assert_eq!(keeper.blocker(&spec, "pi-1", &secrets), None);
-        assert_eq!(
-            keeper.blocker(&spec, "pi-2", &secrets).as_deref(),
-            Some(r#"node pi-2 has no enrolled key to seal secret "db" to"#)
-        );
-        assert_eq!(
-            keeper.blocker(&pod_spec("containers: []"), "pi-2", &secrets),
-            None
-        );
-    }
-
     #[test]
     fn sealed_secrets_open_only_on_their_node_and_are_cached() {
         let device = SigningKey::from_bytes(&[9; 32]);
@@ -697,9 +513,9 @@ imagePullSecrets: [{name: regcred}]
         let s = secret("db", &[("password", b"hunter2")]);
         let secrets: BTreeMap<_, _> = [("db".to_string(), s.clone())].into();
         let names: BTreeSet<String> = ["db".to_string(), "gone".to_string()].into();
-        let sent = keeper.sent("pi-1", &names, &secrets);
+        let sent = core_secrets::sent(&keeper, "pi-1", &names, &secrets);
         assert_eq!(sent.len(), 1);
-        assert!(keeper.sent("pi-2", &names, &secrets).is_empty());
+        assert!(core_secrets::sent(&keeper, "pi-2", &names, &secrets).is_empty());
         let a = keeper.seal("pi-1", &sent[0], &s).unwrap();
         let b = keeper.seal("pi-1", &sent[0], &s).unwrap();
         assert_eq!(a, b, "a republish reuses the seal");

@@ -1,0 +1,353 @@
+//! Nodes: their messages (Hello, heartbeats, status, last will), liveness, and eviction of
+//! the pods of nodes lost or revoked.
+
+use baton_proto::{Body, NodeName};
+use tokio::time::Instant;
+
+use crate::contract::body::Revocation;
+use crate::model::api;
+use crate::model::wire;
+
+use super::{new_uid, ApiReply, Core, Live, Outbound, Tab};
+
+impl Core {
+    /// The node's liveness record, created as seen now if it has none yet.
+    fn live_entry(&mut self, name: &str, now: Instant) -> &mut Live {
+        self.live.entry(name.to_owned()).or_insert(Live {
+            last_seen: now,
+            status_digest: None,
+        })
+    }
+
+    /// Asks a node for a full status; also makes an agent whose Hello was lost say it again.
+    fn request_status(&mut self, node: &NodeName) {
+        self.pending_out.push(Outbound {
+            node: node.clone(),
+            body: Body::StatusRequest,
+            retain: false,
+        });
+    }
+
+    fn set_ready(&mut self, node: &str, ready: bool, why: &str) {
+        let Some(n) = self.nodes.get_mut(node) else {
+            return;
+        };
+        if n.status.ready == ready {
+            return;
+        }
+        n.status.ready = ready;
+        n.status.last_heartbeat = api::now_rfc3339();
+        if ready {
+            self.not_ready_since.remove(node);
+        } else {
+            self.not_ready_since.insert(node.to_owned(), Instant::now());
+        }
+        self.touch(Tab::Node, node);
+        let reason = if ready { "NodeReady" } else { "NodeNotReady" };
+        self.record(format!("node/{node}"), reason, why.to_owned());
+    }
+
+    /// Records the generation a node has applied. It changes only when the desired state
+    /// does, so persisting it costs little and `get nodes` shows it across restarts.
+    fn set_applied(&mut self, node: &str, generation: u64) {
+        let Some(n) = self.nodes.get_mut(node) else {
+            return;
+        };
+        if n.status.applied_generation != generation {
+            n.status.applied_generation = generation;
+            self.touch(Tab::Node, node);
+        }
+    }
+
+    pub(super) fn inbound(&mut self, node: &NodeName, body: Body) {
+        let name = node.as_str();
+        let now = Instant::now();
+        match body {
+            Body::Hello(h) => {
+                let mut n = wire::node_from_hello(node, &h);
+                let is_new = !self.nodes.contains_key(name);
+                if let Some(old) = self.nodes.get(name) {
+                    n.metadata.uid = old.metadata.uid.clone();
+                    n.metadata.creation_timestamp = old.metadata.creation_timestamp.clone();
+                    n.status.desired_generation = old.status.desired_generation;
+                    // An agent repeats its report in every Hello of one connection, and
+                    // sends none after connecting at once: keep the first report's time,
+                    // and the last report until there is a new one.
+                    match (
+                        &mut n.status.last_connect_error,
+                        &old.status.last_connect_error,
+                    ) {
+                        (None, old_err) => n.status.last_connect_error = old_err.clone(),
+                        (Some(new), Some(old_err))
+                            if new.message == old_err.message && old.status.ready =>
+                        {
+                            new.reported_at = old_err.reported_at.clone();
+                        }
+                        _ => {}
+                    }
+                } else {
+                    n.metadata.uid = new_uid();
+                    n.metadata.creation_timestamp = api::now_rfc3339();
+                }
+                // Even an empty desired state gets a generation >= 1, so that a returning
+                // agent learns it should run nothing and drops what it still has.
+                n.status.desired_generation = n.status.desired_generation.max(1);
+                let was_ready = self.nodes.get(name).is_some_and(|o| o.status.ready);
+                self.nodes.insert(name.to_owned(), n);
+                self.touch(Tab::Node, name);
+                self.live.insert(
+                    name.to_owned(),
+                    Live {
+                        last_seen: now,
+                        status_digest: None,
+                    },
+                );
+                if is_new {
+                    self.record(
+                        format!("node/{name}"),
+                        "RegisteredNode",
+                        format!("Node {name} joined"),
+                    );
+                }
+                if !was_ready {
+                    self.record(
+                        format!("node/{name}"),
+                        "NodeReady",
+                        "Agent said hello".into(),
+                    );
+                }
+                // Republish what the node should run (the broker may have lost the retained
+                // copy). If scheduling in this transaction changes it, `update_desired`
+                // follows with the next generation.
+                if !self.desired.contains_key(name) {
+                    let pods = self.desired_pods(name);
+                    self.desired.insert(name.to_owned(), pods);
+                }
+                self.publish_desired(name);
+                // No StatusRequest here: an agent sends its status right after every Hello,
+                // and answers a StatusRequest with a Hello, so asking made the two ping-pong
+                // (about 30 Hellos a second per agent, each a store commit). A lost status
+                // still shows as a digest mismatch on the next heartbeat, which asks then.
+            }
+            Body::Heartbeat(hb) => {
+                if !self.nodes.contains_key(name) {
+                    // Its Hello was lost (sent before we subscribed): a StatusRequest makes
+                    // the agent say Hello again.
+                    tracing::debug!(node = name, "heartbeat from an unknown node; asking it");
+                    self.request_status(node);
+                    return;
+                }
+                let live = self.live_entry(name, now);
+                live.last_seen = now;
+                let digest_differs = live.status_digest != Some(hb.status_digest);
+                self.set_ready(name, true, "Heartbeat received");
+                self.set_applied(name, hb.applied_generation);
+                let Some(n) = self.nodes.get_mut(name) else {
+                    return;
+                };
+                n.status.last_heartbeat = api::now_rfc3339();
+                if hb.applied_generation != n.status.desired_generation {
+                    tracing::debug!(
+                        node = name,
+                        applied = hb.applied_generation,
+                        desired = n.status.desired_generation,
+                        "republishing desired state"
+                    );
+                    self.publish_desired(name);
+                }
+                if digest_differs {
+                    self.request_status(node);
+                }
+            }
+            Body::Status(st) => {
+                if !self.nodes.contains_key(name) {
+                    tracing::debug!(node = name, "status from an unknown node; ignored");
+                    return;
+                }
+                let live = self.live_entry(name, now);
+                live.last_seen = now;
+                live.status_digest = Some(st.digest());
+                self.set_applied(name, st.applied_generation);
+                let host_ip = self.nodes.get(name).and_then(|n| n.status.address.clone());
+                for ps in st.pods.iter() {
+                    let Some(pod) = self.pods.get_mut(ps.name.as_str()) else {
+                        continue;
+                    };
+                    if pod.metadata.uid != ps.uid.as_str()
+                        || pod.spec.node_name.as_deref() != Some(name)
+                    {
+                        continue; // an older incarnation, or a pod moved away
+                    }
+                    let new = wire::pod_status(ps, &pod.spec, host_ip.clone());
+                    if new == pod.status {
+                        continue;
+                    }
+                    let old = std::mem::replace(&mut pod.status, new);
+                    let pod_name = pod.metadata.name.clone();
+                    let transitions = container_transitions(&old, &pod.status);
+                    self.touch(Tab::Pod, &pod_name);
+                    for (reason, msg) in transitions {
+                        self.record(format!("pod/{pod_name}"), reason, msg);
+                    }
+                }
+            }
+            Body::Offline => {
+                if let Some(live) = self.live.get_mut(name) {
+                    live.status_digest = None;
+                }
+                self.set_ready(name, false, "Agent went offline (last will)");
+            }
+            Body::Desired(_) | Body::StatusRequest | Body::RotateKey => {
+                tracing::warn!(node = name, "downward message on an upward topic; ignored");
+            }
+        }
+    }
+
+    pub(super) fn tick(&mut self) {
+        let now = Instant::now();
+        let stale: Vec<String> = self
+            .nodes
+            .values()
+            .filter(|n| n.status.ready)
+            .filter(|n| {
+                self.live
+                    .get(&n.metadata.name)
+                    .is_none_or(|l| now.duration_since(l.last_seen) >= self.heartbeat_timeout)
+            })
+            .map(|n| n.metadata.name.clone())
+            .collect();
+        for name in stale {
+            if let Some(live) = self.live.get_mut(&name) {
+                live.status_digest = None;
+            }
+            let why = format!("No heartbeat for {}s", self.heartbeat_timeout.as_secs());
+            self.set_ready(&name, false, &why);
+        }
+        self.evict_from_lost_nodes(now);
+    }
+
+    /// Deletes the Deployment pods of nodes NotReady for longer than the eviction timeout.
+    /// Settling then lets their Deployments create replacements, which the scheduler puts
+    /// on Ready nodes, and removes them from the lost node's desired state, so that the
+    /// node stops them as soon as it is back (it gets that state retained on reconnect,
+    /// and again on Hello or a heartbeat with an older generation).
+    fn evict_from_lost_nodes(&mut self, now: Instant) {
+        let lost: Vec<String> = self
+            .nodes
+            .values()
+            .filter(|n| !n.status.ready)
+            .filter(|n| {
+                self.not_ready_since
+                    .get(&n.metadata.name)
+                    .is_some_and(|since| now.duration_since(*since) >= self.pod_eviction_timeout)
+            })
+            .map(|n| n.metadata.name.clone())
+            .collect();
+        for node in lost {
+            let why = format!("NotReady for {}s", self.pod_eviction_timeout.as_secs());
+            self.evict_node(&node, &why);
+        }
+    }
+
+    /// Deletes the Deployment pods on `node` (their Deployments replace them elsewhere).
+    fn evict_node(&mut self, node: &str, why: &str) {
+        {
+            let evict: Vec<String> = self
+                .pods
+                .values()
+                .filter(|p| p.spec.node_name.as_deref() == Some(node))
+                .filter(|p| p.metadata.owner.is_some())
+                .map(|p| p.metadata.name.clone())
+                .collect();
+            if evict.is_empty() {
+                return;
+            }
+            self.record(
+                format!("node/{node}"),
+                "NodeLost",
+                format!("{why}: evicting {} pod(s) of deployments", evict.len()),
+            );
+            for name in evict {
+                self.pods.remove(&name);
+                self.draining.remove(&name);
+                self.touch(Tab::Pod, &name);
+                self.record(
+                    format!("pod/{name}"),
+                    "Evicted",
+                    format!("Node {node} was lost; its deployment replaces the pod elsewhere"),
+                );
+            }
+        }
+    }
+
+    /// A revoked node is shut out like a lost one, at once: NotReady (its messages are
+    /// refused, so it never becomes Ready again), its Deployment pods evicted and
+    /// replaced elsewhere, and its desired state emptied (published once, so an honest
+    /// agent stops its pods). Re-enrolling takes it back.
+    pub(super) fn set_revoked(&mut self, node: &str, revoked: bool) -> ApiReply {
+        if revoked {
+            if self.revoked.insert(node.to_owned()) {
+                self.set_ready(node, false, "Node identity revoked");
+                self.record(
+                    format!("node/{node}"),
+                    "Revoked",
+                    "Node identity revoked: its messages are refused".into(),
+                );
+                self.evict_node(node, "Node identity revoked");
+            }
+        } else if self.revoked.remove(node) {
+            self.record(
+                format!("node/{node}"),
+                "Enrolled",
+                "Node enrolled again with a new identity".into(),
+            );
+        }
+        ApiReply::Revocation(Revocation {
+            node: node.to_owned(),
+            revoked,
+        })
+    }
+}
+
+/// Events worth recording when a pod's container states change.
+fn container_transitions(
+    old: &api::PodStatus,
+    new: &api::PodStatus,
+) -> Vec<(&'static str, String)> {
+    let mut out = Vec::new();
+    for c in &new.container_statuses {
+        let before = old.container_statuses.iter().find(|o| o.name == c.name);
+        let same_state = before.is_some_and(|b| {
+            std::mem::discriminant(&b.state) == std::mem::discriminant(&c.state)
+                && b.restart_count == c.restart_count
+        });
+        if same_state {
+            continue;
+        }
+        let n = &c.name;
+        match &c.state {
+            api::ContainerState::Pulling => {
+                out.push(("Pulling", format!("Pulling image for container {n}")))
+            }
+            api::ContainerState::Running { .. } => {
+                out.push(("Started", format!("Started container {n}")))
+            }
+            api::ContainerState::OOMKilled => out.push((
+                "OOMKilled",
+                format!("Container {n} was killed: out of memory"),
+            )),
+            api::ContainerState::Exited { exit_code: 0 } => {
+                out.push(("Completed", format!("Container {n} exited with code 0")))
+            }
+            api::ContainerState::Exited { exit_code } => out.push((
+                "Error",
+                format!("Container {n} exited with code {exit_code}"),
+            )),
+            api::ContainerState::Failed { reason } => {
+                out.push(("Failed", format!("Container {n}: {reason}")))
+            }
+            api::ContainerState::Pending => {}
+        }
+    }
+    out
+}

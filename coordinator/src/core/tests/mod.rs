@@ -1,0 +1,200 @@
+//! The core driven by events, as the MQTT bridge and HTTP server drive it, with an
+//! in-memory store; split by concern like the core itself.
+
+mod nodes;
+mod requests;
+mod rollouts;
+mod scheduling;
+mod secrets;
+mod txn;
+
+use super::*;
+use crate::contract::ApplyAction;
+use crate::decide::rollout;
+use crate::model::manifest;
+use crate::store::MemStore;
+use baton_proto::{
+    BString, BVec, Capacity, ContainerState, ContainerStatus, DesiredState, Heartbeat, Hello,
+    NodeStatus, PodStatus,
+};
+
+const TIMEOUT: Duration = Duration::from_secs(20);
+
+fn deployment(name: &str, replicas: u32, cpu: &str) -> String {
+    format!(
+        "apiVersion: apps/v1
+kind: Deployment
+metadata:
+  name: {name}
+spec:
+  replicas: {replicas}
+  selector:
+    matchLabels: {{app: {name}}}
+  template:
+    metadata:
+      labels: {{app: {name}}}
+    spec:
+      containers:
+      - name: main
+        image: busybox:1.36
+        resources:
+          limits: {{cpu: {cpu}, memory: 32Mi}}
+"
+    )
+}
+
+struct Harness {
+    core: Core,
+    out: mpsc::Receiver<Outbound>,
+    store: Arc<MemStore>,
+}
+
+impl Harness {
+    fn new(store: Arc<MemStore>) -> Self {
+        let (tx, out) = mpsc::channel(1024);
+        let core = Core::new(store.clone(), tx, TIMEOUT).unwrap();
+        Self { core, out, store }
+    }
+    fn api(&mut self, op: ApiOp) -> Result<ApiReply, ApiError> {
+        let (req, mut rx) = ApiRequest::new(op);
+        self.core.handle(Event::Api(req));
+        rx.try_recv().expect("the core answers every request")
+    }
+    fn apply(&mut self, yaml: &str) -> Result<Vec<Applied>, ApiError> {
+        match self.api(ApiOp::Apply { yaml: yaml.into() })? {
+            ApiReply::Applied(a) => Ok(a),
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+    fn send(&mut self, node: &str, body: Body) {
+        self.core.handle(Event::Inbound {
+            node: nn(node),
+            body,
+        });
+    }
+    fn drain(&mut self) -> Vec<Outbound> {
+        let mut v = Vec::new();
+        while let Ok(m) = self.out.try_recv() {
+            v.push(m);
+        }
+        v
+    }
+    fn pods(&mut self) -> Vec<api::Pod> {
+        match self
+            .api(ApiOp::Get {
+                kind: ResourceKind::Pod,
+                name: None,
+            })
+            .unwrap()
+        {
+            ApiReply::Objects(o) => o
+                .into_iter()
+                .map(|v| match v {
+                    ApiObject::Pod(p) => p,
+                    other => panic!("not a pod: {other:?}"),
+                })
+                .collect(),
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+    fn node(&mut self, name: &str) -> api::Node {
+        match self
+            .api(ApiOp::Get {
+                kind: ResourceKind::Node,
+                name: Some(name.into()),
+            })
+            .unwrap()
+        {
+            ApiReply::Object(ApiObject::Node(n)) => n,
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+    fn snapshot(&self) -> Vec<Vec<(String, Vec<u8>)>> {
+        [Table::Deployments, Table::Pods, Table::Nodes, Table::Events]
+            .into_iter()
+            .map(|t| self.store.list(t).unwrap())
+            .collect()
+    }
+}
+
+fn nn(s: &str) -> NodeName {
+    NodeName::new(s).unwrap()
+}
+
+fn hello(cpu_millis: u32) -> Body {
+    Body::Hello(Hello {
+        arch: "arm64".try_into().unwrap(),
+        arch_variant: Default::default(),
+        os: "linux".try_into().unwrap(),
+        agent_version: "0.1.0".try_into().unwrap(),
+        allocatable: Capacity {
+            cpu_millis,
+            memory_bytes: 1 << 30,
+            pods: 110,
+        },
+        labels: BVec::new(),
+        address: Some("192.168.1.10".parse().unwrap()),
+        pod_cidr: BString::new("10.42.1.0/24").unwrap(),
+        applied_generation: 0,
+        last_connect_error: None,
+    })
+}
+
+/// The last desired state sent to `node` among `msgs`.
+fn desired_for(msgs: &[Outbound], node: &str) -> Option<DesiredState> {
+    msgs.iter().rev().find_map(|m| match &m.body {
+        Body::Desired(d) if m.node.as_str() == node => {
+            assert!(m.retain, "desired state is published retained");
+            Some(d.clone())
+        }
+        _ => None,
+    })
+}
+
+fn status_requests(msgs: &[Outbound], node: &str) -> usize {
+    msgs.iter()
+        .filter(|m| m.node.as_str() == node && m.body == Body::StatusRequest)
+        .count()
+}
+
+fn running_status(desired: &DesiredState, applied: u64) -> NodeStatus {
+    let pods = desired
+        .pods
+        .iter()
+        .map(|p| PodStatus {
+            name: p.name.clone(),
+            uid: p.uid.clone(),
+            pod_ip: Some("10.42.1.5".parse().unwrap()),
+            containers: BVec::from_vec(vec![ContainerStatus {
+                name: BString::new("main").unwrap(),
+                state: ContainerState::Running {
+                    started_at_ms: 1_700_000_000_000,
+                },
+                restart_count: 0,
+                last_termination: None,
+                ready: true,
+            }])
+            .unwrap(),
+            init_containers: BVec::new(),
+        })
+        .collect();
+    NodeStatus {
+        applied_generation: applied,
+        pods: BVec::from_vec(pods).unwrap(),
+    }
+}
+
+fn two_nodes() -> Harness {
+    let mut h = Harness::new(Arc::new(MemStore::new()));
+    h.send("pi-1", hello(4000));
+    h.send("pi-2", hello(4000));
+    let msgs = h.drain();
+    for n in ["pi-1", "pi-2"] {
+        let d = desired_for(&msgs, n).expect("a hello gets a desired state");
+        assert!(d.generation >= 1 && d.pods.is_empty(), "{d:?}");
+        // The agent sends its status after every Hello by itself; asking here made it
+        // say Hello again, and the two ping-ponged.
+        assert_eq!(status_requests(&msgs, n), 0);
+    }
+    h
+}

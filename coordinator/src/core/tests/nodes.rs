@@ -1,0 +1,424 @@
+//! Node messages, liveness, loss and eviction.
+
+use super::*;
+
+#[tokio::test(start_paused = true)]
+async fn a_revoked_node_stays_not_ready_whatever_reaches_the_core() {
+    let mut h = two_nodes();
+    assert!(h.node("pi-1").status.ready);
+    h.api(ApiOp::SetRevoked {
+        name: "pi-1".into(),
+        revoked: true,
+    })
+    .unwrap();
+    assert!(!h.node("pi-1").status.ready);
+    // A message verified just before the revocation, still queued for the core.
+    h.send(
+        "pi-1",
+        Body::Heartbeat(Heartbeat {
+            applied_generation: 1,
+            status_digest: 0,
+        }),
+    );
+    h.send("pi-1", hello(4000));
+    assert!(!h.node("pi-1").status.ready, "a revoked node became Ready");
+    assert!(h.node("pi-2").status.ready);
+}
+
+#[tokio::test(start_paused = true)]
+async fn heartbeats_heal_lost_messages() {
+    let mut h = two_nodes();
+    h.apply(&deployment("web", 2, "100m")).unwrap();
+    let msgs = h.drain();
+    let d = desired_for(&msgs, "pi-1").unwrap();
+
+    // A heartbeat with a stale generation makes the core republish.
+    h.send(
+        "pi-1",
+        Body::Heartbeat(Heartbeat {
+            applied_generation: d.generation - 1,
+            status_digest: 0,
+        }),
+    );
+    let msgs = h.drain();
+    assert_eq!(desired_for(&msgs, "pi-1"), Some(d.clone()));
+    // No status yet, so any digest differs: ask for a status.
+    assert_eq!(status_requests(&msgs, "pi-1"), 1);
+
+    // After a full status, a matching heartbeat costs nothing...
+    let st = running_status(&d, d.generation);
+    h.send("pi-1", Body::Status(st.clone()));
+    h.drain();
+    h.send(
+        "pi-1",
+        Body::Heartbeat(Heartbeat {
+            applied_generation: d.generation,
+            status_digest: st.digest(),
+        }),
+    );
+    assert!(h.drain().is_empty());
+    // ...and a heartbeat with another digest asks for the status again.
+    h.send(
+        "pi-1",
+        Body::Heartbeat(Heartbeat {
+            applied_generation: d.generation,
+            status_digest: st.digest() ^ 1,
+        }),
+    );
+    let msgs = h.drain();
+    assert_eq!(status_requests(&msgs, "pi-1"), 1);
+    assert!(desired_for(&msgs, "pi-1").is_none());
+}
+
+#[tokio::test(start_paused = true)]
+async fn status_updates_pods_and_the_deployment() {
+    let mut h = two_nodes();
+    h.apply(&deployment("web", 2, "100m")).unwrap();
+    let msgs = h.drain();
+    for n in ["pi-1", "pi-2"] {
+        let d = desired_for(&msgs, n).unwrap();
+        h.send(n, Body::Status(running_status(&d, d.generation)));
+    }
+    let pods = h.pods();
+    assert!(
+        pods.iter()
+            .all(|p| p.status.phase == api::PodPhase::Running),
+        "{pods:?}"
+    );
+    assert!(pods
+        .iter()
+        .all(|p| p.status.pod_ip.as_deref() == Some("10.42.1.5")));
+    let ApiReply::Object(d) = h
+        .api(ApiOp::Get {
+            kind: ResourceKind::Deployment,
+            name: Some("web".into()),
+        })
+        .unwrap()
+    else {
+        panic!()
+    };
+    let ApiObject::Deployment(d) = d else {
+        panic!("not a deployment: {d:?}")
+    };
+    assert_eq!(d.status.ready_replicas, 2);
+
+    // A status for a pod with another uid (an older incarnation) is ignored.
+    let mut stale = running_status(&desired_for(&msgs, "pi-1").unwrap(), 1);
+    let name = stale.pods[0].name.to_string();
+    let mut pods = stale.pods.into_vec();
+    pods[0].uid = BString::new("other").unwrap();
+    pods[0].containers = BVec::from_vec(vec![ContainerStatus {
+        name: BString::new("main").unwrap(),
+        state: ContainerState::OomKilled,
+        restart_count: 1,
+        last_termination: None,
+        ready: true,
+    }])
+    .unwrap();
+    stale.pods = BVec::from_vec(pods).unwrap();
+    h.send("pi-1", Body::Status(stale));
+    let p = h
+        .pods()
+        .into_iter()
+        .find(|p| p.metadata.name == name)
+        .unwrap();
+    assert_eq!(p.status.phase, api::PodPhase::Running);
+}
+
+#[tokio::test(start_paused = true)]
+async fn oom_kill_is_an_event() {
+    let mut h = two_nodes();
+    h.apply(&deployment("web", 1, "100m")).unwrap();
+    let msgs = h.drain();
+    let (node, d) = ["pi-1", "pi-2"]
+        .iter()
+        .find_map(|n| {
+            desired_for(&msgs, n)
+                .filter(|d| !d.pods.is_empty())
+                .map(|d| (*n, d))
+        })
+        .unwrap();
+    let mut st = running_status(&d, d.generation);
+    let mut pods = st.pods.into_vec();
+    pods[0].containers = BVec::from_vec(vec![ContainerStatus {
+        name: BString::new("main").unwrap(),
+        state: ContainerState::OomKilled,
+        restart_count: 1,
+        last_termination: None,
+        ready: true,
+    }])
+    .unwrap();
+    st.pods = BVec::from_vec(pods).unwrap();
+    h.send(node, Body::Status(st));
+    let name = d.pods[0].name.to_string();
+    let ApiReply::Described { events, .. } = h
+        .api(ApiOp::Describe {
+            kind: ResourceKind::Pod,
+            name,
+        })
+        .unwrap()
+    else {
+        panic!()
+    };
+    let reasons: Vec<&str> = events.iter().map(|e| e.reason.as_str()).collect();
+    assert_eq!(reasons, ["Created", "Scheduled", "OOMKilled"]);
+}
+
+#[tokio::test(start_paused = true)]
+async fn lost_nodes_become_not_ready() {
+    let mut h = two_nodes();
+    h.apply(&deployment("web", 2, "100m")).unwrap();
+    h.send("pi-1", Body::Offline);
+    assert!(!h.node("pi-1").status.ready);
+    let on_1: Vec<api::Pod> = h
+        .pods()
+        .into_iter()
+        .filter(|p| p.spec.node_name.as_deref() == Some("pi-1"))
+        .collect();
+    assert!(
+        !on_1.is_empty()
+            && on_1
+                .iter()
+                .all(|p| p.status.phase == api::PodPhase::Unknown)
+    );
+
+    // pi-2 keeps beating for a while, then stops.
+    for _ in 0..3 {
+        tokio::time::advance(Duration::from_secs(5)).await;
+        h.send(
+            "pi-2",
+            Body::Heartbeat(Heartbeat {
+                applied_generation: 0,
+                status_digest: 0,
+            }),
+        );
+        h.core.handle(Event::Tick);
+        assert!(h.node("pi-2").status.ready);
+    }
+    tokio::time::advance(TIMEOUT - Duration::from_secs(1)).await;
+    h.core.handle(Event::Tick);
+    assert!(h.node("pi-2").status.ready, "not yet timed out");
+    tokio::time::advance(Duration::from_secs(2)).await;
+    h.core.handle(Event::Tick);
+    assert!(!h.node("pi-2").status.ready);
+    let ApiReply::Events(ev) = h
+        .api(ApiOp::Events {
+            object: Some("node/pi-2".into()),
+        })
+        .unwrap()
+    else {
+        panic!()
+    };
+    assert_eq!(ev.last().map(|e| e.reason.as_str()), Some("NodeNotReady"));
+
+    // A heartbeat brings it back.
+    h.send(
+        "pi-2",
+        Body::Heartbeat(Heartbeat {
+            applied_generation: 0,
+            status_digest: 0,
+        }),
+    );
+    assert!(h.node("pi-2").status.ready);
+}
+
+// ----- node loss: eviction and return ----------------------------------------
+
+fn beat(h: &mut Harness, node: &str) {
+    h.send(
+        node,
+        Body::Heartbeat(Heartbeat {
+            applied_generation: 0,
+            status_digest: 0,
+        }),
+    );
+}
+
+/// Lets `secs` pass in 1 s steps, `alive` beating and the core ticking every second.
+async fn pass(h: &mut Harness, secs: u64, alive: &str) {
+    for _ in 0..secs {
+        tokio::time::advance(Duration::from_secs(1)).await;
+        beat(h, alive);
+        h.core.handle(Event::Tick);
+    }
+}
+
+fn on_node(pods: &[api::Pod], node: &str) -> Vec<api::Pod> {
+    pods.iter()
+        .filter(|p| p.spec.node_name.as_deref() == Some(node))
+        .cloned()
+        .collect()
+}
+
+fn reasons(h: &mut Harness, object: &str) -> Vec<String> {
+    let ApiReply::Events(ev) = h
+        .api(ApiOp::Events {
+            object: Some(object.into()),
+        })
+        .unwrap()
+    else {
+        panic!("not events")
+    };
+    ev.into_iter().map(|e| e.reason).collect()
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_silent_node_loses_its_deployment_pods_after_the_eviction_timeout() {
+    let eviction = Duration::from_secs(60);
+    let mut h = two_nodes();
+    let bare = "apiVersion: v1\nkind: Pod\nmetadata: {name: solo}\nspec:\n  containers: [{name: c, image: busybox:1.36}]\n";
+    h.apply(bare).unwrap();
+    let lost = h.pods()[0].spec.node_name.clone().unwrap();
+    let alive = if lost == "pi-1" { "pi-2" } else { "pi-1" };
+    h.apply(&deployment("web", 3, "100m")).unwrap();
+    let before = on_node(&h.pods(), &lost);
+    let evicted: Vec<api::Pod> = before
+        .iter()
+        .filter(|p| p.metadata.owner.is_some())
+        .cloned()
+        .collect();
+    assert!(
+        !evicted.is_empty(),
+        "the lost node runs web pods: {before:?}"
+    );
+    h.drain();
+
+    // The heartbeat timeout makes it NotReady; its pods stay (Unknown) until eviction.
+    pass(&mut h, TIMEOUT.as_secs() + 1, alive).await;
+    assert!(!h.node(&lost).status.ready);
+    pass(&mut h, eviction.as_secs() - 2, alive).await;
+    assert_eq!(
+        on_node(&h.pods(), &lost).len(),
+        before.len(),
+        "evicted too early"
+    );
+    assert!(on_node(&h.pods(), &lost)
+        .iter()
+        .all(|p| p.status.phase == api::PodPhase::Unknown));
+    pass(&mut h, 3, alive).await;
+
+    // Its deployment pods are gone and replaced on the Ready node; the bare pod stays.
+    let pods = h.pods();
+    let left = on_node(&pods, &lost);
+    assert_eq!(left.len(), 1, "{left:?}");
+    assert_eq!(left[0].metadata.name, "solo");
+    assert_eq!(left[0].status.phase, api::PodPhase::Unknown);
+    let web: Vec<&api::Pod> = pods
+        .iter()
+        .filter(|p| p.metadata.owner.as_deref() == Some("web"))
+        .collect();
+    assert_eq!(web.len(), 3);
+    assert!(web
+        .iter()
+        .all(|p| p.spec.node_name.as_deref() == Some(alive)));
+    assert!(reasons(&mut h, &format!("node/{lost}")).contains(&"NodeLost".to_string()));
+    for p in &evicted {
+        let r = reasons(&mut h, &format!("pod/{}", p.metadata.name));
+        assert_eq!(r.last().map(String::as_str), Some("Evicted"), "{r:?}");
+    }
+    let msgs = h.drain();
+    let to_alive = desired_for(&msgs, alive).expect("replacements are published");
+    assert_eq!(to_alive.pods.len(), 3);
+    // The lost node's retained desired state no longer lists the evicted pods.
+    let to_lost = desired_for(&msgs, &lost).expect("the lost node's state is republished");
+    let names: Vec<&str> = to_lost.pods.iter().map(|p| p.name.as_str()).collect();
+    assert_eq!(names, vec!["solo"]);
+
+    // Another eviction period changes nothing more.
+    pass(&mut h, eviction.as_secs() + 1, alive).await;
+    assert_eq!(h.pods().len(), 4);
+
+    // The node returns: it is Ready again, is sent the state without the evicted pods,
+    // and its report about them is ignored.
+    h.send(&lost, hello(4000));
+    assert!(h.node(&lost).status.ready);
+    let msgs = h.drain();
+    let back = desired_for(&msgs, &lost).unwrap();
+    assert_eq!(back, to_lost);
+    let old = DesiredState {
+        generation: back.generation,
+        pods: BVec::from_vec(
+            evicted
+                .iter()
+                .map(|p| crate::model::wire::pod_spec(p).unwrap())
+                .collect(),
+        )
+        .unwrap(),
+        secrets: BVec::new(),
+    };
+    h.send(&lost, Body::Status(running_status(&old, back.generation)));
+    let pods = h.pods();
+    assert_eq!(pods.len(), 4);
+    assert!(evicted
+        .iter()
+        .all(|e| pods.iter().all(|p| p.metadata.name != e.metadata.name)));
+    // A heartbeat with the generation it had before the loss gets the state again.
+    h.send(
+        &lost,
+        Body::Heartbeat(Heartbeat {
+            applied_generation: back.generation - 1,
+            status_digest: 0,
+        }),
+    );
+    assert_eq!(desired_for(&h.drain(), &lost), Some(back));
+}
+
+#[tokio::test(start_paused = true)]
+async fn an_offline_node_is_not_ready_at_once_and_evicted_after_the_timeout() {
+    let (tx, out) = mpsc::channel(1024);
+    let store = Arc::new(MemStore::new());
+    let core = Core::new(store.clone(), tx, TIMEOUT)
+        .unwrap()
+        .with_pod_eviction_timeout(Duration::from_secs(5));
+    let mut h = Harness { core, out, store };
+    h.send("pi-1", hello(4000));
+    h.send("pi-2", hello(4000));
+    h.apply(&deployment("web", 2, "100m")).unwrap();
+    assert_eq!(on_node(&h.pods(), "pi-1").len(), 1);
+    h.send("pi-1", Body::Offline);
+    assert!(
+        !h.node("pi-1").status.ready,
+        "the last will is NotReady at once"
+    );
+    pass(&mut h, 4, "pi-2").await;
+    assert_eq!(on_node(&h.pods(), "pi-1").len(), 1);
+    pass(&mut h, 2, "pi-2").await;
+    assert!(on_node(&h.pods(), "pi-1").is_empty());
+    assert_eq!(on_node(&h.pods(), "pi-2").len(), 2);
+    // A restarted coordinator keeps the outcome.
+    let again = Harness::new(h.store.clone());
+    assert_eq!(again.core.pods.len(), 2);
+}
+
+/// The agent's report of why it could not connect is shown on the node, survives the
+/// Hellos that carry none (it got through at once since) and keeps the time of its
+/// first report while repeated within one connection.
+#[test]
+fn a_nodes_last_connect_error_is_kept_until_replaced() {
+    let mut h = Harness::new(Arc::new(MemStore::default()));
+    let with_error = |msg: &str| match hello(1000) {
+        Body::Hello(mut hl) => {
+            hl.last_connect_error = Some(BString::new(msg).unwrap());
+            Body::Hello(hl)
+        }
+        _ => unreachable!(),
+    };
+    h.send("pi-1", hello(1000));
+    assert_eq!(h.node("pi-1").status.last_connect_error, None);
+    h.send("pi-1", with_error("connection refused"));
+    let first = h.node("pi-1").status.last_connect_error.unwrap();
+    assert_eq!(first.message, "connection refused");
+    std::thread::sleep(std::time::Duration::from_millis(1100));
+    h.send("pi-1", with_error("connection refused"));
+    assert_eq!(
+        h.node("pi-1").status.last_connect_error,
+        Some(first.clone())
+    );
+    h.send("pi-1", hello(1000));
+    assert_eq!(h.node("pi-1").status.last_connect_error, Some(first));
+    h.send("pi-1", with_error("timed out"));
+    assert_eq!(
+        h.node("pi-1").status.last_connect_error.unwrap().message,
+        "timed out"
+    );
+}

@@ -1,0 +1,174 @@
+//! Transactions: each event's changes are marked as touched, settled, committed to the
+//! store in one atomic `commit`, and only then sent; a failed commit reloads the committed
+//! state (see the module docs of [`crate::core`]).
+
+use std::collections::BTreeMap;
+
+use tokio::time::Instant;
+
+use crate::decide::controller;
+use crate::model::api;
+use crate::store::{Op, Store, Table};
+
+use super::events::event_key;
+use super::{ApiError, Core, CoreError, Live, Tab, MAX_EVENTS};
+
+impl Core {
+    /// Replaces the in-memory state with what the store holds (at start, and to drop an
+    /// uncommitted change).
+    pub(super) fn load(&mut self) -> Result<(), CoreError> {
+        let store = self.store.as_ref();
+        self.deployments = load_table(store, Table::Deployments, "deployment")?;
+        self.pods = load_table(store, Table::Pods, "pod")?;
+        self.revisions = load_table(store, Table::Revisions, "revision")?;
+        let drain_end = Instant::now() + self.pod_drain;
+        self.draining = self
+            .pods
+            .values()
+            .filter(|p| controller::is_terminating(p))
+            .map(|p| (p.metadata.name.clone(), drain_end))
+            .collect();
+        self.nodes = load_table(store, Table::Nodes, "node")?;
+        self.secrets = self.load_secrets()?.0;
+        let store = self.store.as_ref();
+        let events: BTreeMap<String, api::Event> = load_table(store, Table::Events, "event")?;
+        self.events = events
+            .into_iter()
+            .filter_map(|(k, e)| Some((k.parse::<u64>().ok()?, e)))
+            .collect();
+        self.next_event = self.events.back().map_or(1, |(s, _)| s + 1);
+        let now = Instant::now();
+        // A node known from the store gets a full heartbeat timeout to come back.
+        for name in self.nodes.keys() {
+            self.live.entry(name.clone()).or_insert(Live {
+                last_seen: now,
+                status_digest: None,
+            });
+        }
+        // ...and a NotReady one a full eviction timeout.
+        for n in self.nodes.values().filter(|n| !n.status.ready) {
+            self.not_ready_since
+                .entry(n.metadata.name.clone())
+                .or_insert(now);
+        }
+        self.desired = self
+            .nodes
+            .keys()
+            .map(|n| (n.clone(), self.desired_pods(n)))
+            .collect();
+        self.desired_secrets = self
+            .nodes
+            .keys()
+            .map(|n| (n.clone(), self.desired_secret_list(n)))
+            .collect();
+        self.dirty.clear();
+        self.new_events.clear();
+        self.pending_out.clear();
+        Ok(())
+    }
+
+    pub(super) fn touch(&mut self, tab: Tab, name: &str) {
+        self.dirty.insert((tab, name.to_owned()));
+    }
+
+    /// Throws away uncommitted changes by reloading the committed state.
+    pub(super) fn abort(&mut self) {
+        if self.dirty.is_empty() && self.new_events.is_empty() && self.pending_out.is_empty() {
+            return;
+        }
+        if let Err(e) = self.load() {
+            tracing::error!(error = %e, "cannot reload state from the store");
+        }
+    }
+
+    /// Settles the state, commits it atomically, then sends what the change requires.
+    pub(super) fn finish(&mut self) -> Result<(), ApiError> {
+        self.settle();
+        if !self.dirty.is_empty() || !self.new_events.is_empty() {
+            let ops = self.ops();
+            if let Err(e) = self.store.commit(ops) {
+                tracing::error!(error = %e, "store commit failed; reloading the committed state");
+                self.abort();
+                return Err(ApiError::Internal(format!("cannot save the change: {e}")));
+            }
+            for e in std::mem::take(&mut self.new_events) {
+                self.events.push_back((self.next_event, e));
+                self.next_event += 1;
+            }
+            while self.events.len() > MAX_EVENTS {
+                self.events.pop_front();
+            }
+            self.dirty.clear();
+        }
+        for msg in std::mem::take(&mut self.pending_out) {
+            // Never block the core on the bus: a message lost here is resent when the next
+            // heartbeat shows the mismatch.
+            if let Err(e) = self.outbound.try_send(msg) {
+                tracing::warn!(error = %e, "outbound queue full; the next heartbeat will resend");
+            }
+        }
+        Ok(())
+    }
+
+    fn ops(&self) -> Vec<Op> {
+        let mut ops = Vec::new();
+        for (tab, name) in &self.dirty {
+            let (table, value) = match tab {
+                Tab::Deployment => (
+                    Table::Deployments,
+                    self.deployments.get(name).map(serde_json::to_vec),
+                ),
+                Tab::Pod => (Table::Pods, self.pods.get(name).map(serde_json::to_vec)),
+                Tab::Node => (Table::Nodes, self.nodes.get(name).map(serde_json::to_vec)),
+                Tab::Revision => (
+                    Table::Revisions,
+                    self.revisions.get(name).map(serde_json::to_vec),
+                ),
+                Tab::Secret => (
+                    Table::Secrets,
+                    self.secrets.get(name).map(|s| {
+                        self.secret_keeper
+                            .to_store(name, s)
+                            .map_err(serde::ser::Error::custom)
+                    }),
+                ),
+            };
+            match value {
+                Some(Ok(bytes)) => ops.push(Op::Put(table, name.clone(), bytes)),
+                Some(Err(e)) => tracing::error!(%name, error = %e, "cannot serialize an object"),
+                None => ops.push(Op::Delete(table, name.clone())),
+            }
+        }
+        for (seq, e) in (self.next_event..).zip(&self.new_events) {
+            if let Ok(bytes) = serde_json::to_vec(e) {
+                ops.push(Op::Put(Table::Events, event_key(seq), bytes));
+            }
+        }
+        let total = self.events.len() + self.new_events.len();
+        for (old, _) in self.events.iter().take(total.saturating_sub(MAX_EVENTS)) {
+            ops.push(Op::Delete(Table::Events, event_key(*old)));
+        }
+        // New events beyond the bound within one transaction (a huge apply) are
+        // written and trimmed at the next commit.
+        ops
+    }
+}
+
+fn load_table<T: serde::de::DeserializeOwned>(
+    store: &dyn Store,
+    table: Table,
+    name: &'static str,
+) -> Result<BTreeMap<String, T>, CoreError> {
+    store
+        .list(table)?
+        .into_iter()
+        .map(|(k, v)| match serde_json::from_slice(&v) {
+            Ok(t) => Ok((k, t)),
+            Err(source) => Err(CoreError::Corrupt {
+                table: name,
+                key: k,
+                source,
+            }),
+        })
+        .collect()
+}

@@ -275,7 +275,7 @@ fn new_uid() -> String {
 fn random_suffix() -> String {
     const ALPHABET: &[u8] = b"abcdefghijklmnopqrstuvwxyz0123456789";
     let mut rng = rand::thread_rng();
-    (0..controller::POD_NAME_SUFFIX_LEN)
+    (0..api::POD_NAME_SUFFIX_LEN)
         .map(|_| ALPHABET[rng.gen_range(0..ALPHABET.len())] as char)
         .collect()
 }

@@ -19,7 +19,8 @@ use baton_proto::sign::VerifyingKey;
 
 use crate::decide::controller;
 use crate::model::api;
-use crate::model::secrets::{encode_data, references};
+use crate::model::secrets::references;
+use crate::model::wire::{self, encode_data};
 use crate::store::Table;
 
 use super::{Core, CoreError, Tab};
@@ -258,22 +259,7 @@ impl Core {
         node: &str,
         pods: &[proto::PodSpec],
     ) -> Vec<SentSecret> {
-        let mut names = BTreeSet::new();
-        for p in pods {
-            for c in p.init_containers.iter().chain(p.containers.iter()) {
-                for e in c.env.iter() {
-                    if let proto::EnvValue::SecretKey { secret, .. } = &e.value {
-                        names.insert(secret.as_str().to_owned());
-                    }
-                }
-            }
-            for v in p.volumes.iter() {
-                if let proto::VolumeSource::Secret { secret_name } = &v.source {
-                    names.insert(secret_name.as_str().to_owned());
-                }
-            }
-            names.extend(p.image_pull_secrets.iter().map(|n| n.as_str().to_owned()));
-        }
+        let names = wire::secret_names(pods);
         if names.is_empty() {
             return Vec::new();
         }

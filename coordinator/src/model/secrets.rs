@@ -1,31 +1,9 @@
-//! Pure facts about Secrets that both the core (which withholds a pod until its secrets can
-//! be sent) and `crate::security::secrets` (which seals them) need: which secrets a pod
-//! references, and the bytes a secret is sealed as.
+//! Which secrets a pod references: what the core withholds a pod for until its secrets
+//! can be sent. (The bytes a secret is sealed as are wire: `crate::model::wire`.)
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use baton_proto::{self as proto, BString, BVec};
-
 use crate::model::api;
-
-/// The postcard bytes of a secret's [`proto::SecretData`]: what gets sealed. The secrets'
-/// half of the domain-to-wire conversion of [`crate::model::wire`].
-pub fn encode_data(secret: &api::Secret) -> Result<Vec<u8>, proto::ProtoError> {
-    let items = secret
-        .data
-        .iter()
-        .map(|(k, v)| {
-            Ok(proto::SecretItem {
-                key: BString::new(k.as_str())?,
-                value: BVec::from_vec(v.clone())?,
-            })
-        })
-        .collect::<Result<Vec<_>, proto::ProtoError>>()?;
-    let data = proto::SecretData {
-        items: BVec::from_vec(items)?,
-    };
-    postcard::to_allocvec(&data).map_err(proto::ProtoError::Encode)
-}
 
 /// The secrets a pod references, each with the keys it needs by name (env
 /// `secretKeyRef`s); volumes and `imagePullSecrets` need the secret only.

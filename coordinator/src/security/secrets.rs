@@ -45,7 +45,7 @@ use sha2::Sha256;
 use crate::core::secrets::{Keeper, KeeperError, SentSecret, ENCRYPTED_PREFIX};
 use crate::core::CoreError;
 use crate::model::api;
-use crate::model::secrets::encode_data;
+use crate::model::wire::encode_data;
 
 /// The data key's file inside `<data-dir>/pki`.
 pub const KEY_FILE: &str = "secrets.key";

@@ -5,15 +5,17 @@
 //! `api` object or the other way round. Keeping the mapping here means a change to either
 //! side is a change to exactly one module, and the defaults Kubernetes users expect
 //! (requests default to limits, `imagePullPolicy` depends on the tag) live in one place.
-//! Down to agents: `spec`; up from them: `status` and `node`.
+//! Down to agents: `spec` and `secret`; up from them: `status` and `node`.
 
 mod node;
+mod secret;
 mod spec;
 mod status;
 
 use baton_proto::{BString, BVec};
 
 pub use node::node_from_hello;
+pub use secret::{encode_data, secret_names};
 pub use spec::{default_pull_policy, pod_spec};
 pub use status::pod_status;
 

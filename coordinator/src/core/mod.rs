@@ -52,7 +52,6 @@ use tokio::time::Instant;
 
 use crate::contract::body::{ApiObject, Revocation, RolloutProgress, UndoResult};
 use crate::contract::{Applied, ResourceKind};
-use crate::decide::controller;
 use crate::decide::policy::Policy;
 use crate::model::api;
 use crate::store::{Op, Store, StoreError, Table};

@@ -14,8 +14,8 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context, Result};
 
 pub mod certs;
-mod lab;
 pub mod fleet;
+mod lab;
 pub mod proxy;
 pub mod token_server;
 

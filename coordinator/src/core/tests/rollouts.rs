@@ -1,6 +1,7 @@
 //! Rollouts: capacity bounds, drain, revisions.
 
 use super::*;
+use crate::decide::controller;
 
 /// Reports every pod in each node's desired state: those in `ready` as running (and
 /// so ready), the others as still pending.

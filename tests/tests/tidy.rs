@@ -405,3 +405,54 @@ fn the_cli_builds_no_route_by_hand() {
         bad.join("\n")
     );
 }
+
+#[test]
+fn each_store_table_has_one_owner() {
+    // docs/architecture.md: the core is the only writer of the object tables; every other
+    // table belongs to one module outside it. A second module naming a table is a second
+    // writer (or a reader behind the owner's back).
+    let owners: &[(&str, &str)] = &[
+        ("Deployments", "core"),
+        ("Pods", "core"),
+        ("Nodes", "core"),
+        ("Events", "core"),
+        ("Revisions", "core"),
+        ("Secrets", "core"),
+        ("Tokens", "security::auth"),
+        ("JoinTokens", "security::enroll"),
+        ("Identities", "security::gate"),
+        ("Seqs", "security::gate"),
+        ("Meta", "security::gate"),
+        ("Images", "registry"),
+    ];
+    let root = repo_root();
+    let src = root.join("coordinator/src");
+    let mut files = Vec::new();
+    rust_files(&src, &mut files);
+    let mut bad = Vec::new();
+    for f in &files {
+        let module = module_of(&src, f).join("::");
+        if module == "store" {
+            continue; // where the tables are defined
+        }
+        for (n, l) in non_test_code(f) {
+            for (table, owner) in owners {
+                let named = l.match_indices(&format!("Table::{table}")).any(|(i, m)| {
+                    !l[i + m.len()..].starts_with(|c: char| c.is_ascii_alphanumeric())
+                });
+                let owned = module == *owner || module.starts_with(&format!("{owner}::"));
+                if named && !owned {
+                    bad.push(format!(
+                        "{}:{n}: Table::{table} belongs to {owner}",
+                        f.strip_prefix(&root).unwrap().display()
+                    ));
+                }
+            }
+        }
+    }
+    assert!(
+        bad.is_empty(),
+        "store tables used outside their owner:\n{}",
+        bad.join("\n")
+    );
+}

@@ -2,22 +2,21 @@
 //!
 //! The routes, their methods and bodies are defined once, in [`crate::contract::routes`];
 //! this module serves each at its contract path with the contract's method
-//! ([`Serve::serve`]), and its handlers answer the contract's reply types.
+//! (`Serve::serve`), and its handlers answer the contract's reply types.
 //!
 //! The HTTP layer holds no state of its own. Each object handler turns its request into
 //! an [`ApiOp`], sends it to the core as [`Event::Api`] and awaits the answer, so the API
-//! sees exactly what the core has committed. Errors are
-//! [`ErrorBody`](crate::contract::body::ErrorBody) (`{"error": "..."}`) with 400, 404,
-//! 409, 500 or 503.
+//! sees exactly what the core has committed. Errors are [`ErrorBody`]
+//! (`{"error": "..."}`) with 400, 404, 409, 500 or 503.
 //!
 //! Every route but `/healthz` and the device routes needs `Authorization: Bearer <token>`
 //! (see [`crate::security::auth`]): 401 without a known token, 403 when the token's role
 //! may not call the route. Off loopback the API must also be served over TLS (see
 //! [`check_listen`]).
 //!
-//! The handlers by concern: [`api`] (objects, rollouts, events, health), [`tokens`] (API
-//! and join tokens), [`device`] (enrollment, identities, rejections); the token check
-//! and the device routes' body deadline are in [`middleware`]. `/api/v1/images` and the
+//! The handlers by concern: `api` (objects, rollouts, events, health), `tokens` (API
+//! and join tokens), `device` (enrollment, identities, rejections); the token check
+//! and the device routes' body deadline are in `middleware`. `/api/v1/images` and the
 //! read-only registry's `/v2/` are [`crate::registry::routes`].
 
 use std::net::SocketAddr;

@@ -113,7 +113,8 @@ macro_rules! routes {
             }
         )*
 
-        /// Every route of the API.
+        /// Every route of the API. (The read-only registry's `/v2/...` is not here: that
+        /// is OCI's Distribution API, served by `crate::registry`.)
         pub const ALL: &[RouteInfo] = &[$(
             RouteInfo { name: stringify!($name), method: Method::$method, path: $path },
         )*];

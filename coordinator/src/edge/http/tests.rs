@@ -384,7 +384,15 @@ async fn every_contract_route_is_served_as_defined() {
     assert_eq!(applied.results[0].name, "web");
     let pods = ResourceKind::Pod;
     let list = c.call(&routes::ListObjects { kind: pods }, &NoBody).await;
-    assert_eq!(list.items.len(), 2);
+    // Each object reads back as its own kind.
+    use crate::contract::body::ApiObject;
+    assert!(
+        matches!(
+            list.items[..],
+            [ApiObject::Deployment(_), ApiObject::Pod(_)]
+        ),
+        "{list:?}"
+    );
     let web1 = || "web-1".to_owned();
     c.call(
         &routes::GetObject {
@@ -527,4 +535,23 @@ async fn every_contract_route_is_served_as_defined() {
 
     let all: std::collections::BTreeSet<&str> = routes::ALL.iter().map(|r| r.name).collect();
     assert_eq!(c.called, all, "contract routes this test does not call");
+}
+
+/// The server routes only contract paths: no handler file writes an API path of its own
+/// (which the contract test above could not see).
+#[test]
+fn no_api_path_outside_the_contract() {
+    let files = [
+        ("edge/http/mod.rs", include_str!("mod.rs")),
+        ("edge/http/api.rs", include_str!("api.rs")),
+        ("edge/http/device.rs", include_str!("device.rs")),
+        ("edge/http/tokens.rs", include_str!("tokens.rs")),
+        ("edge/http/middleware.rs", include_str!("middleware.rs")),
+        ("registry/api.rs", include_str!("../../registry/api.rs")),
+    ];
+    for (name, text) in files {
+        for needle in ["\"/api/", "\"/healthz"] {
+            assert!(!text.contains(needle), "{name} writes a path: {needle}");
+        }
+    }
 }

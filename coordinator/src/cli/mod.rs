@@ -21,6 +21,8 @@ use crate::model::api;
 use crate::model::quantity;
 use crate::server::{MqttMode, ServerConfig};
 
+pub mod upload;
+
 #[derive(Debug, Parser)]
 #[command(
     name = "baton",
@@ -1146,7 +1148,7 @@ async fn image(client: &Client, action: &ImageCommand) -> Result<String, CliErro
         ImageCommand::Import { file, name } => {
             let started = std::time::Instant::now();
             let bytes = std::fs::metadata(file).map(|m| m.len()).ok();
-            let body = crate::registry::upload_body(file)
+            let body = crate::cli::upload::upload_body(file)
                 .await
                 .map_err(|e| CliError::Usage(format!("error: {e}")))?;
             let mut req = client.http.post(format!("{base}/import")).body(body);

@@ -42,7 +42,7 @@ async fn shutdown_signal() {
     let _ = ctrl_c.await;
 }
 
-async fn serve(args: &cli::ServerArgs) -> anyhow::Result<()> {
+async fn serve(args: &server::ServerArgs) -> anyhow::Result<()> {
     let cfg = args.config();
     server::run(cfg, shutdown_signal())
         .await
@@ -76,7 +76,7 @@ fn main() -> ExitCode {
     let result = runtime.block_on(async {
         match &cli.command {
             Command::Server(args) => serve(args).await,
-            Command::Broker { action } => cli::run_broker(action).map_err(anyhow::Error::from),
+            Command::Broker { action } => server::args::run_broker(action).map_err(anyhow::Error::from),
             _ => cli::run(&cli).await.map_err(anyhow::Error::from),
         }
     });

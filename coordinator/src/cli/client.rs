@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use serde_json::Value;
 
-use super::{Cli, CliError};
+use super::{CliError, ClientArgs};
 use crate::contract::client_config::{self, Overrides};
 
 pub(super) struct Client {
@@ -17,7 +17,7 @@ pub(super) struct Client {
 impl Client {
     /// A client for the coordinator the flags and config name. With a
     /// `certificate-authority`, only that CA is trusted, as kubectl does.
-    pub(super) fn new(cli: &Cli) -> Result<Self, CliError> {
+    pub(super) fn new(cli: &ClientArgs) -> Result<Self, CliError> {
         let r = client_config::resolve(
             &Overrides {
                 config: cli.config.clone(),

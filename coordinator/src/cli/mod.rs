@@ -8,8 +8,9 @@
 //! the API's replies and the current time.
 //!
 //! `baton server` and `baton broker` run on the coordinator's host, not over the API:
-//! their flags are the server room's ([`crate::server::args`]) and the binary hands them
-//! there. The client verbs reach the coordinator only through [`client::Client`].
+//! their flags are the server room's (`server::args`), and the binary (`main.rs`) puts
+//! them and these verbs under one parser. The client verbs reach the coordinator only
+//! through [`client::Client`], over HTTP.
 
 mod apply;
 mod client;
@@ -25,11 +26,10 @@ mod token;
 
 use std::path::PathBuf;
 
-use clap::{Parser, Subcommand, ValueEnum};
+use clap::{Args, Subcommand, ValueEnum};
 
 use crate::contract::client_config::ConfigError;
 use crate::contract::ResourceKind;
-use crate::server::args::{BrokerCommand, ServerArgs};
 
 use client::Client;
 pub use image::ImageCommand;
@@ -38,14 +38,9 @@ pub use rollout::RolloutCommand;
 pub use security::SecurityCommand;
 pub use token::TokenCommand;
 
-#[derive(Debug, Parser)]
-#[command(
-    name = "baton",
-    version,
-    about = "Baton: an embedded-first edge orchestrator",
-    propagate_version = true
-)]
-pub struct Cli {
+/// Where the client finds the coordinator: flags every client verb takes.
+#[derive(Debug, Args)]
+pub struct ClientArgs {
     /// The coordinator's API (overrides the config file's `server`; default
     /// http://127.0.0.1:7474).
     #[arg(long, global = true, env = "BATON_SERVER")]
@@ -57,23 +52,12 @@ pub struct Cli {
     /// else /var/lib/baton/admin.conf if readable.
     #[arg(long, global = true, env = "BATON_CONFIG")]
     pub config: Option<PathBuf>,
-    /// Log format (RUST_LOG sets the level).
-    #[arg(long, global = true, env = "BATON_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
-    pub log_format: LogFormat,
-    #[command(subcommand)]
-    pub command: Command,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
-pub enum LogFormat {
-    Text,
-    Json,
-}
-
+/// The client verbs. The binary flattens them into `baton`'s subcommands, after
+/// `server` and before `broker`.
 #[derive(Debug, Subcommand)]
 pub enum Command {
-    /// Run the coordinator: API server, scheduler, controllers, store and MQTT broker.
-    Server(Box<ServerArgs>),
     /// Create or update objects from a manifest (`-f -` reads stdin).
     Apply {
         #[arg(short = 'f', long = "filename", env = "BATON_APPLY_FILE")]
@@ -129,12 +113,6 @@ pub enum Command {
     Image {
         #[command(subcommand)]
         action: ImageCommand,
-    },
-    /// Certificates and configuration for an external MQTT broker, issued by the
-    /// coordinator's CA (run on the coordinator's host).
-    Broker {
-        #[command(subcommand)]
-        action: BrokerCommand,
     },
 }
 
@@ -218,16 +196,10 @@ fn qualified(kind: ResourceKind) -> &'static str {
     }
 }
 
-/// Runs a client subcommand, printing to stdout. `server` and `broker` are run by the
-/// binary.
-pub async fn run(cli: &Cli) -> Result<(), CliError> {
-    let client = Client::new(cli)?;
-    let out = match &cli.command {
-        Command::Server(_) | Command::Broker { .. } => {
-            return Err(CliError::Usage(
-                "internal: `server` and `broker` are run by the binary".into(),
-            ))
-        }
+/// Runs a client verb, printing to stdout.
+pub async fn run(args: &ClientArgs, command: &Command) -> Result<(), CliError> {
+    let client = Client::new(args)?;
+    let out = match command {
         Command::Apply { file } => apply::apply(&client, file).await?,
         Command::Get {
             resource,
@@ -259,7 +231,19 @@ pub async fn run(cli: &Cli) -> Result<(), CliError> {
 mod tests {
     use std::time::Duration;
 
+    use clap::Parser;
+
     use super::*;
+
+    /// `baton` as the binary parses it, less `server` and `broker`.
+    #[derive(Debug, Parser)]
+    #[command(name = "baton")]
+    struct Cli {
+        #[command(flatten)]
+        client: ClientArgs,
+        #[command(subcommand)]
+        command: Command,
+    }
 
     #[test]
     fn resource_arguments() {
@@ -289,7 +273,7 @@ mod tests {
             "wide",
         ])
         .unwrap();
-        assert_eq!(cli.server.as_deref(), Some("http://127.0.0.1:9"));
+        assert_eq!(cli.client.server.as_deref(), Some("http://127.0.0.1:9"));
         assert!(matches!(
             cli.command,
             Command::Get {
@@ -297,21 +281,6 @@ mod tests {
                 ..
             }
         ));
-        // What the server makes of its flags: `server::args`'s tests.
-        let cli = Cli::try_parse_from([
-            "baton",
-            "server",
-            "--broker",
-            "mqtt://127.0.0.1:1884",
-            "--heartbeat-timeout",
-            "1m",
-        ])
-        .unwrap();
-        let Command::Server(args) = cli.command else {
-            panic!("not server")
-        };
-        assert_eq!(args.broker.as_deref(), Some("mqtt://127.0.0.1:1884"));
-        assert_eq!(args.heartbeat_timeout, Duration::from_secs(60));
         assert!(
             Cli::try_parse_from(["baton", "scale", "deployment/web", "--replicas", "3"]).is_ok()
         );

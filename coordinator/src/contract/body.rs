@@ -5,6 +5,7 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
+use super::payload::{json_bodies, JsonBody};
 use super::resource::{Applied, ResourceKind};
 use crate::model::api;
 
@@ -12,9 +13,10 @@ pub use crate::decide::rollout::RolloutProgress;
 
 /// One object as `get` and `describe` show it.
 ///
-/// Untagged: each variant serializes as the object itself (its own `kind` field tells
-/// them apart), so the JSON is what kubectl users expect.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+/// Untagged: each variant serializes as the object itself, so the JSON is what kubectl
+/// users expect. Reading one back goes by its `kind` field rather than by trying each
+/// variant in turn, which could take a Pod for a Node whose fields all defaulted.
+#[derive(Debug, Clone, PartialEq, Serialize)]
 #[serde(untagged)]
 #[allow(clippy::large_enum_variant)]
 pub enum ApiObject {
@@ -22,6 +24,22 @@ pub enum ApiObject {
     Deployment(api::Deployment),
     Pod(api::Pod),
     Secret(SecretView),
+}
+
+impl<'de> Deserialize<'de> for ApiObject {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        use serde::de::Error;
+        let v = serde_json::Value::deserialize(d)?;
+        let kind = v.get("kind").and_then(serde_json::Value::as_str);
+        let object = match kind.and_then(ResourceKind::parse) {
+            Some(ResourceKind::Node) => serde_json::from_value(v).map(ApiObject::Node),
+            Some(ResourceKind::Deployment) => serde_json::from_value(v).map(ApiObject::Deployment),
+            Some(ResourceKind::Pod) => serde_json::from_value(v).map(ApiObject::Pod),
+            Some(ResourceKind::Secret) => serde_json::from_value(v).map(ApiObject::Secret),
+            None => return Err(D::Error::custom(format!("unknown object kind {kind:?}"))),
+        };
+        object.map_err(D::Error::custom)
+    }
 }
 
 /// A Secret as the API shows it: metadata, type and each key's size in bytes
@@ -98,3 +116,39 @@ pub struct Revocation {
     pub node: String,
     pub revoked: bool,
 }
+
+/// Every error answer of the API: `{"error": "..."}`, with a 4xx or 5xx status.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ErrorBody {
+    pub error: String,
+}
+
+/// `scale`'s request: the Deployment's new replica count.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ScaleRequest {
+    pub replicas: u32,
+}
+
+/// `rollout undo`'s request: the revision to go back to, or (none, or an empty body)
+/// the one before the current.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct UndoRequest {
+    #[serde(default)]
+    pub to_revision: Option<u64>,
+}
+
+impl<T: Serialize + serde::de::DeserializeOwned> JsonBody for List<T> {}
+
+json_bodies!(
+    ApiObject,
+    ApplyResults,
+    Deleted,
+    Described,
+    UndoResult,
+    Revocation,
+    RolloutProgress,
+    ErrorBody,
+    ScaleRequest,
+    UndoRequest,
+);

@@ -1,8 +1,20 @@
-//! The HTTP API contract shared by the server's handlers and the CLI: resource kinds,
-//! request and reply bodies, and the client's config file.
+//! The HTTP API contract shared by the server's handlers and its clients (the CLI, the
+//! agent's enrollment, later the dashboard): every route ([`routes`]), the request and
+//! reply bodies, the resource kinds, and the CLI's config file.
+//!
+//! Nothing here knows HTTP libraries: the server (`crate::edge::http`) routes
+//! [`routes::Route::PATH`] with axum, the CLI calls [`routes::Route::url`] with reqwest.
 
 pub mod body;
 pub mod client_config;
+pub mod health;
+pub mod images;
+pub mod nodes;
+pub mod payload;
 pub mod resource;
+pub mod routes;
+pub mod tokens;
 
+pub use payload::{JsonBody, NoBody, Payload, RequestBody, ResponseBody};
 pub use resource::{Applied, ApplyAction, ResourceKind};
+pub use routes::Route;

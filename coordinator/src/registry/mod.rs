@@ -56,6 +56,7 @@ use serde_json::json;
 use sha2::{Digest, Sha256};
 use tokio::sync::mpsc;
 
+pub use crate::contract::images::ImageSummary;
 use crate::store::{self, Op, Store, StoreError, Table};
 
 /// The largest archive `baton image import` accepts. A bound, so that a runaway upload
@@ -176,17 +177,6 @@ impl ImageRecord {
     fn digests(&self) -> impl Iterator<Item = &String> {
         self.manifests.keys().chain(self.blobs.keys())
     }
-}
-
-/// What `baton image list` shows and `import`/`delete` answer.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase")]
-pub struct ImageSummary {
-    pub name: String,
-    pub digest: String,
-    pub platforms: Vec<String>,
-    pub size: u64,
-    pub creation_timestamp: String,
 }
 
 impl From<&ImageRecord> for ImageSummary {

@@ -25,38 +25,14 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
 use crate::contract::client_config::ClientConfig;
+use crate::contract::routes::{ListTokens, Route};
+pub use crate::contract::tokens::{Role, TokenInfo};
 use crate::store::{self, Op, Store, StoreError, Table};
 
 /// The name of the token [`bootstrap`] makes.
 pub const ADMIN_TOKEN_NAME: &str = "admin";
 /// The CLI config [`bootstrap`] writes into the data directory.
 pub const ADMIN_CONF: &str = "admin.conf";
-
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "kebab-case")]
-pub enum Role {
-    /// Everything, including managing tokens.
-    Admin,
-    /// `GET` routes only, and not the token list.
-    ReadOnly,
-}
-
-impl Role {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Role::Admin => "admin",
-            Role::ReadOnly => "read-only",
-        }
-    }
-
-    pub fn parse(s: &str) -> Option<Role> {
-        match s {
-            "admin" => Some(Role::Admin),
-            "read-only" => Some(Role::ReadOnly),
-            _ => None,
-        }
-    }
-}
 
 /// A stored token: everything but the secret.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -67,15 +43,6 @@ pub struct TokenRecord {
     pub creation_timestamp: String,
     /// Hex SHA-256 of the token.
     pub sha256: String,
-}
-
-/// What `baton token list` shows.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase")]
-pub struct TokenInfo {
-    pub name: String,
-    pub role: Role,
-    pub creation_timestamp: String,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -131,7 +98,9 @@ pub fn authorize(role: Role, method: &str, path: &str) -> bool {
         Role::Admin => true,
         Role::ReadOnly => {
             let reads = method == "GET" || method == "HEAD";
-            let tokens = path == "/api/v1/tokens" || path.starts_with("/api/v1/tokens/");
+            let tokens = path
+                .strip_prefix(ListTokens::PATH)
+                .is_some_and(|rest| rest.is_empty() || rest.starts_with('/'));
             reads && !tokens
         }
     }

@@ -1,0 +1,76 @@
+//! API tokens and the join tokens that enroll devices: what `baton token` sends and
+//! reads.
+
+use serde::{Deserialize, Serialize};
+
+use super::payload::json_bodies;
+// Defined beside the enroller for now; they belong here (see `nodes`).
+pub use crate::security::enroll::{CreateJoinToken as JoinTokenRequest, JoinTokenInfo};
+
+/// What an API token may do (see `crate::security::auth::authorize`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Role {
+    /// Everything, including managing tokens.
+    Admin,
+    /// `GET` routes only, and not the token list.
+    ReadOnly,
+}
+
+impl Role {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Role::Admin => "admin",
+            Role::ReadOnly => "read-only",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Role> {
+        match s {
+            "admin" => Some(Role::Admin),
+            "read-only" => Some(Role::ReadOnly),
+            _ => None,
+        }
+    }
+}
+
+/// What `baton token list` shows of an API token: everything but its secret.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct TokenInfo {
+    pub name: String,
+    pub role: Role,
+    pub creation_timestamp: String,
+}
+
+/// `POST /api/v1/tokens`: a new API token's name and role.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TokenRequest {
+    pub name: String,
+    pub role: Role,
+}
+
+/// A new API token, with its secret: the only time the secret is shown.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CreatedToken {
+    pub name: String,
+    pub role: Role,
+    pub token: String,
+}
+
+/// A new join token: the token string (shown only this once) and what is kept of it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CreatedJoinToken {
+    pub token: String,
+    pub info: JoinTokenInfo,
+}
+
+json_bodies!(
+    TokenInfo,
+    TokenRequest,
+    CreatedToken,
+    JoinTokenRequest,
+    JoinTokenInfo,
+    CreatedJoinToken,
+);

@@ -5,26 +5,15 @@ use std::io::Read;
 
 use super::client::Client;
 use super::{qualified, CliError};
-use crate::contract::{Applied, ApplyAction};
+use crate::contract::payload::Manifest;
+use crate::contract::routes;
+use crate::contract::ApplyAction;
 
 pub(super) async fn apply(client: &Client, file: &str) -> Result<String, CliError> {
     let yaml = read_manifest(file)?;
-    let v = client
-        .send(
-            client
-                .http
-                .post(format!("{}/api/v1/apply", client.base))
-                .body(yaml),
-        )
-        .await?;
-    let results: Vec<Applied> = v
-        .get("results")
-        .map(|r| serde_json::from_value(r.clone()))
-        .transpose()
-        .map_err(|e| CliError::Protocol(e.to_string()))?
-        .unwrap_or_default();
+    let applied = client.call(&routes::Apply {}, &Manifest(yaml)).await?;
     let mut out = String::new();
-    for r in results {
+    for r in applied.results {
         let action = match r.action {
             ApplyAction::Created => "created",
             ApplyAction::Configured => "configured",

@@ -6,11 +6,16 @@ use std::time::Duration;
 use serde_json::Value;
 
 use super::{CliError, ClientArgs};
+use crate::contract::body::ErrorBody;
 use crate::contract::client_config::{self, Overrides};
+use crate::contract::payload::{Archive, Payload, RequestBody, ResponseBody};
+use crate::contract::routes::{Method, Route};
 
+/// One coordinator's API, called by route (`crate::contract::routes`): no caller writes
+/// a URL or reads a reply by key.
 pub(super) struct Client {
-    pub(super) base: String,
-    pub(super) http: reqwest::Client,
+    base: String,
+    http: reqwest::Client,
     token: String,
 }
 
@@ -45,12 +50,59 @@ impl Client {
         })
     }
 
-    pub(super) async fn send(&self, req: reqwest::RequestBuilder) -> Result<Value, CliError> {
-        self.send_with(req.timeout(Duration::from_secs(30))).await
+    /// Calls `route` with `body` and reads its answer as the route's reply type. Every
+    /// call but an upload has 30 s to finish.
+    pub(super) async fn call<R>(
+        &self,
+        route: &R,
+        body: &R::Request,
+    ) -> Result<R::Response, CliError>
+    where
+        R: Route,
+        R::Request: RequestBody,
+        R::Response: ResponseBody,
+    {
+        let payload = body
+            .payload()
+            .map_err(|e| CliError::Protocol(e.to_string()))?;
+        let req = self.request(route).timeout(Duration::from_secs(30));
+        let req = match payload {
+            Payload::Empty => req,
+            Payload::Json(bytes) => req
+                .header(reqwest::header::CONTENT_TYPE, "application/json")
+                .body(bytes),
+            Payload::Text(text) => req.body(text),
+        };
+        let bytes = self.send(req).await?;
+        R::Response::parse(&bytes).map_err(|e| CliError::Protocol(e.to_string()))
     }
 
-    /// [`Client::send`] with no overall timeout of its own (an upload may take long).
-    pub(super) async fn send_with(&self, req: reqwest::RequestBuilder) -> Result<Value, CliError> {
+    /// Calls `route` with a streamed body and no overall timeout (an upload may take
+    /// long).
+    pub(super) async fn upload<R>(
+        &self,
+        route: &R,
+        body: reqwest::Body,
+    ) -> Result<R::Response, CliError>
+    where
+        R: Route<Request = Archive>,
+        R::Response: ResponseBody,
+    {
+        let bytes = self.send(self.request(route).body(body)).await?;
+        R::Response::parse(&bytes).map_err(|e| CliError::Protocol(e.to_string()))
+    }
+
+    fn request<R: Route>(&self, route: &R) -> reqwest::RequestBuilder {
+        let method = match R::METHOD {
+            Method::Get => reqwest::Method::GET,
+            Method::Post => reqwest::Method::POST,
+            Method::Delete => reqwest::Method::DELETE,
+        };
+        self.http.request(method, route.url(&self.base))
+    }
+
+    /// Sends `req` with the token; the body of a successful answer, or the server's error.
+    async fn send(&self, req: reqwest::RequestBuilder) -> Result<Vec<u8>, CliError> {
         let resp = req.bearer_auth(&self.token).send().await.map_err(|e| {
             let reason = error_chain(&e);
             if reason.contains("certificate") {
@@ -70,16 +122,17 @@ impl Client {
             .bytes()
             .await
             .map_err(|e| CliError::Protocol(e.to_string()))?;
-        let value: Value = serde_json::from_slice(&body)
-            .unwrap_or_else(|_| Value::String(String::from_utf8_lossy(&body).into_owned()));
         if status.is_success() {
-            return Ok(value);
+            return Ok(body.to_vec());
         }
-        let message = value
-            .get("error")
-            .and_then(Value::as_str)
-            .map(str::to_owned)
-            .unwrap_or_else(|| value.to_string());
+        // The API's errors are an ErrorBody; anything else (a proxy's page) is shown as
+        // it came, as JSON text.
+        let message = match serde_json::from_slice::<ErrorBody>(&body) {
+            Ok(e) => e.error,
+            Err(_) => serde_json::from_slice::<Value>(&body)
+                .unwrap_or_else(|_| Value::String(String::from_utf8_lossy(&body).into_owned()))
+                .to_string(),
+        };
         let status = match status.as_u16() {
             400 => "BadRequest".to_owned(),
             401 => "Unauthorized".to_owned(),
@@ -91,11 +144,6 @@ impl Client {
             s => s.to_string(),
         };
         Err(CliError::Server { status, message })
-    }
-
-    pub(super) async fn get(&self, path: &str) -> Result<Value, CliError> {
-        self.send(self.http.get(format!("{}{path}", self.base)))
-            .await
     }
 }
 
@@ -111,20 +159,4 @@ fn error_chain(e: &dyn std::error::Error) -> String {
         cur = c.source();
     }
     s
-}
-
-pub(super) fn items(v: &Value) -> Vec<Value> {
-    v.get("items")
-        .and_then(Value::as_array)
-        .cloned()
-        .unwrap_or_default()
-}
-
-pub(super) fn parse_objects<T: serde::de::DeserializeOwned>(
-    values: &[Value],
-) -> Result<Vec<T>, CliError> {
-    values
-        .iter()
-        .map(|v| serde_json::from_value(v.clone()).map_err(|e| CliError::Protocol(e.to_string())))
-        .collect()
 }

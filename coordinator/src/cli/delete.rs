@@ -3,7 +3,8 @@
 
 use super::client::Client;
 use super::{named, qualified, CliError};
-use crate::contract::ResourceKind;
+use crate::contract::body::ScaleRequest;
+use crate::contract::{routes, NoBody, ResourceKind};
 
 pub(super) async fn delete(
     client: &Client,
@@ -11,13 +12,11 @@ pub(super) async fn delete(
     name: Option<&str>,
 ) -> Result<String, CliError> {
     let (kind, name) = named(resource, name, "delete")?;
-    client
-        .send(
-            client
-                .http
-                .delete(format!("{}/api/v1/{}/{}", client.base, kind.plural(), name)),
-        )
-        .await?;
+    let delete = routes::DeleteObject {
+        kind,
+        name: name.clone(),
+    };
+    client.call(&delete, &NoBody).await?;
     Ok(format!("{} \"{name}\" deleted\n", qualified(kind)))
 }
 
@@ -34,14 +33,7 @@ pub(super) async fn scale(
             kind.as_str()
         )));
     }
-    let url = format!("{}/api/v1/deployments/{}/scale", client.base, name);
-    client
-        .send(
-            client
-                .http
-                .post(url)
-                .json(&serde_json::json!({ "replicas": replicas })),
-        )
-        .await?;
+    let scale = routes::Scale { name: name.clone() };
+    client.call(&scale, &ScaleRequest { replicas }).await?;
     Ok(format!("deployment.apps/{name} scaled\n"))
 }

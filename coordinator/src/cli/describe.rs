@@ -3,12 +3,12 @@
 
 use std::time::SystemTime;
 
-use serde_json::Value;
-
-use super::client::{items, parse_objects, Client};
+use super::client::Client;
+use super::get::{kind_of, of_kind, other_kind, pod};
 use super::render::describe::{describe_deployment, describe_node, describe_pod, describe_secret};
 use super::{named, CliError};
-use crate::contract::ResourceKind;
+use crate::contract::body::ApiObject;
+use crate::contract::{routes, NoBody, ResourceKind};
 use crate::model::api;
 
 pub(super) async fn describe(
@@ -17,35 +17,38 @@ pub(super) async fn describe(
     name: Option<&str>,
 ) -> Result<String, CliError> {
     let (kind, name) = named(resource, name, "describe")?;
-    let v = client
-        .get(&format!("/api/v1/describe/{}/{}", kind.plural(), name))
+    let described = client
+        .call(&routes::Describe { kind, name }, &NoBody)
         .await?;
-    let object = v.get("object").cloned().unwrap_or(Value::Null);
-    let events: Vec<api::Event> = parse_objects(
-        v.get("events")
-            .and_then(Value::as_array)
-            .map_or(&[][..], |a| a),
-    )?;
+    let (object, events) = (described.object, described.events);
+    if kind_of(&object) != kind {
+        return Err(other_kind());
+    }
     let now = SystemTime::now();
-    Ok(match kind {
-        ResourceKind::Pod => describe_pod(&parse_objects(&[object])?.remove(0), &events, now),
-        ResourceKind::Deployment => {
-            describe_deployment(&parse_objects(&[object])?.remove(0), &events, now)
-        }
-        ResourceKind::Node => {
-            let node: api::Node = parse_objects(&[object])?.remove(0);
-            let pods: Vec<api::Pod> = parse_objects(&items(&client.get("/api/v1/pods").await?))?;
+    Ok(match object {
+        ApiObject::Pod(p) => describe_pod(&p, &events, now),
+        ApiObject::Deployment(d) => describe_deployment(&d, &events, now),
+        ApiObject::Node(node) => {
+            let all = routes::ListObjects {
+                kind: ResourceKind::Pod,
+            };
+            let pods: Vec<api::Pod> = of_kind(client.call(&all, &NoBody).await?.items, pod)?;
             let on_node: Vec<&api::Pod> = pods
                 .iter()
                 .filter(|p| p.spec.node_name.as_deref() == Some(node.metadata.name.as_str()))
                 .collect();
             // 404: not enrolled (a fleet without identities); shown as such.
             let identity = client
-                .get(&format!("/api/v1/nodes/{}/identity", node.metadata.name))
+                .call(
+                    &routes::Identity {
+                        name: node.metadata.name.clone(),
+                    },
+                    &NoBody,
+                )
                 .await
                 .ok();
             describe_node(&node, identity.as_ref(), &on_node, &events, now)
         }
-        ResourceKind::Secret => describe_secret(&object, &events, now),
+        ApiObject::Secret(s) => describe_secret(&s, &events, now),
     })
 }

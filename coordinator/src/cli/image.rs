@@ -6,9 +6,11 @@ use std::time::SystemTime;
 
 use clap::Subcommand;
 
-use super::client::{items, parse_objects, Client};
+use super::client::Client;
 use super::render::images_table;
-use super::{CliError, Output};
+use super::{to_value, CliError, Output};
+use crate::contract::images::ImageSummary;
+use crate::contract::{routes, NoBody};
 use crate::model::quantity;
 
 #[derive(Debug, Subcommand)]
@@ -31,10 +33,8 @@ pub enum ImageCommand {
     Delete { name: String },
 }
 
-/// `baton image ...`: the coordinator's registry (see [`crate::registry`]).
+/// `baton image ...`: the coordinator's image registry.
 pub(super) async fn image(client: &Client, action: &ImageCommand) -> Result<String, CliError> {
-    use crate::registry::ImageSummary;
-    let base = format!("{}/api/v1/images", client.base);
     let platforms = |s: &ImageSummary| {
         if s.platforms.is_empty() {
             "-".to_owned()
@@ -49,12 +49,8 @@ pub(super) async fn image(client: &Client, action: &ImageCommand) -> Result<Stri
             let body = crate::registry::upload_body(file)
                 .await
                 .map_err(|e| CliError::Usage(format!("error: {e}")))?;
-            let mut req = client.http.post(format!("{base}/import")).body(body);
-            if let Some(n) = name {
-                req = req.query(&[("name", n)]);
-            }
-            let v = client.send_with(req).await?;
-            let list: Vec<ImageSummary> = parse_objects(&items(&v))?;
+            let import = routes::ImportImages { name: name.clone() };
+            let list = client.upload(&import, body).await?.items;
             let secs = started.elapsed().as_secs_f64();
             let mut out = String::new();
             for s in &list {
@@ -77,22 +73,20 @@ pub(super) async fn image(client: &Client, action: &ImageCommand) -> Result<Stri
             Ok(out)
         }
         ImageCommand::List { output } => {
-            let v = client.get("/api/v1/images").await?;
-            let list: Vec<ImageSummary> = parse_objects(&items(&v))?;
+            let list = client.call(&routes::ListImages {}, &NoBody).await?;
             match output {
-                Some(Output::Json) => Ok(serde_json::to_string_pretty(&v)
+                Some(Output::Json) => Ok(serde_json::to_string_pretty(&to_value(&list)?)
                     .map_err(|e| CliError::Protocol(e.to_string()))?
                     + "\n"),
-                Some(Output::Yaml) => {
-                    serde_yaml_ng::to_string(&v).map_err(|e| CliError::Protocol(e.to_string()))
-                }
+                Some(Output::Yaml) => serde_yaml_ng::to_string(&to_value(&list)?)
+                    .map_err(|e| CliError::Protocol(e.to_string())),
                 Some(Output::Wide) | None => {
-                    if list.is_empty() {
+                    if list.items.is_empty() {
                         eprintln!("No images imported");
                         return Ok(String::new());
                     }
                     Ok(images_table(
-                        &list,
+                        &list.items,
                         *output == Some(Output::Wide),
                         SystemTime::now(),
                     ))
@@ -100,9 +94,8 @@ pub(super) async fn image(client: &Client, action: &ImageCommand) -> Result<Stri
             }
         }
         ImageCommand::Delete { name } => {
-            client
-                .send(client.http.delete(format!("{base}/{name}")))
-                .await?;
+            let delete = routes::DeleteImage { name: name.clone() };
+            client.call(&delete, &NoBody).await?;
             Ok(format!("image \"{name}\" deleted\n"))
         }
     }

@@ -123,6 +123,12 @@ pub enum Output {
     Yaml,
 }
 
+/// A reply as `-o json|yaml` prints it: through [`serde_json::Value`], whose keys are
+/// sorted, so the output does not follow the order of a struct's fields.
+fn to_value(reply: &impl serde::Serialize) -> Result<serde_json::Value, CliError> {
+    serde_json::to_value(reply).map_err(|e| CliError::Protocol(e.to_string()))
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum CliError {
     #[error("cannot reach the coordinator at {server}: is `baton server` running? ({reason})")]

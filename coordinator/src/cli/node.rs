@@ -6,7 +6,9 @@ use clap::Subcommand;
 
 use super::client::Client;
 use super::render::not_after_str;
-use super::{CliError, Output};
+use super::{to_value, CliError, Output};
+use crate::contract::nodes::IdentitySummary;
+use crate::contract::{routes, NoBody};
 
 /// `baton node ...`: a node's identity (see [`crate::security::gate`]).
 #[derive(Debug, Subcommand)]
@@ -37,42 +39,34 @@ pub(super) async fn node_command(
 ) -> Result<String, CliError> {
     match action {
         NodeCommand::Revoke { name } => {
-            client
-                .send(
-                    client
-                        .http
-                        .post(format!("{}/api/v1/nodes/{name}/revoke", client.base)),
-                )
-                .await?;
+            let revoke = routes::Revoke { name: name.clone() };
+            client.call(&revoke, &NoBody).await?;
             Ok(format!("node/{name} revoked\n"))
         }
         NodeCommand::Rotate { name, timeout } => rotate_node(client, name, *timeout).await,
         NodeCommand::Identity { name, output } => {
-            let v = node_identity(client, name).await?;
+            let id = node_identity(client, name).await?;
             Ok(match output {
-                Some(Output::Json) => format!("{v:#}\n"),
+                Some(Output::Json) => format!("{:#}\n", to_value(&id)?),
                 _ => format!(
                     "node:        {name}\npublic key:  {}\nprevious:    {}\nnot after:   {}\nfingerprint: {}\nserial:      {}\nrevoked:     {}\n",
-                    v["publicKey"].as_str().unwrap_or("-"),
-                    v["previousKey"].as_str().unwrap_or("-"),
-                    not_after_str(v["notAfter"].as_u64(), SystemTime::now()),
-                    v["fingerprint"].as_str().unwrap_or("-"),
-                    v["serial"].as_str().unwrap_or("-"),
-                    v["revoked"],
+                    id.public_key,
+                    id.previous_key.as_deref().unwrap_or("-"),
+                    not_after_str(Some(id.not_after), SystemTime::now()),
+                    id.fingerprint,
+                    id.serial,
+                    id.revoked,
                 ),
             })
         }
     }
 }
 
-async fn node_identity(client: &Client, name: &str) -> Result<serde_json::Value, CliError> {
-    client
-        .send(
-            client
-                .http
-                .get(format!("{}/api/v1/nodes/{name}/identity", client.base)),
-        )
-        .await
+async fn node_identity(client: &Client, name: &str) -> Result<IdentitySummary, CliError> {
+    let identity = routes::Identity {
+        name: name.to_owned(),
+    };
+    client.call(&identity, &NoBody).await
 }
 
 /// `baton node rotate`: asks, then polls the node's identity until its key changed.
@@ -81,18 +75,13 @@ async fn rotate_node(
     name: &str,
     timeout: std::time::Duration,
 ) -> Result<String, CliError> {
-    let before = client
-        .send(
-            client
-                .http
-                .post(format!("{}/api/v1/nodes/{name}/rotate-key", client.base)),
-        )
-        .await?;
-    let old = before["publicKey"].as_str().unwrap_or_default().to_owned();
+    let rotate = routes::RotateKey {
+        name: name.to_owned(),
+    };
+    let old = client.call(&rotate, &NoBody).await?.public_key;
     let deadline = tokio::time::Instant::now() + timeout;
     loop {
-        let now = node_identity(client, name).await?;
-        let new = now["publicKey"].as_str().unwrap_or_default();
+        let new = node_identity(client, name).await?.public_key;
         if new != old {
             return Ok(format!("node/{name} key rotated: {old} -> {new}\n"));
         }

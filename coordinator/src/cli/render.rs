@@ -7,9 +7,8 @@ pub mod describe;
 use std::collections::BTreeMap;
 use std::time::{Duration, SystemTime};
 
-use serde_json::Value;
-
-use crate::contract::body::RolloutProgress;
+use crate::contract::body::{RolloutProgress, SecretView};
+use crate::contract::images::ImageSummary;
 use crate::model::api;
 use crate::model::quantity;
 
@@ -185,20 +184,15 @@ pub fn pods_table(pods: &[api::Pod], wide: bool, now: SystemTime) -> String {
 
 /// `get secrets`: kubectl's NAME / TYPE / DATA / AGE, from the API's view of a secret
 /// (which carries key sizes, never values).
-pub fn secrets_table(secrets: &[Value], now: SystemTime) -> String {
+pub fn secrets_table(secrets: &[SecretView], now: SystemTime) -> String {
     let rows: Vec<Vec<String>> = secrets
         .iter()
         .map(|s| {
-            let meta = s.get("metadata");
-            let field = |v: Option<&Value>| v.and_then(Value::as_str).unwrap_or("").to_owned();
             vec![
-                field(meta.and_then(|m| m.get("name"))),
-                field(s.get("type")),
-                s.get("dataSizes")
-                    .and_then(Value::as_object)
-                    .map_or(0, |m| m.len())
-                    .to_string(),
-                age(&field(meta.and_then(|m| m.get("creationTimestamp"))), now),
+                s.metadata.name.clone(),
+                s.type_.clone(),
+                s.data_sizes.len().to_string(),
+                age(&s.metadata.creation_timestamp, now),
             ]
         })
         .collect();
@@ -365,7 +359,7 @@ fn resources_lines(out: &mut String, c: &api::Container) {
 
 /// `baton image list`: a digest's first 12 hex digits, as `docker images` shows them,
 /// unless wide.
-pub fn images_table(list: &[crate::registry::ImageSummary], wide: bool, now: SystemTime) -> String {
+pub fn images_table(list: &[ImageSummary], wide: bool, now: SystemTime) -> String {
     let rows: Vec<Vec<String>> = list
         .iter()
         .map(|s| {

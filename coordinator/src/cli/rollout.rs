@@ -4,13 +4,12 @@ use std::io::{IsTerminal, Write};
 use std::time::Duration;
 
 use clap::Subcommand;
-use serde_json::Value;
 
-use super::client::{items, parse_objects, Client};
+use super::client::Client;
 use super::render::{history_table, progress_bar, revision_details};
 use super::{named, CliError};
-use crate::contract::body::RolloutProgress;
-use crate::contract::ResourceKind;
+use crate::contract::body::UndoRequest;
+use crate::contract::{routes, NoBody, ResourceKind};
 use crate::model::api;
 
 #[derive(Debug, Subcommand)]
@@ -53,7 +52,6 @@ fn deployment_name(resource: &str, name: Option<&str>, verb: &str) -> Result<Str
 }
 
 pub(super) async fn rollout(client: &Client, action: &RolloutCommand) -> Result<String, CliError> {
-    let base = |name: &str| format!("/api/v1/deployments/{name}/rollout");
     match action {
         RolloutCommand::Status {
             resource,
@@ -71,8 +69,8 @@ pub(super) async fn rollout(client: &Client, action: &RolloutCommand) -> Result<
             revision,
         } => {
             let name = deployment_name(resource, name.as_deref(), "rollout history")?;
-            let v = client.get(&format!("{}/history", base(&name))).await?;
-            let revisions: Vec<api::Revision> = parse_objects(&items(&v))?;
+            let history = routes::RolloutHistory { name: name.clone() };
+            let revisions: Vec<api::Revision> = client.call(&history, &NoBody).await?.items;
             match revision {
                 None => Ok(history_table(&name, &revisions)),
                 Some(n) => revisions
@@ -90,17 +88,13 @@ pub(super) async fn rollout(client: &Client, action: &RolloutCommand) -> Result<
             to_revision,
         } => {
             let name = deployment_name(resource, name.as_deref(), "rollout undo")?;
-            let url = format!("{}{}/undo", client.base, base(&name));
-            let v = client
-                .send(
-                    client
-                        .http
-                        .post(url)
-                        .json(&serde_json::json!({ "toRevision": to_revision })),
-                )
-                .await?;
-            if v.get("rolledBack").and_then(Value::as_bool) == Some(false) {
-                let rev = v.get("revision").and_then(Value::as_u64).unwrap_or(0);
+            let undo = routes::RolloutUndo { name: name.clone() };
+            let request = UndoRequest {
+                to_revision: *to_revision,
+            };
+            let undone = client.call(&undo, &request).await?;
+            if !undone.rolled_back {
+                let rev = undone.revision;
                 Ok(format!(
                     "deployment.apps/{name} skipped rollback (current template already matches revision {rev})\n"
                 ))
@@ -129,11 +123,10 @@ async fn watch_rollout(
         }
     };
     loop {
-        let v = client
-            .get(&format!("/api/v1/deployments/{name}/rollout/status"))
-            .await?;
-        let p: RolloutProgress =
-            serde_json::from_value(v).map_err(|e| CliError::Protocol(e.to_string()))?;
+        let status = routes::RolloutStatus {
+            name: name.to_owned(),
+        };
+        let p = client.call(&status, &NoBody).await?;
         if p.done {
             clear(&mut stdout, !last.is_empty());
             let _ = writeln!(stdout, "{}", p.message);

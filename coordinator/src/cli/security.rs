@@ -4,7 +4,8 @@ use clap::Subcommand;
 
 use super::client::Client;
 use super::render::table;
-use super::{CliError, Output};
+use super::{to_value, CliError, Output};
+use crate::contract::{routes, NoBody};
 
 /// `baton security ...`.
 #[derive(Debug, Subcommand)]
@@ -22,30 +23,22 @@ pub(super) async fn security_command(
 ) -> Result<String, CliError> {
     match action {
         SecurityCommand::Rejections { output } => {
-            let v = client
-                .send(
-                    client
-                        .http
-                        .get(format!("{}/api/v1/security/rejections", client.base)),
-                )
-                .await?;
+            let report = client.call(&routes::Rejections {}, &NoBody).await?;
             if matches!(output, Some(Output::Json)) {
                 return Ok(format!(
                     "{}\n",
-                    serde_json::to_string_pretty(&v).unwrap_or_default()
+                    serde_json::to_string_pretty(&to_value(&report)?).unwrap_or_default()
                 ));
             }
             let mut rows: Vec<Vec<String>> = Vec::new();
-            if let Some(nodes) = v["nodes"].as_object() {
-                for (node, reasons) in nodes {
-                    for (reason, n) in reasons.as_object().into_iter().flatten() {
-                        rows.push(vec![node.clone(), reason.clone(), n.to_string()]);
-                    }
+            for (node, reasons) in &report.nodes {
+                for (reason, n) in reasons {
+                    rows.push(vec![node.clone(), reason.clone(), n.to_string()]);
                 }
             }
             let mut out = format!(
                 "require signatures: {}, window: {}s, duplicates dropped: {}\n",
-                v["requireSignatures"], v["windowSeconds"], v["duplicates"]
+                report.require_signatures, report.window_seconds, report.duplicates
             );
             out.push_str(&table(&["NODE", "REASON", "COUNT"], &rows));
             Ok(out)

@@ -1,13 +1,15 @@
 //! `baton token create|list|delete`: API tokens and join tokens (admin only).
 
+use std::collections::BTreeMap;
 use std::time::{Duration, SystemTime};
 
 use clap::Subcommand;
-use serde_json::Value;
 
-use super::client::{items, parse_objects, Client};
+use super::client::Client;
 use super::render::{age, table};
 use super::CliError;
+use crate::contract::tokens::{JoinTokenRequest, Role, TokenRequest};
+use crate::contract::{routes, NoBody};
 
 #[derive(Debug, Subcommand)]
 pub enum TokenCommand {
@@ -45,7 +47,6 @@ pub enum TokenCommand {
 }
 
 pub(super) async fn token(client: &Client, action: &TokenCommand) -> Result<String, CliError> {
-    let url = format!("{}/api/v1/tokens", client.base);
     match action {
         TokenCommand::Create {
             role: None,
@@ -55,33 +56,23 @@ pub(super) async fn token(client: &Client, action: &TokenCommand) -> Result<Stri
             node_name,
             ..
         } => {
-            let mut map = serde_json::Map::new();
+            let mut map = BTreeMap::new();
             for l in labels.iter().filter(|l| !l.is_empty()) {
                 let (k, v) = l
                     .split_once('=')
                     .ok_or_else(|| CliError::Usage(format!("label {l:?} is not KEY=VALUE")))?;
-                map.insert(k.trim().to_owned(), Value::from(v.trim()));
+                map.insert(k.trim().to_owned(), v.trim().to_owned());
             }
-            let v = client
-                .send(
-                    client
-                        .http
-                        .post(format!("{url}/join"))
-                        .json(&serde_json::json!({
-                            "ttlSeconds": ttl.unwrap_or(Duration::from_secs(3600)).as_secs(),
-                            "uses": uses.unwrap_or(1),
-                            "labels": map,
-                            "nodeName": node_name,
-                        })),
-                )
-                .await?;
-            let token = v
-                .get("token")
-                .and_then(Value::as_str)
-                .ok_or_else(|| CliError::Protocol("no token in the answer".into()))?;
-            let id = v["info"]["id"].as_str().unwrap_or_default();
+            let request = JoinTokenRequest {
+                ttl_seconds: ttl.unwrap_or(Duration::from_secs(3600)).as_secs(),
+                uses: uses.unwrap_or(1),
+                labels: map,
+                node_name: node_name.clone(),
+            };
+            let created = client.call(&routes::CreateJoinToken {}, &request).await?;
+            let id = created.info.id;
             eprintln!("join token {id} created; it is shown only this once:");
-            Ok(format!("{token}\n"))
+            Ok(format!("{}\n", created.token))
         }
         TokenCommand::Create {
             role: Some(role),
@@ -91,24 +82,18 @@ pub(super) async fn token(client: &Client, action: &TokenCommand) -> Result<Stri
             let name = name
                 .clone()
                 .unwrap_or_else(|| format!("token-{}", &crate::security::auth::new_secret()[..8]));
-            let v = client
-                .send(
-                    client
-                        .http
-                        .post(url)
-                        .json(&serde_json::json!({ "name": name, "role": role })),
-                )
-                .await?;
-            let secret = v
-                .get("token")
-                .and_then(Value::as_str)
-                .ok_or_else(|| CliError::Protocol("no token in the answer".into()))?;
+            // clap admits only the roles' names.
+            let request = TokenRequest {
+                name: name.clone(),
+                role: Role::parse(role)
+                    .ok_or_else(|| CliError::Usage(format!("error: no role {role:?}")))?,
+            };
+            let created = client.call(&routes::CreateToken {}, &request).await?;
             eprintln!("token/{name} created ({role}); it is shown only this once:");
-            Ok(format!("{secret}\n"))
+            Ok(format!("{}\n", created.token))
         }
         TokenCommand::List => {
-            let v = client.send(client.http.get(&url)).await?;
-            let list: Vec<crate::security::auth::TokenInfo> = parse_objects(&items(&v))?;
+            let list = client.call(&routes::ListTokens {}, &NoBody).await?.items;
             let now = SystemTime::now();
             let rows: Vec<Vec<String>> = list
                 .iter()
@@ -121,8 +106,10 @@ pub(super) async fn token(client: &Client, action: &TokenCommand) -> Result<Stri
                 })
                 .collect();
             let mut out = table(&["NAME", "ROLE", "AGE"], &rows);
-            let v = client.send(client.http.get(format!("{url}/join"))).await?;
-            let joins: Vec<crate::security::enroll::JoinTokenInfo> = parse_objects(&items(&v))?;
+            let joins = client
+                .call(&routes::ListJoinTokens {}, &NoBody)
+                .await?
+                .items;
             if !joins.is_empty() {
                 let now_s = now
                     .duration_since(std::time::UNIX_EPOCH)
@@ -157,15 +144,12 @@ pub(super) async fn token(client: &Client, action: &TokenCommand) -> Result<Stri
             Ok(out)
         }
         TokenCommand::Delete { name } => {
-            match client
-                .send(client.http.delete(format!("{url}/{name}")))
-                .await
-            {
+            let api_token = routes::DeleteToken { name: name.clone() };
+            match client.call(&api_token, &NoBody).await {
                 Ok(_) => Ok(format!("token \"{name}\" deleted\n")),
                 Err(CliError::Server { status, .. }) if status == "NotFound" => {
-                    client
-                        .send(client.http.delete(format!("{url}/join/{name}")))
-                        .await?;
+                    let join_token = routes::DeleteJoinToken { id: name.clone() };
+                    client.call(&join_token, &NoBody).await?;
                     Ok(format!("join token \"{name}\" deleted\n"))
                 }
                 Err(e) => Err(e),

@@ -3,37 +3,26 @@
 
 use std::time::SystemTime;
 
-use serde_json::Value;
-
 use super::{
     age, arch, events_section, kv, labels_str, not_after_str, pod_status_word, resources_lines,
     selector, state_word, table,
 };
+use crate::contract::body::SecretView;
+use crate::contract::nodes::IdentitySummary;
 use crate::model::api;
 use crate::model::quantity;
 
 /// `describe secret`: like kubectl, each key with its size in bytes, never its value.
-pub fn describe_secret(s: &Value, events: &[api::Event], now: SystemTime) -> String {
+pub fn describe_secret(s: &SecretView, events: &[api::Event], now: SystemTime) -> String {
     let mut out = String::new();
-    let meta = s.get("metadata");
-    let text = |v: Option<&Value>| v.and_then(Value::as_str).unwrap_or("").to_owned();
-    kv(&mut out, "Name", text(meta.and_then(|m| m.get("name"))));
-    let labels: std::collections::BTreeMap<String, String> = meta
-        .and_then(|m| m.get("labels"))
-        .and_then(|l| serde_json::from_value(l.clone()).ok())
-        .unwrap_or_default();
-    kv(&mut out, "Labels", labels_str(&labels));
-    kv(&mut out, "Type", text(s.get("type")));
+    kv(&mut out, "Name", &s.metadata.name);
+    kv(&mut out, "Labels", labels_str(&s.metadata.labels));
+    kv(&mut out, "Type", &s.type_);
     out.push_str("\nData\n====\n");
-    if let Some(sizes) = s.get("dataSizes").and_then(Value::as_object) {
-        let width = sizes.keys().map(|k| k.len() + 1).max().unwrap_or(0);
-        for (k, v) in sizes {
-            let key = format!("{k}:");
-            out.push_str(&format!(
-                "{key:<width$}  {} bytes\n",
-                v.as_u64().unwrap_or(0)
-            ));
-        }
+    let width = s.data_sizes.keys().map(|k| k.len() + 1).max().unwrap_or(0);
+    for (k, size) in &s.data_sizes {
+        let key = format!("{k}:");
+        out.push_str(&format!("{key:<width$}  {size} bytes\n"));
     }
     out.push_str(&events_section(events, now));
     out
@@ -354,11 +343,11 @@ pub fn describe_deployment(d: &api::Deployment, events: &[api::Event], now: Syst
     out
 }
 
-/// `identity`: the node's `/identity` (an [`crate::security::gate::IdentitySummary`]), `None`
+/// `identity`: the node's enrolled identity (`routes::Identity`), `None`
 /// when it has not enrolled.
 pub fn describe_node(
     n: &api::Node,
-    identity: Option<&Value>,
+    identity: Option<&IdentitySummary>,
     pods: &[&api::Pod],
     events: &[api::Event],
     now: SystemTime,
@@ -398,22 +387,16 @@ pub fn describe_node(
         Some(id) => {
             out.push_str("Enrollment:\n");
             out.push_str("  enrolled:     yes\n");
-            let field = |k: &str| {
-                id[k]
-                    .as_str()
-                    .filter(|s| !s.is_empty())
-                    .unwrap_or("-")
-                    .to_owned()
-            };
-            out.push_str(&format!("  fingerprint:  {}\n", field("fingerprint")));
-            out.push_str(&format!("  serial:       {}\n", field("serial")));
+            let field = |v: &str| if v.is_empty() { "-" } else { v }.to_owned();
+            out.push_str(&format!("  fingerprint:  {}\n", field(&id.fingerprint)));
+            out.push_str(&format!("  serial:       {}\n", field(&id.serial)));
             out.push_str(&format!(
                 "  not after:    {}\n",
-                not_after_str(id["notAfter"].as_u64(), now)
+                not_after_str(Some(id.not_after), now)
             ));
             out.push_str(&format!(
                 "  revoked:      {}\n",
-                if id["revoked"] == true { "yes" } else { "no" }
+                if id.revoked { "yes" } else { "no" }
             ));
         }
         None => out.push_str("Enrollment:\n  enrolled:     no\n"),

@@ -292,13 +292,15 @@ spec:
 
 #[test]
 fn secrets_show_key_sizes_never_values() {
-    let view = serde_json::json!({
+    // As the API answers it.
+    let view: crate::contract::body::SecretView = serde_json::from_value(serde_json::json!({
         "apiVersion": "v1",
         "kind": "Secret",
         "metadata": {"name": "db", "creationTimestamp": "2026-11-01T12:00:00Z"},
         "type": "Opaque",
         "dataSizes": {"pw": 6, "user": 5},
-    });
+    }))
+    .unwrap();
     let now = ts("2026-11-01T12:05:00Z");
     assert_eq!(
         secrets_table(std::slice::from_ref(&view), now),
@@ -457,12 +459,17 @@ fn describe_and_wide_show_the_last_connect_error_and_enrollment() {
         message: "connection refused (nothing listens there)".into(),
         reported_at: "2026-12-05T11:59:00Z".into(),
     });
-    let identity = serde_json::json!({
-        "notAfter": 1_796_515_200u64,
-        "fingerprint": "SHA256:abcd",
-        "serial": "01:02",
-        "revoked": true,
-    });
+    let identity = crate::contract::nodes::IdentitySummary {
+        node: "pi-1".into(),
+        public_key: "AAAA".into(),
+        previous_key: None,
+        previous_valid_until_ms: 0,
+        not_after: 1_796_515_200,
+        enrolled_at: "2026-12-05T11:00:00Z".into(),
+        revoked: true,
+        fingerprint: "SHA256:abcd".into(),
+        serial: "01:02".into(),
+    };
     let out = describe_node(&n, Some(&identity), &[], &[], now);
     assert!(
         out.contains("connection refused (nothing listens there) (reported 2026-12-05T11:59:00Z)"),

@@ -46,7 +46,7 @@ pub(super) async fn image(client: &Client, action: &ImageCommand) -> Result<Stri
         ImageCommand::Import { file, name } => {
             let started = std::time::Instant::now();
             let bytes = std::fs::metadata(file).map(|m| m.len()).ok();
-            let body = crate::registry::upload_body(file)
+            let body = super::upload::upload_body(file)
                 .await
                 .map_err(|e| CliError::Usage(format!("error: {e}")))?;
             let import = routes::ImportImages { name: name.clone() };

@@ -23,6 +23,7 @@ mod render;
 mod rollout;
 mod security;
 mod token;
+mod upload;
 
 use std::path::PathBuf;
 

@@ -12,8 +12,15 @@
 //! and read its answer as the route's [`Route::Response`], so a route that the server
 //! and its clients see differently fails a test.
 //!
+//! The structs also deserialize from the server's path and query parameters (axum's
+//! `Path` and `Query`), so a handler reads its parameters by the contract's names. A
+//! `kind` is the exception: the server parses it with [`ResourceKind::parse`], which
+//! takes kubectl's spellings, where serde takes only the lowercase singular.
+//!
 //! Every route but the four marked "no token" needs `Authorization: Bearer TOKEN`;
 //! "admin" ones need an admin token (`crate::security::auth::authorize`).
+
+use serde::Deserialize;
 
 use super::body::{
     ApiObject, ApplyResults, Deleted, Described, List, Revocation, RolloutProgress, ScaleRequest,
@@ -88,7 +95,7 @@ macro_rules! routes {
     )*) => {
         $(
             $(#[$doc])*
-            #[derive(Debug, Clone, PartialEq, Eq)]
+            #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
             pub struct $name {
                 $(pub $field: $ty,)*
             }

@@ -1,5 +1,20 @@
+use std::collections::BTreeSet;
+use std::fs;
+use std::path::Path;
+use std::sync::Arc;
+
+use axum::body::{Body, Bytes};
+use axum::http::{header, HeaderMap};
+use axum::Router;
+use serde_json::json;
+use sha2::{Digest, Sha256};
+use tokio::sync::mpsc;
+
+use super::archive::sha256_file;
+use super::distribution::parse_range;
+use super::oci::{plan_names, Descriptor};
 use super::*;
-use crate::store::MemStore;
+use crate::store::{MemStore, Store};
 
 fn digest(b: &[u8]) -> String {
     format!("sha256:{}", hex::encode(Sha256::digest(b)))

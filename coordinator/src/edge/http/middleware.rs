@@ -1,0 +1,97 @@
+//! What runs before the handlers: the token check of the API routes, and the body
+//! deadline of the token-less device routes.
+
+use std::sync::Arc;
+
+use axum::extract::{Request, State};
+use axum::http::{header, StatusCode};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+
+use super::Failure;
+use crate::contract::routes::{Healthz, Route};
+use crate::security::auth::{self, Tokens};
+
+/// 401 unless the request carries a known bearer token, 403 unless its role may call
+/// the route. `/healthz` stays open for probes.
+pub(super) async fn require_token(
+    State(tokens): State<Arc<Tokens>>,
+    req: Request,
+    next: Next,
+) -> Response {
+    if req.uri().path() == Healthz::PATH {
+        return next.run(req).await;
+    }
+    let bearer = req
+        .headers()
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .map(str::trim);
+    let unauthorized = |msg: &str| {
+        let mut r = Failure(StatusCode::UNAUTHORIZED, msg.to_owned()).into_response();
+        r.headers_mut().insert(
+            header::WWW_AUTHENTICATE,
+            header::HeaderValue::from_static("Bearer"),
+        );
+        r
+    };
+    let Some(secret) = bearer else {
+        return unauthorized("unauthorized: send an API token as `Authorization: Bearer TOKEN`");
+    };
+    let Some((name, role)) = tokens.authenticate(secret) else {
+        return unauthorized("unauthorized: unknown or deleted token");
+    };
+    let method = req.method().as_str().to_owned();
+    let path = req.uri().path().to_owned();
+    if !auth::authorize(role, &method, &path) {
+        tracing::info!(token = %name, role = role.as_str(), %method, %path, "forbidden");
+        let denied = auth::Denied {
+            name,
+            role: role.as_str(),
+            method,
+            path,
+        };
+        return Failure(StatusCode::FORBIDDEN, denied.to_string()).into_response();
+    }
+    // An authenticated request keeps its connection from being closed to make room for
+    // others until its response is sent (see crate::edge::serve).
+    let hold = crate::edge::serve::Hold::of(&req);
+    let resp = next.run(req).await;
+    match hold {
+        Some(h) => h.until_sent(resp),
+        None => resp,
+    }
+}
+
+/// How long an unauthenticated device request (enroll, rotate) may take to send its
+/// body: a client trickling a body would otherwise hold its connection for as long as
+/// it likes.
+pub const BODY_READ_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// Reads the body of the token-less device routes within [`BODY_READ_TIMEOUT`] (and
+/// `enroll::MAX_REQUEST_BYTES`) before the handler sees it.
+pub(super) async fn read_body_in_time(req: Request, next: Next) -> Response {
+    let (parts, body) = req.into_parts();
+    let limit = crate::security::enroll::MAX_REQUEST_BYTES;
+    let bytes =
+        match tokio::time::timeout(BODY_READ_TIMEOUT, axum::body::to_bytes(body, limit)).await {
+            Ok(Ok(b)) => b,
+            Ok(Err(e)) => {
+                return Failure(
+                    StatusCode::PAYLOAD_TOO_LARGE,
+                    format!("cannot read a request body of at most {limit} bytes: {e}"),
+                )
+                .into_response()
+            }
+            Err(_) => {
+                return Failure(
+                    StatusCode::REQUEST_TIMEOUT,
+                    format!("the request body did not arrive within {BODY_READ_TIMEOUT:?}"),
+                )
+                .into_response()
+            }
+        };
+    next.run(Request::from_parts(parts, axum::body::Body::from(bytes)))
+        .await
+}

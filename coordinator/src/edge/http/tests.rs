@@ -1,0 +1,530 @@
+use super::*;
+use crate::security::auth::Role;
+use axum::routing::post;
+
+#[test]
+fn remote_needs_tls_unless_explicitly_insecure() {
+    let lo = "127.0.0.1:7474".parse().unwrap();
+    let any = "0.0.0.0:7474".parse().unwrap();
+    assert!(check_listen(lo, false, false).is_ok());
+    assert!(check_listen("[::1]:7474".parse().unwrap(), false, false).is_ok());
+    let err = check_listen(any, false, false).unwrap_err();
+    assert!(err.to_string().contains("--tls-cert"), "{err}");
+    assert!(err.to_string().contains("--insecure-allow-remote"), "{err}");
+    assert!(check_listen(any, true, false).is_ok());
+    assert!(check_listen(any, false, true).is_ok());
+}
+
+/// A device route's body that never finishes is cut off at BODY_READ_TIMEOUT (408)
+/// rather than holding its connection; an oversized one is refused (413).
+#[tokio::test(start_paused = true)]
+async fn device_route_bodies_must_arrive_in_time() {
+    use axum::body::Body;
+    use tower::ServiceExt;
+
+    let app = Router::new()
+        .route(
+            "/x",
+            post(|b: axum::body::Bytes| async move { b.len().to_string() }),
+        )
+        .layer(axum::middleware::from_fn(middleware::read_body_in_time));
+    let send = |body: Body| {
+        let req = axum::http::Request::post("/x").body(body).unwrap();
+        app.clone().oneshot(req)
+    };
+    let ok = send(Body::from("hello")).await.unwrap();
+    assert_eq!(ok.status(), StatusCode::OK);
+    let started = tokio::time::Instant::now();
+    let never = futures::stream::pending::<Result<axum::body::Bytes, std::io::Error>>();
+    let slow = send(Body::from_stream(never)).await.unwrap();
+    assert_eq!(slow.status(), StatusCode::REQUEST_TIMEOUT);
+    assert_eq!(started.elapsed(), BODY_READ_TIMEOUT);
+    let big = vec![b'x'; crate::security::enroll::MAX_REQUEST_BYTES + 1];
+    let big = send(Body::from(big)).await.unwrap();
+    assert_eq!(big.status(), StatusCode::PAYLOAD_TOO_LARGE);
+}
+
+/// Route x role -> status, through the real router and middleware. The core is
+/// [`fake_core`], so allowed calls get 200 (or 400 for a bad body) and denied ones never
+/// reach it.
+#[tokio::test]
+async fn status_per_route_and_role() {
+    use axum::body::Body;
+    use tower::ServiceExt;
+
+    let tx = fake_core();
+    let store: Arc<dyn crate::store::Store> = Arc::new(crate::store::MemStore::default());
+    let tokens = Arc::new(Tokens::load(store).unwrap());
+    let admin = tokens.create("admin", Role::Admin).unwrap();
+    let ro = tokens.create("viewer", Role::ReadOnly).unwrap();
+    let app = router(tx, Arc::new(BusStats::default()), tokens.clone());
+
+    let cases: &[(&str, &str, &str, Option<&str>, u16)] = &[
+        ("GET", "/healthz", "", None, 200),
+        ("GET", "/api/v1/pods", "", None, 401),
+        ("GET", "/api/v1/pods", "", Some("wrong"), 401),
+        ("GET", "/api/v1/pods", "", Some(&ro), 200),
+        ("GET", "/api/v1/pods/x", "", Some(&ro), 200),
+        ("GET", "/api/v1/events", "", Some(&ro), 200),
+        ("POST", "/api/v1/apply", "", Some(&ro), 403),
+        ("DELETE", "/api/v1/pods/x", "", Some(&ro), 403),
+        (
+            "POST",
+            "/api/v1/deployments/x/scale",
+            r#"{"replicas":1}"#,
+            Some(&ro),
+            403,
+        ),
+        (
+            "POST",
+            "/api/v1/deployments/x/rollout/undo",
+            "",
+            Some(&ro),
+            403,
+        ),
+        ("GET", "/api/v1/tokens", "", Some(&ro), 403),
+        (
+            "POST",
+            "/api/v1/tokens",
+            r#"{"name":"x","role":"admin"}"#,
+            Some(&ro),
+            403,
+        ),
+        ("GET", "/api/v1/pods", "", Some(&admin), 200),
+        ("POST", "/api/v1/apply", "", Some(&admin), 200),
+        ("DELETE", "/api/v1/pods/x", "", Some(&admin), 200),
+        (
+            "POST",
+            "/api/v1/deployments/x/scale",
+            r#"{"replicas":1}"#,
+            Some(&admin),
+            200,
+        ),
+        ("GET", "/api/v1/tokens", "", Some(&admin), 200),
+        (
+            "POST",
+            "/api/v1/tokens",
+            r#"{"name":"x","role":"bogus"}"#,
+            Some(&admin),
+            400,
+        ),
+        (
+            "POST",
+            "/api/v1/tokens",
+            r#"{"name":"x","role":"read-only"}"#,
+            Some(&admin),
+            200,
+        ),
+        (
+            "POST",
+            "/api/v1/tokens",
+            r#"{"name":"x","role":"read-only"}"#,
+            Some(&admin),
+            409,
+        ),
+        ("DELETE", "/api/v1/tokens/x", "", Some(&admin), 200),
+        ("DELETE", "/api/v1/tokens/x", "", Some(&admin), 404),
+    ];
+    for (method, path, body, token, want) in cases {
+        let mut req = axum::http::Request::builder().method(*method).uri(*path);
+        if let Some(t) = token {
+            req = req.header("authorization", format!("Bearer {t}"));
+        }
+        let resp = app
+            .clone()
+            .oneshot(req.body(Body::from(body.to_string())).unwrap())
+            .await
+            .unwrap();
+        let status = resp.status().as_u16();
+        let bytes = axum::body::to_bytes(resp.into_body(), 1 << 20)
+            .await
+            .unwrap();
+        assert_eq!(status, *want, "{method} {path} as {token:?}: {bytes:?}");
+        if status == 403 {
+            let v: serde_json::Value = serde_json::from_slice(&bytes).unwrap();
+            let msg = v["error"].as_str().unwrap();
+            assert!(msg.contains("read-only"), "{msg}");
+        }
+    }
+}
+
+const MANIFEST: &str = "\
+apiVersion: apps/v1
+kind: Deployment
+metadata: {name: web}
+spec:
+  replicas: 1
+  selector: {matchLabels: {app: web}}
+  template:
+    metadata: {labels: {app: web}}
+    spec:
+      containers: [{name: echo, image: baton/http-echo:1}]
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: web-1}
+spec:
+  containers: [{name: echo, image: baton/http-echo:1}]
+";
+
+/// A core that answers every [`ApiOp`] with a reply of the right type, made from the
+/// request where it can be (so a test sees which parameters arrived).
+fn fake_core() -> mpsc::Sender<Event> {
+    use crate::contract::body::{ApiObject, Revocation, RolloutProgress, UndoResult};
+    use crate::contract::{Applied, ApplyAction, ResourceKind};
+    use crate::model::api;
+
+    let mut deployment = None;
+    let mut pod = None;
+    for o in crate::model::manifest::parse_manifests(MANIFEST).unwrap() {
+        match o {
+            api::Object::Deployment(d) => deployment = Some(d),
+            api::Object::Pod(p) => pod = Some(p),
+            api::Object::Secret(_) => {}
+        }
+    }
+    let (d, p) = (
+        ApiObject::Deployment(deployment.unwrap()),
+        ApiObject::Pod(pod.unwrap()),
+    );
+    let event = |object: Option<String>| api::Event {
+        object: object.unwrap_or_else(|| "pod/web-1".into()),
+        reason: "Scheduled".into(),
+        message: "assigned to pi-1".into(),
+        timestamp: "2026-01-01T00:00:00Z".into(),
+    };
+    let answer = move |op: ApiOp| match op {
+        ApiOp::Apply { .. } => ApiReply::Applied(vec![Applied {
+            kind: ResourceKind::Deployment,
+            name: "web".into(),
+            action: ApplyAction::Created,
+        }]),
+        ApiOp::Get { name: None, .. } => ApiReply::Objects(vec![d.clone(), p.clone()]),
+        ApiOp::Get { name: Some(_), .. } => ApiReply::Object(p.clone()),
+        ApiOp::Delete { kind, name } => ApiReply::Deleted { kind, name },
+        ApiOp::Scale { .. } => ApiReply::Object(d.clone()),
+        ApiOp::Describe { .. } => ApiReply::Described {
+            object: p.clone(),
+            events: vec![event(None)],
+        },
+        ApiOp::Events { object } => ApiReply::Events(vec![event(object)]),
+        ApiOp::RolloutStatus { .. } => ApiReply::Rollout(RolloutProgress {
+            done: true,
+            message: "deployment \"web\" successfully rolled out".into(),
+            ..Default::default()
+        }),
+        ApiOp::RolloutHistory { .. } => ApiReply::Revisions(Vec::new()),
+        ApiOp::RolloutUndo { to_revision, .. } => ApiReply::RolledBack(UndoResult {
+            rolled_back: true,
+            revision: to_revision.unwrap_or(1),
+        }),
+        ApiOp::SetRevoked { name, revoked } => ApiReply::Revocation(Revocation {
+            node: name,
+            revoked,
+        }),
+    };
+    let (tx, mut rx) = mpsc::channel::<Event>(16);
+    tokio::spawn(async move {
+        while let Some(ev) = rx.recv().await {
+            if let Event::Api(req) = ev {
+                let _ = req.reply.send(Ok(answer(req.op)));
+            }
+        }
+    });
+    tx
+}
+
+/// One tar of a one-platform OCI image layout that names no image.
+fn image_archive() -> Vec<u8> {
+    use crate::registry::OCI_MANIFEST;
+    use serde_json::json;
+    use sha2::{Digest, Sha256};
+
+    let digest = |b: &[u8]| format!("sha256:{}", hex::encode(Sha256::digest(b)));
+    let config =
+        br#"{"architecture":"amd64","os":"linux","rootfs":{"type":"layers","diff_ids":[]}}"#;
+    let layer = b"layer bytes".as_slice();
+    let manifest = serde_json::to_vec(&json!({
+        "schemaVersion": 2, "mediaType": OCI_MANIFEST,
+        "config": {"mediaType": "application/vnd.oci.image.config.v1+json",
+                   "digest": digest(config), "size": config.len()},
+        "layers": [{"mediaType": "application/vnd.oci.image.layer.v1.tar",
+                    "digest": digest(layer), "size": layer.len()}],
+    }))
+    .unwrap();
+    let index = serde_json::to_vec(&json!({"schemaVersion": 2, "manifests": [
+        {"mediaType": OCI_MANIFEST, "digest": digest(&manifest), "size": manifest.len()}
+    ]}))
+    .unwrap();
+    let mut tar = tar::Builder::new(Vec::new());
+    let mut add = |name: String, data: &[u8]| {
+        let mut h = tar::Header::new_gnu();
+        h.set_size(data.len() as u64);
+        h.set_mode(0o644);
+        h.set_cksum();
+        tar.append_data(&mut h, name, data).unwrap();
+    };
+    add("oci-layout".into(), br#"{"imageLayoutVersion":"1.0.0"}"#);
+    for blob in [&config[..], layer, &manifest] {
+        let name = format!("blobs/sha256/{}", &digest(blob)["sha256:".len()..]);
+        add(name, blob);
+    }
+    add("index.json".into(), &index);
+    tar.into_inner().unwrap()
+}
+
+/// Calls contract routes through an app and reads each answer as the route's reply
+/// type, noting which routes were called.
+struct Client {
+    app: Router,
+    token: String,
+    called: std::collections::BTreeSet<&'static str>,
+}
+
+impl Client {
+    /// `route` with its contract body, as an admin (or with no token if `public`).
+    async fn call<R>(&mut self, route: &R, body: &R::Request) -> R::Response
+    where
+        R: Route,
+        R::Request: crate::contract::RequestBody,
+        R::Response: crate::contract::ResponseBody,
+    {
+        use crate::contract::{Payload, RequestBody};
+        let body = match body.payload().unwrap() {
+            Payload::Empty => axum::body::Body::empty(),
+            Payload::Json(b) => axum::body::Body::from(b),
+            Payload::Text(t) => axum::body::Body::from(t),
+        };
+        self.send(route, body).await
+    }
+
+    /// `route` with a body of any kind (a streamed archive).
+    async fn send<R>(&mut self, route: &R, body: axum::body::Body) -> R::Response
+    where
+        R: Route,
+        R::Response: crate::contract::ResponseBody,
+    {
+        use crate::contract::ResponseBody;
+        use tower::ServiceExt;
+        self.called.insert(R::NAME);
+        let path = route.path();
+        let req = axum::http::Request::builder()
+            .method(R::METHOD.as_str())
+            .uri(&path)
+            .header("authorization", format!("Bearer {}", self.token))
+            .body(body)
+            .unwrap();
+        let resp = self.app.clone().oneshot(req).await.unwrap();
+        let status = resp.status();
+        let bytes = axum::body::to_bytes(resp.into_body(), 1 << 20)
+            .await
+            .unwrap();
+        let text = String::from_utf8_lossy(&bytes);
+        assert!(
+            status.is_success(),
+            "{} {path} ({}): {status} {text}",
+            R::METHOD.as_str(),
+            R::NAME
+        );
+        R::Response::parse(&bytes).unwrap_or_else(|e| {
+            panic!(
+                "{} {path}: the answer is not a {}: {e}: {text}",
+                R::METHOD.as_str(),
+                std::any::type_name::<R::Response>()
+            )
+        })
+    }
+}
+
+/// Every route of the contract, called through the server's whole app the way a client
+/// calls it (the path its struct builds, its method, its request body), must be served
+/// and answer its reply type. A route the server and the clients disagree on, in path,
+/// method, parameters or bodies, fails here; a route added to the contract and not
+/// called here fails the last assertion.
+#[tokio::test]
+async fn every_contract_route_is_served_as_defined() {
+    use crate::contract::body::{ScaleRequest, UndoRequest};
+    use crate::contract::nodes::{EnrollRequest, RotateRequest};
+    use crate::contract::payload::{Manifest, NoBody};
+    use crate::contract::tokens::{JoinTokenRequest, TokenRequest};
+    use crate::contract::ResourceKind;
+    use crate::security::gate::{b64, SecurityConfig};
+    use baton_proto::sign::SigningKey;
+    use ed25519_dalek::Signer;
+
+    let dir = tempfile::tempdir().unwrap();
+    let store: Arc<dyn crate::store::Store> = Arc::new(crate::store::MemStore::default());
+    let tokens = Arc::new(Tokens::load(store.clone()).unwrap());
+    let admin = tokens.create("admin", Role::Admin).unwrap();
+    let pki = Arc::new(crate::security::pki::Pki::load_or_create(dir.path()).unwrap());
+    let security = Arc::new(Security::load(store.clone(), pki, SecurityConfig::default()).unwrap());
+    let (nudge, _nudged) = mpsc::channel(4);
+    security.set_nudge(nudge);
+    let enroller = Arc::new(Enroller::load(store.clone(), security.clone()).unwrap());
+    let registry = Arc::new(crate::registry::Registry::open(dir.path(), store).unwrap());
+    let app = app(
+        fake_core(),
+        Arc::new(BusStats::default()),
+        tokens,
+        registry,
+        security,
+        enroller,
+    );
+    let mut c = Client {
+        app,
+        token: admin,
+        called: Default::default(),
+    };
+
+    let health = c.call(&routes::Healthz {}, &NoBody).await;
+    assert_eq!(health.status, crate::contract::health::HealthStatus::Ok);
+
+    // Objects: the fake core answers from what arrived.
+    let applied = c.call(&routes::Apply {}, &Manifest(MANIFEST.into())).await;
+    assert_eq!(applied.results[0].name, "web");
+    let pods = ResourceKind::Pod;
+    let list = c.call(&routes::ListObjects { kind: pods }, &NoBody).await;
+    assert_eq!(list.items.len(), 2);
+    let web1 = || "web-1".to_owned();
+    c.call(
+        &routes::GetObject {
+            kind: pods,
+            name: web1(),
+        },
+        &NoBody,
+    )
+    .await;
+    let described = c
+        .call(
+            &routes::Describe {
+                kind: pods,
+                name: web1(),
+            },
+            &NoBody,
+        )
+        .await;
+    assert_eq!(described.events.len(), 1);
+    let deleted = c
+        .call(
+            &routes::DeleteObject {
+                kind: pods,
+                name: web1(),
+            },
+            &NoBody,
+        )
+        .await;
+    assert_eq!(
+        (&*deleted.deleted.kind, &*deleted.deleted.name),
+        ("pod", "web-1")
+    );
+    let object = Some("pod/web 1".to_owned());
+    let events = c
+        .call(
+            &routes::Events {
+                object: object.clone(),
+            },
+            &NoBody,
+        )
+        .await;
+    assert_eq!(Some(events.items[0].object.clone()), object);
+    c.call(&routes::Events { object: None }, &NoBody).await;
+    let web = || "web".to_owned();
+    c.call(
+        &routes::Scale { name: web() },
+        &ScaleRequest { replicas: 2 },
+    )
+    .await;
+    let status = c
+        .call(&routes::RolloutStatus { name: web() }, &NoBody)
+        .await;
+    assert!(status.done);
+    c.call(&routes::RolloutHistory { name: web() }, &NoBody)
+        .await;
+    let undo = UndoRequest {
+        to_revision: Some(3),
+    };
+    let undone = c.call(&routes::RolloutUndo { name: web() }, &undo).await;
+    assert_eq!(undone.revision, 3);
+
+    // API tokens.
+    let made = c
+        .call(
+            &routes::CreateToken {},
+            &TokenRequest {
+                name: "ci".into(),
+                role: Role::ReadOnly,
+            },
+        )
+        .await;
+    assert_eq!((&*made.name, made.role), ("ci", Role::ReadOnly));
+    let listed = c.call(&routes::ListTokens {}, &NoBody).await;
+    assert_eq!(listed.items.len(), 2);
+    c.call(&routes::DeleteToken { name: "ci".into() }, &NoBody)
+        .await;
+
+    // Devices: a join token enrolls a node, which rotates its certificate.
+    let join = c
+        .call(
+            &routes::CreateJoinToken {},
+            &JoinTokenRequest {
+                ttl_seconds: 3600,
+                uses: 1,
+                ..Default::default()
+            },
+        )
+        .await;
+    let joins = c.call(&routes::ListJoinTokens {}, &NoBody).await;
+    assert_eq!(joins.items, std::slice::from_ref(&join.info));
+    let ca = c.call(&routes::EnrollCa {}, &NoBody).await;
+    assert!(ca.0.contains("BEGIN CERTIFICATE"), "{}", ca.0);
+    let key = SigningKey::from_bytes(&[7; 32]);
+    let enrolled = c
+        .call(
+            &routes::Enroll {},
+            &EnrollRequest {
+                token: join.token,
+                node_name: "pi-1".into(),
+                public_key: b64(key.verifying_key().as_bytes()),
+                labels: Default::default(),
+                arch: "arm64".into(),
+            },
+        )
+        .await;
+    assert_eq!(enrolled.node_name, "pi-1");
+    let pi1 = || "pi-1".to_owned();
+    let identity = c.call(&routes::Identity { name: pi1() }, &NoBody).await;
+    assert_eq!(identity.public_key, b64(key.verifying_key().as_bytes()));
+    let before = c.call(&routes::RotateKey { name: pi1() }, &NoBody).await;
+    assert_eq!(before, identity);
+    let new_key = b64(SigningKey::from_bytes(&[8; 32]).verifying_key().as_bytes());
+    let now = crate::security::gate::now_ms();
+    let signed = crate::security::enroll::rotate_signing_bytes("pi-1", &new_key, now);
+    let rotate = RotateRequest {
+        new_public_key: new_key,
+        timestamp_ms: now,
+        signature: b64(&key.sign(&signed).to_bytes()),
+    };
+    c.call(&routes::RotateCertificate { name: pi1() }, &rotate)
+        .await;
+    let report = c.call(&routes::Rejections {}, &NoBody).await;
+    assert_eq!(report.enrolled.get("pi-1"), Some(&false));
+    let revoked = c.call(&routes::Revoke { name: pi1() }, &NoBody).await;
+    assert!(revoked.revoked);
+    c.call(&routes::DeleteJoinToken { id: join.info.id }, &NoBody)
+        .await;
+
+    // Images.
+    let name = "baton/t:1".to_owned();
+    let import = routes::ImportImages {
+        name: Some(name.clone()),
+    };
+    let imported = c.send(&import, image_archive().into()).await;
+    assert_eq!(imported.items[0].name, name);
+    let images = c.call(&routes::ListImages {}, &NoBody).await;
+    assert_eq!(images.items, imported.items);
+    let gone = c.call(&routes::DeleteImage { name }, &NoBody).await;
+    assert_eq!(gone.deleted, imported.items[0]);
+
+    let all: std::collections::BTreeSet<&str> = routes::ALL.iter().map(|r| r.name).collect();
+    assert_eq!(c.called, all, "contract routes this test does not call");
+}

@@ -1,5 +1,5 @@
-//! The `baton` command line: the parser of every subcommand, and a kubectl-like client
-//! of the HTTP API, one file a verb family.
+//! `baton`'s client verbs: a kubectl-like client of the HTTP API, one file a verb
+//! family, with its flags (clap) and the dispatch ([`run`]).
 //!
 //! Every flag can also be set from the environment (`BATON_*`), which is how systemd
 //! units and containers configure it. Output follows kubectl's habits (`get` tables,

@@ -4,13 +4,13 @@
 //! Every flag can also be set from the environment (`BATON_*`), which is how systemd
 //! units and containers configure it. Output follows kubectl's habits (`get` tables,
 //! `-o wide|json|yaml`, `describe` with an Events section, `deployment.apps/web created`)
-//! so that muscle memory carries over. The renderers ([`render`]) are pure functions of
+//! so that muscle memory carries over. The renderers (`render`) are pure functions of
 //! the API's replies and the current time.
 //!
 //! `baton server` and `baton broker` run on the coordinator's host, not over the API:
 //! their flags are the server room's (`server::args`), and the binary (`main.rs`) puts
 //! them and these verbs under one parser. The client verbs reach the coordinator only
-//! through [`client::Client`], over HTTP.
+//! through `client::Client`, over HTTP.
 
 mod apply;
 mod client;

@@ -1,12 +1,53 @@
 //! `baton`: parses flags, sets up logging, and hands over to the library.
+//!
+//! One parser holds the three kinds of subcommand: `server` and `broker` run on the
+//! coordinator's host (their flags are `server::args`'s), the rest are the client verbs
+//! (`cli`), which reach a server only over HTTP. Only this file names both rooms.
 
 use std::process::ExitCode;
 
 use anyhow::Context;
-use baton_coordinator::cli::{self, Cli, Command, LogFormat};
-use baton_coordinator::server;
-use clap::Parser;
+use baton_coordinator::cli::{self, ClientArgs};
+use baton_coordinator::server::{self, BrokerCommand, ServerArgs};
+use clap::{Parser, Subcommand, ValueEnum};
 use tracing_subscriber::EnvFilter;
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "baton",
+    version,
+    about = "Baton: an embedded-first edge orchestrator",
+    propagate_version = true
+)]
+struct Baton {
+    #[command(flatten)]
+    client: ClientArgs,
+    /// Log format (RUST_LOG sets the level).
+    #[arg(long, global = true, env = "BATON_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
+    log_format: LogFormat,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Run the coordinator: API server, scheduler, controllers, store and MQTT broker.
+    Server(Box<ServerArgs>),
+    #[command(flatten)]
+    Client(cli::Command),
+    /// Certificates and configuration for an external MQTT broker, issued by the
+    /// coordinator's CA (run on the coordinator's host).
+    Broker {
+        #[command(subcommand)]
+        action: BrokerCommand,
+    },
+}
 
 fn init_logging(format: LogFormat, default_level: &str) {
     let filter =
@@ -42,7 +83,7 @@ async fn shutdown_signal() {
     let _ = ctrl_c.await;
 }
 
-async fn serve(args: &cli::ServerArgs) -> anyhow::Result<()> {
+async fn serve(args: &ServerArgs) -> anyhow::Result<()> {
     let cfg = args.config();
     server::run(cfg, shutdown_signal())
         .await
@@ -50,7 +91,7 @@ async fn serve(args: &cli::ServerArgs) -> anyhow::Result<()> {
 }
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let cli = Baton::parse();
     let is_server = matches!(cli.command, Command::Server(_));
     // Without RUST_LOG: rumqttd logs every connect at INFO and every disconnect (and our
     // readiness probe) at ERROR in its broker module; bind failures it would log there are
@@ -76,8 +117,12 @@ fn main() -> ExitCode {
     let result = runtime.block_on(async {
         match &cli.command {
             Command::Server(args) => serve(args).await,
-            Command::Broker { action } => cli::run_broker(action).map_err(anyhow::Error::from),
-            _ => cli::run(&cli).await.map_err(anyhow::Error::from),
+            Command::Broker { action } => {
+                server::args::run_broker(action).map_err(anyhow::Error::from)
+            }
+            Command::Client(command) => cli::run(&cli.client, command)
+                .await
+                .map_err(anyhow::Error::from),
         }
     });
     match result {
@@ -87,5 +132,46 @@ fn main() -> ExitCode {
             eprintln!("{}", format!("{e:#}").replace('\n', " "));
             ExitCode::FAILURE
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+
+    #[test]
+    fn one_parser_for_the_server_and_the_client() {
+        use clap::CommandFactory;
+        Baton::command().debug_assert();
+        let cli = Baton::try_parse_from([
+            "baton",
+            "server",
+            "--broker",
+            "mqtt://127.0.0.1:1884",
+            "--heartbeat-timeout",
+            "1m",
+        ])
+        .unwrap();
+        // What the server makes of its flags: `server::args`'s tests.
+        let Command::Server(args) = cli.command else {
+            panic!("not server")
+        };
+        assert_eq!(args.broker.as_deref(), Some("mqtt://127.0.0.1:1884"));
+        assert_eq!(args.heartbeat_timeout, Duration::from_secs(60));
+        let cli = Baton::try_parse_from(["baton", "--server", "http://127.0.0.1:9", "get", "po"])
+            .unwrap();
+        assert_eq!(cli.client.server.as_deref(), Some("http://127.0.0.1:9"));
+        assert!(matches!(
+            cli.command,
+            Command::Client(cli::Command::Get { .. })
+        ));
+        assert!(matches!(
+            Baton::try_parse_from(["baton", "broker", "mosquitto-config", "--san", "h"])
+                .unwrap()
+                .command,
+            Command::Broker { .. }
+        ));
     }
 }

@@ -8,6 +8,8 @@
 //! the store (redb holds a file lock), so a test can start a new server on the same data
 //! directory right away. The embedded broker cannot be stopped (see [`crate::edge::broker`]).
 
+pub mod args;
+
 use std::future::Future;
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -24,6 +26,8 @@ use crate::edge::tls::{self, BrokerTlsFiles, MqttClientFiles, TlsError};
 use crate::registry::{Registry, RegistryError};
 use crate::security::auth::{self, AuthError, Tokens};
 use crate::store::{RedbStore, Store, StoreError};
+
+pub use args::{BrokerCommand, ServerArgs};
 
 /// Default address of the HTTP API.
 pub const DEFAULT_HTTP_LISTEN: &str = "127.0.0.1:7474";

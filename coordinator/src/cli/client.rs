@@ -1,0 +1,162 @@
+//! The HTTP client of the coordinator's API: where the server is and which token and CA
+//! to use (from the flags and the CLI config), and how a reply or an error is read.
+
+use std::time::Duration;
+
+use serde_json::Value;
+
+use super::{CliError, ClientArgs};
+use crate::contract::body::ErrorBody;
+use crate::contract::client_config::{self, Overrides};
+use crate::contract::payload::{Archive, Payload, RequestBody, ResponseBody};
+use crate::contract::routes::{Method, Route};
+
+/// One coordinator's API, called by route (`crate::contract::routes`): no caller writes
+/// a URL or reads a reply by key.
+pub(super) struct Client {
+    base: String,
+    http: reqwest::Client,
+    token: String,
+}
+
+impl Client {
+    /// A client for the coordinator the flags and config name. With a
+    /// `certificate-authority`, only that CA is trusted, as kubectl does.
+    pub(super) fn new(cli: &ClientArgs) -> Result<Self, CliError> {
+        let r = client_config::resolve(
+            &Overrides {
+                config: cli.config.clone(),
+                server: cli.server.clone(),
+                token: cli.token.clone(),
+            },
+            &client_config::default_paths(),
+        )?;
+        let mut b = reqwest::Client::builder();
+        if let Some(pem) = &r.ca_pem {
+            let certs = reqwest::Certificate::from_pem_bundle(pem)
+                .map_err(|e| CliError::Ca(error_chain(&e)))?;
+            if certs.is_empty() {
+                return Err(CliError::Ca("no PEM certificate found".into()));
+            }
+            b = b.tls_built_in_root_certs(false);
+            for c in certs {
+                b = b.add_root_certificate(c);
+            }
+        }
+        Ok(Self {
+            base: r.server.trim_end_matches('/').to_owned(),
+            http: b.build().map_err(|e| CliError::Ca(error_chain(&e)))?,
+            token: r.token,
+        })
+    }
+
+    /// Calls `route` with `body` and reads its answer as the route's reply type. Every
+    /// call but an upload has 30 s to finish.
+    pub(super) async fn call<R>(
+        &self,
+        route: &R,
+        body: &R::Request,
+    ) -> Result<R::Response, CliError>
+    where
+        R: Route,
+        R::Request: RequestBody,
+        R::Response: ResponseBody,
+    {
+        let payload = body
+            .payload()
+            .map_err(|e| CliError::Protocol(e.to_string()))?;
+        let req = self.request(route).timeout(Duration::from_secs(30));
+        let req = match payload {
+            Payload::Empty => req,
+            Payload::Json(bytes) => req
+                .header(reqwest::header::CONTENT_TYPE, "application/json")
+                .body(bytes),
+            Payload::Text(text) => req.body(text),
+        };
+        let bytes = self.send(req).await?;
+        R::Response::parse(&bytes).map_err(|e| CliError::Protocol(e.to_string()))
+    }
+
+    /// Calls `route` with a streamed body and no overall timeout (an upload may take
+    /// long).
+    pub(super) async fn upload<R>(
+        &self,
+        route: &R,
+        body: reqwest::Body,
+    ) -> Result<R::Response, CliError>
+    where
+        R: Route<Request = Archive>,
+        R::Response: ResponseBody,
+    {
+        let bytes = self.send(self.request(route).body(body)).await?;
+        R::Response::parse(&bytes).map_err(|e| CliError::Protocol(e.to_string()))
+    }
+
+    fn request<R: Route>(&self, route: &R) -> reqwest::RequestBuilder {
+        let method = match R::METHOD {
+            Method::Get => reqwest::Method::GET,
+            Method::Post => reqwest::Method::POST,
+            Method::Delete => reqwest::Method::DELETE,
+        };
+        self.http.request(method, route.url(&self.base))
+    }
+
+    /// Sends `req` with the token; the body of a successful answer, or the server's error.
+    async fn send(&self, req: reqwest::RequestBuilder) -> Result<Vec<u8>, CliError> {
+        let resp = req.bearer_auth(&self.token).send().await.map_err(|e| {
+            let reason = error_chain(&e);
+            if reason.contains("certificate") {
+                CliError::Tls {
+                    server: self.base.clone(),
+                    reason,
+                }
+            } else {
+                CliError::Unreachable {
+                    server: self.base.clone(),
+                    reason,
+                }
+            }
+        })?;
+        let status = resp.status();
+        let body = resp
+            .bytes()
+            .await
+            .map_err(|e| CliError::Protocol(e.to_string()))?;
+        if status.is_success() {
+            return Ok(body.to_vec());
+        }
+        // The API's errors are an ErrorBody; anything else (a proxy's page) is shown as
+        // it came, as JSON text.
+        let message = match serde_json::from_slice::<ErrorBody>(&body) {
+            Ok(e) => e.error,
+            Err(_) => serde_json::from_slice::<Value>(&body)
+                .unwrap_or_else(|_| Value::String(String::from_utf8_lossy(&body).into_owned()))
+                .to_string(),
+        };
+        let status = match status.as_u16() {
+            400 => "BadRequest".to_owned(),
+            401 => "Unauthorized".to_owned(),
+            403 => "Forbidden".to_owned(),
+            404 => "NotFound".to_owned(),
+            409 => "Conflict".to_owned(),
+            500 => "InternalError".to_owned(),
+            503 => "ServiceUnavailable".to_owned(),
+            s => s.to_string(),
+        };
+        Err(CliError::Server { status, message })
+    }
+}
+
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut cur = e.source();
+    while let Some(c) = cur {
+        let m = c.to_string();
+        if !s.contains(&m) {
+            s.push_str(": ");
+            s.push_str(&m);
+        }
+        cur = c.source();
+    }
+    s
+}

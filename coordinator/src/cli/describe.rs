@@ -1,0 +1,54 @@
+//! `baton describe KIND NAME`: one object in detail with the events about it; a node
+//! also with its pods and its enrolled identity.
+
+use std::time::SystemTime;
+
+use super::client::Client;
+use super::get::{kind_of, of_kind, other_kind, pod};
+use super::render::describe::{describe_deployment, describe_node, describe_pod, describe_secret};
+use super::{named, CliError};
+use crate::contract::body::ApiObject;
+use crate::contract::{routes, NoBody, ResourceKind};
+use crate::model::api;
+
+pub(super) async fn describe(
+    client: &Client,
+    resource: &str,
+    name: Option<&str>,
+) -> Result<String, CliError> {
+    let (kind, name) = named(resource, name, "describe")?;
+    let described = client
+        .call(&routes::Describe { kind, name }, &NoBody)
+        .await?;
+    let (object, events) = (described.object, described.events);
+    if kind_of(&object) != kind {
+        return Err(other_kind());
+    }
+    let now = SystemTime::now();
+    Ok(match object {
+        ApiObject::Pod(p) => describe_pod(&p, &events, now),
+        ApiObject::Deployment(d) => describe_deployment(&d, &events, now),
+        ApiObject::Node(node) => {
+            let all = routes::ListObjects {
+                kind: ResourceKind::Pod,
+            };
+            let pods: Vec<api::Pod> = of_kind(client.call(&all, &NoBody).await?.items, pod)?;
+            let on_node: Vec<&api::Pod> = pods
+                .iter()
+                .filter(|p| p.spec.node_name.as_deref() == Some(node.metadata.name.as_str()))
+                .collect();
+            // 404: not enrolled (a fleet without identities); shown as such.
+            let identity = client
+                .call(
+                    &routes::Identity {
+                        name: node.metadata.name.clone(),
+                    },
+                    &NoBody,
+                )
+                .await
+                .ok();
+            describe_node(&node, identity.as_ref(), &on_node, &events, now)
+        }
+        ApiObject::Secret(s) => describe_secret(&s, &events, now),
+    })
+}

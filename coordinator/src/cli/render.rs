@@ -431,7 +431,7 @@ pub fn revision_details(name: &str, r: &api::Revision) -> String {
     let mut out = format!("deployment.apps/{name} with revision #{}\n", r.revision);
     let mut labels = r.template.metadata.labels.clone();
     labels.insert(
-        crate::decide::controller::POD_TEMPLATE_HASH_LABEL.into(),
+        crate::model::api::POD_TEMPLATE_HASH_LABEL.into(),
         r.template_hash.clone(),
     );
     out.push_str("Pod Template:\n");

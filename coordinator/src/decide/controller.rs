@@ -9,10 +9,9 @@ use std::collections::BTreeSet;
 
 use sha2::{Digest, Sha256};
 
-use crate::model::api;
+use crate::model::api::{self, POD_TEMPLATE_HASH_LABEL, TEMPLATE_HASH_LEN};
 // The naming constants live in the model, which the manifest parser shares; re-exported
 // because the core and the CLI name them by this path.
-pub use crate::model::api::{POD_NAME_SUFFIX_LEN, POD_TEMPLATE_HASH_LABEL, TEMPLATE_HASH_LEN};
 
 /// One step of a plan. Plans are short-lived and a few entries long, so the size gap
 /// between the variants costs nothing worth a `Box` in every caller's pattern.

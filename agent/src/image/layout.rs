@@ -1,7 +1,7 @@
 //! The store's directory layout, digest checks and crash-safe writes. All blocking.
 
 use std::fs;
-use std::io::{self, Read};
+use std::io;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 
@@ -41,16 +41,8 @@ pub(crate) const STORE_FILE: u32 = 0o644;
 
 /// `sha256:<hex>` of a file's content.
 pub(crate) fn sha256_file(path: &Path) -> io::Result<String> {
-    let mut f = fs::File::open(path)?;
     let mut hasher = Sha256::new();
-    let mut buf = vec![0u8; 64 * 1024];
-    loop {
-        let n = f.read(&mut buf)?;
-        if n == 0 {
-            break;
-        }
-        hasher.update(&buf[..n]);
-    }
+    io::copy(&mut fs::File::open(path)?, &mut hasher)?;
     Ok(format!("sha256:{}", hex::encode(hasher.finalize())))
 }
 

@@ -24,7 +24,6 @@ use std::sync::Arc;
 
 use oci_client::manifest::{ImageIndexEntry, OciImageIndex};
 use oci_client::Reference;
-use serde::Deserialize;
 use sha2::{Digest, Sha256};
 use tracing::{info, warn};
 
@@ -32,6 +31,7 @@ use super::gc::PullGuard;
 use super::layout::{digest_hex, sha256_bytes, STORE_FILE};
 use super::local::{check_config, image_config, parse_config, parse_manifest, ref_key, RefRecord};
 use super::platform::{describe_entries, select_manifest};
+use super::pull::Probe;
 use super::{blocking, unpack, ImageConfig, ImageError, ImageStore, Platform};
 use crate::durable::{self, temp_sibling};
 
@@ -246,15 +246,6 @@ fn entry_name(e: &ImageIndexEntry) -> Option<String> {
     a.get("org.opencontainers.image.ref.name")
         .filter(|n| n.contains('/') || n.contains(':'))
         .cloned()
-}
-
-/// Just enough of a manifest to tell an index from an image manifest.
-#[derive(Deserialize)]
-struct Probe {
-    #[serde(rename = "mediaType", default)]
-    media_type: Option<String>,
-    #[serde(default)]
-    manifests: Option<serde_json::Value>,
 }
 
 fn is_index(bytes: &[u8]) -> bool {

@@ -57,11 +57,11 @@ pub(crate) struct Resolved {
 
 /// Just enough of a manifest to tell an index from an image manifest.
 #[derive(Deserialize)]
-struct Probe {
+pub(super) struct Probe {
     #[serde(rename = "mediaType", default)]
-    media_type: Option<String>,
+    pub(super) media_type: Option<String>,
     #[serde(default)]
-    manifests: Option<serde_json::Value>,
+    pub(super) manifests: Option<serde_json::Value>,
 }
 
 enum Kind {

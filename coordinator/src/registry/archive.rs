@@ -142,16 +142,8 @@ fn write_hashed(
 }
 
 pub(super) fn sha256_file(path: &Path) -> io::Result<String> {
-    let mut f = fs::File::open(path)?;
     let mut hasher = Sha256::new();
-    let mut buf = vec![0u8; 64 * 1024];
-    loop {
-        let n = f.read(&mut buf)?;
-        if n == 0 {
-            break;
-        }
-        hasher.update(&buf[..n]);
-    }
+    io::copy(&mut fs::File::open(path)?, &mut hasher)?;
     Ok(format!("sha256:{}", hex::encode(hasher.finalize())))
 }
 

@@ -12,6 +12,7 @@ use nix::errno::Errno;
 use nix::sys::wait::{waitpid, WaitStatus};
 use nix::unistd::Pid;
 
+use super::cgroup::CgroupLayout;
 use super::{io_err, lock, YoukiRuntime, LIBCONTAINER};
 use crate::runtime::{ContainerId, ExecOutcome, ExitEvent, ExitReason, RuntimeError};
 
@@ -72,34 +73,21 @@ impl YoukiRuntime {
         start_time: u64,
         cgroup_path: Option<PathBuf>,
     ) -> Result<(), RuntimeError> {
-        let (done_tx, done_rx) = mpsc::channel();
-        let exits = self.exits.clone();
-        let layout = self.layout.clone();
-        let rotator = self.logs.clone();
-        let key = id.clone();
-        self.watchers
-            .run(Box::new(move || {
-                while proc_info(pid).is_some_and(|p| !p.zombie && p.start_time == start_time) {
-                    std::thread::sleep(WATCH_EVERY);
-                }
-                let oom = cgroup_path
-                    .as_deref()
-                    .and_then(|cg| layout.oom_kills(cg))
-                    .unwrap_or(0)
-                    > 0;
-                let reason = if oom {
-                    ExitReason::OomKilled
-                } else {
-                    ExitReason::Exited(-1)
-                };
-                rotator.finish(id.as_str());
-                tracing::debug!(container = %id, ?reason, "adopted container exited");
-                let _ = exits.send(ExitEvent { id, reason });
-                let _ = done_tx.send(());
-            }))
-            .map_err(io_err(Path::new("/proc/self/task")))?;
-        lock(&self.reaped).insert(key, done_rx);
-        Ok(())
+        self.on_exit(id, "adopted container exited", move |layout| {
+            while proc_info(pid).is_some_and(|p| !p.zombie && p.start_time == start_time) {
+                std::thread::sleep(WATCH_EVERY);
+            }
+            let oom = cgroup_path
+                .as_deref()
+                .and_then(|cg| layout.oom_kills(cg))
+                .unwrap_or(0)
+                > 0;
+            if oom {
+                ExitReason::OomKilled
+            } else {
+                ExitReason::Exited(-1)
+            }
+        })
     }
 
     pub(super) fn start_reaper(
@@ -108,6 +96,41 @@ impl YoukiRuntime {
         pid: Pid,
         cgroup_path: PathBuf,
     ) -> Result<(), RuntimeError> {
+        let who = id.clone();
+        self.on_exit(id, "container exited", move |layout| {
+            let status = loop {
+                match waitpid(pid, None) {
+                    Err(Errno::EINTR) => continue,
+                    other => break other,
+                }
+            };
+            let reason = match status {
+                Ok(WaitStatus::Exited(_, code)) => ExitReason::Exited(code),
+                Ok(WaitStatus::Signaled(_, sig, _)) => ExitReason::Signaled(sig as i32),
+                other => {
+                    tracing::error!(container = %who, status = ?other, "cannot collect container exit status");
+                    ExitReason::Exited(-1)
+                }
+            };
+            // Anything but a clean exit after an OOM kill in the cgroup is blamed on the OOM,
+            // as kubelet does (a shell whose child was OOM-killed exits 137, not SIGKILL).
+            let oom = layout.oom_kills(&cgroup_path).unwrap_or(0) > 0;
+            match reason {
+                ExitReason::Exited(0) => reason,
+                _ if oom => ExitReason::OomKilled,
+                _ => reason,
+            }
+        })
+    }
+
+    /// Runs `wait` on a watcher thread until the container is gone, then finishes its log
+    /// and reports the exit; `delete` waits for that report through `reaped`.
+    fn on_exit(
+        &self,
+        id: ContainerId,
+        what: &'static str,
+        wait: impl FnOnce(&CgroupLayout) -> ExitReason + Send + 'static,
+    ) -> Result<(), RuntimeError> {
         let (done_tx, done_rx) = mpsc::channel();
         let exits = self.exits.clone();
         let layout = self.layout.clone();
@@ -115,30 +138,9 @@ impl YoukiRuntime {
         let key = id.clone();
         self.watchers
             .run(Box::new(move || {
-                let status = loop {
-                    match waitpid(pid, None) {
-                        Err(Errno::EINTR) => continue,
-                        other => break other,
-                    }
-                };
-                let reason = match status {
-                    Ok(WaitStatus::Exited(_, code)) => ExitReason::Exited(code),
-                    Ok(WaitStatus::Signaled(_, sig, _)) => ExitReason::Signaled(sig as i32),
-                    other => {
-                        tracing::error!(container = %id, status = ?other, "cannot collect container exit status");
-                        ExitReason::Exited(-1)
-                    }
-                };
-                // Anything but a clean exit after an OOM kill in the cgroup is blamed on the OOM,
-                // as kubelet does (a shell whose child was OOM-killed exits 137, not SIGKILL).
-                let oom = layout.oom_kills(&cgroup_path).unwrap_or(0) > 0;
-                let reason = match reason {
-                    ExitReason::Exited(0) => reason,
-                    _ if oom => ExitReason::OomKilled,
-                    _ => reason,
-                };
+                let reason = wait(&layout);
                 rotator.finish(id.as_str());
-                tracing::debug!(container = %id, ?reason, "container exited");
+                tracing::debug!(container = %id, ?reason, "{what}");
                 let _ = exits.send(ExitEvent { id, reason });
                 let _ = done_tx.send(());
             }))

@@ -438,7 +438,7 @@ const BLOCKING_THREADS: usize = 16;
 /// The tokio runtime, with a blocking pool that is complete from the start and never
 /// shrinks: a thread that starts or ends takes a lock of Rust's runtime, and a container
 /// process libcontainer clones off the agent at that moment hangs on it forever (see
-/// `Watchers` in `runtime/youki.rs`).
+/// `Watchers` in `runtime/youki/reap.rs`).
 fn runtime() -> std::io::Result<tokio::runtime::Runtime> {
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()

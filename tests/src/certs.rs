@@ -16,7 +16,7 @@ pub const COORDINATOR_CN: &str = "baton:coordinator";
 /// The broker's DNS name in the lab's certificates (besides its IP addresses). The tests
 /// dial the IP address: OpenSSL-based clients (`mosquitto_sub`) then send it as TLS SNI,
 /// which both brokers accept (the embedded one since its TLS front, see
-/// `coordinator/src/mqtt_front.rs`).
+/// `coordinator/src/edge/mqtt_front.rs`).
 pub const BROKER_NAME: &str = "baton-broker.lab";
 /// A test-only identity that may read every node's up/ topics, to see what gets through.
 pub const OBSERVER_CN: &str = "baton:observer";

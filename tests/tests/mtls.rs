@@ -359,7 +359,7 @@ fn fleet_over_mtls_on_the_embedded_broker() -> Result<()> {
         // are unsigned and the coordinator cannot tell A's forgery from B: at most B is
         // NotReady until its next heartbeat (1 s here). It heals: B is Ready again and its
         // pod never stopped. With enrolled nodes the forgery is refused by signature
-        // (coordinator/src/security.rs; see docs/security.md, "Transport").
+        // (coordinator/src/security/gate.rs; see docs/security.md, "Transport").
         wait_for(&format!("{b} to be Ready"), Duration::from_secs(30), || {
             Ok(ready(lab, &b)?.then_some(()))
         })?;

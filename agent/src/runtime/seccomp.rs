@@ -24,7 +24,7 @@
 //! `add_key`, `keyctl` and `request_key` are refused: the kernel keyring is not namespaced, so
 //! a container could read or fill keys of the host's users.
 //!
-//! This module holds data only (no libcontainer): `youki.rs` turns a [`Profile`] into the OCI
+//! This module holds data only (no libcontainer): `youki/spec.rs` turns a [`Profile`] into the OCI
 //! `linux.seccomp` section. Names unknown to the kernel's architecture are skipped there.
 
 /// `errno` values the profile returns.

@@ -445,8 +445,8 @@ impl Enroller {
 mod tests {
     use super::*;
     use crate::security::gate::SecurityConfig;
-    use baton_proto::enroll::JoinTokenError;
     use crate::store::MemStore;
+    use baton_proto::enroll::JoinTokenError;
     use baton_proto::sign::SigningKey;
     use ed25519_dalek::Signer;
 
@@ -507,7 +507,11 @@ mod tests {
             &t[..t.len() - 1],
             &format!("{t}.x"),
         ] {
-            assert_eq!(JoinToken::parse(bad), Err(JoinTokenError::Malformed), "{bad}");
+            assert_eq!(
+                JoinToken::parse(bad),
+                Err(JoinTokenError::Malformed),
+                "{bad}"
+            );
         }
         assert_eq!(e.list_tokens().len(), 1);
         assert!(e.delete_token(&parsed.id).unwrap());

@@ -54,7 +54,7 @@ use baton_proto::sign::{self, SigningKey, VerifyingKey};
 use baton_proto::NodeName;
 use serde::{Deserialize, Serialize};
 
-pub use enroll::{check_enroll_args, enroll, rotate, JoinToken};
+pub use enroll::{check_enroll_args, enroll, rotate};
 pub use security::{AgentSecurity, Refusal};
 
 pub const IDENTITY_FILE: &str = "identity.json";
@@ -69,8 +69,6 @@ pub const FORMAT_VERSION: u32 = 1;
 pub const CLOCK_FLOOR_MS: u64 = 1_767_225_600_000;
 /// The default bound on how far a coordinator message's time may be from ours.
 pub const DEFAULT_WINDOW: Duration = Duration::from_secs(600);
-const ROTATE_CONTEXT: &[u8] = b"baton-rotate-v1\0";
-const TOKEN_PREFIX: &str = "bjt1";
 
 #[derive(Debug, thiserror::Error)]
 pub enum IdentityError {
@@ -81,8 +79,9 @@ pub enum IdentityError {
     },
     #[error("invalid identity file {path}: {message}")]
     Invalid { path: PathBuf, message: String },
-    #[error("invalid join token: expected bjt1.<id>.<secret>.<ca sha256>")]
-    Token,
+    /// A malformed join token, in proto's words ("invalid join token: expected ...").
+    #[error(transparent)]
+    Token(#[from] baton_proto::enroll::JoinTokenError),
     #[error("the coordinator's CA certificate does not match the join token's hash (got sha256 {got}): refusing to trust it")]
     CaMismatch { got: String },
     #[error("the coordinator's public key is not its CA's key")]
@@ -295,6 +294,9 @@ mod tests {
 
     #[test]
     fn join_tokens() {
+        // The parser is the device contract's (baton_proto::enroll); the agent's message
+        // for a bad token stays as it was.
+        use baton_proto::enroll::JoinToken;
         let t = format!(
             "bjt1.{}.{}.{}",
             "a".repeat(16),
@@ -302,8 +304,16 @@ mod tests {
             "C".repeat(64)
         );
         assert_eq!(JoinToken::parse(&t).unwrap().ca_sha256, "c".repeat(64));
+        check_enroll_args("https://c:7474", &t).unwrap();
         for bad in ["", "bjt1.a.b.c", &t[1..], &format!("{t}.d")] {
             assert!(JoinToken::parse(bad).is_err(), "{bad}");
+            assert_eq!(
+                check_enroll_args("https://c:7474", bad)
+                    .unwrap_err()
+                    .to_string(),
+                "invalid join token: expected bjt1.<id>.<secret>.<ca sha256>",
+                "{bad}"
+            );
         }
     }
 

@@ -8,7 +8,8 @@
 
 use std::sync::{Arc, OnceLock};
 
-use baton_coordinator::security::enroll::{CreateJoinToken, Enroller};
+use baton_coordinator::contract::tokens::JoinTokenRequest;
+use baton_coordinator::security::enroll::Enroller;
 use baton_coordinator::security::pki::Pki;
 use baton_coordinator::security::gate::{Security, SecurityConfig};
 use baton_coordinator::store::{MemStore, Store};
@@ -31,7 +32,7 @@ fn rig() -> &'static Rig {
         let enroller = Enroller::load(store, sec).expect("enroller");
         let (token, _) = enroller
             .create_token(
-                &CreateJoinToken {
+                &JoinTokenRequest {
                     ttl_seconds: 3600,
                     uses: u32::MAX,
                     labels: Default::default(),

@@ -4,6 +4,10 @@
 //! topic names. It has no async runtime and no MQTT client, so it builds for any target
 //! the agent runs on, and both sides link the very same definitions.
 //!
+//! [`enroll`] is the one part that is not MQTT: the HTTP routes and JSON bodies by which
+//! a device gets and renews its identity. The rules below are postcard's; those bodies
+//! keep their JSON field names instead.
+//!
 //! Compatibility rules (postcard does not describe itself):
 //! - every message travels in an [`Envelope`] whose first field is [`PROTO_VERSION`];
 //! - enum variants are only ever added at the end, struct fields are never reordered,
@@ -12,6 +16,7 @@
 
 mod bounded;
 pub mod broker;
+pub mod enroll;
 mod envelope;
 mod messages;
 pub mod seal;

@@ -75,27 +75,28 @@ fn only_the_youki_runtime_imports_libcontainer() {
 fn only_proto_defines_topics() {
     // Library code builds topics through baton_proto::topics; a literal elsewhere would
     // drift from the contract. (Unit tests may spell topics out to check the contract.)
-    let bad: Vec<String> = offenders(&["agent", "coordinator"], "\"baton/v1", &[])
-        .into_iter()
-        .filter(|l| !is_in_test_module(l))
-        .collect();
+    let root = repo_root();
+    let mut bad = Vec::new();
+    for c in ["agent", "coordinator"] {
+        let mut files = Vec::new();
+        rust_files(&root.join(c).join("src"), &mut files);
+        for f in &files {
+            for (n, l) in non_test_code(f) {
+                if l.contains("\"baton/v1") {
+                    bad.push(format!(
+                        "{}:{n}: {}",
+                        f.strip_prefix(&root).unwrap().display(),
+                        l.trim()
+                    ));
+                }
+            }
+        }
+    }
     assert!(
         bad.is_empty(),
         "topic literals outside proto:\n{}",
         bad.join("\n")
     );
-}
-
-/// True when the offending line sits after a `#[cfg(test)]` in its file.
-fn is_in_test_module(offence: &str) -> bool {
-    let Some((file, rest)) = offence.split_once(':') else {
-        return false;
-    };
-    let Some(line) = rest.split(':').next().and_then(|n| n.parse::<usize>().ok()) else {
-        return false;
-    };
-    let text = fs::read_to_string(repo_root().join(file)).unwrap_or_default();
-    text.lines().take(line).any(|l| l.trim() == "#[cfg(test)]")
 }
 
 #[test]
@@ -402,6 +403,37 @@ fn the_cli_builds_no_route_by_hand() {
     assert!(
         bad.is_empty(),
         "routes built in the CLI:\n{}",
+        bad.join("\n")
+    );
+}
+
+#[test]
+fn api_paths_are_spelled_only_in_the_contracts() {
+    // The HTTP API's paths live in coordinator/src/contract (routes.rs) and, for the
+    // device's routes, in proto/src/enroll.rs, which the agent shares; everything else,
+    // the agent included, takes them from there. (Tests may spell paths out to check them.)
+    let root = repo_root();
+    let allowed =
+        |rel: &str| rel.starts_with("coordinator/src/contract/") || rel == "proto/src/enroll.rs";
+    let mut bad = Vec::new();
+    for c in ["proto", "link", "coordinator", "agent"] {
+        let mut files = Vec::new();
+        rust_files(&root.join(c).join("src"), &mut files);
+        for f in &files {
+            let rel = f.strip_prefix(&root).unwrap().display().to_string();
+            if allowed(&rel) {
+                continue;
+            }
+            for (n, l) in non_test_code(f) {
+                if l.contains("/api/v1") {
+                    bad.push(format!("{rel}:{n}: {}", l.trim()));
+                }
+            }
+        }
+    }
+    assert!(
+        bad.is_empty(),
+        "API paths outside coordinator/src/contract and proto/src/enroll.rs:\n{}",
         bad.join("\n")
     );
 }

@@ -1,44 +1,23 @@
 //! Getting an identity from the coordinator: the join token, enrollment over a CA pinned by
-//! the token's hash, and key rotation (see the module docs of [`super`]).
+//! the token's hash, and key rotation (see the module docs of [`super`]). The routes, the
+//! bodies and the token's format are the device contract's, [`baton_proto::enroll`].
 
 use std::collections::BTreeMap;
 use std::path::Path;
 use std::time::Duration;
 
+use baton_proto::enroll::{
+    rotate_path, rotate_signing_bytes, EnrollRequest, EnrollResponse, JoinToken, RotateRequest,
+    CA_PATH, ENROLL_PATH,
+};
 use baton_proto::sign::SigningKey;
 use baton_proto::NodeName;
 use ed25519_dalek::Signer;
+use serde::Serialize;
 use sha2::{Digest, Sha256};
 use tracing::info;
 
-use super::{
-    b64, unb64, wall_ms, IdentityError, IdentityFile, FORMAT_VERSION, ROTATE_CONTEXT, TOKEN_PREFIX,
-};
-
-/// The parts of a join token string that the agent uses.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct JoinToken {
-    pub raw: String,
-    pub ca_sha256: String,
-}
-
-impl JoinToken {
-    pub fn parse(s: &str) -> Result<Self, IdentityError> {
-        let parts: Vec<&str> = s.trim().split('.').collect();
-        let hex_of = |s: &str, n: usize| s.len() == n && s.bytes().all(|b| b.is_ascii_hexdigit());
-        match parts.as_slice() {
-            [p, id, secret, ca]
-                if *p == TOKEN_PREFIX && hex_of(id, 16) && hex_of(secret, 32) && hex_of(ca, 64) =>
-            {
-                Ok(Self {
-                    raw: s.trim().to_owned(),
-                    ca_sha256: ca.to_ascii_lowercase(),
-                })
-            }
-            _ => Err(IdentityError::Token),
-        }
-    }
-}
+use super::{b64, unb64, wall_ms, IdentityError, IdentityFile, FORMAT_VERSION};
 
 /// The DER bytes of the first certificate in a PEM text.
 fn pem_der(pem: &str) -> Option<Vec<u8>> {
@@ -152,7 +131,7 @@ pub fn check_enroll_args(api: &str, token: &str) -> Result<(), IdentityError> {
 
 /// Fetches the coordinator's CA and checks it against the token's hash.
 async fn pinned_ca(api: &str, ca_sha256: &str) -> Result<String, IdentityError> {
-    let url = format!("{api}/api/v1/enroll/ca");
+    let url = format!("{api}{CA_PATH}");
     let https = api.starts_with("https://");
     if !https {
         let host = reqwest::Url::parse(api)
@@ -191,11 +170,13 @@ async fn pinned_ca(api: &str, ca_sha256: &str) -> Result<String, IdentityError> 
     Ok(pem)
 }
 
+/// POSTs `body` as JSON and reads the answer as an [`EnrollResponse`]; a refusal is the
+/// coordinator's `{"error": "..."}`.
 async fn post_json(
     client: &reqwest::Client,
     url: &str,
-    body: &serde_json::Value,
-) -> Result<serde_json::Value, IdentityError> {
+    body: &impl Serialize,
+) -> Result<EnrollResponse, IdentityError> {
     let resp = client
         .post(url)
         .json(body)
@@ -208,39 +189,40 @@ async fn post_json(
         let msg = v["error"].as_str().unwrap_or("no reason given");
         return Err(IdentityError::Refused(format!("{status}: {msg}")));
     }
-    Ok(v)
+    serde_json::from_value(v).map_err(|e| IdentityError::Http {
+        url: url.to_owned(),
+        message: format!("the answer is not an enrollment answer: {e}"),
+    })
 }
 
 /// Builds the identity file from an enrollment (or rotation) answer, after checking that
 /// the coordinator key is the pinned CA's key.
 fn identity_from(
-    v: &serde_json::Value,
+    r: EnrollResponse,
     seed: &[u8; 32],
     ca_pem: &str,
     api: &str,
 ) -> Result<IdentityFile, IdentityError> {
-    let s = |k: &str| v[k].as_str().unwrap_or_default().to_owned();
     let ca_der = pem_der(ca_pem).ok_or(IdentityError::KeyMismatch)?;
     let ca_key = ed25519_key_of(&ca_der).ok_or(IdentityError::KeyMismatch)?;
-    if unb64(&s("coordinatorPublicKey")).as_deref() != Some(&ca_key[..]) {
+    if unb64(&r.coordinator_public_key).as_deref() != Some(&ca_key[..]) {
         return Err(IdentityError::KeyMismatch);
     }
-    let labels = serde_json::from_value(v["labels"].clone()).unwrap_or_default();
     Ok(IdentityFile {
         version: FORMAT_VERSION,
-        node_name: s("nodeName"),
+        node_name: r.node_name,
         private_key: b64(seed),
-        certificate: s("certificate"),
-        coordinator_public_key: s("coordinatorPublicKey"),
+        certificate: r.certificate,
+        coordinator_public_key: r.coordinator_public_key,
         ca_certificate: ca_pem.to_owned(),
-        labels,
-        not_after: v["notAfter"].as_u64().unwrap_or(0),
+        labels: r.labels,
+        not_after: r.not_after,
         coordinator_api: Some(api.to_owned()),
     })
 }
 
-/// Enrolls this device: a new key pair, `POST /api/v1/enroll` with the join token, and
-/// the identity file written to `path`.
+/// Enrolls this device: a new key pair, a POST to [`ENROLL_PATH`] with the join token,
+/// and the identity file written to `path`.
 pub async fn enroll(
     path: &Path,
     api: &str,
@@ -256,15 +238,15 @@ pub async fn enroll(
     let client = pinned_client(&ca_pem)?;
     let seed: [u8; 32] = rand::random();
     let key = SigningKey::from_bytes(&seed);
-    let body = serde_json::json!({
-        "token": token.raw,
-        "nodeName": node.as_str(),
-        "publicKey": b64(key.verifying_key().as_bytes()),
-        "labels": labels,
-        "arch": arch,
-    });
-    let v = post_json(&client, &format!("{api}/api/v1/enroll"), &body).await?;
-    let id = identity_from(&v, &seed, &ca_pem, api)?;
+    let body = EnrollRequest {
+        token: token.render(),
+        node_name: node.as_str().to_owned(),
+        public_key: b64(key.verifying_key().as_bytes()),
+        labels: labels.clone(),
+        arch: arch.to_owned(),
+    };
+    let answer = post_json(&client, &format!("{api}{ENROLL_PATH}"), &body).await?;
+    let id = identity_from(answer, &seed, &ca_pem, api)?;
     if id.node_name != node.as_str() {
         return Err(IdentityError::NodeMismatch {
             file: id.node_name,
@@ -293,21 +275,16 @@ pub async fn rotate(path: &Path, api: Option<&str>) -> Result<IdentityFile, Iden
     let seed: [u8; 32] = rand::random();
     let new_pub = b64(SigningKey::from_bytes(&seed).verifying_key().as_bytes());
     let ts = wall_ms();
-    let mut msg = ROTATE_CONTEXT.to_vec();
-    msg.extend_from_slice(cur.node_name.as_bytes());
-    msg.push(0);
-    msg.extend_from_slice(new_pub.as_bytes());
-    msg.push(0);
-    msg.extend_from_slice(ts.to_string().as_bytes());
+    let msg = rotate_signing_bytes(&cur.node_name, &new_pub, ts);
     let sig = cur.signing_key()?.sign(&msg);
-    let body = serde_json::json!({
-        "newPublicKey": new_pub,
-        "timestampMs": ts,
-        "signature": b64(&sig.to_bytes()),
-    });
-    let url = format!("{api}/api/v1/nodes/{}/rotate", cur.node_name);
-    let v = post_json(&client, &url, &body).await?;
-    let id = identity_from(&v, &seed, &cur.ca_certificate, &api)?;
+    let body = RotateRequest {
+        new_public_key: new_pub,
+        timestamp_ms: ts,
+        signature: b64(&sig.to_bytes()),
+    };
+    let url = format!("{api}{}", rotate_path(&cur.node_name));
+    let answer = post_json(&client, &url, &body).await?;
+    let id = identity_from(answer, &seed, &cur.ca_certificate, &api)?;
     id.save(path)?;
     info!(node = %id.node_name, "device key rotated");
     Ok(id)

@@ -6,9 +6,8 @@ use std::collections::BTreeMap;
 use serde::{Deserialize, Serialize};
 
 use super::payload::json_bodies;
-// The enrollment bodies are still defined beside the enroller, which parses them; they
-// belong here, and `security::enroll` should import them from the contract instead.
-pub use crate::security::enroll::{EnrollRequest, EnrollResponse, RotateRequest};
+// The device's bodies are the device's contract, which the agent shares.
+pub use baton_proto::enroll::{EnrollRequest, EnrollResponse, RotateRequest};
 
 /// What `baton node identity` shows of an enrolled node: its keys and their validity,
 /// never the certificate or anything secret.

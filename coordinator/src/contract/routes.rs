@@ -17,9 +17,13 @@
 //! `kind` is the exception: the server parses it with [`ResourceKind::parse`], which
 //! takes kubectl's spellings, where serde takes only the lowercase singular.
 //!
+//! The device's three routes (enrollment, its CA, certificate rotation) take their paths
+//! from [`baton_proto::enroll`], which the agent builds its requests from.
+//!
 //! Every route but the four marked "no token" needs `Authorization: Bearer TOKEN`;
 //! "admin" ones need an admin token (`crate::security::auth::authorize`).
 
+use baton_proto::enroll;
 use serde::Deserialize;
 
 use super::body::{
@@ -91,7 +95,7 @@ macro_rules! routes {
     ($(
         $(#[$doc:meta])*
         $name:ident { $($field:ident: $ty:ty),* $(,)? }
-            $method:ident $path:literal, $req:ty => $resp:ty;
+            $method:ident $path:expr, $req:ty => $resp:ty;
     )*) => {
         $(
             $(#[$doc])*
@@ -167,12 +171,12 @@ routes! {
 
     /// The CA certificate, PEM; the device pins it by the hash its join token carries.
     /// No token.
-    EnrollCa {} Get "/api/v1/enroll/ca", NoBody => Pem;
+    EnrollCa {} Get enroll::CA_PATH, NoBody => Pem;
     /// Enrolls a device with a join token. No token (the join token authenticates it).
-    Enroll {} Post "/api/v1/enroll", EnrollRequest => EnrollResponse;
+    Enroll {} Post enroll::ENROLL_PATH, EnrollRequest => EnrollResponse;
     /// A new certificate for a new key, signed by the node's current key. No token.
     RotateCertificate { name: String }
-        Post "/api/v1/nodes/{name}/rotate", RotateRequest => EnrollResponse;
+        Post enroll::ROTATE_PATH, RotateRequest => EnrollResponse;
     /// Revokes a node's identity. Admin.
     Revoke { name: String } Post "/api/v1/nodes/{name}/revoke", NoBody => Revocation;
     /// Asks the node to rotate its key; answers its identity before. Admin.
@@ -313,6 +317,19 @@ mod tests {
             "/api/v1/images/import?name=baton%2Fx%3A1"
         );
         assert_eq!(Healthz {}.path(), Healthz::PATH);
+    }
+
+    #[test]
+    fn the_agent_fills_the_rotate_path_as_the_routes_do() {
+        for name in ["pi-1", "a b/c", "x:y.z_~", "ü%?#"] {
+            assert_eq!(
+                RotateCertificate { name: name.into() }.path(),
+                enroll::rotate_path(name),
+                "{name}"
+            );
+        }
+        assert_eq!(EnrollCa {}.path(), enroll::CA_PATH);
+        assert_eq!(Enroll {}.path(), enroll::ENROLL_PATH);
     }
 
     #[test]

@@ -1,11 +1,11 @@
 //! API tokens and the join tokens that enroll devices: what `baton token` sends and
 //! reads.
 
+use std::collections::BTreeMap;
+
 use serde::{Deserialize, Serialize};
 
 use super::payload::json_bodies;
-// Defined beside the enroller for now; they belong here (see `nodes`).
-pub use crate::security::enroll::{CreateJoinToken as JoinTokenRequest, JoinTokenInfo};
 
 /// What an API token may do (see `crate::security::auth::authorize`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -57,6 +57,37 @@ pub struct CreatedToken {
     pub name: String,
     pub role: Role,
     pub token: String,
+}
+
+/// `POST /api/v1/tokens/join`: a new join token's life, uses, and the labels and node
+/// name it gives (see `crate::security::enroll`).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct JoinTokenRequest {
+    pub ttl_seconds: u64,
+    #[serde(default = "one")]
+    pub uses: u32,
+    #[serde(default)]
+    pub labels: BTreeMap<String, String>,
+    #[serde(default)]
+    pub node_name: Option<String>,
+}
+
+fn one() -> u32 {
+    1
+}
+
+/// What `baton token list` shows of a join token.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct JoinTokenInfo {
+    pub id: String,
+    pub expires: u64,
+    pub uses_left: u32,
+    pub labels: BTreeMap<String, String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub node_name: Option<String>,
+    pub creation_timestamp: String,
 }
 
 /// A new join token: the token string (shown only this once) and what is kept of it.

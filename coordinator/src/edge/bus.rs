@@ -22,10 +22,10 @@ use rumqttc::{
     AsyncClient, Event as MqttEvent, MqttOptions, Packet, QoS, SubscribeReasonCode,
     TlsConfiguration, Transport,
 };
-use serde::Serialize;
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 
+use crate::contract::health::MqttStatus;
 use crate::core::{Event, Outbound};
 use crate::edge::mqtt::MqttLogin;
 use crate::security::gate::Security;
@@ -57,21 +57,10 @@ pub struct BusStats {
     pub suspect: Mutex<Option<String>>,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-pub struct BusStatsSnapshot {
-    pub connected: bool,
-    pub received: u64,
-    pub dropped: u64,
-    pub published: u64,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub error: Option<String>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub suspect: Option<String>,
-}
-
 impl BusStats {
-    pub fn snapshot(&self) -> BusStatsSnapshot {
-        BusStatsSnapshot {
+    /// The link's state and counters as `/healthz` shows them.
+    pub fn snapshot(&self) -> MqttStatus {
+        MqttStatus {
             connected: self.connected.load(Ordering::Relaxed),
             received: self.received.load(Ordering::Relaxed),
             dropped: self.dropped.load(Ordering::Relaxed),

@@ -10,6 +10,9 @@
 //! bjt1.<id: 16 hex>.<secret: 32 hex>.<sha256 of ca.crt DER: 64 hex>
 //! ```
 //!
+//! That format, the device routes and their bodies are the device's contract, shared
+//! with the agent: [`baton_proto::enroll`].
+//!
 //! An agent enrolls with `POST /api/v1/enroll` (no API token: the join token authorizes)
 //! sending its node name, its own public key (the private key never leaves the device),
 //! labels and arch. [`Enroller::enroll`] checks the token, issues an X.509 node
@@ -31,11 +34,15 @@ use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
+use baton_proto::enroll::{
+    rotate_signing_bytes, EnrollRequest, EnrollResponse, JoinToken, RotateRequest,
+};
 use baton_proto::sign;
 use baton_proto::NodeName;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
+use crate::contract::tokens::{JoinTokenInfo, JoinTokenRequest};
 use crate::security::encoding::{b64, now_ms, unb64};
 use crate::security::gate::{IdentityRecord, Security, SecurityError};
 use crate::security::pki::{Pki, PkiError};
@@ -43,12 +50,8 @@ use crate::store::{self, Op, Store, StoreError, Table};
 
 /// Largest accepted enrollment or rotation request.
 pub const MAX_REQUEST_BYTES: usize = 16 * 1024;
-/// The token string's prefix and version.
-pub const TOKEN_PREFIX: &str = "bjt1";
 /// Default life of a node certificate.
 pub const DEFAULT_CERT_TTL: Duration = Duration::from_secs(365 * 86400);
-/// Context of a rotation request's signature, so it can never pass for anything else.
-pub const ROTATE_CONTEXT: &[u8] = b"baton-rotate-v1\0";
 const MAX_LABELS: usize = 64;
 
 #[derive(Debug, thiserror::Error)]
@@ -120,19 +123,6 @@ pub struct JoinTokenRecord {
     pub creation_timestamp: String,
 }
 
-/// What `baton token list` shows of a join token.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase")]
-pub struct JoinTokenInfo {
-    pub id: String,
-    pub expires: u64,
-    pub uses_left: u32,
-    pub labels: BTreeMap<String, String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub node_name: Option<String>,
-    pub creation_timestamp: String,
-}
-
 impl From<&JoinTokenRecord> for JoinTokenInfo {
     fn from(r: &JoinTokenRecord) -> Self {
         Self {
@@ -144,111 +134,6 @@ impl From<&JoinTokenRecord> for JoinTokenInfo {
             creation_timestamp: r.creation_timestamp.clone(),
         }
     }
-}
-
-/// `POST /api/v1/tokens/join`.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
-pub struct CreateJoinToken {
-    pub ttl_seconds: u64,
-    #[serde(default = "one")]
-    pub uses: u32,
-    #[serde(default)]
-    pub labels: BTreeMap<String, String>,
-    #[serde(default)]
-    pub node_name: Option<String>,
-}
-
-fn one() -> u32 {
-    1
-}
-
-/// The parts of a token string.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct JoinToken {
-    pub id: String,
-    pub secret: String,
-    pub ca_sha256: String,
-}
-
-impl JoinToken {
-    pub fn parse(s: &str) -> Option<Self> {
-        let mut it = s.trim().split('.');
-        let (p, id, secret, ca) = (it.next()?, it.next()?, it.next()?, it.next()?);
-        let hex_of = |s: &str, n: usize| s.len() == n && s.bytes().all(|b| b.is_ascii_hexdigit());
-        if it.next().is_some()
-            || p != TOKEN_PREFIX
-            || !hex_of(id, 16)
-            || !hex_of(secret, 32)
-            || !hex_of(ca, 64)
-        {
-            return None;
-        }
-        Some(Self {
-            id: id.to_ascii_lowercase(),
-            secret: secret.to_ascii_lowercase(),
-            ca_sha256: ca.to_ascii_lowercase(),
-        })
-    }
-
-    pub fn render(&self) -> String {
-        format!(
-            "{TOKEN_PREFIX}.{}.{}.{}",
-            self.id, self.secret, self.ca_sha256
-        )
-    }
-}
-
-/// `POST /api/v1/enroll`.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
-pub struct EnrollRequest {
-    /// The join token string (only its id and secret count here).
-    pub token: String,
-    pub node_name: String,
-    /// Base64 of the device's 32-byte Ed25519 public key.
-    pub public_key: String,
-    #[serde(default)]
-    pub labels: BTreeMap<String, String>,
-    #[serde(default)]
-    pub arch: String,
-}
-
-/// The answer to an enrollment or a rotation.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase")]
-pub struct EnrollResponse {
-    pub node_name: String,
-    /// The node certificate, PEM.
-    pub certificate: String,
-    /// Base64 of the coordinator's Ed25519 public key (the CA's key).
-    pub coordinator_public_key: String,
-    pub ca_certificate: String,
-    pub labels: BTreeMap<String, String>,
-    /// The certificate's notAfter, Unix seconds.
-    pub not_after: u64,
-}
-
-/// `POST /api/v1/nodes/<name>/rotate`: signed by the node's current key over
-/// [`rotate_signing_bytes`].
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
-pub struct RotateRequest {
-    pub new_public_key: String,
-    pub timestamp_ms: u64,
-    /// Base64 Ed25519 signature.
-    pub signature: String,
-}
-
-/// What a rotation request's signature covers.
-pub fn rotate_signing_bytes(node: &str, new_public_key: &str, timestamp_ms: u64) -> Vec<u8> {
-    let mut v = ROTATE_CONTEXT.to_vec();
-    v.extend_from_slice(node.as_bytes());
-    v.push(0);
-    v.extend_from_slice(new_public_key.as_bytes());
-    v.push(0);
-    v.extend_from_slice(timestamp_ms.to_string().as_bytes());
-    v
 }
 
 /// The outcome of a successful enrollment, for the HTTP layer.
@@ -348,7 +233,7 @@ impl Enroller {
     /// Makes a join token; returns the token string (shown once) and its record.
     pub fn create_token(
         &self,
-        req: &CreateJoinToken,
+        req: &JoinTokenRequest,
         now_unix: u64,
     ) -> Result<(String, JoinTokenInfo), EnrollError> {
         if req.ttl_seconds == 0 || req.ttl_seconds > 365 * 86400 {
@@ -415,7 +300,7 @@ impl Enroller {
         if req.arch.len() > 32 {
             return Err(bad("arch is too long"));
         }
-        let token = JoinToken::parse(&req.token).ok_or(EnrollError::InvalidToken)?;
+        let token = JoinToken::parse(&req.token).map_err(|_| EnrollError::InvalidToken)?;
 
         let mut tokens = self.tokens();
         let rec = tokens
@@ -561,6 +446,7 @@ mod tests {
     use super::*;
     use crate::security::gate::SecurityConfig;
     use crate::store::MemStore;
+    use baton_proto::enroll::JoinTokenError;
     use baton_proto::sign::SigningKey;
     use ed25519_dalek::Signer;
 
@@ -576,7 +462,7 @@ mod tests {
 
     fn token(e: &Enroller, uses: u32, node: Option<&str>) -> String {
         e.create_token(
-            &CreateJoinToken {
+            &JoinTokenRequest {
                 ttl_seconds: 3600,
                 uses,
                 labels: [("zone".to_string(), "a".to_string())].into(),
@@ -621,7 +507,11 @@ mod tests {
             &t[..t.len() - 1],
             &format!("{t}.x"),
         ] {
-            assert_eq!(JoinToken::parse(bad), None, "{bad}");
+            assert_eq!(
+                JoinToken::parse(bad),
+                Err(JoinTokenError::Malformed),
+                "{bad}"
+            );
         }
         assert_eq!(e.list_tokens().len(), 1);
         assert!(e.delete_token(&parsed.id).unwrap());

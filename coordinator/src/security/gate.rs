@@ -41,6 +41,7 @@ use baton_proto::{Body, Envelope, NodeName, ProtoError, Sender};
 use serde::{Deserialize, Serialize};
 use tokio::sync::mpsc;
 
+use crate::contract::nodes::{IdentitySummary, RejectionReport};
 use crate::core::Outbound;
 use crate::security::encoding::{now_ms, unb64};
 use crate::security::envelope::{check_envelope, Rejected};
@@ -73,26 +74,8 @@ pub enum SecurityError {
     NotQueued(String),
 }
 
-/// What `baton node identity` shows of an enrolled node: its keys and their validity,
-/// never the certificate or anything secret.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "camelCase")]
-pub struct IdentitySummary {
-    pub node: String,
-    pub public_key: String,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub previous_key: Option<String>,
-    pub previous_valid_until_ms: u64,
-    pub not_after: u64,
-    pub enrolled_at: String,
-    pub revoked: bool,
-    /// `SHA256:<hex>` of the node certificate's DER, to compare with the device's copy
-    /// (`openssl x509 -noout -fingerprint -sha256`); empty if it cannot be read.
-    pub fingerprint: String,
-    /// The node certificate's serial number, colon-separated hex.
-    pub serial: String,
-}
-
+/// The wire form of an identity, for `baton node identity` (no certificate, nothing
+/// secret), with the certificate's fingerprint and serial read from it.
 impl From<&IdentityRecord> for IdentitySummary {
     fn from(r: &IdentityRecord) -> Self {
         use sha2::Digest as _;
@@ -184,9 +167,8 @@ impl IdentityRecord {
     }
 }
 
-/// Why a message was refused.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
-#[serde(rename_all = "kebab-case")]
+/// Why a message was refused; named on the wire by [`Reason::as_str`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub enum Reason {
     /// Undecodable, oversized, unknown version, or not a node topic at all.
     Malformed,
@@ -234,22 +216,6 @@ fn reject(reason: Reason, detail: impl Into<String>) -> Rejection {
         reason,
         detail: detail.into(),
     }
-}
-
-/// What `GET /api/v1/security/rejections` returns.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "camelCase")]
-pub struct RejectionReport {
-    pub require_signatures: bool,
-    pub window_seconds: u64,
-    /// Rejections per reason since the coordinator started.
-    pub total: BTreeMap<Reason, u64>,
-    /// Rejections per node (as named by the topic) and reason.
-    pub nodes: BTreeMap<String, BTreeMap<Reason, u64>>,
-    /// Exact duplicates (QoS 1 redelivery) dropped quietly; not rejections.
-    pub duplicates: u64,
-    /// Enrolled nodes and whether they are revoked.
-    pub enrolled: BTreeMap<String, bool>,
 }
 
 #[derive(Default)]
@@ -600,13 +566,24 @@ impl Security {
             .collect()
     }
 
+    /// What `GET /api/v1/security/rejections` answers: reasons by their names.
     pub fn report(&self) -> RejectionReport {
         let inner = self.inner();
+        let by_name = |counts: &BTreeMap<Reason, u64>| {
+            counts
+                .iter()
+                .map(|(reason, n)| (reason.as_str().to_owned(), *n))
+                .collect()
+        };
         RejectionReport {
             require_signatures: self.cfg.require_signatures,
             window_seconds: self.cfg.window.as_secs(),
-            total: inner.total.clone(),
-            nodes: inner.per_node.clone(),
+            total: by_name(&inner.total),
+            nodes: inner
+                .per_node
+                .iter()
+                .map(|(node, counts)| (node.clone(), by_name(counts)))
+                .collect(),
             duplicates: inner.duplicates,
             enrolled: inner
                 .identities

@@ -419,14 +419,14 @@ impl Server {
                 std::future::pending(),
             ))
         });
-        let sec_routes = http::security_router(
-            events_tx.clone(),
-            tokens.clone(),
+        let app = http::app(
+            events_tx,
+            stats,
+            tokens,
+            registry,
             security.clone(),
             enroller,
         );
-        let app =
-            http::router_with_images(events_tx, stats, tokens, Some(registry)).merge(sec_routes);
         crate::edge::serve::serve(listener, tls, app, conns, shutdown).await;
 
         tracing::info!("shutting down");

@@ -10,7 +10,7 @@ use crate::contract::body::{
     ApiObject, ApplyResults, Deleted, Described, List, RolloutProgress, ScaleRequest, UndoRequest,
     UndoResult,
 };
-use crate::contract::health::{Health, HealthStatus, MqttStatus};
+use crate::contract::health::{Health, HealthStatus};
 use crate::contract::{routes, ResourceKind};
 use crate::core::{ApiOp, ApiReply};
 use crate::model::api;
@@ -111,15 +111,7 @@ fn kind(s: &str) -> Result<ResourceKind, Failure> {
 /// coordinator that can reach no node. Before the first attempt has ended it is
 /// still 200: nothing is known to be wrong yet.
 pub(super) async fn healthz(State(state): State<AppState>) -> (StatusCode, Json<Health>) {
-    let s = state.bus.snapshot();
-    let mqtt = MqttStatus {
-        connected: s.connected,
-        received: s.received,
-        dropped: s.dropped,
-        published: s.published,
-        error: s.error,
-        suspect: s.suspect,
-    };
+    let mqtt = state.bus.snapshot();
     match state.bus.problem() {
         Some(reason) => (
             StatusCode::SERVICE_UNAVAILABLE,

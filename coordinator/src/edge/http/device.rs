@@ -12,7 +12,7 @@ use crate::contract::body::Revocation;
 use crate::contract::nodes::{EnrollResponse, IdentitySummary, RejectionReport};
 use crate::contract::routes;
 use crate::core::{ApiOp, ApiReply};
-use crate::security::gate::{self, SecurityError};
+use crate::security::gate::SecurityError;
 
 impl FromReply for Revocation {
     fn from_reply(reply: ApiReply) -> Option<Self> {
@@ -20,43 +20,6 @@ impl FromReply for Revocation {
             ApiReply::Revocation(r) => Some(r),
             _ => None,
         }
-    }
-}
-
-/// The wire form of the gate's identity summary.
-fn identity_summary(s: gate::IdentitySummary) -> IdentitySummary {
-    IdentitySummary {
-        node: s.node,
-        public_key: s.public_key,
-        previous_key: s.previous_key,
-        previous_valid_until_ms: s.previous_valid_until_ms,
-        not_after: s.not_after,
-        enrolled_at: s.enrolled_at,
-        revoked: s.revoked,
-        fingerprint: s.fingerprint,
-        serial: s.serial,
-    }
-}
-
-/// The wire form of the gate's report: reasons by their names.
-fn rejection_report(r: gate::RejectionReport) -> RejectionReport {
-    let by_name = |counts: std::collections::BTreeMap<gate::Reason, u64>| {
-        counts
-            .into_iter()
-            .map(|(reason, n)| (reason.as_str().to_owned(), n))
-            .collect()
-    };
-    RejectionReport {
-        require_signatures: r.require_signatures,
-        window_seconds: r.window_seconds,
-        total: by_name(r.total),
-        nodes: r
-            .nodes
-            .into_iter()
-            .map(|(node, counts)| (node, by_name(counts)))
-            .collect(),
-        duplicates: r.duplicates,
-        enrolled: r.enrolled,
     }
 }
 
@@ -127,7 +90,7 @@ pub(super) async fn rotate_key(
         .security
         .request_rotation(&name)
         .map_err(security_failure)?;
-    Ok(Json(identity_summary(before)))
+    Ok(Json(before))
 }
 
 pub(super) async fn node_identity(
@@ -138,9 +101,9 @@ pub(super) async fn node_identity(
         .security
         .identity(&name)
         .ok_or_else(|| security_failure(SecurityError::NotEnrolled(name.clone())))?;
-    Ok(Json(identity_summary(gate::IdentitySummary::from(&rec))))
+    Ok(Json(IdentitySummary::from(&rec)))
 }
 
 pub(super) async fn rejections(State(state): State<SecState>) -> Reply<RejectionReport> {
-    Ok(Json(rejection_report(state.security.report())))
+    Ok(Json(state.security.report()))
 }

@@ -507,7 +507,7 @@ async fn every_contract_route_is_served_as_defined() {
     assert_eq!(before, identity);
     let new_key = b64(SigningKey::from_bytes(&[8; 32]).verifying_key().as_bytes());
     let now = crate::security::encoding::now_ms();
-    let signed = crate::security::enroll::rotate_signing_bytes("pi-1", &new_key, now);
+    let signed = baton_proto::enroll::rotate_signing_bytes("pi-1", &new_key, now);
     let rotate = RotateRequest {
         new_public_key: new_key,
         timestamp_ms: now,

@@ -225,8 +225,8 @@ fn counters_per_reason_and_node() {
     assert!(sec.admit(&t, &p).is_none());
     assert!(sec.admit(&t, &p).is_none());
     let r = sec.report();
-    assert_eq!(r.total.get(&Reason::Unsigned), Some(&2));
-    assert_eq!(r.nodes["pi-1"].get(&Reason::Unsigned), Some(&2));
+    assert_eq!(r.total.get(Reason::Unsigned.as_str()), Some(&2));
+    assert_eq!(r.nodes["pi-1"].get(Reason::Unsigned.as_str()), Some(&2));
     assert_eq!(r.enrolled.get("pi-1"), Some(&false));
 }
 

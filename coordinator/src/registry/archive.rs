@@ -148,8 +148,7 @@ pub(super) fn sha256_file(path: &Path) -> io::Result<String> {
 }
 
 pub(super) fn sync_dir(dir: &Path) -> Result<(), RegistryError> {
-    fs::File::open(dir)
-        .and_then(|d| d.sync_all())
+    crate::store::durable::sync_dir(dir)
         .map_err(RegistryError::io(format!("sync {}", dir.display())))
 }
 

@@ -1,4 +1,7 @@
-//! Small file-system helpers shared by the modules that keep secrets on disk.
+//! The coordinator's one way of making a file durable: [`write_private`] for a whole file
+//! written at once (keys, certificates, tokens, CLI configs), and [`sync_dir`] for a name
+//! put in place by a rename after its writer synced the content (the registry's blobs,
+//! streamed as they are hashed).
 
 use std::fs::{File, OpenOptions};
 use std::io::{self, Write};
@@ -28,10 +31,15 @@ pub fn write_private(path: &Path, bytes: &[u8]) -> io::Result<()> {
     f.sync_all()?;
     drop(f);
     std::fs::rename(&tmp, path)?;
-    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-        File::open(dir)?.sync_all()?;
+    match path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        Some(dir) => sync_dir(dir),
+        None => Ok(()),
     }
-    Ok(())
+}
+
+/// Fsyncs a directory, which makes the names created or renamed in it survive a power cut.
+pub fn sync_dir(dir: &Path) -> io::Result<()> {
+    File::open(dir)?.sync_all()
 }
 
 #[cfg(test)]

@@ -115,6 +115,13 @@ pub struct EnrollRequest {
     pub arch: String,
 }
 
+/// A refusal: every error answer of the API is `{"error": "..."}` with a 4xx or 5xx
+/// status (the coordinator's contract re-exports this type).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ErrorBody {
+    pub error: String,
+}
+
 /// The answer to an enrollment or a rotation.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
@@ -242,6 +249,14 @@ mod tests {
         let json = r#"{"newPublicKey":"N","timestampMs":9,"signature":"S"}"#;
         assert_eq!(serde_json::to_string(&rot).unwrap(), json);
         assert!(serde_json::from_str::<RotateRequest>(&json.replace('}', r#","x":1}"#)).is_err());
+
+        let err = ErrorBody {
+            error: "token expired".into(),
+        };
+        assert_eq!(
+            serde_json::to_string(&err).unwrap(),
+            r#"{"error":"token expired"}"#
+        );
     }
 
     #[test]

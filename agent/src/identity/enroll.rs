@@ -7,8 +7,8 @@ use std::path::Path;
 use std::time::Duration;
 
 use baton_proto::enroll::{
-    rotate_path, rotate_signing_bytes, EnrollRequest, EnrollResponse, JoinToken, RotateRequest,
-    CA_PATH, ENROLL_PATH,
+    rotate_path, rotate_signing_bytes, EnrollRequest, EnrollResponse, ErrorBody, JoinToken,
+    RotateRequest, CA_PATH, ENROLL_PATH,
 };
 use baton_proto::sign::SigningKey;
 use baton_proto::NodeName;
@@ -186,7 +186,8 @@ async fn post_json(
     let status = resp.status();
     let v: serde_json::Value = resp.json().await.map_err(http_err(url))?;
     if !status.is_success() {
-        let msg = v["error"].as_str().unwrap_or("no reason given");
+        let msg = serde_json::from_value::<ErrorBody>(v).map(|b| b.error);
+        let msg = msg.as_deref().unwrap_or("no reason given");
         return Err(IdentityError::Refused(format!("{status}: {msg}")));
     }
     serde_json::from_value(v).map_err(|e| IdentityError::Http {

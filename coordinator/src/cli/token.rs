@@ -81,7 +81,7 @@ pub(super) async fn token(client: &Client, action: &TokenCommand) -> Result<Stri
         } => {
             let name = name
                 .clone()
-                .unwrap_or_else(|| format!("token-{}", &crate::security::auth::new_secret()[..8]));
+                .unwrap_or_else(|| format!("token-{:08x}", rand::random::<u32>()));
             // clap admits only the roles' names.
             let request = TokenRequest {
                 name: name.clone(),

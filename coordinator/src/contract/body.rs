@@ -117,11 +117,9 @@ pub struct Revocation {
     pub revoked: bool,
 }
 
-/// Every error answer of the API: `{"error": "..."}`, with a 4xx or 5xx status.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct ErrorBody {
-    pub error: String,
-}
+/// Every error answer of the API: `{"error": "..."}`, with a 4xx or 5xx status. Defined
+/// with the device's bodies, which read it too.
+pub use baton_proto::enroll::ErrorBody;
 
 /// `scale`'s request: the Deployment's new replica count.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

@@ -23,6 +23,15 @@
 //! token was made for that node name (`--node-name`), which is how a replaced device or
 //! a revoked node comes back.
 //!
+//! **Exactly once.** A device may lose power after this commit and before it saved the
+//! answer; it then retries with the same token and the key it persisted before its first
+//! request (`agent/src/identity/enroll.rs`). The token record remembers who spent each use
+//! ([`JoinTokenRecord::used_by`]: node name and public key, in the same commit), so a
+//! request by that key for that name, before the token expires, is answered again with the
+//! identity's certificate and spends nothing. Any other key is refused as before ("already
+//! used"), and the first device's identity is untouched: a token copied to a second device
+//! enrolls nothing.
+//!
 //! Key rotation ([`Enroller::rotate`], `POST /api/v1/nodes/<name>/rotate`) needs no
 //! token: the request is signed by the node's current key, and the old key stays valid
 //! for a short overlap so that nothing in flight is refused.
@@ -53,6 +62,10 @@ pub const MAX_REQUEST_BYTES: usize = 16 * 1024;
 /// Default life of a node certificate.
 pub const DEFAULT_CERT_TTL: Duration = Duration::from_secs(365 * 86400);
 const MAX_LABELS: usize = 64;
+/// Uses a token record remembers ([`JoinTokenRecord::used_by`]), the oldest forgotten first:
+/// a many-use token's record stays small, and a retry comes within minutes of its use, not
+/// after this many other devices.
+pub const MAX_REMEMBERED_USES: usize = 256;
 
 #[derive(Debug, thiserror::Error)]
 pub enum EnrollError {
@@ -121,6 +134,20 @@ pub struct JoinTokenRecord {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub node_name: Option<String>,
     pub creation_timestamp: String,
+    /// Who spent each use: committed with the identity it made, so that the same device
+    /// retrying the same enrollment is answered again without spending another use (see
+    /// the module docs). The most recent [`MAX_REMEMBERED_USES`].
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub used_by: Vec<TokenUse>,
+}
+
+/// One use of a join token: the node it enrolled and the public key it enrolled with.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct TokenUse {
+    pub node_name: String,
+    /// Base64 of the 32-byte Ed25519 public key.
+    pub public_key: String,
 }
 
 impl From<&JoinTokenRecord> for JoinTokenInfo {
@@ -259,6 +286,7 @@ impl Enroller {
             labels: req.labels.clone(),
             node_name: req.node_name.clone(),
             creation_timestamp: crate::model::api::now_rfc3339(),
+            used_by: Vec::new(),
         };
         let mut tokens = self.tokens();
         self.store
@@ -308,6 +336,12 @@ impl Enroller {
             .filter(|r| r.sha256 == hash(&token.secret))
             .ok_or(EnrollError::InvalidToken)?
             .clone();
+        let public_key = b64(key.as_bytes());
+        if let Some(again) = self.retried(&rec, name.as_str(), &public_key, now_unix) {
+            drop(tokens);
+            tracing::info!(node = %name, token = %rec.id, "enrollment retried by the device that made it; answered again, no use spent");
+            return Ok(again);
+        }
         if rec.uses_left == 0 {
             return Err(EnrollError::UsedUp);
         }
@@ -322,7 +356,6 @@ impl Enroller {
                 });
             }
         }
-        let public_key = b64(key.as_bytes());
         let existing = self.security.identity(name.as_str());
         let was_revoked = existing.as_ref().is_some_and(|e| e.revoked);
         if let Some(old) = &existing {
@@ -338,7 +371,7 @@ impl Enroller {
         let certificate = self.pki().issue_node_cert(name.as_str(), &key, not_after)?;
         let identity = IdentityRecord {
             node: name.as_str().to_owned(),
-            public_key,
+            public_key: public_key.clone(),
             previous_key: None,
             previous_valid_until_ms: 0,
             labels: labels.clone(),
@@ -351,6 +384,12 @@ impl Enroller {
         };
         let mut used = rec.clone();
         used.uses_left -= 1;
+        used.used_by.push(TokenUse {
+            node_name: name.as_str().to_owned(),
+            public_key,
+        });
+        let forget = used.used_by.len().saturating_sub(MAX_REMEMBERED_USES);
+        used.used_by.drain(..forget);
         let token_op = store::put_json(Table::JoinTokens, &used.id, &used)?;
         // One commit: the identity and the token's use, or neither.
         self.security.install(identity, vec![token_op])?;
@@ -360,6 +399,34 @@ impl Enroller {
         Ok(Enrolled {
             response: self.response(name.as_str(), certificate, labels, not_after),
             was_revoked,
+        })
+    }
+
+    /// The answer to a retried enrollment: `rec` was spent on `node` by `public_key`, that
+    /// identity still stands (not revoked, its key not rotated since) and the token has not
+    /// expired. The identity's certificate is sent again; nothing is written.
+    fn retried(
+        &self,
+        rec: &JoinTokenRecord,
+        node: &str,
+        public_key: &str,
+        now_unix: u64,
+    ) -> Option<Enrolled> {
+        if now_unix >= rec.expires
+            || !rec
+                .used_by
+                .iter()
+                .any(|u| u.node_name == node && u.public_key == public_key)
+        {
+            return None;
+        }
+        let id = self
+            .security
+            .identity(node)
+            .filter(|id| id.public_key == public_key && !id.revoked)?;
+        Some(Enrolled {
+            response: self.response(node, id.certificate, id.labels, id.not_after),
+            was_revoked: false,
         })
     }
 

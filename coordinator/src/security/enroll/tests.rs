@@ -226,3 +226,122 @@ fn rotation_is_signed_by_the_current_key() {
         id.previous_key
     );
 }
+
+/// The store's record of token `t`.
+fn stored(s: &Arc<dyn Store>, t: &str) -> JoinTokenRecord {
+    let id = JoinToken::parse(t).unwrap().id;
+    serde_json::from_slice(&s.get(Table::JoinTokens, &id).unwrap().unwrap()).unwrap()
+}
+
+#[test]
+fn a_retry_by_the_same_device_is_answered_again_and_spends_nothing() {
+    let (e, store, dir) = setup();
+    let t = token(&e, 1, None);
+    let k = SigningKey::from_bytes(&[1; 32]);
+    let first = e.enroll(&req(&t, "pi-1", &k), NOW).unwrap();
+    // Who spent the use is a stored fact, committed with the identity.
+    let key = b64(k.verifying_key().as_bytes());
+    assert_eq!(
+        stored(&store, &t).used_by,
+        vec![TokenUse {
+            node_name: "pi-1".into(),
+            public_key: key.clone()
+        }]
+    );
+    // Power lost before the device saved the answer: it retries, also after a coordinator
+    // restart (state reloaded from the store), and gets its certificate again.
+    let pki = Arc::new(Pki::load_or_create(dir.path()).unwrap());
+    let sec = Arc::new(Security::load(store.clone(), pki, SecurityConfig::default()).unwrap());
+    let restarted = Enroller::load(store.clone(), sec).unwrap();
+    for en in [&e, &restarted] {
+        let again = en.enroll(&req(&t, "pi-1", &k), NOW + 10).unwrap();
+        assert_eq!(again.response, first.response);
+        assert!(!again.was_revoked);
+    }
+    assert_eq!(stored(&store, &t).uses_left, 0);
+    assert_eq!(stored(&store, &t).used_by.len(), 1);
+    // The same token on a second device: refused, under its name or the first one's, and
+    // the first device keeps its identity.
+    let other = SigningKey::from_bytes(&[2; 32]);
+    for name in ["pi-2", "pi-1"] {
+        let r = restarted.enroll(&req(&t, name, &other), NOW + 10);
+        assert!(matches!(r, Err(EnrollError::UsedUp)), "{name}: {r:?}");
+    }
+    // The same key under another name is another enrollment: refused too.
+    let r = restarted.enroll(&req(&t, "pi-2", &k), NOW + 10);
+    assert!(matches!(r, Err(EnrollError::UsedUp)), "{r:?}");
+    let id = restarted.security.identity("pi-1").unwrap();
+    assert_eq!(id.public_key, key);
+    assert_eq!(id.certificate, first.response.certificate);
+    assert!(restarted.security.identity("pi-2").is_none());
+    // Only within the token's validity.
+    let r = restarted.enroll(&req(&t, "pi-1", &k), NOW + 3600);
+    assert!(r.is_err(), "{r:?}");
+}
+
+#[test]
+fn a_retry_does_not_undo_a_revocation_or_a_rotation() {
+    let (e, _s, _d) = setup();
+    let t = token(&e, 1, None);
+    let k = SigningKey::from_bytes(&[1; 32]);
+    e.enroll(&req(&t, "pi-1", &k), NOW).unwrap();
+    e.security.revoke("pi-1").unwrap();
+    let r = e.enroll(&req(&t, "pi-1", &k), NOW);
+    assert!(matches!(r, Err(EnrollError::UsedUp)), "{r:?}");
+    assert!(e.security.identity("pi-1").unwrap().revoked);
+
+    let t = token(&e, 1, None);
+    e.enroll(&req(&t, "pi-2", &k), NOW).unwrap();
+    let new = SigningKey::from_bytes(&[2; 32]);
+    let new_b64 = b64(new.verifying_key().as_bytes());
+    let ts = NOW * 1000;
+    let sig = k.sign(&rotate_signing_bytes("pi-2", &new_b64, ts));
+    let body = serde_json::to_vec(&RotateRequest {
+        new_public_key: new_b64.clone(),
+        timestamp_ms: ts,
+        signature: b64(&sig.to_bytes()),
+    })
+    .unwrap();
+    e.rotate("pi-2", &body, ts).unwrap();
+    // The old key's enrollment is history: it gets no certificate.
+    let r = e.enroll(&req(&t, "pi-2", &k), NOW);
+    assert!(matches!(r, Err(EnrollError::UsedUp)), "{r:?}");
+    assert_eq!(e.security.identity("pi-2").unwrap().public_key, new_b64);
+}
+
+#[test]
+fn many_use_tokens_spend_one_use_per_device() {
+    let (e, store, _d) = setup();
+    let t = token(&e, 2, None);
+    let k = SigningKey::from_bytes(&[1; 32]);
+    e.enroll(&req(&t, "pi-1", &k), NOW).unwrap();
+    e.enroll(&req(&t, "pi-1", &k), NOW).unwrap();
+    assert_eq!(e.list_tokens()[0].uses_left, 1);
+    e.enroll(&req(&t, "pi-2", &SigningKey::from_bytes(&[2; 32])), NOW)
+        .unwrap();
+    assert!(e.list_tokens().is_empty());
+    assert_eq!(stored(&store, &t).used_by.len(), 2);
+    // Both retry: both answered.
+    e.enroll(&req(&t, "pi-1", &k), NOW).unwrap();
+    e.enroll(&req(&t, "pi-2", &SigningKey::from_bytes(&[2; 32])), NOW)
+        .unwrap();
+}
+
+#[test]
+fn a_token_remembers_its_most_recent_uses_only() {
+    let (e, store, _d) = setup();
+    let n = MAX_REMEMBERED_USES + 3;
+    let t = token(&e, n as u32, None);
+    for i in 0..n {
+        let k = SigningKey::from_bytes(&[(i % 250) as u8 + 1; 32]);
+        e.enroll(&req(&t, &format!("pi-{i}"), &k), NOW).unwrap();
+    }
+    let rec = stored(&store, &t);
+    assert_eq!(rec.uses_left, 0);
+    assert_eq!(rec.used_by.len(), MAX_REMEMBERED_USES);
+    assert_eq!(rec.used_by[0].node_name, "pi-3");
+    assert_eq!(
+        rec.used_by.last().unwrap().node_name,
+        format!("pi-{}", n - 1)
+    );
+}

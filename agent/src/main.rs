@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
 use baton_agent::bus::Bus;
-use baton_agent::identity::{self, IdentityFile};
+use baton_agent::identity::{self, Backoff, IdentityFile, TokenSource};
 use baton_agent::node::{self, AgentConfig, AgentError};
 use baton_proto::{Capacity, NodeName};
 use clap::{Parser, Subcommand};
@@ -56,6 +56,11 @@ struct RunArgs {
     /// other flag is checked before the token is spent.
     #[arg(long, env = "BATON_JOIN_TOKEN", hide_env_values = true)]
     join_token: Option<String>,
+    /// A file holding the join token (e.g. on the boot partition): read again at each
+    /// enrollment attempt, so a new token can be dropped in its place, and removed once the
+    /// identity is written. A missing or malformed token in it is waited for, not fatal.
+    #[arg(long, env = "BATON_JOIN_TOKEN_FILE", conflicts_with = "join_token")]
+    join_token_file: Option<PathBuf>,
     /// DEVELOPMENT ONLY (logged as a warning): run without an enrolled identity, taking
     /// unsigned desired states from anyone who can publish on the broker.
     #[arg(long, env = "BATON_INSECURE_UNENROLLED")]
@@ -263,7 +268,7 @@ fn check_flags(a: &RunArgs, enrolled: bool) -> Result<Checked> {
         bail!("--mqtt-ca/--mqtt-cert/--mqtt-key were given but the broker {url} is not mqtts://");
     }
     if tls_url && flag_tls.is_none() && !enrolled {
-        bail!("the broker {url} is mqtts:// but this agent has no identity to present: enroll with --join-token, or give --mqtt-ca/--mqtt-cert/--mqtt-key");
+        bail!("the broker {url} is mqtts:// but this agent has no identity to present: enroll with --join-token or --join-token-file, or give --mqtt-ca/--mqtt-cert/--mqtt-key");
     }
     let registry_mirror = match a.registry_mirror.as_deref().filter(|u| !u.is_empty()) {
         Some(u) => Some(
@@ -284,9 +289,21 @@ fn check_flags(a: &RunArgs, enrolled: bool) -> Result<Checked> {
     })
 }
 
-/// The identity file, made by enrolling with --join-token if there is none yet. Without
-/// either, only --insecure-unenrolled (development) lets the agent run.
-async fn load_or_enroll(a: &RunArgs) -> Result<Option<IdentityFile>> {
+/// How the agent starts: with an identity, without one (development), or not at all (a
+/// SIGTERM came while it was still enrolling).
+enum Start {
+    Enrolled(IdentityFile),
+    Unenrolled,
+    Stopped,
+}
+
+/// The identity file, made by enrolling with --join-token(-file) if there is none yet.
+/// Without either, only --insecure-unenrolled (development) lets the agent run.
+///
+/// Whatever retrying cannot fix (a malformed --join-token, a bad API URL, a bad flag) fails
+/// at once; everything else, including a missing or malformed token in --join-token-file
+/// (a later file fixes it), is retried until it works (see `identity::enroll_with_retry`).
+async fn load_or_enroll(a: &RunArgs) -> Result<Start> {
     let path = a.data_dir.join(identity::IDENTITY_FILE);
     if let Some(id) = IdentityFile::load(&path)? {
         if a.node_name.as_deref().is_some_and(|n| n != id.node_name) {
@@ -300,33 +317,46 @@ async fn load_or_enroll(a: &RunArgs) -> Result<Option<IdentityFile>> {
         if !a.data_dir.join(identity::KEY_PEM_FILE).exists() {
             id.write_pem_files(&a.data_dir)?;
         }
-        return Ok(Some(id));
-    }
-    let Some(token) = &a.join_token else {
-        if a.insecure_unenrolled {
-            return Ok(None);
+        // Left by a stop between writing the identity and removing these.
+        identity::forget_pending_key(&a.data_dir);
+        if let Some(f) = &a.join_token_file {
+            TokenSource::File(f.clone()).remove_spent();
         }
-        bail!(
-            "this device has no identity ({} is missing): enroll it with --join-token TOKEN (from `baton token create` on the coordinator) and --coordinator-api https://COORDINATOR:7474; --insecure-unenrolled runs without one, for development only",
+        return Ok(Start::Enrolled(id));
+    }
+    let token = match (&a.join_token, &a.join_token_file) {
+        (Some(t), _) => TokenSource::Given(t.clone()),
+        (None, Some(f)) => TokenSource::File(f.clone()),
+        (None, None) if a.insecure_unenrolled => return Ok(Start::Unenrolled),
+        (None, None) => bail!(
+            "this device has no identity ({} is missing): enroll it with --join-token TOKEN or --join-token-file FILE (from `baton token create` on the coordinator) and --coordinator-api https://COORDINATOR:7474; --insecure-unenrolled runs without one, for development only",
             path.display()
-        );
+        ),
     };
     let api = a
         .coordinator_api
         .as_deref()
         .context("--join-token needs --coordinator-api (the coordinator's https:// API or --enroll-listen address)")?;
     // Everything that could still fail after enrollment, checked before the token is spent.
-    identity::check_enroll_args(api, token).context("cannot enroll")?;
+    match &token {
+        TokenSource::Given(t) => identity::check_enroll_args(api, t),
+        TokenSource::File(_) => identity::check_api_url(api),
+    }
+    .context("cannot enroll")?;
     let node = node_name(a)?;
     check_flags(a, true)?;
     std::fs::create_dir_all(&a.data_dir)
         .with_context(|| format!("cannot create {}", a.data_dir.display()))?;
-    let labels = flag_labels(a)?.into_iter().collect();
-    let arch = baton_agent::image::Platform::host().arch;
-    let id = identity::enroll(&path, api, token, &node, &labels, &arch)
-        .await
-        .context("enrollment failed")?;
-    Ok(Some(id))
+    let enrollment = identity::Enrollment {
+        identity_path: path,
+        api: api.to_owned(),
+        token,
+        node,
+        labels: flag_labels(a)?.into_iter().collect(),
+        arch: baton_agent::image::Platform::host().arch,
+    };
+    let id = identity::enroll_with_retry(&enrollment, Backoff::default(), shutdown_signal()).await;
+    Ok(id.map_or(Start::Stopped, Start::Enrolled))
 }
 
 /// How the node reaches the coordinator: the broker, the TLS material to present, and
@@ -481,7 +511,14 @@ fn main() -> Result<()> {
     let identity = if reset {
         IdentityFile::load(&args.data_dir.join(identity::IDENTITY_FILE))?
     } else {
-        rt.block_on(load_or_enroll(&args))?
+        match rt.block_on(load_or_enroll(&args))? {
+            Start::Enrolled(id) => Some(id),
+            Start::Unenrolled => None,
+            Start::Stopped => {
+                tracing::info!("stopped before enrollment completed; nothing was removed");
+                return Ok(());
+            }
+        }
     };
     let mut args = args;
     if reset {

@@ -255,11 +255,14 @@ mod tests {
         assert!(b.next_wait() <= Backoff::FIRST);
     }
 
+    /// The tokens attempts were given, and when.
+    type Seen = Arc<Mutex<Vec<(String, Instant)>>>;
+
     /// Attempts that fail `fails` times, recording the token each was given and when.
     fn failing(
         fails: usize,
     ) -> (
-        Arc<Mutex<Vec<(String, Instant)>>>,
+        Seen,
         impl FnMut(String) -> std::future::Ready<Result<IdentityFile, IdentityError>>,
     ) {
         let seen = Arc::new(Mutex::new(Vec::new()));
@@ -319,7 +322,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("join-token");
         let token = TokenSource::File(path.clone());
-        let seen = Arc::new(Mutex::new(Vec::<(String, Instant)>::new()));
+        let seen: Seen = Arc::default();
         let s = seen.clone();
         let attempt = move |t: String| {
             s.lock().unwrap().push((t.clone(), Instant::now()));

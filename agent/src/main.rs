@@ -6,11 +6,14 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
+
+mod setup;
 use baton_agent::bus::Bus;
 use baton_agent::identity::{self, Backoff, IdentityFile, TokenSource};
 use baton_agent::node::{self, AgentConfig, AgentError};
 use baton_proto::{Capacity, NodeName};
-use clap::{Parser, Subcommand};
+use clap::{CommandFactory, FromArgMatches, Parser, Subcommand};
+use setup::{install, uninstall};
 
 #[derive(Parser)]
 #[command(
@@ -32,6 +35,41 @@ enum Command {
     /// Rotate this device's key: a new key pair, a request signed by the current key, and
     /// a new identity file, which a running agent picks up (nothing restarts).
     Rotate(Box<RunArgs>),
+    /// Install this binary as the systemd service baton-agent: /usr/local/bin/baton-agent,
+    /// /etc/baton-agent/agent.env (every flag given here, and every BATON_* variable of
+    /// the agent's set in this environment, with the join token), the unit, the kernel
+    /// modules to load and the data dir; then enable and (re)start it. Run it again to
+    /// update: the identity is kept.
+    Install(Box<InstallArgs>),
+    /// Undo `install`: stop and disable the service, remove every pod (containers, cgroups,
+    /// pod networks, mounts) as `reset` does, then the unit, agent.env, the binary and,
+    /// unless --keep-data, the data dir.
+    Uninstall(UninstallArgs),
+}
+
+#[derive(clap::Args)]
+struct InstallArgs {
+    #[command(flatten)]
+    run: RunArgs,
+    /// Write and enable everything, but do not start (or restart) the service.
+    #[arg(long, env = "BATON_INSTALL_NO_START")]
+    no_start: bool,
+    /// The root of the system to install into (an image being prepared, a test).
+    #[arg(long, env = "BATON_INSTALL_ROOT", default_value = "/")]
+    root: PathBuf,
+}
+
+#[derive(clap::Args)]
+struct UninstallArgs {
+    /// The root of the system to uninstall from.
+    #[arg(long, env = "BATON_INSTALL_ROOT", default_value = "/")]
+    root: PathBuf,
+    /// Keep the data dir (the identity, images and logs) for a later install.
+    #[arg(long, env = "BATON_UNINSTALL_KEEP_DATA")]
+    keep_data: bool,
+    /// Log format: text or json.
+    #[arg(long, env = "BATON_LOG_FORMAT", default_value = "text")]
+    log_format: String,
 }
 
 #[derive(clap::Args)]
@@ -488,10 +526,20 @@ fn runtime() -> std::io::Result<tokio::runtime::Runtime> {
 
 fn main() -> Result<()> {
     baton_agent::tune_allocator();
-    let cli = Cli::parse();
+    let matches = Cli::command().get_matches();
+    let cli = Cli::from_arg_matches(&matches).unwrap_or_else(|e| e.exit());
     let (args, reset, rotate) = match cli.command {
         Some(Command::Reset(args)) => (*args, true, false),
         Some(Command::Rotate(args)) => (*args, false, true),
+        Some(Command::Install(args)) => {
+            init_logging(&args.run.log_format);
+            let sub = matches.subcommand_matches("install").context("install")?;
+            return install(*args, sub);
+        }
+        Some(Command::Uninstall(args)) => {
+            init_logging(&args.log_format);
+            return uninstall(args);
+        }
         None => (cli.run, false, false),
     };
     init_logging(&args.log_format);
@@ -522,36 +570,42 @@ fn main() -> Result<()> {
     };
     let mut args = args;
     if reset {
-        // Reset needs no broker: an unenrolled data dir is reset like any other.
+        // Reset needs no broker: an unenrolled data dir is reset like any other, also when
+        // the flags (or the environment) name an mqtts:// broker it could not present to.
         args.insecure_unenrolled = true;
+        args.coordinator = None;
     }
     let (cfg, link) = config(args, identity)?;
     if link.security.is_none() && !reset {
         tracing::warn!("--insecure-unenrolled: DEVELOPMENT ONLY. This agent has no identity and runs unsigned desired states from anyone who can publish on the broker, as root");
     }
     if reset {
-        {
-            let _guard = rt.enter();
-            let (tx, _rx) = tokio::sync::mpsc::unbounded_channel();
-            let deps = node::build_deps(&cfg, tx)?;
-            node::clean_leftovers(&deps);
-            deps.network.teardown_node()?;
-            // The node's (now empty) bundle directory on the run-dir tmpfs.
-            let run = cfg.run_dir.join(cfg.node.as_str());
-            match std::fs::remove_dir_all(&run) {
-                Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
-                    return Err(e).with_context(|| format!("cannot remove {}", run.display()));
-                }
-                _ => {}
-            }
-            println!(
-                "reset {}: no pods, containers or pod networks left",
-                cfg.data_dir.display()
-            );
-        }
-        return Ok(());
+        return reset_node(&rt, &cfg);
     }
     rt.block_on(run(cfg, link)).context("agent failed")
+}
+
+/// `baton-agent reset` (and the reset in `uninstall`): every container, rootfs mount, pod
+/// network and cgroup of the node, and its bundle directory.
+fn reset_node(rt: &tokio::runtime::Runtime, cfg: &AgentConfig) -> Result<()> {
+    let _guard = rt.enter();
+    let (tx, _rx) = tokio::sync::mpsc::unbounded_channel();
+    let deps = node::build_deps(cfg, tx)?;
+    node::clean_leftovers(&deps);
+    deps.network.teardown_node()?;
+    // The node's (now empty) bundle directory on the run-dir tmpfs.
+    let run = cfg.run_dir.join(cfg.node.as_str());
+    match std::fs::remove_dir_all(&run) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+            return Err(e).with_context(|| format!("cannot remove {}", run.display()));
+        }
+        _ => {}
+    }
+    println!(
+        "reset {}: no pods, containers or pod networks left",
+        cfg.data_dir.display()
+    );
+    Ok(())
 }
 
 /// Prepares the node, then connects, in that order: a node that cannot start (its data

@@ -139,6 +139,8 @@ pub fn install(plan: &Plan, systemctl: &dyn Systemctl) -> Result<Installed, Inst
     write(&root.join(UNIT_FILE), unit().as_bytes(), 0o644)?;
     write(&root.join(MODULES_FILE), modules_load().as_bytes(), 0o644)?;
     let data = rooted(root, &plan.data_dir);
+    // Its parents with the usual modes (a /var made 0700 in an image would break it).
+    mkdir_parent(&data)?;
     fs::DirBuilder::new()
         .recursive(true)
         .mode(0o700)

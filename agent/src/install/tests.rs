@@ -99,6 +99,7 @@ fn install_writes_every_file_with_its_mode_and_moves_the_token() {
     assert_eq!(mode(&r.join(UNIT_FILE)), 0o644);
     assert_eq!(mode(&r.join(MODULES_FILE)), 0o644);
     assert_eq!(mode(&r.join("var/lib/baton-agent")), 0o700);
+    assert_eq!(mode(&r.join("var/lib")), 0o755);
     assert_eq!(
         fs::read_to_string(r.join(ENV_FILE))
             .unwrap()

@@ -269,6 +269,6 @@ pub fn until_logged(
         }
         std::thread::sleep(Duration::from_millis(100));
     };
-    seen.with_context(|| read())?;
+    seen.with_context(read)?;
     Ok((read(), status.is_some_and(|s| s.success())))
 }

@@ -225,8 +225,17 @@ pub(super) fn uninstall(args: UninstallArgs) -> Result<()> {
     let run_dir = run.run_dir.clone();
     if data_dir.is_dir() {
         let lock = baton_agent::datadir::lock(&data_dir)?;
-        let id = IdentityFile::load(&data_dir.join(identity::IDENTITY_FILE))?;
-        let (cfg, _) = config(run, id)?;
+        // A damaged identity must not keep a device from being uninstalled: the reset then
+        // goes by the node name of the flags (or the host name).
+        match IdentityFile::load(&data_dir.join(identity::IDENTITY_FILE)) {
+            Ok(Some(id)) => run.node_name = Some(id.node_name),
+            Ok(None) => {}
+            Err(e) => {
+                tracing::warn!(error = %e, "unreadable identity; resetting by the flags' node name")
+            }
+        }
+        // Only the node's name is wanted of the identity: a reset talks to no broker.
+        let (cfg, _) = config(run, None)?;
         let rt = runtime().context("cannot start the async runtime")?;
         reset_node(&rt, &cfg)?;
         drop(lock);

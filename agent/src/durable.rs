@@ -34,6 +34,20 @@ pub fn write_unsynced(path: &Path, bytes: &[u8], mode: u32) -> io::Result<()> {
     replace(path, mode, Durability::Unsynced, |f| f.write_all(bytes))
 }
 
+/// Replaces `to` with a copy of the file `from`, durably like [`write()`], with exactly `mode`
+/// (not less the umask: an installed binary must be executable by everyone whatever the
+/// installer's umask). Returns the bytes copied.
+pub fn copy(from: &Path, to: &Path, mode: u32) -> io::Result<u64> {
+    use std::os::unix::fs::PermissionsExt;
+    let mut src = File::open(from)?;
+    let mut copied = 0;
+    replace(to, mode, Durability::Synced, |f| {
+        copied = io::copy(&mut src, f)?;
+        f.set_permissions(fs::Permissions::from_mode(mode))
+    })?;
+    Ok(copied)
+}
+
 /// Renames `from` (already written and synced by the caller) over `to`, then fsyncs `to`'s
 /// directory so that the rename survives a power cut.
 pub fn rename(from: &Path, to: &Path) -> io::Result<()> {

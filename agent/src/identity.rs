@@ -12,8 +12,8 @@
 //!   "labels": {"zone": "a"}, "coordinatorApi": "https://10.0.0.1:7474" }
 //! ```
 //!
-//! It is made once by [`enroll()`] (`baton-agent --join-token`); later starts read it and
-//! ignore the token. The private key never leaves the device.
+//! It is made once by [`enroll()`] (`baton-agent --join-token` or `--join-token-file`);
+//! later starts read it and ignore the token. The private key never leaves the device.
 //!
 //! **MQTT over mutual TLS** needs nothing else: the node certificate (CN = node name) is
 //! the agent's client certificate, the CA the broker's, and the key the device key
@@ -27,6 +27,19 @@
 //! one request), refuses it unless its hash matches, then talks to the API over TLS
 //! verified against that CA only, and checks that the coordinator key it is given is the
 //! CA's own key.
+//!
+//! **Exactly once, never giving up.** The device key is made and durably written
+//! ([`PENDING_KEY_FILE`], `enroll.key`) before the first enrollment request, and reused by
+//! every retry until the identity file holds it; then `enroll.key` is removed. A device that
+//! lost power after the coordinator accepted its request, before it saved the answer, so
+//! asks again with the same token and the same key, and the coordinator (which remembers
+//! which key spent each use of a token) answers again without spending another use.
+//! [`enroll_with_retry`] retries every failure (refused, expired, unreachable, a CA that
+//! does not match) with capped exponential backoff and jitter, logging each one with the
+//! coordinator's reason; nothing in the data directory is ever removed on a failure. A token
+//! given in a file (`--join-token-file`) is read again at each attempt, so an operator fixes
+//! a wrong or expired token by replacing the file (a changed file is tried at once), and the
+//! file is removed once the identity is written.
 //!
 //! **Replay state**, `<data-dir>/seq.json`: the seq reservation for this agent's own
 //! messages ([`baton_proto::sign::SeqCounter`]) and the last seq accepted from the
@@ -43,6 +56,7 @@
 //! message refused as stale with a signed `StatusRequest`, which teaches the time.
 
 mod enroll;
+mod join;
 mod security;
 
 use std::collections::BTreeMap;
@@ -54,7 +68,10 @@ use baton_proto::sign::{self, SigningKey, VerifyingKey};
 use baton_proto::NodeName;
 use serde::{Deserialize, Serialize};
 
-pub use enroll::{check_enroll_args, enroll, rotate};
+pub use enroll::{
+    check_api_url, check_enroll_args, enroll, forget_pending_key, pending_key, rotate,
+};
+pub use join::{enroll_with_retry, Backoff, Enrollment, TokenSource};
 pub use security::{AgentSecurity, Refusal};
 
 pub const IDENTITY_FILE: &str = "identity.json";
@@ -63,6 +80,9 @@ pub const SEQ_FILE: &str = "seq.json";
 pub const CERT_PEM_FILE: &str = "node.crt";
 pub const KEY_PEM_FILE: &str = "node.key";
 pub const CA_PEM_FILE: &str = "ca.crt";
+/// The device key between its creation and the identity file that then holds it (see
+/// "Enrollment" in the module docs): base64 of the 32-byte Ed25519 seed, mode 0600.
+pub const PENDING_KEY_FILE: &str = "enroll.key";
 pub const FORMAT_VERSION: u32 = 1;
 /// 2026-01-01T00:00:00Z. A clock before this is unset (see the module docs). Bump it with
 /// releases; it only has to be before any real "now" the binary will see.
@@ -100,6 +120,8 @@ pub enum IdentityError {
     Refused(String),
     #[error("no coordinator API URL: pass --coordinator-api")]
     NoApi,
+    #[error("no join token in {}: waiting for one (`baton token create`)", path.display())]
+    NoTokenFile { path: PathBuf },
     #[error(transparent)]
     Sign(#[from] sign::SignError),
     #[error(transparent)]

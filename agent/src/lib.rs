@@ -12,6 +12,7 @@ pub mod datadir;
 pub mod durable;
 pub mod identity;
 pub mod image;
+pub mod install;
 pub mod mqtt_tls;
 pub mod network;
 pub mod node;

@@ -6,11 +6,14 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
+
+mod setup;
 use baton_agent::bus::Bus;
-use baton_agent::identity::{self, IdentityFile};
+use baton_agent::identity::{self, Backoff, IdentityFile, TokenSource};
 use baton_agent::node::{self, AgentConfig, AgentError};
 use baton_proto::{Capacity, NodeName};
-use clap::{Parser, Subcommand};
+use clap::{CommandFactory, FromArgMatches, Parser, Subcommand};
+use setup::{install, uninstall};
 
 #[derive(Parser)]
 #[command(
@@ -32,6 +35,41 @@ enum Command {
     /// Rotate this device's key: a new key pair, a request signed by the current key, and
     /// a new identity file, which a running agent picks up (nothing restarts).
     Rotate(Box<RunArgs>),
+    /// Install this binary as the systemd service baton-agent: /usr/local/bin/baton-agent,
+    /// /etc/baton-agent/agent.env (every flag given here, and every BATON_* variable of
+    /// the agent's set in this environment, with the join token), the unit, the kernel
+    /// modules to load and the data dir; then enable and (re)start it. Run it again to
+    /// update: the identity is kept.
+    Install(Box<InstallArgs>),
+    /// Undo `install`: stop and disable the service, remove every pod (containers, cgroups,
+    /// pod networks, mounts) as `reset` does, then the unit, agent.env, the binary and,
+    /// unless --keep-data, the data dir.
+    Uninstall(UninstallArgs),
+}
+
+#[derive(clap::Args)]
+struct InstallArgs {
+    #[command(flatten)]
+    run: RunArgs,
+    /// Write and enable everything, but do not start (or restart) the service.
+    #[arg(long, env = "BATON_INSTALL_NO_START")]
+    no_start: bool,
+    /// The root of the system to install into (an image being prepared, a test).
+    #[arg(long, env = "BATON_INSTALL_ROOT", default_value = "/")]
+    root: PathBuf,
+}
+
+#[derive(clap::Args)]
+struct UninstallArgs {
+    /// The root of the system to uninstall from.
+    #[arg(long, env = "BATON_INSTALL_ROOT", default_value = "/")]
+    root: PathBuf,
+    /// Keep the data dir (the identity, images and logs) for a later install.
+    #[arg(long, env = "BATON_UNINSTALL_KEEP_DATA")]
+    keep_data: bool,
+    /// Log format: text or json.
+    #[arg(long, env = "BATON_LOG_FORMAT", default_value = "text")]
+    log_format: String,
 }
 
 #[derive(clap::Args)]
@@ -56,6 +94,11 @@ struct RunArgs {
     /// other flag is checked before the token is spent.
     #[arg(long, env = "BATON_JOIN_TOKEN", hide_env_values = true)]
     join_token: Option<String>,
+    /// A file holding the join token (e.g. on the boot partition): read again at each
+    /// enrollment attempt, so a new token can be dropped in its place, and removed once the
+    /// identity is written. A missing or malformed token in it is waited for, not fatal.
+    #[arg(long, env = "BATON_JOIN_TOKEN_FILE", conflicts_with = "join_token")]
+    join_token_file: Option<PathBuf>,
     /// DEVELOPMENT ONLY (logged as a warning): run without an enrolled identity, taking
     /// unsigned desired states from anyone who can publish on the broker.
     #[arg(long, env = "BATON_INSECURE_UNENROLLED")]
@@ -263,7 +306,7 @@ fn check_flags(a: &RunArgs, enrolled: bool) -> Result<Checked> {
         bail!("--mqtt-ca/--mqtt-cert/--mqtt-key were given but the broker {url} is not mqtts://");
     }
     if tls_url && flag_tls.is_none() && !enrolled {
-        bail!("the broker {url} is mqtts:// but this agent has no identity to present: enroll with --join-token, or give --mqtt-ca/--mqtt-cert/--mqtt-key");
+        bail!("the broker {url} is mqtts:// but this agent has no identity to present: enroll with --join-token or --join-token-file, or give --mqtt-ca/--mqtt-cert/--mqtt-key");
     }
     let registry_mirror = match a.registry_mirror.as_deref().filter(|u| !u.is_empty()) {
         Some(u) => Some(
@@ -284,9 +327,21 @@ fn check_flags(a: &RunArgs, enrolled: bool) -> Result<Checked> {
     })
 }
 
-/// The identity file, made by enrolling with --join-token if there is none yet. Without
-/// either, only --insecure-unenrolled (development) lets the agent run.
-async fn load_or_enroll(a: &RunArgs) -> Result<Option<IdentityFile>> {
+/// How the agent starts: with an identity, without one (development), or not at all (a
+/// SIGTERM came while it was still enrolling).
+enum Start {
+    Enrolled(IdentityFile),
+    Unenrolled,
+    Stopped,
+}
+
+/// The identity file, made by enrolling with --join-token(-file) if there is none yet.
+/// Without either, only --insecure-unenrolled (development) lets the agent run.
+///
+/// Whatever retrying cannot fix (a malformed --join-token, a bad API URL, a bad flag) fails
+/// at once; everything else, including a missing or malformed token in --join-token-file
+/// (a later file fixes it), is retried until it works (see `identity::enroll_with_retry`).
+async fn load_or_enroll(a: &RunArgs) -> Result<Start> {
     let path = a.data_dir.join(identity::IDENTITY_FILE);
     if let Some(id) = IdentityFile::load(&path)? {
         if a.node_name.as_deref().is_some_and(|n| n != id.node_name) {
@@ -300,33 +355,46 @@ async fn load_or_enroll(a: &RunArgs) -> Result<Option<IdentityFile>> {
         if !a.data_dir.join(identity::KEY_PEM_FILE).exists() {
             id.write_pem_files(&a.data_dir)?;
         }
-        return Ok(Some(id));
-    }
-    let Some(token) = &a.join_token else {
-        if a.insecure_unenrolled {
-            return Ok(None);
+        // Left by a stop between writing the identity and removing these.
+        identity::forget_pending_key(&a.data_dir);
+        if let Some(f) = &a.join_token_file {
+            TokenSource::File(f.clone()).remove_spent();
         }
-        bail!(
-            "this device has no identity ({} is missing): enroll it with --join-token TOKEN (from `baton token create` on the coordinator) and --coordinator-api https://COORDINATOR:7474; --insecure-unenrolled runs without one, for development only",
+        return Ok(Start::Enrolled(id));
+    }
+    let token = match (&a.join_token, &a.join_token_file) {
+        (Some(t), _) => TokenSource::Given(t.clone()),
+        (None, Some(f)) => TokenSource::File(f.clone()),
+        (None, None) if a.insecure_unenrolled => return Ok(Start::Unenrolled),
+        (None, None) => bail!(
+            "this device has no identity ({} is missing): enroll it with --join-token TOKEN or --join-token-file FILE (from `baton token create` on the coordinator) and --coordinator-api https://COORDINATOR:7474; --insecure-unenrolled runs without one, for development only",
             path.display()
-        );
+        ),
     };
     let api = a
         .coordinator_api
         .as_deref()
         .context("--join-token needs --coordinator-api (the coordinator's https:// API or --enroll-listen address)")?;
     // Everything that could still fail after enrollment, checked before the token is spent.
-    identity::check_enroll_args(api, token).context("cannot enroll")?;
+    match &token {
+        TokenSource::Given(t) => identity::check_enroll_args(api, t),
+        TokenSource::File(_) => identity::check_api_url(api),
+    }
+    .context("cannot enroll")?;
     let node = node_name(a)?;
     check_flags(a, true)?;
     std::fs::create_dir_all(&a.data_dir)
         .with_context(|| format!("cannot create {}", a.data_dir.display()))?;
-    let labels = flag_labels(a)?.into_iter().collect();
-    let arch = baton_agent::image::Platform::host().arch;
-    let id = identity::enroll(&path, api, token, &node, &labels, &arch)
-        .await
-        .context("enrollment failed")?;
-    Ok(Some(id))
+    let enrollment = identity::Enrollment {
+        identity_path: path,
+        api: api.to_owned(),
+        token,
+        node,
+        labels: flag_labels(a)?.into_iter().collect(),
+        arch: baton_agent::image::Platform::host().arch,
+    };
+    let id = identity::enroll_with_retry(&enrollment, Backoff::default(), shutdown_signal()).await;
+    Ok(id.map_or(Start::Stopped, Start::Enrolled))
 }
 
 /// How the node reaches the coordinator: the broker, the TLS material to present, and
@@ -458,10 +526,20 @@ fn runtime() -> std::io::Result<tokio::runtime::Runtime> {
 
 fn main() -> Result<()> {
     baton_agent::tune_allocator();
-    let cli = Cli::parse();
+    let matches = Cli::command().get_matches();
+    let cli = Cli::from_arg_matches(&matches).unwrap_or_else(|e| e.exit());
     let (args, reset, rotate) = match cli.command {
         Some(Command::Reset(args)) => (*args, true, false),
         Some(Command::Rotate(args)) => (*args, false, true),
+        Some(Command::Install(args)) => {
+            init_logging(&args.run.log_format);
+            let sub = matches.subcommand_matches("install").context("install")?;
+            return install(*args, sub);
+        }
+        Some(Command::Uninstall(args)) => {
+            init_logging(&args.log_format);
+            return uninstall(args);
+        }
         None => (cli.run, false, false),
     };
     init_logging(&args.log_format);
@@ -481,40 +559,53 @@ fn main() -> Result<()> {
     let identity = if reset {
         IdentityFile::load(&args.data_dir.join(identity::IDENTITY_FILE))?
     } else {
-        rt.block_on(load_or_enroll(&args))?
+        match rt.block_on(load_or_enroll(&args))? {
+            Start::Enrolled(id) => Some(id),
+            Start::Unenrolled => None,
+            Start::Stopped => {
+                tracing::info!("stopped before enrollment completed; nothing was removed");
+                return Ok(());
+            }
+        }
     };
     let mut args = args;
     if reset {
-        // Reset needs no broker: an unenrolled data dir is reset like any other.
+        // Reset needs no broker: an unenrolled data dir is reset like any other, also when
+        // the flags (or the environment) name an mqtts:// broker it could not present to.
         args.insecure_unenrolled = true;
+        args.coordinator = None;
     }
     let (cfg, link) = config(args, identity)?;
     if link.security.is_none() && !reset {
         tracing::warn!("--insecure-unenrolled: DEVELOPMENT ONLY. This agent has no identity and runs unsigned desired states from anyone who can publish on the broker, as root");
     }
     if reset {
-        {
-            let _guard = rt.enter();
-            let (tx, _rx) = tokio::sync::mpsc::unbounded_channel();
-            let deps = node::build_deps(&cfg, tx)?;
-            node::clean_leftovers(&deps);
-            deps.network.teardown_node()?;
-            // The node's (now empty) bundle directory on the run-dir tmpfs.
-            let run = cfg.run_dir.join(cfg.node.as_str());
-            match std::fs::remove_dir_all(&run) {
-                Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
-                    return Err(e).with_context(|| format!("cannot remove {}", run.display()));
-                }
-                _ => {}
-            }
-            println!(
-                "reset {}: no pods, containers or pod networks left",
-                cfg.data_dir.display()
-            );
-        }
-        return Ok(());
+        return reset_node(&rt, &cfg);
     }
     rt.block_on(run(cfg, link)).context("agent failed")
+}
+
+/// `baton-agent reset` (and the reset in `uninstall`): every container, rootfs mount, pod
+/// network and cgroup of the node, and its bundle directory.
+fn reset_node(rt: &tokio::runtime::Runtime, cfg: &AgentConfig) -> Result<()> {
+    let _guard = rt.enter();
+    let (tx, _rx) = tokio::sync::mpsc::unbounded_channel();
+    let deps = node::build_deps(cfg, tx)?;
+    node::clean_leftovers(&deps);
+    deps.network.teardown_node()?;
+    // The node's (now empty) bundle directory on the run-dir tmpfs.
+    let run = cfg.run_dir.join(cfg.node.as_str());
+    match std::fs::remove_dir_all(&run) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+            return Err(e).with_context(|| format!("cannot remove {}", run.display()));
+        }
+        _ => {}
+    }
+    println!(
+        "reset {}: no pods, containers or pod networks left",
+        cfg.data_dir.display()
+    );
+    Ok(())
 }
 
 /// Prepares the node, then connects, in that order: a node that cannot start (its data

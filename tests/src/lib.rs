@@ -218,3 +218,57 @@ impl Drop for Netns {
         let _ = Command::new("ip").args(["netns", "del", &self.0]).output();
     }
 }
+
+/// Starts `cmd` (its output into `log`), waits until that output holds every one of
+/// `needles` `times` times or more, then sends it SIGTERM and waits for it to end. For a
+/// process that is not meant to end by itself, such as an agent that keeps retrying its
+/// enrollment. Fails if it ended before, or the needles did not show within `timeout`.
+/// Returns its output and whether it exited 0 on the SIGTERM.
+pub fn until_logged(
+    cmd: &mut Command,
+    log: &Path,
+    needles: &[&str],
+    times: usize,
+    timeout: Duration,
+) -> Result<(String, bool)> {
+    let f = fs::File::create(log)?;
+    let mut child = cmd
+        .stdin(Stdio::null())
+        .stdout(f.try_clone()?)
+        .stderr(f)
+        .spawn()
+        .with_context(|| format!("cannot start {cmd:?}"))?;
+    let read = || fs::read_to_string(log).unwrap_or_default();
+    let seen = wait_for(
+        &format!("{needles:?} in {}", log.display()),
+        timeout,
+        || {
+            let text = read();
+            if let Some(status) = child.try_wait()? {
+                bail!("it ended ({status}) before logging {needles:?}: {text}");
+            }
+            Ok(needles
+                .iter()
+                .all(|n| text.matches(n).count() >= times)
+                .then_some(()))
+        },
+    );
+    let _ = Command::new("kill")
+        .arg("-TERM")
+        .arg(child.id().to_string())
+        .status();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let status = loop {
+        if let Some(s) = child.try_wait()? {
+            break Some(s);
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            break None;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    seen.with_context(read)?;
+    Ok((read(), status.is_some_and(|s| s.success())))
+}

@@ -4,12 +4,12 @@
 //! heartbeat replayed, a revoked node shut out, and a key rotation that keeps pods running.
 
 use std::path::Path;
-use std::process::{Command, Output};
+use std::process::Command;
 use std::time::Duration;
 
 use anyhow::{ensure, Context, Result};
 use baton_e2e::fleet::{exactly, is_running, node_of, uid, EchoDeployment};
-use baton_e2e::{bin, container_pids, items, wait_for, Broker, Lab, Proc};
+use baton_e2e::{bin, container_pids, items, until_logged, wait_for, Broker, Lab, Proc};
 use baton_proto::sign::{self, SigningKey};
 use baton_proto::{BVec, Body, DesiredState, Envelope, Heartbeat, NodeName, Sender};
 use serde_json::Value;
@@ -63,21 +63,19 @@ fn start_enrolled(lab: &mut Lab, i: usize, token: &str) -> Result<()> {
     })
 }
 
-/// A one-shot enrollment attempt that must fail; returns what the agent printed.
+/// An enrollment that must fail: the agent keeps retrying (twice seen here), says why each
+/// time, writes no identity, and ends cleanly on SIGTERM. Returns what it printed.
 fn enroll_refused(lab: &Lab, i: usize, token: &str, tag: &str) -> Result<String> {
     let dir = lab.dir.path().join(format!("refused-{tag}"));
-    let out: Output = agent_cmd(lab, i, &dir, &format!("{}-{tag}", lab.id), token)
-        .output()
-        .context("run baton-agent")?;
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    ensure!(
-        !out.status.success(),
-        "enrollment with {tag} token succeeded: {text}"
-    );
+    let (text, clean) = until_logged(
+        &mut agent_cmd(lab, i, &dir, &format!("{}-{tag}", lab.id), token),
+        &lab.dir.path().join(format!("refused-{tag}.log")),
+        &["enrollment failed; will retry"],
+        2,
+        LONG,
+    )
+    .with_context(|| format!("enrollment with the {tag} token"))?;
+    ensure!(clean, "{tag}: no clean exit on SIGTERM: {text}");
     ensure!(
         !dir.join("identity.json").exists(),
         "{tag}: an identity was written"

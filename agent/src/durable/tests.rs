@@ -178,3 +178,21 @@ fn a_full_or_read_only_filesystem_is_an_error_and_the_old_file_stays() {
     assert_eq!(err.raw_os_error(), Some(nix::libc::EROFS), "{err}");
     assert_eq!(fs::read(&path).unwrap(), b"old");
 }
+
+#[test]
+fn a_copy_replaces_the_target_with_the_exact_mode_not_less_the_umask() {
+    let dir = tempfile::tempdir().unwrap();
+    let (src, dst) = (dir.path().join("src"), dir.path().join("dst"));
+    let content = vec![7u8; 300 * 1024];
+    fs::write(&src, &content).unwrap();
+    fs::write(&dst, b"old").unwrap();
+    // Group- and world-writable: bits any usual umask (022, 077) takes away. The process
+    // umask is not changed here: tests run in threads of one process.
+    assert_eq!(copy(&src, &dst, 0o777).unwrap(), content.len() as u64);
+    assert_eq!(fs::read(&dst).unwrap(), content);
+    assert_eq!(mode(&dst), 0o777);
+    assert_eq!(names(dir.path()), ["dst", "src"]);
+    // A missing source leaves the target as it was.
+    assert!(copy(&dir.path().join("nope"), &dst, 0o755).is_err());
+    assert_eq!(fs::read(&dst).unwrap(), content);
+}

@@ -15,9 +15,12 @@ use baton_proto::NodeName;
 use ed25519_dalek::Signer;
 use serde::Serialize;
 use sha2::{Digest, Sha256};
-use tracing::info;
+use tracing::{info, warn};
 
-use super::{b64, unb64, wall_ms, IdentityError, IdentityFile, FORMAT_VERSION};
+use super::{
+    b64, io, unb64, wall_ms, write_private, IdentityError, IdentityFile, FORMAT_VERSION,
+    PENDING_KEY_FILE,
+};
 
 /// The DER bytes of the first certificate in a PEM text.
 fn pem_der(pem: &str) -> Option<Vec<u8>> {
@@ -106,6 +109,11 @@ fn describe(e: &reqwest::Error) -> String {
 /// API URL (https, or http to loopback only).
 pub fn check_enroll_args(api: &str, token: &str) -> Result<(), IdentityError> {
     JoinToken::parse(token)?;
+    check_api_url(api)
+}
+
+/// Checks the coordinator API URL: https, or http to a loopback address only.
+pub fn check_api_url(api: &str) -> Result<(), IdentityError> {
     let bad = || IdentityError::ApiUrl {
         url: api.to_owned(),
     };
@@ -222,8 +230,46 @@ fn identity_from(
     })
 }
 
-/// Enrolls this device: a new key pair, a POST to [`ENROLL_PATH`] with the join token,
-/// and the identity file written to `path`.
+/// The device key to enroll with: the one an earlier attempt persisted in `dir`
+/// ([`PENDING_KEY_FILE`]), else a new one, durably written before it is ever sent. A device
+/// that lost power after the coordinator accepted its request, and before it saved the
+/// answer, so retries with the key the coordinator knows, and is answered again.
+pub fn pending_key(dir: &Path) -> Result<[u8; 32], IdentityError> {
+    let path = dir.join(PENDING_KEY_FILE);
+    match std::fs::read_to_string(&path) {
+        Ok(text) => {
+            if let Some(seed) = unb64(text.trim()).and_then(|b| <[u8; 32]>::try_from(b).ok()) {
+                return Ok(seed);
+            }
+            // Only a damaged disk writes this (the file is replaced atomically). Kept aside
+            // for a post-mortem, never deleted; a new key can only enroll with a new token.
+            let aside = dir.join(format!("{PENDING_KEY_FILE}.invalid"));
+            std::fs::rename(&path, &aside).map_err(io(&path))?;
+            warn!(path = %aside.display(), "the persisted enrollment key is unreadable; moved aside, enrolling with a new key");
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(io(&path)(e)),
+    }
+    let seed: [u8; 32] = rand::random();
+    write_private(&path, format!("{}\n", b64(&seed)).as_bytes())?;
+    Ok(seed)
+}
+
+/// Removes the persisted enrollment key once the identity file (which holds the key) is
+/// durably written; a leftover is harmless and removed at the next start.
+pub fn forget_pending_key(dir: &Path) {
+    let path = dir.join(PENDING_KEY_FILE);
+    match std::fs::remove_file(&path) {
+        Ok(()) => {
+            let _ = crate::durable::sync_parent(&path);
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => warn!(path = %path.display(), error = %e, "cannot remove the enrollment key"),
+    }
+}
+
+/// Enrolls this device: the key from [`pending_key`], a POST to [`ENROLL_PATH`] with the
+/// join token, and the identity file written to `path`.
 pub async fn enroll(
     path: &Path,
     api: &str,
@@ -235,9 +281,10 @@ pub async fn enroll(
     check_enroll_args(api, token)?;
     let token = JoinToken::parse(token)?;
     let api = api.trim_end_matches('/');
+    let dir = path.parent().unwrap_or(Path::new("."));
+    let seed = pending_key(dir)?;
     let ca_pem = pinned_ca(api, &token.ca_sha256).await?;
     let client = pinned_client(&ca_pem)?;
-    let seed: [u8; 32] = rand::random();
     let key = SigningKey::from_bytes(&seed);
     let body = EnrollRequest {
         token: token.render(),
@@ -255,6 +302,7 @@ pub async fn enroll(
         });
     }
     id.save(path)?;
+    forget_pending_key(dir);
     info!(node = %node, path = %path.display(), not_after = id.not_after, "enrolled");
     Ok(id)
 }
@@ -290,3 +338,6 @@ pub async fn rotate(path: &Path, api: Option<&str>) -> Result<IdentityFile, Iden
     info!(node = %id.node_name, "device key rotated");
     Ok(id)
 }
+
+#[cfg(test)]
+mod tests;

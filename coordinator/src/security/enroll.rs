@@ -23,6 +23,15 @@
 //! token was made for that node name (`--node-name`), which is how a replaced device or
 //! a revoked node comes back.
 //!
+//! **Exactly once.** A device may lose power after this commit and before it saved the
+//! answer; it then retries with the same token and the key it persisted before its first
+//! request (`agent/src/identity/enroll.rs`). The token record remembers who spent each use
+//! ([`JoinTokenRecord::used_by`]: node name and public key, in the same commit), so a
+//! request by that key for that name, before the token expires, is answered again with the
+//! identity's certificate and spends nothing. Any other key is refused as before ("already
+//! used"), and the first device's identity is untouched: a token copied to a second device
+//! enrolls nothing.
+//!
 //! Key rotation ([`Enroller::rotate`], `POST /api/v1/nodes/<name>/rotate`) needs no
 //! token: the request is signed by the node's current key, and the old key stays valid
 //! for a short overlap so that nothing in flight is refused.
@@ -53,6 +62,10 @@ pub const MAX_REQUEST_BYTES: usize = 16 * 1024;
 /// Default life of a node certificate.
 pub const DEFAULT_CERT_TTL: Duration = Duration::from_secs(365 * 86400);
 const MAX_LABELS: usize = 64;
+/// Uses a token record remembers ([`JoinTokenRecord::used_by`]), the oldest forgotten first:
+/// a many-use token's record stays small, and a retry comes within minutes of its use, not
+/// after this many other devices.
+pub const MAX_REMEMBERED_USES: usize = 256;
 
 #[derive(Debug, thiserror::Error)]
 pub enum EnrollError {
@@ -121,6 +134,20 @@ pub struct JoinTokenRecord {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub node_name: Option<String>,
     pub creation_timestamp: String,
+    /// Who spent each use: committed with the identity it made, so that the same device
+    /// retrying the same enrollment is answered again without spending another use (see
+    /// the module docs). The most recent [`MAX_REMEMBERED_USES`].
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub used_by: Vec<TokenUse>,
+}
+
+/// One use of a join token: the node it enrolled and the public key it enrolled with.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct TokenUse {
+    pub node_name: String,
+    /// Base64 of the 32-byte Ed25519 public key.
+    pub public_key: String,
 }
 
 impl From<&JoinTokenRecord> for JoinTokenInfo {
@@ -259,6 +286,7 @@ impl Enroller {
             labels: req.labels.clone(),
             node_name: req.node_name.clone(),
             creation_timestamp: crate::model::api::now_rfc3339(),
+            used_by: Vec::new(),
         };
         let mut tokens = self.tokens();
         self.store
@@ -308,6 +336,12 @@ impl Enroller {
             .filter(|r| r.sha256 == hash(&token.secret))
             .ok_or(EnrollError::InvalidToken)?
             .clone();
+        let public_key = b64(key.as_bytes());
+        if let Some(again) = self.retried(&rec, name.as_str(), &public_key, now_unix) {
+            drop(tokens);
+            tracing::info!(node = %name, token = %rec.id, "enrollment retried by the device that made it; answered again, no use spent");
+            return Ok(again);
+        }
         if rec.uses_left == 0 {
             return Err(EnrollError::UsedUp);
         }
@@ -322,7 +356,6 @@ impl Enroller {
                 });
             }
         }
-        let public_key = b64(key.as_bytes());
         let existing = self.security.identity(name.as_str());
         let was_revoked = existing.as_ref().is_some_and(|e| e.revoked);
         if let Some(old) = &existing {
@@ -338,7 +371,7 @@ impl Enroller {
         let certificate = self.pki().issue_node_cert(name.as_str(), &key, not_after)?;
         let identity = IdentityRecord {
             node: name.as_str().to_owned(),
-            public_key,
+            public_key: public_key.clone(),
             previous_key: None,
             previous_valid_until_ms: 0,
             labels: labels.clone(),
@@ -351,6 +384,12 @@ impl Enroller {
         };
         let mut used = rec.clone();
         used.uses_left -= 1;
+        used.used_by.push(TokenUse {
+            node_name: name.as_str().to_owned(),
+            public_key,
+        });
+        let forget = used.used_by.len().saturating_sub(MAX_REMEMBERED_USES);
+        used.used_by.drain(..forget);
         let token_op = store::put_json(Table::JoinTokens, &used.id, &used)?;
         // One commit: the identity and the token's use, or neither.
         self.security.install(identity, vec![token_op])?;
@@ -360,6 +399,34 @@ impl Enroller {
         Ok(Enrolled {
             response: self.response(name.as_str(), certificate, labels, not_after),
             was_revoked,
+        })
+    }
+
+    /// The answer to a retried enrollment: `rec` was spent on `node` by `public_key`, that
+    /// identity still stands (not revoked, its key not rotated since) and the token has not
+    /// expired. The identity's certificate is sent again; nothing is written.
+    fn retried(
+        &self,
+        rec: &JoinTokenRecord,
+        node: &str,
+        public_key: &str,
+        now_unix: u64,
+    ) -> Option<Enrolled> {
+        if now_unix >= rec.expires
+            || !rec
+                .used_by
+                .iter()
+                .any(|u| u.node_name == node && u.public_key == public_key)
+        {
+            return None;
+        }
+        let id = self
+            .security
+            .identity(node)
+            .filter(|id| id.public_key == public_key && !id.revoked)?;
+        Some(Enrolled {
+            response: self.response(node, id.certificate, id.labels, id.not_after),
+            was_revoked: false,
         })
     }
 
@@ -442,233 +509,4 @@ impl Enroller {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::security::gate::SecurityConfig;
-    use crate::store::MemStore;
-    use baton_proto::enroll::JoinTokenError;
-    use baton_proto::sign::SigningKey;
-    use ed25519_dalek::Signer;
-
-    const NOW: u64 = 1_800_000_000;
-
-    fn setup() -> (Enroller, Arc<dyn Store>, tempfile::TempDir) {
-        let dir = tempfile::tempdir().unwrap();
-        let pki = Arc::new(Pki::load_or_create(dir.path()).unwrap());
-        let store: Arc<dyn Store> = Arc::new(MemStore::default());
-        let sec = Arc::new(Security::load(store.clone(), pki, SecurityConfig::default()).unwrap());
-        (Enroller::load(store.clone(), sec).unwrap(), store, dir)
-    }
-
-    fn token(e: &Enroller, uses: u32, node: Option<&str>) -> String {
-        e.create_token(
-            &JoinTokenRequest {
-                ttl_seconds: 3600,
-                uses,
-                labels: [("zone".to_string(), "a".to_string())].into(),
-                node_name: node.map(str::to_owned),
-            },
-            NOW,
-        )
-        .unwrap()
-        .0
-    }
-
-    fn req(token: &str, node: &str, key: &SigningKey) -> Vec<u8> {
-        serde_json::to_vec(&EnrollRequest {
-            token: token.into(),
-            node_name: node.into(),
-            public_key: b64(key.verifying_key().as_bytes()),
-            labels: [
-                ("zone".to_string(), "b".to_string()),
-                ("x".to_string(), "y".to_string()),
-            ]
-            .into(),
-            arch: "arm64".into(),
-        })
-        .unwrap()
-    }
-
-    #[test]
-    fn token_strings_round_trip_and_carry_the_ca_hash() {
-        let (e, store, _d) = setup();
-        let t = token(&e, 1, None);
-        let parsed = JoinToken::parse(&t).unwrap();
-        assert_eq!(parsed.render(), t);
-        assert_eq!(parsed.ca_sha256, e.pki().ca_sha256());
-        // Only the hash is stored.
-        let raw =
-            String::from_utf8(store.get(Table::JoinTokens, &parsed.id).unwrap().unwrap()).unwrap();
-        assert!(!raw.contains(&parsed.secret));
-        for bad in [
-            "",
-            "bjt1",
-            "bjt2.0011223344556677.00112233445566778899aabbccddeeff.",
-            &t[..t.len() - 1],
-            &format!("{t}.x"),
-        ] {
-            assert_eq!(
-                JoinToken::parse(bad),
-                Err(JoinTokenError::Malformed),
-                "{bad}"
-            );
-        }
-        assert_eq!(e.list_tokens().len(), 1);
-        assert!(e.delete_token(&parsed.id).unwrap());
-        assert!(!e.delete_token(&parsed.id).unwrap());
-        assert!(e.list_tokens().is_empty());
-    }
-
-    #[test]
-    fn single_use_token_enrolls_once() {
-        let (e, _s, _d) = setup();
-        let t = token(&e, 1, None);
-        let k = SigningKey::from_bytes(&[1; 32]);
-        let ok = e.enroll(&req(&t, "pi-1", &k), NOW).unwrap();
-        assert_eq!(ok.response.node_name, "pi-1");
-        assert!(ok
-            .response
-            .certificate
-            .starts_with("-----BEGIN CERTIFICATE-----"));
-        // The token's labels win; the device's other labels stay.
-        assert_eq!(ok.response.labels["zone"], "a");
-        assert_eq!(ok.response.labels["x"], "y");
-        assert_eq!(ok.response.not_after, NOW + DEFAULT_CERT_TTL.as_secs());
-        // A used token is told apart from a wrong one.
-        let again = e.enroll(&req(&t, "pi-2", &SigningKey::from_bytes(&[2; 32])), NOW);
-        assert!(matches!(again, Err(EnrollError::UsedUp)), "{again:?}");
-        assert!(again.unwrap_err().to_string().contains("already used"));
-        let parts: Vec<&str> = t.split('.').collect();
-        let wrong = format!("{}.{}.{}.{}", parts[0], parts[1], "f".repeat(32), parts[3]);
-        assert_ne!(wrong, t);
-        let r = e.enroll(&req(&wrong, "pi-2", &SigningKey::from_bytes(&[2; 32])), NOW);
-        assert!(matches!(r, Err(EnrollError::InvalidToken)), "{r:?}");
-        assert!(e.list_tokens().is_empty());
-    }
-
-    #[test]
-    fn failures_consume_nothing() {
-        let (e, _s, _d) = setup();
-        let t = token(&e, 2, None);
-        let k = SigningKey::from_bytes(&[1; 32]);
-        e.enroll(&req(&t, "pi-1", &k), NOW).unwrap();
-        // Another key for an enrolled name: refused, and the token keeps its last use.
-        let other = SigningKey::from_bytes(&[2; 32]);
-        let r = e.enroll(&req(&t, "pi-1", &other), NOW);
-        assert!(matches!(r, Err(EnrollError::NameTaken(_))), "{r:?}");
-        assert_eq!(r.unwrap_err().status(), 409);
-        assert_eq!(e.list_tokens()[0].uses_left, 1);
-        // Expired.
-        let r = e.enroll(&req(&t, "pi-3", &other), NOW + 3600);
-        assert!(matches!(r, Err(EnrollError::Expired)), "{r:?}");
-        assert_eq!(e.list_tokens()[0].uses_left, 1);
-        // The same device enrolling again is fine (idempotent retry).
-        e.enroll(&req(&t, "pi-1", &k), NOW).unwrap();
-    }
-
-    #[test]
-    fn a_node_token_replaces_a_device_and_lifts_a_revocation() {
-        let (e, _s, _d) = setup();
-        let k = SigningKey::from_bytes(&[1; 32]);
-        e.enroll(&req(&token(&e, 1, None), "pi-1", &k), NOW)
-            .unwrap();
-        e.security.revoke("pi-1").unwrap();
-        let r = e.enroll(&req(&token(&e, 1, None), "pi-1", &k), NOW);
-        assert!(matches!(r, Err(EnrollError::NameTaken(_))), "{r:?}");
-        let wrong = e.enroll(&req(&token(&e, 1, Some("pi-2")), "pi-1", &k), NOW);
-        assert!(
-            matches!(wrong, Err(EnrollError::WrongNode { .. })),
-            "{wrong:?}"
-        );
-        let new = SigningKey::from_bytes(&[3; 32]);
-        let ok = e
-            .enroll(&req(&token(&e, 1, Some("pi-1")), "pi-1", &new), NOW)
-            .unwrap();
-        assert!(ok.was_revoked);
-        let id = e.security.identity("pi-1").unwrap();
-        assert!(!id.revoked);
-        assert_eq!(id.public_key, b64(new.verifying_key().as_bytes()));
-    }
-
-    #[test]
-    fn hostile_input_gets_a_client_error() {
-        let (e, _s, _d) = setup();
-        let t = token(&e, 1, None);
-        let k = SigningKey::from_bytes(&[1; 32]);
-        let good: serde_json::Value = serde_json::from_slice(&req(&t, "pi-1", &k)).unwrap();
-        let with = |f: &str, v: serde_json::Value| {
-            let mut g = good.clone();
-            g[f] = v;
-            serde_json::to_vec(&g).unwrap()
-        };
-        let long_labels: BTreeMap<String, String> =
-            (0..100).map(|i| (format!("k{i}"), "v".into())).collect();
-        let cases: Vec<Vec<u8>> = vec![
-            vec![],
-            b"{".to_vec(),
-            b"null".to_vec(),
-            b"[]".to_vec(),
-            vec![0xff; 100],
-            vec![b' '; MAX_REQUEST_BYTES + 1],
-            with("nodeName", "../etc".into()),
-            with("nodeName", "".into()),
-            with("nodeName", "a".repeat(64).into()),
-            with("publicKey", "not base64!".into()),
-            with("publicKey", b64(&[0; 31]).into()),
-            with("token", "bjt1.zz".into()),
-            with("token", 5.into()),
-            with("labels", serde_json::json!({"bad key": "v"})),
-            with("labels", serde_json::to_value(&long_labels).unwrap()),
-            with("arch", "x".repeat(100).into()),
-            with("extra", 1.into()),
-        ];
-        for body in cases {
-            let r = e.enroll(&body, NOW);
-            let status = r.as_ref().map(|_| 200).unwrap_or_else(|e| e.status());
-            assert!(
-                (400..500).contains(&status),
-                "{:?}: {r:?}",
-                String::from_utf8_lossy(&body[..body.len().min(60)])
-            );
-        }
-        // Nothing was consumed.
-        assert_eq!(e.list_tokens()[0].uses_left, 1);
-    }
-
-    #[test]
-    fn rotation_is_signed_by_the_current_key() {
-        let (e, _s, _d) = setup();
-        let old = SigningKey::from_bytes(&[1; 32]);
-        e.enroll(&req(&token(&e, 1, None), "pi-1", &old), NOW)
-            .unwrap();
-        let new = SigningKey::from_bytes(&[2; 32]);
-        let new_b64 = b64(new.verifying_key().as_bytes());
-        let now_ms = NOW * 1000;
-        let body = |k: &SigningKey, ts: u64| {
-            let sig = k.sign(&rotate_signing_bytes("pi-1", &new_b64, ts));
-            serde_json::to_vec(&RotateRequest {
-                new_public_key: new_b64.clone(),
-                timestamp_ms: ts,
-                signature: b64(&sig.to_bytes()),
-            })
-            .unwrap()
-        };
-        let r = e.rotate("pi-1", &body(&new, now_ms), now_ms);
-        assert!(matches!(r, Err(EnrollError::BadSignature)), "{r:?}");
-        let r = e.rotate("pi-1", &body(&old, now_ms - 3_600_000), now_ms);
-        assert!(matches!(r, Err(EnrollError::Stale)), "{r:?}");
-        let r = e.rotate("pi-9", &body(&old, now_ms), now_ms);
-        assert!(matches!(r, Err(EnrollError::NotEnrolled(_))), "{r:?}");
-        let ok = e.rotate("pi-1", &body(&old, now_ms), now_ms).unwrap();
-        assert_eq!(ok.node_name, "pi-1");
-        let id = e.security.identity("pi-1").unwrap();
-        assert_eq!(id.public_key, new_b64);
-        assert_eq!(id.previous_key, Some(b64(old.verifying_key().as_bytes())));
-        // A retry answers the same and changes nothing.
-        e.rotate("pi-1", &body(&old, now_ms), now_ms).unwrap();
-        assert_eq!(
-            e.security.identity("pi-1").unwrap().previous_key,
-            id.previous_key
-        );
-    }
-}
+mod tests;

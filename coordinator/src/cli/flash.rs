@@ -257,6 +257,7 @@ fn load_agent(args: &FlashArgs, arch: Arch) -> Result<Vec<u8>, FlashError> {
 }
 
 /// One device, checked and planned; its token is still a placeholder unless given.
+#[derive(Debug)]
 struct Ready {
     settings: Settings,
     arch: Arch,

@@ -17,6 +17,7 @@ mod batch;
 mod cloudinit;
 mod firstboot;
 mod image;
+mod plan;
 mod settings;
 mod target;
 mod token;
@@ -26,7 +27,7 @@ mod tests;
 
 use std::collections::BTreeMap;
 use std::fs::{self, File, OpenOptions};
-use std::io;
+use std::io::{self, Read as _};
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -38,8 +39,8 @@ use super::CliError;
 use crate::contract::tokens::JoinTokenInfo;
 pub use arch::Arch;
 pub use firstboot::FirstBoot;
-use firstboot::{Plan, Step};
 use image::BootView;
+use plan::{Plan, Step};
 use settings::{Common, Settings};
 use target::{Kind, Target};
 
@@ -125,8 +126,8 @@ pub struct FlashArgs {
 pub enum FlashError {
     #[error("{0}")]
     Invalid(String),
-    #[error("cannot read {path}: {source}")]
-    Read { path: String, source: io::Error },
+    #[error("cannot read {path}: {error}")]
+    Read { path: String, error: io::Error },
     #[error("{0}")]
     Target(String),
     #[error("{0}")]
@@ -139,19 +140,19 @@ pub enum FlashError {
     Token(String),
     #[error("{0}")]
     Io(io::Error),
-    #[error("{what}: {source}")]
-    Write { what: String, source: io::Error },
+    #[error("{what}: {error}")]
+    Write { what: String, error: io::Error },
     /// Anything that stopped flash before its first write.
-    #[error("refused to flash {target}: {source} ({target} was not changed)")]
+    #[error("refused to flash {target}: {reason} ({target} was not changed)")]
     Refused {
         target: String,
-        source: Box<FlashError>,
+        reason: Box<FlashError>,
     },
     /// A failure after the first write.
-    #[error("flashing {target} failed part way, flash it again: {source}")]
+    #[error("flashing {target} failed part way, flash it again: {reason}")]
     Partial {
         target: String,
-        source: Box<FlashError>,
+        reason: Box<FlashError>,
     },
 }
 
@@ -162,7 +163,7 @@ pub(super) async fn flash(client: &Client, args: &FlashArgs) -> Result<String, C
     let refused = |e: CliError| match e {
         CliError::Flash(f) => CliError::Flash(FlashError::Refused {
             target: shown.clone(),
-            source: Box::new(f),
+            reason: Box::new(f),
         }),
         other => other,
     };
@@ -203,7 +204,7 @@ fn common(args: &FlashArgs) -> Result<Common, FlashError> {
 fn read_target(path: &Path) -> Result<BootView, FlashError> {
     let file = File::open(path).map_err(|source| FlashError::Read {
         path: path.display().to_string(),
-        source,
+        error: source,
     })?;
     let partition = image::boot_partition(&file)?;
     image::read_view(&file, partition)
@@ -235,24 +236,33 @@ fn load_agent(args: &FlashArgs, arch: Arch) -> Result<Vec<u8>, FlashError> {
         } else {
             FlashError::Read {
                 path: shown.clone(),
-                source,
+                error: source,
             }
         }
     })?;
-    if size > MAX_AGENT_BYTES {
-        return Err(FlashError::Agent {
-            path: shown,
-            reason: format!("{size} bytes, more than any agent build"),
-        });
-    }
-    let bytes = fs::read(&path).map_err(|source| FlashError::Read {
+    // The header first: a wrong binary is named as such, whatever its size.
+    let mut head = Vec::new();
+    File::open(&path)
+        .and_then(|f| f.take(64 * 1024).read_to_end(&mut head))
+        .map_err(|error| FlashError::Read {
+            path: shown.clone(),
+            error,
+        })?;
+    let refuse = |reason: String| FlashError::Agent {
         path: shown.clone(),
-        source,
-    })?;
-    arch::check_elf(&bytes, arch).map_err(|reason| FlashError::Agent {
-        path: shown,
         reason: format!("{reason}: refusing to put it on an {} card", arch.as_str()),
+    };
+    arch::check_header(&head, arch).map_err(refuse)?;
+    if size > MAX_AGENT_BYTES {
+        return Err(refuse(format!(
+            "{size} bytes, more than any agent build (a debug build? use the cross/ release build)"
+        )));
+    }
+    let bytes = fs::read(&path).map_err(|error| FlashError::Read {
+        path: shown.clone(),
+        error,
     })?;
+    arch::check_elf(&bytes, arch).map_err(refuse)?;
     Ok(bytes)
 }
 
@@ -349,7 +359,7 @@ async fn write_device(
     let shown = target.path.display().to_string();
     let file = open_rw(target).map_err(|e| FlashError::Refused {
         target: shown.clone(),
-        source: Box::new(e),
+        reason: Box::new(e),
     })?;
     let (secret, info, minted) = match ready.token.take() {
         Some((t, info)) => (t, info, false),
@@ -368,7 +378,7 @@ async fn write_device(
         }
         return Err(FlashError::Partial {
             target: shown,
-            source: Box::new(e),
+            reason: Box::new(e),
         }
         .into());
     }
@@ -476,7 +486,7 @@ async fn write_batch(
     let out_dir = args.out_dir.as_deref().unwrap_or(Path::new("."));
     fs::create_dir_all(out_dir).map_err(|source| FlashError::Write {
         what: format!("creating {}", out_dir.display()),
-        source,
+        error: source,
     })?;
     let mut out = String::new();
     let mut done = Vec::new();
@@ -490,7 +500,7 @@ async fn write_batch(
                     batch.source.display(),
                     partial.display()
                 ),
-                source,
+                error: source,
             })?;
             let target = Target {
                 path: partial.clone(),
@@ -499,7 +509,7 @@ async fn write_batch(
             let (ready, token_line) = write_device(client, &target, ready).await?;
             fs::rename(&partial, &path).map_err(|source| FlashError::Write {
                 what: format!("renaming {} to {}", partial.display(), path.display()),
-                source,
+                error: source,
             })?;
             Ok::<_, CliError>((ready, token_line))
         }

@@ -121,22 +121,26 @@ pub(super) fn agent_path(agent: Option<&Path>, agents_dir: &Path, arch: Arch) ->
     }
 }
 
-/// Refuses a binary that is not a little-endian Linux executable for `arch`: the class
-/// and machine of its ELF header, and for ARMv6 its `Tag_CPU_arch` build attribute (an
-/// ARMv7 binary would die of SIGILL on a Pi Zero).
-pub(super) fn check_elf(data: &[u8], arch: Arch) -> Result<(), String> {
+/// Refuses a binary that is not a little-endian executable for `arch`, from its ELF
+/// header alone (class and machine): `data` may be just the start of the file.
+pub(super) fn check_header(data: &[u8], arch: Arch) -> Result<(), String> {
     let kind = FileKind::parse(data).map_err(|_| "not an ELF executable".to_owned())?;
-    let (bits, machine, cpu_arch) = match kind {
+    let (bits, machine) = match kind {
         FileKind::Elf64 => {
-            let f = ElfFile::<elf::FileHeader64<Endianness>>::parse(data)
+            let h = elf::FileHeader64::<Endianness>::parse(data)
                 .map_err(|e| format!("a broken ELF file: {e}"))?;
-            (64, header_machine(f.elf_header(), f.endian())?, None)
+            (
+                64,
+                header_machine(h, h.endian().map_err(|e| e.to_string())?)?,
+            )
         }
         FileKind::Elf32 => {
-            let f = ElfFile::<elf::FileHeader32<Endianness>>::parse(data)
+            let h = elf::FileHeader32::<Endianness>::parse(data)
                 .map_err(|e| format!("a broken ELF file: {e}"))?;
-            let m = header_machine(f.elf_header(), f.endian())?;
-            (32, m, arm_cpu_arch(&f, data))
+            (
+                32,
+                header_machine(h, h.endian().map_err(|e| e.to_string())?)?,
+            )
         }
         _ => return Err("not an ELF executable".into()),
     };
@@ -159,15 +163,25 @@ pub(super) fn check_elf(data: &[u8], arch: Arch) -> Result<(), String> {
             arch.as_str()
         ));
     }
-    // Tag_CPU_arch: 1-9 are v4..v6K, 10 is v7, 14 is v8 (ARM IHI 0045, "Tag_CPU_arch").
-    if let (Arch::Armv6, Some(v)) = (arch, cpu_arch) {
-        if v >= 10 {
-            return Err(format!(
-                "built for ARMv7 or later (Tag_CPU_arch {v}); an armv6 board (Pi 1, Zero) needs the arm-unknown-linux-musleabihf build"
-            ));
-        }
-    }
     Ok(())
+}
+
+/// [`check_header`], and for ARMv6 the whole binary's `Tag_CPU_arch` build attribute
+/// (an ARMv7 binary would die of SIGILL on a Pi Zero).
+pub(super) fn check_elf(data: &[u8], arch: Arch) -> Result<(), String> {
+    check_header(data, arch)?;
+    if arch != Arch::Armv6 {
+        return Ok(());
+    }
+    let f = ElfFile::<elf::FileHeader32<Endianness>>::parse(data)
+        .map_err(|e| format!("a broken ELF file: {e}"))?;
+    // Tag_CPU_arch: 1-9 are v4..v6K, 10 is v7, 14 is v8 (ARM IHI 0045, "Tag_CPU_arch").
+    match arm_cpu_arch(&f, data) {
+        Some(v) if v >= 10 => Err(format!(
+            "built for ARMv7 or later (Tag_CPU_arch {v}); an armv6 board (Pi 1, Zero) needs the arm-unknown-linux-musleabihf build"
+        )),
+        _ => Ok(()),
+    }
 }
 
 fn header_machine<H: FileHeader<Endian = Endianness>>(

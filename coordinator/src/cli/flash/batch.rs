@@ -21,7 +21,7 @@ pub(super) struct Device {
 pub(super) fn read(path: &Path) -> Result<Vec<Device>, FlashError> {
     let text = std::fs::read(path).map_err(|source| FlashError::Read {
         path: path.display().to_string(),
-        source,
+        error: source,
     })?;
     parse(&text).map_err(|e| FlashError::Invalid(format!("{}: {e}", path.display())))
 }

@@ -9,11 +9,12 @@
 
 use serde_yaml_ng::{Mapping, Value};
 
-use super::firstboot::FIRSTBOOT_ON_DEVICE;
 use super::settings::{Settings, Wifi};
 use super::FlashError;
 
 const HEADER: &str = "#cloud-config\n";
+/// `baton/firstboot.sh` where the device mounts the boot partition.
+const FIRSTBOOT_ON_DEVICE: &str = "/boot/firmware/baton/firstboot.sh";
 
 fn s(v: &str) -> Value {
     Value::String(v.to_owned())

@@ -13,12 +13,11 @@
 //! The `baton/` files are written first and the hooks last (`cmdline.txt` the very last),
 //! so a card pulled out halfway never starts a half-written installer.
 
-use std::fmt;
-
 use clap::ValueEnum;
 
 use super::cloudinit;
 use super::image::BootView;
+use super::plan::{Plan, Step};
 use super::settings::{sh_quote, Settings, Wifi};
 use super::FlashError;
 
@@ -36,7 +35,6 @@ pub(super) const META_DATA: &str = "meta-data";
 pub(super) const NETWORK_CONFIG: &str = "network-config";
 /// Where the device mounts the boot partition (Bookworm and later).
 const BOOT: &str = "/boot/firmware";
-pub(super) const FIRSTBOOT_ON_DEVICE: &str = "/boot/firmware/baton/firstboot.sh";
 /// The second line of every `firstrun.sh` flash writes: how a later flash knows the
 /// script is its own and not Imager's.
 const MARKER: &str = "# baton-flash firstrun.sh";
@@ -81,49 +79,6 @@ impl FirstBoot {
             FirstBoot::Auto => "auto",
             FirstBoot::CloudInit => "cloud-init",
             FirstBoot::Firstrun => "firstrun.sh",
-        }
-    }
-}
-
-/// One change to the boot partition (paths relative to its root).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub(super) enum Step {
-    Write { path: String, bytes: Vec<u8> },
-    Rename { from: String, to: String },
-    Remove(String),
-}
-
-impl fmt::Display for Step {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            Step::Write { path, .. } => write!(f, "writing {path}"),
-            Step::Rename { from, to } => write!(f, "renaming {from} to {to}"),
-            Step::Remove(p) => write!(f, "removing {p}"),
-        }
-    }
-}
-
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub(super) struct Plan {
-    pub steps: Vec<Step>,
-}
-
-impl Plan {
-    fn write(&mut self, path: &str, bytes: impl Into<Vec<u8>>) {
-        self.steps.push(Step::Write {
-            path: path.to_owned(),
-            bytes: bytes.into(),
-        });
-    }
-
-    /// Replaces the content of the write to `path` (the real token, once minted).
-    pub(super) fn set(&mut self, path: &str, bytes: Vec<u8>) {
-        for s in &mut self.steps {
-            if let Step::Write { path: p, bytes: b } = s {
-                if p == path {
-                    *b = bytes.clone();
-                }
-            }
         }
     }
 }

@@ -6,14 +6,16 @@
 //! need (the files flash reads, the sizes of the ones it replaces, the free clusters).
 //! Only when every check has passed does [`apply`] open it for writing.
 
+use std::cell::RefCell;
 use std::collections::{BTreeMap, BTreeSet};
 use std::fs::File;
 use std::io::{self, Read, Seek, SeekFrom, Write};
 use std::os::unix::fs::FileExt;
+use std::rc::Rc;
 
 use fatfs::{FatType, FileSystem, FsOptions};
 
-use super::firstboot::{Plan, Step};
+use super::plan::{Plan, Step};
 use super::FlashError;
 
 /// The MBR's sector size. SD cards and Raspberry Pi OS images use 512-byte sectors.
@@ -74,6 +76,9 @@ struct Window<'f> {
     len: u64,
     pos: u64,
     mode: Mode,
+    /// Where fatfs wrote 512-byte runs of zeros (it zeroes a new directory's cluster that
+    /// way): see [`fix_new_dir`].
+    zero_runs: Rc<RefCell<Vec<u64>>>,
 }
 
 #[derive(Clone, Copy)]
@@ -98,6 +103,7 @@ impl<'f> Window<'f> {
             len: p.len,
             pos: 0,
             mode,
+            zero_runs: Rc::default(),
         }
     }
 }
@@ -132,6 +138,9 @@ impl Write for Window<'_> {
             Mode::ReadWrite => self.file.write_at(&buf[..n], self.start + self.pos)?,
             Mode::ReadOnly { .. } => n,
         };
+        if n == 512 && buf[..n].iter().all(|b| *b == 0) {
+            self.zero_runs.borrow_mut().push(self.pos);
+        }
         self.pos += n as u64;
         Ok(n)
     }
@@ -163,6 +172,48 @@ impl Seek for Window<'_> {
 
 fn mount<'f>(file: &'f File, p: &Partition, mode: Mode) -> io::Result<FileSystem<Window<'f>>> {
     FileSystem::new(Window::new(file, p, mode), FsOptions::new())
+}
+
+/// One directory entry's bytes: the 8.3 name, then the attributes.
+const ENTRY: usize = 32;
+const ATTR_LFN: u8 = 0x0f;
+const ATTR_DIR: u8 = 0x10;
+
+/// Repairs the `.` and `..` entries of a directory fatfs 0.3.6 just made in the root.
+///
+/// fatfs 0.3.6 (the last release) writes a long-name entry before each of them and
+/// points `..` at the root's cluster instead of 0 (rafalh/rust-fatfs#117 and #99, fixed
+/// upstream but unreleased). fsck.fat, which Raspberry Pi OS runs on the boot partition
+/// at boot, would then "repair" the directory by renaming `.` and `..` into FSCK files.
+/// The new cluster starts `[LFN(.), ., LFN(..), ..]`; it becomes `[., .., end]`, with
+/// `..` pointing at 0 (the root). Any other layout is left alone if it is already right
+/// and refused otherwise; the fsck.fat test in `tests.rs` guards this.
+fn fix_new_dir(file: &File, p: &Partition, cluster_at: u64) -> io::Result<()> {
+    let at = p.start + cluster_at;
+    let mut raw = [0u8; 4 * ENTRY];
+    file.read_at(&mut raw, at)?;
+    let entry = |i: usize| &raw[i * ENTRY..(i + 1) * ENTRY];
+    let is = |e: &[u8], name: &[u8; 11]| e[..11] == name[..] && e[11] & ATTR_DIR != 0;
+    let (dot, dotdot) = (b".          ", b"..         ");
+    if is(entry(0), dot) && is(entry(1), dotdot) {
+        return Ok(());
+    }
+    let expected = entry(0)[11] == ATTR_LFN
+        && is(entry(1), dot)
+        && entry(2)[11] == ATTR_LFN
+        && is(entry(3), dotdot);
+    if !expected {
+        return Err(io::Error::other(
+            "the new baton directory does not start with fatfs's known entries; not repairing it",
+        ));
+    }
+    let mut fixed = [0u8; 4 * ENTRY];
+    fixed[..ENTRY].copy_from_slice(entry(1));
+    fixed[ENTRY..2 * ENTRY].copy_from_slice(entry(3));
+    // `..` of a directory in the root: cluster 0 (high word at 20, low word at 26).
+    fixed[ENTRY + 20..ENTRY + 22].fill(0);
+    fixed[ENTRY + 26..ENTRY + 28].fill(0);
+    file.write_all_at(&fixed, at)
 }
 
 fn fat_name(t: FatType) -> &'static str {
@@ -345,14 +396,25 @@ pub(super) fn check_space(view: &BootView, plan: &Plan) -> Result<(), FlashError
 /// Carries out `plan` on the boot partition of `file` (open for writing), in order, and
 /// syncs the file. The checks have all passed by now.
 pub(super) fn apply(file: &File, partition: &Partition, plan: &Plan) -> Result<(), FlashError> {
-    let fs = mount(file, partition, Mode::ReadWrite).map_err(FlashError::Io)?;
+    let window = Window::new(file, partition, Mode::ReadWrite);
+    let zero_runs = window.zero_runs.clone();
+    let fs = FileSystem::new(window, FsOptions::new()).map_err(FlashError::Io)?;
     {
         let root = fs.root_dir();
-        root.create_dir("baton").map_err(FlashError::Io)?;
+        if root.open_dir("baton").is_err() {
+            zero_runs.borrow_mut().clear();
+            root.create_dir("baton").map_err(FlashError::Io)?;
+            // fatfs zeroes the new directory's cluster first, from its start.
+            let cluster_at = zero_runs.borrow().first().copied();
+            let cluster_at = cluster_at.ok_or_else(|| {
+                FlashError::Io(io::Error::other("cannot find the new baton directory"))
+            })?;
+            fix_new_dir(file, partition, cluster_at).map_err(FlashError::Io)?;
+        }
         for step in &plan.steps {
             let context = |e: io::Error| FlashError::Write {
                 what: step.to_string(),
-                source: e,
+                error: e,
             };
             match step {
                 Step::Write { path, bytes } => {

@@ -230,7 +230,7 @@ const SSH_KEY_TYPES: &[&str] = &[
 pub(super) fn ssh_key(path: &Path) -> Result<String, FlashError> {
     let text = std::fs::read_to_string(path).map_err(|source| FlashError::Read {
         path: path.display().to_string(),
-        source,
+        error: source,
     })?;
     let line = text
         .lines()

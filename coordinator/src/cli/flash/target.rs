@@ -30,7 +30,7 @@ pub(super) struct Target {
 pub(super) fn inspect(path: &Path) -> Result<Target, FlashError> {
     let meta = fs::metadata(path).map_err(|source| FlashError::Read {
         path: path.display().to_string(),
-        source,
+        error: source,
     })?;
     let ft = meta.file_type();
     let kind = if ft.is_file() {
@@ -43,17 +43,25 @@ pub(super) fn inspect(path: &Path) -> Result<Target, FlashError> {
             path.display()
         )));
     };
-    let devices = match kind {
-        Kind::BlockDevice(rdev) => vec![rdev],
-        Kind::File => loop_devices_of(path),
+    let loops = loop_devices();
+    let in_use = match kind {
+        Kind::BlockDevice(rdev) => family(&[rdev], &loops),
+        Kind::File => {
+            let me = Backing::File(meta.dev(), meta.ino());
+            let over: Vec<u64> = loops
+                .iter()
+                .filter(|(_, b)| *b == me)
+                .map(|(l, _)| *l)
+                .collect();
+            family(&over, &loops)
+        }
     };
-    let in_use = family(&devices);
     for (dev, mountpoint) in mounted() {
         if in_use.contains(&dev) {
             let what = match kind {
                 Kind::File => "the image (through a loop device)",
                 Kind::BlockDevice(d) if d == dev => "the device",
-                Kind::BlockDevice(_) => "a partition of the device",
+                Kind::BlockDevice(_) => "a partition of the device (or a device stacked on it)",
             };
             return Err(FlashError::Target(format!(
                 "{what} is mounted at {mountpoint} ({}:{}): unmount it first (`umount {mountpoint}`); \
@@ -126,15 +134,60 @@ fn unescape(s: &str) -> String {
     String::from_utf8_lossy(&out).into_owned()
 }
 
+/// What a loop device reads from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Backing {
+    /// A block device (`losetup /dev/sdb`, or `mount -o offset=...` of one).
+    Block(u64),
+    /// A file, by device and inode.
+    File(u64, u64),
+}
+
+/// Every loop device in use and what it reads from (sysfs `loop/backing_file`).
+fn loop_devices() -> Vec<(u64, Backing)> {
+    let Ok(entries) = fs::read_dir("/sys/block") else {
+        return Vec::new();
+    };
+    let mut out = Vec::new();
+    for e in entries.flatten() {
+        if !e.file_name().to_string_lossy().starts_with("loop") {
+            continue;
+        }
+        let Ok(backing) = fs::read_to_string(e.path().join("loop/backing_file")) else {
+            continue;
+        };
+        let (Some(dev), Ok(m)) = (
+            read_dev(&e.path().join("dev")),
+            fs::metadata(backing.trim_end()),
+        ) else {
+            continue;
+        };
+        let b = if m.file_type().is_block_device() {
+            Backing::Block(m.rdev())
+        } else {
+            Backing::File(m.dev(), m.ino())
+        };
+        out.push((dev, b));
+    }
+    out
+}
+
 /// `devices`, their partitions, and whatever is stacked on any of them (their sysfs
-/// `holders`, recursively): everything whose mount would share blocks with the target.
-fn family(devices: &[u64]) -> BTreeSet<u64> {
+/// `holders`, such as device-mapper, and loop devices reading from them), recursively:
+/// everything whose mount would share blocks with the target.
+fn family(devices: &[u64], loops: &[(u64, Backing)]) -> BTreeSet<u64> {
     let mut seen = BTreeSet::new();
     let mut todo: Vec<u64> = devices.to_vec();
     while let Some(dev) = todo.pop() {
         if !seen.insert(dev) {
             continue;
         }
+        todo.extend(
+            loops
+                .iter()
+                .filter(|(_, b)| *b == Backing::Block(dev))
+                .map(|(l, _)| *l),
+        );
         let Ok(dir) = fs::canonicalize(sysfs_dir(dev)) else {
             continue;
         };
@@ -169,24 +222,4 @@ fn read_dev(p: &Path) -> Option<u64> {
     let s = fs::read_to_string(p).ok()?;
     let (ma, mi) = s.trim().split_once(':')?;
     Some(nix::sys::stat::makedev(ma.parse().ok()?, mi.parse().ok()?))
-}
-
-/// The loop devices whose backing file is `image`.
-fn loop_devices_of(image: &Path) -> Vec<u64> {
-    let Ok(image) = fs::canonicalize(image) else {
-        return Vec::new();
-    };
-    let Ok(entries) = fs::read_dir("/sys/block") else {
-        return Vec::new();
-    };
-    entries
-        .flatten()
-        .filter(|e| e.file_name().to_string_lossy().starts_with("loop"))
-        .filter(|e| {
-            fs::read_to_string(e.path().join("loop/backing_file"))
-                .map(|b| Path::new(b.trim_end()) == image)
-                .unwrap_or(false)
-        })
-        .filter_map(|e| read_dev(&e.path().join("dev")))
-        .collect()
 }

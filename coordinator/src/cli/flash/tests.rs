@@ -13,7 +13,8 @@ use clap::Parser;
 use fatfs::{FatType, FileSystem, FormatVolumeOptions, FsOptions};
 use mbrman::{MBRPartitionEntry, CHS, MBR};
 
-use super::firstboot::{self, FirstBoot, Step, CMDLINE_HOOK};
+use super::firstboot::{self, FirstBoot, CMDLINE_HOOK};
+use super::plan::Step;
 use super::settings::{self, Settings, Wifi};
 use super::*;
 use crate::cli::ClientArgs;
@@ -890,4 +891,37 @@ fn mount_tables_are_read_by_device_number() {
         target::mounted().iter().any(|(dev, _)| *dev == root),
         "the root file system's device is not among the mounted ones"
     );
+}
+
+/// dosfstools' `fsck.fat -n` on the boot partition of `img`: another implementation's
+/// opinion of what fatfs wrote.
+fn fsck_fat(img: &Path) {
+    let part = img.with_extension("part");
+    fs::write(&part, &bytes(img)[1 << 20..]).unwrap();
+    let out = Command::new("fsck.fat")
+        .arg("-n")
+        .arg(&part)
+        .output()
+        .expect("fsck.fat (Debian package dosfstools, scripts/install-deps.sh)");
+    assert!(
+        out.status.success(),
+        "fsck.fat -n: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+#[test]
+fn fsck_fat_finds_the_flashed_file_systems_clean() {
+    let dir = tempfile::tempdir().unwrap();
+    for (name, mib, t) in [("fat32.img", 64, 0x0c), ("fat16.img", 8, 0x0e)] {
+        let img = image(dir.path(), name, mib, t, &pi64_files());
+        fsck_fat(&img);
+        let agent = agent_file(dir.path(), "agent", &elf64(183, 100_000));
+        let a = parse(&base_args(&agent));
+        flash_with_token(&img, &a, settings()).unwrap();
+        fsck_fat(&img);
+        flash_with_token(&img, &a, settings()).unwrap();
+        fsck_fat(&img);
+    }
 }

@@ -222,9 +222,7 @@ pub(super) fn firstboot_sh() -> String {
 # (run by cloud-init's runcmd or by firstrun.sh). Running it again is harmless.
 set -eu
 dir=$(cd "$(dirname "$0")" && pwd)
-set -a
 . "$dir/agent.env"
-set +a
 set -- install --coordinator "$BATON_COORDINATOR" --coordinator-api "$BATON_COORDINATOR_API" \
   --node-name "$BATON_NODE_NAME"
 if [ -n "${BATON_LABELS:-}" ]; then set -- "$@" --labels "$BATON_LABELS"; fi

@@ -36,6 +36,12 @@ pub(super) fn inspect(path: &Path) -> Result<Target, FlashError> {
     let kind = if ft.is_file() {
         Kind::File
     } else if ft.is_block_device() {
+        if sysfs_dir(meta.rdev()).join("partition").exists() {
+            return Err(FlashError::Target(format!(
+                "{} is a partition: give the whole card (e.g. /dev/sdb, /dev/mmcblk0); flash finds its boot partition",
+                path.display()
+            )));
+        }
         Kind::BlockDevice(meta.rdev())
     } else {
         return Err(FlashError::Target(format!(

@@ -235,13 +235,9 @@ if [ -f "$dir/join-token" ]; then
   # install moves the token off this partition once it is in /etc/baton-agent.
   "$agent" "$@" --join-token-file "$dir/join-token"
 elif [ -f /etc/baton-agent/agent.env ]; then
-  # An earlier run moved the token into /etc/baton-agent and lost power before the end.
-  token=$(. /etc/baton-agent/agent.env && printf '%s' "${BATON_JOIN_TOKEN:-}")
-  if [ -n "$token" ]; then
-    "$agent" "$@" --join-token "$token"
-  else
-    systemctl enable --now baton-agent
-  fi
+  # An earlier run moved the token into /etc/baton-agent/agent.env and lost power before
+  # the end: installing again keeps the token it wrote there.
+  "$agent" "$@"
 else
   echo "baton firstboot: no join token in $dir and no installed agent: flash the card again" >&2
   exit 1

@@ -113,6 +113,20 @@ pub(super) fn url(flag: &str, s: &str, schemes: &[&str]) -> Result<String, Flash
             schemes.join("|")
         )));
     }
+    // The agent enrolls over https, or plain http to its own loopback only (a Pi that is
+    // its own coordinator); anything else it would refuse on the device, after the flash.
+    let host = parsed.host_str().unwrap_or("");
+    let loopback = host == "localhost"
+        || host
+            .trim_matches(|c| c == '[' || c == ']')
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback());
+    if parsed.scheme() == "http" && !loopback {
+        return Err(FlashError::Invalid(format!(
+            "{flag} {s:?}: the agent enrolls over https:// (plain http only to its own loopback); \
+             use the coordinator's TLS API or --enroll-listen address"
+        )));
+    }
     let ok = s
         .bytes()
         .all(|b| b.is_ascii_alphanumeric() || b"-._~:/[]%@+=,".contains(&b));

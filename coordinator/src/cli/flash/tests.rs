@@ -793,6 +793,8 @@ fn settings_are_checked() {
     assert!(settings::url("--mqtt", "mqtts://10.0.2.2:8883", &["mqtt", "mqtts"]).is_ok());
     assert!(settings::url("--mqtt", "http://10.0.2.2", &["mqtt", "mqtts"]).is_err());
     assert!(settings::url("--api", "https://h:1/'$(id)'", &["https"]).is_err());
+    assert!(settings::url("--api", "http://10.0.2.2:7474", &["http", "https"]).is_err());
+    assert!(settings::url("--api", "http://127.0.0.1:7474", &["http", "https"]).is_ok());
     assert!(settings::registries(&["10.0.2.2:5000".into()]).is_ok());
     assert!(settings::registries(&["a b:1".into()]).is_err());
     assert!(settings::wifi(Some("net"), None, None).is_err());

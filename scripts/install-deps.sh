@@ -57,4 +57,20 @@ if command -v rustup >/dev/null 2>&1; then
   # The todo app images' amd64 binaries (images/build.sh): static musl like the arm64 ones.
   rustup target list --installed | grep -qx x86_64-unknown-linux-musl || rustup target add x86_64-unknown-linux-musl
 fi
+# `baton flash` (coordinator/src/cli/flash): cloud-init's own schema check of the generated
+# user-data (cloud-init 22.4, `cloud-init schema --config-file`) in the unit tests; and for the
+# e2e test's Pi-like images and independent read-back: sfdisk (fdisk), mkfs.fat/fsck.fat
+# (dosfstools) and mtools. --no-install-recommends: cloud-init's recommends are not needed to
+# validate a file, and no cloud-init service runs here (no systemd).
+FLASH_PKGS=(cloud-init fdisk dosfstools mtools)
+missing=()
+for p in "${FLASH_PKGS[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+if [ "${#missing[@]}" -gt 0 ]; then
+  echo "install-deps: installing ${missing[*]}"
+  apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+fi
+
 echo "install-deps: ok"

@@ -16,6 +16,7 @@ mod apply;
 mod client;
 mod delete;
 mod describe;
+mod flash;
 mod get;
 mod image;
 mod node;
@@ -33,6 +34,7 @@ use crate::contract::client_config::ConfigError;
 use crate::contract::ResourceKind;
 
 use client::Client;
+pub use flash::{FlashArgs, FlashError};
 pub use image::ImageCommand;
 pub use node::NodeCommand;
 pub use rollout::RolloutCommand;
@@ -115,6 +117,9 @@ pub enum Command {
         #[command(subcommand)]
         action: ImageCommand,
     },
+    /// Prepare a Raspberry Pi OS SD card or image for a device: the agent, a join token
+    /// and a first-boot installer, written into its FAT boot partition (no root needed).
+    Flash(Box<FlashArgs>),
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -154,6 +159,8 @@ pub enum CliError {
     /// A rollout that cannot finish, or did not within `--timeout`.
     #[error("{0}")]
     Rollout(String),
+    #[error(transparent)]
+    Flash(#[from] FlashError),
 }
 
 /// A resource argument: `pods`, `pod NAME` or `pod/NAME`.
@@ -226,6 +233,7 @@ pub async fn run(args: &ClientArgs, command: &Command) -> Result<(), CliError> {
         Command::Node { action } => node::node_command(&client, action).await?,
         Command::Security { action } => security::security_command(&client, action).await?,
         Command::Image { action } => image::image(&client, action).await?,
+        Command::Flash(args) => flash::flash(&client, args).await?,
         Command::Describe { resource, name } => {
             describe::describe(&client, resource, name.as_deref()).await?
         }

@@ -161,7 +161,12 @@ pub fn install(plan: &Plan, systemctl: &dyn Systemctl) -> Result<Installed, Inst
         systemctl.run(&["daemon-reload"])?;
         systemctl.run(&["enable", UNIT])?;
         if plan.start {
-            systemctl.run(&["restart", UNIT])?;
+            // During boot the start is queued, not waited for (see `Systemctl::booting`).
+            if systemctl.booting() {
+                systemctl.run(&["--no-block", "restart", UNIT])?;
+            } else {
+                systemctl.run(&["restart", UNIT])?;
+            }
             Service::Started
         } else {
             Service::Enabled

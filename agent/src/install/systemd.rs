@@ -13,6 +13,12 @@ pub trait Systemctl {
     fn running(&self, root: &Path) -> bool;
     /// Runs `systemctl ARGS`.
     fn run(&self, args: &[&str]) -> Result<(), InstallError>;
+    /// Whether the system is still booting. A first-boot script (firstrun.sh under
+    /// `systemd.run=`, cloud-init's runcmd) is itself a boot job: a blocking start of a unit
+    /// ordered after `network-online.target` could wait on a target that boot never reaches.
+    fn booting(&self) -> bool {
+        false
+    }
 }
 
 /// The real `systemctl`.
@@ -38,5 +44,13 @@ impl Systemctl for SystemdCli {
         }
         let err = String::from_utf8_lossy(&out.stderr);
         Err(failed(format!("{} ({})", err.trim(), out.status)))
+    }
+
+    fn booting(&self) -> bool {
+        // Prints the state and exits non-zero for every state but `running`, so read stdout.
+        Command::new("systemctl")
+            .arg("is-system-running")
+            .output()
+            .is_ok_and(|o| matches!(o.stdout.trim_ascii(), b"initializing" | b"starting"))
     }
 }

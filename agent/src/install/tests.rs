@@ -6,6 +6,7 @@ use super::*;
 #[derive(Default)]
 struct Recorder {
     running: bool,
+    booting: bool,
     calls: RefCell<Vec<String>>,
 }
 
@@ -17,6 +18,10 @@ impl Systemctl for Recorder {
     fn run(&self, args: &[&str]) -> Result<(), InstallError> {
         self.calls.borrow_mut().push(args.join(" "));
         Ok(())
+    }
+
+    fn booting(&self) -> bool {
+        self.booting
     }
 }
 
@@ -155,6 +160,26 @@ fn with_systemd_the_unit_is_enabled_and_restarted_or_only_enabled() {
         // systemctl makes the enable link itself.
         assert!(fs::symlink_metadata(s.root.join(WANTS_LINK)).is_err());
     }
+}
+
+#[test]
+fn during_boot_the_start_is_queued_not_waited_for() {
+    let s = setup();
+    let sd = Recorder {
+        running: true,
+        booting: true,
+        ..Default::default()
+    };
+    let done = install(&plan(&s, true), &sd).unwrap();
+    assert_eq!(done.service, Service::Started);
+    assert_eq!(
+        *sd.calls.borrow(),
+        [
+            "daemon-reload",
+            "enable baton-agent.service",
+            "--no-block restart baton-agent.service"
+        ]
+    );
 }
 
 #[test]

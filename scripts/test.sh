@@ -9,6 +9,9 @@ cd "$(dirname "$0")/.."
 
 [ "$(id -u)" = 0 ] || { echo "scripts/test.sh: run as root (containers, cgroups and namespaces need it)" >&2; exit 1; }
 scripts/install-deps.sh
+# Disk is finite on CI machines (a link once died of SIGBUS on a full disk): show what each
+# phase leaves, so the next such failure names its phase.
+space() { echo "== disk: $(df -h --output=avail . | tail -1 | tr -d ' ') free, target/ $(du -sh target 2>/dev/null | cut -f1)"; }
 
 echo "== fmt and clippy"
 cargo fmt --all -- --check
@@ -16,10 +19,12 @@ cargo clippy --workspace --all-targets --locked -- -D warnings
 # The example images' programs are their own small workspace (images/apps).
 (cd images/apps && cargo fmt --all -- --check && cargo clippy --all-targets --locked -- -D warnings)
 
+space
 echo "== build"
 cargo build --workspace --bins --locked
 images/build.sh >/dev/null
 
+space
 echo "== tests"
 # Real-container and real-network tests use unique names, so they may run in parallel. The
 # agent's own tests clone containers off the test process, whose threads must not start or
@@ -29,11 +34,15 @@ cargo test --workspace --exclude baton-agent --locked --no-fail-fast -- --test-t
 cargo test -p baton-agent --locked --no-fail-fast -- --test-threads 1 || failed=1
 [ "$failed" = 0 ]
 
+space
 echo "== fuzz (bounded)"
 scripts/fuzz.sh "${BATON_FUZZ_SECONDS:-20}"
 
+space
 echo "== image recipes"
 images/test.sh
 
+space
 echo "== aarch64 cross build"
 cross/build-aarch64.sh
+space

@@ -524,6 +524,16 @@ fn runtime() -> std::io::Result<tokio::runtime::Runtime> {
     Ok(rt)
 }
 
+/// Pins `--data-dir` and `--run-dir` to the start directory: a relative data dir once made
+/// every container fail (libcontainer wants an absolute rootfs) and the pods crash-loop.
+fn absolute_dirs(run: &mut RunArgs) -> Result<()> {
+    for dir in [&mut run.data_dir, &mut run.run_dir] {
+        *dir = std::path::absolute(&*dir)
+            .with_context(|| format!("cannot resolve {} to an absolute path", dir.display()))?;
+    }
+    Ok(())
+}
+
 fn main() -> Result<()> {
     baton_agent::tune_allocator();
     let matches = Cli::command().get_matches();
@@ -531,8 +541,9 @@ fn main() -> Result<()> {
     let (args, reset, rotate) = match cli.command {
         Some(Command::Reset(args)) => (*args, true, false),
         Some(Command::Rotate(args)) => (*args, false, true),
-        Some(Command::Install(args)) => {
+        Some(Command::Install(mut args)) => {
             init_logging(&args.run.log_format);
+            absolute_dirs(&mut args.run)?;
             let sub = matches.subcommand_matches("install").context("install")?;
             return install(*args, sub);
         }
@@ -543,6 +554,8 @@ fn main() -> Result<()> {
         None => (cli.run, false, false),
     };
     init_logging(&args.log_format);
+    let mut args = args;
+    absolute_dirs(&mut args)?;
     // Before anything touches the data dir; `rotate` works beside a running agent.
     let _data_dir_lock = (!rotate)
         .then(|| baton_agent::datadir::lock(&args.data_dir))

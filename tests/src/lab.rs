@@ -48,6 +48,9 @@ pub struct Lab {
     pub mtls: Option<LabPki>,
     /// Extra flags for every agent this lab starts from now on (e.g. `--join-token`).
     pub agent_args: Vec<String>,
+    /// Agents started from now on get `--data-dir agentN`, relative to the lab directory
+    /// they are started in, as a user typing a short path would.
+    pub relative_data_dirs: bool,
 }
 
 /// The certificates of an mTLS lab (see [`Lab::start_mtls`]), under `<lab dir>/pki`.
@@ -211,6 +214,7 @@ impl Lab {
             coordinator_args: coordinator_args.iter().map(|a| a.to_string()).collect(),
             mtls: None,
             agent_args: Vec::new(),
+            relative_data_dirs: false,
         };
         for i in 1..=agents {
             let name = format!("{id}-n{i}");
@@ -455,9 +459,13 @@ impl Lab {
             "--pod-cidr",
             &format!("10.42.{}.0/24", i + 1),
         ])
-        .arg("--data-dir")
-        .arg(&a.data_dir)
         .env("RUST_LOG", log_filter());
+        match a.data_dir.strip_prefix(self.dir.path()) {
+            Ok(rel) if self.relative_data_dirs => {
+                cmd.current_dir(self.dir.path()).arg("--data-dir").arg(rel)
+            }
+            _ => cmd.arg("--data-dir").arg(&a.data_dir),
+        };
         cmd.args(tls_args).args(DEV_AGENT_FLAGS).args(extra);
         let log = a.data_dir.with_extension("log");
         a.proc = Some(Proc::spawn_appending(&a.name.clone(), &mut cmd, log)?);

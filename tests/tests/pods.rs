@@ -107,6 +107,36 @@ fn busybox_pod(registry: &str, name: &str, spec: &str, containers: &str) -> Stri
     )
 }
 
+// ----- a relative --data-dir ----------------------------------------------------------
+
+/// `baton-agent --data-dir .baton/agent` once started, then failed every container with
+/// "rootfs must be an absolute path" and crash-looped the pods: the agent now pins the path
+/// to its start directory, so a restart with the short spelling finds the same identity and
+/// state, and new containers run.
+#[test]
+fn an_agent_started_with_a_relative_data_dir_runs_containers() -> Result<()> {
+    let mut lab = Lab::start("pods-rel", 1, Broker::Embedded)?;
+    let r = relative_data_dir(&mut lab);
+    on_failure(&lab, r)
+}
+
+fn relative_data_dir(lab: &mut Lab) -> Result<()> {
+    lab.kill_agent(0);
+    lab.relative_data_dirs = true;
+    lab.start_agent(0)?;
+    let yaml = busybox_pod(
+        &lab.registry(),
+        "rel",
+        "",
+        "  - name: c\n    image: IMAGE\n    command: [sleep, '3600']\n",
+    );
+    lab.apply(&yaml)?;
+    wait_status(lab, "rel", "Running")?;
+    let p = pod(lab, "rel")?;
+    anyhow::ensure!(restart_count(&p, "c") == 0, "the container restarted: {p}");
+    Ok(())
+}
+
 // ----- one network, init containers, restart policies ---------------------------------
 
 #[test]

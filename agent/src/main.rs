@@ -581,7 +581,6 @@ fn main() -> Result<()> {
             }
         }
     };
-    let mut args = args;
     if reset {
         // Reset needs no broker: an unenrolled data dir is reset like any other, also when
         // the flags (or the environment) name an mqtts:// broker it could not present to.

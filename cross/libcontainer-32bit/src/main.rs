@@ -31,14 +31,18 @@ fn set_core(soft: u64, hard: u64) -> Result<(libc::rlim_t, libc::rlim_t), String
         .hard(hard)
         .build()
         .map_err(|e| e.to_string())?;
-    create_syscall().set_rlimit(&rl).map_err(|e| e.to_string())?;
+    create_syscall()
+        .set_rlimit(&rl)
+        .map_err(|e| e.to_string())?;
     getrlimit(Resource::RLIMIT_CORE).map_err(|e| e.to_string())
 }
 
 fn check_rlimits(fail: &mut u32) {
     let (_, hard) = getrlimit(Resource::RLIMIT_CORE).expect("getrlimit");
     let mut expect = |what: &str, soft: u64, want: libc::rlim_t| match set_core(soft, oci(hard)) {
-        Ok((got, got_hard)) if got == want && got_hard == hard => println!("ok   rlimit {what}: {got}"),
+        Ok((got, got_hard)) if got == want && got_hard == hard => {
+            println!("ok   rlimit {what}: {got}")
+        }
         other => {
             println!("FAIL rlimit {what}: set soft={soft}, want ({want}, {hard}), got {other:?}");
             *fail += 1;
@@ -104,8 +108,13 @@ fn recv_fd(sock: &OwnedFd) -> Option<RawFd> {
     let mut buf = [0u8; 64];
     let mut iov = [IoSliceMut::new(&mut buf)];
     let mut space = nix::cmsg_space!(RawFd);
-    let msg = socket::recvmsg::<()>(sock.as_raw_fd(), &mut iov, Some(&mut space), MsgFlags::empty())
-        .ok()?;
+    let msg = socket::recvmsg::<()>(
+        sock.as_raw_fd(),
+        &mut iov,
+        Some(&mut space),
+        MsgFlags::empty(),
+    )
+    .ok()?;
     let fd = msg.cmsgs().ok()?.find_map(|c| match c {
         ControlMessageOwned::ScmRights(fds) => fds.first().copied(),
         _ => None,

@@ -2,8 +2,8 @@
 # Runs every test Baton has, on a fresh Debian 12 machine, as root:
 # installs what the tests need, checks formatting and lints, builds the binaries and the
 # example images, runs unit, integration and end-to-end tests (real broker, registry,
-# containers, namespaces), every fuzz target for a bounded time, and the aarch64 cross
-# build with its qemu smoke test.
+# containers, namespaces), every fuzz target for a bounded time, and the static ARM builds
+# for every Pi (cross/build.sh) with their qemu smoke tests and sizes.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -35,5 +35,6 @@ scripts/fuzz.sh "${BATON_FUZZ_SECONDS:-20}"
 echo "== image recipes"
 images/test.sh
 
-echo "== aarch64 cross build"
-cross/build-aarch64.sh
+echo "== ARM cross builds (aarch64, armv7, ARMv6) and their sizes"
+cross/build.sh
+tests/bench/sizes.sh

@@ -30,6 +30,15 @@ bins_for() { # the coordinator (baton) is for boards that can host a site: not A
   esac
 }
 all_present() { local d=$1; shift; for b; do [ -f "$d/$b" ] || return 1; done; }
+link_extras() { # $1 triple, $2 directory
+  local t=$1 d=$2 o cc
+  [ -f "$d/crtn.o" ] && [ -f "$d/libatomic.a" ] && return 0
+  mkdir -p "$d"
+  read -r -a cc <<<"$(zig_cc_args "$t")"
+  zig ar rcs "$d/libatomic.a"
+  echo > "$d/empty.c"
+  for o in crt1 crti crtbegin crtend crtn; do zig cc "${cc[@]}" -c "$d/empty.c" -o "$d/$o.o"; done
+}
 qemu_for() { case "$1" in aarch64-*) echo qemu-aarch64-static ;; *) echo qemu-arm-static ;; esac; }
 
 # System packages (cross gcc, musl headers, qemu-user, gperf for libseccomp, pip for zig).
@@ -77,10 +86,16 @@ for t in "${targets[@]}"; do
         LIBSECCOMP_LINK_TYPE=static LIBSECCOMP_LIB_PATH="$libdir" cargo build "${args[@]}"
         ;;
       *)
-        # Some C build scripts ask for -latomic on 32-bit ARM; zig has no libatomic (its
-        # compiler-rt has the __atomic_* functions), so an empty one satisfies the linker.
+        # Link-time extras on a native search path, for rustc and zig to find:
+        # - libatomic.a, empty: some C build scripts ask for -latomic on 32-bit ARM; zig has
+        #   no libatomic (its compiler-rt has the __atomic_* functions).
+        # - crt1.o, crti.o, crtbegin.o, crtend.o, crtn.o, empty: rustc links musl targets
+        #   "self-contained" and names these objects, which rustup's (missing) std for these
+        #   targets would have shipped; it looks them up on the native search paths. zig adds
+        #   musl's real crt1/crti/crtn itself (two copies clash), and ARM EHABI unwinding needs
+        #   no crtbegin/crtend frame registry.
         atomic="$root/target/cross-deps/$t/empty-libatomic"
-        [ -f "$atomic/libatomic.a" ] || { mkdir -p "$atomic" && zig ar rcs "$atomic/libatomic.a"; }
+        link_extras "$t" "$atomic"
         tvar=$(echo "$t" | tr 'a-z-' 'A-Z_')
         export "CARGO_TARGET_${tvar}_RUSTFLAGS=-L native=$atomic"
         # No rustup std for these targets: build std once per target from rust-src.

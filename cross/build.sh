@@ -30,15 +30,6 @@ bins_for() { # the coordinator (baton) is for boards that can host a site: not A
   esac
 }
 all_present() { local d=$1; shift; for b; do [ -f "$d/$b" ] || return 1; done; }
-link_extras() { # $1 triple, $2 directory
-  local t=$1 d=$2 o cc
-  [ -f "$d/crtn.o" ] && [ -f "$d/libatomic.a" ] && return 0
-  mkdir -p "$d"
-  read -r -a cc <<<"$(zig_cc_args "$t")"
-  zig ar rcs "$d/libatomic.a"
-  echo > "$d/empty.c"
-  for o in crt1 crti crtbegin crtend crtn; do zig cc "${cc[@]}" -c "$d/empty.c" -o "$d/$o.o"; done
-}
 qemu_for() { case "$1" in aarch64-*) echo qemu-aarch64-static ;; *) echo qemu-arm-static ;; esac; }
 
 # System packages (cross gcc, musl headers, qemu-user, gperf for libseccomp, pip for zig).
@@ -53,6 +44,8 @@ rustup target list --installed | grep -qx aarch64-unknown-linux-musl ||
 rustup component list --installed | grep -q '^rust-src' || rustup component add rust-src
 # shellcheck source=cross/tools.sh
 . "$root/cross/tools.sh"
+# shellcheck source=cross/link-extras.sh
+. "$root/cross/link-extras.sh"
 
 # What a build depends on; a change to any of it rebuilds every target.
 inputs_hash() {

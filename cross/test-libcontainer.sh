@@ -17,6 +17,11 @@ export CARGO_TARGET_DIR="$root/target/libcontainer-32bit"
 rustup component list --installed | grep -q '^rust-src' || rustup component add rust-src
 # shellcheck source=cross/tools.sh
 . "$root/cross/tools.sh"
+# shellcheck source=cross/link-extras.sh
+. "$root/cross/link-extras.sh"
+extras="$root/target/cross-deps/$t/empty-libatomic"
+link_extras "$t" "$extras"
+export CARGO_TARGET_ARMV7_UNKNOWN_LINUX_MUSLEABIHF_RUSTFLAGS="-L native=$extras"
 
 (cd "$crate" && cargo build --locked)
 # No rustup std for this target (cross/README.md): std from rust-src, zig links.

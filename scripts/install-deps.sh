@@ -14,11 +14,13 @@ need_root
 #   runc                       the reference runtime the benchmarks compare against
 #   busybox-static             the example images' userland (amd64; arm64 via apt-get download)
 #   gcc-aarch64-linux-gnu qemu-user-static  the aarch64 cross build and its smoke test
+#   gperf make python3-pip     the ARM builds (cross/build.sh): libseccomp for musl from source,
+#                              zig and cargo-zigbuild from PyPI for the 32-bit targets
 #   curl python3               image build/push script and health checks
 #   apache2-utils openssl      htpasswd (bcrypt) and a test CA for the registry auth/TLS tests
 PKGS=(iproute2 iptables libseccomp-dev docker-registry mosquitto mosquitto-clients runc
       busybox-static gcc-aarch64-linux-gnu qemu-user-static curl python3 pkg-config
-      linux-libc-dev-arm64-cross apache2-utils openssl)
+      linux-libc-dev-arm64-cross apache2-utils openssl gperf make python3-pip)
 
 missing=()
 for p in "${PKGS[@]}"; do
@@ -56,6 +58,8 @@ if command -v rustup >/dev/null 2>&1; then
   rustup target list --installed | grep -qx aarch64-unknown-linux-musl || rustup target add aarch64-unknown-linux-musl
   # The todo app images' amd64 binaries (images/build.sh): static musl like the arm64 ones.
   rustup target list --installed | grep -qx x86_64-unknown-linux-musl || rustup target add x86_64-unknown-linux-musl
+  # The 32-bit ARM targets have no rustup std here: cross/build.sh builds it from source.
+  rustup component list --installed | grep -q '^rust-src' || rustup component add rust-src
 fi
 # `baton flash` (coordinator/src/cli/flash): cloud-init's own schema check of the generated
 # user-data (cloud-init 22.4, `cloud-init schema --config-file`) in the unit tests; and for the

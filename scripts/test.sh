@@ -2,8 +2,8 @@
 # Runs every test Baton has, on a fresh Debian 12 machine, as root:
 # installs what the tests need, checks formatting and lints, builds the binaries and the
 # example images, runs unit, integration and end-to-end tests (real broker, registry,
-# containers, namespaces), every fuzz target for a bounded time, and the aarch64 cross
-# build with its qemu smoke test.
+# containers, namespaces, emulated ARM boards under qemu-system), every fuzz target for a
+# bounded time, and the static ARM builds (cross/build.sh) with their qemu smoke tests and sizes.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -25,6 +25,14 @@ cargo build --workspace --bins --locked
 images/build.sh >/dev/null
 
 space
+# Before the tests: the emulated-Pi e2e tests (tests/tests/device_*.rs) boot these binaries.
+# CI builds the aarch64 ones (agent and coordinator); the 32-bit targets are built with
+# `cross/build.sh` (all targets) by hand until their CI time is measured on a quiet machine.
+echo "== ARM cross builds and their sizes"
+cross/build.sh ${BATON_CROSS_TARGETS:-aarch64-unknown-linux-musl}
+tests/bench/sizes.sh
+
+space
 echo "== tests"
 # Real-container and real-network tests use unique names, so they may run in parallel. The
 # agent's own tests clone containers off the test process, whose threads must not start or
@@ -42,7 +50,4 @@ space
 echo "== image recipes"
 images/test.sh
 
-space
-echo "== aarch64 cross build"
-cross/build-aarch64.sh
 space

@@ -48,17 +48,17 @@ else
   row "agent x86_64-gnu, release, stripped" "n/a (build failed)" "-" "cargo build --release -p baton-agent"
 fi
 
-aarch64_bin="$root/target/aarch64-unknown-linux-musl/release/baton-agent"
+aarch64_bin="$root/target/cross/aarch64-unknown-linux-musl/baton-agent"
 a64_ok=1
 if [ "${SKIP_AARCH64:-0}" != 1 ]; then
-  log "building the aarch64-musl release agent"
-  "$root/cross/build-aarch64.sh" --smoke-only >&2 || a64_ok=0
+  log "building the aarch64-musl device agent"
+  "$root/cross/build.sh" aarch64-unknown-linux-musl >&2 || a64_ok=0
 fi
 if [ "$a64_ok" = 1 ] && [ -f "$aarch64_bin" ]; then
   a64_size=$(stat -c %s "$aarch64_bin")
-  row "agent aarch64-musl, release, stripped, static" "$a64_size B" "$(ratio "$a64_size" "$runc_size")" "--no-default-features"
+  row "agent aarch64-musl, device profile, stripped, static" "$a64_size B" "$(ratio "$a64_size" "$runc_size")" "seccomp; tests/bench/sizes.sh: all targets"
 else
-  row "agent aarch64-musl, release, stripped, static" "n/a (not built)" "-" "cross/build-aarch64.sh"
+  row "agent aarch64-musl, device profile, stripped, static" "n/a (not built)" "-" "cross/build.sh"
 fi
 
 # --- (2) reference: runc run of /bin/true -------------------------------------------------------

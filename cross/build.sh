@@ -1,0 +1,134 @@
+#!/usr/bin/env bash
+# Builds the static, stripped binaries for every Raspberry Pi target on x86_64, without Docker,
+# checks each is static and runs it under qemu-user, and prints their sizes (cross/README.md):
+#
+#   target/cross/aarch64-unknown-linux-musl/{baton-agent,baton}      Pi 3/4/5, Zero 2 (64-bit OS)
+#   target/cross/armv7-unknown-linux-musleabihf/{baton-agent,baton}  Pi 2/3/4 on a 32-bit OS
+#   target/cross/arm-unknown-linux-musleabihf/baton-agent            Pi 1, Zero, Zero W (ARMv6)
+#
+#   cross/build.sh [TRIPLE...]      default: all three
+#
+# Every agent has the `seccomp` feature, with a libseccomp built for musl (cross/libseccomp.sh).
+# aarch64 links with Debian's cross gcc and rustup's std; the 32-bit targets have no std on
+# rustup's mirror, so std is compiled from rust-src (-Z build-std) and zig links them
+# (cargo-zigbuild). A target whose inputs (sources, Cargo.lock, these scripts, toolchain) did
+# not change since its last build is not rebuilt, only checked again.
+set -euo pipefail
+
+root=$(cd "$(dirname "$0")/.." && pwd)
+cd "$root"
+ALL=(aarch64-unknown-linux-musl armv7-unknown-linux-musleabihf arm-unknown-linux-musleabihf)
+if [ "$#" -gt 0 ]; then targets=("$@"); else targets=("${ALL[@]}"); fi
+PROFILE=device # Cargo.toml: size-tuned release, stripped
+tdir=${CARGO_TARGET_DIR:-$root/target}
+
+bins_for() { # the coordinator (baton) is for boards that can host a site: not ARMv6
+  case "$1" in
+    arm-unknown-linux-musleabihf) echo "baton-agent" ;;
+    aarch64-unknown-linux-musl | armv7-unknown-linux-musleabihf) echo "baton-agent baton" ;;
+    *) echo "cross/build: unknown target $1 (known: ${ALL[*]})" >&2; return 1 ;;
+  esac
+}
+all_present() { local d=$1; shift; for b; do [ -f "$d/$b" ] || return 1; done; }
+qemu_for() { case "$1" in aarch64-*) echo qemu-aarch64-static ;; *) echo qemu-arm-static ;; esac; }
+
+# System packages (cross gcc, musl headers, qemu-user, gperf for libseccomp, pip for zig).
+have_pkg() { dpkg-query -W -f='${Status}' "$1" 2>/dev/null | grep -q "install ok installed"; }
+for p in gcc-aarch64-linux-gnu qemu-user-static linux-libc-dev-arm64-cross musl-dev:arm64 gperf \
+         make python3-pip binutils; do
+  have_pkg "$p" || { echo "cross/build: $p is missing, running scripts/install-deps.sh"; \
+                     "$root/scripts/install-deps.sh"; break; }
+done
+rustup target list --installed | grep -qx aarch64-unknown-linux-musl ||
+  rustup target add aarch64-unknown-linux-musl
+rustup component list --installed | grep -q '^rust-src' || rustup component add rust-src
+# shellcheck source=cross/tools.sh
+. "$root/cross/tools.sh"
+# shellcheck source=cross/link-extras.sh
+. "$root/cross/link-extras.sh"
+
+# What a build depends on; a change to any of it rebuilds every target.
+inputs_hash() {
+  {
+    rustc -vV; zig version; cargo-zigbuild --version
+    git ls-files -co --exclude-standard -- Cargo.toml Cargo.lock .cargo proto link agent \
+      coordinator third_party cross | grep -v '^cross/libcontainer-32bit/' | sort |
+      while read -r f; do [ -f "$f" ] && sha256sum "$f"; done
+  } | sha256sum | cut -c1-16
+}
+hash=$(inputs_hash)
+
+declare -A took
+for t in "${targets[@]}"; do
+  read -r -a bins <<<"$(bins_for "$t")"
+  out="$root/target/cross/$t"
+  stamp="$out/.inputs"
+  if [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$hash" ] && all_present "$out" "${bins[@]}"; then
+    echo "cross/build: $t: inputs unchanged ($hash), not rebuilt"
+    took[$t]="cached"
+  else
+    libdir=$("$root/cross/libseccomp.sh" "$t")
+    pkgs=(-p baton-agent)
+    [ "${#bins[@]}" -gt 1 ] && pkgs+=(-p baton-coordinator)
+    # One cargo invocation per target, so agent and coordinator share their dependencies' builds.
+    args=(--profile "$PROFILE" --locked --target "$t" "${pkgs[@]}" --bins)
+    start=$(date +%s)
+    case "$t" in
+      aarch64-unknown-linux-musl)
+        echo "cross/build: cargo build ${args[*]}"
+        LIBSECCOMP_LINK_TYPE=static LIBSECCOMP_LIB_PATH="$libdir" cargo build "${args[@]}"
+        ;;
+      *)
+        # Link-time extras on a native search path, for rustc and zig to find:
+        # - libatomic.a, empty: some C build scripts ask for -latomic on 32-bit ARM; zig has
+        #   no libatomic (its compiler-rt has the __atomic_* functions).
+        # - crt1.o, crti.o, crtbegin.o, crtend.o, crtn.o, empty: rustc links musl targets
+        #   "self-contained" and names these objects, which rustup's (missing) std for these
+        #   targets would have shipped; it looks them up on the native search paths. zig adds
+        #   musl's real crt1/crti/crtn itself (two copies clash), and ARM EHABI unwinding needs
+        #   no crtbegin/crtend frame registry.
+        atomic="$root/target/cross-deps/$t/empty-libatomic"
+        link_extras "$t" "$atomic"
+        tvar=$(echo "$t" | tr 'a-z-' 'A-Z_')
+        export "CARGO_TARGET_${tvar}_RUSTFLAGS=-L native=$atomic"
+        # No rustup std for these targets: build std once per target from rust-src.
+        echo "cross/build: cargo zigbuild -Z build-std=std,panic_abort ${args[*]}"
+        RUSTC_BOOTSTRAP=1 LIBSECCOMP_LINK_TYPE=static LIBSECCOMP_LIB_PATH="$libdir" \
+          cargo zigbuild -Z build-std=std,panic_abort "${args[@]}"
+        ;;
+    esac
+    took[$t]="$(($(date +%s) - start)) s"
+    mkdir -p "$out"
+    rm -f "$stamp"
+    for b in "${bins[@]}"; do cp "$tdir/$t/$PROFILE/$b" "$out/$b"; done
+    echo "$hash" >"$stamp"
+  fi
+done
+
+# Checks: static (no program interpreter) and runs: `--version` prints "<name> <semver>".
+fail=0
+summary=()
+for t in "${targets[@]}"; do
+  read -r -a bins <<<"$(bins_for "$t")"
+  for b in "${bins[@]}"; do
+    f="$root/target/cross/$t/$b"
+    if readelf -lW "$f" | grep -q "Requesting program interpreter"; then
+      echo "cross/build: FAIL: $f is dynamically linked" >&2; fail=1; continue
+    fi
+    if readelf -SW "$f" | grep -q '\.debug_\|\.symtab'; then
+      echo "cross/build: FAIL: $f is not stripped" >&2; fail=1; continue
+    fi
+    set +e
+    v=$("$(qemu_for "$t")" "$f" --version 2>&1)
+    rc=$?
+    set -e
+    if [ "$rc" -ne 0 ] || ! printf '%s\n' "$v" |
+        grep -Eq "^$b [0-9]+\.[0-9]+\.[0-9]+([-+][0-9A-Za-z.+-]*)?$"; then
+      echo "cross/build: FAIL: $(qemu_for "$t") $f --version exited $rc: $v" >&2; fail=1; continue
+    fi
+    summary+=("$(printf '%-32s %-12s %10s B  %-22s build %s' "$t" "$b" "$(stat -c %s "$f")" "$v" "${took[$t]}")")
+  done
+done
+echo "cross/build: static, stripped, ran under qemu-user:"
+for l in "${summary[@]}"; do echo "  $l"; done
+exit "$fail"

@@ -10,23 +10,22 @@
 # the kernel and initramfs from the boot partition and passes cmdline.txt to the kernel,
 # at every power-on, which is what makes `baton flash`'s firstrun.sh hook run as on a Pi.
 #
-# Root runs it (mmdebstrap's root mode keeps ownership, and foreign maintainer scripts run
-# through qemu-user via binfmt_misc). No loop mount: mkfs.ext4 -d fills the root file
-# system from a directory, mcopy the FAT one. The result is cached under
-# images/.cache/device/<arch>-<hash>.img, keyed by this script and rootfs/; delete it to
-# rebuild with newer Debian packages.
+# Root runs it: rootfs.sh builds the root with mmdebstrap (root mode keeps ownership;
+# foreign maintainer scripts run through qemu-user via binfmt_misc). No loop mount:
+# mkfs.ext4 -d fills the root file system from a directory, mcopy the FAT one. The result
+# is cached under images/.cache/device/<arch>-<hash>.img (and the root as
+# <arch>-root-<hash>.tar), keyed by these scripts and rootfs/; delete them to rebuild with
+# newer Debian packages.
 set -euo pipefail
 
 arch=${1:-}
 case "$arch" in
   arm64)
-    kernel_pkg=linux-image-arm64; kernel_name=kernel8.img; initrd_name=initramfs8
+    kernel_name=kernel8.img; initrd_name=initramfs8
     config="arm_64bit=1"
     ;;
   armhf)
-    # armmp-lpae: QEMU's virt board with a Cortex-A15 has LPAE (and more than 1 GiB of
-    # address space would need it).
-    kernel_pkg=linux-image-armmp-lpae; kernel_name=kernel7l.img; initrd_name=initramfs7l
+    kernel_name=kernel7l.img; initrd_name=initramfs7l
     config="arm_64bit=0"
     ;;
   *) echo "usage: $0 arm64|armhf" >&2; exit 2 ;;
@@ -35,16 +34,20 @@ esac
 here=$(cd "$(dirname "$0")" && pwd)
 root=$(cd "$here/../.." && pwd)
 cache="$root/images/.cache/device"
-# Inputs of the recipe: this script and the overlay (names, modes, contents, link targets).
-hash=$(
+# Inputs of the recipe: the root's (rootfs.sh and the overlay: names, modes, contents,
+# link targets), then this script for the card.
+root_hash=$(
   cd "$here"
   {
-    sha256sum build.sh
+    sha256sum rootfs.sh
     find rootfs -printf '%p %m %y %l\n' | LC_ALL=C sort
     find rootfs -type f -print0 | LC_ALL=C sort -z | xargs -0 sha256sum
   } | sha256sum | cut -c1-16
 )
+hash=$({ echo "$root_hash"; sha256sum "$here/build.sh"; } | sha256sum | cut -c1-16)
 out="$cache/$arch-$hash.img"
+# The root file system alone, cached too: assembling the card is seconds, the root minutes.
+root_tar="$cache/$arch-root-$root_hash.tar"
 if [ -f "$out" ]; then
   echo "device-image: cached"
   echo "$out"
@@ -74,44 +77,15 @@ work=$(mktemp -d "$cache/.build-$arch-XXXXXX")
 trap 'rm -rf "$work"' EXIT
 rootdir="$work/root"
 
-# The packages: systemd as init, udev (it loads the NIC's driver), and what the agent runs
-# (ip, iptables, modprobe); the kernel with its modules (overlay, veth, bridge, netfilter:
-# all loadable in Debian's kernels) and initramfs-tools.
-pkgs=systemd,systemd-sysv,udev,kmod,iproute2,iptables,initramfs-tools,$kernel_pkg
-# Docs, man pages and locales are most of a minimal root's files and nobody reads them here.
-nodocs=(--dpkgopt='path-exclude=/usr/share/man/*' --dpkgopt='path-exclude=/usr/share/doc/*'
-        --dpkgopt='path-include=/usr/share/doc/*/copyright'
-        --dpkgopt='path-exclude=/usr/share/locale/*' --dpkgopt='path-exclude=/usr/share/info/*')
-attempt=1
-# Debian's mirrors are sometimes mid-sync (a Packages file that does not match its Release):
-# a later attempt gets a consistent set.
-until mmdebstrap --mode=root --variant=minbase --arch="$arch" --include="$pkgs" \
-    --aptopt='Acquire::Retries "5"' "${nodocs[@]}" \
-    --essential-hook='mkdir -p "$1/etc/initramfs-tools"' \
-    --essential-hook="sync-in '$here/rootfs/etc/initramfs-tools' /etc/initramfs-tools" \
-    --customize-hook="sync-in '$here/rootfs' /" \
-    --customize-hook='mkdir -p "$1/boot/firmware"' \
-    --customize-hook='chroot "$1" systemctl enable systemd-networkd' \
-    --customize-hook='rm -rf "$1"/var/cache/apt/* "$1"/var/lib/apt/lists/*' \
-    bookworm "$rootdir" http://deb.debian.org/debian; do
-  if [ "$attempt" -ge 3 ]; then
-    echo "device-image: mmdebstrap failed $attempt times" >&2
-    exit 1
-  fi
-  attempt=$((attempt + 1))
-  echo "device-image: mmdebstrap failed, retrying in 20 s (attempt $attempt)" >&2
-  rm -rf "$rootdir"
-  sleep 20
-done
-
-# Modules no emulated board loads (graphics, sound, media, wireless, InfiniBand, staging):
-# about half of the kernel's modules, and of the image.
-kver=$(basename "$(ls -d "$rootdir"/lib/modules/* | head -1)")
-mods="$rootdir/lib/modules/$kver/kernel"
-rm -rf "$mods"/sound "$mods"/drivers/{gpu,media,infiniband,staging,iio,isdn,bluetooth} \
-  "$mods"/drivers/net/wireless "$mods"/net/{bluetooth,wireless,mac80211}
-chroot "$rootdir" depmod "$kver"
-
+if [ ! -f "$root_tar" ]; then
+  "$here/rootfs.sh" "$arch" "$work/root.tar"
+  mv "$work/root.tar" "$root_tar"
+  find "$cache" -maxdepth 1 -name "$arch-root-*.tar" ! -name "$(basename "$root_tar")" -delete
+fi
+echo "device-image: root file system ready after $(($(date +%s) - started)) s"
+mkdir "$rootdir"
+tar -C "$rootdir" --numeric-owner --xattrs --xattrs-include='*' -xpf "$root_tar"
+kver=$(ls "$rootdir/lib/modules" | head -1)
 boot="$work/boot"
 mkdir -p "$boot"
 cp "$rootdir/boot/vmlinuz-$kver" "$boot/$kernel_name"
@@ -130,7 +104,7 @@ img="$work/card.img"
 truncate -s $(((4 + boot_mib + root_mib) * 1024 * 1024)) "$img"
 printf 'label: dos\nlabel-id: 0xba70de01\nstart=8192, size=%d, type=c\nstart=%d, type=83\n' \
   $((boot_mib * 2048)) $(((4 + boot_mib) * 2048)) | sfdisk -q "$img"
-mkfs.fat -F 32 -n BOOTFS --offset 8192 "$img" $((boot_mib * 1024)) >/dev/null
+mkfs.fat -F 32 -s 1 -n BOOTFS --offset 8192 "$img" $((boot_mib * 1024)) >/dev/null
 for f in "$boot"/*; do
   MTOOLS_SKIP_CHECK=1 mcopy -i "$img@@4M" "$f" "::$(basename "$f")"
 done

@@ -21,8 +21,10 @@ esac
 
 # The packages: systemd as init, udev (it loads the NIC's driver), and what the agent runs
 # (ip, iptables, modprobe); the kernel with its modules (overlay, veth, bridge, netfilter:
-# all loadable in Debian's kernels) and initramfs-tools.
-pkgs=systemd,systemd-sysv,udev,kmod,iproute2,iptables,initramfs-tools,$kernel_pkg
+# all loadable in Debian's kernels) and initramfs-tools. ca-certificates as on Raspberry Pi
+# OS: the agent's registry client will not start without a system CA store, even for a
+# plain-HTTP registry.
+pkgs=systemd,systemd-sysv,udev,kmod,iproute2,iptables,ca-certificates,initramfs-tools,$kernel_pkg
 # Docs, man pages and locales are most of a minimal root's files and nobody reads them here.
 nodocs=(--dpkgopt='path-exclude=/usr/share/man/*' --dpkgopt='path-exclude=/usr/share/doc/*'
         --dpkgopt='path-include=/usr/share/doc/*/copyright'

@@ -28,6 +28,8 @@ const USERSPACE: Duration = Duration::from_secs(240);
 const FIRST_BOOT: Duration = Duration::from_secs(420);
 const READY: Duration = Duration::from_secs(360);
 const PODS: Duration = Duration::from_secs(300);
+/// systemd's greeting as PID 1 (the rest of the line is colored).
+const USERSPACE_LINE: &str = "Welcome to ";
 
 /// Whether the device tests are skipped: only on an explicit `BATON_E2E_SKIP_DEVICES=1`.
 pub fn skipped(test: &str) -> bool {
@@ -168,7 +170,7 @@ fn run(lab: &mut Lab, vm: &mut Vm, fig: &mut Figures, arch: &str) -> Result<()> 
     // First power-on: systemd runs firstrun.sh (the agent installed from the boot
     // partition), which removes its hook, and systemd reboots; -no-reboot ends QEMU there.
     vm.power_on()?;
-    fig.first_userspace = vm.wait_console("Welcome to Debian", USERSPACE)?;
+    fig.first_userspace = vm.wait_console(USERSPACE_LINE, USERSPACE)?;
     fig.first_boot = vm.wait_off(FIRST_BOOT).with_context(|| {
         format!("firstrun.sh did not reboot the board; console:\n{}", vm.tail(60))
     })?;

@@ -230,17 +230,24 @@ impl Vm {
     }
 
     /// Waits until this boot's console shows `needle`; returns the time since power-on.
+    /// Fails at once if QEMU ends first.
     pub fn wait_console(&mut self, needle: &str, timeout: Duration) -> Result<Duration> {
-        wait_for(&format!("{needle:?} on the console"), timeout, || {
+        let start = Instant::now();
+        loop {
             if self.console().contains(needle) {
-                return Ok(Some(()));
+                return Ok(self.since_power_on());
             }
             if !self.is_on() {
-                bail!("QEMU ended before {needle:?}: {}", self.qemu_log());
+                bail!(
+                    "QEMU ended before {needle:?} showed on the console: {}",
+                    self.qemu_log()
+                );
             }
-            Ok(None)
-        })?;
-        Ok(self.since_power_on())
+            if start.elapsed() > timeout {
+                bail!("{needle:?} did not show on the console within {timeout:?}");
+            }
+            std::thread::sleep(Duration::from_millis(300));
+        }
     }
 
     /// Waits for QEMU to end by itself (the guest rebooted or powered off).

@@ -86,7 +86,12 @@ pub fn scenario(board: Board, triple: &str, arch: &str) -> Result<Figures> {
     let base = vm::device_image(board)?;
     fig.image_build = t.elapsed();
 
-    let mut lab = Lab::start_with(&format!("d{}", &board.image_arch()[3..]), 0, Broker::Embedded, &[])?;
+    let mut lab = Lab::start_with(
+        &format!("d{}", &board.image_arch()[3..]),
+        0,
+        Broker::Embedded,
+        &[],
+    )?;
     lab.restart_coordinator_enrolling(&[])?;
     let card = lab.dir.path().join("card.img");
     vm::copy_image(&base, &card)?;
@@ -172,7 +177,10 @@ fn run(lab: &mut Lab, vm: &mut Vm, fig: &mut Figures, arch: &str) -> Result<()> 
     vm.power_on()?;
     fig.first_userspace = vm.wait_console(USERSPACE_LINE, USERSPACE)?;
     fig.first_boot = vm.wait_off(FIRST_BOOT).with_context(|| {
-        format!("firstrun.sh did not reboot the board; console:\n{}", vm.tail(60))
+        format!(
+            "firstrun.sh did not reboot the board; console:\n{}",
+            vm.tail(60)
+        )
     })?;
     let cmdline = String::from_utf8(vm::boot_file(&vm.image, "cmdline.txt")?)?;
     ensure!(
@@ -194,8 +202,16 @@ fn run(lab: &mut Lab, vm: &mut Vm, fig: &mut Figures, arch: &str) -> Result<()> 
     })?;
     fig.second_boot_to_ready = vm.since_power_on();
     fig.power_on_to_ready = fig.first_boot + fig.second_boot_to_ready;
-    ensure!(row[2] == arch, "{node} shows ARCH {} (want {arch}): {row:?}", row[2]);
-    let coordinator_log = lab.coordinator.as_ref().map(|p| p.log()).unwrap_or_default();
+    ensure!(
+        row[2] == arch,
+        "{node} shows ARCH {} (want {arch}): {row:?}",
+        row[2]
+    );
+    let coordinator_log = lab
+        .coordinator
+        .as_ref()
+        .map(|p| p.log())
+        .unwrap_or_default();
     ensure!(
         coordinator_log.matches("node enrolled").count() == 1,
         "the device did not enroll exactly once:\n{coordinator_log}"
@@ -240,9 +256,11 @@ fn run(lab: &mut Lab, vm: &mut Vm, fig: &mut Figures, arch: &str) -> Result<()> 
     vm.power_cut();
     lab.kill_coordinator();
     vm.power_on()?;
-    wait_for("the hostPort to answer again, coordinator down", READY, || {
-        Ok(http_get(lab, "/cgi-bin/info").filter(|b| b.contains("version=1")))
-    })?;
+    wait_for(
+        "the hostPort to answer again, coordinator down",
+        READY,
+        || Ok(http_get(lab, "/cgi-bin/info").filter(|b| b.contains("version=1"))),
+    )?;
     fig.offline_pods_back = vm.since_power_on();
     // The coordinator back: the node is Ready with the identity it has, not enrolled again.
     let t = Instant::now();
@@ -254,7 +272,11 @@ fn run(lab: &mut Lab, vm: &mut Vm, fig: &mut Figures, arch: &str) -> Result<()> 
         Ok(web_pod(lab)?.filter(is_running).map(|_| ()))
     })?;
     fig.back_ready = t.elapsed();
-    let log = lab.coordinator.as_ref().map(|p| p.log()).unwrap_or_default();
+    let log = lab
+        .coordinator
+        .as_ref()
+        .map(|p| p.log())
+        .unwrap_or_default();
     ensure!(
         !log.contains("node enrolled") && !log.contains("enrollment retried"),
         "the device enrolled again after the power cut:\n{log}"

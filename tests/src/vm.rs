@@ -82,11 +82,7 @@ pub fn device_image(board: Board) -> Result<PathBuf> {
 
 /// Copies an image sparsely (a card image is mostly holes).
 pub fn copy_image(from: &Path, to: &Path) -> Result<()> {
-    sh(Command::new("cp")
-        .arg("--sparse=always")
-        .arg(from)
-        .arg(to))
-    .map(|_| ())
+    sh(Command::new("cp").arg("--sparse=always").arg(from).arg(to)).map(|_| ())
 }
 
 /// The byte offset of the first MBR partition of `image` (the boot partition).

@@ -106,7 +106,6 @@ pub fn scenario(board: Board, triple: &str, arch: &str) -> Result<Figures> {
             vm.tail(150)
         );
     }
-    r?;
     fig.total = started.elapsed();
     println!(
         "device {arch}: image {:.0?} (cached or built), flash {:.1?}, first boot: userspace {:.1?}, \
@@ -124,6 +123,7 @@ pub fn scenario(board: Board, triple: &str, arch: &str) -> Result<Figures> {
         fig.back_ready,
         fig.total
     );
+    r?;
     Ok(fig)
 }
 
@@ -244,12 +244,13 @@ fn run(lab: &mut Lab, vm: &mut Vm, fig: &mut Figures, arch: &str) -> Result<()> 
         Ok((p["status"]["phase"] == "Failed" || p["status"]["phase"] == "Succeeded").then_some(p))
     })?;
     let code = &sc["status"]["containerStatuses"][0]["state"]["exited"]["exitCode"];
-    match code.as_i64() {
-        Some(0) => {}
-        Some(3) => bail!("seccomp-probe ran without a seccomp filter (Seccomp: is not 2): is the agent built with the seccomp feature? {sc}"),
-        Some(4) => bail!("unshare(CLONE_NEWUSER) worked under the default seccomp profile: {sc}"),
-        _ => bail!("unshare failed, but not with EPERM: {sc}"),
-    }
+    // Failed at the end, so that one run also says how the rest went.
+    let seccomp = match code.as_i64() {
+        Some(0) => None,
+        Some(3) => Some(format!("seccomp-probe ran without a seccomp filter (Seccomp: is not 2): is the agent built with the seccomp feature? {sc}")),
+        Some(4) => Some(format!("unshare(CLONE_NEWUSER) worked under the default seccomp profile: {sc}")),
+        _ => Some(format!("unshare failed, but not with EPERM: {sc}")),
+    };
 
     // Power cut, and the board boots again while the coordinator is down: the agent runs
     // its pods from what it stored (offline autonomy), the hostPort answers again.
@@ -281,6 +282,9 @@ fn run(lab: &mut Lab, vm: &mut Vm, fig: &mut Figures, arch: &str) -> Result<()> 
         !log.contains("node enrolled") && !log.contains("enrollment retried"),
         "the device enrolled again after the power cut:\n{log}"
     );
+    if let Some(e) = seccomp {
+        bail!(e);
+    }
     Ok(())
 }
 

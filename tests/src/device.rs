@@ -264,11 +264,22 @@ fn run(lab: &mut Lab, vm: &mut Vm, fig: &mut Figures, arch: &str) -> Result<()> 
     )?;
     fig.offline_pods_back = vm.since_power_on();
     // The coordinator back: the node is Ready with the identity it has, not enrolled again.
+    // Ready from the coordinator's store is not enough: wait for a heartbeat after the
+    // restart.
     let t = Instant::now();
     lab.start_coordinator()?;
-    wait_for(&format!("{node} to be Ready again"), READY, || {
-        node_row(lab, node).map(|r| r.filter(|r| r[1] == "Ready"))
-    })?;
+    let stored = heartbeat(lab, node)?;
+    wait_for(
+        &format!("a heartbeat of {node} after the restart"),
+        READY,
+        || {
+            let n = lab.get_json(&["get", "node", node])?;
+            Ok(
+                (n["status"]["ready"] == true && text(&n["status"]["lastHeartbeat"]) != stored)
+                    .then_some(()),
+            )
+        },
+    )?;
     wait_for("web to show Running again", PODS, || {
         Ok(web_pod(lab)?.filter(is_running).map(|_| ()))
     })?;
@@ -295,6 +306,13 @@ fn node_row(lab: &Lab, node: &str) -> Result<Option<Vec<String>>> {
         .lines()
         .map(|l| l.split_whitespace().map(str::to_owned).collect::<Vec<_>>())
         .find(|r| r.len() >= 3 && r[0] == node))
+}
+
+/// The node's `lastHeartbeat` as the coordinator has it.
+fn heartbeat(lab: &Lab, node: &str) -> Result<String> {
+    Ok(text(
+        &lab.get_json(&["get", "node", node])?["status"]["lastHeartbeat"],
+    ))
 }
 
 fn web_pod(lab: &Lab) -> Result<Option<Value>> {

@@ -76,11 +76,34 @@ pub struct Figures {
     pub total: Duration,
 }
 
-/// Runs the whole scenario for `board` with the agent built for `triple`; `arch` is what
-/// `baton get nodes` must show.
-pub fn scenario(board: Board, triple: &str, arch: &str) -> Result<Figures> {
+/// One device scenario: the board, the agent flashed on it, what the node must show.
+#[derive(Clone, Copy, Debug)]
+pub struct Device {
+    pub board: Board,
+    /// The flashed agent's target triple (`<cross dir>/<triple>/baton-agent`).
+    pub triple: &'static str,
+    /// `baton flash --arch`, where the default (detected from the card) is not `triple`.
+    pub flash_arch: Option<&'static str>,
+    /// The ARCH `baton get nodes` must show.
+    pub arch: &'static str,
+    /// Another agent build the board must be able to run, checked with `--version` from a
+    /// pod: for a target whose board cannot be emulated here (ARMv6, a Pi Zero).
+    pub also_runs: Option<&'static str>,
+}
+
+/// Where a pod finds [`Device::also_runs`]'s agent: the card's boot partition, mounted
+/// at /boot/firmware on the board.
+const EXTRA_AGENT: &str = "extra-agent";
+
+/// Runs the whole scenario for `dev`.
+pub fn scenario(dev: Device) -> Result<Figures> {
     let started = Instant::now();
-    require_agent(triple)?;
+    require_agent(dev.triple)?;
+    if let Some(t) = dev.also_runs {
+        require_agent(t)?;
+    }
+    let board = dev.board;
+    let arch = dev.arch;
     let mut fig = Figures::default();
     let t = Instant::now();
     let base = vm::device_image(board)?;
@@ -92,12 +115,17 @@ pub fn scenario(board: Board, triple: &str, arch: &str) -> Result<Figures> {
         Broker::Embedded,
         &[],
     )?;
-    lab.restart_coordinator_enrolling(&[])?;
+    // The extra agent's pod reads it from the boot partition through a hostPath.
+    let extra: &[&str] = match dev.also_runs {
+        Some(_) => &["--allow-host-path", "/boot/firmware"],
+        None => &[],
+    };
+    lab.restart_coordinator_enrolling(extra)?;
     let card = lab.dir.path().join("card.img");
     vm::copy_image(&base, &card)?;
     let mut vm = Vm::new(board, &card, &lab.dir.path().join("vm"), Some(&lab.hub))?;
     vm.forward(FORWARDED, HOST_PORT);
-    let r = run(&mut lab, &mut vm, &mut fig, arch);
+    let r = run(&mut lab, &mut vm, &mut fig, dev);
     if r.is_err() {
         lab.dump_logs();
         eprintln!(
@@ -127,7 +155,8 @@ pub fn scenario(board: Board, triple: &str, arch: &str) -> Result<Figures> {
     Ok(fig)
 }
 
-fn run(lab: &mut Lab, vm: &mut Vm, fig: &mut Figures, arch: &str) -> Result<()> {
+fn run(lab: &mut Lab, vm: &mut Vm, fig: &mut Figures, dev: Device) -> Result<()> {
+    let arch = dev.arch;
     let node = "pi-1";
     let hub = lab.hub_ip();
     let registry = lab.registry();
@@ -136,27 +165,30 @@ fn run(lab: &mut Lab, vm: &mut Vm, fig: &mut Figures, arch: &str) -> Result<()> 
     let t = Instant::now();
     let cross = cross_dir().display().to_string();
     let card = vm.image.display().to_string();
-    let out = lab.baton_raw(
-        &[
-            "flash",
-            &card,
-            "--name",
-            node,
-            "--labels",
-            "board=qemu-virt",
-            "--agents-dir",
-            &cross,
-            "--mqtt",
-            &format!("mqtt://{hub}:1883"),
-            "--api",
-            &format!("https://{hub}:{}", crate::ENROLL_PORT),
-            "--insecure-registry",
-            &registry,
-            "--token-ttl",
-            "1h",
-        ],
-        None,
-    )?;
+    let mqtt = format!("mqtt://{hub}:1883");
+    let api = format!("https://{hub}:{}", crate::ENROLL_PORT);
+    let mut args = vec![
+        "flash",
+        &card,
+        "--name",
+        node,
+        "--labels",
+        "board=qemu-virt",
+        "--agents-dir",
+        &cross,
+        "--mqtt",
+        &mqtt,
+        "--api",
+        &api,
+        "--insecure-registry",
+        &registry,
+        "--token-ttl",
+        "1h",
+    ];
+    if let Some(a) = dev.flash_arch {
+        args.extend(["--arch", a]);
+    }
+    let out = lab.baton_raw(&args, None)?;
     fig.flash = t.elapsed();
     ensure!(
         out.status.success(),
@@ -171,6 +203,9 @@ fn run(lab: &mut Lab, vm: &mut Vm, fig: &mut Figures, arch: &str) -> Result<()> 
         cmdline.contains("systemd.run=/boot/firmware/firstrun.sh"),
         "{cmdline}"
     );
+    if let Some(t) = dev.also_runs {
+        vm::put_boot_file(&vm.image, EXTRA_AGENT, &require_agent(t)?)?;
+    }
 
     // First power-on: systemd runs firstrun.sh (the agent installed from the boot
     // partition), which removes its hook, and systemd reboots; -no-reboot ends QEMU there.
@@ -220,7 +255,11 @@ fn run(lab: &mut Lab, vm: &mut Vm, fig: &mut Figures, arch: &str) -> Result<()> 
     // Containers on the ARM kernel: a Deployment with a hostPort, a pod that outgrows its
     // 32Mi limit, and one that tries a syscall the default seccomp profile denies.
     let t = Instant::now();
-    lab.apply(&manifest(&registry))?;
+    let mut yaml = manifest(&registry);
+    if dev.also_runs.is_some() {
+        yaml.push_str(&extra_agent_pod(&registry));
+    }
+    lab.apply(&yaml)?;
     wait_for("web to run on the device", PODS, || {
         Ok(web_pod(lab)?
             .filter(|p| is_running(p) && node_of(p) == node)
@@ -251,6 +290,22 @@ fn run(lab: &mut Lab, vm: &mut Vm, fig: &mut Figures, arch: &str) -> Result<()> 
         Some(4) => Some(format!("unshare(CLONE_NEWUSER) worked under the default seccomp profile: {sc}")),
         _ => Some(format!("unshare failed, but not with EPERM: {sc}")),
     };
+    if let Some(t) = dev.also_runs {
+        let p = wait_for("extra-agent to end", PODS, || {
+            let p = lab.get_json(&["get", "pod", "extra-agent"])?;
+            Ok(
+                (p["status"]["phase"] == "Failed" || p["status"]["phase"] == "Succeeded")
+                    .then_some(p),
+            )
+        })?;
+        let code = &p["status"]["containerStatuses"][0]["state"]["exited"]["exitCode"];
+        ensure!(
+            code.as_i64() == Some(0),
+            "the {t} agent did not run on the {} board (`baton-agent --version` in a pod): {p}",
+            arch
+        );
+        println!("device {arch}: the {t} agent runs there (`--version` from a pod)");
+    }
 
     // Power cut, and the board boots again while the coordinator is down: the agent runs
     // its pods from what it stored (offline autonomy), the hostPort answers again.
@@ -333,6 +388,26 @@ fn http_get(lab: &Lab, path: &str) -> Option<String> {
     out.status
         .success()
         .then(|| String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+/// A pod that runs the extra agent from the boot partition: exits 0 if its `--version`
+/// answers.
+fn extra_agent_pod(registry: &str) -> String {
+    format!(
+        r#"---
+apiVersion: v1
+kind: Pod
+metadata: {{name: extra-agent}}
+spec:
+  restartPolicy: Never
+  volumes: [{{name: fw, hostPath: {{path: /boot/firmware}}}}]
+  containers:
+  - name: version
+    image: {registry}/baton/busybox:1
+    command: [sh, -c, "v=$(/fw/{EXTRA_AGENT} --version) || exit 1; echo $v; case $v in 'baton-agent '*) exit 0;; esac; exit 2"]
+    volumeMounts: [{{name: fw, mountPath: /fw, readOnly: true}}]
+"#
+    )
 }
 
 /// The workloads: `web` (http-echo, hostPort), `hog` (32Mi, allocates 100M: OOMKilled) and

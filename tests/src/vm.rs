@@ -106,6 +106,19 @@ pub fn boot_file(image: &Path, name: &str) -> Result<Vec<u8>> {
     Ok(out.stdout)
 }
 
+/// Writes `from` to the image's boot partition as `name`, as a card reader would.
+pub fn put_boot_file(image: &Path, name: &str, from: &Path) -> Result<()> {
+    let off = boot_offset(image)?;
+    sh(Command::new("mcopy")
+        .env("MTOOLS_SKIP_CHECK", "1")
+        .arg("-o")
+        .arg("-i")
+        .arg(format!("{}@@{off}", image.display()))
+        .arg(from)
+        .arg(format!("::{name}")))
+    .map(|_| ())
+}
+
 pub struct Vm {
     pub board: Board,
     pub image: PathBuf,

@@ -19,7 +19,7 @@
 //! `target/cross`); the test fails if it is missing. `BATON_E2E_SKIP_DEVICES=1` skips it.
 
 use anyhow::Result;
-use baton_e2e::device::{scenario, skipped};
+use baton_e2e::device::{scenario, skipped, Device};
 use baton_e2e::vm::Board;
 
 #[test]
@@ -27,6 +27,13 @@ fn a_flashed_arm64_card_boots_joins_runs_containers_and_survives_a_power_cut() -
     if skipped("device_arm64") {
         return Ok(());
     }
-    scenario(Board::Arm64, "aarch64-unknown-linux-musl", "arm64")?;
+    scenario(Device {
+        board: Board::Arm64,
+        triple: "aarch64-unknown-linux-musl",
+        // `baton flash` detects arm64 from the card (arm_64bit=1).
+        flash_arch: None,
+        arch: "arm64",
+        also_runs: None,
+    })?;
     Ok(())
 }

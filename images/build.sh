@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Builds Baton's example images (baton/busybox:1, baton/http-echo:1 and :2, and the todo
 # app's baton/todo-app:1 and :2 and baton/kv:1), each a linux/amd64 + linux/arm64 image
-# index, as OCI layouts under images/out/ (or --out DIR), reproducibly, without Docker.
+# index (busybox and http-echo also linux/arm/v7), as OCI layouts under images/out/ (or --out DIR), reproducibly, without Docker.
 # With --push HOST:PORT it also pushes them to a plain-HTTP registry (see
 # images/registry.sh). Prints every image's index digest.
 #
@@ -53,11 +53,44 @@ if [ -z "$deb" ]; then
   done
   [ -n "$deb" ] || { echo "build.sh: could not download busybox-static:arm64=$version" >&2; exit 1; }
 fi
+# The armhf one (linux/arm/v7, Pi 2/3/4 on a 32-bit OS) the same way, but through a private
+# apt (its own sources, lists and cache under $cache/apt-armhf): dpkg gets no armhf
+# architecture, since adding a foreign architecture to the host once broke apt for the
+# whole suite (every source must then carry its indexes).
+find_deb() { # ARCH: the cached busybox-static_*_ARCH.deb of $version, or nothing
+  local f
+  for f in "$cache"/busybox-static_*_"$1".deb; do
+    [ -e "$f" ] && [ "$(dpkg-deb -f "$f" Version)" = "$version" ] && echo "$f"
+  done
+  true
+}
+armhf_deb=$(find_deb armhf)
+if [ -z "$armhf_deb" ]; then
+  apt_dir="$cache/apt-armhf"
+  mkdir -p "$apt_dir/lists/partial" "$apt_dir/cache/archives/partial" "$apt_dir/empty"
+  : >"$apt_dir/status"
+  echo "deb [signed-by=/usr/share/keyrings/debian-archive-keyring.gpg] http://deb.debian.org/debian bookworm main" \
+    >"$apt_dir/sources.list"
+  apt_opts=(-q -o Dir::Etc::SourceList="$apt_dir/sources.list" -o Dir::Etc::SourceParts="$apt_dir/empty"
+            -o Dir::Etc::Preferences="$apt_dir/empty/p" -o Dir::Etc::PreferencesParts="$apt_dir/empty"
+            -o Dir::State::Lists="$apt_dir/lists" -o Dir::State::status="$apt_dir/status"
+            -o Dir::Cache="$apt_dir/cache" -o APT::Architecture=armhf -o APT::Architectures=armhf
+            -o APT::Sandbox::User=root -o Acquire::Retries=5)
+  apt-get "${apt_opts[@]}" update >/dev/null ||
+    { echo "build.sh: apt-get update (private, armhf) failed" >&2; exit 1; }
+  (cd "$cache" && apt-get "${apt_opts[@]}" download "busybox-static:armhf=$version" >/dev/null) ||
+    { echo "build.sh: could not download busybox-static:armhf=$version" >&2; exit 1; }
+  rm -rf "$apt_dir"
+  armhf_deb=$(find_deb armhf)
+  [ -n "$armhf_deb" ] || { echo "build.sh: busybox-static:armhf=$version is not in the cache" >&2; exit 1; }
+fi
 flock -u 9
 scratch=$(mktemp -d "$cache/run.XXXXXX")
 trap 'rm -rf "$scratch"' EXIT
 dpkg-deb -x "$deb" "$scratch/arm64"
 arm64_bin="$scratch/arm64/bin/busybox"
+dpkg-deb -x "$armhf_deb" "$scratch/armhf"
+armhf_bin="$scratch/armhf/bin/busybox"
 
 # Both binaries come from the same source version and Debian config, so they share one
 # applet list; take it from the one we can run.
@@ -86,7 +119,7 @@ done
 rm -rf "$out"
 mkdir -p "$out"
 python3 "$here/oci.py" build --out "$out" \
-  --busybox-amd64 "$amd64_bin" --busybox-arm64 "$arm64_bin" --applets "$scratch/applets" \
+  --busybox-amd64 "$amd64_bin" --busybox-arm64 "$arm64_bin" --busybox-armhf "$armhf_bin" --applets "$scratch/applets" \
   --apps-amd64 "$apps/target/x86_64-unknown-linux-musl/release" \
   --apps-arm64 "$apps/target/aarch64-unknown-linux-musl/release"
 

@@ -7,7 +7,7 @@ tar entries sorted, mtime 0, uid/gid 0 with empty owner names, gzip with no name
 timestamp (`gzip -n`), JSON with sorted keys and no whitespace, `created` fixed at the epoch.
 
 Subcommands:
-  build --out DIR --busybox-amd64 FILE --busybox-arm64 FILE --applets FILE
+  build --out DIR --busybox-amd64 FILE --busybox-arm64 FILE --busybox-armhf FILE --applets FILE
         [--apps-amd64 DIR --apps-arm64 DIR]   (DIRs holding the todo-app and kv binaries)
   push  --out DIR --registry HOST:PORT
 """
@@ -34,6 +34,10 @@ PATH_ENV = "PATH=/usr/sbin:/usr/bin:/sbin:/bin"
 
 # (OCI architecture, variant or None)
 PLATFORMS = [("amd64", None), ("arm64", "v8")]
+# busybox and http-echo also run on 32-bit ARM boards (Pi 2/3/4 on a 32-bit OS): Debian's
+# armhf busybox is ARMv7. Appended last, so the other entries keep their bytes; the todo
+# app images have no 32-bit build.
+BUSYBOX_PLATFORMS = PLATFORMS + [("arm", "v7")]
 
 
 def canonical_json(obj):
@@ -265,14 +269,18 @@ def index(layout, ref, entries):
 
 
 def cmd_build(args):
-    busybox = {"amd64": open(args.busybox_amd64, "rb").read(), "arm64": open(args.busybox_arm64, "rb").read()}
+    busybox = {
+        "amd64": open(args.busybox_amd64, "rb").read(),
+        "arm64": open(args.busybox_arm64, "rb").read(),
+        "arm": open(args.busybox_armhf, "rb").read(),
+    }
     applets = sorted({line.strip() for line in open(args.applets) if line.strip()})
-    base = {arch: base_tree(busybox[arch], applets).tar() for arch, _ in PLATFORMS}
+    base = {arch: base_tree(busybox[arch], applets).tar() for arch, _ in BUSYBOX_PLATFORMS}
     printed = []
 
     bb = Layout(os.path.join(args.out, "baton", "busybox"))
     bb_cfg = {"Env": [PATH_ENV], "Cmd": ["sh"], "WorkingDir": "/"}
-    entries = [image(bb, a, v, [base[a]], bb_cfg) for a, v in PLATFORMS]
+    entries = [image(bb, a, v, [base[a]], bb_cfg) for a, v in BUSYBOX_PLATFORMS]
     printed.append(("baton/busybox:1", index(bb, "1", entries)))
     bb.finish()
 
@@ -286,7 +294,7 @@ def cmd_build(args):
             "ExposedPorts": {"8080/tcp": {}},
             "WorkingDir": "/www",
         }
-        entries = [image(echo, a, v, [base[a], www], cfg) for a, v in PLATFORMS]
+        entries = [image(echo, a, v, [base[a], www], cfg) for a, v in BUSYBOX_PLATFORMS]
         printed.append(("baton/http-echo:" + version, index(echo, version, entries)))
     echo.finish()
 
@@ -380,6 +388,7 @@ def main():
     b.add_argument("--out", required=True)
     b.add_argument("--busybox-amd64", required=True)
     b.add_argument("--busybox-arm64", required=True)
+    b.add_argument("--busybox-armhf", required=True, help="Debian's armhf (ARMv7) busybox-static")
     b.add_argument("--applets", required=True, help="output of `busybox --list-full`")
     b.add_argument("--apps-amd64", help="directory with the x86_64 musl todo-app and kv binaries")
     b.add_argument("--apps-arm64", help="directory with the aarch64 musl todo-app and kv binaries")

@@ -2,13 +2,14 @@
 # Checks the example images end to end:
 #   0. the todo app's own unit and loopback tests (cargo test in images/apps);
 #   1. two builds give byte-identical layouts (same digests for every blob);
-#   2. a push to a fresh registry on 127.0.0.1:<free port> succeeds, and the index and both
-#      platform manifests come back with curl, with the right media types and platforms;
+#   2. a push to a fresh registry on 127.0.0.1:<free port> succeeds, and the index and every
+#      platform manifest come back with curl, with the right media types and platforms;
 #   3. the amd64 http-echo rootfs serves its CGI on loopback and reports MESSAGE;
 #   4. the todo app images: todo-app and kv share their base layer, :1 and :2 differ only
 #      in config; the amd64 binaries from the layers run for real on loopback (kv primary
 #      + replica + todo-app: a todo posted, read back, seen on the replica; the primary
-#      killed -> /healthz 503); the arm64 kv answers PING under qemu-aarch64-static.
+#      killed -> /healthz 503); the arm64 kv answers PING under qemu-aarch64-static;
+#   5. busybox and http-echo carry linux/arm/v7, whose busybox runs under qemu-arm-static.
 # Cleans up (registry, temp dirs, processes) on any exit. Needs root (chroot) and python3.
 set -euo pipefail
 
@@ -226,6 +227,23 @@ if command -v qemu-aarch64-static >/dev/null; then
   echo "ok: arm64 kv says PONG"
 else
   echo "== skipped: arm64 run (qemu-aarch64-static is not installed)"
+fi
+
+# 32-bit ARM boards (tests/tests/device_armhf.rs) get busybox and http-echo's arm/v7 entry.
+for img in "baton/busybox 1" "baton/http-echo 1" "baton/http-echo 2"; do
+  read -r repo tag <<<"$img"
+  cfg=$(image_info "$repo" "$tag" arm config)
+  variant=$(python3 -c 'import json,sys; c=json.load(open(sys.argv[1])); print(c["architecture"]+"/"+c.get("variant",""))' \
+    "$tmp/a/$repo/blobs/sha256/${cfg#sha256:}")
+  [ "$variant" = arm/v7 ] || fail "$repo:$tag: the 32-bit ARM entry is $variant, not arm/v7"
+done
+echo "ok: busybox and http-echo carry linux/arm/v7"
+if command -v qemu-arm-static >/dev/null; then
+  extract baton/http-echo 1 arm "$tmp/echo-arm"
+  out=$(qemu-arm-static -cpu cortex-a15 "$tmp/echo-arm/bin/busybox" echo arm-ok) \
+    || fail "the arm/v7 busybox did not run under qemu-arm-static"
+  [ "$out" = arm-ok ] || fail "the arm/v7 busybox said '$out'"
+  echo "ok: the arm/v7 busybox runs under qemu-arm-static (cortex-a15)"
 fi
 
 echo "PASS"

@@ -77,4 +77,22 @@ if [ "${#missing[@]}" -gt 0 ]; then
   DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
 fi
 
+# The emulated ARM devices (images/device/build.sh, tests/tests/device_*.rs): QEMU's ARM
+# system emulators and the NIC boot ROM virtio-net-pci loads (ipxe-qemu); mmdebstrap builds
+# the card's Debian root, running foreign maintainer scripts through qemu-user-static via
+# binfmt_misc (binfmt-support registers the handlers; arch-test checks they work);
+# mkfs.ext4 -d (e2fsprogs) fills the root partition from a directory, mkfs.fat and mcopy
+# the boot partition, without loop mounts.
+DEVICE_PKGS=(qemu-system-arm ipxe-qemu mmdebstrap arch-test binfmt-support e2fsprogs dosfstools
+             mtools fdisk)
+missing=()
+for p in "${DEVICE_PKGS[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+if [ "${#missing[@]}" -gt 0 ]; then
+  echo "install-deps: installing ${missing[*]}"
+  apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+fi
+
 echo "install-deps: ok"

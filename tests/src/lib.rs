@@ -14,10 +14,12 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context, Result};
 
 pub mod certs;
+pub mod device;
 pub mod fleet;
 mod lab;
 pub mod proxy;
 pub mod token_server;
+pub mod vm;
 
 pub use lab::*;
 

@@ -1,0 +1,462 @@
+//! The emulated-device scenario (tests/tests/device_*.rs): a Pi-shaped card image flashed
+//! with the real `baton flash` against a coordinator in a lab's hub, booted on an emulated
+//! board ([`crate::vm`]), watched as it joins, runs containers, and survives a power cut.
+//!
+//! QEMU runs in the hub's network namespace. Its user network NATs the guest's connections
+//! through QEMU's own sockets, so the device reaches the coordinator, the broker and the
+//! registry at the hub's address, as a board on a LAN reaches a coordinator by its LAN
+//! address; the hostPort check goes the other way, through a `hostfwd` port on the hub's
+//! loopback.
+
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, ensure, Context, Result};
+use serde_json::Value;
+
+use crate::fleet::{is_running, node_of, text};
+use crate::vm::{self, Board, Vm};
+use crate::{items, repo_root, wait_for, Broker, Lab};
+
+/// The guest's hostPort, and the hub-loopback port QEMU forwards to it.
+const HOST_PORT: u16 = 18080;
+const FORWARDED: u16 = 28080;
+
+/// Deadlines, with room for a loaded 2-core machine under TCG (measured there: boot to
+/// userspace 35-60 s, power-on to Ready about 2 min).
+const USERSPACE: Duration = Duration::from_secs(240);
+const FIRST_BOOT: Duration = Duration::from_secs(420);
+const READY: Duration = Duration::from_secs(360);
+const PODS: Duration = Duration::from_secs(300);
+/// systemd's greeting as PID 1 (the rest of the line is colored).
+const USERSPACE_LINE: &str = "Welcome to ";
+
+/// Whether the device tests are skipped: only on an explicit `BATON_E2E_SKIP_DEVICES=1`.
+pub fn skipped(test: &str) -> bool {
+    let skip = std::env::var("BATON_E2E_SKIP_DEVICES").is_ok_and(|v| v == "1");
+    if skip {
+        eprintln!("{test}: skipped (BATON_E2E_SKIP_DEVICES=1)");
+    }
+    skip
+}
+
+/// Where the cross-built agents are: `$BATON_CROSS_DIR`, else `<repo>/target/cross`,
+/// laid out as `baton flash --agents-dir` reads it (`<triple>/baton-agent`).
+pub fn cross_dir() -> PathBuf {
+    std::env::var_os("BATON_CROSS_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| repo_root().join("target/cross"))
+}
+
+/// The cross-built agent for `triple`, or a failure naming how to build it.
+pub fn require_agent(triple: &str) -> Result<PathBuf> {
+    let agent = cross_dir().join(triple).join("baton-agent");
+    ensure!(
+        agent.is_file(),
+        "{} is missing: build the ARM agents first (cross/, which writes target/cross/<triple>/\
+         baton-agent), or point BATON_CROSS_DIR at a folder holding {triple}/baton-agent; \
+         BATON_E2E_SKIP_DEVICES=1 skips the emulated-device tests",
+        agent.display()
+    );
+    Ok(agent)
+}
+
+/// What the scenario measured.
+#[derive(Debug, Default)]
+pub struct Figures {
+    pub image_build: Duration,
+    pub flash: Duration,
+    pub first_userspace: Duration,
+    pub first_boot: Duration,
+    pub power_on_to_ready: Duration,
+    pub second_boot_to_ready: Duration,
+    pub pods_running: Duration,
+    pub offline_pods_back: Duration,
+    pub back_ready: Duration,
+    pub total: Duration,
+}
+
+/// One device scenario: the board, the agent flashed on it, what the node must show.
+#[derive(Clone, Copy, Debug)]
+pub struct Device {
+    pub board: Board,
+    /// The flashed agent's target triple (`<cross dir>/<triple>/baton-agent`).
+    pub triple: &'static str,
+    /// `baton flash --arch`, where the default (detected from the card) is not `triple`.
+    pub flash_arch: Option<&'static str>,
+    /// The ARCH `baton get nodes` must show.
+    pub arch: &'static str,
+    /// Another agent build the board must be able to run, checked with `--version` from a
+    /// pod: for a target whose board cannot be emulated here (ARMv6, a Pi Zero).
+    pub also_runs: Option<&'static str>,
+}
+
+/// Where a pod finds [`Device::also_runs`]'s agent: the card's boot partition, mounted
+/// at /boot/firmware on the board.
+const EXTRA_AGENT: &str = "extra-agent";
+
+/// Runs the whole scenario for `dev`.
+pub fn scenario(dev: Device) -> Result<Figures> {
+    let started = Instant::now();
+    require_agent(dev.triple)?;
+    if let Some(t) = dev.also_runs {
+        require_agent(t)?;
+    }
+    let board = dev.board;
+    let arch = dev.arch;
+    let mut fig = Figures::default();
+    let t = Instant::now();
+    let base = vm::device_image(board)?;
+    fig.image_build = t.elapsed();
+
+    let mut lab = Lab::start_with(
+        &format!("d{}", &board.image_arch()[3..]),
+        0,
+        Broker::Embedded,
+        &[],
+    )?;
+    // The extra agent's pod reads it from the boot partition through a hostPath.
+    let extra: &[&str] = match dev.also_runs {
+        Some(_) => &["--allow-host-path", "/boot/firmware"],
+        None => &[],
+    };
+    lab.restart_coordinator_enrolling(extra)?;
+    let card = lab.dir.path().join("card.img");
+    vm::copy_image(&base, &card)?;
+    let mut vm = Vm::new(board, &card, &lab.dir.path().join("vm"), Some(&lab.hub))?;
+    vm.forward(FORWARDED, HOST_PORT);
+    let r = run(&mut lab, &mut vm, &mut fig, dev);
+    if r.is_err() {
+        lab.dump_logs();
+        eprintln!(
+            "----- last lines of the serial console ({}) -----\n{}",
+            vm.serial_path().display(),
+            vm.tail(150)
+        );
+    }
+    fig.total = started.elapsed();
+    println!(
+        "device {arch}: image {:.0?} (cached or built), flash {:.1?}, first boot: userspace {:.1?}, \
+         firstrun done and rebooted {:.1?}; power-on to Ready {:.1?} (second boot {:.1?}); \
+         pods running {:.1?} after apply; after a power cut with the coordinator down, \
+         pods back {:.1?}, Ready again {:.1?} after the coordinator; whole scenario {:.0?}",
+        fig.image_build,
+        fig.flash,
+        fig.first_userspace,
+        fig.first_boot,
+        fig.power_on_to_ready,
+        fig.second_boot_to_ready,
+        fig.pods_running,
+        fig.offline_pods_back,
+        fig.back_ready,
+        fig.total
+    );
+    r?;
+    Ok(fig)
+}
+
+fn run(lab: &mut Lab, vm: &mut Vm, fig: &mut Figures, dev: Device) -> Result<()> {
+    let arch = dev.arch;
+    let node = "pi-1";
+    let hub = lab.hub_ip();
+    let registry = lab.registry();
+
+    // baton flash, as an operator would, with the device's view of the coordinator.
+    let t = Instant::now();
+    let cross = cross_dir().display().to_string();
+    let card = vm.image.display().to_string();
+    let mqtt = format!("mqtt://{hub}:1883");
+    let api = format!("https://{hub}:{}", crate::ENROLL_PORT);
+    let mut args = vec![
+        "flash",
+        &card,
+        "--name",
+        node,
+        "--labels",
+        "board=qemu-virt",
+        "--agents-dir",
+        &cross,
+        "--mqtt",
+        &mqtt,
+        "--api",
+        &api,
+        "--insecure-registry",
+        &registry,
+        "--token-ttl",
+        "1h",
+    ];
+    if let Some(a) = dev.flash_arch {
+        args.extend(["--arch", a]);
+    }
+    let out = lab.baton_raw(&args, None)?;
+    fig.flash = t.elapsed();
+    ensure!(
+        out.status.success(),
+        "baton flash: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let report = String::from_utf8_lossy(&out.stdout).into_owned();
+    ensure!(report.contains("first boot: firstrun.sh"), "{report}");
+    let cmdline = String::from_utf8(vm::boot_file(&vm.image, "cmdline.txt")?)?;
+    ensure!(
+        cmdline.contains("systemd.run=/boot/firmware/firstrun.sh"),
+        "{cmdline}"
+    );
+    if let Some(t) = dev.also_runs {
+        vm::put_boot_file(&vm.image, EXTRA_AGENT, &require_agent(t)?)?;
+    }
+
+    // First power-on: systemd runs firstrun.sh (the agent installed from the boot
+    // partition), which removes its hook, and systemd reboots; -no-reboot ends QEMU there.
+    vm.power_on()?;
+    fig.first_userspace = vm.wait_console(USERSPACE_LINE, USERSPACE)?;
+    fig.first_boot = vm.wait_off(FIRST_BOOT).with_context(|| {
+        format!(
+            "firstrun.sh did not reboot the board; console:\n{}",
+            vm.tail(60)
+        )
+    })?;
+    let cmdline = String::from_utf8(vm::boot_file(&vm.image, "cmdline.txt")?)?;
+    ensure!(
+        !cmdline.contains("systemd.run") && cmdline.contains("root=/dev/vda2"),
+        "firstrun.sh left cmdline.txt as {cmdline:?}"
+    );
+    for gone in ["firstrun.sh", "baton/join-token", "baton/baton-agent"] {
+        ensure!(
+            vm::boot_file(&vm.image, gone).is_err(),
+            "{gone} is still on the boot partition after first boot"
+        );
+    }
+
+    // Second power-on: the installed agent enrolls (if it did not before the reboot) and
+    // joins.
+    vm.power_on()?;
+    let row = wait_for(&format!("{node} to be Ready"), READY, || {
+        node_row(lab, node).map(|r| r.filter(|r| r[1] == "Ready"))
+    })?;
+    fig.second_boot_to_ready = vm.since_power_on();
+    fig.power_on_to_ready = fig.first_boot + fig.second_boot_to_ready;
+    ensure!(
+        row[2] == arch,
+        "{node} shows ARCH {} (want {arch}): {row:?}",
+        row[2]
+    );
+    let coordinator_log = lab
+        .coordinator
+        .as_ref()
+        .map(|p| p.log())
+        .unwrap_or_default();
+    ensure!(
+        coordinator_log.matches("node enrolled").count() == 1,
+        "the device did not enroll exactly once:\n{coordinator_log}"
+    );
+
+    // Containers on the ARM kernel: a Deployment with a hostPort, a pod that outgrows its
+    // 32Mi limit, and one that tries a syscall the default seccomp profile denies.
+    let t = Instant::now();
+    let mut yaml = manifest(&registry);
+    if dev.also_runs.is_some() {
+        yaml.push_str(&extra_agent_pod(&registry));
+    }
+    lab.apply(&yaml)?;
+    wait_for("web to run on the device", PODS, || {
+        Ok(web_pod(lab)?
+            .filter(|p| is_running(p) && node_of(p) == node)
+            .map(|_| ()))
+    })?;
+    let info = wait_for("the hostPort to answer through hostfwd", PODS, || {
+        Ok(http_get(lab, "/cgi-bin/info").filter(|b| b.contains("version=1")))
+    })?;
+    fig.pods_running = t.elapsed();
+    ensure!(info.contains("hostname=web-"), "{info}");
+    let hog = wait_for("hog to end", PODS, || {
+        let p = lab.get_json(&["get", "pod", "hog"])?;
+        Ok((p["status"]["phase"] == "Failed" || p["status"]["phase"] == "Succeeded").then_some(p))
+    })?;
+    ensure!(
+        hog["status"]["containerStatuses"][0]["reason"] == "OOMKilled",
+        "hog was not OOMKilled at 32Mi: {hog}"
+    );
+    let sc = wait_for("seccomp-probe to end", PODS, || {
+        let p = lab.get_json(&["get", "pod", "seccomp-probe"])?;
+        Ok((p["status"]["phase"] == "Failed" || p["status"]["phase"] == "Succeeded").then_some(p))
+    })?;
+    let code = &sc["status"]["containerStatuses"][0]["state"]["exited"]["exitCode"];
+    // Failed at the end, so that one run also says how the rest went.
+    let seccomp = match code.as_i64() {
+        Some(0) => None,
+        Some(3) => Some(format!("seccomp-probe ran without a seccomp filter (Seccomp: is not 2): is the agent built with the seccomp feature? {sc}")),
+        Some(4) => Some(format!("unshare(CLONE_NEWUSER) worked under the default seccomp profile: {sc}")),
+        _ => Some(format!("unshare failed, but not with EPERM: {sc}")),
+    };
+    if let Some(t) = dev.also_runs {
+        let p = wait_for("extra-agent to end", PODS, || {
+            let p = lab.get_json(&["get", "pod", "extra-agent"])?;
+            Ok(
+                (p["status"]["phase"] == "Failed" || p["status"]["phase"] == "Succeeded")
+                    .then_some(p),
+            )
+        })?;
+        let code = &p["status"]["containerStatuses"][0]["state"]["exited"]["exitCode"];
+        ensure!(
+            code.as_i64() == Some(0),
+            "the {t} agent did not run on the {} board (`baton-agent --version` in a pod): {p}",
+            arch
+        );
+        println!("device {arch}: the {t} agent runs there (`--version` from a pod)");
+    }
+
+    // Power cut, and the board boots again while the coordinator is down: the agent runs
+    // its pods from what it stored (offline autonomy), the hostPort answers again.
+    vm.power_cut();
+    lab.kill_coordinator();
+    vm.power_on()?;
+    wait_for(
+        "the hostPort to answer again, coordinator down",
+        READY,
+        || Ok(http_get(lab, "/cgi-bin/info").filter(|b| b.contains("version=1"))),
+    )?;
+    fig.offline_pods_back = vm.since_power_on();
+    // The coordinator back: the node is Ready with the identity it has, not enrolled again.
+    // Ready from the coordinator's store is not enough: wait for a heartbeat after the
+    // restart.
+    let t = Instant::now();
+    lab.start_coordinator()?;
+    let stored = heartbeat(lab, node)?;
+    wait_for(
+        &format!("a heartbeat of {node} after the restart"),
+        READY,
+        || {
+            let n = lab.get_json(&["get", "node", node])?;
+            Ok(
+                (n["status"]["ready"] == true && text(&n["status"]["lastHeartbeat"]) != stored)
+                    .then_some(()),
+            )
+        },
+    )?;
+    wait_for("web to show Running again", PODS, || {
+        Ok(web_pod(lab)?.filter(is_running).map(|_| ()))
+    })?;
+    fig.back_ready = t.elapsed();
+    let log = lab
+        .coordinator
+        .as_ref()
+        .map(|p| p.log())
+        .unwrap_or_default();
+    ensure!(
+        !log.contains("node enrolled") && !log.contains("enrollment retried"),
+        "the device enrolled again after the power cut:\n{log}"
+    );
+    if let Some(e) = seccomp {
+        bail!(e);
+    }
+    Ok(())
+}
+
+/// The device's row of `baton get nodes`: NAME STATUS ARCH ...
+fn node_row(lab: &Lab, node: &str) -> Result<Option<Vec<String>>> {
+    let out = lab.baton(&["get", "nodes"])?;
+    Ok(String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(|l| l.split_whitespace().map(str::to_owned).collect::<Vec<_>>())
+        .find(|r| r.len() >= 3 && r[0] == node))
+}
+
+/// The node's `lastHeartbeat` as the coordinator has it.
+fn heartbeat(lab: &Lab, node: &str) -> Result<String> {
+    Ok(text(
+        &lab.get_json(&["get", "node", node])?["status"]["lastHeartbeat"],
+    ))
+}
+
+fn web_pod(lab: &Lab) -> Result<Option<Value>> {
+    Ok(items(&lab.get_json(&["get", "pods"])?)
+        .into_iter()
+        .find(|p| text(&p["metadata"]["name"]).starts_with("web-")))
+}
+
+/// GET `path` from the device's hostPort, through QEMU's forward on the hub's loopback.
+fn http_get(lab: &Lab, path: &str) -> Option<String> {
+    let out = lab
+        .hub
+        .cmd("curl")
+        .args(["-fsS", "--max-time", "5"])
+        .arg(format!("http://127.0.0.1:{FORWARDED}{path}"))
+        .output()
+        .ok()?;
+    out.status
+        .success()
+        .then(|| String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+/// A pod that runs the extra agent from the boot partition: exits 0 if its `--version`
+/// answers.
+fn extra_agent_pod(registry: &str) -> String {
+    format!(
+        r#"---
+apiVersion: v1
+kind: Pod
+metadata: {{name: extra-agent}}
+spec:
+  restartPolicy: Never
+  volumes: [{{name: fw, hostPath: {{path: /boot/firmware}}}}]
+  containers:
+  - name: version
+    image: {registry}/baton/busybox:1
+    command: [sh, -c, "v=$(/fw/{EXTRA_AGENT} --version) || exit 1; echo $v; case $v in 'baton-agent '*) exit 0;; esac; exit 2"]
+    volumeMounts: [{{name: fw, mountPath: /fw, readOnly: true}}]
+"#
+    )
+}
+
+/// The workloads: `web` (http-echo, hostPort), `hog` (32Mi, allocates 100M: OOMKilled) and
+/// `seccomp-probe`, which exits 0 only if its process is filtered (`Seccomp: 2`) and
+/// `unshare -U` (CLONE_NEWUSER, denied by RuntimeDefault) fails with EPERM; 3, 4 and 5
+/// say which part failed.
+fn manifest(registry: &str) -> String {
+    format!(
+        r#"apiVersion: apps/v1
+kind: Deployment
+metadata: {{name: web}}
+spec:
+  replicas: 1
+  selector:
+    matchLabels: {{app: web}}
+  template:
+    metadata:
+      labels: {{app: web}}
+    spec:
+      terminationGracePeriodSeconds: 2
+      containers:
+      - name: echo
+        image: {registry}/baton/http-echo:1
+        ports:
+        - {{containerPort: 8080, hostPort: {HOST_PORT}}}
+        resources:
+          limits: {{memory: 64Mi}}
+---
+apiVersion: v1
+kind: Pod
+metadata: {{name: hog}}
+spec:
+  restartPolicy: Never
+  containers:
+  - name: hog
+    image: {registry}/baton/busybox:1
+    command: [sh, -c, "exec dd if=/dev/zero of=/dev/null bs=100M count=1"]
+    resources:
+      limits: {{memory: 32Mi}}
+---
+apiVersion: v1
+kind: Pod
+metadata: {{name: seccomp-probe}}
+spec:
+  restartPolicy: Never
+  containers:
+  - name: probe
+    image: {registry}/baton/busybox:1
+    command: [sh, -c, "grep -q '^Seccomp:[[:space:]]*2' /proc/self/status || exit 3; out=$(unshare -U -r true 2>&1) && exit 4; case $out in *'Operation not permitted'*) exit 0;; esac; echo $out; exit 5"]
+"#
+    )
+}

@@ -1,0 +1,314 @@
+//! An emulated ARM board: QEMU's `virt` machine booting a Pi-shaped SD card image
+//! (`images/device/build.sh`) with a real Debian kernel, under TCG.
+//!
+//! QEMU cannot run a Pi's firmware, so [`Vm::power_on`] plays its part, as the firmware
+//! does at every power-on: it reads the kernel, the initramfs and `cmdline.txt` from the
+//! card's FAT boot partition and hands them to the kernel. That is what makes `baton
+//! flash`'s `systemd.run=` hook run at first boot and not after it (firstrun.sh removes it
+//! from `cmdline.txt`). QEMU runs with `-no-reboot`: a reboot of the guest ends it, and the
+//! test powers the board on again, so every boot reads the card afresh.
+//!
+//! The serial console is appended to one log file across boots; waits look only at the
+//! current boot's part. Networking is QEMU's user mode: the guest is 10.0.2.15 and reaches
+//! the loopback of the network namespace QEMU runs in as 10.0.2.2; `hostfwd` ports forward
+//! from that loopback to the guest.
+
+use std::fs;
+use std::io::Read as _;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, ensure, Context, Result};
+
+use crate::{sh, wait_for, Netns, Proc};
+
+/// The emulated board's kind.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Board {
+    /// `qemu-system-aarch64 -M virt -cpu cortex-a72`, like a Pi 4.
+    Arm64,
+    /// `qemu-system-arm -M virt -cpu cortex-a15`, a 32-bit ARMv7 board like a Pi 2.
+    Armhf,
+}
+
+impl Board {
+    /// The argument of `images/device/build.sh`.
+    pub fn image_arch(self) -> &'static str {
+        match self {
+            Board::Arm64 => "arm64",
+            Board::Armhf => "armhf",
+        }
+    }
+
+    /// The kernel and initramfs on the boot partition, named as on Raspberry Pi OS.
+    fn boot_files(self) -> (&'static str, &'static str) {
+        match self {
+            Board::Arm64 => ("kernel8.img", "initramfs8"),
+            Board::Armhf => ("kernel7l.img", "initramfs7l"),
+        }
+    }
+
+    fn qemu(self) -> Command {
+        match self {
+            Board::Arm64 => {
+                let mut c = Command::new("qemu-system-aarch64");
+                // cortex-a72 is the fastest CPU model under TCG (plain `max` is about 3x
+                // slower, see FIELD-NOTES).
+                c.args(["-M", "virt", "-cpu", "cortex-a72"]);
+                c
+            }
+            Board::Armhf => {
+                let mut c = Command::new("qemu-system-arm");
+                c.args(["-M", "virt,highmem=off", "-cpu", "cortex-a15"]);
+                c
+            }
+        }
+    }
+}
+
+/// Builds (or finds cached) the board's card image; returns its path.
+pub fn device_image(board: Board) -> Result<PathBuf> {
+    let script = crate::repo_root().join("images/device/build.sh");
+    let out = sh(Command::new("nice")
+        .args(["-n", "10"])
+        .arg(&script)
+        .arg(board.image_arch()))
+    .context("building the device image (images/device/build.sh)")?;
+    let text = String::from_utf8(out.stdout)?;
+    let path = text.lines().last().context("build.sh printed nothing")?;
+    Ok(PathBuf::from(path))
+}
+
+/// Copies an image sparsely (a card image is mostly holes).
+pub fn copy_image(from: &Path, to: &Path) -> Result<()> {
+    sh(Command::new("cp").arg("--sparse=always").arg(from).arg(to)).map(|_| ())
+}
+
+/// The byte offset of the first MBR partition of `image` (the boot partition).
+pub fn boot_offset(image: &Path) -> Result<u64> {
+    let mut mbr = [0u8; 512];
+    fs::File::open(image)?.read_exact(&mut mbr)?;
+    ensure!(mbr[510..512] == [0x55, 0xaa], "{}: no MBR", image.display());
+    let lba = u32::from_le_bytes(mbr[454..458].try_into()?);
+    ensure!(lba > 0, "{}: no first partition", image.display());
+    Ok(u64::from(lba) * 512)
+}
+
+/// A file of the image's boot partition, read with mtools.
+pub fn boot_file(image: &Path, name: &str) -> Result<Vec<u8>> {
+    let off = boot_offset(image)?;
+    let out = sh(Command::new("mtype")
+        .env("MTOOLS_SKIP_CHECK", "1")
+        .arg("-i")
+        .arg(format!("{}@@{off}", image.display()))
+        .arg(format!("::{name}")))?;
+    Ok(out.stdout)
+}
+
+/// Writes `from` to the image's boot partition as `name`, as a card reader would.
+pub fn put_boot_file(image: &Path, name: &str, from: &Path) -> Result<()> {
+    let off = boot_offset(image)?;
+    sh(Command::new("mcopy")
+        .env("MTOOLS_SKIP_CHECK", "1")
+        .arg("-o")
+        .arg("-i")
+        .arg(format!("{}@@{off}", image.display()))
+        .arg(from)
+        .arg(format!("::{name}")))
+    .map(|_| ())
+}
+
+pub struct Vm {
+    pub board: Board,
+    pub image: PathBuf,
+    dir: PathBuf,
+    netns: Option<String>,
+    /// (host port on the namespace's 127.0.0.1, guest port).
+    hostfwd: Vec<(u16, u16)>,
+    proc: Option<Proc>,
+    serial: PathBuf,
+    /// Where the current boot's part of the serial log starts.
+    boot_from: u64,
+    /// When the current boot was powered on.
+    pub powered_on: Option<Instant>,
+    pub boots: u32,
+}
+
+impl Vm {
+    /// A board for `image`; its files (serial log, the kernel files of each boot) go in
+    /// `dir`. QEMU runs in `netns` if given.
+    pub fn new(board: Board, image: &Path, dir: &Path, netns: Option<&Netns>) -> Result<Vm> {
+        fs::create_dir_all(dir)?;
+        Ok(Vm {
+            board,
+            image: image.to_owned(),
+            dir: dir.to_owned(),
+            netns: netns.map(|n| n.0.clone()),
+            hostfwd: Vec::new(),
+            proc: None,
+            serial: dir.join("serial.log"),
+            boot_from: 0,
+            powered_on: None,
+            boots: 0,
+        })
+    }
+
+    /// Forwards `host` on the namespace's 127.0.0.1 to the guest's `guest` (TCP).
+    pub fn forward(&mut self, host: u16, guest: u16) {
+        self.hostfwd.push((host, guest));
+    }
+
+    /// Powers the board on: the firmware's part (kernel, initramfs, cmdline.txt from the
+    /// boot partition), then QEMU.
+    pub fn power_on(&mut self) -> Result<()> {
+        ensure!(self.proc.is_none(), "the board is already on");
+        let (kernel_name, initrd_name) = self.board.boot_files();
+        let kernel = self.dir.join(kernel_name);
+        let initrd = self.dir.join(initrd_name);
+        fs::write(&kernel, boot_file(&self.image, kernel_name)?)?;
+        fs::write(&initrd, boot_file(&self.image, initrd_name)?)?;
+        let cmdline = String::from_utf8(boot_file(&self.image, "cmdline.txt")?)?;
+        // The firmware passes the file's first line.
+        let append = cmdline.lines().next().unwrap_or("").trim().to_owned();
+        ensure!(!append.is_empty(), "cmdline.txt is empty");
+
+        let mut netdev = String::from("user,id=n0");
+        for (h, g) in &self.hostfwd {
+            netdev.push_str(&format!(",hostfwd=tcp:127.0.0.1:{h}-:{g}"));
+        }
+        let mut qemu = self.board.qemu();
+        qemu.args(["-smp", "2", "-m", "1024", "-nodefaults", "-no-user-config"])
+            .args(["-display", "none", "-no-reboot"])
+            .arg("-chardev")
+            .arg(format!(
+                "file,id=s0,path={},append=on",
+                self.serial.display()
+            ))
+            .args(["-serial", "chardev:s0"])
+            .arg("-kernel")
+            .arg(&kernel)
+            .arg("-initrd")
+            .arg(&initrd)
+            .arg("-append")
+            .arg(&append)
+            .arg("-drive")
+            .arg(format!(
+                "file={},format=raw,if=none,id=card,cache=writeback",
+                self.image.display()
+            ))
+            .args(["-device", "virtio-blk-pci,drive=card"])
+            .args(["-netdev", &netdev])
+            .args(["-device", "virtio-net-pci,netdev=n0"])
+            // A hardware RNG, as a Pi has: the agent makes its key early in boot.
+            .args(["-device", "virtio-rng-pci"]);
+        let mut cmd = match &self.netns {
+            Some(ns) => {
+                let mut c = Command::new("nsenter");
+                c.arg(format!("--net=/run/netns/{ns}"))
+                    .arg("--")
+                    .arg(qemu.get_program())
+                    .args(qemu.get_args());
+                c
+            }
+            None => qemu,
+        };
+        self.boots += 1;
+        let log = self.dir.join(format!("qemu-{}.log", self.boots));
+        mark_boot(&self.serial, self.boots, &append)?;
+        self.boot_from = fs::metadata(&self.serial).map(|m| m.len()).unwrap_or(0);
+        self.powered_on = Some(Instant::now());
+        self.proc = Some(Proc::spawn("qemu", &mut cmd, log)?);
+        Ok(())
+    }
+
+    /// The serial console since this boot's power-on.
+    pub fn console(&self) -> String {
+        let all = fs::read(&self.serial).unwrap_or_default();
+        let from = (self.boot_from as usize).min(all.len());
+        String::from_utf8_lossy(&all[from..]).into_owned()
+    }
+
+    /// The whole serial log, every boot.
+    pub fn serial_log(&self) -> String {
+        String::from_utf8_lossy(&fs::read(&self.serial).unwrap_or_default()).into_owned()
+    }
+
+    pub fn serial_path(&self) -> &Path {
+        &self.serial
+    }
+
+    /// Waits until this boot's console shows `needle`; returns the time since power-on.
+    /// Fails at once if QEMU ends first.
+    pub fn wait_console(&mut self, needle: &str, timeout: Duration) -> Result<Duration> {
+        let start = Instant::now();
+        loop {
+            if self.console().contains(needle) {
+                return Ok(self.since_power_on());
+            }
+            if !self.is_on() {
+                bail!(
+                    "QEMU ended before {needle:?} showed on the console: {}",
+                    self.qemu_log()
+                );
+            }
+            if start.elapsed() > timeout {
+                bail!("{needle:?} did not show on the console within {timeout:?}");
+            }
+            std::thread::sleep(Duration::from_millis(300));
+        }
+    }
+
+    /// Waits for QEMU to end by itself (the guest rebooted or powered off).
+    pub fn wait_off(&mut self, timeout: Duration) -> Result<Duration> {
+        wait_for("the board to reboot or power off", timeout, || {
+            Ok((!self.is_on()).then_some(()))
+        })?;
+        self.proc.take();
+        Ok(self.since_power_on())
+    }
+
+    /// Pulls the plug: SIGKILL to QEMU, no shutdown of any kind in the guest.
+    pub fn power_cut(&mut self) {
+        if let Some(mut p) = self.proc.take() {
+            p.kill();
+        }
+    }
+
+    pub fn is_on(&mut self) -> bool {
+        self.proc.as_mut().is_some_and(Proc::is_running)
+    }
+
+    pub fn since_power_on(&self) -> Duration {
+        self.powered_on.map(|t| t.elapsed()).unwrap_or_default()
+    }
+
+    /// QEMU's own output (its errors), for a failure message.
+    pub fn qemu_log(&self) -> String {
+        fs::read_to_string(self.dir.join(format!("qemu-{}.log", self.boots))).unwrap_or_default()
+    }
+
+    /// The last `n` lines of the serial log, for a failure message.
+    pub fn tail(&self, n: usize) -> String {
+        let log = self.serial_log();
+        let lines: Vec<&str> = log.lines().collect();
+        lines[lines.len().saturating_sub(n)..].join("\n")
+    }
+}
+
+/// A line in the serial log between boots, so a reader of the log sees where each starts.
+fn mark_boot(serial: &Path, boot: u32, append: &str) -> Result<()> {
+    use std::io::Write as _;
+    let mut f = fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(serial)?;
+    writeln!(f, "\n===== power-on {boot}: cmdline: {append} =====")?;
+    Ok(())
+}
+
+impl Drop for Vm {
+    fn drop(&mut self) {
+        self.power_cut();
+    }
+}

@@ -6,6 +6,18 @@ set -euo pipefail
 need_root() { [ "$(id -u)" = 0 ] || { echo "install-deps: run as root" >&2; exit 1; }; }
 need_root
 
+# Installs the named packages that are not installed yet (one apt-get update, only if needed).
+install_missing() {
+  local missing=() p
+  for p in "$@"; do
+    dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+  done
+  [ "${#missing[@]}" -gt 0 ] || return 0
+  echo "install-deps: installing ${missing[*]}"
+  apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+}
+
 # Debian packages, by what needs them:
 #   iproute2 iptables          pod networking (bridge, veth, netns, NAT)
 #   libseccomp-dev             libcontainer's seccomp feature links -lseccomp
@@ -22,15 +34,7 @@ PKGS=(iproute2 iptables libseccomp-dev docker-registry mosquitto mosquitto-clien
       busybox-static gcc-aarch64-linux-gnu qemu-user-static curl python3 pkg-config
       linux-libc-dev-arm64-cross apache2-utils openssl gperf make python3-pip)
 
-missing=()
-for p in "${PKGS[@]}"; do
-  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
-done
-if [ "${#missing[@]}" -gt 0 ]; then
-  echo "install-deps: installing ${missing[*]}"
-  apt-get update -qq
-  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
-fi
+install_missing "${PKGS[@]}"
 
 # Debian starts these daemons on install; the tests start their own instances on
 # loopback or inside their own namespaces, so the system-wide ones must not hold ports.
@@ -67,15 +71,7 @@ fi
 # (dosfstools) and mtools. --no-install-recommends: cloud-init's recommends are not needed to
 # validate a file, and no cloud-init service runs here (no systemd).
 FLASH_PKGS=(cloud-init fdisk dosfstools mtools)
-missing=()
-for p in "${FLASH_PKGS[@]}"; do
-  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
-done
-if [ "${#missing[@]}" -gt 0 ]; then
-  echo "install-deps: installing ${missing[*]}"
-  apt-get update -qq
-  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
-fi
+install_missing "${FLASH_PKGS[@]}"
 
 # The emulated ARM devices (images/device/build.sh, tests/tests/device_*.rs): QEMU's ARM
 # system emulators and the NIC boot ROM virtio-net-pci loads (ipxe-qemu); mmdebstrap builds
@@ -85,14 +81,6 @@ fi
 # the boot partition, without loop mounts.
 DEVICE_PKGS=(qemu-system-arm ipxe-qemu mmdebstrap arch-test binfmt-support e2fsprogs dosfstools
              mtools fdisk)
-missing=()
-for p in "${DEVICE_PKGS[@]}"; do
-  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
-done
-if [ "${#missing[@]}" -gt 0 ]; then
-  echo "install-deps: installing ${missing[*]}"
-  apt-get update -qq
-  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
-fi
+install_missing "${DEVICE_PKGS[@]}"
 
 echo "install-deps: ok"

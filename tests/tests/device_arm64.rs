@@ -24,7 +24,7 @@ use baton_e2e::vm::Board;
 
 #[test]
 fn a_flashed_arm64_card_boots_joins_runs_containers_and_survives_a_power_cut() -> Result<()> {
-    if skipped("device_arm64") {
+    if skipped("device_arm64", "arm64") {
         return Ok(());
     }
     scenario(Device {

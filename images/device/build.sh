@@ -4,8 +4,8 @@
 #
 #   images/device/build.sh arm64|armhf     # prints the image's path on its last line
 #
-# arm64 is what tests/tests/device_arm64.rs boots. armhf (Debian's armmp-lpae kernel, for
-# qemu-system-arm -M virt -cpu cortex-a15) is written but not yet built or booted.
+# arm64 is what tests/tests/device_arm64.rs boots, armhf (Debian's armmp-lpae kernel, for
+# qemu-system-arm -M virt -cpu cortex-a15 with 1 GiB) what tests/tests/device_armhf.rs does.
 #
 # The card is laid out like Raspberry Pi OS Bookworm's: an MBR with a FAT32 boot partition
 # (mounted at /boot/firmware) holding the kernel, the initramfs, config.txt and cmdline.txt,

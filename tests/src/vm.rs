@@ -60,6 +60,8 @@ impl Board {
             }
             Board::Armhf => {
                 let mut c = Command::new("qemu-system-arm");
+                // Debian's armmp-lpae kernel (LPAE: the 1 GiB from 0x40000000 is usable,
+                // 240 MiB of it as highmem). highmem=off keeps the PCI windows below 4 GiB.
                 c.args(["-M", "virt,highmem=off", "-cpu", "cortex-a15"]);
                 c
             }

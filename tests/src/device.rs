@@ -245,14 +245,10 @@ fn run(lab: &mut Lab, vm: &mut Vm, fig: &mut Figures, dev: Device) -> Result<()>
         "{node} shows ARCH {} (want {arch}): {row:?}",
         row[2]
     );
-    let coordinator_log = lab
-        .coordinator
-        .as_ref()
-        .map(|p| p.log())
-        .unwrap_or_default();
+    let log = coordinator_log(lab);
     ensure!(
-        coordinator_log.matches("node enrolled").count() == 1,
-        "the device did not enroll exactly once:\n{coordinator_log}"
+        log.matches("node enrolled").count() == 1,
+        "the device did not enroll exactly once:\n{log}"
     );
 
     // Containers on the ARM kernel: a Deployment with a hostPort, a pod that outgrows its
@@ -342,11 +338,7 @@ fn run(lab: &mut Lab, vm: &mut Vm, fig: &mut Figures, dev: Device) -> Result<()>
         Ok(web_pod(lab)?.filter(is_running).map(|_| ()))
     })?;
     fig.back_ready = t.elapsed();
-    let log = lab
-        .coordinator
-        .as_ref()
-        .map(|p| p.log())
-        .unwrap_or_default();
+    let log = coordinator_log(lab);
     ensure!(
         !log.contains("node enrolled") && !log.contains("enrollment retried"),
         "the device enrolled again after the power cut:\n{log}"
@@ -462,4 +454,12 @@ spec:
     command: [sh, -c, "grep -q '^Seccomp:[[:space:]]*2' /proc/self/status || exit 3; out=$(unshare -U -r true 2>&1) && exit 4; case $out in *'Operation not permitted'*) exit 0;; esac; echo $out; exit 5"]
 "#
     )
+}
+
+/// What the lab's coordinator has logged so far (empty when it is not running).
+fn coordinator_log(lab: &Lab) -> String {
+    lab.coordinator
+        .as_ref()
+        .map(|p| p.log())
+        .unwrap_or_default()
 }

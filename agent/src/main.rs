@@ -541,9 +541,10 @@ fn main() -> Result<()> {
     let (args, reset, rotate) = match cli.command {
         Some(Command::Reset(args)) => (*args, true, false),
         Some(Command::Rotate(args)) => (*args, false, true),
-        Some(Command::Install(mut args)) => {
+        Some(Command::Install(args)) => {
+            // Not made absolute here: install refuses a relative --data-dir, since the unit
+            // it writes runs from / (install/files.rs).
             init_logging(&args.run.log_format);
-            absolute_dirs(&mut args.run)?;
             let sub = matches.subcommand_matches("install").context("install")?;
             return install(*args, sub);
         }

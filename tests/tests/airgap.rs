@@ -234,8 +234,9 @@ fn airgapped(lab: &mut Lab) -> Result<()> {
             && stdout.contains("image/baton/http-echo:2 imported"),
         "import output: {stdout}"
     );
+    // The index's every platform: images/build.sh makes amd64, arm64 and arm/v7.
     ensure!(
-        stdout.contains("linux/amd64,linux/arm64"),
+        stdout.contains("linux/amd64,linux/arm/v7,linux/arm64/v8"),
         "platforms: {stdout}"
     );
     eprintln!(

@@ -19,7 +19,7 @@ use crate::vm::{self, Board, Vm};
 use crate::{items, repo_root, wait_for, Broker, Lab};
 
 /// The guest's hostPort, and the hub-loopback port QEMU forwards to it.
-const HOST_PORT: u16 = 18080;
+pub const HOST_PORT: u16 = 18080;
 const FORWARDED: u16 = 28080;
 
 /// Deadlines, with room for a loaded 2-core machine under TCG (measured there: boot to
@@ -53,15 +53,21 @@ pub fn cross_dir() -> PathBuf {
 
 /// The cross-built agent for `triple`, or a failure naming how to build it.
 pub fn require_agent(triple: &str) -> Result<PathBuf> {
-    let agent = cross_dir().join(triple).join("baton-agent");
+    require_cross(triple, "baton-agent")
+}
+
+/// The cross-built binary `name` (`baton-agent` or `baton`) for `triple`, or a failure
+/// naming how to build it.
+pub fn require_cross(triple: &str, name: &str) -> Result<PathBuf> {
+    let path = cross_dir().join(triple).join(name);
     ensure!(
-        agent.is_file(),
-        "{} is missing: build the ARM agents first (cross/, which writes target/cross/<triple>/\
-         baton-agent), or point BATON_CROSS_DIR at a folder holding {triple}/baton-agent; \
-         BATON_E2E_SKIP_DEVICES=1 skips the emulated-device tests",
-        agent.display()
+        path.is_file(),
+        "{} is missing: build the ARM binaries first (cross/build.sh {triple}, which writes \
+         target/cross/<triple>/{name}), or point BATON_CROSS_DIR at a folder holding \
+         {triple}/{name}; BATON_E2E_SKIP_DEVICES=1 skips the emulated-device tests",
+        path.display()
     );
-    Ok(agent)
+    Ok(path)
 }
 
 /// What the scenario measured.
@@ -359,13 +365,14 @@ fn node_row(lab: &Lab, node: &str) -> Result<Option<Vec<String>>> {
 }
 
 /// The node's `lastHeartbeat` as the coordinator has it.
-fn heartbeat(lab: &Lab, node: &str) -> Result<String> {
+pub fn heartbeat(lab: &Lab, node: &str) -> Result<String> {
     Ok(text(
         &lab.get_json(&["get", "node", node])?["status"]["lastHeartbeat"],
     ))
 }
 
-fn web_pod(lab: &Lab) -> Result<Option<Value>> {
+/// The pod of [`web_deployment`], if there is one.
+pub fn web_pod(lab: &Lab) -> Result<Option<Value>> {
     Ok(items(&lab.get_json(&["get", "pods"])?)
         .into_iter()
         .find(|p| text(&p["metadata"]["name"]).starts_with("web-")))
@@ -405,11 +412,8 @@ spec:
     )
 }
 
-/// The workloads: `web` (http-echo, hostPort), `hog` (32Mi, allocates 100M: OOMKilled) and
-/// `seccomp-probe`, which exits 0 only if its process is filtered (`Seccomp: 2`) and
-/// `unshare -U` (CLONE_NEWUSER, denied by RuntimeDefault) fails with EPERM; 3, 4 and 5
-/// say which part failed.
-fn manifest(registry: &str) -> String {
+/// `web`: one http-echo pod (the multi-arch image) answering on [`HOST_PORT`].
+pub fn web_deployment(registry: &str) -> String {
     format!(
         r#"apiVersion: apps/v1
 kind: Deployment
@@ -430,7 +434,18 @@ spec:
         - {{containerPort: 8080, hostPort: {HOST_PORT}}}
         resources:
           limits: {{memory: 64Mi}}
----
+"#
+    )
+}
+
+/// The workloads: [`web_deployment`], `hog` (32Mi, allocates 100M: OOMKilled) and
+/// `seccomp-probe`, which exits 0 only if its process is filtered (`Seccomp: 2`) and
+/// `unshare -U` (CLONE_NEWUSER, denied by RuntimeDefault) fails with EPERM; 3, 4 and 5
+/// say which part failed.
+fn manifest(registry: &str) -> String {
+    web_deployment(registry)
+        + &format!(
+            r#"---
 apiVersion: v1
 kind: Pod
 metadata: {{name: hog}}
@@ -453,7 +468,7 @@ spec:
     image: {registry}/baton/busybox:1
     command: [sh, -c, "grep -q '^Seccomp:[[:space:]]*2' /proc/self/status || exit 3; out=$(unshare -U -r true 2>&1) && exit 4; case $out in *'Operation not permitted'*) exit 0;; esac; echo $out; exit 5"]
 "#
-    )
+        )
 }
 
 /// What the lab's coordinator has logged so far (empty when it is not running).

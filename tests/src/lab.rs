@@ -51,6 +51,18 @@ pub struct Lab {
     /// Agents started from now on get `--data-dir agentN`, relative to the lab directory
     /// they are started in, as a user typing a short path would.
     pub relative_data_dirs: bool,
+    /// A coordinator that is not this lab's process (see [`Remote`]).
+    pub remote: Option<Remote>,
+}
+
+/// Where a coordinator runs that the lab did not start (one on an emulated board,
+/// tests/src/device_coordinator.rs): the CLI ([`Lab::baton`]) and agents started from now on
+/// use these addresses, and the CLI config at [`Lab::admin_conf`] is the test's to write.
+pub struct Remote {
+    /// The API as the hub reaches it (`https://...`).
+    pub api: String,
+    /// The broker as the agents reach it (`mqtts://...`).
+    pub mqtt: String,
 }
 
 /// The certificates of an mTLS lab (see [`Lab::start_mtls`]), under `<lab dir>/pki`.
@@ -85,6 +97,9 @@ impl Lab {
     }
 
     pub fn mqtt_url(&self) -> String {
+        if let Some(r) = &self.remote {
+            return r.mqtt.clone();
+        }
         match self.mtls {
             Some(_) => format!("mqtts://{}:8883", self.hub_ip()),
             None => format!("mqtt://{}:1883", self.hub_ip()),
@@ -215,6 +230,7 @@ impl Lab {
             mtls: None,
             agent_args: Vec::new(),
             relative_data_dirs: false,
+            remote: None,
         };
         for i in 1..=agents {
             let name = format!("{id}-n{i}");
@@ -265,7 +281,9 @@ impl Lab {
         }
     }
 
-    fn start_registry(&self) -> Result<()> {
+    /// Starts the hub's OCI registry and pushes the example images to it (every lab but a
+    /// bare one does at start).
+    pub fn start_registry(&self) -> Result<()> {
         let root = repo_root();
         sh(self
             .hub
@@ -477,6 +495,14 @@ impl Lab {
         self.dir.path().join("coordinator").join("admin.conf")
     }
 
+    /// The coordinator's API as the CLI in the hub reaches it.
+    pub fn api_url(&self) -> String {
+        match &self.remote {
+            Some(r) => r.api.clone(),
+            None => "http://127.0.0.1:7474".to_owned(),
+        }
+    }
+
     /// Runs the `baton` CLI in the hub namespace against the coordinator, as admin.
     pub fn baton(&self, args: &[&str]) -> Result<Output> {
         sh(self
@@ -485,7 +511,7 @@ impl Lab {
             .args(args)
             .env("BATON_CONFIG", self.admin_conf())
             .env_remove("BATON_TOKEN")
-            .env("BATON_SERVER", "http://127.0.0.1:7474"))
+            .env("BATON_SERVER", self.api_url()))
     }
 
     /// The CLI's result without failing on a non-zero exit.
@@ -494,7 +520,7 @@ impl Lab {
         cmd.args(args)
             .env("BATON_CONFIG", self.admin_conf())
             .env_remove("BATON_TOKEN")
-            .env("BATON_SERVER", "http://127.0.0.1:7474");
+            .env("BATON_SERVER", self.api_url());
         if let Some(input) = stdin {
             use std::io::Write;
             let mut child = cmd

@@ -15,6 +15,7 @@ use anyhow::{bail, Context, Result};
 
 pub mod certs;
 pub mod device;
+pub mod device_coordinator;
 pub mod fleet;
 mod lab;
 pub mod proxy;

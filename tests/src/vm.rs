@@ -89,12 +89,54 @@ pub fn copy_image(from: &Path, to: &Path) -> Result<()> {
 
 /// The byte offset of the first MBR partition of `image` (the boot partition).
 pub fn boot_offset(image: &Path) -> Result<u64> {
+    partition_offset(image, 0)
+}
+
+/// The byte offset of MBR partition `index` (0-3) of `image`.
+fn partition_offset(image: &Path, index: usize) -> Result<u64> {
     let mut mbr = [0u8; 512];
     fs::File::open(image)?.read_exact(&mut mbr)?;
     ensure!(mbr[510..512] == [0x55, 0xaa], "{}: no MBR", image.display());
-    let lba = u32::from_le_bytes(mbr[454..458].try_into()?);
-    ensure!(lba > 0, "{}: no first partition", image.display());
+    let entry = 446 + 16 * index;
+    let lba = u32::from_le_bytes(mbr[entry + 8..entry + 12].try_into()?);
+    ensure!(lba > 0, "{}: no partition {}", image.display(), index + 1);
     Ok(u64::from(lba) * 512)
+}
+
+/// Runs `commands` (debugfs requests: `mkdir`, `write HOST_FILE PATH`, `symlink LINK
+/// TARGET`, ...) read-write on the card's ext4 root partition, which must not be in use:
+/// files go into the root without a loop mount, as mkfs.ext4 -d made it. debugfs reports a
+/// failed request only on stderr, so any line there fails.
+pub fn edit_root(image: &Path, commands: &[String]) -> Result<()> {
+    use std::io::Write as _;
+    let off = partition_offset(image, 1)?;
+    let mut child = Command::new("debugfs")
+        .arg("-w")
+        .arg(format!("{}?offset={off}", image.display()))
+        .args(["-f", "-"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .context("debugfs (e2fsprogs)")?;
+    child
+        .stdin
+        .take()
+        .context("debugfs stdin")?
+        .write_all((commands.join("\n") + "\n").as_bytes())?;
+    let out = child.wait_with_output()?;
+    let err = String::from_utf8_lossy(&out.stderr);
+    let errors: Vec<&str> = err
+        .lines()
+        .filter(|l| !l.starts_with("debugfs ") && !l.trim().is_empty())
+        .collect();
+    ensure!(
+        out.status.success() && errors.is_empty(),
+        "debugfs on {}: {}",
+        image.display(),
+        errors.join("; ")
+    );
+    Ok(())
 }
 
 /// A file of the image's boot partition, read with mtools.
@@ -126,8 +168,8 @@ pub struct Vm {
     pub image: PathBuf,
     dir: PathBuf,
     netns: Option<String>,
-    /// (host port on the namespace's 127.0.0.1, guest port).
-    hostfwd: Vec<(u16, u16)>,
+    /// (host address in the namespace, its port, guest port).
+    hostfwd: Vec<(String, u16, u16)>,
     proc: Option<Proc>,
     serial: PathBuf,
     /// Where the current boot's part of the serial log starts.
@@ -158,7 +200,13 @@ impl Vm {
 
     /// Forwards `host` on the namespace's 127.0.0.1 to the guest's `guest` (TCP).
     pub fn forward(&mut self, host: u16, guest: u16) {
-        self.hostfwd.push((host, guest));
+        self.forward_on("127.0.0.1", host, guest);
+    }
+
+    /// Forwards `addr:host` of the namespace (e.g. its bridge address, where other
+    /// namespaces reach it) to the guest's `guest` (TCP).
+    pub fn forward_on(&mut self, addr: &str, host: u16, guest: u16) {
+        self.hostfwd.push((addr.to_owned(), host, guest));
     }
 
     /// Powers the board on: the firmware's part (kernel, initramfs, cmdline.txt from the
@@ -176,8 +224,8 @@ impl Vm {
         ensure!(!append.is_empty(), "cmdline.txt is empty");
 
         let mut netdev = String::from("user,id=n0");
-        for (h, g) in &self.hostfwd {
-            netdev.push_str(&format!(",hostfwd=tcp:127.0.0.1:{h}-:{g}"));
+        for (a, h, g) in &self.hostfwd {
+            netdev.push_str(&format!(",hostfwd=tcp:{a}:{h}-:{g}"));
         }
         let mut qemu = self.board.qemu();
         qemu.args(["-smp", "2", "-m", "1024", "-nodefaults", "-no-user-config"])

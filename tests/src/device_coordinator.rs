@@ -36,8 +36,9 @@ const MQTT_PORT: u16 = 8883;
 /// The Pi's address in docs/devices.md's files, replaced by the hub's.
 const DOC_ADDRESS: &str = "10.0.0.5";
 const SECTION: &str = "## A Pi as the coordinator";
-/// The first word of the hand-off unit's console line.
-const HANDOFF: &str = "baton-handoff";
+/// The start of the hand-off unit's console line (anywhere in a line: the console may not
+/// be at a line's start when it comes).
+const HANDOFF: &str = "baton-handoff arch=";
 
 /// Deadlines, with room for a loaded 2-core machine under TCG (the agent scenario measured
 /// boot to userspace 13-60 s there).
@@ -238,7 +239,7 @@ fn wait_handoff(vm: &mut Vm) -> Result<Handoff> {
         let console = vm.console();
         let Some(line) = console
             .split_inclusive('\n')
-            .find(|l| l.starts_with(HANDOFF) && l.ends_with('\n'))
+            .find(|l| l.contains(HANDOFF) && l.ends_with('\n'))
         else {
             return Ok(None);
         };

@@ -130,18 +130,11 @@ pub fn scenario(dev: Device) -> Result<Figures> {
         None => &[],
     };
     lab.restart_coordinator_enrolling(extra)?;
-    let card = lab.dir.path().join("card.img");
-    vm::copy_image(&base, &card)?;
-    let mut vm = Vm::new(board, &card, &lab.dir.path().join("vm"), Some(&lab.hub))?;
+    let mut vm = lab_board(&lab, board, &base)?;
     vm.forward(FORWARDED, HOST_PORT);
     let r = run(&mut lab, &mut vm, &mut fig, dev);
     if r.is_err() {
-        lab.dump_logs();
-        eprintln!(
-            "----- last lines of the serial console ({}) -----\n{}",
-            vm.serial_path().display(),
-            vm.tail(150)
-        );
+        post_mortem(&lab, &vm);
     }
     fig.total = started.elapsed();
     println!(
@@ -162,6 +155,23 @@ pub fn scenario(dev: Device) -> Result<Figures> {
     );
     r?;
     Ok(fig)
+}
+
+/// A `board` for `lab`: a copy of the card `base` in the lab's directory, QEMU in its hub.
+pub fn lab_board(lab: &Lab, board: Board, base: &std::path::Path) -> Result<Vm> {
+    let card = lab.dir.path().join("card.img");
+    vm::copy_image(base, &card)?;
+    Vm::new(board, &card, &lab.dir.path().join("vm"), Some(&lab.hub))
+}
+
+/// What a failed scenario leaves to read: the lab's logs and the console's last lines.
+pub fn post_mortem(lab: &Lab, vm: &Vm) {
+    lab.dump_logs();
+    eprintln!(
+        "----- last lines of the serial console ({}) -----\n{}",
+        vm.serial_path().display(),
+        vm.tail(150)
+    );
 }
 
 fn run(lab: &mut Lab, vm: &mut Vm, fig: &mut Figures, dev: Device) -> Result<()> {
@@ -380,11 +390,16 @@ pub fn web_pod(lab: &Lab) -> Result<Option<Value>> {
 
 /// GET `path` from the device's hostPort, through QEMU's forward on the hub's loopback.
 fn http_get(lab: &Lab, path: &str) -> Option<String> {
+    hub_get(lab, &format!("http://127.0.0.1:{FORWARDED}{path}"))
+}
+
+/// GET `url` from the hub (5 s at most): the body, if it answered 2xx.
+pub fn hub_get(lab: &Lab, url: &str) -> Option<String> {
     let out = lab
         .hub
         .cmd("curl")
         .args(["-fsS", "--max-time", "5"])
-        .arg(format!("http://127.0.0.1:{FORWARDED}{path}"))
+        .arg(url)
         .output()
         .ok()?;
     out.status

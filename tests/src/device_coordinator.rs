@@ -23,7 +23,9 @@ use std::time::{Duration, Instant};
 use anyhow::{ensure, Context, Result};
 use base64::Engine as _;
 
-use crate::device::{heartbeat, require_cross, web_deployment, web_pod, HOST_PORT};
+use crate::device::{
+    heartbeat, hub_get, lab_board, post_mortem, require_cross, web_deployment, web_pod, HOST_PORT,
+};
 use crate::fleet::{is_running, node_of, text};
 use crate::vm::{self, Board, Vm};
 use crate::{repo_root, wait_for, Lab, Remote};
@@ -82,24 +84,12 @@ pub fn scenario() -> Result<Figures> {
         api: format!("https://{hub}:{API_PORT}"),
         mqtt: format!("mqtts://{hub}:{MQTT_PORT}"),
     });
-    let card = lab.dir.path().join("card.img");
-    vm::copy_image(&base, &card)?;
-    let mut vm = Vm::new(
-        Board::Arm64,
-        &card,
-        &lab.dir.path().join("vm"),
-        Some(&lab.hub),
-    )?;
+    let mut vm = lab_board(&lab, Board::Arm64, &base)?;
     vm.forward_on(&hub, API_PORT, API_PORT);
     vm.forward_on(&hub, MQTT_PORT, MQTT_PORT);
     let r = run(&mut lab, &mut vm, &mut fig, &baton);
     if r.is_err() {
-        lab.dump_logs();
-        eprintln!(
-            "----- last lines of the serial console ({}) -----\n{}",
-            vm.serial_path().display(),
-            vm.tail(150)
-        );
+        post_mortem(&lab, &vm);
     }
     fig.total = started.elapsed();
     println!(
@@ -325,15 +315,8 @@ fn fingerprint(lab: &Lab, node: &str) -> Result<String> {
 
 /// The http-echo info page at the agent's hostPort, from the hub.
 fn host_port(lab: &Lab, addr: &str) -> Option<String> {
-    let out = lab
-        .hub
-        .cmd("curl")
-        .args(["-fsS", "--max-time", "5"])
-        .arg(format!("http://{addr}:{HOST_PORT}/cgi-bin/info"))
-        .output()
-        .ok()?;
-    let body = String::from_utf8_lossy(&out.stdout).into_owned();
-    (out.status.success() && body.contains("version=1")).then_some(body)
+    hub_get(lab, &format!("http://{addr}:{HOST_PORT}/cgi-bin/info"))
+        .filter(|b| b.contains("version=1"))
 }
 
 /// Writes the coordinator onto the card's root, as docs/devices.md says: the section's

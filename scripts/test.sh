@@ -15,7 +15,8 @@ space() { echo "== $(date +%T) disk: $(df -h --output=avail . | tail -1 | tr -d 
 
 # Emulated Pis (tests/tests/device_*.rs) boot SD card images built by mmdebstrap, mostly
 # downloads and foreign maintainer scripts under qemu-user: built in the background while the
-# host compiles, cached by their inputs (images/.cache/device).
+# host compiles, cached by their inputs (images/.cache/device). A test that asks for a card
+# still being built waits for it (build.sh takes a lock per arch).
 skip_devices=${BATON_E2E_SKIP_DEVICES:-0}
 boards=()
 for b in arm64 armhf; do
@@ -77,10 +78,10 @@ echo "== tests"
 # board needs the 32-bit agents: it runs after them, in a second pass.
 export BATON_E2E_SKIP_DEVICES=$skip_devices
 failed=0
-await "$cards_pid" target/ci-logs/device-images.log "device card images" || failed=1
 nt=(cargo nextest run --workspace --locked --no-fail-fast --test-threads "${BATON_TEST_THREADS:-4}")
 "${nt[@]}" -E 'not binary(device_armhf)' || failed=1
 space
+await "$cards_pid" target/ci-logs/device-images.log "device card images" || failed=1
 await "$cross_pid" target/ci-logs/cross-32bit.log "32-bit ARM cross builds" || failed=1
 [ -z "$cross_pid" ] || tail -n 6 target/ci-logs/cross-32bit.log
 tests/bench/sizes.sh || failed=1

@@ -5,6 +5,8 @@ use std::collections::BTreeMap;
 
 use baton_proto::{BString, BVec, Body, Heartbeat, Hello, Label, NodeStatus, PodStatus};
 
+use tracing::{info, warn};
+
 use super::pods::Ctr;
 use super::{Agent, Publish};
 use crate::image::Platform;
@@ -74,16 +76,58 @@ impl Agent {
     }
 
     /// The heartbeat: the Hello again while no desired state has come since the last
-    /// connect, then the applied generation and the status digest.
-    pub(super) fn heartbeat(&self, bus: &dyn Publish) {
+    /// connect, then the applied generation, the status digest, the conditions under
+    /// pressure (measured now) and why the last desired state was not applied, if it was not.
+    pub(super) fn heartbeat(&mut self, bus: &dyn Publish) {
+        self.measure_pressure();
         if self.hello_pending {
             let _ = bus.publish(self.hello());
         }
         let status = self.status();
+        let pressure = self
+            .pressure
+            .iter()
+            .map(|p| baton_proto::Pressure {
+                kind: p.kind,
+                message: bounded(&p.message),
+            })
+            .collect();
         let _ = bus.publish(Body::Heartbeat(Heartbeat {
             applied_generation: self.desired.generation,
             status_digest: status.digest(),
+            pressure: BVec::from_vec(pressure).unwrap_or_default(),
+            apply_error: self.apply_error.as_deref().map(bounded),
         }));
+    }
+
+    /// Measures the node's signals against `--eviction-hard`, logs changes of condition, and
+    /// makes the disk reserve again once the data disk is out of pressure.
+    fn measure_pressure(&mut self) {
+        let observed = crate::pressure::measure::observe(&crate::pressure::measure::Paths {
+            data_dir: self.cfg.data_dir.clone(),
+            image_dir: self.cfg.data_dir.join("images"),
+        });
+        let now = crate::pressure::pressures(&self.cfg.eviction_hard, &observed);
+        let kinds = |p: &[crate::pressure::Pressure]| p.iter().map(|p| p.kind).collect::<Vec<_>>();
+        if kinds(&now) != kinds(&self.pressure) {
+            if now.is_empty() {
+                info!("no node pressure any more");
+            } else {
+                for p in &now {
+                    warn!(condition = ?p.kind, measured = %p.message, "node under pressure");
+                }
+            }
+        }
+        self.pressure = now;
+        let disk_ok = !self
+            .pressure
+            .iter()
+            .any(|p| p.kind == baton_proto::PressureKind::Disk);
+        if disk_ok && !self.reserve.is_held() {
+            if let Err(e) = self.reserve.refill() {
+                warn!(error = %e, "cannot make the disk reserve yet");
+            }
+        }
     }
 
     /// Sends the full status if it changed since the last one that went out.
@@ -124,4 +168,13 @@ impl Agent {
             })
             .collect()
     }
+}
+
+/// `s` cut to fit a bounded wire string, at a character boundary.
+fn bounded<const N: usize>(s: &str) -> BString<N> {
+    let mut end = s.len().min(N);
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    BString::new(&s[..end]).unwrap_or_default()
 }

@@ -601,4 +601,13 @@ impl Runtime for YoukiRuntime {
         ids.sort();
         Ok(ids)
     }
+
+    fn remove_cgroup_tree(&self, rel: &Path) -> Vec<PathBuf> {
+        let rel = rel.strip_prefix("/").unwrap_or(rel);
+        self.layout
+            .dirs(rel)
+            .iter()
+            .flat_map(|d| cgroup::remove_cgroup_tree(d))
+            .collect()
+    }
 }

@@ -112,3 +112,56 @@ pub(super) fn remove_empty_cgroup(dir: &Path) -> bool {
     }
     false
 }
+
+/// Removes `dir` and the cgroups below it, deepest first; returns those that could not be
+/// removed (a process still in them). A missing `dir` is already gone.
+pub(super) fn remove_cgroup_tree(dir: &Path) -> Vec<PathBuf> {
+    let mut left = Vec::new();
+    let children = fs::read_dir(dir)
+        .map(|rd| {
+            rd.flatten()
+                .filter(|e| e.file_type().is_ok_and(|t| t.is_dir()))
+                .map(|e| e.path())
+                .collect::<Vec<_>>()
+        })
+        .unwrap_or_default();
+    for child in children {
+        left.extend(remove_cgroup_tree(&child));
+    }
+    if left.is_empty() && !remove_empty_cgroup(dir) {
+        left.push(dir.to_path_buf());
+    }
+    left
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// On the host's real cgroups (the agent's tests run as root): a nested tree under every
+    /// hierarchy goes whole, the directory of the tree itself included.
+    #[test]
+    fn a_cgroup_tree_is_removed_under_every_hierarchy() {
+        let layout = CgroupLayout::detect();
+        let rel = PathBuf::from(format!("baton-test-tree-{}", std::process::id()));
+        let dirs = layout.dirs(&rel);
+        assert!(!dirs.is_empty());
+        for d in &dirs {
+            fs::create_dir_all(d.join("pod/ctr")).unwrap();
+            fs::create_dir_all(d.join("other")).unwrap();
+        }
+        for d in &dirs {
+            assert_eq!(
+                remove_cgroup_tree(d),
+                Vec::<PathBuf>::new(),
+                "{}",
+                d.display()
+            );
+            assert!(!d.exists(), "{} left", d.display());
+        }
+        assert!(
+            remove_cgroup_tree(&dirs[0]).is_empty(),
+            "a missing tree is gone already"
+        );
+    }
+}

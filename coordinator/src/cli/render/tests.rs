@@ -447,6 +447,7 @@ fn describe_and_wide_show_the_last_connect_error_and_enrollment() {
             creation_timestamp: "2026-12-05T11:00:00Z".into(),
             ..Default::default()
         },
+        spec: Default::default(),
         status: api::NodeStatus {
             ready: true,
             ..Default::default()

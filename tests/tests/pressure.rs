@@ -237,6 +237,8 @@ fn full_disk(lab: &mut Lab, data: &Path) -> Result<()> {
         "victim stopped on the full node",
         Duration::from_secs(15),
     )?;
+    // Its directory (rootfs, log) is space given back: gone before the disk is filled again.
+    fleet::wait_cleaned_up(lab, &n1, &uid(&victim), Duration::from_secs(15))?;
 
     // Now without any room, not even the reserve: the scale-down still stops n1's replica,
     // and the node says why its applied generation lags.

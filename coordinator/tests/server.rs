@@ -326,6 +326,7 @@ fn running(d: &DesiredState) -> Result<NodeStatus> {
                         .collect(),
                 )?,
                 init_containers: BVec::new(),
+                evicted: None,
             })
         })
         .collect::<Result<Vec<_>>>()?;

@@ -402,6 +402,9 @@ pub struct PodStatus {
     pub containers: BVec<ContainerStatus, MAX_CONTAINERS_PER_POD>,
     /// One per init container, in order; empty once the pod has none.
     pub init_containers: BVec<ContainerStatus, MAX_CONTAINERS_PER_POD>,
+    /// Set when the agent evicted the pod under node pressure: why, in kubelet's words
+    /// (`The node was low on resource: ephemeral-storage. ...`). Added in v4.
+    pub evicted: Option<BString<256>>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

@@ -130,7 +130,7 @@ fn strings_over_their_bound_are_refused() {
         let mut bytes = vec![PROTO_VERSION as u8, 1, 1, b'n', 0, 0, 2, 0, 1];
         bytes.extend_from_slice(&[(n as u8) | 0x80, (n >> 7) as u8]);
         bytes.extend_from_slice("x".repeat(n).as_bytes());
-        bytes.extend_from_slice(&[1, b'u', 0, 0, 0, 0]);
+        bytes.extend_from_slice(&[1, b'u', 0, 0, 0, 0, 0]);
         bytes
     }
     assert!(BString::<253>::new("x".repeat(254)).is_err());

@@ -71,6 +71,35 @@ fn heartbeat_with_pressure_and_apply_error() {
     );
 }
 
+/// v4: a pod the agent evicted, with kubelet's reason.
+#[test]
+fn status_of_an_evicted_pod() {
+    let env = Envelope::new(
+        Sender::Node(node()),
+        1,
+        Body::Status(NodeStatus {
+            applied_generation: 1,
+            pods: BVec::from_vec(vec![PodStatus {
+                name: s("p"),
+                uid: s("u"),
+                pod_ip: None,
+                containers: BVec::new(),
+                init_containers: BVec::new(),
+                evicted: Some(s("e")),
+            }])
+            .unwrap(),
+        }),
+    );
+    // ... 02 Status | 01 gen | 01 one pod: 01 "p", 01 "u", 00 no ip, 00 and 00 no
+    // containers, 01 Some, 01 "e" | 00 no signature
+    check(
+        env,
+        "0401047069 2d31 01 00 02 01 01 0170 0175 00 00 00 01 0165 00"
+            .replace(' ', "")
+            .as_str(),
+    );
+}
+
 #[test]
 fn offline_and_status_request() {
     check(
@@ -203,13 +232,14 @@ fn status() {
                 ])
                 .unwrap(),
                 init_containers: BVec::new(),
+                evicted: None,
             }])
             .unwrap(),
         }),
     );
     check(
         env,
-        "040104 70692d31 02 00 02 02 01 0170 0175 01 00 0a2a0102 02 0161 04 01 01 00 0162 05 0178 00 01 00 00 00"
+        "040104 70692d31 02 00 02 02 01 0170 0175 01 00 0a2a0102 02 0161 04 01 01 00 0162 05 0178 00 01 00 00 00 00"
             .replace(' ', "")
             .as_str(),
     );
@@ -389,6 +419,7 @@ fn status_v2_fields() {
                 pod_ip: None,
                 containers: BVec::from_vec(vec![ready]).unwrap(),
                 init_containers: BVec::from_vec(vec![init]).unwrap(),
+                evicted: None,
             }])
             .unwrap(),
         }),
@@ -397,7 +428,7 @@ fn status_v2_fields() {
 }
 const STATUS_V2: &str = "040104 70692d31 03 00 02 01 01 0170 0175 00 \
 01 0161 02 e807 02 01 01 9202 094f4f4d4b696c6c6564 8407 \
-01 0169 03 00 00 00 00 00";
+01 0169 03 00 00 00 00 00 00";
 
 #[test]
 fn signing_bytes_bind_the_topic_and_ignore_the_signature() {

@@ -148,6 +148,9 @@ impl Agent {
                 return Ok(());
             }
             self.apply_error = None;
+            // An evicted pod is forgotten once the coordinator has taken it away.
+            self.evicted
+                .retain(|uid, _| d.pods.iter().any(|p| p.uid.as_str() == uid));
             self.secrets.update(&d.secrets);
             self.desired = d;
             self.status_dirty = true;

@@ -16,6 +16,7 @@
 
 mod events;
 mod pods;
+mod pressure;
 mod report;
 mod workers;
 
@@ -142,6 +143,11 @@ struct Agent {
     apply_error: Option<String>,
     /// The conditions under pressure at the last heartbeat.
     pressure: Vec<crate::pressure::Pressure>,
+    /// The reclaim started under the current disk pressure; set once it is done.
+    reclaim: Option<Arc<std::sync::atomic::AtomicBool>>,
+    /// Pods evicted under node pressure, with the reason: stopped, reported `Evicted` and
+    /// not started again while their desired state lists them.
+    evicted: BTreeMap<String, String>,
 }
 
 impl Agent {
@@ -174,6 +180,8 @@ impl Agent {
             ),
             apply_error: None,
             pressure: Vec::new(),
+            reclaim: None,
+            evicted: BTreeMap::new(),
         }
     }
 

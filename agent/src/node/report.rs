@@ -5,8 +5,6 @@ use std::collections::BTreeMap;
 
 use baton_proto::{BString, BVec, Body, Heartbeat, Hello, Label, NodeStatus, PodStatus};
 
-use tracing::{info, warn};
-
 use super::pods::Ctr;
 use super::{Agent, Publish};
 use crate::image::Platform;
@@ -65,8 +63,26 @@ impl Agent {
                     pod_ip: p.pod_ip,
                     containers: BVec::from_vec(of(false)).ok()?,
                     init_containers: BVec::from_vec(of(true)).ok()?,
+                    evicted: self.evicted.get(uid).map(|r| bounded(r)),
                 })
             })
+            // Evicted pods already gone still say so while the desired state lists them.
+            .chain(
+                self.desired
+                    .pods
+                    .iter()
+                    .filter(|p| !self.pods.contains_key(p.uid.as_str()))
+                    .filter_map(|p| {
+                        Some(PodStatus {
+                            name: p.name.clone(),
+                            uid: p.uid.clone(),
+                            pod_ip: None,
+                            containers: BVec::new(),
+                            init_containers: BVec::new(),
+                            evicted: Some(bounded(self.evicted.get(p.uid.as_str())?)),
+                        })
+                    }),
+            )
             .take(baton_proto::MAX_PODS_PER_NODE)
             .collect::<Vec<_>>();
         NodeStatus {
@@ -98,36 +114,6 @@ impl Agent {
             pressure: BVec::from_vec(pressure).unwrap_or_default(),
             apply_error: self.apply_error.as_deref().map(bounded),
         }));
-    }
-
-    /// Measures the node's signals against `--eviction-hard`, logs changes of condition, and
-    /// makes the disk reserve again once the data disk is out of pressure.
-    fn measure_pressure(&mut self) {
-        let observed = crate::pressure::measure::observe(&crate::pressure::measure::Paths {
-            data_dir: self.cfg.data_dir.clone(),
-            image_dir: self.cfg.data_dir.join("images"),
-        });
-        let now = crate::pressure::pressures(&self.cfg.eviction_hard, &observed);
-        let kinds = |p: &[crate::pressure::Pressure]| p.iter().map(|p| p.kind).collect::<Vec<_>>();
-        if kinds(&now) != kinds(&self.pressure) {
-            if now.is_empty() {
-                info!("no node pressure any more");
-            } else {
-                for p in &now {
-                    warn!(condition = ?p.kind, measured = %p.message, "node under pressure");
-                }
-            }
-        }
-        self.pressure = now;
-        let disk_ok = !self
-            .pressure
-            .iter()
-            .any(|p| p.kind == baton_proto::PressureKind::Disk);
-        if disk_ok && !self.reserve.is_held() {
-            if let Err(e) = self.reserve.refill() {
-                warn!(error = %e, "cannot make the disk reserve yet");
-            }
-        }
     }
 
     /// Sends the full status if it changed since the last one that went out.

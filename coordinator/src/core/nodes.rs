@@ -285,7 +285,13 @@ impl Core {
                     }
                     let old = std::mem::replace(&mut pod.status, new);
                     let pod_name = pod.metadata.name.clone();
-                    let transitions = container_transitions(&old, &pod.status);
+                    let mut transitions = container_transitions(&old, &pod.status);
+                    if pod.status.reason.as_deref() == Some("Evicted")
+                        && old.reason.as_deref() != Some("Evicted")
+                    {
+                        let why = pod.status.message.clone().unwrap_or_default();
+                        transitions.push(("Evicted", why));
+                    }
                     self.touch(Tab::Pod, &pod_name);
                     for (reason, msg) in transitions {
                         self.record(format!("pod/{pod_name}"), reason, msg);

@@ -198,6 +198,11 @@ struct RunArgs {
     /// DiskPressure, MemoryPressure or PIDPressure and takes no new pods. Empty: none.
     #[arg(long, env = "BATON_EVICTION_HARD", default_value = baton_agent::pressure::DEFAULT_EVICTION_HARD)]
     eviction_hard: String,
+    /// Under DiskPressure, once unused images and rotated logs are removed, evict pods
+    /// (BestEffort first, then by disk use) until the pressure goes, as kubelet does.
+    /// `false`: only report the pressure and taint the node.
+    #[arg(long, env = "BATON_POD_EVICTION", default_value_t = true, action = clap::ArgAction::Set)]
+    pod_eviction: bool,
     /// Stop every pod when the agent exits. By default pods keep running, so that an agent
     /// upgrade or restart does not disrupt them (the next agent adopts them); `reset` removes
     /// them for good.
@@ -483,6 +488,7 @@ fn config(a: RunArgs, identity: Option<IdentityFile>) -> Result<(AgentConfig, Li
         log_max_bytes: a.log_max_bytes,
         pids_limit: a.pids_limit,
         eviction_hard: baton_agent::pressure::Thresholds::parse(&a.eviction_hard)?,
+        pod_eviction: a.pod_eviction,
         stop_pods_on_exit: a.stop_pods_on_exit,
     };
     Ok((

@@ -124,6 +124,8 @@ fn a_full_data_disk_is_reported_tainted_and_never_blocks_deletions() -> Result<(
     let data = lab.agents[0].data_dir.clone();
     fs::remove_dir_all(&data)?;
     mount_tmpfs(&data, "24m")?;
+    // The disk is filled from outside any pod here: evicting pods would not relieve it.
+    lab.agent_args = vec!["--pod-eviction".into(), "false".into()];
     let r = lab.start_agent(0).and_then(|()| full_disk(&mut lab, &data));
     if r.is_err() {
         lab.dump_logs();
@@ -302,5 +304,100 @@ fn full_disk(lab: &mut Lab, data: &Path) -> Result<()> {
     ensure!(described.contains("NodeHasNoDiskPressure"), "{described}");
     lab.baton(&["delete", "pod", "pinned"])?;
     wait_stopped(&n1, &uid(&p), "pinned stopped", Duration::from_secs(20))?;
+    Ok(())
+}
+
+/// Reclaim, then eviction: a BestEffort pod writing more than the node's data disk holds is
+/// evicted (after the unused image is removed) and its Deployment replaces it on the other
+/// node, while the node's Burstable pod keeps running; then the pressure clears.
+#[test]
+fn a_pod_filling_the_disk_is_evicted_and_replaced_elsewhere() -> Result<()> {
+    let mut lab = Lab::start("pressev", 2, Broker::Embedded)?;
+    lab.kill_agent(0);
+    lab.reset_agent(0)?;
+    let data = lab.agents[0].data_dir.clone();
+    fs::remove_dir_all(&data)?;
+    mount_tmpfs(&data, "32m")?;
+    let r = lab.start_agent(0).and_then(|()| eviction(&mut lab));
+    if r.is_err() {
+        lab.dump_logs();
+    }
+    lab.kill_agent(0);
+    let reset = lab.reset_agent(0);
+    let _ = sh(std::process::Command::new("umount").arg("-l").arg(&data));
+    r?;
+    reset
+}
+
+fn eviction(lab: &mut Lab) -> Result<()> {
+    let reg = lab.registry();
+    let (n1, n2) = (lab.agents[0].name.clone(), lab.agents[1].name.clone());
+    // An image that is on n1 but that no pod uses any more: the first thing reclaimed.
+    lab.apply(
+        &pinned_pod(&reg, "old", &n1, "", "exec sleep 3600").replace("busybox:1", "http-echo:2"),
+    )?;
+    let old = running(lab, "old")?;
+    lab.baton(&["delete", "pod", "old"])?;
+    fleet::wait_cleaned_up(lab, &n1, &uid(&old), LONG)?;
+    // BestEffort, writing 40 MiB into its emptyDir: more than n1's disk, harmless on n2's.
+    lab.apply(&format!(
+        "apiVersion: apps/v1\nkind: Deployment\nmetadata:\n  name: logger\nspec:\n  replicas: 1\n  selector:\n    matchLabels: {{app: logger}}\n  template:\n    metadata:\n      labels: {{app: logger}}\n    spec:\n      terminationGracePeriodSeconds: 1\n      volumes: [{{name: data, emptyDir: {{}}}}]\n      containers:\n      - name: main\n        image: {reg}/baton/busybox:1\n        command: [sh, -c, \"sleep 10; dd if=/dev/zero of=/data/big bs=1M count=40; exec sleep 3600\"]\n        volumeMounts: [{{name: data, mountPath: /data}}]\n"
+    ))?;
+    let first = wait_for("logger placed", LONG, || {
+        Ok(owned_pods(lab, "logger")?
+            .into_iter()
+            .find(|p| !p["spec"]["nodeName"].is_null()))
+    })?;
+    ensure!(
+        node_of(&first) == n1,
+        "the logger should start on n1 (empty nodes tie, then go by name): {first}"
+    );
+    // Burstable (it asks for memory): kept.
+    let keeper = pinned_pod(&reg, "keeper", &n1, "", "exec sleep 3600").replace(
+        "    command:",
+        "    resources: {requests: {memory: 16Mi}}\n    command:",
+    );
+    lab.apply(&keeper)?;
+    let keeper = running(lab, "keeper")?;
+    let replacement = fleet::wait_pods(
+        lab,
+        "logger",
+        1,
+        LONG,
+        "the logger evicted and replaced on n2",
+        |p| container_running(p) && node_of(p) == n2,
+    )?;
+    ensure!(uid(&replacement[0]) != uid(&first));
+    let log = lab.agent_log(0);
+    let (reclaimed, evicted) = (
+        log.find("disk pressure: removed unused images"),
+        log.find("evicting pod"),
+    );
+    ensure!(
+        matches!((reclaimed, evicted), (Some(a), Some(b)) if a < b),
+        "reclaim (unused images) must come before eviction:\n{log}"
+    );
+    ensure!(
+        log.contains("http-echo:2"),
+        "the unused image was not reclaimed:\n{log}"
+    );
+    let described = text(&lab.baton(&["describe", "node", &n1])?);
+    ensure!(
+        described.contains("Evicted") && described.contains("ephemeral-storage"),
+        "{described}"
+    );
+    // The Burstable pod stayed; the pressure went with the evicted pod's data.
+    let k = running(lab, "keeper")?;
+    ensure!(uid(&k) == uid(&keeper) && k["status"]["containerStatuses"][0]["restartCount"] == 0);
+    wait_for("n1 out of pressure", LONG, || {
+        let n = node(lab, &n1)?;
+        Ok(
+            (!has_condition(&n, "DiskPressure") && !has_taint(&n, DISK_PRESSURE_TAINT))
+                .then_some(()),
+        )
+    })?;
+    lab.baton(&["delete", "pod", "keeper"])?;
+    lab.baton(&["delete", "deployment", "logger"])?;
+    fleet::wait_cleaned_up(lab, &n1, &uid(&keeper), LONG)?;
     Ok(())
 }

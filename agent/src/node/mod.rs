@@ -90,6 +90,9 @@ pub struct AgentConfig {
     pub pids_limit: i64,
     /// kubelet's `--eviction-hard`: the levels under which the node is under pressure.
     pub eviction_hard: crate::pressure::Thresholds,
+    /// Evict pods when reclaiming leaves the disk under pressure (kubelet always does; off
+    /// for a node whose pods must never be stopped by it).
+    pub pod_eviction: bool,
     /// Stop every pod when the agent is asked to exit. Off by default: pods keep running and
     /// the next agent process adopts them.
     pub stop_pods_on_exit: bool,

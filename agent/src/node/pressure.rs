@@ -83,7 +83,7 @@ impl Agent {
             Some(_) => {}
         }
         // One at a time: the last evicted pod's space comes back once it is gone.
-        if self.evicted.keys().any(|uid| self.pods.contains_key(uid)) {
+        if !self.cfg.pod_eviction || self.evicted.keys().any(|uid| self.pods.contains_key(uid)) {
             return;
         }
         let candidates: Vec<Candidate> = self

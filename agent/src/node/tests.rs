@@ -218,6 +218,7 @@ impl Harness {
                 crate::pressure::DEFAULT_EVICTION_HARD,
             )
             .unwrap(),
+            pod_eviction: true,
             stop_pods_on_exit: false,
         };
         let (tx, events) = mpsc::channel(256);

@@ -270,6 +270,8 @@ impl Core {
                 live.status_digest = Some(st.digest());
                 self.set_applied(name, st.applied_generation);
                 let host_ip = self.nodes.get(name).and_then(|n| n.status.address.clone());
+                // Said on the node too, where `describe node` shows it after the pod is gone.
+                let mut evicted = Vec::new();
                 for ps in st.pods.iter() {
                     let Some(pod) = self.pods.get_mut(ps.name.as_str()) else {
                         continue;
@@ -290,12 +292,16 @@ impl Core {
                         && old.reason.as_deref() != Some("Evicted")
                     {
                         let why = pod.status.message.clone().unwrap_or_default();
+                        evicted.push(format!("Evicted pod {pod_name}: {why}"));
                         transitions.push(("Evicted", why));
                     }
                     self.touch(Tab::Pod, &pod_name);
                     for (reason, msg) in transitions {
                         self.record(format!("pod/{pod_name}"), reason, msg);
                     }
+                }
+                for msg in evicted {
+                    self.record(format!("node/{name}"), "Evicted", msg);
                 }
             }
             Body::Offline => {

@@ -135,6 +135,7 @@ async fn an_evicted_pod_fails_with_its_reason_and_is_replaced() {
     };
     h.send("pi-1", Body::Status(st));
     assert!(event_reasons(&mut h, &format!("pod/{evicted}")).contains(&"Evicted".to_string()));
+    assert!(event_reasons(&mut h, "node/pi-1").contains(&"Evicted".to_string()));
     let pods = h.pods();
     assert!(
         !pods.iter().any(|p| p.metadata.name == evicted),

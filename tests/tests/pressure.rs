@@ -401,3 +401,80 @@ fn eviction(lab: &mut Lab) -> Result<()> {
     fleet::wait_cleaned_up(lab, &n1, &uid(&keeper), LONG)?;
     Ok(())
 }
+
+/// MemoryPressure against the node's allocatable: on a node offering pods 400 MiB, a
+/// BestEffort pod that takes 300 MiB (a tmpfs emptyDir it fills, charged to its memory
+/// cgroup, bounded by its size limit so the host is never at risk) is evicted at once and
+/// replaced on the other node; the Burstable pod beside it is kept.
+#[test]
+fn a_pod_taking_the_nodes_memory_is_evicted_and_the_others_kept() -> Result<()> {
+    let mut lab = Lab::start("pressmem", 2, Broker::Embedded)?;
+    let r = memory(&mut lab);
+    if r.is_err() {
+        lab.dump_logs();
+    }
+    r
+}
+
+fn memory(lab: &mut Lab) -> Result<()> {
+    let total_mib: u64 = fs::read_to_string("/proc/meminfo")?
+        .lines()
+        .find_map(|l| l.strip_prefix("MemTotal:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+        .context("MemTotal")?
+        / 1024;
+    lab.kill_agent(0);
+    lab.agent_args = vec![
+        "--reserved-memory-mib".into(),
+        (total_mib - 400).to_string(),
+        "--eviction-hard".into(),
+        "memory.available<150Mi".into(),
+    ];
+    lab.start_agent(0)?;
+    let reg = lab.registry();
+    let (n1, n2) = (lab.agents[0].name.clone(), lab.agents[1].name.clone());
+    lab.apply(&format!(
+        "apiVersion: apps/v1\nkind: Deployment\nmetadata:\n  name: hog\nspec:\n  replicas: 1\n  selector:\n    matchLabels: {{app: hog}}\n  template:\n    metadata:\n      labels: {{app: hog}}\n    spec:\n      terminationGracePeriodSeconds: 1\n      volumes: [{{name: mem, emptyDir: {{sizeLimit: 300Mi}}}}]\n      containers:\n      - name: main\n        image: {reg}/baton/busybox:1\n        command: [sh, -c, \"sleep 8; dd if=/dev/zero of=/mem/fill bs=1M count=280; exec sleep 3600\"]\n        volumeMounts: [{{name: mem, mountPath: /mem}}]\n"
+    ))?;
+    let first = wait_for("hog placed", LONG, || {
+        Ok(owned_pods(lab, "hog")?
+            .into_iter()
+            .find(|p| !p["spec"]["nodeName"].is_null()))
+    })?;
+    ensure!(node_of(&first) == n1, "the hog should start on n1: {first}");
+    let keeper = pinned_pod(&reg, "keeper", &n1, "", "exec sleep 3600").replace(
+        "    command:",
+        "    resources: {requests: {memory: 16Mi}}\n    command:",
+    );
+    lab.apply(&keeper)?;
+    let keeper = running(lab, "keeper")?;
+    fleet::wait_pods(
+        lab,
+        "hog",
+        1,
+        LONG,
+        "the hog evicted and replaced on n2",
+        |p| container_running(p) && node_of(p) == n2,
+    )?;
+    let log = lab.agent_log(0);
+    ensure!(
+        log.contains("evicting pod") && log.contains("low on resource: memory"),
+        "{log}"
+    );
+    let described = text(&lab.baton(&["describe", "node", &n1])?);
+    ensure!(
+        described.contains("NodeHasInsufficientMemory") && described.contains("Evicted"),
+        "{described}"
+    );
+    let k = running(lab, "keeper")?;
+    ensure!(uid(&k) == uid(&keeper) && k["status"]["containerStatuses"][0]["restartCount"] == 0);
+    wait_for("n1 out of memory pressure", LONG, || {
+        let n = node(lab, &n1)?;
+        Ok((!has_condition(&n, "MemoryPressure")
+            && !has_taint(&n, "node.kubernetes.io/memory-pressure"))
+        .then_some(()))
+    })?;
+    lab.baton(&["delete", "deployment", "hog"])?;
+    lab.baton(&["delete", "pod", "keeper"])?;
+    Ok(())
+}

@@ -1,8 +1,10 @@
 //! The node loop's side of node pressure (see [`crate::pressure`]), at every heartbeat:
-//! measure the signals, then, under DiskPressure, do what kubelet does: reclaim first (every
-//! image no pod uses, rotated container logs), and if the disk is still under pressure once
-//! that is done, evict one pod at a time in kubelet's order (`pressure::evict`), without a
-//! grace period. An evicted pod is reported `Evicted` with the reason (its Deployment
+//! measure the signals (memory against the allocatable too: what the pods' working set
+//! leaves of it), then do what kubelet does. Under DiskPressure: reclaim first (every image
+//! no pod uses, rotated container logs), and if the disk is still under pressure once that
+//! is done, evict one pod at a time in kubelet's order (`pressure::evict`), without a grace
+//! period. Under MemoryPressure there is nothing to reclaim: evict at once, by working set
+//! above the memory request. An evicted pod is reported `Evicted` with the reason (its Deployment
 //! replaces it elsewhere) and is not started again while it stays in the desired state.
 
 use std::path::Path;
@@ -26,6 +28,15 @@ impl Agent {
             data_dir: self.cfg.data_dir.clone(),
             image_dir: self.cfg.data_dir.join("images"),
         });
+        let node_cgroup = Path::new(&self.cfg.cgroup_root).join(self.cfg.node.as_str());
+        let observed = crate::pressure::Observed {
+            memory: crate::pressure::conditions::memory_available(
+                observed.memory,
+                self.cfg.allocatable.memory_bytes,
+                self.deps.runtime.memory_working_set(&node_cgroup),
+            ),
+            ..observed
+        };
         let now = crate::pressure::pressures(&self.cfg.eviction_hard, &observed);
         let kinds = |p: &[crate::pressure::Pressure]| p.iter().map(|p| p.kind).collect::<Vec<_>>();
         if kinds(&now) != kinds(&self.pressure) {
@@ -43,6 +54,15 @@ impl Agent {
             .iter()
             .find(|p| p.kind == PressureKind::Disk)
             .map(|p| p.message.clone());
+        // kubelet has nothing to reclaim for memory: evict at once.
+        let memory = self
+            .pressure
+            .iter()
+            .find(|p| p.kind == PressureKind::Memory)
+            .map(|p| p.message.clone());
+        if let Some(measured) = memory {
+            self.evict_one(Resource::Memory, &measured);
+        }
         match disk {
             None => {
                 self.reclaim = None;
@@ -82,21 +102,41 @@ impl Agent {
             Some(done) if !done.load(Ordering::Relaxed) => return,
             Some(_) => {}
         }
-        // One at a time: the last evicted pod's space comes back once it is gone.
+        self.evict_one(Resource::Disk, measured);
+    }
+
+    /// Evicts the first pod in kubelet's order for `resource`, unless an evicted pod is
+    /// still stopping (its resources come back once it is gone) or eviction is off.
+    fn evict_one(&mut self, resource: Resource, measured: &str) {
         if !self.cfg.pod_eviction || self.evicted.keys().any(|uid| self.pods.contains_key(uid)) {
             return;
         }
+        let node_cgroup = Path::new(&self.cfg.cgroup_root).join(self.cfg.node.as_str());
         let candidates: Vec<Candidate> = self
             .pods
             .iter()
             .filter(|(uid, p)| {
                 p.lifecycle != Lifecycle::Stopping && !self.evicted.contains_key(*uid)
             })
-            .map(|(uid, p)| Candidate {
-                uid: uid.clone(),
-                best_effort: evict::is_best_effort(&p.spec),
-                usage: disk_usage(&self.deps.pod_dir(uid)),
-                request: 0,
+            .map(|(uid, p)| {
+                let (usage, request) = match resource {
+                    Resource::Disk => (disk_usage(&self.deps.pod_dir(uid)), 0),
+                    Resource::Memory => (
+                        self.deps
+                            .runtime
+                            .memory_working_set(&node_cgroup.join(uid))
+                            .unwrap_or(0),
+                        crate::pod::all_containers(&p.spec)
+                            .map(|c| c.resources.memory_request_bytes)
+                            .sum(),
+                    ),
+                };
+                Candidate {
+                    uid: uid.clone(),
+                    best_effort: evict::is_best_effort(&p.spec),
+                    usage,
+                    request,
+                }
             })
             .collect();
         let Some(victim) = evict::rank(candidates).into_iter().next() else {
@@ -108,8 +148,10 @@ impl Agent {
             .map(|p| p.spec.name.to_string())
             .unwrap_or_default();
         let reason = format!(
-            "The node was low on resource: ephemeral-storage. {measured}; the pod used {}, request is 0.",
-            human_bytes(victim.usage)
+            "The node was low on resource: {}. {measured}; the pod used {}, request is {}.",
+            resource.name(),
+            human_bytes(victim.usage),
+            human_bytes(victim.request)
         );
         warn!(pod = %name, uid = %victim.uid, %reason, "evicting pod");
         self.force_stop.insert(victim.uid.clone());
@@ -131,6 +173,22 @@ impl Agent {
             .collect();
         d.pods = baton_proto::BVec::from_vec(pods).unwrap_or_default();
         std::borrow::Cow::Owned(d)
+    }
+}
+
+/// What an eviction frees, in kubelet's words.
+#[derive(Debug, Clone, Copy)]
+enum Resource {
+    Disk,
+    Memory,
+}
+
+impl Resource {
+    fn name(self) -> &'static str {
+        match self {
+            Resource::Disk => "ephemeral-storage",
+            Resource::Memory => "memory",
+        }
     }
 }
 

@@ -95,6 +95,22 @@ pub fn pressures(t: &Thresholds, o: &Observed) -> Vec<Pressure> {
     out
 }
 
+/// `memory.available` as kubelet sees it against the node's allocatable memory: the host's
+/// `MemAvailable`, or what the pods' working set leaves of `allocatable` if that is less,
+/// with the capacity percentages are taken of (the allocatable then).
+pub fn memory_available(
+    host: Option<(u64, u64)>,
+    allocatable: u64,
+    pods_working_set: Option<u64>,
+) -> Option<(u64, u64)> {
+    let pods = pods_working_set.map(|ws| (allocatable.saturating_sub(ws), allocatable));
+    match (host, pods) {
+        (Some(h), Some(p)) if p.0 < h.0 => Some(p),
+        (Some(h), _) => Some(h),
+        (None, p) => p,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -154,6 +170,29 @@ mod tests {
         assert_eq!(p[0].signal, Signal::NodefsInodesFree);
         assert_eq!(p[0].message, "nodefs.inodesFree 10 < 50 (5%)");
         assert_eq!(p[3].message, "pid.available 100 < 1638 (5%)");
+    }
+
+    #[test]
+    fn memory_is_short_against_the_host_or_the_allocatable_whichever_is_less() {
+        let host = Some((8 << 30, 16 << 30));
+        assert_eq!(
+            memory_available(host, 300 << 20, Some(250 << 20)),
+            Some((50 << 20, 300 << 20))
+        );
+        assert_eq!(
+            memory_available(host, 300 << 20, Some(0)),
+            Some((300 << 20, 300 << 20))
+        );
+        assert_eq!(
+            memory_available(host, 32 << 30, Some(0)),
+            host,
+            "the host is shorter"
+        );
+        assert_eq!(memory_available(host, 300 << 20, None), host);
+        assert_eq!(
+            memory_available(None, 300 << 20, Some(400 << 20)),
+            Some((0, 300 << 20))
+        );
     }
 
     #[test]

@@ -313,6 +313,12 @@ pub trait Runtime: Send + Sync + 'static {
     fn remove_cgroup_tree(&self, _rel: &Path) -> Vec<PathBuf> {
         Vec::new()
     }
+    /// The memory working set of the cgroup `rel` (a pod's, or the node's with all its
+    /// pods), as kubelet counts it for memory eviction; `None` where there is no such
+    /// cgroup or no way to read it.
+    fn memory_working_set(&self, _rel: &Path) -> Option<u64> {
+        None
+    }
 }
 
 impl RunSpec {

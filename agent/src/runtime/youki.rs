@@ -602,6 +602,11 @@ impl Runtime for YoukiRuntime {
         Ok(ids)
     }
 
+    fn memory_working_set(&self, rel: &Path) -> Option<u64> {
+        self.layout
+            .working_set(rel.strip_prefix("/").unwrap_or(rel))
+    }
+
     fn remove_cgroup_tree(&self, rel: &Path) -> Vec<PathBuf> {
         let rel = rel.strip_prefix("/").unwrap_or(rel);
         self.layout

@@ -74,6 +74,38 @@ impl CgroupLayout {
     }
 }
 
+impl CgroupLayout {
+    /// The memory working set of the cgroup at `rel` (its usage less inactive file cache,
+    /// as kubelet counts it); `None` when unreadable.
+    pub(super) fn working_set(&self, rel: &Path) -> Option<u64> {
+        let (dir, usage_file, inactive_key) = match self {
+            Self::V1 { memory, .. } => (
+                memory.as_ref()?.join(rel),
+                "memory.usage_in_bytes",
+                "total_inactive_file",
+            ),
+            Self::Unified { root } => (root.join(rel), "memory.current", "inactive_file"),
+        };
+        let usage: u64 = fs::read_to_string(dir.join(usage_file))
+            .ok()?
+            .trim()
+            .parse()
+            .ok()?;
+        let inactive = fs::read_to_string(dir.join("memory.stat"))
+            .ok()
+            .and_then(|text| {
+                text.lines().find_map(|l| {
+                    let mut it = l.split_whitespace();
+                    (it.next() == Some(inactive_key))
+                        .then(|| it.next().and_then(|v| v.parse::<u64>().ok()))
+                        .flatten()
+                })
+            })
+            .unwrap_or(0);
+        Some(usage.saturating_sub(inactive))
+    }
+}
+
 /// Whether the process `pid` is a member of the cgroup at `rel` (in any hierarchy). This is
 /// what tells a container's init from an unrelated process that got its pid after a reboot.
 pub(super) fn in_cgroup(pid: u32, rel: &Path) -> bool {

@@ -624,4 +624,18 @@ impl Runtime for YoukiRuntime {
         ids.sort();
         Ok(ids)
     }
+
+    fn memory_working_set(&self, rel: &Path) -> Option<u64> {
+        self.layout
+            .working_set(rel.strip_prefix("/").unwrap_or(rel))
+    }
+
+    fn remove_cgroup_tree(&self, rel: &Path) -> Vec<PathBuf> {
+        let rel = rel.strip_prefix("/").unwrap_or(rel);
+        self.layout
+            .dirs(rel)
+            .iter()
+            .flat_map(|d| cgroup::remove_cgroup_tree(d))
+            .collect()
+    }
 }

@@ -34,6 +34,8 @@ fn a_flashed_arm64_card_boots_joins_runs_containers_and_survives_a_power_cut() -
         flash_arch: None,
         arch: "arm64",
         also_runs: None,
+        power_cut_in_first_boot: true,
+        libcontainer_patch_test: false,
     })?;
     Ok(())
 }

@@ -33,6 +33,8 @@ fn a_flashed_armhf_card_boots_joins_runs_containers_and_survives_a_power_cut() -
         flash_arch: Some("armv7"),
         arch: "arm/v7",
         also_runs: Some("arm-unknown-linux-musleabihf"),
+        power_cut_in_first_boot: true,
+        libcontainer_patch_test: true,
     })?;
     Ok(())
 }

@@ -441,7 +441,10 @@ fn libcontainer_patch_test(triple: &str) -> Result<PathBuf> {
     .context("building the libcontainer patch test (cross/test-libcontainer.sh --build)")?;
     let text = String::from_utf8(out.stdout)?;
     let path = PathBuf::from(text.lines().last().unwrap_or_default());
-    ensure!(path.is_file(), "cross/test-libcontainer.sh printed {text:?}");
+    ensure!(
+        path.is_file(),
+        "cross/test-libcontainer.sh printed {text:?}"
+    );
     Ok(path)
 }
 

@@ -27,6 +27,7 @@ use nix::sys::wait::{waitpid, WaitStatus};
 use nix::unistd::{fork, mkdir, symlinkat, ForkResult};
 
 /// OCI's spelling of a kernel limit: u64, with u64::MAX for unlimited.
+#[allow(clippy::unnecessary_cast)] // rlim_t is u32 on 32-bit glibc
 fn oci(v: libc::rlim_t) -> u64 {
     if v == libc::RLIM_INFINITY {
         u64::MAX
@@ -208,6 +209,7 @@ fn check_console(fail: &mut u32) {
         (Some(master), Some(0)) => {
             let st = fstat(master.as_raw_fd()).expect("fstat");
             let fs = fstatfs(&master).expect("fstatfs");
+            #[allow(clippy::useless_conversion)] // ino_t is u32 on 32-bit glibc
             let (ino, magic) = (u64::from(st.st_ino), fs.filesystem_type());
             if ino == 2 && magic == DEVPTS_SUPER_MAGIC {
                 println!(

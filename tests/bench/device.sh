@@ -48,6 +48,7 @@ if [ "${SKIP_SCENARIO:-0}" != 1 ]; then
   BATON_E2E_SKIP_DEVICES=0 cargo test -q -p baton-e2e --test device_arm64 -- --nocapture \
     >"$work/scenario.log" 2>&1 || { tail -40 "$work/scenario.log" >&2; log "the scenario failed"; exit 1; }
   line=$(grep -E '^device arm64: image ' "$work/scenario.log" | tail -1)
+  log "the scenario's figures: $line"
   field() { printf '%s\n' "$line" | sed -nE "s/.*$1 ([0-9.]+(ms|s|µs)).*/\1/p"; }
   flash=$(secs "$(field 'flash')")
   userspace=$(secs "$(field 'first boot: userspace')")
@@ -133,6 +134,8 @@ m mtype -i "$img" ::bench/out.txt >"$work/out.txt" 2>/dev/null || true
 grep -q '^done$' "$work/out.txt" || {
   log "the guest did not finish; its output:"; cat "$work/out.txt" >&2; tail -30 "$work/serial.log" >&2; exit 1
 }
+log "the guest's output:"
+sed 's/^/  /' "$work/out.txt" >&2
 median_of() { grep -E "^$1 " "$work/out.txt" | grep -Eo 'median=[0-9.]+' | cut -d= -f2; }
 runc_ms=$(median_of runc)
 seccomp_ms=$(median_of baton-seccomp)

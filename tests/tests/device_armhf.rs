@@ -11,7 +11,10 @@
 //! OOMKilled, seccomp's EPERM, and the pods back after a power cut with the coordinator
 //! down.
 //!
-//! Also: the ARMv6 agent (`arm-unknown-linux-musleabihf`, a Pi Zero's) runs its
+//! Also: the 32-bit libcontainer patch's own test (cross/libcontainer-32bit) passes on this
+//! board's kernel, run from a privileged pod; power lost during first boot, as on arm64.
+//!
+//! And: the ARMv6 agent (`arm-unknown-linux-musleabihf`, a Pi Zero's) runs its
 //! `--version` on this board from a pod (an ARMv7 CPU runs ARMv6 code); QEMU has no Pi Zero
 //! that Debian's kernels boot.
 //!

@@ -47,12 +47,12 @@ rustup component list --installed | grep -q '^rust-src' || rustup component add 
 # shellcheck source=cross/link-extras.sh
 . "$root/cross/link-extras.sh"
 
-# What a build depends on; a change to any of it rebuilds every target.
+# What a build depends on; a change to any of it rebuilds every target. Docs (*.md) are not.
 inputs_hash() {
   {
     rustc -vV; zig version; cargo-zigbuild --version
     git ls-files -co --exclude-standard -- Cargo.toml Cargo.lock .cargo proto link agent \
-      coordinator third_party cross | grep -v '^cross/libcontainer-32bit/' | sort |
+      coordinator third_party cross | grep -v '^cross/libcontainer-32bit/' | grep -v '\.md$' | sort |
       while read -r f; do [ -f "$f" ] && sha256sum "$f"; done
   } | sha256sum | cut -c1-16
 }

@@ -13,6 +13,31 @@ scripts/install-deps.sh
 # phase leaves, so the next such failure names its phase.
 space() { echo "== $(date +%T) disk: $(df -h --output=avail . | tail -1 | tr -d ' ') free, target/ $(du -sh target 2>/dev/null | cut -f1)"; }
 
+# Emulated Pis (tests/tests/device_*.rs) boot SD card images built by mmdebstrap, mostly
+# downloads and foreign maintainer scripts under qemu-user: built in the background while the
+# host compiles, cached by their inputs (images/.cache/device). A test that asks for a card
+# still being built waits for it (build.sh takes a lock per arch).
+skip_devices=${BATON_E2E_SKIP_DEVICES:-0}
+boards=()
+for b in arm64 armhf; do
+  [ "$skip_devices" = 1 ] || [[ ",$skip_devices," == *",$b,"* ]] || boards+=("$b")
+done
+mkdir -p target/ci-logs
+# Background builds die with the script, whichever way it ends.
+trap 'kill $(jobs -p) 2>/dev/null || true' EXIT
+cards_pid=""
+if [ "${#boards[@]}" -gt 0 ]; then
+  ( for b in "${boards[@]}"; do nice -n 10 images/device/build.sh "$b" || exit 1; done ) \
+    >target/ci-logs/device-images.log 2>&1 &
+  cards_pid=$!
+fi
+# Waits for a background job; prints its log if it failed.
+await() { # pid log what
+  [ -n "$1" ] || return 0
+  if wait "$1"; then echo "== $3: done"; else
+    echo "== $3 FAILED; its log ($2):"; cat "$2"; return 1; fi
+}
+
 echo "== fmt and clippy"
 cargo fmt --all -- --check
 cargo clippy --workspace --all-targets --locked -- -D warnings
@@ -25,27 +50,45 @@ cargo build --workspace --bins --locked
 images/build.sh >/dev/null
 
 space
-# Before the tests: the emulated-Pi e2e tests (tests/tests/device_*.rs) boot these binaries.
-# CI builds the aarch64 ones (agent and coordinator) and boots the arm64 board; the 32-bit
-# builds and the armhf board are run by hand (every target:
-# `BATON_CROSS_TARGETS=all BATON_E2E_SKIP_DEVICES=0 scripts/test.sh`) until their CI time is
-# measured on a quiet machine.
-echo "== ARM cross builds and their sizes"
-cross_targets=${BATON_CROSS_TARGETS:-aarch64-unknown-linux-musl}
-[ "$cross_targets" = all ] && cross_targets=""
-# shellcheck disable=SC2086 # a list of target triples
-cross/build.sh $cross_targets
-tests/bench/sizes.sh
-export BATON_E2E_SKIP_DEVICES=${BATON_E2E_SKIP_DEVICES:-armhf}
+# The static ARM builds for every Pi (cross/README.md), checked, smoke-run under qemu-user and
+# sized. The aarch64 pair first: the arm64 board and the coordinator-on-a-Pi test boot them.
+# The 32-bit ones (std compiled from source: the longest builds) go on in the background
+# during the tests that do not need them; the armhf board's test waits for them.
+echo "== ARM cross builds"
+cross_targets=${BATON_CROSS_TARGETS:-all}
+[ "$cross_targets" = all ] &&
+  cross_targets="aarch64-unknown-linux-musl armv7-unknown-linux-musleabihf arm-unknown-linux-musleabihf"
+read -r -a cross_targets <<<"$cross_targets"
+first=() rest=()
+for t in "${cross_targets[@]}"; do
+  if [ "$t" = aarch64-unknown-linux-musl ]; then first+=("$t"); else rest+=("$t"); fi
+done
+[ "${#first[@]}" = 0 ] || cross/build.sh "${first[@]}"
+cross_pid=""
+if [ "${#rest[@]}" -gt 0 ]; then
+  # Niced: the e2e tests beside it have deadlines, the build has none. Then the 32-bit
+  # libcontainer patch's own test (third_party/libcontainer), on x86_64 and under qemu-arm;
+  # the armhf board runs its armv7 build again, on a real 32-bit ARM kernel.
+  ( nice -n 10 cross/build.sh "${rest[@]}" && nice -n 10 cross/test-libcontainer.sh ) \
+    >target/ci-logs/cross-32bit.log 2>&1 &
+  cross_pid=$!
+fi
 
 space
 echo "== tests"
-# Real-container and real-network tests use unique names, so they may run in parallel. The
-# agent's own tests clone containers off the test process, whose threads must not start or
-# end meanwhile (docs/architecture.md, the agent's clone-safety invariant): one at a time.
+# cargo-nextest (.config/nextest.toml): one build of every test, each test in its own process,
+# independent e2e files side by side, the emulated boards one at a time and first. The armhf
+# board needs the 32-bit agents: it runs after them, in a second pass.
+export BATON_E2E_SKIP_DEVICES=$skip_devices
 failed=0
-cargo test --workspace --exclude baton-agent --locked --no-fail-fast -- --test-threads "${BATON_TEST_THREADS:-4}" || failed=1
-cargo test -p baton-agent --locked --no-fail-fast -- --test-threads 1 || failed=1
+nt=(cargo nextest run --workspace --locked --no-fail-fast --test-threads "${BATON_TEST_THREADS:-4}")
+"${nt[@]}" -E 'not binary(device_armhf)' || failed=1
+space
+await "$cards_pid" target/ci-logs/device-images.log "device card images" || failed=1
+await "$cross_pid" target/ci-logs/cross-32bit.log "32-bit ARM cross builds and the patch test" || failed=1
+[ -z "$cross_pid" ] || grep -A3 -E '^cross/build: static|^== ' target/ci-logs/cross-32bit.log
+tests/bench/sizes.sh || failed=1
+"${nt[@]}" -E 'binary(device_armhf)' --no-tests=pass || failed=1
 [ "$failed" = 0 ]
 
 space

@@ -3,7 +3,8 @@
 //!
 //! Module map: `node` owns all state and is driven by events; `reconcile` decides (pure);
 //! `pod` executes decisions in workers; `runtime`, `image` and `network` are the effects
-//! behind small interfaces; `bus` is the MQTT bridge; `state` persists desired state; `adopt` takes
+//! behind small interfaces; `bus` is the MQTT bridge; `state` persists desired state (`reserve`
+//! keeps room for it on a full disk); `adopt` takes
 //! over running containers after an agent restart.
 
 pub mod adopt;
@@ -17,8 +18,10 @@ pub mod mqtt_tls;
 pub mod network;
 pub mod node;
 pub mod pod;
+pub mod pressure;
 pub mod probe;
 pub mod reconcile;
+pub mod reserve;
 pub mod runtime;
 pub mod secrets;
 pub mod state;

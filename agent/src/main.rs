@@ -192,6 +192,17 @@ struct RunArgs {
     log_max_bytes: u64,
     #[arg(long, env = "BATON_PIDS_LIMIT", default_value_t = 1024)]
     pids_limit: i64,
+    /// kubelet's `--eviction-hard`: `signal<quantity` items (memory.available,
+    /// nodefs.available, nodefs.inodesFree, imagefs.available, imagefs.inodesFree,
+    /// pid.available), a quantity or a percentage each. Below one, the node reports
+    /// DiskPressure, MemoryPressure or PIDPressure and takes no new pods. Empty: none.
+    #[arg(long, env = "BATON_EVICTION_HARD", default_value = baton_agent::pressure::DEFAULT_EVICTION_HARD)]
+    eviction_hard: String,
+    /// Under DiskPressure, once unused images and rotated logs are removed, evict pods
+    /// (BestEffort first, then by disk use) until the pressure goes, as kubelet does.
+    /// `false`: only report the pressure and taint the node.
+    #[arg(long, env = "BATON_POD_EVICTION", default_value_t = true, action = clap::ArgAction::Set)]
+    pod_eviction: bool,
     /// Stop every pod when the agent exits. By default pods keep running, so that an agent
     /// upgrade or restart does not disrupt them (the next agent adopts them); `reset` removes
     /// them for good.
@@ -476,6 +487,8 @@ fn config(a: RunArgs, identity: Option<IdentityFile>) -> Result<(AgentConfig, Li
         cgroup_root: a.cgroup_root,
         log_max_bytes: a.log_max_bytes,
         pids_limit: a.pids_limit,
+        eviction_hard: baton_agent::pressure::Thresholds::parse(&a.eviction_hard)?,
+        pod_eviction: a.pod_eviction,
         stop_pods_on_exit: a.stop_pods_on_exit,
     };
     Ok((
@@ -605,6 +618,12 @@ fn reset_node(rt: &tokio::runtime::Runtime, cfg: &AgentConfig) -> Result<()> {
     let (tx, _rx) = tokio::sync::mpsc::unbounded_channel();
     let deps = node::build_deps(cfg, tx)?;
     node::clean_leftovers(&deps);
+    // The node's own cgroup directory under every controller, not only the pods' below it.
+    let cgroups = std::path::Path::new(&cfg.cgroup_root).join(cfg.node.as_str());
+    let left = deps.runtime.remove_cgroup_tree(&cgroups);
+    if !left.is_empty() {
+        anyhow::bail!("cgroups still in use, not removed: {left:?}");
+    }
     deps.network.teardown_node()?;
     // The node's (now empty) bundle directory on the run-dir tmpfs.
     let run = cfg.run_dir.join(cfg.node.as_str());

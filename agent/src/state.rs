@@ -68,13 +68,48 @@ impl StateFile {
     /// Durably (see [`crate::durable`]): after a reboot with no network the agent runs
     /// what this file says, so a store that returned must survive a power cut.
     pub fn store(&self, state: &DesiredState) -> Result<(), StateError> {
+        self.store_with(state, None)
+    }
+
+    /// [`StateFile::store`], spending `reserve` if the disk is full (see [`crate::reserve`]).
+    pub fn store_with(
+        &self,
+        state: &DesiredState,
+        reserve: Option<&crate::reserve::Reserve>,
+    ) -> Result<(), StateError> {
+        let bytes = encode(state);
         // Sealed secrets and pod specs: the owner's only (see `datadir`).
-        crate::durable::write(&self.path, &encode(state), crate::datadir::PRIVATE_FILE).map_err(
-            |source| StateError::Write {
-                path: self.path.clone(),
-                source,
-            },
-        )
+        let write = || crate::durable::write(&self.path, &bytes, crate::datadir::PRIVATE_FILE);
+        match reserve {
+            Some(r) => r.write(write),
+            None => write(),
+        }
+        .map_err(|source| StateError::Write {
+            path: self.path.clone(),
+            source,
+        })
+    }
+}
+
+/// What may run while `next` cannot be persisted: the pods of `current` that `next` still
+/// has, at `current`'s generation. Stopping a pod frees what it holds and is safe to apply
+/// unpersisted (an agent that restarts before `next` is on disk starts the stopped pods
+/// again from the old file until the coordinator repeats `next`: docs/reliability.md,
+/// "Full disk"); starting one is not, since after a reboot without the network the node
+/// must run what its file says. Pure.
+pub fn stops_only(current: &DesiredState, next: &DesiredState) -> DesiredState {
+    let kept: std::collections::BTreeSet<&str> = next.pods.iter().map(|p| p.uid.as_str()).collect();
+    let pods = current
+        .pods
+        .iter()
+        .filter(|p| kept.contains(p.uid.as_str()))
+        .cloned()
+        .collect();
+    DesiredState {
+        generation: current.generation,
+        // Never longer than `current`'s, so within its bound.
+        pods: BVec::from_vec(pods).unwrap_or_default(),
+        secrets: current.secrets.clone(),
     }
 }
 
@@ -158,6 +193,26 @@ mod tests {
         assert_eq!(f.load().unwrap(), state(4, 3));
         f.store(&state(5, 1)).unwrap();
         assert_eq!(f.load().unwrap(), state(5, 1));
+    }
+
+    #[test]
+    fn unpersisted_states_only_stop_pods() {
+        let current = state(4, 3); // p0 p1 p2
+        let mut next = state(5, 4); // p0 p1 p2 p3
+        next.pods = BVec::from_vec(
+            next.pods
+                .iter()
+                .filter(|p| p.uid.as_str() != "u1")
+                .cloned()
+                .collect(),
+        )
+        .unwrap();
+        let got = stops_only(&current, &next);
+        assert_eq!(got.generation, 4, "not applied: the old generation stays");
+        let uids: Vec<&str> = got.pods.iter().map(|p| p.uid.as_str()).collect();
+        assert_eq!(uids, ["u0", "u2"], "u1 stopped, u3 not started");
+        assert_eq!(stops_only(&current, &current), current);
+        assert!(stops_only(&current, &state(6, 0)).pods.is_empty());
     }
 
     #[test]

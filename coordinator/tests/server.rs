@@ -326,6 +326,7 @@ fn running(d: &DesiredState) -> Result<NodeStatus> {
                         .collect(),
                 )?,
                 init_containers: BVec::new(),
+                evicted: None,
             })
         })
         .collect::<Result<Vec<_>>>()?;
@@ -459,6 +460,7 @@ async fn scripted_agent_scenario(
         .send(Body::Heartbeat(Heartbeat {
             applied_generation: first.generation,
             status_digest: 1,
+            ..Default::default()
         }))
         .await?;
     agent
@@ -492,6 +494,7 @@ async fn scripted_agent_scenario(
         .send(Body::Heartbeat(Heartbeat {
             applied_generation: desired.generation,
             status_digest: status.digest(),
+            ..Default::default()
         }))
         .await?;
     let pods = poll_json(
@@ -622,6 +625,7 @@ async fn embedded_broker_end_to_end_and_restart() -> Result<()> {
         .send(Body::Heartbeat(Heartbeat {
             applied_generation: 0,
             status_digest: 0,
+            ..Default::default()
         }))
         .await?;
     let again = agent

@@ -51,6 +51,11 @@ hash=$({ echo "$root_hash"; sha256sum "$here/build.sh"; } | sha256sum | cut -c1-
 out="$cache/$arch-$hash.img"
 # The root file system alone, cached too: assembling the card is seconds, the root minutes.
 root_tar="$cache/$arch-root-$root_hash.tar"
+# One build of an arch at a time: scripts/test.sh builds the cards in the background while a
+# device test may ask for one; the second caller waits, then finds it cached.
+mkdir -p "$cache"
+exec 9>"$cache/.$arch.lock"
+flock 9
 if [ -f "$out" ]; then
   echo "device-image: cached"
   echo "$out"

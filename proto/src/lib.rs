@@ -28,7 +28,7 @@ pub use envelope::{Envelope, Sender, SIGNING_CONTEXT};
 pub use messages::*;
 
 /// The envelope format version. Bump it for any change in the encoding of any message.
-pub const PROTO_VERSION: u16 = 3;
+pub const PROTO_VERSION: u16 = 4;
 
 /// The largest encoded envelope either side accepts. Big enough for a node running
 /// [`MAX_PODS_PER_NODE`] ordinary pods; small enough for a Pi Zero to decode safely.

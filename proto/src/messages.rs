@@ -119,11 +119,37 @@ pub struct Hello {
     pub last_connect_error: Option<BString<256>>,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Heartbeat {
     pub applied_generation: u64,
     /// [`NodeStatus::digest`] of the agent's current status.
     pub status_digest: u64,
+    /// The node conditions under pressure now (kubelet's `DiskPressure`, ...); empty when
+    /// there is none. Added in v4.
+    pub pressure: BVec<Pressure, 8>,
+    /// Why the last desired state could not be applied whole, with its cause (e.g. it could
+    /// not be persisted on a full disk); `None` once one is. Added in v4.
+    pub apply_error: Option<BString<256>>,
+}
+
+/// A node condition under pressure, as the agent measured it against its eviction
+/// thresholds.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Pressure {
+    pub kind: PressureKind,
+    /// What was measured against which threshold, e.g. `nodefs.available 1.2Mi (5%) < 10%`.
+    pub message: BString<128>,
+}
+
+/// Kubernetes' pressure conditions. Variants are only ever appended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+pub enum PressureKind {
+    /// The data disk (`nodefs`).
+    Disk,
+    /// The image store's disk (`imagefs`), when it is another filesystem than the data disk.
+    ImageDisk,
+    Memory,
+    Pid,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -376,6 +402,9 @@ pub struct PodStatus {
     pub containers: BVec<ContainerStatus, MAX_CONTAINERS_PER_POD>,
     /// One per init container, in order; empty once the pod has none.
     pub init_containers: BVec<ContainerStatus, MAX_CONTAINERS_PER_POD>,
+    /// Set when the agent evicted the pod under node pressure: why, in kubelet's words
+    /// (`The node was low on resource: ephemeral-storage. ...`). Added in v4.
+    pub evicted: Option<BString<256>>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

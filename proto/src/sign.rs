@@ -176,6 +176,7 @@ mod tests {
             Body::Heartbeat(Heartbeat {
                 applied_generation: 3,
                 status_digest: 4,
+                ..Default::default()
             }),
         );
         e.sent_at_ms = 1_700_000_000_000;

@@ -15,7 +15,7 @@ proptest! {
     #[test]
     fn valid_prefix_then_garbage_never_panics(tail in proptest::collection::vec(any::<u8>(), 0..512), body_tag in 0u8..8) {
         // A correct version and sender, then an arbitrary body: exercises every decoder.
-        let mut bytes = vec![3, 1, 4, b'p', b'i', b'-', b'1', 5, 0, body_tag];
+        let mut bytes = vec![PROTO_VERSION as u8, 1, 4, b'p', b'i', b'-', b'1', 5, 0, body_tag];
         bytes.extend_from_slice(&tail);
         let _ = Envelope::decode(&bytes);
     }
@@ -25,7 +25,7 @@ proptest! {
         let env = Envelope::new(
             Sender::Node(NodeName::new("n").unwrap()),
             seq,
-            Body::Heartbeat(Heartbeat { applied_generation: generation, status_digest: digest }),
+            Body::Heartbeat(Heartbeat { applied_generation: generation, status_digest: digest, ..Default::default() }),
         );
         prop_assert_eq!(Envelope::decode(&env.encode().unwrap()).unwrap(), env);
     }
@@ -67,7 +67,7 @@ fn trailing_bytes_are_refused() {
 fn declared_lengths_over_the_bound_are_refused_without_allocating() {
     // Desired state claiming u32::MAX pods: the bounded decoder must refuse it from the
     // length prefix alone (a naive Vec decoder would try to reserve for it).
-    let mut bytes = vec![3, 0, 0, 0, 4, 1];
+    let mut bytes = vec![PROTO_VERSION as u8, 0, 0, 0, 4, 1];
     bytes.extend_from_slice(&[0xff, 0xff, 0xff, 0xff, 0x0f]);
     assert!(matches!(
         Envelope::decode(&bytes),
@@ -127,10 +127,10 @@ fn strings_over_their_bound_are_refused() {
     // A Status with one pod whose name is `n` bytes long (bound 253). The same layout
     // decodes at 253 and fails at 254, so the failure is the bound and nothing else.
     fn status_with_pod_name(n: usize) -> Vec<u8> {
-        let mut bytes = vec![3, 1, 1, b'n', 0, 0, 2, 0, 1];
+        let mut bytes = vec![PROTO_VERSION as u8, 1, 1, b'n', 0, 0, 2, 0, 1];
         bytes.extend_from_slice(&[(n as u8) | 0x80, (n >> 7) as u8]);
         bytes.extend_from_slice("x".repeat(n).as_bytes());
-        bytes.extend_from_slice(&[1, b'u', 0, 0, 0, 0]);
+        bytes.extend_from_slice(&[1, b'u', 0, 0, 0, 0, 0]);
         bytes
     }
     assert!(BString::<253>::new("x".repeat(254)).is_err());
@@ -150,6 +150,6 @@ fn node_names_are_single_topic_levels() {
         assert!(NodeName::new(good).is_ok(), "{good:?} refused");
     }
     // The decoder applies the same rule: sender "a/b".
-    assert!(Envelope::decode(&[3, 1, 3, b'a', b'/', b'b', 0, 0, 3, 0]).is_err());
-    assert!(Envelope::decode(&[3, 1, 3, b'a', b'-', b'b', 0, 0, 3, 0]).is_ok());
+    assert!(Envelope::decode(&[PROTO_VERSION as u8, 1, 3, b'a', b'/', b'b', 0, 0, 3, 0]).is_err());
+    assert!(Envelope::decode(&[PROTO_VERSION as u8, 1, 3, b'a', b'-', b'b', 0, 0, 3, 0]).is_ok());
 }

@@ -31,13 +31,70 @@ fn heartbeat() {
         Body::Heartbeat(Heartbeat {
             applied_generation: 7,
             status_digest: 0x0102_0304_0506_0708,
+            ..Default::default()
         }),
     );
-    // 03 version | 01 Node, 04 "pi-1" | ac02 seq=300 | 00 sent_at | 01 Heartbeat | 07 gen |
-    // digest varint | 00 no signature
+    // 04 version | 01 Node, 04 "pi-1" | ac02 seq=300 | 00 sent_at | 01 Heartbeat | 07 gen |
+    // digest varint | 00 no pressure | 00 no apply error | 00 no signature
     check(
         env,
-        "0301047069 2d31ac02 00 0107 888e98a8c0e0808101 00"
+        "0401047069 2d31ac02 00 0107 888e98a8c0e0808101 00 00 00"
+            .replace(' ', "")
+            .as_str(),
+    );
+}
+
+/// v4: a heartbeat under pressure, with the reason the last desired state was not applied.
+#[test]
+fn heartbeat_with_pressure_and_apply_error() {
+    let env = Envelope::new(
+        Sender::Node(node()),
+        300,
+        Body::Heartbeat(Heartbeat {
+            applied_generation: 7,
+            status_digest: 1,
+            pressure: BVec::from_vec(vec![Pressure {
+                kind: PressureKind::Disk,
+                message: s("disk"),
+            }])
+            .unwrap(),
+            apply_error: Some(s("x")),
+        }),
+    );
+    // ... 01 Heartbeat | 07 gen | 01 digest | 01 one pressure: 00 Disk, 04 "disk" |
+    // 01 Some, 01 "x" | 00 no signature
+    check(
+        env,
+        "0401047069 2d31ac02 00 01 07 01 01 00 04 6469736b 01 01 78 00"
+            .replace(' ', "")
+            .as_str(),
+    );
+}
+
+/// v4: a pod the agent evicted, with kubelet's reason.
+#[test]
+fn status_of_an_evicted_pod() {
+    let env = Envelope::new(
+        Sender::Node(node()),
+        1,
+        Body::Status(NodeStatus {
+            applied_generation: 1,
+            pods: BVec::from_vec(vec![PodStatus {
+                name: s("p"),
+                uid: s("u"),
+                pod_ip: None,
+                containers: BVec::new(),
+                init_containers: BVec::new(),
+                evicted: Some(s("e")),
+            }])
+            .unwrap(),
+        }),
+    );
+    // ... 02 Status | 01 gen | 01 one pod: 01 "p", 01 "u", 00 no ip, 00 and 00 no
+    // containers, 01 Some, 01 "e" | 00 no signature
+    check(
+        env,
+        "0401047069 2d31 01 00 02 01 01 0170 0175 00 00 00 01 0165 00"
             .replace(' ', "")
             .as_str(),
     );
@@ -47,11 +104,11 @@ fn heartbeat() {
 fn offline_and_status_request() {
     check(
         Envelope::new(Sender::Node(node()), 0, Body::Offline),
-        "03010470692d3100000300",
+        "04010470692d3100000300",
     );
     check(
         Envelope::new(Sender::Coordinator, 1, Body::StatusRequest),
-        "030001000500",
+        "040001000500",
     );
 }
 
@@ -83,7 +140,7 @@ fn hello() {
     );
     check(env, &HELLO.replace([' ', '\\'], ""));
 }
-const HELLO: &str = "030104 70692d31 01 00 00 05 61726d3634 00 05 6c696e7578 05 302e312e30 \
+const HELLO: &str = "040104 70692d31 01 00 00 05 61726d3634 00 05 6c696e7578 05 302e312e30 \
 ac1b 8080808004 6e 01 04 7a6f6e65 03 6c6162 01 00 0a000002 0c 31302e34322e312e302f3234 03 \
 01 12 636f6e6e656374696f6e2072656675736564 00";
 
@@ -141,7 +198,7 @@ fn desired_state() {
     );
     check(env, &DESIRED.replace([' ', '\\'], ""));
 }
-const DESIRED: &str = "030009000402010777 65622d616263 02 7531 00 00 1e 01 03 776562 \
+const DESIRED: &str = "040009000402010777 65622d616263 02 7531 00 00 1e 01 03 776562 \
 20 3132372e302e302e313a353030302f6261746f6e2f687474702d6563686f3a31 01 00 02 022d70 0438303830 \
 01 074d455353414745 00 026869 01 042f777777 01 903f01 5000 64 01f403 8080800801 808080 10 \
 00 000000 000000000000 00 00 00 00 00 00";
@@ -175,13 +232,14 @@ fn status() {
                 ])
                 .unwrap(),
                 init_containers: BVec::new(),
+                evicted: None,
             }])
             .unwrap(),
         }),
     );
     check(
         env,
-        "030104 70692d31 02 00 02 02 01 0170 0175 01 00 0a2a0102 02 0161 04 01 01 00 0162 05 0178 00 01 00 00 00"
+        "040104 70692d31 02 00 02 02 01 0170 0175 01 00 0a2a0102 02 0161 04 01 01 00 0162 05 0178 00 01 00 00 00 00"
             .replace(' ', "")
             .as_str(),
     );
@@ -315,7 +373,7 @@ fn desired_state_v2_fields() {
 }
 // seq and sent_at are realistic microsecond/millisecond clocks; the 64-byte signature is
 // a placeholder pattern (the crate does not sign; it only defines what is signed).
-const DESIRED_V2: &str = "0300 8080e2c4f2a29903 80a0f1c2b134 04 01 01 0170 0175 00 01 05 01 \
+const DESIRED_V2: &str = "0400 8080e2c4f2a29903 80a0f1c2b134 04 01 01 0170 0175 00 01 05 01 \
 03617070 0d722f61407368613235363a3030 02 00 00 01 025057 01 026462 027077 00 00 00000000 \
 01 056372656473 022f73 01 \
 01 00 01 0474727565 010a01 0103 \
@@ -361,15 +419,16 @@ fn status_v2_fields() {
                 pod_ip: None,
                 containers: BVec::from_vec(vec![ready]).unwrap(),
                 init_containers: BVec::from_vec(vec![init]).unwrap(),
+                evicted: None,
             }])
             .unwrap(),
         }),
     );
     check(env, &STATUS_V2.replace([' ', '\\'], ""));
 }
-const STATUS_V2: &str = "030104 70692d31 03 00 02 01 01 0170 0175 00 \
+const STATUS_V2: &str = "040104 70692d31 03 00 02 01 01 0170 0175 00 \
 01 0161 02 e807 02 01 01 9202 094f4f4d4b696c6c6564 8407 \
-01 0169 03 00 00 00 00 00";
+01 0169 03 00 00 00 00 00 00";
 
 #[test]
 fn signing_bytes_bind_the_topic_and_ignore_the_signature() {
@@ -394,9 +453,9 @@ fn signing_bytes_bind_the_topic_and_ignore_the_signature() {
 
 #[test]
 fn rotate_key() {
-    // 03 version | 00 Coordinator | 07 seq | 00 sent_at | 06 RotateKey | 00 no signature
+    // 04 version | 00 Coordinator | 07 seq | 00 sent_at | 06 RotateKey | 00 no signature
     check(
         Envelope::new(Sender::Coordinator, 7, Body::RotateKey),
-        "030007000600",
+        "040007000600",
     );
 }

@@ -9,6 +9,7 @@
 //! loopback.
 
 use std::path::PathBuf;
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, ensure, Context, Result};
@@ -16,7 +17,7 @@ use serde_json::Value;
 
 use crate::fleet::{is_running, node_of, text};
 use crate::vm::{self, Board, Vm};
-use crate::{items, repo_root, wait_for, Broker, Lab};
+use crate::{items, repo_root, sh, wait_for, Broker, Lab};
 
 /// The guest's hostPort, and the hub-loopback port QEMU forwards to it.
 pub const HOST_PORT: u16 = 18080;
@@ -75,6 +76,9 @@ pub fn require_cross(triple: &str, name: &str) -> Result<PathBuf> {
 pub struct Figures {
     pub image_build: Duration,
     pub flash: Duration,
+    /// Power-on to the cut of the interrupted first boot ([`Device::power_cut_in_first_boot`]):
+    /// what that boot cost on top of the uninterrupted flow.
+    pub cut_first_boot: Option<Duration>,
     pub first_userspace: Duration,
     pub first_boot: Duration,
     pub power_on_to_ready: Duration,
@@ -98,11 +102,24 @@ pub struct Device {
     /// Another agent build the board must be able to run, checked with `--version` from a
     /// pod: for a target whose board cannot be emulated here (ARMv6, a Pi Zero).
     pub also_runs: Option<&'static str>,
+    /// Cut the power in the middle of first boot, the moment `baton-agent install` has
+    /// moved the join token off the boot partition and before firstrun.sh is done, then
+    /// power on again: first boot must still complete and the device enroll exactly once.
+    pub power_cut_in_first_boot: bool,
+    /// Run the 32-bit libcontainer patch's own test (cross/libcontainer-32bit, built by
+    /// `cross/test-libcontainer.sh --build` for armv7) on the board, from a privileged pod
+    /// (the coordinator then runs with `--allow-privileged`). Meant for the 32-bit board;
+    /// an arm64 board runs it too, through its kernel's compat mode.
+    pub libcontainer_patch_test: bool,
 }
 
 /// Where a pod finds [`Device::also_runs`]'s agent: the card's boot partition, mounted
 /// at /boot/firmware on the board.
 const EXTRA_AGENT: &str = "extra-agent";
+/// [`Device::libcontainer_patch_test`]'s program on the boot partition, and the file its
+/// pod writes its output to there.
+const PATCH_TEST: &str = "libcontainer-32bit-test";
+const PATCH_TEST_OUT: &str = "libcontainer-32bit-test.out";
 
 /// Runs the whole scenario for `dev`.
 pub fn scenario(dev: Device) -> Result<Figures> {
@@ -111,6 +128,10 @@ pub fn scenario(dev: Device) -> Result<Figures> {
     if let Some(t) = dev.also_runs {
         require_agent(t)?;
     }
+    let patch_test = match dev.libcontainer_patch_test {
+        true => Some(libcontainer_patch_test()?),
+        false => None,
+    };
     let board = dev.board;
     let arch = dev.arch;
     let mut fig = Figures::default();
@@ -124,19 +145,29 @@ pub fn scenario(dev: Device) -> Result<Figures> {
         Broker::Embedded,
         &[],
     )?;
-    // The extra agent's pod reads it from the boot partition through a hostPath.
-    let extra: &[&str] = match dev.also_runs {
-        Some(_) => &["--allow-host-path", "/boot/firmware"],
-        None => &[],
-    };
-    lab.restart_coordinator_enrolling(extra)?;
+    // The extra agent's and the patch test's pods read them from the boot partition
+    // through a hostPath; the patch test makes mount namespaces and device nodes.
+    let mut extra = Vec::new();
+    if dev.also_runs.is_some() || patch_test.is_some() {
+        extra.extend(["--allow-host-path", "/boot/firmware"]);
+    }
+    if patch_test.is_some() {
+        extra.push("--allow-privileged");
+    }
+    lab.restart_coordinator_enrolling(&extra)?;
     let mut vm = lab_board(&lab, board, &base)?;
     vm.forward(FORWARDED, HOST_PORT);
+    if let Some(t) = &patch_test {
+        vm::put_boot_file(&vm.image, PATCH_TEST, t)?;
+    }
     let r = run(&mut lab, &mut vm, &mut fig, dev);
     if r.is_err() {
         post_mortem(&lab, &vm);
     }
     fig.total = started.elapsed();
+    if let Some(c) = fig.cut_first_boot {
+        println!("device {arch}: power cut during first boot {c:.1?} after power-on");
+    }
     println!(
         "device {arch}: image {:.0?} (cached or built), flash {:.1?}, first boot: userspace {:.1?}, \
          firstrun done and rebooted {:.1?}; power-on to Ready {:.1?} (second boot {:.1?}); \
@@ -226,8 +257,13 @@ fn run(lab: &mut Lab, vm: &mut Vm, fig: &mut Figures, dev: Device) -> Result<()>
         vm::put_boot_file(&vm.image, EXTRA_AGENT, &require_agent(t)?)?;
     }
 
-    // First power-on: systemd runs firstrun.sh (the agent installed from the boot
-    // partition), which removes its hook, and systemd reboots; -no-reboot ends QEMU there.
+    if dev.power_cut_in_first_boot {
+        fig.cut_first_boot = Some(cut_during_firstrun(vm)?);
+    }
+
+    // First power-on (or the one after the cut): systemd runs firstrun.sh (the agent
+    // installed from the boot partition), which removes its hook, and systemd reboots;
+    // -no-reboot ends QEMU there.
     vm.power_on()?;
     fig.first_userspace = vm.wait_console(USERSPACE_LINE, USERSPACE)?;
     fig.first_boot = vm.wait_off(FIRST_BOOT).with_context(|| {
@@ -266,6 +302,13 @@ fn run(lab: &mut Lab, vm: &mut Vm, fig: &mut Figures, dev: Device) -> Result<()>
         log.matches("node enrolled").count() == 1,
         "the device did not enroll exactly once:\n{log}"
     );
+    if dev.power_cut_in_first_boot {
+        println!(
+            "device {arch}: after the power cut in first boot, enrolled once ({} enrollment \
+             retried by the same device)",
+            log.matches("enrollment retried").count()
+        );
+    }
 
     // Containers on the ARM kernel: a Deployment with a hostPort, a pod that outgrows its
     // 32Mi limit, and one that tries a syscall the default seccomp profile denies.
@@ -273,6 +316,9 @@ fn run(lab: &mut Lab, vm: &mut Vm, fig: &mut Figures, dev: Device) -> Result<()>
     let mut yaml = manifest(&registry);
     if dev.also_runs.is_some() {
         yaml.push_str(&extra_agent_pod(&registry));
+    }
+    if dev.libcontainer_patch_test {
+        yaml.push_str(&patch_test_pod(&registry));
     }
     lab.apply(&yaml)?;
     wait_for("web to run on the device", PODS, || {
@@ -321,6 +367,9 @@ fn run(lab: &mut Lab, vm: &mut Vm, fig: &mut Figures, dev: Device) -> Result<()>
         );
         println!("device {arch}: the {t} agent runs there (`--version` from a pod)");
     }
+    if dev.libcontainer_patch_test {
+        check_patch_test(lab, vm, arch)?;
+    }
 
     // Power cut, and the board boots again while the coordinator is down: the agent runs
     // its pods from what it stored (offline autonomy), the hostPort answers again.
@@ -363,6 +412,102 @@ fn run(lab: &mut Lab, vm: &mut Vm, fig: &mut Figures, dev: Device) -> Result<()>
         bail!(e);
     }
     Ok(())
+}
+
+/// Powers the board on for its first boot and pulls the plug the moment the join token
+/// is gone from the boot partition: `baton-agent install` has durably moved it into
+/// /etc/baton-agent/agent.env, and firstrun.sh has yet to start the agent, free the boot
+/// partition and remove its hook. The next boot runs firstrun.sh again, which installs from
+/// what the first run left. Returns the time from power-on to the cut.
+fn cut_during_firstrun(vm: &mut Vm) -> Result<Duration> {
+    vm.power_on()?;
+    vm.wait_console(USERSPACE_LINE, USERSPACE)?;
+    let start = Instant::now();
+    while vm::boot_file_exists(&vm.image, "baton/join-token")? {
+        ensure!(
+            vm.is_on(),
+            "the board went off before install moved the join token; console:\n{}",
+            vm.tail(60)
+        );
+        ensure!(
+            start.elapsed() < FIRST_BOOT,
+            "install did not move the join token off the boot partition within {FIRST_BOOT:?}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    vm.power_cut();
+    let at = vm.since_power_on();
+    let cmdline = String::from_utf8(vm::boot_file(&vm.image, "cmdline.txt")?)?;
+    ensure!(
+        cmdline.contains("systemd.run=/boot/firmware/firstrun.sh"),
+        "the cut came too late, firstrun.sh had already removed its hook: {cmdline:?}"
+    );
+    Ok(at)
+}
+
+/// `cross/test-libcontainer.sh --build` (cached by cargo): the patch test, built for armv7
+/// (which an arm64 board runs too, in its kernel's 32-bit compat mode).
+fn libcontainer_patch_test() -> Result<PathBuf> {
+    let out = sh(Command::new("nice")
+        .args(["-n", "10"])
+        .arg(repo_root().join("cross/test-libcontainer.sh"))
+        .arg("--build"))
+    .context("building the libcontainer patch test (cross/test-libcontainer.sh --build)")?;
+    let text = String::from_utf8(out.stdout)?;
+    let path = PathBuf::from(text.lines().last().unwrap_or_default());
+    ensure!(
+        path.is_file(),
+        "cross/test-libcontainer.sh printed {text:?}"
+    );
+    Ok(path)
+}
+
+/// The patch test's pod ended with 0 and its output (on the boot partition) says it ran
+/// as a 32-bit program and every check passed, none skipped.
+fn check_patch_test(lab: &Lab, vm: &Vm, arch: &str) -> Result<()> {
+    let p = wait_for("libcontainer-32bit to end", PODS, || {
+        let p = lab.get_json(&["get", "pod", "libcontainer-32bit"])?;
+        Ok((p["status"]["phase"] == "Failed" || p["status"]["phase"] == "Succeeded").then_some(p))
+    })?;
+    let out = vm::boot_file(&vm.image, PATCH_TEST_OUT)
+        .map(|b| String::from_utf8_lossy(&b).into_owned())
+        .unwrap_or_else(|e| format!("(no {PATCH_TEST_OUT}: {e:#})"));
+    println!("device {arch}: libcontainer 32-bit patch test, from a pod:\n{out}");
+    let code = &p["status"]["containerStatuses"][0]["state"]["exited"]["exitCode"];
+    ensure!(
+        code.as_i64() == Some(0),
+        "the libcontainer patch test failed on the {arch} board: {p}"
+    );
+    ensure!(
+        out.contains("usize 32 bits")
+            && out.lines().any(|l| l == "all ok")
+            && out.contains("ok   rlimit above 4 GiB")
+            && out.contains("ok   console: devpts ptmx accepted")
+            && out.contains("ok   console: a 5:2 node on tmpfs refused"),
+        "the libcontainer patch test did not pass every check as a 32-bit program"
+    );
+    Ok(())
+}
+
+/// The patch test in a privileged pod (it makes a mount namespace, a /dev tmpfs and a
+/// device node), its output written to the boot partition and synced, for the host to read.
+fn patch_test_pod(registry: &str) -> String {
+    format!(
+        r#"---
+apiVersion: v1
+kind: Pod
+metadata: {{name: libcontainer-32bit}}
+spec:
+  restartPolicy: Never
+  volumes: [{{name: fw, hostPath: {{path: /boot/firmware}}}}]
+  containers:
+  - name: test
+    image: {registry}/baton/busybox:1
+    securityContext: {{privileged: true}}
+    command: [sh, -c, "/fw/{PATCH_TEST} >/fw/{PATCH_TEST_OUT} 2>&1; rc=$?; sync; exit $rc"]
+    volumeMounts: [{{name: fw, mountPath: /fw}}]
+"#
+    )
 }
 
 /// The device's row of `baton get nodes`: NAME STATUS ARCH ...

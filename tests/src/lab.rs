@@ -235,7 +235,9 @@ impl Lab {
         for i in 1..=agents {
             let name = format!("{id}-n{i}");
             let ns = Netns::new(&format!("bt-{name}"))?;
-            let (a, b) = (format!("v{subnet}x{n}a{i}"), format!("v{subnet}x{n}b{i}"));
+            // Veths are made in the host's namespace before they move, and the suite runs many test
+            // processes at once: the whole pid (hex, <= 6 digits) keeps the names apart.
+            let (a, b) = (format!("v{pid:x}x{n}a{i}"), format!("v{pid:x}x{n}b{i}"));
             ip(&["link", "add", &a, "type", "veth", "peer", "name", &b])?;
             ip(&["link", "set", &a, "netns", &lab.hub.0])?;
             ip(&["link", "set", &b, "netns", &ns.0])?;

@@ -150,6 +150,25 @@ pub fn boot_file(image: &Path, name: &str) -> Result<Vec<u8>> {
     Ok(out.stdout)
 }
 
+/// Whether the image's boot partition has `name`; fails on anything but a missing file.
+pub fn boot_file_exists(image: &Path, name: &str) -> Result<bool> {
+    let off = boot_offset(image)?;
+    let out = Command::new("mdir")
+        .env("MTOOLS_SKIP_CHECK", "1")
+        .arg("-b")
+        .arg("-i")
+        .arg(format!("{}@@{off}", image.display()))
+        .arg(format!("::{name}"))
+        .output()
+        .context("mdir")?;
+    if out.status.success() {
+        return Ok(true);
+    }
+    let err = String::from_utf8_lossy(&out.stderr);
+    ensure!(err.contains("not found"), "mdir ::{name}: {err}");
+    Ok(false)
+}
+
 /// Writes `from` to the image's boot partition as `name`, as a card reader would.
 pub fn put_boot_file(image: &Path, name: &str, from: &Path) -> Result<()> {
     let off = boot_offset(image)?;

@@ -3,8 +3,10 @@
 //! real `baton flash` and booted under `qemu-system-aarch64 -M virt -cpu cortex-a72` with
 //! Debian's arm64 kernel, the kernel, initramfs and cmdline.txt read from the card's boot
 //! partition at every power-on as a Pi's firmware does. Asserted, on the ARM kernel:
-//! - first boot runs `baton flash`'s firstrun.sh through `systemd.run=`, which installs the
-//!   agent, removes its hook and reboots;
+//! - power lost during first boot (cut the moment install moved the join token off the
+//!   boot partition, firstrun.sh not done), then powered on again: first boot still runs
+//!   `baton flash`'s firstrun.sh through `systemd.run=`, which installs the agent, removes
+//!   its hook and reboots;
 //! - the device enrolls exactly once and is Ready with ARCH arm64;
 //! - a Deployment of the multi-arch http-echo image runs (the arm64 manifest from the
 //!   index: an amd64 busybox cannot run there), and its hostPort answers from the host
@@ -34,6 +36,8 @@ fn a_flashed_arm64_card_boots_joins_runs_containers_and_survives_a_power_cut() -
         flash_arch: None,
         arch: "arm64",
         also_runs: None,
+        power_cut_in_first_boot: true,
+        libcontainer_patch_test: false,
     })?;
     Ok(())
 }

@@ -11,7 +11,10 @@
 //! OOMKilled, seccomp's EPERM, and the pods back after a power cut with the coordinator
 //! down.
 //!
-//! Also: the ARMv6 agent (`arm-unknown-linux-musleabihf`, a Pi Zero's) runs its
+//! Also: the 32-bit libcontainer patch's own test (cross/libcontainer-32bit) passes on this
+//! board's kernel, run from a privileged pod; power lost during first boot, as on arm64.
+//!
+//! And: the ARMv6 agent (`arm-unknown-linux-musleabihf`, a Pi Zero's) runs its
 //! `--version` on this board from a pod (an ARMv7 CPU runs ARMv6 code); QEMU has no Pi Zero
 //! that Debian's kernels boot.
 //!
@@ -33,6 +36,8 @@ fn a_flashed_armhf_card_boots_joins_runs_containers_and_survives_a_power_cut() -
         flash_arch: Some("armv7"),
         arch: "arm/v7",
         also_runs: Some("arm-unknown-linux-musleabihf"),
+        power_cut_in_first_boot: true,
+        libcontainer_patch_test: true,
     })?;
     Ok(())
 }

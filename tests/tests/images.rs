@@ -98,8 +98,8 @@ impl Rig {
         let name = format!("{}-n{}", lab.id, i + 1);
         let ns = Netns::new(&format!("bt-{name}"))?;
         let n = NEXT.fetch_add(1, Ordering::SeqCst);
-        let pid = std::process::id() % 10000;
-        let (a, b) = (format!("vi{pid}x{n}a"), format!("vi{pid}x{n}b"));
+        let pid = std::process::id();
+        let (a, b) = (format!("vi{pid:x}x{n}a"), format!("vi{pid:x}x{n}b"));
         let ip = |args: &[&str]| sh(Command::new("ip").args(args)).map(|_| ());
         ip(&["link", "add", &a, "type", "veth", "peer", "name", &b])?;
         ip(&["link", "set", &a, "netns", &lab.hub.0])?;

@@ -229,6 +229,7 @@ fn fleet_over_mtls_on_mosquitto_with_per_device_acls() -> Result<()> {
             Body::Heartbeat(Heartbeat {
                 applied_generation: 0,
                 status_digest: 0,
+                ..Default::default()
             }),
             "forged-heartbeat",
         )?;
@@ -472,6 +473,7 @@ fn signatures_hold(lab: &mut Lab) -> Result<()> {
         Body::Heartbeat(Heartbeat {
             applied_generation: 0,
             status_digest: 0,
+            ..Default::default()
         }),
     );
     hb.sent_at_ms = now_ms();
@@ -588,6 +590,7 @@ fn signatures_hold(lab: &mut Lab) -> Result<()> {
         Body::Heartbeat(Heartbeat {
             applied_generation: 0,
             status_digest: 0,
+            ..Default::default()
         }),
     );
     old.sent_at_ms = now_ms();

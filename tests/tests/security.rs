@@ -241,6 +241,7 @@ fn steps(lab: &mut Lab) -> Result<()> {
         Body::Heartbeat(Heartbeat {
             applied_generation: 0,
             status_digest: 0,
+            ..Default::default()
         }),
     );
     hb.sent_at_ms = now_ms();
@@ -350,6 +351,7 @@ fn sign_and_verify_cost_per_heartbeat() -> Result<()> {
             Body::Heartbeat(Heartbeat {
                 applied_generation: 42,
                 status_digest: 0x1234_5678_9abc_def0,
+                ..Default::default()
             }),
         );
         e.sent_at_ms = 1_790_000_000_000;

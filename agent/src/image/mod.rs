@@ -413,6 +413,14 @@ impl ImageStore {
         Ok(report)
     }
 
+    /// Removes every image no pod uses (and orphaned blobs), whatever the limits: kubelet's
+    /// first reclaim under disk pressure.
+    pub async fn gc_unused(&self) -> Result<GcReport, ImageError> {
+        let inner = Arc::clone(&self.inner);
+        // No room is ever enough, so every unused image goes, least recently used first.
+        blocking(move || inner.collect(u64::MAX)).await?
+    }
+
     /// The store's measured disk use.
     pub async fn disk_usage(&self) -> Result<DiskUsage, ImageError> {
         let inner = Arc::clone(&self.inner);

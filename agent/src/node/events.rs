@@ -57,6 +57,21 @@ pub enum Event {
     },
 }
 
+/// `e` and its causes, `: `-separated, as one line for the coordinator.
+fn chain(e: &dyn std::error::Error) -> String {
+    let mut out = e.to_string();
+    let mut src = e.source();
+    while let Some(s) = src {
+        let s_text = s.to_string();
+        if !out.contains(&s_text) {
+            out.push_str(": ");
+            out.push_str(&s_text);
+        }
+        src = s.source();
+    }
+    out
+}
+
 impl Agent {
     pub(super) fn handle(&mut self, ev: Event, bus: &dyn Publish) -> Result<(), AgentError> {
         match ev {
@@ -128,12 +143,37 @@ impl Agent {
                 self.note_evicted(&d);
             }
             // Persist before acting, so a crash right now restarts from it.
-            self.state_file.store(&d)?;
+            if let Err(e) = self.state_file.store_with(&d, Some(&self.reserve)) {
+                self.apply_unpersisted(&d, &e);
+                return Ok(());
+            }
+            self.apply_error = None;
+            // An evicted pod is forgotten once the coordinator has taken it away.
+            self.evicted
+                .retain(|uid, _| d.pods.iter().any(|p| p.uid.as_str() == uid));
             self.secrets.update(&d.secrets);
             self.desired = d;
             self.status_dirty = true;
         }
         Ok(())
+    }
+
+    /// `next` could not be persisted (a full or failing disk): its stops are applied anyway,
+    /// since stopping frees what the node is short of and is always safe, but nothing new
+    /// starts and the applied generation stays the old one, so the coordinator repeats
+    /// `next` with every heartbeat until it is on disk (docs/reliability.md, "Full disk").
+    fn apply_unpersisted(&mut self, next: &DesiredState, e: &crate::state::StateError) {
+        let reason = format!("generation {} not applied: {}", next.generation, chain(e));
+        if self.apply_error.as_deref() != Some(reason.as_str()) {
+            warn!(error = %reason, "applying only the stops of a desired state that cannot be persisted");
+            self.apply_error = Some(reason);
+            self.status_dirty = true;
+        }
+        let subset = crate::state::stops_only(&self.desired, next);
+        if subset != self.desired {
+            self.desired = subset;
+            self.status_dirty = true;
+        }
     }
 
     /// The first desired state after an outage drops the pods the coordinator took away

@@ -16,6 +16,7 @@
 
 mod events;
 mod pods;
+mod pressure;
 mod report;
 mod workers;
 
@@ -87,6 +88,11 @@ pub struct AgentConfig {
     pub cgroup_root: String,
     pub log_max_bytes: u64,
     pub pids_limit: i64,
+    /// kubelet's `--eviction-hard`: the levels under which the node is under pressure.
+    pub eviction_hard: crate::pressure::Thresholds,
+    /// Evict pods when reclaiming leaves the disk under pressure (kubelet always does; off
+    /// for a node whose pods must never be stopped by it).
+    pub pod_eviction: bool,
     /// Stop every pod when the agent is asked to exit. Off by default: pods keep running and
     /// the next agent process adopts them.
     pub stop_pods_on_exit: bool,
@@ -133,6 +139,18 @@ struct Agent {
     force_stop: std::collections::BTreeSet<String>,
     /// The desired state's secrets, opened (`deps.secrets` reads the same set).
     secrets: crate::secrets::DeviceSecrets,
+    /// Room kept for desired state and pod records on a full disk.
+    reserve: crate::reserve::Reserve,
+    /// Why the last desired state could not be applied whole (with its cause), until one
+    /// is; reported so that `describe node` says why the applied generation lags.
+    apply_error: Option<String>,
+    /// The conditions under pressure at the last heartbeat.
+    pressure: Vec<crate::pressure::Pressure>,
+    /// The reclaim started under the current disk pressure; set once it is done.
+    reclaim: Option<Arc<std::sync::atomic::AtomicBool>>,
+    /// Pods evicted under node pressure, with the reason: stopped, reported `Evicted` and
+    /// not started again while their desired state lists them.
+    evicted: BTreeMap<String, String>,
 }
 
 impl Agent {
@@ -143,6 +161,7 @@ impl Agent {
         secrets: crate::secrets::DeviceSecrets,
         tx: mpsc::Sender<Event>,
     ) -> Self {
+        let cfg_data_dir = cfg.data_dir.clone();
         Agent {
             state_file: StateFile::new(&cfg.data_dir),
             cfg,
@@ -158,6 +177,14 @@ impl Agent {
             back_from_offline: false,
             force_stop: Default::default(),
             secrets,
+            reserve: crate::reserve::Reserve::new(
+                &cfg_data_dir,
+                crate::reserve::DEFAULT_RESERVE_BYTES,
+            ),
+            apply_error: None,
+            pressure: Vec::new(),
+            reclaim: None,
+            evicted: BTreeMap::new(),
         }
     }
 
@@ -187,7 +214,9 @@ impl Agent {
         if p.lifecycle == Lifecycle::Stopping || !dir.exists() {
             return;
         }
-        if let Err(e) = p.record().store(&self.deps.record_path(uid)) {
+        let path = self.deps.record_path(uid);
+        let record = p.record();
+        if let Err(e) = self.reserve.write(|| record.store(&path)) {
             warn!(%uid, error = %e, "cannot persist pod record");
         }
     }
@@ -306,6 +335,9 @@ impl Node {
 
         let (tx, events) = mpsc::channel(256);
         let mut agent = Agent::new(cfg, deps, desired, secrets, tx);
+        if let Err(e) = agent.reserve.refill() {
+            warn!(error = %e, "starting without a disk reserve");
+        }
         for p in adopted {
             agent.track_adopted(p);
         }

@@ -63,8 +63,26 @@ impl Agent {
                     pod_ip: p.pod_ip,
                     containers: BVec::from_vec(of(false)).ok()?,
                     init_containers: BVec::from_vec(of(true)).ok()?,
+                    evicted: self.evicted.get(uid).map(|r| bounded(r)),
                 })
             })
+            // Evicted pods already gone still say so while the desired state lists them.
+            .chain(
+                self.desired
+                    .pods
+                    .iter()
+                    .filter(|p| !self.pods.contains_key(p.uid.as_str()))
+                    .filter_map(|p| {
+                        Some(PodStatus {
+                            name: p.name.clone(),
+                            uid: p.uid.clone(),
+                            pod_ip: None,
+                            containers: BVec::new(),
+                            init_containers: BVec::new(),
+                            evicted: Some(bounded(self.evicted.get(p.uid.as_str())?)),
+                        })
+                    }),
+            )
             .take(baton_proto::MAX_PODS_PER_NODE)
             .collect::<Vec<_>>();
         NodeStatus {
@@ -74,15 +92,27 @@ impl Agent {
     }
 
     /// The heartbeat: the Hello again while no desired state has come since the last
-    /// connect, then the applied generation and the status digest.
-    pub(super) fn heartbeat(&self, bus: &dyn Publish) {
+    /// connect, then the applied generation, the status digest, the conditions under
+    /// pressure (measured now) and why the last desired state was not applied, if it was not.
+    pub(super) fn heartbeat(&mut self, bus: &dyn Publish) {
+        self.measure_pressure();
         if self.hello_pending {
             let _ = bus.publish(self.hello());
         }
         let status = self.status();
+        let pressure = self
+            .pressure
+            .iter()
+            .map(|p| baton_proto::Pressure {
+                kind: p.kind,
+                message: bounded(&p.message),
+            })
+            .collect();
         let _ = bus.publish(Body::Heartbeat(Heartbeat {
             applied_generation: self.desired.generation,
             status_digest: status.digest(),
+            pressure: BVec::from_vec(pressure).unwrap_or_default(),
+            apply_error: self.apply_error.as_deref().map(bounded),
         }));
     }
 
@@ -124,4 +154,13 @@ impl Agent {
             })
             .collect()
     }
+}
+
+/// `s` cut to fit a bounded wire string, at a character boundary.
+fn bounded<const N: usize>(s: &str) -> BString<N> {
+    let mut end = s.len().min(N);
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    BString::new(&s[..end]).unwrap_or_default()
 }

@@ -214,6 +214,11 @@ impl Harness {
             cgroup_root: "baton".into(),
             log_max_bytes: 1 << 20,
             pids_limit: 64,
+            eviction_hard: crate::pressure::Thresholds::parse(
+                crate::pressure::DEFAULT_EVICTION_HARD,
+            )
+            .unwrap(),
+            pod_eviction: true,
             stop_pods_on_exit: false,
         };
         let (tx, events) = mpsc::channel(256);
@@ -598,4 +603,52 @@ async fn a_pull_failure_is_reported_with_its_reason_and_retried_after_a_cooldown
     assert!(h.agent.pods.is_empty());
     assert_eq!(wake, h.agent.cooldown["u2"].0);
     assert_eq!(h.runs(), 0);
+}
+
+/// A desired state that cannot be persisted (here `desired.bin` is made a directory, as a
+/// broken disk would refuse the write) still has its stops applied at once, while its new
+/// pods wait and the applied generation stays the old one, with the cause kept for the
+/// coordinator; once the write works again the whole state is applied.
+#[tokio::test]
+async fn stops_are_applied_even_when_the_desired_state_cannot_be_persisted() {
+    let mut h = Harness::new().await;
+    h.connect();
+    h.run_pod(desired(1, vec![pod("u1", 0), pod("u2", 0)]), "u1")
+        .await;
+    h.until(|a| {
+        a.pods
+            .get("u2")
+            .is_some_and(|p| p.lifecycle == Lifecycle::Running)
+    })
+    .await;
+    let file = h.agent.state_file.path().to_path_buf();
+    std::fs::remove_file(&file).unwrap();
+    std::fs::create_dir(&file).unwrap();
+
+    let next = desired(2, vec![pod("u1", 0), pod("u3", 0)]);
+    h.bus_event(BusEvent::Desired(next.clone()));
+    assert_eq!(h.agent.pods["u2"].lifecycle, Lifecycle::Stopping);
+    assert!(
+        !h.agent.pods.contains_key("u3"),
+        "a new pod waits for the disk"
+    );
+    assert_eq!(h.agent.desired.generation, 1);
+    let err = h.agent.apply_error.clone().unwrap();
+    assert!(
+        err.contains("generation 2") && err.contains("desired.bin"),
+        "{err}"
+    );
+    h.until(|a| !a.pods.contains_key("u2")).await;
+    assert_eq!(h.agent.status().applied_generation, 1);
+
+    // The coordinator repeats it (the heartbeat's generation lags): same answer, no error.
+    h.bus_event(BusEvent::Desired(next.clone()));
+    assert!(!h.agent.pods.contains_key("u3"));
+
+    std::fs::remove_dir(&file).unwrap();
+    h.bus_event(BusEvent::Desired(next.clone()));
+    assert_eq!(h.agent.desired, next);
+    assert_eq!(h.agent.apply_error, None);
+    assert_eq!(h.agent.state_file.load().unwrap(), next);
+    assert!(h.agent.pods.contains_key("u3"));
 }

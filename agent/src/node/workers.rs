@@ -31,7 +31,7 @@ impl Agent {
             .collect();
         self.deps.images.set_in_use(&in_use);
         let now = self.mono();
-        let plan = reconcile::plan(&self.desired, &self.observed(), now);
+        let plan = reconcile::plan(&self.runnable(), &self.observed(), now);
         let mut wake = plan.wake_at;
         for step in plan.steps {
             match step {

@@ -306,6 +306,19 @@ pub trait Runtime: Send + Sync + 'static {
         args: &[String],
         timeout: std::time::Duration,
     ) -> Result<ExecOutcome, RuntimeError>;
+    /// Removes the cgroup directory `rel` (e.g. `baton/<node>`) and every empty one below it,
+    /// in every hierarchy (`baton-agent reset`, once its containers are deleted). Returns the
+    /// directories left because a process is still in them. A runtime without cgroups has
+    /// nothing to remove.
+    fn remove_cgroup_tree(&self, _rel: &Path) -> Vec<PathBuf> {
+        Vec::new()
+    }
+    /// The memory working set of the cgroup `rel` (a pod's, or the node's with all its
+    /// pods), as kubelet counts it for memory eviction; `None` where there is no such
+    /// cgroup or no way to read it.
+    fn memory_working_set(&self, _rel: &Path) -> Option<u64> {
+        None
+    }
 }
 
 impl RunSpec {

@@ -73,11 +73,12 @@ use std::fs;
 use std::io;
 use std::os::fd::OwnedFd;
 use std::path::{Path, PathBuf};
-use std::sync::{mpsc, Arc, Mutex, MutexGuard};
+use std::sync::{mpsc, Arc, Mutex, MutexGuard, RwLock, RwLockWriteGuard};
 use std::time::Duration;
 
 use libcontainer::container::builder::ContainerBuilder;
 use libcontainer::container::{Container, ContainerStatus};
+use libcontainer::error::LibcontainerError;
 use libcontainer::oci_spec::runtime::Spec;
 use libcontainer::signal::Signal;
 use libcontainer::syscall::syscall::SyscallType;
@@ -126,7 +127,23 @@ static LIBCONTAINER: Mutex<()> = Mutex::new(());
 /// init's exit fails to stat it. Both pass within milliseconds; a failed load in `delete`
 /// used to leave a stopped pod's container and cgroup behind.
 fn load(dir: &Path, id: &ContainerId) -> Result<Container, RuntimeError> {
-    retry_transient(dir, || Container::load(dir.to_owned())).map_err(backend(Operation::Load, id))
+    retry_transient(dir, || load_once(dir)).map_err(backend(Operation::Load, id))
+}
+
+fn load_once(dir: &Path) -> Result<Container, LibcontainerError> {
+    let _reading = STATE_FILES.read().unwrap_or_else(|e| e.into_inner());
+    Container::load(dir.to_owned())
+}
+
+/// Orders this process's own rewrites of `state.json` (a kill saves the state) before and
+/// after loads, so a load never reads a kill's half-written file. The retries above cover
+/// what is not ours to lock (an init's exit); they alone were not enough when the disk
+/// stalled the writer between truncate and write for longer than they wait (CI under load).
+static STATE_FILES: RwLock<()> = RwLock::new(());
+
+/// The lock a rewrite of a container's `state.json` holds (see [`STATE_FILES`]).
+fn writing_state() -> RwLockWriteGuard<'static, ()> {
+    STATE_FILES.write().unwrap_or_else(|e| e.into_inner())
 }
 
 /// Runs `op` again after 1, 2, 4, ... ms (at most [`RETRY_CAP`] in all) while it fails and
@@ -414,6 +431,7 @@ impl Runtime for YoukiRuntime {
             return Ok(());
         }
         let sig = Signal::try_from(signal).map_err(backend(Operation::Kill, id))?;
+        let _writing = writing_state();
         c.kill(sig, true).map_err(backend(Operation::Kill, id))
     }
 
@@ -426,7 +444,11 @@ impl Runtime for YoukiRuntime {
             let cgroup_path = c.spec().ok().map(|cfg| cfg.cgroup_path);
             // Kill first and let our reaper report the exit (and read the OOM counter) before
             // the cgroup disappears. Errors are fine here: delete(force) kills again.
-            if let Err(e) = c.kill(Signal::from(nix::sys::signal::Signal::SIGKILL), true) {
+            let killed = {
+                let _writing = writing_state();
+                c.kill(Signal::from(nix::sys::signal::Signal::SIGKILL), true)
+            };
+            if let Err(e) = killed {
                 tracing::debug!(error = %e, "kill before delete failed");
             }
             if let Some(rx) = &reaper {
@@ -439,10 +461,11 @@ impl Runtime for YoukiRuntime {
             let deleted = retry_transient(&dir, || {
                 let r = {
                     let _tree = lock(&LIBCONTAINER);
+                    let _writing = writing_state();
                     c.delete(true)
                 };
                 if r.is_err() {
-                    if let Ok(fresh) = Container::load(dir.clone()) {
+                    if let Ok(fresh) = load_once(&dir) {
                         c = fresh;
                     }
                 }
@@ -600,5 +623,19 @@ impl Runtime for YoukiRuntime {
         }
         ids.sort();
         Ok(ids)
+    }
+
+    fn memory_working_set(&self, rel: &Path) -> Option<u64> {
+        self.layout
+            .working_set(rel.strip_prefix("/").unwrap_or(rel))
+    }
+
+    fn remove_cgroup_tree(&self, rel: &Path) -> Vec<PathBuf> {
+        let rel = rel.strip_prefix("/").unwrap_or(rel);
+        self.layout
+            .dirs(rel)
+            .iter()
+            .flat_map(|d| cgroup::remove_cgroup_tree(d))
+            .collect()
     }
 }

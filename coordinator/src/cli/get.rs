@@ -220,6 +220,7 @@ spec:
                 name: "pi-1".into(),
                 ..Default::default()
             },
+            spec: Default::default(),
             status: api::NodeStatus {
                 ready: true,
                 arch: "arm".into(),

@@ -257,13 +257,24 @@ fn arch(n: &api::Node) -> String {
     }
 }
 
+/// kubectl's STATUS of a node: `Ready` or `NotReady`, then each condition under pressure,
+/// e.g. `Ready,DiskPressure`.
+pub fn node_status_word(n: &api::Node) -> String {
+    let mut word = String::from(if n.status.ready { "Ready" } else { "NotReady" });
+    for c in &n.status.conditions {
+        word.push(',');
+        word.push_str(&c.type_);
+    }
+    word
+}
+
 pub fn nodes_table(nodes: &[api::Node], wide: bool, now: SystemTime) -> String {
     let rows: Vec<Vec<String>> = nodes
         .iter()
         .map(|n| {
             let mut row = vec![
                 n.metadata.name.clone(),
-                if n.status.ready { "Ready" } else { "NotReady" }.into(),
+                node_status_word(n),
                 arch(n),
                 age(&n.metadata.creation_timestamp, now),
                 n.status.agent_version.clone(),
@@ -297,9 +308,17 @@ pub fn nodes_table(nodes: &[api::Node], wide: bool, now: SystemTime) -> String {
 
 fn event_type(reason: &str) -> &'static str {
     match reason {
-        "FailedScheduling" | "OOMKilled" | "Error" | "Failed" | "NodeNotReady" | "BackOff" => {
-            "Warning"
-        }
+        "FailedScheduling"
+        | "OOMKilled"
+        | "Error"
+        | "Failed"
+        | "NodeNotReady"
+        | "BackOff"
+        | "Evicted"
+        | "NodeHasDiskPressure"
+        | "NodeHasImageDiskPressure"
+        | "NodeHasInsufficientMemory"
+        | "NodeHasInsufficientPID" => "Warning",
         _ => "Normal",
     }
 }

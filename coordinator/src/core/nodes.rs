@@ -5,10 +5,28 @@ use baton_proto::{Body, NodeName};
 use tokio::time::Instant;
 
 use crate::contract::body::Revocation;
+use crate::decide::taints;
 use crate::model::api;
 use crate::model::wire;
 
 use super::{new_uid, ApiReply, Core, Live, Outbound, Tab};
+
+/// The reason of a Pending pod whose node cannot apply its desired state.
+const NOT_APPLIED: &str = "NodeNotApplying";
+
+/// kubelet's event reason for a condition becoming true or false.
+fn event_reason(condition: &str, now_true: bool) -> &'static str {
+    match (condition, now_true) {
+        ("MemoryPressure", true) => "NodeHasInsufficientMemory",
+        ("MemoryPressure", false) => "NodeHasSufficientMemory",
+        ("PIDPressure", true) => "NodeHasInsufficientPID",
+        ("PIDPressure", false) => "NodeHasSufficientPID",
+        ("ImageDiskPressure", true) => "NodeHasImageDiskPressure",
+        ("ImageDiskPressure", false) => "NodeHasNoImageDiskPressure",
+        (_, true) => "NodeHasDiskPressure",
+        (_, false) => "NodeHasNoDiskPressure",
+    }
+}
 
 impl Core {
     /// The node's liveness record, created as seen now if it has none yet.
@@ -59,6 +77,84 @@ impl Core {
         }
     }
 
+    /// Takes in a heartbeat's pressure conditions and apply error: the node's conditions
+    /// (each with its transition time), the taints that follow them, an event per condition
+    /// that comes or goes (kubelet's reasons), and the reason on the node's pods that wait
+    /// for an apply the node cannot make.
+    fn set_pressure(&mut self, node: &str, hb: &baton_proto::Heartbeat) {
+        let reported = wire::node_conditions(hb, &api::now_rfc3339());
+        let apply_error = wire::apply_error(hb);
+        let Some(n) = self.nodes.get_mut(node) else {
+            return;
+        };
+        let old = std::mem::take(&mut n.status.conditions);
+        let conditions = taints::merge_conditions(&old, reported);
+        let node_taints = taints::with_condition_taints(&n.spec.taints, &conditions);
+        let changed = conditions != old
+            || node_taints != n.spec.taints
+            || apply_error != n.status.apply_error;
+        let error_changed = apply_error != n.status.apply_error;
+        n.status.conditions = conditions.clone();
+        n.spec.taints = node_taints;
+        n.status.apply_error = apply_error.clone();
+        if !changed {
+            return;
+        }
+        self.touch(Tab::Node, node);
+        for c in conditions
+            .iter()
+            .filter(|c| !old.iter().any(|o| o.type_ == c.type_))
+        {
+            let msg = format!(
+                "Node {node} status is now: {} ({})",
+                event_reason(&c.type_, true),
+                c.message
+            );
+            self.record(format!("node/{node}"), event_reason(&c.type_, true), msg);
+        }
+        for o in old
+            .iter()
+            .filter(|o| !conditions.iter().any(|c| c.type_ == o.type_))
+        {
+            let msg = format!(
+                "Node {node} status is now: {}",
+                event_reason(&o.type_, false)
+            );
+            self.record(format!("node/{node}"), event_reason(&o.type_, false), msg);
+        }
+        if error_changed {
+            self.mark_waiting_pods(node, apply_error.as_deref());
+        }
+    }
+
+    /// Pods placed on `node` that it has not started (no container status yet) say why
+    /// while the node cannot apply its desired state, and stop saying it once it can.
+    fn mark_waiting_pods(&mut self, node: &str, apply_error: Option<&str>) {
+        let mut touched = Vec::new();
+        for pod in self.pods.values_mut() {
+            if pod.spec.node_name.as_deref() != Some(node)
+                || pod.status.phase != api::PodPhase::Pending
+                || !pod.status.container_statuses.is_empty()
+            {
+                continue;
+            }
+            let (reason, message) = match apply_error {
+                Some(e) => (
+                    Some(NOT_APPLIED.to_owned()),
+                    Some(format!("node {node} cannot start it yet: {e}")),
+                ),
+                None if pod.status.reason.as_deref() == Some(NOT_APPLIED) => (None, None),
+                None => continue,
+            };
+            pod.status.reason = reason;
+            pod.status.message = message;
+            touched.push(pod.metadata.name.clone());
+        }
+        for name in touched {
+            self.touch(Tab::Pod, &name);
+        }
+    }
+
     pub(super) fn inbound(&mut self, node: &NodeName, body: Body) {
         let name = node.as_str();
         let now = Instant::now();
@@ -70,6 +166,10 @@ impl Core {
                     n.metadata.uid = old.metadata.uid.clone();
                     n.metadata.creation_timestamp = old.metadata.creation_timestamp.clone();
                     n.status.desired_generation = old.status.desired_generation;
+                    // Reported by heartbeats, not by a Hello.
+                    n.spec = old.spec.clone();
+                    n.status.conditions = old.status.conditions.clone();
+                    n.status.apply_error = old.status.apply_error.clone();
                     // An agent repeats its report in every Hello of one connection, and
                     // sends none after connecting at once: keep the first report's time,
                     // and the last report until there is a new one.
@@ -142,6 +242,7 @@ impl Core {
                 let digest_differs = live.status_digest != Some(hb.status_digest);
                 self.set_ready(name, true, "Heartbeat received");
                 self.set_applied(name, hb.applied_generation);
+                self.set_pressure(name, &hb);
                 let Some(n) = self.nodes.get_mut(name) else {
                     return;
                 };
@@ -169,6 +270,8 @@ impl Core {
                 live.status_digest = Some(st.digest());
                 self.set_applied(name, st.applied_generation);
                 let host_ip = self.nodes.get(name).and_then(|n| n.status.address.clone());
+                // Said on the node too, where `describe node` shows it after the pod is gone.
+                let mut evicted = Vec::new();
                 for ps in st.pods.iter() {
                     let Some(pod) = self.pods.get_mut(ps.name.as_str()) else {
                         continue;
@@ -184,11 +287,21 @@ impl Core {
                     }
                     let old = std::mem::replace(&mut pod.status, new);
                     let pod_name = pod.metadata.name.clone();
-                    let transitions = container_transitions(&old, &pod.status);
+                    let mut transitions = container_transitions(&old, &pod.status);
+                    if pod.status.reason.as_deref() == Some("Evicted")
+                        && old.reason.as_deref() != Some("Evicted")
+                    {
+                        let why = pod.status.message.clone().unwrap_or_default();
+                        evicted.push(format!("Evicted pod {pod_name}: {why}"));
+                        transitions.push(("Evicted", why));
+                    }
                     self.touch(Tab::Pod, &pod_name);
                     for (reason, msg) in transitions {
                         self.record(format!("pod/{pod_name}"), reason, msg);
                     }
+                }
+                for msg in evicted {
+                    self.record(format!("node/{name}"), "Evicted", msg);
                 }
             }
             Body::Offline => {

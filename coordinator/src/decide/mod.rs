@@ -4,3 +4,4 @@ pub mod controller;
 pub mod policy;
 pub mod rollout;
 pub mod scheduler;
+pub mod taints;

@@ -1,6 +1,7 @@
 //! Pure pod placement: filter the nodes a pod can run on, then score the rest.
 //!
-//! Filters, in the order Kubernetes reports them: the node is ready, its labels (with
+//! Filters, in the order Kubernetes reports them: the node is ready, it has no taint the
+//! pod does not tolerate (`decide::taints`: a node under pressure), its labels (with
 //! the implicit `kubernetes.io/{arch,os,hostname}`) satisfy the pod's nodeSelector, it
 //! has room for one more pod, and the pod's cpu and memory requests fit what is left of
 //! its allocatable resources. Scoring spreads a Deployment's pods (fewest pods of the same
@@ -112,6 +113,7 @@ pub fn pod_requests(spec: &api::PodSpec) -> Result<Usage, quantity::QuantityErro
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 enum Reject {
     NotReady,
+    Taint,
     Selector,
     TooManyPods,
     Cpu,
@@ -123,6 +125,7 @@ impl Reject {
     fn message(self) -> &'static str {
         match self {
             Reject::NotReady => "node(s) not ready",
+            Reject::Taint => "node(s) had untolerated taint(s)",
             Reject::Selector => "node(s) didn't match node selector",
             Reject::TooManyPods => "node(s) had too many pods",
             Reject::Cpu => "node(s) had insufficient cpu",
@@ -132,8 +135,8 @@ impl Reject {
     }
 }
 
-/// Every reason `node` cannot take a pod with `req`, empty when it fits. Not-ready and
-/// selector mismatches end the check; the resource checks all report, as in Kubernetes.
+/// Every reason `node` cannot take a pod with `req`, empty when it fits. Not-ready, taints
+/// and selector mismatches end the check; the resource checks all report, as in Kubernetes.
 fn filter(
     pod: &api::PodSpec,
     req: Usage,
@@ -143,6 +146,9 @@ fn filter(
     let status = &c.node.status;
     if !status.ready {
         return vec![Reject::NotReady];
+    }
+    if super::taints::untolerated(&c.node.spec.taints).is_some() {
+        return vec![Reject::Taint];
     }
     if pod
         .node_selector

@@ -52,6 +52,7 @@ mod tests {
         Body::Heartbeat(Heartbeat {
             applied_generation: 1,
             status_digest: 2,
+            ..Default::default()
         })
     }
 

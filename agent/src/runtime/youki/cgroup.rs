@@ -74,6 +74,38 @@ impl CgroupLayout {
     }
 }
 
+impl CgroupLayout {
+    /// The memory working set of the cgroup at `rel` (its usage less inactive file cache,
+    /// as kubelet counts it); `None` when unreadable.
+    pub(super) fn working_set(&self, rel: &Path) -> Option<u64> {
+        let (dir, usage_file, inactive_key) = match self {
+            Self::V1 { memory, .. } => (
+                memory.as_ref()?.join(rel),
+                "memory.usage_in_bytes",
+                "total_inactive_file",
+            ),
+            Self::Unified { root } => (root.join(rel), "memory.current", "inactive_file"),
+        };
+        let usage: u64 = fs::read_to_string(dir.join(usage_file))
+            .ok()?
+            .trim()
+            .parse()
+            .ok()?;
+        let inactive = fs::read_to_string(dir.join("memory.stat"))
+            .ok()
+            .and_then(|text| {
+                text.lines().find_map(|l| {
+                    let mut it = l.split_whitespace();
+                    (it.next() == Some(inactive_key))
+                        .then(|| it.next().and_then(|v| v.parse::<u64>().ok()))
+                        .flatten()
+                })
+            })
+            .unwrap_or(0);
+        Some(usage.saturating_sub(inactive))
+    }
+}
+
 /// Whether the process `pid` is a member of the cgroup at `rel` (in any hierarchy). This is
 /// what tells a container's init from an unrelated process that got its pid after a reboot.
 pub(super) fn in_cgroup(pid: u32, rel: &Path) -> bool {
@@ -111,4 +143,57 @@ pub(super) fn remove_empty_cgroup(dir: &Path) -> bool {
         }
     }
     false
+}
+
+/// Removes `dir` and the cgroups below it, deepest first; returns those that could not be
+/// removed (a process still in them). A missing `dir` is already gone.
+pub(super) fn remove_cgroup_tree(dir: &Path) -> Vec<PathBuf> {
+    let mut left = Vec::new();
+    let children = fs::read_dir(dir)
+        .map(|rd| {
+            rd.flatten()
+                .filter(|e| e.file_type().is_ok_and(|t| t.is_dir()))
+                .map(|e| e.path())
+                .collect::<Vec<_>>()
+        })
+        .unwrap_or_default();
+    for child in children {
+        left.extend(remove_cgroup_tree(&child));
+    }
+    if left.is_empty() && !remove_empty_cgroup(dir) {
+        left.push(dir.to_path_buf());
+    }
+    left
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// On the host's real cgroups (the agent's tests run as root): a nested tree under every
+    /// hierarchy goes whole, the directory of the tree itself included.
+    #[test]
+    fn a_cgroup_tree_is_removed_under_every_hierarchy() {
+        let layout = CgroupLayout::detect();
+        let rel = PathBuf::from(format!("baton-test-tree-{}", std::process::id()));
+        let dirs = layout.dirs(&rel);
+        assert!(!dirs.is_empty());
+        for d in &dirs {
+            fs::create_dir_all(d.join("pod/ctr")).unwrap();
+            fs::create_dir_all(d.join("other")).unwrap();
+        }
+        for d in &dirs {
+            assert_eq!(
+                remove_cgroup_tree(d),
+                Vec::<PathBuf>::new(),
+                "{}",
+                d.display()
+            );
+            assert!(!d.exists(), "{} left", d.display());
+        }
+        assert!(
+            remove_cgroup_tree(&dirs[0]).is_empty(),
+            "a missing tree is gone already"
+        );
+    }
 }

@@ -358,6 +358,44 @@ pub fn describe_node(
     kv(&mut out, "Created", &n.metadata.creation_timestamp);
     kv(&mut out, "Ready", n.status.ready.to_string());
     kv(&mut out, "Last Heartbeat", &n.status.last_heartbeat);
+    if n.status.conditions.is_empty() {
+        kv(&mut out, "Conditions", "<no pressure>");
+    } else {
+        out.push_str(
+            "Conditions:
+",
+        );
+        let rows: Vec<Vec<String>> = n
+            .status
+            .conditions
+            .iter()
+            .map(|c| {
+                vec![
+                    c.type_.clone(),
+                    "True".into(),
+                    c.last_transition_time.clone(),
+                    c.reason.clone(),
+                    c.message.clone(),
+                ]
+            })
+            .collect();
+        let header = ["Type", "Status", "LastTransitionTime", "Reason", "Message"];
+        for l in table(&header, &rows).lines() {
+            out.push_str("  ");
+            out.push_str(l);
+            out.push('\n');
+        }
+    }
+    let taints: Vec<String> = n.spec.taints.iter().map(|t| t.to_string()).collect();
+    kv(
+        &mut out,
+        "Taints",
+        if taints.is_empty() {
+            "<none>".to_owned()
+        } else {
+            taints.join(", ")
+        },
+    );
     kv(&mut out, "Architecture", arch(n));
     kv(&mut out, "OS", &n.status.os);
     kv(&mut out, "Agent Version", &n.status.agent_version);
@@ -375,6 +413,10 @@ pub fn describe_node(
             n.status.desired_generation, n.status.applied_generation
         ),
     );
+    // Why the node lags, in the agent's words with the cause.
+    if let Some(e) = &n.status.apply_error {
+        kv(&mut out, "Apply Error", e);
+    }
     match &n.status.last_connect_error {
         Some(e) => kv(
             &mut out,

@@ -447,6 +447,7 @@ fn describe_and_wide_show_the_last_connect_error_and_enrollment() {
             creation_timestamp: "2026-12-05T11:00:00Z".into(),
             ..Default::default()
         },
+        spec: Default::default(),
         status: api::NodeStatus {
             ready: true,
             ..Default::default()
@@ -493,4 +494,56 @@ fn describe_and_wide_show_the_last_connect_error_and_enrollment() {
         wide.lines().nth(1).unwrap().ends_with("connection refused"),
         "{wide}"
     );
+}
+
+/// A node under pressure: kubectl's `Ready,DiskPressure`, and in `describe` the condition
+/// with what was measured, the taint, and why the applied generation lags.
+#[test]
+fn pressure_shows_in_status_conditions_taints_and_the_apply_error() {
+    let now = ts("2026-12-05T12:00:00Z");
+    let mut n = api::Node {
+        api_version: "v1".into(),
+        kind: "Node".into(),
+        metadata: api::ObjectMeta {
+            name: "pi-1".into(),
+            creation_timestamp: "2026-12-05T11:00:00Z".into(),
+            ..Default::default()
+        },
+        spec: Default::default(),
+        status: api::NodeStatus {
+            ready: true,
+            ..Default::default()
+        },
+    };
+    let out = describe_node(&n, None, &[], &[], now);
+    assert!(out.contains("Conditions:     <no pressure>\n"), "{out}");
+    assert!(out.contains("Taints:         <none>\n"), "{out}");
+    assert!(!out.contains("Apply Error"), "{out}");
+
+    n.status.conditions = vec![api::NodeCondition {
+        type_: "DiskPressure".into(),
+        reason: "KubeletHasDiskPressure".into(),
+        message: "nodefs.available 0 < 2.4Mi (10%)".into(),
+        last_transition_time: "2026-12-05T11:59:00Z".into(),
+    }];
+    n.spec.taints = crate::decide::taints::with_condition_taints(&[], &n.status.conditions);
+    n.status.apply_error = Some("generation 7 not applied: No space left on device".into());
+    n.status.ready = false;
+    let table = nodes_table(std::slice::from_ref(&n), false, now);
+    assert!(table.contains("NotReady,DiskPressure"), "{table}");
+    n.status.ready = true;
+    let table = nodes_table(std::slice::from_ref(&n), false, now);
+    assert!(
+        table.lines().nth(1).unwrap().split_whitespace().nth(1) == Some("Ready,DiskPressure"),
+        "{table}"
+    );
+    let out = describe_node(&n, None, &[], &[], now);
+    for want in [
+        "Conditions:\n",
+        "  DiskPressure   True     2026-12-05T11:59:00Z   KubeletHasDiskPressure   nodefs.available 0 < 2.4Mi (10%)\n",
+        "Taints:         node.kubernetes.io/disk-pressure:NoSchedule\n",
+        "Apply Error:    generation 7 not applied: No space left on device\n",
+    ] {
+        assert!(out.contains(want), "{want:?} in\n{out}");
+    }
 }

@@ -2,6 +2,7 @@
 //! in-memory store; split by concern like the core itself.
 
 mod nodes;
+mod pressure;
 mod requests;
 mod rollouts;
 mod scheduling;
@@ -15,7 +16,7 @@ use crate::model::manifest;
 use crate::store::MemStore;
 use baton_proto::{
     BString, BVec, Capacity, ContainerState, ContainerStatus, DesiredState, Heartbeat, Hello,
-    NodeStatus, PodStatus,
+    NodeStatus, PodStatus, Pressure, PressureKind,
 };
 
 const TIMEOUT: Duration = Duration::from_secs(20);
@@ -176,6 +177,7 @@ fn running_status(desired: &DesiredState, applied: u64) -> NodeStatus {
             }])
             .unwrap(),
             init_containers: BVec::new(),
+            evicted: None,
         })
         .collect();
     NodeStatus {

@@ -18,6 +18,7 @@ async fn a_revoked_node_stays_not_ready_whatever_reaches_the_core() {
         Body::Heartbeat(Heartbeat {
             applied_generation: 1,
             status_digest: 0,
+            ..Default::default()
         }),
     );
     h.send("pi-1", hello(4000));
@@ -38,6 +39,7 @@ async fn heartbeats_heal_lost_messages() {
         Body::Heartbeat(Heartbeat {
             applied_generation: d.generation - 1,
             status_digest: 0,
+            ..Default::default()
         }),
     );
     let msgs = h.drain();
@@ -54,6 +56,7 @@ async fn heartbeats_heal_lost_messages() {
         Body::Heartbeat(Heartbeat {
             applied_generation: d.generation,
             status_digest: st.digest(),
+            ..Default::default()
         }),
     );
     assert!(h.drain().is_empty());
@@ -63,6 +66,7 @@ async fn heartbeats_heal_lost_messages() {
         Body::Heartbeat(Heartbeat {
             applied_generation: d.generation,
             status_digest: st.digest() ^ 1,
+            ..Default::default()
         }),
     );
     let msgs = h.drain();
@@ -190,6 +194,7 @@ async fn lost_nodes_become_not_ready() {
             Body::Heartbeat(Heartbeat {
                 applied_generation: 0,
                 status_digest: 0,
+                ..Default::default()
             }),
         );
         h.core.handle(Event::Tick);
@@ -217,6 +222,7 @@ async fn lost_nodes_become_not_ready() {
         Body::Heartbeat(Heartbeat {
             applied_generation: 0,
             status_digest: 0,
+            ..Default::default()
         }),
     );
     assert!(h.node("pi-2").status.ready);
@@ -230,6 +236,7 @@ fn beat(h: &mut Harness, node: &str) {
         Body::Heartbeat(Heartbeat {
             applied_generation: 0,
             status_digest: 0,
+            ..Default::default()
         }),
     );
 }
@@ -358,6 +365,7 @@ async fn a_silent_node_loses_its_deployment_pods_after_the_eviction_timeout() {
         Body::Heartbeat(Heartbeat {
             applied_generation: back.generation - 1,
             status_digest: 0,
+            ..Default::default()
         }),
     );
     assert_eq!(desired_for(&h.drain(), &lost), Some(back));

@@ -29,6 +29,7 @@ fn report(h: &mut Harness, ready: &BTreeSet<String>) {
                 }])
                 .unwrap(),
                 init_containers: BVec::new(),
+                evicted: None,
             })
             .collect();
         let generation = h.node(node).status.desired_generation;

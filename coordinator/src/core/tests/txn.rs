@@ -48,6 +48,7 @@ async fn events_are_bounded() {
             Body::Heartbeat(Heartbeat {
                 applied_generation: 0,
                 status_digest: i as u64,
+                ..Default::default()
             }),
         );
     }

@@ -593,6 +593,7 @@ fn a_rollout_waits_for_the_agents_readiness_not_for_running() {
         }])
         .unwrap(),
         init_containers: proto::BVec::new(),
+        evicted: None,
     };
     new.status = crate::model::wire::pod_status(&report(false), &new.spec, None);
     assert_eq!(new.status.phase, api::PodPhase::Running);

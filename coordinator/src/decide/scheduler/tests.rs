@@ -9,6 +9,7 @@ fn node(name: &str, arch: &str, cpu: &str, mem: &str, pods: u16) -> api::Node {
             name: name.into(),
             ..Default::default()
         },
+        spec: Default::default(),
         status: api::NodeStatus {
             ready: true,
             arch: arch.into(),
@@ -104,6 +105,14 @@ fn table() {
     down.status.ready = false;
     let tiny = node("tiny", "arm", "1", "256Mi", 2);
     let mut zoned = node("zoned", "arm64", "4", "4Gi", 110);
+    let mut full = node("full", "arm64", "8", "16Gi", 110);
+    full.spec.taints = crate::decide::taints::with_condition_taints(
+        &[],
+        &[api::NodeCondition {
+            type_: "DiskPressure".into(),
+            ..Default::default()
+        }],
+    );
     zoned.metadata.labels.insert("zone".into(), "barn".into());
 
     let small = pod(&[(Some("100m"), Some("64Mi"), None, None)]);
@@ -175,6 +184,18 @@ fn table() {
                 Ok("pi-2"),
             ),
             ("not ready skipped", &small, vec![c(&down, idle, 0), c(&pi2, idle, 0)], Ok("pi-2")),
+            (
+                "a node under disk pressure is skipped, however empty",
+                &small,
+                vec![c(&full, idle, 0), c(&pi2, used(3000, "3Gi", 5), 3)],
+                Ok("pi-2"),
+            ),
+            (
+                "an untolerated taint is reported",
+                &small,
+                vec![c(&full, idle, 0), c(&down, idle, 0)],
+                Err("0/2 nodes are available: 1 node(s) not ready, 1 node(s) had untolerated taint(s)"),
+            ),
             ("arch selector", &on_arm64, vec![c(&x86, idle, 0), c(&pi2, idle, 0)], Ok("pi-2")),
             ("beta arch selector", &on_beta_amd64, vec![c(&pi1, idle, 0), c(&x86, idle, 0)], Ok("nuc")),
             ("user label selector", &in_barn, vec![c(&pi1, idle, 0), c(&zoned, idle, 0)], Ok("zoned")),

@@ -10,7 +10,61 @@ pub struct Node {
     pub api_version: String,
     pub kind: String,
     pub metadata: ObjectMeta,
+    #[serde(default)]
+    pub spec: NodeSpec,
     pub status: NodeStatus,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct NodeSpec {
+    /// Kubernetes' node taints. The pressure ones (`node.kubernetes.io/disk-pressure`, ...)
+    /// follow the node's conditions (`crate::decide::taints`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub taints: Vec<Taint>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Taint {
+    pub key: String,
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub value: String,
+    pub effect: TaintEffect,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+pub enum TaintEffect {
+    NoSchedule,
+    PreferNoSchedule,
+    NoExecute,
+}
+
+impl std::fmt::Display for Taint {
+    /// kubectl's spelling: `key=value:Effect`, or `key:Effect`.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        if self.value.is_empty() {
+            write!(f, "{}:{:?}", self.key, self.effect)
+        } else {
+            write!(f, "{}={}:{:?}", self.key, self.value, self.effect)
+        }
+    }
+}
+
+/// A node condition other than Ready (which is `NodeStatus::ready`): kubelet's
+/// `DiskPressure`, `MemoryPressure`, `PIDPressure`, present only while true.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct NodeCondition {
+    /// `DiskPressure`, `ImageDiskPressure`, `MemoryPressure` or `PIDPressure`.
+    #[serde(rename = "type")]
+    pub type_: String,
+    /// kubelet's reason word, e.g. `KubeletHasDiskPressure`.
+    pub reason: String,
+    /// What the agent measured against which threshold.
+    pub message: String,
+    /// When it became true (RFC 3339).
+    pub last_transition_time: String,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
@@ -39,6 +93,13 @@ pub struct NodeStatus {
     /// as it reported in its Hello; kept until it reports another.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_connect_error: Option<ConnectError>,
+    /// The node's conditions under pressure; empty when there is none.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub conditions: Vec<NodeCondition>,
+    /// Why the agent could not apply its last desired state whole (with the cause), as it
+    /// reported in its last heartbeat; `None` once it did.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub apply_error: Option<String>,
 }
 
 /// An agent's report of its failed connection attempts (see [`NodeStatus`]).

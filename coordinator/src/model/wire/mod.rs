@@ -14,7 +14,7 @@ mod status;
 
 use baton_proto::{BString, BVec};
 
-pub use node::node_from_hello;
+pub use node::{apply_error, node_conditions, node_from_hello};
 pub use secret::{encode_data, secret_names};
 pub use spec::{default_pull_policy, pod_spec};
 pub use status::pod_status;

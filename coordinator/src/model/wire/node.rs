@@ -1,4 +1,5 @@
-//! Up from the agent: its Hello, as the Node the API shows.
+//! Up from the agent: its Hello, as the Node the API shows, and the conditions and apply
+//! error of its heartbeats.
 
 use baton_proto as proto;
 
@@ -20,6 +21,7 @@ pub fn node_from_hello(name: &proto::NodeName, h: &proto::Hello) -> api::Node {
                 .collect(),
             ..Default::default()
         },
+        spec: Default::default(),
         status: api::NodeStatus {
             ready: true,
             arch: h.arch.to_string(),
@@ -37,10 +39,49 @@ pub fn node_from_hello(name: &proto::NodeName, h: &proto::Hello) -> api::Node {
             applied_generation: h.applied_generation,
             desired_generation: 0,
             last_connect_error: h.last_connect_error.as_ref().map(|m| api::ConnectError {
-                // Text from the device, shown on a terminal: no control characters.
-                message: m.chars().filter(|c| !c.is_control()).collect(),
+                message: printable(m),
                 reported_at: api::now_rfc3339(),
             }),
+            conditions: Vec::new(),
+            apply_error: None,
         },
     }
+}
+
+/// Text from the device, shown on a terminal: no control characters.
+fn printable(s: &str) -> String {
+    s.chars().filter(|c| !c.is_control()).collect()
+}
+
+/// The pressure conditions a heartbeat reports, as kubelet names them, true since `now`.
+pub fn node_conditions(hb: &proto::Heartbeat, now: &str) -> Vec<api::NodeCondition> {
+    hb.pressure
+        .iter()
+        .map(|p| {
+            let type_ = match p.kind {
+                proto::PressureKind::Disk => "DiskPressure",
+                proto::PressureKind::ImageDisk => "ImageDiskPressure",
+                proto::PressureKind::Memory => "MemoryPressure",
+                proto::PressureKind::Pid => "PIDPressure",
+            };
+            let reason = match p.kind {
+                proto::PressureKind::Disk | proto::PressureKind::ImageDisk => {
+                    "KubeletHasDiskPressure"
+                }
+                proto::PressureKind::Memory => "KubeletHasInsufficientMemory",
+                proto::PressureKind::Pid => "KubeletHasInsufficientPID",
+            };
+            api::NodeCondition {
+                type_: type_.into(),
+                reason: reason.into(),
+                message: printable(&p.message),
+                last_transition_time: now.into(),
+            }
+        })
+        .collect()
+}
+
+/// The heartbeat's apply error, printable.
+pub fn apply_error(hb: &proto::Heartbeat) -> Option<String> {
+    hb.apply_error.as_deref().map(printable)
 }

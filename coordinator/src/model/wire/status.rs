@@ -156,10 +156,20 @@ pub fn pod_status(
     } else {
         api::PodPhase::Pending
     };
+    // Evicted under node pressure: Failed for good, as kubelet reports it; a Deployment
+    // replaces it.
+    let (phase, reason, message) = match &s.evicted {
+        Some(why) => (
+            api::PodPhase::Failed,
+            Some("Evicted".to_owned()),
+            Some(why.chars().filter(|c| !c.is_control()).collect()),
+        ),
+        None => (phase, None, None),
+    };
     api::PodStatus {
         phase,
-        reason: None,
-        message: None,
+        reason,
+        message,
         pod_ip: s.pod_ip.map(|ip| ip.to_string()),
         host_ip,
         container_statuses,

@@ -95,6 +95,7 @@ fn status(states: Vec<proto::ContainerState>) -> proto::PodStatus {
         pod_ip: Some("10.42.0.5".parse().unwrap()),
         containers: BVec::from_vec(containers).unwrap(),
         init_containers: BVec::new(),
+        evicted: None,
     }
 }
 
@@ -346,6 +347,7 @@ fn report(
         pod_ip: None,
         containers: BVec::from_vec(main).unwrap(),
         init_containers: BVec::from_vec(inits).unwrap(),
+        evicted: None,
     }
 }
 

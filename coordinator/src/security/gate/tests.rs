@@ -64,6 +64,7 @@ fn hb() -> Body {
     Body::Heartbeat(Heartbeat {
         applied_generation: 1,
         status_digest: 2,
+        ..Default::default()
     })
 }
 

@@ -1,0 +1,255 @@
+//! The node loop's side of node pressure (see [`crate::pressure`]), at every heartbeat:
+//! measure the signals (memory against the allocatable too: what the pods' working set
+//! leaves of it), then do what kubelet does. Under DiskPressure: reclaim first (every image
+//! no pod uses, rotated container logs), and if the disk is still under pressure once that
+//! is done, evict one pod at a time in kubelet's order (`pressure::evict`), without a grace
+//! period. Under MemoryPressure there is nothing to reclaim: evict at once, by working set
+//! above the memory request. An evicted pod is reported `Evicted` with the reason (its Deployment
+//! replaces it elsewhere) and is not started again while it stays in the desired state.
+
+use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+
+use baton_proto::{DesiredState, PressureKind};
+use tracing::{info, warn};
+
+use super::Agent;
+use crate::pressure::evict::{self, Candidate};
+use crate::pressure::thresholds::human_bytes;
+use crate::reconcile::Lifecycle;
+
+impl Agent {
+    /// Measures the node's signals against `--eviction-hard`, logs changes of condition,
+    /// makes the disk reserve again once the data disk is out of pressure, and relieves
+    /// disk pressure.
+    pub(super) fn measure_pressure(&mut self) {
+        let observed = crate::pressure::measure::observe(&crate::pressure::measure::Paths {
+            data_dir: self.cfg.data_dir.clone(),
+            image_dir: self.cfg.data_dir.join("images"),
+        });
+        let node_cgroup = Path::new(&self.cfg.cgroup_root).join(self.cfg.node.as_str());
+        let observed = crate::pressure::Observed {
+            memory: crate::pressure::conditions::memory_available(
+                observed.memory,
+                self.cfg.allocatable.memory_bytes,
+                self.deps.runtime.memory_working_set(&node_cgroup),
+            ),
+            ..observed
+        };
+        let now = crate::pressure::pressures(&self.cfg.eviction_hard, &observed);
+        let kinds = |p: &[crate::pressure::Pressure]| p.iter().map(|p| p.kind).collect::<Vec<_>>();
+        if kinds(&now) != kinds(&self.pressure) {
+            if now.is_empty() {
+                info!("no node pressure any more");
+            } else {
+                for p in &now {
+                    warn!(condition = ?p.kind, measured = %p.message, "node under pressure");
+                }
+            }
+        }
+        self.pressure = now;
+        let disk = self
+            .pressure
+            .iter()
+            .find(|p| p.kind == PressureKind::Disk)
+            .map(|p| p.message.clone());
+        // kubelet has nothing to reclaim for memory: evict at once.
+        let memory = self
+            .pressure
+            .iter()
+            .find(|p| p.kind == PressureKind::Memory)
+            .map(|p| p.message.clone());
+        if let Some(measured) = memory {
+            self.evict_one(Resource::Memory, &measured);
+        }
+        match disk {
+            None => {
+                self.reclaim = None;
+                if !self.reserve.is_held() {
+                    if let Err(e) = self.reserve.refill() {
+                        warn!(error = %e, "cannot make the disk reserve yet");
+                    }
+                }
+            }
+            Some(measured) => self.relieve_disk(&measured),
+        }
+    }
+
+    /// Reclaims, then evicts one pod once the reclaim is done and the disk is still short.
+    fn relieve_disk(&mut self, measured: &str) {
+        match &self.reclaim {
+            None => {
+                let done = Arc::new(AtomicBool::new(false));
+                self.reclaim = Some(done.clone());
+                let images = self.deps.images.clone();
+                let pods_dir = self.deps.pods_dir.clone();
+                tokio::spawn(async move {
+                    match images.gc_unused().await {
+                        Ok(r) => {
+                            info!(removed = ?r.removed_images, freed = r.freed_bytes, "disk pressure: removed unused images")
+                        }
+                        Err(e) => warn!(error = %e, "disk pressure: cannot remove unused images"),
+                    }
+                    let freed = tokio::task::spawn_blocking(move || remove_rotated_logs(&pods_dir))
+                        .await
+                        .unwrap_or(0);
+                    info!(freed, "disk pressure: removed rotated container logs");
+                    done.store(true, Ordering::Relaxed);
+                });
+                return;
+            }
+            Some(done) if !done.load(Ordering::Relaxed) => return,
+            Some(_) => {}
+        }
+        self.evict_one(Resource::Disk, measured);
+    }
+
+    /// Evicts the first pod in kubelet's order for `resource`, unless an evicted pod is
+    /// still stopping (its resources come back once it is gone) or eviction is off.
+    fn evict_one(&mut self, resource: Resource, measured: &str) {
+        if !self.cfg.pod_eviction || self.evicted.keys().any(|uid| self.pods.contains_key(uid)) {
+            return;
+        }
+        let node_cgroup = Path::new(&self.cfg.cgroup_root).join(self.cfg.node.as_str());
+        let candidates: Vec<Candidate> = self
+            .pods
+            .iter()
+            .filter(|(uid, p)| {
+                p.lifecycle != Lifecycle::Stopping && !self.evicted.contains_key(*uid)
+            })
+            .map(|(uid, p)| {
+                let (usage, request) = match resource {
+                    Resource::Disk => (disk_usage(&self.deps.pod_dir(uid)), 0),
+                    Resource::Memory => (
+                        self.deps
+                            .runtime
+                            .memory_working_set(&node_cgroup.join(uid))
+                            .unwrap_or(0),
+                        crate::pod::all_containers(&p.spec)
+                            .map(|c| c.resources.memory_request_bytes)
+                            .sum(),
+                    ),
+                };
+                Candidate {
+                    uid: uid.clone(),
+                    best_effort: evict::is_best_effort(&p.spec),
+                    usage,
+                    request,
+                }
+            })
+            .collect();
+        let Some(victim) = evict::rank(candidates).into_iter().next() else {
+            return;
+        };
+        let name = self
+            .pods
+            .get(&victim.uid)
+            .map(|p| p.spec.name.to_string())
+            .unwrap_or_default();
+        let reason = format!(
+            "The node was low on resource: {}. {measured}; the pod used {}, request is {}.",
+            resource.name(),
+            human_bytes(victim.usage),
+            human_bytes(victim.request)
+        );
+        warn!(pod = %name, uid = %victim.uid, %reason, "evicting pod");
+        self.force_stop.insert(victim.uid.clone());
+        self.evicted.insert(victim.uid, reason);
+        self.status_dirty = true;
+    }
+
+    /// The desired state the reconciler works from: the persisted one less evicted pods.
+    pub(super) fn runnable(&self) -> std::borrow::Cow<'_, DesiredState> {
+        if self.evicted.is_empty() {
+            return std::borrow::Cow::Borrowed(&self.desired);
+        }
+        let mut d = self.desired.clone();
+        let pods = d
+            .pods
+            .iter()
+            .filter(|p| !self.evicted.contains_key(p.uid.as_str()))
+            .cloned()
+            .collect();
+        d.pods = baton_proto::BVec::from_vec(pods).unwrap_or_default();
+        std::borrow::Cow::Owned(d)
+    }
+}
+
+/// What an eviction frees, in kubelet's words.
+#[derive(Debug, Clone, Copy)]
+enum Resource {
+    Disk,
+    Memory,
+}
+
+impl Resource {
+    fn name(self) -> &'static str {
+        match self {
+            Resource::Disk => "ephemeral-storage",
+            Resource::Memory => "memory",
+        }
+    }
+}
+
+/// Bytes under `dir` on its own filesystem: mounts below it (container root filesystems,
+/// tmpfs volumes) are not the data disk's and are skipped.
+fn disk_usage(dir: &Path) -> u64 {
+    use std::os::unix::fs::MetadataExt;
+    fn walk(dir: &Path, dev: u64) -> u64 {
+        let Ok(rd) = std::fs::read_dir(dir) else {
+            return 0;
+        };
+        rd.flatten()
+            .map(|e| match e.metadata() {
+                Ok(m) if m.dev() != dev => 0,
+                Ok(m) if m.is_dir() => walk(&e.path(), dev),
+                Ok(m) => m.blocks() * 512,
+                Err(_) => 0,
+            })
+            .sum()
+    }
+    match std::fs::metadata(dir) {
+        Ok(m) => walk(dir, m.dev()),
+        Err(_) => 0,
+    }
+}
+
+/// Removes every rotated container log (`<pod>/logs/<container>.log.1`); returns the bytes.
+fn remove_rotated_logs(pods_dir: &Path) -> u64 {
+    let mut freed = 0;
+    for pod in std::fs::read_dir(pods_dir).into_iter().flatten().flatten() {
+        for log in std::fs::read_dir(pod.path().join("logs"))
+            .into_iter()
+            .flatten()
+            .flatten()
+        {
+            let path = log.path();
+            if path.extension().is_some_and(|e| e == "1") {
+                let size = log.metadata().map(|m| m.len()).unwrap_or(0);
+                if std::fs::remove_file(&path).is_ok() {
+                    freed += size;
+                }
+            }
+        }
+    }
+    freed
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rotated_logs_go_and_current_ones_stay() {
+        let dir = tempfile::tempdir().unwrap();
+        let logs = dir.path().join("u1/logs");
+        std::fs::create_dir_all(&logs).unwrap();
+        std::fs::write(logs.join("app.log"), b"now").unwrap();
+        std::fs::write(logs.join("app.log.1"), vec![0u8; 5000]).unwrap();
+        assert_eq!(remove_rotated_logs(dir.path()), 5000);
+        assert!(logs.join("app.log").exists() && !logs.join("app.log.1").exists());
+        assert!(disk_usage(&dir.path().join("u1")) >= 3);
+        assert_eq!(disk_usage(&dir.path().join("missing")), 0);
+    }
+}

@@ -1,0 +1,480 @@
+//! Node pressure, end to end (issue 19): an agent whose data directory is a small tmpfs,
+//! filled to the last block as a workload writing where it should not would, next to a
+//! healthy node. Real agents, real containers, the real broker.
+//!
+//! What must hold: DiskPressure within a few heartbeats (1 s here), with its taint and an
+//! event; new pods go elsewhere; a deletion and a scale-down take effect at once even when
+//! the new desired state cannot be persisted; the agent survives kill -9 while full, keeps
+//! the restart count its reserve let it write, and applies deletions after it; freeing the
+//! space clears the condition and the taint; `reset` leaves no cgroup directory of the node.
+
+use std::fs;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use anyhow::{ensure, Context, Result};
+use baton_e2e::fleet::{self, container_running, node_of, owned_pods, uid, EchoDeployment};
+use baton_e2e::{container_pids, sh, wait_for, Broker, Lab};
+use serde_json::Value;
+
+const LONG: Duration = Duration::from_secs(90);
+/// A few of the lab's 1 s heartbeats, plus the CLI's round trip.
+const HEARTBEATS: Duration = Duration::from_secs(6);
+const DISK_PRESSURE_TAINT: &str = "node.kubernetes.io/disk-pressure";
+
+/// Mounts a tmpfs of `size` on `dir` (created empty, 0700).
+fn mount_tmpfs(dir: &Path, size: &str) -> Result<()> {
+    fs::create_dir_all(dir)?;
+    sh(std::process::Command::new("mount")
+        .args([
+            "-t",
+            "tmpfs",
+            "-o",
+            &format!("size={size},mode=0700"),
+            "tmpfs",
+        ])
+        .arg(dir))?;
+    Ok(())
+}
+
+/// Writes `name` in `dir` until the filesystem is full; returns the bytes written.
+fn fill(dir: &Path, name: &str) -> Result<u64> {
+    let mut f = fs::File::create(dir.join(name))?;
+    let chunk = vec![0x5au8; 64 * 1024];
+    let mut written = 0u64;
+    loop {
+        match f.write(&chunk) {
+            Ok(0) => break,
+            Ok(n) => written += n as u64,
+            Err(e) if e.raw_os_error() == Some(libc_enospc()) => break,
+            Err(e) => return Err(e.into()),
+        }
+    }
+    // Partial pages: write byte by byte until nothing more fits.
+    while f.write(&[0x5a]).is_ok_and(|n| n == 1) {
+        written += 1;
+    }
+    Ok(written)
+}
+
+fn libc_enospc() -> i32 {
+    28
+}
+
+fn node(lab: &Lab, name: &str) -> Result<Value> {
+    lab.get_json(&["get", "node", name])
+}
+
+fn has_condition(n: &Value, t: &str) -> bool {
+    n["status"]["conditions"]
+        .as_array()
+        .is_some_and(|cs| cs.iter().any(|c| c["type"] == t))
+}
+
+fn has_taint(n: &Value, key: &str) -> bool {
+    n["spec"]["taints"].as_array().is_some_and(|ts| {
+        ts.iter()
+            .any(|t| t["key"] == key && t["effect"] == "NoSchedule")
+    })
+}
+
+fn pod(lab: &Lab, name: &str) -> Result<Option<Value>> {
+    Ok(lab
+        .pods()?
+        .into_iter()
+        .find(|p| p["metadata"]["name"] == name))
+}
+
+fn text(out: &std::process::Output) -> String {
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// A busybox pod pinned to `node` by its hostname label.
+fn pinned_pod(registry: &str, name: &str, node: &str, extra_spec: &str, command: &str) -> String {
+    format!(
+        "apiVersion: v1\nkind: Pod\nmetadata:\n  name: {name}\nspec:\n  terminationGracePeriodSeconds: 1\n  nodeSelector: {{kubernetes.io/hostname: {node}}}\n{extra_spec}  containers:\n  - name: main\n    image: {registry}/baton/busybox:1\n    command: [sh, -c, \"{command}\"]\n{}",
+        if extra_spec.contains("volumes") {
+            "    volumeMounts: [{name: data, mountPath: /data}]\n"
+        } else {
+            ""
+        }
+    )
+}
+
+fn running(lab: &Lab, name: &str) -> Result<Value> {
+    wait_for(&format!("{name} running"), LONG, || {
+        Ok(pod(lab, name)?.filter(container_running))
+    })
+}
+
+/// Waits until the first container of pod `name` runs no process on `node` any more.
+fn wait_stopped(node: &str, uid: &str, what: &str, timeout: Duration) -> Result<()> {
+    wait_for(what, timeout, || {
+        Ok(container_pids(node, uid, "main").is_empty().then_some(()))
+    })
+}
+
+#[test]
+fn a_full_data_disk_is_reported_tainted_and_never_blocks_deletions() -> Result<()> {
+    let mut lab = Lab::start("press", 2, Broker::Embedded)?;
+    // Agent 0 moves onto a 24 MiB tmpfs data directory, as on a small SD card partition.
+    lab.kill_agent(0);
+    lab.reset_agent(0)?;
+    let data = lab.agents[0].data_dir.clone();
+    fs::remove_dir_all(&data)?;
+    mount_tmpfs(&data, "24m")?;
+    // The disk is filled from outside any pod here: evicting pods would not relieve it.
+    lab.agent_args = vec!["--pod-eviction".into(), "false".into()];
+    let r = lab.start_agent(0).and_then(|()| full_disk(&mut lab, &data));
+    if r.is_err() {
+        lab.dump_logs();
+    }
+    // Whatever happened: no pod left on the tmpfs, then the tmpfs itself.
+    lab.kill_agent(0);
+    let reset = lab.reset_agent(0);
+    let _ = sh(std::process::Command::new("umount").arg("-l").arg(&data));
+    r?;
+    reset?;
+    let n1 = lab.agents[0].name.clone();
+    let left: Vec<PathBuf> = fs::read_dir("/sys/fs/cgroup")?
+        .flatten()
+        .map(|c| c.path().join("baton").join(&n1))
+        .filter(|d| d.exists())
+        .collect();
+    ensure!(left.is_empty(), "reset left the node's cgroups: {left:?}");
+    Ok(())
+}
+
+fn full_disk(lab: &mut Lab, data: &Path) -> Result<()> {
+    let reg = lab.registry();
+    let (n1, n2) = (lab.agents[0].name.clone(), lab.agents[1].name.clone());
+    lab.apply(&EchoDeployment::new(2).yaml(&reg))?;
+    lab.apply(&pinned_pod(&reg, "victim", &n1, "", "exec sleep 3600"))?;
+    // Exits once with 3 when told to (a file in its emptyDir), then runs.
+    lab.apply(&pinned_pod(
+        &reg,
+        "once",
+        &n1,
+        "  volumes: [{name: data, emptyDir: {}}]\n",
+        "while [ ! -f /data/go ]; do sleep 0.2; done; [ -f /data/ran ] || { touch /data/ran; exit 3; }; exec sleep 3600",
+    ))?;
+    let web = fleet::wait_pods(lab, "web", 2, LONG, "2 web pods running", container_running)?;
+    ensure!(
+        web.iter().any(|p| node_of(p) == n1) && web.iter().any(|p| node_of(p) == n2),
+        "web spread over both nodes: {web:?}"
+    );
+    let victim = running(lab, "victim")?;
+    let once = running(lab, "once")?;
+    ensure!(node_of(&victim) == n1 && node_of(&once) == n1);
+
+    // Full: DiskPressure, its taint and an event, within a few heartbeats.
+    let hog1 = fill(data, "hog1")?;
+    println!("filled the data disk with {hog1} bytes");
+    wait_for("DiskPressure and its taint on n1", HEARTBEATS, || {
+        let n = node(lab, &n1)?;
+        Ok((has_condition(&n, "DiskPressure") && has_taint(&n, DISK_PRESSURE_TAINT)).then_some(()))
+    })?;
+    let table = text(&lab.baton(&["get", "nodes"])?);
+    ensure!(
+        table
+            .lines()
+            .any(|l| l.starts_with(&n1) && l.contains("Ready,DiskPressure")),
+        "{table}"
+    );
+    let described = text(&lab.baton(&["describe", "node", &n1])?);
+    for want in [
+        "NodeHasDiskPressure",
+        "nodefs.available",
+        DISK_PRESSURE_TAINT,
+    ] {
+        ensure!(described.contains(want), "no {want:?} in:\n{described}");
+    }
+    ensure!(!has_taint(&node(lab, &n2)?, DISK_PRESSURE_TAINT));
+
+    // New pods go to the other node; one that can only go to n1 says why it waits.
+    lab.baton(&["scale", "deployment", "web", "--replicas", "3"])?;
+    let web = fleet::wait_pods(lab, "web", 3, LONG, "3 web pods running", container_running)?;
+    let on_n1 = web.iter().filter(|p| node_of(p) == n1).count();
+    ensure!(on_n1 == 1, "a new replica went to the full node: {web:?}");
+    lab.apply(&pinned_pod(&reg, "pinned", &n1, "", "exec sleep 3600"))?;
+    wait_for("pinned to say why it is pending", HEARTBEATS, || {
+        let p = pod(lab, "pinned")?.context("pinned exists")?;
+        let msg = p["status"]["message"]
+            .as_str()
+            .unwrap_or_default()
+            .to_owned();
+        Ok((p["status"]["phase"] == "Pending" && msg.contains("untolerated taint")).then_some(()))
+    })?;
+
+    // A container exits while the disk is full: its restart count still reaches the disk
+    // (the agent's reserve), and a kill -9 of the agent, full as it is, keeps it.
+    fs::File::create(data.join("pods").join(uid(&once)).join("volumes/data/go"))?;
+    wait_for("once restarted", LONG, || {
+        let p = pod(lab, "once")?.context("once exists")?;
+        Ok((p["status"]["containerStatuses"][0]["restartCount"] == 1).then_some(()))
+    })?;
+    lab.kill_agent(0);
+    lab.start_agent(0)?;
+    let p = wait_for("once reported again after the restart", LONG, || {
+        let p = pod(lab, "once")?.context("once exists")?;
+        Ok(
+            p["status"]["containerStatuses"][0]["lastState"]["terminated"]["exitCode"]
+                .as_i64()
+                .is_some()
+                .then_some(p),
+        )
+    })?;
+    let c = &p["status"]["containerStatuses"][0];
+    ensure!(
+        c["restartCount"] == 1 && c["lastState"]["terminated"]["exitCode"] == 3,
+        "restart count or last state lost across the agent restart: {c}"
+    );
+
+    // A deletion takes effect at once.
+    lab.baton(&["delete", "pod", "victim"])?;
+    wait_stopped(
+        &n1,
+        &uid(&victim),
+        "victim stopped on the full node",
+        Duration::from_secs(15),
+    )?;
+    // Its directory (rootfs, log) is space given back: gone before the disk is filled again.
+    fleet::wait_cleaned_up(lab, &n1, &uid(&victim), Duration::from_secs(15))?;
+
+    // Now without any room, not even the reserve: the scale-down still stops n1's replica,
+    // and the node says why its applied generation lags.
+    let hog2 = fill(data, "hog2")?;
+    println!("filled the last {hog2} bytes");
+    let web_n1 = owned_pods(lab, "web")?
+        .into_iter()
+        .find(|p| node_of(p) == n1)
+        .context("a web pod on n1")?;
+    lab.baton(&["scale", "deployment", "web", "--replicas", "0"])?;
+    wait_for("n1's web replica stopped", Duration::from_secs(20), || {
+        Ok(container_pids(&n1, &uid(&web_n1), "echo")
+            .is_empty()
+            .then_some(()))
+    })?;
+    wait_for("n1's apply error reported", HEARTBEATS, || {
+        let n = node(lab, &n1)?;
+        let e = n["status"]["applyError"]
+            .as_str()
+            .unwrap_or_default()
+            .to_owned();
+        Ok(e.contains("No space left on device").then_some(()))
+    })?;
+    let described = text(&lab.baton(&["describe", "node", &n1])?);
+    ensure!(
+        described.contains("Apply Error:") && described.contains("desired.bin"),
+        "{described}"
+    );
+
+    // kill -9 while full: the agent starts and applies a deletion made meanwhile.
+    lab.kill_agent(0);
+    lab.baton(&["delete", "pod", "once"])?;
+    lab.start_agent(0)?;
+    wait_stopped(
+        &n1,
+        &uid(&once),
+        "once stopped after the restart",
+        Duration::from_secs(20),
+    )?;
+
+    // Room again: the condition, the taint and the apply error go, and n1 takes pods.
+    fs::remove_file(data.join("hog1"))?;
+    fs::remove_file(data.join("hog2"))?;
+    wait_for("n1 out of pressure", HEARTBEATS, || {
+        let n = node(lab, &n1)?;
+        Ok((!has_condition(&n, "DiskPressure")
+            && !has_taint(&n, DISK_PRESSURE_TAINT)
+            && n["status"]["applyError"].is_null())
+        .then_some(()))
+    })?;
+    let table = text(&lab.baton(&["get", "nodes"])?);
+    ensure!(
+        table
+            .lines()
+            .any(|l| l.starts_with(&n1) && l.split_whitespace().nth(1) == Some("Ready")),
+        "{table}"
+    );
+    let p = running(lab, "pinned")?;
+    ensure!(node_of(&p) == n1);
+    let described = text(&lab.baton(&["describe", "node", &n1])?);
+    ensure!(described.contains("NodeHasNoDiskPressure"), "{described}");
+    lab.baton(&["delete", "pod", "pinned"])?;
+    wait_stopped(&n1, &uid(&p), "pinned stopped", Duration::from_secs(20))?;
+    Ok(())
+}
+
+/// Reclaim, then eviction: a BestEffort pod writing more than the node's data disk holds is
+/// evicted (after the unused image is removed) and its Deployment replaces it on the other
+/// node, while the node's Burstable pod keeps running; then the pressure clears.
+#[test]
+fn a_pod_filling_the_disk_is_evicted_and_replaced_elsewhere() -> Result<()> {
+    let mut lab = Lab::start("pressev", 2, Broker::Embedded)?;
+    lab.kill_agent(0);
+    lab.reset_agent(0)?;
+    let data = lab.agents[0].data_dir.clone();
+    fs::remove_dir_all(&data)?;
+    mount_tmpfs(&data, "32m")?;
+    let r = lab.start_agent(0).and_then(|()| eviction(&mut lab));
+    if r.is_err() {
+        lab.dump_logs();
+    }
+    lab.kill_agent(0);
+    let reset = lab.reset_agent(0);
+    let _ = sh(std::process::Command::new("umount").arg("-l").arg(&data));
+    r?;
+    reset
+}
+
+fn eviction(lab: &mut Lab) -> Result<()> {
+    let reg = lab.registry();
+    let (n1, n2) = (lab.agents[0].name.clone(), lab.agents[1].name.clone());
+    // An image that is on n1 but that no pod uses any more: the first thing reclaimed.
+    lab.apply(
+        &pinned_pod(&reg, "old", &n1, "", "exec sleep 3600").replace("busybox:1", "http-echo:2"),
+    )?;
+    let old = running(lab, "old")?;
+    lab.baton(&["delete", "pod", "old"])?;
+    fleet::wait_cleaned_up(lab, &n1, &uid(&old), LONG)?;
+    // BestEffort, writing 40 MiB into its emptyDir: more than n1's disk, harmless on n2's.
+    lab.apply(&format!(
+        "apiVersion: apps/v1\nkind: Deployment\nmetadata:\n  name: logger\nspec:\n  replicas: 1\n  selector:\n    matchLabels: {{app: logger}}\n  template:\n    metadata:\n      labels: {{app: logger}}\n    spec:\n      terminationGracePeriodSeconds: 1\n      volumes: [{{name: data, emptyDir: {{}}}}]\n      containers:\n      - name: main\n        image: {reg}/baton/busybox:1\n        command: [sh, -c, \"sleep 10; dd if=/dev/zero of=/data/big bs=1M count=40; exec sleep 3600\"]\n        volumeMounts: [{{name: data, mountPath: /data}}]\n"
+    ))?;
+    let first = wait_for("logger placed", LONG, || {
+        Ok(owned_pods(lab, "logger")?
+            .into_iter()
+            .find(|p| !p["spec"]["nodeName"].is_null()))
+    })?;
+    ensure!(
+        node_of(&first) == n1,
+        "the logger should start on n1 (empty nodes tie, then go by name): {first}"
+    );
+    // Burstable (it asks for memory): kept.
+    let keeper = pinned_pod(&reg, "keeper", &n1, "", "exec sleep 3600").replace(
+        "    command:",
+        "    resources: {requests: {memory: 16Mi}}\n    command:",
+    );
+    lab.apply(&keeper)?;
+    let keeper = running(lab, "keeper")?;
+    let replacement = fleet::wait_pods(
+        lab,
+        "logger",
+        1,
+        LONG,
+        "the logger evicted and replaced on n2",
+        |p| container_running(p) && node_of(p) == n2,
+    )?;
+    ensure!(uid(&replacement[0]) != uid(&first));
+    let log = lab.agent_log(0);
+    let (reclaimed, evicted) = (
+        log.find("disk pressure: removed unused images"),
+        log.find("evicting pod"),
+    );
+    ensure!(
+        matches!((reclaimed, evicted), (Some(a), Some(b)) if a < b),
+        "reclaim (unused images) must come before eviction:\n{log}"
+    );
+    ensure!(
+        log.contains("http-echo:2"),
+        "the unused image was not reclaimed:\n{log}"
+    );
+    let described = text(&lab.baton(&["describe", "node", &n1])?);
+    ensure!(
+        described.contains("Evicted") && described.contains("ephemeral-storage"),
+        "{described}"
+    );
+    // The Burstable pod stayed; the pressure went with the evicted pod's data.
+    let k = running(lab, "keeper")?;
+    ensure!(uid(&k) == uid(&keeper) && k["status"]["containerStatuses"][0]["restartCount"] == 0);
+    wait_for("n1 out of pressure", LONG, || {
+        let n = node(lab, &n1)?;
+        Ok(
+            (!has_condition(&n, "DiskPressure") && !has_taint(&n, DISK_PRESSURE_TAINT))
+                .then_some(()),
+        )
+    })?;
+    lab.baton(&["delete", "pod", "keeper"])?;
+    lab.baton(&["delete", "deployment", "logger"])?;
+    fleet::wait_cleaned_up(lab, &n1, &uid(&keeper), LONG)?;
+    Ok(())
+}
+
+/// MemoryPressure against the node's allocatable: on a node offering pods 400 MiB, a
+/// BestEffort pod that takes 300 MiB (a tmpfs emptyDir it fills, charged to its memory
+/// cgroup, bounded by its size limit so the host is never at risk) is evicted at once and
+/// replaced on the other node; the Burstable pod beside it is kept.
+#[test]
+fn a_pod_taking_the_nodes_memory_is_evicted_and_the_others_kept() -> Result<()> {
+    let mut lab = Lab::start("pressmem", 2, Broker::Embedded)?;
+    let r = memory(&mut lab);
+    if r.is_err() {
+        lab.dump_logs();
+    }
+    r
+}
+
+fn memory(lab: &mut Lab) -> Result<()> {
+    let total_mib: u64 = fs::read_to_string("/proc/meminfo")?
+        .lines()
+        .find_map(|l| l.strip_prefix("MemTotal:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+        .context("MemTotal")?
+        / 1024;
+    lab.kill_agent(0);
+    lab.agent_args = vec![
+        "--reserved-memory-mib".into(),
+        (total_mib - 400).to_string(),
+        "--eviction-hard".into(),
+        "memory.available<150Mi".into(),
+    ];
+    lab.start_agent(0)?;
+    let reg = lab.registry();
+    let (n1, n2) = (lab.agents[0].name.clone(), lab.agents[1].name.clone());
+    lab.apply(&format!(
+        "apiVersion: apps/v1\nkind: Deployment\nmetadata:\n  name: hog\nspec:\n  replicas: 1\n  selector:\n    matchLabels: {{app: hog}}\n  template:\n    metadata:\n      labels: {{app: hog}}\n    spec:\n      terminationGracePeriodSeconds: 1\n      volumes: [{{name: mem, emptyDir: {{sizeLimit: 300Mi}}}}]\n      containers:\n      - name: main\n        image: {reg}/baton/busybox:1\n        command: [sh, -c, \"sleep 8; dd if=/dev/zero of=/mem/fill bs=1M count=280; exec sleep 3600\"]\n        volumeMounts: [{{name: mem, mountPath: /mem}}]\n"
+    ))?;
+    let first = wait_for("hog placed", LONG, || {
+        Ok(owned_pods(lab, "hog")?
+            .into_iter()
+            .find(|p| !p["spec"]["nodeName"].is_null()))
+    })?;
+    ensure!(node_of(&first) == n1, "the hog should start on n1: {first}");
+    let keeper = pinned_pod(&reg, "keeper", &n1, "", "exec sleep 3600").replace(
+        "    command:",
+        "    resources: {requests: {memory: 16Mi}}\n    command:",
+    );
+    lab.apply(&keeper)?;
+    let keeper = running(lab, "keeper")?;
+    fleet::wait_pods(
+        lab,
+        "hog",
+        1,
+        LONG,
+        "the hog evicted and replaced on n2",
+        |p| container_running(p) && node_of(p) == n2,
+    )?;
+    let log = lab.agent_log(0);
+    ensure!(
+        log.contains("evicting pod") && log.contains("low on resource: memory"),
+        "{log}"
+    );
+    let described = text(&lab.baton(&["describe", "node", &n1])?);
+    ensure!(
+        described.contains("NodeHasInsufficientMemory") && described.contains("Evicted"),
+        "{described}"
+    );
+    let k = running(lab, "keeper")?;
+    ensure!(uid(&k) == uid(&keeper) && k["status"]["containerStatuses"][0]["restartCount"] == 0);
+    wait_for("n1 out of memory pressure", LONG, || {
+        let n = node(lab, &n1)?;
+        Ok((!has_condition(&n, "MemoryPressure")
+            && !has_taint(&n, "node.kubernetes.io/memory-pressure"))
+        .then_some(()))
+    })?;
+    lab.baton(&["delete", "deployment", "hog"])?;
+    lab.baton(&["delete", "pod", "keeper"])?;
+    Ok(())
+}

@@ -625,7 +625,7 @@ fn reset_node(rt: &tokio::runtime::Runtime, cfg: &AgentConfig) -> Result<()> {
         anyhow::bail!("cgroups still in use, not removed: {left:?}");
     }
     deps.network.teardown_node()?;
-    // The node's (now empty) bundle directory on the run-dir tmpfs.
+    // The node's part of the run-dir tmpfs: its (now empty) bundle and container state dirs.
     let run = cfg.run_dir.join(cfg.node.as_str());
     match std::fs::remove_dir_all(&run) {
         Err(e) if e.kind() != std::io::ErrorKind::NotFound => {

@@ -264,12 +264,21 @@ pub fn cgroup_procs(cgroup: &Path) -> Vec<u32> {
     pids
 }
 
+/// Where a lab node's agent keeps libcontainer's state of its containers: its part of the
+/// `--run-dir` (a tmpfs; the lab's, else the default), not its data dir.
+pub fn runtime_containers(lab: &Lab, node: &str) -> PathBuf {
+    let run = lab
+        .agent_args
+        .windows(2)
+        .find(|w| w[0] == "--run-dir")
+        .map_or_else(|| PathBuf::from("/run/baton"), |w| PathBuf::from(&w[1]));
+    run.join(node).join("runtime/containers")
+}
+
 /// The runtime's `state.json` of a pod's container on its node.
 pub fn container_state(lab: &Lab, node: &str, uid: &str, container: &str) -> Result<Value> {
-    let agent = lab.agent_by_node(node).context("a lab node")?;
-    let state = agent
-        .data_dir
-        .join("runtime/containers")
+    lab.agent_by_node(node).context("a lab node")?;
+    let state = runtime_containers(lab, node)
         .join(format!("{uid}-{container}"))
         .join("state.json");
     let bytes = fs::read(&state).with_context(|| format!("{}", state.display()))?;

@@ -314,7 +314,7 @@ fn check_invariants(lab: &Lab, exp: &Expected) -> Result<Vec<Value>> {
                 a.name
             );
         }
-        for c in subdirs(&a.data_dir.join("runtime/containers")) {
+        for c in subdirs(&baton_e2e::fleet::runtime_containers(lab, &a.name)) {
             ensure!(
                 here.keys().any(|u| c == format!("{u}-{CONTAINER}")),
                 "orphan runtime state {c} on {}",

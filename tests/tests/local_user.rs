@@ -276,7 +276,7 @@ spec:
 
     // And the modes behind it, in depth.
     ensure!(mode(&data)?.0 == 0o700, "data dir {:o}", mode(&data)?.0);
-    for d in ["pods", "images", "runtime", "net"] {
+    for d in ["pods", "images", "net"] {
         ensure!(
             mode(&data.join(d))?.0 == 0o700,
             "{d} is {:o}",

@@ -443,11 +443,14 @@ pub fn build_deps(
         Ok(p)
     };
     let bundles = crate::runtime::tmpfs_bundles_dir(&cfg.run_dir, cfg.node.as_str())?;
-    let runtime = crate::runtime::youki::YoukiRuntime::with_bundles_dir(
-        dir(cfg.data_dir.join("runtime"))?,
-        bundles,
-        exits,
-    )?;
+    // libcontainer's state of the running containers sits beside the bundles, on the tmpfs
+    // (as runc's /run/runc): it describes processes of this boot only. On the data disk a
+    // power cut left a truncated state.json the agent could not load, delete or replace
+    // (the emulated Pi), and every kill rewrote it on the SD card.
+    let state = cfg.run_dir.join(cfg.node.as_str()).join("runtime");
+    let runtime =
+        crate::runtime::youki::YoukiRuntime::with_bundles_dir(dir(state.clone())?, bundles, exits)?;
+    crate::runtime::move_old_state(&cfg.data_dir.join("runtime"), &state);
     let registry_config = match &cfg.registry_config {
         Some(p) => crate::image::RegistryConfig::load(p).map_err(Box::new)?,
         None => Default::default(),

@@ -441,6 +441,37 @@ pub fn tmpfs_bundles_dir(run_dir: &Path, node: &str) -> Result<PathBuf, RuntimeE
     Ok(dir)
 }
 
+/// Moves the container state an older agent kept on the data disk (`<data>/runtime`) to
+/// `state` on the run tmpfs, so that an upgrade in the same boot adopts the containers that
+/// run (their pods keep running), then removes the old directory. Best effort: what cannot
+/// be moved is logged, and those containers' pods are started again.
+pub fn move_old_state(old: &Path, state: &Path) {
+    let old_containers = old.join("containers");
+    let Ok(entries) = std::fs::read_dir(&old_containers) else {
+        return;
+    };
+    for e in entries.flatten() {
+        let to = state.join("containers").join(e.file_name());
+        let from = e.path().join("state.json");
+        // Only the state file matters to a load; the rest (notify.sock) served create/start.
+        let moved = to.exists()
+            || std::fs::create_dir_all(&to)
+                .and_then(|()| std::fs::copy(&from, to.join("state.json")))
+                .is_ok();
+        if !moved {
+            tracing::warn!(from = %from.display(), "cannot move a container's state to the run dir");
+        }
+    }
+    match std::fs::remove_dir_all(old) {
+        Ok(()) => {
+            tracing::info!(from = %old.display(), to = %state.display(), "container state moved to the run dir")
+        }
+        Err(e) => {
+            tracing::warn!(dir = %old.display(), error = %e, "cannot remove the old container state")
+        }
+    }
+}
+
 /// Spawns a thread and returns once it runs. Rust's runtime registers a thread (its stack
 /// guard, under a process-wide lock) before running its body, and a container process
 /// libcontainer clones while that lock is held hangs in its `exit` forever. So the runtime

@@ -134,4 +134,4 @@ pub fn sync_parent(path: &Path) -> io::Result<()> {
 }
 
 #[cfg(test)]
-mod tests;
+pub(crate) mod tests;

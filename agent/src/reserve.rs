@@ -121,31 +121,7 @@ impl Reserve {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use nix::mount::{mount, umount2, MntFlags, MsFlags};
-
-    /// A tmpfs of `size`, unmounted on drop.
-    struct Tmpfs(tempfile::TempDir);
-
-    impl Tmpfs {
-        fn new(size: &str) -> Self {
-            let dir = tempfile::tempdir().unwrap();
-            mount(
-                Some("tmpfs"),
-                dir.path(),
-                Some("tmpfs"),
-                MsFlags::empty(),
-                Some(format!("size={size},mode=0700").as_str()),
-            )
-            .expect("mount a tmpfs (the agent's tests run as root)");
-            Self(dir)
-        }
-    }
-
-    impl Drop for Tmpfs {
-        fn drop(&mut self) {
-            let _ = umount2(self.0.path(), MntFlags::MNT_DETACH);
-        }
-    }
+    use crate::durable::tests::Tmpfs;
 
     /// Fills the filesystem of `dir` to the last block.
     fn fill(dir: &Path) {
@@ -157,13 +133,13 @@ mod tests {
     #[test]
     fn a_full_disk_still_takes_the_agents_write_once_the_reserve_is_released() {
         let disk = Tmpfs::new("1m");
-        let r = Reserve::new(disk.0.path(), 256 * 1024);
+        let r = Reserve::new(disk.path(), 256 * 1024);
         r.refill().unwrap();
         assert!(r.is_held());
         assert_eq!(fs::metadata(r.path()).unwrap().len(), 256 * 1024);
-        fill(disk.0.path());
+        fill(disk.path());
 
-        let target = disk.0.path().join("desired.bin");
+        let target = disk.path().join("desired.bin");
         let state = vec![7u8; 100 * 1024];
         let direct = crate::durable::write(&target, &state, 0o600).unwrap_err();
         assert!(is_full(&direct), "{direct}");
@@ -173,7 +149,7 @@ mod tests {
         assert!(!r.is_held() && !r.path().exists());
 
         // Filled again: no reserve to make, nothing half-made left, and writes fail plainly.
-        let mut f = File::create(disk.0.path().join("hog2")).unwrap();
+        let mut f = File::create(disk.path().join("hog2")).unwrap();
         while f.write_all(&[1u8; 4096]).is_ok() {}
         assert!(r.refill().is_err());
         assert!(!r.path().exists());
@@ -188,7 +164,7 @@ mod tests {
         );
 
         // Room again: the reserve comes back.
-        fs::remove_file(disk.0.path().join("hog")).unwrap();
+        fs::remove_file(disk.path().join("hog")).unwrap();
         r.refill().unwrap();
         assert!(r.is_held());
     }

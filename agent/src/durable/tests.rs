@@ -125,11 +125,11 @@ fn a_failed_write_leaves_the_old_file_whole() {
     assert_eq!(names(dir.path()), ["desired.bin"]);
 }
 
-/// A tmpfs mounted on a fresh directory, unmounted on drop.
-struct Tmpfs(tempfile::TempDir);
+/// A tmpfs mounted on a fresh directory, unmounted on drop (also the reserve's tests').
+pub(crate) struct Tmpfs(tempfile::TempDir);
 
 impl Tmpfs {
-    fn new(size: &str) -> Self {
+    pub(crate) fn new(size: &str) -> Self {
         let dir = tempfile::tempdir().unwrap();
         mount(
             Some("tmpfs"),
@@ -142,7 +142,7 @@ impl Tmpfs {
         Self(dir)
     }
 
-    fn path(&self) -> &Path {
+    pub(crate) fn path(&self) -> &Path {
         self.0.path()
     }
 }

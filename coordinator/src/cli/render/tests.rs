@@ -436,10 +436,9 @@ fn not_after_is_rfc3339_with_what_is_left() {
     assert_eq!(not_after_str(None, now), "-");
 }
 
-#[test]
-fn describe_and_wide_show_the_last_connect_error_and_enrollment() {
-    let now = ts("2026-12-05T12:00:00Z");
-    let mut n = api::Node {
+/// A Ready node `pi-1`, created an hour before the tests' `now`, with nothing else set.
+fn ready_node() -> api::Node {
+    api::Node {
         api_version: "v1".into(),
         kind: "Node".into(),
         metadata: api::ObjectMeta {
@@ -452,7 +451,13 @@ fn describe_and_wide_show_the_last_connect_error_and_enrollment() {
             ready: true,
             ..Default::default()
         },
-    };
+    }
+}
+
+#[test]
+fn describe_and_wide_show_the_last_connect_error_and_enrollment() {
+    let now = ts("2026-12-05T12:00:00Z");
+    let mut n = ready_node();
     let out = describe_node(&n, None, &[], &[], now);
     assert!(out.contains("Connect Error:  <none>"), "{out}");
     assert!(out.contains("Enrollment:\n  enrolled:     no\n"), "{out}");
@@ -501,20 +506,7 @@ fn describe_and_wide_show_the_last_connect_error_and_enrollment() {
 #[test]
 fn pressure_shows_in_status_conditions_taints_and_the_apply_error() {
     let now = ts("2026-12-05T12:00:00Z");
-    let mut n = api::Node {
-        api_version: "v1".into(),
-        kind: "Node".into(),
-        metadata: api::ObjectMeta {
-            name: "pi-1".into(),
-            creation_timestamp: "2026-12-05T11:00:00Z".into(),
-            ..Default::default()
-        },
-        spec: Default::default(),
-        status: api::NodeStatus {
-            ready: true,
-            ..Default::default()
-        },
-    };
+    let mut n = ready_node();
     let out = describe_node(&n, None, &[], &[], now);
     assert!(out.contains("Conditions:     <no pressure>\n"), "{out}");
     assert!(out.contains("Taints:         <none>\n"), "{out}");

@@ -102,6 +102,26 @@ fn pinned_pod(registry: &str, name: &str, node: &str, extra_spec: &str, command:
     )
 }
 
+/// After an eviction: the Burstable `keeper` still runs as the same pod, never restarted, and
+/// `node` loses the `condition` and its `taint`.
+fn kept_and_relieved(
+    lab: &Lab,
+    keeper: &Value,
+    node_name: &str,
+    condition: &str,
+    taint: &str,
+) -> Result<()> {
+    let k = running(lab, "keeper")?;
+    ensure!(
+        uid(&k) == uid(keeper) && k["status"]["containerStatuses"][0]["restartCount"] == 0,
+        "keeper was replaced or restarted: {k}"
+    );
+    wait_for(&format!("{node_name} out of {condition}"), LONG, || {
+        let n = node(lab, node_name)?;
+        Ok((!has_condition(&n, condition) && !has_taint(&n, taint)).then_some(()))
+    })
+}
+
 fn running(lab: &Lab, name: &str) -> Result<Value> {
     wait_for(&format!("{name} running"), LONG, || {
         Ok(pod(lab, name)?.filter(container_running))
@@ -387,15 +407,7 @@ fn eviction(lab: &mut Lab) -> Result<()> {
         "{described}"
     );
     // The Burstable pod stayed; the pressure went with the evicted pod's data.
-    let k = running(lab, "keeper")?;
-    ensure!(uid(&k) == uid(&keeper) && k["status"]["containerStatuses"][0]["restartCount"] == 0);
-    wait_for("n1 out of pressure", LONG, || {
-        let n = node(lab, &n1)?;
-        Ok(
-            (!has_condition(&n, "DiskPressure") && !has_taint(&n, DISK_PRESSURE_TAINT))
-                .then_some(()),
-        )
-    })?;
+    kept_and_relieved(lab, &keeper, &n1, "DiskPressure", DISK_PRESSURE_TAINT)?;
     lab.baton(&["delete", "pod", "keeper"])?;
     lab.baton(&["delete", "deployment", "logger"])?;
     fleet::wait_cleaned_up(lab, &n1, &uid(&keeper), LONG)?;
@@ -466,14 +478,13 @@ fn memory(lab: &mut Lab) -> Result<()> {
         described.contains("NodeHasInsufficientMemory") && described.contains("Evicted"),
         "{described}"
     );
-    let k = running(lab, "keeper")?;
-    ensure!(uid(&k) == uid(&keeper) && k["status"]["containerStatuses"][0]["restartCount"] == 0);
-    wait_for("n1 out of memory pressure", LONG, || {
-        let n = node(lab, &n1)?;
-        Ok((!has_condition(&n, "MemoryPressure")
-            && !has_taint(&n, "node.kubernetes.io/memory-pressure"))
-        .then_some(()))
-    })?;
+    kept_and_relieved(
+        lab,
+        &keeper,
+        &n1,
+        "MemoryPressure",
+        "node.kubernetes.io/memory-pressure",
+    )?;
     lab.baton(&["delete", "deployment", "hog"])?;
     lab.baton(&["delete", "pod", "keeper"])?;
     Ok(())

@@ -1,6 +1,8 @@
 use serde::{Deserialize, Serialize};
 
-use crate::{BVec, Body, NodeName, ProtoError, MAX_MESSAGE_BYTES, PROTO_VERSION};
+use crate::{
+    BVec, Body, NodeName, ProtoError, MAX_MESSAGE_BYTES, MIN_PROTO_VERSION, PROTO_VERSION,
+};
 
 /// Who sent an envelope. Agents may only send as the node named in their topic.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -42,6 +44,20 @@ impl Envelope {
         }
     }
 
+    /// The same envelope as protocol `version` has it, for a peer that speaks no newer one.
+    /// Refused when this build cannot write `version` or the body is newer than it.
+    pub fn at_version(mut self, version: u16) -> Result<Self, ProtoError> {
+        if !(MIN_PROTO_VERSION..=PROTO_VERSION).contains(&version) {
+            return Err(ProtoError::UnsupportedVersion { got: version });
+        }
+        let needs = self.body.min_version();
+        if needs > version {
+            return Err(ProtoError::BodyTooNew { version, needs });
+        }
+        self.proto_version = version;
+        Ok(self)
+    }
+
     /// What the signature covers: [`SIGNING_CONTEXT`], the MQTT topic (so a message cannot
     /// be moved to another node's topic), then the envelope encoded with an empty signature.
     pub fn signing_bytes(&self, topic: &str) -> Result<Vec<u8>, ProtoError> {
@@ -69,6 +85,11 @@ impl Envelope {
         Ok(bytes)
     }
 
+    /// The version an encoded envelope claims, read without decoding the rest.
+    pub fn peek_version(bytes: &[u8]) -> Option<u16> {
+        postcard::take_from_bytes::<u16>(bytes).ok().map(|(v, _)| v)
+    }
+
     /// Decodes one envelope. Never panics; refuses oversized input before parsing, an
     /// unknown version before looking at the body, and any trailing garbage.
     pub fn decode(bytes: &[u8]) -> Result<Self, ProtoError> {
@@ -79,7 +100,7 @@ impl Envelope {
             });
         }
         let (version, _) = postcard::take_from_bytes::<u16>(bytes).map_err(ProtoError::Decode)?;
-        if version != PROTO_VERSION {
+        if !(MIN_PROTO_VERSION..=PROTO_VERSION).contains(&version) {
             return Err(ProtoError::UnsupportedVersion { got: version });
         }
         let (env, rest) =
@@ -88,6 +109,12 @@ impl Envelope {
             return Err(ProtoError::TrailingBytes {
                 trailing: rest.len(),
             });
+        }
+        // Every message of an older version encodes as it did then (variants are only
+        // appended), so one decoder reads them all; only a newer message is refused.
+        let needs = env.body.min_version();
+        if needs > version {
+            return Err(ProtoError::BodyTooNew { version, needs });
         }
         Ok(env)
     }

@@ -19,6 +19,7 @@ pub mod broker;
 pub mod enroll;
 mod envelope;
 mod messages;
+pub mod release;
 pub mod seal;
 pub mod sign;
 pub mod topics;
@@ -28,7 +29,13 @@ pub use envelope::{Envelope, Sender, SIGNING_CONTEXT};
 pub use messages::*;
 
 /// The envelope format version. Bump it for any change in the encoding of any message.
-pub const PROTO_VERSION: u16 = 4;
+/// v5 added [`Body::AgentUpdate`] and [`Body::UpdateReport`]; every other message encodes as
+/// in v4.
+pub const PROTO_VERSION: u16 = 5;
+
+/// The oldest version this build still reads and writes, Kubernetes' skew policy for the
+/// kubelet: the coordinator serves agents one minor release older (v4 is Baton 0.1).
+pub const MIN_PROTO_VERSION: u16 = 4;
 
 /// The largest encoded envelope either side accepts. Big enough for a node running
 /// [`MAX_PODS_PER_NODE`] ordinary pods; small enough for a Pi Zero to decode safely.
@@ -51,8 +58,10 @@ pub const MAX_CONTAINERS_PER_POD: usize = 16;
 pub enum ProtoError {
     #[error("message of {len} bytes exceeds the limit of {max} bytes")]
     TooLarge { len: usize, max: usize },
-    #[error("unsupported protocol version {got} (this build speaks {PROTO_VERSION})")]
+    #[error("unsupported protocol version {got} (this build speaks {MIN_PROTO_VERSION} to {PROTO_VERSION})")]
     UnsupportedVersion { got: u16 },
+    #[error("a protocol v{version} envelope cannot carry this message (added in v{needs})")]
+    BodyTooNew { version: u16, needs: u16 },
     #[error("malformed message: {0}")]
     Decode(postcard::Error),
     #[error("{trailing} unexpected bytes after the message")]

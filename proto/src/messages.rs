@@ -81,6 +81,79 @@ pub enum Body {
     /// certified, signing the request with the current key. Added in v2 before any v2
     /// release, so no version bump.
     RotateKey,
+    /// Coordinator -> agent, retained on `down/update`: install this release of the agent
+    /// (`None`: no update is wanted, e.g. the rollout was aborted). Added in v5.
+    AgentUpdate(Option<AgentUpdate>),
+    /// Agent -> coordinator on `up/update`: how its update goes. Added in v5.
+    UpdateReport(UpdateReport),
+}
+
+impl Body {
+    /// The oldest protocol version that has this message: an envelope of an older version
+    /// carrying it is refused, and it is never sent to a peer that speaks only older ones.
+    pub fn min_version(&self) -> u16 {
+        match self {
+            Body::AgentUpdate(_) | Body::UpdateReport(_) => 5,
+            _ => crate::MIN_PROTO_VERSION,
+        }
+    }
+}
+
+/// One agent binary as its release key signed it (see [`crate::release`]).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Release {
+    /// Semantic version, e.g. `0.2.1`.
+    pub version: BString<32>,
+    /// Rust target triple, e.g. `aarch64-unknown-linux-musl`.
+    pub target: BString<48>,
+    /// The newest protocol version the release speaks ([`crate::PROTO_VERSION`] of its build).
+    pub protocol: u16,
+    pub size: u64,
+    pub sha256: [u8; 32],
+    /// Ed25519 by the release key over [`crate::release::signing_bytes`].
+    pub signature: BVec<u8, 64>,
+}
+
+/// An order to one node: install `release`, then prove it healthy.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AgentUpdate {
+    /// The rollout this order belongs to; the node's reports name it back.
+    pub rollout: BString<63>,
+    pub release: Release,
+    /// Install even if `release` is older than the running agent.
+    pub allow_downgrade: bool,
+    /// How long the new agent stays on probation (connected, desired state applied, pods
+    /// healthy) before it commits; past it without a commit, the device rolls back.
+    pub health_window_secs: u32,
+}
+
+/// Where one node's update stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum UpdatePhase {
+    Downloading,
+    /// Verified (sha256, release signature) and on disk beside the running agent.
+    Staged,
+    /// `current` points at the new binary; the old agent is exiting.
+    Switching,
+    /// The new agent runs; it commits after its health window.
+    Probation,
+    Committed,
+    /// The device went back to `previous`; `reason` says why.
+    RolledBack,
+    /// The node would not install it (bad signature or digest, downgrade, protocol, disk).
+    Refused,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct UpdateReport {
+    pub rollout: BString<63>,
+    /// The version being installed.
+    pub version: BString<32>,
+    pub phase: UpdatePhase,
+    /// For a person, e.g. `crashed 3 times in 40 s: exit 101`.
+    pub reason: Option<BString<256>>,
+    /// Bytes of the binary on the device so far.
+    pub downloaded: u64,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]

@@ -4,8 +4,8 @@
 //! broker ACL can grant a device `baton/v1/nodes/<its name>/#` and nothing more:
 //!
 //! ```text
-//! baton/v1/nodes/<node>/up/{hello,heartbeat,status,offline}   agent -> coordinator
-//! baton/v1/nodes/<node>/down/{desired,control}                coordinator -> agent
+//! baton/v1/nodes/<node>/up/{hello,heartbeat,status,offline,update}   agent -> coordinator
+//! baton/v1/nodes/<node>/down/{desired,control,update}                coordinator -> agent
 //! ```
 
 use crate::{Body, NodeName};
@@ -21,6 +21,8 @@ pub enum Up {
     Heartbeat,
     Status,
     Offline,
+    /// Progress of an agent update (v5).
+    Update,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -28,6 +30,8 @@ pub enum Down {
     /// Retained: the broker hands the latest desired state to a reconnecting agent.
     Desired,
     Control,
+    /// Retained: the agent release this node should run (v5).
+    Update,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -45,6 +49,8 @@ impl Kind {
             Kind::Up(Up::Offline) => "up/offline",
             Kind::Down(Down::Desired) => "down/desired",
             Kind::Down(Down::Control) => "down/control",
+            Kind::Up(Up::Update) => "up/update",
+            Kind::Down(Down::Update) => "down/update",
         }
     }
 
@@ -57,6 +63,8 @@ impl Kind {
             Body::Offline => Kind::Up(Up::Offline),
             Body::Desired(_) => Kind::Down(Down::Desired),
             Body::StatusRequest | Body::RotateKey => Kind::Down(Down::Control),
+            Body::AgentUpdate(_) => Kind::Down(Down::Update),
+            Body::UpdateReport(_) => Kind::Up(Up::Update),
         }
     }
 }
@@ -79,8 +87,10 @@ pub fn parse(topic: &str) -> Option<(NodeName, Kind)> {
         Kind::Up(Up::Heartbeat),
         Kind::Up(Up::Status),
         Kind::Up(Up::Offline),
+        Kind::Up(Up::Update),
         Kind::Down(Down::Desired),
         Kind::Down(Down::Control),
+        Kind::Down(Down::Update),
     ]
     .into_iter()
     .find(|k| k.leaf() == leaf)?;
@@ -97,7 +107,9 @@ mod tests {
         for k in [
             Kind::Up(Up::Hello),
             Kind::Up(Up::Offline),
+            Kind::Up(Up::Update),
             Kind::Down(Down::Desired),
+            Kind::Down(Down::Update),
         ] {
             let t = topic(&n, k);
             assert_eq!(parse(&t), Some((n.clone(), k)));

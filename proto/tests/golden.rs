@@ -1,6 +1,10 @@
 //! Golden bytes: the exact encoding of representative messages. If one of these fails,
 //! the wire format changed: bump `PROTO_VERSION` and document it in docs/protocol.md,
 //! never just update the bytes.
+//!
+//! The hex of every message v4 had is its v4 encoding, the bytes a Baton 0.1 agent reads
+//! and writes: `check` asserts that it is unchanged at v4 (version skew) and that the
+//! current version differs only in the version byte.
 
 use baton_proto::*;
 use core::net::{IpAddr, Ipv4Addr};
@@ -14,6 +18,22 @@ fn s<const N: usize>(v: &str) -> BString<N> {
 }
 
 fn check(env: Envelope, golden_hex: &str) {
+    let v4 = env.clone().at_version(4).unwrap();
+    let bytes = v4.encode().unwrap();
+    assert_eq!(
+        hex::encode(&bytes),
+        golden_hex,
+        "encoding of {env:?} changed"
+    );
+    assert_eq!(Envelope::decode(&bytes).unwrap(), v4);
+    let now = env.encode().unwrap();
+    assert_eq!(now[0] as u16, PROTO_VERSION);
+    assert_eq!(now[1..], bytes[1..], "only the version byte differs");
+    assert_eq!(Envelope::decode(&now).unwrap(), env);
+}
+
+/// Messages added after v4: their bytes at the current version, and refused at v4.
+fn check_new(env: Envelope, golden_hex: &str) {
     let bytes = env.encode().unwrap();
     assert_eq!(
         hex::encode(&bytes),
@@ -21,6 +41,72 @@ fn check(env: Envelope, golden_hex: &str) {
         "encoding of {env:?} changed"
     );
     assert_eq!(Envelope::decode(&bytes).unwrap(), env);
+    assert_eq!(
+        env.clone().at_version(4),
+        Err(ProtoError::BodyTooNew { version: 4, needs: 5 })
+    );
+    let mut as_v4 = bytes.clone();
+    as_v4[0] = 4;
+    assert_eq!(
+        Envelope::decode(&as_v4),
+        Err(ProtoError::BodyTooNew { version: 4, needs: 5 }),
+        "a v4 envelope cannot carry a v5 message"
+    );
+}
+
+fn release() -> Release {
+    Release {
+        version: s("0.2.1"),
+        target: s("aarch64-unknown-linux-musl"),
+        protocol: 5,
+        size: 300,
+        sha256: [0xab; 32],
+        signature: BVec::from_vec(vec![0x5a; 64]).unwrap(),
+    }
+}
+
+#[test]
+fn agent_update() {
+    check_new(
+        Envelope::new(
+            Sender::Coordinator,
+            9,
+            Body::AgentUpdate(Some(AgentUpdate {
+                rollout: s("agents-0.2.1"),
+                release: release(),
+                allow_downgrade: false,
+                health_window_secs: 120,
+            })),
+        ),
+        // 05 v5 | 00 Coordinator | 09 seq | 00 sent_at | 07 AgentUpdate | 01 Some | rollout |
+        // version | target | 05 protocol | ac02 size | sha256 | 40 + signature | 00 | 78 window
+        "0500090007010c6167656e74732d302e322e3105302e322e311a616172636836342d756e6b6e6f776e2d6c696e75782d6d75736c05ac02abababababababababababababababababababababababababababababababab405a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a007800",
+    );
+    // The retained "no update wanted".
+    check_new(
+        Envelope::new(Sender::Coordinator, 10, Body::AgentUpdate(None)),
+        "05000a00070000",
+    );
+}
+
+#[test]
+fn update_report() {
+    check_new(
+        Envelope::new(
+            Sender::Node(node()),
+            11,
+            Body::UpdateReport(UpdateReport {
+                rollout: s("agents-0.2.1"),
+                version: s("0.2.1"),
+                phase: UpdatePhase::RolledBack,
+                reason: Some(s("crashed 3 times in 40 s: exit 101")),
+                downloaded: 300,
+            }),
+        ),
+        // 05 | 01 Node "pi-1" | 0b seq | 00 | 08 UpdateReport | rollout | version | 05 RolledBack |
+        // 01 Some reason | ac02 downloaded | 00 no signature
+        "05010470692d310b00080c6167656e74732d302e322e3105302e322e310501216372617368656420332074696d657320696e20343020733a206578697420313031ac0200",
+    );
 }
 
 #[test]

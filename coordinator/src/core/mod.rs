@@ -74,7 +74,12 @@ pub const DEFAULT_POD_DRAIN: Duration = Duration::from_secs(2);
 #[allow(clippy::large_enum_variant)]
 pub enum Event {
     Api(ApiRequest),
-    Inbound { node: NodeName, body: Body },
+    /// `proto`: the protocol version of the envelope, what the node can read.
+    Inbound {
+        node: NodeName,
+        body: Body,
+        proto: u16,
+    },
     Tick,
 }
 
@@ -401,7 +406,7 @@ impl Core {
                 }
                 let _ = req.reply.send(result);
             }
-            Event::Inbound { node, body } => {
+            Event::Inbound { node, body, proto } => {
                 // Security refuses a revoked node's messages, but one verified just before
                 // the revocation can still be queued here: it must not make the node Ready.
                 if self.revoked.contains(node.as_str()) {
@@ -410,7 +415,7 @@ impl Core {
                 }
                 let span = tracing::debug_span!("inbound", node = %node);
                 let _g = span.enter();
-                self.inbound(&node, body);
+                self.inbound(&node, body, proto);
                 let _ = self.finish();
             }
             Event::Tick => {

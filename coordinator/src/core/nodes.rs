@@ -155,12 +155,13 @@ impl Core {
         }
     }
 
-    pub(super) fn inbound(&mut self, node: &NodeName, body: Body) {
+    pub(super) fn inbound(&mut self, node: &NodeName, body: Body, proto: u16) {
         let name = node.as_str();
         let now = Instant::now();
         match body {
             Body::Hello(h) => {
                 let mut n = wire::node_from_hello(node, &h);
+                n.status.protocol_version = proto;
                 let is_new = !self.nodes.contains_key(name);
                 if let Some(old) = self.nodes.get(name) {
                     n.metadata.uid = old.metadata.uid.clone();
@@ -310,7 +311,10 @@ impl Core {
                 }
                 self.set_ready(name, false, "Agent went offline (last will)");
             }
-            Body::Desired(_) | Body::StatusRequest | Body::RotateKey => {
+            Body::UpdateReport(r) => {
+                tracing::info!(node = name, rollout = %r.rollout, phase = ?r.phase, "agent update report");
+            }
+            Body::Desired(_) | Body::StatusRequest | Body::RotateKey | Body::AgentUpdate(_) => {
                 tracing::warn!(node = name, "downward message on an upward topic; ignored");
             }
         }

@@ -293,7 +293,14 @@ async fn receive_loop(
                 // Layout, signature and replay checks; the gate counts and logs rejections.
                 match gate.admit(&p.topic, &p.payload) {
                     Some((node, body)) => {
-                        if events.send(Event::Inbound { node, body }).await.is_err() {
+                        let proto = gate
+                            .peer_version(&node)
+                            .unwrap_or(baton_proto::MIN_PROTO_VERSION);
+                        if events
+                            .send(Event::Inbound { node, body, proto })
+                            .await
+                            .is_err()
+                        {
                             return; // the core has stopped
                         }
                     }

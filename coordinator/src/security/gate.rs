@@ -229,6 +229,8 @@ struct Inner {
     per_node: BTreeMap<String, BTreeMap<Reason, u64>>,
     duplicates: u64,
     nudged: HashMap<String, Instant>,
+    /// The protocol version of each node's last accepted message: what it can read.
+    peer_version: HashMap<String, u16>,
 }
 
 /// Identities, replay state and rejection counters; shared by the bus and the API.
@@ -296,7 +298,14 @@ impl Security {
     pub fn admit(&self, topic: &str, payload: &[u8]) -> Option<(NodeName, Body)> {
         let node_hint = baton_proto::topics::parse(topic).map(|(n, _)| n.as_str().to_owned());
         match self.verify(topic, payload, now_ms()) {
-            Ok(Some(accepted)) => Some(accepted),
+            Ok(Some(accepted)) => {
+                if let Some(v) = Envelope::peek_version(payload) {
+                    self.inner()
+                        .peer_version
+                        .insert(accepted.0.as_str().to_owned(), v);
+                }
+                Some(accepted)
+            }
             Ok(None) => None, // a duplicate
             Err(r) => {
                 self.count(node_hint.as_deref(), &r);
@@ -439,9 +448,22 @@ impl Security {
         }
     }
 
+    /// The protocol version `node` last spoke, if it spoke since this process started.
+    pub fn peer_version(&self, node: &NodeName) -> Option<u16> {
+        self.inner().peer_version.get(node.as_str()).copied()
+    }
+
     /// Encodes and signs one outbound message: returns the topic and the payload.
+    ///
+    /// Written in the version the node speaks (skew: an older agent reads only its own), or,
+    /// before it spoke, in the oldest version that has the message, which every agent that
+    /// can receive it reads. A message the node's version lacks is refused.
     pub fn seal(&self, node: &NodeName, body: Body) -> Result<(String, Vec<u8>), SecurityError> {
         let topic = baton_proto::topics::topic(node, baton_proto::topics::Kind::of(&body));
+        let version = match self.peer_version(node) {
+            Some(v) => v.min(baton_proto::PROTO_VERSION),
+            None => body.min_version(),
+        };
         let now = now_ms();
         let seq = {
             let mut c = self.seq.lock().unwrap_or_else(PoisonError::into_inner);
@@ -456,7 +478,7 @@ impl Security {
             }
             seq
         };
-        let mut env = Envelope::new(Sender::Coordinator, seq, body);
+        let mut env = Envelope::new(Sender::Coordinator, seq, body).at_version(version)?;
         env.sent_at_ms = now;
         sign::sign(&mut env, &topic, self.pki.signing_key())?;
         Ok((topic, env.encode()?))

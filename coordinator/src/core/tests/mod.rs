@@ -71,6 +71,7 @@ impl Harness {
         self.core.handle(Event::Inbound {
             node: nn(node),
             body,
+            proto: baton_proto::PROTO_VERSION,
         });
     }
     fn drain(&mut self) -> Vec<Outbound> {

@@ -76,6 +76,9 @@ pub struct NodeStatus {
     pub arch_variant: String,
     pub os: String,
     pub agent_version: String,
+    /// The protocol version of the agent's messages (what it can read); 0 if unknown.
+    #[serde(default)]
+    pub protocol_version: u16,
     pub allocatable: NodeCapacity,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub address: Option<String>,

@@ -28,6 +28,7 @@ pub fn node_from_hello(name: &proto::NodeName, h: &proto::Hello) -> api::Node {
             arch_variant: h.arch_variant.to_string(),
             os: h.os.to_string(),
             agent_version: h.agent_version.to_string(),
+            protocol_version: 0,
             allocatable: api::NodeCapacity {
                 cpu_millis: h.allocatable.cpu_millis,
                 memory_bytes: h.allocatable.memory_bytes,

@@ -120,7 +120,10 @@ mod tests {
         let key = SigningKey::from_bytes(&[1; 32]);
         let other = SigningKey::from_bytes(&[2; 32]);
         let mut r = release();
-        assert_eq!(verify(&r, &key.verifying_key()), Err(ReleaseError::Unsigned));
+        assert_eq!(
+            verify(&r, &key.verifying_key()),
+            Err(ReleaseError::Unsigned)
+        );
         sign(&mut r, &key).unwrap();
         verify(&r, &key.verifying_key()).unwrap();
         assert_eq!(
@@ -159,7 +162,10 @@ mod tests {
         check_content(&r, 4096, &[7; 32]).unwrap();
         assert!(matches!(
             check_content(&r, 4095, &[7; 32]),
-            Err(ReleaseError::Size { got: 4095, want: 4096 })
+            Err(ReleaseError::Size {
+                got: 4095,
+                want: 4096
+            })
         ));
         let err = check_content(&r, 4096, &[8; 32]).unwrap_err();
         assert!(err.to_string().contains("0808"), "{err}");

@@ -43,13 +43,19 @@ fn check_new(env: Envelope, golden_hex: &str) {
     assert_eq!(Envelope::decode(&bytes).unwrap(), env);
     assert_eq!(
         env.clone().at_version(4),
-        Err(ProtoError::BodyTooNew { version: 4, needs: 5 })
+        Err(ProtoError::BodyTooNew {
+            version: 4,
+            needs: 5
+        })
     );
     let mut as_v4 = bytes.clone();
     as_v4[0] = 4;
     assert_eq!(
         Envelope::decode(&as_v4),
-        Err(ProtoError::BodyTooNew { version: 4, needs: 5 }),
+        Err(ProtoError::BodyTooNew {
+            version: 4,
+            needs: 5
+        }),
         "a v4 envelope cannot carry a v5 message"
     );
 }

@@ -3,5 +3,6 @@
 pub mod api;
 pub mod manifest;
 pub mod quantity;
+pub mod release;
 pub mod secrets;
 pub mod wire;

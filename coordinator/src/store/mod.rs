@@ -58,10 +58,15 @@ pub enum Table {
     /// The last sequence number accepted from each node, keyed by node name, written
     /// lazily (see `crate::security::gate`).
     Seqs,
+    /// Imported agent releases, keyed by `sha256:<hex>` (`model::release::ReleaseRecord`;
+    /// the binaries are files, see `crate::registry::releases`).
+    Releases,
+    /// Agent update rollouts (`kind: AgentUpdate`), keyed by name.
+    AgentUpdates,
 }
 
 impl Table {
-    pub const ALL: [Table; 12] = [
+    pub const ALL: [Table; 14] = [
         Table::Deployments,
         Table::Pods,
         Table::Nodes,
@@ -74,6 +79,8 @@ impl Table {
         Table::JoinTokens,
         Table::Identities,
         Table::Seqs,
+        Table::Releases,
+        Table::AgentUpdates,
     ];
 
     pub fn name(self) -> &'static str {
@@ -90,6 +97,8 @@ impl Table {
             Table::JoinTokens => "join_tokens",
             Table::Identities => "identities",
             Table::Seqs => "seqs",
+            Table::Releases => "releases",
+            Table::AgentUpdates => "agent_updates",
         }
     }
 

@@ -8,6 +8,7 @@
 //! over running containers after an agent restart.
 
 pub mod adopt;
+pub mod build_info;
 pub mod bus;
 pub mod datadir;
 pub mod durable;

@@ -18,7 +18,7 @@ use setup::{install, uninstall};
 #[derive(Parser)]
 #[command(
     name = "baton-agent",
-    version,
+    version = baton_agent::build_info::VERSION,
     about = "Runs the pods the Baton coordinator assigns to this node"
 )]
 struct Cli {

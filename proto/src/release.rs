@@ -12,6 +12,10 @@ use ed25519_dalek::{Signer, Verifier};
 use crate::sign::{Signature, SigningKey, VerifyingKey, SIGNATURE_BYTES};
 use crate::{BVec, ProtoError, Release};
 
+/// The label every agent (v5 on) adds to its Hello: the target triple it was built for,
+/// so the coordinator offers it the release built for that target.
+pub const LABEL_AGENT_TARGET: &str = "agent.baton.io/target";
+
 /// Prefixes every signed release, so a release signature is never valid as anything else.
 pub const RELEASE_CONTEXT: &[u8] = b"baton-release-v1\0";
 

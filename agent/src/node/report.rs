@@ -22,6 +22,10 @@ impl Agent {
                     value: BString::new(v.as_str()).ok()?,
                 })
             })
+            .chain(Some(Label {
+                key: BString::new(baton_proto::release::LABEL_AGENT_TARGET).unwrap_or_default(),
+                value: BString::new(crate::build_info::TARGET).unwrap_or_default(),
+            }))
             .collect::<Vec<_>>();
         let p = Platform::host();
         Body::Hello(Hello {
@@ -33,7 +37,7 @@ impl Agent {
                 .try_into()
                 .unwrap_or_default(),
             os: p.os.as_str().try_into().unwrap_or_default(),
-            agent_version: env!("CARGO_PKG_VERSION").try_into().unwrap_or_default(),
+            agent_version: crate::build_info::VERSION.try_into().unwrap_or_default(),
             allocatable: self.cfg.allocatable,
             labels: BVec::from_vec(labels.into_iter().take(64).collect()).unwrap_or_default(),
             address: self.cfg.address,

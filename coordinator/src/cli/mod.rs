@@ -12,6 +12,7 @@
 //! them and these verbs under one parser. The client verbs reach the coordinator only
 //! through `client::Client`, over HTTP.
 
+mod agent;
 mod apply;
 mod client;
 mod delete;
@@ -33,6 +34,7 @@ use clap::{Args, Subcommand, ValueEnum};
 use crate::contract::client_config::ConfigError;
 use crate::contract::ResourceKind;
 
+pub use agent::{AgentCommand, AgentRolloutCommand, UpgradeArgs};
 use client::Client;
 pub use flash::{FlashArgs, FlashError};
 pub use image::ImageCommand;
@@ -116,6 +118,11 @@ pub enum Command {
     Image {
         #[command(subcommand)]
         action: ImageCommand,
+    },
+    /// Update the agents themselves: `upgrade --to VERSION`, `rollout status|pause|resume|abort`.
+    Agent {
+        #[command(subcommand)]
+        action: AgentCommand,
     },
     /// Prepare a Raspberry Pi OS SD card or image for a device: the agent, a join token
     /// and a first-boot installer, written into its FAT boot partition (no root needed).
@@ -207,6 +214,7 @@ fn qualified(kind: ResourceKind) -> &'static str {
         ResourceKind::Pod => "pod",
         ResourceKind::Node => "node",
         ResourceKind::Secret => "secret",
+        ResourceKind::AgentUpdate => "agentupdate.baton.io",
     }
 }
 
@@ -234,6 +242,7 @@ pub async fn run(args: &ClientArgs, command: &Command) -> Result<(), CliError> {
         Command::Security { action } => security::security_command(&client, action).await?,
         Command::Image { action } => image::image(&client, action).await?,
         Command::Flash(args) => flash::flash(&client, args).await?,
+        Command::Agent { action } => agent::agent(&client, action).await?,
         Command::Describe { resource, name } => {
             describe::describe(&client, resource, name.as_deref()).await?
         }

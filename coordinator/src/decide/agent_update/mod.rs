@@ -377,6 +377,13 @@ pub fn step(
             .and_then(|d| releases.iter().find(|r| r.digest() == d));
         match release {
             Some(r) => {
+                // Offline at its order: the deadline counts from now.
+                if !nodes
+                    .iter()
+                    .any(|n| n.metadata.name == nu.node && n.status.ready)
+                {
+                    nu.offline_since = Some(now_s.clone());
+                }
                 nu.ordered_at = Some(now_s.clone());
                 nu.updated_at = Some(now_s.clone());
                 out.orders.push(Order {

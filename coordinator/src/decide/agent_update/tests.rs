@@ -521,7 +521,7 @@ fn reports_for_another_version_or_node_are_ignored() {
         downloaded: 0,
     };
     assert!(!apply_report(&mut s.u, "pi-1", &stale, t(1)));
-    let other = Report {
+    let other = api::UpdateReport {
         version: "0.2.1".into(),
         ..stale
     };

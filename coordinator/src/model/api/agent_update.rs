@@ -34,8 +34,9 @@ pub struct AgentUpdateSpec {
     /// How many nodes update at once after the canary: a number or a share of the
     /// nodes that take the update (rounded down, at least 1).
     pub max_unavailable: IntOrPercent,
-    /// Halt the whole rollout when more than this share (percent) of a wave fails.
-    #[serde(default)]
+    /// Halt the whole rollout when more than this share (percent) of a wave fails;
+    /// spelled `failureBudget: 20%` as in the manifest.
+    #[serde(default, rename = "failureBudget", with = "percent")]
     pub failure_budget_percent: u32,
     pub health_window_seconds: u32,
     pub deadline_seconds: u64,
@@ -236,4 +237,20 @@ pub struct UpdateReport {
     pub reason: Option<String>,
     /// Bytes of the binary on the device so far.
     pub downloaded: u64,
+}
+
+/// A share as the manifest spells it: `20%`.
+mod percent {
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(p: &u32, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&format!("{p}%"))
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<u32, D::Error> {
+        let s = String::deserialize(d)?;
+        s.strip_suffix('%')
+            .and_then(|p| p.parse().ok())
+            .ok_or_else(|| serde::de::Error::custom(format!("{s:?} is not a percentage")))
+    }
 }

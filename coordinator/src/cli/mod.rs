@@ -311,6 +311,51 @@ mod tests {
     }
 
     #[test]
+    fn agent_arguments() {
+        let cli = Cli::try_parse_from([
+            "baton", "agent", "upgrade", "--to", "0.2.1", "--canary", "2", "--soak", "5m",
+        ])
+        .unwrap();
+        assert!(matches!(
+            cli.command,
+            Command::Agent {
+                action: AgentCommand::Upgrade(UpgradeArgs { canary: 2, soak: Some(s), .. })
+            } if s == Duration::from_secs(300)
+        ));
+        assert!(
+            Cli::try_parse_from([
+                "baton",
+                "agent",
+                "upgrade",
+                "--to",
+                "0.2.1",
+                "--canary-pause",
+                "--soak",
+                "1m",
+            ])
+            .is_err(),
+            "a canary pauses or soaks, not both"
+        );
+        let cli = Cli::try_parse_from(["baton", "agent", "rollout", "status", "up", "-o", "json"])
+            .unwrap();
+        assert!(matches!(
+            cli.command,
+            Command::Agent {
+                action: AgentCommand::Rollout {
+                    action: AgentRolloutCommand::Status {
+                        name: Some(_),
+                        output: Some(Output::Json)
+                    }
+                }
+            }
+        ));
+        for verb in ["pause", "resume", "abort"] {
+            assert!(Cli::try_parse_from(["baton", "agent", "rollout", verb, "up"]).is_ok());
+            assert!(Cli::try_parse_from(["baton", "agent", "rollout", verb]).is_err());
+        }
+    }
+
+    #[test]
     fn rollout_arguments() {
         let cli = Cli::try_parse_from([
             "baton",

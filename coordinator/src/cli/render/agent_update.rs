@@ -38,7 +38,11 @@ pub fn rollout_status(u: &api::AgentUpdate) -> String {
     }
     out.push('\n');
     if u.status.nodes.is_empty() {
-        out.push_str("No nodes in scope yet\n");
+        out.push_str(if u.status.scoped {
+            "No nodes in scope\n"
+        } else {
+            "No nodes in scope yet\n"
+        });
         return out;
     }
     let rows: Vec<Vec<String>> = u
@@ -116,19 +120,19 @@ pub fn describe_agent_update(
         "Canary",
         format!("{} nodes{gate}", s.canary.nodes),
     );
-    kv(&mut out, "Max Unavailable", s.max_unavailable.to_string());
+    kv(&mut out, "MaxUnavailable", s.max_unavailable.to_string());
     kv(
         &mut out,
-        "Failure Budget",
+        "FailureBudget",
         format!("{}%", s.failure_budget_percent),
     );
     kv(
         &mut out,
-        "Health Window",
+        "HealthWindow",
         format!("{}s", s.health_window_seconds),
     );
     kv(&mut out, "Deadline", format!("{}s", s.deadline_seconds));
-    kv(&mut out, "Allow Downgrade", s.allow_downgrade.to_string());
+    kv(&mut out, "AllowDowngrade", s.allow_downgrade.to_string());
     kv(&mut out, "Committed", counts(u));
     out.push('\n');
     out.push_str(&rollout_status(u));
@@ -234,10 +238,8 @@ old    0.2.0   0.2.1   skipped       agent 0.1.0 speaks protocol v4
         for line in [
             "Canary:",
             "1 nodes, then pause",
-            "Max Unavailable:",
-            "25%",
-            "Failure Budget:",
-            "20%",
+            "MaxUnavailable: 25%",
+            "FailureBudget:  20%",
             "Committed:",
             "1/3",
             "pi-1   0.2.0   0.2.1   rolled-back",

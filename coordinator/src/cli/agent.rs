@@ -75,6 +75,12 @@ pub enum AgentRolloutCommand {
         /// `json` or `yaml`: the AgentUpdate object with its status.
         #[arg(short = 'o', long = "output", env = "BATON_OUTPUT", value_enum)]
         output: Option<Output>,
+        /// Wait until the rollout is over; fails unless it completes.
+        #[arg(long, env = "BATON_ROLLOUT_WAIT")]
+        wait: bool,
+        /// With --wait: give up after this long (e.g. 10m); default forever.
+        #[arg(long, env = "BATON_ROLLOUT_TIMEOUT", value_parser = humantime::parse_duration, requires = "wait")]
+        timeout: Option<Duration>,
     },
     /// Order no more nodes; updates in flight go on.
     Pause { name: String },
@@ -175,12 +181,38 @@ pub(super) async fn agent(client: &Client, command: &AgentCommand) -> Result<Str
         }
         AgentCommand::Rollout { action } => {
             let (u, output) = match action {
-                AgentRolloutCommand::Status { name, output } => (
-                    client
-                        .call(&routes::AgentRolloutStatus { name: name.clone() }, &NoBody)
-                        .await?,
-                    *output,
-                ),
+                AgentRolloutCommand::Status {
+                    name,
+                    output,
+                    wait,
+                    timeout,
+                } => {
+                    let status = routes::AgentRolloutStatus { name: name.clone() };
+                    let mut u = client.call(&status, &NoBody).await?;
+                    if *wait {
+                        let start = std::time::Instant::now();
+                        while !u.status.phase.is_final() {
+                            if timeout.is_some_and(|t| start.elapsed() >= t) {
+                                return Err(CliError::Rollout(format!(
+                                    "{}error: timed out waiting for agentupdate/{}",
+                                    render(&u, *output)?,
+                                    u.metadata.name
+                                )));
+                            }
+                            tokio::time::sleep(Duration::from_secs(1)).await;
+                            u = client.call(&status, &NoBody).await?;
+                        }
+                        if u.status.phase != api::RolloutPhase::Complete {
+                            return Err(CliError::Rollout(format!(
+                                "{}error: agentupdate/{} is {:?}",
+                                render(&u, *output)?,
+                                u.metadata.name,
+                                u.status.phase
+                            )));
+                        }
+                    }
+                    (u, *output)
+                }
                 AgentRolloutCommand::Pause { name } => (
                     client
                         .call(&routes::AgentRolloutPause { name: name.clone() }, &NoBody)

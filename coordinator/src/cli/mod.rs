@@ -344,11 +344,28 @@ mod tests {
                 action: AgentCommand::Rollout {
                     action: AgentRolloutCommand::Status {
                         name: Some(_),
-                        output: Some(Output::Json)
+                        output: Some(Output::Json),
+                        wait: false,
+                        timeout: None,
                     }
                 }
             }
         ));
+        assert!(Cli::try_parse_from([
+            "baton",
+            "agent",
+            "rollout",
+            "status",
+            "--wait",
+            "--timeout",
+            "5m"
+        ])
+        .is_ok());
+        assert!(
+            Cli::try_parse_from(["baton", "agent", "rollout", "status", "--timeout", "5m"])
+                .is_err(),
+            "--timeout goes with --wait"
+        );
         for verb in ["pause", "resume", "abort"] {
             assert!(Cli::try_parse_from(["baton", "agent", "rollout", verb, "up"]).is_ok());
             assert!(Cli::try_parse_from(["baton", "agent", "rollout", verb]).is_err());

@@ -539,3 +539,37 @@ fn versions_compare_numerically_with_pre_releases_first() {
     assert_eq!(cmp_versions("0.2.1-rc1", "0.2.1"), Ordering::Less);
     assert_eq!(cmp_versions("1.0.0", "1.0.0"), Ordering::Equal);
 }
+
+#[test]
+fn a_release_deleted_before_its_wave_skips_the_node_with_the_reason() {
+    let mut s = Sim::new(rollout("0.2.1", 1, 1), 2);
+    let c = s.step(t(0));
+    s.commit(&c, t(1));
+    s.releases.retain(|r| r.version != "0.2.1");
+    assert!(s.step(t(2)).is_empty());
+    let n = s.nodes_status("pi-2");
+    assert_eq!(n.phase, NodeUpdatePhase::Skipped);
+    assert!(
+        n.reason
+            .as_deref()
+            .unwrap()
+            .contains("was deleted before its wave"),
+        "{n:?}"
+    );
+    s.step(t(3));
+    assert_eq!(s.u.status.phase, RolloutPhase::Complete);
+}
+
+#[test]
+fn nodes_in_flight_when_a_rollout_halts_still_report() {
+    let mut s = Sim::new(rollout("0.2.1", 2, 2), 4);
+    s.step(t(0));
+    s.report("pi-2", NodeUpdatePhase::Probation, None, t(1));
+    s.report("pi-1", NodeUpdatePhase::RolledBack, Some("exit 101"), t(2));
+    s.step(t(3));
+    assert_eq!(s.u.status.phase, RolloutPhase::Halted);
+    assert!(s.withdrawn.is_empty(), "pi-2 had started: its order stays");
+    s.report("pi-2", NodeUpdatePhase::Committed, None, t(4));
+    assert_eq!(s.phase_of("pi-2"), NodeUpdatePhase::Committed);
+    assert!(s.step(t(5)).is_empty());
+}

@@ -535,11 +535,7 @@ impl Releases {
         lock(&self.verified).insert(digest.to_owned(), stamp);
         Ok((path, meta.len()))
     }
-
-    /// The same store with another size limit (tests).
-    #[cfg(test)]
-    pub(super) fn with_max_bytes(mut self, max: u64) -> Self {
-        self.max_bytes = max;
-        self
-    }
 }
+
+#[cfg(test)]
+mod tests;

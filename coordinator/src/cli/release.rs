@@ -43,12 +43,18 @@ pub enum ReleaseCommand {
         out: PathBuf,
     },
     /// Sign an agent binary (offline): writes BINARY.release.json beside it.
+    // `--version` is the release's here, not baton's own.
+    #[command(disable_version_flag = true)]
     Sign {
         /// The private key (release.key from `keygen`).
         #[arg(long, env = "BATON_RELEASE_KEY")]
         key: PathBuf,
         /// Default: from the file name, baton-agent-<version>-<target>.
-        #[arg(long, env = "BATON_RELEASE_VERSION")]
+        #[arg(
+            long = "version",
+            id = "release_version",
+            env = "BATON_RELEASE_VERSION"
+        )]
         version: Option<String>,
         /// Rust target triple. Default: from the file name.
         #[arg(long, env = "BATON_RELEASE_TARGET")]

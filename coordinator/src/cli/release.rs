@@ -20,10 +20,9 @@ use sha2::{Digest, Sha256};
 use super::client::Client;
 use super::render::{age, table};
 use super::{to_value, CliError, Output};
-use crate::contract::releases::{ReleaseSummary, SignedRelease};
+use crate::contract::releases::{valid_version, ReleaseSummary, SignedRelease};
 use crate::contract::{routes, NoBody};
 use crate::model::quantity;
-use crate::registry::valid_version;
 
 /// The private key's file in `keygen --out DIR` (base64 of the 32-byte seed, mode 0600).
 pub const KEY_FILE: &str = "release.key";
@@ -96,11 +95,24 @@ fn read(path: &Path) -> Result<Vec<u8>, CliError> {
     })
 }
 
-/// Writes `bytes` durably (the store's one way), then gives it `mode`.
-fn write(path: &Path, bytes: &[u8], mode: u32) -> Result<(), CliError> {
-    crate::store::durable::write_private(path, bytes)
-        .and_then(|()| fs::set_permissions(path, fs::Permissions::from_mode(mode)))
-        .map_err(|e| usage(format!("cannot write {}: {e}", path.display())))
+/// Creates `path` with `bytes` and `mode`, synced. Never replaces a file (`create_new`):
+/// for a key that is the point, and `sign` removes its old metadata first. (The CLI does not
+/// reach the server's `store::durable`; nothing here needs an atomic replace.)
+fn create(path: &Path, bytes: &[u8], mode: u32) -> Result<(), CliError> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let cannot = |e: std::io::Error| usage(format!("cannot write {}: {e}", path.display()));
+    let mut f = fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(mode)
+        .open(path)
+        .map_err(cannot)?;
+    f.write_all(bytes)
+        .and_then(|()| f.sync_all())
+        .map_err(cannot)?;
+    // The umask may have taken bits off a public file's mode.
+    fs::set_permissions(path, fs::Permissions::from_mode(mode)).map_err(cannot)
 }
 
 fn b64(bytes: &[u8]) -> String {
@@ -142,8 +154,8 @@ fn keygen(out: &Path) -> Result<String, CliError> {
     fs::create_dir_all(out).map_err(|e| usage(format!("cannot create {}: {e}", out.display())))?;
     let seed: [u8; 32] = rand::random();
     let signing = SigningKey::from_bytes(&seed);
-    write(&key, format!("{}\n", b64(&seed)).as_bytes(), 0o600)?;
-    write(
+    create(&key, format!("{}\n", b64(&seed)).as_bytes(), 0o600)?;
+    create(
         &public,
         format!("{}\n", b64(signing.verifying_key().as_bytes())).as_bytes(),
         0o644,
@@ -239,7 +251,13 @@ fn sign(
     };
     let out = metadata_path(binary);
     let json = serde_json::to_vec_pretty(&meta).map_err(|e| CliError::Protocol(e.to_string()))?;
-    write(&out, &json, 0o644)?;
+    match fs::remove_file(&out) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+            return Err(usage(format!("cannot replace {}: {e}", out.display())))
+        }
+        _ => {}
+    }
+    create(&out, &json, 0o644)?;
     Ok(format!(
         "signed {} {} ({}, {}): {}\n",
         meta.version,
@@ -417,6 +435,7 @@ pub(super) async fn release(client: &Client, action: &ReleaseCommand) -> Result<
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::contract::releases::parse_public_key;
 
     #[test]
     fn file_names_give_version_and_target() {
@@ -469,8 +488,9 @@ mod tests {
             (meta.version.as_str(), meta.target.as_str(), meta.size),
             ("0.2.1", "x86_64-unknown-linux-gnu", 8)
         );
-        let public = crate::registry::read_public_key(&dir.path().join(PUB_FILE)).unwrap();
-        let wire = crate::registry::wire_release(&meta).unwrap();
+        let public =
+            parse_public_key(&fs::read_to_string(dir.path().join(PUB_FILE)).unwrap()).unwrap();
+        let wire = meta.to_wire().unwrap();
         baton_proto::release::verify(&wire, &public).unwrap();
 
         let odd = dir.path().join("agent.bin");

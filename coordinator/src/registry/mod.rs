@@ -70,10 +70,7 @@ mod releases_api;
 pub use image_store::Registry;
 pub use names::{normalize_name, valid_repository};
 pub use oci::digest_hex;
-pub use releases::{
-    parse_public_key, read_public_key, valid_version, wire_release, ReleaseStoreError, Releases,
-    MAX_RELEASE_BYTES,
-};
+pub use releases::{read_public_key, ReleaseStoreError, Releases, MAX_RELEASE_BYTES};
 
 /// The largest archive `baton image import` accepts. A bound, so that a runaway upload
 /// cannot fill the coordinator's disk; far above any image an edge device runs.

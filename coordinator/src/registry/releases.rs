@@ -29,7 +29,6 @@ use std::time::SystemTime;
 
 use axum::body::Bytes;
 use axum::http::StatusCode;
-use base64::Engine as _;
 use baton_proto::release::{self, ReleaseError};
 use baton_proto::sign::VerifyingKey;
 use futures::Stream;
@@ -37,7 +36,7 @@ use sha2::{Digest, Sha256};
 use tokio::sync::mpsc;
 
 use super::archive::{feed, sha256_file, ChannelReader, FeedError, UploadDir};
-use crate::contract::releases::{ReleaseSummary, SignedRelease};
+use crate::contract::releases::{parse_public_key, InvalidRelease, ReleaseSummary, SignedRelease};
 use crate::model::release::ReleaseRecord;
 use crate::store::{self, Op, Store, StoreError, Table};
 
@@ -55,8 +54,8 @@ pub enum ReleaseStoreError {
         #[source]
         source: ReleaseError,
     },
-    #[error("invalid release {field}: {reason}")]
-    Invalid { field: &'static str, reason: String },
+    #[error(transparent)]
+    Invalid(#[from] InvalidRelease),
     #[error("release {version} for {target} is already imported as {digest}: delete it first")]
     Conflict {
         version: String,
@@ -93,13 +92,6 @@ impl ReleaseStoreError {
         move |source| ReleaseStoreError::Io { context, source }
     }
 
-    fn invalid(field: &'static str, reason: impl ToString) -> ReleaseStoreError {
-        ReleaseStoreError::Invalid {
-            field,
-            reason: reason.to_string(),
-        }
-    }
-
     /// The HTTP status of the API answer.
     pub(super) fn status(&self) -> StatusCode {
         match self {
@@ -115,15 +107,6 @@ impl ReleaseStoreError {
             _ => StatusCode::BAD_REQUEST,
         }
     }
-}
-
-/// A release public key from its text: base64 of the 32-byte Ed25519 key (`release.pub`,
-/// as `baton release keygen` writes it).
-pub fn parse_public_key(text: &str) -> Option<VerifyingKey> {
-    let bytes = base64::engine::general_purpose::STANDARD
-        .decode(text.trim())
-        .ok()?;
-    VerifyingKey::from_bytes(&bytes.try_into().ok()?).ok()
 }
 
 /// Reads a `release.pub` file (`--release-public-key-file`).
@@ -149,54 +132,6 @@ impl From<&ReleaseRecord> for ReleaseSummary {
             imported_at: r.imported_at.clone(),
         }
     }
-}
-
-/// The wire release the key signed, from the metadata; checks each field's shape.
-pub fn wire_release(m: &SignedRelease) -> Result<baton_proto::Release, ReleaseStoreError> {
-    if !valid_version(&m.version) {
-        return Err(ReleaseStoreError::invalid(
-            "version",
-            format!(
-                "{:?} is not a semantic version (MAJOR.MINOR.PATCH)",
-                m.version
-            ),
-        ));
-    }
-    if m.target.is_empty()
-        || !m
-            .target
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b))
-    {
-        return Err(ReleaseStoreError::invalid(
-            "target",
-            format!("{:?} is not a target triple", m.target),
-        ));
-    }
-    let record = ReleaseRecord {
-        version: m.version.clone(),
-        target: m.target.clone(),
-        protocol: m.protocol,
-        size: m.size,
-        sha256: m.sha256.to_ascii_lowercase(),
-        signature: m.signature.clone(),
-        imported_at: String::new(),
-    };
-    record
-        .to_wire()
-        .map_err(|e| ReleaseStoreError::invalid("metadata", e))
-}
-
-/// `MAJOR.MINOR.PATCH` with an optional `-pre` or `+build` suffix.
-pub fn valid_version(v: &str) -> bool {
-    let core = v.split(['-', '+']).next().unwrap_or_default();
-    let parts: Vec<&str> = core.split('.').collect();
-    parts.len() == 3
-        && parts
-            .iter()
-            .all(|p| !p.is_empty() && p.bytes().all(|b| b.is_ascii_digit()))
-        && v.bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b"-+.".contains(&b))
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -295,7 +230,7 @@ impl Releases {
         meta: &SignedRelease,
     ) -> Result<Result<baton_proto::Release, ReleaseSummary>, ReleaseStoreError> {
         let key = self.key().ok_or(ReleaseStoreError::NoKey)?;
-        let wire = wire_release(meta)?;
+        let wire = meta.to_wire()?;
         release::verify(&wire, &key).map_err(|source| ReleaseStoreError::Refused {
             version: meta.version.clone(),
             target: meta.target.clone(),

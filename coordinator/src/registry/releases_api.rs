@@ -13,7 +13,7 @@ use axum::{Json, Router};
 use super::distribution::{file_stream, parse_range};
 use super::releases::{ReleaseStoreError, Releases};
 use crate::contract::body::{ErrorBody, List};
-use crate::contract::releases::{ReleaseDeleted, ReleaseSummary, SignedRelease};
+use crate::contract::releases::{InvalidRelease, ReleaseDeleted, ReleaseSummary, SignedRelease};
 use crate::contract::routes::{DeleteRelease, ImportRelease, ListReleases, ReleaseBinary, Route};
 
 /// The release API's routes. Their methods are the contract's: the contract test in
@@ -45,14 +45,14 @@ async fn list(Extension(rel): Extension<Arc<Releases>>) -> Json<List<ReleaseSumm
 /// The signed metadata, from the route's parameters.
 fn metadata(q: ImportRelease) -> Result<SignedRelease, ReleaseStoreError> {
     let number = |field: &'static str, v: &str| {
-        v.parse::<u64>().map_err(|e| ReleaseStoreError::Invalid {
+        v.parse::<u64>().map_err(|e| InvalidRelease {
             field,
             reason: format!("{v:?}: {e}"),
         })
     };
     let protocol = number("protocol", &q.protocol)?;
     Ok(SignedRelease {
-        protocol: u16::try_from(protocol).map_err(|e| ReleaseStoreError::Invalid {
+        protocol: u16::try_from(protocol).map_err(|e| InvalidRelease {
             field: "protocol",
             reason: e.to_string(),
         })?,

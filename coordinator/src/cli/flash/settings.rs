@@ -65,7 +65,7 @@ impl Common {
 
 /// `--release-public-key`: base64 of a 32-byte Ed25519 key, as `release.pub` holds it.
 pub(super) fn release_key(s: &str) -> Result<String, FlashError> {
-    crate::registry::parse_public_key(s)
+    crate::contract::releases::parse_public_key(s)
         .map(|_| s.trim().to_owned())
         .ok_or_else(|| {
             invalid(

@@ -326,9 +326,7 @@ async fn import(client: &Client, path: &Path) -> Result<String, CliError> {
     for (binary, json) in to_import(path)? {
         let meta: SignedRelease = serde_json::from_slice(&read(&json)?)
             .map_err(|e| usage(format!("{} is not release metadata: {e}", json.display())))?;
-        let body = super::upload::upload_body(&binary)
-            .await
-            .map_err(|e| usage(e))?;
+        let body = super::upload::upload_body(&binary).await.map_err(usage)?;
         let route = routes::ImportRelease {
             version: meta.version,
             target: meta.target,

@@ -13,7 +13,7 @@
 //! `sha256/` (directory synced) and its row committed; a failed commit removes the file.
 //! A refused or interrupted upload leaves nothing: its upload directory goes with it, and
 //! [`Releases::open`] removes files no row names. Importing the same release again
-//! answers the row already there.
+//! answers the row already there (the bytes sent are checked all the same).
 //!
 //! **Serving.** Any API token reads a binary (`ReleaseBinary`, with `Range: bytes=N-` so a
 //! node resumes); it is hashed once per process (again if its file changes) before it is
@@ -134,6 +134,42 @@ impl From<&ReleaseRecord> for ReleaseSummary {
     }
 }
 
+/// Copies `reader` to `out` (the file `path`), hashing and counting, and refuses as soon
+/// as more bytes arrive than `wire` was signed for (the rest is not read).
+fn receive(
+    mut reader: impl Read,
+    wire: &baton_proto::Release,
+    out: &mut impl Write,
+    path: &Path,
+) -> Result<(u64, [u8; 32]), ReleaseStoreError> {
+    let mut hasher = Sha256::new();
+    let mut buf = vec![0u8; 256 * 1024];
+    let mut n = 0u64;
+    loop {
+        let k = match reader.read(&mut buf) {
+            Ok(0) => break,
+            Ok(k) => k,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(ReleaseStoreError::Upload(e.to_string())),
+        };
+        n += k as u64;
+        if n > wire.size {
+            return Err(ReleaseStoreError::Refused {
+                version: wire.version.to_string(),
+                target: wire.target.to_string(),
+                source: ReleaseError::Size {
+                    got: n,
+                    want: wire.size,
+                },
+            });
+        }
+        hasher.update(&buf[..k]);
+        out.write_all(&buf[..k])
+            .map_err(ReleaseStoreError::io(format!("write {}", path.display())))?;
+    }
+    Ok((n, hasher.finalize().into()))
+}
+
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     // Every critical section leaves its data consistent before it can panic.
     m.lock().unwrap_or_else(|e| e.into_inner())
@@ -223,12 +259,12 @@ impl Releases {
             .then(|| self.files.join(hex))
     }
 
-    /// Checks the metadata and its signature; answers the existing row if this release is
-    /// already imported (`Ok(Err(summary))`).
+    /// Checks the metadata and its signature; with the row already there if this release
+    /// is imported.
     fn admit(
         &self,
         meta: &SignedRelease,
-    ) -> Result<Result<baton_proto::Release, ReleaseSummary>, ReleaseStoreError> {
+    ) -> Result<(baton_proto::Release, Option<ReleaseSummary>), ReleaseStoreError> {
         let key = self.key().ok_or(ReleaseStoreError::NoKey)?;
         let wire = meta.to_wire()?;
         release::verify(&wire, &key).map_err(|source| ReleaseStoreError::Refused {
@@ -245,7 +281,7 @@ impl Releases {
         let records = lock(&self.records);
         if let Some(r) = records.get(&digest) {
             if r.version == meta.version && r.target == meta.target {
-                return Ok(Err(ReleaseSummary::from(r)));
+                return Ok((wire, Some(ReleaseSummary::from(r))));
             }
         }
         if let Some(r) = records
@@ -259,53 +295,34 @@ impl Releases {
                 digest: r.digest(),
             });
         }
-        Ok(Ok(wire))
+        Ok((wire, None))
     }
 
     /// Blocking: imports the binary read from `reader`, signed as `meta` says, all or
-    /// nothing.
+    /// nothing. A release already imported answers its row, once the bytes sent are
+    /// checked too (nothing is written): an operator whose copy is damaged hears so.
     pub fn import_reader(
         &self,
         meta: &SignedRelease,
-        mut reader: impl Read,
+        reader: impl Read,
     ) -> Result<ReleaseSummary, ReleaseStoreError> {
-        let wire = match self.admit(meta)? {
-            Ok(w) => w,
-            Err(existing) => return Ok(existing),
-        };
+        let (wire, existing) = self.admit(meta)?;
         let refused = |source| ReleaseStoreError::Refused {
             version: meta.version.clone(),
             target: meta.target.clone(),
             source,
         };
+        if let Some(existing) = existing {
+            let (n, sha) = receive(reader, &wire, &mut io::sink(), Path::new("-"))?;
+            release::check_content(&wire, n, &sha).map_err(refused)?;
+            return Ok(existing);
+        }
         let upload =
             UploadDir::new(&self.uploads).map_err(|e| ReleaseStoreError::Upload(e.to_string()))?;
         let tmp = upload.0.join("binary");
         let mut f = fs::File::create(&tmp)
             .map_err(ReleaseStoreError::io(format!("create {}", tmp.display())))?;
-        let mut hasher = Sha256::new();
-        let mut buf = vec![0u8; 256 * 1024];
-        let mut n = 0u64;
-        loop {
-            let k = match reader.read(&mut buf) {
-                Ok(0) => break,
-                Ok(k) => k,
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                Err(e) => return Err(ReleaseStoreError::Upload(e.to_string())),
-            };
-            n += k as u64;
-            if n > wire.size {
-                // More than was signed: refused without reading the rest.
-                return Err(refused(ReleaseError::Size {
-                    got: n,
-                    want: wire.size,
-                }));
-            }
-            hasher.update(&buf[..k]);
-            f.write_all(&buf[..k])
-                .map_err(ReleaseStoreError::io(format!("write {}", tmp.display())))?;
-        }
-        let sha: [u8; 32] = hasher.finalize().into();
+        let (n, sha) = receive(reader, &wire, &mut f, &tmp)?;
         release::check_content(&wire, n, &sha).map_err(refused)?;
         f.sync_all()
             .map_err(ReleaseStoreError::io(format!("sync {}", tmp.display())))?;

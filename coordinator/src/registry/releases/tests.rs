@@ -214,9 +214,15 @@ fn import_is_idempotent_and_survives_a_restart() {
         (VERSION, TARGET, bin.len() as u64)
     );
     assert_eq!(first.digest, format!("sha256:{}", meta.sha256));
-    // Again: the same answer, one row, one file. The body is not even read.
-    let second = r.rel.import_reader(&meta, Broken(&[])).unwrap();
+    // Again: the same answer, one row, one file.
+    let second = r.rel.import_reader(&meta, &bin[..]).unwrap();
     assert_eq!(second, first);
+    // The bytes sent again are still checked: a damaged copy is told so, and changes
+    // nothing.
+    let mut damaged = bin.clone();
+    damaged[7] ^= 1;
+    let err = r.rel.import_reader(&meta, &damaged[..]).unwrap_err();
+    assert!(err.to_string().contains("sha256"), "{err}");
     assert_eq!(r.rel.list(), vec![first.clone()]);
     assert_eq!(
         files(r.dir.path()),

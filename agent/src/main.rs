@@ -159,6 +159,10 @@ struct RunArgs {
         requires = "registry_mirror"
     )]
     registry_mirror_token_file: Option<PathBuf>,
+    /// The release public key (base64, `release.pub` of `baton release keygen`) agent
+    /// updates must be signed by; overrides the key pinned at enrollment.
+    #[arg(long, env = "BATON_RELEASE_PUBLIC_KEY", value_parser = baton_agent::identity::release_key::check_flag)]
+    release_public_key: Option<String>,
     /// A PEM CA bundle for an https --registry-mirror.
     #[arg(long, env = "BATON_REGISTRY_MIRROR_CA", requires = "registry_mirror")]
     registry_mirror_ca: Option<PathBuf>,
@@ -509,6 +513,7 @@ fn config(a: RunArgs, identity: Option<IdentityFile>) -> Result<(AgentConfig, Li
         pressure_transition: a.eviction_pressure_transition_period,
         pod_eviction: a.pod_eviction,
         stop_pods_on_exit: a.stop_pods_on_exit,
+        release_public_key: a.release_public_key,
     };
     Ok((
         cfg,

@@ -102,6 +102,9 @@ pub struct AgentConfig {
     /// Stop every pod when the agent is asked to exit. Off by default: pods keep running and
     /// the next agent process adopts them.
     pub stop_pods_on_exit: bool,
+    /// `--release-public-key`: wins over the key pinned at enrollment
+    /// (`crate::identity::release_key::load`).
+    pub release_public_key: Option<String>,
 }
 
 /// Where the node loop sends what it tells the coordinator: the MQTT [`Bus`] in the agent,

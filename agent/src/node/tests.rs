@@ -223,6 +223,7 @@ impl Harness {
             pressure_transition: Duration::ZERO,
             pod_eviction: true,
             stop_pods_on_exit: false,
+            release_public_key: None,
         };
         let (tx, events) = mpsc::channel(256);
         let agent = Agent::new(cfg, Arc::new(deps), desired(0, vec![]), secrets, tx);

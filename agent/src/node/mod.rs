@@ -151,6 +151,10 @@ struct Agent {
     /// Pods evicted under node pressure, with the reason: stopped, reported `Evicted` and
     /// not started again while their desired state lists them.
     evicted: BTreeMap<String, String>,
+    /// The update task (see [`crate::update`]): told of orders and of the node's health.
+    updates: Option<mpsc::Sender<crate::update::UpdateEvent>>,
+    /// A desired state came since this process started (probation needs one).
+    got_desired: bool,
 }
 
 impl Agent {
@@ -185,6 +189,8 @@ impl Agent {
             pressure: Vec::new(),
             reclaim: None,
             evicted: BTreeMap::new(),
+            updates: None,
+            got_desired: false,
         }
     }
 
@@ -346,6 +352,12 @@ impl Node {
             events,
             exits,
         })
+    }
+
+    /// Tells the update task `updates` of update orders and of the node's health.
+    pub fn with_updates(mut self, updates: mpsc::Sender<crate::update::UpdateEvent>) -> Self {
+        self.agent.updates = Some(updates);
+        self
     }
 
     /// Runs the node loop until `shutdown` resolves: `bus_events` come from the broker link

@@ -17,6 +17,8 @@ use std::path::{Path, PathBuf};
 
 use sha2::{Digest, Sha256};
 
+use super::state::{Phase, UpdateState};
+
 #[derive(Debug, thiserror::Error)]
 pub enum LayoutError {
     #[error("cannot {what} {path}: {source}")]
@@ -25,6 +27,8 @@ pub enum LayoutError {
         path: PathBuf,
         source: std::io::Error,
     },
+    #[error(transparent)]
+    State(Box<super::state::StateError>),
 }
 
 fn io(what: &'static str, path: &Path) -> impl FnOnce(std::io::Error) -> LayoutError {
@@ -111,6 +115,37 @@ impl Layout {
             let _ = std::fs::remove_file(&tmp);
             io("replace", link)(e)
         })
+    }
+
+    /// Switches to `s.to` (staged and verified): records the switch, re-points `previous`
+    /// and `current`, and enters probation, each step durable. A kill or power cut between
+    /// any two steps leaves a state the launcher finishes from (`Switching`: it completes
+    /// the switch; nothing written: the old agent runs on).
+    pub fn switch(&self, s: &mut UpdateState) -> Result<(), LayoutError> {
+        self.switch_until(s, usize::MAX)
+    }
+
+    /// The first `steps` steps of [`Layout::switch`]: the tests stop it at each one.
+    pub(crate) fn switch_until(
+        &self,
+        s: &mut UpdateState,
+        steps: usize,
+    ) -> Result<(), LayoutError> {
+        let state = self.state_file();
+        let store = |s: &UpdateState| s.store(&state).map_err(|e| LayoutError::State(Box::new(e)));
+        s.phase = Phase::Switching;
+        for step in 0..steps.min(4) {
+            match step {
+                0 => store(s)?,
+                1 => self.point(&self.previous(), &s.from.path)?,
+                2 => self.point(&self.current(), &s.to.path)?,
+                _ => {
+                    s.phase = Phase::Probation;
+                    store(s)?
+                }
+            }
+        }
+        Ok(())
     }
 
     /// Removes version directories other than those of `keep`, and downloads left over.

@@ -156,10 +156,6 @@ impl UpdateState {
         }
     }
 
-    pub fn path(data_dir: &Path) -> PathBuf {
-        super::layout::Layout::new(data_dir).state_file()
-    }
-
     /// The state, or `None` when no update ever ran on this device.
     pub fn load(path: &Path) -> Result<Option<UpdateState>, StateError> {
         let bytes = match std::fs::read(path) {

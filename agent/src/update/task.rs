@@ -305,8 +305,7 @@ impl Task {
         Err(Refusal::Failed(format!("download failed: {last_err}")))
     }
 
-    /// Records the switch, re-points `previous` and `current`, and enters probation, each
-    /// step durable; the launcher finishes any step a kill or power cut interrupts.
+    /// Switches to `to` (see [`Layout::switch`]).
     fn switch(&mut self, o: &AgentUpdate, to: Binary) -> Result<(), String> {
         let exe = std::env::current_exe().map_err(|e| format!("cannot find this binary: {e}"))?;
         let from = Binary {
@@ -316,16 +315,7 @@ impl Task {
         };
         let mut s = UpdateState::switching(o.rollout.as_str(), from, to, o.health_window_secs);
         s.pending = Some(format!("no broker connection within {} s", s.deadline_secs));
-        let path = self.layout.state_file();
-        s.store(&path).map_err(|e| e.to_string())?;
-        self.layout
-            .point(&self.layout.previous(), &s.from.path)
-            .map_err(|e| e.to_string())?;
-        self.layout
-            .point(&self.layout.current(), &s.to.path)
-            .map_err(|e| e.to_string())?;
-        s.phase = Phase::Probation;
-        s.store(&path).map_err(|e| e.to_string())?;
+        self.layout.switch(&mut s).map_err(|e| e.to_string())?;
         self.layout.prune(&[&s.from.path, &s.to.path]);
         info!(from = %s.from.version, to = %s.to.version, "switched; exiting so the launcher starts the new agent (pods keep running)");
         self.state = Some(s);

@@ -70,6 +70,9 @@ struct Task {
     health: Health,
     /// The last report, sent again at each connect (reports are not queued offline).
     last: Option<UpdateReport>,
+    /// Orders refused for their release (rollout, sha256) with the reason: the retained
+    /// order comes again at each connect, and is answered without a new download.
+    refused: std::collections::BTreeMap<(String, String), String>,
 }
 
 fn bounded<const N: usize>(s: &str) -> BString<N> {
@@ -96,6 +99,7 @@ impl Task {
             epoch: Instant::now(),
             health: Health::default(),
             last: None,
+            refused: Default::default(),
         };
         t.resume();
         t
@@ -176,12 +180,24 @@ impl Task {
     }
 
     async fn on_order(&mut self, o: AgentUpdate) {
+        if *self.exit.borrow() {
+            // Switched: the next agent answers it.
+            return;
+        }
         let sha = hex::encode(o.release.sha256);
         let version = o.release.version.as_str();
+        let key = (o.rollout.to_string(), sha.clone());
+        if let Some(why) = self.refused.get(&key).cloned() {
+            self.refuse(&o, &Refusal::Failed(why));
+            return;
+        }
         if let Some(s) = self.state.clone() {
             if s.to.version == version && s.to.sha256 == sha {
                 let again = match s.phase {
-                    Phase::RolledBack => Some(UpdatePhase::RolledBack),
+                    // A new rollout of the same release may try it again.
+                    Phase::RolledBack if s.rollout == o.rollout.as_str() => {
+                        Some(UpdatePhase::RolledBack)
+                    }
                     Phase::Committed => Some(UpdatePhase::Committed),
                     Phase::Probation => Some(UpdatePhase::Probation),
                     _ => None,
@@ -208,9 +224,12 @@ impl Task {
             // A new order while proving this version: finish proving it first.
             return;
         }
-        match self.install(&o, &sha).await {
-            Ok(()) => {}
-            Err(why) => self.refuse(&o, &why),
+        if let Err(why) = self.install(&o, &sha).await {
+            // A download that failed may work at the next connect; the rest would not.
+            if !matches!(&why, Refusal::Failed(m) if m.starts_with("download failed")) {
+                self.refused.insert(key, why.to_string());
+            }
+            self.refuse(&o, &why);
         }
     }
 

@@ -199,4 +199,4 @@ impl Mode0600 for std::fs::OpenOptions {
 
 #[cfg(test)]
 #[path = "download_tests.rs"]
-mod tests;
+pub(crate) mod tests;

@@ -9,7 +9,7 @@ use super::*;
 
 /// Serves `body` at any path; honours `Range: bytes=N-` unless `ignore_range`. Returns the
 /// base URL and the requests' header blocks.
-async fn server(body: Vec<u8>, ignore_range: bool) -> (String, Arc<Mutex<Vec<String>>>) {
+pub(crate) async fn server(body: Vec<u8>, ignore_range: bool) -> (String, Arc<Mutex<Vec<String>>>) {
     let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let url = format!("http://{}", l.local_addr().unwrap());
     let seen = Arc::new(Mutex::new(Vec::new()));

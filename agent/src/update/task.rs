@@ -407,3 +407,7 @@ fn phase_report(o: &AgentUpdate, phase: UpdatePhase, downloaded: u64) -> UpdateR
         downloaded,
     }
 }
+
+#[cfg(test)]
+#[path = "task_tests.rs"]
+mod tests;

@@ -81,6 +81,12 @@ fn state(data: &Path) -> UpdateState {
 #[test]
 fn a_crashing_new_agent_is_run_three_times_then_the_old_one_with_the_reason() {
     let (_tmp, data, log) = setup("exit 101", 30);
+    let mut s = state(&data);
+    s.phase = Phase::Probation;
+    s.store(&data.join("agent").join("update.json")).unwrap();
+    // The old agent's exit after its switch is not the new one's.
+    record_exit(&data, Command::new("true").status().unwrap());
+    assert!(state(&data).exits.is_empty());
     for _ in 0..3 {
         let st = launch(&data);
         assert_eq!(st.code(), Some(101));

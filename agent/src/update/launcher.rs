@@ -274,7 +274,8 @@ pub fn record_exit(data_dir: &Path) -> Result<(), LaunchError> {
     let Some(mut s) = UpdateState::load(&path)? else {
         return Ok(());
     };
-    if s.phase != Phase::Probation {
+    // `starts == 0`: the exit of the old agent that just switched, not of the new one.
+    if s.phase != Phase::Probation || s.starts == 0 {
         return Ok(());
     }
     let var = |k| std::env::var(k).unwrap_or_default();

@@ -747,7 +747,5 @@ async fn run(
             _ = exit.wait_for(|e| *e) => tracing::info!("exiting for an agent update"),
         }
     };
-    node.with_updates(update.events)
-        .run(&bus, bus_events, stop)
-        .await
+    node.with_updates(update).run(&bus, bus_events, stop).await
 }

@@ -299,6 +299,8 @@ pub struct Node {
     agent: Agent,
     events: mpsc::Receiver<Event>,
     exits: mpsc::UnboundedReceiver<ExitEvent>,
+    /// Set by the update task when the agent exits for an update.
+    update_exit: Option<tokio::sync::watch::Receiver<bool>>,
 }
 
 impl Node {
@@ -351,12 +353,15 @@ impl Node {
             agent,
             events,
             exits,
+            update_exit: None,
         })
     }
 
-    /// Tells the update task `updates` of update orders and of the node's health.
-    pub fn with_updates(mut self, updates: mpsc::Sender<crate::update::UpdateEvent>) -> Self {
-        self.agent.updates = Some(updates);
+    /// Tells the update task of update orders and of the node's health. An exit for an
+    /// update keeps the pods even with `--stop-pods-on-exit`: the next agent adopts them.
+    pub fn with_updates(mut self, update: crate::update::Handle) -> Self {
+        self.agent.updates = Some(update.events);
+        self.update_exit = Some(update.exit);
         self
     }
 
@@ -372,6 +377,7 @@ impl Node {
             mut agent,
             events: mut rx,
             exits: mut exit_rx,
+            update_exit,
         } = self;
         let heartbeat_every = agent.cfg.heartbeat_interval;
         let stop_on_exit = agent.cfg.stop_pods_on_exit;
@@ -409,7 +415,8 @@ impl Node {
             wake = agent.turn(ev, bus);
         }
 
-        if stop_on_exit {
+        let for_update = update_exit.is_some_and(|e| *e.borrow());
+        if stop_on_exit && !for_update {
             info!("stopping all pods before exit");
             agent.desired = DesiredState {
                 generation: agent.desired.generation,

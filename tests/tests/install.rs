@@ -264,7 +264,8 @@ fn install_writes_the_service_bad_flags_write_nothing_and_uninstall_removes_it()
     ensure!(!env.contains("JOIN_TOKEN_FILE"), "{env}");
     let unit = std::fs::read_to_string(root.join(FILES[2]))?;
     for line in [
-        "ExecStart=/usr/local/bin/baton-agent",
+        "ExecStart=/usr/local/bin/baton-agent launch",
+        "ExecStopPost=/usr/local/bin/baton-agent launch --record-exit",
         "EnvironmentFile=/etc/baton-agent/agent.env",
         "Delegate=yes",
         "KillMode=process",

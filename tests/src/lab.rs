@@ -435,6 +435,10 @@ impl Lab {
     }
 
     pub fn start_agent(&mut self, i: usize) -> Result<()> {
+        // Ready by a heartbeat of this agent: right after a kill the coordinator may not
+        // have seen the old one's last will yet, and still shows the node Ready. The time
+        // has whole seconds, so only a heartbeat in a later second than the spawn counts.
+        let spawned = std::time::SystemTime::now();
         self.spawn_agent(i)?;
         let name = self.agents[i].name.clone();
         wait_for(
@@ -444,7 +448,14 @@ impl Lab {
                 let nodes = self.get_json(&["get", "nodes"])?;
                 Ok(items(&nodes)
                     .iter()
-                    .any(|n| n["metadata"]["name"] == name.as_str() && n["status"]["ready"] == true)
+                    .any(|n| {
+                        n["metadata"]["name"] == name.as_str()
+                            && n["status"]["ready"] == true
+                            && n["status"]["lastHeartbeat"]
+                                .as_str()
+                                .and_then(|t| humantime::parse_rfc3339(t).ok())
+                                .is_some_and(|t| t >= spawned)
+                    })
                     .then_some(()))
             },
         )

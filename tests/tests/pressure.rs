@@ -7,6 +7,8 @@
 //! the new desired state cannot be persisted; the agent survives kill -9 while full, keeps
 //! the restart count its reserve let it write, and applies deletions after it; freeing the
 //! space clears the condition and the taint; `reset` leaves no cgroup directory of the node.
+//! A fork bomb is held by the pod pid limit, and without one it puts the node under
+//! PIDPressure (a soft threshold here, so its grace period is exercised too) and is evicted.
 
 use std::fs;
 use std::io::Write;
@@ -22,6 +24,9 @@ const LONG: Duration = Duration::from_secs(90);
 /// A few of the lab's 1 s heartbeats, plus the CLI's round trip.
 const HEARTBEATS: Duration = Duration::from_secs(6);
 const DISK_PRESSURE_TAINT: &str = "node.kubernetes.io/disk-pressure";
+/// The agent's own defaults (10% of a small tmpfs is what these tests fill past); a lab's
+/// agents otherwise run with absolute disk levels (`baton_e2e::LAB_EVICTION_HARD`).
+const DEFAULT_EVICTION_HARD: &str = baton_agent::pressure::DEFAULT_EVICTION_HARD;
 
 /// Mounts a tmpfs of `size` on `dir` (created empty, 0700).
 fn mount_tmpfs(dir: &Path, size: &str) -> Result<()> {
@@ -145,7 +150,14 @@ fn a_full_data_disk_is_reported_tainted_and_never_blocks_deletions() -> Result<(
     fs::remove_dir_all(&data)?;
     mount_tmpfs(&data, "24m")?;
     // The disk is filled from outside any pod here: evicting pods would not relieve it.
-    lab.agent_args = vec!["--pod-eviction".into(), "false".into()];
+    lab.agent_args = vec![
+        "--pod-eviction".into(),
+        "false".into(),
+        "--eviction-pressure-transition-period".into(),
+        "1s".into(),
+        "--eviction-hard".into(),
+        DEFAULT_EVICTION_HARD.into(),
+    ];
     let r = lab.start_agent(0).and_then(|()| full_disk(&mut lab, &data));
     if r.is_err() {
         lab.dump_logs();
@@ -338,6 +350,12 @@ fn a_pod_filling_the_disk_is_evicted_and_replaced_elsewhere() -> Result<()> {
     let data = lab.agents[0].data_dir.clone();
     fs::remove_dir_all(&data)?;
     mount_tmpfs(&data, "32m")?;
+    lab.agent_args = vec![
+        "--eviction-pressure-transition-period".into(),
+        "1s".into(),
+        "--eviction-hard".into(),
+        DEFAULT_EVICTION_HARD.into(),
+    ];
     let r = lab.start_agent(0).and_then(|()| eviction(&mut lab));
     if r.is_err() {
         lab.dump_logs();
@@ -441,6 +459,8 @@ fn memory(lab: &mut Lab) -> Result<()> {
         (total_mib - 400).to_string(),
         "--eviction-hard".into(),
         "memory.available<150Mi".into(),
+        "--eviction-pressure-transition-period".into(),
+        "1s".into(),
     ];
     lab.start_agent(0)?;
     let reg = lab.registry();
@@ -487,5 +507,137 @@ fn memory(lab: &mut Lab) -> Result<()> {
     )?;
     lab.baton(&["delete", "deployment", "hog"])?;
     lab.baton(&["delete", "pod", "keeper"])?;
+    Ok(())
+}
+
+/// Processes left before `pid_max`, counted as the agent counts them.
+fn pids_available() -> Result<u64> {
+    let max: u64 = fs::read_to_string("/proc/sys/kernel/pid_max")?
+        .trim()
+        .parse()?;
+    let used = fs::read_dir("/proc")?
+        .flatten()
+        .filter(|e| {
+            e.file_name()
+                .to_str()
+                .is_some_and(|n| n.bytes().all(|b| b.is_ascii_digit()))
+        })
+        .count() as u64;
+    Ok(max - used)
+}
+
+/// The most processes pod `uid`'s cgroup on `node` ever held (pids controller, v1;
+/// hierarchical, so it outlives its containers' restarts).
+fn pod_pids_peak(node: &str, uid: &str) -> u64 {
+    let dir = fleet::cgroup_dir("pids", node).join(uid);
+    fs::read_to_string(dir.join("pids.peak"))
+        .ok()
+        .and_then(|s| s.trim().parse().ok())
+        .unwrap_or(0)
+}
+
+/// A bounded fork bomb: 600 `sleep`s as fast as the shell can fork them (a real one would
+/// take this shared machine down with it when nothing holds it).
+const BOMB: &str = "i=0; while [ $i -lt 600 ]; do sleep 3600 & i=$((i+1)); done; exec sleep 3600";
+
+/// The agent's pod pid limit holds a fork bomb; without one, the bomb puts the node under
+/// PIDPressure (a soft threshold, evicting only after its grace period) and is evicted
+/// (BestEffort, the most processes), while the Burstable pod beside it is kept.
+#[test]
+fn a_fork_bomb_is_held_by_the_pid_limit_and_evicted_without_one() -> Result<()> {
+    let mut lab = Lab::start("presspid", 2, Broker::Embedded)?;
+    let r = fork_bomb(&mut lab);
+    if r.is_err() {
+        lab.dump_logs();
+    }
+    r
+}
+
+fn fork_bomb(lab: &mut Lab) -> Result<()> {
+    let reg = lab.registry();
+    let n1 = lab.agents[0].name.clone();
+    // 1. With a pid limit (64 per container here, 1024 by default): the bomb stops there.
+    lab.kill_agent(0);
+    lab.agent_args = vec!["--pids-limit".into(), "64".into()];
+    lab.start_agent(0)?;
+    let keeper = pinned_pod(&reg, "keeper", &n1, "", "exec sleep 3600").replace(
+        "    command:",
+        "    resources: {requests: {memory: 16Mi}}\n    command:",
+    );
+    lab.apply(&keeper)?;
+    let keeper = running(lab, "keeper")?;
+    lab.apply(&pinned_pod(&reg, "bomb", &n1, "", BOMB))?;
+    // The shell dies when a fork fails (busybox ash exits 2), so the container restarts,
+    // as a real bomb's would under a limit.
+    let bomb = wait_for("the bomb stopped by its pid limit", LONG, || {
+        Ok(pod(lab, "bomb")?.filter(|p| {
+            p["status"]["containerStatuses"][0]["restartCount"]
+                .as_u64()
+                .is_some_and(|r| r >= 1)
+        }))
+    })?;
+    std::thread::sleep(HEARTBEATS);
+    let peak = pod_pids_peak(&n1, &uid(&bomb));
+    ensure!(
+        (48..=64).contains(&peak),
+        "the pod should have reached its limit of 64 processes and no more: peak {peak}"
+    );
+    ensure!(
+        !has_condition(&node(lab, &n1)?, "PIDPressure"),
+        "a held bomb must not put the node under pressure"
+    );
+    lab.baton(&["delete", "pod", "bomb"])?;
+    fleet::wait_cleaned_up(lab, &n1, &uid(&bomb), LONG)?;
+
+    // 2. Without one (a limit no bomb reaches), the soft threshold 300 processes below
+    //    what is free now: the bomb's 600 cross it; other tests on this machine would
+    //    need 300 more processes at once to.
+    let threshold = pids_available()?.saturating_sub(300);
+    lab.kill_agent(0);
+    lab.agent_args = vec![
+        "--pids-limit".into(),
+        "100000".into(),
+        "--eviction-hard".into(),
+        "".into(),
+        "--eviction-soft".into(),
+        format!("pid.available<{threshold}"),
+        "--eviction-soft-grace-period".into(),
+        "pid.available=3s".into(),
+        "--eviction-pressure-transition-period".into(),
+        "2s".into(),
+    ];
+    lab.start_agent(0)?;
+    lab.apply(&pinned_pod(&reg, "bomb", &n1, "", BOMB))?;
+    let bomb = running(lab, "bomb")?;
+    wait_for("n1 under PIDPressure", LONG, || {
+        let n = node(lab, &n1)?;
+        Ok(has_condition(&n, "PIDPressure").then_some(()))
+    })?;
+    wait_for("the bomb evicted", LONG, || {
+        let p = pod(lab, "bomb")?;
+        Ok(match p {
+            None => Some(()),
+            Some(p) if p["status"]["reason"] == "Evicted" => Some(()),
+            Some(_) => None,
+        })
+    })?;
+    wait_stopped(&n1, &uid(&bomb), "the bomb's processes gone", LONG)?;
+    let log = lab.agent_log(0);
+    let (met, evicted) = (log.find("node under pressure"), log.find("evicting pod"));
+    ensure!(
+        matches!((met, evicted), (Some(a), Some(b)) if a < b)
+            && log.contains("low on resource: pids")
+            && log.contains("processes"),
+        "the condition must be reported before the eviction, which names pids:\n{log}"
+    );
+    kept_and_relieved(
+        lab,
+        &keeper,
+        &n1,
+        "PIDPressure",
+        "node.kubernetes.io/pid-pressure",
+    )?;
+    lab.baton(&["delete", "pod", "keeper"])?;
+    let _ = lab.baton(&["delete", "pod", "bomb"]);
     Ok(())
 }

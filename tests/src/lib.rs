@@ -19,6 +19,7 @@ pub mod device_coordinator;
 pub mod fleet;
 mod lab;
 pub mod proxy;
+pub mod skew;
 pub mod token_server;
 pub mod vm;
 

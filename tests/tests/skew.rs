@@ -1,0 +1,142 @@
+//! Version skew (issue 13, as Kubernetes' kubelet skew policy puts it): a 0.2.0 coordinator
+//! keeps serving an agent one minor version older. The old agent is the real previous
+//! release, built from tag `v0.1.0` of this repository (tests/skew/build-previous.sh), not a
+//! simulated one. On a real Mosquitto, both devices enrolled (signed messages, sealed by the
+//! coordinator in each node's own protocol version):
+//! - the 0.1.0 and the 0.2.0 agent are both Ready, `get nodes` shows their versions and the
+//!   API their protocol versions (4 and 5);
+//! - a Deployment runs real containers on both;
+//! - the old agent's status reports arrive: a container killed on it is restarted, and the
+//!   restart is reported;
+//! - neither the coordinator nor the old agent refused a single message.
+
+use std::collections::BTreeSet;
+use std::process::Command;
+use std::time::Duration;
+
+use anyhow::{ensure, Context, Result};
+use baton_e2e::fleet::{exactly, init_pid, is_running, node_of, uid, EchoDeployment};
+use baton_e2e::skew::{node_version, previous_agent, PREVIOUS_VERSION};
+use baton_e2e::{items, wait_for, Broker, Lab};
+use serde_json::Value;
+
+const LONG: Duration = Duration::from_secs(120);
+
+fn restart_count(p: &Value) -> u64 {
+    p["status"]["containerStatuses"][0]["restartCount"]
+        .as_u64()
+        .unwrap_or(0)
+}
+
+#[test]
+fn a_0_1_0_agent_keeps_running_and_reporting_under_a_0_2_0_coordinator() -> Result<()> {
+    let old = previous_agent()?;
+    let mut lab = Lab::start_without_agents("skw", 2, Broker::Mosquitto)?;
+    let result = scenario(&mut lab, old);
+    if result.is_err() {
+        lab.dump_logs();
+    }
+    result
+}
+
+fn scenario(lab: &mut Lab, old: std::path::PathBuf) -> Result<()> {
+    // Enrolled devices: every message signed, and the coordinator answers each node in the
+    // protocol version it last spoke.
+    lab.restart_coordinator_enrolling(&[])?;
+    lab.agents[0].program = Some(vec![old.into()]);
+    for i in 0..2 {
+        let token = lab.join_token(&[])?;
+        lab.agent_args = vec![
+            "--join-token".into(),
+            token,
+            "--coordinator-api".into(),
+            lab.enroll_api(),
+        ];
+        lab.start_agent(i)?;
+        ensure!(
+            lab.agents[i].data_dir.join("identity.json").exists(),
+            "agent {i} is Ready without having enrolled"
+        );
+    }
+    let (old_node, new_node) = (lab.agents[0].name.clone(), lab.agents[1].name.clone());
+
+    // The versions each node reports, in the table and in the API.
+    ensure!(
+        node_version(lab, &old_node)? == PREVIOUS_VERSION,
+        "{old_node}: {:?}",
+        node_version(lab, &old_node)
+    );
+    ensure!(
+        node_version(lab, &new_node)? == env!("CARGO_PKG_VERSION"),
+        "{new_node}: {:?}",
+        node_version(lab, &new_node)
+    );
+    let nodes = items(&lab.get_json(&["get", "nodes"])?);
+    let proto = |name: &str| {
+        nodes
+            .iter()
+            .find(|n| n["metadata"]["name"] == name)
+            .map(|n| n["status"]["protocolVersion"].clone())
+    };
+    ensure!(
+        proto(&old_node) == Some(4.into()) && proto(&new_node) == Some(5.into()),
+        "protocol versions: old {:?}, new {:?}",
+        proto(&old_node),
+        proto(&new_node)
+    );
+    eprintln!(
+        "FIGURE get nodes (skew):\n{}",
+        String::from_utf8_lossy(&lab.baton(&["get", "nodes"])?.stdout)
+    );
+
+    // A Deployment with pods on both nodes, real containers.
+    lab.apply(&EchoDeployment::new(4).yaml(&lab.registry()))?;
+    let pods = wait_for("4 running web pods", LONG, || {
+        exactly(lab, "web", 4, is_running)
+    })?;
+    let on: BTreeSet<String> = pods.iter().map(node_of).collect();
+    ensure!(on.len() == 2, "pods not on both nodes: {on:?}");
+
+    // The old agent's reports arrive: kill -9 a container's init there; it is restarted
+    // and the restart is reported.
+    let victim = pods
+        .iter()
+        .find(|p| node_of(p) == old_node)
+        .context("a pod on the old node")?
+        .clone();
+    let pid = init_pid(lab, &old_node, &uid(&victim), "echo")?;
+    ensure!(
+        Command::new("kill")
+            .args(["-KILL", &pid.to_string()])
+            .status()?
+            .success(),
+        "kill {pid}"
+    );
+    let name = victim["metadata"]["name"].as_str().unwrap_or_default().to_owned();
+    wait_for(
+        "the killed container to be reported restarted",
+        LONG,
+        || {
+            let p = lab.get_json(&["get", "pod", &name])?;
+            Ok((is_running(&p) && restart_count(&p) >= 1).then_some(()))
+        },
+    )?;
+    let again = init_pid(lab, &old_node, &uid(&victim), "echo")?;
+    ensure!(again != pid, "the same init pid {pid} after the kill");
+
+    // Nothing refused either way: the coordinator's gate admitted every message of the v4
+    // agent, and the v4 agent every message sealed for it.
+    let coordinator = lab.coordinator.as_ref().map(|p| p.log()).unwrap_or_default();
+    let refused: Vec<&str> = coordinator
+        .lines()
+        .filter(|l| l.contains("rejected an inbound message"))
+        .collect();
+    ensure!(refused.is_empty(), "the coordinator refused: {refused:#?}");
+    let agent = lab.agent_log(0);
+    let refused: Vec<&str> = agent
+        .lines()
+        .filter(|l| l.contains("rejected message"))
+        .collect();
+    ensure!(refused.is_empty(), "the 0.1.0 agent refused: {refused:#?}");
+    Ok(())
+}

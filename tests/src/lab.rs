@@ -156,7 +156,17 @@ impl Lab {
     /// [`Lab::start`] without starting the agents: the test sets each one's
     /// [`Agent::program`] or flags first, then calls [`Lab::start_agent`].
     pub fn start_without_agents(tag: &str, agents: usize, broker: Broker) -> Result<Lab> {
-        Self::start_inner(tag, agents, broker, &[], false, false)
+        Self::start_without_agents_with(tag, agents, broker, &[])
+    }
+
+    /// [`Lab::start_without_agents`], with extra `baton server` flags.
+    pub fn start_without_agents_with(
+        tag: &str,
+        agents: usize,
+        broker: Broker,
+        coordinator_args: &[&str],
+    ) -> Result<Lab> {
+        Self::start_inner(tag, agents, broker, coordinator_args, false, false)
     }
 
     /// [`Lab::start`], with extra `baton server` flags (e.g. a short `--pod-eviction-timeout`).

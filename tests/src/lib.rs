@@ -17,6 +17,7 @@ pub mod certs;
 pub mod device;
 pub mod device_coordinator;
 pub mod fleet;
+pub mod ota;
 mod lab;
 pub mod proxy;
 pub mod skew;

@@ -67,13 +67,18 @@ impl OtaLab {
                     .is_some_and(|n| n.starts_with(&format!("baton-agent-{TO}-")))
             })
             .context("no test release built")?;
-        let file = built.file_name().and_then(|n| n.to_str()).unwrap_or_default();
+        let file = built
+            .file_name()
+            .and_then(|n| n.to_str())
+            .unwrap_or_default();
         let target = file
             .trim_start_matches(&format!("baton-agent-{TO}-"))
             .to_owned();
 
         // The release key, made before the coordinator that trusts it starts.
-        let keys = tempfile::Builder::new().prefix("baton-e2e-keys-").tempdir()?;
+        let keys = tempfile::Builder::new()
+            .prefix("baton-e2e-keys-")
+            .tempdir()?;
         let keygen = |dir: &Path| {
             sh(Command::new(bin("baton"))
                 .args(["release", "keygen", "--out"])
@@ -251,7 +256,9 @@ pub struct RolloutRow {
 /// (REASON holds spaces).
 pub fn parse_rollout(text: &str) -> Result<Vec<RolloutRow>> {
     let mut lines = text.lines().skip_while(|l| !l.starts_with("NODE"));
-    let header = lines.next().with_context(|| format!("no NODE header in:\n{text}"))?;
+    let header = lines
+        .next()
+        .with_context(|| format!("no NODE header in:\n{text}"))?;
     let at = |col: &str| {
         header
             .find(col)
@@ -296,7 +303,10 @@ impl HostPortProbe {
             .iter()
             .map(|a| {
                 let (stop, failures, asked) = (stop.clone(), failures.clone(), asked.clone());
-                let (hub, url) = (hub.clone(), format!("http://{}:{port}/cgi-bin/info", a.addr));
+                let (hub, url) = (
+                    hub.clone(),
+                    format!("http://{}:{port}/cgi-bin/info", a.addr),
+                );
                 std::thread::spawn(move || {
                     let start = Instant::now();
                     while !stop.load(Ordering::SeqCst) {
@@ -306,16 +316,21 @@ impl HostPortProbe {
                             .output();
                         *asked.lock().unwrap_or_else(|e| e.into_inner()) += 1;
                         let ok = out.as_ref().is_ok_and(|o| {
-                            o.status.success() && String::from_utf8_lossy(&o.stdout).contains("hostname=")
+                            o.status.success()
+                                && String::from_utf8_lossy(&o.stdout).contains("hostname=")
                         });
                         if !ok {
-                            let why = out.map_or_else(|e| e.to_string(), |o| {
-                                String::from_utf8_lossy(&o.stderr).trim().to_owned()
-                            });
+                            let why = out.map_or_else(
+                                |e| e.to_string(),
+                                |o| String::from_utf8_lossy(&o.stderr).trim().to_owned(),
+                            );
                             failures
                                 .lock()
                                 .unwrap_or_else(|e| e.into_inner())
-                                .push(format!("{url} at {:.1}s: {why}", start.elapsed().as_secs_f64()));
+                                .push(format!(
+                                    "{url} at {:.1}s: {why}",
+                                    start.elapsed().as_secs_f64()
+                                ));
                         }
                         std::thread::sleep(Duration::from_millis(200));
                     }
@@ -337,7 +352,11 @@ impl HostPortProbe {
             let _ = t.join();
         }
         let asked = *self.asked.lock().unwrap_or_else(|e| e.into_inner());
-        let failures = self.failures.lock().unwrap_or_else(|e| e.into_inner()).clone();
+        let failures = self
+            .failures
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone();
         (asked, failures)
     }
 }

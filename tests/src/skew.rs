@@ -20,7 +20,11 @@ pub fn previous_agent() -> Result<PathBuf> {
         repo_root().join("tests/skew/build-previous.sh"),
     ))?;
     let path = PathBuf::from(String::from_utf8(out.stdout)?.trim());
-    ensure!(path.is_file(), "build-previous.sh printed {}", path.display());
+    ensure!(
+        path.is_file(),
+        "build-previous.sh printed {}",
+        path.display()
+    );
     Ok(path)
 }
 
@@ -29,7 +33,12 @@ pub fn previous_agent() -> Result<PathBuf> {
 pub fn nodes_row(lab: &Lab, node: &str) -> Result<Vec<String>> {
     let out = lab.baton(&["get", "nodes"])?;
     let table = String::from_utf8_lossy(&out.stdout).into_owned();
-    let header: Vec<&str> = table.lines().next().unwrap_or_default().split_whitespace().collect();
+    let header: Vec<&str> = table
+        .lines()
+        .next()
+        .unwrap_or_default()
+        .split_whitespace()
+        .collect();
     ensure!(
         header.get(4) == Some(&"VERSION"),
         "get nodes has no VERSION column:\n{table}"

@@ -112,7 +112,10 @@ fn scenario(lab: &mut Lab, old: std::path::PathBuf) -> Result<()> {
             .success(),
         "kill {pid}"
     );
-    let name = victim["metadata"]["name"].as_str().unwrap_or_default().to_owned();
+    let name = victim["metadata"]["name"]
+        .as_str()
+        .unwrap_or_default()
+        .to_owned();
     wait_for(
         "the killed container to be reported restarted",
         LONG,
@@ -126,7 +129,11 @@ fn scenario(lab: &mut Lab, old: std::path::PathBuf) -> Result<()> {
 
     // Nothing refused either way: the coordinator's gate admitted every message of the v4
     // agent, and the v4 agent every message sealed for it.
-    let coordinator = lab.coordinator.as_ref().map(|p| p.log()).unwrap_or_default();
+    let coordinator = lab
+        .coordinator
+        .as_ref()
+        .map(|p| p.log())
+        .unwrap_or_default();
     let refused: Vec<&str> = coordinator
         .lines()
         .filter(|l| l.contains("rejected an inbound message"))

@@ -13,7 +13,8 @@ use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use anyhow::{bail, ensure, Context, Result};
+use anyhow::{bail, Context, Result};
+use serde_json::Value;
 
 use crate::{bin, repo_root, sh, Broker, Lab};
 
@@ -210,30 +211,69 @@ impl OtaLab {
         self.lab.agent_log(i).matches("supervise: start ").count()
     }
 
-    /// `baton agent rollout status NAME` as rows.
-    pub fn rollout(&self, name: &str) -> Result<Vec<RolloutRow>> {
-        let out = self.lab.baton(&["agent", "rollout", "status", name])?;
-        parse_rollout(&String::from_utf8_lossy(&out.stdout))
+    /// `baton agent rollout status NAME`, from its JSON.
+    pub fn rollout(&self, name: &str) -> Result<Rollout> {
+        rollout(&self.lab, name)
     }
 
-    /// Waits until every node of rollout `name` is in one of `phases`; returns the rows.
+    /// Waits until `done` holds for rollout `name`; returns its last status.
     pub fn wait_rollout(
         &self,
         name: &str,
         timeout: Duration,
-        mut done: impl FnMut(&[RolloutRow]) -> bool,
-    ) -> Result<Vec<RolloutRow>> {
-        let mut last = Vec::new();
-        let got = crate::wait_for(&format!("rollout {name}"), timeout, || {
-            last = self.rollout(name)?;
-            Ok(done(&last).then(|| last.clone()))
-        });
-        got.with_context(|| format!("last status: {last:#?}"))
+        done: impl FnMut(&Rollout) -> bool,
+    ) -> Result<Rollout> {
+        wait_rollout(&self.lab, name, timeout, done)
     }
 }
 
-/// The `ExecStopPost=` line of the agent's unit (agent/src/install/files.rs), as a shell
-/// command for this device's paths.
+/// `baton agent rollout status NAME -o json` of any lab.
+pub fn rollout(lab: &Lab, name: &str) -> Result<Rollout> {
+    let v = lab.get_json(&["agent", "rollout", "status", name])?;
+    let s = |v: &Value| v.as_str().unwrap_or_default().to_owned();
+    let st = &v["status"];
+    Ok(Rollout {
+        phase: s(&st["phase"]),
+        reason: s(&st["reason"]),
+        nodes: st["nodes"]
+            .as_array()
+            .map(Vec::as_slice)
+            .unwrap_or_default()
+            .iter()
+            .map(|n| RolloutRow {
+                node: s(&n["node"]),
+                from: s(&n["from"]),
+                to: s(&n["to"]),
+                phase: s(&n["phase"]),
+                reason: s(&n["reason"]),
+                ordered: !n["orderedAt"].is_null(),
+                wave: n["wave"].as_u64(),
+                downloaded: n["downloaded"].as_u64().unwrap_or(0),
+            })
+            .collect(),
+    })
+}
+
+/// Polls rollout `name` until `done` holds.
+pub fn wait_rollout(
+    lab: &Lab,
+    name: &str,
+    timeout: Duration,
+    mut done: impl FnMut(&Rollout) -> bool,
+) -> Result<Rollout> {
+    let mut last = None;
+    let got = crate::wait_for(&format!("rollout {name}"), timeout, || {
+        let r = rollout(lab, name)?;
+        let ok = done(&r);
+        last = Some(r.clone());
+        Ok(ok.then_some(r))
+    });
+    got.with_context(|| format!("last status: {last:#?}"))
+}
+
+/// The `ExecStopPost=` line of the agent's unit (agent/src/install/files.rs:
+/// `ExecStopPost=/usr/local/bin/baton-agent launch --record-exit`, its flags from the
+/// unit's environment file), as a shell command with this device's paths.
 fn stop_post(installed: &Path, data_dir: &Path) -> String {
     format!(
         "exec {} launch --record-exit --data-dir {}",
@@ -242,45 +282,39 @@ fn stop_post(installed: &Path, data_dir: &Path) -> String {
     )
 }
 
-/// One node's line of `baton agent rollout status`.
-#[derive(Clone, Debug, PartialEq, Eq)]
+/// A rollout's status, as `baton agent rollout status -o json` shows it.
+#[derive(Clone, Debug, Default)]
+pub struct Rollout {
+    /// Progressing, Paused, Halted, Aborted, Complete.
+    pub phase: String,
+    pub reason: String,
+    pub nodes: Vec<RolloutRow>,
+}
+
+impl Rollout {
+    pub fn node(&self, node: &str) -> Option<&RolloutRow> {
+        self.nodes.iter().find(|r| r.node == node)
+    }
+
+    /// The phase of `node`, empty if it is not in the rollout.
+    pub fn phase_of(&self, node: &str) -> &str {
+        self.node(node).map_or("", |r| r.phase.as_str())
+    }
+}
+
+/// One node in a rollout (NODE FROM TO PHASE REASON, and what the JSON adds).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct RolloutRow {
     pub node: String,
     pub from: String,
     pub to: String,
     pub phase: String,
     pub reason: String,
-}
-
-/// The table under its `NODE FROM TO PHASE REASON` header; columns by the header's offsets
-/// (REASON holds spaces).
-pub fn parse_rollout(text: &str) -> Result<Vec<RolloutRow>> {
-    let mut lines = text.lines().skip_while(|l| !l.starts_with("NODE"));
-    let header = lines
-        .next()
-        .with_context(|| format!("no NODE header in:\n{text}"))?;
-    let at = |col: &str| {
-        header
-            .find(col)
-            .with_context(|| format!("no {col} column in {header:?}"))
-    };
-    let cols = [at("FROM")?, at("TO")?, at("PHASE")?, at("REASON")?];
-    let cut = |l: &str, a: usize, b: Option<usize>| -> String {
-        let end = b.unwrap_or(l.len()).min(l.len());
-        l.get(a.min(end)..end).unwrap_or_default().trim().to_owned()
-    };
-    let mut rows = Vec::new();
-    for l in lines.take_while(|l| !l.trim().is_empty()) {
-        rows.push(RolloutRow {
-            node: cut(l, 0, Some(cols[0])),
-            from: cut(l, cols[0], Some(cols[1])),
-            to: cut(l, cols[1], Some(cols[2])),
-            phase: cut(l, cols[2], Some(cols[3])),
-            reason: cut(l, cols[3], None),
-        });
-    }
-    ensure!(!rows.is_empty(), "no nodes in the rollout:\n{text}");
-    Ok(rows)
+    /// The coordinator sent it an order.
+    pub ordered: bool,
+    pub wave: Option<u64>,
+    /// Bytes of the release it reported downloading.
+    pub downloaded: u64,
 }
 
 /// Asks every node's hostPort from the hub, without pause, while a rollout runs: any

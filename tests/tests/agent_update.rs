@@ -20,7 +20,7 @@ use std::time::{Duration, Instant};
 use anyhow::{ensure, Context, Result};
 use baton_e2e::fleet::{exactly, init_pid, is_running, node_of, uid};
 use baton_e2e::ota::{
-    find_file, host_port_deployment, HostPortProbe, OtaLab, OtaOptions, RolloutRow, FROM, TO,
+    find_file, host_port_deployment, HostPortProbe, OtaLab, OtaOptions, FROM, TO,
 };
 use baton_e2e::skew::node_version;
 use baton_e2e::{sh, wait_for};
@@ -73,12 +73,6 @@ fn upgrade(ota: &OtaLab, name: &str, extra: &[&str]) -> Result<()> {
     Ok(())
 }
 
-fn phase_of<'a>(rows: &'a [RolloutRow], node: &str) -> &'a str {
-    rows.iter()
-        .find(|r| r.node == node)
-        .map_or("", |r| r.phase.as_str())
-}
-
 /// Phases a node is busy in (counted against maxUnavailable).
 fn busy(phase: &str) -> bool {
     matches!(phase, "downloading" | "staged" | "switching" | "probation")
@@ -123,8 +117,8 @@ fn a_rollout_in_three_waves_of_two_keeps_every_pod() -> Result<()> {
         )?;
         let mut most_busy = 0;
         let rows = ota.wait_rollout("up", ROLLOUT, |rows| {
-            most_busy = most_busy.max(rows.iter().filter(|r| busy(&r.phase)).count());
-            rows.len() == 6 && rows.iter().all(|r| r.phase == "committed")
+            most_busy = most_busy.max(rows.nodes.iter().filter(|r| busy(&r.phase)).count());
+            rows.nodes.len() == 6 && rows.nodes.iter().all(|r| r.phase == "committed")
         })?;
         let took = t0.elapsed();
         let (asked, failures) = probe.finish();
@@ -133,7 +127,7 @@ fn a_rollout_in_three_waves_of_two_keeps_every_pod() -> Result<()> {
             "{most_busy} nodes updating at once (maxUnavailable 2)"
         );
         ensure!(
-            rows.iter().all(|r| r.from == FROM && r.to == TO),
+            rows.nodes.iter().all(|r| r.from == FROM && r.to == TO),
             "{rows:#?}"
         );
         ensure!(
@@ -164,9 +158,23 @@ fn a_rollout_in_three_waves_of_two_keeps_every_pod() -> Result<()> {
                 "agent {i} received {b} bytes, less than the {size}-byte binary"
             );
         }
+        // One whole download a node, as each reported it.
+        let downloaded: Vec<u64> = rows.nodes.iter().map(|r| r.downloaded).collect();
+        ensure!(
+            downloaded.iter().all(|d| *d == size),
+            "downloaded {downloaded:?}, the binary is {size} B"
+        );
+        // Three waves of two.
+        let mut waves: BTreeMap<Option<u64>, usize> = BTreeMap::new();
+        for r in &rows.nodes {
+            *waves.entry(r.wave).or_default() += 1;
+        }
+        ensure!(
+            waves.len() == 3 && waves.values().all(|n| *n == 2) && !waves.contains_key(&None),
+            "waves {waves:?}"
+        );
         eprintln!(
-            "FIGURE bytes received on each node's link during the update (binary {size} B): {:?} ({:.3}x the binary at most)",
-            rx,
+            "FIGURE bytes downloaded per node (reported) {downloaded:?} for a {size}-byte binary; received on each node's link during the update {rx:?} ({:.3}x the binary at most)",
             rx.iter().copied().max().unwrap_or(0) as f64 / size as f64
         );
         eprintln!(
@@ -199,9 +207,10 @@ fn fails_on_the_canary(ota: &mut OtaLab, reason: &[&str], within: Duration) -> R
         ],
     )?;
     let rows = ota.wait_rollout("up", within, |rows| {
-        rows.iter().any(|r| r.phase == "rolled-back")
+        rows.nodes.iter().any(|r| r.phase == "rolled-back")
     })?;
     let canary = rows
+        .nodes
         .iter()
         .find(|r| r.phase == "rolled-back")
         .context("a rolled-back node")?
@@ -214,8 +223,15 @@ fn fails_on_the_canary(ota: &mut OtaLab, reason: &[&str], within: Duration) -> R
     // Halted: no second wave, however long we wait.
     std::thread::sleep(Duration::from_secs(20));
     let rows = ota.rollout("up")?;
-    for r in rows.iter().filter(|r| r.node != canary.node) {
-        ensure!(r.phase == "pending", "a second wave started: {rows:#?}");
+    ensure!(
+        rows.phase == "Halted",
+        "the rollout did not halt: {rows:#?}"
+    );
+    for r in rows.nodes.iter().filter(|r| r.node != canary.node) {
+        ensure!(
+            r.phase == "pending" && !r.ordered,
+            "a second wave started: {rows:#?}"
+        );
     }
     let i = ota.lab.agent_index(&canary.node).context("canary")?;
     wait_for("the canary back on its version", LONG, || {
@@ -263,8 +279,11 @@ fn a_release_that_cannot_connect_rolls_back_on_the_canary() -> Result<()> {
 /// A release the canary refuses before it ever runs: the node stays, the rollout halts.
 fn refused_on_the_canary(ota: &mut OtaLab, reason: &[&str]) -> Result<()> {
     upgrade(ota, "up", &["--canary", "1", "--max-unavailable", "1"])?;
-    let rows = ota.wait_rollout("up", LONG, |rows| rows.iter().any(|r| r.phase == "refused"))?;
+    let rows = ota.wait_rollout("up", LONG, |rows| {
+        rows.nodes.iter().any(|r| r.phase == "refused")
+    })?;
     let canary = rows
+        .nodes
         .iter()
         .find(|r| r.phase == "refused")
         .context("refused")?
@@ -278,8 +297,15 @@ fn refused_on_the_canary(ota: &mut OtaLab, reason: &[&str]) -> Result<()> {
     );
     std::thread::sleep(Duration::from_secs(15));
     let rows = ota.rollout("up")?;
-    for r in rows.iter().filter(|r| r.node != canary.node) {
-        ensure!(r.phase == "pending", "the rollout went on: {rows:#?}");
+    ensure!(
+        rows.phase == "Halted",
+        "the rollout did not halt: {rows:#?}"
+    );
+    for r in rows.nodes.iter().filter(|r| r.node != canary.node) {
+        ensure!(
+            r.phase == "pending" && !r.ordered,
+            "the rollout went on: {rows:#?}"
+        );
     }
     for i in 0..ota.lab.agents.len() {
         // Never switched: the agent process was never ended.
@@ -410,13 +436,14 @@ fn kill_9_at_each_step_of_the_switch_ends_on_a_working_version() -> Result<()> {
             "root",
         ]));
         let rows = ota.wait_rollout("up", ROLLOUT, |rows| {
-            rows.iter()
+            rows.nodes
+                .iter()
                 .all(|r| matches!(r.phase.as_str(), "committed" | "rolled-back"))
         })?;
         eprintln!("FIGURE kill -9 at download/stage/switch/probation: {rows:#?}");
         for (i, a) in ota.lab.agents.iter().enumerate() {
             let v = node_version(&ota.lab, &a.name)?;
-            let want = if phase_of(&rows, &a.name) == "committed" {
+            let want = if rows.phase_of(&a.name) == "committed" {
                 TO
             } else {
                 FROM
@@ -424,7 +451,7 @@ fn kill_9_at_each_step_of_the_switch_ends_on_a_working_version() -> Result<()> {
             ensure!(
                 v == want,
                 "agent {i}: {v}, rollout says {}",
-                phase_of(&rows, &a.name)
+                rows.phase_of(&a.name)
             );
         }
         ensure!(pids(ota, &pods)? == before, "a pod was lost or restarted");
@@ -457,15 +484,15 @@ fn an_offline_node_gets_the_update_on_return_or_is_unreachable_past_the_deadline
             ],
         )?;
         ota.wait_rollout("up", ROLLOUT, |rows| {
-            rows.iter().filter(|r| r.phase == "committed").count() >= 2
+            rows.nodes.iter().filter(|r| r.phase == "committed").count() >= 2
         })?;
         // Back before the deadline: it gets the update.
         ota.lab.set_link(2, true)?;
         let rows = ota.wait_rollout("up", ROLLOUT, |rows| {
-            phase_of(rows, &back) == "committed" && phase_of(rows, &gone) == "unreachable"
+            rows.phase_of(&back) == "committed" && rows.phase_of(&gone) == "unreachable"
         })?;
         ensure!(
-            t0.elapsed() >= Duration::from_secs(150) || phase_of(&rows, &gone) != "unreachable",
+            t0.elapsed() >= Duration::from_secs(150) || rows.phase_of(&gone) != "unreachable",
             "unreachable before the deadline"
         );
         ensure!(node_version(&ota.lab, &back)? == TO);

@@ -99,7 +99,7 @@ impl OtaLab {
                 &fleet_pub.to_string_lossy(),
             ],
         )?;
-        let result = (|| -> Result<PathBuf> {
+        let result = (|| -> Result<(PathBuf, String)> {
             let dir = lab.dir.path().join("releases");
             fs::create_dir_all(&dir)?;
             let keys_dir = lab.dir.path().join("keys");
@@ -131,12 +131,10 @@ impl OtaLab {
                 format!("http://{}:7474", lab.hub_ip()),
                 "--registry-mirror-token-file".into(),
                 token_file.to_string_lossy().into_owned(),
-                "--release-public-key".into(),
-                pinned,
             ];
-            Ok(release)
+            Ok((release, pinned))
         })();
-        let release = match result {
+        let (release, pinned) = match result {
             Ok(r) => r,
             Err(e) => {
                 lab.dump_logs();
@@ -149,7 +147,7 @@ impl OtaLab {
             target,
         };
         for i in 0..agents {
-            ota.install(i, opts)?;
+            ota.install(i, opts, &pinned)?;
         }
         for i in 0..agents {
             if let Err(e) = ota.lab.start_agent(i) {
@@ -175,7 +173,7 @@ impl OtaLab {
     }
 
     /// Installs agent `i` as a service: its binary, and the supervisor as its program.
-    fn install(&mut self, i: usize, opts: &OtaOptions) -> Result<()> {
+    fn install(&mut self, i: usize, opts: &OtaOptions, release_key: &str) -> Result<()> {
         let installed = self.installed(i);
         fs::create_dir_all(installed.parent().context("install dir")?)?;
         fs::copy(bin("baton-agent"), &installed)?;
@@ -183,6 +181,9 @@ impl OtaLab {
         let mut program: Vec<std::ffi::OsString> = vec!["env".into()];
         program.push(format!("BATON_SUPERVISE_PIDFILE={}", self.pid_file(i).display()).into());
         program.push(format!("BATON_SUPERVISE_POST={}", stop_post(&installed, &data_dir)).into());
+        // The pinned release key (`--release-public-key`), from the environment as the
+        // unit's environment file would give it.
+        program.push(format!("BATON_RELEASE_PUBLIC_KEY={release_key}").into());
         if let Some(f) = &opts.fault {
             program.push(format!("BATON_TEST_UPDATE_FAULT={f}").into());
         }
@@ -379,7 +380,8 @@ impl HostPortProbe {
         }
     }
 
-    /// Stops asking; returns how many answers were asked and the failed ones.
+    /// Stops asking; returns how many answers were asked and the failed ones
+    /// (`URL at Ts: why`).
     pub fn finish(self) -> (u64, Vec<String>) {
         self.stop.store(true, Ordering::SeqCst);
         for t in self.threads {
@@ -393,6 +395,29 @@ impl HostPortProbe {
             .clone();
         (asked, failures)
     }
+}
+
+/// Per probed address: failed requests, and the seconds from the first failure to the last
+/// (how long its hostPort was down, give or take one probe interval).
+pub fn downtime(failures: &[String]) -> std::collections::BTreeMap<String, (usize, f64)> {
+    let mut spans: std::collections::BTreeMap<String, (usize, f64, f64)> = Default::default();
+    for f in failures {
+        let Some((url, rest)) = f.split_once(" at ") else {
+            continue;
+        };
+        let t: f64 = rest
+            .split_once('s')
+            .and_then(|(t, _)| t.parse().ok())
+            .unwrap_or(0.0);
+        let e = spans.entry(url.to_owned()).or_insert((0, t, t));
+        e.0 += 1;
+        e.1 = e.1.min(t);
+        e.2 = e.2.max(t);
+    }
+    spans
+        .into_iter()
+        .map(|(u, (n, a, b))| (u, (n, b - a)))
+        .collect()
 }
 
 /// A Deployment of http-echo with one pod per node (`hostPort` keeps two off one node),

@@ -20,7 +20,7 @@ use std::time::{Duration, Instant};
 use anyhow::{ensure, Context, Result};
 use baton_e2e::fleet::{exactly, init_pid, is_running, node_of, uid};
 use baton_e2e::ota::{
-    find_file, host_port_deployment, HostPortProbe, OtaLab, OtaOptions, FROM, TO,
+    downtime, find_file, host_port_deployment, HostPortProbe, OtaLab, OtaOptions, FROM, TO,
 };
 use baton_e2e::skew::node_version;
 use baton_e2e::{sh, wait_for};
@@ -130,10 +130,6 @@ fn a_rollout_in_three_waves_of_two_keeps_every_pod() -> Result<()> {
             rows.nodes.iter().all(|r| r.from == FROM && r.to == TO),
             "{rows:#?}"
         );
-        ensure!(
-            failures.is_empty(),
-            "hostPort down during the rollout: {failures:#?}"
-        );
         ensure!(pids(ota, &pods)? == before, "container pids changed");
         for a in &ota.lab.agents {
             ensure!(
@@ -181,9 +177,15 @@ fn a_rollout_in_three_waves_of_two_keeps_every_pod() -> Result<()> {
             "FIGURE 6-node rollout {FROM} -> {TO}, canary 2, maxUnavailable 2, health window 10s: all committed {:.1}s after `baton agent upgrade`",
             took.as_secs_f64()
         );
+        // Last, so that the figures above are printed either way.
         eprintln!(
-            "FIGURE pod downtime during the switch: {} failed of {asked} hostPort requests, container pids unchanged on 6 nodes",
-            failures.len()
+            "FIGURE pod downtime during the switch: container pids unchanged on 6 nodes; {} failed of {asked} hostPort requests (every ~0.2 s a node); per node (failed, seconds down): {:?}",
+            failures.len(),
+            downtime(&failures)
+        );
+        ensure!(
+            failures.is_empty(),
+            "hostPort down during the rollout: {failures:#?}"
         );
         Ok(())
     })

@@ -8,6 +8,8 @@
 //! - a Deployment runs real containers on both;
 //! - the old agent's status reports arrive: a container killed on it is restarted, and the
 //!   restart is reported;
+//! - `baton agent upgrade` skips the 0.1.0 node with the protocol-v4 reason and never sends
+//!   it an order (no retained message on its update topic);
 //! - neither the coordinator nor the old agent refused a single message.
 
 use std::collections::BTreeSet;
@@ -16,8 +18,9 @@ use std::time::Duration;
 
 use anyhow::{ensure, Context, Result};
 use baton_e2e::fleet::{exactly, init_pid, is_running, node_of, uid, EchoDeployment};
+use baton_e2e::ota::{releases_dir, wait_rollout, TO};
 use baton_e2e::skew::{node_version, previous_agent, PREVIOUS_VERSION};
-use baton_e2e::{items, wait_for, Broker, Lab};
+use baton_e2e::{bin, items, sh, wait_for, Broker, Lab};
 use serde_json::Value;
 
 const LONG: Duration = Duration::from_secs(120);
@@ -41,8 +44,13 @@ fn a_0_1_0_agent_keeps_running_and_reporting_under_a_0_2_0_coordinator() -> Resu
 
 fn scenario(lab: &mut Lab, old: std::path::PathBuf) -> Result<()> {
     // Enrolled devices: every message signed, and the coordinator answers each node in the
-    // protocol version it last spoke.
-    lab.restart_coordinator_enrolling(&[])?;
+    // protocol version it last spoke. A release key, for the upgrade at the end.
+    let keys = lab.dir.path().join("keys");
+    sh(Command::new(bin("baton"))
+        .args(["release", "keygen", "--out"])
+        .arg(&keys))?;
+    let public = keys.join("release.pub").to_string_lossy().into_owned();
+    lab.restart_coordinator_enrolling(&["--release-public-key-file", &public])?;
     lab.agents[0].program = Some(vec![old.into()]);
     for i in 0..2 {
         let token = lab.join_token(&[])?;
@@ -126,6 +134,50 @@ fn scenario(lab: &mut Lab, old: std::path::PathBuf) -> Result<()> {
     )?;
     let again = init_pid(lab, &old_node, &uid(&victim), "echo")?;
     ensure!(again != pid, "the same init pid {pid} after the kill");
+
+    // An upgrade to a release of this source: the 0.1.0 node is skipped (protocol v4 has no
+    // AgentUpdate) and never ordered; the 0.2.0 node is in scope.
+    let built = releases_dir()?;
+    let release = std::fs::read_dir(&built)?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .find(|p| {
+            p.file_name()
+                .and_then(|n| n.to_str())
+                .is_some_and(|n| n.starts_with(&format!("baton-agent-{TO}-")))
+        })
+        .context("no test release built")?;
+    let copy = lab
+        .dir
+        .path()
+        .join(release.file_name().context("release name")?);
+    std::fs::copy(&release, &copy)?;
+    sh(Command::new(bin("baton"))
+        .args(["release", "sign", "--key"])
+        .arg(keys.join("release.key"))
+        .arg(&copy))?;
+    lab.baton(&["release", "import", &copy.to_string_lossy()])?;
+    lab.baton(&[
+        "agent", "upgrade", "--to", TO, "--name", "skew", "--canary", "0",
+    ])?;
+    let status = wait_rollout(lab, "skew", LONG, |r| {
+        r.phase_of(&old_node) == "skipped" && !r.phase_of(&new_node).is_empty()
+    })?;
+    let old_row = status.node(&old_node).context("the old node's row")?;
+    ensure!(
+        old_row.reason.contains("protocol v4") && !old_row.ordered,
+        "{old_row:#?}"
+    );
+    eprintln!("FIGURE skipped: {old_node}: {}", old_row.reason);
+    // Orders are retained: a subscriber now would get one at once.
+    let sent = lab.watch_topics(
+        &format!("baton/v1/nodes/{old_node}/down/update"),
+        Duration::from_secs(3),
+    )?;
+    ensure!(sent.is_empty(), "the 0.1.0 node was sent {sent:?}");
+    ensure!(
+        node_version(lab, &old_node)? == PREVIOUS_VERSION,
+        "the old node changed version"
+    );
 
     // Nothing refused either way: the coordinator's gate admitted every message of the v4
     // agent, and the v4 agent every message sealed for it.

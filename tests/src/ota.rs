@@ -13,9 +13,10 @@ use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use anyhow::{bail, Context, Result};
+use anyhow::{Context, Result};
 use serde_json::Value;
 
+use crate::proxy::{Proxy, Rule};
 use crate::{bin, repo_root, sh, Broker, Lab};
 
 /// The version the lab's agents run at first, and the one the test release carries.
@@ -30,6 +31,9 @@ pub struct OtaOptions {
     /// The agents pin another release key than the one the coordinator imports with (a
     /// release signed by a key the devices do not trust).
     pub agents_trust_another_key: bool,
+    /// The agents reach the coordinator's API through a proxy that flips one byte in the
+    /// middle of every release download: a binary damaged in transit, same length.
+    pub corrupt_downloads: bool,
 }
 
 pub struct OtaLab {
@@ -37,6 +41,8 @@ pub struct OtaLab {
     /// The signed test release as imported (the binary; its `.release.json` beside it).
     pub release: PathBuf,
     pub target: String,
+    /// The proxy of [`OtaOptions::corrupt_downloads`].
+    pub proxy: Option<Proxy>,
 }
 
 /// The directory of the test releases (`baton-agent-<version>-<target>`), built if missing.
@@ -99,6 +105,7 @@ impl OtaLab {
                 &fleet_pub.to_string_lossy(),
             ],
         )?;
+        let mut proxy = None;
         let result = (|| -> Result<(PathBuf, String)> {
             let dir = lab.dir.path().join("releases");
             fs::create_dir_all(&dir)?;
@@ -126,9 +133,20 @@ impl OtaLab {
             )?;
             let token_file = lab.dir.path().join("ota.token");
             fs::write(&token_file, token.trim().to_owned() + "\n")?;
+            let mut api = format!("{}:7474", lab.hub_ip());
+            if opts.corrupt_downloads {
+                let p = Proxy::start(Some(&lab.hub.0), &format!("{}:0", lab.hub_ip()), &api)?;
+                p.set_rules(vec![Rule {
+                    path_contains: "/api/v1/releases/".into(),
+                    flip_byte_at: Some(fs::metadata(&release)?.len() / 2),
+                    ..Rule::default()
+                }]);
+                api = p.addr();
+                proxy = Some(p);
+            }
             lab.agent_args = vec![
                 "--registry-mirror".into(),
-                format!("http://{}:7474", lab.hub_ip()),
+                format!("http://{api}"),
                 "--registry-mirror-token-file".into(),
                 token_file.to_string_lossy().into_owned(),
             ];
@@ -145,6 +163,7 @@ impl OtaLab {
             lab,
             release,
             target,
+            proxy,
         };
         for i in 0..agents {
             ota.install(i, opts, &pinned)?;
@@ -447,23 +466,4 @@ spec:
           limits: {{cpu: 500m, memory: 64Mi}}
 "#
     )
-}
-
-/// The first file under `dir` (recursively) whose name holds `needle` (e.g. a digest).
-pub fn find_file(dir: &Path, needle: &str) -> Result<PathBuf> {
-    for e in fs::read_dir(dir).with_context(|| dir.display().to_string())? {
-        let p = e?.path();
-        if p.is_dir() {
-            if let Ok(f) = find_file(&p, needle) {
-                return Ok(f);
-            }
-        } else if p
-            .file_name()
-            .and_then(|n| n.to_str())
-            .is_some_and(|n| n.contains(needle))
-        {
-            return Ok(p);
-        }
-    }
-    bail!("no file named *{needle}* under {}", dir.display())
 }

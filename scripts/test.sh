@@ -81,6 +81,11 @@ if [ "${#rest[@]}" -gt 0 ]; then
   cross_pid=$!
 fi
 
+# The fuzz targets build (release, the whole coordinator and agent again, instrumented) in
+# the background too; they run after the tests.
+( nice -n 10 scripts/fuzz.sh --build-only ) >target/ci-logs/fuzz-build.log 2>&1 &
+fuzz_pid=$!
+
 space
 echo "== tests"
 # cargo-nextest (.config/nextest.toml): one build of every test, each test in its own process,
@@ -101,6 +106,7 @@ tests/bench/sizes.sh || failed=1
 
 space
 echo "== fuzz (bounded)"
+await "$fuzz_pid" target/ci-logs/fuzz-build.log "fuzz build"
 scripts/fuzz.sh "${BATON_FUZZ_SECONDS:-20}"
 
 space

@@ -198,6 +198,18 @@ struct RunArgs {
     /// DiskPressure, MemoryPressure or PIDPressure and takes no new pods. Empty: none.
     #[arg(long, env = "BATON_EVICTION_HARD", default_value = baton_agent::pressure::DEFAULT_EVICTION_HARD)]
     eviction_hard: String,
+    /// kubelet's `--eviction-soft`, same shape: the node reports the condition at once, but
+    /// evicts only after the signal stayed under the level for its grace period.
+    #[arg(long, env = "BATON_EVICTION_SOFT", default_value = "")]
+    eviction_soft: String,
+    /// Grace period of each soft threshold, e.g. `memory.available=1m30s,nodefs.available=2m`;
+    /// every soft threshold needs one.
+    #[arg(long, env = "BATON_EVICTION_SOFT_GRACE_PERIOD", default_value = "")]
+    eviction_soft_grace_period: String,
+    /// How long a condition stays reported after its last threshold stopped being met, so a
+    /// node hovering at a threshold does not flap (kubelet's default).
+    #[arg(long, env = "BATON_EVICTION_PRESSURE_TRANSITION_PERIOD", default_value = "5m", value_parser = humantime::parse_duration)]
+    eviction_pressure_transition_period: Duration,
     /// Under DiskPressure, once unused images and rotated logs are removed, evict pods
     /// (BestEffort first, then by disk use) until the pressure goes, as kubelet does.
     /// `false`: only report the pressure and taint the node.
@@ -462,6 +474,10 @@ fn config(a: RunArgs, identity: Option<IdentityFile>) -> Result<(AgentConfig, Li
         memory_bytes: mem.saturating_sub(a.reserved_memory_mib << 20),
         pods: a.max_pods.min(baton_proto::MAX_PODS_PER_NODE as u16),
     };
+    let eviction_soft = baton_agent::pressure::Thresholds::parse(&a.eviction_soft)?;
+    let eviction_soft_grace =
+        baton_agent::pressure::debounce::GracePeriods::parse(&a.eviction_soft_grace_period)?;
+    eviction_soft_grace.check_covers(&eviction_soft)?;
     let cfg = AgentConfig {
         address: a.node_ip.or_else(|| route_address(&url)),
         node,
@@ -488,6 +504,9 @@ fn config(a: RunArgs, identity: Option<IdentityFile>) -> Result<(AgentConfig, Li
         log_max_bytes: a.log_max_bytes,
         pids_limit: a.pids_limit,
         eviction_hard: baton_agent::pressure::Thresholds::parse(&a.eviction_hard)?,
+        eviction_soft,
+        eviction_soft_grace,
+        pressure_transition: a.eviction_pressure_transition_period,
         pod_eviction: a.pod_eviction,
         stop_pods_on_exit: a.stop_pods_on_exit,
     };

@@ -33,6 +33,10 @@ pub struct Agent {
 
 static NEXT: AtomicU32 = AtomicU32::new(0);
 
+/// The agents' eviction thresholds in a lab: kubelet's shape, with absolute disk levels.
+pub const LAB_EVICTION_HARD: &str = "memory.available<50Mi,nodefs.available<1Gi,\
+nodefs.inodesFree<5%,imagefs.available<1Gi,imagefs.inodesFree<5%,pid.available<5%";
+
 /// A fleet: hub (coordinator, broker, registry) plus agents, each in its own namespace.
 pub struct Lab {
     pub id: String,
@@ -507,7 +511,11 @@ impl Lab {
             "--pod-cidr",
             &format!("10.42.{}.0/24", i + 1),
         ])
-        .env("RUST_LOG", log_filter());
+        .env("RUST_LOG", log_filter())
+        // The lab's data dirs share the host's disk, where the default `nodefs.available<10%`
+        // would put every node under DiskPressure whenever the machine's disk is 90% used
+        // (10% of a 252 GB disk is 25 GB); tests of pressure pass their own thresholds.
+        .env("BATON_EVICTION_HARD", LAB_EVICTION_HARD);
         match a.data_dir.strip_prefix(self.dir.path()) {
             Ok(rel) if self.relative_data_dirs => {
                 cmd.current_dir(self.dir.path()).arg("--data-dir").arg(rel)

@@ -443,6 +443,7 @@ fn each_store_table_has_one_owner() {
         ("Events", "core"),
         ("Revisions", "core"),
         ("Secrets", "core"),
+        ("AgentUpdates", "core"),
         ("Tokens", "security::auth"),
         ("JoinTokens", "security::enroll"),
         ("Identities", "security::gate"),

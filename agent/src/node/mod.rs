@@ -90,6 +90,12 @@ pub struct AgentConfig {
     pub pids_limit: i64,
     /// kubelet's `--eviction-hard`: the levels under which the node is under pressure.
     pub eviction_hard: crate::pressure::Thresholds,
+    /// kubelet's `--eviction-soft`: levels that allow eviction only after their grace period.
+    pub eviction_soft: crate::pressure::Thresholds,
+    pub eviction_soft_grace: crate::pressure::debounce::GracePeriods,
+    /// kubelet's `--eviction-pressure-transition-period`: how long a condition stays
+    /// reported after its last threshold stopped being met.
+    pub pressure_transition: Duration,
     /// Evict pods when reclaiming leaves the disk under pressure (kubelet always does; off
     /// for a node whose pods must never be stopped by it).
     pub pod_eviction: bool,
@@ -144,8 +150,11 @@ struct Agent {
     /// Why the last desired state could not be applied whole (with its cause), until one
     /// is; reported so that `describe node` says why the applied generation lags.
     apply_error: Option<String>,
-    /// The conditions under pressure at the last heartbeat.
+    /// The conditions under pressure at the last heartbeat (held through the transition
+    /// period).
     pressure: Vec<crate::pressure::Pressure>,
+    /// Soft thresholds' and the transition period's memory.
+    debounce: crate::pressure::debounce::Debounce,
     /// The reclaim started under the current disk pressure; set once it is done.
     reclaim: Option<Arc<std::sync::atomic::AtomicBool>>,
     /// Pods evicted under node pressure, with the reason: stopped, reported `Evicted` and
@@ -183,6 +192,7 @@ impl Agent {
             ),
             apply_error: None,
             pressure: Vec::new(),
+            debounce: Default::default(),
             reclaim: None,
             evicted: BTreeMap::new(),
         }

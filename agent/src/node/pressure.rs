@@ -37,7 +37,20 @@ impl Agent {
             ),
             ..observed
         };
-        let now = crate::pressure::pressures(&self.cfg.eviction_hard, &observed);
+        let hard = crate::pressure::pressures(&self.cfg.eviction_hard, &observed);
+        let soft = crate::pressure::pressures(&self.cfg.eviction_soft, &observed);
+        let disk_met = hard
+            .iter()
+            .chain(&soft)
+            .any(|p| p.kind == PressureKind::Disk);
+        let verdict = self.debounce.update(
+            std::time::Instant::now(),
+            hard,
+            soft,
+            &self.cfg.eviction_soft_grace,
+            self.cfg.pressure_transition,
+        );
+        let now = verdict.conditions;
         let kinds = |p: &[crate::pressure::Pressure]| p.iter().map(|p| p.kind).collect::<Vec<_>>();
         if kinds(&now) != kinds(&self.pressure) {
             if now.is_empty() {
@@ -49,21 +62,22 @@ impl Agent {
             }
         }
         self.pressure = now;
-        let disk = self
-            .pressure
-            .iter()
-            .find(|p| p.kind == PressureKind::Disk)
-            .map(|p| p.message.clone());
-        // kubelet has nothing to reclaim for memory: evict at once.
-        let memory = self
-            .pressure
-            .iter()
-            .find(|p| p.kind == PressureKind::Memory)
-            .map(|p| p.message.clone());
-        if let Some(measured) = memory {
+        let allows = |kind| {
+            verdict
+                .evict
+                .iter()
+                .find(|p| p.kind == kind)
+                .map(|p| p.message.clone())
+        };
+        // kubelet has nothing to reclaim for memory or pids: evict at once.
+        if let Some(measured) = allows(PressureKind::Memory) {
             self.evict_one(Resource::Memory, &measured);
+        } else if let Some(measured) = allows(PressureKind::Pid) {
+            self.evict_one(Resource::Pids, &measured);
         }
-        match disk {
+        match allows(PressureKind::Disk) {
+            // Under a soft threshold, within its grace period: wait, keep what is there.
+            None if disk_met => {}
             None => {
                 self.reclaim = None;
                 if !self.reserve.is_held() {
@@ -130,6 +144,14 @@ impl Agent {
                             .map(|c| c.resources.memory_request_bytes)
                             .sum(),
                     ),
+                    // kubelet ranks by process count; pods ask for no pids.
+                    Resource::Pids => (
+                        self.deps
+                            .runtime
+                            .pids_current(&node_cgroup.join(uid))
+                            .unwrap_or(0),
+                        0,
+                    ),
                 };
                 Candidate {
                     uid: uid.clone(),
@@ -147,12 +169,19 @@ impl Agent {
             .get(&victim.uid)
             .map(|p| p.spec.name.to_string())
             .unwrap_or_default();
-        let reason = format!(
-            "The node was low on resource: {}. {measured}; the pod used {}, request is {}.",
-            resource.name(),
-            human_bytes(victim.usage),
-            human_bytes(victim.request)
-        );
+        let reason = match resource {
+            Resource::Pids => format!(
+                "The node was low on resource: {}. {measured}; the pod used {} processes.",
+                resource.name(),
+                victim.usage
+            ),
+            _ => format!(
+                "The node was low on resource: {}. {measured}; the pod used {}, request is {}.",
+                resource.name(),
+                human_bytes(victim.usage),
+                human_bytes(victim.request)
+            ),
+        };
         warn!(pod = %name, uid = %victim.uid, %reason, "evicting pod");
         self.force_stop.insert(victim.uid.clone());
         self.evicted.insert(victim.uid, reason);
@@ -181,6 +210,7 @@ impl Agent {
 enum Resource {
     Disk,
     Memory,
+    Pids,
 }
 
 impl Resource {
@@ -188,6 +218,7 @@ impl Resource {
         match self {
             Resource::Disk => "ephemeral-storage",
             Resource::Memory => "memory",
+            Resource::Pids => "pids",
         }
     }
 }

@@ -218,6 +218,9 @@ impl Harness {
                 crate::pressure::DEFAULT_EVICTION_HARD,
             )
             .unwrap(),
+            eviction_soft: Default::default(),
+            eviction_soft_grace: Default::default(),
+            pressure_transition: Duration::ZERO,
             pod_eviction: true,
             stop_pods_on_exit: false,
         };

@@ -5,6 +5,7 @@
 //! conditions, events and `NoSchedule` taints (docs/operations.md, "Node pressure").
 
 pub mod conditions;
+pub mod debounce;
 pub mod evict;
 pub mod measure;
 pub mod thresholds;

@@ -38,7 +38,7 @@ impl Signal {
             .map_or("", |(_, n)| n)
     }
 
-    fn parse(s: &str) -> Option<Self> {
+    pub(super) fn parse(s: &str) -> Option<Self> {
         Self::ALL.iter().find(|(_, n)| *n == s).map(|(s, _)| *s)
     }
 

@@ -319,6 +319,12 @@ pub trait Runtime: Send + Sync + 'static {
     fn memory_working_set(&self, _rel: &Path) -> Option<u64> {
         None
     }
+
+    /// Processes in the cgroup `rel` and below (a pod's), for ranking pods under
+    /// PIDPressure; `None` where unreadable.
+    fn pids_current(&self, _rel: &Path) -> Option<u64> {
+        None
+    }
 }
 
 impl RunSpec {

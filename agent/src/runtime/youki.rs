@@ -630,6 +630,10 @@ impl Runtime for YoukiRuntime {
             .working_set(rel.strip_prefix("/").unwrap_or(rel))
     }
 
+    fn pids_current(&self, rel: &Path) -> Option<u64> {
+        self.layout.pids(rel.strip_prefix("/").unwrap_or(rel))
+    }
+
     fn remove_cgroup_tree(&self, rel: &Path) -> Vec<PathBuf> {
         let rel = rel.strip_prefix("/").unwrap_or(rel);
         self.layout

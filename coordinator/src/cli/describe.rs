@@ -5,6 +5,7 @@ use std::time::SystemTime;
 
 use super::client::Client;
 use super::get::{kind_of, of_kind, other_kind, pod};
+use super::render::agent_update::describe_agent_update;
 use super::render::describe::{describe_deployment, describe_node, describe_pod, describe_secret};
 use super::{named, CliError};
 use crate::contract::body::ApiObject;
@@ -50,5 +51,6 @@ pub(super) async fn describe(
             describe_node(&node, identity.as_ref(), &on_node, &events, now)
         }
         ApiObject::Secret(s) => describe_secret(&s, &events, now),
+        ApiObject::AgentUpdate(u) => describe_agent_update(&u, &events, now),
     })
 }

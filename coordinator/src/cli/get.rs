@@ -6,6 +6,7 @@ use std::time::SystemTime;
 use serde_json::Value;
 
 use super::client::Client;
+use super::render::agent_update::agent_updates_table;
 use super::render::{deployments_table, nodes_table, pods_table, secrets_table};
 use super::{target, to_value, CliError, Output};
 use crate::contract::body::ApiObject;
@@ -57,6 +58,9 @@ pub(super) async fn get(
                     }
                     ResourceKind::Node => nodes_table(&of_kind(objects, node)?, wide, now),
                     ResourceKind::Secret => secrets_table(&of_kind(objects, secret)?, now),
+                    ResourceKind::AgentUpdate => {
+                        agent_updates_table(&of_kind(objects, agent_update)?, now)
+                    }
                 }
             }
         }
@@ -99,12 +103,20 @@ pub(super) fn kind_of(o: &ApiObject) -> ResourceKind {
         ApiObject::Deployment(_) => ResourceKind::Deployment,
         ApiObject::Pod(_) => ResourceKind::Pod,
         ApiObject::Secret(_) => ResourceKind::Secret,
+        ApiObject::AgentUpdate(_) => ResourceKind::AgentUpdate,
     }
 }
 
 pub(super) fn pod(o: ApiObject) -> Option<crate::model::api::Pod> {
     match o {
         ApiObject::Pod(p) => Some(p),
+        _ => None,
+    }
+}
+
+fn agent_update(o: ApiObject) -> Option<crate::model::api::AgentUpdate> {
+    match o {
+        ApiObject::AgentUpdate(u) => Some(u),
         _ => None,
     }
 }

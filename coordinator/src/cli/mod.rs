@@ -12,6 +12,7 @@
 //! them and these verbs under one parser. The client verbs reach the coordinator only
 //! through `client::Client`, over HTTP.
 
+mod agent;
 mod apply;
 mod client;
 mod delete;
@@ -33,6 +34,7 @@ use clap::{Args, Subcommand, ValueEnum};
 use crate::contract::client_config::ConfigError;
 use crate::contract::ResourceKind;
 
+pub use agent::{AgentCommand, AgentRolloutCommand, UpgradeArgs};
 use client::Client;
 pub use flash::{FlashArgs, FlashError};
 pub use image::ImageCommand;
@@ -116,6 +118,11 @@ pub enum Command {
     Image {
         #[command(subcommand)]
         action: ImageCommand,
+    },
+    /// Update the agents themselves: `upgrade --to VERSION`, `rollout status|pause|resume|abort`.
+    Agent {
+        #[command(subcommand)]
+        action: AgentCommand,
     },
     /// Prepare a Raspberry Pi OS SD card or image for a device: the agent, a join token
     /// and a first-boot installer, written into its FAT boot partition (no root needed).
@@ -207,6 +214,7 @@ fn qualified(kind: ResourceKind) -> &'static str {
         ResourceKind::Pod => "pod",
         ResourceKind::Node => "node",
         ResourceKind::Secret => "secret",
+        ResourceKind::AgentUpdate => "agentupdate.baton.io",
     }
 }
 
@@ -234,6 +242,7 @@ pub async fn run(args: &ClientArgs, command: &Command) -> Result<(), CliError> {
         Command::Security { action } => security::security_command(&client, action).await?,
         Command::Image { action } => image::image(&client, action).await?,
         Command::Flash(args) => flash::flash(&client, args).await?,
+        Command::Agent { action } => agent::agent(&client, action).await?,
         Command::Describe { resource, name } => {
             describe::describe(&client, resource, name.as_deref()).await?
         }
@@ -299,6 +308,68 @@ mod tests {
         assert!(
             Cli::try_parse_from(["baton", "scale", "deployment/web", "--replicas", "3"]).is_ok()
         );
+    }
+
+    #[test]
+    fn agent_arguments() {
+        let cli = Cli::try_parse_from([
+            "baton", "agent", "upgrade", "--to", "0.2.1", "--canary", "2", "--soak", "5m",
+        ])
+        .unwrap();
+        assert!(matches!(
+            cli.command,
+            Command::Agent {
+                action: AgentCommand::Upgrade(UpgradeArgs { canary: 2, soak: Some(s), .. })
+            } if s == Duration::from_secs(300)
+        ));
+        assert!(
+            Cli::try_parse_from([
+                "baton",
+                "agent",
+                "upgrade",
+                "--to",
+                "0.2.1",
+                "--canary-pause",
+                "--soak",
+                "1m",
+            ])
+            .is_err(),
+            "a canary pauses or soaks, not both"
+        );
+        let cli = Cli::try_parse_from(["baton", "agent", "rollout", "status", "up", "-o", "json"])
+            .unwrap();
+        assert!(matches!(
+            cli.command,
+            Command::Agent {
+                action: AgentCommand::Rollout {
+                    action: AgentRolloutCommand::Status {
+                        name: Some(_),
+                        output: Some(Output::Json),
+                        wait: false,
+                        timeout: None,
+                    }
+                }
+            }
+        ));
+        assert!(Cli::try_parse_from([
+            "baton",
+            "agent",
+            "rollout",
+            "status",
+            "--wait",
+            "--timeout",
+            "5m"
+        ])
+        .is_ok());
+        assert!(
+            Cli::try_parse_from(["baton", "agent", "rollout", "status", "--timeout", "5m"])
+                .is_err(),
+            "--timeout goes with --wait"
+        );
+        for verb in ["pause", "resume", "abort"] {
+            assert!(Cli::try_parse_from(["baton", "agent", "rollout", verb, "up"]).is_ok());
+            assert!(Cli::try_parse_from(["baton", "agent", "rollout", verb]).is_err());
+        }
     }
 
     #[test]

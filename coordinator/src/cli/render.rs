@@ -2,6 +2,7 @@
 //! `get` tables, ages, pod status words, the rollout progress bar and history; the
 //! `describe` text is in [`describe`].
 
+pub mod agent_update;
 pub mod describe;
 
 use std::collections::BTreeMap;
@@ -318,7 +319,10 @@ fn event_type(reason: &str) -> &'static str {
         | "NodeHasDiskPressure"
         | "NodeHasImageDiskPressure"
         | "NodeHasInsufficientMemory"
-        | "NodeHasInsufficientPID" => "Warning",
+        | "NodeHasInsufficientPID"
+        | "AgentUpdateRolledBack"
+        | "AgentUpdateRefused"
+        | "RolloutHalted" => "Warning",
         _ => "Normal",
     }
 }

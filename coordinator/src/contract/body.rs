@@ -24,6 +24,7 @@ pub enum ApiObject {
     Deployment(api::Deployment),
     Pod(api::Pod),
     Secret(SecretView),
+    AgentUpdate(api::AgentUpdate),
 }
 
 impl<'de> Deserialize<'de> for ApiObject {
@@ -36,6 +37,9 @@ impl<'de> Deserialize<'de> for ApiObject {
             Some(ResourceKind::Deployment) => serde_json::from_value(v).map(ApiObject::Deployment),
             Some(ResourceKind::Pod) => serde_json::from_value(v).map(ApiObject::Pod),
             Some(ResourceKind::Secret) => serde_json::from_value(v).map(ApiObject::Secret),
+            Some(ResourceKind::AgentUpdate) => {
+                serde_json::from_value(v).map(ApiObject::AgentUpdate)
+            }
             None => return Err(D::Error::custom(format!("unknown object kind {kind:?}"))),
         };
         object.map_err(D::Error::custom)

@@ -5,6 +5,7 @@
 //! Nothing here knows HTTP libraries: the server (`crate::edge::http`) routes
 //! [`routes::Route::PATH`] with axum, the CLI calls [`routes::Route::url`] with reqwest.
 
+pub mod agent_updates;
 pub mod body;
 pub mod client_config;
 pub mod health;

@@ -9,6 +9,7 @@ pub enum ResourceKind {
     Deployment,
     Pod,
     Secret,
+    AgentUpdate,
 }
 
 impl ResourceKind {
@@ -21,6 +22,9 @@ impl ResourceKind {
             }
             "pods" | "pod" | "po" => Some(Self::Pod),
             "secrets" | "secret" => Some(Self::Secret),
+            "agentupdates" | "agentupdate" | "agentupdates.baton.io" | "agentupdate.baton.io" => {
+                Some(Self::AgentUpdate)
+            }
             _ => None,
         }
     }
@@ -31,6 +35,7 @@ impl ResourceKind {
             Self::Deployment => "deployment",
             Self::Pod => "pod",
             Self::Secret => "secret",
+            Self::AgentUpdate => "agentupdate",
         }
     }
     pub fn plural(self) -> &'static str {
@@ -39,6 +44,7 @@ impl ResourceKind {
             Self::Deployment => "deployments",
             Self::Pod => "pods",
             Self::Secret => "secrets",
+            Self::AgentUpdate => "agentupdates",
         }
     }
 }

@@ -26,6 +26,7 @@
 use baton_proto::enroll;
 use serde::Deserialize;
 
+use super::agent_updates::AgentUpdate;
 use super::body::{
     ApiObject, ApplyResults, Deleted, Described, List, Revocation, RolloutProgress, ScaleRequest,
     UndoRequest, UndoResult,
@@ -155,6 +156,20 @@ routes! {
     /// Admin.
     RolloutUndo { name: String }
         Post "/api/v1/deployments/{name}/rollout/undo", UndoRequest => UndoResult;
+
+    /// An agent update rollout with each node's progress: `name`'s, or without one the
+    /// open rollout (else the newest).
+    AgentRolloutStatus { name: Option<String> }
+        Get "/api/v1/agent/rollout/status", NoBody => AgentUpdate;
+    /// Stops ordering new nodes; orders in flight go on. Admin.
+    AgentRolloutPause { name: String }
+        Post "/api/v1/agent/rollout/{name}/pause", NoBody => AgentUpdate;
+    /// Goes on after a pause, and approves a finished canary. Admin.
+    AgentRolloutResume { name: String }
+        Post "/api/v1/agent/rollout/{name}/resume", NoBody => AgentUpdate;
+    /// Ends the rollout; orders not acted on are withdrawn. Admin.
+    AgentRolloutAbort { name: String }
+        Post "/api/v1/agent/rollout/{name}/abort", NoBody => AgentUpdate;
 
     /// API tokens, without their secrets. Admin.
     ListTokens {} Get "/api/v1/tokens", NoBody => List<TokenInfo>;

@@ -29,9 +29,11 @@
 //!
 //! The files split the core by concern: `txn` (load, commit, abort), `events`, `schedule`
 //! (settling: controller, scheduler, drains, each node's desired state), `nodes` (node
-//! messages, liveness, eviction), `requests` (the API operations) and `secrets` (pods
-//! withheld until their secrets can be sent).
+//! messages, liveness, eviction), `requests` (the API operations), `secrets` (pods
+//! withheld until their secrets can be sent) and `agent_updates` (rollouts of the agent
+//! itself: orders, reports, pause/resume/abort).
 
+mod agent_updates;
 mod events;
 mod nodes;
 mod requests;
@@ -150,6 +152,21 @@ pub enum ApiOp {
         name: String,
         revoked: bool,
     },
+    /// `baton agent rollout status|pause|resume|abort`; only `Status` may go without a
+    /// name (the open rollout, else the newest).
+    AgentRollout {
+        name: Option<String>,
+        action: AgentRolloutAction,
+    },
+}
+
+/// What `baton agent rollout` does to a rollout.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AgentRolloutAction {
+    Status,
+    Pause,
+    Resume,
+    Abort,
 }
 
 /// The core's answer to an [`ApiOp`], typed: the edge renders it with the bodies of
@@ -173,6 +190,7 @@ pub enum ApiReply {
     Revisions(Vec<api::Revision>),
     RolledBack(UndoResult),
     Revocation(Revocation),
+    AgentUpdate(api::AgentUpdate),
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -220,6 +238,7 @@ enum Tab {
     /// Keyed by `rollout::revision_key`.
     Revision,
     Secret,
+    AgentUpdate,
 }
 
 /// The coordinator's state and its transaction bookkeeping; see the module docs.
@@ -244,6 +263,8 @@ pub struct Core {
     nodes: BTreeMap<String, api::Node>,
     /// Secrets as applied. The API shows only their key names and sizes (`secret_view`).
     secrets: BTreeMap<String, api::Secret>,
+    /// Agent update rollouts by name (`agent_updates`).
+    agent_updates: BTreeMap<String, api::AgentUpdate>,
     /// Encrypts secrets at rest and seals them per node ([`secrets::Keeper`]).
     secret_keeper: Box<dyn secrets::Keeper>,
     /// The secrets each node's desired state carries, as last published (or loaded).
@@ -305,6 +326,7 @@ impl Core {
             pod_drain: DEFAULT_POD_DRAIN,
             nodes: BTreeMap::new(),
             secrets: BTreeMap::new(),
+            agent_updates: BTreeMap::new(),
             secret_keeper: Box::new(secrets::Unkept),
             desired_secrets: HashMap::new(),
             policy: Policy::default(),
@@ -422,6 +444,7 @@ impl Core {
                 self.tick();
                 self.recheck_secrets();
                 self.expire_drains();
+                self.step_agent_updates(std::time::SystemTime::now());
                 let _ = self.finish();
             }
         }

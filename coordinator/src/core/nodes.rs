@@ -171,6 +171,7 @@ impl Core {
                     n.spec = old.spec.clone();
                     n.status.conditions = old.status.conditions.clone();
                     n.status.apply_error = old.status.apply_error.clone();
+                    n.status.last_update = old.status.last_update.clone();
                     // An agent repeats its report in every Hello of one connection, and
                     // sends none after connecting at once: keep the first report's time,
                     // and the last report until there is a new one.
@@ -225,6 +226,7 @@ impl Core {
                     self.desired.insert(name.to_owned(), pods);
                 }
                 self.publish_desired(name);
+                self.republish_update_order(name);
                 // No StatusRequest here: an agent sends its status right after every Hello,
                 // and answers a StatusRequest with a Hello, so asking made the two ping-pong
                 // (about 30 Hellos a second per agent, each a store commit). A lost status
@@ -312,7 +314,13 @@ impl Core {
                 self.set_ready(name, false, "Agent went offline (last will)");
             }
             Body::UpdateReport(r) => {
+                if !self.nodes.contains_key(name) {
+                    tracing::debug!(node = name, "update report from an unknown node; asking it");
+                    self.request_status(node);
+                    return;
+                }
                 tracing::info!(node = name, rollout = %r.rollout, phase = ?r.phase, "agent update report");
+                self.update_report(name, &r);
             }
             Body::Desired(_) | Body::StatusRequest | Body::RotateKey | Body::AgentUpdate(_) => {
                 tracing::warn!(node = name, "downward message on an upward topic; ignored");

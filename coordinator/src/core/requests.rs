@@ -49,6 +49,7 @@ impl Core {
             }
             ApiOp::RolloutUndo { name, to_revision } => self.undo(&name, to_revision),
             ApiOp::SetRevoked { name, revoked } => Ok(self.set_revoked(&name, revoked)),
+            ApiOp::AgentRollout { name, action } => self.agent_rollout(name, action),
         }
     }
 
@@ -122,6 +123,11 @@ impl Core {
                 .map(ApiObject::Deployment),
             ResourceKind::Pod => self.pods.get(name).map(|p| self.pod_view(p)),
             ResourceKind::Secret => self.secrets.get(name).map(secret_view),
+            ResourceKind::AgentUpdate => self
+                .agent_updates
+                .get(name)
+                .cloned()
+                .map(ApiObject::AgentUpdate),
         };
         v.ok_or_else(|| Self::not_found(kind, name))
     }
@@ -137,6 +143,12 @@ impl Core {
                 .collect(),
             ResourceKind::Pod => self.pods.values().map(|p| self.pod_view(p)).collect(),
             ResourceKind::Secret => self.secrets.values().map(secret_view).collect(),
+            ResourceKind::AgentUpdate => self
+                .agent_updates
+                .values()
+                .cloned()
+                .map(ApiObject::AgentUpdate)
+                .collect(),
         }
     }
 
@@ -159,6 +171,7 @@ impl Core {
                         })?;
                 }
                 api::Object::Secret(_) => {}
+                api::Object::AgentUpdate(u) => self.check_agent_update(u)?,
                 api::Object::Pod(p) => {
                     check_wire(p, &format!("pod {:?}", p.metadata.name))?;
                     policy::check_pod(&p.spec, "spec", &self.policy).map_err(|e| {
@@ -183,6 +196,7 @@ impl Core {
                 api::Object::Deployment(d) => self.apply_deployment(d),
                 api::Object::Pod(p) => self.apply_pod(p),
                 api::Object::Secret(s) => self.apply_secret(s),
+                api::Object::AgentUpdate(u) => self.apply_agent_update(u),
             });
         }
         Ok(out)
@@ -342,6 +356,7 @@ impl Core {
                 }
                 self.touch(Tab::Secret, name);
             }
+            ResourceKind::AgentUpdate => self.delete_agent_update(name)?,
             ResourceKind::Pod => {
                 if !self.pods.contains_key(name) {
                     return Err(Self::not_found(kind, name));

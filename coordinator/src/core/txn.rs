@@ -31,6 +31,7 @@ impl Core {
         self.nodes = load_table(store, Table::Nodes, "node")?;
         self.secrets = self.load_secrets()?.0;
         let store = self.store.as_ref();
+        self.agent_updates = load_table(store, Table::AgentUpdates, "agent update")?;
         let events: BTreeMap<String, api::Event> = load_table(store, Table::Events, "event")?;
         self.events = events
             .into_iter()
@@ -124,6 +125,10 @@ impl Core {
                     Table::Revisions,
                     self.revisions.get(name).map(serde_json::to_vec),
                 ),
+                Tab::AgentUpdate => (
+                    Table::AgentUpdates,
+                    self.agent_updates.get(name).map(serde_json::to_vec),
+                ),
                 Tab::Secret => (
                     Table::Secrets,
                     self.secrets.get(name).map(|s| {
@@ -154,7 +159,7 @@ impl Core {
     }
 }
 
-fn load_table<T: serde::de::DeserializeOwned>(
+pub(super) fn load_table<T: serde::de::DeserializeOwned>(
     store: &dyn Store,
     table: Table,
     name: &'static str,

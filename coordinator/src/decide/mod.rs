@@ -1,5 +1,6 @@
 //! The pure deciders: given the state, what should happen. No I/O, no clocks read, no channels: the core calls them and acts on their answers.
 
+pub mod agent_update;
 pub mod controller;
 pub mod policy;
 pub mod rollout;

@@ -7,11 +7,13 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
+mod agent_update;
 mod deployment;
 mod node;
 mod pod;
 mod secret;
 
+pub use agent_update::*;
 pub use deployment::*;
 pub use node::*;
 pub use pod::*;
@@ -71,4 +73,5 @@ pub enum Object {
     Deployment(Deployment),
     Pod(Pod),
     Secret(Secret),
+    AgentUpdate(AgentUpdate),
 }

@@ -106,6 +106,26 @@ impl CgroupLayout {
     }
 }
 
+impl CgroupLayout {
+    /// Processes (tasks) in the cgroup at `rel` and below, as the pids controller counts
+    /// them; `None` when unreadable. kubelet ranks pods by this under PIDPressure.
+    pub(super) fn pids(&self, rel: &Path) -> Option<u64> {
+        let dir = match self {
+            // Read only while a pod is chosen for eviction: finding the mount each time
+            // is cheaper than keeping it for a rare event.
+            Self::V1 { .. } => get_subsystem_mount_point(&ControllerType::Pids)
+                .ok()?
+                .join(rel),
+            Self::Unified { root } => root.join(rel),
+        };
+        fs::read_to_string(dir.join("pids.current"))
+            .ok()?
+            .trim()
+            .parse()
+            .ok()
+    }
+}
+
 /// Whether the process `pid` is a member of the cgroup at `rel` (in any hierarchy). This is
 /// what tells a container's init from an unrelated process that got its pid after a reboot.
 pub(super) fn in_cgroup(pid: u32, rel: &Path) -> bool {

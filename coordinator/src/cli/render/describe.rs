@@ -399,6 +399,20 @@ pub fn describe_node(
     kv(&mut out, "Architecture", arch(n));
     kv(&mut out, "OS", &n.status.os);
     kv(&mut out, "Agent Version", &n.status.agent_version);
+    if let Some(u) = &n.status.last_update {
+        let mut line = format!(
+            "{} {} ({}, {})",
+            u.version,
+            u.phase.as_str(),
+            u.rollout,
+            u.at
+        );
+        if let Some(r) = &u.reason {
+            line.push_str(": ");
+            line.push_str(r);
+        }
+        kv(&mut out, "Last Update", line);
+    }
     kv(
         &mut out,
         "Address",

@@ -1,6 +1,7 @@
 //! The core driven by events, as the MQTT bridge and HTTP server drive it, with an
 //! in-memory store; split by concern like the core itself.
 
+mod agent_updates;
 mod nodes;
 mod pressure;
 mod requests;

@@ -77,7 +77,7 @@ async fn drive_rollout(h: &mut Harness, ready: &mut BTreeSet<String>, image: &st
             .remove(0)
         {
             api::Object::Deployment(d) => d.spec.template,
-            api::Object::Pod(_) | api::Object::Secret(_) => unreachable!(),
+            _ => unreachable!(),
         });
     for step in 0..50 {
         report(h, ready);

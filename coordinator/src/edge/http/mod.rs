@@ -14,7 +14,8 @@
 //! may not call the route. Off loopback the API must also be served over TLS (see
 //! [`check_listen`]).
 //!
-//! The handlers by concern: `api` (objects, rollouts, events, health), `tokens` (API
+//! The handlers by concern: `api` (objects, rollouts, events, health), `agent_updates`
+//! (agent rollouts), `tokens` (API
 //! and join tokens), `device` (enrollment, identities, rejections); the token check
 //! and the device routes' body deadline are in `middleware`. `/api/v1/images` and the
 //! read-only registry's `/v2/` are [`crate::registry::routes`].
@@ -37,6 +38,7 @@ use crate::security::auth::{AuthError, Tokens};
 use crate::security::enroll::{EnrollError, Enroller};
 use crate::security::gate::Security;
 
+mod agent_updates;
 mod api;
 mod device;
 mod middleware;
@@ -125,7 +127,11 @@ pub fn router_with_images(
         .serve::<routes::Scale, _>(api::scale)
         .serve::<routes::RolloutStatus, _>(api::rollout_status)
         .serve::<routes::RolloutHistory, _>(api::rollout_history)
-        .serve::<routes::RolloutUndo, _>(api::rollout_undo);
+        .serve::<routes::RolloutUndo, _>(api::rollout_undo)
+        .serve::<routes::AgentRolloutStatus, _>(agent_updates::status)
+        .serve::<routes::AgentRolloutPause, _>(agent_updates::pause)
+        .serve::<routes::AgentRolloutResume, _>(agent_updates::resume)
+        .serve::<routes::AgentRolloutAbort, _>(agent_updates::abort);
     if let Some(images) = images {
         app = app.merge(crate::registry::routes(images));
     }

@@ -180,9 +180,18 @@ fn fake_core() -> mpsc::Sender<Event> {
         match o {
             api::Object::Deployment(d) => deployment = Some(d),
             api::Object::Pod(p) => pod = Some(p),
-            api::Object::Secret(_) => {}
+            api::Object::Secret(_) | api::Object::AgentUpdate(_) => {}
         }
     }
+    let rollout = match crate::model::manifest::parse_manifests(
+        "apiVersion: baton.io/v1alpha1\nkind: AgentUpdate\nmetadata: {name: up}\nspec: {version: 0.2.1}\n",
+    )
+    .unwrap()
+    .remove(0)
+    {
+        api::Object::AgentUpdate(u) => u,
+        other => panic!("{other:?}"),
+    };
     let (d, p) = (
         ApiObject::Deployment(deployment.unwrap()),
         ApiObject::Pod(pod.unwrap()),
@@ -222,6 +231,13 @@ fn fake_core() -> mpsc::Sender<Event> {
             node: name,
             revoked,
         }),
+        // The name that arrived, and the action as the reason.
+        ApiOp::AgentRollout { name, action } => {
+            let mut u = rollout.clone();
+            u.metadata.name = name.unwrap_or_else(|| "newest".into());
+            u.status.reason = Some(format!("{action:?}"));
+            ApiReply::AgentUpdate(u)
+        }
     };
     let (tx, mut rx) = mpsc::channel::<Event>(16);
     tokio::spawn(async move {
@@ -455,6 +471,38 @@ async fn every_contract_route_is_served_as_defined() {
     let undone = c.call(&routes::RolloutUndo { name: web() }, &undo).await;
     assert_eq!(undone.revision, 3);
 
+    // Agent rollouts.
+    let newest = c
+        .call(&routes::AgentRolloutStatus { name: None }, &NoBody)
+        .await;
+    assert_eq!(newest.metadata.name, "newest");
+    let up = || "up 1".to_owned();
+    let named = c
+        .call(&routes::AgentRolloutStatus { name: Some(up()) }, &NoBody)
+        .await;
+    assert_eq!(
+        (named.metadata.name.as_str(), named.status.reason.as_deref()),
+        ("up 1", Some("Status"))
+    );
+    let paused = c
+        .call(&routes::AgentRolloutPause { name: up() }, &NoBody)
+        .await;
+    assert_eq!(paused.status.reason.as_deref(), Some("Pause"));
+    let resumed = c
+        .call(&routes::AgentRolloutResume { name: up() }, &NoBody)
+        .await;
+    assert_eq!(resumed.status.reason.as_deref(), Some("Resume"));
+    let aborted = c
+        .call(&routes::AgentRolloutAbort { name: up() }, &NoBody)
+        .await;
+    assert_eq!(
+        (
+            aborted.metadata.name.as_str(),
+            aborted.status.reason.as_deref()
+        ),
+        ("up 1", Some("Abort"))
+    );
+
     // API tokens.
     let made = c
         .call(
@@ -545,6 +593,10 @@ fn no_api_path_outside_the_contract() {
     let files = [
         ("edge/http/mod.rs", include_str!("mod.rs")),
         ("edge/http/api.rs", include_str!("api.rs")),
+        (
+            "edge/http/agent_updates.rs",
+            include_str!("agent_updates.rs"),
+        ),
         ("edge/http/device.rs", include_str!("device.rs")),
         ("edge/http/tokens.rs", include_str!("tokens.rs")),
         ("edge/http/middleware.rs", include_str!("middleware.rs")),

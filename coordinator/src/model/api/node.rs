@@ -103,6 +103,10 @@ pub struct NodeStatus {
     /// reported in its last heartbeat; `None` once it did.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub apply_error: Option<String>,
+    /// The last agent update result the node reported (committed, rolled back or
+    /// refused, with its reason).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_update: Option<LastUpdate>,
 }
 
 /// An agent's report of its failed connection attempts (see [`NodeStatus`]).

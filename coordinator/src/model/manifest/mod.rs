@@ -16,6 +16,7 @@
 //!    types: one module a kind (`deployment`, `pod`, `secret`) or part of one
 //!    (`container`, `probe`), over the field rules they share (`validate`).
 
+mod agent_update;
 mod container;
 mod deployment;
 mod input;
@@ -31,12 +32,14 @@ use serde::Deserialize;
 use serde_yaml_ng::Value;
 
 use crate::model::api::{self, POD_NAME_SUFFIX_LEN, TEMPLATE_HASH_LEN};
+use agent_update::{agent_update, InAgentUpdate};
 use deployment::deployment;
 use input::{InDeployment, InPod, InSecret};
 use pod::pod;
 use secret::secret;
-use shape::{walk, Shape, DEPLOYMENT, POD, SECRET};
+use shape::{walk, Shape, AGENT_UPDATE, DEPLOYMENT, POD, SECRET};
 
+pub use agent_update::check_version;
 pub use secret::sealed_overhead;
 
 /// Longest DNS-1123 label: pod and container names.
@@ -104,6 +107,7 @@ pub fn parse_manifests(yaml: &str) -> Result<Vec<api::Object>, ManifestError> {
             api::Object::Deployment(d) => ("deployment", d.metadata.name.clone()),
             api::Object::Pod(p) => ("pod", p.metadata.name.clone()),
             api::Object::Secret(x) => ("secret", x.metadata.name.clone()),
+            api::Object::AgentUpdate(u) => ("agentupdate", u.metadata.name.clone()),
         };
         if let Some(first) = seen.get(&key) {
             return Err(ManifestError::Document {
@@ -176,9 +180,17 @@ fn parse_document(doc: usize, mut value: Value) -> Result<api::Object, ManifestE
             let input: InSecret = from_value(doc, value)?;
             secret(input).map(api::Object::Secret).map_err(field_error)
         }
+        (api::AGENT_UPDATE_API_VERSION, "AgentUpdate") => {
+            check(&mut value, &AGENT_UPDATE)?;
+            let input: InAgentUpdate = from_value(doc, value)?;
+            agent_update(input)
+                .map(api::Object::AgentUpdate)
+                .map_err(field_error)
+        }
         _ => Err(document_error(format!(
             "kind {kind} (apiVersion {api_version}) is not supported by Baton; \
-             supported: Deployment (apps/v1), Pod (v1), Secret (v1)"
+             supported: Deployment (apps/v1), Pod (v1), Secret (v1), AgentUpdate ({})",
+            api::AGENT_UPDATE_API_VERSION
         ))),
     }
 }

@@ -210,6 +210,36 @@ pub(super) const SECRET: Shape = Shape::Object(&[
     ("stringData", Shape::FreeMap),
 ]);
 
+pub(super) const AGENT_UPDATE: Shape = Shape::Object(&[
+    ("apiVersion", Shape::Leaf),
+    ("kind", Shape::Leaf),
+    ("metadata", META),
+    (
+        "spec",
+        Shape::Object(&[
+            ("version", Shape::Leaf),
+            (
+                "selector",
+                Shape::Object(&[("matchLabels", Shape::FreeMap), ("arch", Shape::Leaf)]),
+            ),
+            (
+                "canary",
+                Shape::Object(&[
+                    ("nodes", Shape::Leaf),
+                    ("pause", Shape::Leaf),
+                    ("soakSeconds", Shape::Leaf),
+                ]),
+            ),
+            ("maxUnavailable", Shape::Leaf),
+            ("failureBudget", Shape::Leaf),
+            ("healthWindowSeconds", Shape::Leaf),
+            ("deadlineSeconds", Shape::Leaf),
+            ("allowDowngrade", Shape::Leaf),
+        ]),
+    ),
+    ("status", Shape::Dropped(&Shape::Any)),
+]);
+
 const NOT_SUPPORTED: &str = "field not supported by Baton";
 
 /// Checks `value` against `shape`, rewriting it in place: removes `null` fields and

@@ -5,12 +5,14 @@
 //! `api` object or the other way round. Keeping the mapping here means a change to either
 //! side is a change to exactly one module, and the defaults Kubernetes users expect
 //! (requests default to limits, `imagePullPolicy` depends on the tag) live in one place.
-//! Down to agents: `spec` and `secret`; up from them: `status` and `node`.
+//! Down to agents: `spec` and `secret`; up from them: `status` and `node`; both ways:
+//! `update` (agent update orders and reports).
 
 mod node;
 mod secret;
 mod spec;
 mod status;
+mod update;
 
 use baton_proto::{BString, BVec};
 
@@ -18,6 +20,7 @@ pub use node::{apply_error, node_conditions, node_from_hello};
 pub use secret::{encode_data, secret_names};
 pub use spec::{default_pull_policy, pod_spec};
 pub use status::pod_status;
+pub use update::{agent_update_order, update_phase, update_report};
 
 #[derive(Debug, thiserror::Error)]
 pub enum WireError {

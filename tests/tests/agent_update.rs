@@ -191,7 +191,7 @@ fn a_rollout_in_three_waves_of_two_keeps_every_pod() -> Result<()> {
         );
         ensure!(
             failures.is_empty(),
-            "hostPort down during the rollout: {failures:#?}"
+            "hostPort down during the rollout (its forwarder lives in the agent process, agent/src/network/forward.rs, and dies with it at the switch): {failures:#?}"
         );
         Ok(())
     })
@@ -249,7 +249,7 @@ fn fails_on_the_canary(ota: &mut OtaLab, reason: &[&str], within: Duration) -> R
     for (j, a) in ota.lab.agents.iter().enumerate().filter(|(j, _)| *j != i) {
         ensure!(ota.starts(j) == 1, "{} was restarted", a.name);
     }
-    ensure!(pids(ota, &pods)? == before, "container pids changed");
+    ensure!(pids(ota, &pods)? == before, "container pids changed: a node rolled back after the coordinator gave its pods away (heartbeat timeout + pod eviction timeout, 20 s + 60 s by default) loses them");
     let describe =
         String::from_utf8_lossy(&ota.lab.baton(&["describe", "node", &canary.node])?.stdout)
             .into_owned();

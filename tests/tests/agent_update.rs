@@ -249,7 +249,12 @@ fn fails_on_the_canary(ota: &mut OtaLab, reason: &[&str], within: Duration) -> R
     for (j, a) in ota.lab.agents.iter().enumerate().filter(|(j, _)| *j != i) {
         ensure!(ota.starts(j) == 1, "{} was restarted", a.name);
     }
-    ensure!(pids(ota, &pods)? == before, "container pids changed: a node rolled back after the coordinator gave its pods away (heartbeat timeout + pod eviction timeout, 20 s + 60 s by default) loses them");
+    // The runtime's state of a replaced pod is gone: say so rather than "no such file".
+    let after = pids(ota, &pods).map_err(|e| e.to_string());
+    ensure!(
+        after.as_ref() == Ok(&before),
+        "container pids changed ({after:?}, were {before:?}): a node rolled back after the coordinator gave its pods away (heartbeat timeout + pod eviction timeout, 20 s + 60 s by default) loses them"
+    );
     let describe =
         String::from_utf8_lossy(&ota.lab.baton(&["describe", "node", &canary.node])?.stdout)
             .into_owned();

@@ -57,6 +57,7 @@
 
 mod enroll;
 mod join;
+pub mod release_key;
 mod security;
 
 use std::collections::BTreeMap;

@@ -26,6 +26,7 @@ pub mod reserve;
 pub mod runtime;
 pub mod secrets;
 pub mod state;
+pub mod update;
 pub mod volumes;
 
 /// libcontainer clones its container processes straight off this multi-threaded process

@@ -11,6 +11,7 @@ mod setup;
 use baton_agent::bus::Bus;
 use baton_agent::identity::{self, Backoff, IdentityFile, TokenSource};
 use baton_agent::node::{self, AgentConfig, AgentError};
+use baton_agent::update::fault::Fault;
 use baton_proto::{Capacity, NodeName};
 use clap::{CommandFactory, FromArgMatches, Parser, Subcommand};
 use setup::{install, uninstall};
@@ -41,6 +42,12 @@ enum Command {
     /// modules to load and the data dir; then enable and (re)start it. Run it again to
     /// update: the identity is kept.
     Install(Box<InstallArgs>),
+    /// Start the agent as the service does (the unit's ExecStart): exec the agent binary
+    /// the update state names (the new one on probation, with a watchdog, or the old one
+    /// after a rollback), or this binary when no update ran, with the same flags and
+    /// environment. It rolls back by itself when a new agent crashes, hangs or never
+    /// commits (docs/updates.md, "On the device").
+    Launch(Box<LaunchArgs>),
     /// Undo `install`: stop and disable the service, remove every pod (containers, cgroups,
     /// pod networks, mounts) as `reset` does, then the unit, agent.env, the binary and,
     /// unless --keep-data, the data dir.
@@ -57,6 +64,16 @@ struct InstallArgs {
     /// The root of the system to install into (an image being prepared, a test).
     #[arg(long, env = "BATON_INSTALL_ROOT", default_value = "/")]
     root: PathBuf,
+}
+
+#[derive(clap::Args)]
+struct LaunchArgs {
+    #[command(flatten)]
+    run: RunArgs,
+    /// Record the agent's exit status instead of starting it: the unit's `ExecStopPost=`,
+    /// which gets it from systemd in EXIT_CODE and EXIT_STATUS.
+    #[arg(long, env = "BATON_LAUNCH_RECORD_EXIT")]
+    record_exit: bool,
 }
 
 #[derive(clap::Args)]
@@ -159,6 +176,10 @@ struct RunArgs {
         requires = "registry_mirror"
     )]
     registry_mirror_token_file: Option<PathBuf>,
+    /// The release public key (base64, `release.pub` of `baton release keygen`) agent
+    /// updates must be signed by; overrides the key pinned at enrollment.
+    #[arg(long, env = "BATON_RELEASE_PUBLIC_KEY", value_parser = baton_agent::identity::release_key::check_flag)]
+    release_public_key: Option<String>,
     /// A PEM CA bundle for an https --registry-mirror.
     #[arg(long, env = "BATON_REGISTRY_MIRROR_CA", requires = "registry_mirror")]
     registry_mirror_ca: Option<PathBuf>,
@@ -509,6 +530,7 @@ fn config(a: RunArgs, identity: Option<IdentityFile>) -> Result<(AgentConfig, Li
         pressure_transition: a.eviction_pressure_transition_period,
         pod_eviction: a.pod_eviction,
         stop_pods_on_exit: a.stop_pods_on_exit,
+        release_public_key: a.release_public_key,
     };
     Ok((
         cfg,
@@ -584,9 +606,14 @@ fn main() -> Result<()> {
             init_logging(&args.log_format);
             return uninstall(args);
         }
+        Some(Command::Launch(args)) => return launch(*args),
         None => (cli.run, false, false),
     };
     init_logging(&args.log_format);
+    let fault = baton_agent::update::fault::from_env();
+    if !reset && !rotate && fault == Some(Fault::Crash) {
+        std::process::exit(101);
+    }
     let mut args = args;
     absolute_dirs(&mut args)?;
     // Before anything touches the data dir; `rotate` works beside a running agent.
@@ -620,14 +647,66 @@ fn main() -> Result<()> {
         args.insecure_unenrolled = true;
         args.coordinator = None;
     }
-    let (cfg, link) = config(args, identity)?;
+    let updates = update_config(&args);
+    let (cfg, mut link) = config(args, identity)?;
+    if fault == Some(Fault::NoConnect) {
+        link.url = baton_agent::update::fault::unreachable_broker(&link.url);
+    }
     if link.security.is_none() && !reset {
         tracing::warn!("--insecure-unenrolled: DEVELOPMENT ONLY. This agent has no identity and runs unsigned desired states from anyone who can publish on the broker, as root");
     }
     if reset {
         return reset_node(&rt, &cfg);
     }
-    rt.block_on(run(cfg, link)).context("agent failed")
+    rt.block_on(run(cfg, link, updates)).context("agent failed")
+}
+
+/// `baton-agent launch`: records an exit, or execs the agent the update state names.
+fn launch(mut args: LaunchArgs) -> Result<()> {
+    use baton_agent::update::launcher;
+    init_logging(&args.run.log_format);
+    absolute_dirs(&mut args.run)?;
+    if args.record_exit {
+        return launcher::record_exit(&args.run.data_dir).context("cannot record the exit");
+    }
+    let installed = std::env::current_exe().context("cannot find this binary")?;
+    // The agent gets exactly our arguments, less the subcommand.
+    let mut argv: Vec<_> = std::env::args_os().skip(1).collect();
+    if let Some(i) = argv.iter().position(|a| a == "launch") {
+        argv.remove(i);
+    }
+    let e = launcher::launch(&args.run.data_dir, &installed, argv);
+    Err(e).context("cannot start the agent")
+}
+
+/// What the update task needs from the flags: where to download releases from (the
+/// coordinator's API, else the registry mirror, with its token and CA) and the pinned key.
+fn update_config(a: &RunArgs) -> baton_agent::update::UpdateConfig {
+    let api = a
+        .coordinator_api
+        .clone()
+        .or_else(|| a.registry_mirror.clone())
+        .filter(|u| !u.is_empty());
+    baton_agent::update::UpdateConfig {
+        data_dir: a.data_dir.clone(),
+        source: api.map(|api| baton_agent::update::download::Source {
+            api,
+            token_file: a.registry_mirror_token_file.clone(),
+            ca: a.registry_mirror_ca.clone(),
+        }),
+        // The flag wins over the key pinned at enrollment (read after enrolling).
+        release_key: match baton_agent::identity::release_key::load(
+            &a.data_dir,
+            a.release_public_key.as_deref(),
+        ) {
+            Ok(k) => k,
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot read the release public key: agent updates will be refused");
+                None
+            }
+        },
+        launched: std::env::var_os(baton_agent::update::launcher::LAUNCHER_ENV).is_some(),
+    }
 }
 
 /// `baton-agent reset` (and the reset in `uninstall`): every container, rootfs mount, pod
@@ -661,7 +740,14 @@ fn reset_node(rt: &tokio::runtime::Runtime, cfg: &AgentConfig) -> Result<()> {
 
 /// Prepares the node, then connects, in that order: a node that cannot start (its data
 /// dir, runtime or network) never shows up on the broker.
-async fn run(cfg: AgentConfig, link: Link) -> Result<(), AgentError> {
+///
+/// An update's switch ends the agent like a SIGTERM does: pods keep running, and the
+/// launcher, started again by the service manager, execs the next binary.
+async fn run(
+    cfg: AgentConfig,
+    link: Link,
+    updates: baton_agent::update::UpdateConfig,
+) -> Result<(), AgentError> {
     let name = cfg.node.clone();
     let node = node::Node::prepare(cfg).await?;
     let (events, bus_events) = tokio::sync::mpsc::channel(64);
@@ -672,5 +758,17 @@ async fn run(cfg: AgentConfig, link: Link) -> Result<(), AgentError> {
         link.security,
         events,
     )?;
-    node.run(&bus, bus_events, shutdown_signal()).await
+    let reports = bus.clone();
+    let update = baton_agent::update::spawn(
+        updates,
+        std::sync::Arc::new(move |body| reports.publish(body).is_ok()),
+    );
+    let mut exit = update.exit.clone();
+    let stop = async move {
+        tokio::select! {
+            _ = shutdown_signal() => {}
+            _ = exit.wait_for(|e| *e) => tracing::info!("exiting for an agent update"),
+        }
+    };
+    node.with_updates(update).run(&bus, bus_events, stop).await
 }

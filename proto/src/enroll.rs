@@ -135,6 +135,11 @@ pub struct EnrollResponse {
     pub labels: BTreeMap<String, String>,
     /// The certificate's notAfter, Unix seconds.
     pub not_after: u64,
+    /// Base64 of the release public key (32 bytes) the device pins at enrollment to check
+    /// agent releases; absent when the coordinator has none. Optional both ways, so
+    /// agents and coordinators of either side of its introduction read each other.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub release_public_key: Option<String>,
 }
 
 /// The body of [`ROTATE_PATH`]: signed by the node's current key over
@@ -235,10 +240,25 @@ mod tests {
             ca_certificate: "CA".into(),
             labels: BTreeMap::new(),
             not_after: 7,
+            release_public_key: None,
         };
+        let old = r#"{"nodeName":"pi-1","certificate":"C","coordinatorPublicKey":"K","caCertificate":"CA","labels":{},"notAfter":7}"#;
+        assert_eq!(serde_json::to_string(&resp).unwrap(), old);
+        // An old answer (without the key) still parses; a new one carries it, and an old
+        // reader (which ignores unknown fields) is not upset by it.
+        assert_eq!(serde_json::from_str::<EnrollResponse>(old).unwrap(), resp);
+        let with_key = EnrollResponse {
+            release_public_key: Some("R".into()),
+            ..resp.clone()
+        };
+        let new = serde_json::to_string(&with_key).unwrap();
         assert_eq!(
-            serde_json::to_string(&resp).unwrap(),
-            r#"{"nodeName":"pi-1","certificate":"C","coordinatorPublicKey":"K","caCertificate":"CA","labels":{},"notAfter":7}"#
+            new,
+            format!(r#"{},"releasePublicKey":"R"}}"#, &old[..old.len() - 1])
+        );
+        assert_eq!(
+            serde_json::from_str::<EnrollResponse>(&new).unwrap(),
+            with_key
         );
 
         let rot = RotateRequest {

@@ -28,6 +28,9 @@ const FILES: &[&str] = &[
     "etc/modules-load.d/baton-agent.conf",
 ];
 
+/// A release public key (base64 of 32 bytes) for `--release-public-key`.
+const RELEASE_KEY: &str = "372416aAjdrqwcTYsBCJhje2UH906wzAz5j+rcfI9kY=";
+
 fn mode(p: &Path) -> u32 {
     std::fs::symlink_metadata(p)
         .map(|m| m.permissions().mode() & 0o7777)
@@ -178,6 +181,10 @@ fn install_writes_the_service_bad_flags_write_nothing_and_uninstall_removes_it()
             with(&["--join-token-file", &tf, "--heartbeat-secs", "soon"]),
             "invalid value",
         ),
+        (
+            with(&["--join-token-file", &tf, "--release-public-key", "AAAA"]),
+            "invalid release public key",
+        ),
     ];
     for (args, want) in &cases {
         let a: Vec<&str> = args.iter().map(String::as_str).collect();
@@ -209,6 +216,8 @@ fn install_writes_the_service_bad_flags_write_nothing_and_uninstall_removes_it()
             "pi-7",
             "--insecure-registry",
             "10.0.0.1:5000",
+            "--release-public-key",
+            RELEASE_KEY,
         ])
         .env_clear()
         .env("BATON_HEARTBEAT_SECS", "3")
@@ -244,6 +253,7 @@ fn install_writes_the_service_bad_flags_write_nothing_and_uninstall_removes_it()
         "BATON_INSECURE_REGISTRIES=10.0.0.1:5000",
         "BATON_HEARTBEAT_SECS=3",
         "BATON_AGENT_DATA_DIR=/var/lib/baton-agent",
+        &format!("BATON_RELEASE_PUBLIC_KEY={RELEASE_KEY}"),
         &format!("BATON_JOIN_TOKEN={}", token()),
     ] {
         ensure!(
@@ -254,7 +264,8 @@ fn install_writes_the_service_bad_flags_write_nothing_and_uninstall_removes_it()
     ensure!(!env.contains("JOIN_TOKEN_FILE"), "{env}");
     let unit = std::fs::read_to_string(root.join(FILES[2]))?;
     for line in [
-        "ExecStart=/usr/local/bin/baton-agent",
+        "ExecStart=/usr/local/bin/baton-agent launch",
+        "ExecStopPost=/usr/local/bin/baton-agent launch --record-exit",
         "EnvironmentFile=/etc/baton-agent/agent.env",
         "Delegate=yes",
         "KillMode=process",

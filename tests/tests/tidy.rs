@@ -403,11 +403,15 @@ fn the_cli_builds_no_route_by_hand() {
 #[test]
 fn api_paths_are_spelled_only_in_the_contracts() {
     // The HTTP API's paths live in coordinator/src/contract (routes.rs) and, for the
-    // device's routes, in proto/src/enroll.rs, which the agent shares; everything else,
+    // device's routes, in proto/src/enroll.rs and proto/src/release.rs (a release's
+    // download), which the agent shares; everything else,
     // the agent included, takes them from there. (Tests may spell paths out to check them.)
     let root = repo_root();
-    let allowed =
-        |rel: &str| rel.starts_with("coordinator/src/contract/") || rel == "proto/src/enroll.rs";
+    let allowed = |rel: &str| {
+        rel.starts_with("coordinator/src/contract/")
+            || rel == "proto/src/enroll.rs"
+            || rel == "proto/src/release.rs"
+    };
     let mut bad = Vec::new();
     for c in ["proto", "link", "coordinator", "agent"] {
         let mut files = Vec::new();
@@ -426,7 +430,7 @@ fn api_paths_are_spelled_only_in_the_contracts() {
     }
     assert!(
         bad.is_empty(),
-        "API paths outside coordinator/src/contract and proto/src/enroll.rs:\n{}",
+        "API paths outside coordinator/src/contract and proto/src/{{enroll,release}}.rs:\n{}",
         bad.join("\n")
     );
 }
@@ -450,6 +454,7 @@ fn each_store_table_has_one_owner() {
         ("Seqs", "security::gate"),
         ("Meta", "security::gate"),
         ("Images", "registry"),
+        ("Releases", "registry"),
     ];
     let root = repo_root();
     let src = root.join("coordinator/src");

@@ -293,7 +293,17 @@ pub async fn enroll(
         labels: labels.clone(),
         arch: arch.to_owned(),
     };
-    let answer = post_json(&client, &format!("{api}{ENROLL_PATH}"), &body).await?;
+    let mut answer = post_json(&client, &format!("{api}{ENROLL_PATH}"), &body).await?;
+    // Pinned before the identity is saved: an identity on disk means the key is too.
+    if let Some(text) = answer.release_public_key.take() {
+        match super::release_key::pin(dir, &text) {
+            Ok(_) => info!("release public key pinned"),
+            Err(super::release_key::ReleaseKeyError::Io { path, source }) => {
+                return Err(IdentityError::Io { path, source })
+            }
+            Err(e) => warn!(error = %e, "the coordinator's release key is unusable: not pinned"),
+        }
+    }
     let id = identity_from(answer, &seed, &ca_pem, api)?;
     if id.node_name != node.as_str() {
         return Err(IdentityError::NodeMismatch {

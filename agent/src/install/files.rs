@@ -39,7 +39,12 @@ pub fn modules_load() -> String {
 ///   but run in cgroups of their own, and keep running: offline autonomy; the next agent
 ///   adopts them. `baton-agent reset` or `uninstall` removes them for good.
 /// - `Restart=always` with `StartLimitIntervalSec=0`: an agent never stays down because it
-///   failed a few times in a row (a device can wait long for its network).
+///   failed a few times in a row (a device can wait long for its network). `RestartSec=1s`:
+///   an agent update's switch is an exit, and pods go unwatched until the next start.
+/// - `ExecStart=… launch`: the launcher (this installed binary, never replaced by an update)
+///   execs the agent binary the update state names and rolls back a bad update by itself;
+///   `ExecStopPost=… launch --record-exit` records each exit's `EXIT_CODE`/`EXIT_STATUS`
+///   for its crash counter (docs/updates.md, "On the device").
 /// - `TasksMax=infinity`: exec probes and container creates are briefly tasks of the unit.
 pub fn unit() -> String {
     format!(
@@ -56,9 +61,10 @@ StartLimitIntervalSec=0
 Type=simple
 EnvironmentFile=/{ENV_FILE}
 ExecStartPre=-/sbin/modprobe -a {modules}
-ExecStart=/{BINARY}
+ExecStart=/{BINARY} launch
+ExecStopPost=/{BINARY} launch --record-exit
 Restart=always
-RestartSec=5s
+RestartSec=1s
 Delegate=yes
 KillMode=process
 TasksMax=infinity
@@ -154,12 +160,13 @@ mod tests {
         let lines: Vec<&str> = u.lines().collect();
         for want in [
             "Type=simple",
-            "ExecStart=/usr/local/bin/baton-agent",
+            "ExecStart=/usr/local/bin/baton-agent launch",
+            "ExecStopPost=/usr/local/bin/baton-agent launch --record-exit",
             "EnvironmentFile=/etc/baton-agent/agent.env",
             "Delegate=yes",
             "KillMode=process",
             "Restart=always",
-            "RestartSec=5s",
+            "RestartSec=1s",
             "StandardOutput=journal",
             "StandardError=journal",
             "After=network-online.target",

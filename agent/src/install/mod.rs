@@ -122,6 +122,21 @@ pub struct Installed {
     pub service: Service,
 }
 
+/// A binary installed by hand wins over any agent update: the launcher starts the installed
+/// binary when there is no update state (the staged versions are removed by the next
+/// update's prune).
+fn forget_updates(data: &Path) -> Result<(), InstallError> {
+    let layout = crate::update::layout::Layout::new(data);
+    for f in [layout.state_file(), layout.current(), layout.previous()] {
+        match fs::remove_file(&f) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(io(&f)(e)),
+            _ => {}
+        }
+    }
+    let _ = crate::durable::sync_parent(&layout.state_file());
+    Ok(())
+}
+
 /// Installs per `plan`; see the module docs. Everything is checked (the root, the data
 /// directory's form, every environment value) before the first write.
 pub fn install(plan: &Plan, systemctl: &dyn Systemctl) -> Result<Installed, InstallError> {
@@ -147,6 +162,7 @@ pub fn install(plan: &Plan, systemctl: &dyn Systemctl) -> Result<Installed, Inst
         .create(&data)
         .map_err(io(&data))?;
     fs::set_permissions(&data, fs::Permissions::from_mode(0o700)).map_err(io(&data))?;
+    forget_updates(&data)?;
     if let Some(f) = &plan.token_file {
         // Only now that the environment file, durably written, holds the token.
         match fs::remove_file(f) {

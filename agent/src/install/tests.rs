@@ -212,6 +212,11 @@ fn a_second_install_updates_the_files_and_keeps_the_data() {
     fs::write(data.join("identity.json"), "{}").unwrap();
     fs::set_permissions(&data, fs::Permissions::from_mode(0o755)).unwrap();
     fs::write(s.root.join(UNIT_FILE), "stale").unwrap();
+    // An agent update had switched this device: the binary installed now wins.
+    let agent = data.join("agent");
+    fs::create_dir_all(agent.join("versions/0.2.1-abc")).unwrap();
+    fs::write(agent.join("update.json"), "{}").unwrap();
+    std::os::unix::fs::symlink("versions/0.2.1-abc/baton-agent", agent.join("current")).unwrap();
     let mut p = plan(&s, false);
     p.env[0].1 = "mqtts://10.0.0.2:8883".into();
     p.token_file = None;
@@ -221,6 +226,8 @@ fn a_second_install_updates_the_files_and_keeps_the_data() {
         "{}"
     );
     assert_eq!(mode(&data), 0o700);
+    assert!(!agent.join("update.json").exists());
+    assert!(agent.join("current").symlink_metadata().is_err());
     assert_eq!(fs::read_to_string(s.root.join(UNIT_FILE)).unwrap(), unit());
     assert!(fs::read_to_string(s.root.join(ENV_FILE))
         .unwrap()

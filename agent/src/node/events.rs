@@ -75,10 +75,21 @@ fn chain(e: &dyn std::error::Error) -> String {
 impl Agent {
     pub(super) fn handle(&mut self, ev: Event, bus: &dyn Publish) -> Result<(), AgentError> {
         match ev {
-            Event::Bus(BusEvent::Connected) => self.on_connected(bus),
-            Event::Bus(BusEvent::Disconnected) => self.offline = true,
+            Event::Bus(BusEvent::Connected) => {
+                self.on_connected(bus);
+                self.tell_update_health();
+            }
+            Event::Bus(BusEvent::Disconnected) => {
+                self.offline = true;
+                self.tell_update_health();
+            }
             Event::Bus(BusEvent::StatusRequest) => self.on_status_request(bus),
-            Event::Bus(BusEvent::Desired(d)) => self.on_desired(d)?,
+            Event::Bus(BusEvent::Desired(d)) => {
+                self.got_desired = true;
+                self.on_desired(d)?;
+                self.tell_update_health();
+            }
+            Event::Bus(BusEvent::AgentUpdate(order)) => self.on_agent_update(order),
             Event::Pulling { uid, container } => self.on_pulling(&uid, &container),
             Event::Pulled { uid, result } => match result {
                 Ok(images) => self.on_pulled(uid, images),
@@ -105,6 +116,21 @@ impl Agent {
             Event::Exit(ExitEvent { id, reason }) => self.on_exit(&id, reason),
         }
         Ok(())
+    }
+
+    /// Update orders go to the update task; without one (tests, `reset`) they are dropped.
+    fn on_agent_update(&mut self, order: Option<baton_proto::AgentUpdate>) {
+        match &self.updates {
+            Some(tx) => {
+                if tx
+                    .try_send(crate::update::UpdateEvent::Order(order))
+                    .is_err()
+                {
+                    warn!("the update task is busy: the order is taken again at the next connect");
+                }
+            }
+            None => warn!("agent update order ignored: no update task"),
+        }
     }
 
     fn on_connected(&mut self, bus: &dyn Publish) {

@@ -102,6 +102,9 @@ pub struct AgentConfig {
     /// Stop every pod when the agent is asked to exit. Off by default: pods keep running and
     /// the next agent process adopts them.
     pub stop_pods_on_exit: bool,
+    /// `--release-public-key`: wins over the key pinned at enrollment
+    /// (`crate::identity::release_key::load`).
+    pub release_public_key: Option<String>,
 }
 
 /// Where the node loop sends what it tells the coordinator: the MQTT [`Bus`] in the agent,
@@ -160,6 +163,10 @@ struct Agent {
     /// Pods evicted under node pressure, with the reason: stopped, reported `Evicted` and
     /// not started again while their desired state lists them.
     evicted: BTreeMap<String, String>,
+    /// The update task (see [`crate::update`]): told of orders and of the node's health.
+    updates: Option<mpsc::Sender<crate::update::UpdateEvent>>,
+    /// A desired state came since this process started (probation needs one).
+    got_desired: bool,
 }
 
 impl Agent {
@@ -195,6 +202,8 @@ impl Agent {
             debounce: Default::default(),
             reclaim: None,
             evicted: BTreeMap::new(),
+            updates: None,
+            got_desired: false,
         }
     }
 
@@ -303,6 +312,8 @@ pub struct Node {
     agent: Agent,
     events: mpsc::Receiver<Event>,
     exits: mpsc::UnboundedReceiver<ExitEvent>,
+    /// Set by the update task when the agent exits for an update.
+    update_exit: Option<tokio::sync::watch::Receiver<bool>>,
 }
 
 impl Node {
@@ -355,7 +366,16 @@ impl Node {
             agent,
             events,
             exits,
+            update_exit: None,
         })
+    }
+
+    /// Tells the update task of update orders and of the node's health. An exit for an
+    /// update keeps the pods even with `--stop-pods-on-exit`: the next agent adopts them.
+    pub fn with_updates(mut self, update: crate::update::Handle) -> Self {
+        self.agent.updates = Some(update.events);
+        self.update_exit = Some(update.exit);
+        self
     }
 
     /// Runs the node loop until `shutdown` resolves: `bus_events` come from the broker link
@@ -370,6 +390,7 @@ impl Node {
             mut agent,
             events: mut rx,
             exits: mut exit_rx,
+            update_exit,
         } = self;
         let heartbeat_every = agent.cfg.heartbeat_interval;
         let stop_on_exit = agent.cfg.stop_pods_on_exit;
@@ -407,7 +428,8 @@ impl Node {
             wake = agent.turn(ev, bus);
         }
 
-        if stop_on_exit {
+        let for_update = update_exit.is_some_and(|e| *e.borrow());
+        if stop_on_exit && !for_update {
             info!("stopping all pods before exit");
             agent.desired = DesiredState {
                 generation: agent.desired.generation,

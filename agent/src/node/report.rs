@@ -49,6 +49,31 @@ impl Agent {
         })
     }
 
+    /// Tells the update task what probation looks at: connected, a desired state
+    /// received, and how many of its pods have every container ready.
+    pub(super) fn tell_update_health(&self) {
+        let Some(tx) = &self.updates else { return };
+        let ready = self
+            .desired
+            .pods
+            .iter()
+            .filter(|p| {
+                self.pods.get(p.uid.as_str()).is_some_and(|pod| {
+                    pod.ctrs
+                        .iter()
+                        .filter(|c| !c.init)
+                        .all(|c| c.status().is_some_and(|s| s.ready))
+                })
+            })
+            .count();
+        let _ = tx.try_send(crate::update::UpdateEvent::Health(crate::update::Health {
+            connected: !self.offline,
+            desired: self.got_desired,
+            ready,
+            total: self.desired.pods.len(),
+        }));
+    }
+
     pub(super) fn status(&self) -> NodeStatus {
         let pods = self
             .pods
@@ -99,6 +124,7 @@ impl Agent {
     /// connect, then the applied generation, the status digest, the conditions under
     /// pressure (measured now) and why the last desired state was not applied, if it was not.
     pub(super) fn heartbeat(&mut self, bus: &dyn Publish) {
+        self.tell_update_health();
         self.measure_pressure();
         if self.hello_pending {
             let _ = bus.publish(self.hello());

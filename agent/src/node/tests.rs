@@ -223,6 +223,7 @@ impl Harness {
             pressure_transition: Duration::ZERO,
             pod_eviction: true,
             stop_pods_on_exit: false,
+            release_public_key: None,
         };
         let (tx, events) = mpsc::channel(256);
         let agent = Agent::new(cfg, Arc::new(deps), desired(0, vec![]), secrets, tx);
@@ -654,4 +655,35 @@ async fn stops_are_applied_even_when_the_desired_state_cannot_be_persisted() {
     assert_eq!(h.agent.apply_error, None);
     assert_eq!(h.agent.state_file.load().unwrap(), next);
     assert!(h.agent.pods.contains_key("u3"));
+}
+
+/// Update orders go to the update task as they come, and the task hears what probation
+/// looks at: the connection, a desired state, and how many of its pods are ready.
+#[tokio::test]
+async fn update_orders_and_the_nodes_health_reach_the_update_task() {
+    use crate::update::UpdateEvent;
+    let mut h = Harness::new().await;
+    let (tx, mut rx) = mpsc::channel(16);
+    h.agent.updates = Some(tx);
+    h.bus_event(BusEvent::Connected);
+    h.bus_event(BusEvent::AgentUpdate(None));
+    h.bus_event(BusEvent::Desired(desired(2, vec![pod("p1", 0)])));
+    let mut got = Vec::new();
+    while let Ok(ev) = rx.try_recv() {
+        got.push(ev);
+    }
+    let [UpdateEvent::Health(a), UpdateEvent::Order(None), UpdateEvent::Health(b)] = &got[..]
+    else {
+        panic!("{got:?}")
+    };
+    assert!(a.connected && !a.desired, "{a:?}");
+    assert_eq!(
+        (b.connected, b.desired, b.ready, b.total),
+        (true, true, 0, 1)
+    );
+    h.bus_event(BusEvent::Disconnected);
+    let Ok(UpdateEvent::Health(c)) = rx.try_recv() else {
+        panic!("no health after the disconnect")
+    };
+    assert!(!c.connected && c.desired);
 }

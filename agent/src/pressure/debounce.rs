@@ -189,9 +189,9 @@ mod tests {
         let t0 = Instant::now();
         let disk = p(PressureKind::Disk, Signal::NodefsAvailable, "full");
         let v = d.update(t0, vec![disk.clone()], vec![], &none, 300 * S);
-        assert_eq!(v.conditions, [disk.clone()]);
+        assert_eq!(v.conditions, std::slice::from_ref(&disk));
         let v = d.update(t0 + 10 * S, vec![], vec![], &none, 300 * S);
-        assert_eq!(v.conditions, [disk.clone()], "held, with what was measured");
+        assert_eq!(v.conditions, std::slice::from_ref(&disk), "held, with what was measured");
         assert!(
             v.evict.is_empty(),
             "holding a condition is no reason to evict"

@@ -114,6 +114,10 @@ pub struct FlashArgs {
     /// Registries (HOST:PORT,...) the agent may pull from over plain HTTP.
     #[arg(long, env = "BATON_FLASH_INSECURE_REGISTRY", value_delimiter = ',')]
     pub insecure_registry: Vec<String>,
+    /// The release public key (base64, the content of `release.pub`) the agent checks its
+    /// updates against; without it the device pins the coordinator's at enrollment.
+    #[arg(long, env = "BATON_FLASH_RELEASE_PUBLIC_KEY")]
+    pub release_public_key: Option<String>,
     /// A CSV of devices (name,labels,arch): one image per device, copied from TARGET.
     #[arg(long, env = "BATON_FLASH_BATCH", requires = "out_dir")]
     pub batch: Option<PathBuf>,
@@ -197,6 +201,11 @@ fn common(args: &FlashArgs) -> Result<Common, FlashError> {
             args.wifi_country.as_deref(),
         )?,
         ssh_key: args.ssh_key.as_deref().map(settings::ssh_key).transpose()?,
+        release_public_key: args
+            .release_public_key
+            .as_deref()
+            .map(settings::release_key)
+            .transpose()?,
     })
 }
 

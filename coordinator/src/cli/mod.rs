@@ -21,6 +21,7 @@ mod flash;
 mod get;
 mod image;
 mod node;
+mod release;
 mod render;
 mod rollout;
 mod security;
@@ -39,6 +40,7 @@ use client::Client;
 pub use flash::{FlashArgs, FlashError};
 pub use image::ImageCommand;
 pub use node::NodeCommand;
+pub use release::ReleaseCommand;
 pub use rollout::RolloutCommand;
 pub use security::SecurityCommand;
 pub use token::TokenCommand;
@@ -123,6 +125,11 @@ pub enum Command {
     Agent {
         #[command(subcommand)]
         action: AgentCommand,
+    },
+    /// Agent releases: make the release key, sign (offline), import, list, delete.
+    Release {
+        #[command(subcommand)]
+        action: ReleaseCommand,
     },
     /// Prepare a Raspberry Pi OS SD card or image for a device: the agent, a join token
     /// and a first-boot installer, written into its FAT boot partition (no root needed).
@@ -220,6 +227,13 @@ fn qualified(kind: ResourceKind) -> &'static str {
 
 /// Runs a client verb, printing to stdout.
 pub async fn run(args: &ClientArgs, command: &Command) -> Result<(), CliError> {
+    // `release keygen|sign` run offline: the release key's machine needs no server.
+    if let Command::Release { action } = command {
+        if let Some(out) = release::offline(action)? {
+            print!("{out}");
+            return Ok(());
+        }
+    }
     let client = Client::new(args)?;
     let out = match command {
         Command::Apply { file } => apply::apply(&client, file).await?,
@@ -241,6 +255,7 @@ pub async fn run(args: &ClientArgs, command: &Command) -> Result<(), CliError> {
         Command::Node { action } => node::node_command(&client, action).await?,
         Command::Security { action } => security::security_command(&client, action).await?,
         Command::Image { action } => image::image(&client, action).await?,
+        Command::Release { action } => release::release(&client, action).await?,
         Command::Flash(args) => flash::flash(&client, args).await?,
         Command::Agent { action } => agent::agent(&client, action).await?,
         Command::Describe { resource, name } => {

@@ -12,6 +12,7 @@ pub mod health;
 pub mod images;
 pub mod nodes;
 pub mod payload;
+pub mod releases;
 pub mod resource;
 pub mod routes;
 pub mod tokens;

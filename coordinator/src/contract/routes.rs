@@ -37,6 +37,7 @@ use super::nodes::{
     EnrollRequest, EnrollResponse, IdentitySummary, RejectionReport, RotateRequest,
 };
 use super::payload::{Archive, Manifest, NoBody, Pem};
+use super::releases::{Binary, ReleaseDeleted, ReleaseSummary};
 use super::resource::ResourceKind;
 use super::tokens::{
     CreatedJoinToken, CreatedToken, JoinTokenInfo, JoinTokenRequest, TokenInfo, TokenRequest,
@@ -207,6 +208,27 @@ routes! {
         Post "/api/v1/images/import", Archive => List<ImageSummary>;
     /// `name` is `REPOSITORY:TAG`. Admin.
     DeleteImage { name: String } Delete "/api/v1/images/{*name}", NoBody => ImageDeleted;
+
+    /// Imported agent releases, by version then target.
+    ListReleases {} Get "/api/v1/releases", NoBody => List<ReleaseSummary>;
+    /// Imports an agent binary (the body, streamed) with its signed metadata (the
+    /// parameters: a `SignedRelease`'s fields); refused unless the configured release key
+    /// signed it and the bytes match. Idempotent. Admin.
+    ImportRelease {
+        version: String,
+        target: String,
+        protocol: String,
+        size: String,
+        sha256: String,
+        signature: String,
+    } Post "/api/v1/releases/import", Archive => ReleaseSummary;
+    /// `digest` is `sha256:<hex>`. Refused while a rollout names the release. Admin.
+    DeleteRelease { digest: String }
+        Delete "/api/v1/releases/{digest}", NoBody => ReleaseDeleted;
+    /// A release's bytes (`baton_proto::release::download_path`); `Range: bytes=N-`
+    /// answers 206 from byte N, so a node resumes a download. Any token.
+    ReleaseBinary { digest: String }
+        Get "/api/v1/releases/{digest}/binary", NoBody => Binary;
 }
 
 /// A parameter's value in a path or query; `None` leaves it out of the query.
@@ -332,6 +354,18 @@ mod tests {
             "/api/v1/images/import?name=baton%2Fx%3A1"
         );
         assert_eq!(Healthz {}.path(), Healthz::PATH);
+    }
+
+    #[test]
+    fn a_node_downloads_a_release_where_the_routes_serve_it() {
+        let sha = [0xab; 32];
+        assert_eq!(
+            ReleaseBinary {
+                digest: baton_proto::release::digest_string(&sha)
+            }
+            .path(),
+            baton_proto::release::download_path(&sha)
+        );
     }
 
     #[test]

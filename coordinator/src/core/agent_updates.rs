@@ -10,8 +10,9 @@
 //! order not acted on republishes it: the embedded broker forgets retained messages
 //! when the coordinator restarts.
 //!
-//! Releases are read from the store (`Table::Releases`, written by `crate::registry`)
-//! at each step, never cached: an import or delete shows at the next step. Steps take
+//! Releases are read from the registry's index (`Core::with_releases`) at each step,
+//! never cached: an import or delete shows at the next step. Which version each rollout
+//! installs is shared back, so the registry refuses to delete a release in use. Steps take
 //! the wall clock because the rollout's times are stored and outlive the process.
 
 use std::time::SystemTime;
@@ -23,7 +24,6 @@ use crate::decide::agent_update::{self as decide, AgentUpdateError};
 use crate::model::api::{self, NodeUpdatePhase};
 use crate::model::release::ReleaseRecord;
 use crate::model::wire;
-use crate::store::Table;
 
 use super::{AgentRolloutAction, ApiError, ApiReply, Core, Outbound, Tab};
 
@@ -159,22 +159,17 @@ impl Core {
     }
 
     fn releases(&self) -> Vec<ReleaseRecord> {
-        match self.store.list(Table::Releases) {
-            Ok(rows) => rows
-                .into_iter()
-                .filter_map(|(k, v)| match serde_json::from_slice(&v) {
-                    Ok(r) => Some(r),
-                    Err(e) => {
-                        tracing::warn!(key = %k, error = %e, "corrupt release record; ignored");
-                        None
-                    }
-                })
+        self.release_index.releases()
+    }
+
+    /// Publishes which version each rollout installs to the registry's view.
+    pub(super) fn share_rollout_versions(&self) {
+        self.rollout_versions.set(
+            self.agent_updates
+                .iter()
+                .map(|(name, u)| (u.spec.version.clone(), name.clone()))
                 .collect(),
-            Err(e) => {
-                tracing::error!(error = %e, "cannot read the releases");
-                Vec::new()
-            }
-        }
+        );
     }
 
     /// Steps every open rollout (each tick).

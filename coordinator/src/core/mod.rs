@@ -265,6 +265,10 @@ pub struct Core {
     secrets: BTreeMap<String, api::Secret>,
     /// Agent update rollouts by name (`agent_updates`).
     agent_updates: BTreeMap<String, api::AgentUpdate>,
+    /// The imported agent releases (the registry's).
+    release_index: Arc<dyn crate::model::release::ReleaseIndex>,
+    /// The versions rollouts install, shared with the registry.
+    rollout_versions: crate::model::release::RolloutVersions,
     /// Encrypts secrets at rest and seals them per node ([`secrets::Keeper`]).
     secret_keeper: Box<dyn secrets::Keeper>,
     /// The secrets each node's desired state carries, as last published (or loaded).
@@ -327,6 +331,8 @@ impl Core {
             nodes: BTreeMap::new(),
             secrets: BTreeMap::new(),
             agent_updates: BTreeMap::new(),
+            release_index: Arc::new(crate::model::release::NoReleases),
+            rollout_versions: Default::default(),
             secret_keeper: Box::new(secrets::Unkept),
             desired_secrets: HashMap::new(),
             policy: Policy::default(),
@@ -367,6 +373,19 @@ impl Core {
             self.desired.insert(n.clone(), Vec::new());
         }
         self.revoked = revoked;
+        self
+    }
+
+    /// Reads agent releases from `index` (the registry owns them), and keeps `versions`
+    /// (which version each rollout installs) for the registry to read.
+    pub fn with_releases(
+        mut self,
+        index: Arc<dyn crate::model::release::ReleaseIndex>,
+        versions: crate::model::release::RolloutVersions,
+    ) -> Self {
+        self.release_index = index;
+        self.rollout_versions = versions;
+        self.share_rollout_versions();
         self
     }
 

@@ -85,6 +85,9 @@ impl Core {
     /// Settles the state, commits it atomically, then sends what the change requires.
     pub(super) fn finish(&mut self) -> Result<(), ApiError> {
         self.settle();
+        if self.dirty.iter().any(|(t, _)| *t == Tab::AgentUpdate) {
+            self.share_rollout_versions();
+        }
         if !self.dirty.is_empty() || !self.new_events.is_empty() {
             let ops = self.ops();
             if let Err(e) = self.store.commit(ops) {

@@ -1,6 +1,9 @@
 //! An imported agent release as the coordinator keeps it: the index row of one signed
 //! binary (the bytes are a content-addressed file, see `crate::registry`).
 
+use std::collections::BTreeMap;
+use std::sync::{Arc, PoisonError, RwLock};
+
 use serde::{Deserialize, Serialize};
 
 use baton_proto::{BString, BVec, ProtoError, Release};
@@ -61,5 +64,41 @@ impl ReleaseRecord {
             sha256: sha,
             signature: BVec::from_vec(sig)?,
         })
+    }
+}
+
+/// The imported releases, as the rollout controller reads them. Implemented by
+/// `crate::registry::Releases`, the owner of `Table::Releases`, and handed to the core.
+pub trait ReleaseIndex: Send + Sync {
+    fn releases(&self) -> Vec<ReleaseRecord>;
+}
+
+/// No releases: a core built without a registry (tests of other things).
+pub struct NoReleases;
+
+impl ReleaseIndex for NoReleases {
+    fn releases(&self) -> Vec<ReleaseRecord> {
+        Vec::new()
+    }
+}
+
+/// Which version each rollout installs (version -> rollout name), kept by the core (the
+/// owner of `Table::AgentUpdates`) and read by the release store, which refuses to delete
+/// a release a rollout names.
+#[derive(Debug, Clone, Default)]
+pub struct RolloutVersions(Arc<RwLock<BTreeMap<String, String>>>);
+
+impl RolloutVersions {
+    pub fn set(&self, versions: BTreeMap<String, String>) {
+        *self.0.write().unwrap_or_else(PoisonError::into_inner) = versions;
+    }
+
+    /// The rollout that names `version`, if one does.
+    pub fn naming(&self, version: &str) -> Option<String> {
+        self.0
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .get(version)
+            .cloned()
     }
 }

@@ -177,6 +177,59 @@ impl Drop for UploadDir {
     }
 }
 
+/// Why [`feed`] stopped before the end of the body.
+#[derive(Debug)]
+pub(super) enum FeedError {
+    /// More than the limit arrived.
+    TooLarge { limit: u64 },
+    /// The body broke off (the client went away).
+    Upload(String),
+}
+
+/// Sends an HTTP body's chunks to a [`ChannelReader`] on a blocking thread, at most
+/// `limit` bytes. If the reader stops early (it refused the upload; its result says why),
+/// the rest of the body is still read and discarded, up to the limit, so that the client
+/// gets the refusal as an answer instead of a connection reset halfway through its upload.
+pub(super) async fn feed<S, E>(
+    mut body: S,
+    tx: mpsc::Sender<Result<Bytes, String>>,
+    limit: u64,
+) -> Result<(), FeedError>
+where
+    S: futures::Stream<Item = Result<Bytes, E>> + Unpin,
+    E: std::fmt::Display,
+{
+    use futures::StreamExt;
+    let mut total = 0u64;
+    let mut tx = Some(tx);
+    loop {
+        match body.next().await {
+            None => return Ok(()),
+            Some(Ok(chunk)) => {
+                total += chunk.len() as u64;
+                if total > limit {
+                    if let Some(tx) = tx.take() {
+                        let _ = tx.send(Err("the upload is too large".into())).await;
+                    }
+                    return Err(FeedError::TooLarge { limit });
+                }
+                if let Some(t) = &tx {
+                    if t.send(Ok(chunk)).await.is_err() {
+                        tx = None;
+                    }
+                }
+            }
+            Some(Err(e)) => {
+                let msg = e.to_string();
+                if let Some(tx) = tx.take() {
+                    let _ = tx.send(Err(msg.clone())).await;
+                }
+                return Err(FeedError::Upload(msg));
+            }
+        }
+    }
+}
+
 /// A blocking [`Read`] over chunks sent from async code: how an HTTP body reaches the
 /// synchronous tar reader without being buffered whole.
 pub(super) struct ChannelReader {

@@ -271,7 +271,7 @@ async fn blob(
 }
 
 /// `count` bytes of `path` from `start`, as a stream of chunks.
-async fn file_stream(
+pub(super) async fn file_stream(
     path: &Path,
     start: u64,
     count: u64,

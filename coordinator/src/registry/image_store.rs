@@ -9,13 +9,14 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::SystemTime;
 
 use axum::body::Bytes;
-use futures::{Stream, StreamExt};
+use futures::Stream;
 use sha2::{Digest, Sha256};
 use tokio::sync::mpsc;
 
-use super::archive::{extract, sha256_file, sync_dir, ChannelReader, UploadDir};
+use super::archive::{extract, feed, sha256_file, sync_dir, ChannelReader, FeedError, UploadDir};
 use super::names::normalize_name;
 use super::oci::{digest_hex, plan_names, walk, IndexJson, Walk};
+use super::releases::Releases;
 use super::{ImageRecord, ImageSummary, RegistryError, MAX_IMPORT_BYTES, OCI_MANIFEST};
 use crate::store::{self, Op, Store, Table};
 
@@ -33,6 +34,8 @@ pub struct Registry {
     commit: Mutex<()>,
     /// Blobs hashed since start, with the (length, mtime) they had then.
     verified: Mutex<HashMap<String, (u64, Option<SystemTime>)>>,
+    /// Agent releases (`super::releases`), under `<data_dir>/releases`.
+    releases: Arc<Releases>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -51,6 +54,7 @@ impl Registry {
         for d in [&blobs, &uploads] {
             fs::create_dir_all(d).map_err(RegistryError::io(format!("create {}", d.display())))?;
         }
+        let store_for_releases = Arc::clone(&store);
         let mut images = BTreeMap::new();
         for rec in store::list_json::<ImageRecord>(store.as_ref(), Table::Images)? {
             images.insert(rec.name.clone(), rec);
@@ -63,9 +67,22 @@ impl Registry {
             images: Mutex::new(images),
             commit: Mutex::new(()),
             verified: Mutex::new(HashMap::new()),
+            releases: Arc::new(Releases::open(data_dir, store_for_releases)?),
         };
         reg.sweep()?;
         Ok(reg)
+    }
+
+    /// The agent release store beside the images.
+    pub fn releases(&self) -> Arc<Releases> {
+        Arc::clone(&self.releases)
+    }
+
+    /// The same registry with the release public key that release imports are checked
+    /// against (`baton server --release-public-key-file`).
+    pub fn with_release_key(self, key: Option<baton_proto::sign::VerifyingKey>) -> Self {
+        self.releases.set_key(key);
+        self
     }
 
     /// The same registry with another upload limit (tests).
@@ -235,14 +252,12 @@ impl Registry {
     }
 
     /// Imports an archive arriving as a stream of chunks (an HTTP body), without holding
-    /// it in memory: the chunks feed [`Registry::import_reader`] on a blocking thread.
-    ///
-    /// If the import fails early (a corrupt blob, say), the rest of the body is still read
-    /// and discarded, up to the size limit, so that the client gets the error as an answer
-    /// instead of a connection reset halfway through its upload.
+    /// it in memory: the chunks feed [`Registry::import_reader`] on a blocking thread
+    /// ([`feed`]: an import refused early still reads the body, so the client gets the
+    /// refusal as an answer).
     pub async fn import_stream<S, E>(
         self: Arc<Self>,
-        mut body: S,
+        body: S,
         name: Option<String>,
     ) -> Result<Vec<ImageSummary>, RegistryError>
     where
@@ -260,41 +275,15 @@ impl Registry {
                 name.as_deref(),
             )
         });
-        let limit = self.max_import_bytes;
-        let mut total = 0u64;
-        let mut tx = Some(tx);
-        let fed: Result<(), RegistryError> = loop {
-            match body.next().await {
-                None => break Ok(()),
-                Some(Ok(chunk)) => {
-                    total += chunk.len() as u64;
-                    if total > limit {
-                        if let Some(tx) = tx.take() {
-                            let _ = tx.send(Err("the upload is too large".into())).await;
-                        }
-                        break Err(RegistryError::TooLarge { limit });
-                    }
-                    if let Some(t) = &tx {
-                        if t.send(Ok(chunk)).await.is_err() {
-                            // The import stopped (its result says why); drain the body.
-                            tx = None;
-                        }
-                    }
-                }
-                Some(Err(e)) => {
-                    let msg = e.to_string();
-                    if let Some(tx) = tx.take() {
-                        let _ = tx.send(Err(msg.clone())).await;
-                    }
-                    break Err(RegistryError::Upload(msg));
-                }
-            }
-        };
-        drop(tx);
+        let fed = feed(body, tx, self.max_import_bytes).await;
         let result = task
             .await
             .map_err(|e| RegistryError::Upload(format!("import task failed: {e}")))?;
-        fed?;
+        match fed {
+            Err(FeedError::TooLarge { limit }) => return Err(RegistryError::TooLarge { limit }),
+            Err(FeedError::Upload(msg)) => return Err(RegistryError::Upload(msg)),
+            Ok(()) => {}
+        }
         result
     }
 

@@ -36,6 +36,11 @@
 //! **Access.** The routes sit behind the API's token middleware: the registry paths are
 //! `GET`/`HEAD`, so a `read-only` token pulls; import and delete need `admin`.
 //!
+//! **Agent releases** (issue 13) are the other artifacts the coordinator delivers: signed
+//! agent binaries, content-addressed under `<data-dir>/releases/`, with their own index
+//! table and the same all-or-nothing import (`releases`, served by `releases_api`). The
+//! [`Registry`] holds the [`Releases`] so that both share one place in the server.
+//!
 //! **Files.** `names` normalizes image names; `oci` reads OCI layouts (indexes,
 //! manifests, which image is called what); `archive` extracts and verifies an upload;
 //! `image_store` is the [`Registry`] itself; `api` serves `/api/v1/images...` and
@@ -59,10 +64,13 @@ mod distribution;
 mod image_store;
 mod names;
 mod oci;
+mod releases;
+mod releases_api;
 
 pub use image_store::Registry;
 pub use names::{normalize_name, valid_repository};
 pub use oci::digest_hex;
+pub use releases::{read_public_key, ReleaseStoreError, Releases, MAX_RELEASE_BYTES};
 
 /// The largest archive `baton image import` accepts. A bound, so that a runaway upload
 /// cannot fill the coordinator's disk; far above any image an edge device runs.
@@ -115,6 +123,8 @@ pub enum RegistryError {
     CorruptOnDisk(String),
     #[error(transparent)]
     Store(#[from] StoreError),
+    #[error(transparent)]
+    Release(#[from] ReleaseStoreError),
     #[error("{context}: {source}")]
     Io {
         context: String,
@@ -141,6 +151,7 @@ impl RegistryError {
         match self {
             RegistryError::NotFound(_) => StatusCode::NOT_FOUND,
             RegistryError::TooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
+            RegistryError::Release(e) => e.status(),
             RegistryError::Store(_)
             | RegistryError::Io { .. }
             | RegistryError::CorruptOnDisk(_) => StatusCode::INTERNAL_SERVER_ERROR,
@@ -207,11 +218,15 @@ impl From<&ImageRecord> for ImageSummary {
 /// GET    /v2/NAME/tags/list                     {"name": NAME, "tags": [...]}
 /// ```
 ///
-/// `HEAD` works wherever `GET` does. Nothing under `/v2/` writes.
+/// `HEAD` works wherever `GET` does. Nothing under `/v2/` writes. The release API
+/// (`ListReleases`, `ImportRelease`, `DeleteRelease`, `ReleaseBinary`) is served beside
+/// them, from [`Registry::releases`].
 pub fn routes<S: Clone + Send + Sync + 'static>(registry: Arc<Registry>) -> Router<S> {
+    let releases = registry.releases();
     api::routes()
         .merge(distribution::routes())
         .layer(axum::Extension(registry))
+        .merge(releases_api::routes().layer(axum::Extension(releases)))
 }
 
 #[cfg(test)]

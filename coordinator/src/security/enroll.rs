@@ -217,6 +217,9 @@ pub struct Enroller {
     cert_ttl: Duration,
     /// A std mutex, held across the commit that consumes a use: see the module docs.
     tokens: Mutex<HashMap<String, JoinTokenRecord>>,
+    /// The release public key (base64) handed to enrolling devices to pin
+    /// (`baton server --release-public-key-file`).
+    release_public_key: Option<String>,
 }
 
 impl Enroller {
@@ -241,7 +244,14 @@ impl Enroller {
             security,
             cert_ttl: DEFAULT_CERT_TTL,
             tokens: Mutex::new(tokens),
+            release_public_key: None,
         })
+    }
+
+    /// Hands `key` to every device that enrolls, which pins it to check agent releases.
+    pub fn with_release_key(mut self, key: Option<&sign::VerifyingKey>) -> Self {
+        self.release_public_key = key.map(|k| b64(k.as_bytes()));
+        self
     }
 
     pub fn with_cert_ttl(mut self, ttl: Duration) -> Self {
@@ -444,6 +454,7 @@ impl Enroller {
             ca_certificate: self.pki().ca_pem().to_owned(),
             labels,
             not_after,
+            release_public_key: self.release_public_key.clone(),
         }
     }
 

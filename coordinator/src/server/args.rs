@@ -147,6 +147,11 @@ pub struct ServerArgs {
     /// on loopback (e.g. 0.0.0.0:7475).
     #[arg(long, env = "BATON_ENROLL_LISTEN")]
     pub enroll_listen: Option<SocketAddr>,
+    /// The release public key (`release.pub` from `baton release keygen`): agent releases
+    /// are imported only if it verifies their signature, and enrolling devices pin it.
+    /// Without it `baton release import` is refused.
+    #[arg(long, env = "BATON_RELEASE_PUBLIC_KEY_FILE")]
+    pub release_public_key_file: Option<PathBuf>,
 }
 
 /// One `--allow-host-port` value (see [`crate::decide::policy::HostPorts::parse`]).
@@ -221,6 +226,7 @@ impl ServerArgs {
             api_tls_auto: self.tls_auto,
             enroll_listen: self.enroll_listen,
             tls_sans: self.tls_sans.clone(),
+            release_public_key_file: self.release_public_key_file.clone(),
         }
     }
 }

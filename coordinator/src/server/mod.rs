@@ -87,6 +87,9 @@ pub struct ServerConfig {
     pub enroll_listen: Option<SocketAddr>,
     /// Extra names or addresses for the CA-issued certificates (API and enrollment).
     pub tls_sans: Vec<String>,
+    /// The release public key file (`crate::registry::read_public_key`): release imports
+    /// are checked against it and enrolling devices pin it. None: imports are refused.
+    pub release_public_key_file: Option<PathBuf>,
 }
 
 impl ServerConfig {
@@ -111,6 +114,7 @@ impl ServerConfig {
             api_tls_auto: false,
             enroll_listen: None,
             tls_sans: Vec::new(),
+            release_public_key_file: None,
         }
     }
 }
@@ -230,20 +234,31 @@ impl Server {
                 })?,
             );
         let tokens = Arc::new(Tokens::load(store.clone())?);
-        let registry = Arc::new(Registry::open(&cfg.data_dir, store.clone())?);
+        let release_key = match &cfg.release_public_key_file {
+            Some(path) => {
+                Some(crate::registry::read_public_key(path).map_err(RegistryError::from)?)
+            }
+            None => {
+                tracing::info!("no release public key (--release-public-key-file): agent releases cannot be imported");
+                None
+            }
+        };
+        let registry =
+            Arc::new(Registry::open(&cfg.data_dir, store.clone())?.with_release_key(release_key));
         let security = Arc::new(crate::security::gate::Security::load(
             store.clone(),
             pki.clone(),
             cfg.security.clone(),
         )?);
-        let enroller = Arc::new(crate::security::enroll::Enroller::load(
-            store.clone(),
-            security.clone(),
-        )?);
+        let enroller = Arc::new(
+            crate::security::enroll::Enroller::load(store.clone(), security.clone())?
+                .with_release_key(release_key.as_ref()),
+        );
         let (outbound_tx, outbound_rx) = mpsc::channel(4096);
         security.set_nudge(outbound_tx.clone());
         let core = Core::new(store, outbound_tx, cfg.heartbeat_timeout)?
             .with_revoked(security.revoked())
+            .with_releases(registry.releases(), registry.releases().rollout_versions())
             .with_pod_drain(cfg.pod_drain)
             .with_pod_eviction_timeout(cfg.pod_eviction_timeout)
             .with_policy(cfg.policy.clone())

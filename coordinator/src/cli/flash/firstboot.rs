@@ -212,6 +212,9 @@ pub(super) fn agent_env(s: &Settings) -> String {
             sh_quote(&s.insecure_registries.join(","))
         ));
     }
+    if let Some(key) = &s.release_public_key {
+        out.push_str(&format!("BATON_RELEASE_PUBLIC_KEY={}\n", sh_quote(key)));
+    }
     out
 }
 
@@ -228,6 +231,9 @@ set -- install --coordinator "$BATON_COORDINATOR" --coordinator-api "$BATON_COOR
 if [ -n "${BATON_LABELS:-}" ]; then set -- "$@" --labels "$BATON_LABELS"; fi
 if [ -n "${BATON_INSECURE_REGISTRIES:-}" ]; then
   set -- "$@" --insecure-registry "$BATON_INSECURE_REGISTRIES"
+fi
+if [ -n "${BATON_RELEASE_PUBLIC_KEY:-}" ]; then
+  set -- "$@" --release-public-key "$BATON_RELEASE_PUBLIC_KEY"
 fi
 agent="$dir/baton-agent"
 [ -x "$agent" ] || [ ! -x /usr/local/bin/baton-agent ] || agent=/usr/local/bin/baton-agent

@@ -23,6 +23,8 @@ pub(super) struct Settings {
     pub wifi: Option<Wifi>,
     /// One OpenSSH public key line.
     pub ssh_key: Option<String>,
+    /// The release public key the agent pins (base64 of 32 bytes, checked).
+    pub release_public_key: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -43,6 +45,7 @@ pub(super) struct Common {
     pub insecure_registries: Vec<String>,
     pub wifi: Option<Wifi>,
     pub ssh_key: Option<String>,
+    pub release_public_key: Option<String>,
 }
 
 impl Common {
@@ -55,8 +58,22 @@ impl Common {
             insecure_registries: self.insecure_registries.clone(),
             wifi: self.wifi.clone(),
             ssh_key: self.ssh_key.clone(),
+            release_public_key: self.release_public_key.clone(),
         }
     }
+}
+
+/// `--release-public-key`: base64 of a 32-byte Ed25519 key, as `release.pub` holds it.
+pub(super) fn release_key(s: &str) -> Result<String, FlashError> {
+    crate::contract::releases::parse_public_key(s)
+        .map(|_| s.trim().to_owned())
+        .ok_or_else(|| {
+            invalid(
+                "--release-public-key",
+                s,
+                "base64 of a 32-byte Ed25519 public key (release.pub of `baton release keygen`)",
+            )
+        })
 }
 
 fn invalid(what: &str, value: &str, allowed: &str) -> FlashError {

@@ -213,6 +213,7 @@ fn settings() -> Settings {
         insecure_registries: vec!["10.0.2.2:5000".into()],
         wifi: None,
         ssh_key: None,
+        release_public_key: None,
     }
 }
 
@@ -709,6 +710,9 @@ fn generated_scripts_are_valid_sh_and_firstboot_passes_the_settings() {
     .unwrap();
     let mut s = settings();
     s.ssh_key = Some(settings::ssh_key(&key).unwrap());
+    let release_key = "A".repeat(43) + "=";
+    s.release_public_key = Some(settings::release_key(&release_key).unwrap());
+    assert!(settings::release_key("not a key").is_err());
     s.wifi = Some(Wifi {
         ssid: "Home (2.4) #1".into(),
         psk_hex: "ab".repeat(32),
@@ -745,7 +749,7 @@ fn generated_scripts_are_valid_sh_and_firstboot_passes_the_settings() {
     let expected = format!(
         "install\n--coordinator\nmqtts://10.0.2.2:8883\n--coordinator-api\nhttps://10.0.2.2:7475\n\
          --node-name\npi-1\n--labels\ntier=edge,zone=lab\n--insecure-registry\n10.0.2.2:5000\n\
-         --join-token-file\n{}\n",
+         --release-public-key\n{release_key}\n--join-token-file\n{}\n",
         baton.join("join-token").display()
     );
     assert_eq!(recorded, expected);

@@ -23,7 +23,7 @@ fn hello_v(version: &str) -> Body {
     Body::Hello(h)
 }
 
-fn release_row(store: &MemStore, version: &str) -> ReleaseRecord {
+fn release_row(h: &Harness, version: &str) -> ReleaseRecord {
     let r = ReleaseRecord {
         version: version.into(),
         target: TARGET.into(),
@@ -33,13 +33,7 @@ fn release_row(store: &MemStore, version: &str) -> ReleaseRecord {
         signature: base64::Engine::encode(&base64::engine::general_purpose::STANDARD, [7u8; 64]),
         imported_at: "2026-12-06T10:00:00Z".into(),
     };
-    store
-        .commit(vec![Op::Put(
-            Table::Releases,
-            r.digest(),
-            serde_json::to_vec(&r).unwrap(),
-        )])
-        .unwrap();
+    h.releases.0.lock().unwrap().push(r.clone());
     r
 }
 
@@ -63,7 +57,7 @@ fn fleet() -> Harness {
     for i in 1..=5 {
         h.send(&format!("pi-{i}"), hello_v("0.2.0"));
     }
-    release_row(&h.store, "0.2.1");
+    release_row(&h, "0.2.1");
     h.drain();
     h
 }
@@ -286,7 +280,7 @@ async fn a_protocol_v4_agent_is_skipped_and_never_sent_an_order() {
         proto: 4,
     });
     h.send("pi-1", hello_v("0.2.0"));
-    release_row(&h.store, "0.2.1");
+    release_row(&h, "0.2.1");
     h.drain();
     h.apply(&rollout_yaml("")).unwrap();
     assert_eq!(updates(&h.drain()).0, names(&["pi-1"]));

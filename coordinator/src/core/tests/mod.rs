@@ -49,13 +49,33 @@ struct Harness {
     core: Core,
     out: mpsc::Receiver<Outbound>,
     store: Arc<MemStore>,
+    /// The imported agent releases the core sees (the registry's, in a server).
+    releases: Arc<TestReleases>,
+}
+
+/// An in-memory release index.
+#[derive(Default)]
+struct TestReleases(std::sync::Mutex<Vec<crate::model::release::ReleaseRecord>>);
+
+impl crate::model::release::ReleaseIndex for TestReleases {
+    fn releases(&self) -> Vec<crate::model::release::ReleaseRecord> {
+        self.0.lock().unwrap().clone()
+    }
 }
 
 impl Harness {
     fn new(store: Arc<MemStore>) -> Self {
         let (tx, out) = mpsc::channel(1024);
-        let core = Core::new(store.clone(), tx, TIMEOUT).unwrap();
-        Self { core, out, store }
+        let releases = Arc::new(TestReleases::default());
+        let core = Core::new(store.clone(), tx, TIMEOUT)
+            .unwrap()
+            .with_releases(releases.clone(), Default::default());
+        Self {
+            core,
+            out,
+            store,
+            releases,
+        }
     }
     fn api(&mut self, op: ApiOp) -> Result<ApiReply, ApiError> {
         let (req, mut rx) = ApiRequest::new(op);

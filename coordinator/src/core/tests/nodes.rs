@@ -378,7 +378,12 @@ async fn an_offline_node_is_not_ready_at_once_and_evicted_after_the_timeout() {
     let core = Core::new(store.clone(), tx, TIMEOUT)
         .unwrap()
         .with_pod_eviction_timeout(Duration::from_secs(5));
-    let mut h = Harness { core, out, store };
+    let mut h = Harness {
+        core,
+        out,
+        store,
+        releases: Default::default(),
+    };
     h.send("pi-1", hello(4000));
     h.send("pi-2", hello(4000));
     h.apply(&deployment("web", 2, "100m")).unwrap();

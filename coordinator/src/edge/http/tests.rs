@@ -378,7 +378,12 @@ async fn every_contract_route_is_served_as_defined() {
     let (nudge, _nudged) = mpsc::channel(4);
     security.set_nudge(nudge);
     let enroller = Arc::new(Enroller::load(store.clone(), security.clone()).unwrap());
-    let registry = Arc::new(crate::registry::Registry::open(dir.path(), store).unwrap());
+    let release_key = SigningKey::from_bytes(&[5; 32]);
+    let registry = Arc::new(
+        crate::registry::Registry::open(dir.path(), store)
+            .unwrap()
+            .with_release_key(Some(release_key.verifying_key())),
+    );
     let app = app(
         fake_core(),
         Arc::new(BusStats::default()),
@@ -582,6 +587,40 @@ async fn every_contract_route_is_served_as_defined() {
     let gone = c.call(&routes::DeleteImage { name }, &NoBody).await;
     assert_eq!(gone.deleted, imported.items[0]);
 
+    // Agent releases.
+    let binary = b"an agent binary".to_vec();
+    let sha: [u8; 32] = <sha2::Sha256 as sha2::Digest>::digest(&binary).into();
+    let mut wire = baton_proto::Release {
+        version: baton_proto::BString::new("0.2.1").unwrap(),
+        target: baton_proto::BString::new("x86_64-unknown-linux-gnu").unwrap(),
+        protocol: 5,
+        size: binary.len() as u64,
+        sha256: sha,
+        signature: baton_proto::BVec::new(),
+    };
+    baton_proto::release::sign(&mut wire, &release_key).unwrap();
+    let import = routes::ImportRelease {
+        version: "0.2.1".into(),
+        target: "x86_64-unknown-linux-gnu".into(),
+        protocol: "5".into(),
+        size: binary.len().to_string(),
+        sha256: hex::encode(sha),
+        signature: b64(&wire.signature),
+    };
+    let imported = c.send(&import, binary.clone().into()).await;
+    assert_eq!(imported.digest, baton_proto::release::digest_string(&sha));
+    let releases = c.call(&routes::ListReleases {}, &NoBody).await;
+    assert_eq!(releases.items, vec![imported.clone()]);
+    let digest = || imported.digest.clone();
+    let got = c
+        .call(&routes::ReleaseBinary { digest: digest() }, &NoBody)
+        .await;
+    assert_eq!(got.0, binary);
+    let gone = c
+        .call(&routes::DeleteRelease { digest: digest() }, &NoBody)
+        .await;
+    assert_eq!(gone.deleted, imported);
+
     let all: std::collections::BTreeSet<&str> = routes::ALL.iter().map(|r| r.name).collect();
     assert_eq!(c.called, all, "contract routes this test does not call");
 }
@@ -601,6 +640,10 @@ fn no_api_path_outside_the_contract() {
         ("edge/http/tokens.rs", include_str!("tokens.rs")),
         ("edge/http/middleware.rs", include_str!("middleware.rs")),
         ("registry/api.rs", include_str!("../../registry/api.rs")),
+        (
+            "registry/releases_api.rs",
+            include_str!("../../registry/releases_api.rs"),
+        ),
     ];
     for (name, text) in files {
         for needle in ["\"/api/", "\"/healthz"] {

@@ -345,3 +345,23 @@ fn a_token_remembers_its_most_recent_uses_only() {
         format!("pi-{}", n - 1)
     );
 }
+
+#[test]
+fn enrolled_devices_are_handed_the_release_key_to_pin() {
+    let (e, _s, _d) = setup();
+    let k = SigningKey::from_bytes(&[1; 32]);
+    let t = token(&e, 2, None);
+    // Without a release key the answer has none (and old agents see the old shape).
+    let plain = e.enroll(&req(&t, "pi-1", &k), NOW).unwrap();
+    assert_eq!(plain.response.release_public_key, None);
+    let release = SigningKey::from_bytes(&[4; 32]).verifying_key();
+    let e = e.with_release_key(Some(&release));
+    let t = token(&e, 1, None);
+    let ok = e
+        .enroll(&req(&t, "pi-2", &SigningKey::from_bytes(&[2; 32])), NOW)
+        .unwrap();
+    assert_eq!(
+        ok.response.release_public_key,
+        Some(b64(release.as_bytes()))
+    );
+}

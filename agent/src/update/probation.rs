@@ -1,0 +1,193 @@
+//! The commit rule of a new agent on probation, pure with an explicit clock (milliseconds
+//! since the agent started), so that its tests need no sleeping.
+//!
+//! It commits once it has connected to the broker, received and applied a desired state,
+//! and every pod of that state has been ready (per the node's own observation) for the
+//! whole health window. Past its deadline it rolls back, naming what it still waited for.
+//! The deadline is a little shorter than the launcher's watchdog, so the reason comes from
+//! here when the new agent can still act, and from the watchdog when it cannot.
+
+/// What the node loop observes, sent to the update task as it changes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Health {
+    pub connected: bool,
+    /// A desired state was received (and persisted) since this agent started.
+    pub desired: bool,
+    pub ready: usize,
+    pub total: usize,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Verdict {
+    /// Not yet: `pending` is what it waits for, the reason if the watchdog ends it.
+    Wait {
+        pending: String,
+    },
+    Commit,
+    RollBack(String),
+}
+
+#[derive(Debug, Clone)]
+pub struct Probation {
+    window_ms: u64,
+    deadline_ms: u64,
+    /// The deadline in whole seconds, for the reasons.
+    deadline_secs: u64,
+    started: u64,
+    connected: bool,
+    desired: bool,
+    healthy_since: Option<u64>,
+    last: Health,
+}
+
+/// How much earlier than the watchdog the agent gives up by itself.
+pub const EARLY_SECS: u64 = 10;
+
+impl Probation {
+    /// A probation started at `now` with the state's window and watchdog deadline.
+    pub fn new(now: u64, window_secs: u32, watchdog_secs: u64) -> Probation {
+        let deadline_secs = watchdog_secs.saturating_sub(EARLY_SECS).max(1);
+        Probation {
+            window_ms: u64::from(window_secs) * 1000,
+            deadline_ms: deadline_secs * 1000,
+            deadline_secs: watchdog_secs,
+            started: now,
+            connected: false,
+            desired: false,
+            healthy_since: None,
+            last: Health::default(),
+        }
+    }
+
+    /// Takes in what the node observes at `now` and says what to do.
+    pub fn observe(&mut self, now: u64, h: Health) -> Verdict {
+        self.connected |= h.connected;
+        self.desired |= h.desired;
+        self.last = h;
+        let healthy = self.connected && self.desired && h.ready >= h.total;
+        if !healthy {
+            self.healthy_since = None;
+        } else if self.healthy_since.is_none() {
+            self.healthy_since = Some(now);
+        }
+        if self
+            .healthy_since
+            .is_some_and(|t| now.saturating_sub(t) >= self.window_ms)
+        {
+            return Verdict::Commit;
+        }
+        let pending = self.pending();
+        if now.saturating_sub(self.started) >= self.deadline_ms {
+            return Verdict::RollBack(pending);
+        }
+        Verdict::Wait { pending }
+    }
+
+    /// What it still waits for, as a rollback reason.
+    pub fn pending(&self) -> String {
+        let d = self.deadline_secs;
+        if !self.connected {
+            format!("no broker connection within {d} s")
+        } else if !self.desired {
+            format!("no desired state within {d} s")
+        } else if self.last.ready < self.last.total {
+            format!(
+                "pods unhealthy: {}/{} not ready",
+                self.last.total - self.last.ready,
+                self.last.total
+            )
+        } else {
+            format!(
+                "not healthy for the {} s health window within {d} s",
+                self.window_ms / 1000
+            )
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const S: u64 = 1000;
+
+    fn h(connected: bool, desired: bool, ready: usize, total: usize) -> Health {
+        Health {
+            connected,
+            desired,
+            ready,
+            total,
+        }
+    }
+
+    #[test]
+    fn commits_after_a_whole_window_of_health() {
+        let mut p = Probation::new(0, 30, 130);
+        assert_eq!(
+            p.observe(0, h(false, false, 0, 2)),
+            Verdict::Wait {
+                pending: "no broker connection within 130 s".into()
+            }
+        );
+        assert_eq!(
+            p.observe(2 * S, h(true, false, 0, 2)),
+            Verdict::Wait {
+                pending: "no desired state within 130 s".into()
+            }
+        );
+        assert_eq!(
+            p.observe(3 * S, h(true, true, 1, 2)),
+            Verdict::Wait {
+                pending: "pods unhealthy: 1/2 not ready".into()
+            }
+        );
+        assert!(matches!(
+            p.observe(5 * S, h(true, true, 2, 2)),
+            Verdict::Wait { .. }
+        ));
+        // A pod that is not ready for a moment restarts the window.
+        assert!(matches!(
+            p.observe(20 * S, h(true, true, 1, 2)),
+            Verdict::Wait { .. }
+        ));
+        assert!(matches!(
+            p.observe(21 * S, h(true, true, 2, 2)),
+            Verdict::Wait { .. }
+        ));
+        assert!(matches!(
+            p.observe(50 * S, h(true, true, 2, 2)),
+            Verdict::Wait { .. }
+        ));
+        assert_eq!(p.observe(51 * S, h(true, true, 2, 2)), Verdict::Commit);
+    }
+
+    #[test]
+    fn a_node_without_pods_commits_once_connected_and_given_its_state() {
+        let mut p = Probation::new(0, 10, 80);
+        assert!(matches!(
+            p.observe(0, h(true, true, 0, 0)),
+            Verdict::Wait { .. }
+        ));
+        // A broker outage after the connection does not undo it.
+        assert_eq!(p.observe(10 * S, h(false, false, 0, 0)), Verdict::Commit);
+    }
+
+    #[test]
+    fn rolls_back_before_the_watchdog_naming_what_it_waited_for() {
+        let mut p = Probation::new(5 * S, 10, 80);
+        assert!(matches!(
+            p.observe(74 * S, h(false, false, 0, 3)),
+            Verdict::Wait { .. }
+        ));
+        assert_eq!(
+            p.observe(75 * S, h(false, false, 0, 3)),
+            Verdict::RollBack("no broker connection within 80 s".into())
+        );
+        let mut p = Probation::new(0, 10, 80);
+        p.observe(S, h(true, true, 3, 5));
+        assert_eq!(
+            p.observe(70 * S, h(true, true, 3, 5)),
+            Verdict::RollBack("pods unhealthy: 2/5 not ready".into())
+        );
+    }
+}

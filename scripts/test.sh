@@ -31,6 +31,10 @@ if [ "${#boards[@]}" -gt 0 ]; then
     >target/ci-logs/device-images.log 2>&1 &
   cards_pid=$!
 fi
+# The previous release's agent (tag v0.1.0) for the version-skew e2e: a cold build in a
+# target dir of its own, cached by commit (tests/skew/build-previous.sh), so from the start.
+nice -n 10 tests/skew/build-previous.sh >target/ci-logs/skew-previous.log 2>&1 &
+previous_pid=$!
 # Waits for a background job; prints its log if it failed.
 await() { # pid log what
   [ -n "$1" ] || return 0
@@ -48,6 +52,9 @@ space
 echo "== build"
 cargo build --workspace --bins --locked
 images/build.sh >/dev/null
+# The agent releases the update e2e rolls out (0.2.1 of this source, cached by its tree):
+# rebuilds target/debug/baton-agent, so before any test runs.
+tests/ota/build-releases.sh
 
 space
 # The static ARM builds for every Pi (cross/README.md), checked, smoke-run under qemu-user and
@@ -86,6 +93,7 @@ echo "== tests"
 # board needs the 32-bit agents: it runs after them, in a second pass.
 export BATON_E2E_SKIP_DEVICES=$skip_devices
 failed=0
+await "$previous_pid" target/ci-logs/skew-previous.log "the v0.1.0 agent (skew)" || failed=1
 nt=(cargo nextest run --workspace --locked --no-fail-fast --test-threads "${BATON_TEST_THREADS:-4}")
 "${nt[@]}" -E 'not binary(device_armhf)' || failed=1
 space

@@ -26,6 +26,9 @@ pub struct Agent {
     pub addr: String,
     pub data_dir: PathBuf,
     pub proc: Option<Proc>,
+    /// What starts this agent instead of this build's `baton-agent` (the previous release's
+    /// binary, or a supervisor and its arguments); the lab's flags follow it.
+    pub program: Option<Vec<std::ffi::OsString>>,
 }
 
 static NEXT: AtomicU32 = AtomicU32::new(0);
@@ -138,7 +141,7 @@ impl Lab {
     /// deploy/mosquitto config and ACL (with this lab's paths), the embedded broker runs
     /// its TLS listener; every agent and the coordinator present their own certificate.
     pub fn start_mtls(tag: &str, agents: usize, broker: Broker) -> Result<Lab> {
-        Self::start_inner(tag, agents, broker, &[], true)
+        Self::start_inner(tag, agents, broker, &[], true, true)
     }
 
     /// The namespaces, bridge and device links of a lab, and nothing running in them (no
@@ -154,6 +157,22 @@ impl Lab {
         Self::start_with(tag, agents, broker, &[])
     }
 
+    /// [`Lab::start`] without starting the agents: the test sets each one's
+    /// [`Agent::program`] or flags first, then calls [`Lab::start_agent`].
+    pub fn start_without_agents(tag: &str, agents: usize, broker: Broker) -> Result<Lab> {
+        Self::start_without_agents_with(tag, agents, broker, &[])
+    }
+
+    /// [`Lab::start_without_agents`], with extra `baton server` flags.
+    pub fn start_without_agents_with(
+        tag: &str,
+        agents: usize,
+        broker: Broker,
+        coordinator_args: &[&str],
+    ) -> Result<Lab> {
+        Self::start_inner(tag, agents, broker, coordinator_args, false, false)
+    }
+
     /// [`Lab::start`], with extra `baton server` flags (e.g. a short `--pod-eviction-timeout`).
     pub fn start_with(
         tag: &str,
@@ -161,7 +180,7 @@ impl Lab {
         broker: Broker,
         coordinator_args: &[&str],
     ) -> Result<Lab> {
-        Self::start_inner(tag, agents, broker, coordinator_args, false)
+        Self::start_inner(tag, agents, broker, coordinator_args, false, true)
     }
 
     fn start_inner(
@@ -170,6 +189,7 @@ impl Lab {
         broker: Broker,
         coordinator_args: &[&str],
         mtls: bool,
+        start_agents: bool,
     ) -> Result<Lab> {
         let mut lab = Self::build(tag, agents, broker, coordinator_args)?;
         if mtls {
@@ -181,7 +201,7 @@ impl Lab {
                 lab.start_mosquitto()?;
             }
             lab.start_coordinator()?;
-            for i in 0..agents {
+            for i in (0..agents).filter(|_| start_agents) {
                 lab.start_agent(i)?;
             }
             Ok(())
@@ -265,6 +285,7 @@ impl Lab {
                 addr,
                 data_dir,
                 proc: None,
+                program: None,
             });
         }
         Ok(lab)
@@ -479,7 +500,14 @@ impl Lab {
         };
         let extra = self.agent_args.clone();
         let a = &mut self.agents[i];
-        let mut cmd = a.ns.cmd(bin("baton-agent"));
+        let mut cmd = match &a.program {
+            Some(p) => {
+                let mut c = a.ns.cmd(&p[0]);
+                c.args(&p[1..]);
+                c
+            }
+            None => a.ns.cmd(bin("baton-agent")),
+        };
         cmd.args([
             "--coordinator",
             &mqtt,

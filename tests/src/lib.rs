@@ -18,7 +18,9 @@ pub mod device;
 pub mod device_coordinator;
 pub mod fleet;
 mod lab;
+pub mod ota;
 pub mod proxy;
+pub mod skew;
 pub mod token_server;
 pub mod vm;
 

@@ -58,6 +58,9 @@ pub struct Rule {
     pub bytes_per_sec: Option<u64>,
     /// Cut the connection once this many response bytes were relayed.
     pub cut_after: Option<u64>,
+    /// Invert the response byte at this offset (headers included): content damaged in
+    /// transit or on the server, with the length unchanged.
+    pub flip_byte_at: Option<u64>,
 }
 
 #[derive(Default)]
@@ -369,6 +372,11 @@ fn relay_down(sh: &Shared, id: usize, mut up: TcpStream, mut client: TcpStream) 
                         cut = true;
                     }
                 }
+                if let Some(at) = rule.as_ref().and_then(|r| r.flip_byte_at) {
+                    if (req.bytes_down..req.bytes_down + send as u64).contains(&at) {
+                        buf[(at - req.bytes_down) as usize] ^= 0xff;
+                    }
+                }
                 req.bytes_down += send as u64;
             }
             st.conns[id].bytes_down += send as u64;
@@ -472,5 +480,24 @@ mod tests {
         let got = get(&proxy.addr(), &["/cut"]);
         assert_eq!(got.len(), 20);
         assert_eq!(proxy.requests()[0].bytes_down, 20);
+    }
+
+    #[test]
+    fn flips_one_byte_of_a_matching_response() {
+        let up = serve(b"0123456789");
+        let proxy = Proxy::start(None, "127.0.0.1:0", &up).unwrap();
+        let plain = get(&proxy.addr(), &["/plain"]);
+        proxy.set_rules(vec![Rule {
+            path_contains: "/flip".into(),
+            // The body's first byte, "0".
+            flip_byte_at: Some(plain.len() as u64 - 10),
+            ..Rule::default()
+        }]);
+        let flipped = get(&proxy.addr(), &["/flip"]);
+        let at = plain.len() - 10;
+        assert_eq!(flipped.len(), plain.len());
+        assert_eq!(flipped[..at], plain[..at]);
+        assert_eq!(flipped[at], b'0' ^ 0xff);
+        assert_eq!(flipped[at + 1..], plain[at + 1..]);
     }
 }

@@ -127,6 +127,7 @@ impl Rig {
             addr,
             data_dir,
             proc: None,
+            program: None,
         });
         self.args.push(extra.to_vec());
         self.start_agent(i)?;

@@ -658,7 +658,13 @@ fn main() -> Result<()> {
     if reset {
         return reset_node(&rt, &cfg);
     }
-    rt.block_on(run(cfg, link, updates)).context("agent failed")
+    let ran = rt.block_on(run(cfg, link, updates));
+    // Dropping the runtime would wait for every blocking task: waits on container processes
+    // and the like, which held an exiting agent ~15 s (its pods' hostPorts down, and during
+    // an update the node silent that much longer). Everything is persisted by now; the next
+    // agent adopts what they watched.
+    rt.shutdown_timeout(Duration::from_millis(500));
+    ran.context("agent failed")
 }
 
 /// `baton-agent launch`: records an exit, or execs the agent the update state names.

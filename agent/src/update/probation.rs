@@ -43,6 +43,12 @@ pub struct Probation {
 /// How much earlier than the watchdog the agent gives up by itself.
 pub const EARLY_SECS: u64 = 10;
 
+/// How long a new agent may take to reach the broker before it gives up. The old agent
+/// had a connection a moment ago (the order came over it), and the coordinator gives a
+/// silent node's pods away after its heartbeat timeout plus pod eviction timeout (20 s +
+/// 60 s by default): the old agent must be back, with the same pods, well before that.
+pub const CONNECT_SECS: u64 = 30;
+
 impl Probation {
     /// A probation started at `now` with the state's window and watchdog deadline.
     pub fn new(now: u64, window_secs: u32, watchdog_secs: u64) -> Probation {
@@ -77,7 +83,11 @@ impl Probation {
             return Verdict::Commit;
         }
         let pending = self.pending();
-        if now.saturating_sub(self.started) >= self.deadline_ms {
+        let elapsed = now.saturating_sub(self.started);
+        if !self.connected && elapsed >= CONNECT_SECS.min(self.deadline_secs) * 1000 {
+            return Verdict::RollBack(format!("no broker connection within {CONNECT_SECS} s"));
+        }
+        if elapsed >= self.deadline_ms {
             return Verdict::RollBack(pending);
         }
         Verdict::Wait { pending }
@@ -173,15 +183,36 @@ mod tests {
     }
 
     #[test]
-    fn rolls_back_before_the_watchdog_naming_what_it_waited_for() {
+    fn without_a_broker_connection_it_gives_up_before_its_pods_are_given_away() {
         let mut p = Probation::new(5 * S, 10, 80);
         assert!(matches!(
-            p.observe(74 * S, h(false, false, 0, 3)),
+            p.observe(34 * S, h(false, false, 0, 3)),
             Verdict::Wait { .. }
         ));
         assert_eq!(
-            p.observe(75 * S, h(false, false, 0, 3)),
-            Verdict::RollBack("no broker connection within 80 s".into())
+            p.observe(35 * S, h(false, false, 0, 3)),
+            Verdict::RollBack(format!("no broker connection within {CONNECT_SECS} s"))
+        );
+        // Once connected, the connection deadline no longer applies.
+        let mut p = Probation::new(0, 10, 80);
+        p.observe(20 * S, h(true, false, 0, 3));
+        assert!(matches!(
+            p.observe(40 * S, h(false, false, 0, 3)),
+            Verdict::Wait { .. }
+        ));
+    }
+
+    #[test]
+    fn rolls_back_before_the_watchdog_naming_what_it_waited_for() {
+        let mut p = Probation::new(5 * S, 10, 80);
+        p.observe(S * 6, h(true, false, 0, 3));
+        assert!(matches!(
+            p.observe(74 * S, h(true, false, 0, 3)),
+            Verdict::Wait { .. }
+        ));
+        assert_eq!(
+            p.observe(75 * S, h(true, false, 0, 3)),
+            Verdict::RollBack("no desired state within 80 s".into())
         );
         let mut p = Probation::new(0, 10, 80);
         p.observe(S, h(true, true, 3, 5));

@@ -196,6 +196,33 @@ fn a_rollout_in_three_waves_of_two_keeps_every_pod() -> Result<()> {
     })
 }
 
+/// `reason` names one of `words` (case aside).
+fn names_one_of(reason: &str, words: &[&str]) -> Result<()> {
+    let lower = reason.to_lowercase();
+    ensure!(
+        words.iter().any(|w| lower.contains(&w.to_lowercase())),
+        "reason {reason:?} names none of {words:?}"
+    );
+    Ok(())
+}
+
+/// After `wait`, the rollout is `Halted` and no node but the canary was ever ordered.
+fn halted_after_the_canary(ota: &OtaLab, canary: &str, wait: Duration) -> Result<()> {
+    std::thread::sleep(wait);
+    let rows = ota.rollout("up")?;
+    ensure!(
+        rows.phase == "Halted",
+        "the rollout did not halt: {rows:#?}"
+    );
+    for r in rows.nodes.iter().filter(|r| r.node != canary) {
+        ensure!(
+            r.phase == "pending" && !r.ordered,
+            "the rollout went on past the canary: {rows:#?}"
+        );
+    }
+    Ok(())
+}
+
 /// A release that fails on the canary: rolled back there with `reason`, the rest never
 /// ordered, the canary's pods untouched.
 fn fails_on_the_canary(ota: &mut OtaLab, reason: &[&str], within: Duration) -> Result<()> {
@@ -222,24 +249,9 @@ fn fails_on_the_canary(ota: &mut OtaLab, reason: &[&str], within: Duration) -> R
         .find(|r| r.phase == "rolled-back")
         .context("a rolled-back node")?
         .clone();
-    ensure!(
-        reason.iter().any(|r| canary.reason.contains(r)),
-        "reason {:?} names none of {reason:?}",
-        canary.reason
-    );
+    names_one_of(&canary.reason, reason)?;
     // Halted: no second wave, however long we wait.
-    std::thread::sleep(Duration::from_secs(20));
-    let rows = ota.rollout("up")?;
-    ensure!(
-        rows.phase == "Halted",
-        "the rollout did not halt: {rows:#?}"
-    );
-    for r in rows.nodes.iter().filter(|r| r.node != canary.node) {
-        ensure!(
-            r.phase == "pending" && !r.ordered,
-            "a second wave started: {rows:#?}"
-        );
-    }
+    halted_after_the_canary(ota, &canary.node, Duration::from_secs(20))?;
     let i = ota.lab.agent_index(&canary.node).context("canary")?;
     wait_for("the canary back on its version", LONG, || {
         Ok((node_version(&ota.lab, &canary.node)? == FROM).then_some(()))
@@ -300,25 +312,8 @@ fn refused_on_the_canary(ota: &mut OtaLab, reason: &[&str]) -> Result<()> {
         .find(|r| r.phase == "refused")
         .context("refused")?
         .clone();
-    ensure!(
-        reason
-            .iter()
-            .any(|r| canary.reason.to_lowercase().contains(r)),
-        "reason {:?} names none of {reason:?}",
-        canary.reason
-    );
-    std::thread::sleep(Duration::from_secs(15));
-    let rows = ota.rollout("up")?;
-    ensure!(
-        rows.phase == "Halted",
-        "the rollout did not halt: {rows:#?}"
-    );
-    for r in rows.nodes.iter().filter(|r| r.node != canary.node) {
-        ensure!(
-            r.phase == "pending" && !r.ordered,
-            "the rollout went on: {rows:#?}"
-        );
-    }
+    names_one_of(&canary.reason, reason)?;
+    halted_after_the_canary(ota, &canary.node, Duration::from_secs(15))?;
     for i in 0..ota.lab.agents.len() {
         // Never switched: the agent process was never ended.
         ensure!(ota.starts(i) == 1, "agent {i} was restarted");

@@ -33,6 +33,11 @@ pub struct Agent {
 
 static NEXT: AtomicU32 = AtomicU32::new(0);
 
+/// How long a lab agent holds a pressure condition after its last threshold (kubelet's
+/// 5 min would keep a node tainted for minutes after a moment of pressure in a test not
+/// about it; pressure tests pass their own).
+pub const LAB_TRANSITION_PERIOD: &str = "1s";
+
 /// The agents' eviction thresholds in a lab: kubelet's shape, with absolute disk levels.
 pub const LAB_EVICTION_HARD: &str = "memory.available<50Mi,nodefs.available<1Gi,\
 nodefs.inodesFree<5%,imagefs.available<1Gi,imagefs.inodesFree<5%,pid.available<5%";
@@ -526,7 +531,11 @@ impl Lab {
         // The lab's data dirs share the host's disk, where the default `nodefs.available<10%`
         // would put every node under DiskPressure whenever the machine's disk is 90% used
         // (10% of a 252 GB disk is 25 GB); tests of pressure pass their own thresholds.
-        .env("BATON_EVICTION_HARD", LAB_EVICTION_HARD);
+        .env("BATON_EVICTION_HARD", LAB_EVICTION_HARD)
+        .env(
+            "BATON_EVICTION_PRESSURE_TRANSITION_PERIOD",
+            LAB_TRANSITION_PERIOD,
+        );
         match a.data_dir.strip_prefix(self.dir.path()) {
             Ok(rel) if self.relative_data_dirs => {
                 cmd.current_dir(self.dir.path()).arg("--data-dir").arg(rel)

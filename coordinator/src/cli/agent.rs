@@ -9,7 +9,7 @@ use serde_json::{json, Map, Value};
 
 use super::client::Client;
 use super::render::agent_update::rollout_status;
-use super::{qualified, to_value, CliError, Output};
+use super::{qualified, structured, CliError, Output};
 use crate::contract::payload::Manifest;
 use crate::contract::{routes, ApplyAction, NoBody};
 use crate::model::api;
@@ -238,15 +238,7 @@ pub(super) async fn agent(client: &Client, command: &AgentCommand) -> Result<Str
 }
 
 fn render(u: &api::AgentUpdate, output: Option<Output>) -> Result<String, CliError> {
-    match output {
-        Some(Output::Json) => Ok(serde_json::to_string_pretty(&to_value(u)?)
-            .map_err(|e| CliError::Protocol(e.to_string()))?
-            + "\n"),
-        Some(Output::Yaml) => {
-            serde_yaml_ng::to_string(&to_value(u)?).map_err(|e| CliError::Protocol(e.to_string()))
-        }
-        Some(Output::Wide) | None => Ok(rollout_status(u)),
-    }
+    structured(u, output).unwrap_or_else(|| Ok(rollout_status(u)))
 }
 
 #[cfg(test)]

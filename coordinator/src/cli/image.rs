@@ -8,7 +8,7 @@ use clap::Subcommand;
 
 use super::client::Client;
 use super::render::images_table;
-use super::{to_value, CliError, Output};
+use super::{structured, CliError, Output};
 use crate::contract::images::ImageSummary;
 use crate::contract::{routes, NoBody};
 use crate::model::quantity;
@@ -74,24 +74,18 @@ pub(super) async fn image(client: &Client, action: &ImageCommand) -> Result<Stri
         }
         ImageCommand::List { output } => {
             let list = client.call(&routes::ListImages {}, &NoBody).await?;
-            match output {
-                Some(Output::Json) => Ok(serde_json::to_string_pretty(&to_value(&list)?)
-                    .map_err(|e| CliError::Protocol(e.to_string()))?
-                    + "\n"),
-                Some(Output::Yaml) => serde_yaml_ng::to_string(&to_value(&list)?)
-                    .map_err(|e| CliError::Protocol(e.to_string())),
-                Some(Output::Wide) | None => {
-                    if list.items.is_empty() {
-                        eprintln!("No images imported");
-                        return Ok(String::new());
-                    }
-                    Ok(images_table(
-                        &list.items,
-                        *output == Some(Output::Wide),
-                        SystemTime::now(),
-                    ))
-                }
+            if let Some(text) = structured(&list, *output) {
+                return text;
             }
+            if list.items.is_empty() {
+                eprintln!("No images imported");
+                return Ok(String::new());
+            }
+            Ok(images_table(
+                &list.items,
+                *output == Some(Output::Wide),
+                SystemTime::now(),
+            ))
         }
         ImageCommand::Delete { name } => {
             let delete = routes::DeleteImage { name: name.clone() };

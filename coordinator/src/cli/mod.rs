@@ -149,6 +149,25 @@ fn to_value(reply: &impl serde::Serialize) -> Result<serde_json::Value, CliError
     serde_json::to_value(reply).map_err(|e| CliError::Protocol(e.to_string()))
 }
 
+/// `reply` as `-o json` or `-o yaml` prints it; `None` for the table outputs.
+fn structured(
+    reply: &impl serde::Serialize,
+    output: Option<Output>,
+) -> Option<Result<String, CliError>> {
+    let text = |v: serde_json::Value| match output {
+        Some(Output::Json) => serde_json::to_string_pretty(&v)
+            .map(|s| s + "\n")
+            .map_err(|e| e.to_string()),
+        _ => serde_yaml_ng::to_string(&v).map_err(|e| e.to_string()),
+    };
+    match output {
+        Some(Output::Json | Output::Yaml) => {
+            Some(to_value(reply).and_then(|v| text(v).map_err(CliError::Protocol)))
+        }
+        Some(Output::Wide) | None => None,
+    }
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum CliError {
     #[error("cannot reach the coordinator at {server}: is `baton server` running? ({reason})")]

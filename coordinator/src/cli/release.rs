@@ -19,7 +19,7 @@ use sha2::{Digest, Sha256};
 
 use super::client::Client;
 use super::render::{age, table};
-use super::{to_value, CliError, Output};
+use super::{structured, CliError, Output};
 use crate::contract::releases::{valid_version, ReleaseSummary, SignedRelease};
 use crate::contract::{routes, NoBody};
 use crate::model::quantity;
@@ -377,20 +377,14 @@ pub(super) async fn release(client: &Client, action: &ReleaseCommand) -> Result<
         ReleaseCommand::Import { path } => import(client, path).await,
         ReleaseCommand::List { output } => {
             let list = client.call(&routes::ListReleases {}, &NoBody).await?;
-            match output {
-                Some(Output::Json) => Ok(serde_json::to_string_pretty(&to_value(&list)?)
-                    .map_err(|e| CliError::Protocol(e.to_string()))?
-                    + "\n"),
-                Some(Output::Yaml) => serde_yaml_ng::to_string(&to_value(&list)?)
-                    .map_err(|e| CliError::Protocol(e.to_string())),
-                Some(Output::Wide) | None => {
-                    if list.items.is_empty() {
-                        eprintln!("No releases imported");
-                        return Ok(String::new());
-                    }
-                    Ok(releases_table(&list.items, SystemTime::now()))
-                }
+            if let Some(text) = structured(&list, *output) {
+                return text;
             }
+            if list.items.is_empty() {
+                eprintln!("No releases imported");
+                return Ok(String::new());
+            }
+            Ok(releases_table(&list.items, SystemTime::now()))
         }
         ReleaseCommand::Delete { release, target } => {
             let digests: Vec<String> = if release.starts_with("sha256:") {

@@ -20,6 +20,9 @@ use setup::{install, uninstall};
 #[command(
     name = "baton-agent",
     version = baton_agent::build_info::VERSION,
+    // `baton-agent --data-dir X reset` must not reset the default data dir: the subcommands
+    // take their flags after their name, and flags before it are refused.
+    args_conflicts_with_subcommands = true,
     about = "Runs the pods the Baton coordinator assigns to this node"
 )]
 struct Cli {
@@ -777,4 +780,27 @@ async fn run(
         }
     };
     node.with_updates(update).run(&bus, bus_events, stop).await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn flags_before_a_subcommand_are_refused_not_dropped() {
+        // Once, `--data-dir X launch` started the launcher on the default data dir; the same
+        // with `reset` would reset the wrong node.
+        for sub in ["reset", "launch", "rotate"] {
+            let r = Cli::try_parse_from(["baton-agent", "--data-dir", "/srv/x", sub]);
+            assert!(r.is_err(), "{sub} accepted a flag before it");
+        }
+        let cli = Cli::try_parse_from(["baton-agent", "reset", "--data-dir", "/srv/x"]).unwrap();
+        match cli.command {
+            Some(Command::Reset(a)) => assert_eq!(a.data_dir, PathBuf::from("/srv/x")),
+            _ => panic!("not reset"),
+        }
+        let run = Cli::try_parse_from(["baton-agent", "--data-dir", "/srv/x"]).unwrap();
+        assert!(run.command.is_none());
+        assert_eq!(run.run.data_dir, PathBuf::from("/srv/x"));
+    }
 }

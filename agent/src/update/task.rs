@@ -5,9 +5,13 @@
 //!
 //! Orders are retained on the broker and come again at every connect, so handling one is
 //! idempotent: an order for the version this device already committed, rolled back or is
-//! proving answers with that phase again and does nothing else.
+//! proving answers with that phase again and does nothing else. While an order downloads,
+//! the task still listens: a withdrawal (a halted or aborted rollout) or another order stops
+//! the download and removes its partial file; from the verified, staged file on, the switch
+//! is never interrupted.
 
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -73,6 +77,8 @@ struct Task {
     /// Orders refused for their release (rollout, sha256) with the reason: the retained
     /// order comes again at each connect, and is answered without a new download.
     refused: std::collections::BTreeMap<(String, String), String>,
+    /// True while the current order's download runs: the only step a new order stops.
+    downloading: Arc<AtomicBool>,
 }
 
 fn bounded<const N: usize>(s: &str) -> BString<N> {
@@ -100,6 +106,7 @@ impl Task {
             health: Health::default(),
             last: None,
             refused: Default::default(),
+            downloading: Arc::default(),
         };
         t.resume();
         t
@@ -131,25 +138,88 @@ impl Task {
 
     async fn run(mut self, mut rx: mpsc::Receiver<UpdateEvent>) {
         let mut tick = tokio::time::interval(Duration::from_secs(1));
+        let mut queued = None;
         loop {
-            tokio::select! {
-                ev = rx.recv() => match ev {
-                    None => return,
-                    Some(UpdateEvent::Health(h)) => {
-                        let connected_now = h.connected && !self.health.connected;
-                        self.health = h;
-                        if connected_now {
-                            if let Some(r) = self.last.clone() {
-                                self.publish(r);
-                            }
-                        }
+            let ev = match queued.take() {
+                Some(ev) => ev,
+                None => tokio::select! {
+                    ev = rx.recv() => match ev {
+                        None => return,
+                        Some(ev) => ev,
+                    },
+                    _ = tick.tick(), if self.probation.is_some() => {
+                        self.step();
+                        continue;
                     }
-                    Some(UpdateEvent::Order(Some(o))) => self.on_order(o).await,
-                    Some(UpdateEvent::Order(None)) => {}
                 },
-                _ = tick.tick(), if self.probation.is_some() => self.step(),
+            };
+            match ev {
+                UpdateEvent::Health(h) => self.on_health(h),
+                UpdateEvent::Order(Some(o)) => queued = self.on_order_listening(o, &mut rx).await,
+                UpdateEvent::Order(None) => {}
             }
         }
+    }
+
+    fn on_health(&mut self, h: Health) {
+        let connected_now = h.connected && !self.health.connected;
+        self.health = h;
+        if connected_now {
+            if let Some(r) = self.last.clone() {
+                self.publish(r);
+            }
+        }
+    }
+
+    /// Handles `o` while listening to the inbox: health is kept for after, and a withdrawal
+    /// or another order stops `o`'s download (not a later step). Returns the order that
+    /// came meanwhile, to handle next.
+    async fn on_order_listening(
+        &mut self,
+        o: AgentUpdate,
+        rx: &mut mpsc::Receiver<UpdateEvent>,
+    ) -> Option<UpdateEvent> {
+        let downloading = self.downloading.clone();
+        let part = self.layout.part_file(&hex::encode(o.release.sha256));
+        let mut health = None;
+        let mut next = None;
+        let mut open = true;
+        let mut stopped = false;
+        {
+            let work = self.on_order(o.clone());
+            tokio::pin!(work);
+            loop {
+                tokio::select! {
+                    biased;
+                    () = &mut work => break,
+                    ev = rx.recv(), if open && next.is_none() => match ev {
+                        None => open = false,
+                        Some(UpdateEvent::Health(h)) => health = Some(h),
+                        Some(ev) => next = Some(ev),
+                    },
+                }
+                // The same retained order again (a reconnect) waits its turn and is answered
+                // as before; a withdrawal or another release stops the download.
+                let other = matches!(&next, Some(UpdateEvent::Order(n)) if n.as_ref() != Some(&o));
+                if other && downloading.load(Ordering::SeqCst) {
+                    stopped = true;
+                    break;
+                }
+            }
+        }
+        if stopped {
+            downloading.store(false, Ordering::SeqCst);
+            info!(version = %o.release.version, "order withdrawn or replaced: download stopped");
+            if let Err(e) = std::fs::remove_file(&part) {
+                if e.kind() != std::io::ErrorKind::NotFound {
+                    warn!(error = %e, path = %part.display(), "cannot remove a stopped download");
+                }
+            }
+        }
+        if let Some(h) = health {
+            self.on_health(h);
+        }
+        next
     }
 
     /// Sends `r`; a final phase that got out is marked reported in the state.
@@ -265,7 +335,10 @@ impl Task {
             have.min(r.size),
         )?;
 
-        let got = self.download(o, &src, &part).await?;
+        self.downloading.store(true, Ordering::SeqCst);
+        let got = self.download(o, &src, &part).await;
+        self.downloading.store(false, Ordering::SeqCst);
+        let got = got?;
         if let Err(e) = baton_proto::release::check_content(r, got.size, &got.sha256) {
             let _ = std::fs::remove_file(&part);
             return Err(Refusal::Verify(e.to_string()));

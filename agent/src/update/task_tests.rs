@@ -175,3 +175,73 @@ async fn a_new_agent_on_probation_commits_once_healthy_for_its_window() {
         [UpdatePhase::Probation, UpdatePhase::Committed]
     );
 }
+
+/// Serves half of `body` at any path, then holds the connection open without a byte more.
+async fn stalling_server(body: Vec<u8>) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", l.local_addr().unwrap());
+    tokio::spawn(async move {
+        let mut held = Vec::new();
+        while let Ok((mut c, _)) = l.accept().await {
+            let mut buf = vec![0; 8192];
+            let _ = c.read(&mut buf).await;
+            let head = format!("HTTP/1.1 200 OK\r\ncontent-length: {}\r\n\r\n", body.len());
+            let _ = c.write_all(head.as_bytes()).await;
+            let _ = c.write_all(&body[..body.len() / 2]).await;
+            held.push(c);
+        }
+    });
+    url
+}
+
+async fn wait_for(what: &str, mut cond: impl FnMut() -> bool) {
+    let t0 = Instant::now();
+    while !cond() {
+        assert!(t0.elapsed() < Duration::from_secs(20), "{what}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+#[tokio::test]
+async fn another_or_a_withdrawn_order_stops_a_download_and_leaves_no_partial_file() {
+    let tmp = tempfile::tempdir().unwrap();
+    let key = SigningKey::from_bytes(&[5; 32]);
+    let body: Vec<u8> = (0..400_000u32).map(|i| (i % 253) as u8).collect();
+    // The server stalls half way through any download.
+    let (h, sent) = start(tmp.path(), stalling_server(body.clone()).await, &key);
+    let layout = Layout::new(tmp.path());
+    let started = |o: &AgentUpdate| {
+        let part = layout.part_file(&hex::encode(o.release.sha256));
+        move || {
+            std::fs::metadata(&part)
+                .map(|m| m.len() > 0)
+                .unwrap_or(false)
+        }
+    };
+    let a = order(&body, &key);
+    let part_a = layout.part_file(&hex::encode(a.release.sha256));
+    h.events
+        .send(UpdateEvent::Order(Some(a.clone())))
+        .await
+        .unwrap();
+    wait_for("the download never started", started(&a)).await;
+
+    // A new rollout's release replaces it.
+    let b = order(&body.iter().map(|x| x ^ 1).collect::<Vec<_>>(), &key);
+    let part_b = layout.part_file(&hex::encode(b.release.sha256));
+    h.events
+        .send(UpdateEvent::Order(Some(b.clone())))
+        .await
+        .unwrap();
+    wait_for("the replaced download went on", || !part_a.exists()).await;
+    wait_for("the new order was not taken", started(&b)).await;
+
+    // The rollout is aborted: the order withdrawn.
+    h.events.send(UpdateEvent::Order(None)).await.unwrap();
+    wait_for("the withdrawn download went on", || !part_b.exists()).await;
+    assert!(!*h.exit.borrow(), "a stopped order switched the agent");
+    let p = phases(&sent);
+    assert!(!p.contains(&UpdatePhase::Staged), "{p:?}");
+    assert!(!layout.state_file().exists());
+}

@@ -206,13 +206,21 @@ fn scope(
         .collect()
 }
 
-/// Stops ordering: withdraws the orders of the nodes that have not started.
+/// Stops ordering: withdraws the orders of the nodes that have not staged the release yet
+/// (not started, or still downloading: the agent stops the download and removes it, as
+/// Mender aborts its downloading devices); nodes past that finish on their own.
 fn stop(st: &mut AgentUpdateStatus, phase: api::RolloutPhase, reason: String) -> Vec<String> {
     st.phase = phase;
     st.reason = Some(reason);
     let mut withdraw = Vec::new();
     for nu in st.nodes.iter_mut() {
-        if nu.phase == NodeUpdatePhase::Pending && nu.ordered_at.is_some() {
+        let unstaged = match nu.phase {
+            NodeUpdatePhase::Pending => nu.ordered_at.is_some(),
+            NodeUpdatePhase::Downloading => true,
+            _ => false,
+        };
+        if unstaged {
+            nu.phase = NodeUpdatePhase::Pending;
             nu.reason = Some(format!("order withdrawn: rollout {phase:?}").to_lowercase());
             withdraw.push(nu.node.clone());
         }
@@ -414,6 +422,14 @@ pub fn apply_report(
     now: SystemTime,
 ) -> bool {
     if report.version != u.spec.version {
+        return false;
+    }
+    // Progress sent before a withdrawal reached the node: its order is gone.
+    let over = matches!(
+        u.status.phase,
+        api::RolloutPhase::Halted | api::RolloutPhase::Aborted
+    );
+    if over && report.phase == NodeUpdatePhase::Downloading {
         return false;
     }
     let Some(nu) = u

@@ -259,13 +259,25 @@ fn the_failure_budget_halts_a_wave_only_beyond_its_share() {
         reason.starts_with("wave 2: 2 of 5 nodes failed"),
         "{reason}"
     );
-    // Halted at once, not at the wave's end; the started node goes on, the others'
-    // orders are withdrawn.
+    // Halted at once, not at the wave's end; the orders of the nodes that have not staged
+    // the release are withdrawn, the downloading one's too.
     let mut withdrawn = s.withdrawn.clone();
     withdrawn.sort();
     let mut expect = w2[3..].to_vec();
+    expect.push(w2[1].clone());
     expect.sort();
     assert_eq!(withdrawn, expect);
+    assert_eq!(s.phase_of(&w2[1]), NodeUpdatePhase::Pending);
+    // Its progress sent before the withdrawal arrived changes nothing.
+    let late = api::UpdateReport {
+        rollout: "up".into(),
+        version: s.u.spec.version.clone(),
+        phase: NodeUpdatePhase::Downloading,
+        reason: None,
+        downloaded: 2000,
+    };
+    assert!(!apply_report(&mut s.u, &w2[1], &late, t(10)));
+    assert_eq!(s.phase_of(&w2[1]), NodeUpdatePhase::Pending);
 }
 
 #[test]

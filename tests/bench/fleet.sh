@@ -8,6 +8,8 @@ export BATON_CONFIG=$work/coordinator/admin.conf # written by `baton server` on 
 baton="$bindir/baton"
 fleet_up=0
 rss() { awk '/^VmRSS:/ { print $2 }' "/proc/$1/status"; }
+# Bytes the process caused to be written to a block device.
+written() { awk '/^write_bytes:/ { print $2 }' "/proc/$1/io"; }
 # utime + stime in clock ticks (the command name may contain spaces: count past its ")").
 cpu_ticks() { sed 's/^.*) //' "/proc/$1/stat" | awk '{ print $12 + $13 }'; }
 fleet_start() {
@@ -20,7 +22,11 @@ fleet_start() {
     --insecure-mqtt >"$work/coordinator.log" 2>&1 &
   coord_pid=$!
   for _ in $(seq 1 100); do "$baton" get nodes >/dev/null 2>&1 && break; sleep 0.1; done
-  env ${agent_env[@]+"${agent_env[@]}"} BATON_AGENT_RUN_DIR=/run/baton RUST_LOG=warn "$bindir/baton-agent" \
+  # Absolute disk levels, as the e2e labs have (tests/src/lab.rs): the default 10% of a big
+  # development disk can be tens of GB, and a node under DiskPressure evicts the very pods
+  # being measured.
+  env BATON_EVICTION_HARD="memory.available<50Mi,nodefs.available<1Gi,imagefs.available<1Gi" \
+    ${agent_env[@]+"${agent_env[@]}"} BATON_AGENT_RUN_DIR=/run/baton RUST_LOG=warn "$bindir/baton-agent" \
     --coordinator "mqtt://$fleet_mqtt" --node-name "$fleet_node" --data-dir "$work/agent" \
     --insecure-registry "$fleet_reg" --pod-cidr "$fleet_cidr" --insecure-unenrolled >"$work/agent.log" 2>&1 &
   agent_pid=$!

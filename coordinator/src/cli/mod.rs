@@ -15,6 +15,7 @@
 mod agent;
 mod apply;
 mod client;
+mod cordon;
 mod delete;
 mod describe;
 mod flash;
@@ -90,6 +91,30 @@ pub enum Command {
         name: Option<String>,
         #[arg(long)]
         replicas: u32,
+    },
+    /// Mark a node unschedulable: no new pod goes there; its pods stay.
+    Cordon { node: String },
+    /// Mark a node schedulable again.
+    Uncordon { node: String },
+    /// Cordon a node, then delete its pods gracefully so their Deployments replace them
+    /// elsewhere, and wait until none is left.
+    Drain {
+        node: String,
+        /// Also delete pods that no controller replaces (bare pods).
+        #[arg(long, env = "BATON_DRAIN_FORCE")]
+        force: bool,
+        /// How long to wait for the pods to go.
+        #[arg(long, env = "BATON_DRAIN_TIMEOUT", default_value = "5m", value_parser = humantime::parse_duration)]
+        timeout: std::time::Duration,
+    },
+    /// Add or remove node taints: `taint node NAME KEY[=VALUE]:EFFECT ...`, and
+    /// `KEY[:EFFECT]-` to remove. Effects: NoSchedule, PreferNoSchedule, NoExecute.
+    Taint {
+        /// `node`
+        resource: String,
+        node: String,
+        #[arg(required = true, allow_hyphen_values = true)]
+        taints: Vec<String>,
     },
     /// Show one object in detail, with its events.
     Describe {
@@ -270,6 +295,18 @@ pub async fn run(args: &ClientArgs, command: &Command) -> Result<(), CliError> {
             replicas,
         } => delete::scale(&client, resource, name.as_deref(), *replicas).await?,
         Command::Rollout { action } => rollout::rollout(&client, action).await?,
+        Command::Cordon { node } => cordon::cordon(&client, node, true).await?,
+        Command::Uncordon { node } => cordon::cordon(&client, node, false).await?,
+        Command::Drain {
+            node,
+            force,
+            timeout,
+        } => cordon::drain(&client, node, *force, *timeout).await?,
+        Command::Taint {
+            resource,
+            node,
+            taints,
+        } => cordon::taint(&client, resource, node, taints).await?,
         Command::Token { action } => token::token(&client, action).await?,
         Command::Node { action } => node::node_command(&client, action).await?,
         Command::Security { action } => security::security_command(&client, action).await?,

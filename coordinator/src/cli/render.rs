@@ -259,12 +259,15 @@ fn arch(n: &api::Node) -> String {
 }
 
 /// kubectl's STATUS of a node: `Ready` or `NotReady`, then each condition under pressure,
-/// e.g. `Ready,DiskPressure`.
+/// then `SchedulingDisabled` if cordoned, e.g. `Ready,DiskPressure,SchedulingDisabled`.
 pub fn node_status_word(n: &api::Node) -> String {
     let mut word = String::from(if n.status.ready { "Ready" } else { "NotReady" });
     for c in &n.status.conditions {
         word.push(',');
         word.push_str(&c.type_);
+    }
+    if n.spec.unschedulable {
+        word.push_str(",SchedulingDisabled");
     }
     word
 }
@@ -322,6 +325,7 @@ fn event_type(reason: &str) -> &'static str {
         | "NodeHasInsufficientPID"
         | "AgentUpdateRolledBack"
         | "AgentUpdateRefused"
+        | "TaintManagerEviction"
         | "RolloutHalted" => "Warning",
         _ => "Normal",
     }

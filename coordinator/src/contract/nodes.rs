@@ -49,7 +49,31 @@ pub struct RejectionReport {
     pub enrolled: BTreeMap<String, bool>,
 }
 
+/// `baton cordon|uncordon|taint node`: what changes in a node's spec (`api::NodeSpec`).
+/// Taints are added (or replaced, by key and effect) and removed by key, with an effect or
+/// every effect; the pressure taints follow the node's conditions and cannot be set here.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct NodeSpecChange {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub unschedulable: Option<bool>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub add_taints: Vec<crate::model::api::Taint>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub remove_taints: Vec<TaintRemoval>,
+}
+
+/// A taint to remove: `key` with `effect`, or with every effect.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct TaintRemoval {
+    pub key: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub effect: Option<crate::model::api::TaintEffect>,
+}
+
 json_bodies!(
+    NodeSpecChange,
     EnrollRequest,
     EnrollResponse,
     RotateRequest,

@@ -34,7 +34,7 @@ use super::body::{
 use super::health::Health;
 use super::images::{ImageDeleted, ImageSummary};
 use super::nodes::{
-    EnrollRequest, EnrollResponse, IdentitySummary, RejectionReport, RotateRequest,
+    EnrollRequest, EnrollResponse, IdentitySummary, NodeSpecChange, RejectionReport, RotateRequest,
 };
 use super::payload::{Archive, Manifest, NoBody, Pem};
 use super::releases::{Binary, ReleaseDeleted, ReleaseSummary};
@@ -195,6 +195,9 @@ routes! {
         Post enroll::ROTATE_PATH, RotateRequest => EnrollResponse;
     /// Revokes a node's identity. Admin.
     Revoke { name: String } Post "/api/v1/nodes/{name}/revoke", NoBody => Revocation;
+    /// Cordons, uncordons or taints a node; answers the node. Admin.
+    UpdateNode { name: String }
+        Post "/api/v1/nodes/{name}/spec", NodeSpecChange => ApiObject;
     /// Asks the node to rotate its key; answers its identity before. Admin.
     RotateKey { name: String }
         Post "/api/v1/nodes/{name}/rotate-key", NoBody => IdentitySummary;

@@ -35,6 +35,7 @@
 
 mod agent_updates;
 mod events;
+mod node_spec;
 mod nodes;
 mod requests;
 mod schedule;
@@ -124,6 +125,11 @@ pub enum ApiOp {
     Scale {
         name: String,
         replicas: u32,
+    },
+    /// `baton cordon|uncordon|taint node`.
+    UpdateNode {
+        name: String,
+        change: crate::contract::nodes::NodeSpecChange,
     },
     Describe {
         kind: ResourceKind,
@@ -461,6 +467,7 @@ impl Core {
             }
             Event::Tick => {
                 self.tick();
+                self.evict_untolerated(std::time::SystemTime::now());
                 self.recheck_secrets();
                 self.expire_drains();
                 self.step_agent_updates(std::time::SystemTime::now());

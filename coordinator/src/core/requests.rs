@@ -22,6 +22,7 @@ impl Core {
             ApiOp::Get { kind, name: None } => Ok(ApiReply::Objects(self.get_all(kind))),
             ApiOp::Delete { kind, name } => self.delete(kind, &name),
             ApiOp::Scale { name, replicas } => self.scale(&name, replicas),
+            ApiOp::UpdateNode { name, change } => self.update_node(&name, change),
             ApiOp::Describe { kind, name } => {
                 let object = self.get_one(kind, &name)?;
                 let events = self.events_of(Some(&format!("{}/{name}", kind.as_str())));
@@ -92,7 +93,7 @@ impl Core {
         }))
     }
 
-    fn not_found(kind: ResourceKind, name: &str) -> ApiError {
+    pub(super) fn not_found(kind: ResourceKind, name: &str) -> ApiError {
         ApiError::NotFound(format!("{} {name:?} not found", kind.as_str()))
     }
 
@@ -113,7 +114,7 @@ impl Core {
         }
     }
 
-    fn get_one(&self, kind: ResourceKind, name: &str) -> Result<ApiObject, ApiError> {
+    pub(super) fn get_one(&self, kind: ResourceKind, name: &str) -> Result<ApiObject, ApiError> {
         let v = match kind {
             ResourceKind::Node => self.nodes.get(name).cloned().map(ApiObject::Node),
             ResourceKind::Deployment => self

@@ -113,6 +113,7 @@ pub fn pod_requests(spec: &api::PodSpec) -> Result<Usage, quantity::QuantityErro
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 enum Reject {
     NotReady,
+    Unschedulable,
     Taint,
     Selector,
     TooManyPods,
@@ -125,6 +126,7 @@ impl Reject {
     fn message(self) -> &'static str {
         match self {
             Reject::NotReady => "node(s) not ready",
+            Reject::Unschedulable => "node(s) were unschedulable",
             Reject::Taint => "node(s) had untolerated taint(s)",
             Reject::Selector => "node(s) didn't match node selector",
             Reject::TooManyPods => "node(s) had too many pods",
@@ -147,7 +149,10 @@ fn filter(
     if !status.ready {
         return vec![Reject::NotReady];
     }
-    if super::taints::untolerated(&c.node.spec.taints).is_some() {
+    if c.node.spec.unschedulable {
+        return vec![Reject::Unschedulable];
+    }
+    if super::taints::untolerated(&c.node.spec.taints, &pod.tolerations).is_some() {
         return vec![Reject::Taint];
     }
     if pod

@@ -1,10 +1,13 @@
 //! Node taints, and the ones that follow a node's pressure conditions (Kubernetes'
 //! TaintNodesByCondition): DiskPressure taints the node `node.kubernetes.io/disk-pressure:
 //! NoSchedule`, and so on, so the scheduler needs no rule per condition: it honours taints,
-//! whoever set them. Pods carry no tolerations yet, so every `NoSchedule` or `NoExecute`
-//! taint keeps new pods off the node. Pure.
+//! whoever set them, unless the pod tolerates them (Kubernetes' matching rules,
+//! [`tolerates`]). `NoExecute` also evicts the pods on the node that do not tolerate it, at
+//! once or after their `tolerationSeconds` ([`no_execute`]). Pure.
 
-use crate::model::api::{NodeCondition, Taint, TaintEffect};
+use std::time::{Duration, SystemTime};
+
+use crate::model::api::{NodeCondition, Taint, TaintEffect, Toleration, TolerationOperator};
 
 pub const DISK_PRESSURE: &str = "node.kubernetes.io/disk-pressure";
 pub const MEMORY_PRESSURE: &str = "node.kubernetes.io/memory-pressure";
@@ -35,17 +38,120 @@ pub fn with_condition_taints(taints: &[Taint], conditions: &[NodeCondition]) -> 
                 key: key.into(),
                 value: String::new(),
                 effect: TaintEffect::NoSchedule,
+                time_added: None,
             });
         }
     }
     out
 }
 
-/// The first taint of the node that keeps a new pod off it.
-pub fn untolerated(taints: &[Taint]) -> Option<&Taint> {
-    taints
-        .iter()
-        .find(|t| matches!(t.effect, TaintEffect::NoSchedule | TaintEffect::NoExecute))
+/// Whether `t` tolerates `taint`, by Kubernetes' rules: an empty key with `Exists`
+/// matches every taint; otherwise the keys match, and the values with `Equal`; an empty
+/// effect matches every effect.
+pub fn tolerates(t: &Toleration, taint: &Taint) -> bool {
+    if t.effect.is_some_and(|e| e != taint.effect) {
+        return false;
+    }
+    match t.operator {
+        TolerationOperator::Exists => t.key.is_empty() || t.key == taint.key,
+        TolerationOperator::Equal => t.key == taint.key && t.value == taint.value,
+    }
+}
+
+/// The first taint of the node that keeps a new pod with `tolerations` off it.
+pub fn untolerated<'a>(taints: &'a [Taint], tolerations: &[Toleration]) -> Option<&'a Taint> {
+    taints.iter().find(|taint| {
+        matches!(
+            taint.effect,
+            TaintEffect::NoSchedule | TaintEffect::NoExecute
+        ) && !tolerations.iter().any(|t| tolerates(t, taint))
+    })
+}
+
+/// What a node's `NoExecute` taints mean for a pod on it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum NoExecute {
+    /// No `NoExecute` taint, or every one tolerated for ever.
+    Stay,
+    /// Evict now, because of this taint.
+    Evict(Taint),
+    /// Evict at this time, when the shortest `tolerationSeconds` runs out.
+    EvictAt(SystemTime, Taint),
+}
+
+/// Kubernetes' taint manager for one pod: an untolerated `NoExecute` taint evicts at once;
+/// tolerated ones with `tolerationSeconds` evict that long after the taint was added
+/// (`timeAdded`; `now` when unknown), the earliest deadline winning.
+pub fn no_execute(taints: &[Taint], tolerations: &[Toleration], now: SystemTime) -> NoExecute {
+    let mut earliest: Option<(SystemTime, &Taint)> = None;
+    for taint in taints.iter().filter(|t| t.effect == TaintEffect::NoExecute) {
+        let matching: Vec<&Toleration> =
+            tolerations.iter().filter(|t| tolerates(t, taint)).collect();
+        if matching.is_empty() {
+            return NoExecute::Evict(taint.clone());
+        }
+        // Any toleration without a limit keeps the pod for ever.
+        if matching.iter().any(|t| t.toleration_seconds.is_none()) {
+            continue;
+        }
+        let secs = matching
+            .iter()
+            .filter_map(|t| t.toleration_seconds)
+            .min()
+            .unwrap_or(0);
+        let added = taint
+            .time_added
+            .as_deref()
+            .and_then(|a| humantime::parse_rfc3339_weak(a).ok())
+            .unwrap_or(now);
+        let at = added + Duration::from_secs(secs);
+        if earliest.is_none_or(|(e, _)| at < e) {
+            earliest = Some((at, taint));
+        }
+    }
+    match earliest {
+        Some((at, taint)) if at <= now => NoExecute::Evict(taint.clone()),
+        Some((at, taint)) => NoExecute::EvictAt(at, taint.clone()),
+        None => NoExecute::Stay,
+    }
+}
+
+/// Parses kubectl's taint argument: `key=value:Effect`, `key:Effect`, or with a trailing
+/// `-` (answered as `true`) a taint to remove, where the effect may be left out
+/// (`key-`: every effect).
+pub fn parse_taint_arg(arg: &str) -> Result<(Taint, Option<TaintEffect>, bool), String> {
+    let (body, remove) = match arg.strip_suffix('-') {
+        Some(b) => (b, true),
+        None => (arg, false),
+    };
+    let (kv, effect) = match body.rsplit_once(':') {
+        Some((kv, e)) => {
+            let effect = match e {
+                "NoSchedule" => TaintEffect::NoSchedule,
+                "PreferNoSchedule" => TaintEffect::PreferNoSchedule,
+                "NoExecute" => TaintEffect::NoExecute,
+                _ => {
+                    return Err(format!(
+                        "{arg}: unknown effect {e:?} (NoSchedule, PreferNoSchedule or NoExecute)"
+                    ))
+                }
+            };
+            (kv, Some(effect))
+        }
+        None if remove => (body, None),
+        None => return Err(format!("{arg}: a taint is key[=value]:Effect")),
+    };
+    let (key, value) = kv.split_once('=').unwrap_or((kv, ""));
+    if key.is_empty() {
+        return Err(format!("{arg}: the taint has no key"));
+    }
+    let taint = Taint {
+        key: key.to_owned(),
+        value: value.to_owned(),
+        effect: effect.unwrap_or(TaintEffect::NoSchedule),
+        time_added: None,
+    };
+    Ok((taint, effect, remove))
 }
 
 /// The conditions `reported` now, each keeping the transition time it had in `old` if it
@@ -80,6 +186,7 @@ mod tests {
             key: key.into(),
             value: String::new(),
             effect,
+            time_added: None,
         }
     }
 
@@ -108,12 +215,12 @@ mod tests {
             std::slice::from_ref(&user)
         );
         assert_eq!(
-            untolerated(std::slice::from_ref(&user)),
+            untolerated(std::slice::from_ref(&user), &[]),
             None,
             "PreferNoSchedule only prefers"
         );
         assert_eq!(
-            untolerated(&got).map(|t| t.key.as_str()),
+            untolerated(&got, &[]).map(|t| t.key.as_str()),
             Some(DISK_PRESSURE)
         );
     }
@@ -128,5 +235,108 @@ mod tests {
         assert_eq!(got[0].last_transition_time, "t1");
         assert_eq!(got[1].last_transition_time, "t2");
         assert!(merge_conditions(&old, vec![]).is_empty());
+    }
+
+    fn tol(
+        key: &str,
+        op: TolerationOperator,
+        value: &str,
+        effect: Option<TaintEffect>,
+    ) -> Toleration {
+        Toleration {
+            key: key.into(),
+            operator: op,
+            value: value.into(),
+            effect,
+            toleration_seconds: None,
+        }
+    }
+
+    #[test]
+    fn tolerations_match_as_in_kubernetes() {
+        use TaintEffect::*;
+        use TolerationOperator::*;
+        let mut gpu = taint("gpu", NoSchedule);
+        gpu.value = "true".into();
+        // Equal: key and value; an empty effect matches every effect.
+        assert!(tolerates(&tol("gpu", Equal, "true", None), &gpu));
+        assert!(tolerates(
+            &tol("gpu", Equal, "true", Some(NoSchedule)),
+            &gpu
+        ));
+        assert!(!tolerates(&tol("gpu", Equal, "false", None), &gpu));
+        assert!(!tolerates(
+            &tol("gpu", Equal, "true", Some(NoExecute)),
+            &gpu
+        ));
+        // Exists: any value; an empty key with Exists tolerates everything.
+        assert!(tolerates(&tol("gpu", Exists, "", None), &gpu));
+        assert!(!tolerates(&tol("cpu", Exists, "", None), &gpu));
+        assert!(tolerates(&tol("", Exists, "", None), &gpu));
+        assert!(tolerates(&tol("", Exists, "", Some(NoSchedule)), &gpu));
+        assert!(!tolerates(&tol("", Exists, "", Some(NoExecute)), &gpu));
+        // The scheduler's view: a pressure taint is tolerated like any other.
+        let pressure = [taint(DISK_PRESSURE, NoSchedule)];
+        assert!(untolerated(&pressure, &[]).is_some());
+        assert!(untolerated(&pressure, &[tol(DISK_PRESSURE, Exists, "", None)]).is_none());
+    }
+
+    #[test]
+    fn no_execute_evicts_at_once_or_after_the_shortest_toleration() {
+        use TolerationOperator::*;
+        let t0 = humantime::parse_rfc3339("2026-01-01T00:00:00Z").unwrap();
+        let mut down = taint("maintenance", TaintEffect::NoExecute);
+        down.time_added = Some("2026-01-01T00:00:00Z".into());
+        let taints = [taint("x", TaintEffect::NoSchedule), down.clone()];
+        assert_eq!(no_execute(&taints, &[], t0), NoExecute::Evict(down.clone()));
+        let forever = tol("maintenance", Exists, "", None);
+        assert_eq!(no_execute(&taints, &[forever], t0), NoExecute::Stay);
+        let mut short = tol("maintenance", Exists, "", Some(TaintEffect::NoExecute));
+        short.toleration_seconds = Some(30);
+        let mut long = short.clone();
+        long.toleration_seconds = Some(300);
+        let both = [long, short];
+        assert_eq!(
+            no_execute(&taints, &both, t0),
+            NoExecute::EvictAt(t0 + Duration::from_secs(30), down.clone())
+        );
+        assert_eq!(
+            no_execute(&taints, &both, t0 + Duration::from_secs(30)),
+            NoExecute::Evict(down)
+        );
+        assert_eq!(
+            no_execute(&taints[..1], &[], t0),
+            NoExecute::Stay,
+            "NoSchedule never evicts"
+        );
+    }
+
+    #[test]
+    fn taint_arguments_parse_as_kubectl_spells_them() {
+        let (t, e, rm) = parse_taint_arg("dedicated=cams:NoExecute").unwrap();
+        assert_eq!(
+            (t.to_string(), e, rm),
+            (
+                "dedicated=cams:NoExecute".into(),
+                Some(TaintEffect::NoExecute),
+                false
+            )
+        );
+        let (t, e, rm) = parse_taint_arg("gpu:NoSchedule-").unwrap();
+        assert_eq!(
+            (t.key.as_str(), e, rm),
+            ("gpu", Some(TaintEffect::NoSchedule), true)
+        );
+        let (t, e, rm) = parse_taint_arg("gpu-").unwrap();
+        assert_eq!((t.key.as_str(), e, rm), ("gpu", None, true));
+        assert!(parse_taint_arg("gpu")
+            .unwrap_err()
+            .contains("key[=value]:Effect"));
+        assert!(parse_taint_arg("gpu:Never")
+            .unwrap_err()
+            .contains("unknown effect"));
+        assert!(parse_taint_arg("=x:NoSchedule")
+            .unwrap_err()
+            .contains("no key"));
     }
 }

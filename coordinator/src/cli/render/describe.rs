@@ -396,6 +396,15 @@ pub fn describe_node(
             taints.join(", ")
         },
     );
+    kv(
+        &mut out,
+        "Unschedulable",
+        if n.spec.unschedulable {
+            "true"
+        } else {
+            "false"
+        },
+    );
     kv(&mut out, "Architecture", arch(n));
     kv(&mut out, "OS", &n.status.os);
     kv(&mut out, "Agent Version", &n.status.agent_version);

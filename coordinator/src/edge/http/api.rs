@@ -194,6 +194,20 @@ pub(super) async fn scale(
     ask(&state.core, ApiOp::Scale { name, replicas }).await
 }
 
+pub(super) async fn update_node(
+    State(state): State<AppState>,
+    Path(routes::UpdateNode { name }): Path<routes::UpdateNode>,
+    body: axum::body::Bytes,
+) -> Reply<ApiObject> {
+    let change = serde_json::from_slice(&body).map_err(|e| {
+        Failure(
+            StatusCode::BAD_REQUEST,
+            format!("expected a node spec change: {e}"),
+        )
+    })?;
+    ask(&state.core, ApiOp::UpdateNode { name, change }).await
+}
+
 pub(super) async fn rollout_status(
     State(state): State<AppState>,
     Path(routes::RolloutStatus { name }): Path<routes::RolloutStatus>,

@@ -125,6 +125,7 @@ pub fn router_with_images(
         .serve::<routes::GetObject, _>(api::get_one)
         .serve::<routes::DeleteObject, _>(api::delete)
         .serve::<routes::Scale, _>(api::scale)
+        .serve::<routes::UpdateNode, _>(api::update_node)
         .serve::<routes::RolloutStatus, _>(api::rollout_status)
         .serve::<routes::RolloutHistory, _>(api::rollout_history)
         .serve::<routes::RolloutUndo, _>(api::rollout_undo)

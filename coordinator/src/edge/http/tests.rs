@@ -212,6 +212,7 @@ fn fake_core() -> mpsc::Sender<Event> {
         ApiOp::Get { name: Some(_), .. } => ApiReply::Object(p.clone()),
         ApiOp::Delete { kind, name } => ApiReply::Deleted { kind, name },
         ApiOp::Scale { .. } => ApiReply::Object(d.clone()),
+        ApiOp::UpdateNode { .. } => ApiReply::Object(d.clone()),
         ApiOp::Describe { .. } => ApiReply::Described {
             object: p.clone(),
             events: vec![event(None)],
@@ -459,6 +460,17 @@ async fn every_contract_route_is_served_as_defined() {
     assert_eq!(Some(events.items[0].object.clone()), object);
     c.call(&routes::Events { object: None }, &NoBody).await;
     let web = || "web".to_owned();
+    let cordon = crate::contract::nodes::NodeSpecChange {
+        unschedulable: Some(true),
+        ..Default::default()
+    };
+    c.call(
+        &routes::UpdateNode {
+            name: "pi-1".into(),
+        },
+        &cordon,
+    )
+    .await;
     c.call(
         &routes::Scale { name: web() },
         &ScaleRequest { replicas: 2 },

@@ -110,6 +110,20 @@ pub(super) struct InPodSpec {
     pub(super) image_pull_secrets: Vec<InRef>,
     #[serde(default)]
     pub(super) security_context: InPodSecurityContext,
+    #[serde(default)]
+    pub(super) tolerations: Vec<InToleration>,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub(super) struct InToleration {
+    #[serde(default)]
+    pub(super) key: String,
+    pub(super) operator: Option<String>,
+    #[serde(default)]
+    pub(super) value: String,
+    pub(super) effect: Option<String>,
+    pub(super) toleration_seconds: Option<i64>,
 }
 
 #[derive(Deserialize)]

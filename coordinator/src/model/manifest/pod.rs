@@ -4,7 +4,7 @@
 use std::collections::BTreeSet;
 
 use super::container::{container, seccomp_profile, ContainerKind};
-use super::input::{InContainer, InPod, InPodSpec, InVolume};
+use super::input::{InContainer, InPod, InPodSpec, InToleration, InVolume};
 use super::validate::{
     absolute_path, dns_label, id, invalid, label_value, object_meta, qualified_name, required,
     secret_name, Invalid,
@@ -107,6 +107,7 @@ pub(super) fn pod_spec(path: &str, spec: InPodSpec) -> Result<api::PodSpec, Inva
         volumes,
         image_pull_secrets,
         security_context,
+        tolerations: tolerations(path, spec.tolerations)?,
     })
 }
 
@@ -157,6 +158,69 @@ fn volumes(path: &str, input: Vec<InVolume>) -> Result<Vec<api::Volume>, Invalid
             _ => return invalid(vpath, "may not specify more than 1 volume type"),
         };
         out.push(api::Volume { name, source });
+    }
+    Ok(out)
+}
+
+/// Tolerations, checked as the API server validates them.
+fn tolerations(path: &str, input: Vec<InToleration>) -> Result<Vec<api::Toleration>, Invalid> {
+    let mut out = Vec::with_capacity(input.len());
+    for (i, t) in input.into_iter().enumerate() {
+        let p = format!("{path}.tolerations[{i}]");
+        let operator = match t.operator.as_deref() {
+            None | Some("Equal") => api::TolerationOperator::Equal,
+            Some("Exists") => api::TolerationOperator::Exists,
+            Some(o) => {
+                return invalid(
+                    format!("{p}.operator"),
+                    format!("must be Equal or Exists, got {o:?}"),
+                )
+            }
+        };
+        if !t.key.is_empty() {
+            qualified_name(&format!("{p}.key"), &t.key)?;
+        } else if operator != api::TolerationOperator::Exists {
+            return invalid(
+                format!("{p}.operator"),
+                "must be Exists when `key` is empty (it then tolerates every taint)",
+            );
+        }
+        if operator == api::TolerationOperator::Exists && !t.value.is_empty() {
+            return invalid(
+                format!("{p}.value"),
+                "must be empty when `operator` is Exists",
+            );
+        }
+        let effect = match t.effect.as_deref() {
+            None | Some("") => None,
+            Some("NoSchedule") => Some(api::TaintEffect::NoSchedule),
+            Some("PreferNoSchedule") => Some(api::TaintEffect::PreferNoSchedule),
+            Some("NoExecute") => Some(api::TaintEffect::NoExecute),
+            Some(e) => {
+                return invalid(
+                    format!("{p}.effect"),
+                    format!("must be NoSchedule, PreferNoSchedule or NoExecute, got {e:?}"),
+                )
+            }
+        };
+        let toleration_seconds = match t.toleration_seconds {
+            None => None,
+            Some(_) if effect != Some(api::TaintEffect::NoExecute) => {
+                return invalid(
+                    format!("{p}.tolerationSeconds"),
+                    "only applies to `effect: NoExecute`",
+                )
+            }
+            // Kubernetes evicts at once for zero and negative values.
+            Some(s) => Some(u64::try_from(s).unwrap_or(0)),
+        };
+        out.push(api::Toleration {
+            key: t.key,
+            operator,
+            value: t.value,
+            effect,
+            toleration_seconds,
+        });
     }
     Ok(out)
 }

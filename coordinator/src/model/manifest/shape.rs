@@ -140,6 +140,16 @@ const POD_SPEC: Shape = Shape::Object(&[
             ("seccompProfile", SECCOMP_PROFILE),
         ]),
     ),
+    (
+        "tolerations",
+        Shape::List(&Shape::Object(&[
+            ("key", Shape::Leaf),
+            ("operator", Shape::Leaf),
+            ("value", Shape::Leaf),
+            ("effect", Shape::Leaf),
+            ("tolerationSeconds", Shape::Leaf),
+        ])),
+    ),
 ]);
 /// `localhostProfile` is known so that a `Localhost` profile is refused with its own
 /// message (by [`seccomp_profile`](super::container::seccomp_profile)) rather than as an

@@ -345,6 +345,26 @@ fn validation_rules() {
             "error: document 1: spec.template.spec.nodeSelector.bad key: key must be [prefix/]name: a DNS subdomain prefix and a name of at most 63 alphanumerics, '-', '_' or '.', starting and ending alphanumeric",
         ),
         (
+            "tolerations as kubectl examples write them",
+            doc("", "", "      tolerations:\n      - {key: dedicated, operator: Equal, value: cams, effect: NoSchedule}\n      - {operator: Exists}\n      - {key: maintenance, operator: Exists, effect: NoExecute, tolerationSeconds: 300}\n", ""),
+            "ok",
+        ),
+        (
+            "toleration with an unknown operator",
+            doc("", "", "      tolerations:\n      - {key: a, operator: In}\n", ""),
+            "error: document 1: spec.template.spec.tolerations[0].operator: must be Equal or Exists, got \"In\"",
+        ),
+        (
+            "toleration Equal without a key",
+            doc("", "", "      tolerations:\n      - {value: x}\n", ""),
+            "error: document 1: spec.template.spec.tolerations[0].operator: must be Exists when `key` is empty (it then tolerates every taint)",
+        ),
+        (
+            "tolerationSeconds without NoExecute",
+            doc("", "", "      tolerations:\n      - {key: a, operator: Exists, effect: NoSchedule, tolerationSeconds: 5}\n", ""),
+            "error: document 1: spec.template.spec.tolerations[0].tolerationSeconds: only applies to `effect: NoExecute`",
+        ),
+        (
             "unsupported apiVersion",
             doc("", "", "", "").replace("apps/v1", "extensions/v1beta1"),
             "error: document 1: kind Deployment (apiVersion extensions/v1beta1) is not supported by Baton; supported: Deployment (apps/v1), Pod (v1), Secret (v1), AgentUpdate (baton.io/v1alpha1)",

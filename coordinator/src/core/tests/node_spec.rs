@@ -1,0 +1,146 @@
+//! Cordon, taints and tolerations as the core applies them: scheduling around a cordoned
+//! or tainted node, NoExecute evictions (at once, or after `tolerationSeconds`), and what
+//! may not be set by hand.
+
+use std::time::SystemTime;
+
+use super::*;
+use crate::contract::nodes::{NodeSpecChange, TaintRemoval};
+use crate::model::api::{Taint, TaintEffect};
+
+fn change(h: &mut Harness, node: &str, change: NodeSpecChange) -> Result<ApiReply, ApiError> {
+    h.api(ApiOp::UpdateNode {
+        name: node.into(),
+        change,
+    })
+}
+
+fn taint(key: &str, effect: TaintEffect) -> Taint {
+    Taint {
+        key: key.into(),
+        value: String::new(),
+        effect,
+        time_added: None,
+    }
+}
+
+fn on(h: &mut Harness, node: &str) -> usize {
+    h.pods()
+        .iter()
+        .filter(|p| p.spec.node_name.as_deref() == Some(node))
+        .count()
+}
+
+fn reasons(h: &mut Harness, object: &str) -> Vec<String> {
+    let ApiReply::Events(ev) = h
+        .api(ApiOp::Events {
+            object: Some(object.into()),
+        })
+        .unwrap()
+    else {
+        panic!()
+    };
+    ev.into_iter().map(|e| e.reason).collect()
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_cordoned_node_gets_no_new_pod_and_keeps_its_own() {
+    let mut h = two_nodes();
+    h.apply(&deployment("web", 2, "100m")).unwrap();
+    assert_eq!(on(&mut h, "pi-1"), 1, "spread over both nodes");
+    let cordon = NodeSpecChange {
+        unschedulable: Some(true),
+        ..Default::default()
+    };
+    change(&mut h, "pi-1", cordon).unwrap();
+    assert!(h.node("pi-1").spec.unschedulable);
+    assert!(reasons(&mut h, "node/pi-1").contains(&"NodeNotSchedulable".to_string()));
+    // Its pod stays; new ones go elsewhere.
+    h.apply(&deployment("web", 5, "100m")).unwrap();
+    assert_eq!(on(&mut h, "pi-1"), 1);
+    assert_eq!(on(&mut h, "pi-2"), 4);
+    // A Hello (the agent reconnected) keeps the cordon.
+    h.send("pi-1", hello(4000));
+    assert!(h.node("pi-1").spec.unschedulable);
+    let uncordon = NodeSpecChange {
+        unschedulable: Some(false),
+        ..Default::default()
+    };
+    change(&mut h, "pi-1", uncordon).unwrap();
+    h.apply(&deployment("web", 8, "100m")).unwrap();
+    assert!(on(&mut h, "pi-1") > 1, "schedulable again");
+}
+
+#[tokio::test(start_paused = true)]
+async fn no_execute_evicts_untolerated_pods_at_once_and_tolerated_ones_later() {
+    let mut h = two_nodes();
+    h.apply(&deployment("web", 2, "100m")).unwrap();
+    let tolerant = deployment("cam", 2, "100m").replace(
+        "      containers:",
+        "      tolerations:\n      - {key: maintenance, operator: Exists, effect: NoExecute, tolerationSeconds: 30}\n      containers:",
+    );
+    h.apply(&tolerant).unwrap();
+    let owner_on = |h: &mut Harness, owner: &str, node: &str| {
+        h.pods()
+            .iter()
+            .filter(|p| p.spec.node_name.as_deref() == Some(node))
+            .filter(|p| p.metadata.owner.as_ref().is_some_and(|o| o == owner))
+            .count()
+    };
+    assert_eq!(owner_on(&mut h, "web", "pi-1"), 1);
+    assert_eq!(owner_on(&mut h, "cam", "pi-1"), 1);
+    let t0 = SystemTime::now();
+    let add = NodeSpecChange {
+        add_taints: vec![taint("maintenance", TaintEffect::NoExecute)],
+        ..Default::default()
+    };
+    change(&mut h, "pi-1", add).unwrap();
+    let stamped = h.node("pi-1").spec.taints[0].time_added.clone();
+    assert!(stamped.is_some(), "NoExecute taints carry their time");
+    // The web pod went at once and was replaced on pi-2; the camera pod stays 30 s.
+    assert_eq!(owner_on(&mut h, "web", "pi-1"), 0);
+    assert_eq!(owner_on(&mut h, "web", "pi-2"), 2);
+    assert_eq!(owner_on(&mut h, "cam", "pi-1"), 1);
+    assert!(reasons(&mut h, "node/pi-1").contains(&"TaintsChanged".to_string()));
+    h.core.evict_untolerated(t0 + Duration::from_secs(20));
+    assert_eq!(owner_on(&mut h, "cam", "pi-1"), 1);
+    h.core.evict_untolerated(t0 + Duration::from_secs(31));
+    let _ = h.drain();
+    assert_eq!(owner_on(&mut h, "cam", "pi-1"), 0);
+    // The tolerant replacement may land on the tainted node again (it tolerates it), as in
+    // Kubernetes; the untolerant never.
+    assert_eq!(owner_on(&mut h, "web", "pi-1"), 0);
+}
+
+#[tokio::test(start_paused = true)]
+async fn pressure_taints_are_not_set_by_hand_and_missing_taints_are_named() {
+    let mut h = two_nodes();
+    let managed = NodeSpecChange {
+        add_taints: vec![taint(
+            crate::decide::taints::DISK_PRESSURE,
+            TaintEffect::NoSchedule,
+        )],
+        ..Default::default()
+    };
+    let err = change(&mut h, "pi-1", managed).unwrap_err();
+    assert!(err.to_string().contains("pressure conditions"), "{err}");
+    let remove = NodeSpecChange {
+        remove_taints: vec![TaintRemoval {
+            key: "gpu".into(),
+            effect: None,
+        }],
+        ..Default::default()
+    };
+    let err = change(&mut h, "pi-1", remove).unwrap_err();
+    assert!(err.to_string().contains("taint gpu not found"), "{err}");
+    let err = change(&mut h, "pi-9", NodeSpecChange::default()).unwrap_err();
+    assert!(err.to_string().contains("not found"), "{err}");
+    // A NoSchedule taint keeps new pods off unless they tolerate it.
+    let gpu = NodeSpecChange {
+        add_taints: vec![taint("gpu", TaintEffect::NoSchedule)],
+        ..Default::default()
+    };
+    change(&mut h, "pi-1", gpu).unwrap();
+    h.apply(&deployment("web", 4, "100m")).unwrap();
+    assert_eq!(on(&mut h, "pi-1"), 0);
+}

@@ -1,12 +1,13 @@
 //! Pure pod placement: filter the nodes a pod can run on, then score the rest.
 //!
-//! Filters, in the order Kubernetes reports them: the node is ready, it has no taint the
-//! pod does not tolerate (`decide::taints`: a node under pressure), its labels (with
-//! the implicit `kubernetes.io/{arch,os,hostname}`) satisfy the pod's nodeSelector, it
-//! has room for one more pod, and the pod's cpu and memory requests fit what is left of
-//! its allocatable resources. Scoring spreads a Deployment's pods (fewest pods of the same
-//! owner first), then prefers the least requested node, then the node name, so the same
-//! inputs always give the same answer.
+//! Filters, in the order Kubernetes reports them: the node is ready, not cordoned, has no
+//! taint the pod does not tolerate (`decide::taints`), its labels (with the implicit
+//! `kubernetes.io/{arch,os,hostname}`) satisfy the pod's nodeSelector and required node
+//! affinity, it has room for one more pod, and the pod's cpu and memory requests fit what
+//! is left of its allocatable resources. Scoring ranks by the summed weights of the
+//! preferred node-affinity terms a node matches, then spreads a Deployment's pods (fewest
+//! pods of the same owner first), then prefers the least requested node, then the node
+//! name, so the same inputs always give the same answer.
 
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -128,7 +129,7 @@ impl Reject {
             Reject::NotReady => "node(s) not ready",
             Reject::Unschedulable => "node(s) were unschedulable",
             Reject::Taint => "node(s) had untolerated taint(s)",
-            Reject::Selector => "node(s) didn't match node selector",
+            Reject::Selector => "node(s) didn't match Pod's node affinity/selector",
             Reject::TooManyPods => "node(s) had too many pods",
             Reject::Cpu => "node(s) had insufficient cpu",
             Reject::Memory => "node(s) had insufficient memory",
@@ -155,10 +156,20 @@ fn filter(
     if super::taints::untolerated(&c.node.spec.taints, &pod.tolerations).is_some() {
         return vec![Reject::Taint];
     }
+    let required = pod
+        .affinity
+        .as_ref()
+        .and_then(|a| a.node_affinity.as_ref())
+        .and_then(|n| n.required.as_ref());
     if pod
         .node_selector
         .iter()
         .any(|(k, v)| labels.get(k) != Some(v))
+        || required.is_some_and(|r| {
+            !r.node_selector_terms
+                .iter()
+                .any(|t| term_matches(t, labels))
+        })
     {
         return vec![Reject::Selector];
     }
@@ -177,6 +188,50 @@ fn filter(
         rejects.push(Reject::Ports);
     }
     rejects
+}
+
+/// Whether every expression of `term` matches `labels` (an empty term matches nothing, as
+/// in Kubernetes).
+pub fn term_matches(term: &api::NodeSelectorTerm, labels: &BTreeMap<String, String>) -> bool {
+    use api::NodeSelectorOperator as Op;
+    !term.match_expressions.is_empty()
+        && term.match_expressions.iter().all(|e| {
+            let v = labels.get(&e.key);
+            let int = |s: &str| s.parse::<i64>().ok();
+            match e.operator {
+                Op::In => v.is_some_and(|v| e.values.contains(v)),
+                Op::NotIn => v.is_none_or(|v| !e.values.contains(v)),
+                Op::Exists => v.is_some(),
+                Op::DoesNotExist => v.is_none(),
+                Op::Gt | Op::Lt => {
+                    let (Some(have), Some(bound)) = (
+                        v.and_then(|v| int(v)),
+                        e.values.first().and_then(|b| int(b)),
+                    ) else {
+                        return false;
+                    };
+                    if e.operator == Op::Gt {
+                        have > bound
+                    } else {
+                        have < bound
+                    }
+                }
+            }
+        })
+}
+
+/// The summed weights of the pod's preferred node-affinity terms that `labels` match.
+fn preferred_score(pod: &api::PodSpec, labels: &BTreeMap<String, String>) -> u32 {
+    pod.affinity
+        .as_ref()
+        .and_then(|a| a.node_affinity.as_ref())
+        .map_or(0, |n| {
+            n.preferred
+                .iter()
+                .filter(|p| term_matches(&p.preference, labels))
+                .map(|p| p.weight)
+                .sum()
+        })
 }
 
 /// How full the node would be with the pod, in millionths: the mean of the cpu and
@@ -206,7 +261,8 @@ pub fn schedule(pod: &api::PodSpec, candidates: &[Candidate<'_>]) -> Result<Stri
         reason: format!("invalid resource request: {e}"),
     })?;
     let mut counts: BTreeMap<Reject, usize> = BTreeMap::new();
-    let mut best: Option<((u32, u64, &str), &Candidate<'_>)> = None;
+    type Key<'a> = (std::cmp::Reverse<u32>, u32, u64, &'a str);
+    let mut best: Option<(Key<'_>, &Candidate<'_>)> = None;
     for c in candidates {
         let labels = node_labels(c.node);
         let rejects = filter(pod, req, c, &labels);
@@ -217,6 +273,7 @@ pub fn schedule(pod: &api::PodSpec, candidates: &[Candidate<'_>]) -> Result<Stri
             continue;
         }
         let key = (
+            std::cmp::Reverse(preferred_score(pod, &labels)),
             c.pods_of_same_owner,
             requested_fraction(c, req),
             c.node.metadata.name.as_str(),

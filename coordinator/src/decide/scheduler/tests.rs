@@ -222,7 +222,7 @@ fn table() {
                     c(&pi1, used(3950, "4050Mi", 3), 0),
                     c(&pi2, used(0, "0", 110), 0),
                 ],
-                Err("0/5 nodes are available: 1 node(s) not ready, 2 node(s) didn't match node selector, 1 node(s) had too many pods, 1 node(s) had insufficient cpu, 1 node(s) had insufficient memory"),
+                Err("0/5 nodes are available: 1 node(s) not ready, 2 node(s) didn't match Pod's node affinity/selector, 1 node(s) had too many pods, 1 node(s) had insufficient cpu, 1 node(s) had insufficient memory"),
             ),
             (
                 "a taken host port moves the pod",
@@ -269,4 +269,97 @@ fn table() {
         };
         assert_eq!(got, want, "{name}");
     }
+}
+
+#[test]
+fn node_affinity_filters_by_its_terms_and_ranks_by_preferred_weights() {
+    use api::NodeSelectorOperator::*;
+    let expr = |key: &str, op, values: &[&str]| api::NodeSelectorRequirement {
+        key: key.into(),
+        operator: op,
+        values: values.iter().map(|v| v.to_string()).collect(),
+    };
+    let term = |e: Vec<api::NodeSelectorRequirement>| api::NodeSelectorTerm {
+        match_expressions: e,
+    };
+    let mut nodes = [
+        node("cam-1", "arm64", "4", "4Gi", 110),
+        node("cam-2", "arm64", "4", "4Gi", 110),
+        node("gw", "amd64", "4", "4Gi", 110),
+    ];
+    nodes[0]
+        .metadata
+        .labels
+        .insert("zone".into(), "north".into());
+    nodes[0].metadata.labels.insert("cores".into(), "4".into());
+    nodes[1]
+        .metadata
+        .labels
+        .insert("zone".into(), "south".into());
+    nodes[1].metadata.labels.insert("cores".into(), "2".into());
+    let cands: Vec<Candidate<'_>> = nodes
+        .iter()
+        .map(|n| Candidate {
+            node: n,
+            used: Usage::default(),
+            pods_of_same_owner: 0,
+            host_ports: BTreeSet::new(),
+        })
+        .collect();
+    let with = |required: Option<Vec<api::NodeSelectorTerm>>,
+                preferred: Vec<(u32, api::NodeSelectorTerm)>| {
+        let mut p = pod(&[(None, None, None, None)]);
+        p.affinity = Some(api::Affinity {
+            node_affinity: Some(api::NodeAffinity {
+                required: required.map(|t| api::RequiredNodeSelector {
+                    node_selector_terms: t,
+                }),
+                preferred: preferred
+                    .into_iter()
+                    .map(|(weight, preference)| api::PreferredSchedulingTerm { weight, preference })
+                    .collect(),
+            }),
+        });
+        p
+    };
+    // Terms are ORed, expressions ANDed.
+    let arm_south = with(
+        Some(vec![
+            term(vec![
+                expr("kubernetes.io/arch", In, &["arm64"]),
+                expr("zone", NotIn, &["north"]),
+            ]),
+            term(vec![expr("nothing", Exists, &[])]),
+        ]),
+        vec![],
+    );
+    assert_eq!(schedule(&arm_south, &cands).unwrap(), "cam-2");
+    let many_cores = with(Some(vec![term(vec![expr("cores", Gt, &["3"])])]), vec![]);
+    assert_eq!(schedule(&many_cores, &cands).unwrap(), "cam-1");
+    let unlabeled = with(
+        Some(vec![term(vec![expr("zone", DoesNotExist, &[])])]),
+        vec![],
+    );
+    assert_eq!(schedule(&unlabeled, &cands).unwrap(), "gw");
+    let none = with(Some(vec![term(vec![expr("zone", In, &["east"])])]), vec![]);
+    assert_eq!(
+        schedule(&none, &cands).unwrap_err().reason,
+        "0/3 nodes are available: 3 node(s) didn't match Pod's node affinity/selector"
+    );
+    // Preferences rank before spreading; the heavier matching one wins.
+    let prefer = with(
+        None,
+        vec![
+            (10, term(vec![expr("zone", In, &["north"])])),
+            (50, term(vec![expr("kubernetes.io/hostname", In, &["gw"])])),
+        ],
+    );
+    assert_eq!(schedule(&prefer, &cands).unwrap(), "gw");
+    let mut spread = cands.clone();
+    spread[2].pods_of_same_owner = 5;
+    assert_eq!(
+        schedule(&prefer, &spread).unwrap(),
+        "gw",
+        "preferred beats spreading"
+    );
 }

@@ -112,6 +112,52 @@ pub(super) struct InPodSpec {
     pub(super) security_context: InPodSecurityContext,
     #[serde(default)]
     pub(super) tolerations: Vec<InToleration>,
+    pub(super) affinity: Option<InAffinity>,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub(super) struct InAffinity {
+    pub(super) node_affinity: Option<InNodeAffinity>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct InNodeAffinity {
+    #[serde(rename = "requiredDuringSchedulingIgnoredDuringExecution")]
+    pub(super) required: Option<InNodeSelector>,
+    #[serde(default, rename = "preferredDuringSchedulingIgnoredDuringExecution")]
+    pub(super) preferred: Vec<InPreferred>,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub(super) struct InNodeSelector {
+    #[serde(default)]
+    pub(super) node_selector_terms: Vec<InTerm>,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub(super) struct InTerm {
+    #[serde(default)]
+    pub(super) match_expressions: Vec<InRequirement>,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub(super) struct InRequirement {
+    pub(super) key: Option<String>,
+    pub(super) operator: Option<String>,
+    #[serde(default)]
+    pub(super) values: Vec<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub(super) struct InPreferred {
+    pub(super) weight: Option<i64>,
+    pub(super) preference: Option<InTerm>,
 }
 
 #[derive(Deserialize)]

@@ -4,7 +4,9 @@
 use std::collections::BTreeSet;
 
 use super::container::{container, seccomp_profile, ContainerKind};
-use super::input::{InContainer, InPod, InPodSpec, InToleration, InVolume};
+use super::input::{
+    InAffinity, InContainer, InPod, InPodSpec, InRequirement, InTerm, InToleration, InVolume,
+};
 use super::validate::{
     absolute_path, dns_label, id, invalid, label_value, object_meta, qualified_name, required,
     secret_name, Invalid,
@@ -108,6 +110,10 @@ pub(super) fn pod_spec(path: &str, spec: InPodSpec) -> Result<api::PodSpec, Inva
         image_pull_secrets,
         security_context,
         tolerations: tolerations(path, spec.tolerations)?,
+        affinity: spec
+            .affinity
+            .map(|a| affinity(&format!("{path}.affinity"), a))
+            .transpose()?,
     })
 }
 
@@ -223,4 +229,108 @@ fn tolerations(path: &str, input: Vec<InToleration>) -> Result<Vec<api::Tolerati
         });
     }
     Ok(out)
+}
+
+/// Node affinity, checked as the API server validates it.
+fn affinity(path: &str, input: InAffinity) -> Result<api::Affinity, Invalid> {
+    let Some(na) = input.node_affinity else {
+        return Ok(api::Affinity::default());
+    };
+    let p = format!("{path}.nodeAffinity");
+    let hard = match na.required {
+        None => None,
+        Some(sel) => {
+            let rp =
+                format!("{p}.requiredDuringSchedulingIgnoredDuringExecution.nodeSelectorTerms");
+            if sel.node_selector_terms.is_empty() {
+                return invalid(rp, "at least one term is required");
+            }
+            let terms = sel
+                .node_selector_terms
+                .into_iter()
+                .enumerate()
+                .map(|(i, t)| term(&format!("{rp}[{i}]"), t))
+                .collect::<Result<_, _>>()?;
+            Some(api::RequiredNodeSelector {
+                node_selector_terms: terms,
+            })
+        }
+    };
+    let mut preferred = Vec::new();
+    for (i, pr) in na.preferred.into_iter().enumerate() {
+        let pp = format!("{p}.preferredDuringSchedulingIgnoredDuringExecution[{i}]");
+        let weight = required_weight(&format!("{pp}.weight"), pr.weight)?;
+        let preference = term(
+            &format!("{pp}.preference"),
+            required(&format!("{pp}.preference"), pr.preference)?,
+        )?;
+        preferred.push(api::PreferredSchedulingTerm { weight, preference });
+    }
+    Ok(api::Affinity {
+        node_affinity: Some(api::NodeAffinity {
+            required: hard,
+            preferred,
+        }),
+    })
+}
+
+fn required_weight(path: &str, w: Option<i64>) -> Result<u32, Invalid> {
+    match required(path, w)? {
+        w @ 1..=100 => Ok(w as u32),
+        w => invalid(path, format!("must be between 1 and 100, got {w}")),
+    }
+}
+
+fn term(path: &str, t: InTerm) -> Result<api::NodeSelectorTerm, Invalid> {
+    let exprs = t
+        .match_expressions
+        .into_iter()
+        .enumerate()
+        .map(|(i, r)| requirement(&format!("{path}.matchExpressions[{i}]"), r))
+        .collect::<Result<_, _>>()?;
+    Ok(api::NodeSelectorTerm {
+        match_expressions: exprs,
+    })
+}
+
+fn requirement(path: &str, r: InRequirement) -> Result<api::NodeSelectorRequirement, Invalid> {
+    use api::NodeSelectorOperator as Op;
+    let key = required(&format!("{path}.key"), r.key)?;
+    qualified_name(&format!("{path}.key"), &key)?;
+    let op_path = format!("{path}.operator");
+    let operator = match required(&op_path, r.operator)?.as_str() {
+        "In" => Op::In,
+        "NotIn" => Op::NotIn,
+        "Exists" => Op::Exists,
+        "DoesNotExist" => Op::DoesNotExist,
+        "Gt" => Op::Gt,
+        "Lt" => Op::Lt,
+        o => {
+            return invalid(
+                op_path,
+                format!("must be In, NotIn, Exists, DoesNotExist, Gt or Lt, got {o:?}"),
+            )
+        }
+    };
+    let vp = format!("{path}.values");
+    match operator {
+        Op::In | Op::NotIn if r.values.is_empty() => {
+            return invalid(vp, "must be non-empty with In and NotIn")
+        }
+        Op::Exists | Op::DoesNotExist if !r.values.is_empty() => {
+            return invalid(vp, "must be empty with Exists and DoesNotExist")
+        }
+        Op::Gt | Op::Lt if r.values.len() != 1 || r.values[0].parse::<i64>().is_err() => {
+            return invalid(vp, "must be one integer with Gt and Lt")
+        }
+        _ => {}
+    }
+    for (i, v) in r.values.iter().enumerate() {
+        label_value(&format!("{vp}[{i}]"), v)?;
+    }
+    Ok(api::NodeSelectorRequirement {
+        key,
+        operator,
+        values: r.values,
+    })
 }

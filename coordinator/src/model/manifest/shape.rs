@@ -141,6 +141,25 @@ const POD_SPEC: Shape = Shape::Object(&[
         ]),
     ),
     (
+        "affinity",
+        Shape::Object(&[(
+            "nodeAffinity",
+            Shape::Object(&[
+                (
+                    "requiredDuringSchedulingIgnoredDuringExecution",
+                    Shape::Object(&[("nodeSelectorTerms", Shape::List(&NODE_SELECTOR_TERM))]),
+                ),
+                (
+                    "preferredDuringSchedulingIgnoredDuringExecution",
+                    Shape::List(&Shape::Object(&[
+                        ("weight", Shape::Leaf),
+                        ("preference", NODE_SELECTOR_TERM),
+                    ])),
+                ),
+            ]),
+        )]),
+    ),
+    (
         "tolerations",
         Shape::List(&Shape::Object(&[
             ("key", Shape::Leaf),
@@ -151,6 +170,15 @@ const POD_SPEC: Shape = Shape::Object(&[
         ])),
     ),
 ]);
+/// `matchFields` is left out: it is refused by its path.
+const NODE_SELECTOR_TERM: Shape = Shape::Object(&[(
+    "matchExpressions",
+    Shape::List(&Shape::Object(&[
+        ("key", Shape::Leaf),
+        ("operator", Shape::Leaf),
+        ("values", Shape::Leaf),
+    ])),
+)]);
 /// `localhostProfile` is known so that a `Localhost` profile is refused with its own
 /// message (by [`seccomp_profile`](super::container::seccomp_profile)) rather than as an
 /// unknown field.

@@ -350,6 +350,21 @@ fn validation_rules() {
             "ok",
         ),
         (
+            "node affinity as the Kubernetes docs write it",
+            doc("", "", "      affinity:\n        nodeAffinity:\n          requiredDuringSchedulingIgnoredDuringExecution:\n            nodeSelectorTerms:\n            - matchExpressions:\n              - {key: topology.kubernetes.io/zone, operator: In, values: [antarctica-east1, antarctica-west1]}\n          preferredDuringSchedulingIgnoredDuringExecution:\n          - weight: 1\n            preference:\n              matchExpressions:\n              - {key: another-node-label-key, operator: In, values: [another-node-label-value]}\n", ""),
+            "ok",
+        ),
+        (
+            "node affinity In without values",
+            doc("", "", "      affinity:\n        nodeAffinity:\n          requiredDuringSchedulingIgnoredDuringExecution:\n            nodeSelectorTerms:\n            - matchExpressions:\n              - {key: zone, operator: In}\n", ""),
+            "error: document 1: spec.template.spec.affinity.nodeAffinity.requiredDuringSchedulingIgnoredDuringExecution.nodeSelectorTerms[0].matchExpressions[0].values: must be non-empty with In and NotIn",
+        ),
+        (
+            "pod anti-affinity is named",
+            doc("", "", "      affinity:\n        podAntiAffinity: {}\n", ""),
+            "error: document 1: spec.template.spec.affinity.podAntiAffinity: field not supported by Baton",
+        ),
+        (
             "toleration with an unknown operator",
             doc("", "", "      tolerations:\n      - {key: a, operator: In}\n", ""),
             "error: document 1: spec.template.spec.tolerations[0].operator: must be Equal or Exists, got \"In\"",

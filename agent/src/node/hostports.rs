@@ -70,3 +70,79 @@ pub(super) fn spawn_writer(
     });
     tx
 }
+
+#[cfg(test)]
+mod tests {
+    use std::net::{IpAddr, Ipv4Addr};
+
+    use baton_proto::{BString, BVec, ContainerSpec, PodSpec, Port, Protocol, PullPolicy};
+
+    use crate::network::{HostPortRule, L4};
+    use crate::pod::host_port_rules;
+
+    fn spec(host_network: bool, ports: Vec<Port>) -> PodSpec {
+        let c = ContainerSpec {
+            name: BString::new("web").unwrap(),
+            image: BString::new("busybox").unwrap(),
+            image_pull_policy: PullPolicy::IfNotPresent,
+            command: BVec::new(),
+            args: BVec::new(),
+            env: BVec::new(),
+            working_dir: None,
+            ports: BVec::from_vec(ports).unwrap(),
+            resources: Default::default(),
+            volume_mounts: BVec::new(),
+            liveness_probe: None,
+            readiness_probe: None,
+            startup_probe: None,
+            security: Default::default(),
+        };
+        PodSpec {
+            name: BString::new("p").unwrap(),
+            uid: BString::new("u").unwrap(),
+            host_network,
+            restart_policy: baton_proto::RestartPolicy::Always,
+            termination_grace_secs: 0,
+            containers: BVec::from_vec(vec![c]).unwrap(),
+            init_containers: BVec::new(),
+            volumes: BVec::new(),
+            image_pull_secrets: BVec::new(),
+        }
+    }
+
+    #[test]
+    fn a_pod_has_a_rule_per_host_port_with_its_transport() {
+        let ports = vec![
+            Port {
+                container_port: 80,
+                host_port: Some(8080),
+                protocol: Protocol::Tcp,
+            },
+            Port {
+                container_port: 53,
+                host_port: Some(5353),
+                protocol: Protocol::Udp,
+            },
+            // No hostPort: reached on the pod's address only.
+            Port {
+                container_port: 9000,
+                host_port: None,
+                protocol: Protocol::Tcp,
+            },
+        ];
+        let ip = Ipv4Addr::new(10, 42, 1, 7);
+        let rule = |host_port, proto, container_port| HostPortRule {
+            host_port,
+            proto,
+            pod_ip: ip,
+            container_port,
+        };
+        assert_eq!(
+            host_port_rules(&spec(false, ports.clone()), Some(IpAddr::V4(ip))),
+            vec![rule(8080, L4::Tcp, 80), rule(5353, L4::Udp, 53)]
+        );
+        // Not prepared yet (no address), or on the node's network: nothing to DNAT.
+        assert!(host_port_rules(&spec(false, ports.clone()), None).is_empty());
+        assert!(host_port_rules(&spec(true, ports), Some(IpAddr::V4(ip))).is_empty());
+    }
+}

@@ -32,7 +32,10 @@ use std::sync::{Mutex, MutexGuard};
 use sha2::{Digest, Sha256};
 
 pub use cidr::Ipv4Net;
-use command::{chain_exists, enable_sysctl, ensure_chain, ensure_jump, ip, iptables, link_exists};
+use command::{
+    chain_exists, enable_sysctl, ensure_chain, ensure_jump, ip, iptables, iptables_restore,
+    link_exists,
+};
 pub use hostport::{HostPortRule, PortReservation, L4};
 
 /// Where `ip netns add` puts its namespace files.
@@ -258,7 +261,7 @@ impl Network {
         // commit, so a restarting agent never leaves a moment without them.
         let (nat, fwd, cidr) = (self.nat_chain(), self.forward_chain(), &self.cfg.pod_cidr);
         let mark = hostport::MASQ_MARK;
-        hostport::restore(&format!(
+        iptables_restore(&format!(
             "*nat\n:{nat} - [0:0]\n\
              -A {nat} -m mark --mark {mark} -j MASQUERADE\n\
              -A {nat} -s {cidr} ! -o {br} -j MASQUERADE\n\
@@ -282,8 +285,8 @@ impl Network {
     }
 
     /// Removes everything [`Network::setup_node`] and [`Network::create_pod`] made: every pod
-    /// with an address, the iptables chains (hostPorts too) and their jumps, and the bridge. Idempotent. For
-    /// decommissioning a node and for tests; the agent does not call it on a normal restart.
+    /// with an address, the iptables chains (hostPorts too) and their jumps, and the bridge.
+    /// Idempotent. For decommissioning a node and for tests; the agent does not call it on a normal restart.
     #[tracing::instrument(skip_all, fields(node = %self.cfg.node, bridge = %self.cfg.bridge))]
     pub fn teardown_node(&self) -> Result<(), NetError> {
         // Best effort throughout: a failing step must not keep the later ones from running.

@@ -1,8 +1,9 @@
 //! Running `ip` and `iptables`, and the small idempotent steps built on them.
 
 use std::fs;
+use std::io::Write as _;
 use std::path::Path;
-use std::process::Command;
+use std::process::{Command, Stdio};
 
 use super::{io_err, NetError};
 
@@ -38,6 +39,39 @@ pub(super) fn iptables(args: &[&str]) -> Result<String, NetError> {
     let mut all = vec!["-w"];
     all.extend_from_slice(args);
     run("iptables", &all)
+}
+
+/// Runs `iptables-restore -w --noflush` on `script`.
+pub(super) fn iptables_restore(script: &str) -> Result<(), NetError> {
+    let command = "iptables-restore -w --noflush".to_owned();
+    let spawn_err = |source| NetError::Spawn {
+        command: command.clone(),
+        source,
+    };
+    let mut child = Command::new("iptables-restore")
+        .args(["-w", "--noflush"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .map_err(spawn_err)?;
+    let written = child
+        .stdin
+        .take()
+        .map(|mut stdin| stdin.write_all(script.as_bytes()));
+    let out = child.wait_with_output().map_err(spawn_err)?;
+    if !out.status.success() {
+        return Err(NetError::Command {
+            command,
+            status: out.status.to_string(),
+            stderr: format!(
+                "{}; input:\n{script}",
+                String::from_utf8_lossy(&out.stderr).trim()
+            ),
+        });
+    }
+    written.transpose().map_err(spawn_err)?;
+    Ok(())
 }
 
 /// Whether `name` exists, in netns `ns` or the agent's own.

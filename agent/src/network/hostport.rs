@@ -11,10 +11,9 @@
 //! with a clear reason.
 
 use std::fmt::Write as _;
-use std::io::Write as _;
 use std::net::{Ipv4Addr, SocketAddr, TcpListener, UdpSocket};
-use std::process::{Command, Stdio};
 
+use super::command::iptables_restore;
 use super::{NetError, Network};
 
 /// The mark of hostPort packets that need their source rewritten (from the node's loopback,
@@ -92,43 +91,10 @@ impl Network {
     pub fn sync_host_ports(&self, rules: &[HostPortRule]) -> Result<(), NetError> {
         let script = self.host_port_script(rules);
         let _g = self.guard();
-        restore(&script)?;
+        iptables_restore(&script)?;
         tracing::debug!("hostPort rules written");
         Ok(())
     }
-}
-
-/// Runs `iptables-restore -w --noflush` on `script`.
-pub(super) fn restore(script: &str) -> Result<(), NetError> {
-    let command = "iptables-restore -w --noflush".to_owned();
-    let spawn_err = |source| NetError::Spawn {
-        command: command.clone(),
-        source,
-    };
-    let mut child = Command::new("iptables-restore")
-        .args(["-w", "--noflush"])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .map_err(spawn_err)?;
-    let written = child
-        .stdin
-        .take()
-        .map(|mut stdin| stdin.write_all(script.as_bytes()));
-    let out = child.wait_with_output().map_err(spawn_err)?;
-    if !out.status.success() {
-        return Err(NetError::Command {
-            command,
-            status: out.status.to_string(),
-            stderr: format!(
-                "{}; input:\n{script}",
-                String::from_utf8_lossy(&out.stderr).trim()
-            ),
-        });
-    }
-    written.transpose().map_err(spawn_err)?;
-    Ok(())
 }
 
 /// A hostPort held by a socket on `0.0.0.0:port` while the agent runs (see the module docs).

@@ -472,7 +472,10 @@ impl Node {
                     _ => break,
                 }
             }
-            // The writer may not get to run again before the process ends.
+            // The writer may not get to run again before the process ends: write here too
+            // (after the writer's newest set, so that a write of it still under way is not
+            // the last).
+            agent.publish_host_ports();
             if let Err(e) = agent
                 .deps
                 .network

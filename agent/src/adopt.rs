@@ -5,15 +5,18 @@
 //! state with what the runtime still has ([`plan`], pure) and then:
 //! - adopts every desired pod whose main containers *all* still run: it rebuilds their run
 //!   specs (from the local image configs, never pulling), finds the pod's network and
-//!   volumes, asks the runtime to watch them again, restarts the pod's hostPort forwarders
-//!   and reads the pod's record (restart counts, last terminations). Its init containers
+//!   volumes, asks the runtime to watch them again, reserves the pod's hostPorts again (their
+//!   DNAT rules never went away, see [`crate::network`]) and reads the pod's record (restart counts, last terminations). Its init containers
 //!   are done (the main ones could not run otherwise) and are never run again;
 //! - removes everything else a previous process left: containers of pods that are no longer
 //!   desired, every container of a pod that is only partly there, and the rootfs mounts, pod
 //!   networks and directories of pods not adopted. Those desired pods then start normally.
 //!
-//! A pod whose adoption fails half-way (an image config gone, a port taken) is removed and
-//! started afresh: a restart is the safe fallback, a half-adopted pod is not.
+//! A pod whose adoption fails half-way (an image config gone) is removed and started afresh:
+//! a restart is the safe fallback, a half-adopted pod is not. A hostPort some other process
+//! bound while no agent ran is only logged: the pod has answered on it throughout, and
+//! restarting it for that would break the guarantee of an agent switch (same pids, ports
+//! answering).
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::IpAddr;
@@ -23,7 +26,7 @@ use baton_proto::{DesiredState, PodSpec, PullPolicy};
 use tracing::{info, instrument, warn};
 
 use crate::image::ImageConfig;
-use crate::network::PortForward;
+use crate::network::PortReservation;
 use crate::pod::{self, Deps, PodRecord};
 use crate::runtime::{Adopted, ContainerId, RunSpec};
 
@@ -82,7 +85,7 @@ pub struct AdoptedPod {
     pub spec: PodSpec,
     pub pod_ip: Option<IpAddr>,
     pub containers: Vec<AdoptedContainer>,
-    pub forwards: Vec<PortForward>,
+    pub ports: Vec<PortReservation>,
     /// What the previous agent process recorded about the pod's containers.
     pub record: PodRecord,
 }
@@ -189,12 +192,16 @@ async fn adopt_pod(deps: &Arc<Deps>, pod: &PodSpec) -> Result<AdoptedPod, String
             adopted,
         });
     }
-    let forwards = pod::start_forwards(pod, pod_ip).map_err(|f| f.reason.to_string())?;
+    // The previous agent's DNAT rules still answer; only the reservation is this process's.
+    let ports = pod::reserve_host_ports(pod).unwrap_or_else(|f| {
+        warn!(pod = %pod.name, reason = %f.reason, "hostPort not reserved by this agent");
+        Vec::new()
+    });
     Ok(AdoptedPod {
         spec: pod.clone(),
         pod_ip,
         containers,
-        forwards,
+        ports,
         record: PodRecord::load(&deps.record_path(uid)),
     })
 }

@@ -1,4 +1,4 @@
-//! Pod networking: per-node bridge, per-pod netns + veth, NAT and hostPort forwarding.
+//! Pod networking: per-node bridge, per-pod netns + veth, NAT and hostPorts.
 //!
 //! The model is the CNI bridge plugin's: one Linux bridge per node holding the gateway address
 //! `.1` of the node's pod CIDR, one named network namespace per pod with a veth pair (host end
@@ -8,20 +8,24 @@
 //!
 //! Several agents may run on one machine, even in one network namespace (the e2e tests do), so
 //! every name here derives from the node name: the bridge `bt-<hash(node)>`, the iptables chains
-//! `<bridge>-nat` / `<bridge>-fwd`, the pod netns `bt-<hash(node, pod)>` and its host veth
-//! `bv<hash(node, pod)>`, and the address files `ipam-<bridge>/` under the state dir.
+//! `<bridge>-nat` / `<bridge>-fwd` / `<bridge>-hp`, the pod netns `bt-<hash(node, pod)>` and its
+//! host veth `bv<hash(node, pod)>`, and the address files `ipam-<bridge>/` under the state dir.
 //!
-//! hostPort is a userspace TCP forwarder ([`PortForward`]) rather than DNAT: it works for
-//! connections to 127.0.0.1 as well, needs no `route_localnet`, and leaves no kernel state
-//! behind when the agent dies.
+//! hostPort is kernel DNAT ([`hostport`]) rather than a forwarder in the agent process. A
+//! userspace forwarder (what this was until session 10) dies with the agent, so every agent
+//! switch, crash or restart refused the port for ~5 s although the pod kept running (issue
+//! 13 wants 0). DNAT rules belong to the kernel like the pods belong to it: they outlive the
+//! agent, are rewritten whole and atomically whenever the set of pods changes, and go only
+//! when a pod does (or with `baton-agent reset`). Connections to 127.0.0.1 work through
+//! `route_localnet` on the bridge plus a MASQUERADE of marked packets, as in CNI's portmap.
 
 mod cidr;
 mod command;
-mod forward;
+mod hostport;
 mod ipam;
 
 use std::io;
-use std::net::{Ipv4Addr, SocketAddr};
+use std::net::Ipv4Addr;
 use std::path::{Path, PathBuf};
 use std::sync::{Mutex, MutexGuard};
 
@@ -29,12 +33,15 @@ use sha2::{Digest, Sha256};
 
 pub use cidr::Ipv4Net;
 use command::{
-    chain_exists, enable_ip_forward, ensure_chain, ensure_jump, ip, iptables, link_exists,
+    chain_exists, enable_sysctl, ensure_chain, ensure_jump, ip, iptables, iptables_restore,
+    link_exists,
 };
-pub use forward::PortForward;
+pub use hostport::{HostPortRule, PortReservation, L4};
 
 /// Where `ip netns add` puts its namespace files.
 const NETNS_DIR: &str = "/run/netns";
+/// How the hostPort chain is jumped to: packets for one of the node's own addresses.
+const LOCAL_DST: &[&str] = &["-m", "addrtype", "--dst-type", "LOCAL"];
 /// Interface name limit of the kernel (IFNAMSIZ - 1).
 const MAX_IFNAME: usize = 15;
 
@@ -66,14 +73,13 @@ pub enum NetError {
     },
     #[error("no free address left in {0}")]
     Exhausted(Ipv4Net),
-    #[error("cannot listen on {addr}")]
-    Listen {
-        addr: SocketAddr,
+    #[error("hostPort {port}/{proto} is already in use on the node")]
+    PortTaken {
+        port: u16,
+        proto: &'static str,
         #[source]
         source: io::Error,
     },
-    #[error("port forwarding needs a tokio runtime")]
-    NoRuntime(#[source] tokio::runtime::TryCurrentError),
 }
 
 fn io_err(path: &Path) -> impl FnOnce(io::Error) -> NetError + '_ {
@@ -246,40 +252,41 @@ impl Network {
         let gw = format!("{}/{}", self.gateway(), self.cfg.pod_cidr.prefix());
         ip(&["addr", "replace", &gw, "dev", br])?;
         ip(&["link", "set", br, "up"])?;
-        enable_ip_forward()?;
+        enable_sysctl("/proc/sys/net/ipv4/ip_forward")?;
+        // `curl 127.0.0.1:<hostPort>` on the node: a DNATed packet from 127.0.0.1 may leave
+        // through the bridge (and is then masqueraded, see `hostport`).
+        enable_sysctl(&format!("/proc/sys/net/ipv4/conf/{br}/route_localnet"))?;
 
-        let cidr = self.cfg.pod_cidr.to_string();
-        let nat = self.nat_chain();
-        ensure_chain("nat", &nat)?;
-        iptables(&["-t", "nat", "-F", &nat])?;
-        iptables(&[
-            "-t",
-            "nat",
-            "-A",
-            &nat,
-            "-s",
-            &cidr,
-            "!",
-            "-o",
-            br,
-            "-j",
-            "MASQUERADE",
-        ])?;
-        ensure_jump("nat", "POSTROUTING", &nat)?;
-
-        let fwd = self.forward_chain();
-        ensure_chain("filter", &fwd)?;
-        iptables(&["-t", "filter", "-F", &fwd])?;
-        iptables(&["-t", "filter", "-A", &fwd, "-i", br, "-j", "ACCEPT"])?;
-        iptables(&["-t", "filter", "-A", &fwd, "-o", br, "-j", "ACCEPT"])?;
-        ensure_jump("filter", "FORWARD", &fwd)?;
+        // Both static chains in one transaction: declaring a chain flushes it in the same
+        // commit, so a restarting agent never leaves a moment without them.
+        let (nat, fwd, cidr) = (self.nat_chain(), self.forward_chain(), &self.cfg.pod_cidr);
+        let mark = hostport::MASQ_MARK;
+        iptables_restore(&format!(
+            "*nat\n:{nat} - [0:0]\n\
+             -A {nat} -m mark --mark {mark} -j MASQUERADE\n\
+             -A {nat} -s {cidr} ! -o {br} -j MASQUERADE\n\
+             COMMIT\n\
+             *filter\n:{fwd} - [0:0]\n\
+             -A {fwd} -i {br} -j ACCEPT\n\
+             -A {fwd} -o {br} -j ACCEPT\n\
+             COMMIT\n"
+        ))?;
+        ensure_jump("nat", "POSTROUTING", &[], &nat)?;
+        ensure_jump("filter", "FORWARD", &[], &fwd)?;
+        // Never flushed here: the rules of the pods a previous agent left running keep
+        // answering until this agent has adopted them and writes the same set again.
+        let hp = self.host_port_chain();
+        ensure_chain("nat", &hp)?;
+        for parent in ["PREROUTING", "OUTPUT"] {
+            ensure_jump("nat", parent, LOCAL_DST, &hp)?;
+        }
         tracing::info!(cidr = %self.cfg.pod_cidr, "node network ready");
         Ok(())
     }
 
     /// Removes everything [`Network::setup_node`] and [`Network::create_pod`] made: every pod
-    /// with an address, the iptables chains and their jumps, and the bridge. Idempotent. For
-    /// decommissioning a node and for tests; the agent does not call it on a normal restart.
+    /// with an address, the iptables chains (hostPorts too) and their jumps, and the bridge.
+    /// Idempotent. For decommissioning a node and for tests; the agent does not call it on a normal restart.
     #[tracing::instrument(skip_all, fields(node = %self.cfg.node, bridge = %self.cfg.bridge))]
     pub fn teardown_node(&self) -> Result<(), NetError> {
         // Best effort throughout: a failing step must not keep the later ones from running.
@@ -299,11 +306,23 @@ impl Network {
             Err(e) => note(Err(e)),
         }
         let _g = self.guard();
-        for (table, parent, chain) in [
-            ("nat", "POSTROUTING", self.nat_chain()),
-            ("filter", "FORWARD", self.forward_chain()),
+        let hp = self.host_port_chain();
+        for (table, parent, matches, chain) in [
+            ("nat", "POSTROUTING", &[][..], self.nat_chain()),
+            ("filter", "FORWARD", &[], self.forward_chain()),
+            ("nat", "PREROUTING", LOCAL_DST, hp.clone()),
+            ("nat", "OUTPUT", LOCAL_DST, hp.clone()),
         ] {
-            while iptables(&["-t", table, "-D", parent, "-j", &chain]).is_ok() {}
+            let mut delete = vec!["-t", table, "-D", parent];
+            delete.extend_from_slice(matches);
+            delete.extend(["-j", &chain]);
+            while iptables(&delete).is_ok() {}
+        }
+        for (table, chain) in [
+            ("nat", self.nat_chain()),
+            ("filter", self.forward_chain()),
+            ("nat", hp),
+        ] {
             note(chain_exists(table, &chain).and_then(|exists| {
                 if exists {
                     iptables(&["-t", table, "-F", &chain])?;
@@ -373,6 +392,18 @@ impl Network {
             ])?;
         }
         ip(&["link", "set", &n.host_veth, "master", &self.cfg.bridge])?;
+        // A pod reaching its own hostPort (hairpin): with br_netfilter the DNATed frame goes
+        // back out of the port it came in by, which a bridge refuses unless the port allows it
+        // (CNI bridge's hairpinMode, kubenet's hairpin-veth).
+        ip(&[
+            "link",
+            "set",
+            &n.host_veth,
+            "type",
+            "bridge_slave",
+            "hairpin",
+            "on",
+        ])?;
         ip(&["link", "set", &n.host_veth, "up"])?;
         let addr = format!("{ip_addr}/{}", self.cfg.pod_cidr.prefix());
         ip(&["-n", &n.netns, "link", "set", "lo", "up"])?;

@@ -15,17 +15,19 @@
 //! terminations, whether its init containers are done) is kept in `<pod_dir>/record.bin`
 //! ([`PodRecord`]), written atomically like the desired state.
 
-use std::net::{IpAddr, SocketAddr};
+use std::net::IpAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
-use baton_proto::{ContainerSpec, EnvValue, PodSpec, SeccompProfile, SecurityContext, Termination};
+use baton_proto::{
+    ContainerSpec, EnvValue, PodSpec, Protocol, SeccompProfile, SecurityContext, Termination,
+};
 use serde::{Deserialize, Serialize};
 use tracing::{info, warn};
 
 use crate::image::{ImageConfig, ImageStore};
-use crate::network::{Network, PodNet, PortForward, Sandbox};
+use crate::network::{HostPortRule, Network, PodNet, PortReservation, Sandbox, L4};
 use crate::runtime::{ContainerId, RunSpec, Runtime, Seccomp, Security};
 use crate::volumes::{self, PodVolumes, SecretSource};
 
@@ -55,7 +57,8 @@ pub struct StartedPod {
     pub pod_ip: Option<IpAddr>,
     /// Init containers, then main containers, in spec order.
     pub containers: Vec<Started>,
-    pub forwards: Vec<PortForward>,
+    /// Its hostPorts, held while this agent runs (the DNAT rules are the node loop's).
+    pub ports: Vec<PortReservation>,
 }
 
 /// Why a pod could not start; the reason's text is what `baton get pods` shows.
@@ -302,12 +305,12 @@ pub async fn start(
         started.push(Started { name, id, spec });
     }
 
-    let forwards = start_forwards(&pod, pod_ip)?;
+    let ports = reserve_host_ports(&pod)?;
     info!(pod = %pod.name, %uid, ?pod_ip, "pod prepared");
     Ok(StartedPod {
         pod_ip,
         containers: started,
-        forwards,
+        ports,
     })
 }
 
@@ -355,30 +358,48 @@ pub fn run_spec(
     })
 }
 
-/// The hostPort forwarders of a pod whose address is `pod_ip`.
-pub fn start_forwards(
-    pod: &PodSpec,
-    pod_ip: Option<IpAddr>,
-) -> Result<Vec<PortForward>, StartFailure> {
-    let mut forwards = Vec::new();
-    for c in pod.containers.iter() {
-        for p in c.ports.iter() {
-            let Some(host_port) = p.host_port else {
-                continue;
+/// The hostPorts of `pod`, with their transport; none for a host-network pod, whose
+/// containers listen on the node's ports themselves.
+fn host_ports(pod: &PodSpec) -> impl Iterator<Item = (&ContainerSpec, u16, u16, L4)> {
+    pod.containers
+        .iter()
+        .filter(|_| !pod.host_network)
+        .flat_map(|c| c.ports.iter().map(move |p| (c, p)))
+        .filter_map(|(c, p)| {
+            let proto = match p.protocol {
+                Protocol::Tcp => L4::Tcp,
+                Protocol::Udp => L4::Udp,
             };
-            if pod.host_network {
-                continue; // the container already listens on the node's own port
-            }
-            let Some(ip) = pod_ip else { continue };
-            let fwd = PortForward::start(host_port, SocketAddr::new(ip, p.container_port))
-                .map_err(|e| StartFailure {
-                    container: Some(c.name.to_string()),
-                    reason: WorkerError::HostPort(error_chain(&e)),
-                })?;
-            forwards.push(fwd);
-        }
-    }
-    Ok(forwards)
+            Some((c, p.host_port?, p.container_port, proto))
+        })
+}
+
+/// The DNAT rules of the hostPorts of `pod` at `pod_ip`.
+pub fn host_port_rules(pod: &PodSpec, pod_ip: Option<IpAddr>) -> Vec<HostPortRule> {
+    let Some(IpAddr::V4(pod_ip)) = pod_ip else {
+        return Vec::new();
+    };
+    host_ports(pod)
+        .map(|(_, host_port, container_port, proto)| HostPortRule {
+            host_port,
+            proto,
+            pod_ip,
+            container_port,
+        })
+        .collect()
+}
+
+/// Binds every hostPort of `pod` (see [`PortReservation`]): a port a host process or another
+/// agent holds fails the pod, rather than being taken from it silently by DNAT.
+pub fn reserve_host_ports(pod: &PodSpec) -> Result<Vec<PortReservation>, StartFailure> {
+    host_ports(pod)
+        .map(|(c, host_port, _, proto)| {
+            PortReservation::take(host_port, proto).map_err(|e| StartFailure {
+                container: Some(c.name.to_string()),
+                reason: WorkerError::HostPort(error_chain(&e)),
+            })
+        })
+        .collect()
 }
 
 /// A container started by [`run_container`].

@@ -1,5 +1,5 @@
 //! Real pod networking (root): bridge, netns + veth, addresses, pod-to-pod traffic, hostPort
-//! forwarding and host network. Each test uses its own node name and CIDR, so tests can run in
+//! DNAT and host network. Each test uses its own node name and CIDR, so tests can run in
 //! parallel, and tears its node down on drop.
 
 mod rt_support;
@@ -10,7 +10,7 @@ use std::path::Path;
 use std::process::Command;
 use std::time::Duration;
 
-use baton_agent::network::{NetConfig, Network, PortForward};
+use baton_agent::network::{HostPortRule, NetConfig, NetError, Network, PortReservation, L4};
 use baton_agent::runtime::{ExitReason, Runtime};
 use rt_support::{poll, Fixture};
 
@@ -61,6 +61,24 @@ fn iptables_has(table: &str, chain: &str) -> bool {
         .success()
 }
 
+/// `iptables -S chain` of `table`.
+fn rules(table: &str, chain: &str) -> String {
+    let out = Command::new("iptables")
+        .args(["-w", "-t", table, "-S", chain])
+        .output()
+        .unwrap();
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// A TCP port nothing on the node listens on (as far as the kernel says now).
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("0.0.0.0:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
 /// One HTTP/1.0 GET; `None` while nothing answers yet.
 fn http_get(addr: SocketAddr, path: &str) -> Option<String> {
     let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(2)).ok()?;
@@ -92,7 +110,8 @@ fn setup_node_is_idempotent_and_teardown_removes_everything() {
         .output()
         .unwrap();
     let nat = String::from_utf8_lossy(&nat.stdout);
-    assert_eq!(nat.matches("MASQUERADE").count(), 1, "{nat}");
+    // Egress of the pod CIDR, and the marked hostPort packets (from loopback, hairpin).
+    assert_eq!(nat.matches("MASQUERADE").count(), 2, "{nat}");
     let post = Command::new("iptables")
         .args(["-w", "-t", "nat", "-S", "POSTROUTING"])
         .output()
@@ -104,6 +123,18 @@ fn setup_node_is_idempotent_and_teardown_removes_everything() {
         1
     );
     assert!(iptables_has("filter", &net.forward_chain()));
+    let hp = net.host_port_chain();
+    assert!(iptables_has("nat", &hp));
+    for parent in ["PREROUTING", "OUTPUT"] {
+        let jump = format!("-A {parent} -m addrtype --dst-type LOCAL -j {hp}");
+        assert_eq!(rules("nat", parent).matches(&jump).count(), 1, "{jump}");
+    }
+    assert_eq!(
+        std::fs::read_to_string(format!("/proc/sys/net/ipv4/conf/{br}/route_localnet"))
+            .unwrap()
+            .trim(),
+        "1"
+    );
     assert_eq!(
         std::fs::read_to_string("/proc/sys/net/ipv4/ip_forward")
             .unwrap()
@@ -116,6 +147,13 @@ fn setup_node_is_idempotent_and_teardown_removes_everything() {
     assert!(!link_exists(None, br));
     assert!(!iptables_has("nat", &net.nat_chain()));
     assert!(!iptables_has("filter", &net.forward_chain()));
+    assert!(!iptables_has("nat", &hp));
+    for parent in ["PREROUTING", "OUTPUT"] {
+        assert!(
+            !rules("nat", parent).contains(&hp),
+            "{parent} still jumps to {hp}"
+        );
+    }
     assert!(!pod.netns_path.exists());
     assert!(net.allocations().unwrap().is_empty());
 }
@@ -162,19 +200,55 @@ fn pods_reach_each_other_the_agent_reaches_pods_and_host_ports_forward() {
     assert_eq!(reason, ExitReason::Exited(0), "{log}");
     assert!(log.contains("hello from baton"), "{log}");
 
-    // hostPort: 127.0.0.1:<free port> forwards to the pod.
-    let rt = tokio::runtime::Runtime::new().unwrap();
-    let fwd = {
-        let _enter = rt.enter();
-        PortForward::start_on(SocketAddr::from(([127, 0, 0, 1], 0)), pod_addr).unwrap()
+    // hostPort: DNAT from the node's addresses to the pod, 127.0.0.1 included.
+    let port = free_port();
+    let rule = HostPortRule {
+        host_port: port,
+        proto: L4::Tcp,
+        pod_ip: a.ip,
+        container_port: 8080,
     };
-    let body = poll("forwarded GET", || {
-        http_get(fwd.local_addr(), "/index.html")
+    net.sync_host_ports(std::slice::from_ref(&rule)).unwrap();
+    let hp = rules("nat", &net.host_port_chain());
+    assert_eq!(
+        hp.matches(&format!(
+            "--dport {port} -j DNAT --to-destination {}:8080",
+            a.ip
+        ))
+        .count(),
+        1,
+        "{hp}"
+    );
+    // The same set again changes nothing (an agent restart writes what it adopted).
+    net.sync_host_ports(std::slice::from_ref(&rule)).unwrap();
+    assert_eq!(rules("nat", &net.host_port_chain()), hp);
+    let local = SocketAddr::from(([127, 0, 0, 1], port));
+    let body = poll("GET on 127.0.0.1:<hostPort>", || {
+        http_get(local, "/index.html")
     });
     assert!(body.contains("hello from baton"), "{body}");
-    let local = fwd.local_addr();
-    drop(fwd);
-    poll("forwarder to stop listening", || {
+    // From a pod, and from the pod itself (hairpin), through the node's address.
+    for (who, ns) in [("b", &b.netns_path), ("a", &a.netns_path)] {
+        let url = format!("http://{}:{port}/index.html", net.gateway());
+        let mut client = fx.spec(&format!("hp-{who}"), &["wget", "-q", "-O", "-", &url]);
+        client.netns = Some(ns.clone());
+        let (reason, log) = fx.run_to_end(&client);
+        assert_eq!(reason, ExitReason::Exited(0), "pod {who}: {log}");
+        assert!(log.contains("hello from baton"), "pod {who}: {log}");
+    }
+    // The reservation holds the port against any other listener.
+    let held = PortReservation::take(port, L4::Tcp).unwrap();
+    assert!(matches!(
+        PortReservation::take(port, L4::Tcp),
+        Err(NetError::PortTaken { port: p, .. }) if p == port
+    ));
+    drop(held);
+    // The reservation never was what answered: the port answers without it, and stops
+    // answering when the rules go.
+    assert!(http_get(local, "/index.html").is_some());
+    net.sync_host_ports(&[]).unwrap();
+    assert!(!rules("nat", &net.host_port_chain()).contains("DNAT"));
+    poll("hostPort to stop answering", || {
         TcpStream::connect_timeout(&local, Duration::from_secs(1))
             .is_err()
             .then_some(())

@@ -5,7 +5,7 @@ use super::{InstallError, BINARY, ENV_FILE};
 
 /// Kernel modules the agent needs: overlayfs for container root filesystems; veth, bridge
 /// and br_netfilter for pod networks; nf_nat, iptable_nat, xt_MASQUERADE and xt_conntrack
-/// for pod egress and hostPorts. Debian's and Raspberry Pi OS's kernels build them all as
+/// for pod egress; xt_addrtype, xt_mark and xt_nat for hostPorts (DNAT, `crate::network`). Debian's and Raspberry Pi OS's kernels build them all as
 /// modules (docs/devices.md), which nothing loads until something asks.
 pub const MODULES: &[&str] = &[
     "overlay",
@@ -16,6 +16,9 @@ pub const MODULES: &[&str] = &[
     "iptable_nat",
     "xt_MASQUERADE",
     "xt_conntrack",
+    "xt_addrtype",
+    "xt_mark",
+    "xt_nat",
 ];
 
 /// `/etc/modules-load.d/baton-agent.conf`: loaded by systemd-modules-load at every boot.
@@ -173,7 +176,7 @@ mod tests {
             "Wants=network-online.target",
             "WantedBy=multi-user.target",
             "StartLimitIntervalSec=0",
-            "ExecStartPre=-/sbin/modprobe -a overlay br_netfilter veth bridge nf_nat iptable_nat xt_MASQUERADE xt_conntrack",
+            "ExecStartPre=-/sbin/modprobe -a overlay br_netfilter veth bridge nf_nat iptable_nat xt_MASQUERADE xt_conntrack xt_addrtype xt_mark xt_nat",
         ] {
             assert!(lines.contains(&want), "{want} missing from:\n{u}");
         }

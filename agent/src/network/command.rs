@@ -1,8 +1,9 @@
 //! Running `ip` and `iptables`, and the small idempotent steps built on them.
 
 use std::fs;
+use std::io::Write as _;
 use std::path::Path;
-use std::process::Command;
+use std::process::{Command, Stdio};
 
 use super::{io_err, NetError};
 
@@ -40,6 +41,39 @@ pub(super) fn iptables(args: &[&str]) -> Result<String, NetError> {
     run("iptables", &all)
 }
 
+/// Runs `iptables-restore -w --noflush` on `script`.
+pub(super) fn iptables_restore(script: &str) -> Result<(), NetError> {
+    let command = "iptables-restore -w --noflush".to_owned();
+    let spawn_err = |source| NetError::Spawn {
+        command: command.clone(),
+        source,
+    };
+    let mut child = Command::new("iptables-restore")
+        .args(["-w", "--noflush"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .map_err(spawn_err)?;
+    let written = child
+        .stdin
+        .take()
+        .map(|mut stdin| stdin.write_all(script.as_bytes()));
+    let out = child.wait_with_output().map_err(spawn_err)?;
+    if !out.status.success() {
+        return Err(NetError::Command {
+            command,
+            status: out.status.to_string(),
+            stderr: format!(
+                "{}; input:\n{script}",
+                String::from_utf8_lossy(&out.stderr).trim()
+            ),
+        });
+    }
+    written.transpose().map_err(spawn_err)?;
+    Ok(())
+}
+
 /// Whether `name` exists, in netns `ns` or the agent's own.
 pub(super) fn link_exists(ns: Option<&str>, name: &str) -> Result<bool, NetError> {
     let mut args = Vec::new();
@@ -74,20 +108,31 @@ pub(super) fn ensure_chain(table: &str, chain: &str) -> Result<(), NetError> {
     Ok(())
 }
 
-/// Appends `-j chain` to `parent` unless it is there.
-pub(super) fn ensure_jump(table: &str, parent: &str, chain: &str) -> Result<(), NetError> {
+/// Appends `matches -j chain` to `parent` unless it is there. `matches` as `iptables -S`
+/// prints them back (e.g. `-m addrtype --dst-type LOCAL`).
+pub(super) fn ensure_jump(
+    table: &str,
+    parent: &str,
+    matches: &[&str],
+    chain: &str,
+) -> Result<(), NetError> {
     let rules = iptables(&["-t", table, "-S", parent])?;
-    let jump = format!("-A {parent} -j {chain}");
+    let mut rule = matches.to_vec();
+    rule.extend(["-j", chain]);
+    let jump = format!("-A {parent} {}", rule.join(" "));
     if !rules.lines().any(|l| l.trim() == jump) {
-        iptables(&["-t", table, "-A", parent, "-j", chain])?;
+        let mut append = vec!["-t", table, "-A", parent];
+        append.extend(rule);
+        iptables(&append)?;
     }
     Ok(())
 }
 
-/// Pods reach beyond the node only if the agent's namespace forwards. Written only when off,
-/// so that a read-only `/proc/sys` with forwarding already on is not an error.
-pub(super) fn enable_ip_forward() -> Result<(), NetError> {
-    let path = Path::new("/proc/sys/net/ipv4/ip_forward");
+/// Sets the boolean sysctl at `path` (under `/proc/sys`) to 1: IPv4 forwarding (pods reach
+/// beyond the node only if the agent's namespace forwards), `route_localnet`. Written only
+/// when off, so that a read-only `/proc/sys` with it already on is not an error.
+pub(super) fn enable_sysctl(path: &str) -> Result<(), NetError> {
+    let path = Path::new(path);
     let on = fs::read_to_string(path).map_err(io_err(path))?;
     if on.trim() != "1" {
         fs::write(path, "1").map_err(io_err(path))?;

@@ -263,7 +263,7 @@ impl Agent {
         // Prepared: the reconciler now starts the containers, init ones first.
         p.lifecycle = Lifecycle::Running;
         p.pod_ip = started.pod_ip;
-        p._forwards = started.forwards;
+        p._ports = started.ports;
         for s in started.containers {
             if let Some(c) = p.ctrs.iter_mut().find(|c| c.name == s.name) {
                 c.id = Some(s.id);

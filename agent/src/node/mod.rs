@@ -12,9 +12,11 @@
 //! - `events.rs`: the [`Event`] enum and one handler per event;
 //! - `workers.rs`: the reconciler's steps, carried out in worker tasks;
 //! - `report.rs`: what is told to the coordinator and to the reconciler;
-//! - `pods.rs`: what the loop knows of each pod and container.
+//! - `pods.rs`: what the loop knows of each pod and container;
+//! - `hostports.rs`: the node's hostPort DNAT rules, following the pods.
 
 mod events;
+mod hostports;
 mod pods;
 mod pressure;
 mod report;
@@ -167,6 +169,9 @@ struct Agent {
     updates: Option<mpsc::Sender<crate::update::UpdateEvent>>,
     /// A desired state came since this process started (probation needs one).
     got_desired: bool,
+    /// Where the hostPort rules of the pods go after each turn; `None` in unit tests, which
+    /// must not touch the host's iptables.
+    host_ports: Option<tokio::sync::watch::Sender<Vec<crate::network::HostPortRule>>>,
 }
 
 impl Agent {
@@ -204,6 +209,7 @@ impl Agent {
             evicted: BTreeMap::new(),
             updates: None,
             got_desired: false,
+            host_ports: None,
         }
     }
 
@@ -221,7 +227,20 @@ impl Agent {
         }
         let wake = self.reconcile();
         self.publish_status(bus);
+        self.publish_host_ports();
         wake
+    }
+
+    /// Hands the hostPort rules of the pods to their writer, if they changed.
+    fn publish_host_ports(&self) {
+        if let Some(tx) = &self.host_ports {
+            let rules = hostports::rules(&self.pods);
+            tx.send_if_modified(|cur| {
+                let changed = *cur != rules;
+                *cur = rules;
+                changed
+            });
+        }
     }
 
     /// Persists the pod's record (restart counts, terminations, init done); best effort.
@@ -296,7 +315,7 @@ impl Agent {
                 lifecycle: Lifecycle::Running,
                 pod_ip: p.pod_ip,
                 ctrs,
-                _forwards: p.forwards,
+                _ports: p.ports,
                 busy: 0,
                 init_done: true,
             },
@@ -362,6 +381,11 @@ impl Node {
         for p in adopted {
             agent.track_adopted(p);
         }
+        // The adopted pods' rules, the same as the previous agent left: written before the
+        // loop ever runs, so that no turn can publish a smaller set first.
+        let rules = hostports::rules(&agent.pods);
+        hostports::first_sync(&agent.deps, &rules)?;
+        agent.host_ports = Some(hostports::spawn_writer(agent.deps.clone(), rules));
         Ok(Node {
             agent,
             events,
@@ -447,6 +471,17 @@ impl Node {
                     }
                     _ => break,
                 }
+            }
+            // The writer may not get to run again before the process ends: write here too
+            // (after the writer's newest set, so that a write of it still under way is not
+            // the last).
+            agent.publish_host_ports();
+            if let Err(e) = agent
+                .deps
+                .network
+                .sync_host_ports(&hostports::rules(&agent.pods))
+            {
+                error!(error = %e, "cannot remove the stopped pods' hostPort rules");
             }
         }
         image_gc.abort();

@@ -7,7 +7,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use baton_proto::{BString, ContainerSpec, ContainerState, ContainerStatus, PodSpec, Termination};
 
 use crate::image::ImageConfig;
-use crate::network::PortForward;
+use crate::network::PortReservation;
 use crate::pod::{ContainerRecord, PodRecord};
 use crate::probe::ContainerProbes;
 use crate::reconcile::{self, ContainerObs, Lifecycle, Millis};
@@ -102,7 +102,8 @@ pub(super) struct Pod {
     pub(super) lifecycle: Lifecycle,
     pub(super) pod_ip: Option<IpAddr>,
     pub(super) ctrs: Vec<Ctr>,
-    pub(super) _forwards: Vec<PortForward>,
+    /// Its hostPorts' reservations; the DNAT rules follow from `pod_ip` (see `hostports.rs`).
+    pub(super) _ports: Vec<PortReservation>,
     /// Workers (pull, start, run, remove) running for this pod. A stop waits for them all,
     /// so a worker can never create something after the stop has cleaned up.
     pub(super) busy: u32,

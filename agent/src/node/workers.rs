@@ -129,7 +129,7 @@ impl Agent {
                 lifecycle: Lifecycle::Starting,
                 pod_ip: None,
                 ctrs,
-                _forwards: Vec::new(),
+                _ports: Vec::new(),
                 busy: 1,
                 init_done: false,
             },
@@ -173,7 +173,7 @@ impl Agent {
             info!(pod = %p.spec.name, %uid, "stopping pod");
         }
         p.lifecycle = Lifecycle::Stopping;
-        p._forwards.clear();
+        p._ports.clear();
         if p.busy > 0 {
             return; // resumed when the last worker reports back
         }
@@ -266,7 +266,7 @@ pub(super) fn kill(deps: &Arc<Deps>, id: ContainerId, grace: Duration) {
 }
 
 /// The pod's network was made again before `started` ran (see
-/// [`crate::network::Network::ensure_pod`]): its address and hostPort forwards follow, and,
+/// [`crate::network::Network::ensure_pod`]): its address (and so its hostPort rules) follows, and,
 /// if the network namespace is a new one, the pod's other running containers, cut off in
 /// the old one, are killed (SIGTERM, the grace period, SIGKILL) to be restarted into it, as
 /// kubelet does with a new sandbox.
@@ -278,14 +278,7 @@ pub(super) fn on_new_sandbox(
 ) {
     let ip = Some(IpAddr::V4(sandbox.net.ip));
     warn!(pod = %p.spec.name, new_netns = sandbox.new_netns, ?ip, "pod sandbox made again");
-    if p.pod_ip != ip {
-        p._forwards.clear();
-        match pod::start_forwards(&p.spec, ip) {
-            Ok(f) => p._forwards = f,
-            Err(e) => warn!(pod = %p.spec.name, reason = %e.reason, "hostPort forwards lost"),
-        }
-        p.pod_ip = ip;
-    }
+    p.pod_ip = ip;
     if !sandbox.new_netns {
         return;
     }

@@ -293,7 +293,8 @@ fn bounded(
 pub const DEFAULT_HOST_PORTS: (u16, u16) = (1024, 65535);
 
 /// Ranges of host ports (`--allow-host-port`), Pod Security "baseline"'s "known list".
-/// Empty allows none. `hostIP` plays no part: the agent's forwarder binds all addresses.
+/// Empty allows none. `hostIP` plays no part: the agent's DNAT rule matches every local
+/// address of the node.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct HostPorts(Vec<(u16, u16)>);
 

@@ -428,7 +428,21 @@ spec:
             .filter(|p| *p != first))
     })?;
     // A failing liveness probe while offline: /alive gone, the probe gets 404 twice, the
-    // agent kills and restarts the container (after the backoff of a second restart).
+    // agent kills and restarts the container (after the backoff of a second restart). The
+    // new container writes the file first thing: removing it before would fail.
+    wait_for("the restarted container's /www/alive", LONG, || {
+        let st = std::process::Command::new("nsenter")
+            .args([
+                "-t",
+                &second.to_string(),
+                "-m",
+                "sh",
+                "-c",
+                "test -e /www/alive",
+            ])
+            .status()?;
+        Ok(st.success().then_some(()))
+    })?;
     let out = std::process::Command::new("nsenter")
         .args(["-t", &second.to_string(), "-m", "rm", "/www/alive"])
         .output()?;

@@ -249,17 +249,23 @@ struct RunArgs {
     log_format: String,
 }
 
+/// `RUST_LOG` as `target=level` pairs and a default level (`info,libcontainer=warn`): what
+/// the docs and the lab use. `Targets` parses that without EnvFilter's regex engine, which
+/// the agent binary would otherwise carry (issue 14); span and field filters are not taken.
 fn init_logging(format: &str) {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| {
-        tracing_subscriber::EnvFilter::new("info,libcgroups=error,libcontainer=warn")
-    });
-    let b = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr);
+    use tracing_subscriber::layer::SubscriberExt;
+    use tracing_subscriber::util::SubscriberInitExt;
+    const DEFAULT: &str = "info,libcgroups=error,libcontainer=warn";
+    let filter: tracing_subscriber::filter::Targets = std::env::var("RUST_LOG")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| DEFAULT.parse().expect("the default filter parses"));
+    let fmt = tracing_subscriber::fmt::layer().with_writer(std::io::stderr);
+    let registry = tracing_subscriber::registry().with(filter);
     if format == "json" {
-        b.json().init();
+        registry.with(fmt.json()).init();
     } else {
-        b.init();
+        registry.with(fmt).init();
     }
 }
 

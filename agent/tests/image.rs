@@ -1276,6 +1276,7 @@ async fn registry_basic_auth_over_tls_with_a_custom_ca() -> Result<()> {
         tls: true,
     })?;
     let ca = fs::read(reg.ca_pem())?;
+    install_ring_provider();
     let client = oci_client::Client::new(oci_client::client::ClientConfig {
         protocol: oci_client::client::ClientProtocol::Https,
         extra_root_certificates: vec![oci_client::client::Certificate {

@@ -6,7 +6,11 @@
 #
 #   tests/bench/sizes.sh            # after cross/build.sh
 #   BUILD=1 tests/bench/sizes.sh    # run cross/build.sh first (cached when nothing changed)
+#
+# Fails when an ARM agent is larger than AGENT_MAX_BYTES (issue 14's budget is 6 MiB; the bound
+# is what the agent reached plus a little headroom, lowered as the agent shrinks).
 set -euo pipefail
+AGENT_MAX_BYTES=${AGENT_MAX_BYTES:-8300000}
 root=$(cd "$(dirname "$0")/../.." && pwd)
 cache="$root/target/bench-cache"
 mkdir -p "$cache"
@@ -36,11 +40,18 @@ printf '%-50s %12s %10s %10s\n' "binary (stripped)" "bytes" "/runc amd64" "/runc
 printf '%-50s %12s %10s %10s\n' "runc $ver amd64 (Debian)" "$ref_amd64" "1.00" "$(ratio "$ref_amd64" "$ref_arm64")"
 printf '%-50s %12s %10s %10s\n' "runc $ver arm64 (Debian)" "$ref_arm64" "$(ratio "$ref_arm64" "$ref_amd64")" "1.00"
 found=0
+over=0
 for f in "$root"/target/cross/*/baton-agent "$root"/target/cross/*/baton; do
   [ -f "$f" ] || continue
   found=1
   s=$(stat -c %s "$f") # cross/build.sh checked these are stripped
   name=${f#"$root/target/cross/"}
   printf '%-50s %12s %10s %10s\n' "$name" "$s" "$(ratio "$s" "$ref_amd64")" "$(ratio "$s" "$ref_arm64")"
+  if [ "$(basename "$f")" = baton-agent ] && [ "$s" -gt "$AGENT_MAX_BYTES" ]; then
+    echo "sizes: FAIL: $name is $s B, over the bound of $AGENT_MAX_BYTES B" >&2
+    over=1
+  fi
 done
 [ "$found" = 1 ] || { echo "sizes: no binaries under target/cross; run cross/build.sh" >&2; exit 1; }
+[ "$over" = 0 ] || exit 1
+echo "sizes: every ARM agent is within $AGENT_MAX_BYTES B"

@@ -150,7 +150,15 @@ pub const ARM_V7: Plat = Plat {
     variant: Some("v7"),
 };
 
+/// oci-client's reqwest has no rustls provider of its own and panics without a process
+/// default; the agent installs ring before it builds a client (image/pull.rs), and so must a
+/// test that builds one directly.
+pub fn install_ring_provider() {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+}
+
 pub fn push_client() -> Client {
+    install_ring_provider();
     Client::new(ClientConfig {
         protocol: ClientProtocol::Http,
         ..ClientConfig::default()

@@ -38,6 +38,7 @@ fn a_flashed_arm64_card_boots_joins_runs_containers_and_survives_a_power_cut() -
         also_runs: None,
         power_cut_in_first_boot: true,
         libcontainer_patch_test: false,
+        ota: true,
     })?;
     Ok(())
 }

@@ -30,7 +30,7 @@ use crate::{bin, repo_root, sh, wait_for, Lab};
 /// The node's probation before it commits: short, and long enough that the test sees
 /// `probation` before the commit. The watchdog is 2 x this + 60 s after each start, room
 /// for a TCG board to bring its pods back after the reboot.
-const HEALTH_WINDOW: &str = "30s";
+const HEALTH_WINDOW: &str = "45s";
 /// From `upgrade` to the node on probation (download over QEMU's user network, switch).
 const TO_PROBATION: Duration = Duration::from_secs(420);
 /// From power-on after the cut to committed.

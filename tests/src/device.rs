@@ -161,7 +161,7 @@ pub fn scenario(dev: Device) -> Result<Figures> {
     if patch_test.is_some() {
         extra.push("--allow-privileged");
     }
-    let ota = match dev.ota {
+    let mut ota = match dev.ota {
         true => Some(BoardOta::prepare(&lab, dev.triple)?),
         false => None,
     };
@@ -176,7 +176,7 @@ pub fn scenario(dev: Device) -> Result<Figures> {
     if let Some(t) = &patch_test {
         vm::put_boot_file(&vm.image, PATCH_TEST, t)?;
     }
-    let r = run(&mut lab, &mut vm, &mut fig, dev, ota.as_ref());
+    let r = run(&mut lab, &mut vm, &mut fig, dev, ota.as_mut());
     if r.is_err() {
         post_mortem(&lab, &vm);
     }
@@ -240,7 +240,7 @@ fn run(
     vm: &mut Vm,
     fig: &mut Figures,
     dev: Device,
-    ota: Option<&BoardOta>,
+    ota: Option<&mut BoardOta>,
 ) -> Result<()> {
     let arch = dev.arch;
     let node = "pi-1";

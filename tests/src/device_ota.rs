@@ -17,6 +17,7 @@ use std::fs;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::Command;
+use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use anyhow::{ensure, Context, Result};
@@ -56,36 +57,56 @@ pub struct OtaFigures {
     pub boot_to_committed: Duration,
 }
 
-/// The release key and the signed release, made before the enrolling coordinator starts.
+/// The release key, made before the enrolling coordinator starts, and the release.
 pub struct BoardOta {
+    keys: PathBuf,
     key_pub: PathBuf,
-    release: PathBuf,
+    releases: PathBuf,
+    /// tests/ota/build-releases.sh, run while the board boots (scripts/test.sh has built
+    /// the release already; a run on its own pays the agent's rebuild, minutes, beside the
+    /// scenario instead of before it): its cache directory.
+    build: Option<JoinHandle<Result<PathBuf>>>,
+    triple: String,
 }
 
 impl BoardOta {
-    /// Builds (or finds) the release for `triple`, makes a release key in the lab's
-    /// directory and signs the release with it, as a release machine would.
+    /// Makes a release key in the lab's directory and starts finding (or building) the
+    /// release for `triple`.
     pub fn prepare(lab: &Lab, triple: &str) -> Result<BoardOta> {
-        let out = sh(Command::new(repo_root().join("tests/ota/build-releases.sh")).arg(triple))
-            .context("building the aarch64 test release (tests/ota/build-releases.sh)")?;
-        let built = PathBuf::from(String::from_utf8(out.stdout)?.trim())
-            .join(format!("baton-agent-{TO}-{triple}"));
         let keys = lab.dir.path().join("release-key");
         sh(Command::new(bin("baton"))
             .args(["release", "keygen", "--out"])
             .arg(&keys))?;
-        let dir = lab.dir.path().join("releases");
-        fs::create_dir_all(&dir)?;
-        let release = dir.join(built.file_name().context("release name")?);
-        fs::copy(&built, &release)?;
-        sh(Command::new(bin("baton"))
-            .args(["release", "sign", "--key"])
-            .arg(keys.join("release.key"))
-            .arg(&release))?;
+        let t = triple.to_owned();
+        let build = std::thread::spawn(move || {
+            let out = sh(Command::new(repo_root().join("tests/ota/build-releases.sh")).arg(&t))
+                .context("building the test release (tests/ota/build-releases.sh)")?;
+            Ok(PathBuf::from(String::from_utf8(out.stdout)?.trim()))
+        });
         Ok(BoardOta {
             key_pub: keys.join("release.pub"),
-            release,
+            keys,
+            releases: lab.dir.path().join("releases"),
+            build: Some(build),
+            triple: triple.to_owned(),
         })
+    }
+
+    /// The release, built, copied into the lab and signed as a release machine would.
+    fn signed_release(&mut self) -> Result<PathBuf> {
+        let build = self.build.take().context("the release was taken already")?;
+        let dir = build
+            .join()
+            .map_err(|_| anyhow::anyhow!("the release build thread panicked"))??;
+        let name = format!("baton-agent-{TO}-{}", self.triple);
+        fs::create_dir_all(&self.releases)?;
+        let release = self.releases.join(&name);
+        fs::copy(dir.join(&name), &release)?;
+        sh(Command::new(bin("baton"))
+            .args(["release", "sign", "--key"])
+            .arg(self.keys.join("release.key"))
+            .arg(&release))?;
+        Ok(release)
     }
 
     /// The coordinator's flag: devices enrolling pin this key.
@@ -99,17 +120,18 @@ impl BoardOta {
     /// The update, the board on and the node Ready with its pods; `pods_back` waits until
     /// its pods run and answer again after a boot.
     pub fn run(
-        &self,
+        &mut self,
         lab: &Lab,
         vm: &mut Vm,
         node: &str,
         pods_back: &dyn Fn(&Lab) -> Result<()>,
     ) -> Result<OtaFigures> {
+        let release = self.signed_release()?;
         let mut fig = OtaFigures {
-            size: fs::metadata(&self.release)?.len(),
+            size: fs::metadata(&release)?.len(),
             ..OtaFigures::default()
         };
-        lab.baton(&["release", "import", &self.release.to_string_lossy()])?;
+        lab.baton(&["release", "import", &release.to_string_lossy()])?;
         let token = String::from_utf8(
             lab.baton(&[
                 "token",

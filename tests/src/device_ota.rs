@@ -146,6 +146,7 @@ impl BoardOta {
 
         // Board off: the key pinned at enrollment is there; give it a download path.
         vm.power_cut();
+        vm::replay_root_journal(&vm.image)?;
         let pinned = String::from_utf8(vm::root_file(
             &vm.image,
             &format!("{DATA_DIR}/release.pub"),
@@ -227,6 +228,7 @@ impl BoardOta {
         // Off again, the card says the same: committed, `current` is 0.2.1, and the cut
         // was an unclean start of another boot, not a crash.
         vm.power_cut();
+        vm::replay_root_journal(&vm.image)?;
         let dir = format!("{DATA_DIR}/agent");
         let state: Value =
             serde_json::from_slice(&vm::root_file(&vm.image, &format!("{dir}/update.json"))?)?;

@@ -12,7 +12,9 @@
 # target/debug/baton-agent 0.2.0 again: run it before the tests, never beside them.
 # aarch64: the same cargo invocation as cross/build.sh (profile `device`, agent and
 # coordinator together so their dependencies unify the same way, the musl libseccomp), in
-# the same target dir, so only the agent crate recompiles. target/cross/<triple>/baton-agent,
+# the same target dir, meant to recompile only the agent crate. Measured once, from inside
+# the board test beside QEMU (load ~12): 11 min, and the next cross/build.sh rebuilt
+# dependencies (rumqttc, reqwest), so something in the environment still differs. target/cross/<triple>/baton-agent,
 # the 0.2.0 the board is flashed with, is a copy cross/build.sh made and is left alone; the
 # agent in target/<triple>/device/ stays 0.2.1 until cross/build.sh next rebuilds (the
 # version variable is tracked by cargo). Prints the cache directory.
@@ -55,7 +57,11 @@ if [ "$target" = "$host" ]; then
   # target/debug/baton-agent is this source's own version again.
   nice -n 10 cargo build --locked -p baton-agent --bin baton-agent >&2
 else
-  # cross/build.sh's aarch64 build, word for word but for the version.
+  # cross/build.sh's aarch64 build, word for word but for the version, in its environment
+  # (its tools first on PATH): build scripts that see another environment rebuild, and
+  # everything above them with them.
+  # shellcheck source=cross/tools.sh
+  . "$root/cross/tools.sh"
   libdir=$("$root/cross/libseccomp.sh" "$target")
   tdir=${CARGO_TARGET_DIR:-$root/target}
   for v in "${versions[@]}"; do

@@ -71,7 +71,12 @@ first=() rest=()
 for t in "${cross_targets[@]}"; do
   if [ "$t" = aarch64-unknown-linux-musl ]; then first+=("$t"); else rest+=("$t"); fi
 done
-[ "${#first[@]}" = 0 ] || cross/build.sh "${first[@]}"
+if [ "${#first[@]}" -gt 0 ]; then
+  cross/build.sh "${first[@]}"
+  # The aarch64 0.2.1 the arm64 board's update rolls out (tests/src/device_ota.rs): the same
+  # cargo invocation but for the version, right after it, so only the agent recompiles.
+  tests/ota/build-releases.sh aarch64-unknown-linux-musl >/dev/null
+fi
 cross_pid=""
 if [ "${#rest[@]}" -gt 0 ]; then
   # Niced: the e2e tests beside it have deadlines, the build has none. Then the 32-bit

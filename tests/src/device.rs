@@ -15,6 +15,7 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, ensure, Context, Result};
 use serde_json::Value;
 
+use crate::device_ota::{BoardOta, OtaFigures};
 use crate::fleet::{is_running, node_of, text};
 use crate::vm::{self, Board, Vm};
 use crate::{items, repo_root, sh, wait_for, Broker, Lab};
@@ -86,6 +87,8 @@ pub struct Figures {
     pub pods_running: Duration,
     pub offline_pods_back: Duration,
     pub back_ready: Duration,
+    /// The agent update of [`Device::ota`].
+    pub ota: Option<OtaFigures>,
     pub total: Duration,
 }
 
@@ -111,6 +114,10 @@ pub struct Device {
     /// (the coordinator then runs with `--allow-privileged`). Meant for the 32-bit board;
     /// an arm64 board runs it too, through its kernel's compat mode.
     pub libcontainer_patch_test: bool,
+    /// At the end, roll out this source's 0.2.1 for `triple` and cut the power while the
+    /// node is on probation ([`crate::device_ota`]). The coordinator then has a release
+    /// key from the start, which the device pins at enrollment.
+    pub ota: bool,
 }
 
 /// Where a pod finds [`Device::also_runs`]'s agent: the card's boot partition, mounted
@@ -154,13 +161,22 @@ pub fn scenario(dev: Device) -> Result<Figures> {
     if patch_test.is_some() {
         extra.push("--allow-privileged");
     }
+    let mut ota = match dev.ota {
+        true => Some(BoardOta::prepare(&lab, dev.triple)?),
+        false => None,
+    };
+    let ota_flags = ota
+        .as_ref()
+        .map(BoardOta::coordinator_flags)
+        .unwrap_or_default();
+    extra.extend(ota_flags.iter().map(String::as_str));
     lab.restart_coordinator_enrolling(&extra)?;
     let mut vm = lab_board(&lab, board, &base)?;
     vm.forward(FORWARDED, HOST_PORT);
     if let Some(t) = &patch_test {
         vm::put_boot_file(&vm.image, PATCH_TEST, t)?;
     }
-    let r = run(&mut lab, &mut vm, &mut fig, dev);
+    let r = run(&mut lab, &mut vm, &mut fig, dev, ota.as_mut());
     if r.is_err() {
         post_mortem(&lab, &vm);
     }
@@ -184,6 +200,20 @@ pub fn scenario(dev: Device) -> Result<Figures> {
         fig.back_ready,
         fig.total
     );
+    if let Some(o) = &fig.ota {
+        println!(
+            "device {arch}: agent update {} -> {}: downloaded {} B for a {} B binary; \
+             upgrade to probation {:.1?}, to committed {:.1?} (power cut in probation, \
+             power-on to committed {:.1?})",
+            crate::ota::FROM,
+            crate::ota::TO,
+            o.downloaded,
+            o.size,
+            o.to_probation,
+            o.to_committed,
+            o.boot_to_committed
+        );
+    }
     r?;
     Ok(fig)
 }
@@ -205,7 +235,13 @@ pub fn post_mortem(lab: &Lab, vm: &Vm) {
     );
 }
 
-fn run(lab: &mut Lab, vm: &mut Vm, fig: &mut Figures, dev: Device) -> Result<()> {
+fn run(
+    lab: &mut Lab,
+    vm: &mut Vm,
+    fig: &mut Figures,
+    dev: Device,
+    ota: Option<&mut BoardOta>,
+) -> Result<()> {
     let arch = dev.arch;
     let node = "pi-1";
     let hub = lab.hub_ip();
@@ -408,6 +444,9 @@ fn run(lab: &mut Lab, vm: &mut Vm, fig: &mut Figures, dev: Device) -> Result<()>
         !log.contains("node enrolled") && !log.contains("enrollment retried"),
         "the device enrolled again after the power cut:\n{log}"
     );
+    if let Some(ota) = ota {
+        fig.ota = Some(ota.run(lab, vm, node, &pods_answer)?);
+    }
     if let Some(e) = seccomp {
         bail!(e);
     }
@@ -508,6 +547,17 @@ spec:
     volumeMounts: [{{name: fw, mountPath: /fw}}]
 "#
     )
+}
+
+/// Waits until `web` runs again and its hostPort answers (after a boot of the board).
+fn pods_answer(lab: &Lab) -> Result<()> {
+    wait_for("web to show Running again", PODS, || {
+        Ok(web_pod(lab)?.filter(is_running).map(|_| ()))
+    })?;
+    wait_for("the hostPort to answer again", PODS, || {
+        Ok(http_get(lab, "/cgi-bin/info").filter(|b| b.contains("version=1")))
+    })?;
+    Ok(())
 }
 
 /// The device's row of `baton get nodes`: NAME STATUS ARCH ...

@@ -16,6 +16,7 @@ use anyhow::{bail, Context, Result};
 pub mod certs;
 pub mod device;
 pub mod device_coordinator;
+pub mod device_ota;
 pub mod fleet;
 mod lab;
 pub mod ota;

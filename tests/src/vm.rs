@@ -139,6 +139,72 @@ pub fn edit_root(image: &Path, commands: &[String]) -> Result<()> {
     Ok(())
 }
 
+/// Replays the journal of the card's root partition, as the kernel would at its next mount:
+/// after a power cut the newest writes may be in the journal only, and debugfs neither
+/// reads them nor replays them (its `journal_run` loses the `?offset=`), so what it reads
+/// would be stale and what it writes would be undone by the replay at the next boot.
+/// e2fsck on a loop device (never mounted) at the partition's offset.
+pub fn replay_root_journal(image: &Path) -> Result<()> {
+    let off = partition_offset(image, 1)?;
+    let out = sh(Command::new("losetup")
+        .args(["--find", "--show", "--offset", &off.to_string()])
+        .arg(image))?;
+    let dev = String::from_utf8(out.stdout)?.trim().to_owned();
+    let fsck = Command::new("e2fsck").args(["-fy", &dev]).output();
+    let detach = sh(Command::new("losetup").args(["-d", &dev]));
+    let fsck = fsck.context("e2fsck")?;
+    // 0: clean, 1: errors corrected (the journal replayed counts).
+    ensure!(
+        matches!(fsck.status.code(), Some(0 | 1)),
+        "e2fsck -fy {dev} ({}): {}{}",
+        image.display(),
+        String::from_utf8_lossy(&fsck.stdout),
+        String::from_utf8_lossy(&fsck.stderr)
+    );
+    detach.map(|_| ())
+}
+
+/// A debugfs request run read-only on the card's root partition: its stdout.
+fn root_request(image: &Path, request: &str) -> Result<Vec<u8>> {
+    let off = partition_offset(image, 1)?;
+    let out = sh(Command::new("debugfs")
+        .arg("-R")
+        .arg(request)
+        .arg(format!("{}?offset={off}", image.display())))?;
+    Ok(out.stdout)
+}
+
+/// A file of the card's root partition (the board off), e.g. the agent's `update.json`.
+pub fn root_file(image: &Path, path: &str) -> Result<Vec<u8>> {
+    // debugfs reports a missing file on stderr only, with an empty stdout.
+    let out = root_request(image, &format!("cat {path}"))?;
+    ensure!(
+        !out.is_empty(),
+        "{path}: missing or empty on {}",
+        image.display()
+    );
+    Ok(out)
+}
+
+/// Where the symlink `path` of the card's root partition points. A target under 60 bytes
+/// is stored in the inode (debugfs `stat` shows it), a longer one in a data block (`cat`).
+pub fn root_link(image: &Path, path: &str) -> Result<String> {
+    let stat = String::from_utf8(root_request(image, &format!("stat {path}"))?)?;
+    ensure!(
+        stat.contains("Type: symlink"),
+        "{path} is not a symlink: {stat}"
+    );
+    if let Some(dest) = stat
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("Fast link dest: "))
+    {
+        return Ok(dest.trim_matches('"').to_owned());
+    }
+    Ok(String::from_utf8(root_file(image, path)?)?
+        .trim_end_matches('\0')
+        .to_owned())
+}
+
 /// A file of the image's boot partition, read with mtools.
 pub fn boot_file(image: &Path, name: &str) -> Result<Vec<u8>> {
     let off = boot_offset(image)?;

@@ -15,7 +15,10 @@
 //! - a pod under the default seccomp profile is filtered and gets EPERM from
 //!   `unshare(CLONE_NEWUSER)` (needs an agent built with the seccomp feature);
 //! - after a power cut (QEMU killed) the board boots with the coordinator down and runs
-//!   its pods again; with the coordinator back it is Ready without enrolling again.
+//!   its pods again; with the coordinator back it is Ready without enrolling again;
+//! - an agent update (issue 13, `tests/src/device_ota.rs`): the aarch64 0.2.1 rolled out
+//!   with the release key the device pinned at enrollment, the power cut while the node is
+//!   on probation; it must come back on 0.2.1 and commit, the cut not counted as a failure.
 //!
 //! The agent is `$BATON_CROSS_DIR/aarch64-unknown-linux-musl/baton-agent` (default
 //! `target/cross`); the test fails if it is missing. `BATON_E2E_SKIP_DEVICES=1` skips it.
@@ -38,6 +41,7 @@ fn a_flashed_arm64_card_boots_joins_runs_containers_and_survives_a_power_cut() -
         also_runs: None,
         power_cut_in_first_boot: true,
         libcontainer_patch_test: false,
+        ota: true,
     })?;
     Ok(())
 }

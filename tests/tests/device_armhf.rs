@@ -38,6 +38,7 @@ fn a_flashed_armhf_card_boots_joins_runs_containers_and_survives_a_power_cut() -
         also_runs: Some("arm-unknown-linux-musleabihf"),
         power_cut_in_first_boot: true,
         libcontainer_patch_test: true,
+        ota: false,
     })?;
     Ok(())
 }

@@ -50,7 +50,8 @@ impl Agent {
     }
 
     /// Tells the update task what probation looks at: connected, a desired state
-    /// received, and how many of its pods have every container ready.
+    /// received, and how many of its pods are healthy (every container ready, or run to
+    /// completion: `update::probation::pod_healthy`).
     pub(super) fn tell_update_health(&self) {
         let Some(tx) = &self.updates else { return };
         let ready = self
@@ -59,10 +60,13 @@ impl Agent {
             .iter()
             .filter(|p| {
                 self.pods.get(p.uid.as_str()).is_some_and(|pod| {
-                    pod.ctrs
-                        .iter()
-                        .filter(|c| !c.init)
-                        .all(|c| c.status().is_some_and(|s| s.ready))
+                    crate::update::probation::pod_healthy(
+                        pod.spec.restart_policy,
+                        pod.ctrs
+                            .iter()
+                            .filter(|c| !c.init)
+                            .map(|c| (&c.report, c.status().is_some_and(|s| s.ready))),
+                    )
                 })
             })
             .count();

@@ -17,6 +17,30 @@ pub struct Health {
     pub total: usize,
 }
 
+/// Whether a pod counts as healthy for probation: every (non-init) container ready, or
+/// every one ended for good under the pod's restart policy (a pod that ran to completion,
+/// `restartPolicy: Never` or `OnFailure` after a success). A completed pod is never ready
+/// again by design; counting it as not ready kept any node that ever ran one from
+/// committing an update (`pods unhealthy: 2/3 not ready` on the arm64 board, whose OOM and
+/// seccomp pods had ended). A container that failed to start (`Failed`) or waits to be
+/// restarted is not healthy.
+pub fn pod_healthy<'a>(
+    policy: baton_proto::RestartPolicy,
+    containers: impl IntoIterator<Item = (&'a baton_proto::ContainerState, bool)>,
+) -> bool {
+    use baton_proto::ContainerState as S;
+    let (mut all_ready, mut all_done) = (true, true);
+    for (state, ready) in containers {
+        all_ready &= ready;
+        all_done &= match state {
+            S::Exited { code } => !crate::reconcile::should_restart(policy, *code, false),
+            S::OomKilled => !crate::reconcile::should_restart(policy, 137, true),
+            _ => false,
+        };
+    }
+    all_ready || all_done
+}
+
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Verdict {
     /// Not yet: `pending` is what it waits for, the reason if the watchdog ends it.
@@ -118,6 +142,35 @@ impl Probation {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use baton_proto::{ContainerState as C, RestartPolicy as R};
+
+    #[test]
+    fn a_pod_that_ran_to_completion_is_healthy_one_that_will_restart_is_not() {
+        let run = C::Running { started_at_ms: 1 };
+        // Ready containers, whatever the policy.
+        assert!(pod_healthy(R::Always, [(&run, true), (&run, true)]));
+        assert!(!pod_healthy(R::Always, [(&run, true), (&run, false)]));
+        // Ended for good: an OOM kill or a failure under Never, a success under OnFailure.
+        assert!(pod_healthy(R::Never, [(&C::OomKilled, false)]));
+        assert!(pod_healthy(R::Never, [(&C::Exited { code: 1 }, false)]));
+        assert!(pod_healthy(R::OnFailure, [(&C::Exited { code: 0 }, false)]));
+        // Waiting to be restarted, failed to start, or not started.
+        assert!(!pod_healthy(R::Always, [(&C::Exited { code: 0 }, false)]));
+        assert!(!pod_healthy(
+            R::OnFailure,
+            [(&C::Exited { code: 2 }, false)]
+        ));
+        assert!(!pod_healthy(R::OnFailure, [(&C::OomKilled, false)]));
+        let failed = C::Failed {
+            reason: baton_proto::BString::new("image pull failed").unwrap(),
+        };
+        assert!(!pod_healthy(R::Never, [(&failed, false)]));
+        assert!(!pod_healthy(R::Never, [(&C::Pending, false)]));
+        assert!(!pod_healthy(
+            R::Never,
+            [(&C::Exited { code: 0 }, false), (&run, false)]
+        ));
+    }
 
     const S: u64 = 1000;
 

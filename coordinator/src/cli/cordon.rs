@@ -8,8 +8,7 @@ use super::CliError;
 use crate::contract::body::ApiObject;
 use crate::contract::nodes::{NodeSpecChange, TaintRemoval};
 use crate::contract::{routes, NoBody, ResourceKind};
-use crate::decide::controller;
-use crate::decide::taints::parse_taint_arg;
+use crate::model::api::{Taint, TaintEffect};
 
 async fn update(client: &Client, node: &str, change: &NodeSpecChange) -> Result<(), CliError> {
     let route = routes::UpdateNode {
@@ -100,7 +99,11 @@ pub(super) async fn drain(
             bare.join(", ")
         )));
     }
-    for p in pods.iter().filter(|p| !controller::is_terminating(p)) {
+    // Pods already terminating are on their way out.
+    for p in pods
+        .iter()
+        .filter(|p| p.metadata.deletion_timestamp.is_none())
+    {
         let del = routes::DeleteObject {
             kind: ResourceKind::Pod,
             name: p.metadata.name.clone(),
@@ -126,4 +129,76 @@ pub(super) async fn drain(
     }
     out.push_str(&format!("node/{node} drained\n"));
     Ok(out)
+}
+
+/// Parses kubectl's taint argument: `key=value:Effect`, `key:Effect`, or with a trailing
+/// `-` (answered as `true`) a taint to remove, where the effect may be left out
+/// (`key-`: every effect).
+fn parse_taint_arg(arg: &str) -> Result<(Taint, Option<TaintEffect>, bool), String> {
+    let (body, remove) = match arg.strip_suffix('-') {
+        Some(b) => (b, true),
+        None => (arg, false),
+    };
+    let (kv, effect) = match body.rsplit_once(':') {
+        Some((kv, e)) => {
+            let effect = match e {
+                "NoSchedule" => TaintEffect::NoSchedule,
+                "PreferNoSchedule" => TaintEffect::PreferNoSchedule,
+                "NoExecute" => TaintEffect::NoExecute,
+                _ => {
+                    return Err(format!(
+                        "{arg}: unknown effect {e:?} (NoSchedule, PreferNoSchedule or NoExecute)"
+                    ))
+                }
+            };
+            (kv, Some(effect))
+        }
+        None if remove => (body, None),
+        None => return Err(format!("{arg}: a taint is key[=value]:Effect")),
+    };
+    let (key, value) = kv.split_once('=').unwrap_or((kv, ""));
+    if key.is_empty() {
+        return Err(format!("{arg}: the taint has no key"));
+    }
+    let taint = Taint {
+        key: key.to_owned(),
+        value: value.to_owned(),
+        effect: effect.unwrap_or(TaintEffect::NoSchedule),
+        time_added: None,
+    };
+    Ok((taint, effect, remove))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn taint_arguments_parse_as_kubectl_spells_them() {
+        let (t, e, rm) = parse_taint_arg("dedicated=cams:NoExecute").unwrap();
+        assert_eq!(
+            (t.to_string(), e, rm),
+            (
+                "dedicated=cams:NoExecute".into(),
+                Some(TaintEffect::NoExecute),
+                false
+            )
+        );
+        let (t, e, rm) = parse_taint_arg("gpu:NoSchedule-").unwrap();
+        assert_eq!(
+            (t.key.as_str(), e, rm),
+            ("gpu", Some(TaintEffect::NoSchedule), true)
+        );
+        let (t, e, rm) = parse_taint_arg("gpu-").unwrap();
+        assert_eq!((t.key.as_str(), e, rm), ("gpu", None, true));
+        assert!(parse_taint_arg("gpu")
+            .unwrap_err()
+            .contains("key[=value]:Effect"));
+        assert!(parse_taint_arg("gpu:Never")
+            .unwrap_err()
+            .contains("unknown effect"));
+        assert!(parse_taint_arg("=x:NoSchedule")
+            .unwrap_err()
+            .contains("no key"));
+    }
 }

@@ -116,44 +116,6 @@ pub fn no_execute(taints: &[Taint], tolerations: &[Toleration], now: SystemTime)
     }
 }
 
-/// Parses kubectl's taint argument: `key=value:Effect`, `key:Effect`, or with a trailing
-/// `-` (answered as `true`) a taint to remove, where the effect may be left out
-/// (`key-`: every effect).
-pub fn parse_taint_arg(arg: &str) -> Result<(Taint, Option<TaintEffect>, bool), String> {
-    let (body, remove) = match arg.strip_suffix('-') {
-        Some(b) => (b, true),
-        None => (arg, false),
-    };
-    let (kv, effect) = match body.rsplit_once(':') {
-        Some((kv, e)) => {
-            let effect = match e {
-                "NoSchedule" => TaintEffect::NoSchedule,
-                "PreferNoSchedule" => TaintEffect::PreferNoSchedule,
-                "NoExecute" => TaintEffect::NoExecute,
-                _ => {
-                    return Err(format!(
-                        "{arg}: unknown effect {e:?} (NoSchedule, PreferNoSchedule or NoExecute)"
-                    ))
-                }
-            };
-            (kv, Some(effect))
-        }
-        None if remove => (body, None),
-        None => return Err(format!("{arg}: a taint is key[=value]:Effect")),
-    };
-    let (key, value) = kv.split_once('=').unwrap_or((kv, ""));
-    if key.is_empty() {
-        return Err(format!("{arg}: the taint has no key"));
-    }
-    let taint = Taint {
-        key: key.to_owned(),
-        value: value.to_owned(),
-        effect: effect.unwrap_or(TaintEffect::NoSchedule),
-        time_added: None,
-    };
-    Ok((taint, effect, remove))
-}
-
 /// The conditions `reported` now, each keeping the transition time it had in `old` if it
 /// was already true (a condition that stays true has not transitioned).
 pub fn merge_conditions(old: &[NodeCondition], reported: Vec<NodeCondition>) -> Vec<NodeCondition> {
@@ -309,34 +271,5 @@ mod tests {
             NoExecute::Stay,
             "NoSchedule never evicts"
         );
-    }
-
-    #[test]
-    fn taint_arguments_parse_as_kubectl_spells_them() {
-        let (t, e, rm) = parse_taint_arg("dedicated=cams:NoExecute").unwrap();
-        assert_eq!(
-            (t.to_string(), e, rm),
-            (
-                "dedicated=cams:NoExecute".into(),
-                Some(TaintEffect::NoExecute),
-                false
-            )
-        );
-        let (t, e, rm) = parse_taint_arg("gpu:NoSchedule-").unwrap();
-        assert_eq!(
-            (t.key.as_str(), e, rm),
-            ("gpu", Some(TaintEffect::NoSchedule), true)
-        );
-        let (t, e, rm) = parse_taint_arg("gpu-").unwrap();
-        assert_eq!((t.key.as_str(), e, rm), ("gpu", None, true));
-        assert!(parse_taint_arg("gpu")
-            .unwrap_err()
-            .contains("key[=value]:Effect"));
-        assert!(parse_taint_arg("gpu:Never")
-            .unwrap_err()
-            .contains("unknown effect"));
-        assert!(parse_taint_arg("=x:NoSchedule")
-            .unwrap_err()
-            .contains("no key"));
     }
 }

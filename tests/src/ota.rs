@@ -13,7 +13,7 @@ use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use anyhow::{Context, Result};
+use anyhow::{ensure, Context, Result};
 use serde_json::Value;
 
 use crate::proxy::{Proxy, Rule};
@@ -55,6 +55,17 @@ pub fn releases_dir() -> Result<PathBuf> {
     Ok(PathBuf::from(String::from_utf8(out.stdout)?.trim()))
 }
 
+/// The host's target triple, as `rustc -vV` prints it (and build-releases.sh names the
+/// host's release).
+fn host_triple() -> Result<String> {
+    let out = sh(Command::new("rustc").arg("-vV"))?;
+    String::from_utf8(out.stdout)?
+        .lines()
+        .find_map(|l| l.strip_prefix("host: "))
+        .map(str::to_owned)
+        .context("rustc -vV printed no host")
+}
+
 fn read_trimmed(p: &Path) -> Result<String> {
     Ok(fs::read_to_string(p)
         .with_context(|| p.display().to_string())?
@@ -66,21 +77,13 @@ impl OtaLab {
     /// A lab of `agents` supervised agents, Ready, the test release imported.
     pub fn start(tag: &str, agents: usize, opts: &OtaOptions) -> Result<OtaLab> {
         let releases = releases_dir()?;
-        let built = fs::read_dir(&releases)?
-            .filter_map(|e| e.ok().map(|e| e.path()))
-            .find(|p| {
-                p.file_name()
-                    .and_then(|n| n.to_str())
-                    .is_some_and(|n| n.starts_with(&format!("baton-agent-{TO}-")))
-            })
-            .context("no test release built")?;
-        let file = built
-            .file_name()
-            .and_then(|n| n.to_str())
-            .unwrap_or_default();
-        let target = file
-            .trim_start_matches(&format!("baton-agent-{TO}-"))
-            .to_owned();
+        // The directory also holds the arm64 board's release (tests/src/device_ota.rs): this
+        // lab's agents run on the host, so the host's triple, as build-releases.sh names it.
+        let target = host_triple()?;
+        let file = format!("baton-agent-{TO}-{target}");
+        let built = releases.join(&file);
+        ensure!(built.is_file(), "no test release {}", built.display());
+        let file = file.as_str();
 
         // The release key, made before the coordinator that trusts it starts.
         let keys = tempfile::Builder::new()

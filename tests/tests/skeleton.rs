@@ -139,13 +139,13 @@ fn steps(lab: &mut Lab) -> Result<()> {
     );
     let bad = web(&reg, 5).replace(
         "      containers:",
-        "      affinity:\n        nodeAffinity: {}\n      containers:",
+        "      affinity:\n        podAntiAffinity: {}\n      containers:",
     );
     let out = lab.baton_raw(&["apply", "-f", "-"], Some(&bad))?;
     ensure!(!out.status.success(), "invalid manifest accepted");
     let err = String::from_utf8_lossy(&out.stderr);
     ensure!(
-        err.contains("spec.template.spec.affinity"),
+        err.contains("spec.template.spec.affinity.podAntiAffinity"),
         "error does not name the field: {err}"
     );
     let out = lab.baton_raw(&["apply", "-f", "-"], Some("kind: [unclosed"))?;

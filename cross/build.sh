@@ -92,9 +92,15 @@ for t in "${targets[@]}"; do
         tvar=$(echo "$t" | tr 'a-z-' 'A-Z_')
         export "CARGO_TARGET_${tvar}_RUSTFLAGS=-L native=$atomic"
         # No rustup std for these targets: build std once per target from rust-src.
-        echo "cross/build: cargo zigbuild -Z build-std=std,panic_abort ${args[*]}"
+        # Without the device profile's fat LTO and single codegen unit: with std compiled
+        # from source, LTO made each 32-bit build a long single-threaded link (the armv7
+        # pair alone ran past 30 min beside CI's tests), and these build in the background
+        # while the second pass of the tests waits for them. Their size bound is their own
+        # (tests/bench/sizes.sh).
+        lto=(--config 'profile.device.lto=false' --config 'profile.device.codegen-units=16')
+        echo "cross/build: cargo zigbuild -Z build-std=std,panic_abort ${lto[*]} ${args[*]}"
         RUSTC_BOOTSTRAP=1 LIBSECCOMP_LINK_TYPE=static LIBSECCOMP_LIB_PATH="$libdir" \
-          cargo zigbuild -Z build-std=std,panic_abort "${args[@]}"
+          cargo zigbuild -Z build-std=std,panic_abort "${lto[@]}" "${args[@]}"
         ;;
     esac
     took[$t]="$(($(date +%s) - start)) s"

@@ -121,6 +121,18 @@ impl Harness {
             other => panic!("unexpected {other:?}"),
         }
     }
+    /// The reasons of the events about `object` (`pod/NAME`, `node/NAME`), oldest first.
+    fn reasons(&mut self, object: &str) -> Vec<String> {
+        let ApiReply::Events(ev) = self
+            .api(ApiOp::Events {
+                object: Some(object.into()),
+            })
+            .unwrap()
+        else {
+            panic!("not events")
+        };
+        ev.into_iter().map(|e| e.reason).collect()
+    }
     fn node(&mut self, name: &str) -> api::Node {
         match self
             .api(ApiOp::Get {

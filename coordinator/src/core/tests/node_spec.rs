@@ -31,18 +31,6 @@ fn on(h: &mut Harness, node: &str) -> usize {
         .count()
 }
 
-fn reasons(h: &mut Harness, object: &str) -> Vec<String> {
-    let ApiReply::Events(ev) = h
-        .api(ApiOp::Events {
-            object: Some(object.into()),
-        })
-        .unwrap()
-    else {
-        panic!()
-    };
-    ev.into_iter().map(|e| e.reason).collect()
-}
-
 #[tokio::test(start_paused = true)]
 async fn a_cordoned_node_gets_no_new_pod_and_keeps_its_own() {
     let mut h = two_nodes();
@@ -54,7 +42,9 @@ async fn a_cordoned_node_gets_no_new_pod_and_keeps_its_own() {
     };
     change(&mut h, "pi-1", cordon).unwrap();
     assert!(h.node("pi-1").spec.unschedulable);
-    assert!(reasons(&mut h, "node/pi-1").contains(&"NodeNotSchedulable".to_string()));
+    assert!(h
+        .reasons("node/pi-1")
+        .contains(&"NodeNotSchedulable".to_string()));
     // Its pod stays; new ones go elsewhere.
     h.apply(&deployment("web", 5, "100m")).unwrap();
     assert_eq!(on(&mut h, "pi-1"), 1);
@@ -101,7 +91,9 @@ async fn no_execute_evicts_untolerated_pods_at_once_and_tolerated_ones_later() {
     assert_eq!(owner_on(&mut h, "web", "pi-1"), 0);
     assert_eq!(owner_on(&mut h, "web", "pi-2"), 2);
     assert_eq!(owner_on(&mut h, "cam", "pi-1"), 1);
-    assert!(reasons(&mut h, "node/pi-1").contains(&"TaintsChanged".to_string()));
+    assert!(h
+        .reasons("node/pi-1")
+        .contains(&"TaintsChanged".to_string()));
     h.core.evict_untolerated(t0 + Duration::from_secs(20));
     assert_eq!(owner_on(&mut h, "cam", "pi-1"), 1);
     h.core.evict_untolerated(t0 + Duration::from_secs(31));

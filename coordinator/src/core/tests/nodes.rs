@@ -257,18 +257,6 @@ fn on_node(pods: &[api::Pod], node: &str) -> Vec<api::Pod> {
         .collect()
 }
 
-fn reasons(h: &mut Harness, object: &str) -> Vec<String> {
-    let ApiReply::Events(ev) = h
-        .api(ApiOp::Events {
-            object: Some(object.into()),
-        })
-        .unwrap()
-    else {
-        panic!("not events")
-    };
-    ev.into_iter().map(|e| e.reason).collect()
-}
-
 #[tokio::test(start_paused = true)]
 async fn a_silent_node_loses_its_deployment_pods_after_the_eviction_timeout() {
     let eviction = Duration::from_secs(60);
@@ -318,9 +306,11 @@ async fn a_silent_node_loses_its_deployment_pods_after_the_eviction_timeout() {
     assert!(web
         .iter()
         .all(|p| p.spec.node_name.as_deref() == Some(alive)));
-    assert!(reasons(&mut h, &format!("node/{lost}")).contains(&"NodeLost".to_string()));
+    assert!(h
+        .reasons(&format!("node/{lost}"))
+        .contains(&"NodeLost".to_string()));
     for p in &evicted {
-        let r = reasons(&mut h, &format!("pod/{}", p.metadata.name));
+        let r = h.reasons(&format!("pod/{}", p.metadata.name));
         assert_eq!(r.last().map(String::as_str), Some("Evicted"), "{r:?}");
     }
     let msgs = h.drain();

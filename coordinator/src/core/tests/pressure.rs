@@ -22,18 +22,6 @@ fn disk() -> Pressure {
     }
 }
 
-fn event_reasons(h: &mut Harness, object: &str) -> Vec<String> {
-    let ApiReply::Events(ev) = h
-        .api(ApiOp::Events {
-            object: Some(object.into()),
-        })
-        .unwrap()
-    else {
-        panic!()
-    };
-    ev.into_iter().map(|e| e.reason).collect()
-}
-
 #[tokio::test(start_paused = true)]
 async fn disk_pressure_taints_the_node_and_new_pods_go_elsewhere_until_it_clears() {
     let mut h = two_nodes();
@@ -54,7 +42,9 @@ async fn disk_pressure_taints_the_node_and_new_pods_go_elsewhere_until_it_clears
             .collect::<Vec<_>>(),
         ["node.kubernetes.io/disk-pressure:NoSchedule"]
     );
-    assert!(event_reasons(&mut h, "node/pi-1").contains(&"NodeHasDiskPressure".to_string()));
+    assert!(h
+        .reasons("node/pi-1")
+        .contains(&"NodeHasDiskPressure".to_string()));
 
     // Still under pressure: same condition, same transition time, no second event.
     tokio::time::advance(Duration::from_secs(2)).await;
@@ -64,7 +54,7 @@ async fn disk_pressure_taints_the_node_and_new_pods_go_elsewhere_until_it_clears
         since
     );
     let count = |h: &mut Harness| {
-        event_reasons(h, "node/pi-1")
+        h.reasons("node/pi-1")
             .iter()
             .filter(|r| *r == "NodeHasDiskPressure")
             .count()
@@ -87,7 +77,9 @@ async fn disk_pressure_taints_the_node_and_new_pods_go_elsewhere_until_it_clears
     beat(&mut h, "pi-1", vec![], None);
     let n = h.node("pi-1");
     assert!(n.status.conditions.is_empty() && n.spec.taints.is_empty());
-    assert!(event_reasons(&mut h, "node/pi-1").contains(&"NodeHasNoDiskPressure".to_string()));
+    assert!(h
+        .reasons("node/pi-1")
+        .contains(&"NodeHasNoDiskPressure".to_string()));
 }
 
 #[tokio::test(start_paused = true)]
@@ -134,8 +126,10 @@ async fn an_evicted_pod_fails_with_its_reason_and_is_replaced() {
         ..st
     };
     h.send("pi-1", Body::Status(st));
-    assert!(event_reasons(&mut h, &format!("pod/{evicted}")).contains(&"Evicted".to_string()));
-    assert!(event_reasons(&mut h, "node/pi-1").contains(&"Evicted".to_string()));
+    assert!(h
+        .reasons(&format!("pod/{evicted}"))
+        .contains(&"Evicted".to_string()));
+    assert!(h.reasons("node/pi-1").contains(&"Evicted".to_string()));
     let pods = h.pods();
     assert!(
         !pods.iter().any(|p| p.metadata.name == evicted),

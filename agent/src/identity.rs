@@ -221,6 +221,28 @@ impl IdentityFile {
         Ok(SigningKey::from_bytes(&seed))
     }
 
+    /// The headers of a node-signed download of `path` (a release binary): the node, the
+    /// time, and the device key's signature over both (`baton_proto::enroll`). They let an
+    /// enrolled device that holds no API token download its updates.
+    pub fn download_headers(
+        &self,
+        path: &str,
+    ) -> Result<[(&'static str, String); 3], IdentityError> {
+        use baton_proto::enroll::{
+            download_signing_bytes, NODE_HEADER, SIGNATURE_HEADER, TIMESTAMP_HEADER,
+        };
+        use ed25519_dalek::Signer;
+        let ts = wall_ms();
+        let sig = self
+            .signing_key()?
+            .sign(&download_signing_bytes(&self.node_name, path, ts));
+        Ok([
+            (NODE_HEADER, self.node_name.clone()),
+            (TIMESTAMP_HEADER, ts.to_string()),
+            (SIGNATURE_HEADER, b64(&sig.to_bytes())),
+        ])
+    }
+
     pub fn coordinator_key(&self) -> Result<VerifyingKey, IdentityError> {
         let b = unb64(&self.coordinator_public_key).ok_or(sign::SignError::BadKey)?;
         Ok(sign::verifying_key(&b)?)

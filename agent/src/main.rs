@@ -697,17 +697,27 @@ fn launch(mut args: LaunchArgs) -> Result<()> {
 /// What the update task needs from the flags: where to download releases from (the
 /// coordinator's API, else the registry mirror, with its token and CA) and the pinned key.
 fn update_config(a: &RunArgs) -> baton_agent::update::UpdateConfig {
+    let identity = a.data_dir.join(identity::IDENTITY_FILE);
+    // Else where the node enrolled: that listener serves it its releases on its signature.
+    let enrolled_at = || {
+        IdentityFile::load(&identity)
+            .ok()
+            .flatten()
+            .and_then(|id| id.coordinator_api)
+    };
     let api = a
         .coordinator_api
         .clone()
         .or_else(|| a.registry_mirror.clone())
-        .filter(|u| !u.is_empty());
+        .filter(|u| !u.is_empty())
+        .or_else(enrolled_at);
     baton_agent::update::UpdateConfig {
         data_dir: a.data_dir.clone(),
         source: api.map(|api| baton_agent::update::download::Source {
             api,
             token_file: a.registry_mirror_token_file.clone(),
             ca: a.registry_mirror_ca.clone(),
+            identity: Some(identity),
         }),
         // The flag wins over the key pinned at enrollment (read after enrolling).
         release_key: match baton_agent::identity::release_key::load(

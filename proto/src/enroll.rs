@@ -33,6 +33,16 @@ pub const TOKEN_PREFIX: &str = "bjt1";
 /// Context of a rotation request's signature, so it can never pass for anything else.
 pub const ROTATE_CONTEXT: &[u8] = b"baton-rotate-v1\0";
 
+/// Context of a node-signed download (a release binary), so it can never pass for
+/// anything else.
+pub const DOWNLOAD_CONTEXT: &[u8] = b"baton-download-v1\0";
+/// Headers of a node-signed download: an enrolled device that holds no API token (it
+/// enrolled through `--enroll-listen`) fetches a release binary on its own key. The
+/// signature (base64 Ed25519) covers [`download_signing_bytes`].
+pub const NODE_HEADER: &str = "baton-node";
+pub const TIMESTAMP_HEADER: &str = "baton-timestamp-ms";
+pub const SIGNATURE_HEADER: &str = "baton-signature";
+
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum JoinTokenError {
     #[error("invalid join token: expected {TOKEN_PREFIX}.<id>.<secret>.<ca sha256>")]
@@ -151,6 +161,18 @@ pub struct RotateRequest {
     pub timestamp_ms: u64,
     /// Base64 Ed25519 signature.
     pub signature: String,
+}
+
+/// What a node-signed download's signature covers: the node, the request's path (so it
+/// names one release) and the time (the coordinator's window bounds replays).
+pub fn download_signing_bytes(node: &str, path: &str, timestamp_ms: u64) -> Vec<u8> {
+    let mut v = DOWNLOAD_CONTEXT.to_vec();
+    v.extend_from_slice(node.as_bytes());
+    v.push(0);
+    v.extend_from_slice(path.as_bytes());
+    v.push(0);
+    v.extend_from_slice(timestamp_ms.to_string().as_bytes());
+    v
 }
 
 /// What a rotation request's signature covers.
@@ -284,6 +306,23 @@ mod tests {
         assert_eq!(
             rotate_signing_bytes("pi-1", "KEY", 42),
             [&b"baton-rotate-v1\0pi-1\0KEY\0"[..], b"42"].concat()
+        );
+    }
+
+    #[test]
+    fn the_download_signature_covers_node_path_and_time_and_not_a_rotation() {
+        let d = download_signing_bytes("pi-1", "/api/v1/releases/sha256:ab/binary", 42);
+        assert_eq!(
+            d,
+            [
+                &b"baton-download-v1\0pi-1\0/api/v1/releases/sha256:ab/binary\0"[..],
+                b"42"
+            ]
+            .concat()
+        );
+        assert_ne!(
+            d,
+            rotate_signing_bytes("pi-1", "/api/v1/releases/sha256:ab/binary", 42)
         );
     }
 }

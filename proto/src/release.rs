@@ -94,6 +94,13 @@ pub fn download_path(sha256: &[u8; 32]) -> String {
     format!("/api/v1/releases/{}/binary", digest_string(sha256))
 }
 
+/// Whether `path` is a [`download_path`] (a node-signed request may open only these).
+pub fn is_download_path(path: &str) -> bool {
+    path.strip_prefix("/api/v1/releases/sha256:")
+        .and_then(|p| p.strip_suffix("/binary"))
+        .is_some_and(|h| h.len() == 64 && h.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f')))
+}
+
 fn hex(bytes: &[u8]) -> String {
     use core::fmt::Write;
     let mut s = String::with_capacity(bytes.len() * 2);
@@ -173,6 +180,15 @@ mod tests {
         ));
         let err = check_content(&r, 4096, &[8; 32]).unwrap_err();
         assert!(err.to_string().contains("0808"), "{err}");
+        assert!(is_download_path(&download_path(&[0xab; 32])));
+        for not in [
+            "/api/v1/releases/sha256:ab/binary",
+            "/api/v1/releases/sha256:../../nodes/binary",
+            "/api/v1/releases",
+            "/api/v1/nodes",
+        ] {
+            assert!(!is_download_path(not), "{not}");
+        }
         assert_eq!(
             download_path(&[0xab; 32]),
             format!("/api/v1/releases/sha256:{}/binary", "ab".repeat(32))

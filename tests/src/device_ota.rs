@@ -6,16 +6,12 @@
 //! its power is cut, and after it boots again the update must commit: the reboot is not a
 //! failed start (the launcher's boot_id logic, on the real ARM kernel).
 //!
-//! A device enrolled through `--enroll-listen` has no path to download a release (that
-//! listener serves enrollment only, and the device holds no API token), so before the
-//! update the board is given one as an operator would: with the board off, the card's
-//! agent.env gets the coordinator's API (the hub's loopback, which QEMU's user network
-//! shows the guest as 10.0.2.2) and a read-only API token, as `--coordinator-api`,
-//! `--registry-mirror` and `--registry-mirror-token-file`.
+//! The board is flashed as a user would (`baton flash --api` at the coordinator's
+//! `--enroll-listen`): it holds no API token and knows only that listener, which serves it
+//! the release on its device key's signature.
 
 use std::fs;
-use std::os::unix::fs::PermissionsExt;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::Command;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
@@ -26,7 +22,7 @@ use serde_json::Value;
 use crate::ota::{self, TO};
 use crate::skew::node_version;
 use crate::vm::{self, Vm};
-use crate::{bin, repo_root, sh, wait_for, Lab};
+use crate::{bin, repo_root, sh, Lab};
 
 /// The node's probation before it commits: short, and long enough that the test sees
 /// `probation` before the commit. The watchdog is 2 x this + 60 s after each start, room
@@ -38,11 +34,7 @@ const TO_PROBATION: Duration = Duration::from_secs(420);
 const TO_COMMIT: Duration = Duration::from_secs(480);
 const ROLLOUT: &str = "board";
 /// The device's paths (`baton-agent install`'s defaults).
-const AGENT_ENV: &str = "/etc/baton-agent/agent.env";
-const TOKEN_FILE: &str = "/etc/baton-agent/release-download.token";
 const DATA_DIR: &str = "/var/lib/baton-agent";
-/// The hub's loopback (the coordinator's API) as the guest sees it.
-const GUEST_API: &str = "http://10.0.2.2:7474";
 
 /// What the update measured.
 #[derive(Debug, Default, Clone)]
@@ -132,43 +124,6 @@ impl BoardOta {
             ..OtaFigures::default()
         };
         lab.baton(&["release", "import", &release.to_string_lossy()])?;
-        let token = String::from_utf8(
-            lab.baton(&[
-                "token",
-                "create",
-                "--role",
-                "read-only",
-                "--name",
-                "board-ota",
-            ])?
-            .stdout,
-        )?;
-
-        // Board off: the key pinned at enrollment is there; give it a download path.
-        vm.power_cut();
-        vm::replay_root_journal(&vm.image)?;
-        let pinned = String::from_utf8(vm::root_file(
-            &vm.image,
-            &format!("{DATA_DIR}/release.pub"),
-        )?)?;
-        ensure!(
-            pinned.trim() == fs::read_to_string(&self.key_pub)?.trim(),
-            "the board did not pin the coordinator's release key at enrollment: {pinned:?}"
-        );
-        self.give_download_path(lab, &vm.image, token.trim())?;
-        let from = crate::device::heartbeat(lab, node)?;
-        vm.power_on()?;
-        wait_for(
-            "a heartbeat after the board's config change",
-            TO_PROBATION,
-            || {
-                let n = lab.get_json(&["get", "node", node])?;
-                Ok((n["status"]["ready"] == true
-                    && crate::fleet::text(&n["status"]["lastHeartbeat"]) != from)
-                    .then_some(()))
-            },
-        )?;
-        pods_back(lab)?;
         ensure!(
             node_version(lab, node)? == ota::FROM,
             "the board is not on {}",
@@ -226,9 +181,18 @@ impl BoardOta {
         pods_back(lab)?;
 
         // Off again, the card says the same: committed, `current` is 0.2.1, and the cut
-        // was an unclean start of another boot, not a crash.
+        // was an unclean start of another boot, not a crash; and the key it checked the
+        // release with is the one it pinned at enrollment.
         vm.power_cut();
         vm::replay_root_journal(&vm.image)?;
+        let pinned = String::from_utf8(vm::root_file(
+            &vm.image,
+            &format!("{DATA_DIR}/release.pub"),
+        )?)?;
+        ensure!(
+            pinned.trim() == fs::read_to_string(&self.key_pub)?.trim(),
+            "the board did not pin the coordinator's release key at enrollment: {pinned:?}"
+        );
         let dir = format!("{DATA_DIR}/agent");
         let state: Value =
             serde_json::from_slice(&vm::root_file(&vm.image, &format!("{dir}/update.json"))?)?;
@@ -247,32 +211,5 @@ impl BoardOta {
             "current -> {current}, not {TO}"
         );
         Ok(fig)
-    }
-
-    /// Appends the coordinator's API and a read-only token to the card's agent.env (the
-    /// later line wins in systemd's EnvironmentFile=), the token in a 0600 file.
-    fn give_download_path(&self, lab: &Lab, image: &Path, token: &str) -> Result<()> {
-        let mut env = String::from_utf8(vm::root_file(image, AGENT_ENV)?)?;
-        if !env.ends_with('\n') {
-            env.push('\n');
-        }
-        env.push_str(&format!(
-            "BATON_COORDINATOR_API={GUEST_API}\nBATON_REGISTRY_MIRROR={GUEST_API}\n\
-             BATON_REGISTRY_MIRROR_TOKEN_FILE={TOKEN_FILE}\n"
-        ));
-        let env_file = lab.dir.path().join("board-agent.env");
-        let token_file = lab.dir.path().join("board-token");
-        for (f, body) in [(&env_file, env), (&token_file, format!("{token}\n"))] {
-            fs::write(f, body)?;
-            fs::set_permissions(f, fs::Permissions::from_mode(0o600))?;
-        }
-        vm::edit_root(
-            image,
-            &[
-                format!("rm {AGENT_ENV}"),
-                format!("write {} {AGENT_ENV}", env_file.display()),
-                format!("write {} {TOKEN_FILE}", token_file.display()),
-            ],
-        )
     }
 }

@@ -34,6 +34,10 @@ pub struct OtaOptions {
     /// The agents reach the coordinator's API through a proxy that flips one byte in the
     /// middle of every release download: a binary damaged in transit, same length.
     pub corrupt_downloads: bool,
+    /// The agents enroll through the coordinator's `--enroll-listen` listener (as flashed
+    /// devices do) and hold no API token: they download releases there, on their device
+    /// key's signature.
+    pub enrolled: bool,
 }
 
 pub struct OtaLab {
@@ -153,6 +157,16 @@ impl OtaLab {
                 "--registry-mirror-token-file".into(),
                 token_file.to_string_lossy().into_owned(),
             ];
+            if opts.enrolled {
+                lab.restart_coordinator_enrolling(&[])?;
+                let join = lab.join_token(&["--ttl", "1h", "--uses", &agents.to_string()])?;
+                lab.agent_args = vec![
+                    "--join-token".into(),
+                    join,
+                    "--coordinator-api".into(),
+                    lab.enroll_api(),
+                ];
+            }
             Ok((release, pinned))
         })();
         let (release, pinned) = match result {

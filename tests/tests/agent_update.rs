@@ -371,6 +371,50 @@ fn a_release_signed_by_another_key_is_refused_before_it_runs() -> Result<()> {
     })
 }
 
+/// A device enrolled through `--enroll-listen` (what `baton flash --api` points a card at)
+/// holds no API token and knows only that listener: it downloads the release there on its
+/// device key's signature, and the update commits (refusals of bad, stale, foreign and
+/// revoked signatures: the coordinator's HTTP tests).
+#[test]
+fn an_enrolled_node_without_a_token_updates_through_the_enroll_listener() -> Result<()> {
+    let opts = OtaOptions {
+        enrolled: true,
+        ..OtaOptions::default()
+    };
+    with_lab("otae", 1, opts, |ota| {
+        let node = ota.lab.agents[0].name.clone();
+        let args = ota.lab.agent_args.join(" ");
+        ensure!(
+            !args.contains("token-file") && args.contains(&ota.lab.enroll_api()),
+            "the node must know only the enroll listener, without a token: {args}"
+        );
+        upgrade(ota, "enrolled", &["--canary", "0", "--health-window", "3s"])?;
+        let mut downloaded = 0;
+        let r = ota.wait_rollout("enrolled", ROLLOUT, |r| {
+            downloaded = r
+                .node(&node)
+                .map_or(downloaded, |n| n.downloaded.max(downloaded));
+            matches!(r.phase_of(&node), "committed" | "rolled-back" | "refused")
+                || matches!(r.phase.as_str(), "Halted" | "Aborted")
+        })?;
+        let row = r.node(&node).context("the node is not in the rollout")?;
+        ensure!(
+            row.phase == "committed" && r.phase == "Complete",
+            "the enrolled node did not update through the enroll listener: {r:#?}"
+        );
+        let size = fs::metadata(&ota.release)?.len();
+        ensure!(
+            downloaded == size,
+            "downloaded {downloaded} of {size}: {row:?}"
+        );
+        ensure!(
+            node_version(&ota.lab, &node)? == TO,
+            "get nodes does not show {TO}"
+        );
+        Ok(())
+    })
+}
+
 /// Kills agent `i` (kill -9) once `ready` holds, polling fast; says what it hit.
 fn kill_when(ota: &OtaLab, i: usize, step: &str, mut ready: impl FnMut() -> bool) -> Result<()> {
     wait_for(&format!("agent {i} at {step}"), LONG, || {

@@ -1,5 +1,7 @@
 //! Fetching a release binary from the coordinator: `GET <api><download_path>` with the
-//! node's bearer token, resumed with `Range: bytes=N-` from a `.part` file that survives
+//! node's bearer token and, on an enrolled node, its signature (`baton-node`,
+//! `baton-timestamp-ms`, `baton-signature`: a device enrolled through `--enroll-listen`
+//! holds no token, and that listener serves release binaries to signed requests), resumed with `Range: bytes=N-` from a `.part` file that survives
 //! restarts. The sha256 is computed while writing (over the part already on disk first),
 //! so the caller checks size, digest and signature without reading the file again.
 //!
@@ -25,6 +27,8 @@ pub enum DownloadError {
         path: PathBuf,
         source: std::io::Error,
     },
+    #[error("cannot sign the download with the node identity: {0}")]
+    Identity(#[from] crate::identity::IdentityError),
     #[error("bad CA for the download: {0}")]
     Ca(reqwest::Error),
     #[error("GET {url}: {source}")]
@@ -47,6 +51,9 @@ pub struct Source {
     pub token_file: Option<PathBuf>,
     /// A PEM CA for an https API (`--registry-mirror-ca`).
     pub ca: Option<PathBuf>,
+    /// The node's identity file, read at each download (a rotated key is used): when it
+    /// exists, the request is signed and the coordinator's CA is trusted.
+    pub identity: Option<PathBuf>,
 }
 
 /// A download that ended: the bytes and digest of the whole file.
@@ -103,20 +110,32 @@ pub async fn fetch(
     }
     let (mut have, mut hasher) = resume_from(part, size)?;
     if have < size {
-        let url = format!(
-            "{}{}",
-            src.api.trim_end_matches('/'),
-            baton_proto::release::download_path(sha256)
-        );
+        let path = baton_proto::release::download_path(sha256);
+        let url = format!("{}{path}", src.api.trim_end_matches('/'));
+        let identity = match &src.identity {
+            Some(p) => crate::identity::IdentityFile::load(p)?,
+            None => None,
+        };
         let mut client = reqwest::Client::builder().connect_timeout(Duration::from_secs(15));
+        let mut pems = Vec::new();
         if let Some(ca) = &src.ca {
-            let pem = std::fs::read(ca).map_err(io("read", ca))?;
-            for cert in reqwest::Certificate::from_pem_bundle(&pem).map_err(DownloadError::Ca)? {
+            pems.push(std::fs::read(ca).map_err(io("read", ca))?);
+        }
+        if let Some(id) = &identity {
+            pems.push(id.ca_certificate.clone().into_bytes());
+        }
+        for pem in &pems {
+            for cert in reqwest::Certificate::from_pem_bundle(pem).map_err(DownloadError::Ca)? {
                 client = client.add_root_certificate(cert);
             }
         }
         let client = client.build().map_err(DownloadError::Ca)?;
         let mut req = client.get(&url);
+        if let Some(id) = &identity {
+            for (name, value) in id.download_headers(&path)? {
+                req = req.header(name, value);
+            }
+        }
         if let Some(t) = &src.token_file {
             let token = std::fs::read_to_string(t).map_err(|source| DownloadError::Token {
                 path: t.clone(),

@@ -8,7 +8,8 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use super::*;
 
 /// Serves `body` at any path; honours `Range: bytes=N-` unless `ignore_range`. Returns the
-/// base URL and the requests' header blocks.
+/// base URL and the requests' header blocks, lowercased but for the header values of
+/// `baton-signature` (base64 is case-sensitive).
 pub(crate) async fn server(body: Vec<u8>, ignore_range: bool) -> (String, Arc<Mutex<Vec<String>>>) {
     let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let url = format!("http://{}", l.local_addr().unwrap());
@@ -21,7 +22,16 @@ pub(crate) async fn server(body: Vec<u8>, ignore_range: bool) -> (String, Arc<Mu
             };
             let mut buf = vec![0; 8192];
             let n = c.read(&mut buf).await.unwrap_or(0);
-            let req = String::from_utf8_lossy(&buf[..n]).to_lowercase();
+            let raw = String::from_utf8_lossy(&buf[..n]).into_owned();
+            let req: String = raw
+                .split_inclusive('\n')
+                .map(|l| match l.split_once(": ") {
+                    Some((k, v)) if k.eq_ignore_ascii_case("baton-signature") => {
+                        format!("baton-signature: {v}")
+                    }
+                    _ => l.to_lowercase(),
+                })
+                .collect();
             log.lock().unwrap().push(req.clone());
             let from = req
                 .lines()
@@ -60,7 +70,65 @@ fn source(url: String, dir: &std::path::Path) -> Source {
         api: url,
         token_file: Some(token),
         ca: None,
+        identity: None,
     }
+}
+
+/// An enrolled node signs its download (the node, the path, the time) with its device key,
+/// so the enroll listener serves a node that holds no API token; the key is read from the
+/// identity file at each download.
+#[tokio::test]
+async fn an_enrolled_node_signs_its_download() {
+    use base64::Engine as _;
+    use baton_proto::enroll::download_signing_bytes;
+    let b64 = |b: &[u8]| base64::engine::general_purpose::STANDARD.encode(b);
+    let dir = tempfile::tempdir().unwrap();
+    let (b, sha) = body();
+    let (url, seen) = server(b.clone(), false).await;
+    let device = baton_proto::sign::SigningKey::from_bytes(&[5; 32]);
+    let coordinator = baton_proto::sign::SigningKey::from_bytes(&[6; 32]);
+    let id = crate::identity::IdentityFile {
+        version: 1,
+        node_name: "pi-7".into(),
+        private_key: b64(&[5; 32]),
+        certificate: String::new(),
+        coordinator_public_key: b64(coordinator.verifying_key().as_bytes()),
+        ca_certificate: String::new(),
+        labels: Default::default(),
+        not_after: 0,
+        coordinator_api: None,
+    };
+    let id_path = dir.path().join("identity.json");
+    std::fs::write(&id_path, serde_json::to_vec(&id).unwrap()).unwrap();
+    let src = Source {
+        api: url,
+        token_file: None,
+        ca: None,
+        identity: Some(id_path),
+    };
+    let part = dir.path().join("x.part");
+    fetch(&src, &sha, b.len() as u64, &part, |_| {})
+        .await
+        .unwrap();
+    let reqs = seen.lock().unwrap().clone();
+    let req = &reqs[0];
+    assert!(!req.contains("authorization"), "{req}");
+    let header = |name: &str| {
+        req.lines()
+            .find_map(|l| l.strip_prefix(&format!("{name}: ")))
+            .map(str::trim)
+            .unwrap_or_else(|| panic!("no {name} in {req}"))
+            .to_owned()
+    };
+    assert_eq!(header("baton-node"), "pi-7");
+    let ts: u64 = header("baton-timestamp-ms").parse().unwrap();
+    let sig = base64::engine::general_purpose::STANDARD
+        .decode(header("baton-signature"))
+        .unwrap();
+    let sig = ed25519_dalek::Signature::from_bytes(&sig.try_into().unwrap());
+    let path = baton_proto::release::download_path(&sha);
+    let signed = download_signing_bytes("pi-7", &path, ts);
+    device.verifying_key().verify_strict(&signed, &sig).unwrap();
 }
 
 #[tokio::test]

@@ -45,6 +45,7 @@ fn start(data: &std::path::Path, api: String, key: &SigningKey) -> (Handle, Sent
         source: Some(Source {
             api,
             token_file: None,
+            identity: None,
             ca: None,
         }),
         release_key: Some(key.verifying_key()),

@@ -229,5 +229,13 @@ pub fn routes<S: Clone + Send + Sync + 'static>(registry: Arc<Registry>) -> Rout
         .merge(releases_api::routes().layer(axum::Extension(releases)))
 }
 
+/// Only `ReleaseBinary`, for the `--enroll-listen` listener, whose caller puts its own
+/// check (a node's signature) in front.
+pub fn release_download_routes<S: Clone + Send + Sync + 'static>(
+    releases: Arc<Releases>,
+) -> Router<S> {
+    releases_api::download_routes().layer(axum::Extension(releases))
+}
+
 #[cfg(test)]
 mod tests;

@@ -26,6 +26,11 @@ pub(super) fn routes<S: Clone + Send + Sync + 'static>() -> Router<S> {
         .route(ReleaseBinary::PATH, get(binary))
 }
 
+/// Only the binary's route (see [`super::release_download_routes`]).
+pub(super) fn download_routes<S: Clone + Send + Sync + 'static>() -> Router<S> {
+    Router::new().route(ReleaseBinary::PATH, get(binary))
+}
+
 fn api_error(e: ReleaseStoreError) -> Response {
     (
         e.status(),

@@ -44,7 +44,8 @@ use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
 use baton_proto::enroll::{
-    rotate_signing_bytes, EnrollRequest, EnrollResponse, JoinToken, RotateRequest,
+    download_signing_bytes, rotate_signing_bytes, EnrollRequest, EnrollResponse, JoinToken,
+    RotateRequest,
 };
 use baton_proto::sign;
 use baton_proto::NodeName;
@@ -87,9 +88,9 @@ pub enum EnrollError {
     NotEnrolled(String),
     #[error("node {0:?} is revoked")]
     Revoked(String),
-    #[error("bad rotation signature")]
+    #[error("bad node signature")]
     BadSignature,
-    #[error("rotation request is stale or from the future")]
+    #[error("node-signed request is stale or from the future")]
     Stale,
     #[error(transparent)]
     Store(#[from] StoreError),
@@ -458,6 +459,62 @@ impl Enroller {
         }
     }
 
+    /// Authorizes a node-signed download of `path` (a release binary): the node is
+    /// enrolled and not revoked, the time is within the window, and its current key (or
+    /// the previous one during a rotation's overlap) signed
+    /// [`download_signing_bytes`]. An unknown node gets the same answer as a bad
+    /// signature, so the listener does not tell which names are enrolled.
+    pub fn authorize_download(
+        &self,
+        node: &str,
+        path: &str,
+        timestamp_ms: u64,
+        signature: &str,
+        now_ms: u64,
+    ) -> Result<(), EnrollError> {
+        let rec = self
+            .security
+            .identity(node)
+            .ok_or(EnrollError::BadSignature)?;
+        if rec.revoked {
+            return Err(EnrollError::Revoked(node.to_owned()));
+        }
+        let msg = download_signing_bytes(node, path, timestamp_ms);
+        self.check_node_signature(&rec, &msg, timestamp_ms, signature, now_ms)
+    }
+
+    /// `signature` (base64) is the node's over `msg`, made within the window of `now_ms`.
+    fn check_node_signature(
+        &self,
+        rec: &IdentityRecord,
+        msg: &[u8],
+        timestamp_ms: u64,
+        signature: &str,
+        now_ms: u64,
+    ) -> Result<(), EnrollError> {
+        let window = self.security.config().window.as_millis() as u64;
+        if timestamp_ms.abs_diff(now_ms) > window {
+            return Err(EnrollError::Stale);
+        }
+        let sig_bytes: [u8; 64] = unb64(signature)
+            .and_then(|b| b.try_into().ok())
+            .ok_or(EnrollError::BadSignature)?;
+        let sig = ed25519_dalek::Signature::from_bytes(&sig_bytes);
+        // The current key, or the previous one during the overlap (a retried request).
+        let mut keys = vec![rec.public_key.clone()];
+        if now_ms <= rec.previous_valid_until_ms {
+            keys.extend(rec.previous_key.clone());
+        }
+        let signed = keys
+            .iter()
+            .any(|k| decode_key(k).is_ok_and(|k| k.verify_strict(msg, &sig).is_ok()));
+        if signed {
+            Ok(())
+        } else {
+            Err(EnrollError::BadSignature)
+        }
+    }
+
     /// The rotation handler's core: a new key and certificate for an enrolled node,
     /// authorized by a signature of its current key.
     pub fn rotate(
@@ -475,26 +532,8 @@ impl Enroller {
         if rec.revoked {
             return Err(EnrollError::Revoked(node.to_owned()));
         }
-        let window = self.security.config().window.as_millis() as u64;
-        if req.timestamp_ms.abs_diff(now_ms) > window {
-            return Err(EnrollError::Stale);
-        }
-        let sig_bytes: [u8; 64] = unb64(&req.signature)
-            .and_then(|b| b.try_into().ok())
-            .ok_or(EnrollError::BadSignature)?;
-        // The current key, or the previous one during the overlap (a retried request).
         let msg = rotate_signing_bytes(node, &req.new_public_key, req.timestamp_ms);
-        let sig = ed25519_dalek::Signature::from_bytes(&sig_bytes);
-        let mut keys = vec![rec.public_key.clone()];
-        if now_ms <= rec.previous_valid_until_ms {
-            keys.extend(rec.previous_key.clone());
-        }
-        let signed = keys
-            .iter()
-            .any(|k| decode_key(k).is_ok_and(|k| k.verify_strict(&msg, &sig).is_ok()));
-        if !signed {
-            return Err(EnrollError::BadSignature);
-        }
+        self.check_node_signature(&rec, &msg, req.timestamp_ms, &req.signature, now_ms)?;
         let new_b64 = b64(new_key.as_bytes());
         if new_b64 == rec.public_key {
             // A retried request: nothing to change, answer again.

@@ -142,9 +142,9 @@ pub struct ServerArgs {
         value_delimiter = ','
     )]
     pub tls_sans: Vec<String>,
-    /// Also serve enrollment and key rotation (only those) over TLS on this address, with
-    /// a certificate from the coordinator's CA: devices enroll here while the API stays
-    /// on loopback (e.g. 0.0.0.0:7475).
+    /// Also serve enrollment, key rotation and node-signed release downloads (only those)
+    /// over TLS on this address, with a certificate from the coordinator's CA: devices
+    /// enroll and update here while the API stays on loopback (e.g. 0.0.0.0:7475).
     #[arg(long, env = "BATON_ENROLL_LISTEN")]
     pub enroll_listen: Option<SocketAddr>,
     /// The release public key (`release.pub` from `baton release keygen`): agent releases

@@ -82,8 +82,9 @@ pub struct ServerConfig {
     /// (`crate::security::pki`), valid for the listen address, loopback, `localhost` and `tls_sans`.
     pub api_tls_auto: bool,
     /// A second listener, always TLS with a certificate from the coordinator's CA, that
-    /// serves only enrollment and key rotation (`http::enroll_router`), so devices can
-    /// enroll while the API stays on loopback.
+    /// serves only enrollment, key rotation and node-signed release downloads
+    /// (`http::enroll_router`), so devices can enroll and update while the API stays on
+    /// loopback.
     pub enroll_listen: Option<SocketAddr>,
     /// Extra names or addresses for the CA-issued certificates (API and enrollment).
     pub tls_sans: Vec<String>,
@@ -423,7 +424,12 @@ impl Server {
         );
         // Both listeners share one connection bound: together they stay within the fds.
         let enroll_server = enroll.map(|(l, cfg)| {
-            let app = http::enroll_router(events_tx.clone(), security.clone(), enroller.clone());
+            let app = http::enroll_router(
+                events_tx.clone(),
+                security.clone(),
+                enroller.clone(),
+                registry.releases(),
+            );
             let addr = l.local_addr().ok();
             tracing::info!(?addr, "serving enrollment over TLS");
             tokio::spawn(crate::edge::serve::serve(

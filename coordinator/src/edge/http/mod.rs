@@ -113,6 +113,22 @@ pub fn router_with_images(
     tokens: Arc<Tokens>,
     images: Option<Arc<crate::registry::Registry>>,
 ) -> Router {
+    api_router(core, bus, tokens, images, None)
+}
+
+/// [`router_with_images`]; with `nodes`, an enrolled node may also sign its release
+/// downloads instead of sending a token (`middleware::require_token`).
+fn api_router(
+    core: mpsc::Sender<Event>,
+    bus: Arc<BusStats>,
+    tokens: Arc<Tokens>,
+    images: Option<Arc<crate::registry::Registry>>,
+    nodes: Option<Arc<Enroller>>,
+) -> Router {
+    let gate = middleware::Gate {
+        tokens: tokens.clone(),
+        nodes,
+    };
     let mut app = Router::new()
         .serve::<routes::Healthz, _>(api::healthz)
         .serve::<routes::ListTokens, _>(tokens::list_tokens)
@@ -137,7 +153,7 @@ pub fn router_with_images(
         app = app.merge(crate::registry::routes(images));
     }
     app.layer(axum::middleware::from_fn_with_state(
-        tokens.clone(),
+        gate,
         middleware::require_token,
     ))
     .layer(axum::extract::DefaultBodyLimit::max(MAX_BODY_BYTES))
@@ -154,8 +170,8 @@ pub fn app(
     security: Arc<Security>,
     enroller: Arc<Enroller>,
 ) -> Router {
-    let sec_routes = security_router(core.clone(), tokens.clone(), security, enroller);
-    router_with_images(core, bus, tokens, Some(images)).merge(sec_routes)
+    let sec_routes = security_router(core.clone(), tokens.clone(), security, enroller.clone());
+    api_router(core, bus, tokens, Some(images), Some(enroller)).merge(sec_routes)
 }
 
 /// What the device and identity routes share.
@@ -186,7 +202,10 @@ pub fn security_router(
         .serve::<routes::Identity, _>(device::node_identity)
         .serve::<routes::Rejections, _>(device::rejections)
         .layer(axum::middleware::from_fn_with_state(
-            tokens,
+            middleware::Gate {
+                tokens,
+                nodes: None,
+            },
             middleware::require_token,
         ))
         .layer(axum::extract::DefaultBodyLimit::max(MAX_BODY_BYTES));
@@ -208,19 +227,27 @@ fn enroll_routes() -> Router<SecState> {
         .layer(axum::middleware::from_fn(middleware::read_body_in_time))
 }
 
-/// Only the three routes devices use (enroll, its CA, rotate), for the separate
-/// `--enroll-listen` TLS listener: devices on the network can enroll while the API
-/// itself stays on loopback.
+/// Only the routes devices use, for the separate `--enroll-listen` TLS listener: devices
+/// on the network can enroll while the API itself stays on loopback. Enroll, its CA and
+/// rotate; and release binaries for enrolled, non-revoked nodes that sign the request
+/// with their device key (they hold no API token), so agent updates reach them.
 pub fn enroll_router(
     core: mpsc::Sender<Event>,
     security: Arc<Security>,
     enroller: Arc<Enroller>,
+    releases: Arc<crate::registry::Releases>,
 ) -> Router {
-    enroll_routes().with_state(SecState {
-        core,
-        security,
-        enroller,
-    })
+    // route_layer: a path the listener does not serve stays a plain 404.
+    let downloads = crate::registry::release_download_routes(releases).route_layer(
+        axum::middleware::from_fn_with_state(enroller.clone(), middleware::require_node_signature),
+    );
+    enroll_routes()
+        .with_state(SecState {
+            core,
+            security,
+            enroller,
+        })
+        .merge(downloads)
 }
 
 /// An error answer: its status and the [`ErrorBody`] message.

@@ -663,3 +663,167 @@ fn no_api_path_outside_the_contract() {
         }
     }
 }
+
+/// An enrolled node without an API token (it enrolled through `--enroll-listen`) fetches a
+/// release binary on its own key, from the enroll listener and from the main API; a bad,
+/// stale, foreign or revoked signature is refused, and a signature opens nothing else.
+#[tokio::test]
+async fn enrolled_nodes_sign_their_release_downloads() {
+    use crate::contract::nodes::EnrollRequest;
+    use crate::contract::payload::NoBody;
+    use crate::contract::tokens::JoinTokenRequest;
+    use crate::security::encoding::b64;
+    use crate::security::gate::SecurityConfig;
+    use baton_proto::enroll::{
+        download_signing_bytes, NODE_HEADER, SIGNATURE_HEADER, TIMESTAMP_HEADER,
+    };
+    use baton_proto::sign::SigningKey;
+    use ed25519_dalek::Signer;
+    use tower::ServiceExt;
+
+    let dir = tempfile::tempdir().unwrap();
+    let store: Arc<dyn crate::store::Store> = Arc::new(crate::store::MemStore::default());
+    let tokens = Arc::new(Tokens::load(store.clone()).unwrap());
+    let admin = tokens.create("admin", Role::Admin).unwrap();
+    let pki = Arc::new(crate::security::pki::Pki::load_or_create(dir.path()).unwrap());
+    let security = Arc::new(Security::load(store.clone(), pki, SecurityConfig::default()).unwrap());
+    let (nudge, _nudged) = mpsc::channel(4);
+    security.set_nudge(nudge);
+    let enroller = Arc::new(Enroller::load(store.clone(), security.clone()).unwrap());
+    let release_key = SigningKey::from_bytes(&[5; 32]);
+    let registry = Arc::new(
+        crate::registry::Registry::open(dir.path(), store)
+            .unwrap()
+            .with_release_key(Some(release_key.verifying_key())),
+    );
+    let listener = enroll_router(
+        fake_core(),
+        security.clone(),
+        enroller.clone(),
+        registry.releases(),
+    );
+    let mut c = Client {
+        app: app(
+            fake_core(),
+            Arc::new(BusStats::default()),
+            tokens,
+            registry,
+            security,
+            enroller,
+        ),
+        token: admin,
+        called: Default::default(),
+    };
+    async fn enroll(c: &mut Client, name: &str, seed: u8) -> SigningKey {
+        let key = SigningKey::from_bytes(&[seed; 32]);
+        {
+            let join = c
+                .call(
+                    &routes::CreateJoinToken {},
+                    &JoinTokenRequest {
+                        ttl_seconds: 3600,
+                        uses: 1,
+                        ..Default::default()
+                    },
+                )
+                .await;
+            let req = EnrollRequest {
+                token: join.token,
+                node_name: name.into(),
+                public_key: b64(key.verifying_key().as_bytes()),
+                labels: Default::default(),
+                arch: "arm64".into(),
+            };
+            c.call(&routes::Enroll {}, &req).await;
+        }
+        key
+    }
+    let pi1 = enroll(&mut c, "pi-1", 7).await;
+    let pi2 = enroll(&mut c, "pi-2", 9).await;
+    let binary = b"an agent binary".to_vec();
+    let sha: [u8; 32] = <sha2::Sha256 as sha2::Digest>::digest(&binary).into();
+    let mut wire = baton_proto::Release {
+        version: baton_proto::BString::new("0.2.1").unwrap(),
+        target: baton_proto::BString::new("aarch64-unknown-linux-musl").unwrap(),
+        protocol: 5,
+        size: binary.len() as u64,
+        sha256: sha,
+        signature: baton_proto::BVec::new(),
+    };
+    baton_proto::release::sign(&mut wire, &release_key).unwrap();
+    let import = routes::ImportRelease {
+        version: "0.2.1".into(),
+        target: "aarch64-unknown-linux-musl".into(),
+        protocol: "5".into(),
+        size: binary.len().to_string(),
+        sha256: hex::encode(sha),
+        signature: b64(&wire.signature),
+    };
+    c.send(&import, binary.clone().into()).await;
+    let path = baton_proto::release::download_path(&sha);
+
+    // A request as the agent signs it: `node` claims, `key` signs `signed_path` at `ts`.
+    let get =
+        |app: &Router, path: &str, node: &str, key: &SigningKey, signed_path: &str, ts: u64| {
+            let sig = key.sign(&download_signing_bytes(node, signed_path, ts));
+            let req = axum::http::Request::get(path)
+                .header(NODE_HEADER, node)
+                .header(TIMESTAMP_HEADER, ts.to_string())
+                .header(SIGNATURE_HEADER, b64(&sig.to_bytes()))
+                .header("range", "bytes=3-")
+                .body(axum::body::Body::empty())
+                .unwrap();
+            app.clone().oneshot(req)
+        };
+    let body = |r: axum::response::Response| async move {
+        axum::body::to_bytes(r.into_body(), 1 << 20)
+            .await
+            .unwrap()
+            .to_vec()
+    };
+    let now = crate::security::encoding::now_ms();
+    for app in [&listener, &c.app] {
+        let ok = get(app, &path, "pi-1", &pi1, &path, now).await.unwrap();
+        assert_eq!(ok.status(), StatusCode::PARTIAL_CONTENT, "resumable");
+        assert_eq!(body(ok).await, binary[3..]);
+        let refused = |r: axum::response::Response| r.status();
+        // Another node's key, a path it did not sign, an old request, no headers at all.
+        let foreign = get(app, &path, "pi-1", &pi2, &path, now).await.unwrap();
+        assert_eq!(refused(foreign), StatusCode::UNAUTHORIZED);
+        let other = format!("/api/v1/releases/sha256:{}/binary", "00".repeat(32));
+        let replayed = get(app, &other, "pi-1", &pi1, &path, now).await.unwrap();
+        assert_eq!(refused(replayed), StatusCode::UNAUTHORIZED);
+        let stale = get(app, &path, "pi-1", &pi1, &path, now - 3_600_000)
+            .await
+            .unwrap();
+        assert_eq!(refused(stale), StatusCode::UNAUTHORIZED);
+        let unknown = get(app, &path, "pi-9", &pi1, &path, now).await.unwrap();
+        assert_eq!(refused(unknown), StatusCode::UNAUTHORIZED);
+        let bare = axum::http::Request::get(&path)
+            .body(axum::body::Body::empty())
+            .unwrap();
+        let bare = app.clone().oneshot(bare).await.unwrap();
+        assert_eq!(bare.status(), StatusCode::UNAUTHORIZED);
+    }
+    // A signature opens release downloads only: not the node list on the main API.
+    let nodes = "/api/v1/nodes";
+    let listed = get(&c.app, nodes, "pi-1", &pi1, nodes, now).await.unwrap();
+    assert_eq!(listed.status(), StatusCode::FORBIDDEN);
+    // And the enroll listener still serves nothing else.
+    let listed = get(&listener, nodes, "pi-1", &pi1, nodes, now)
+        .await
+        .unwrap();
+    assert_eq!(listed.status(), StatusCode::NOT_FOUND);
+    // A revoked node is refused.
+    c.call(
+        &routes::Revoke {
+            name: "pi-2".into(),
+        },
+        &NoBody,
+    )
+    .await;
+    let revoked = get(&listener, &path, "pi-2", &pi2, &path, now)
+        .await
+        .unwrap();
+    assert_eq!(revoked.status(), StatusCode::FORBIDDEN);
+}

@@ -63,6 +63,11 @@ for t in "${targets[@]}"; do
   read -r -a bins <<<"$(bins_for "$t")"
   out="$root/target/cross/$t"
   stamp="$out/.inputs"
+  # One build of a target at a time: a board test asking for its binaries while CI's
+  # background build makes them waits here, then finds them cached.
+  mkdir -p "$root/target/cross"
+  exec {lock}>"$root/target/cross/.lock-$t"
+  flock "$lock"
   if [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$hash" ] && all_present "$out" "${bins[@]}"; then
     echo "cross/build: $t: inputs unchanged ($hash), not rebuilt"
     took[$t]="cached"
@@ -106,9 +111,10 @@ for t in "${targets[@]}"; do
     took[$t]="$(($(date +%s) - start)) s"
     mkdir -p "$out"
     rm -f "$stamp"
-    for b in "${bins[@]}"; do cp "$tdir/$t/$PROFILE/$b" "$out/$b"; done
+    for b in "${bins[@]}"; do cp "$tdir/$t/$PROFILE/$b" "$out/$b.tmp" && mv "$out/$b.tmp" "$out/$b"; done
     echo "$hash" >"$stamp"
   fi
+  exec {lock}>&-
 done
 
 # Checks: static (no program interpreter) and runs: `--version` prints "<name> <semver>".

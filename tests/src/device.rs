@@ -59,8 +59,14 @@ pub fn require_agent(triple: &str) -> Result<PathBuf> {
 }
 
 /// The cross-built binary `name` (`baton-agent` or `baton`) for `triple`, or a failure
-/// naming how to build it.
+/// naming how to build it. Without `BATON_CROSS_DIR`, `cross/build.sh TRIPLE` first: cached
+/// by its inputs (seconds when nothing changed, so never a stale binary), and it waits for a
+/// build of the target already running (scripts/test.sh builds them beside the tests).
 pub fn require_cross(triple: &str, name: &str) -> Result<PathBuf> {
+    if std::env::var_os("BATON_CROSS_DIR").is_none() {
+        sh(Command::new(repo_root().join("cross/build.sh")).arg(triple))
+            .with_context(|| format!("cross/build.sh {triple}"))?;
+    }
     let path = cross_dir().join(triple).join(name);
     ensure!(
         path.is_file(),

@@ -3,6 +3,7 @@
 //! `describe` text is in [`describe`].
 
 pub mod agent_update;
+pub mod daemon_set;
 pub mod describe;
 
 use std::collections::BTreeMap;

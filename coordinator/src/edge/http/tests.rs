@@ -501,6 +501,17 @@ async fn every_contract_route_is_served_as_defined() {
     };
     let undone = c.call(&routes::RolloutUndo { name: web() }, &undo).await;
     assert_eq!(undone.revision, 3);
+    let cam = || "cam".to_owned();
+    let status = c
+        .call(&routes::DaemonSetRolloutStatus { name: cam() }, &NoBody)
+        .await;
+    assert!(status.done);
+    c.call(&routes::DaemonSetRolloutHistory { name: cam() }, &NoBody)
+        .await;
+    let undone = c
+        .call(&routes::DaemonSetRolloutUndo { name: cam() }, &undo)
+        .await;
+    assert_eq!(undone.revision, 3);
 
     // Agent rollouts.
     let newest = c

@@ -1,7 +1,8 @@
 //! DaemonSets on three real agents (issue 18): a node selector follows node labels (a
 //! node labelled gets its pod, one unlabelled loses it), a rolling update with
-//! `maxUnavailable: 1` never leaves more than one node without a ready pod, and a node
-//! offline past the eviction timeout keeps its pod, still running when it returns.
+//! `maxUnavailable: 1` never leaves more than one node without a ready pod, a node
+//! offline past the eviction timeout keeps its pod, still running when it returns, drain
+//! leaves it in place, and deleting the DaemonSet stops its pods.
 //!
 //! Node labels are registration flags in Baton (`baton-agent --labels`, like kubelet's
 //! `--node-labels`), so labelling a node here restarts its agent with other flags.
@@ -244,5 +245,43 @@ fn scenario(lab: &mut Lab) -> Result<()> {
         init_pid(lab, b, &uid(&kept), "echo")? == pid,
         "the returning node restarted its pod"
     );
+
+    // describe shows the node counts; drain leaves the DaemonSet's pod and says so.
+    let out = lab.baton(&["describe", "ds", "cam"])?;
+    let described = String::from_utf8_lossy(&out.stdout).into_owned();
+    ensure!(
+        described.contains("Desired Number of Nodes Scheduled:")
+            && described.contains("RollingUpdate (1 max unavailable, 0 max surge)"),
+        "{described}"
+    );
+    let on_c = pods
+        .iter()
+        .find(|p| node_of(p) == c)
+        .map(uid)
+        .unwrap_or_default();
+    let out = lab.baton(&["drain", c, "--timeout", "60s"])?;
+    let drained = String::from_utf8_lossy(&out.stdout).into_owned();
+    ensure!(
+        drained.contains("ignoring DaemonSet-managed pods")
+            && drained.contains(&format!("node/{c} drained")),
+        "{drained}"
+    );
+    ensure!(
+        cam_pods(lab)?
+            .iter()
+            .any(|p| uid(p) == on_c && node_of(p) == c && is_ready(p)),
+        "drain took the DaemonSet's pod"
+    );
+
+    // Deleting the DaemonSet stops its pods.
+    lab.baton(&["delete", "daemonset", "cam"])?;
+    wait_for("the DaemonSet's pods to go", LONG, || {
+        Ok(cam_pods(lab)?.is_empty().then_some(()))
+    })?;
+    wait_for("its containers to stop", LONG, || {
+        Ok((container_pids(b, &uid(&kept), "echo").is_empty()
+            && container_pids(c, &on_c, "echo").is_empty())
+        .then_some(()))
+    })?;
     Ok(())
 }

@@ -11,23 +11,47 @@
 //! being drained.
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::time::SystemTime;
 
 use crate::decide::controller::{hash_of, is_ready, is_terminating, template_hash, Action};
 use crate::decide::scheduler::{node_labels, selects};
-use crate::decide::taints::{untolerated, DISK_PRESSURE, MEMORY_PRESSURE, PID_PRESSURE};
+use crate::decide::taints::{
+    no_execute, untolerated, NoExecute, DISK_PRESSURE, MEMORY_PRESSURE, PID_PRESSURE,
+};
 use crate::model::api::{self, POD_TEMPLATE_HASH_LABEL};
 
-/// Whether `node` should run the DaemonSet's pod.
+/// Whether `node` should get the DaemonSet's pod.
 pub fn node_wants(ds: &api::DaemonSet, node: &api::Node) -> bool {
+    placement(ds, node).0
+}
+
+/// Whether `node` should get the pod, and whether a pod already on it may stay (the
+/// taint manager ends it when its `tolerationSeconds` run out).
+///
+/// A `NoExecute` taint tolerated only for a while lets a running pod stay that long but
+/// gets the node no new one: otherwise the taint manager's eviction and this controller
+/// would replace the pod every `tolerationSeconds`.
+fn placement(ds: &api::DaemonSet, node: &api::Node) -> (bool, bool) {
     let spec = &ds.spec.template.spec;
-    let taints: Vec<api::Taint> = node
+    let no_schedule: Vec<api::Taint> = node
         .spec
         .taints
         .iter()
+        .filter(|t| t.effect == api::TaintEffect::NoSchedule)
         .filter(|t| ![DISK_PRESSURE, MEMORY_PRESSURE, PID_PRESSURE].contains(&t.key.as_str()))
         .cloned()
         .collect();
-    selects(spec, &node_labels(node)) && untolerated(&taints, &spec.tolerations).is_none()
+    if !selects(spec, &node_labels(node)) || untolerated(&no_schedule, &spec.tolerations).is_some()
+    {
+        return (false, false);
+    }
+    // At the epoch, a limited toleration has not run out yet: the verdict is `EvictAt`
+    // for a limited one and `Evict` only for an untolerated taint, whatever the clock.
+    match no_execute(&node.spec.taints, &spec.tolerations, SystemTime::UNIX_EPOCH) {
+        NoExecute::Stay => (true, true),
+        NoExecute::EvictAt(..) => (false, true),
+        NoExecute::Evict(_) => (false, false),
+    }
 }
 
 /// The pods a DaemonSet owns, from all pods.
@@ -98,7 +122,8 @@ pub fn fenceposts(ds: &api::DaemonSet, desired: u32) -> (u32, u32) {
 /// wants one, and none elsewhere.
 ///
 /// - Pods on nodes that no longer want one (or are gone), ended pods and extra pods of a
-///   node are deleted.
+///   node are deleted; a pod on a node whose `NoExecute` taint it tolerates for a while
+///   is left to the taint manager.
 /// - A node without a pod gets one, once its previous pod has finished draining (two
 ///   pods of a DaemonSet on one node would fight over its host ports), except while
 ///   surging, which is what `maxSurge` asks for.
@@ -122,6 +147,11 @@ pub fn reconcile_daemon_set(
         .filter(|n| node_wants(ds, n))
         .map(|n| n.metadata.name.as_str())
         .collect();
+    let tolerated_for_now: BTreeSet<&str> = nodes
+        .iter()
+        .filter(|n| placement(ds, n) == (false, true))
+        .map(|n| n.metadata.name.as_str())
+        .collect();
     let mut actions = Vec::new();
     let delete = |p: &api::Pod, actions: &mut Vec<Action>| {
         actions.push(Action::DeletePod(p.metadata.name.clone()));
@@ -131,7 +161,7 @@ pub fn reconcile_daemon_set(
     for p in owned {
         let node = p.spec.node_name.as_deref().unwrap_or_default();
         let Some(on) = by_node.get_mut(node) else {
-            if !is_terminating(p) {
+            if !is_terminating(p) && !tolerated_for_now.contains(node) {
                 delete(p, &mut actions);
             }
             continue;

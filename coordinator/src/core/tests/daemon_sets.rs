@@ -202,6 +202,13 @@ async fn a_taint_takes_the_pod_off_and_deletion_removes_pods_and_revisions() {
         "{progress:?}"
     );
 
+    // A restarted coordinator finds the DaemonSet, its pods and revisions as they were.
+    let pods = h.pods();
+    let mut again = Harness::new(h.store.clone());
+    assert_eq!(again.pods(), pods);
+    assert_eq!(daemon_set_status(&mut again), daemon_set_status(&mut h));
+    assert_eq!(history(&mut again), vec![2, 3]);
+
     h.api(ApiOp::Delete {
         kind: ResourceKind::DaemonSet,
         name: "agent".into(),

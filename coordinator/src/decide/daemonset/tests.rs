@@ -296,6 +296,33 @@ fn a_lost_node_keeps_its_pod_and_a_failed_pod_is_replaced_on_its_node() {
 }
 
 #[test]
+fn a_no_execute_taint_tolerated_for_a_while_keeps_the_pod_but_gets_no_new_one() {
+    let mut d = ds("a:1");
+    d.spec.template.spec.tolerations = vec![api::Toleration {
+        key: "flaky".into(),
+        operator: api::TolerationOperator::Exists,
+        value: String::new(),
+        effect: Some(api::TaintEffect::NoExecute),
+        toleration_seconds: Some(300),
+    }];
+    let mut sim = Sim::new(vec![node("n1", &[])]);
+    sim.step(&d);
+    sim.ready_all();
+    sim.nodes[0].spec.taints = vec![taint("flaky", api::TaintEffect::NoExecute)];
+    assert!(!node_wants(&d, &sim.nodes[0]));
+    assert_eq!(
+        sim.step(&d),
+        vec![],
+        "the taint manager ends it, not the controller"
+    );
+    // Once evicted, nothing comes back until the taint goes.
+    sim.pods.clear();
+    assert_eq!(sim.step(&d), vec![]);
+    sim.nodes[0].spec.taints.clear();
+    assert_eq!(sim.step(&d).len(), 1);
+}
+
+#[test]
 fn a_node_gets_no_new_pod_while_its_old_one_drains() {
     let d = ds("a:1");
     let mut sim = Sim::new(vec![node("n1", &[])]);

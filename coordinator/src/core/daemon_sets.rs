@@ -22,7 +22,9 @@ impl Core {
             .collect()
     }
 
-    pub(super) fn run_daemon_sets(&mut self) {
+    /// Runs each DaemonSet's plan; whether any pod was created or deleted.
+    pub(super) fn run_daemon_sets(&mut self) -> bool {
+        let mut changed = false;
         let names: Vec<String> = self.daemon_sets.keys().cloned().collect();
         for name in names {
             let Some(ds) = self.daemon_sets.get(&name) else {
@@ -37,6 +39,7 @@ impl Core {
                 (plan, actions)
             };
             self.apply_revision_plan(&api::daemon_set_revision_owner(&name), plan);
+            changed |= !actions.is_empty();
             for action in actions {
                 match action {
                     Action::CreatePod(mut pod) => {
@@ -75,6 +78,7 @@ impl Core {
                 }
             }
         }
+        changed
     }
 
     pub(super) fn update_daemon_set_statuses(&mut self) {

@@ -20,7 +20,14 @@ impl Core {
             return;
         }
         self.run_controllers();
-        self.run_daemon_sets();
+        // A pod that was not Ready is deleted at once, not drained: nothing marks the
+        // state dirty again when it is gone, so its replacement is planned right away.
+        // The plans are idempotent, so the extra pass is a no-op when nothing is due.
+        for _ in 0..3 {
+            if !self.run_daemon_sets() {
+                break;
+            }
+        }
         self.schedule_pending();
         self.update_deployment_statuses();
         self.update_daemon_set_statuses();

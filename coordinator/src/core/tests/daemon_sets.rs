@@ -218,3 +218,19 @@ async fn a_taint_takes_the_pod_off_and_deletion_removes_pods_and_revisions() {
     assert!(h.core.revisions.is_empty());
     assert!(h.store.list(Table::DaemonSets).unwrap().is_empty());
 }
+
+#[tokio::test(start_paused = true)]
+async fn old_pods_that_never_became_ready_are_replaced_in_one_step() {
+    let mut h = two_nodes();
+    h.apply(&daemon_set("busybox:1.36")).unwrap();
+    let old: Vec<String> = h.pods().iter().map(|p| p.metadata.uid.clone()).collect();
+    assert_eq!(old.len(), 2);
+    // No node reported them running: they go at once, and new ones take their place in
+    // the same change, not at some later event.
+    h.apply(&daemon_set("busybox:1.37")).unwrap();
+    let pods = h.pods();
+    assert_eq!(nodes_of(&pods), vec!["pi-1", "pi-2"]);
+    assert!(pods
+        .iter()
+        .all(|p| !old.contains(&p.metadata.uid) && p.spec.containers[0].image == "busybox:1.37"));
+}

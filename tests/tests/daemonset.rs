@@ -186,11 +186,12 @@ fn scenario(lab: &mut Lab) -> Result<()> {
     let out = lab.baton(&["rollout", "history", "ds/cam"])?;
     let history = String::from_utf8_lossy(&out.stdout).into_owned();
     ensure!(
-        history
-            .lines()
-            .filter(|l| l.starts_with(['1', '2']))
-            .count()
-            == 2,
+        history.starts_with("daemonset.apps/cam\n")
+            && history
+                .lines()
+                .filter(|l| l.starts_with(['1', '2']))
+                .count()
+                == 2,
         "{history}"
     );
 

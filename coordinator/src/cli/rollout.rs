@@ -110,12 +110,13 @@ pub(super) async fn rollout(client: &Client, action: &RolloutCommand) -> Result<
         } => {
             let (kind, name) = rollout_target(resource, name.as_deref(), "rollout history")?;
             let revisions = history(client, kind, &name).await?;
+            let what = format!("{}/{name}", qualified(kind));
             match revision {
-                None => Ok(history_table(&name, &revisions)),
+                None => Ok(history_table(&what, &revisions)),
                 Some(n) => revisions
                     .iter()
                     .find(|r| r.revision == *n)
-                    .map(|r| revision_details(&name, r))
+                    .map(|r| revision_details(&what, r))
                     .ok_or_else(|| {
                         CliError::Usage(format!("error: unable to find the specified revision {n}"))
                     }),

@@ -212,7 +212,9 @@ impl Core {
             let revs = self.revisions_of(&owner);
             let target = rollout::undo_target(name, &revs, &current, to).map_err(|e| match e {
                 rollout::RolloutError::RevisionNotFound(_) => ApiError::NotFound(e.to_string()),
-                rollout::RolloutError::NoHistory(_) => ApiError::BadRequest(e.to_string()),
+                rollout::RolloutError::NoHistory(_) => {
+                    ApiError::BadRequest(format!("no rollout history found for daemonset {name:?}"))
+                }
             })?;
             (
                 target.revision,

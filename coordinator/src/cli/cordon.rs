@@ -66,7 +66,9 @@ pub(super) async fn taint(
 
 /// `drain`: cordons the node, then deletes its pods (gracefully, as `delete pod` does) so
 /// that their Deployments replace them elsewhere, and waits until none is left. Pods no
-/// controller replaces are refused unless `force`, as kubectl does.
+/// controller replaces are refused unless `force`, as kubectl does. DaemonSet pods stay:
+/// they belong to the node (and tolerate the cordon), as with kubectl's
+/// `--ignore-daemonsets`, and the output names them.
 pub(super) async fn drain(
     client: &Client,
     node: &str,
@@ -87,7 +89,16 @@ pub(super) async fn drain(
     let list = routes::ListObjects {
         kind: ResourceKind::Pod,
     };
-    let pods = on_node(client.call(&list, &NoBody).await?.items);
+    let (daemons, pods): (Vec<_>, Vec<_>) = on_node(client.call(&list, &NoBody).await?.items)
+        .into_iter()
+        .partition(|p| p.metadata.daemon_set.is_some());
+    if !daemons.is_empty() {
+        let names: Vec<&str> = daemons.iter().map(|p| p.metadata.name.as_str()).collect();
+        out.push_str(&format!(
+            "Warning: ignoring DaemonSet-managed pods: {}\n",
+            names.join(", ")
+        ));
+    }
     let bare: Vec<&str> = pods
         .iter()
         .filter(|p| p.metadata.owner.is_none())
@@ -113,7 +124,10 @@ pub(super) async fn drain(
     }
     let end = Instant::now() + timeout;
     loop {
-        let left = on_node(client.call(&list, &NoBody).await?.items);
+        let left: Vec<_> = on_node(client.call(&list, &NoBody).await?.items)
+            .into_iter()
+            .filter(|p| p.metadata.daemon_set.is_none())
+            .collect();
         if left.is_empty() {
             break;
         }

@@ -6,6 +6,7 @@ use std::time::SystemTime;
 use super::client::Client;
 use super::get::{kind_of, of_kind, other_kind, pod};
 use super::render::agent_update::describe_agent_update;
+use super::render::daemon_set::describe_daemon_set;
 use super::render::describe::{describe_deployment, describe_node, describe_pod, describe_secret};
 use super::{named, CliError};
 use crate::contract::body::ApiObject;
@@ -29,6 +30,7 @@ pub(super) async fn describe(
     Ok(match object {
         ApiObject::Pod(p) => describe_pod(&p, &events, now),
         ApiObject::Deployment(d) => describe_deployment(&d, &events, now),
+        ApiObject::DaemonSet(d) => describe_daemon_set(&d, &events, now),
         ApiObject::Node(node) => {
             let all = routes::ListObjects {
                 kind: ResourceKind::Pod,

@@ -7,6 +7,7 @@ use serde_json::Value;
 
 use super::client::Client;
 use super::render::agent_update::agent_updates_table;
+use super::render::daemon_set::daemon_sets_table;
 use super::render::{deployments_table, nodes_table, pods_table, secrets_table};
 use super::{target, to_value, CliError, Output};
 use crate::contract::body::ApiObject;
@@ -56,6 +57,9 @@ pub(super) async fn get(
                     ResourceKind::Deployment => {
                         deployments_table(&of_kind(objects, deployment)?, wide, now)
                     }
+                    ResourceKind::DaemonSet => {
+                        daemon_sets_table(&of_kind(objects, daemon_set)?, wide, now)
+                    }
                     ResourceKind::Node => nodes_table(&of_kind(objects, node)?, wide, now),
                     ResourceKind::Secret => secrets_table(&of_kind(objects, secret)?, now),
                     ResourceKind::AgentUpdate => {
@@ -101,6 +105,7 @@ pub(super) fn kind_of(o: &ApiObject) -> ResourceKind {
     match o {
         ApiObject::Node(_) => ResourceKind::Node,
         ApiObject::Deployment(_) => ResourceKind::Deployment,
+        ApiObject::DaemonSet(_) => ResourceKind::DaemonSet,
         ApiObject::Pod(_) => ResourceKind::Pod,
         ApiObject::Secret(_) => ResourceKind::Secret,
         ApiObject::AgentUpdate(_) => ResourceKind::AgentUpdate,
@@ -124,6 +129,13 @@ fn agent_update(o: ApiObject) -> Option<crate::model::api::AgentUpdate> {
 fn deployment(o: ApiObject) -> Option<crate::model::api::Deployment> {
     match o {
         ApiObject::Deployment(d) => Some(d),
+        _ => None,
+    }
+}
+
+fn daemon_set(o: ApiObject) -> Option<crate::model::api::DaemonSet> {
+    match o {
+        ApiObject::DaemonSet(d) => Some(d),
         _ => None,
     }
 }

@@ -262,6 +262,7 @@ fn named(
 fn qualified(kind: ResourceKind) -> &'static str {
     match kind {
         ResourceKind::Deployment => "deployment.apps",
+        ResourceKind::DaemonSet => "daemonset.apps",
         ResourceKind::Pod => "pod",
         ResourceKind::Node => "node",
         ResourceKind::Secret => "secret",

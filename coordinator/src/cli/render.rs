@@ -3,6 +3,7 @@
 //! `describe` text is in [`describe`].
 
 pub mod agent_update;
+pub mod daemon_set;
 pub mod describe;
 
 use std::collections::BTreeMap;
@@ -436,8 +437,9 @@ pub fn progress_bar(p: &RolloutProgress) -> String {
     line
 }
 
-/// `rollout history`: kubectl's REVISION / CHANGE-CAUSE table.
-pub fn history_table(name: &str, revisions: &[api::Revision]) -> String {
+/// `rollout history`: kubectl's REVISION / CHANGE-CAUSE table; `what` is
+/// `deployment.apps/NAME` or `daemonset.apps/NAME`.
+pub fn history_table(what: &str, revisions: &[api::Revision]) -> String {
     let rows: Vec<Vec<String>> = revisions
         .iter()
         .map(|r| {
@@ -447,15 +449,12 @@ pub fn history_table(name: &str, revisions: &[api::Revision]) -> String {
             ]
         })
         .collect();
-    format!(
-        "deployment.apps/{name}\n{}",
-        table(&["REVISION", "CHANGE-CAUSE"], &rows)
-    )
+    format!("{what}\n{}", table(&["REVISION", "CHANGE-CAUSE"], &rows))
 }
 
 /// `rollout history --revision N`: the template of one revision.
-pub fn revision_details(name: &str, r: &api::Revision) -> String {
-    let mut out = format!("deployment.apps/{name} with revision #{}\n", r.revision);
+pub fn revision_details(what: &str, r: &api::Revision) -> String {
+    let mut out = format!("{what} with revision #{}\n", r.revision);
     let mut labels = r.template.metadata.labels.clone();
     labels.insert(
         crate::model::api::POD_TEMPLATE_HASH_LABEL.into(),

@@ -1,4 +1,4 @@
-//! `baton rollout status|history|undo`: a deployment's rollout.
+//! `baton rollout status|history|undo`: a deployment's or a daemonset's rollout.
 
 use std::io::{IsTerminal, Write};
 use std::time::Duration;
@@ -7,8 +7,8 @@ use clap::Subcommand;
 
 use super::client::Client;
 use super::render::{history_table, progress_bar, revision_details};
-use super::{named, CliError};
-use crate::contract::body::UndoRequest;
+use super::{named, qualified, CliError};
+use crate::contract::body::{RolloutProgress, UndoRequest};
 use crate::contract::{routes, NoBody, ResourceKind};
 use crate::model::api;
 
@@ -39,16 +39,56 @@ pub enum RolloutCommand {
     },
 }
 
-/// A rollout subcommand's argument must name a deployment.
-fn deployment_name(resource: &str, name: Option<&str>, verb: &str) -> Result<String, CliError> {
+/// A rollout subcommand's argument must name a deployment or a daemonset.
+fn rollout_target(
+    resource: &str,
+    name: Option<&str>,
+    verb: &str,
+) -> Result<(ResourceKind, String), CliError> {
     let (kind, name) = named(resource, name, verb)?;
-    if kind != ResourceKind::Deployment {
+    if !matches!(kind, ResourceKind::Deployment | ResourceKind::DaemonSet) {
         return Err(CliError::Usage(format!(
-            "error: no rollout for a {}: only deployments have rollouts",
+            "error: no rollout for a {}: only deployments and daemonsets have rollouts",
             kind.as_str()
         )));
     }
-    Ok(name)
+    Ok((kind, name))
+}
+
+async fn history(
+    client: &Client,
+    kind: ResourceKind,
+    name: &str,
+) -> Result<Vec<api::Revision>, CliError> {
+    let name = name.to_owned();
+    Ok(match kind {
+        ResourceKind::DaemonSet => {
+            let route = routes::DaemonSetRolloutHistory { name };
+            client.call(&route, &NoBody).await?.items
+        }
+        _ => {
+            let route = routes::RolloutHistory { name };
+            client.call(&route, &NoBody).await?.items
+        }
+    })
+}
+
+async fn progress(
+    client: &Client,
+    kind: ResourceKind,
+    name: &str,
+) -> Result<RolloutProgress, CliError> {
+    let name = name.to_owned();
+    match kind {
+        ResourceKind::DaemonSet => {
+            let route = routes::DaemonSetRolloutStatus { name };
+            client.call(&route, &NoBody).await
+        }
+        _ => {
+            let route = routes::RolloutStatus { name };
+            client.call(&route, &NoBody).await
+        }
+    }
 }
 
 pub(super) async fn rollout(client: &Client, action: &RolloutCommand) -> Result<String, CliError> {
@@ -58,9 +98,9 @@ pub(super) async fn rollout(client: &Client, action: &RolloutCommand) -> Result<
             name,
             timeout,
         } => {
-            let name = deployment_name(resource, name.as_deref(), "rollout status")?;
+            let (kind, name) = rollout_target(resource, name.as_deref(), "rollout status")?;
             let timeout = timeout.filter(|t| !t.is_zero());
-            watch_rollout(client, &name, timeout).await?;
+            watch_rollout(client, kind, &name, timeout).await?;
             Ok(String::new())
         }
         RolloutCommand::History {
@@ -68,15 +108,15 @@ pub(super) async fn rollout(client: &Client, action: &RolloutCommand) -> Result<
             name,
             revision,
         } => {
-            let name = deployment_name(resource, name.as_deref(), "rollout history")?;
-            let history = routes::RolloutHistory { name: name.clone() };
-            let revisions: Vec<api::Revision> = client.call(&history, &NoBody).await?.items;
+            let (kind, name) = rollout_target(resource, name.as_deref(), "rollout history")?;
+            let revisions = history(client, kind, &name).await?;
+            let what = format!("{}/{name}", qualified(kind));
             match revision {
-                None => Ok(history_table(&name, &revisions)),
+                None => Ok(history_table(&what, &revisions)),
                 Some(n) => revisions
                     .iter()
                     .find(|r| r.revision == *n)
-                    .map(|r| revision_details(&name, r))
+                    .map(|r| revision_details(&what, r))
                     .ok_or_else(|| {
                         CliError::Usage(format!("error: unable to find the specified revision {n}"))
                     }),
@@ -87,19 +127,28 @@ pub(super) async fn rollout(client: &Client, action: &RolloutCommand) -> Result<
             name,
             to_revision,
         } => {
-            let name = deployment_name(resource, name.as_deref(), "rollout undo")?;
-            let undo = routes::RolloutUndo { name: name.clone() };
+            let (kind, name) = rollout_target(resource, name.as_deref(), "rollout undo")?;
             let request = UndoRequest {
                 to_revision: *to_revision,
             };
-            let undone = client.call(&undo, &request).await?;
+            let undone = match kind {
+                ResourceKind::DaemonSet => {
+                    let undo = routes::DaemonSetRolloutUndo { name: name.clone() };
+                    client.call(&undo, &request).await?
+                }
+                _ => {
+                    let undo = routes::RolloutUndo { name: name.clone() };
+                    client.call(&undo, &request).await?
+                }
+            };
+            let what = format!("{}/{name}", qualified(kind));
             if !undone.rolled_back {
                 let rev = undone.revision;
                 Ok(format!(
-                    "deployment.apps/{name} skipped rollback (current template already matches revision {rev})\n"
+                    "{what} skipped rollback (current template already matches revision {rev})\n"
                 ))
             } else {
-                Ok(format!("deployment.apps/{name} rolled back\n"))
+                Ok(format!("{what} rolled back\n"))
             }
         }
     }
@@ -110,6 +159,7 @@ pub(super) async fn rollout(client: &Client, action: &RolloutCommand) -> Result<
 /// state changes, so logs stay short.
 async fn watch_rollout(
     client: &Client,
+    kind: ResourceKind,
     name: &str,
     timeout: Option<Duration>,
 ) -> Result<(), CliError> {
@@ -123,10 +173,7 @@ async fn watch_rollout(
         }
     };
     loop {
-        let status = routes::RolloutStatus {
-            name: name.to_owned(),
-        };
-        let p = client.call(&status, &NoBody).await?;
+        let p = progress(client, kind, name).await?;
         if p.done {
             clear(&mut stdout, !last.is_empty());
             let _ = writeln!(stdout, "{}", p.message);
@@ -135,7 +182,8 @@ async fn watch_rollout(
         if let Some(why) = &p.failure {
             clear(&mut stdout, !last.is_empty());
             return Err(CliError::Rollout(format!(
-                "error: deployment {name:?} rollout failed: {why}"
+                "error: {} {name:?} rollout failed: {why}",
+                kind.as_str()
             )));
         }
         let line = if tty {
@@ -155,7 +203,8 @@ async fn watch_rollout(
         if timeout.is_some_and(|t| start.elapsed() >= t) {
             clear(&mut stdout, !last.is_empty());
             return Err(CliError::Rollout(format!(
-                "error: timed out waiting for deployment {name:?} to roll out: {}",
+                "error: timed out waiting for {} {name:?} to roll out: {}",
+                kind.as_str(),
                 p.message
             )));
         }
@@ -168,7 +217,11 @@ mod tests {
     use super::*;
 
     #[test]
-    fn only_deployments_have_rollouts() {
-        assert!(deployment_name("pod/x", None, "rollout status").is_err());
+    fn only_deployments_and_daemonsets_have_rollouts() {
+        assert!(rollout_target("pod/x", None, "rollout status").is_err());
+        assert_eq!(
+            rollout_target("ds/x", None, "rollout status").unwrap(),
+            (ResourceKind::DaemonSet, "x".to_owned())
+        );
     }
 }

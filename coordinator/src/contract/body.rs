@@ -22,6 +22,7 @@ pub use crate::decide::rollout::RolloutProgress;
 pub enum ApiObject {
     Node(api::Node),
     Deployment(api::Deployment),
+    DaemonSet(api::DaemonSet),
     Pod(api::Pod),
     Secret(SecretView),
     AgentUpdate(api::AgentUpdate),
@@ -35,6 +36,7 @@ impl<'de> Deserialize<'de> for ApiObject {
         let object = match kind.and_then(ResourceKind::parse) {
             Some(ResourceKind::Node) => serde_json::from_value(v).map(ApiObject::Node),
             Some(ResourceKind::Deployment) => serde_json::from_value(v).map(ApiObject::Deployment),
+            Some(ResourceKind::DaemonSet) => serde_json::from_value(v).map(ApiObject::DaemonSet),
             Some(ResourceKind::Pod) => serde_json::from_value(v).map(ApiObject::Pod),
             Some(ResourceKind::Secret) => serde_json::from_value(v).map(ApiObject::Secret),
             Some(ResourceKind::AgentUpdate) => {

@@ -7,6 +7,7 @@ use serde::{Deserialize, Serialize};
 pub enum ResourceKind {
     Node,
     Deployment,
+    DaemonSet,
     Pod,
     Secret,
     AgentUpdate,
@@ -19,6 +20,9 @@ impl ResourceKind {
             "nodes" | "node" | "no" => Some(Self::Node),
             "deployments" | "deployment" | "deploy" | "deployments.apps" | "deployment.apps" => {
                 Some(Self::Deployment)
+            }
+            "daemonsets" | "daemonset" | "ds" | "daemonsets.apps" | "daemonset.apps" => {
+                Some(Self::DaemonSet)
             }
             "pods" | "pod" | "po" => Some(Self::Pod),
             "secrets" | "secret" => Some(Self::Secret),
@@ -33,6 +37,7 @@ impl ResourceKind {
         match self {
             Self::Node => "node",
             Self::Deployment => "deployment",
+            Self::DaemonSet => "daemonset",
             Self::Pod => "pod",
             Self::Secret => "secret",
             Self::AgentUpdate => "agentupdate",
@@ -42,6 +47,7 @@ impl ResourceKind {
         match self {
             Self::Node => "nodes",
             Self::Deployment => "deployments",
+            Self::DaemonSet => "daemonsets",
             Self::Pod => "pods",
             Self::Secret => "secrets",
             Self::AgentUpdate => "agentupdates",

@@ -157,6 +157,15 @@ routes! {
     /// Admin.
     RolloutUndo { name: String }
         Post "/api/v1/deployments/{name}/rollout/undo", UndoRequest => UndoResult;
+    /// A DaemonSet's rollout, counted in nodes.
+    DaemonSetRolloutStatus { name: String }
+        Get "/api/v1/daemonsets/{name}/rollout/status", NoBody => RolloutProgress;
+    /// A DaemonSet's revisions, oldest first.
+    DaemonSetRolloutHistory { name: String }
+        Get "/api/v1/daemonsets/{name}/rollout/history", NoBody => List<api::Revision>;
+    /// Admin.
+    DaemonSetRolloutUndo { name: String }
+        Post "/api/v1/daemonsets/{name}/rollout/undo", UndoRequest => UndoResult;
 
     /// An agent update rollout with each node's progress: `name`'s, or without one the
     /// open rollout (else the newest).

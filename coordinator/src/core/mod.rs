@@ -34,6 +34,7 @@
 //! itself: orders, reports, pause/resume/abort).
 
 mod agent_updates;
+mod daemon_sets;
 mod events;
 mod node_spec;
 mod nodes;
@@ -139,16 +140,19 @@ pub enum ApiOp {
     Events {
         object: Option<String>,
     },
-    /// A Deployment's rollout progress (`rollout::RolloutProgress`).
+    /// A Deployment's or DaemonSet's rollout progress (`rollout::RolloutProgress`).
     RolloutStatus {
+        kind: ResourceKind,
         name: String,
     },
-    /// A Deployment's revisions, oldest first (`api::Revision`).
+    /// A Deployment's or DaemonSet's revisions, oldest first (`api::Revision`).
     RolloutHistory {
+        kind: ResourceKind,
         name: String,
     },
-    /// Rolls a Deployment back to `to_revision`, or to the previous revision.
+    /// Rolls a Deployment or DaemonSet back to `to_revision`, or to the previous revision.
     RolloutUndo {
+        kind: ResourceKind,
         name: String,
         to_revision: Option<u64>,
     },
@@ -239,6 +243,7 @@ struct Live {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 enum Tab {
     Deployment,
+    DaemonSet,
     Pod,
     Node,
     /// Keyed by `rollout::revision_key`.
@@ -259,6 +264,7 @@ pub struct Core {
     not_ready_since: HashMap<String, Instant>,
 
     deployments: BTreeMap<String, api::Deployment>,
+    daemon_sets: BTreeMap<String, api::DaemonSet>,
     /// Deployment revisions by `rollout::revision_key`.
     revisions: BTreeMap<String, api::Revision>,
     pods: BTreeMap<String, api::Pod>,
@@ -330,6 +336,7 @@ impl Core {
             pod_eviction_timeout: DEFAULT_POD_EVICTION_TIMEOUT,
             not_ready_since: HashMap::new(),
             deployments: BTreeMap::new(),
+            daemon_sets: BTreeMap::new(),
             revisions: BTreeMap::new(),
             pods: BTreeMap::new(),
             draining: HashMap::new(),

@@ -3,6 +3,7 @@
 use crate::contract::body::{ApiObject, SecretView, UndoResult};
 use crate::contract::{Applied, ApplyAction, ResourceKind};
 use crate::decide::controller;
+use crate::decide::daemonset;
 use crate::decide::policy;
 use crate::decide::rollout::{self, RolloutError};
 use crate::model::api;
@@ -29,7 +30,30 @@ impl Core {
                 Ok(ApiReply::Described { object, events })
             }
             ApiOp::Events { object } => Ok(ApiReply::Events(self.events_of(object.as_deref()))),
-            ApiOp::RolloutStatus { name } => {
+            ApiOp::RolloutStatus {
+                kind: ResourceKind::DaemonSet,
+                name,
+            } => self.daemon_set_rollout(&name).map(ApiReply::Rollout),
+            ApiOp::RolloutHistory {
+                kind: ResourceKind::DaemonSet,
+                name,
+            } => {
+                if !self.daemon_sets.contains_key(&name) {
+                    return Err(Self::not_found(ResourceKind::DaemonSet, &name));
+                }
+                let owner = api::daemon_set_revision_owner(&name);
+                Ok(ApiReply::Revisions(
+                    self.revisions_of(&owner).into_iter().cloned().collect(),
+                ))
+            }
+            ApiOp::RolloutUndo {
+                kind: ResourceKind::DaemonSet,
+                name,
+                to_revision,
+            } => self
+                .undo_daemon_set(&name, to_revision)
+                .map(ApiReply::RolledBack),
+            ApiOp::RolloutStatus { name, .. } => {
                 let d = self
                     .deployments
                     .get(&name)
@@ -40,7 +64,7 @@ impl Core {
                     d, &owned, revision,
                 )))
             }
-            ApiOp::RolloutHistory { name } => {
+            ApiOp::RolloutHistory { name, .. } => {
                 if !self.deployments.contains_key(&name) {
                     return Err(Self::not_found(ResourceKind::Deployment, &name));
                 }
@@ -48,7 +72,9 @@ impl Core {
                     self.revisions_of(&name).into_iter().cloned().collect(),
                 ))
             }
-            ApiOp::RolloutUndo { name, to_revision } => self.undo(&name, to_revision),
+            ApiOp::RolloutUndo {
+                name, to_revision, ..
+            } => self.undo(&name, to_revision),
             ApiOp::SetRevoked { name, revoked } => Ok(self.set_revoked(&name, revoked)),
             ApiOp::AgentRollout { name, action } => self.agent_rollout(name, action),
         }
@@ -122,6 +148,11 @@ impl Core {
                 .get(name)
                 .cloned()
                 .map(ApiObject::Deployment),
+            ResourceKind::DaemonSet => self
+                .daemon_sets
+                .get(name)
+                .cloned()
+                .map(ApiObject::DaemonSet),
             ResourceKind::Pod => self.pods.get(name).map(|p| self.pod_view(p)),
             ResourceKind::Secret => self.secrets.get(name).map(secret_view),
             ResourceKind::AgentUpdate => self
@@ -141,6 +172,12 @@ impl Core {
                 .values()
                 .cloned()
                 .map(ApiObject::Deployment)
+                .collect(),
+            ResourceKind::DaemonSet => self
+                .daemon_sets
+                .values()
+                .cloned()
+                .map(ApiObject::DaemonSet)
                 .collect(),
             ResourceKind::Pod => self.pods.values().map(|p| self.pod_view(p)).collect(),
             ResourceKind::Secret => self.secrets.values().map(secret_view).collect(),
@@ -171,6 +208,19 @@ impl Core {
                             ApiError::BadRequest(format!("deployment {:?}: {e}", d.metadata.name))
                         })?;
                 }
+                api::Object::DaemonSet(d) => {
+                    let probe = daemonset::new_pod(
+                        d,
+                        &controller::template_hash(&d.spec.template),
+                        "node",
+                        "xxxxx",
+                    );
+                    check_wire(&probe, &format!("daemonset {:?}", d.metadata.name))?;
+                    policy::check_pod(&d.spec.template.spec, "spec.template.spec", &self.policy)
+                        .map_err(|e| {
+                            ApiError::BadRequest(format!("daemonset {:?}: {e}", d.metadata.name))
+                        })?;
+                }
                 api::Object::Secret(_) => {}
                 api::Object::AgentUpdate(u) => self.check_agent_update(u)?,
                 api::Object::Pod(p) => {
@@ -195,6 +245,7 @@ impl Core {
         for o in objects {
             out.push(match o {
                 api::Object::Deployment(d) => self.apply_deployment(d),
+                api::Object::DaemonSet(d) => self.apply_daemon_set(d),
                 api::Object::Pod(p) => self.apply_pod(p),
                 api::Object::Secret(s) => self.apply_secret(s),
                 api::Object::AgentUpdate(u) => self.apply_agent_update(u),
@@ -351,6 +402,7 @@ impl Core {
                     "Deleted by the user".into(),
                 );
             }
+            ResourceKind::DaemonSet => self.delete_daemon_set(name)?,
             ResourceKind::Secret => {
                 if self.secrets.remove(name).is_none() {
                     return Err(Self::not_found(kind, name));

@@ -20,8 +20,17 @@ impl Core {
             return;
         }
         self.run_controllers();
+        // A pod that was not Ready is deleted at once, not drained: nothing marks the
+        // state dirty again when it is gone, so its replacement is planned right away.
+        // The plans are idempotent, so the extra pass is a no-op when nothing is due.
+        for _ in 0..3 {
+            if !self.run_daemon_sets() {
+                break;
+            }
+        }
         self.schedule_pending();
         self.update_deployment_statuses();
+        self.update_daemon_set_statuses();
         self.update_secret_blocks();
         self.update_desired();
     }
@@ -95,19 +104,32 @@ impl Core {
         let Some(d) = self.deployments.get(name) else {
             return;
         };
-        let plan = {
-            let live: BTreeSet<String> = Self::owned(&self.pods, name)
-                .into_iter()
-                .filter(|p| !controller::is_terminating(p))
-                .filter_map(|p| controller::hash_of(p).map(str::to_owned))
-                .collect();
-            let existing: Vec<&api::Revision> = self
-                .revisions
-                .values()
-                .filter(|r| r.deployment == name)
-                .collect();
-            rollout::sync_revisions(d, &existing, &live, &api::now_rfc3339())
-        };
+        let live = Self::owned(&self.pods, name);
+        let plan = self.revision_plan(rollout::Versioned::from(d), &live);
+        self.apply_revision_plan(name, plan);
+    }
+
+    /// What a controller's revisions need, given its pods.
+    pub(super) fn revision_plan(
+        &self,
+        v: rollout::Versioned<'_>,
+        pods: &[&api::Pod],
+    ) -> rollout::RevisionPlan {
+        let live: BTreeSet<String> = pods
+            .iter()
+            .filter(|p| !controller::is_terminating(p))
+            .filter_map(|p| controller::hash_of(p).map(str::to_owned))
+            .collect();
+        let existing: Vec<&api::Revision> = self
+            .revisions
+            .values()
+            .filter(|r| r.deployment == v.owner)
+            .collect();
+        rollout::sync_template_revisions(&v, &existing, &live, &api::now_rfc3339())
+    }
+
+    /// Writes a revision plan for the revisions kept under `name`.
+    pub(super) fn apply_revision_plan(&mut self, name: &str, plan: rollout::RevisionPlan) {
         for rev in plan.delete {
             let key = rollout::revision_key(name, rev);
             self.revisions.remove(&key);

@@ -19,6 +19,7 @@ impl Core {
     pub(super) fn load(&mut self) -> Result<(), CoreError> {
         let store = self.store.as_ref();
         self.deployments = load_table(store, Table::Deployments, "deployment")?;
+        self.daemon_sets = load_table(store, Table::DaemonSets, "daemon set")?;
         self.pods = load_table(store, Table::Pods, "pod")?;
         self.revisions = load_table(store, Table::Revisions, "revision")?;
         let drain_end = Instant::now() + self.pod_drain;
@@ -121,6 +122,10 @@ impl Core {
                 Tab::Deployment => (
                     Table::Deployments,
                     self.deployments.get(name).map(serde_json::to_vec),
+                ),
+                Tab::DaemonSet => (
+                    Table::DaemonSets,
+                    self.daemon_sets.get(name).map(serde_json::to_vec),
                 ),
                 Tab::Pod => (Table::Pods, self.pods.get(name).map(serde_json::to_vec)),
                 Tab::Node => (Table::Nodes, self.nodes.get(name).map(serde_json::to_vec)),

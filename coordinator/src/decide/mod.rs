@@ -2,6 +2,7 @@
 
 pub mod agent_update;
 pub mod controller;
+pub mod daemonset;
 pub mod policy;
 pub mod rollout;
 pub mod scheduler;

@@ -54,13 +54,51 @@ pub fn sync_revisions(
     live_hashes: &BTreeSet<String>,
     now: &str,
 ) -> RevisionPlan {
-    let hash = template_hash(&d.spec.template);
+    sync_template_revisions(&Versioned::from(d), existing, live_hashes, now)
+}
+
+/// What revision bookkeeping needs of a controller, a Deployment or a DaemonSet.
+pub struct Versioned<'a> {
+    /// The name revisions are kept under: a Deployment's name, or
+    /// [`api::daemon_set_revision_owner`].
+    pub owner: String,
+    pub template: &'a api::PodTemplateSpec,
+    pub annotations: &'a std::collections::BTreeMap<String, String>,
+    pub revision_history_limit: u32,
+}
+
+impl<'a> From<&'a api::Deployment> for Versioned<'a> {
+    fn from(d: &'a api::Deployment) -> Self {
+        Self {
+            owner: d.metadata.name.clone(),
+            template: &d.spec.template,
+            annotations: &d.metadata.annotations,
+            revision_history_limit: d.spec.revision_history_limit,
+        }
+    }
+}
+
+impl<'a> From<&'a api::DaemonSet> for Versioned<'a> {
+    fn from(d: &'a api::DaemonSet) -> Self {
+        Self {
+            owner: api::daemon_set_revision_owner(&d.metadata.name),
+            template: &d.spec.template,
+            annotations: &d.metadata.annotations,
+            revision_history_limit: d.spec.revision_history_limit,
+        }
+    }
+}
+
+/// [`sync_revisions`] for any [`Versioned`] controller.
+pub fn sync_template_revisions(
+    d: &Versioned<'_>,
+    existing: &[&api::Revision],
+    live_hashes: &BTreeSet<String>,
+    now: &str,
+) -> RevisionPlan {
+    let hash = template_hash(d.template);
     let newest = existing.iter().map(|r| r.revision).max().unwrap_or(0);
-    let cause = d
-        .metadata
-        .annotations
-        .get(api::CHANGE_CAUSE_ANNOTATION)
-        .cloned();
+    let cause = d.annotations.get(api::CHANGE_CAUSE_ANNOTATION).cloned();
     let mut plan = RevisionPlan::default();
     let current = match existing.iter().find(|r| r.template_hash == hash) {
         Some(r) if r.revision == newest => {
@@ -76,10 +114,10 @@ pub fn sync_revisions(
                 plan.delete.push(r.revision);
             }
             plan.put.push(api::Revision {
-                deployment: d.metadata.name.clone(),
+                deployment: d.owner.clone(),
                 revision: newest + 1,
                 template_hash: hash.clone(),
-                template: d.spec.template.clone(),
+                template: d.template.clone(),
                 change_cause: cause.or_else(|| found.and_then(|r| r.change_cause.clone())),
                 creation_timestamp: now.to_owned(),
             });
@@ -94,7 +132,7 @@ pub fn sync_revisions(
     old.sort_by_key(|r| std::cmp::Reverse(r.revision));
     for r in old
         .iter()
-        .skip(d.spec.revision_history_limit as usize)
+        .skip(d.revision_history_limit as usize)
         .filter(|r| !live_hashes.contains(&r.template_hash))
     {
         plan.delete.push(r.revision);
@@ -167,10 +205,48 @@ pub fn rollout_progress(
     owned: &[&api::Pod],
     revision: u64,
 ) -> RolloutProgress {
-    let hash = template_hash(&d.spec.template);
-    let name = &d.metadata.name;
+    progress(
+        "deployment",
+        "replicas",
+        &d.metadata.name,
+        d.spec.replicas,
+        &template_hash(&d.spec.template),
+        owned,
+        revision,
+    )
+}
+
+/// A DaemonSet's rollout by the same rules, with one replica per node that wants its pod
+/// (`desired`), in kubectl's DaemonSet wording.
+pub fn daemon_set_progress(
+    ds: &api::DaemonSet,
+    desired: u32,
+    owned: &[&api::Pod],
+    revision: u64,
+) -> RolloutProgress {
+    progress(
+        "daemon set",
+        "pods",
+        &ds.metadata.name,
+        desired,
+        &template_hash(&ds.spec.template),
+        owned,
+        revision,
+    )
+}
+
+fn progress(
+    kind: &str,
+    unit: &str,
+    name: &str,
+    replicas: u32,
+    hash: &str,
+    owned: &[&api::Pod],
+    revision: u64,
+) -> RolloutProgress {
+    let hash = hash.to_owned();
     let mut p = RolloutProgress {
-        replicas: d.spec.replicas,
+        replicas,
         revision,
         ..Default::default()
     };
@@ -202,23 +278,23 @@ pub fn rollout_progress(
         }
     }
     let waiting =
-        |what: String| format!("Waiting for deployment {name:?} rollout to finish: {what}...");
+        |what: String| format!("Waiting for {kind} {name:?} rollout to finish: {what}...");
     p.message = if p.updated < p.replicas {
         waiting(format!(
-            "{} out of {} new replicas have been updated",
+            "{} out of {} new {unit} have been updated",
             p.updated, p.replicas
         ))
     } else if p.old > 0 {
-        waiting(format!("{} old replicas are pending termination", p.old))
+        waiting(format!("{} old {unit} are pending termination", p.old))
     } else if p.updated_ready < p.updated {
         waiting(format!(
-            "{} of {} updated replicas are available",
+            "{} of {} updated {unit} are available",
             p.updated_ready, p.updated
         ))
     } else {
         p.done = true;
         p.failure = None;
-        format!("deployment {name:?} successfully rolled out")
+        format!("{kind} {name:?} successfully rolled out")
     };
     p
 }

@@ -156,21 +156,7 @@ fn filter(
     if super::taints::untolerated(&c.node.spec.taints, &pod.tolerations).is_some() {
         return vec![Reject::Taint];
     }
-    let required = pod
-        .affinity
-        .as_ref()
-        .and_then(|a| a.node_affinity.as_ref())
-        .and_then(|n| n.required.as_ref());
-    if pod
-        .node_selector
-        .iter()
-        .any(|(k, v)| labels.get(k) != Some(v))
-        || required.is_some_and(|r| {
-            !r.node_selector_terms
-                .iter()
-                .any(|t| term_matches(t, labels))
-        })
-    {
+    if !selects(pod, labels) {
         return vec![Reject::Selector];
     }
     let alloc = status.allocatable;
@@ -188,6 +174,24 @@ fn filter(
         rejects.push(Reject::Ports);
     }
     rejects
+}
+
+/// Whether a node with `labels` matches the pod's `nodeSelector` and its required node
+/// affinity (any one term).
+pub fn selects(pod: &api::PodSpec, labels: &BTreeMap<String, String>) -> bool {
+    let required = pod
+        .affinity
+        .as_ref()
+        .and_then(|a| a.node_affinity.as_ref())
+        .and_then(|n| n.required.as_ref());
+    pod.node_selector
+        .iter()
+        .all(|(k, v)| labels.get(k) == Some(v))
+        && required.is_none_or(|r| {
+            r.node_selector_terms
+                .iter()
+                .any(|t| term_matches(t, labels))
+        })
 }
 
 /// Whether every expression of `term` matches `labels` (an empty term matches nothing, as

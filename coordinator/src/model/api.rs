@@ -8,12 +8,14 @@ use std::collections::BTreeMap;
 use serde::{Deserialize, Serialize};
 
 mod agent_update;
+mod daemonset;
 mod deployment;
 mod node;
 mod pod;
 mod secret;
 
 pub use agent_update::*;
+pub use daemonset::*;
 pub use deployment::*;
 pub use node::*;
 pub use pod::*;
@@ -43,6 +45,11 @@ pub struct ObjectMeta {
     /// The Deployment that owns a Pod, if any.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub owner: Option<String>,
+    /// The DaemonSet that owns a Pod, if any (never together with `owner`). Its own field
+    /// rather than a kind beside `owner`: every Deployment path reads `owner` as "a
+    /// Deployment's, replaced elsewhere when lost", which a DaemonSet's pod must never be.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub daemon_set: Option<String>,
     /// Set when the coordinator has decided to delete a pod: it is `Terminating`, never
     /// counts as Ready, and stays on its node for the drain period (see `core`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -71,6 +78,7 @@ pub struct Event {
 #[derive(Debug, Clone, PartialEq)]
 pub enum Object {
     Deployment(Deployment),
+    DaemonSet(DaemonSet),
     Pod(Pod),
     Secret(Secret),
     AgentUpdate(AgentUpdate),

@@ -63,10 +63,12 @@ pub enum Table {
     Releases,
     /// Agent update rollouts (`kind: AgentUpdate`), keyed by name.
     AgentUpdates,
+    /// DaemonSets, keyed by name (their revisions are in `Revisions`).
+    DaemonSets,
 }
 
 impl Table {
-    pub const ALL: [Table; 14] = [
+    pub const ALL: [Table; 15] = [
         Table::Deployments,
         Table::Pods,
         Table::Nodes,
@@ -81,6 +83,7 @@ impl Table {
         Table::Seqs,
         Table::Releases,
         Table::AgentUpdates,
+        Table::DaemonSets,
     ];
 
     pub fn name(self) -> &'static str {
@@ -99,6 +102,7 @@ impl Table {
             Table::Seqs => "seqs",
             Table::Releases => "releases",
             Table::AgentUpdates => "agent_updates",
+            Table::DaemonSets => "daemon_sets",
         }
     }
 

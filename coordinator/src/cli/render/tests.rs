@@ -355,10 +355,10 @@ fn rollout_rendering() {
     };
     let revs = [rev(1, None), rev(2, Some("kubectl apply v2"))];
     assert_eq!(
-            history_table("web", &revs),
+            history_table("deployment.apps/web", &revs),
             "deployment.apps/web\nREVISION   CHANGE-CAUSE\n1          <none>\n2          kubectl apply v2\n"
         );
-    let details = revision_details("web", &revs[1]);
+    let details = revision_details("deployment.apps/web", &revs[1]);
     assert!(
         details.starts_with("deployment.apps/web with revision #2\n"),
         "{details}"

@@ -44,7 +44,13 @@ fn report(h: &mut Harness, ready: &BTreeSet<String>) {
 }
 
 fn progress(h: &mut Harness, name: &str) -> rollout::RolloutProgress {
-    match h.api(ApiOp::RolloutStatus { name: name.into() }).unwrap() {
+    match h
+        .api(ApiOp::RolloutStatus {
+            kind: ResourceKind::Deployment,
+            name: name.into(),
+        })
+        .unwrap()
+    {
         ApiReply::Rollout(p) => p,
         other => panic!("unexpected {other:?}"),
     }
@@ -162,7 +168,13 @@ async fn a_rolling_update_keeps_capacity_and_drains_old_pods() {
 
     // Two revisions; undo goes back to the first, which becomes revision 3.
     let history = |h: &mut Harness| -> Vec<(u64, String)> {
-        match h.api(ApiOp::RolloutHistory { name: "web".into() }).unwrap() {
+        match h
+            .api(ApiOp::RolloutHistory {
+                kind: ResourceKind::Deployment,
+                name: "web".into(),
+            })
+            .unwrap()
+        {
             ApiReply::Revisions(o) => o
                 .into_iter()
                 .map(|r| (r.revision, r.template.spec.containers[0].image.clone()))
@@ -176,12 +188,14 @@ async fn a_rolling_update_keeps_capacity_and_drains_old_pods() {
     );
     assert!(matches!(
         h.api(ApiOp::RolloutUndo {
+            kind: ResourceKind::Deployment,
             name: "web".into(),
             to_revision: Some(9)
         }),
         Err(ApiError::NotFound(_))
     ));
     h.api(ApiOp::RolloutUndo {
+        kind: ResourceKind::Deployment,
         name: "web".into(),
         to_revision: None,
     })

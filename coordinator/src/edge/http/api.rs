@@ -212,19 +212,54 @@ pub(super) async fn rollout_status(
     State(state): State<AppState>,
     Path(routes::RolloutStatus { name }): Path<routes::RolloutStatus>,
 ) -> Reply<RolloutProgress> {
-    ask(&state.core, ApiOp::RolloutStatus { name }).await
+    let kind = ResourceKind::Deployment;
+    ask(&state.core, ApiOp::RolloutStatus { kind, name }).await
 }
 
 pub(super) async fn rollout_history(
     State(state): State<AppState>,
     Path(routes::RolloutHistory { name }): Path<routes::RolloutHistory>,
 ) -> Reply<List<api::Revision>> {
-    ask(&state.core, ApiOp::RolloutHistory { name }).await
+    let kind = ResourceKind::Deployment;
+    ask(&state.core, ApiOp::RolloutHistory { kind, name }).await
 }
 
 pub(super) async fn rollout_undo(
     State(state): State<AppState>,
     Path(routes::RolloutUndo { name }): Path<routes::RolloutUndo>,
+    body: axum::body::Bytes,
+) -> Reply<UndoResult> {
+    undo(state, ResourceKind::Deployment, name, body).await
+}
+
+pub(super) async fn daemon_set_rollout_status(
+    State(state): State<AppState>,
+    Path(routes::DaemonSetRolloutStatus { name }): Path<routes::DaemonSetRolloutStatus>,
+) -> Reply<RolloutProgress> {
+    let kind = ResourceKind::DaemonSet;
+    ask(&state.core, ApiOp::RolloutStatus { kind, name }).await
+}
+
+pub(super) async fn daemon_set_rollout_history(
+    State(state): State<AppState>,
+    Path(routes::DaemonSetRolloutHistory { name }): Path<routes::DaemonSetRolloutHistory>,
+) -> Reply<List<api::Revision>> {
+    let kind = ResourceKind::DaemonSet;
+    ask(&state.core, ApiOp::RolloutHistory { kind, name }).await
+}
+
+pub(super) async fn daemon_set_rollout_undo(
+    State(state): State<AppState>,
+    Path(routes::DaemonSetRolloutUndo { name }): Path<routes::DaemonSetRolloutUndo>,
+    body: axum::body::Bytes,
+) -> Reply<UndoResult> {
+    undo(state, ResourceKind::DaemonSet, name, body).await
+}
+
+async fn undo(
+    state: AppState,
+    kind: ResourceKind,
+    name: String,
     body: axum::body::Bytes,
 ) -> Reply<UndoResult> {
     let UndoRequest { to_revision } = if body.iter().all(u8::is_ascii_whitespace) {
@@ -237,7 +272,15 @@ pub(super) async fn rollout_undo(
             )
         })?
     };
-    ask(&state.core, ApiOp::RolloutUndo { name, to_revision }).await
+    ask(
+        &state.core,
+        ApiOp::RolloutUndo {
+            kind,
+            name,
+            to_revision,
+        },
+    )
+    .await
 }
 
 pub(super) async fn events(

@@ -82,6 +82,20 @@ async fn status_per_route_and_role() {
             Some(&ro),
             403,
         ),
+        (
+            "POST",
+            "/api/v1/daemonsets/x/rollout/undo",
+            "",
+            Some(&ro),
+            403,
+        ),
+        (
+            "GET",
+            "/api/v1/daemonsets/x/rollout/status",
+            "",
+            Some(&ro),
+            200,
+        ),
         ("GET", "/api/v1/tokens", "", Some(&ro), 403),
         (
             "POST",
@@ -180,7 +194,7 @@ fn fake_core() -> mpsc::Sender<Event> {
         match o {
             api::Object::Deployment(d) => deployment = Some(d),
             api::Object::Pod(p) => pod = Some(p),
-            api::Object::Secret(_) | api::Object::AgentUpdate(_) => {}
+            api::Object::Secret(_) | api::Object::AgentUpdate(_) | api::Object::DaemonSet(_) => {}
         }
     }
     let rollout = match crate::model::manifest::parse_manifests(
@@ -486,6 +500,17 @@ async fn every_contract_route_is_served_as_defined() {
         to_revision: Some(3),
     };
     let undone = c.call(&routes::RolloutUndo { name: web() }, &undo).await;
+    assert_eq!(undone.revision, 3);
+    let cam = || "cam".to_owned();
+    let status = c
+        .call(&routes::DaemonSetRolloutStatus { name: cam() }, &NoBody)
+        .await;
+    assert!(status.done);
+    c.call(&routes::DaemonSetRolloutHistory { name: cam() }, &NoBody)
+        .await;
+    let undone = c
+        .call(&routes::DaemonSetRolloutUndo { name: cam() }, &undo)
+        .await;
     assert_eq!(undone.revision, 3);
 
     // Agent rollouts.

@@ -2,7 +2,7 @@
 
 use serde_yaml_ng::Value;
 
-use super::input::{InDeployment, InStrategy};
+use super::input::{InDeployment, InSelector, InStrategy, InTemplate};
 use super::pod::pod_spec;
 use super::validate::{annotations, invalid, labels, object_meta, Invalid};
 use super::{MAX_DEPLOYMENT_NAME_LEN, MAX_REPLICAS};
@@ -18,14 +18,47 @@ pub(super) fn deployment(input: InDeployment) -> Result<api::Deployment, Invalid
             format!("must be between 0 and {MAX_REPLICAS}, got {replicas}"),
         );
     }
-    let Some(selector) = spec.selector else {
+    let (selector, template) = selected_template(spec.selector, spec.template)?;
+    let strategy = strategy(spec.strategy.unwrap_or_default())?;
+    let revision_history_limit = revision_history_limit(spec.revision_history_limit)?;
+    if template.spec.restart_policy != RestartPolicy::Always {
+        return invalid(
+            "spec.template.spec.restartPolicy",
+            format!(
+                "must be Always for a Deployment, got {:?}",
+                template.spec.restart_policy
+            ),
+        );
+    }
+    Ok(api::Deployment {
+        api_version: "apps/v1".to_string(),
+        kind: "Deployment".to_string(),
+        metadata,
+        spec: api::DeploymentSpec {
+            replicas: replicas as u32, // within 0..=1000, checked above
+            selector,
+            template,
+            strategy,
+            revision_history_limit,
+        },
+        status: api::DeploymentStatus::default(),
+    })
+}
+
+/// A controller's `selector` and pod `template`, checked together: the selector must be
+/// given and match the template's labels, and neither may use the label Baton sets.
+pub(super) fn selected_template(
+    selector: Option<InSelector>,
+    template: InTemplate,
+) -> Result<(api::LabelSelector, api::PodTemplateSpec), Invalid> {
+    let Some(selector) = selector else {
         return invalid("spec.selector", "required");
     };
     if selector.match_labels.is_empty() {
         return invalid("spec.selector.matchLabels", "must not be empty");
     }
     labels("spec.selector.matchLabels", &selector.match_labels)?;
-    let template_meta = spec.template.metadata;
+    let template_meta = template.metadata;
     labels("spec.template.metadata.labels", &template_meta.labels)?;
     annotations(
         "spec.template.metadata.annotations",
@@ -52,47 +85,31 @@ pub(super) fn deployment(input: InDeployment) -> Result<api::Deployment, Invalid
             "`selector` does not match template `labels`",
         );
     }
-    let strategy = strategy(spec.strategy.unwrap_or_default())?;
-    let revision_history_limit = match spec.revision_history_limit {
-        None => api::DEFAULT_REVISION_HISTORY_LIMIT,
+    let pod_spec = pod_spec("spec.template.spec", template.spec)?;
+    Ok((
+        api::LabelSelector {
+            match_labels: selector.match_labels,
+        },
+        api::PodTemplateSpec {
+            metadata: api::TemplateMeta {
+                labels: template_meta.labels,
+                annotations: template_meta.annotations,
+            },
+            spec: pod_spec,
+        },
+    ))
+}
+
+pub(super) fn revision_history_limit(n: Option<i64>) -> Result<u32, Invalid> {
+    match n {
+        None => Ok(api::DEFAULT_REVISION_HISTORY_LIMIT),
         Some(n) => u32::try_from(n).map_err(|_| {
             (
                 "spec.revisionHistoryLimit".to_string(),
                 format!("must be between 0 and {}, got {n}", u32::MAX),
             )
-        })?,
-    };
-    let pod_spec = pod_spec("spec.template.spec", spec.template.spec)?;
-    if pod_spec.restart_policy != RestartPolicy::Always {
-        return invalid(
-            "spec.template.spec.restartPolicy",
-            format!(
-                "must be Always for a Deployment, got {:?}",
-                pod_spec.restart_policy
-            ),
-        );
+        }),
     }
-    Ok(api::Deployment {
-        api_version: "apps/v1".to_string(),
-        kind: "Deployment".to_string(),
-        metadata,
-        spec: api::DeploymentSpec {
-            replicas: replicas as u32, // within 0..=1000, checked above
-            selector: api::LabelSelector {
-                match_labels: selector.match_labels,
-            },
-            template: api::PodTemplateSpec {
-                metadata: api::TemplateMeta {
-                    labels: template_meta.labels,
-                    annotations: template_meta.annotations,
-                },
-                spec: pod_spec,
-            },
-            strategy,
-            revision_history_limit,
-        },
-        status: api::DeploymentStatus::default(),
-    })
 }
 
 /// A Deployment strategy with Kubernetes' defaults and validation rules.
@@ -144,7 +161,10 @@ fn strategy(s: InStrategy) -> Result<api::DeploymentStrategy, Invalid> {
 
 /// Kubernetes' IntOrString for `maxSurge`/`maxUnavailable`: a non-negative integer or a
 /// percentage string such as `25%`.
-fn int_or_percent(path: &str, v: Option<Value>) -> Result<Option<api::IntOrPercent>, Invalid> {
+pub(super) fn int_or_percent(
+    path: &str,
+    v: Option<Value>,
+) -> Result<Option<api::IntOrPercent>, Invalid> {
     match v {
         None => Ok(None),
         Some(Value::Number(n)) => match n.as_i64() {

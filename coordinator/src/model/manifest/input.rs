@@ -70,6 +70,34 @@ pub(super) struct InRollingUpdate {
 
 #[derive(Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub(super) struct InDaemonSet {
+    #[allow(dead_code)]
+    pub(super) api_version: String,
+    #[allow(dead_code)]
+    pub(super) kind: String,
+    pub(super) metadata: InMeta,
+    pub(super) spec: InDaemonSetSpec,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub(super) struct InDaemonSetSpec {
+    pub(super) selector: Option<InSelector>,
+    pub(super) template: InTemplate,
+    pub(super) update_strategy: Option<InDaemonSetStrategy>,
+    pub(super) revision_history_limit: Option<i64>,
+}
+
+#[derive(Default, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub(super) struct InDaemonSetStrategy {
+    #[serde(rename = "type")]
+    pub(super) type_: Option<api::DaemonSetStrategyType>,
+    pub(super) rolling_update: Option<InRollingUpdate>,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub(super) struct InSelector {
     #[serde(default)]
     pub(super) match_labels: BTreeMap<String, String>,

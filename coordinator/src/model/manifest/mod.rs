@@ -13,11 +13,12 @@
 //!    fields, drops `status`, and treats `null` as absent as Kubernetes does;
 //! 3. serde into private input structs that mirror the Kubernetes shape (`input`; type
 //!    errors carry their path through `serde_path_to_error`), then validation into `api`
-//!    types: one module a kind (`deployment`, `pod`, `secret`) or part of one
+//!    types: one module a kind (`deployment`, `daemonset`, `pod`, `secret`) or part of one
 //!    (`container`, `probe`), over the field rules they share (`validate`).
 
 mod agent_update;
 mod container;
+mod daemonset;
 mod deployment;
 mod input;
 mod pod;
@@ -33,11 +34,12 @@ use serde_yaml_ng::Value;
 
 use crate::model::api::{self, POD_NAME_SUFFIX_LEN, TEMPLATE_HASH_LEN};
 use agent_update::{agent_update, InAgentUpdate};
+use daemonset::daemon_set;
 use deployment::deployment;
-use input::{InDeployment, InPod, InSecret};
+use input::{InDaemonSet, InDeployment, InPod, InSecret};
 use pod::pod;
 use secret::secret;
-use shape::{walk, Shape, AGENT_UPDATE, DEPLOYMENT, POD, SECRET};
+use shape::{walk, Shape, AGENT_UPDATE, DAEMON_SET, DEPLOYMENT, POD, SECRET};
 
 pub use agent_update::check_version;
 pub use secret::sealed_overhead;
@@ -47,6 +49,8 @@ pub const MAX_NAME_LEN: usize = 63;
 /// Longest Deployment name, so that `<name>-<hash>-<suffix>` pod names fit in 63.
 pub const MAX_DEPLOYMENT_NAME_LEN: usize =
     MAX_NAME_LEN - 1 - TEMPLATE_HASH_LEN - 1 - POD_NAME_SUFFIX_LEN;
+/// Longest DaemonSet name, so that `<name>-<suffix>` pod names fit in 63.
+pub const MAX_DAEMON_SET_NAME_LEN: usize = MAX_NAME_LEN - 1 - POD_NAME_SUFFIX_LEN;
 /// More replicas than this is a typo on an edge cluster, not a plan.
 pub const MAX_REPLICAS: i64 = 1000;
 /// The most keys one Secret holds (what one sealed secret carries on the wire).
@@ -105,6 +109,7 @@ pub fn parse_manifests(yaml: &str) -> Result<Vec<api::Object>, ManifestError> {
         let object = parse_document(doc, value)?;
         let key = match &object {
             api::Object::Deployment(d) => ("deployment", d.metadata.name.clone()),
+            api::Object::DaemonSet(d) => ("daemonset", d.metadata.name.clone()),
             api::Object::Pod(p) => ("pod", p.metadata.name.clone()),
             api::Object::Secret(x) => ("secret", x.metadata.name.clone()),
             api::Object::AgentUpdate(u) => ("agentupdate", u.metadata.name.clone()),
@@ -170,6 +175,13 @@ fn parse_document(doc: usize, mut value: Value) -> Result<api::Object, ManifestE
                 .map(api::Object::Deployment)
                 .map_err(field_error)
         }
+        ("apps/v1", "DaemonSet") => {
+            check(&mut value, &DAEMON_SET)?;
+            let input: InDaemonSet = from_value(doc, value)?;
+            daemon_set(input)
+                .map(api::Object::DaemonSet)
+                .map_err(field_error)
+        }
         ("v1", "Pod") => {
             check(&mut value, &POD)?;
             let input: InPod = from_value(doc, value)?;
@@ -189,7 +201,7 @@ fn parse_document(doc: usize, mut value: Value) -> Result<api::Object, ManifestE
         }
         _ => Err(document_error(format!(
             "kind {kind} (apiVersion {api_version}) is not supported by Baton; \
-             supported: Deployment (apps/v1), Pod (v1), Secret (v1), AgentUpdate ({})",
+             supported: Deployment (apps/v1), DaemonSet (apps/v1), Pod (v1), Secret (v1), AgentUpdate ({})",
             api::AGENT_UPDATE_API_VERSION
         ))),
     }

@@ -232,6 +232,39 @@ pub(super) const DEPLOYMENT: Shape = Shape::Object(&[
     ),
     ("status", Shape::Dropped(&Shape::Any)),
 ]);
+pub(super) const DAEMON_SET: Shape = Shape::Object(&[
+    ("apiVersion", Shape::Leaf),
+    ("kind", Shape::Leaf),
+    ("metadata", META),
+    (
+        "spec",
+        Shape::Object(&[
+            (
+                "selector",
+                Shape::Object(&[("matchLabels", Shape::FreeMap)]),
+            ),
+            (
+                "template",
+                Shape::Object(&[("metadata", TEMPLATE_META), ("spec", POD_SPEC)]),
+            ),
+            (
+                "updateStrategy",
+                Shape::Object(&[
+                    ("type", Shape::Leaf),
+                    (
+                        "rollingUpdate",
+                        Shape::Object(&[
+                            ("maxSurge", Shape::Leaf),
+                            ("maxUnavailable", Shape::Leaf),
+                        ]),
+                    ),
+                ]),
+            ),
+            ("revisionHistoryLimit", Shape::Leaf),
+        ]),
+    ),
+    ("status", Shape::Dropped(&Shape::Any)),
+]);
 pub(super) const POD: Shape = Shape::Object(&[
     ("apiVersion", Shape::Leaf),
     ("kind", Shape::Leaf),

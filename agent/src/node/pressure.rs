@@ -4,7 +4,8 @@
 //! no pod uses, rotated container logs), and if the disk is still under pressure once that
 //! is done, evict one pod at a time in kubelet's order (`pressure::evict`), without a grace
 //! period. Under MemoryPressure there is nothing to reclaim: evict at once, by working set
-//! above the memory request. An evicted pod is reported `Evicted` with the reason (its Deployment
+//! above the memory request. Critical pods (`system-node-critical`, `system-cluster-critical`)
+//! are never evicted. An evicted pod is reported `Evicted` with the reason (its Deployment
 //! replaces it elsewhere) and is not started again while it stays in the desired state.
 
 use std::path::Path;
@@ -153,12 +154,15 @@ impl Agent {
                         0,
                     ),
                 };
-                Candidate {
-                    uid: uid.clone(),
-                    best_effort: evict::is_best_effort(&p.spec),
-                    usage,
-                    request,
-                }
+                // The desired state's copy: a v5 coordinator may repeat a generation first
+                // received in v4's shape (no priority) once the agent said hello.
+                let spec = self
+                    .desired
+                    .pods
+                    .iter()
+                    .find(|d| d.uid.as_str() == uid.as_str())
+                    .unwrap_or(&p.spec);
+                Candidate::of(uid.clone(), spec, usage, request)
             })
             .collect();
         let Some(victim) = evict::rank(candidates).into_iter().next() else {

@@ -510,6 +510,97 @@ fn memory(lab: &mut Lab) -> Result<()> {
     Ok(())
 }
 
+/// A critical pod is never evicted (kubelet's rule for pods the node's own function depends
+/// on): a `system-node-critical` pod takes the node's memory, and the agent evicts the
+/// others in kubelet's order (the BestEffort one, whose use exceeds its request of
+/// nothing, before the Burstable one within its request), then keeps the critical pod
+/// running under MemoryPressure, since nothing else may go.
+#[test]
+fn a_critical_pod_is_never_evicted() -> Result<()> {
+    let mut lab = Lab::start("presscrit", 1, Broker::Embedded)?;
+    let r = critical(&mut lab);
+    if r.is_err() {
+        lab.dump_logs();
+    }
+    r
+}
+
+fn critical(lab: &mut Lab) -> Result<()> {
+    let total_mib: u64 = fs::read_to_string("/proc/meminfo")?
+        .lines()
+        .find_map(|l| l.strip_prefix("MemTotal:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+        .context("MemTotal")?
+        / 1024;
+    lab.kill_agent(0);
+    lab.agent_args = vec![
+        "--reserved-memory-mib".into(),
+        (total_mib - 400).to_string(),
+        "--eviction-hard".into(),
+        "memory.available<150Mi".into(),
+        "--eviction-pressure-transition-period".into(),
+        "1s".into(),
+    ];
+    lab.start_agent(0)?;
+    let reg = lab.registry();
+    let n1 = lab.agents[0].name.clone();
+    lab.apply(&pinned_pod(&reg, "small", &n1, "", "exec sleep 3600"))?;
+    let keeper = pinned_pod(&reg, "keeper", &n1, "", "exec sleep 3600").replace(
+        "    command:",
+        "    resources: {requests: {memory: 16Mi}}\n    command:",
+    );
+    lab.apply(&keeper)?;
+    running(lab, "small")?;
+    running(lab, "keeper")?;
+    lab.apply(&pinned_pod(
+        &reg,
+        "hog",
+        &n1,
+        "  priorityClassName: system-node-critical\n  volumes: [{name: data, emptyDir: {sizeLimit: 300Mi}}]\n",
+        "dd if=/dev/zero of=/data/fill bs=1M count=280; exec sleep 3600",
+    ))?;
+    let hog = running(lab, "hog")?;
+    ensure!(
+        hog["spec"]["priority"] == 2_000_001_000,
+        "the class's priority is resolved at admission: {hog}"
+    );
+    for name in ["small", "keeper"] {
+        wait_for(&format!("{name} evicted"), LONG, || {
+            Ok(pod(lab, name)?
+                .filter(|p| p["status"]["reason"] == "Evicted")
+                .map(|_| ()))
+        })?;
+    }
+    // A few heartbeats on, still under pressure, with nothing left that may go.
+    std::thread::sleep(HEARTBEATS);
+    ensure!(
+        has_condition(&node(lab, &n1)?, "MemoryPressure"),
+        "the critical pod still holds the memory"
+    );
+    let h = running(lab, "hog")?;
+    ensure!(
+        uid(&h) == uid(&hog) && h["status"]["containerStatuses"][0]["restartCount"] == 0,
+        "the critical pod was evicted or restarted: {h}"
+    );
+    let log = lab.agent_log(0);
+    let evictions: Vec<&str> = log.lines().filter(|l| l.contains("evicting pod")).collect();
+    ensure!(
+        evictions.len() == 2
+            && evictions[0].contains("small")
+            && evictions[1].contains("keeper"),
+        "BestEffort above its request first, then Burstable, never the critical pod: {evictions:#?}"
+    );
+    lab.baton(&["delete", "pod", "hog"])?;
+    wait_for("n1 out of MemoryPressure", LONG, || {
+        let n = node(lab, &n1)?;
+        Ok((!has_condition(&n, "MemoryPressure")).then_some(()))
+    })?;
+    for name in ["small", "keeper"] {
+        let _ = lab.baton(&["delete", "pod", name]);
+    }
+    Ok(())
+}
+
 /// Processes left before `pid_max`, counted as the agent counts them.
 fn pids_available() -> Result<u64> {
     let max: u64 = fs::read_to_string("/proc/sys/kernel/pid_max")?

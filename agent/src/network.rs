@@ -310,6 +310,7 @@ impl Network {
             }
             Err(e) => note(Err(e)),
         }
+        note(self.remove_state());
         let _g = self.guard();
         let hp = self.host_port_chain();
         for (table, parent, matches, chain) in [

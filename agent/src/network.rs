@@ -89,6 +89,11 @@ fn io_err(path: &Path) -> impl FnOnce(io::Error) -> NetError + '_ {
     }
 }
 
+/// The network namespace (under `/run/netns`) of pod `uid` on `node`.
+pub fn pod_netns_name(node: &str, uid: &str) -> String {
+    format!("bt-{}", short_hash(&[node, uid], 12))
+}
+
 /// First `n` hex characters of the SHA-256 of `parts`, joined by NUL so that ("ab","c") and
 /// ("a","bc") differ.
 fn short_hash(parts: &[&str], n: usize) -> String {
@@ -207,7 +212,7 @@ impl Network {
         }
         let h = short_hash(&[&self.cfg.node, pod_uid], 12);
         let names = PodNames {
-            netns: format!("bt-{h}"),
+            netns: pod_netns_name(&self.cfg.node, pod_uid),
             host_veth: format!("bv{h}"),
         };
         debug_assert!(names.host_veth.len() <= MAX_IFNAME);
@@ -305,6 +310,7 @@ impl Network {
             }
             Err(e) => note(Err(e)),
         }
+        note(self.remove_state());
         let _g = self.guard();
         let hp = self.host_port_chain();
         for (table, parent, matches, chain) in [

@@ -93,6 +93,13 @@ impl Deps {
         self.pods_dir.join(uid)
     }
 
+    /// A container's log (its stdout and stderr); the rotated one is next to it.
+    pub fn log_path(&self, uid: &str, container: &str) -> PathBuf {
+        self.pod_dir(uid)
+            .join("logs")
+            .join(format!("{container}.log"))
+    }
+
     pub fn container_dir(&self, uid: &str, container: &str) -> PathBuf {
         self.pod_dir(uid).join("containers").join(container)
     }
@@ -351,7 +358,7 @@ pub fn run_spec(
         cpu_limit_millis: c.resources.cpu_limit_millis,
         cpu_request_millis: c.resources.cpu_request_millis,
         pids_limit: deps.pids_limit,
-        log_path: deps.pod_dir(uid).join("logs").join(format!("{name}.log")),
+        log_path: deps.log_path(uid, name),
         log_max_bytes: deps.log_max_bytes,
         mounts,
         security: security(&c.security),

@@ -252,6 +252,7 @@ mod tests {
                 init_containers: BVec::new(),
                 volumes: BVec::new(),
                 image_pull_secrets: BVec::new(),
+                priority: 0,
             })
             .collect();
         DesiredState {

@@ -113,9 +113,12 @@ pub fn stops_only(current: &DesiredState, next: &DesiredState) -> DesiredState {
     }
 }
 
-// File format: "BTNS" magic, u32 LE length, postcard(DesiredState), u32 LE FNV-1a checksum.
+// File format: magic, u32 LE length, postcard(DesiredState), u32 LE FNV-1a checksum.
 // The checksum catches a file that a broken SD card or filesystem returns half-written.
-const MAGIC: &[u8; 4] = b"BTNS";
+// The magic names the protocol version whose shapes the body has (`baton_proto::wire`):
+// "BTNS" is v4's, the file Baton 0.1 wrote, still read after an update from it.
+const MAGIC_V4: &[u8; 4] = b"BTNS";
+const MAGIC_V5: &[u8; 4] = b"BTN5";
 
 fn checksum(bytes: &[u8]) -> u32 {
     bytes.iter().fold(0x811c_9dc5u32, |h, b| {
@@ -124,10 +127,14 @@ fn checksum(bytes: &[u8]) -> u32 {
 }
 
 fn encode(state: &DesiredState) -> Vec<u8> {
+    encode_at(5, state)
+}
+
+fn encode_at(version: u16, state: &DesiredState) -> Vec<u8> {
     // postcard encoding of a DesiredState cannot fail: it only has sized, owned fields.
-    let body = postcard::to_allocvec(state).unwrap_or_default();
+    let body = baton_proto::wire::at(version, || postcard::to_allocvec(state)).unwrap_or_default();
     let mut out = Vec::with_capacity(body.len() + 12);
-    out.extend_from_slice(MAGIC);
+    out.extend_from_slice(if version == 4 { MAGIC_V4 } else { MAGIC_V5 });
     out.extend_from_slice(&(body.len() as u32).to_le_bytes());
     out.extend_from_slice(&body);
     out.extend_from_slice(&checksum(&body).to_le_bytes());
@@ -135,9 +142,14 @@ fn encode(state: &DesiredState) -> Vec<u8> {
 }
 
 fn decode(bytes: &[u8]) -> Result<DesiredState, String> {
-    if bytes.len() < 12 || &bytes[..4] != MAGIC {
+    if bytes.len() < 12 {
         return Err("bad header".into());
     }
+    let version = match &bytes[..4] {
+        m if m == MAGIC_V4 => 4,
+        m if m == MAGIC_V5 => 5,
+        _ => return Err("bad header".into()),
+    };
     let len = u32::from_le_bytes([bytes[4], bytes[5], bytes[6], bytes[7]]) as usize;
     if bytes.len() != len + 12 {
         return Err(format!(
@@ -155,7 +167,7 @@ fn decode(bytes: &[u8]) -> Result<DesiredState, String> {
     if checksum(body) != sum {
         return Err("checksum mismatch".into());
     }
-    postcard::from_bytes(body).map_err(|e| e.to_string())
+    baton_proto::wire::at(version, || postcard::from_bytes(body)).map_err(|e| e.to_string())
 }
 
 #[cfg(test)]
@@ -175,6 +187,7 @@ mod tests {
                 init_containers: BVec::new(),
                 volumes: BVec::new(),
                 image_pull_secrets: BVec::new(),
+                priority: i as i32,
             })
             .collect();
         DesiredState {
@@ -193,6 +206,29 @@ mod tests {
         assert_eq!(f.load().unwrap(), state(4, 3));
         f.store(&state(5, 1)).unwrap();
         assert_eq!(f.load().unwrap(), state(5, 1));
+    }
+
+    #[test]
+    fn a_file_baton_0_1_wrote_loads_without_priorities() {
+        let dir = tempfile::tempdir().unwrap();
+        let f = StateFile::new(dir.path());
+        std::fs::write(f.path(), encode_at(4, &state(4, 3))).unwrap();
+        let before = state(4, 3);
+        let pods = before
+            .pods
+            .iter()
+            .cloned()
+            .map(|p| PodSpec { priority: 0, ..p });
+        let old = DesiredState {
+            pods: BVec::from_vec(pods.collect()).unwrap(),
+            ..state(4, 3)
+        };
+        assert_ne!(old, state(4, 3));
+        assert_eq!(f.load().unwrap(), old);
+        // What this build writes keeps the priorities.
+        f.store(&state(4, 3)).unwrap();
+        assert_eq!(&std::fs::read(f.path()).unwrap()[..4], MAGIC_V5);
+        assert_eq!(f.load().unwrap(), state(4, 3));
     }
 
     #[test]

@@ -65,7 +65,8 @@ impl Envelope {
             signature: BVec::new(),
             ..self.clone()
         };
-        let body = postcard::to_allocvec(&unsigned).map_err(ProtoError::Encode)?;
+        let body = crate::wire::at(self.proto_version, || postcard::to_allocvec(&unsigned))
+            .map_err(ProtoError::Encode)?;
         let mut out = Vec::with_capacity(SIGNING_CONTEXT.len() + topic.len() + 1 + body.len());
         out.extend_from_slice(SIGNING_CONTEXT);
         out.extend_from_slice(topic.as_bytes());
@@ -75,7 +76,8 @@ impl Envelope {
     }
 
     pub fn encode(&self) -> Result<Vec<u8>, ProtoError> {
-        let bytes = postcard::to_allocvec(self).map_err(ProtoError::Encode)?;
+        let bytes = crate::wire::at(self.proto_version, || postcard::to_allocvec(self))
+            .map_err(ProtoError::Encode)?;
         if bytes.len() > MAX_MESSAGE_BYTES {
             return Err(ProtoError::TooLarge {
                 len: bytes.len(),
@@ -103,8 +105,8 @@ impl Envelope {
         if !(MIN_PROTO_VERSION..=PROTO_VERSION).contains(&version) {
             return Err(ProtoError::UnsupportedVersion { got: version });
         }
-        let (env, rest) =
-            postcard::take_from_bytes::<Envelope>(bytes).map_err(ProtoError::Decode)?;
+        let (env, rest) = crate::wire::at(version, || postcard::take_from_bytes::<Envelope>(bytes))
+            .map_err(ProtoError::Decode)?;
         if !rest.is_empty() {
             return Err(ProtoError::TrailingBytes {
                 trailing: rest.len(),

@@ -11,7 +11,8 @@
 //! Compatibility rules (postcard does not describe itself):
 //! - every message travels in an [`Envelope`] whose first field is [`PROTO_VERSION`];
 //! - enum variants are only ever added at the end, struct fields are never reordered,
-//!   added or removed without bumping [`PROTO_VERSION`];
+//!   added or removed without bumping [`PROTO_VERSION`], and a type whose fields changed
+//!   keeps its older shape for older peers ([`wire`]);
 //! - `tests/golden.rs` pins the exact bytes of representative messages.
 
 mod bounded;
@@ -23,14 +24,16 @@ pub mod release;
 pub mod seal;
 pub mod sign;
 pub mod topics;
+pub mod wire;
 
 pub use bounded::{BString, BVec};
 pub use envelope::{Envelope, Sender, SIGNING_CONTEXT};
 pub use messages::*;
 
 /// The envelope format version. Bump it for any change in the encoding of any message.
-/// v5 added [`Body::AgentUpdate`] and [`Body::UpdateReport`]; every other message encodes as
-/// in v4.
+/// v5 added [`Body::AgentUpdate`], [`Body::UpdateReport`] and [`PodSpec::priority`]; the
+/// coordinator writes [`Body::Desired`] without it for a v4 agent ([`wire`]), and every other
+/// message encodes as in v4.
 pub const PROTO_VERSION: u16 = 5;
 
 /// The oldest version this build still reads and writes, Kubernetes' skew policy for the

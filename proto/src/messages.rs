@@ -291,7 +291,9 @@ pub enum Protocol {
     Udp,
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+/// A pod as its node runs it. Its encoding depends on the protocol version (see
+/// [`crate::wire`]): v4 has no `priority`.
+#[derive(Debug, Clone, PartialEq)]
 pub struct PodSpec {
     pub name: BString<253>,
     /// Distinguishes two incarnations of a pod with the same name.
@@ -306,6 +308,103 @@ pub struct PodSpec {
     /// Names of secrets in [`DesiredState::secrets`] holding registry credentials
     /// (`.dockerconfigjson`).
     pub image_pull_secrets: BVec<BString<253>, 8>,
+    /// Kubernetes' pod priority, resolved by the coordinator from `priorityClassName` or
+    /// `priority`: at least [`SYSTEM_CRITICAL_PRIORITY`] marks a pod the node's own function
+    /// depends on, which the agent never evicts. Added in v5; a v4 peer reads and writes
+    /// none (0).
+    pub priority: i32,
+}
+
+/// kubelet's threshold for a critical pod: `system-cluster-critical`'s priority.
+pub const SYSTEM_CRITICAL_PRIORITY: i32 = 2_000_000_000;
+/// The priority of the `system-node-critical` class.
+pub const SYSTEM_NODE_CRITICAL_PRIORITY: i32 = 2_000_001_000;
+
+impl PodSpec {
+    /// kubelet's critical pod: never evicted under node pressure.
+    pub fn is_critical(&self) -> bool {
+        self.priority >= SYSTEM_CRITICAL_PRIORITY
+    }
+}
+
+const POD_SPEC_FIELDS: [&str; 10] = [
+    "name",
+    "uid",
+    "host_network",
+    "restart_policy",
+    "termination_grace_secs",
+    "containers",
+    "init_containers",
+    "volumes",
+    "image_pull_secrets",
+    "priority",
+];
+
+/// The fields of a `PodSpec` at the version being encoded or decoded.
+fn pod_spec_fields() -> &'static [&'static str] {
+    if crate::wire::version() >= 5 {
+        &POD_SPEC_FIELDS
+    } else {
+        &POD_SPEC_FIELDS[..9]
+    }
+}
+
+impl Serialize for PodSpec {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeStruct;
+        let fields = pod_spec_fields();
+        let mut st = s.serialize_struct("PodSpec", fields.len())?;
+        st.serialize_field("name", &self.name)?;
+        st.serialize_field("uid", &self.uid)?;
+        st.serialize_field("host_network", &self.host_network)?;
+        st.serialize_field("restart_policy", &self.restart_policy)?;
+        st.serialize_field("termination_grace_secs", &self.termination_grace_secs)?;
+        st.serialize_field("containers", &self.containers)?;
+        st.serialize_field("init_containers", &self.init_containers)?;
+        st.serialize_field("volumes", &self.volumes)?;
+        st.serialize_field("image_pull_secrets", &self.image_pull_secrets)?;
+        if fields.len() > 9 {
+            st.serialize_field("priority", &self.priority)?;
+        }
+        st.end()
+    }
+}
+
+impl<'de> Deserialize<'de> for PodSpec {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct Fields(usize);
+        impl<'de> serde::de::Visitor<'de> for Fields {
+            type Value = PodSpec;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                write!(f, "a PodSpec of {} fields", self.0)
+            }
+            fn visit_seq<A: serde::de::SeqAccess<'de>>(
+                self,
+                mut a: A,
+            ) -> Result<PodSpec, A::Error> {
+                macro_rules! field {
+                    ($i:expr) => {
+                        a.next_element()?
+                            .ok_or_else(|| serde::de::Error::invalid_length($i, &self))?
+                    };
+                }
+                Ok(PodSpec {
+                    name: field!(0),
+                    uid: field!(1),
+                    host_network: field!(2),
+                    restart_policy: field!(3),
+                    termination_grace_secs: field!(4),
+                    containers: field!(5),
+                    init_containers: field!(6),
+                    volumes: field!(7),
+                    image_pull_secrets: field!(8),
+                    priority: if self.0 > 9 { field!(9) } else { 0 },
+                })
+            }
+        }
+        let fields = pod_spec_fields();
+        d.deserialize_struct("PodSpec", fields, Fields(fields.len()))
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

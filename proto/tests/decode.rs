@@ -85,6 +85,7 @@ fn declared_lengths_over_the_bound_are_refused_without_allocating() {
             init_containers: BVec::new(),
             volumes: BVec::new(),
             image_pull_secrets: BVec::new(),
+            priority: 0,
         })
         .collect();
     // Encoding through a plain Vec to bypass the constructor's own bound check.

@@ -32,6 +32,35 @@ fn check(env: Envelope, golden_hex: &str) {
     assert_eq!(Envelope::decode(&now).unwrap(), env);
 }
 
+/// Messages whose shape changed in v5 (a [`PodSpec`] gained `priority`): the v4 bytes, what
+/// a Baton 0.1 agent reads and is sent, unchanged and without what v4 lacks; and the
+/// current bytes, which keep it.
+fn check_reshaped(env: Envelope, v4_hex: &str, v5_hex: &str) {
+    let v4 = env.clone().at_version(4).unwrap();
+    let bytes = v4.encode().unwrap();
+    assert_eq!(
+        hex::encode(&bytes),
+        v4_hex,
+        "v4 encoding of {env:?} changed"
+    );
+    let Body::Desired(mut d) = v4.body.clone() else {
+        panic!("only a desired state carries pod specs")
+    };
+    let pods = d.pods.iter().cloned().map(|p| PodSpec { priority: 0, ..p });
+    d.pods = BVec::from_vec(pods.collect()).unwrap();
+    let read = Envelope::decode(&bytes).unwrap();
+    assert_eq!(read.body, Body::Desired(d), "v4 carries no priority");
+    assert_eq!(read.encode().unwrap(), bytes);
+    let now = env.encode().unwrap();
+    assert_eq!(hex::encode(&now), v5_hex, "encoding of {env:?} changed");
+    assert_eq!(Envelope::decode(&now).unwrap(), env);
+    // The signature covers the bytes of the version sent, so a v4 agent can check it.
+    assert_ne!(
+        v4.signing_bytes("t").unwrap()[..],
+        env.signing_bytes("t").unwrap()[..]
+    );
+}
+
 /// Messages added after v4: their bytes at the current version, and refused at v4.
 fn check_new(env: Envelope, golden_hex: &str) {
     let bytes = env.encode().unwrap();
@@ -278,6 +307,7 @@ fn desired_state() {
         init_containers: BVec::new(),
         volumes: BVec::new(),
         image_pull_secrets: BVec::new(),
+        priority: SYSTEM_NODE_CRITICAL_PRIORITY,
     };
     let env = Envelope::new(
         Sender::Coordinator,
@@ -288,12 +318,22 @@ fn desired_state() {
             secrets: BVec::new(),
         }),
     );
-    check(env, &DESIRED.replace([' ', '\\'], ""));
+    check_reshaped(
+        env,
+        &DESIRED.replace([' ', '\\'], ""),
+        &DESIRED_V5.replace([' ', '\\'], ""),
+    );
 }
 const DESIRED: &str = "040009000402010777 65622d616263 02 7531 00 00 1e 01 03 776562 \
 20 3132372e302e302e313a353030302f6261746f6e2f687474702d6563686f3a31 01 00 02 022d70 0438303830 \
 01 074d455353414745 00 026869 01 042f777777 01 903f01 5000 64 01f403 8080800801 808080 10 \
 00 000000 000000000000 00 00 00 00 00 00";
+// v5: the same but the version, and the pod's priority (zigzag varint) after its
+// imagePullSecrets.
+const DESIRED_V5: &str = "050009000402010777 65622d616263 02 7531 00 00 1e 01 03 776562 \
+20 3132372e302e302e313a353030302f6261746f6e2f687474702d6563686f3a31 01 00 02 022d70 0438303830 \
+01 074d455353414745 00 026869 01 042f777777 01 903f01 5000 64 01f403 8080800801 808080 10 \
+00 000000 000000000000 00 00 00 00 d0dfacf30e 00 00";
 
 #[test]
 fn status() {
@@ -441,6 +481,7 @@ fn desired_state_v2_fields() {
         ])
         .unwrap(),
         image_pull_secrets: BVec::from_vec(vec![s("regcred")]).unwrap(),
+        priority: 0,
     };
     let mut env = Envelope::new(
         Sender::Coordinator,
@@ -461,7 +502,11 @@ fn desired_state_v2_fields() {
     );
     env.sent_at_ms = 1_800_000_000_000;
     env.signature = BVec::from_vec(vec![0x5a; 64]).unwrap();
-    check(env, &DESIRED_V2.replace([' ', '\\'], ""));
+    check_reshaped(
+        env,
+        &DESIRED_V2.replace([' ', '\\'], ""),
+        &DESIRED_V2_AT_V5.replace([' ', '\\'], ""),
+    );
 }
 // seq and sent_at are realistic microsecond/millisecond clocks; the 64-byte signature is
 // a placeholder pattern (the crate does not sign; it only defines what is signed).
@@ -475,6 +520,19 @@ const DESIRED_V2: &str = "0400 8080e2c4f2a29903 80a0f1c2b134 04 01 01 0170 0175 
 01 0169 03722f62 00 00 00 00 00 00 00000000 00 000000 000000000000 00 \
 02 056372656473 00 026462 03746d70 01 01 8008 \
 01 07726567637265 64 \
+01 026462 03 00 02aabb \
+40 5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a";
+// v5: the version, and priority 0 after the imagePullSecrets.
+const DESIRED_V2_AT_V5: &str = "0500 8080e2c4f2a29903 80a0f1c2b134 04 01 01 0170 0175 00 01 05 01 \
+03617070 0d722f61407368613235363a3030 02 00 00 01 025057 01 026462 027077 00 00 00000000 \
+01 056372656473 022f73 01 \
+01 00 01 0474727565 010a01 0103 \
+01 01 022f68 50 00 00 01 0158 0179 010a01 0103 \
+01 02 51 00 010a01 0103 \
+00 01 094e45545f41444d494e 00 01 e807 00 01 02 \
+01 0169 03722f62 00 00 00 00 00 00 00000000 00 000000 000000000000 00 \
+02 056372656473 00 026462 03746d70 01 01 8008 \
+01 07726567637265 64 00 \
 01 026462 03 00 02aabb \
 40 5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a";
 

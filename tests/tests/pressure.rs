@@ -7,7 +7,9 @@
 //! the new desired state cannot be persisted; the agent survives kill -9 while full, keeps
 //! the restart count its reserve let it write, and applies deletions after it; freeing the
 //! space clears the condition and the taint; `reset` leaves no cgroup directory of the node.
-//! A fork bomb is held by the pod pid limit, and without one it puts the node under
+//! Reclaim comes before eviction: unused images, then rotated and dead containers' logs;
+//! an image store on its own filesystem is relieved by removing unused images. A critical
+//! pod is never evicted. A fork bomb is held by the pod pid limit, and without one it puts the node under
 //! PIDPressure (a soft threshold here, so its grace period is exercised too) and is evicted.
 
 use std::fs;
@@ -432,6 +434,309 @@ fn eviction(lab: &mut Lab) -> Result<()> {
     Ok(())
 }
 
+/// Bytes an unprivileged writer may still use on `dir`'s filesystem (kubelet's
+/// `available`, as the agent measures it).
+fn avail(dir: &Path) -> Result<u64> {
+    let out = sh(std::process::Command::new("df")
+        .args(["-B1", "--output=avail"])
+        .arg(dir))?;
+    text(&out)
+        .lines()
+        .nth(1)
+        .and_then(|l| l.trim().parse().ok())
+        .context("df avail")
+}
+
+/// Fills `dir`'s filesystem until only `free` bytes are left, with the file `name`.
+fn fill_leaving(dir: &Path, name: &str, free: u64) -> Result<()> {
+    let written = fill(dir, name)?;
+    let f = fs::OpenOptions::new().write(true).open(dir.join(name))?;
+    f.set_len(written.saturating_sub(free))?;
+    Ok(())
+}
+
+/// kubelet reclaims before it evicts: unused images, then rotated logs and dead containers'
+/// logs. A finished pod's log holding most of the disk is emptied, which relieves the
+/// pressure: no pod is evicted, not even the BestEffort one that would go first.
+#[test]
+fn dead_containers_logs_are_reclaimed_before_any_eviction() -> Result<()> {
+    let mut lab = Lab::start("pressdead", 1, Broker::Embedded)?;
+    lab.kill_agent(0);
+    lab.reset_agent(0)?;
+    let data = lab.agents[0].data_dir.clone();
+    fs::remove_dir_all(&data)?;
+    mount_tmpfs(&data, "32m")?;
+    lab.agent_args = vec![
+        "--eviction-pressure-transition-period".into(),
+        "1s".into(),
+        "--eviction-hard".into(),
+        DEFAULT_EVICTION_HARD.into(),
+        // One 12 MiB log, never rotated: only the dead-log reclaim can free it.
+        "--log-max-bytes".into(),
+        (16u64 << 20).to_string(),
+    ];
+    let r = lab.start_agent(0).and_then(|()| dead_logs(&mut lab, &data));
+    if r.is_err() {
+        lab.dump_logs();
+    }
+    let _ = fs::remove_file(data.join("ballast"));
+    lab.kill_agent(0);
+    let reset = lab.reset_agent(0);
+    let _ = sh(std::process::Command::new("umount").arg("-l").arg(&data));
+    r?;
+    reset
+}
+
+fn dead_logs(lab: &mut Lab, data: &Path) -> Result<()> {
+    let reg = lab.registry();
+    let n1 = lab.agents[0].name.clone();
+    lab.apply(&pinned_pod(&reg, "idle", &n1, "", "exec sleep 3600"))?;
+    let idle = running(lab, "idle")?;
+    lab.apply(&pinned_pod(
+        &reg,
+        "chatty",
+        &n1,
+        "  restartPolicy: Never\n",
+        "head -c 12582912 /dev/zero",
+    ))?;
+    let chatty = wait_for("chatty done", LONG, || {
+        Ok(pod(lab, "chatty")?.filter(|p| p["status"]["phase"] == "Succeeded"))
+    })?;
+    let log = data.join("pods").join(uid(&chatty)).join("logs/main.log");
+    ensure!(
+        fs::metadata(&log)?.len() == 12 << 20,
+        "chatty's whole output is in its log"
+    );
+    fill_leaving(data, "ballast", 1 << 20)?;
+    wait_for("the dead log reclaimed", LONG, || {
+        Ok((fs::metadata(&log)?.len() == 0).then_some(()))
+    })?;
+    wait_for(&format!("{n1} out of DiskPressure"), LONG, || {
+        let n = node(lab, &n1)?;
+        Ok(
+            (!has_condition(&n, "DiskPressure") && !has_taint(&n, DISK_PRESSURE_TAINT))
+                .then_some(()),
+        )
+    })?;
+    std::thread::sleep(HEARTBEATS);
+    let agent_log = lab.agent_log(0);
+    let at = |what: &str| agent_log.find(what);
+    ensure!(
+        matches!(
+            (
+                at("node under pressure"),
+                at("disk pressure: removed unused images"),
+                at("reclaimed rotated and dead containers' logs")
+            ),
+            (Some(a), Some(b), Some(c)) if a < b && b < c
+        ) && at("evicting pod").is_none(),
+        "pressure, images, then logs reclaimed, and no eviction:\n{agent_log}"
+    );
+    let i = running(lab, "idle")?;
+    ensure!(uid(&i) == uid(&idle), "idle was replaced: {i}");
+    fs::remove_file(data.join("ballast"))?;
+    for name in ["idle", "chatty"] {
+        lab.baton(&["delete", "pod", name])?;
+    }
+    fleet::wait_cleaned_up(lab, &n1, &uid(&idle), LONG)?;
+    Ok(())
+}
+
+/// The image store on a filesystem of its own (a small tmpfs here): filling it puts the
+/// node under ImageDiskPressure, with the disk-pressure taint; the agent removes the image
+/// no pod uses, which relieves it, and the condition and taint go. No pod is evicted.
+#[test]
+fn image_disk_pressure_on_its_own_filesystem_is_relieved_by_removing_unused_images() -> Result<()> {
+    let mut lab = Lab::start("pressimg", 1, Broker::Embedded)?;
+    lab.kill_agent(0);
+    lab.reset_agent(0)?;
+    let images = lab.agents[0].data_dir.join("images");
+    let _ = fs::remove_dir_all(&images);
+    mount_tmpfs(&images, "64m")?;
+    lab.agent_args = vec![
+        "--eviction-pressure-transition-period".into(),
+        "1s".into(),
+        "--eviction-hard".into(),
+        format!("imagefs.available<{IMAGEFS_LEVEL}"),
+    ];
+    let r = lab
+        .start_agent(0)
+        .and_then(|()| image_disk(&mut lab, &images));
+    if r.is_err() {
+        lab.dump_logs();
+    }
+    let _ = fs::remove_file(images.join("ballast"));
+    lab.kill_agent(0);
+    let reset = lab.reset_agent(0);
+    let _ = sh(std::process::Command::new("umount").arg("-l").arg(&images));
+    r?;
+    reset
+}
+
+/// The imagefs threshold of that test, in bytes and as its flag says it.
+const IMAGEFS_LEVEL_BYTES: u64 = 4 << 20;
+const IMAGEFS_LEVEL: &str = "4Mi";
+
+fn image_disk(lab: &mut Lab, images: &Path) -> Result<()> {
+    let reg = lab.registry();
+    let n1 = lab.agents[0].name.clone();
+    lab.apply(&pinned_pod(&reg, "keeper", &n1, "", "exec sleep 3600"))?;
+    let keeper = running(lab, "keeper")?;
+    // kv:1 shares no layer with busybox: what it takes comes back when it goes.
+    let before = avail(images)?;
+    lab.apply(&format!(
+        "apiVersion: v1\nkind: Pod\nmetadata:\n  name: old\nspec:\n  terminationGracePeriodSeconds: 1\n  nodeSelector: {{kubernetes.io/hostname: {n1}}}\n  containers:\n  - name: main\n    image: {reg}/baton/kv:1\n"
+    ))?;
+    let old = running(lab, "old")?;
+    let size = before.saturating_sub(avail(images)?);
+    ensure!(
+        size >= 256 << 10,
+        "kv:1 took only {size} bytes of the image store"
+    );
+    lab.baton(&["delete", "pod", "old"])?;
+    fleet::wait_cleaned_up(lab, &n1, &uid(&old), LONG)?;
+    // Below the threshold by half of what kv:1 holds; above it once that is removed.
+    fill_leaving(
+        images,
+        "ballast",
+        IMAGEFS_LEVEL_BYTES - size.min(6 << 20) / 2,
+    )?;
+    wait_for(&format!("{n1} under ImageDiskPressure"), LONG, || {
+        let described = text(&lab.baton(&["describe", "node", &n1])?);
+        Ok(described.contains("NodeHasImageDiskPressure").then_some(()))
+    })?;
+    wait_for(&format!("{n1} out of ImageDiskPressure"), LONG, || {
+        let n = node(lab, &n1)?;
+        Ok(
+            (!has_condition(&n, "ImageDiskPressure") && !has_taint(&n, DISK_PRESSURE_TAINT))
+                .then_some(()),
+        )
+    })?;
+    ensure!(
+        avail(images)? >= IMAGEFS_LEVEL_BYTES,
+        "the image store is still short"
+    );
+    let log = lab.agent_log(0);
+    ensure!(
+        log.contains("image disk pressure: removed unused images")
+            && log.contains("kv:1")
+            && !log.contains("evicting pod"),
+        "the unused image removed, no pod evicted:\n{log}"
+    );
+    let k = running(lab, "keeper")?;
+    ensure!(uid(&k) == uid(&keeper), "keeper was replaced: {k}");
+    fs::remove_file(images.join("ballast"))?;
+    lab.baton(&["delete", "pod", "keeper"])?;
+    fleet::wait_cleaned_up(lab, &n1, &uid(&keeper), LONG)?;
+    Ok(())
+}
+
+/// `baton-agent reset` after the agent was killed with a pod running leaves nothing of the
+/// node: no cgroup directory under any controller (v1 and the v2 mount), no mount below its
+/// data or run directory, no pod netns, bridge or iptables chain, and no pod, run or address
+/// file. The data directory itself (identity, images, desired state) stays: removing it is
+/// `baton-agent uninstall`'s.
+#[test]
+fn reset_leaves_nothing_of_the_node() -> Result<()> {
+    let mut lab = Lab::start("pressreset", 1, Broker::Embedded)?;
+    let r = reset_everything(&mut lab);
+    if r.is_err() {
+        lab.dump_logs();
+    }
+    r
+}
+
+/// Everything of node `i` found on the machine, one line each.
+fn traces(lab: &Lab, i: usize, pod_uids: &[String]) -> Result<Vec<String>> {
+    let a = &lab.agents[i];
+    let node = a.name.as_str();
+    let mut out = Vec::new();
+    for c in fs::read_dir("/sys/fs/cgroup")?.flatten() {
+        let d = c.path().join("baton").join(node);
+        if d.exists() {
+            out.push(format!("cgroup {}", d.display()));
+        }
+    }
+    let run = Path::new("/run/baton").join(node);
+    let data = a.data_dir.to_string_lossy().into_owned();
+    for line in fs::read_to_string("/proc/self/mountinfo")?.lines() {
+        let at = line.split(' ').nth(4).unwrap_or_default();
+        if at.starts_with(&data) || Path::new(at).starts_with(&run) {
+            out.push(format!("mount {at}"));
+        }
+    }
+    for uid in pod_uids {
+        let ns = Path::new("/run/netns").join(baton_agent::network::pod_netns_name(node, uid));
+        if ns.exists() {
+            out.push(format!("netns {}", ns.display()));
+        }
+    }
+    let bridge = baton_agent::network::NetConfig::derive(node, PathBuf::new(), None)?.bridge;
+    if a.ns
+        .cmd("ip")
+        .args(["link", "show", &bridge])
+        .output()?
+        .status
+        .success()
+    {
+        out.push(format!("bridge {bridge}"));
+    }
+    let rules = a.ns.cmd("iptables-save").output()?;
+    for l in text(&rules).lines().filter(|l| l.contains(&bridge)) {
+        out.push(format!("iptables {l}"));
+    }
+    if run.exists() {
+        out.push(format!("dir {}", run.display()));
+    }
+    for dir in [a.data_dir.join("pods"), a.data_dir.join("net")] {
+        let mut stack = vec![dir];
+        while let Some(d) = stack.pop() {
+            for e in fs::read_dir(&d).into_iter().flatten().flatten() {
+                if e.file_type()?.is_dir() {
+                    stack.push(e.path());
+                } else {
+                    out.push(format!("file {}", e.path().display()));
+                }
+            }
+        }
+    }
+    Ok(out)
+}
+
+fn reset_everything(lab: &mut Lab) -> Result<()> {
+    let reg = lab.registry();
+    let n1 = lab.agents[0].name.clone();
+    // Everything a node makes for a pod: cgroups, a netns with its veth, a hostPort's DNAT
+    // rules, an emptyDir, the bundle on the run tmpfs, logs and records.
+    lab.apply(
+        &pinned_pod(
+            &reg,
+            "web",
+            &n1,
+            "  volumes: [{name: data, emptyDir: {}}]\n",
+            "exec sleep 3600",
+        )
+        .replace(
+            "    command:",
+            "    ports: [{containerPort: 8080, hostPort: 18080}]\n    command:",
+        ),
+    )?;
+    let web = running(lab, "web")?;
+    let uids = [uid(&web)];
+    let before = traces(lab, 0, &uids)?;
+    for kind in ["cgroup", "netns", "bridge", "iptables", "dir", "file"] {
+        ensure!(
+            before.iter().any(|t| t.starts_with(kind)),
+            "a running node has a {kind}, or this check sees nothing: {before:#?}"
+        );
+    }
+    lab.kill_agent(0);
+    lab.reset_agent(0)?;
+    let after = traces(lab, 0, &uids)?;
+    ensure!(after.is_empty(), "reset left: {after:#?}");
+    Ok(())
+}
+
 /// MemoryPressure against the node's allocatable: on a node offering pods 400 MiB, a
 /// BestEffort pod that takes 300 MiB (a tmpfs emptyDir it fills, charged to its memory
 /// cgroup, bounded by its size limit so the host is never at risk) is evicted at once and
@@ -507,6 +812,97 @@ fn memory(lab: &mut Lab) -> Result<()> {
     )?;
     lab.baton(&["delete", "deployment", "hog"])?;
     lab.baton(&["delete", "pod", "keeper"])?;
+    Ok(())
+}
+
+/// A critical pod is never evicted (kubelet's rule for pods the node's own function depends
+/// on): a `system-node-critical` pod takes the node's memory, and the agent evicts the
+/// others in kubelet's order (the BestEffort one, whose use exceeds its request of
+/// nothing, before the Burstable one within its request), then keeps the critical pod
+/// running under MemoryPressure, since nothing else may go.
+#[test]
+fn a_critical_pod_is_never_evicted() -> Result<()> {
+    let mut lab = Lab::start("presscrit", 1, Broker::Embedded)?;
+    let r = critical(&mut lab);
+    if r.is_err() {
+        lab.dump_logs();
+    }
+    r
+}
+
+fn critical(lab: &mut Lab) -> Result<()> {
+    let total_mib: u64 = fs::read_to_string("/proc/meminfo")?
+        .lines()
+        .find_map(|l| l.strip_prefix("MemTotal:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+        .context("MemTotal")?
+        / 1024;
+    lab.kill_agent(0);
+    lab.agent_args = vec![
+        "--reserved-memory-mib".into(),
+        (total_mib - 400).to_string(),
+        "--eviction-hard".into(),
+        "memory.available<150Mi".into(),
+        "--eviction-pressure-transition-period".into(),
+        "1s".into(),
+    ];
+    lab.start_agent(0)?;
+    let reg = lab.registry();
+    let n1 = lab.agents[0].name.clone();
+    lab.apply(&pinned_pod(&reg, "small", &n1, "", "exec sleep 3600"))?;
+    let keeper = pinned_pod(&reg, "keeper", &n1, "", "exec sleep 3600").replace(
+        "    command:",
+        "    resources: {requests: {memory: 16Mi}}\n    command:",
+    );
+    lab.apply(&keeper)?;
+    running(lab, "small")?;
+    running(lab, "keeper")?;
+    lab.apply(&pinned_pod(
+        &reg,
+        "hog",
+        &n1,
+        "  priorityClassName: system-node-critical\n  volumes: [{name: data, emptyDir: {sizeLimit: 300Mi}}]\n",
+        "dd if=/dev/zero of=/data/fill bs=1M count=280; exec sleep 3600",
+    ))?;
+    let hog = running(lab, "hog")?;
+    ensure!(
+        hog["spec"]["priority"] == 2_000_001_000,
+        "the class's priority is resolved at admission: {hog}"
+    );
+    for name in ["small", "keeper"] {
+        wait_for(&format!("{name} evicted"), LONG, || {
+            Ok(pod(lab, name)?
+                .filter(|p| p["status"]["reason"] == "Evicted")
+                .map(|_| ()))
+        })?;
+    }
+    // A few heartbeats on, still under pressure, with nothing left that may go.
+    std::thread::sleep(HEARTBEATS);
+    ensure!(
+        has_condition(&node(lab, &n1)?, "MemoryPressure"),
+        "the critical pod still holds the memory"
+    );
+    let h = running(lab, "hog")?;
+    ensure!(
+        uid(&h) == uid(&hog) && h["status"]["containerStatuses"][0]["restartCount"] == 0,
+        "the critical pod was evicted or restarted: {h}"
+    );
+    let log = lab.agent_log(0);
+    let evictions: Vec<&str> = log.lines().filter(|l| l.contains("evicting pod")).collect();
+    ensure!(
+        evictions.len() == 2
+            && evictions[0].contains("small")
+            && evictions[1].contains("keeper"),
+        "BestEffort above its request first, then Burstable, never the critical pod: {evictions:#?}"
+    );
+    lab.baton(&["delete", "pod", "hog"])?;
+    wait_for("n1 out of MemoryPressure", LONG, || {
+        let n = node(lab, &n1)?;
+        Ok((!has_condition(&n, "MemoryPressure")).then_some(()))
+    })?;
+    for name in ["small", "keeper"] {
+        let _ = lab.baton(&["delete", "pod", name]);
+    }
     Ok(())
 }
 

@@ -93,6 +93,25 @@ impl Network {
         result
     }
 
+    /// The node's IPAM files once every pod's address is freed: the round-robin cursor and
+    /// the (then empty) address directory. A directory still holding an address is kept.
+    pub(super) fn remove_state(&self) -> Result<(), NetError> {
+        let last = self
+            .cfg
+            .state_dir
+            .join(format!("ipam-{}.last", self.cfg.bridge));
+        for (path, r) in [
+            (last.clone(), fs::remove_file(&last)),
+            (self.ipam_dir(), fs::remove_dir(self.ipam_dir())),
+        ] {
+            match r {
+                Err(e) if e.kind() != io::ErrorKind::NotFound => return Err(io_err(&path)(e)),
+                _ => {}
+            }
+        }
+        Ok(())
+    }
+
     pub(super) fn free(&self, pod_uid: &str) -> Result<(), NetError> {
         let dir = self.ipam_dir();
         for (ip, owner) in self.allocations()? {

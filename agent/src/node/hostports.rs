@@ -107,6 +107,7 @@ mod tests {
             init_containers: BVec::new(),
             volumes: BVec::new(),
             image_pull_secrets: BVec::new(),
+            priority: 0,
         }
     }
 

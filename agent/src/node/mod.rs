@@ -162,6 +162,8 @@ struct Agent {
     debounce: crate::pressure::debounce::Debounce,
     /// The reclaim started under the current disk pressure; set once it is done.
     reclaim: Option<Arc<std::sync::atomic::AtomicBool>>,
+    /// An image collection for ImageDiskPressure is running (one at a time).
+    image_gc: Arc<std::sync::atomic::AtomicBool>,
     /// Pods evicted under node pressure, with the reason: stopped, reported `Evicted` and
     /// not started again while their desired state lists them.
     evicted: BTreeMap<String, String>,
@@ -206,6 +208,7 @@ impl Agent {
             pressure: Vec::new(),
             debounce: Default::default(),
             reclaim: None,
+            image_gc: Arc::default(),
             evicted: BTreeMap::new(),
             updates: None,
             got_desired: false,

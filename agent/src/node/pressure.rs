@@ -1,10 +1,12 @@
 //! The node loop's side of node pressure (see [`crate::pressure`]), at every heartbeat:
 //! measure the signals (memory against the allocatable too: what the pods' working set
 //! leaves of it), then do what kubelet does. Under DiskPressure: reclaim first (every image
-//! no pod uses, rotated container logs), and if the disk is still under pressure once that
+//! no pod uses, then rotated container logs and dead containers' logs), and if the disk is still under pressure once that
 //! is done, evict one pod at a time in kubelet's order (`pressure::evict`), without a grace
-//! period. Under MemoryPressure there is nothing to reclaim: evict at once, by working set
-//! above the memory request. An evicted pod is reported `Evicted` with the reason (its Deployment
+//! period. Under ImageDiskPressure (the image store on its own disk): remove unused images
+//! while it lasts, never evict. Under MemoryPressure there is nothing to reclaim: evict at once, by working set
+//! above the memory request. Critical pods (`system-node-critical`, `system-cluster-critical`)
+//! are never evicted. An evicted pod is reported `Evicted` with the reason (its Deployment
 //! replaces it elsewhere) and is not started again while it stays in the desired state.
 
 use std::path::Path;
@@ -17,7 +19,7 @@ use tracing::{info, warn};
 use super::Agent;
 use crate::pressure::evict::{self, Candidate};
 use crate::pressure::thresholds::human_bytes;
-use crate::reconcile::Lifecycle;
+use crate::reconcile::{ContainerObs, Lifecycle};
 
 impl Agent {
     /// Measures the node's signals against `--eviction-hard`, logs changes of condition,
@@ -75,6 +77,12 @@ impl Agent {
         } else if let Some(measured) = allows(PressureKind::Pid) {
             self.evict_one(Resource::Pids, &measured);
         }
+        // The image store on its own disk holds nothing of the pods that an eviction would
+        // free: kubelet's only remedy there is collecting unused images, again and again
+        // while the pressure lasts.
+        if allows(PressureKind::ImageDisk).is_some() {
+            self.reclaim_images();
+        }
         match allows(PressureKind::Disk) {
             // Under a soft threshold, within its grace period: wait, keep what is there.
             None if disk_met => {}
@@ -90,6 +98,24 @@ impl Agent {
         }
     }
 
+    /// Removes every image no pod uses, unless a collection is still running.
+    fn reclaim_images(&mut self) {
+        if self.image_gc.swap(true, Ordering::Relaxed) {
+            return;
+        }
+        let (busy, images) = (self.image_gc.clone(), self.deps.images.clone());
+        tokio::spawn(async move {
+            match images.gc_unused().await {
+                Ok(r) if r.removed_images.is_empty() => {}
+                Ok(r) => {
+                    info!(removed = ?r.removed_images, freed = r.freed_bytes, "image disk pressure: removed unused images")
+                }
+                Err(e) => warn!(error = %e, "image disk pressure: cannot remove unused images"),
+            }
+            busy.store(false, Ordering::Relaxed);
+        });
+    }
+
     /// Reclaims, then evicts one pod once the reclaim is done and the disk is still short.
     fn relieve_disk(&mut self, measured: &str) {
         match &self.reclaim {
@@ -98,6 +124,19 @@ impl Agent {
                 self.reclaim = Some(done.clone());
                 let images = self.deps.images.clone();
                 let pods_dir = self.deps.pods_dir.clone();
+                // kubelet's dead containers: every one not running now. Their logs are
+                // truncated, not unlinked, in case one restarts meanwhile and writes on.
+                let deps = &self.deps;
+                let dead: Vec<std::path::PathBuf> = self
+                    .pods
+                    .iter()
+                    .flat_map(|(uid, p)| {
+                        p.ctrs
+                            .iter()
+                            .filter(|c| matches!(c.obs, ContainerObs::Exited { .. }))
+                            .map(move |c| deps.log_path(uid, &c.name))
+                    })
+                    .collect();
                 tokio::spawn(async move {
                     match images.gc_unused().await {
                         Ok(r) => {
@@ -105,10 +144,15 @@ impl Agent {
                         }
                         Err(e) => warn!(error = %e, "disk pressure: cannot remove unused images"),
                     }
-                    let freed = tokio::task::spawn_blocking(move || remove_rotated_logs(&pods_dir))
-                        .await
-                        .unwrap_or(0);
-                    info!(freed, "disk pressure: removed rotated container logs");
+                    let (rotated, dead) = tokio::task::spawn_blocking(move || {
+                        (remove_rotated_logs(&pods_dir), truncate_logs(&dead))
+                    })
+                    .await
+                    .unwrap_or((0, 0));
+                    info!(
+                        rotated,
+                        dead, "disk pressure: reclaimed rotated and dead containers' logs"
+                    );
                     done.store(true, Ordering::Relaxed);
                 });
                 return;
@@ -153,12 +197,15 @@ impl Agent {
                         0,
                     ),
                 };
-                Candidate {
-                    uid: uid.clone(),
-                    best_effort: evict::is_best_effort(&p.spec),
-                    usage,
-                    request,
-                }
+                // The desired state's copy: a v5 coordinator may repeat a generation first
+                // received in v4's shape (no priority) once the agent said hello.
+                let spec = self
+                    .desired
+                    .pods
+                    .iter()
+                    .find(|d| d.uid.as_str() == uid.as_str())
+                    .unwrap_or(&p.spec);
+                Candidate::of(uid.clone(), spec, usage, request)
             })
             .collect();
         let Some(victim) = evict::rank(candidates).into_iter().next() else {
@@ -267,6 +314,19 @@ fn remove_rotated_logs(pods_dir: &Path) -> u64 {
     freed
 }
 
+/// Empties the logs at `paths` (dead containers'); returns the bytes freed.
+fn truncate_logs(paths: &[std::path::PathBuf]) -> u64 {
+    paths
+        .iter()
+        .filter_map(|path| {
+            let f = std::fs::OpenOptions::new().write(true).open(path).ok()?;
+            let size = f.metadata().ok()?.len();
+            f.set_len(0).ok()?;
+            Some(size)
+        })
+        .sum()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -282,5 +342,18 @@ mod tests {
         assert!(logs.join("app.log").exists() && !logs.join("app.log.1").exists());
         assert!(disk_usage(&dir.path().join("u1")) >= 3);
         assert_eq!(disk_usage(&dir.path().join("missing")), 0);
+    }
+
+    #[test]
+    fn dead_logs_are_emptied_and_kept() {
+        let dir = tempfile::tempdir().unwrap();
+        let (dead, live) = (dir.path().join("dead.log"), dir.path().join("live.log"));
+        std::fs::write(&dead, vec![1u8; 7000]).unwrap();
+        std::fs::write(&live, b"running").unwrap();
+        let missing = dir.path().join("never-started.log");
+        assert_eq!(truncate_logs(&[dead.clone(), missing.clone()]), 7000);
+        assert_eq!(std::fs::metadata(&dead).unwrap().len(), 0);
+        assert_eq!(std::fs::read(&live).unwrap(), b"running");
+        assert!(!missing.exists());
     }
 }

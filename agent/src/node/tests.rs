@@ -142,6 +142,7 @@ fn pod_of(uid: &str, grace_secs: u32, c: ContainerSpec) -> PodSpec {
         init_containers: BVec::new(),
         volumes: BVec::new(),
         image_pull_secrets: BVec::new(),
+        priority: 0,
     }
 }
 

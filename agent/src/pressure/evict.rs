@@ -1,7 +1,10 @@
-//! Which pod to evict under disk pressure, as kubelet ranks them: BestEffort pods first
-//! (no container asks for or is limited in cpu or memory), then by how far the pod's disk
-//! use exceeds its request (Baton has no ephemeral-storage requests yet, so the use
-//! itself), largest first. Pure; the node loop measures and acts.
+//! Which pod to evict under node pressure, as kubelet ranks them (its eviction manager's
+//! `rankMemoryPressure` / `rankDiskPressureFunc` / `rankPIDPressure`): pods whose use
+//! exceeds their request first, then lower priority, then by how far the use exceeds the
+//! request, largest first. A BestEffort pod requests nothing, so any use exceeds it. Baton
+//! has no ephemeral-storage requests yet, so for disk the request is 0; pods ask for no
+//! pids either. A critical pod (priority at least `system-cluster-critical`'s) is never a
+//! candidate: the node's own function depends on it. Pure; the node loop measures and acts.
 
 use baton_proto::PodSpec;
 
@@ -9,34 +12,38 @@ use baton_proto::PodSpec;
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Candidate {
     pub uid: String,
-    pub best_effort: bool,
-    /// Bytes the pod uses on the data disk (logs, writable layers, emptyDirs).
+    pub priority: i32,
+    /// What the pod uses of the resource under pressure (bytes on the data disk, working
+    /// set bytes, or processes).
     pub usage: u64,
-    /// Bytes it asked for on that disk.
+    /// What it asked for of that resource.
     pub request: u64,
 }
 
-/// Kubernetes' BestEffort QoS class: no container (init ones included) has a cpu or memory
-/// request or limit.
-pub fn is_best_effort(spec: &PodSpec) -> bool {
-    spec.containers
-        .iter()
-        .chain(spec.init_containers.iter())
-        .all(|c| {
-            let r = &c.resources;
-            r.cpu_request_millis == 0
-                && r.cpu_limit_millis.is_none()
-                && r.memory_request_bytes == 0
-                && r.memory_limit_bytes.is_none()
-        })
+impl Candidate {
+    /// The candidate for `spec`'s pod.
+    pub fn of(uid: String, spec: &PodSpec, usage: u64, request: u64) -> Self {
+        Self {
+            uid,
+            priority: spec.priority,
+            usage,
+            request,
+        }
+    }
+
+    fn exceeds(&self) -> bool {
+        self.usage > self.request
+    }
 }
 
-/// The candidates in eviction order: the first is evicted first. Ties go by uid, so the
-/// same inputs always give the same answer.
+/// The candidates in eviction order, the first evicted first, critical pods left out. Ties
+/// go by uid, so the same inputs always give the same answer.
 pub fn rank(mut pods: Vec<Candidate>) -> Vec<Candidate> {
+    pods.retain(|p| p.priority < baton_proto::SYSTEM_CRITICAL_PRIORITY);
     pods.sort_by(|a, b| {
-        b.best_effort
-            .cmp(&a.best_effort)
+        b.exceeds()
+            .cmp(&a.exceeds())
+            .then_with(|| a.priority.cmp(&b.priority))
             .then_with(|| {
                 b.usage
                     .saturating_sub(b.request)
@@ -52,10 +59,10 @@ pub fn rank(mut pods: Vec<Candidate>) -> Vec<Candidate> {
 mod tests {
     use super::*;
 
-    fn c(uid: &str, best_effort: bool, usage: u64, request: u64) -> Candidate {
+    fn c(uid: &str, priority: i32, usage: u64, request: u64) -> Candidate {
         Candidate {
             uid: uid.into(),
-            best_effort,
+            priority,
             usage,
             request,
         }
@@ -66,70 +73,41 @@ mod tests {
     }
 
     #[test]
-    fn best_effort_first_then_usage_above_requests() {
+    fn above_requests_first_then_priority_then_usage_above_requests() {
         assert_eq!(
             order(vec![
-                c("burstable-big", false, 900, 0),
-                c("besteffort-small", true, 10, 0),
-                c("besteffort-big", true, 500, 0),
-                c("within-request", false, 1000, 1000),
-                c("over-request", false, 300, 100),
+                c("within-request", 0, 1000, 1000),
+                c("besteffort-small", 0, 10, 0),
+                c("over-request", 0, 300, 100),
+                c("besteffort-big", 0, 500, 0),
+                c("important-big", 1000, 5000, 0),
+                c("important-within", 1000, 10, 100),
             ]),
             [
                 "besteffort-big",
-                "besteffort-small",
-                "burstable-big",
                 "over-request",
-                "within-request"
+                "besteffort-small",
+                "important-big",
+                "within-request",
+                "important-within",
             ]
         );
-        assert_eq!(
-            order(vec![c("b", true, 1, 0), c("a", true, 1, 0)]),
-            ["a", "b"]
-        );
+        assert_eq!(order(vec![c("b", 0, 1, 0), c("a", 0, 1, 0)]), ["a", "b"]);
         assert!(rank(vec![]).is_empty());
     }
 
     #[test]
-    fn best_effort_means_no_request_or_limit_anywhere() {
-        use baton_proto::{BString, BVec, ContainerSpec, PullPolicy, Resources, RestartPolicy};
-        let ctr = |resources: Resources| ContainerSpec {
-            name: BString::new("c").unwrap(),
-            image: BString::new("i").unwrap(),
-            image_pull_policy: PullPolicy::IfNotPresent,
-            command: BVec::new(),
-            args: BVec::new(),
-            env: BVec::new(),
-            working_dir: None,
-            ports: BVec::new(),
-            resources,
-            volume_mounts: BVec::new(),
-            liveness_probe: None,
-            readiness_probe: None,
-            startup_probe: None,
-            security: Default::default(),
-        };
-        let none = Resources {
-            cpu_request_millis: 0,
-            cpu_limit_millis: None,
-            memory_request_bytes: 0,
-            memory_limit_bytes: None,
-        };
-        let pod = |init: Resources| PodSpec {
-            name: BString::new("p").unwrap(),
-            uid: BString::new("u").unwrap(),
-            host_network: false,
-            restart_policy: RestartPolicy::Always,
-            termination_grace_secs: 1,
-            containers: BVec::from_vec(vec![ctr(none)]).unwrap(),
-            init_containers: BVec::from_vec(vec![ctr(init)]).unwrap(),
-            volumes: BVec::new(),
-            image_pull_secrets: BVec::new(),
-        };
-        assert!(is_best_effort(&pod(none)));
-        assert!(!is_best_effort(&pod(Resources {
-            memory_limit_bytes: Some(1 << 20),
-            ..none
-        })));
+    fn critical_pods_are_never_candidates() {
+        use baton_proto::{SYSTEM_CRITICAL_PRIORITY, SYSTEM_NODE_CRITICAL_PRIORITY};
+        assert_eq!(
+            order(vec![
+                c("node-critical", SYSTEM_NODE_CRITICAL_PRIORITY, 1 << 30, 0),
+                c("cluster-critical", SYSTEM_CRITICAL_PRIORITY, 1 << 30, 0),
+                c("almost", SYSTEM_CRITICAL_PRIORITY - 1, 1, 0),
+                c("small", 0, 1, 10),
+            ]),
+            ["almost", "small"]
+        );
+        assert!(rank(vec![c("only", SYSTEM_NODE_CRITICAL_PRIORITY, 9, 0)]).is_empty());
     }
 }

@@ -65,6 +65,13 @@ pub struct PodSpec {
     /// Node affinity (`crate::decide::scheduler`); pod (anti-)affinity is not supported.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub affinity: Option<Affinity>,
+    /// One of the two built-in classes (`system-node-critical`, `system-cluster-critical`);
+    /// Baton has no PriorityClass objects.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub priority_class_name: Option<String>,
+    /// Resolved from `priority_class_name` at admission, as Kubernetes' Priority plugin does.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub priority: Option<i32>,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]

@@ -141,6 +141,8 @@ pub(super) struct InPodSpec {
     #[serde(default)]
     pub(super) tolerations: Vec<InToleration>,
     pub(super) affinity: Option<InAffinity>,
+    pub(super) priority_class_name: Option<String>,
+    pub(super) priority: Option<i64>,
 }
 
 #[derive(Deserialize)]

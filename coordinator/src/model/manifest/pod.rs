@@ -114,7 +114,41 @@ pub(super) fn pod_spec(path: &str, spec: InPodSpec) -> Result<api::PodSpec, Inva
             .affinity
             .map(|a| affinity(&format!("{path}.affinity"), a))
             .transpose()?,
+        priority: priority(path, spec.priority_class_name.as_deref(), spec.priority)?,
+        priority_class_name: spec.priority_class_name,
     })
+}
+
+/// The pod's priority as Kubernetes' Priority admission resolves it: from the class (only the
+/// two built-in ones exist here), and a `priority` given too must be the one it resolves to
+/// (0 without a class, since no class is the global default).
+fn priority(path: &str, class: Option<&str>, given: Option<i64>) -> Result<Option<i32>, Invalid> {
+    let resolved = match class {
+        None => None,
+        Some("system-node-critical") => Some(baton_proto::SYSTEM_NODE_CRITICAL_PRIORITY),
+        Some("system-cluster-critical") => Some(baton_proto::SYSTEM_CRITICAL_PRIORITY),
+        Some(other) => {
+            return invalid(
+                format!("{path}.priorityClassName"),
+                format!(
+                    "no PriorityClass named {other:?}: only system-node-critical and \
+                     system-cluster-critical exist"
+                ),
+            )
+        }
+    };
+    match given {
+        Some(p) if p != i64::from(resolved.unwrap_or(0)) => invalid(
+            format!("{path}.priority"),
+            format!(
+                "must be {}, the priority of {}, got {p}",
+                resolved.unwrap_or(0),
+                class.map_or("no priorityClassName".to_string(), |c| format!("{c:?}"))
+            ),
+        ),
+        Some(_) => Ok(Some(resolved.unwrap_or(0))),
+        None => Ok(resolved),
+    }
 }
 
 fn volumes(path: &str, input: Vec<InVolume>) -> Result<Vec<api::Volume>, Invalid> {

@@ -169,6 +169,8 @@ const POD_SPEC: Shape = Shape::Object(&[
             ("tolerationSeconds", Shape::Leaf),
         ])),
     ),
+    ("priorityClassName", Shape::Leaf),
+    ("priority", Shape::Leaf),
 ]);
 /// `matchFields` is left out: it is refused by its path.
 const NODE_SELECTOR_TERM: Shape = Shape::Object(&[(

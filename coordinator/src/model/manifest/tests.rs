@@ -366,6 +366,26 @@ fn validation_rules() {
             "error: document 1: spec.template.spec.affinity.podAntiAffinity: field not supported by Baton",
         ),
         (
+            "the built-in priority classes",
+            doc("", "", "      priorityClassName: system-node-critical\n      priority: 2000001000\n", ""),
+            "ok",
+        ),
+        (
+            "a priority class Baton does not have",
+            doc("", "", "      priorityClassName: high-priority\n", ""),
+            "error: document 1: spec.template.spec.priorityClassName: no PriorityClass named \"high-priority\": only system-node-critical and system-cluster-critical exist",
+        ),
+        (
+            "a priority its class does not give",
+            doc("", "", "      priorityClassName: system-cluster-critical\n      priority: 7\n", ""),
+            "error: document 1: spec.template.spec.priority: must be 2000000000, the priority of \"system-cluster-critical\", got 7",
+        ),
+        (
+            "a priority without a class",
+            doc("", "", "      priority: 2000001000\n", ""),
+            "error: document 1: spec.template.spec.priority: must be 0, the priority of no priorityClassName, got 2000001000",
+        ),
+        (
             "toleration with an unknown operator",
             doc("", "", "      tolerations:\n      - {key: a, operator: In}\n", ""),
             "error: document 1: spec.template.spec.tolerations[0].operator: must be Equal or Exists, got \"In\"",

@@ -331,5 +331,6 @@ pub fn pod_spec(pod: &api::Pod) -> Result<proto::PodSpec, WireError> {
         init_containers: bvec(name, "spec.initContainers", init_containers)?,
         volumes: bvec(name, "spec.volumes", volumes)?,
         image_pull_secrets: bvec(name, "spec.imagePullSecrets", pull_secrets)?,
+        priority: spec.priority.unwrap_or(0),
     })
 }

@@ -284,6 +284,23 @@ spec:
 }
 
 #[test]
+fn priority_classes_reach_the_wire_resolved() {
+    let spec = |extra: &str| {
+        let yaml = format!("apiVersion: v1\nkind: Pod\nmetadata: {{name: p}}\nspec:\n{extra}  containers: [{{name: c, image: busybox:1}}]\n");
+        pod_spec(&parse_pod(&yaml)).unwrap()
+    };
+    let node = spec("  priorityClassName: system-node-critical\n");
+    assert_eq!(node.priority, proto::SYSTEM_NODE_CRITICAL_PRIORITY);
+    assert!(node.is_critical());
+    let cluster = spec("  priorityClassName: system-cluster-critical\n");
+    assert_eq!(cluster.priority, 2_000_000_000);
+    assert!(cluster.is_critical());
+    let plain = spec("");
+    assert_eq!(plain.priority, 0);
+    assert!(!plain.is_critical());
+}
+
+#[test]
 fn seccomp_profiles_resolve_container_over_pod() {
     let yaml = |pod_sc: &str, c_sc: &str| {
         format!(

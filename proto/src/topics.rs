@@ -164,7 +164,12 @@ mod tests {
         assert_eq!(t, "baton/v1/nodes/pi-7/up/logs/beef");
         assert_eq!(parse(&t), Some((n.clone(), Kind::Up(Up::Logs))));
         assert_eq!(log_session(&t), Some(0xbeef));
-        for bad in ["up/logs", "up/logs/", "up/logs/xyz", "up/logs/11111111111111111"] {
+        for bad in [
+            "up/logs",
+            "up/logs/",
+            "up/logs/xyz",
+            "up/logs/11111111111111111",
+        ] {
             let t = format!("baton/v1/nodes/pi-7/{bad}");
             assert_eq!(parse(&t), None, "{t}");
         }

@@ -27,6 +27,7 @@ use tokio::task::JoinHandle;
 
 use crate::contract::health::MqttStatus;
 use crate::core::{Event, Outbound};
+use crate::edge::logs::LogHub;
 use crate::edge::mqtt::MqttLogin;
 use crate::security::gate::Security;
 use crate::security::pki::{common_name, COORDINATOR_CN};
@@ -192,10 +193,11 @@ impl Bus {
         outbound: mpsc::Receiver<Outbound>,
         stats: Arc<BusStats>,
         gate: Arc<Security>,
+        logs: Arc<LogHub>,
     ) -> Result<Self, BusError> {
         let opts = mqtt_options(&broker, client_id, tls)?;
         Ok(Self::start_with_options(
-            broker, opts, events, outbound, stats, gate,
+            broker, opts, events, outbound, stats, gate, logs,
         ))
     }
 
@@ -206,6 +208,7 @@ impl Bus {
         outbound: mpsc::Receiver<Outbound>,
         stats: Arc<BusStats>,
         gate: Arc<Security>,
+        logs: Arc<LogHub>,
     ) -> Self {
         let (client, eventloop) = AsyncClient::new(opts, 256);
         let recv = tokio::spawn(receive_loop(
@@ -215,6 +218,7 @@ impl Bus {
             events,
             stats.clone(),
             gate.clone(),
+            logs,
         ));
         let send = tokio::spawn(send_loop(client.clone(), outbound, stats, gate));
         Self {
@@ -242,6 +246,7 @@ async fn receive_loop(
     events: mpsc::Sender<Event>,
     stats: Arc<BusStats>,
     gate: Arc<Security>,
+    logs: Arc<LogHub>,
 ) {
     const MIN_BACKOFF: Duration = Duration::from_millis(100);
     const MAX_BACKOFF: Duration = Duration::from_secs(5);
@@ -292,6 +297,8 @@ async fn receive_loop(
                 stats.received.fetch_add(1, Ordering::Relaxed);
                 // Layout, signature and replay checks; the gate counts and logs rejections.
                 match gate.admit(&p.topic, &p.payload) {
+                    // Logs are not state: they go to their session, not to the core.
+                    Some((node, baton_proto::Body::LogChunk(c))) => logs.deliver(&node, c),
                     Some((node, body)) => {
                         let proto = gate
                             .peer_version(&node)

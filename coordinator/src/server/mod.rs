@@ -188,6 +188,8 @@ pub struct Server {
     enroll: Option<(tokio::net::TcpListener, Arc<rustls::ServerConfig>)>,
     /// The open HTTP connections of both listeners, and their bound (`crate::edge::serve`).
     conns: Arc<crate::edge::serve::Conns>,
+    /// `baton logs` sessions (see [`crate::edge::logs`]).
+    logs: Arc<crate::edge::logs::LogHub>,
 }
 
 impl Server {
@@ -256,6 +258,7 @@ impl Server {
         );
         let (outbound_tx, outbound_rx) = mpsc::channel(4096);
         security.set_nudge(outbound_tx.clone());
+        let logs = crate::edge::logs::LogHub::new(outbound_tx.clone());
         let core = Core::new(store, outbound_tx, cfg.heartbeat_timeout)?
             .with_revoked(security.revoked())
             .with_releases(registry.releases(), registry.releases().rollout_versions())
@@ -328,6 +331,7 @@ impl Server {
             enroller,
             enroll,
             conns: crate::edge::serve::Conns::new(limits),
+            logs,
         })
     }
 
@@ -363,6 +367,7 @@ impl Server {
             enroller,
             enroll,
             conns,
+            logs,
             ..
         } = self;
         let stats = Arc::new(BusStats::default());
@@ -381,6 +386,7 @@ impl Server {
             outbound_rx,
             stats.clone(),
             security.clone(),
+            logs.clone(),
         ) {
             Ok(bus) => bus,
             Err(e) => {
@@ -441,6 +447,7 @@ impl Server {
             registry,
             security.clone(),
             enroller,
+            logs,
         );
         crate::edge::serve::serve(listener, tls, app, conns, shutdown).await;
 

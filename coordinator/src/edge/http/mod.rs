@@ -34,6 +34,7 @@ use crate::contract::body::ErrorBody;
 use crate::contract::routes::{self, Method, Route};
 use crate::core::{ApiError, ApiOp, ApiReply, ApiRequest, Event};
 use crate::edge::bus::BusStats;
+use crate::edge::logs::LogHub;
 use crate::security::auth::{AuthError, Tokens};
 use crate::security::enroll::{EnrollError, Enroller};
 use crate::security::gate::Security;
@@ -41,6 +42,7 @@ use crate::security::gate::Security;
 mod agent_updates;
 mod api;
 mod device;
+mod logs;
 mod middleware;
 mod tokens;
 
@@ -97,6 +99,8 @@ struct AppState {
     core: mpsc::Sender<Event>,
     bus: Arc<BusStats>,
     tokens: Arc<Tokens>,
+    /// Log sessions to the nodes; `None` where no bus runs (some tests).
+    logs: Option<Arc<LogHub>>,
 }
 
 /// The API's routes, behind token authentication.
@@ -113,6 +117,16 @@ pub fn router_with_images(
     tokens: Arc<Tokens>,
     images: Option<Arc<crate::registry::Registry>>,
 ) -> Router {
+    router_with_logs(core, bus, tokens, images, None)
+}
+
+fn router_with_logs(
+    core: mpsc::Sender<Event>,
+    bus: Arc<BusStats>,
+    tokens: Arc<Tokens>,
+    images: Option<Arc<crate::registry::Registry>>,
+    logs: Option<Arc<LogHub>>,
+) -> Router {
     let mut app = Router::new()
         .serve::<routes::Healthz, _>(api::healthz)
         .serve::<routes::ListTokens, _>(tokens::list_tokens)
@@ -120,6 +134,7 @@ pub fn router_with_images(
         .serve::<routes::DeleteToken, _>(tokens::delete_token)
         .serve::<routes::Apply, _>(api::apply)
         .serve::<routes::Events, _>(api::events)
+        .serve::<routes::PodLogs, _>(logs::pod_logs)
         .serve::<routes::Describe, _>(api::describe)
         .serve::<routes::ListObjects, _>(api::list)
         .serve::<routes::GetObject, _>(api::get_one)
@@ -141,7 +156,12 @@ pub fn router_with_images(
         middleware::require_token,
     ))
     .layer(axum::extract::DefaultBodyLimit::max(MAX_BODY_BYTES))
-    .with_state(AppState { core, bus, tokens })
+    .with_state(AppState {
+        core,
+        bus,
+        tokens,
+        logs,
+    })
 }
 
 /// The whole API as the server serves it on its main listener: [`router_with_images`]
@@ -153,9 +173,10 @@ pub fn app(
     images: Arc<crate::registry::Registry>,
     security: Arc<Security>,
     enroller: Arc<Enroller>,
+    logs: Arc<LogHub>,
 ) -> Router {
     let sec_routes = security_router(core.clone(), tokens.clone(), security, enroller);
-    router_with_images(core, bus, tokens, Some(images)).merge(sec_routes)
+    router_with_logs(core, bus, tokens, Some(images), Some(logs)).merge(sec_routes)
 }
 
 /// What the device and identity routes share.

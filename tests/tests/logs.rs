@@ -244,17 +244,57 @@ fn slow_reader(lab: &Lab) -> Result<()> {
     let _ = child.kill();
     let _ = child.wait();
     ensure!(session_open, "the slow reader's session never opened");
+    eprintln!("agent RSS with a slow reader: {base} KiB before, {peak} KiB at most");
     ensure!(
         peak < base + 1024,
         "the agent's RSS grew from {base} KiB to {peak} KiB with a slow reader"
     );
     // The reader went away: its session ends at the agent (cancelled by the coordinator,
     // or at the latest by the idle timeout).
-    wait_for(
+    let ended = wait_for(
         "the slow reader's session to end",
         Duration::from_secs(60),
-        || Ok((lab.agent_log(0).matches("log session ended").count() >= 2).then_some(())),
-    )
+        || {
+            let log = lab.agent_log(0);
+            Ok(log
+                .lines()
+                .filter(|l| l.contains("log session ended"))
+                .nth(1)
+                .map(str::to_owned))
+        },
+    )?;
+    // And the reader held it back: the agent sent only part of the log (what the pipe and
+    // sockets on the way took), not all 12 MB.
+    let plain = strip_ansi(&ended);
+    let sent: u64 = plain
+        .split(" bytes=")
+        .nth(1)
+        .and_then(|r| r.split(|c: char| !c.is_ascii_digit()).next()?.parse().ok())
+        .with_context(|| format!("no byte count in {plain:?}"))?;
+    eprintln!("the slow reader's session sent {sent} bytes of 12000000");
+    ensure!(
+        sent < 12_000_000,
+        "the agent sent the whole log to a reader that read none: {ended}"
+    );
+    Ok(())
+}
+
+/// `line` without its terminal colour codes (`ESC [ ... m`).
+fn strip_ansi(line: &str) -> String {
+    let mut out = String::new();
+    let mut chars = line.chars();
+    while let Some(c) = chars.next() {
+        if c == '\u{1b}' {
+            for c in chars.by_ref() {
+                if c == 'm' {
+                    break;
+                }
+            }
+        } else {
+            out.push(c);
+        }
+    }
+    out
 }
 
 fn walk(dir: &std::path::Path) -> Result<Vec<std::path::PathBuf>> {

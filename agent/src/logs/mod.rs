@@ -136,11 +136,18 @@ impl LogServer {
                 in_flight: me.in_flight.clone(),
                 sizes: std::collections::VecDeque::new(),
                 last_heard: tokio::time::Instant::now(),
+                sent: 0,
             };
             let why = s.run().await;
             s.release_all();
             me.lock().remove(&session);
-            info!(session, reason = why, "log session ended");
+            info!(
+                session,
+                reason = why,
+                chunks = s.seq,
+                bytes = s.sent,
+                "log session ended"
+            );
         });
     }
 
@@ -180,6 +187,8 @@ struct Session {
     sizes: std::collections::VecDeque<(u64, u64)>,
     /// When the requester was last heard from (the request, then each credit).
     last_heard: tokio::time::Instant,
+    /// Log bytes sent in all.
+    sent: u64,
 }
 
 impl Session {
@@ -274,6 +283,7 @@ impl Session {
         }
         self.sizes.push_back((self.seq, len));
         self.in_flight.fetch_add(len, Ordering::Relaxed);
+        self.sent += len;
         self.seq += 1;
         true
     }

@@ -96,6 +96,14 @@ impl BusStats {
     }
 }
 
+/// Where the bridge hands what it receives.
+pub struct Inbound {
+    /// Everything that is state, for the core.
+    pub events: mpsc::Sender<Event>,
+    /// Log chunks, for their sessions (`baton logs`); they never reach the core.
+    pub logs: Arc<LogHub>,
+}
+
 /// Where the broker is.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct BrokerAddr {
@@ -184,20 +192,20 @@ impl Bus {
     /// Starts the bridge with `tls` for an `mqtts://` broker (see [`mqtt_options`]). It
     /// connects (and reconnects for ever, with capped backoff) in the background, so this
     /// does not wait for the broker. Every message in passes `gate`, every message out is
-    /// sealed by it.
+    /// sealed by it. What passes goes to `to`: state to the core, log chunks to their
+    /// sessions.
     pub fn start(
         broker: BrokerAddr,
         tls: Option<Arc<rustls::ClientConfig>>,
         client_id: &str,
-        events: mpsc::Sender<Event>,
+        to: Inbound,
         outbound: mpsc::Receiver<Outbound>,
         stats: Arc<BusStats>,
         gate: Arc<Security>,
-        logs: Arc<LogHub>,
     ) -> Result<Self, BusError> {
         let opts = mqtt_options(&broker, client_id, tls)?;
         Ok(Self::start_with_options(
-            broker, opts, events, outbound, stats, gate, logs,
+            broker, opts, to.events, outbound, stats, gate, to.logs,
         ))
     }
 

@@ -382,11 +382,13 @@ impl Server {
             broker.clone(),
             broker_tls,
             &client_id,
-            events_tx.clone(),
+            crate::edge::bus::Inbound {
+                events: events_tx.clone(),
+                logs: logs.clone(),
+            },
             outbound_rx,
             stats.clone(),
             security.clone(),
-            logs.clone(),
         ) {
             Ok(bus) => bus,
             Err(e) => {

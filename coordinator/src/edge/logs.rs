@@ -116,6 +116,7 @@ impl LogHub {
             granted_at: 0,
             follow: q.follow,
             ended: false,
+            broken: false,
         };
         self.send(&q.node, Body::LogRequest(req)).await?;
         tracing::info!(node = %q.node, session, pod_uid = %q.pod_uid, container = %q.container, follow = q.follow, "log session opened");
@@ -167,7 +168,10 @@ pub struct LogStream {
     /// `next` when credit was last granted.
     granted_at: u64,
     follow: bool,
+    /// The agent sent its last chunk: its session is over.
     ended: bool,
+    /// Chunks were lost: the stream gives up (and cancels the agent's session).
+    broken: bool,
 }
 
 impl LogStream {
@@ -175,7 +179,7 @@ impl LogStream {
     /// and keeps the session alive while waiting.
     pub async fn next(&mut self) -> Result<Option<Vec<u8>>, String> {
         loop {
-            if self.ended {
+            if self.ended || self.broken {
                 return Ok(None);
             }
             if self.next - self.granted_at >= u64::from(CREDIT / 2) {
@@ -206,7 +210,8 @@ impl LogStream {
                 continue; // a duplicate (QoS 1 redelivery)
             }
             if chunk.seq > self.next {
-                self.ended = true;
+                // The agent's session goes on: the drop cancels it.
+                self.broken = true;
                 return Err(format!(
                     "log chunks {}..{} were lost on the way; try again",
                     self.next, chunk.seq
@@ -263,5 +268,130 @@ impl Drop for LogStream {
             });
         }
         tracing::info!(node = %self.node, session = self.session, "log session closed");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use baton_proto::BVec;
+
+    fn query(version: u16, follow: bool) -> LogQuery {
+        LogQuery {
+            node: NodeName::new("pi-1").unwrap(),
+            node_version: version,
+            pod_uid: "u1".into(),
+            container: "app".into(),
+            previous: false,
+            follow,
+            tail_lines: None,
+        }
+    }
+
+    fn chunk(session: u64, seq: u64, data: &[u8], end: Option<Option<&str>>) -> LogChunk {
+        LogChunk {
+            session,
+            seq,
+            data: BVec::from_vec(data.to_vec()).unwrap(),
+            end: end.map(|e| e.map(|w| BString::new(w).unwrap())),
+        }
+    }
+
+    #[tokio::test]
+    async fn a_v4_agent_is_too_old_and_nothing_is_sent_to_it() {
+        let (tx, mut rx) = mpsc::channel(8);
+        let hub = LogHub::new(tx);
+        let e = hub.open(query(4, false)).await.err().unwrap();
+        assert!(e.to_string().starts_with("agent too old for logs"), "{e}");
+        assert!(rx.try_recv().is_err());
+        assert_eq!(hub.open_sessions(), 0);
+    }
+
+    #[tokio::test]
+    async fn chunks_arrive_in_order_with_credit_and_the_stream_cancels_when_dropped() {
+        let (tx, mut rx) = mpsc::channel(64);
+        let hub = LogHub::new(tx);
+        let mut s = hub.open(query(5, false)).await.unwrap();
+        let Some(Outbound {
+            body: Body::LogRequest(req),
+            ..
+        }) = rx.recv().await
+        else {
+            panic!("no request")
+        };
+        assert_eq!(req.credit, CREDIT);
+        let node = NodeName::new("pi-1").unwrap();
+        // Another node cannot write into the session.
+        hub.deliver(
+            &NodeName::new("pi-2").unwrap(),
+            chunk(req.session, 0, b"forged", None),
+        );
+        for seq in 0..CREDIT as u64 {
+            hub.deliver(&node, chunk(req.session, seq, b"x", None));
+        }
+        // A redelivered chunk is skipped.
+        hub.deliver(&node, chunk(req.session, 0, b"x", None));
+        for _ in 0..CREDIT {
+            assert_eq!(s.next().await.unwrap(), Some(b"x".to_vec()));
+        }
+        // Credit was granted as chunks were taken, acknowledging them.
+        let mut acked = 0;
+        while let Ok(o) = rx.try_recv() {
+            if let Body::LogCredit(c) = o.body {
+                assert!(!c.cancel);
+                acked = c.acked;
+            }
+        }
+        assert_eq!(acked, u64::from(CREDIT / 2));
+        // A gap is an error, not silently missing text.
+        hub.deliver(&node, chunk(req.session, u64::from(CREDIT) + 1, b"y", None));
+        let e = s.next().await.unwrap_err();
+        assert!(e.contains("lost"), "{e}");
+        drop(s);
+        assert_eq!(hub.open_sessions(), 0);
+        // The agent's session still runs: the dropped stream cancels it.
+        let cancels = std::iter::from_fn(|| rx.try_recv().ok())
+            .filter(|o| matches!(&o.body, Body::LogCredit(c) if c.cancel))
+            .count();
+        assert_eq!(cancels, 1);
+    }
+
+    #[tokio::test]
+    async fn a_dropped_stream_cancels_the_session_at_the_agent() {
+        let (tx, mut rx) = mpsc::channel(64);
+        let hub = LogHub::new(tx);
+        let s = hub.open(query(5, true)).await.unwrap();
+        let _request = rx.recv().await.unwrap();
+        drop(s);
+        match rx.recv().await.unwrap().body {
+            Body::LogCredit(c) => assert!(c.cancel),
+            other => panic!("{other:?}"),
+        }
+        assert_eq!(hub.open_sessions(), 0);
+    }
+
+    #[tokio::test]
+    async fn the_agents_reason_ends_the_stream() {
+        let (tx, mut rx) = mpsc::channel(64);
+        let hub = LogHub::new(tx);
+        let mut s = hub.open(query(5, false)).await.unwrap();
+        let Body::LogRequest(req) = rx.recv().await.unwrap().body else {
+            panic!("no request")
+        };
+        let node = NodeName::new("pi-1").unwrap();
+        hub.deliver(
+            &node,
+            chunk(
+                req.session,
+                0,
+                b"",
+                Some(Some("container \"app\" has no log")),
+            ),
+        );
+        assert_eq!(s.next().await.unwrap_err(), "container \"app\" has no log");
+        assert_eq!(s.next().await.unwrap(), None);
+        // The agent ended it: nothing to cancel.
+        drop(s);
+        assert!(rx.try_recv().is_err());
     }
 }

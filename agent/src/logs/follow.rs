@@ -14,6 +14,11 @@
 //! - a rotation copy-truncates (`crate::runtime` `logs`): same inode, shorter than where we
 //!   are. The bytes we missed are the end of `<log>.1`; they are found after the last bytes
 //!   we returned ([`MARK`] of them), searched in the last [`RESYNC_WINDOW`] of `<log>.1`.
+//!
+//! Known imprecision: when a container exits with its log past the bound, the rotator
+//! settles it by replacing the file (a new inode), which a follower takes for a new
+//! instance: it then repeats that file's bytes (at most one bound's worth). The bytes
+//! between a rotation's copy and its truncate are lost to the file itself, so to `-f` too.
 
 use std::fs::{self, File};
 use std::io::{self, Read, Seek, SeekFrom};

@@ -21,6 +21,7 @@ use tokio::sync::mpsc;
 use tracing::{debug, info, warn};
 
 use crate::identity::AgentSecurity;
+use crate::logs::{ChunkSink, LogServer};
 use crate::mqtt_tls::{MqttTls, MqttTlsError};
 
 #[derive(Debug, thiserror::Error)]
@@ -120,6 +121,8 @@ pub struct Bus {
     security: Option<AgentSecurity>,
     /// Why the attempts before the current connection failed, for the Hello.
     last_connect_error: Arc<Mutex<Option<String>>>,
+    /// Serves `baton logs` once [`Bus::serve_logs`] is called (see [`crate::logs`]).
+    logs: Arc<std::sync::OnceLock<Arc<LogServer>>>,
 }
 
 impl Bus {
@@ -171,6 +174,7 @@ impl Bus {
             connected: Arc::new(AtomicBool::new(false)),
             security,
             last_connect_error: Arc::new(Mutex::new(None)),
+            logs: Arc::new(std::sync::OnceLock::new()),
         };
         let task = bus.clone();
         tokio::spawn(async move {
@@ -282,8 +286,29 @@ impl Bus {
                 }
                 None => reject("key rotation asked of a node without an identity"),
             },
+            // Log sessions are the bus's own business too: they only read files and
+            // publish, and must not wait behind the node loop.
+            (Kind::Down(Down::Control), Body::LogRequest(r)) => match self.logs.get() {
+                Some(logs) => {
+                    logs.open(r, Arc::new(self.clone()));
+                    None
+                }
+                None => reject("log request before the log server started"),
+            },
+            (Kind::Down(Down::Control), Body::LogCredit(c)) => {
+                if let Some(logs) = self.logs.get() {
+                    logs.credit(c);
+                }
+                None
+            }
             _ => reject("not a coordinator-to-agent message"),
         }
+    }
+
+    /// Starts serving log sessions from the pod logs under `pods_dir`; returns the server
+    /// (its counters). Later calls return the first one.
+    pub fn serve_logs(&self, pods_dir: std::path::PathBuf) -> Arc<LogServer> {
+        self.logs.get_or_init(|| LogServer::new(pods_dir)).clone()
     }
 
     pub fn is_connected(&self) -> bool {
@@ -311,7 +336,7 @@ impl Bus {
         let (topic, payload) = match &self.security {
             Some(sec) => sec.seal(body).map_err(|e| BusError::Sign(e.to_string()))?,
             None => {
-                let topic = topics::topic(&self.node, Kind::of(&body));
+                let topic = topics::topic_for(&self.node, &body);
                 let seq = self.seq.fetch_add(1, Ordering::Relaxed);
                 let payload = Envelope::new(Sender::Node(self.node.clone()), seq, body).encode()?;
                 (topic, payload)
@@ -320,6 +345,16 @@ impl Bus {
         self.client
             .try_publish(topic, QoS::AtLeastOnce, false, payload)
             .map_err(|_| BusError::Full)
+    }
+}
+
+impl ChunkSink for Bus {
+    fn send(&self, body: Body) -> Result<(), bool> {
+        match self.publish(body) {
+            Ok(()) => Ok(()),
+            Err(BusError::Full) => Err(true),
+            Err(_) => Err(false),
+        }
     }
 }
 
@@ -569,6 +604,7 @@ mod tests {
             connected: Arc::new(AtomicBool::new(false)),
             security,
             last_connect_error: Arc::new(Mutex::new(None)),
+            logs: Arc::new(std::sync::OnceLock::new()),
         }
     }
 

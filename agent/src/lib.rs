@@ -15,6 +15,7 @@ pub mod durable;
 pub mod identity;
 pub mod image;
 pub mod install;
+pub mod logs;
 pub mod mqtt_tls;
 pub mod network;
 pub mod node;

@@ -774,6 +774,7 @@ async fn run(
     updates: baton_agent::update::UpdateConfig,
 ) -> Result<(), AgentError> {
     let name = cfg.node.clone();
+    let pods_dir = cfg.data_dir.join("pods");
     let node = node::Node::prepare(cfg).await?;
     let (events, bus_events) = tokio::sync::mpsc::channel(64);
     let bus = Bus::start_secure(
@@ -783,6 +784,7 @@ async fn run(
         link.security,
         events,
     )?;
+    bus.serve_logs(pods_dir);
     let reports = bus.clone();
     let update = baton_agent::update::spawn(
         updates,

@@ -466,6 +466,10 @@ pub async fn run_container(
             crate::datadir::create_private_dir(logs)
                 .map_err(|e| WorkerError::CreateContainer(format!("{}: {e}", logs.display())))?;
         }
+        // The instance before this one becomes `baton logs --previous`.
+        crate::logs::keep_previous(&spec.log_path).map_err(|e| {
+            WorkerError::CreateContainer(format!("{}: {e}", spec.log_path.display()))
+        })?;
         spec.rootfs = d
             .images
             .mount_rootfs(&img, &dir)

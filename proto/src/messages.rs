@@ -86,6 +86,14 @@ pub enum Body {
     AgentUpdate(Option<AgentUpdate>),
     /// Agent -> coordinator on `up/update`: how its update goes. Added in v5.
     UpdateReport(UpdateReport),
+    /// Coordinator -> agent on `down/control`: open a log session (`baton logs`). Added in v5.
+    LogRequest(LogRequest),
+    /// Coordinator -> agent on `down/control`: more credit for a log session, or its end.
+    /// Added in v5.
+    LogCredit(LogCredit),
+    /// Agent -> coordinator on the session's own topic `up/logs/<session>`: a piece of a
+    /// container's log. Added in v5.
+    LogChunk(LogChunk),
 }
 
 impl Body {
@@ -93,7 +101,11 @@ impl Body {
     /// carrying it is refused, and it is never sent to a peer that speaks only older ones.
     pub fn min_version(&self) -> u16 {
         match self {
-            Body::AgentUpdate(_) | Body::UpdateReport(_) => 5,
+            Body::AgentUpdate(_)
+            | Body::UpdateReport(_)
+            | Body::LogRequest(_)
+            | Body::LogCredit(_)
+            | Body::LogChunk(_) => 5,
             _ => crate::MIN_PROTO_VERSION,
         }
     }
@@ -154,6 +166,56 @@ pub struct UpdateReport {
     pub reason: Option<BString<256>>,
     /// Bytes of the binary on the device so far.
     pub downloaded: u64,
+}
+
+/// The most log bytes one [`LogChunk`] carries: small enough that a session's in-flight
+/// chunks (at most [`MAX_LOG_CREDIT`]) stay a few hundred KiB on both sides.
+pub const MAX_LOG_CHUNK: usize = 16 * 1024;
+
+/// The most chunks a requester may have unacknowledged at once: the agent never reads
+/// ahead of its credit, so this bounds what a slow reader can make anyone buffer.
+pub const MAX_LOG_CREDIT: u32 = 16;
+
+/// "Send me the log of this container" (`baton logs`). The agent answers on
+/// `up/logs/<session>` with [`LogChunk`]s, at most `credit` ahead of the last
+/// [`LogCredit`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LogRequest {
+    /// Chosen by the requester, unique among its open sessions; names the reply topic.
+    pub session: u64,
+    pub pod_uid: BString<64>,
+    pub container: BString<63>,
+    /// The last terminated instance's log instead of the current one.
+    pub previous: bool,
+    /// Keep sending what is written, across rotation and restarts, until cancelled.
+    pub follow: bool,
+    /// Only the last this many lines (`None`: all that is kept).
+    pub tail_lines: Option<u32>,
+    /// Chunks the agent may send before the next credit (at most [`MAX_LOG_CREDIT`]).
+    pub credit: u32,
+}
+
+/// Flow control of a log session: the requester has consumed every chunk up to `acked`
+/// and grants `credit` chunks beyond it. Also its keep-alive: a session that hears
+/// nothing for a while ends. `cancel` ends it at once.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LogCredit {
+    pub session: u64,
+    pub acked: u64,
+    pub credit: u32,
+    pub cancel: bool,
+}
+
+/// One piece of a log session, in `seq` order from 0.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LogChunk {
+    pub session: u64,
+    pub seq: u64,
+    /// The log's bytes as the container wrote them.
+    pub data: BVec<u8, MAX_LOG_CHUNK>,
+    /// Set on the last chunk of a session: `Some(None)` the log ended (no follow, or the
+    /// pod is gone), `Some(Some(why))` it could not be read.
+    pub end: Option<Option<BString<256>>>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]

@@ -5,6 +5,7 @@
 //!
 //! ```text
 //! baton/v1/nodes/<node>/up/{hello,heartbeat,status,offline,update}   agent -> coordinator
+//! baton/v1/nodes/<node>/up/logs/<session>                           agent -> coordinator
 //! baton/v1/nodes/<node>/down/{desired,control,update}                coordinator -> agent
 //! ```
 
@@ -23,6 +24,8 @@ pub enum Up {
     Offline,
     /// Progress of an agent update (v5).
     Update,
+    /// A log session's chunks (v5): `up/logs/<session>`, one topic per session.
+    Logs,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -51,6 +54,7 @@ impl Kind {
             Kind::Down(Down::Control) => "down/control",
             Kind::Up(Up::Update) => "up/update",
             Kind::Down(Down::Update) => "down/update",
+            Kind::Up(Up::Logs) => "up/logs",
         }
     }
 
@@ -62,7 +66,10 @@ impl Kind {
             Body::Status(_) => Kind::Up(Up::Status),
             Body::Offline => Kind::Up(Up::Offline),
             Body::Desired(_) => Kind::Down(Down::Desired),
-            Body::StatusRequest | Body::RotateKey => Kind::Down(Down::Control),
+            Body::StatusRequest | Body::RotateKey | Body::LogRequest(_) | Body::LogCredit(_) => {
+                Kind::Down(Down::Control)
+            }
+            Body::LogChunk(_) => Kind::Up(Up::Logs),
             Body::AgentUpdate(_) => Kind::Down(Down::Update),
             Body::UpdateReport(_) => Kind::Up(Up::Update),
         }
@@ -71,6 +78,32 @@ impl Kind {
 
 pub fn topic(node: &NodeName, kind: Kind) -> String {
     format!("{PREFIX}/nodes/{node}/{}", kind.leaf())
+}
+
+/// The topic `body` travels on from or to `node`: [`topic`] of its kind, except that a
+/// log chunk goes on its session's own topic, `up/logs/<session in hex>`. The topic is
+/// signed, so a chunk cannot be replayed into another session.
+pub fn topic_for(node: &NodeName, body: &Body) -> String {
+    match body {
+        Body::LogChunk(c) => log_topic(node, c.session),
+        b => topic(node, Kind::of(b)),
+    }
+}
+
+/// A log session's topic (see [`topic_for`]).
+pub fn log_topic(node: &NodeName, session: u64) -> String {
+    format!("{PREFIX}/nodes/{node}/up/logs/{session:x}")
+}
+
+/// The session a log topic names (`None`: not a log topic of `node`).
+pub fn log_session(topic: &str) -> Option<u64> {
+    let rest = topic.strip_prefix(PREFIX)?.strip_prefix("/nodes/")?;
+    let (_, leaf) = rest.split_once('/')?;
+    let hex = leaf.strip_prefix("up/logs/")?;
+    if hex.is_empty() || hex.len() > 16 || !hex.bytes().all(|b| b.is_ascii_hexdigit()) {
+        return None;
+    }
+    u64::from_str_radix(hex, 16).ok()
 }
 
 /// What an agent subscribes to: its own downward topics.
@@ -82,6 +115,9 @@ pub fn agent_filter(node: &NodeName) -> String {
 pub fn parse(topic: &str) -> Option<(NodeName, Kind)> {
     let rest = topic.strip_prefix(PREFIX)?.strip_prefix("/nodes/")?;
     let (node, leaf) = rest.split_once('/')?;
+    if log_session(topic).is_some() {
+        return Some((NodeName::new(node).ok()?, Kind::Up(Up::Logs)));
+    }
     let kind = [
         Kind::Up(Up::Hello),
         Kind::Up(Up::Heartbeat),
@@ -119,6 +155,24 @@ mod tests {
             "baton/v1/nodes/pi-7/up/heartbeat"
         );
         assert_eq!(agent_filter(&n), "baton/v1/nodes/pi-7/down/#");
+    }
+
+    #[test]
+    fn log_sessions_have_their_own_topics() {
+        let n = NodeName::new("pi-7").unwrap();
+        let t = log_topic(&n, 0xbeef);
+        assert_eq!(t, "baton/v1/nodes/pi-7/up/logs/beef");
+        assert_eq!(parse(&t), Some((n.clone(), Kind::Up(Up::Logs))));
+        assert_eq!(log_session(&t), Some(0xbeef));
+        for bad in [
+            "up/logs",
+            "up/logs/",
+            "up/logs/xyz",
+            "up/logs/11111111111111111",
+        ] {
+            let t = format!("baton/v1/nodes/pi-7/{bad}");
+            assert_eq!(parse(&t), None, "{t}");
+        }
     }
 
     #[test]

@@ -609,3 +609,54 @@ fn rotate_key() {
         "040007000600",
     );
 }
+
+#[test]
+fn log_session() {
+    check_new(
+        Envelope::new(
+            Sender::Coordinator,
+            12,
+            Body::LogRequest(LogRequest {
+                session: 0xbeef,
+                pod_uid: s("u1"),
+                container: s("app"),
+                previous: false,
+                follow: true,
+                tail_lines: Some(10),
+                credit: 8,
+            }),
+        ),
+        // 05 | 00 Coordinator | 0c seq | 00 | 09 LogRequest | effd02 session | "u1" | "app" |
+        // 00 previous | 01 follow | 01 Some 0a tail | 08 credit | 00 no signature
+        "05000c0009effd02027531036170700001010a0800",
+    );
+    check_new(
+        Envelope::new(
+            Sender::Coordinator,
+            13,
+            Body::LogCredit(LogCredit {
+                session: 0xbeef,
+                acked: 3,
+                credit: 8,
+                cancel: false,
+            }),
+        ),
+        // 05 | 00 | 0d seq | 00 | 0a LogCredit | effd02 | 03 acked | 08 credit | 00 cancel | 00
+        "05000d000aeffd0203080000",
+    );
+    check_new(
+        Envelope::new(
+            Sender::Node(node()),
+            14,
+            Body::LogChunk(LogChunk {
+                session: 0xbeef,
+                seq: 4,
+                data: BVec::from_vec(b"hi\n".to_vec()).unwrap(),
+                end: Some(None),
+            }),
+        ),
+        // 05 | 01 Node "pi-1" | 0e seq | 00 | 0b LogChunk | effd02 | 04 seq | 03 "hi\n" |
+        // 01 Some end, 00 no error | 00
+        "05010470692d310e000beffd02040368690a010000",
+    );
+}

@@ -10,6 +10,7 @@
 //!   restart is reported;
 //! - `baton agent upgrade` skips the 0.1.0 node with the protocol-v4 reason and never sends
 //!   it an order (no retained message on its update topic);
+//! - `baton logs` of a pod on the old node says "agent too old for logs";
 //! - neither the coordinator nor the old agent refused a single message.
 
 use std::collections::BTreeSet;
@@ -134,6 +135,27 @@ fn scenario(lab: &mut Lab, old: std::path::PathBuf) -> Result<()> {
     )?;
     let again = init_pid(lab, &old_node, &uid(&victim), "echo")?;
     ensure!(again != pid, "the same init pid {pid} after the kill");
+
+    // `baton logs` needs protocol v5: a pod on the 0.1.0 node gets a clear refusal, never
+    // a request its agent could not read (which it would refuse as too new); a pod on the
+    // 0.2.0 node has its log.
+    let out = lab.baton_raw(&["logs", &name], None)?;
+    let err = String::from_utf8_lossy(&out.stderr);
+    ensure!(
+        !out.status.success() && err.contains("agent too old for logs") && err.contains(&old_node),
+        "logs of a pod on the 0.1.0 node: {err}"
+    );
+    let fresh = pods
+        .iter()
+        .find(|p| node_of(p) == new_node)
+        .and_then(|p| p["metadata"]["name"].as_str())
+        .context("a pod on the new node")?;
+    let out = lab.baton_raw(&["logs", fresh], None)?;
+    ensure!(
+        out.status.success(),
+        "logs of a pod on the 0.2.0 node: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 
     // An upgrade to a release of this source: the 0.1.0 node is skipped (protocol v4 has no
     // AgentUpdate) and never ordered; the 0.2.0 node is in scope.

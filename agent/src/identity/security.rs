@@ -199,8 +199,7 @@ impl AgentSecurity {
     /// Encodes and signs one message for `body`'s topic: a fresh seq, the send time and
     /// the device's signature. Returns the topic and the payload.
     pub fn seal(&self, body: Body) -> Result<(String, Vec<u8>), IdentityError> {
-        let topic =
-            baton_proto::topics::topic(&self.inner.node, baton_proto::topics::Kind::of(&body));
+        let topic = baton_proto::topics::topic_for(&self.inner.node, &body);
         let mut st = self.state();
         self.reload_key(&mut st);
         let (sent_at, _) = Self::clock(&st);

@@ -19,6 +19,15 @@ use std::path::{Path, PathBuf};
 pub use fake::FakeRuntime;
 pub use youki::YoukiRuntime;
 
+/// The rotator's copy-truncate, for the tests of [`crate::logs`] that follow a log across it.
+#[cfg(test)]
+pub(crate) fn rotate_if_needed_for_tests(
+    path: &std::path::Path,
+    max_bytes: u64,
+) -> std::io::Result<bool> {
+    logs::rotate_if_needed(path, max_bytes)
+}
+
 /// Boxed cause kept in [`RuntimeError::Backend`], so that the backend's error type does not leak
 /// into this module while the cause chain survives.
 pub type BoxError = Box<dyn std::error::Error + Send + Sync + 'static>;

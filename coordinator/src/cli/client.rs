@@ -101,8 +101,26 @@ impl Client {
         self.http.request(method, route.url(&self.base))
     }
 
+    /// Calls a route whose answer is streamed (`PodLogs`) with no timeout: the response,
+    /// to be read piece by piece, or the server's error.
+    pub(super) async fn stream<R>(&self, route: &R) -> Result<reqwest::Response, CliError>
+    where
+        R: Route<Request = crate::contract::payload::NoBody>,
+    {
+        self.answer(self.request(route)).await
+    }
+
     /// Sends `req` with the token; the body of a successful answer, or the server's error.
     async fn send(&self, req: reqwest::RequestBuilder) -> Result<Vec<u8>, CliError> {
+        let resp = self.answer(req).await?;
+        resp.bytes()
+            .await
+            .map(|b| b.to_vec())
+            .map_err(|e| CliError::Protocol(e.to_string()))
+    }
+
+    /// Sends `req` with the token; a successful answer, or the server's error.
+    async fn answer(&self, req: reqwest::RequestBuilder) -> Result<reqwest::Response, CliError> {
         let resp = req.bearer_auth(&self.token).send().await.map_err(|e| {
             let reason = error_chain(&e);
             if reason.contains("certificate") {
@@ -118,13 +136,13 @@ impl Client {
             }
         })?;
         let status = resp.status();
+        if status.is_success() {
+            return Ok(resp);
+        }
         let body = resp
             .bytes()
             .await
             .map_err(|e| CliError::Protocol(e.to_string()))?;
-        if status.is_success() {
-            return Ok(body.to_vec());
-        }
         // The API's errors are an ErrorBody; anything else (a proxy's page) is shown as
         // it came, as JSON text.
         let message = match serde_json::from_slice::<ErrorBody>(&body) {

@@ -21,6 +21,7 @@ mod describe;
 mod flash;
 mod get;
 mod image;
+mod logs;
 mod node;
 mod release;
 mod render;
@@ -116,6 +117,8 @@ pub enum Command {
         #[arg(required = true, allow_hyphen_values = true)]
         taints: Vec<String>,
     },
+    /// Print a container's log, as the node keeps it (`-f` follows it).
+    Logs(logs::LogsArgs),
     /// Show one object in detail, with its events.
     Describe {
         resource: String,
@@ -318,6 +321,8 @@ pub async fn run(args: &ClientArgs, command: &Command) -> Result<(), CliError> {
         Command::Describe { resource, name } => {
             describe::describe(&client, resource, name.as_deref()).await?
         }
+        // Streams to stdout itself, as it arrives.
+        Command::Logs(a) => logs::logs(&client, a).await?,
     };
     print!("{out}");
     Ok(())

@@ -84,3 +84,18 @@ macro_rules! json_bodies {
     };
 }
 pub(crate) use json_bodies;
+
+/// A container's log (`PodLogs`): bytes as the container wrote them, streamed. A failure
+/// after the answer started (the node went away) ends the stream with a last line
+/// starting [`LOG_ERROR_PREFIX`], since the status was already sent.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct LogText(pub Vec<u8>);
+
+/// How a log stream that failed midway says why (see [`LogText`]).
+pub const LOG_ERROR_PREFIX: &str = "\nbaton: error: ";
+
+impl ResponseBody for LogText {
+    fn parse(bytes: &[u8]) -> Result<Self, serde_json::Error> {
+        Ok(LogText(bytes.to_vec()))
+    }
+}

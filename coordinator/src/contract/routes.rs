@@ -36,7 +36,7 @@ use super::images::{ImageDeleted, ImageSummary};
 use super::nodes::{
     EnrollRequest, EnrollResponse, IdentitySummary, NodeSpecChange, RejectionReport, RotateRequest,
 };
-use super::payload::{Archive, Manifest, NoBody, Pem};
+use super::payload::{Archive, LogText, Manifest, NoBody, Pem};
 use super::releases::{Binary, ReleaseDeleted, ReleaseSummary};
 use super::resource::ResourceKind;
 use super::tokens::{
@@ -146,6 +146,15 @@ routes! {
         Get "/api/v1/describe/{kind}/{name}", NoBody => Described;
     /// Events, oldest first; with `object` (`pod/NAME`) only that object's.
     Events { object: Option<String> } Get "/api/v1/events", NoBody => List<api::Event>;
+    /// `baton logs`: the container's log, streamed (chunked) as it comes from the node.
+    /// `follow` and `previous` are `true` when set; `tail` a line count.
+    PodLogs {
+        name: String,
+        container: Option<String>,
+        follow: Option<String>,
+        previous: Option<String>,
+        tail: Option<String>,
+    } Get "/api/v1/pods/{name}/log", NoBody => LogText;
     /// Sets a Deployment's replicas; answers the Deployment. Admin.
     Scale { name: String }
         Post "/api/v1/deployments/{name}/scale", ScaleRequest => ApiObject;

@@ -322,7 +322,16 @@ impl Core {
                 tracing::info!(node = name, rollout = %r.rollout, phase = ?r.phase, "agent update report");
                 self.update_report(name, &r);
             }
-            Body::Desired(_) | Body::StatusRequest | Body::RotateKey | Body::AgentUpdate(_) => {
+            // The bus hands log chunks to their sessions (`crate::edge::logs`).
+            Body::LogChunk(_) => {
+                tracing::debug!(node = name, "a log chunk reached the core; ignored")
+            }
+            Body::Desired(_)
+            | Body::StatusRequest
+            | Body::RotateKey
+            | Body::AgentUpdate(_)
+            | Body::LogRequest(_)
+            | Body::LogCredit(_) => {
                 tracing::warn!(node = name, "downward message on an upward topic; ignored");
             }
         }

@@ -27,6 +27,7 @@ use tokio::task::JoinHandle;
 
 use crate::contract::health::MqttStatus;
 use crate::core::{Event, Outbound};
+use crate::edge::logs::LogHub;
 use crate::edge::mqtt::MqttLogin;
 use crate::security::gate::Security;
 use crate::security::pki::{common_name, COORDINATOR_CN};
@@ -93,6 +94,14 @@ impl BusStats {
     fn set_error(&self, e: Option<String>) {
         *self.error.lock().unwrap_or_else(|e| e.into_inner()) = e;
     }
+}
+
+/// Where the bridge hands what it receives.
+pub struct Inbound {
+    /// Everything that is state, for the core.
+    pub events: mpsc::Sender<Event>,
+    /// Log chunks, for their sessions (`baton logs`); they never reach the core.
+    pub logs: Arc<LogHub>,
 }
 
 /// Where the broker is.
@@ -183,19 +192,20 @@ impl Bus {
     /// Starts the bridge with `tls` for an `mqtts://` broker (see [`mqtt_options`]). It
     /// connects (and reconnects for ever, with capped backoff) in the background, so this
     /// does not wait for the broker. Every message in passes `gate`, every message out is
-    /// sealed by it.
+    /// sealed by it. What passes goes to `to`: state to the core, log chunks to their
+    /// sessions.
     pub fn start(
         broker: BrokerAddr,
         tls: Option<Arc<rustls::ClientConfig>>,
         client_id: &str,
-        events: mpsc::Sender<Event>,
+        to: Inbound,
         outbound: mpsc::Receiver<Outbound>,
         stats: Arc<BusStats>,
         gate: Arc<Security>,
     ) -> Result<Self, BusError> {
         let opts = mqtt_options(&broker, client_id, tls)?;
         Ok(Self::start_with_options(
-            broker, opts, events, outbound, stats, gate,
+            broker, opts, to.events, outbound, stats, gate, to.logs,
         ))
     }
 
@@ -206,6 +216,7 @@ impl Bus {
         outbound: mpsc::Receiver<Outbound>,
         stats: Arc<BusStats>,
         gate: Arc<Security>,
+        logs: Arc<LogHub>,
     ) -> Self {
         let (client, eventloop) = AsyncClient::new(opts, 256);
         let recv = tokio::spawn(receive_loop(
@@ -215,6 +226,7 @@ impl Bus {
             events,
             stats.clone(),
             gate.clone(),
+            logs,
         ));
         let send = tokio::spawn(send_loop(client.clone(), outbound, stats, gate));
         Self {
@@ -242,6 +254,7 @@ async fn receive_loop(
     events: mpsc::Sender<Event>,
     stats: Arc<BusStats>,
     gate: Arc<Security>,
+    logs: Arc<LogHub>,
 ) {
     const MIN_BACKOFF: Duration = Duration::from_millis(100);
     const MAX_BACKOFF: Duration = Duration::from_secs(5);
@@ -292,6 +305,8 @@ async fn receive_loop(
                 stats.received.fetch_add(1, Ordering::Relaxed);
                 // Layout, signature and replay checks; the gate counts and logs rejections.
                 match gate.admit(&p.topic, &p.payload) {
+                    // Logs are not state: they go to their session, not to the core.
+                    Some((node, baton_proto::Body::LogChunk(c))) => logs.deliver(&node, c),
                     Some((node, body)) => {
                         let proto = gate
                             .peer_version(&node)

@@ -4,6 +4,7 @@ pub mod broker;
 pub mod broker_config;
 pub mod bus;
 pub mod http;
+pub mod logs;
 pub mod mqtt;
 pub mod mqtt_front;
 pub mod serve;

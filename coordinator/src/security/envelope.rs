@@ -33,6 +33,12 @@ pub fn check_envelope(topic: &str, payload: &[u8]) -> Result<(NodeName, Envelope
     if Kind::of(&env.body) != kind {
         return Err(Rejected::KindMismatch);
     }
+    // A log chunk travels on its own session's topic and no other.
+    if let baton_proto::Body::LogChunk(c) = &env.body {
+        if topics::log_session(topic) != Some(c.session) {
+            return Err(Rejected::KindMismatch);
+        }
+    }
     if env.sender != Sender::Node(node.clone()) {
         return Err(Rejected::SenderMismatch { sender: env.sender });
     }

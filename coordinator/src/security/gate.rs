@@ -459,7 +459,7 @@ impl Security {
     /// before it spoke, in the oldest version that has the message, which every agent that
     /// can receive it reads. A message the node's version lacks is refused.
     pub fn seal(&self, node: &NodeName, body: Body) -> Result<(String, Vec<u8>), SecurityError> {
-        let topic = baton_proto::topics::topic(node, baton_proto::topics::Kind::of(&body));
+        let topic = baton_proto::topics::topic_for(node, &body);
         let version = match self.peer_version(node) {
             Some(v) => v.min(baton_proto::PROTO_VERSION),
             None => body.min_version(),

@@ -189,6 +189,8 @@ pub struct Server {
     enroll: Option<(tokio::net::TcpListener, Arc<rustls::ServerConfig>)>,
     /// The open HTTP connections of both listeners, and their bound (`crate::edge::serve`).
     conns: Arc<crate::edge::serve::Conns>,
+    /// `baton logs` sessions (see [`crate::edge::logs`]).
+    logs: Arc<crate::edge::logs::LogHub>,
 }
 
 impl Server {
@@ -257,6 +259,7 @@ impl Server {
         );
         let (outbound_tx, outbound_rx) = mpsc::channel(4096);
         security.set_nudge(outbound_tx.clone());
+        let logs = crate::edge::logs::LogHub::new(outbound_tx.clone());
         let core = Core::new(store, outbound_tx, cfg.heartbeat_timeout)?
             .with_revoked(security.revoked())
             .with_releases(registry.releases(), registry.releases().rollout_versions())
@@ -329,6 +332,7 @@ impl Server {
             enroller,
             enroll,
             conns: crate::edge::serve::Conns::new(limits),
+            logs,
         })
     }
 
@@ -364,6 +368,7 @@ impl Server {
             enroller,
             enroll,
             conns,
+            logs,
             ..
         } = self;
         let stats = Arc::new(BusStats::default());
@@ -378,7 +383,10 @@ impl Server {
             broker.clone(),
             broker_tls,
             &client_id,
-            events_tx.clone(),
+            crate::edge::bus::Inbound {
+                events: events_tx.clone(),
+                logs: logs.clone(),
+            },
             outbound_rx,
             stats.clone(),
             security.clone(),
@@ -447,6 +455,7 @@ impl Server {
             registry,
             security.clone(),
             enroller,
+            logs,
         );
         crate::edge::serve::serve(listener, tls, app, conns, shutdown).await;
 

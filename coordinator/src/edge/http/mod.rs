@@ -34,6 +34,7 @@ use crate::contract::body::ErrorBody;
 use crate::contract::routes::{self, Method, Route};
 use crate::core::{ApiError, ApiOp, ApiReply, ApiRequest, Event};
 use crate::edge::bus::BusStats;
+use crate::edge::logs::LogHub;
 use crate::security::auth::{AuthError, Tokens};
 use crate::security::enroll::{EnrollError, Enroller};
 use crate::security::gate::Security;
@@ -41,6 +42,7 @@ use crate::security::gate::Security;
 mod agent_updates;
 mod api;
 mod device;
+mod logs;
 mod middleware;
 mod tokens;
 
@@ -97,6 +99,8 @@ struct AppState {
     core: mpsc::Sender<Event>,
     bus: Arc<BusStats>,
     tokens: Arc<Tokens>,
+    /// Log sessions to the nodes; `None` where no bus runs (some tests).
+    logs: Option<Arc<LogHub>>,
 }
 
 /// The API's routes, behind token authentication.
@@ -113,16 +117,18 @@ pub fn router_with_images(
     tokens: Arc<Tokens>,
     images: Option<Arc<crate::registry::Registry>>,
 ) -> Router {
-    api_router(core, bus, tokens, images, None)
+    api_router(core, bus, tokens, images, None, None)
 }
 
-/// [`router_with_images`]; with `nodes`, an enrolled node may also sign its release
-/// downloads instead of sending a token (`middleware::require_token`).
+/// [`router_with_images`]; with `logs`, pod logs are served (`PodLogs`); with `nodes`, an
+/// enrolled node may also sign its release downloads instead of sending a token
+/// (`middleware::require_token`).
 fn api_router(
     core: mpsc::Sender<Event>,
     bus: Arc<BusStats>,
     tokens: Arc<Tokens>,
     images: Option<Arc<crate::registry::Registry>>,
+    logs: Option<Arc<LogHub>>,
     nodes: Option<Arc<Enroller>>,
 ) -> Router {
     let gate = middleware::Gate {
@@ -136,6 +142,7 @@ fn api_router(
         .serve::<routes::DeleteToken, _>(tokens::delete_token)
         .serve::<routes::Apply, _>(api::apply)
         .serve::<routes::Events, _>(api::events)
+        .serve::<routes::PodLogs, _>(logs::pod_logs)
         .serve::<routes::Describe, _>(api::describe)
         .serve::<routes::ListObjects, _>(api::list)
         .serve::<routes::GetObject, _>(api::get_one)
@@ -160,7 +167,12 @@ fn api_router(
         middleware::require_token,
     ))
     .layer(axum::extract::DefaultBodyLimit::max(MAX_BODY_BYTES))
-    .with_state(AppState { core, bus, tokens })
+    .with_state(AppState {
+        core,
+        bus,
+        tokens,
+        logs,
+    })
 }
 
 /// The whole API as the server serves it on its main listener: [`router_with_images`]
@@ -172,9 +184,10 @@ pub fn app(
     images: Arc<crate::registry::Registry>,
     security: Arc<Security>,
     enroller: Arc<Enroller>,
+    logs: Arc<LogHub>,
 ) -> Router {
     let sec_routes = security_router(core.clone(), tokens.clone(), security, enroller.clone());
-    api_router(core, bus, tokens, Some(images), Some(enroller)).merge(sec_routes)
+    api_router(core, bus, tokens, Some(images), Some(logs), Some(enroller)).merge(sec_routes)
 }
 
 /// What the device and identity routes share.

@@ -206,9 +206,25 @@ fn fake_core() -> mpsc::Sender<Event> {
         api::Object::AgentUpdate(u) => u,
         other => panic!("{other:?}"),
     };
+    // The pod runs on pi-1, an agent that serves logs (v5).
+    let mut pod = pod.unwrap();
+    pod.spec.node_name = Some("pi-1".into());
+    let node = ApiObject::Node(api::Node {
+        api_version: "v1".into(),
+        kind: "Node".into(),
+        metadata: api::ObjectMeta {
+            name: "pi-1".into(),
+            ..Default::default()
+        },
+        spec: Default::default(),
+        status: api::NodeStatus {
+            protocol_version: 5,
+            ..Default::default()
+        },
+    });
     let (d, p) = (
         ApiObject::Deployment(deployment.unwrap()),
-        ApiObject::Pod(pod.unwrap()),
+        ApiObject::Pod(pod),
     );
     let event = |object: Option<String>| api::Event {
         object: object.unwrap_or_else(|| "pod/web-1".into()),
@@ -223,6 +239,10 @@ fn fake_core() -> mpsc::Sender<Event> {
             action: ApplyAction::Created,
         }]),
         ApiOp::Get { name: None, .. } => ApiReply::Objects(vec![d.clone(), p.clone()]),
+        ApiOp::Get {
+            kind: ResourceKind::Node,
+            name: Some(_),
+        } => ApiReply::Object(node.clone()),
         ApiOp::Get { name: Some(_), .. } => ApiReply::Object(p.clone()),
         ApiOp::Delete { kind, name } => ApiReply::Deleted { kind, name },
         ApiOp::Scale { .. } => ApiReply::Object(d.clone()),
@@ -302,6 +322,36 @@ fn image_archive() -> Vec<u8> {
     }
     add("index.json".into(), &index);
     tar.into_inner().unwrap()
+}
+
+/// A log hub whose node answers every log request with one line naming what was asked,
+/// then the end of the log.
+fn fake_agent_logs() -> Arc<crate::edge::logs::LogHub> {
+    use baton_proto::{BVec, Body, LogChunk};
+    let (tx, mut rx) = mpsc::channel::<crate::core::Outbound>(16);
+    let hub = crate::edge::logs::LogHub::new(tx);
+    let weak = Arc::downgrade(&hub);
+    tokio::spawn(async move {
+        while let Some(out) = rx.recv().await {
+            let (Body::LogRequest(r), Some(hub)) = (out.body, weak.upgrade()) else {
+                continue;
+            };
+            let line = format!(
+                "log of {} (previous: {}, tail: {:?})\n",
+                r.container, r.previous, r.tail_lines
+            );
+            for (seq, data, end) in [(0, line.into_bytes(), None), (1, Vec::new(), Some(None))] {
+                let chunk = LogChunk {
+                    session: r.session,
+                    seq,
+                    data: BVec::from_vec(data).unwrap(),
+                    end,
+                };
+                hub.deliver(&out.node, chunk);
+            }
+        }
+    });
+    hub
 }
 
 /// Calls contract routes through an app and reads each answer as the route's reply
@@ -406,6 +456,7 @@ async fn every_contract_route_is_served_as_defined() {
         registry,
         security,
         enroller,
+        fake_agent_logs(),
     );
     let mut c = Client {
         app,
@@ -658,6 +709,24 @@ async fn every_contract_route_is_served_as_defined() {
         .await;
     assert_eq!(gone.deleted, imported);
 
+    // A container's log, as the fake agent sends it, with the request's fields.
+    let log = c
+        .call(
+            &routes::PodLogs {
+                name: "web-1".into(),
+                container: None,
+                follow: None,
+                previous: Some("true".into()),
+                tail: Some("3".into()),
+            },
+            &NoBody,
+        )
+        .await;
+    assert_eq!(
+        String::from_utf8(log.0).unwrap(),
+        "log of echo (previous: true, tail: Some(3))\n"
+    );
+
     let all: std::collections::BTreeSet<&str> = routes::ALL.iter().map(|r| r.name).collect();
     assert_eq!(c.called, all, "contract routes this test does not call");
 }
@@ -674,6 +743,7 @@ fn no_api_path_outside_the_contract() {
             include_str!("agent_updates.rs"),
         ),
         ("edge/http/device.rs", include_str!("device.rs")),
+        ("edge/http/logs.rs", include_str!("logs.rs")),
         ("edge/http/tokens.rs", include_str!("tokens.rs")),
         ("edge/http/middleware.rs", include_str!("middleware.rs")),
         ("registry/api.rs", include_str!("../../registry/api.rs")),
@@ -735,6 +805,7 @@ async fn enrolled_nodes_sign_their_release_downloads() {
             registry,
             security,
             enroller,
+            fake_agent_logs(),
         ),
         token: admin,
         called: Default::default(),

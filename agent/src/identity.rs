@@ -274,6 +274,11 @@ fn write_private(path: &Path, bytes: &[u8]) -> Result<(), IdentityError> {
     crate::durable::write(path, bytes, crate::datadir::PRIVATE_FILE).map_err(io(path))
 }
 
+/// The API the node enrolled at, from its identity file (`None` without a readable one).
+pub fn enrolled_at(path: &Path) -> Option<String> {
+    IdentityFile::load(path).ok().flatten()?.coordinator_api
+}
+
 fn wall_ms() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)

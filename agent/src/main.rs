@@ -699,18 +699,12 @@ fn launch(mut args: LaunchArgs) -> Result<()> {
 fn update_config(a: &RunArgs) -> baton_agent::update::UpdateConfig {
     let identity = a.data_dir.join(identity::IDENTITY_FILE);
     // Else where the node enrolled: that listener serves it its releases on its signature.
-    let enrolled_at = || {
-        IdentityFile::load(&identity)
-            .ok()
-            .flatten()
-            .and_then(|id| id.coordinator_api)
-    };
     let api = a
         .coordinator_api
         .clone()
         .or_else(|| a.registry_mirror.clone())
         .filter(|u| !u.is_empty())
-        .or_else(enrolled_at);
+        .or_else(|| identity::enrolled_at(&identity));
     baton_agent::update::UpdateConfig {
         data_dir: a.data_dir.clone(),
         source: api.map(|api| baton_agent::update::download::Source {

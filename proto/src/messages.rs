@@ -86,6 +86,10 @@ pub enum Body {
     AgentUpdate(Option<AgentUpdate>),
     /// Agent -> coordinator on `up/update`: how its update goes. Added in v5.
     UpdateReport(UpdateReport),
+    /// Agent -> coordinator on `up/hello`, after every Hello: how the node uses its link
+    /// (its `--link-profile`), so that the coordinator's liveness timeout follows it.
+    /// Added in v5.
+    Link(LinkProfile),
 }
 
 impl Body {
@@ -93,7 +97,7 @@ impl Body {
     /// carrying it is refused, and it is never sent to a peer that speaks only older ones.
     pub fn min_version(&self) -> u16 {
         match self {
-            Body::AgentUpdate(_) | Body::UpdateReport(_) => 5,
+            Body::AgentUpdate(_) | Body::UpdateReport(_) | Body::Link(_) => 5,
             _ => crate::MIN_PROTO_VERSION,
         }
     }
@@ -154,6 +158,18 @@ pub struct UpdateReport {
     pub reason: Option<BString<256>>,
     /// Bytes of the binary on the device so far.
     pub downloaded: u64,
+}
+
+/// How an agent uses its link. A v4 agent sends none: it heartbeats every few seconds, and
+/// the coordinator's own heartbeat timeout applies to it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LinkProfile {
+    /// The agent's MQTT keepalive: the broker drops it, and publishes its last will, after
+    /// 1.5 times this without a packet from it.
+    pub keepalive_secs: u32,
+    /// The longest a connected agent goes without a heartbeat: it sends one when what it
+    /// carries changed, and an unchanged one only this often.
+    pub heartbeat_max_secs: u32,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]

@@ -234,6 +234,9 @@ struct Live {
     last_seen: Instant,
     /// Digest of the last full status received, `None` until one arrives.
     status_digest: Option<u64>,
+    /// The node's own liveness timeout, from the link profile it told after its Hello
+    /// (see [`nodes::liveness_timeout`]); `None`: the coordinator's heartbeat timeout.
+    timeout: Option<Duration>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]

@@ -198,8 +198,8 @@ struct RunArgs {
     /// is smaller).
     #[arg(long, env = "BATON_IMAGE_MIN_FREE")]
     image_min_free: Option<baton_agent::image::DiskSize>,
-    #[arg(long, env = "BATON_HEARTBEAT_SECS", default_value_t = 5)]
-    heartbeat_secs: u64,
+    #[command(flatten)]
+    link: baton_agent::link_profile::LinkArgs,
     /// CPU kept back from pods for the system and the agent.
     #[arg(long, env = "BATON_RESERVED_CPU_MILLIS", default_value_t = 100)]
     reserved_cpu_millis: u32,
@@ -478,7 +478,8 @@ fn config(a: RunArgs, identity: Option<IdentityFile>) -> Result<(AgentConfig, Li
         }
         _ => None,
     };
-    baton_agent::bus::mqtt_options(&url, &node, mqtt_tls.as_ref()).context("--coordinator")?;
+    baton_agent::bus::mqtt_options(&url, &node, mqtt_tls.as_ref(), a.link.settings().keepalive)
+        .context("--coordinator")?;
     let security = match &identity {
         Some(id) => {
             if !url.starts_with("mqtts://") {
@@ -529,7 +530,7 @@ fn config(a: RunArgs, identity: Option<IdentityFile>) -> Result<(AgentConfig, Li
             budget: a.image_disk_budget,
             min_free: a.image_min_free,
         },
-        heartbeat_interval: Duration::from_secs(a.heartbeat_secs.max(1)),
+        link: a.link.settings(),
         cgroup_root: a.cgroup_root,
         log_max_bytes: a.log_max_bytes,
         pids_limit: a.pids_limit,
@@ -764,6 +765,7 @@ async fn run(
     updates: baton_agent::update::UpdateConfig,
 ) -> Result<(), AgentError> {
     let name = cfg.node.clone();
+    let cfg_keepalive = cfg.link.keepalive;
     let node = node::Node::prepare(cfg).await?;
     let (events, bus_events) = tokio::sync::mpsc::channel(64);
     let bus = Bus::start_secure(
@@ -771,6 +773,7 @@ async fn run(
         name,
         link.mqtt_tls.as_ref(),
         link.security,
+        cfg_keepalive,
         events,
     )?;
     let reports = bus.clone();

@@ -30,6 +30,8 @@ fn agent_cmd(lab: &Lab, i: usize, data_dir: &Path, name: &str, token: &str) -> C
         &lab.registry(),
         "--heartbeat-secs",
         "1",
+        "--heartbeat-max-secs",
+        "1",
         "--pod-cidr",
         &format!("10.42.{}.0/24", i + 1),
         "--join-token",

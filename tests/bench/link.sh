@@ -31,7 +31,7 @@ coord_pid='' agent_pid=''
 stop() {
   "$baton" delete deployment sleepers >/dev/null 2>&1 && sleep 3 || true
   [ -n "$agent_pid" ] && { kill -TERM "$agent_pid" 2>/dev/null; wait "$agent_pid" 2>/dev/null || true; }
-  ip netns exec "$ns" "$bindir/baton-agent" reset --node-name "$fleet_node" --data-dir "$work/agent" \
+  nsenter --net="/run/netns/$ns" "$bindir/baton-agent" reset --node-name "$fleet_node" --data-dir "$work/agent" \
     --pod-cidr "$fleet_cidr" >/dev/null 2>&1 || true
   [ -n "$coord_pid" ] && { kill -TERM "$coord_pid" 2>/dev/null; wait "$coord_pid" 2>/dev/null || true; }
   "$root/images/registry.sh" stop "$fleet_reg" "$work/registry" >/dev/null 2>&1 || true
@@ -65,12 +65,13 @@ RUST_LOG=warn "$baton" server "${coord_flags[@]}" >"$work/coordinator.log" 2>&1 
 coord_pid=$!
 for _ in $(seq 1 100); do "$baton" get nodes >/dev/null 2>&1 && break; sleep 0.1; done
 if [ "$mode" = mtls ]; then
-  token=$("$baton" token create)
+  token=$("$baton" token create 2>/dev/null)
   agent_flags+=(--coordinator "mqtts://$fleet_mqtt" --coordinator-api "https://$host_ip:$enroll_port"
     --join-token "$token")
 fi
-# Absolute disk levels, as in fleet.sh.
-ip netns exec "$ns" env BATON_EVICTION_HARD="memory.available<50Mi,nodefs.available<1Gi,imagefs.available<1Gi" \
+# Absolute disk levels, as in fleet.sh. `nsenter --net`: `ip netns exec` mounts a new /sys,
+# without the cgroup hierarchy the runtime needs.
+nsenter --net="/run/netns/$ns" env BATON_EVICTION_HARD="memory.available<50Mi,nodefs.available<1Gi,imagefs.available<1Gi" \
   BATON_AGENT_RUN_DIR=/run/baton RUST_LOG=warn "$bindir/baton-agent" "${agent_flags[@]}" \
   >"$work/agent.log" 2>&1 &
 agent_pid=$!

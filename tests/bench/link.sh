@@ -7,16 +7,20 @@
 # printed beside it. MODE `plain` is development mode (clear MQTT, unenrolled agent); `mtls`
 # enrolls the agent with a join token and speaks MQTT over mutual TLS with signed messages.
 # The reference is the same run's count of MQTT keepalive rounds (what liveness costs at
-# the least). As root, after `cargo build --bins`:
+# the least), and the agent before link profiles (`LINK_AGENT_FLAGS="--heartbeat-max-secs 5
+# --mqtt-keepalive-secs 10"`: every 5 s heartbeat sent, the old 10 s keepalive) in the same
+# session. A window that is a multiple of the keepalive (the default 900 s: 5 metered rounds)
+# keeps the extrapolation from counting a partial round. As root, after `cargo build --bins`:
 #
-#   tests/bench/link.sh [BIN_DIR] [PROFILE] [MODE] [WINDOW_SECONDS] [INDEX]
-#   # defaults: target/release lan plain 600 0; INDEX (0-9) lets runs go side by side
+#   [LINK_AGENT_FLAGS=...] tests/bench/link.sh [BIN_DIR] [PROFILE] [MODE] [WINDOW_SECONDS] [INDEX]
+#   # defaults: target/release lan plain 900 0; INDEX (0-9) lets runs go side by side
+#   # (build the images first then: `images/build.sh`, runs in parallel would race on it)
 set -euo pipefail
 root=$(cd "$(dirname "$0")/../.." && pwd)
 bindir=$(cd "${1:-$root/target/release}" && pwd)
 profile=${2:-lan}
 mode=${3:-plain}
-window=${4:-600}
+window=${4:-900}
 idx=${5:-0}
 work=$(mktemp -d /tmp/baton-lbench.XXXXXX)
 ns=blink$idx-$$
@@ -53,6 +57,8 @@ ip -n "$ns" route add default via "$host_ip"
 coord_flags=(--data-dir "$work/coordinator" --listen "$fleet_http" --mqtt-listen "$fleet_mqtt")
 agent_flags=(--data-dir "$work/agent" --node-name "$fleet_node" --insecure-registry "$fleet_reg"
   --pod-cidr "$fleet_cidr" --link-profile "$profile")
+# shellcheck disable=SC2206 # flags split on spaces on purpose
+agent_flags+=(${LINK_AGENT_FLAGS:-})
 case $mode in
   plain)
     coord_flags+=(--insecure-mqtt)
@@ -99,7 +105,7 @@ per_day() { awk -v b="$1" -v w="$window" 'BEGIN { printf "%.0f", b * 86400 / w }
 kib_day() { awk -v b="$1" -v w="$window" 'BEGIN { printf "%.1f", b * 86400 / w / 1024 }'; }
 case $profile in lan) ka=13 ;; metered) ka=180 ;; esac # agent/src/link_profile.rs
 total=$((out_b + in_b))
-echo "profile=$profile mode=$mode window=${window}s bin=$bindir" \
+echo "profile=$profile${LINK_AGENT_FLAGS:+ ($LINK_AGENT_FLAGS)} mode=$mode window=${window}s bin=$bindir" \
   "mqtt_ip_bytes=$total (out $out_b in $in_b, $((out_p + in_p)) packets)" \
   "per_day=$(per_day $total)B ($(kib_day $total) KiB/day)" \
   "netdev_bytes=$((d1 - d0)) ($(kib_day $((d1 - d0))) KiB/day)" \

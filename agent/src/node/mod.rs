@@ -436,6 +436,9 @@ impl Node {
             let mut every = tokio::time::interval(Duration::from_secs(300));
             loop {
                 every.tick().await;
+                // Every 5 min, so an idle link does not carry a pooled registry
+                // connection's keepalives.
+                images.close_idle_connections();
                 if let Err(e) = images.gc().await {
                     warn!(error = %e, "image garbage collection failed");
                 }

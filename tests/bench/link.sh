@@ -9,18 +9,18 @@
 # The reference is the same run's count of MQTT keepalive rounds (what liveness costs at
 # the least), and the agent before link profiles (`LINK_AGENT_FLAGS="--heartbeat-max-secs 5
 # --mqtt-keepalive-secs 10"`: every 5 s heartbeat sent, the old 10 s keepalive) in the same
-# session. A window that is a multiple of the keepalive (the default 900 s: 5 metered rounds)
+# session. A window that is a multiple of the keepalive (the default 950 s: 5 metered rounds)
 # keeps the extrapolation from counting a partial round. As root, after `cargo build --bins`:
 #
 #   [LINK_AGENT_FLAGS=...] tests/bench/link.sh [BIN_DIR] [PROFILE] [MODE] [WINDOW_SECONDS] [INDEX]
-#   # defaults: target/release lan plain 900 0; INDEX (0-9) lets runs go side by side
+#   # defaults: target/release lan plain 950 0; INDEX (0-9) lets runs go side by side
 #   # (build the images first then: `images/build.sh`, runs in parallel would race on it)
 set -euo pipefail
 root=$(cd "$(dirname "$0")/../.." && pwd)
 bindir=$(cd "${1:-$root/target/release}" && pwd)
 profile=${2:-lan}
 mode=${3:-plain}
-window=${4:-900}
+window=${4:-950}
 idx=${5:-0}
 work=$(mktemp -d /tmp/baton-lbench.XXXXXX)
 ns=blink$idx-$$
@@ -103,7 +103,7 @@ read -r in_p in_b < <(packets INPUT "spt:$mqtt_port")
 d1=$(dev)
 per_day() { awk -v b="$1" -v w="$window" 'BEGIN { printf "%.0f", b * 86400 / w }'; }
 kib_day() { awk -v b="$1" -v w="$window" 'BEGIN { printf "%.1f", b * 86400 / w / 1024 }'; }
-case $profile in lan) ka=13 ;; metered) ka=180 ;; esac # agent/src/link_profile.rs
+case $profile in lan) ka=13 ;; metered) ka=190 ;; esac # agent/src/link_profile.rs
 total=$((out_b + in_b))
 echo "profile=$profile${LINK_AGENT_FLAGS:+ ($LINK_AGENT_FLAGS)} mode=$mode window=${window}s bin=$bindir" \
   "mqtt_ip_bytes=$total (out $out_b in $in_b, $((out_p + in_p)) packets)" \

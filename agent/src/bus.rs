@@ -74,11 +74,13 @@ pub fn mqtt_options(
     url: &str,
     node: &NodeName,
     tls: Option<&MqttTls>,
+    keepalive: Duration,
 ) -> Result<MqttOptions, BusError> {
     let addr =
         baton_proto::broker::BrokerUrl::parse(url).map_err(|e| BusError::BadUrl(e.to_string()))?;
     let mut opts = MqttOptions::new(format!("baton-agent-{node}"), addr.host, addr.port);
-    opts.set_keep_alive(Duration::from_secs(10));
+    // The link profile's: liveness comes from it (see crate::link_profile).
+    opts.set_keep_alive(keepalive);
     opts.set_clean_session(true);
     opts.set_max_packet_size(MAX_MESSAGE_BYTES + 4096, MAX_MESSAGE_BYTES + 4096);
     let will = Envelope::new(Sender::Node(node.clone()), 0, Body::Offline).encode()?;
@@ -144,7 +146,8 @@ impl Bus {
         tls: Option<&MqttTls>,
         events: mpsc::Sender<BusEvent>,
     ) -> Result<Self, BusError> {
-        Self::start_secure(url, node, tls, None, events)
+        let keepalive = crate::link_profile::Profile::Lan.settings().keepalive;
+        Self::start_secure(url, node, tls, None, keepalive, events)
     }
 
     /// [`Bus::start_tls`], signing every message with the device key and accepting only
@@ -155,9 +158,10 @@ impl Bus {
         node: NodeName,
         tls: Option<&MqttTls>,
         security: Option<AgentSecurity>,
+        keepalive: Duration,
         events: mpsc::Sender<BusEvent>,
     ) -> Result<Self, BusError> {
-        let mut opts = mqtt_options(url, &node, tls)?;
+        let mut opts = mqtt_options(url, &node, tls, keepalive)?;
         if let Some(problem) = tls.and_then(|t| identity_problem(&t.cert_pem, &node)) {
             warn!("{problem}");
         }
@@ -595,8 +599,10 @@ mod tests {
     /// A bus that never connects, to call `accept` on.
     fn offline_bus(security: Option<AgentSecurity>) -> Bus {
         let node = NodeName::new("pi-1").unwrap();
-        let (client, _) =
-            AsyncClient::new(mqtt_options("mqtt://127.0.0.1:9", &node, None).unwrap(), 1);
+        let (client, _) = AsyncClient::new(
+            mqtt_options("mqtt://127.0.0.1:9", &node, None, Duration::from_secs(10)).unwrap(),
+            1,
+        );
         Bus {
             client,
             node,
@@ -709,19 +715,19 @@ mod tests {
             key_pem: Vec::new(),
         };
         assert!(matches!(
-            mqtt_options("mqtts://b:8883", &node, None),
+            mqtt_options("mqtts://b:8883", &node, None, Duration::from_secs(10)),
             Err(BusError::TlsMissing(_))
         ));
         assert!(matches!(
-            mqtt_options("mqtt://b:1883", &node, Some(&tls)),
+            mqtt_options("mqtt://b:1883", &node, Some(&tls), Duration::from_secs(10)),
             Err(BusError::TlsUnused(_))
         ));
         // Bad material fails here, at start, not on every reconnect.
         assert!(matches!(
-            mqtt_options("mqtts://b", &node, Some(&tls)),
+            mqtt_options("mqtts://b", &node, Some(&tls), Duration::from_secs(10)),
             Err(BusError::Tls(_))
         ));
-        let plain = mqtt_options("mqtt://b", &node, None).unwrap();
+        let plain = mqtt_options("mqtt://b", &node, None, Duration::from_secs(10)).unwrap();
         assert!(matches!(plain.transport(), Transport::Tcp));
     }
 

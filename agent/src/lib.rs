@@ -3,7 +3,7 @@
 //!
 //! Module map: `node` owns all state and is driven by events; `reconcile` decides (pure);
 //! `pod` executes decisions in workers; `runtime`, `image` and `network` are the effects
-//! behind small interfaces; `bus` is the MQTT bridge; `state` persists desired state (`reserve`
+//! behind small interfaces; `bus` is the MQTT bridge (`link_profile` sets how much it says); `state` persists desired state (`reserve`
 //! keeps room for it on a full disk); `adopt` takes
 //! over running containers after an agent restart.
 
@@ -15,6 +15,7 @@ pub mod durable;
 pub mod identity;
 pub mod image;
 pub mod install;
+pub mod link_profile;
 pub mod logs;
 pub mod mqtt_tls;
 pub mod network;

@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
 
+mod launch;
 mod setup;
 use baton_agent::bus::Bus;
 use baton_agent::identity::{self, Backoff, IdentityFile, TokenSource};
@@ -14,6 +15,7 @@ use baton_agent::node::{self, AgentConfig, AgentError};
 use baton_agent::update::fault::Fault;
 use baton_proto::{Capacity, NodeName};
 use clap::{CommandFactory, FromArgMatches, Parser, Subcommand};
+use launch::{launch, update_config};
 use setup::{install, uninstall};
 
 #[derive(Parser)]
@@ -198,8 +200,8 @@ struct RunArgs {
     /// is smaller).
     #[arg(long, env = "BATON_IMAGE_MIN_FREE")]
     image_min_free: Option<baton_agent::image::DiskSize>,
-    #[arg(long, env = "BATON_HEARTBEAT_SECS", default_value_t = 5)]
-    heartbeat_secs: u64,
+    #[command(flatten)]
+    link: baton_agent::link_profile::LinkArgs,
     /// CPU kept back from pods for the system and the agent.
     #[arg(long, env = "BATON_RESERVED_CPU_MILLIS", default_value_t = 100)]
     reserved_cpu_millis: u32,
@@ -478,7 +480,8 @@ fn config(a: RunArgs, identity: Option<IdentityFile>) -> Result<(AgentConfig, Li
         }
         _ => None,
     };
-    baton_agent::bus::mqtt_options(&url, &node, mqtt_tls.as_ref()).context("--coordinator")?;
+    baton_agent::bus::mqtt_options(&url, &node, mqtt_tls.as_ref(), a.link.settings().keepalive)
+        .context("--coordinator")?;
     let security = match &identity {
         Some(id) => {
             if !url.starts_with("mqtts://") {
@@ -529,7 +532,7 @@ fn config(a: RunArgs, identity: Option<IdentityFile>) -> Result<(AgentConfig, Li
             budget: a.image_disk_budget,
             min_free: a.image_min_free,
         },
-        heartbeat_interval: Duration::from_secs(a.heartbeat_secs.max(1)),
+        link: a.link.settings(),
         cgroup_root: a.cgroup_root,
         log_max_bytes: a.log_max_bytes,
         pids_limit: a.pids_limit,
@@ -676,58 +679,6 @@ fn main() -> Result<()> {
     ran.context("agent failed")
 }
 
-/// `baton-agent launch`: records an exit, or execs the agent the update state names.
-fn launch(mut args: LaunchArgs) -> Result<()> {
-    use baton_agent::update::launcher;
-    init_logging(&args.run.log_format);
-    absolute_dirs(&mut args.run)?;
-    if args.record_exit {
-        return launcher::record_exit(&args.run.data_dir).context("cannot record the exit");
-    }
-    let installed = std::env::current_exe().context("cannot find this binary")?;
-    // The agent gets exactly our arguments, less the subcommand.
-    let mut argv: Vec<_> = std::env::args_os().skip(1).collect();
-    if let Some(i) = argv.iter().position(|a| a == "launch") {
-        argv.remove(i);
-    }
-    let e = launcher::launch(&args.run.data_dir, &installed, argv);
-    Err(e).context("cannot start the agent")
-}
-
-/// What the update task needs from the flags: where to download releases from (the
-/// coordinator's API, else the registry mirror, with its token and CA) and the pinned key.
-fn update_config(a: &RunArgs) -> baton_agent::update::UpdateConfig {
-    let identity = a.data_dir.join(identity::IDENTITY_FILE);
-    // Else where the node enrolled: that listener serves it its releases on its signature.
-    let api = a
-        .coordinator_api
-        .clone()
-        .or_else(|| a.registry_mirror.clone())
-        .filter(|u| !u.is_empty())
-        .or_else(|| identity::enrolled_at(&identity));
-    baton_agent::update::UpdateConfig {
-        data_dir: a.data_dir.clone(),
-        source: api.map(|api| baton_agent::update::download::Source {
-            api,
-            token_file: a.registry_mirror_token_file.clone(),
-            ca: a.registry_mirror_ca.clone(),
-            identity: Some(identity),
-        }),
-        // The flag wins over the key pinned at enrollment (read after enrolling).
-        release_key: match baton_agent::identity::release_key::load(
-            &a.data_dir,
-            a.release_public_key.as_deref(),
-        ) {
-            Ok(k) => k,
-            Err(e) => {
-                tracing::warn!(error = %e, "cannot read the release public key: agent updates will be refused");
-                None
-            }
-        },
-        launched: std::env::var_os(baton_agent::update::launcher::LAUNCHER_ENV).is_some(),
-    }
-}
-
 /// `baton-agent reset` (and the reset in `uninstall`): every container, rootfs mount, pod
 /// network and cgroup of the node, and its bundle directory.
 fn reset_node(rt: &tokio::runtime::Runtime, cfg: &AgentConfig) -> Result<()> {
@@ -769,6 +720,7 @@ async fn run(
 ) -> Result<(), AgentError> {
     let name = cfg.node.clone();
     let pods_dir = cfg.data_dir.join("pods");
+    let cfg_keepalive = cfg.link.keepalive;
     let node = node::Node::prepare(cfg).await?;
     let (events, bus_events) = tokio::sync::mpsc::channel(64);
     let bus = Bus::start_secure(
@@ -776,6 +728,7 @@ async fn run(
         name,
         link.mqtt_tls.as_ref(),
         link.security,
+        cfg_keepalive,
         events,
     )?;
     bus.serve_logs(pods_dir);

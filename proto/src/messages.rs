@@ -94,6 +94,10 @@ pub enum Body {
     /// Agent -> coordinator on the session's own topic `up/logs/<session>`: a piece of a
     /// container's log. Added in v5.
     LogChunk(LogChunk),
+    /// Agent -> coordinator on `up/hello`, after every Hello: how the node uses its link
+    /// (its `--link-profile`), so that the coordinator's liveness timeout follows it.
+    /// Added in v5.
+    Link(LinkProfile),
 }
 
 impl Body {
@@ -105,7 +109,8 @@ impl Body {
             | Body::UpdateReport(_)
             | Body::LogRequest(_)
             | Body::LogCredit(_)
-            | Body::LogChunk(_) => 5,
+            | Body::LogChunk(_)
+            | Body::Link(_) => 5,
             _ => crate::MIN_PROTO_VERSION,
         }
     }
@@ -216,6 +221,18 @@ pub struct LogChunk {
     /// Set on the last chunk of a session: `Some(None)` the log ended (no follow, or the
     /// pod is gone), `Some(Some(why))` it could not be read.
     pub end: Option<Option<BString<256>>>,
+}
+
+/// How an agent uses its link. A v4 agent sends none: it heartbeats every few seconds, and
+/// the coordinator's own heartbeat timeout applies to it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LinkProfile {
+    /// The agent's MQTT keepalive: the broker drops it, and publishes its last will, after
+    /// 1.5 times this without a packet from it.
+    pub keepalive_secs: u32,
+    /// The longest a connected agent goes without a heartbeat: it sends one when what it
+    /// carries changed, and an unchanged one only this often.
+    pub heartbeat_max_secs: u32,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]

@@ -61,7 +61,9 @@ impl Kind {
     /// The one topic kind each body may travel on.
     pub fn of(body: &Body) -> Kind {
         match body {
-            Body::Hello(_) => Kind::Up(Up::Hello),
+            // The link profile belongs to the Hello it follows (and needs no new topic in
+            // brokers' ACLs).
+            Body::Hello(_) | Body::Link(_) => Kind::Up(Up::Hello),
             Body::Heartbeat(_) => Kind::Up(Up::Heartbeat),
             Body::Status(_) => Kind::Up(Up::Status),
             Body::Offline => Kind::Up(Up::Offline),

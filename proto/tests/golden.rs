@@ -145,6 +145,23 @@ fn update_report() {
 }
 
 #[test]
+fn link_profile() {
+    check_new(
+        Envelope::new(
+            Sender::Node(node()),
+            12,
+            Body::Link(LinkProfile {
+                keepalive_secs: 180,
+                heartbeat_max_secs: 21600,
+            }),
+        ),
+        // 05 | 01 Node "pi-1" | 0c seq | 00 | 0c Link | b401 keepalive 180 |
+        // e0a801 heartbeat_max 21600 | 00 no signature
+        "05010470692d310c000cb401e0a80100",
+    );
+}
+
+#[test]
 fn heartbeat() {
     let env = Envelope::new(
         Sender::Node(node()),

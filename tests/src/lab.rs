@@ -528,6 +528,9 @@ impl Lab {
             &format!("10.42.{}.0/24", i + 1),
         ])
         .env("RUST_LOG", log_filter())
+        // Every heartbeat goes out, as before link profiles: tests watch them (Ready after
+        // a restart, refused forgeries). A test of quiet links passes the flag, which wins.
+        .env("BATON_HEARTBEAT_MAX_SECS", "1")
         // The lab's data dirs share the host's disk, where the default `nodefs.available<10%`
         // would put every node under DiskPressure whenever the machine's disk is 90% used
         // (10% of a 252 GB disk is 25 GB); tests of pressure pass their own thresholds.

@@ -26,7 +26,7 @@ fn agent_cmd(lab: &Lab, i: usize, name: &str, data_dir: &Path, token: [&str; 2])
     let a = &lab.agents[i];
     let mut cmd = a.ns.cmd(bin("baton-agent"));
     cmd.args(["--coordinator", &lab.mqtt_url(), "--node-name", name])
-        .args(["--heartbeat-secs", "1"])
+        .args(["--heartbeat-secs", "1", "--heartbeat-max-secs", "1"])
         .args(["--pod-cidr", &format!("10.42.{}.0/24", i + 1)])
         .args(["--coordinator-api", &lab.enroll_api()])
         .args(token)

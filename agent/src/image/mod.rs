@@ -396,6 +396,12 @@ impl ImageStore {
         }
     }
 
+    /// Closes the registry connections no pull is using (see
+    /// `pull::Registry::forget_clients`); the node loop calls it periodically.
+    pub fn close_idle_connections(&self) {
+        self.inner.registry.forget_clients();
+    }
+
     /// Collects garbage if the store is over its budget or the disk under its floor (the
     /// node loop calls this periodically; pulls do it themselves).
     pub async fn gc(&self) -> Result<GcReport, ImageError> {

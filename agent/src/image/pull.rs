@@ -83,6 +83,17 @@ impl Registry {
         }
     }
 
+    /// Drops the cached clients, and with them their idle connections: reqwest keeps a
+    /// pooled registry connection open with a TCP keepalive every 15 s, about 600 KB a day
+    /// on an idle link, six times a metered node's whole budget (`tests/bench/link.sh`). A
+    /// pull under way keeps its own clone; the next one connects and authenticates again.
+    pub(crate) fn forget_clients(&self) {
+        self.clients
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clear();
+    }
+
     /// The client and auth for `registry`: per-pull credentials if given, else the node's.
     fn client(
         &self,

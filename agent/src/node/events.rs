@@ -134,7 +134,8 @@ impl Agent {
     }
 
     fn on_connected(&mut self, bus: &dyn Publish) {
-        let _ = bus.publish(self.hello());
+        self.say_hello(bus);
+        self.last_beat = None;
         self.hello_pending = true;
         self.status_dirty = true;
         self.back_from_offline = std::mem::replace(&mut self.offline, false);
@@ -142,7 +143,7 @@ impl Agent {
 
     fn on_status_request(&mut self, bus: &dyn Publish) {
         // The coordinator may not know this node at all (its store was replaced).
-        let _ = bus.publish(self.hello());
+        self.say_hello(bus);
         self.status_dirty = true;
     }
 

@@ -86,7 +86,8 @@ pub struct AgentConfig {
     pub preload_images: Option<PathBuf>,
     /// Image store disk budget and free-space floor.
     pub image_limits: crate::image::DiskLimits,
-    pub heartbeat_interval: Duration,
+    /// The link profile: heartbeat cadence, keepalive, status batching.
+    pub link: crate::link_profile::Settings,
     pub cgroup_root: String,
     pub log_max_bytes: u64,
     pub pids_limit: i64,
@@ -139,6 +140,11 @@ struct Agent {
     tx: mpsc::Sender<Event>,
     epoch: Instant,
     status_dirty: bool,
+    /// When the pending status changes go out (the profile's batch), once they are due.
+    status_due: Option<Millis>,
+    /// The last heartbeat sent on this connection, and when: an unchanged one waits for
+    /// the profile's `heartbeat_max`.
+    last_beat: Option<(baton_proto::Heartbeat, Millis)>,
     /// Hello is repeated with every heartbeat until a desired state arrives: a Hello sent
     /// before the coordinator subscribed (it restarted with its embedded broker) is lost.
     hello_pending: bool,
@@ -195,6 +201,8 @@ impl Agent {
             tx,
             epoch: Instant::now(),
             status_dirty: true,
+            status_due: None,
+            last_beat: None,
             hello_pending: false,
             offline: true,
             back_from_offline: false,
@@ -229,9 +237,12 @@ impl Agent {
             }
         }
         let wake = self.reconcile();
-        self.publish_status(bus);
+        let status_due = self.publish_status(bus);
         self.publish_host_ports();
-        wake
+        match (wake, status_due) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
     }
 
     /// Hands the hostPort rules of the pods to their writer, if they changed.
@@ -419,7 +430,7 @@ impl Node {
             exits: mut exit_rx,
             update_exit,
         } = self;
-        let heartbeat_every = agent.cfg.heartbeat_interval;
+        let heartbeat_every = agent.cfg.link.heartbeat_every;
         let stop_on_exit = agent.cfg.stop_pods_on_exit;
 
         // Images are also collected before every pull; this catches a disk filled by others.
@@ -428,6 +439,9 @@ impl Node {
             let mut every = tokio::time::interval(Duration::from_secs(300));
             loop {
                 every.tick().await;
+                // Every 5 min, so an idle link does not carry a pooled registry
+                // connection's keepalives.
+                images.close_idle_connections();
                 if let Err(e) = images.gc().await {
                     warn!(error = %e, "image garbage collection failed");
                 }

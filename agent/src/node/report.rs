@@ -8,6 +8,7 @@ use baton_proto::{BString, BVec, Body, Heartbeat, Hello, Label, NodeStatus, PodS
 use super::pods::Ctr;
 use super::{Agent, Publish};
 use crate::image::Platform;
+use crate::probe::Millis;
 use crate::reconcile::{CtrObs, PodObs};
 
 impl Agent {
@@ -47,6 +48,12 @@ impl Agent {
             // Filled in by the bus, which keeps the link's history.
             last_connect_error: None,
         })
+    }
+
+    /// The Hello, then the link profile, so that the coordinator times this node by it.
+    pub(super) fn say_hello(&self, bus: &dyn Publish) {
+        let _ = bus.publish(self.hello());
+        let _ = bus.publish(Body::Link(self.cfg.link.wire()));
     }
 
     /// Tells the update task what probation looks at: connected, a desired state
@@ -127,11 +134,13 @@ impl Agent {
     /// The heartbeat: the Hello again while no desired state has come since the last
     /// connect, then the applied generation, the status digest, the conditions under
     /// pressure (measured now) and why the last desired state was not applied, if it was not.
+    /// It goes out only when that changed since the last one of this connection, or after
+    /// the link profile's `heartbeat_max` (see [`crate::link_profile`]).
     pub(super) fn heartbeat(&mut self, bus: &dyn Publish) {
         self.tell_update_health();
         self.measure_pressure();
         if self.hello_pending {
-            let _ = bus.publish(self.hello());
+            self.say_hello(bus);
         }
         let status = self.status();
         let pressure = self
@@ -142,22 +151,42 @@ impl Agent {
                 message: bounded(&p.message),
             })
             .collect();
-        let _ = bus.publish(Body::Heartbeat(Heartbeat {
+        let beat = Heartbeat {
             applied_generation: self.desired.generation,
             status_digest: status.digest(),
             pressure: BVec::from_vec(pressure).unwrap_or_default(),
             apply_error: self.apply_error.as_deref().map(bounded),
-        }));
+        };
+        let now = self.mono();
+        let max = self.cfg.link.heartbeat_max.as_millis() as Millis;
+        let due = self
+            .last_beat
+            .as_ref()
+            .is_none_or(|(last, at)| *last != beat || now.saturating_sub(*at) >= max);
+        if due && bus.publish(Body::Heartbeat(beat.clone())).is_ok() {
+            self.last_beat = Some((beat, now));
+        }
     }
 
-    /// Sends the full status if it changed since the last one that went out.
-    pub(super) fn publish_status(&mut self, bus: &dyn Publish) {
-        if self.status_dirty
-            && bus.is_connected()
-            && bus.publish(Body::Status(self.status())).is_ok()
-        {
-            self.status_dirty = false;
+    /// Sends the full status if it changed since the last one that went out, once the
+    /// profile's batch has gathered what changed with it. Returns when the batch is due.
+    pub(super) fn publish_status(&mut self, bus: &dyn Publish) -> Option<Millis> {
+        if !self.status_dirty || !bus.is_connected() {
+            return None;
         }
+        let batch = self.cfg.link.status_batch.as_millis() as Millis;
+        if batch > 0 {
+            let now = self.mono();
+            let due = *self.status_due.get_or_insert(now + batch);
+            if now < due {
+                return Some(due);
+            }
+        }
+        if bus.publish(Body::Status(self.status())).is_ok() {
+            self.status_dirty = false;
+            self.status_due = None;
+        }
+        None
     }
 
     pub(super) fn observed(&self) -> BTreeMap<String, PodObs> {

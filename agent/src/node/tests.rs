@@ -52,6 +52,7 @@ fn kinds(sent: &[Body]) -> Vec<&'static str> {
     sent.iter()
         .map(|b| match b {
             Body::Hello(_) => "Hello",
+            Body::Link(_) => "Link",
             Body::Heartbeat(_) => "Heartbeat",
             Body::Status(_) => "Status",
             _ => "other",
@@ -211,7 +212,13 @@ impl Harness {
             registry_mirror: None,
             preload_images: None,
             image_limits: Default::default(),
-            heartbeat_interval: Duration::from_secs(5),
+            // Every heartbeat goes out (each unit test looks at one), status at once.
+            link: crate::link_profile::Settings {
+                heartbeat_every: Duration::from_secs(5),
+                heartbeat_max: Duration::ZERO,
+                keepalive: Duration::from_secs(10),
+                status_batch: Duration::ZERO,
+            },
             cgroup_root: "baton".into(),
             log_max_bytes: 1 << 20,
             pids_limit: 64,
@@ -346,7 +353,7 @@ async fn a_connect_sends_hello_and_status_and_hello_repeats_until_a_desired_stat
     let mut h = Harness::new().await;
     h.bus_event(BusEvent::Connected);
     let sent = h.bus.take();
-    assert_eq!(kinds(&sent), ["Hello", "Status"]);
+    assert_eq!(kinds(&sent), ["Hello", "Link", "Status"]);
     let Body::Hello(hello) = &sent[0] else {
         unreachable!()
     };
@@ -354,7 +361,7 @@ async fn a_connect_sends_hello_and_status_and_hello_repeats_until_a_desired_stat
     assert_eq!(hello.labels[0].key.as_str(), "zone");
 
     h.agent.heartbeat(&h.bus);
-    assert_eq!(kinds(&h.bus.take()), ["Hello", "Heartbeat"]);
+    assert_eq!(kinds(&h.bus.take()), ["Hello", "Link", "Heartbeat"]);
 
     h.bus_event(BusEvent::Desired(desired(4, vec![])));
     let sent = h.bus.take();
@@ -370,7 +377,81 @@ async fn a_connect_sends_hello_and_status_and_hello_repeats_until_a_desired_stat
 
     // A StatusRequest (the coordinator may have lost this node): Hello and Status again.
     h.bus_event(BusEvent::StatusRequest);
-    assert_eq!(kinds(&h.bus.take()), ["Hello", "Status"]);
+    assert_eq!(kinds(&h.bus.take()), ["Hello", "Link", "Status"]);
+}
+
+/// A link profile's quiet heartbeats: the first of a connection goes out, then one only
+/// when what it carries changed, or after `heartbeat_max`. The Hello is followed by the
+/// profile, so that the coordinator times the node by it.
+#[tokio::test]
+async fn heartbeats_go_out_only_when_they_change_or_after_the_profiles_max() {
+    let mut h = Harness::new().await;
+    h.agent.cfg.link.heartbeat_max = Duration::from_secs(3600);
+    h.agent.cfg.link.keepalive = Duration::from_secs(180);
+    h.bus_event(BusEvent::Connected);
+    let sent = h.bus.take();
+    let [Body::Hello(_), Body::Link(link), Body::Status(_)] = &sent[..] else {
+        panic!("{sent:?}")
+    };
+    assert_eq!((link.keepalive_secs, link.heartbeat_max_secs), (180, 3600));
+    h.bus_event(BusEvent::Desired(desired(2, vec![])));
+    h.bus.take();
+    h.agent.heartbeat(&h.bus);
+    assert_eq!(kinds(&h.bus.take()), ["Heartbeat"]);
+    h.agent.heartbeat(&h.bus);
+    h.agent.heartbeat(&h.bus);
+    assert!(h.bus.take().is_empty(), "an unchanged heartbeat went out");
+
+    // A change (here the applied generation) goes out at the next heartbeat.
+    h.bus_event(BusEvent::Desired(desired(3, vec![])));
+    h.bus.take();
+    h.agent.heartbeat(&h.bus);
+    let sent = h.bus.take();
+    let [Body::Heartbeat(beat)] = &sent[..] else {
+        panic!("{sent:?}")
+    };
+    assert_eq!(beat.applied_generation, 3);
+    h.agent.heartbeat(&h.bus);
+    assert!(h.bus.take().is_empty());
+
+    // A new connection starts over: the coordinator may have forgotten the node.
+    h.bus_event(BusEvent::Disconnected);
+    h.bus_event(BusEvent::Connected);
+    h.bus_event(BusEvent::Desired(desired(3, vec![])));
+    h.bus.take();
+    h.agent.heartbeat(&h.bus);
+    assert_eq!(kinds(&h.bus.take()), ["Heartbeat"]);
+
+    // Past `heartbeat_max`, an unchanged one goes out.
+    h.agent.cfg.link.heartbeat_max = Duration::from_millis(1);
+    tokio::time::sleep(Duration::from_millis(5)).await;
+    h.agent.heartbeat(&h.bus);
+    assert_eq!(kinds(&h.bus.take()), ["Heartbeat"]);
+}
+
+/// A profile's status batch: changes wait for it, and the turn says when it is due.
+#[tokio::test]
+async fn status_changes_wait_for_the_profiles_batch() {
+    let mut h = Harness::new().await;
+    h.agent.cfg.link.status_batch = Duration::from_millis(300);
+    h.bus_event(BusEvent::Connected);
+    assert_eq!(kinds(&h.bus.take()), ["Hello", "Link"]);
+    let before = h.agent.mono();
+    let wake = h.bus_event(BusEvent::Desired(desired(2, vec![])));
+    assert!(
+        h.bus.take().is_empty(),
+        "the status did not wait for the batch"
+    );
+    let wake = wake.expect("a wake for the batch");
+    assert!(
+        wake >= before + 300 && wake <= h.agent.mono() + 300,
+        "{wake}"
+    );
+    tokio::time::sleep(Duration::from_millis(wake - h.agent.mono() + 5)).await;
+    h.agent.turn(None, &h.bus);
+    let sent = h.bus.take();
+    assert_eq!(kinds(&sent), ["Status"]);
+    assert_eq!(Harness::last_status(&sent).unwrap().applied_generation, 2);
 }
 
 /// Offline, nothing goes out and nothing is queued; the status that changed meanwhile goes
@@ -390,7 +471,7 @@ async fn while_offline_nothing_is_sent_and_a_reconnect_resends_hello_and_status(
 
     h.bus_event(BusEvent::Connected);
     let sent = h.bus.take();
-    assert_eq!(kinds(&sent), ["Hello", "Status"]);
+    assert_eq!(kinds(&sent), ["Hello", "Link", "Status"]);
     let Body::Hello(hello) = &sent[0] else {
         unreachable!()
     };

@@ -238,6 +238,9 @@ struct Live {
     last_seen: Instant,
     /// Digest of the last full status received, `None` until one arrives.
     status_digest: Option<u64>,
+    /// The node's own liveness timeout, from the link profile it told after its Hello
+    /// (see [`nodes::liveness_timeout`]); `None`: the coordinator's heartbeat timeout.
+    timeout: Option<Duration>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
@@ -440,6 +443,7 @@ impl Core {
 
     /// Handles events until every sender is gone.
     pub async fn run(mut self, mut events: mpsc::Receiver<Event>) {
+        self.ask_known_nodes();
         while let Some(ev) = events.recv().await {
             self.handle(ev);
         }

@@ -2,6 +2,8 @@
 //! the pods of nodes lost or revoked.
 
 use baton_proto::{Body, NodeName};
+use std::time::Duration;
+
 use tokio::time::Instant;
 
 use crate::contract::body::Revocation;
@@ -28,13 +30,46 @@ fn event_reason(condition: &str, now_true: bool) -> &'static str {
     }
 }
 
+/// How long a node that told `link` may stay silent before it is NotReady. A node that
+/// heartbeats more often than `heartbeat_timeout` keeps that timeout (today's behaviour,
+/// and a v4 agent's). A quiet one (a `metered` link sends an unchanged heartbeat only every
+/// few hours) is lost through its last will, which the broker publishes when its keepalive
+/// lapses or its connection drops; this longer timeout only backs that up, e.g. for a will
+/// a broker restart lost.
+pub(super) fn liveness_timeout(
+    heartbeat_timeout: Duration,
+    link: &baton_proto::LinkProfile,
+) -> Option<Duration> {
+    let quiet = Duration::from_secs(u64::from(link.heartbeat_max_secs));
+    (quiet >= heartbeat_timeout).then(|| quiet + heartbeat_timeout)
+}
+
 impl Core {
     /// The node's liveness record, created as seen now if it has none yet.
     fn live_entry(&mut self, name: &str, now: Instant) -> &mut Live {
         self.live.entry(name.to_owned()).or_insert(Live {
             last_seen: now,
             status_digest: None,
+            timeout: None,
         })
+    }
+
+    /// At start: asks every known node for its status. A restarted coordinator forgot each
+    /// node's link profile, and a quiet node that stayed connected to an external broker
+    /// would not speak again before the plain heartbeat timeout: it answers with a Hello
+    /// and its `Link`, so its own timeout applies again.
+    pub(super) fn ask_known_nodes(&mut self) {
+        let known: Vec<NodeName> = self
+            .nodes
+            .keys()
+            .filter_map(|n| NodeName::new(n).ok())
+            .collect();
+        for node in &known {
+            self.request_status(node);
+        }
+        if let Err(e) = self.finish() {
+            tracing::warn!(error = %e, "cannot ask the known nodes for their status");
+        }
     }
 
     /// Asks a node for a full status; also makes an agent whose Hello was lost say it again.
@@ -202,6 +237,9 @@ impl Core {
                     Live {
                         last_seen: now,
                         status_digest: None,
+                        // A v5 agent tells its link profile right after; an agent that
+                        // says none (v4) heartbeats every few seconds.
+                        timeout: None,
                     },
                 );
                 if is_new {
@@ -307,6 +345,24 @@ impl Core {
                     self.record(format!("node/{name}"), "Evicted", msg);
                 }
             }
+            Body::Link(link) => {
+                if !self.nodes.contains_key(name) {
+                    tracing::debug!(node = name, "link profile from an unknown node; asking it");
+                    self.request_status(node);
+                    return;
+                }
+                let timeout = liveness_timeout(self.heartbeat_timeout, &link);
+                tracing::info!(
+                    node = name,
+                    keepalive_secs = link.keepalive_secs,
+                    heartbeat_max_secs = link.heartbeat_max_secs,
+                    timeout_secs = timeout.map(|t| t.as_secs()),
+                    "node link profile"
+                );
+                let live = self.live_entry(name, now);
+                live.last_seen = now;
+                live.timeout = timeout;
+            }
             Body::Offline => {
                 if let Some(live) = self.live.get_mut(name) {
                     live.status_digest = None;
@@ -339,22 +395,24 @@ impl Core {
 
     pub(super) fn tick(&mut self) {
         let now = Instant::now();
-        let stale: Vec<String> = self
+        let stale: Vec<(String, Duration)> = self
             .nodes
             .values()
             .filter(|n| n.status.ready)
-            .filter(|n| {
-                self.live
-                    .get(&n.metadata.name)
-                    .is_none_or(|l| now.duration_since(l.last_seen) >= self.heartbeat_timeout)
+            .filter_map(|n| {
+                let live = self.live.get(&n.metadata.name);
+                let timeout = live
+                    .and_then(|l| l.timeout)
+                    .unwrap_or(self.heartbeat_timeout);
+                live.is_none_or(|l| now.duration_since(l.last_seen) >= timeout)
+                    .then(|| (n.metadata.name.clone(), timeout))
             })
-            .map(|n| n.metadata.name.clone())
             .collect();
-        for name in stale {
+        for (name, timeout) in stale {
             if let Some(live) = self.live.get_mut(&name) {
                 live.status_digest = None;
             }
-            let why = format!("No heartbeat for {}s", self.heartbeat_timeout.as_secs());
+            let why = format!("No heartbeat for {}s", timeout.as_secs());
             self.set_ready(&name, false, &why);
         }
         self.evict_from_lost_nodes(now);

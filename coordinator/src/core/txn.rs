@@ -45,6 +45,7 @@ impl Core {
             self.live.entry(name.clone()).or_insert(Live {
                 last_seen: now,
                 status_digest: None,
+                timeout: None,
             });
         }
         // ...and a NotReady one a full eviction timeout.

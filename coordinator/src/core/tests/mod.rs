@@ -19,7 +19,7 @@ use crate::model::manifest;
 use crate::store::MemStore;
 use baton_proto::{
     BString, BVec, Capacity, ContainerState, ContainerStatus, DesiredState, Heartbeat, Hello,
-    NodeStatus, PodStatus, Pressure, PressureKind,
+    LinkProfile, NodeStatus, PodStatus, Pressure, PressureKind,
 };
 
 const TIMEOUT: Duration = Duration::from_secs(20);

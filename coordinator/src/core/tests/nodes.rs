@@ -228,6 +228,70 @@ async fn lost_nodes_become_not_ready() {
     assert!(h.node("pi-2").status.ready);
 }
 
+/// A node on a quiet link told its profile after its Hello: it stays Ready while silent for
+/// longer than the coordinator's heartbeat timeout, its last will still makes it NotReady
+/// at once, and it is lost without one after its own bound. A node that heartbeats often,
+/// or says no profile (v4), keeps the coordinator's timeout.
+#[tokio::test(start_paused = true)]
+async fn a_quiet_node_is_timed_by_its_link_profile() {
+    let mut h = two_nodes();
+    let metered = LinkProfile {
+        keepalive_secs: 180,
+        heartbeat_max_secs: 6 * 3600,
+    };
+    h.send("pi-1", Body::Link(metered));
+    h.send(
+        "pi-2",
+        Body::Link(LinkProfile {
+            keepalive_secs: 12,
+            heartbeat_max_secs: 1,
+        }),
+    );
+    tokio::time::advance(TIMEOUT * 3).await;
+    h.core.handle(Event::Tick);
+    assert!(h.node("pi-1").status.ready, "a quiet node timed out");
+    assert!(
+        !h.node("pi-2").status.ready,
+        "a beating node kept its timeout"
+    );
+
+    // The last will (a dropped connection, a lapsed keepalive) needs no timeout.
+    h.send("pi-1", Body::Offline);
+    assert!(!h.node("pi-1").status.ready);
+
+    // Back, as v4 (a rolled-back agent): the Hello forgets the profile.
+    h.send("pi-1", hello(4000));
+    assert!(h.node("pi-1").status.ready);
+    tokio::time::advance(TIMEOUT + Duration::from_secs(1)).await;
+    h.core.handle(Event::Tick);
+    assert!(
+        !h.node("pi-1").status.ready,
+        "a v4 node kept a quiet timeout"
+    );
+
+    // Quiet again, and silent past its own bound: lost even with its will lost.
+    h.send("pi-1", hello(4000));
+    h.send("pi-1", Body::Link(metered));
+    tokio::time::advance(Duration::from_secs(6 * 3600)).await;
+    h.core.handle(Event::Tick);
+    assert!(h.node("pi-1").status.ready);
+    tokio::time::advance(TIMEOUT).await;
+    h.core.handle(Event::Tick);
+    assert!(!h.node("pi-1").status.ready);
+    let ApiReply::Events(ev) = h
+        .api(ApiOp::Events {
+            object: Some("node/pi-1".into()),
+        })
+        .unwrap()
+    else {
+        panic!()
+    };
+    assert_eq!(
+        ev.last().map(|e| e.message.as_str()),
+        Some("No heartbeat for 21620s")
+    );
+}
+
 // ----- node loss: eviction and return ----------------------------------------
 
 fn beat(h: &mut Harness, node: &str) {
@@ -424,4 +488,18 @@ fn a_nodes_last_connect_error_is_kept_until_replaced() {
         h.node("pi-1").status.last_connect_error.unwrap().message,
         "timed out"
     );
+}
+
+/// A restarted coordinator asks every node it knows for its status once: a quiet node
+/// (a link profile with rare heartbeats) that stayed connected to an external broker
+/// answers with a Hello and its Link, so its own liveness timeout applies again instead of
+/// the plain heartbeat timeout.
+#[tokio::test(start_paused = true)]
+async fn a_started_core_asks_every_known_node_for_its_status() {
+    let mut h = two_nodes();
+    h.drain();
+    h.core.ask_known_nodes();
+    let msgs = h.drain();
+    assert_eq!(status_requests(&msgs, "pi-1"), 1, "{msgs:?}");
+    assert_eq!(status_requests(&msgs, "pi-2"), 1, "{msgs:?}");
 }

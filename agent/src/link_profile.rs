@@ -1,0 +1,176 @@
+//! Link profiles: how much the agent says over its link to the broker, and how soon the
+//! fleet notices it is gone.
+//!
+//! An idle agent costs the link three things: MQTT keepalive pings (a PINGREQ, a PINGRESP
+//! and a TCP ACK, about 160 bytes on the wire each round), heartbeats, and status
+//! messages. Heartbeats carry nothing new while nothing changes, so the agent sends one
+//! only when its content changed, and an unchanged one at most every `heartbeat_max` (a
+//! backstop for a last will a broker lost). Liveness comes from the keepalive: the broker
+//! drops an agent 1.5 keepalives after its last packet, or at once when its connection
+//! closes, and publishes its last will, which the coordinator takes as NotReady. The
+//! coordinator learns the profile from [`baton_proto::LinkProfile`], sent after each
+//! Hello, so that it does not time out a quiet node that is still connected.
+//!
+//! | profile | keepalive | node loss noticed | unchanged heartbeat | status batched |
+//! |---|---|---|---|---|
+//! | `lan` | 13 s | ≤ 19.5 s | every 10 min | no |
+//! | `metered` | 190 s | ≤ 4.75 min | every 6 h | 1 s |
+//!
+//! Every value can be set on its own with a flag, which wins over the profile (the e2e
+//! tests use short ones).
+
+use std::time::Duration;
+
+/// The named profiles (`--link-profile`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Profile {
+    /// A link that costs nothing per byte: node loss noticed within 20 s.
+    Lan,
+    /// A cellular or satellite link paid by the byte: ≤ 100 KiB a day idle, node loss
+    /// noticed within 5 minutes.
+    Metered,
+}
+
+/// What a profile sets, after the flags that override it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Settings {
+    /// How often the agent measures pressure and looks whether a heartbeat is due.
+    pub heartbeat_every: Duration,
+    /// The longest a connected agent goes without a heartbeat.
+    pub heartbeat_max: Duration,
+    /// The MQTT keepalive.
+    pub keepalive: Duration,
+    /// How long status changes are gathered before one Status goes out (0: at once).
+    pub status_batch: Duration,
+}
+
+impl Profile {
+    pub fn settings(self) -> Settings {
+        match self {
+            // 13 s: the broker drops a silent agent after 19.5 s, within the 20 s bound.
+            Profile::Lan => Settings {
+                heartbeat_every: Duration::from_secs(5),
+                heartbeat_max: Duration::from_secs(600),
+                keepalive: Duration::from_secs(13),
+                status_batch: Duration::ZERO,
+            },
+            // 190 s: 455 ping rounds a day (71 KiB plain, 91 KiB over TLS; 180 s measured
+            // 100.5 KiB over TLS, docs/benchmarks.md), and the broker drops a silent agent
+            // after 285 s, within the 5 min bound. A 1 s batch still reports a crash
+            // within 2 s.
+            Profile::Metered => Settings {
+                heartbeat_every: Duration::from_secs(5),
+                heartbeat_max: Duration::from_secs(6 * 3600),
+                keepalive: Duration::from_secs(190),
+                status_batch: Duration::from_secs(1),
+            },
+        }
+    }
+}
+
+impl Settings {
+    /// What the coordinator is told.
+    pub fn wire(&self) -> baton_proto::LinkProfile {
+        let secs = |d: Duration| u32::try_from(d.as_secs()).unwrap_or(u32::MAX);
+        baton_proto::LinkProfile {
+            keepalive_secs: secs(self.keepalive),
+            heartbeat_max_secs: secs(self.heartbeat_max),
+        }
+    }
+}
+
+/// The agent's link flags: a profile, and its values one by one.
+#[derive(Debug, Clone, clap::Args)]
+pub struct LinkArgs {
+    /// How frugal to be with the link to the broker: `lan` (node loss noticed within 20 s)
+    /// or `metered` (≤ 100 KiB a day idle, node loss noticed within 5 minutes).
+    #[arg(long, env = "BATON_LINK_PROFILE", value_enum, default_value = "lan")]
+    pub link_profile: Profile,
+    /// How often pressure is measured and a heartbeat considered (profile: 5).
+    #[arg(long, env = "BATON_HEARTBEAT_SECS", value_parser = clap::value_parser!(u64).range(1..))]
+    pub heartbeat_secs: Option<u64>,
+    /// The longest a connected agent goes without a heartbeat; an unchanged one is sent
+    /// only this often (profile: lan 600, metered 21600). Equal to `--heartbeat-secs`,
+    /// every heartbeat goes out.
+    #[arg(long, env = "BATON_HEARTBEAT_MAX_SECS", value_parser = clap::value_parser!(u64).range(1..))]
+    pub heartbeat_max_secs: Option<u64>,
+    /// The MQTT keepalive; the broker drops the agent after 1.5 times this without a
+    /// packet (profile: lan 13, metered 190).
+    #[arg(long, env = "BATON_MQTT_KEEPALIVE_SECS", value_parser = clap::value_parser!(u64).range(1..=65535))]
+    pub mqtt_keepalive_secs: Option<u64>,
+    /// How long status changes are gathered before one Status goes out (profile: lan 0,
+    /// metered 1000).
+    #[arg(long, env = "BATON_STATUS_BATCH_MS")]
+    pub status_batch_ms: Option<u64>,
+}
+
+impl LinkArgs {
+    pub fn settings(&self) -> Settings {
+        let p = self.link_profile.settings();
+        Settings {
+            heartbeat_every: self
+                .heartbeat_secs
+                .map_or(p.heartbeat_every, Duration::from_secs),
+            heartbeat_max: self
+                .heartbeat_max_secs
+                .map_or(p.heartbeat_max, Duration::from_secs),
+            keepalive: self
+                .mqtt_keepalive_secs
+                .map_or(p.keepalive, Duration::from_secs),
+            status_batch: self
+                .status_batch_ms
+                .map_or(p.status_batch, Duration::from_millis),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+
+    #[derive(Parser)]
+    struct Cli {
+        #[command(flatten)]
+        link: LinkArgs,
+    }
+
+    fn parse(args: &[&str]) -> Settings {
+        Cli::try_parse_from(std::iter::once("agent").chain(args.iter().copied()))
+            .unwrap()
+            .link
+            .settings()
+    }
+
+    #[test]
+    fn profiles_set_every_value_and_flags_win() {
+        assert_eq!(parse(&[]), Profile::Lan.settings());
+        let m = parse(&["--link-profile", "metered"]);
+        assert_eq!(m, Profile::Metered.settings());
+        assert_eq!(m.keepalive, Duration::from_secs(190));
+        // Node loss within the bounds: the broker waits 1.5 keepalives.
+        assert!(Profile::Lan.settings().keepalive.mul_f64(1.5) <= Duration::from_secs(20));
+        assert!(m.keepalive.mul_f64(1.5) <= Duration::from_secs(300));
+        let o = parse(&[
+            "--link-profile",
+            "metered",
+            "--mqtt-keepalive-secs",
+            "2",
+            "--heartbeat-max-secs",
+            "90",
+            "--status-batch-ms",
+            "0",
+        ]);
+        assert_eq!(
+            o,
+            Settings {
+                keepalive: Duration::from_secs(2),
+                heartbeat_max: Duration::from_secs(90),
+                status_batch: Duration::ZERO,
+                ..m
+            }
+        );
+        assert_eq!(o.wire().heartbeat_max_secs, 90);
+        assert!(Cli::try_parse_from(["agent", "--mqtt-keepalive-secs", "0"]).is_err());
+    }
+}

@@ -677,24 +677,7 @@ async fn every_contract_route_is_served_as_defined() {
 
     // Agent releases.
     let binary = b"an agent binary".to_vec();
-    let sha: [u8; 32] = <sha2::Sha256 as sha2::Digest>::digest(&binary).into();
-    let mut wire = baton_proto::Release {
-        version: baton_proto::BString::new("0.2.1").unwrap(),
-        target: baton_proto::BString::new("x86_64-unknown-linux-gnu").unwrap(),
-        protocol: 5,
-        size: binary.len() as u64,
-        sha256: sha,
-        signature: baton_proto::BVec::new(),
-    };
-    baton_proto::release::sign(&mut wire, &release_key).unwrap();
-    let import = routes::ImportRelease {
-        version: "0.2.1".into(),
-        target: "x86_64-unknown-linux-gnu".into(),
-        protocol: "5".into(),
-        size: binary.len().to_string(),
-        sha256: hex::encode(sha),
-        signature: b64(&wire.signature),
-    };
+    let (import, sha) = signed_import(&binary, "x86_64-unknown-linux-gnu", &release_key);
     let imported = c.send(&import, binary.clone().into()).await;
     assert_eq!(imported.digest, baton_proto::release::digest_string(&sha));
     let releases = c.call(&routes::ListReleases {}, &NoBody).await;
@@ -757,6 +740,33 @@ fn no_api_path_outside_the_contract() {
             assert!(!text.contains(needle), "{name} writes a path: {needle}");
         }
     }
+}
+
+/// The import route of `binary` as agent 0.2.1 for `target`, signed by `key`; and its sha256.
+fn signed_import(
+    binary: &[u8],
+    target: &str,
+    key: &baton_proto::sign::SigningKey,
+) -> (routes::ImportRelease, [u8; 32]) {
+    let sha: [u8; 32] = <sha2::Sha256 as sha2::Digest>::digest(binary).into();
+    let mut wire = baton_proto::Release {
+        version: baton_proto::BString::new("0.2.1").unwrap(),
+        target: baton_proto::BString::new(target).unwrap(),
+        protocol: 5,
+        size: binary.len() as u64,
+        sha256: sha,
+        signature: baton_proto::BVec::new(),
+    };
+    baton_proto::release::sign(&mut wire, key).unwrap();
+    let import = routes::ImportRelease {
+        version: "0.2.1".into(),
+        target: target.into(),
+        protocol: "5".into(),
+        size: binary.len().to_string(),
+        sha256: hex::encode(sha),
+        signature: crate::security::encoding::b64(&wire.signature),
+    };
+    (import, sha)
 }
 
 /// An enrolled node without an API token (it enrolled through `--enroll-listen`) fetches a
@@ -837,24 +847,7 @@ async fn enrolled_nodes_sign_their_release_downloads() {
     let pi1 = enroll(&mut c, "pi-1", 7).await;
     let pi2 = enroll(&mut c, "pi-2", 9).await;
     let binary = b"an agent binary".to_vec();
-    let sha: [u8; 32] = <sha2::Sha256 as sha2::Digest>::digest(&binary).into();
-    let mut wire = baton_proto::Release {
-        version: baton_proto::BString::new("0.2.1").unwrap(),
-        target: baton_proto::BString::new("aarch64-unknown-linux-musl").unwrap(),
-        protocol: 5,
-        size: binary.len() as u64,
-        sha256: sha,
-        signature: baton_proto::BVec::new(),
-    };
-    baton_proto::release::sign(&mut wire, &release_key).unwrap();
-    let import = routes::ImportRelease {
-        version: "0.2.1".into(),
-        target: "aarch64-unknown-linux-musl".into(),
-        protocol: "5".into(),
-        size: binary.len().to_string(),
-        sha256: hex::encode(sha),
-        signature: b64(&wire.signature),
-    };
+    let (import, sha) = signed_import(&binary, "aarch64-unknown-linux-musl", &release_key);
     c.send(&import, binary.clone().into()).await;
     let path = baton_proto::release::download_path(&sha);
 

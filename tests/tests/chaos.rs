@@ -1150,11 +1150,16 @@ fn s6_power_loss_during_state_writes() -> Result<()> {
     )
 }
 
-/// Checks the persisted desired state file the way the agent does (magic, length, FNV-1a
-/// checksum) and returns its generation (the first postcard varint of the body).
+/// Checks the persisted desired state file the way the agent does (magic: `BTN5` as this
+/// version writes it, `BTNS` as 0.1 did; length, FNV-1a checksum) and returns its generation
+/// (the first postcard varint of the body, in both shapes).
 fn state_file_generation(path: &Path) -> Result<u64> {
     let b = std::fs::read(path)?;
-    ensure!(b.len() >= 12 && &b[..4] == b"BTNS", "bad header");
+    ensure!(
+        b.len() >= 12 && matches!(&b[..4], b"BTN5" | b"BTNS"),
+        "bad header: {:?}",
+        &b[..b.len().min(4)]
+    );
     let len = u32::from_le_bytes([b[4], b[5], b[6], b[7]]) as usize;
     ensure!(
         b.len() == len + 12,

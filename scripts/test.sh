@@ -59,14 +59,10 @@ tests/ota/build-releases.sh
 
 space
 # The static ARM builds for every Pi (cross/README.md), checked, smoke-run under qemu-user and
-# sized, all in the background beside the tests that do not need them (CPU the tests leave
-# idle while they wait on containers and timers). The aarch64 pair first, then its 0.2.1
-# release (tests/src/device_ota.rs; the same cargo invocation but for the version, so only
-# the agent recompiles): the arm64 board and the coordinator-on-a-Pi test run cross/build.sh
-# themselves, which waits for this build (a lock per target) and finds it cached. The 32-bit
-# ones (std compiled from source: the longest builds) and the libcontainer patch's own test
-# go beside it; the armhf board's test waits for them in a second pass.
-echo "== ARM cross builds (background)"
+# sized. The aarch64 pair first: the arm64 board and the coordinator-on-a-Pi test boot them.
+# The 32-bit ones (std compiled from source: the longest builds) go on in the background
+# during the tests that do not need them; the armhf board's test waits for them.
+echo "== ARM cross builds"
 cross_targets=${BATON_CROSS_TARGETS:-all}
 [ "$cross_targets" = all ] &&
   cross_targets="aarch64-unknown-linux-musl armv7-unknown-linux-musleabihf arm-unknown-linux-musleabihf"
@@ -75,13 +71,11 @@ first=() rest=()
 for t in "${cross_targets[@]}"; do
   if [ "$t" = aarch64-unknown-linux-musl ]; then first+=("$t"); else rest+=("$t"); fi
 done
-arm64_pid=""
 if [ "${#first[@]}" -gt 0 ]; then
-  # Nice 5: ahead of the other background builds (the boards wait for it), behind the tests.
-  ( nice -n 5 cross/build.sh "${first[@]}" &&
-    nice -n 5 tests/ota/build-releases.sh aarch64-unknown-linux-musl ) \
-    >target/ci-logs/cross-aarch64.log 2>&1 &
-  arm64_pid=$!
+  cross/build.sh "${first[@]}"
+  # The aarch64 0.2.1 the arm64 board's update rolls out (tests/src/device_ota.rs): the same
+  # cargo invocation but for the version, right after it, so only the agent recompiles.
+  tests/ota/build-releases.sh aarch64-unknown-linux-musl >/dev/null
 fi
 cross_pid=""
 if [ "${#rest[@]}" -gt 0 ]; then
@@ -101,17 +95,14 @@ fuzz_pid=$!
 space
 echo "== tests"
 # cargo-nextest (.config/nextest.toml): one build of every test, each test in its own process,
-# independent e2e files side by side, the emulated boards one at a time and last (they wait for
-# the aarch64 build; .config/nextest.toml, profile ci). The armhf
+# independent e2e files side by side, the emulated boards one at a time and first. The armhf
 # board needs the 32-bit agents: it runs after them, in a second pass.
 export BATON_E2E_SKIP_DEVICES=$skip_devices
 failed=0
 second='binary(device_armhf)'
-nt=(cargo nextest run --profile ci --workspace --locked --no-fail-fast --test-threads "${BATON_TEST_THREADS:-4}")
+nt=(cargo nextest run --workspace --locked --no-fail-fast --test-threads "${BATON_TEST_THREADS:-4}")
 "${nt[@]}" -E "not ($second)" || failed=1
 space
-await "$arm64_pid" target/ci-logs/cross-aarch64.log "aarch64 cross build and its 0.2.1 release" || failed=1
-[ -z "$arm64_pid" ] || grep -A3 -E '^cross/build: static|built in' target/ci-logs/cross-aarch64.log
 await "$cards_pid" target/ci-logs/device-images.log "device card images" || failed=1
 await "$cross_pid" target/ci-logs/cross-32bit.log "32-bit ARM cross builds and the patch test" || failed=1
 [ -z "$cross_pid" ] || grep -A3 -E '^cross/build: static|^== ' target/ci-logs/cross-32bit.log

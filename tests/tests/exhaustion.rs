@@ -191,6 +191,22 @@ fn silent_connections_cannot_exhaust_the_api_or_enrollment() -> Result<()> {
         nofile_line.split_whitespace().nth(3) == Some("1024"),
         "the coordinator does not run under nofile {NOFILE}: {nofile_line}"
     );
+    // Both listeners queue a burst of connects instead of dropping SYNs: with tokio's
+    // default backlog (1024) the flood filled the queue while a loaded server's accept loop
+    // was behind, and the real client's connect waited for TCP's 1 s retransmission.
+    let ss = c.ns.cmd("ss").args(["-ltnH"]).output()?;
+    let ss = String::from_utf8_lossy(&ss.stdout);
+    for addr in [API, ENROLL] {
+        let backlog = ss
+            .lines()
+            .find(|l| l.split_whitespace().nth(3) == Some(addr))
+            .and_then(|l| l.split_whitespace().nth(2))
+            .with_context(|| format!("no listener on {addr} in ss: {ss}"))?;
+        ensure!(
+            backlog == "4096",
+            "{addr} listens with a backlog of {backlog}: {ss}"
+        );
+    }
     let base_fds = c.fds()?;
     // Nothing may come near the limit: the bound is half of it, plus what the server
     // had open before the attack.

@@ -64,6 +64,26 @@ const NOFILE_TARGET: u64 = 65_536;
 /// How long open connections get to finish their requests on shutdown.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
 
+/// The HTTP listeners' accept backlog. tokio's `TcpListener::bind` asks for 1024; a burst
+/// of connections beyond that while the accept loop is behind (a flood of silent
+/// connections on a busy 2-core board) made the kernel drop a real client's SYN, whose
+/// connect then waited for TCP's one-second retransmission. The kernel caps it at
+/// `net.core.somaxconn` (4096 by default since Linux 5.4).
+pub const LISTEN_BACKLOG: u32 = 4096;
+
+/// Binds an HTTP listener on `addr` with [`LISTEN_BACKLOG`] (and `SO_REUSEADDR`, as
+/// `TcpListener::bind` sets it, so a restarted server can bind again at once).
+pub fn bind(addr: std::net::SocketAddr) -> std::io::Result<tokio::net::TcpListener> {
+    let socket = if addr.is_ipv4() {
+        tokio::net::TcpSocket::new_v4()?
+    } else {
+        tokio::net::TcpSocket::new_v6()?
+    };
+    socket.set_reuseaddr(true)?;
+    socket.bind(addr)?;
+    socket.listen(LISTEN_BACKLOG)
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Limits {
     pub max_connections: usize,

@@ -286,9 +286,8 @@ impl Server {
             .and_then(|f| std::fs::read(&f.cert).ok())
             .and_then(|pem| crate::edge::bus::identity_problem(&pem));
 
-        let listener = tokio::net::TcpListener::bind(cfg.http_listen)
-            .await
-            .map_err(|source| ServerError::Bind {
+        let listener =
+            crate::edge::serve::bind(cfg.http_listen).map_err(|source| ServerError::Bind {
                 addr: cfg.http_listen,
                 source,
             })?;
@@ -305,8 +304,7 @@ impl Server {
         let enroll = match cfg.enroll_listen {
             None => None,
             Some(addr) => {
-                let l = tokio::net::TcpListener::bind(addr)
-                    .await
+                let l = crate::edge::serve::bind(addr)
                     .map_err(|source| ServerError::Bind { addr, source })?;
                 let pki = security.pki();
                 let (cert, key) = pki.api_tls(&api_sans(addr, &cfg.tls_sans))?;

@@ -114,22 +114,14 @@ impl Core {
                 ApplyAction::Created
             }
             Some(old) => {
-                let spec_changed = old.spec != d.spec;
-                if !spec_changed
-                    && old.metadata.labels == d.metadata.labels
-                    && old.metadata.annotations == d.metadata.annotations
-                {
-                    ApplyAction::Unchanged
-                } else {
-                    let mut new = old.clone();
-                    new.metadata.labels = d.metadata.labels;
-                    new.metadata.annotations = d.metadata.annotations;
-                    if spec_changed {
-                        new.spec = d.spec;
-                        new.metadata.generation += 1;
+                match super::requests::reapplied((&old.metadata, &old.spec), (d.metadata, d.spec)) {
+                    None => ApplyAction::Unchanged,
+                    Some((metadata, spec)) => {
+                        let mut new = old.clone();
+                        (new.metadata, new.spec) = (metadata, spec);
+                        self.daemon_sets.insert(name.clone(), new);
+                        ApplyAction::Configured
                     }
-                    self.daemon_sets.insert(name.clone(), new);
-                    ApplyAction::Configured
                 }
             }
         };

@@ -266,24 +266,15 @@ impl Core {
                 self.deployments.insert(name.clone(), d);
                 ApplyAction::Created
             }
-            Some(old) => {
-                let spec_changed = old.spec != d.spec;
-                let meta_changed = old.metadata.labels != d.metadata.labels
-                    || old.metadata.annotations != d.metadata.annotations;
-                if !spec_changed && !meta_changed {
-                    ApplyAction::Unchanged
-                } else {
+            Some(old) => match reapplied((&old.metadata, &old.spec), (d.metadata, d.spec)) {
+                None => ApplyAction::Unchanged,
+                Some((metadata, spec)) => {
                     let mut new = old.clone();
-                    new.metadata.labels = d.metadata.labels;
-                    new.metadata.annotations = d.metadata.annotations;
-                    if spec_changed {
-                        new.spec = d.spec;
-                        new.metadata.generation += 1;
-                    }
+                    (new.metadata, new.spec) = (metadata, spec);
                     self.deployments.insert(name.clone(), new);
                     ApplyAction::Configured
                 }
-            }
+            },
         };
         if action != ApplyAction::Unchanged {
             self.touch(Tab::Deployment, &name);
@@ -463,4 +454,26 @@ fn check_wire(pod: &api::Pod, what: &str) -> Result<(), ApiError> {
     wire::pod_spec(&probe)
         .map(|_| ())
         .map_err(|e| ApiError::BadRequest(format!("{what}: {e}")))
+}
+
+/// `apply` of a workload (Deployment, DaemonSet) over the stored one: labels and
+/// annotations follow the manifest, a changed spec replaces the old one and bumps the
+/// generation. `None` when nothing changed.
+pub(super) fn reapplied<S: PartialEq + Clone>(
+    (old_meta, old_spec): (&api::ObjectMeta, &S),
+    (meta, spec): (api::ObjectMeta, S),
+) -> Option<(api::ObjectMeta, S)> {
+    let spec_changed = *old_spec != spec;
+    if !spec_changed && old_meta.labels == meta.labels && old_meta.annotations == meta.annotations {
+        return None;
+    }
+    let mut next = old_meta.clone();
+    next.labels = meta.labels;
+    next.annotations = meta.annotations;
+    if spec_changed {
+        next.generation += 1;
+        Some((next, spec))
+    } else {
+        Some((next, old_spec.clone()))
+    }
 }

@@ -751,14 +751,16 @@ fn a_pod_taking_the_nodes_memory_is_evicted_and_the_others_kept() -> Result<()> 
     r
 }
 
-fn memory(lab: &mut Lab) -> Result<()> {
+/// Restarts agent `i` offering pods 400 MiB of the host's memory (the rest reserved), with
+/// MemoryPressure under 150 MiB available and a 1 s transition period.
+fn offer_pods_400_mib(lab: &mut Lab, i: usize) -> Result<()> {
     let total_mib: u64 = fs::read_to_string("/proc/meminfo")?
         .lines()
         .find_map(|l| l.strip_prefix("MemTotal:"))
         .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
         .context("MemTotal")?
         / 1024;
-    lab.kill_agent(0);
+    lab.kill_agent(i);
     lab.agent_args = vec![
         "--reserved-memory-mib".into(),
         (total_mib - 400).to_string(),
@@ -767,7 +769,11 @@ fn memory(lab: &mut Lab) -> Result<()> {
         "--eviction-pressure-transition-period".into(),
         "1s".into(),
     ];
-    lab.start_agent(0)?;
+    lab.start_agent(i)
+}
+
+fn memory(lab: &mut Lab) -> Result<()> {
+    offer_pods_400_mib(lab, 0)?;
     let reg = lab.registry();
     let (n1, n2) = (lab.agents[0].name.clone(), lab.agents[1].name.clone());
     lab.apply(&format!(
@@ -831,22 +837,7 @@ fn a_critical_pod_is_never_evicted() -> Result<()> {
 }
 
 fn critical(lab: &mut Lab) -> Result<()> {
-    let total_mib: u64 = fs::read_to_string("/proc/meminfo")?
-        .lines()
-        .find_map(|l| l.strip_prefix("MemTotal:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
-        .context("MemTotal")?
-        / 1024;
-    lab.kill_agent(0);
-    lab.agent_args = vec![
-        "--reserved-memory-mib".into(),
-        (total_mib - 400).to_string(),
-        "--eviction-hard".into(),
-        "memory.available<150Mi".into(),
-        "--eviction-pressure-transition-period".into(),
-        "1s".into(),
-    ];
-    lab.start_agent(0)?;
+    offer_pods_400_mib(lab, 0)?;
     let reg = lab.registry();
     let n1 = lab.agents[0].name.clone();
     lab.apply(&pinned_pod(&reg, "small", &n1, "", "exec sleep 3600"))?;

@@ -30,21 +30,23 @@ install_missing() {
 #                              zig and cargo-zigbuild from PyPI for the 32-bit targets
 #   curl python3               image build/push script and health checks
 #   apache2-utils openssl      htpasswd (bcrypt) and a test CA for the registry auth/TLS tests
+#   prometheus                 a real Prometheus scraping /metrics (tests/tests/metrics.rs)
 PKGS=(iproute2 iptables libseccomp-dev docker-registry mosquitto mosquitto-clients runc
       busybox-static gcc-aarch64-linux-gnu qemu-user-static curl python3 pkg-config
-      linux-libc-dev-arm64-cross apache2-utils openssl gperf make python3-pip)
+      linux-libc-dev-arm64-cross apache2-utils openssl gperf make python3-pip prometheus)
 
 install_missing "${PKGS[@]}"
 
 # Debian starts these daemons on install; the tests start their own instances on
 # loopback or inside their own namespaces, so the system-wide ones must not hold ports.
-for svc in mosquitto docker-registry; do
+for svc in mosquitto docker-registry prometheus; do
   if command -v systemctl >/dev/null 2>&1 && systemctl is-active --quiet "$svc" 2>/dev/null; then
     systemctl stop "$svc" || true
   fi
   pkill -x "$svc" 2>/dev/null || true
 done
 pkill -f '^/usr/bin/docker-registry' 2>/dev/null || true
+pkill -f '^/usr/bin/prometheus' 2>/dev/null || true
 
 # The arm64 busybox for the multi-arch example images.
 if ! dpkg --print-foreign-architectures | grep -qx arm64; then

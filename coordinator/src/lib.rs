@@ -10,6 +10,7 @@ pub mod contract;
 pub mod core;
 pub mod decide;
 pub mod edge;
+pub mod metrics;
 pub mod model;
 pub mod registry;
 pub mod security;

@@ -114,6 +114,25 @@ impl Body {
             _ => crate::MIN_PROTO_VERSION,
         }
     }
+
+    /// The variant's name, for counters and logs (a label value: stable, no payload).
+    pub fn name(&self) -> &'static str {
+        match self {
+            Body::Hello(_) => "Hello",
+            Body::Heartbeat(_) => "Heartbeat",
+            Body::Status(_) => "Status",
+            Body::Offline => "Offline",
+            Body::Desired(_) => "Desired",
+            Body::StatusRequest => "StatusRequest",
+            Body::RotateKey => "RotateKey",
+            Body::AgentUpdate(_) => "AgentUpdate",
+            Body::UpdateReport(_) => "UpdateReport",
+            Body::LogRequest(_) => "LogRequest",
+            Body::LogCredit(_) => "LogCredit",
+            Body::LogChunk(_) => "LogChunk",
+            Body::Link(_) => "Link",
+        }
+    }
 }
 
 /// One agent binary as its release key signed it (see [`crate::release`]).

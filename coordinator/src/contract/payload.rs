@@ -91,6 +91,16 @@ pub(crate) use json_bodies;
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct LogText(pub Vec<u8>);
 
+/// The coordinator's Prometheus metrics (`Metrics`), in the text exposition format.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct MetricsText(pub String);
+
+impl ResponseBody for MetricsText {
+    fn parse(bytes: &[u8]) -> Result<Self, serde_json::Error> {
+        Ok(MetricsText(String::from_utf8_lossy(bytes).into_owned()))
+    }
+}
+
 /// How a log stream that failed midway says why (see [`LogText`]).
 pub const LOG_ERROR_PREFIX: &str = "\nbaton: error: ";
 

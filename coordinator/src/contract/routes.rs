@@ -36,7 +36,7 @@ use super::images::{ImageDeleted, ImageSummary};
 use super::nodes::{
     EnrollRequest, EnrollResponse, IdentitySummary, NodeSpecChange, RejectionReport, RotateRequest,
 };
-use super::payload::{Archive, LogText, Manifest, NoBody, Pem};
+use super::payload::{Archive, LogText, Manifest, MetricsText, NoBody, Pem};
 use super::releases::{Binary, ReleaseDeleted, ReleaseSummary};
 use super::resource::ResourceKind;
 use super::tokens::{
@@ -221,6 +221,9 @@ routes! {
         Post "/api/v1/nodes/{name}/rotate-key", NoBody => IdentitySummary;
     Identity { name: String } Get "/api/v1/nodes/{name}/identity", NoBody => IdentitySummary;
     Rejections {} Get "/api/v1/security/rejections", NoBody => RejectionReport;
+    /// Prometheus metrics (text exposition format), where scrapers look for them. Any
+    /// token: a read-only one is what a Prometheus server should hold.
+    Metrics {} Get "/metrics", NoBody => MetricsText;
 
     ListImages {} Get "/api/v1/images", NoBody => List<ImageSummary>;
     /// Imports an OCI archive; `name` is `REPOSITORY[:TAG]` for images the archive does
@@ -407,8 +410,9 @@ mod tests {
         let mut seen = std::collections::HashSet::new();
         for r in ALL {
             assert!(seen.insert((r.method, r.path)), "{r:?} twice");
+            // `/metrics` is where Prometheus scrapers look by default.
             assert!(
-                r.path == "/healthz" || r.path.starts_with("/api/v1/"),
+                r.path == "/healthz" || r.path == "/metrics" || r.path.starts_with("/api/v1/"),
                 "{r:?}"
             );
         }

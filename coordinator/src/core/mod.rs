@@ -140,6 +140,8 @@ pub enum ApiOp {
     Events {
         object: Option<String>,
     },
+    /// The state's counts for `/metrics` (`crate::metrics::Fleet`).
+    Fleet,
     /// A Deployment's or DaemonSet's rollout progress (`rollout::RolloutProgress`).
     RolloutStatus {
         kind: ResourceKind,
@@ -201,6 +203,7 @@ pub enum ApiReply {
     RolledBack(UndoResult),
     Revocation(Revocation),
     AgentUpdate(api::AgentUpdate),
+    Fleet(Box<crate::metrics::Fleet>),
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -301,6 +304,8 @@ pub struct Core {
     dirty: BTreeSet<(Tab, String)>,
     new_events: Vec<api::Event>,
     pending_out: Vec<Outbound>,
+    /// Pod start and store commit latencies for `/metrics`.
+    metrics: Arc<crate::metrics::Metrics>,
 }
 
 fn new_uid() -> String {
@@ -360,6 +365,7 @@ impl Core {
             dirty: BTreeSet::new(),
             new_events: Vec::new(),
             pending_out: Vec::new(),
+            metrics: Arc::default(),
         };
         core.load()?;
         Ok(core)
@@ -373,6 +379,12 @@ impl Core {
     /// hits a pod that was already told to stop. Zero removes pods at once.
     pub fn with_pod_drain(mut self, drain: Duration) -> Self {
         self.pod_drain = drain;
+        self
+    }
+
+    /// Records latencies in `metrics` (the ones `/metrics` serves) instead of its own.
+    pub fn with_metrics(mut self, metrics: Arc<crate::metrics::Metrics>) -> Self {
+        self.metrics = metrics;
         self
     }
 

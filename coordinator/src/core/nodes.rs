@@ -313,6 +313,7 @@ impl Core {
                 let host_ip = self.nodes.get(name).and_then(|n| n.status.address.clone());
                 // Said on the node too, where `describe node` shows it after the pod is gone.
                 let mut evicted = Vec::new();
+                let metrics = self.metrics.clone();
                 for ps in st.pods.iter() {
                     let Some(pod) = self.pods.get_mut(ps.name.as_str()) else {
                         continue;
@@ -328,6 +329,13 @@ impl Core {
                     }
                     let old = std::mem::replace(&mut pod.status, new);
                     let pod_name = pod.metadata.name.clone();
+                    if old.phase == api::PodPhase::Pending
+                        && pod.status.phase == api::PodPhase::Running
+                    {
+                        if let Some(age) = age_of(&pod.metadata.creation_timestamp) {
+                            metrics.pod_started(age);
+                        }
+                    }
                     let mut transitions = container_transitions(&old, &pod.status);
                     if pod.status.reason.as_deref() == Some("Evicted")
                         && old.reason.as_deref() != Some("Evicted")
@@ -542,4 +550,11 @@ fn container_transitions(
         }
     }
     out
+}
+
+/// How long ago an RFC 3339 timestamp (a `creationTimestamp`) was; `None` if unparsable or
+/// in the future (a clock step).
+fn age_of(timestamp: &str) -> Option<Duration> {
+    let at = humantime::parse_rfc3339(timestamp).ok()?;
+    std::time::SystemTime::now().duration_since(at).ok()
 }

@@ -30,6 +30,12 @@ impl Core {
                 Ok(ApiReply::Described { object, events })
             }
             ApiOp::Events { object } => Ok(ApiReply::Events(self.events_of(object.as_deref()))),
+            ApiOp::Fleet => Ok(ApiReply::Fleet(Box::new(crate::metrics::snapshot(
+                self.nodes.values(),
+                self.pods.values(),
+                self.deployments.values(),
+                self.daemon_sets.values(),
+            )))),
             ApiOp::RolloutStatus {
                 kind: ResourceKind::DaemonSet,
                 name,

@@ -92,7 +92,10 @@ impl Core {
         }
         if !self.dirty.is_empty() || !self.new_events.is_empty() {
             let ops = self.ops();
-            if let Err(e) = self.store.commit(ops) {
+            let started = std::time::Instant::now();
+            let committed = self.store.commit(ops);
+            self.metrics.committed(started.elapsed());
+            if let Err(e) = committed {
                 tracing::error!(error = %e, "store commit failed; reloading the committed state");
                 self.abort();
                 return Err(ApiError::Internal(format!("cannot save the change: {e}")));

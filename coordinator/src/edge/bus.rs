@@ -29,6 +29,7 @@ use crate::contract::health::MqttStatus;
 use crate::core::{Event, Outbound};
 use crate::edge::logs::LogHub;
 use crate::edge::mqtt::MqttLogin;
+use crate::metrics::{Direction, Metrics};
 use crate::security::gate::Security;
 use crate::security::pki::{common_name, COORDINATOR_CN};
 
@@ -56,6 +57,8 @@ pub struct BusStats {
     /// A configuration that makes the broker drop everything without telling us (see
     /// [`identity_problem`]); it stands until a node's message arrives, which disproves it.
     pub suspect: Mutex<Option<String>>,
+    /// The coordinator's Prometheus metrics; the bus counts messages and bytes there.
+    pub metrics: Arc<Metrics>,
 }
 
 impl BusStats {
@@ -304,7 +307,12 @@ async fn receive_loop(
             Ok(MqttEvent::Incoming(Packet::Publish(p))) => {
                 stats.received.fetch_add(1, Ordering::Relaxed);
                 // Layout, signature and replay checks; the gate counts and logs rejections.
-                match gate.admit(&p.topic, &p.payload) {
+                let admitted = gate.admit(&p.topic, &p.payload);
+                let body_type = admitted.as_ref().map_or("rejected", |(_, b)| b.name());
+                stats
+                    .metrics
+                    .message(Direction::In, body_type, p.payload.len());
+                match admitted {
                     // Logs are not state: they go to their session, not to the core.
                     Some((node, baton_proto::Body::LogChunk(c))) => logs.deliver(&node, c),
                     Some((node, body)) => {
@@ -383,6 +391,7 @@ async fn send_loop(
 ) {
     while let Some(msg) = outbound.recv().await {
         let kind = Kind::of(&msg.body);
+        let body_type = msg.body.name();
         // Signed, with a persisted sequence number and the send time.
         let (topic, payload) = match gate.seal(&msg.node, msg.body) {
             Ok(p) => p,
@@ -391,6 +400,7 @@ async fn send_loop(
                 continue;
             }
         };
+        let len = payload.len();
         // Publishing only queues the request for the event loop, which sends it once
         // connected; if it cannot, the next heartbeat's mismatch makes the core resend.
         match client
@@ -399,6 +409,7 @@ async fn send_loop(
         {
             Ok(()) => {
                 stats.published.fetch_add(1, Ordering::Relaxed);
+                stats.metrics.message(Direction::Out, body_type, len);
             }
             Err(e) => {
                 tracing::warn!(node = %msg.node, error = %e, "cannot queue an outbound message")

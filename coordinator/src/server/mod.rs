@@ -191,6 +191,8 @@ pub struct Server {
     conns: Arc<crate::edge::serve::Conns>,
     /// `baton logs` sessions (see [`crate::edge::logs`]).
     logs: Arc<crate::edge::logs::LogHub>,
+    /// The Prometheus metrics the core, the bus and `/metrics` share.
+    metrics: Arc<crate::metrics::Metrics>,
 }
 
 impl Server {
@@ -260,7 +262,9 @@ impl Server {
         let (outbound_tx, outbound_rx) = mpsc::channel(4096);
         security.set_nudge(outbound_tx.clone());
         let logs = crate::edge::logs::LogHub::new(outbound_tx.clone());
+        let metrics = Arc::new(crate::metrics::Metrics::default());
         let core = Core::new(store, outbound_tx, cfg.heartbeat_timeout)?
+            .with_metrics(metrics.clone())
             .with_revoked(security.revoked())
             .with_releases(registry.releases(), registry.releases().rollout_versions())
             .with_pod_drain(cfg.pod_drain)
@@ -331,6 +335,7 @@ impl Server {
             enroll,
             conns: crate::edge::serve::Conns::new(limits),
             logs,
+            metrics,
         })
     }
 
@@ -367,9 +372,13 @@ impl Server {
             enroll,
             conns,
             logs,
+            metrics,
             ..
         } = self;
-        let stats = Arc::new(BusStats::default());
+        let stats = Arc::new(BusStats {
+            metrics,
+            ..BusStats::default()
+        });
         if let Some(problem) = broker_identity {
             tracing::warn!("{problem}");
             *stats.suspect.lock().unwrap_or_else(|e| e.into_inner()) = Some(problem);

@@ -35,6 +35,7 @@ use crate::contract::routes::{self, Method, Route};
 use crate::core::{ApiError, ApiOp, ApiReply, ApiRequest, Event};
 use crate::edge::bus::BusStats;
 use crate::edge::logs::LogHub;
+use crate::metrics::Metrics;
 use crate::security::auth::{AuthError, Tokens};
 use crate::security::enroll::{EnrollError, Enroller};
 use crate::security::gate::Security;
@@ -43,6 +44,7 @@ mod agent_updates;
 mod api;
 mod device;
 mod logs;
+mod metrics;
 mod middleware;
 mod tokens;
 
@@ -186,7 +188,13 @@ pub fn app(
     enroller: Arc<Enroller>,
     logs: Arc<LogHub>,
 ) -> Router {
-    let sec_routes = security_router(core.clone(), tokens.clone(), security, enroller.clone());
+    let sec_routes = security_router(
+        core.clone(),
+        tokens.clone(),
+        security,
+        enroller.clone(),
+        bus.metrics.clone(),
+    );
     api_router(core, bus, tokens, Some(images), Some(logs), Some(enroller)).merge(sec_routes)
 }
 
@@ -196,17 +204,20 @@ struct SecState {
     core: mpsc::Sender<Event>,
     security: Arc<Security>,
     enroller: Arc<Enroller>,
+    metrics: Arc<Metrics>,
 }
 
 /// The routes of device identity, merged beside [`router`]'s. Enrollment, its CA and
 /// certificate rotation authenticate themselves (join token, node signature) and are
 /// capped at `enroll::MAX_REQUEST_BYTES`; join tokens, revocation, key rotation,
-/// identities and rejections sit behind the same token check as everything else.
+/// identities, rejections and `/metrics` sit behind the same token check as everything
+/// else.
 pub fn security_router(
     core: mpsc::Sender<Event>,
     tokens: Arc<Tokens>,
     security: Arc<Security>,
     enroller: Arc<Enroller>,
+    metrics: Arc<Metrics>,
 ) -> Router {
     let public = enroll_routes();
     let authed = Router::new()
@@ -217,6 +228,7 @@ pub fn security_router(
         .serve::<routes::RotateKey, _>(device::rotate_key)
         .serve::<routes::Identity, _>(device::node_identity)
         .serve::<routes::Rejections, _>(device::rejections)
+        .serve::<routes::Metrics, _>(metrics::metrics)
         .layer(axum::middleware::from_fn_with_state(
             middleware::Gate {
                 tokens,
@@ -229,6 +241,7 @@ pub fn security_router(
         core,
         security,
         enroller,
+        metrics,
     })
 }
 
@@ -262,6 +275,8 @@ pub fn enroll_router(
             core,
             security,
             enroller,
+            // The enroll listener serves no metrics; these count nothing.
+            metrics: Arc::default(),
         })
         .merge(downloads)
 }

@@ -252,6 +252,10 @@ fn fake_core() -> mpsc::Sender<Event> {
             events: vec![event(None)],
         },
         ApiOp::Events { object } => ApiReply::Events(vec![event(object)]),
+        ApiOp::Fleet => ApiReply::Fleet(Box::new(crate::metrics::Fleet {
+            pods: [("Running".to_owned(), 1)].into(),
+            ..Default::default()
+        })),
         ApiOp::RolloutStatus { .. } => ApiReply::Rollout(RolloutProgress {
             done: true,
             message: "deployment \"web\" successfully rolled out".into(),
@@ -658,6 +662,13 @@ async fn every_contract_route_is_served_as_defined() {
         .await;
     let report = c.call(&routes::Rejections {}, &NoBody).await;
     assert_eq!(report.enrolled.get("pi-1"), Some(&false));
+    // The core's snapshot, in Prometheus' text format.
+    let metrics = c.call(&routes::Metrics {}, &NoBody).await;
+    assert!(
+        metrics.0.contains("baton_pods{phase=\"Running\"} 1\n"),
+        "{}",
+        metrics.0
+    );
     let revoked = c.call(&routes::Revoke { name: pi1() }, &NoBody).await;
     assert!(revoked.revoked);
     c.call(&routes::DeleteJoinToken { id: join.info.id }, &NoBody)
@@ -727,6 +738,7 @@ fn no_api_path_outside_the_contract() {
         ),
         ("edge/http/device.rs", include_str!("device.rs")),
         ("edge/http/logs.rs", include_str!("logs.rs")),
+        ("edge/http/metrics.rs", include_str!("metrics.rs")),
         ("edge/http/tokens.rs", include_str!("tokens.rs")),
         ("edge/http/middleware.rs", include_str!("middleware.rs")),
         ("registry/api.rs", include_str!("../../registry/api.rs")),

@@ -157,6 +157,7 @@ impl Client {
             403 => "Forbidden".to_owned(),
             404 => "NotFound".to_owned(),
             409 => "Conflict".to_owned(),
+            410 => "Gone".to_owned(),
             500 => "InternalError".to_owned(),
             503 => "ServiceUnavailable".to_owned(),
             s => s.to_string(),

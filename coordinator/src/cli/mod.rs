@@ -29,6 +29,7 @@ mod rollout;
 mod security;
 mod token;
 mod upload;
+mod watch;
 
 use std::path::PathBuf;
 
@@ -72,13 +73,16 @@ pub enum Command {
         #[arg(short = 'f', long = "filename", env = "BATON_APPLY_FILE")]
         file: String,
     },
-    /// List nodes, deployments or pods, or show one.
+    /// List nodes, deployments, pods, ... or events, or show one.
     Get {
-        /// nodes|deployments|pods (also node/no, deployment/deploy, pod/po, or TYPE/NAME)
+        /// nodes|deployments|pods|events (also node/no, deployment/deploy, pod/po, ev, or TYPE/NAME)
         resource: String,
         name: Option<String>,
         #[arg(short = 'o', long = "output", env = "BATON_OUTPUT", value_enum)]
         output: Option<Output>,
+        /// After listing, keep printing a row for every change until interrupted.
+        #[arg(short = 'w', long, env = "BATON_WATCH")]
+        watch: bool,
     },
     /// Delete a deployment (with its pods) or a pod.
     Delete {
@@ -289,7 +293,26 @@ pub async fn run(args: &ClientArgs, command: &Command) -> Result<(), CliError> {
             resource,
             name,
             output,
-        } => get::get(&client, resource, name.as_deref(), *output).await?,
+            watch,
+        } => {
+            let wide = *output == Some(Output::Wide);
+            let events = matches!(resource.as_str(), "events" | "event" | "ev");
+            match (events, *watch) {
+                (true, true) => watch::watch(&client, None, None, wide).await?,
+                (true, false) => watch::list_events(&client).await?,
+                (false, true) => {
+                    if matches!(output, Some(Output::Json | Output::Yaml)) {
+                        return Err(CliError::Usage(
+                            "error: --watch prints table rows; -o json|yaml is not supported with it"
+                                .into(),
+                        ));
+                    }
+                    let (kind, name) = target(resource, name.as_deref())?;
+                    watch::watch(&client, Some(kind), name.as_deref(), wide).await?
+                }
+                (false, false) => get::get(&client, resource, name.as_deref(), *output).await?,
+            }
+        }
         Command::Delete { resource, name } => {
             delete::delete(&client, resource, name.as_deref()).await?
         }

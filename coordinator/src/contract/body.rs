@@ -28,6 +28,20 @@ pub enum ApiObject {
     AgentUpdate(api::AgentUpdate),
 }
 
+impl ApiObject {
+    /// The object's `metadata.name`.
+    pub fn name(&self) -> &str {
+        match self {
+            ApiObject::Node(o) => &o.metadata.name,
+            ApiObject::Deployment(o) => &o.metadata.name,
+            ApiObject::DaemonSet(o) => &o.metadata.name,
+            ApiObject::Pod(o) => &o.metadata.name,
+            ApiObject::Secret(o) => &o.metadata.name,
+            ApiObject::AgentUpdate(o) => &o.metadata.name,
+        }
+    }
+}
+
 impl<'de> Deserialize<'de> for ApiObject {
     fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         use serde::de::Error;

@@ -16,6 +16,7 @@ pub mod releases;
 pub mod resource;
 pub mod routes;
 pub mod tokens;
+pub mod watch;
 
 pub use payload::{JsonBody, NoBody, Payload, RequestBody, ResponseBody};
 pub use resource::{Applied, ApplyAction, ResourceKind};

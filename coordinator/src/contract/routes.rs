@@ -42,6 +42,7 @@ use super::resource::ResourceKind;
 use super::tokens::{
     CreatedJoinToken, CreatedToken, JoinTokenInfo, JoinTokenRequest, TokenInfo, TokenRequest,
 };
+use super::watch::WatchLines;
 use crate::model::api;
 
 /// The HTTP methods the API uses.
@@ -146,6 +147,11 @@ routes! {
         Get "/api/v1/describe/{kind}/{name}", NoBody => Described;
     /// Events, oldest first; with `object` (`pod/NAME`) only that object's.
     Events { object: Option<String> } Get "/api/v1/events", NoBody => List<api::Event>;
+    /// Changes to objects of `kind` (or `events`) as they commit, streamed as JSON lines
+    /// (`watch::WatchEvent`). Without `resource_version`: every current object first, as
+    /// `ADDED`; with one: the changes after it, or 410 when they are no longer known.
+    Watch { kind: String, resource_version: Option<String> }
+        Get "/api/v1/watch/{kind}", NoBody => WatchLines;
     /// `baton logs`: the container's log, streamed (chunked) as it comes from the node.
     /// `follow` and `previous` are `true` when set; `tail` a line count.
     PodLogs {

@@ -44,6 +44,7 @@ pub mod secrets;
 #[cfg(test)]
 mod tests;
 mod txn;
+pub mod watch;
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 use std::sync::Arc;
@@ -85,6 +86,8 @@ pub enum Event {
         proto: u16,
     },
     Tick,
+    /// Open a watch (`watch`); answered on the request's own channel.
+    Watch(watch::WatchRequest),
 }
 
 /// One message from the core to a node.
@@ -216,6 +219,9 @@ pub enum ApiError {
     Conflict(String),
     #[error("{0}")]
     Internal(String),
+    /// A watch asked to resume from a version the core no longer remembers.
+    #[error("{0}")]
+    Gone(String),
     #[error("the coordinator is shutting down")]
     Unavailable,
 }
@@ -246,7 +252,7 @@ struct Live {
     timeout: Option<Duration>,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
 enum Tab {
     Deployment,
     DaemonSet,
@@ -306,6 +312,8 @@ pub struct Core {
     pending_out: Vec<Outbound>,
     /// Pod start and store commit latencies for `/metrics`.
     metrics: Arc<crate::metrics::Metrics>,
+    /// Resource versions, the change log and the open watches.
+    watches: watch::Watches,
 }
 
 fn new_uid() -> String {
@@ -366,6 +374,7 @@ impl Core {
             new_events: Vec::new(),
             pending_out: Vec::new(),
             metrics: Arc::default(),
+            watches: watch::Watches::new(),
         };
         core.load()?;
         Ok(core)
@@ -488,6 +497,7 @@ impl Core {
                 self.inbound(&node, body, proto);
                 let _ = self.finish();
             }
+            Event::Watch(req) => self.watch(req),
             Event::Tick => {
                 self.tick();
                 self.evict_untolerated(std::time::SystemTime::now());

@@ -170,7 +170,7 @@ impl Core {
         v.ok_or_else(|| Self::not_found(kind, name))
     }
 
-    fn get_all(&self, kind: ResourceKind) -> Vec<ApiObject> {
+    pub(super) fn get_all(&self, kind: ResourceKind) -> Vec<ApiObject> {
         match kind {
             ResourceKind::Node => self.nodes.values().cloned().map(ApiObject::Node).collect(),
             ResourceKind::Deployment => self

@@ -67,6 +67,7 @@ impl Core {
         self.dirty.clear();
         self.new_events.clear();
         self.pending_out.clear();
+        self.rebuild_known();
         Ok(())
     }
 
@@ -90,7 +91,7 @@ impl Core {
         if self.dirty.iter().any(|(t, _)| *t == Tab::AgentUpdate) {
             self.share_rollout_versions();
         }
-        if !self.dirty.is_empty() || !self.new_events.is_empty() {
+        if !self.dirty.is_empty() || !self.new_events.is_empty() || self.expired_events() > 0 {
             let ops = self.ops();
             let started = std::time::Instant::now();
             let committed = self.store.commit(ops);
@@ -100,6 +101,7 @@ impl Core {
                 self.abort();
                 return Err(ApiError::Internal(format!("cannot save the change: {e}")));
             }
+            let first_event = self.next_event;
             for e in std::mem::take(&mut self.new_events) {
                 self.events.push_back((self.next_event, e));
                 self.next_event += 1;
@@ -107,7 +109,10 @@ impl Core {
             while self.events.len() > MAX_EVENTS {
                 self.events.pop_front();
             }
-            self.dirty.clear();
+            let expired = self.expired_events();
+            self.events.drain(..expired);
+            let changed = std::mem::take(&mut self.dirty);
+            self.publish_changes(&changed, first_event);
         }
         for msg in std::mem::take(&mut self.pending_out) {
             // Never block the core on the bus: a message lost here is resent when the next
@@ -162,7 +167,8 @@ impl Core {
             }
         }
         let total = self.events.len() + self.new_events.len();
-        for (old, _) in self.events.iter().take(total.saturating_sub(MAX_EVENTS)) {
+        let over = total.saturating_sub(MAX_EVENTS).max(self.expired_events());
+        for (old, _) in self.events.iter().take(over) {
             ops.push(Op::Delete(Table::Events, event_key(*old)));
         }
         // New events beyond the bound within one transaction (a huge apply) are

@@ -12,6 +12,7 @@ mod rollouts;
 mod scheduling;
 mod secrets;
 mod txn;
+mod watch;
 
 use super::*;
 use crate::contract::ApplyAction;

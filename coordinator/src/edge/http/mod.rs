@@ -47,6 +47,7 @@ mod logs;
 mod metrics;
 mod middleware;
 mod tokens;
+mod watch;
 
 pub use middleware::BODY_READ_TIMEOUT;
 
@@ -145,6 +146,7 @@ fn api_router(
         .serve::<routes::Apply, _>(api::apply)
         .serve::<routes::Events, _>(api::events)
         .serve::<routes::PodLogs, _>(logs::pod_logs)
+        .serve::<routes::Watch, _>(watch::watch)
         .serve::<routes::Describe, _>(api::describe)
         .serve::<routes::ListObjects, _>(api::list)
         .serve::<routes::GetObject, _>(api::get_one)
@@ -296,6 +298,7 @@ impl From<ApiError> for Failure {
             ApiError::BadRequest(_) => StatusCode::BAD_REQUEST,
             ApiError::NotFound(_) => StatusCode::NOT_FOUND,
             ApiError::Conflict(_) => StatusCode::CONFLICT,
+            ApiError::Gone(_) => StatusCode::GONE,
             ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
             ApiError::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
         };

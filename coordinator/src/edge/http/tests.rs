@@ -281,8 +281,27 @@ fn fake_core() -> mpsc::Sender<Event> {
     let (tx, mut rx) = mpsc::channel::<Event>(16);
     tokio::spawn(async move {
         while let Some(ev) = rx.recv().await {
-            if let Event::Api(req) = ev {
-                let _ = req.reply.send(Ok(answer(req.op)));
+            match ev {
+                Event::Api(req) => {
+                    let _ = req.reply.send(Ok(answer(req.op)));
+                }
+                // One change, then the stream ends (the live channel is closed).
+                Event::Watch(w) => {
+                    let (_, live) = mpsc::channel(1);
+                    let ev = crate::contract::watch::WatchEvent {
+                        change: crate::contract::watch::Change::Deleted,
+                        resource_version: w.since.unwrap_or(0) + 1,
+                        kind: format!("{:?}", w.what),
+                        name: "web-1".into(),
+                        object: None,
+                        event: None,
+                    };
+                    let _ = w.reply.send(Ok(crate::core::watch::WatchStart {
+                        backlog: vec![ev],
+                        live,
+                    }));
+                }
+                _ => {}
             }
         }
     });
@@ -721,6 +740,20 @@ async fn every_contract_route_is_served_as_defined() {
         "log of echo (previous: true, tail: Some(3))\n"
     );
 
+    // A watch: the path's kind and the query's version reach the core.
+    let watched = c
+        .call(
+            &routes::Watch {
+                kind: "po".into(),
+                resource_version: Some("41".into()),
+            },
+            &NoBody,
+        )
+        .await;
+    assert_eq!(watched.0.len(), 1, "{watched:?}");
+    assert_eq!(watched.0[0].kind, "Kind(Pod)");
+    assert_eq!(watched.0[0].resource_version, 42);
+
     let all: std::collections::BTreeSet<&str> = routes::ALL.iter().map(|r| r.name).collect();
     assert_eq!(c.called, all, "contract routes this test does not call");
 }
@@ -739,6 +772,7 @@ fn no_api_path_outside_the_contract() {
         ("edge/http/device.rs", include_str!("device.rs")),
         ("edge/http/logs.rs", include_str!("logs.rs")),
         ("edge/http/metrics.rs", include_str!("metrics.rs")),
+        ("edge/http/watch.rs", include_str!("watch.rs")),
         ("edge/http/tokens.rs", include_str!("tokens.rs")),
         ("edge/http/middleware.rs", include_str!("middleware.rs")),
         ("registry/api.rs", include_str!("../../registry/api.rs")),

@@ -1,0 +1,122 @@
+//! `baton get KIND -w` and `baton get events [-w]`: the objects (or events), then one row
+//! per change as the coordinator commits it. A stream that ends (the server dropped a
+//! slow reader, or restarted) is resumed from the last resource version read, so no change
+//! is shown twice or missed; when the server no longer knows that version (410), the
+//! objects are listed again.
+
+use std::io::Write;
+use std::time::{Duration, SystemTime};
+
+use super::client::Client;
+use super::render::daemon_set::daemon_sets_table;
+use super::render::{age, deployments_table, nodes_table, pods_table, secrets_table, table};
+use super::CliError;
+use crate::contract::body::ApiObject;
+use crate::contract::routes::{Events, Watch};
+use crate::contract::watch::{WatchEvent, WatchLines};
+use crate::contract::{NoBody, ResourceKind};
+use crate::model::api;
+
+const EVENT_HEADER: [&str; 4] = ["LAST SEEN", "REASON", "OBJECT", "MESSAGE"];
+
+/// `baton get events`: kubectl's columns, oldest first.
+pub(super) async fn list_events(client: &Client) -> Result<String, CliError> {
+    let events = client.call(&Events { object: None }, &NoBody).await?.items;
+    if events.is_empty() {
+        eprintln!("No resources found");
+        return Ok(String::new());
+    }
+    let now = SystemTime::now();
+    let rows: Vec<Vec<String>> = events.iter().map(|e| event_row(e, now)).collect();
+    Ok(table(&EVENT_HEADER, &rows))
+}
+
+fn event_row(e: &api::Event, now: SystemTime) -> Vec<String> {
+    vec![
+        age(&e.timestamp, now),
+        e.reason.clone(),
+        e.object.clone(),
+        e.message.clone(),
+    ]
+}
+
+/// One change as a table row (the table's header is printed once, before the first).
+fn row(ev: &WatchEvent, wide: bool) -> Option<(String, String)> {
+    let now = SystemTime::now();
+    let t = match (&ev.object, &ev.event) {
+        (_, Some(e)) => table(&EVENT_HEADER, &[event_row(e, now)]),
+        (Some(ApiObject::Pod(p)), _) => pods_table(std::slice::from_ref(p), wide, now),
+        (Some(ApiObject::Deployment(d)), _) => {
+            deployments_table(std::slice::from_ref(d), wide, now)
+        }
+        (Some(ApiObject::DaemonSet(d)), _) => daemon_sets_table(std::slice::from_ref(d), wide, now),
+        (Some(ApiObject::Node(n)), _) => nodes_table(std::slice::from_ref(n), wide, now),
+        (Some(ApiObject::Secret(s)), _) => secrets_table(std::slice::from_ref(s), now),
+        (Some(ApiObject::AgentUpdate(_)), _) => format!("NAME\n{}\n", ev.name),
+        (None, None) => format!("NAME   STATUS\n{}   Deleted\n", ev.name),
+    };
+    let (header, body) = t.split_once('\n')?;
+    Some((header.to_owned(), body.trim_end().to_owned()))
+}
+
+/// Streams changes of `kind` (`None`: events), or of the object `name` only, to stdout
+/// until interrupted.
+pub(super) async fn watch(
+    client: &Client,
+    kind: Option<ResourceKind>,
+    name: Option<&str>,
+    wide: bool,
+) -> Result<String, CliError> {
+    let what = kind.map_or("events", ResourceKind::as_str).to_owned();
+    let mut since: Option<u64> = None;
+    let mut header_shown = false;
+    let mut out = std::io::stdout().lock();
+    loop {
+        let route = Watch {
+            kind: what.clone(),
+            resource_version: since.map(|v| v.to_string()),
+        };
+        let mut resp = match client.stream(&route).await {
+            Ok(r) => r,
+            Err(CliError::Server { status, .. }) if status == "Gone" => {
+                since = None; // list again
+                continue;
+            }
+            Err(e @ CliError::Unreachable { .. }) => {
+                tracing::debug!(error = %e, "watch: reconnecting");
+                tokio::time::sleep(Duration::from_secs(1)).await;
+                continue;
+            }
+            Err(e) => return Err(e),
+        };
+        let mut pending: Vec<u8> = Vec::new();
+        loop {
+            let piece = match resp.chunk().await {
+                Ok(Some(p)) => p,
+                Ok(None) | Err(_) => break, // resume from `since`
+            };
+            pending.extend_from_slice(&piece);
+            while let Some(at) = pending.iter().position(|b| *b == b'\n') {
+                let line: Vec<u8> = pending.drain(..=at).collect();
+                let ev = WatchLines::parse_line(&line)
+                    .map_err(|e| CliError::Protocol(format!("a watch line: {e}")))?;
+                since = Some(ev.resource_version);
+                if name.is_some_and(|n| n != ev.name) {
+                    continue;
+                }
+                if let Some((header, body)) = row(&ev, wide) {
+                    if !header_shown {
+                        writeln!(out, "{header}").map_err(gone)?;
+                        header_shown = true;
+                    }
+                    writeln!(out, "{body}").map_err(gone)?;
+                    out.flush().map_err(gone)?;
+                }
+            }
+        }
+    }
+}
+
+fn gone(e: std::io::Error) -> CliError {
+    CliError::Protocol(format!("stdout: {e}"))
+}

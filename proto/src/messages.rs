@@ -98,6 +98,10 @@ pub enum Body {
     /// (its `--link-profile`), so that the coordinator's liveness timeout follows it.
     /// Added in v5.
     Link(LinkProfile),
+    /// Agent -> coordinator on `up/status`: what the node and its pods use, sent only when
+    /// it moved beyond the agent's thresholds, at most as often as its link profile allows.
+    /// Added in v5.
+    Usage(NodeUsage),
 }
 
 impl Body {
@@ -110,7 +114,8 @@ impl Body {
             | Body::LogRequest(_)
             | Body::LogCredit(_)
             | Body::LogChunk(_)
-            | Body::Link(_) => 5,
+            | Body::Link(_)
+            | Body::Usage(_) => 5,
             _ => crate::MIN_PROTO_VERSION,
         }
     }
@@ -131,6 +136,7 @@ impl Body {
             Body::LogCredit(_) => "LogCredit",
             Body::LogChunk(_) => "LogChunk",
             Body::Link(_) => "Link",
+            Body::Usage(_) => "Usage",
         }
     }
 }
@@ -252,6 +258,31 @@ pub struct LinkProfile {
     /// The longest a connected agent goes without a heartbeat: it sends one when what it
     /// carries changed, and an unchanged one only this often.
     pub heartbeat_max_secs: u32,
+}
+
+/// What a node and its pods use ([`Body::Usage`]). CPU is a rate over the agent's last
+/// sampling window.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub struct NodeUsage {
+    /// The whole node's CPU, as `/proc/stat` counts it: millicores.
+    pub cpu_millis: u32,
+    /// The whole node's memory in use (`MemTotal - MemAvailable`), bytes.
+    pub memory_bytes: u64,
+    /// The data disk's bytes in use and in all.
+    pub disk_used_bytes: u64,
+    pub disk_total_bytes: u64,
+    /// The hottest thermal zone in millidegrees Celsius, where the board has one.
+    pub temperature_millicelsius: Option<i32>,
+    pub pods: BVec<PodUsage, MAX_PODS_PER_NODE>,
+}
+
+/// One pod's share of [`NodeUsage`], from its cgroup.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PodUsage {
+    pub uid: BString<64>,
+    pub cpu_millis: u32,
+    /// Its memory working set (usage less inactive file cache), as kubelet counts it.
+    pub memory_bytes: u64,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]

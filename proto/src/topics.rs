@@ -65,7 +65,7 @@ impl Kind {
             // brokers' ACLs).
             Body::Hello(_) | Body::Link(_) => Kind::Up(Up::Hello),
             Body::Heartbeat(_) => Kind::Up(Up::Heartbeat),
-            Body::Status(_) => Kind::Up(Up::Status),
+            Body::Status(_) | Body::Usage(_) => Kind::Up(Up::Status),
             Body::Offline => Kind::Up(Up::Offline),
             Body::Desired(_) => Kind::Down(Down::Desired),
             Body::StatusRequest | Body::RotateKey | Body::LogRequest(_) | Body::LogCredit(_) => {

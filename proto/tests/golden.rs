@@ -677,3 +677,32 @@ fn log_session() {
         "05010470692d310e000beffd02040368690a010000",
     );
 }
+
+#[test]
+fn usage() {
+    check_new(
+        Envelope::new(
+            Sender::Node(node()),
+            13,
+            Body::Usage(NodeUsage {
+                cpu_millis: 250,
+                memory_bytes: 1000,
+                disk_used_bytes: 2,
+                disk_total_bytes: 3,
+                temperature_millicelsius: Some(-1500),
+                pods: BVec::from_vec(vec![PodUsage {
+                    uid: s("u1"),
+                    cpu_millis: 100,
+                    memory_bytes: 4,
+                }])
+                .unwrap(),
+            }),
+        ),
+        // 05 | 01 Node "pi-1" | 0d seq | 00 | 0d Usage | fa01 cpu 250 | e807 memory 1000 |
+        // 02 disk used | 03 disk total | 01 Some, zigzag -1500 = 2999 = b717 | 01 pod: "u1", 64 cpu
+        // 100, 04 memory | 00 no signature
+        "05010470692d310d000dfa01e8070203 01b717 01 02 7531 64 04 00"
+            .replace(' ', "")
+            .as_str(),
+    );
+}

@@ -314,6 +314,8 @@ pub struct Core {
     metrics: Arc<crate::metrics::Metrics>,
     /// Resource versions, the change log and the open watches.
     watches: watch::Watches,
+    /// Each node's last usage report and when it came (`baton top`, `/metrics`); not stored.
+    usage: HashMap<String, (proto::NodeUsage, std::time::SystemTime)>,
 }
 
 fn new_uid() -> String {
@@ -375,6 +377,7 @@ impl Core {
             pending_out: Vec::new(),
             metrics: Arc::default(),
             watches: watch::Watches::new(),
+            usage: HashMap::new(),
         };
         core.load()?;
         Ok(core)

@@ -386,6 +386,13 @@ impl Core {
                 tracing::info!(node = name, rollout = %r.rollout, phase = ?r.phase, "agent update report");
                 self.update_report(name, &r);
             }
+            // Kept in memory only: usage is not state, and writing it would wear the disk.
+            Body::Usage(u) => {
+                if self.nodes.contains_key(name) {
+                    self.usage
+                        .insert(name.to_owned(), (u, std::time::SystemTime::now()));
+                }
+            }
             // The bus hands log chunks to their sessions (`crate::edge::logs`).
             Body::LogChunk(_) => {
                 tracing::debug!(node = name, "a log chunk reached the core; ignored")

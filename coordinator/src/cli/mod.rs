@@ -266,6 +266,7 @@ fn qualified(kind: ResourceKind) -> &'static str {
     match kind {
         ResourceKind::Deployment => "deployment.apps",
         ResourceKind::DaemonSet => "daemonset.apps",
+        ResourceKind::Job => "job.batch",
         ResourceKind::Pod => "pod",
         ResourceKind::Node => "node",
         ResourceKind::Secret => "secret",

@@ -5,6 +5,7 @@
 pub mod agent_update;
 pub mod daemon_set;
 pub mod describe;
+pub mod job;
 
 use std::collections::BTreeMap;
 use std::time::{Duration, SystemTime};

@@ -23,6 +23,7 @@ pub enum ApiObject {
     Node(api::Node),
     Deployment(api::Deployment),
     DaemonSet(api::DaemonSet),
+    Job(api::Job),
     Pod(api::Pod),
     Secret(SecretView),
     AgentUpdate(api::AgentUpdate),
@@ -37,6 +38,7 @@ impl<'de> Deserialize<'de> for ApiObject {
             Some(ResourceKind::Node) => serde_json::from_value(v).map(ApiObject::Node),
             Some(ResourceKind::Deployment) => serde_json::from_value(v).map(ApiObject::Deployment),
             Some(ResourceKind::DaemonSet) => serde_json::from_value(v).map(ApiObject::DaemonSet),
+            Some(ResourceKind::Job) => serde_json::from_value(v).map(ApiObject::Job),
             Some(ResourceKind::Pod) => serde_json::from_value(v).map(ApiObject::Pod),
             Some(ResourceKind::Secret) => serde_json::from_value(v).map(ApiObject::Secret),
             Some(ResourceKind::AgentUpdate) => {

@@ -8,6 +8,7 @@ pub enum ResourceKind {
     Node,
     Deployment,
     DaemonSet,
+    Job,
     Pod,
     Secret,
     AgentUpdate,
@@ -24,6 +25,7 @@ impl ResourceKind {
             "daemonsets" | "daemonset" | "ds" | "daemonsets.apps" | "daemonset.apps" => {
                 Some(Self::DaemonSet)
             }
+            "jobs" | "job" | "jobs.batch" | "job.batch" => Some(Self::Job),
             "pods" | "pod" | "po" => Some(Self::Pod),
             "secrets" | "secret" => Some(Self::Secret),
             "agentupdates" | "agentupdate" | "agentupdates.baton.io" | "agentupdate.baton.io" => {
@@ -38,6 +40,7 @@ impl ResourceKind {
             Self::Node => "node",
             Self::Deployment => "deployment",
             Self::DaemonSet => "daemonset",
+            Self::Job => "job",
             Self::Pod => "pod",
             Self::Secret => "secret",
             Self::AgentUpdate => "agentupdate",
@@ -48,6 +51,7 @@ impl ResourceKind {
             Self::Node => "nodes",
             Self::Deployment => "deployments",
             Self::DaemonSet => "daemonsets",
+            Self::Job => "jobs",
             Self::Pod => "pods",
             Self::Secret => "secrets",
             Self::AgentUpdate => "agentupdates",

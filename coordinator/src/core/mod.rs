@@ -36,6 +36,7 @@
 mod agent_updates;
 mod daemon_sets;
 mod events;
+mod jobs;
 mod node_spec;
 mod nodes;
 mod requests;
@@ -247,6 +248,7 @@ struct Live {
 enum Tab {
     Deployment,
     DaemonSet,
+    Job,
     Pod,
     Node,
     /// Keyed by `rollout::revision_key`.
@@ -268,6 +270,7 @@ pub struct Core {
 
     deployments: BTreeMap<String, api::Deployment>,
     daemon_sets: BTreeMap<String, api::DaemonSet>,
+    jobs: BTreeMap<String, api::Job>,
     /// Deployment revisions by `rollout::revision_key`.
     revisions: BTreeMap<String, api::Revision>,
     pods: BTreeMap<String, api::Pod>,
@@ -340,6 +343,7 @@ impl Core {
             not_ready_since: HashMap::new(),
             deployments: BTreeMap::new(),
             daemon_sets: BTreeMap::new(),
+            jobs: BTreeMap::new(),
             revisions: BTreeMap::new(),
             pods: BTreeMap::new(),
             draining: HashMap::new(),
@@ -482,6 +486,7 @@ impl Core {
                 self.recheck_secrets();
                 self.expire_drains();
                 self.step_agent_updates(std::time::SystemTime::now());
+                self.run_jobs(std::time::SystemTime::now());
                 let _ = self.finish();
             }
         }

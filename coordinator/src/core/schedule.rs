@@ -28,6 +28,7 @@ impl Core {
                 break;
             }
         }
+        self.run_jobs(std::time::SystemTime::now());
         self.schedule_pending();
         self.update_deployment_statuses();
         self.update_daemon_set_statuses();

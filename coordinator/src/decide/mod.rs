@@ -3,6 +3,7 @@
 pub mod agent_update;
 pub mod controller;
 pub mod daemonset;
+pub mod job;
 pub mod policy;
 pub mod rollout;
 pub mod scheduler;

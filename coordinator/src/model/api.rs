@@ -10,6 +10,7 @@ use serde::{Deserialize, Serialize};
 mod agent_update;
 mod daemonset;
 mod deployment;
+mod job;
 mod node;
 mod pod;
 mod secret;
@@ -17,6 +18,7 @@ mod secret;
 pub use agent_update::*;
 pub use daemonset::*;
 pub use deployment::*;
+pub use job::*;
 pub use node::*;
 pub use pod::*;
 pub use secret::*;
@@ -50,6 +52,10 @@ pub struct ObjectMeta {
     /// Deployment's, replaced elsewhere when lost", which a DaemonSet's pod must never be.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub daemon_set: Option<String>,
+    /// The Job that owns a Pod, if any (never together with `owner` or `daemon_set`): a
+    /// Job's pods run to completion and are counted, never scaled or rolled.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub job: Option<String>,
     /// Set when the coordinator has decided to delete a pod: it is `Terminating`, never
     /// counts as Ready, and stays on its node for the drain period (see `core`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -79,6 +85,7 @@ pub struct Event {
 pub enum Object {
     Deployment(Deployment),
     DaemonSet(DaemonSet),
+    Job(Job),
     Pod(Pod),
     Secret(Secret),
     AgentUpdate(AgentUpdate),

@@ -13,7 +13,7 @@
 //!    fields, drops `status`, and treats `null` as absent as Kubernetes does;
 //! 3. serde into private input structs that mirror the Kubernetes shape (`input`; type
 //!    errors carry their path through `serde_path_to_error`), then validation into `api`
-//!    types: one module a kind (`deployment`, `daemonset`, `pod`, `secret`) or part of one
+//!    types: one module a kind (`deployment`, `daemonset`, `job`, `pod`, `secret`) or part of one
 //!    (`container`, `probe`), over the field rules they share (`validate`).
 
 mod agent_update;
@@ -21,6 +21,7 @@ mod container;
 mod daemonset;
 mod deployment;
 mod input;
+mod job;
 mod pod;
 mod probe;
 mod secret;
@@ -36,10 +37,11 @@ use crate::model::api::{self, POD_NAME_SUFFIX_LEN, TEMPLATE_HASH_LEN};
 use agent_update::{agent_update, InAgentUpdate};
 use daemonset::daemon_set;
 use deployment::deployment;
-use input::{InDaemonSet, InDeployment, InPod, InSecret};
+use input::{InDaemonSet, InDeployment, InJob, InPod, InSecret};
+use job::job;
 use pod::pod;
 use secret::secret;
-use shape::{walk, Shape, AGENT_UPDATE, DAEMON_SET, DEPLOYMENT, POD, SECRET};
+use shape::{walk, Shape, AGENT_UPDATE, DAEMON_SET, DEPLOYMENT, JOB, POD, SECRET};
 
 pub use agent_update::check_version;
 pub use secret::sealed_overhead;
@@ -51,6 +53,8 @@ pub const MAX_DEPLOYMENT_NAME_LEN: usize =
     MAX_NAME_LEN - 1 - TEMPLATE_HASH_LEN - 1 - POD_NAME_SUFFIX_LEN;
 /// Longest DaemonSet name, so that `<name>-<suffix>` pod names fit in 63.
 pub const MAX_DAEMON_SET_NAME_LEN: usize = MAX_NAME_LEN - 1 - POD_NAME_SUFFIX_LEN;
+/// Longest Job name, so that `<name>-<suffix>` pod names fit in 63.
+pub const MAX_JOB_NAME_LEN: usize = MAX_NAME_LEN - 1 - POD_NAME_SUFFIX_LEN;
 /// More replicas than this is a typo on an edge cluster, not a plan.
 pub const MAX_REPLICAS: i64 = 1000;
 /// The most keys one Secret holds (what one sealed secret carries on the wire).
@@ -110,6 +114,7 @@ pub fn parse_manifests(yaml: &str) -> Result<Vec<api::Object>, ManifestError> {
         let key = match &object {
             api::Object::Deployment(d) => ("deployment", d.metadata.name.clone()),
             api::Object::DaemonSet(d) => ("daemonset", d.metadata.name.clone()),
+            api::Object::Job(j) => ("job", j.metadata.name.clone()),
             api::Object::Pod(p) => ("pod", p.metadata.name.clone()),
             api::Object::Secret(x) => ("secret", x.metadata.name.clone()),
             api::Object::AgentUpdate(u) => ("agentupdate", u.metadata.name.clone()),
@@ -182,6 +187,11 @@ fn parse_document(doc: usize, mut value: Value) -> Result<api::Object, ManifestE
                 .map(api::Object::DaemonSet)
                 .map_err(field_error)
         }
+        ("batch/v1", "Job") => {
+            check(&mut value, &JOB)?;
+            let input: InJob = from_value(doc, value)?;
+            job(input).map(api::Object::Job).map_err(field_error)
+        }
         ("v1", "Pod") => {
             check(&mut value, &POD)?;
             let input: InPod = from_value(doc, value)?;
@@ -201,7 +211,7 @@ fn parse_document(doc: usize, mut value: Value) -> Result<api::Object, ManifestE
         }
         _ => Err(document_error(format!(
             "kind {kind} (apiVersion {api_version}) is not supported by Baton; \
-             supported: Deployment (apps/v1), DaemonSet (apps/v1), Pod (v1), Secret (v1), AgentUpdate ({})",
+             supported: Deployment (apps/v1), DaemonSet (apps/v1), Job (batch/v1), Pod (v1), Secret (v1), AgentUpdate ({})",
             api::AGENT_UPDATE_API_VERSION
         ))),
     }

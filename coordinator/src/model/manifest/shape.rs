@@ -267,6 +267,24 @@ pub(super) const DAEMON_SET: Shape = Shape::Object(&[
     ),
     ("status", Shape::Dropped(&Shape::Any)),
 ]);
+const JOB_SPEC: Shape = Shape::Object(&[
+    ("completions", Shape::Leaf),
+    ("parallelism", Shape::Leaf),
+    ("backoffLimit", Shape::Leaf),
+    ("activeDeadlineSeconds", Shape::Leaf),
+    ("ttlSecondsAfterFinished", Shape::Leaf),
+    (
+        "template",
+        Shape::Object(&[("metadata", TEMPLATE_META), ("spec", POD_SPEC)]),
+    ),
+]);
+pub(super) const JOB: Shape = Shape::Object(&[
+    ("apiVersion", Shape::Leaf),
+    ("kind", Shape::Leaf),
+    ("metadata", META),
+    ("spec", JOB_SPEC),
+    ("status", Shape::Dropped(&Shape::Any)),
+]);
 pub(super) const POD: Shape = Shape::Object(&[
     ("apiVersion", Shape::Leaf),
     ("kind", Shape::Leaf),

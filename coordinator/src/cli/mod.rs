@@ -267,6 +267,7 @@ fn qualified(kind: ResourceKind) -> &'static str {
         ResourceKind::Deployment => "deployment.apps",
         ResourceKind::DaemonSet => "daemonset.apps",
         ResourceKind::Job => "job.batch",
+        ResourceKind::CronJob => "cronjob.batch",
         ResourceKind::Pod => "pod",
         ResourceKind::Node => "node",
         ResourceKind::Secret => "secret",

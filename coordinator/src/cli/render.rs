@@ -3,6 +3,7 @@
 //! `describe` text is in [`describe`].
 
 pub mod agent_update;
+pub mod cron_job;
 pub mod daemon_set;
 pub mod describe;
 pub mod job;

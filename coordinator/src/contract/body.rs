@@ -24,6 +24,7 @@ pub enum ApiObject {
     Deployment(api::Deployment),
     DaemonSet(api::DaemonSet),
     Job(api::Job),
+    CronJob(api::CronJob),
     Pod(api::Pod),
     Secret(SecretView),
     AgentUpdate(api::AgentUpdate),
@@ -39,6 +40,7 @@ impl<'de> Deserialize<'de> for ApiObject {
             Some(ResourceKind::Deployment) => serde_json::from_value(v).map(ApiObject::Deployment),
             Some(ResourceKind::DaemonSet) => serde_json::from_value(v).map(ApiObject::DaemonSet),
             Some(ResourceKind::Job) => serde_json::from_value(v).map(ApiObject::Job),
+            Some(ResourceKind::CronJob) => serde_json::from_value(v).map(ApiObject::CronJob),
             Some(ResourceKind::Pod) => serde_json::from_value(v).map(ApiObject::Pod),
             Some(ResourceKind::Secret) => serde_json::from_value(v).map(ApiObject::Secret),
             Some(ResourceKind::AgentUpdate) => {

@@ -9,6 +9,7 @@ pub enum ResourceKind {
     Deployment,
     DaemonSet,
     Job,
+    CronJob,
     Pod,
     Secret,
     AgentUpdate,
@@ -26,6 +27,9 @@ impl ResourceKind {
                 Some(Self::DaemonSet)
             }
             "jobs" | "job" | "jobs.batch" | "job.batch" => Some(Self::Job),
+            "cronjobs" | "cronjob" | "cj" | "cronjobs.batch" | "cronjob.batch" => {
+                Some(Self::CronJob)
+            }
             "pods" | "pod" | "po" => Some(Self::Pod),
             "secrets" | "secret" => Some(Self::Secret),
             "agentupdates" | "agentupdate" | "agentupdates.baton.io" | "agentupdate.baton.io" => {
@@ -41,6 +45,7 @@ impl ResourceKind {
             Self::Deployment => "deployment",
             Self::DaemonSet => "daemonset",
             Self::Job => "job",
+            Self::CronJob => "cronjob",
             Self::Pod => "pod",
             Self::Secret => "secret",
             Self::AgentUpdate => "agentupdate",
@@ -52,6 +57,7 @@ impl ResourceKind {
             Self::Deployment => "deployments",
             Self::DaemonSet => "daemonsets",
             Self::Job => "jobs",
+            Self::CronJob => "cronjobs",
             Self::Pod => "pods",
             Self::Secret => "secrets",
             Self::AgentUpdate => "agentupdates",

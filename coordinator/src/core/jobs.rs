@@ -153,7 +153,7 @@ impl Core {
         Ok(())
     }
 
-    fn remove_job(&mut self, name: &str, why: &str) {
+    pub(super) fn remove_job(&mut self, name: &str, why: &str) {
         self.jobs.remove(name);
         self.touch(Tab::Job, name);
         let owned: Vec<String> = Self::job_pods(&self.pods, name)

@@ -34,6 +34,7 @@
 //! itself: orders, reports, pause/resume/abort).
 
 mod agent_updates;
+mod cron_jobs;
 mod daemon_sets;
 mod events;
 mod jobs;
@@ -249,6 +250,7 @@ enum Tab {
     Deployment,
     DaemonSet,
     Job,
+    CronJob,
     Pod,
     Node,
     /// Keyed by `rollout::revision_key`.
@@ -271,6 +273,7 @@ pub struct Core {
     deployments: BTreeMap<String, api::Deployment>,
     daemon_sets: BTreeMap<String, api::DaemonSet>,
     jobs: BTreeMap<String, api::Job>,
+    cron_jobs: BTreeMap<String, api::CronJob>,
     /// Deployment revisions by `rollout::revision_key`.
     revisions: BTreeMap<String, api::Revision>,
     pods: BTreeMap<String, api::Pod>,
@@ -344,6 +347,7 @@ impl Core {
             deployments: BTreeMap::new(),
             daemon_sets: BTreeMap::new(),
             jobs: BTreeMap::new(),
+            cron_jobs: BTreeMap::new(),
             revisions: BTreeMap::new(),
             pods: BTreeMap::new(),
             draining: HashMap::new(),
@@ -486,6 +490,7 @@ impl Core {
                 self.recheck_secrets();
                 self.expire_drains();
                 self.step_agent_updates(std::time::SystemTime::now());
+                self.run_cron_jobs(std::time::SystemTime::now());
                 self.run_jobs(std::time::SystemTime::now());
                 let _ = self.finish();
             }

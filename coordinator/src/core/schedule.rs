@@ -28,7 +28,9 @@ impl Core {
                 break;
             }
         }
-        self.run_jobs(std::time::SystemTime::now());
+        let now = std::time::SystemTime::now();
+        self.run_cron_jobs(now);
+        self.run_jobs(now);
         self.schedule_pending();
         self.update_deployment_statuses();
         self.update_daemon_set_statuses();

@@ -403,6 +403,7 @@ mod tests {
             api::Object::Deployment(d) => d.spec.template.spec,
             api::Object::DaemonSet(d) => d.spec.template.spec,
             api::Object::Job(j) => j.spec.template.spec,
+            api::Object::CronJob(c) => c.spec.job_template.spec.template.spec,
             api::Object::Secret(_) | api::Object::AgentUpdate(_) => panic!("not a pod"),
         }
     }

@@ -8,6 +8,7 @@ use std::collections::BTreeMap;
 use serde::{Deserialize, Serialize};
 
 mod agent_update;
+mod cronjob;
 mod daemonset;
 mod deployment;
 mod job;
@@ -16,6 +17,7 @@ mod pod;
 mod secret;
 
 pub use agent_update::*;
+pub use cronjob::*;
 pub use daemonset::*;
 pub use deployment::*;
 pub use job::*;
@@ -56,6 +58,9 @@ pub struct ObjectMeta {
     /// Job's pods run to completion and are counted, never scaled or rolled.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub job: Option<String>,
+    /// The CronJob that started a Job, if any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cron_job: Option<String>,
     /// Set when the coordinator has decided to delete a pod: it is `Terminating`, never
     /// counts as Ready, and stays on its node for the drain period (see `core`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -86,6 +91,7 @@ pub enum Object {
     Deployment(Deployment),
     DaemonSet(DaemonSet),
     Job(Job),
+    CronJob(CronJob),
     Pod(Pod),
     Secret(Secret),
     AgentUpdate(AgentUpdate),

@@ -67,10 +67,12 @@ pub enum Table {
     DaemonSets,
     /// Jobs with their status, keyed by name (their pods are in `Pods`).
     Jobs,
+    /// CronJobs with their status, keyed by name (their Jobs are in `Jobs`).
+    CronJobs,
 }
 
 impl Table {
-    pub const ALL: [Table; 16] = [
+    pub const ALL: [Table; 17] = [
         Table::Deployments,
         Table::Pods,
         Table::Nodes,
@@ -87,6 +89,7 @@ impl Table {
         Table::AgentUpdates,
         Table::DaemonSets,
         Table::Jobs,
+        Table::CronJobs,
     ];
 
     pub fn name(self) -> &'static str {
@@ -107,6 +110,7 @@ impl Table {
             Table::AgentUpdates => "agent_updates",
             Table::DaemonSets => "daemon_sets",
             Table::Jobs => "jobs",
+            Table::CronJobs => "cron_jobs",
         }
     }
 

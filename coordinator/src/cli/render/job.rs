@@ -77,6 +77,9 @@ pub fn describe_job(j: &api::Job, events: &[api::Event], now: SystemTime) -> Str
         format!("{}={}", api::JOB_NAME_LABEL, j.metadata.name),
     );
     kv(&mut out, "Labels", labels_str(&j.metadata.labels));
+    if let Some(cj) = &j.metadata.cron_job {
+        kv(&mut out, "Controlled By", format!("CronJob/{cj}"));
+    }
     kv(&mut out, "Parallelism", spec.parallelism.to_string());
     kv(
         &mut out,

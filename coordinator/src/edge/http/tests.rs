@@ -197,7 +197,8 @@ fn fake_core() -> mpsc::Sender<Event> {
             api::Object::Secret(_)
             | api::Object::AgentUpdate(_)
             | api::Object::DaemonSet(_)
-            | api::Object::Job(_) => {}
+            | api::Object::Job(_)
+            | api::Object::CronJob(_) => {}
         }
     }
     let rollout = match crate::model::manifest::parse_manifests(

@@ -285,6 +285,28 @@ pub(super) const JOB: Shape = Shape::Object(&[
     ("spec", JOB_SPEC),
     ("status", Shape::Dropped(&Shape::Any)),
 ]);
+pub(super) const CRON_JOB: Shape = Shape::Object(&[
+    ("apiVersion", Shape::Leaf),
+    ("kind", Shape::Leaf),
+    ("metadata", META),
+    (
+        "spec",
+        Shape::Object(&[
+            ("schedule", Shape::Leaf),
+            ("timeZone", Shape::Leaf),
+            ("concurrencyPolicy", Shape::Leaf),
+            ("startingDeadlineSeconds", Shape::Leaf),
+            ("suspend", Shape::Leaf),
+            ("successfulJobsHistoryLimit", Shape::Leaf),
+            ("failedJobsHistoryLimit", Shape::Leaf),
+            (
+                "jobTemplate",
+                Shape::Object(&[("metadata", TEMPLATE_META), ("spec", JOB_SPEC)]),
+            ),
+        ]),
+    ),
+    ("status", Shape::Dropped(&Shape::Any)),
+]);
 pub(super) const POD: Shape = Shape::Object(&[
     ("apiVersion", Shape::Leaf),
     ("kind", Shape::Leaf),

@@ -2,14 +2,16 @@
 //! finishes with never more than two containers alive at once (observed in the agents'
 //! cgroups, not only in the API), a failing Job stops at its `backoffLimit` with the
 //! reason in `get jobs` and `describe`, both Jobs' status survives a coordinator restart
-//! (no pod re-run, the same times), and deleting a Job removes its pods.
+//! (no pod re-run, the same times), and deleting a Job removes its pods. Beside it, on
+//! its own lab: a CronJob every minute starts its Jobs on the minute, and one with
+//! `concurrencyPolicy: Forbid` whose run outlasts the minute never has two at once.
 
 use std::collections::BTreeSet;
 use std::time::{Duration, Instant};
 
 use anyhow::{ensure, Result};
 use baton_e2e::fleet::{node_of, text, uid};
-use baton_e2e::{container_pids, wait_for, Broker, Lab};
+use baton_e2e::{container_pids, items, wait_for, Broker, Lab};
 use serde_json::Value;
 
 const LONG: Duration = Duration::from_secs(120);
@@ -191,5 +193,140 @@ fn scenario(lab: &mut Lab) -> Result<()> {
         Ok(job_pods(lab, "count")?.is_empty().then_some(()))
     })?;
     ensure!(!out(lab, &["get", "jobs"])?.contains("count "));
+    Ok(())
+}
+
+fn cron_job(registry: &str, name: &str, policy: &str, script: &str) -> String {
+    format!(
+        r#"apiVersion: batch/v1
+kind: CronJob
+metadata:
+  name: {name}
+spec:
+  schedule: "* * * * *"
+  concurrencyPolicy: {policy}
+  jobTemplate:
+    spec:
+      template:
+        spec:
+          restartPolicy: OnFailure
+          terminationGracePeriodSeconds: 1
+          containers:
+          - name: work
+            image: {registry}/baton/busybox:1
+            command: [sh, -c, "{script}"]
+"#
+    )
+}
+
+/// The Jobs a CronJob started, as the API shows them.
+fn jobs_of(lab: &Lab, cron: &str) -> Result<Vec<Value>> {
+    Ok(items(&lab.get_json(&["get", "jobs"])?)
+        .into_iter()
+        .filter(|j| j["metadata"]["cronJob"] == cron)
+        .collect())
+}
+
+#[test]
+fn cron_jobs_run_every_minute_and_forbid_holds() -> Result<()> {
+    let lab = Lab::start("cron", 2, Broker::Embedded)?;
+    let r = cron_scenario(&lab);
+    if r.is_err() {
+        lab.dump_logs();
+    }
+    r
+}
+
+fn cron_scenario(lab: &Lab) -> Result<()> {
+    let reg = lab.registry();
+    lab.apply(&format!(
+        "{}---\n{}",
+        cron_job(&reg, "tick", "Allow", "echo tick"),
+        cron_job(&reg, "slow", "Forbid", "sleep 150"),
+    ))?;
+    let table = out(lab, &["get", "cj"])?;
+    ensure!(
+        row(&table, "NAME")
+            == [
+                "NAME",
+                "SCHEDULE",
+                "TIMEZONE",
+                "SUSPEND",
+                "ACTIVE",
+                "LAST SCHEDULE",
+                "AGE"
+            ],
+        "{table}"
+    );
+    ensure!(
+        row(&table, "tick")[1..5] == ["* * * * *", "<none>", "false", "0"],
+        "{table}"
+    );
+
+    // Two runs of `tick`, a minute apart, each started on its minute; meanwhile `slow`
+    // never has two Jobs or two containers alive.
+    let mut most_slow_jobs = 0;
+    let mut most_slow_alive = 0;
+    let ticks = wait_for("two runs of tick", Duration::from_secs(150), || {
+        let slow = jobs_of(lab, "slow")?;
+        let active = slow.iter().filter(|j| condition(j).is_none()).count();
+        most_slow_jobs = most_slow_jobs.max(active);
+        let alive = lab
+            .pods()?
+            .iter()
+            .filter(|p| text(&p["metadata"]["job"]).starts_with("slow-"))
+            .filter(|p| {
+                let node = node_of(p);
+                !node.is_empty() && !container_pids(&node, &uid(p), "work").is_empty()
+            })
+            .count();
+        most_slow_alive = most_slow_alive.max(alive);
+        let ticks = jobs_of(lab, "tick")?;
+        Ok((ticks.len() >= 2).then_some(ticks))
+    })?;
+    let minute = |j: &Value| -> Result<u64> {
+        let name = text(&j["metadata"]["name"]);
+        Ok(name.trim_start_matches("tick-").parse()?)
+    };
+    let (first, second) = (minute(&ticks[0])?, minute(&ticks[1])?);
+    ensure!(
+        second == first + 1,
+        "one run a minute: {first} then {second}"
+    );
+    for j in &ticks {
+        let scheduled = humantime::parse_rfc3339(&text(
+            &j["metadata"]["annotations"]["batch.kubernetes.io/cronjob-scheduled-timestamp"],
+        ))?;
+        let created = humantime::parse_rfc3339(&text(&j["metadata"]["creationTimestamp"]))?;
+        let late = created.duration_since(scheduled)?;
+        ensure!(
+            late < Duration::from_secs(5),
+            "started {late:?} after its minute: {j}"
+        );
+    }
+    wait_for("tick's first run to complete", LONG, || {
+        let j = job_json(lab, &text(&ticks[0]["metadata"]["name"]))?;
+        Ok((condition(&j) == Some(("Complete".into(), String::new()))).then_some(()))
+    })?;
+    // `slow` ran at the first minute and its run at the second was skipped.
+    std::thread::sleep(Duration::from_secs(3));
+    ensure!(jobs_of(lab, "slow")?.len() == 1, "Forbid: one job of slow");
+    ensure!(
+        most_slow_jobs == 1 && most_slow_alive <= 1,
+        "slow: {most_slow_jobs} jobs, {most_slow_alive} containers at once"
+    );
+    let described = out(lab, &["describe", "cronjob", "slow"])?;
+    ensure!(described.contains("JobAlreadyActive"), "{described}");
+
+    // Deleting a CronJob deletes its Jobs and their pods.
+    out(lab, &["delete", "cronjob", "slow"])?;
+    wait_for("slow's jobs and pods to go", LONG, || {
+        let pods = lab
+            .pods()?
+            .into_iter()
+            .filter(|p| text(&p["metadata"]["job"]).starts_with("slow-"))
+            .count();
+        Ok((jobs_of(lab, "slow")?.is_empty() && pods == 0).then_some(()))
+    })?;
     Ok(())
 }

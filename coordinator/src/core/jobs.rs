@@ -1,6 +1,7 @@
 //! Jobs: applying them, their controller's plans (`crate::decide::job`), their status and
 //! deletion. A Job's pods are scheduled like a Deployment's (not bound to a node), carry
-//! `metadata.job`, and stay in the store once ended: they are what the Job counts.
+//! `metadata.job`, and stay in the store once ended (for `logs`), marked counted in the
+//! commit that counts them.
 
 use std::collections::BTreeMap;
 use std::time::SystemTime;
@@ -67,6 +68,14 @@ impl Core {
                             );
                         }
                     }
+                }
+            }
+            for pod_name in &plan.counted {
+                if let Some(p) = self.pods.get_mut(pod_name) {
+                    p.metadata
+                        .annotations
+                        .insert(api::JOB_COUNTED_ANNOTATION.into(), "true".into());
+                    self.touch(Tab::Pod, pod_name);
                 }
             }
             if let Some(c) = &plan.finished_now {

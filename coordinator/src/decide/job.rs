@@ -3,11 +3,12 @@
 //!
 //! Counting follows Kubernetes' non-indexed Jobs: pods that `Succeeded` count toward
 //! `completions`; pods that `Failed` (and, under `restartPolicy: OnFailure`, every
-//! container restart) count toward `backoffLimit`. A Job's ended pods are kept until the
-//! Job goes (for `logs` and the counts: they are the count, so a restarted coordinator
-//! reads the same numbers from its store). A Job's pods are not bound to a node: the
-//! core's node-loss eviction deletes the live ones of a lost node and this controller
-//! replaces them elsewhere; the ended ones stay counted.
+//! container restart of a pod still there) count toward `backoffLimit`. An ended pod is
+//! counted once into the Job's status and marked so in the same commit (Kubernetes'
+//! job-tracking finalizer, turned around), so the counts survive a restart and the pod's
+//! deletion (drain, `delete pod`). Ended pods are kept until the Job goes, for `logs`.
+//! A Job's pods are not bound to a node: the core's node-loss eviction deletes the live
+//! ones of a lost node and this controller replaces them elsewhere.
 //!
 //! Once finished (a `Complete` or `Failed` condition) a Job creates nothing again and
 //! its live pods are deleted; `ttlSecondsAfterFinished` later the core deletes the Job.
@@ -23,6 +24,9 @@ use crate::model::api;
 pub struct JobPlan {
     pub actions: Vec<Action>,
     pub status: api::JobStatus,
+    /// Ended pods counted into `status` by this call: the core marks them
+    /// ([`api::JOB_COUNTED_ANNOTATION`]) in the same commit.
+    pub counted: Vec<String>,
     /// The condition reached by this call, for the Job's event.
     pub finished_now: Option<api::JobCondition>,
     /// Finished `ttlSecondsAfterFinished` ago or more: delete the Job and its pods.
@@ -38,6 +42,12 @@ fn rfc3339(t: SystemTime) -> String {
 
 fn parse(t: &str) -> Option<SystemTime> {
     humantime::parse_rfc3339_weak(t).ok()
+}
+
+fn is_counted(p: &api::Pod) -> bool {
+    p.metadata
+        .annotations
+        .contains_key(api::JOB_COUNTED_ANNOTATION)
 }
 
 fn is_ended(p: &api::Pod) -> bool {
@@ -118,16 +128,18 @@ pub fn reconcile_job(
         .copied()
         .filter(|p| !is_terminating(p))
         .collect();
-    let succeeded = pods
+    let uncounted: Vec<&api::Pod> = pods
         .iter()
-        .filter(|p| p.status.phase == api::PodPhase::Succeeded)
-        .count() as u32;
-    let failed = pods
-        .iter()
-        .filter(|p| p.status.phase == api::PodPhase::Failed)
-        .count() as u32;
+        .copied()
+        .filter(|p| is_ended(p) && !is_counted(p))
+        .collect();
+    let newly =
+        |phase: api::PodPhase| uncounted.iter().filter(|p| p.status.phase == phase).count() as u32;
+    let succeeded = status.succeeded + newly(api::PodPhase::Succeeded);
+    let failed = status.failed + newly(api::PodPhase::Failed);
+    let counted: Vec<String> = uncounted.iter().map(|p| p.metadata.name.clone()).collect();
     let restarted: u32 = if spec.template.spec.restart_policy == api::RestartPolicy::OnFailure {
-        pods.iter().map(|p| restarts(p)).sum()
+        live.iter().map(|p| restarts(p)).sum()
     } else {
         0
     };
@@ -220,6 +232,7 @@ pub fn reconcile_job(
     JobPlan {
         actions,
         status,
+        counted,
         finished_now,
         expired,
     }

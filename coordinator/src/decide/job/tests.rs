@@ -38,6 +38,12 @@ fn step(j: &mut api::Job, pods: &mut Vec<api::Pod>, now: SystemTime) -> JobPlan 
             }
         }
     }
+    for name in &plan.counted {
+        let p = pods.iter_mut().find(|p| &p.metadata.name == name).unwrap();
+        p.metadata
+            .annotations
+            .insert(api::JOB_COUNTED_ANNOTATION.into(), "true".into());
+    }
     j.status = plan.status.clone();
     plan
 }
@@ -99,10 +105,12 @@ fn completions_with_parallelism_never_run_more_than_parallelism() {
         j.status.completion_time.as_deref(),
         Some("2027-01-15T08:00:04Z")
     );
-    // Finished: nothing again, whatever happens to the pods.
+    // Finished: nothing again, whatever happens to the pods; a counted pod deleted
+    // (drained, `delete pod`) keeps its count.
     pods.retain(|p| p.metadata.name != "pi-0");
     let plan = step(&mut j, &mut pods, t(5));
     assert!(plan.actions.is_empty() && plan.finished_now.is_none());
+    assert_eq!(j.status.succeeded, 3);
 }
 
 #[test]
@@ -214,6 +222,25 @@ fn a_terminating_pod_holds_its_slot_and_a_vanished_one_is_replaced() {
     pods.remove(0);
     let plan = step(&mut j, &mut pods, t(2));
     assert_eq!(plan.actions.len(), 1);
+}
+
+#[test]
+fn a_counted_pod_deleted_before_the_end_is_not_run_again() {
+    let mut j = job("  completions: 2\n", "Never");
+    let mut pods = Vec::new();
+    step(&mut j, &mut pods, t(0));
+    set_phase(&mut pods, "pi-0", api::PodPhase::Succeeded);
+    let plan = step(&mut j, &mut pods, t(1));
+    assert_eq!(plan.counted, vec!["pi-0".to_string()]);
+    assert_eq!(plan.actions.len(), 1, "the second completion starts");
+    pods.retain(|p| p.metadata.name != "pi-0");
+    let plan = step(&mut j, &mut pods, t(2));
+    assert!(plan.actions.is_empty() && plan.counted.is_empty());
+    assert_eq!((j.status.succeeded, j.status.active), (1, 1));
+    set_phase(&mut pods, "pi-1", api::PodPhase::Succeeded);
+    let plan = step(&mut j, &mut pods, t(3));
+    assert!(plan.finished_now.is_some());
+    assert_eq!(j.status.succeeded, 2);
 }
 
 #[test]

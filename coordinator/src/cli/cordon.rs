@@ -101,7 +101,7 @@ pub(super) async fn drain(
     }
     let bare: Vec<&str> = pods
         .iter()
-        .filter(|p| p.metadata.owner.is_none())
+        .filter(|p| p.metadata.owner.is_none() && p.metadata.job.is_none())
         .map(|p| p.metadata.name.as_str())
         .collect();
     if !bare.is_empty() && !force {

@@ -6,8 +6,10 @@ use std::time::SystemTime;
 use super::client::Client;
 use super::get::{kind_of, of_kind, other_kind, pod};
 use super::render::agent_update::describe_agent_update;
+use super::render::cron_job::describe_cron_job;
 use super::render::daemon_set::describe_daemon_set;
 use super::render::describe::{describe_deployment, describe_node, describe_pod, describe_secret};
+use super::render::job::describe_job;
 use super::{named, CliError};
 use crate::contract::body::ApiObject;
 use crate::contract::{routes, NoBody, ResourceKind};
@@ -31,6 +33,8 @@ pub(super) async fn describe(
         ApiObject::Pod(p) => describe_pod(&p, &events, now),
         ApiObject::Deployment(d) => describe_deployment(&d, &events, now),
         ApiObject::DaemonSet(d) => describe_daemon_set(&d, &events, now),
+        ApiObject::Job(j) => describe_job(&j, &events, now),
+        ApiObject::CronJob(c) => describe_cron_job(&c, &events, now),
         ApiObject::Node(node) => {
             let all = routes::ListObjects {
                 kind: ResourceKind::Pod,

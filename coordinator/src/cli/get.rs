@@ -7,7 +7,9 @@ use serde_json::Value;
 
 use super::client::Client;
 use super::render::agent_update::agent_updates_table;
+use super::render::cron_job::cron_jobs_table;
 use super::render::daemon_set::daemon_sets_table;
+use super::render::job::jobs_table;
 use super::render::{deployments_table, nodes_table, pods_table, secrets_table};
 use super::{target, to_value, CliError, Output};
 use crate::contract::body::ApiObject;
@@ -60,6 +62,10 @@ pub(super) async fn get(
                     ResourceKind::DaemonSet => {
                         daemon_sets_table(&of_kind(objects, daemon_set)?, wide, now)
                     }
+                    ResourceKind::Job => jobs_table(&of_kind(objects, job)?, wide, now),
+                    ResourceKind::CronJob => {
+                        cron_jobs_table(&of_kind(objects, cron_job)?, wide, now)
+                    }
                     ResourceKind::Node => nodes_table(&of_kind(objects, node)?, wide, now),
                     ResourceKind::Secret => secrets_table(&of_kind(objects, secret)?, now),
                     ResourceKind::AgentUpdate => {
@@ -106,6 +112,8 @@ pub(super) fn kind_of(o: &ApiObject) -> ResourceKind {
         ApiObject::Node(_) => ResourceKind::Node,
         ApiObject::Deployment(_) => ResourceKind::Deployment,
         ApiObject::DaemonSet(_) => ResourceKind::DaemonSet,
+        ApiObject::Job(_) => ResourceKind::Job,
+        ApiObject::CronJob(_) => ResourceKind::CronJob,
         ApiObject::Pod(_) => ResourceKind::Pod,
         ApiObject::Secret(_) => ResourceKind::Secret,
         ApiObject::AgentUpdate(_) => ResourceKind::AgentUpdate,
@@ -136,6 +144,20 @@ fn deployment(o: ApiObject) -> Option<crate::model::api::Deployment> {
 fn daemon_set(o: ApiObject) -> Option<crate::model::api::DaemonSet> {
     match o {
         ApiObject::DaemonSet(d) => Some(d),
+        _ => None,
+    }
+}
+
+fn job(o: ApiObject) -> Option<crate::model::api::Job> {
+    match o {
+        ApiObject::Job(j) => Some(j),
+        _ => None,
+    }
+}
+
+fn cron_job(o: ApiObject) -> Option<crate::model::api::CronJob> {
+    match o {
+        ApiObject::CronJob(c) => Some(c),
         _ => None,
     }
 }

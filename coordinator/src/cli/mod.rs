@@ -270,6 +270,8 @@ fn qualified(kind: ResourceKind) -> &'static str {
     match kind {
         ResourceKind::Deployment => "deployment.apps",
         ResourceKind::DaemonSet => "daemonset.apps",
+        ResourceKind::Job => "job.batch",
+        ResourceKind::CronJob => "cronjob.batch",
         ResourceKind::Pod => "pod",
         ResourceKind::Node => "node",
         ResourceKind::Secret => "secret",

@@ -3,8 +3,10 @@
 //! `describe` text is in [`describe`].
 
 pub mod agent_update;
+pub mod cron_job;
 pub mod daemon_set;
 pub mod describe;
+pub mod job;
 
 use std::collections::BTreeMap;
 use std::time::{Duration, SystemTime};

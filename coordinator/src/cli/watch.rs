@@ -8,7 +8,9 @@ use std::io::Write;
 use std::time::{Duration, SystemTime};
 
 use super::client::Client;
+use super::render::cron_job::cron_jobs_table;
 use super::render::daemon_set::daemon_sets_table;
+use super::render::job::jobs_table;
 use super::render::{age, deployments_table, nodes_table, pods_table, secrets_table, table};
 use super::CliError;
 use crate::contract::body::ApiObject;
@@ -52,6 +54,8 @@ fn row(ev: &WatchEvent, wide: bool) -> Option<(String, String)> {
         (Some(ApiObject::DaemonSet(d)), _) => daemon_sets_table(std::slice::from_ref(d), wide, now),
         (Some(ApiObject::Node(n)), _) => nodes_table(std::slice::from_ref(n), wide, now),
         (Some(ApiObject::Secret(s)), _) => secrets_table(std::slice::from_ref(s), now),
+        (Some(ApiObject::Job(j)), _) => jobs_table(std::slice::from_ref(j), wide, now),
+        (Some(ApiObject::CronJob(c)), _) => cron_jobs_table(std::slice::from_ref(c), wide, now),
         (Some(ApiObject::AgentUpdate(_)), _) => format!("NAME\n{}\n", ev.name),
         (None, None) => format!("NAME   STATUS\n{}   Deleted\n", ev.name),
     };

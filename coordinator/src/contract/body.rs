@@ -23,6 +23,8 @@ pub enum ApiObject {
     Node(api::Node),
     Deployment(api::Deployment),
     DaemonSet(api::DaemonSet),
+    Job(api::Job),
+    CronJob(api::CronJob),
     Pod(api::Pod),
     Secret(SecretView),
     AgentUpdate(api::AgentUpdate),
@@ -38,6 +40,8 @@ impl ApiObject {
             ApiObject::Pod(o) => &o.metadata.name,
             ApiObject::Secret(o) => &o.metadata.name,
             ApiObject::AgentUpdate(o) => &o.metadata.name,
+            ApiObject::Job(o) => &o.metadata.name,
+            ApiObject::CronJob(o) => &o.metadata.name,
         }
     }
 }
@@ -51,6 +55,8 @@ impl<'de> Deserialize<'de> for ApiObject {
             Some(ResourceKind::Node) => serde_json::from_value(v).map(ApiObject::Node),
             Some(ResourceKind::Deployment) => serde_json::from_value(v).map(ApiObject::Deployment),
             Some(ResourceKind::DaemonSet) => serde_json::from_value(v).map(ApiObject::DaemonSet),
+            Some(ResourceKind::Job) => serde_json::from_value(v).map(ApiObject::Job),
+            Some(ResourceKind::CronJob) => serde_json::from_value(v).map(ApiObject::CronJob),
             Some(ResourceKind::Pod) => serde_json::from_value(v).map(ApiObject::Pod),
             Some(ResourceKind::Secret) => serde_json::from_value(v).map(ApiObject::Secret),
             Some(ResourceKind::AgentUpdate) => {

@@ -8,6 +8,8 @@ pub enum ResourceKind {
     Node,
     Deployment,
     DaemonSet,
+    Job,
+    CronJob,
     Pod,
     Secret,
     AgentUpdate,
@@ -24,6 +26,10 @@ impl ResourceKind {
             "daemonsets" | "daemonset" | "ds" | "daemonsets.apps" | "daemonset.apps" => {
                 Some(Self::DaemonSet)
             }
+            "jobs" | "job" | "jobs.batch" | "job.batch" => Some(Self::Job),
+            "cronjobs" | "cronjob" | "cj" | "cronjobs.batch" | "cronjob.batch" => {
+                Some(Self::CronJob)
+            }
             "pods" | "pod" | "po" => Some(Self::Pod),
             "secrets" | "secret" => Some(Self::Secret),
             "agentupdates" | "agentupdate" | "agentupdates.baton.io" | "agentupdate.baton.io" => {
@@ -38,6 +44,8 @@ impl ResourceKind {
             Self::Node => "node",
             Self::Deployment => "deployment",
             Self::DaemonSet => "daemonset",
+            Self::Job => "job",
+            Self::CronJob => "cronjob",
             Self::Pod => "pod",
             Self::Secret => "secret",
             Self::AgentUpdate => "agentupdate",
@@ -48,6 +56,8 @@ impl ResourceKind {
             Self::Node => "nodes",
             Self::Deployment => "deployments",
             Self::DaemonSet => "daemonsets",
+            Self::Job => "jobs",
+            Self::CronJob => "cronjobs",
             Self::Pod => "pods",
             Self::Secret => "secrets",
             Self::AgentUpdate => "agentupdates",

@@ -34,8 +34,10 @@
 //! itself: orders, reports, pause/resume/abort).
 
 mod agent_updates;
+mod cron_jobs;
 mod daemon_sets;
 mod events;
+mod jobs;
 mod node_spec;
 mod nodes;
 mod requests;
@@ -256,6 +258,8 @@ struct Live {
 enum Tab {
     Deployment,
     DaemonSet,
+    Job,
+    CronJob,
     Pod,
     Node,
     /// Keyed by `rollout::revision_key`.
@@ -277,6 +281,8 @@ pub struct Core {
 
     deployments: BTreeMap<String, api::Deployment>,
     daemon_sets: BTreeMap<String, api::DaemonSet>,
+    jobs: BTreeMap<String, api::Job>,
+    cron_jobs: BTreeMap<String, api::CronJob>,
     /// Deployment revisions by `rollout::revision_key`.
     revisions: BTreeMap<String, api::Revision>,
     pods: BTreeMap<String, api::Pod>,
@@ -355,6 +361,8 @@ impl Core {
             not_ready_since: HashMap::new(),
             deployments: BTreeMap::new(),
             daemon_sets: BTreeMap::new(),
+            jobs: BTreeMap::new(),
+            cron_jobs: BTreeMap::new(),
             revisions: BTreeMap::new(),
             pods: BTreeMap::new(),
             draining: HashMap::new(),
@@ -507,6 +515,8 @@ impl Core {
                 self.recheck_secrets();
                 self.expire_drains();
                 self.step_agent_updates(std::time::SystemTime::now());
+                self.run_cron_jobs(std::time::SystemTime::now());
+                self.run_jobs(std::time::SystemTime::now());
                 let _ = self.finish();
             }
         }

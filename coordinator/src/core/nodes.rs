@@ -456,14 +456,15 @@ impl Core {
         }
     }
 
-    /// Deletes the Deployment pods on `node` (their Deployments replace them elsewhere).
+    /// Deletes the Deployment pods and the live Job pods on `node` (their controllers
+    /// replace them elsewhere).
     fn evict_node(&mut self, node: &str, why: &str) {
         {
             let evict: Vec<String> = self
                 .pods
                 .values()
                 .filter(|p| p.spec.node_name.as_deref() == Some(node))
-                .filter(|p| p.metadata.owner.is_some())
+                .filter(|p| p.metadata.owner.is_some() || is_live_job_pod(p))
                 .map(|p| p.metadata.name.clone())
                 .collect();
             if evict.is_empty() {
@@ -514,6 +515,16 @@ impl Core {
             revoked,
         })
     }
+}
+
+/// A Job's pod that has not ended: its Job replaces it elsewhere when its node is lost.
+/// An ended one stays, as the count of its Job.
+fn is_live_job_pod(p: &api::Pod) -> bool {
+    p.metadata.job.is_some()
+        && !matches!(
+            p.status.phase,
+            api::PodPhase::Succeeded | api::PodPhase::Failed
+        )
 }
 
 /// Events worth recording when a pod's container states change.

@@ -159,6 +159,8 @@ impl Core {
                 .get(name)
                 .cloned()
                 .map(ApiObject::DaemonSet),
+            ResourceKind::Job => self.jobs.get(name).cloned().map(ApiObject::Job),
+            ResourceKind::CronJob => self.cron_jobs.get(name).cloned().map(ApiObject::CronJob),
             ResourceKind::Pod => self.pods.get(name).map(|p| self.pod_view(p)),
             ResourceKind::Secret => self.secrets.get(name).map(secret_view),
             ResourceKind::AgentUpdate => self
@@ -184,6 +186,13 @@ impl Core {
                 .values()
                 .cloned()
                 .map(ApiObject::DaemonSet)
+                .collect(),
+            ResourceKind::Job => self.jobs.values().cloned().map(ApiObject::Job).collect(),
+            ResourceKind::CronJob => self
+                .cron_jobs
+                .values()
+                .cloned()
+                .map(ApiObject::CronJob)
                 .collect(),
             ResourceKind::Pod => self.pods.values().map(|p| self.pod_view(p)).collect(),
             ResourceKind::Secret => self.secrets.values().map(secret_view).collect(),
@@ -227,6 +236,16 @@ impl Core {
                             ApiError::BadRequest(format!("daemonset {:?}: {e}", d.metadata.name))
                         })?;
                 }
+                api::Object::Job(j) => {
+                    let probe = crate::decide::job::new_pod(j, "xxxxx");
+                    check_wire(&probe, &format!("job {:?}", j.metadata.name))?;
+                    policy::check_pod(&j.spec.template.spec, "spec.template.spec", &self.policy)
+                        .map_err(|e| {
+                            ApiError::BadRequest(format!("job {:?}: {e}", j.metadata.name))
+                        })?;
+                    self.check_job_change(j)?;
+                }
+                api::Object::CronJob(c) => self.check_cron_job(c)?,
                 api::Object::Secret(_) => {}
                 api::Object::AgentUpdate(u) => self.check_agent_update(u)?,
                 api::Object::Pod(p) => {
@@ -252,6 +271,8 @@ impl Core {
             out.push(match o {
                 api::Object::Deployment(d) => self.apply_deployment(d),
                 api::Object::DaemonSet(d) => self.apply_daemon_set(d),
+                api::Object::Job(j) => self.apply_job(j),
+                api::Object::CronJob(c) => self.apply_cron_job(c),
                 api::Object::Pod(p) => self.apply_pod(p),
                 api::Object::Secret(s) => self.apply_secret(s),
                 api::Object::AgentUpdate(u) => self.apply_agent_update(u),
@@ -400,6 +421,8 @@ impl Core {
                 );
             }
             ResourceKind::DaemonSet => self.delete_daemon_set(name)?,
+            ResourceKind::Job => self.delete_job(name)?,
+            ResourceKind::CronJob => self.delete_cron_job(name)?,
             ResourceKind::Secret => {
                 if self.secrets.remove(name).is_none() {
                     return Err(Self::not_found(kind, name));
@@ -454,7 +477,7 @@ fn secret_view(s: &api::Secret) -> ApiObject {
     })
 }
 
-fn check_wire(pod: &api::Pod, what: &str) -> Result<(), ApiError> {
+pub(super) fn check_wire(pod: &api::Pod, what: &str) -> Result<(), ApiError> {
     let mut probe = pod.clone();
     probe.metadata.uid = "00000000-0000-0000-0000-000000000000".into();
     wire::pod_spec(&probe)

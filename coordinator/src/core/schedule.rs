@@ -28,6 +28,9 @@ impl Core {
                 break;
             }
         }
+        let now = std::time::SystemTime::now();
+        self.run_cron_jobs(now);
+        self.run_jobs(now);
         self.schedule_pending();
         self.update_deployment_statuses();
         self.update_daemon_set_statuses();
@@ -216,8 +219,8 @@ impl Core {
                 ..Usage::default()
             });
             usage.entry(node.clone()).or_default().add(req);
-            if let Some(owner) = &p.metadata.owner {
-                *by_owner.entry((node.clone(), owner.clone())).or_default() += 1;
+            if let Some(owner) = spread_key(p) {
+                *by_owner.entry((node.clone(), owner)).or_default() += 1;
             }
         }
         (usage, by_owner)
@@ -254,7 +257,7 @@ impl Core {
             let Some(pod) = self.pods.get(&name) else {
                 continue;
             };
-            let owner = pod.metadata.owner.clone().unwrap_or_default();
+            let owner = spread_key(pod).unwrap_or_default();
             let wanted_ports = scheduler::host_ports(&pod.spec);
             let result = {
                 // Not-ready nodes are candidates too: the scheduler filters them out and
@@ -412,4 +415,13 @@ impl Core {
             self.publish_desired(&node);
         }
     }
+}
+
+/// Whose pods the scheduler spreads over the nodes: a Deployment's, or a Job's (a Job
+/// name is keyed `job/NAME`, which no Deployment name can be).
+fn spread_key(p: &api::Pod) -> Option<String> {
+    p.metadata
+        .owner
+        .clone()
+        .or_else(|| p.metadata.job.as_ref().map(|j| format!("job/{j}")))
 }

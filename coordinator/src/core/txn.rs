@@ -20,6 +20,8 @@ impl Core {
         let store = self.store.as_ref();
         self.deployments = load_table(store, Table::Deployments, "deployment")?;
         self.daemon_sets = load_table(store, Table::DaemonSets, "daemon set")?;
+        self.jobs = load_table(store, Table::Jobs, "job")?;
+        self.cron_jobs = load_table(store, Table::CronJobs, "cron job")?;
         self.pods = load_table(store, Table::Pods, "pod")?;
         self.revisions = load_table(store, Table::Revisions, "revision")?;
         let drain_end = Instant::now() + self.pod_drain;
@@ -135,6 +137,11 @@ impl Core {
                 Tab::DaemonSet => (
                     Table::DaemonSets,
                     self.daemon_sets.get(name).map(serde_json::to_vec),
+                ),
+                Tab::Job => (Table::Jobs, self.jobs.get(name).map(serde_json::to_vec)),
+                Tab::CronJob => (
+                    Table::CronJobs,
+                    self.cron_jobs.get(name).map(serde_json::to_vec),
                 ),
                 Tab::Pod => (Table::Pods, self.pods.get(name).map(serde_json::to_vec)),
                 Tab::Node => (Table::Nodes, self.nodes.get(name).map(serde_json::to_vec)),

@@ -97,6 +97,8 @@ fn watched_kind(tab: Tab) -> Option<ResourceKind> {
         Tab::Node => Some(ResourceKind::Node),
         Tab::Secret => Some(ResourceKind::Secret),
         Tab::AgentUpdate => Some(ResourceKind::AgentUpdate),
+        Tab::Job => Some(ResourceKind::Job),
+        Tab::CronJob => Some(ResourceKind::CronJob),
         Tab::Revision => None,
     }
 }
@@ -115,6 +117,8 @@ impl Core {
             (Tab::Node, self.nodes.keys().collect()),
             (Tab::Secret, self.secrets.keys().collect()),
             (Tab::AgentUpdate, self.agent_updates.keys().collect()),
+            (Tab::Job, self.jobs.keys().collect()),
+            (Tab::CronJob, self.cron_jobs.keys().collect()),
         ];
         let known = tabs
             .into_iter()

@@ -2,7 +2,9 @@
 
 pub mod agent_update;
 pub mod controller;
+pub mod cronjob;
 pub mod daemonset;
+pub mod job;
 pub mod policy;
 pub mod rollout;
 pub mod scheduler;

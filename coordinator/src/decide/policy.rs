@@ -402,6 +402,8 @@ mod tests {
             api::Object::Pod(p) => p.spec,
             api::Object::Deployment(d) => d.spec.template.spec,
             api::Object::DaemonSet(d) => d.spec.template.spec,
+            api::Object::Job(j) => j.spec.template.spec,
+            api::Object::CronJob(c) => c.spec.job_template.spec.template.spec,
             api::Object::Secret(_) | api::Object::AgentUpdate(_) => panic!("not a pod"),
         }
     }

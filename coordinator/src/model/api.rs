@@ -8,15 +8,19 @@ use std::collections::BTreeMap;
 use serde::{Deserialize, Serialize};
 
 mod agent_update;
+mod cronjob;
 mod daemonset;
 mod deployment;
+mod job;
 mod node;
 mod pod;
 mod secret;
 
 pub use agent_update::*;
+pub use cronjob::*;
 pub use daemonset::*;
 pub use deployment::*;
+pub use job::*;
 pub use node::*;
 pub use pod::*;
 pub use secret::*;
@@ -50,6 +54,13 @@ pub struct ObjectMeta {
     /// Deployment's, replaced elsewhere when lost", which a DaemonSet's pod must never be.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub daemon_set: Option<String>,
+    /// The Job that owns a Pod, if any (never together with `owner` or `daemon_set`): a
+    /// Job's pods run to completion and are counted, never scaled or rolled.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub job: Option<String>,
+    /// The CronJob that started a Job, if any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cron_job: Option<String>,
     /// Set when the coordinator has decided to delete a pod: it is `Terminating`, never
     /// counts as Ready, and stays on its node for the drain period (see `core`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -79,6 +90,8 @@ pub struct Event {
 pub enum Object {
     Deployment(Deployment),
     DaemonSet(DaemonSet),
+    Job(Job),
+    CronJob(CronJob),
     Pod(Pod),
     Secret(Secret),
     AgentUpdate(AgentUpdate),

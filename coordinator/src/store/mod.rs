@@ -65,10 +65,14 @@ pub enum Table {
     AgentUpdates,
     /// DaemonSets, keyed by name (their revisions are in `Revisions`).
     DaemonSets,
+    /// Jobs with their status, keyed by name (their pods are in `Pods`).
+    Jobs,
+    /// CronJobs with their status, keyed by name (their Jobs are in `Jobs`).
+    CronJobs,
 }
 
 impl Table {
-    pub const ALL: [Table; 15] = [
+    pub const ALL: [Table; 17] = [
         Table::Deployments,
         Table::Pods,
         Table::Nodes,
@@ -84,6 +88,8 @@ impl Table {
         Table::Releases,
         Table::AgentUpdates,
         Table::DaemonSets,
+        Table::Jobs,
+        Table::CronJobs,
     ];
 
     pub fn name(self) -> &'static str {
@@ -103,6 +109,8 @@ impl Table {
             Table::Releases => "releases",
             Table::AgentUpdates => "agent_updates",
             Table::DaemonSets => "daemon_sets",
+            Table::Jobs => "jobs",
+            Table::CronJobs => "cron_jobs",
         }
     }
 

@@ -237,6 +237,9 @@ pub fn describe_pod(p: &api::Pod, events: &[api::Event], now: SystemTime) -> Str
     if let Some(owner) = &p.metadata.daemon_set {
         kv(&mut out, "Controlled By", format!("DaemonSet/{owner}"));
     }
+    if let Some(owner) = &p.metadata.job {
+        kv(&mut out, "Controlled By", format!("Job/{owner}"));
+    }
     if !p.spec.init_containers.is_empty() {
         out.push_str("Init Containers:\n");
         for (i, c) in p.spec.init_containers.iter().enumerate() {

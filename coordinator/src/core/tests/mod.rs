@@ -3,6 +3,7 @@
 
 mod agent_updates;
 mod daemon_sets;
+mod jobs;
 mod metrics;
 mod node_spec;
 mod nodes;

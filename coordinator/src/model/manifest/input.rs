@@ -414,3 +414,57 @@ pub(super) struct InResourceList {
     pub(super) cpu: Option<String>,
     pub(super) memory: Option<String>,
 }
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub(super) struct InJob {
+    #[allow(dead_code)]
+    pub(super) api_version: String,
+    #[allow(dead_code)]
+    pub(super) kind: String,
+    pub(super) metadata: InMeta,
+    pub(super) spec: InJobSpec,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub(super) struct InJobSpec {
+    pub(super) completions: Option<i64>,
+    pub(super) parallelism: Option<i64>,
+    pub(super) backoff_limit: Option<i64>,
+    pub(super) active_deadline_seconds: Option<i64>,
+    pub(super) ttl_seconds_after_finished: Option<i64>,
+    pub(super) template: InTemplate,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub(super) struct InCronJob {
+    #[allow(dead_code)]
+    pub(super) api_version: String,
+    #[allow(dead_code)]
+    pub(super) kind: String,
+    pub(super) metadata: InMeta,
+    pub(super) spec: InCronJobSpec,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub(super) struct InCronJobSpec {
+    pub(super) schedule: Option<String>,
+    pub(super) time_zone: Option<String>,
+    pub(super) concurrency_policy: Option<api::ConcurrencyPolicy>,
+    pub(super) starting_deadline_seconds: Option<i64>,
+    pub(super) suspend: Option<bool>,
+    pub(super) successful_jobs_history_limit: Option<i64>,
+    pub(super) failed_jobs_history_limit: Option<i64>,
+    pub(super) job_template: InJobTemplate,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub(super) struct InJobTemplate {
+    #[serde(default)]
+    pub(super) metadata: InTemplateMeta,
+    pub(super) spec: InJobSpec,
+}

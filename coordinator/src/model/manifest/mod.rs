@@ -13,14 +13,16 @@
 //!    fields, drops `status`, and treats `null` as absent as Kubernetes does;
 //! 3. serde into private input structs that mirror the Kubernetes shape (`input`; type
 //!    errors carry their path through `serde_path_to_error`), then validation into `api`
-//!    types: one module a kind (`deployment`, `daemonset`, `pod`, `secret`) or part of one
+//!    types: one module a kind (`deployment`, `daemonset`, `job`, `cronjob`, `pod`, `secret`) or part of one
 //!    (`container`, `probe`), over the field rules they share (`validate`).
 
 mod agent_update;
 mod container;
+mod cronjob;
 mod daemonset;
 mod deployment;
 mod input;
+mod job;
 mod pod;
 mod probe;
 mod secret;
@@ -34,12 +36,14 @@ use serde_yaml_ng::Value;
 
 use crate::model::api::{self, POD_NAME_SUFFIX_LEN, TEMPLATE_HASH_LEN};
 use agent_update::{agent_update, InAgentUpdate};
+use cronjob::cron_job;
 use daemonset::daemon_set;
 use deployment::deployment;
-use input::{InDaemonSet, InDeployment, InPod, InSecret};
+use input::{InCronJob, InDaemonSet, InDeployment, InJob, InPod, InSecret};
+use job::job;
 use pod::pod;
 use secret::secret;
-use shape::{walk, Shape, AGENT_UPDATE, DAEMON_SET, DEPLOYMENT, POD, SECRET};
+use shape::{walk, Shape, AGENT_UPDATE, CRON_JOB, DAEMON_SET, DEPLOYMENT, JOB, POD, SECRET};
 
 pub use agent_update::check_version;
 pub use secret::sealed_overhead;
@@ -51,6 +55,11 @@ pub const MAX_DEPLOYMENT_NAME_LEN: usize =
     MAX_NAME_LEN - 1 - TEMPLATE_HASH_LEN - 1 - POD_NAME_SUFFIX_LEN;
 /// Longest DaemonSet name, so that `<name>-<suffix>` pod names fit in 63.
 pub const MAX_DAEMON_SET_NAME_LEN: usize = MAX_NAME_LEN - 1 - POD_NAME_SUFFIX_LEN;
+/// Longest Job name, so that `<name>-<suffix>` pod names fit in 63.
+pub const MAX_JOB_NAME_LEN: usize = MAX_NAME_LEN - 1 - POD_NAME_SUFFIX_LEN;
+/// Longest CronJob name, so that its Jobs' `<name>-<minutes since the epoch>` (10
+/// digits for millennia) fit in [`MAX_JOB_NAME_LEN`].
+pub const MAX_CRON_JOB_NAME_LEN: usize = MAX_JOB_NAME_LEN - 1 - 10;
 /// More replicas than this is a typo on an edge cluster, not a plan.
 pub const MAX_REPLICAS: i64 = 1000;
 /// The most keys one Secret holds (what one sealed secret carries on the wire).
@@ -110,6 +119,8 @@ pub fn parse_manifests(yaml: &str) -> Result<Vec<api::Object>, ManifestError> {
         let key = match &object {
             api::Object::Deployment(d) => ("deployment", d.metadata.name.clone()),
             api::Object::DaemonSet(d) => ("daemonset", d.metadata.name.clone()),
+            api::Object::Job(j) => ("job", j.metadata.name.clone()),
+            api::Object::CronJob(c) => ("cronjob", c.metadata.name.clone()),
             api::Object::Pod(p) => ("pod", p.metadata.name.clone()),
             api::Object::Secret(x) => ("secret", x.metadata.name.clone()),
             api::Object::AgentUpdate(u) => ("agentupdate", u.metadata.name.clone()),
@@ -182,6 +193,16 @@ fn parse_document(doc: usize, mut value: Value) -> Result<api::Object, ManifestE
                 .map(api::Object::DaemonSet)
                 .map_err(field_error)
         }
+        ("batch/v1", "Job") => {
+            check(&mut value, &JOB)?;
+            let input: InJob = from_value(doc, value)?;
+            job(input).map(api::Object::Job).map_err(field_error)
+        }
+        ("batch/v1", "CronJob") => {
+            check(&mut value, &CRON_JOB)?;
+            let input: InCronJob = from_value(doc, value)?;
+            cron_job(input).map(api::Object::CronJob).map_err(field_error)
+        }
         ("v1", "Pod") => {
             check(&mut value, &POD)?;
             let input: InPod = from_value(doc, value)?;
@@ -201,7 +222,7 @@ fn parse_document(doc: usize, mut value: Value) -> Result<api::Object, ManifestE
         }
         _ => Err(document_error(format!(
             "kind {kind} (apiVersion {api_version}) is not supported by Baton; \
-             supported: Deployment (apps/v1), DaemonSet (apps/v1), Pod (v1), Secret (v1), AgentUpdate ({})",
+             supported: Deployment (apps/v1), DaemonSet (apps/v1), Job (batch/v1), CronJob (batch/v1), Pod (v1), Secret (v1), AgentUpdate ({})",
             api::AGENT_UPDATE_API_VERSION
         ))),
     }

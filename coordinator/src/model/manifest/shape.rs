@@ -267,6 +267,46 @@ pub(super) const DAEMON_SET: Shape = Shape::Object(&[
     ),
     ("status", Shape::Dropped(&Shape::Any)),
 ]);
+const JOB_SPEC: Shape = Shape::Object(&[
+    ("completions", Shape::Leaf),
+    ("parallelism", Shape::Leaf),
+    ("backoffLimit", Shape::Leaf),
+    ("activeDeadlineSeconds", Shape::Leaf),
+    ("ttlSecondsAfterFinished", Shape::Leaf),
+    (
+        "template",
+        Shape::Object(&[("metadata", TEMPLATE_META), ("spec", POD_SPEC)]),
+    ),
+]);
+pub(super) const JOB: Shape = Shape::Object(&[
+    ("apiVersion", Shape::Leaf),
+    ("kind", Shape::Leaf),
+    ("metadata", META),
+    ("spec", JOB_SPEC),
+    ("status", Shape::Dropped(&Shape::Any)),
+]);
+pub(super) const CRON_JOB: Shape = Shape::Object(&[
+    ("apiVersion", Shape::Leaf),
+    ("kind", Shape::Leaf),
+    ("metadata", META),
+    (
+        "spec",
+        Shape::Object(&[
+            ("schedule", Shape::Leaf),
+            ("timeZone", Shape::Leaf),
+            ("concurrencyPolicy", Shape::Leaf),
+            ("startingDeadlineSeconds", Shape::Leaf),
+            ("suspend", Shape::Leaf),
+            ("successfulJobsHistoryLimit", Shape::Leaf),
+            ("failedJobsHistoryLimit", Shape::Leaf),
+            (
+                "jobTemplate",
+                Shape::Object(&[("metadata", TEMPLATE_META), ("spec", JOB_SPEC)]),
+            ),
+        ]),
+    ),
+    ("status", Shape::Dropped(&Shape::Any)),
+]);
 pub(super) const POD: Shape = Shape::Object(&[
     ("apiVersion", Shape::Leaf),
     ("kind", Shape::Leaf),

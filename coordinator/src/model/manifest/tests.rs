@@ -16,6 +16,8 @@ fn render(result: Result<Vec<api::Object>, ManifestError>) -> String {
             .map(|o| match o {
                 api::Object::Deployment(d) => serde_yaml_ng::to_string(d),
                 api::Object::DaemonSet(d) => serde_yaml_ng::to_string(d),
+                api::Object::Job(j) => serde_yaml_ng::to_string(j),
+                api::Object::CronJob(c) => serde_yaml_ng::to_string(c),
                 api::Object::Pod(p) => serde_yaml_ng::to_string(p),
                 api::Object::Secret(s) => serde_yaml_ng::to_string(s),
                 api::Object::AgentUpdate(u) => serde_yaml_ng::to_string(u),
@@ -403,7 +405,7 @@ fn validation_rules() {
         (
             "unsupported apiVersion",
             doc("", "", "", "").replace("apps/v1", "extensions/v1beta1"),
-            "error: document 1: kind Deployment (apiVersion extensions/v1beta1) is not supported by Baton; supported: Deployment (apps/v1), DaemonSet (apps/v1), Pod (v1), Secret (v1), AgentUpdate (baton.io/v1alpha1)",
+            "error: document 1: kind Deployment (apiVersion extensions/v1beta1) is not supported by Baton; supported: Deployment (apps/v1), DaemonSet (apps/v1), Job (batch/v1), CronJob (batch/v1), Pod (v1), Secret (v1), AgentUpdate (baton.io/v1alpha1)",
         ),
         (
             "missing metadata",

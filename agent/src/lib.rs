@@ -29,6 +29,7 @@ pub mod runtime;
 pub mod secrets;
 pub mod state;
 pub mod update;
+pub mod usage;
 pub mod volumes;
 
 /// libcontainer clones its container processes straight off this multi-threaded process

@@ -11,10 +11,10 @@
 //! coordinator learns the profile from [`baton_proto::LinkProfile`], sent after each
 //! Hello, so that it does not time out a quiet node that is still connected.
 //!
-//! | profile | keepalive | node loss noticed | unchanged heartbeat | status batched |
-//! |---|---|---|---|---|
-//! | `lan` | 13 s | ≤ 19.5 s | every 10 min | no |
-//! | `metered` | 190 s | ≤ 4.75 min | every 6 h | 1 s |
+//! | profile | keepalive | node loss noticed | unchanged heartbeat | status batched | usage sampled |
+//! |---|---|---|---|---|---|
+//! | `lan` | 13 s | ≤ 19.5 s | every 10 min | no | 30 s |
+//! | `metered` | 190 s | ≤ 4.75 min | every 6 h | 1 s | 1 h |
 //!
 //! Every value can be set on its own with a flag, which wins over the profile (the e2e
 //! tests use short ones).
@@ -42,6 +42,9 @@ pub struct Settings {
     pub keepalive: Duration,
     /// How long status changes are gathered before one Status goes out (0: at once).
     pub status_batch: Duration,
+    /// How often usage is sampled (CPU is averaged over it), and so the most often a
+    /// usage report goes out (only when it moved: `crate::usage`).
+    pub usage_every: Duration,
 }
 
 impl Profile {
@@ -53,6 +56,7 @@ impl Profile {
                 heartbeat_max: Duration::from_secs(600),
                 keepalive: Duration::from_secs(13),
                 status_batch: Duration::ZERO,
+                usage_every: Duration::from_secs(30),
             },
             // 190 s: 455 ping rounds a day (71 KiB plain, 91 KiB over TLS; 180 s measured
             // 100.5 KiB over TLS, docs/benchmarks.md), and the broker drops a silent agent
@@ -63,6 +67,8 @@ impl Profile {
                 heartbeat_max: Duration::from_secs(6 * 3600),
                 keepalive: Duration::from_secs(190),
                 status_batch: Duration::from_secs(1),
+                // At most 24 reports a day, and none while nothing moves.
+                usage_every: Duration::from_secs(3600),
             },
         }
     }
@@ -102,6 +108,10 @@ pub struct LinkArgs {
     /// metered 1000).
     #[arg(long, env = "BATON_STATUS_BATCH_MS")]
     pub status_batch_ms: Option<u64>,
+    /// How often usage (`baton top`) is sampled and, when it moved, reported (profile: lan
+    /// 30, metered 3600).
+    #[arg(long, env = "BATON_USAGE_SECS", value_parser = clap::value_parser!(u64).range(1..))]
+    pub usage_secs: Option<u64>,
 }
 
 impl LinkArgs {
@@ -120,6 +130,7 @@ impl LinkArgs {
             status_batch: self
                 .status_batch_ms
                 .map_or(p.status_batch, Duration::from_millis),
+            usage_every: self.usage_secs.map_or(p.usage_every, Duration::from_secs),
         }
     }
 }

@@ -180,6 +180,8 @@ struct Agent {
     /// Where the hostPort rules of the pods go after each turn; `None` in unit tests, which
     /// must not touch the host's iptables.
     host_ports: Option<tokio::sync::watch::Sender<Vec<crate::network::HostPortRule>>>,
+    /// Usage samples and reports (`crate::usage`).
+    usage: crate::usage::UsageState,
 }
 
 impl Agent {
@@ -221,6 +223,7 @@ impl Agent {
             updates: None,
             got_desired: false,
             host_ports: None,
+            usage: Default::default(),
         }
     }
 

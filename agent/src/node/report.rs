@@ -51,9 +51,73 @@ impl Agent {
     }
 
     /// The Hello, then the link profile, so that the coordinator times this node by it.
-    pub(super) fn say_hello(&self, bus: &dyn Publish) {
+    pub(super) fn say_hello(&mut self, bus: &dyn Publish) {
         let _ = bus.publish(self.hello());
         let _ = bus.publish(Body::Link(self.cfg.link.wire()));
+        self.usage.resend = true;
+    }
+
+    /// Samples usage once per the profile's `usage_every` and sends it when it moved, or
+    /// after a Hello (see [`crate::usage`]).
+    pub(super) fn report_usage(&mut self, bus: &dyn Publish) {
+        let now = self.mono();
+        let every = self.cfg.link.usage_every.as_millis() as Millis;
+        let due = self
+            .usage
+            .sampled
+            .is_none_or(|at| now.saturating_sub(at) >= every);
+        if due {
+            self.sample_usage(now);
+        }
+        let Some(last) = &self.usage.last else { return };
+        let moved = due
+            && self
+                .usage
+                .sent
+                .as_ref()
+                .is_none_or(|sent| crate::usage::moved(sent, last));
+        if (moved || self.usage.resend)
+            && bus.is_connected()
+            && bus.publish(Body::Usage(last.clone())).is_ok()
+        {
+            self.usage.sent = Some(last.clone());
+            self.usage.resend = false;
+        }
+    }
+
+    fn sample_usage(&mut self, now: Millis) {
+        let node_cgroup = std::path::Path::new(&self.cfg.cgroup_root).join(self.cfg.node.as_str());
+        let rt = &self.deps.runtime;
+        let pods = self
+            .pods
+            .keys()
+            .map(|uid| {
+                let rel = node_cgroup.join(uid);
+                (
+                    uid.clone(),
+                    rt.cpu_usage_ns(&rel),
+                    rt.memory_working_set(&rel),
+                )
+            })
+            .collect();
+        let reading = crate::usage::Reading {
+            node_cpu: crate::usage::node_cpu(),
+            memory: crate::pressure::measure::memory(),
+            disk: crate::pressure::measure::statfs(&self.cfg.data_dir)
+                .map(|f| (f.avail_bytes, f.total_bytes)),
+            temperature: crate::usage::temperature(std::path::Path::new("/sys/class/thermal")),
+            pods,
+        };
+        let cpus = std::thread::available_parallelism().map_or(1, |n| n.get() as u32);
+        let (usage, counters) = crate::usage::rates(
+            self.usage.counters.as_ref(),
+            reading,
+            std::time::Instant::now(),
+            cpus,
+        );
+        self.usage.counters = Some(counters);
+        self.usage.sampled = Some(now);
+        self.usage.last = Some(usage);
     }
 
     /// Tells the update task what probation looks at: connected, a desired state
@@ -151,6 +215,7 @@ impl Agent {
                 message: bounded(&p.message),
             })
             .collect();
+        self.report_usage(bus);
         let beat = Heartbeat {
             applied_generation: self.desired.generation,
             status_digest: status.digest(),

@@ -55,6 +55,7 @@ fn kinds(sent: &[Body]) -> Vec<&'static str> {
             Body::Link(_) => "Link",
             Body::Heartbeat(_) => "Heartbeat",
             Body::Status(_) => "Status",
+            Body::Usage(_) => "Usage",
             _ => "other",
         })
         .collect()
@@ -218,6 +219,7 @@ impl Harness {
                 heartbeat_max: Duration::ZERO,
                 keepalive: Duration::from_secs(10),
                 status_batch: Duration::ZERO,
+                usage_every: Duration::from_secs(30),
             },
             cgroup_root: "baton".into(),
             log_max_bytes: 1 << 20,
@@ -360,8 +362,13 @@ async fn a_connect_sends_hello_and_status_and_hello_repeats_until_a_desired_stat
     assert_eq!(hello.applied_generation, 0);
     assert_eq!(hello.labels[0].key.as_str(), "zone");
 
+    // The first heartbeat also carries the first usage sample (after every Hello: the
+    // coordinator keeps usage in memory only).
     h.agent.heartbeat(&h.bus);
-    assert_eq!(kinds(&h.bus.take()), ["Hello", "Link", "Heartbeat"]);
+    assert_eq!(
+        kinds(&h.bus.take()),
+        ["Hello", "Link", "Usage", "Heartbeat"]
+    );
 
     h.bus_event(BusEvent::Desired(desired(4, vec![])));
     let sent = h.bus.take();
@@ -397,10 +404,13 @@ async fn heartbeats_go_out_only_when_they_change_or_after_the_profiles_max() {
     h.bus_event(BusEvent::Desired(desired(2, vec![])));
     h.bus.take();
     h.agent.heartbeat(&h.bus);
-    assert_eq!(kinds(&h.bus.take()), ["Heartbeat"]);
+    assert_eq!(kinds(&h.bus.take()), ["Usage", "Heartbeat"]);
     h.agent.heartbeat(&h.bus);
     h.agent.heartbeat(&h.bus);
-    assert!(h.bus.take().is_empty(), "an unchanged heartbeat went out");
+    assert!(
+        h.bus.take().is_empty(),
+        "an unchanged heartbeat (or usage before the profile's usage_every) went out"
+    );
 
     // A change (here the applied generation) goes out at the next heartbeat.
     h.bus_event(BusEvent::Desired(desired(3, vec![])));
@@ -420,7 +430,7 @@ async fn heartbeats_go_out_only_when_they_change_or_after_the_profiles_max() {
     h.bus_event(BusEvent::Desired(desired(3, vec![])));
     h.bus.take();
     h.agent.heartbeat(&h.bus);
-    assert_eq!(kinds(&h.bus.take()), ["Heartbeat"]);
+    assert_eq!(kinds(&h.bus.take()), ["Usage", "Heartbeat"]);
 
     // Past `heartbeat_max`, an unchanged one goes out.
     h.agent.cfg.link.heartbeat_max = Duration::from_millis(1);

@@ -42,7 +42,7 @@ pub fn statfs(path: &Path) -> Option<Fs> {
 }
 
 /// `MemAvailable` and `MemTotal` from `/proc/meminfo`, in bytes.
-fn memory() -> Option<(u64, u64)> {
+pub fn memory() -> Option<(u64, u64)> {
     let text = fs::read_to_string("/proc/meminfo").ok()?;
     let field = |name: &str| -> Option<u64> {
         text.lines()

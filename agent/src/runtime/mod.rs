@@ -329,6 +329,12 @@ pub trait Runtime: Send + Sync + 'static {
         None
     }
 
+    /// CPU time used by the cgroup `rel` and below (a pod's), in nanoseconds, for usage
+    /// reports; `None` where unreadable.
+    fn cpu_usage_ns(&self, _rel: &Path) -> Option<u64> {
+        None
+    }
+
     /// Processes in the cgroup `rel` and below (a pod's), for ranking pods under
     /// PIDPressure; `None` where unreadable.
     fn pids_current(&self, _rel: &Path) -> Option<u64> {

@@ -630,6 +630,11 @@ impl Runtime for YoukiRuntime {
             .working_set(rel.strip_prefix("/").unwrap_or(rel))
     }
 
+    fn cpu_usage_ns(&self, rel: &Path) -> Option<u64> {
+        self.layout
+            .cpu_usage_ns(rel.strip_prefix("/").unwrap_or(rel))
+    }
+
     fn pids_current(&self, rel: &Path) -> Option<u64> {
         self.layout.pids(rel.strip_prefix("/").unwrap_or(rel))
     }

@@ -126,6 +126,36 @@ impl CgroupLayout {
     }
 }
 
+impl CgroupLayout {
+    /// CPU time used by the cgroup at `rel` and below, in nanoseconds (v1 `cpuacct.usage`,
+    /// v2 `cpu.stat` `usage_usec`); `None` when unreadable.
+    pub(super) fn cpu_usage_ns(&self, rel: &Path) -> Option<u64> {
+        match self {
+            // Found at each read, like the pids controller: the usage report is rare.
+            Self::V1 { .. } => fs::read_to_string(
+                get_subsystem_mount_point(&ControllerType::CpuAcct)
+                    .ok()?
+                    .join(rel)
+                    .join("cpuacct.usage"),
+            )
+            .ok()?
+            .trim()
+            .parse()
+            .ok(),
+            Self::Unified { root } => {
+                let text = fs::read_to_string(root.join(rel).join("cpu.stat")).ok()?;
+                let usec: u64 = text
+                    .lines()
+                    .find_map(|l| l.strip_prefix("usage_usec "))?
+                    .trim()
+                    .parse()
+                    .ok()?;
+                Some(usec.saturating_mul(1000))
+            }
+        }
+    }
+}
+
 /// Whether the process `pid` is a member of the cgroup at `rel` (in any hierarchy). This is
 /// what tells a container's init from an unrelated process that got its pid after a reboot.
 pub(super) fn in_cgroup(pid: u32, rel: &Path) -> bool {

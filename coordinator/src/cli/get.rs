@@ -8,7 +8,7 @@ use serde_json::Value;
 use super::client::Client;
 use super::render::agent_update::agent_updates_table;
 use super::render::daemon_set::daemon_sets_table;
-use super::render::{deployments_table, nodes_table, pods_table, secrets_table};
+use super::render::{config_maps_table, deployments_table, nodes_table, pods_table, secrets_table};
 use super::{target, to_value, CliError, Output};
 use crate::contract::body::ApiObject;
 use crate::contract::{routes, NoBody, ResourceKind};
@@ -65,6 +65,9 @@ pub(super) async fn get(
                     ResourceKind::AgentUpdate => {
                         agent_updates_table(&of_kind(objects, agent_update)?, now)
                     }
+                    ResourceKind::ConfigMap => {
+                        config_maps_table(&of_kind(objects, config_map)?, now)
+                    }
                 }
             }
         }
@@ -109,6 +112,7 @@ pub(super) fn kind_of(o: &ApiObject) -> ResourceKind {
         ApiObject::Pod(_) => ResourceKind::Pod,
         ApiObject::Secret(_) => ResourceKind::Secret,
         ApiObject::AgentUpdate(_) => ResourceKind::AgentUpdate,
+        ApiObject::ConfigMap(_) => ResourceKind::ConfigMap,
     }
 }
 
@@ -150,6 +154,13 @@ fn node(o: ApiObject) -> Option<crate::model::api::Node> {
 fn secret(o: ApiObject) -> Option<crate::contract::body::SecretView> {
     match o {
         ApiObject::Secret(s) => Some(s),
+        _ => None,
+    }
+}
+
+fn config_map(o: ApiObject) -> Option<crate::model::api::ConfigMap> {
+    match o {
+        ApiObject::ConfigMap(c) => Some(c),
         _ => None,
     }
 }

@@ -270,6 +270,7 @@ fn qualified(kind: ResourceKind) -> &'static str {
         ResourceKind::Node => "node",
         ResourceKind::Secret => "secret",
         ResourceKind::AgentUpdate => "agentupdate.baton.io",
+        ResourceKind::ConfigMap => "configmap",
     }
 }
 

@@ -26,6 +26,7 @@ pub enum ApiObject {
     Pod(api::Pod),
     Secret(SecretView),
     AgentUpdate(api::AgentUpdate),
+    ConfigMap(api::ConfigMap),
 }
 
 impl<'de> Deserialize<'de> for ApiObject {
@@ -39,6 +40,7 @@ impl<'de> Deserialize<'de> for ApiObject {
             Some(ResourceKind::DaemonSet) => serde_json::from_value(v).map(ApiObject::DaemonSet),
             Some(ResourceKind::Pod) => serde_json::from_value(v).map(ApiObject::Pod),
             Some(ResourceKind::Secret) => serde_json::from_value(v).map(ApiObject::Secret),
+            Some(ResourceKind::ConfigMap) => serde_json::from_value(v).map(ApiObject::ConfigMap),
             Some(ResourceKind::AgentUpdate) => {
                 serde_json::from_value(v).map(ApiObject::AgentUpdate)
             }

@@ -402,7 +402,9 @@ mod tests {
             api::Object::Pod(p) => p.spec,
             api::Object::Deployment(d) => d.spec.template.spec,
             api::Object::DaemonSet(d) => d.spec.template.spec,
-            api::Object::Secret(_) | api::Object::AgentUpdate(_) => panic!("not a pod"),
+            api::Object::Secret(_) | api::Object::AgentUpdate(_) | api::Object::ConfigMap(_) => {
+                panic!("not a pod")
+            }
         }
     }
 

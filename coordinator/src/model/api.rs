@@ -8,6 +8,7 @@ use std::collections::BTreeMap;
 use serde::{Deserialize, Serialize};
 
 mod agent_update;
+mod config_map;
 mod daemonset;
 mod deployment;
 mod node;
@@ -15,6 +16,7 @@ mod pod;
 mod secret;
 
 pub use agent_update::*;
+pub use config_map::*;
 pub use daemonset::*;
 pub use deployment::*;
 pub use node::*;
@@ -82,4 +84,5 @@ pub enum Object {
     Pod(Pod),
     Secret(Secret),
     AgentUpdate(AgentUpdate),
+    ConfigMap(ConfigMap),
 }

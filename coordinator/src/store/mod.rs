@@ -65,10 +65,12 @@ pub enum Table {
     AgentUpdates,
     /// DaemonSets, keyed by name (their revisions are in `Revisions`).
     DaemonSets,
+    /// ConfigMaps, keyed by name (plain JSON: they are not secret).
+    ConfigMaps,
 }
 
 impl Table {
-    pub const ALL: [Table; 15] = [
+    pub const ALL: [Table; 16] = [
         Table::Deployments,
         Table::Pods,
         Table::Nodes,
@@ -84,6 +86,7 @@ impl Table {
         Table::Releases,
         Table::AgentUpdates,
         Table::DaemonSets,
+        Table::ConfigMaps,
     ];
 
     pub fn name(self) -> &'static str {
@@ -103,6 +106,7 @@ impl Table {
             Table::Releases => "releases",
             Table::AgentUpdates => "agent_updates",
             Table::DaemonSets => "daemon_sets",
+            Table::ConfigMaps => "config_maps",
         }
     }
 

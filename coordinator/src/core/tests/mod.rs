@@ -2,6 +2,7 @@
 //! in-memory store; split by concern like the core itself.
 
 mod agent_updates;
+mod config_maps;
 mod daemon_sets;
 mod node_spec;
 mod nodes;

@@ -194,7 +194,10 @@ fn fake_core() -> mpsc::Sender<Event> {
         match o {
             api::Object::Deployment(d) => deployment = Some(d),
             api::Object::Pod(p) => pod = Some(p),
-            api::Object::Secret(_) | api::Object::AgentUpdate(_) | api::Object::DaemonSet(_) => {}
+            api::Object::Secret(_)
+            | api::Object::AgentUpdate(_)
+            | api::Object::DaemonSet(_)
+            | api::Object::ConfigMap(_) => {}
         }
     }
     let rollout = match crate::model::manifest::parse_manifests(

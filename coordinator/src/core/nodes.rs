@@ -204,6 +204,8 @@ impl Core {
                     n.status.desired_generation = old.status.desired_generation;
                     // Reported by heartbeats, not by a Hello.
                     n.spec = old.spec.clone();
+                    // `baton label node` wins over the agent's `--labels`.
+                    n.spec.apply_label_overrides(&mut n.metadata.labels);
                     n.status.conditions = old.status.conditions.clone();
                     n.status.apply_error = old.status.apply_error.clone();
                     n.status.last_update = old.status.last_update.clone();

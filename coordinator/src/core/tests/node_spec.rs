@@ -136,3 +136,73 @@ async fn pressure_taints_are_not_set_by_hand_and_missing_taints_are_named() {
     h.apply(&deployment("web", 4, "100m")).unwrap();
     assert_eq!(on(&mut h, "pi-1"), 0);
 }
+
+fn labels(pairs: &[(&str, Option<&str>)], overwrite: bool) -> NodeSpecChange {
+    NodeSpecChange {
+        labels: pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.map(str::to_owned)))
+            .collect(),
+        overwrite,
+        ..Default::default()
+    }
+}
+
+/// `baton label node`: scheduling by nodeSelector follows the label, a value changes only
+/// with `--overwrite`, and the label outlives the agent's Hello.
+#[tokio::test(start_paused = true)]
+async fn node_labels_steer_scheduling_and_outlive_a_hello() {
+    let mut h = two_nodes();
+    let pinned = "apiVersion: v1\nkind: Pod\nmetadata: {name: cam}\nspec:\n  nodeSelector: {role: camera}\n  containers:\n  - {name: c, image: busybox:1.36}\n";
+    h.apply(pinned).unwrap();
+    assert_eq!(
+        h.pods()[0].spec.node_name,
+        None,
+        "no node has the label yet"
+    );
+    change(&mut h, "pi-2", labels(&[("role", Some("camera"))], false)).unwrap();
+    assert_eq!(h.node("pi-2").metadata.labels["role"], "camera");
+    assert_eq!(h.pods()[0].spec.node_name.as_deref(), Some("pi-2"));
+    assert!(h
+        .reasons("node/pi-2")
+        .contains(&"LabelsChanged".to_string()));
+
+    // Another value needs --overwrite, as with kubectl; the same value does not.
+    match change(&mut h, "pi-2", labels(&[("role", Some("gw"))], false)) {
+        Err(ApiError::Conflict(m)) => {
+            assert_eq!(
+                m,
+                "'role' already has a value (camera), and --overwrite is false"
+            )
+        }
+        other => panic!("expected a conflict, got {other:?}"),
+    }
+    change(&mut h, "pi-2", labels(&[("role", Some("camera"))], false)).unwrap();
+    change(&mut h, "pi-2", labels(&[("role", Some("gw"))], true)).unwrap();
+    assert_eq!(h.node("pi-2").metadata.labels["role"], "gw");
+
+    // A Hello (agent restart, its flags without the label) keeps the operator's labels,
+    // set and removed alike.
+    change(&mut h, "pi-1", labels(&[("zone", Some("lab"))], false)).unwrap();
+    h.send("pi-2", hello(4000));
+    h.send("pi-1", hello(4000));
+    assert_eq!(h.node("pi-2").metadata.labels["role"], "gw");
+    change(&mut h, "pi-1", labels(&[("zone", None)], false)).unwrap();
+    h.send("pi-1", hello(4000));
+    assert!(!h.node("pi-1").metadata.labels.contains_key("zone"));
+
+    // Invalid keys and values are refused before anything changes.
+    for bad in [
+        labels(&[("-x", Some("1"))], true),
+        labels(&[("ok", Some("a b"))], true),
+    ] {
+        assert!(matches!(
+            change(&mut h, "pi-1", bad),
+            Err(ApiError::BadRequest(_))
+        ));
+    }
+    assert!(matches!(
+        change(&mut h, "nope", labels(&[("a", Some("b"))], false)),
+        Err(ApiError::NotFound(_))
+    ));
+}

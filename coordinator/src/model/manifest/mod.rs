@@ -217,6 +217,14 @@ fn parse_document(doc: usize, mut value: Value) -> Result<api::Object, ManifestE
     }
 }
 
+/// A label key and value by the rules manifests follow (`baton label node`), the error as
+/// `labels.KEY: message`.
+pub fn check_label(key: &str, value: &str) -> Result<(), String> {
+    validate::qualified_name("labels", key)
+        .and_then(|()| validate::label_value(&format!("labels.{key}"), value))
+        .map_err(|(path, message)| format!("{path}: {message}"))
+}
+
 fn from_value<T: serde::de::DeserializeOwned>(
     doc: usize,
     value: Value,

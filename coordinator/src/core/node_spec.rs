@@ -13,7 +13,7 @@ use crate::model::manifest;
 use super::{ApiError, ApiReply, Core, Tab};
 
 /// The taints that follow a node's pressure conditions (`taints::with_condition_taints`).
-const MANAGED: [&str; 3] = [
+pub(super) const MANAGED: [&str; 3] = [
     taints::DISK_PRESSURE,
     taints::MEMORY_PRESSURE,
     taints::PID_PRESSURE,

@@ -175,6 +175,7 @@ fn hello(cpu_millis: u32) -> Body {
         pod_cidr: BString::new("10.42.1.0/24").unwrap(),
         applied_generation: 0,
         last_connect_error: None,
+        taints: BVec::new(),
     })
 }
 

@@ -206,3 +206,64 @@ async fn node_labels_steer_scheduling_and_outlive_a_hello() {
         Err(ApiError::NotFound(_))
     ));
 }
+
+fn hello_with_taints(taints: &[(&str, &str, baton_proto::TaintEffect)]) -> Body {
+    let Body::Hello(mut h) = hello(4000) else {
+        unreachable!()
+    };
+    h.taints = BVec::from_vec(
+        taints
+            .iter()
+            .map(|(k, v, e)| baton_proto::NodeTaint {
+                key: BString::new(*k).unwrap(),
+                value: BString::new(*v).unwrap(),
+                effect: *e,
+            })
+            .collect(),
+    )
+    .unwrap();
+    Body::Hello(h)
+}
+
+/// `baton-agent --register-with-taints`: taken when the node first registers (a pod
+/// without the toleration goes elsewhere); after that `baton taint` owns them, and the
+/// pressure taints cannot be registered.
+#[tokio::test(start_paused = true)]
+async fn registered_taints_are_taken_once_and_keep_pods_off() {
+    use baton_proto::TaintEffect as E;
+    let mut h = Harness::new(Arc::new(MemStore::new()));
+    h.send(
+        "cam-1",
+        hello_with_taints(&[
+            ("dedicated", "cams", E::NoSchedule),
+            ("node.kubernetes.io/disk-pressure", "", E::NoSchedule),
+        ]),
+    );
+    h.send("pi-1", hello(4000));
+    let node = h.node("cam-1");
+    let shown: Vec<String> = node.spec.taints.iter().map(|t| t.to_string()).collect();
+    assert_eq!(shown, vec!["dedicated=cams:NoSchedule"]);
+    h.apply(&deployment("web", 4, "100m")).unwrap();
+    assert_eq!(on(&mut h, "cam-1"), 0, "no pod without the toleration");
+    assert_eq!(on(&mut h, "pi-1"), 4);
+
+    // `baton taint node cam-1 dedicated-` wins over the flag on the next Hellos.
+    let removal = NodeSpecChange {
+        remove_taints: vec![TaintRemoval {
+            key: "dedicated".into(),
+            effect: None,
+        }],
+        ..Default::default()
+    };
+    change(&mut h, "cam-1", removal).unwrap();
+    h.send(
+        "cam-1",
+        hello_with_taints(&[("dedicated", "cams", E::NoSchedule)]),
+    );
+    assert!(h.node("cam-1").spec.taints.is_empty());
+    h.apply(&deployment("web", 8, "100m")).unwrap();
+    assert!(
+        on(&mut h, "cam-1") > 0,
+        "the node takes pods once untainted"
+    );
+}

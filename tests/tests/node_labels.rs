@@ -1,13 +1,15 @@
 //! Node labels and registered taints on real agents (issue 18): a node started with
 //! `baton-agent --register-with-taints` gets no pod that does not tolerate the taint, and
 //! `baton label node` steers scheduling by `nodeSelector` at once, needs `--overwrite` to
-//! change a value, and outlives an agent restart.
+//! change a value, outlives an agent restart, and a DaemonSet with a `nodeSelector` gains
+//! and loses the node's pod as the label comes and goes.
 
 use std::time::Duration;
 
 use anyhow::{ensure, Result};
-use baton_e2e::fleet::{container_running, node_of, EchoDeployment};
+use baton_e2e::fleet::{container_running, is_terminating, node_of, EchoDeployment};
 use baton_e2e::{bin, wait_for, Broker, Lab};
+use serde_json::Value;
 
 const LONG: Duration = Duration::from_secs(120);
 
@@ -25,6 +27,37 @@ spec:
     image: {registry}/baton/http-echo:1
 "#
     )
+}
+
+fn edge_daemon_set(registry: &str) -> String {
+    format!(
+        r#"apiVersion: apps/v1
+kind: DaemonSet
+metadata:
+  name: edge
+spec:
+  selector:
+    matchLabels: {{app: edge}}
+  template:
+    metadata:
+      labels: {{app: edge}}
+    spec:
+      nodeSelector: {{role: edge}}
+      terminationGracePeriodSeconds: 1
+      containers:
+      - name: echo
+        image: {registry}/baton/http-echo:1
+"#
+    )
+}
+
+/// The DaemonSet `edge`'s pods that are not terminating.
+fn edge_pods(lab: &Lab) -> Result<Vec<Value>> {
+    Ok(lab
+        .pods()?
+        .into_iter()
+        .filter(|p| p["metadata"]["daemonSet"] == "edge" && !is_terminating(p))
+        .collect())
 }
 
 #[test]
@@ -97,6 +130,29 @@ fn scenario(lab: &mut Lab) -> Result<()> {
     ensure!(
         node["metadata"]["labels"]["role"] == "edge",
         "label lost on restart: {node}"
+    );
+
+    // A DaemonSet selecting the label runs on that node only, and leaves with the label.
+    lab.apply(&edge_daemon_set(&lab.registry()))?;
+    wait_for(
+        "the edge DaemonSet's pod running on the labelled node",
+        LONG,
+        || {
+            let pods = edge_pods(lab)?;
+            Ok(
+                (pods.len() == 1 && node_of(&pods[0]) == plain && container_running(&pods[0]))
+                    .then_some(()),
+            )
+        },
+    )?;
+    lab.baton(&["label", "node", &plain, "role-"])?;
+    wait_for("the edge pod gone with the label", LONG, || {
+        Ok(edge_pods(lab)?.is_empty().then_some(()))
+    })?;
+    let node = lab.get_json(&["get", "node", &plain])?;
+    ensure!(
+        node["metadata"]["labels"]["role"].is_null(),
+        "label not removed: {node}"
     );
     Ok(())
 }

@@ -148,6 +148,10 @@ struct RunArgs {
     /// Node labels, e.g. `zone=lab,disk=ssd`.
     #[arg(long, env = "BATON_LABELS", value_delimiter = ',')]
     labels: Vec<String>,
+    /// Taints the node registers with, kubelet's `key=value:Effect,...`; `baton taint`
+    /// changes them after the node first registered.
+    #[arg(long, env = "BATON_REGISTER_WITH_TAINTS", value_delimiter = ',')]
+    register_with_taints: Vec<String>,
     /// Pod address range, e.g. 10.42.7.0/24 (default: derived from the node name).
     #[arg(long, env = "BATON_POD_CIDR")]
     pod_cidr: Option<String>,
@@ -339,6 +343,7 @@ struct Checked {
     /// --mqtt-ca/--mqtt-cert/--mqtt-key, which override the identity's.
     flag_tls: Option<baton_agent::mqtt_tls::MqttTls>,
     labels: Vec<(String, String)>,
+    register_taints: Vec<baton_proto::NodeTaint>,
     registry_mirror: Option<baton_agent::image::RegistryMirror>,
 }
 
@@ -378,6 +383,8 @@ fn check_flags(a: &RunArgs, enrolled: bool) -> Result<Checked> {
         url,
         flag_tls,
         labels: flag_labels(a)?,
+        register_taints: baton_agent::node::taints::parse_register_taints(&a.register_with_taints)
+            .context("--register-with-taints")?,
         registry_mirror,
     })
 }
@@ -471,6 +478,7 @@ fn config(a: RunArgs, identity: Option<IdentityFile>) -> Result<(AgentConfig, Li
         url,
         flag_tls,
         mut labels,
+        register_taints,
         registry_mirror,
     } = check_flags(&a, identity.is_some())?;
     let mqtt_tls = match (flag_tls, &identity) {
@@ -517,6 +525,7 @@ fn config(a: RunArgs, identity: Option<IdentityFile>) -> Result<(AgentConfig, Li
         data_dir: a.data_dir,
         run_dir: a.run_dir,
         labels,
+        register_taints,
         allocatable,
         pod_cidr: a.pod_cidr,
         insecure_registries: a

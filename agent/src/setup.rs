@@ -10,8 +10,8 @@
 //! removed), or, on a re-install without either, from the agent.env already there.
 //!
 //! **Checks before any write**: the broker URL, the API URL and the token's form (a bad one
-//! would only show on the device, as an agent retrying forever), the node name, labels, and
-//! that the agent will have a way to start: a token, an identity in the data dir, or
+//! would only show on the device, as an agent retrying forever), the node name, labels, taints
+//! and that the agent will have a way to start: a token, an identity in the data dir, or
 //! `--insecure-unenrolled`. The paths a flag names are the target's, so files are not
 //! looked for (with `--root` they are not on this system).
 
@@ -96,6 +96,8 @@ pub(super) fn install(args: InstallArgs, m: &clap::ArgMatches) -> Result<()> {
         NodeName::new(n).context("--node-name")?;
     }
     flag_labels(a)?;
+    baton_agent::node::taints::parse_register_taints(&a.register_with_taints)
+        .context("--register-with-taints")?;
     let enrolled = data_dir.join(identity::IDENTITY_FILE).exists();
     match &token {
         Some(t) => {

@@ -37,6 +37,8 @@ use nix::mount::{mount, umount2, MntFlags, MsFlags};
 
 use crate::runtime::Mount;
 
+pub mod projection;
+
 /// Where the plaintext of a secret comes from. The node implements it over the unsealed
 /// secrets of its desired state; tests use [`StaticSecrets`].
 pub trait SecretSource: Send + Sync {

@@ -261,6 +261,7 @@ impl FakeAgent {
             pod_cidr: BString::new("10.42.7.0/24")?,
             applied_generation,
             last_connect_error: None,
+            taints: BVec::new(),
         }))
         .await
     }

@@ -10,6 +10,9 @@ use crate::{
     MAX_SECRETS_PER_NODE,
 };
 
+mod hello;
+pub use hello::*;
+
 /// A node's name: 1-63 characters from `[A-Za-z0-9._-]`, so it is always a single,
 /// wildcard-free MQTT topic level and a valid file and interface-name stem.
 #[derive(Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
@@ -296,29 +299,6 @@ pub struct Capacity {
 pub struct Label {
     pub key: BString<317>,
     pub value: BString<63>,
-}
-
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct Hello {
-    /// Go-style architecture name, as Kubernetes and OCI use it: amd64, arm64, arm.
-    pub arch: heapless::String<16>,
-    /// OCI variant for `arm` (v6, v7), empty otherwise.
-    pub arch_variant: heapless::String<8>,
-    pub os: heapless::String<16>,
-    pub agent_version: heapless::String<32>,
-    /// What the node offers to pods: its capacity less the agent's reserve.
-    pub allocatable: Capacity,
-    pub labels: BVec<Label, 64>,
-    /// The node's own address, where its hostPorts answer.
-    pub address: Option<IpAddr>,
-    /// The range pod addresses on this node come from, e.g. `10.42.7.0/24`.
-    pub pod_cidr: BString<43>,
-    /// The generation of desired state the agent has applied (0: none yet).
-    pub applied_generation: u64,
-    /// Why the agent's attempts to reach the broker failed before this connection
-    /// succeeded, with advice (see [`crate::link`]); `None` if it got through at once.
-    /// Added in v3; so an operator sees it in `baton describe node`.
-    pub last_connect_error: Option<BString<256>>,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]

@@ -250,37 +250,73 @@ fn offline_and_status_request() {
     );
 }
 
+fn hello_body(taints: Vec<NodeTaint>) -> Hello {
+    Hello {
+        arch: "arm64".try_into().unwrap(),
+        arch_variant: heapless::String::new(),
+        os: "linux".try_into().unwrap(),
+        agent_version: "0.1.0".try_into().unwrap(),
+        allocatable: Capacity {
+            cpu_millis: 3500,
+            memory_bytes: 1 << 30,
+            pods: 110,
+        },
+        labels: BVec::from_vec(vec![Label {
+            key: s("zone"),
+            value: s("lab"),
+        }])
+        .unwrap(),
+        address: Some(IpAddr::V4(Ipv4Addr::new(10, 0, 0, 2))),
+        pod_cidr: s("10.42.1.0/24"),
+        applied_generation: 3,
+        last_connect_error: Some(s("connection refused")),
+        taints: BVec::from_vec(taints).unwrap(),
+    }
+}
+
+/// v5 added `Hello.taints` (`--register-with-taints`): the v4 bytes are unchanged and
+/// carry none; v5 appends them.
 #[test]
 fn hello() {
+    let hex_of = |h: &str| h.replace([' ', '\\'], "");
+    let env = Envelope::new(Sender::Node(node()), 1, Body::Hello(hello_body(vec![])));
+    let v4 = env.clone().at_version(4).unwrap();
+    let bytes = v4.encode().unwrap();
+    assert_eq!(
+        hex::encode(&bytes),
+        hex_of(HELLO),
+        "v4 encoding of Hello changed"
+    );
+    assert_eq!(Envelope::decode(&bytes).unwrap(), v4);
+
+    let taint = NodeTaint {
+        key: s("dedicated"),
+        value: s("cams"),
+        effect: TaintEffect::NoSchedule,
+    };
     let env = Envelope::new(
         Sender::Node(node()),
         1,
-        Body::Hello(Hello {
-            arch: "arm64".try_into().unwrap(),
-            arch_variant: heapless::String::new(),
-            os: "linux".try_into().unwrap(),
-            agent_version: "0.1.0".try_into().unwrap(),
-            allocatable: Capacity {
-                cpu_millis: 3500,
-                memory_bytes: 1 << 30,
-                pods: 110,
-            },
-            labels: BVec::from_vec(vec![Label {
-                key: s("zone"),
-                value: s("lab"),
-            }])
-            .unwrap(),
-            address: Some(IpAddr::V4(Ipv4Addr::new(10, 0, 0, 2))),
-            pod_cidr: s("10.42.1.0/24"),
-            applied_generation: 3,
-            last_connect_error: Some(s("connection refused")),
-        }),
+        Body::Hello(hello_body(vec![taint])),
     );
-    check(env, &HELLO.replace([' ', '\\'], ""));
+    let now = env.encode().unwrap();
+    assert_eq!(
+        hex::encode(&now),
+        hex_of(HELLO_V5),
+        "encoding of Hello changed"
+    );
+    assert_eq!(Envelope::decode(&now).unwrap(), env);
+    // A v4 coordinator is sent the v4 shape: the same bytes as without taints.
+    let old = env.clone().at_version(4).unwrap().encode().unwrap();
+    assert_eq!(hex::encode(&old), hex_of(HELLO));
 }
 const HELLO: &str = "040104 70692d31 01 00 00 05 61726d3634 00 05 6c696e7578 05 302e312e30 \
 ac1b 8080808004 6e 01 04 7a6f6e65 03 6c6162 01 00 0a000002 0c 31302e34322e312e302f3234 03 \
 01 12 636f6e6e656374696f6e2072656675736564 00";
+// v5 | ... as v4 ... | 01 taint: 09 "dedicated" 04 "cams" 00 NoSchedule | 00
+const HELLO_V5: &str = "050104 70692d31 01 00 00 05 61726d3634 00 05 6c696e7578 05 302e312e30 \
+ac1b 8080808004 6e 01 04 7a6f6e65 03 6c6162 01 00 0a000002 0c 31302e34322e312e302f3234 03 \
+01 12 636f6e6e656374696f6e2072656675736564 01 09 646564696361746564 04 63616d73 00 00";
 
 #[test]
 fn desired_state() {

@@ -4,8 +4,8 @@
 //! offline past the eviction timeout keeps its pod, still running when it returns, drain
 //! leaves it in place, and deleting the DaemonSet stops its pods.
 //!
-//! Node labels are registration flags in Baton (`baton-agent --labels`, like kubelet's
-//! `--node-labels`), so labelling a node here restarts its agent with other flags.
+//! Labelling a node here restarts its agent with other flags (`baton-agent --labels`, like
+//! kubelet's `--node-labels`); `baton label node` is tests/tests/node_labels.rs.
 
 use std::collections::BTreeSet;
 use std::time::Duration;

@@ -448,6 +448,7 @@ fn each_store_table_has_one_owner() {
         ("Events", "core"),
         ("Revisions", "core"),
         ("Secrets", "core"),
+        ("ConfigMaps", "core"),
         ("AgentUpdates", "core"),
         ("Tokens", "security::auth"),
         ("JoinTokens", "security::enroll"),

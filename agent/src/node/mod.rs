@@ -20,6 +20,7 @@ mod hostports;
 mod pods;
 mod pressure;
 mod report;
+pub mod taints;
 mod workers;
 
 #[cfg(test)]
@@ -72,6 +73,8 @@ pub struct AgentConfig {
     /// Where OCI bundles go, on a tmpfs (see [`crate::runtime::tmpfs_bundles_dir`]).
     pub run_dir: PathBuf,
     pub labels: Vec<(String, String)>,
+    /// `--register-with-taints`, sent in every Hello (the coordinator takes them once).
+    pub register_taints: Vec<baton_proto::NodeTaint>,
     pub allocatable: Capacity,
     pub address: Option<IpAddr>,
     pub pod_cidr: Option<String>,

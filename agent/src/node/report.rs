@@ -47,6 +47,7 @@ impl Agent {
             applied_generation: self.desired.generation,
             // Filled in by the bus, which keeps the link's history.
             last_connect_error: None,
+            taints: BVec::from_vec(self.cfg.register_taints.clone()).unwrap_or_default(),
         })
     }
 

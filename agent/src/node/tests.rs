@@ -199,6 +199,7 @@ impl Harness {
             node: NodeName::new(NODE).unwrap(),
             data_dir: data.clone(),
             run_dir: tmp.path().join("run"),
+            register_taints: Vec::new(),
             labels: vec![("zone".into(), "lab".into())],
             allocatable: Capacity {
                 cpu_millis: 1000,

@@ -1,5 +1,5 @@
-//! `baton cordon|uncordon|drain NODE` and `baton taint node NODE TAINT...`: scheduling on a
-//! node, as kubectl does it.
+//! `baton cordon|uncordon|drain NODE`, `baton taint node NODE TAINT...` and `baton label
+//! node NODE LABEL...`: scheduling on a node, as kubectl does it.
 
 use std::time::{Duration, Instant};
 
@@ -62,6 +62,45 @@ pub(super) async fn taint(
     }
     update(client, node, &change).await?;
     Ok(format!("node/{node} tainted\n"))
+}
+
+/// `label node NODE key=value ... key- ...`, with kubectl's `--overwrite`.
+pub(super) async fn label(
+    client: &Client,
+    resource: &str,
+    node: &str,
+    args: &[String],
+    overwrite: bool,
+) -> Result<String, CliError> {
+    if !matches!(resource, "node" | "nodes" | "no") {
+        return Err(CliError::Usage(format!(
+            "label: only nodes can be labeled here, not {resource:?} (baton label node NAME KEY=VALUE|KEY-)"
+        )));
+    }
+    let mut change = NodeSpecChange {
+        overwrite,
+        ..Default::default()
+    };
+    for a in args {
+        let (k, v) = parse_label_arg(a).map_err(CliError::Usage)?;
+        change.labels.insert(k, v);
+    }
+    update(client, node, &change).await?;
+    Ok(format!("node/{node} labeled\n"))
+}
+
+/// kubectl's label argument: `key=value` to set, `key-` to remove (`None`).
+fn parse_label_arg(arg: &str) -> Result<(String, Option<String>), String> {
+    if let Some((k, v)) = arg.split_once('=') {
+        if k.is_empty() {
+            return Err(format!("{arg}: the label has no key"));
+        }
+        return Ok((k.to_owned(), Some(v.to_owned())));
+    }
+    match arg.strip_suffix('-') {
+        Some(k) if !k.is_empty() => Ok((k.to_owned(), None)),
+        _ => Err(format!("{arg}: a label is key=value, or key- to remove it")),
+    }
 }
 
 /// `drain`: cordons the node, then deletes its pods (gracefully, as `delete pod` does) so
@@ -186,6 +225,22 @@ fn parse_taint_arg(arg: &str) -> Result<(Taint, Option<TaintEffect>, bool), Stri
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn label_arguments_parse_as_kubectl_spells_them() {
+        assert_eq!(
+            parse_label_arg("zone=lab").unwrap(),
+            ("zone".into(), Some("lab".into()))
+        );
+        assert_eq!(
+            parse_label_arg("zone=").unwrap(),
+            ("zone".into(), Some("".into()))
+        );
+        assert_eq!(parse_label_arg("zone-").unwrap(), ("zone".into(), None));
+        assert!(parse_label_arg("zone").unwrap_err().contains("key=value"));
+        assert!(parse_label_arg("=x").unwrap_err().contains("no key"));
+        assert!(parse_label_arg("-").is_err());
+    }
 
     #[test]
     fn taint_arguments_parse_as_kubectl_spells_them() {

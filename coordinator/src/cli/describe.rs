@@ -8,7 +8,9 @@ use super::get::{kind_of, of_kind, other_kind, pod};
 use super::render::agent_update::describe_agent_update;
 use super::render::cron_job::describe_cron_job;
 use super::render::daemon_set::describe_daemon_set;
-use super::render::describe::{describe_deployment, describe_node, describe_pod, describe_secret};
+use super::render::describe::{
+    describe_config_map, describe_deployment, describe_node, describe_pod, describe_secret,
+};
 use super::render::job::describe_job;
 use super::{named, CliError};
 use crate::contract::body::ApiObject;
@@ -58,5 +60,6 @@ pub(super) async fn describe(
         }
         ApiObject::Secret(s) => describe_secret(&s, &events, now),
         ApiObject::AgentUpdate(u) => describe_agent_update(&u, &events, now),
+        ApiObject::ConfigMap(c) => describe_config_map(&c, &events, now),
     })
 }

@@ -10,7 +10,7 @@ use super::render::agent_update::agent_updates_table;
 use super::render::cron_job::cron_jobs_table;
 use super::render::daemon_set::daemon_sets_table;
 use super::render::job::jobs_table;
-use super::render::{deployments_table, nodes_table, pods_table, secrets_table};
+use super::render::{config_maps_table, deployments_table, nodes_table, pods_table, secrets_table};
 use super::{target, to_value, CliError, Output};
 use crate::contract::body::ApiObject;
 use crate::contract::{routes, NoBody, ResourceKind};
@@ -71,6 +71,9 @@ pub(super) async fn get(
                     ResourceKind::AgentUpdate => {
                         agent_updates_table(&of_kind(objects, agent_update)?, now)
                     }
+                    ResourceKind::ConfigMap => {
+                        config_maps_table(&of_kind(objects, config_map)?, now)
+                    }
                 }
             }
         }
@@ -117,6 +120,7 @@ pub(super) fn kind_of(o: &ApiObject) -> ResourceKind {
         ApiObject::Pod(_) => ResourceKind::Pod,
         ApiObject::Secret(_) => ResourceKind::Secret,
         ApiObject::AgentUpdate(_) => ResourceKind::AgentUpdate,
+        ApiObject::ConfigMap(_) => ResourceKind::ConfigMap,
     }
 }
 
@@ -172,6 +176,13 @@ fn node(o: ApiObject) -> Option<crate::model::api::Node> {
 fn secret(o: ApiObject) -> Option<crate::contract::body::SecretView> {
     match o {
         ApiObject::Secret(s) => Some(s),
+        _ => None,
+    }
+}
+
+fn config_map(o: ApiObject) -> Option<crate::model::api::ConfigMap> {
+    match o {
+        ApiObject::ConfigMap(c) => Some(c),
         _ => None,
     }
 }

@@ -121,6 +121,18 @@ pub enum Command {
         #[arg(required = true, allow_hyphen_values = true)]
         taints: Vec<String>,
     },
+    /// Set or remove node labels: `label node NAME KEY=VALUE ... KEY- ...`, as kubectl.
+    /// They outlive the agent's own `--labels`.
+    Label {
+        /// `node`
+        resource: String,
+        node: String,
+        #[arg(required = true, allow_hyphen_values = true)]
+        labels: Vec<String>,
+        /// Change a label that already has another value.
+        #[arg(long, env = "BATON_LABEL_OVERWRITE")]
+        overwrite: bool,
+    },
     /// Print a container's log, as the node keeps it (`-f` follows it).
     Logs(logs::LogsArgs),
     /// Show one object in detail, with its events.
@@ -276,6 +288,7 @@ fn qualified(kind: ResourceKind) -> &'static str {
         ResourceKind::Node => "node",
         ResourceKind::Secret => "secret",
         ResourceKind::AgentUpdate => "agentupdate.baton.io",
+        ResourceKind::ConfigMap => "configmap",
     }
 }
 
@@ -336,6 +349,12 @@ pub async fn run(args: &ClientArgs, command: &Command) -> Result<(), CliError> {
             node,
             taints,
         } => cordon::taint(&client, resource, node, taints).await?,
+        Command::Label {
+            resource,
+            node,
+            labels,
+            overwrite,
+        } => cordon::label(&client, resource, node, labels, *overwrite).await?,
         Command::Token { action } => token::token(&client, action).await?,
         Command::Node { action } => node::node_command(&client, action).await?,
         Command::Security { action } => security::security_command(&client, action).await?,

@@ -203,6 +203,21 @@ pub fn secrets_table(secrets: &[SecretView], now: SystemTime) -> String {
     table(&["NAME", "TYPE", "DATA", "AGE"], &rows)
 }
 
+/// `get configmaps`: kubectl's NAME, DATA (keys of data and binaryData), AGE.
+pub fn config_maps_table(cms: &[api::ConfigMap], now: SystemTime) -> String {
+    let rows: Vec<Vec<String>> = cms
+        .iter()
+        .map(|c| {
+            vec![
+                c.metadata.name.clone(),
+                c.key_count().to_string(),
+                age(&c.metadata.creation_timestamp, now),
+            ]
+        })
+        .collect();
+    table(&["NAME", "DATA", "AGE"], &rows)
+}
+
 pub fn deployments_table(ds: &[api::Deployment], wide: bool, now: SystemTime) -> String {
     let rows: Vec<Vec<String>> = ds
         .iter()

@@ -11,7 +11,9 @@ use super::client::Client;
 use super::render::cron_job::cron_jobs_table;
 use super::render::daemon_set::daemon_sets_table;
 use super::render::job::jobs_table;
-use super::render::{age, deployments_table, nodes_table, pods_table, secrets_table, table};
+use super::render::{
+    age, config_maps_table, deployments_table, nodes_table, pods_table, secrets_table, table,
+};
 use super::CliError;
 use crate::contract::body::ApiObject;
 use crate::contract::routes::{Events, Watch};
@@ -56,6 +58,7 @@ fn row(ev: &WatchEvent, wide: bool) -> Option<(String, String)> {
         (Some(ApiObject::Secret(s)), _) => secrets_table(std::slice::from_ref(s), now),
         (Some(ApiObject::Job(j)), _) => jobs_table(std::slice::from_ref(j), wide, now),
         (Some(ApiObject::CronJob(c)), _) => cron_jobs_table(std::slice::from_ref(c), wide, now),
+        (Some(ApiObject::ConfigMap(c)), _) => config_maps_table(std::slice::from_ref(c), now),
         (Some(ApiObject::AgentUpdate(_)), _) => format!("NAME\n{}\n", ev.name),
         (None, None) => format!("NAME   STATUS\n{}   Deleted\n", ev.name),
     };

@@ -28,6 +28,7 @@ pub enum ApiObject {
     Pod(api::Pod),
     Secret(SecretView),
     AgentUpdate(api::AgentUpdate),
+    ConfigMap(api::ConfigMap),
 }
 
 impl ApiObject {
@@ -42,6 +43,7 @@ impl ApiObject {
             ApiObject::AgentUpdate(o) => &o.metadata.name,
             ApiObject::Job(o) => &o.metadata.name,
             ApiObject::CronJob(o) => &o.metadata.name,
+            ApiObject::ConfigMap(o) => &o.metadata.name,
         }
     }
 }
@@ -59,6 +61,7 @@ impl<'de> Deserialize<'de> for ApiObject {
             Some(ResourceKind::CronJob) => serde_json::from_value(v).map(ApiObject::CronJob),
             Some(ResourceKind::Pod) => serde_json::from_value(v).map(ApiObject::Pod),
             Some(ResourceKind::Secret) => serde_json::from_value(v).map(ApiObject::Secret),
+            Some(ResourceKind::ConfigMap) => serde_json::from_value(v).map(ApiObject::ConfigMap),
             Some(ResourceKind::AgentUpdate) => {
                 serde_json::from_value(v).map(ApiObject::AgentUpdate)
             }

@@ -49,7 +49,8 @@ pub struct RejectionReport {
     pub enrolled: BTreeMap<String, bool>,
 }
 
-/// `baton cordon|uncordon|taint node`: what changes in a node's spec (`api::NodeSpec`).
+/// `baton cordon|uncordon|taint|label node`: what changes in a node's spec (`api::NodeSpec`)
+/// and labels.
 /// Taints are added (or replaced, by key and effect) and removed by key, with an effect or
 /// every effect; the pressure taints follow the node's conditions and cannot be set here.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -61,6 +62,12 @@ pub struct NodeSpecChange {
     pub add_taints: Vec<crate::model::api::Taint>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub remove_taints: Vec<TaintRemoval>,
+    /// `baton label node`: a label to set (a value) or remove (`null`).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub labels: BTreeMap<String, Option<String>>,
+    /// kubectl's `--overwrite`: without it, a label that has another value is refused.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub overwrite: bool,
 }
 
 /// A taint to remove: `key` with `effect`, or with every effect.

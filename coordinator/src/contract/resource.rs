@@ -13,6 +13,7 @@ pub enum ResourceKind {
     Pod,
     Secret,
     AgentUpdate,
+    ConfigMap,
 }
 
 impl ResourceKind {
@@ -32,6 +33,7 @@ impl ResourceKind {
             }
             "pods" | "pod" | "po" => Some(Self::Pod),
             "secrets" | "secret" => Some(Self::Secret),
+            "configmaps" | "configmap" | "cm" => Some(Self::ConfigMap),
             "agentupdates" | "agentupdate" | "agentupdates.baton.io" | "agentupdate.baton.io" => {
                 Some(Self::AgentUpdate)
             }
@@ -49,6 +51,7 @@ impl ResourceKind {
             Self::Pod => "pod",
             Self::Secret => "secret",
             Self::AgentUpdate => "agentupdate",
+            Self::ConfigMap => "configmap",
         }
     }
     pub fn plural(self) -> &'static str {
@@ -61,6 +64,7 @@ impl ResourceKind {
             Self::Pod => "pods",
             Self::Secret => "secrets",
             Self::AgentUpdate => "agentupdates",
+            Self::ConfigMap => "configmaps",
         }
     }
 }

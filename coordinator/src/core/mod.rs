@@ -34,6 +34,7 @@
 //! itself: orders, reports, pause/resume/abort).
 
 mod agent_updates;
+mod config_maps;
 mod cron_jobs;
 mod daemon_sets;
 mod events;
@@ -266,6 +267,7 @@ enum Tab {
     Revision,
     Secret,
     AgentUpdate,
+    ConfigMap,
 }
 
 /// The coordinator's state and its transaction bookkeeping; see the module docs.
@@ -293,6 +295,8 @@ pub struct Core {
     nodes: BTreeMap<String, api::Node>,
     /// Secrets as applied. The API shows only their key names and sizes (`secret_view`).
     secrets: BTreeMap<String, api::Secret>,
+    /// ConfigMaps as applied.
+    config_maps: BTreeMap<String, api::ConfigMap>,
     /// Agent update rollouts by name (`agent_updates`).
     agent_updates: BTreeMap<String, api::AgentUpdate>,
     /// The imported agent releases (the registry's).
@@ -369,6 +373,7 @@ impl Core {
             pod_drain: DEFAULT_POD_DRAIN,
             nodes: BTreeMap::new(),
             secrets: BTreeMap::new(),
+            config_maps: BTreeMap::new(),
             agent_updates: BTreeMap::new(),
             release_index: Arc::new(crate::model::release::NoReleases),
             rollout_versions: Default::default(),

@@ -1,4 +1,4 @@
-//! What an operator sets on a node (`baton cordon|uncordon|taint node`), and Kubernetes'
+//! What an operator sets on a node (`baton cordon|uncordon|taint|label node`), and Kubernetes'
 //! taint manager: pods on a node with a `NoExecute` taint they do not tolerate are
 //! evicted, at once or when their `tolerationSeconds` run out.
 
@@ -8,11 +8,12 @@ use crate::contract::nodes::NodeSpecChange;
 use crate::contract::ResourceKind;
 use crate::decide::taints::{self, NoExecute};
 use crate::model::api::{self, TaintEffect};
+use crate::model::manifest;
 
 use super::{ApiError, ApiReply, Core, Tab};
 
 /// The taints that follow a node's pressure conditions (`taints::with_condition_taints`).
-const MANAGED: [&str; 3] = [
+pub(super) const MANAGED: [&str; 3] = [
     taints::DISK_PRESSURE,
     taints::MEMORY_PRESSURE,
     taints::PID_PRESSURE,
@@ -42,11 +43,33 @@ impl Core {
                 )));
             }
         }
+        for (k, v) in &change.labels {
+            manifest::check_label(k, v.as_deref().unwrap_or_default())
+                .map_err(ApiError::BadRequest)?;
+        }
         let node = self
             .nodes
             .get_mut(name)
             .ok_or_else(|| Self::not_found(ResourceKind::Node, name))?;
         let mut spec = node.spec.clone();
+        let mut labels = node.metadata.labels.clone();
+        for (k, v) in &change.labels {
+            if let (Some(new), Some(old)) = (v, labels.get(k)) {
+                if new != old && !change.overwrite {
+                    return Err(ApiError::Conflict(format!(
+                        "'{k}' already has a value ({old}), and --overwrite is false"
+                    )));
+                }
+            }
+            match v {
+                Some(v) => labels.insert(k.clone(), v.clone()),
+                None => labels.remove(k),
+            };
+            spec.label_overrides.insert(k.clone(), v.clone());
+        }
+        let relabeled =
+            labels != node.metadata.labels || spec.label_overrides != node.spec.label_overrides;
+        node.metadata.labels = labels;
         if let Some(u) = change.unschedulable {
             spec.unschedulable = u;
         }
@@ -81,8 +104,15 @@ impl Core {
         let tainted = spec.taints != node.spec.taints;
         node.spec = spec;
         let shown: Vec<String> = node.spec.taints.iter().map(|t| t.to_string()).collect();
-        if cordoned.is_some() || tainted {
+        if cordoned.is_some() || tainted || relabeled {
             self.touch(Tab::Node, name);
+        }
+        if relabeled {
+            self.record(
+                format!("node/{name}"),
+                "LabelsChanged",
+                format!("Labels changed by the operator: {:?}", change.labels),
+            );
         }
         match cordoned {
             Some(true) => self.record(

@@ -202,8 +202,11 @@ impl Core {
                     n.metadata.uid = old.metadata.uid.clone();
                     n.metadata.creation_timestamp = old.metadata.creation_timestamp.clone();
                     n.status.desired_generation = old.status.desired_generation;
-                    // Reported by heartbeats, not by a Hello.
+                    // Reported by heartbeats, not by a Hello; the taints a node registered
+                    // with were taken when it first did (`baton taint` owns them since).
                     n.spec = old.spec.clone();
+                    // `baton label node` wins over the agent's `--labels`.
+                    n.spec.apply_label_overrides(&mut n.metadata.labels);
                     n.status.conditions = old.status.conditions.clone();
                     n.status.apply_error = old.status.apply_error.clone();
                     n.status.last_update = old.status.last_update.clone();
@@ -225,6 +228,11 @@ impl Core {
                 } else {
                     n.metadata.uid = new_uid();
                     n.metadata.creation_timestamp = api::now_rfc3339();
+                    // `--register-with-taints` counts at registration only, as kubelet's;
+                    // the pressure taints follow conditions, never a flag.
+                    n.spec
+                        .taints
+                        .retain(|t| !super::node_spec::MANAGED.contains(&t.key.as_str()));
                 }
                 // Even an empty desired state gets a generation >= 1, so that a returning
                 // agent learns it should run nothing and drops what it still has.

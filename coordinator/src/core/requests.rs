@@ -163,6 +163,11 @@ impl Core {
             ResourceKind::CronJob => self.cron_jobs.get(name).cloned().map(ApiObject::CronJob),
             ResourceKind::Pod => self.pods.get(name).map(|p| self.pod_view(p)),
             ResourceKind::Secret => self.secrets.get(name).map(secret_view),
+            ResourceKind::ConfigMap => self
+                .config_maps
+                .get(name)
+                .cloned()
+                .map(ApiObject::ConfigMap),
             ResourceKind::AgentUpdate => self
                 .agent_updates
                 .get(name)
@@ -196,6 +201,12 @@ impl Core {
                 .collect(),
             ResourceKind::Pod => self.pods.values().map(|p| self.pod_view(p)).collect(),
             ResourceKind::Secret => self.secrets.values().map(secret_view).collect(),
+            ResourceKind::ConfigMap => self
+                .config_maps
+                .values()
+                .cloned()
+                .map(ApiObject::ConfigMap)
+                .collect(),
             ResourceKind::AgentUpdate => self
                 .agent_updates
                 .values()
@@ -247,6 +258,7 @@ impl Core {
                 }
                 api::Object::CronJob(c) => self.check_cron_job(c)?,
                 api::Object::Secret(_) => {}
+                api::Object::ConfigMap(c) => self.check_config_map(c)?,
                 api::Object::AgentUpdate(u) => self.check_agent_update(u)?,
                 api::Object::Pod(p) => {
                     check_wire(p, &format!("pod {:?}", p.metadata.name))?;
@@ -275,6 +287,7 @@ impl Core {
                 api::Object::CronJob(c) => self.apply_cron_job(c),
                 api::Object::Pod(p) => self.apply_pod(p),
                 api::Object::Secret(s) => self.apply_secret(s),
+                api::Object::ConfigMap(c) => self.apply_config_map(c),
                 api::Object::AgentUpdate(u) => self.apply_agent_update(u),
             });
         }
@@ -430,6 +443,12 @@ impl Core {
                 self.touch(Tab::Secret, name);
             }
             ResourceKind::AgentUpdate => self.delete_agent_update(name)?,
+            ResourceKind::ConfigMap => {
+                if self.config_maps.remove(name).is_none() {
+                    return Err(Self::not_found(kind, name));
+                }
+                self.touch(Tab::ConfigMap, name);
+            }
             ResourceKind::Pod => {
                 if !self.pods.contains_key(name) {
                     return Err(Self::not_found(kind, name));

@@ -35,6 +35,7 @@ impl Core {
         self.secrets = self.load_secrets()?.0;
         let store = self.store.as_ref();
         self.agent_updates = load_table(store, Table::AgentUpdates, "agent update")?;
+        self.config_maps = load_table(store, Table::ConfigMaps, "config map")?;
         let events: BTreeMap<String, api::Event> = load_table(store, Table::Events, "event")?;
         self.events = events
             .into_iter()
@@ -152,6 +153,10 @@ impl Core {
                 Tab::AgentUpdate => (
                     Table::AgentUpdates,
                     self.agent_updates.get(name).map(serde_json::to_vec),
+                ),
+                Tab::ConfigMap => (
+                    Table::ConfigMaps,
+                    self.config_maps.get(name).map(serde_json::to_vec),
                 ),
                 Tab::Secret => (
                     Table::Secrets,

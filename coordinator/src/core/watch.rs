@@ -99,6 +99,7 @@ fn watched_kind(tab: Tab) -> Option<ResourceKind> {
         Tab::AgentUpdate => Some(ResourceKind::AgentUpdate),
         Tab::Job => Some(ResourceKind::Job),
         Tab::CronJob => Some(ResourceKind::CronJob),
+        Tab::ConfigMap => Some(ResourceKind::ConfigMap),
         Tab::Revision => None,
     }
 }
@@ -119,6 +120,7 @@ impl Core {
             (Tab::AgentUpdate, self.agent_updates.keys().collect()),
             (Tab::Job, self.jobs.keys().collect()),
             (Tab::CronJob, self.cron_jobs.keys().collect()),
+            (Tab::ConfigMap, self.config_maps.keys().collect()),
         ];
         let known = tabs
             .into_iter()

@@ -8,6 +8,7 @@ use std::collections::BTreeMap;
 use serde::{Deserialize, Serialize};
 
 mod agent_update;
+mod config_map;
 mod cronjob;
 mod daemonset;
 mod deployment;
@@ -17,6 +18,7 @@ mod pod;
 mod secret;
 
 pub use agent_update::*;
+pub use config_map::*;
 pub use cronjob::*;
 pub use daemonset::*;
 pub use deployment::*;
@@ -95,4 +97,5 @@ pub enum Object {
     Pod(Pod),
     Secret(Secret),
     AgentUpdate(AgentUpdate),
+    ConfigMap(ConfigMap),
 }

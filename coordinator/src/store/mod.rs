@@ -69,10 +69,12 @@ pub enum Table {
     Jobs,
     /// CronJobs with their status, keyed by name (their Jobs are in `Jobs`).
     CronJobs,
+    /// ConfigMaps, keyed by name (plain JSON: they are not secret).
+    ConfigMaps,
 }
 
 impl Table {
-    pub const ALL: [Table; 17] = [
+    pub const ALL: [Table; 18] = [
         Table::Deployments,
         Table::Pods,
         Table::Nodes,
@@ -90,6 +92,7 @@ impl Table {
         Table::DaemonSets,
         Table::Jobs,
         Table::CronJobs,
+        Table::ConfigMaps,
     ];
 
     pub fn name(self) -> &'static str {
@@ -111,6 +114,7 @@ impl Table {
             Table::DaemonSets => "daemon_sets",
             Table::Jobs => "jobs",
             Table::CronJobs => "cron_jobs",
+            Table::ConfigMaps => "config_maps",
         }
     }
 

@@ -28,6 +28,29 @@ pub fn describe_secret(s: &SecretView, events: &[api::Event], now: SystemTime) -
     out
 }
 
+/// kubectl's `describe configmap`: each text value in full, binary values by size.
+pub fn describe_config_map(c: &api::ConfigMap, events: &[api::Event], now: SystemTime) -> String {
+    let mut out = String::new();
+    kv(&mut out, "Name", &c.metadata.name);
+    kv(&mut out, "Labels", labels_str(&c.metadata.labels));
+    if c.immutable {
+        kv(&mut out, "Immutable", "true");
+    }
+    out.push_str("\nData\n====\n");
+    for (k, v) in &c.data {
+        out.push_str(&format!("{k}:\n----\n{v}\n"));
+        if !v.ends_with('\n') {
+            out.push('\n');
+        }
+    }
+    out.push_str("\nBinaryData\n====\n");
+    for (k, v) in &c.binary_data {
+        out.push_str(&format!("{k}: {} bytes\n", v.len()));
+    }
+    out.push_str(&events_section(events, now));
+    out
+}
+
 /// `describe pod`'s State / Last State lines for one container, as kubectl prints them.
 fn state_lines(out: &mut String, s: Option<&api::ContainerStatus>) {
     let Some(s) = s else {

@@ -2,6 +2,7 @@
 //! in-memory store; split by concern like the core itself.
 
 mod agent_updates;
+mod config_maps;
 mod daemon_sets;
 mod jobs;
 mod metrics;
@@ -177,6 +178,7 @@ fn hello(cpu_millis: u32) -> Body {
         pod_cidr: BString::new("10.42.1.0/24").unwrap(),
         applied_generation: 0,
         last_connect_error: None,
+        taints: BVec::new(),
     })
 }
 

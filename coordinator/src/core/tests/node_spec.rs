@@ -136,3 +136,134 @@ async fn pressure_taints_are_not_set_by_hand_and_missing_taints_are_named() {
     h.apply(&deployment("web", 4, "100m")).unwrap();
     assert_eq!(on(&mut h, "pi-1"), 0);
 }
+
+fn labels(pairs: &[(&str, Option<&str>)], overwrite: bool) -> NodeSpecChange {
+    NodeSpecChange {
+        labels: pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.map(str::to_owned)))
+            .collect(),
+        overwrite,
+        ..Default::default()
+    }
+}
+
+/// `baton label node`: scheduling by nodeSelector follows the label, a value changes only
+/// with `--overwrite`, and the label outlives the agent's Hello.
+#[tokio::test(start_paused = true)]
+async fn node_labels_steer_scheduling_and_outlive_a_hello() {
+    let mut h = two_nodes();
+    let pinned = "apiVersion: v1\nkind: Pod\nmetadata: {name: cam}\nspec:\n  nodeSelector: {role: camera}\n  containers:\n  - {name: c, image: busybox:1.36}\n";
+    h.apply(pinned).unwrap();
+    assert_eq!(
+        h.pods()[0].spec.node_name,
+        None,
+        "no node has the label yet"
+    );
+    change(&mut h, "pi-2", labels(&[("role", Some("camera"))], false)).unwrap();
+    assert_eq!(h.node("pi-2").metadata.labels["role"], "camera");
+    assert_eq!(h.pods()[0].spec.node_name.as_deref(), Some("pi-2"));
+    assert!(h
+        .reasons("node/pi-2")
+        .contains(&"LabelsChanged".to_string()));
+
+    // Another value needs --overwrite, as with kubectl; the same value does not.
+    match change(&mut h, "pi-2", labels(&[("role", Some("gw"))], false)) {
+        Err(ApiError::Conflict(m)) => {
+            assert_eq!(
+                m,
+                "'role' already has a value (camera), and --overwrite is false"
+            )
+        }
+        other => panic!("expected a conflict, got {other:?}"),
+    }
+    change(&mut h, "pi-2", labels(&[("role", Some("camera"))], false)).unwrap();
+    change(&mut h, "pi-2", labels(&[("role", Some("gw"))], true)).unwrap();
+    assert_eq!(h.node("pi-2").metadata.labels["role"], "gw");
+
+    // A Hello (agent restart, its flags without the label) keeps the operator's labels,
+    // set and removed alike.
+    change(&mut h, "pi-1", labels(&[("zone", Some("lab"))], false)).unwrap();
+    h.send("pi-2", hello(4000));
+    h.send("pi-1", hello(4000));
+    assert_eq!(h.node("pi-2").metadata.labels["role"], "gw");
+    change(&mut h, "pi-1", labels(&[("zone", None)], false)).unwrap();
+    h.send("pi-1", hello(4000));
+    assert!(!h.node("pi-1").metadata.labels.contains_key("zone"));
+
+    // Invalid keys and values are refused before anything changes.
+    for bad in [
+        labels(&[("-x", Some("1"))], true),
+        labels(&[("ok", Some("a b"))], true),
+    ] {
+        assert!(matches!(
+            change(&mut h, "pi-1", bad),
+            Err(ApiError::BadRequest(_))
+        ));
+    }
+    assert!(matches!(
+        change(&mut h, "nope", labels(&[("a", Some("b"))], false)),
+        Err(ApiError::NotFound(_))
+    ));
+}
+
+fn hello_with_taints(taints: &[(&str, &str, baton_proto::TaintEffect)]) -> Body {
+    let Body::Hello(mut h) = hello(4000) else {
+        unreachable!()
+    };
+    h.taints = BVec::from_vec(
+        taints
+            .iter()
+            .map(|(k, v, e)| baton_proto::NodeTaint {
+                key: BString::new(*k).unwrap(),
+                value: BString::new(*v).unwrap(),
+                effect: *e,
+            })
+            .collect(),
+    )
+    .unwrap();
+    Body::Hello(h)
+}
+
+/// `baton-agent --register-with-taints`: taken when the node first registers (a pod
+/// without the toleration goes elsewhere); after that `baton taint` owns them, and the
+/// pressure taints cannot be registered.
+#[tokio::test(start_paused = true)]
+async fn registered_taints_are_taken_once_and_keep_pods_off() {
+    use baton_proto::TaintEffect as E;
+    let mut h = Harness::new(Arc::new(MemStore::new()));
+    h.send(
+        "cam-1",
+        hello_with_taints(&[
+            ("dedicated", "cams", E::NoSchedule),
+            ("node.kubernetes.io/disk-pressure", "", E::NoSchedule),
+        ]),
+    );
+    h.send("pi-1", hello(4000));
+    let node = h.node("cam-1");
+    let shown: Vec<String> = node.spec.taints.iter().map(|t| t.to_string()).collect();
+    assert_eq!(shown, vec!["dedicated=cams:NoSchedule"]);
+    h.apply(&deployment("web", 4, "100m")).unwrap();
+    assert_eq!(on(&mut h, "cam-1"), 0, "no pod without the toleration");
+    assert_eq!(on(&mut h, "pi-1"), 4);
+
+    // `baton taint node cam-1 dedicated-` wins over the flag on the next Hellos.
+    let removal = NodeSpecChange {
+        remove_taints: vec![TaintRemoval {
+            key: "dedicated".into(),
+            effect: None,
+        }],
+        ..Default::default()
+    };
+    change(&mut h, "cam-1", removal).unwrap();
+    h.send(
+        "cam-1",
+        hello_with_taints(&[("dedicated", "cams", E::NoSchedule)]),
+    );
+    assert!(h.node("cam-1").spec.taints.is_empty());
+    h.apply(&deployment("web", 8, "100m")).unwrap();
+    assert!(
+        on(&mut h, "cam-1") > 0,
+        "the node takes pods once untainted"
+    );
+}

@@ -198,7 +198,8 @@ fn fake_core() -> mpsc::Sender<Event> {
             | api::Object::AgentUpdate(_)
             | api::Object::DaemonSet(_)
             | api::Object::Job(_)
-            | api::Object::CronJob(_) => {}
+            | api::Object::CronJob(_)
+            | api::Object::ConfigMap(_) => {}
         }
     }
     let rollout = match crate::model::manifest::parse_manifests(

@@ -25,6 +25,22 @@ pub struct NodeSpec {
     /// Cordoned (`baton cordon`): no new pod is scheduled here; the pods on it stay.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub unschedulable: bool,
+    /// Labels set (a value) or removed (`null`) by `baton label node`. They win over the
+    /// agent's own `--labels` at every Hello, as kubectl's labels outlive a kubelet restart.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub label_overrides: BTreeMap<String, Option<String>>,
+}
+
+impl NodeSpec {
+    /// `labels` (what the agent registered) with the operator's overrides applied.
+    pub fn apply_label_overrides(&self, labels: &mut BTreeMap<String, String>) {
+        for (k, v) in &self.label_overrides {
+            match v {
+                Some(v) => labels.insert(k.clone(), v.clone()),
+                None => labels.remove(k),
+            };
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

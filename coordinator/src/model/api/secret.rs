@@ -123,7 +123,7 @@ pub mod base64 {
     }
 }
 
-mod base64_map {
+pub(super) mod base64_map {
     use std::collections::BTreeMap;
 
     use serde::{Deserialize, Deserializer, Serialize, Serializer};

@@ -345,6 +345,21 @@ pub(super) struct InSecret {
 
 #[derive(Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub(super) struct InConfigMap {
+    #[allow(dead_code)]
+    pub(super) api_version: String,
+    #[allow(dead_code)]
+    pub(super) kind: String,
+    pub(super) metadata: InMeta,
+    #[serde(default)]
+    pub(super) data: BTreeMap<String, String>,
+    #[serde(default)]
+    pub(super) binary_data: BTreeMap<String, String>,
+    pub(super) immutable: Option<bool>,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub(super) struct InContainer {
     pub(super) name: Option<String>,
     pub(super) image: Option<String>,

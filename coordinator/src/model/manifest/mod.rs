@@ -13,10 +13,11 @@
 //!    fields, drops `status`, and treats `null` as absent as Kubernetes does;
 //! 3. serde into private input structs that mirror the Kubernetes shape (`input`; type
 //!    errors carry their path through `serde_path_to_error`), then validation into `api`
-//!    types: one module a kind (`deployment`, `daemonset`, `job`, `cronjob`, `pod`, `secret`) or part of one
+//!    types: one module a kind (`deployment`, `daemonset`, `job`, `cronjob`, `pod`, `secret`, `config_map`) or part of one
 //!    (`container`, `probe`), over the field rules they share (`validate`).
 
 mod agent_update;
+mod config_map;
 mod container;
 mod cronjob;
 mod daemonset;
@@ -36,14 +37,17 @@ use serde_yaml_ng::Value;
 
 use crate::model::api::{self, POD_NAME_SUFFIX_LEN, TEMPLATE_HASH_LEN};
 use agent_update::{agent_update, InAgentUpdate};
+use config_map::config_map;
 use cronjob::cron_job;
 use daemonset::daemon_set;
 use deployment::deployment;
-use input::{InCronJob, InDaemonSet, InDeployment, InJob, InPod, InSecret};
+use input::{InConfigMap, InCronJob, InDaemonSet, InDeployment, InJob, InPod, InSecret};
 use job::job;
 use pod::pod;
 use secret::secret;
-use shape::{walk, Shape, AGENT_UPDATE, CRON_JOB, DAEMON_SET, DEPLOYMENT, JOB, POD, SECRET};
+use shape::{
+    walk, Shape, AGENT_UPDATE, CONFIG_MAP, CRON_JOB, DAEMON_SET, DEPLOYMENT, JOB, POD, SECRET,
+};
 
 pub use agent_update::check_version;
 pub use secret::sealed_overhead;
@@ -124,6 +128,7 @@ pub fn parse_manifests(yaml: &str) -> Result<Vec<api::Object>, ManifestError> {
             api::Object::Pod(p) => ("pod", p.metadata.name.clone()),
             api::Object::Secret(x) => ("secret", x.metadata.name.clone()),
             api::Object::AgentUpdate(u) => ("agentupdate", u.metadata.name.clone()),
+            api::Object::ConfigMap(c) => ("configmap", c.metadata.name.clone()),
         };
         if let Some(first) = seen.get(&key) {
             return Err(ManifestError::Document {
@@ -213,6 +218,13 @@ fn parse_document(doc: usize, mut value: Value) -> Result<api::Object, ManifestE
             let input: InSecret = from_value(doc, value)?;
             secret(input).map(api::Object::Secret).map_err(field_error)
         }
+        ("v1", "ConfigMap") => {
+            check(&mut value, &CONFIG_MAP)?;
+            let input: InConfigMap = from_value(doc, value)?;
+            config_map(input)
+                .map(api::Object::ConfigMap)
+                .map_err(field_error)
+        }
         (api::AGENT_UPDATE_API_VERSION, "AgentUpdate") => {
             check(&mut value, &AGENT_UPDATE)?;
             let input: InAgentUpdate = from_value(doc, value)?;
@@ -222,10 +234,18 @@ fn parse_document(doc: usize, mut value: Value) -> Result<api::Object, ManifestE
         }
         _ => Err(document_error(format!(
             "kind {kind} (apiVersion {api_version}) is not supported by Baton; \
-             supported: Deployment (apps/v1), DaemonSet (apps/v1), Job (batch/v1), CronJob (batch/v1), Pod (v1), Secret (v1), AgentUpdate ({})",
+             supported: Deployment (apps/v1), DaemonSet (apps/v1), Job (batch/v1), CronJob (batch/v1), Pod (v1), Secret (v1), ConfigMap (v1), AgentUpdate ({})",
             api::AGENT_UPDATE_API_VERSION
         ))),
     }
+}
+
+/// A label key and value by the rules manifests follow (`baton label node`), the error as
+/// `labels.KEY: message`.
+pub fn check_label(key: &str, value: &str) -> Result<(), String> {
+    validate::qualified_name("labels", key)
+        .and_then(|()| validate::label_value(&format!("labels.{key}"), value))
+        .map_err(|(path, message)| format!("{path}: {message}"))
 }
 
 fn from_value<T: serde::de::DeserializeOwned>(

@@ -323,6 +323,15 @@ pub(super) const SECRET: Shape = Shape::Object(&[
     ("stringData", Shape::FreeMap),
 ]);
 
+pub(super) const CONFIG_MAP: Shape = Shape::Object(&[
+    ("apiVersion", Shape::Leaf),
+    ("kind", Shape::Leaf),
+    ("metadata", META),
+    ("data", Shape::FreeMap),
+    ("binaryData", Shape::FreeMap),
+    ("immutable", Shape::Leaf),
+]);
+
 pub(super) const AGENT_UPDATE: Shape = Shape::Object(&[
     ("apiVersion", Shape::Leaf),
     ("kind", Shape::Leaf),

@@ -21,6 +21,7 @@ fn render(result: Result<Vec<api::Object>, ManifestError>) -> String {
                 api::Object::Pod(p) => serde_yaml_ng::to_string(p),
                 api::Object::Secret(s) => serde_yaml_ng::to_string(s),
                 api::Object::AgentUpdate(u) => serde_yaml_ng::to_string(u),
+                api::Object::ConfigMap(c) => serde_yaml_ng::to_string(c),
             })
             .collect::<Result<Vec<_>, _>>()
             .expect("api objects serialize")
@@ -405,7 +406,7 @@ fn validation_rules() {
         (
             "unsupported apiVersion",
             doc("", "", "", "").replace("apps/v1", "extensions/v1beta1"),
-            "error: document 1: kind Deployment (apiVersion extensions/v1beta1) is not supported by Baton; supported: Deployment (apps/v1), DaemonSet (apps/v1), Job (batch/v1), CronJob (batch/v1), Pod (v1), Secret (v1), AgentUpdate (baton.io/v1alpha1)",
+            "error: document 1: kind Deployment (apiVersion extensions/v1beta1) is not supported by Baton; supported: Deployment (apps/v1), DaemonSet (apps/v1), Job (batch/v1), CronJob (batch/v1), Pod (v1), Secret (v1), ConfigMap (v1), AgentUpdate (baton.io/v1alpha1)",
         ),
         (
             "missing metadata",
@@ -952,6 +953,89 @@ fn secret_rules() {
     };
     assert_eq!(s.data["pw"], b"hunter2");
     assert!(!format!("{s:?}").contains("hunter2"));
+}
+
+#[test]
+fn config_map_rules() {
+    let cm =
+        |body: &str| format!("apiVersion: v1\nkind: ConfigMap\nmetadata: {{name: cfg}}\n{body}");
+    // Exactly 1 MiB of keys and values passes; one byte more is refused, naming the object.
+    let at_limit = "a".repeat(api::MAX_CONFIG_MAP_BYTES - 1);
+    let over = "a".repeat(api::MAX_CONFIG_MAP_BYTES);
+    let cases: Vec<(&str, String, &str)> = vec![
+        ("empty", cm(""), "ok"),
+        ("at the limit", cm(&format!("data: {{k: {at_limit}}}\n")), "ok"),
+        (
+            "over the limit",
+            cm(&format!("data: {{k: {over}}}\n")),
+            "error: document 1: data: ConfigMap \"cfg\" is too long: 1048577 bytes of keys and \
+             values in data and binaryData; at most 1048576 (1 MiB) are allowed",
+        ),
+        (
+            "binary counts toward the limit",
+            cm(&format!(
+                "data: {{k: {}}}\nbinaryData: {{b: AAAA}}\n",
+                "a".repeat(api::MAX_CONFIG_MAP_BYTES - 3)
+            )),
+            "error: document 1: data: ConfigMap \"cfg\" is too long: 1048578 bytes",
+        ),
+        (
+            "bad base64",
+            cm("binaryData: {b: \"not base64!\"}\n"),
+            "error: document 1: binaryData.b: invalid base64",
+        ),
+        (
+            "a key in both maps",
+            cm("data: {k: x}\nbinaryData: {k: AAAA}\n"),
+            "error: document 1: binaryData.k: duplicate of key \"k\" in data",
+        ),
+        (
+            "bad key",
+            cm("data: {\"a/b\": x}\n"),
+            "error: document 1: data.a/b: \"a/b\": a valid key must consist of alphanumerics",
+        ),
+        (
+            "value not a string",
+            cm("data: {k: [1]}\n"),
+            "error: document 1: data.k:",
+        ),
+        (
+            "unknown fields by path",
+            cm("stringData: {a: b}\nmetadata2: 1\n"),
+            "error: document 1: stringData: field not supported by Baton; metadata2: field not supported by Baton",
+        ),
+        (
+            "immutable must be a bool",
+            cm("immutable: maybe\n"),
+            "error: document 1: immutable:",
+        ),
+        ("name is a subdomain", "apiVersion: v1\nkind: ConfigMap\nmetadata: {name: game.demo}\n".into(), "ok"),
+        (
+            "name required",
+            "apiVersion: v1\nkind: ConfigMap\nmetadata: {labels: {a: b}}\n".into(),
+            "error: document 1: metadata.name: required",
+        ),
+    ];
+    for (name, input, expect) in cases {
+        let actual = match parse_manifests(&input) {
+            Ok(_) => "ok".to_string(),
+            Err(e) => format!("error: {e}"),
+        };
+        assert!(
+            actual == expect || actual.starts_with(expect),
+            "case {name:?}:\n  want {expect}\n  got  {}",
+            &actual[..actual.len().min(300)]
+        );
+    }
+    let api::Object::ConfigMap(c) = parse_manifests(&cm(
+        "data: {a: x}\nbinaryData: {b: AAEC}\nimmutable: true\n",
+    ))
+    .unwrap()
+    .remove(0) else {
+        panic!("not a configmap")
+    };
+    assert_eq!(c.binary_data["b"], vec![0, 1, 2]);
+    assert_eq!((c.key_count(), c.size_bytes(), c.immutable), (2, 6, true));
 }
 
 #[test]

@@ -21,7 +21,10 @@ pub fn node_from_hello(name: &proto::NodeName, h: &proto::Hello) -> api::Node {
                 .collect(),
             ..Default::default()
         },
-        spec: Default::default(),
+        spec: api::NodeSpec {
+            taints: registered_taints(h),
+            ..Default::default()
+        },
         status: api::NodeStatus {
             ready: true,
             arch: h.arch.to_string(),
@@ -48,6 +51,30 @@ pub fn node_from_hello(name: &proto::NodeName, h: &proto::Hello) -> api::Node {
             last_update: None,
         },
     }
+}
+
+/// The taints the node registers with (`--register-with-taints`), `NoExecute` ones stamped
+/// now; the core takes them only for a node it has not seen before.
+fn registered_taints(h: &proto::Hello) -> Vec<api::Taint> {
+    let now = api::now_rfc3339();
+    let mut out: Vec<api::Taint> = Vec::new();
+    for t in &h.taints {
+        let effect = match t.effect {
+            proto::TaintEffect::NoSchedule => api::TaintEffect::NoSchedule,
+            proto::TaintEffect::PreferNoSchedule => api::TaintEffect::PreferNoSchedule,
+            proto::TaintEffect::NoExecute => api::TaintEffect::NoExecute,
+        };
+        let key = printable(&t.key);
+        // One taint per key and effect, as `baton taint` keeps them.
+        out.retain(|o| !(o.key == key && o.effect == effect));
+        out.push(api::Taint {
+            key,
+            value: printable(&t.value),
+            effect,
+            time_added: (effect == api::TaintEffect::NoExecute).then(|| now.clone()),
+        });
+    }
+    out
 }
 
 /// Text from the device, shown on a terminal: no control characters.

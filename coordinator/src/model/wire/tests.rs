@@ -545,6 +545,7 @@ fn a_hellos_connect_error_is_kept_without_control_characters() {
         last_connect_error: Some(
             proto::BString::new("connection refused\u{1b}[2J\r\n(advice)").unwrap(),
         ),
+        taints: proto::BVec::new(),
     };
     let n = node_from_hello(&proto::NodeName::new("pi-1").unwrap(), &h);
     let e = n.status.last_connect_error.unwrap();

@@ -75,12 +75,55 @@ fn query(lab: &Lab, promql: &str) -> Result<Option<f64>> {
 
 #[test]
 fn prometheus_scrapes_the_fleet_with_a_read_only_token() -> Result<()> {
-    let lab = Lab::start("metrics", 1, Broker::Embedded)?;
-    let r = run(&lab);
+    let mut lab = Lab::start_without_agents("metrics", 1, Broker::Embedded)?;
+    // Usage sampled every 2 s instead of the lan profile's 30 s.
+    lab.agent_args = vec!["--usage-secs".into(), "2".into()];
+    lab.start_agent(0)?;
+    let r = run(&lab).and_then(|()| top(&lab));
     if r.is_err() {
         lab.dump_logs();
     }
     r
+}
+
+/// A pod that spins, capped at 200m: `baton top` sees it use about that much, and
+/// Prometheus sees the node's usage.
+fn top(lab: &Lab) -> Result<()> {
+    lab.apply(&format!(
+        "apiVersion: v1\nkind: Pod\nmetadata:\n  name: spinner\nspec:\n  containers:\n  - name: main\n    image: {}/baton/busybox:1\n    command: [\"sh\", \"-c\", \"while :; do :; done\"]\n    resources:\n      limits: {{cpu: 200m, memory: 32Mi}}\n",
+        lab.registry()
+    ))?;
+    let row = wait_for("top pods to show the spinner busy", LONG, || {
+        let out = lab.baton(&["top", "pods"])?;
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        let row = text
+            .lines()
+            .find(|l| l.starts_with("spinner "))
+            .map(|l| l.split_whitespace().map(str::to_owned).collect::<Vec<_>>());
+        let busy = row
+            .as_ref()
+            .and_then(|r| r[1].strip_suffix('m')?.parse::<u32>().ok());
+        Ok(busy.filter(|m| (120..=260).contains(m)).and(row))
+    })?;
+    println!("FIGURE top pods: {row:?}");
+    let nodes = String::from_utf8_lossy(&lab.baton(&["top", "nodes"])?.stdout).into_owned();
+    let node = lab.agents[0].name.clone();
+    ensure!(
+        nodes.lines().next().is_some_and(|h| {
+            h.split_whitespace().collect::<Vec<_>>()
+                == [
+                    "NAME",
+                    "CPU(cores)",
+                    "CPU%",
+                    "MEMORY(bytes)",
+                    "MEMORY%",
+                    "TEMP",
+                    "DISK%",
+                ]
+        }) && nodes.lines().any(|l| l.starts_with(&format!("{node} "))),
+        "{nodes}"
+    );
+    Ok(())
 }
 
 fn run(lab: &Lab) -> Result<()> {
@@ -157,6 +200,9 @@ fn run(lab: &Lab) -> Result<()> {
     )?;
     ready("baton_pod_start_duration_seconds_count", |v| v >= 1.0)?;
     ready("baton_store_commit_duration_seconds_count", |v| v >= 1.0)?;
+    // The agent's usage report, as a gauge per node.
+    ready("max(baton_node_memory_usage_bytes)", |v| v > 0.0)?;
+    ready("max(baton_node_disk_usage_bytes)", |v| v > 0.0)?;
     ready(
         "sum(baton_mqtt_messages_total{direction=\"in\",type=\"Status\"})",
         |v| v >= 1.0,

@@ -28,6 +28,7 @@ mod render;
 mod rollout;
 mod security;
 mod token;
+mod top;
 mod upload;
 mod watch;
 
@@ -135,6 +136,13 @@ pub enum Command {
     },
     /// Print a container's log, as the node keeps it (`-f` follows it).
     Logs(logs::LogsArgs),
+    /// What nodes or pods use (CPU, memory; for nodes also temperature and disk), from
+    /// the agents' last usage reports.
+    Top {
+        /// nodes|pods
+        #[arg(env = "BATON_TOP")]
+        resource: String,
+    },
     /// Show one object in detail, with its events.
     Describe {
         resource: String,
@@ -328,6 +336,7 @@ pub async fn run(args: &ClientArgs, command: &Command) -> Result<(), CliError> {
                 (false, false) => get::get(&client, resource, name.as_deref(), *output).await?,
             }
         }
+        Command::Top { resource } => top::top(&client, resource).await?,
         Command::Delete { resource, name } => {
             delete::delete(&client, resource, name.as_deref()).await?
         }

@@ -16,6 +16,7 @@ pub mod releases;
 pub mod resource;
 pub mod routes;
 pub mod tokens;
+pub mod usage;
 pub mod watch;
 
 pub use payload::{JsonBody, NoBody, Payload, RequestBody, ResponseBody};

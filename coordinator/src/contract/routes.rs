@@ -42,6 +42,7 @@ use super::resource::ResourceKind;
 use super::tokens::{
     CreatedJoinToken, CreatedToken, JoinTokenInfo, JoinTokenRequest, TokenInfo, TokenRequest,
 };
+use super::usage::{NodeUsageView, PodUsageView};
 use super::watch::WatchLines;
 use crate::model::api;
 
@@ -147,6 +148,10 @@ routes! {
         Get "/api/v1/describe/{kind}/{name}", NoBody => Described;
     /// Events, oldest first; with `object` (`pod/NAME`) only that object's.
     Events { object: Option<String> } Get "/api/v1/events", NoBody => List<api::Event>;
+    /// `baton top nodes`: each node's last usage report (nodes that sent none are absent).
+    TopNodes {} Get "/api/v1/top/nodes", NoBody => List<NodeUsageView>;
+    /// `baton top pods`: each running pod's usage, from its node's last report.
+    TopPods {} Get "/api/v1/top/pods", NoBody => List<PodUsageView>;
     /// Changes to objects of `kind` (or `events`) as they commit, streamed as JSON lines
     /// (`watch::WatchEvent`). Without `resource_version`: every current object first, as
     /// `ADDED`; with one: the changes after it, or 410 when they are no longer known.

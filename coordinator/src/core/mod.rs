@@ -47,6 +47,7 @@ pub mod secrets;
 #[cfg(test)]
 mod tests;
 mod txn;
+mod usage;
 pub mod watch;
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
@@ -148,6 +149,10 @@ pub enum ApiOp {
     },
     /// The state's counts for `/metrics` (`crate::metrics::Fleet`).
     Fleet,
+    /// `baton top nodes` (`false`) or `baton top pods` (`true`).
+    Top {
+        pods: bool,
+    },
     /// A Deployment's or DaemonSet's rollout progress (`rollout::RolloutProgress`).
     RolloutStatus {
         kind: ResourceKind,
@@ -210,6 +215,8 @@ pub enum ApiReply {
     Revocation(Revocation),
     AgentUpdate(api::AgentUpdate),
     Fleet(Box<crate::metrics::Fleet>),
+    NodeUsage(Vec<crate::contract::usage::NodeUsageView>),
+    PodUsage(Vec<crate::contract::usage::PodUsageView>),
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]

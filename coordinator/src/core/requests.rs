@@ -30,12 +30,18 @@ impl Core {
                 Ok(ApiReply::Described { object, events })
             }
             ApiOp::Events { object } => Ok(ApiReply::Events(self.events_of(object.as_deref()))),
-            ApiOp::Fleet => Ok(ApiReply::Fleet(Box::new(crate::metrics::snapshot(
-                self.nodes.values(),
-                self.pods.values(),
-                self.deployments.values(),
-                self.daemon_sets.values(),
-            )))),
+            ApiOp::Fleet => {
+                let mut fleet = crate::metrics::snapshot(
+                    self.nodes.values(),
+                    self.pods.values(),
+                    self.deployments.values(),
+                    self.daemon_sets.values(),
+                );
+                fleet.usage = self.node_usage();
+                Ok(ApiReply::Fleet(Box::new(fleet)))
+            }
+            ApiOp::Top { pods: false } => Ok(ApiReply::NodeUsage(self.node_usage())),
+            ApiOp::Top { pods: true } => Ok(ApiReply::PodUsage(self.pod_usage())),
             ApiOp::RolloutStatus {
                 kind: ResourceKind::DaemonSet,
                 name,

@@ -5,7 +5,9 @@ use std::collections::BTreeMap;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
-use prometheus_client::registry::Registry;
+use std::sync::atomic::AtomicU64;
+
+use prometheus_client::registry::{Registry, Unit};
 
 use crate::model::api;
 
@@ -23,6 +25,8 @@ pub struct Fleet {
     /// Rollout progress: `(kind, name, state)` -> replicas, where state is `desired`,
     /// `updated`, `ready` or `available`.
     pub rollouts: BTreeMap<(String, String, String), u64>,
+    /// The nodes' last usage reports (filled by the core, not by [`snapshot`]).
+    pub usage: Vec<crate::contract::usage::NodeUsageView>,
 }
 
 /// The snapshot of the given objects.
@@ -144,6 +148,39 @@ impl Fleet {
                 ])
                 .set(i64::try_from(*n).unwrap_or(i64::MAX));
         }
+        let gauge = |f: fn(&crate::contract::usage::NodeUsageView) -> Option<f64>| {
+            let family = Family::<[(&'static str, String); 1], Gauge<f64, AtomicU64>>::default();
+            for u in &self.usage {
+                if let Some(v) = f(u) {
+                    family.get_or_create(&[("node", u.name.clone())]).set(v);
+                }
+            }
+            family
+        };
+        reg.register_with_unit(
+            "node_cpu_usage",
+            "CPU the node uses, as its agent last reported it",
+            Unit::Other("cores".into()),
+            gauge(|u| Some(f64::from(u.cpu_millis) / 1000.0)),
+        );
+        reg.register_with_unit(
+            "node_memory_usage",
+            "Memory in use on the node (MemTotal - MemAvailable), as last reported",
+            Unit::Bytes,
+            gauge(|u| Some(u.memory_bytes as f64)),
+        );
+        reg.register_with_unit(
+            "node_disk_usage",
+            "Bytes in use on the node's data disk, as last reported",
+            Unit::Bytes,
+            gauge(|u| Some(u.disk_used_bytes as f64)),
+        );
+        reg.register_with_unit(
+            "node_temperature",
+            "The node's hottest thermal zone, as last reported",
+            Unit::Celsius,
+            gauge(|u| u.temperature_millicelsius.map(|t| f64::from(t) / 1000.0)),
+        );
         reg.register(
             "rollout_replicas",
             "Replicas of each Deployment and DaemonSet: desired, updated, ready, available",

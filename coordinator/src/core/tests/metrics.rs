@@ -79,3 +79,59 @@ async fn the_snapshot_follows_nodes_pods_and_rollouts() {
     let f = fleet(&mut h);
     assert_eq!(f.nodes["NotReady"], 2, "{f:?}");
 }
+
+#[tokio::test(start_paused = true)]
+async fn usage_reports_are_joined_with_pod_names_and_allocatable() {
+    let mut h = two_nodes();
+    h.apply(&deployment("web", 1, "100m")).unwrap();
+    let pod = h.pods().remove(0);
+    let node = pod.spec.node_name.clone().unwrap();
+    let report = baton_proto::NodeUsage {
+        cpu_millis: 1200,
+        memory_bytes: 300 << 20,
+        disk_used_bytes: 1,
+        disk_total_bytes: 2,
+        temperature_millicelsius: Some(61_000),
+        pods: BVec::from_vec(vec![baton_proto::PodUsage {
+            uid: BString::new(pod.metadata.uid.as_str()).unwrap(),
+            cpu_millis: 150,
+            memory_bytes: 12 << 20,
+        }])
+        .unwrap(),
+    };
+    h.send(&node, Body::Usage(report.clone()));
+    // A node the coordinator does not know is not remembered.
+    h.send("stranger", Body::Usage(report));
+    let ApiReply::PodUsage(pods) = h.api(ApiOp::Top { pods: true }).unwrap() else {
+        panic!()
+    };
+    assert_eq!(pods.len(), 1);
+    assert_eq!(
+        (pods[0].name.as_str(), pods[0].cpu_millis),
+        (pod.metadata.name.as_str(), 150)
+    );
+    assert_eq!(pods[0].node, node);
+    let ApiReply::NodeUsage(nodes) = h.api(ApiOp::Top { pods: false }).unwrap() else {
+        panic!()
+    };
+    assert_eq!(nodes.len(), 1, "{nodes:?}");
+    assert_eq!(
+        (nodes[0].cpu_millis, nodes[0].allocatable_cpu_millis),
+        (1200, 4000)
+    );
+    let f = fleet(&mut h);
+    assert_eq!(f.usage, nodes);
+    let text = crate::metrics::Metrics::default().render(&f, &BTreeMap::new());
+    assert!(
+        text.contains(&format!(
+            "baton_node_cpu_usage_cores{{node=\"{node}\"}} 1.2"
+        )),
+        "{text}"
+    );
+    assert!(
+        text.contains(&format!(
+            "baton_node_temperature_celsius{{node=\"{node}\"}} 61.0"
+        )),
+        "{text}"
+    );
+}

@@ -1,11 +1,13 @@
 //! `GET /metrics`: the core's state counts and the gate's rejections, rendered with the
-//! event metrics (`crate::metrics`).
+//! event metrics (`crate::metrics`); and `baton top`'s usage, from the same core state.
 
 use axum::extract::State;
 use axum::http::header;
 use axum::response::{IntoResponse, Response};
 
-use super::{ask, Failure, FromReply, SecState};
+use super::{ask, AppState, Failure, FromReply, Reply, SecState};
+use crate::contract::body::List;
+use crate::contract::usage::{NodeUsageView, PodUsageView};
 use crate::core::{ApiOp, ApiReply};
 use crate::metrics::Fleet;
 
@@ -26,4 +28,32 @@ pub(super) async fn metrics(State(state): State<SecState>) -> Result<Response, F
     let rejections = state.security.report().total;
     let text = state.metrics.render(&fleet, &rejections);
     Ok(([(header::CONTENT_TYPE, CONTENT_TYPE)], text).into_response())
+}
+
+impl FromReply for List<NodeUsageView> {
+    fn from_reply(reply: ApiReply) -> Option<Self> {
+        match reply {
+            ApiReply::NodeUsage(items) => Some(List { items }),
+            _ => None,
+        }
+    }
+}
+
+impl FromReply for List<PodUsageView> {
+    fn from_reply(reply: ApiReply) -> Option<Self> {
+        match reply {
+            ApiReply::PodUsage(items) => Some(List { items }),
+            _ => None,
+        }
+    }
+}
+
+/// `baton top nodes`.
+pub(super) async fn top_nodes(State(state): State<AppState>) -> Reply<List<NodeUsageView>> {
+    ask(&state.core, ApiOp::Top { pods: false }).await
+}
+
+/// `baton top pods`.
+pub(super) async fn top_pods(State(state): State<AppState>) -> Reply<List<PodUsageView>> {
+    ask(&state.core, ApiOp::Top { pods: true }).await
 }

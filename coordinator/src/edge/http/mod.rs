@@ -149,6 +149,8 @@ fn api_router(
         .serve::<routes::Events, _>(api::events)
         .serve::<routes::PodLogs, _>(logs::pod_logs)
         .serve::<routes::Watch, _>(watch::watch)
+        .serve::<routes::TopNodes, _>(metrics::top_nodes)
+        .serve::<routes::TopPods, _>(metrics::top_pods)
         .serve::<routes::Describe, _>(api::describe)
         .serve::<routes::ListObjects, _>(api::list)
         .serve::<routes::GetObject, _>(api::get_one)

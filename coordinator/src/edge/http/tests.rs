@@ -257,6 +257,15 @@ fn fake_core() -> mpsc::Sender<Event> {
             events: vec![event(None)],
         },
         ApiOp::Events { object } => ApiReply::Events(vec![event(object)]),
+        ApiOp::Top { pods: false } => ApiReply::NodeUsage(Vec::new()),
+        ApiOp::Top { pods: true } => {
+            ApiReply::PodUsage(vec![crate::contract::usage::PodUsageView {
+                name: "web-1".into(),
+                node: "pi-1".into(),
+                cpu_millis: 250,
+                memory_bytes: 1 << 20,
+            }])
+        }
         ApiOp::Fleet => ApiReply::Fleet(Box::new(crate::metrics::Fleet {
             pods: [("Running".to_owned(), 1)].into(),
             ..Default::default()
@@ -743,6 +752,14 @@ async fn every_contract_route_is_served_as_defined() {
     assert_eq!(
         String::from_utf8(log.0).unwrap(),
         "log of echo (previous: true, tail: Some(3))\n"
+    );
+
+    // Usage: what the core answers, as the contract's lists.
+    assert!(c.call(&routes::TopNodes {}, &NoBody).await.items.is_empty());
+    let top = c.call(&routes::TopPods {}, &NoBody).await;
+    assert_eq!(
+        (top.items[0].name.as_str(), top.items[0].cpu_millis),
+        ("web-1", 250)
     );
 
     // A watch: the path's kind and the query's version reach the core.

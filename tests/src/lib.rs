@@ -19,6 +19,7 @@ pub mod device_coordinator;
 pub mod device_ota;
 pub mod fleet;
 mod lab;
+pub mod lines;
 pub mod ota;
 pub mod proxy;
 pub mod skew;

@@ -4,13 +4,13 @@
 //!
 //! Every wait is a poll with a deadline; the memory check samples the agent's RSS.
 
-use std::io::{BufRead, BufReader};
 use std::process::{Child, Stdio};
 use std::sync::mpsc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use anyhow::{bail, ensure, Context, Result};
+use anyhow::{ensure, Context, Result};
 use baton_e2e::fleet::node_of;
+use baton_e2e::lines::spawn_lines;
 use baton_e2e::{bin, wait_for, Broker, Lab};
 
 const LONG: Duration = Duration::from_secs(120);
@@ -50,54 +50,19 @@ fn wait_running(lab: &Lab, name: &str) -> Result<()> {
     })
 }
 
-/// `baton logs -f ARGS` in the hub, its stdout piped: lines as they come, on a channel.
+/// `baton logs -f ARGS` in the hub: its lines as they come.
 fn follow(lab: &Lab, args: &[&str]) -> Result<(Child, mpsc::Receiver<String>)> {
-    let mut child = lab
-        .hub
-        .cmd(bin("baton"))
-        .arg("logs")
-        .arg("-f")
-        .args(args)
-        .env("BATON_CONFIG", lab.admin_conf())
-        .env_remove("BATON_TOKEN")
-        .env("BATON_SERVER", lab.api_url())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()?;
-    let out = child.stdout.take().context("stdout")?;
-    let (tx, rx) = mpsc::channel();
-    std::thread::spawn(move || {
-        for line in BufReader::new(out).lines() {
-            let Ok(line) = line else { return };
-            if tx.send(line).is_err() {
-                return;
-            }
-        }
-    });
-    Ok((child, rx))
+    let mut a = vec!["logs", "-f"];
+    a.extend_from_slice(args);
+    spawn_lines(lab, &a)
 }
 
-/// Reads `rx` until a line satisfies `done`; every line read, in order.
 fn read_until(
     rx: &mpsc::Receiver<String>,
     what: &str,
     done: impl Fn(&str) -> bool,
 ) -> Result<Vec<String>> {
-    let end = Instant::now() + LONG;
-    let mut seen = Vec::new();
-    loop {
-        let left = end.saturating_duration_since(Instant::now());
-        match rx.recv_timeout(left) {
-            Ok(l) => {
-                let stop = done(&l);
-                seen.push(l);
-                if stop {
-                    return Ok(seen);
-                }
-            }
-            Err(_) => bail!("logs -f never showed {what}; it showed {seen:?}"),
-        }
-    }
+    baton_e2e::lines::read_until(rx, LONG, &format!("logs -f showing {what}"), done)
 }
 
 fn rss_kib(pid: u32) -> Result<u64> {

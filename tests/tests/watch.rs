@@ -3,13 +3,12 @@
 //! resource version read gets exactly the changes after it (none twice), and a version the
 //! coordinator no longer knows gets 410 Gone; `baton get events [-w]` shows events.
 
-use std::io::{BufRead, BufReader};
-use std::process::{Child, Stdio};
 use std::sync::mpsc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use anyhow::{bail, ensure, Context, Result};
-use baton_e2e::{bin, Broker, Lab};
+use anyhow::{ensure, Context, Result};
+use baton_e2e::lines::spawn_lines;
+use baton_e2e::{Broker, Lab};
 use serde_json::Value;
 
 const LONG: Duration = Duration::from_secs(120);
@@ -21,50 +20,12 @@ fn pod(lab: &Lab, name: &str) -> String {
     )
 }
 
-/// `baton ARGS` in the hub with stdout piped: its lines on a channel.
-fn spawn(lab: &Lab, args: &[&str]) -> Result<(Child, mpsc::Receiver<String>)> {
-    let mut child = lab
-        .hub
-        .cmd(bin("baton"))
-        .args(args)
-        .env("BATON_CONFIG", lab.admin_conf())
-        .env_remove("BATON_TOKEN")
-        .env("BATON_SERVER", lab.api_url())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()?;
-    let out = child.stdout.take().context("stdout")?;
-    let (tx, rx) = mpsc::channel();
-    std::thread::spawn(move || {
-        for line in BufReader::new(out).lines() {
-            let Ok(line) = line else { return };
-            if tx.send(line).is_err() {
-                return;
-            }
-        }
-    });
-    Ok((child, rx))
-}
-
 fn read_until(
     rx: &mpsc::Receiver<String>,
     what: &str,
     done: impl Fn(&str) -> bool,
 ) -> Result<Vec<String>> {
-    let end = Instant::now() + LONG;
-    let mut seen = Vec::new();
-    loop {
-        match rx.recv_timeout(end.saturating_duration_since(Instant::now())) {
-            Ok(l) => {
-                let stop = done(&l);
-                seen.push(l);
-                if stop {
-                    return Ok(seen);
-                }
-            }
-            Err(_) => bail!("the watch never showed {what}; it showed {seen:?}"),
-        }
-    }
+    baton_e2e::lines::read_until(rx, LONG, &format!("the watch showing {what}"), done)
 }
 
 /// The watch of pods over HTTP for `secs` seconds (curl's --max-time ends it): the changes.
@@ -120,7 +81,7 @@ fn watches_follow_pods_and_resume_without_loss() -> Result<()> {
 }
 
 fn run(lab: &Lab) -> Result<()> {
-    let (mut cli, rows) = spawn(lab, &["get", "pods", "-w"])?;
+    let (mut cli, rows) = spawn_lines(lab, &["get", "pods", "-w"])?;
     lab.apply(&pod(lab, "watched"))?;
     read_until(&rows, "the header", |l| l.starts_with("NAME"))?;
     let seen = read_until(&rows, "the pod running", |l| {

@@ -99,6 +99,16 @@ fn scenario(lab: &Lab) -> Result<()> {
     );
     ensure!(!lab.baton_raw(&["get", "cm", "big"], None)?.status.success());
 
+    // A manifest over the API's request limit: the real cause, not "cannot reach".
+    let huge = big.repeat(4);
+    let refused = lab.baton_raw(&["apply", "-f", "-"], Some(&huge))?;
+    let err = String::from_utf8_lossy(&refused.stderr);
+    ensure!(
+        !refused.status.success()
+            && err.contains("manifest too large: stdin is 4.0 MiB, the limit is 3 MiB"),
+        "{err}"
+    );
+
     lab.baton(&["delete", "configmap", "game-demo"])?;
     ensure!(!lab
         .baton_raw(&["get", "cm", "game-demo"], None)?

@@ -158,6 +158,7 @@ impl Client {
             404 => "NotFound".to_owned(),
             409 => "Conflict".to_owned(),
             410 => "Gone".to_owned(),
+            413 => "PayloadTooLarge".to_owned(),
             500 => "InternalError".to_owned(),
             503 => "ServiceUnavailable".to_owned(),
             s => s.to_string(),

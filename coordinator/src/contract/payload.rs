@@ -85,6 +85,10 @@ macro_rules! json_bodies {
 }
 pub(crate) use json_bodies;
 
+/// The largest request body the API reads (a manifest); kube-apiserver's 3 MiB, so that a
+/// ConfigMap at its 1 MiB limit still fits. The CLI checks it before sending.
+pub const MAX_REQUEST_BYTES: usize = 3 * 1024 * 1024;
+
 /// A container's log (`PodLogs`): bytes as the container wrote them, streamed. A failure
 /// after the answer started (the node went away) ends the stream with a last line
 /// starting [`LOG_ERROR_PREFIX`], since the status was already sent.

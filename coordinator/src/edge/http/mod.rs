@@ -54,7 +54,7 @@ pub use middleware::BODY_READ_TIMEOUT;
 /// Largest accepted request body (a manifest): kube-apiserver's 3 MiB, so a manifest with a
 /// ConfigMap at its 1 MiB bound (a third more as base64 `binaryData`) reaches the parser and
 /// its clear error rather than a bare 413. Only authenticated callers get this far.
-pub const MAX_BODY_BYTES: usize = 3 * 1024 * 1024;
+pub const MAX_BODY_BYTES: usize = crate::contract::payload::MAX_REQUEST_BYTES;
 
 #[derive(Debug, thiserror::Error)]
 pub enum HttpError {

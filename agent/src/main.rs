@@ -255,6 +255,13 @@ struct RunArgs {
 /// the docs and the lab use. `Targets` parses that without EnvFilter's regex engine, which
 /// the agent binary would otherwise carry (issue 14); span and field filters are not taken.
 fn init_logging(format: &str) {
+    init_logging_to(format, std::io::stderr);
+}
+
+fn init_logging_to<W>(format: &str, writer: W)
+where
+    W: for<'w> tracing_subscriber::fmt::MakeWriter<'w> + Send + Sync + 'static,
+{
     use tracing_subscriber::layer::SubscriberExt;
     use tracing_subscriber::util::SubscriberInitExt;
     const DEFAULT: &str = "info,libcgroups=error,libcontainer=warn";
@@ -262,7 +269,7 @@ fn init_logging(format: &str) {
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or_else(|| DEFAULT.parse().expect("the default filter parses"));
-    let fmt = tracing_subscriber::fmt::layer().with_writer(std::io::stderr);
+    let fmt = tracing_subscriber::fmt::layer().with_writer(writer);
     let registry = tracing_subscriber::registry().with(filter);
     if format == "json" {
         registry.with(fmt.json()).init();
@@ -590,8 +597,9 @@ fn absolute_dirs(run: &mut RunArgs) -> Result<()> {
 fn main() -> Result<()> {
     // Before anything else, and before any thread starts: `baton-agent runtime-op` is the
     // runtime's single-threaded helper (runtime/youki/op.rs), not a command for people.
-    baton_agent::runtime::serve_op_if_asked(|| {
-        init_logging(&std::env::var("BATON_LOG_FORMAT").unwrap_or_default())
+    baton_agent::runtime::serve_op_if_asked(|log| {
+        let format = std::env::var("BATON_LOG_FORMAT").unwrap_or_default();
+        init_logging_to(&format, std::sync::Mutex::new(log));
     });
     baton_agent::tune_allocator();
     let matches = Cli::command().get_matches();

@@ -491,10 +491,16 @@ pub fn move_old_state(old: &Path, state: &Path) {
 /// helper (`<binary> runtime-op`, see [`youki::op`]); returns otherwise. Every binary whose
 /// [`YoukiRuntime`] runs its own executable as the helper calls this first thing in `main`,
 /// before it starts any thread.
-/// `init_logging` sets up its logs (to stderr, which it shares with its caller).
-pub fn serve_op_if_asked(init_logging: impl FnOnce()) {
+/// `init_logging` sets up its logs to the file it is given: a close-on-exec copy of stderr
+/// (which it shares with its caller), never stderr itself, which the processes it clones
+/// point at the container's log before they exec.
+pub fn serve_op_if_asked(init_logging: impl FnOnce(std::fs::File)) {
     if std::env::args_os().nth(1).as_deref() == Some(std::ffi::OsStr::new(youki::op::OP_ARG)) {
-        init_logging();
+        use std::os::fd::AsFd;
+        match std::io::stderr().as_fd().try_clone_to_owned() {
+            Ok(fd) => init_logging(fd.into()),
+            Err(e) => eprintln!("runtime-op: no logs: {e}"),
+        }
         std::process::exit(youki::op::serve());
     }
 }

@@ -230,7 +230,13 @@ impl YoukiRuntime {
         self
     }
 
-    fn call(&self, req: &Request, deadline: Duration, op: Operation, id: &ContainerId) -> Result<Reply, RuntimeError> {
+    fn call(
+        &self,
+        req: &Request,
+        deadline: Duration,
+        op: Operation,
+        id: &ContainerId,
+    ) -> Result<Reply, RuntimeError> {
         match op::call(&self.helper, req, deadline) {
             Ok(Reply::Failed { op, error }) => Err(RuntimeError::Backend {
                 op: op.into(),
@@ -349,7 +355,13 @@ impl YoukiRuntime {
             }
             Err(e) => {
                 // The helper reaped the init of a failed start; its state is left to remove.
-                if matches!(e, RuntimeError::Backend { op: Operation::Start, .. }) {
+                if matches!(
+                    e,
+                    RuntimeError::Backend {
+                        op: Operation::Start,
+                        ..
+                    }
+                ) {
                     if let Err(del) = self.delete(id) {
                         tracing::warn!(container = %id, error = %del, "cleanup after failed start failed");
                     }

@@ -53,10 +53,17 @@ pub(super) enum Request {
 
 #[derive(Debug, Serialize, Deserialize)]
 pub(super) enum Reply {
-    Started { pid: i32 },
+    Started {
+        pid: i32,
+    },
     /// `None`: still running at the deadline, so it was killed.
-    Exec { exit: Option<i32> },
-    Failed { op: Op, error: String },
+    Exec {
+        exit: Option<i32>,
+    },
+    Failed {
+        op: Op,
+        error: String,
+    },
 }
 
 /// [`Operation`] on the wire.
@@ -126,7 +133,10 @@ pub(super) fn call(helper: &Path, req: &Request, deadline: Duration) -> Result<R
     }
     // The helper has exited: what it wrote is all in the pipe. Not read to EOF, which a
     // process it cloned could delay while it holds the pipe (it never should: see `serve`).
-    let mut out = child.stdout.take().ok_or_else(|| io::Error::other("no stdout"))?;
+    let mut out = child
+        .stdout
+        .take()
+        .ok_or_else(|| io::Error::other("no stdout"))?;
     set_nonblocking(out.as_fd())?;
     let mut reply = Vec::new();
     if let Err(e) = out.read_to_end(&mut reply) {
@@ -277,7 +287,10 @@ fn run(id: &str, containers_dir: &Path, bundle: &Path, log_path: &Path) -> Reply
         }
     };
     let Some(pid) = container.pid() else {
-        return failed(Op::Create, &io::Error::other("created container has no pid"));
+        return failed(
+            Op::Create,
+            &io::Error::other("created container has no pid"),
+        );
     };
     if let Err(e) = container.start() {
         // The init is this process's child: end and reap it here, the agent deletes the rest.

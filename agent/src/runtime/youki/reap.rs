@@ -67,7 +67,11 @@ impl Reaper {
             let _in = rt.enter();
             tokio::signal::unix::signal(tokio::signal::unix::SignalKind::child())?
         };
-        let reporter = Reporter { exits, layout, logs };
+        let reporter = Reporter {
+            exits,
+            layout,
+            logs,
+        };
         std::thread::Builder::new()
             .name("reaper".into())
             .spawn(move || rt.block_on(reap_loop(rx, sigchld, reporter)))?;

@@ -10,58 +10,50 @@
 //!   instead ([`YoukiRuntime::with_bundles_dir`], [`super::tmpfs_bundles_dir`]): they hold
 //!   the containers' environment, secret values included.
 //!
-//! Threads: creates, starts, deletes and execs run on the caller's thread (in `baton-agent`,
-//! its tokio blocking pool), their libcontainer calls one at a time under `LIBCONTAINER`.
-//! Waiting for containers runs on a pool of `Watchers` threads (`reap`): each container
-//! we started or adopted holds one of them until it exits, then the thread waits idle for the
-//! next container. The pool grows to the most containers that ran at once and never shrinks,
-//! because a thread that ends (or starts) at the wrong moment can hang a clone (below). One
-//! more thread, `logs::Rotator`'s, bounds every container's log.
+//! Processes: the libcontainer calls that clone (create + start, and exec for probes) run
+//! in the runtime helper, a fresh single-threaded process per operation: this binary run
+//! again as `<binary> runtime-op` ([`op`]). Below, "Why a helper". The others (load, kill,
+//! delete, list) clone nothing and run on the caller's thread (in `baton-agent`, its tokio
+//! blocking pool); [`CGROUP_TREE`] orders creates before the pruning of empty cgroups.
 //!
-//! Reaping: libcontainer clones the container's init with `CLONE_PARENT`, so the init is *our*
-//! child and nobody else will reap it. Its watcher thread blocks in `waitpid(pid)`, then reads
-//! the cgroup's OOM counter (before `delete` can remove the cgroup), settles the log, and sends
-//! the [`ExitEvent`]. Waiting by pid matters: a single `waitpid(-1)` loop would steal the exit
-//! statuses of other children of the agent (e.g. `ip` commands run by the network module).
+//! Threads: one [`Reaper`] thread waits for every container (no thread per container), and
+//! one more, `logs::Rotator`'s, bounds every container's log. Both end with the runtime.
+//!
+//! Reaping: libcontainer clones the container's init with `CLONE_PARENT`, so the init is the
+//! helper's child; when the helper exits, the init is reparented to the agent, which makes
+//! itself a child subreaper for this (`PR_SET_CHILD_SUBREAPER`). So once the helper's reply
+//! is in, the init is *our* child and nobody else will reap it. The reaper thread wakes on
+//! SIGCHLD and tries `waitpid(pid, WNOHANG)` for each init it watches, then reads the
+//! cgroup's OOM counter (before `delete` can remove the cgroup), settles the log, and sends
+//! the [`ExitEvent`]. Waiting by pid matters: a `waitpid(-1)` loop would steal the exit
+//! statuses of other children of the agent (`ip` commands run by the network module, the
+//! helpers themselves). Why SIGCHLD and not a pidfd per container: it needs no `unsafe` and
+//! no Linux 5.3 (nix 0.29 and tokio offer no safe `pidfd_open`, and some ARM vendor kernels
+//! are older), and it costs one `waitpid` per watched init per SIGCHLD of the agent.
 //!
 //! Adoption: after an agent restart the containers an earlier agent started still run, but
 //! their inits are no longer our children (they were reparented to init or a subreaper), so
-//! `waitpid` cannot watch them. [`Runtime::adopt`] gives each a watcher that polls the init once
-//! a second instead: it is gone when `/proc/<pid>/stat` disappears, shows a zombie, or shows
-//! another start time (the pid was reused). The exit code is then unknown (`-1`) unless the
-//! cgroup's OOM counter blames the OOM killer. Why polling and not a pidfd: nix 0.29 and tokio
-//! offer no safe `pidfd_open` (and `unsafe_code` is denied), and `pidfd_open` needs Linux 5.3,
-//! newer than some ARM vendor kernels, so a polling fallback would be needed anyway. The cost is
-//! one small `/proc` read per adopted container per second and up to a second of latency in
-//! noticing the exit. The agent stays the only supervisor: there is no shim per container.
+//! `waitpid` cannot watch them. [`Runtime::adopt`] hands each to the reaper, which polls the
+//! init once a second instead: it is gone when `/proc/<pid>/stat` disappears, shows a zombie,
+//! or shows another start time (the pid was reused). The exit code is then unknown (`-1`)
+//! unless the cgroup's OOM counter blames the OOM killer. The cost is one small `/proc` read
+//! per adopted container per second and up to a second of latency in noticing the exit. The
+//! agent stays the only supervisor: there is no shim per container.
 //!
 //! Logs: the container's stdout and stderr are its log file (see `logs`), so the container
 //! never depends on the agent to write its output.
 //!
-//! Caveat: cloning off a multi-threaded process. libcontainer starts the container's processes
-//! with a raw `clone3` syscall (or libc's `clone` where the kernel lacks it), not `fork`, from
-//! the thread running the create, and the child runs Rust code (it allocates, may log, sets up
-//! the environment) until it execs. Only that one thread exists in the child: a lock another
-//! thread held at the clone stays locked there forever, and no `pthread_atfork` handler or
-//! libc fork hook runs to release it. So:
-//! - the allocator: glibc's malloc (x86_64 builds) and musl's (the static aarch64 build of
-//!   `cross/build-aarch64.sh`) reset their locks in a child of `fork` only; CI saw an init hang
-//!   on glibc's `main_arena` lock. Every build allocates through mimalloc instead (the
-//!   `#[global_allocator]` in `lib.rs`), which has no lock for a child to inherit;
-//! - Rust's environment lock: `Command::spawn` holds it (read) while forking, and libcontainer's
-//!   default executor clears and sets the environment (write) in the child, so an `ip` command
-//!   spawned during a create hung the container's init for good. [`ExplicitEnvExecutor`] never
-//!   touches the process environment;
-//! - Rust's thread registry lock, taken whenever a thread starts or ends: hence `Watchers`
-//!   and the log rotator start under `LIBCONTAINER` and never end, and `baton-agent` starts its
-//!   whole blocking pool up front and never shrinks it;
-//! - the log writer's lock: builds run under a scoped no-op `tracing` subscriber, which the
-//!   child inherits, so it never logs.
-//!
-//! What remains is narrow: C code in the child still allocates with libc's malloc (libseccomp
-//! loading the filter, in builds with the `seccomp` feature), and would wait on a malloc lock
-//! that another thread held at the clone (in a DNS lookup's `getaddrinfo`, say). A single-threaded shim
-//! process per container, as containerd has, would close it entirely.
+//! Why a helper: libcontainer starts the container's processes with a raw `clone3` syscall
+//! (or libc's `clone` where the kernel lacks it), not `fork`, and the child runs Rust code (it
+//! allocates, may log, sets up the environment) until it execs. Only the cloning thread
+//! exists in the child: a lock another thread held at the clone stays locked there forever,
+//! and no `pthread_atfork` handler or libc fork hook runs to release it. Cloned off the
+//! multi-threaded agent, children hung on glibc's malloc arena lock, Rust's environment lock,
+//! Rust's thread registry lock (a thread starting or ending) and the log writer's lock, and
+//! each workaround (mimalloc, threads that never end, no logging in builds, a process-wide
+//! clone lock) left the next lazy lock to hang a create again. The helper has one thread, so
+//! no lock can be held at the clone. Spawning it is `fork` + `exec` by std, which is safe from
+//! any thread. [`ExplicitEnvExecutor`] stays: it also loads an exec'd process's seccomp filter.
 
 mod cgroup;
 mod executor;

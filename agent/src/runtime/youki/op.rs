@@ -1,7 +1,7 @@
 //! The libcontainer calls that clone processes (create + start, exec), each run in a fresh
 //! single-threaded process: the agent's own binary, re-executed as `baton-agent runtime-op`
 //! (see the module docs of [`super`] for why). The request goes in on stdin and the reply
-//! comes back on stdout, one JSON document each.
+//! comes back on stdout (a socket, see [`call`]), one JSON document each.
 //!
 //! Why an exec per operation and not a long-lived helper (a zygote): it measured cheap
 //! enough (docs/benchmarks.md, issue 14), it is far less code (no protocol state, no helper
@@ -11,9 +11,10 @@
 use std::fs;
 use std::io::{self, Read, Write};
 use std::os::fd::{AsFd, AsRawFd, OwnedFd};
+use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::process::{Command, Stdio};
+use std::time::Duration;
 
 use libcontainer::container::builder::ContainerBuilder;
 use libcontainer::container::Container;
@@ -103,13 +104,18 @@ pub(super) enum OpError {
     },
 }
 
-/// Runs `req` in a new process of `helper` and returns its reply. A helper still running at
-/// `deadline` is killed: an operation never blocks its caller forever.
+/// Runs `req` in a new process of `helper` and returns its reply. A helper that has not
+/// replied by `deadline` is killed: an operation never blocks its caller forever.
+///
+/// The reply comes over a socket, not a pipe: the helper shuts it down after writing, which
+/// ends the stream for every holder at once (a container process it cloned may still hold a
+/// copy until it execs), and a socket's read timeout bounds the wait without polling.
 pub(super) fn call(helper: &Path, req: &Request, deadline: Duration) -> Result<Reply, OpError> {
+    let (mine, theirs) = UnixStream::pair()?;
     let mut child = Command::new(helper)
         .arg(OP_ARG)
         .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
+        .stdout(Stdio::from(OwnedFd::from(theirs)))
         .stderr(Stdio::inherit())
         .spawn()
         .map_err(|source| OpError::Spawn {
@@ -120,58 +126,26 @@ pub(super) fn call(helper: &Path, req: &Request, deadline: Duration) -> Result<R
         .stdin
         .take()
         .map(|mut stdin| stdin.write_all(&serde_json::to_vec(req).unwrap_or_default()));
-    let status = match wait_until(&mut child, Instant::now() + deadline)? {
-        Some(s) => s,
-        None => {
-            let _ = child.kill();
-            let _ = child.wait();
-            return Err(OpError::Hung(deadline));
-        }
-    };
+    let mut reply = Vec::new();
+    let read = mine
+        .set_read_timeout(Some(deadline.max(Duration::from_millis(1))))
+        .and_then(|()| (&mine).read_to_end(&mut reply));
+    if let Err(e) = read {
+        let _ = child.kill();
+        let _ = child.wait();
+        return Err(match e.kind() {
+            io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut => OpError::Hung(deadline),
+            _ => e.into(),
+        });
+    }
+    let status = child.wait()?;
     if let Some(Err(e)) = sent {
         return Err(e.into());
-    }
-    // The helper has exited: what it wrote is all in the pipe. Not read to EOF, which a
-    // process it cloned could delay while it holds the pipe (it never should: see `serve`).
-    let mut out = child
-        .stdout
-        .take()
-        .ok_or_else(|| io::Error::other("no stdout"))?;
-    set_nonblocking(out.as_fd())?;
-    let mut reply = Vec::new();
-    if let Err(e) = out.read_to_end(&mut reply) {
-        if e.kind() != io::ErrorKind::WouldBlock {
-            return Err(e.into());
-        }
     }
     serde_json::from_slice(&reply).map_err(|_| OpError::NoReply {
         status,
         reply: String::from_utf8_lossy(&reply).into_owned(),
     })
-}
-
-fn set_nonblocking(fd: std::os::fd::BorrowedFd<'_>) -> io::Result<()> {
-    use nix::fcntl::{fcntl, FcntlArg, OFlag};
-    let flags = fcntl(fd.as_raw_fd(), FcntlArg::F_GETFL).map_err(io::Error::from)?;
-    let flags = OFlag::from_bits_truncate(flags) | OFlag::O_NONBLOCK;
-    fcntl(fd.as_raw_fd(), FcntlArg::F_SETFL(flags)).map_err(io::Error::from)?;
-    Ok(())
-}
-
-/// Waits for `child` until `end`; `None` if it still runs then. Polls with a growing nap
-/// (1 ms to 20 ms): most operations end within a few milliseconds.
-fn wait_until(child: &mut Child, end: Instant) -> io::Result<Option<std::process::ExitStatus>> {
-    let mut nap = Duration::from_micros(500);
-    loop {
-        if let Some(s) = child.try_wait()? {
-            return Ok(Some(s));
-        }
-        if Instant::now() >= end {
-            return Ok(None);
-        }
-        std::thread::sleep(nap);
-        nap = (nap * 2).min(Duration::from_millis(20));
-    }
 }
 
 /// The helper's side: reads one request from stdin, runs it, writes the reply to stdout.
@@ -199,8 +173,11 @@ pub fn serve() -> i32 {
             return 2;
         }
     };
-    let mut out = fs::File::from(reply_to);
-    match serde_json::to_vec(&reply).map(|bytes| out.write_all(&bytes)) {
+    let mut out = UnixStream::from(reply_to);
+    let written = serde_json::to_vec(&reply).map(|bytes| out.write_all(&bytes));
+    // Ends the reply for the agent, even while a cloned process still holds the socket.
+    let _ = out.shutdown(std::net::Shutdown::Write);
+    match written {
         Ok(Ok(())) => 0,
         _ => 2,
     }

@@ -21,6 +21,8 @@ use baton_agent::runtime::{
 };
 
 fn main() -> Result<()> {
+    // This binary is its own runtime helper (`YoukiRuntime` runs /proc/self/exe).
+    baton_agent::runtime::serve_op_if_asked(drop);
     let mut args: Vec<String> = std::env::args().skip(1).collect();
     let given_rootfs = match args.first() {
         Some(a) if a.parse::<usize>().is_err() => Some(PathBuf::from(args.remove(0))),

@@ -259,6 +259,13 @@ struct RunArgs {
 /// the docs and the lab use. `Targets` parses that without EnvFilter's regex engine, which
 /// the agent binary would otherwise carry (issue 14); span and field filters are not taken.
 fn init_logging(format: &str) {
+    init_logging_to(format, std::io::stderr);
+}
+
+fn init_logging_to<W>(format: &str, writer: W)
+where
+    W: for<'w> tracing_subscriber::fmt::MakeWriter<'w> + Send + Sync + 'static,
+{
     use tracing_subscriber::layer::SubscriberExt;
     use tracing_subscriber::util::SubscriberInitExt;
     const DEFAULT: &str = "info,libcgroups=error,libcontainer=warn";
@@ -266,7 +273,7 @@ fn init_logging(format: &str) {
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or_else(|| DEFAULT.parse().expect("the default filter parses"));
-    let fmt = tracing_subscriber::fmt::layer().with_writer(std::io::stderr);
+    let fmt = tracing_subscriber::fmt::layer().with_writer(writer);
     let registry = tracing_subscriber::registry().with(filter);
     if format == "json" {
         registry.with(fmt.json()).init();
@@ -574,29 +581,16 @@ async fn shutdown_signal() {
     }
 }
 
-/// Blocking threads the agent starts up front and never ends (container creates, deletes,
-/// exec probes, unpacking and cleanup run on them; more queue).
+/// At most this many blocking threads (container operations, unpacking, cleanup; more
+/// queue). Idle ones end after tokio's default 10 s, so threads come back to the baseline
+/// after pods come and go.
 const BLOCKING_THREADS: usize = 16;
 
-/// The tokio runtime, with a blocking pool that is complete from the start and never
-/// shrinks: a thread that starts or ends takes a lock of Rust's runtime, and a container
-/// process libcontainer clones off the agent at that moment hangs on it forever (see
-/// `Watchers` in `runtime/youki/reap.rs`).
 fn runtime() -> std::io::Result<tokio::runtime::Runtime> {
-    let rt = tokio::runtime::Builder::new_multi_thread()
+    tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .max_blocking_threads(BLOCKING_THREADS)
-        .thread_keep_alive(Duration::from_secs(u64::from(u32::MAX)))
-        .build()?;
-    let all_up = std::sync::Arc::new(std::sync::Barrier::new(BLOCKING_THREADS + 1));
-    for _ in 0..BLOCKING_THREADS {
-        let b = all_up.clone();
-        rt.spawn_blocking(move || {
-            b.wait();
-        });
-    }
-    all_up.wait();
-    Ok(rt)
+        .build()
 }
 
 /// Pins `--data-dir` and `--run-dir` to the start directory: a relative data dir once made
@@ -610,7 +604,12 @@ fn absolute_dirs(run: &mut RunArgs) -> Result<()> {
 }
 
 fn main() -> Result<()> {
-    baton_agent::tune_allocator();
+    // Before anything else, and before any thread starts: `baton-agent runtime-op` is the
+    // runtime's single-threaded helper (runtime/youki/op.rs), not a command for people.
+    baton_agent::runtime::serve_op_if_asked(|log| {
+        let format = std::env::var("BATON_LOG_FORMAT").unwrap_or_default();
+        init_logging_to(&format, std::sync::Mutex::new(log));
+    });
     let matches = Cli::command().get_matches();
     let cli = Cli::from_arg_matches(&matches).unwrap_or_else(|e| e.exit());
     let (args, reset, rotate) = match cli.command {

@@ -432,7 +432,8 @@ async fn a_failing_exec_liveness_probe_kills_the_container() {
             fx.dir.path().join("state"),
             tokio::sync::mpsc::unbounded_channel().0,
         )
-        .unwrap(),
+        .unwrap()
+        .with_helper(env!("CARGO_BIN_EXE_baton-agent")),
     );
     let c = container_with(exec_probe(&["test", "-f", "/healthy"]));
     let target = probe::Target {

@@ -238,7 +238,9 @@ fn a_new_runtime_instance_lists_and_deletes_leftovers() {
     fx.runtime.run(&spec).unwrap();
     // An agent restart: a second runtime over the same state dir, without the reaper.
     let (tx, _rx) = tokio::sync::mpsc::unbounded_channel();
-    let again = YoukiRuntime::new(fx.dir.path().join("state"), tx).unwrap();
+    let again = YoukiRuntime::new(fx.dir.path().join("state"), tx)
+        .unwrap()
+        .with_helper(env!("CARGO_BIN_EXE_baton-agent"));
     assert_eq!(again.list().unwrap(), vec![spec.id.clone()]);
     again.kill(&spec.id, 0).unwrap();
     again.delete(&spec.id).unwrap();
@@ -412,7 +414,9 @@ fn a_created_but_never_started_container_is_not_adoptable() {
     fs::write(&state, serde_json::to_vec(&v).unwrap()).unwrap();
 
     let (tx, _rx) = tokio::sync::mpsc::unbounded_channel();
-    let again = YoukiRuntime::new(fx.dir.path().join("state"), tx).unwrap();
+    let again = YoukiRuntime::new(fx.dir.path().join("state"), tx)
+        .unwrap()
+        .with_helper(env!("CARGO_BIN_EXE_baton-agent"));
     let found = again.state(&spec.id).unwrap().expect("state is there");
     assert!(!found.running, "a created container counted as running");
     assert!(matches!(

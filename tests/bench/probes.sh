@@ -28,9 +28,16 @@ ready_pods() {
 }
 wait_ready() { for _ in $(seq 1 1200); do [ "$(ready_pods)" = "$1" ] && return 0; sleep 0.1; done; echo "pods not ready" >&2; tail -20 "$work/agent.log" >&2; return 1; }
 wait_none() { for _ in $(seq 1 600); do [ "$("$baton" get pods 2>/dev/null | wc -l)" -le 1 ] && return 0; sleep 0.1; done; return 1; }
-sleep 3; r0=$(rss $agent_pid)
+threads_of() { ls "/proc/$1/task" | wc -l; }
+sleep 3; r0=$(rss $agent_pid); threads0=$(threads_of $agent_pid)
 deploy 10 no | "$baton" apply -f - >/dev/null; wait_ready 10; sleep 20; r10=$(rss $agent_pid)
+threads10=$(threads_of $agent_pid)
 "$baton" delete deployment sleepers >/dev/null; wait_none; sleep 3
-deploy 10 yes | "$baton" apply -f - >/dev/null; wait_ready 10; sleep 30; r10p=$(rss $agent_pid)
+# CPU ticks of the agent and its reaped children (the runtime helpers of exec probes).
+ticks() { awk '{ sub(/.*\) /, ""); print $12 + $13 + $14 + $15 }' "/proc/$1/stat"; }
+deploy 10 yes | "$baton" apply -f - >/dev/null; wait_ready 10; sleep 10
+t0=$(ticks $agent_pid); sleep 20; t1=$(ticks $agent_pid); r10p=$(rss $agent_pid)
+# 10 exec probes every 2 s: 100 in 20 s. In ms of CPU per probe (httpGet probes included).
+cpu_ms_per_probe=$(( (t1 - t0) * 1000 / $(getconf CLK_TCK) / 100 ))
 restarts=$("$baton" get pods -o json | python3 -c 'import json,sys; print(sum(c.get("restartCount",0) for p in json.load(sys.stdin)["items"] for c in p["status"].get("containerStatuses",[])))')
-echo "env=${agent_env[*]:-default} rss0=${r0}KiB rss10=${r10}KiB rss10probes=${r10p}KiB restarts=$restarts threads=$(ls /proc/$agent_pid/task | wc -l)"
+echo "env=${agent_env[*]:-default} rss0=${r0}KiB threads0=$threads0 rss10=${r10}KiB threads10=$threads10 rss10probes=${r10p}KiB cpu_ms_per_exec_probe=$cpu_ms_per_probe restarts=$restarts threads=$(ls /proc/$agent_pid/task | wc -l)"

@@ -144,13 +144,16 @@ impl Rotator {
             logs: Mutex::new(Logs::default()),
         });
         let weak: Weak<Self> = Arc::downgrade(&me);
-        // Never ends, even after its runtime is gone: see `spawn_started`.
-        super::spawn_started("log-rotator", move || loop {
-            std::thread::sleep(CHECK_EVERY);
-            if let Some(r) = weak.upgrade() {
-                r.check_all();
-            }
-        })?;
+        // Ends with the last runtime holding the rotator.
+        std::thread::Builder::new()
+            .name("log-rotator".into())
+            .spawn(move || loop {
+                std::thread::sleep(CHECK_EVERY);
+                match weak.upgrade() {
+                    Some(r) => r.check_all(),
+                    None => return,
+                }
+            })?;
         Ok(me)
     }
 

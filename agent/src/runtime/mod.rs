@@ -493,23 +493,22 @@ pub fn move_old_state(old: &Path, state: &Path) {
     }
 }
 
-/// Spawns a thread and returns once it runs. Rust's runtime registers a thread (its stack
-/// guard, under a process-wide lock) before running its body, and a container process
-/// libcontainer clones while that lock is held hangs in its `exit` forever. So the runtime
-/// starts its long-lived threads holding the clone lock, through this, and they never end.
-pub(crate) fn spawn_started(
-    name: &str,
-    body: impl FnOnce() + Send + 'static,
-) -> std::io::Result<()> {
-    let (started_tx, started_rx) = std::sync::mpsc::channel::<()>();
-    std::thread::Builder::new()
-        .name(name.to_owned())
-        .spawn(move || {
-            let _ = started_tx.send(());
-            body();
-        })?;
-    let _ = started_rx.recv();
-    Ok(())
+/// Serves one runtime operation and exits, if this process was started as the runtime
+/// helper (`<binary> runtime-op`, see [`youki::op`]); returns otherwise. Every binary whose
+/// [`YoukiRuntime`] runs its own executable as the helper calls this first thing in `main`,
+/// before it starts any thread.
+/// `init_logging` sets up its logs to the file it is given: a close-on-exec copy of stderr
+/// (which it shares with its caller), never stderr itself, which the processes it clones
+/// point at the container's log before they exec.
+pub fn serve_op_if_asked(init_logging: impl FnOnce(std::fs::File)) {
+    if std::env::args_os().nth(1).as_deref() == Some(std::ffi::OsStr::new(youki::op::OP_ARG)) {
+        use std::os::fd::AsFd;
+        match std::io::stderr().as_fd().try_clone_to_owned() {
+            Ok(fd) => init_logging(fd.into()),
+            Err(e) => eprintln!("runtime-op: no logs: {e}"),
+        }
+        std::process::exit(youki::op::serve());
+    }
 }
 
 #[cfg(test)]

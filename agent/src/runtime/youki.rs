@@ -10,78 +10,67 @@
 //!   instead ([`YoukiRuntime::with_bundles_dir`], [`super::tmpfs_bundles_dir`]): they hold
 //!   the containers' environment, secret values included.
 //!
-//! Threads: creates, starts, deletes and execs run on the caller's thread (in `baton-agent`,
-//! its tokio blocking pool), their libcontainer calls one at a time under `LIBCONTAINER`.
-//! Waiting for containers runs on a pool of `Watchers` threads (`reap`): each container
-//! we started or adopted holds one of them until it exits, then the thread waits idle for the
-//! next container. The pool grows to the most containers that ran at once and never shrinks,
-//! because a thread that ends (or starts) at the wrong moment can hang a clone (below). One
-//! more thread, `logs::Rotator`'s, bounds every container's log.
+//! Processes: the libcontainer calls that clone (create + start, and exec for probes) run
+//! in the runtime helper, a fresh single-threaded process per operation: this binary run
+//! again as `<binary> runtime-op` ([`op`]). Below, "Why a helper". The others (load, kill,
+//! delete, list) clone nothing and run on the caller's thread (in `baton-agent`, its tokio
+//! blocking pool); [`CGROUP_TREE`] orders creates before the pruning of empty cgroups.
 //!
-//! Reaping: libcontainer clones the container's init with `CLONE_PARENT`, so the init is *our*
-//! child and nobody else will reap it. Its watcher thread blocks in `waitpid(pid)`, then reads
-//! the cgroup's OOM counter (before `delete` can remove the cgroup), settles the log, and sends
-//! the [`ExitEvent`]. Waiting by pid matters: a single `waitpid(-1)` loop would steal the exit
-//! statuses of other children of the agent (e.g. `ip` commands run by the network module).
+//! Threads: one [`Reaper`] thread waits for every container (no thread per container), and
+//! one more, `logs::Rotator`'s, bounds every container's log. Both end with the runtime.
+//!
+//! Reaping: libcontainer clones the container's init with `CLONE_PARENT`, so the init is the
+//! helper's child; when the helper exits, the init is reparented to the agent, which makes
+//! itself a child subreaper for this (`PR_SET_CHILD_SUBREAPER`). So once the helper's reply
+//! is in, the init is *our* child and nobody else will reap it. The reaper thread wakes on
+//! SIGCHLD and tries `waitpid(pid, WNOHANG)` for each init it watches, then reads the
+//! cgroup's OOM counter (before `delete` can remove the cgroup), settles the log, and sends
+//! the [`ExitEvent`]. Waiting by pid matters: a `waitpid(-1)` loop would steal the exit
+//! statuses of other children of the agent (`ip` commands run by the network module, the
+//! helpers themselves). Why SIGCHLD and not a pidfd per container: it needs no `unsafe` and
+//! no Linux 5.3 (nix 0.29 and tokio offer no safe `pidfd_open`, and some ARM vendor kernels
+//! are older), and it costs one `waitpid` per watched init per SIGCHLD of the agent.
 //!
 //! Adoption: after an agent restart the containers an earlier agent started still run, but
 //! their inits are no longer our children (they were reparented to init or a subreaper), so
-//! `waitpid` cannot watch them. [`Runtime::adopt`] gives each a watcher that polls the init once
-//! a second instead: it is gone when `/proc/<pid>/stat` disappears, shows a zombie, or shows
-//! another start time (the pid was reused). The exit code is then unknown (`-1`) unless the
-//! cgroup's OOM counter blames the OOM killer. Why polling and not a pidfd: nix 0.29 and tokio
-//! offer no safe `pidfd_open` (and `unsafe_code` is denied), and `pidfd_open` needs Linux 5.3,
-//! newer than some ARM vendor kernels, so a polling fallback would be needed anyway. The cost is
-//! one small `/proc` read per adopted container per second and up to a second of latency in
-//! noticing the exit. The agent stays the only supervisor: there is no shim per container.
+//! `waitpid` cannot watch them. [`Runtime::adopt`] hands each to the reaper, which polls the
+//! init once a second instead: it is gone when `/proc/<pid>/stat` disappears, shows a zombie,
+//! or shows another start time (the pid was reused). The exit code is then unknown (`-1`)
+//! unless the cgroup's OOM counter blames the OOM killer. The cost is one small `/proc` read
+//! per adopted container per second and up to a second of latency in noticing the exit. The
+//! agent stays the only supervisor: there is no shim per container.
 //!
 //! Logs: the container's stdout and stderr are its log file (see `logs`), so the container
 //! never depends on the agent to write its output.
 //!
-//! Caveat: cloning off a multi-threaded process. libcontainer starts the container's processes
-//! with a raw `clone3` syscall (or libc's `clone` where the kernel lacks it), not `fork`, from
-//! the thread running the create, and the child runs Rust code (it allocates, may log, sets up
-//! the environment) until it execs. Only that one thread exists in the child: a lock another
-//! thread held at the clone stays locked there forever, and no `pthread_atfork` handler or
-//! libc fork hook runs to release it. So:
-//! - the allocator: glibc's malloc (x86_64 builds) and musl's (the static aarch64 build of
-//!   `cross/build-aarch64.sh`) reset their locks in a child of `fork` only; CI saw an init hang
-//!   on glibc's `main_arena` lock. Every build allocates through mimalloc instead (the
-//!   `#[global_allocator]` in `lib.rs`), which has no lock for a child to inherit;
-//! - Rust's environment lock: `Command::spawn` holds it (read) while forking, and libcontainer's
-//!   default executor clears and sets the environment (write) in the child, so an `ip` command
-//!   spawned during a create hung the container's init for good. [`ExplicitEnvExecutor`] never
-//!   touches the process environment;
-//! - Rust's thread registry lock, taken whenever a thread starts or ends: hence `Watchers`
-//!   and the log rotator start under `LIBCONTAINER` and never end, and `baton-agent` starts its
-//!   whole blocking pool up front and never shrinks it;
-//! - the log writer's lock: builds run under a scoped no-op `tracing` subscriber, which the
-//!   child inherits, so it never logs.
-//!
-//! What remains is narrow: C code in the child still allocates with libc's malloc (libseccomp
-//! loading the filter, in builds with the `seccomp` feature), and would wait on a malloc lock
-//! that another thread held at the clone (in a DNS lookup's `getaddrinfo`, say). A single-threaded shim
-//! process per container, as containerd has, would close it entirely.
+//! Why a helper: libcontainer starts the container's processes with a raw `clone3` syscall
+//! (or libc's `clone` where the kernel lacks it), not `fork`, and the child runs Rust code (it
+//! allocates, may log, sets up the environment) until it execs. Only the cloning thread
+//! exists in the child: a lock another thread held at the clone stays locked there forever,
+//! and no `pthread_atfork` handler or libc fork hook runs to release it. Cloned off the
+//! multi-threaded agent, children hung on glibc's malloc arena lock, Rust's environment lock,
+//! Rust's thread registry lock (a thread starting or ending) and the log writer's lock, and
+//! each workaround (mimalloc, threads that never end, no logging in builds, a process-wide
+//! clone lock) left the next lazy lock to hang a create again. The helper has one thread, so
+//! no lock can be held at the clone. Spawning it is `fork` + `exec` by std, which is safe from
+//! any thread. [`ExplicitEnvExecutor`] stays: it also loads an exec'd process's seccomp filter.
 
 mod cgroup;
 mod executor;
+pub mod op;
 mod reap;
 mod spec;
 
 use std::collections::HashMap;
 use std::fs;
 use std::io;
-use std::os::fd::OwnedFd;
 use std::path::{Path, PathBuf};
 use std::sync::{mpsc, Arc, Mutex, MutexGuard, RwLock, RwLockWriteGuard};
 use std::time::Duration;
 
-use libcontainer::container::builder::ContainerBuilder;
 use libcontainer::container::{Container, ContainerStatus};
 use libcontainer::error::LibcontainerError;
-use libcontainer::oci_spec::runtime::Spec;
 use libcontainer::signal::Signal;
-use libcontainer::syscall::syscall::SyscallType;
 use tokio::sync::mpsc::UnboundedSender;
 
 use super::logs;
@@ -89,37 +78,39 @@ use super::{
     Adopted, ContainerId, ExecOutcome, ExitEvent, Operation, RunSpec, Runtime, RuntimeError,
 };
 use cgroup::{in_cgroup, remove_empty_cgroup, CgroupLayout};
-use executor::{handle_sigpipe, ExplicitEnvExecutor};
-use reap::{proc_info, reap_failed_build, thread_children, wait_with_timeout, ProcInfo, Watchers};
+use executor::handle_sigpipe;
+use op::{Reply, Request};
+use reap::{proc_info, ProcInfo, Reaper};
 use spec::warn_without_seccomp;
 
 /// How long `delete` waits for the reaper after SIGKILL before removing state anyway.
 const REAP_WAIT: Duration = Duration::from_secs(10);
 /// How long [`retry_transient`] keeps retrying (1 + 2 + ... + 128 ms, about 0.25 s).
 const RETRY_CAP: Duration = Duration::from_millis(200);
+/// How long a create + start in the runtime helper may take before it counts as hung.
+const RUN_DEADLINE: Duration = Duration::from_secs(120);
+/// How much longer than its timeout an exec in the runtime helper may take.
+const EXEC_SLACK: Duration = Duration::from_secs(60);
 
 pub struct YoukiRuntime {
     containers_dir: PathBuf,
     bundles_dir: PathBuf,
-    exits: UnboundedSender<ExitEvent>,
     layout: CgroupLayout,
     /// Per container we started or adopted: fires once its reaper (or watcher) has sent the
     /// exit event.
     reaped: Mutex<HashMap<ContainerId, mpsc::Receiver<()>>>,
     /// Bounds the log files of running containers.
     logs: Arc<logs::Rotator>,
-    /// The threads that wait for containers' inits (reapers and watchers).
-    watchers: Watchers,
+    /// The thread that waits for every container's init.
+    reaper: Reaper,
+    /// The binary run as the runtime helper (`<helper> runtime-op`, see [`op`]).
+    helper: PathBuf,
 }
 
-/// Serialises libcontainer's create, start and delete across the whole process (every
-/// `YoukiRuntime` instance). libcontainer `chdir`s into the container's state dir to bind and
-/// connect its `notify.sock` by a short relative name, and the working directory is per
-/// process: two concurrent creates bound each other's socket (`EADDRINUSE`) or started the
-/// wrong container. The same lock orders cgroup creation (in `run`) before pruning of empty
-/// parents (in `delete`), so a prune never removes a parent that a concurrent create just made.
-/// Other agent code must not rely on the working directory (use absolute paths).
-static LIBCONTAINER: Mutex<()> = Mutex::new(());
+/// Orders cgroup creation (a create in the runtime helper) before pruning of empty parents
+/// (in `delete`), across every `YoukiRuntime` of the process, so a prune never removes a
+/// parent that a concurrent create just made.
+static CGROUP_TREE: Mutex<()> = Mutex::new(());
 
 /// libcontainer rewrites `state.json` in place (truncate, then write) on every kill and
 /// delete, and `Container::load` reads `/proc/<pid>/stat` after opening `/proc/<pid>`. So a
@@ -206,18 +197,47 @@ impl YoukiRuntime {
         }
         handle_sigpipe().map_err(io_err(Path::new("SIGPIPE")))?;
         warn_without_seccomp();
+        // The inits are cloned by the runtime helper; when it exits they become ours.
+        nix::sys::prctl::set_child_subreaper(true)
+            .map_err(|e| io_err(Path::new("PR_SET_CHILD_SUBREAPER"))(e.into()))?;
+        let layout = CgroupLayout::detect();
+        let logs = logs::Rotator::start().map_err(io_err(Path::new("/proc/self/task")))?;
+        let reaper = Reaper::start(exits, layout.clone(), logs.clone())
+            .map_err(io_err(Path::new("/proc/self/task")))?;
         Ok(Self {
             containers_dir,
             bundles_dir,
-            exits,
-            layout: CgroupLayout::detect(),
+            layout,
             reaped: Mutex::new(HashMap::new()),
-            logs: {
-                let _clones = lock(&LIBCONTAINER);
-                logs::Rotator::start().map_err(io_err(Path::new("/proc/self/task")))?
-            },
-            watchers: Watchers::default(),
+            logs,
+            reaper,
+            helper: PathBuf::from("/proc/self/exe"),
         })
+    }
+
+    /// Runs `helper runtime-op` for the operations that clone (see [`op`]) instead of this
+    /// process's own binary: for test and bench binaries, which cannot serve them.
+    pub fn with_helper(mut self, helper: impl Into<PathBuf>) -> Self {
+        self.helper = helper.into();
+        self
+    }
+
+    fn call(
+        &self,
+        req: &Request,
+        deadline: Duration,
+        op: Operation,
+        id: &ContainerId,
+    ) -> Result<Reply, RuntimeError> {
+        match op::call(&self.helper, req, deadline) {
+            Ok(Reply::Failed { op, error }) => Err(RuntimeError::Backend {
+                op: op.into(),
+                id: id.clone(),
+                source: error.into(),
+            }),
+            Ok(reply) => Ok(reply),
+            Err(e) => Err(backend(op, id)(e)),
+        }
     }
 
     /// The libcontainer state directory of `id` (exists while the runtime has state for it).
@@ -306,67 +326,56 @@ impl YoukiRuntime {
 
     fn create_and_start(&self, spec: &RunSpec, bundle: &Path) -> Result<u32, RuntimeError> {
         let id = &spec.id;
-        let out: OwnedFd = logs::open_for_container(&spec.log_path)
-            .map_err(io_err(&spec.log_path))?
-            .into();
-        let err: OwnedFd = out.try_clone().map_err(io_err(&spec.log_path))?;
-
-        // As for exec: nothing may log in libcontainer's forked children (see `exec`), so
-        // creating and starting run under a scoped no-op subscriber; failures come back as
-        // errors, which the caller logs.
-        let quiet = || tracing::subscriber::NoSubscriber::default();
-        let mut container = {
-            let _tree = lock(&LIBCONTAINER);
-            let before = thread_children();
-            let built = tracing::subscriber::with_default(quiet(), || {
-                ContainerBuilder::new(id.to_string(), SyscallType::default())
-                    .with_root_path(&self.containers_dir)
-                    .and_then(|b| b.validate_id())
-                    .map(|b| {
-                        b.with_executor(ExplicitEnvExecutor::default())
-                            .with_stdout(out)
-                            .with_stderr(err)
-                            .as_init(bundle)
-                            .with_systemd(false)
-                            .with_detach(true)
-                    })
-                    .and_then(|b| b.build())
-            });
-            if built.is_err() {
-                reap_failed_build(&before);
-            }
-            built.map_err(backend(Operation::Create, id))?
+        let req = Request::Run {
+            id: id.to_string(),
+            containers_dir: self.containers_dir.clone(),
+            bundle: bundle.to_owned(),
+            log_path: spec.log_path.clone(),
         };
-        let pid = container.pid().ok_or_else(|| RuntimeError::Backend {
-            op: Operation::Create,
-            id: id.clone(),
-            source: "created container has no pid".into(),
-        })?;
-        // Reap from now on: even if start fails, the init must not stay a zombie.
-        self.logs
-            .watch(id.as_str(), spec.log_path.clone(), spec.log_max_bytes);
-        self.start_reaper(id.clone(), pid, spec.cgroup_path.clone())?;
-        let started = {
-            let _lc = lock(&LIBCONTAINER);
-            tracing::subscriber::with_default(quiet(), || container.start())
+        let reply = {
+            let _tree = lock(&CGROUP_TREE);
+            self.call(&req, RUN_DEADLINE, Operation::Create, id)
         };
-        if let Err(e) = started {
-            let err = backend(Operation::Start, id)(e);
-            if let Err(del) = self.delete(id) {
-                tracing::warn!(container = %id, error = %del, "cleanup after failed start failed");
+        let pid = match reply {
+            Ok(Reply::Started { pid }) => pid,
+            Ok(other) => {
+                return Err(RuntimeError::Backend {
+                    op: Operation::Create,
+                    id: id.clone(),
+                    source: format!("unexpected reply {other:?}").into(),
+                })
             }
-            return Err(err);
-        }
-        u32::try_from(pid.as_raw()).map_err(|e| RuntimeError::Backend {
+            Err(e) => {
+                // The helper reaped the init of a failed start; its state is left to remove.
+                if matches!(
+                    e,
+                    RuntimeError::Backend {
+                        op: Operation::Start,
+                        ..
+                    }
+                ) {
+                    if let Err(del) = self.delete(id) {
+                        tracing::warn!(container = %id, error = %del, "cleanup after failed start failed");
+                    }
+                }
+                return Err(e);
+            }
+        };
+        let pid = u32::try_from(pid).map_err(|e| RuntimeError::Backend {
             op: Operation::Create,
             id: id.clone(),
             source: Box::new(e),
-        })
+        })?;
+        self.logs
+            .watch(id.as_str(), spec.log_path.clone(), spec.log_max_bytes);
+        // The helper has exited: the init is our child now (we are its subreaper).
+        self.start_reaper(id.clone(), pid, spec.cgroup_path.clone())?;
+        Ok(pid)
     }
 }
 
 /// Removes the `tenant-notify-*.sock` files libcontainer's tenant builder leaves.
-fn remove_tenant_sockets(container_dir: &Path) {
+pub(super) fn remove_tenant_sockets(container_dir: &Path) {
     let Ok(rd) = fs::read_dir(container_dir) else {
         return;
     };
@@ -460,7 +469,7 @@ impl Runtime for YoukiRuntime {
             // as `load` does: retry, on fresh state. Gone means deleted (it goes last).
             let deleted = retry_transient(&dir, || {
                 let r = {
-                    let _tree = lock(&LIBCONTAINER);
+                    let _tree = lock(&CGROUP_TREE);
                     let _writing = writing_state();
                     c.delete(true)
                 };
@@ -477,7 +486,7 @@ impl Runtime for YoukiRuntime {
                 }
             }
             if let Some(p) = cgroup_path {
-                let _tree = lock(&LIBCONTAINER);
+                let _tree = lock(&CGROUP_TREE);
                 self.prune_cgroup_parents(&p);
             }
             tracing::info!("container deleted");
@@ -523,8 +532,8 @@ impl Runtime for YoukiRuntime {
     /// namespaces and cgroup, applies the container's capabilities and chroots to its root, so
     /// the command sees exactly what the container sees. Chosen over a hand-made setns+chroot
     /// child, which would need `unsafe` fork code and would miss the cgroup and capabilities.
-    /// The tenant is cloned with `CLONE_PARENT` like the init, so it is our child and we reap
-    /// it (by pid, never stealing other children's statuses).
+    /// It runs in the runtime helper ([`op`]): the tenant is cloned with `CLONE_PARENT` like
+    /// the init, so it is the helper's child, and the helper waits for it until `timeout`.
     #[tracing::instrument(skip_all, fields(container = %id))]
     fn exec(
         &self,
@@ -546,66 +555,22 @@ impl Runtime for YoukiRuntime {
         if c.status() != ContainerStatus::Running {
             return Err(RuntimeError::NotRunning(id.clone()));
         }
-        // As the container's user (the tenant builder would otherwise run it as root) and
-        // under its seccomp filter (the tenant builder drops `linux.seccomp`; the executor
-        // loads it in the child, right before `execve`, as runc's exec does).
-        let config = self.bundles_dir.join(id.as_str()).join("config.json");
-        let bundle_spec = Spec::load(&config).map_err(backend(Operation::Exec, id))?;
-        let user = bundle_spec.process().as_ref().map(|p| p.user().clone());
-        let executor = ExplicitEnvExecutor::for_tenant(
-            bundle_spec
-                .linux()
-                .as_ref()
-                .and_then(|l| l.seccomp().clone()),
-        );
-        let devnull = |path: &Path| -> Result<OwnedFd, RuntimeError> {
-            fs::OpenOptions::new()
-                .read(true)
-                .write(true)
-                .open(path)
-                .map(OwnedFd::from)
-                .map_err(io_err(path))
+        let req = Request::Exec {
+            id: id.to_string(),
+            containers_dir: self.containers_dir.clone(),
+            config: self.bundles_dir.join(id.as_str()).join("config.json"),
+            args: args.to_vec(),
+            timeout_ms: u64::try_from(timeout.as_millis()).unwrap_or(u64::MAX),
         };
-        let null = Path::new("/dev/null");
-        let (stdin, stdout, stderr) = (devnull(null)?, devnull(null)?, devnull(null)?);
-        let pid = {
-            let _lc = lock(&LIBCONTAINER);
-            // No logging in the forked child: libcgroups logs a warning on every cgroup join
-            // (e.g. perf_event missing on v1 hosts), and a child that logs takes the log
-            // writer's lock, which another agent thread may have held at fork time: the
-            // child then hangs forever, and this build with it (seen within minutes with
-            // exec probes every 2 s). The child inherits this thread's scoped dispatcher.
-            let quiet = tracing::subscriber::NoSubscriber::default();
-            let before = thread_children();
-            let pid = tracing::subscriber::with_default(quiet, || {
-                ContainerBuilder::new(id.to_string(), SyscallType::default())
-                    .with_root_path(&self.containers_dir)
-                    .map(|b| {
-                        b.with_executor(executor)
-                            .with_stdin(stdin)
-                            .with_stdout(stdout)
-                            .with_stderr(stderr)
-                            .as_tenant()
-                            .with_container_args(args.to_vec())
-                            .with_detach(true)
-                            .with_user(user.as_ref().map(|u| u.uid()))
-                            .with_group(user.as_ref().map(|u| u.gid()))
-                    })
-                    .and_then(|b| b.build())
-            });
-            if pid.is_err() {
-                reap_failed_build(&before);
-            }
-            // libcontainer leaves the tenant's notify socket behind: one file per exec, every
-            // probe period, forever. Builds are serialised by the lock, so none is in use now.
-            remove_tenant_sockets(&self.container_dir(id));
-            pid.map_err(backend(Operation::Exec, id))?
-        };
-        wait_with_timeout(pid, timeout).map_err(|e| RuntimeError::Backend {
-            op: Operation::Exec,
-            id: id.clone(),
-            source: Box::new(e),
-        })
+        match self.call(&req, timeout + EXEC_SLACK, Operation::Exec, id)? {
+            Reply::Exec { exit: Some(code) } => Ok(ExecOutcome::Exited(code)),
+            Reply::Exec { exit: None } => Ok(ExecOutcome::TimedOut),
+            other => Err(RuntimeError::Backend {
+                op: Operation::Exec,
+                id: id.clone(),
+                source: format!("unexpected reply {other:?}").into(),
+            }),
+        }
     }
 
     fn list(&self) -> Result<Vec<ContainerId>, RuntimeError> {

@@ -86,7 +86,9 @@ impl Fixture {
         let dir = tempfile::tempdir().unwrap();
         let rootfs = busybox_rootfs(dir.path());
         let (tx, exits) = tokio::sync::mpsc::unbounded_channel();
-        let runtime = YoukiRuntime::new(dir.path().join("state"), tx).unwrap();
+        let runtime = YoukiRuntime::new(dir.path().join("state"), tx)
+            .unwrap()
+            .with_helper(env!("CARGO_BIN_EXE_baton-agent"));
         let name = format!("{test}-{}", std::process::id());
         Self {
             cgroup_top: format!("baton-test-{name}"),

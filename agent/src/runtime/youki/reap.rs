@@ -1,71 +1,183 @@
-//! Waiting for containers' processes (see the module docs of [`super`]): a reaper per
-//! container we started (`waitpid` on its init), a watcher per container we adopted (polling
-//! `/proc`), both on [`Watchers`] threads; and reaping what a failed create cloned.
+//! Waiting for containers' processes (see the module docs of [`super`]): one [`Reaper`]
+//! thread for all of them (`waitpid` on the inits that are our children, polling `/proc`
+//! for the adopted ones); and reaping what a failed create or exec cloned.
 
 use std::fs;
 use std::io;
 use std::path::{Path, PathBuf};
-use std::sync::{mpsc, Arc, Mutex};
+use std::sync::{mpsc, Arc};
 use std::time::Duration;
 
 use nix::errno::Errno;
-use nix::sys::wait::{waitpid, WaitStatus};
+use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
 use nix::unistd::Pid;
+use tokio::sync::mpsc::UnboundedSender;
 
 use super::cgroup::CgroupLayout;
-use super::{io_err, lock, YoukiRuntime, LIBCONTAINER};
+use super::{io_err, lock, YoukiRuntime};
+use crate::runtime::logs::Rotator;
 use crate::runtime::{ContainerId, ExecOutcome, ExitEvent, ExitReason, RuntimeError};
 
 /// How long the processes of a failed create may take to exit before they are killed.
 const FAILED_BUILD_WAIT: Duration = Duration::from_secs(2);
-/// How often the watcher of an adopted container checks that its init still runs.
+/// How often the reaper checks that adopted inits still run (and, as a safety net, looks
+/// at its own children without waiting for a SIGCHLD).
 const WATCH_EVERY: Duration = Duration::from_secs(1);
 
-/// A job for a [`Watchers`] thread: wait for one container's init and report its exit.
-type WatchJob = Box<dyn FnOnce() + Send>;
-
-/// The threads that wait for containers' inits, reused and never ended. Rust's runtime takes
-/// a process-wide lock whenever a thread starts or ends (its stack-guard registry), and a
-/// child libcontainer clones off this process while another thread holds that lock hangs in
-/// its `exit` forever (gdb: `youki:[1:INTER]` in `thread_info::delete_current_info`), and
-/// the create with it. So no watcher thread ends, and a new one starts only under
-/// [`LIBCONTAINER`], fully started before the lock is released. (`baton-agent` holds the
-/// tokio blocking pool to the same rule: started up front, never shrinking.)
-#[derive(Default, Clone)]
-pub(super) struct Watchers {
-    idle: Arc<Mutex<Vec<mpsc::Sender<WatchJob>>>>,
+/// One container's init to wait for.
+struct Watch {
+    id: ContainerId,
+    pid: u32,
+    /// `None`: our child (reaped on SIGCHLD); `Some(start time)`: an adopted init, not our
+    /// child, polled in `/proc` (see the module docs of [`super`]).
+    adopted: Option<u64>,
+    cgroup_path: Option<PathBuf>,
+    done: mpsc::Sender<()>,
 }
 
-impl Watchers {
-    fn run(&self, mut job: WatchJob) -> io::Result<()> {
-        loop {
-            let Some(worker) = lock(&self.idle).pop() else {
-                break;
-            };
-            match worker.send(job) {
-                Ok(()) => return Ok(()),
-                Err(mpsc::SendError(back)) => job = back, // that thread is gone (a panic)
+/// What the reaper thread needs to report an exit.
+struct Reporter {
+    exits: UnboundedSender<ExitEvent>,
+    layout: CgroupLayout,
+    logs: Arc<Rotator>,
+}
+
+/// The one thread that waits for every container's init: woken by SIGCHLD, it reaps the
+/// inits that are our children *by pid* (never `waitpid(-1)`, which would steal the exit
+/// statuses of the agent's other children: `ip` commands, runtime helpers), and once a
+/// second it polls the adopted ones in `/proc`. It ends when the runtime is dropped.
+pub(super) struct Reaper {
+    jobs: tokio::sync::mpsc::UnboundedSender<Watch>,
+}
+
+impl Reaper {
+    pub(super) fn start(
+        exits: UnboundedSender<ExitEvent>,
+        layout: CgroupLayout,
+        logs: Arc<Rotator>,
+    ) -> io::Result<Self> {
+        let (jobs, rx) = tokio::sync::mpsc::unbounded_channel();
+        // A runtime of its own: tokio's SIGCHLD listener is the safe way to be woken, and
+        // the runtime may be made outside of any (tests, benches).
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_io()
+            .enable_time()
+            .build()?;
+        let sigchld = {
+            let _in = rt.enter();
+            tokio::signal::unix::signal(tokio::signal::unix::SignalKind::child())?
+        };
+        let reporter = Reporter {
+            exits,
+            layout,
+            logs,
+        };
+        std::thread::Builder::new()
+            .name("reaper".into())
+            .spawn(move || rt.block_on(reap_loop(rx, sigchld, reporter)))?;
+        Ok(Self { jobs })
+    }
+
+    fn watch(&self, w: Watch) -> io::Result<()> {
+        self.jobs
+            .send(w)
+            .map_err(|_| io::Error::other("the reaper thread is gone"))
+    }
+}
+
+async fn reap_loop(
+    mut jobs: tokio::sync::mpsc::UnboundedReceiver<Watch>,
+    mut sigchld: tokio::signal::unix::Signal,
+    reporter: Reporter,
+) {
+    let mut watched: Vec<Watch> = Vec::new();
+    let mut tick = tokio::time::interval(WATCH_EVERY);
+    loop {
+        let poll_adopted = tokio::select! {
+            _ = sigchld.recv() => false,
+            _ = tick.tick() => true,
+            job = jobs.recv() => match job {
+                Some(w) => { watched.push(w); false }
+                None => return,
+            },
+        };
+        while let Ok(w) = jobs.try_recv() {
+            watched.push(w);
+        }
+        let mut i = 0;
+        while i < watched.len() {
+            match check(&mut watched[i], poll_adopted) {
+                Some(reason) => reporter.report(watched.swap_remove(i), reason),
+                None => i += 1,
             }
         }
-        let (tx, rx) = mpsc::channel::<WatchJob>();
-        let (idle, me) = (self.idle.clone(), tx.clone());
-        {
-            let _clones = lock(&LIBCONTAINER);
-            crate::runtime::spawn_started("watch", move || {
-                while let Ok(job) = rx.recv() {
-                    job();
-                    lock(&idle).push(me.clone());
+    }
+}
+
+/// `Some` once the init has exited (and, if ours, was reaped).
+fn check(w: &mut Watch, poll_adopted: bool) -> Option<ExitReason> {
+    let Some(start_time) = w.adopted else {
+        let pid = Pid::from_raw(i32::try_from(w.pid).ok()?);
+        return match waitpid(pid, Some(WaitPidFlag::WNOHANG)) {
+            Ok(WaitStatus::Exited(_, code)) => Some(ExitReason::Exited(code)),
+            Ok(WaitStatus::Signaled(_, sig, _)) => Some(ExitReason::Signaled(sig as i32)),
+            Err(Errno::ECHILD) => {
+                // Not our child after all (another process reaped it, or we are no
+                // subreaper): watch it as an adopted one.
+                match proc_info(w.pid).filter(|p| !p.zombie) {
+                    Some(p) => {
+                        tracing::warn!(container = %w.id, pid = w.pid, "container init is not our child; polling it");
+                        w.adopted = Some(p.start_time);
+                        None
+                    }
+                    None => Some(ExitReason::Exited(-1)),
                 }
-            })?;
-        }
-        tx.send(job)
-            .map_err(|_| io::Error::other("a new watcher thread ended at once"))
+            }
+            Err(Errno::EINTR) | Ok(_) => None,
+            Err(e) => {
+                tracing::error!(container = %w.id, error = %e, "cannot collect container exit status");
+                Some(ExitReason::Exited(-1))
+            }
+        };
+    };
+    if !poll_adopted {
+        return None;
+    }
+    let alive = proc_info(w.pid).is_some_and(|p| !p.zombie && p.start_time == start_time);
+    (!alive).then_some(ExitReason::Exited(-1))
+}
+
+impl Reporter {
+    /// Blames the OOM killer where the cgroup says so, settles the log, reports the exit;
+    /// `delete` waits for that report through `reaped`.
+    fn report(&self, w: Watch, reason: ExitReason) {
+        let oom = w
+            .cgroup_path
+            .as_deref()
+            .and_then(|cg| self.layout.oom_kills(cg))
+            .unwrap_or(0)
+            > 0;
+        // Anything but a clean exit after an OOM kill in the cgroup is blamed on the OOM, as
+        // kubelet does (a shell whose child was OOM-killed exits 137, not SIGKILL).
+        let reason = match reason {
+            ExitReason::Exited(0) => reason,
+            _ if oom => ExitReason::OomKilled,
+            _ => reason,
+        };
+        self.logs.finish(w.id.as_str());
+        let what = if w.adopted.is_some() {
+            "adopted container exited"
+        } else {
+            "container exited"
+        };
+        tracing::debug!(container = %w.id, ?reason, "{what}");
+        let _ = self.exits.send(ExitEvent { id: w.id, reason });
+        let _ = w.done.send(());
     }
 }
 
 impl YoukiRuntime {
-    /// Watches an init that is not our child (see the module docs of [`super`]) and reports
-    /// its exit.
+    /// Reports the exit of an init that is not our child (see the module docs of [`super`]).
     pub(super) fn start_watcher(
         &self,
         id: ContainerId,
@@ -73,80 +185,37 @@ impl YoukiRuntime {
         start_time: u64,
         cgroup_path: Option<PathBuf>,
     ) -> Result<(), RuntimeError> {
-        self.on_exit(id, "adopted container exited", move |layout| {
-            while proc_info(pid).is_some_and(|p| !p.zombie && p.start_time == start_time) {
-                std::thread::sleep(WATCH_EVERY);
-            }
-            let oom = cgroup_path
-                .as_deref()
-                .and_then(|cg| layout.oom_kills(cg))
-                .unwrap_or(0)
-                > 0;
-            if oom {
-                ExitReason::OomKilled
-            } else {
-                ExitReason::Exited(-1)
-            }
-        })
+        self.on_exit(id, pid, Some(start_time), cgroup_path)
     }
 
+    /// Reports the exit of an init that is our child.
     pub(super) fn start_reaper(
         &self,
         id: ContainerId,
-        pid: Pid,
+        pid: u32,
         cgroup_path: PathBuf,
     ) -> Result<(), RuntimeError> {
-        let who = id.clone();
-        self.on_exit(id, "container exited", move |layout| {
-            let status = loop {
-                match waitpid(pid, None) {
-                    Err(Errno::EINTR) => continue,
-                    other => break other,
-                }
-            };
-            let reason = match status {
-                Ok(WaitStatus::Exited(_, code)) => ExitReason::Exited(code),
-                Ok(WaitStatus::Signaled(_, sig, _)) => ExitReason::Signaled(sig as i32),
-                other => {
-                    tracing::error!(container = %who, status = ?other, "cannot collect container exit status");
-                    ExitReason::Exited(-1)
-                }
-            };
-            // Anything but a clean exit after an OOM kill in the cgroup is blamed on the OOM,
-            // as kubelet does (a shell whose child was OOM-killed exits 137, not SIGKILL).
-            let oom = layout.oom_kills(&cgroup_path).unwrap_or(0) > 0;
-            match reason {
-                ExitReason::Exited(0) => reason,
-                _ if oom => ExitReason::OomKilled,
-                _ => reason,
-            }
-        })
+        self.on_exit(id, pid, None, Some(cgroup_path))
     }
 
-    /// Runs `wait` on a watcher thread until the container is gone, then finishes its log
-    /// and reports the exit; `delete` waits for that report through `reaped`.
     fn on_exit(
         &self,
         id: ContainerId,
-        what: &'static str,
-        wait: impl FnOnce(&CgroupLayout) -> ExitReason + Send + 'static,
+        pid: u32,
+        adopted: Option<u64>,
+        cgroup_path: Option<PathBuf>,
     ) -> Result<(), RuntimeError> {
-        let (done_tx, done_rx) = mpsc::channel();
-        let exits = self.exits.clone();
-        let layout = self.layout.clone();
-        let rotator = self.logs.clone();
-        let key = id.clone();
-        self.watchers
-            .run(Box::new(move || {
-                let reason = wait(&layout);
-                rotator.finish(id.as_str());
-                tracing::debug!(container = %id, ?reason, "{what}");
-                let _ = exits.send(ExitEvent { id, reason });
-                let _ = done_tx.send(());
-            }))
-            .map_err(io_err(Path::new("/proc/self/task")))?;
-        lock(&self.reaped).insert(key, done_rx);
-        Ok(())
+        let (done, done_rx) = mpsc::channel();
+        lock(&self.reaped).insert(id.clone(), done_rx);
+        self.reaper
+            .watch(Watch {
+                id,
+                pid,
+                adopted,
+                cgroup_path,
+                done,
+            })
+            .map_err(io_err(Path::new("/proc/self/task")))
     }
 }
 
@@ -183,7 +252,6 @@ pub(super) fn reap_failed_build(before: &[Pid]) {
 
 /// Waits for our child `pid` until `timeout`, then kills and reaps it.
 pub(super) fn wait_with_timeout(pid: Pid, timeout: Duration) -> Result<ExecOutcome, Errno> {
-    use nix::sys::wait::WaitPidFlag;
     let deadline = std::time::Instant::now() + timeout;
     let mut nap = Duration::from_millis(1);
     loop {

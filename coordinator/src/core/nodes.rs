@@ -481,7 +481,10 @@ impl Core {
             self.record(
                 format!("node/{node}"),
                 "NodeLost",
-                format!("{why}: evicting {} pod(s) of deployments", evict.len()),
+                format!(
+                    "{why}: evicting {} pod(s) of Deployments and Jobs",
+                    evict.len()
+                ),
             );
             for name in evict {
                 self.pods.remove(&name);

@@ -153,12 +153,15 @@ impl Core {
             };
             self.watches.push(Watched::Kind(kind), ev);
         }
-        let new: Vec<_> = self
+        // Only the newest events can be new: walk back from the end, not over all of them.
+        let mut new: Vec<_> = self
             .events
             .iter()
-            .filter(|(seq, _)| *seq >= first_event)
+            .rev()
+            .take_while(|(seq, _)| *seq >= first_event)
             .map(|(seq, e)| (*seq, e.clone()))
             .collect();
+        new.reverse();
         for (seq, e) in new {
             let ev = WatchEvent {
                 change: Change::Added,

@@ -211,11 +211,22 @@ impl Netns {
     /// Runs `program` inside the namespace. `nsenter --net` rather than `ip netns exec`:
     /// the latter also remounts /sys in a new mount namespace, which hides the cgroup
     /// hierarchy from the agent.
+    ///
+    /// Every agent a test starts in a namespace, whichever way (directly, under `timeout`,
+    /// through a supervisor), gets the lab's eviction levels from its environment: with
+    /// kubelet's `nodefs.available<10%` the host's disk decides whether a test's node is
+    /// under DiskPressure (CI once failed ten image tests on a disk 91% used: the pressure
+    /// collected a half-pulled layer). A test of pressure passes `--eviction-hard`, which wins.
     pub fn cmd(&self, program: impl AsRef<std::ffi::OsStr>) -> Command {
         let mut c = Command::new("nsenter");
         c.arg(format!("--net=/run/netns/{}", self.0))
             .arg("--")
-            .arg(program);
+            .arg(program)
+            .env("BATON_EVICTION_HARD", lab::LAB_EVICTION_HARD)
+            .env(
+                "BATON_EVICTION_PRESSURE_TRANSITION_PERIOD",
+                lab::LAB_TRANSITION_PERIOD,
+            );
         c
     }
 }

@@ -15,9 +15,7 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, ensure, Context, Result};
 use baton_e2e::fleet::{http_info, wait_cleaned_up};
 use baton_e2e::proxy::{Proxy, Rule};
-use baton_e2e::{
-    bin, items, repo_root, sh, wait_for, Agent, Broker, Lab, Netns, Proc, LAB_TRANSITION_PERIOD,
-};
+use baton_e2e::{bin, items, repo_root, sh, wait_for, Agent, Broker, Lab, Netns, Proc};
 use serde_json::{json, Value};
 use sha2::{Digest, Sha256};
 
@@ -149,13 +147,10 @@ impl Rig {
             .arg("--data-dir")
             .arg(&a.data_dir)
             .args(&self.args[i])
-            .env("RUST_LOG", "info,libcgroups=error,libcontainer=warn")
-            // A pull that fills the small image disk for a moment must not keep the node
-            // tainted for kubelet's 5 min transition period in these tests.
-            .env(
-                "BATON_EVICTION_PRESSURE_TRANSITION_PERIOD",
-                LAB_TRANSITION_PERIOD,
-            );
+            // (The lab's eviction levels and 1 s transition period come with `Netns::cmd`:
+            // a pull that fills the small image disk for a moment must not keep the node
+            // tainted for kubelet's 5 min.)
+            .env("RUST_LOG", "info,libcgroups=error,libcontainer=warn");
         let log = a.data_dir.with_extension("log");
         a.proc = Some(Proc::spawn_appending(&a.name.clone(), &mut cmd, log)?);
         let name = a.name.clone();

@@ -9,7 +9,7 @@
 use std::collections::BTreeSet;
 use std::time::{Duration, Instant};
 
-use anyhow::{ensure, Result};
+use anyhow::{ensure, Context, Result};
 use baton_e2e::fleet::{node_of, text, uid};
 use baton_e2e::{container_pids, items, wait_for, Broker, Lab};
 use serde_json::Value;
@@ -146,7 +146,28 @@ fn scenario(lab: &mut Lab) -> Result<()> {
         fails["status"]["failed"] == 2,
         "backoffLimit 1: two failed pods: {fails}"
     );
-    ensure!(job_pods(lab, "fails")?.len() == 2, "no third pod");
+    let mut failed = job_pods(lab, "fails")?;
+    ensure!(failed.len() == 2, "no third pod");
+    // Kubernetes' back-off: the second pod comes 10 s or more after the first one's
+    // failure was counted (both times from the coordinator's clock, to the second).
+    failed.sort_by_key(|p| {
+        p["metadata"]["creationTimestamp"]
+            .as_str()
+            .map(str::to_owned)
+    });
+    let time = |v: &Value| -> Result<std::time::SystemTime> {
+        let s = v.as_str().with_context(|| format!("no time: {v}"))?;
+        Ok(humantime::parse_rfc3339_weak(s)?)
+    };
+    let first_failed = time(&failed[0]["metadata"]["annotations"]["baton.io/job-counted"])?;
+    let second_created = time(&failed[1]["metadata"]["creationTimestamp"])?;
+    let waited = second_created
+        .duration_since(first_failed)
+        .unwrap_or_default();
+    ensure!(
+        waited >= Duration::from_secs(10),
+        "the retry came {waited:?} after the failure, not 10 s or more"
+    );
 
     let table = out(lab, &["get", "jobs"])?;
     let header = row(&table, "NAME");

@@ -74,7 +74,7 @@ impl Core {
                 if let Some(p) = self.pods.get_mut(pod_name) {
                     p.metadata
                         .annotations
-                        .insert(api::JOB_COUNTED_ANNOTATION.into(), "true".into());
+                        .insert(api::JOB_COUNTED_ANNOTATION.into(), job::counted_value(now));
                     self.touch(Tab::Pod, pod_name);
                 }
             }

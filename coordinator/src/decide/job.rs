@@ -10,6 +10,10 @@
 //! A Job's pods are not bound to a node: the core's node-loss eviction deletes the live
 //! ones of a lost node and this controller replaces them elsewhere.
 //!
+//! A failed pod's replacement waits, as in Kubernetes: 10 s after the first failure, doubling
+//! with each one, at most 6 min ([`retry_delay`]). A failure's time is when it was counted
+//! (the annotation's value), so the wait survives a coordinator restart.
+//!
 //! Once finished (a `Complete` or `Failed` condition) a Job creates nothing again and
 //! its live pods are deleted; `ttlSecondsAfterFinished` later the core deletes the Job.
 //! No clock is read here: `now` is an argument.
@@ -34,6 +38,9 @@ pub struct JobPlan {
 }
 
 pub const REASON_BACKOFF: &str = "BackoffLimitExceeded";
+/// Kubernetes' pod failure back-off: the first retry's wait, and the most it grows to.
+pub const RETRY_DELAY_FIRST: Duration = Duration::from_secs(10);
+pub const RETRY_DELAY_MAX: Duration = Duration::from_secs(6 * 60);
 pub const REASON_DEADLINE: &str = "DeadlineExceeded";
 
 fn rfc3339(t: SystemTime) -> String {
@@ -42,6 +49,30 @@ fn rfc3339(t: SystemTime) -> String {
 
 fn parse(t: &str) -> Option<SystemTime> {
     humantime::parse_rfc3339_weak(t).ok()
+}
+
+/// How long a Job waits after its `failures`-th failed pod before creating another:
+/// 10 s, 20 s, 40 s, ... at most 6 min. No wait before any failure.
+pub fn retry_delay(failures: u32) -> Duration {
+    match failures {
+        0 => Duration::ZERO,
+        n => RETRY_DELAY_FIRST
+            .saturating_mul(1u32.checked_shl(n - 1).unwrap_or(u32::MAX))
+            .min(RETRY_DELAY_MAX),
+    }
+}
+
+/// The value of [`api::JOB_COUNTED_ANNOTATION`] on a pod counted at `now`.
+pub fn counted_value(now: SystemTime) -> String {
+    rfc3339(now)
+}
+
+/// When a counted pod was counted (`None` for pods counted before the value was a time).
+fn counted_at(p: &api::Pod) -> Option<SystemTime> {
+    p.metadata
+        .annotations
+        .get(api::JOB_COUNTED_ANNOTATION)
+        .and_then(|v| parse(v))
 }
 
 fn is_counted(p: &api::Pod) -> bool {
@@ -202,7 +233,17 @@ pub fn reconcile_job(
             None if succeeded > 0 => live.len(),
             None => spec.parallelism as usize,
         };
-        if live.len() < want {
+        // The newest failure: counted earlier (its annotation), or by this call (now).
+        let last_failure = if newly(api::PodPhase::Failed) > 0 {
+            Some(now)
+        } else {
+            pods.iter()
+                .filter(|p| p.status.phase == api::PodPhase::Failed)
+                .filter_map(|p| counted_at(p))
+                .max()
+        };
+        let backing_off = last_failure.is_some_and(|t| now < t + retry_delay(failed));
+        if live.len() < want && !backing_off {
             for _ in live.len()..want {
                 actions.push(Action::CreatePod(new_pod(job, &suffix())));
             }

@@ -42,7 +42,7 @@ fn step(j: &mut api::Job, pods: &mut Vec<api::Pod>, now: SystemTime) -> JobPlan 
         let p = pods.iter_mut().find(|p| &p.metadata.name == name).unwrap();
         p.metadata
             .annotations
-            .insert(api::JOB_COUNTED_ANNOTATION.into(), "true".into());
+            .insert(api::JOB_COUNTED_ANNOTATION.into(), counted_value(now));
     }
     j.status = plan.status.clone();
     plan
@@ -123,21 +123,23 @@ fn backoff_limit_fails_the_job_and_stops_its_pods() {
     step(&mut j, &mut pods, t(0));
     set_phase(&mut pods, "pi-0", api::PodPhase::Failed);
     let plan = step(&mut j, &mut pods, t(1));
+    assert!(plan.actions.is_empty(), "the replacement waits 10 s");
+    assert_eq!(j.status.failed, 1);
+    let plan = step(&mut j, &mut pods, t(11));
     assert_eq!(
         plan.actions.len(),
         1,
         "one failure within the limit is replaced"
     );
-    assert_eq!(j.status.failed, 1);
     set_phase(&mut pods, "pi-2", api::PodPhase::Failed);
-    let plan = step(&mut j, &mut pods, t(2));
+    let plan = step(&mut j, &mut pods, t(12));
     let c = plan.finished_now.expect("failed");
     assert_eq!(c.type_, api::JobConditionType::Failed);
     assert_eq!(c.reason.as_deref(), Some(REASON_BACKOFF));
     assert_eq!(plan.actions, vec![Action::DeletePod("pi-1".into())]);
     assert_eq!((j.status.active, j.status.failed), (0, 2));
     assert!(j.status.completion_time.is_none());
-    assert!(step(&mut j, &mut pods, t(3)).actions.is_empty());
+    assert!(step(&mut j, &mut pods, t(13)).actions.is_empty());
 }
 
 #[test]
@@ -260,4 +262,51 @@ fn lower_parallelism_deletes_the_newest() {
             Action::DeletePod("pi-1".into())
         ]
     );
+}
+
+#[test]
+fn retry_delay_doubles_from_10_s_up_to_6_min() {
+    let secs: Vec<u64> = (0..8).map(|n| retry_delay(n).as_secs()).collect();
+    assert_eq!(secs, [0, 10, 20, 40, 80, 160, 320, 360]);
+    assert_eq!(retry_delay(u32::MAX), RETRY_DELAY_MAX);
+}
+
+#[test]
+fn each_failure_doubles_the_wait_before_the_next_pod_and_it_survives_a_restart() {
+    let mut j = job("  backoffLimit: 5\n", "Never");
+    let mut pods = Vec::new();
+    step(&mut j, &mut pods, t(0));
+    // Fail the live pod at `at`; the next one must not come before `at + wait`, and
+    // comes at that moment.
+    let mut at = 5;
+    for (n, wait) in [(0, 10), (1, 20), (2, 40)] {
+        set_phase(&mut pods, &format!("pi-{n}"), api::PodPhase::Failed);
+        assert!(step(&mut j, &mut pods, t(at)).actions.is_empty());
+        // A restarted coordinator sees the same pods and Job status (the counted time is
+        // on the pod), and waits the same.
+        let mut restarted = j.clone();
+        let mut same = pods.clone();
+        assert!(
+            step(&mut restarted, &mut same, t(at + wait - 1))
+                .actions
+                .is_empty(),
+            "failure {}: nothing before {wait} s",
+            n + 1
+        );
+        let plan = step(&mut j, &mut pods, t(at + wait));
+        assert_eq!(
+            plan.actions.len(),
+            1,
+            "failure {}: retried after {wait} s",
+            n + 1
+        );
+        assert_eq!(j.status.active, 1);
+        at += wait + 3;
+    }
+    // A success does not wait.
+    let mut j = job("  completions: 2\n", "Never");
+    let mut pods = Vec::new();
+    step(&mut j, &mut pods, t(0));
+    set_phase(&mut pods, "pi-0", api::PodPhase::Succeeded);
+    assert_eq!(step(&mut j, &mut pods, t(1)).actions.len(), 1);
 }

@@ -10,7 +10,8 @@ pub const JOB_NAME_LABEL: &str = "batch.kubernetes.io/job-name";
 pub const LEGACY_JOB_NAME_LABEL: &str = "job-name";
 /// Set on a Job's pod once its end is counted in the Job's status (Kubernetes tracks the
 /// same with a finalizer): deleting a counted pod loses nothing, and a pod is never
-/// counted twice.
+/// counted twice. Its value is when it was counted (RFC 3339): a failure's time, from which
+/// the next pod's back-off counts.
 pub const JOB_COUNTED_ANNOTATION: &str = "baton.io/job-counted";
 /// Kubernetes' default `backoffLimit`.
 pub const DEFAULT_BACKOFF_LIMIT: u32 = 6;

@@ -125,6 +125,8 @@ pub struct Bus {
     last_connect_error: Arc<Mutex<Option<String>>>,
     /// Serves `baton logs` once [`Bus::serve_logs`] is called (see [`crate::logs`]).
     logs: Arc<std::sync::OnceLock<Arc<LogServer>>>,
+    /// [`Bus::close`]: ends the connection task.
+    close: Arc<tokio::sync::Notify>,
 }
 
 impl Bus {
@@ -179,13 +181,18 @@ impl Bus {
             security,
             last_connect_error: Arc::new(Mutex::new(None)),
             logs: Arc::new(std::sync::OnceLock::new()),
+            close: Arc::new(tokio::sync::Notify::new()),
         };
         let task = bus.clone();
         tokio::spawn(async move {
             let mut backoff = Duration::from_millis(250);
             let mut link = LinkLog::new(url, tls);
             loop {
-                match eventloop.poll().await {
+                let polled = tokio::select! {
+                    _ = task.close.notified() => return,
+                    p = eventloop.poll() => p,
+                };
+                match polled {
                     Ok(Event::Incoming(Packet::ConnAck(_))) => {
                         let (_, report) = link.connected(&task.node);
                         *task
@@ -313,6 +320,14 @@ impl Bus {
     /// (its counters). Later calls return the first one.
     pub fn serve_logs(&self, pods_dir: std::path::PathBuf) -> Arc<LogServer> {
         self.logs.get_or_init(|| LogServer::new(pods_dir)).clone()
+    }
+
+    /// Ends the connection task, dropping the connection without an MQTT DISCONNECT: to
+    /// the broker this is a vanished node (its last will is published), as after a kill -9.
+    /// The fleet simulator (`sim/`) loses nodes this way.
+    pub fn close(&self) {
+        self.close.notify_one();
+        self.connected.store(false, Ordering::SeqCst);
     }
 
     pub fn is_connected(&self) -> bool {
@@ -611,6 +626,7 @@ mod tests {
             security,
             last_connect_error: Arc::new(Mutex::new(None)),
             logs: Arc::new(std::sync::OnceLock::new()),
+            close: Arc::new(tokio::sync::Notify::new()),
         }
     }
 

@@ -263,7 +263,13 @@ async fn node(mut ctx: NodeCtx, mut ctl: mpsc::Receiver<Ctl>, lost: Arc<AtomicBo
                     Some(BusEvent::AgentUpdate(_)) => continue,
                     None => return Ok(()),
                 },
-                _ = tick.tick() => Input::Tick,
+                // As the agent's heartbeat: nothing is sent while the link is down.
+                _ = tick.tick() => {
+                    if !connected {
+                        continue;
+                    }
+                    Input::Tick
+                }
                 c = ctl.recv() => match c {
                     Some(Ctl::Crash) => Input::CrashOne,
                     Some(Ctl::Lose) => break,

@@ -46,16 +46,20 @@ wait_until() { # fn limit start
     if awk -v s="$start" -v n="$(now)" -v l="$2" 'BEGIN { exit !(n - s > l) }'; then
       echo timeout; return 1
     fi
-    sleep 0.5
+    sleep "${poll:-1}"
   done
   since "$start"
 }
 
 export BATON_SERVER=http://$http
-nodes_ready() { # how many nodes are Ready
-  "$baton" get nodes -o json 2>/dev/null |
-    python3 -c 'import json,sys; d=json.load(sys.stdin); print(sum(1 for n in d.get("items",[]) if n["status"].get("ready")))' 2>/dev/null || echo 0
+# One sample of a gauge from /metrics (cheap next to listing thousands of objects as JSON,
+# which would load the coordinator being measured): metric NAME with label LABEL.
+gauge() { # name label
+  curl -s -H "Authorization: Bearer $token" "http://$http/metrics" 2>/dev/null |
+    awk -v m="$1{$2}" '$1 == m { print $2; found = 1 } END { if (!found) print 0 }'
 }
+nodes_ready() { gauge baton_nodes 'state="Ready"'; }
+pods_running() { gauge baton_pods 'phase="Running"'; }
 # The fleet's pods that are Running and ready on a Ready node (a lost node's pods still count
 # as ready in the Deployment's status until they are evicted).
 ready_replicas() {
@@ -96,6 +100,7 @@ EOF
   coord=$!; pids+=("$coord")
   export BATON_CONFIG=$work/coordinator/admin.conf
   for _ in $(seq 1 100); do "$baton" get nodes >/dev/null 2>&1 && break; sleep 0.1; done
+  token=$(python3 -c 'import re,sys; print(re.search(r"token\W+([A-Za-z0-9._~+/=-]+)", open(sys.argv[1]).read()).group(1))' "$BATON_CONFIG")
   rm -f "$work/sim.in"; mkfifo "$work/sim.in"
   RUST_LOG=error "$sim" --coordinator "mqtt://127.0.0.1:$mqtt_port" --nodes "$n" --stats-secs 10 \
     <"$work/sim.in" >"$work/sim.out" 2>"$work/sim.err" &
@@ -125,7 +130,7 @@ spec:
 EOF
   start=$(now)
   "$baton" apply -f "$work/fleet.yaml" >/dev/null
-  all_running() { [ "$(ready_replicas)" -ge "$n" ]; }
+  all_running() { [ "$(pods_running)" -ge "$n" ]; }
   apply=$(wait_until all_running $((120 + n / 10)) "$start") || true
 
   echo "lose 10" >&9
@@ -133,7 +138,7 @@ EOF
   lost=$(( n / 10 ))
   healed() { [ "$(nodes_ready)" -le $((n - lost)) ] && [ "$(ready_replicas)" -ge "$n" ]; }
   sleep 2
-  heal=$(wait_until healed $((180 + n / 10)) "$start") || true
+  heal=$(poll=3 wait_until healed $((180 + n / 10)) "$start") || true
   peak=$(( $(hwm_kib "$coord") / 1024 ))
   b_peak="-"; [ -n "$broker_pid" ] && b_peak=$(( $(hwm_kib "$broker_pid") / 1024 ))
   printf '%-7s %-9s %-9s %-22s %-22s %-10s %-10s %-12s\n' "$n" "$broker" "$join" "$idle_rss/$peak" "$b_idle/$b_peak" "$cpu" "$apply" "$heal"

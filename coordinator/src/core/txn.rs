@@ -57,11 +57,7 @@ impl Core {
                 .entry(n.metadata.name.clone())
                 .or_insert(now);
         }
-        self.desired = self
-            .nodes
-            .keys()
-            .map(|n| (n.clone(), self.desired_pods(n)))
-            .collect();
+        self.desired = self.desired_by_node().into_iter().collect();
         self.desired_secrets = self
             .nodes
             .keys()

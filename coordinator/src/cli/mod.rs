@@ -297,6 +297,8 @@ fn qualified(kind: ResourceKind) -> &'static str {
         ResourceKind::Secret => "secret",
         ResourceKind::AgentUpdate => "agentupdate.baton.io",
         ResourceKind::ConfigMap => "configmap",
+        ResourceKind::Service => "service",
+        ResourceKind::Endpoints => "endpoints",
     }
 }
 

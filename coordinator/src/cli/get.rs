@@ -192,6 +192,20 @@ fn config_map(o: ApiObject) -> Option<crate::model::api::ConfigMap> {
     }
 }
 
+pub(super) fn service(o: ApiObject) -> Option<crate::model::api::Service> {
+    match o {
+        ApiObject::Service(s) => Some(s),
+        _ => None,
+    }
+}
+
+pub(super) fn endpoints(o: ApiObject) -> Option<crate::model::api::Endpoints> {
+    match o {
+        ApiObject::Endpoints(e) => Some(e),
+        _ => None,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -317,19 +331,5 @@ spec:
         let was: Value = serde_json::from_slice(&sent).unwrap();
         let read = crate::contract::body::List::<ApiObject>::parse(&sent).unwrap();
         assert_eq!(document(&read.items, false).unwrap()["items"], was["items"]);
-    }
-}
-
-pub(super) fn service(o: ApiObject) -> Option<crate::model::api::Service> {
-    match o {
-        ApiObject::Service(s) => Some(s),
-        _ => None,
-    }
-}
-
-pub(super) fn endpoints(o: ApiObject) -> Option<crate::model::api::Endpoints> {
-    match o {
-        ApiObject::Endpoints(e) => Some(e),
-        _ => None,
     }
 }

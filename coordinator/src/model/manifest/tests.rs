@@ -22,6 +22,7 @@ fn render(result: Result<Vec<api::Object>, ManifestError>) -> String {
                 api::Object::Secret(s) => serde_yaml_ng::to_string(s),
                 api::Object::AgentUpdate(u) => serde_yaml_ng::to_string(u),
                 api::Object::ConfigMap(c) => serde_yaml_ng::to_string(c),
+                api::Object::Service(s) => serde_yaml_ng::to_string(s),
             })
             .collect::<Result<Vec<_>, _>>()
             .expect("api objects serialize")

@@ -168,3 +168,36 @@ spec:
     .unwrap();
     assert!(get_eps(&mut h).subsets.is_empty());
 }
+
+#[tokio::test(start_paused = true)]
+async fn services_are_watched_with_their_addresses() {
+    use crate::contract::watch::Change;
+    use crate::core::watch::{WatchRequest, Watched};
+    let mut h = two_nodes();
+    let (reply, mut rx) = tokio::sync::oneshot::channel();
+    h.core.handle(Event::Watch(WatchRequest {
+        what: Watched::Kind(ResourceKind::Service),
+        since: None,
+        reply,
+    }));
+    let mut w = rx.try_recv().expect("the core answers").unwrap();
+    h.apply(WEB).unwrap();
+    h.api(ApiOp::Delete {
+        kind: ResourceKind::Service,
+        name: "web".into(),
+    })
+    .unwrap();
+    let mut seen = Vec::new();
+    while let Ok(e) = w.live.try_recv() {
+        seen.push(e);
+    }
+    assert_eq!(seen.len(), 2, "{seen:?}");
+    assert_eq!(
+        (seen[0].change, seen[1].change),
+        (Change::Added, Change::Deleted)
+    );
+    let Some(ApiObject::Service(s)) = &seen[0].object else {
+        panic!("a service: {:?}", seen[0]);
+    };
+    assert_eq!(s.spec.cluster_ip, "10.43.0.2");
+}

@@ -430,7 +430,7 @@ impl Core {
 
     /// Sets the admission policy `apply` checks pods against (default: deny all).
     /// Sets the network ClusterIPs are allocated from. Services stored earlier keep theirs
-    /// even outside it; a re-apply that keeps one is checked against the new CIDR.
+    /// even outside it, also when applied again.
     pub fn with_service_cidr(mut self, cidr: crate::decide::service::ServiceCidr) -> Self {
         self.service_cidr = cidr;
         self

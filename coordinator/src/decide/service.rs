@@ -149,6 +149,8 @@ pub fn allocate(
     }
     if !spec.is_headless() {
         let ip = match spec.cluster_ip.parse::<Ipv4Addr>() {
+            // A Service keeps the address it has even if --service-cidr changed since.
+            Ok(ip) if old.is_some_and(|o| o.spec.cluster_ip == spec.cluster_ip) => ip,
             Ok(ip) => {
                 if !cidr.contains(ip) {
                     return Err(ServiceError::OutsideCidr { ip, cidr });

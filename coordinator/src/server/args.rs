@@ -319,6 +319,22 @@ mod tests {
     }
 
     #[test]
+    fn service_cidr_defaults_to_k3s_and_refuses_nonsense() {
+        let cidr = |args: &[&str]| {
+            parse(args)
+                .map(|s| s.config().service_cidr.to_string())
+                .map_err(|e| e.to_string())
+        };
+        assert_eq!(cidr(&[]).unwrap(), "10.43.0.0/16");
+        assert_eq!(
+            cidr(&["--service-cidr", "10.96.0.0/12"]).unwrap(),
+            "10.96.0.0/12"
+        );
+        let err = cidr(&["--service-cidr", "10.96.0.0"]).unwrap_err();
+        assert!(err.contains("invalid service CIDR \"10.96.0.0\""), "{err}");
+    }
+
+    #[test]
     fn allow_host_port_replaces_the_default_and_repeats() {
         let policy = |args: &[&str]| {
             parse(args)

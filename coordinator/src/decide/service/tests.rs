@@ -86,6 +86,15 @@ fn cluster_ips_are_the_lowest_free_past_the_reserved_first() {
     )
     .unwrap();
     assert_eq!(again.spec.cluster_ip, "10.43.0.2");
+    // ...even after the service CIDR changed.
+    let moved = allocate(
+        svc("a", api::ServiceType::ClusterIP, http()),
+        Some(&a),
+        &Taken::default(),
+        cidr("10.96.0.0/12"),
+    )
+    .unwrap();
+    assert_eq!(moved.spec.cluster_ip, "10.43.0.2");
     // A headless Service gets none.
     let mut h = svc("h", api::ServiceType::ClusterIP, vec![]);
     h.spec.cluster_ip = api::CLUSTER_IP_NONE.into();

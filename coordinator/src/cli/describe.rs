@@ -12,6 +12,7 @@ use super::render::describe::{
     describe_config_map, describe_deployment, describe_node, describe_pod, describe_secret,
 };
 use super::render::job::describe_job;
+use super::render::service::describe_service;
 use super::{named, CliError};
 use crate::contract::body::ApiObject;
 use crate::contract::{routes, NoBody, ResourceKind};
@@ -61,5 +62,18 @@ pub(super) async fn describe(
         ApiObject::Secret(s) => describe_secret(&s, &events, now),
         ApiObject::AgentUpdate(u) => describe_agent_update(&u, &events, now),
         ApiObject::ConfigMap(c) => describe_config_map(&c, &events, now),
+        ApiObject::Service(s) => {
+            // kubectl reads the Endpoints object beside the Service the same way.
+            let eps = routes::GetObject {
+                kind: ResourceKind::Endpoints,
+                name: s.metadata.name.clone(),
+            };
+            let endpoints = match client.call(&eps, &NoBody).await? {
+                ApiObject::Endpoints(e) => e,
+                _ => return Err(other_kind()),
+            };
+            describe_service(&s, Some(&endpoints), &events, now)
+        }
+        ApiObject::Endpoints(e) => super::render::service::endpoints_table(&[e], now),
     })
 }

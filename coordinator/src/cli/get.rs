@@ -10,6 +10,7 @@ use super::render::agent_update::agent_updates_table;
 use super::render::cron_job::cron_jobs_table;
 use super::render::daemon_set::daemon_sets_table;
 use super::render::job::jobs_table;
+use super::render::service::{endpoints_table, services_table};
 use super::render::{config_maps_table, deployments_table, nodes_table, pods_table, secrets_table};
 use super::{target, to_value, CliError, Output};
 use crate::contract::body::ApiObject;
@@ -74,6 +75,8 @@ pub(super) async fn get(
                     ResourceKind::ConfigMap => {
                         config_maps_table(&of_kind(objects, config_map)?, now)
                     }
+                    ResourceKind::Service => services_table(&of_kind(objects, service)?, wide, now),
+                    ResourceKind::Endpoints => endpoints_table(&of_kind(objects, endpoints)?, now),
                 }
             }
         }
@@ -121,6 +124,8 @@ pub(super) fn kind_of(o: &ApiObject) -> ResourceKind {
         ApiObject::Secret(_) => ResourceKind::Secret,
         ApiObject::AgentUpdate(_) => ResourceKind::AgentUpdate,
         ApiObject::ConfigMap(_) => ResourceKind::ConfigMap,
+        ApiObject::Service(_) => ResourceKind::Service,
+        ApiObject::Endpoints(_) => ResourceKind::Endpoints,
     }
 }
 
@@ -183,6 +188,20 @@ fn secret(o: ApiObject) -> Option<crate::contract::body::SecretView> {
 fn config_map(o: ApiObject) -> Option<crate::model::api::ConfigMap> {
     match o {
         ApiObject::ConfigMap(c) => Some(c),
+        _ => None,
+    }
+}
+
+pub(super) fn service(o: ApiObject) -> Option<crate::model::api::Service> {
+    match o {
+        ApiObject::Service(s) => Some(s),
+        _ => None,
+    }
+}
+
+pub(super) fn endpoints(o: ApiObject) -> Option<crate::model::api::Endpoints> {
+    match o {
+        ApiObject::Endpoints(e) => Some(e),
         _ => None,
     }
 }

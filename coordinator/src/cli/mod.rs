@@ -297,6 +297,8 @@ fn qualified(kind: ResourceKind) -> &'static str {
         ResourceKind::Secret => "secret",
         ResourceKind::AgentUpdate => "agentupdate.baton.io",
         ResourceKind::ConfigMap => "configmap",
+        ResourceKind::Service => "service",
+        ResourceKind::Endpoints => "endpoints",
     }
 }
 
@@ -410,7 +412,8 @@ mod tests {
             target("no", Some("pi-1")).unwrap(),
             (ResourceKind::Node, Some("pi-1".into()))
         );
-        assert!(target("services", None).is_err());
+        assert!(target("ingresses", None).is_err());
+        assert_eq!(target("svc", None).unwrap(), (ResourceKind::Service, None));
         assert!(target("pod/a", Some("b")).is_err());
         assert!(named("deploy", None, "scale").is_err());
     }

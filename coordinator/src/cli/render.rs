@@ -7,6 +7,7 @@ pub mod cron_job;
 pub mod daemon_set;
 pub mod describe;
 pub mod job;
+pub mod service;
 
 use std::collections::BTreeMap;
 use std::time::{Duration, SystemTime};

@@ -59,6 +59,12 @@ fn row(ev: &WatchEvent, wide: bool) -> Option<(String, String)> {
         (Some(ApiObject::Job(j)), _) => jobs_table(std::slice::from_ref(j), wide, now),
         (Some(ApiObject::CronJob(c)), _) => cron_jobs_table(std::slice::from_ref(c), wide, now),
         (Some(ApiObject::ConfigMap(c)), _) => config_maps_table(std::slice::from_ref(c), now),
+        (Some(ApiObject::Service(s)), _) => {
+            super::render::service::services_table(std::slice::from_ref(s), wide, now)
+        }
+        (Some(ApiObject::Endpoints(e)), _) => {
+            super::render::service::endpoints_table(std::slice::from_ref(e), now)
+        }
         (Some(ApiObject::AgentUpdate(_)), _) => format!("NAME\n{}\n", ev.name),
         (None, None) => format!("NAME   STATUS\n{}   Deleted\n", ev.name),
     };

@@ -29,6 +29,8 @@ pub enum ApiObject {
     Secret(SecretView),
     AgentUpdate(api::AgentUpdate),
     ConfigMap(api::ConfigMap),
+    Service(api::Service),
+    Endpoints(api::Endpoints),
 }
 
 impl ApiObject {
@@ -44,6 +46,8 @@ impl ApiObject {
             ApiObject::Job(o) => &o.metadata.name,
             ApiObject::CronJob(o) => &o.metadata.name,
             ApiObject::ConfigMap(o) => &o.metadata.name,
+            ApiObject::Service(o) => &o.metadata.name,
+            ApiObject::Endpoints(o) => &o.metadata.name,
         }
     }
 }
@@ -62,6 +66,8 @@ impl<'de> Deserialize<'de> for ApiObject {
             Some(ResourceKind::Pod) => serde_json::from_value(v).map(ApiObject::Pod),
             Some(ResourceKind::Secret) => serde_json::from_value(v).map(ApiObject::Secret),
             Some(ResourceKind::ConfigMap) => serde_json::from_value(v).map(ApiObject::ConfigMap),
+            Some(ResourceKind::Service) => serde_json::from_value(v).map(ApiObject::Service),
+            Some(ResourceKind::Endpoints) => serde_json::from_value(v).map(ApiObject::Endpoints),
             Some(ResourceKind::AgentUpdate) => {
                 serde_json::from_value(v).map(ApiObject::AgentUpdate)
             }

@@ -14,6 +14,9 @@ pub enum ResourceKind {
     Secret,
     AgentUpdate,
     ConfigMap,
+    Service,
+    /// Derived from a Service and the pods; read only.
+    Endpoints,
 }
 
 impl ResourceKind {
@@ -34,6 +37,8 @@ impl ResourceKind {
             "pods" | "pod" | "po" => Some(Self::Pod),
             "secrets" | "secret" => Some(Self::Secret),
             "configmaps" | "configmap" | "cm" => Some(Self::ConfigMap),
+            "services" | "service" | "svc" => Some(Self::Service),
+            "endpoints" | "ep" => Some(Self::Endpoints),
             "agentupdates" | "agentupdate" | "agentupdates.baton.io" | "agentupdate.baton.io" => {
                 Some(Self::AgentUpdate)
             }
@@ -52,6 +57,8 @@ impl ResourceKind {
             Self::Secret => "secret",
             Self::AgentUpdate => "agentupdate",
             Self::ConfigMap => "configmap",
+            Self::Service => "service",
+            Self::Endpoints => "endpoints",
         }
     }
     pub fn plural(self) -> &'static str {
@@ -65,6 +72,8 @@ impl ResourceKind {
             Self::Secret => "secrets",
             Self::AgentUpdate => "agentupdates",
             Self::ConfigMap => "configmaps",
+            Self::Service => "services",
+            Self::Endpoints => "endpoints",
         }
     }
 }

@@ -44,6 +44,7 @@ mod nodes;
 mod requests;
 mod schedule;
 pub mod secrets;
+mod services;
 #[cfg(test)]
 mod tests;
 mod txn;
@@ -275,6 +276,7 @@ enum Tab {
     Secret,
     AgentUpdate,
     ConfigMap,
+    Service,
 }
 
 /// The coordinator's state and its transaction bookkeeping; see the module docs.
@@ -304,6 +306,10 @@ pub struct Core {
     secrets: BTreeMap<String, api::Secret>,
     /// ConfigMaps as applied.
     config_maps: BTreeMap<String, api::ConfigMap>,
+    /// Services with their allocated ClusterIP and nodePorts (`services`).
+    services: BTreeMap<String, api::Service>,
+    /// Where ClusterIPs come from (`baton server --service-cidr`).
+    service_cidr: crate::decide::service::ServiceCidr,
     /// Agent update rollouts by name (`agent_updates`).
     agent_updates: BTreeMap<String, api::AgentUpdate>,
     /// The imported agent releases (the registry's).
@@ -381,6 +387,8 @@ impl Core {
             nodes: BTreeMap::new(),
             secrets: BTreeMap::new(),
             config_maps: BTreeMap::new(),
+            services: BTreeMap::new(),
+            service_cidr: Default::default(),
             agent_updates: BTreeMap::new(),
             release_index: Arc::new(crate::model::release::NoReleases),
             rollout_versions: Default::default(),
@@ -421,6 +429,13 @@ impl Core {
     }
 
     /// Sets the admission policy `apply` checks pods against (default: deny all).
+    /// Sets the network ClusterIPs are allocated from. Services stored earlier keep theirs
+    /// even outside it, also when applied again.
+    pub fn with_service_cidr(mut self, cidr: crate::decide::service::ServiceCidr) -> Self {
+        self.service_cidr = cidr;
+        self
+    }
+
     pub fn with_policy(mut self, policy: Policy) -> Self {
         self.policy = policy;
         self

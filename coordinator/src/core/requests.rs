@@ -174,6 +174,14 @@ impl Core {
                 .get(name)
                 .cloned()
                 .map(ApiObject::ConfigMap),
+            ResourceKind::Service => self
+                .services
+                .get(name)
+                .map(|s| ApiObject::Service(self.service_view(s))),
+            ResourceKind::Endpoints => self
+                .services
+                .get(name)
+                .map(|s| ApiObject::Endpoints(self.endpoints_of(s))),
             ResourceKind::AgentUpdate => self
                 .agent_updates
                 .get(name)
@@ -213,6 +221,16 @@ impl Core {
                 .cloned()
                 .map(ApiObject::ConfigMap)
                 .collect(),
+            ResourceKind::Service => self
+                .services
+                .values()
+                .map(|s| ApiObject::Service(self.service_view(s)))
+                .collect(),
+            ResourceKind::Endpoints => self
+                .services
+                .values()
+                .map(|s| ApiObject::Endpoints(self.endpoints_of(s)))
+                .collect(),
             ResourceKind::AgentUpdate => self
                 .agent_updates
                 .values()
@@ -225,6 +243,7 @@ impl Core {
     fn apply(&mut self, yaml: &str) -> Result<Vec<Applied>, ApiError> {
         let objects =
             manifest::parse_manifests(yaml).map_err(|e| ApiError::BadRequest(e.to_string()))?;
+        let objects = self.allocate_services(objects)?;
         // Validate everything before changing anything: all or nothing.
         for o in &objects {
             match o {
@@ -265,6 +284,7 @@ impl Core {
                 api::Object::CronJob(c) => self.check_cron_job(c)?,
                 api::Object::Secret(_) => {}
                 api::Object::ConfigMap(c) => self.check_config_map(c)?,
+                api::Object::Service(_) => {}
                 api::Object::AgentUpdate(u) => self.check_agent_update(u)?,
                 api::Object::Pod(p) => {
                     check_wire(p, &format!("pod {:?}", p.metadata.name))?;
@@ -294,6 +314,7 @@ impl Core {
                 api::Object::Pod(p) => self.apply_pod(p),
                 api::Object::Secret(s) => self.apply_secret(s),
                 api::Object::ConfigMap(c) => self.apply_config_map(c),
+                api::Object::Service(s) => self.apply_service(s),
                 api::Object::AgentUpdate(u) => self.apply_agent_update(u),
             });
         }
@@ -454,6 +475,12 @@ impl Core {
                     return Err(Self::not_found(kind, name));
                 }
                 self.touch(Tab::ConfigMap, name);
+            }
+            ResourceKind::Service => self.delete_service(name)?,
+            ResourceKind::Endpoints => {
+                return Err(ApiError::BadRequest(
+                    "endpoints follow their service: delete the service".into(),
+                ));
             }
             ResourceKind::Pod => {
                 if !self.pods.contains_key(name) {

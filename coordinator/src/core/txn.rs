@@ -36,6 +36,7 @@ impl Core {
         let store = self.store.as_ref();
         self.agent_updates = load_table(store, Table::AgentUpdates, "agent update")?;
         self.config_maps = load_table(store, Table::ConfigMaps, "config map")?;
+        self.services = load_table(store, Table::Services, "service")?;
         let events: BTreeMap<String, api::Event> = load_table(store, Table::Events, "event")?;
         self.events = events
             .into_iter()
@@ -153,6 +154,10 @@ impl Core {
                 Tab::ConfigMap => (
                     Table::ConfigMaps,
                     self.config_maps.get(name).map(serde_json::to_vec),
+                ),
+                Tab::Service => (
+                    Table::Services,
+                    self.services.get(name).map(serde_json::to_vec),
                 ),
                 Tab::Secret => (
                     Table::Secrets,

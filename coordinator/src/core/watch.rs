@@ -100,6 +100,7 @@ fn watched_kind(tab: Tab) -> Option<ResourceKind> {
         Tab::Job => Some(ResourceKind::Job),
         Tab::CronJob => Some(ResourceKind::CronJob),
         Tab::ConfigMap => Some(ResourceKind::ConfigMap),
+        Tab::Service => Some(ResourceKind::Service),
         Tab::Revision => None,
     }
 }
@@ -121,6 +122,7 @@ impl Core {
             (Tab::Job, self.jobs.keys().collect()),
             (Tab::CronJob, self.cron_jobs.keys().collect()),
             (Tab::ConfigMap, self.config_maps.keys().collect()),
+            (Tab::Service, self.services.keys().collect()),
         ];
         let known = tabs
             .into_iter()

@@ -8,4 +8,5 @@ pub mod job;
 pub mod policy;
 pub mod rollout;
 pub mod scheduler;
+pub mod service;
 pub mod taints;

@@ -404,7 +404,10 @@ mod tests {
             api::Object::DaemonSet(d) => d.spec.template.spec,
             api::Object::Job(j) => j.spec.template.spec,
             api::Object::CronJob(c) => c.spec.job_template.spec.template.spec,
-            api::Object::Secret(_) | api::Object::AgentUpdate(_) | api::Object::ConfigMap(_) => {
+            api::Object::Secret(_)
+            | api::Object::AgentUpdate(_)
+            | api::Object::ConfigMap(_)
+            | api::Object::Service(_) => {
                 panic!("not a pod")
             }
         }

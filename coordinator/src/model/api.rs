@@ -16,6 +16,7 @@ mod job;
 mod node;
 mod pod;
 mod secret;
+mod service;
 
 pub use agent_update::*;
 pub use config_map::*;
@@ -26,6 +27,7 @@ pub use job::*;
 pub use node::*;
 pub use pod::*;
 pub use secret::*;
+pub use service::*;
 
 /// Current time as RFC 3339 with second precision, the format Kubernetes prints.
 pub fn now_rfc3339() -> String {
@@ -98,4 +100,5 @@ pub enum Object {
     Secret(Secret),
     AgentUpdate(AgentUpdate),
     ConfigMap(ConfigMap),
+    Service(Service),
 }

@@ -81,6 +81,11 @@ pub struct ServerArgs {
     /// before the node stops it, so clients stop sending it requests first.
     #[arg(long, env = "BATON_POD_DRAIN_SECONDS", default_value_t = 2)]
     pub pod_drain_seconds: u64,
+    /// The IPv4 network Services get their ClusterIPs from (the first address is kept
+    /// back, as Kubernetes does for its API's own Service). Changing it later leaves the
+    /// stored Services' addresses as they are.
+    #[arg(long, env = "BATON_SERVICE_CIDR", default_value = crate::decide::service::DEFAULT_SERVICE_CIDR)]
+    pub service_cidr: crate::decide::service::ServiceCidr,
     /// Admit privileged containers (`securityContext.privileged: true`).
     #[arg(long, env = "BATON_ALLOW_PRIVILEGED")]
     pub allow_privileged: bool,
@@ -183,6 +188,7 @@ impl ServerArgs {
             heartbeat_timeout: self.heartbeat_timeout,
             pod_eviction_timeout: self.pod_eviction_timeout,
             pod_drain: Duration::from_secs(self.pod_drain_seconds),
+            service_cidr: self.service_cidr,
             mqtt_tls: match (
                 &self.mqtt_tls_cert,
                 &self.mqtt_tls_key,
@@ -310,6 +316,22 @@ mod tests {
         Baton::try_parse_from(argv).map(|b| match b.command {
             Command::Server(s) => *s,
         })
+    }
+
+    #[test]
+    fn service_cidr_defaults_to_k3s_and_refuses_nonsense() {
+        let cidr = |args: &[&str]| {
+            parse(args)
+                .map(|s| s.config().service_cidr.to_string())
+                .map_err(|e| e.to_string())
+        };
+        assert_eq!(cidr(&[]).unwrap(), "10.43.0.0/16");
+        assert_eq!(
+            cidr(&["--service-cidr", "10.96.0.0/12"]).unwrap(),
+            "10.96.0.0/12"
+        );
+        let err = cidr(&["--service-cidr", "10.96.0.0"]).unwrap_err();
+        assert!(err.contains("invalid service CIDR \"10.96.0.0\""), "{err}");
     }
 
     #[test]

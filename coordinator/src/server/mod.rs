@@ -60,6 +60,8 @@ pub struct ServerConfig {
     /// How long a deleted Ready pod drains before its node stops it
     /// (see `Core::with_pod_drain`).
     pub pod_drain: Duration,
+    /// Where Services' ClusterIPs come from (see `Core::with_service_cidr`).
+    pub service_cidr: crate::decide::service::ServiceCidr,
     /// The embedded broker's listener speaks TLS and requires client certificates signed
     /// by `client_ca` (see [`crate::edge::broker`]). Embedded mode only. Without it (and without
     /// `insecure_mqtt`) the broker gets a certificate from the coordinator's CA for its
@@ -107,6 +109,7 @@ impl ServerConfig {
             heartbeat_timeout: DEFAULT_HEARTBEAT_TIMEOUT,
             pod_eviction_timeout: crate::core::DEFAULT_POD_EVICTION_TIMEOUT,
             pod_drain: crate::core::DEFAULT_POD_DRAIN,
+            service_cidr: Default::default(),
             mqtt_tls: None,
             insecure_mqtt: false,
             broker_tls: None,
@@ -268,6 +271,7 @@ impl Server {
             .with_revoked(security.revoked())
             .with_releases(registry.releases(), registry.releases().rollout_versions())
             .with_pod_drain(cfg.pod_drain)
+            .with_service_cidr(cfg.service_cidr)
             .with_pod_eviction_timeout(cfg.pod_eviction_timeout)
             .with_policy(cfg.policy.clone())
             .with_secrets(crate::security::secrets::SecretKeeper::new(

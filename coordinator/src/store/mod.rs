@@ -71,10 +71,12 @@ pub enum Table {
     CronJobs,
     /// ConfigMaps, keyed by name (plain JSON: they are not secret).
     ConfigMaps,
+    /// Services with their allocated ClusterIP and nodePorts, keyed by name (JSON).
+    Services,
 }
 
 impl Table {
-    pub const ALL: [Table; 18] = [
+    pub const ALL: [Table; 19] = [
         Table::Deployments,
         Table::Pods,
         Table::Nodes,
@@ -93,6 +95,7 @@ impl Table {
         Table::Jobs,
         Table::CronJobs,
         Table::ConfigMaps,
+        Table::Services,
     ];
 
     pub fn name(self) -> &'static str {
@@ -115,6 +118,7 @@ impl Table {
             Table::Jobs => "jobs",
             Table::CronJobs => "cron_jobs",
             Table::ConfigMaps => "config_maps",
+            Table::Services => "services",
         }
     }
 

@@ -539,3 +539,69 @@ fn pressure_shows_in_status_conditions_taints_and_the_apply_error() {
         assert!(out.contains(want), "{want:?} in\n{out}");
     }
 }
+
+#[test]
+fn services_show_kubectl_ports_and_external_ips() {
+    use super::service::{describe_service, external_ip, ports_column, services_table};
+    let yaml = "apiVersion: v1\nkind: Service\nmetadata: {name: dns}\nspec:\n  type: NodePort\n  \
+                selector: {app: dns}\n  ports:\n  - {name: web, port: 80, targetPort: http, nodePort: 30080}\n  \
+                - {name: dns, port: 53, protocol: UDP}\n";
+    let Ok(mut objects) = crate::model::manifest::parse_manifests(yaml) else {
+        panic!("parses");
+    };
+    let Some(api::Object::Service(mut s)) = objects.pop() else {
+        panic!("a service");
+    };
+    s.spec.cluster_ip = "10.43.0.2".into();
+    s.spec.ports[1].node_port = None;
+    assert_eq!(ports_column(&s), "80:30080/TCP,53/UDP");
+    assert_eq!(external_ip(&s), "<none>");
+    let table = services_table(std::slice::from_ref(&s), false, ts("2026-01-01T00:00:00Z"));
+    assert!(
+        table.starts_with(
+            "NAME   TYPE       CLUSTER-IP   EXTERNAL-IP   PORT(S)               AGE\n"
+        ),
+        "{table}"
+    );
+    let mut lb = s.clone();
+    lb.spec.type_ = api::ServiceType::LoadBalancer;
+    assert_eq!(external_ip(&lb), "<pending>");
+    lb.status.load_balancer.ingress = vec![
+        api::LoadBalancerIngress {
+            ip: "192.168.1.10".into(),
+        },
+        api::LoadBalancerIngress {
+            ip: "192.168.1.11".into(),
+        },
+    ];
+    assert_eq!(external_ip(&lb), "192.168.1.10,192.168.1.11");
+
+    let eps = api::Endpoints {
+        api_version: "v1".into(),
+        kind: "Endpoints".into(),
+        metadata: Default::default(),
+        subsets: vec![api::EndpointSubset {
+            addresses: ["10.42.1.5", "10.42.2.7"]
+                .map(|ip| api::EndpointAddress {
+                    ip: ip.into(),
+                    node_name: None,
+                    pod: "p".into(),
+                })
+                .to_vec(),
+            ports: vec![api::EndpointPort {
+                name: Some("web".into()),
+                port: 8080,
+                protocol: api::Protocol::TCP,
+            }],
+        }],
+    };
+    let text = describe_service(&s, Some(&eps), &[], ts("2026-01-01T00:00:00Z"));
+    assert!(text.contains("TargetPort:     http/TCP\nNodePort:       web  30080/TCP\nEndpoints:      10.42.1.5:8080,10.42.2.7:8080\n"), "{text}");
+    // The UDP port resolved on no pod: none.
+    assert!(
+        text.contains(
+            "Port:           dns  53/UDP\nTargetPort:     53/UDP\nEndpoints:      <none>\n"
+        ),
+        "{text}"
+    );
+}

@@ -13,6 +13,7 @@ mod requests;
 mod rollouts;
 mod scheduling;
 mod secrets;
+mod services;
 mod txn;
 mod watch;
 

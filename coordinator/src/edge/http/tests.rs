@@ -199,7 +199,8 @@ fn fake_core() -> mpsc::Sender<Event> {
             | api::Object::DaemonSet(_)
             | api::Object::Job(_)
             | api::Object::CronJob(_)
-            | api::Object::ConfigMap(_) => {}
+            | api::Object::ConfigMap(_)
+            | api::Object::Service(_) => {}
         }
     }
     let rollout = match crate::model::manifest::parse_manifests(

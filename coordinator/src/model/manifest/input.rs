@@ -483,3 +483,62 @@ pub(super) struct InJobTemplate {
     pub(super) metadata: InTemplateMeta,
     pub(super) spec: InJobSpec,
 }
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub(super) struct InService {
+    #[allow(dead_code)]
+    pub(super) api_version: String,
+    #[allow(dead_code)]
+    pub(super) kind: String,
+    pub(super) metadata: InMeta,
+    #[serde(default)]
+    pub(super) spec: InServiceSpec,
+}
+
+#[derive(Default, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub(super) struct InServiceSpec {
+    #[serde(rename = "type")]
+    pub(super) type_: Option<String>,
+    #[serde(rename = "clusterIP")]
+    pub(super) cluster_ip: Option<String>,
+    #[serde(rename = "clusterIPs", default)]
+    pub(super) cluster_ips: Vec<String>,
+    #[serde(default)]
+    pub(super) ports: Vec<InServicePort>,
+    #[serde(default)]
+    pub(super) selector: BTreeMap<String, String>,
+    pub(super) session_affinity: Option<String>,
+    pub(super) session_affinity_config: Option<InSessionAffinityConfig>,
+    pub(super) allocate_load_balancer_node_ports: Option<bool>,
+    pub(super) ip_family_policy: Option<String>,
+    #[serde(default)]
+    pub(super) ip_families: Vec<String>,
+    pub(super) external_traffic_policy: Option<String>,
+    pub(super) internal_traffic_policy: Option<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub(super) struct InServicePort {
+    pub(super) name: Option<String>,
+    pub(super) protocol: Option<String>,
+    pub(super) port: Option<i64>,
+    /// IntOrString: checked by hand.
+    pub(super) target_port: Option<Value>,
+    pub(super) node_port: Option<i64>,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub(super) struct InSessionAffinityConfig {
+    #[serde(rename = "clientIP")]
+    pub(super) client_ip: Option<InClientIpConfig>,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub(super) struct InClientIpConfig {
+    pub(super) timeout_seconds: Option<i64>,
+}

@@ -13,7 +13,7 @@
 //!    fields, drops `status`, and treats `null` as absent as Kubernetes does;
 //! 3. serde into private input structs that mirror the Kubernetes shape (`input`; type
 //!    errors carry their path through `serde_path_to_error`), then validation into `api`
-//!    types: one module a kind (`deployment`, `daemonset`, `job`, `cronjob`, `pod`, `secret`, `config_map`) or part of one
+//!    types: one module a kind (`deployment`, `daemonset`, `job`, `cronjob`, `pod`, `secret`, `config_map`, `service`) or part of one
 //!    (`container`, `probe`), over the field rules they share (`validate`).
 
 mod agent_update;
@@ -27,6 +27,7 @@ mod job;
 mod pod;
 mod probe;
 mod secret;
+mod service;
 mod shape;
 mod validate;
 
@@ -41,12 +42,14 @@ use config_map::config_map;
 use cronjob::cron_job;
 use daemonset::daemon_set;
 use deployment::deployment;
-use input::{InConfigMap, InCronJob, InDaemonSet, InDeployment, InJob, InPod, InSecret};
+use input::{InConfigMap, InCronJob, InDaemonSet, InDeployment, InJob, InPod, InSecret, InService};
 use job::job;
 use pod::pod;
 use secret::secret;
+use service::service;
 use shape::{
     walk, Shape, AGENT_UPDATE, CONFIG_MAP, CRON_JOB, DAEMON_SET, DEPLOYMENT, JOB, POD, SECRET,
+    SERVICE,
 };
 
 pub use agent_update::check_version;
@@ -129,6 +132,7 @@ pub fn parse_manifests(yaml: &str) -> Result<Vec<api::Object>, ManifestError> {
             api::Object::Secret(x) => ("secret", x.metadata.name.clone()),
             api::Object::AgentUpdate(u) => ("agentupdate", u.metadata.name.clone()),
             api::Object::ConfigMap(c) => ("configmap", c.metadata.name.clone()),
+            api::Object::Service(s) => ("service", s.metadata.name.clone()),
         };
         if let Some(first) = seen.get(&key) {
             return Err(ManifestError::Document {
@@ -225,6 +229,11 @@ fn parse_document(doc: usize, mut value: Value) -> Result<api::Object, ManifestE
                 .map(api::Object::ConfigMap)
                 .map_err(field_error)
         }
+        ("v1", "Service") => {
+            check(&mut value, &SERVICE)?;
+            let input: InService = from_value(doc, value)?;
+            service(input).map(api::Object::Service).map_err(field_error)
+        }
         (api::AGENT_UPDATE_API_VERSION, "AgentUpdate") => {
             check(&mut value, &AGENT_UPDATE)?;
             let input: InAgentUpdate = from_value(doc, value)?;
@@ -234,7 +243,7 @@ fn parse_document(doc: usize, mut value: Value) -> Result<api::Object, ManifestE
         }
         _ => Err(document_error(format!(
             "kind {kind} (apiVersion {api_version}) is not supported by Baton; \
-             supported: Deployment (apps/v1), DaemonSet (apps/v1), Job (batch/v1), CronJob (batch/v1), Pod (v1), Secret (v1), ConfigMap (v1), AgentUpdate ({})",
+             supported: Deployment (apps/v1), DaemonSet (apps/v1), Job (batch/v1), CronJob (batch/v1), Pod (v1), Secret (v1), ConfigMap (v1), Service (v1), AgentUpdate ({})",
             api::AGENT_UPDATE_API_VERSION
         ))),
     }

@@ -332,6 +332,49 @@ pub(super) const CONFIG_MAP: Shape = Shape::Object(&[
     ("immutable", Shape::Leaf),
 ]);
 
+/// A Service. Fields Baton accepts without acting on them, because their only values it
+/// takes are what it does anyway (IPv4 single stack, cluster-wide traffic policies), are
+/// leaves checked by `service.rs`; the rest (`externalIPs`, `loadBalancerIP`,
+/// `publishNotReadyAddresses`, `ExternalName`, ...) are refused by path.
+pub(super) const SERVICE: Shape = Shape::Object(&[
+    ("apiVersion", Shape::Leaf),
+    ("kind", Shape::Leaf),
+    ("metadata", META),
+    (
+        "spec",
+        Shape::Object(&[
+            ("type", Shape::Leaf),
+            ("clusterIP", Shape::Leaf),
+            ("clusterIPs", Shape::Leaf),
+            (
+                "ports",
+                Shape::List(&Shape::Object(&[
+                    ("name", Shape::Leaf),
+                    ("protocol", Shape::Leaf),
+                    ("port", Shape::Leaf),
+                    ("targetPort", Shape::Leaf),
+                    ("nodePort", Shape::Leaf),
+                ])),
+            ),
+            ("selector", Shape::FreeMap),
+            ("sessionAffinity", Shape::Leaf),
+            (
+                "sessionAffinityConfig",
+                Shape::Object(&[(
+                    "clientIP",
+                    Shape::Object(&[("timeoutSeconds", Shape::Leaf)]),
+                )]),
+            ),
+            ("allocateLoadBalancerNodePorts", Shape::Leaf),
+            ("ipFamilyPolicy", Shape::Leaf),
+            ("ipFamilies", Shape::Leaf),
+            ("externalTrafficPolicy", Shape::Leaf),
+            ("internalTrafficPolicy", Shape::Leaf),
+        ]),
+    ),
+    ("status", Shape::Dropped(&Shape::Any)),
+]);
+
 pub(super) const AGENT_UPDATE: Shape = Shape::Object(&[
     ("apiVersion", Shape::Leaf),
     ("kind", Shape::Leaf),

@@ -22,6 +22,7 @@ fn render(result: Result<Vec<api::Object>, ManifestError>) -> String {
                 api::Object::Secret(s) => serde_yaml_ng::to_string(s),
                 api::Object::AgentUpdate(u) => serde_yaml_ng::to_string(u),
                 api::Object::ConfigMap(c) => serde_yaml_ng::to_string(c),
+                api::Object::Service(s) => serde_yaml_ng::to_string(s),
             })
             .collect::<Result<Vec<_>, _>>()
             .expect("api objects serialize")
@@ -406,7 +407,7 @@ fn validation_rules() {
         (
             "unsupported apiVersion",
             doc("", "", "", "").replace("apps/v1", "extensions/v1beta1"),
-            "error: document 1: kind Deployment (apiVersion extensions/v1beta1) is not supported by Baton; supported: Deployment (apps/v1), DaemonSet (apps/v1), Job (batch/v1), CronJob (batch/v1), Pod (v1), Secret (v1), ConfigMap (v1), AgentUpdate (baton.io/v1alpha1)",
+            "error: document 1: kind Deployment (apiVersion extensions/v1beta1) is not supported by Baton; supported: Deployment (apps/v1), DaemonSet (apps/v1), Job (batch/v1), CronJob (batch/v1), Pod (v1), Secret (v1), ConfigMap (v1), Service (v1), AgentUpdate (baton.io/v1alpha1)",
         ),
         (
             "missing metadata",
@@ -1059,3 +1060,5 @@ fn base64_round_trips_and_is_strict() {
         assert_eq!(api::base64::decode(bad), None, "{bad}");
     }
 }
+
+mod service;

@@ -1,0 +1,391 @@
+//! Services in the coordinator (issue 15 part 1) on the real lab: the Kubernetes guestbook
+//! (redis leader and followers, a LoadBalancer frontend; kubernetes.io's "Deploying PHP
+//! Guestbook application with Redis", all in one file) applies with only its images
+//! swapped, `get svc` shows kubectl's columns with the allocated addresses, `describe
+//! service` lists exactly the Ready pods' `IP:port`, scaling down updates them, a
+//! coordinator restart keeps every ClusterIP and nodePort, and `delete service` frees
+//! them. Traffic through a Service is not tested: the agent proxy is part 2.
+
+use std::collections::BTreeSet;
+use std::time::Duration;
+
+use anyhow::{ensure, Context, Result};
+use baton_e2e::fleet::{is_ready, owned_pods, wait_pods};
+use baton_e2e::{items, wait_for, Broker, Lab};
+use serde_json::Value;
+
+const LONG: Duration = Duration::from_secs(240);
+
+/// The guestbook as the Kubernetes tutorial writes it, with `IMAGE` for its images.
+const GUESTBOOK: &str = r#"# SOURCE: https://cloud.google.com/kubernetes-engine/docs/tutorials/guestbook
+apiVersion: apps/v1
+kind: Deployment
+metadata:
+  name: redis-leader
+  labels:
+    app: redis
+    role: leader
+    tier: backend
+spec:
+  replicas: 1
+  selector:
+    matchLabels:
+      app: redis
+  template:
+    metadata:
+      labels:
+        app: redis
+        role: leader
+        tier: backend
+    spec:
+      containers:
+      - name: leader
+        image: "IMAGE"
+        resources:
+          requests:
+            cpu: 100m
+            memory: 100Mi
+        ports:
+        - containerPort: 6379
+---
+apiVersion: v1
+kind: Service
+metadata:
+  name: redis-leader
+  labels:
+    app: redis
+    role: leader
+    tier: backend
+spec:
+  ports:
+  - port: 6379
+    targetPort: 6379
+  selector:
+    app: redis
+    role: leader
+    tier: backend
+---
+apiVersion: apps/v1
+kind: Deployment
+metadata:
+  name: redis-follower
+  labels:
+    app: redis
+    role: follower
+    tier: backend
+spec:
+  replicas: 2
+  selector:
+    matchLabels:
+      app: redis
+  template:
+    metadata:
+      labels:
+        app: redis
+        role: follower
+        tier: backend
+    spec:
+      containers:
+      - name: follower
+        image: IMAGE
+        resources:
+          requests:
+            cpu: 100m
+            memory: 100Mi
+        ports:
+        - containerPort: 6379
+---
+apiVersion: v1
+kind: Service
+metadata:
+  name: redis-follower
+  labels:
+    app: redis
+    role: follower
+    tier: backend
+spec:
+  ports:
+    # the port that this service should serve on
+  - port: 6379
+  selector:
+    app: redis
+    role: follower
+    tier: backend
+---
+apiVersion: apps/v1
+kind: Deployment
+metadata:
+  name: frontend
+spec:
+  replicas: 3
+  selector:
+    matchLabels:
+        app: guestbook
+        tier: frontend
+  template:
+    metadata:
+      labels:
+        app: guestbook
+        tier: frontend
+    spec:
+      containers:
+      - name: php-redis
+        image: IMAGE
+        env:
+        - name: GET_HOSTS_FROM
+          value: "dns"
+        resources:
+          requests:
+            cpu: 100m
+            memory: 100Mi
+        ports:
+        - containerPort: 80
+---
+apiVersion: v1
+kind: Service
+metadata:
+  name: frontend
+  labels:
+    app: guestbook
+    tier: frontend
+spec:
+  # if your cluster supports it, uncomment the following to automatically create
+  # an external load-balanced IP for the frontend service.
+  type: LoadBalancer
+  ports:
+    # the port that this service should serve on
+  - port: 80
+  selector:
+    app: guestbook
+    tier: frontend
+"#;
+
+fn stdout(out: &std::process::Output) -> String {
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+#[test]
+fn guestbook_services_get_addresses_and_endpoints() -> Result<()> {
+    let mut lab = Lab::start("svc", 2, Broker::Embedded)?;
+    let r = scenario(&mut lab);
+    if r.is_err() {
+        lab.dump_logs();
+    }
+    r
+}
+
+/// `describe service NAME`'s Endpoints, as a set of `ip:port`.
+fn described_endpoints(lab: &Lab, name: &str) -> Result<BTreeSet<String>> {
+    let text = stdout(&lab.baton(&["describe", "service", name])?);
+    let line = text
+        .lines()
+        .find_map(|l| l.strip_prefix("Endpoints:"))
+        .with_context(|| format!("no Endpoints line in\n{text}"))?
+        .trim();
+    Ok(match line {
+        "<none>" => BTreeSet::new(),
+        l => l.split(',').map(str::to_owned).collect(),
+    })
+}
+
+/// The Ready, non-terminating pods of a Deployment as `ip:port`.
+fn ready_endpoints(lab: &Lab, owner: &str, port: u16) -> Result<BTreeSet<String>> {
+    Ok(owned_pods(lab, owner)?
+        .iter()
+        .filter(|p| is_ready(p))
+        .filter_map(|p| {
+            p["status"]["podIP"]
+                .as_str()
+                .map(|ip| format!("{ip}:{port}"))
+        })
+        .collect())
+}
+
+/// Every Service's ClusterIP and nodePorts, by name.
+fn addresses(lab: &Lab) -> Result<Vec<(String, String, Vec<Value>)>> {
+    let list = lab.get_json(&["get", "svc"])?;
+    Ok(items(&list)
+        .iter()
+        .map(|s| {
+            let ports = s["spec"]["ports"].as_array().cloned().unwrap_or_default();
+            (
+                s["metadata"]["name"]
+                    .as_str()
+                    .unwrap_or_default()
+                    .to_owned(),
+                s["spec"]["clusterIP"]
+                    .as_str()
+                    .unwrap_or_default()
+                    .to_owned(),
+                ports.iter().map(|p| p["nodePort"].clone()).collect(),
+            )
+        })
+        .collect())
+}
+
+fn scenario(lab: &mut Lab) -> Result<()> {
+    let manifest = GUESTBOOK.replace("IMAGE", &format!("{}/baton/http-echo:1", lab.registry()));
+    let applied = stdout(&lab.apply(&manifest)?);
+    for s in ["redis-leader", "redis-follower", "frontend"] {
+        ensure!(
+            applied.contains(&format!("service/{s} created")),
+            "{applied}"
+        );
+    }
+    wait_pods(lab, "frontend", 3, LONG, "3 Ready frontends", is_ready)?;
+    wait_pods(
+        lab,
+        "redis-follower",
+        2,
+        LONG,
+        "2 Ready followers",
+        is_ready,
+    )?;
+
+    // kubectl's columns, with addresses from 10.43.0.0/16 (.1 kept back) and a nodePort.
+    let table = stdout(&lab.baton(&["get", "svc"])?);
+    let mut lines = table.lines();
+    let header: Vec<&str> = lines
+        .next()
+        .unwrap_or_default()
+        .split_whitespace()
+        .collect();
+    ensure!(
+        header
+            == [
+                "NAME",
+                "TYPE",
+                "CLUSTER-IP",
+                "EXTERNAL-IP",
+                "PORT(S)",
+                "AGE"
+            ],
+        "{table}"
+    );
+    let row = |name: &str| -> Vec<String> {
+        table
+            .lines()
+            .find(|l| l.starts_with(&format!("{name} ")))
+            .unwrap_or_default()
+            .split_whitespace()
+            .map(str::to_owned)
+            .collect()
+    };
+    let leader = row("redis-leader");
+    ensure!(leader[1] == "ClusterIP" && leader[3] == "<none>", "{table}");
+    ensure!(leader[4] == "6379/TCP", "{table}");
+    let frontend = row("frontend");
+    ensure!(frontend[1] == "LoadBalancer", "{table}");
+    let follower = row("redis-follower");
+    let ips: BTreeSet<&str> = [&leader[2], &follower[2], &frontend[2]]
+        .into_iter()
+        .map(String::as_str)
+        .collect();
+    ensure!(
+        ips.len() == 3
+            && ips
+                .iter()
+                .all(|ip| ip.starts_with("10.43.0.") && *ip != "10.43.0.1"),
+        "three distinct ClusterIPs: {table}"
+    );
+    let node_port = frontend[4]
+        .strip_prefix("80:")
+        .and_then(|p| p.strip_suffix("/TCP"))
+        .and_then(|p| p.parse::<u16>().ok())
+        .with_context(|| format!("PORT(S) 80:<nodePort>/TCP: {table}"))?;
+    ensure!((30000..=32767).contains(&node_port), "{table}");
+    // EXTERNAL-IP: the Ready nodes' addresses, as k3s's ServiceLB shows them.
+    let nodes = lab.get_json(&["get", "nodes"])?;
+    let mut node_ips: Vec<String> = items(&nodes)
+        .iter()
+        .filter_map(|n| n["status"]["address"].as_str().map(str::to_owned))
+        .collect();
+    node_ips.sort();
+    let shown = if node_ips.is_empty() {
+        "<pending>".to_owned()
+    } else {
+        let mut v: Vec<&str> = frontend[3].split(',').collect();
+        v.sort();
+        v.join(",")
+    };
+    let want = if node_ips.is_empty() {
+        "<pending>".to_owned()
+    } else {
+        node_ips.join(",")
+    };
+    ensure!(
+        shown == want,
+        "EXTERNAL-IP {} for nodes {node_ips:?}",
+        frontend[3]
+    );
+
+    // describe lists exactly the Ready pods, at the targetPort (defaulted to port).
+    let want = ready_endpoints(lab, "frontend", 80)?;
+    ensure!(want.len() == 3, "{want:?}");
+    ensure!(described_endpoints(lab, "frontend")? == want);
+    ensure!(
+        described_endpoints(lab, "redis-follower")?
+            == ready_endpoints(lab, "redis-follower", 6379)?
+    );
+    // The selector role=leader keeps the followers out of the leader's endpoints.
+    ensure!(
+        described_endpoints(lab, "redis-leader")? == ready_endpoints(lab, "redis-leader", 6379)?
+    );
+    let eps = stdout(&lab.baton(&["get", "endpoints", "frontend"])?);
+    ensure!(
+        eps.starts_with("NAME") && eps.contains("frontend "),
+        "{eps}"
+    );
+
+    // Scaled down, the endpoints follow at once (terminating pods leave them).
+    lab.baton(&["scale", "deployment", "frontend", "--replicas", "1"])?;
+    let left = wait_for("one frontend endpoint", LONG, || {
+        let now = described_endpoints(lab, "frontend")?;
+        Ok((now.len() == 1).then_some(now))
+    })?;
+    ensure!(left.is_subset(&want), "{left:?} not among {want:?}");
+    ensure!(left == ready_endpoints(lab, "frontend", 80)?, "{left:?}");
+
+    // A restarted coordinator keeps every ClusterIP and nodePort.
+    let before = addresses(lab)?;
+    ensure!(before.len() == 3, "{before:?}");
+    lab.kill_coordinator();
+    lab.start_coordinator()?;
+    ensure!(
+        addresses(lab)? == before,
+        "addresses changed across a restart"
+    );
+    let again = stdout(&lab.apply(&manifest)?);
+    ensure!(
+        again.contains("service/frontend unchanged"),
+        "re-apply after restart: {again}"
+    );
+
+    // delete frees the address and the nodePort: a new Service may ask for both.
+    let frontend_ip = before
+        .iter()
+        .find(|(n, ..)| n == "frontend")
+        .map(|(_, ip, _)| ip.clone())
+        .context("frontend listed")?;
+    let taker = format!(
+        "apiVersion: v1\nkind: Service\nmetadata: {{name: taker}}\nspec:\n  type: NodePort\n  \
+         clusterIP: {frontend_ip}\n  selector: {{app: guestbook}}\n  ports:\n  - {{port: 80, nodePort: {node_port}}}\n"
+    );
+    let refused = lab.baton_raw(&["apply", "-f", "-"], Some(&taker))?;
+    ensure!(
+        !refused.status.success()
+            && String::from_utf8_lossy(&refused.stderr).contains("already allocated"),
+        "{refused:?}"
+    );
+    let deleted = stdout(&lab.baton(&["delete", "service", "frontend"])?);
+    ensure!(deleted.contains("frontend"), "{deleted}");
+    ensure!(!lab
+        .baton_raw(&["get", "svc", "frontend"], None)?
+        .status
+        .success());
+    ensure!(stdout(&lab.apply(&taker)?).contains("service/taker created"));
+    let t = lab.get_json(&["get", "svc", "taker"])?;
+    ensure!(t["spec"]["clusterIP"] == frontend_ip.as_str(), "{t}");
+    ensure!(t["spec"]["ports"][0]["nodePort"] == node_port, "{t}");
+    Ok(())
+}

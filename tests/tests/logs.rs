@@ -296,6 +296,26 @@ fn since_and_timestamps(lab: &Lab) -> Result<()> {
         consecutive(&n) && n[0] + 6 > last,
         "-f --since 2s: {seen:?}"
     );
+
+    // What the line times cost on the device's storage, per line of this ticker (CRI's
+    // `time stream tag ` prefix would be 36-41 bytes a line).
+    let p = lab.get_json(&["get", "pod", "ticker"])?;
+    let agent = lab.agent_by_node(&node_of(&p)).context("the pod's agent")?;
+    let files = walk(&agent.data_dir.join("pods"))?;
+    let log = files
+        .iter()
+        .find(|p| p.file_name().is_some_and(|n| n == "main.log"))
+        .context("the ticker's log")?;
+    let marks = std::fs::metadata(log.with_file_name("main.log.times"))?.len();
+    let lines = std::fs::read_to_string(log)?.lines().count() as u64;
+    eprintln!(
+        "line times: {marks} bytes for {lines} lines, {:.1} bytes a line",
+        marks as f64 / lines as f64
+    );
+    ensure!(
+        marks <= 17 + 4 * lines,
+        "{marks} bytes of line times for {lines} lines"
+    );
     Ok(())
 }
 

@@ -35,7 +35,8 @@ pub fn parse_duration_millis(s: &str) -> Result<u64, String> {
         nanos += num * scale;
     }
     let millis = (nanos / 1e6).ceil();
-    if !(millis >= 1.0) || !millis.is_finite() || millis > u64::MAX as f64 {
+    // NaN cannot come from digits and dots, but a huge number can be infinite.
+    if millis < 1.0 || !millis.is_finite() || millis > u64::MAX as f64 {
         return Err(format!("--since must be greater than 0, not {s:?}"));
     }
     Ok(millis as u64)

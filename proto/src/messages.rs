@@ -259,7 +259,8 @@ pub struct LogCredit {
 pub struct LogChunk {
     pub session: u64,
     pub seq: u64,
-    /// The log's bytes as the container wrote them.
+    /// The log's bytes as the container wrote them (with `timestamps`, each line after
+    /// its time).
     pub data: BVec<u8, MAX_LOG_CHUNK>,
     /// Set on the last chunk of a session: `Some(None)` the log ended (no follow, or the
     /// pod is gone), `Some(Some(why))` it could not be read.

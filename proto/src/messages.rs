@@ -226,6 +226,21 @@ pub struct LogRequest {
     pub tail_lines: Option<u32>,
     /// Chunks the agent may send before the next credit (at most [`MAX_LOG_CREDIT`]).
     pub credit: u32,
+    /// Only lines written at or after this (`--since`, `--since-time`); `tail_lines`
+    /// applies to what is left, as in kubectl.
+    pub since: Option<LogSince>,
+    /// Each line prefixed with when it was written (RFC 3339, nanoseconds, UTC) and a space.
+    pub timestamps: bool,
+}
+
+/// The start of a [`LogRequest`]'s time window.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum LogSince {
+    /// This long before the agent reads the request, on the agent's own clock (as kubelet
+    /// takes `sinceSeconds`): a board's clock may be off, a duration does not care.
+    Ago { millis: u64 },
+    /// An absolute time, nanoseconds since the Unix epoch.
+    At { unix_nanos: i64 },
 }
 
 /// Flow control of a log session: the requester has consumed every chunk up to `acked`
@@ -244,7 +259,8 @@ pub struct LogCredit {
 pub struct LogChunk {
     pub session: u64,
     pub seq: u64,
-    /// The log's bytes as the container wrote them.
+    /// The log's bytes as the container wrote them (with `timestamps`, each line after
+    /// its time).
     pub data: BVec<u8, MAX_LOG_CHUNK>,
     /// Set on the last chunk of a session: `Some(None)` the log ended (no follow, or the
     /// pod is gone), `Some(Some(why))` it could not be read.

@@ -677,11 +677,42 @@ fn log_session() {
                 follow: true,
                 tail_lines: Some(10),
                 credit: 8,
+                since: None,
+                timestamps: false,
             }),
         ),
         // 05 | 00 Coordinator | 0c seq | 00 | 09 LogRequest | effd02 session | "u1" | "app" |
-        // 00 previous | 01 follow | 01 Some 0a tail | 08 credit | 00 no signature
-        "05000c0009effd02027531036170700001010a0800",
+        // 00 previous | 01 follow | 01 Some 0a tail | 08 credit | 00 no since |
+        // 00 timestamps | 00 no signature
+        "05000c0009effd02027531036170700001010a08000000",
+    );
+    let since = |since| {
+        Envelope::new(
+            Sender::Coordinator,
+            12,
+            Body::LogRequest(LogRequest {
+                session: 0xbeef,
+                pod_uid: s("u1"),
+                container: s("app"),
+                previous: true,
+                follow: false,
+                tail_lines: None,
+                credit: 8,
+                since: Some(since),
+                timestamps: true,
+            }),
+        )
+    };
+    check_new(
+        since(LogSince::Ago { millis: 3000 }),
+        // ... | 01 previous | 00 follow | 00 no tail | 08 credit | 01 Some 00 Ago b817 3000 |
+        // 01 timestamps | 00
+        concat!("05000c0009effd020275310361707001000008", "0100b817", "0100"),
+    );
+    check_new(
+        since(LogSince::At { unix_nanos: -1 }),
+        // ... | 01 Some 01 At 01 (zigzag -1) | 01 timestamps | 00
+        concat!("05000c0009effd020275310361707001000008", "010101", "0100"),
     );
     check_new(
         Envelope::new(

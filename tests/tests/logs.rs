@@ -6,7 +6,7 @@
 
 use std::process::{Child, Stdio};
 use std::sync::mpsc;
-use std::time::Duration;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use anyhow::{ensure, Context, Result};
 use baton_e2e::fleet::node_of;
@@ -141,6 +141,180 @@ fn tail_follow_previous(lab: &Lab) -> Result<()> {
     ensure!(
         current.starts_with(&format!("{next}\n")) && !current.contains(&hello),
         "the current log is the new instance's: {current:?}"
+    );
+    // --timestamps works on the previous instance's log too.
+    let last = logs(
+        lab,
+        &["crasher", "--previous", "--timestamps", "--tail", "1"],
+    )?;
+    let (t, line) = stamped(last.trim_end())?;
+    ensure!(line == "bye", "{last:?}");
+    ensure!(t <= SystemTime::now(), "{last:?}");
+    Ok(())
+}
+
+// ----- --since, --since-time, --timestamps ----------------------------------------------
+
+/// One numbered line a second.
+const TICKER: &str = "i=0; while true; do i=$((i+1)); echo tick $i; sleep 1; done";
+
+/// A `--timestamps` line: its time (RFC 3339) and the line.
+fn stamped(l: &str) -> Result<(SystemTime, &str)> {
+    let (t, line) = l
+        .split_once(' ')
+        .with_context(|| format!("no time in {l:?}"))?;
+    let t = humantime::parse_rfc3339(t).with_context(|| format!("not RFC 3339: {l:?}"))?;
+    Ok((t, line))
+}
+
+/// The numbers of `tick N` lines, in order.
+fn ticks<'a>(lines: impl Iterator<Item = &'a str>) -> Result<Vec<u32>> {
+    lines
+        .map(|l| {
+            l.strip_prefix("tick ")
+                .and_then(|n| n.parse().ok())
+                .with_context(|| format!("not a tick: {l:?}"))
+        })
+        .collect()
+}
+
+fn consecutive(n: &[u32]) -> bool {
+    n.windows(2).all(|w| w[1] == w[0] + 1)
+}
+
+#[test]
+fn logs_since_and_timestamps() -> Result<()> {
+    let lab = Lab::start("lgt", 1, Broker::Embedded)?;
+    let r = since_and_timestamps(&lab);
+    on_failure(&lab, r)
+}
+
+fn since_and_timestamps(lab: &Lab) -> Result<()> {
+    lab.apply(&pod(lab, "ticker", TICKER))?;
+    wait_running(lab, "ticker")?;
+    wait_for("10 ticks", LONG, || {
+        let out = logs(lab, &["ticker"])?;
+        Ok(out.contains("tick 10\n").then_some(()))
+    })?;
+
+    // --timestamps: every line has its time, never going back, and a line's time is when
+    // it was written: ticks a second apart are about a second apart.
+    let all = logs(lab, &["ticker", "--timestamps"])?;
+    let mut times = Vec::new();
+    let mut lines = Vec::new();
+    for l in all.lines() {
+        let (t, line) = stamped(l)?;
+        times.push(t);
+        lines.push(line);
+    }
+    ensure!(ticks(lines.iter().copied())?[..3] == [1, 2, 3], "{all}");
+    ensure!(
+        times.windows(2).all(|w| w[0] <= w[1]),
+        "times go back: {all}"
+    );
+    let span = times[9].duration_since(times[4])?;
+    ensure!(
+        span >= Duration::from_secs(4) && span < Duration::from_secs(8),
+        "ticks 5 to 10 are {span:?} apart: {all}"
+    );
+
+    // --since 3s: only the lines of the last 3 s (a line a second: 2 to 4 of them, the
+    // newest included), each written in the window.
+    let before = SystemTime::now();
+    let recent = logs(lab, &["ticker", "--since", "3s", "--timestamps"])?;
+    let after = SystemTime::now();
+    let mut n = Vec::new();
+    for l in recent.lines() {
+        let (t, line) = stamped(l)?;
+        ensure!(
+            t >= before - Duration::from_secs(3) && t <= after,
+            "{l:?} is not from the last 3 s (asked at {before:?}): {recent}"
+        );
+        n.extend(ticks(std::iter::once(line))?);
+    }
+    ensure!(
+        (2..=4).contains(&n.len()) && consecutive(&n),
+        "--since 3s: {recent}"
+    );
+    let newest = ticks(logs(lab, &["ticker", "--tail", "1"])?.lines())?;
+    ensure!(
+        n.last() <= newest.last() && n[0] > 5,
+        "--since 3s: {recent}"
+    );
+    ensure!(
+        *newest.last().context("a tick")? - n.last().context("a tick")? <= 1,
+        "--since 3s missed the newest lines: {recent} (newest now {newest:?})"
+    );
+
+    // --tail after --since: the last 2 of the window; a larger tail stays in the window.
+    let two = ticks(logs(lab, &["ticker", "--since", "3s", "--tail", "2"])?.lines())?;
+    ensure!(
+        two.len() == 2 && consecutive(&two),
+        "--since 3s --tail 2: {two:?}"
+    );
+    let wide = ticks(logs(lab, &["ticker", "--since", "3s", "--tail", "100"])?.lines())?;
+    ensure!(
+        (2..=4).contains(&wide.len()) && consecutive(&wide),
+        "--since 3s --tail 100 went past the window: {wide:?}"
+    );
+
+    // --since-time: from exactly the line with that time.
+    let t7 = all
+        .lines()
+        .nth(6)
+        .context("tick 7")?
+        .split(' ')
+        .next()
+        .unwrap_or("");
+    let from7 = ticks(logs(lab, &["ticker", "--since-time", t7])?.lines())?;
+    ensure!(
+        from7.first() == Some(&7) && consecutive(&from7),
+        "--since-time {t7}: {from7:?}"
+    );
+
+    // -f with both: the recent lines, then new ones as they come, with their times.
+    let (mut child, rx) = follow(lab, &["ticker", "--since", "2s", "--timestamps"])?;
+    let last = *newest.last().context("a tick")?;
+    let seen = read_until(&rx, "two new ticks", |l| {
+        stamped(l)
+            .ok()
+            .and_then(|(_, line)| ticks(std::iter::once(line)).ok())
+            .is_some_and(|n| n[0] >= last + 2)
+    });
+    let _ = child.kill();
+    let _ = child.wait();
+    let seen = seen?;
+    let mut prev = UNIX_EPOCH;
+    let mut n = Vec::new();
+    for l in &seen {
+        let (t, line) = stamped(l)?;
+        ensure!(t >= prev, "times go back under -f: {seen:?}");
+        prev = t;
+        n.extend(ticks(std::iter::once(line))?);
+    }
+    ensure!(
+        consecutive(&n) && n[0] + 6 > last,
+        "-f --since 2s: {seen:?}"
+    );
+
+    // What the line times cost on the device's storage, per line of this ticker (CRI's
+    // `time stream tag ` prefix would be 36-41 bytes a line).
+    let p = lab.get_json(&["get", "pod", "ticker"])?;
+    let agent = lab.agent_by_node(&node_of(&p)).context("the pod's agent")?;
+    let files = walk(&agent.data_dir.join("pods"))?;
+    let log = files
+        .iter()
+        .find(|p| p.file_name().is_some_and(|n| n == "main.log"))
+        .context("the ticker's log")?;
+    let marks = std::fs::metadata(log.with_file_name("main.log.times"))?.len();
+    let lines = std::fs::read_to_string(log)?.lines().count() as u64;
+    eprintln!(
+        "line times: {marks} bytes for {lines} lines, {:.1} bytes a line",
+        marks as f64 / lines as f64
+    );
+    ensure!(
+        marks <= 17 + 4 * lines,
+        "{marks} bytes of line times for {lines} lines"
     );
     Ok(())
 }

@@ -16,6 +16,7 @@
 mod follow;
 #[cfg(test)]
 mod tests;
+pub mod times;
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -24,12 +25,12 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use baton_proto::{
-    BString, BVec, Body, LogChunk, LogCredit, LogRequest, MAX_LOG_CHUNK, MAX_LOG_CREDIT,
+    BString, BVec, Body, LogChunk, LogCredit, LogRequest, LogSince, MAX_LOG_CHUNK, MAX_LOG_CREDIT,
 };
 use tokio::sync::mpsc;
 use tracing::{debug, info};
 
-pub use follow::{keep_previous, previous, rotated, Follower};
+pub use follow::{keep_previous, previous, rotated, Follower, Select};
 
 /// A session that hears no credit for this long ends (the requester went away).
 pub const IDLE: Duration = Duration::from_secs(30);
@@ -95,22 +96,33 @@ impl LogServer {
         let Some(path) = self.log_path(&req.pod_uid, &req.container) else {
             return end("invalid pod uid or container name".into());
         };
-        let follower = match Follower::open(&path, req.previous, req.follow, req.tail_lines) {
-            Ok(Some(f)) => f,
-            Ok(None) if req.previous => {
-                return end(format!(
-                    "previous terminated container {:?} not found",
-                    req.container.as_str()
-                ))
-            }
-            Ok(None) => {
-                return end(format!(
-                    "container {:?} has no log on this node (not started yet?)",
-                    req.container.as_str()
-                ))
-            }
-            Err(e) => return end(format!("cannot read the log: {e}")),
+        let since = req.since.map(|s| match s {
+            LogSince::Ago { millis } => times::now_nanos().saturating_sub(
+                i64::try_from(millis.saturating_mul(1_000_000)).unwrap_or(i64::MAX),
+            ),
+            LogSince::At { unix_nanos } => unix_nanos,
+        });
+        let sel = Select {
+            since,
+            timestamps: req.timestamps,
         };
+        let follower =
+            match Follower::open_with(&path, req.previous, req.follow, req.tail_lines, sel) {
+                Ok(Some(f)) => f,
+                Ok(None) if req.previous => {
+                    return end(format!(
+                        "previous terminated container {:?} not found",
+                        req.container.as_str()
+                    ))
+                }
+                Ok(None) => {
+                    return end(format!(
+                        "container {:?} has no log on this node (not started yet?)",
+                        req.container.as_str()
+                    ))
+                }
+                Err(e) => return end(format!("cannot read the log: {e}")),
+            };
         let (tx, rx) = mpsc::channel(8);
         {
             let mut s = self.lock();

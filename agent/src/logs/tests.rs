@@ -123,6 +123,8 @@ fn request(session: u64, credit: u32, follow: bool) -> LogRequest {
         follow,
         tail_lines: None,
         credit,
+        since: None,
+        timestamps: false,
     }
 }
 
@@ -233,4 +235,239 @@ async fn a_following_session_sends_new_lines_and_stops_on_cancel() {
     tokio::time::advance(POLL * 2).await;
     settle().await;
     assert_eq!(server.open_sessions(), 0);
+}
+
+// ----- line times: --since and --timestamps ---------------------------------------------
+
+use super::times::{Mark, Times};
+
+/// 2023-11-14T22:13:20Z, plus `s` seconds.
+fn at(s: i64) -> i64 {
+    1_700_000_000_000_000_000 + s * 1_000_000_000
+}
+
+/// Marks `file` as having reached each `(end, second)`.
+fn mark_all(file: &Path, marks: &[(u64, i64)]) {
+    let mut prev = None;
+    for &(end, s) in marks {
+        let m = Mark { end, nanos: at(s) };
+        times::append(file, prev, m, 0o600).unwrap();
+        prev = Some(m);
+    }
+}
+
+#[test]
+fn marks_are_small_and_read_back_as_written() {
+    let m = |end, nanos| Mark { end, nanos };
+    let t = Times {
+        marks: vec![
+            m(20, at(0)),
+            m(40, at(1)),
+            m(41, at(1) + 250_000_000),
+            // The clock went back: an absolute mark.
+            m(100, at(-5)),
+        ],
+    };
+    let b = t.encoded();
+    // 17 for the first, 1+2 a line a second, 1+2, then 17 again.
+    assert_eq!(b.len(), 17 + 3 + 3 + 17);
+    assert_eq!(Times::decode(&b), t);
+    // A torn last mark is dropped, not misread.
+    assert_eq!(Times::decode(&b[..b.len() - 3]).marks, t.marks[..3]);
+    // A byte's time is the first mark at or past it; unmarked bytes have none.
+    assert_eq!(t.time_of(0), Some(at(0)));
+    assert_eq!(t.time_of(19), Some(at(0)));
+    assert_eq!(t.time_of(20), Some(at(1)));
+    assert_eq!(t.time_of(99), Some(at(-5)));
+    assert_eq!(t.time_of(100), None);
+    // Where the lines since a time may start.
+    assert_eq!(t.cut(at(0)), None);
+    assert_eq!(t.cut(at(1)), Some(20));
+    assert_eq!(t.cut(at(2)), Some(100));
+    // Slicing renumbers, and marks what is past the last mark with `now`.
+    let s = t.slice(30, 120, at(9));
+    assert_eq!(
+        s.marks,
+        vec![
+            m(10, at(1)),
+            m(11, at(1) + 250_000_000),
+            m(70, at(-5)),
+            m(90, at(9))
+        ]
+    );
+}
+
+/// `r1`..`r3` in `<log>.1` written at seconds 1..3, `c1`..`c3` in `<log>` at 4..6.
+fn timed_log(dir: &Path) -> PathBuf {
+    let log = dir.join("app.log");
+    fs::write(rotated(&log), b"r1\nr2\nr3\n").unwrap();
+    mark_all(&rotated(&log), &[(3, 1), (6, 2), (9, 3)]);
+    fs::write(&log, b"c1\nc2\nc3\n").unwrap();
+    mark_all(&log, &[(3, 4), (6, 5), (9, 6)]);
+    log
+}
+
+fn read_sel(log: &Path, tail: Option<u32>, since: Option<i64>, timestamps: bool) -> String {
+    let sel = Select { since, timestamps };
+    let mut f = Follower::open_with(log, false, false, tail, sel)
+        .unwrap()
+        .unwrap();
+    text(drain(&mut f, 64))
+}
+
+#[test]
+fn since_selects_at_file_boundaries_and_tail_counts_after_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = timed_log(dir.path());
+    let since = |s, tail| read_sel(&log, tail, Some(at(s)), false);
+    assert_eq!(since(0, None), "r1\nr2\nr3\nc1\nc2\nc3\n");
+    assert_eq!(since(1, None), "r1\nr2\nr3\nc1\nc2\nc3\n");
+    assert_eq!(since(2, None), "r2\nr3\nc1\nc2\nc3\n");
+    // Exactly the first line of the live log: nothing of the rotated one.
+    assert_eq!(since(4, None), "c1\nc2\nc3\n");
+    assert_eq!(since(6, None), "c3\n");
+    assert_eq!(since(7, None), "");
+    // Between two marks: from the later one.
+    assert_eq!(read_sel(&log, None, Some(at(4) + 1), false), "c2\nc3\n");
+    // --tail applies to what --since left.
+    assert_eq!(since(2, Some(2)), "c2\nc3\n");
+    assert_eq!(since(2, Some(4)), "r3\nc1\nc2\nc3\n");
+    assert_eq!(since(2, Some(100)), "r2\nr3\nc1\nc2\nc3\n");
+    assert_eq!(since(5, Some(1)), "c3\n");
+    assert_eq!(since(5, Some(100)), "c2\nc3\n");
+    assert_eq!(since(5, Some(0)), "");
+}
+
+#[test]
+fn a_mark_inside_a_line_selects_the_whole_line() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = dir.path().join("app.log");
+    // "old\n" at 1 s; "new line\n" written in two pieces around the check at 2 s.
+    fs::write(&log, b"old\nnew line\n").unwrap();
+    mark_all(&log, &[(4, 1), (7, 2), (13, 3)]);
+    assert_eq!(read_sel(&log, None, Some(at(3)), false), "new line\n");
+    assert_eq!(
+        read_sel(&log, None, Some(at(3)), true),
+        "2023-11-14T22:13:23.000000000Z new line\n"
+    );
+}
+
+#[test]
+fn timestamps_prefix_each_line_and_chunks_stay_bounded() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = timed_log(dir.path());
+    let out = read_sel(&log, Some(4), None, true);
+    assert_eq!(
+        out,
+        "2023-11-14T22:13:23.000000000Z r3\n\
+         2023-11-14T22:13:24.000000000Z c1\n\
+         2023-11-14T22:13:25.000000000Z c2\n\
+         2023-11-14T22:13:26.000000000Z c3\n"
+    );
+    // Chunks barely larger than one stamped line still carry all of it, one line each.
+    let mut f = Follower::open_with(
+        &log,
+        false,
+        false,
+        None,
+        Select {
+            since: None,
+            timestamps: true,
+        },
+    )
+    .unwrap()
+    .unwrap();
+    let mut chunks = Vec::new();
+    loop {
+        let c = f.next_chunk(40).unwrap();
+        assert!(c.len() <= 40, "{} bytes", c.len());
+        if c.is_empty() {
+            break;
+        }
+        chunks.push(text(c));
+    }
+    assert_eq!(chunks.len(), 6, "{chunks:?}");
+    assert_eq!(chunks[0], "2023-11-14T22:13:21.000000000Z r1\n");
+    // A line longer than a chunk: its time once, then the rest of it.
+    fs::write(&log, [b'x'; 50].as_slice()).unwrap();
+    fs::write(times::times_path(&log), b"").unwrap();
+    mark_all(&log, &[(50, 7)]);
+    let got = read_sel(&log, Some(1), None, true);
+    assert_eq!(
+        got,
+        format!("2023-11-14T22:13:27.000000000Z {}", "x".repeat(50))
+    );
+}
+
+#[test]
+fn marks_follow_their_bytes_through_rotation_and_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = dir.path().join("app.log");
+    fs::write(&log, b"aa\nbb\ncc\n").unwrap();
+    mark_all(&log, &[(3, 1), (6, 2), (9, 3)]);
+    let mut f = Follower::open_with(
+        &log,
+        false,
+        true,
+        None,
+        Select {
+            since: None,
+            timestamps: true,
+        },
+    )
+    .unwrap()
+    .unwrap();
+    assert_eq!(
+        text(drain(&mut f, 100)),
+        "2023-11-14T22:13:21.000000000Z aa\n\
+         2023-11-14T22:13:22.000000000Z bb\n\
+         2023-11-14T22:13:23.000000000Z cc\n"
+    );
+    append(&log, b"dd\n");
+    mark_all(&log, &[(12, 4)]);
+    // Keeps the last 6 bytes, "cc\ndd\n", with their marks; the live log starts unmarked.
+    assert!(crate::runtime::rotate_if_needed_for_tests(&log, 6).unwrap());
+    assert_eq!(
+        Times::load(&rotated(&log)).unwrap().marks,
+        vec![
+            Mark {
+                end: 3,
+                nanos: at(3)
+            },
+            Mark {
+                end: 6,
+                nanos: at(4)
+            }
+        ]
+    );
+    assert!(Times::load(&log).unwrap().marks.is_empty());
+    assert_eq!(
+        text(drain(&mut f, 100)),
+        "2023-11-14T22:13:24.000000000Z dd\n"
+    );
+    // A restart: the marks go with the previous instance's log.
+    keep_previous(&log).unwrap();
+    assert!(!times::times_path(&log).exists());
+    assert_eq!(
+        read_sel(&previous(&log), None, Some(at(4)), false),
+        "dd\n",
+        "the rotated log of the previous instance keeps its marks"
+    );
+}
+
+#[test]
+fn timestamps_never_go_back_and_unmarked_lines_get_a_time() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = dir.path().join("app.log");
+    // The clock went back between two marks; then a line not marked yet.
+    fs::write(&log, b"a\nb\nc\n").unwrap();
+    mark_all(&log, &[(2, 5), (4, 3)]);
+    let out = read_sel(&log, None, None, true);
+    let stamps: Vec<std::time::SystemTime> = out
+        .lines()
+        .map(|l| humantime::parse_rfc3339(l.split(' ').next().unwrap()).unwrap())
+        .collect();
+    assert_eq!(stamps.len(), 3, "{out}");
+    assert!(stamps.windows(2).all(|w| w[0] <= w[1]), "{out}");
+    assert!(out.starts_with("2023-11-14T22:13:25.000000000Z a\n2023-11-14T22:13:25.000000000Z b\n"));
 }

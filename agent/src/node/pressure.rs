@@ -293,7 +293,8 @@ fn disk_usage(dir: &Path) -> u64 {
     }
 }
 
-/// Removes every rotated container log (`<pod>/logs/<container>.log.1`); returns the bytes.
+/// Removes every rotated container log (`<pod>/logs/<container>.log.1`, with its line
+/// times `.log.1.times`); returns the bytes.
 fn remove_rotated_logs(pods_dir: &Path) -> u64 {
     let mut freed = 0;
     for pod in std::fs::read_dir(pods_dir).into_iter().flatten().flatten() {
@@ -303,7 +304,9 @@ fn remove_rotated_logs(pods_dir: &Path) -> u64 {
             .flatten()
         {
             let path = log.path();
-            if path.extension().is_some_and(|e| e == "1") {
+            let name = log.file_name();
+            let name = name.to_string_lossy();
+            if name.ends_with(".log.1") || name.ends_with(".log.1.times") {
                 let size = log.metadata().map(|m| m.len()).unwrap_or(0);
                 if std::fs::remove_file(&path).is_ok() {
                     freed += size;
@@ -314,15 +317,20 @@ fn remove_rotated_logs(pods_dir: &Path) -> u64 {
     freed
 }
 
-/// Empties the logs at `paths` (dead containers'); returns the bytes freed.
+/// Empties the logs at `paths` (dead containers'), and their line times; returns the bytes
+/// freed.
 fn truncate_logs(paths: &[std::path::PathBuf]) -> u64 {
+    let empty = |path: &Path| {
+        let f = std::fs::OpenOptions::new().write(true).open(path).ok()?;
+        let size = f.metadata().ok()?.len();
+        f.set_len(0).ok()?;
+        Some(size)
+    };
     paths
         .iter()
         .filter_map(|path| {
-            let f = std::fs::OpenOptions::new().write(true).open(path).ok()?;
-            let size = f.metadata().ok()?.len();
-            f.set_len(0).ok()?;
-            Some(size)
+            let size = empty(path)?;
+            Some(size + empty(&crate::logs::times::times_path(path)).unwrap_or(0))
         })
         .sum()
 }
@@ -338,8 +346,11 @@ mod tests {
         std::fs::create_dir_all(&logs).unwrap();
         std::fs::write(logs.join("app.log"), b"now").unwrap();
         std::fs::write(logs.join("app.log.1"), vec![0u8; 5000]).unwrap();
-        assert_eq!(remove_rotated_logs(dir.path()), 5000);
+        std::fs::write(logs.join("app.log.1.times"), vec![0u8; 17]).unwrap();
+        std::fs::write(logs.join("app.log.times"), vec![0u8; 17]).unwrap();
+        assert_eq!(remove_rotated_logs(dir.path()), 5017);
         assert!(logs.join("app.log").exists() && !logs.join("app.log.1").exists());
+        assert!(logs.join("app.log.times").exists() && !logs.join("app.log.1.times").exists());
         assert!(disk_usage(&dir.path().join("u1")) >= 3);
         assert_eq!(disk_usage(&dir.path().join("missing")), 0);
     }
@@ -349,10 +360,13 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let (dead, live) = (dir.path().join("dead.log"), dir.path().join("live.log"));
         std::fs::write(&dead, vec![1u8; 7000]).unwrap();
+        let dead_times = crate::logs::times::times_path(&dead);
+        std::fs::write(&dead_times, vec![0u8; 20]).unwrap();
         std::fs::write(&live, b"running").unwrap();
         let missing = dir.path().join("never-started.log");
-        assert_eq!(truncate_logs(&[dead.clone(), missing.clone()]), 7000);
+        assert_eq!(truncate_logs(&[dead.clone(), missing.clone()]), 7020);
         assert_eq!(std::fs::metadata(&dead).unwrap().len(), 0);
+        assert_eq!(std::fs::metadata(&dead_times).unwrap().len(), 0);
         assert_eq!(std::fs::read(&live).unwrap(), b"running");
         assert!(!missing.exists());
     }

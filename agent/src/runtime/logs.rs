@@ -26,6 +26,8 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard, Weak};
 use std::time::Duration;
 
+use crate::logs::times::{self, Mark, Times};
+
 /// How often the rotator looks at every log's size.
 pub(crate) const CHECK_EVERY: Duration = Duration::from_millis(250);
 
@@ -83,7 +85,8 @@ fn size(path: &Path) -> io::Result<Option<u64>> {
 }
 
 /// Copy-truncates `path` if it is past `max_bytes` while writers may still append to it.
-/// Returns whether it rotated.
+/// Returns whether it rotated. The line times ([`times`]) go with their bytes: the rotated
+/// file gets the marks of what it keeps, the live file starts with none.
 pub(crate) fn rotate_if_needed(path: &Path, max_bytes: u64) -> io::Result<bool> {
     let max = max_bytes.max(1);
     let Some(len) = size(path)? else {
@@ -93,9 +96,35 @@ pub(crate) fn rotate_if_needed(path: &Path, max_bytes: u64) -> io::Result<bool> 
         return Ok(false);
     }
     let newest = read_range(path, len - max, max)?;
-    replace(&rotated_path(path), &newest)?;
+    let marks = Times::load(path)?.slice(len - max, len, times::now_nanos());
+    let rotated = rotated_path(path);
+    replace(&rotated, &newest)?;
+    replace(&times::times_path(&rotated), &marks.encoded())?;
+    // Marks first: a reader between the two sees unmarked bytes (then read as "now"), never
+    // the old marks over new bytes.
+    replace(&times::times_path(path), &[])?;
     OpenOptions::new().write(true).open(path)?.set_len(0)?;
     Ok(true)
+}
+
+/// Marks the growth of `path` since `last` (see [`times`]); returns the new last mark.
+fn mark(path: &Path, last: Option<Mark>) -> io::Result<Option<Mark>> {
+    let Some(len) = size(path)? else {
+        return Ok(last);
+    };
+    match last {
+        Some(l) if l.end == len => return Ok(last),
+        // Shorter: rotated or replaced under us; its marks start again.
+        Some(l) if l.end > len => return Ok(None),
+        _ if len == 0 => return Ok(last),
+        _ => {}
+    }
+    let m = Mark {
+        end: len,
+        nanos: times::now_nanos(),
+    };
+    times::append(path, last, m, LOG_MODE)?;
+    Ok(Some(m))
 }
 
 /// Settles the log of an exited container (nobody writes to it any more): if it is past
@@ -116,13 +145,35 @@ pub(crate) fn finish(path: &Path, max_bytes: u64) -> io::Result<()> {
     let start = len - keep;
     let older = read_range(path, start.saturating_sub(max), start.min(max))?;
     let newest = read_range(path, start, keep)?;
-    replace(&rotated_path(path), &older)?;
-    replace(path, &newest)
+    let marks = Times::load(path)?;
+    let now = times::now_nanos();
+    let rotated = rotated_path(path);
+    replace(&rotated, &older)?;
+    replace(path, &newest)?;
+    if marks.marks.is_empty() {
+        // Never marked: no times rather than made-up ones (nor stale ones of `<log>.1`).
+        return [rotated, path.to_owned()].iter().try_for_each(|p| {
+            match fs::remove_file(times::times_path(p)) {
+                Err(e) if e.kind() != io::ErrorKind::NotFound => Err(e),
+                _ => Ok(()),
+            }
+        });
+    }
+    replace(
+        &times::times_path(&rotated),
+        &marks.slice(start.saturating_sub(max), start, now).encoded(),
+    )?;
+    replace(
+        &times::times_path(path),
+        &marks.slice(start, len, now).encoded(),
+    )
 }
 
 struct Entry {
     path: PathBuf,
     max_bytes: u64,
+    /// The last line-time mark written for `path` by this agent.
+    marked: Option<Mark>,
 }
 
 #[derive(Default)]
@@ -163,25 +214,44 @@ impl Rotator {
     }
 
     fn check_all(&self) {
-        let logs = self.lock();
-        for (name, e) in &logs.entries {
-            if let Err(err) = rotate_if_needed(&e.path, e.max_bytes) {
-                tracing::warn!(container = %name, error = %err, "log rotation failed");
+        let mut logs = self.lock();
+        for (name, e) in &mut logs.entries {
+            match mark(&e.path, e.marked) {
+                Ok(m) => e.marked = m,
+                Err(err) => {
+                    tracing::warn!(container = %name, error = %err, "marking log times failed")
+                }
+            }
+            match rotate_if_needed(&e.path, e.max_bytes) {
+                Ok(true) => e.marked = None,
+                Ok(false) => {}
+                Err(err) => tracing::warn!(container = %name, error = %err, "log rotation failed"),
             }
         }
     }
 
     /// Starts bounding `path` for container `name` (replacing an earlier registration).
     pub(crate) fn watch(&self, name: &str, path: PathBuf, max_bytes: u64) {
-        self.lock()
-            .entries
-            .insert(name.to_owned(), Entry { path, max_bytes });
+        // Go on from what an earlier agent marked (the next mark is a delta from it).
+        let marked = times::last(&path).ok().flatten();
+        self.lock().entries.insert(
+            name.to_owned(),
+            Entry {
+                path,
+                max_bytes,
+                marked,
+            },
+        );
     }
 
     /// Stops bounding the log of `name` and settles it with [`finish`]: its container exited.
     pub(crate) fn finish(&self, name: &str) {
         let mut logs = self.lock();
         if let Some(e) = logs.entries.remove(name) {
+            // Its last lines get their time before the split.
+            if let Err(err) = mark(&e.path, e.marked) {
+                tracing::warn!(container = %name, error = %err, "marking log times failed");
+            }
             if let Err(err) = finish(&e.path, e.max_bytes) {
                 tracing::warn!(container = %name, error = %err, "settling the log failed");
             }
@@ -257,5 +327,16 @@ mod tests {
         w.write_all(b"tail").unwrap();
         r.finish("c");
         assert_eq!(fs::read(&path).unwrap(), b"tail");
+        // Every byte kept has its time: marked before the rotation, and before the split.
+        let rot = Times::load(&rotated_path(&path)).unwrap();
+        assert_eq!(rot.marks.last().map(|m| m.end), Some(100));
+        let live = Times::load(&path).unwrap();
+        assert_eq!(live.marks.last().map(|m| m.end), Some(4));
+        let now = times::now_nanos();
+        assert!(live
+            .marks
+            .iter()
+            .chain(&rot.marks)
+            .all(|m| m.nanos <= now && m.nanos > now - 20_000_000_000));
     }
 }

@@ -1,5 +1,6 @@
-//! `baton logs POD [-c CONTAINER] [-f] [--previous] [--tail N]`, as kubectl has it: the
-//! log streams to stdout as the coordinator relays it from the node.
+//! `baton logs POD [-c CONTAINER] [-f] [--previous] [--tail N] [--since 10m | --since-time
+//! RFC3339] [--timestamps]`, as kubectl has it: the log streams to stdout as the
+//! coordinator relays it from the node.
 
 use std::io::Write;
 
@@ -24,6 +25,16 @@ pub struct LogsArgs {
     /// Only the last N lines (-1: all).
     #[arg(long, env = "BATON_LOGS_TAIL", default_value_t = -1, allow_negative_numbers = true)]
     pub tail: i64,
+    /// Only lines written in the last DURATION (`10s`, `5m`, `1h30m`), by the node's clock;
+    /// `--tail` then counts from there.
+    #[arg(long, env = "BATON_LOGS_SINCE", conflicts_with = "since_time")]
+    pub since: Option<String>,
+    /// Only lines written at or after this RFC 3339 time (`2026-12-07T01:00:00Z`).
+    #[arg(long, env = "BATON_LOGS_SINCE_TIME")]
+    pub since_time: Option<String>,
+    /// Each line prefixed with when it was written (RFC 3339, nanoseconds, UTC).
+    #[arg(long, env = "BATON_LOGS_TIMESTAMPS")]
+    pub timestamps: bool,
 }
 
 impl LogsArgs {
@@ -38,12 +49,18 @@ impl LogsArgs {
             None => self.pod.as_str(),
         };
         let on = |b: bool| b.then(|| "true".to_owned());
+        // Checked here too, so a typo fails before any call.
+        crate::contract::since::window(self.since.as_deref(), self.since_time.as_deref())
+            .map_err(|e| CliError::Usage(format!("error: {e}")))?;
         Ok(PodLogs {
             name: name.to_owned(),
             container: self.container.clone(),
             follow: on(self.follow),
             previous: on(self.previous),
             tail: (self.tail >= 0).then(|| self.tail.to_string()),
+            since: self.since.clone(),
+            since_time: self.since_time.clone(),
+            timestamps: on(self.timestamps),
         })
     }
 }
@@ -120,5 +137,19 @@ mod tests {
         );
         let bad = T::try_parse_from(["logs", "deploy/web"]).unwrap().a.route();
         assert!(matches!(bad, Err(CliError::Usage(_))));
+        assert_eq!(
+            p(&["web-1", "--since", "1h30m", "--timestamps", "--tail", "3"]),
+            "/api/v1/pods/web-1/log?tail=3&since=1h30m&timestamps=true"
+        );
+        assert_eq!(
+            p(&["web-1", "--since-time", "2026-12-07T01:00:00Z"]),
+            "/api/v1/pods/web-1/log?since_time=2026-12-07T01%3A00%3A00Z"
+        );
+        let typo = T::try_parse_from(["logs", "web-1", "--since", "5 min"])
+            .unwrap()
+            .a
+            .route();
+        assert!(matches!(typo, Err(CliError::Usage(_))));
+        assert!(T::try_parse_from(["logs", "w", "--since", "1s", "--since-time", "x"]).is_err());
     }
 }

@@ -15,6 +15,7 @@ pub mod payload;
 pub mod releases;
 pub mod resource;
 pub mod routes;
+pub mod since;
 pub mod tokens;
 pub mod usage;
 pub mod watch;

@@ -165,6 +165,9 @@ routes! {
         follow: Option<String>,
         previous: Option<String>,
         tail: Option<String>,
+        since: Option<String>,
+        since_time: Option<String>,
+        timestamps: Option<String>,
     } Get "/api/v1/pods/{name}/log", NoBody => LogText;
     /// Sets a Deployment's replicas; answers the Deployment. Admin.
     Scale { name: String }

@@ -48,6 +48,8 @@ pub struct LogQuery {
     pub previous: bool,
     pub follow: bool,
     pub tail_lines: Option<u32>,
+    pub since: Option<baton_proto::LogSince>,
+    pub timestamps: bool,
 }
 
 struct Open {
@@ -97,6 +99,8 @@ impl LogHub {
             follow: q.follow,
             tail_lines: q.tail_lines,
             credit: CREDIT,
+            since: q.since,
+            timestamps: q.timestamps,
         };
         // Room for every chunk the agent may send before the next credit, and its end.
         let (tx, rx) = mpsc::channel(CREDIT as usize + 2);
@@ -285,6 +289,8 @@ mod tests {
             previous: false,
             follow,
             tail_lines: None,
+            since: None,
+            timestamps: false,
         }
     }
 

@@ -22,6 +22,10 @@ pub(super) struct LogParams {
     follow: Option<String>,
     previous: Option<String>,
     tail: Option<String>,
+    /// A Go-style duration (`10m`), or `since_time` RFC 3339: see [`crate::contract::since`].
+    since: Option<String>,
+    since_time: Option<String>,
+    timestamps: Option<String>,
 }
 
 fn flag(v: &Option<String>, name: &str) -> Result<bool, Failure> {
@@ -51,6 +55,9 @@ pub(super) async fn pod_logs(
     Query(p): Query<LogParams>,
 ) -> Result<Response, Failure> {
     let (follow, previous) = (flag(&p.follow, "follow")?, flag(&p.previous, "previous")?);
+    let timestamps = flag(&p.timestamps, "timestamps")?;
+    let since = crate::contract::since::window(p.since.as_deref(), p.since_time.as_deref())
+        .map_err(|e| Failure::from(ApiError::BadRequest(e)))?;
     let tail_lines = match p.tail.as_deref() {
         None => None,
         // kubectl's default -1: all.
@@ -124,6 +131,8 @@ pub(super) async fn pod_logs(
         previous,
         follow,
         tail_lines,
+        since,
+        timestamps,
     };
     let stream = hub.open(q).await?;
     // Chunked: each piece goes out as it arrives; the stream (and with it the session)

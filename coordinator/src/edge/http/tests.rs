@@ -375,8 +375,8 @@ fn fake_agent_logs() -> Arc<crate::edge::logs::LogHub> {
                 continue;
             };
             let line = format!(
-                "log of {} (previous: {}, tail: {:?})\n",
-                r.container, r.previous, r.tail_lines
+                "log of {} (previous: {}, tail: {:?}, since: {:?}, timestamps: {})\n",
+                r.container, r.previous, r.tail_lines, r.since, r.timestamps
             );
             for (seq, data, end) in [(0, line.into_bytes(), None), (1, Vec::new(), Some(None))] {
                 let chunk = LogChunk {
@@ -746,13 +746,16 @@ async fn every_contract_route_is_served_as_defined() {
                 follow: None,
                 previous: Some("true".into()),
                 tail: Some("3".into()),
+                since: Some("1m30s".into()),
+                since_time: None,
+                timestamps: Some("true".into()),
             },
             &NoBody,
         )
         .await;
     assert_eq!(
         String::from_utf8(log.0).unwrap(),
-        "log of echo (previous: true, tail: Some(3))\n"
+        "log of echo (previous: true, tail: Some(3), since: Some(Ago { millis: 90000 }), timestamps: true)\n"
     );
 
     // Usage: what the core answers, as the contract's lists.

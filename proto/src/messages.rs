@@ -6,7 +6,8 @@ use core::net::IpAddr;
 use serde::{Deserialize, Serialize};
 
 use crate::{
-    BString, BVec, ProtoError, MAX_CONTAINERS_PER_POD, MAX_PODS_PER_NODE, MAX_SEALED_BYTES,
+    BString, BVec, ProtoError, CONFIG_MAP_PART_BYTES, MAX_CONFIG_MAP_KEYS,
+    MAX_CONFIG_MAP_WIRE_BYTES, MAX_CONTAINERS_PER_POD, MAX_PODS_PER_NODE, MAX_SEALED_BYTES,
     MAX_SECRETS_PER_NODE,
 };
 
@@ -105,6 +106,11 @@ pub enum Body {
     /// it moved beyond the agent's thresholds, at most as often as its link profile allows.
     /// Added in v5.
     Usage(NodeUsage),
+    /// Coordinator -> agent on `down/control`: one part of a ConfigMap's content, for a
+    /// node whose pods reference it (env `configMapKeyRef`/`envFrom`, `configMap` volumes).
+    /// ConfigMaps travel apart from [`DesiredState`] (up to 1 MiB each, over
+    /// [`crate::MAX_MESSAGE_BYTES`]), split into parts. Added in v5.
+    ConfigMapPart(ConfigMapPart),
 }
 
 impl Body {
@@ -118,7 +124,8 @@ impl Body {
             | Body::LogCredit(_)
             | Body::LogChunk(_)
             | Body::Link(_)
-            | Body::Usage(_) => 5,
+            | Body::Usage(_)
+            | Body::ConfigMapPart(_) => 5,
             _ => crate::MIN_PROTO_VERSION,
         }
     }
@@ -140,6 +147,7 @@ impl Body {
             Body::LogChunk(_) => "LogChunk",
             Body::Link(_) => "Link",
             Body::Usage(_) => "Usage",
+            Body::ConfigMapPart(_) => "ConfigMapPart",
         }
     }
 }
@@ -380,6 +388,92 @@ pub struct SecretItem {
     pub value: BVec<u8, MAX_SEALED_BYTES>,
 }
 
+/// One part of a ConfigMap's content. The `bytes` of parts `0..count`, concatenated, are
+/// the postcard encoding of [`ConfigMapData`]; `digest` (the first 8 bytes of its SHA-256,
+/// [`config_map_digest`]) names that content, so an agent assembles only parts of one
+/// version and checks the whole before it uses it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ConfigMapPart {
+    pub name: BString<253>,
+    pub digest: u64,
+    pub index: u16,
+    pub count: u16,
+    pub bytes: BVec<u8, CONFIG_MAP_PART_BYTES>,
+}
+
+/// A ConfigMap's `data` and `binaryData` together, in key order (a node needs no more).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ConfigMapData {
+    pub items: BVec<ConfigMapItem, MAX_CONFIG_MAP_KEYS>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ConfigMapItem {
+    pub key: BString<253>,
+    pub value: BVec<u8, MAX_CONFIG_MAP_WIRE_BYTES>,
+}
+
+impl ConfigMapData {
+    /// The parts `name`'s content travels in (at least one, also when it is empty).
+    pub fn parts(&self, name: &BString<253>) -> Result<Vec<ConfigMapPart>, ProtoError> {
+        let encoded = postcard::to_allocvec(self).map_err(ProtoError::Encode)?;
+        let digest = config_map_digest(&encoded);
+        let chunks: Vec<&[u8]> = if encoded.is_empty() {
+            vec![&[]]
+        } else {
+            encoded.chunks(CONFIG_MAP_PART_BYTES).collect()
+        };
+        let count = u16::try_from(chunks.len()).map_err(|_| ProtoError::TooMany {
+            max: u16::MAX as usize,
+            got: chunks.len(),
+        })?;
+        chunks
+            .into_iter()
+            .enumerate()
+            .map(|(i, c)| {
+                Ok(ConfigMapPart {
+                    name: name.clone(),
+                    digest,
+                    index: i as u16,
+                    count,
+                    bytes: BVec::from_vec(c.to_vec())?,
+                })
+            })
+            .collect()
+    }
+
+    /// The content `parts` (all of one digest, in index order) carry, checked against it.
+    pub fn assemble(parts: &[ConfigMapPart]) -> Result<Self, ProtoError> {
+        let mut encoded = Vec::new();
+        for p in parts {
+            encoded.extend_from_slice(&p.bytes);
+        }
+        let digest = parts.first().map(|p| p.digest).unwrap_or_default();
+        if config_map_digest(&encoded) != digest {
+            return Err(ProtoError::Decode(postcard::Error::DeserializeBadEncoding));
+        }
+        postcard::from_bytes(&encoded).map_err(ProtoError::Decode)
+    }
+
+    /// The value of `key`.
+    pub fn get(&self, key: &str) -> Option<&[u8]> {
+        self.items
+            .iter()
+            .find(|i| i.key.as_str() == key)
+            .map(|i| &i.value[..])
+    }
+}
+
+/// The digest a [`ConfigMapPart`] names its content by: SHA-256 of `encoded` (the
+/// [`ConfigMapData`] encoding), first 8 bytes, big-endian.
+pub fn config_map_digest(encoded: &[u8]) -> u64 {
+    use sha2::Digest;
+    let h = sha2::Sha256::digest(encoded);
+    let mut first = [0u8; 8];
+    first.copy_from_slice(&h[..8]);
+    u64::from_be_bytes(first)
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub enum RestartPolicy {
     Always,
@@ -530,6 +624,21 @@ pub enum EnvValue {
         secret: BString<253>,
         key: BString<253>,
     },
+    /// `valueFrom.configMapKeyRef` (v5 agents only): a key of a ConfigMap the node is sent
+    /// in [`Body::ConfigMapPart`]s. An `optional` one that is missing leaves the variable
+    /// unset.
+    ConfigMapKey {
+        config_map: BString<253>,
+        key: BString<253>,
+        optional: bool,
+    },
+    /// `envFrom[].configMapRef` (v5 agents only): every key of the ConfigMap whose name is
+    /// a valid variable name, named [`EnvVar::name`] (the `prefix`) + key. Kept in the env
+    /// list, in place, so the order of precedence stays Kubernetes' (later entries win).
+    ConfigMapAll {
+        config_map: BString<253>,
+        optional: bool,
+    },
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -546,6 +655,23 @@ pub enum VolumeSource {
     EmptyDir { size_limit_bytes: Option<u64> },
     /// Only sent when the coordinator's policy allows host paths.
     HostPath { path: BString<4096> },
+    /// A ConfigMap's keys as files, written atomically and kept current while the pod runs
+    /// (v5 agents only).
+    ConfigMap {
+        name: BString<253>,
+        /// Empty: every key, as a file of its name.
+        items: BVec<KeyToPath, MAX_CONFIG_MAP_KEYS>,
+        default_mode: u16,
+        optional: bool,
+    },
+}
+
+/// One `items` entry of a `configMap` volume.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct KeyToPath {
+    pub key: BString<253>,
+    pub path: BString<4096>,
+    pub mode: Option<u16>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

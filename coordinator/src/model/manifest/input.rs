@@ -240,7 +240,7 @@ pub(super) struct InConfigMapVolume {
     pub(super) name: Option<String>,
     #[serde(default)]
     pub(super) items: Vec<InKeyToPath>,
-    pub(super) default_mode: Option<i64>,
+    pub(super) default_mode: Option<InMode>,
     #[serde(default)]
     pub(super) optional: bool,
 }
@@ -250,7 +250,16 @@ pub(super) struct InConfigMapVolume {
 pub(super) struct InKeyToPath {
     pub(super) key: Option<String>,
     pub(super) path: Option<String>,
-    pub(super) mode: Option<i64>,
+    pub(super) mode: Option<InMode>,
+}
+
+/// A file mode as written: a number, or the YAML 1.1 octal literal Kubernetes' examples
+/// use (`0400`), which YAML 1.2 reads as a string.
+#[derive(Deserialize)]
+#[serde(untagged)]
+pub(super) enum InMode {
+    Number(i64),
+    Text(String),
 }
 
 #[derive(Deserialize)]

@@ -205,8 +205,20 @@ fn volumes(path: &str, input: Vec<InVolume>) -> Result<Vec<api::Volume>, Invalid
     Ok(out)
 }
 
-/// A file mode of a projected volume: 0 to 0777, as the API server checks it.
-fn file_mode(path: &str, mode: i64) -> Result<u16, Invalid> {
+/// A file mode of a projected volume: 0 to 0777, as the API server checks it. `0400` is
+/// octal, as in the YAML 1.1 Kubernetes reads.
+fn file_mode(path: &str, mode: super::input::InMode) -> Result<u16, Invalid> {
+    use super::input::InMode;
+    let mode = match mode {
+        InMode::Number(n) => n,
+        InMode::Text(t) => {
+            let digits = t.strip_prefix("0o").or_else(|| t.strip_prefix('0'));
+            match digits.and_then(|d| i64::from_str_radix(d, 8).ok()) {
+                Some(n) => n,
+                None => return invalid(path, format!("{t:?} is not a file mode")),
+            }
+        }
+    };
     if !(0..=0o777).contains(&mode) {
         return invalid(
             path,

@@ -22,6 +22,9 @@ use tracing::{info, warn};
 
 use crate::volumes::ConfigMapSource;
 
+/// The parts of one ConfigMap version in transit: its digest, and the parts by index.
+type InTransit = (u64, BTreeMap<u16, ConfigMapPart>);
+
 /// Held ConfigMaps and parts in transit. Cheap to clone: clones share state.
 #[derive(Clone, Default)]
 pub struct DeviceConfigMaps {
@@ -29,7 +32,7 @@ pub struct DeviceConfigMaps {
     dir: Option<PathBuf>,
     held: Arc<RwLock<BTreeMap<String, (u64, ConfigMapData)>>>,
     /// By name: the digest being assembled and its parts by index.
-    partial: Arc<RwLock<BTreeMap<String, (u64, BTreeMap<u16, ConfigMapPart>)>>>,
+    partial: Arc<RwLock<BTreeMap<String, InTransit>>>,
 }
 
 impl std::fmt::Debug for DeviceConfigMaps {

@@ -118,9 +118,9 @@ fn unsupported_fields_are_named_by_path() {
             "error: document 1: spec.template.spec.containers[0].livenessProbe.grpc: field not supported by Baton",
         ),
         (
-            "configMap volume and hostPath type",
-            doc("", "", "      volumes:\n      - {name: a, configMap: {name: c}}\n      - {name: b, hostPath: {path: /x, type: Directory}}\n", ""),
-            "error: document 1: spec.template.spec.volumes[0].configMap: field not supported by Baton; spec.template.spec.volumes[1].hostPath.type: field not supported by Baton",
+            "projected volume and hostPath type",
+            doc("", "", "      volumes:\n      - {name: a, projected: {sources: []}}\n      - {name: b, hostPath: {path: /x, type: Directory}}\n", ""),
+            "error: document 1: spec.template.spec.volumes[0].projected: field not supported by Baton; spec.template.spec.volumes[1].hostPath.type: field not supported by Baton",
         ),
         (
             "extended resource",

@@ -166,6 +166,7 @@ async fn adopt_pod(deps: &Arc<Deps>, pod: &PodSpec) -> Result<AdoptedPod, String
         &pod.volumes,
         &readers,
         deps.secrets.as_ref(),
+        deps.config_maps.as_ref(),
     )
     .map_err(|e| format!("volumes: {e}"))?;
     let mut containers = Vec::new();

@@ -59,6 +59,8 @@ pub enum BusEvent {
     StatusRequest,
     /// The retained agent update order (`None`: withdrawn); see [`crate::update`].
     AgentUpdate(Option<baton_proto::AgentUpdate>),
+    /// A part of a ConfigMap the node's pods reference (see [`crate::config_maps`]).
+    ConfigMapPart(baton_proto::ConfigMapPart),
 }
 
 /// Parses the broker address (`mqtt://host:port` or `mqtts://host:port`); the format is
@@ -288,6 +290,7 @@ impl Bus {
         match (kind, env.body) {
             (Kind::Down(Down::Desired), Body::Desired(d)) => Some(BusEvent::Desired(d)),
             (Kind::Down(Down::Control), Body::StatusRequest) => Some(BusEvent::StatusRequest),
+            (Kind::Down(Down::Control), Body::ConfigMapPart(p)) => Some(BusEvent::ConfigMapPart(p)),
             (Kind::Down(Down::Update), Body::AgentUpdate(u)) => Some(BusEvent::AgentUpdate(u)),
             // Only a verified request counts: without an identity there is nothing to rotate.
             (Kind::Down(Down::Control), Body::RotateKey) => match &self.security {

@@ -10,6 +10,7 @@
 pub mod adopt;
 pub mod build_info;
 pub mod bus;
+pub mod config_maps;
 pub mod datadir;
 pub mod durable;
 pub mod identity;

@@ -29,7 +29,7 @@ use tracing::{info, warn};
 use crate::image::{ImageConfig, ImageStore};
 use crate::network::{HostPortRule, Network, PodNet, PortReservation, Sandbox, L4};
 use crate::runtime::{ContainerId, RunSpec, Runtime, Seccomp, Security};
-use crate::volumes::{self, PodVolumes, SecretSource};
+use crate::volumes::{self, ConfigMapSource, PodVolumes, SecretSource};
 
 /// Everything a pod worker needs, shared by all of them.
 pub struct Deps {
@@ -43,6 +43,8 @@ pub struct Deps {
     pub network: Network,
     /// Plaintext of the secrets pods reference (env and secret volumes).
     pub secrets: Arc<dyn SecretSource>,
+    /// The ConfigMaps pods reference (env and `configMap` volumes).
+    pub config_maps: Arc<dyn ConfigMapSource>,
 }
 
 /// A container of a prepared pod, ready to run: init containers first, in order.
@@ -191,13 +193,17 @@ pub fn argv(c: &ContainerSpec, img: &ImageConfig) -> Vec<String> {
 }
 
 /// Image env first, then the pod's, a later name replacing an earlier one. A `secretKeyRef`
-/// that does not resolve fails with k8s's `CreateContainerConfigError` reason.
+/// or a non-optional ConfigMap reference that does not resolve fails with k8s's
+/// `CreateContainerConfigError` reason. ConfigMaps are read now, at container start: a
+/// change reaches the environment at the next start only, as in Kubernetes.
 pub fn environment(
     c: &ContainerSpec,
     img: &ImageConfig,
     hostname: &str,
     secrets: &dyn SecretSource,
+    config_maps: &dyn ConfigMapSource,
 ) -> Result<Vec<String>, WorkerError> {
+    let config_err = |e: volumes::VolumeError| WorkerError::CreateContainerConfig(error_chain(&e));
     let mut env: Vec<(String, String)> = Vec::new();
     let mut set = |k: &str, v: &str| match env.iter_mut().find(|(n, _)| n == k) {
         Some(slot) => slot.1 = v.to_owned(),
@@ -221,9 +227,48 @@ pub fn environment(
                     .map_err(|e| WorkerError::CreateContainerConfig(error_chain(&e)))?;
                 set(&e.name, &v);
             }
+            EnvValue::ConfigMapKey {
+                config_map,
+                key,
+                optional,
+            } => {
+                if let Some(v) = volumes::config_map_env(config_maps, config_map, key, *optional)
+                    .map_err(config_err)?
+                {
+                    set(&e.name, &v);
+                }
+            }
+            EnvValue::ConfigMapAll {
+                config_map,
+                optional,
+            } => match config_maps.config_map(config_map) {
+                Some(data) => {
+                    for item in data.items.iter() {
+                        // kubelet skips keys that are not valid variable names.
+                        let name = format!("{}{}", e.name, item.key);
+                        if env_name_ok(&name) {
+                            set(
+                                &name,
+                                &String::from_utf8_lossy(&item.value).replace('\0', ""),
+                            );
+                        }
+                    }
+                }
+                None if *optional => {}
+                None => {
+                    return Err(config_err(volumes::VolumeError::ConfigMapNotFound(
+                        config_map.to_string(),
+                    )))
+                }
+            },
         }
     }
     Ok(env.into_iter().map(|(k, v)| format!("{k}={v}")).collect())
+}
+
+/// A variable name as the coordinator accepts them: printable ASCII without '='.
+fn env_name_ok(name: &str) -> bool {
+    !name.is_empty() && name.bytes().all(|b| (0x20..0x7f).contains(&b) && b != b'=')
 }
 
 async fn blocking<T: Send + 'static>(
@@ -289,10 +334,18 @@ pub async fn start(
 
     let (d, p, dir) = (deps.clone(), pod.clone(), deps.pod_dir(&uid));
     let readers = volumes::Readers::of(&pod);
-    let vols = blocking(move || volumes::prepare(&dir, &p.volumes, &readers, d.secrets.as_ref()))
-        .await
-        .map_err(|e| fail(None, e))?
-        .map_err(|e| fail(None, WorkerError::CreateContainerConfig(error_chain(&e))))?;
+    let vols = blocking(move || {
+        volumes::prepare(
+            &dir,
+            &p.volumes,
+            &readers,
+            d.secrets.as_ref(),
+            d.config_maps.as_ref(),
+        )
+    })
+    .await
+    .map_err(|e| fail(None, e))?
+    .map_err(|e| fail(None, WorkerError::CreateContainerConfig(error_chain(&e))))?;
 
     let mut started = Vec::new();
     for (c, img) in all_containers(&pod).zip(&images) {
@@ -341,7 +394,13 @@ pub fn run_spec(
         id,
         rootfs: PathBuf::new(),
         args: argv(c, img),
-        env: environment(c, img, &pod.name, deps.secrets.as_ref())?,
+        env: environment(
+            c,
+            img,
+            &pod.name,
+            deps.secrets.as_ref(),
+            deps.config_maps.as_ref(),
+        )?,
         cwd: c
             .working_dir
             .as_ref()
@@ -652,6 +711,111 @@ mod tests {
     }
 
     #[test]
+    fn config_map_env_resolves_with_prefix_optional_and_missing() {
+        let cms = crate::config_maps::DeviceConfigMaps::default();
+        cms.insert(
+            "game",
+            &[("lives", b"3"), ("ui.file", b"x"), ("bad=key", b"no")],
+        );
+        let img = ImageConfig {
+            reference: "busybox".into(),
+            manifest_digest: String::new(),
+            entrypoint: vec![],
+            cmd: vec!["sh".into()],
+            env: vec![],
+            working_dir: String::new(),
+            layers: vec![],
+        };
+        fn s<const N: usize>(v: &str) -> BString<N> {
+            BString::new(v).unwrap()
+        }
+        let var = |name: &str, value: EnvValue| baton_proto::EnvVar {
+            name: s(name),
+            value,
+        };
+        let mut c = ContainerSpec {
+            name: s("c"),
+            image: s("busybox"),
+            image_pull_policy: baton_proto::PullPolicy::IfNotPresent,
+            command: baton_proto::BVec::new(),
+            args: baton_proto::BVec::new(),
+            env: baton_proto::BVec::new(),
+            working_dir: None,
+            ports: baton_proto::BVec::new(),
+            resources: Default::default(),
+            volume_mounts: baton_proto::BVec::new(),
+            liveness_probe: None,
+            readiness_probe: None,
+            startup_probe: None,
+            security: Default::default(),
+        };
+        c.env = baton_proto::BVec::from_vec(vec![
+            var(
+                "CFG_",
+                EnvValue::ConfigMapAll {
+                    config_map: s("game"),
+                    optional: false,
+                },
+            ),
+            // A later entry wins over envFrom, as in Kubernetes.
+            var("CFG_lives", EnvValue::Literal(s("9"))),
+            var(
+                "LIVES",
+                EnvValue::ConfigMapKey {
+                    config_map: s("game"),
+                    key: s("lives"),
+                    optional: false,
+                },
+            ),
+            var(
+                "GONE",
+                EnvValue::ConfigMapKey {
+                    config_map: s("game"),
+                    key: s("nope"),
+                    optional: true,
+                },
+            ),
+            var(
+                "",
+                EnvValue::ConfigMapAll {
+                    config_map: s("absent"),
+                    optional: true,
+                },
+            ),
+        ])
+        .unwrap();
+        let none = crate::volumes::NoSecrets;
+        let env = environment(&c, &img, "p", &none, &cms).unwrap();
+        for want in ["CFG_lives=9", "CFG_ui.file=x", "LIVES=3"] {
+            assert!(env.contains(&want.to_owned()), "{want} in {env:?}");
+        }
+        assert!(!env
+            .iter()
+            .any(|e| e.starts_with("GONE=") || e.contains("bad")));
+        // Not optional and missing: the pod waits with kubelet's reason.
+        let err = environment(&c, &img, "p", &none, &none).unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "CreateContainerConfigError: configmap \"game\" not found"
+        );
+        c.env = baton_proto::BVec::from_vec(vec![var(
+            "X",
+            EnvValue::ConfigMapKey {
+                config_map: s("game"),
+                key: s("nope"),
+                optional: false,
+            },
+        )])
+        .unwrap();
+        assert_eq!(
+            environment(&c, &img, "p", &none, &cms)
+                .unwrap_err()
+                .to_string(),
+            "CreateContainerConfigError: couldn't find key nope in ConfigMap game"
+        );
+    }
+
+    #[test]
     fn secret_env_resolves_or_names_what_is_missing() {
         let secrets = crate::volumes::StaticSecrets::default();
         secrets.insert("db", &[("password", b"hunter2")]);
@@ -694,10 +858,17 @@ mod tests {
             },
         ])
         .unwrap();
-        let env = environment(&c, &img, "p", &secrets).unwrap();
+        let env = environment(&c, &img, "p", &secrets, &crate::volumes::NoSecrets).unwrap();
         assert!(env.contains(&"PW=hunter2".to_owned()), "{env:?}");
         assert!(env.contains(&"A=1".to_owned()));
-        let err = environment(&c, &img, "p", &crate::volumes::NoSecrets).unwrap_err();
+        let err = environment(
+            &c,
+            &img,
+            "p",
+            &crate::volumes::NoSecrets,
+            &crate::volumes::NoSecrets,
+        )
+        .unwrap_err();
         assert_eq!(
             err,
             WorkerError::CreateContainerConfig("secret \"db\" not found".into())

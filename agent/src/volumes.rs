@@ -32,7 +32,7 @@ use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::RwLock;
 
-use baton_proto::{PodSpec, SecretData, Volume, VolumeMount, VolumeSource};
+use baton_proto::{ConfigMapData, PodSpec, SecretData, Volume, VolumeMount, VolumeSource};
 use nix::mount::{mount, umount2, MntFlags, MsFlags};
 
 use crate::runtime::Mount;
@@ -43,6 +43,18 @@ pub mod projection;
 /// secrets of its desired state; tests use [`StaticSecrets`].
 pub trait SecretSource: Send + Sync {
     fn get(&self, name: &str) -> Option<SecretData>;
+}
+
+/// Where a node's ConfigMaps come from: [`crate::config_maps::DeviceConfigMaps`], or
+/// [`NoSecrets`] (none) in tests.
+pub trait ConfigMapSource: Send + Sync {
+    fn config_map(&self, name: &str) -> Option<ConfigMapData>;
+}
+
+impl ConfigMapSource for NoSecrets {
+    fn config_map(&self, _name: &str) -> Option<ConfigMapData> {
+        None
+    }
 }
 
 /// Knows no secret: every reference fails with a clear reason.
@@ -101,6 +113,16 @@ pub enum VolumeError {
     KeyNotFound { secret: String, key: String },
     #[error("key {key} of secret {secret:?} is not valid text for an environment variable")]
     NotText { secret: String, key: String },
+    #[error("configmap {0:?} not found")]
+    ConfigMapNotFound(String),
+    #[error("couldn't find key {key} in ConfigMap {config_map}")]
+    ConfigMapKeyNotFound { config_map: String, key: String },
+    #[error("configMap volume {volume:?}: {source}")]
+    Projection {
+        volume: String,
+        #[source]
+        source: projection::ProjectionError,
+    },
     #[error("invalid name {0:?} for a volume or secret key")]
     BadName(String),
     #[error("volume {0:?} is not defined in the pod")]
@@ -246,6 +268,7 @@ pub fn prepare(
     volumes: &[Volume],
     readers: &Readers,
     secrets: &dyn SecretSource,
+    config_maps: &dyn ConfigMapSource,
 ) -> Result<PodVolumes, VolumeError> {
     let base = volumes_dir(pod_dir);
     let mut out = PodVolumes::default();
@@ -285,9 +308,104 @@ pub fn prepare(
                 }
                 out.paths.insert(name.to_owned(), (dir, true));
             }
+            VolumeSource::ConfigMap { .. } => {
+                write_config_map(&dir, v, config_maps)?;
+                out.paths.insert(name.to_owned(), (dir, true));
+            }
         }
     }
     Ok(out)
+}
+
+/// Writes a `configMap` volume's files with the projection writer (an atomic `..data`
+/// swap); `Ok(false)` when they were already current. A missing ConfigMap fails unless the
+/// volume is optional (then the volume is empty until it comes).
+fn write_config_map(
+    dir: &Path,
+    v: &Volume,
+    config_maps: &dyn ConfigMapSource,
+) -> Result<bool, VolumeError> {
+    let VolumeSource::ConfigMap {
+        name,
+        items,
+        default_mode,
+        optional,
+    } = &v.source
+    else {
+        return Ok(false);
+    };
+    let data = match config_maps.config_map(name) {
+        Some(d) => d,
+        None if *optional => ConfigMapData::default(),
+        None => return Err(VolumeError::ConfigMapNotFound(name.to_string())),
+    };
+    let map: BTreeMap<String, Vec<u8>> = data
+        .items
+        .iter()
+        .map(|i| (i.key.to_string(), i.value.to_vec()))
+        .collect();
+    let items: Vec<projection::KeyToPath> = items
+        .iter()
+        .map(|i| projection::KeyToPath {
+            key: i.key.to_string(),
+            path: i.path.to_string(),
+            mode: i.mode.map(u32::from),
+        })
+        .collect();
+    let wrap = |source| VolumeError::Projection {
+        volume: v.name.to_string(),
+        source,
+    };
+    let files =
+        projection::project(&map, &items, u32::from(*default_mode), *optional).map_err(wrap)?;
+    projection::AtomicDir::new(dir).write(&files).map_err(wrap)
+}
+
+/// Brings the `configMap` volumes of a prepared pod to the ConfigMaps' current content
+/// (a running container sees the swap through its bind mount). Volumes not prepared yet
+/// are left to [`prepare`]. Returns how many changed.
+pub fn refresh_config_maps(
+    pod_dir: &Path,
+    volumes: &[Volume],
+    config_maps: &dyn ConfigMapSource,
+) -> Result<usize, VolumeError> {
+    let base = volumes_dir(pod_dir);
+    let mut changed = 0;
+    for v in volumes {
+        if !matches!(v.source, VolumeSource::ConfigMap { .. }) {
+            continue;
+        }
+        let dir = base.join(safe_name(&v.name)?);
+        if dir.join(projection::DATA_LINK).exists() && write_config_map(&dir, v, config_maps)? {
+            changed += 1;
+        }
+    }
+    Ok(changed)
+}
+
+/// The value of `key` in ConfigMap `name` for an environment variable: `None` when it is
+/// missing and `optional`.
+pub fn config_map_env(
+    config_maps: &dyn ConfigMapSource,
+    name: &str,
+    key: &str,
+    optional: bool,
+) -> Result<Option<String>, VolumeError> {
+    let Some(data) = config_maps.config_map(name) else {
+        return if optional {
+            Ok(None)
+        } else {
+            Err(VolumeError::ConfigMapNotFound(name.to_owned()))
+        };
+    };
+    match data.get(key) {
+        Some(v) => Ok(Some(String::from_utf8_lossy(v).replace('\0', ""))),
+        None if optional => Ok(None),
+        None => Err(VolumeError::ConfigMapKeyNotFound {
+            config_map: name.to_owned(),
+            key: key.to_owned(),
+        }),
+    }
 }
 
 /// A tmpfs sized for the secret, one file per key, owned and moded per `access`, then
@@ -501,6 +619,70 @@ mod tests {
         }
     }
 
+    #[test]
+    fn config_map_volumes_project_items_and_modes_and_follow_changes() {
+        use std::os::unix::fs::MetadataExt;
+        let tmp = tempfile::tempdir().unwrap();
+        let pod = tmp.path().join("pod");
+        let cms = crate::config_maps::DeviceConfigMaps::default();
+        cms.insert("app", &[("a", b"1"), ("b", b"2")]);
+        let cm = |name: &str, items: Vec<baton_proto::KeyToPath>, optional| {
+            vol(
+                name,
+                VolumeSource::ConfigMap {
+                    name: BString::new("app").unwrap(),
+                    items: baton_proto::BVec::from_vec(items).unwrap(),
+                    default_mode: 0o640,
+                    optional,
+                },
+            )
+        };
+        let item = |key: &str, path: &str, mode| baton_proto::KeyToPath {
+            key: BString::new(key).unwrap(),
+            path: BString::new(path).unwrap(),
+            mode,
+        };
+        let all = cm("all", vec![], false);
+        let some = cm("some", vec![item("b", "sub/bee", Some(0o600))], false);
+        let vols = [all, some];
+        let pv = prepare(&pod, &vols, &Readers::default(), &NoSecrets, &cms).unwrap();
+        let all_dir = pv.path("all").unwrap().to_owned();
+        assert_eq!(fs::read(all_dir.join("a")).unwrap(), b"1");
+        let mode = |p: &Path| fs::metadata(p).unwrap().mode() & 0o777;
+        assert_eq!(mode(&all_dir.join("b")), 0o640, "defaultMode");
+        let bee = pv.path("some").unwrap().join("sub/bee");
+        assert_eq!(fs::read(&bee).unwrap(), b"2");
+        assert_eq!(mode(&bee), 0o600, "the item's mode");
+        assert!(!pv.path("some").unwrap().join("a").exists(), "only items");
+        let m = mounts(&pv, &[vm("all", "/etc/cfg", false)]).unwrap();
+        assert!(m[0].read_only, "configMap volumes are read-only");
+
+        // A new version: rewritten in place; unchanged content is left alone.
+        cms.insert("app", &[("a", b"new"), ("b", b"2")]);
+        assert_eq!(refresh_config_maps(&pod, &vols, &cms).unwrap(), 1);
+        assert_eq!(fs::read(all_dir.join("a")).unwrap(), b"new");
+        assert_eq!(refresh_config_maps(&pod, &vols, &cms).unwrap(), 0);
+
+        // Missing: an error naming it, unless optional; a missing item key likewise.
+        let err = prepare(
+            &pod,
+            &vols[..1],
+            &Readers::default(),
+            &NoSecrets,
+            &NoSecrets,
+        );
+        assert_eq!(err.unwrap_err().to_string(), "configmap \"app\" not found");
+        let opt = [cm("opt", vec![item("zzz", "z", None)], true)];
+        let pv = prepare(&pod, &opt, &Readers::default(), &NoSecrets, &NoSecrets).unwrap();
+        assert!(pv.path("opt").unwrap().join("..data").exists());
+        let strict = [cm("strict", vec![item("zzz", "z", None)], false)];
+        let err = prepare(&pod, &strict, &Readers::default(), &NoSecrets, &cms).unwrap_err();
+        assert!(
+            err.to_string().contains("non-existent config key: zzz"),
+            "{err}"
+        );
+    }
+
     /// Unmounts whatever a test mounted, even if it fails half-way.
     struct Cleanup(PathBuf);
     impl Drop for Cleanup {
@@ -562,7 +744,7 @@ mod tests {
         ];
         let mut readers = Readers::default();
         readers.add("creds", 1000, 2000);
-        let pv = prepare(&pod, &vols, &readers, &s).unwrap();
+        let pv = prepare(&pod, &vols, &readers, &s, &NoSecrets).unwrap();
         let creds = pv.path("creds").unwrap().to_owned();
         assert_eq!(fs::read(creds.join("password")).unwrap(), b"hunter2");
         // Its one reader's, and nobody else's.
@@ -586,7 +768,7 @@ mod tests {
         assert!(fs::write(small.join("big"), vec![0u8; 2 << 20]).is_err());
         fs::write(pv.path("scratch").unwrap().join("keep"), b"1").unwrap();
         // Idempotent: a second prepare (adoption) keeps content and mounts once.
-        let again = prepare(&pod, &vols, &readers, &s).unwrap();
+        let again = prepare(&pod, &vols, &readers, &s, &NoSecrets).unwrap();
         assert_eq!(again, pv);
         assert!(pv.path("scratch").unwrap().join("keep").exists());
         assert_eq!(mount_points_under(&volumes_dir(&pod)).len(), 2);
@@ -652,7 +834,7 @@ mod tests {
         ];
         for (v, want) in cases {
             assert_eq!(
-                prepare(&pod, &[v], &Readers::default(), &NoSecrets)
+                prepare(&pod, &[v], &Readers::default(), &NoSecrets, &NoSecrets)
                     .unwrap_err()
                     .to_string(),
                 want
@@ -703,7 +885,7 @@ mod tests {
         )];
         let mut readers = Readers::default();
         readers.add("creds", 1000, 1000);
-        prepare(&pod, &vols, &readers, &s).unwrap();
+        prepare(&pod, &vols, &readers, &s, &NoSecrets).unwrap();
         let file = fs::metadata(creds.join("password")).unwrap();
         assert_eq!((file.mode() & 0o7777, file.uid()), (0o400, 1000));
         assert_eq!(fs::metadata(&creds).unwrap().mode() & 0o7777, 0o700);

@@ -178,6 +178,7 @@ fn an_empty_dir_carries_files_from_one_container_to_the_next() {
         }],
         &volumes::Readers::default(),
         &volumes::NoSecrets,
+        &volumes::NoSecrets,
     )
     .unwrap();
     let m = volumes::mounts(
@@ -239,6 +240,7 @@ fn a_secret_volume_is_readable_and_read_only_in_the_container() {
         }],
         &readers,
         &secrets,
+        &volumes::NoSecrets,
     )
     .unwrap();
     let mut spec = fx.spec(

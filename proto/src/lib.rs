@@ -54,6 +54,17 @@ pub const MAX_SECRETS_PER_NODE: usize = 64;
 /// state must fit in [`MAX_MESSAGE_BYTES`].
 pub const MAX_SEALED_BYTES: usize = 64 * 1024;
 
+/// The most keys a ConfigMap sent to a node has (and items a `configMap` volume lists).
+pub const MAX_CONFIG_MAP_KEYS: usize = 1024;
+
+/// The largest ConfigMap value on the wire: Kubernetes' 1 MiB for the whole object.
+pub const MAX_CONFIG_MAP_WIRE_BYTES: usize = 1024 * 1024;
+
+/// The most bytes of a ConfigMap one [`ConfigMapPart`] carries: an envelope with a part
+/// stays well within [`MAX_MESSAGE_BYTES`] (the broker's packet limit follows that), so a
+/// 1 MiB ConfigMap travels as 6 parts instead of raising the limit for every message.
+pub const CONFIG_MAP_PART_BYTES: usize = 192 * 1024;
+
 /// The most containers in one pod.
 pub const MAX_CONTAINERS_PER_POD: usize = 16;
 

@@ -6,11 +6,13 @@ use core::net::IpAddr;
 use serde::{Deserialize, Serialize};
 
 use crate::{
-    BString, BVec, ProtoError, MAX_CONTAINERS_PER_POD, MAX_PODS_PER_NODE, MAX_SEALED_BYTES,
-    MAX_SECRETS_PER_NODE,
+    BString, BVec, ProtoError, MAX_CONFIG_MAP_KEYS, MAX_CONTAINERS_PER_POD, MAX_PODS_PER_NODE,
+    MAX_SEALED_BYTES, MAX_SECRETS_PER_NODE,
 };
 
+mod config_map;
 mod hello;
+pub use config_map::*;
 pub use hello::*;
 
 /// A node's name: 1-63 characters from `[A-Za-z0-9._-]`, so it is always a single,
@@ -105,6 +107,11 @@ pub enum Body {
     /// it moved beyond the agent's thresholds, at most as often as its link profile allows.
     /// Added in v5.
     Usage(NodeUsage),
+    /// Coordinator -> agent on `down/control`: one part of a ConfigMap's content, for a
+    /// node whose pods reference it (env `configMapKeyRef`/`envFrom`, `configMap` volumes).
+    /// ConfigMaps travel apart from [`DesiredState`] (up to 1 MiB each, over
+    /// [`crate::MAX_MESSAGE_BYTES`]), split into parts. Added in v5.
+    ConfigMapPart(ConfigMapPart),
 }
 
 impl Body {
@@ -118,7 +125,8 @@ impl Body {
             | Body::LogCredit(_)
             | Body::LogChunk(_)
             | Body::Link(_)
-            | Body::Usage(_) => 5,
+            | Body::Usage(_)
+            | Body::ConfigMapPart(_) => 5,
             _ => crate::MIN_PROTO_VERSION,
         }
     }
@@ -140,6 +148,7 @@ impl Body {
             Body::LogChunk(_) => "LogChunk",
             Body::Link(_) => "Link",
             Body::Usage(_) => "Usage",
+            Body::ConfigMapPart(_) => "ConfigMapPart",
         }
     }
 }
@@ -546,6 +555,21 @@ pub enum EnvValue {
         secret: BString<253>,
         key: BString<253>,
     },
+    /// `valueFrom.configMapKeyRef` (v5 agents only): a key of a ConfigMap the node is sent
+    /// in [`Body::ConfigMapPart`]s. An `optional` one that is missing leaves the variable
+    /// unset.
+    ConfigMapKey {
+        config_map: BString<253>,
+        key: BString<253>,
+        optional: bool,
+    },
+    /// `envFrom[].configMapRef` (v5 agents only): every key of the ConfigMap whose name is
+    /// a valid variable name, named [`EnvVar::name`] (the `prefix`) + key. Kept in the env
+    /// list, in place, so the order of precedence stays Kubernetes' (later entries win).
+    ConfigMapAll {
+        config_map: BString<253>,
+        optional: bool,
+    },
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -562,6 +586,23 @@ pub enum VolumeSource {
     EmptyDir { size_limit_bytes: Option<u64> },
     /// Only sent when the coordinator's policy allows host paths.
     HostPath { path: BString<4096> },
+    /// A ConfigMap's keys as files, written atomically and kept current while the pod runs
+    /// (v5 agents only).
+    ConfigMap {
+        name: BString<253>,
+        /// Empty: every key, as a file of its name.
+        items: BVec<KeyToPath, MAX_CONFIG_MAP_KEYS>,
+        default_mode: u16,
+        optional: bool,
+    },
+}
+
+/// One `items` entry of a `configMap` volume.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct KeyToPath {
+    pub key: BString<253>,
+    pub path: BString<4096>,
+    pub mode: Option<u16>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

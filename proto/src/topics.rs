@@ -68,9 +68,11 @@ impl Kind {
             Body::Status(_) | Body::Usage(_) => Kind::Up(Up::Status),
             Body::Offline => Kind::Up(Up::Offline),
             Body::Desired(_) => Kind::Down(Down::Desired),
-            Body::StatusRequest | Body::RotateKey | Body::LogRequest(_) | Body::LogCredit(_) => {
-                Kind::Down(Down::Control)
-            }
+            Body::StatusRequest
+            | Body::RotateKey
+            | Body::LogRequest(_)
+            | Body::LogCredit(_)
+            | Body::ConfigMapPart(_) => Kind::Down(Down::Control),
             Body::LogChunk(_) => Kind::Up(Up::Logs),
             Body::AgentUpdate(_) => Kind::Down(Down::Update),
             Body::UpdateReport(_) => Kind::Up(Up::Update),

@@ -773,3 +773,55 @@ fn usage() {
             .as_str(),
     );
 }
+
+#[test]
+fn config_map_part() {
+    let data = ConfigMapData {
+        items: BVec::from_vec(vec![ConfigMapItem {
+            key: s("k"),
+            value: BVec::from_vec(b"v".to_vec()).unwrap(),
+        }])
+        .unwrap(),
+    };
+    let parts = data.parts(&s("game")).unwrap();
+    assert_eq!(parts.len(), 1);
+    assert_eq!(ConfigMapData::assemble(&parts).unwrap(), data);
+    check_new(
+        Envelope::new(
+            Sender::Coordinator,
+            14,
+            Body::ConfigMapPart(parts[0].clone()),
+        ),
+        // 05 | 00 Coordinator | 0e seq | 00 | 0e ConfigMapPart | "game" | digest (varint) |
+        // 00 index | 01 count | 05 bytes: 01 item, "k", "v" | 00 no signature
+        "05000e000e 0467616d65 adb88887cdb8888aa301 00 01 05 01016b0176 00"
+            .replace(' ', "")
+            .as_str(),
+    );
+}
+
+/// A 1 MiB ConfigMap travels in parts that each fit a message; a part of another version
+/// or a tampered one does not assemble.
+#[test]
+fn a_big_config_map_travels_in_parts() {
+    let big = ConfigMapData {
+        items: BVec::from_vec(vec![ConfigMapItem {
+            key: s("blob"),
+            value: BVec::from_vec(vec![b'x'; 1024 * 1024 - 4]).unwrap(),
+        }])
+        .unwrap(),
+    };
+    let parts = big.parts(&s("big")).unwrap();
+    assert_eq!(parts.len(), 6);
+    for p in &parts {
+        let env = Envelope::new(Sender::Coordinator, 1, Body::ConfigMapPart(p.clone()));
+        assert!(env.encode().unwrap().len() <= MAX_MESSAGE_BYTES);
+    }
+    assert_eq!(ConfigMapData::assemble(&parts).unwrap(), big);
+    let mut tampered = parts.clone();
+    let mut b = tampered[3].bytes.to_vec();
+    b[10] ^= 1;
+    tampered[3].bytes = BVec::from_vec(b).unwrap();
+    assert!(ConfigMapData::assemble(&tampered).is_err());
+    assert!(ConfigMapData::assemble(&parts[..5]).is_err());
+}

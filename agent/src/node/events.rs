@@ -90,6 +90,7 @@ impl Agent {
                 self.tell_update_health();
             }
             Event::Bus(BusEvent::AgentUpdate(order)) => self.on_agent_update(order),
+            Event::Bus(BusEvent::ConfigMapPart(part)) => self.on_config_map_part(part),
             Event::Pulling { uid, container } => self.on_pulling(&uid, &container),
             Event::Pulled { uid, result } => match result {
                 Ok(images) => self.on_pulled(uid, images),
@@ -116,6 +117,35 @@ impl Agent {
             Event::Exit(ExitEvent { id, reason }) => self.on_exit(&id, reason),
         }
         Ok(())
+    }
+
+    /// A ConfigMap that is complete now: the `configMap` volumes of running pods that use
+    /// it are rewritten in this turn (an atomic swap their containers see without a
+    /// restart), and pods waiting for it are tried again at once.
+    fn on_config_map_part(&mut self, part: baton_proto::ConfigMapPart) {
+        let Some(name) = self.config_maps.receive(part) else {
+            return;
+        };
+        for pod in self.desired.pods.iter() {
+            if !crate::config_maps::references(pod).contains(&name) {
+                continue;
+            }
+            let uid = pod.uid.as_str();
+            if self.cooldown.remove(uid).is_some() {
+                info!(pod = %pod.name, configmap = name, "configmap arrived; starting the pod again");
+            }
+            let dir = self.deps.pod_dir(uid);
+            match crate::volumes::refresh_config_maps(&dir, &pod.volumes, &self.config_maps) {
+                Ok(0) => {}
+                Ok(n) => {
+                    info!(pod = %pod.name, configmap = name, volumes = n, "configmap volumes updated")
+                }
+                Err(e) => {
+                    warn!(pod = %pod.name, configmap = name, error = %chain(&e), "cannot update configmap volume")
+                }
+            }
+        }
+        self.status_dirty = true;
     }
 
     /// Update orders go to the update task; without one (tests, `reset`) they are dropped.
@@ -179,6 +209,12 @@ impl Agent {
             self.evicted
                 .retain(|uid, _| d.pods.iter().any(|p| p.uid.as_str() == uid));
             self.secrets.update(&d.secrets);
+            let referenced = d
+                .pods
+                .iter()
+                .flat_map(crate::config_maps::references)
+                .collect();
+            self.config_maps.retain(&referenced);
             self.desired = d;
             self.status_dirty = true;
         }

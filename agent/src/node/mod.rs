@@ -159,6 +159,8 @@ struct Agent {
     force_stop: std::collections::BTreeSet<String>,
     /// The desired state's secrets, opened (`deps.secrets` reads the same set).
     secrets: crate::secrets::DeviceSecrets,
+    /// The ConfigMaps the desired pods reference (`deps.config_maps` reads the same set).
+    config_maps: crate::config_maps::DeviceConfigMaps,
     /// Room kept for desired state and pod records on a full disk.
     reserve: crate::reserve::Reserve,
     /// Why the last desired state could not be applied whole (with its cause), until one
@@ -213,6 +215,7 @@ impl Agent {
             back_from_offline: false,
             force_stop: Default::default(),
             secrets,
+            config_maps: Default::default(),
             reserve: crate::reserve::Reserve::new(
                 &cfg_data_dir,
                 crate::reserve::DEFAULT_RESERVE_BYTES,
@@ -367,6 +370,10 @@ impl Node {
         let secrets = crate::secrets::DeviceSecrets::new(cfg.node.as_str(), &cfg.data_dir);
         let mut deps = build_deps(&cfg, exit_tx)?;
         deps.secrets = Arc::new(secrets.clone());
+        // Persisted, so pods that use them start after a reboot without the network.
+        let config_maps =
+            crate::config_maps::DeviceConfigMaps::open(&cfg.data_dir.join("configmaps"));
+        deps.config_maps = Arc::new(config_maps.clone());
         let deps = Arc::new(deps);
         deps.network.setup_node()?;
         if let Some(dir) = &cfg.preload_images {
@@ -395,6 +402,7 @@ impl Node {
 
         let (tx, events) = mpsc::channel(256);
         let mut agent = Agent::new(cfg, deps, desired, secrets, tx);
+        agent.config_maps = config_maps;
         if let Err(e) = agent.reserve.refill() {
             warn!(error = %e, "starting without a disk reserve");
         }
@@ -573,6 +581,7 @@ pub fn build_deps(
         images,
         network: Network::new(net_cfg),
         secrets: Arc::new(crate::volumes::NoSecrets),
+        config_maps: Arc::new(crate::volumes::NoSecrets),
     })
 }
 

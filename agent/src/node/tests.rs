@@ -194,6 +194,7 @@ impl Harness {
             images,
             network: Network::new(NetConfig::derive(NODE, data.join("net"), None).unwrap()),
             secrets: Arc::new(secrets.clone()),
+            config_maps: Arc::new(crate::volumes::NoSecrets),
         };
         let cfg = AgentConfig {
             node: NodeName::new(NODE).unwrap(),

@@ -497,10 +497,9 @@ pub fn revision_details(what: &str, r: &api::Revision) -> String {
         }
         for e in &c.env {
             match &e.value_from {
-                Some(from) => out.push_str(&format!(
-                    "    Env:        {}=<set to the key '{}' in secret '{}'>\n",
-                    e.name, from.secret_key_ref.key, from.secret_key_ref.name
-                )),
+                Some(from) => {
+                    out.push_str(&format!("    Env:        {}={}\n", e.name, from.describe()))
+                }
                 None => out.push_str(&format!("    Env:        {}={}\n", e.name, e.value)),
             }
         }

@@ -320,6 +320,11 @@ pub struct Core {
     secret_keeper: Box<dyn secrets::Keeper>,
     /// The secrets each node's desired state carries, as last published (or loaded).
     desired_secrets: HashMap<String, Vec<secrets::SentSecret>>,
+    /// By node: the ConfigMaps (name to content digest) it was sent since its last Hello.
+    sent_config_maps: HashMap<String, BTreeMap<String, u64>>,
+    /// The parts each ConfigMap travels in, by name, for the uid and generation they were
+    /// made from (a 1 MiB ConfigMap is encoded once, not once per node and commit).
+    config_map_parts: HashMap<String, config_maps::Parts>,
     /// What pods may ask of their nodes; checked on apply (`crate::decide::policy`).
     policy: Policy,
     /// Nodes whose identity is revoked: never Ready, sent an empty desired state once.
@@ -394,6 +399,8 @@ impl Core {
             rollout_versions: Default::default(),
             secret_keeper: Box::new(secrets::Unkept),
             desired_secrets: HashMap::new(),
+            sent_config_maps: HashMap::new(),
+            config_map_parts: HashMap::new(),
             policy: Policy::default(),
             revoked: BTreeSet::new(),
             live: HashMap::new(),

@@ -272,6 +272,10 @@ impl Core {
                     self.desired.insert(name.to_owned(), pods);
                 }
                 self.publish_desired(name);
+                // A reconnected agent may have missed parts: it is sent its ConfigMaps
+                // again (it keeps the versions it has, so the same content is a no-op).
+                self.sent_config_maps.remove(name);
+                self.send_config_maps();
                 self.republish_update_order(name);
                 // No StatusRequest here: an agent sends its status right after every Hello,
                 // and answers a StatusRequest with a Hello, so asking made the two ping-pong
@@ -410,7 +414,8 @@ impl Core {
             | Body::RotateKey
             | Body::AgentUpdate(_)
             | Body::LogRequest(_)
-            | Body::LogCredit(_) => {
+            | Body::LogCredit(_)
+            | Body::ConfigMapPart(_) => {
                 tracing::warn!(node = name, "downward message on an upward topic; ignored");
             }
         }

@@ -36,6 +36,7 @@ impl Core {
         self.update_daemon_set_statuses();
         self.update_secret_blocks();
         self.update_desired();
+        self.send_config_maps();
     }
 
     pub(super) fn owned<'a>(

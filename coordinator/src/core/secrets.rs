@@ -248,9 +248,11 @@ impl Core {
     }
 
     /// Why `p` cannot be sent to its node yet (a `CreateContainerConfigError` message).
+    /// Also a pod using ConfigMaps on an agent too old for them ([`Core::config_map_blocker`]).
     pub(super) fn secret_blocker(&self, p: &api::Pod) -> Option<String> {
         let node = p.spec.node_name.as_deref()?;
         blocker(self.secret_keeper.as_ref(), &p.spec, node, &self.secrets)
+            .or_else(|| self.config_map_blocker(p))
     }
 
     /// The secrets `pods` (a node's desired pods) reference, as sent to `node`.
@@ -364,7 +366,10 @@ impl Core {
         let nodes: BTreeSet<String> = self
             .pods
             .values()
-            .filter(|p| !references(&p.spec).is_empty())
+            .filter(|p| {
+                !references(&p.spec).is_empty()
+                    || !crate::model::secrets::config_map_references(&p.spec).is_empty()
+            })
             .filter_map(|p| p.spec.node_name.clone())
             .collect();
         let mut keep = BTreeSet::new();

@@ -64,6 +64,8 @@ impl Core {
             .keys()
             .map(|n| (n.clone(), self.desired_secret_list(n)))
             .collect();
+        // What was queued is dropped: ConfigMaps are sent again.
+        self.sent_config_maps.clear();
         self.dirty.clear();
         self.new_events.clear();
         self.pending_out.clear();

@@ -147,8 +147,9 @@ pub fn check_pod(spec: &api::PodSpec, path: &str, policy: &Policy) -> Result<(),
                 let p = format!("{path}.volumes[{i}].emptyDir.sizeLimit");
                 memory(&p, limit)?;
             }
-            api::VolumeSource::EmptyDir { size_limit: None } | api::VolumeSource::Secret { .. } => {
-            }
+            api::VolumeSource::EmptyDir { size_limit: None }
+            | api::VolumeSource::Secret { .. }
+            | api::VolumeSource::ConfigMap { .. } => {}
         }
     }
     check_host_ports(spec, path, policy)?;

@@ -11,10 +11,12 @@ pub fn references(spec: &api::PodSpec) -> BTreeMap<String, BTreeSet<String>> {
     let mut out: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
     for c in spec.init_containers.iter().chain(&spec.containers) {
         for e in &c.env {
-            if let Some(from) = &e.value_from {
-                out.entry(from.secret_key_ref.name.clone())
-                    .or_default()
-                    .insert(from.secret_key_ref.key.clone());
+            if let Some(r) = e
+                .value_from
+                .as_ref()
+                .and_then(|f| f.secret_key_ref.as_ref())
+            {
+                out.entry(r.name.clone()).or_default().insert(r.key.clone());
             }
         }
     }
@@ -25,6 +27,32 @@ pub fn references(spec: &api::PodSpec) -> BTreeMap<String, BTreeSet<String>> {
     }
     for r in &spec.image_pull_secrets {
         out.entry(r.name.clone()).or_default();
+    }
+    out
+}
+
+/// The ConfigMaps a pod references (env `configMapKeyRef`, `envFrom`, `configMap`
+/// volumes): what its node is sent alongside its desired state.
+pub fn config_map_references(spec: &api::PodSpec) -> BTreeSet<String> {
+    let mut out = BTreeSet::new();
+    for c in spec.init_containers.iter().chain(&spec.containers) {
+        for e in &c.env {
+            if let Some(r) = e
+                .value_from
+                .as_ref()
+                .and_then(|f| f.config_map_key_ref.as_ref())
+            {
+                out.insert(r.name.clone());
+            }
+        }
+        for f in &c.env_from {
+            out.insert(f.config_map_ref.name.clone());
+        }
+    }
+    for v in &spec.volumes {
+        if let api::VolumeSource::ConfigMap { name, .. } = &v.source {
+            out.insert(name.clone());
+        }
     }
     out
 }

@@ -205,10 +205,7 @@ fn container_section(out: &mut String, c: &api::Container, status: Option<&api::
         let width = c.env.iter().map(|e| e.name.len() + 1).max().unwrap_or(0);
         for e in &c.env {
             let value = match &e.value_from {
-                Some(from) => format!(
-                    "<set to the key '{}' in secret '{}'>",
-                    from.secret_key_ref.key, from.secret_key_ref.name
-                ),
+                Some(from) => from.describe(),
                 None => e.value.clone(),
             };
             let key = format!("{}:", e.name);
@@ -291,6 +288,13 @@ pub fn describe_pod(p: &api::Pod, events: &[api::Event], now: SystemTime) -> Str
                 api::VolumeSource::Secret { secret_name } => {
                     out.push_str("    Type:        Secret (a volume populated by a Secret)\n");
                     out.push_str(&format!("    SecretName:  {secret_name}\n"));
+                }
+                api::VolumeSource::ConfigMap { name, optional, .. } => {
+                    out.push_str(
+                        "    Type:        ConfigMap (a volume populated by a ConfigMap)\n",
+                    );
+                    out.push_str(&format!("    Name:        {name}\n"));
+                    out.push_str(&format!("    Optional:    {optional}\n"));
                 }
                 api::VolumeSource::EmptyDir { size_limit } => {
                     out.push_str(

@@ -246,6 +246,25 @@ pub enum VolumeSource {
     },
     /// A directory of the node; only admitted when the coordinator's policy allows it.
     HostPath { path: String },
+    /// A ConfigMap's keys as files (read-only), kept current while the pod runs.
+    ConfigMap {
+        name: String,
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        items: Vec<KeyToPath>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        default_mode: Option<u16>,
+        #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+        optional: bool,
+    },
+}
+
+/// One `items` entry of a `configMap` volume.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct KeyToPath {
+    pub key: String,
+    pub path: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mode: Option<u16>,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -350,6 +369,8 @@ pub struct Container {
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub args: Vec<String>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub env_from: Vec<EnvFromSource>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub env: Vec<EnvVar>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub working_dir: Option<String>,
@@ -380,10 +401,53 @@ pub struct EnvVar {
     pub value_from: Option<EnvVarSource>,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+/// `valueFrom`: exactly one of its references is set.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct EnvVarSource {
-    pub secret_key_ref: SecretKeySelector,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub secret_key_ref: Option<SecretKeySelector>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub config_map_key_ref: Option<ConfigMapKeySelector>,
+}
+
+impl EnvVarSource {
+    /// kubectl's `describe` words for where the value comes from.
+    pub fn describe(&self) -> String {
+        match (&self.secret_key_ref, &self.config_map_key_ref) {
+            (Some(s), _) => format!("<set to the key '{}' in secret '{}'>", s.key, s.name),
+            (None, Some(c)) => format!(
+                "<set to the key '{}' of config map '{}'>  Optional: {}",
+                c.key, c.name, c.optional
+            ),
+            (None, None) => String::new(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ConfigMapKeySelector {
+    /// The ConfigMap's name.
+    pub name: String,
+    pub key: String,
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub optional: bool,
+}
+
+/// `envFrom[]`: every key of a ConfigMap as a variable, named `prefix` + key.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct EnvFromSource {
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub prefix: String,
+    pub config_map_ref: ConfigMapEnvSource,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ConfigMapEnvSource {
+    pub name: String,
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub optional: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

@@ -74,23 +74,72 @@ pub(super) fn container(
                 if !e.value.is_empty() {
                     return invalid(fpath, "may not be specified when `value` is not empty");
                 }
-                let Some(r) = from.secret_key_ref else {
-                    return invalid(fpath, "must specify secretKeyRef");
-                };
-                let rpath = format!("{fpath}.secretKeyRef");
-                let secret = required(&format!("{rpath}.name"), r.name)?;
-                secret_name(&format!("{rpath}.name"), &secret)?;
-                let key = required(&format!("{rpath}.key"), r.key)?;
-                secret_key(&format!("{rpath}.key"), &key)?;
-                Some(api::EnvVarSource {
-                    secret_key_ref: api::SecretKeySelector { name: secret, key },
-                })
+                match (from.secret_key_ref, from.config_map_key_ref) {
+                    (Some(r), None) => {
+                        let rpath = format!("{fpath}.secretKeyRef");
+                        let secret = required(&format!("{rpath}.name"), r.name)?;
+                        secret_name(&format!("{rpath}.name"), &secret)?;
+                        let key = required(&format!("{rpath}.key"), r.key)?;
+                        secret_key(&format!("{rpath}.key"), &key)?;
+                        Some(api::EnvVarSource {
+                            secret_key_ref: Some(api::SecretKeySelector { name: secret, key }),
+                            ..Default::default()
+                        })
+                    }
+                    (None, Some(r)) => {
+                        let rpath = format!("{fpath}.configMapKeyRef");
+                        let cm = required(&format!("{rpath}.name"), r.name)?;
+                        secret_name(&format!("{rpath}.name"), &cm)?;
+                        let key = required(&format!("{rpath}.key"), r.key)?;
+                        secret_key(&format!("{rpath}.key"), &key)?;
+                        Some(api::EnvVarSource {
+                            config_map_key_ref: Some(api::ConfigMapKeySelector {
+                                name: cm,
+                                key,
+                                optional: r.optional,
+                            }),
+                            ..Default::default()
+                        })
+                    }
+                    (None, None) => {
+                        return invalid(fpath, "must specify secretKeyRef or configMapKeyRef")
+                    }
+                    (Some(_), Some(_)) => {
+                        return invalid(fpath, "may not have more than one field specified")
+                    }
+                }
             }
         };
         env.push(api::EnvVar {
             name: e.name,
             value: e.value,
             value_from,
+        });
+    }
+    let mut env_from = Vec::with_capacity(c.env_from.len());
+    for (i, f) in c.env_from.into_iter().enumerate() {
+        let fpath = format!("{path}.envFrom[{i}]");
+        let Some(r) = f.config_map_ref else {
+            return invalid(fpath, "must specify configMapRef");
+        };
+        if f.prefix
+            .bytes()
+            .any(|b| !(0x20..0x7f).contains(&b) || b == b'=')
+        {
+            return invalid(
+                format!("{fpath}.prefix"),
+                format!("{:?} must be printable ASCII without '='", f.prefix),
+            );
+        }
+        let npath = format!("{fpath}.configMapRef.name");
+        let name = required(&npath, r.name)?;
+        secret_name(&npath, &name)?;
+        env_from.push(api::EnvFromSource {
+            prefix: f.prefix,
+            config_map_ref: api::ConfigMapEnvSource {
+                name,
+                optional: r.optional,
+            },
         });
     }
     let mut ports = Vec::with_capacity(c.ports.len());
@@ -182,6 +231,7 @@ pub(super) fn container(
         image_pull_policy: c.image_pull_policy,
         command: c.command,
         args: c.args,
+        env_from,
         env,
         working_dir: c
             .working_dir

@@ -231,6 +231,35 @@ pub(super) struct InVolume {
     pub(super) secret: Option<InSecretVolume>,
     pub(super) empty_dir: Option<InEmptyDir>,
     pub(super) host_path: Option<InHostPath>,
+    pub(super) config_map: Option<InConfigMapVolume>,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub(super) struct InConfigMapVolume {
+    pub(super) name: Option<String>,
+    #[serde(default)]
+    pub(super) items: Vec<InKeyToPath>,
+    pub(super) default_mode: Option<InMode>,
+    #[serde(default)]
+    pub(super) optional: bool,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub(super) struct InKeyToPath {
+    pub(super) key: Option<String>,
+    pub(super) path: Option<String>,
+    pub(super) mode: Option<InMode>,
+}
+
+/// A file mode as written: a number, or the YAML 1.1 octal literal Kubernetes' examples
+/// use (`0400`), which YAML 1.2 reads as a string.
+#[derive(Deserialize)]
+#[serde(untagged)]
+pub(super) enum InMode {
+    Number(i64),
+    Text(String),
 }
 
 #[derive(Deserialize)]
@@ -370,6 +399,8 @@ pub(super) struct InContainer {
     pub(super) args: Vec<String>,
     #[serde(default)]
     pub(super) env: Vec<InEnv>,
+    #[serde(default)]
+    pub(super) env_from: Vec<InEnvFrom>,
     pub(super) working_dir: Option<String>,
     #[serde(default)]
     pub(super) ports: Vec<InPort>,
@@ -396,6 +427,32 @@ pub(super) struct InEnv {
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub(super) struct InEnvSource {
     pub(super) secret_key_ref: Option<InSecretKeyRef>,
+    pub(super) config_map_key_ref: Option<InConfigMapKeyRef>,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub(super) struct InConfigMapKeyRef {
+    pub(super) name: Option<String>,
+    pub(super) key: Option<String>,
+    #[serde(default)]
+    pub(super) optional: bool,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub(super) struct InEnvFrom {
+    #[serde(default)]
+    pub(super) prefix: String,
+    pub(super) config_map_ref: Option<InConfigMapRef>,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub(super) struct InConfigMapRef {
+    pub(super) name: Option<String>,
+    #[serde(default)]
+    pub(super) optional: bool,
 }
 
 #[derive(Deserialize)]

@@ -9,7 +9,7 @@ use super::input::{
 };
 use super::validate::{
     absolute_path, dns_label, id, invalid, label_value, object_meta, qualified_name, required,
-    secret_name, Invalid,
+    secret_key, secret_name, Invalid,
 };
 use super::MAX_NAME_LEN;
 use crate::model::{api, quantity};
@@ -187,11 +187,14 @@ fn volumes(path: &str, input: Vec<InVolume>) -> Result<Vec<api::Volume>, Invalid
             absolute_path(&p, &hp)?;
             sources.push(api::VolumeSource::HostPath { path: hp });
         }
+        if let Some(c) = v.config_map {
+            sources.push(config_map_volume(&format!("{vpath}.configMap"), c)?);
+        }
         let source = match sources.len() {
             0 => {
                 return invalid(
                     vpath,
-                    "must specify a volume type: secret, emptyDir or hostPath",
+                    "must specify a volume type: secret, configMap, emptyDir or hostPath",
                 )
             }
             1 => sources.remove(0),
@@ -200,6 +203,70 @@ fn volumes(path: &str, input: Vec<InVolume>) -> Result<Vec<api::Volume>, Invalid
         out.push(api::Volume { name, source });
     }
     Ok(out)
+}
+
+/// A file mode of a projected volume: 0 to 0777, as the API server checks it. `0400` is
+/// octal, as in the YAML 1.1 Kubernetes reads.
+fn file_mode(path: &str, mode: super::input::InMode) -> Result<u16, Invalid> {
+    use super::input::InMode;
+    let mode = match mode {
+        InMode::Number(n) => n,
+        InMode::Text(t) => {
+            let digits = t.strip_prefix("0o").or_else(|| t.strip_prefix('0'));
+            match digits.and_then(|d| i64::from_str_radix(d, 8).ok()) {
+                Some(n) => n,
+                None => return invalid(path, format!("{t:?} is not a file mode")),
+            }
+        }
+    };
+    if !(0..=0o777).contains(&mode) {
+        return invalid(
+            path,
+            format!("{mode} must be a number between 0 and 0777 (octal), both inclusive"),
+        );
+    }
+    Ok(mode as u16)
+}
+
+/// A `configMap` volume: name, `items` (relative paths, never through `..`), modes.
+fn config_map_volume(
+    path: &str,
+    c: super::input::InConfigMapVolume,
+) -> Result<api::VolumeSource, Invalid> {
+    let name = required(&format!("{path}.name"), c.name)?;
+    secret_name(&format!("{path}.name"), &name)?;
+    let default_mode = match c.default_mode {
+        Some(m) => Some(file_mode(&format!("{path}.defaultMode"), m)?),
+        None => None,
+    };
+    let mut items = Vec::with_capacity(c.items.len());
+    for (i, it) in c.items.into_iter().enumerate() {
+        let ipath = format!("{path}.items[{i}]");
+        let key = required(&format!("{ipath}.key"), it.key)?;
+        secret_key(&format!("{ipath}.key"), &key)?;
+        let p = required(&format!("{ipath}.path"), it.path)?;
+        let escapes = p.starts_with('/')
+            || p.starts_with("..")
+            || p.split('/').any(|e| e == "..")
+            || p.len() > 4096;
+        if p.is_empty() || escapes {
+            return invalid(
+                format!("{ipath}.path"),
+                format!("{p:?} must be a relative path without '..' that does not start with '..'"),
+            );
+        }
+        let mode = match it.mode {
+            Some(m) => Some(file_mode(&format!("{ipath}.mode"), m)?),
+            None => None,
+        };
+        items.push(api::KeyToPath { key, path: p, mode });
+    }
+    Ok(api::VolumeSource::ConfigMap {
+        name,
+        items,
+        default_mode,
+        optional: c.optional,
+    })
 }
 
 /// Tolerations, checked as the API server validates them.

@@ -65,10 +65,30 @@ const CONTAINER: Shape = Shape::Object(&[
             ("value", Shape::Leaf),
             (
                 "valueFrom",
-                Shape::Object(&[(
-                    "secretKeyRef",
-                    Shape::Object(&[("name", Shape::Leaf), ("key", Shape::Leaf)]),
-                )]),
+                Shape::Object(&[
+                    (
+                        "secretKeyRef",
+                        Shape::Object(&[("name", Shape::Leaf), ("key", Shape::Leaf)]),
+                    ),
+                    (
+                        "configMapKeyRef",
+                        Shape::Object(&[
+                            ("name", Shape::Leaf),
+                            ("key", Shape::Leaf),
+                            ("optional", Shape::Leaf),
+                        ]),
+                    ),
+                ]),
+            ),
+        ])),
+    ),
+    (
+        "envFrom",
+        Shape::List(&Shape::Object(&[
+            ("prefix", Shape::Leaf),
+            (
+                "configMapRef",
+                Shape::Object(&[("name", Shape::Leaf), ("optional", Shape::Leaf)]),
             ),
         ])),
     ),
@@ -126,6 +146,22 @@ const POD_SPEC: Shape = Shape::Object(&[
             ("secret", Shape::Object(&[("secretName", Shape::Leaf)])),
             ("emptyDir", Shape::Object(&[("sizeLimit", Shape::Quantity)])),
             ("hostPath", Shape::Object(&[("path", Shape::Leaf)])),
+            (
+                "configMap",
+                Shape::Object(&[
+                    ("name", Shape::Leaf),
+                    (
+                        "items",
+                        Shape::List(&Shape::Object(&[
+                            ("key", Shape::Leaf),
+                            ("path", Shape::Leaf),
+                            ("mode", Shape::Leaf),
+                        ])),
+                    ),
+                    ("defaultMode", Shape::Leaf),
+                    ("optional", Shape::Leaf),
+                ]),
+            ),
         ])),
     ),
     (

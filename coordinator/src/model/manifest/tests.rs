@@ -119,9 +119,9 @@ fn unsupported_fields_are_named_by_path() {
             "error: document 1: spec.template.spec.containers[0].livenessProbe.grpc: field not supported by Baton",
         ),
         (
-            "configMap volume and hostPath type",
-            doc("", "", "      volumes:\n      - {name: a, configMap: {name: c}}\n      - {name: b, hostPath: {path: /x, type: Directory}}\n", ""),
-            "error: document 1: spec.template.spec.volumes[0].configMap: field not supported by Baton; spec.template.spec.volumes[1].hostPath.type: field not supported by Baton",
+            "projected volume and hostPath type",
+            doc("", "", "      volumes:\n      - {name: a, projected: {sources: []}}\n      - {name: b, hostPath: {path: /x, type: Directory}}\n", ""),
+            "error: document 1: spec.template.spec.volumes[0].projected: field not supported by Baton; spec.template.spec.volumes[1].hostPath.type: field not supported by Baton",
         ),
         (
             "extended resource",
@@ -708,7 +708,7 @@ fn pod_feature_rules() {
         (
             "volume without a source",
             s("      volumes: [{name: d}]\n"),
-            "error: document 1: spec.template.spec.volumes[0]: must specify a volume type: secret, emptyDir or hostPath",
+            "error: document 1: spec.template.spec.volumes[0]: must specify a volume type: secret, configMap, emptyDir or hostPath",
         ),
         (
             "volume with two sources",
@@ -754,6 +754,47 @@ fn pod_feature_rules() {
             "lower-case capability",
             c("        securityContext: {capabilities: {add: [net_admin]}}\n"),
             "error: document 1: spec.template.spec.containers[0].securityContext.capabilities.add[0]: \"net_admin\" must be a capability name in upper case, e.g. NET_ADMIN",
+        ),
+        (
+            "configMapKeyRef and envFrom accepted",
+            c("        envFrom: [{prefix: G_, configMapRef: {name: game, optional: true}}]\n        env:\n        - name: A\n          valueFrom: {configMapKeyRef: {name: game, key: lives, optional: true}}\n        volumeMounts: [{name: cfg, mountPath: /config}]\n")
+                .replace("      containers:", "      volumes:\n      - name: cfg\n        configMap:\n          name: game\n          defaultMode: 0400\n          optional: true\n          items: [{key: a.b, path: sub/a, mode: 0600}]\n      containers:"),
+            "ok",
+        ),
+        (
+            "configMapKeyRef without a key",
+            c("        env:\n        - name: A\n          valueFrom: {configMapKeyRef: {name: game}}\n"),
+            "error: document 1: spec.template.spec.containers[0].env[0].valueFrom.configMapKeyRef.key: required",
+        ),
+        (
+            "two valueFrom sources",
+            c("        env:\n        - name: A\n          valueFrom: {configMapKeyRef: {name: g, key: k}, secretKeyRef: {name: s, key: k}}\n"),
+            "error: document 1: spec.template.spec.containers[0].env[0].valueFrom: may not have more than one field specified",
+        ),
+        (
+            "envFrom secretRef is not supported",
+            c("        envFrom: [{secretRef: {name: s}}]\n"),
+            "error: document 1: spec.template.spec.containers[0].envFrom[0].secretRef: field not supported by Baton",
+        ),
+        (
+            "envFrom without a source",
+            c("        envFrom: [{prefix: X_}]\n"),
+            "error: document 1: spec.template.spec.containers[0].envFrom[0]: must specify configMapRef",
+        ),
+        (
+            "configMap item escaping its volume",
+            s("      volumes: [{name: v, configMap: {name: g, items: [{key: k, path: ../x}]}}]\n"),
+            "error: document 1: spec.template.spec.volumes[0].configMap.items[0].path: \"../x\" must be a relative path without '..' that does not start with '..'",
+        ),
+        (
+            "configMap defaultMode out of range",
+            s("      volumes: [{name: v, configMap: {name: g, defaultMode: 01000}}]\n"),
+            "error: document 1: spec.template.spec.volumes[0].configMap.defaultMode: 512 must be a number between 0 and 0777 (octal), both inclusive",
+        ),
+        (
+            "configMap volume unknown field",
+            s("      volumes: [{name: v, configMap: {name: g, localObjectReference: x}}]\n"),
+            "error: document 1: spec.template.spec.volumes[0].configMap.localObjectReference: field not supported by Baton",
         ),
         (
             "imagePullSecrets name",

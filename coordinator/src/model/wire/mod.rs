@@ -5,9 +5,10 @@
 //! `api` object or the other way round. Keeping the mapping here means a change to either
 //! side is a change to exactly one module, and the defaults Kubernetes users expect
 //! (requests default to limits, `imagePullPolicy` depends on the tag) live in one place.
-//! Down to agents: `spec` and `secret`; up from them: `status` and `node`; both ways:
+//! Down to agents: `spec`, `secret` and `config_map`; up from them: `status` and `node`; both ways:
 //! `update` (agent update orders and reports).
 
+mod config_map;
 mod node;
 mod secret;
 mod spec;
@@ -16,6 +17,7 @@ mod update;
 
 use baton_proto::{BString, BVec};
 
+pub use config_map::{config_map_data, config_map_names};
 pub use node::{apply_error, node_conditions, node_from_hello};
 pub use secret::{encode_data, secret_names};
 pub use spec::{default_pull_policy, pod_spec};

@@ -184,30 +184,39 @@ fn container_spec(
     let strings = |f: &str, v: &[String]| -> Result<Vec<BString<4096>>, WireError> {
         v.iter().map(|s| bstr(name, p(f), s)).collect()
     };
-    let env = c
-        .env
-        .iter()
-        .map(|e| {
-            let value = match &e.value_from {
-                Some(from) => proto::EnvValue::SecretKey {
-                    secret: bstr(
-                        name,
-                        p("env.valueFrom.secretKeyRef.name"),
-                        &from.secret_key_ref.name,
-                    )?,
-                    key: bstr(
-                        name,
-                        p("env.valueFrom.secretKeyRef.key"),
-                        &from.secret_key_ref.key,
-                    )?,
+    // `envFrom` first, so that `env` entries win over it, as in Kubernetes.
+    let env_from = c.env_from.iter().map(|f| {
+        Ok(proto::EnvVar {
+            name: bstr(name, p("envFrom.prefix"), &f.prefix)?,
+            value: proto::EnvValue::ConfigMapAll {
+                config_map: bstr(name, p("envFrom.configMapRef.name"), &f.config_map_ref.name)?,
+                optional: f.config_map_ref.optional,
+            },
+        })
+    });
+    let env = env_from
+        .chain(c.env.iter().map(|e| {
+            let from = e.value_from.as_ref();
+            let value = match (
+                from.and_then(|f| f.secret_key_ref.as_ref()),
+                from.and_then(|f| f.config_map_key_ref.as_ref()),
+            ) {
+                (Some(r), _) => proto::EnvValue::SecretKey {
+                    secret: bstr(name, p("env.valueFrom.secretKeyRef.name"), &r.name)?,
+                    key: bstr(name, p("env.valueFrom.secretKeyRef.key"), &r.key)?,
                 },
-                None => proto::EnvValue::Literal(bstr(name, p("env.value"), &e.value)?),
+                (None, Some(r)) => proto::EnvValue::ConfigMapKey {
+                    config_map: bstr(name, p("env.valueFrom.configMapKeyRef.name"), &r.name)?,
+                    key: bstr(name, p("env.valueFrom.configMapKeyRef.key"), &r.key)?,
+                    optional: r.optional,
+                },
+                (None, None) => proto::EnvValue::Literal(bstr(name, p("env.value"), &e.value)?),
             };
             Ok(proto::EnvVar {
                 name: bstr(name, p("env.name"), &e.name)?,
                 value,
             })
-        })
+        }))
         .collect::<Result<Vec<_>, WireError>>()?;
     let ports = c
         .ports
@@ -304,6 +313,31 @@ pub fn pod_spec(pod: &api::Pod) -> Result<proto::PodSpec, WireError> {
                 },
                 api::VolumeSource::HostPath { path } => proto::VolumeSource::HostPath {
                     path: bstr(name, p("hostPath.path"), path)?,
+                },
+                api::VolumeSource::ConfigMap {
+                    name: cm,
+                    items,
+                    default_mode,
+                    optional,
+                } => proto::VolumeSource::ConfigMap {
+                    name: bstr(name, p("configMap.name"), cm)?,
+                    items: bvec(
+                        name,
+                        p("configMap.items"),
+                        items
+                            .iter()
+                            .map(|it| {
+                                Ok(proto::KeyToPath {
+                                    key: bstr(name, p("configMap.items.key"), &it.key)?,
+                                    path: bstr(name, p("configMap.items.path"), &it.path)?,
+                                    mode: it.mode,
+                                })
+                            })
+                            .collect::<Result<Vec<_>, WireError>>()?,
+                    )?,
+                    // Kubernetes' default, 0644.
+                    default_mode: default_mode.unwrap_or(0o644),
+                    optional: *optional,
                 },
             };
             Ok(proto::Volume {

@@ -710,6 +710,26 @@ mod tests {
         assert_eq!(PodRecord::load(&path), PodRecord::default());
     }
 
+    /// Container `c` of image busybox, nothing else set.
+    fn busybox_container() -> ContainerSpec {
+        ContainerSpec {
+            name: BString::new("c").unwrap(),
+            image: BString::new("busybox").unwrap(),
+            image_pull_policy: baton_proto::PullPolicy::IfNotPresent,
+            command: baton_proto::BVec::new(),
+            args: baton_proto::BVec::new(),
+            env: baton_proto::BVec::new(),
+            working_dir: None,
+            ports: baton_proto::BVec::new(),
+            resources: Default::default(),
+            volume_mounts: baton_proto::BVec::new(),
+            liveness_probe: None,
+            readiness_probe: None,
+            startup_probe: None,
+            security: Default::default(),
+        }
+    }
+
     #[test]
     fn config_map_env_resolves_with_prefix_optional_and_missing() {
         let cms = crate::config_maps::DeviceConfigMaps::default();
@@ -733,22 +753,7 @@ mod tests {
             name: s(name),
             value,
         };
-        let mut c = ContainerSpec {
-            name: s("c"),
-            image: s("busybox"),
-            image_pull_policy: baton_proto::PullPolicy::IfNotPresent,
-            command: baton_proto::BVec::new(),
-            args: baton_proto::BVec::new(),
-            env: baton_proto::BVec::new(),
-            working_dir: None,
-            ports: baton_proto::BVec::new(),
-            resources: Default::default(),
-            volume_mounts: baton_proto::BVec::new(),
-            liveness_probe: None,
-            readiness_probe: None,
-            startup_probe: None,
-            security: Default::default(),
-        };
+        let mut c = busybox_container();
         c.env = baton_proto::BVec::from_vec(vec![
             var(
                 "CFG_",
@@ -828,22 +833,7 @@ mod tests {
             working_dir: String::new(),
             layers: vec![],
         };
-        let mut c = ContainerSpec {
-            name: BString::new("c").unwrap(),
-            image: BString::new("busybox").unwrap(),
-            image_pull_policy: baton_proto::PullPolicy::IfNotPresent,
-            command: baton_proto::BVec::new(),
-            args: baton_proto::BVec::new(),
-            env: baton_proto::BVec::new(),
-            working_dir: None,
-            ports: baton_proto::BVec::new(),
-            resources: Default::default(),
-            volume_mounts: baton_proto::BVec::new(),
-            liveness_probe: None,
-            readiness_probe: None,
-            startup_probe: None,
-            security: Default::default(),
-        };
+        let mut c = busybox_container();
         c.env = baton_proto::BVec::from_vec(vec![
             baton_proto::EnvVar {
                 name: BString::new("A").unwrap(),

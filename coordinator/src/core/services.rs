@@ -65,19 +65,16 @@ impl Core {
                 ApplyAction::Created
             }
             Some(old) => {
-                if old.spec == s.spec
-                    && old.metadata.labels == s.metadata.labels
-                    && old.metadata.annotations == s.metadata.annotations
-                {
-                    return Applied {
-                        kind: ResourceKind::Service,
-                        name,
-                        action: ApplyAction::Unchanged,
-                    };
+                match super::requests::reapplied((&old.metadata, &old.spec), (s.metadata, s.spec)) {
+                    None => {
+                        return Applied {
+                            kind: ResourceKind::Service,
+                            name,
+                            action: ApplyAction::Unchanged,
+                        }
+                    }
+                    Some((metadata, spec)) => (s.metadata, s.spec) = (metadata, spec),
                 }
-                s.metadata.uid = old.metadata.uid.clone();
-                s.metadata.creation_timestamp = old.metadata.creation_timestamp.clone();
-                s.metadata.generation = old.metadata.generation + (old.spec != s.spec) as u64;
                 ApplyAction::Configured
             }
         };

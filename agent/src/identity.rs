@@ -160,6 +160,11 @@ pub struct IdentityFile {
     /// Where enrollment happened; used by `baton-agent rotate`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub coordinator_api: Option<String>,
+    /// The enrollment answer's `brokerFront`: the coordinator's broker sits behind its own
+    /// MQTT TLS front, which probes `lan` agents (`--link-liveness auto`, see
+    /// [`crate::link_profile`]). False in files written before it existed.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub broker_front: bool,
 }
 
 impl IdentityFile {
@@ -302,6 +307,7 @@ mod tests {
             labels: BTreeMap::new(),
             not_after: 0,
             coordinator_api: None,
+            broker_front: false,
         }
     }
 

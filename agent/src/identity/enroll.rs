@@ -227,6 +227,7 @@ fn identity_from(
         labels: r.labels,
         not_after: r.not_after,
         coordinator_api: Some(api.to_owned()),
+        broker_front: r.broker_front,
     })
 }
 

@@ -222,6 +222,7 @@ mod tests {
             labels: BTreeMap::new(),
             not_after: 0,
             coordinator_api: None,
+            broker_front: false,
         }
     }
 

@@ -687,7 +687,6 @@ mod tests {
             labels: Default::default(),
             not_after: 0,
             coordinator_api: Some(format!("http://{}", api.local_addr().unwrap())),
-            broker_front: false,
         };
         id.save(&dir.path().join(crate::identity::IDENTITY_FILE))
             .unwrap();

@@ -14,7 +14,7 @@
 //! | profile | liveness | keepalive | node loss noticed | unchanged heartbeat | status batched | usage sampled |
 //! |---|---|---|---|---|---|---|
 //! | `lan` | `keepalive` | 13 s | ≤ 19.5 s | every 10 min | no | 30 s |
-//! | `lan` | `front` | 120 s | ≤ 20 s (TCP probes) | every 10 min | no | 30 s |
+//! | `lan` | `front` | 120 s | ≤ 18 s (TCP probes) | every 10 min | no | 30 s |
 //! | `metered` | either | 190 s | ≤ 4.75 min | every 6 h | 1 s | 1 h |
 //!
 //! **Liveness** (`--link-liveness`): over TLS a 13 s MQTT keepalive alone costs about
@@ -22,7 +22,7 @@
 //! coordinator's embedded broker over `mqtts://`), a `lan` agent instead asks the front,
 //! in its CONNECT username ([`baton_proto::broker::tcp_liveness_username`]), to probe its
 //! socket with TCP keepalives (`coordinator/src/edge/tcp_liveness.rs`: a ~104-byte round
-//! every 16 s, loss noticed within 20 s), and its own MQTT keepalive rises to 120 s, which
+//! every 16 s, loss noticed within 18 s), and its own MQTT keepalive rises to 120 s, which
 //! now only lets the agent notice a dead front. Mosquitto has no such front, so against it
 //! (and over plain `mqtt://`) the agent keeps `keepalive`. `auto`, the default, picks
 //! `front` when the agent enrolled with a coordinator that said its broker is its front
@@ -56,8 +56,9 @@ pub enum Liveness {
     Keepalive,
 }
 
-/// The window a `lan` agent asks the front to notice its loss within.
-pub const LAN_FRONT_WITHIN: Duration = Duration::from_secs(20);
+/// The window a `lan` agent asks the front to notice its loss within: 18 s, so that its
+/// last will reaches the coordinator within the 20 s bound.
+pub const LAN_FRONT_WITHIN: Duration = Duration::from_secs(18);
 
 /// What a profile sets, after the flags that override it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -243,7 +244,7 @@ mod tests {
     #[test]
     fn behind_the_front_lan_probes_and_metered_does_not() {
         let lan = Profile::Lan.settings_with(true);
-        assert_eq!(lan.tcp_liveness, Some(Duration::from_secs(20)));
+        assert_eq!(lan.tcp_liveness, Some(Duration::from_secs(18)));
         assert_eq!(lan.keepalive, Duration::from_secs(120));
         // Only the keepalive and liveness differ from `lan` without the front.
         assert_eq!(
@@ -260,7 +261,7 @@ mod tests {
             Profile::Metered.settings()
         );
         assert_eq!(Profile::Metered.settings().tcp_liveness, None);
-        // Probes that notice loss within 20 s, whatever the keepalive flag says.
+        // Probes that notice loss within 18 s, whatever the keepalive flag says.
         let cli = Cli::try_parse_from(["agent", "--mqtt-keepalive-secs", "300"]).unwrap();
         assert_eq!(cli.link.link_liveness, Liveness::Auto);
         let s = cli.link.settings(true);

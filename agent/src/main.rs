@@ -397,8 +397,8 @@ fn check_flags(a: &RunArgs, enrolled: bool) -> Result<Checked> {
 }
 
 /// Whether liveness comes from Baton's MQTT TLS front (`--link-liveness`, see
-/// `baton_agent::link_profile`): asked for, or (`auto`) the enrollment said so, and only
-/// over `mqtts://`, where the front is.
+/// `baton_agent::link_profile`): asked for, or (`auto`) the enrollment said so
+/// (`identity::BROKER_FRONT_FILE`), and only over `mqtts://`, where the front is.
 fn link_front(a: &RunArgs, url: &str, identity: Option<&IdentityFile>) -> Result<bool> {
     use baton_agent::link_profile::Liveness;
     let tls = url.starts_with("mqtts://");
@@ -408,7 +408,7 @@ fn link_front(a: &RunArgs, url: &str, identity: Option<&IdentityFile>) -> Result
         }
         Liveness::Front => true,
         Liveness::Keepalive => false,
-        Liveness::Auto => tls && identity.is_some_and(|id| id.broker_front),
+        Liveness::Auto => tls && identity.is_some() && identity::broker_front(&a.data_dir),
     })
 }
 

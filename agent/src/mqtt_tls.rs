@@ -156,7 +156,6 @@ mod tests {
             labels: Default::default(),
             not_after: 0,
             coordinator_api: None,
-            broker_front: false,
         };
         id.mqtt_tls().unwrap().client_config().unwrap();
         let dir = tempfile::tempdir().unwrap();

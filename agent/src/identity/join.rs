@@ -222,7 +222,6 @@ mod tests {
             labels: BTreeMap::new(),
             not_after: 0,
             coordinator_api: None,
-            broker_front: false,
         }
     }
 

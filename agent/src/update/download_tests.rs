@@ -97,7 +97,6 @@ async fn an_enrolled_node_signs_its_download() {
         labels: Default::default(),
         not_after: 0,
         coordinator_api: None,
-        broker_front: false,
     };
     let id_path = dir.path().join("identity.json");
     std::fs::write(&id_path, serde_json::to_vec(&id).unwrap()).unwrap();

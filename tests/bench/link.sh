@@ -5,7 +5,10 @@
 # TLS records and keepalive pings included), over WINDOW seconds after the pods settled,
 # extrapolated to a day. The namespace's /proc/net/dev (all traffic, Ethernet frames) is
 # printed beside it. MODE `plain` is development mode (clear MQTT, unenrolled agent); `mtls`
-# enrolls the agent with a join token and speaks MQTT over mutual TLS with signed messages.
+# enrolls the agent with a join token and speaks MQTT over mutual TLS with signed messages;
+# a `lan` agent there is probed by the coordinator's TLS front (`front_keepalive_probes=1`,
+# from `ss`) and keeps a 120 s MQTT keepalive. `up_messages` is what the agent sent in the
+# window, by type, from the coordinator's /metrics.
 # The reference is the same run's count of MQTT keepalive rounds (what liveness costs at
 # the least), and the agent before link profiles (`LINK_AGENT_FLAGS="--heartbeat-max-secs 5
 # --mqtt-keepalive-secs 10"`: every 5 s heartbeat sent, the old 10 s keepalive) in the same

@@ -105,6 +105,19 @@ pub fn mqtt_options(
     Ok(opts)
 }
 
+/// Asks Baton's MQTT TLS front to notice this agent's loss within `within` with TCP
+/// keepalive probes, in the CONNECT username (see [`crate::link_profile`]). Only over TLS,
+/// where the front is: on a plain listener the username would be taken as a login.
+pub fn ask_tcp_liveness(opts: &mut MqttOptions, within: Option<Duration>) {
+    let Some(within) = within else { return };
+    if !matches!(opts.transport(), Transport::Tls(_)) {
+        return;
+    }
+    let secs = u32::try_from(within.as_secs()).unwrap_or(u32::MAX);
+    // rumqttc writes no password when it is empty: a username alone, as MQTT 3.1.1 allows.
+    opts.set_credentials(baton_proto::broker::tcp_liveness_username(secs), "");
+}
+
 /// The longest pause between reconnect attempts. Short enough that a node is back within
 /// seconds of its link (the chaos suite measured 11 s with a 30 s cap); a fleet's worth of
 /// agents reconnecting at once is spread by the jitter instead.
@@ -150,8 +163,8 @@ impl Bus {
         tls: Option<&MqttTls>,
         events: mpsc::Sender<BusEvent>,
     ) -> Result<Self, BusError> {
-        let keepalive = crate::link_profile::Profile::Lan.settings().keepalive;
-        Self::start_secure(url, node, tls, None, keepalive, events)
+        let link = crate::link_profile::Profile::Lan.settings();
+        Self::start_secure(url, node, tls, None, &link, events)
     }
 
     /// [`Bus::start_tls`], signing every message with the device key and accepting only
@@ -162,10 +175,11 @@ impl Bus {
         node: NodeName,
         tls: Option<&MqttTls>,
         security: Option<AgentSecurity>,
-        keepalive: Duration,
+        link: &crate::link_profile::Settings,
         events: mpsc::Sender<BusEvent>,
     ) -> Result<Self, BusError> {
-        let mut opts = mqtt_options(url, &node, tls, keepalive)?;
+        let mut opts = mqtt_options(url, &node, tls, link.keepalive)?;
+        ask_tcp_liveness(&mut opts, link.tcp_liveness);
         if let Some(problem) = tls.and_then(|t| identity_problem(&t.cert_pem, &node)) {
             warn!("{problem}");
         }
@@ -746,8 +760,34 @@ mod tests {
             mqtt_options("mqtts://b", &node, Some(&tls), Duration::from_secs(10)),
             Err(BusError::Tls(_))
         ));
-        let plain = mqtt_options("mqtt://b", &node, None, Duration::from_secs(10)).unwrap();
+        let mut plain = mqtt_options("mqtt://b", &node, None, Duration::from_secs(10)).unwrap();
         assert!(matches!(plain.transport(), Transport::Tcp));
+        // No front on a plain listener: no liveness username (it would be a login there).
+        ask_tcp_liveness(&mut plain, Some(Duration::from_secs(20)));
+        assert!(plain.credentials().is_none());
+    }
+
+    #[test]
+    fn the_front_is_asked_for_probes_in_the_username() {
+        let node = NodeName::new("pi-1").unwrap();
+        let tls = MqttTls {
+            ca_pem: crate::mqtt_tls::fixtures::CA.as_bytes().to_vec(),
+            cert_pem: crate::mqtt_tls::fixtures::NODE_CERT.as_bytes().to_vec(),
+            key_pem: crate::mqtt_tls::fixtures::NODE_KEY.as_bytes().to_vec(),
+        };
+        let opts =
+            || mqtt_options("mqtts://b", &node, Some(&tls), Duration::from_secs(120)).unwrap();
+        let mut front = opts();
+        ask_tcp_liveness(&mut front, Some(Duration::from_secs(20)));
+        let login = front.credentials().unwrap();
+        assert_eq!(
+            baton_proto::broker::parse_tcp_liveness(&login.username),
+            Some(20)
+        );
+        assert_eq!(login.password, "");
+        let mut metered = opts();
+        ask_tcp_liveness(&mut metered, None);
+        assert!(metered.credentials().is_none());
     }
 
     #[test]

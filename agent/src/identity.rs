@@ -84,6 +84,12 @@ pub const CA_PEM_FILE: &str = "ca.crt";
 /// The device key between its creation and the identity file that then holds it (see
 /// "Enrollment" in the module docs): base64 of the 32-byte Ed25519 seed, mode 0600.
 pub const PENDING_KEY_FILE: &str = "enroll.key";
+/// Present when the coordinator said at enrollment (or the last rotation) that its broker
+/// sits behind its own MQTT TLS front ([`baton_proto::enroll::EnrollResponse::broker_front`]):
+/// `--link-liveness auto` then asks the front for TCP probes (see [`crate::link_profile`]).
+/// A file of its own, not a field of [`IDENTITY_FILE`]: older agents (a rollback) read that
+/// one with `deny_unknown_fields`.
+pub const BROKER_FRONT_FILE: &str = "broker-front";
 pub const FORMAT_VERSION: u32 = 1;
 /// 2026-01-01T00:00:00Z. A clock before this is unset (see the module docs). Bump it with
 /// releases; it only has to be before any real "now" the binary will see.
@@ -279,6 +285,26 @@ pub fn enrolled_at(path: &Path) -> Option<String> {
     IdentityFile::load(path).ok().flatten()?.coordinator_api
 }
 
+/// Records what the coordinator said about its broker (see [`BROKER_FRONT_FILE`]).
+pub fn set_broker_front(dir: &Path, front: bool) -> Result<(), IdentityError> {
+    let path = dir.join(BROKER_FRONT_FILE);
+    if front {
+        return write_private(
+            &path,
+            b"the coordinator's broker is behind its MQTT TLS front\n",
+        );
+    }
+    match std::fs::remove_file(&path) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(io(&path)(e)),
+        _ => Ok(()),
+    }
+}
+
+/// Whether the coordinator said its broker is behind its front (see [`BROKER_FRONT_FILE`]).
+pub fn broker_front(dir: &Path) -> bool {
+    dir.join(BROKER_FRONT_FILE).exists()
+}
+
 fn wall_ms() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
@@ -311,6 +337,18 @@ mod tests {
         e.sent_at_ms = at;
         sign::sign(&mut e, &topic, k).unwrap();
         (topic, e)
+    }
+
+    #[test]
+    fn the_broker_front_mark_is_set_and_cleared() {
+        let dir = tempfile::tempdir().unwrap();
+        assert!(!broker_front(dir.path()));
+        set_broker_front(dir.path(), true).unwrap();
+        assert!(broker_front(dir.path()));
+        set_broker_front(dir.path(), true).unwrap();
+        set_broker_front(dir.path(), false).unwrap();
+        assert!(!broker_front(dir.path()));
+        set_broker_front(dir.path(), false).unwrap();
     }
 
     #[test]

@@ -396,6 +396,22 @@ fn check_flags(a: &RunArgs, enrolled: bool) -> Result<Checked> {
     })
 }
 
+/// Whether liveness comes from Baton's MQTT TLS front (`--link-liveness`, see
+/// `baton_agent::link_profile`): asked for, or (`auto`) the enrollment said so
+/// (`identity::BROKER_FRONT_FILE`), and only over `mqtts://`, where the front is.
+fn link_front(a: &RunArgs, url: &str, identity: Option<&IdentityFile>) -> Result<bool> {
+    use baton_agent::link_profile::Liveness;
+    let tls = url.starts_with("mqtts://");
+    Ok(match a.link.link_liveness {
+        Liveness::Front if !tls => {
+            bail!("--link-liveness front needs an mqtts:// broker (Baton's MQTT TLS front), not {url}")
+        }
+        Liveness::Front => true,
+        Liveness::Keepalive => false,
+        Liveness::Auto => tls && identity.is_some() && identity::broker_front(&a.data_dir),
+    })
+}
+
 /// How the agent starts: with an identity, without one (development), or not at all (a
 /// SIGTERM came while it was still enrolling).
 enum Start {
@@ -495,7 +511,9 @@ fn config(a: RunArgs, identity: Option<IdentityFile>) -> Result<(AgentConfig, Li
         }
         _ => None,
     };
-    baton_agent::bus::mqtt_options(&url, &node, mqtt_tls.as_ref(), a.link.settings().keepalive)
+    let front = link_front(&a, &url, identity.as_ref())?;
+    let link_settings = a.link.settings(front);
+    baton_agent::bus::mqtt_options(&url, &node, mqtt_tls.as_ref(), link_settings.keepalive)
         .context("--coordinator")?;
     let security = match &identity {
         Some(id) => {
@@ -548,7 +566,7 @@ fn config(a: RunArgs, identity: Option<IdentityFile>) -> Result<(AgentConfig, Li
             budget: a.image_disk_budget,
             min_free: a.image_min_free,
         },
-        link: a.link.settings(),
+        link: link_settings,
         cgroup_root: a.cgroup_root,
         log_max_bytes: a.log_max_bytes,
         pids_limit: a.pids_limit,
@@ -728,7 +746,7 @@ async fn run(
 ) -> Result<(), AgentError> {
     let name = cfg.node.clone();
     let pods_dir = cfg.data_dir.join("pods");
-    let cfg_keepalive = cfg.link.keepalive;
+    let cfg_link = cfg.link;
     let node = node::Node::prepare(cfg).await?;
     let (events, bus_events) = tokio::sync::mpsc::channel(64);
     let bus = Bus::start_secure(
@@ -736,7 +754,7 @@ async fn run(
         name,
         link.mqtt_tls.as_ref(),
         link.security,
-        cfg_keepalive,
+        &cfg_link,
         events,
     )?;
     bus.serve_logs(pods_dir);

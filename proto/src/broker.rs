@@ -75,6 +75,28 @@ pub fn parse_broker_url(url: &str) -> Result<(String, u16), ProtoError> {
     BrokerUrl::parse(url).map(|u| (u.host, u.port))
 }
 
+/// The CONNECT username with which an agent asks Baton's MQTT TLS front to watch its
+/// connection with TCP keepalive probes, so that its loss is noticed within `secs` seconds
+/// while its MQTT keepalive stays long (see the agent's `link_profile`). The username is
+/// free for this: the front replaces it with the broker's own login before rumqttd sees
+/// it. An agent sends it only to a Baton front: Mosquitto would take it as a login.
+pub const TCP_LIVENESS_USERNAME_PREFIX: &str = "baton-tcp-liveness/";
+
+/// See [`TCP_LIVENESS_USERNAME_PREFIX`].
+pub fn tcp_liveness_username(secs: u32) -> String {
+    format!("{TCP_LIVENESS_USERNAME_PREFIX}{secs}")
+}
+
+/// The seconds a [`tcp_liveness_username`] asks for; `None` for any other username.
+pub fn parse_tcp_liveness(username: &str) -> Option<u32> {
+    let secs = username.strip_prefix(TCP_LIVENESS_USERNAME_PREFIX)?;
+    // Digits only: `u32::from_str` would also take a leading `+`.
+    if secs.is_empty() || !secs.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    secs.parse().ok()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -120,5 +142,22 @@ mod tests {
         // Port 8883 without the scheme is still clear text: never guessed from the port.
         assert!(!u("mqtt://h:8883").tls && !u("h:8883").tls);
         assert_eq!(parse_broker_url("mqtts://h").unwrap(), ("h".into(), 8883));
+    }
+
+    #[test]
+    fn tcp_liveness_usernames() {
+        assert_eq!(tcp_liveness_username(20), "baton-tcp-liveness/20");
+        assert_eq!(parse_tcp_liveness(&tcp_liveness_username(20)), Some(20));
+        for other in [
+            "",
+            "baton-front",
+            "baton-tcp-liveness/",
+            "baton-tcp-liveness/+20",
+            "baton-tcp-liveness/20s",
+            "baton-tcp-liveness/99999999999",
+            "x-baton-tcp-liveness/20",
+        ] {
+            assert_eq!(parse_tcp_liveness(other), None, "{other:?}");
+        }
     }
 }

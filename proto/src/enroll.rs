@@ -150,6 +150,12 @@ pub struct EnrollResponse {
     /// agents and coordinators of either side of its introduction read each other.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub release_public_key: Option<String>,
+    /// The coordinator's MQTT broker is its embedded one, behind its own TLS front, which
+    /// watches `lan` agents with TCP keepalive probes when they ask (the agent's
+    /// `--link-liveness auto`). Absent (false) from older coordinators and with an external
+    /// broker such as Mosquitto; older agents ignore it.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub broker_front: bool,
 }
 
 /// The body of [`ROTATE_PATH`]: signed by the node's current key over
@@ -263,6 +269,7 @@ mod tests {
             labels: BTreeMap::new(),
             not_after: 7,
             release_public_key: None,
+            broker_front: false,
         };
         let old = r#"{"nodeName":"pi-1","certificate":"C","coordinatorPublicKey":"K","caCertificate":"CA","labels":{},"notAfter":7}"#;
         assert_eq!(serde_json::to_string(&resp).unwrap(), old);
@@ -282,6 +289,17 @@ mod tests {
             serde_json::from_str::<EnrollResponse>(&new).unwrap(),
             with_key
         );
+        // The same for the front: said only when true.
+        let front = EnrollResponse {
+            broker_front: true,
+            ..resp.clone()
+        };
+        let new = serde_json::to_string(&front).unwrap();
+        assert_eq!(
+            new,
+            format!(r#"{},"brokerFront":true}}"#, &old[..old.len() - 1])
+        );
+        assert_eq!(serde_json::from_str::<EnrollResponse>(&new).unwrap(), front);
 
         let rot = RotateRequest {
             new_public_key: "N".into(),

@@ -114,7 +114,7 @@ fn raise_open_files() -> Result<()> {
 }
 
 async fn run(args: Args) -> Result<()> {
-    let settings = args.link.settings();
+    let settings = args.link.settings(false);
     let counts = Arc::new(Counts::default());
     let (restore_tx, restore_rx) = watch::channel(0u64);
     let mut controls = Vec::new();
@@ -228,14 +228,7 @@ async fn node(mut ctx: NodeCtx, mut ctl: mpsc::Receiver<Ctl>, lost: Arc<AtomicBo
     let mut hollow = Hollow::new(ctx.index, ctx.settings, ctx.start_delay);
     loop {
         let (tx, mut events) = mpsc::channel(16);
-        let bus = Bus::start_secure(
-            &ctx.url,
-            ctx.name.clone(),
-            None,
-            None,
-            ctx.settings.keepalive,
-            tx,
-        )?;
+        let bus = Bus::start_secure(&ctx.url, ctx.name.clone(), None, None, &ctx.settings, tx)?;
         // Ticks spread over the second, so the fleet's heartbeats do not come in one burst.
         let phase = Duration::from_millis(rand::thread_rng().gen_range(0..1000));
         let mut tick =

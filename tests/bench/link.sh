@@ -5,7 +5,10 @@
 # TLS records and keepalive pings included), over WINDOW seconds after the pods settled,
 # extrapolated to a day. The namespace's /proc/net/dev (all traffic, Ethernet frames) is
 # printed beside it. MODE `plain` is development mode (clear MQTT, unenrolled agent); `mtls`
-# enrolls the agent with a join token and speaks MQTT over mutual TLS with signed messages.
+# enrolls the agent with a join token and speaks MQTT over mutual TLS with signed messages;
+# a `lan` agent there is probed by the coordinator's TLS front (`front_keepalive_probes=1`,
+# from `ss`) and keeps a 120 s MQTT keepalive. `up_messages` is what the agent sent in the
+# window, by type, from the coordinator's /metrics.
 # The reference is the same run's count of MQTT keepalive rounds (what liveness costs at
 # the least), and the agent before link profiles (`LINK_AGENT_FLAGS="--heartbeat-max-secs 5
 # --mqtt-keepalive-secs 10"`: every 5 s heartbeat sent, the old 10 s keepalive) in the same
@@ -95,19 +98,41 @@ ipt -I OUTPUT -p tcp --dport "$mqtt_port" -j BLINK
 ipt -I INPUT -p tcp --sport "$mqtt_port" -j BLINK
 packets() { ipt -L "$1" -v -x -n | awk -v c="$2" '$0 ~ c { p += $1; b += $2 } END { print p + 0, b + 0 }'; }
 dev() { ip netns exec "$ns" awk '/eth0:/ { print $2 + $10 }' /proc/net/dev; }
+# The coordinator's count of the agent's messages by type (payload bytes), to tell what
+# the bytes are: `Usage=4/2112B` is 4 usage reports with 2,112 bytes of payload.
+metrics() {
+  curl -s -H "Authorization: Bearer $(awk '/^token:/ { gsub(/"/, "", $2); print $2 }' "$BATON_CONFIG")" \
+    "http://$fleet_http/metrics" | awk -F'[{}" ]+' '/^baton_mqtt_(messages|payload_bytes)_total\{direction="in"/ {
+      print $1, $5, $NF }' | sort
+}
+m0=$(metrics)
 d0=$(dev)
 ipt -Z INPUT && ipt -Z OUTPUT
 sleep "$window"
 read -r out_p out_b < <(packets OUTPUT "dpt:$mqtt_port")
 read -r in_p in_b < <(packets INPUT "spt:$mqtt_port")
 d1=$(dev)
+up=$(join -j 1 <(metrics | awk '{ print $1 "|" $2, $3 }' | sort) <(echo "$m0" | awk '{ print $1 "|" $2, $3 }' | sort) |
+  awk '{ split($1, k, "|"); d = $2 - $3; if (k[1] ~ /messages/) n[k[2]] = d; else b[k[2]] = d }
+    END { for (t in n) if (n[t] > 0) printf "%s=%d/%dB ", t, n[t], b[t] }')
 per_day() { awk -v b="$1" -v w="$window" 'BEGIN { printf "%.0f", b * 86400 / w }'; }
 kib_day() { awk -v b="$1" -v w="$window" 'BEGIN { printf "%.1f", b * 86400 / w / 1024 }'; }
-case $profile in lan) ka=13 ;; metered) ka=190 ;; esac # agent/src/link_profile.rs
+# agent/src/link_profile.rs: an enrolled `lan` agent behind the coordinator's TLS front
+# (this mtls mode) keeps a 120 s MQTT keepalive and the front probes it every 16 s
+# (coordinator/src/edge/tcp_liveness.rs), unless LINK_AGENT_FLAGS says otherwise.
+probe=0
+case $profile in
+  lan) ka=13
+    if [ "$mode" = mtls ] && [[ "${LINK_AGENT_FLAGS:-}" != *"--link-liveness keepalive"* ]]; then ka=120 probe=16; fi ;;
+  metered) ka=190 ;;
+esac
 total=$((out_b + in_b))
 echo "profile=$profile${LINK_AGENT_FLAGS:+ ($LINK_AGENT_FLAGS)} mode=$mode window=${window}s bin=$bindir" \
   "mqtt_ip_bytes=$total (out $out_b in $in_b, $((out_p + in_p)) packets)" \
   "per_day=$(per_day $total)B ($(kib_day $total) KiB/day)" \
   "netdev_bytes=$((d1 - d0)) ($(kib_day $((d1 - d0))) KiB/day)" \
   "ping_rounds_expected=$(awk -v w="$window" -v k="${ka:-0}" 'BEGIN { printf "%.1f", w / k }')" \
+  "probe_rounds_expected=$(awk -v w="$window" -v p="$probe" 'BEGIN { printf "%.1f", p ? w / p : 0 }')" \
+  "front_keepalive_probes=$(ss -tno state established "( sport = :$mqtt_port )" | grep -c 'timer:(keepalive')" \
+  "up_messages=${up:-none}" \
   "agent_rss=$(rss "$agent_pid")KiB"

@@ -304,6 +304,7 @@ pub async fn enroll(
             Err(e) => warn!(error = %e, "the coordinator's release key is unusable: not pinned"),
         }
     }
+    let front = answer.broker_front;
     let id = identity_from(answer, &seed, &ca_pem, api)?;
     if id.node_name != node.as_str() {
         return Err(IdentityError::NodeMismatch {
@@ -311,6 +312,7 @@ pub async fn enroll(
             flag: node.as_str().to_owned(),
         });
     }
+    super::set_broker_front(dir, front)?;
     id.save(path)?;
     forget_pending_key(dir);
     info!(node = %node, path = %path.display(), not_after = id.not_after, "enrolled");
@@ -343,7 +345,11 @@ pub async fn rotate(path: &Path, api: Option<&str>) -> Result<IdentityFile, Iden
     };
     let url = format!("{api}{}", rotate_path(&cur.node_name));
     let answer = post_json(&client, &url, &body).await?;
+    let front = answer.broker_front;
     let id = identity_from(answer, &seed, &cur.ca_certificate, &api)?;
+    if let Some(dir) = path.parent() {
+        super::set_broker_front(dir, front)?;
+    }
     id.save(path)?;
     info!(node = %id.node_name, "device key rotated");
     Ok(id)

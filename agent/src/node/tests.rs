@@ -220,6 +220,7 @@ impl Harness {
                 heartbeat_every: Duration::from_secs(5),
                 heartbeat_max: Duration::ZERO,
                 keepalive: Duration::from_secs(10),
+                tcp_liveness: None,
                 status_batch: Duration::ZERO,
                 usage_every: Duration::from_secs(30),
             },

@@ -8,4 +8,5 @@ pub mod logs;
 pub mod mqtt;
 pub mod mqtt_front;
 pub mod serve;
+pub mod tcp_liveness;
 pub mod tls;

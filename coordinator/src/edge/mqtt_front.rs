@@ -20,7 +20,12 @@
 //!    loopback listener requires a password made at each start and known only to this
 //!    process, so no local user can connect to it around the front (docs/security.md,
 //!    "Local users and the broker");
-//! 4. the bytes read so far, then both directions, are copied to rumqttd's plain listener
+//! 4. an agent whose CONNECT username asks for it
+//!    ([`baton_proto::broker::tcp_liveness_username`], a `lan` agent) gets TCP keepalive
+//!    probes on its socket ([`crate::edge::tcp_liveness`]): when the kernel declares it
+//!    dead, the copy below fails and the upstream connection closes without a DISCONNECT,
+//!    so rumqttd publishes its last will;
+//! 5. the bytes read so far, then both directions, are copied to rumqttd's plain listener
 //!    on loopback (`tokio::io::copy_bidirectional`).
 //!
 //! The front runs on its own thread and runtime for the life of the process, like rumqttd
@@ -36,6 +41,7 @@ use tokio::sync::Semaphore;
 use tokio_rustls::TlsAcceptor;
 
 use crate::edge::mqtt::{MqttLogin, MAX_CONNECTIONS};
+use crate::edge::tcp_liveness::TcpProbes;
 use crate::security::pki::common_name;
 
 /// A client that has not finished its TLS handshake by then is dropped.
@@ -211,6 +217,17 @@ async fn handle(
         let _ = tls.shutdown().await;
         return Err(MqttFrontError::ClientIdMismatch { cn, client_id });
     }
+    if let Some(probes) = connect_username(&head)?
+        .as_deref()
+        .and_then(baton_proto::broker::parse_tcp_liveness)
+        .and_then(|secs| TcpProbes::within(Duration::from_secs(secs.into())))
+    {
+        // Without them the agent is still served; its loss is then noticed only through
+        // its (long) MQTT keepalive, so say so.
+        if let Err(e) = probes.apply(tls.get_ref().0) {
+            tracing::warn!(%client_id, error = %e, "cannot watch an agent's connection with TCP keepalive probes");
+        }
+    }
     let head = match &front.login {
         Some(login) => with_login(&head, login)?,
         None => head,
@@ -316,6 +333,36 @@ pub fn with_login(buf: &[u8], login: &MqttLogin) -> Result<Vec<u8>, MqttFrontErr
     let mut out = encode_packet(0x10, &var);
     out.extend_from_slice(&buf[h + rem..]);
     Ok(out)
+}
+
+/// The username of the whole CONNECT at the start of `buf` (checked by
+/// [`connect_client_id`]), if it has one.
+pub fn connect_username(buf: &[u8]) -> Result<Option<String>, MqttFrontError> {
+    let (h, rem) = fixed_header(buf)?.ok_or(MqttFrontError::Malformed("truncated CONNECT"))?;
+    let packet = buf
+        .get(h..h + rem)
+        .ok_or(MqttFrontError::Malformed("truncated CONNECT"))?;
+    let flags = *packet
+        .get(7)
+        .ok_or(MqttFrontError::Malformed("short CONNECT"))?;
+    if flags & 0x80 == 0 {
+        return Ok(None);
+    }
+    let mut cur = Cursor {
+        buf: packet,
+        pos: 10,
+        end: packet.len(),
+    };
+    // The client id, the will's topic and message, then the username.
+    let fields = if flags & 0x04 != 0 { 3 } else { 1 };
+    for _ in 0..fields {
+        cur.string()?
+            .ok_or(MqttFrontError::Malformed("truncated CONNECT"))?;
+    }
+    let name = cur
+        .string()?
+        .ok_or(MqttFrontError::Malformed("truncated CONNECT"))?;
+    Ok(Some(String::from_utf8_lossy(name).into_owned()))
 }
 
 /// One packet: its first byte, the remaining length `rest` announces (7 bits per byte,
@@ -541,6 +588,44 @@ mod tests {
             "{text}"
         );
         assert_eq!(connect_client_id(&out).unwrap().as_deref(), Some("id"));
+    }
+
+    #[test]
+    fn the_username_asks_for_probes() {
+        assert_eq!(
+            connect_username(&connect_packet("baton-agent-pi-1")).unwrap(),
+            None
+        );
+        // With a will and a username (rumqttc sends no empty password).
+        let mut var = vec![0, 4, b'M', b'Q', b'T', b'T', 4, 0x84 | 0x02, 0, 120];
+        for f in [
+            "baton-agent-pi-1",
+            "will/topic",
+            "bye",
+            "baton-tcp-liveness/20",
+        ] {
+            var.extend_from_slice(&(f.len() as u16).to_be_bytes());
+            var.extend_from_slice(f.as_bytes());
+        }
+        let mut p = encode_packet(0x10, &var);
+        let user = connect_username(&p).unwrap();
+        assert_eq!(user.as_deref(), Some("baton-tcp-liveness/20"));
+        assert_eq!(
+            baton_proto::broker::parse_tcp_liveness(&user.unwrap()),
+            Some(20)
+        );
+        // The login the front puts in replaces it.
+        let login = MqttLogin {
+            username: "baton-front".into(),
+            password: "s3cret".into(),
+        };
+        let out = with_login(&p, &login).unwrap();
+        assert_eq!(
+            connect_username(&out).unwrap().as_deref(),
+            Some("baton-front")
+        );
+        p.pop();
+        assert!(connect_username(&p).is_err());
     }
 
     #[tokio::test]

@@ -221,6 +221,8 @@ pub struct Enroller {
     /// The release public key (base64) handed to enrolling devices to pin
     /// (`baton server --release-public-key-file`).
     release_public_key: Option<String>,
+    /// Told to enrolling devices: see [`EnrollResponse::broker_front`].
+    broker_front: bool,
 }
 
 impl Enroller {
@@ -246,7 +248,15 @@ impl Enroller {
             cert_ttl: DEFAULT_CERT_TTL,
             tokens: Mutex::new(tokens),
             release_public_key: None,
+            broker_front: false,
         })
+    }
+
+    /// Whether devices are told that the broker is behind this coordinator's MQTT TLS
+    /// front (`--link-liveness auto` on the agent).
+    pub fn with_broker_front(mut self, front: bool) -> Self {
+        self.broker_front = front;
+        self
     }
 
     /// Hands `key` to every device that enrolls, which pins it to check agent releases.
@@ -456,6 +466,7 @@ impl Enroller {
             labels,
             not_after,
             release_public_key: self.release_public_key.clone(),
+            broker_front: self.broker_front,
         }
     }
 

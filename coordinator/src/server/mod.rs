@@ -260,7 +260,13 @@ impl Server {
         )?);
         let enroller = Arc::new(
             crate::security::enroll::Enroller::load(store.clone(), security.clone())?
-                .with_release_key(release_key.as_ref()),
+                .with_release_key(release_key.as_ref())
+                // The embedded broker over TLS is reached through our front (start_mqtt),
+                // which probes `lan` agents that ask; an external broker does not.
+                .with_broker_front(
+                    matches!(cfg.mqtt, MqttMode::Embedded { .. })
+                        && (cfg.mqtt_tls.is_some() || !cfg.insecure_mqtt),
+                ),
         );
         let (outbound_tx, outbound_rx) = mpsc::channel(4096);
         security.set_nudge(outbound_tx.clone());

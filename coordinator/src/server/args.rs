@@ -157,6 +157,17 @@ pub struct ServerArgs {
     /// Without it `baton release import` is refused.
     #[arg(long, env = "BATON_RELEASE_PUBLIC_KEY_FILE")]
     pub release_public_key_file: Option<PathBuf>,
+    /// Keep the state in this etcd cluster (http://host:2379, comma-separated members)
+    /// instead of <data-dir>/baton.redb.
+    #[arg(long, env = "BATON_ETCD_ENDPOINTS", value_delimiter = ',')]
+    pub etcd_endpoints: Vec<String>,
+    /// The etcd key prefix of this fleet's state.
+    #[arg(long, env = "BATON_ETCD_PREFIX", default_value = "/baton")]
+    pub etcd_prefix: String,
+    /// The --max-txn-ops the etcd cluster runs with: the most entries one atomic store
+    /// batch may write (etcd's default, 128, is too few for a large Deployment).
+    #[arg(long, env = "BATON_ETCD_MAX_TXN_OPS", default_value_t = crate::store::etcd::DEFAULT_MAX_TXN_OPS)]
+    pub etcd_max_txn_ops: usize,
 }
 
 /// One `--allow-host-port` value (see [`crate::decide::policy::HostPorts::parse`]).
@@ -170,6 +181,11 @@ impl ServerArgs {
     pub fn config(&self) -> ServerConfig {
         ServerConfig {
             data_dir: self.data_dir.clone(),
+            etcd: (!self.etcd_endpoints.is_empty()).then(|| crate::store::etcd::EtcdOptions {
+                endpoints: self.etcd_endpoints.clone(),
+                prefix: self.etcd_prefix.trim_end_matches('/').to_string(),
+                max_txn_ops: self.etcd_max_txn_ops,
+            }),
             http_listen: self.listen,
             insecure_allow_remote: self.insecure_allow_remote,
             tls: match (&self.tls_cert, &self.tls_key) {

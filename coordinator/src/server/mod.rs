@@ -25,6 +25,7 @@ use crate::edge::http::{self, HttpError};
 use crate::edge::tls::{self, BrokerTlsFiles, MqttClientFiles, TlsError};
 use crate::registry::{Registry, RegistryError};
 use crate::security::auth::{self, AuthError, Tokens};
+use crate::store::etcd::EtcdStore;
 use crate::store::{RedbStore, Store, StoreError};
 
 pub use args::{BrokerCommand, ServerArgs};
@@ -93,6 +94,9 @@ pub struct ServerConfig {
     /// The release public key file (`crate::registry::read_public_key`): release imports
     /// are checked against it and enrolling devices pin it. None: imports are refused.
     pub release_public_key_file: Option<PathBuf>,
+    /// Keep the state in etcd instead of `<data-dir>/baton.redb` (`crate::store::etcd`).
+    /// The data directory still holds the PKI, the image registry and release files.
+    pub etcd: Option<crate::store::etcd::EtcdOptions>,
 }
 
 impl ServerConfig {
@@ -119,6 +123,7 @@ impl ServerConfig {
             enroll_listen: None,
             tls_sans: Vec::new(),
             release_public_key_file: None,
+            etcd: None,
         }
     }
 }
@@ -234,13 +239,36 @@ impl Server {
             }
             (None, false) => (None, None),
         };
-        let store: Arc<dyn Store> =
-            Arc::new(
-                RedbStore::open(&cfg.data_dir).map_err(|source| ServerError::Store {
-                    path: cfg.data_dir.clone(),
+        let store: Arc<dyn Store> = match &cfg.etcd {
+            None => {
+                Arc::new(
+                    RedbStore::open(&cfg.data_dir).map_err(|source| ServerError::Store {
+                        path: cfg.data_dir.clone(),
+                        source,
+                    })?,
+                )
+            }
+            Some(opts) => {
+                let store = tokio::task::spawn_blocking({
+                    let opts = opts.clone();
+                    move || EtcdStore::open(opts)
+                })
+                .await
+                .map_err(|e| ServerError::Store {
+                    path: opts.endpoints.join(",").into(),
+                    source: StoreError::Etcd(crate::store::etcd::EtcdError::Call {
+                        endpoints: opts.endpoints.join(","),
+                        message: e.to_string(),
+                    }),
+                })?
+                .map_err(|source| ServerError::Store {
+                    path: opts.endpoints.join(",").into(),
                     source,
-                })?,
-            );
+                })?;
+                tracing::info!(endpoints = %opts.endpoints.join(","), prefix = %opts.prefix, "state in etcd");
+                Arc::new(store)
+            }
+        };
         let tokens = Arc::new(Tokens::load(store.clone())?);
         let release_key = match &cfg.release_public_key_file {
             Some(path) => {

@@ -2,9 +2,10 @@
 //! key -> bytes, read one key or a whole table at a time, and written in atomic,
 //! durable batches.
 //!
-//! The trait is deliberately tiny (get, list, commit) so that an etcd backend for
-//! highly available coordinators can come later without touching the core. The core
-//! keeps everything in memory and only writes through, so `list` is only used at start.
+//! The trait is deliberately tiny (get, list, commit) so that the etcd backend for
+//! coordinators that share their state ([`etcd::EtcdStore`]) needs nothing from the
+//! core. The core keeps everything in memory and only writes through, so `list` is only
+//! used at start.
 //!
 //! [`RedbStore`] is the embedded backend: one file, `DATA_DIR/baton.redb`. redb commits
 //! are copy-on-write with a checksummed commit slot and an fsync before `commit`
@@ -13,6 +14,7 @@
 //! that with SIGKILL.
 
 pub mod durable;
+pub mod etcd;
 
 use std::collections::hash_map::Entry;
 use std::collections::{BTreeMap, HashMap};
@@ -166,6 +168,9 @@ pub enum StoreError {
     /// was not applied.
     #[error("store: {0}")]
     Backend(#[from] Box<redb::Error>),
+    /// etcd refused or did not answer; the batch that hit it was not applied.
+    #[error(transparent)]
+    Etcd(#[from] etcd::EtcdError),
     #[error("cannot encode {table:?}/{key}: {source}")]
     Encode {
         table: Table,

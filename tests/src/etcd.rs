@@ -1,0 +1,134 @@
+//! A real etcd (Debian's `etcd-server`) for the tests of the coordinator's etcd store:
+//! one member, its data in a test directory, started by the test and killed with it.
+
+use std::path::Path;
+use std::process::Command;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Result;
+
+use crate::{wait_for, Proc};
+
+/// The flags Baton's docs ask etcd to run with (docs/operations.md, "State in etcd"): a
+/// store batch holds one entry per pod it creates.
+pub const ETCD_FLAGS: &[&str] = &["--max-txn-ops", "16384", "--max-request-bytes", "33554432"];
+
+pub struct Etcd {
+    proc: Option<Proc>,
+    /// `http://ip:port`, what `baton server --etcd-endpoints` takes.
+    pub url: String,
+    start: Box<dyn Fn() -> Result<Proc> + Send>,
+    /// A command for a program in etcd's network namespace.
+    ns_cmd: Arc<dyn Fn(&str) -> Command + Send + Sync>,
+}
+
+impl Etcd {
+    /// One member on 127.0.0.1 of this namespace, on ports free now, data under `dir`.
+    pub fn on_loopback(dir: &Path) -> Result<Etcd> {
+        Self::on_loopback_with(dir, &[])
+    }
+
+    /// [`Etcd::on_loopback`] with `extra` flags after (and so over) [`ETCD_FLAGS`].
+    pub fn on_loopback_with(dir: &Path, extra: &[&str]) -> Result<Etcd> {
+        let (client, peer) = (free_port()?, free_port()?);
+        let extra: Vec<String> = extra.iter().map(|s| s.to_string()).collect();
+        Self::start(
+            move |p| {
+                let mut c = Command::new(p);
+                if p == "etcd" {
+                    c.args(ETCD_FLAGS).args(&extra);
+                }
+                c
+            },
+            "127.0.0.1",
+            client,
+            peer,
+            dir,
+        )
+    }
+
+    /// Starts one etcd member on `ip` with its data under `dir`, in the network namespace
+    /// `ns_cmd(program)`'s command runs in (`Command::new`, or a lab namespace's `cmd`),
+    /// and waits until it answers. `ns_cmd("etcd")` adds the etcd flags it wants
+    /// ([`ETCD_FLAGS`] normally).
+    pub fn start(
+        ns_cmd: impl Fn(&str) -> Command + Send + Sync + 'static,
+        ip: &str,
+        client: u16,
+        peer: u16,
+        dir: &Path,
+    ) -> Result<Etcd> {
+        let url = format!("http://{ip}:{client}");
+        let peer_url = format!("http://{ip}:{peer}");
+        std::fs::create_dir_all(dir)?;
+        let dir = dir.to_path_buf();
+        let ns_cmd: Arc<dyn Fn(&str) -> Command + Send + Sync> = Arc::new(ns_cmd);
+        let start = {
+            let url = url.clone();
+            let ns_cmd = ns_cmd.clone();
+            move || -> Result<Proc> {
+                let mut cmd = ns_cmd("etcd");
+                cmd.args(["--name", "n0", "--data-dir"])
+                    .arg(dir.join("data"))
+                    .args([
+                        "--listen-client-urls",
+                        &url,
+                        "--advertise-client-urls",
+                        &url,
+                    ])
+                    .args(["--listen-peer-urls", &peer_url])
+                    .args(["--initial-advertise-peer-urls", &peer_url])
+                    .args(["--initial-cluster", &format!("n0={peer_url}")])
+                    .args(["--log-level", "warn"]);
+                let proc = Proc::spawn_appending("etcd", &mut cmd, dir.join("etcd.log"))?;
+                Ok(proc)
+            }
+        };
+        let mut etcd = Etcd {
+            proc: None,
+            url,
+            start: Box::new(start),
+            ns_cmd,
+        };
+        etcd.restart()?;
+        Ok(etcd)
+    }
+
+    /// Kills etcd with SIGKILL.
+    pub fn kill(&mut self) {
+        if let Some(mut p) = self.proc.take() {
+            p.kill();
+        }
+    }
+
+    /// Starts etcd again on the same ports and data, and waits until it answers.
+    pub fn restart(&mut self) -> Result<()> {
+        self.kill();
+        self.proc = Some((self.start)()?);
+        wait_for("etcd", Duration::from_secs(30), || {
+            Ok(self.healthy().then_some(()))
+        })
+    }
+
+    /// Whether etcd answers its `/health` with `"health":"true"`.
+    fn healthy(&self) -> bool {
+        let out = (self.ns_cmd)("curl")
+            .args(["-sf", "--max-time", "2", &format!("{}/health", self.url)])
+            .output();
+        out.is_ok_and(|o| String::from_utf8_lossy(&o.stdout).contains("\"health\":\"true\""))
+    }
+}
+
+impl Drop for Etcd {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// A port free on loopback right now (the kernel's pick; the tiny race with other tests
+/// is the same every lab takes).
+fn free_port() -> Result<u16> {
+    let l = std::net::TcpListener::bind(("127.0.0.1", 0))?;
+    Ok(l.local_addr()?.port())
+}

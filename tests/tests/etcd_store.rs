@@ -1,0 +1,128 @@
+//! The coordinator's etcd store against a real etcd: the same contract as the embedded
+//! redb store (atomic batches applied in order, sorted lists), plus what only a remote
+//! store can do wrong: a batch over etcd's limits, etcd gone, another fleet's prefix.
+
+use std::time::{Duration, Instant};
+
+use anyhow::Result;
+use baton_coordinator::store::etcd::{EtcdOptions, EtcdStore, DEFAULT_MAX_TXN_OPS};
+use baton_coordinator::store::{Op, Store, StoreError, Table};
+use baton_e2e::etcd::Etcd;
+
+fn opts(etcd: &Etcd, prefix: &str) -> EtcdOptions {
+    EtcdOptions {
+        endpoints: vec![etcd.url.clone()],
+        prefix: prefix.into(),
+        max_txn_ops: DEFAULT_MAX_TXN_OPS,
+    }
+}
+
+fn put(t: Table, k: &str, v: &str) -> Op {
+    Op::Put(t, k.into(), v.as_bytes().to_vec())
+}
+
+#[test]
+fn etcd_store_keeps_the_store_contract() -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    let mut etcd = Etcd::on_loopback(dir.path())?;
+    let store = EtcdStore::open(opts(&etcd, "/fleet-a"))?;
+
+    // A batch applies in order: the put then delete of "a" leaves no "a".
+    store.commit(vec![
+        put(Table::Pods, "a", "1"),
+        put(Table::Pods, "c", "3"),
+        put(Table::Pods, "b", "2"),
+        Op::Delete(Table::Pods, "a".into()),
+        put(Table::Nodes, "a", "node"),
+    ])?;
+    assert_eq!(store.get(Table::Pods, "a")?, None);
+    assert_eq!(store.get(Table::Pods, "b")?, Some(b"2".to_vec()));
+    let pods = store.list(Table::Pods)?;
+    assert_eq!(
+        pods,
+        vec![("b".into(), b"2".to_vec()), ("c".into(), b"3".to_vec())]
+    );
+    // A table's keys never leak into another's list, even when one name prefixes another.
+    assert_eq!(
+        store.list(Table::Nodes)?,
+        vec![("a".into(), b"node".to_vec())]
+    );
+    assert!(store.list(Table::Jobs)?.is_empty());
+
+    // Lists are read in pages: 1,200 entries (three pages) come back whole and sorted.
+    let many: Vec<Op> = (0..1200)
+        .map(|i| put(Table::Events, &format!("e{i:05}"), &"x".repeat(100)))
+        .collect();
+    store.commit(many)?;
+    let events = store.list(Table::Events)?;
+    assert_eq!(events.len(), 1200);
+    assert!(events.windows(2).all(|w| w[0].0 < w[1].0));
+
+    // Another fleet's prefix sees none of it.
+    let other = EtcdStore::open(opts(&etcd, "/fleet-b"))?;
+    assert!(other.list(Table::Pods)?.is_empty());
+
+    // A batch over the --etcd-max-txn-ops this coordinator was told is refused whole,
+    // naming the flags; nothing of it is written.
+    let small = EtcdStore::open(EtcdOptions {
+        max_txn_ops: 10,
+        ..opts(&etcd, "/fleet-a")
+    })?;
+    let big: Vec<Op> = (0..11)
+        .map(|i| put(Table::Jobs, &format!("j{i}"), "j"))
+        .collect();
+    let err = small.commit(big.clone()).unwrap_err().to_string();
+    assert!(err.contains("--max-txn-ops"), "{err}");
+    assert!(store.list(Table::Jobs)?.is_empty());
+
+    // An etcd run with a smaller --max-txn-ops than this coordinator was told: etcd's
+    // refusal is reported with the same advice, and nothing is written.
+    drop(etcd);
+    let dir2 = tempfile::tempdir()?;
+    etcd = Etcd::on_loopback_with(dir2.path(), &["--max-txn-ops", "5"])?;
+    let store = EtcdStore::open(opts(&etcd, "/fleet-a"))?;
+    let err = store.commit(big).unwrap_err().to_string();
+    assert!(err.contains("--max-txn-ops"), "{err}");
+    assert!(store.list(Table::Jobs)?.is_empty());
+
+    // etcd gone: a call fails within the client's deadline with an error naming etcd,
+    // it does not hang; once etcd is back the same store works again.
+    store.commit(vec![put(Table::Meta, "k", "before")])?;
+    etcd.kill();
+    let t = Instant::now();
+    let err = store
+        .commit(vec![put(Table::Meta, "k", "lost")])
+        .unwrap_err();
+    assert!(matches!(err, StoreError::Etcd(_)), "{err}");
+    assert!(err.to_string().contains("etcd"), "{err}");
+    assert!(t.elapsed() < Duration::from_secs(30), "{:?}", t.elapsed());
+    etcd.restart()?;
+    assert_eq!(store.get(Table::Meta, "k")?, Some(b"before".to_vec()));
+    store.commit(vec![put(Table::Meta, "k", "after")])?;
+    assert_eq!(store.get(Table::Meta, "k")?, Some(b"after".to_vec()));
+    Ok(())
+}
+
+#[test]
+fn etcd_store_refuses_a_newer_schema_and_an_absent_etcd() -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    let etcd = Etcd::on_loopback(dir.path())?;
+    let store = EtcdStore::open(opts(&etcd, "/fleet"))?;
+    store.commit(vec![put(Table::Meta, "schema_version", "999")])?;
+    let err = EtcdStore::open(opts(&etcd, "/fleet"))
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("newer Baton"), "{err}");
+
+    // Nothing listens there: a clear error naming the endpoint, within the deadline.
+    let t = Instant::now();
+    let err = EtcdStore::open(EtcdOptions {
+        endpoints: vec!["http://127.0.0.1:9".into()],
+        ..opts(&etcd, "/fleet")
+    })
+    .unwrap_err()
+    .to_string();
+    assert!(err.contains("127.0.0.1:9"), "{err}");
+    assert!(t.elapsed() < Duration::from_secs(30), "{:?}", t.elapsed());
+    Ok(())
+}

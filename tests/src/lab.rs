@@ -68,6 +68,8 @@ pub struct Lab {
     pub relative_data_dirs: bool,
     /// A coordinator that is not this lab's process (see [`Remote`]).
     pub remote: Option<Remote>,
+    /// With [`Lab::start_on_etcd`]: the etcd the coordinator keeps its state in.
+    pub etcd: Option<crate::etcd::Etcd>,
 }
 
 /// Where a coordinator runs that the lab did not start (one on an emulated board,
@@ -221,6 +223,45 @@ impl Lab {
         Ok(lab)
     }
 
+    /// A lab whose coordinator keeps its state in a real etcd on the hub (`--etcd-endpoints`,
+    /// docs/operations.md "State in etcd") instead of redb; embedded broker.
+    pub fn start_on_etcd(tag: &str, agents: usize) -> Result<Lab> {
+        let mut lab = Self::build(tag, agents, Broker::Embedded, &[])?;
+        let started = (|| {
+            lab.start_registry()?;
+            let hub = lab.hub.0.clone();
+            let etcd = crate::etcd::Etcd::start(
+                move |program| {
+                    let mut c = Command::new("nsenter");
+                    c.arg(format!("--net=/run/netns/{hub}"))
+                        .arg("--")
+                        .arg(program);
+                    if program == "etcd" {
+                        c.args(crate::etcd::ETCD_FLAGS);
+                    }
+                    c
+                },
+                &lab.hub_ip(),
+                2379,
+                2380,
+                &lab.dir.path().join("etcd"),
+            )?;
+            lab.coordinator_args
+                .extend(["--etcd-endpoints".to_string(), etcd.url.clone()]);
+            lab.etcd = Some(etcd);
+            lab.start_coordinator()?;
+            for i in 0..agents {
+                lab.start_agent(i)?;
+            }
+            Ok(())
+        })();
+        if let Err(e) = started {
+            lab.dump_logs();
+            return Err(e);
+        }
+        Ok(lab)
+    }
+
     /// The namespaces and links (see [`Lab::start_bare`]).
     fn build(tag: &str, agents: usize, broker: Broker, coordinator_args: &[&str]) -> Result<Lab> {
         let n = NEXT.fetch_add(1, Ordering::SeqCst);
@@ -263,6 +304,7 @@ impl Lab {
             agent_args: Vec::new(),
             relative_data_dirs: false,
             remote: None,
+            etcd: None,
         };
         for i in 1..=agents {
             let name = format!("{id}-n{i}");
@@ -630,6 +672,7 @@ impl Drop for Lab {
             let _ = self.reset_command(i).output();
         }
         self.coordinator.take();
+        self.etcd.take();
         self.mosquitto.take();
         let _ = self
             .hub

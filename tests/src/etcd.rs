@@ -16,7 +16,7 @@ pub const ETCD_FLAGS: &[&str] = &["--max-txn-ops", "16384", "--max-request-bytes
 
 pub struct Etcd {
     proc: Option<Proc>,
-    /// `http://ip:port`, what `baton server --etcd-endpoints` takes.
+    /// `http://ip:port`, what `baton server --store` takes with `etcd://` for `http://`.
     pub url: String,
     start: Box<dyn Fn() -> Result<Proc> + Send>,
     /// A command for a program in etcd's network namespace.

@@ -223,12 +223,15 @@ impl Lab {
         Ok(lab)
     }
 
-    /// A lab whose coordinator keeps its state in a real etcd on the hub (`--etcd-endpoints`,
-    /// docs/operations.md "State in etcd") instead of redb; embedded broker.
-    pub fn start_on_etcd(tag: &str, agents: usize) -> Result<Lab> {
-        let mut lab = Self::build(tag, agents, Broker::Embedded, &[])?;
+    /// A lab whose coordinator keeps its state in a real etcd on the hub (`--store etcd://`,
+    /// docs/operations.md "State in etcd") instead of redb.
+    pub fn start_on_etcd(tag: &str, agents: usize, broker: Broker) -> Result<Lab> {
+        let mut lab = Self::build(tag, agents, broker, &[])?;
         let started = (|| {
             lab.start_registry()?;
+            if matches!(lab.broker, Broker::Mosquitto) {
+                lab.start_mosquitto()?;
+            }
             let hub = lab.hub.0.clone();
             let etcd = crate::etcd::Etcd::start(
                 move |program| {
@@ -246,8 +249,10 @@ impl Lab {
                 2380,
                 &lab.dir.path().join("etcd"),
             )?;
-            lab.coordinator_args
-                .extend(["--etcd-endpoints".to_string(), etcd.url.clone()]);
+            lab.coordinator_args.extend([
+                "--store".to_string(),
+                etcd.url.replacen("http://", "etcd://", 1),
+            ]);
             lab.etcd = Some(etcd);
             lab.start_coordinator()?;
             for i in 0..agents {
@@ -463,10 +468,25 @@ impl Lab {
     }
 
     pub fn start_coordinator(&mut self) -> Result<()> {
+        let mut cmd = self.coordinator_command(&self.dir.path().join("coordinator"));
+        self.coordinator_starts += 1;
+        let log = self
+            .dir
+            .path()
+            .join(format!("coordinator-{}.log", self.coordinator_starts));
+        let p = Proc::spawn("coordinator", &mut cmd, log)?;
+        self.coordinator = Some(p);
+        wait_for("the coordinator API", Duration::from_secs(30), || {
+            Ok(self.baton(&["get", "nodes"]).ok().map(|_| ()))
+        })
+    }
+
+    /// `baton server` as this lab runs it, with its state in `data_dir`.
+    pub fn coordinator_command(&self, data_dir: &Path) -> Command {
         let mut cmd = self.hub.cmd(bin("baton"));
         cmd.arg("server")
             .arg("--data-dir")
-            .arg(self.dir.path().join("coordinator"))
+            .arg(data_dir)
             .env("RUST_LOG", log_filter());
         let listen = format!("{}:{}", self.hub_ip(), mqtt_port(self.mtls.is_some()));
         // Development mode: plain MQTT (unless the lab has its own certificates) and
@@ -493,16 +513,7 @@ impl Lab {
                 .arg(&pki.coordinator.key),
         };
         cmd.args(&self.coordinator_args);
-        self.coordinator_starts += 1;
-        let log = self
-            .dir
-            .path()
-            .join(format!("coordinator-{}.log", self.coordinator_starts));
-        let p = Proc::spawn("coordinator", &mut cmd, log)?;
-        self.coordinator = Some(p);
-        wait_for("the coordinator API", Duration::from_secs(30), || {
-            Ok(self.baton(&["get", "nodes"]).ok().map(|_| ()))
-        })
+        cmd
     }
 
     pub fn start_agent(&mut self, i: usize) -> Result<()> {

@@ -5,7 +5,7 @@
 use std::time::{Duration, Instant};
 
 use anyhow::Result;
-use baton_coordinator::store::etcd::{EtcdOptions, EtcdStore, DEFAULT_MAX_TXN_OPS};
+use baton_coordinator::store::etcd::{EtcdOptions, EtcdStore, Fence, DEFAULT_MAX_TXN_OPS};
 use baton_coordinator::store::{Op, Store, StoreError, Table};
 use baton_e2e::etcd::Etcd;
 
@@ -100,6 +100,39 @@ fn etcd_store_keeps_the_store_contract() -> Result<()> {
     assert_eq!(store.get(Table::Meta, "k")?, Some(b"before".to_vec()));
     store.commit(vec![put(Table::Meta, "k", "after")])?;
     assert_eq!(store.get(Table::Meta, "k")?, Some(b"after".to_vec()));
+    Ok(())
+}
+
+#[test]
+fn a_fenced_store_writes_only_while_its_leader_key_lives() -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    let etcd = Etcd::on_loopback(dir.path())?;
+    let store = EtcdStore::open(opts(&etcd, "/fleet"))?;
+    let rt = tokio::runtime::Runtime::new()?;
+    // Leading fences the store with the election key: commits go through.
+    let leadership = rt.block_on(baton_coordinator::server::leader::lead(
+        &store,
+        "http://a",
+        Duration::from_secs(2),
+    ))?;
+    store.commit(vec![put(Table::Pods, "p", "leader")])?;
+    assert_eq!(store.get(Table::Pods, "p")?, Some(b"leader".to_vec()));
+
+    // A fence whose key is gone (a successor's lease, or ours expired): refused whole.
+    store.set_fence(Fence {
+        key: b"/fleet/leader/gone".to_vec(),
+        revision: 1,
+    });
+    let err = store
+        .commit(vec![
+            put(Table::Pods, "p", "stale"),
+            put(Table::Pods, "q", "stale"),
+        ])
+        .unwrap_err();
+    assert!(err.to_string().contains("no longer leads"), "{err}");
+    assert_eq!(store.get(Table::Pods, "p")?, Some(b"leader".to_vec()));
+    assert_eq!(store.get(Table::Pods, "q")?, None);
+    drop(leadership);
     Ok(())
 }
 

@@ -3,11 +3,11 @@
 //! restarted, and an etcd outage refuses changes clearly, loses nothing, and heals once
 //! etcd is back while the pods keep running.
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use anyhow::{ensure, Context, Result};
 use baton_e2e::fleet::{init_pid, is_running, node_of, uid, uids, wait_pods, EchoDeployment};
-use baton_e2e::{items, wait_for, Lab};
+use baton_e2e::{items, wait_for, Broker, Lab, Proc};
 
 const LONG: Duration = Duration::from_secs(180);
 
@@ -34,7 +34,7 @@ fn cluster_ip(lab: &Lab) -> Result<String> {
 
 #[test]
 fn coordinator_state_lives_in_etcd_and_survives_an_etcd_outage() -> Result<()> {
-    let mut lab = Lab::start_on_etcd("ha", 1)?;
+    let mut lab = Lab::start_on_etcd("ha", 1, Broker::Embedded)?;
     let app = EchoDeployment::new(2);
     lab.apply(&app.yaml(&lab.registry()))?;
     lab.apply(SERVICE)?;
@@ -104,5 +104,110 @@ fn coordinator_state_lives_in_etcd_and_survives_an_etcd_outage() -> Result<()> {
         uids(&after) == uids(&three),
         "pods changed across the restart"
     );
+    Ok(())
+}
+
+/// Runs the CLI against the coordinator at `api` (as admin: the token is in etcd, shared).
+fn baton_at(lab: &Lab, api: &str, args: &[&str]) -> Result<std::process::Output> {
+    Ok(lab
+        .hub
+        .cmd(baton_e2e::bin("baton"))
+        .args(args)
+        .env("BATON_CONFIG", lab.admin_conf())
+        .env_remove("BATON_TOKEN")
+        .env("BATON_SERVER", api)
+        .output()?)
+}
+
+#[test]
+fn a_standby_takes_over_from_a_paused_leader_which_then_writes_nothing() -> Result<()> {
+    let mut lab = Lab::start_on_etcd("hafo", 1, Broker::Mosquitto)?;
+    let app = EchoDeployment::new(2);
+    lab.apply(&app.yaml(&lab.registry()))?;
+    let pods = wait_pods(&lab, "web", 2, LONG, "2 pods Running", is_running)?;
+    let pids: Vec<u32> = pods
+        .iter()
+        .map(|p| init_pid(&lab, &node_of(p), &uid(p), "echo"))
+        .collect::<Result<_>>()?;
+
+    // A second coordinator on the same etcd, its own data directory with the first's PKI
+    // (docs/operations.md): it waits to lead and serves nothing meanwhile.
+    let standby_dir = lab.dir.path().join("standby");
+    std::fs::create_dir_all(&standby_dir)?;
+    baton_e2e::sh(
+        std::process::Command::new("cp")
+            .arg("-a")
+            .arg(lab.dir.path().join("coordinator/pki"))
+            .arg(&standby_dir),
+    )?;
+    let standby_api = "http://127.0.0.1:7476";
+    let mut cmd = lab.coordinator_command(&standby_dir);
+    cmd.args(["--listen", "127.0.0.1:7476"]);
+    let standby = Proc::spawn("standby", &mut cmd, lab.dir.path().join("standby.log"))?;
+    wait_for("the standby to wait", LONG, || {
+        Ok(standby.log().contains("waiting to lead").then_some(()))
+    })?;
+    std::thread::sleep(Duration::from_secs(2));
+    ensure!(
+        !standby.log().contains("leading"),
+        "the standby leads beside a live leader: {}",
+        standby.log()
+    );
+
+    // The leader is paused (SIGSTOP) past its lease: the standby leads and serves.
+    let old = lab
+        .coordinator
+        .as_ref()
+        .and_then(|p| p.pid())
+        .context("leader pid")?;
+    baton_e2e::sh(std::process::Command::new("kill").args(["-STOP", &old.to_string()]))?;
+    let paused = Instant::now();
+    wait_for("the standby to serve", LONG, || {
+        Ok(baton_at(&lab, standby_api, &["get", "pods"])?
+            .status
+            .success()
+            .then_some(()))
+    })?;
+    println!(
+        "failover: the standby served {:?} after the pause",
+        paused.elapsed()
+    );
+    let out = baton_at(
+        &lab,
+        standby_api,
+        &["scale", "deployment/web", "--replicas", "3"],
+    )?;
+    ensure!(out.status.success(), "scale on the new leader: {out:?}");
+
+    // The old leader resumes: it finds its lease gone, writes nothing, and stops.
+    baton_e2e::sh(std::process::Command::new("kill").args(["-CONT", &old.to_string()]))?;
+    let old_proc = lab.coordinator.as_mut().context("old leader")?;
+    wait_for("the old leader to stop", LONG, || {
+        Ok((!old_proc.is_running()).then_some(()))
+    })?;
+    let old_log = old_proc.log();
+    ensure!(old_log.contains("lost the leadership"), "{old_log}");
+    lab.coordinator = None;
+
+    let three = wait_for("3 pods Running", LONG, || {
+        let out = baton_at(&lab, standby_api, &["get", "pods", "-o", "json"])?;
+        let v: serde_json::Value = serde_json::from_slice(&out.stdout)?;
+        let web: Vec<_> = items(&v)
+            .into_iter()
+            .filter(|p| p["metadata"]["owner"] == "web")
+            .collect();
+        Ok((web.len() == 3 && web.iter().all(is_running)).then_some(web))
+    })?;
+    ensure!(
+        uids(&pods).is_subset(&uids(&three)),
+        "pods were replaced: {three:?}"
+    );
+    for (p, pid) in pods.iter().zip(&pids) {
+        ensure!(
+            init_pid(&lab, &node_of(p), &uid(p), "echo")? == *pid,
+            "a container restarted across the failover"
+        );
+    }
+    drop(standby);
     Ok(())
 }

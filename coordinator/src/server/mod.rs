@@ -9,6 +9,7 @@
 //! directory right away. The embedded broker cannot be stopped (see [`crate::edge::broker`]).
 
 pub mod args;
+pub mod leader;
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -97,6 +98,9 @@ pub struct ServerConfig {
     /// Keep the state in etcd instead of `<data-dir>/baton.redb` (`crate::store::etcd`).
     /// The data directory still holds the PKI, the image registry and release files.
     pub etcd: Option<crate::store::etcd::EtcdOptions>,
+    /// With etcd: the leader's lease, how long a dead leader keeps a standby waiting
+    /// (`leader`).
+    pub leader_lease: Duration,
 }
 
 impl ServerConfig {
@@ -124,6 +128,44 @@ impl ServerConfig {
             tls_sans: Vec::new(),
             release_public_key_file: None,
             etcd: None,
+            leader_lease: leader::DEFAULT_LEASE,
+        }
+    }
+}
+
+/// Opens the etcd store. An etcd that cannot be reached (not up yet after a power cut,
+/// a partition) is retried with a growing pause, each failure logged with its cause, as
+/// the agents retry their broker; a refusal from a reachable etcd (a newer schema) stops.
+async fn open_etcd(opts: &crate::store::etcd::EtcdOptions) -> Result<EtcdStore, ServerError> {
+    let mut pause = Duration::from_secs(1);
+    loop {
+        let opened = tokio::task::spawn_blocking({
+            let opts = opts.clone();
+            move || EtcdStore::open(opts)
+        })
+        .await
+        .unwrap_or_else(|e| {
+            Err(StoreError::Etcd(crate::store::etcd::EtcdError::Call {
+                endpoints: opts.endpoints.join(","),
+                message: e.to_string(),
+            }))
+        });
+        match opened {
+            Ok(store) => return Ok(store),
+            Err(StoreError::Etcd(
+                e @ (crate::store::etcd::EtcdError::Call { .. }
+                | crate::store::etcd::EtcdError::Timeout { .. }),
+            )) => {
+                tracing::error!(error = %e, retry_in = ?pause, "cannot reach etcd; retrying");
+                tokio::time::sleep(pause).await;
+                pause = (pause * 2).min(Duration::from_secs(30));
+            }
+            Err(source) => {
+                return Err(ServerError::Store {
+                    path: opts.endpoints.join(",").into(),
+                    source,
+                })
+            }
         }
     }
 }
@@ -137,6 +179,10 @@ pub struct TlsFiles {
 
 #[derive(Debug, thiserror::Error)]
 pub enum ServerError {
+    #[error(transparent)]
+    Leader(#[from] leader::LeaderError),
+    #[error("this coordinator lost its leadership: {0}")]
+    LostLeadership(String),
     #[error("cannot create the data directory {path}: {source}")]
     DataDir {
         path: PathBuf,
@@ -175,6 +221,8 @@ pub enum ServerError {
 
 /// A bound, not yet serving, coordinator.
 pub struct Server {
+    /// With etcd: this coordinator leads until this says otherwise (`leader`).
+    leadership: Option<leader::Leadership>,
     http_addr: SocketAddr,
     broker: BrokerAddr,
     embedded_mqtt: Option<SocketAddr>,
@@ -239,6 +287,7 @@ impl Server {
             }
             (None, false) => (None, None),
         };
+        let mut leadership = None;
         let store: Arc<dyn Store> = match &cfg.etcd {
             None => {
                 Arc::new(
@@ -249,23 +298,22 @@ impl Server {
                 )
             }
             Some(opts) => {
-                let store = tokio::task::spawn_blocking({
-                    let opts = opts.clone();
-                    move || EtcdStore::open(opts)
-                })
-                .await
-                .map_err(|e| ServerError::Store {
-                    path: opts.endpoints.join(",").into(),
-                    source: StoreError::Etcd(crate::store::etcd::EtcdError::Call {
-                        endpoints: opts.endpoints.join(","),
-                        message: e.to_string(),
-                    }),
-                })?
-                .map_err(|source| ServerError::Store {
-                    path: opts.endpoints.join(",").into(),
-                    source,
-                })?;
+                let store = open_etcd(opts).await?;
                 tracing::info!(endpoints = %opts.endpoints.join(","), prefix = %opts.prefix, "state in etcd");
+                // Nothing is loaded before this coordinator leads: a standby waits here.
+                let me = server_url(cfg.http_listen, cfg.tls.is_some() || cfg.api_tls_auto);
+                let mut pause = Duration::from_secs(1);
+                leadership = loop {
+                    match leader::lead(&store, &me, cfg.leader_lease).await {
+                        Ok(l) => break Some(l),
+                        Err(e @ leader::LeaderError::Etcd { .. }) => {
+                            tracing::error!(error = %e, retry_in = ?pause, "cannot campaign; retrying");
+                            tokio::time::sleep(pause).await;
+                            pause = (pause * 2).min(Duration::from_secs(30));
+                        }
+                        Err(e) => return Err(e.into()),
+                    }
+                };
                 Arc::new(store)
             }
         };
@@ -349,6 +397,7 @@ impl Server {
         };
         let (events_tx, events_rx) = mpsc::channel(1024);
         Ok(Self {
+            leadership,
             http_addr,
             broker,
             embedded_mqtt,
@@ -387,6 +436,7 @@ impl Server {
         shutdown: impl Future<Output = ()> + Send + 'static,
     ) -> Result<(), ServerError> {
         let Server {
+            leadership,
             http_addr,
             broker,
             broker_tls,
@@ -496,6 +546,21 @@ impl Server {
             enroller,
             logs,
         );
+        // Losing the leadership stops the coordinator as a shutdown would, then fails it.
+        let (lost_tx, mut lost_rx) = tokio::sync::oneshot::channel::<String>();
+        let shutdown = async move {
+            match leadership {
+                Some(l) => tokio::select! {
+                    () = shutdown => {}
+                    why = l.lost => {
+                        let why = why.unwrap_or_else(|_| "the lease keeper stopped".into());
+                        tracing::error!(reason = %why, "lost the leadership; stopping");
+                        let _ = lost_tx.send(why);
+                    }
+                },
+                None => shutdown.await,
+            }
+        };
         crate::edge::serve::serve(listener, tls, app, conns, shutdown).await;
 
         tracing::info!("shutting down");
@@ -514,7 +579,10 @@ impl Server {
         // The core stops when the last event sender (held by the router, the bus and the
         // ticker, all gone now) is dropped; waiting for it releases the store.
         let _ = core_task.await;
-        Ok(())
+        match lost_rx.try_recv() {
+            Ok(why) => Err(ServerError::LostLeadership(why)),
+            Err(_) => Ok(()),
+        }
     }
 }
 

@@ -22,7 +22,7 @@
 //!   etcd flag to raise (docs/operations.md gives the values Baton's tests use).
 
 use std::collections::BTreeMap;
-use std::sync::mpsc;
+use std::sync::{mpsc, Arc, Mutex};
 use std::time::Duration;
 
 use etcd_client::{Compare, CompareOp, GetOptions, Txn, TxnOp};
@@ -35,7 +35,7 @@ pub const CALL_TIMEOUT: Duration = Duration::from_secs(10);
 /// single gRPC message over the client's 4 MiB default.
 const PAGE: i64 = 500;
 
-/// Where and how to reach etcd (`baton server --etcd-endpoints`).
+/// Where and how to reach etcd (`baton server --store etcd://...`).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct EtcdOptions {
     /// `http://host:port` of one or more members of one cluster.
@@ -70,6 +70,10 @@ pub enum EtcdError {
          --max-txn-ops of at least --etcd-max-txn-ops ({max})"
     )]
     EtcdMaxTxnOps { ops: usize, max: usize },
+    #[error(
+        "this coordinator no longer leads (its election key {key} is gone): nothing was saved"
+    )]
+    NotLeader { key: String },
     #[error("etcd key {key:?} is not UTF-8")]
     KeyNotUtf8 { key: String },
     #[error("cannot start the etcd client thread: {0}")]
@@ -86,11 +90,21 @@ enum Call {
     Txn(Txn, mpsc::SyncSender<Result<bool, EtcdError>>),
 }
 
-/// The etcd store. Cloning shares the client thread.
+/// The etcd store. Cloning shares the client thread and the fence.
 #[derive(Debug, Clone)]
 pub struct EtcdStore {
     opts: EtcdOptions,
     calls: mpsc::Sender<Call>,
+    fence: Arc<Mutex<Option<Fence>>>,
+}
+
+/// The leader's election key and its creation revision (`crate::server::leader`): a
+/// commit applies only while that key still exists as created, so a coordinator that
+/// lost its leadership without noticing yet (paused, cut off) writes nothing.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Fence {
+    pub key: Vec<u8>,
+    pub revision: i64,
 }
 
 impl EtcdStore {
@@ -114,13 +128,27 @@ impl EtcdStore {
                 .into())
             }
         }
-        let store = EtcdStore { opts, calls };
+        let store = EtcdStore {
+            opts,
+            calls,
+            fence: Arc::new(Mutex::new(None)),
+        };
         store.check_schema()?;
         Ok(store)
     }
 
     fn key(&self, table: Table, key: &str) -> String {
         entry_key(&self.opts.prefix, table, key)
+    }
+
+    /// From now on, every commit applies only while `fence` holds.
+    pub fn set_fence(&self, fence: Fence) {
+        *self.fence.lock().unwrap_or_else(|e| e.into_inner()) = Some(fence);
+    }
+
+    /// The options this store was opened with.
+    pub fn options(&self) -> &EtcdOptions {
+        &self.opts
     }
 
     fn table_prefix(&self, table: Table) -> String {
@@ -227,9 +255,24 @@ impl Store for EtcdStore {
             .into());
         }
         let n = ops.len();
-        let txn = Txn::new().and_then(ops);
+        let fence = self.fence.lock().unwrap_or_else(|e| e.into_inner()).clone();
+        let txn = match &fence {
+            Some(f) => Txn::new().when([Compare::create_revision(
+                f.key.clone(),
+                CompareOp::Equal,
+                f.revision,
+            )]),
+            None => Txn::new(),
+        }
+        .and_then(ops);
         match self.call(|tx| Call::Txn(txn, tx)) {
-            Ok(_) => Ok(()),
+            Ok(true) => Ok(()),
+            Ok(false) => Err(EtcdError::NotLeader {
+                key: fence
+                    .map(|f| String::from_utf8_lossy(&f.key).into_owned())
+                    .unwrap_or_default(),
+            }
+            .into()),
             // etcd's own words for a transaction over its --max-txn-ops.
             Err(EtcdError::Call { message, .. }) if message.contains("too many operations") => {
                 Err(EtcdError::EtcdMaxTxnOps {

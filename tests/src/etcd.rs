@@ -18,7 +18,7 @@ pub struct Etcd {
     proc: Option<Proc>,
     /// `http://ip:port`, what `baton server --store` takes with `etcd://` for `http://`.
     pub url: String,
-    start: Box<dyn Fn() -> Result<Proc> + Send>,
+    start: Box<dyn Fn() -> Result<Proc> + Send + Sync>,
     /// A command for a program in etcd's network namespace.
     ns_cmd: Arc<dyn Fn(&str) -> Command + Send + Sync>,
 }

@@ -131,7 +131,8 @@ fn a_standby_takes_over_from_a_paused_leader_which_then_writes_nothing() -> Resu
         .collect::<Result<_>>()?;
 
     // A second coordinator on the same etcd, its own data directory with the first's PKI
-    // (docs/operations.md): it waits to lead and serves nothing meanwhile.
+    // (docs/operations.md): it waits to lead, and meanwhile redirects the API to the
+    // leader.
     let standby_dir = lab.dir.path().join("standby");
     std::fs::create_dir_all(&standby_dir)?;
     baton_e2e::sh(
@@ -147,7 +148,23 @@ fn a_standby_takes_over_from_a_paused_leader_which_then_writes_nothing() -> Resu
     wait_for("the standby to wait", LONG, || {
         Ok(standby.log().contains("waiting to lead").then_some(()))
     })?;
-    std::thread::sleep(Duration::from_secs(2));
+    let out = baton_at(&lab, standby_api, &["get", "pods", "-o", "json"])?;
+    ensure!(out.status.success(), "get through the standby: {out:?}");
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout)?;
+    ensure!(
+        items(&v).len() == 2,
+        "the standby's redirect did not reach the leader: {v}"
+    );
+    let health = lab
+        .hub
+        .cmd("curl")
+        .args(["-s", "-o", "/dev/null", "-w", "%{http_code}"])
+        .arg(format!("{standby_api}/healthz"))
+        .output()?;
+    ensure!(
+        String::from_utf8_lossy(&health.stdout) == "503",
+        "a standby's /healthz must keep load balancers away: {health:?}"
+    );
     ensure!(
         !standby.log().contains("leading"),
         "the standby leads beside a live leader: {}",
@@ -162,6 +179,10 @@ fn a_standby_takes_over_from_a_paused_leader_which_then_writes_nothing() -> Resu
         .context("leader pid")?;
     baton_e2e::sh(std::process::Command::new("kill").args(["-STOP", &old.to_string()]))?;
     let paused = Instant::now();
+    wait_for("the standby to lead", LONG, || {
+        Ok(standby.log().contains("leading").then_some(()))
+    })?;
+    let led = paused.elapsed();
     wait_for("the standby to serve", LONG, || {
         Ok(baton_at(&lab, standby_api, &["get", "pods"])?
             .status
@@ -169,7 +190,7 @@ fn a_standby_takes_over_from_a_paused_leader_which_then_writes_nothing() -> Resu
             .then_some(()))
     })?;
     println!(
-        "failover: the standby served {:?} after the pause",
+        "failover: the standby led {led:?} and served {:?} after the pause",
         paused.elapsed()
     );
     let out = baton_at(

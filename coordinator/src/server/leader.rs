@@ -16,7 +16,8 @@ use std::time::Duration;
 use etcd_client::{Client, ConnectOptions};
 use tokio::sync::oneshot;
 
-use crate::store::etcd::{EtcdOptions, EtcdStore, Fence, CALL_TIMEOUT};
+use crate::store::etcd::{EtcdError, EtcdOptions, EtcdStore, Fence, CALL_TIMEOUT};
+use crate::store::StoreError;
 
 /// Default `--leader-lease`: how long a dead leader keeps its standby waiting.
 pub const DEFAULT_LEASE: Duration = Duration::from_secs(6);
@@ -58,7 +59,7 @@ pub async fn lead(store: &EtcdStore, me: &str, lease: Duration) -> Result<Leader
     let id = client.lease_grant(ttl, None).await.map_err(&fail)?.id();
     let (lost_tx, lost) = oneshot::channel();
     let keepalive = tokio::spawn(keep_alive(client.clone(), id, lease, lost_tx));
-    let name = format!("{}/leader", opts.prefix);
+    let name = election(opts);
     tracing::info!(election = %name, lease_secs = ttl, "waiting to lead");
     let resp = client
         .campaign(name.clone(), me.to_string(), id)
@@ -109,5 +110,62 @@ async fn keep_alive(mut client: Client, id: i64, lease: Duration, lost: oneshot:
             }
         }
         tokio::time::sleep(every.saturating_sub(Duration::from_millis(50))).await;
+    }
+}
+
+/// The election's name: one per fleet prefix.
+pub fn election(opts: &EtcdOptions) -> String {
+    format!("{}/leader", opts.prefix)
+}
+
+/// The growing pause between attempts to reach etcd.
+fn next_pause(pause: Duration) -> Duration {
+    (pause * 2).min(Duration::from_secs(30))
+}
+
+/// Opens the etcd store. An etcd that cannot be reached (not up yet after a power cut,
+/// a partition) is retried with a growing pause, each failure logged with its cause, as
+/// the agents retry their broker; a refusal from a reachable etcd (a newer schema) stops.
+pub async fn open_etcd(opts: &EtcdOptions) -> Result<EtcdStore, StoreError> {
+    let mut pause = Duration::from_secs(1);
+    loop {
+        let opened = tokio::task::spawn_blocking({
+            let opts = opts.clone();
+            move || EtcdStore::open(opts)
+        })
+        .await
+        .unwrap_or_else(|e| {
+            Err(StoreError::Etcd(EtcdError::Call {
+                endpoints: opts.endpoints.join(","),
+                message: e.to_string(),
+            }))
+        });
+        match opened {
+            Err(StoreError::Etcd(e @ (EtcdError::Call { .. } | EtcdError::Timeout { .. }))) => {
+                tracing::error!(error = %e, retry_in = ?pause, "cannot reach etcd; retrying");
+                tokio::time::sleep(pause).await;
+                pause = next_pause(pause);
+            }
+            other => return other,
+        }
+    }
+}
+
+/// [`lead`], retried while etcd cannot be reached.
+pub async fn lead_retrying(
+    store: &EtcdStore,
+    me: &str,
+    lease: Duration,
+) -> Result<Leadership, LeaderError> {
+    let mut pause = Duration::from_secs(1);
+    loop {
+        match lead(store, me, lease).await {
+            Err(e @ LeaderError::Etcd { .. }) => {
+                tracing::error!(error = %e, retry_in = ?pause, "cannot campaign; retrying");
+                tokio::time::sleep(pause).await;
+                pause = next_pause(pause);
+            }
+            other => return other,
+        }
     }
 }

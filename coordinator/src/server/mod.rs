@@ -10,6 +10,7 @@
 
 pub mod args;
 pub mod leader;
+mod standby;
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -26,7 +27,6 @@ use crate::edge::http::{self, HttpError};
 use crate::edge::tls::{self, BrokerTlsFiles, MqttClientFiles, TlsError};
 use crate::registry::{Registry, RegistryError};
 use crate::security::auth::{self, AuthError, Tokens};
-use crate::store::etcd::EtcdStore;
 use crate::store::{RedbStore, Store, StoreError};
 
 pub use args::{BrokerCommand, ServerArgs};
@@ -129,43 +129,6 @@ impl ServerConfig {
             release_public_key_file: None,
             etcd: None,
             leader_lease: leader::DEFAULT_LEASE,
-        }
-    }
-}
-
-/// Opens the etcd store. An etcd that cannot be reached (not up yet after a power cut,
-/// a partition) is retried with a growing pause, each failure logged with its cause, as
-/// the agents retry their broker; a refusal from a reachable etcd (a newer schema) stops.
-async fn open_etcd(opts: &crate::store::etcd::EtcdOptions) -> Result<EtcdStore, ServerError> {
-    let mut pause = Duration::from_secs(1);
-    loop {
-        let opened = tokio::task::spawn_blocking({
-            let opts = opts.clone();
-            move || EtcdStore::open(opts)
-        })
-        .await
-        .unwrap_or_else(|e| {
-            Err(StoreError::Etcd(crate::store::etcd::EtcdError::Call {
-                endpoints: opts.endpoints.join(","),
-                message: e.to_string(),
-            }))
-        });
-        match opened {
-            Ok(store) => return Ok(store),
-            Err(StoreError::Etcd(
-                e @ (crate::store::etcd::EtcdError::Call { .. }
-                | crate::store::etcd::EtcdError::Timeout { .. }),
-            )) => {
-                tracing::error!(error = %e, retry_in = ?pause, "cannot reach etcd; retrying");
-                tokio::time::sleep(pause).await;
-                pause = (pause * 2).min(Duration::from_secs(30));
-            }
-            Err(source) => {
-                return Err(ServerError::Store {
-                    path: opts.endpoints.join(",").into(),
-                    source,
-                })
-            }
         }
     }
 }
@@ -287,6 +250,7 @@ impl Server {
             }
             (None, false) => (None, None),
         };
+        let conns = crate::edge::serve::Conns::new(limits);
         let mut leadership = None;
         let store: Arc<dyn Store> = match &cfg.etcd {
             None => {
@@ -298,22 +262,31 @@ impl Server {
                 )
             }
             Some(opts) => {
-                let store = open_etcd(opts).await?;
+                let store = leader::open_etcd(opts)
+                    .await
+                    .map_err(|source| ServerError::Store {
+                        path: opts.endpoints.join(",").into(),
+                        source,
+                    })?;
                 tracing::info!(endpoints = %opts.endpoints.join(","), prefix = %opts.prefix, "state in etcd");
-                // Nothing is loaded before this coordinator leads: a standby waits here.
-                let me = server_url(cfg.http_listen, cfg.tls.is_some() || cfg.api_tls_auto);
-                let mut pause = Duration::from_secs(1);
-                leadership = loop {
-                    match leader::lead(&store, &me, cfg.leader_lease).await {
-                        Ok(l) => break Some(l),
-                        Err(e @ leader::LeaderError::Etcd { .. }) => {
-                            tracing::error!(error = %e, retry_in = ?pause, "cannot campaign; retrying");
-                            tokio::time::sleep(pause).await;
-                            pause = (pause * 2).min(Duration::from_secs(30));
-                        }
-                        Err(e) => return Err(e.into()),
+                // Nothing is loaded before this coordinator leads. Meanwhile its API
+                // address redirects to the leader (`standby`).
+                let listener = crate::edge::serve::bind(cfg.http_listen).map_err(|source| {
+                    ServerError::Bind {
+                        addr: cfg.http_listen,
+                        source,
                     }
-                };
+                })?;
+                let standby = standby::Standby::start(
+                    listener,
+                    tls.clone(),
+                    conns.clone(),
+                    opts.endpoints.clone(),
+                    leader::election(opts),
+                );
+                let me = server_url(cfg.http_listen, cfg.tls.is_some() || cfg.api_tls_auto);
+                leadership = Some(leader::lead_retrying(&store, &me, cfg.leader_lease).await?);
+                standby.stop().await;
                 Arc::new(store)
             }
         };
@@ -414,7 +387,7 @@ impl Server {
             security,
             enroller,
             enroll,
-            conns: crate::edge::serve::Conns::new(limits),
+            conns,
             logs,
             metrics,
         })

@@ -80,13 +80,13 @@ pub enum EtcdError {
     Thread(std::io::Error),
 }
 
+/// A table's entries, as `list` returns them.
+type Entries = Vec<(String, Vec<u8>)>;
+
 /// One request to the client thread, with where its answer goes.
 enum Call {
     Get(String, mpsc::SyncSender<Result<Option<Vec<u8>>, EtcdError>>),
-    List(
-        String,
-        mpsc::SyncSender<Result<Vec<(String, Vec<u8>)>, EtcdError>>,
-    ),
+    List(String, mpsc::SyncSender<Result<Entries, EtcdError>>),
     Txn(Txn, mpsc::SyncSender<Result<bool, EtcdError>>),
 }
 

@@ -25,6 +25,9 @@ fn put(t: Table, k: &str, v: &str) -> Op {
 fn etcd_store_keeps_the_store_contract() -> Result<()> {
     let dir = tempfile::tempdir()?;
     let mut etcd = Etcd::on_loopback(dir.path())?;
+    // The contract redb and MemStore are held to, on a fresh prefix.
+    baton_coordinator::store::conformance::exercise(&EtcdStore::open(opts(&etcd, "/conf"))?);
+
     let store = EtcdStore::open(opts(&etcd, "/fleet-a"))?;
 
     // A batch applies in order: the put then delete of "a" leaves no "a".

@@ -13,6 +13,7 @@
 //! either the old or the new state of a batch, never a mix; the crash test below checks
 //! that with SIGKILL.
 
+pub mod conformance;
 pub mod durable;
 pub mod etcd;
 
@@ -507,44 +508,16 @@ fn decode<T: DeserializeOwned>(table: Table, key: &str, bytes: &[u8]) -> Result<
 mod tests {
     use super::*;
 
-    fn exercise(s: &dyn Store) {
-        assert_eq!(s.get(Table::Pods, "a").expect("get"), None);
-        s.commit(vec![
-            Op::Put(Table::Pods, "b".into(), b"2".to_vec()),
-            Op::Put(Table::Pods, "a".into(), b"1".to_vec()),
-            Op::Put(Table::Nodes, "a".into(), b"node".to_vec()),
-            Op::Put(Table::Pods, "c".into(), b"3".to_vec()),
-            Op::Delete(Table::Pods, "c".into()),
-            Op::Delete(Table::Events, "missing".into()),
-        ])
-        .expect("commit");
-        assert_eq!(s.get(Table::Pods, "a").expect("get"), Some(b"1".to_vec()));
-        assert_eq!(
-            s.list(Table::Pods).expect("list"),
-            vec![("a".into(), b"1".to_vec()), ("b".into(), b"2".to_vec())]
-        );
-        assert_eq!(s.list(Table::Nodes).expect("list").len(), 1);
-        assert_eq!(s.list(Table::Deployments).expect("list"), vec![]);
-        let op = put_json(Table::Deployments, "web", &vec![1, 2, 3]).expect("encode");
-        s.commit(vec![op]).expect("commit");
-        let v: Option<Vec<u32>> = get_json(s, Table::Deployments, "web").expect("get_json");
-        assert_eq!(v, Some(vec![1, 2, 3]));
-        let all: Vec<Vec<u32>> = list_json(s, Table::Deployments).expect("list_json");
-        assert_eq!(all, vec![vec![1, 2, 3]]);
-        let bad = get_json::<Vec<u32>>(s, Table::Pods, "a");
-        assert!(matches!(bad, Err(StoreError::Decode { .. })), "{bad:?}");
-    }
-
     #[test]
     fn mem_store_round_trip() {
-        exercise(&MemStore::new());
+        conformance::exercise(&MemStore::new());
     }
 
     #[test]
     fn redb_store_round_trip() {
         let dir = tempfile::tempdir().expect("tempdir");
         let s = RedbStore::open(dir.path()).expect("open");
-        exercise(&s);
+        conformance::exercise(&s);
         assert_eq!(
             s.get(Table::Meta, SCHEMA_VERSION_KEY).expect("meta"),
             Some(SCHEMA_VERSION.to_string().into_bytes())

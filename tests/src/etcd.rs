@@ -1,5 +1,6 @@
 //! A real etcd (Debian's `etcd-server`) for the tests of the coordinator's etcd store:
-//! one member, its data in a test directory, started by the test and killed with it.
+//! one member or a cluster, its data in a test directory, started by the test and killed
+//! with it.
 
 use std::path::Path;
 use std::process::Command;
@@ -59,40 +60,92 @@ impl Etcd {
         peer: u16,
         dir: &Path,
     ) -> Result<Etcd> {
-        let url = format!("http://{ip}:{client}");
         let peer_url = format!("http://{ip}:{peer}");
-        std::fs::create_dir_all(dir)?;
-        let dir = dir.to_path_buf();
-        let ns_cmd: Arc<dyn Fn(&str) -> Command + Send + Sync> = Arc::new(ns_cmd);
+        let member = Member {
+            name: "n0".into(),
+            client_url: format!("http://{ip}:{client}"),
+            peer_url: peer_url.clone(),
+            initial_cluster: format!("n0={peer_url}"),
+            token: "etcd-cluster".into(),
+            dir: dir.to_path_buf(),
+        };
+        let mut etcd = Self::member(Arc::new(ns_cmd), member)?;
+        etcd.restart()?;
+        Ok(etcd)
+    }
+
+    /// A cluster of `n` members on loopback ports free now, each with its data under
+    /// `dir/<name>`, formed with `token` (`--initial-cluster-token`: two clusters formed
+    /// with different tokens have different cluster ids). Waits until all answer.
+    pub fn cluster_on_loopback(n: usize, dir: &Path, token: &str) -> Result<Vec<Etcd>> {
+        let ports: Vec<(u16, u16)> = (0..n)
+            .map(|_| Ok((free_port()?, free_port()?)))
+            .collect::<Result<_>>()?;
+        let initial_cluster = ports
+            .iter()
+            .enumerate()
+            .map(|(i, (_, peer))| format!("{token}-{i}=http://127.0.0.1:{peer}"))
+            .collect::<Vec<_>>()
+            .join(",");
+        let ns_cmd: Arc<dyn Fn(&str) -> Command + Send + Sync> = Arc::new(|p: &str| {
+            let mut c = Command::new(p);
+            if p == "etcd" {
+                c.args(ETCD_FLAGS);
+            }
+            c
+        });
+        let mut members = Vec::new();
+        for (i, (client, peer)) in ports.into_iter().enumerate() {
+            let name = format!("{token}-{i}");
+            let mut m = Self::member(
+                ns_cmd.clone(),
+                Member {
+                    client_url: format!("http://127.0.0.1:{client}"),
+                    peer_url: format!("http://127.0.0.1:{peer}"),
+                    initial_cluster: initial_cluster.clone(),
+                    token: token.into(),
+                    dir: dir.join(&name),
+                    name,
+                },
+            )?;
+            // All start before any is waited for: a member answers only with a quorum.
+            m.proc = Some((m.start)()?);
+            members.push(m);
+        }
+        for m in &members {
+            wait_for("an etcd member", Duration::from_secs(60), || {
+                Ok(m.healthy().then_some(()))
+            })?;
+        }
+        Ok(members)
+    }
+
+    fn member(ns_cmd: Arc<dyn Fn(&str) -> Command + Send + Sync>, member: Member) -> Result<Etcd> {
+        std::fs::create_dir_all(&member.dir)?;
+        let url = member.client_url.clone();
         let start = {
-            let url = url.clone();
             let ns_cmd = ns_cmd.clone();
             move || -> Result<Proc> {
+                let m = &member;
                 let mut cmd = ns_cmd("etcd");
-                cmd.args(["--name", "n0", "--data-dir"])
-                    .arg(dir.join("data"))
-                    .args([
-                        "--listen-client-urls",
-                        &url,
-                        "--advertise-client-urls",
-                        &url,
-                    ])
-                    .args(["--listen-peer-urls", &peer_url])
-                    .args(["--initial-advertise-peer-urls", &peer_url])
-                    .args(["--initial-cluster", &format!("n0={peer_url}")])
+                cmd.args(["--name", &m.name, "--data-dir"])
+                    .arg(m.dir.join("data"))
+                    .args(["--listen-client-urls", &m.client_url])
+                    .args(["--advertise-client-urls", &m.client_url])
+                    .args(["--listen-peer-urls", &m.peer_url])
+                    .args(["--initial-advertise-peer-urls", &m.peer_url])
+                    .args(["--initial-cluster", &m.initial_cluster])
+                    .args(["--initial-cluster-token", &m.token])
                     .args(["--log-level", "warn"]);
-                let proc = Proc::spawn_appending("etcd", &mut cmd, dir.join("etcd.log"))?;
-                Ok(proc)
+                Proc::spawn_appending("etcd", &mut cmd, m.dir.join("etcd.log"))
             }
         };
-        let mut etcd = Etcd {
+        Ok(Etcd {
             proc: None,
             url,
             start: Box::new(start),
             ns_cmd,
-        };
-        etcd.restart()?;
-        Ok(etcd)
+        })
     }
 
     /// Kills etcd with SIGKILL.
@@ -124,6 +177,16 @@ impl Drop for Etcd {
     fn drop(&mut self) {
         self.kill();
     }
+}
+
+/// How one member is started.
+struct Member {
+    name: String,
+    client_url: String,
+    peer_url: String,
+    initial_cluster: String,
+    token: String,
+    dir: std::path::PathBuf,
 }
 
 /// A port free on loopback right now (the kernel's pick; the tiny race with other tests

@@ -162,3 +162,41 @@ fn etcd_store_refuses_a_newer_schema_and_an_absent_etcd() -> Result<()> {
     assert!(t.elapsed() < Duration::from_secs(30), "{:?}", t.elapsed());
     Ok(())
 }
+
+#[test]
+fn etcd_store_on_a_three_member_cluster_survives_a_member_and_refuses_two_clusters() -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    let mut members = Etcd::cluster_on_loopback(3, &dir.path().join("a"), "site-a")?;
+    let urls: Vec<String> = members.iter().map(|m| m.url.clone()).collect();
+    // One dead entry in the list (a decommissioned member) is no obstacle.
+    let mut endpoints = urls.clone();
+    endpoints.push("http://127.0.0.1:9".into());
+    let store = EtcdStore::open(EtcdOptions {
+        endpoints: endpoints.clone(),
+        prefix: "/fleet".into(),
+        max_txn_ops: DEFAULT_MAX_TXN_OPS,
+    })?;
+    for i in 0..20 {
+        store.commit(vec![put(Table::Pods, &format!("p{i:02}"), "x")])?;
+    }
+    // One member down: the other two are a quorum, and the store carries on.
+    members[0].kill();
+    for i in 20..40 {
+        store.commit(vec![put(Table::Pods, &format!("p{i:02}"), "x")])?;
+    }
+    assert_eq!(store.list(Table::Pods)?.len(), 40);
+
+    // A member of another cluster (formed with another token) in the list is refused at
+    // open with both names, before anything is read or written.
+    let other = Etcd::cluster_on_loopback(1, &dir.path().join("b"), "site-b")?;
+    let err = EtcdStore::open(EtcdOptions {
+        endpoints: vec![urls[1].clone(), other[0].url.clone()],
+        prefix: "/fleet".into(),
+        max_txn_ops: DEFAULT_MAX_TXN_OPS,
+    })
+    .unwrap_err()
+    .to_string();
+    assert!(err.contains("different clusters"), "{err}");
+    assert!(err.contains(&other[0].url), "{err}");
+    Ok(())
+}

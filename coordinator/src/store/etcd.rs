@@ -74,6 +74,16 @@ pub enum EtcdError {
         "this coordinator no longer leads (its election key {key} is gone): nothing was saved"
     )]
     NotLeader { key: String },
+    #[error(
+        "etcd members {first} (cluster {first_id:x}) and {other} (cluster {other_id:x}) \
+         belong to different clusters: list the members of one cluster in --store"
+    )]
+    MixedClusters {
+        first: String,
+        first_id: u64,
+        other: String,
+        other_id: u64,
+    },
     #[error("etcd key {key:?} is not UTF-8")]
     KeyNotUtf8 { key: String },
     #[error("cannot start the etcd client thread: {0}")]
@@ -319,9 +329,16 @@ fn client_thread(
         }
     };
     // A connect is lazy: one read proves etcd answers before the store is used.
-    let mut kv = client.kv_client();
-    if let Err(e) = rt.block_on(kv.get("\0", None)) {
+    let kv = client.kv_client();
+    if let Err(e) = rt.block_on(retrying(|| {
+        let mut kv = kv.clone();
+        async move { kv.get("\0", None).await }
+    })) {
         let _ = ready.send(Err(fail(e)));
+        return;
+    }
+    if let Err(e) = rt.block_on(one_cluster(&endpoints)) {
+        let _ = ready.send(Err(e));
         return;
     }
     let _ = ready.send(Ok(()));
@@ -329,29 +346,105 @@ fn client_thread(
         match call {
             Call::Get(key, reply) => {
                 let r = rt
-                    .block_on(kv.get(key, None))
+                    .block_on(retrying(|| {
+                        let (mut kv, key) = (kv.clone(), key.clone());
+                        async move { kv.get(key, None).await }
+                    }))
                     .map(|resp| resp.kvs().first().map(|kv| kv.value().to_vec()))
                     .map_err(&fail);
                 let _ = reply.send(r);
             }
             Call::List(prefix, reply) => {
-                let r = rt
-                    .block_on(list_prefix(&mut kv, prefix))
-                    .map_err(|e| match e {
-                        ListError::Etcd(e) => fail(e),
-                        ListError::Key(key) => EtcdError::KeyNotUtf8 { key },
-                    });
+                let r = rt.block_on(list_prefix(&kv, prefix)).map_err(|e| match e {
+                    ListError::Etcd(e) => fail(e),
+                    ListError::Key(key) => EtcdError::KeyNotUtf8 { key },
+                });
                 let _ = reply.send(r);
             }
             Call::Txn(txn, reply) => {
                 let r = rt
-                    .block_on(kv.txn(txn))
+                    .block_on(retrying(|| {
+                        let (mut kv, txn) = (kv.clone(), txn.clone());
+                        async move { kv.txn(txn).await }
+                    }))
                     .map(|resp| resp.succeeded())
                     .map_err(&fail);
                 let _ = reply.send(r);
             }
         }
     }
+}
+
+/// Runs `op` again while it could not reach a member, for up to [`CALL_TIMEOUT`] less a
+/// second. The client spreads calls over every endpoint it was given, a dead one too, so
+/// one member down (or a decommissioned one still listed) must cost a retry, not an
+/// error. Repeating a transaction is safe: it either never reached etcd, or it applied
+/// and applying the same puts and deletes again leaves the same state.
+async fn retrying<T, F, Fut>(mut op: F) -> Result<T, etcd_client::Error>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<T, etcd_client::Error>>,
+{
+    let deadline = tokio::time::Instant::now() + CALL_TIMEOUT - Duration::from_secs(1);
+    loop {
+        match op().await {
+            Err(e) if unreachable(&e) && tokio::time::Instant::now() < deadline => {
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            other => return other,
+        }
+    }
+}
+
+/// Whether `e` says no member was reached (not that a reached one refused).
+fn unreachable(e: &etcd_client::Error) -> bool {
+    match e {
+        // A connection that broke under a call (the member was killed) is `Unknown` with
+        // the transport's error as its source.
+        etcd_client::Error::GRpcStatus(s) => {
+            s.code() == tonic::Code::Unavailable
+                || std::error::Error::source(s)
+                    .is_some_and(|e| e.downcast_ref::<tonic::transport::Error>().is_some())
+        }
+        etcd_client::Error::TransportError(_) => true,
+        _ => false,
+    }
+}
+
+/// Checks that the reachable endpoints belong to one cluster. The client spreads calls
+/// over every endpoint it is given, so a list naming members of two clusters (a copy and
+/// paste from another site, a test cluster) would split the state between them without
+/// an error. An endpoint that does not answer is left to the client's balancing.
+async fn one_cluster(endpoints: &[String]) -> Result<(), EtcdError> {
+    let mut seen: Option<(String, u64)> = None;
+    for e in endpoints {
+        let opts = etcd_client::ConnectOptions::new()
+            .with_connect_timeout(Duration::from_secs(2))
+            .with_timeout(Duration::from_secs(2));
+        let Ok(mut c) = etcd_client::Client::connect([e], Some(opts)).await else {
+            continue;
+        };
+        let Ok(status) = c.status().await else {
+            tracing::warn!(endpoint = %e, "etcd member does not answer");
+            continue;
+        };
+        let Some(id) = status.header().map(|h| h.cluster_id()) else {
+            continue;
+        };
+        match &seen {
+            Some((first, first_id)) if *first_id != id => {
+                return Err(EtcdError::MixedClusters {
+                    first: first.clone(),
+                    first_id: *first_id,
+                    other: e.clone(),
+                    other_id: id,
+                });
+            }
+            Some(_) => {}
+            None => seen = Some((e.clone(), id)),
+        }
+    }
+    Ok(())
 }
 
 enum ListError {
@@ -361,10 +454,7 @@ enum ListError {
 
 /// Every entry under `prefix`, sorted by key, read in pages of [`PAGE`] at one revision
 /// (the first page's), so a list is a consistent snapshot even while others write.
-async fn list_prefix(
-    kv: &mut etcd_client::KvClient,
-    prefix: String,
-) -> Result<Vec<(String, Vec<u8>)>, ListError> {
+async fn list_prefix(kv: &etcd_client::KvClient, prefix: String) -> Result<Entries, ListError> {
     let end = prefix_end(prefix.as_bytes());
     let mut from = prefix.clone().into_bytes();
     let mut revision = 0;
@@ -377,10 +467,12 @@ async fn list_prefix(
         if revision != 0 {
             opts = opts.with_revision(revision);
         }
-        let resp = kv
-            .get(from.clone(), Some(opts))
-            .await
-            .map_err(ListError::Etcd)?;
+        let resp = retrying(|| {
+            let (mut kv, from, opts) = (kv.clone(), from.clone(), opts.clone());
+            async move { kv.get(from, Some(opts)).await }
+        })
+        .await
+        .map_err(ListError::Etcd)?;
         if revision == 0 {
             revision = resp.header().map_or(0, |h| h.revision());
         }

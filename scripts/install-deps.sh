@@ -31,15 +31,18 @@ install_missing() {
 #   curl python3               image build/push script and health checks
 #   apache2-utils openssl      htpasswd (bcrypt) and a test CA for the registry auth/TLS tests
 #   prometheus                 a real Prometheus scraping /metrics (tests/tests/metrics.rs)
+#   protobuf-compiler          protoc, for the etcd client's gRPC code (coordinator build)
+#   etcd-server                a real etcd for the coordinator's etcd store (tests/tests/etcd_store.rs, ha.rs)
 PKGS=(iproute2 iptables libseccomp-dev docker-registry mosquitto mosquitto-clients runc
       busybox-static gcc-aarch64-linux-gnu qemu-user-static curl python3 pkg-config
-      linux-libc-dev-arm64-cross apache2-utils openssl gperf make python3-pip prometheus)
+      linux-libc-dev-arm64-cross apache2-utils openssl gperf make python3-pip prometheus
+      protobuf-compiler etcd-server)
 
 install_missing "${PKGS[@]}"
 
 # Debian starts these daemons on install; the tests start their own instances on
 # loopback or inside their own namespaces, so the system-wide ones must not hold ports.
-for svc in mosquitto docker-registry prometheus; do
+for svc in mosquitto docker-registry prometheus etcd; do
   if command -v systemctl >/dev/null 2>&1 && systemctl is-active --quiet "$svc" 2>/dev/null; then
     systemctl stop "$svc" || true
   fi

@@ -68,6 +68,8 @@ pub struct Lab {
     pub relative_data_dirs: bool,
     /// A coordinator that is not this lab's process (see [`Remote`]).
     pub remote: Option<Remote>,
+    /// With [`Lab::start_on_etcd`]: the etcd the coordinator keeps its state in.
+    pub etcd: Option<crate::etcd::Etcd>,
 }
 
 /// Where a coordinator runs that the lab did not start (one on an emulated board,
@@ -221,6 +223,50 @@ impl Lab {
         Ok(lab)
     }
 
+    /// A lab whose coordinator keeps its state in a real etcd on the hub (`--store etcd://`,
+    /// docs/operations.md "State in etcd") instead of redb.
+    pub fn start_on_etcd(tag: &str, agents: usize, broker: Broker) -> Result<Lab> {
+        let mut lab = Self::build(tag, agents, broker, &[])?;
+        let started = (|| {
+            lab.start_registry()?;
+            if matches!(lab.broker, Broker::Mosquitto) {
+                lab.start_mosquitto()?;
+            }
+            let hub = lab.hub.0.clone();
+            let etcd = crate::etcd::Etcd::start(
+                move |program| {
+                    let mut c = Command::new("nsenter");
+                    c.arg(format!("--net=/run/netns/{hub}"))
+                        .arg("--")
+                        .arg(program);
+                    if program == "etcd" {
+                        c.args(crate::etcd::ETCD_FLAGS);
+                    }
+                    c
+                },
+                &lab.hub_ip(),
+                2379,
+                2380,
+                &lab.dir.path().join("etcd"),
+            )?;
+            lab.coordinator_args.extend([
+                "--store".to_string(),
+                etcd.url.replacen("http://", "etcd://", 1),
+            ]);
+            lab.etcd = Some(etcd);
+            lab.start_coordinator()?;
+            for i in 0..agents {
+                lab.start_agent(i)?;
+            }
+            Ok(())
+        })();
+        if let Err(e) = started {
+            lab.dump_logs();
+            return Err(e);
+        }
+        Ok(lab)
+    }
+
     /// The namespaces and links (see [`Lab::start_bare`]).
     fn build(tag: &str, agents: usize, broker: Broker, coordinator_args: &[&str]) -> Result<Lab> {
         let n = NEXT.fetch_add(1, Ordering::SeqCst);
@@ -263,6 +309,7 @@ impl Lab {
             agent_args: Vec::new(),
             relative_data_dirs: false,
             remote: None,
+            etcd: None,
         };
         for i in 1..=agents {
             let name = format!("{id}-n{i}");
@@ -421,10 +468,25 @@ impl Lab {
     }
 
     pub fn start_coordinator(&mut self) -> Result<()> {
+        let mut cmd = self.coordinator_command(&self.dir.path().join("coordinator"));
+        self.coordinator_starts += 1;
+        let log = self
+            .dir
+            .path()
+            .join(format!("coordinator-{}.log", self.coordinator_starts));
+        let p = Proc::spawn("coordinator", &mut cmd, log)?;
+        self.coordinator = Some(p);
+        wait_for("the coordinator API", Duration::from_secs(30), || {
+            Ok(self.baton(&["get", "nodes"]).ok().map(|_| ()))
+        })
+    }
+
+    /// `baton server` as this lab runs it, with its state in `data_dir`.
+    pub fn coordinator_command(&self, data_dir: &Path) -> Command {
         let mut cmd = self.hub.cmd(bin("baton"));
         cmd.arg("server")
             .arg("--data-dir")
-            .arg(self.dir.path().join("coordinator"))
+            .arg(data_dir)
             .env("RUST_LOG", log_filter());
         let listen = format!("{}:{}", self.hub_ip(), mqtt_port(self.mtls.is_some()));
         // Development mode: plain MQTT (unless the lab has its own certificates) and
@@ -451,16 +513,7 @@ impl Lab {
                 .arg(&pki.coordinator.key),
         };
         cmd.args(&self.coordinator_args);
-        self.coordinator_starts += 1;
-        let log = self
-            .dir
-            .path()
-            .join(format!("coordinator-{}.log", self.coordinator_starts));
-        let p = Proc::spawn("coordinator", &mut cmd, log)?;
-        self.coordinator = Some(p);
-        wait_for("the coordinator API", Duration::from_secs(30), || {
-            Ok(self.baton(&["get", "nodes"]).ok().map(|_| ()))
-        })
+        cmd
     }
 
     pub fn start_agent(&mut self, i: usize) -> Result<()> {
@@ -630,6 +683,7 @@ impl Drop for Lab {
             let _ = self.reset_command(i).output();
         }
         self.coordinator.take();
+        self.etcd.take();
         self.mosquitto.take();
         let _ = self
             .hub

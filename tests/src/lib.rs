@@ -17,6 +17,7 @@ pub mod certs;
 pub mod device;
 pub mod device_coordinator;
 pub mod device_ota;
+pub mod etcd;
 pub mod fleet;
 mod lab;
 pub mod lines;

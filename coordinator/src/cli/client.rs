@@ -31,7 +31,7 @@ impl Client {
             },
             &client_config::default_paths(),
         )?;
-        let mut b = reqwest::Client::builder();
+        let mut b = reqwest::Client::builder().redirect(reqwest::redirect::Policy::none());
         if let Some(pem) = &r.ca_pem {
             let certs = reqwest::Certificate::from_pem_bundle(pem)
                 .map_err(|e| CliError::Ca(error_chain(&e)))?;
@@ -121,20 +121,53 @@ impl Client {
 
     /// Sends `req` with the token; a successful answer, or the server's error.
     async fn answer(&self, req: reqwest::RequestBuilder) -> Result<reqwest::Response, CliError> {
-        let resp = req.bearer_auth(&self.token).send().await.map_err(|e| {
+        let unreachable = |server: &str, e: reqwest::Error| {
             let reason = error_chain(&e);
             if reason.contains("certificate") {
                 CliError::Tls {
-                    server: self.base.clone(),
+                    server: server.to_owned(),
                     reason,
                 }
             } else {
                 CliError::Unreachable {
-                    server: self.base.clone(),
+                    server: server.to_owned(),
                     reason,
                 }
             }
-        })?;
+        };
+        let req = req
+            .bearer_auth(&self.token)
+            .build()
+            .map_err(|e| CliError::Protocol(e.to_string()))?;
+        let again = req.try_clone();
+        let mut resp = self
+            .http
+            .execute(req)
+            .await
+            .map_err(|e| unreachable(&self.base, e))?;
+        // A standby coordinator redirects to its leader (docs/operations.md, "Several
+        // coordinators"). Followed here, once, with the token and the same CA: reqwest's
+        // own redirects drop the token when the host changes. A streamed upload cannot be
+        // sent twice, so it reports the leader instead.
+        if matches!(
+            resp.status(),
+            reqwest::StatusCode::TEMPORARY_REDIRECT | reqwest::StatusCode::PERMANENT_REDIRECT
+        ) {
+            let location = resp
+                .headers()
+                .get(reqwest::header::LOCATION)
+                .and_then(|l| l.to_str().ok())
+                .and_then(|l| reqwest::Url::parse(l).ok());
+            if let (Some(mut req), Some(url)) = (again, location) {
+                let server = url.origin().ascii_serialization();
+                *req.url_mut() = url;
+                resp = self
+                    .http
+                    .execute(req)
+                    .await
+                    .map_err(|e| unreachable(&server, e))?;
+            }
+        }
         let status = resp.status();
         if status.is_success() {
             return Ok(resp);

@@ -338,6 +338,10 @@ pub struct Core {
     dirty: BTreeSet<(Tab, String)>,
     new_events: Vec<api::Event>,
     pending_out: Vec<Outbound>,
+    /// A failed commit could not be undone by reloading (the store was unreachable), so
+    /// memory may hold changes the store does not: nothing is committed or sent until a
+    /// reload succeeds (`txn.rs`).
+    stale: bool,
     /// Pod start and store commit latencies for `/metrics`.
     metrics: Arc<crate::metrics::Metrics>,
     /// Resource versions, the change log and the open watches.
@@ -410,6 +414,7 @@ impl Core {
             dirty: BTreeSet::new(),
             new_events: Vec::new(),
             pending_out: Vec::new(),
+            stale: false,
             metrics: Arc::default(),
             watches: watch::Watches::new(),
             usage: HashMap::new(),

@@ -83,12 +83,25 @@ impl Core {
             return;
         }
         if let Err(e) = self.load() {
-            tracing::error!(error = %e, "cannot reload state from the store");
+            tracing::error!(error = %e, "cannot reload state from the store; holding changes until it answers");
+            self.stale = true;
         }
     }
 
     /// Settles the state, commits it atomically, then sends what the change requires.
     pub(super) fn finish(&mut self) -> Result<(), ApiError> {
+        if self.stale {
+            // The change just made was made on top of uncommitted ones: both go. A node's
+            // report comes again with its next heartbeat; a client gets the error.
+            self.load().map_err(|e| {
+                ApiError::Internal(format!("the store is unavailable, nothing was saved: {e}"))
+            })?;
+            self.stale = false;
+            tracing::info!("the store answers again; state reloaded");
+            return Err(ApiError::Internal(
+                "the store was unavailable; state reloaded, nothing was saved: retry".into(),
+            ));
+        }
         self.settle();
         if self.dirty.iter().any(|(t, _)| *t == Tab::AgentUpdate) {
             self.share_rollout_versions();

@@ -157,6 +157,53 @@ pub struct ServerArgs {
     /// Without it `baton release import` is refused.
     #[arg(long, env = "BATON_RELEASE_PUBLIC_KEY_FILE")]
     pub release_public_key_file: Option<PathBuf>,
+    /// Where the state lives: `redb` (<data-dir>/baton.redb, one machine) or
+    /// `etcd://host:2379,host2:2379,...` (the members of one etcd cluster, shared by
+    /// coordinators that elect a leader).
+    #[arg(long, env = "BATON_STORE", default_value = "redb", value_parser = store_choice)]
+    pub store: StoreChoice,
+    /// The etcd key prefix of this fleet's state.
+    #[arg(long, env = "BATON_ETCD_PREFIX", default_value = "/baton")]
+    pub etcd_prefix: String,
+    /// The --max-txn-ops the etcd cluster runs with: the most entries one atomic store
+    /// batch may write (etcd's default, 128, is too few for a large Deployment).
+    #[arg(long, env = "BATON_ETCD_MAX_TXN_OPS", default_value_t = crate::store::etcd::DEFAULT_MAX_TXN_OPS)]
+    pub etcd_max_txn_ops: usize,
+    /// With etcd: the leader's lease. A standby coordinator takes over this long after
+    /// the leader dies (e.g. 6s).
+    #[arg(long, env = "BATON_LEADER_LEASE", default_value = "6s", value_parser = humantime::parse_duration)]
+    pub leader_lease: Duration,
+}
+
+/// `--store`: the embedded redb file, or an etcd cluster's client URLs.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum StoreChoice {
+    Redb,
+    Etcd(Vec<String>),
+}
+
+fn store_choice(s: &str) -> Result<StoreChoice, String> {
+    if s == "redb" {
+        return Ok(StoreChoice::Redb);
+    }
+    let Some(members) = s.strip_prefix("etcd://") else {
+        return Err(format!(
+            "expected `redb` or `etcd://host:port[,host:port...]`, got {s:?}"
+        ));
+    };
+    let mut endpoints = Vec::new();
+    for m in members.split(',') {
+        let m = m.trim();
+        // Each member as host:port, the port checked here rather than by a timeout later.
+        let port = m
+            .rsplit_once(':')
+            .and_then(|(h, p)| (!h.is_empty()).then_some(p));
+        match port.map(str::parse::<u16>) {
+            Some(Ok(p)) if p != 0 => endpoints.push(format!("http://{m}")),
+            _ => return Err(format!("etcd member {m:?} is not host:port")),
+        }
+    }
+    Ok(StoreChoice::Etcd(endpoints))
 }
 
 /// One `--allow-host-port` value (see [`crate::decide::policy::HostPorts::parse`]).
@@ -170,6 +217,15 @@ impl ServerArgs {
     pub fn config(&self) -> ServerConfig {
         ServerConfig {
             data_dir: self.data_dir.clone(),
+            etcd: match &self.store {
+                StoreChoice::Redb => None,
+                StoreChoice::Etcd(endpoints) => Some(crate::store::etcd::EtcdOptions {
+                    endpoints: endpoints.clone(),
+                    prefix: self.etcd_prefix.trim_end_matches('/').to_string(),
+                    max_txn_ops: self.etcd_max_txn_ops,
+                }),
+            },
+            leader_lease: self.leader_lease,
             http_listen: self.listen,
             insecure_allow_remote: self.insecure_allow_remote,
             tls: match (&self.tls_cert, &self.tls_key) {
@@ -372,5 +428,27 @@ mod tests {
             }
         );
         assert_eq!(cfg.heartbeat_timeout, Duration::from_secs(60));
+    }
+
+    #[test]
+    fn store_is_redb_or_an_etcd_member_list() {
+        assert_eq!(store_choice("redb"), Ok(StoreChoice::Redb));
+        assert_eq!(
+            store_choice("etcd://10.0.0.1:2379,etcd2:2379"),
+            Ok(StoreChoice::Etcd(vec![
+                "http://10.0.0.1:2379".into(),
+                "http://etcd2:2379".into()
+            ]))
+        );
+        for bad in [
+            "etcd://",
+            "etcd://host",
+            "etcd://host:0",
+            "etcd://:2379",
+            "sqlite://x",
+            "etcd://a:2379,",
+        ] {
+            assert!(store_choice(bad).is_err(), "{bad}");
+        }
     }
 }

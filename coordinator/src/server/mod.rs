@@ -9,6 +9,8 @@
 //! directory right away. The embedded broker cannot be stopped (see [`crate::edge::broker`]).
 
 pub mod args;
+pub mod leader;
+mod standby;
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -93,6 +95,12 @@ pub struct ServerConfig {
     /// The release public key file (`crate::registry::read_public_key`): release imports
     /// are checked against it and enrolling devices pin it. None: imports are refused.
     pub release_public_key_file: Option<PathBuf>,
+    /// Keep the state in etcd instead of `<data-dir>/baton.redb` (`crate::store::etcd`).
+    /// The data directory still holds the PKI, the image registry and release files.
+    pub etcd: Option<crate::store::etcd::EtcdOptions>,
+    /// With etcd: the leader's lease, how long a dead leader keeps a standby waiting
+    /// (`leader`).
+    pub leader_lease: Duration,
 }
 
 impl ServerConfig {
@@ -119,6 +127,8 @@ impl ServerConfig {
             enroll_listen: None,
             tls_sans: Vec::new(),
             release_public_key_file: None,
+            etcd: None,
+            leader_lease: leader::DEFAULT_LEASE,
         }
     }
 }
@@ -132,6 +142,10 @@ pub struct TlsFiles {
 
 #[derive(Debug, thiserror::Error)]
 pub enum ServerError {
+    #[error(transparent)]
+    Leader(#[from] leader::LeaderError),
+    #[error("this coordinator lost its leadership: {0}")]
+    LostLeadership(String),
     #[error("cannot create the data directory {path}: {source}")]
     DataDir {
         path: PathBuf,
@@ -170,6 +184,8 @@ pub enum ServerError {
 
 /// A bound, not yet serving, coordinator.
 pub struct Server {
+    /// With etcd: this coordinator leads until this says otherwise (`leader`).
+    leadership: Option<leader::Leadership>,
     http_addr: SocketAddr,
     broker: BrokerAddr,
     embedded_mqtt: Option<SocketAddr>,
@@ -234,13 +250,46 @@ impl Server {
             }
             (None, false) => (None, None),
         };
-        let store: Arc<dyn Store> =
-            Arc::new(
-                RedbStore::open(&cfg.data_dir).map_err(|source| ServerError::Store {
-                    path: cfg.data_dir.clone(),
-                    source,
-                })?,
-            );
+        let conns = crate::edge::serve::Conns::new(limits);
+        let mut leadership = None;
+        let store: Arc<dyn Store> = match &cfg.etcd {
+            None => {
+                Arc::new(
+                    RedbStore::open(&cfg.data_dir).map_err(|source| ServerError::Store {
+                        path: cfg.data_dir.clone(),
+                        source,
+                    })?,
+                )
+            }
+            Some(opts) => {
+                let store = leader::open_etcd(opts)
+                    .await
+                    .map_err(|source| ServerError::Store {
+                        path: opts.endpoints.join(",").into(),
+                        source,
+                    })?;
+                tracing::info!(endpoints = %opts.endpoints.join(","), prefix = %opts.prefix, "state in etcd");
+                // Nothing is loaded before this coordinator leads. Meanwhile its API
+                // address redirects to the leader (`standby`).
+                let listener = crate::edge::serve::bind(cfg.http_listen).map_err(|source| {
+                    ServerError::Bind {
+                        addr: cfg.http_listen,
+                        source,
+                    }
+                })?;
+                let standby = standby::Standby::start(
+                    listener,
+                    tls.clone(),
+                    conns.clone(),
+                    opts.endpoints.clone(),
+                    leader::election(opts),
+                );
+                let me = server_url(cfg.http_listen, cfg.tls.is_some() || cfg.api_tls_auto);
+                leadership = Some(leader::lead_retrying(&store, &me, cfg.leader_lease).await?);
+                standby.stop().await;
+                Arc::new(store)
+            }
+        };
         let tokens = Arc::new(Tokens::load(store.clone())?);
         let release_key = match &cfg.release_public_key_file {
             Some(path) => {
@@ -327,6 +376,7 @@ impl Server {
         };
         let (events_tx, events_rx) = mpsc::channel(1024);
         Ok(Self {
+            leadership,
             http_addr,
             broker,
             embedded_mqtt,
@@ -343,7 +393,7 @@ impl Server {
             security,
             enroller,
             enroll,
-            conns: crate::edge::serve::Conns::new(limits),
+            conns,
             logs,
             metrics,
         })
@@ -365,6 +415,7 @@ impl Server {
         shutdown: impl Future<Output = ()> + Send + 'static,
     ) -> Result<(), ServerError> {
         let Server {
+            leadership,
             http_addr,
             broker,
             broker_tls,
@@ -474,6 +525,21 @@ impl Server {
             enroller,
             logs,
         );
+        // Losing the leadership stops the coordinator as a shutdown would, then fails it.
+        let (lost_tx, mut lost_rx) = tokio::sync::oneshot::channel::<String>();
+        let shutdown = async move {
+            match leadership {
+                Some(l) => tokio::select! {
+                    () = shutdown => {}
+                    why = l.lost => {
+                        let why = why.unwrap_or_else(|_| "the lease keeper stopped".into());
+                        tracing::error!(reason = %why, "lost the leadership; stopping");
+                        let _ = lost_tx.send(why);
+                    }
+                },
+                None => shutdown.await,
+            }
+        };
         crate::edge::serve::serve(listener, tls, app, conns, shutdown).await;
 
         tracing::info!("shutting down");
@@ -492,7 +558,10 @@ impl Server {
         // The core stops when the last event sender (held by the router, the bus and the
         // ticker, all gone now) is dropped; waiting for it releases the store.
         let _ = core_task.await;
-        Ok(())
+        match lost_rx.try_recv() {
+            Ok(why) => Err(ServerError::LostLeadership(why)),
+            Err(_) => Ok(()),
+        }
     }
 }
 

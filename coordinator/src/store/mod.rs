@@ -2,9 +2,10 @@
 //! key -> bytes, read one key or a whole table at a time, and written in atomic,
 //! durable batches.
 //!
-//! The trait is deliberately tiny (get, list, commit) so that an etcd backend for
-//! highly available coordinators can come later without touching the core. The core
-//! keeps everything in memory and only writes through, so `list` is only used at start.
+//! The trait is deliberately tiny (get, list, commit) so that the etcd backend for
+//! coordinators that share their state ([`etcd::EtcdStore`]) needs nothing from the
+//! core. The core keeps everything in memory and only writes through, so `list` is only
+//! used at start.
 //!
 //! [`RedbStore`] is the embedded backend: one file, `DATA_DIR/baton.redb`. redb commits
 //! are copy-on-write with a checksummed commit slot and an fsync before `commit`
@@ -12,7 +13,9 @@
 //! either the old or the new state of a batch, never a mix; the crash test below checks
 //! that with SIGKILL.
 
+pub mod conformance;
 pub mod durable;
+pub mod etcd;
 
 use std::collections::hash_map::Entry;
 use std::collections::{BTreeMap, HashMap};
@@ -166,6 +169,9 @@ pub enum StoreError {
     /// was not applied.
     #[error("store: {0}")]
     Backend(#[from] Box<redb::Error>),
+    /// etcd refused or did not answer; the batch that hit it was not applied.
+    #[error(transparent)]
+    Etcd(#[from] etcd::EtcdError),
     #[error("cannot encode {table:?}/{key}: {source}")]
     Encode {
         table: Table,
@@ -502,44 +508,16 @@ fn decode<T: DeserializeOwned>(table: Table, key: &str, bytes: &[u8]) -> Result<
 mod tests {
     use super::*;
 
-    fn exercise(s: &dyn Store) {
-        assert_eq!(s.get(Table::Pods, "a").expect("get"), None);
-        s.commit(vec![
-            Op::Put(Table::Pods, "b".into(), b"2".to_vec()),
-            Op::Put(Table::Pods, "a".into(), b"1".to_vec()),
-            Op::Put(Table::Nodes, "a".into(), b"node".to_vec()),
-            Op::Put(Table::Pods, "c".into(), b"3".to_vec()),
-            Op::Delete(Table::Pods, "c".into()),
-            Op::Delete(Table::Events, "missing".into()),
-        ])
-        .expect("commit");
-        assert_eq!(s.get(Table::Pods, "a").expect("get"), Some(b"1".to_vec()));
-        assert_eq!(
-            s.list(Table::Pods).expect("list"),
-            vec![("a".into(), b"1".to_vec()), ("b".into(), b"2".to_vec())]
-        );
-        assert_eq!(s.list(Table::Nodes).expect("list").len(), 1);
-        assert_eq!(s.list(Table::Deployments).expect("list"), vec![]);
-        let op = put_json(Table::Deployments, "web", &vec![1, 2, 3]).expect("encode");
-        s.commit(vec![op]).expect("commit");
-        let v: Option<Vec<u32>> = get_json(s, Table::Deployments, "web").expect("get_json");
-        assert_eq!(v, Some(vec![1, 2, 3]));
-        let all: Vec<Vec<u32>> = list_json(s, Table::Deployments).expect("list_json");
-        assert_eq!(all, vec![vec![1, 2, 3]]);
-        let bad = get_json::<Vec<u32>>(s, Table::Pods, "a");
-        assert!(matches!(bad, Err(StoreError::Decode { .. })), "{bad:?}");
-    }
-
     #[test]
     fn mem_store_round_trip() {
-        exercise(&MemStore::new());
+        conformance::exercise(&MemStore::new());
     }
 
     #[test]
     fn redb_store_round_trip() {
         let dir = tempfile::tempdir().expect("tempdir");
         let s = RedbStore::open(dir.path()).expect("open");
-        exercise(&s);
+        conformance::exercise(&s);
         assert_eq!(
             s.get(Table::Meta, SCHEMA_VERSION_KEY).expect("meta"),
             Some(SCHEMA_VERSION.to_string().into_bytes())

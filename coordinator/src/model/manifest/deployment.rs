@@ -35,7 +35,7 @@ pub(super) fn deployment(input: InDeployment) -> Result<api::Deployment, Invalid
         kind: "Deployment".to_string(),
         metadata,
         spec: api::DeploymentSpec {
-            replicas: replicas as u32, // within 0..=1000, checked above
+            replicas: replicas as u32, // within 0..=MAX_REPLICAS, checked above
             selector,
             template,
             strategy,

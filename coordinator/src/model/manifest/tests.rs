@@ -296,13 +296,13 @@ fn validation_rules() {
         ),
         (
             "replicas too many",
-            doc("", "", "", "").replace("replicas: 2", "replicas: 1001"),
-            "error: document 1: spec.replicas: must be between 0 and 1000, got 1001",
+            doc("", "", "", "").replace("replicas: 2", "replicas: 50001"),
+            "error: document 1: spec.replicas: must be between 0 and 50000, got 50001",
         ),
         (
             "replicas negative",
             doc("", "", "", "").replace("replicas: 2", "replicas: -1"),
-            "error: document 1: spec.replicas: must be between 0 and 1000, got -1",
+            "error: document 1: spec.replicas: must be between 0 and 50000, got -1",
         ),
         (
             "replicas not a number",
@@ -430,7 +430,7 @@ fn validation_rules() {
         (
             "error in a later document fails the whole manifest",
             format!("{}---\n{}", doc("", "", "", ""), doc("", "", "", "").replace("name: web\nspec", "name: w2\nspec").replace("replicas: 2", "replicas: -3")),
-            "error: document 2: spec.replicas: must be between 0 and 1000, got -3",
+            "error: document 2: spec.replicas: must be between 0 and 50000, got -3",
         ),
         (
             "duplicate YAML key",

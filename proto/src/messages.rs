@@ -366,8 +366,9 @@ pub struct ExecOutput {
     pub seq: u64,
     pub stream: ExecStream,
     pub data: BVec<u8, MAX_EXEC_CHUNK>,
-    /// The number of [`ExecInput`]s the agent has handled (stdin written to the command):
-    /// the coordinator sends at most [`MAX_EXEC_CREDIT`] beyond it.
+    /// How many [`ExecAction::Stdin`] and [`ExecAction::Eof`] inputs the agent has written
+    /// to the command: the coordinator sends at most [`MAX_EXEC_CREDIT`] of them beyond it
+    /// (credit, resize and cancel are never held back, so output cannot wait on input).
     pub stdin_acked: u64,
 }
 

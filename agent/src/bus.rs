@@ -20,8 +20,8 @@ use rumqttc::{
 use tokio::sync::mpsc;
 use tracing::{debug, info, warn};
 
-use crate::identity::AgentSecurity;
 use crate::exec::ExecServer;
+use crate::identity::AgentSecurity;
 use crate::logs::{ChunkSink, LogServer};
 use crate::mqtt_tls::{MqttTls, MqttTlsError};
 

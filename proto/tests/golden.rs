@@ -784,12 +784,21 @@ fn exec_session() {
     };
     // 05 | 00 | 0d seq | 00 | 10 ExecInput | effd02 | seq | 03 acked | 08 credit | action | 00
     check_new(
-        input(0, ExecAction::Stdin(BVec::from_vec(b"a\n".to_vec()).unwrap())),
+        input(
+            0,
+            ExecAction::Stdin(BVec::from_vec(b"a\n".to_vec()).unwrap()),
+        ),
         "05000d0010effd020003080102610a00",
     );
     check_new(input(1, ExecAction::Eof), "05000d0010effd020103080200");
     check_new(
-        input(2, ExecAction::Resize { rows: 40, cols: 120 }),
+        input(
+            2,
+            ExecAction::Resize {
+                rows: 40,
+                cols: 120,
+            },
+        ),
         "05000d0010effd0202030803287800",
     );
     check_new(input(3, ExecAction::Cancel), "05000d0010effd020303080400");

@@ -256,7 +256,11 @@ fn read_into(fd: OwnedFd, stream: ExecStream, out: mpsc::Sender<(ExecStream, Vec
 }
 
 /// The stdin writer thread: writes what it is given, counting each input once written.
-fn write_from(fd: OwnedFd, tty: bool, written: Arc<AtomicU64>) -> std::sync::mpsc::SyncSender<Stdin> {
+fn write_from(
+    fd: OwnedFd,
+    tty: bool,
+    written: Arc<AtomicU64>,
+) -> std::sync::mpsc::SyncSender<Stdin> {
     let (tx, rx) = std::sync::mpsc::sync_channel::<Stdin>(MAX_EXEC_CREDIT as usize + 1);
     std::thread::spawn(move || {
         let mut f = Some(File::from(fd));
@@ -325,59 +329,62 @@ impl Session {
     /// (then the command is killed); says why.
     async fn run(&mut self) -> &'static str {
         let kill = self.started.attached.kill.clone();
-        let wait = std::mem::replace(
-            &mut self.started.attached.wait,
-            Box::new(|| Ok(-1)),
-        );
+        let wait = std::mem::replace(&mut self.started.attached.wait, Box::new(|| Ok(-1)));
         let mut waiter = tokio::task::spawn_blocking(wait);
         let mut outputs_open = true;
         let mut drain_until: Option<tokio::time::Instant> = None;
         let mut tick = tokio::time::interval(TICK);
-        let why = loop {
-            if self.exit.is_some() && !outputs_open {
-                break "exited";
-            }
-            tokio::select! {
-                out = self.started.output.recv(), if outputs_open && self.seq < self.window => {
-                    match out {
-                        Some((stream, data)) => {
-                            if !self.send_output(stream, data).await {
-                                break "cannot publish";
+        // An empty first output tells the requester the command runs.
+        let started = self.send_output(ExecStream::Stdout, Vec::new()).await;
+        let why = if !started {
+            "cannot publish"
+        } else {
+            loop {
+                if self.exit.is_some() && !outputs_open {
+                    break "exited";
+                }
+                tokio::select! {
+                    out = self.started.output.recv(), if outputs_open && self.seq < self.window => {
+                        match out {
+                            Some((stream, data)) => {
+                                if !self.send_output(stream, data).await {
+                                    break "cannot publish";
+                                }
+                                drain_until = drain_until.map(|_| tokio::time::Instant::now() + DRAIN);
                             }
-                            drain_until = drain_until.map(|_| tokio::time::Instant::now() + DRAIN);
+                            None => outputs_open = false,
                         }
-                        None => outputs_open = false,
                     }
-                }
-                input = self.inputs.recv() => match input {
-                    Some(i) => match self.take(i) {
-                        Ok(()) => {}
-                        Err(why) => break why,
+                    input = self.inputs.recv() => match input {
+                        Some(i) => match self.take(i) {
+                            Ok(()) => {}
+                            Err(why) => break why,
+                        },
+                        None => break "agent stopping",
                     },
-                    None => break "agent stopping",
-                },
-                done = &mut waiter, if self.exit.is_none() => {
-                    self.exit = Some(match done {
-                        Ok(r) => r.map_err(|e| e.to_string()),
-                        Err(e) => Err(e.to_string()),
-                    });
-                    drain_until = Some(tokio::time::Instant::now() + DRAIN);
-                }
-                _ = tick.tick() => {
-                    let written = self.started.written.load(Ordering::Relaxed);
-                    if written > self.acked_sent && self.seq < self.window
-                        && !self.send_output(ExecStream::Stdout, Vec::new()).await {
-                        break "cannot publish";
+                    done = &mut waiter, if self.exit.is_none() => {
+                        self.exit = Some(match done {
+                            Ok(r) => r.map_err(|e| e.to_string()),
+                            Err(e) => Err(e.to_string()),
+                        });
+                        drain_until = Some(tokio::time::Instant::now() + DRAIN);
                     }
-                    if self.last_heard.elapsed() > IDLE {
-                        break "requester gone (no input or credit)";
-                    }
-                    // Output still to come after the exit, but none for a while while it
-                    // could have been sent: a background child holds the pipe.
-                    if drain_until.is_some_and(|d| tokio::time::Instant::now() > d)
-                        && self.seq < self.window
-                    {
-                        break "exited (output left to a background process)";
+                    _ = tick.tick() => {
+                        let written = self.started.written.load(Ordering::Relaxed);
+                        if written > self.acked_sent && self.seq < self.window
+                            && !self.send_output(ExecStream::Stdout, Vec::new()).await {
+                            break "cannot publish";
+                        }
+                        if self.last_heard.elapsed() > IDLE {
+                            break "requester gone (no input or credit)";
+                        }
+                        // Output still to come after the exit, but none for a while while it
+                        // could have been sent: a background child holds the pipe.
+                        if drain_until.is_some_and(|d| tokio::time::Instant::now() > d)
+                            && self.seq < self.window
+                        {
+                            break "exited (output left to a background process)";
+                        }
                     }
                 }
             }
@@ -413,9 +420,10 @@ impl Session {
         }
         self.next_input += 1;
         self.last_heard = tokio::time::Instant::now();
-        self.window = self
-            .window
-            .max(i.acked.saturating_add(u64::from(i.credit.min(MAX_EXEC_CREDIT))));
+        self.window = self.window.max(
+            i.acked
+                .saturating_add(u64::from(i.credit.min(MAX_EXEC_CREDIT))),
+        );
         let to_stdin = |op| match &self.started.stdin {
             Some(tx) => tx.try_send(op).map_err(|_| "stdin sent beyond its window"),
             None => Ok(()),

@@ -28,7 +28,10 @@ impl Recorder {
     }
 
     fn stdout(&self) -> Vec<u8> {
-        self.outputs().into_iter().flat_map(|o| o.data.to_vec()).collect()
+        self.outputs()
+            .into_iter()
+            .flat_map(|o| o.data.to_vec())
+            .collect()
     }
 
     fn exit(&self) -> Option<ExecExit> {
@@ -98,13 +101,19 @@ async fn stdin_round_trips_and_the_status_ends_the_session() {
     let exit = sink.exit().unwrap();
     assert_eq!((exit.code, exit.error), (Some(0), None));
     let outs = sink.outputs();
-    assert_eq!(exit.seq, outs.len() as u64, "the exit follows the last output");
+    assert_eq!(
+        exit.seq,
+        outs.len() as u64,
+        "the exit follows the last output"
+    );
     assert!(outs.iter().enumerate().all(|(i, o)| o.seq == i as u64));
     assert_eq!(server.open_sessions(), 0);
-    assert!(rt.calls().contains(&crate::runtime::fake::Call::ExecAttached(
-        ContainerId::new("uid-app").unwrap(),
-        vec!["cat".into()]
-    )));
+    assert!(rt
+        .calls()
+        .contains(&crate::runtime::fake::Call::ExecAttached(
+            ContainerId::new("uid-app").unwrap(),
+            vec!["cat".into()]
+        )));
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -128,7 +137,10 @@ async fn output_waits_for_credit() {
     server.input(input(8, 4, 1, ExecAction::Eof));
     until("the exit", || sink.exit().is_some()).await;
     assert_eq!(sink.stdout().len(), 4 * MAX_EXEC_CHUNK);
-    assert!(sink.outputs().iter().all(|o| o.data.len() <= MAX_EXEC_CHUNK));
+    assert!(sink
+        .outputs()
+        .iter()
+        .all(|o| o.data.len() <= MAX_EXEC_CHUNK));
 }
 
 #[tokio::test(flavor = "multi_thread")]

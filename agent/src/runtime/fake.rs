@@ -8,7 +8,8 @@ use std::sync::{Mutex, MutexGuard};
 use tokio::sync::mpsc::UnboundedSender;
 
 use super::{
-    Adopted, Attached, ContainerId, ExecIo, ExecOutcome, ExitEvent, ExitReason, RunSpec, Runtime, RuntimeError,
+    Adopted, Attached, ContainerId, ExecIo, ExecOutcome, ExitEvent, ExitReason, RunSpec, Runtime,
+    RuntimeError,
 };
 
 /// One recorded call. `Run` keeps the spec inline (not boxed) so tests can match on it directly;
@@ -235,7 +236,10 @@ impl Runtime for FakeRuntime {
         let (done, exited) = std::sync::mpsc::channel();
         let killed = done.clone();
         std::thread::spawn(move || {
-            let _ = std::io::copy(&mut std::fs::File::from(stdin), &mut std::fs::File::from(stdout));
+            let _ = std::io::copy(
+                &mut std::fs::File::from(stdin),
+                &mut std::fs::File::from(stdout),
+            );
             let _ = done.send(code);
         });
         let killed = std::sync::Mutex::new(killed);
@@ -271,7 +275,6 @@ pub fn test_spec(id: &str) -> RunSpec {
         security: Default::default(),
     }
 }
-
 
 #[cfg(test)]
 mod tests {

@@ -76,7 +76,8 @@ use tokio::sync::mpsc::UnboundedSender;
 
 use super::logs;
 use super::{
-    Adopted, Attached, ContainerId, ExecIo, ExecOutcome, ExitEvent, Operation, RunSpec, Runtime, RuntimeError,
+    Adopted, Attached, ContainerId, ExecIo, ExecOutcome, ExitEvent, Operation, RunSpec, Runtime,
+    RuntimeError,
 };
 use cgroup::{in_cgroup, remove_empty_cgroup, CgroupLayout};
 use executor::handle_sigpipe;
@@ -381,10 +382,7 @@ pub(super) fn remove_tenant_sockets(container_dir: &Path) {
         return;
     };
     for e in rd.flatten() {
-        if e.file_name()
-            .to_string_lossy()
-            .starts_with("tenant-")
-        {
+        if e.file_name().to_string_lossy().starts_with("tenant-") {
             let _ = fs::remove_file(e.path());
         }
     }

@@ -19,6 +19,7 @@ mod bounded;
 pub mod broker;
 pub mod enroll;
 mod envelope;
+mod exec;
 mod messages;
 pub mod release;
 pub mod seal;
@@ -28,6 +29,7 @@ pub mod wire;
 
 pub use bounded::{BString, BVec};
 pub use envelope::{Envelope, Sender, SIGNING_CONTEXT};
+pub use exec::*;
 pub use messages::*;
 
 /// The envelope format version. Bump it for any change in the encoding of any message.

@@ -173,7 +173,12 @@ async fn start(
     args: Vec<String>,
     req: &ExecRequest,
 ) -> Result<Started, String> {
-    let pipe = || nix::unistd::pipe().map_err(|e| format!("cannot make a pipe: {e}"));
+    // Close-on-exec: nothing else the agent starts meanwhile (another exec's helper) may
+    // inherit an end, or the command would never see its stdin end.
+    let pipe = || {
+        nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)
+            .map_err(|e| format!("cannot make a pipe: {e}"))
+    };
     let (io, ours) = if req.tty {
         (
             ExecIo::Tty {

@@ -70,6 +70,9 @@ pub struct ExecHub {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ExecEvent {
     Output(ExecStream, Vec<u8>),
+    /// An output with no bytes (the start, or a stdin acknowledgement): taken, so credit
+    /// may be due, and stdin may have room again.
+    Progress,
     Exit(i32),
     /// The command could not run, or the session broke.
     Failed(String),
@@ -318,7 +321,7 @@ impl ExecRx {
                         .stdin_acked
                         .fetch_max(o.stdin_acked, Ordering::Relaxed);
                     if o.data.is_empty() {
-                        continue;
+                        return Some(ExecEvent::Progress);
                     }
                     return Some(ExecEvent::Output(o.stream, o.data.into_vec()));
                 }
@@ -386,6 +389,7 @@ mod tests {
         hub.deliver(&node, output(s, 1, b"a", 0)); // a duplicate
         hub.deliver(&node, output(s, 2, b"b", 0));
         hub.deliver(&node, output(s, 3, b"c", 0));
+        assert_eq!(rx.next().await, Some(ExecEvent::Progress), "the start");
         for want in [b"a", b"b", b"c"] {
             assert_eq!(
                 rx.next().await,
@@ -407,6 +411,11 @@ mod tests {
         };
         assert_eq!((i.seq, i.acked, i.credit), (0, 4, CREDIT));
         hub.deliver(&node, output(s, 4, b"", 3));
+        assert_eq!(
+            rx.next().await,
+            Some(ExecEvent::Progress),
+            "an acknowledgement"
+        );
         hub.deliver(
             &node,
             Body::ExecExit(ExecExit {

@@ -137,6 +137,12 @@ async fn pump(io: Io, mut tx: ExecTx, mut rx: ExecRx) {
             ev = rx.next() => {
                 let Some(ev) = ev else { break };
                 let (frame, last) = match ev {
+                    ExecEvent::Progress => {
+                        if tx.credit_due() && tx.send(ExecAction::Credit).await.is_err() {
+                            break;
+                        }
+                        continue;
+                    }
                     ExecEvent::Output(ExecStream::Stdout, d) => (ServerFrame::Stdout(d), false),
                     ExecEvent::Output(ExecStream::Stderr, d) => (ServerFrame::Stderr(d), false),
                     ExecEvent::Exit(code) => (ServerFrame::Exit(code), true),

@@ -59,4 +59,17 @@ fn exec_needs_a_running_pod_on_a_ready_node_and_every_exec_is_an_event() {
         .any(|(_, v)| String::from_utf8_lossy(v).contains("alice")));
     h.send(&node, Body::Offline);
     refused(exec(&mut h, &name, None), "offline");
+    // Back as a v4 (Baton 0.1) agent, which has no exec sessions.
+    h.core.handle(Event::Inbound {
+        node: nn(&node),
+        body: hello(4000),
+        proto: 4,
+    });
+    refused(exec(&mut h, &name, None), "agent too old for exec");
+    assert!(
+        !h.drain()
+            .iter()
+            .any(|m| matches!(m.body, Body::ExecRequest(_))),
+        "the core never sends exec requests itself"
+    );
 }

@@ -20,6 +20,7 @@ use rumqttc::{
 use tokio::sync::mpsc;
 use tracing::{debug, info, warn};
 
+use crate::exec::ExecServer;
 use crate::identity::AgentSecurity;
 use crate::logs::{ChunkSink, LogServer};
 use crate::mqtt_tls::{MqttTls, MqttTlsError};
@@ -140,6 +141,8 @@ pub struct Bus {
     last_connect_error: Arc<Mutex<Option<String>>>,
     /// Serves `baton logs` once [`Bus::serve_logs`] is called (see [`crate::logs`]).
     logs: Arc<std::sync::OnceLock<Arc<LogServer>>>,
+    /// Serves `baton exec` once [`Bus::serve_exec`] is called (see [`crate::exec`]).
+    exec: Arc<std::sync::OnceLock<Arc<ExecServer>>>,
     /// [`Bus::close`]: ends the connection task.
     close: Arc<tokio::sync::Notify>,
 }
@@ -197,6 +200,7 @@ impl Bus {
             security,
             last_connect_error: Arc::new(Mutex::new(None)),
             logs: Arc::new(std::sync::OnceLock::new()),
+            exec: Arc::new(std::sync::OnceLock::new()),
             close: Arc::new(tokio::sync::Notify::new()),
         };
         let task = bus.clone();
@@ -329,6 +333,20 @@ impl Bus {
                 }
                 None
             }
+            // Exec sessions too: their command runs in the runtime helper, beside the loop.
+            (Kind::Down(Down::Control), Body::ExecRequest(r)) => match self.exec.get() {
+                Some(exec) => {
+                    exec.open(r, Arc::new(self.clone()));
+                    None
+                }
+                None => reject("exec request before the exec server started"),
+            },
+            (Kind::Down(Down::Control), Body::ExecInput(i)) => {
+                if let Some(exec) = self.exec.get() {
+                    exec.input(i);
+                }
+                None
+            }
             _ => reject("not a coordinator-to-agent message"),
         }
     }
@@ -337,6 +355,11 @@ impl Bus {
     /// (its counters). Later calls return the first one.
     pub fn serve_logs(&self, pods_dir: std::path::PathBuf) -> Arc<LogServer> {
         self.logs.get_or_init(|| LogServer::new(pods_dir)).clone()
+    }
+
+    /// Starts serving exec sessions with `runtime`; later calls keep the first server.
+    pub fn serve_exec(&self, runtime: Arc<dyn crate::runtime::Runtime>) -> Arc<ExecServer> {
+        self.exec.get_or_init(|| ExecServer::new(runtime)).clone()
     }
 
     /// Ends the connection task, dropping the connection without an MQTT DISCONNECT: to
@@ -643,6 +666,7 @@ mod tests {
             security,
             last_connect_error: Arc::new(Mutex::new(None)),
             logs: Arc::new(std::sync::OnceLock::new()),
+            exec: Arc::new(std::sync::OnceLock::new()),
             close: Arc::new(tokio::sync::Notify::new()),
         }
     }

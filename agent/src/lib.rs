@@ -13,6 +13,7 @@ pub mod bus;
 pub mod config_maps;
 pub mod datadir;
 pub mod durable;
+pub mod exec;
 pub mod identity;
 pub mod image;
 pub mod install;

@@ -758,6 +758,7 @@ async fn run(
         events,
     )?;
     bus.serve_logs(pods_dir);
+    bus.serve_exec(node.runtime());
     let reports = bus.clone();
     let update = baton_agent::update::spawn(
         updates,

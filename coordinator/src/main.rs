@@ -128,6 +128,10 @@ fn main() -> ExitCode {
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
+            // `baton exec`: the remote command's status, as kubectl passes it on.
+            if let Some(cli::CliError::Exited(code)) = e.downcast_ref::<cli::CliError>() {
+                return ExitCode::from(u8::try_from(*code).unwrap_or(1));
+            }
             // One line: the error and its causes.
             eprintln!("{}", format!("{e:#}").replace('\n', " "));
             ExitCode::FAILURE

@@ -22,6 +22,7 @@ mod envelope;
 mod messages;
 pub mod release;
 pub mod seal;
+mod sessions;
 pub mod sign;
 pub mod topics;
 pub mod wire;
@@ -29,6 +30,7 @@ pub mod wire;
 pub use bounded::{BString, BVec};
 pub use envelope::{Envelope, Sender, SIGNING_CONTEXT};
 pub use messages::*;
+pub use sessions::*;
 
 /// The envelope format version. Bump it for any change in the encoding of any message.
 /// v5 added [`Body::AgentUpdate`], [`Body::UpdateReport`] and [`PodSpec::priority`]; the

@@ -5,6 +5,10 @@ use core::net::IpAddr;
 
 use serde::{Deserialize, Serialize};
 
+use crate::sessions::{
+    ExecExit, ExecInput, ExecOutput, ExecRequest, LogChunk, LogCredit, LogRequest,
+};
+
 use crate::{
     BString, BVec, ProtoError, MAX_CONFIG_MAP_KEYS, MAX_CONTAINERS_PER_POD, MAX_PODS_PER_NODE,
     MAX_SEALED_BYTES, MAX_SECRETS_PER_NODE,
@@ -112,6 +116,17 @@ pub enum Body {
     /// ConfigMaps travel apart from [`DesiredState`] (up to 1 MiB each, over
     /// [`crate::MAX_MESSAGE_BYTES`]), split into parts. Added in v5.
     ConfigMapPart(ConfigMapPart),
+    /// Coordinator -> agent on `down/control`: run a command in a pod's container
+    /// (`baton exec`). Added in v5.
+    ExecRequest(ExecRequest),
+    /// Coordinator -> agent on `down/control`: stdin, a window size, output credit or the
+    /// end of an exec session. Added in v5.
+    ExecInput(ExecInput),
+    /// Agent -> coordinator on the session's own topic `up/exec/<session>`: a piece of the
+    /// command's output. Added in v5.
+    ExecOutput(ExecOutput),
+    /// Agent -> coordinator on `up/exec/<session>`: the session's last message. Added in v5.
+    ExecExit(ExecExit),
 }
 
 impl Body {
@@ -126,7 +141,11 @@ impl Body {
             | Body::LogChunk(_)
             | Body::Link(_)
             | Body::Usage(_)
-            | Body::ConfigMapPart(_) => 5,
+            | Body::ConfigMapPart(_)
+            | Body::ExecRequest(_)
+            | Body::ExecInput(_)
+            | Body::ExecOutput(_)
+            | Body::ExecExit(_) => 5,
             _ => crate::MIN_PROTO_VERSION,
         }
     }
@@ -149,6 +168,10 @@ impl Body {
             Body::Link(_) => "Link",
             Body::Usage(_) => "Usage",
             Body::ConfigMapPart(_) => "ConfigMapPart",
+            Body::ExecRequest(_) => "ExecRequest",
+            Body::ExecInput(_) => "ExecInput",
+            Body::ExecOutput(_) => "ExecOutput",
+            Body::ExecExit(_) => "ExecExit",
         }
     }
 }
@@ -208,72 +231,6 @@ pub struct UpdateReport {
     pub reason: Option<BString<256>>,
     /// Bytes of the binary on the device so far.
     pub downloaded: u64,
-}
-
-/// The most log bytes one [`LogChunk`] carries: small enough that a session's in-flight
-/// chunks (at most [`MAX_LOG_CREDIT`]) stay a few hundred KiB on both sides.
-pub const MAX_LOG_CHUNK: usize = 16 * 1024;
-
-/// The most chunks a requester may have unacknowledged at once: the agent never reads
-/// ahead of its credit, so this bounds what a slow reader can make anyone buffer.
-pub const MAX_LOG_CREDIT: u32 = 16;
-
-/// "Send me the log of this container" (`baton logs`). The agent answers on
-/// `up/logs/<session>` with [`LogChunk`]s, at most `credit` ahead of the last
-/// [`LogCredit`].
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct LogRequest {
-    /// Chosen by the requester, unique among its open sessions; names the reply topic.
-    pub session: u64,
-    pub pod_uid: BString<64>,
-    pub container: BString<63>,
-    /// The last terminated instance's log instead of the current one.
-    pub previous: bool,
-    /// Keep sending what is written, across rotation and restarts, until cancelled.
-    pub follow: bool,
-    /// Only the last this many lines (`None`: all that is kept).
-    pub tail_lines: Option<u32>,
-    /// Chunks the agent may send before the next credit (at most [`MAX_LOG_CREDIT`]).
-    pub credit: u32,
-    /// Only lines written at or after this (`--since`, `--since-time`); `tail_lines`
-    /// applies to what is left, as in kubectl.
-    pub since: Option<LogSince>,
-    /// Each line prefixed with when it was written (RFC 3339, nanoseconds, UTC) and a space.
-    pub timestamps: bool,
-}
-
-/// The start of a [`LogRequest`]'s time window.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-pub enum LogSince {
-    /// This long before the agent reads the request, on the agent's own clock (as kubelet
-    /// takes `sinceSeconds`): a board's clock may be off, a duration does not care.
-    Ago { millis: u64 },
-    /// An absolute time, nanoseconds since the Unix epoch.
-    At { unix_nanos: i64 },
-}
-
-/// Flow control of a log session: the requester has consumed every chunk up to `acked`
-/// and grants `credit` chunks beyond it. Also its keep-alive: a session that hears
-/// nothing for a while ends. `cancel` ends it at once.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct LogCredit {
-    pub session: u64,
-    pub acked: u64,
-    pub credit: u32,
-    pub cancel: bool,
-}
-
-/// One piece of a log session, in `seq` order from 0.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct LogChunk {
-    pub session: u64,
-    pub seq: u64,
-    /// The log's bytes as the container wrote them (with `timestamps`, each line after
-    /// its time).
-    pub data: BVec<u8, MAX_LOG_CHUNK>,
-    /// Set on the last chunk of a session: `Some(None)` the log ended (no follow, or the
-    /// pod is gone), `Some(Some(why))` it could not be read.
-    pub end: Option<Option<BString<256>>>,
 }
 
 /// How an agent uses its link. A v4 agent sends none: it heartbeats every few seconds, and

@@ -6,6 +6,7 @@
 //! ```text
 //! baton/v1/nodes/<node>/up/{hello,heartbeat,status,offline,update}   agent -> coordinator
 //! baton/v1/nodes/<node>/up/logs/<session>                           agent -> coordinator
+//! baton/v1/nodes/<node>/up/exec/<session>                           agent -> coordinator
 //! baton/v1/nodes/<node>/down/{desired,control,update}                coordinator -> agent
 //! ```
 
@@ -26,6 +27,8 @@ pub enum Up {
     Update,
     /// A log session's chunks (v5): `up/logs/<session>`, one topic per session.
     Logs,
+    /// An exec session's output and exit (v5): `up/exec/<session>`, one topic per session.
+    Exec,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -55,6 +58,7 @@ impl Kind {
             Kind::Up(Up::Update) => "up/update",
             Kind::Down(Down::Update) => "down/update",
             Kind::Up(Up::Logs) => "up/logs",
+            Kind::Up(Up::Exec) => "up/exec",
         }
     }
 
@@ -72,8 +76,11 @@ impl Kind {
             | Body::RotateKey
             | Body::LogRequest(_)
             | Body::LogCredit(_)
-            | Body::ConfigMapPart(_) => Kind::Down(Down::Control),
+            | Body::ConfigMapPart(_)
+            | Body::ExecRequest(_)
+            | Body::ExecInput(_) => Kind::Down(Down::Control),
             Body::LogChunk(_) => Kind::Up(Up::Logs),
+            Body::ExecOutput(_) | Body::ExecExit(_) => Kind::Up(Up::Exec),
             Body::AgentUpdate(_) => Kind::Down(Down::Update),
             Body::UpdateReport(_) => Kind::Up(Up::Update),
         }
@@ -90,6 +97,8 @@ pub fn topic(node: &NodeName, kind: Kind) -> String {
 pub fn topic_for(node: &NodeName, body: &Body) -> String {
     match body {
         Body::LogChunk(c) => log_topic(node, c.session),
+        Body::ExecOutput(o) => exec_topic(node, o.session),
+        Body::ExecExit(e) => exec_topic(node, e.session),
         b => topic(node, Kind::of(b)),
     }
 }
@@ -99,11 +108,25 @@ pub fn log_topic(node: &NodeName, session: u64) -> String {
     format!("{PREFIX}/nodes/{node}/up/logs/{session:x}")
 }
 
-/// The session a log topic names (`None`: not a log topic of `node`).
+/// An exec session's topic (see [`topic_for`]).
+pub fn exec_topic(node: &NodeName, session: u64) -> String {
+    format!("{PREFIX}/nodes/{node}/up/exec/{session:x}")
+}
+
+/// The session a log topic names (`None`: not a log topic).
 pub fn log_session(topic: &str) -> Option<u64> {
+    session_of(topic, "up/logs/")
+}
+
+/// The session an exec topic names (`None`: not an exec topic).
+pub fn exec_session(topic: &str) -> Option<u64> {
+    session_of(topic, "up/exec/")
+}
+
+fn session_of(topic: &str, leaf_prefix: &str) -> Option<u64> {
     let rest = topic.strip_prefix(PREFIX)?.strip_prefix("/nodes/")?;
     let (_, leaf) = rest.split_once('/')?;
-    let hex = leaf.strip_prefix("up/logs/")?;
+    let hex = leaf.strip_prefix(leaf_prefix)?;
     if hex.is_empty() || hex.len() > 16 || !hex.bytes().all(|b| b.is_ascii_hexdigit()) {
         return None;
     }
@@ -121,6 +144,9 @@ pub fn parse(topic: &str) -> Option<(NodeName, Kind)> {
     let (node, leaf) = rest.split_once('/')?;
     if log_session(topic).is_some() {
         return Some((NodeName::new(node).ok()?, Kind::Up(Up::Logs)));
+    }
+    if exec_session(topic).is_some() {
+        return Some((NodeName::new(node).ok()?, Kind::Up(Up::Exec)));
     }
     let kind = [
         Kind::Up(Up::Hello),
@@ -174,6 +200,19 @@ mod tests {
             "up/logs/xyz",
             "up/logs/11111111111111111",
         ] {
+            let t = format!("baton/v1/nodes/pi-7/{bad}");
+            assert_eq!(parse(&t), None, "{t}");
+        }
+    }
+
+    #[test]
+    fn exec_sessions_have_their_own_topics() {
+        let n = NodeName::new("pi-7").unwrap();
+        let t = exec_topic(&n, 0xbeef);
+        assert_eq!(t, "baton/v1/nodes/pi-7/up/exec/beef");
+        assert_eq!(parse(&t), Some((n.clone(), Kind::Up(Up::Exec))));
+        assert_eq!((exec_session(&t), log_session(&t)), (Some(0xbeef), None));
+        for bad in ["up/exec", "up/exec/", "up/exec/xyz"] {
             let t = format!("baton/v1/nodes/pi-7/{bad}");
             assert_eq!(parse(&t), None, "{t}");
         }

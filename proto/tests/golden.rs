@@ -745,6 +745,96 @@ fn log_session() {
     );
 }
 
+/// The exec session's messages. Their variant indices follow `ConfigMapPart` (0e): a
+/// variant added before them shifts each by one (the third byte after the sender).
+#[test]
+fn exec_session() {
+    check_new(
+        Envelope::new(
+            Sender::Coordinator,
+            12,
+            Body::ExecRequest(ExecRequest {
+                session: 0xbeef,
+                pod_uid: s("u1"),
+                container: s("app"),
+                command: BVec::from_vec(vec![s("sh"), s("-c")]).unwrap(),
+                tty: true,
+                stdin: true,
+                rows: 24,
+                cols: 80,
+                credit: 8,
+            }),
+        ),
+        // 05 | 00 Coordinator | 0c seq | 00 | 0f ExecRequest | effd02 session | "u1" | "app" |
+        // 02 args: "sh" "-c" | 01 tty | 01 stdin | 18 rows | 50 cols | 08 credit | 00
+        "05000c000feffd020275310361707002027368022d63010118500800",
+    );
+    let input = |seq, action| {
+        Envelope::new(
+            Sender::Coordinator,
+            13,
+            Body::ExecInput(ExecInput {
+                session: 0xbeef,
+                seq,
+                acked: 3,
+                credit: 8,
+                action,
+            }),
+        )
+    };
+    // 05 | 00 | 0d seq | 00 | 10 ExecInput | effd02 | seq | 03 acked | 08 credit | action | 00
+    check_new(
+        input(
+            0,
+            ExecAction::Stdin(BVec::from_vec(b"a\n".to_vec()).unwrap()),
+        ),
+        "05000d0010effd020003080102610a00",
+    );
+    check_new(input(1, ExecAction::Eof), "05000d0010effd020103080200");
+    check_new(
+        input(
+            2,
+            ExecAction::Resize {
+                rows: 40,
+                cols: 120,
+            },
+        ),
+        "05000d0010effd0202030803287800",
+    );
+    check_new(input(3, ExecAction::Cancel), "05000d0010effd020303080400");
+    check_new(
+        Envelope::new(
+            Sender::Node(node()),
+            14,
+            Body::ExecOutput(ExecOutput {
+                session: 0xbeef,
+                seq: 4,
+                stream: ExecStream::Stderr,
+                data: BVec::from_vec(b"hi\n".to_vec()).unwrap(),
+                stdin_acked: 2,
+            }),
+        ),
+        // 05 | 01 Node "pi-1" | 0e seq | 00 | 11 ExecOutput | effd02 | 04 seq | 01 Stderr |
+        // 03 "hi\n" | 02 stdin acked | 00
+        "05010470692d310e0011effd0204010368690a0200",
+    );
+    check_new(
+        Envelope::new(
+            Sender::Node(node()),
+            15,
+            Body::ExecExit(ExecExit {
+                session: 0xbeef,
+                seq: 5,
+                code: Some(3),
+                error: None,
+            }),
+        ),
+        // 05 | 01 Node "pi-1" | 0f seq | 00 | 12 ExecExit | effd02 | 05 seq | 01 Some 06 (3) |
+        // 00 no error | 00
+        "05010470692d310f0012effd020501060000",
+    );
+}
+
 #[test]
 fn usage() {
     check_new(

@@ -359,6 +359,11 @@ pub struct Node {
 }
 
 impl Node {
+    /// The container runtime, for `baton exec` sessions (served beside the loop).
+    pub fn runtime(&self) -> Arc<dyn crate::runtime::Runtime> {
+        self.agent.deps.runtime.clone()
+    }
+
     pub async fn prepare(cfg: AgentConfig) -> Result<Self, AgentError> {
         crate::datadir::create_private_dir(&cfg.data_dir).map_err(|source| {
             AgentError::DataDir {

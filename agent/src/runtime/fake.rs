@@ -8,7 +8,8 @@ use std::sync::{Mutex, MutexGuard};
 use tokio::sync::mpsc::UnboundedSender;
 
 use super::{
-    Adopted, ContainerId, ExecOutcome, ExitEvent, ExitReason, RunSpec, Runtime, RuntimeError,
+    Adopted, Attached, ContainerId, ExecIo, ExecOutcome, ExitEvent, ExitReason, RunSpec, Runtime,
+    RuntimeError,
 };
 
 /// One recorded call. `Run` keeps the spec inline (not boxed) so tests can match on it directly;
@@ -23,6 +24,7 @@ pub enum Call {
     State(ContainerId),
     Adopt(ContainerId),
     Exec(ContainerId, Vec<String>),
+    ExecAttached(ContainerId, Vec<String>),
 }
 
 #[derive(Default)]
@@ -205,6 +207,73 @@ impl Runtime for FakeRuntime {
             .cloned()
             .unwrap_or(ExecOutcome::Exited(0)))
     }
+
+    /// Acts as `cat` over pipes: copies stdin to stdout until its end, then exits with the
+    /// status `set_exec_outcome` chose (0 by default); `kill` ends it at once with 137.
+    fn exec_attached(
+        &self,
+        id: &ContainerId,
+        args: &[String],
+        io: ExecIo,
+    ) -> Result<Attached, RuntimeError> {
+        let code = {
+            let mut st = self.lock();
+            st.calls.push(Call::ExecAttached(id.clone(), args.to_vec()));
+            if !st.containers.contains(id) {
+                return Err(RuntimeError::NotFound(id.clone()));
+            }
+            if st.exited.contains(id) {
+                return Err(RuntimeError::NotRunning(id.clone()));
+            }
+            match st.exec_outcomes.get(id) {
+                Some(ExecOutcome::Exited(c)) => *c,
+                _ => 0,
+            }
+        };
+        let ExecIo::Pipes { stdin, stdout, .. } = io else {
+            return Err(RuntimeError::Injected("the fake runtime has no tty".into()));
+        };
+        let (done, exited) = std::sync::mpsc::channel();
+        let killed = done.clone();
+        std::thread::spawn(move || {
+            let _ = std::io::copy(
+                &mut std::fs::File::from(stdin),
+                &mut std::fs::File::from(stdout),
+            );
+            let _ = done.send(code);
+        });
+        let killed = std::sync::Mutex::new(killed);
+        Ok(Attached {
+            pty: None,
+            wait: Box::new(move || Ok(exited.recv().unwrap_or(137))),
+            kill: std::sync::Arc::new(move || {
+                let _ = killed.lock().map(|k| k.send(137));
+            }),
+        })
+    }
+}
+
+/// A minimal spec for tests that only need a container of this id to exist.
+#[cfg(test)]
+pub fn test_spec(id: &str) -> RunSpec {
+    RunSpec {
+        id: ContainerId::new(id).unwrap(),
+        rootfs: "/r".into(),
+        args: vec!["true".into()],
+        env: vec![],
+        cwd: "/".into(),
+        hostname: "h".into(),
+        netns: None,
+        cgroup_path: "baton/n/p/c".into(),
+        memory_limit_bytes: None,
+        cpu_limit_millis: None,
+        cpu_request_millis: 0,
+        pids_limit: 10,
+        log_path: "/l".into(),
+        log_max_bytes: 1,
+        mounts: vec![],
+        security: Default::default(),
+    }
 }
 
 #[cfg(test)]
@@ -212,24 +281,7 @@ mod tests {
     use super::*;
 
     fn spec(id: &str) -> RunSpec {
-        RunSpec {
-            id: ContainerId::new(id).unwrap(),
-            rootfs: "/r".into(),
-            args: vec!["true".into()],
-            env: vec![],
-            cwd: "/".into(),
-            hostname: "h".into(),
-            netns: None,
-            cgroup_path: "baton/n/p/c".into(),
-            memory_limit_bytes: None,
-            cpu_limit_millis: None,
-            cpu_request_millis: 0,
-            pids_limit: 10,
-            log_path: "/l".into(),
-            log_max_bytes: 1,
-            mounts: vec![],
-            security: Default::default(),
-        }
+        test_spec(id)
     }
 
     #[test]

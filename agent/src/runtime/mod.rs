@@ -191,6 +191,31 @@ pub enum ExecOutcome {
     TimedOut,
 }
 
+/// The stdio of a command run with [`Runtime::exec_attached`].
+pub enum ExecIo {
+    /// The container's ends of three pipes: the command's stdin, stdout and stderr.
+    Pipes {
+        stdin: std::os::fd::OwnedFd,
+        stdout: std::os::fd::OwnedFd,
+        stderr: std::os::fd::OwnedFd,
+    },
+    /// A terminal of this size, made in the container's own devpts (so `tty` names it
+    /// there), as the command's controlling terminal and stdio.
+    Tty { rows: u16, cols: u16 },
+}
+
+/// A command started by [`Runtime::exec_attached`].
+pub struct Attached {
+    /// The terminal's master side, with [`ExecIo::Tty`]: read the output, write the input,
+    /// set the window size.
+    pub pty: Option<std::os::fd::OwnedFd>,
+    /// Blocks until the command exits and answers its status (128 + n when killed by
+    /// signal n).
+    pub wait: Box<dyn FnOnce() -> Result<i32, RuntimeError> + Send>,
+    /// Kills the command (SIGKILL); `wait` then returns. Idempotent.
+    pub kill: std::sync::Arc<dyn Fn() + Send + Sync>,
+}
+
 /// Why a container's init process ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ExitReason {
@@ -315,6 +340,14 @@ pub trait Runtime: Send + Sync + 'static {
         args: &[String],
         timeout: std::time::Duration,
     ) -> Result<ExecOutcome, RuntimeError>;
+    /// Starts `args` inside the running container `id` as [`Runtime::exec`] does, but with
+    /// its stdio given by `io` and no deadline: `baton exec`. Returns once it runs.
+    fn exec_attached(
+        &self,
+        id: &ContainerId,
+        args: &[String],
+        io: ExecIo,
+    ) -> Result<Attached, RuntimeError>;
     /// Removes the cgroup directory `rel` (e.g. `baton/<node>`) and every empty one below it,
     /// in every hierarchy (`baton-agent reset`, once its containers are deleted). Returns the
     /// directories left because a process is still in them. A runtime without cgroups has

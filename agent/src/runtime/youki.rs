@@ -55,6 +55,7 @@
 //! no lock can be held at the clone. Spawning it is `fork` + `exec` by std, which is safe from
 //! any thread. [`ExplicitEnvExecutor`] stays: it also loads an exec'd process's seccomp filter.
 
+mod attach;
 mod cgroup;
 mod executor;
 pub mod op;
@@ -75,7 +76,8 @@ use tokio::sync::mpsc::UnboundedSender;
 
 use super::logs;
 use super::{
-    Adopted, ContainerId, ExecOutcome, ExitEvent, Operation, RunSpec, Runtime, RuntimeError,
+    Adopted, Attached, ContainerId, ExecIo, ExecOutcome, ExitEvent, Operation, RunSpec, Runtime,
+    RuntimeError,
 };
 use cgroup::{in_cgroup, remove_empty_cgroup, CgroupLayout};
 use executor::handle_sigpipe;
@@ -380,10 +382,7 @@ pub(super) fn remove_tenant_sockets(container_dir: &Path) {
         return;
     };
     for e in rd.flatten() {
-        if e.file_name()
-            .to_string_lossy()
-            .starts_with("tenant-notify-")
-        {
+        if e.file_name().to_string_lossy().starts_with("tenant-") {
             let _ = fs::remove_file(e.path());
         }
     }
@@ -571,6 +570,83 @@ impl Runtime for YoukiRuntime {
                 source: format!("unexpected reply {other:?}").into(),
             }),
         }
+    }
+
+    /// As `exec`, in a helper that stays until the command ends ([`attach`]).
+    #[tracing::instrument(skip_all, fields(container = %id))]
+    fn exec_attached(
+        &self,
+        id: &ContainerId,
+        args: &[String],
+        io: ExecIo,
+    ) -> Result<Attached, RuntimeError> {
+        if args.is_empty() {
+            return Err(RuntimeError::InvalidSpec {
+                id: id.clone(),
+                reason: "exec needs a command".into(),
+            });
+        }
+        let dir = self.container_dir(id);
+        if !dir.exists() {
+            return Err(RuntimeError::NotFound(id.clone()));
+        }
+        if load(&dir, id)?.status() != ContainerStatus::Running {
+            return Err(RuntimeError::NotRunning(id.clone()));
+        }
+        let (tty, pipes) = match io {
+            ExecIo::Pipes {
+                stdin,
+                stdout,
+                stderr,
+            } => (None, Some([stdin, stdout, stderr])),
+            ExecIo::Tty { rows, cols } => (Some((rows, cols)), None),
+        };
+        let req = Request::Attach {
+            id: id.to_string(),
+            containers_dir: self.containers_dir.clone(),
+            config: self.bundles_dir.join(id.as_str()).join("config.json"),
+            args: args.to_vec(),
+            tty,
+        };
+        let mut running = match attach::start(&self.helper, &req, pipes) {
+            Ok(Ok(r)) => r,
+            Ok(Err(Reply::Failed { op, error })) => {
+                return Err(RuntimeError::Backend {
+                    op: op.into(),
+                    id: id.clone(),
+                    source: error.into(),
+                })
+            }
+            Ok(Err(other)) => {
+                return Err(RuntimeError::Backend {
+                    op: Operation::Exec,
+                    id: id.clone(),
+                    source: format!("unexpected reply {other:?}").into(),
+                })
+            }
+            Err(e) => return Err(backend(Operation::Exec, id)(e)),
+        };
+        let socket = running.socket.clone();
+        let pty = running.pty.take();
+        let wait_id = id.clone();
+        Ok(Attached {
+            pty,
+            wait: Box::new(move || match running.wait() {
+                Ok(Reply::Exec { exit: Some(code) }) => Ok(code),
+                Ok(Reply::Failed { op, error }) => Err(RuntimeError::Backend {
+                    op: op.into(),
+                    id: wait_id,
+                    source: error.into(),
+                }),
+                Ok(other) => Err(RuntimeError::Backend {
+                    op: Operation::Exec,
+                    id: wait_id,
+                    source: format!("unexpected reply {other:?}").into(),
+                }),
+                Err(e) => Err(backend(Operation::Exec, &wait_id)(e)),
+            }),
+            kill: Arc::new(move || attach::kill(&socket)),
+        })
     }
 
     fn list(&self) -> Result<Vec<ContainerId>, RuntimeError> {

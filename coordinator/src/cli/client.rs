@@ -110,6 +110,49 @@ impl Client {
         self.answer(self.request(route)).await
     }
 
+    /// Calls a route that upgrades its connection (`PodExec`) to `protocol`: the
+    /// connection, or the server's error.
+    pub(super) async fn upgrade<R>(
+        &self,
+        route: &R,
+        protocol: &str,
+    ) -> Result<reqwest::Upgraded, CliError>
+    where
+        R: Route<Request = crate::contract::payload::NoBody>,
+    {
+        let req = self
+            .request(route)
+            .header(reqwest::header::CONNECTION, "upgrade")
+            .header(reqwest::header::UPGRADE, protocol);
+        let resp = req
+            .bearer_auth(&self.token)
+            .send()
+            .await
+            .map_err(|e| self.send_failed(&self.base, &e))?;
+        if resp.status() == reqwest::StatusCode::SWITCHING_PROTOCOLS {
+            return resp
+                .upgrade()
+                .await
+                .map_err(|e| CliError::Protocol(format!("cannot upgrade: {}", error_chain(&e))));
+        }
+        Err(self.refused(resp).await)
+    }
+
+    fn send_failed(&self, server: &str, e: &reqwest::Error) -> CliError {
+        let reason = error_chain(e);
+        if reason.contains("certificate") {
+            CliError::Tls {
+                server: server.to_owned(),
+                reason,
+            }
+        } else {
+            CliError::Unreachable {
+                server: server.to_owned(),
+                reason,
+            }
+        }
+    }
+
     /// Sends `req` with the token; the body of a successful answer, or the server's error.
     async fn send(&self, req: reqwest::RequestBuilder) -> Result<Vec<u8>, CliError> {
         let resp = self.answer(req).await?;
@@ -121,20 +164,6 @@ impl Client {
 
     /// Sends `req` with the token; a successful answer, or the server's error.
     async fn answer(&self, req: reqwest::RequestBuilder) -> Result<reqwest::Response, CliError> {
-        let unreachable = |server: &str, e: reqwest::Error| {
-            let reason = error_chain(&e);
-            if reason.contains("certificate") {
-                CliError::Tls {
-                    server: server.to_owned(),
-                    reason,
-                }
-            } else {
-                CliError::Unreachable {
-                    server: server.to_owned(),
-                    reason,
-                }
-            }
-        };
         let req = req
             .bearer_auth(&self.token)
             .build()
@@ -144,7 +173,7 @@ impl Client {
             .http
             .execute(req)
             .await
-            .map_err(|e| unreachable(&self.base, e))?;
+            .map_err(|e| self.send_failed(&self.base, &e))?;
         // A standby coordinator redirects to its leader (docs/operations.md, "Several
         // coordinators"). Followed here, once, with the token and the same CA: reqwest's
         // own redirects drop the token when the host changes. A streamed upload cannot be
@@ -165,17 +194,22 @@ impl Client {
                     .http
                     .execute(req)
                     .await
-                    .map_err(|e| unreachable(&server, e))?;
+                    .map_err(|e| self.send_failed(&server, &e))?;
             }
         }
-        let status = resp.status();
-        if status.is_success() {
+        if resp.status().is_success() {
             return Ok(resp);
         }
-        let body = resp
-            .bytes()
-            .await
-            .map_err(|e| CliError::Protocol(e.to_string()))?;
+        Err(self.refused(resp).await)
+    }
+
+    /// The server's error, from a refusing answer.
+    async fn refused(&self, resp: reqwest::Response) -> CliError {
+        let status = resp.status();
+        let body = match resp.bytes().await {
+            Ok(b) => b,
+            Err(e) => return CliError::Protocol(e.to_string()),
+        };
         // The API's errors are an ErrorBody; anything else (a proxy's page) is shown as
         // it came, as JSON text.
         let message = match serde_json::from_slice::<ErrorBody>(&body) {
@@ -196,7 +230,7 @@ impl Client {
             503 => "ServiceUnavailable".to_owned(),
             s => s.to_string(),
         };
-        Err(CliError::Server { status, message })
+        CliError::Server { status, message }
     }
 }
 

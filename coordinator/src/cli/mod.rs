@@ -18,6 +18,7 @@ mod client;
 mod cordon;
 mod delete;
 mod describe;
+mod exec;
 mod flash;
 mod get;
 mod image;
@@ -136,6 +137,9 @@ pub enum Command {
     },
     /// Print a container's log, as the node keeps it (`-f` follows it).
     Logs(logs::LogsArgs),
+    /// Run a command in a pod's container: `exec POD [-c C] [-i] [-t] -- CMD ARGS...`.
+    /// Admin. The command's exit status is this one's.
+    Exec(exec::ExecArgs),
     /// What nodes or pods use (CPU, memory; for nodes also temperature and disk), from
     /// the agents' last usage reports.
     Top {
@@ -246,6 +250,12 @@ pub enum CliError {
     Rollout(String),
     #[error(transparent)]
     Flash(#[from] FlashError),
+    #[error("error: {0}")]
+    Exec(String),
+    /// `baton exec`'s command exited with this status: it becomes `baton`'s, and
+    /// nothing is printed.
+    #[error("command terminated with exit code {0}")]
+    Exited(i32),
 }
 
 /// A resource argument: `pods`, `pod NAME` or `pod/NAME`.
@@ -378,6 +388,7 @@ pub async fn run(args: &ClientArgs, command: &Command) -> Result<(), CliError> {
         }
         // Streams to stdout itself, as it arrives.
         Command::Logs(a) => logs::logs(&client, a).await?,
+        Command::Exec(a) => exec::exec(&client, a).await?,
     };
     print!("{out}");
     Ok(())

@@ -8,6 +8,7 @@
 pub mod agent_updates;
 pub mod body;
 pub mod client_config;
+pub mod exec;
 pub mod health;
 pub mod images;
 pub mod nodes;

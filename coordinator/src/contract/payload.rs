@@ -95,6 +95,17 @@ pub const MAX_REQUEST_BYTES: usize = 3 * 1024 * 1024;
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct LogText(pub Vec<u8>);
 
+/// What `PodExec` answers: `101 Switching Protocols`, then [`super::exec`]'s frames on
+/// the upgraded connection (never read as a body).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ExecFrames;
+
+impl ResponseBody for ExecFrames {
+    fn parse(_: &[u8]) -> Result<Self, serde_json::Error> {
+        Ok(ExecFrames)
+    }
+}
+
 /// The coordinator's Prometheus metrics (`Metrics`), in the text exposition format.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct MetricsText(pub String);

@@ -36,7 +36,7 @@ use super::images::{ImageDeleted, ImageSummary};
 use super::nodes::{
     EnrollRequest, EnrollResponse, IdentitySummary, NodeSpecChange, RejectionReport, RotateRequest,
 };
-use super::payload::{Archive, LogText, Manifest, MetricsText, NoBody, Pem};
+use super::payload::{Archive, ExecFrames, LogText, Manifest, MetricsText, NoBody, Pem};
 use super::releases::{Binary, ReleaseDeleted, ReleaseSummary};
 use super::resource::ResourceKind;
 use super::tokens::{
@@ -169,6 +169,20 @@ routes! {
         since_time: Option<String>,
         timestamps: Option<String>,
     } Get "/api/v1/pods/{name}/log", NoBody => LogText;
+    /// `baton exec`: runs `command` (a JSON array of strings) in the pod's container
+    /// (its first unless `container`). The connection is upgraded to
+    /// [`super::exec::UPGRADE`] and carries its frames both ways; `stdin` and `tty` are
+    /// `true` when set, `rows` and `cols` the terminal's size. Every exec is recorded as an
+    /// event. Admin.
+    PodExec {
+        name: String,
+        container: Option<String>,
+        command: String,
+        stdin: Option<String>,
+        tty: Option<String>,
+        rows: Option<String>,
+        cols: Option<String>,
+    } Post "/api/v1/pods/{name}/exec", NoBody => ExecFrames;
     /// Sets a Deployment's replicas; answers the Deployment. Admin.
     Scale { name: String }
         Post "/api/v1/deployments/{name}/scale", ScaleRequest => ApiObject;

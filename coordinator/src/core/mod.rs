@@ -38,6 +38,8 @@ mod config_maps;
 mod cron_jobs;
 mod daemon_sets;
 mod events;
+mod exec;
+pub use exec::ExecTarget;
 mod jobs;
 mod node_spec;
 mod nodes;
@@ -182,6 +184,14 @@ pub enum ApiOp {
         name: Option<String>,
         action: AgentRolloutAction,
     },
+    /// `baton exec`: may `by` (a token's name) run `command` in `pod`? Recorded as an
+    /// event when it may; answers [`ApiReply::Exec`].
+    Exec {
+        pod: String,
+        container: Option<String>,
+        command: Vec<String>,
+        by: String,
+    },
 }
 
 /// What `baton agent rollout` does to a rollout.
@@ -215,6 +225,7 @@ pub enum ApiReply {
     RolledBack(UndoResult),
     Revocation(Revocation),
     AgentUpdate(api::AgentUpdate),
+    Exec(exec::ExecTarget),
     Fleet(Box<crate::metrics::Fleet>),
     NodeUsage(Vec<crate::contract::usage::NodeUsageView>),
     PodUsage(Vec<crate::contract::usage::PodUsageView>),

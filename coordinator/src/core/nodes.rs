@@ -406,7 +406,7 @@ impl Core {
                 }
             }
             // The bus hands log chunks to their sessions (`crate::edge::logs`).
-            Body::LogChunk(_) => {
+            Body::LogChunk(_) | Body::ExecOutput(_) | Body::ExecExit(_) => {
                 tracing::debug!(node = name, "a log chunk reached the core; ignored")
             }
             Body::Desired(_)
@@ -415,7 +415,9 @@ impl Core {
             | Body::AgentUpdate(_)
             | Body::LogRequest(_)
             | Body::LogCredit(_)
-            | Body::ConfigMapPart(_) => {
+            | Body::ConfigMapPart(_)
+            | Body::ExecRequest(_)
+            | Body::ExecInput(_) => {
                 tracing::warn!(node = name, "downward message on an upward topic; ignored");
             }
         }

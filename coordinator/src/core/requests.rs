@@ -89,6 +89,14 @@ impl Core {
             } => self.undo(&name, to_revision),
             ApiOp::SetRevoked { name, revoked } => Ok(self.set_revoked(&name, revoked)),
             ApiOp::AgentRollout { name, action } => self.agent_rollout(name, action),
+            ApiOp::Exec {
+                pod,
+                container,
+                command,
+                by,
+            } => self
+                .exec(&pod, container.as_deref(), &command, &by)
+                .map(ApiReply::Exec),
         }
     }
 

@@ -315,6 +315,11 @@ async fn receive_loop(
                 match admitted {
                     // Logs are not state: they go to their session, not to the core.
                     Some((node, baton_proto::Body::LogChunk(c))) => logs.deliver(&node, c),
+                    // So is an exec session's output.
+                    Some((
+                        node,
+                        b @ (baton_proto::Body::ExecOutput(_) | baton_proto::Body::ExecExit(_)),
+                    )) => logs.exec().deliver(&node, b),
                     Some((node, body)) => {
                         let proto = gate
                             .peer_version(&node)

@@ -60,6 +60,9 @@ struct Open {
 /// The open sessions of this coordinator.
 pub struct LogHub {
     outbound: mpsc::Sender<Outbound>,
+    /// The exec sessions, which travel the same way (same outbound channel, the bus hands
+    /// their messages here, the HTTP API reaches them through this hub).
+    exec: Arc<super::exec::ExecHub>,
     sessions: Mutex<HashMap<u64, Open>>,
     next: AtomicU64,
 }
@@ -70,6 +73,7 @@ impl LogHub {
         // ids of sessions an agent may still run.
         let start = u64::from(rand::random::<u32>()) << 16;
         Arc::new(Self {
+            exec: super::exec::ExecHub::new(outbound.clone()),
             outbound,
             sessions: Mutex::new(HashMap::new()),
             next: AtomicU64::new(start),
@@ -154,6 +158,11 @@ impl LogHub {
                 tracing::debug!(%node, session = chunk.session, "a log chunk for a closed session")
             }
         }
+    }
+
+    /// The exec sessions (`baton exec`).
+    pub fn exec(&self) -> &Arc<super::exec::ExecHub> {
+        &self.exec
     }
 
     pub fn open_sessions(&self) -> usize {

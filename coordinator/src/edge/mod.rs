@@ -3,6 +3,7 @@
 pub mod broker;
 pub mod broker_config;
 pub mod bus;
+pub mod exec;
 pub mod http;
 pub mod logs;
 pub mod mqtt;

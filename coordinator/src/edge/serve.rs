@@ -449,7 +449,10 @@ async fn http<I>(
         .header_read_timeout(limits.header_read_timeout)
         .max_buf_size(MAX_HEAD_BYTES)
         .keep_alive(true);
-    let served = builder.serve_connection(TokioIo::new(io), service);
+    // With upgrades: `baton exec` takes its connection over (`edge/http/exec.rs`).
+    let served = builder
+        .serve_connection(TokioIo::new(io), service)
+        .with_upgrades();
     tokio::pin!(served);
     tokio::select! {
         r = served.as_mut() => {

@@ -330,6 +330,10 @@ mod tests {
             (ReadOnly, "POST", "/api/v1/tokens", false),
             (ReadOnly, "DELETE", "/api/v1/tokens/admin", false),
             (ReadOnly, "PUT", "/api/v1/pods/x", false),
+            // `baton exec` runs code on a device: admin only.
+            (Admin, "POST", "/api/v1/pods/web-1/exec", true),
+            (ReadOnly, "POST", "/api/v1/pods/web-1/exec", false),
+            (ReadOnly, "GET", "/api/v1/pods/web-1/exec", true),
         ];
         for (role, method, path, ok) in cases {
             assert_eq!(

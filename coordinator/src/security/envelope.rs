@@ -39,6 +39,15 @@ pub fn check_envelope(topic: &str, payload: &[u8]) -> Result<(NodeName, Envelope
             return Err(Rejected::KindMismatch);
         }
     }
+    // So does an exec session's output and exit.
+    let exec_session = match &env.body {
+        baton_proto::Body::ExecOutput(o) => Some(o.session),
+        baton_proto::Body::ExecExit(e) => Some(e.session),
+        _ => None,
+    };
+    if exec_session.is_some() && topics::exec_session(topic) != exec_session {
+        return Err(Rejected::KindMismatch);
+    }
     if env.sender != Sender::Node(node.clone()) {
         return Err(Rejected::SenderMismatch { sender: env.sender });
     }

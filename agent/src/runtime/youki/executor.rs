@@ -28,6 +28,9 @@ pub(super) struct ExplicitEnvExecutor {
     /// libcontainer's tenant builder leaves out of the spec. `None` for inits, whose filter
     /// libcontainer loads itself. Loading needs `no_new_privs`, which the tenant has by then.
     seccomp: Option<Rc<LinuxSeccomp>>,
+    /// For a tenant with a terminal (`baton exec -t`): its window size (rows, cols), set on
+    /// the terminal right before `execve`, so the command's first look at it is right.
+    winsize: Option<(u16, u16)>,
 }
 
 impl ExplicitEnvExecutor {
@@ -35,7 +38,12 @@ impl ExplicitEnvExecutor {
         Self {
             envs: Rc::default(),
             seccomp: seccomp.map(Rc::new),
+            winsize: None,
         }
+    }
+
+    pub(super) fn with_winsize(self, winsize: Option<(u16, u16)>) -> Self {
+        Self { winsize, ..self }
     }
 
     /// Loads the tenant's filter; without seccomp support there is never one to load (the
@@ -99,6 +107,16 @@ impl Executor for ExplicitEnvExecutor {
             .collect::<Result<Vec<_>, _>>()
             .map_err(|_| ExecutorError::InvalidArg)?;
         let envs = self.envs.borrow();
+        if let Some((rows, cols)) = self.winsize {
+            // The terminal is our stdin by now (libcontainer connected it).
+            let size = rustix::termios::Winsize {
+                ws_row: rows,
+                ws_col: cols,
+                ws_xpixel: 0,
+                ws_ypixel: 0,
+            };
+            let _ = rustix::termios::tcsetwinsize(std::io::stdin(), size);
+        }
         // Last, so the child makes as few syscalls as possible under the filter.
         self.load_seccomp()?;
         let err = match nix::unistd::execve(&path, &argv, &envs) {

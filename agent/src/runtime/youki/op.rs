@@ -50,6 +50,15 @@ pub(super) enum Request {
         args: Vec<String>,
         timeout_ms: u64,
     },
+    /// Run `args` in the running container with stdio attached to the agent: pipes the
+    /// agent sends, or a terminal of `tty` (rows, cols); see [`super::attach`].
+    Attach {
+        id: String,
+        containers_dir: PathBuf,
+        config: PathBuf,
+        args: Vec<String>,
+        tty: Option<(u16, u16)>,
+    },
 }
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -166,15 +175,25 @@ pub fn serve() -> i32 {
             return 2;
         }
     };
+    let out = UnixStream::from(reply_to);
     let reply = match serde_json::from_slice::<Request>(&input) {
+        Ok(Request::Attach {
+            id,
+            containers_dir,
+            config,
+            args,
+            tty,
+        }) => match handle_sigpipe() {
+            Ok(()) => super::attach::serve(&id, &containers_dir, &config, args, tty, &out),
+            Err(e) => failed(Op::Exec, &e),
+        },
         Ok(req) => handle(req),
         Err(e) => {
             eprintln!("runtime-op: bad request: {e}");
             return 2;
         }
     };
-    let mut out = UnixStream::from(reply_to);
-    let written = serde_json::to_vec(&reply).map(|bytes| out.write_all(&bytes));
+    let written = serde_json::to_vec(&reply).map(|bytes| (&out).write_all(&bytes));
     // Ends the reply for the agent, even while a cloned process still holds the socket.
     let _ = out.shutdown(std::net::Shutdown::Write);
     match written {
@@ -195,7 +214,7 @@ fn detach_stdio() -> io::Result<OwnedFd> {
     Ok(reply)
 }
 
-fn failed(op: Op, e: &dyn std::error::Error) -> Reply {
+pub(super) fn failed(op: Op, e: &dyn std::error::Error) -> Reply {
     let mut error = e.to_string();
     let mut cause = e.source();
     while let Some(c) = cause {
@@ -230,6 +249,10 @@ fn handle(req: Request) -> Reply {
             &config,
             args,
             Duration::from_millis(timeout_ms),
+        ),
+        Request::Attach { .. } => failed(
+            Op::Exec,
+            &io::Error::other("an attached exec is served apart"),
         ),
     }
 }
@@ -359,7 +382,7 @@ fn exec(
 }
 
 /// An exclusive `flock` on a file in the container's state directory, held until dropped.
-fn exec_lock(container_dir: &Path) -> io::Result<nix::fcntl::Flock<fs::File>> {
+pub(super) fn exec_lock(container_dir: &Path) -> io::Result<nix::fcntl::Flock<fs::File>> {
     let file = fs::OpenOptions::new()
         .create(true)
         .truncate(false)

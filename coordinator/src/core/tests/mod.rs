@@ -4,6 +4,7 @@
 mod agent_updates;
 mod config_maps;
 mod daemon_sets;
+mod exec;
 mod jobs;
 mod metrics;
 mod node_spec;

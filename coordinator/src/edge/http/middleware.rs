@@ -66,6 +66,10 @@ pub(super) async fn require_token(State(gate): State<Gate>, req: Request, next: 
         };
         return Failure(StatusCode::FORBIDDEN, denied.to_string()).into_response();
     }
+    // Who called, for the handlers that record it (`baton exec`'s event).
+    let mut req = req;
+    req.extensions_mut()
+        .insert(super::exec::TokenName(name.to_string()));
     // An authenticated request keeps its connection from being closed to make room for
     // others until its response is sent (see crate::edge::serve).
     let hold = crate::edge::serve::Hold::of(&req);

@@ -43,6 +43,7 @@ use crate::security::gate::Security;
 mod agent_updates;
 mod api;
 mod device;
+mod exec;
 mod logs;
 mod metrics;
 mod middleware;
@@ -148,6 +149,7 @@ fn api_router(
         .serve::<routes::Apply, _>(api::apply)
         .serve::<routes::Events, _>(api::events)
         .serve::<routes::PodLogs, _>(logs::pod_logs)
+        .serve::<routes::PodExec, _>(exec::pod_exec)
         .serve::<routes::Watch, _>(watch::watch)
         .serve::<routes::TopNodes, _>(metrics::top_nodes)
         .serve::<routes::TopPods, _>(metrics::top_pods)

@@ -67,6 +67,22 @@ async fn status_per_route_and_role() {
         ("GET", "/api/v1/pods/x", "", Some(&ro), 200),
         ("GET", "/api/v1/events", "", Some(&ro), 200),
         ("POST", "/api/v1/apply", "", Some(&ro), 403),
+        (
+            "POST",
+            "/api/v1/pods/x/exec?command=%5B%22sh%22%5D",
+            "",
+            Some(&ro),
+            403,
+        ),
+        // The route is served only as a POST: a GET (which the read-only role may send)
+        // finds nothing to run.
+        (
+            "GET",
+            "/api/v1/pods/x/exec?command=%5B%22sh%22%5D",
+            "",
+            Some(&ro),
+            405,
+        ),
         ("DELETE", "/api/v1/pods/x", "", Some(&ro), 403),
         (
             "POST",
@@ -292,6 +308,11 @@ fn fake_core() -> mpsc::Sender<Event> {
             u.status.reason = Some(format!("{action:?}"));
             ApiReply::AgentUpdate(u)
         }
+        ApiOp::Exec { container, .. } => ApiReply::Exec(crate::core::ExecTarget {
+            node: "pi-1".into(),
+            pod_uid: "u1".into(),
+            container: container.unwrap_or_else(|| "app".into()),
+        }),
     };
     let (tx, mut rx) = mpsc::channel::<Event>(16);
     tokio::spawn(async move {
@@ -780,6 +801,34 @@ async fn every_contract_route_is_served_as_defined() {
     assert_eq!(watched.0[0].kind, "Kind(Pod)");
     assert_eq!(watched.0[0].resource_version, 42);
 
+    // Exec upgrades its connection: answered 101 (the session itself is in tests/exec.rs),
+    // and refused without the upgrade.
+    let exec = routes::PodExec {
+        name: "web-1".into(),
+        container: None,
+        command: r#"["sh","-c","exit 3"]"#.into(),
+        stdin: None,
+        tty: None,
+        rows: None,
+        cols: None,
+    };
+    let req = |upgrade: bool| {
+        let mut b = axum::http::Request::post(exec.path())
+            .header("authorization", format!("Bearer {}", c.token));
+        if upgrade {
+            b = b
+                .header("connection", "upgrade")
+                .header("upgrade", crate::contract::exec::UPGRADE);
+        }
+        b.body(axum::body::Body::empty()).unwrap()
+    };
+    use tower::ServiceExt;
+    let plain = c.app.clone().oneshot(req(false)).await.unwrap();
+    assert_eq!(plain.status(), StatusCode::BAD_REQUEST);
+    let upgraded = c.app.clone().oneshot(req(true)).await.unwrap();
+    assert_eq!(upgraded.status(), StatusCode::SWITCHING_PROTOCOLS);
+    c.called.insert(<routes::PodExec as Route>::NAME);
+
     let all: std::collections::BTreeSet<&str> = routes::ALL.iter().map(|r| r.name).collect();
     assert_eq!(c.called, all, "contract routes this test does not call");
 }
@@ -797,6 +846,7 @@ fn no_api_path_outside_the_contract() {
         ),
         ("edge/http/device.rs", include_str!("device.rs")),
         ("edge/http/logs.rs", include_str!("logs.rs")),
+        ("edge/http/exec.rs", include_str!("exec.rs")),
         ("edge/http/metrics.rs", include_str!("metrics.rs")),
         ("edge/http/watch.rs", include_str!("watch.rs")),
         ("edge/http/tokens.rs", include_str!("tokens.rs")),

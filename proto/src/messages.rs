@@ -12,8 +12,10 @@ use crate::{
 
 mod config_map;
 mod hello;
+mod service_table;
 pub use config_map::*;
 pub use hello::*;
+pub use service_table::*;
 
 /// A node's name: 1-63 characters from `[A-Za-z0-9._-]`, so it is always a single,
 /// wildcard-free MQTT topic level and a valid file and interface-name stem.
@@ -112,6 +114,10 @@ pub enum Body {
     /// ConfigMaps travel apart from [`DesiredState`] (up to 1 MiB each, over
     /// [`crate::MAX_MESSAGE_BYTES`]), split into parts. Added in v5.
     ConfigMapPart(ConfigMapPart),
+    /// Coordinator -> agent on `down/control`: every Service's virtual address, ports and
+    /// endpoints, and every node's pod route, for the node's proxy. Sent after a change,
+    /// only when its digest differs from the last one the node was sent. Added in v5.
+    ServiceTable(ServiceTable),
 }
 
 impl Body {
@@ -126,7 +132,8 @@ impl Body {
             | Body::LogChunk(_)
             | Body::Link(_)
             | Body::Usage(_)
-            | Body::ConfigMapPart(_) => 5,
+            | Body::ConfigMapPart(_)
+            | Body::ServiceTable(_) => 5,
             _ => crate::MIN_PROTO_VERSION,
         }
     }
@@ -149,6 +156,7 @@ impl Body {
             Body::Link(_) => "Link",
             Body::Usage(_) => "Usage",
             Body::ConfigMapPart(_) => "ConfigMapPart",
+            Body::ServiceTable(_) => "ServiceTable",
         }
     }
 }

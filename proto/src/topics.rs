@@ -72,7 +72,8 @@ impl Kind {
             | Body::RotateKey
             | Body::LogRequest(_)
             | Body::LogCredit(_)
-            | Body::ConfigMapPart(_) => Kind::Down(Down::Control),
+            | Body::ConfigMapPart(_)
+            | Body::ServiceTable(_) => Kind::Down(Down::Control),
             Body::LogChunk(_) => Kind::Up(Up::Logs),
             Body::AgentUpdate(_) => Kind::Down(Down::Update),
             Body::UpdateReport(_) => Kind::Up(Up::Update),

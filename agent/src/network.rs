@@ -23,6 +23,7 @@ mod cidr;
 mod command;
 mod hostport;
 mod ipam;
+mod routes;
 mod services;
 
 use std::io;
@@ -267,10 +268,19 @@ impl Network {
         // commit, so a restarting agent never leaves a moment without them.
         let (nat, fwd, cidr) = (self.nat_chain(), self.forward_chain(), &self.cfg.pod_cidr);
         let mark = hostport::MASQ_MARK;
+        // Pod traffic leaving the node is masqueraded in `<bridge>-mq`, except to other
+        // nodes' pods (host-gw routes): the Service writer keeps it; a new one masquerades
+        // everything until then, as before there were routes.
+        let mq = self.masq_chain();
+        if !chain_exists("nat", &mq)? {
+            iptables_restore(&format!(
+                "*nat\n:{mq} - [0:0]\n-A {mq} -j MASQUERADE\nCOMMIT\n"
+            ))?;
+        }
         iptables_restore(&format!(
             "*nat\n:{nat} - [0:0]\n\
              -A {nat} -m mark --mark {mark} -j MASQUERADE\n\
-             -A {nat} -s {cidr} ! -o {br} -j MASQUERADE\n\
+             -A {nat} -s {cidr} ! -o {br} -j {mq}\n\
              COMMIT\n\
              *filter\n:{fwd} - [0:0]\n\
              -A {fwd} -i {br} -j ACCEPT\n\
@@ -348,6 +358,7 @@ impl Network {
             ("nat", hp),
             ("nat", self.service_chain()),
             ("filter", self.service_reject_chain()),
+            ("nat", self.masq_chain()),
         ];
         // The per-port chains jump to the per-endpoint ones: flush all before deleting any.
         for prefix in [self.service_port_prefix(), self.endpoint_prefix()] {
@@ -368,6 +379,7 @@ impl Network {
                 Ok(())
             }));
         }
+        note(self.sync_routes(&[]));
         note(link_exists(None, &self.cfg.bridge).and_then(|exists| {
             if exists {
                 ip(&["link", "del", &self.cfg.bridge])?;

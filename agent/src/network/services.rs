@@ -17,6 +17,9 @@
 //!   Service port without endpoints (TCP reset, ICMP port unreachable), so a client fails
 //!   at once instead of hanging.
 //!
+//! - `<bridge>-mq` (nat) masquerades pod traffic leaving the node, except to other nodes'
+//!   pod ranges, which the same sync routes through their nodes (`routes`, host-gw).
+//!
 //! Chains of Services gone are flushed and deleted in the same commit. The rules belong to
 //! the kernel: established connections keep their conntrack entries across a rewrite and
 //! an agent restart, which writes the persisted table back before anything else.
@@ -29,7 +32,7 @@ use baton_proto::{Protocol, ServiceEntry, ServiceTable};
 
 use super::command::{chains_with_prefix, iptables_restore};
 use super::hostport::MASQ_MARK;
-use super::{short_hash, NetError, Network};
+use super::{short_hash, Ipv4Net, NetError, Network};
 
 fn proto_name(p: Protocol) -> &'static str {
     match p {
@@ -122,11 +125,21 @@ impl Network {
         node_addr: Option<Ipv4Addr>,
         stale_nat: &[String],
     ) -> String {
-        let (svc, svr) = (self.service_chain(), self.service_reject_chain());
+        let (svc, svr, mq) = (
+            self.service_chain(),
+            self.service_reject_chain(),
+            self.masq_chain(),
+        );
         let mut nat = Script::default();
         let mut filter = Script::default();
         nat.chain(&svc);
         filter.chain(&svr);
+        // Pod to pod across nodes keeps its source (host-gw); the rest is masqueraded.
+        nat.chain(&mq);
+        for (cidr, _) in self.remote_routes(&table.routes, node_addr) {
+            nat.rule(&mq, &format!("-d {cidr} -j RETURN"));
+        }
+        nat.rule(&mq, "-j MASQUERADE");
         // NodePorts come after every ClusterIP rule, as kube-proxy's KUBE-NODEPORTS does.
         let mut node_ports = Vec::new();
         for s in table.services.iter() {
@@ -237,7 +250,12 @@ impl Network {
         existing.extend(chains_with_prefix("nat", &self.endpoint_prefix())?);
         let script = self.service_script(table, node_addr, &existing);
         iptables_restore(&script)?;
-        tracing::debug!("service rules written");
+        let routes: Vec<(Ipv4Net, Ipv4Addr)> = self.remote_routes(&table.routes, node_addr);
+        self.sync_routes(&routes)?;
+        tracing::debug!(
+            routes = routes.len(),
+            "service rules and node routes written"
+        );
         Ok(())
     }
 }

@@ -46,7 +46,8 @@ fn readable(net: &Network, script: &str) -> String {
     let (p, e) = (net.service_port_prefix(), net.endpoint_prefix());
     let mut out = script
         .replace(&net.service_chain(), "SVC")
-        .replace(&net.service_reject_chain(), "SVR");
+        .replace(&net.service_reject_chain(), "SVR")
+        .replace(&net.masq_chain(), "MQ");
     for (prefix, letter) in [(p, 'P'), (e, 'E')] {
         let mut n = 0;
         loop {
@@ -74,7 +75,9 @@ fn endpoints_are_chosen_at_random_with_hairpin_masquerade() {
         vec![port(80, Protocol::Tcp, None)],
         vec![ep(2, &[8080]), ep(3, &[8080]), ep(4, &[8080])],
     )]);
-    let want = "*nat\n:E0 - [0:0]\n:E1 - [0:0]\n:E2 - [0:0]\n:P0 - [0:0]\n:SVC - [0:0]\n\
+    let want =
+        "*nat\n:E0 - [0:0]\n:E1 - [0:0]\n:E2 - [0:0]\n:MQ - [0:0]\n:P0 - [0:0]\n:SVC - [0:0]\n\
+        -A MQ -j MASQUERADE\n\
         -A SVC -d 10.43.0.10/32 -p tcp -m tcp --dport 80 -j P0\n\
         -A P0 -m statistic --mode random --probability 0.3333333333 -j E0\n\
         -A E0 -s 10.42.3.2/32 -j MARK --set-xmark 0x2000/0x2000\n\
@@ -154,7 +157,7 @@ fn a_port_without_endpoints_is_rejected_not_dnatted() {
     let got = readable(&net, &net.service_script(&table(vec![empty]), None, &[]));
     assert_eq!(
         got,
-        "*nat\n:SVC - [0:0]\nCOMMIT\n*filter\n:SVR - [0:0]\n\
+        "*nat\n:MQ - [0:0]\n:SVC - [0:0]\n-A MQ -j MASQUERADE\nCOMMIT\n*filter\n:SVR - [0:0]\n\
          -A SVR -d 10.43.0.10/32 -p tcp -m tcp --dport 80 -j REJECT --reject-with tcp-reset\n\
          -A SVR -p tcp -m tcp --dport 30080 -m addrtype --dst-type LOCAL -j REJECT --reject-with tcp-reset\n\
          COMMIT\n"
@@ -243,4 +246,44 @@ fn chains_of_services_gone_are_deleted_in_the_same_commit() {
         &existing,
     );
     assert!(!same.contains("-X "), "{same}");
+}
+
+#[test]
+fn pods_on_other_nodes_are_reached_unmasqueraded() {
+    let net = net();
+    let route = |cidr: &str, via: [u8; 4]| baton_proto::NodeRoute {
+        cidr: BString::new(cidr).unwrap(),
+        via: Ipv4Addr::from(via),
+    };
+    let routes = vec![
+        route("10.42.1.0/24", [192, 168, 1, 11]),
+        // This node's own range and address: no route, no exception.
+        route("10.42.3.0/24", [192, 168, 1, 13]),
+        route("10.42.2.0/24", [192, 168, 1, 12]),
+        route("not a cidr", [192, 168, 1, 14]),
+    ];
+    let t = ServiceTable::new(BVec::new(), BVec::from_vec(routes).unwrap()).unwrap();
+    let own = Some(Ipv4Addr::new(192, 168, 1, 13));
+    let remote: Vec<String> = net
+        .remote_routes(&t.routes, own)
+        .iter()
+        .map(|(c, v)| format!("{c} via {v}"))
+        .collect();
+    assert_eq!(
+        remote,
+        [
+            "10.42.1.0/24 via 192.168.1.11",
+            "10.42.2.0/24 via 192.168.1.12"
+        ]
+    );
+    let got = readable(&net, &net.service_script(&t, own, &[]));
+    let mq: Vec<&str> = got.lines().filter(|l| l.starts_with("-A MQ")).collect();
+    assert_eq!(
+        mq,
+        [
+            "-A MQ -d 10.42.1.0/24 -j RETURN",
+            "-A MQ -d 10.42.2.0/24 -j RETURN",
+            "-A MQ -j MASQUERADE"
+        ]
+    );
 }

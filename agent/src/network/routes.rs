@@ -18,6 +18,10 @@ use super::{Ipv4Net, NetError, Network};
 /// The `proto` of the agent's routes (any number the kernel does not use itself).
 pub(super) const ROUTE_PROTO: &str = "98";
 
+/// The widest pod range a route is made for. A node reports its own pod range, so a
+/// wider one (a default route, a /8) would let one node pull other nodes' traffic to it.
+const WIDEST_POD_RANGE: u8 = 16;
+
 impl Network {
     /// The nat chain that masquerades pod traffic leaving the node, except to other
     /// nodes' pods.
@@ -25,18 +29,29 @@ impl Network {
         format!("{}-mq", self.cfg.bridge)
     }
 
-    /// The routes of `table` to other nodes' pods: not this node's range or address, and
-    /// only well-formed ones.
+    /// The routes of `table` to other nodes' pods: not this node's range or address, only
+    /// well-formed ones, none wider than /16 and none overlapping this node's pod range or
+    /// containing its address (docs/security.md, "Service table").
     pub fn remote_routes(
         &self,
         routes: &[NodeRoute],
-        own: Option<Ipv4Addr>,
+        own_ip: Option<Ipv4Addr>,
     ) -> Vec<(Ipv4Net, Ipv4Addr)> {
         let mut out: Vec<(Ipv4Net, Ipv4Addr)> = routes
             .iter()
-            .filter(|r| Some(r.via) != own)
+            .filter(|r| Some(r.via) != own_ip)
             .filter_map(|r| Some((r.cidr.parse::<Ipv4Net>().ok()?, r.via)))
-            .filter(|(c, _)| *c != self.cfg.pod_cidr)
+            .filter(|(c, _)| {
+                let own = self.cfg.pod_cidr;
+                let ok = c.prefix() >= WIDEST_POD_RANGE
+                    && !c.contains(own.addr())
+                    && !own.contains(c.addr())
+                    && !own_addr_in(c, own_ip);
+                if !ok && *c != own {
+                    tracing::warn!(cidr = %c, "node route refused: wider than /16 or overlapping this node");
+                }
+                ok
+            })
             .collect();
         out.sort_by_key(|(c, v)| (c.to_string(), *v));
         out.dedup_by(|a, b| a.0 == b.0);
@@ -74,4 +89,8 @@ impl Network {
         }
         Ok(())
     }
+}
+
+fn own_addr_in(c: &Ipv4Net, own: Option<Ipv4Addr>) -> bool {
+    own.is_some_and(|a| c.contains(a))
 }

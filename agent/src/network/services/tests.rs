@@ -261,6 +261,11 @@ fn pods_on_other_nodes_are_reached_unmasqueraded() {
         route("10.42.3.0/24", [192, 168, 1, 13]),
         route("10.42.2.0/24", [192, 168, 1, 12]),
         route("not a cidr", [192, 168, 1, 14]),
+        // A node claiming more than a pod range, or this node's, is not routed to.
+        route("0.0.0.0/0", [192, 168, 1, 15]),
+        route("10.0.0.0/8", [192, 168, 1, 16]),
+        route("10.42.3.128/25", [192, 168, 1, 17]),
+        route("192.168.1.0/24", [192, 168, 1, 18]),
     ];
     let t = ServiceTable::new(BVec::new(), BVec::from_vec(routes).unwrap()).unwrap();
     let own = Some(Ipv4Addr::new(192, 168, 1, 13));

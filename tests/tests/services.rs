@@ -479,6 +479,12 @@ fn traffic(lab: &mut Lab) -> Result<()> {
     )
     .with_context(|| format!("backends {names:?} on {nodes:?}"))?;
     eprintln!("both backends answered through {vip}, on nodes {nodes:?}");
+    // And by their pod IPs, on either node (host-gw routes).
+    for b in &backends {
+        let ip = b["status"]["podIP"].as_str().context("a pod IP")?;
+        let seen = answers(&client_ns, &format!("http://{ip}:8080/cgi-bin/info"), 1)?;
+        ensure!(seen.contains(&pod_name(b)), "{seen:?}");
+    }
 
     // Hairpin: a backend reaches its own Service (and so, at times, itself).
     for b in &backends {

@@ -115,3 +115,37 @@ pub(super) fn spawn_writer(
     });
     tx
 }
+
+#[cfg(test)]
+mod tests {
+    use std::net::Ipv4Addr;
+
+    use baton_proto::{BString, BVec, NodeRoute, ServiceTable};
+
+    use super::{accept, load, path};
+
+    fn table() -> ServiceTable {
+        let route = NodeRoute {
+            cidr: BString::new("10.42.1.0/24").unwrap(),
+            via: Ipv4Addr::new(192, 168, 1, 10),
+        };
+        ServiceTable::new(BVec::new(), BVec::from_vec(vec![route]).unwrap()).unwrap()
+    }
+
+    #[test]
+    fn an_accepted_table_is_persisted_and_a_tampered_one_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        assert_eq!(load(dir.path()), ServiceTable::default(), "none yet");
+        let t = accept(dir.path(), table()).unwrap();
+        assert_eq!(load(dir.path()), t, "a restart writes the same table back");
+
+        let mut tampered = table();
+        tampered.routes = BVec::new();
+        assert!(accept(dir.path(), tampered).is_none());
+        assert_eq!(load(dir.path()), t, "the refused table replaced nothing");
+
+        // A corrupt file is not half-read: nothing rather than something wrong.
+        std::fs::write(path(dir.path()), b"\x01\x02garbage").unwrap();
+        assert_eq!(load(dir.path()), ServiceTable::default());
+    }
+}

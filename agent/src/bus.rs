@@ -62,6 +62,8 @@ pub enum BusEvent {
     AgentUpdate(Option<baton_proto::AgentUpdate>),
     /// A part of a ConfigMap the node's pods reference (see [`crate::config_maps`]).
     ConfigMapPart(baton_proto::ConfigMapPart),
+    /// The cluster's Services and pod routes (see `node/services.rs`).
+    ServiceTable(baton_proto::ServiceTable),
 }
 
 /// Parses the broker address (`mqtt://host:port` or `mqtts://host:port`); the format is
@@ -309,6 +311,7 @@ impl Bus {
             (Kind::Down(Down::Desired), Body::Desired(d)) => Some(BusEvent::Desired(d)),
             (Kind::Down(Down::Control), Body::StatusRequest) => Some(BusEvent::StatusRequest),
             (Kind::Down(Down::Control), Body::ConfigMapPart(p)) => Some(BusEvent::ConfigMapPart(p)),
+            (Kind::Down(Down::Control), Body::ServiceTable(t)) => Some(BusEvent::ServiceTable(t)),
             (Kind::Down(Down::Update), Body::AgentUpdate(u)) => Some(BusEvent::AgentUpdate(u)),
             // Only a verified request counts: without an identity there is nothing to rotate.
             (Kind::Down(Down::Control), Body::RotateKey) => match &self.security {

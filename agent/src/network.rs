@@ -23,6 +23,8 @@ mod cidr;
 mod command;
 mod hostport;
 mod ipam;
+mod routes;
+mod services;
 
 use std::io;
 use std::net::Ipv4Addr;
@@ -33,8 +35,8 @@ use sha2::{Digest, Sha256};
 
 pub use cidr::Ipv4Net;
 use command::{
-    chain_exists, enable_sysctl, ensure_chain, ensure_jump, ip, iptables, iptables_restore,
-    link_exists,
+    chain_exists, chains_with_prefix, enable_sysctl, ensure_chain, ensure_jump, ensure_jump_first,
+    ip, iptables, iptables_restore, link_exists,
 };
 pub use hostport::{HostPortRule, PortReservation, L4};
 
@@ -266,10 +268,19 @@ impl Network {
         // commit, so a restarting agent never leaves a moment without them.
         let (nat, fwd, cidr) = (self.nat_chain(), self.forward_chain(), &self.cfg.pod_cidr);
         let mark = hostport::MASQ_MARK;
+        // Pod traffic leaving the node is masqueraded in `<bridge>-mq`, except to other
+        // nodes' pods (host-gw routes): the Service writer keeps it; a new one masquerades
+        // everything until then, as before there were routes.
+        let mq = self.masq_chain();
+        if !chain_exists("nat", &mq)? {
+            iptables_restore(&format!(
+                "*nat\n:{mq} - [0:0]\n-A {mq} -j MASQUERADE\nCOMMIT\n"
+            ))?;
+        }
         iptables_restore(&format!(
             "*nat\n:{nat} - [0:0]\n\
              -A {nat} -m mark --mark {mark} -j MASQUERADE\n\
-             -A {nat} -s {cidr} ! -o {br} -j MASQUERADE\n\
+             -A {nat} -s {cidr} ! -o {br} -j {mq}\n\
              COMMIT\n\
              *filter\n:{fwd} - [0:0]\n\
              -A {fwd} -i {br} -j ACCEPT\n\
@@ -285,6 +296,18 @@ impl Network {
         for parent in ["PREROUTING", "OUTPUT"] {
             ensure_jump("nat", parent, LOCAL_DST, &hp)?;
         }
+        // The Service proxy's chains, likewise never flushed here: the node loop writes the
+        // persisted table into them before it runs (`services`).
+        let (svc, svr) = (self.service_chain(), self.service_reject_chain());
+        ensure_chain("nat", &svc)?;
+        for parent in ["PREROUTING", "OUTPUT"] {
+            ensure_jump("nat", parent, &[], &svc)?;
+        }
+        ensure_chain("filter", &svr)?;
+        for parent in ["INPUT", "OUTPUT"] {
+            ensure_jump("filter", parent, &[], &svr)?;
+        }
+        ensure_jump_first("filter", "FORWARD", &svr)?;
         tracing::info!(cidr = %self.cfg.pod_cidr, "node network ready");
         Ok(())
     }
@@ -318,17 +341,36 @@ impl Network {
             ("filter", "FORWARD", &[], self.forward_chain()),
             ("nat", "PREROUTING", LOCAL_DST, hp.clone()),
             ("nat", "OUTPUT", LOCAL_DST, hp.clone()),
+            ("nat", "PREROUTING", &[], self.service_chain()),
+            ("nat", "OUTPUT", &[], self.service_chain()),
+            ("filter", "INPUT", &[], self.service_reject_chain()),
+            ("filter", "FORWARD", &[], self.service_reject_chain()),
+            ("filter", "OUTPUT", &[], self.service_reject_chain()),
         ] {
             let mut delete = vec!["-t", table, "-D", parent];
             delete.extend_from_slice(matches);
             delete.extend(["-j", &chain]);
             while iptables(&delete).is_ok() {}
         }
-        for (table, chain) in [
+        let mut chains = vec![
             ("nat", self.nat_chain()),
             ("filter", self.forward_chain()),
             ("nat", hp),
-        ] {
+            ("nat", self.service_chain()),
+            ("filter", self.service_reject_chain()),
+            ("nat", self.masq_chain()),
+        ];
+        // The per-port chains jump to the per-endpoint ones: flush all before deleting any.
+        for prefix in [self.service_port_prefix(), self.endpoint_prefix()] {
+            match chains_with_prefix("nat", &prefix) {
+                Ok(found) => chains.extend(found.into_iter().map(|c| ("nat", c))),
+                Err(e) => note(Err(e)),
+            }
+        }
+        for (table, chain) in &chains {
+            let _ = iptables(&["-t", table, "-F", chain]);
+        }
+        for (table, chain) in chains {
             note(chain_exists(table, &chain).and_then(|exists| {
                 if exists {
                     iptables(&["-t", table, "-F", &chain])?;
@@ -337,6 +379,7 @@ impl Network {
                 Ok(())
             }));
         }
+        note(self.sync_routes(&[]));
         note(link_exists(None, &self.cfg.bridge).and_then(|exists| {
             if exists {
                 ip(&["link", "del", &self.cfg.bridge])?;

@@ -110,8 +110,36 @@ fn setup_node_is_idempotent_and_teardown_removes_everything() {
         .output()
         .unwrap();
     let nat = String::from_utf8_lossy(&nat.stdout);
-    // Egress of the pod CIDR, and the marked hostPort packets (from loopback, hairpin).
-    assert_eq!(nat.matches("MASQUERADE").count(), 2, "{nat}");
+    // The marked hostPort and Service packets (from loopback, hairpin), and egress of the
+    // pod CIDR through the chain that leaves other nodes' pods out (masquerading all until
+    // a Service table says which those are).
+    assert_eq!(nat.matches("MASQUERADE").count(), 1, "{nat}");
+    let mq = net.masq_chain();
+    assert!(nat.contains(&format!("! -o {br} -j {mq}")), "{nat}");
+    assert_eq!(
+        rules("nat", &mq)
+            .lines()
+            .filter(|l| l.starts_with("-A"))
+            .collect::<Vec<_>>(),
+        [format!("-A {mq} -j MASQUERADE")]
+    );
+    // The Service proxy's chains, each jumped to once.
+    let (svc, svr) = (net.service_chain(), net.service_reject_chain());
+    for parent in ["PREROUTING", "OUTPUT"] {
+        let jump = format!("-A {parent} -j {svc}");
+        assert_eq!(rules("nat", parent).matches(&jump).count(), 1, "{jump}");
+    }
+    for parent in ["INPUT", "OUTPUT", "FORWARD"] {
+        let jump = format!("-A {parent} -j {svr}");
+        assert_eq!(rules("filter", parent).matches(&jump).count(), 1, "{jump}");
+    }
+    // Before the node's forward chain accepts the bridge's packets.
+    let fwd = rules("filter", "FORWARD");
+    let at = |chain: &str| {
+        fwd.lines()
+            .position(|l| l.ends_with(&format!("-j {chain}")))
+    };
+    assert!(at(&svr) < at(&net.forward_chain()), "{fwd}");
     let post = Command::new("iptables")
         .args(["-w", "-t", "nat", "-S", "POSTROUTING"])
         .output()
@@ -153,7 +181,13 @@ fn setup_node_is_idempotent_and_teardown_removes_everything() {
             !rules("nat", parent).contains(&hp),
             "{parent} still jumps to {hp}"
         );
+        assert!(!rules("nat", parent).contains(&svc));
     }
+    for parent in ["INPUT", "OUTPUT", "FORWARD"] {
+        assert!(!rules("filter", parent).contains(&svr));
+    }
+    assert!(!iptables_has("nat", &svc) && !iptables_has("filter", &svr));
+    assert!(!iptables_has("nat", &mq));
     assert!(!pod.netns_path.exists());
     assert!(net.allocations().unwrap().is_empty());
 }

@@ -16,8 +16,10 @@ use crate::{
 
 mod config_map;
 mod hello;
+mod service_table;
 pub use config_map::*;
 pub use hello::*;
+pub use service_table::*;
 
 /// A node's name: 1-63 characters from `[A-Za-z0-9._-]`, so it is always a single,
 /// wildcard-free MQTT topic level and a valid file and interface-name stem.
@@ -127,6 +129,10 @@ pub enum Body {
     ExecOutput(ExecOutput),
     /// Agent -> coordinator on `up/exec/<session>`: the session's last message. Added in v5.
     ExecExit(ExecExit),
+    /// Coordinator -> agent on `down/control`: every Service's virtual address, ports and
+    /// endpoints, and every node's pod route, for the node's proxy. Sent after a change,
+    /// only when its digest differs from the last one the node was sent. Added in v5.
+    ServiceTable(ServiceTable),
 }
 
 impl Body {
@@ -145,7 +151,8 @@ impl Body {
             | Body::ExecRequest(_)
             | Body::ExecInput(_)
             | Body::ExecOutput(_)
-            | Body::ExecExit(_) => 5,
+            | Body::ExecExit(_)
+            | Body::ServiceTable(_) => 5,
             _ => crate::MIN_PROTO_VERSION,
         }
     }
@@ -172,6 +179,7 @@ impl Body {
             Body::ExecInput(_) => "ExecInput",
             Body::ExecOutput(_) => "ExecOutput",
             Body::ExecExit(_) => "ExecExit",
+            Body::ServiceTable(_) => "ServiceTable",
         }
     }
 }

@@ -78,7 +78,8 @@ impl Kind {
             | Body::LogCredit(_)
             | Body::ConfigMapPart(_)
             | Body::ExecRequest(_)
-            | Body::ExecInput(_) => Kind::Down(Down::Control),
+            | Body::ExecInput(_)
+            | Body::ServiceTable(_) => Kind::Down(Down::Control),
             Body::LogChunk(_) => Kind::Up(Up::Logs),
             Body::ExecOutput(_) | Body::ExecExit(_) => Kind::Up(Up::Exec),
             Body::AgentUpdate(_) => Kind::Down(Down::Update),

@@ -915,3 +915,92 @@ fn a_big_config_map_travels_in_parts() {
     assert!(ConfigMapData::assemble(&tampered).is_err());
     assert!(ConfigMapData::assemble(&parts[..5]).is_err());
 }
+
+fn small_table() -> ServiceTable {
+    let web = ServiceEntry {
+        name: s("web"),
+        vip: Ipv4Addr::new(10, 43, 0, 2),
+        load_balancer: false,
+        affinity_secs: 0,
+        ports: BVec::from_vec(vec![ServicePortEntry {
+            port: 80,
+            protocol: Protocol::Tcp,
+            node_port: Some(30080),
+        }])
+        .unwrap(),
+        endpoints: BVec::from_vec(vec![ServiceEndpoint {
+            ip: Ipv4Addr::new(10, 42, 1, 5),
+            target_ports: BVec::from_vec(vec![8080]).unwrap(),
+        }])
+        .unwrap(),
+    };
+    let route = NodeRoute {
+        cidr: s("10.42.1.0/24"),
+        via: Ipv4Addr::new(192, 168, 1, 10),
+    };
+    ServiceTable::new(
+        BVec::from_vec(vec![web]).unwrap(),
+        BVec::from_vec(vec![route]).unwrap(),
+    )
+    .unwrap()
+}
+
+/// The lead renumbers the variant byte (`0f`) when other v5 messages merge before it.
+#[test]
+fn service_table() {
+    let table = small_table();
+    table.check().unwrap();
+    check_new(
+        Envelope::new(Sender::Coordinator, 14, Body::ServiceTable(table)),
+        // 05 | 00 Coordinator | 0e seq | 00 | 13 ServiceTable | digest (varint) |
+        // 01 service: "web", 10.43.0.2, 00 not LB, 00 no affinity, 01 port: 80, 00 tcp,
+        // 01 nodePort 30080; 01 endpoint: 10.42.1.5, 01 port 8080 |
+        // 01 route: "10.42.1.0/24" via 192.168.1.10 | 00 no signature
+        "05000e0013 f8ac80dac2f1bcf260 \
+         01 03776562 0a2b0002 00 00 01 50 00 0180eb01 01 0a2a0105 01903f \
+         01 0c31302e34322e312e302f3234 c0a8010a 00"
+            .replace(' ', "")
+            .as_str(),
+    );
+}
+
+/// A table changed on the way (or made without its digest) is refused by `check`, and
+/// one over the message limit does not decode.
+#[test]
+fn a_tampered_or_oversized_service_table_is_refused() {
+    let mut t = small_table();
+    let mut web = t.services[0].clone();
+    web.affinity_secs = 60;
+    t.services = BVec::from_vec(vec![web]).unwrap();
+    assert!(t.check().is_err());
+    let mut t = small_table();
+    t.routes = BVec::new();
+    assert!(t.check().is_err());
+
+    let many: Vec<ServiceEndpoint> = (0..MAX_SERVICE_ENDPOINTS as u32)
+        .map(|i| ServiceEndpoint {
+            ip: Ipv4Addr::from(0x0a2a_0000 + i),
+            target_ports: BVec::from_vec(vec![8080; 8]).unwrap(),
+        })
+        .collect();
+    let mut big = small_table();
+    big.services = BVec::from_vec(
+        (0..30)
+            .map(|_| ServiceEntry {
+                endpoints: BVec::from_vec(many.clone()).unwrap(),
+                ..small_table().services[0].clone()
+            })
+            .collect(),
+    )
+    .unwrap();
+    let env = Envelope::new(Sender::Coordinator, 1, Body::ServiceTable(big));
+    assert!(matches!(env.encode(), Err(ProtoError::TooLarge { .. })));
+    let mut bytes = Envelope::new(Sender::Coordinator, 1, Body::ServiceTable(small_table()))
+        .encode()
+        .unwrap();
+    bytes.resize(MAX_MESSAGE_BYTES + 1, 0);
+    assert!(matches!(
+        Envelope::decode(&bytes),
+        Err(ProtoError::TooLarge { .. })
+    ));
+}

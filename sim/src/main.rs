@@ -253,8 +253,12 @@ async fn node(mut ctx: NodeCtx, mut ctl: mpsc::Receiver<Ctl>, lost: Arc<AtomicBo
                     }
                     Some(BusEvent::Desired(d)) => Input::Desired(Wanted::of(&d)),
                     Some(BusEvent::StatusRequest) => Input::StatusRequest,
-                    // Hollow pods run nothing that would read them.
-                    Some(BusEvent::AgentUpdate(_) | BusEvent::ConfigMapPart(_)) => continue,
+                    // Hollow pods run nothing that would read them, and hollow nodes no proxy.
+                    Some(
+                        BusEvent::AgentUpdate(_)
+                        | BusEvent::ConfigMapPart(_)
+                        | BusEvent::ServiceTable(_),
+                    ) => continue,
                     None => return Ok(()),
                 },
                 // As the agent's heartbeat: nothing is sent while the link is down.

@@ -4,13 +4,21 @@
 //! swapped, `get svc` shows kubectl's columns with the allocated addresses, `describe
 //! service` lists exactly the Ready pods' `IP:port`, scaling down updates them, a
 //! coordinator restart keeps every ClusterIP and nodePort, and `delete service` frees
-//! them. Traffic through a Service is not tested: the agent proxy is part 2.
+//! them.
+//!
+//! Traffic (issue 15 part 2): a client pod reaches a NodePort Service's ClusterIP and gets
+//! answers from both backends on both nodes (the proxy's DNAT and the host-gw routes), a
+//! backend reaches itself through it (hairpin), the hub (the lab's host) reaches the
+//! NodePort on every node, an agent restart keeps the VIP answering, and with no
+//! endpoints left a connection is refused at once, not left hanging.
 
 use std::collections::BTreeSet;
 use std::time::Duration;
 
 use anyhow::{ensure, Context, Result};
-use baton_e2e::fleet::{is_ready, owned_pods, wait_pods};
+use baton_e2e::fleet::{
+    is_ready, is_running, node_of, owned_pods, pod_name, uid, wait_pods, EchoDeployment,
+};
 use baton_e2e::{items, wait_for, Broker, Lab};
 use serde_json::Value;
 
@@ -387,5 +395,134 @@ fn scenario(lab: &mut Lab) -> Result<()> {
     let t = lab.get_json(&["get", "svc", "taker"])?;
     ensure!(t["spec"]["clusterIP"] == frontend_ip.as_str(), "{t}");
     ensure!(t["spec"]["ports"][0]["nodePort"] == node_port, "{t}");
+    Ok(())
+}
+
+#[test]
+fn traffic_flows_through_a_service() -> Result<()> {
+    let mut lab = Lab::start("svct", 2, Broker::Embedded)?;
+    let r = traffic(&mut lab);
+    if r.is_err() {
+        lab.dump_logs();
+    }
+    r
+}
+
+/// `curl` in the network namespace `ns` (a pod's or the hub's): its exit code and output.
+fn curl_in(ns: &str, url: &str, max_secs: u32) -> Result<(Option<i32>, String)> {
+    let out = std::process::Command::new("ip")
+        .args(["netns", "exec", ns, "curl", "-sS", "--max-time"])
+        .arg(max_secs.to_string())
+        .arg(url)
+        .output()?;
+    let text =
+        String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
+    Ok((out.status.code(), text))
+}
+
+/// The `hostname=` (the pod's name) of an http-echo answer.
+fn answered_by(body: &str) -> Option<String> {
+    body.lines()
+        .find_map(|l| l.strip_prefix("hostname="))
+        .map(str::to_owned)
+}
+
+/// The names of the pods that answered `n` requests to `url` from `ns`; every request
+/// must succeed.
+fn answers(ns: &str, url: &str, n: usize) -> Result<BTreeSet<String>> {
+    let mut seen = BTreeSet::new();
+    for _ in 0..n {
+        let (code, body) = curl_in(ns, url, 3)?;
+        ensure!(code == Some(0), "{url} from {ns}: {body}");
+        seen.insert(answered_by(&body).with_context(|| format!("no hostname in {body:?}"))?);
+    }
+    Ok(seen)
+}
+
+fn pod_ns(pod: &Value) -> String {
+    baton_agent::network::pod_netns_name(&node_of(pod), &uid(pod))
+}
+
+fn traffic(lab: &mut Lab) -> Result<()> {
+    let reg = lab.registry();
+    let n1 = lab.agents[0].name.clone();
+    let web = EchoDeployment::new(2).yaml(&reg);
+    let svc = "apiVersion: v1\nkind: Service\nmetadata: {name: web}\nspec:\n  type: NodePort\n  \
+               selector: {app: web}\n  ports:\n  - {port: 80, targetPort: 8080, nodePort: 30080}\n";
+    let client = format!(
+        "apiVersion: v1\nkind: Pod\nmetadata: {{name: client}}\nspec:\n  nodeSelector: \
+         {{kubernetes.io/hostname: {n1}}}\n  terminationGracePeriodSeconds: 0\n  containers:\n  \
+         - name: c\n    image: {reg}/baton/busybox:1\n    command: [sleep, '3600']\n"
+    );
+    lab.apply(&format!("{web}---\n{svc}---\n{client}"))?;
+    let backends = wait_pods(lab, "web", 2, LONG, "2 Ready web pods", is_ready)?;
+    let names: BTreeSet<String> = backends.iter().map(pod_name).collect();
+    let nodes: BTreeSet<String> = backends.iter().map(node_of).collect();
+    let client = wait_for("the client pod to run", LONG, || {
+        Ok(lab
+            .pods()?
+            .into_iter()
+            .find(|p| pod_name(p) == "client" && is_running(p)))
+    })?;
+    let client_ns = pod_ns(&client);
+    let vip = lab.get_json(&["get", "svc", "web"])?["spec"]["clusterIP"]
+        .as_str()
+        .context("a ClusterIP")?
+        .to_owned();
+    let url = format!("http://{vip}/cgi-bin/info");
+
+    // Both backends answer the client, wherever they run (both nodes when spread).
+    wait_for(
+        "answers from both backends through the ClusterIP",
+        Duration::from_secs(60),
+        || Ok(answers(&client_ns, &url, 20).ok().filter(|s| *s == names)),
+    )
+    .with_context(|| format!("backends {names:?} on {nodes:?}"))?;
+    eprintln!("both backends answered through {vip}, on nodes {nodes:?}");
+    // And by their pod IPs, on either node (host-gw routes).
+    for b in &backends {
+        let ip = b["status"]["podIP"].as_str().context("a pod IP")?;
+        let seen = answers(&client_ns, &format!("http://{ip}:8080/cgi-bin/info"), 1)?;
+        ensure!(seen.contains(&pod_name(b)), "{seen:?}");
+    }
+
+    // Hairpin: a backend reaches its own Service (and so, at times, itself).
+    for b in &backends {
+        let seen = answers(&pod_ns(b), &url, 10)?;
+        ensure!(seen.is_subset(&names), "{seen:?}");
+    }
+
+    // The NodePort on every node, from the hub (the lab's host).
+    let hub = lab.hub.0.clone();
+    for a in &lab.agents {
+        let seen = answers(&hub, &format!("http://{}:30080/cgi-bin/info", a.addr), 10)?;
+        ensure!(seen.is_subset(&names) && !seen.is_empty(), "{seen:?}");
+    }
+
+    // An agent restart writes the same rules back: the VIP keeps answering, also while
+    // the agent is down (the rules are the kernel's).
+    lab.kill_agent(0);
+    ensure!(!answers(&client_ns, &url, 5)?.is_empty());
+    lab.start_agent(0)?;
+    ensure!(!answers(&client_ns, &url, 10)?.is_empty());
+
+    // No endpoints: refused at once (curl's 7), not a timeout (28).
+    lab.baton(&["scale", "deployment", "web", "--replicas", "0"])?;
+    wait_for(
+        "the connection to be refused",
+        Duration::from_secs(30),
+        || {
+            let started = std::time::Instant::now();
+            let (code, body) = curl_in(&client_ns, &url, 5)?;
+            Ok((code == Some(7)).then_some((started.elapsed(), body)))
+        },
+    )
+    .and_then(|(took, body)| {
+        ensure!(
+            took < Duration::from_secs(2),
+            "refused after {took:?}: {body}"
+        );
+        Ok(())
+    })?;
     Ok(())
 }

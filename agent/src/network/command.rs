@@ -128,6 +128,28 @@ pub(super) fn ensure_jump(
     Ok(())
 }
 
+/// Inserts `-j chain` as the first rule of `parent` unless it is there: for a chain that
+/// must see packets before the node's forward chain accepts them.
+pub(super) fn ensure_jump_first(table: &str, parent: &str, chain: &str) -> Result<(), NetError> {
+    let rules = iptables(&["-t", table, "-S", parent])?;
+    let jump = format!("-A {parent} -j {chain}");
+    if !rules.lines().any(|l| l.trim() == jump) {
+        iptables(&["-t", table, "-I", parent, "1", "-j", chain])?;
+    }
+    Ok(())
+}
+
+/// The chains of `table` whose names start with `prefix`.
+pub(super) fn chains_with_prefix(table: &str, prefix: &str) -> Result<Vec<String>, NetError> {
+    let rules = iptables(&["-t", table, "-S"])?;
+    Ok(rules
+        .lines()
+        .filter_map(|l| l.strip_prefix("-N ").map(str::trim))
+        .filter(|c| c.starts_with(prefix))
+        .map(str::to_owned)
+        .collect())
+}
+
 /// Sets the boolean sysctl at `path` (under `/proc/sys`) to 1: IPv4 forwarding (pods reach
 /// beyond the node only if the agent's namespace forwards), `route_localnet`. Written only
 /// when off, so that a read-only `/proc/sys` with it already on is not an error.

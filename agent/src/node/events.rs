@@ -91,6 +91,7 @@ impl Agent {
             }
             Event::Bus(BusEvent::AgentUpdate(order)) => self.on_agent_update(order),
             Event::Bus(BusEvent::ConfigMapPart(part)) => self.on_config_map_part(part),
+            Event::Bus(BusEvent::ServiceTable(table)) => self.on_service_table(table),
             Event::Pulling { uid, container } => self.on_pulling(&uid, &container),
             Event::Pulled { uid, result } => match result {
                 Ok(images) => self.on_pulled(uid, images),
@@ -117,6 +118,25 @@ impl Agent {
             Event::Exit(ExitEvent { id, reason }) => self.on_exit(&id, reason),
         }
         Ok(())
+    }
+
+    /// A Service table: checked, persisted and handed to the rule writer.
+    fn on_service_table(&mut self, table: baton_proto::ServiceTable) {
+        let Some(table) = super::services::accept(&self.cfg.data_dir, table) else {
+            return;
+        };
+        info!(
+            services = table.services.len(),
+            digest = table.digest,
+            "service table received"
+        );
+        if let Some(tx) = &self.services {
+            tx.send_if_modified(|cur| {
+                let changed = cur.digest != table.digest;
+                *cur = table;
+                changed
+            });
+        }
     }
 
     /// A ConfigMap that is complete now: the `configMap` volumes of running pods that use

@@ -20,6 +20,7 @@ mod hostports;
 mod pods;
 mod pressure;
 mod report;
+mod services;
 pub mod taints;
 mod workers;
 
@@ -185,6 +186,8 @@ struct Agent {
     /// Where the hostPort rules of the pods go after each turn; `None` in unit tests, which
     /// must not touch the host's iptables.
     host_ports: Option<tokio::sync::watch::Sender<Vec<crate::network::HostPortRule>>>,
+    /// Where accepted Service tables go (`services`); `None` in unit tests.
+    services: Option<tokio::sync::watch::Sender<baton_proto::ServiceTable>>,
     /// Usage samples and reports (`crate::usage`).
     usage: crate::usage::UsageState,
 }
@@ -229,6 +232,7 @@ impl Agent {
             updates: None,
             got_desired: false,
             host_ports: None,
+            services: None,
             usage: Default::default(),
         }
     }
@@ -419,6 +423,11 @@ impl Node {
         let rules = hostports::rules(&agent.pods);
         hostports::first_sync(&agent.deps, &rules)?;
         agent.host_ports = Some(hostports::spawn_writer(agent.deps.clone(), rules));
+        // Likewise the last Service table: the same rules back, never an empty set.
+        let table = services::load(&agent.cfg.data_dir);
+        let addr = agent.cfg.address;
+        services::first_sync(&agent.deps, &table, addr)?;
+        agent.services = Some(services::spawn_writer(agent.deps.clone(), table, addr));
         Ok(Node {
             agent,
             events,

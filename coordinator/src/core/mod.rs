@@ -336,6 +336,10 @@ pub struct Core {
     /// The parts each ConfigMap travels in, by name, for the uid and generation they were
     /// made from (a 1 MiB ConfigMap is encoded once, not once per node and commit).
     config_map_parts: HashMap<String, config_maps::Parts>,
+    /// By node: the digest of the last Service table it was sent since its last Hello.
+    sent_service_tables: HashMap<String, u64>,
+    /// Why the Service table could not be sent, once its event is recorded.
+    oversized_service_table: Option<String>,
     /// What pods may ask of their nodes; checked on apply (`crate::decide::policy`).
     policy: Policy,
     /// Nodes whose identity is revoked: never Ready, sent an empty desired state once.
@@ -416,6 +420,8 @@ impl Core {
             desired_secrets: HashMap::new(),
             sent_config_maps: HashMap::new(),
             config_map_parts: HashMap::new(),
+            sent_service_tables: HashMap::new(),
+            oversized_service_table: None,
             policy: Policy::default(),
             revoked: BTreeSet::new(),
             live: HashMap::new(),

@@ -276,6 +276,9 @@ impl Core {
                 // again (it keeps the versions it has, so the same content is a no-op).
                 self.sent_config_maps.remove(name);
                 self.send_config_maps();
+                // Likewise its Service table (it may have missed the last one).
+                self.sent_service_tables.remove(name);
+                self.send_service_tables();
                 self.republish_update_order(name);
                 // No StatusRequest here: an agent sends its status right after every Hello,
                 // and answers a StatusRequest with a Hello, so asking made the two ping-pong
@@ -417,7 +420,8 @@ impl Core {
             | Body::LogCredit(_)
             | Body::ConfigMapPart(_)
             | Body::ExecRequest(_)
-            | Body::ExecInput(_) => {
+            | Body::ExecInput(_)
+            | Body::ServiceTable(_) => {
                 tracing::warn!(node = name, "downward message on an upward topic; ignored");
             }
         }

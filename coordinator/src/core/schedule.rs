@@ -37,6 +37,7 @@ impl Core {
         self.update_secret_blocks();
         self.update_desired();
         self.send_config_maps();
+        self.send_service_tables();
     }
 
     pub(super) fn owned<'a>(

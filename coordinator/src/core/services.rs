@@ -4,15 +4,28 @@
 //!
 //! Endpoints are not stored and not cached: `endpoints_of` derives them from the pods and
 //! nodes at each read with the pure `decide::service::endpoints`, so they can never be
-//! stale and a restart needs nothing to rebuild. Nothing is sent to nodes yet; the agent
-//! proxy (issue 15 part 2) will need the last endpoints sent to each node to send only
-//! changes, and that is when they will be kept.
+//! stale and a restart needs nothing to rebuild.
+//!
+//! Nodes' proxies follow one [`proto::ServiceTable`] (every Service's ClusterIP, ports and
+//! endpoints, and every node's pod route), rebuilt after each settle; only its digest is
+//! kept per node, and a node is sent the table when that differs (a Hello forgets it, so a
+//! reconnecting agent gets the table again). v4 agents are never sent it. A table over the
+//! message limit is not sent at all (refused, not truncated: a partial table would drop
+//! Services silently): nodes keep the last one, and a `ServiceTableTooLarge` event says so.
+
+use baton_proto::{self as proto, NodeName};
 
 use crate::contract::{Applied, ApplyAction, ResourceKind};
 use crate::decide::service::{self as decide, Taken};
-use crate::model::api;
+use crate::model::{api, wire};
 
-use super::{new_uid, ApiError, Core, Tab};
+use super::{new_uid, ApiError, Core, Outbound, Tab};
+
+/// The oldest agent protocol that has [`proto::Body::ServiceTable`].
+const SERVICE_TABLE_PROTO: u16 = 5;
+
+/// Room left in a message for the envelope around a table (header and signature).
+const ENVELOPE_ROOM: usize = 1024;
 
 impl Core {
     /// Allocates every Service of one manifest in order, each against the stored Services
@@ -118,6 +131,84 @@ impl Core {
         decide::endpoints(s, self.pods.values(), |node| {
             self.nodes.get(node).is_some_and(|n| n.status.ready)
         })
+    }
+}
+
+impl Core {
+    /// The Service table as the cluster is now.
+    pub(super) fn service_table(&self) -> Result<proto::ServiceTable, String> {
+        let mut services = Vec::new();
+        for s in self.services.values() {
+            let eps = self.endpoints_of(s);
+            match wire::service_entry(s, &eps) {
+                None => {}
+                Some(Ok(e)) => services.push(e),
+                Some(Err(e)) => tracing::error!(error = %e, "service left out of the table"),
+            }
+        }
+        let mut routes: Vec<proto::NodeRoute> =
+            self.nodes.values().filter_map(wire::node_route).collect();
+        routes.sort();
+        let n = services.len();
+        let services = proto::BVec::from_vec(services)
+            .map_err(|e| format!("{n} services with a ClusterIP: {e}"))?;
+        let n = routes.len();
+        let routes = proto::BVec::from_vec(routes).map_err(|e| format!("{n} node routes: {e}"))?;
+        let table = proto::ServiceTable::new(services, routes).map_err(|e| e.to_string())?;
+        let len = postcard::to_allocvec(&table)
+            .map_err(|e| e.to_string())?
+            .len();
+        if len + ENVELOPE_ROOM > proto::MAX_MESSAGE_BYTES {
+            return Err(format!(
+                "the service table is {len} bytes, over the {} byte message limit",
+                proto::MAX_MESSAGE_BYTES - ENVELOPE_ROOM
+            ));
+        }
+        Ok(table)
+    }
+
+    /// Sends the Service table to every v5 node whose last one differs (module docs).
+    pub(super) fn send_service_tables(&mut self) {
+        let table = match self.service_table() {
+            Ok(t) => t,
+            Err(reason) => {
+                // Once per cause, not once per settle.
+                if self.oversized_service_table.as_ref() != Some(&reason) {
+                    self.oversized_service_table = Some(reason.clone());
+                    self.record(
+                        "service".into(),
+                        "ServiceTableTooLarge",
+                        format!("{reason}: not sent; nodes keep proxying the last table"),
+                    );
+                }
+                return;
+            }
+        };
+        self.oversized_service_table = None;
+        let nodes: Vec<String> = self
+            .nodes
+            .values()
+            .filter(|n| n.status.protocol_version >= SERVICE_TABLE_PROTO)
+            .filter(|n| !self.revoked.contains(&n.metadata.name))
+            .map(|n| n.metadata.name.clone())
+            .collect();
+        self.sent_service_tables
+            .retain(|n, _| self.nodes.contains_key(n));
+        for node in nodes {
+            if self.sent_service_tables.get(&node) == Some(&table.digest) {
+                continue;
+            }
+            let Ok(node_name) = NodeName::new(&node) else {
+                continue;
+            };
+            self.sent_service_tables.insert(node.clone(), table.digest);
+            tracing::debug!(%node, digest = table.digest, services = table.services.len(), "sending service table");
+            self.pending_out.push(Outbound {
+                node: node_name,
+                body: proto::Body::ServiceTable(table.clone()),
+                retain: false,
+            });
+        }
     }
 }
 

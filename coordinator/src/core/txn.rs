@@ -66,6 +66,7 @@ impl Core {
             .collect();
         // What was queued is dropped: ConfigMaps are sent again.
         self.sent_config_maps.clear();
+        self.sent_service_tables.clear();
         self.dirty.clear();
         self.new_events.clear();
         self.pending_out.clear();

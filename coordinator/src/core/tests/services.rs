@@ -201,3 +201,99 @@ async fn services_are_watched_with_their_addresses() {
     };
     assert_eq!(s.spec.cluster_ip, "10.43.0.2");
 }
+
+/// The Service tables among `msgs`, by node.
+fn tables(msgs: &[Outbound]) -> Vec<(String, baton_proto::ServiceTable)> {
+    msgs.iter()
+        .filter_map(|m| match &m.body {
+            Body::ServiceTable(t) => {
+                assert!(!m.retain, "a table goes on the control topic, not retained");
+                Some((m.node.as_str().to_owned(), t.clone()))
+            }
+            _ => None,
+        })
+        .collect()
+}
+
+#[tokio::test(start_paused = true)]
+async fn nodes_are_sent_the_service_table_only_when_it_changes() {
+    let mut h = Harness::new(Arc::new(MemStore::new()));
+    h.send("pi-1", hello(4000));
+    h.send("pi-2", hello(4000));
+    let sent = tables(&h.drain());
+    let nodes: Vec<&str> = sent.iter().map(|(n, _)| n.as_str()).collect();
+    // pi-1 again when pi-2's route joined the table.
+    assert_eq!(nodes, ["pi-1", "pi-1", "pi-2"]);
+    assert!(sent[2].1.services.is_empty());
+    assert_eq!(sent[2].1.routes.len(), 2, "every node's pod route");
+    assert_eq!(sent[1].1, sent[2].1);
+
+    let svc = "apiVersion: v1
+kind: Service
+metadata: {name: web}
+spec:
+  type: NodePort
+  sessionAffinity: ClientIP
+  selector: {app: web}
+  ports:
+  - {name: http, port: 80, targetPort: 8080}
+";
+    h.apply(&format!("{}---\n{svc}", deployment("web", 1, "100m")))
+        .unwrap();
+    let msgs = h.drain();
+    let sent = tables(&msgs);
+    assert_eq!(sent.len(), 2, "{sent:?}");
+    let t = &sent[0].1;
+    t.check().unwrap();
+    let web = &t.services[0];
+    assert_eq!(web.name.as_str(), "web");
+    assert_eq!(
+        web.vip.to_string(),
+        get_service(&mut h, "web").unwrap().spec.cluster_ip
+    );
+    assert_eq!(web.affinity_secs, 10800);
+    assert_eq!(web.ports[0].port, 80);
+    assert!(web.ports[0].node_port.is_some());
+    assert!(web.endpoints.is_empty(), "not running yet");
+
+    // The pod is Ready: a new table to both nodes, and no pod spec sent again.
+    let (node, d) = ["pi-1", "pi-2"]
+        .into_iter()
+        .find_map(|n| {
+            desired_for(&msgs, n)
+                .filter(|d| !d.pods.is_empty())
+                .map(|d| (n, d))
+        })
+        .expect("the pod is placed");
+    h.send(node, Body::Status(running_status(&d, d.generation)));
+    let msgs = h.drain();
+    let sent = tables(&msgs);
+    assert_eq!(sent.len(), 2);
+    let eps = &sent[0].1.services[0].endpoints;
+    assert_eq!(eps.len(), 1);
+    assert_eq!(eps[0].ip.to_string(), "10.42.1.5");
+    assert_eq!(&eps[0].target_ports[..], [8080]);
+    assert!(!msgs.iter().any(|m| matches!(m.body, Body::Desired(_))));
+
+    // A change elsewhere leaves the table as it was: nothing is sent.
+    h.apply("apiVersion: v1\nkind: ConfigMap\nmetadata: {name: game}\ndata: {a: \"1\"}\n")
+        .unwrap();
+    assert!(tables(&h.drain()).is_empty());
+    // A reconnecting agent gets it again, and only it.
+    h.send("pi-1", hello(4000));
+    let sent = tables(&h.drain());
+    assert_eq!(sent.len(), 1);
+    assert_eq!(sent[0].0, "pi-1");
+    assert_eq!(sent[0].1.services[0].endpoints.len(), 1);
+
+    // A v4 agent is never sent one; its route goes to the others.
+    h.core.handle(Event::Inbound {
+        node: nn("old"),
+        body: hello(4000),
+        proto: 4,
+    });
+    let sent = tables(&h.drain());
+    let nodes: Vec<&str> = sent.iter().map(|(n, _)| n.as_str()).collect();
+    assert_eq!(nodes, ["pi-1", "pi-2"]);
+    assert_eq!(sent[0].1.routes.len(), 3);
+}

@@ -5,12 +5,13 @@
 //! `api` object or the other way round. Keeping the mapping here means a change to either
 //! side is a change to exactly one module, and the defaults Kubernetes users expect
 //! (requests default to limits, `imagePullPolicy` depends on the tag) live in one place.
-//! Down to agents: `spec`, `secret` and `config_map`; up from them: `status` and `node`; both ways:
+//! Down to agents: `spec`, `secret`, `config_map` and `service_table`; up from them: `status` and `node`; both ways:
 //! `update` (agent update orders and reports).
 
 mod config_map;
 mod node;
 mod secret;
+mod service_table;
 mod spec;
 mod status;
 mod update;
@@ -20,6 +21,7 @@ use baton_proto::{BString, BVec};
 pub use config_map::{config_map_data, config_map_names};
 pub use node::{apply_error, node_conditions, node_from_hello};
 pub use secret::{encode_data, secret_names};
+pub use service_table::{node_route, service_entry};
 pub use spec::{default_pull_policy, pod_spec};
 pub use status::pod_status;
 pub use update::{agent_update_order, update_phase, update_report};

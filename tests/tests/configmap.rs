@@ -1,7 +1,8 @@
 //! ConfigMaps through the real CLI and server (issue 18, the object's part): the Kubernetes
 //! documentation's `game-demo` ConfigMap applies, `get cm` shows kubectl's columns,
 //! `describe` its values, re-apply of a change configures it, an immutable one refuses a
-//! change, one over 1 MiB is refused with its name and size, and delete removes it.
+//! change, one over 1 MiB is refused with its name and size, one with more keys than an
+//! agent takes with the map's path, and delete removes it.
 //!
 //! And pods using them on a real agent with real containers: the documentation's
 //! `configmap-demo-pod` (image swapped) gets its env and its files; `envFrom` with a prefix;
@@ -150,6 +151,25 @@ fn scenario(lab: &Lab) -> Result<()> {
         "{err}"
     );
     ensure!(!lab.baton_raw(&["get", "cm", "big"], None)?.status.success());
+
+    // More keys than an agent takes: refused at apply, naming the map; nothing stored.
+    let many: String = (0..1500).map(|i| format!("  k{i}: v\n")).collect();
+    let refused = lab.baton_raw(
+        &["apply", "-f", "-"],
+        Some(&format!(
+            "apiVersion: v1\nkind: ConfigMap\nmetadata: {{name: many}}\ndata:\n{many}"
+        )),
+    )?;
+    let err = String::from_utf8_lossy(&refused.stderr);
+    ensure!(
+        !refused.status.success()
+            && err.contains("data: 1,500 keys, at most 1,024 (the agent's limit)"),
+        "{err}"
+    );
+    ensure!(!lab
+        .baton_raw(&["get", "cm", "many"], None)?
+        .status
+        .success());
 
     // A manifest over the API's request limit: the real cause, not "cannot reach".
     let huge = big.repeat(4);

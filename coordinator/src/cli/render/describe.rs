@@ -131,6 +131,37 @@ pub fn probe_line(p: &api::Probe) -> String {
     )
 }
 
+/// A container's `envFrom` sources as kubectl lists them, before `Environment:`: the
+/// source's name and kind, its prefix if any, and whether it is optional.
+fn env_from_lines(out: &mut String, sources: &[api::EnvFromSource]) {
+    if sources.is_empty() {
+        return;
+    }
+    out.push_str("    Environment Variables from:\n");
+    let rows: Vec<(&str, String, bool)> = sources
+        .iter()
+        .map(|f| {
+            let from = if f.prefix.is_empty() {
+                "ConfigMap".to_owned()
+            } else {
+                format!("ConfigMap with prefix '{}'", f.prefix)
+            };
+            (
+                f.config_map_ref.name.as_str(),
+                from,
+                f.config_map_ref.optional,
+            )
+        })
+        .collect();
+    let name_w = rows.iter().map(|r| r.0.len()).max().unwrap_or(0);
+    let from_w = rows.iter().map(|r| r.1.len()).max().unwrap_or(0);
+    for (name, from, optional) in rows {
+        out.push_str(&format!(
+            "      {name:<name_w$}  {from:<from_w$}  Optional: {optional}\n"
+        ));
+    }
+}
+
 /// One container of `describe pod`: image, ports, state, probes, environment, mounts.
 /// Secret-backed variables show where the value comes from, never the value.
 fn container_section(out: &mut String, c: &api::Container, status: Option<&api::ContainerStatus>) {
@@ -198,6 +229,7 @@ fn container_section(out: &mut String, c: &api::Container, status: Option<&api::
             out.push_str(&format!("    Security:       {}\n", parts.join(" ")));
         }
     }
+    env_from_lines(out, &c.env_from);
     if c.env.is_empty() {
         out.push_str("    Environment:    <none>\n");
     } else {

@@ -221,7 +221,7 @@ fn restarts_show_when_the_last_one_ended() {
 }
 
 #[test]
-fn describe_shows_probes_last_state_mounts_and_secret_refs() {
+fn describe_shows_probes_last_state_mounts_secret_and_config_map_refs() {
     let yaml = "\
 apiVersion: v1
 kind: Pod
@@ -234,10 +234,16 @@ spec:
   - name: web
     image: busybox:1
     ports: [{name: http, containerPort: 8080}]
+    envFrom:
+    - configMapRef: {name: game-demo}
+    - prefix: UI_
+      configMapRef: {name: ui, optional: true}
     env:
     - {name: MODE, value: prod}
     - name: PW
       valueFrom: {secretKeyRef: {name: db, key: pw}}
+    - name: LIVES
+      valueFrom: {configMapKeyRef: {name: game-demo, key: lives}}
     volumeMounts:
     - {name: data, mountPath: /data}
     - {name: creds, mountPath: /creds, readOnly: true}
@@ -282,7 +288,9 @@ spec:
             "    Liveness:       http-get http://:8080/healthz delay=0s timeout=1s period=10s #success=1 #failure=3\n",
             "    Readiness:      exec [cat /tmp/ready] delay=0s timeout=1s period=5s #success=1 #failure=3\n",
             "    Startup:        tcp-socket :8080 delay=0s timeout=1s period=10s #success=1 #failure=30\n",
-            "      MODE:  prod\n      PW:    <set to the key 'pw' in secret 'db'>\n",
+            // kubectl's words and order: the sources, then the variables.
+            "    Environment Variables from:\n      game-demo  ConfigMap                    Optional: false\n      ui         ConfigMap with prefix 'UI_'  Optional: true\n    Environment:\n",
+            "      MODE:   prod\n      PW:     <set to the key 'pw' in secret 'db'>\n      LIVES:  <set to the key 'lives' of config map 'game-demo'>  Optional: false\n",
             "      /data from data (rw)\n      /creds from creds (ro)\n",
             "    SecretName:  db\n",
         ] {

@@ -1,10 +1,13 @@
 //! A `ConfigMap` (`v1`): `data` (text) and `binaryData` (base64), bounded by Kubernetes'
-//! 1 MiB per object.
+//! 1 MiB per object and by the keys an agent takes ([`MAX_CONFIG_MAP_KEYS`]), both checked
+//! here so that `apply` refuses what could never be sent to a node.
 
 use std::collections::BTreeMap;
 
+use baton_proto::MAX_CONFIG_MAP_KEYS;
+
 use super::input::{InConfigMap, InMeta};
-use super::validate::{invalid, object_meta, secret_key, secret_name, Invalid};
+use super::validate::{grouped, invalid, object_meta, secret_key, secret_name, Invalid};
 use super::MAX_NAME_LEN;
 use crate::model::api::{self, MAX_CONFIG_MAP_BYTES};
 
@@ -22,6 +25,7 @@ pub(super) fn config_map(input: InConfigMap) -> Result<api::ConfigMap, Invalid> 
         MAX_NAME_LEN,
     )
     .map(|m| api::ObjectMeta { name, ..m })?;
+    key_count(input.data.len(), input.binary_data.len())?;
     for k in input.data.keys() {
         secret_key(&format!("data.{k}"), k)?;
     }
@@ -51,10 +55,35 @@ pub(super) fn config_map(input: InConfigMap) -> Result<api::ConfigMap, Invalid> 
             "data",
             format!(
                 "ConfigMap {:?} is too long: {size} bytes of keys and values in data and \
-                 binaryData; at most {MAX_CONFIG_MAP_BYTES} (1 MiB) are allowed",
+                 binaryData; must have at most {MAX_CONFIG_MAP_BYTES} bytes (1 MiB)",
                 cm.metadata.name
             ),
         );
     }
     Ok(cm)
+}
+
+/// Refuses more keys than an agent takes (`data` and `binaryData` together), naming the
+/// map that goes over: the node would otherwise refuse the ConfigMap long after `apply`.
+fn key_count(data: usize, binary: usize) -> Result<(), Invalid> {
+    let max = grouped(MAX_CONFIG_MAP_KEYS);
+    if data > MAX_CONFIG_MAP_KEYS {
+        return invalid(
+            "data",
+            format!("{} keys, at most {max} (the agent's limit)", grouped(data)),
+        );
+    }
+    if data + binary > MAX_CONFIG_MAP_KEYS {
+        return invalid(
+            "binaryData",
+            format!(
+                "{} keys, {} with data's {}; at most {max} in data and binaryData together \
+                 (the agent's limit)",
+                grouped(binary),
+                grouped(data + binary),
+                grouped(data)
+            ),
+        );
+    }
+    Ok(())
 }

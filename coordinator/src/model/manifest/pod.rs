@@ -8,8 +8,8 @@ use super::input::{
     InAffinity, InContainer, InPod, InPodSpec, InRequirement, InTerm, InToleration, InVolume,
 };
 use super::validate::{
-    absolute_path, dns_label, id, invalid, label_value, object_meta, qualified_name, required,
-    secret_key, secret_name, Invalid,
+    absolute_path, dns_label, grouped, id, invalid, label_value, object_meta, qualified_name,
+    required, secret_key, secret_name, Invalid,
 };
 use super::MAX_NAME_LEN;
 use crate::model::{api, quantity};
@@ -239,6 +239,17 @@ fn config_map_volume(
         Some(m) => Some(file_mode(&format!("{path}.defaultMode"), m)?),
         None => None,
     };
+    // The agent takes as many items as a ConfigMap has keys, at most.
+    if c.items.len() > baton_proto::MAX_CONFIG_MAP_KEYS {
+        return invalid(
+            format!("{path}.items"),
+            format!(
+                "{} items, at most {} (the agent's limit)",
+                grouped(c.items.len()),
+                grouped(baton_proto::MAX_CONFIG_MAP_KEYS)
+            ),
+        );
+    }
     let mut items = Vec::with_capacity(c.items.len());
     for (i, it) in c.items.into_iter().enumerate() {
         let ipath = format!("{path}.items[{i}]");

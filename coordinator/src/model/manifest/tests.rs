@@ -787,6 +787,17 @@ fn pod_feature_rules() {
             "error: document 1: spec.template.spec.volumes[0].configMap.items[0].path: \"../x\" must be a relative path without '..' that does not start with '..'",
         ),
         (
+            "configMap volume with more items than an agent takes",
+            s(&format!(
+                "      volumes: [{{name: v, configMap: {{name: g, items: [{}]}}}}]\n",
+                (0..=baton_proto::MAX_CONFIG_MAP_KEYS)
+                    .map(|i| format!("{{key: k{i}, path: p{i}}}"))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            )),
+            "error: document 1: spec.template.spec.volumes[0].configMap.items: 1,025 items, at most 1,024 (the agent's limit)",
+        ),
+        (
             "configMap defaultMode out of range",
             s("      volumes: [{name: v, configMap: {name: g, defaultMode: 01000}}]\n"),
             "error: document 1: spec.template.spec.volumes[0].configMap.defaultMode: 512 must be a number between 0 and 0777 (octal), both inclusive",
@@ -1001,6 +1012,10 @@ fn secret_rules() {
 fn config_map_rules() {
     let cm =
         |body: &str| format!("apiVersion: v1\nkind: ConfigMap\nmetadata: {{name: cfg}}\n{body}");
+    // `n` keys `<prefix>0..`, each with the value `x`, as block-style YAML lines.
+    let keys = |prefix: &str, n: usize| -> String {
+        (0..n).map(|i| format!("  {prefix}{i}: x\n")).collect()
+    };
     // Exactly 1 MiB of keys and values passes; one byte more is refused, naming the object.
     let at_limit = "a".repeat(api::MAX_CONFIG_MAP_BYTES - 1);
     let over = "a".repeat(api::MAX_CONFIG_MAP_BYTES);
@@ -1011,7 +1026,7 @@ fn config_map_rules() {
             "over the limit",
             cm(&format!("data: {{k: {over}}}\n")),
             "error: document 1: data: ConfigMap \"cfg\" is too long: 1048577 bytes of keys and \
-             values in data and binaryData; at most 1048576 (1 MiB) are allowed",
+             values in data and binaryData; must have at most 1048576 bytes (1 MiB)",
         ),
         (
             "binary counts toward the limit",
@@ -1020,6 +1035,26 @@ fn config_map_rules() {
                 "a".repeat(api::MAX_CONFIG_MAP_BYTES - 3)
             )),
             "error: document 1: data: ConfigMap \"cfg\" is too long: 1048578 bytes",
+        ),
+        (
+            "at most 1,024 keys",
+            cm(&format!("data:\n{}", keys("d", 1024))),
+            "ok",
+        ),
+        (
+            "more keys than an agent takes",
+            cm(&format!("data:\n{}", keys("d", 1500))),
+            "error: document 1: data: 1,500 keys, at most 1,024 (the agent's limit)",
+        ),
+        (
+            "binaryData's keys count with data's",
+            cm(&format!(
+                "data:\n{}binaryData:\n{}",
+                keys("d", 1000),
+                keys("b", 25).replace(": x", ": AAAA")
+            )),
+            "error: document 1: binaryData: 25 keys, 1,025 with data's 1,000; at most 1,024 in \
+             data and binaryData together (the agent's limit)",
         ),
         (
             "bad base64",

@@ -8,6 +8,19 @@ use crate::model::api;
 
 pub(super) type Invalid = (String, String);
 
+/// `n` with thousands separators (`1,500`), for limits in messages.
+pub(super) fn grouped(n: usize) -> String {
+    let digits = n.to_string();
+    let mut out = String::with_capacity(digits.len() + digits.len() / 3);
+    for (i, d) in digits.chars().enumerate() {
+        if i > 0 && (digits.len() - i) % 3 == 0 {
+            out.push(',');
+        }
+        out.push(d);
+    }
+    out
+}
+
 pub(super) fn invalid<T>(
     path: impl Into<String>,
     message: impl Into<String>,

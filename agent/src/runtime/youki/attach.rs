@@ -147,13 +147,17 @@ fn send_fds(socket: &UnixStream, fds: &[std::os::fd::BorrowedFd<'_>]) -> io::Res
     if !cmsg.push(SendAncillaryMessage::ScmRights(fds)) {
         return Err(io::Error::other("too many file descriptors to send"));
     }
-    rustix::net::sendmsg(
-        socket,
-        &[IoSlice::new(&[STARTED])],
-        &mut cmsg,
-        SendFlags::empty(),
-    )?;
-    Ok(())
+    loop {
+        match rustix::net::sendmsg(
+            socket,
+            &[IoSlice::new(&[STARTED])],
+            &mut cmsg,
+            SendFlags::empty(),
+        ) {
+            Err(rustix::io::Errno::INTR) => continue,
+            other => return other.map(|_| ()).map_err(Into::into),
+        }
+    }
 }
 
 /// Reads one byte and the descriptors sent with it (the first, if any: the others are
@@ -162,12 +166,20 @@ fn recv_fds(socket: &UnixStream) -> io::Result<(u8, Vec<OwnedFd>)> {
     let mut space = [MaybeUninit::uninit(); rustix::cmsg_space!(ScmRights(3))];
     let mut cmsg = RecvAncillaryBuffer::new(&mut space);
     let mut byte = [0u8; 1];
-    let got = rustix::net::recvmsg(
-        socket,
-        &mut [IoSliceMut::new(&mut byte)],
-        &mut cmsg,
-        RecvFlags::CMSG_CLOEXEC,
-    )?;
+    // A receive on a socket with a read timeout is never restarted after a signal
+    // handler ran (signal(7)), whatever SA_RESTART says: the agent's SIGCHLD (any child
+    // of the agent ending, an iptables-restore say) would fail the exec.
+    let got = loop {
+        match rustix::net::recvmsg(
+            socket,
+            &mut [IoSliceMut::new(&mut byte)],
+            &mut cmsg,
+            RecvFlags::CMSG_CLOEXEC,
+        ) {
+            Err(rustix::io::Errno::INTR) => continue,
+            other => break other?,
+        }
+    };
     if got.bytes == 0 {
         return Err(io::Error::new(
             io::ErrorKind::UnexpectedEof,
@@ -386,12 +398,18 @@ impl Console {
         let mut space = [MaybeUninit::uninit(); rustix::cmsg_space!(ScmRights(1))];
         let mut cmsg = RecvAncillaryBuffer::new(&mut space);
         let mut buf = [0u8; 256];
-        rustix::net::recvmsg(
-            &conn,
-            &mut [IoSliceMut::new(&mut buf)],
-            &mut cmsg,
-            RecvFlags::CMSG_CLOEXEC,
-        )?;
+        loop {
+            // Never restarted after a signal with a read timeout set (see `recv_fds`).
+            match rustix::net::recvmsg(
+                &conn,
+                &mut [IoSliceMut::new(&mut buf)],
+                &mut cmsg,
+                RecvFlags::CMSG_CLOEXEC,
+            ) {
+                Err(rustix::io::Errno::INTR) => continue,
+                other => break other.map(|_| ())?,
+            };
+        }
         let fd = cmsg.drain().find_map(|m| match m {
             RecvAncillaryMessage::ScmRights(mut r) => r.next(),
             _ => None,

@@ -406,6 +406,34 @@ mod tests {
     }
 
     #[test]
+    fn a_retained_desired_state_redelivered_after_a_control_message_is_a_duplicate() {
+        let dir = tempfile::tempdir().unwrap();
+        let coord = SigningKey::from_bytes(&[1; 32]);
+        let sec = AgentSecurity::new(dir.path(), &identity(&coord), DEFAULT_WINDOW).unwrap();
+        let now = wall_ms();
+        let signed = |topic: &str, seq: u64| {
+            let mut e = Envelope::new(Sender::Coordinator, seq, Body::StatusRequest);
+            e.sent_at_ms = now;
+            sign::sign(&mut e, topic, &coord).unwrap();
+            e
+        };
+        let desired = "baton/v1/nodes/pi-1/down/desired";
+        let control = "baton/v1/nodes/pi-1/down/control";
+        assert_eq!(sec.check(desired, &signed(desired, 10)), Ok(true));
+        // A Service table after it moves the one sequence past the desired state.
+        assert_eq!(sec.check(control, &signed(control, 11)), Ok(true));
+        // The broker redelivers the retained desired state on a reconnect: quiet.
+        assert_eq!(sec.check(desired, &signed(desired, 10)), Ok(false));
+        // An older desired state than the last one on its topic is still a replay.
+        assert_eq!(
+            sec.check(desired, &signed(desired, 9)),
+            Err(Refusal::Replay)
+        );
+        let (counts, dups) = sec.counters();
+        assert_eq!((counts.get("replay").copied(), dups), (Some(1), 1));
+    }
+
+    #[test]
     fn coordinator_messages_are_verified_and_replays_refused_across_restarts() {
         let dir = tempfile::tempdir().unwrap();
         let coord = SigningKey::from_bytes(&[1; 32]);

@@ -52,6 +52,11 @@ struct State {
     persisted: SeqState,
     /// Coordinator time minus our clock, learned while our clock is unset.
     offset_ms: Option<i64>,
+    /// The last message accepted on each topic. One sequence spans all of the
+    /// coordinator's topics, so a retained desired state redelivered on a reconnect is
+    /// older than a control message (a Service table, a ConfigMap part) accepted after
+    /// it. Being exactly what this topic last carried, it is a duplicate, not a replay.
+    last_on_topic: std::collections::HashMap<String, u64>,
 }
 
 /// Signing, verification and replay state for the bus; cheap to clone.
@@ -111,6 +116,7 @@ impl AgentSecurity {
                     seq: SeqCounter::resume(persisted.reserved),
                     persisted,
                     offset_ms: None,
+                    last_on_topic: Default::default(),
                 }),
                 refused: Mutex::new(BTreeMap::new()),
                 duplicates: AtomicU64::new(0),
@@ -257,6 +263,7 @@ impl AgentSecurity {
         ) {
             Freshness::Fresh => {
                 st.persisted.coordinator_seq = Some(env.seq);
+                st.last_on_topic.insert(topic.to_owned(), env.seq);
                 if now.is_none() {
                     let offset = env.sent_at_ms as i64 - wall_ms() as i64;
                     if st.offset_ms.is_none() {
@@ -273,6 +280,11 @@ impl AgentSecurity {
             Freshness::Duplicate => {
                 self.inner.duplicates.fetch_add(1, Ordering::Relaxed);
                 tracing::debug!(%topic, seq = env.seq, "already accepted; ignored");
+                Ok(false)
+            }
+            Freshness::Replayed { .. } if st.last_on_topic.get(topic) == Some(&env.seq) => {
+                self.inner.duplicates.fetch_add(1, Ordering::Relaxed);
+                tracing::debug!(%topic, seq = env.seq, "last accepted on this topic; ignored");
                 Ok(false)
             }
             Freshness::Replayed { .. } => Err(Refusal::Replay),

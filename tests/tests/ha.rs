@@ -52,7 +52,10 @@ fn coordinator_state_lives_in_etcd_and_survives_an_etcd_outage() -> Result<()> {
         .collect::<Result<_>>()?;
 
     // The coordinator dies (SIGKILL) and starts again: everything comes back from etcd,
-    // and no container was restarted for it.
+    // and no container was restarted for it. It comes back with a long lease, so that
+    // below the refused change is answered long before it steps down.
+    lab.coordinator_args
+        .extend(["--leader-lease".to_string(), "15s".to_string()]);
     lab.kill_coordinator();
     lab.start_coordinator()?;
     let again = wait_pods(&lab, "web", 2, LONG, "the same 2 pods", is_running)?;
@@ -82,9 +85,31 @@ fn coordinator_state_lives_in_etcd_and_survives_an_etcd_outage() -> Result<()> {
         );
     }
 
-    // etcd is back: the coordinator reloads what was committed (2 replicas, not the
-    // refused 3), then takes the change.
+    // Unable to renew its lease, the leader steps down (it cannot know it still leads).
+    let stopped = lab.coordinator.as_mut().context("coordinator")?;
+    wait_for("the leader to step down", LONG, || {
+        Ok((!stopped.is_running()).then_some(()))
+    })?;
+    ensure!(
+        stopped.log().contains("lost the leadership"),
+        "{}",
+        stopped.log()
+    );
+    for (p, pid) in pods.iter().zip(&pids) {
+        ensure!(
+            init_pid(&lab, &node_of(p), &uid(p), "echo")? == *pid,
+            "a container restarted while the coordinator was down"
+        );
+    }
+
+    // etcd is back and the coordinator is started again, as systemd's Restart= would: it
+    // leads with what was committed (2 replicas, not the refused 3), then takes the
+    // change.
     lab.etcd.as_mut().context("etcd")?.restart()?;
+    lab.coordinator = None;
+    lab.start_coordinator()?;
+    let again = wait_pods(&lab, "web", 2, LONG, "the same 2 pods", is_running)?;
+    ensure!(uids(&again) == uids(&pods), "pods were replaced: {again:?}");
     wait_for("a change accepted again", LONG, || {
         let out = lab.baton_raw(&["scale", "deployment/web", "--replicas", "3"], None)?;
         Ok(out.status.success().then_some(()))

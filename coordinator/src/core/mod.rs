@@ -356,7 +356,7 @@ pub struct Core {
     /// A failed commit could not be undone by reloading (the store was unreachable), so
     /// memory may hold changes the store does not: nothing is committed or sent until a
     /// reload succeeds (`txn.rs`).
-    stale: bool,
+    stale: Option<txn::Stale>,
     /// Pod start and store commit latencies for `/metrics`.
     metrics: Arc<crate::metrics::Metrics>,
     /// Resource versions, the change log and the open watches.
@@ -431,7 +431,7 @@ impl Core {
             dirty: BTreeSet::new(),
             new_events: Vec::new(),
             pending_out: Vec::new(),
-            stale: false,
+            stale: None,
             metrics: Arc::default(),
             watches: watch::Watches::new(),
             usage: HashMap::new(),

@@ -13,6 +13,15 @@ use crate::store::{Op, Store, Table};
 use super::events::event_key;
 use super::{ApiError, Core, CoreError, Live, Tab, MAX_EVENTS};
 
+/// How often a core holding uncommitted changes tries to reload from the store.
+const RELOAD_EVERY: std::time::Duration = std::time::Duration::from_secs(2);
+
+/// Why and since when the core holds changes the store does not have (see `finish`).
+pub(super) struct Stale {
+    error: String,
+    tried: std::time::Instant,
+}
+
 impl Core {
     /// Replaces the in-memory state with what the store holds (at start, and to drop an
     /// uncommitted change).
@@ -85,19 +94,37 @@ impl Core {
         }
         if let Err(e) = self.load() {
             tracing::error!(error = %e, "cannot reload state from the store; holding changes until it answers");
-            self.stale = true;
+            self.stale = Some(Stale {
+                error: e.to_string(),
+                tried: std::time::Instant::now(),
+            });
         }
     }
 
     /// Settles the state, commits it atomically, then sends what the change requires.
     pub(super) fn finish(&mut self) -> Result<(), ApiError> {
-        if self.stale {
+        if let Some(stale) = &self.stale {
             // The change just made was made on top of uncommitted ones: both go. A node's
-            // report comes again with its next heartbeat; a client gets the error.
-            self.load().map_err(|e| {
-                ApiError::Internal(format!("the store is unavailable, nothing was saved: {e}"))
-            })?;
-            self.stale = false;
+            // report comes again with its next heartbeat; a client gets the error. Reloads
+            // are tried at most every RELOAD_EVERY, so that while the store is away each
+            // event fails at once instead of waiting on it (ticks would starve the API).
+            if stale.tried.elapsed() < RELOAD_EVERY {
+                return Err(ApiError::Internal(format!(
+                    "the store is unavailable, nothing was saved: {}",
+                    stale.error
+                )));
+            }
+            if let Err(e) = self.load() {
+                let error = e.to_string();
+                self.stale = Some(Stale {
+                    error: error.clone(),
+                    tried: std::time::Instant::now(),
+                });
+                return Err(ApiError::Internal(format!(
+                    "the store is unavailable, nothing was saved: {error}"
+                )));
+            }
+            self.stale = None;
             tracing::info!("the store answers again; state reloaded");
             return Err(ApiError::Internal(
                 "the store was unavailable; state reloaded, nothing was saved: retry".into(),

@@ -375,8 +375,12 @@ fn client_thread(
     }
 }
 
-/// Runs `op` again while it could not reach a member, for up to [`CALL_TIMEOUT`] less a
-/// second. The client spreads calls over every endpoint it was given, a dead one too, so
+/// How long a call keeps trying other members: enough for the client to pick a live one
+/// past a dead one, and well under a leader's lease, so that a client of a leader cut
+/// off from etcd hears "etcd" before the leader steps down (`server::leader`).
+const RETRY_FOR: Duration = Duration::from_secs(1);
+
+/// Runs `op` again while it could not reach a member, for up to [`RETRY_FOR`]. The client spreads calls over every endpoint it was given, a dead one too, so
 /// one member down (or a decommissioned one still listed) must cost a retry, not an
 /// error. Repeating a transaction is safe: it either never reached etcd, or it applied
 /// and applying the same puts and deletes again leaves the same state.
@@ -385,7 +389,7 @@ where
     F: FnMut() -> Fut,
     Fut: std::future::Future<Output = Result<T, etcd_client::Error>>,
 {
-    let deadline = tokio::time::Instant::now() + CALL_TIMEOUT - Duration::from_secs(1);
+    let deadline = tokio::time::Instant::now() + RETRY_FOR;
     loop {
         match op().await {
             Err(e) if unreachable(&e) && tokio::time::Instant::now() < deadline => {

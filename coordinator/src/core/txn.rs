@@ -67,6 +67,7 @@ impl Core {
         // What was queued is dropped: ConfigMaps are sent again.
         self.sent_config_maps.clear();
         self.sent_service_tables.clear();
+        self.pod_cidrs_decided = false;
         self.dirty.clear();
         self.new_events.clear();
         self.pending_out.clear();

@@ -190,7 +190,15 @@ impl Core {
         Ok(table)
     }
 
-    /// Sends a table held back by the coordinating window once the window has passed.
+    /// A table for `node` was dropped on a full outbound queue: it is sent again when the
+    /// window after now ends.
+    pub(super) fn service_table_lost(&mut self, node: &str) {
+        self.sent_service_tables.remove(node);
+        let retry = Instant::now() + SERVICE_TABLE_WINDOW;
+        self.service_table_due = Some(self.service_table_due.map_or(retry, |d| d.min(retry)));
+    }
+
+    /// Sends a table held back by the window once the window has passed.
     pub(super) fn send_due_service_tables(&mut self) {
         if self
             .service_table_due

@@ -133,9 +133,14 @@ impl Core {
         }
         for msg in std::mem::take(&mut self.pending_out) {
             // Never block the core on the bus: a message lost here is resent when the next
-            // heartbeat shows the mismatch.
+            // heartbeat shows the mismatch; a Service table, which no heartbeat checks, at the
+            // end of the next window.
             if let Err(e) = self.outbound.try_send(msg) {
                 tracing::warn!(error = %e, "outbound queue full; the next heartbeat will resend");
+                let lost = e.into_inner();
+                if matches!(lost.body, baton_proto::Body::ServiceTable(_)) {
+                    self.service_table_lost(lost.node.as_str());
+                }
             }
         }
         Ok(())

@@ -415,6 +415,25 @@ async fn the_run_loop_sends_a_held_table_when_it_is_due_without_a_tick() {
     task.await.unwrap();
 }
 
+#[tokio::test(start_paused = true)]
+async fn a_table_dropped_on_a_full_queue_is_sent_again_after_the_window() {
+    // Room for one message: the Hello's desired state takes it, the table is dropped.
+    let (tx, mut out) = mpsc::channel(1);
+    let mut core = Core::new(Arc::new(MemStore::new()), tx, TIMEOUT).unwrap();
+    core.handle(Event::Inbound {
+        node: nn("pi-1"),
+        body: hello_net(1),
+        proto: baton_proto::PROTO_VERSION,
+    });
+    let first = out.try_recv().unwrap();
+    assert!(matches!(first.body, Body::Desired(_)), "{first:?}");
+    assert!(out.try_recv().is_err(), "the table was dropped");
+    tokio::time::advance(crate::core::services::SERVICE_TABLE_WINDOW).await;
+    core.handle(Event::Tick);
+    let again = out.try_recv().expect("sent again");
+    assert!(matches!(again.body, Body::ServiceTable(_)), "{again:?}");
+}
+
 fn node_events(h: &mut Harness, node: &str) -> Vec<api::Event> {
     let ApiReply::Events(ev) = h
         .api(ApiOp::Events {

@@ -129,6 +129,12 @@ impl Hollow {
         format!("10.{a}.{b}.0/24")
     }
 
+    /// Node `index`'s address: one each in 172.16.0.0/12, outside every pod range, so its
+    /// route is in the Service table as a real node's is.
+    pub fn address(index: u32) -> Ipv4Addr {
+        Ipv4Addr::from(0xac10_0000 | (index & 0x000f_ffff))
+    }
+
     fn pod_ip(&mut self) -> IpAddr {
         let (a, b) = (128 + (self.index >> 8) % 128, self.index & 0xff);
         let ip = Ipv4Addr::new(10, a as u8, b as u8, self.next_ip);
@@ -157,7 +163,7 @@ impl Hollow {
             allocatable: self.allocatable,
             labels: BVec::from_vec(label(SIM_LABEL, "true").into_iter().collect())
                 .unwrap_or_default(),
-            address: None,
+            address: Some(IpAddr::V4(Self::address(self.index))),
             pod_cidr: BString::new(Self::pod_cidr(self.index)).unwrap_or_default(),
             applied_generation: self.generation,
             last_connect_error: None,

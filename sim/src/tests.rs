@@ -43,6 +43,7 @@ fn connect_says_hello_link_and_status() {
         unreachable!()
     };
     assert_eq!(hello.pod_cidr.as_str(), "10.129.44.0/24");
+    assert_eq!(hello.address, Some("172.16.1.44".parse().unwrap()));
     assert!(hello.labels.iter().any(|l| l.key.as_str() == SIM_LABEL));
 }
 

@@ -61,7 +61,8 @@ pub struct Lab {
     pub coordinator_args: Vec<String>,
     /// With [`Lab::start_mtls`]: the fleet's certificates; MQTT is mTLS only.
     pub mtls: Option<LabPki>,
-    /// Extra flags for every agent this lab starts from now on (e.g. `--join-token`).
+    /// Extra flags for every agent this lab starts from now on (e.g. `--join-token`, or a
+    /// `--pod-cidr` instead of the lab's `10.42.<i + 1>.0/24`).
     pub agent_args: Vec<String>,
     /// Agents started from now on get `--data-dir agentN`, relative to the lab directory
     /// they are started in, as a user typing a short path would.
@@ -577,12 +578,7 @@ impl Lab {
             "--insecure-registry",
             &registry,
         ])
-        .args([
-            "--heartbeat-secs",
-            "1",
-            "--pod-cidr",
-            &format!("10.42.{}.0/24", i + 1),
-        ])
+        .args(["--heartbeat-secs", "1"])
         .env("RUST_LOG", log_filter())
         // Every heartbeat goes out, as before link profiles: tests watch them (Ready after
         // a restart, refused forgeries). A test of quiet links passes the flag, which wins.
@@ -594,6 +590,10 @@ impl Lab {
             }
             _ => cmd.arg("--data-dir").arg(&a.data_dir),
         };
+        // A test's own `--pod-cidr` (in `agent_args`) wins: the flag may be given once.
+        if !extra.iter().any(|a| a == "--pod-cidr") {
+            cmd.args(["--pod-cidr", &format!("10.42.{}.0/24", i + 1)]);
+        }
         cmd.args(tls_args).args(DEV_AGENT_FLAGS).args(extra);
         let log = a.data_dir.with_extension("log");
         a.proc = Some(Proc::spawn_appending(&a.name.clone(), &mut cmd, log)?);

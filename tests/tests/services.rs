@@ -9,8 +9,9 @@
 //! Traffic (issue 15 part 2): a client pod reaches a NodePort Service's ClusterIP and gets
 //! answers from both backends on both nodes (the proxy's DNAT and the host-gw routes), a
 //! backend reaches itself through it (hairpin), the hub (the lab's host) reaches the
-//! NodePort on every node, an agent restart keeps the VIP answering, and with no
-//! endpoints left a connection is refused at once, not left hanging.
+//! NodePort on every node, an agent restart keeps the VIP answering, a node claiming
+//! another's pod range is refused it (no route, `describe node` names the holder), and with
+//! no endpoints left a connection is refused at once, not left hanging.
 
 use std::collections::BTreeSet;
 use std::time::Duration;
@@ -400,8 +401,12 @@ fn scenario(lab: &mut Lab) -> Result<()> {
 
 #[test]
 fn traffic_flows_through_a_service() -> Result<()> {
-    let mut lab = Lab::start("svct", 2, Broker::Embedded)?;
-    let r = traffic(&mut lab);
+    // The third agent joins late, claiming the first one's pod range.
+    let mut lab = Lab::start_without_agents("svct", 3, Broker::Embedded)?;
+    let r = lab
+        .start_agent(0)
+        .and_then(|()| lab.start_agent(1))
+        .and_then(|()| traffic(&mut lab));
     if r.is_err() {
         lab.dump_logs();
     }
@@ -494,7 +499,7 @@ fn traffic(lab: &mut Lab) -> Result<()> {
 
     // The NodePort on every node, from the hub (the lab's host).
     let hub = lab.hub.0.clone();
-    for a in &lab.agents {
+    for a in &lab.agents[..2] {
         let seen = answers(&hub, &format!("http://{}:30080/cgi-bin/info", a.addr), 10)?;
         ensure!(seen.is_subset(&names) && !seen.is_empty(), "{seen:?}");
     }
@@ -505,6 +510,8 @@ fn traffic(lab: &mut Lab) -> Result<()> {
     ensure!(!answers(&client_ns, &url, 5)?.is_empty());
     lab.start_agent(0)?;
     ensure!(!answers(&client_ns, &url, 10)?.is_empty());
+
+    intruder(lab, &client_ns, &url, &names)?;
 
     // No endpoints: refused at once (curl's 7), not a timeout (28).
     lab.baton(&["scale", "deployment", "web", "--replicas", "0"])?;
@@ -524,5 +531,52 @@ fn traffic(lab: &mut Lab) -> Result<()> {
         );
         Ok(())
     })?;
+    Ok(())
+}
+
+/// A third node reporting the first node's pod range (an agent given the same
+/// `--pod-cidr`) is refused it: `describe node` names the holder, the other nodes keep
+/// routing the range to the first node, and the Service keeps answering from its pods.
+fn intruder(lab: &mut Lab, client_ns: &str, url: &str, names: &BTreeSet<String>) -> Result<()> {
+    let (n1, n3) = (lab.agents[0].name.clone(), lab.agents[2].name.clone());
+    lab.agent_args = vec!["--pod-cidr".into(), "10.42.1.0/24".into()];
+    let started = lab.start_agent(2);
+    lab.agent_args.clear();
+    started?;
+    let node = wait_for(
+        "the third node's range to be refused",
+        Duration::from_secs(30),
+        || {
+            let n = lab.get_json(&["get", "node", &n3])?;
+            Ok(n["status"]["podCidrRefused"].is_string().then_some(n))
+        },
+    )?;
+    let why = node["status"]["podCidrRefused"]
+        .as_str()
+        .unwrap_or_default();
+    ensure!(why.contains(&format!("held by node {n1}")), "{why}");
+    let holder = lab.get_json(&["get", "node", &n1])?;
+    ensure!(holder["status"]["podCidrHeld"] == true, "{holder}");
+    let described = stdout(&lab.baton(&["describe", "node", &n3])?);
+    ensure!(
+        described.contains("PodCIDRRefused") && described.contains(&format!("held by node {n1}")),
+        "{described}"
+    );
+    // A table the intruder's Hello would have changed has had time to arrive (500 ms).
+    std::thread::sleep(Duration::from_secs(2));
+    let (n2_ns, a1, a3) = (
+        lab.agents[1].ns.0.clone(),
+        lab.agents[0].addr.clone(),
+        lab.agents[2].addr.clone(),
+    );
+    let out = std::process::Command::new("ip")
+        .args(["-n", &n2_ns, "route", "show", "10.42.1.0/24"])
+        .output()?;
+    let route = String::from_utf8_lossy(&out.stdout).into_owned();
+    ensure!(
+        route.contains(&format!("via {a1}")) && !route.contains(&a3),
+        "node 2 routes the range to the first node only: {route:?}"
+    );
+    ensure!(answers(client_ns, url, 20)? == *names);
     Ok(())
 }

@@ -306,6 +306,8 @@ pub fn nodes_table(nodes: &[api::Node], wide: bool, now: SystemTime) -> String {
                 row.push(n.status.address.clone().unwrap_or_else(|| "<none>".into()));
                 row.push(if n.status.pod_cidr.is_empty() {
                     "<none>".into()
+                } else if n.status.pod_cidr_refused.is_some() {
+                    format!("{} (refused)", n.status.pod_cidr)
                 } else {
                     n.status.pod_cidr.clone()
                 });

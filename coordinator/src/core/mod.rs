@@ -43,6 +43,7 @@ pub use exec::ExecTarget;
 mod jobs;
 mod node_spec;
 mod nodes;
+mod pod_cidrs;
 mod requests;
 mod schedule;
 pub mod secrets;
@@ -340,6 +341,13 @@ pub struct Core {
     sent_service_tables: HashMap<String, u64>,
     /// Why the Service table could not be sent, once its event is recorded.
     oversized_service_table: Option<String>,
+    /// The digest of the last Service table broadcast, and when (`services.rs`: a new
+    /// table goes out at most once per `SERVICE_TABLE_WINDOW`).
+    service_table_sent: Option<(u64, Instant)>,
+    /// When a table held back by that window is due.
+    service_table_due: Option<Instant>,
+    /// Nodes' pod ranges were decided since the state was loaded (`pod_cidrs.rs`).
+    pod_cidrs_decided: bool,
     /// What pods may ask of their nodes; checked on apply (`crate::decide::policy`).
     policy: Policy,
     /// Nodes whose identity is revoked: never Ready, sent an empty desired state once.
@@ -422,6 +430,9 @@ impl Core {
             config_map_parts: HashMap::new(),
             sent_service_tables: HashMap::new(),
             oversized_service_table: None,
+            service_table_sent: None,
+            service_table_due: None,
+            pod_cidrs_decided: false,
             policy: Policy::default(),
             revoked: BTreeSet::new(),
             live: HashMap::new(),
@@ -532,7 +543,21 @@ impl Core {
     /// Handles events until every sender is gone.
     pub async fn run(mut self, mut events: mpsc::Receiver<Event>) {
         self.ask_known_nodes();
-        while let Some(ev) = events.recv().await {
+        loop {
+            // A Service table held back (`services.rs`) goes out when due, not at the next
+            // tick, which could be a second later.
+            let ev = match self.service_table_due {
+                None => events.recv().await,
+                Some(due) => tokio::select! {
+                    ev = events.recv() => ev,
+                    () = tokio::time::sleep_until(due) => {
+                        self.send_due_service_tables();
+                        let _ = self.finish();
+                        continue;
+                    }
+                },
+            };
+            let Some(ev) = ev else { break };
             self.handle(ev);
         }
         tracing::debug!("core stopped");
@@ -567,6 +592,7 @@ impl Core {
             Event::Watch(req) => self.watch(req),
             Event::Tick => {
                 self.tick();
+                self.send_due_service_tables();
                 self.evict_untolerated(std::time::SystemTime::now());
                 self.recheck_secrets();
                 self.expire_drains();

@@ -210,6 +210,12 @@ impl Core {
                     n.status.conditions = old.status.conditions.clone();
                     n.status.apply_error = old.status.apply_error.clone();
                     n.status.last_update = old.status.last_update.clone();
+                    // The same range keeps its place in `decide::pod_cidr`'s queue; a new
+                    // one waits behind every holder.
+                    if n.status.pod_cidr == old.status.pod_cidr {
+                        n.status.pod_cidr_held = old.status.pod_cidr_held;
+                        n.status.pod_cidr_refused = old.status.pod_cidr_refused.clone();
+                    }
                     // An agent repeats its report in every Hello of one connection, and
                     // sends none after connecting at once: keep the first report's time,
                     // and the last report until there is a new one.
@@ -359,6 +365,8 @@ impl Core {
                         evicted.push(format!("Evicted pod {pod_name}: {why}"));
                         transitions.push(("Evicted", why));
                     }
+                    let new_ip = pod.status.pod_ip.clone();
+                    self.check_pod_ip(name, &pod_name, old.pod_ip.as_deref(), new_ip.as_deref());
                     self.touch(Tab::Pod, &pod_name);
                     for (reason, msg) in transitions {
                         self.record(format!("pod/{pod_name}"), reason, msg);

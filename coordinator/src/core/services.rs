@@ -7,13 +7,25 @@
 //! stale and a restart needs nothing to rebuild.
 //!
 //! Nodes' proxies follow one [`proto::ServiceTable`] (every Service's ClusterIP, ports and
-//! endpoints, and every node's pod route), rebuilt after each settle; only its digest is
-//! kept per node, and a node is sent the table when that differs (a Hello forgets it, so a
-//! reconnecting agent gets the table again). v4 agents are never sent it. A table over the
-//! message limit is not sent at all (refused, not truncated: a partial table would drop
-//! Services silently): nodes keep the last one, and a `ServiceTableTooLarge` event says so.
+//! endpoints, and the route of every node holding its pod range, `pod_cidrs.rs`), rebuilt
+//! after each settle; only its digest is kept per node, and a node is sent the table when
+//! that differs (a Hello forgets it, so a reconnecting agent gets the table again). v4
+//! agents are never sent it. A table over the message limit is not sent at all (refused,
+//! not truncated: a partial table would drop Services silently): nodes keep the last one,
+//! and a `ServiceTableTooLarge` event says so.
+//!
+//! **Coalescing.** Every node's route is in the one table, so each node joining (or
+//! moving) changes it for all: sent at once, a cold start of N nodes would cost about N²
+//! messages. A new table therefore goes out at once only if the last new one went out
+//! more than [`SERVICE_TABLE_WINDOW`] ago; otherwise it is held until that window ends
+//! (the core's run loop wakes for it) and then the table as it is by then goes out, once
+//! per node. An isolated change (a pod becoming Ready) is not delayed; a burst costs one
+//! table per node per window, and any change reaches nodes within the window.
+
+use std::time::Duration;
 
 use baton_proto::{self as proto, NodeName};
+use tokio::time::Instant;
 
 use crate::contract::{Applied, ApplyAction, ResourceKind};
 use crate::decide::service::{self as decide, Taken};
@@ -26,6 +38,10 @@ const SERVICE_TABLE_PROTO: u16 = 5;
 
 /// Room left in a message for the envelope around a table (header and signature).
 const ENVELOPE_ROOM: usize = 1024;
+
+/// At most one new Service table per this long (module docs). Half the 1 s issue 15 allows
+/// for an endpoint change to reach every node, leaving the other half to the LAN.
+pub const SERVICE_TABLE_WINDOW: Duration = Duration::from_millis(500);
 
 impl Core {
     /// Allocates every Service of one manifest in order, each against the stored Services
@@ -129,7 +145,10 @@ impl Core {
     /// The Service's endpoints now (see the module docs).
     pub(super) fn endpoints_of(&self, s: &api::Service) -> api::Endpoints {
         decide::endpoints(s, self.pods.values(), |node| {
-            self.nodes.get(node).is_some_and(|n| n.status.ready)
+            self.nodes
+                .get(node)
+                .filter(|n| n.status.ready)
+                .and_then(|_| self.held_range(node))
         })
     }
 }
@@ -146,8 +165,12 @@ impl Core {
                 Some(Err(e)) => tracing::error!(error = %e, "service left out of the table"),
             }
         }
-        let mut routes: Vec<proto::NodeRoute> =
-            self.nodes.values().filter_map(wire::node_route).collect();
+        let mut routes: Vec<proto::NodeRoute> = self
+            .nodes
+            .values()
+            .filter(|n| n.status.pod_cidr_held)
+            .filter_map(wire::node_route)
+            .collect();
         routes.sort();
         let n = services.len();
         let services = proto::BVec::from_vec(services)
@@ -167,8 +190,29 @@ impl Core {
         Ok(table)
     }
 
-    /// Sends the Service table to every v5 node whose last one differs (module docs).
+    /// A table for `node` was dropped on a full outbound queue: it is sent again when the
+    /// window after now ends.
+    pub(super) fn service_table_lost(&mut self, node: &str) {
+        self.sent_service_tables.remove(node);
+        let retry = Instant::now() + SERVICE_TABLE_WINDOW;
+        self.service_table_due = Some(self.service_table_due.map_or(retry, |d| d.min(retry)));
+    }
+
+    /// Sends a table held back by the window once the window has passed.
+    pub(super) fn send_due_service_tables(&mut self) {
+        if self
+            .service_table_due
+            .is_some_and(|due| due <= Instant::now())
+        {
+            self.service_table_due = None;
+            self.send_service_tables();
+        }
+    }
+
+    /// Sends the Service table to every v5 node whose last one differs, a new table at
+    /// most once per window (module docs).
     pub(super) fn send_service_tables(&mut self) {
+        self.check_pod_cidrs();
         let table = match self.service_table() {
             Ok(t) => t,
             Err(reason) => {
@@ -185,6 +229,19 @@ impl Core {
             }
         };
         self.oversized_service_table = None;
+        let now = Instant::now();
+        match self.service_table_sent {
+            Some((digest, _)) if digest == table.digest => {}
+            Some((_, at)) if now < at + SERVICE_TABLE_WINDOW => {
+                // Held back; what is sent then is the table as it is then.
+                self.service_table_due = Some(at + SERVICE_TABLE_WINDOW);
+                return;
+            }
+            _ => {
+                self.service_table_sent = Some((table.digest, now));
+                self.service_table_due = None;
+            }
+        }
         let nodes: Vec<String> = self
             .nodes
             .values()

@@ -76,6 +76,7 @@ impl Core {
         // What was queued is dropped: ConfigMaps are sent again.
         self.sent_config_maps.clear();
         self.sent_service_tables.clear();
+        self.pod_cidrs_decided = false;
         self.dirty.clear();
         self.new_events.clear();
         self.pending_out.clear();
@@ -159,9 +160,14 @@ impl Core {
         }
         for msg in std::mem::take(&mut self.pending_out) {
             // Never block the core on the bus: a message lost here is resent when the next
-            // heartbeat shows the mismatch.
+            // heartbeat shows the mismatch; a Service table, which no heartbeat checks, at the
+            // end of the next window.
             if let Err(e) = self.outbound.try_send(msg) {
                 tracing::warn!(error = %e, "outbound queue full; the next heartbeat will resend");
+                let lost = e.into_inner();
+                if matches!(lost.body, baton_proto::Body::ServiceTable(_)) {
+                    self.service_table_lost(lost.node.as_str());
+                }
             }
         }
         Ok(())

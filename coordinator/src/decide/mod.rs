@@ -5,6 +5,7 @@ pub mod controller;
 pub mod cronjob;
 pub mod daemonset;
 pub mod job;
+pub mod pod_cidr;
 pub mod policy;
 pub mod rollout;
 pub mod scheduler;

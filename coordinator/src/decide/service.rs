@@ -11,6 +11,7 @@ use std::net::Ipv4Addr;
 use std::str::FromStr;
 
 use crate::decide::controller;
+use crate::decide::pod_cidr::Ipv4Range;
 use crate::model::api::{self, Protocol, TargetPort};
 
 /// The default service CIDR, as k3s's.
@@ -87,6 +88,11 @@ impl std::fmt::Display for ServiceCidr {
 }
 
 impl ServiceCidr {
+    /// The network as a plain range, to check nodes' pod ranges against it.
+    pub fn range(self) -> crate::decide::pod_cidr::Ipv4Range {
+        crate::decide::pod_cidr::Ipv4Range::new(Ipv4Addr::from(self.network), self.prefix)
+            .expect("a service CIDR's prefix is at most 30")
+    }
     fn size(self) -> u64 {
         1u64 << (32 - u32::from(self.prefix))
     }
@@ -223,13 +229,18 @@ pub fn allocate(
 }
 
 /// A Service's endpoints: the Ready, non-terminating pods matching its selector, on a
-/// node that is Ready, with a pod IP, and each service port resolved against the pod's
-/// container ports (a named `targetPort` the pod lacks leaves that port out for that pod,
-/// and a pod with no port left is not an endpoint). A Service without a selector has none.
+/// node that is Ready, with a pod IP inside that node's pod range, and each service port
+/// resolved against the pod's container ports (a named `targetPort` the pod lacks leaves
+/// that port out for that pod, and a pod with no port left is not an endpoint). A Service
+/// without a selector has none.
+///
+/// `node_range` gives the pod range of a node that is Ready and holds one
+/// ([`crate::decide::pod_cidr`]): a pod reporting an address outside it would draw another
+/// node's traffic (or pose as its pod), so it is left out.
 pub fn endpoints<'a>(
     svc: &api::Service,
     pods: impl IntoIterator<Item = &'a api::Pod>,
-    node_ready: impl Fn(&str) -> bool,
+    node_range: impl Fn(&str) -> Option<Ipv4Range>,
 ) -> api::Endpoints {
     let mut groups: BTreeMap<Vec<api::EndpointPort>, Vec<api::EndpointAddress>> = BTreeMap::new();
     if !svc.spec.selector.is_empty() {
@@ -242,8 +253,14 @@ pub fn endpoints<'a>(
             let Some(ip) = pod.status.pod_ip.as_ref().filter(|ip| !ip.is_empty()) else {
                 continue;
             };
-            let on_ready_node = pod.spec.node_name.as_deref().is_some_and(&node_ready);
-            if !matches || !controller::is_ready(pod) || !on_ready_node {
+            let in_node_range = pod
+                .spec
+                .node_name
+                .as_deref()
+                .and_then(&node_range)
+                .zip(ip.parse::<Ipv4Addr>().ok())
+                .is_some_and(|(range, ip)| range.contains(ip));
+            if !matches || !controller::is_ready(pod) || !in_node_range {
                 continue;
             }
             let ports: Vec<api::EndpointPort> = svc

@@ -492,7 +492,18 @@ pub fn describe_node(
         "Address",
         n.status.address.as_deref().unwrap_or("<none>"),
     );
-    kv(&mut out, "PodCIDR", &n.status.pod_cidr);
+    match &n.status.pod_cidr_refused {
+        // Said where the range is, with the node that holds it: why its pods get no traffic.
+        Some(why) => kv(
+            &mut out,
+            "PodCIDR",
+            format!(
+                "{} (refused, not routed, its pods are not endpoints: {why})",
+                n.status.pod_cidr
+            ),
+        ),
+        None => kv(&mut out, "PodCIDR", &n.status.pod_cidr),
+    }
     kv(
         &mut out,
         "Generation",

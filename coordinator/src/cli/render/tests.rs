@@ -613,3 +613,21 @@ fn services_show_kubectl_ports_and_external_ips() {
         "{text}"
     );
 }
+
+#[test]
+fn describe_says_a_refused_pod_cidr_and_who_holds_it() {
+    let now = ts("2026-12-05T12:00:00Z");
+    let mut n = ready_node();
+    n.status.pod_cidr = "10.42.1.0/24".into();
+    let out = describe_node(&n, None, &[], &[], now);
+    assert!(out.contains("PodCIDR:        10.42.1.0/24\n"), "{out}");
+    n.status.pod_cidr_refused =
+        Some("pod CIDR 10.42.1.0/24 overlaps 10.42.1.0/24, held by node pi-2".into());
+    let out = describe_node(&n, None, &[], &[], now);
+    let line = out
+        .lines()
+        .find(|l| l.starts_with("PodCIDR:"))
+        .expect("a PodCIDR line");
+    assert!(line.contains("10.42.1.0/24 (refused"), "{line}");
+    assert!(line.contains("held by node pi-2"), "{line}");
+}

@@ -1,5 +1,7 @@
 //! Services: allocation through apply, stable across a restart, freed by delete, refused
-//! whole on a collision; Endpoints and the LoadBalancer's addresses in the API's view.
+//! whole on a collision; Endpoints and the LoadBalancer's addresses in the API's view; the
+//! Service table (sent on change, coalesced per window) and nodes' pod ranges (a range
+//! another node holds is refused, a pod IP outside its node's range is no endpoint).
 
 use super::*;
 
@@ -29,6 +31,58 @@ fn get_service(h: &mut Harness, name: &str) -> Result<api::Service, ApiError> {
         ApiReply::Object(ApiObject::Service(s)) => Ok(s),
         other => panic!("not a service: {other:?}"),
     }
+}
+
+/// A Hello from a node with pod range 10.42.`i`.0/24 at 192.168.1.`10 + i`.
+fn hello_net(i: u8) -> Body {
+    hello_at(&format!("10.42.{i}.0/24"), &format!("192.168.1.{}", 10 + i))
+}
+
+fn hello_at(cidr: &str, address: &str) -> Body {
+    let Body::Hello(mut h) = hello(4000) else {
+        unreachable!("hello() is a Hello")
+    };
+    h.pod_cidr = BString::new(cidr).unwrap();
+    h.address = Some(address.parse().unwrap());
+    Body::Hello(h)
+}
+
+/// Nodes pi-1 and pi-2 with their own pod ranges (10.42.1.0/24, 10.42.2.0/24).
+fn two_net_nodes() -> Harness {
+    let mut h = Harness::new(Arc::new(MemStore::new()));
+    h.send("pi-1", hello_net(1));
+    h.send("pi-2", hello_net(2));
+    h
+}
+
+/// `running_status` with each pod at `ip`.
+fn running_at(d: &DesiredState, ip: &str) -> Body {
+    let mut st = running_status(d, d.generation);
+    let mut pods = st.pods.to_vec();
+    for p in &mut pods {
+        p.pod_ip = Some(ip.parse().unwrap());
+    }
+    st.pods = BVec::from_vec(pods).unwrap();
+    Body::Status(st)
+}
+
+/// The node a pod was placed on among `msgs`, with its desired state.
+fn placed(msgs: &[Outbound]) -> (&'static str, DesiredState) {
+    ["pi-1", "pi-2"]
+        .into_iter()
+        .find_map(|n| {
+            desired_for(msgs, n)
+                .filter(|d| !d.pods.is_empty())
+                .map(|d| (n, d))
+        })
+        .expect("the pod is placed")
+}
+
+/// Lets the Service table window pass and ticks: what was held back goes out.
+async fn after_window(h: &mut Harness) -> Vec<Outbound> {
+    tokio::time::advance(crate::core::services::SERVICE_TABLE_WINDOW).await;
+    h.core.handle(Event::Tick);
+    h.drain()
 }
 
 fn addresses(s: &api::Service) -> (String, Vec<Option<u16>>) {
@@ -114,7 +168,7 @@ async fn a_collision_refuses_the_whole_apply() {
 
 #[tokio::test(start_paused = true)]
 async fn endpoints_follow_ready_pods_and_a_load_balancer_shows_ready_nodes() {
-    let mut h = two_nodes();
+    let mut h = two_net_nodes();
     let svc = "apiVersion: v1
 kind: Service
 metadata: {name: web}
@@ -126,30 +180,21 @@ spec:
 ";
     h.apply(&format!("{}---\n{svc}", deployment("web", 1, "100m")))
         .unwrap();
-    let get_eps = |h: &mut Harness| match h.api(ApiOp::Get {
-        kind: ResourceKind::Endpoints,
-        name: Some("web".into()),
-    }) {
-        Ok(ApiReply::Object(ApiObject::Endpoints(e))) => e,
-        other => panic!("not endpoints: {other:?}"),
-    };
     // Scheduled but not yet running: no endpoints.
     let msgs = h.drain();
     assert!(get_eps(&mut h).subsets.is_empty());
-    let (node, d) = ["pi-1", "pi-2"]
-        .into_iter()
-        .find_map(|n| {
-            desired_for(&msgs, n)
-                .filter(|d| !d.pods.is_empty())
-                .map(|d| (n, d))
-        })
-        .expect("the pod is placed");
-    h.send(node, Body::Status(running_status(&d, d.generation)));
+    let (node, d) = placed(&msgs);
+    let ip = if node == "pi-1" {
+        "10.42.1.5"
+    } else {
+        "10.42.2.5"
+    };
+    h.send(node, running_at(&d, ip));
     let eps = get_eps(&mut h);
-    assert_eq!(eps.addresses_for(Some("http")), ["10.42.1.5:8080"]);
+    assert_eq!(eps.addresses_for(Some("http")), [format!("{ip}:8080")]);
     assert_eq!(eps.subsets[0].addresses[0].node_name.as_deref(), Some(node));
 
-    // Both nodes said Hello from 192.168.1.10: the LoadBalancer lists the Ready ones.
+    // The LoadBalancer lists the Ready nodes' addresses.
     let lb = get_service(&mut h, "web").unwrap();
     let ingress: Vec<_> = lb
         .status
@@ -158,7 +203,7 @@ spec:
         .iter()
         .map(|i| i.ip.as_str())
         .collect();
-    assert_eq!(ingress, ["192.168.1.10", "192.168.1.10"]);
+    assert_eq!(ingress, ["192.168.1.11", "192.168.1.12"]);
 
     // Scaled to zero, the terminating pod leaves the endpoints at once.
     h.api(ApiOp::Scale {
@@ -167,6 +212,16 @@ spec:
     })
     .unwrap();
     assert!(get_eps(&mut h).subsets.is_empty());
+}
+
+fn get_eps(h: &mut Harness) -> api::Endpoints {
+    match h.api(ApiOp::Get {
+        kind: ResourceKind::Endpoints,
+        name: Some("web".into()),
+    }) {
+        Ok(ApiReply::Object(ApiObject::Endpoints(e))) => e,
+        other => panic!("not endpoints: {other:?}"),
+    }
 }
 
 #[tokio::test(start_paused = true)]
@@ -218,15 +273,18 @@ fn tables(msgs: &[Outbound]) -> Vec<(String, baton_proto::ServiceTable)> {
 #[tokio::test(start_paused = true)]
 async fn nodes_are_sent_the_service_table_only_when_it_changes() {
     let mut h = Harness::new(Arc::new(MemStore::new()));
-    h.send("pi-1", hello(4000));
-    h.send("pi-2", hello(4000));
+    h.send("pi-1", hello_net(1));
+    h.send("pi-2", hello_net(2));
     let sent = tables(&h.drain());
     let nodes: Vec<&str> = sent.iter().map(|(n, _)| n.as_str()).collect();
-    // pi-1 again when pi-2's route joined the table.
-    assert_eq!(nodes, ["pi-1", "pi-1", "pi-2"]);
-    assert!(sent[2].1.services.is_empty());
-    assert_eq!(sent[2].1.routes.len(), 2, "every node's pod route");
-    assert_eq!(sent[1].1, sent[2].1);
+    // The first table goes at once; pi-2's route changed it within the window: held.
+    assert_eq!(nodes, ["pi-1"]);
+    let sent = tables(&after_window(&mut h).await);
+    let nodes: Vec<&str> = sent.iter().map(|(n, _)| n.as_str()).collect();
+    assert_eq!(nodes, ["pi-1", "pi-2"]);
+    assert!(sent[1].1.services.is_empty());
+    assert_eq!(sent[1].1.routes.len(), 2, "every node's pod route");
+    assert_eq!(sent[0].1, sent[1].1);
 
     let svc = "apiVersion: v1
 kind: Service
@@ -238,6 +296,8 @@ spec:
   ports:
   - {name: http, port: 80, targetPort: 8080}
 ";
+    // The window has passed: a change goes out at once.
+    tokio::time::advance(crate::core::services::SERVICE_TABLE_WINDOW).await;
     h.apply(&format!("{}---\n{svc}", deployment("web", 1, "100m")))
         .unwrap();
     let msgs = h.drain();
@@ -256,22 +316,22 @@ spec:
     assert!(web.ports[0].node_port.is_some());
     assert!(web.endpoints.is_empty(), "not running yet");
 
-    // The pod is Ready: a new table to both nodes, and no pod spec sent again.
-    let (node, d) = ["pi-1", "pi-2"]
-        .into_iter()
-        .find_map(|n| {
-            desired_for(&msgs, n)
-                .filter(|d| !d.pods.is_empty())
-                .map(|d| (n, d))
-        })
-        .expect("the pod is placed");
-    h.send(node, Body::Status(running_status(&d, d.generation)));
-    let msgs = h.drain();
+    // The pod is Ready (right after): a new table to both nodes when the window ends, and
+    // no pod spec sent again.
+    let (node, d) = placed(&msgs);
+    let ip = if node == "pi-1" {
+        "10.42.1.5"
+    } else {
+        "10.42.2.5"
+    };
+    h.send(node, running_at(&d, ip));
+    assert!(tables(&h.drain()).is_empty(), "held back");
+    let msgs = after_window(&mut h).await;
     let sent = tables(&msgs);
     assert_eq!(sent.len(), 2);
     let eps = &sent[0].1.services[0].endpoints;
     assert_eq!(eps.len(), 1);
-    assert_eq!(eps[0].ip.to_string(), "10.42.1.5");
+    assert_eq!(eps[0].ip.to_string(), ip);
     assert_eq!(&eps[0].target_ports[..], [8080]);
     assert!(!msgs.iter().any(|m| matches!(m.body, Body::Desired(_))));
 
@@ -279,8 +339,9 @@ spec:
     h.apply("apiVersion: v1\nkind: ConfigMap\nmetadata: {name: game}\ndata: {a: \"1\"}\n")
         .unwrap();
     assert!(tables(&h.drain()).is_empty());
-    // A reconnecting agent gets it again, and only it.
-    h.send("pi-1", hello(4000));
+    assert!(tables(&after_window(&mut h).await).is_empty());
+    // A reconnecting agent gets it again at once (the table did not change), and only it.
+    h.send("pi-1", hello_net(1));
     let sent = tables(&h.drain());
     assert_eq!(sent.len(), 1);
     assert_eq!(sent[0].0, "pi-1");
@@ -289,11 +350,209 @@ spec:
     // A v4 agent is never sent one; its route goes to the others.
     h.core.handle(Event::Inbound {
         node: nn("old"),
-        body: hello(4000),
+        body: hello_net(3),
         proto: 4,
     });
     let sent = tables(&h.drain());
     let nodes: Vec<&str> = sent.iter().map(|(n, _)| n.as_str()).collect();
     assert_eq!(nodes, ["pi-1", "pi-2"]);
     assert_eq!(sent[0].1.routes.len(), 3);
+}
+
+#[tokio::test(start_paused = true)]
+async fn fifty_joins_in_one_window_cost_one_table_per_node() {
+    let mut h = Harness::new(Arc::new(MemStore::new()));
+    h.send("n-0", hello_net(100));
+    assert_eq!(tables(&h.drain()).len(), 1, "the first table goes at once");
+    // A cold start: 50 more nodes within the window, each changing the table's routes.
+    for i in 1..=50u8 {
+        h.send(&format!("n-{i}"), hello_net(100 + i));
+    }
+    let sent = tables(&h.drain());
+    assert!(sent.is_empty(), "held back: {} sent", sent.len());
+    // Nothing before the window ends...
+    tokio::time::advance(crate::core::services::SERVICE_TABLE_WINDOW / 2).await;
+    h.core.handle(Event::Tick);
+    assert!(tables(&h.drain()).is_empty());
+    // ...then one table per node, with every route (51 sends, not 51*52/2).
+    let sent = tables(&after_window(&mut h).await);
+    assert_eq!(sent.len(), 51);
+    let nodes: BTreeSet<&str> = sent.iter().map(|(n, _)| n.as_str()).collect();
+    assert_eq!(nodes.len(), 51, "one each");
+    assert!(sent.iter().all(|(_, t)| t.routes.len() == 51));
+    assert!(tables(&after_window(&mut h).await).is_empty());
+}
+
+#[tokio::test(start_paused = true)]
+async fn the_run_loop_sends_a_held_table_when_it_is_due_without_a_tick() {
+    let (tx, mut out) = mpsc::channel(64);
+    let core = Core::new(Arc::new(MemStore::new()), tx, TIMEOUT).unwrap();
+    let (events, rx) = mpsc::channel(64);
+    let task = tokio::spawn(core.run(rx));
+    for i in 1..=3u8 {
+        events
+            .send(Event::Inbound {
+                node: nn(&format!("pi-{i}")),
+                body: hello_net(i),
+                proto: baton_proto::PROTO_VERSION,
+            })
+            .await
+            .unwrap();
+    }
+    let start = Instant::now();
+    let mut last = HashMap::new();
+    while last.len() < 3 || last.values().any(|n: &usize| *n < 3) {
+        let m = tokio::time::timeout(Duration::from_secs(5), out.recv())
+            .await
+            .expect("the held table goes out without a tick")
+            .unwrap();
+        if let Body::ServiceTable(t) = m.body {
+            last.insert(m.node.to_string(), t.routes.len());
+        }
+    }
+    assert!(start.elapsed() <= crate::core::services::SERVICE_TABLE_WINDOW);
+    drop(events);
+    task.await.unwrap();
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_table_dropped_on_a_full_queue_is_sent_again_after_the_window() {
+    // Room for one message: the Hello's desired state takes it, the table is dropped.
+    let (tx, mut out) = mpsc::channel(1);
+    let mut core = Core::new(Arc::new(MemStore::new()), tx, TIMEOUT).unwrap();
+    core.handle(Event::Inbound {
+        node: nn("pi-1"),
+        body: hello_net(1),
+        proto: baton_proto::PROTO_VERSION,
+    });
+    let first = out.try_recv().unwrap();
+    assert!(matches!(first.body, Body::Desired(_)), "{first:?}");
+    assert!(out.try_recv().is_err(), "the table was dropped");
+    tokio::time::advance(crate::core::services::SERVICE_TABLE_WINDOW).await;
+    core.handle(Event::Tick);
+    let again = out.try_recv().expect("sent again");
+    assert!(matches!(again.body, Body::ServiceTable(_)), "{again:?}");
+}
+
+fn node_events(h: &mut Harness, node: &str) -> Vec<api::Event> {
+    let ApiReply::Events(ev) = h
+        .api(ApiOp::Events {
+            object: Some(format!("node/{node}")),
+        })
+        .unwrap()
+    else {
+        panic!("not events")
+    };
+    ev
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_node_claiming_a_held_range_gets_no_route_and_says_who_holds_it() {
+    let store = Arc::new(MemStore::new());
+    let mut h = Harness::new(store.clone());
+    h.send("pi-1", hello_net(1));
+    h.send("pi-2", hello_net(2));
+    // pi-3 claims pi-1's range; pi-4 one over the Services' addresses.
+    h.send("pi-3", hello_at("10.42.1.0/24", "192.168.1.13"));
+    h.send("pi-4", hello_at("10.43.0.0/24", "192.168.1.14"));
+    after_window(&mut h).await;
+    let (n3, n1) = (h.node("pi-3"), h.node("pi-1"));
+    assert!(n1.status.pod_cidr_held && n1.status.pod_cidr_refused.is_none());
+    assert!(!n3.status.pod_cidr_held);
+    let why = n3.status.pod_cidr_refused.clone().expect("refused");
+    assert!(why.contains("held by node pi-1"), "{why}");
+    let ev = node_events(&mut h, "pi-3");
+    let refused: Vec<_> = ev.iter().filter(|e| e.reason == "PodCIDRRefused").collect();
+    assert_eq!(refused.len(), 1, "{ev:?}");
+    assert!(
+        refused[0].message.contains("pi-1"),
+        "{}",
+        refused[0].message
+    );
+    assert!(h
+        .node("pi-4")
+        .status
+        .pod_cidr_refused
+        .unwrap()
+        .contains("service CIDR"));
+
+    // The table routes the holders only.
+    tokio::time::advance(crate::core::services::SERVICE_TABLE_WINDOW).await;
+    h.send("pi-1", hello_net(1));
+    let sent = tables(&h.drain());
+    let routes: Vec<String> = sent[0]
+        .1
+        .routes
+        .iter()
+        .map(|r| format!("{} via {}", r.cidr, r.via))
+        .collect();
+    assert_eq!(
+        routes,
+        [
+            "10.42.1.0/24 via 192.168.1.11",
+            "10.42.2.0/24 via 192.168.1.12"
+        ]
+    );
+
+    // pi-3 saying Hello again (or the coordinator restarting) changes nothing: the
+    // first holder keeps it, and no second event.
+    h.send("pi-3", hello_at("10.42.1.0/24", "192.168.1.13"));
+    let mut h = Harness::new(store);
+    h.send("pi-3", hello_at("10.42.1.0/24", "192.168.1.13"));
+    h.send("pi-1", hello_net(1));
+    assert!(h.node("pi-1").status.pod_cidr_held);
+    assert!(!h.node("pi-3").status.pod_cidr_held);
+    let count = |h: &mut Harness| {
+        node_events(h, "pi-3")
+            .iter()
+            .filter(|e| e.reason == "PodCIDRRefused")
+            .count()
+    };
+    assert_eq!(count(&mut h), 1);
+
+    // The holder moves to another range: pi-3 is granted its claim.
+    h.send("pi-1", hello_net(9));
+    assert!(h.node("pi-1").status.pod_cidr_held);
+    let n3 = h.node("pi-3");
+    assert!(n3.status.pod_cidr_held && n3.status.pod_cidr_refused.is_none());
+    let reasons = h.reasons("node/pi-3");
+    assert_eq!(reasons.last().map(String::as_str), Some("PodCIDRGranted"));
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_pod_reporting_an_ip_outside_its_nodes_range_is_no_endpoint_and_said_once() {
+    let mut h = two_net_nodes();
+    h.apply(&format!("{}---\n{WEB}", deployment("web", 1, "100m")))
+        .unwrap();
+    let (node, d) = placed(&h.drain());
+    let other = if node == "pi-1" {
+        "10.42.2.7"
+    } else {
+        "10.42.1.7"
+    };
+    let pod = d.pods[0].name.to_string();
+    h.send(node, running_at(&d, other));
+    assert!(
+        get_eps(&mut h).subsets.is_empty(),
+        "posing as the other node's pod"
+    );
+    let outside = |h: &mut Harness| {
+        h.reasons(&format!("pod/{pod}"))
+            .iter()
+            .filter(|r| *r == "PodIPOutsideNodeCIDR")
+            .count()
+    };
+    assert_eq!(outside(&mut h), 1);
+    // The same report again (a full status repeats it): no second event.
+    h.send(node, running_at(&d, other));
+    assert_eq!(outside(&mut h), 1);
+    // Its own range's address: an endpoint.
+    let own = if node == "pi-1" {
+        "10.42.1.7"
+    } else {
+        "10.42.2.7"
+    };
+    h.send(node, running_at(&d, own));
+    assert_eq!(get_eps(&mut h).addresses_for(None), [format!("{own}:8080")]);
+    assert_eq!(outside(&mut h), 1);
 }

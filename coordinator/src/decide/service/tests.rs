@@ -269,16 +269,49 @@ fn endpoints_are_the_ready_matching_pods_on_ready_nodes() {
         elsewhere,
         no_ip,
     ];
-    let e = endpoints(&s, &pods, |n| n == "pi-1");
+    let e = endpoints(&s, &pods, |n| (n == "pi-1").then(|| range("10.42.1.0/24")));
     assert_eq!(ips(&e), ["10.42.1.2:8080", "10.42.1.3:8080"]);
     assert_eq!(e.subsets[0].addresses[0].node_name.as_deref(), Some("pi-1"));
     assert_eq!(e.subsets[0].addresses[0].pod, "web-1");
     // pi-2 Ready too: its pod joins.
-    assert_eq!(ips(&endpoints(&s, &pods, |_| true)).len(), 3);
+    assert_eq!(ips(&endpoints(&s, &pods, any_range)).len(), 3);
     // No selector: no endpoints (they would be managed by hand in Kubernetes).
     let mut manual = s.clone();
     manual.spec.selector.clear();
-    assert!(endpoints(&manual, &pods, |_| true).subsets.is_empty());
+    assert!(endpoints(&manual, &pods, any_range).subsets.is_empty());
+}
+
+fn range(s: &str) -> Ipv4Range {
+    s.parse().unwrap()
+}
+
+/// Every node Ready, holding 10.42.0.0/16.
+fn any_range(_: &str) -> Option<Ipv4Range> {
+    Some(range("10.42.0.0/16"))
+}
+
+#[test]
+fn a_pod_outside_its_nodes_range_or_on_a_node_holding_none_is_no_endpoint() {
+    let s = svc("web", api::ServiceType::ClusterIP, http());
+    let mut elsewhere = pod("web-2", "10.42.2.7", true);
+    elsewhere.spec.node_name = Some("pi-2".into());
+    // pi-1 claims an address of pi-2's range for its pod.
+    let pods = [
+        pod("web-1", "10.42.2.9", true),
+        pod("web-3", "10.42.1.3", true),
+        elsewhere,
+    ];
+    let nodes = |n: &str| match n {
+        "pi-1" => Some(range("10.42.1.0/24")),
+        "pi-2" => Some(range("10.42.2.0/24")),
+        _ => None,
+    };
+    let mut got = ips(&endpoints(&s, &pods, nodes));
+    got.sort();
+    assert_eq!(got, ["10.42.1.3:8080", "10.42.2.7:8080"]);
+    // pi-2's range refused (or pi-2 NotReady): its pod goes too.
+    let only_pi1 = |n: &str| (n == "pi-1").then(|| range("10.42.1.0/24"));
+    assert_eq!(ips(&endpoints(&s, &pods, only_pi1)), ["10.42.1.3:8080"]);
 }
 
 #[test]
@@ -293,7 +326,7 @@ fn a_named_target_port_resolves_per_pod_and_excludes_pods_without_it() {
     let mut unnamed = pod("web-3", "10.42.1.4", true);
     unnamed.spec.containers[0].ports[0].name = None;
     let pods = [pod("web-1", "10.42.1.2", true), moved, unnamed];
-    let e = endpoints(&s, &pods, |_| true);
+    let e = endpoints(&s, &pods, any_range);
     let mut got = ips(&e);
     got.sort();
     assert_eq!(got, ["10.42.1.2:8080", "10.42.1.3:9090"]);

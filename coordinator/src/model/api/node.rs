@@ -106,6 +106,15 @@ pub struct NodeStatus {
     pub address: Option<String>,
     #[serde(default)]
     pub pod_cidr: String,
+    /// The coordinator granted the node its `pod_cidr` at the last decision
+    /// (`decide::pod_cidr`): it is routed and its pods may be endpoints. Stored, so the
+    /// first holder stays first across restarts.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub pod_cidr_held: bool,
+    /// Why the coordinator refused the node's `pod_cidr` (e.g. which node holds the range):
+    /// no route to it, and its pods are not endpoints.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pod_cidr_refused: Option<String>,
     #[serde(default)]
     pub last_heartbeat: String,
     /// The generation the agent last reported as applied.

@@ -39,6 +39,8 @@ pub fn node_from_hello(name: &proto::NodeName, h: &proto::Hello) -> api::Node {
             },
             address: h.address.map(|a| a.to_string()),
             pod_cidr: h.pod_cidr.to_string(),
+            pod_cidr_held: false,
+            pod_cidr_refused: None,
             last_heartbeat: api::now_rfc3339(),
             applied_generation: h.applied_generation,
             desired_generation: 0,

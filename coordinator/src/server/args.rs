@@ -170,8 +170,8 @@ pub struct ServerArgs {
     #[arg(long, env = "BATON_ETCD_MAX_TXN_OPS", default_value_t = crate::store::etcd::DEFAULT_MAX_TXN_OPS)]
     pub etcd_max_txn_ops: usize,
     /// With etcd: the leader's lease. A standby coordinator takes over this long after
-    /// the leader dies (e.g. 6s).
-    #[arg(long, env = "BATON_LEADER_LEASE", default_value = "6s", value_parser = humantime::parse_duration)]
+    /// the leader dies (e.g. 10s).
+    #[arg(long, env = "BATON_LEADER_LEASE", default_value = "10s", value_parser = humantime::parse_duration)]
     pub leader_lease: Duration,
 }
 

@@ -20,7 +20,9 @@ use crate::store::etcd::{EtcdError, EtcdOptions, EtcdStore, Fence, CALL_TIMEOUT}
 use crate::store::StoreError;
 
 /// Default `--leader-lease`: how long a dead leader keeps its standby waiting.
-pub const DEFAULT_LEASE: Duration = Duration::from_secs(6);
+/// Long enough to ride out an etcd leader election (a few seconds in which renewals
+/// fail), short enough for a standby to lead within 15 s of the leader's death.
+pub const DEFAULT_LEASE: Duration = Duration::from_secs(10);
 
 #[derive(Debug, thiserror::Error)]
 pub enum LeaderError {

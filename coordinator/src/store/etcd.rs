@@ -378,21 +378,35 @@ fn client_thread(
 /// How long a call keeps trying other members: enough for the client to pick a live one
 /// past a dead one, and well under a leader's lease, so that a client of a leader cut
 /// off from etcd hears "etcd" before the leader steps down (`server::leader`).
-const RETRY_FOR: Duration = Duration::from_secs(1);
+const RETRY_FOR: Duration = Duration::from_secs(4);
 
-/// Runs `op` again while it could not reach a member, for up to [`RETRY_FOR`]. The client spreads calls over every endpoint it was given, a dead one too, so
-/// one member down (or a decommissioned one still listed) must cost a retry, not an
-/// error. Repeating a transaction is safe: it either never reached etcd, or it applied
-/// and applying the same puts and deletes again leaves the same state.
+/// Runs `op` again while it could not reach a member, for up to [`RETRY_FOR`], and at
+/// least once more: an etcd whose own leader just died answers "request timed out"
+/// only after several seconds, and the next attempt reaches the new leader. The client
+/// spreads calls over every endpoint it was given, a dead one too, so one member down
+/// (or a decommissioned one still listed) must cost a retry, not an error. Repeating a
+/// transaction is safe: it either never reached etcd, or it applied and applying the
+/// same puts and deletes again leaves the same state.
 async fn retrying<T, F, Fut>(mut op: F) -> Result<T, etcd_client::Error>
 where
     F: FnMut() -> Fut,
     Fut: std::future::Future<Output = Result<T, etcd_client::Error>>,
 {
     let deadline = tokio::time::Instant::now() + RETRY_FOR;
+    let (mut retried, mut late_fast) = (false, 0);
     loop {
+        let attempt = tokio::time::Instant::now();
         match op().await {
-            Err(e) if unreachable(&e) && tokio::time::Instant::now() < deadline => {
+            Err(e) if unreachable(&e) => {
+                // Past the deadline only quick refusals (a dead endpoint the balancer
+                // picked again) get a few more tries: they cost milliseconds.
+                let fast = attempt.elapsed() < Duration::from_millis(500);
+                let late = tokio::time::Instant::now() >= deadline;
+                if late && retried && !(fast && late_fast < 10) {
+                    return Err(e);
+                }
+                late_fast += usize::from(late && fast);
+                retried = true;
                 tokio::time::sleep(Duration::from_millis(100)).await;
             }
             other => return other,

@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use anyhow::Result;
 
-use crate::{wait_for, Proc};
+use crate::{wait_for, Broker, Lab, Proc};
 
 /// The flags Baton's docs ask etcd to run with (docs/operations.md, "State in etcd"): a
 /// store batch holds one entry per pod it creates.
@@ -194,4 +194,51 @@ struct Member {
 fn free_port() -> Result<u16> {
     let l = std::net::TcpListener::bind(("127.0.0.1", 0))?;
     Ok(l.local_addr()?.port())
+}
+
+impl Lab {
+    /// A lab whose coordinator keeps its state in a real etcd on the hub (`--store etcd://`,
+    /// docs/operations.md "State in etcd") instead of redb.
+    pub fn start_on_etcd(tag: &str, agents: usize, broker: Broker) -> Result<Lab> {
+        let mosquitto = matches!(broker, Broker::Mosquitto);
+        let mut lab = Self::build(tag, agents, broker, &[])?;
+        let started = (|| {
+            lab.start_registry()?;
+            if mosquitto {
+                lab.start_mosquitto()?;
+            }
+            let hub = lab.hub.0.clone();
+            let etcd = Etcd::start(
+                move |program| {
+                    let mut c = Command::new("nsenter");
+                    c.arg(format!("--net=/run/netns/{hub}"))
+                        .arg("--")
+                        .arg(program);
+                    if program == "etcd" {
+                        c.args(ETCD_FLAGS);
+                    }
+                    c
+                },
+                &lab.hub_ip(),
+                2379,
+                2380,
+                &lab.dir.path().join("etcd"),
+            )?;
+            lab.coordinator_args.extend([
+                "--store".to_string(),
+                etcd.url.replacen("http://", "etcd://", 1),
+            ]);
+            lab.etcd = Some(etcd);
+            lab.start_coordinator()?;
+            for i in 0..agents {
+                lab.start_agent(i)?;
+            }
+            Ok(())
+        })();
+        if let Err(e) = started {
+            lab.dump_logs();
+            return Err(e);
+        }
+        Ok(lab)
+    }
 }

@@ -224,52 +224,13 @@ impl Lab {
         Ok(lab)
     }
 
-    /// A lab whose coordinator keeps its state in a real etcd on the hub (`--store etcd://`,
-    /// docs/operations.md "State in etcd") instead of redb.
-    pub fn start_on_etcd(tag: &str, agents: usize, broker: Broker) -> Result<Lab> {
-        let mut lab = Self::build(tag, agents, broker, &[])?;
-        let started = (|| {
-            lab.start_registry()?;
-            if matches!(lab.broker, Broker::Mosquitto) {
-                lab.start_mosquitto()?;
-            }
-            let hub = lab.hub.0.clone();
-            let etcd = crate::etcd::Etcd::start(
-                move |program| {
-                    let mut c = Command::new("nsenter");
-                    c.arg(format!("--net=/run/netns/{hub}"))
-                        .arg("--")
-                        .arg(program);
-                    if program == "etcd" {
-                        c.args(crate::etcd::ETCD_FLAGS);
-                    }
-                    c
-                },
-                &lab.hub_ip(),
-                2379,
-                2380,
-                &lab.dir.path().join("etcd"),
-            )?;
-            lab.coordinator_args.extend([
-                "--store".to_string(),
-                etcd.url.replacen("http://", "etcd://", 1),
-            ]);
-            lab.etcd = Some(etcd);
-            lab.start_coordinator()?;
-            for i in 0..agents {
-                lab.start_agent(i)?;
-            }
-            Ok(())
-        })();
-        if let Err(e) = started {
-            lab.dump_logs();
-            return Err(e);
-        }
-        Ok(lab)
-    }
-
     /// The namespaces and links (see [`Lab::start_bare`]).
-    fn build(tag: &str, agents: usize, broker: Broker, coordinator_args: &[&str]) -> Result<Lab> {
+    pub(crate) fn build(
+        tag: &str,
+        agents: usize,
+        broker: Broker,
+        coordinator_args: &[&str],
+    ) -> Result<Lab> {
         let n = NEXT.fetch_add(1, Ordering::SeqCst);
         let pid = std::process::id();
         let subnet = (pid.wrapping_mul(7).wrapping_add(n * 13)) % 200 + 20;
@@ -434,7 +395,7 @@ impl Lab {
         Ok(conf + "\n# test only\nuser root\n")
     }
 
-    fn start_mosquitto(&mut self) -> Result<()> {
+    pub(crate) fn start_mosquitto(&mut self) -> Result<()> {
         let conf = self.dir.path().join("mosquitto.conf");
         let text = match &self.mtls {
             Some(pki) => self.mosquitto_mtls_conf(pki)?,

@@ -574,24 +574,30 @@ impl Lab {
         }
     }
 
+    /// The `baton` CLI in the hub namespace, as admin, against the coordinator at `api`:
+    /// the one place the CLI's environment in a lab is set.
+    pub fn baton_cmd_at(&self, api: &str) -> Command {
+        let mut cmd = self.hub.cmd(bin("baton"));
+        cmd.env("BATON_CONFIG", self.admin_conf())
+            .env_remove("BATON_TOKEN")
+            .env("BATON_SERVER", api);
+        cmd
+    }
+
+    /// [`Lab::baton_cmd_at`] the lab's coordinator.
+    pub fn baton_cmd(&self) -> Command {
+        self.baton_cmd_at(&self.api_url())
+    }
+
     /// Runs the `baton` CLI in the hub namespace against the coordinator, as admin.
     pub fn baton(&self, args: &[&str]) -> Result<Output> {
-        sh(self
-            .hub
-            .cmd(bin("baton"))
-            .args(args)
-            .env("BATON_CONFIG", self.admin_conf())
-            .env_remove("BATON_TOKEN")
-            .env("BATON_SERVER", self.api_url()))
+        sh(self.baton_cmd().args(args))
     }
 
     /// The CLI's result without failing on a non-zero exit.
     pub fn baton_raw(&self, args: &[&str], stdin: Option<&str>) -> Result<Output> {
-        let mut cmd = self.hub.cmd(bin("baton"));
-        cmd.args(args)
-            .env("BATON_CONFIG", self.admin_conf())
-            .env_remove("BATON_TOKEN")
-            .env("BATON_SERVER", self.api_url());
+        let mut cmd = self.baton_cmd();
+        cmd.args(args);
         if let Some(input) = stdin {
             use std::io::Write;
             let mut child = cmd

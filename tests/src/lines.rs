@@ -7,18 +7,14 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
 
-use crate::{bin, Lab};
+use crate::Lab;
 
 /// `baton ARGS` in the hub as admin, its stdout piped: the child and its lines, on a
 /// channel, as they come.
 pub fn spawn_lines(lab: &Lab, args: &[&str]) -> Result<(Child, mpsc::Receiver<String>)> {
     let mut child = lab
-        .hub
-        .cmd(bin("baton"))
+        .baton_cmd()
         .args(args)
-        .env("BATON_CONFIG", lab.admin_conf())
-        .env_remove("BATON_TOKEN")
-        .env("BATON_SERVER", lab.api_url())
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
         .spawn()?;

@@ -29,12 +29,8 @@ fn exec_streams_stdin_tty_exit_status_roles_and_events() -> Result<()> {
 fn baton(lab: &Lab, args: &[&str], stdin: &[u8]) -> Result<std::process::Output> {
     use std::io::Write;
     let mut child = lab
-        .hub
-        .cmd(bin("baton"))
+        .baton_cmd()
         .args(args)
-        .env("BATON_CONFIG", lab.admin_conf())
-        .env_remove("BATON_TOKEN")
-        .env("BATON_SERVER", lab.api_url())
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())

@@ -134,14 +134,7 @@ fn coordinator_state_lives_in_etcd_and_survives_an_etcd_outage() -> Result<()> {
 
 /// Runs the CLI against the coordinator at `api` (as admin: the token is in etcd, shared).
 fn baton_at(lab: &Lab, api: &str, args: &[&str]) -> Result<std::process::Output> {
-    Ok(lab
-        .hub
-        .cmd(baton_e2e::bin("baton"))
-        .args(args)
-        .env("BATON_CONFIG", lab.admin_conf())
-        .env_remove("BATON_TOKEN")
-        .env("BATON_SERVER", api)
-        .output()?)
+    Ok(lab.baton_cmd_at(api).args(args).output()?)
 }
 
 #[test]

@@ -24,6 +24,7 @@ use crate::exec::ExecServer;
 use crate::identity::AgentSecurity;
 use crate::logs::{ChunkSink, LogServer};
 use crate::mqtt_tls::{MqttTls, MqttTlsError};
+use crate::term::LeaderTerm;
 
 #[derive(Debug, thiserror::Error)]
 pub enum BusError {
@@ -147,6 +148,8 @@ pub struct Bus {
     exec: Arc<std::sync::OnceLock<Arc<ExecServer>>>,
     /// [`Bus::close`]: ends the connection task.
     close: Arc<tokio::sync::Notify>,
+    /// The highest leader's term accepted: a deposed leader's messages are refused.
+    term: Arc<LeaderTerm>,
 }
 
 impl Bus {
@@ -169,18 +172,20 @@ impl Bus {
         events: mpsc::Sender<BusEvent>,
     ) -> Result<Self, BusError> {
         let link = crate::link_profile::Profile::Lan.settings();
-        Self::start_secure(url, node, tls, None, &link, events)
+        Self::start_secure(url, node, tls, None, &link, 0, events)
     }
 
     /// [`Bus::start_tls`], signing every message with the device key and accepting only
     /// messages signed by the pinned coordinator key when `security` is given
-    /// (see [`crate::identity`]).
+    /// (see [`crate::identity`]), and none of a leader's term below `leader_term` (the
+    /// persisted one, [`crate::node::Node::leader_term`]) or below a term accepted since.
     pub fn start_secure(
         url: &str,
         node: NodeName,
         tls: Option<&MqttTls>,
         security: Option<AgentSecurity>,
         link: &crate::link_profile::Settings,
+        leader_term: u64,
         events: mpsc::Sender<BusEvent>,
     ) -> Result<Self, BusError> {
         let mut opts = mqtt_options(url, &node, tls, link.keepalive)?;
@@ -204,6 +209,7 @@ impl Bus {
             logs: Arc::new(std::sync::OnceLock::new()),
             exec: Arc::new(std::sync::OnceLock::new()),
             close: Arc::new(tokio::sync::Notify::new()),
+            term: Arc::new(LeaderTerm::new(leader_term)),
         };
         let task = bus.clone();
         tokio::spawn(async move {
@@ -301,11 +307,20 @@ impl Bus {
         if Kind::of(&env.body) != kind {
             return reject("body does not belong on this topic");
         }
-        if let Some(sec) = &self.security {
-            // Counts and logs refusals itself; `false` is a quiet duplicate.
-            if !sec.check(topic, &env).unwrap_or(false) {
-                return None;
-            }
+        // A deposed leader's message is refused (`crate::term`), after the signature and
+        // before the replay check records it; both count and log their refusals.
+        let term = env.body.term();
+        let admit = || term.is_none_or(|t| self.term.admits(env.body.name(), t));
+        let admitted = match &self.security {
+            // `false`: a quiet duplicate, or a refused term.
+            Some(sec) => sec.check_admitting(topic, &env, admit).unwrap_or(false),
+            None => admit(),
+        };
+        if !admitted {
+            return None;
+        }
+        if let Some(t) = term {
+            self.term.accepted(t);
         }
         match (kind, env.body) {
             (Kind::Down(Down::Desired), Body::Desired(d)) => Some(BusEvent::Desired(d)),
@@ -375,6 +390,11 @@ impl Bus {
 
     pub fn is_connected(&self) -> bool {
         self.connected.load(Ordering::SeqCst)
+    }
+
+    /// The leader's term this agent follows, and its refusals of older ones.
+    pub fn leader_term(&self) -> &LeaderTerm {
+        &self.term
     }
 
     /// Why the attempts before the current connection failed (`None`: it got through at
@@ -671,6 +691,7 @@ mod tests {
             logs: Arc::new(std::sync::OnceLock::new()),
             exec: Arc::new(std::sync::OnceLock::new()),
             close: Arc::new(tokio::sync::Notify::new()),
+            term: Arc::new(LeaderTerm::new(0)),
         }
     }
 
@@ -739,6 +760,108 @@ mod tests {
             request.starts_with("POST /api/v1/nodes/pi-1/rotate "),
             "{request}"
         );
+    }
+
+    /// An enrolled node's security, with `coordinator` as the pinned coordinator key.
+    fn enrolled(
+        dir: &std::path::Path,
+        coordinator: &baton_proto::sign::SigningKey,
+    ) -> AgentSecurity {
+        use base64::Engine as _;
+        let b64 = |b: &[u8]| base64::engine::general_purpose::STANDARD.encode(b);
+        let id = crate::identity::IdentityFile {
+            version: crate::identity::FORMAT_VERSION,
+            node_name: "pi-1".into(),
+            private_key: b64(&[5; 32]),
+            certificate: crate::mqtt_tls::fixtures::NODE_CERT.into(),
+            coordinator_public_key: b64(coordinator.verifying_key().as_bytes()),
+            ca_certificate: crate::mqtt_tls::fixtures::CA.into(),
+            labels: Default::default(),
+            not_after: 0,
+            coordinator_api: None,
+        };
+        id.save(&dir.join(crate::identity::IDENTITY_FILE)).unwrap();
+        AgentSecurity::new(dir, &id, crate::identity::DEFAULT_WINDOW).unwrap()
+    }
+
+    fn desired(generation: u64, term: u64) -> Body {
+        Body::Desired(DesiredState {
+            generation,
+            pods: baton_proto::BVec::new(),
+            secrets: baton_proto::BVec::new(),
+            term,
+        })
+    }
+
+    fn generation_of(ev: Option<BusEvent>) -> Option<(u64, u64)> {
+        match ev {
+            Some(BusEvent::Desired(d)) => Some((d.generation, d.term)),
+            _ => None,
+        }
+    }
+
+    /// A deposed leader's message, correctly signed and fresh, is refused for its term,
+    /// before the replay check records its seq: the leader's next message, numbered below
+    /// it, still passes. A later leader's term is taken whatever its generation, and the
+    /// other messages that carry a term are held to it too.
+    #[test]
+    fn a_deposed_leaders_message_is_refused_before_its_seq_counts() {
+        let dir = tempfile::tempdir().unwrap();
+        let coordinator = baton_proto::sign::SigningKey::from_bytes(&[1; 32]);
+        let bus = offline_bus(Some(enrolled(dir.path(), &coordinator)));
+        let accept = |body: Body, seq: u64| {
+            let (topic, payload) = control(body, seq, Some(&coordinator));
+            bus.accept(&topic, &payload)
+        };
+        assert_eq!(generation_of(accept(desired(5, 20), 100)), Some((5, 20)));
+        assert_eq!(bus.leader_term().current(), 20);
+
+        // The deposed leader, resumed: a later seq, a higher generation, an older term.
+        assert!(accept(desired(9, 19), 500).is_none());
+        assert_eq!(bus.leader_term().refused(), 1);
+        // The leader's next message is numbered below the refused one: not a replay.
+        assert_eq!(generation_of(accept(desired(6, 20), 101)), Some((6, 20)));
+        // A new leader's word stands, with a lower generation.
+        assert_eq!(generation_of(accept(desired(2, 31), 102)), Some((2, 31)));
+        assert_eq!(bus.leader_term().current(), 31);
+        assert!(
+            accept(desired(7, 20), 103).is_none(),
+            "the first leader now"
+        );
+
+        let mut table = baton_proto::ServiceTable {
+            term: 30,
+            ..Default::default()
+        };
+        assert!(accept(Body::ServiceTable(table.clone()), 104).is_none());
+        table.term = 31;
+        assert!(matches!(
+            accept(Body::ServiceTable(table), 105),
+            Some(BusEvent::ServiceTable(_))
+        ));
+        // A request changes nothing a leader owns, and carries no term.
+        assert!(matches!(
+            accept(Body::StatusRequest, 106),
+            Some(BusEvent::StatusRequest)
+        ));
+        assert_eq!(bus.leader_term().refused(), 3);
+        // A forged message with a higher term is refused for its signature, and does not
+        // raise the term.
+        let forger = baton_proto::sign::SigningKey::from_bytes(&[9; 32]);
+        let (topic, payload) = control(desired(1, 99), 107, Some(&forger));
+        assert!(bus.accept(&topic, &payload).is_none());
+        assert_eq!(bus.leader_term().current(), 31);
+    }
+
+    /// Without an identity (development fleets) the term is checked all the same.
+    #[test]
+    fn an_unenrolled_node_refuses_a_lower_term_too() {
+        let bus = offline_bus(None);
+        let (topic, payload) = control(desired(3, 8), 1, None);
+        assert_eq!(generation_of(bus.accept(&topic, &payload)), Some((3, 8)));
+        let (topic, payload) = control(desired(4, 7), 2, None);
+        assert!(bus.accept(&topic, &payload).is_none());
+        assert_eq!(bus.leader_term().refused(), 1);
     }
 
     /// Without an identity there is nothing to rotate: the request is refused, like any

@@ -3,7 +3,8 @@
 //!
 //! Module map: `node` owns all state and is driven by events; `reconcile` decides (pure);
 //! `pod` executes decisions in workers; `runtime`, `image` and `network` are the effects
-//! behind small interfaces; `bus` is the MQTT bridge (`link_profile` sets how much it says); `state` persists desired state (`reserve`
+//! behind small interfaces; `bus` is the MQTT bridge (`link_profile` sets how much it says,
+//! `term` refuses a deposed leader's messages); `state` persists desired state (`reserve`
 //! keeps room for it on a full disk); `adopt` takes
 //! over running containers after an agent restart.
 
@@ -30,6 +31,7 @@ pub mod reserve;
 pub mod runtime;
 pub mod secrets;
 pub mod state;
+pub mod term;
 pub mod update;
 pub mod usage;
 pub mod volumes;

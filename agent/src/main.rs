@@ -755,6 +755,7 @@ async fn run(
         link.mqtt_tls.as_ref(),
         link.security,
         &cfg_link,
+        node.leader_term(),
         events,
     )?;
     bus.serve_logs(pods_dir);

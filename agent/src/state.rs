@@ -50,6 +50,7 @@ impl StateFile {
                     generation: 0,
                     pods: BVec::new(),
                     secrets: BVec::new(),
+                    term: 0,
                 })
             }
             Err(source) => {
@@ -110,6 +111,8 @@ pub fn stops_only(current: &DesiredState, next: &DesiredState) -> DesiredState {
         // Never longer than `current`'s, so within its bound.
         pods: BVec::from_vec(pods).unwrap_or_default(),
         secrets: current.secrets.clone(),
+        // What is on disk, with its term: a newer term is persisted with `next`.
+        term: current.term,
     }
 }
 
@@ -194,6 +197,7 @@ mod tests {
             generation,
             pods: BVec::from_vec(pods).unwrap(),
             secrets: BVec::new(),
+            term: 40 + generation,
         }
     }
 
@@ -201,15 +205,24 @@ mod tests {
     fn round_trip_and_missing_file() {
         let dir = tempfile::tempdir().unwrap();
         let f = StateFile::new(dir.path());
-        assert_eq!(f.load().unwrap().generation, 0);
+        let none = f.load().unwrap();
+        assert_eq!((none.generation, none.term), (0, 0));
         f.store(&state(4, 3)).unwrap();
         assert_eq!(f.load().unwrap(), state(4, 3));
         f.store(&state(5, 1)).unwrap();
         assert_eq!(f.load().unwrap(), state(5, 1));
+        // The leader's term is kept with the state: a new leader's is the state's news.
+        let newer = DesiredState {
+            term: 90,
+            ..state(5, 1)
+        };
+        assert_ne!(newer, state(5, 1));
+        f.store(&newer).unwrap();
+        assert_eq!(f.load().unwrap().term, 90);
     }
 
     #[test]
-    fn a_file_baton_0_1_wrote_loads_without_priorities() {
+    fn a_file_baton_0_1_wrote_loads_without_priorities_or_term() {
         let dir = tempfile::tempdir().unwrap();
         let f = StateFile::new(dir.path());
         std::fs::write(f.path(), encode_at(4, &state(4, 3))).unwrap();
@@ -221,6 +234,8 @@ mod tests {
             .map(|p| PodSpec { priority: 0, ..p });
         let old = DesiredState {
             pods: BVec::from_vec(pods.collect()).unwrap(),
+            // Nor a leader's term.
+            term: 0,
             ..state(4, 3)
         };
         assert_ne!(old, state(4, 3));

@@ -33,9 +33,9 @@ pub use messages::*;
 pub use sessions::*;
 
 /// The envelope format version. Bump it for any change in the encoding of any message.
-/// v5 added [`Body::AgentUpdate`], [`Body::UpdateReport`] and [`PodSpec::priority`]; the
-/// coordinator writes [`Body::Desired`] without it for a v4 agent ([`wire`]), and every other
-/// message encodes as in v4.
+/// v5 added [`Body::AgentUpdate`], [`Body::UpdateReport`], [`PodSpec::priority`] and
+/// [`DesiredState::term`]; the coordinator writes [`Body::Desired`] without them for a v4
+/// agent ([`wire`]), and every other message encodes as in v4.
 pub const PROTO_VERSION: u16 = 5;
 
 /// The oldest version this build still reads and writes, Kubernetes' skew policy for the

@@ -11,13 +11,15 @@ use crate::sessions::{
 
 use crate::{
     BString, BVec, ProtoError, MAX_CONFIG_MAP_KEYS, MAX_CONTAINERS_PER_POD, MAX_PODS_PER_NODE,
-    MAX_SEALED_BYTES, MAX_SECRETS_PER_NODE,
+    MAX_SEALED_BYTES,
 };
 
 mod config_map;
+mod desired;
 mod hello;
 mod service_table;
 pub use config_map::*;
+pub use desired::*;
 pub use hello::*;
 pub use service_table::*;
 
@@ -182,6 +184,33 @@ impl Body {
             Body::ServiceTable(_) => "ServiceTable",
         }
     }
+
+    /// The leader's term a coordinator message carries ([`DesiredState::term`]): the
+    /// messages that change what a node keeps (its pods, Services, ConfigMaps, agent
+    /// release), which a deposed leader must not change. `None` for every other message:
+    /// requests and sessions change nothing a successor owns, and a withdrawn update order
+    /// (`AgentUpdate(None)`) has no struct to carry one.
+    pub fn term(&self) -> Option<u64> {
+        match self {
+            Body::Desired(d) => Some(d.term),
+            Body::ServiceTable(t) => Some(t.term),
+            Body::ConfigMapPart(p) => Some(p.term),
+            Body::AgentUpdate(Some(u)) => Some(u.term),
+            _ => None,
+        }
+    }
+
+    /// Stamps `term` on a message that carries one ([`Body::term`]); the coordinator's
+    /// gate does it as it seals, so no message leaves without the sender's term.
+    pub fn set_term(&mut self, term: u64) {
+        match self {
+            Body::Desired(d) => d.term = term,
+            Body::ServiceTable(t) => t.term = term,
+            Body::ConfigMapPart(p) => p.term = term,
+            Body::AgentUpdate(Some(u)) => u.term = term,
+            _ => {}
+        }
+    }
 }
 
 /// One agent binary as its release key signed it (see [`crate::release`]).
@@ -210,6 +239,8 @@ pub struct AgentUpdate {
     /// How long the new agent stays on probation (connected, desired state applied, pods
     /// healthy) before it commits; past it without a commit, the device rolls back.
     pub health_window_secs: u32,
+    /// The term of the leader that gave the order ([`DesiredState::term`]).
+    pub term: u64,
 }
 
 /// Where one node's update stands.
@@ -322,16 +353,6 @@ pub enum PressureKind {
     ImageDisk,
     Memory,
     Pid,
-}
-
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct DesiredState {
-    /// Grows by one whenever the coordinator changes what this node should run.
-    pub generation: u64,
-    pub pods: BVec<PodSpec, MAX_PODS_PER_NODE>,
-    /// The secrets this node's pods reference (env, volumes, `imagePullSecrets`), each
-    /// sealed to this node's key: nothing else on the way can read them.
-    pub secrets: BVec<SealedSecret, MAX_SECRETS_PER_NODE>,
 }
 
 /// A k8s `Secret`, sealed for one node. The plaintext is the postcard encoding of

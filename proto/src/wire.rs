@@ -2,7 +2,8 @@
 //! version has it) is encoded or decoded.
 //!
 //! postcard does not describe itself, so a message whose shape changed between versions
-//! (v5 added [`crate::PodSpec::priority`] and [`crate::Hello::taints`]) must be written in the shape its reader knows and
+//! (v5 added [`crate::PodSpec::priority`], [`crate::Hello::taints`] and
+//! [`crate::DesiredState::term`]) must be written in the shape its reader knows and
 //! read in the shape its writer used. Threading a version through every nested `Serialize`
 //! would mean hand-written impls for every type that contains a `PodSpec`; instead the few
 //! types that changed read the version from here. Encoding and decoding are synchronous and

@@ -32,9 +32,9 @@ fn check(env: Envelope, golden_hex: &str) {
     assert_eq!(Envelope::decode(&now).unwrap(), env);
 }
 
-/// Messages whose shape changed in v5 (a [`PodSpec`] gained `priority`): the v4 bytes, what
-/// a Baton 0.1 agent reads and is sent, unchanged and without what v4 lacks; and the
-/// current bytes, which keep it.
+/// Messages whose shape changed in v5 (a [`PodSpec`] gained `priority`, a [`DesiredState`]
+/// its `term`): the v4 bytes, what a Baton 0.1 agent reads and is sent, unchanged and
+/// without what v4 lacks; and the current bytes, which keep it.
 fn check_reshaped(env: Envelope, v4_hex: &str, v5_hex: &str) {
     let v4 = env.clone().at_version(4).unwrap();
     let bytes = v4.encode().unwrap();
@@ -48,8 +48,13 @@ fn check_reshaped(env: Envelope, v4_hex: &str, v5_hex: &str) {
     };
     let pods = d.pods.iter().cloned().map(|p| PodSpec { priority: 0, ..p });
     d.pods = BVec::from_vec(pods.collect()).unwrap();
+    d.term = 0;
     let read = Envelope::decode(&bytes).unwrap();
-    assert_eq!(read.body, Body::Desired(d), "v4 carries no priority");
+    assert_eq!(
+        read.body,
+        Body::Desired(d),
+        "v4 carries no priority and no term"
+    );
     assert_eq!(read.encode().unwrap(), bytes);
     let now = env.encode().unwrap();
     assert_eq!(hex::encode(&now), v5_hex, "encoding of {env:?} changed");
@@ -111,11 +116,13 @@ fn agent_update() {
                 release: release(),
                 allow_downgrade: false,
                 health_window_secs: 120,
+                term: 300,
             })),
         ),
         // 05 v5 | 00 Coordinator | 09 seq | 00 sent_at | 07 AgentUpdate | 01 Some | rollout |
-        // version | target | 05 protocol | ac02 size | sha256 | 40 + signature | 00 | 78 window
-        "0500090007010c6167656e74732d302e322e3105302e322e311a616172636836342d756e6b6e6f776e2d6c696e75782d6d75736c05ac02abababababababababababababababababababababababababababababababab405a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a007800",
+        // version | target | 05 protocol | ac02 size | sha256 | 40 + signature | 00 | 78 window |
+        // ac02 term | 00 no signature
+        "0500090007010c6167656e74732d302e322e3105302e322e311a616172636836342d756e6b6e6f776e2d6c696e75782d6d75736c05ac02abababababababababababababababababababababababababababababababab405a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a0078ac0200",
     );
     // The retained "no update wanted".
     check_new(
@@ -369,6 +376,7 @@ fn desired_state() {
             generation: 2,
             pods: BVec::from_vec(vec![pod]).unwrap(),
             secrets: BVec::new(),
+            term: 7,
         }),
     );
     check_reshaped(
@@ -381,12 +389,12 @@ const DESIRED: &str = "040009000402010777 65622d616263 02 7531 00 00 1e 01 03 77
 20 3132372e302e302e313a353030302f6261746f6e2f687474702d6563686f3a31 01 00 02 022d70 0438303830 \
 01 074d455353414745 00 026869 01 042f777777 01 903f01 5000 64 01f403 8080800801 808080 10 \
 00 000000 000000000000 00 00 00 00 00 00";
-// v5: the same but the version, and the pod's priority (zigzag varint) after its
-// imagePullSecrets.
+// v5: the same but the version, the pod's priority (zigzag varint) after its
+// imagePullSecrets, and the leader's term (07) after the secrets.
 const DESIRED_V5: &str = "050009000402010777 65622d616263 02 7531 00 00 1e 01 03 776562 \
 20 3132372e302e302e313a353030302f6261746f6e2f687474702d6563686f3a31 01 00 02 022d70 0438303830 \
 01 074d455353414745 00 026869 01 042f777777 01 903f01 5000 64 01f403 8080800801 808080 10 \
-00 000000 000000000000 00 00 00 00 d0dfacf30e 00 00";
+00 000000 000000000000 00 00 00 00 d0dfacf30e 00 07 00";
 
 #[test]
 fn status() {
@@ -551,6 +559,7 @@ fn desired_state_v2_fields() {
                 },
             }])
             .unwrap(),
+            term: 1,
         }),
     );
     env.sent_at_ms = 1_800_000_000_000;
@@ -575,7 +584,7 @@ const DESIRED_V2: &str = "0400 8080e2c4f2a29903 80a0f1c2b134 04 01 01 0170 0175 
 01 07726567637265 64 \
 01 026462 03 00 02aabb \
 40 5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a";
-// v5: the version, and priority 0 after the imagePullSecrets.
+// v5: the version, priority 0 after the imagePullSecrets, and term 1 after the secrets.
 const DESIRED_V2_AT_V5: &str = "0500 8080e2c4f2a29903 80a0f1c2b134 04 01 01 0170 0175 00 01 05 01 \
 03617070 0d722f61407368613235363a3030 02 00 00 01 025057 01 026462 027077 00 00 00000000 \
 01 056372656473 022f73 01 \
@@ -586,7 +595,7 @@ const DESIRED_V2_AT_V5: &str = "0500 8080e2c4f2a29903 80a0f1c2b134 04 01 01 0170
 01 0169 03722f62 00 00 00 00 00 00 00000000 00 000000 000000000000 00 \
 02 056372656473 00 026462 03746d70 01 01 8008 \
 01 07726567637265 64 00 \
-01 026462 03 00 02aabb \
+01 026462 03 00 02aabb 01 \
 40 5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a";
 
 #[test]
@@ -873,9 +882,10 @@ fn config_map_part() {
         }])
         .unwrap(),
     };
-    let parts = data.parts(&s("game")).unwrap();
+    let mut parts = data.parts(&s("game")).unwrap();
     assert_eq!(parts.len(), 1);
     assert_eq!(ConfigMapData::assemble(&parts).unwrap(), data);
+    parts[0].term = 9;
     check_new(
         Envelope::new(
             Sender::Coordinator,
@@ -883,8 +893,8 @@ fn config_map_part() {
             Body::ConfigMapPart(parts[0].clone()),
         ),
         // 05 | 00 Coordinator | 0e seq | 00 | 0e ConfigMapPart | "game" | digest (varint) |
-        // 00 index | 01 count | 05 bytes: 01 item, "k", "v" | 00 no signature
-        "05000e000e 0467616d65 adb88887cdb8888aa301 00 01 05 01016b0176 00"
+        // 00 index | 01 count | 05 bytes: 01 item, "k", "v" | 09 term | 00 no signature
+        "05000e000e 0467616d65 adb88887cdb8888aa301 00 01 05 01016b0176 09 00"
             .replace(' ', "")
             .as_str(),
     );
@@ -948,17 +958,20 @@ fn small_table() -> ServiceTable {
 /// The lead renumbers the variant byte (`0f`) when other v5 messages merge before it.
 #[test]
 fn service_table() {
-    let table = small_table();
+    let mut table = small_table();
+    table.check().unwrap();
+    // The term is not content: the digest stays.
+    table.term = 3;
     table.check().unwrap();
     check_new(
         Envelope::new(Sender::Coordinator, 14, Body::ServiceTable(table)),
         // 05 | 00 Coordinator | 0e seq | 00 | 13 ServiceTable | digest (varint) |
         // 01 service: "web", 10.43.0.2, 00 not LB, 00 no affinity, 01 port: 80, 00 tcp,
         // 01 nodePort 30080; 01 endpoint: 10.42.1.5, 01 port 8080 |
-        // 01 route: "10.42.1.0/24" via 192.168.1.10 | 00 no signature
+        // 01 route: "10.42.1.0/24" via 192.168.1.10 | 03 term | 00 no signature
         "05000e0013 f8ac80dac2f1bcf260 \
          01 03776562 0a2b0002 00 00 01 50 00 0180eb01 01 0a2a0105 01903f \
-         01 0c31302e34322e312e302f3234 c0a8010a 00"
+         01 0c31302e34322e312e302f3234 c0a8010a 03 00"
             .replace(' ', "")
             .as_str(),
     );

@@ -228,7 +228,7 @@ async fn node(mut ctx: NodeCtx, mut ctl: mpsc::Receiver<Ctl>, lost: Arc<AtomicBo
     let mut hollow = Hollow::new(ctx.index, ctx.settings, ctx.start_delay);
     loop {
         let (tx, mut events) = mpsc::channel(16);
-        let bus = Bus::start_secure(&ctx.url, ctx.name.clone(), None, None, &ctx.settings, tx)?;
+        let bus = Bus::start_secure(&ctx.url, ctx.name.clone(), None, None, &ctx.settings, 0, tx)?;
         // Ticks spread over the second, so the fleet's heartbeats do not come in one burst.
         let phase = Duration::from_millis(rand::thread_rng().gen_range(0..1000));
         let mut tick =

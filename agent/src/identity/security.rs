@@ -230,7 +230,20 @@ impl AgentSecurity {
     /// last accepted message again (the retained desired state after a reconnect):
     /// drop it quietly.
     pub fn check(&self, topic: &str, env: &Envelope) -> Result<bool, Refusal> {
-        let r = self.check_inner(topic, env);
+        self.check_admitting(topic, env, || true)
+    }
+
+    /// [`AgentSecurity::check`], asking `admit` between the signature and the replay
+    /// check (the leader's term, `crate::term`): `Ok(false)` if it says no, and then the
+    /// message's seq is not recorded, so a refused message does not make the next ones
+    /// of the coordinator that leads now look like replays.
+    pub fn check_admitting(
+        &self,
+        topic: &str,
+        env: &Envelope,
+        admit: impl FnOnce() -> bool,
+    ) -> Result<bool, Refusal> {
+        let r = self.check_inner(topic, env, admit);
         if let Err(why) = r {
             let n = {
                 let mut m = self
@@ -247,11 +260,19 @@ impl AgentSecurity {
         r
     }
 
-    fn check_inner(&self, topic: &str, env: &Envelope) -> Result<bool, Refusal> {
+    fn check_inner(
+        &self,
+        topic: &str,
+        env: &Envelope,
+        admit: impl FnOnce() -> bool,
+    ) -> Result<bool, Refusal> {
         sign::verify(env, topic, &self.inner.coordinator).map_err(|e| match e {
             sign::SignError::Unsigned => Refusal::Unsigned,
             _ => Refusal::BadSignature,
         })?;
+        if !admit() {
+            return Ok(false);
+        }
         let mut st = self.state();
         let (_, now) = Self::clock(&st);
         match sign::check_fresh(

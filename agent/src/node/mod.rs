@@ -360,12 +360,20 @@ pub struct Node {
     exits: mpsc::UnboundedReceiver<ExitEvent>,
     /// Set by the update task when the agent exits for an update.
     update_exit: Option<tokio::sync::watch::Receiver<bool>>,
+    /// The highest leader's term persisted (see [`Node::leader_term`]).
+    leader_term: u64,
 }
 
 impl Node {
     /// The container runtime, for `baton exec` sessions (served beside the loop).
     pub fn runtime(&self) -> Arc<dyn crate::runtime::Runtime> {
         self.agent.deps.runtime.clone()
+    }
+
+    /// The highest leader's term on disk, for the bus to start from (`crate::term`): the
+    /// desired state's and the Service table's, each persisted with its message.
+    pub fn leader_term(&self) -> u64 {
+        self.leader_term
     }
 
     pub async fn prepare(cfg: AgentConfig) -> Result<Self, AgentError> {
@@ -400,6 +408,7 @@ impl Node {
                     generation: 0,
                     pods: BVec::new(),
                     secrets: BVec::new(),
+                    term: 0,
                 }
             }
         };
@@ -425,6 +434,7 @@ impl Node {
         agent.host_ports = Some(hostports::spawn_writer(agent.deps.clone(), rules));
         // Likewise the last Service table: the same rules back, never an empty set.
         let table = services::load(&agent.cfg.data_dir);
+        let leader_term = agent.desired.term.max(table.term);
         let addr = agent.cfg.address;
         services::first_sync(&agent.deps, &table, addr)?;
         agent.services = Some(services::spawn_writer(agent.deps.clone(), table, addr));
@@ -433,6 +443,7 @@ impl Node {
             events,
             exits,
             update_exit: None,
+            leader_term,
         })
     }
 
@@ -457,6 +468,7 @@ impl Node {
             events: mut rx,
             exits: mut exit_rx,
             update_exit,
+            ..
         } = self;
         let heartbeat_every = agent.cfg.link.heartbeat_every;
         let stop_on_exit = agent.cfg.stop_pods_on_exit;
@@ -504,6 +516,7 @@ impl Node {
                 generation: agent.desired.generation,
                 pods: BVec::new(),
                 secrets: agent.desired.secrets.clone(),
+                term: agent.desired.term,
             };
             agent.reconcile();
             while !agent.pods.is_empty() {

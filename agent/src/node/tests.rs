@@ -153,6 +153,7 @@ fn desired(generation: u64, pods: Vec<PodSpec>) -> DesiredState {
         generation,
         pods: BVec::from_vec(pods).unwrap(),
         secrets: BVec::new(),
+        term: 0,
     }
 }
 
@@ -579,6 +580,31 @@ async fn an_older_generation_is_applied_and_only_a_repeat_is_ignored() {
     h.bus_event(BusEvent::Desired(older.clone()));
     assert!(h.bus.take().is_empty(), "nothing changed, nothing to say");
     assert!(!h.agent.status_dirty);
+}
+
+/// A new leader's term is persisted with the desired state, once: the same state of the
+/// same term again writes nothing (the file, removed here, stays away), a new term with
+/// the same pods is written (the agent resumes from it after a restart).
+#[tokio::test]
+async fn a_new_leaders_term_is_persisted_once_with_the_desired_state() {
+    let mut h = Harness::new().await;
+    h.connect();
+    let first = DesiredState {
+        term: 4,
+        ..desired(5, vec![])
+    };
+    h.bus_event(BusEvent::Desired(first.clone()));
+    assert_eq!(h.agent.state_file.load().unwrap().term, 4);
+    std::fs::remove_file(h.agent.state_file.path()).unwrap();
+    h.bus_event(BusEvent::Desired(first.clone()));
+    assert!(
+        !h.agent.state_file.path().exists(),
+        "the same state of the same term was written again"
+    );
+    let next = DesiredState { term: 9, ..first };
+    h.bus_event(BusEvent::Desired(next.clone()));
+    assert_eq!(h.agent.state_file.load().unwrap(), next);
+    assert_eq!(h.agent.desired.term, 9);
 }
 
 /// A container that exits again after its first restart waits out its backoff (10 s, plus

@@ -114,6 +114,7 @@ mod tests {
             },
             allow_downgrade: false,
             health_window_secs: 30,
+            term: 0,
         }
     }
 

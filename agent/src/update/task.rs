@@ -198,9 +198,10 @@ impl Task {
                         Some(ev) => next = Some(ev),
                     },
                 }
-                // The same retained order again (a reconnect) waits its turn and is answered
-                // as before; a withdrawal or another release stops the download.
-                let other = matches!(&next, Some(UpdateEvent::Order(n)) if n.as_ref() != Some(&o));
+                // The same retained order again (a reconnect, or a new leader's) waits its
+                // turn and is answered as before; a withdrawal or another release stops the
+                // download.
+                let other = matches!(&next, Some(UpdateEvent::Order(n)) if !n.as_ref().is_some_and(|n| same_order(n, &o)));
                 if other && downloading.load(Ordering::SeqCst) {
                     stopped = true;
                     break;
@@ -479,6 +480,14 @@ fn phase_report(o: &AgentUpdate, phase: UpdatePhase, downloaded: u64) -> UpdateR
         reason: None,
         downloaded,
     }
+}
+
+/// The same order, whichever leader gave it: the term says who sent it, not what it asks.
+fn same_order(a: &AgentUpdate, b: &AgentUpdate) -> bool {
+    AgentUpdate {
+        term: b.term,
+        ..a.clone()
+    } == *b
 }
 
 #[cfg(test)]

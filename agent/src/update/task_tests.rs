@@ -26,6 +26,7 @@ fn order(body: &[u8], key: &SigningKey) -> AgentUpdate {
         release,
         allow_downgrade: false,
         health_window_secs: 0,
+        term: 0,
     }
 }
 

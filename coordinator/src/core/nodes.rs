@@ -54,6 +54,15 @@ impl Core {
         })
     }
 
+    /// The protocol version each known node spoke last, as stored (0: unknown), for the
+    /// security gate of a coordinator that has not heard them yet.
+    pub fn protocol_versions(&self) -> Vec<(String, u16)> {
+        self.nodes
+            .iter()
+            .map(|(name, n)| (name.clone(), n.status.protocol_version))
+            .collect()
+    }
+
     /// At start: asks every known node for its status. A restarted coordinator forgot each
     /// node's link profile, and a quiet node that stayed connected to an external broker
     /// would not speak again before the plain heartbeat timeout: it answers with a Hello

@@ -411,6 +411,8 @@ impl Core {
                 generation: n.status.desired_generation,
                 pods,
                 secrets,
+                // Stamped by the security gate as it seals (`Body::set_term`).
+                term: 0,
             }),
             retain: true,
         })

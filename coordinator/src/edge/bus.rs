@@ -185,6 +185,21 @@ pub fn mqtt_options(
     Ok(opts)
 }
 
+/// Stops the bridge's tasks where they stand: no DISCONNECT, and what is queued is never
+/// sent. A leader that learns it lost its lease halts its bridge first, so that from then
+/// on it publishes nothing (`crate::server`); the agents' term check covers the moments
+/// before it learned it.
+#[derive(Clone)]
+pub struct Halt(Vec<tokio::task::AbortHandle>);
+
+impl Halt {
+    pub fn now(&self) {
+        for t in &self.0 {
+            t.abort();
+        }
+    }
+}
+
 /// The running bridge: two tasks, aborted on drop of [`Bus::shutdown`].
 pub struct Bus {
     tasks: Vec<JoinHandle<()>>,
@@ -236,6 +251,11 @@ impl Bus {
             tasks: vec![recv, send],
             client,
         }
+    }
+
+    /// What stops the bridge at once (see [`Halt`]).
+    pub fn halt(&self) -> Halt {
+        Halt(self.tasks.iter().map(JoinHandle::abort_handle).collect())
     }
 
     /// Disconnects politely (best effort) and stops both tasks.

@@ -30,7 +30,17 @@
 //! which the level-triggered protocol treats as idempotent.
 //!
 //! Outbound messages are sealed here too ([`Security::seal`]): a persisted,
-//! clock-following sequence number, the send time, and the coordinator's signature.
+//! clock-following sequence number, the send time, the coordinator's signature, and on
+//! the messages that change what a node keeps ([`Body::term`]) the leader's term.
+//!
+//! **The leader's term** grows with every new leadership, so that agents refuse a deposed
+//! leader's late messages (docs/protocol.md, "The leader's term"). It lives in the store
+//! ([`Table::Meta`], `leader_term`), so it moves with the state: a coordinator on etcd takes
+//! the create revision of its election key, or the stored term plus one if that is higher
+//! (a store brought over from elsewhere), and stores it before anything is sent
+//! ([`Security::lead`]); a single coordinator (redb) keeps the stored term (0 if none), so
+//! it costs no write per start and never goes below what an etcd leader of the same state
+//! used.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
@@ -54,6 +64,8 @@ pub const DEFAULT_WINDOW: Duration = Duration::from_secs(600);
 pub const DEFAULT_ROTATION_OVERLAP: Duration = Duration::from_secs(300);
 /// The store key (in [`Table::Meta`]) of the coordinator's seq reservation.
 const SEQ_RESERVATION_KEY: &str = "coordinator_seq_reserved";
+/// The store key (in [`Table::Meta`]) of the last leader's term.
+const TERM_KEY: &str = "leader_term";
 /// A node with a wrong clock is sent a signed `StatusRequest` at most this often, so it
 /// can learn the time from it (see docs/security.md, "devices without a clock").
 const CLOCK_NUDGE_EVERY: Duration = Duration::from_secs(10);
@@ -244,6 +256,8 @@ pub struct Security {
     inner: Mutex<Inner>,
     seq: Mutex<SeqCounter>,
     nudge: Mutex<Option<mpsc::Sender<Outbound>>>,
+    /// The term stamped on outbound messages (see the module docs).
+    term: std::sync::atomic::AtomicU64,
 }
 
 impl Security {
@@ -262,10 +276,14 @@ impl Security {
                 inner.last_seq.insert(node, seq);
             }
         }
-        let reserved = store
-            .get(Table::Meta, SEQ_RESERVATION_KEY)?
-            .and_then(|v| String::from_utf8(v).ok()?.parse().ok())
-            .unwrap_or(0);
+        let meta = |key: &str| -> Result<u64, StoreError> {
+            Ok(store
+                .get(Table::Meta, key)?
+                .and_then(|v| String::from_utf8(v).ok()?.parse().ok())
+                .unwrap_or(0))
+        };
+        let reserved = meta(SEQ_RESERVATION_KEY)?;
+        let term = meta(TERM_KEY)?;
         Ok(Self {
             store,
             pki,
@@ -273,7 +291,39 @@ impl Security {
             inner: Mutex::new(inner),
             seq: Mutex::new(SeqCounter::resume(reserved)),
             nudge: Mutex::new(None),
+            term: term.into(),
         })
+    }
+
+    /// The leader's term this coordinator stamps on what it sends.
+    pub fn term(&self) -> u64 {
+        self.term.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// Takes the term of a new leadership whose election key was created at `revision`:
+    /// that revision, or the stored term plus one if it is higher, stored (through the
+    /// leader's fenced store) before anything is sent with it.
+    pub fn lead(&self, revision: u64) -> Result<u64, SecurityError> {
+        let term = revision.max(self.term().saturating_add(1));
+        self.store.commit(vec![Op::Put(
+            Table::Meta,
+            TERM_KEY.into(),
+            term.to_string().into_bytes(),
+        )])?;
+        self.term.store(term, std::sync::atomic::Ordering::Relaxed);
+        Ok(term)
+    }
+
+    /// What the store says each node speaks, for the nodes not heard since this process
+    /// started: a new leader writes to them in their version, not in the oldest one that
+    /// has the message, which would lack what came later (the term among it).
+    pub fn know_versions(&self, versions: impl IntoIterator<Item = (String, u16)>) {
+        let mut inner = self.inner();
+        for (node, v) in versions {
+            if v >= baton_proto::MIN_PROTO_VERSION {
+                inner.peer_version.entry(node).or_insert(v);
+            }
+        }
     }
 
     /// Where to send a signed `StatusRequest` to a node whose clock is off.
@@ -457,8 +507,14 @@ impl Security {
     ///
     /// Written in the version the node speaks (skew: an older agent reads only its own), or,
     /// before it spoke, in the oldest version that has the message, which every agent that
-    /// can receive it reads. A message the node's version lacks is refused.
-    pub fn seal(&self, node: &NodeName, body: Body) -> Result<(String, Vec<u8>), SecurityError> {
+    /// can receive it reads. A message the node's version lacks is refused. One that
+    /// carries a term ([`Body::term`]) gets this leader's.
+    pub fn seal(
+        &self,
+        node: &NodeName,
+        mut body: Body,
+    ) -> Result<(String, Vec<u8>), SecurityError> {
+        body.set_term(self.term());
         let topic = baton_proto::topics::topic_for(node, &body);
         let version = match self.peer_version(node) {
             Some(v) => v.min(baton_proto::PROTO_VERSION),

@@ -35,6 +35,9 @@ pub enum LeaderError {
 /// This coordinator leads; `lost` fires (with why) once it no longer does.
 pub struct Leadership {
     pub lost: oneshot::Receiver<String>,
+    /// The create revision of the election key: every later leadership's is higher, so
+    /// it is the leader's term (`crate::security::gate::Security::lead`).
+    pub revision: u64,
     /// Keeps the lease alive; dropped with the leadership.
     _keepalive: tokio::task::JoinHandle<()>,
 }
@@ -78,6 +81,7 @@ pub async fn lead(store: &EtcdStore, me: &str, lease: Duration) -> Result<Leader
     tracing::info!(election = %name, revision = key.rev(), "leading");
     Ok(Leadership {
         lost,
+        revision: u64::try_from(key.rev()).unwrap_or(0),
         _keepalive: keepalive,
     })
 }

@@ -307,6 +307,13 @@ impl Server {
             pki.clone(),
             cfg.security.clone(),
         )?);
+        // A new leader's term, stored before anything goes out with it; a single
+        // coordinator keeps the stored one.
+        let term = match &leadership {
+            Some(l) => security.lead(l.revision)?,
+            None => security.term(),
+        };
+        tracing::info!(term, "sending with the leader's term {term}");
         let enroller = Arc::new(
             crate::security::enroll::Enroller::load(store.clone(), security.clone())?
                 .with_release_key(release_key.as_ref())
@@ -341,6 +348,7 @@ impl Server {
                     })
                 },
             ))?;
+        security.know_versions(core.protocol_versions());
 
         let (broker, embedded_mqtt, broker_tls) = start_mqtt(&cfg, &pki, &security).await?;
         let broker_identity = cfg
@@ -526,12 +534,15 @@ impl Server {
             logs,
         );
         // Losing the leadership stops the coordinator as a shutdown would, then fails it.
+        // The bridge stops first, at once: a deposed leader publishes nothing more.
         let (lost_tx, mut lost_rx) = tokio::sync::oneshot::channel::<String>();
+        let halt = bus.halt();
         let shutdown = async move {
             match leadership {
                 Some(l) => tokio::select! {
                     () = shutdown => {}
                     why = l.lost => {
+                        halt.now();
                         let why = why.unwrap_or_else(|_| "the lease keeper stopped".into());
                         tracing::error!(reason = %why, "lost the leadership; stopping");
                         let _ = lost_tx.send(why);

@@ -18,6 +18,10 @@ pub struct ConfigMapPart {
     pub index: u16,
     pub count: u16,
     pub bytes: BVec<u8, CONFIG_MAP_PART_BYTES>,
+    /// The term of the leader that sent it ([`crate::DesiredState::term`]): a deposed
+    /// leader's late part could otherwise bring back an older content, which the leader
+    /// believes the node no longer needs sent.
+    pub term: u64,
 }
 
 /// A ConfigMap's `data` and `binaryData` together, in key order (a node needs no more).
@@ -56,6 +60,7 @@ impl ConfigMapData {
                     index: i as u16,
                     count,
                     bytes: BVec::from_vec(c.to_vec())?,
+                    term: 0,
                 })
             })
             .collect()

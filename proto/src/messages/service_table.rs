@@ -30,6 +30,10 @@ pub struct ServiceTable {
     pub digest: u64,
     pub services: BVec<ServiceEntry, MAX_SERVICES>,
     pub routes: BVec<NodeRoute, MAX_NODE_ROUTES>,
+    /// The term of the leader that sent it ([`crate::DesiredState::term`]); not part of the
+    /// content (`digest`). A deposed leader's late table would otherwise stand until the
+    /// next change, since a leader sends a node only tables that differ from its last.
+    pub term: u64,
 }
 
 /// One Service with a virtual address (headless Services have none and are not sent).
@@ -78,6 +82,7 @@ impl ServiceTable {
             digest: 0,
             services,
             routes,
+            term: 0,
         };
         t.digest = t.content_digest()?;
         Ok(t)

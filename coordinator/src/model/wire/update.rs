@@ -15,6 +15,8 @@ pub fn agent_update_order(
         release: release.to_wire()?,
         allow_downgrade: u.spec.allow_downgrade,
         health_window_secs: u.spec.health_window_seconds,
+        // Stamped by the security gate as it seals (`Body::set_term`).
+        term: 0,
     })
 }
 

@@ -254,3 +254,64 @@ fn outbound_messages_are_signed_with_growing_seqs() {
     let (_, p3) = again.seal(&node, Body::StatusRequest).unwrap();
     assert!(Envelope::decode(&p3).unwrap().seq > e2.seq);
 }
+
+fn desired_body() -> Body {
+    Body::Desired(baton_proto::DesiredState {
+        generation: 3,
+        pods: baton_proto::BVec::new(),
+        secrets: baton_proto::BVec::new(),
+        term: 0,
+    })
+}
+
+fn term_of(payload: &[u8]) -> Option<u64> {
+    Envelope::decode(payload).unwrap().body.term()
+}
+
+/// The leader's term: a single coordinator keeps the stored one (0 on a new store), with
+/// no write per start; a new etcd leader takes its election revision, or the stored term
+/// plus one if that is higher (a store brought from another cluster), and stores it, so
+/// that no later coordinator of this state goes below it. It is stamped on what changes a
+/// node's state, in the node's version: a v4 node reads no term.
+#[test]
+fn the_leaders_term_grows_with_each_leadership_and_is_stamped_on_desired_states() {
+    let (sec, _key, _d) = setup(false);
+    let node = NodeName::new("pi-1").unwrap();
+    sec.know_versions([("pi-1".to_string(), 5)]);
+    assert_eq!(sec.term(), 0);
+    let (_, p) = sec.seal(&node, desired_body()).unwrap();
+    assert_eq!(term_of(&p), Some(0));
+
+    assert_eq!(sec.lead(40).unwrap(), 40, "the election key's revision");
+    let (_, p) = sec.seal(&node, desired_body()).unwrap();
+    assert_eq!(term_of(&p), Some(40));
+    let (_, p) = sec.seal(&node, Body::StatusRequest).unwrap();
+    assert_eq!(term_of(&p), None, "a request carries none");
+
+    // The next start of this state: redb keeps 40; an etcd leader whose revision is
+    // lower (another etcd cluster) still goes above it.
+    let load = || {
+        Security::load(
+            sec.store.clone(),
+            sec.pki.clone(),
+            SecurityConfig::default(),
+        )
+    };
+    assert_eq!(load().unwrap().term(), 40);
+    assert_eq!(load().unwrap().lead(7).unwrap(), 41);
+    assert_eq!(load().unwrap().term(), 41);
+    assert_eq!(load().unwrap().lead(900).unwrap(), 900);
+
+    // A node known (from the store) to speak v4 is written to in v4, without a term; one
+    // known to speak v5 in v5 before it spoke to this process.
+    let again = load().unwrap();
+    again.know_versions([("pi-1".to_string(), 4), ("pi-2".to_string(), 5)]);
+    let (_, p) = again.seal(&node, desired_body()).unwrap();
+    assert_eq!(Envelope::peek_version(&p), Some(4));
+    assert_eq!(term_of(&p), Some(0), "v4 has no term");
+    let (_, p) = again
+        .seal(&NodeName::new("pi-2").unwrap(), desired_body())
+        .unwrap();
+    assert_eq!(Envelope::peek_version(&p), Some(5));
+    assert_eq!(term_of(&p), Some(900));
+}

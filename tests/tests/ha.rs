@@ -1,7 +1,8 @@
 //! Coordinators on etcd (issue 17) on the real lab: the coordinator's state lives in a
 //! real etcd instead of its data directory, survives the coordinator's death with no pod
 //! restarted, and an etcd outage refuses changes clearly, loses nothing, and heals once
-//! etcd is back while the pods keep running.
+//! etcd is back while the pods keep running. A standby takes over from a paused leader
+//! with a higher term, and the agents refuse the deposed leader's late messages.
 
 use std::time::{Duration, Instant};
 
@@ -132,6 +133,68 @@ fn coordinator_state_lives_in_etcd_and_survives_an_etcd_outage() -> Result<()> {
     Ok(())
 }
 
+/// The leader's term a coordinator's log says it sends with.
+fn term_of(log: &str) -> Option<u64> {
+    const SAYS: &str = "sending with the leader's term ";
+    let at = log.rfind(SAYS)? + SAYS.len();
+    let digits: String = log[at..].chars().take_while(char::is_ascii_digit).collect();
+    digits.parse().ok()
+}
+
+fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
+/// An empty desired state of `term` for `node`, signed with the coordinator key in `pki`
+/// and numbered as the coordinator numbers (its clock, in microseconds, ahead by a
+/// reservation): what a deposed leader's late message looks like on the wire.
+fn late_desired(pki: &std::path::Path, node: &str, term: u64) -> Result<(String, Vec<u8>)> {
+    use baton_proto::{sign, BVec, Body, DesiredState, Envelope, Sender};
+    let pki = baton_coordinator::security::pki::Pki::load_or_create(pki)?;
+    let topic = format!("baton/v1/nodes/{node}/down/desired");
+    let mut env = Envelope::new(
+        Sender::Coordinator,
+        now_ms() * 1000 + (1 << 34),
+        Body::Desired(DesiredState {
+            generation: 1_000_000,
+            pods: BVec::new(),
+            secrets: BVec::new(),
+            term,
+        }),
+    );
+    env.sent_at_ms = now_ms();
+    sign::sign(&mut env, &topic, pki.signing_key())?;
+    Ok((topic, env.encode()?))
+}
+
+/// Publishes `payload` on `topic` through the lab's Mosquitto, retained as a desired
+/// state is.
+fn publish_retained(lab: &Lab, topic: &str, payload: &[u8]) -> Result<()> {
+    let file = lab.dir.path().join("late-desired");
+    std::fs::write(&file, payload)?;
+    let out = lab
+        .hub
+        .cmd("mosquitto_pub")
+        .args([
+            "-h",
+            &lab.hub_ip(),
+            "-p",
+            "1883",
+            "-q",
+            "1",
+            "-r",
+            "-t",
+            topic,
+            "-f",
+        ])
+        .arg(&file)
+        .output()?;
+    ensure!(out.status.success(), "mosquitto_pub: {out:?}");
+    Ok(())
+}
+
 /// Runs the CLI against the coordinator at `api` (as admin: the token is in etcd, shared).
 fn baton_at(lab: &Lab, api: &str, args: &[&str]) -> Result<std::process::Output> {
     Ok(lab.baton_cmd_at(api).args(args).output()?)
@@ -147,6 +210,19 @@ fn a_standby_takes_over_from_a_paused_leader_which_then_writes_nothing() -> Resu
         .iter()
         .map(|p| init_pid(&lab, &node_of(p), &uid(p), "echo"))
         .collect::<Result<_>>()?;
+    // The leader's term: its election key's revision, which the agent follows.
+    let first_term = lab
+        .coordinator
+        .as_ref()
+        .and_then(|c| term_of(&c.log()))
+        .context("the leader's term in its log")?;
+    ensure!(first_term > 0, "a leader on etcd sends with term 0");
+    wait_for("the agent to follow the first leader's term", LONG, || {
+        Ok(lab
+            .agent_log(0)
+            .contains(&format!("following a new leader: term {first_term} "))
+            .then_some(()))
+    })?;
 
     // A second coordinator on the same etcd, its own data directory with the first's PKI
     // (docs/operations.md): it waits to lead, and meanwhile redirects the API to the
@@ -211,6 +287,22 @@ fn a_standby_takes_over_from_a_paused_leader_which_then_writes_nothing() -> Resu
         "failover: the standby led {led:?} and served {:?} after the pause",
         paused.elapsed()
     );
+    // The new leader's term is higher, and the agent follows it (the new leader asks
+    // every node for its status and answers its Hello with the desired state).
+    let second_term = term_of(&standby.log()).context("the new leader's term in its log")?;
+    ensure!(
+        second_term > first_term,
+        "the term went from {first_term} to {second_term}"
+    );
+    println!("terms: the first leader {first_term}, the new leader {second_term}");
+    wait_for("the agent to follow the new leader's term", LONG, || {
+        Ok(lab
+            .agent_log(0)
+            .contains(&format!(
+                "following a new leader: term {second_term} (was {first_term})"
+            ))
+            .then_some(()))
+    })?;
     let out = baton_at(
         &lab,
         standby_api,
@@ -227,6 +319,28 @@ fn a_standby_takes_over_from_a_paused_leader_which_then_writes_nothing() -> Resu
     let old_log = old_proc.log();
     ensure!(old_log.contains("lost the leadership"), "{old_log}");
     lab.coordinator = None;
+    let said = format!("its term {first_term} is below the term {second_term} of a later leader");
+    let refused = |log: &str| log.lines().filter(|l| l.contains(&said)).count();
+    let before = refused(&lab.agent_log(0));
+    println!("refused of the resumed old leader's own messages: {before}");
+
+    // A late message of the old leader (correctly signed, fresh, retained, with a higher
+    // generation) that would stop every pod: the agent refuses it for its term.
+    let node = lab.agents[0].name.clone();
+    let (topic, payload) =
+        late_desired(&lab.dir.path().join("coordinator/pki"), &node, first_term)?;
+    publish_retained(&lab, &topic, &payload)?;
+    wait_for(
+        "the agent to refuse the deposed leader's message",
+        LONG,
+        || Ok((refused(&lab.agent_log(0)) > before).then_some(())),
+    )?;
+    ensure!(
+        !lab.agent_log(0)
+            .lines()
+            .any(|l| l.contains("new desired state") && l.contains("1000000")),
+        "the agent took the deposed leader's desired state"
+    );
 
     let three = wait_for("3 pods Running", LONG, || {
         let out = baton_at(&lab, standby_api, &["get", "pods", "-o", "json"])?;

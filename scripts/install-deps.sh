@@ -31,12 +31,13 @@ install_missing() {
 #   curl python3               image build/push script and health checks
 #   apache2-utils openssl      htpasswd (bcrypt) and a test CA for the registry auth/TLS tests
 #   prometheus                 a real Prometheus scraping /metrics (tests/tests/metrics.rs)
-#   protobuf-compiler          protoc, for the etcd client's gRPC code (coordinator build)
+#   protobuf-compiler libprotobuf-dev  protoc, for the etcd client's gRPC code (coordinator
+#                              build), and the well-known types it imports (descriptor.proto)
 #   etcd-server                a real etcd for the coordinator's etcd store (tests/tests/etcd_store.rs, ha.rs)
 PKGS=(iproute2 iptables libseccomp-dev docker-registry mosquitto mosquitto-clients runc
       busybox-static gcc-aarch64-linux-gnu qemu-user-static curl python3 pkg-config
       linux-libc-dev-arm64-cross apache2-utils openssl gperf make python3-pip prometheus
-      protobuf-compiler etcd-server)
+      protobuf-compiler libprotobuf-dev etcd-server)
 
 install_missing "${PKGS[@]}"
 

@@ -298,6 +298,7 @@ mod tests {
             generation: 3,
             pods: BVec::from_vec(pods).unwrap(),
             secrets: BVec::new(),
+            crons: Default::default(),
         }
     }
 

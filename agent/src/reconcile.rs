@@ -259,6 +259,7 @@ mod tests {
             generation: 1,
             pods: BVec::from_vec(pods).unwrap(),
             secrets: BVec::new(),
+            crons: Default::default(),
         }
     }
 

@@ -50,6 +50,7 @@ impl StateFile {
                     generation: 0,
                     pods: BVec::new(),
                     secrets: BVec::new(),
+                    crons: Default::default(),
                 })
             }
             Err(source) => {
@@ -110,6 +111,8 @@ pub fn stops_only(current: &DesiredState, next: &DesiredState) -> DesiredState {
         // Never longer than `current`'s, so within its bound.
         pods: BVec::from_vec(pods).unwrap_or_default(),
         secrets: current.secrets.clone(),
+        // Firing is starting: the CronJobs of the persisted state go on.
+        crons: current.crons.clone(),
     }
 }
 
@@ -194,6 +197,7 @@ mod tests {
             generation,
             pods: BVec::from_vec(pods).unwrap(),
             secrets: BVec::new(),
+            crons: Default::default(),
         }
     }
 

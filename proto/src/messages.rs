@@ -11,13 +11,17 @@ use crate::sessions::{
 
 use crate::{
     BString, BVec, ProtoError, MAX_CONFIG_MAP_KEYS, MAX_CONTAINERS_PER_POD, MAX_PODS_PER_NODE,
-    MAX_SEALED_BYTES, MAX_SECRETS_PER_NODE,
+    MAX_SEALED_BYTES,
 };
 
 mod config_map;
+mod cron;
+mod desired;
 mod hello;
 mod service_table;
 pub use config_map::*;
+pub use cron::*;
+pub use desired::*;
 pub use hello::*;
 pub use service_table::*;
 
@@ -133,6 +137,9 @@ pub enum Body {
     /// endpoints, and every node's pod route, for the node's proxy. Sent after a change,
     /// only when its digest differs from the last one the node was sent. Added in v5.
     ServiceTable(ServiceTable),
+    /// Agent -> coordinator on `up/status`: runs of the CronJobs the node fires itself
+    /// ([`DesiredState::crons`]). Added in v5.
+    CronRuns(CronReport),
 }
 
 impl Body {
@@ -152,7 +159,8 @@ impl Body {
             | Body::ExecInput(_)
             | Body::ExecOutput(_)
             | Body::ExecExit(_)
-            | Body::ServiceTable(_) => 5,
+            | Body::ServiceTable(_)
+            | Body::CronRuns(_) => 5,
             _ => crate::MIN_PROTO_VERSION,
         }
     }
@@ -180,6 +188,7 @@ impl Body {
             Body::ExecOutput(_) => "ExecOutput",
             Body::ExecExit(_) => "ExecExit",
             Body::ServiceTable(_) => "ServiceTable",
+            Body::CronRuns(_) => "CronRuns",
         }
     }
 }
@@ -322,16 +331,6 @@ pub enum PressureKind {
     ImageDisk,
     Memory,
     Pid,
-}
-
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct DesiredState {
-    /// Grows by one whenever the coordinator changes what this node should run.
-    pub generation: u64,
-    pub pods: BVec<PodSpec, MAX_PODS_PER_NODE>,
-    /// The secrets this node's pods reference (env, volumes, `imagePullSecrets`), each
-    /// sealed to this node's key: nothing else on the way can read them.
-    pub secrets: BVec<SealedSecret, MAX_SECRETS_PER_NODE>,
 }
 
 /// A k8s `Secret`, sealed for one node. The plaintext is the postcard encoding of

@@ -99,6 +99,7 @@ fn declared_lengths_over_the_bound_are_refused_without_allocating() {
         generation: u64,
         pods: &'a [PodSpec],
         secrets: &'a [SealedSecret],
+        crons: &'a [NodeCron],
         sig: &'a [u8],
     }
     let raw = |pods: &[PodSpec]| {
@@ -111,6 +112,7 @@ fn declared_lengths_over_the_bound_are_refused_without_allocating() {
             generation: 1,
             pods,
             secrets: &[],
+            crons: &[],
             sig: &[],
         })
         .unwrap()

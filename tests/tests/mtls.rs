@@ -490,6 +490,7 @@ fn signatures_hold(lab: &mut Lab) -> Result<()> {
                 generation: 1_000_000,
                 pods: BVec::new(),
                 secrets: BVec::new(),
+                crons: Default::default(),
             }),
         );
         env.sent_at_ms = now_ms();

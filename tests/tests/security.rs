@@ -210,6 +210,7 @@ fn steps(lab: &mut Lab) -> Result<()> {
                 generation: 1_000_000,
                 pods: BVec::new(),
                 secrets: BVec::new(),
+                crons: Default::default(),
             }),
         );
         env.sent_at_ms = now_ms();

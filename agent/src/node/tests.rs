@@ -153,6 +153,7 @@ fn desired(generation: u64, pods: Vec<PodSpec>) -> DesiredState {
         generation,
         pods: BVec::from_vec(pods).unwrap(),
         secrets: BVec::new(),
+        crons: Default::default(),
     }
 }
 

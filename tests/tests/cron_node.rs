@@ -5,6 +5,7 @@
 //! run outlasts the minute never has two runs at once; the node the selector leaves out
 //! never runs either.
 
+use std::os::unix::fs::MetadataExt;
 use std::time::{Duration, Instant, SystemTime};
 
 use anyhow::{ensure, Context, Result};
@@ -113,7 +114,20 @@ fn scenario(lab: &Lab) -> Result<()> {
     lab.set_link(0, false)?;
     let cut = SystemTime::now();
     let cut_at = Instant::now();
-    std::thread::sleep(Duration::from_secs(150));
+    // Meanwhile, how often the node writes its CronJob history (each write is a new file
+    // renamed over the old one: a new inode).
+    let history = lab.agents[0].data_dir.join("cron.bin");
+    let inode = || std::fs::metadata(&history).map(|m| m.ino()).ok();
+    let mut last = inode();
+    let mut writes = 0;
+    while cut_at.elapsed() < Duration::from_secs(150) {
+        std::thread::sleep(Duration::from_millis(200));
+        let now = inode();
+        if now != last {
+            writes += 1;
+            last = now;
+        }
+    }
     let restored = SystemTime::now();
     lab.set_link(0, true)?;
     let back = Instant::now();
@@ -139,6 +153,25 @@ fn scenario(lab: &Lab) -> Result<()> {
         "FIGURE {} runs fired while the link was cut were in get jobs {:.1}s after it returned",
         offline.len(),
         back.elapsed().as_secs_f64()
+    );
+    // Every run that ended while cut off, of both CronJobs.
+    let ended_offline = ["tick", "slow"]
+        .iter()
+        .map(|cj| jobs_of(lab, cj))
+        .collect::<Result<Vec<_>>>()?
+        .into_iter()
+        .flatten()
+        .filter(|j| {
+            time(&j["status"]["conditions"][0]["lastTransitionTime"])
+                .is_some_and(|t| t > cut && t < restored)
+        })
+        .count();
+    println!(
+        "FIGURE SD writes of the CronJob history while cut off: {writes} for {ended_offline} runs ended"
+    );
+    ensure!(
+        writes >= 1 && writes <= ended_offline,
+        "one write a run at most: {writes} writes, {ended_offline} runs ended"
     );
     for j in &offline {
         ensure!(j["status"]["succeeded"] == 1, "{j}");

@@ -48,6 +48,28 @@ async fn the_selected_v5_node_is_sent_the_cron_job_and_its_runs_become_jobs() {
         desired_for(&msgs, "pi-2").is_none(),
         "not selected: unchanged"
     );
+    // What it costs the node's desired state: about a byte an instant, and the pod.
+    let size = |d: &DesiredState| {
+        baton_proto::Envelope::new(
+            baton_proto::Sender::Coordinator,
+            1,
+            Body::Desired(d.clone()),
+        )
+        .encode()
+        .unwrap()
+        .len()
+    };
+    let bare = DesiredState {
+        crons: BVec::new(),
+        ..d.clone()
+    };
+    let added = size(&d) - size(&bare);
+    println!(
+        "FIGURE an every-minute node CronJob adds {added} bytes to its nodes' desired state \
+         ({} instants, a day)",
+        baton_proto::MAX_CRON_FIRES
+    );
+    assert!(added < baton_proto::MAX_CRON_FIRES + 200, "{added}");
 
     // Selected but v4: withheld, and said once on the CronJob.
     h.apply(&node_cron("old").replace("name: tick", "name: tock"))

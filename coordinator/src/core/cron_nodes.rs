@@ -188,8 +188,8 @@ impl Core {
                 ),
                 Some(api::JobConditionType::Failed) => self.record(
                     format!("job/{job_name}"),
-                    "BackoffLimitExceeded",
-                    format!("Job failed on node {node}"),
+                    "Failed",
+                    format!("Job failed on node {node}: {}", run_reason(run)),
                 ),
                 None => {}
             }
@@ -234,5 +234,13 @@ impl Core {
             )));
         }
         Ok(())
+    }
+}
+
+/// Why a run failed, as its node said.
+fn run_reason(run: &proto::CronRun) -> &str {
+    match &run.outcome {
+        proto::CronOutcome::Failed(why) => why.as_str(),
+        _ => "",
     }
 }

@@ -299,6 +299,7 @@ mod tests {
             pods: BVec::from_vec(pods).unwrap(),
             secrets: BVec::new(),
             term: 0,
+            crons: Default::default(),
         }
     }
 

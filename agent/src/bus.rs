@@ -397,6 +397,14 @@ impl Bus {
         &self.term
     }
 
+    /// The time, if this node may trust it (see [`AgentSecurity::trusted_now_ms`]).
+    pub fn trusted_now_ms(&self) -> Option<u64> {
+        match &self.security {
+            Some(s) => s.trusted_now_ms(),
+            None => crate::identity::local_trusted_ms(),
+        }
+    }
+
     /// Why the attempts before the current connection failed (`None`: it got through at
     /// once), as sent in the Hello.
     pub fn last_connect_error(&self) -> Option<String> {
@@ -790,6 +798,7 @@ mod tests {
             pods: baton_proto::BVec::new(),
             secrets: baton_proto::BVec::new(),
             term,
+            crons: Default::default(),
         })
     }
 

@@ -305,6 +305,12 @@ pub fn broker_front(dir: &Path) -> bool {
     dir.join(BROKER_FRONT_FILE).exists()
 }
 
+/// The local clock, if it is past [`CLOCK_FLOOR_MS`] (set by an RTC or NTP): the only
+/// trusted time of a node without an identity, which learns none from the coordinator.
+pub fn local_trusted_ms() -> Option<u64> {
+    Some(wall_ms()).filter(|t| *t >= CLOCK_FLOOR_MS)
+}
+
 fn wall_ms() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)

@@ -51,6 +51,7 @@ impl StateFile {
                     pods: BVec::new(),
                     secrets: BVec::new(),
                     term: 0,
+                    crons: Default::default(),
                 })
             }
             Err(source) => {
@@ -113,6 +114,8 @@ pub fn stops_only(current: &DesiredState, next: &DesiredState) -> DesiredState {
         secrets: current.secrets.clone(),
         // What is on disk, with its term: a newer term is persisted with `next`.
         term: current.term,
+        // Firing is starting: the CronJobs of the persisted state go on.
+        crons: current.crons.clone(),
     }
 }
 
@@ -198,6 +201,7 @@ mod tests {
             pods: BVec::from_vec(pods).unwrap(),
             secrets: BVec::new(),
             term: 40 + generation,
+            crons: Default::default(),
         }
     }
 

@@ -15,10 +15,12 @@ use crate::{
 };
 
 mod config_map;
+mod cron;
 mod desired;
 mod hello;
 mod service_table;
 pub use config_map::*;
+pub use cron::*;
 pub use desired::*;
 pub use hello::*;
 pub use service_table::*;
@@ -135,6 +137,9 @@ pub enum Body {
     /// endpoints, and every node's pod route, for the node's proxy. Sent after a change,
     /// only when its digest differs from the last one the node was sent. Added in v5.
     ServiceTable(ServiceTable),
+    /// Agent -> coordinator on `up/status`: runs of the CronJobs the node fires itself
+    /// ([`DesiredState::crons`]). Added in v5.
+    CronRuns(CronReport),
 }
 
 impl Body {
@@ -154,7 +159,8 @@ impl Body {
             | Body::ExecInput(_)
             | Body::ExecOutput(_)
             | Body::ExecExit(_)
-            | Body::ServiceTable(_) => 5,
+            | Body::ServiceTable(_)
+            | Body::CronRuns(_) => 5,
             _ => crate::MIN_PROTO_VERSION,
         }
     }
@@ -182,6 +188,7 @@ impl Body {
             Body::ExecOutput(_) => "ExecOutput",
             Body::ExecExit(_) => "ExecExit",
             Body::ServiceTable(_) => "ServiceTable",
+            Body::CronRuns(_) => "CronRuns",
         }
     }
 

@@ -69,7 +69,7 @@ impl Kind {
             // brokers' ACLs).
             Body::Hello(_) | Body::Link(_) => Kind::Up(Up::Hello),
             Body::Heartbeat(_) => Kind::Up(Up::Heartbeat),
-            Body::Status(_) | Body::Usage(_) => Kind::Up(Up::Status),
+            Body::Status(_) | Body::Usage(_) | Body::CronRuns(_) => Kind::Up(Up::Status),
             Body::Offline => Kind::Up(Up::Offline),
             Body::Desired(_) => Kind::Down(Down::Desired),
             Body::StatusRequest

@@ -100,6 +100,7 @@ fn declared_lengths_over_the_bound_are_refused_without_allocating() {
         pods: &'a [PodSpec],
         secrets: &'a [SealedSecret],
         term: u64,
+        crons: &'a [NodeCron],
         sig: &'a [u8],
     }
     let raw = |pods: &[PodSpec]| {
@@ -113,6 +114,7 @@ fn declared_lengths_over_the_bound_are_refused_without_allocating() {
             pods,
             secrets: &[],
             term: 0,
+            crons: &[],
             sig: &[],
         })
         .unwrap()

@@ -377,6 +377,7 @@ fn desired_state() {
             pods: BVec::from_vec(vec![pod]).unwrap(),
             secrets: BVec::new(),
             term: 7,
+            crons: Default::default(),
         }),
     );
     check_reshaped(
@@ -390,11 +391,11 @@ const DESIRED: &str = "040009000402010777 65622d616263 02 7531 00 00 1e 01 03 77
 01 074d455353414745 00 026869 01 042f777777 01 903f01 5000 64 01f403 8080800801 808080 10 \
 00 000000 000000000000 00 00 00 00 00 00";
 // v5: the same but the version, the pod's priority (zigzag varint) after its
-// imagePullSecrets, and the leader's term (07) after the secrets.
+// imagePullSecrets, the leader's term (07) and the (empty) CronJobs after the secrets.
 const DESIRED_V5: &str = "050009000402010777 65622d616263 02 7531 00 00 1e 01 03 776562 \
 20 3132372e302e302e313a353030302f6261746f6e2f687474702d6563686f3a31 01 00 02 022d70 0438303830 \
 01 074d455353414745 00 026869 01 042f777777 01 903f01 5000 64 01f403 8080800801 808080 10 \
-00 000000 000000000000 00 00 00 00 d0dfacf30e 00 07 00";
+00 000000 000000000000 00 00 00 00 d0dfacf30e 00 07 00 00";
 
 #[test]
 fn status() {
@@ -560,6 +561,7 @@ fn desired_state_v2_fields() {
             }])
             .unwrap(),
             term: 1,
+            crons: Default::default(),
         }),
     );
     env.sent_at_ms = 1_800_000_000_000;
@@ -584,7 +586,8 @@ const DESIRED_V2: &str = "0400 8080e2c4f2a29903 80a0f1c2b134 04 01 01 0170 0175 
 01 07726567637265 64 \
 01 026462 03 00 02aabb \
 40 5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a";
-// v5: the version, priority 0 after the imagePullSecrets, and term 1 after the secrets.
+// v5: the version, priority 0 after the imagePullSecrets, term 1 and no CronJobs after the
+// secrets.
 const DESIRED_V2_AT_V5: &str = "0500 8080e2c4f2a29903 80a0f1c2b134 04 01 01 0170 0175 00 01 05 01 \
 03617070 0d722f61407368613235363a3030 02 00 00 01 025057 01 026462 027077 00 00 00000000 \
 01 056372656473 022f73 01 \
@@ -595,7 +598,7 @@ const DESIRED_V2_AT_V5: &str = "0500 8080e2c4f2a29903 80a0f1c2b134 04 01 01 0170
 01 0169 03722f62 00 00 00 00 00 00 00000000 00 000000 000000000000 00 \
 02 056372656473 00 026462 03746d70 01 01 8008 \
 01 07726567637265 64 00 \
-01 026462 03 00 02aabb 01 \
+01 026462 03 00 02aabb 01 00 \
 40 5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a";
 
 #[test]
@@ -1016,4 +1019,103 @@ fn a_tampered_or_oversized_service_table_is_refused() {
         Envelope::decode(&bytes),
         Err(ProtoError::TooLarge { .. })
     ));
+}
+
+fn node_cron() -> NodeCron {
+    NodeCron {
+        name: s("tick"),
+        uid: s("u1"),
+        pod: PodSpec {
+            name: s("tick"),
+            uid: s("u1"),
+            host_network: false,
+            restart_policy: RestartPolicy::Never,
+            termination_grace_secs: 1,
+            containers: BVec::new(),
+            init_containers: BVec::new(),
+            volumes: BVec::new(),
+            image_pull_secrets: BVec::new(),
+            priority: 0,
+        },
+        policy: CronPolicy::Forbid,
+        starting_deadline_secs: Some(30),
+        backoff_limit: 6,
+        successful_history: 3,
+        failed_history: 1,
+        first: 1_800_000_060,
+        deltas: BVec::from_vec(vec![60, 60]).unwrap(),
+    }
+}
+
+/// v5 appended `crons` to the desired state: an every-minute schedule costs a byte an
+/// instant. A v4 agent is never sent one, and the v4 shape has no such field.
+#[test]
+fn desired_state_with_a_node_cron() {
+    let cron = node_cron();
+    assert_eq!(
+        cron.fires().collect::<Vec<_>>(),
+        vec![1_800_000_060, 1_800_000_120, 1_800_000_180]
+    );
+    let env = Envelope::new(
+        Sender::Coordinator,
+        5,
+        Body::Desired(DesiredState {
+            generation: 3,
+            pods: BVec::new(),
+            secrets: BVec::new(),
+            term: 2,
+            crons: BVec::from_vec(vec![cron]).unwrap(),
+        }),
+    );
+    let bytes = env.encode().unwrap();
+    assert_eq!(
+        hex::encode(&bytes),
+        // 05 | 00 Coordinator | 05 seq | 00 | 04 Desired | 03 generation | 00 pods |
+        // 00 secrets | 02 term | 01 cron: "tick", "u1", pod ("tick", "u1", 00 host network, 02 Never,
+        // 01 grace, 00 containers, 00 inits, 00 volumes, 00 pull secrets, 00 priority),
+        // 01 Forbid, 01 1e deadline 30, 06 backoff, 03 01 history, first (varint),
+        // 02 deltas 3c 3c | 00 no signature
+        "0500050004 03 00 00 02 01 047469636b 027531 047469636b 027531 00 02 01 00 00 00 00 00 \
+         01 011e 06 03 01 bca4a7da06 02 3c3c 00"
+            .replace([' ', '\\'], "")
+    );
+    assert_eq!(Envelope::decode(&bytes).unwrap(), env);
+    // At v4 the same state is written without its term and CronJobs.
+    let v4 = env.clone().at_version(4).unwrap().encode().unwrap();
+    assert_eq!(hex::encode(&v4), "0400050004030000 00".replace(' ', ""));
+}
+
+#[test]
+fn cron_runs() {
+    let report = CronReport {
+        clock_untrusted: false,
+        runs: BVec::from_vec(vec![
+            CronRun {
+                cron: s("tick"),
+                minute: 30_000_001,
+                started_at_ms: 1_800_000_060_500,
+                finished_at_ms: Some(1_800_000_063_000),
+                outcome: CronOutcome::Succeeded,
+            },
+            CronRun {
+                cron: s("tick"),
+                minute: 30_000_002,
+                started_at_ms: 1_800_000_120_400,
+                finished_at_ms: None,
+                outcome: CronOutcome::Failed(s("exit code 1")),
+            },
+        ])
+        .unwrap(),
+    };
+    check_new(
+        Envelope::new(Sender::Node(node()), 7, Body::CronRuns(report)),
+        // 05 | 01 Node "pi-1" | 07 seq | 00 | 14 CronRuns | 00 clock trusted | 02 runs:
+        // "tick", minute, started, 01 finished, 01 Succeeded; "tick", minute, started,
+        // 00 not finished, 02 Failed "exit code 1" | 00 no signature
+        "050104 70692d31 07 00 14 00 02 \
+         047469636b 8187a70e d4f8f4c2b134 01 988cf5c2b134 01 \
+         047469636b 8287a70e d0ccf8c2b134 00 02 0b6578697420636f64652031 00"
+            .replace([' ', '\\'], "")
+            .as_str(),
+    );
 }

@@ -162,6 +162,7 @@ fn late_desired(pki: &std::path::Path, node: &str, term: u64) -> Result<(String,
             pods: BVec::new(),
             secrets: BVec::new(),
             term,
+            crons: Default::default(),
         }),
     );
     env.sent_at_ms = now_ms();

@@ -491,6 +491,7 @@ fn signatures_hold(lab: &mut Lab) -> Result<()> {
                 pods: BVec::new(),
                 secrets: BVec::new(),
                 term: u64::MAX,
+                crons: Default::default(),
             }),
         );
         env.sent_at_ms = now_ms();

@@ -211,6 +211,7 @@ fn steps(lab: &mut Lab) -> Result<()> {
                 pods: BVec::new(),
                 secrets: BVec::new(),
                 term: u64::MAX,
+                crons: Default::default(),
             }),
         );
         env.sent_at_ms = now_ms();

@@ -169,6 +169,20 @@ impl AgentSecurity {
         (learned, None)
     }
 
+    /// The time as this node may trust it, Unix milliseconds: its own clock once it is
+    /// past [`CLOCK_FLOOR_MS`] (an RTC, NTP), else the coordinator's, learned from a
+    /// verified message; `None` before either (a board without an RTC, just booted
+    /// offline), when nothing that depends on the date may run.
+    pub fn trusted_now_ms(&self) -> Option<u64> {
+        let st = self.state();
+        let local = wall_ms();
+        if local >= CLOCK_FLOOR_MS {
+            return Some(local);
+        }
+        st.offset_ms
+            .map(|o| (local as i64).saturating_add(o).max(0) as u64)
+    }
+
     fn persist(&self, st: &State) {
         let bytes = serde_json::to_vec(&st.persisted).unwrap_or_default();
         if let Err(e) = write_private(&self.inner.seq_path, &bytes) {

@@ -188,6 +188,7 @@ impl Agent {
         self.last_beat = None;
         self.hello_pending = true;
         self.status_dirty = true;
+        self.cron_connected();
         self.back_from_offline = std::mem::replace(&mut self.offline, false);
     }
 

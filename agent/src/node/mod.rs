@@ -15,6 +15,7 @@
 //! - `pods.rs`: what the loop knows of each pod and container;
 //! - `hostports.rs`: the node's hostPort DNAT rules, following the pods.
 
+mod cron;
 mod events;
 mod hostports;
 mod pods;
@@ -121,6 +122,11 @@ pub trait Publish {
     /// is queued while offline (see [`crate::bus`]).
     fn publish(&self, body: Body) -> Result<(), BusError>;
     fn is_connected(&self) -> bool;
+    /// The time, Unix milliseconds, if this node may trust it (node-scheduled CronJobs
+    /// fire only then).
+    fn trusted_now_ms(&self) -> Option<u64> {
+        crate::identity::local_trusted_ms()
+    }
 }
 
 impl Publish for Bus {
@@ -130,6 +136,10 @@ impl Publish for Bus {
 
     fn is_connected(&self) -> bool {
         Bus::is_connected(self)
+    }
+
+    fn trusted_now_ms(&self) -> Option<u64> {
+        Bus::trusted_now_ms(self)
     }
 }
 
@@ -190,6 +200,8 @@ struct Agent {
     services: Option<tokio::sync::watch::Sender<baton_proto::ServiceTable>>,
     /// Usage samples and reports (`crate::usage`).
     usage: crate::usage::UsageState,
+    /// Node-scheduled CronJobs: their runs and reports (`cron.rs`).
+    cron: cron::CronState,
 }
 
 impl Agent {
@@ -234,6 +246,7 @@ impl Agent {
             host_ports: None,
             services: None,
             usage: Default::default(),
+            cron: cron::CronState::load(&cfg_data_dir),
         }
     }
 
@@ -249,13 +262,11 @@ impl Agent {
                 error!(error = %e, "event handling failed");
             }
         }
+        let cron_due = self.cron_turn(bus);
         let wake = self.reconcile();
         let status_due = self.publish_status(bus);
         self.publish_host_ports();
-        match (wake, status_due) {
-            (Some(a), Some(b)) => Some(a.min(b)),
-            (a, b) => a.or(b),
-        }
+        [wake, status_due, cron_due].into_iter().flatten().min()
     }
 
     /// Hands the hostPort rules of the pods to their writer, if they changed.
@@ -409,6 +420,7 @@ impl Node {
                     pods: BVec::new(),
                     secrets: BVec::new(),
                     term: 0,
+                    crons: Default::default(),
                 }
             }
         };
@@ -517,6 +529,7 @@ impl Node {
                 pods: BVec::new(),
                 secrets: agent.desired.secrets.clone(),
                 term: agent.desired.term,
+                crons: Default::default(),
             };
             agent.reconcile();
             while !agent.pods.is_empty() {

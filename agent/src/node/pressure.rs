@@ -237,13 +237,16 @@ impl Agent {
 
     /// The desired state the reconciler works from: the persisted one less evicted pods.
     pub(super) fn runnable(&self) -> std::borrow::Cow<'_, DesiredState> {
-        if self.evicted.is_empty() {
+        let runs = self.run_pods();
+        if self.evicted.is_empty() && runs.is_empty() {
             return std::borrow::Cow::Borrowed(&self.desired);
         }
         let mut d = self.desired.clone();
+        // The CronJobs' runs are the node's own: desired, as long as they are active.
         let pods = d
             .pods
             .iter()
+            .chain(&runs)
             .filter(|p| !self.evicted.contains_key(p.uid.as_str()))
             .cloned()
             .collect();

@@ -154,6 +154,8 @@ impl Agent {
         let pods = self
             .pods
             .iter()
+            // CronJob runs are reported as runs (`Body::CronRuns`), not as pods.
+            .filter(|(uid, _)| !self.cron.runs.is_run_uid(uid))
             .filter_map(|(uid, p)| {
                 let of = |init: bool| {
                     p.ctrs

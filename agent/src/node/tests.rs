@@ -25,6 +25,8 @@ const IMAGE: &str = "127.0.0.1:9/test/app:1";
 struct Recorder {
     connected: Cell<bool>,
     sent: RefCell<Vec<Body>>,
+    /// The trusted time the node is given (Unix ms; `None`: not trusted).
+    clock: Cell<Option<u64>>,
 }
 
 impl Publish for Recorder {
@@ -38,6 +40,10 @@ impl Publish for Recorder {
 
     fn is_connected(&self) -> bool {
         self.connected.get()
+    }
+
+    fn trusted_now_ms(&self) -> Option<u64> {
+        self.clock.get()
     }
 }
 
@@ -154,6 +160,7 @@ fn desired(generation: u64, pods: Vec<PodSpec>) -> DesiredState {
         pods: BVec::from_vec(pods).unwrap(),
         secrets: BVec::new(),
         term: 0,
+        crons: Default::default(),
     }
 }
 
@@ -248,6 +255,7 @@ impl Harness {
             bus: Recorder {
                 connected: Cell::new(false),
                 sent: RefCell::new(Vec::new()),
+                clock: Cell::new(crate::identity::local_trusted_ms()),
             },
             rt,
             tmp,
@@ -807,4 +815,83 @@ async fn update_orders_and_the_nodes_health_reach_the_update_task() {
         panic!("no health after the disconnect")
     };
     assert!(!c.connected && c.desired);
+}
+
+/// A node-scheduled CronJob: nothing fires on an untrusted clock (and the node says so);
+/// on a trusted one its due instant starts one run, whose pod the reconciler runs, which
+/// is reported as a run and left out of the node's status.
+#[tokio::test]
+async fn a_cron_job_fires_on_the_trusted_clock_only() {
+    const T0: u64 = 1_800_000_000;
+    let mut h = Harness::new().await;
+    h.connect();
+    let mut template = pod("tick", 0);
+    template.restart_policy = RestartPolicy::Never;
+    let cron = baton_proto::NodeCron {
+        name: BString::new("tick").unwrap(),
+        uid: BString::new("cu").unwrap(),
+        pod: template,
+        policy: baton_proto::CronPolicy::Forbid,
+        starting_deadline_secs: None,
+        backoff_limit: 0,
+        successful_history: 3,
+        failed_history: 1,
+        first: T0 + 60,
+        deltas: baton_proto::BVec::from_vec(vec![60; 9]).unwrap(),
+    };
+    let mut d = desired(3, vec![]);
+    d.crons = baton_proto::BVec::from_vec(vec![cron]).unwrap();
+    h.bus.clock.set(None);
+    h.bus_event(BusEvent::Desired(d));
+    assert!(h.agent.pods.is_empty(), "no run on an untrusted clock");
+    let reports: Vec<baton_proto::CronReport> = h
+        .bus
+        .take()
+        .into_iter()
+        .filter_map(|b| match b {
+            Body::CronRuns(r) => Some(r),
+            _ => None,
+        })
+        .collect();
+    assert!(
+        reports
+            .iter()
+            .any(|r| r.clock_untrusted && r.runs.is_empty()),
+        "{reports:?}"
+    );
+
+    // Trusted, past the second instant: one run, for the latest.
+    h.bus.clock.set(Some((T0 + 125) * 1000));
+    let wake = h.agent.turn(None, &h.bus);
+    let minute = ((T0 + 120) / 60) as u32;
+    let uid = format!("cu-{minute}");
+    assert_eq!(h.agent.pods.keys().collect::<Vec<_>>(), [&uid]);
+    assert_eq!(
+        h.agent.pods[&uid].spec.name.as_str(),
+        format!("tick-{minute}")
+    );
+    let mono = h.agent.mono();
+    assert!(
+        wake.is_some_and(|w| w <= mono + 55_000),
+        "wakes for the next instant, 55 s on: {wake:?}"
+    );
+    let sent = h.bus.take();
+    let runs: Vec<&baton_proto::CronRun> = sent
+        .iter()
+        .filter_map(|b| match b {
+            Body::CronRuns(r) => Some(r),
+            _ => None,
+        })
+        .flat_map(|r| r.runs.iter())
+        .collect();
+    assert_eq!(runs.len(), 1, "{runs:?}");
+    assert_eq!(
+        (runs[0].minute, &runs[0].outcome),
+        (minute, &baton_proto::CronOutcome::Active)
+    );
+    let status = Harness::last_status(&sent).unwrap();
+    assert!(status.pods.is_empty(), "a run is not a pod of the status");
+    // Forbid, and fired once: the same instant again starts nothing more.
+    h.agent.turn(None, &h.bus);
+    assert_eq!(h.agent.pods.len(), 1);
 }

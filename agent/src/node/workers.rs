@@ -22,10 +22,12 @@ impl Agent {
     pub(super) fn reconcile(&mut self) -> Option<Millis> {
         // Images of assigned and of still-tracked (running, stopping) pods are never
         // garbage-collected; cheap when nothing changed.
+        // A CronJob's image too, between its runs: the node may be offline at the next.
         let in_use: std::collections::BTreeSet<String> = self
             .desired
             .pods
             .iter()
+            .chain(self.desired.crons.iter().map(|c| &c.pod))
             .chain(self.pods.values().map(|p| &p.spec))
             .flat_map(|p| pod::all_containers(p).map(|c| c.image.to_string()))
             .collect();
@@ -107,7 +109,7 @@ impl Agent {
 
     fn start_pod(&mut self, uid: String) {
         let Some(spec) = self
-            .desired
+            .runnable()
             .pods
             .iter()
             .find(|p| p.uid.as_str() == uid)

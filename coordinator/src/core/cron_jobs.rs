@@ -5,8 +5,8 @@
 use std::time::SystemTime;
 
 use crate::contract::{Applied, ApplyAction, ResourceKind};
-use crate::decide::cronjob;
 use crate::decide::policy;
+use crate::decide::{cron_node, cronjob};
 use crate::model::api;
 
 use super::requests::check_wire;
@@ -28,7 +28,13 @@ impl Core {
             let Some(cj) = self.cron_jobs.get(&name) else {
                 continue;
             };
-            let plan = match cronjob::reconcile_cron_job(cj, &self.cron_jobs_jobs(&name), now) {
+            let plan = match cronjob::reconcile_cron_job(cj, &self.cron_jobs_jobs(&name), now)
+                .and_then(|mut plan| {
+                    if cj.on_node() && !self.horizon_holds(cj, now) {
+                        plan.status = cron_node::with_horizon(cj, plan.status, now)?;
+                    }
+                    Ok(plan)
+                }) {
                 Ok(plan) => plan,
                 Err(e) => {
                     // Checked on apply; only a store written by another version gets here.
@@ -71,6 +77,7 @@ impl Core {
                     self.record(key, "JobAlreadyActive", message);
                 }
             }
+            self.note_old_cron_nodes(&name);
             if let Some(cj) = self.cron_jobs.get_mut(&name) {
                 if cj.status != plan.status {
                     cj.status = plan.status;
@@ -91,6 +98,7 @@ impl Core {
             };
             ApiError::BadRequest(format!("{what}: {path}: {e}"))
         })?;
+        self.check_node_cron_job(c)?;
         let job = cronjob::new_job(c, SystemTime::UNIX_EPOCH);
         check_wire(&crate::decide::job::new_pod(&job, "xxxxx"), &what)?;
         policy::check_pod(

@@ -32,6 +32,10 @@ impl Core {
             let Some(j) = self.jobs.get(&name) else {
                 continue;
             };
+            if j.run_node().is_some() {
+                // A node's own run of a node-scheduled CronJob: recorded, never run here.
+                continue;
+            }
             let plan = {
                 let owned = Self::job_pods(&self.pods, &name);
                 let mut suffix = random_suffix;

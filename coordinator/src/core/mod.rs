@@ -36,6 +36,7 @@
 mod agent_updates;
 mod config_maps;
 mod cron_jobs;
+mod cron_nodes;
 mod daemon_sets;
 mod events;
 mod exec;
@@ -355,6 +356,10 @@ pub struct Core {
     live: HashMap<String, Live>,
     /// Each node's desired content as last published (or loaded), to detect changes.
     desired: HashMap<String, Vec<proto::PodSpec>>,
+    /// Each node's node-scheduled CronJobs as last published (or loaded).
+    desired_crons: HashMap<String, Vec<proto::NodeCron>>,
+    /// Node-scheduled CronJobs in their wire form, by name (`cron_nodes.rs`).
+    node_crons: BTreeMap<String, cron_nodes::Sent>,
     events: VecDeque<(u64, api::Event)>,
     next_event: u64,
 
@@ -437,6 +442,8 @@ impl Core {
             revoked: BTreeSet::new(),
             live: HashMap::new(),
             desired: HashMap::new(),
+            desired_crons: HashMap::new(),
+            node_crons: BTreeMap::new(),
             events: VecDeque::new(),
             next_event: 1,
             dirty: BTreeSet::new(),

@@ -425,6 +425,11 @@ impl Core {
                         .insert(name.to_owned(), (u, std::time::SystemTime::now()));
                 }
             }
+            Body::CronRuns(r) => {
+                if self.nodes.contains_key(name) {
+                    self.record_node_runs(name, r);
+                }
+            }
             // The bus hands log chunks to their sessions (`crate::edge::logs`).
             Body::LogChunk(_) | Body::ExecOutput(_) | Body::ExecExit(_) => {
                 tracing::debug!(node = name, "a log chunk reached the core; ignored")

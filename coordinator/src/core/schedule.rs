@@ -30,6 +30,7 @@ impl Core {
         }
         let now = std::time::SystemTime::now();
         self.run_cron_jobs(now);
+        self.refresh_node_crons();
         self.run_jobs(now);
         self.schedule_pending();
         self.update_deployment_statuses();
@@ -405,6 +406,7 @@ impl Core {
         }
         let pods = proto::BVec::from_vec(pods).ok()?;
         let secrets = self.sealed_secrets(node);
+        let crons = self.desired_crons.get(node).cloned().unwrap_or_default();
         Some(Outbound {
             node: name,
             body: Body::Desired(proto::DesiredState {
@@ -413,6 +415,7 @@ impl Core {
                 secrets,
                 // Stamped by the security gate as it seals (`Body::set_term`).
                 term: 0,
+                crons: proto::BVec::from_vec(crons).ok()?,
             }),
             retain: true,
         })
@@ -428,13 +431,19 @@ impl Core {
     fn update_desired(&mut self) {
         for (node, pods) in self.desired_by_node() {
             let secrets = self.desired_secret_list_for(&node, &pods);
+            let crons = self.desired_crons(&node);
             if self.desired.get(&node) == Some(&pods)
                 && self.desired_secrets.get(&node) == Some(&secrets)
+                && self
+                    .desired_crons
+                    .get(&node)
+                    .map_or(crons.is_empty(), |c| *c == crons)
             {
                 continue;
             }
             self.desired.insert(node.clone(), pods);
             self.desired_secrets.insert(node.clone(), secrets);
+            self.desired_crons.insert(node.clone(), crons);
             if let Some(n) = self.nodes.get_mut(&node) {
                 n.status.desired_generation += 1;
                 tracing::debug!(%node, generation = n.status.desired_generation, "desired state changed");

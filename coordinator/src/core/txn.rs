@@ -68,6 +68,12 @@ impl Core {
                 .or_insert(now);
         }
         self.desired = self.desired_by_node().into_iter().collect();
+        self.refresh_node_crons();
+        self.desired_crons = self
+            .nodes
+            .keys()
+            .map(|n| (n.clone(), self.desired_crons(n)))
+            .collect();
         self.desired_secrets = self
             .nodes
             .keys()

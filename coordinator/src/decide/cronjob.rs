@@ -175,7 +175,21 @@ pub fn reconcile_cron_job(
         }
     }
     let due = schedule.latest(now).filter(|t| *t > earliest);
-    if let (Some(t), false) = (due, spec.suspend) {
+    if cj.on_node() {
+        // The nodes fire it (`super::cron_node`); here only what they report is recorded.
+        status.last_schedule_time = jobs
+            .iter()
+            .filter_map(|j| {
+                j.metadata
+                    .annotations
+                    .get(api::SCHEDULED_TIMESTAMP_ANNOTATION)
+            })
+            .filter_map(|t| parse(t))
+            .max()
+            .map(rfc3339)
+            .or(status.last_schedule_time);
+        // Its horizon moves in `super::cron_node::horizon_start`.
+    } else if let (Some(t), false) = (due, spec.suspend) {
         let job = new_job(cj, t);
         if jobs.iter().any(|j| j.metadata.name == job.metadata.name) {
             status.last_schedule_time = Some(rfc3339(t));

@@ -32,7 +32,11 @@ pub fn node_wants(ds: &api::DaemonSet, node: &api::Node) -> bool {
 /// gets the node no new one: otherwise the taint manager's eviction and this controller
 /// would replace the pod every `tolerationSeconds`.
 fn placement(ds: &api::DaemonSet, node: &api::Node) -> (bool, bool) {
-    let spec = &ds.spec.template.spec;
+    template_placement(&ds.spec.template.spec, node)
+}
+
+/// [`placement`] of a pod template: also which nodes fire a node-scheduled CronJob.
+pub fn template_placement(spec: &api::PodSpec, node: &api::Node) -> (bool, bool) {
     let no_schedule: Vec<api::Taint> = node
         .spec
         .taints

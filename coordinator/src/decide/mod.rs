@@ -2,6 +2,7 @@
 
 pub mod agent_update;
 pub mod controller;
+pub mod cron_node;
 pub mod cronjob;
 pub mod daemonset;
 pub mod job;

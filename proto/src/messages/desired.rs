@@ -1,15 +1,18 @@
-//! The desired state a node is told to run, whose shape changed in v5 (`term`).
+//! [`DesiredState`], the retained message with everything a node should run. Its shape
+//! changed in v5 (`term`, `crons`), so its serde impls are written by hand (see
+//! [`crate::wire`]).
 
 use core::fmt;
 
 use serde::{Deserialize, Serialize};
 
-use super::{PodSpec, SealedSecret};
-use crate::{BVec, MAX_PODS_PER_NODE, MAX_SECRETS_PER_NODE};
+use crate::{
+    BVec, NodeCron, PodSpec, SealedSecret, MAX_NODE_CRONS, MAX_PODS_PER_NODE, MAX_SECRETS_PER_NODE,
+};
 
 /// Everything one node should run. Its encoding depends on the protocol version
-/// ([`crate::wire`]): v4 has no `term`.
-#[derive(Debug, Clone, PartialEq)]
+/// ([`crate::wire`]): v4 has no `term` and no `crons`.
+#[derive(Debug, Clone, PartialEq, Default)]
 pub struct DesiredState {
     /// Grows by one whenever the coordinator changes what this node should run.
     pub generation: u64,
@@ -23,9 +26,12 @@ pub struct DesiredState {
     /// changes nothing; a higher term is accepted whatever its generation (a new leader's
     /// word is the truth). Added in v5; a v4 peer reads and writes none (0).
     pub term: u64,
+    /// The CronJobs this node fires itself, with their instants. Added in v5; a v4 peer
+    /// reads and writes none.
+    pub crons: BVec<NodeCron, MAX_NODE_CRONS>,
 }
 
-const DESIRED_FIELDS: [&str; 4] = ["generation", "pods", "secrets", "term"];
+const DESIRED_FIELDS: [&str; 5] = ["generation", "pods", "secrets", "term", "crons"];
 
 /// The fields of a `DesiredState` at the version being encoded or decoded.
 fn desired_fields() -> &'static [&'static str] {
@@ -46,6 +52,7 @@ impl Serialize for DesiredState {
         st.serialize_field("secrets", &self.secrets)?;
         if fields.len() > 3 {
             st.serialize_field("term", &self.term)?;
+            st.serialize_field("crons", &self.crons)?;
         }
         st.end()
     }
@@ -69,11 +76,17 @@ impl<'de> Deserialize<'de> for DesiredState {
                             .ok_or_else(|| serde::de::Error::invalid_length($i, &self))?
                     };
                 }
+                let (generation, pods, secrets) = (field!(0), field!(1), field!(2));
+                let (term, crons) = match self.0 > 3 {
+                    true => (field!(3), field!(4)),
+                    false => (0, BVec::new()),
+                };
                 Ok(DesiredState {
-                    generation: field!(0),
-                    pods: field!(1),
-                    secrets: field!(2),
-                    term: if self.0 > 3 { field!(3) } else { 0 },
+                    generation,
+                    pods,
+                    secrets,
+                    term,
+                    crons,
                 })
             }
         }

@@ -3,6 +3,7 @@
 
 mod agent_updates;
 mod config_maps;
+mod cron_nodes;
 mod daemon_sets;
 mod exec;
 mod jobs;

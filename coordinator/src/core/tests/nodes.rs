@@ -407,6 +407,7 @@ async fn a_silent_node_loses_its_deployment_pods_after_the_eviction_timeout() {
         .unwrap(),
         secrets: BVec::new(),
         term: 0,
+        crons: Default::default(),
     };
     h.send(&lost, Body::Status(running_status(&old, back.generation)));
     let pods = h.pods();

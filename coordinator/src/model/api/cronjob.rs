@@ -9,6 +9,32 @@ pub const DEFAULT_SUCCESSFUL_JOBS_HISTORY_LIMIT: u32 = 3;
 pub const DEFAULT_FAILED_JOBS_HISTORY_LIMIT: u32 = 1;
 /// The annotation on a CronJob's Job: the scheduled time it runs for (RFC 3339).
 pub const SCHEDULED_TIMESTAMP_ANNOTATION: &str = "batch.kubernetes.io/cronjob-scheduled-timestamp";
+/// The opt-in on a CronJob (value `node`): every node its pod template selects fires it
+/// on its own clock, also offline; the coordinator never fires it.
+pub const SCHEDULE_ON_ANNOTATION: &str = "baton.io/schedule-on";
+/// On a Job recorded from a node's run of a node-scheduled CronJob: the node.
+pub const RUN_NODE_ANNOTATION: &str = "baton.io/node";
+
+impl CronJob {
+    /// Fired by the nodes themselves (`baton.io/schedule-on: node`).
+    pub fn on_node(&self) -> bool {
+        self.metadata
+            .annotations
+            .get(SCHEDULE_ON_ANNOTATION)
+            .is_some_and(|v| v == "node")
+    }
+}
+
+impl Job {
+    /// The node whose own run of a node-scheduled CronJob this Job records: the Job
+    /// controller leaves it alone (it has no pods here).
+    pub fn run_node(&self) -> Option<&str> {
+        self.metadata
+            .annotations
+            .get(RUN_NODE_ANNOTATION)
+            .map(String::as_str)
+    }
+}
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
@@ -72,4 +98,12 @@ pub struct CronJobStatus {
     pub last_schedule_time: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_successful_time: Option<String>,
+    /// Node-scheduled: where the instants sent to the nodes start (RFC 3339); moved to
+    /// the present once half the horizon has passed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub node_horizon_start: Option<String>,
+    /// Node-scheduled: per node, the newest run recorded (minutes since the epoch), so a
+    /// run reported again after its Job left the history is not recorded twice.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub node_runs: BTreeMap<String, u32>,
 }

@@ -261,6 +261,7 @@ fn desired_body() -> Body {
         pods: baton_proto::BVec::new(),
         secrets: baton_proto::BVec::new(),
         term: 0,
+        crons: Default::default(),
     })
 }
 

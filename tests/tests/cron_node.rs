@@ -1,0 +1,265 @@
+//! Node-scheduled CronJobs on real agents (issue 18): `baton.io/schedule-on: node` with a
+//! node selector. The selected node fires an every-minute CronJob on its own clock while
+//! its link to the broker is cut (no coordinator, no broker), its runs appear in
+//! `get jobs` once the link is back, each once; a `concurrencyPolicy: Forbid` CronJob whose
+//! run outlasts the minute never has two runs at once; the node the selector leaves out
+//! never runs either.
+
+use std::os::unix::fs::MetadataExt;
+use std::time::{Duration, Instant, SystemTime};
+
+use anyhow::{ensure, Context, Result};
+use baton_e2e::fleet::text;
+use baton_e2e::{items, wait_for, Broker, Lab};
+use serde_json::Value;
+
+fn cron_job(registry: &str, name: &str, node: &str, policy: &str, script: &str) -> String {
+    format!(
+        r#"apiVersion: batch/v1
+kind: CronJob
+metadata:
+  name: {name}
+  annotations:
+    baton.io/schedule-on: node
+spec:
+  schedule: "* * * * *"
+  concurrencyPolicy: {policy}
+  successfulJobsHistoryLimit: 10
+  jobTemplate:
+    spec:
+      template:
+        spec:
+          nodeSelector:
+            kubernetes.io/hostname: {node}
+          restartPolicy: Never
+          terminationGracePeriodSeconds: 1
+          containers:
+          - name: work
+            image: {registry}/baton/busybox:1
+            command: [sh, -c, "{script}"]
+"#
+    )
+}
+
+fn jobs_of(lab: &Lab, cron: &str) -> Result<Vec<Value>> {
+    Ok(items(&lab.get_json(&["get", "jobs"])?)
+        .into_iter()
+        .filter(|j| j["metadata"]["cronJob"] == cron)
+        .collect())
+}
+
+fn time(v: &Value) -> Option<SystemTime> {
+    humantime::parse_rfc3339_weak(v.as_str()?).ok()
+}
+
+/// `s` without ANSI colour sequences (a log's field names may be styled).
+fn plain(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    let mut chars = s.chars();
+    while let Some(c) = chars.next() {
+        if c == '\x1b' {
+            for c in chars.by_ref() {
+                if c.is_ascii_alphabetic() {
+                    break;
+                }
+            }
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
+fn finished(j: &Value) -> bool {
+    j["status"]["conditions"]
+        .as_array()
+        .is_some_and(|c| c.iter().any(|c| c["status"] == "True"))
+}
+
+#[test]
+fn a_node_fires_its_cron_job_while_cut_off_and_reports_the_runs_when_back() -> Result<()> {
+    let lab = Lab::start("cronnode", 2, Broker::Embedded)?;
+    let r = scenario(&lab);
+    if r.is_err() {
+        lab.dump_logs();
+    }
+    r
+}
+
+fn scenario(lab: &Lab) -> Result<()> {
+    let reg = lab.registry();
+    let (fires, other) = (lab.agents[0].name.clone(), lab.agents[1].name.clone());
+    let applied = lab.apply(&format!(
+        "{}---\n{}",
+        cron_job(&reg, "tick", &fires, "Allow", "echo tick"),
+        cron_job(&reg, "slow", &fires, "Forbid", "sleep 100"),
+    ))?;
+    ensure!(
+        applied.status.success(),
+        "{}",
+        String::from_utf8_lossy(&applied.stderr)
+    );
+
+    // Online first: a run of `tick`, recorded as a Job of the CronJob, of the node.
+    let first = wait_for("a first run of tick", Duration::from_secs(150), || {
+        Ok(jobs_of(lab, "tick")?.into_iter().find(finished))
+    })?;
+    ensure!(
+        first["metadata"]["annotations"]["baton.io/node"] == fires.as_str(),
+        "{first}"
+    );
+    ensure!(first["status"]["succeeded"] == 1, "{first}");
+
+    // Cut the node off for two and a half minutes: it keeps firing.
+    lab.set_link(0, false)?;
+    let cut = SystemTime::now();
+    let cut_at = Instant::now();
+    // Meanwhile, how often the node writes its CronJob history (each write is a new file
+    // renamed over the old one: a new inode).
+    let history = lab.agents[0].data_dir.join("cron.bin");
+    let inode = || std::fs::metadata(&history).map(|m| m.ino()).ok();
+    let mut last = inode();
+    let mut writes = 0;
+    while cut_at.elapsed() < Duration::from_secs(150) {
+        std::thread::sleep(Duration::from_millis(200));
+        let now = inode();
+        if now != last {
+            writes += 1;
+            last = now;
+        }
+    }
+    let restored = SystemTime::now();
+    lab.set_link(0, true)?;
+    let back = Instant::now();
+    eprintln!("link cut for {:.0}s", cut_at.elapsed().as_secs_f64());
+
+    // Its runs of those minutes come back as Jobs, each once.
+    let offline = wait_for(
+        "the runs fired offline in get jobs",
+        Duration::from_secs(90),
+        || {
+            let jobs = jobs_of(lab, "tick")?;
+            let offline: Vec<Value> = jobs
+                .into_iter()
+                .filter(|j| {
+                    time(&j["status"]["startTime"]).is_some_and(|t| t > cut && t < restored)
+                })
+                .filter(finished)
+                .collect();
+            Ok((offline.len() >= 2).then_some(offline))
+        },
+    )?;
+    println!(
+        "FIGURE {} runs fired while the link was cut were in get jobs {:.1}s after it returned",
+        offline.len(),
+        back.elapsed().as_secs_f64()
+    );
+    // Every run that ended while cut off, of both CronJobs.
+    let ended_offline = ["tick", "slow"]
+        .iter()
+        .map(|cj| jobs_of(lab, cj))
+        .collect::<Result<Vec<_>>>()?
+        .into_iter()
+        .flatten()
+        .filter(|j| {
+            time(&j["status"]["conditions"][0]["lastTransitionTime"])
+                .is_some_and(|t| t > cut && t < restored)
+        })
+        .count();
+    println!(
+        "FIGURE SD writes of the CronJob history while cut off: {writes} for {ended_offline} runs ended"
+    );
+    ensure!(
+        writes >= 1 && writes <= ended_offline,
+        "one write a run at most: {writes} writes, {ended_offline} runs ended"
+    );
+    for j in &offline {
+        ensure!(j["status"]["succeeded"] == 1, "{j}");
+        let scheduled =
+            time(&j["metadata"]["annotations"]["batch.kubernetes.io/cronjob-scheduled-timestamp"])
+                .context("a scheduled time")?;
+        let started = time(&j["status"]["startTime"]).context("a start")?;
+        let late = started.duration_since(scheduled).unwrap_or_default();
+        ensure!(
+            late < Duration::from_secs(5),
+            "run for {scheduled:?} started {late:?} late: {j}"
+        );
+    }
+    let names: Vec<String> = jobs_of(lab, "tick")?
+        .iter()
+        .map(|j| text(&j["metadata"]["name"]))
+        .collect();
+    // Each instant fired once on the node (its log), whatever was reported twice.
+    let log = plain(&lab.agent_log(0));
+    let mut fired: Vec<&str> = log
+        .lines()
+        .filter(|l| l.contains("CronJob fires") && l.contains("cronjob=tick"))
+        .filter_map(|l| l.split("minute=").nth(1)?.split_whitespace().next())
+        .collect();
+    let all = fired.len();
+    ensure!(
+        all > offline.len(),
+        "tick fired {all} times, {} of them offline: {log}",
+        offline.len()
+    );
+    fired.sort();
+    fired.dedup();
+    ensure!(fired.len() == all, "an instant of tick fired twice: {log}");
+    ensure!(
+        names
+            .iter()
+            .all(|n| n.starts_with("tick-") && n.ends_with(&format!("-{fires}"))),
+        "{names:?}"
+    );
+    let table = String::from_utf8_lossy(&lab.baton(&["get", "cronjobs"])?.stdout).into_owned();
+    let tick_row = table
+        .lines()
+        .find(|l| l.starts_with("tick "))
+        .with_context(|| table.clone())?;
+    let cols: Vec<&str> = tick_row
+        .split("  ")
+        .map(str::trim)
+        .filter(|c| !c.is_empty())
+        .collect();
+    ensure!(
+        cols.len() == 7 && cols[5] != "<none>",
+        "LAST SCHEDULE set: {table}"
+    );
+
+    // Forbid: the runs of `slow` (100 s each, every minute) never overlap.
+    let mut slow: Vec<(SystemTime, Option<SystemTime>)> = jobs_of(lab, "slow")?
+        .iter()
+        .filter_map(|j| {
+            Some((
+                time(&j["status"]["startTime"])?,
+                j["status"]["conditions"][0]["lastTransitionTime"]
+                    .as_str()
+                    .and_then(|t| humantime::parse_rfc3339_weak(t).ok()),
+            ))
+        })
+        .collect();
+    slow.sort();
+    ensure!(slow.len() >= 2, "slow ran at least twice: {slow:?}");
+    for w in slow.windows(2) {
+        let end = w[0].1.context("an earlier run of slow still active")?;
+        ensure!(w[1].0 >= end, "two runs of slow at once: {slow:?}");
+    }
+
+    // The node the selector leaves out ran nothing, and no run is recorded for it.
+    for cj in ["tick", "slow"] {
+        let theirs: Vec<Value> = jobs_of(lab, cj)?
+            .into_iter()
+            .filter(|j| j["metadata"]["annotations"]["baton.io/node"] != fires.as_str())
+            .collect();
+        ensure!(theirs.is_empty(), "{other} ran {cj}: {theirs:?}");
+    }
+    ensure!(
+        !lab.agent_log(1).contains("CronJob fires"),
+        "{other} fired a CronJob"
+    );
+    ensure!(
+        lab.agent_log(0).contains("CronJob fires"),
+        "{fires}'s log says when it fires"
+    );
+    Ok(())
+}

@@ -339,6 +339,10 @@ routes! {
         Get "/api/v1/releases/{digest}/binary", NoBody => Binary;
 }
 
+/// Where every namespaced route starts, the namespace following: how a token limited to
+/// namespaces is checked (`crate::security::auth::authorize_scoped`).
+pub const NAMESPACED_PREFIX: &str = "/api/v1/namespaces/";
+
 /// A parameter's value in a path or query; `None` leaves it out of the query.
 trait Param {
     fn value(&self) -> Option<&str>;
@@ -499,6 +503,13 @@ mod tests {
                 r.path == "/healthz" || r.path == "/metrics" || r.path.starts_with("/api/v1/"),
                 "{r:?}"
             );
+            if r.name.ends_with("Namespaced") {
+                assert!(
+                    r.path
+                        .starts_with(&format!("{NAMESPACED_PREFIX}{{namespace}}/")),
+                    "{r:?}"
+                );
+            }
         }
     }
 }

@@ -133,7 +133,7 @@ pub fn authorize_scoped(role: Role, namespaces: &[String], method: &str, path: &
     if path == crate::contract::routes::Apply::PATH {
         return method == "POST" && role == Role::Admin;
     }
-    let Some(rest) = path.strip_prefix(NAMESPACES_PREFIX) else {
+    let Some(rest) = path.strip_prefix(crate::contract::routes::NAMESPACED_PREFIX) else {
         return false;
     };
     let (ns, tail) = rest.split_once('/').unwrap_or((rest, ""));
@@ -146,9 +146,6 @@ pub fn authorize_scoped(role: Role, namespaces: &[String], method: &str, path: &
     }
     authorize(role, method, path)
 }
-
-/// Where the namespaced routes start (`contract::routes::ListNamespaced`).
-const NAMESPACES_PREFIX: &str = "/api/v1/namespaces/";
 
 /// The token table, in memory and in the store.
 pub struct Tokens {

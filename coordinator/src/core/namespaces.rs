@@ -384,16 +384,46 @@ pub(super) fn external_object(o: ApiObject) -> ApiObject {
     }
 }
 
-/// An event as the API shows it: `pod/NAME` unqualified, with its namespace.
+/// An event as the API shows it: `pod/NAME` unqualified, with its namespace, and the
+/// names its message gives unqualified too.
 pub(super) fn external_event(mut e: api::Event) -> api::Event {
     if let Some((kind, key)) = e.object.split_once('/') {
         if ResourceKind::parse(kind).is_some_and(ResourceKind::is_namespaced) {
             let (ns, name) = api::split_qualified(key);
-            e.namespace = Some(ns.to_owned());
+            let ns = ns.to_owned();
             e.object = format!("{kind}/{name}");
+            e.message = unqualify_text(&e.message, &ns);
+            e.namespace = Some(ns);
         }
     }
     e
+}
+
+/// `text` (a message the core wrote) with the names of namespace `ns` in it unqualified:
+/// each `NS_` that starts a word (after a space, quote, `/`, `(` or `:`), which is where
+/// the core's messages put names; `_` is in no name, so nothing else is taken for one.
+pub(super) fn unqualify_text(text: &str, ns: &str) -> String {
+    if ns == api::DEFAULT_NAMESPACE {
+        return text.to_owned();
+    }
+    let prefix = format!("{ns}{}", api::NAMESPACE_SEPARATOR);
+    let mut out = String::with_capacity(text.len());
+    let mut rest = text;
+    let mut at_word_start = true;
+    while !rest.is_empty() {
+        if at_word_start {
+            if let Some(after) = rest.strip_prefix(prefix.as_str()) {
+                rest = after;
+                at_word_start = false;
+                continue;
+            }
+        }
+        let Some(c) = rest.chars().next() else { break };
+        out.push(c);
+        at_word_start = matches!(c, ' ' | '"' | '\'' | '/' | '(' | ':');
+        rest = &rest[c.len_utf8()..];
+    }
+    out
 }
 
 /// A reply of the core as the API shows it.
@@ -426,5 +456,27 @@ pub(super) fn external_reply(reply: ApiReply) -> ApiReply {
             ApiReply::Events(items.into_iter().map(external_event).collect())
         }
         other => other,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn messages_show_names_unqualified() {
+        let ns = "team-a";
+        assert_eq!(
+            unqualify_text("Created pod: team-a_web-5d9f-abcde", ns),
+            "Created pod: web-5d9f-abcde"
+        );
+        assert_eq!(
+            unqualify_text("deployment \"team-a_web\" successfully rolled out", ns),
+            "deployment \"web\" successfully rolled out"
+        );
+        assert_eq!(unqualify_text("team-a_web deleted", ns), "web deleted");
+        // Not at a word's start: left alone (a key such as `my_team-a_x`).
+        assert_eq!(unqualify_text("key my_team-a_x", ns), "key my_team-a_x");
+        assert_eq!(unqualify_text("team-a_web", "default"), "team-a_web");
     }
 }

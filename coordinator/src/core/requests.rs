@@ -16,7 +16,22 @@ impl Core {
     /// Answers `op` as the API shows it: names unqualified, with their namespaces
     /// (`namespaces::external_reply`).
     pub(super) fn api(&mut self, op: ApiOp) -> Result<ApiReply, ApiError> {
-        self.api_internal(op).map(super::namespaces::external_reply)
+        // A rollout's messages name its object: in its namespace, unqualified.
+        let ns = match &op {
+            ApiOp::RolloutStatus { name, .. } => Some(api::namespace_of(name).to_owned()),
+            _ => None,
+        };
+        let reply = self.api_internal(op).map(super::namespaces::external_reply);
+        match (reply, ns) {
+            (Ok(ApiReply::Rollout(mut p)), Some(ns)) => {
+                p.message = super::namespaces::unqualify_text(&p.message, &ns);
+                p.failure = p
+                    .failure
+                    .map(|f| super::namespaces::unqualify_text(&f, &ns));
+                Ok(ApiReply::Rollout(p))
+            }
+            (reply, _) => reply,
+        }
     }
 
     fn api_internal(&mut self, op: ApiOp) -> Result<ApiReply, ApiError> {

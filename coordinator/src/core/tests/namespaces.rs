@@ -313,3 +313,39 @@ async fn a_store_from_before_namespaces_is_all_defaults() {
         }
     }
 }
+
+/// A v4 agent (Baton 0.1) keeps its `default` pods and is not sent another namespace's:
+/// they wait with a reason naming its protocol.
+#[tokio::test(start_paused = true)]
+async fn a_v4_agent_is_not_sent_pods_of_other_namespaces() {
+    let mut h = Harness::new(Arc::new(MemStore::new()));
+    h.core.handle(Event::Inbound {
+        node: nn("old"),
+        body: hello(4000),
+        proto: 4,
+    });
+    h.drain();
+    h.apply(TEAM_A).unwrap();
+    let pod = |name: &str| {
+        format!(
+            "apiVersion: v1\nkind: Pod\nmetadata:\n  name: {name}\nspec:\n  nodeSelector: {{kubernetes.io/hostname: old}}\n  containers:\n  - name: main\n    image: busybox:1.36\n"
+        )
+    };
+    h.apply(&pod("mine")).unwrap();
+    h.apply_as(&pod("theirs"), Some("team-a"), Access::everywhere())
+        .unwrap();
+    let msgs = h.drain();
+    let sent: Vec<String> = desired_for(&msgs, "old")
+        .map(|d| d.pods.iter().map(|p| p.name.to_string()).collect())
+        .unwrap_or_default();
+    assert_eq!(sent, ["mine"]);
+    let theirs = h
+        .pods()
+        .into_iter()
+        .find(|p| p.metadata.namespace.as_deref() == Some("team-a"))
+        .unwrap();
+    assert_eq!(
+        theirs.status.message.as_deref(),
+        Some("node old runs an agent of protocol v4, which predates namespaces (the pod is in namespace \"team-a\"); upgrade its agent to protocol v5")
+    );
+}

@@ -326,6 +326,7 @@ fn fake_core() -> mpsc::Sender<Event> {
                 node: "pi-1".into(),
                 cpu_millis: 250,
                 memory_bytes: 1 << 20,
+                namespace: None,
             }])
         }
         ApiOp::Fleet => ApiReply::Fleet(Box::new(crate::metrics::Fleet {

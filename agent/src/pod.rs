@@ -9,7 +9,7 @@
 //!
 //! All containers of a pod join the pod's one network namespace (`/run/netns/<pod>`), so
 //! they share its address and reach each other on `localhost`; they all get the pod's name
-//! as hostname.
+//! as hostname (and `HOSTNAME`), without the prefix of a namespace other than `default`.
 //!
 //! What must survive an agent restart about a pod's containers (restart counts, last
 //! terminations, whether its init containers are done) is kept in `<pod_dir>/record.bin`
@@ -397,7 +397,7 @@ pub fn run_spec(
         env: environment(
             c,
             img,
-            &pod.name,
+            &hostname(&pod.name),
             deps.secrets.as_ref(),
             deps.config_maps.as_ref(),
         )?,

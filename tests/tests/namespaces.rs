@@ -2,8 +2,9 @@
 //! naming a namespace that does not exist is refused with the field's path; the same
 //! Deployment name in two namespaces runs side by side on one node; `get -A` shows
 //! kubectl's NAMESPACE column; tokens limited to one namespace are refused (403) in the
-//! other and on cluster-scoped writes; deleting a namespace takes its pods off the node
-//! and leaves the other namespace's running, untouched.
+//! other and on cluster-scoped writes; a pod reads its own namespace's ConfigMaps only;
+//! deleting a namespace takes its pods off the node and leaves the other namespace's
+//! running, untouched.
 
 use std::process::Output;
 use std::time::Duration;
@@ -118,6 +119,13 @@ fn scenario(lab: &Lab) -> Result<()> {
         !a_pids.is_empty() && !b_pids.is_empty(),
         "both containers run"
     );
+    // The namespace is not part of the pod's hostname.
+    let environ = std::fs::read(format!("/proc/{}/environ", a_pids[0]))?;
+    let environ = text(&environ).replace('\0', "\n");
+    ensure!(
+        environ.lines().any(|l| l == format!("HOSTNAME={a_name}")),
+        "{environ}"
+    );
     // Each is its namespace's only one; default has none.
     ensure!(baton_e2e::items(&lab.get_json(&["get", "deployments"])?).is_empty());
     let one = lab.get_json(&["get", "deployment", "web", "-n", "team-b"])?;
@@ -151,6 +159,8 @@ fn scenario(lab: &Lab) -> Result<()> {
     let events = text(&lab.baton(&["get", "events", "-n", "team-b"])?.stdout);
     ensure!(events.contains(&format!("pod/{b_name}")), "{events}");
     ensure!(!events.contains(&format!("pod/{a_name}")), "{events}");
+
+    config_stays_in_its_namespace(lab, &registry)?;
 
     // Tokens limited to team-a.
     let token = |role: &str, name: &str| -> Result<String> {
@@ -277,5 +287,43 @@ fn scenario(lab: &Lab) -> Result<()> {
     );
     let (b_again, b_uid_again, _) = running_pod(lab, "team-b")?;
     ensure!(b_again == b_name && b_uid_again == b_uid);
+    Ok(())
+}
+
+/// A pod reads ConfigMaps (and Secrets, by the same rule) of its own namespace only:
+/// default's `cfg` does not satisfy a team-b pod, which waits, saying so, until team-b has
+/// its own, and then gets team-b's value.
+fn config_stays_in_its_namespace(lab: &Lab, registry: &str) -> Result<()> {
+    let cfg = |ns: &str, v: &str| {
+        format!(
+            "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: cfg\n  namespace: {ns}\ndata:\n  v: {v}\n"
+        )
+    };
+    lab.apply(&cfg("default", "from-default"))?;
+    let reader = format!(
+        "apiVersion: v1\nkind: Pod\nmetadata:\n  name: reader\n  namespace: team-b\nspec:\n  containers:\n  - name: c\n    image: {registry}/baton/busybox:1\n    command: [sleep, '3600']\n    env:\n    - name: V\n      valueFrom: {{configMapKeyRef: {{name: cfg, key: v}}}}\n"
+    );
+    lab.apply(&reader)?;
+    wait_for("reader waiting for team-b's ConfigMap", LONG, || {
+        let p = lab.get_json(&["get", "pod", "reader", "-n", "team-b"])?;
+        // The reason names the ConfigMap as the pod does, without its namespace.
+        let status = p["status"].to_string();
+        let waiting = status.contains("CreateContainerConfigError")
+            && status.contains(r#"configmap \"cfg\" not found"#);
+        Ok(waiting.then_some(()))
+    })?;
+    lab.apply(&cfg("team-b", "from-team-b"))?;
+    let (uid, node) = wait_for("reader Running", LONG, || {
+        let p = lab.get_json(&["get", "pod", "reader", "-n", "team-b"])?;
+        let field = |v: &Value| v.as_str().unwrap_or_default().to_owned();
+        Ok((p["status"]["phase"] == "Running")
+            .then(|| (field(&p["metadata"]["uid"]), field(&p["spec"]["nodeName"]))))
+    })?;
+    let pid = wait_for("reader's process", LONG, || {
+        Ok(container_pids(&node, &uid, "c").first().copied())
+    })?;
+    let environ = text(&std::fs::read(format!("/proc/{pid}/environ"))?).replace('\0', "\n");
+    ensure!(environ.lines().any(|l| l == "V=from-team-b"), "{environ}");
+    lab.baton(&["delete", "pod", "reader", "-n", "team-b"])?;
     Ok(())
 }

@@ -358,6 +358,15 @@ pub(super) fn external_object(o: ApiObject) -> ApiObject {
             ApiObject::CronJob(c)
         }
         ApiObject::Pod(mut p) => {
+            // Why it waits names its Secrets and ConfigMaps (`secret "NS_x" not found`).
+            let ns = api::namespace_of(&p.metadata.name).to_owned();
+            p.status.message = p.status.message.map(|m| unqualify_text(&m, &ns));
+            let statuses = p.status.container_statuses.iter_mut();
+            for c in statuses.chain(p.status.init_container_statuses.iter_mut()) {
+                if let api::ContainerState::Failed { reason } = &mut c.state {
+                    *reason = unqualify_text(reason, &ns);
+                }
+            }
             external_meta(&mut p.metadata);
             map_references(&mut p.spec, unqualify);
             ApiObject::Pod(p)

@@ -9,7 +9,7 @@
 //!
 //! All containers of a pod join the pod's one network namespace (`/run/netns/<pod>`), so
 //! they share its address and reach each other on `localhost`; they all get the pod's name
-//! as hostname.
+//! as hostname (and `HOSTNAME`), without the prefix of a namespace other than `default`.
 //!
 //! What must survive an agent restart about a pod's containers (restart counts, last
 //! terminations, whether its init containers are done) is kept in `<pod_dir>/record.bin`
@@ -397,7 +397,7 @@ pub fn run_spec(
         env: environment(
             c,
             img,
-            &pod.name,
+            &hostname(&pod.name),
             deps.secrets.as_ref(),
             deps.config_maps.as_ref(),
         )?,
@@ -407,7 +407,7 @@ pub fn run_spec(
             .map(|w| w.to_string())
             .or_else(|| Some(img.working_dir.clone()).filter(|w| !w.is_empty()))
             .unwrap_or_else(|| "/".into()),
-        hostname: pod.name.chars().take(63).collect(),
+        hostname: hostname(&pod.name),
         netns: netns.map(|n| n.netns_path.clone()),
         cgroup_path: PathBuf::from(&deps.cgroup_root)
             .join(&deps.node)
@@ -668,6 +668,14 @@ fn remove_pod_dir(dir: &Path) {
             warn!(dir = %dir.display(), error = %e, "cannot remove pod directory");
         }
     }
+}
+
+/// A pod's hostname, as Kubernetes sets it: its name, at most 63 characters. The
+/// coordinator names a pod of a namespace other than `default` `<namespace>_<name>` (`_`
+/// is in no Kubernetes name), and the namespace is not part of the hostname.
+fn hostname(pod: &str) -> String {
+    let name = pod.split_once('_').map_or(pod, |(_, name)| name);
+    name.chars().take(63).collect()
 }
 
 /// Signal numbers, kept here so the node loop does not need nix.

@@ -449,6 +449,7 @@ fn each_store_table_has_one_owner() {
         ("Revisions", "core"),
         ("Secrets", "core"),
         ("ConfigMaps", "core"),
+        ("Namespaces", "core"),
         ("AgentUpdates", "core"),
         ("Tokens", "security::auth"),
         ("JoinTokens", "security::enroll"),

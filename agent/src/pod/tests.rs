@@ -267,3 +267,10 @@ async fn a_failed_cleanup_is_retried_until_it_succeeds_or_the_last_attempt() {
     );
     assert_eq!(before.elapsed(), Duration::from_secs(15));
 }
+
+#[test]
+fn a_pod_of_a_namespace_has_its_own_name_as_hostname() {
+    assert_eq!(hostname("web-5d9f-abcde"), "web-5d9f-abcde");
+    assert_eq!(hostname("team-a_web-5d9f-abcde"), "web-5d9f-abcde");
+    assert_eq!(hostname(&"x".repeat(80)).len(), 63);
+}

@@ -167,7 +167,9 @@ pub(super) async fn agent(client: &Client, command: &AgentCommand) -> Result<Str
     match command {
         AgentCommand::Upgrade(a) => {
             let yaml = upgrade_manifest(a)?;
-            let applied = client.call(&routes::Apply {}, &Manifest(yaml)).await?;
+            let applied = client
+                .call(&routes::Apply { namespace: None }, &Manifest(yaml))
+                .await?;
             let mut out = String::new();
             for r in applied.results {
                 let action = match r.action {

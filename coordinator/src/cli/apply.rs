@@ -12,7 +12,10 @@ use crate::contract::ApplyAction;
 pub(super) async fn apply(client: &Client, file: &str) -> Result<String, CliError> {
     let yaml = read_manifest(file)?;
     check_size(file, yaml.len())?;
-    let applied = client.call(&routes::Apply {}, &Manifest(yaml)).await?;
+    let route = routes::Apply {
+        namespace: client.namespace_flag().map(str::to_owned),
+    };
+    let applied = client.call(&route, &Manifest(yaml)).await?;
     let mut out = String::new();
     for r in applied.results {
         let action = match r.action {

@@ -17,6 +17,10 @@ pub(super) struct Client {
     base: String,
     http: reqwest::Client,
     token: String,
+    /// `-n`: `None` when not given (`default` then, but `apply` tells the two apart).
+    namespace: Option<String>,
+    /// `-A`.
+    all_namespaces: bool,
 }
 
 impl Client {
@@ -47,7 +51,25 @@ impl Client {
             base: r.server.trim_end_matches('/').to_owned(),
             http: b.build().map_err(|e| CliError::Ca(error_chain(&e)))?,
             token: r.token,
+            namespace: cli.namespace.clone(),
+            all_namespaces: cli.all_namespaces,
         })
+    }
+
+    /// The namespace a verb works in (`-n`, else `default`).
+    pub(super) fn namespace(&self) -> &str {
+        self.namespace
+            .as_deref()
+            .unwrap_or(crate::model::api::DEFAULT_NAMESPACE)
+    }
+
+    /// `-n` as given.
+    pub(super) fn namespace_flag(&self) -> Option<&str> {
+        self.namespace.as_deref()
+    }
+
+    pub(super) fn all_namespaces(&self) -> bool {
+        self.all_namespaces
     }
 
     /// Calls `route` with `body` and reads its answer as the route's reply type. Every

@@ -154,11 +154,9 @@ pub(super) async fn drain(
         .iter()
         .filter(|p| p.metadata.deletion_timestamp.is_none())
     {
-        let del = routes::DeleteObject {
-            kind: ResourceKind::Pod,
-            name: p.metadata.name.clone(),
-        };
-        client.call(&del, &NoBody).await?;
+        // A node runs pods of every namespace.
+        let ns = p.metadata.namespace.as_deref();
+        super::scope::delete(client, ResourceKind::Pod, &p.metadata.name, ns).await?;
         out.push_str(&format!("evicting pod {}\n", p.metadata.name));
     }
     let end = Instant::now() + timeout;

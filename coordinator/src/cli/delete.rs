@@ -4,7 +4,7 @@
 use super::client::Client;
 use super::{named, qualified, CliError};
 use crate::contract::body::ScaleRequest;
-use crate::contract::{routes, NoBody, ResourceKind};
+use crate::contract::{routes, ResourceKind};
 
 pub(super) async fn delete(
     client: &Client,
@@ -12,11 +12,7 @@ pub(super) async fn delete(
     name: Option<&str>,
 ) -> Result<String, CliError> {
     let (kind, name) = named(resource, name, "delete")?;
-    let delete = routes::DeleteObject {
-        kind,
-        name: name.clone(),
-    };
-    client.call(&delete, &NoBody).await?;
+    super::scope::delete(client, kind, &name, None).await?;
     Ok(format!("{} \"{name}\" deleted\n", qualified(kind)))
 }
 
@@ -33,7 +29,10 @@ pub(super) async fn scale(
             kind.as_str()
         )));
     }
-    let scale = routes::Scale { name: name.clone() };
+    let scale = routes::ScaleNamespaced {
+        namespace: client.namespace().to_owned(),
+        name: name.clone(),
+    };
     client.call(&scale, &ScaleRequest { replicas }).await?;
     Ok(format!("deployment.apps/{name} scaled\n"))
 }

@@ -24,9 +24,7 @@ pub(super) async fn describe(
     name: Option<&str>,
 ) -> Result<String, CliError> {
     let (kind, name) = named(resource, name, "describe")?;
-    let described = client
-        .call(&routes::Describe { kind, name }, &NoBody)
-        .await?;
+    let described = super::scope::describe(client, kind, &name).await?;
     let (object, events) = (described.object, described.events);
     if kind_of(&object) != kind {
         return Err(other_kind());
@@ -39,10 +37,7 @@ pub(super) async fn describe(
         ApiObject::Job(j) => describe_job(&j, &events, now),
         ApiObject::CronJob(c) => describe_cron_job(&c, &events, now),
         ApiObject::Node(node) => {
-            let all = routes::ListObjects {
-                kind: ResourceKind::Pod,
-            };
-            let pods: Vec<api::Pod> = of_kind(client.call(&all, &NoBody).await?.items, pod)?;
+            let pods: Vec<api::Pod> = of_kind(super::scope::all_pods(client).await?, pod)?;
             let on_node: Vec<&api::Pod> = pods
                 .iter()
                 .filter(|p| p.spec.node_name.as_deref() == Some(node.metadata.name.as_str()))
@@ -64,16 +59,14 @@ pub(super) async fn describe(
         ApiObject::ConfigMap(c) => describe_config_map(&c, &events, now),
         ApiObject::Service(s) => {
             // kubectl reads the Endpoints object beside the Service the same way.
-            let eps = routes::GetObject {
-                kind: ResourceKind::Endpoints,
-                name: s.metadata.name.clone(),
-            };
-            let endpoints = match client.call(&eps, &NoBody).await? {
+            let eps = super::scope::get(client, ResourceKind::Endpoints, &s.metadata.name);
+            let endpoints = match eps.await? {
                 ApiObject::Endpoints(e) => e,
                 _ => return Err(other_kind()),
             };
             describe_service(&s, Some(&endpoints), &events, now)
         }
         ApiObject::Endpoints(e) => super::render::service::endpoints_table(&[e], now),
+        ApiObject::Namespace(n) => super::render::describe_namespace(&n, &events, now),
     })
 }

@@ -10,7 +10,7 @@ use tokio::io::AsyncWriteExt;
 use super::client::Client;
 use super::CliError;
 use crate::contract::exec::{read_server, ClientFrame, ServerFrame, MAX_FRAME, UPGRADE};
-use crate::contract::routes::PodExec;
+use crate::contract::routes::PodExecNamespaced;
 
 #[derive(Debug, Clone, clap::Args)]
 pub struct ExecArgs {
@@ -31,7 +31,12 @@ pub struct ExecArgs {
 }
 
 impl ExecArgs {
-    fn route(&self, tty: bool, size: Option<(u16, u16)>) -> Result<PodExec, CliError> {
+    fn route(
+        &self,
+        namespace: &str,
+        tty: bool,
+        size: Option<(u16, u16)>,
+    ) -> Result<PodExecNamespaced, CliError> {
         let name = match self.pod.split_once('/') {
             Some(("pod" | "pods" | "po", n)) => n,
             Some((k, _)) => {
@@ -42,7 +47,8 @@ impl ExecArgs {
             None => self.pod.as_str(),
         };
         let on = |b: bool| b.then(|| "true".to_owned());
-        Ok(PodExec {
+        Ok(PodExecNamespaced {
+            namespace: namespace.to_owned(),
             name: name.to_owned(),
             container: self.container.clone(),
             command: serde_json::to_string(&self.command)
@@ -97,7 +103,9 @@ pub(super) async fn exec(client: &Client, args: &ExecArgs) -> Result<String, Cli
         tty = false;
     }
     let size = if tty { window() } else { None };
-    let upgraded = client.upgrade(&args.route(tty, size)?, UPGRADE).await?;
+    let upgraded = client
+        .upgrade(&args.route(client.namespace(), tty, size)?, UPGRADE)
+        .await?;
     let (mut from_server, mut to_server) = tokio::io::split(upgraded);
     let raw = if tty { Raw::enter() } else { None };
     // Stdin is read by a thread of its own: a read blocked on a terminal must not keep the

@@ -11,10 +11,12 @@ use super::render::cron_job::cron_jobs_table;
 use super::render::daemon_set::daemon_sets_table;
 use super::render::job::jobs_table;
 use super::render::service::{endpoints_table, services_table};
-use super::render::{config_maps_table, deployments_table, nodes_table, pods_table, secrets_table};
+use super::render::{
+    config_maps_table, deployments_table, namespaces_table, nodes_table, pods_table, secrets_table,
+};
 use super::{target, to_value, CliError, Output};
 use crate::contract::body::ApiObject;
-use crate::contract::{routes, NoBody, ResourceKind};
+use crate::contract::ResourceKind;
 
 pub(super) async fn get(
     client: &Client,
@@ -24,20 +26,17 @@ pub(super) async fn get(
 ) -> Result<String, CliError> {
     let (kind, name) = target(resource, name)?;
     let objects = match &name {
-        Some(n) => {
-            let one = routes::GetObject {
-                kind,
-                name: n.clone(),
-            };
-            vec![client.call(&one, &NoBody).await?]
-        }
-        None => {
-            client
-                .call(&routes::ListObjects { kind }, &NoBody)
-                .await?
-                .items
-        }
+        Some(n) => vec![super::scope::get(client, kind, n).await?],
+        None => super::scope::list(client, kind).await?,
     };
+    // kubectl's NAMESPACE column comes first with -A.
+    let namespaces: Option<Vec<String>> =
+        (client.all_namespaces() && kind.is_namespaced() && name.is_none()).then(|| {
+            objects
+                .iter()
+                .map(|o| o.namespace().unwrap_or_default().to_owned())
+                .collect()
+        });
     Ok(match output {
         Some(Output::Json) => {
             let doc = document(&objects, name.is_some())?;
@@ -52,10 +51,14 @@ pub(super) async fn get(
             let wide = output == Some(Output::Wide);
             let now = SystemTime::now();
             if objects.is_empty() && name.is_none() {
-                eprintln!("No resources found");
+                if client.all_namespaces() || !kind.is_namespaced() {
+                    eprintln!("No resources found");
+                } else {
+                    eprintln!("No resources found in {} namespace.", client.namespace());
+                }
                 String::new()
             } else {
-                match kind {
+                let table = match kind {
                     ResourceKind::Pod => pods_table(&of_kind(objects, pod)?, wide, now),
                     ResourceKind::Deployment => {
                         deployments_table(&of_kind(objects, deployment)?, wide, now)
@@ -77,6 +80,11 @@ pub(super) async fn get(
                     }
                     ResourceKind::Service => services_table(&of_kind(objects, service)?, wide, now),
                     ResourceKind::Endpoints => endpoints_table(&of_kind(objects, endpoints)?, now),
+                    ResourceKind::Namespace => namespaces_table(&of_kind(objects, namespace)?, now),
+                };
+                match &namespaces {
+                    Some(ns) => with_namespace_column(&table, ns),
+                    None => table,
                 }
             }
         }
@@ -126,7 +134,31 @@ pub(super) fn kind_of(o: &ApiObject) -> ResourceKind {
         ApiObject::ConfigMap(_) => ResourceKind::ConfigMap,
         ApiObject::Service(_) => ResourceKind::Service,
         ApiObject::Endpoints(_) => ResourceKind::Endpoints,
+        ApiObject::Namespace(_) => ResourceKind::Namespace,
     }
+}
+
+fn namespace(o: ApiObject) -> Option<crate::model::api::Namespace> {
+    match o {
+        ApiObject::Namespace(n) => Some(n),
+        _ => None,
+    }
+}
+
+/// `table` (a header, then one line per object) with kubectl's NAMESPACE column first.
+pub(super) fn with_namespace_column(table: &str, namespaces: &[String]) -> String {
+    let width = namespaces
+        .iter()
+        .map(|n| n.chars().count())
+        .chain(["NAMESPACE".len()])
+        .max()
+        .unwrap_or_default();
+    let cells = std::iter::once("NAMESPACE").chain(namespaces.iter().map(String::as_str));
+    table
+        .lines()
+        .zip(cells)
+        .map(|(line, ns)| format!("{ns:<width$}   {line}\n"))
+        .collect()
 }
 
 pub(super) fn pod(o: ApiObject) -> Option<crate::model::api::Pod> {

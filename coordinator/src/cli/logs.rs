@@ -7,7 +7,7 @@ use std::io::Write;
 use super::client::Client;
 use super::CliError;
 use crate::contract::payload::LOG_ERROR_PREFIX;
-use crate::contract::routes::PodLogs;
+use crate::contract::routes::PodLogsNamespaced;
 
 #[derive(Debug, Clone, clap::Args)]
 pub struct LogsArgs {
@@ -38,7 +38,8 @@ pub struct LogsArgs {
 }
 
 impl LogsArgs {
-    pub(super) fn route(&self) -> Result<PodLogs, CliError> {
+    /// The route for the pod in `namespace`.
+    pub(super) fn route(&self, namespace: &str) -> Result<PodLogsNamespaced, CliError> {
         let name = match self.pod.split_once('/') {
             Some(("pod" | "pods" | "po", n)) => n,
             Some((k, _)) => {
@@ -52,7 +53,8 @@ impl LogsArgs {
         // Checked here too, so a typo fails before any call.
         crate::contract::since::window(self.since.as_deref(), self.since_time.as_deref())
             .map_err(|e| CliError::Usage(format!("error: {e}")))?;
-        Ok(PodLogs {
+        Ok(PodLogsNamespaced {
+            namespace: namespace.to_owned(),
             name: name.to_owned(),
             container: self.container.clone(),
             follow: on(self.follow),
@@ -68,7 +70,7 @@ impl LogsArgs {
 /// Copies the log to stdout as it comes. A stream that ends with the server's error line
 /// ([`LOG_ERROR_PREFIX`]) is an error: the status was sent before the failure.
 pub(super) async fn logs(client: &Client, args: &LogsArgs) -> Result<String, CliError> {
-    let mut resp = client.stream(&args.route()?).await?;
+    let mut resp = client.stream(&args.route(client.namespace())?).await?;
     let mut out = std::io::stdout().lock();
     // Held back until the next piece shows it is not the error line.
     let mut held: Vec<u8> = Vec::new();
@@ -122,33 +124,36 @@ mod tests {
             T::try_parse_from(std::iter::once("logs").chain(args.iter().copied()))
                 .unwrap()
                 .a
-                .route()
+                .route("default")
                 .unwrap()
                 .path()
         };
-        assert_eq!(p(&["web-1"]), "/api/v1/pods/web-1/log");
+        assert_eq!(p(&["web-1"]), "/api/v1/namespaces/default/pods/web-1/log");
         assert_eq!(
             p(&["pod/web-1", "-c", "app", "-f", "--tail", "5"]),
-            "/api/v1/pods/web-1/log?container=app&follow=true&tail=5"
+            "/api/v1/namespaces/default/pods/web-1/log?container=app&follow=true&tail=5"
         );
         assert_eq!(
             p(&["web-1", "--previous", "--tail", "-1"]),
-            "/api/v1/pods/web-1/log?previous=true"
+            "/api/v1/namespaces/default/pods/web-1/log?previous=true"
         );
-        let bad = T::try_parse_from(["logs", "deploy/web"]).unwrap().a.route();
+        let bad = T::try_parse_from(["logs", "deploy/web"])
+            .unwrap()
+            .a
+            .route("default");
         assert!(matches!(bad, Err(CliError::Usage(_))));
         assert_eq!(
             p(&["web-1", "--since", "1h30m", "--timestamps", "--tail", "3"]),
-            "/api/v1/pods/web-1/log?tail=3&since=1h30m&timestamps=true"
+            "/api/v1/namespaces/default/pods/web-1/log?tail=3&since=1h30m&timestamps=true"
         );
         assert_eq!(
             p(&["web-1", "--since-time", "2026-12-07T01:00:00Z"]),
-            "/api/v1/pods/web-1/log?since_time=2026-12-07T01%3A00%3A00Z"
+            "/api/v1/namespaces/default/pods/web-1/log?since_time=2026-12-07T01%3A00%3A00Z"
         );
         let typo = T::try_parse_from(["logs", "web-1", "--since", "5 min"])
             .unwrap()
             .a
-            .route();
+            .route("default");
         assert!(matches!(typo, Err(CliError::Usage(_))));
         assert!(T::try_parse_from(["logs", "w", "--since", "1s", "--since-time", "x"]).is_err());
     }

@@ -27,6 +27,7 @@ mod node;
 mod release;
 mod render;
 mod rollout;
+mod scope;
 mod security;
 mod token;
 mod top;
@@ -64,6 +65,14 @@ pub struct ClientArgs {
     /// else /var/lib/baton/admin.conf if readable.
     #[arg(long, global = true, env = "BATON_CONFIG")]
     pub config: Option<PathBuf>,
+    /// The namespace of the objects a verb names or lists (default: `default`); `apply`
+    /// puts objects naming none there, and refuses objects naming another.
+    #[arg(short = 'n', long, global = true, env = "BATON_NAMESPACE")]
+    pub namespace: Option<String>,
+    /// List across every namespace (`get`, `describe` of a kind, `get events`), with a
+    /// NAMESPACE column first.
+    #[arg(short = 'A', long, global = true, env = "BATON_ALL_NAMESPACES")]
+    pub all_namespaces: bool,
 }
 
 /// The client verbs. The binary flattens them into `baton`'s subcommands, after
@@ -309,6 +318,7 @@ fn qualified(kind: ResourceKind) -> &'static str {
         ResourceKind::ConfigMap => "configmap",
         ResourceKind::Service => "service",
         ResourceKind::Endpoints => "endpoints",
+        ResourceKind::Namespace => "namespace",
     }
 }
 
@@ -334,7 +344,7 @@ pub async fn run(args: &ClientArgs, command: &Command) -> Result<(), CliError> {
             let events = matches!(resource.as_str(), "events" | "event" | "ev");
             match (events, *watch) {
                 (true, true) => watch::watch(&client, None, None, wide).await?,
-                (true, false) => watch::list_events(&client).await?,
+                (true, false) => watch::list_events(&client, wide).await?,
                 (false, true) => {
                     if matches!(output, Some(Output::Json | Output::Yaml)) {
                         return Err(CliError::Usage(

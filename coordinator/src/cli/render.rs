@@ -219,6 +219,32 @@ pub fn config_maps_table(cms: &[api::ConfigMap], now: SystemTime) -> String {
     table(&["NAME", "DATA", "AGE"], &rows)
 }
 
+/// `get namespaces`: kubectl's NAME, STATUS (Active, Terminating), AGE.
+pub fn namespaces_table(nss: &[api::Namespace], now: SystemTime) -> String {
+    let rows: Vec<Vec<String>> = nss
+        .iter()
+        .map(|n| {
+            vec![
+                n.metadata.name.clone(),
+                n.status.phase.as_str().to_owned(),
+                age(&n.metadata.creation_timestamp, now),
+            ]
+        })
+        .collect();
+    table(&["NAME", "STATUS", "AGE"], &rows)
+}
+
+/// `describe namespace`: kubectl's Name, Labels, Annotations, Status, then the events.
+pub fn describe_namespace(n: &api::Namespace, events: &[api::Event], now: SystemTime) -> String {
+    let mut out = String::new();
+    kv(&mut out, "Name", &n.metadata.name);
+    kv(&mut out, "Labels", labels_str(&n.metadata.labels));
+    kv(&mut out, "Annotations", labels_str(&n.metadata.annotations));
+    kv(&mut out, "Status", n.status.phase.as_str());
+    out.push_str(&events_section(events, now));
+    out
+}
+
 pub fn deployments_table(ds: &[api::Deployment], wide: bool, now: SystemTime) -> String {
     let rows: Vec<Vec<String>> = ds
         .iter()

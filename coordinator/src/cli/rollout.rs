@@ -63,11 +63,13 @@ async fn history(
     let name = name.to_owned();
     Ok(match kind {
         ResourceKind::DaemonSet => {
-            let route = routes::DaemonSetRolloutHistory { name };
+            let namespace = client.namespace().to_owned();
+            let route = routes::DaemonSetRolloutHistoryNamespaced { namespace, name };
             client.call(&route, &NoBody).await?.items
         }
         _ => {
-            let route = routes::RolloutHistory { name };
+            let namespace = client.namespace().to_owned();
+            let route = routes::RolloutHistoryNamespaced { namespace, name };
             client.call(&route, &NoBody).await?.items
         }
     })
@@ -81,11 +83,13 @@ async fn progress(
     let name = name.to_owned();
     match kind {
         ResourceKind::DaemonSet => {
-            let route = routes::DaemonSetRolloutStatus { name };
+            let namespace = client.namespace().to_owned();
+            let route = routes::DaemonSetRolloutStatusNamespaced { namespace, name };
             client.call(&route, &NoBody).await
         }
         _ => {
-            let route = routes::RolloutStatus { name };
+            let namespace = client.namespace().to_owned();
+            let route = routes::RolloutStatusNamespaced { namespace, name };
             client.call(&route, &NoBody).await
         }
     }
@@ -133,11 +137,17 @@ pub(super) async fn rollout(client: &Client, action: &RolloutCommand) -> Result<
             };
             let undone = match kind {
                 ResourceKind::DaemonSet => {
-                    let undo = routes::DaemonSetRolloutUndo { name: name.clone() };
+                    let undo = routes::DaemonSetRolloutUndoNamespaced {
+                        namespace: client.namespace().to_owned(),
+                        name: name.clone(),
+                    };
                     client.call(&undo, &request).await?
                 }
                 _ => {
-                    let undo = routes::RolloutUndo { name: name.clone() };
+                    let undo = routes::RolloutUndoNamespaced {
+                        namespace: client.namespace().to_owned(),
+                        name: name.clone(),
+                    };
                     client.call(&undo, &request).await?
                 }
             };

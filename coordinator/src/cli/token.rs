@@ -16,7 +16,8 @@ pub enum TokenCommand {
     /// Make a token and print it; it is shown only this once. With --role: an API token.
     /// Without: a join token that enrolls devices (`baton-agent --join-token`).
     Create {
-        /// admin (everything) or read-only (GET routes only).
+        /// admin (everything) or read-only (GET routes only). With `-n NS` the token is
+        /// limited to that namespace: its objects by this role, no cluster-scoped ones.
         #[arg(long, value_parser = ["admin", "read-only"], conflicts_with_all = ["ttl", "uses", "labels", "node_name"])]
         role: Option<String>,
         /// A name to list and delete it by (default: a random one).
@@ -83,29 +84,51 @@ pub(super) async fn token(client: &Client, action: &TokenCommand) -> Result<Stri
                 .clone()
                 .unwrap_or_else(|| format!("token-{:08x}", rand::random::<u32>()));
             // clap admits only the roles' names.
+            let namespaces: Vec<String> = client
+                .namespace_flag()
+                .map(str::to_owned)
+                .into_iter()
+                .collect();
             let request = TokenRequest {
                 name: name.clone(),
                 role: Role::parse(role)
                     .ok_or_else(|| CliError::Usage(format!("error: no role {role:?}")))?,
+                namespaces: namespaces.clone(),
             };
             let created = client.call(&routes::CreateToken {}, &request).await?;
-            eprintln!("token/{name} created ({role}); it is shown only this once:");
+            let scope = if namespaces.is_empty() {
+                String::new()
+            } else {
+                format!(" in namespace {}", namespaces.join(","))
+            };
+            eprintln!("token/{name} created ({role}{scope}); it is shown only this once:");
             Ok(format!("{}\n", created.token))
         }
         TokenCommand::List => {
             let list = client.call(&routes::ListTokens {}, &NoBody).await?.items;
             let now = SystemTime::now();
+            // NAMESPACES only once a token is limited to some.
+            let scoped = list.iter().any(|t| !t.namespaces.is_empty());
             let rows: Vec<Vec<String>> = list
                 .iter()
                 .map(|t| {
-                    vec![
-                        t.name.clone(),
-                        t.role.as_str().to_owned(),
-                        age(&t.creation_timestamp, now),
-                    ]
+                    let mut row = vec![t.name.clone(), t.role.as_str().to_owned()];
+                    if scoped {
+                        row.push(match t.namespaces.is_empty() {
+                            true => "<all>".to_owned(),
+                            false => t.namespaces.join(","),
+                        });
+                    }
+                    row.push(age(&t.creation_timestamp, now));
+                    row
                 })
                 .collect();
-            let mut out = table(&["NAME", "ROLE", "AGE"], &rows);
+            let header: &[&str] = if scoped {
+                &["NAME", "ROLE", "NAMESPACES", "AGE"]
+            } else {
+                &["NAME", "ROLE", "AGE"]
+            };
+            let mut out = table(header, &rows);
             let joins = client
                 .call(&routes::ListJoinTokens {}, &NoBody)
                 .await?

@@ -15,7 +15,22 @@ pub(super) async fn top(client: &Client, what: &str) -> Result<String, CliError>
             Ok(nodes_table(&nodes))
         }
         "pods" | "pod" | "po" => {
-            let pods = client.call(&TopPods {}, &NoBody).await?.items;
+            let mut pods = client.call(&TopPods {}, &NoBody).await?.items;
+            let namespace = |p: &PodUsageView| {
+                p.namespace
+                    .clone()
+                    .unwrap_or_else(|| crate::model::api::DEFAULT_NAMESPACE.to_owned())
+            };
+            if client.all_namespaces() {
+                let table = pods_table(&pods);
+                let ns: Vec<String> = pods.iter().map(namespace).collect();
+                return Ok(if pods.is_empty() {
+                    table
+                } else {
+                    super::get::with_namespace_column(&table, &ns)
+                });
+            }
+            pods.retain(|p| namespace(p) == client.namespace());
             Ok(pods_table(&pods))
         }
         other => Err(CliError::Usage(format!(
@@ -116,6 +131,7 @@ mod tests {
             node: "pi-1".into(),
             cpu_millis: 1500,
             memory_bytes: 20 << 20,
+            namespace: None,
         };
         let row: Vec<String> = pods_table(&[p])
             .lines()

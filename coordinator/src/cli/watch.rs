@@ -16,7 +16,7 @@ use super::render::{
 };
 use super::CliError;
 use crate::contract::body::ApiObject;
-use crate::contract::routes::{Events, Watch};
+use crate::contract::routes::{Events, EventsNamespaced, Watch};
 use crate::contract::watch::{WatchEvent, WatchLines};
 use crate::contract::{NoBody, ResourceKind};
 use crate::model::api;
@@ -24,15 +24,39 @@ use crate::model::api;
 const EVENT_HEADER: [&str; 4] = ["LAST SEEN", "REASON", "OBJECT", "MESSAGE"];
 
 /// `baton get events`: kubectl's columns, oldest first.
-pub(super) async fn list_events(client: &Client) -> Result<String, CliError> {
-    let events = client.call(&Events { object: None }, &NoBody).await?.items;
+/// With `-A` every namespace's, NAMESPACE first; else the namespace's (those about
+/// cluster-scoped objects, nodes, are `default`'s, as in Kubernetes).
+pub(super) async fn list_events(client: &Client, _wide: bool) -> Result<String, CliError> {
+    let events = if client.all_namespaces() {
+        client.call(&Events { object: None }, &NoBody).await?.items
+    } else {
+        let route = EventsNamespaced {
+            namespace: client.namespace().to_owned(),
+            object: None,
+        };
+        client.call(&route, &NoBody).await?.items
+    };
     if events.is_empty() {
         eprintln!("No resources found");
         return Ok(String::new());
     }
     let now = SystemTime::now();
     let rows: Vec<Vec<String>> = events.iter().map(|e| event_row(e, now)).collect();
-    Ok(table(&EVENT_HEADER, &rows))
+    let t = table(&EVENT_HEADER, &rows);
+    Ok(if client.all_namespaces() {
+        let ns: Vec<String> = events
+            .iter()
+            .map(|e| event_namespace(e).to_owned())
+            .collect();
+        super::get::with_namespace_column(&t, &ns)
+    } else {
+        t
+    })
+}
+
+/// The namespace an event is listed in: its object's, `default` for cluster-scoped ones.
+fn event_namespace(e: &api::Event) -> &str {
+    e.namespace.as_deref().unwrap_or(api::DEFAULT_NAMESPACE)
 }
 
 fn event_row(e: &api::Event, now: SystemTime) -> Vec<String> {
@@ -66,6 +90,9 @@ fn row(ev: &WatchEvent, wide: bool) -> Option<(String, String)> {
             super::render::service::endpoints_table(std::slice::from_ref(e), now)
         }
         (Some(ApiObject::AgentUpdate(_)), _) => format!("NAME\n{}\n", ev.name),
+        (Some(ApiObject::Namespace(n)), _) => {
+            super::render::namespaces_table(std::slice::from_ref(n), now)
+        }
         (None, None) => format!("NAME   STATUS\n{}   Deleted\n", ev.name),
     };
     let (header, body) = t.split_once('\n')?;
@@ -114,7 +141,7 @@ pub(super) async fn watch(
                 let ev = WatchLines::parse_line(&line)
                     .map_err(|e| CliError::Protocol(format!("a watch line: {e}")))?;
                 since = Some(ev.resource_version);
-                if name.is_some_and(|n| n != ev.name) {
+                if name.is_some_and(|n| n != ev.name) || !in_scope(client, &ev) {
                     continue;
                 }
                 if let Some((header, body)) = row(&ev, wide) {
@@ -128,6 +155,21 @@ pub(super) async fn watch(
             }
         }
     }
+}
+
+/// Whether a change is in the namespace watched (any with `-A`; cluster-scoped objects
+/// always; an event about a cluster-scoped object in `default`). A deletion carries no
+/// object, hence no namespace, and is shown.
+fn in_scope(client: &Client, ev: &WatchEvent) -> bool {
+    if client.all_namespaces() {
+        return true;
+    }
+    let ns = match (&ev.object, &ev.event) {
+        (_, Some(e)) => Some(event_namespace(e)),
+        (Some(o), None) => o.namespace(),
+        (None, None) => None,
+    };
+    ns.is_none_or(|ns| ns == client.namespace())
 }
 
 fn gone(e: std::io::Error) -> CliError {

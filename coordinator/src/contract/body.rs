@@ -31,6 +31,7 @@ pub enum ApiObject {
     ConfigMap(api::ConfigMap),
     Service(api::Service),
     Endpoints(api::Endpoints),
+    Namespace(api::Namespace),
 }
 
 impl ApiObject {
@@ -48,7 +49,27 @@ impl ApiObject {
             ApiObject::ConfigMap(o) => &o.metadata.name,
             ApiObject::Service(o) => &o.metadata.name,
             ApiObject::Endpoints(o) => &o.metadata.name,
+            ApiObject::Namespace(o) => &o.metadata.name,
         }
+    }
+
+    /// The object's `metadata.namespace` (`None` for cluster-scoped objects).
+    pub fn namespace(&self) -> Option<&str> {
+        let meta = match self {
+            ApiObject::Node(_) | ApiObject::AgentUpdate(_) | ApiObject::Namespace(_) => {
+                return None
+            }
+            ApiObject::Deployment(o) => &o.metadata,
+            ApiObject::DaemonSet(o) => &o.metadata,
+            ApiObject::Pod(o) => &o.metadata,
+            ApiObject::Secret(o) => &o.metadata,
+            ApiObject::Job(o) => &o.metadata,
+            ApiObject::CronJob(o) => &o.metadata,
+            ApiObject::ConfigMap(o) => &o.metadata,
+            ApiObject::Service(o) => &o.metadata,
+            ApiObject::Endpoints(o) => &o.metadata,
+        };
+        Some(meta.namespace.as_deref().unwrap_or(api::DEFAULT_NAMESPACE))
     }
 }
 
@@ -68,6 +89,7 @@ impl<'de> Deserialize<'de> for ApiObject {
             Some(ResourceKind::ConfigMap) => serde_json::from_value(v).map(ApiObject::ConfigMap),
             Some(ResourceKind::Service) => serde_json::from_value(v).map(ApiObject::Service),
             Some(ResourceKind::Endpoints) => serde_json::from_value(v).map(ApiObject::Endpoints),
+            Some(ResourceKind::Namespace) => serde_json::from_value(v).map(ApiObject::Namespace),
             Some(ResourceKind::AgentUpdate) => {
                 serde_json::from_value(v).map(ApiObject::AgentUpdate)
             }

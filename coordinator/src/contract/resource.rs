@@ -17,6 +17,7 @@ pub enum ResourceKind {
     Service,
     /// Derived from a Service and the pods; read only.
     Endpoints,
+    Namespace,
 }
 
 impl ResourceKind {
@@ -39,6 +40,7 @@ impl ResourceKind {
             "configmaps" | "configmap" | "cm" => Some(Self::ConfigMap),
             "services" | "service" | "svc" => Some(Self::Service),
             "endpoints" | "ep" => Some(Self::Endpoints),
+            "namespaces" | "namespace" | "ns" => Some(Self::Namespace),
             "agentupdates" | "agentupdate" | "agentupdates.baton.io" | "agentupdate.baton.io" => {
                 Some(Self::AgentUpdate)
             }
@@ -59,6 +61,7 @@ impl ResourceKind {
             Self::ConfigMap => "configmap",
             Self::Service => "service",
             Self::Endpoints => "endpoints",
+            Self::Namespace => "namespace",
         }
     }
     pub fn plural(self) -> &'static str {
@@ -74,7 +77,14 @@ impl ResourceKind {
             Self::ConfigMap => "configmaps",
             Self::Service => "services",
             Self::Endpoints => "endpoints",
+            Self::Namespace => "namespaces",
         }
+    }
+
+    /// Whether objects of this kind live in a namespace (Nodes, Namespaces and agent
+    /// updates are cluster-scoped, as in Kubernetes).
+    pub fn is_namespaced(self) -> bool {
+        !matches!(self, Self::Node | Self::AgentUpdate | Self::Namespace)
     }
 }
 

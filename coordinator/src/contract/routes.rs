@@ -134,8 +134,9 @@ routes! {
     /// broken. No token.
     Healthz {} Get "/healthz", NoBody => Health;
 
-    /// Creates or updates every object of a YAML manifest. Admin.
-    Apply {} Post "/api/v1/apply", Manifest => ApplyResults;
+    /// Creates or updates every object of a YAML manifest. Admin. `namespace` is where
+    /// objects naming none go (`default` without it); an object naming another is refused.
+    Apply { namespace: Option<String> } Post "/api/v1/apply", Manifest => ApplyResults;
     /// Every object of a kind.
     ListObjects { kind: ResourceKind } Get "/api/v1/{kind}", NoBody => List<ApiObject>;
     GetObject { kind: ResourceKind, name: String }
@@ -148,6 +149,21 @@ routes! {
         Get "/api/v1/describe/{kind}/{name}", NoBody => Described;
     /// Events, oldest first; with `object` (`pod/NAME`) only that object's.
     Events { object: Option<String> } Get "/api/v1/events", NoBody => List<api::Event>;
+    /// The namespaced twins of the object routes above, Kubernetes' shape: a namespaced
+    /// kind's objects in one namespace. The routes without a namespace mean `default`
+    /// for one object and every namespace for a list (`ListObjects`), as in Kubernetes.
+    ListNamespaced { namespace: String, kind: ResourceKind }
+        Get "/api/v1/namespaces/{namespace}/{kind}", NoBody => List<ApiObject>;
+    GetNamespaced { namespace: String, kind: ResourceKind, name: String }
+        Get "/api/v1/namespaces/{namespace}/{kind}/{name}", NoBody => ApiObject;
+    /// Admin.
+    DeleteNamespaced { namespace: String, kind: ResourceKind, name: String }
+        Delete "/api/v1/namespaces/{namespace}/{kind}/{name}", NoBody => Deleted;
+    DescribeNamespaced { namespace: String, kind: ResourceKind, name: String }
+        Get "/api/v1/namespaces/{namespace}/describe/{kind}/{name}", NoBody => Described;
+    /// The namespace's events (`object` as in `Events`).
+    EventsNamespaced { namespace: String, object: Option<String> }
+        Get "/api/v1/namespaces/{namespace}/events", NoBody => List<api::Event>;
     /// `baton top nodes`: each node's last usage report (nodes that sent none are absent).
     TopNodes {} Get "/api/v1/top/nodes", NoBody => List<NodeUsageView>;
     /// `baton top pods`: each running pod's usage, from its node's last report.
@@ -183,6 +199,46 @@ routes! {
         rows: Option<String>,
         cols: Option<String>,
     } Post "/api/v1/pods/{name}/exec", NoBody => ExecFrames;
+    /// `PodLogs` in a namespace.
+    PodLogsNamespaced {
+        namespace: String,
+        name: String,
+        container: Option<String>,
+        follow: Option<String>,
+        previous: Option<String>,
+        tail: Option<String>,
+        since: Option<String>,
+        since_time: Option<String>,
+        timestamps: Option<String>,
+    } Get "/api/v1/namespaces/{namespace}/pods/{name}/log", NoBody => LogText;
+    /// `PodExec` in a namespace. Admin.
+    PodExecNamespaced {
+        namespace: String,
+        name: String,
+        container: Option<String>,
+        command: String,
+        stdin: Option<String>,
+        tty: Option<String>,
+        rows: Option<String>,
+        cols: Option<String>,
+    } Post "/api/v1/namespaces/{namespace}/pods/{name}/exec", NoBody => ExecFrames;
+    /// Admin.
+    ScaleNamespaced { namespace: String, name: String }
+        Post "/api/v1/namespaces/{namespace}/deployments/{name}/scale", ScaleRequest => ApiObject;
+    RolloutStatusNamespaced { namespace: String, name: String }
+        Get "/api/v1/namespaces/{namespace}/deployments/{name}/rollout/status", NoBody => RolloutProgress;
+    RolloutHistoryNamespaced { namespace: String, name: String }
+        Get "/api/v1/namespaces/{namespace}/deployments/{name}/rollout/history", NoBody => List<api::Revision>;
+    /// Admin.
+    RolloutUndoNamespaced { namespace: String, name: String }
+        Post "/api/v1/namespaces/{namespace}/deployments/{name}/rollout/undo", UndoRequest => UndoResult;
+    DaemonSetRolloutStatusNamespaced { namespace: String, name: String }
+        Get "/api/v1/namespaces/{namespace}/daemonsets/{name}/rollout/status", NoBody => RolloutProgress;
+    DaemonSetRolloutHistoryNamespaced { namespace: String, name: String }
+        Get "/api/v1/namespaces/{namespace}/daemonsets/{name}/rollout/history", NoBody => List<api::Revision>;
+    /// Admin.
+    DaemonSetRolloutUndoNamespaced { namespace: String, name: String }
+        Post "/api/v1/namespaces/{namespace}/daemonsets/{name}/rollout/undo", UndoRequest => UndoResult;
     /// Sets a Deployment's replicas; answers the Deployment. Admin.
     Scale { name: String }
         Post "/api/v1/deployments/{name}/scale", ScaleRequest => ApiObject;
@@ -282,6 +338,10 @@ routes! {
     ReleaseBinary { digest: String }
         Get "/api/v1/releases/{digest}/binary", NoBody => Binary;
 }
+
+/// Where every namespaced route starts, the namespace following: how a token limited to
+/// namespaces is checked (`crate::security::auth::authorize_scoped`).
+pub const NAMESPACED_PREFIX: &str = "/api/v1/namespaces/";
 
 /// A parameter's value in a path or query; `None` leaves it out of the query.
 trait Param {
@@ -443,6 +503,13 @@ mod tests {
                 r.path == "/healthz" || r.path == "/metrics" || r.path.starts_with("/api/v1/"),
                 "{r:?}"
             );
+            if r.name.ends_with("Namespaced") {
+                assert!(
+                    r.path
+                        .starts_with(&format!("{NAMESPACED_PREFIX}{{namespace}}/")),
+                    "{r:?}"
+                );
+            }
         }
     }
 }

@@ -41,6 +41,9 @@ pub struct TokenInfo {
     pub name: String,
     pub role: Role,
     pub creation_timestamp: String,
+    /// The namespaces the token is limited to; empty: every namespace and the cluster.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub namespaces: Vec<String>,
 }
 
 /// `POST /api/v1/tokens`: a new API token's name and role.
@@ -49,6 +52,9 @@ pub struct TokenInfo {
 pub struct TokenRequest {
     pub name: String,
     pub role: Role,
+    /// Limits the token to these namespaces (`baton token create --namespace`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub namespaces: Vec<String>,
 }
 
 /// A new API token, with its secret: the only time the secret is shown.

@@ -30,6 +30,9 @@ pub struct PodUsageView {
     pub node: String,
     pub cpu_millis: u32,
     pub memory_bytes: u64,
+    /// The pod's namespace (absent from coordinators before namespaces: `default`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub namespace: Option<String>,
 }
 
 json_bodies!(NodeUsageView, PodUsageView);

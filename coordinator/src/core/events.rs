@@ -15,6 +15,7 @@ impl Core {
             reason: reason.to_owned(),
             message,
             timestamp: api::now_rfc3339(),
+            namespace: None,
         });
     }
 

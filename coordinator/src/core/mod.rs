@@ -42,6 +42,8 @@ mod events;
 mod exec;
 pub use exec::ExecTarget;
 mod jobs;
+mod namespaces;
+pub use namespaces::Access;
 mod node_spec;
 mod nodes;
 mod pod_cidrs;
@@ -124,8 +126,12 @@ impl ApiRequest {
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ApiOp {
+    /// `namespace`: where objects naming none go (`-n`; `default` when `None`).
+    /// `access`: the namespaces the caller may write in.
     Apply {
         yaml: String,
+        namespace: Option<String>,
+        access: Access,
     },
     Get {
         kind: ResourceKind,
@@ -241,6 +247,9 @@ pub enum ApiError {
     NotFound(String),
     #[error("{0}")]
     Conflict(String),
+    /// The caller's token may not do this (a namespace it is not limited to).
+    #[error("{0}")]
+    Forbidden(String),
     #[error("{0}")]
     Internal(String),
     /// A watch asked to resume from a version the core no longer remembers.
@@ -290,6 +299,7 @@ enum Tab {
     AgentUpdate,
     ConfigMap,
     Service,
+    Namespace,
 }
 
 /// The coordinator's state and its transaction bookkeeping; see the module docs.
@@ -325,6 +335,8 @@ pub struct Core {
     service_cidr: crate::decide::service::ServiceCidr,
     /// Agent update rollouts by name (`agent_updates`).
     agent_updates: BTreeMap<String, api::AgentUpdate>,
+    /// Namespaces but `default`, which always exists and is not stored (`namespaces`).
+    namespaces: BTreeMap<String, api::Namespace>,
     /// The imported agent releases (the registry's).
     release_index: Arc<dyn crate::model::release::ReleaseIndex>,
     /// The versions rollouts install, shared with the registry.
@@ -427,6 +439,7 @@ impl Core {
             services: BTreeMap::new(),
             service_cidr: Default::default(),
             agent_updates: BTreeMap::new(),
+            namespaces: BTreeMap::new(),
             release_index: Arc::new(crate::model::release::NoReleases),
             rollout_versions: Default::default(),
             secret_keeper: Box::new(secrets::Unkept),
@@ -606,6 +619,7 @@ impl Core {
                 self.step_agent_updates(std::time::SystemTime::now());
                 self.run_cron_jobs(std::time::SystemTime::now());
                 self.run_jobs(std::time::SystemTime::now());
+                self.end_terminated_namespaces();
                 let _ = self.finish();
             }
         }

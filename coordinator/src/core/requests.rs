@@ -13,9 +13,36 @@ use crate::model::wire;
 use super::{new_uid, ApiError, ApiOp, ApiReply, Core, Tab};
 
 impl Core {
+    /// Answers `op` as the API shows it: names unqualified, with their namespaces
+    /// (`namespaces::external_reply`).
     pub(super) fn api(&mut self, op: ApiOp) -> Result<ApiReply, ApiError> {
+        // A rollout's messages name its object: in its namespace, unqualified.
+        let ns = match &op {
+            ApiOp::RolloutStatus { name, .. } => Some(api::namespace_of(name).to_owned()),
+            _ => None,
+        };
+        let reply = self.api_internal(op).map(super::namespaces::external_reply);
+        match (reply, ns) {
+            (Ok(ApiReply::Rollout(mut p)), Some(ns)) => {
+                p.message = super::namespaces::unqualify_text(&p.message, &ns);
+                p.failure = p
+                    .failure
+                    .map(|f| super::namespaces::unqualify_text(&f, &ns));
+                Ok(ApiReply::Rollout(p))
+            }
+            (reply, _) => reply,
+        }
+    }
+
+    fn api_internal(&mut self, op: ApiOp) -> Result<ApiReply, ApiError> {
         match op {
-            ApiOp::Apply { yaml } => self.apply(&yaml).map(ApiReply::Applied),
+            ApiOp::Apply {
+                yaml,
+                namespace,
+                access,
+            } => self
+                .apply(&yaml, namespace.as_deref(), &access)
+                .map(ApiReply::Applied),
             ApiOp::Get {
                 kind,
                 name: Some(name),
@@ -195,6 +222,7 @@ impl Core {
                 .get(name)
                 .cloned()
                 .map(ApiObject::AgentUpdate),
+            ResourceKind::Namespace => self.get_namespace(name),
         };
         v.ok_or_else(|| Self::not_found(kind, name))
     }
@@ -245,12 +273,19 @@ impl Core {
                 .cloned()
                 .map(ApiObject::AgentUpdate)
                 .collect(),
+            ResourceKind::Namespace => self.all_namespaces(),
         }
     }
 
-    fn apply(&mut self, yaml: &str) -> Result<Vec<Applied>, ApiError> {
+    fn apply(
+        &mut self,
+        yaml: &str,
+        namespace: Option<&str>,
+        access: &super::Access,
+    ) -> Result<Vec<Applied>, ApiError> {
         let objects =
             manifest::parse_manifests(yaml).map_err(|e| ApiError::BadRequest(e.to_string()))?;
+        let objects = self.place(objects, namespace, access)?;
         let objects = self.allocate_services(objects)?;
         // Validate everything before changing anything: all or nothing.
         for o in &objects {
@@ -292,7 +327,7 @@ impl Core {
                 api::Object::CronJob(c) => self.check_cron_job(c)?,
                 api::Object::Secret(_) => {}
                 api::Object::ConfigMap(c) => self.check_config_map(c)?,
-                api::Object::Service(_) => {}
+                api::Object::Service(_) | api::Object::Namespace(_) => {}
                 api::Object::AgentUpdate(u) => self.check_agent_update(u)?,
                 api::Object::Pod(p) => {
                     check_wire(p, &format!("pod {:?}", p.metadata.name))?;
@@ -324,6 +359,8 @@ impl Core {
                 api::Object::ConfigMap(c) => self.apply_config_map(c),
                 api::Object::Service(s) => self.apply_service(s),
                 api::Object::AgentUpdate(u) => self.apply_agent_update(u),
+                // Refused only while terminating; a failed apply is rolled back whole.
+                api::Object::Namespace(n) => self.apply_namespace(n)?,
             });
         }
         Ok(out)
@@ -434,7 +471,7 @@ impl Core {
         }
     }
 
-    fn delete(&mut self, kind: ResourceKind, name: &str) -> Result<ApiReply, ApiError> {
+    pub(super) fn delete(&mut self, kind: ResourceKind, name: &str) -> Result<ApiReply, ApiError> {
         match kind {
             ResourceKind::Node => {
                 return Err(ApiError::BadRequest(
@@ -497,6 +534,7 @@ impl Core {
                 // Deleting a pod that is already terminating is not an error.
                 self.terminate_pod(name, "Deleted by the user");
             }
+            ResourceKind::Namespace => self.delete_namespace(name)?,
         }
         Ok(ApiReply::Deleted {
             kind,

@@ -46,6 +46,7 @@ impl Core {
         self.agent_updates = load_table(store, Table::AgentUpdates, "agent update")?;
         self.config_maps = load_table(store, Table::ConfigMaps, "config map")?;
         self.services = load_table(store, Table::Services, "service")?;
+        self.namespaces = load_table(store, Table::Namespaces, "namespace")?;
         let events: BTreeMap<String, api::Event> = load_table(store, Table::Events, "event")?;
         self.events = events
             .into_iter()
@@ -213,6 +214,10 @@ impl Core {
                 Tab::Service => (
                     Table::Services,
                     self.services.get(name).map(serde_json::to_vec),
+                ),
+                Tab::Namespace => (
+                    Table::Namespaces,
+                    self.namespaces.get(name).map(serde_json::to_vec),
                 ),
                 Tab::Secret => (
                     Table::Secrets,

@@ -4,6 +4,7 @@
 use std::time::SystemTime;
 
 use crate::contract::usage::{NodeUsageView, PodUsageView};
+use crate::model::api;
 
 use super::Core;
 
@@ -40,15 +41,17 @@ impl Core {
                 let node = p.spec.node_name.as_deref()?;
                 let (u, _) = self.usage.get(node)?;
                 let pu = u.pods.iter().find(|x| x.uid.as_str() == p.metadata.uid)?;
+                let (namespace, name) = api::split_qualified(&p.metadata.name);
                 Some(PodUsageView {
-                    name: p.metadata.name.clone(),
+                    name: name.to_owned(),
                     node: node.to_owned(),
                     cpu_millis: pu.cpu_millis,
                     memory_bytes: pu.memory_bytes,
+                    namespace: Some(namespace.to_owned()),
                 })
             })
             .collect();
-        v.sort_by(|a, b| a.name.cmp(&b.name));
+        v.sort_by(|a, b| (&a.namespace, &a.name).cmp(&(&b.namespace, &b.name)));
         v
     }
 }

@@ -15,6 +15,7 @@ use tokio::sync::{mpsc, oneshot};
 
 use crate::contract::watch::{Change, WatchEvent};
 use crate::contract::ResourceKind;
+use crate::model::api;
 
 use super::{ApiError, Core, Tab};
 
@@ -101,6 +102,7 @@ fn watched_kind(tab: Tab) -> Option<ResourceKind> {
         Tab::CronJob => Some(ResourceKind::CronJob),
         Tab::ConfigMap => Some(ResourceKind::ConfigMap),
         Tab::Service => Some(ResourceKind::Service),
+        Tab::Namespace => Some(ResourceKind::Namespace),
         Tab::Revision => None,
     }
 }
@@ -123,6 +125,7 @@ impl Core {
             (Tab::CronJob, self.cron_jobs.keys().collect()),
             (Tab::ConfigMap, self.config_maps.keys().collect()),
             (Tab::Service, self.services.keys().collect()),
+            (Tab::Namespace, self.namespaces.keys().collect()),
         ];
         let known = tabs
             .into_iter()
@@ -137,7 +140,10 @@ impl Core {
             let Some(kind) = watched_kind(*tab) else {
                 continue;
             };
-            let object = self.get_one(kind, name).ok();
+            let object = self
+                .get_one(kind, name)
+                .ok()
+                .map(super::namespaces::external_object);
             let key = (*tab, name.clone());
             let change = match object {
                 Some(_) if self.watches.known.insert(key.clone()) => Change::Added,
@@ -149,7 +155,11 @@ impl Core {
                 change,
                 resource_version: 0,
                 kind: kind.as_str().to_owned(),
-                name: name.clone(),
+                name: if kind.is_namespaced() {
+                    api::split_qualified(name).1.to_owned()
+                } else {
+                    name.clone()
+                },
                 object,
                 event: None,
             };
@@ -171,7 +181,7 @@ impl Core {
                 kind: "event".into(),
                 name: seq.to_string(),
                 object: None,
-                event: Some(e),
+                event: Some(super::namespaces::external_event(e)),
             };
             self.watches.push(Watched::Events, ev);
         }
@@ -208,6 +218,7 @@ impl Core {
             Watched::Kind(kind) => self
                 .get_all(kind)
                 .into_iter()
+                .map(super::namespaces::external_object)
                 .map(|o| WatchEvent {
                     change: Change::Added,
                     resource_version: revision,
@@ -226,7 +237,7 @@ impl Core {
                     kind: "event".into(),
                     name: seq.to_string(),
                     object: None,
-                    event: Some(e.clone()),
+                    event: Some(super::namespaces::external_event(e.clone())),
                 })
                 .collect(),
         }

@@ -408,7 +408,8 @@ mod tests {
             api::Object::Secret(_)
             | api::Object::AgentUpdate(_)
             | api::Object::ConfigMap(_)
-            | api::Object::Service(_) => {
+            | api::Object::Service(_)
+            | api::Object::Namespace(_) => {
                 panic!("not a pod")
             }
         }

@@ -244,12 +244,15 @@ pub fn endpoints<'a>(
 ) -> api::Endpoints {
     let mut groups: BTreeMap<Vec<api::EndpointPort>, Vec<api::EndpointAddress>> = BTreeMap::new();
     if !svc.spec.selector.is_empty() {
+        // A Service selects only pods of its own namespace (qualified names, `api::qualify`).
+        let namespace = api::namespace_of(&svc.metadata.name);
         for pod in pods {
-            let matches = svc
-                .spec
-                .selector
-                .iter()
-                .all(|(k, v)| pod.metadata.labels.get(k) == Some(v));
+            let matches = api::namespace_of(&pod.metadata.name) == namespace
+                && svc
+                    .spec
+                    .selector
+                    .iter()
+                    .all(|(k, v)| pod.metadata.labels.get(k) == Some(v));
             let Some(ip) = pod.status.pod_ip.as_ref().filter(|ip| !ip.is_empty()) else {
                 continue;
             };

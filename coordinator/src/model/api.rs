@@ -13,6 +13,7 @@ mod cronjob;
 mod daemonset;
 mod deployment;
 mod job;
+mod namespace;
 mod node;
 mod pod;
 mod secret;
@@ -24,6 +25,7 @@ pub use cronjob::*;
 pub use daemonset::*;
 pub use deployment::*;
 pub use job::*;
+pub use namespace::*;
 pub use node::*;
 pub use pod::*;
 pub use secret::*;
@@ -69,6 +71,11 @@ pub struct ObjectMeta {
     /// counts as Ready, and stays on its node for the drain period (see `core`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub deletion_timestamp: Option<String>,
+    /// The object's namespace as the API shows it and manifests give it. Inside the core
+    /// it is `None`: a namespaced object is keyed by its qualified name instead (see
+    /// [`qualify`]), so objects stored before namespaces existed are `default`'s as they are.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub namespace: Option<String>,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
@@ -87,6 +94,10 @@ pub struct Event {
     pub reason: String,
     pub message: String,
     pub timestamp: String,
+    /// The namespace of a namespaced object, as the API shows it (the core records
+    /// events about qualified names and leaves this `None`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub namespace: Option<String>,
 }
 
 /// One object of a manifest, as `baton apply` takes it.
@@ -101,4 +112,43 @@ pub enum Object {
     AgentUpdate(AgentUpdate),
     ConfigMap(ConfigMap),
     Service(Service),
+    Namespace(Namespace),
+}
+
+impl Object {
+    /// The kind's lowercase name (as in `pod/NAME`) and the object's metadata.
+    pub fn kind_and_meta(&self) -> (&'static str, &ObjectMeta) {
+        match self {
+            Object::Deployment(d) => ("deployment", &d.metadata),
+            Object::DaemonSet(d) => ("daemonset", &d.metadata),
+            Object::Job(j) => ("job", &j.metadata),
+            Object::CronJob(c) => ("cronjob", &c.metadata),
+            Object::Pod(p) => ("pod", &p.metadata),
+            Object::Secret(x) => ("secret", &x.metadata),
+            Object::AgentUpdate(u) => ("agentupdate", &u.metadata),
+            Object::ConfigMap(c) => ("configmap", &c.metadata),
+            Object::Service(s) => ("service", &s.metadata),
+            Object::Namespace(n) => ("namespace", &n.metadata),
+        }
+    }
+
+    pub fn meta_mut(&mut self) -> &mut ObjectMeta {
+        match self {
+            Object::Deployment(d) => &mut d.metadata,
+            Object::DaemonSet(d) => &mut d.metadata,
+            Object::Job(j) => &mut j.metadata,
+            Object::CronJob(c) => &mut c.metadata,
+            Object::Pod(p) => &mut p.metadata,
+            Object::Secret(x) => &mut x.metadata,
+            Object::AgentUpdate(u) => &mut u.metadata,
+            Object::ConfigMap(c) => &mut c.metadata,
+            Object::Service(s) => &mut s.metadata,
+            Object::Namespace(n) => &mut n.metadata,
+        }
+    }
+
+    /// Cluster-scoped kinds are in no namespace (Nodes are not applied).
+    pub fn is_namespaced(&self) -> bool {
+        !matches!(self, Object::AgentUpdate(_) | Object::Namespace(_))
+    }
 }

@@ -57,6 +57,36 @@ pub fn config_map_references(spec: &api::PodSpec) -> BTreeSet<String> {
     out
 }
 
+/// Rewrites every Secret and ConfigMap name `spec` references with `f`: how a pod's
+/// references are kept to its own namespace (qualified on apply, shown unqualified).
+pub fn map_references(spec: &mut api::PodSpec, f: impl Fn(&str) -> String) {
+    for c in spec.init_containers.iter_mut().chain(&mut spec.containers) {
+        for e in &mut c.env {
+            if let Some(from) = e.value_from.as_mut() {
+                if let Some(r) = from.secret_key_ref.as_mut() {
+                    r.name = f(&r.name);
+                }
+                if let Some(r) = from.config_map_key_ref.as_mut() {
+                    r.name = f(&r.name);
+                }
+            }
+        }
+        for e in &mut c.env_from {
+            e.config_map_ref.name = f(&e.config_map_ref.name);
+        }
+    }
+    for v in &mut spec.volumes {
+        match &mut v.source {
+            api::VolumeSource::Secret { secret_name } => *secret_name = f(secret_name),
+            api::VolumeSource::ConfigMap { name, .. } => *name = f(name),
+            _ => {}
+        }
+    }
+    for r in &mut spec.image_pull_secrets {
+        r.name = f(&r.name);
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -43,6 +43,10 @@ pub struct TokenRecord {
     pub creation_timestamp: String,
     /// Hex SHA-256 of the token.
     pub sha256: String,
+    /// The namespaces the token is limited to; empty: not limited (see
+    /// [`authorize_scoped`]). Tokens stored before namespaces existed have none.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub namespaces: Vec<String>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -55,6 +59,8 @@ pub enum AuthError {
     NotFound(String),
     #[error("invalid token name {0:?}: use 1-63 of a-z, 0-9, '-', '.' and '_'")]
     InvalidName(String),
+    #[error("invalid namespace {0:?}: a namespace is 1-63 of a-z, 0-9 and '-' (RFC 1123 label)")]
+    InvalidNamespace(String),
     #[error("cannot write {path}: {source}")]
     WriteConf {
         path: PathBuf,
@@ -67,7 +73,7 @@ pub enum AuthError {
 #[error("forbidden: token {name:?} has role {role}, which may not {method} {path}")]
 pub struct Denied {
     pub name: String,
-    pub role: &'static str,
+    pub role: String,
     pub method: String,
     pub path: String,
 }
@@ -82,6 +88,15 @@ pub fn new_secret() -> String {
     let mut bytes = [0u8; 32];
     rand::thread_rng().fill_bytes(&mut bytes);
     hex::encode(bytes)
+}
+
+fn valid_namespace(ns: &str) -> bool {
+    (1..=63).contains(&ns.len())
+        && ns
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+        && !ns.starts_with('-')
+        && !ns.ends_with('-')
 }
 
 fn valid_name(name: &str) -> bool {
@@ -104,6 +119,32 @@ pub fn authorize(role: Role, method: &str, path: &str) -> bool {
             reads && !tokens
         }
     }
+}
+
+/// May a token of `role` limited to `namespaces` (none: not limited, [`authorize`])
+/// call `method path`? A limited token reaches only its namespaces' routes
+/// (`/api/v1/namespaces/NS/...`, by its role), reads its namespaces themselves, and may
+/// `apply` if it is an admin (the core then refuses any object outside its namespaces and
+/// any cluster-scoped one); nothing else: no nodes, no tokens, no cluster-wide lists.
+pub fn authorize_scoped(role: Role, namespaces: &[String], method: &str, path: &str) -> bool {
+    if namespaces.is_empty() {
+        return authorize(role, method, path);
+    }
+    if path == crate::contract::routes::Apply::PATH {
+        return method == "POST" && role == Role::Admin;
+    }
+    let Some(rest) = path.strip_prefix(crate::contract::routes::NAMESPACED_PREFIX) else {
+        return false;
+    };
+    let (ns, tail) = rest.split_once('/').unwrap_or((rest, ""));
+    if !namespaces.iter().any(|n| n == ns) {
+        return false;
+    }
+    if tail.is_empty() {
+        // The namespace object is cluster-scoped: read it, never delete it.
+        return method == "GET" || method == "HEAD";
+    }
+    authorize(role, method, path)
 }
 
 /// The token table, in memory and in the store.
@@ -145,8 +186,21 @@ impl Tokens {
 
     /// Makes a token and returns its secret, which is not kept.
     pub fn create(&self, name: &str, role: Role) -> Result<String, AuthError> {
+        self.create_scoped(name, role, Vec::new())
+    }
+
+    /// [`Tokens::create`], limited to `namespaces` unless empty.
+    pub fn create_scoped(
+        &self,
+        name: &str,
+        role: Role,
+        namespaces: Vec<String>,
+    ) -> Result<String, AuthError> {
         if !valid_name(name) {
             return Err(AuthError::InvalidName(name.to_owned()));
+        }
+        if let Some(bad) = namespaces.iter().find(|n| !valid_namespace(n)) {
+            return Err(AuthError::InvalidNamespace(bad.clone()));
         }
         let secret = new_secret();
         let rec = TokenRecord {
@@ -154,6 +208,7 @@ impl Tokens {
             role,
             creation_timestamp: crate::model::api::now_rfc3339(),
             sha256: hash_token(&secret),
+            namespaces,
         };
         // Held across the commit so two creates of one name cannot both succeed.
         let mut names = self.names();
@@ -189,10 +244,19 @@ impl Tokens {
                 name: r.name.clone(),
                 role: r.role,
                 creation_timestamp: r.creation_timestamp.clone(),
+                namespaces: r.namespaces.clone(),
             })
             .collect();
         v.sort_by(|a, b| a.name.cmp(&b.name));
         v
+    }
+
+    /// The namespaces token `name` is limited to (empty: none).
+    pub fn namespaces_of(&self, name: &str) -> Vec<String> {
+        self.names()
+            .get(name)
+            .map(|r| r.namespaces.clone())
+            .unwrap_or_default()
     }
 
     /// The name and role of the token `secret`, if it is one.
@@ -366,5 +430,58 @@ mod tests {
         assert_eq!(again.token, Some(token));
         assert_eq!(again.server.as_deref(), Some("http://127.0.0.1:2"));
         assert_eq!(tokens.list().len(), 1);
+    }
+
+    #[test]
+    fn a_token_limited_to_namespaces_reaches_only_them() {
+        use Role::*;
+        let a = vec!["a".to_owned()];
+        let cases: &[(Role, &str, &str, bool)] = &[
+            (ReadOnly, "GET", "/api/v1/namespaces/a/pods", true),
+            (ReadOnly, "GET", "/api/v1/namespaces/a/pods/web-1/log", true),
+            (ReadOnly, "GET", "/api/v1/namespaces/a", true),
+            (ReadOnly, "DELETE", "/api/v1/namespaces/a/pods/x", false),
+            (ReadOnly, "GET", "/api/v1/namespaces/b/pods", false),
+            (ReadOnly, "GET", "/api/v1/namespaces/ab/pods", false),
+            (ReadOnly, "GET", "/api/v1/pods", false),
+            (ReadOnly, "GET", "/api/v1/nodes", false),
+            (ReadOnly, "POST", "/api/v1/apply", false),
+            (Admin, "POST", "/api/v1/apply", true),
+            (
+                Admin,
+                "DELETE",
+                "/api/v1/namespaces/a/deployments/web",
+                true,
+            ),
+            (Admin, "POST", "/api/v1/namespaces/a/pods/x/exec", true),
+            (Admin, "DELETE", "/api/v1/namespaces/a", false),
+            (
+                Admin,
+                "DELETE",
+                "/api/v1/namespaces/b/deployments/web",
+                false,
+            ),
+            (Admin, "POST", "/api/v1/nodes/pi-1/spec", false),
+            (Admin, "GET", "/api/v1/tokens", false),
+            (Admin, "GET", "/metrics", false),
+        ];
+        for (role, method, path, want) in cases {
+            assert_eq!(
+                authorize_scoped(*role, &a, method, path),
+                *want,
+                "{role:?} {method} {path}"
+            );
+        }
+        // Not limited: the roles' own rules.
+        assert!(authorize_scoped(ReadOnly, &[], "GET", "/api/v1/pods"));
+        let tokens = Tokens::load(Arc::new(MemStore::new())).unwrap();
+        tokens
+            .create_scoped("t", ReadOnly, vec!["a".into()])
+            .unwrap();
+        assert_eq!(tokens.namespaces_of("t"), ["a"]);
+        assert!(matches!(
+            tokens.create_scoped("u", ReadOnly, vec!["A_b".into()]),
+            Err(AuthError::InvalidNamespace(_))
+        ));
     }
 }

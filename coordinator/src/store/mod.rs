@@ -76,10 +76,14 @@ pub enum Table {
     ConfigMaps,
     /// Services with their allocated ClusterIP and nodePorts, keyed by name (JSON).
     Services,
+    /// Namespaces other than `default`, keyed by name (`api::Namespace`, JSON). The
+    /// namespaced tables key their objects by qualified name (`api::qualify`): `default`'s
+    /// by name alone, as before namespaces existed.
+    Namespaces,
 }
 
 impl Table {
-    pub const ALL: [Table; 19] = [
+    pub const ALL: [Table; 20] = [
         Table::Deployments,
         Table::Pods,
         Table::Nodes,
@@ -99,6 +103,7 @@ impl Table {
         Table::CronJobs,
         Table::ConfigMaps,
         Table::Services,
+        Table::Namespaces,
     ];
 
     pub fn name(self) -> &'static str {
@@ -122,6 +127,7 @@ impl Table {
             Table::CronJobs => "cron_jobs",
             Table::ConfigMaps => "config_maps",
             Table::Services => "services",
+            Table::Namespaces => "namespaces",
         }
     }
 

@@ -507,6 +507,8 @@ fn refused(img: &Path, argv: &[String], expect: &str) {
         server: Some("http://127.0.0.1:9".into()),
         token: Some("unused".into()),
         config: None,
+        namespace: None,
+        all_namespaces: false,
     })
     .unwrap();
     let rt = tokio::runtime::Builder::new_current_thread()
@@ -588,6 +590,8 @@ fn refusals_leave_the_image_byte_identical() {
         server: Some("http://127.0.0.1:9".into()),
         token: Some("unused".into()),
         config: None,
+        namespace: None,
+        all_namespaces: false,
     })
     .unwrap();
     let rt = tokio::runtime::Builder::new_current_thread()

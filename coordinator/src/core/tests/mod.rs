@@ -8,6 +8,7 @@ mod daemon_sets;
 mod exec;
 mod jobs;
 mod metrics;
+mod namespaces;
 mod node_spec;
 mod nodes;
 mod pressure;
@@ -92,7 +93,21 @@ impl Harness {
         rx.try_recv().expect("the core answers every request")
     }
     fn apply(&mut self, yaml: &str) -> Result<Vec<Applied>, ApiError> {
-        match self.api(ApiOp::Apply { yaml: yaml.into() })? {
+        self.apply_as(yaml, None, Access::everywhere())
+    }
+    /// `apply -n namespace` by a caller with `access`.
+    fn apply_as(
+        &mut self,
+        yaml: &str,
+        namespace: Option<&str>,
+        access: Access,
+    ) -> Result<Vec<Applied>, ApiError> {
+        let op = ApiOp::Apply {
+            yaml: yaml.into(),
+            namespace: namespace.map(str::to_owned),
+            access,
+        };
+        match self.api(op)? {
             ApiReply::Applied(a) => Ok(a),
             other => panic!("unexpected {other:?}"),
         }

@@ -153,6 +153,7 @@ async fn events_are_watched_and_expire_after_their_ttl() {
             reason: "Old".into(),
             message: "from yesterday".into(),
             timestamp: "2000-01-01T00:00:00Z".into(),
+            namespace: None,
         },
     ));
     h.core.handle(Event::Tick);

@@ -281,6 +281,18 @@ fn endpoints_are_the_ready_matching_pods_on_ready_nodes() {
     assert!(endpoints(&manual, &pods, any_range).subsets.is_empty());
 }
 
+#[test]
+fn a_service_selects_only_pods_of_its_own_namespace() {
+    let s = svc("web", api::ServiceType::ClusterIP, http());
+    let mut elsewhere = pod("web-9", "10.42.1.9", true);
+    elsewhere.metadata.name = api::qualify("team-b", "web-9");
+    let pods = [pod("web-1", "10.42.1.2", true), elsewhere];
+    assert_eq!(ips(&endpoints(&s, &pods, any_range)), ["10.42.1.2:8080"]);
+    let mut in_b = s.clone();
+    in_b.metadata.name = api::qualify("team-b", "web");
+    assert_eq!(ips(&endpoints(&in_b, &pods, any_range)), ["10.42.1.9:8080"]);
+}
+
 fn range(s: &str) -> Ipv4Range {
     s.parse().unwrap()
 }

@@ -4,6 +4,7 @@
 use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
 use axum::Json;
+use serde::Deserialize;
 
 use super::{ask, AppState, Failure, FromReply, Reply};
 use crate::contract::body::{
@@ -12,7 +13,7 @@ use crate::contract::body::{
 };
 use crate::contract::health::{Health, HealthStatus};
 use crate::contract::{routes, ResourceKind};
-use crate::core::{ApiOp, ApiReply};
+use crate::core::{Access, ApiOp, ApiReply};
 use crate::model::api;
 
 impl FromReply for ApplyResults {
@@ -132,57 +133,119 @@ pub(super) async fn healthz(State(state): State<AppState>) -> (StatusCode, Json<
     }
 }
 
-pub(super) async fn apply(State(state): State<AppState>, body: String) -> Reply<ApplyResults> {
-    ask(&state.core, ApiOp::Apply { yaml: body }).await
+/// An object route's path parameters, with or without a namespace (the namespaced twins
+/// of [`routes`] name one; without, `default` is meant for one object).
+#[derive(Debug, Deserialize)]
+pub(super) struct Target {
+    namespace: Option<String>,
+    kind: Option<String>,
+    name: Option<String>,
+}
+
+impl Target {
+    fn kind(&self) -> Result<ResourceKind, Failure> {
+        let k = kind(self.kind.as_deref().unwrap_or_default())?;
+        if self.namespace.is_some() && !k.is_namespaced() {
+            return Err(Failure(
+                StatusCode::BAD_REQUEST,
+                format!(
+                    "{} are cluster-scoped: they are in no namespace",
+                    k.plural()
+                ),
+            ));
+        }
+        Ok(k)
+    }
+
+    /// The name the core keys the object by (`api::qualify`).
+    pub(super) fn key(&self, kind: ResourceKind) -> String {
+        let name = self.name.as_deref().unwrap_or_default();
+        if kind.is_namespaced() {
+            api::qualify(self.namespace(), name)
+        } else {
+            name.to_owned()
+        }
+    }
+
+    pub(super) fn namespace(&self) -> &str {
+        self.namespace.as_deref().unwrap_or(api::DEFAULT_NAMESPACE)
+    }
+}
+
+/// The namespaces a token limited to some (`security::auth`) may write in, put on the
+/// request by the token check.
+#[derive(Debug, Clone)]
+pub(super) struct TokenScope(pub Vec<String>);
+
+pub(super) async fn apply(
+    State(state): State<AppState>,
+    Query(routes::Apply { namespace }): Query<routes::Apply>,
+    scope: Option<axum::Extension<TokenScope>>,
+    body: String,
+) -> Reply<ApplyResults> {
+    let access = match scope {
+        Some(axum::Extension(TokenScope(namespaces))) => Access::only(namespaces),
+        None => Access::everywhere(),
+    };
+    let op = ApiOp::Apply {
+        yaml: body,
+        namespace,
+        access,
+    };
+    ask(&state.core, op).await
 }
 
 pub(super) async fn list(
     State(state): State<AppState>,
-    Path(k): Path<String>,
+    Path(t): Path<Target>,
 ) -> Reply<List<ApiObject>> {
     let op = ApiOp::Get {
-        kind: kind(&k)?,
+        kind: t.kind()?,
         name: None,
     };
-    ask(&state.core, op).await
+    let Json(mut list) = ask::<List<ApiObject>>(&state.core, op).await?;
+    if let Some(ns) = &t.namespace {
+        list.items.retain(|o| o.namespace() == Some(ns.as_str()));
+    }
+    Ok(Json(list))
 }
 
 pub(super) async fn get_one(
     State(state): State<AppState>,
-    Path((k, name)): Path<(String, String)>,
+    Path(t): Path<Target>,
 ) -> Reply<ApiObject> {
+    let kind = t.kind()?;
     let op = ApiOp::Get {
-        kind: kind(&k)?,
-        name: Some(name),
+        kind,
+        name: Some(t.key(kind)),
     };
     ask(&state.core, op).await
 }
 
-pub(super) async fn delete(
-    State(state): State<AppState>,
-    Path((k, name)): Path<(String, String)>,
-) -> Reply<Deleted> {
+pub(super) async fn delete(State(state): State<AppState>, Path(t): Path<Target>) -> Reply<Deleted> {
+    let kind = t.kind()?;
     let op = ApiOp::Delete {
-        kind: kind(&k)?,
-        name,
+        kind,
+        name: t.key(kind),
     };
     ask(&state.core, op).await
 }
 
 pub(super) async fn describe(
     State(state): State<AppState>,
-    Path((k, name)): Path<(String, String)>,
+    Path(t): Path<Target>,
 ) -> Reply<Described> {
+    let kind = t.kind()?;
     let op = ApiOp::Describe {
-        kind: kind(&k)?,
-        name,
+        kind,
+        name: t.key(kind),
     };
     ask(&state.core, op).await
 }
 
 pub(super) async fn scale(
     State(state): State<AppState>,
-    Path(routes::Scale { name }): Path<routes::Scale>,
+    Path(t): Path<Target>,
     body: axum::body::Bytes,
 ) -> Reply<ApiObject> {
     let ScaleRequest { replicas } = serde_json::from_slice(&body).map_err(|e| {
@@ -191,6 +254,7 @@ pub(super) async fn scale(
             format!("expected {{\"replicas\": N}}: {e}"),
         )
     })?;
+    let name = t.key(ResourceKind::Deployment);
     ask(&state.core, ApiOp::Scale { name, replicas }).await
 }
 
@@ -210,50 +274,56 @@ pub(super) async fn update_node(
 
 pub(super) async fn rollout_status(
     State(state): State<AppState>,
-    Path(routes::RolloutStatus { name }): Path<routes::RolloutStatus>,
+    Path(t): Path<Target>,
 ) -> Reply<RolloutProgress> {
     let kind = ResourceKind::Deployment;
+    let name = t.key(kind);
     ask(&state.core, ApiOp::RolloutStatus { kind, name }).await
 }
 
 pub(super) async fn rollout_history(
     State(state): State<AppState>,
-    Path(routes::RolloutHistory { name }): Path<routes::RolloutHistory>,
+    Path(t): Path<Target>,
 ) -> Reply<List<api::Revision>> {
     let kind = ResourceKind::Deployment;
+    let name = t.key(kind);
     ask(&state.core, ApiOp::RolloutHistory { kind, name }).await
 }
 
 pub(super) async fn rollout_undo(
     State(state): State<AppState>,
-    Path(routes::RolloutUndo { name }): Path<routes::RolloutUndo>,
+    Path(t): Path<Target>,
     body: axum::body::Bytes,
 ) -> Reply<UndoResult> {
-    undo(state, ResourceKind::Deployment, name, body).await
+    let kind = ResourceKind::Deployment;
+    undo(state, kind, t.key(kind), body).await
 }
 
 pub(super) async fn daemon_set_rollout_status(
     State(state): State<AppState>,
-    Path(routes::DaemonSetRolloutStatus { name }): Path<routes::DaemonSetRolloutStatus>,
+    Path(t): Path<Target>,
 ) -> Reply<RolloutProgress> {
     let kind = ResourceKind::DaemonSet;
+    let name = t.key(kind);
     ask(&state.core, ApiOp::RolloutStatus { kind, name }).await
 }
 
 pub(super) async fn daemon_set_rollout_history(
     State(state): State<AppState>,
-    Path(routes::DaemonSetRolloutHistory { name }): Path<routes::DaemonSetRolloutHistory>,
+    Path(t): Path<Target>,
 ) -> Reply<List<api::Revision>> {
     let kind = ResourceKind::DaemonSet;
+    let name = t.key(kind);
     ask(&state.core, ApiOp::RolloutHistory { kind, name }).await
 }
 
 pub(super) async fn daemon_set_rollout_undo(
     State(state): State<AppState>,
-    Path(routes::DaemonSetRolloutUndo { name }): Path<routes::DaemonSetRolloutUndo>,
+    Path(t): Path<Target>,
     body: axum::body::Bytes,
 ) -> Reply<UndoResult> {
-    undo(state, ResourceKind::DaemonSet, name, body).await
+    let kind = ResourceKind::DaemonSet;
+    undo(state, kind, t.key(kind), body).await
 }
 
 async fn undo(
@@ -283,9 +353,41 @@ async fn undo(
     .await
 }
 
+/// Events, of every namespace (cluster-scoped objects' too) or of one; `object`
+/// (`pod/NAME`) is in that namespace.
 pub(super) async fn events(
     State(state): State<AppState>,
     Query(routes::Events { object }): Query<routes::Events>,
 ) -> Reply<List<api::Event>> {
-    ask(&state.core, ApiOp::Events { object }).await
+    events_of(state, None, object).await
+}
+
+/// One namespace's events.
+pub(super) async fn events_in(
+    State(state): State<AppState>,
+    Path(namespace): Path<String>,
+    Query(routes::Events { object }): Query<routes::Events>,
+) -> Reply<List<api::Event>> {
+    events_of(state, Some(namespace), object).await
+}
+
+async fn events_of(
+    state: AppState,
+    namespace: Option<String>,
+    object: Option<String>,
+) -> Reply<List<api::Event>> {
+    let ns = namespace.as_deref().unwrap_or(api::DEFAULT_NAMESPACE);
+    let object = object.map(|o| match o.split_once('/') {
+        Some((k, name)) if ResourceKind::parse(k).is_some_and(ResourceKind::is_namespaced) => {
+            format!("{k}/{}", api::qualify(ns, name))
+        }
+        _ => o,
+    });
+    let Json(mut list) = ask::<List<api::Event>>(&state.core, ApiOp::Events { object }).await?;
+    if let Some(ns) = &namespace {
+        // Events about cluster-scoped objects (nodes) are `default`'s, as in Kubernetes.
+        list.items
+            .retain(|e| e.namespace.as_deref().unwrap_or(api::DEFAULT_NAMESPACE) == ns);
+    }
+    Ok(Json(list))
 }

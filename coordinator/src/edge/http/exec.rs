@@ -49,10 +49,11 @@ fn size(v: &Option<String>, name: &str) -> Result<u16, Failure> {
 
 pub(super) async fn pod_exec(
     State(state): State<AppState>,
-    Path(name): Path<String>,
+    Path(t): Path<super::api::Target>,
     Query(p): Query<ExecParams>,
     mut req: Request,
 ) -> Result<Response, Failure> {
+    let name = t.key(crate::contract::ResourceKind::Pod);
     let flag = |v: &Option<String>| v.as_deref() == Some("true");
     let command: Vec<String> = serde_json::from_str(&p.command)
         .map_err(|_| bad("command must be a JSON array of strings".into()))?;

@@ -51,9 +51,10 @@ impl From<LogError> for Failure {
 
 pub(super) async fn pod_logs(
     State(state): State<AppState>,
-    Path(name): Path<String>,
+    Path(t): Path<super::api::Target>,
     Query(p): Query<LogParams>,
 ) -> Result<Response, Failure> {
+    let name = t.key(ResourceKind::Pod);
     let (follow, previous) = (flag(&p.follow, "follow")?, flag(&p.previous, "previous")?);
     let timestamps = flag(&p.timestamps, "timestamps")?;
     let since = crate::contract::since::window(p.since.as_deref(), p.since_time.as_deref())

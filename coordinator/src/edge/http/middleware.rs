@@ -56,11 +56,17 @@ pub(super) async fn require_token(State(gate): State<Gate>, req: Request, next: 
     };
     let method = req.method().as_str().to_owned();
     let path = req.uri().path().to_owned();
-    if !auth::authorize(role, &method, &path) {
-        tracing::info!(token = %name, role = role.as_str(), %method, %path, "forbidden");
+    let namespaces = tokens.namespaces_of(&name);
+    if !auth::authorize_scoped(role, &namespaces, &method, &path) {
+        tracing::info!(token = %name, role = role.as_str(), ?namespaces, %method, %path, "forbidden");
+        let role = if namespaces.is_empty() {
+            role.as_str().to_owned()
+        } else {
+            format!("{} in namespaces {}", role.as_str(), namespaces.join(","))
+        };
         let denied = auth::Denied {
             name,
-            role: role.as_str(),
+            role,
             method,
             path,
         };
@@ -70,6 +76,10 @@ pub(super) async fn require_token(State(gate): State<Gate>, req: Request, next: 
     let mut req = req;
     req.extensions_mut()
         .insert(super::exec::TokenName(name.to_string()));
+    if !namespaces.is_empty() {
+        req.extensions_mut()
+            .insert(super::api::TokenScope(namespaces));
+    }
     // An authenticated request keeps its connection from being closed to make room for
     // others until its response is sent (see crate::edge::serve).
     let hold = crate::edge::serve::Hold::of(&req);

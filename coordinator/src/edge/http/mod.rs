@@ -165,6 +165,20 @@ fn api_router(
         .serve::<routes::DaemonSetRolloutStatus, _>(api::daemon_set_rollout_status)
         .serve::<routes::DaemonSetRolloutHistory, _>(api::daemon_set_rollout_history)
         .serve::<routes::DaemonSetRolloutUndo, _>(api::daemon_set_rollout_undo)
+        .serve::<routes::ListNamespaced, _>(api::list)
+        .serve::<routes::GetNamespaced, _>(api::get_one)
+        .serve::<routes::DeleteNamespaced, _>(api::delete)
+        .serve::<routes::DescribeNamespaced, _>(api::describe)
+        .serve::<routes::EventsNamespaced, _>(api::events_in)
+        .serve::<routes::PodLogsNamespaced, _>(logs::pod_logs)
+        .serve::<routes::PodExecNamespaced, _>(exec::pod_exec)
+        .serve::<routes::ScaleNamespaced, _>(api::scale)
+        .serve::<routes::RolloutStatusNamespaced, _>(api::rollout_status)
+        .serve::<routes::RolloutHistoryNamespaced, _>(api::rollout_history)
+        .serve::<routes::RolloutUndoNamespaced, _>(api::rollout_undo)
+        .serve::<routes::DaemonSetRolloutStatusNamespaced, _>(api::daemon_set_rollout_status)
+        .serve::<routes::DaemonSetRolloutHistoryNamespaced, _>(api::daemon_set_rollout_history)
+        .serve::<routes::DaemonSetRolloutUndoNamespaced, _>(api::daemon_set_rollout_undo)
         .serve::<routes::AgentRolloutStatus, _>(agent_updates::status)
         .serve::<routes::AgentRolloutPause, _>(agent_updates::pause)
         .serve::<routes::AgentRolloutResume, _>(agent_updates::resume)
@@ -304,6 +318,7 @@ impl From<ApiError> for Failure {
             ApiError::BadRequest(_) => StatusCode::BAD_REQUEST,
             ApiError::NotFound(_) => StatusCode::NOT_FOUND,
             ApiError::Conflict(_) => StatusCode::CONFLICT,
+            ApiError::Forbidden(_) => StatusCode::FORBIDDEN,
             ApiError::Gone(_) => StatusCode::GONE,
             ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
             ApiError::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
@@ -317,7 +332,7 @@ impl From<AuthError> for Failure {
         let code = match &e {
             AuthError::Exists(_) => StatusCode::CONFLICT,
             AuthError::NotFound(_) => StatusCode::NOT_FOUND,
-            AuthError::InvalidName(_) => StatusCode::BAD_REQUEST,
+            AuthError::InvalidName(_) | AuthError::InvalidNamespace(_) => StatusCode::BAD_REQUEST,
             AuthError::Store(_) | AuthError::WriteConf { .. } => StatusCode::INTERNAL_SERVER_ERROR,
         };
         Failure(code, e.to_string())

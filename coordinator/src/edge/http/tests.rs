@@ -57,6 +57,12 @@ async fn status_per_route_and_role() {
     let tokens = Arc::new(Tokens::load(store).unwrap());
     let admin = tokens.create("admin", Role::Admin).unwrap();
     let ro = tokens.create("viewer", Role::ReadOnly).unwrap();
+    let a_ro = tokens
+        .create_scoped("a-viewer", Role::ReadOnly, vec!["a".into()])
+        .unwrap();
+    let a_admin = tokens
+        .create_scoped("a-admin", Role::Admin, vec!["a".into()])
+        .unwrap();
     let app = router(tx, Arc::new(BusStats::default()), tokens.clone());
 
     let cases: &[(&str, &str, &str, Option<&str>, u16)] = &[
@@ -154,6 +160,40 @@ async fn status_per_route_and_role() {
         ),
         ("DELETE", "/api/v1/tokens/x", "", Some(&admin), 200),
         ("DELETE", "/api/v1/tokens/x", "", Some(&admin), 404),
+        // Tokens limited to namespace a.
+        ("GET", "/api/v1/namespaces/a/pods", "", Some(&a_ro), 200),
+        ("GET", "/api/v1/namespaces/a/pods/x", "", Some(&a_ro), 200),
+        ("GET", "/api/v1/namespaces/a/events", "", Some(&a_ro), 200),
+        ("GET", "/api/v1/namespaces/a", "", Some(&a_ro), 200),
+        ("GET", "/api/v1/namespaces/b/pods", "", Some(&a_ro), 403),
+        ("GET", "/api/v1/pods", "", Some(&a_ro), 403),
+        ("GET", "/api/v1/nodes", "", Some(&a_ro), 403),
+        (
+            "DELETE",
+            "/api/v1/namespaces/a/pods/x",
+            "",
+            Some(&a_ro),
+            403,
+        ),
+        ("POST", "/api/v1/apply", "", Some(&a_ro), 403),
+        (
+            "DELETE",
+            "/api/v1/namespaces/a/pods/x",
+            "",
+            Some(&a_admin),
+            200,
+        ),
+        (
+            "DELETE",
+            "/api/v1/namespaces/b/pods/x",
+            "",
+            Some(&a_admin),
+            403,
+        ),
+        ("DELETE", "/api/v1/namespaces/a", "", Some(&a_admin), 403),
+        ("GET", "/api/v1/tokens", "", Some(&a_admin), 403),
+        ("POST", "/api/v1/apply", "", Some(&a_admin), 200),
+        ("GET", "/api/v1/namespaces/a/nodes", "", Some(&admin), 400),
     ];
     for (method, path, body, token, want) in cases {
         let mut req = axum::http::Request::builder().method(*method).uri(*path);
@@ -173,7 +213,10 @@ async fn status_per_route_and_role() {
         if status == 403 {
             let v: serde_json::Value = serde_json::from_slice(&bytes).unwrap();
             let msg = v["error"].as_str().unwrap();
-            assert!(msg.contains("read-only"), "{msg}");
+            assert!(
+                msg.contains("read-only") || msg.contains("in namespaces a"),
+                "{msg}"
+            );
         }
     }
 }
@@ -216,7 +259,8 @@ fn fake_core() -> mpsc::Sender<Event> {
             | api::Object::Job(_)
             | api::Object::CronJob(_)
             | api::Object::ConfigMap(_)
-            | api::Object::Service(_) => {}
+            | api::Object::Service(_)
+            | api::Object::Namespace(_) => {}
         }
     }
     let rollout = match crate::model::manifest::parse_manifests(
@@ -253,6 +297,7 @@ fn fake_core() -> mpsc::Sender<Event> {
         reason: "Scheduled".into(),
         message: "assigned to pi-1".into(),
         timestamp: "2026-01-01T00:00:00Z".into(),
+        namespace: None,
     };
     let answer = move |op: ApiOp| match op {
         ApiOp::Apply { .. } => ApiReply::Applied(vec![Applied {
@@ -281,6 +326,7 @@ fn fake_core() -> mpsc::Sender<Event> {
                 node: "pi-1".into(),
                 cpu_millis: 250,
                 memory_bytes: 1 << 20,
+                namespace: None,
             }])
         }
         ApiOp::Fleet => ApiReply::Fleet(Box::new(crate::metrics::Fleet {
@@ -527,7 +573,12 @@ async fn every_contract_route_is_served_as_defined() {
     assert_eq!(health.status, crate::contract::health::HealthStatus::Ok);
 
     // Objects: the fake core answers from what arrived.
-    let applied = c.call(&routes::Apply {}, &Manifest(MANIFEST.into())).await;
+    let applied = c
+        .call(
+            &routes::Apply { namespace: None },
+            &Manifest(MANIFEST.into()),
+        )
+        .await;
     assert_eq!(applied.results[0].name, "web");
     let pods = ResourceKind::Pod;
     let list = c.call(&routes::ListObjects { kind: pods }, &NoBody).await;
@@ -623,6 +674,110 @@ async fn every_contract_route_is_served_as_defined() {
         .await;
     assert_eq!(undone.revision, 3);
 
+    // The namespaced twins: the namespace and name reach the core qualified.
+    let ns = || "team-a".to_owned();
+    let in_a = c
+        .call(
+            &routes::ListNamespaced {
+                namespace: ns(),
+                kind: pods,
+            },
+            &NoBody,
+        )
+        .await;
+    assert!(in_a.items.is_empty(), "the fake's objects are default's");
+    let in_default = c
+        .call(
+            &routes::ListNamespaced {
+                namespace: "default".into(),
+                kind: pods,
+            },
+            &NoBody,
+        )
+        .await;
+    assert_eq!(in_default.items.len(), 2);
+    c.call(
+        &routes::GetNamespaced {
+            namespace: ns(),
+            kind: pods,
+            name: web1(),
+        },
+        &NoBody,
+    )
+    .await;
+    c.call(
+        &routes::DescribeNamespaced {
+            namespace: ns(),
+            kind: pods,
+            name: web1(),
+        },
+        &NoBody,
+    )
+    .await;
+    let deleted = c
+        .call(
+            &routes::DeleteNamespaced {
+                namespace: ns(),
+                kind: pods,
+                name: web1(),
+            },
+            &NoBody,
+        )
+        .await;
+    assert_eq!(&*deleted.deleted.name, "team-a_web-1");
+    let events = c
+        .call(
+            &routes::EventsNamespaced {
+                namespace: ns(),
+                object: Some("pod/web-1".into()),
+            },
+            &NoBody,
+        )
+        .await;
+    assert!(events.items.is_empty(), "the fake's event is default's");
+    c.call(
+        &routes::ScaleNamespaced {
+            namespace: ns(),
+            name: web(),
+        },
+        &ScaleRequest { replicas: 2 },
+    )
+    .await;
+    let twin = |name: String| (ns(), name);
+    let (namespace, name) = twin(web());
+    c.call(
+        &routes::RolloutStatusNamespaced { namespace, name },
+        &NoBody,
+    )
+    .await;
+    let (namespace, name) = twin(web());
+    c.call(
+        &routes::RolloutHistoryNamespaced { namespace, name },
+        &NoBody,
+    )
+    .await;
+    let (namespace, name) = twin(web());
+    c.call(&routes::RolloutUndoNamespaced { namespace, name }, &undo)
+        .await;
+    let (namespace, name) = twin(cam());
+    c.call(
+        &routes::DaemonSetRolloutStatusNamespaced { namespace, name },
+        &NoBody,
+    )
+    .await;
+    let (namespace, name) = twin(cam());
+    c.call(
+        &routes::DaemonSetRolloutHistoryNamespaced { namespace, name },
+        &NoBody,
+    )
+    .await;
+    let (namespace, name) = twin(cam());
+    c.call(
+        &routes::DaemonSetRolloutUndoNamespaced { namespace, name },
+        &undo,
+    )
+    .await;
+
     // Agent rollouts.
     let newest = c
         .call(&routes::AgentRolloutStatus { name: None }, &NoBody)
@@ -662,12 +817,14 @@ async fn every_contract_route_is_served_as_defined() {
             &TokenRequest {
                 name: "ci".into(),
                 role: Role::ReadOnly,
+                namespaces: vec!["team-a".into()],
             },
         )
         .await;
     assert_eq!((&*made.name, made.role), ("ci", Role::ReadOnly));
     let listed = c.call(&routes::ListTokens {}, &NoBody).await;
     assert_eq!(listed.items.len(), 2);
+    assert_eq!(listed.items[1].namespaces, ["team-a"]);
     c.call(&routes::DeleteToken { name: "ci".into() }, &NoBody)
         .await;
 
@@ -779,6 +936,22 @@ async fn every_contract_route_is_served_as_defined() {
         "log of echo (previous: true, tail: Some(3), since: Some(Ago { millis: 90000 }), timestamps: true)\n"
     );
 
+    c.call(
+        &routes::PodLogsNamespaced {
+            namespace: ns(),
+            name: "web-1".into(),
+            container: None,
+            follow: None,
+            previous: None,
+            tail: None,
+            since: None,
+            since_time: None,
+            timestamps: None,
+        },
+        &NoBody,
+    )
+    .await;
+
     // Usage: what the core answers, as the contract's lists.
     assert!(c.call(&routes::TopNodes {}, &NoBody).await.items.is_empty());
     let top = c.call(&routes::TopPods {}, &NoBody).await;
@@ -828,6 +1001,25 @@ async fn every_contract_route_is_served_as_defined() {
     let upgraded = c.app.clone().oneshot(req(true)).await.unwrap();
     assert_eq!(upgraded.status(), StatusCode::SWITCHING_PROTOCOLS);
     c.called.insert(<routes::PodExec as Route>::NAME);
+    let exec_in_a = routes::PodExecNamespaced {
+        namespace: ns(),
+        name: "web-1".into(),
+        container: None,
+        command: r#"["true"]"#.into(),
+        stdin: None,
+        tty: None,
+        rows: None,
+        cols: None,
+    };
+    let req = axum::http::Request::post(exec_in_a.path())
+        .header("authorization", format!("Bearer {}", c.token))
+        .header("connection", "upgrade")
+        .header("upgrade", crate::contract::exec::UPGRADE)
+        .body(axum::body::Body::empty())
+        .unwrap();
+    let upgraded = c.app.clone().oneshot(req).await.unwrap();
+    assert_eq!(upgraded.status(), StatusCode::SWITCHING_PROTOCOLS);
+    c.called.insert(<routes::PodExecNamespaced as Route>::NAME);
 
     let all: std::collections::BTreeSet<&str> = routes::ALL.iter().map(|r| r.name).collect();
     assert_eq!(c.called, all, "contract routes this test does not call");

@@ -26,14 +26,20 @@ pub(super) async fn create_token(
     State(state): State<AppState>,
     body: axum::body::Bytes,
 ) -> Reply<CreatedToken> {
-    let TokenRequest { name, role } = serde_json::from_slice(&body).map_err(|e| {
+    let TokenRequest {
+        name,
+        role,
+        namespaces,
+    } = serde_json::from_slice(&body).map_err(|e| {
         Failure(
             StatusCode::BAD_REQUEST,
             format!("expected {{\"name\": N, \"role\": \"admin\"|\"read-only\"}}: {e}"),
         )
     })?;
-    let token = state.tokens.create(&name, role)?;
-    tracing::info!(token = %name, role = role.as_str(), "token created");
+    let token = state
+        .tokens
+        .create_scoped(&name, role, namespaces.clone())?;
+    tracing::info!(token = %name, role = role.as_str(), ?namespaces, "token created");
     Ok(Json(CreatedToken { name, role, token }))
 }
 

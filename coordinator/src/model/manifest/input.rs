@@ -33,6 +33,16 @@ pub(super) struct InPod {
 
 #[derive(Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub(super) struct InNamespace {
+    #[allow(dead_code)]
+    pub(super) api_version: String,
+    #[allow(dead_code)]
+    pub(super) kind: String,
+    pub(super) metadata: InMeta,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub(super) struct InMeta {
     pub(super) name: Option<String>,
     pub(super) namespace: Option<String>,

@@ -42,14 +42,17 @@ use config_map::config_map;
 use cronjob::cron_job;
 use daemonset::daemon_set;
 use deployment::deployment;
-use input::{InConfigMap, InCronJob, InDaemonSet, InDeployment, InJob, InPod, InSecret, InService};
+use input::{
+    InConfigMap, InCronJob, InDaemonSet, InDeployment, InJob, InNamespace, InPod, InSecret,
+    InService,
+};
 use job::job;
 use pod::pod;
 use secret::secret;
 use service::service;
 use shape::{
-    walk, Shape, AGENT_UPDATE, CONFIG_MAP, CRON_JOB, DAEMON_SET, DEPLOYMENT, JOB, POD, SECRET,
-    SERVICE,
+    walk, Shape, AGENT_UPDATE, CONFIG_MAP, CRON_JOB, DAEMON_SET, DEPLOYMENT, JOB, NAMESPACE, POD,
+    SECRET, SERVICE,
 };
 
 pub use agent_update::check_version;
@@ -125,17 +128,11 @@ pub fn parse_manifests(yaml: &str) -> Result<Vec<api::Object>, ManifestError> {
             .apply_merge()
             .map_err(|source| ManifestError::Yaml { doc, source })?;
         let object = parse_document(doc, value)?;
-        let key = match &object {
-            api::Object::Deployment(d) => ("deployment", d.metadata.name.clone()),
-            api::Object::DaemonSet(d) => ("daemonset", d.metadata.name.clone()),
-            api::Object::Job(j) => ("job", j.metadata.name.clone()),
-            api::Object::CronJob(c) => ("cronjob", c.metadata.name.clone()),
-            api::Object::Pod(p) => ("pod", p.metadata.name.clone()),
-            api::Object::Secret(x) => ("secret", x.metadata.name.clone()),
-            api::Object::AgentUpdate(u) => ("agentupdate", u.metadata.name.clone()),
-            api::Object::ConfigMap(c) => ("configmap", c.metadata.name.clone()),
-            api::Object::Service(s) => ("service", s.metadata.name.clone()),
-        };
+        let (kind, meta) = object.kind_and_meta();
+        // Names are unique per kind and namespace; `-n` is not known here, so an object
+        // naming none counts as `default`'s (the core checks again with `-n`).
+        let ns = meta.namespace.as_deref().unwrap_or(api::DEFAULT_NAMESPACE);
+        let key = (kind, api::qualify(ns, &meta.name));
         if let Some(first) = seen.get(&key) {
             return Err(ManifestError::Document {
                 doc,
@@ -236,6 +233,13 @@ fn parse_document(doc: usize, mut value: Value) -> Result<api::Object, ManifestE
             let input: InService = from_value(doc, value)?;
             service(input).map(api::Object::Service).map_err(field_error)
         }
+        ("v1", "Namespace") => {
+            check(&mut value, &NAMESPACE)?;
+            let input: InNamespace = from_value(doc, value)?;
+            namespace(input)
+                .map(api::Object::Namespace)
+                .map_err(field_error)
+        }
         (api::AGENT_UPDATE_API_VERSION, "AgentUpdate") => {
             check(&mut value, &AGENT_UPDATE)?;
             let input: InAgentUpdate = from_value(doc, value)?;
@@ -245,10 +249,27 @@ fn parse_document(doc: usize, mut value: Value) -> Result<api::Object, ManifestE
         }
         _ => Err(document_error(format!(
             "kind {kind} (apiVersion {api_version}) is not supported by Baton; \
-             supported: Deployment (apps/v1), DaemonSet (apps/v1), Job (batch/v1), CronJob (batch/v1), Pod (v1), Secret (v1), ConfigMap (v1), Service (v1), AgentUpdate ({})",
+             supported: Deployment (apps/v1), DaemonSet (apps/v1), Job (batch/v1), CronJob (batch/v1), Pod (v1), Secret (v1), ConfigMap (v1), Service (v1), Namespace (v1), AgentUpdate ({})",
             api::AGENT_UPDATE_API_VERSION
         ))),
     }
+}
+
+/// A `Namespace` (`v1`): its name is an RFC 1123 label, and it is in no namespace.
+fn namespace(input: InNamespace) -> Result<api::Namespace, validate::Invalid> {
+    let metadata = validate::object_meta(input.metadata, validate::MAX_NAMESPACE_LEN)?;
+    if metadata.namespace.is_some() {
+        return validate::invalid(
+            "metadata.namespace",
+            "a Namespace is cluster-scoped: it is in no namespace",
+        );
+    }
+    Ok(api::Namespace {
+        api_version: "v1".into(),
+        kind: "Namespace".into(),
+        metadata,
+        status: api::NamespaceStatus::default(),
+    })
 }
 
 /// A label key and value by the rules manifests follow (`baton label node`), the error as

@@ -359,6 +359,14 @@ pub(super) const SECRET: Shape = Shape::Object(&[
     ("stringData", Shape::FreeMap),
 ]);
 
+/// A Namespace: a name, labels and annotations. `spec.finalizers` is refused by path:
+/// Baton's deletion of a namespace has no finalizers.
+pub(super) const NAMESPACE: Shape = Shape::Object(&[
+    ("apiVersion", Shape::Leaf),
+    ("kind", Shape::Leaf),
+    ("metadata", META),
+    ("status", Shape::Dropped(&Shape::Any)),
+]);
 pub(super) const CONFIG_MAP: Shape = Shape::Object(&[
     ("apiVersion", Shape::Leaf),
     ("kind", Shape::Leaf),

@@ -23,6 +23,7 @@ fn render(result: Result<Vec<api::Object>, ManifestError>) -> String {
                 api::Object::AgentUpdate(u) => serde_yaml_ng::to_string(u),
                 api::Object::ConfigMap(c) => serde_yaml_ng::to_string(c),
                 api::Object::Service(s) => serde_yaml_ng::to_string(s),
+                api::Object::Namespace(n) => serde_yaml_ng::to_string(n),
             })
             .collect::<Result<Vec<_>, _>>()
             .expect("api objects serialize")
@@ -191,8 +192,8 @@ fn validation_rules() {
         ),
         (
             "namespace",
-            doc("  namespace: kube-system\n", "", "", ""),
-            "error: document 1: metadata.namespace: only the \"default\" namespace is supported, got \"kube-system\"",
+            doc("  namespace: Kube_System\n", "", "", ""),
+            "error: document 1: metadata.namespace: \"Kube_System\" must consist of lowercase alphanumerics or '-' and start and end with an alphanumeric (RFC 1123 label)",
         ),
         (
             "missing name",
@@ -407,7 +408,7 @@ fn validation_rules() {
         (
             "unsupported apiVersion",
             doc("", "", "", "").replace("apps/v1", "extensions/v1beta1"),
-            "error: document 1: kind Deployment (apiVersion extensions/v1beta1) is not supported by Baton; supported: Deployment (apps/v1), DaemonSet (apps/v1), Job (batch/v1), CronJob (batch/v1), Pod (v1), Secret (v1), ConfigMap (v1), Service (v1), AgentUpdate (baton.io/v1alpha1)",
+            "error: document 1: kind Deployment (apiVersion extensions/v1beta1) is not supported by Baton; supported: Deployment (apps/v1), DaemonSet (apps/v1), Job (batch/v1), CronJob (batch/v1), Pod (v1), Secret (v1), ConfigMap (v1), Service (v1), Namespace (v1), AgentUpdate (baton.io/v1alpha1)",
         ),
         (
             "missing metadata",

@@ -8,6 +8,9 @@ use crate::model::api;
 
 pub(super) type Invalid = (String, String);
 
+/// A namespace's name is an RFC 1123 label, as in Kubernetes.
+pub(super) const MAX_NAMESPACE_LEN: usize = 63;
+
 /// `n` with thousands separators (`1,500`), for limits in messages.
 pub(super) fn grouped(n: usize) -> String {
     let digits = n.to_string();
@@ -33,13 +36,8 @@ pub(super) fn object_meta(meta: InMeta, max_name_len: usize) -> Result<api::Obje
         return invalid("metadata.name", "required");
     };
     dns_label("metadata.name", &name, max_name_len)?;
-    if let Some(ns) = meta.namespace {
-        if ns != "default" {
-            return invalid(
-                "metadata.namespace",
-                format!("only the \"default\" namespace is supported, got {ns:?}"),
-            );
-        }
+    if let Some(ns) = &meta.namespace {
+        dns_label("metadata.namespace", ns, MAX_NAMESPACE_LEN)?;
     }
     labels("metadata.labels", &meta.labels)?;
     annotations("metadata.annotations", &meta.annotations)?;
@@ -47,6 +45,7 @@ pub(super) fn object_meta(meta: InMeta, max_name_len: usize) -> Result<api::Obje
         name,
         labels: meta.labels,
         annotations: meta.annotations,
+        namespace: meta.namespace,
         ..Default::default()
     })
 }

@@ -208,3 +208,12 @@ QEvMH0BSL665xupgYQd2hpMfE4NBwqDMAXb2v01SUQfOCQ==
 ";
     pub(crate) const NODE_KEY: &str = "-----BEGIN PRIVATE KEY-----\nMC4CAQAwBQYDK2VwBCIEIPsybUd7tGeV0RWTpQka2uqw8sn0DlSpLDUNIywt4fyT\n-----END PRIVATE KEY-----\n";
 }
+
+/// The agent's reqwest 0.13 (oci-client's, and the agent's own for enrollment and release
+/// downloads) is built without a rustls provider of its own (root Cargo.toml: linking
+/// aws-lc beside ring cost megabytes) and takes the process default, panicking if there is
+/// none. ring is the one provider linked, so make it the default before a client is built.
+/// An `Err` only means a default is in place already.
+pub fn install_ring_provider() {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+}

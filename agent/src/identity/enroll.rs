@@ -47,9 +47,9 @@ fn pinned_client(ca_pem: &str) -> Result<reqwest::Client, IdentityError> {
             url: String::new(),
             message: e.to_string(),
         })?;
+    crate::mqtt_tls::install_ring_provider();
     reqwest::Client::builder()
-        .tls_built_in_root_certs(false)
-        .add_root_certificate(cert)
+        .tls_certs_only([cert])
         .timeout(Duration::from_secs(30))
         .build()
         .map_err(|e| IdentityError::Http {
@@ -156,6 +156,7 @@ async fn pinned_ca(api: &str, ca_sha256: &str) -> Result<String, IdentityError> 
         }
     }
     // Not verified here: nothing is trusted until the hash matches.
+    crate::mqtt_tls::install_ring_provider();
     let client = reqwest::Client::builder()
         .danger_accept_invalid_certs(true)
         .timeout(Duration::from_secs(30))

@@ -124,7 +124,7 @@ impl Registry {
                 data: pem.to_vec(),
             });
         }
-        install_ring_provider();
+        crate::mqtt_tls::install_ring_provider();
         let client = Client::try_from(ClientConfig {
             protocol: ClientProtocol::HttpsExcept(self.insecure.clone()),
             extra_root_certificates: roots,
@@ -581,12 +581,4 @@ fn map_err(e: OciDistributionError, reference: &Reference, has_creds: bool) -> I
             reason: other.to_string(),
         },
     }
-}
-
-/// oci-client's reqwest 0.13 is built without a rustls provider of its own (root Cargo.toml:
-/// linking aws-lc beside ring cost megabytes) and takes the process default, panicking if
-/// there is none. ring is the one provider linked, so make it the default before a client is
-/// built. An `Err` only means a default is in place already.
-fn install_ring_provider() {
-    let _ = rustls::crypto::ring::default_provider().install_default();
 }

@@ -116,6 +116,7 @@ pub async fn fetch(
             Some(p) => crate::identity::IdentityFile::load(p)?,
             None => None,
         };
+        crate::mqtt_tls::install_ring_provider();
         let mut client = reqwest::Client::builder().connect_timeout(Duration::from_secs(15));
         let mut pems = Vec::new();
         if let Some(ca) = &src.ca {
@@ -125,9 +126,10 @@ pub async fn fetch(
             pems.push(id.ca_certificate.clone().into_bytes());
         }
         for pem in &pems {
-            for cert in reqwest::Certificate::from_pem_bundle(pem).map_err(DownloadError::Ca)? {
-                client = client.add_root_certificate(cert);
-            }
+            // Beside the system's roots, as before.
+            client = client.tls_certs_merge(
+                reqwest::Certificate::from_pem_bundle(pem).map_err(DownloadError::Ca)?,
+            );
         }
         let client = client.build().map_err(DownloadError::Ca)?;
         let mut req = client.get(&url);

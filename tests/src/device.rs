@@ -235,6 +235,11 @@ pub fn lab_board(lab: &Lab, board: Board, base: &std::path::Path) -> Result<Vm> 
 pub fn post_mortem(lab: &Lab, vm: &Vm) {
     lab.dump_logs();
     eprintln!(
+        "----- this boot's network and agent lines ({}) -----\n{}",
+        vm.serial_path().display(),
+        vm.network_lines()
+    );
+    eprintln!(
         "----- last lines of the serial console ({}) -----\n{}",
         vm.serial_path().display(),
         vm.tail(150)

@@ -426,9 +426,45 @@ impl Vm {
     /// The last `n` lines of the serial log, for a failure message.
     pub fn tail(&self, n: usize) -> String {
         let log = self.serial_log();
-        let lines: Vec<&str> = log.lines().collect();
+        let lines = without_progress(&log);
         lines[lines.len().saturating_sub(n)..].join("\n")
     }
+
+    /// This boot's lines about the network (the NIC, networkd, DHCP, wait-online) and the
+    /// agent's start: what a board that never became Ready is read for first.
+    pub fn network_lines(&self) -> String {
+        const WORDS: [&str; 9] = [
+            "networkd",
+            "DHCP",
+            "wait-online",
+            "network-online",
+            "virtio_net",
+            "enp0s",
+            "eth0",
+            "udev",
+            "baton-agent.service",
+        ];
+        let console = self.console();
+        without_progress(&console)
+            .into_iter()
+            .filter(|l| WORDS.iter().any(|w| l.contains(w)))
+            .collect::<Vec<_>>()
+            .join("\n")
+    }
+}
+
+/// The log's lines without systemd's progress lines (`[ ***  ] Job ... running (1min 22s /
+/// no limit)`, two a second while a job waits), but the last of each run of them: a tail of
+/// only those says what is waiting and nothing else.
+fn without_progress(log: &str) -> Vec<&str> {
+    let progress = |l: &str| l.contains("] Job ") && l.contains(" running (");
+    let lines: Vec<&str> = log.lines().collect();
+    lines
+        .iter()
+        .enumerate()
+        .filter(|(i, l)| !progress(l) || !lines.get(i + 1).is_some_and(|n| progress(n)))
+        .map(|(_, l)| *l)
+        .collect()
 }
 
 /// A line in the serial log between boots, so a reader of the log sees where each starts.
@@ -445,5 +481,26 @@ fn mark_boot(serial: &Path, boot: u32, append: &str) -> Result<()> {
 impl Drop for Vm {
     fn drop(&mut self) {
         self.power_cut();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::without_progress;
+
+    #[test]
+    fn progress_lines_collapse_to_the_last_of_each_run() {
+        let log = "a\n[  *** ] Job x.service/start running (1min 1s / no limit)\n\
+                   [ ***  ] Job x.service/start running (1min 2s / no limit)\nb\n\
+                   [***   ] Job y.service/start running (3s / 1min 30s)\n";
+        assert_eq!(
+            without_progress(log),
+            vec![
+                "a",
+                "[ ***  ] Job x.service/start running (1min 2s / no limit)",
+                "b",
+                "[***   ] Job y.service/start running (3s / 1min 30s)",
+            ]
+        );
     }
 }

@@ -11,10 +11,12 @@
 # what the agent reached plus a little headroom, lowered as the agent shrinks): the aarch64
 # agent (fat LTO) AGENT_MAX_BYTES, the 32-bit ones, built without LTO for CI time
 # (cross/build.sh), AGENT32_MAX_BYTES. Session 12's rehearsal (mimalloc dropped): aarch64
-# 7,886,512 B, armv7 10,565,348 B, ARMv6 10,544,252 B.
+# 7,886,512 B, armv7 10,565,348 B, ARMv6 10,544,252 B. Session 15 (one reqwest, with the
+# term, node CronJobs and namespaces): aarch64 7,821,888 B, armv7 10,358,660 B, ARMv6
+# 10,457,020 B; the bounds lowered to those plus 2.3% and 3.3%.
 set -euo pipefail
-AGENT_MAX_BYTES=${AGENT_MAX_BYTES:-8100000}
-AGENT32_MAX_BYTES=${AGENT32_MAX_BYTES:-10900000}
+AGENT_MAX_BYTES=${AGENT_MAX_BYTES:-8000000}
+AGENT32_MAX_BYTES=${AGENT32_MAX_BYTES:-10800000}
 root=$(cd "$(dirname "$0")/../.." && pwd)
 cache="$root/target/bench-cache"
 mkdir -p "$cache"

@@ -161,6 +161,7 @@ fn scenario(lab: &Lab) -> Result<()> {
     ensure!(!events.contains(&format!("pod/{a_name}")), "{events}");
 
     config_stays_in_its_namespace(lab, &registry)?;
+    a_watch_stays_in_its_namespace(lab)?;
 
     // Tokens limited to team-a.
     let token = |role: &str, name: &str| -> Result<String> {
@@ -288,6 +289,41 @@ fn scenario(lab: &Lab) -> Result<()> {
     let (b_again, b_uid_again, _) = running_pod(lab, "team-b")?;
     ensure!(b_again == b_name && b_uid_again == b_uid);
     Ok(())
+}
+
+/// `get -w -n team-a` shows team-a's changes and never team-b's, a deletion included
+/// (which carries no object): between team-a's `probe` made and changed, team-b's same-named
+/// one comes and goes unseen; then team-a's deletion is shown.
+fn a_watch_stays_in_its_namespace(lab: &Lab) -> Result<()> {
+    let probe = |ns: &str, v: &str| {
+        format!("apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: probe\n  namespace: {ns}\ndata:\n  v: {v}\n")
+    };
+    let is_probe = |l: &str| l.starts_with("probe ");
+    let (mut cli, rows) =
+        baton_e2e::lines::spawn_lines(lab, &["get", "configmaps", "-w", "-n", "team-a"])?;
+    let result = (|| -> Result<()> {
+        lab.apply(&probe("team-a", "x"))?;
+        // Listed or added: either way the watch is open from here on.
+        let mut seen = baton_e2e::lines::read_until(&rows, LONG, "team-a's probe", is_probe)?;
+        lab.apply(&probe("team-b", "x"))?;
+        lab.baton(&["delete", "configmap", "probe", "-n", "team-b"])?;
+        lab.apply(&probe("team-a", "y"))?;
+        lab.baton(&["delete", "configmap", "probe", "-n", "team-a"])?;
+        seen.extend(baton_e2e::lines::read_until(
+            &rows,
+            LONG,
+            "team-a's probe deleted",
+            |l| is_probe(l) && l.contains("Deleted"),
+        )?);
+        let probes: Vec<_> = seen.iter().filter(|l| is_probe(l)).collect();
+        // team-a's three changes; team-b's deletion would have come before the change.
+        ensure!(probes.len() == 3, "{seen:?}");
+        ensure!(!probes[1].contains("Deleted"), "{seen:?}");
+        Ok(())
+    })();
+    let _ = cli.kill();
+    let _ = cli.wait();
+    result
 }
 
 /// A pod reads ConfigMaps (and Secrets, by the same rule) of its own namespace only:

@@ -141,7 +141,9 @@ pub(super) async fn watch(
                 let ev = WatchLines::parse_line(&line)
                     .map_err(|e| CliError::Protocol(format!("a watch line: {e}")))?;
                 since = Some(ev.resource_version);
-                if name.is_some_and(|n| n != ev.name) || !in_scope(client, &ev) {
+                if name.is_some_and(|n| n != ev.name)
+                    || !in_scope(&ev, client.all_namespaces(), client.namespace())
+                {
                     continue;
                 }
                 if let Some((header, body)) = row(&ev, wide) {
@@ -159,19 +161,48 @@ pub(super) async fn watch(
 
 /// Whether a change is in the namespace watched (any with `-A`; cluster-scoped objects
 /// always; an event about a cluster-scoped object in `default`). A deletion carries no
-/// object, hence no namespace, and is shown.
-fn in_scope(client: &Client, ev: &WatchEvent) -> bool {
-    if client.all_namespaces() {
+/// object: its namespace is the event's own `namespace` (absent from an older server,
+/// whose deletions are then shown, as before).
+fn in_scope(ev: &WatchEvent, all_namespaces: bool, namespace: &str) -> bool {
+    if all_namespaces {
         return true;
     }
     let ns = match (&ev.object, &ev.event) {
         (_, Some(e)) => Some(event_namespace(e)),
         (Some(o), None) => o.namespace(),
-        (None, None) => None,
+        (None, None) => ev.namespace.as_deref(),
     };
-    ns.is_none_or(|ns| ns == client.namespace())
+    ns.is_none_or(|ns| ns == namespace)
 }
 
 fn gone(e: std::io::Error) -> CliError {
     CliError::Protocol(format!("stdout: {e}"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::contract::watch::Change;
+
+    fn deleted(namespace: Option<&str>) -> WatchEvent {
+        WatchEvent {
+            change: Change::Deleted,
+            resource_version: 7,
+            kind: "pod".into(),
+            name: "web".into(),
+            object: None,
+            event: None,
+            namespace: namespace.map(str::to_owned),
+        }
+    }
+
+    #[test]
+    fn a_deletion_is_shown_only_in_its_namespace() {
+        let other = deleted(Some("team-b"));
+        assert!(!in_scope(&other, false, "team-a"));
+        assert!(in_scope(&other, false, "team-b"));
+        assert!(in_scope(&other, true, "team-a"), "-A shows every namespace");
+        // A cluster-scoped object's deletion (a node's) names no namespace: always shown.
+        assert!(in_scope(&deleted(None), false, "team-a"));
+    }
 }

@@ -35,6 +35,10 @@ pub struct WatchEvent {
     /// For `kind: event`: the event.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub event: Option<api::Event>,
+    /// A namespaced object's namespace, so that a deletion (which carries no object) can
+    /// be told apart from a same-named object's in another namespace.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub namespace: Option<String>,
 }
 
 /// A watch stream's body: the changes so far, one JSON document per line.

@@ -162,6 +162,9 @@ impl Core {
                 },
                 object,
                 event: None,
+                namespace: kind
+                    .is_namespaced()
+                    .then(|| api::namespace_of(name).to_owned()),
             };
             self.watches.push(Watched::Kind(kind), ev);
         }
@@ -182,6 +185,7 @@ impl Core {
                 name: seq.to_string(),
                 object: None,
                 event: Some(super::namespaces::external_event(e)),
+                namespace: None,
             };
             self.watches.push(Watched::Events, ev);
         }
@@ -224,6 +228,7 @@ impl Core {
                     resource_version: revision,
                     kind: kind.as_str().to_owned(),
                     name: o.name().to_owned(),
+                    namespace: o.namespace().map(str::to_owned),
                     object: Some(o),
                     event: None,
                 })
@@ -238,6 +243,7 @@ impl Core {
                     name: seq.to_string(),
                     object: None,
                     event: Some(super::namespaces::external_event(e.clone())),
+                    namespace: None,
                 })
                 .collect(),
         }

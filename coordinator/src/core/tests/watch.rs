@@ -163,3 +163,35 @@ async fn events_are_watched_and_expire_after_their_ttl() {
     assert!(all.iter().all(|e| e.reason != "Old"), "{all:?}");
     assert_eq!(all.len(), before + evs.len());
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_deletion_names_its_namespace() {
+    let mut h = two_nodes();
+    h.apply("apiVersion: v1\nkind: Namespace\nmetadata: {name: team-a}\n")
+        .unwrap();
+    let web = deployment("web", 1, "100m");
+    h.apply(&web).unwrap();
+    let team_web = web.replacen(
+        "metadata:\n  name:",
+        "metadata:\n  namespace: team-a\n  name:",
+        1,
+    );
+    h.apply(&team_web).unwrap();
+    let mut w = watch(&mut h, Watched::Kind(ResourceKind::Deployment), None).unwrap();
+    let mut listed: Vec<_> = w.backlog.iter().map(|e| e.namespace.clone()).collect();
+    listed.sort();
+    assert_eq!(listed, [Some("default".into()), Some("team-a".into())]);
+    h.api(ApiOp::Delete {
+        kind: ResourceKind::Deployment,
+        name: "team-a_web".into(),
+    })
+    .unwrap();
+    let deleted: Vec<_> = drain(&mut w.live)
+        .into_iter()
+        .filter(|e| e.change == Change::Deleted)
+        .collect();
+    assert_eq!(deleted.len(), 1, "{deleted:?}");
+    assert_eq!(deleted[0].name, "web");
+    assert_eq!(deleted[0].namespace.as_deref(), Some("team-a"));
+    assert!(deleted[0].object.is_none());
+}

@@ -377,6 +377,7 @@ fn fake_core() -> mpsc::Sender<Event> {
                         name: "web-1".into(),
                         object: None,
                         event: None,
+                        namespace: None,
                     };
                     let _ = w.reply.send(Ok(crate::core::watch::WatchStart {
                         backlog: vec![ev],

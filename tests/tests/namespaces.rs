@@ -293,7 +293,8 @@ fn scenario(lab: &Lab) -> Result<()> {
 
 /// `get -w -n team-a` shows team-a's changes and never team-b's, a deletion included
 /// (which carries no object): between team-a's `probe` made and changed, team-b's same-named
-/// one comes and goes unseen; then team-a's deletion is shown.
+/// one comes and goes unseen; then team-a's deletion is shown. `-w -A` shows both, with
+/// kubectl's NAMESPACE column first.
 fn a_watch_stays_in_its_namespace(lab: &Lab) -> Result<()> {
     let probe = |ns: &str, v: &str| {
         format!("apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: probe\n  namespace: {ns}\ndata:\n  v: {v}\n")
@@ -301,10 +302,15 @@ fn a_watch_stays_in_its_namespace(lab: &Lab) -> Result<()> {
     let is_probe = |l: &str| l.starts_with("probe ");
     let (mut cli, rows) =
         baton_e2e::lines::spawn_lines(lab, &["get", "configmaps", "-w", "-n", "team-a"])?;
+    let (mut all_cli, all_rows) =
+        baton_e2e::lines::spawn_lines(lab, &["get", "configmaps", "-w", "-A"])?;
+    let in_ns = |ns: &'static str| move |l: &str| l.split_whitespace().take(2).eq([ns, "probe"]);
     let result = (|| -> Result<()> {
         lab.apply(&probe("team-a", "x"))?;
-        // Listed or added: either way the watch is open from here on.
+        // Listed or added: either way the watches are open from here on.
         let mut seen = baton_e2e::lines::read_until(&rows, LONG, "team-a's probe", is_probe)?;
+        let mut all =
+            baton_e2e::lines::read_until(&all_rows, LONG, "-A: team-a's probe", in_ns("team-a"))?;
         lab.apply(&probe("team-b", "x"))?;
         lab.baton(&["delete", "configmap", "probe", "-n", "team-b"])?;
         lab.apply(&probe("team-a", "y"))?;
@@ -319,10 +325,25 @@ fn a_watch_stays_in_its_namespace(lab: &Lab) -> Result<()> {
         // team-a's three changes; team-b's deletion would have come before the change.
         ensure!(probes.len() == 3, "{seen:?}");
         ensure!(!probes[1].contains("Deleted"), "{seen:?}");
+        // -A: kubectl's NAMESPACE column first, and both namespaces' changes.
+        all.extend(baton_e2e::lines::read_until(
+            &all_rows,
+            LONG,
+            "-A: team-a's probe deleted",
+            |l| in_ns("team-a")(l) && l.contains("Deleted"),
+        )?);
+        ensure!(all[0].starts_with("NAMESPACE "), "{all:?}");
+        ensure!(
+            all.iter()
+                .any(|l| in_ns("team-b")(l) && l.contains("Deleted")),
+            "{all:?}"
+        );
         Ok(())
     })();
-    let _ = cli.kill();
-    let _ = cli.wait();
+    for c in [&mut cli, &mut all_cli] {
+        let _ = c.kill();
+        let _ = c.wait();
+    }
     result
 }
 

@@ -68,8 +68,9 @@ fn event_row(e: &api::Event, now: SystemTime) -> Vec<String> {
     ]
 }
 
-/// One change as a table row (the table's header is printed once, before the first).
-fn row(ev: &WatchEvent, wide: bool) -> Option<(String, String)> {
+/// One change as a table row (the table's header is printed once, before the first);
+/// with `namespace` (`-A`, a namespaced kind), kubectl's NAMESPACE column first.
+fn row(ev: &WatchEvent, wide: bool, namespace: Option<&str>) -> Option<(String, String)> {
     let now = SystemTime::now();
     let t = match (&ev.object, &ev.event) {
         (_, Some(e)) => table(&EVENT_HEADER, &[event_row(e, now)]),
@@ -94,6 +95,10 @@ fn row(ev: &WatchEvent, wide: bool) -> Option<(String, String)> {
             super::render::namespaces_table(std::slice::from_ref(n), now)
         }
         (None, None) => format!("NAME   STATUS\n{}   Deleted\n", ev.name),
+    };
+    let t = match namespace {
+        Some(ns) => super::get::with_namespace_column(&t, &[ns.to_owned()]),
+        None => t,
     };
     let (header, body) = t.split_once('\n')?;
     Some((header.to_owned(), body.trim_end().to_owned()))
@@ -146,7 +151,8 @@ pub(super) async fn watch(
                 {
                     continue;
                 }
-                if let Some((header, body)) = row(&ev, wide) {
+                let column = client.all_namespaces().then(|| change_namespace(&ev));
+                if let Some((header, body)) = row(&ev, wide, column.flatten()) {
                     if !header_shown {
                         writeln!(out, "{header}").map_err(gone)?;
                         header_shown = true;
@@ -167,12 +173,16 @@ fn in_scope(ev: &WatchEvent, all_namespaces: bool, namespace: &str) -> bool {
     if all_namespaces {
         return true;
     }
-    let ns = match (&ev.object, &ev.event) {
+    change_namespace(ev).is_none_or(|ns| ns == namespace)
+}
+
+/// The namespace a change is in (`None`: a cluster-scoped object's).
+fn change_namespace(ev: &WatchEvent) -> Option<&str> {
+    match (&ev.object, &ev.event) {
         (_, Some(e)) => Some(event_namespace(e)),
         (Some(o), None) => o.namespace(),
         (None, None) => ev.namespace.as_deref(),
-    };
-    ns.is_none_or(|ns| ns == namespace)
+    }
 }
 
 fn gone(e: std::io::Error) -> CliError {
@@ -204,5 +214,18 @@ mod tests {
         assert!(in_scope(&other, true, "team-a"), "-A shows every namespace");
         // A cluster-scoped object's deletion (a node's) names no namespace: always shown.
         assert!(in_scope(&deleted(None), false, "team-a"));
+    }
+
+    #[test]
+    fn with_all_namespaces_the_namespace_comes_first() {
+        let ev = deleted(Some("team-b"));
+        let (header, body) = row(&ev, false, change_namespace(&ev)).unwrap();
+        let header: Vec<_> = header.split_whitespace().collect();
+        assert_eq!(header, ["NAMESPACE", "NAME", "STATUS"]);
+        let body: Vec<_> = body.split_whitespace().collect();
+        assert_eq!(body, ["team-b", "web", "Deleted"]);
+        // A cluster-scoped object's (a node's) has no such column, as with `get -A`.
+        let (header, _) = row(&deleted(None), false, change_namespace(&deleted(None))).unwrap();
+        assert!(header.starts_with("NAME "), "{header}");
     }
 }

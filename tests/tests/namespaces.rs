@@ -128,6 +128,15 @@ fn scenario(lab: &Lab) -> Result<()> {
     );
     // Each is its namespace's only one; default has none.
     ensure!(baton_e2e::items(&lab.get_json(&["get", "deployments"])?).is_empty());
+    // describe: kubectl's Namespace line after Name.
+    let described = text(
+        &lab.baton(&["describe", "deployment", "web", "-n", "team-b"])?
+            .stdout,
+    );
+    ensure!(
+        described.starts_with("Name:           web\nNamespace:      team-b\n"),
+        "{described}"
+    );
     let one = lab.get_json(&["get", "deployment", "web", "-n", "team-b"])?;
     ensure!(one["metadata"]["namespace"] == "team-b", "{one}");
 

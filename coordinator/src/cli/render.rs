@@ -408,6 +408,12 @@ fn kv(out: &mut String, key: &str, value: impl AsRef<str>) {
     out.push_str(&format!("{key:<16}{}\n", value.as_ref()));
 }
 
+/// kubectl's `Namespace:` line of a namespaced object's `describe` (after `Name:`).
+fn namespace_kv(out: &mut String, meta: &api::ObjectMeta) {
+    let ns = meta.namespace.as_deref().unwrap_or(api::DEFAULT_NAMESPACE);
+    kv(out, "Namespace", ns);
+}
+
 /// One label a line, aligned under the value column of `describe`.
 fn labels_str(labels: &BTreeMap<String, String>) -> String {
     join_labels(labels, "\n                ")

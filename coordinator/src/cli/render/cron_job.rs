@@ -2,7 +2,7 @@
 
 use std::time::SystemTime;
 
-use super::{age, events_section, kv, labels_str, resources_lines, selector, table};
+use super::{age, events_section, kv, labels_str, namespace_kv, resources_lines, selector, table};
 use crate::model::api;
 
 pub fn cron_jobs_table(cjs: &[api::CronJob], wide: bool, now: SystemTime) -> String {
@@ -50,6 +50,7 @@ pub fn describe_cron_job(c: &api::CronJob, events: &[api::Event], now: SystemTim
     let mut out = String::new();
     let (spec, s) = (&c.spec, &c.status);
     kv(&mut out, "Name", &c.metadata.name);
+    namespace_kv(&mut out, &c.metadata);
     kv(&mut out, "Labels", labels_str(&c.metadata.labels));
     kv(&mut out, "Schedule", &spec.schedule);
     kv(

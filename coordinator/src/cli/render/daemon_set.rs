@@ -2,7 +2,7 @@
 
 use std::time::SystemTime;
 
-use super::{age, events_section, kv, labels_str, resources_lines, selector, table};
+use super::{age, events_section, kv, labels_str, namespace_kv, resources_lines, selector, table};
 use crate::model::api;
 
 /// kubectl's NODE SELECTOR column: the template's `nodeSelector`, or `<none>`.
@@ -65,6 +65,7 @@ pub fn describe_daemon_set(d: &api::DaemonSet, events: &[api::Event], now: Syste
     let mut out = String::new();
     let s = &d.status;
     kv(&mut out, "Name", &d.metadata.name);
+    namespace_kv(&mut out, &d.metadata);
     kv(&mut out, "Created", &d.metadata.creation_timestamp);
     kv(&mut out, "Labels", labels_str(&d.metadata.labels));
     kv(

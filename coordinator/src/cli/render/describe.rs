@@ -4,8 +4,8 @@
 use std::time::SystemTime;
 
 use super::{
-    age, arch, events_section, kv, labels_str, not_after_str, pod_status_word, resources_lines,
-    selector, state_word, table,
+    age, arch, events_section, kv, labels_str, namespace_kv, not_after_str, pod_status_word,
+    resources_lines, selector, state_word, table,
 };
 use crate::contract::body::SecretView;
 use crate::contract::nodes::IdentitySummary;
@@ -16,6 +16,7 @@ use crate::model::quantity;
 pub fn describe_secret(s: &SecretView, events: &[api::Event], now: SystemTime) -> String {
     let mut out = String::new();
     kv(&mut out, "Name", &s.metadata.name);
+    namespace_kv(&mut out, &s.metadata);
     kv(&mut out, "Labels", labels_str(&s.metadata.labels));
     kv(&mut out, "Type", &s.type_);
     out.push_str("\nData\n====\n");
@@ -32,6 +33,7 @@ pub fn describe_secret(s: &SecretView, events: &[api::Event], now: SystemTime) -
 pub fn describe_config_map(c: &api::ConfigMap, events: &[api::Event], now: SystemTime) -> String {
     let mut out = String::new();
     kv(&mut out, "Name", &c.metadata.name);
+    namespace_kv(&mut out, &c.metadata);
     kv(&mut out, "Labels", labels_str(&c.metadata.labels));
     if c.immutable {
         kv(&mut out, "Immutable", "true");
@@ -262,6 +264,7 @@ fn container_section(out: &mut String, c: &api::Container, status: Option<&api::
 pub fn describe_pod(p: &api::Pod, events: &[api::Event], now: SystemTime) -> String {
     let mut out = String::new();
     kv(&mut out, "Name", &p.metadata.name);
+    namespace_kv(&mut out, &p.metadata);
     let node = match (&p.spec.node_name, &p.status.host_ip) {
         (Some(n), Some(ip)) => format!("{n}/{ip}"),
         (Some(n), None) => n.clone(),
@@ -360,6 +363,7 @@ pub fn describe_pod(p: &api::Pod, events: &[api::Event], now: SystemTime) -> Str
 pub fn describe_deployment(d: &api::Deployment, events: &[api::Event], now: SystemTime) -> String {
     let mut out = String::new();
     kv(&mut out, "Name", &d.metadata.name);
+    namespace_kv(&mut out, &d.metadata);
     kv(&mut out, "Created", &d.metadata.creation_timestamp);
     kv(&mut out, "Labels", labels_str(&d.metadata.labels));
     kv(

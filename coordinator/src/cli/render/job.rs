@@ -2,7 +2,7 @@
 
 use std::time::SystemTime;
 
-use super::{age, events_section, kv, labels_str, resources_lines, selector, table};
+use super::{age, events_section, kv, labels_str, namespace_kv, resources_lines, selector, table};
 use crate::model::api;
 
 /// kubectl's STATUS column: `Complete`, `Failed` or `Running`.
@@ -71,6 +71,7 @@ pub fn describe_job(j: &api::Job, events: &[api::Event], now: SystemTime) -> Str
     let mut out = String::new();
     let (spec, s) = (&j.spec, &j.status);
     kv(&mut out, "Name", &j.metadata.name);
+    namespace_kv(&mut out, &j.metadata);
     kv(
         &mut out,
         "Selector",

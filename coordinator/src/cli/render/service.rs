@@ -3,7 +3,7 @@
 
 use std::time::SystemTime;
 
-use super::{age, events_section, kv, labels_str, selector, table};
+use super::{age, events_section, kv, labels_str, namespace_kv, selector, table};
 use crate::model::api;
 
 /// kubectl's PORT(S): `80:30080/TCP,53/UDP`.
@@ -119,6 +119,7 @@ pub fn describe_service(
 ) -> String {
     let mut out = String::new();
     kv(&mut out, "Name", &s.metadata.name);
+    namespace_kv(&mut out, &s.metadata);
     kv(&mut out, "Namespace", "default");
     kv(&mut out, "Labels", labels_str(&s.metadata.labels));
     kv(&mut out, "Selector", selector(&s.spec.selector));

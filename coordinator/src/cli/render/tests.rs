@@ -293,6 +293,8 @@ spec:
             "      MODE:   prod\n      PW:     <set to the key 'pw' in secret 'db'>\n      LIVES:  <set to the key 'lives' of config map 'game-demo'>  Optional: false\n",
             "      /data from data (rw)\n      /creds from creds (ro)\n",
             "    SecretName:  db\n",
+            // kubectl's Namespace line, after Name (a default pod's is `default`).
+            "Namespace:      default\nNode:",
         ] {
             assert!(out.contains(want), "missing {want:?} in:\n{out}");
         }

@@ -25,6 +25,19 @@ use super::{new_uid, ApiError, ApiReply, Core, Tab};
 /// The oldest protocol whose agents are sent pods of namespaces but `default`.
 const NAMESPACE_PROTO: u16 = 5;
 
+/// The kinds a namespace holds, owners first: deleting in this order, no controller
+/// replaces the pods going.
+const NAMESPACED_KINDS: [ResourceKind; 8] = [
+    ResourceKind::CronJob,
+    ResourceKind::Job,
+    ResourceKind::DaemonSet,
+    ResourceKind::Deployment,
+    ResourceKind::Service,
+    ResourceKind::Pod,
+    ResourceKind::Secret,
+    ResourceKind::ConfigMap,
+];
+
 /// Where a caller may write: everywhere (`None`), or only in these namespaces, and then
 /// never a cluster-scoped object (a token limited to namespaces, `security::auth`).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -174,17 +187,7 @@ impl Core {
                 format!("Deleting every object in namespace {name}"),
             );
         }
-        // Owners first, so that no controller replaces the pods going.
-        for kind in [
-            ResourceKind::CronJob,
-            ResourceKind::Job,
-            ResourceKind::DaemonSet,
-            ResourceKind::Deployment,
-            ResourceKind::Service,
-            ResourceKind::Pod,
-            ResourceKind::Secret,
-            ResourceKind::ConfigMap,
-        ] {
+        for kind in NAMESPACED_KINDS {
             for key in self.keys_in(kind, name) {
                 // Gone already with its owner, or a pod already terminating: both fine.
                 if let Err(e) = self.delete(kind, &key) {
@@ -204,18 +207,9 @@ impl Core {
             .filter(|n| n.status.phase == api::NamespacePhase::Terminating)
             .map(|n| n.metadata.name.clone())
             .filter(|ns| {
-                [
-                    ResourceKind::CronJob,
-                    ResourceKind::Job,
-                    ResourceKind::DaemonSet,
-                    ResourceKind::Deployment,
-                    ResourceKind::Service,
-                    ResourceKind::Pod,
-                    ResourceKind::Secret,
-                    ResourceKind::ConfigMap,
-                ]
-                .into_iter()
-                .all(|k| self.keys_in(k, ns).is_empty())
+                NAMESPACED_KINDS
+                    .iter()
+                    .all(|k| self.keys_in(*k, ns).is_empty())
             })
             .collect();
         for ns in done {

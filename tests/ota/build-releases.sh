@@ -10,11 +10,12 @@
 # Host: the build goes through target/debug (an incremental rebuild of the agent, ~20 s,
 # instead of a cold build in a target dir of its own), then a plain build makes
 # target/debug/baton-agent 0.2.0 again: run it before the tests, never beside them.
-# aarch64: the same cargo invocation as cross/build.sh (profile `device`, agent and
-# coordinator together so their dependencies unify the same way, the musl libseccomp), in
-# the same target dir, meant to recompile only the agent crate. Measured once, from inside
-# the board test beside QEMU (load ~12): 11 min, and the next cross/build.sh rebuilt
-# dependencies (rumqttc, reqwest), so something in the environment still differs. target/cross/<triple>/baton-agent,
+# aarch64: the same cargo invocation as cross/build.sh's agent build (profile `device`,
+# `-p baton-agent` alone, the musl libseccomp), in the same target dir, so only the agent
+# crate recompiles. cross/build.sh builds each package on its own since session 14; this
+# script still built both together, so every dependency was compiled again with the
+# coordinator's features unified in: 874 s of CI's serial path in one rehearsal, and a
+# 0.2.1 agent that was not the 0.2.0 one but for its version. target/cross/<triple>/baton-agent,
 # the 0.2.0 the board is flashed with, is a copy cross/build.sh made and is left alone; the
 # agent in target/<triple>/device/ stays 0.2.1 until cross/build.sh next rebuilds (the
 # version variable is tracked by cargo). Prints the cache directory.
@@ -69,7 +70,7 @@ else
     start=$(date +%s)
     BATON_BUILD_VERSION=$v LIBSECCOMP_LINK_TYPE=static LIBSECCOMP_LIB_PATH="$libdir" \
       nice -n 10 cargo build --profile device --locked --target "$target" \
-      -p baton-agent -p baton-coordinator --bins >&2
+      -p baton-agent --bins >&2
     bin=$tdir/$target/device/baton-agent
     got=$(qemu-aarch64-static "$bin" --version)
     [ "$got" = "baton-agent $v" ] || { echo "tests/ota/build-releases.sh: built $got, not $v" >&2; exit 1; }

@@ -19,6 +19,7 @@ pub mod device_coordinator;
 pub mod device_ota;
 pub mod etcd;
 pub mod fleet;
+pub mod forge;
 mod lab;
 pub mod lines;
 pub mod ota;

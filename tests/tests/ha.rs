@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{ensure, Context, Result};
 use baton_e2e::fleet::{init_pid, is_running, node_of, uid, uids, wait_pods, EchoDeployment};
-use baton_e2e::{items, wait_for, Broker, Lab, Proc};
+use baton_e2e::{forge, items, wait_for, Broker, Lab, Proc};
 
 const LONG: Duration = Duration::from_secs(180);
 
@@ -141,59 +141,20 @@ fn term_of(log: &str) -> Option<u64> {
     digits.parse().ok()
 }
 
-fn now_ms() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as u64)
-}
-
 /// An empty desired state of `term` for `node`, signed with the coordinator key in `pki`
 /// and numbered as the coordinator numbers (its clock, in microseconds, ahead by a
 /// reservation): what a deposed leader's late message looks like on the wire.
 fn late_desired(pki: &std::path::Path, node: &str, term: u64) -> Result<(String, Vec<u8>)> {
-    use baton_proto::{sign, BVec, Body, DesiredState, Envelope, Sender};
     let pki = baton_coordinator::security::pki::Pki::load_or_create(pki)?;
     let topic = format!("baton/v1/nodes/{node}/down/desired");
-    let mut env = Envelope::new(
-        Sender::Coordinator,
-        now_ms() * 1000 + (1 << 34),
-        Body::Desired(DesiredState {
-            generation: 1_000_000,
-            pods: BVec::new(),
-            secrets: BVec::new(),
-            term,
-            crons: Default::default(),
-        }),
-    );
-    env.sent_at_ms = now_ms();
-    sign::sign(&mut env, &topic, pki.signing_key())?;
+    let env = forge::envelope(
+        baton_proto::Sender::Coordinator,
+        forge::now_ms() * 1000 + (1 << 34),
+        forge::empty_desired(term),
+        &topic,
+        Some(pki.signing_key()),
+    )?;
     Ok((topic, env.encode()?))
-}
-
-/// Publishes `payload` on `topic` through the lab's Mosquitto, retained as a desired
-/// state is.
-fn publish_retained(lab: &Lab, topic: &str, payload: &[u8]) -> Result<()> {
-    let file = lab.dir.path().join("late-desired");
-    std::fs::write(&file, payload)?;
-    let out = lab
-        .hub
-        .cmd("mosquitto_pub")
-        .args([
-            "-h",
-            &lab.hub_ip(),
-            "-p",
-            "1883",
-            "-q",
-            "1",
-            "-r",
-            "-t",
-            topic,
-            "-f",
-        ])
-        .arg(&file)
-        .output()?;
-    ensure!(out.status.success(), "mosquitto_pub: {out:?}");
-    Ok(())
 }
 
 /// Runs the CLI against the coordinator at `api` (as admin: the token is in etcd, shared).
@@ -330,7 +291,7 @@ fn a_standby_takes_over_from_a_paused_leader_which_then_writes_nothing() -> Resu
     let node = lab.agents[0].name.clone();
     let (topic, payload) =
         late_desired(&lab.dir.path().join("coordinator/pki"), &node, first_term)?;
-    publish_retained(&lab, &topic, &payload)?;
+    forge::mosquitto_pub(&lab, &topic, &payload, true)?;
     wait_for(
         "the agent to refuse the deposed leader's message",
         LONG,

@@ -22,8 +22,8 @@ use std::time::Duration;
 use anyhow::{ensure, Context, Result};
 use baton_e2e::certs::{CertPair, Pki};
 use baton_e2e::fleet::{is_running, pod_info, wait_pods, EchoDeployment};
-use baton_e2e::{items, wait_for, Broker, Lab, Proc};
-use baton_proto::{Body, Envelope, Heartbeat, NodeName, Sender};
+use baton_e2e::{forge, items, wait_for, Broker, Lab, Proc};
+use baton_proto::{Body, Envelope, NodeName, Sender};
 use serde_json::Value;
 
 const LONG: Duration = Duration::from_secs(120);
@@ -223,16 +223,7 @@ fn fleet_over_mtls_on_mosquitto_with_per_device_acls() -> Result<()> {
         // topic, and tries to wipe B's and its own retained desired state. Mosquitto
         // acknowledges and drops them all.
         let offline = forged(lab, &b, Body::Offline, "forged-offline")?;
-        let status_like = forged(
-            lab,
-            &b,
-            Body::Heartbeat(Heartbeat {
-                applied_generation: 0,
-                status_digest: 0,
-                ..Default::default()
-            }),
-            "forged-heartbeat",
-        )?;
+        let status_like = forged(lab, &b, forge::bare_heartbeat(), "forged-heartbeat")?;
         let empty = lab.dir.path().join("empty");
         std::fs::write(&empty, b"")?;
         for (topic, payload, retain) in [
@@ -381,13 +372,6 @@ fn fleet_over_mtls_on_the_embedded_broker() -> Result<()> {
     })
 }
 
-fn now_ms() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or(0)
-}
-
 fn rejections(lab: &Lab, node: &str, reason: &str) -> Result<u64> {
     let out = lab.baton(&["security", "rejections", "-o", "json"])?;
     let v: Value = serde_json::from_slice(&out.stdout)?;
@@ -445,8 +429,7 @@ fn signatures_hold_the_line_on_the_embedded_broker() -> Result<()> {
 fn signatures_hold(lab: &mut Lab) -> Result<()> {
     use baton_e2e::container_pids;
     use baton_e2e::fleet::{node_of, uid};
-    use baton_proto::sign::{self, SigningKey};
-    use baton_proto::{BVec, DesiredState};
+    use baton_proto::sign::SigningKey;
 
     enroll_fleet(lab)?;
     lab.apply(&EchoDeployment::new(2).yaml(&lab.registry()))?;
@@ -467,38 +450,23 @@ fn signatures_hold(lab: &mut Lab) -> Result<()> {
     };
     // Up: B's heartbeat signed by another key, and an unsigned Offline for B.
     let hb_topic = format!("baton/v1/nodes/{b}/up/heartbeat");
-    let mut hb = Envelope::new(
+    let hb = forge::envelope(
         Sender::Node(NodeName::new(&b)?),
         u64::MAX / 2,
-        Body::Heartbeat(Heartbeat {
-            applied_generation: 0,
-            status_digest: 0,
-            ..Default::default()
-        }),
-    );
-    hb.sent_at_ms = now_ms();
-    sign::sign(&mut hb, &hb_topic, &attacker)?;
+        forge::bare_heartbeat(),
+        &hb_topic,
+        Some(&attacker),
+    )?;
     let hb = write("forged-hb", &hb)?;
     let offline = forged(lab, &b, Body::Offline, "forged-offline")?;
     // Down: an empty desired state for B, signed by another key and unsigned.
     let desired_topic = format!("baton/v1/nodes/{b}/down/desired");
     let desired = |key: Option<&SigningKey>, name: &str| -> Result<std::path::PathBuf> {
-        let mut env = Envelope::new(
-            Sender::Coordinator,
-            u64::MAX / 2,
-            Body::Desired(DesiredState {
-                generation: 1_000_000,
-                pods: BVec::new(),
-                secrets: BVec::new(),
-                term: u64::MAX,
-                crons: Default::default(),
-            }),
-        );
-        env.sent_at_ms = now_ms();
-        if let Some(k) = key {
-            sign::sign(&mut env, &desired_topic, k)?;
-        }
-        write(name, &env)
+        let body = forge::empty_desired(u64::MAX);
+        write(
+            name,
+            &forge::envelope(Sender::Coordinator, u64::MAX / 2, body, &desired_topic, key)?,
+        )
     };
     let desired_signed = desired(Some(&attacker), "forged-desired-signed")?;
     let desired_unsigned = desired(None, "forged-desired-unsigned")?;
@@ -586,17 +554,13 @@ fn signatures_hold(lab: &mut Lab) -> Result<()> {
         container_pids(&b, &b_uid, "echo") == pids,
         "rotation restarted the container on {b}"
     );
-    let mut old = Envelope::new(
+    let old = forge::envelope(
         Sender::Node(NodeName::new(&b)?),
         u64::MAX / 2,
-        Body::Heartbeat(Heartbeat {
-            applied_generation: 0,
-            status_digest: 0,
-            ..Default::default()
-        }),
-    );
-    old.sent_at_ms = now_ms();
-    sign::sign(&mut old, &hb_topic, &old_key)?;
+        forge::bare_heartbeat(),
+        &hb_topic,
+        Some(&old_key),
+    )?;
     let old = write("old-key-hb", &old)?;
     let out = publish(lab, 0, cert_a, &hb_topic, &old, false)?;
     ensure!(out.status.success(), "mosquitto_pub: {out:?}");

@@ -9,9 +9,9 @@ use std::time::Duration;
 
 use anyhow::{ensure, Context, Result};
 use baton_e2e::fleet::{exactly, is_running, node_of, uid, EchoDeployment};
-use baton_e2e::{bin, container_pids, items, until_logged, wait_for, Broker, Lab, Proc};
+use baton_e2e::{bin, container_pids, forge, items, until_logged, wait_for, Broker, Lab, Proc};
 use baton_proto::sign::{self, SigningKey};
-use baton_proto::{BVec, Body, DesiredState, Envelope, Heartbeat, NodeName, Sender};
+use baton_proto::{Body, Envelope, Heartbeat, NodeName, Sender};
 use serde_json::Value;
 
 const LONG: Duration = Duration::from_secs(120);
@@ -89,29 +89,6 @@ fn rejections(lab: &Lab, node: &str, reason: &str) -> Result<u64> {
     let out = lab.baton(&["security", "rejections", "-o", "json"])?;
     let v: Value = serde_json::from_slice(&out.stdout)?;
     Ok(v["nodes"][node][reason].as_u64().unwrap_or(0))
-}
-
-fn mosquitto_pub(lab: &Lab, topic: &str, payload: &[u8], tag: &str) -> Result<()> {
-    let file = lab.dir.path().join(format!("payload-{tag}"));
-    std::fs::write(&file, payload)?;
-    let out = lab
-        .hub
-        .cmd("mosquitto_pub")
-        .args([
-            "-h",
-            &lab.hub_ip(),
-            "-p",
-            "1883",
-            "-q",
-            "1",
-            "-t",
-            topic,
-            "-f",
-        ])
-        .arg(&file)
-        .output()?;
-    ensure!(out.status.success(), "mosquitto_pub: {out:?}");
-    Ok(())
 }
 
 /// Captures the raw bytes of the next message on `topic`.
@@ -203,31 +180,13 @@ fn steps(lab: &mut Lab) -> Result<()> {
     let node0 = NodeName::new(&n0)?;
     let desired_topic = format!("baton/v1/nodes/{n0}/down/desired");
     let forged = |key: Option<&SigningKey>| -> Result<Vec<u8>> {
-        let mut env = Envelope::new(
-            Sender::Coordinator,
-            u64::MAX / 2,
-            Body::Desired(DesiredState {
-                generation: 1_000_000,
-                pods: BVec::new(),
-                secrets: BVec::new(),
-                term: u64::MAX,
-                crons: Default::default(),
-            }),
-        );
-        env.sent_at_ms = now_ms();
-        if let Some(k) = key {
-            sign::sign(&mut env, &desired_topic, k)?;
-        }
+        let body = forge::empty_desired(u64::MAX);
+        let env = forge::envelope(Sender::Coordinator, u64::MAX / 2, body, &desired_topic, key)?;
         Ok(env.encode()?)
     };
     let attacker = SigningKey::from_bytes(&[0x42; 32]);
-    mosquitto_pub(
-        lab,
-        &desired_topic,
-        &forged(Some(&attacker))?,
-        "forged-signed",
-    )?;
-    mosquitto_pub(lab, &desired_topic, &forged(None)?, "forged-unsigned")?;
+    forge::mosquitto_pub(lab, &desired_topic, &forged(Some(&attacker))?, false)?;
+    forge::mosquitto_pub(lab, &desired_topic, &forged(None)?, false)?;
     wait_for("the agent to refuse both forged commands", LONG, || {
         let log = lab.agent_log(0);
         let refusals: Vec<&str> = log
@@ -239,18 +198,14 @@ fn steps(lab: &mut Lab) -> Result<()> {
     })?;
     // A forged heartbeat for node 0, to the coordinator.
     let hb_topic = format!("baton/v1/nodes/{n0}/up/heartbeat");
-    let mut hb = Envelope::new(
+    let hb = forge::envelope(
         Sender::Node(node0.clone()),
         u64::MAX / 2,
-        Body::Heartbeat(Heartbeat {
-            applied_generation: 0,
-            status_digest: 0,
-            ..Default::default()
-        }),
-    );
-    hb.sent_at_ms = now_ms();
-    sign::sign(&mut hb, &hb_topic, &attacker)?;
-    mosquitto_pub(lab, &hb_topic, &hb.encode()?, "forged-hb")?;
+        forge::bare_heartbeat(),
+        &hb_topic,
+        Some(&attacker),
+    )?;
+    forge::mosquitto_pub(lab, &hb_topic, &hb.encode()?, false)?;
     wait_for(
         "the coordinator to count the forged heartbeat",
         LONG,
@@ -262,7 +217,7 @@ fn steps(lab: &mut Lab) -> Result<()> {
     let real_env = Envelope::decode(&real)?;
     ensure!(real_env.signature.len() == 64, "heartbeats are signed");
     std::thread::sleep(Duration::from_secs(2));
-    mosquitto_pub(lab, &hb_topic, &real, "replay")?;
+    forge::mosquitto_pub(lab, &hb_topic, &real, false)?;
     wait_for("the coordinator to count the replay", LONG, || {
         Ok((rejections(lab, &n0, "replay")? >= 1).then_some(()))
     })?;
@@ -330,13 +285,6 @@ fn steps(lab: &mut Lab) -> Result<()> {
         "revoked {n0} is still Ready"
     );
     Ok(())
-}
-
-fn now_ms() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or(0)
 }
 
 /// The cost of signing: sign and verify per heartbeat against postcard-encoding the same

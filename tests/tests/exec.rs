@@ -1,13 +1,16 @@
 //! `baton exec` end to end, on a real agent, container and broker: both output streams
 //! and the exit status, stdin (with a large input) round-tripping through `cat`, a
 //! terminal with its window size (driven through `script`, which gives the CLI a pty), a
-//! read-only token refused, and the exec recorded as an event.
+//! read-only token refused, and the exec recorded as an event. Then, on an enrolled node
+//! (every message signed), an exec, and a session whose coordinator went silent: the agent
+//! kills its command after the idle timeout.
 
 use std::process::Stdio;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use anyhow::{ensure, Context, Result};
-use baton_e2e::{bin, wait_for, Broker, Lab};
+use baton_e2e::fleet::uid;
+use baton_e2e::{bin, container_pids, sh, wait_for, Broker, Lab};
 
 const LONG: Duration = Duration::from_secs(120);
 
@@ -169,5 +172,108 @@ fn scenario(lab: &Lab) -> Result<()> {
         !events.contains("touch"),
         "a refused exec is no event: {events}"
     );
+    Ok(())
+}
+
+/// Enrolled: the exec request reaches the agent only signed by the coordinator, and its
+/// output and exit reach the user only signed by the node (on an external Mosquitto, which
+/// carries them as any client's). Then the coordinator is paused mid-session, as a crashed
+/// or partitioned one would be: nothing cancels the command, so the agent must end it
+/// itself once it has heard nothing for its idle timeout (30 s; keep-alives every 10 s).
+#[test]
+fn exec_when_enrolled_and_a_silent_session_is_ended_by_the_agent() -> Result<()> {
+    let mut lab = Lab::start_without_agents("exn", 1, Broker::Mosquitto)?;
+    let r = enrolled(&mut lab);
+    // A paused coordinator would outlive a failed test otherwise (SIGKILL on drop works
+    // on a stopped process, but its log would end mid-pause).
+    if let Some(pid) = lab.coordinator.as_ref().and_then(|p| p.pid()) {
+        let _ = sh(std::process::Command::new("kill").args(["-CONT", &pid.to_string()]));
+    }
+    on_failure(&lab, r)
+}
+
+fn enrolled(lab: &mut Lab) -> Result<()> {
+    lab.restart_coordinator_enrolling(&[])?;
+    let token = lab.join_token(&[])?;
+    lab.agent_args = vec![
+        "--join-token".into(),
+        token,
+        "--coordinator-api".into(),
+        lab.enroll_api(),
+    ];
+    lab.start_agent(0)?;
+    let node = lab.agents[0].name.clone();
+    // Enrolled: the node has an identity, so unsigned messages would be refused.
+    lab.baton(&["node", "identity", &node])?;
+    lab.apply(&format!(
+        "apiVersion: v1\nkind: Pod\nmetadata:\n  name: box\nspec:\n  terminationGracePeriodSeconds: 1\n  containers:\n  - name: main\n    image: {}/baton/busybox:1\n    command: [\"sleep\", \"3600\"]\n",
+        lab.registry()
+    ))?;
+    let pod = wait_for("box to run", LONG, || {
+        let p = lab.get_json(&["get", "pod", "box"])?;
+        Ok((p["status"]["phase"] == "Running").then_some(p))
+    })?;
+
+    let out = baton(
+        lab,
+        &["exec", "box", "--", "sh", "-c", "echo signed; exit 4"],
+        b"",
+    )?;
+    ensure!(
+        out.status.code() == Some(4) && out.stdout == b"signed\n",
+        "enrolled exec: {out:?}"
+    );
+    ensure!(
+        !lab.agent_log(0).contains("refused a coordinator message"),
+        "the agent refused a message"
+    );
+
+    // A long command, then silence from the coordinator's side.
+    let procs = || container_pids(&node, &uid(&pod), "main").len();
+    ensure!(procs() == 1, "box's container runs {} processes", procs());
+    let mut cli = lab
+        .baton_cmd()
+        .args(["exec", "box", "--", "sleep", "3601"])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()?;
+    wait_for("the exec'd command to start", LONG, || {
+        Ok((procs() == 2).then_some(()))
+    })?;
+    let coordinator = lab
+        .coordinator
+        .as_ref()
+        .and_then(|p| p.pid())
+        .context("coordinator pid")?;
+    sh(std::process::Command::new("kill").args(["-STOP", &coordinator.to_string()]))?;
+    let paused = Instant::now();
+    let _ = cli.kill();
+    let _ = cli.wait();
+    wait_for("the agent to end the silent session", LONG, || {
+        Ok((procs() == 1).then_some(()))
+    })?;
+    let ended = paused.elapsed();
+    println!(
+        "FIGURE exec: a silent session's command ended {ended:?} after the coordinator paused"
+    );
+    // Nothing else could have ended it: the CLI had only the paused coordinator to tell.
+    // The last keep-alive was at most 10 s before the pause, so the 30 s idle timeout
+    // fires 20-30 s after it (plus the agent's check interval).
+    ensure!(
+        ended >= Duration::from_secs(15) && ended <= Duration::from_secs(60),
+        "ended {ended:?} after the pause: not the agent's 30 s idle timeout"
+    );
+    ensure!(
+        lab.agent_log(0).contains("requester gone"),
+        "the agent did not end the session for silence"
+    );
+
+    // The coordinator resumes and execs again.
+    sh(std::process::Command::new("kill").args(["-CONT", &coordinator.to_string()]))?;
+    wait_for("an exec after the pause", LONG, || {
+        let out = baton(lab, &["exec", "box", "--", "true"], b"")?;
+        Ok(out.status.success().then_some(()))
+    })?;
     Ok(())
 }

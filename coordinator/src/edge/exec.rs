@@ -12,9 +12,8 @@
 //! agent has written (`stdin_acked`). Dropping [`ExecTx`] cancels the session at the
 //! agent, which kills the command.
 
-use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
 use baton_proto::{
@@ -22,6 +21,7 @@ use baton_proto::{
 };
 use tokio::sync::mpsc;
 
+use super::sessions::Sessions;
 use crate::core::Outbound;
 
 /// Outputs granted to the agent ahead of what the client has taken.
@@ -54,16 +54,9 @@ pub struct ExecQuery {
     pub cols: u16,
 }
 
-struct Open {
-    node: NodeName,
-    bodies: mpsc::Sender<Body>,
-}
-
 /// The open exec sessions of this coordinator.
 pub struct ExecHub {
-    outbound: mpsc::Sender<Outbound>,
-    sessions: Mutex<HashMap<u64, Open>>,
-    next: AtomicU64,
+    sessions: Sessions<Body>,
 }
 
 /// What the agent said, in order.
@@ -80,22 +73,13 @@ pub enum ExecEvent {
 
 impl ExecHub {
     pub fn new(outbound: mpsc::Sender<Outbound>) -> Arc<Self> {
-        // As for log sessions: ids from a random start, so a restarted coordinator does
-        // not reuse the ids of sessions an agent may still run.
-        let start = u64::from(rand::random::<u32>()) << 16;
         Arc::new(Self {
-            outbound,
-            sessions: Mutex::new(HashMap::new()),
-            next: AtomicU64::new(start),
+            sessions: Sessions::new(outbound, "exec"),
         })
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<u64, Open>> {
-        self.sessions.lock().unwrap_or_else(|e| e.into_inner())
-    }
-
     pub fn open_sessions(&self) -> usize {
-        self.lock().len()
+        self.sessions.len()
     }
 
     /// Opens a session: sends the node its request.
@@ -107,9 +91,8 @@ impl ExecHub {
             .iter()
             .map(|a| BString::new(a.as_str()).map_err(|e| bad("command argument", e)))
             .collect::<Result<Vec<_>, _>>()?;
-        let session = self.next.fetch_add(1, Ordering::Relaxed);
-        let req = ExecRequest {
-            session,
+        let mut req = ExecRequest {
+            session: 0,
             pod_uid: BString::new(&q.pod_uid).map_err(|e| bad("pod uid", e))?,
             container: BString::new(&q.container).map_err(|e| bad("container", e))?,
             command: BVec::from_vec(command).map_err(|e| bad("command", e))?,
@@ -121,13 +104,8 @@ impl ExecHub {
         };
         // Room for every output the agent may send before the next credit, and its exit.
         let (tx, rx) = mpsc::channel(CREDIT as usize + 2);
-        self.lock().insert(
-            session,
-            Open {
-                node: q.node.clone(),
-                bodies: tx,
-            },
-        );
+        let session = self.sessions.open(&q.node, tx);
+        req.session = session;
         let shared = Arc::new(Shared::default());
         let sender = ExecTx {
             hub: self.clone(),
@@ -154,12 +132,8 @@ impl ExecHub {
     }
 
     async fn send(&self, node: &NodeName, body: Body) -> Result<(), ExecError> {
-        self.outbound
-            .send(Outbound {
-                node: node.clone(),
-                body,
-                retain: false,
-            })
+        self.sessions
+            .send(node, body)
             .await
             .map_err(|_| ExecError::Unavailable)
     }
@@ -171,17 +145,7 @@ impl ExecHub {
             Body::ExecExit(e) => e.session,
             _ => return,
         };
-        let s = self.lock();
-        match s.get(&session) {
-            Some(open) if &open.node == node => {
-                // Full only if the agent sent past its credit: the receiver sees the gap.
-                if open.bodies.try_send(body).is_err() {
-                    tracing::warn!(%node, "an exec output beyond the session's credit; dropped");
-                }
-            }
-            Some(_) => tracing::warn!(%node, "an exec output for another node's session; dropped"),
-            None => tracing::debug!(%node, session, "an exec output for a closed session"),
-        }
+        self.sessions.deliver(node, session, body);
     }
 }
 
@@ -247,20 +211,19 @@ impl ExecTx {
 
 impl Drop for ExecTx {
     fn drop(&mut self) {
-        self.hub.lock().remove(&self.session);
+        self.hub.sessions.close(self.session);
         if !self.ended {
             // Best effort: without it the agent ends the session after its idle timeout.
-            let _ = self.hub.outbound.try_send(Outbound {
-                node: self.node.clone(),
-                body: Body::ExecInput(ExecInput {
+            self.hub.sessions.try_send(
+                &self.node,
+                Body::ExecInput(ExecInput {
                     session: self.session,
                     seq: self.next_input,
                     acked: self.shared.taken.load(Ordering::Relaxed),
                     credit: 0,
                     action: ExecAction::Cancel,
                 }),
-                retain: false,
-            });
+            );
         }
         tracing::info!(node = %self.node, session = self.session, "exec session closed");
     }
@@ -443,11 +406,18 @@ mod tests {
 
     #[tokio::test]
     async fn a_gap_or_an_error_ends_the_session() {
-        let (out_tx, _out) = mpsc::channel(64);
+        let (out_tx, mut out) = mpsc::channel(64);
         let hub = ExecHub::new(out_tx);
         let node = NodeName::new("pi-1").unwrap();
         let (_tx, mut rx) = hub.open(query()).await.unwrap();
-        let s = hub.lock().keys().copied().next().unwrap();
+        let Some(Outbound {
+            body: Body::ExecRequest(req),
+            ..
+        }) = out.recv().await
+        else {
+            panic!("no exec request sent")
+        };
+        let s = req.session;
         hub.deliver(&node, output(s, 1, b"late", 0));
         assert!(matches!(rx.next().await, Some(ExecEvent::Failed(w)) if w.contains("lost")));
         let (_tx, mut rx) = hub.open(query()).await.unwrap();

@@ -9,14 +9,13 @@
 //! agent stops reading its file and the hub holds at most [`CREDIT`] chunks per session.
 //! The stream's drop (the client went away) cancels the session at the agent.
 
-use std::collections::HashMap;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
 use baton_proto::{BString, Body, LogChunk, LogCredit, LogRequest, NodeName};
 use tokio::sync::mpsc;
 
+use super::sessions::Sessions;
 use crate::core::Outbound;
 
 /// Chunks granted to the agent ahead of what the reader has taken.
@@ -52,36 +51,20 @@ pub struct LogQuery {
     pub timestamps: bool,
 }
 
-struct Open {
-    node: NodeName,
-    chunks: mpsc::Sender<LogChunk>,
-}
-
 /// The open sessions of this coordinator.
 pub struct LogHub {
-    outbound: mpsc::Sender<Outbound>,
     /// The exec sessions, which travel the same way (same outbound channel, the bus hands
     /// their messages here, the HTTP API reaches them through this hub).
     exec: Arc<super::exec::ExecHub>,
-    sessions: Mutex<HashMap<u64, Open>>,
-    next: AtomicU64,
+    sessions: Sessions<LogChunk>,
 }
 
 impl LogHub {
     pub fn new(outbound: mpsc::Sender<Outbound>) -> Arc<Self> {
-        // Ids start at a random point so that a restarted coordinator does not reuse the
-        // ids of sessions an agent may still run.
-        let start = u64::from(rand::random::<u32>()) << 16;
         Arc::new(Self {
             exec: super::exec::ExecHub::new(outbound.clone()),
-            outbound,
-            sessions: Mutex::new(HashMap::new()),
-            next: AtomicU64::new(start),
+            sessions: Sessions::new(outbound, "log"),
         })
-    }
-
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<u64, Open>> {
-        self.sessions.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     /// Opens a session: sends the node its request and returns the stream of its log.
@@ -94,9 +77,8 @@ impl LogHub {
         }
         let bad =
             |what: &str, e: baton_proto::ProtoError| LogError::Invalid(format!("{what}: {e}"));
-        let session = self.next.fetch_add(1, Ordering::Relaxed);
-        let req = LogRequest {
-            session,
+        let mut req = LogRequest {
+            session: 0,
             pod_uid: BString::new(&q.pod_uid).map_err(|e| bad("pod uid", e))?,
             container: BString::new(&q.container).map_err(|e| bad("container", e))?,
             previous: q.previous,
@@ -108,13 +90,8 @@ impl LogHub {
         };
         // Room for every chunk the agent may send before the next credit, and its end.
         let (tx, rx) = mpsc::channel(CREDIT as usize + 2);
-        self.lock().insert(
-            session,
-            Open {
-                node: q.node.clone(),
-                chunks: tx,
-            },
-        );
+        let session = self.sessions.open(&q.node, tx);
+        req.session = session;
         let stream = LogStream {
             hub: self.clone(),
             node: q.node.clone(),
@@ -132,32 +109,15 @@ impl LogHub {
     }
 
     async fn send(&self, node: &NodeName, body: Body) -> Result<(), LogError> {
-        self.outbound
-            .send(Outbound {
-                node: node.clone(),
-                body,
-                retain: false,
-            })
+        self.sessions
+            .send(node, body)
             .await
             .map_err(|_| LogError::Unavailable)
     }
 
     /// A verified chunk from `node`: to its session, if that is open and `node`'s.
     pub fn deliver(&self, node: &NodeName, chunk: LogChunk) {
-        let s = self.lock();
-        match s.get(&chunk.session) {
-            Some(open) if &open.node == node => {
-                // Full only if the agent sent past its credit: such a chunk is dropped,
-                // and the stream notices the gap.
-                if open.chunks.try_send(chunk).is_err() {
-                    tracing::warn!(%node, "a log chunk beyond the session's credit; dropped");
-                }
-            }
-            Some(_) => tracing::warn!(%node, "a log chunk for another node's session; dropped"),
-            None => {
-                tracing::debug!(%node, session = chunk.session, "a log chunk for a closed session")
-            }
-        }
+        self.sessions.deliver(node, chunk.session, chunk);
     }
 
     /// The exec sessions (`baton exec`).
@@ -166,7 +126,7 @@ impl LogHub {
     }
 
     pub fn open_sessions(&self) -> usize {
-        self.lock().len()
+        self.sessions.len()
     }
 }
 
@@ -266,19 +226,18 @@ impl LogStream {
 
 impl Drop for LogStream {
     fn drop(&mut self) {
-        self.hub.lock().remove(&self.session);
+        self.hub.sessions.close(self.session);
         if !self.ended {
             // Best effort: without it the agent ends the session after its idle timeout.
-            let _ = self.hub.outbound.try_send(Outbound {
-                node: self.node.clone(),
-                body: Body::LogCredit(LogCredit {
+            self.hub.sessions.try_send(
+                &self.node,
+                Body::LogCredit(LogCredit {
                     session: self.session,
                     acked: self.next,
                     credit: 0,
                     cancel: true,
                 }),
-                retain: false,
-            });
+            );
         }
         tracing::info!(node = %self.node, session = self.session, "log session closed");
     }

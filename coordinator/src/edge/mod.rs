@@ -9,5 +9,6 @@ pub mod logs;
 pub mod mqtt;
 pub mod mqtt_front;
 pub mod serve;
+pub mod sessions;
 pub mod tcp_liveness;
 pub mod tls;

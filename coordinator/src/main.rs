@@ -129,8 +129,12 @@ fn main() -> ExitCode {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             // `baton exec`: the remote command's status, as kubectl passes it on.
-            if let Some(cli::CliError::Exited(code)) = e.downcast_ref::<cli::CliError>() {
-                return ExitCode::from(u8::try_from(*code).unwrap_or(1));
+            match e.downcast_ref::<cli::CliError>() {
+                Some(cli::CliError::Exited(code)) => {
+                    return ExitCode::from(u8::try_from(*code).unwrap_or(1));
+                }
+                Some(cli::CliError::ReaderGone) => return ExitCode::SUCCESS,
+                _ => {}
             }
             // One line: the error and its causes.
             eprintln!("{}", format!("{e:#}").replace('\n', " "));

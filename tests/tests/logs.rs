@@ -501,6 +501,34 @@ fn enrolled(lab: &mut Lab) -> Result<()> {
         .collect();
     ensure!(nums.len() == seen.len(), "{seen:?}");
     ensure!(nums.windows(2).all(|w| w[1] == w[0] + 1), "{nums:?}");
+    // A reader that leaves (`logs -f | head -n 2`) ends the CLI quietly and successfully,
+    // not with an error about the coordinator.
+    let mut child = lab
+        .baton_cmd()
+        .args(["logs", "-f", "talker"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()?;
+    {
+        use std::io::BufRead;
+        let mut out = std::io::BufReader::new(child.stdout.take().context("stdout")?);
+        let mut line = String::new();
+        for _ in 0..2 {
+            line.clear();
+            out.read_line(&mut line)?;
+            ensure!(line.starts_with("said "), "{line:?}");
+        }
+    } // the read end closes here
+    wait_for("logs -f to end after its reader left", LONG, || {
+        Ok(child.try_wait()?.map(|_| ()))
+    })?;
+    let out = child.wait_with_output()?;
+    ensure!(
+        out.status.success() && out.stderr.is_empty(),
+        "logs -f after its reader left: {:?} {:?}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
     // Nothing was refused on the agent's side either.
     ensure!(
         !lab.agent_log(0).contains("refused a coordinator message"),

@@ -82,28 +82,24 @@ pub(super) async fn logs(client: &Client, args: &LogsArgs) -> Result<String, Cli
             .map_err(|e| CliError::Protocol(format!("the log stream broke: {e}")))?;
         let Some(piece) = piece else { break };
         if !held.is_empty() {
-            out.write_all(&held).map_err(stdout_gone)?;
+            out.write_all(&held).map_err(super::stdout_error)?;
             held.clear();
         }
         if piece.starts_with(prefix) {
             held = piece.to_vec();
             continue;
         }
-        out.write_all(&piece).map_err(stdout_gone)?;
-        out.flush().map_err(stdout_gone)?;
+        out.write_all(&piece).map_err(super::stdout_error)?;
+        out.flush().map_err(super::stdout_error)?;
     }
     if let Some(why) = held.strip_prefix(prefix) {
-        out.flush().map_err(stdout_gone)?;
+        out.flush().map_err(super::stdout_error)?;
         return Err(CliError::Server {
             status: "LogStream".into(),
             message: String::from_utf8_lossy(why).trim_end().to_owned(),
         });
     }
     Ok(String::new())
-}
-
-fn stdout_gone(e: std::io::Error) -> CliError {
-    CliError::Protocol(format!("cannot write the log to stdout: {e}"))
 }
 
 #[cfg(test)]

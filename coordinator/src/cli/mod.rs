@@ -265,6 +265,21 @@ pub enum CliError {
     /// nothing is printed.
     #[error("command terminated with exit code {0}")]
     Exited(i32),
+    /// Whoever read a streamed answer (`logs -f | head`, `get -w | grep -m1`) went away:
+    /// the command ends quietly and successfully, as `head` expects of the writer.
+    #[error("the reader of the output went away")]
+    ReaderGone,
+    #[error("cannot write to stdout: {0}")]
+    Stdout(String),
+}
+
+/// A failed write of a streamed answer to stdout.
+pub(crate) fn stdout_error(e: std::io::Error) -> CliError {
+    if e.kind() == std::io::ErrorKind::BrokenPipe {
+        CliError::ReaderGone
+    } else {
+        CliError::Stdout(e.to_string())
+    }
 }
 
 /// A resource argument: `pods`, `pod NAME` or `pod/NAME`.

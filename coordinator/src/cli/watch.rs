@@ -154,11 +154,11 @@ pub(super) async fn watch(
                 let column = client.all_namespaces().then(|| change_namespace(&ev));
                 if let Some((header, body)) = row(&ev, wide, column.flatten()) {
                     if !header_shown {
-                        writeln!(out, "{header}").map_err(gone)?;
+                        writeln!(out, "{header}").map_err(super::stdout_error)?;
                         header_shown = true;
                     }
-                    writeln!(out, "{body}").map_err(gone)?;
-                    out.flush().map_err(gone)?;
+                    writeln!(out, "{body}").map_err(super::stdout_error)?;
+                    out.flush().map_err(super::stdout_error)?;
                 }
             }
         }
@@ -183,10 +183,6 @@ fn change_namespace(ev: &WatchEvent) -> Option<&str> {
         (Some(o), None) => o.namespace(),
         (None, None) => ev.namespace.as_deref(),
     }
-}
-
-fn gone(e: std::io::Error) -> CliError {
-    CliError::Protocol(format!("stdout: {e}"))
 }
 
 #[cfg(test)]

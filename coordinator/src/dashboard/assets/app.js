@@ -16,6 +16,7 @@ const usage = new Map();
 let dirty = false;
 
 const admin = () => me && me.role === 'admin';
+const scoped = () => me && me.namespaces?.length > 0;
 const selected = () => $('ns').value;
 
 function showError(e) {
@@ -51,7 +52,7 @@ const act = {
     $('log-panel').hidden = false;
     $('log-pod').textContent = `${namespace}/${name}`;
     logs.follow(namespace, name, $('log'), showError);
-    $('log-panel').scrollIntoView({ block: 'nearest' });
+    $('log-panel').scrollIntoView({ block: 'start' });
   },
 };
 
@@ -78,7 +79,9 @@ function render() {
   view.pods($('pods'), pods.filter(inView), admin(), act);
   view.events($('events'), eventList.filter((e) => selected() === '' || e.namespace === selected()));
   namespaces();
-  if (stores.nodes.size && !document.body.dataset.fleet) {
+  // A namespace-limited token reads no nodes: its fleet is its namespaces' objects.
+  const fleet = scoped() ? stores.pods.size || stores.deployments.size : stores.nodes.size;
+  if (fleet && !document.body.dataset.fleet) {
     // What the first-load figure measures (tests/tests/dashboard.rs).
     performance.mark('fleet-shown');
     document.body.dataset.fleet = 'shown';
@@ -187,6 +190,7 @@ async function login() {
   $('who').textContent = `${me.name} (${me.role})`;
   $('logout').hidden = false;
   $('ns-label').hidden = false;
+  $('nodes-panel').hidden = scoped();
   $('app').hidden = false;
   namespaces();
   session = new AbortController();
@@ -203,6 +207,7 @@ function logout() {
 
 $('login').addEventListener('submit', (e) => {
   e.preventDefault();
+  performance.mark('login');
   token.set($('token').value.trim());
   $('token').value = '';
   login();

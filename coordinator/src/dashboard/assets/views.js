@@ -18,6 +18,7 @@ export function h(tag, attrs = {}, ...children) {
 const action = (label, title, onclick) =>
   h('button', { type: 'button', className: 'action', title, onclick }, label);
 
+const plural = (n, word) => `${n} ${word}${n === 1 ? '' : 's'}`;
 const mib = (b) => `${Math.round(b / 1048576)} Mi`;
 const pct = (a, b) => (b ? Math.round((100 * a) / b) : 0);
 
@@ -42,7 +43,7 @@ export function nodes(el, list, usage, podCount, admin, act) {
     return h('article', { className: `tile ${s.ready ? 'ok' : 'bad'}`, dataset: { node: n.metadata.name, state } },
       h('h3', {}, n.metadata.name),
       h('p', {}, h('span', { className: 'badge' }, state), cordoned ? h('span', { className: 'badge warn' }, 'Cordoned') : null),
-      h('p', { className: 'meta' }, `${s.arch || '?'}${s.archVariant ? `/${s.archVariant}` : ''} · agent ${s.agentVersion || '?'} · ${podCount(n.metadata.name)} pods`),
+      h('p', { className: 'meta' }, `${s.arch || '?'}${s.archVariant ? `/${s.archVariant}` : ''} · agent ${s.agentVersion || '?'} · ${plural(podCount(n.metadata.name), 'pod')}`),
       u ? [
         meter('CPU', u.cpuMillis, u.allocatableCpuMillis, `${u.cpuMillis}m`),
         meter('Mem', u.memoryBytes, u.allocatableMemoryBytes, mib(u.memoryBytes)),

@@ -126,6 +126,9 @@ function key(kind, ev) {
   return `${ev.namespace || ev.object?.metadata?.namespace || 'default'}/${ev.name}`;
 }
 
+// Opens the watches: every namespace's objects for an unlimited token (the selector then
+// filters on the page), the selected namespace's for a limited one (which may not watch
+// the rest). One stream per kind: a browser opens at most 6 connections to a host.
 function start(signal) {
   const live = new Map();
   const onLive = (kind) => (up) => {
@@ -133,47 +136,50 @@ function start(signal) {
     $('live').className = [...live.values()].every(Boolean) ? 'dot on' : 'dot';
   };
   const onFatal = (e) => showError(e);
-  const scoped = me.namespaces?.length ? me.namespaces : [null];
+  const ns = scoped() ? selected() : null;
   for (const kind of Object.keys(stores)) {
-    // A limited token watches its namespaces; nodes are cluster-scoped.
-    for (const ns of kind === 'nodes' ? [null] : scoped) {
-      if (kind === 'nodes' && scoped[0] !== null) continue;
-      const store = stores[kind];
-      watch(kind, ns, {
-        onEvent(ev) {
-          if (ev.type === 'DELETED') store.delete(key(kind, ev));
-          else {
-            if (ev.object.metadata && kind !== 'nodes') {
-              ev.object.metadata.namespace ||= ev.namespace || 'default';
-            }
-            store.set(key(kind, ev), ev.object);
-          }
-          if (kind === 'nodes') refreshUsage();
-          changed();
-        },
-        onReset() {
-          for (const k of [...store.keys()]) if (ns === null || k.startsWith(`${ns}/`)) store.delete(k);
-        },
-        onLive: onLive(`${kind}/${ns}`),
-        onFatal,
-      }, signal);
-    }
-  }
-  for (const ns of scoped) {
-    watch('events', ns, {
+    if (kind === 'nodes' && ns !== null) continue; // cluster-scoped
+    const store = stores[kind];
+    watch(kind, ns, {
       onEvent(ev) {
-        eventList.push({ ...ev.event, namespace: ev.event.namespace || ev.namespace });
-        if (eventList.length > 300) eventList = eventList.slice(-200);
+        if (ev.type === 'DELETED') store.delete(key(kind, ev));
+        else {
+          if (ev.object.metadata && kind !== 'nodes') {
+            ev.object.metadata.namespace ||= ev.namespace || 'default';
+          }
+          store.set(key(kind, ev), ev.object);
+        }
+        if (kind === 'nodes') refreshUsage();
         changed();
       },
-      onReset() {
-        eventList = [];
-      },
-      onLive: onLive(`events/${ns}`),
+      onReset: () => store.clear(),
+      onLive: onLive(kind),
       onFatal,
     }, signal);
   }
-  refreshUsage();
+  watch('events', ns, {
+    onEvent(ev) {
+      eventList.push({ ...ev.event, namespace: ev.event.namespace || ev.namespace });
+      if (eventList.length > 300) eventList = eventList.slice(-200);
+      changed();
+    },
+    onReset() {
+      eventList = [];
+    },
+    onLive: onLive('events'),
+    onFatal,
+  }, signal);
+  if (ns === null) refreshUsage();
+}
+
+// A limited token's namespace changed: the other namespace's watches replace these.
+function restart() {
+  session?.abort();
+  for (const s of Object.values(stores)) s.clear();
+  eventList = [];
+  session = new AbortController();
+  start(session.signal);
+  changed();
 }
 
 async function login() {
@@ -193,9 +199,7 @@ async function login() {
   $('nodes-panel').hidden = scoped();
   $('app').hidden = false;
   namespaces();
-  session = new AbortController();
-  start(session.signal);
-  changed();
+  restart();
 }
 
 function logout() {
@@ -213,7 +217,7 @@ $('login').addEventListener('submit', (e) => {
   login();
 });
 $('logout').addEventListener('click', logout);
-$('ns').addEventListener('change', changed);
+$('ns').addEventListener('change', () => (scoped() ? restart() : changed()));
 $('log-close').addEventListener('click', () => {
   logs.stop();
   $('log-panel').hidden = true;

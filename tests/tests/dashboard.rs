@@ -71,8 +71,8 @@ fn dashboard_in_headless_chromium() -> Result<()> {
              (scripts/install-deps.sh)"
         );
     }
-    let lab = Lab::start("dash", 2, Broker::Embedded)?;
-    let r = prepare(&lab).and_then(|tokens| in_hub(&lab, |lab| browse(lab, &tokens)));
+    let mut lab = Lab::start("dash", 2, Broker::Embedded)?;
+    let r = prepare(&lab).and_then(|tokens| in_hub(&mut lab, |lab| browse(lab, &tokens)));
     if r.is_err() {
         lab.dump_logs();
     }
@@ -133,7 +133,7 @@ fn running_web_pods(lab: &Lab, n: usize) -> Result<Vec<String>> {
 
 /// Runs `f` on a thread in the lab's hub namespace with a runtime of its own, so that its
 /// sockets (to chromedriver) open there.
-fn in_hub<T: Send>(lab: &Lab, f: impl FnOnce(&Lab) -> Result<T> + Send) -> Result<T> {
+fn in_hub<T: Send>(lab: &mut Lab, f: impl FnOnce(&mut Lab) -> Result<T> + Send) -> Result<T> {
     std::thread::scope(|s| {
         s.spawn(|| {
             let ns = std::fs::File::open(format!("/run/netns/{}", lab.hub.0))?;
@@ -146,7 +146,7 @@ fn in_hub<T: Send>(lab: &Lab, f: impl FnOnce(&Lab) -> Result<T> + Send) -> Resul
     })
 }
 
-fn browse(lab: &Lab, tokens: &Tokens) -> Result<()> {
+fn browse(lab: &mut Lab, tokens: &Tokens) -> Result<()> {
     let out = output_dir()?;
     let profile = tempfile::tempdir()?;
     let mut driver_cmd = lab.hub.cmd(DRIVER);
@@ -279,7 +279,7 @@ const WEB_PODS: &str = "return [...document.querySelectorAll('#pods tr[data-pod^
     .map(r => [r.dataset.pod, r.dataset.status]).sort()";
 const BUTTONS: &str = "return document.querySelectorAll('button.action').length";
 
-async fn scenario(lab: &Lab, tokens: &Tokens, b: &Client, out: &Path) -> Result<()> {
+async fn scenario(lab: &mut Lab, tokens: &Tokens, b: &Client, out: &Path) -> Result<()> {
     // A cold first load: the login page and every asset.
     b.goto(PAGE).await?;
     let first = js(
@@ -427,6 +427,44 @@ async fn scenario(lab: &Lab, tokens: &Tokens, b: &Client, out: &Path) -> Result<
         })?;
     }
 
+    // The coordinator restarts: the page's streams come back by themselves (a restarted
+    // coordinator knows no old resource version: 410, and the page lists again), and a
+    // scale made meanwhile by the CLI shows without a reload.
+    lab.kill_coordinator();
+    until(
+        b,
+        "the page to see its streams drop",
+        LONG,
+        "return document.getElementById('live').className === 'dot'",
+    )
+    .await?;
+    lab.start_coordinator()?;
+    lab.baton(&["scale", "deployment/web", "--replicas", "3"])?;
+    let api = running_web_pods(lab, 3)?;
+    let three = format!("const r = (() => {{ {WEB_PODS} }})(); return r.length === 3 && r.every(x => x[1] === 'Running') && r");
+    let dom = until(b, "three running web pods after the restart", LONG, &three).await?;
+    let dom_names: Vec<&str> = dom
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|r| r[0].as_str())
+        .collect();
+    ensure!(
+        dom_names == api,
+        "after the restart the page shows {dom_names:?}, baton get pods {api:?}"
+    );
+    until(
+        b,
+        "the streams back",
+        LONG,
+        "return document.getElementById('live').className === 'dot on'",
+    )
+    .await?;
+    ensure!(
+        js(b, "return window.notReloaded === true").await? == true,
+        "the page reloaded"
+    );
+
     // A phone's view of the same page.
     b.set_window_size(390, 844).await?;
     tokio::time::sleep(Duration::from_millis(300)).await;
@@ -466,7 +504,7 @@ async fn scenario(lab: &Lab, tokens: &Tokens, b: &Client, out: &Path) -> Result<
         b,
         "the viewer's pods",
         LONG,
-        &format!("const r = (() => {{ {WEB_PODS} }})(); return r.length === 2"),
+        &format!("const r = (() => {{ {WEB_PODS} }})(); return r.length === 3"),
     )
     .await?;
     ensure!(
@@ -495,7 +533,7 @@ async fn scenario(lab: &Lab, tokens: &Tokens, b: &Client, out: &Path) -> Result<
     );
     let d = lab.get_json(&["get", "deployment", "web"])?;
     ensure!(
-        d["spec"]["replicas"] == 2,
+        d["spec"]["replicas"] == 3,
         "the refused scale changed the deployment: {d}"
     );
 
@@ -503,7 +541,7 @@ async fn scenario(lab: &Lab, tokens: &Tokens, b: &Client, out: &Path) -> Result<
     // the namespace's watch, no nodes.
     b.find(Locator::Id("logout")).await?.click().await?;
     log_in(b, &tokens.team).await?;
-    let team_pods = format!("const r = (() => {{ {WEB_PODS} }})(); return r.length === 2");
+    let team_pods = format!("const r = (() => {{ {WEB_PODS} }})(); return r.length === 3");
     until(b, "the team's pods", LONG, &team_pods).await?;
     let options = js(
         b,

@@ -51,7 +51,7 @@ const act = {
   logs(namespace, name) {
     $('log-panel').hidden = false;
     $('log-pod').textContent = `${namespace}/${name}`;
-    logs.follow(namespace, name, $('log'), showError);
+    logs.follow(namespace, name, $('log'));
     $('log-panel').scrollIntoView({ block: 'start' });
   },
 };

@@ -7,7 +7,9 @@ const KEEP = 256 * 1024; // characters kept on screen: a chatty pod must not fil
 
 let current = null;
 
-export function follow(namespace, name, pre, onError) {
+// Follows the log into `pre`; a stream that ends or breaks says so at the bottom (the
+// user opens it again: a new follow starts with the last lines).
+export function follow(namespace, name, pre) {
   stop();
   const ctl = new AbortController();
   current = ctl;
@@ -26,8 +28,9 @@ export function follow(namespace, name, pre, onError) {
       pre.textContent = text;
       if (atEnd) pre.scrollTop = pre.scrollHeight;
     }
+    if (!ctl.signal.aborted) pre.append('\n[end of the log stream]\n');
   })().catch((e) => {
-    if (!ctl.signal.aborted) onError(e);
+    if (!ctl.signal.aborted) pre.append(`\n[log stream lost: ${e.message}]\n`);
   });
 }
 

@@ -193,9 +193,8 @@ async fn connect(profile: &Path) -> Result<Client> {
             ],
         }
     });
-    let caps: serde_json::Map<String, Value> = match caps {
-        Value::Object(m) => m,
-        _ => unreachable!(),
+    let Value::Object(caps) = caps else {
+        bail!("capabilities are an object");
     };
     let start = Instant::now();
     loop {
@@ -205,17 +204,14 @@ async fn connect(profile: &Path) -> Result<Client> {
             .await
         {
             Ok(Ok(c)) => return Ok(c),
-            Ok(Err(e)) if start.elapsed() < CALL => {
-                tracing_free_sleep(&e.to_string()).await;
+            // The driver is still starting: it refuses connections for a moment.
+            Ok(Err(_)) if start.elapsed() < CALL => {
+                tokio::time::sleep(Duration::from_millis(300)).await;
             }
             Ok(Err(e)) => bail!("cannot start Chromium through chromedriver: {e}"),
             Err(_) => bail!("chromedriver did not answer within {CALL:?}"),
         }
     }
-}
-
-async fn tracing_free_sleep(_why: &str) {
-    tokio::time::sleep(Duration::from_millis(300)).await;
 }
 
 /// Runs `script` (a function body) in the page; its return value.

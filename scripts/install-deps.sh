@@ -34,10 +34,11 @@ install_missing() {
 #   protobuf-compiler libprotobuf-dev  protoc, for the etcd client's gRPC code (coordinator
 #                              build), and the well-known types it imports (descriptor.proto)
 #   etcd-server                a real etcd for the coordinator's etcd store (tests/tests/etcd_store.rs, ha.rs)
+#   chromium chromium-driver   the web dashboard in a real headless browser (tests/tests/dashboard.rs)
 PKGS=(iproute2 iptables libseccomp-dev docker-registry mosquitto mosquitto-clients runc
       busybox-static gcc-aarch64-linux-gnu qemu-user-static curl python3 pkg-config
       linux-libc-dev-arm64-cross apache2-utils openssl gperf make python3-pip prometheus
-      protobuf-compiler libprotobuf-dev etcd-server)
+      protobuf-compiler libprotobuf-dev etcd-server chromium chromium-driver)
 
 install_missing "${PKGS[@]}"
 

@@ -135,8 +135,18 @@ fn unsafe_code_is_denied_workspace_wide() {
 /// The coordinator's rooms, top to bottom: a room may import only rooms after it.
 /// docs/architecture.md draws the same order.
 const ROOMS: &[&str] = &[
-    "cli", "server", "edge", "registry", "security", "core", "metrics", "contract", "decide",
-    "model", "store",
+    "cli",
+    "server",
+    "edge",
+    "dashboard",
+    "registry",
+    "security",
+    "core",
+    "metrics",
+    "contract",
+    "decide",
+    "model",
+    "store",
 ];
 
 /// The only rooms the CLI may use: it talks to a server over HTTP (the contract) and reads

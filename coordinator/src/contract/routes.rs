@@ -173,6 +173,10 @@ routes! {
     /// `ADDED`; with one: the changes after it, or 410 when they are no longer known.
     Watch { kind: String, resource_version: Option<String> }
         Get "/api/v1/watch/{kind}", NoBody => WatchLines;
+    /// `Watch` of one namespace's objects (or events): what a namespace-limited token may
+    /// watch, and what the dashboard's namespace view needs. `kind` must be namespaced.
+    WatchNamespaced { namespace: String, kind: String, resource_version: Option<String> }
+        Get "/api/v1/namespaces/{namespace}/watch/{kind}", NoBody => WatchLines;
     /// `baton logs`: the container's log, streamed (chunked) as it comes from the node.
     /// `follow` and `previous` are `true` when set; `tail` a line count.
     PodLogs {
@@ -274,6 +278,9 @@ routes! {
     AgentRolloutAbort { name: String }
         Post "/api/v1/agent/rollout/{name}/abort", NoBody => AgentUpdate;
 
+    /// The calling token, without its secret: how the dashboard learns its role and
+    /// namespaces. Any token, a namespace-limited one too.
+    WhoAmI {} Get "/api/v1/whoami", NoBody => TokenInfo;
     /// API tokens, without their secrets. Admin.
     ListTokens {} Get "/api/v1/tokens", NoBody => List<TokenInfo>;
     /// Admin.

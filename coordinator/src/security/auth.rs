@@ -125,13 +125,16 @@ pub fn authorize(role: Role, method: &str, path: &str) -> bool {
 /// call `method path`? A limited token reaches only its namespaces' routes
 /// (`/api/v1/namespaces/NS/...`, by its role), reads its namespaces themselves, and may
 /// `apply` if it is an admin (the core then refuses any object outside its namespaces and
-/// any cluster-scoped one); nothing else: no nodes, no tokens, no cluster-wide lists.
+/// any cluster-scoped one), and asks who it is (`whoami`); nothing else: no nodes, no tokens, no cluster-wide lists.
 pub fn authorize_scoped(role: Role, namespaces: &[String], method: &str, path: &str) -> bool {
     if namespaces.is_empty() {
         return authorize(role, method, path);
     }
     if path == crate::contract::routes::Apply::PATH {
         return method == "POST" && role == Role::Admin;
+    }
+    if path == crate::contract::routes::WhoAmI::PATH {
+        return method == "GET";
     }
     let Some(rest) = path.strip_prefix(crate::contract::routes::NAMESPACED_PREFIX) else {
         return false;
@@ -446,6 +449,8 @@ mod tests {
             (ReadOnly, "GET", "/api/v1/pods", false),
             (ReadOnly, "GET", "/api/v1/nodes", false),
             (ReadOnly, "POST", "/api/v1/apply", false),
+            (ReadOnly, "GET", "/api/v1/whoami", true),
+            (ReadOnly, "POST", "/api/v1/whoami", false),
             (Admin, "POST", "/api/v1/apply", true),
             (
                 Admin,

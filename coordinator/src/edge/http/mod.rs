@@ -143,6 +143,7 @@ fn api_router(
     };
     let mut app = Router::new()
         .serve::<routes::Healthz, _>(api::healthz)
+        .serve::<routes::WhoAmI, _>(tokens::whoami)
         .serve::<routes::ListTokens, _>(tokens::list_tokens)
         .serve::<routes::CreateToken, _>(tokens::create_token)
         .serve::<routes::DeleteToken, _>(tokens::delete_token)
@@ -151,6 +152,7 @@ fn api_router(
         .serve::<routes::PodLogs, _>(logs::pod_logs)
         .serve::<routes::PodExec, _>(exec::pod_exec)
         .serve::<routes::Watch, _>(watch::watch)
+        .serve::<routes::WatchNamespaced, _>(watch::watch_namespaced)
         .serve::<routes::TopNodes, _>(metrics::top_nodes)
         .serve::<routes::TopPods, _>(metrics::top_pods)
         .serve::<routes::Describe, _>(api::describe)
@@ -200,7 +202,8 @@ fn api_router(
 }
 
 /// The whole API as the server serves it on its main listener: [`router_with_images`]
-/// and [`security_router`] side by side.
+/// and [`security_router`] side by side, and the web dashboard's page and assets
+/// ([`crate::dashboard`], no token).
 pub fn app(
     core: mpsc::Sender<Event>,
     bus: Arc<BusStats>,
@@ -217,7 +220,9 @@ pub fn app(
         enroller.clone(),
         bus.metrics.clone(),
     );
-    api_router(core, bus, tokens, Some(images), Some(logs), Some(enroller)).merge(sec_routes)
+    api_router(core, bus, tokens, Some(images), Some(logs), Some(enroller))
+        .merge(sec_routes)
+        .merge(crate::dashboard::router())
 }
 
 /// What the device and identity routes share.

@@ -377,7 +377,7 @@ fn fake_core() -> mpsc::Sender<Event> {
                         name: "web-1".into(),
                         object: None,
                         event: None,
-                        namespace: None,
+                        namespace: Some("team-a".into()),
                     };
                     let _ = w.reply.send(Ok(crate::core::watch::WatchStart {
                         backlog: vec![ev],
@@ -825,6 +825,10 @@ async fn every_contract_route_is_served_as_defined() {
     assert_eq!((&*made.name, made.role), ("ci", Role::ReadOnly));
     let listed = c.call(&routes::ListTokens {}, &NoBody).await;
     assert_eq!(listed.items.len(), 2);
+    // The caller's own record: the dashboard's role.
+    let me = c.call(&routes::WhoAmI {}, &NoBody).await;
+    assert_eq!(me.role, Role::Admin);
+    assert!(listed.items.iter().any(|t| t.name == me.name));
     assert_eq!(listed.items[1].namespaces, ["team-a"]);
     c.call(&routes::DeleteToken { name: "ci".into() }, &NoBody)
         .await;
@@ -974,6 +978,17 @@ async fn every_contract_route_is_served_as_defined() {
     assert_eq!(watched.0.len(), 1, "{watched:?}");
     assert_eq!(watched.0[0].kind, "Kind(Pod)");
     assert_eq!(watched.0[0].resource_version, 42);
+    // A namespace's watch: only that namespace's changes, the same resource versions.
+    let watch_in = |namespace: String| routes::WatchNamespaced {
+        namespace,
+        kind: "pods".into(),
+        resource_version: Some("41".into()),
+    };
+    let mine = c.call(&watch_in("team-a".into()), &NoBody).await;
+    assert_eq!(mine.0.len(), 1, "{mine:?}");
+    assert_eq!(mine.0[0].resource_version, 42);
+    let other = c.call(&watch_in("other".into()), &NoBody).await;
+    assert!(other.0.is_empty(), "{other:?}");
 
     // Exec upgrades its connection: answered 101 (the session itself is in tests/exec.rs),
     // and refused without the upgrade.

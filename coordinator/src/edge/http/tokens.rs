@@ -16,6 +16,20 @@ pub(super) fn unix_now() -> u64 {
     crate::security::encoding::now_ms() / 1000
 }
 
+/// `WhoAmI`: the caller's own record, named by the token check (`middleware`).
+pub(super) async fn whoami(
+    State(state): State<AppState>,
+    axum::Extension(caller): axum::Extension<super::exec::TokenName>,
+) -> Reply<TokenInfo> {
+    state
+        .tokens
+        .list()
+        .into_iter()
+        .find(|t| t.name == caller.0)
+        .map(Json)
+        .ok_or_else(|| Failure(StatusCode::UNAUTHORIZED, "unknown or deleted token".into()))
+}
+
 pub(super) async fn list_tokens(State(state): State<AppState>) -> Reply<List<TokenInfo>> {
     Ok(Json(List {
         items: state.tokens.list(),

@@ -7,13 +7,17 @@ use baton_proto as proto;
 use super::{bstr, bvec, WireError};
 use crate::model::api;
 
-/// The table entry of Service `s` with endpoints `eps`; `None` for a headless Service or
-/// one without a ClusterIP yet (nothing to proxy).
+/// The table entry of Service `s` with endpoints `eps`; `None` for one without a ClusterIP
+/// yet. A headless Service (`clusterIP: None`) goes with the address 0.0.0.0: nothing to
+/// proxy, but its name resolves to its endpoints (cluster DNS).
 pub fn service_entry(
     s: &api::Service,
     eps: &api::Endpoints,
 ) -> Option<Result<proto::ServiceEntry, WireError>> {
-    let vip: Ipv4Addr = s.spec.cluster_ip.parse().ok()?;
+    let vip: Ipv4Addr = match s.spec.cluster_ip.as_str() {
+        api::CLUSTER_IP_NONE => Ipv4Addr::UNSPECIFIED,
+        ip => ip.parse().ok()?,
+    };
     Some(entry(s, eps, vip))
 }
 

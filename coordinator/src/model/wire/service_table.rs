@@ -99,3 +99,52 @@ fn protocol(p: api::Protocol) -> proto::Protocol {
         api::Protocol::UDP => proto::Protocol::Udp,
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn service(cluster_ip: &str) -> api::Service {
+        serde_json::from_value(serde_json::json!({
+            "apiVersion": "v1", "kind": "Service",
+            "metadata": {"name": "shop_db"},
+            "spec": {"clusterIP": cluster_ip, "selector": {"app": "db"},
+                     "ports": [{"port": 5432, "targetPort": 5432}]}
+        }))
+        .unwrap()
+    }
+
+    fn endpoints(ips: &[&str]) -> api::Endpoints {
+        serde_json::from_value(serde_json::json!({
+            "apiVersion": "v1", "kind": "Endpoints", "metadata": {"name": "shop_db"},
+            "subsets": [{
+                "addresses": ips.iter().map(|ip| serde_json::json!({"ip": ip, "pod": "p"}))
+                    .collect::<Vec<_>>(),
+                "ports": [{"port": 5432, "protocol": "TCP"}]
+            }]
+        }))
+        .unwrap()
+    }
+
+    /// A headless Service goes with 0.0.0.0 and its endpoints (cluster DNS answers with
+    /// them); one not yet given an address is left out.
+    #[test]
+    fn headless_services_are_sent_for_dns() {
+        let eps = endpoints(&["10.42.2.9", "10.42.1.7"]);
+        let e = service_entry(&service("None"), &eps).unwrap().unwrap();
+        assert_eq!(e.vip, Ipv4Addr::UNSPECIFIED);
+        assert_eq!(
+            e.name.as_str(),
+            "shop_db",
+            "the namespace travels in the name"
+        );
+        let ips: Vec<Ipv4Addr> = e.endpoints.iter().map(|e| e.ip).collect();
+        assert_eq!(
+            ips,
+            [Ipv4Addr::new(10, 42, 1, 7), Ipv4Addr::new(10, 42, 2, 9)]
+        );
+        let e = service_entry(&service("10.43.0.5"), &eps).unwrap().unwrap();
+        assert_eq!(e.vip, Ipv4Addr::new(10, 43, 0, 5));
+        assert!(service_entry(&service(""), &eps).is_none());
+    }
+}

@@ -7,9 +7,9 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use baton_proto::ServiceTable;
-use hickory_proto::op::{Header, Message, MessageType, OpCode, ResponseCode};
-use hickory_proto::rr::rdata::A;
-use hickory_proto::rr::{RData, Record, RecordType};
+use hickory_proto::op::{Header, MessageType, OpCode, Query, ResponseCode};
+use hickory_proto::rr::RecordType;
+use hickory_proto::serialize::binary::{BinDecodable, BinDecoder, BinEncodable, BinEncoder};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream, UdpSocket};
 use tokio::sync::{watch, Semaphore};
@@ -72,76 +72,92 @@ impl Resolver {
         cur.1.clone()
     }
 
-    /// The answer to `packet`; `max` is the largest reply the transport takes.
+    /// The answer to `packet`. Only the header and the question are decoded (hickory's
+    /// header, name and question codec; no resource-record types, which would link every
+    /// record type's code into the agent), and the answer's A records are written here.
     pub fn answer(&self, packet: &[u8], udp: bool) -> Reply {
-        let Ok(req) = Message::from_vec(packet) else {
-            return match packet.get(..2) {
-                Some(id) if packet.len() >= 12 => {
-                    let id = u16::from_be_bytes([id[0], id[1]]);
-                    encode(&Message::error_msg(
-                        id,
-                        OpCode::Query,
-                        ResponseCode::FormErr,
-                    ))
-                    .map_or(Reply::Drop, Reply::Now)
-                }
-                _ => Reply::Drop,
-            };
+        let mut dec = BinDecoder::new(packet);
+        let Ok(req) = Header::read(&mut dec) else {
+            return Reply::Drop;
         };
         if req.message_type() != MessageType::Query {
             return Reply::Drop;
         }
-        let mut resp = Message::new();
-        resp.set_header(Header::response_from_request(req.header()));
-        resp.add_queries(req.queries().iter().cloned());
-        let [q] = req.queries() else {
-            resp.set_response_code(ResponseCode::FormErr);
-            return encode(&resp).map_or(Reply::Drop, Reply::Now);
+        let mut h = Header::response_from_request(&req);
+        h.set_recursion_available(true);
+        let q = match (req.query_count(), Query::read(&mut dec)) {
+            (1, Ok(q)) => q,
+            _ => {
+                h.set_response_code(ResponseCode::FormErr);
+                return reply(&h, None, &[]).map_or(Reply::Drop, Reply::Now);
+            }
         };
         if req.op_code() != OpCode::Query {
-            resp.set_response_code(ResponseCode::NotImp);
-            return encode(&resp).map_or(Reply::Drop, Reply::Now);
+            h.set_response_code(ResponseCode::NotImp);
+            return reply(&h, Some(&q), &[]).map_or(Reply::Drop, Reply::Now);
         }
         let names = self.names();
         match names.lookup(&q.name().to_ascii()) {
             Lookup::Elsewhere => {
-                resp.set_recursion_available(true);
-                resp.set_response_code(ResponseCode::ServFail);
-                encode(&resp).map_or(Reply::Drop, |servfail| Reply::Relay { servfail })
+                h.set_response_code(ResponseCode::ServFail);
+                reply(&h, Some(&q), &[]).map_or(Reply::Drop, |servfail| Reply::Relay { servfail })
             }
             Lookup::Missing => {
-                resp.set_authoritative(true).set_recursion_available(true);
-                resp.set_response_code(ResponseCode::NXDomain);
-                encode(&resp).map_or(Reply::Drop, Reply::Now)
+                h.set_authoritative(true);
+                h.set_response_code(ResponseCode::NXDomain);
+                reply(&h, Some(&q), &[]).map_or(Reply::Drop, Reply::Now)
             }
             Lookup::Found(ips) => {
-                resp.set_authoritative(true).set_recursion_available(true);
+                h.set_authoritative(true);
                 // Pods are IPv4: AAAA and every other type of a known name is an empty
                 // NOERROR, so resolvers keep the A answer instead of giving up on the name.
-                if matches!(q.query_type(), RecordType::A | RecordType::ANY) {
-                    resp.add_answers(
-                        ips.iter()
-                            .map(|ip| Record::from_rdata(q.name().clone(), TTL, RData::A(A(*ip)))),
-                    );
-                }
-                let Some(mut bytes) = encode(&resp) else {
-                    return Reply::Drop;
+                let mut ips = match q.query_type() {
+                    RecordType::A | RecordType::ANY => ips,
+                    _ => &[],
                 };
-                if udp && bytes.len() > usize::from(req.max_payload()) {
-                    // Too many pod IPs for the datagram: the client asks again over TCP.
-                    match encode(&resp.truncate()) {
-                        Some(b) => bytes = b,
-                        None => return Reply::Drop,
-                    }
+                // The request's EDNS is not read: 512 bytes, as without it. Too many pod IPs
+                // for that: truncated, and the client asks again over TCP.
+                let fits = (MAX_UDP - 12 - q.name().len() - 6) / A_RECORD_LEN;
+                if udp && ips.len() > fits {
+                    h.set_truncated(true);
+                    ips = &ips[..fits];
                 }
-                Reply::Now(bytes)
+                reply(&h, Some(&q), ips).map_or(Reply::Drop, Reply::Now)
             }
         }
     }
 }
 
-fn encode(m: &Message) -> Option<Vec<u8>> {
-    m.to_vec().ok()
+/// A DNS message without EDNS: 512 bytes at most over UDP.
+const MAX_UDP: usize = 512;
+/// One A record whose name points at the question's (offset 12): pointer, type, class,
+/// TTL, length, address.
+const A_RECORD_LEN: usize = 2 + 2 + 2 + 4 + 2 + 4;
+
+/// The wire bytes of a response: `h` (its counts set here), the question and A records
+/// for `ips`.
+fn reply(h: &Header, q: Option<&Query>, ips: &[Ipv4Addr]) -> Option<Vec<u8>> {
+    let mut h = *h;
+    h.set_query_count(u16::from(q.is_some()))
+        .set_answer_count(ips.len() as u16)
+        .set_name_server_count(0)
+        .set_additional_count(0);
+    let mut buf = Vec::with_capacity(64 + ips.len() * A_RECORD_LEN);
+    let mut enc = BinEncoder::new(&mut buf);
+    h.emit(&mut enc).ok()?;
+    if let Some(q) = q {
+        q.emit(&mut enc).ok()?;
+    }
+    for ip in ips {
+        // The question's name starts right after the 12-byte header.
+        enc.emit_u16(0xc00c).ok()?;
+        enc.emit_u16(u16::from(RecordType::A)).ok()?;
+        enc.emit_u16(1).ok()?; // class IN
+        enc.emit_u32(TTL).ok()?;
+        enc.emit_u16(4).ok()?;
+        enc.emit_vec(&ip.octets()).ok()?;
+    }
+    Some(buf)
 }
 
 /// Listens on `addr:53` (UDP and TCP) and serves until the runtime ends.

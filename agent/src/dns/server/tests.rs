@@ -1,6 +1,7 @@
 use super::*;
 use baton_proto::{BString, BVec, ServiceEntry};
-use hickory_proto::op::Query;
+use hickory_proto::op::Message;
+use hickory_proto::rr::rdata::A;
 use hickory_proto::rr::Name;
 
 fn table(vip: Ipv4Addr) -> ServiceTable {
@@ -102,4 +103,33 @@ async fn relayed_to_the_first_upstream_that_answers() {
     assert_eq!(Message::from_vec(&got).unwrap().id(), 0x4242);
     assert!(started.elapsed() >= crate::dns::upstream::UPSTREAM_TIMEOUT);
     assert!(relay_udp(&ups[..1], &q).await.is_none());
+}
+
+/// A headless Service with more pod IPs than a 512-byte datagram holds: as many as fit,
+/// and the TC bit, so the client asks again over TCP, where it gets them all.
+#[test]
+fn too_many_addresses_for_udp_are_truncated() {
+    let eps: Vec<baton_proto::ServiceEndpoint> = (0..100u8)
+        .map(|i| baton_proto::ServiceEndpoint {
+            ip: Ipv4Addr::new(10, 42, 1, i),
+            target_ports: BVec::new(),
+        })
+        .collect();
+    let mut t = table(Ipv4Addr::UNSPECIFIED);
+    let mut db = t.services[0].clone();
+    db.endpoints = BVec::from_vec(eps).unwrap();
+    t = ServiceTable::new(BVec::from_vec(vec![db]).unwrap(), BVec::new()).unwrap();
+    let (_tx, rx) = watch::channel(t);
+    let r = Resolver::new(rx, Path::new("/nonexistent"), "10.42.1.1".parse().unwrap());
+    let q = query("web.default.svc.cluster.local.", RecordType::A);
+    let Reply::Now(b) = r.answer(&q, true) else {
+        panic!("answered here")
+    };
+    assert!(b.len() <= 512, "{}", b.len());
+    let m = Message::from_vec(&b).unwrap();
+    assert!(m.truncated());
+    assert!(!m.answers().is_empty());
+    let m = now(r.answer(&q, false));
+    assert!(!m.truncated());
+    assert_eq!(m.answers().len(), 100);
 }

@@ -11,8 +11,9 @@
 //!   the node's upstream resolvers ([`upstream`]), a bounded number at a time.
 //! - [`files`]: a pod's resolv.conf (kubelet's `dnsPolicy` rules) and hosts file.
 //!
-//! The wire format is `hickory-proto`'s (the codec only). No thread of its own: tasks on
-//! the agent's runtime.
+//! The wire format is `hickory-proto`'s header, name and question codec (see
+//! [`server::Resolver::answer`] for why no more of it). No thread of its own: tasks on the
+//! agent's runtime.
 
 pub mod files;
 pub mod names;

@@ -14,6 +14,7 @@ pub mod bus;
 pub mod config_maps;
 pub mod cron;
 pub mod datadir;
+pub mod dns;
 pub mod durable;
 pub mod exec;
 pub mod identity;

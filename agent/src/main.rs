@@ -155,6 +155,10 @@ struct RunArgs {
     /// Pod address range, e.g. 10.42.7.0/24 (default: derived from the node name).
     #[arg(long, env = "BATON_POD_CIDR")]
     pod_cidr: Option<String>,
+    /// The node's resolver file: the upstreams cluster DNS relays other names to, and what
+    /// `hostNetwork` pods get as /etc/resolv.conf (kubelet's flag).
+    #[arg(long, env = "BATON_RESOLV_CONF", default_value = baton_agent::dns::DEFAULT_RESOLV_CONF)]
+    resolv_conf: PathBuf,
     /// The address this node advertises (default: the one that routes to the broker).
     #[arg(long, env = "BATON_NODE_IP")]
     node_ip: Option<IpAddr>,
@@ -553,6 +557,7 @@ fn config(a: RunArgs, identity: Option<IdentityFile>) -> Result<(AgentConfig, Li
         register_taints,
         allocatable,
         pod_cidr: a.pod_cidr,
+        resolv_conf: a.resolv_conf,
         insecure_registries: a
             .insecure_registries
             .into_iter()

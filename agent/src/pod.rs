@@ -45,6 +45,9 @@ pub struct Deps {
     pub secrets: Arc<dyn SecretSource>,
     /// The ConfigMaps pods reference (env and `configMap` volumes).
     pub config_maps: Arc<dyn ConfigMapSource>,
+    /// The node's resolver configuration (`--resolv-conf`): the DNS server's upstreams, and
+    /// the file `hostNetwork` pods get.
+    pub resolv_conf: PathBuf,
 }
 
 /// A container of a prepared pod, ready to run: init containers first, in order.
@@ -347,6 +350,17 @@ pub async fn start(
     .map_err(|e| fail(None, e))?
     .map_err(|e| fail(None, WorkerError::CreateContainerConfig(error_chain(&e))))?;
 
+    // resolv.conf and hosts before any container: every one of them mounts them.
+    let (d, name, dir) = (deps.clone(), pod.name.to_string(), deps.pod_dir(&uid));
+    let ip4 = netns.as_ref().map(|n| n.ip);
+    blocking(move || {
+        let gw = d.network.gateway();
+        crate::dns::files::write(&dir, &name, &hostname(&name), ip4, gw, &d.resolv_conf)
+    })
+    .await
+    .map_err(|e| fail(None, e))?
+    .map_err(|e| fail(None, WorkerError::CreateContainerConfig(error_chain(&e))))?;
+
     let mut started = Vec::new();
     for (c, img) in all_containers(&pod).zip(&images) {
         let name = c.name.to_string();
@@ -388,8 +402,12 @@ pub fn run_spec(
 ) -> Result<RunSpec, WorkerError> {
     let uid = pod.uid.as_str();
     let name = c.name.as_str();
-    let mounts = volumes::mounts(vols, &c.volume_mounts)
-        .map_err(|e| WorkerError::CreateContainerConfig(error_chain(&e)))?;
+    // The pod's resolv.conf and hosts first: a volume the user mounts over them wins.
+    let mut mounts = crate::dns::files::mounts(&deps.pod_dir(uid));
+    mounts.extend(
+        volumes::mounts(vols, &c.volume_mounts)
+            .map_err(|e| WorkerError::CreateContainerConfig(error_chain(&e)))?,
+    );
     Ok(RunSpec {
         id,
         rootfs: PathBuf::new(),

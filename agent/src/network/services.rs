@@ -142,7 +142,8 @@ impl Network {
         nat.rule(&mq, "-j MASQUERADE");
         // NodePorts come after every ClusterIP rule, as kube-proxy's KUBE-NODEPORTS does.
         let mut node_ports = Vec::new();
-        for s in table.services.iter() {
+        // A headless Service (no ClusterIP) is only a DNS name.
+        for s in table.services.iter().filter(|s| !s.vip.is_unspecified()) {
             for (i, p) in s.ports.iter().enumerate() {
                 let proto = proto_name(p.protocol);
                 let m = format!("-p {proto} -m {proto} --dport {}", p.port);

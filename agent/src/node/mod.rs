@@ -80,6 +80,8 @@ pub struct AgentConfig {
     pub allocatable: Capacity,
     pub address: Option<IpAddr>,
     pub pod_cidr: Option<String>,
+    /// The node's upstream resolvers (kubelet's `--resolv-conf`).
+    pub resolv_conf: PathBuf,
     pub insecure_registries: Vec<String>,
     /// Docker `config.json`-style registry credentials and per-registry CAs.
     pub registry_config: Option<PathBuf>,
@@ -449,7 +451,14 @@ impl Node {
         let leader_term = agent.desired.term.max(table.term);
         let addr = agent.cfg.address;
         services::first_sync(&agent.deps, &table, addr)?;
-        agent.services = Some(services::spawn_writer(agent.deps.clone(), table, addr));
+        let tx = services::spawn_writer(agent.deps.clone(), table, addr);
+        // Cluster DNS answers from the same table, on the bridge `setup_node` brought up.
+        crate::dns::server::spawn(
+            tx.subscribe(),
+            &agent.deps.resolv_conf,
+            agent.deps.network.gateway(),
+        );
+        agent.services = Some(tx);
         Ok(Node {
             agent,
             events,
@@ -622,6 +631,7 @@ pub fn build_deps(
         network: Network::new(net_cfg),
         secrets: Arc::new(crate::volumes::NoSecrets),
         config_maps: Arc::new(crate::volumes::NoSecrets),
+        resolv_conf: cfg.resolv_conf.clone(),
     })
 }
 

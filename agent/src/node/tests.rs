@@ -203,6 +203,7 @@ impl Harness {
             network: Network::new(NetConfig::derive(NODE, data.join("net"), None).unwrap()),
             secrets: Arc::new(secrets.clone()),
             config_maps: Arc::new(crate::volumes::NoSecrets),
+            resolv_conf: "/etc/resolv.conf".into(),
         };
         let cfg = AgentConfig {
             node: NodeName::new(NODE).unwrap(),
@@ -217,6 +218,7 @@ impl Harness {
             },
             address: None,
             pod_cidr: None,
+            resolv_conf: "/etc/resolv.conf".into(),
             insecure_registries: Vec::new(),
             registry_config: None,
             registry_ca: None,

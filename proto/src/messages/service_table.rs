@@ -36,7 +36,9 @@ pub struct ServiceTable {
     pub term: u64,
 }
 
-/// One Service with a virtual address (headless Services have none and are not sent).
+/// One Service: its virtual address, or for a headless Service (`clusterIP: None`)
+/// 0.0.0.0, which the proxy skips and cluster DNS answers with the endpoints' addresses.
+/// `name` is `<namespace>_<name>` outside the `default` namespace.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ServiceEntry {
     pub name: BString<63>,

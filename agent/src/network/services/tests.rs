@@ -292,3 +292,22 @@ fn pods_on_other_nodes_are_reached_unmasqueraded() {
         ]
     );
 }
+
+/// A headless Service (0.0.0.0) is only a DNS name: no rule at all, not even a reject.
+#[test]
+fn a_headless_service_gets_no_rules() {
+    let net = net();
+    let mut s = service(
+        "db",
+        vec![port(5432, Protocol::Tcp, None)],
+        vec![ep(2, &[5432])],
+    );
+    s.vip = Ipv4Addr::UNSPECIFIED;
+    let empty = net.service_script(&table(vec![]), None, &[]);
+    assert_eq!(
+        net.service_script(&table(vec![s.clone()]), None, &[]),
+        empty
+    );
+    s.endpoints = BVec::new();
+    assert_eq!(net.service_script(&table(vec![s]), None, &[]), empty);
+}

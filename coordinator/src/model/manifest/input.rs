@@ -140,6 +140,7 @@ pub(super) struct InPodSpec {
     pub(super) node_selector: BTreeMap<String, String>,
     #[serde(default)]
     pub(super) host_network: bool,
+    pub(super) dns_policy: Option<String>,
     pub(super) restart_policy: Option<RestartPolicy>,
     pub(super) termination_grace_period_seconds: Option<i64>,
     #[serde(default)]

@@ -36,6 +36,17 @@ pub(super) fn pod_spec(path: &str, spec: InPodSpec) -> Result<api::PodSpec, Inva
         qualified_name(&p, k)?;
         label_value(&format!("{p}.{k}"), v)?;
     }
+    // Every pod gets ClusterFirst's resolv.conf (agent/src/dns); manifests exported from
+    // Kubernetes spell the default out. The other policies are refused, not ignored.
+    match spec.dns_policy.as_deref() {
+        None | Some("ClusterFirst") => {}
+        Some(p) => {
+            return invalid(
+                format!("{path}.dnsPolicy"),
+                format!("{p} is not supported by Baton (only ClusterFirst, the default)"),
+            )
+        }
+    }
     let grace = match spec.termination_grace_period_seconds {
         None => None,
         Some(s) => Some(u32::try_from(s).map_err(|_| {

@@ -137,6 +137,7 @@ const POD_SPEC: Shape = Shape::Object(&[
     ("initContainers", Shape::List(&CONTAINER)),
     ("nodeSelector", Shape::FreeMap),
     ("hostNetwork", Shape::Leaf),
+    ("dnsPolicy", Shape::Leaf),
     ("restartPolicy", Shape::Leaf),
     ("terminationGracePeriodSeconds", Shape::Leaf),
     (

@@ -161,8 +161,8 @@ fn unsupported_fields_are_named_by_path() {
         ),
         (
             "all unsupported fields are listed",
-            doc("", "", "      dnsPolicy: None\n", "        lifecycle: {}\n"),
-            "error: document 1: spec.template.spec.dnsPolicy: field not supported by Baton; spec.template.spec.containers[0].lifecycle: field not supported by Baton",
+            doc("", "", "      dnsConfig: {}\n", "        lifecycle: {}\n"),
+            "error: document 1: spec.template.spec.dnsConfig: field not supported by Baton; spec.template.spec.containers[0].lifecycle: field not supported by Baton",
         ),
         (
             "typo at the top",
@@ -334,6 +334,16 @@ fn validation_rules() {
             "deployment restartPolicy",
             doc("", "", "      restartPolicy: Never\n", ""),
             "error: document 1: spec.template.spec.restartPolicy: must be Always for a Deployment, got Never",
+        ),
+        (
+            "dnsPolicy ClusterFirst, the default, spelled out",
+            doc("", "", "      dnsPolicy: ClusterFirst\n", ""),
+            "ok",
+        ),
+        (
+            "dnsPolicy other than ClusterFirst",
+            doc("", "", "      dnsPolicy: Default\n", ""),
+            "error: document 1: spec.template.spec.dnsPolicy: Default is not supported by Baton (only ClusterFirst, the default)",
         ),
         (
             "unknown restartPolicy",

@@ -7,13 +7,17 @@ use baton_proto as proto;
 use super::{bstr, bvec, WireError};
 use crate::model::api;
 
-/// The table entry of Service `s` with endpoints `eps`; `None` for a headless Service or
-/// one without a ClusterIP yet (nothing to proxy).
+/// The table entry of Service `s` with endpoints `eps`; `None` for one without a ClusterIP
+/// yet. A headless Service (`clusterIP: None`) goes with the address 0.0.0.0: nothing to
+/// proxy, but its name resolves to its endpoints (cluster DNS).
 pub fn service_entry(
     s: &api::Service,
     eps: &api::Endpoints,
 ) -> Option<Result<proto::ServiceEntry, WireError>> {
-    let vip: Ipv4Addr = s.spec.cluster_ip.parse().ok()?;
+    let vip: Ipv4Addr = match s.spec.cluster_ip.as_str() {
+        api::CLUSTER_IP_NONE => Ipv4Addr::UNSPECIFIED,
+        ip => ip.parse().ok()?,
+    };
     Some(entry(s, eps, vip))
 }
 
@@ -93,5 +97,54 @@ fn protocol(p: api::Protocol) -> proto::Protocol {
     match p {
         api::Protocol::TCP => proto::Protocol::Tcp,
         api::Protocol::UDP => proto::Protocol::Udp,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn service(cluster_ip: &str) -> api::Service {
+        serde_json::from_value(serde_json::json!({
+            "apiVersion": "v1", "kind": "Service",
+            "metadata": {"name": "shop_db"},
+            "spec": {"clusterIP": cluster_ip, "selector": {"app": "db"},
+                     "ports": [{"port": 5432, "targetPort": 5432}]}
+        }))
+        .unwrap()
+    }
+
+    fn endpoints(ips: &[&str]) -> api::Endpoints {
+        serde_json::from_value(serde_json::json!({
+            "apiVersion": "v1", "kind": "Endpoints", "metadata": {"name": "shop_db"},
+            "subsets": [{
+                "addresses": ips.iter().map(|ip| serde_json::json!({"ip": ip, "pod": "p"}))
+                    .collect::<Vec<_>>(),
+                "ports": [{"port": 5432, "protocol": "TCP"}]
+            }]
+        }))
+        .unwrap()
+    }
+
+    /// A headless Service goes with 0.0.0.0 and its endpoints (cluster DNS answers with
+    /// them); one not yet given an address is left out.
+    #[test]
+    fn headless_services_are_sent_for_dns() {
+        let eps = endpoints(&["10.42.2.9", "10.42.1.7"]);
+        let e = service_entry(&service("None"), &eps).unwrap().unwrap();
+        assert_eq!(e.vip, Ipv4Addr::UNSPECIFIED);
+        assert_eq!(
+            e.name.as_str(),
+            "shop_db",
+            "the namespace travels in the name"
+        );
+        let ips: Vec<Ipv4Addr> = e.endpoints.iter().map(|e| e.ip).collect();
+        assert_eq!(
+            ips,
+            [Ipv4Addr::new(10, 42, 1, 7), Ipv4Addr::new(10, 42, 2, 9)]
+        );
+        let e = service_entry(&service("10.43.0.5"), &eps).unwrap().unwrap();
+        assert_eq!(e.vip, Ipv4Addr::new(10, 43, 0, 5));
+        assert!(service_entry(&service(""), &eps).is_none());
     }
 }

@@ -172,6 +172,7 @@ fn api_router(
         .serve::<routes::EventsNamespaced, _>(api::events_in)
         .serve::<routes::PodLogsNamespaced, _>(logs::pod_logs)
         .serve::<routes::PodExecNamespaced, _>(exec::pod_exec)
+        .serve::<routes::WatchNamespaced, _>(watch::watch_in)
         .serve::<routes::ScaleNamespaced, _>(api::scale)
         .serve::<routes::RolloutStatusNamespaced, _>(api::rollout_status)
         .serve::<routes::RolloutHistoryNamespaced, _>(api::rollout_history)

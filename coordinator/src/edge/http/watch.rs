@@ -33,12 +33,40 @@ pub(super) async fn watch(
     Path(kind): Path<String>,
     Query(p): Query<WatchParams>,
 ) -> Result<Response, Failure> {
+    open(state, kind, None, p).await
+}
+
+/// [`crate::contract::routes::WatchNamespaced`]: the core sends only the namespace's
+/// changes.
+pub(super) async fn watch_in(
+    State(state): State<AppState>,
+    Path((namespace, kind)): Path<(String, String)>,
+    Query(p): Query<WatchParams>,
+) -> Result<Response, Failure> {
+    open(state, kind, Some(namespace), p).await
+}
+
+async fn open(
+    state: AppState,
+    kind: String,
+    namespace: Option<String>,
+    p: WatchParams,
+) -> Result<Response, Failure> {
     let what = match kind.to_ascii_lowercase().as_str() {
         "events" | "event" | "ev" => Watched::Events,
         k => Watched::Kind(ResourceKind::parse(k).ok_or_else(|| {
             ApiError::BadRequest(format!("cannot watch {kind:?}: not a resource kind"))
         })?),
     };
+    if let (Watched::Kind(k), Some(_)) = (what, &namespace) {
+        if !k.is_namespaced() {
+            return Err(ApiError::BadRequest(format!(
+                "{} are cluster-scoped: they are in no namespace",
+                k.plural()
+            ))
+            .into());
+        }
+    }
     let since = match p.resource_version.as_deref() {
         None | Some("") => None,
         Some(v) => Some(v.parse::<u64>().map_err(|_| {
@@ -48,7 +76,12 @@ pub(super) async fn watch(
     let (reply, rx) = oneshot::channel();
     state
         .core
-        .send(Event::Watch(WatchRequest { what, since, reply }))
+        .send(Event::Watch(WatchRequest {
+            what,
+            namespace,
+            since,
+            reply,
+        }))
         .await
         .map_err(|_| Failure::from(ApiError::Unavailable))?;
     let start = rx

@@ -3,7 +3,8 @@
 //! Containers do not depend on the agent process: they keep running, and logging, while it is
 //! gone. When it starts again it must not restart them. It compares the persisted desired
 //! state with what the runtime still has ([`plan`], pure) and then:
-//! - adopts every desired pod whose main containers *all* still run: it rebuilds their run
+//! - adopts every desired pod whose main containers *all* still run (the desired state's,
+//!   and the node-scheduled CronJob runs still running, `crate::cron::Runs::resume`): it rebuilds their run
 //!   specs (from the local image configs, never pulling), finds the pod's network and
 //!   volumes, asks the runtime to watch them again, reserves the pod's hostPorts again (their
 //!   DNAT rules never went away, see [`crate::network`]) and reads the pod's record (restart counts, last terminations). Its init containers
@@ -22,7 +23,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::net::IpAddr;
 use std::sync::Arc;
 
-use baton_proto::{DesiredState, PodSpec, PullPolicy};
+use baton_proto::{PodSpec, PullPolicy};
 use tracing::{info, instrument, warn};
 
 use crate::image::ImageConfig;
@@ -42,10 +43,10 @@ pub struct Plan {
 /// Decides from the desired state and the runtime's view of each container it has state for.
 /// Only main containers count: init containers have exited by the time those run, and what
 /// is left of them is removed.
-pub fn plan(desired: &DesiredState, found: &BTreeMap<ContainerId, Adopted>) -> Plan {
+pub fn plan(desired: &[PodSpec], found: &BTreeMap<ContainerId, Adopted>) -> Plan {
     let mut out = Plan::default();
     let mut claimed = BTreeSet::new();
-    for p in desired.pods.iter() {
+    for p in desired {
         let uid = p.uid.as_str();
         let ids: Vec<Option<ContainerId>> = p
             .containers
@@ -93,7 +94,8 @@ pub struct AdoptedPod {
 /// Adopts what still runs and removes the rest (see the module docs). Blocks on runtime and
 /// network calls; meant for agent start-up, before the node loop runs.
 #[instrument(skip_all)]
-pub async fn adopt_or_clean(deps: &Arc<Deps>, desired: &DesiredState) -> Vec<AdoptedPod> {
+/// Every container a previous agent process left, with the runtime's view of it.
+pub fn leftovers(deps: &Deps) -> BTreeMap<ContainerId, Adopted> {
     let mut found = BTreeMap::new();
     match deps.runtime.list() {
         Ok(ids) => {
@@ -119,11 +121,22 @@ pub async fn adopt_or_clean(deps: &Arc<Deps>, desired: &DesiredState) -> Vec<Ado
         }
         Err(e) => warn!(error = %e, "cannot list leftover containers"),
     }
+    found
+}
+
+/// Adopts the pods of `desired` (the desired state's, and the CronJob runs still running,
+/// `crate::cron::Runs::resume`) whose containers `found` (`leftovers`) has running, and
+/// removes the rest.
+pub async fn adopt_or_clean(
+    deps: &Arc<Deps>,
+    desired: &[PodSpec],
+    found: BTreeMap<ContainerId, Adopted>,
+) -> Vec<AdoptedPod> {
     let plan = plan(desired, &found);
     let mut remove = plan.remove;
     let mut adopted = Vec::new();
     for uid in plan.adopt {
-        let Some(spec) = desired.pods.iter().find(|p| p.uid.as_str() == uid) else {
+        let Some(spec) = desired.iter().find(|p| p.uid.as_str() == uid) else {
             continue;
         };
         match adopt_pod(deps, spec).await {
@@ -293,14 +306,8 @@ mod tests {
         }
     }
 
-    fn desired(pods: Vec<PodSpec>) -> DesiredState {
-        DesiredState {
-            generation: 3,
-            pods: BVec::from_vec(pods).unwrap(),
-            secrets: BVec::new(),
-            term: 0,
-            crons: Default::default(),
-        }
+    fn desired(pods: Vec<PodSpec>) -> Vec<PodSpec> {
+        pods
     }
 
     fn id(s: &str) -> ContainerId {

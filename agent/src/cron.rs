@@ -10,8 +10,10 @@
 //!
 //! [`Runs`] is the history, persisted in `<data>/cron.bin` once per run, when it ends
 //! (the outcome and the newest instant started, both at once: an SD card is written once
-//! a run). A run interrupted by a crash or a power cut is not on disk and starts again
-//! after the restart, deadline permitting: as in Kubernetes, runs are at least once.
+//! a run). A run whose containers outlive an agent restart is taken back from them
+//! ([`Runs::resume`]): adopted, not started again, and its end recorded as any run's. A
+//! run interrupted by a power cut is not on disk and starts again after the restart,
+//! deadline permitting: as in Kubernetes, runs are at least once.
 
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -113,6 +115,10 @@ pub fn plan(crons: &[NodeCron], runs: &Runs, now_secs: u64) -> Plan {
 /// How a run's pod ended, if it has: `containers` are (init, state, restarts) of every
 /// container. Under `Never` the run is that one pod; under `OnFailure` its containers are
 /// restarted until they succeed, or until their restarts pass `backoff_limit`.
+/// Why a run whose exit code is not known failed.
+pub const UNKNOWN_EXIT: &str =
+    "exit code unknown (its container outlived an agent restart, which cannot learn it)";
+
 pub fn outcome(
     policy: RestartPolicy,
     backoff_limit: u32,
@@ -130,6 +136,9 @@ pub fn outcome(
         return failed("BackoffLimitExceeded");
     }
     let bad = containers.iter().find_map(|(_, s, _)| match s {
+        // -1: not known, as for a container that outlived an agent restart (an adopted
+        // run): said so, not taken for the program's own code.
+        ContainerState::Exited { code: -1 } => Some(UNKNOWN_EXIT.to_owned()),
         ContainerState::Exited { code } if *code != 0 => Some(format!("exit code {code}")),
         ContainerState::OomKilled => Some("OOMKilled".into()),
         _ => None,
@@ -214,6 +223,62 @@ impl Runs {
                 !drop
             });
         }
+    }
+
+    /// The runs a previous agent process started whose containers all still run
+    /// (`running`: container id to its creation time, ms), for the agent to adopt as
+    /// any pod: a run not in the history (it is written when a run ends) is taken back
+    /// as active, in memory only, so it is neither started again nor left unreported.
+    /// Their pods.
+    pub fn resume(
+        &mut self,
+        crons: &[NodeCron],
+        running: &BTreeMap<String, Option<u64>>,
+        now_ms: u64,
+    ) -> Vec<PodSpec> {
+        self.sync(crons);
+        let mut pods = Vec::new();
+        for c in crons {
+            // Container ids are `<pod uid>-<container>`, a run's pod uid
+            // `<cronjob uid>-<minute>` (`run_uid`).
+            let prefix = format!("{}-", c.uid.as_str());
+            let minutes: std::collections::BTreeSet<u32> = running
+                .keys()
+                .filter_map(|id| id.strip_prefix(&prefix)?.split_once('-')?.0.parse().ok())
+                .collect();
+            for minute in minutes {
+                let pod = run_pod(c, minute);
+                let ids: Vec<String> = pod
+                    .containers
+                    .iter()
+                    .map(|k| format!("{}-{}", pod.uid.as_str(), k.name.as_str()))
+                    .collect();
+                if ids.is_empty() || !ids.iter().all(|id| running.contains_key(id)) {
+                    continue;
+                }
+                let known = self.0.get(c.name.as_str()).and_then(|h| {
+                    h.runs
+                        .iter()
+                        .find(|r| r.minute == minute)
+                        .map(|r| r.outcome == CronOutcome::Active)
+                });
+                match known {
+                    // Ended: its leftovers go.
+                    Some(false) => continue,
+                    Some(true) => {}
+                    None => {
+                        let started = ids
+                            .iter()
+                            .filter_map(|id| running.get(id).copied().flatten())
+                            .min()
+                            .unwrap_or(now_ms);
+                        self.fire(c.name.as_str(), minute, started);
+                    }
+                }
+                pods.push(pod);
+            }
+        }
+        pods
     }
 
     /// The active runs: (CronJob, minute).

@@ -14,6 +14,7 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context, Result};
 
 pub mod certs;
+pub mod cron;
 pub mod device;
 pub mod device_coordinator;
 pub mod device_ota;

@@ -1,7 +1,7 @@
 //! A `baton` command that keeps printing (`logs -f`, `get -w`), read line by line.
 
 use std::io::{BufRead, BufReader};
-use std::process::{Child, Stdio};
+use std::process::{Child, Command, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
@@ -12,12 +12,14 @@ use crate::Lab;
 /// `baton ARGS` in the hub as admin, its stdout piped: the child and its lines, on a
 /// channel, as they come.
 pub fn spawn_lines(lab: &Lab, args: &[&str]) -> Result<(Child, mpsc::Receiver<String>)> {
-    let mut child = lab
-        .baton_cmd()
-        .args(args)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()?;
+    let mut cmd = lab.baton_cmd();
+    cmd.args(args);
+    spawn_cmd_lines(cmd)
+}
+
+/// [`spawn_lines`] for a command built by the caller (another token, say).
+pub fn spawn_cmd_lines(mut cmd: Command) -> Result<(Child, mpsc::Receiver<String>)> {
+    let mut child = cmd.stdout(Stdio::piped()).stderr(Stdio::null()).spawn()?;
     let out = child.stdout.take().context("stdout")?;
     let (tx, rx) = mpsc::channel();
     std::thread::spawn(move || {

@@ -3,50 +3,18 @@
 //! its link to the broker is cut (no coordinator, no broker), its runs appear in
 //! `get jobs` once the link is back, each once; a `concurrencyPolicy: Forbid` CronJob whose
 //! run outlasts the minute never has two runs at once; the node the selector leaves out
-//! never runs either.
+//! never runs either; a CronJob every node fires keeps its history limit per node; an
+//! agent restarted while a run is active adopts it (the same process, fired once, its end
+//! reported, with its exit code unknown).
 
 use std::os::unix::fs::MetadataExt;
 use std::time::{Duration, Instant, SystemTime};
 
 use anyhow::{ensure, Context, Result};
+use baton_e2e::cron::{jobs_of, run_node, EveryMinute, FiredBy};
 use baton_e2e::fleet::text;
-use baton_e2e::{items, wait_for, Broker, Lab};
+use baton_e2e::{container_pids, wait_for, Broker, Lab};
 use serde_json::Value;
-
-fn cron_job(registry: &str, name: &str, node: &str, policy: &str, script: &str) -> String {
-    format!(
-        r#"apiVersion: batch/v1
-kind: CronJob
-metadata:
-  name: {name}
-  annotations:
-    baton.io/schedule-on: node
-spec:
-  schedule: "* * * * *"
-  concurrencyPolicy: {policy}
-  successfulJobsHistoryLimit: 10
-  jobTemplate:
-    spec:
-      template:
-        spec:
-          nodeSelector:
-            kubernetes.io/hostname: {node}
-          restartPolicy: Never
-          terminationGracePeriodSeconds: 1
-          containers:
-          - name: work
-            image: {registry}/baton/busybox:1
-            command: [sh, -c, "{script}"]
-"#
-    )
-}
-
-fn jobs_of(lab: &Lab, cron: &str) -> Result<Vec<Value>> {
-    Ok(items(&lab.get_json(&["get", "jobs"])?)
-        .into_iter()
-        .filter(|j| j["metadata"]["cronJob"] == cron)
-        .collect())
-}
 
 fn time(v: &Value) -> Option<SystemTime> {
     humantime::parse_rfc3339_weak(v.as_str()?).ok()
@@ -78,21 +46,28 @@ fn finished(j: &Value) -> bool {
 
 #[test]
 fn a_node_fires_its_cron_job_while_cut_off_and_reports_the_runs_when_back() -> Result<()> {
-    let lab = Lab::start("cronnode", 2, Broker::Embedded)?;
-    let r = scenario(&lab);
+    let mut lab = Lab::start("cronnode", 2, Broker::Embedded)?;
+    let r = scenario(&mut lab);
     if r.is_err() {
         lab.dump_logs();
     }
     r
 }
 
-fn scenario(lab: &Lab) -> Result<()> {
+fn scenario(lab: &mut Lab) -> Result<()> {
     let reg = lab.registry();
     let (fires, other) = (lab.agents[0].name.clone(), lab.agents[1].name.clone());
+    let on_fires = |name, policy, script| EveryMinute {
+        fired_by: FiredBy::Node(Some(&fires)),
+        policy,
+        restart: "Never",
+        successful_history: Some(10),
+        ..EveryMinute::new(name, script)
+    };
     let applied = lab.apply(&format!(
         "{}---\n{}",
-        cron_job(&reg, "tick", &fires, "Allow", "echo tick"),
-        cron_job(&reg, "slow", &fires, "Forbid", "sleep 100"),
+        on_fires("tick", "Allow", "echo tick").yaml(&reg),
+        on_fires("slow", "Forbid", "sleep 100").yaml(&reg),
     ))?;
     ensure!(
         applied.status.success(),
@@ -104,10 +79,7 @@ fn scenario(lab: &Lab) -> Result<()> {
     let first = wait_for("a first run of tick", Duration::from_secs(150), || {
         Ok(jobs_of(lab, "tick")?.into_iter().find(finished))
     })?;
-    ensure!(
-        first["metadata"]["annotations"]["baton.io/node"] == fires.as_str(),
-        "{first}"
-    );
+    ensure!(run_node(&first) == fires.as_str(), "{first}");
     ensure!(first["status"]["succeeded"] == 1, "{first}");
 
     // Cut the node off for two and a half minutes: it keeps firing.
@@ -131,6 +103,15 @@ fn scenario(lab: &Lab) -> Result<()> {
     let restored = SystemTime::now();
     lab.set_link(0, true)?;
     let back = Instant::now();
+    // `both`, from now on (not to count in the history writes above): every node fires
+    // it, and keeps one successful run, each its own.
+    let both = EveryMinute {
+        fired_by: FiredBy::Node(None),
+        restart: "Never",
+        successful_history: Some(1),
+        ..EveryMinute::new("both", "true")
+    };
+    lab.apply(&both.yaml(&reg))?;
     eprintln!("link cut for {:.0}s", cut_at.elapsed().as_secs_f64());
 
     // Its runs of those minutes come back as Jobs, each once.
@@ -249,17 +230,112 @@ fn scenario(lab: &Lab) -> Result<()> {
     for cj in ["tick", "slow"] {
         let theirs: Vec<Value> = jobs_of(lab, cj)?
             .into_iter()
-            .filter(|j| j["metadata"]["annotations"]["baton.io/node"] != fires.as_str())
+            .filter(|j| run_node(j) != fires.as_str())
             .collect();
         ensure!(theirs.is_empty(), "{other} ran {cj}: {theirs:?}");
     }
+    let other_log = plain(&lab.agent_log(1));
     ensure!(
-        !lab.agent_log(1).contains("CronJob fires"),
-        "{other} fired a CronJob"
+        !other_log.lines().any(|l| l.contains("CronJob fires")
+            && (l.contains("cronjob=tick") || l.contains("cronjob=slow"))),
+        "{other} fired a CronJob it is not selected for"
     );
+
+    // History limits count per node: each node keeps its newest successful run of `both`
+    // (one limit across the fleet would keep one node's only).
+    let kept = wait_for(
+        "each node's one successful run of both",
+        Duration::from_secs(150),
+        || {
+            let jobs = jobs_of(lab, "both")?;
+            let done: Vec<String> = jobs
+                .iter()
+                .filter(|j| j["status"]["succeeded"] == 1)
+                .map(|j| run_node(j).to_owned())
+                .collect();
+            let each_one = [&fires, &other]
+                .iter()
+                .all(|n| done.iter().filter(|d| d == n).count() == 1);
+            Ok((each_one && done.len() == 2).then_some(done))
+        },
+    )?;
+    println!("FIGURE both's kept runs, by node: {kept:?}");
+    an_agent_restarted_mid_run_adopts_it(lab, &fires)?;
     ensure!(
         lab.agent_log(0).contains("CronJob fires"),
         "{fires}'s log says when it fires"
     );
+    Ok(())
+}
+
+/// An agent restarted (killed, started again) while a run of `slow` is active adopts it:
+/// the same container process runs on, the instant is fired once, and the run's end is
+/// reported (failed, its exit code unknown to the new process, saying so).
+fn an_agent_restarted_mid_run_adopts_it(lab: &mut Lab, fires: &str) -> Result<()> {
+    // A run with most of its 100 s ahead, so it cannot end while no agent runs.
+    let run = wait_for(
+        "a fresh active run of slow",
+        Duration::from_secs(150),
+        || {
+            Ok(jobs_of(lab, "slow")?.into_iter().find(|j| {
+                j["status"]["active"] == 1
+                    && time(&j["status"]["startTime"])
+                        .and_then(|t| t.elapsed().ok())
+                        .is_some_and(|e| e < Duration::from_secs(40))
+            }))
+        },
+    )?;
+    let job = text(&run["metadata"]["name"]);
+    let minute = job
+        .strip_prefix("slow-")
+        .and_then(|r| r.split('-').next())
+        .context("the run's minute")?
+        .to_owned();
+    let cron_uid = text(&lab.get_json(&["get", "cronjob", "slow"])?["metadata"]["uid"]);
+    let uid = format!("{cron_uid}-{minute}");
+    // Reported active when it fires: its container starts just after.
+    let pids = wait_for(
+        &format!("run {job}'s process ({uid})"),
+        Duration::from_secs(30),
+        || {
+            let pids = container_pids(fires, &uid, "work");
+            Ok((!pids.is_empty()).then_some(pids))
+        },
+    )?;
+    lab.kill_agent(0);
+    lab.start_agent(0)?;
+    ensure!(
+        container_pids(fires, &uid, "work") == pids,
+        "the run's process was not kept: {pids:?}"
+    );
+    let done = wait_for("the adopted run's end", Duration::from_secs(150), || {
+        let j = jobs_of(lab, "slow")?
+            .into_iter()
+            .find(|j| text(&j["metadata"]["name"]) == job);
+        Ok(j.filter(finished))
+    })?;
+    // Its exit code is not known to the new agent process (the container is not its
+    // child): the run ends Failed, saying so, never started again.
+    ensure!(
+        done["status"]["conditions"][0]["reason"]
+            .as_str()
+            .is_some_and(|r| r.starts_with("exit code unknown")),
+        "{done}"
+    );
+    let log = plain(&lab.agent_log(0));
+    ensure!(
+        log.lines()
+            .any(|l| l.contains("pod adopted") && l.contains(&uid)),
+        "the run was not adopted: {log}"
+    );
+    let fired = log
+        .lines()
+        .filter(|l| {
+            l.contains("CronJob fires")
+                && l.contains("cronjob=slow")
+                && l.contains(&format!("minute={minute}"))
+        })
+        .count();
+    ensure!(fired == 1, "slow's run {minute} fired {fired} times");
     Ok(())
 }

@@ -10,8 +10,9 @@ use std::collections::BTreeSet;
 use std::time::{Duration, Instant};
 
 use anyhow::{ensure, Context, Result};
+use baton_e2e::cron::{jobs_of, EveryMinute};
 use baton_e2e::fleet::{node_of, text, uid};
-use baton_e2e::{container_pids, items, wait_for, Broker, Lab};
+use baton_e2e::{container_pids, wait_for, Broker, Lab};
 use serde_json::Value;
 
 const LONG: Duration = Duration::from_secs(120);
@@ -217,37 +218,6 @@ fn scenario(lab: &mut Lab) -> Result<()> {
     Ok(())
 }
 
-fn cron_job(registry: &str, name: &str, policy: &str, script: &str) -> String {
-    format!(
-        r#"apiVersion: batch/v1
-kind: CronJob
-metadata:
-  name: {name}
-spec:
-  schedule: "* * * * *"
-  concurrencyPolicy: {policy}
-  jobTemplate:
-    spec:
-      template:
-        spec:
-          restartPolicy: OnFailure
-          terminationGracePeriodSeconds: 1
-          containers:
-          - name: work
-            image: {registry}/baton/busybox:1
-            command: [sh, -c, "{script}"]
-"#
-    )
-}
-
-/// The Jobs a CronJob started, as the API shows them.
-fn jobs_of(lab: &Lab, cron: &str) -> Result<Vec<Value>> {
-    Ok(items(&lab.get_json(&["get", "jobs"])?)
-        .into_iter()
-        .filter(|j| j["metadata"]["cronJob"] == cron)
-        .collect())
-}
-
 #[test]
 fn cron_jobs_run_every_minute_and_forbid_holds() -> Result<()> {
     let lab = Lab::start("cron", 2, Broker::Embedded)?;
@@ -260,10 +230,14 @@ fn cron_jobs_run_every_minute_and_forbid_holds() -> Result<()> {
 
 fn cron_scenario(lab: &Lab) -> Result<()> {
     let reg = lab.registry();
+    let forbid = EveryMinute {
+        policy: "Forbid",
+        ..EveryMinute::new("slow", "sleep 150")
+    };
     lab.apply(&format!(
         "{}---\n{}",
-        cron_job(&reg, "tick", "Allow", "echo tick"),
-        cron_job(&reg, "slow", "Forbid", "sleep 150"),
+        EveryMinute::new("tick", "echo tick").yaml(&reg),
+        forbid.yaml(&reg),
     ))?;
     let table = out(lab, &["get", "cj"])?;
     ensure!(

@@ -1,15 +1,16 @@
 //! Namespaces end to end (issue 18), on a real agent with real containers: a manifest
 //! naming a namespace that does not exist is refused with the field's path; the same
 //! Deployment name in two namespaces runs side by side on one node; `get -A` shows
-//! kubectl's NAMESPACE column; tokens limited to one namespace are refused (403) in the
-//! other and on cluster-scoped writes; a pod reads its own namespace's ConfigMaps only;
+//! kubectl's NAMESPACE column, and so does `describe node`'s pod list; tokens limited to
+//! one namespace are refused (403) in the other and on cluster-scoped writes, and may watch
+//! their own (`get -w -n`); a token for two namespaces reads both, not a third; a pod reads its own namespace's ConfigMaps only;
 //! deleting a namespace takes its pods off the node and leaves the other namespace's
 //! running, untouched.
 
 use std::process::Output;
 use std::time::Duration;
 
-use anyhow::{ensure, Result};
+use anyhow::{ensure, Context, Result};
 use baton_e2e::{bin, container_pids, wait_for, Broker, Lab};
 use serde_json::Value;
 
@@ -157,6 +158,15 @@ fn scenario(lab: &Lab) -> Result<()> {
             "{ns}/{name} in {table}"
         );
     }
+    // describe node: its pods with kubectl's Namespace column first.
+    let node = text(&lab.baton(&["describe", "node", &a_node])?.stdout);
+    for (ns, name) in [("team-a", &a_name), ("team-b", &b_name)] {
+        ensure!(
+            node.lines()
+                .any(|l| l.split_whitespace().take(2).eq([ns, name.as_str()])),
+            "{ns}/{name} in {node}"
+        );
+    }
     let namespaces = text(&lab.baton(&["get", "ns"])?.stdout);
     for ns in ["default", "team-a", "team-b"] {
         ensure!(
@@ -181,13 +191,17 @@ fn scenario(lab: &Lab) -> Result<()> {
     };
     let viewer = token("read-only", "a-viewer")?;
     let admin_a = token("admin", "a-admin")?;
-    let as_token = |token: &str, args: &[&str], stdin: Option<&str>| -> Result<Output> {
+    let token_cmd = |token: &str| {
         let mut cmd = lab.hub.cmd(bin("baton"));
-        cmd.args(args)
-            .env_remove("BATON_CONFIG")
+        cmd.env_remove("BATON_CONFIG")
             .env("HOME", lab.dir.path())
             .env("BATON_SERVER", lab.api_url())
             .env("BATON_TOKEN", token);
+        cmd
+    };
+    let as_token = |token: &str, args: &[&str], stdin: Option<&str>| -> Result<Output> {
+        let mut cmd = token_cmd(token);
+        cmd.args(args);
         if let Some(input) = stdin {
             use std::io::Write;
             let mut child = cmd
@@ -220,6 +234,53 @@ fn scenario(lab: &Lab) -> Result<()> {
         "read team-b",
     )?;
     forbidden(&as_token(&viewer, &["get", "nodes"], None)?, "read nodes")?;
+    // The namespace's watches are open to it: its pods, and events about them.
+    for (what, want) in [
+        ("pods", a_name.clone()),
+        ("events", format!("pod/{a_name}")),
+    ] {
+        let mut cmd = token_cmd(&viewer);
+        cmd.args(["get", what, "-w", "-n", "team-a"]);
+        let (mut child, rows) = baton_e2e::lines::spawn_cmd_lines(cmd)?;
+        let seen = baton_e2e::lines::read_until(&rows, LONG, &want, |l| l.contains(&want));
+        let _ = child.kill();
+        let _ = child.wait();
+        let seen = seen.with_context(|| format!("get {what} -w -n team-a as its viewer"))?;
+        // team-b's same-named pod (unless its name came out the same) is not shown.
+        ensure!(
+            a_name == b_name || !seen.iter().any(|l| l.contains(&b_name)),
+            "{seen:?}"
+        );
+    }
+    let watch_b = as_token(&viewer, &["get", "pods", "-w", "-n", "team-b"], None)?;
+    forbidden(&watch_b, "watch team-b")?;
+    // A token for two namespaces reads both, and not a third.
+    let out = lab.baton(&[
+        "token",
+        "create",
+        "--role",
+        "read-only",
+        "--name",
+        "ab-viewer",
+        "-n",
+        "team-a,team-b",
+    ])?;
+    let ab_viewer = text(&out.stdout).trim().to_owned();
+    for ns in ["team-a", "team-b"] {
+        let mine = as_token(&ab_viewer, &["get", "pods", "-n", ns], None)?;
+        ensure!(mine.status.success(), "{ns}: {mine:?}");
+    }
+    forbidden(
+        &as_token(&ab_viewer, &["get", "pods", "-n", "default"], None)?,
+        "a third namespace",
+    )?;
+    let listed = text(&lab.baton(&["token", "list"])?.stdout);
+    ensure!(
+        listed
+            .lines()
+            .any(|l| l.starts_with("ab-viewer ") && l.contains("team-a,team-b")),
+        "{listed}"
+    );
     forbidden(&as_token(&viewer, &["cordon", &a_node], None)?, "cordon")?;
     forbidden(
         &as_token(&viewer, &["delete", "pod", &a_name, "-n", "team-a"], None)?,

@@ -11,6 +11,8 @@
 //! - `baton agent upgrade` skips the 0.1.0 node with the protocol-v4 reason and never sends
 //!   it an order (no retained message on its update topic);
 //! - `baton logs` of a pod on the old node says "agent too old for logs";
+//! - a node-scheduled CronJob selecting both nodes is withheld from the 0.1.0 node, with a
+//!   reason naming protocol v4 on the CronJob, while the 0.2.0 node fires it;
 //! - neither the coordinator nor the old agent refused a single message.
 
 use std::collections::BTreeSet;
@@ -18,6 +20,7 @@ use std::process::Command;
 use std::time::Duration;
 
 use anyhow::{ensure, Context, Result};
+use baton_e2e::cron::{jobs_of, run_node, EveryMinute, FiredBy};
 use baton_e2e::fleet::{exactly, init_pid, is_running, node_of, uid, EchoDeployment};
 use baton_e2e::ota::{releases_dir, wait_rollout, TO};
 use baton_e2e::skew::{node_version, previous_agent, PREVIOUS_VERSION};
@@ -157,6 +160,8 @@ fn scenario(lab: &mut Lab, old: std::path::PathBuf) -> Result<()> {
         String::from_utf8_lossy(&out.stderr)
     );
 
+    a_node_cron_job_is_withheld_from_the_old_agent(lab, &old_node, &new_node)?;
+
     // An upgrade to a release of this source: the 0.1.0 node is skipped (protocol v4 has no
     // AgentUpdate) and never ordered; the 0.2.0 node is in scope.
     let built = releases_dir()?;
@@ -219,5 +224,45 @@ fn scenario(lab: &mut Lab, old: std::path::PathBuf) -> Result<()> {
         .filter(|l| l.contains("rejected message"))
         .collect();
     ensure!(refused.is_empty(), "the 0.1.0 agent refused: {refused:#?}");
+    Ok(())
+}
+
+/// A node-scheduled CronJob (`baton.io/schedule-on: node`) for every node: the 0.1.0 agent
+/// (protocol v4) cannot fire CronJobs, so it is not sent it and the CronJob says why,
+/// naming the node and protocol v4; the 0.2.0 node runs it, and the old one never does.
+fn a_node_cron_job_is_withheld_from_the_old_agent(
+    lab: &Lab,
+    old_node: &str,
+    new_node: &str,
+) -> Result<()> {
+    let tick = EveryMinute {
+        fired_by: FiredBy::Node(None),
+        restart: "Never",
+        ..EveryMinute::new("tick", "true")
+    };
+    lab.apply(&tick.yaml(&lab.registry()))?;
+    let reason = wait_for("the CronJob's reason for the old node", LONG, || {
+        let out = lab.baton(&["describe", "cronjob", "tick"])?;
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        Ok(text
+            .lines()
+            .find(|l| l.contains("NodeProtocolTooOld"))
+            .map(str::to_owned))
+    })?;
+    ensure!(
+        reason.contains(old_node) && reason.contains("protocol v4"),
+        "{reason}"
+    );
+    ensure!(!reason.contains(new_node), "{reason}");
+    eprintln!("FIGURE withheld: {reason}");
+    let ran = wait_for("a run on the 0.2.0 node", Duration::from_secs(150), || {
+        let runs: Vec<String> = jobs_of(lab, "tick")?
+            .iter()
+            .map(|j| run_node(j).to_owned())
+            .collect();
+        Ok(runs.iter().any(|n| n == new_node).then_some(runs))
+    })?;
+    ensure!(!ran.iter().any(|n| n == old_node), "{ran:?}");
+    lab.baton(&["delete", "cronjob", "tick"])?;
     Ok(())
 }

@@ -192,3 +192,63 @@ fn a_run_pod_is_named_as_the_coordinator_names_the_job() {
     assert_eq!(p.name.as_str(), "tick-30000001");
     assert_eq!(p.uid.as_str(), "u1-30000001");
 }
+
+/// After an agent restart: a run whose containers all still run is taken back as active
+/// (not fired again, its start the container's), one already known active is kept, an
+/// ended one's or a partly gone one's are not adopted; containers of other pods are not
+/// runs.
+#[test]
+fn runs_still_running_after_a_restart_are_taken_back() {
+    let mut c = cron(CronPolicy::Allow, None, 10);
+    c.pod.containers = BVec::from_vec(vec![baton_proto::ContainerSpec {
+        name: BString::new("work").unwrap(),
+        image: BString::new("busybox").unwrap(),
+        image_pull_policy: baton_proto::PullPolicy::IfNotPresent,
+        command: BVec::new(),
+        args: BVec::new(),
+        env: BVec::new(),
+        working_dir: None,
+        ports: BVec::new(),
+        resources: Default::default(),
+        liveness_probe: None,
+        readiness_probe: None,
+        security: Default::default(),
+        volume_mounts: BVec::new(),
+        startup_probe: None,
+    }])
+    .unwrap();
+    let c = [c];
+    let (m1, m2, m3) = (minute(T0 + 60), minute(T0 + 120), minute(T0 + 180));
+    let mut runs = Runs::default();
+    runs.sync(&c);
+    runs.fire("tick", m1, 5);
+    runs.finish(&c[0], m1, CronOutcome::Succeeded, 6);
+    runs.fire("tick", m2, 7);
+    let running: BTreeMap<String, Option<u64>> = [
+        (format!("u1-{m1}-work"), Some(1)),
+        (format!("u1-{m2}-work"), Some(2)),
+        (format!("u1-{m3}-work"), Some(3_000)),
+        ("other-work".to_owned(), None),
+    ]
+    .into_iter()
+    .collect();
+    let pods = runs.resume(&c, &running, 9_999);
+    let uids: Vec<&str> = pods.iter().map(|p| p.uid.as_str()).collect();
+    assert_eq!(uids, [run_uid("u1", m2), run_uid("u1", m3)]);
+    let active: Vec<_> = runs.active().collect();
+    assert_eq!(active, [("tick", m2), ("tick", m3)]);
+    let started = runs.report(Some(&[("tick".to_string(), m3)]));
+    assert_eq!(started[0].started_at_ms, 3_000);
+    // Not fired again: m3 was the latest instant before now.
+    assert!(plan(&c, &runs, T0 + 200).fire.is_empty());
+    // An adopted run's exit code is not known: it fails, saying so.
+    let unknown = ContainerState::Exited { code: -1 };
+    assert_eq!(
+        outcome(RestartPolicy::Never, 0, &[(false, &unknown, 0)]),
+        Some(CronOutcome::Failed(BString::truncated(UNKNOWN_EXIT)))
+    );
+    // A run missing a container is not taken back (it starts afresh if still due).
+    let mut fresh = Runs::default();
+    assert!(fresh.resume(&c, &BTreeMap::new(), 1).is_empty());
+    assert_eq!(fresh.active().count(), 0);
+}

@@ -34,7 +34,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use baton_proto::{BVec, Body, Capacity, ContainerState, DesiredState, NodeName};
+use baton_proto::{BVec, Body, Capacity, ContainerState, DesiredState, NodeName, PodSpec};
 use tokio::sync::mpsc;
 use tracing::{error, info, instrument, warn};
 
@@ -429,11 +429,21 @@ impl Node {
         info!(node = %cfg.node, generation = desired.generation, pods = desired.pods.len(), "agent starting");
         // Sealed in desired.bin, so secrets are back after a reboot without the network.
         secrets.update(&desired.secrets);
-        // Containers outlive the agent: take over what still runs instead of restarting it.
-        let adopted = crate::adopt::adopt_or_clean(&deps, &desired).await;
-
         let (tx, events) = mpsc::channel(256);
-        let mut agent = Agent::new(cfg, deps, desired, secrets, tx);
+        let mut pods: Vec<PodSpec> = desired.pods.to_vec();
+        let mut agent = Agent::new(cfg, deps.clone(), desired, secrets, tx);
+        // Containers outlive the agent: take over what still runs instead of restarting it,
+        // CronJob runs included (taken back into their history, not fired again).
+        let found = crate::adopt::leftovers(&deps);
+        let running: BTreeMap<String, Option<u64>> = found
+            .iter()
+            .filter(|(_, a)| a.running)
+            .map(|(id, a)| (id.as_str().to_owned(), a.created_at_ms))
+            .collect();
+        let crons = &agent.desired.crons;
+        pods.extend(agent.cron.runs.resume(crons, &running, now_ms()));
+        let adopted = crate::adopt::adopt_or_clean(&deps, &pods, found).await;
+        drop(pods);
         agent.config_maps = config_maps;
         if let Err(e) = agent.reserve.refill() {
             warn!(error = %e, "starting without a disk reserve");

@@ -16,8 +16,9 @@ pub enum TokenCommand {
     /// Make a token and print it; it is shown only this once. With --role: an API token.
     /// Without: a join token that enrolls devices (`baton-agent --join-token`).
     Create {
-        /// admin (everything) or read-only (GET routes only). With `-n NS` the token is
-        /// limited to that namespace: its objects by this role, no cluster-scoped ones.
+        /// admin (everything) or read-only (GET routes only). With `-n NS` (or
+        /// `-n NS1,NS2`) the token is limited to those namespaces: their objects by this
+        /// role, no cluster-scoped ones.
         #[arg(long, value_parser = ["admin", "read-only"], conflicts_with_all = ["ttl", "uses", "labels", "node_name"])]
         role: Option<String>,
         /// A name to list and delete it by (default: a random one).
@@ -45,6 +46,17 @@ pub enum TokenCommand {
         #[arg(value_name = "NAME|ID")]
         name: String,
     },
+}
+
+/// The namespaces `-n` limits a token to: one, or several separated by commas (the
+/// server checks each name).
+fn token_namespaces(flag: Option<&str>) -> Vec<String> {
+    flag.into_iter()
+        .flat_map(|f| f.split(','))
+        .map(str::trim)
+        .filter(|n| !n.is_empty())
+        .map(str::to_owned)
+        .collect()
 }
 
 pub(super) async fn token(client: &Client, action: &TokenCommand) -> Result<String, CliError> {
@@ -84,11 +96,7 @@ pub(super) async fn token(client: &Client, action: &TokenCommand) -> Result<Stri
                 .clone()
                 .unwrap_or_else(|| format!("token-{:08x}", rand::random::<u32>()));
             // clap admits only the roles' names.
-            let namespaces: Vec<String> = client
-                .namespace_flag()
-                .map(str::to_owned)
-                .into_iter()
-                .collect();
+            let namespaces = token_namespaces(client.namespace_flag());
             let request = TokenRequest {
                 name: name.clone(),
                 role: Role::parse(role)
@@ -99,7 +107,8 @@ pub(super) async fn token(client: &Client, action: &TokenCommand) -> Result<Stri
             let scope = if namespaces.is_empty() {
                 String::new()
             } else {
-                format!(" in namespace {}", namespaces.join(","))
+                let s = if namespaces.len() > 1 { "s" } else { "" };
+                format!(" in namespace{s} {}", namespaces.join(","))
             };
             eprintln!("token/{name} created ({role}{scope}); it is shown only this once:");
             Ok(format!("{}\n", created.token))
@@ -178,5 +187,18 @@ pub(super) async fn token(client: &Client, action: &TokenCommand) -> Result<Stri
                 Err(e) => Err(e),
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn a_token_may_be_limited_to_several_namespaces() {
+        assert!(super::token_namespaces(None).is_empty());
+        assert_eq!(super::token_namespaces(Some("team-a")), ["team-a"]);
+        assert_eq!(
+            super::token_namespaces(Some("team-a,team-b")),
+            ["team-a", "team-b"]
+        );
     }
 }

@@ -16,7 +16,7 @@ use super::render::{
 };
 use super::CliError;
 use crate::contract::body::ApiObject;
-use crate::contract::routes::{Events, EventsNamespaced, Watch};
+use crate::contract::routes::{Events, EventsNamespaced, Watch, WatchNamespaced};
 use crate::contract::watch::{WatchEvent, WatchLines};
 use crate::contract::{NoBody, ResourceKind};
 use crate::model::api;
@@ -117,11 +117,25 @@ pub(super) async fn watch(
     let mut header_shown = false;
     let mut out = std::io::stdout().lock();
     loop {
-        let route = Watch {
-            kind: what.clone(),
-            resource_version: since.map(|v| v.to_string()),
+        let resource_version = since.map(|v| v.to_string());
+        // Without -A, the namespace's route: the server sends only its changes, and a
+        // token limited to the namespace may open it.
+        let namespaced = !client.all_namespaces() && kind.is_none_or(ResourceKind::is_namespaced);
+        let opened = if namespaced {
+            let route = WatchNamespaced {
+                namespace: client.namespace().to_owned(),
+                kind: what.clone(),
+                resource_version,
+            };
+            client.stream(&route).await
+        } else {
+            let route = Watch {
+                kind: what.clone(),
+                resource_version,
+            };
+            client.stream(&route).await
         };
-        let mut resp = match client.stream(&route).await {
+        let mut resp = match opened {
             Ok(r) => r,
             Err(CliError::Server { status, .. }) if status == "Gone" => {
                 since = None; // list again
@@ -146,12 +160,10 @@ pub(super) async fn watch(
                 let ev = WatchLines::parse_line(&line)
                     .map_err(|e| CliError::Protocol(format!("a watch line: {e}")))?;
                 since = Some(ev.resource_version);
-                if name.is_some_and(|n| n != ev.name)
-                    || !in_scope(&ev, client.all_namespaces(), client.namespace())
-                {
+                if name.is_some_and(|n| n != ev.name) {
                     continue;
                 }
-                let column = client.all_namespaces().then(|| change_namespace(&ev));
+                let column = client.all_namespaces().then(|| ev.in_namespace());
                 if let Some((header, body)) = row(&ev, wide, column.flatten()) {
                     if !header_shown {
                         writeln!(out, "{header}").map_err(super::stdout_error)?;
@@ -162,26 +174,6 @@ pub(super) async fn watch(
                 }
             }
         }
-    }
-}
-
-/// Whether a change is in the namespace watched (any with `-A`; cluster-scoped objects
-/// always; an event about a cluster-scoped object in `default`). A deletion carries no
-/// object: its namespace is the event's own `namespace` (absent from an older server,
-/// whose deletions are then shown, as before).
-fn in_scope(ev: &WatchEvent, all_namespaces: bool, namespace: &str) -> bool {
-    if all_namespaces {
-        return true;
-    }
-    change_namespace(ev).is_none_or(|ns| ns == namespace)
-}
-
-/// The namespace a change is in (`None`: a cluster-scoped object's).
-fn change_namespace(ev: &WatchEvent) -> Option<&str> {
-    match (&ev.object, &ev.event) {
-        (_, Some(e)) => Some(event_namespace(e)),
-        (Some(o), None) => o.namespace(),
-        (None, None) => ev.namespace.as_deref(),
     }
 }
 
@@ -203,25 +195,15 @@ mod tests {
     }
 
     #[test]
-    fn a_deletion_is_shown_only_in_its_namespace() {
-        let other = deleted(Some("team-b"));
-        assert!(!in_scope(&other, false, "team-a"));
-        assert!(in_scope(&other, false, "team-b"));
-        assert!(in_scope(&other, true, "team-a"), "-A shows every namespace");
-        // A cluster-scoped object's deletion (a node's) names no namespace: always shown.
-        assert!(in_scope(&deleted(None), false, "team-a"));
-    }
-
-    #[test]
     fn with_all_namespaces_the_namespace_comes_first() {
         let ev = deleted(Some("team-b"));
-        let (header, body) = row(&ev, false, change_namespace(&ev)).unwrap();
+        let (header, body) = row(&ev, false, ev.in_namespace()).unwrap();
         let header: Vec<_> = header.split_whitespace().collect();
         assert_eq!(header, ["NAMESPACE", "NAME", "STATUS"]);
         let body: Vec<_> = body.split_whitespace().collect();
         assert_eq!(body, ["team-b", "web", "Deleted"]);
         // A cluster-scoped object's (a node's) has no such column, as with `get -A`.
-        let (header, _) = row(&deleted(None), false, change_namespace(&deleted(None))).unwrap();
+        let (header, _) = row(&deleted(None), false, deleted(None).in_namespace()).unwrap();
         assert!(header.starts_with("NAME "), "{header}");
     }
 }

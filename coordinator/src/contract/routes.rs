@@ -173,8 +173,9 @@ routes! {
     /// `ADDED`; with one: the changes after it, or 410 when they are no longer known.
     Watch { kind: String, resource_version: Option<String> }
         Get "/api/v1/watch/{kind}", NoBody => WatchLines;
-    /// `Watch` of one namespace's objects (or events): what a namespace-limited token may
-    /// watch, and what the dashboard's namespace view needs. `kind` must be namespaced.
+    /// `Watch` limited to a namespace: a namespaced kind's changes there, or the events
+    /// about its objects; what a token limited to namespaces may open, and what the
+    /// dashboard's namespace view follows.
     WatchNamespaced { namespace: String, kind: String, resource_version: Option<String> }
         Get "/api/v1/namespaces/{namespace}/watch/{kind}", NoBody => WatchLines;
     /// `baton logs`: the container's log, streamed (chunked) as it comes from the node.

@@ -41,6 +41,20 @@ pub struct WatchEvent {
     pub namespace: Option<String>,
 }
 
+impl WatchEvent {
+    /// The namespace the change is in: a namespaced object's, an event's object's
+    /// (`default` for an event about a cluster-scoped object, as in Kubernetes); `None`
+    /// for a cluster-scoped object. A deletion carries no object: its own `namespace`
+    /// says.
+    pub fn in_namespace(&self) -> Option<&str> {
+        match (&self.object, &self.event) {
+            (_, Some(e)) => Some(e.namespace.as_deref().unwrap_or(api::DEFAULT_NAMESPACE)),
+            (Some(o), None) => o.namespace(),
+            (None, None) => self.namespace.as_deref(),
+        }
+    }
+}
+
 /// A watch stream's body: the changes so far, one JSON document per line.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct WatchLines(pub Vec<WatchEvent>);

@@ -259,6 +259,21 @@ pub enum ApiError {
     Unavailable,
 }
 
+impl ApiError {
+    /// The same error with its message rewritten by `f`.
+    pub(super) fn map_message(self, f: impl FnOnce(&str) -> String) -> Self {
+        match self {
+            ApiError::BadRequest(m) => ApiError::BadRequest(f(&m)),
+            ApiError::NotFound(m) => ApiError::NotFound(f(&m)),
+            ApiError::Conflict(m) => ApiError::Conflict(f(&m)),
+            ApiError::Forbidden(m) => ApiError::Forbidden(f(&m)),
+            ApiError::Internal(m) => ApiError::Internal(f(&m)),
+            ApiError::Gone(m) => ApiError::Gone(f(&m)),
+            ApiError::Unavailable => ApiError::Unavailable,
+        }
+    }
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum CoreError {
     #[error("store: {0}")]

@@ -387,6 +387,15 @@ pub(super) fn external_object(o: ApiObject) -> ApiObject {
     }
 }
 
+/// A Deployment's or DaemonSet's revision as the API shows it: its owner and its
+/// template's Secret and ConfigMap references unqualified.
+pub(super) fn external_revision(mut r: api::Revision) -> api::Revision {
+    let ns = api::namespace_of(r.deployment.rsplit('/').next().unwrap_or_default()).to_owned();
+    r.deployment = unqualify_text(&r.deployment, &ns);
+    map_references(&mut r.template.spec, unqualify);
+    r
+}
+
 /// An event as the API shows it: `pod/NAME` unqualified, with its namespace, and the
 /// names its message gives unqualified too.
 pub(super) fn external_event(mut e: api::Event) -> api::Event {

@@ -12,25 +12,52 @@ use crate::model::wire;
 
 use super::{new_uid, ApiError, ApiOp, ApiReply, Core, Tab};
 
+/// The namespace of the namespaced object `op` names, if it names one.
+fn named_namespace(op: &ApiOp) -> Option<String> {
+    let name = match op {
+        ApiOp::Get {
+            kind,
+            name: Some(name),
+        }
+        | ApiOp::Delete { kind, name }
+        | ApiOp::Describe { kind, name }
+        | ApiOp::RolloutStatus { kind, name }
+        | ApiOp::RolloutHistory { kind, name }
+        | ApiOp::RolloutUndo { kind, name, .. }
+            if kind.is_namespaced() =>
+        {
+            name
+        }
+        ApiOp::Scale { name, .. } | ApiOp::Exec { pod: name, .. } => name,
+        _ => return None,
+    };
+    Some(api::namespace_of(name).to_owned())
+}
+
 impl Core {
     /// Answers `op` as the API shows it: names unqualified, with their namespaces
     /// (`namespaces::external_reply`).
     pub(super) fn api(&mut self, op: ApiOp) -> Result<ApiReply, ApiError> {
-        // A rollout's messages name its object: in its namespace, unqualified.
-        let ns = match &op {
-            ApiOp::RolloutStatus { name, .. } => Some(api::namespace_of(name).to_owned()),
-            _ => None,
-        };
+        // What the core says about a namespaced object (a rollout's messages, its
+        // revisions, an error) names it as the caller did: in its namespace, unqualified.
+        let ns = named_namespace(&op);
         let reply = self.api_internal(op).map(super::namespaces::external_reply);
-        match (reply, ns) {
-            (Ok(ApiReply::Rollout(mut p)), Some(ns)) => {
-                p.message = super::namespaces::unqualify_text(&p.message, &ns);
-                p.failure = p
-                    .failure
-                    .map(|f| super::namespaces::unqualify_text(&f, &ns));
+        let Some(ns) = ns else { return reply };
+        let text = |t: &str| super::namespaces::unqualify_text(t, &ns);
+        match reply {
+            Ok(ApiReply::Rollout(mut p)) => {
+                p.message = text(&p.message);
+                p.failure = p.failure.map(|f| text(&f));
                 Ok(ApiReply::Rollout(p))
             }
-            (reply, _) => reply,
+            Ok(ApiReply::Revisions(revisions)) => Ok(ApiReply::Revisions(
+                revisions
+                    .into_iter()
+                    .map(super::namespaces::external_revision)
+                    .collect(),
+            )),
+            Err(e) => Err(e.map_message(text)),
+            reply => reply,
         }
     }
 

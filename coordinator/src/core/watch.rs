@@ -35,6 +35,8 @@ pub enum Watched {
 #[derive(Debug)]
 pub struct WatchRequest {
     pub what: Watched,
+    /// Only this namespace's changes (`WatchEvent::in_namespace`); `None`: every one.
+    pub namespace: Option<String>,
     /// Resume after this resource version; `None`: start with every current object.
     pub since: Option<u64>,
     pub reply: oneshot::Sender<Result<WatchStart, ApiError>>,
@@ -47,6 +49,19 @@ pub struct WatchStart {
     pub live: mpsc::Receiver<WatchEvent>,
 }
 
+/// An open watch: what it follows, where, and its channel.
+#[derive(Debug)]
+struct Watcher {
+    what: Watched,
+    namespace: Option<String>,
+    tx: mpsc::Sender<WatchEvent>,
+}
+
+/// Whether `ev` is in `namespace` (any, without one).
+fn in_scope(ev: &WatchEvent, namespace: Option<&str>) -> bool {
+    namespace.is_none_or(|ns| ev.in_namespace() == Some(ns))
+}
+
 /// The watch state of the core.
 #[derive(Debug)]
 pub(super) struct Watches {
@@ -56,7 +71,7 @@ pub(super) struct Watches {
     log: VecDeque<WatchEvent>,
     /// The objects that exist, to tell ADDED from MODIFIED.
     known: HashSet<(Tab, String)>,
-    watchers: Vec<(Watched, mpsc::Sender<WatchEvent>)>,
+    watchers: Vec<Watcher>,
 }
 
 impl Watches {
@@ -77,9 +92,14 @@ impl Watches {
     fn push(&mut self, what: Watched, mut ev: WatchEvent) {
         self.revision += 1;
         ev.resource_version = self.revision;
-        // A full or closed channel drops the watcher (see the module docs).
-        self.watchers
-            .retain(|(w, tx)| *w != what || tx.try_send(ev.clone()).is_ok());
+        // A full or closed channel drops the watcher (see the module docs); a watcher of
+        // another namespace is not sent the change, so another team's traffic never
+        // fills its channel.
+        self.watchers.retain(|w| {
+            w.what != what
+                || !in_scope(&ev, w.namespace.as_deref())
+                || w.tx.try_send(ev.clone()).is_ok()
+        });
         self.log.push_back(ev);
         while self.log.len() > WATCH_LOG {
             if let Some(old) = self.log.pop_front() {
@@ -203,13 +223,22 @@ impl Core {
                 .log
                 .iter()
                 .filter(|e| e.resource_version > v && watched_of(&e.kind) == req.what)
+                .filter(|e| in_scope(e, req.namespace.as_deref()))
                 .cloned()
                 .collect()),
-            None => Ok(self.current(req.what)),
+            None => Ok(self
+                .current(req.what)
+                .into_iter()
+                .filter(|e| in_scope(e, req.namespace.as_deref()))
+                .collect()),
         };
         let answer = backlog.map(|backlog| {
             let (tx, live) = mpsc::channel(WATCH_BUFFER);
-            self.watches.watchers.push((req.what, tx));
+            self.watches.watchers.push(Watcher {
+                what: req.what,
+                namespace: req.namespace,
+                tx,
+            });
             WatchStart { backlog, live }
         });
         let _ = req.reply.send(answer);

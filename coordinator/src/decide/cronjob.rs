@@ -138,12 +138,22 @@ pub fn reconcile_cron_job(
         .max()
         .or(status.last_successful_time);
 
-    // History: the newest ended Jobs of each outcome stay.
+    // History: the newest ended Jobs of each outcome stay, per node for a CronJob its
+    // nodes fire (each keeps its own history: a fleet of 100 must not keep 3 runs in
+    // all), else over all.
     ended.sort_by(|a, b| {
         (&a.metadata.creation_timestamp, &a.metadata.name)
             .cmp(&(&b.metadata.creation_timestamp, &b.metadata.name))
     });
-    for (kind, limit) in [
+    let run_node = |j: &api::Job| {
+        j.metadata
+            .annotations
+            .get(api::RUN_NODE_ANNOTATION)
+            .cloned()
+    };
+    let nodes: std::collections::BTreeSet<Option<String>> =
+        ended.iter().map(|j| run_node(j)).collect();
+    for ((kind, limit), node) in [
         (
             api::JobConditionType::Complete,
             spec.successful_jobs_history_limit,
@@ -152,10 +162,14 @@ pub fn reconcile_cron_job(
             api::JobConditionType::Failed,
             spec.failed_jobs_history_limit,
         ),
-    ] {
+    ]
+    .into_iter()
+    .flat_map(|k| nodes.iter().map(move |n| (k, n)))
+    {
         let of_kind: Vec<&&api::Job> = ended
             .iter()
             .filter(|j| j.status.finished().map(|c| c.type_) == Some(kind))
+            .filter(|j| run_node(j) == *node)
             .collect();
         let extra = of_kind.len().saturating_sub(limit as usize);
         delete.extend(of_kind[..extra].iter().map(|j| j.metadata.name.clone()));

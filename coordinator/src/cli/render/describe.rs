@@ -561,14 +561,21 @@ pub fn describe_node(
         let rows: Vec<Vec<String>> = pods
             .iter()
             .map(|p| {
+                // A node runs every namespace's pods: kubectl's Namespace column tells
+                // two same-named ones apart.
                 vec![
+                    p.metadata
+                        .namespace
+                        .as_deref()
+                        .unwrap_or(api::DEFAULT_NAMESPACE)
+                        .to_owned(),
                     p.metadata.name.clone(),
                     pod_status_word(p),
                     age(&p.metadata.creation_timestamp, now),
                 ]
             })
             .collect();
-        for l in table(&["Name", "Status", "Age"], &rows).lines() {
+        for l in table(&["Namespace", "Name", "Status", "Age"], &rows).lines() {
             out.push_str("  ");
             out.push_str(l);
             out.push('\n');

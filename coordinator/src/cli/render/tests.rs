@@ -633,3 +633,29 @@ fn describe_says_a_refused_pod_cidr_and_who_holds_it() {
     assert!(line.contains("10.42.1.0/24 (refused"), "{line}");
     assert!(line.contains("held by node pi-2"), "{line}");
 }
+
+#[test]
+fn describe_node_lists_its_pods_with_their_namespace_first() {
+    let now = ts("2026-12-05T12:00:00Z");
+    let n = ready_node();
+    let a = pod("web-1", Some("pi-1"), vec![]);
+    let mut b = pod("web-1", Some("pi-1"), vec![]);
+    b.metadata.namespace = Some("team-b".into());
+    let out = describe_node(&n, None, &[&a, &b], &[], now);
+    let rows: Vec<Vec<&str>> = out
+        .lines()
+        .skip_while(|l| !l.starts_with("Pods:"))
+        .skip(1)
+        .take(3)
+        .map(|l| l.split_whitespace().take(2).collect())
+        .collect();
+    assert_eq!(
+        rows,
+        [
+            vec!["Namespace", "Name"],
+            vec!["default", "web-1"],
+            vec!["team-b", "web-1"]
+        ],
+        "{out}"
+    );
+}

@@ -349,3 +349,50 @@ async fn a_v4_agent_is_not_sent_pods_of_other_namespaces() {
         Some("node old runs an agent of protocol v4, which predates namespaces (the pod is in namespace \"team-a\"); upgrade its agent to protocol v5")
     );
 }
+
+/// A namespaced object's rollout history and the errors about it name it as the caller
+/// did: the revision's owner and its template's references unqualified, and a missing
+/// object's name without the namespace's prefix.
+#[tokio::test(start_paused = true)]
+async fn revisions_and_errors_name_objects_unqualified() {
+    let mut h = two_nodes();
+    h.apply(TEAM_A).unwrap();
+    let web = deployment("web", 1, "100m").replace(
+        "        resources:",
+        "        env:\n        - name: PW\n          valueFrom: {secretKeyRef: {name: creds, key: pw}}\n        resources:",
+    );
+    h.apply(&in_ns(&web, "team-a")).unwrap();
+    let history = h
+        .api(ApiOp::RolloutHistory {
+            kind: ResourceKind::Deployment,
+            name: "team-a_web".into(),
+        })
+        .unwrap();
+    let ApiReply::Revisions(revisions) = history else {
+        panic!("not revisions")
+    };
+    assert!(!revisions.is_empty());
+    for r in &revisions {
+        assert_eq!(r.deployment, "web");
+        let refs = crate::model::secrets::references(&r.template.spec);
+        assert_eq!(refs.keys().collect::<Vec<_>>(), ["creds"]);
+    }
+    for op in [
+        ApiOp::Get {
+            kind: ResourceKind::Deployment,
+            name: Some("team-a_nope".into()),
+        },
+        ApiOp::RolloutHistory {
+            kind: ResourceKind::DaemonSet,
+            name: "team-a_nope".into(),
+        },
+        ApiOp::Scale {
+            name: "team-a_nope".into(),
+            replicas: 2,
+        },
+    ] {
+        let err = h.api(op).unwrap_err().to_string();
+        assert!(err.contains("\"nope\""), "{err}");
+        assert!(!err.contains("team-a_"), "{err}");
+    }
+}

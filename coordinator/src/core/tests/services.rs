@@ -232,6 +232,7 @@ async fn services_are_watched_with_their_addresses() {
     let (reply, mut rx) = tokio::sync::oneshot::channel();
     h.core.handle(Event::Watch(WatchRequest {
         what: Watched::Kind(ResourceKind::Service),
+        namespace: None,
         since: None,
         reply,
     }));

@@ -6,9 +6,22 @@ use crate::contract::watch::{Change, WatchEvent};
 use crate::core::watch::{WatchRequest, WatchStart, Watched, WATCH_BUFFER, WATCH_LOG};
 
 fn watch(h: &mut Harness, what: Watched, since: Option<u64>) -> Result<WatchStart, ApiError> {
+    watch_in(h, what, since, None)
+}
+
+fn watch_in(
+    h: &mut Harness,
+    what: Watched,
+    since: Option<u64>,
+    namespace: Option<&str>,
+) -> Result<WatchStart, ApiError> {
     let (reply, mut rx) = tokio::sync::oneshot::channel();
-    h.core
-        .handle(Event::Watch(WatchRequest { what, since, reply }));
+    h.core.handle(Event::Watch(WatchRequest {
+        what,
+        namespace: namespace.map(str::to_owned),
+        since,
+        reply,
+    }));
     rx.try_recv().expect("the core answers every watch")
 }
 
@@ -194,4 +207,69 @@ async fn a_deletion_names_its_namespace() {
     assert_eq!(deleted[0].name, "web");
     assert_eq!(deleted[0].namespace.as_deref(), Some("team-a"));
     assert!(deleted[0].object.is_none());
+}
+
+/// A watch limited to a namespace (what a token limited to it may open) gets that
+/// namespace's objects and changes, a deletion included, and events about them; never
+/// another namespace's, listed, live or resumed.
+#[tokio::test(start_paused = true)]
+async fn a_namespaced_watch_sees_only_its_namespace() {
+    let mut h = two_nodes();
+    h.apply("apiVersion: v1\nkind: Namespace\nmetadata: {name: team-a}\n")
+        .unwrap();
+    let cm = |ns: &str, v: &str| {
+        format!(
+            "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: probe\n  namespace: {ns}\ndata:\n  v: {v}\n"
+        )
+    };
+    h.apply(&cm("default", "x")).unwrap();
+    h.apply(&cm("team-a", "x")).unwrap();
+    let maps = Watched::Kind(ResourceKind::ConfigMap);
+    let mut w = watch_in(&mut h, maps, None, Some("team-a")).unwrap();
+    assert_eq!(w.backlog.len(), 1, "{:?}", w.backlog);
+    assert_eq!(w.backlog[0].in_namespace(), Some("team-a"));
+    let from = w.backlog[0].resource_version;
+    let mut events = watch_in(&mut h, Watched::Events, None, Some("team-a")).unwrap();
+
+    h.apply(&cm("default", "y")).unwrap();
+    h.api(ApiOp::Delete {
+        kind: ResourceKind::ConfigMap,
+        name: "probe".into(),
+    })
+    .unwrap();
+    h.apply(&cm("team-a", "y")).unwrap();
+    h.api(ApiOp::Delete {
+        kind: ResourceKind::ConfigMap,
+        name: "team-a_probe".into(),
+    })
+    .unwrap();
+    h.apply(&deployment("web", 1, "100m")).unwrap();
+    h.apply(&deployment("web", 1, "100m").replacen(
+        "metadata:\n  name:",
+        "metadata:\n  namespace: team-a\n  name:",
+        1,
+    ))
+    .unwrap();
+    let seen = drain(&mut w.live);
+    let changes: Vec<_> = seen.iter().map(|e| (e.change, e.in_namespace())).collect();
+    assert_eq!(
+        changes,
+        [
+            (Change::Modified, Some("team-a")),
+            (Change::Deleted, Some("team-a"))
+        ],
+        "{seen:?}"
+    );
+    // Resumed: the same two, default's changes between them left out.
+    let resumed = watch_in(&mut h, maps, Some(from), Some("team-a")).unwrap();
+    assert_eq!(resumed.backlog, seen);
+    let events = drain(&mut events.live);
+    assert!(!events.is_empty());
+    assert!(
+        events.iter().all(|e| e.in_namespace() == Some("team-a")),
+        "{events:?}"
+    );
+    // Unlimited, the same changes are all there.
+    let all = watch(&mut h, maps, Some(from)).unwrap();
+    assert_eq!(all.backlog.len(), 4, "{:?}", all.backlog);
 }

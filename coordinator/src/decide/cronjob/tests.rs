@@ -192,3 +192,39 @@ fn history_limits_keep_the_newest_of_each_outcome() {
         Some("2027-01-15T08:00:02Z")
     );
 }
+
+/// A CronJob its nodes fire keeps its history limits per node: each node's newest runs
+/// stay, whatever the other nodes ran.
+#[test]
+fn node_fired_history_limits_count_per_node() {
+    let mut c = cron(
+        "  schedule: \"0 0 1 1 *\"\n  successfulJobsHistoryLimit: 1\n  failedJobsHistoryLimit: 1\n",
+    );
+    c.metadata
+        .annotations
+        .insert(api::SCHEDULE_ON_ANNOTATION.into(), "node".into());
+    let base = new_job(&c, t(0));
+    let run = |n: &str, node: &str, ok: bool, when: &str| {
+        let mut j = base.clone();
+        j.metadata.name = n.into();
+        j.metadata
+            .annotations
+            .insert(api::RUN_NODE_ANNOTATION.into(), node.into());
+        finished(j, ok, when)
+    };
+    let mut jobs = vec![
+        run("a1", "pi-1", true, "2027-01-15T08:00:01Z"),
+        run("b1", "pi-2", true, "2027-01-15T08:00:02Z"),
+        run("a2", "pi-1", true, "2027-01-15T08:00:03Z"),
+        run("b2", "pi-2", false, "2027-01-15T08:00:04Z"),
+        run("c1", "pi-3", true, "2027-01-15T08:00:05Z"),
+        run("b3", "pi-2", false, "2027-01-15T08:00:06Z"),
+    ];
+    let plan = step(&mut c, &mut jobs, t(10));
+    let mut deleted = plan.delete.clone();
+    deleted.sort();
+    assert_eq!(deleted, ["a1", "b2"]);
+    let mut kept: Vec<&str> = jobs.iter().map(|j| j.metadata.name.as_str()).collect();
+    kept.sort();
+    assert_eq!(kept, ["a2", "b1", "b3", "c1"]);
+}

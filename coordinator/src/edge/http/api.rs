@@ -170,6 +170,11 @@ impl Target {
     pub(super) fn namespace(&self) -> &str {
         self.namespace.as_deref().unwrap_or(api::DEFAULT_NAMESPACE)
     }
+
+    /// The name as the caller gave it, for messages (never the qualified key).
+    pub(super) fn name(&self) -> &str {
+        self.name.as_deref().unwrap_or_default()
+    }
 }
 
 /// The namespaces a token limited to some (`security::auth`) may write in, put on the

@@ -55,6 +55,8 @@ pub(super) async fn pod_logs(
     Query(p): Query<LogParams>,
 ) -> Result<Response, Failure> {
     let name = t.key(ResourceKind::Pod);
+    // Messages name the pod as the caller did, not by its qualified key.
+    let shown = t.name();
     let (follow, previous) = (flag(&p.follow, "follow")?, flag(&p.previous, "previous")?);
     let timestamps = flag(&p.timestamps, "timestamps")?;
     let since = crate::contract::since::window(p.since.as_deref(), p.since_time.as_deref())
@@ -82,7 +84,7 @@ pub(super) async fn pod_logs(
     };
     let Some(node) = pod.spec.node_name.clone() else {
         return Err(
-            ApiError::Conflict(format!("pod {name} is not scheduled to a node yet")).into(),
+            ApiError::Conflict(format!("pod {shown} is not scheduled to a node yet")).into(),
         );
     };
     let container = match p.container {
@@ -91,7 +93,7 @@ pub(super) async fn pod_logs(
             if !known.clone().any(|k| k.name == c) {
                 let names: Vec<&str> = known.map(|k| k.name.as_str()).collect();
                 return Err(ApiError::BadRequest(format!(
-                    "container {c} is not valid for pod {name}: choose one of [{}]",
+                    "container {c} is not valid for pod {shown}: choose one of [{}]",
                     names.join(" ")
                 ))
                 .into());
@@ -107,7 +109,7 @@ pub(super) async fn pod_logs(
                 .map(|c| c.name.as_str())
                 .collect();
             return Err(ApiError::BadRequest(format!(
-                "a container name must be given for pod {name}: choose one of [{}]",
+                "a container name must be given for pod {shown}: choose one of [{}]",
                 names.join(" ")
             ))
             .into());

@@ -377,7 +377,7 @@ fn fake_core() -> mpsc::Sender<Event> {
                         name: "web-1".into(),
                         object: None,
                         event: None,
-                        namespace: Some("team-a".into()),
+                        namespace: w.namespace,
                     };
                     let _ = w.reply.send(Ok(crate::core::watch::WatchStart {
                         backlog: vec![ev],
@@ -978,17 +978,33 @@ async fn every_contract_route_is_served_as_defined() {
     assert_eq!(watched.0.len(), 1, "{watched:?}");
     assert_eq!(watched.0[0].kind, "Kind(Pod)");
     assert_eq!(watched.0[0].resource_version, 42);
-    // A namespace's watch: only that namespace's changes, the same resource versions.
-    let watch_in = |namespace: String| routes::WatchNamespaced {
-        namespace,
-        kind: "pods".into(),
-        resource_version: Some("41".into()),
+    // A namespaced watch: the namespace reaches the core too; a cluster-scoped kind is
+    // in none.
+    let watched = c
+        .call(
+            &routes::WatchNamespaced {
+                namespace: ns(),
+                kind: "events".into(),
+                resource_version: None,
+            },
+            &NoBody,
+        )
+        .await;
+    assert_eq!(watched.0[0].kind, "Events");
+    assert_eq!(watched.0[0].namespace, Some(ns()));
+    let nodes = routes::WatchNamespaced {
+        namespace: ns(),
+        kind: "nodes".into(),
+        resource_version: None,
     };
-    let mine = c.call(&watch_in("team-a".into()), &NoBody).await;
-    assert_eq!(mine.0.len(), 1, "{mine:?}");
-    assert_eq!(mine.0[0].resource_version, 42);
-    let other = c.call(&watch_in("other".into()), &NoBody).await;
-    assert!(other.0.is_empty(), "{other:?}");
+    let req = axum::http::Request::get(nodes.path())
+        .header("authorization", format!("Bearer {}", c.token))
+        .body(axum::body::Body::empty())
+        .unwrap();
+    let refused = tower::ServiceExt::oneshot(c.app.clone(), req)
+        .await
+        .unwrap();
+    assert_eq!(refused.status(), StatusCode::BAD_REQUEST);
 
     // Exec upgrades its connection: answered 101 (the session itself is in tests/exec.rs),
     // and refused without the upgrade.

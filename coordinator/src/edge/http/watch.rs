@@ -1,8 +1,7 @@
 //! `Watch`: a core watch (`crate::core::watch`) streamed as JSON lines, chunked: the
 //! backlog first, then each change as the core commits it. The stream ends when the core
 //! drops the watcher (too slow) or shuts down; the client resumes from the last
-//! `resourceVersion` it read. `WatchNamespaced` is the same stream with only one
-//! namespace's changes: resource versions stay the global ones, so resuming works alike.
+//! `resourceVersion` it read.
 
 use axum::body::Body;
 use axum::extract::{Path, Query, State};
@@ -34,31 +33,24 @@ pub(super) async fn watch(
     Path(kind): Path<String>,
     Query(p): Query<WatchParams>,
 ) -> Result<Response, Failure> {
-    stream(state, &kind, p, None).await
+    open(state, kind, None, p).await
 }
 
-pub(super) async fn watch_namespaced(
+/// [`crate::contract::routes::WatchNamespaced`]: the core sends only the namespace's
+/// changes.
+pub(super) async fn watch_in(
     State(state): State<AppState>,
     Path((namespace, kind)): Path<(String, String)>,
     Query(p): Query<WatchParams>,
 ) -> Result<Response, Failure> {
-    stream(state, &kind, p, Some(namespace)).await
+    open(state, kind, Some(namespace), p).await
 }
 
-/// Is the change about an object (or an event) in `ns`?
-fn in_namespace(ev: &WatchEvent, ns: &str) -> bool {
-    let of = match &ev.event {
-        Some(e) => e.namespace.as_deref(),
-        None => ev.namespace.as_deref(),
-    };
-    of == Some(ns)
-}
-
-async fn stream(
+async fn open(
     state: AppState,
-    kind: &str,
-    p: WatchParams,
+    kind: String,
     namespace: Option<String>,
+    p: WatchParams,
 ) -> Result<Response, Failure> {
     let what = match kind.to_ascii_lowercase().as_str() {
         "events" | "event" | "ev" => Watched::Events,
@@ -66,10 +58,10 @@ async fn stream(
             ApiError::BadRequest(format!("cannot watch {kind:?}: not a resource kind"))
         })?),
     };
-    if let (Watched::Kind(k), Some(ns)) = (&what, &namespace) {
+    if let (Watched::Kind(k), Some(_)) = (what, &namespace) {
         if !k.is_namespaced() {
             return Err(ApiError::BadRequest(format!(
-                "cannot watch {} in namespace {ns:?}: the kind is cluster-scoped",
+                "{} are cluster-scoped: they are in no namespace",
                 k.plural()
             ))
             .into());
@@ -84,27 +76,22 @@ async fn stream(
     let (reply, rx) = oneshot::channel();
     state
         .core
-        .send(Event::Watch(WatchRequest { what, since, reply }))
+        .send(Event::Watch(WatchRequest {
+            what,
+            namespace,
+            since,
+            reply,
+        }))
         .await
         .map_err(|_| Failure::from(ApiError::Unavailable))?;
     let start = rx
         .await
         .map_err(|_| Failure::from(ApiError::Unavailable))??;
-    let wanted = move |ev: &WatchEvent| namespace.as_deref().is_none_or(|ns| in_namespace(ev, ns));
-    let backlog: Vec<Vec<u8>> = start
-        .backlog
-        .iter()
-        .filter(|ev| wanted(ev))
-        .map(line)
-        .collect();
+    let backlog: Vec<Vec<u8>> = start.backlog.iter().map(line).collect();
     let first = futures::stream::iter(backlog.into_iter().map(Ok::<_, std::io::Error>));
-    let live = futures::stream::unfold((start.live, wanted), |(mut rx, wanted)| async move {
-        loop {
-            let ev = rx.recv().await?;
-            if wanted(&ev) {
-                return Some((Ok(line(&ev)), (rx, wanted)));
-            }
-        }
+    let live = futures::stream::unfold(start.live, |mut rx| async move {
+        let ev = rx.recv().await?;
+        Some((Ok(line(&ev)), rx))
     });
     use futures::StreamExt;
     Ok((

@@ -753,6 +753,19 @@ impl Lab {
         format!("https://{}:{ENROLL_PORT}", self.hub_ip())
     }
 
+    /// Starts agent `i` enrolling with a join token of its own (tokens are single-use),
+    /// after [`Lab::restart_coordinator_enrolling`]; Ready means enrolled.
+    pub fn start_enrolled_agent(&mut self, i: usize) -> Result<()> {
+        let token = self.join_token(&[])?;
+        self.agent_args = vec![
+            "--join-token".into(),
+            token,
+            "--coordinator-api".into(),
+            self.enroll_api(),
+        ];
+        self.start_agent(i)
+    }
+
     /// `baton token create ARGS`: a join token string.
     pub fn join_token(&self, args: &[&str]) -> Result<String> {
         let mut a = vec!["token", "create"];

@@ -194,14 +194,7 @@ fn exec_when_enrolled_and_a_silent_session_is_ended_by_the_agent() -> Result<()>
 
 fn enrolled(lab: &mut Lab) -> Result<()> {
     lab.restart_coordinator_enrolling(&[])?;
-    let token = lab.join_token(&[])?;
-    lab.agent_args = vec![
-        "--join-token".into(),
-        token,
-        "--coordinator-api".into(),
-        lab.enroll_api(),
-    ];
-    lab.start_agent(0)?;
+    lab.start_enrolled_agent(0)?;
     let node = lab.agents[0].name.clone();
     // Enrolled: the node has an identity, so unsigned messages would be refused.
     lab.baton(&["node", "identity", &node])?;

@@ -463,14 +463,7 @@ fn logs_in_enrolled_mode() -> Result<()> {
 
 fn enrolled(lab: &mut Lab) -> Result<()> {
     lab.restart_coordinator_enrolling(&[])?;
-    let token = lab.join_token(&[])?;
-    lab.agent_args = vec![
-        "--join-token".into(),
-        token,
-        "--coordinator-api".into(),
-        lab.enroll_api(),
-    ];
-    lab.start_agent(0)?;
+    lab.start_enrolled_agent(0)?;
     // Enrolled: the node has an identity, so unsigned messages would be refused.
     let name = lab.agents[0].name.clone();
     lab.baton(&["node", "identity", &name])?;

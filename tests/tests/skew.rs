@@ -57,14 +57,7 @@ fn scenario(lab: &mut Lab, old: std::path::PathBuf) -> Result<()> {
     lab.restart_coordinator_enrolling(&["--release-public-key-file", &public])?;
     lab.agents[0].program = Some(vec![old.into()]);
     for i in 0..2 {
-        let token = lab.join_token(&[])?;
-        lab.agent_args = vec![
-            "--join-token".into(),
-            token,
-            "--coordinator-api".into(),
-            lab.enroll_api(),
-        ];
-        lab.start_agent(i)?;
+        lab.start_enrolled_agent(i)?;
         ensure!(
             lab.agents[i].data_dir.join("identity.json").exists(),
             "agent {i} is Ready without having enrolled"

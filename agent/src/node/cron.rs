@@ -79,6 +79,20 @@ impl Agent {
                 continue;
             };
             let uid = cron::run_uid(c.uid.as_str(), minute);
+            if let Some(reason) = self.evicted.get(&uid) {
+                // Evicted under node pressure: the run failed, as a Job whose pod is
+                // evicted does. Still active, it would wait for a pod that never comes
+                // back (Forbid then blocks every later instant), or be started again
+                // once the next desired state clears the eviction.
+                let why = baton_proto::BString::truncated(&format!("Evicted: {reason}"));
+                info!(cronjob = %name, minute, reason = %reason, "CronJob run evicted");
+                self.cron
+                    .runs
+                    .finish(c, minute, CronOutcome::Failed(why), stamp);
+                self.cron.changed.push((name, minute));
+                persist = true;
+                continue;
+            }
             let Some(p) = self.pods.get(&uid) else {
                 continue;
             };

@@ -896,4 +896,45 @@ async fn a_cron_job_fires_on_the_trusted_clock_only() {
     // Forbid, and fired once: the same instant again starts nothing more.
     h.agent.turn(None, &h.bus);
     assert_eq!(h.agent.pods.len(), 1);
+
+    // Evicted under disk pressure: the run fails with the reason and its pod goes; a new
+    // desired state (which forgets evictions of pods it does not list) does not bring it
+    // back, and Forbid lets the next instant fire.
+    h.agent.evicted.insert(
+        uid.clone(),
+        "The node was low on resource: ephemeral-storage.".into(),
+    );
+    h.agent.force_stop.insert(uid.clone());
+    h.bus.take();
+    for _ in 0..5 {
+        h.agent.turn(None, &h.bus);
+    }
+    let ended: Vec<baton_proto::CronRun> = h
+        .bus
+        .take()
+        .into_iter()
+        .filter_map(|b| match b {
+            Body::CronRuns(r) => Some(r),
+            _ => None,
+        })
+        .flat_map(|r| r.runs.iter().cloned().collect::<Vec<_>>())
+        .collect();
+    assert!(
+        ended.iter().any(|r| r.minute == minute
+            && matches!(&r.outcome, baton_proto::CronOutcome::Failed(w) if w.as_str().starts_with("Evicted: The node was low"))),
+        "{ended:?}"
+    );
+    let gone = uid.clone();
+    h.until(move |a| !a.pods.contains_key(&gone)).await;
+    let mut d = desired(4, vec![]);
+    d.crons = h.agent.desired.crons.clone();
+    h.bus_event(BusEvent::Desired(d));
+    assert!(
+        !h.agent.pods.contains_key(&uid),
+        "the evicted run came back"
+    );
+    h.bus.clock.set(Some((T0 + 185) * 1000));
+    h.agent.turn(None, &h.bus);
+    let next = format!("cu-{}", minute + 1);
+    assert_eq!(h.agent.pods.keys().collect::<Vec<_>>(), [&next]);
 }

@@ -28,6 +28,8 @@ pub struct EveryMinute<'a> {
     pub script: &'a str,
     /// `successfulJobsHistoryLimit` (Kubernetes' default, 3, without).
     pub successful_history: Option<u32>,
+    /// A ConfigMap mounted at `/cfg` in the container.
+    pub config_map: Option<&'a str>,
 }
 
 impl<'a> EveryMinute<'a> {
@@ -40,6 +42,7 @@ impl<'a> EveryMinute<'a> {
             restart: "OnFailure",
             script,
             successful_history: None,
+            config_map: None,
         }
     }
 
@@ -61,6 +64,13 @@ impl<'a> EveryMinute<'a> {
                 })
                 .unwrap_or_default(),
             ),
+        };
+        let (mounts, volumes) = match self.config_map {
+            Some(cm) => (
+                "            volumeMounts: [{name: cfg, mountPath: /cfg}]\n".to_owned(),
+                format!("          volumes: [{{name: cfg, configMap: {{name: {cm}}}}}]\n"),
+            ),
+            None => (String::new(), String::new()),
         };
         let history = self
             .successful_history
@@ -84,7 +94,7 @@ metadata:
           - name: work
             image: {registry}/baton/busybox:1
             command: [sh, -c, "{script}"]
-"#
+{mounts}{volumes}"#
         )
     }
 }

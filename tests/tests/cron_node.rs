@@ -64,9 +64,14 @@ fn scenario(lab: &mut Lab) -> Result<()> {
         successful_history: Some(10),
         ..EveryMinute::new(name, script)
     };
+    // tick succeeds only with its ConfigMap on the device: the runs it fires offline too.
+    let tick = EveryMinute {
+        config_map: Some("tick-conf"),
+        ..on_fires("tick", "Allow", "test $(cat /cfg/word) = tock && echo tick")
+    };
     let applied = lab.apply(&format!(
-        "{}---\n{}",
-        on_fires("tick", "Allow", "echo tick").yaml(&reg),
+        "apiVersion: v1\nkind: ConfigMap\nmetadata: {{name: tick-conf}}\ndata: {{word: tock}}\n---\n{}---\n{}",
+        tick.yaml(&reg),
         on_fires("slow", "Forbid", "sleep 100").yaml(&reg),
     ))?;
     ensure!(

@@ -146,7 +146,9 @@ impl Agent {
         let Some(name) = self.config_maps.receive(part) else {
             return;
         };
-        for pod in self.desired.pods.iter() {
+        // Active CronJob runs are pods of this node too (`runnable`).
+        let runs = self.run_pods();
+        for pod in self.desired.pods.iter().chain(&runs) {
             if !crate::config_maps::references(pod).contains(&name) {
                 continue;
             }
@@ -230,9 +232,11 @@ impl Agent {
             self.evicted
                 .retain(|uid, _| d.pods.iter().any(|p| p.uid.as_str() == uid));
             self.secrets.update(&d.secrets);
+            // The CronJobs this node fires need theirs too, also between runs.
             let referenced = d
                 .pods
                 .iter()
+                .chain(d.crons.iter().map(|c| &c.pod))
                 .flat_map(crate::config_maps::references)
                 .collect();
             self.config_maps.retain(&referenced);

@@ -938,3 +938,41 @@ async fn a_cron_job_fires_on_the_trusted_clock_only() {
     let next = format!("cu-{}", minute + 1);
     assert_eq!(h.agent.pods.keys().collect::<Vec<_>>(), [&next]);
 }
+
+/// A node-fired CronJob's ConfigMap stays on the device between runs: a new desired state
+/// keeps what its CronJobs reference, not only what its pods do, and drops the rest.
+#[tokio::test]
+async fn a_cron_jobs_config_map_is_kept_between_runs() {
+    let mut h = Harness::new().await;
+    h.connect();
+    h.agent.config_maps.insert("conf", &[("a", b"1")]);
+    h.agent.config_maps.insert("stale", &[("a", b"1")]);
+    let mut template = pod("tick", 0);
+    template.restart_policy = RestartPolicy::Never;
+    template.volumes = BVec::from_vec(vec![baton_proto::Volume {
+        name: BString::new("v").unwrap(),
+        source: baton_proto::VolumeSource::ConfigMap {
+            name: BString::new("conf").unwrap(),
+            items: BVec::new(),
+            default_mode: 0o644,
+            optional: false,
+        },
+    }])
+    .unwrap();
+    let cron = baton_proto::NodeCron {
+        name: BString::new("tick").unwrap(),
+        uid: BString::new("cu").unwrap(),
+        pod: template,
+        policy: baton_proto::CronPolicy::Forbid,
+        starting_deadline_secs: None,
+        backoff_limit: 0,
+        successful_history: 3,
+        failed_history: 1,
+        first: 1_800_000_060,
+        deltas: BVec::new(),
+    };
+    let mut d = desired(3, vec![]);
+    d.crons = BVec::from_vec(vec![cron]).unwrap();
+    h.bus_event(BusEvent::Desired(d));
+    assert_eq!(h.agent.config_maps.names(), ["conf"]);
+}

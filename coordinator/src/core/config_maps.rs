@@ -11,6 +11,8 @@
 //! A v4 agent cannot decode pods that use ConfigMaps: such a pod is withheld from it with
 //! `CreateContainerConfigError` and the reason ([`Core::config_map_blocker`]).
 
+use std::collections::BTreeSet;
+
 use baton_proto::{self as proto, NodeName};
 
 use crate::contract::{Applied, ApplyAction, ResourceKind};
@@ -149,13 +151,22 @@ impl Core {
     /// Sends every node the ConfigMaps its desired pods reference that it was not sent in
     /// their current version (see the module docs).
     pub(super) fn send_config_maps(&mut self) {
-        let nodes: Vec<String> = self.desired.keys().cloned().collect();
+        let nodes: BTreeSet<String> = self
+            .desired
+            .keys()
+            .chain(self.desired_crons.keys())
+            .cloned()
+            .collect();
         for node in nodes {
-            let names = self
+            // Its pods' and the templates' of the CronJobs it fires itself.
+            let mut names = self
                 .desired
                 .get(&node)
                 .map(|pods| wire::config_map_names(pods))
                 .unwrap_or_default();
+            names.extend(wire::config_map_names(&super::secrets::cron_templates(
+                self.sent_crons(&node),
+            )));
             let sent = self.sent_config_maps.entry(node.clone()).or_default();
             sent.retain(|n, _| names.contains(n));
             if names.is_empty() {

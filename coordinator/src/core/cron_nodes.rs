@@ -204,7 +204,8 @@ impl Core {
     }
 
     /// What `apply` checks of a node-scheduled CronJob beyond any CronJob's: the opt-in's
-    /// value, and nothing the device would need the coordinator for at run time.
+    /// value and what a device can do alone (`cron_node::check`). Its Secrets and
+    /// ConfigMaps go to its nodes with their desired state, as their pods' do.
     pub(super) fn check_node_cron_job(&self, c: &api::CronJob) -> Result<(), ApiError> {
         let what = format!("cronjob {:?}", c.metadata.name);
         let Some(v) = c.metadata.annotations.get(api::SCHEDULE_ON_ANNOTATION) else {
@@ -218,21 +219,6 @@ impl Core {
         }
         cron_node::check(c)
             .map_err(|(path, why)| ApiError::BadRequest(format!("{what}: {path}: {why}")))?;
-        let spec = &c.spec.job_template.spec.template.spec;
-        let path = "spec.jobTemplate.spec.template.spec";
-        if let Some(s) = crate::model::secrets::references(spec).keys().next() {
-            return Err(ApiError::BadRequest(format!(
-                "{what}: {path}: secret {s:?}: a node-scheduled CronJob cannot use Secrets yet"
-            )));
-        }
-        if let Some(m) = crate::model::secrets::config_map_references(spec)
-            .into_iter()
-            .next()
-        {
-            return Err(ApiError::BadRequest(format!(
-                "{what}: {path}: configmap {m:?}: a node-scheduled CronJob cannot use ConfigMaps yet"
-            )));
-        }
         Ok(())
     }
 }

@@ -430,8 +430,8 @@ impl Core {
     /// Bumps the generation of every node whose desired content changed, and publishes it.
     fn update_desired(&mut self) {
         for (node, pods) in self.desired_by_node() {
-            let secrets = self.desired_secret_list_for(&node, &pods);
             let crons = self.desired_crons(&node);
+            let secrets = self.desired_secret_list_for(&node, &pods, &crons);
             if self.desired.get(&node) == Some(&pods)
                 && self.desired_secrets.get(&node) == Some(&secrets)
                 && self

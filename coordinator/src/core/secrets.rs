@@ -237,6 +237,12 @@ fn missing(
     None
 }
 
+/// The pod templates of node-fired CronJobs, whose Secrets and ConfigMaps their nodes
+/// are sent like those of their pods.
+pub(super) fn cron_templates(crons: &[proto::NodeCron]) -> Vec<proto::PodSpec> {
+    crons.iter().map(|c| c.pod.clone()).collect()
+}
+
 impl Core {
     pub(super) fn load_secrets(
         &self,
@@ -257,13 +263,16 @@ impl Core {
             .or_else(|| self.namespace_blocker(p))
     }
 
-    /// The secrets `pods` (a node's desired pods) reference, as sent to `node`.
+    /// The secrets `pods` (a node's desired pods) and `crons` (the CronJobs it fires
+    /// itself) reference, as sent to `node`: a run fired offline finds them on the device.
     pub(super) fn desired_secret_list_for(
         &self,
         node: &str,
         pods: &[proto::PodSpec],
+        crons: &[proto::NodeCron],
     ) -> Vec<SentSecret> {
-        let names = wire::secret_names(pods);
+        let mut names = wire::secret_names(pods);
+        names.extend(wire::secret_names(&cron_templates(crons)));
         if names.is_empty() {
             return Vec::new();
         }
@@ -276,7 +285,15 @@ impl Core {
             .get(node)
             .map(Vec::as_slice)
             .unwrap_or_default();
-        self.desired_secret_list_for(node, pods)
+        self.desired_secret_list_for(node, pods, self.sent_crons(node))
+    }
+
+    /// The node-fired CronJobs `node` was last sent.
+    pub(super) fn sent_crons(&self, node: &str) -> &[proto::NodeCron] {
+        self.desired_crons
+            .get(node)
+            .map(Vec::as_slice)
+            .unwrap_or_default()
     }
 
     /// The node's secrets, sealed to its key (cached seals are reused).
@@ -365,7 +382,7 @@ impl Core {
     /// Node keys change outside the core (enrollment, rotation, revocation): once a tick,
     /// nodes whose pods use secrets get their desired state recomputed if that changed it.
     pub(super) fn recheck_secrets(&mut self) {
-        let nodes: BTreeSet<String> = self
+        let mut nodes: BTreeSet<String> = self
             .pods
             .values()
             .filter(|p| {
@@ -374,10 +391,16 @@ impl Core {
             })
             .filter_map(|p| p.spec.node_name.clone())
             .collect();
+        nodes.extend(
+            self.desired_crons
+                .iter()
+                .filter(|(_, crons)| !wire::secret_names(&cron_templates(crons)).is_empty())
+                .map(|(node, _)| node.clone()),
+        );
         let mut keep = BTreeSet::new();
         for node in nodes {
             let pods = self.desired_pods(&node);
-            let secrets = self.desired_secret_list_for(&node, &pods);
+            let secrets = self.desired_secret_list_for(&node, &pods, self.sent_crons(&node));
             keep.extend(secrets.iter().map(|s| (node.clone(), s.name.clone())));
             let stale = self.desired.get(&node) != Some(&pods)
                 || self.desired_secrets.get(&node) != Some(&secrets);

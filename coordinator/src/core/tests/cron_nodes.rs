@@ -140,3 +140,58 @@ async fn the_selected_v5_node_is_sent_the_cron_job_and_its_runs_become_jobs() {
         .reasons("node/pi-1")
         .contains(&"CronClockUntrusted".to_string()));
 }
+
+/// A node-fired CronJob's Secrets and ConfigMaps go to the nodes it selects with their
+/// desired state, as their pods' do: a run fired offline finds them on the device. Nodes
+/// it does not select get neither.
+#[tokio::test(start_paused = true)]
+async fn its_secrets_and_config_maps_go_to_its_nodes() {
+    use crate::security::secrets::{DataKey, SecretKeeper};
+    // Secrets are sealed to enrolled nodes' keys: pi-1 has one.
+    let key = baton_proto::sign::SigningKey::from_bytes(&[7; 32]).verifying_key();
+    let keys = move |node: &str| (node == "pi-1").then_some(key);
+    let Harness {
+        core,
+        out,
+        store,
+        releases,
+    } = Harness::new(Arc::new(MemStore::new()));
+    let core = core
+        .with_secrets(SecretKeeper::new(DataKey::ephemeral(), Arc::new(keys)))
+        .unwrap();
+    let mut h = Harness {
+        core,
+        out,
+        store,
+        releases,
+    };
+    h.send("pi-1", hello(4000));
+    h.send("pi-2", hello(4000));
+    h.apply("apiVersion: v1\nkind: Secret\nmetadata: {name: tok}\nstringData: {t: s3cret}\n")
+        .unwrap();
+    h.apply("apiVersion: v1\nkind: ConfigMap\nmetadata: {name: conf}\ndata: {a: b}\n")
+        .unwrap();
+    h.drain();
+    let cron = node_cron("pi-1").replace(
+        "containers: [{name: c, image: busybox:1}]",
+        "containers: [{name: c, image: busybox:1, env: [{name: T, valueFrom: {secretKeyRef: {name: tok, key: t}}}], volumeMounts: [{name: v, mountPath: /cfg}]}]\n          volumes: [{name: v, configMap: {name: conf}}]",
+    );
+    h.apply(&cron).unwrap();
+    let msgs = h.drain();
+    let d = desired_for(&msgs, "pi-1").expect("pi-1 is sent it");
+    assert_eq!(d.crons.len(), 1);
+    let sealed: Vec<&str> = d.secrets.iter().map(|s| s.name.as_str()).collect();
+    assert_eq!(sealed, ["tok"], "the template's secret, sealed to pi-1");
+    let parts: Vec<(&str, String)> = msgs
+        .iter()
+        .filter_map(|m| match &m.body {
+            Body::ConfigMapPart(p) => Some((m.node.as_str(), p.name.to_string())),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(parts, [("pi-1", "conf".to_owned())]);
+    assert!(desired_for(&msgs, "pi-2").is_none_or(|d| d.secrets.is_empty()));
+    // Ticks change nothing: the node's secrets are not recomputed as stale every time.
+    h.core.handle(Event::Tick);
+    assert!(desired_for(&h.drain(), "pi-1").is_none());
+}

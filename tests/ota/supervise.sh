@@ -19,7 +19,11 @@ while :; do
   echo "supervise: start $starts: $*"
   "$@" &
   child=$!
-  [ -z "${BATON_SUPERVISE_PIDFILE:-}" ] || echo "$child" >"$BATON_SUPERVISE_PIDFILE"
+  # Written whole (rename), never truncated in place: a test reading it between the
+  # truncation and the write read an empty pid (seen in a CI rehearsal).
+  if [ -n "${BATON_SUPERVISE_PIDFILE:-}" ]; then
+    echo "$child" >"$BATON_SUPERVISE_PIDFILE.tmp" && mv -f "$BATON_SUPERVISE_PIDFILE.tmp" "$BATON_SUPERVISE_PIDFILE"
+  fi
   # A trapped signal interrupts `wait` while the child still runs: wait again until it ended;
   # bash keeps the ended child's status for the last `wait`.
   while kill -0 "$child" 2>/dev/null; do wait "$child"; done

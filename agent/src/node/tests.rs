@@ -819,17 +819,11 @@ async fn update_orders_and_the_nodes_health_reach_the_update_task() {
     assert!(!c.connected && c.desired);
 }
 
-/// A node-scheduled CronJob: nothing fires on an untrusted clock (and the node says so);
-/// on a trusted one its due instant starts one run, whose pod the reconciler runs, which
-/// is reported as a run and left out of the node's status.
-#[tokio::test]
-async fn a_cron_job_fires_on_the_trusted_clock_only() {
-    const T0: u64 = 1_800_000_000;
-    let mut h = Harness::new().await;
-    h.connect();
-    let mut template = pod("tick", 0);
+/// CronJob `tick` (uid `cu`, Forbid, `restartPolicy: Never`) running `template`, first at
+/// `first` (Unix seconds), then after each of `deltas`.
+fn tick_cron(mut template: PodSpec, first: u64, deltas: Vec<u32>) -> baton_proto::NodeCron {
     template.restart_policy = RestartPolicy::Never;
-    let cron = baton_proto::NodeCron {
+    baton_proto::NodeCron {
         name: BString::new("tick").unwrap(),
         uid: BString::new("cu").unwrap(),
         pod: template,
@@ -838,9 +832,20 @@ async fn a_cron_job_fires_on_the_trusted_clock_only() {
         backoff_limit: 0,
         successful_history: 3,
         failed_history: 1,
-        first: T0 + 60,
-        deltas: baton_proto::BVec::from_vec(vec![60; 9]).unwrap(),
-    };
+        first,
+        deltas: BVec::from_vec(deltas).unwrap(),
+    }
+}
+
+/// A node-scheduled CronJob: nothing fires on an untrusted clock (and the node says so);
+/// on a trusted one its due instant starts one run, whose pod the reconciler runs, which
+/// is reported as a run and left out of the node's status.
+#[tokio::test]
+async fn a_cron_job_fires_on_the_trusted_clock_only() {
+    const T0: u64 = 1_800_000_000;
+    let mut h = Harness::new().await;
+    h.connect();
+    let cron = tick_cron(pod("tick", 0), T0 + 60, vec![60; 9]);
     let mut d = desired(3, vec![]);
     d.crons = baton_proto::BVec::from_vec(vec![cron]).unwrap();
     h.bus.clock.set(None);
@@ -948,7 +953,6 @@ async fn a_cron_jobs_config_map_is_kept_between_runs() {
     h.agent.config_maps.insert("conf", &[("a", b"1")]);
     h.agent.config_maps.insert("stale", &[("a", b"1")]);
     let mut template = pod("tick", 0);
-    template.restart_policy = RestartPolicy::Never;
     template.volumes = BVec::from_vec(vec![baton_proto::Volume {
         name: BString::new("v").unwrap(),
         source: baton_proto::VolumeSource::ConfigMap {
@@ -959,18 +963,7 @@ async fn a_cron_jobs_config_map_is_kept_between_runs() {
         },
     }])
     .unwrap();
-    let cron = baton_proto::NodeCron {
-        name: BString::new("tick").unwrap(),
-        uid: BString::new("cu").unwrap(),
-        pod: template,
-        policy: baton_proto::CronPolicy::Forbid,
-        starting_deadline_secs: None,
-        backoff_limit: 0,
-        successful_history: 3,
-        failed_history: 1,
-        first: 1_800_000_060,
-        deltas: BVec::new(),
-    };
+    let cron = tick_cron(template, 1_800_000_060, vec![]);
     let mut d = desired(3, vec![]);
     d.crons = BVec::from_vec(vec![cron]).unwrap();
     h.bus_event(BusEvent::Desired(d));

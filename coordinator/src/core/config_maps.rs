@@ -162,9 +162,9 @@ impl Core {
             let mut names = self
                 .desired
                 .get(&node)
-                .map(|pods| wire::config_map_names(pods))
+                .map(wire::config_map_names)
                 .unwrap_or_default();
-            names.extend(wire::config_map_names(&super::secrets::cron_templates(
+            names.extend(wire::config_map_names(super::secrets::cron_templates(
                 self.sent_crons(&node),
             )));
             let sent = self.sent_config_maps.entry(node.clone()).or_default();

@@ -239,8 +239,8 @@ fn missing(
 
 /// The pod templates of node-fired CronJobs, whose Secrets and ConfigMaps their nodes
 /// are sent like those of their pods.
-pub(super) fn cron_templates(crons: &[proto::NodeCron]) -> Vec<proto::PodSpec> {
-    crons.iter().map(|c| c.pod.clone()).collect()
+pub(super) fn cron_templates(crons: &[proto::NodeCron]) -> impl Iterator<Item = &proto::PodSpec> {
+    crons.iter().map(|c| &c.pod)
 }
 
 impl Core {
@@ -272,7 +272,7 @@ impl Core {
         crons: &[proto::NodeCron],
     ) -> Vec<SentSecret> {
         let mut names = wire::secret_names(pods);
-        names.extend(wire::secret_names(&cron_templates(crons)));
+        names.extend(wire::secret_names(cron_templates(crons)));
         if names.is_empty() {
             return Vec::new();
         }
@@ -394,7 +394,7 @@ impl Core {
         nodes.extend(
             self.desired_crons
                 .iter()
-                .filter(|(_, crons)| !wire::secret_names(&cron_templates(crons)).is_empty())
+                .filter(|(_, crons)| !wire::secret_names(cron_templates(crons)).is_empty())
                 .map(|(node, _)| node.clone()),
         );
         let mut keep = BTreeSet::new();

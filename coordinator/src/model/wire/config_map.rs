@@ -10,7 +10,9 @@ use super::{bstr, WireError};
 use crate::model::api;
 
 /// The ConfigMaps a node's pods (as sent) reference.
-pub fn config_map_names(pods: &[proto::PodSpec]) -> BTreeSet<String> {
+pub fn config_map_names<'a>(
+    pods: impl IntoIterator<Item = &'a proto::PodSpec>,
+) -> BTreeSet<String> {
     let mut names = BTreeSet::new();
     for p in pods {
         for c in p.init_containers.iter().chain(p.containers.iter()) {

@@ -28,7 +28,7 @@ pub fn encode_data(secret: &api::Secret) -> Result<Vec<u8>, proto::ProtoError> {
 
 /// The names of the secrets `pods` (already in wire form) reference: env secret keys,
 /// secret volumes and image pull secrets.
-pub fn secret_names(pods: &[proto::PodSpec]) -> BTreeSet<String> {
+pub fn secret_names<'a>(pods: impl IntoIterator<Item = &'a proto::PodSpec>) -> BTreeSet<String> {
     let mut names = BTreeSet::new();
     for p in pods {
         for c in p.init_containers.iter().chain(p.containers.iter()) {

@@ -6,7 +6,7 @@
 //! than queueing them: the protocol is level-triggered, and on reconnect the node loop
 //! sends one Hello and one full Status, which supersede anything that was dropped.
 
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -136,7 +136,11 @@ fn with_jitter(d: Duration) -> Duration {
 pub struct Bus {
     client: AsyncClient,
     node: NodeName,
-    seq: Arc<AtomicU64>,
+    /// The next unsigned seq, and the lock that makes numbering and queueing one step:
+    /// tasks publish concurrently (the node loop, log and exec sessions), and a message
+    /// numbered before another but queued after it would reach the coordinator out of
+    /// order, where a signed one is then refused as a replay.
+    send: Arc<Mutex<u64>>,
     connected: Arc<AtomicBool>,
     /// With an enrolled identity: signs what we send, verifies what we get.
     security: Option<AgentSecurity>,
@@ -202,7 +206,7 @@ impl Bus {
         let bus = Bus {
             client,
             node,
-            seq: Arc::new(AtomicU64::new(1)),
+            send: Arc::new(Mutex::new(1)),
             connected: Arc::new(AtomicBool::new(false)),
             security,
             last_connect_error: Arc::new(Mutex::new(None)),
@@ -423,15 +427,18 @@ impl Bus {
         if let Body::Hello(h) = &mut body {
             h.last_connect_error = self.last_connect_error().map(|e| BString::truncated(&e));
         }
+        let mut next = self.send.lock().unwrap_or_else(|e| e.into_inner());
         let (topic, payload) = match &self.security {
             Some(sec) => sec.seal(body).map_err(|e| BusError::Sign(e.to_string()))?,
             None => {
                 let topic = topics::topic_for(&self.node, &body);
-                let seq = self.seq.fetch_add(1, Ordering::Relaxed);
-                let payload = Envelope::new(Sender::Node(self.node.clone()), seq, body).encode()?;
+                let payload =
+                    Envelope::new(Sender::Node(self.node.clone()), *next, body).encode()?;
+                *next += 1;
                 (topic, payload)
             }
         };
+        // Still under the lock: queued in the order numbered.
         self.client
             .try_publish(topic, QoS::AtLeastOnce, false, payload)
             .map_err(|_| BusError::Full)

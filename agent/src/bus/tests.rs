@@ -78,7 +78,7 @@ fn offline_bus(security: Option<AgentSecurity>) -> Bus {
     Bus {
         client,
         node,
-        seq: Arc::new(AtomicU64::new(1)),
+        send: Arc::new(Mutex::new(1)),
         connected: Arc::new(AtomicBool::new(false)),
         security,
         last_connect_error: Arc::new(Mutex::new(None)),
@@ -342,4 +342,37 @@ fn urls() {
     for bad in ["", "mqtt://", "mqtt://h:x", "mqtt://h:1/x", ":1883"] {
         assert!(parse_url(bad).is_err(), "{bad:?}");
     }
+}
+
+/// Tasks publish concurrently (the node loop, log and exec sessions): whatever the
+/// interleaving, messages are queued in the order they were numbered, or the
+/// coordinator would refuse the one that arrives after a higher seq as a replay.
+#[test]
+fn concurrent_publishes_are_queued_in_seq_order() {
+    let dir = tempfile::tempdir().unwrap();
+    let coordinator = baton_proto::sign::SigningKey::from_bytes(&[1; 32]);
+    let (tx, rx) = flume::unbounded();
+    let mut bus = offline_bus(Some(enrolled(dir.path(), &coordinator)));
+    bus.client = AsyncClient::from_senders(tx);
+    bus.connected.store(true, Ordering::SeqCst);
+    let per_thread = 500;
+    std::thread::scope(|s| {
+        for _ in 0..4 {
+            s.spawn(|| {
+                for _ in 0..per_thread {
+                    bus.publish(Body::StatusRequest).unwrap();
+                }
+            });
+        }
+    });
+    let seqs: Vec<u64> = rx
+        .drain()
+        .map(|r| match r {
+            rumqttc::Request::Publish(p) => Envelope::decode(&p.payload).unwrap().seq,
+            other => panic!("not a publish: {other:?}"),
+        })
+        .collect();
+    assert_eq!(seqs.len(), 4 * per_thread);
+    let out_of_order = seqs.windows(2).filter(|w| w[1] <= w[0]).count();
+    assert_eq!(out_of_order, 0, "messages queued out of seq order");
 }

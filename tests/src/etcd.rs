@@ -78,15 +78,6 @@ impl Etcd {
     /// `dir/<name>`, formed with `token` (`--initial-cluster-token`: two clusters formed
     /// with different tokens have different cluster ids). Waits until all answer.
     pub fn cluster_on_loopback(n: usize, dir: &Path, token: &str) -> Result<Vec<Etcd>> {
-        let ports: Vec<(u16, u16)> = (0..n)
-            .map(|_| Ok((free_port()?, free_port()?)))
-            .collect::<Result<_>>()?;
-        let initial_cluster = ports
-            .iter()
-            .enumerate()
-            .map(|(i, (_, peer))| format!("{token}-{i}=http://127.0.0.1:{peer}"))
-            .collect::<Vec<_>>()
-            .join(",");
         let ns_cmd: Arc<dyn Fn(&str) -> Command + Send + Sync> = Arc::new(|p: &str| {
             let mut c = Command::new(p);
             if p == "etcd" {
@@ -94,14 +85,63 @@ impl Etcd {
             }
             c
         });
+        let hosts = (0..n)
+            .map(|_| {
+                Ok((
+                    ns_cmd.clone(),
+                    "127.0.0.1".to_owned(),
+                    free_port()?,
+                    free_port()?,
+                ))
+            })
+            .collect::<Result<Vec<_>>>()?;
+        Self::cluster(hosts, dir, token)
+    }
+
+    /// A cluster of one member per network namespace in `netns`, each on `ip:2379` (peers
+    /// on 2380) of its namespace, as an HA site runs etcd on each coordinator's machine.
+    pub fn cluster_in(netns: &[(String, String)], dir: &Path, token: &str) -> Result<Vec<Etcd>> {
+        let hosts = netns
+            .iter()
+            .map(|(ns, ip)| {
+                let ns = ns.clone();
+                let ns_cmd: Arc<dyn Fn(&str) -> Command + Send + Sync> =
+                    Arc::new(move |p: &str| {
+                        let mut c = Command::new("nsenter");
+                        c.arg(format!("--net=/run/netns/{ns}")).arg("--").arg(p);
+                        if p == "etcd" {
+                            c.args(ETCD_FLAGS);
+                        }
+                        c
+                    });
+                (ns_cmd, ip.clone(), 2379, 2380)
+            })
+            .collect();
+        Self::cluster(hosts, dir, token)
+    }
+
+    /// Starts every member of `hosts` (a namespace's command, ip, client and peer ports),
+    /// then waits until each answers.
+    #[allow(clippy::type_complexity)]
+    fn cluster(
+        hosts: Vec<(Arc<dyn Fn(&str) -> Command + Send + Sync>, String, u16, u16)>,
+        dir: &Path,
+        token: &str,
+    ) -> Result<Vec<Etcd>> {
+        let initial_cluster = hosts
+            .iter()
+            .enumerate()
+            .map(|(i, (_, ip, _, peer))| format!("{token}-{i}=http://{ip}:{peer}"))
+            .collect::<Vec<_>>()
+            .join(",");
         let mut members = Vec::new();
-        for (i, (client, peer)) in ports.into_iter().enumerate() {
+        for (i, (ns_cmd, ip, client, peer)) in hosts.into_iter().enumerate() {
             let name = format!("{token}-{i}");
             let mut m = Self::member(
-                ns_cmd.clone(),
+                ns_cmd,
                 Member {
-                    client_url: format!("http://127.0.0.1:{client}"),
-                    peer_url: format!("http://127.0.0.1:{peer}"),
+                    client_url: format!("http://{ip}:{client}"),
+                    peer_url: format!("http://{ip}:{peer}"),
                     initial_cluster: initial_cluster.clone(),
                     token: token.into(),
                     dir: dir.join(&name),

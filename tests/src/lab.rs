@@ -447,7 +447,12 @@ impl Lab {
 
     /// `baton server` as this lab runs it, with its state in `data_dir`.
     pub fn coordinator_command(&self, data_dir: &Path) -> Command {
-        let mut cmd = self.hub.cmd(bin("baton"));
+        self.coordinator_command_in(&self.hub, data_dir)
+    }
+
+    /// [`Lab::coordinator_command`], run in network namespace `ns` (an HA site's hosts).
+    pub fn coordinator_command_in(&self, ns: &Netns, data_dir: &Path) -> Command {
+        let mut cmd = ns.cmd(bin("baton"));
         cmd.arg("server")
             .arg("--data-dir")
             .arg(data_dir)

@@ -21,6 +21,7 @@ pub mod device_ota;
 pub mod etcd;
 pub mod fleet;
 pub mod forge;
+pub mod ha;
 mod lab;
 pub mod lines;
 pub mod ota;

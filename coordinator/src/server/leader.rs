@@ -38,9 +38,26 @@ pub struct Leadership {
     /// The create revision of the election key: every later leadership's is higher, so
     /// it is the leader's term (`crate::security::gate::Security::lead`).
     pub revision: u64,
-    /// Keeps the lease alive; dropped with the leadership.
-    _keepalive: tokio::task::JoinHandle<()>,
+    /// Keeps the lease alive; ends with the leadership.
+    _keepalive: AbortOnDrop,
 }
+
+/// Ends its task when dropped (a dropped `JoinHandle` only detaches it): a campaign that
+/// failed must not leave its lease renewed forever, one more stream per retry.
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+/// HTTP/2 pings on the election's connection, which carries a campaign that may wait for
+/// hours: often enough to notice a dead member, and not under etcd's
+/// `--grpc-keepalive-min-time` (5 s by default), or etcd closes the connection for
+/// "too many pings" and every waiting campaign breaks (it did every 8 s at 2 s).
+const PING_EVERY: Duration = Duration::from_secs(6);
+const PING_TIMEOUT: Duration = Duration::from_secs(3);
 
 /// Waits until this coordinator leads, then fences `store` with the election key.
 /// `me` is what `baton` shows as the leader (its API address).
@@ -56,14 +73,14 @@ pub async fn lead(store: &EtcdStore, me: &str, lease: Duration) -> Result<Leader
     };
     let connect = ConnectOptions::new()
         .with_connect_timeout(CALL_TIMEOUT)
-        .with_keep_alive(Duration::from_secs(2), Duration::from_secs(2));
+        .with_keep_alive(PING_EVERY, PING_TIMEOUT);
     let mut client = Client::connect(&opts.endpoints, Some(connect))
         .await
         .map_err(&fail)?;
     let ttl = i64::try_from(lease.as_secs()).unwrap_or(i64::MAX);
     let id = client.lease_grant(ttl, None).await.map_err(&fail)?.id();
     let (lost_tx, lost) = oneshot::channel();
-    let keepalive = tokio::spawn(keep_alive(client.clone(), id, lease, lost_tx));
+    let keepalive = AbortOnDrop(tokio::spawn(keep_alive(client.clone(), id, lease, lost_tx)));
     let name = election(opts);
     tracing::info!(election = %name, lease_secs = ttl, "waiting to lead");
     let resp = client
@@ -163,10 +180,18 @@ pub async fn lead_retrying(
     me: &str,
     lease: Duration,
 ) -> Result<Leadership, LeaderError> {
-    let mut pause = Duration::from_secs(1);
+    const FIRST: Duration = Duration::from_secs(1);
+    let mut pause = FIRST;
     loop {
+        let began = tokio::time::Instant::now();
         match lead(store, me, lease).await {
             Err(e @ LeaderError::Etcd { .. }) => {
+                // A campaign that waited a whole lease before it broke had reached etcd:
+                // back in line at once rather than after an outage's growing pause, or a
+                // standby could sit out the takeover it waited for.
+                if began.elapsed() >= lease {
+                    pause = FIRST;
+                }
                 tracing::error!(error = %e, retry_in = ?pause, "cannot campaign; retrying");
                 tokio::time::sleep(pause).await;
                 pause = next_pause(pause);

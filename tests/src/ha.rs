@@ -1,0 +1,251 @@
+//! An HA site on the lab (issue 17): three "machines" (network namespaces on the lab's
+//! bridge), each running one etcd member and one coordinator on that etcd cluster, a
+//! broker in the hub, and real agents. The coordinators elect a leader through etcd; the
+//! CLI may talk to any of them (a standby redirects to the leader).
+
+use std::path::PathBuf;
+use std::process::{Command, Output};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+
+use crate::etcd::Etcd;
+use crate::{sh, wait_for, Broker, Lab, Proc, Remote};
+
+/// The coordinators' lease: a standby leads this long after the leader stops renewing.
+pub const LEASE: &str = "6s";
+
+pub struct HaSite {
+    pub lab: Lab,
+    pub etcd: Vec<Etcd>,
+    /// One per machine; `None` once killed.
+    pub coordinators: Vec<Option<Proc>>,
+    /// The lab namespaces (agent slots) used as the site's machines.
+    machines: Vec<usize>,
+    starts: u32,
+}
+
+impl HaSite {
+    /// `agents` real agents plus three machines, each with an etcd member and a
+    /// coordinator; waits until one leads and every agent is Ready.
+    pub fn start(tag: &str, agents: usize, broker: Broker) -> Result<HaSite> {
+        let mosquitto = matches!(broker, Broker::Mosquitto);
+        let mut lab = Lab::build(tag, agents + 3, broker, &[])?;
+        let machines: Vec<usize> = (agents..agents + 3).collect();
+        lab.start_registry()?;
+        if mosquitto {
+            lab.start_mosquitto()?;
+        }
+        let hosts: Vec<(String, String)> = machines
+            .iter()
+            .map(|&i| (lab.agents[i].ns.0.clone(), lab.agents[i].addr.clone()))
+            .collect();
+        let etcd = Etcd::cluster_in(&hosts, &lab.dir.path().join("etcd"), "site")?;
+        let members: Vec<String> = hosts.iter().map(|(_, ip)| format!("{ip}:2379")).collect();
+        lab.coordinator_args.extend([
+            "--store".to_owned(),
+            format!("etcd://{}", members.join(",")),
+            "--leader-lease".to_owned(),
+            LEASE.to_owned(),
+        ]);
+        let mqtt = lab.mqtt_url();
+        let mut site = HaSite {
+            lab,
+            etcd,
+            coordinators: Vec::new(),
+            machines,
+            starts: 0,
+        };
+        // The first creates the site's PKI and admin token; the others share its PKI
+        // (docs/operations.md) and find the token in etcd.
+        site.coordinators.push(None);
+        site.start_coordinator(0)?;
+        site.lab.remote = Some(Remote {
+            api: site.api(0),
+            mqtt,
+        });
+        wait_for("the first coordinator to lead", LONG, || {
+            Ok((site.leaders() == vec![0]).then_some(()))
+        })?;
+        for k in 1..3 {
+            sh(Command::new("cp")
+                .arg("-a")
+                .arg(site.data_dir(0).join("pki"))
+                .arg(site.data_dir(k)))?;
+            site.coordinators.push(None);
+            site.start_coordinator(k)?;
+        }
+        for i in 0..agents {
+            site.lab.start_agent(i)?;
+        }
+        Ok(site)
+    }
+
+    /// Machine `k`'s coordinator data dir; the first is the lab's own, so that the
+    /// lab's admin config is the site's.
+    fn data_dir(&self, k: usize) -> PathBuf {
+        match k {
+            0 => self.lab.dir.path().join("coordinator"),
+            k => self.lab.dir.path().join(format!("coordinator{k}")),
+        }
+    }
+
+    /// Machine `k`'s address.
+    pub fn addr(&self, k: usize) -> &str {
+        &self.lab.agents[self.machines[k]].addr
+    }
+
+    /// Coordinator `k`'s API, as the hub reaches it.
+    pub fn api(&self, k: usize) -> String {
+        format!("http://{}:7474", self.addr(k))
+    }
+
+    /// Starts (again) coordinator `k` on its machine.
+    pub fn start_coordinator(&mut self, k: usize) -> Result<()> {
+        let dir = self.data_dir(k);
+        std::fs::create_dir_all(&dir)?;
+        let ns = &self.lab.agents[self.machines[k]].ns;
+        let mut cmd = self.lab.coordinator_command_in(ns, &dir);
+        // The hub reaches it over the lab bridge: plain HTTP, as the lab is.
+        cmd.args(["--listen", &format!("{}:7474", self.addr(k))])
+            .arg("--insecure-allow-remote");
+        self.starts += 1;
+        let log = self
+            .lab
+            .dir
+            .path()
+            .join(format!("coordinator{k}-{}.log", self.starts));
+        self.coordinators[k] = Some(Proc::spawn(&format!("coordinator{k}"), &mut cmd, log)?);
+        let api = self.api(k);
+        wait_for(&format!("coordinator {k}'s API"), LONG, || {
+            Ok(self.health(&api).is_some().then_some(()))
+        })
+    }
+
+    /// `/healthz` of the coordinator at `api`: `Some(true)` leading, `Some(false)`
+    /// standing by (503), `None` not answering.
+    fn health(&self, api: &str) -> Option<bool> {
+        let out = self
+            .lab
+            .hub
+            .cmd("curl")
+            .args([
+                "-s",
+                "-o",
+                "/dev/null",
+                "--max-time",
+                "2",
+                "-w",
+                "%{http_code}",
+            ])
+            .arg(format!("{api}/healthz"))
+            .output()
+            .ok()?;
+        match String::from_utf8_lossy(&out.stdout).as_ref() {
+            "200" => Some(true),
+            "503" => Some(false),
+            _ => None,
+        }
+    }
+
+    /// The coordinators whose `/healthz` says they lead.
+    pub fn leaders(&self) -> Vec<usize> {
+        (0..self.coordinators.len())
+            .filter(|&k| self.coordinators[k].is_some())
+            .filter(|&k| self.health(&self.api(k)) == Some(true))
+            .collect()
+    }
+
+    /// Waits until exactly one coordinator leads (and stays so for a second, so that an
+    /// old leader about to step down is not counted out too early); returns it and when
+    /// that was first seen.
+    pub fn single_leader(&self, within: Duration) -> Result<(usize, Instant)> {
+        self.single_leader_but(None, within)
+    }
+
+    /// [`HaSite::single_leader`], where that one is not `old` (a leader just deposed).
+    pub fn single_leader_but(
+        &self,
+        old: Option<usize>,
+        within: Duration,
+    ) -> Result<(usize, Instant)> {
+        let deadline = Instant::now() + within;
+        loop {
+            let now = self.leaders();
+            if now.len() == 1 && Some(now[0]) != old {
+                let seen = Instant::now();
+                std::thread::sleep(Duration::from_secs(1));
+                if self.leaders() == now {
+                    return Ok((now[0], seen));
+                }
+            }
+            if Instant::now() > deadline {
+                bail!("not a single leader within {within:?}: leading now {now:?}");
+            }
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    }
+
+    /// Points the lab's CLI at coordinator `k` (e.g. when the one it used is gone).
+    pub fn use_api(&mut self, k: usize) {
+        let api = self.api(k);
+        if let Some(r) = self.lab.remote.as_mut() {
+            r.api = api;
+        }
+    }
+
+    /// The CLI against coordinator `k`.
+    pub fn baton_at(&self, k: usize, args: &[&str]) -> Result<Output> {
+        Ok(self.lab.baton_cmd_at(&self.api(k)).args(args).output()?)
+    }
+
+    /// Kills coordinator `k` with SIGKILL.
+    pub fn kill_coordinator(&mut self, k: usize) {
+        if let Some(mut p) = self.coordinators[k].take() {
+            p.kill();
+        }
+    }
+
+    /// Cuts (or, with `cut == false`, mends) machine `k`'s connections to every etcd
+    /// member, its own included, and nothing else: its broker link and API stay up.
+    pub fn cut_from_etcd(&self, k: usize, cut: bool) -> Result<()> {
+        let ns = &self.lab.agents[self.machines[k]].ns;
+        let flag = if cut { "-I" } else { "-D" };
+        sh(ns
+            .cmd("iptables")
+            .args([flag, "OUTPUT", "-p", "tcp", "--dport", "2379", "-j", "DROP"]))?;
+        Ok(())
+    }
+
+    /// The coordinator `k`'s log (of its current or last run).
+    pub fn log(&self, k: usize) -> String {
+        self.coordinators[k]
+            .as_ref()
+            .map(|p| p.log())
+            .unwrap_or_default()
+    }
+
+    /// Prints the tails of every log, for a failing test.
+    pub fn dump_logs(&self) {
+        self.lab.dump_logs();
+        for (k, c) in self.coordinators.iter().enumerate() {
+            let Some(p) = c else { continue };
+            let log = p.log();
+            let lines: Vec<&str> = log.lines().collect();
+            eprintln!(
+                "----- last lines of coordinator {k} ({}) -----",
+                p.log.display()
+            );
+            for l in &lines[lines.len().saturating_sub(60)..] {
+                eprintln!("{l}");
+            }
+        }
+    }
+
+    /// The etcd member on machine `k`.
+    pub fn etcd_member(&mut self, k: usize) -> Result<&mut Etcd> {
+        self.etcd.get_mut(k).context("no such etcd member")
+    }
+}
+
+const LONG: Duration = Duration::from_secs(120);

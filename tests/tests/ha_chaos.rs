@@ -1,0 +1,236 @@
+//! An HA site under chaos (issue 17): three machines, each with an etcd member and a
+//! coordinator, a broker, and real agents. The leader is killed with SIGKILL in the middle
+//! of a rollout, then an etcd member dies, then the leader is cut off from etcd alone.
+//! After each: one leader within 15 s, no container of a surviving pod restarted, every
+//! change made through the API kept, and never more than `replicas + maxSurge` pods.
+//! (The SIGSTOPped leader and its refused late messages are tests/tests/ha.rs.)
+
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use anyhow::{ensure, Context, Result};
+use baton_e2e::fleet::{init_pid, is_running, is_terminating, node_of, uid, EchoDeployment};
+use baton_e2e::ha::HaSite;
+use baton_e2e::{items, wait_for, Broker};
+use serde_json::Value;
+
+const LONG: Duration = Duration::from_secs(180);
+/// The issue's bound: a single leader this long after a fault.
+const ONE_LEADER: Duration = Duration::from_secs(15);
+/// 3 replicas with the default 25% surge: ceil(0.75) = 1.
+const MAX_PODS: usize = 3 + 1;
+
+#[test]
+fn an_ha_site_keeps_one_leader_and_its_pods_through_chaos() -> Result<()> {
+    let mut site = HaSite::start("chaos", 3, Broker::Mosquitto)?;
+    let r = chaos(&mut site);
+    if r.is_err() {
+        site.dump_logs();
+    }
+    r
+}
+
+/// The web pods, from whichever coordinator answers (a standby redirects to the leader;
+/// a dead or deposed one does not answer).
+fn web_pods(site: &HaSite) -> Option<Vec<Value>> {
+    (0..3).find_map(|k| {
+        let out = site.baton_at(k, &["get", "pods", "-o", "json"]).ok()?;
+        if !out.status.success() {
+            return None;
+        }
+        let v: Value = serde_json::from_slice(&out.stdout).ok()?;
+        Some(
+            items(&v)
+                .into_iter()
+                .filter(|p| p["metadata"]["owner"] == "web")
+                .collect(),
+        )
+    })
+}
+
+fn on_version(p: &Value, tag: u32) -> bool {
+    p["spec"]["containers"][0]["image"]
+        .as_str()
+        .is_some_and(|i| i.ends_with(&format!(":{tag}")))
+}
+
+/// Waits for exactly `n` web pods, all Running on `tag`; returns them.
+fn wait_web(site: &HaSite, n: usize, tag: u32, what: &str) -> Result<Vec<Value>> {
+    wait_for(what, LONG, || {
+        let Some(pods) = web_pods(site) else {
+            return Ok(None);
+        };
+        Ok(
+            (pods.len() == n && pods.iter().all(|p| is_running(p) && on_version(p, tag)))
+                .then_some(pods),
+        )
+    })
+}
+
+/// Each pod's uid and its container's init pid on its node.
+fn pids(site: &HaSite, pods: &[Value]) -> Result<Vec<(String, u32)>> {
+    pods.iter()
+        .map(|p| Ok((uid(p), init_pid(&site.lab, &node_of(p), &uid(p), "echo")?)))
+        .collect()
+}
+
+fn unchanged(site: &HaSite, before: &[(String, u32)], what: &str) -> Result<()> {
+    let pods = web_pods(site).context("no coordinator answers")?;
+    for (u, pid) in before {
+        let p = pods
+            .iter()
+            .find(|p| uid(p) == *u)
+            .with_context(|| format!("{what}: pod {u} is gone"))?;
+        let now = init_pid(&site.lab, &node_of(p), u, "echo")?;
+        ensure!(
+            now == *pid,
+            "{what}: pod {u}'s container restarted ({pid} -> {now})"
+        );
+    }
+    Ok(())
+}
+
+/// Scales web through coordinator `k`, retrying while it is not yet serving.
+fn scale(site: &HaSite, k: usize, replicas: usize) -> Result<()> {
+    let to = format!("--replicas={replicas}");
+    wait_for(&format!("scale to {replicas} through {k}"), LONG, || {
+        let out = site.baton_at(k, &["scale", "deployment/web", &to])?;
+        Ok(out.status.success().then_some(()))
+    })
+}
+
+fn chaos(site: &mut HaSite) -> Result<()> {
+    let reg = site.lab.registry();
+    let (leader, _) = site.single_leader(ONE_LEADER)?;
+    site.lab.apply(&EchoDeployment::new(3).yaml(&reg))?;
+    wait_web(site, 3, 1, "3 pods Running on version 1")?;
+
+    // 1. The leader dies (SIGKILL) in the middle of a rollout. A sampler counts the live
+    // pods all along, through whichever coordinator answers.
+    let stop = AtomicBool::new(false);
+    let most = AtomicUsize::new(0);
+    let shared: &HaSite = site;
+    let rolled = std::thread::scope(|s| -> Result<Vec<Value>> {
+        let site = shared;
+        s.spawn(|| {
+            while !stop.load(Ordering::Relaxed) {
+                if let Some(pods) = web_pods(site) {
+                    let live = pods.iter().filter(|p| !is_terminating(p)).count();
+                    most.fetch_max(live, Ordering::Relaxed);
+                }
+                std::thread::sleep(Duration::from_millis(200));
+            }
+        });
+        let r = (|| {
+            site.lab.apply(&EchoDeployment::new(3).tag(2).yaml(&reg))?;
+            wait_for("the rollout to start", LONG, || {
+                Ok(web_pods(site)
+                    .is_some_and(|pods| pods.iter().any(|p| on_version(p, 2)))
+                    .then_some(()))
+            })
+        })();
+        if r.is_err() {
+            stop.store(true, Ordering::Relaxed);
+            r?;
+        }
+        // Not `site.kill_coordinator`: the site is shared with the sampler.
+        let pid = site.coordinators[leader]
+            .as_ref()
+            .and_then(|p| p.pid())
+            .context("leader pid")?;
+        baton_e2e::sh(std::process::Command::new("kill").args(["-KILL", &pid.to_string()]))?;
+        let killed = Instant::now();
+        let r = (|| {
+            let (next, seen) =
+                site.single_leader_but(Some(leader), ONE_LEADER + Duration::from_secs(5))?;
+            let took = seen - killed;
+            println!(
+                "FIGURE HA: leader {leader} killed mid-rollout; {next} leads after {took:.1?}"
+            );
+            ensure!(took <= ONE_LEADER, "a single leader only after {took:?}");
+            wait_web(site, 3, 2, "the rollout to finish under the new leader")
+        })();
+        stop.store(true, Ordering::Relaxed);
+        r
+    })?;
+    let most = most.load(Ordering::Relaxed);
+    println!("FIGURE HA: at most {most} live web pods during the rollout and the failover");
+    ensure!(
+        most <= MAX_PODS,
+        "{most} web pods at once, more than replicas + maxSurge ({MAX_PODS})"
+    );
+    site.kill_coordinator(leader);
+    site.start_coordinator(leader)?;
+    let before = pids(site, &rolled)?;
+
+    // 2. One etcd member dies: the leader's own machine's. A quorum is left.
+    let (leader, _) = site.single_leader(ONE_LEADER)?;
+    site.use_api(leader);
+    site.etcd_member(leader)?.kill();
+    let killed = Instant::now();
+    let (now, seen) = site.single_leader(ONE_LEADER + Duration::from_secs(5))?;
+    println!(
+        "FIGURE HA: etcd member on the leader's machine killed; {now} leads {:.1?} after",
+        seen.saturating_duration_since(killed)
+    );
+    ensure!(
+        seen - killed <= ONE_LEADER,
+        "a single leader only after {:?}",
+        seen - killed
+    );
+    scale(site, now, 4)?;
+    let four = wait_web(site, 4, 2, "4 pods Running with an etcd member down")?;
+    unchanged(site, &before, "an etcd member down")?;
+    site.etcd_member(leader)?.restart()?;
+
+    // 3. The leader is cut off from etcd, and from nothing else: it must step down, and
+    // another lead, with no second leader in between.
+    let (leader, _) = site.single_leader(ONE_LEADER)?;
+    site.cut_from_etcd(leader, true)?;
+    let cut = Instant::now();
+    let r = (|| {
+        let (next, seen) =
+            site.single_leader_but(Some(leader), ONE_LEADER + Duration::from_secs(10))?;
+        let took = seen - cut;
+        println!("FIGURE HA: leader {leader} cut from etcd; {next} alone leads after {took:.1?}");
+        ensure!(took <= ONE_LEADER, "a single leader only after {took:?}");
+        site.use_api(next);
+        scale(site, next, 3)
+    })();
+    site.cut_from_etcd(leader, false)?;
+    r?;
+    wait_for("the cut-off coordinator to step down", LONG, || {
+        Ok(site
+            .log(leader)
+            .contains("lost the leadership")
+            .then_some(()))
+    })?;
+    let three = wait_web(site, 3, 2, "3 pods Running after the cut")?;
+    let kept: Vec<_> = before
+        .iter()
+        .filter(|(u, _)| three.iter().any(|p| uid(p) == *u))
+        .cloned()
+        .collect();
+    ensure!(
+        kept.len() >= 2,
+        "scaling 4 -> 3 replaced pods: {three:?} {four:?}"
+    );
+    unchanged(site, &kept, "the leader cut from etcd")?;
+
+    // Every real node is Ready under the last leader.
+    let nodes = site.lab.get_json(&["get", "nodes"])?;
+    let agents: Vec<&str> = site.lab.agents[..3]
+        .iter()
+        .map(|a| a.name.as_str())
+        .collect();
+    for n in items(&nodes) {
+        let name = n["metadata"]["name"].as_str().unwrap_or_default();
+        if agents.contains(&name) {
+            ensure!(
+                n["status"]["ready"] == true,
+                "node {name} is not Ready: {n}"
+            );
+        }
+    }
+    Ok(())
+}

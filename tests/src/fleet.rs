@@ -27,6 +27,7 @@ pub struct EchoDeployment {
     cpu_request: String,
     metadata: String,
     env: Vec<(String, String)>,
+    node_selector: Vec<(String, String)>,
 }
 
 impl EchoDeployment {
@@ -40,6 +41,7 @@ impl EchoDeployment {
             cpu_request: "50m".into(),
             metadata: String::new(),
             env: Vec::new(),
+            node_selector: Vec::new(),
         }
     }
 
@@ -80,6 +82,12 @@ impl EchoDeployment {
         self
     }
 
+    /// Only on nodes labelled `key: value` (e.g. the real ones beside hollow nodes).
+    pub fn node_selector(mut self, key: &str, value: &str) -> Self {
+        self.node_selector.push((key.into(), value.into()));
+        self
+    }
+
     /// The manifest, for `lab.apply`, with the image from `registry`.
     pub fn yaml(&self, registry: &str) -> String {
         let EchoDeployment {
@@ -91,7 +99,15 @@ impl EchoDeployment {
             cpu_request,
             metadata,
             env,
+            node_selector,
         } = self;
+        let mut selector_lines = String::new();
+        if !node_selector.is_empty() {
+            selector_lines.push_str("      nodeSelector:\n");
+            for (k, v) in node_selector {
+                selector_lines.push_str(&format!("        {k}: \"{v}\"\n"));
+            }
+        }
         let mut env_lines = String::new();
         if !env.is_empty() {
             env_lines.push_str("        env:\n");
@@ -113,7 +129,7 @@ metadata:
       labels: {{app: {name}}}
     spec:
       terminationGracePeriodSeconds: {grace_secs}
-      containers:
+{selector_lines}      containers:
       - name: {container}
         image: {registry}/baton/http-echo:{tag}
 {env_lines}        ports:

@@ -10,13 +10,19 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context, Result};
 
 use crate::etcd::Etcd;
-use crate::{sh, wait_for, Broker, Lab, Proc, Remote};
+use crate::{bin, sh, wait_for, Broker, Lab, Proc, Remote};
 
 /// The coordinators' lease: a standby leads this long after the leader stops renewing.
 pub const LEASE: &str = "6s";
 
+/// The label of the site's real agents (hollow nodes do not carry it).
+pub const REAL: (&str, &str) = ("ha.baton.io/real", "true");
+
 pub struct HaSite {
     pub lab: Lab,
+    /// `baton-sim`'s hollow nodes, if any.
+    hollow: Option<Hollow>,
+    pub hollow_nodes: usize,
     pub etcd: Vec<Etcd>,
     /// One per machine; `None` once killed.
     pub coordinators: Vec<Option<Proc>>,
@@ -26,9 +32,10 @@ pub struct HaSite {
 }
 
 impl HaSite {
-    /// `agents` real agents plus three machines, each with an etcd member and a
-    /// coordinator; waits until one leads and every agent is Ready.
-    pub fn start(tag: &str, agents: usize, broker: Broker) -> Result<HaSite> {
+    /// `agents` real agents (labelled [`REAL`]) and `hollow` simulated ones (`baton-sim`,
+    /// in the hub) plus three machines, each with an etcd member and a coordinator; waits
+    /// until one leads and every node is Ready.
+    pub fn start(tag: &str, agents: usize, hollow: usize, broker: Broker) -> Result<HaSite> {
         let mosquitto = matches!(broker, Broker::Mosquitto);
         let mut lab = Lab::build(tag, agents + 3, broker, &[])?;
         let machines: Vec<usize> = (agents..agents + 3).collect();
@@ -51,6 +58,8 @@ impl HaSite {
         let mqtt = lab.mqtt_url();
         let mut site = HaSite {
             lab,
+            hollow: None,
+            hollow_nodes: hollow,
             etcd,
             coordinators: Vec::new(),
             machines,
@@ -75,10 +84,38 @@ impl HaSite {
             site.coordinators.push(None);
             site.start_coordinator(k)?;
         }
+        site.lab.agent_args = vec!["--labels".into(), format!("{}={}", REAL.0, REAL.1)];
         for i in 0..agents {
             site.lab.start_agent(i)?;
         }
+        if hollow > 0 {
+            let mut cmd = site.lab.hub.cmd(bin("baton-sim"));
+            cmd.args(["--coordinator", &site.lab.mqtt_url(), "--prefix", "hollow"])
+                .args(["--nodes", &hollow.to_string(), "--stats-secs", "3600"])
+                .env("RUST_LOG", "error");
+            let log = std::fs::File::create(site.lab.dir.path().join("sim.log"))?;
+            // Its commands come on stdin, and it ends at EOF: kept open while the site is.
+            let child = cmd
+                .stdin(std::process::Stdio::piped())
+                .stdout(log.try_clone()?)
+                .stderr(log)
+                .spawn()
+                .context("baton-sim")?;
+            site.hollow = Some(Hollow(child));
+            wait_for("every node Ready", LONG, || {
+                Ok((site.ready_nodes()? == agents + hollow).then_some(()))
+            })?;
+        }
         Ok(site)
+    }
+
+    /// How many nodes the leader shows Ready.
+    pub fn ready_nodes(&self) -> Result<usize> {
+        let nodes = self.lab.get_json(&["get", "nodes"])?;
+        Ok(crate::items(&nodes)
+            .iter()
+            .filter(|n| n["status"]["ready"] == true)
+            .count())
     }
 
     /// Machine `k`'s coordinator data dir; the first is the lab's own, so that the
@@ -249,3 +286,13 @@ impl HaSite {
 }
 
 const LONG: Duration = Duration::from_secs(120);
+
+/// The running `baton-sim`, killed with the site.
+struct Hollow(std::process::Child);
+
+impl Drop for Hollow {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}

@@ -10,19 +10,21 @@ use std::time::{Duration, Instant};
 
 use anyhow::{ensure, Context, Result};
 use baton_e2e::fleet::{init_pid, is_running, is_terminating, node_of, uid, EchoDeployment};
-use baton_e2e::ha::HaSite;
+use baton_e2e::ha::{HaSite, REAL};
 use baton_e2e::{items, wait_for, Broker};
 use serde_json::Value;
 
 const LONG: Duration = Duration::from_secs(180);
 /// The bound: a single leader this long after a fault.
 const ONE_LEADER: Duration = Duration::from_secs(15);
+/// Simulated nodes beside the real ones (baton-sim), each re-adopted by every new leader.
+const HOLLOW: usize = 1000;
 /// 3 replicas with the default 25% surge: ceil(0.75) = 1.
 const MAX_PODS: usize = 3 + 1;
 
 #[test]
 fn an_ha_site_keeps_one_leader_and_its_pods_through_chaos() -> Result<()> {
-    let mut site = HaSite::start("chaos", 3, Broker::Mosquitto)?;
+    let mut site = HaSite::start("chaos", 3, HOLLOW, Broker::Mosquitto)?;
     let r = chaos(&mut site);
     if r.is_err() {
         site.dump_logs();
@@ -102,7 +104,11 @@ fn scale(site: &HaSite, k: usize, replicas: usize) -> Result<()> {
 fn chaos(site: &mut HaSite) -> Result<()> {
     let reg = site.lab.registry();
     let (leader, _) = site.single_leader(ONE_LEADER)?;
-    site.lab.apply(&EchoDeployment::new(3).yaml(&reg))?;
+    site.lab.apply(
+        &EchoDeployment::new(3)
+            .node_selector(REAL.0, REAL.1)
+            .yaml(&reg),
+    )?;
     wait_web(site, 3, 1, "3 pods Running on version 1")?;
 
     // 1. The leader dies (SIGKILL) in the middle of a rollout. A sampler counts the live
@@ -110,7 +116,7 @@ fn chaos(site: &mut HaSite) -> Result<()> {
     let stop = AtomicBool::new(false);
     let most = AtomicUsize::new(0);
     let shared: &HaSite = site;
-    let rolled = std::thread::scope(|s| -> Result<Vec<Value>> {
+    let (rolled, next) = std::thread::scope(|s| -> Result<(Vec<Value>, usize)> {
         let site = shared;
         s.spawn(|| {
             while !stop.load(Ordering::Relaxed) {
@@ -122,7 +128,12 @@ fn chaos(site: &mut HaSite) -> Result<()> {
             }
         });
         let r = (|| {
-            site.lab.apply(&EchoDeployment::new(3).tag(2).yaml(&reg))?;
+            site.lab.apply(
+                &EchoDeployment::new(3)
+                    .tag(2)
+                    .node_selector(REAL.0, REAL.1)
+                    .yaml(&reg),
+            )?;
             wait_for("the rollout to start", LONG, || {
                 Ok(web_pods(site)
                     .is_some_and(|pods| pods.iter().any(|p| on_version(p, 2)))
@@ -148,7 +159,10 @@ fn chaos(site: &mut HaSite) -> Result<()> {
                 "FIGURE HA: leader {leader} killed mid-rollout; {next} leads after {took:.1?}"
             );
             ensure!(took <= ONE_LEADER, "a single leader only after {took:?}");
-            wait_web(site, 3, 2, "the rollout to finish under the new leader")
+            Ok((
+                wait_web(site, 3, 2, "the rollout to finish under the new leader")?,
+                next,
+            ))
         })();
         stop.store(true, Ordering::Relaxed);
         r
@@ -159,6 +173,8 @@ fn chaos(site: &mut HaSite) -> Result<()> {
         most <= MAX_PODS,
         "{most} web pods at once, more than replicas + maxSurge ({MAX_PODS})"
     );
+    site.use_api(next);
+    all_ready(site, "the leader killed mid-rollout")?;
     site.kill_coordinator(leader);
     site.start_coordinator(leader)?;
     let before = pids(site, &rolled)?;
@@ -181,6 +197,7 @@ fn chaos(site: &mut HaSite) -> Result<()> {
     scale(site, now, 4)?;
     let four = wait_web(site, 4, 2, "4 pods Running with an etcd member down")?;
     unchanged(site, &before, "an etcd member down")?;
+    all_ready(site, "an etcd member killed")?;
     site.etcd_member(leader)?.restart()?;
 
     // 3. The leader is cut off from etcd, and from nothing else: it must step down, and
@@ -217,20 +234,21 @@ fn chaos(site: &mut HaSite) -> Result<()> {
     );
     unchanged(site, &kept, "the leader cut from etcd")?;
 
-    // Every real node is Ready under the last leader.
-    let nodes = site.lab.get_json(&["get", "nodes"])?;
-    let agents: Vec<&str> = site.lab.agents[..3]
-        .iter()
-        .map(|a| a.name.as_str())
-        .collect();
-    for n in items(&nodes) {
-        let name = n["metadata"]["name"].as_str().unwrap_or_default();
-        if agents.contains(&name) {
-            ensure!(
-                n["status"]["ready"] == true,
-                "node {name} is not Ready: {n}"
-            );
-        }
-    }
+    all_ready(site, "the leader cut from etcd")
+}
+
+/// Waits until every node, real and hollow, is Ready under the current leader.
+fn all_ready(site: &HaSite, after: &str) -> Result<()> {
+    let all = 3 + site.hollow_nodes;
+    let start = Instant::now();
+    wait_for(
+        &format!("all {all} nodes Ready after {after}"),
+        LONG,
+        || Ok((site.ready_nodes()? == all).then_some(())),
+    )?;
+    println!(
+        "FIGURE HA: all {all} nodes Ready {:.1?} after the check began ({after})",
+        start.elapsed()
+    );
     Ok(())
 }

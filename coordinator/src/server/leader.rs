@@ -2,7 +2,8 @@
 //! election API rather than anything home-made: the Kubernetes way of running one active
 //! controller manager among several.
 //!
-//! A coordinator on etcd holds a lease (kept alive every third of its TTL) and campaigns
+//! A coordinator on etcd holds a lease (kept alive every third of its TTL, from a thread
+//! of its own: `spawn_keeper`) and campaigns
 //! under `<prefix>/leader` before it loads any state: a standby waits there, serving
 //! nothing, and takes over when the leader's lease ends (its process died, or it was cut
 //! off from etcd for a whole TTL). The winner then fences its store
@@ -11,6 +12,8 @@
 //! cannot write over its successor. When the lease is lost, the coordinator stops
 //! ([`Leadership::lost`]); under systemd it restarts and waits as a standby.
 
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 
 use etcd_client::{Client, ConnectOptions};
@@ -30,6 +33,8 @@ pub enum LeaderError {
     Etcd { endpoints: String, message: String },
     #[error("the leader lease must be at least 2 s, got {0:?}")]
     LeaseTooShort(Duration),
+    #[error("cannot start the leader lease's thread: {0}")]
+    Thread(std::io::Error),
 }
 
 /// This coordinator leads; `lost` fires (with why) once it no longer does.
@@ -42,13 +47,13 @@ pub struct Leadership {
     _keepalive: AbortOnDrop,
 }
 
-/// Ends its task when dropped (a dropped `JoinHandle` only detaches it): a campaign that
-/// failed must not leave its lease renewed forever, one more stream per retry.
-struct AbortOnDrop(tokio::task::JoinHandle<()>);
+/// Stops the lease's keeper thread when dropped: a campaign that failed must not leave
+/// its lease renewed forever, one more keeper per retry.
+struct AbortOnDrop(Arc<AtomicBool>);
 
 impl Drop for AbortOnDrop {
     fn drop(&mut self) {
-        self.0.abort();
+        self.0.store(true, Ordering::Relaxed);
     }
 }
 
@@ -71,16 +76,13 @@ pub async fn lead(store: &EtcdStore, me: &str, lease: Duration) -> Result<Leader
         endpoints: endpoints.clone(),
         message: e.to_string(),
     };
-    let connect = ConnectOptions::new()
-        .with_connect_timeout(CALL_TIMEOUT)
-        .with_keep_alive(PING_EVERY, PING_TIMEOUT);
-    let mut client = Client::connect(&opts.endpoints, Some(connect))
+    let mut client = Client::connect(&opts.endpoints, Some(connect_options()))
         .await
         .map_err(&fail)?;
     let ttl = i64::try_from(lease.as_secs()).unwrap_or(i64::MAX);
     let id = client.lease_grant(ttl, None).await.map_err(&fail)?.id();
     let (lost_tx, lost) = oneshot::channel();
-    let keepalive = AbortOnDrop(tokio::spawn(keep_alive(client.clone(), id, lease, lost_tx)));
+    let keepalive = spawn_keeper(opts.endpoints.clone(), id, lease, lost_tx)?;
     let name = election(opts);
     tracing::info!(election = %name, lease_secs = ttl, "waiting to lead");
     let resp = client
@@ -103,19 +105,62 @@ pub async fn lead(store: &EtcdStore, me: &str, lease: Duration) -> Result<Leader
     })
 }
 
-/// Renews the lease every third of its TTL. Reports it lost when etcd says it expired,
-/// or when no renewal got through for a whole TTL (etcd will have expired it by then).
-async fn keep_alive(mut client: Client, id: i64, lease: Duration, lost: oneshot::Sender<String>) {
+/// Renews the lease from a thread of its own, with its own runtime and connection: a
+/// leader busy on the runtime it serves from (1,000 nodes joining a debug build on two
+/// cores did it) must not miss renewals and lose its leadership for being busy.
+fn spawn_keeper(
+    endpoints: Vec<String>,
+    id: i64,
+    lease: Duration,
+    lost: oneshot::Sender<String>,
+) -> Result<AbortOnDrop, LeaderError> {
+    let stop = Arc::new(AtomicBool::new(false));
+    let stopped = stop.clone();
+    std::thread::Builder::new()
+        .name("leader-lease".into())
+        .spawn(move || {
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build();
+            match runtime {
+                Ok(rt) => rt.block_on(keep_alive(endpoints, id, lease, lost, stopped)),
+                Err(e) => {
+                    let _ = lost.send(format!("cannot renew the leader lease: {e}"));
+                }
+            }
+        })
+        .map_err(LeaderError::Thread)?;
+    Ok(AbortOnDrop(stop))
+}
+
+/// Renews the lease every third of its TTL until `stop`. Reports it lost when etcd says
+/// it expired, or when no renewal got through for a whole TTL (etcd will have expired it
+/// by then).
+async fn keep_alive(
+    endpoints: Vec<String>,
+    id: i64,
+    lease: Duration,
+    lost: oneshot::Sender<String>,
+    stop: Arc<AtomicBool>,
+) {
     let every = lease / 3;
     let mut last_renewed = tokio::time::Instant::now();
+    let mut client = None;
     let mut stream = None;
-    loop {
+    while !stop.load(Ordering::Relaxed) {
         if last_renewed.elapsed() >= lease {
             let _ = lost.send(format!("no lease renewal reached etcd for {lease:?}"));
             return;
         }
-        if stream.is_none() {
-            stream = client.lease_keep_alive(id).await.ok();
+        if client.is_none() {
+            let connect = Client::connect(&endpoints, Some(connect_options()));
+            client = tokio::time::timeout(every, connect)
+                .await
+                .ok()
+                .and_then(Result::ok);
+        }
+        if let (Some(c), None) = (client.as_mut(), stream.as_ref()) {
+            stream = c.lease_keep_alive(id).await.ok();
         }
         if let Some((keeper, responses)) = stream.as_mut() {
             let renewed = async {
@@ -134,6 +179,13 @@ async fn keep_alive(mut client: Client, id: i64, lease: Duration, lost: oneshot:
         }
         tokio::time::sleep(every.saturating_sub(Duration::from_millis(50))).await;
     }
+}
+
+/// The election's connections: pinged every [`PING_EVERY`].
+fn connect_options() -> ConnectOptions {
+    ConnectOptions::new()
+        .with_connect_timeout(CALL_TIMEOUT)
+        .with_keep_alive(PING_EVERY, PING_TIMEOUT)
 }
 
 /// The election's name: one per fleet prefix.

@@ -7,7 +7,9 @@
 use std::time::{Duration, Instant};
 
 use anyhow::{ensure, Context, Result};
-use baton_e2e::fleet::{init_pid, is_running, node_of, uid, uids, wait_pods, EchoDeployment};
+use baton_e2e::fleet::{
+    init_pid, is_running, node_of, pod_name, uid, uids, wait_pods, EchoDeployment,
+};
 use baton_e2e::{forge, items, wait_for, Broker, Lab, Proc};
 
 const LONG: Duration = Duration::from_secs(180);
@@ -210,6 +212,23 @@ fn a_standby_takes_over_from_a_paused_leader_which_then_writes_nothing() -> Resu
     ensure!(
         items(&v).len() == 2,
         "the standby's redirect did not reach the leader: {v}"
+    );
+    // exec too (an upgraded connection, not a plain request) through the standby.
+    let out = baton_at(
+        &lab,
+        standby_api,
+        &[
+            "exec",
+            &pod_name(&pods[0]),
+            "--",
+            "sh",
+            "-c",
+            "echo via-standby",
+        ],
+    )?;
+    ensure!(
+        out.status.success() && String::from_utf8_lossy(&out.stdout) == "via-standby\n",
+        "exec through the standby: {out:?}"
     );
     let health = lab
         .hub

@@ -146,11 +146,8 @@ impl Client {
             .request(route)
             .header(reqwest::header::CONNECTION, "upgrade")
             .header(reqwest::header::UPGRADE, protocol);
-        let resp = req
-            .bearer_auth(&self.token)
-            .send()
-            .await
-            .map_err(|e| self.send_failed(&self.base, &e))?;
+        // Through a standby too: the upgrade has no body, so it is asked again of the leader.
+        let resp = self.follow(req).await?;
         if resp.status() == reqwest::StatusCode::SWITCHING_PROTOCOLS {
             return resp
                 .upgrade()
@@ -186,6 +183,16 @@ impl Client {
 
     /// Sends `req` with the token; a successful answer, or the server's error.
     async fn answer(&self, req: reqwest::RequestBuilder) -> Result<reqwest::Response, CliError> {
+        let resp = self.follow(req).await?;
+        if resp.status().is_success() {
+            return Ok(resp);
+        }
+        Err(self.refused(resp).await)
+    }
+
+    /// Sends `req` with the token and returns the answer, whatever its status, once a
+    /// standby's redirect is followed.
+    async fn follow(&self, req: reqwest::RequestBuilder) -> Result<reqwest::Response, CliError> {
         let req = req
             .bearer_auth(&self.token)
             .build()
@@ -219,10 +226,7 @@ impl Client {
                     .map_err(|e| self.send_failed(&server, &e))?;
             }
         }
-        if resp.status().is_success() {
-            return Ok(resp);
-        }
-        Err(self.refused(resp).await)
+        Ok(resp)
     }
 
     /// The server's error, from a refusing answer.

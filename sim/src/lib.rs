@@ -217,7 +217,9 @@ impl Hollow {
     pub fn on(&mut self, input: Input, now: Instant) -> Vec<Body> {
         let mut out = Vec::new();
         match input {
-            Input::Connected => {
+            // As the agent: a new leader asks every node, and learns its link profile (how
+            // long it may stay quiet) only from the answer's Link.
+            Input::Connected | Input::StatusRequest => {
                 out.push(self.hello());
                 out.push(Body::Link(self.settings.wire()));
                 self.push_status(&mut out, true);
@@ -249,7 +251,6 @@ impl Hollow {
                 self.start_due(now);
                 self.push_status(&mut out, false);
             }
-            Input::StatusRequest => self.push_status(&mut out, true),
             Input::Tick => {
                 self.start_due(now);
                 self.push_status(&mut out, false);

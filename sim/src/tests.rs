@@ -47,6 +47,17 @@ fn connect_says_hello_link_and_status() {
     assert!(hello.labels.iter().any(|l| l.key.as_str() == SIM_LABEL));
 }
 
+/// A new leader knows a node's link profile only from its Link: answered as the agent
+/// answers, or a quiet hollow node goes NotReady under the default timeout.
+#[test]
+fn a_status_request_is_answered_as_the_agent_does() {
+    let mut h = Hollow::new(1, settings(), Duration::from_secs(1));
+    let now = Instant::now();
+    h.on(Input::Connected, now);
+    let out = h.on(Input::StatusRequest, now);
+    assert_eq!(kinds(&out), ["Hello", "Link", "Status"]);
+}
+
 #[test]
 fn pods_run_after_the_start_delay_with_addresses_from_the_node_range() {
     let t0 = Instant::now();

@@ -1,9 +1,10 @@
 //! An HA site under chaos (issue 17): three machines, each with an etcd member and a
 //! coordinator, a broker, and real agents. The leader is killed with SIGKILL in the middle
-//! of a rollout, then an etcd member dies, then the leader is cut off from etcd alone.
+//! of a rollout, then an etcd member dies, then the leader is cut off from etcd alone,
+//! then the leader is paused for 30 s.
 //! After each: one leader within 15 s, no container of a surviving pod restarted, every
 //! change made through the API kept, and never more than `replicas + maxSurge` pods.
-//! (The SIGSTOPped leader and its refused late messages are tests/tests/ha.rs.)
+//! (A deposed leader's late messages refused by the agents are tests/tests/ha.rs.)
 
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
@@ -233,8 +234,47 @@ fn chaos(site: &mut HaSite) -> Result<()> {
         "scaling 4 -> 3 replaced pods: {three:?} {four:?}"
     );
     unchanged(site, &kept, "the leader cut from etcd")?;
+    all_ready(site, "the leader cut from etcd")?;
+    // It stopped; back as a standby, as systemd would start it.
+    site.kill_coordinator(leader);
+    site.start_coordinator(leader)?;
 
-    all_ready(site, "the leader cut from etcd")
+    // 4. The leader is paused (SIGSTOP) for 30 s: another leads meanwhile, and the old one,
+    // resumed, finds its lease gone and steps down, leaving one leader.
+    let (leader, _) = site.single_leader(ONE_LEADER)?;
+    let pid = site.coordinators[leader]
+        .as_ref()
+        .and_then(|p| p.pid())
+        .context("leader pid")?;
+    let signal =
+        |sig: &str| baton_e2e::sh(std::process::Command::new("kill").args([sig, &pid.to_string()]));
+    signal("-STOP")?;
+    let paused = Instant::now();
+    let r = (|| {
+        let (next, seen) =
+            site.single_leader_but(Some(leader), ONE_LEADER + Duration::from_secs(10))?;
+        let took = seen - paused;
+        println!("FIGURE HA: leader {leader} paused; {next} alone leads after {took:.1?}");
+        ensure!(took <= ONE_LEADER, "a single leader only after {took:?}");
+        site.use_api(next);
+        Ok(next)
+    })();
+    std::thread::sleep(Duration::from_secs(30).saturating_sub(paused.elapsed()));
+    signal("-CONT")?;
+    let next = r?;
+    wait_for("the resumed coordinator to step down", LONG, || {
+        Ok(site
+            .log(leader)
+            .contains("lost the leadership")
+            .then_some(()))
+    })?;
+    ensure!(
+        site.leaders() == vec![next],
+        "leaders after the old one resumed: {:?}",
+        site.leaders()
+    );
+    unchanged(site, &kept, "the leader paused for 30 s")?;
+    all_ready(site, "the leader paused for 30 s")
 }
 
 /// Waits until every node, real and hollow, is Ready under the current leader.

@@ -945,6 +945,7 @@ fn small_table() -> ServiceTable {
             port: 80,
             protocol: Protocol::Tcp,
             node_port: Some(30080),
+            name: Some(s("http")),
         }])
         .unwrap(),
         endpoints: BVec::from_vec(vec![ServiceEndpoint {
@@ -976,10 +977,10 @@ fn service_table() {
         Envelope::new(Sender::Coordinator, 14, Body::ServiceTable(table)),
         // 05 | 00 Coordinator | 0e seq | 00 | 13 ServiceTable | digest (varint) |
         // 01 service: "web", 10.43.0.2, 00 not LB, 00 no affinity, 01 port: 80, 00 tcp,
-        // 01 nodePort 30080; 01 endpoint: 10.42.1.5, 01 port 8080 |
+        // 01 nodePort 30080, 01 name "http"; 01 endpoint: 10.42.1.5, 01 port 8080 |
         // 01 route: "10.42.1.0/24" via 192.168.1.10 | 03 term | 00 no signature
-        "05000e0013 f8ac80dac2f1bcf260 \
-         01 03776562 0a2b0002 00 00 01 50 00 0180eb01 01 0a2a0105 01903f \
+        "05000e0013 86cde9a4f5ccc1cb26 \
+         01 03776562 0a2b0002 00 00 01 50 00 0180eb01 01 0468747470 01 0a2a0105 01903f \
          01 0c31302e34322e312e302f3234 c0a8010a 03 00"
             .replace(' ', "")
             .as_str(),

@@ -495,6 +495,9 @@ fn in_pod_net(netns: &str, etc: &std::path::Path, cmd: &[&str]) -> Result<(bool,
     Ok((out.status.success(), text))
 }
 
+/// An SRV record's port and target.
+type SrvRecord = (u16, String);
+
 /// `dnsPolicy`, `dnsConfig`, `hostAliases` and SRV records.
 fn pod_dns_settings(
     lab: &mut Lab,
@@ -600,10 +603,10 @@ fn pod_dns_settings(
         .as_str()
         .context("a ClusterIP")?
         .parse()?;
-    let srv = |name: &str| -> Result<(Vec<(u16, String)>, Vec<Ipv4Addr>)> {
+    let srv = |name: &str| -> Result<(Vec<SrvRecord>, Vec<Ipv4Addr>)> {
         let a = ask(client_ns, gateway, name, RecordType::SRV, 1)?;
         ensure!(a.code == ResponseCode::NoError, "{name}: {:?}", a.code);
-        let mut recs: Vec<(u16, String)> = a
+        let mut recs: Vec<SrvRecord> = a
             .last
             .answers()
             .iter()

@@ -352,10 +352,11 @@ pub async fn start(
 
     // resolv.conf and hosts before any container: every one of them mounts them.
     let (d, name, dir) = (deps.clone(), pod.name.to_string(), deps.pod_dir(&uid));
-    let ip4 = netns.as_ref().map(|n| n.ip);
+    let (ip4, dns) = (netns.as_ref().map(|n| n.ip), pod.dns.clone());
     blocking(move || {
         let gw = d.network.gateway();
-        crate::dns::files::write(&dir, &name, &hostname(&name), ip4, gw, &d.resolv_conf)
+        let host = hostname(&name);
+        crate::dns::files::write(&dir, &name, &host, ip4, dns.as_ref(), gw, &d.resolv_conf)
     })
     .await
     .map_err(|e| fail(None, e))?

@@ -194,6 +194,7 @@ mod tests {
                 volumes: BVec::new(),
                 image_pull_secrets: BVec::new(),
                 priority: i as i32,
+                dns: None,
             })
             .collect();
         DesiredState {

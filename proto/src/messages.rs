@@ -18,11 +18,13 @@ mod config_map;
 mod cron;
 mod desired;
 mod hello;
+mod pod_dns;
 mod service_table;
 pub use config_map::*;
 pub use cron::*;
 pub use desired::*;
 pub use hello::*;
+pub use pod_dns::*;
 pub use service_table::*;
 
 /// A node's name: 1-63 characters from `[A-Za-z0-9._-]`, so it is always a single,
@@ -440,6 +442,10 @@ pub struct PodSpec {
     /// depends on, which the agent never evicts. Added in v5; a v4 peer reads and writes
     /// none (0).
     pub priority: i32,
+    /// `dnsPolicy`, `dnsConfig` and `hostAliases`; `None` for the default (ClusterFirst,
+    /// neither of the others). Added in v5: the coordinator withholds a pod with them from
+    /// a v4 agent, which reads and writes none.
+    pub dns: Option<PodDns>,
 }
 
 /// kubelet's threshold for a critical pod: `system-cluster-critical`'s priority.
@@ -454,7 +460,7 @@ impl PodSpec {
     }
 }
 
-const POD_SPEC_FIELDS: [&str; 10] = [
+const POD_SPEC_FIELDS: [&str; 11] = [
     "name",
     "uid",
     "host_network",
@@ -465,6 +471,7 @@ const POD_SPEC_FIELDS: [&str; 10] = [
     "volumes",
     "image_pull_secrets",
     "priority",
+    "dns",
 ];
 
 /// The fields of a `PodSpec` at the version being encoded or decoded.
@@ -492,6 +499,7 @@ impl Serialize for PodSpec {
         st.serialize_field("image_pull_secrets", &self.image_pull_secrets)?;
         if fields.len() > 9 {
             st.serialize_field("priority", &self.priority)?;
+            st.serialize_field("dns", &self.dns)?;
         }
         st.end()
     }
@@ -526,6 +534,7 @@ impl<'de> Deserialize<'de> for PodSpec {
                     volumes: field!(7),
                     image_pull_secrets: field!(8),
                     priority: if self.0 > 9 { field!(9) } else { 0 },
+                    dns: if self.0 > 10 { field!(10) } else { None },
                 })
             }
         }

@@ -86,6 +86,7 @@ fn declared_lengths_over_the_bound_are_refused_without_allocating() {
             volumes: BVec::new(),
             image_pull_secrets: BVec::new(),
             priority: 0,
+            dns: None,
         })
         .collect();
     // Encoding through a plain Vec to bypass the constructor's own bound check.

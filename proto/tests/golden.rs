@@ -46,7 +46,11 @@ fn check_reshaped(env: Envelope, v4_hex: &str, v5_hex: &str) {
     let Body::Desired(mut d) = v4.body.clone() else {
         panic!("only a desired state carries pod specs")
     };
-    let pods = d.pods.iter().cloned().map(|p| PodSpec { priority: 0, ..p });
+    let pods = d.pods.iter().cloned().map(|p| PodSpec {
+        priority: 0,
+        dns: None,
+        ..p
+    });
     d.pods = BVec::from_vec(pods.collect()).unwrap();
     d.term = 0;
     let read = Envelope::decode(&bytes).unwrap();
@@ -368,6 +372,7 @@ fn desired_state() {
         volumes: BVec::new(),
         image_pull_secrets: BVec::new(),
         priority: SYSTEM_NODE_CRITICAL_PRIORITY,
+        dns: None,
     };
     let env = Envelope::new(
         Sender::Coordinator,
@@ -390,12 +395,12 @@ const DESIRED: &str = "040009000402010777 65622d616263 02 7531 00 00 1e 01 03 77
 20 3132372e302e302e313a353030302f6261746f6e2f687474702d6563686f3a31 01 00 02 022d70 0438303830 \
 01 074d455353414745 00 026869 01 042f777777 01 903f01 5000 64 01f403 8080800801 808080 10 \
 00 000000 000000000000 00 00 00 00 00 00";
-// v5: the same but the version, the pod's priority (zigzag varint) after its
-// imagePullSecrets, the leader's term (07) and the (empty) CronJobs after the secrets.
+// v5: the same but the version, the pod's priority (zigzag varint) and its DNS settings
+// (00, none) after its imagePullSecrets, the leader's term (07) and the (empty) CronJobs after the secrets.
 const DESIRED_V5: &str = "050009000402010777 65622d616263 02 7531 00 00 1e 01 03 776562 \
 20 3132372e302e302e313a353030302f6261746f6e2f687474702d6563686f3a31 01 00 02 022d70 0438303830 \
 01 074d455353414745 00 026869 01 042f777777 01 903f01 5000 64 01f403 8080800801 808080 10 \
-00 000000 000000000000 00 00 00 00 d0dfacf30e 00 07 00 00";
+00 000000 000000000000 00 00 00 00 d0dfacf30e 00 00 07 00 00";
 
 #[test]
 fn status() {
@@ -544,6 +549,7 @@ fn desired_state_v2_fields() {
         .unwrap(),
         image_pull_secrets: BVec::from_vec(vec![s("regcred")]).unwrap(),
         priority: 0,
+        dns: None,
     };
     let mut env = Envelope::new(
         Sender::Coordinator,
@@ -586,8 +592,8 @@ const DESIRED_V2: &str = "0400 8080e2c4f2a29903 80a0f1c2b134 04 01 01 0170 0175 
 01 07726567637265 64 \
 01 026462 03 00 02aabb \
 40 5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a";
-// v5: the version, priority 0 after the imagePullSecrets, term 1 and no CronJobs after the
-// secrets.
+// v5: the version, priority 0 and no DNS settings (00) after the imagePullSecrets, term 1
+// and no CronJobs after the secrets.
 const DESIRED_V2_AT_V5: &str = "0500 8080e2c4f2a29903 80a0f1c2b134 04 01 01 0170 0175 00 01 05 01 \
 03617070 0d722f61407368613235363a3030 02 00 00 01 025057 01 026462 027077 00 00 00000000 \
 01 056372656473 022f73 01 \
@@ -597,7 +603,7 @@ const DESIRED_V2_AT_V5: &str = "0500 8080e2c4f2a29903 80a0f1c2b134 04 01 01 0170
 00 01 094e45545f41444d494e 00 01 e807 00 01 02 \
 01 0169 03722f62 00 00 00 00 00 00 00000000 00 000000 000000000000 00 \
 02 056372656473 00 026462 03746d70 01 01 8008 \
-01 07726567637265 64 00 \
+01 07726567637265 64 00 00 \
 01 026462 03 00 02aabb 01 00 \
 40 5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a";
 
@@ -939,6 +945,7 @@ fn small_table() -> ServiceTable {
             port: 80,
             protocol: Protocol::Tcp,
             node_port: Some(30080),
+            name: Some(s("http")),
         }])
         .unwrap(),
         endpoints: BVec::from_vec(vec![ServiceEndpoint {
@@ -970,10 +977,10 @@ fn service_table() {
         Envelope::new(Sender::Coordinator, 14, Body::ServiceTable(table)),
         // 05 | 00 Coordinator | 0e seq | 00 | 13 ServiceTable | digest (varint) |
         // 01 service: "web", 10.43.0.2, 00 not LB, 00 no affinity, 01 port: 80, 00 tcp,
-        // 01 nodePort 30080; 01 endpoint: 10.42.1.5, 01 port 8080 |
+        // 01 nodePort 30080, 01 name "http"; 01 endpoint: 10.42.1.5, 01 port 8080 |
         // 01 route: "10.42.1.0/24" via 192.168.1.10 | 03 term | 00 no signature
-        "05000e0013 f8ac80dac2f1bcf260 \
-         01 03776562 0a2b0002 00 00 01 50 00 0180eb01 01 0a2a0105 01903f \
+        "05000e0013 86cde9a4f5ccc1cb26 \
+         01 03776562 0a2b0002 00 00 01 50 00 0180eb01 01 0468747470 01 0a2a0105 01903f \
          01 0c31302e34322e312e302f3234 c0a8010a 03 00"
             .replace(' ', "")
             .as_str(),
@@ -1036,6 +1043,7 @@ fn node_cron() -> NodeCron {
             volumes: BVec::new(),
             image_pull_secrets: BVec::new(),
             priority: 0,
+            dns: None,
         },
         policy: CronPolicy::Forbid,
         starting_deadline_secs: Some(30),
@@ -1072,10 +1080,11 @@ fn desired_state_with_a_node_cron() {
         hex::encode(&bytes),
         // 05 | 00 Coordinator | 05 seq | 00 | 04 Desired | 03 generation | 00 pods |
         // 00 secrets | 02 term | 01 cron: "tick", "u1", pod ("tick", "u1", 00 host network, 02 Never,
-        // 01 grace, 00 containers, 00 inits, 00 volumes, 00 pull secrets, 00 priority),
+        // 01 grace, 00 containers, 00 inits, 00 volumes, 00 pull secrets, 00 priority,
+        // 00 no DNS settings),
         // 01 Forbid, 01 1e deadline 30, 06 backoff, 03 01 history, first (varint),
         // 02 deltas 3c 3c | 00 no signature
-        "0500050004 03 00 00 02 01 047469636b 027531 047469636b 027531 00 02 01 00 00 00 00 00 \
+        "0500050004 03 00 00 02 01 047469636b 027531 047469636b 027531 00 02 01 00 00 00 00 00 00 \
          01 011e 06 03 01 bca4a7da06 02 3c3c 00"
             .replace([' ', '\\'], "")
     );
@@ -1118,4 +1127,61 @@ fn cron_runs() {
             .replace([' ', '\\'], "")
             .as_str(),
     );
+}
+
+/// v5's pod DNS settings: `dnsPolicy: None` with a `dnsConfig`, and a `hostAliases` entry.
+/// A pod without them pays one byte (00, above); a v4 agent is never sent one (the
+/// coordinator withholds the pod), and the v4 shape has no such field.
+#[test]
+fn pod_dns_settings() {
+    let pod = PodSpec {
+        dns: Some(PodDns {
+            policy: DnsPolicy::None,
+            nameservers: BVec::from_vec(vec![IpAddr::V4(Ipv4Addr::new(192, 0, 2, 53))]).unwrap(),
+            searches: BVec::from_vec(vec![s("lab.example")]).unwrap(),
+            options: BVec::from_vec(vec![
+                DnsOption {
+                    name: s("ndots"),
+                    value: Some(s("2")),
+                },
+                DnsOption {
+                    name: s("edns0"),
+                    value: None,
+                },
+            ])
+            .unwrap(),
+            host_aliases: BVec::from_vec(vec![HostAlias {
+                ip: IpAddr::V4(Ipv4Addr::new(10, 1, 2, 3)),
+                hostnames: BVec::from_vec(vec![s("db.lab")]).unwrap(),
+            }])
+            .unwrap(),
+        }),
+        ..node_cron().pod
+    };
+    let env = Envelope::new(
+        Sender::Coordinator,
+        5,
+        Body::Desired(DesiredState {
+            generation: 3,
+            pods: BVec::from_vec(vec![pod]).unwrap(),
+            secrets: BVec::new(),
+            term: 2,
+            crons: BVec::new(),
+        }),
+    );
+    let bytes = env.encode().unwrap();
+    assert_eq!(
+        hex::encode(&bytes),
+        // 05 | 00 Coordinator | 05 seq | 00 | 04 Desired | 03 generation | 01 pod ("tick",
+        // "u1", 00 host network, 02 Never, 01 grace, 00 containers, 00 inits, 00 volumes,
+        // 00 pull secrets, 00 priority, 01 DNS settings: 03 None, 01 nameserver 00 V4
+        // c0000235, 01 search "lab.example", 02 options "ndots" 01 "2" and "edns0" 00,
+        // 01 alias 00 V4 0a010203 01 "db.lab") | 00 secrets | 02 term | 00 CronJobs |
+        // 00 no signature
+        "0500050004 03 01 047469636b 027531 00 02 01 00 00 00 00 00 \
+         01 03 01 00c0000235 01 0b6c61622e6578616d706c65 02 056e646f7473 01 0132 \
+         0565646e7330 00 01 000a010203 01 0664622e6c6162 00 02 00 00"
+            .replace([' ', '\\'], "")
+    );
+    assert_eq!(Envelope::decode(&bytes).unwrap(), env);
 }

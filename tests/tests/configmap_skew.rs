@@ -2,8 +2,9 @@
 //! tests/skew/build-previous.sh) cannot decode a pod that uses a ConfigMap, so such a pod
 //! assigned to its node waits with `CreateContainerConfigError` and a reason naming the
 //! agent's protocol, while the node stays Ready and keeps running its other pods; a change
-//! to the ConfigMap reaches nobody and breaks nothing. Neither side refuses or drops a
-//! message, and neither process dies.
+//! to the ConfigMap reaches nobody and breaks nothing. A pod with DNS settings
+//! (`hostAliases`, `dnsPolicy`, `dnsConfig`: v5's `PodSpec.dns`) waits the same way.
+//! Neither side refuses or drops a message, and neither process dies.
 //!
 //! Apart from tests/tests/skew.rs (an enrolled fleet on Mosquitto, a minute or more) so
 //! that this check costs one agent on the embedded broker.
@@ -38,6 +39,15 @@ fn plain_pod(registry: &str) -> String {
     )
 }
 
+/// A pod with DNS settings a v4 agent cannot carry.
+fn dns_pod(registry: &str) -> String {
+    format!(
+        "apiVersion: v1\nkind: Pod\nmetadata: {{name: uses-dns}}\nspec:\n  dnsPolicy: Default\n  \
+         hostAliases: [{{ip: 10.1.2.3, hostnames: [db.lab]}}]\n  containers:\n  - name: c\n    \
+         image: {registry}/baton/busybox:1\n    command: [sleep, '3600']\n"
+    )
+}
+
 fn running(p: &Value) -> bool {
     p["status"]["phase"] == "Running"
         && p["status"]["containerStatuses"][0]["state"]["running"].is_object()
@@ -67,6 +77,7 @@ fn scenario(lab: &mut Lab) -> Result<()> {
     lab.apply(CONFIG)?;
     lab.apply(&user_pod(&registry))?;
     lab.apply(&plain_pod(&registry))?;
+    lab.apply(&dns_pod(&registry))?;
 
     // The pod is bound to the node but withheld from it, with kubelet's reason word and a
     // message that names the node, its protocol and the way out.
@@ -91,6 +102,22 @@ fn scenario(lab: &mut Lab) -> Result<()> {
         "{described}"
     );
     eprintln!("FIGURE describe pod on a v4 node:\n{described}");
+
+    let dns = wait_for("uses-dns to wait for a newer agent", LONG, || {
+        let p = lab.get_json(&["get", "pod", "uses-dns"])?;
+        let ok = p["spec"]["nodeName"] == node.as_str()
+            && p["status"]["reason"] == "CreateContainerConfigError";
+        Ok(ok.then_some(p))
+    })?;
+    let message = dns["status"]["message"].as_str().unwrap_or_default();
+    ensure!(
+        message
+            == format!(
+                "node {node} runs an agent of protocol v4, which cannot set a pod's dnsPolicy, \
+                 dnsConfig or hostAliases; upgrade its agent to protocol v5"
+            ),
+        "{message}"
+    );
 
     // The node goes on running what it can: the plain pod runs there.
     wait_for("plain to run on the 0.1.0 node", LONG, || {

@@ -6,6 +6,13 @@
 //! agents' `--resolv-conf` names it), NXDOMAIN at once for a cluster name that does not
 //! exist, and a Service created or deleted answered correctly within 1 s.
 //!
+//! Then a pod's DNS settings: `dnsPolicy: None` with a `dnsConfig` (exactly those lines),
+//! `Default` (the node's file), `ClusterFirstWithHostNet` on a `hostNetwork` pod (cluster
+//! DNS), `hostAliases` in `/etc/hosts` and resolving (curl by the alias, in the pod's
+//! network namespace with the pod's hosts file); and SRV records of named ports, for a
+//! ClusterIP and a headless Service (busybox's `nslookup -type=SRV` in the container, and
+//! asked directly from the pod's network namespace).
+//!
 //! Figures (printed): answer latency for a Service name against an upstream name, a few
 //! hundred queries each from the pod's network namespace; the agent's RSS before and after
 //! 20 Services.
@@ -92,6 +99,7 @@ struct Asked {
     code: ResponseCode,
     ips: Vec<Ipv4Addr>,
     times: Vec<Duration>,
+    last: Message,
 }
 
 fn ask(netns: &str, server: Ipv4Addr, name: &str, t: RecordType, n: usize) -> Result<Asked> {
@@ -126,6 +134,7 @@ fn ask(netns: &str, server: Ipv4Addr, name: &str, t: RecordType, n: usize) -> Re
             code: resp.response_code(),
             ips,
             times,
+            last: resp,
         })
     })
     .join()
@@ -195,7 +204,9 @@ fn service(name: &str, selector: &str, headless: bool) -> String {
 
 #[test]
 fn cluster_dns_from_inside_a_container() -> Result<()> {
-    let mut lab = Lab::start_without_agents("dns", 2, Broker::Embedded)?;
+    // hostNetwork for the ClusterFirstWithHostNet pod.
+    let mut lab =
+        Lab::start_without_agents_with("dns", 2, Broker::Embedded, &["--allow-host-network"])?;
     let r = run(&mut lab);
     if r.is_err() {
         lab.dump_logs();
@@ -459,5 +470,201 @@ fn run(lab: &mut Lab) -> Result<()> {
     }
     let rss_after = rss_kib(agent_pid)?;
     eprintln!("FIGURE agent RSS: {rss_before} KiB with 3 Services, {rss_after} KiB with 23 (all asked for)");
+
+    pod_dns_settings(lab, &conf, &client_ns, &near_ip, &far_ip)
+}
+
+/// Runs `cmd` (a host program, with `args`) in the network namespace `netns` with the
+/// pod files `etc` (the pod's `etc/` directory) mounted over the host's, as the pod's
+/// containers have them: what glibc's resolver in the pod would do.
+fn in_pod_net(netns: &str, etc: &std::path::Path, cmd: &[&str]) -> Result<(bool, String)> {
+    let out = std::process::Command::new("unshare")
+        .args(["-m", "sh", "-c"])
+        .arg(
+            "mount --bind \"$1/resolv.conf\" /etc/resolv.conf && \
+             mount --bind \"$1/hosts\" /etc/hosts && shift 2 && \
+             exec nsenter --net=/run/netns/\"$0\" \"$@\"",
+        )
+        .arg(netns)
+        .arg(etc)
+        .arg("--")
+        .args(cmd)
+        .output()?;
+    let text =
+        String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
+    Ok((out.status.success(), text))
+}
+
+/// An SRV record's port and target.
+type SrvRecord = (u16, String);
+
+/// `dnsPolicy`, `dnsConfig`, `hostAliases` and SRV records.
+fn pod_dns_settings(
+    lab: &mut Lab,
+    node_resolv: &std::path::Path,
+    client_ns: &str,
+    near_ip: &str,
+    far_ip: &str,
+) -> Result<()> {
+    let (n1, reg) = (lab.agents[0].name.clone(), lab.registry());
+    let gateway = Ipv4Addr::new(10, 42, 1, 1);
+    let busybox = |name: &str, spec: &str| {
+        format!(
+            "apiVersion: v1\nkind: Pod\nmetadata: {{name: {name}}}\nspec:\n  nodeSelector: \
+             {{kubernetes.io/hostname: {n1}}}\n  terminationGracePeriodSeconds: 0\n{spec}  \
+             containers:\n  - name: c\n    image: {reg}/baton/busybox:1\n    command: [sleep, '3600']\n"
+        )
+    };
+    let custom = busybox(
+        "custom",
+        &format!(
+            "  dnsPolicy: None\n  dnsConfig:\n    nameservers: [{gateway}, 192.0.2.1]\n    \
+             searches: [default.svc.cluster.local, lab.example]\n    options:\n    \
+             - {{name: ndots, value: \"2\"}}\n    - name: edns0\n  hostAliases:\n  \
+             - {{ip: {near_ip}, hostnames: [alias.lab, alias]}}\n  - {{ip: {far_ip}, hostnames: [far.lab]}}\n"
+        ),
+    );
+    let dflt = busybox("dflt", "  dnsPolicy: Default\n");
+    let hostnet = busybox(
+        "hostnet",
+        "  hostNetwork: true\n  dnsPolicy: ClusterFirstWithHostNet\n",
+    );
+    // Named ports: a ClusterIP Service and a headless one of both echo pods.
+    let named = "apiVersion: v1\nkind: Service\nmetadata: {name: named}\nspec:\n  selector: \
+                 {app: near}\n  ports:\n  - {name: http, port: 80, targetPort: 8080}\n  \
+                 - {name: dns, port: 53, targetPort: 8053, protocol: UDP}\n";
+    let headless = "apiVersion: v1\nkind: Service\nmetadata: {name: hl}\nspec:\n  clusterIP: \
+                    None\n  selector: {tier: both}\n  ports:\n  - {name: web, port: 80, targetPort: 8080}\n";
+    lab.apply(&[custom, dflt, hostnet, named.into(), headless.into()].join("---\n"))?;
+    let pods = wait_for("the DNS-setting pods to run", LONG, || {
+        let pods = lab.pods()?;
+        // A hostNetwork pod has no pod IP of its own: the phase only.
+        let ok = |n: &str| {
+            pods.iter()
+                .any(|p| pod_name(p) == n && p["status"]["phase"] == "Running")
+        };
+        Ok((ok("custom") && ok("dflt") && ok("hostnet")).then_some(pods))
+    })?;
+
+    // dnsPolicy None: exactly dnsConfig's lines.
+    let (_, resolv) = exec(lab, "custom", &["cat", "/etc/resolv.conf"])?;
+    ensure!(
+        resolv
+            == format!(
+                "nameserver {gateway}\nnameserver 192.0.2.1\nsearch default.svc.cluster.local \
+                 lab.example\noptions ndots:2 edns0\n"
+            ),
+        "dnsPolicy None: {resolv}"
+    );
+    // Default: the node's file (the agent's --resolv-conf), as it is.
+    let (_, resolv) = exec(lab, "dflt", &["cat", "/etc/resolv.conf"])?;
+    ensure!(
+        resolv == std::fs::read_to_string(node_resolv)?,
+        "dnsPolicy Default: {resolv}"
+    );
+    // ClusterFirstWithHostNet: cluster DNS on the host's network.
+    let (_, resolv) = exec(lab, "hostnet", &["cat", "/etc/resolv.conf"])?;
+    ensure!(
+        resolv.starts_with(&format!(
+            "nameserver {gateway}\nsearch default.svc.cluster.local "
+        )),
+        "ClusterFirstWithHostNet: {resolv}"
+    );
+    eprintln!("dnsPolicy None, Default and ClusterFirstWithHostNet: the files kubelet writes");
+
+    // hostAliases: in /etc/hosts, and resolving.
+    let (_, hosts) = exec(lab, "custom", &["cat", "/etc/hosts"])?;
+    ensure!(
+        hosts.contains("\tcustom\n")
+            && hosts.ends_with(&format!(
+                "\n# Entries added by HostAliases.\n{near_ip}\talias.lab\talias\n{far_ip}\tfar.lab\n"
+            )),
+        "hostAliases: {hosts}"
+    );
+    let custom = pods
+        .iter()
+        .find(|p| pod_name(p) == "custom")
+        .context("custom")?;
+    let netns = baton_agent::network::pod_netns_name(&n1, &uid(custom));
+    let etc = lab.agents[0]
+        .data_dir
+        .join("pods")
+        .join(uid(custom))
+        .join("etc");
+    for (alias, who) in [("alias", "hostname=near"), ("far.lab", "hostname=far")] {
+        let url = format!("http://{alias}:8080/cgi-bin/info");
+        let (ok, out) = in_pod_net(&netns, &etc, &["curl", "-sS", "--max-time", "5", &url])?;
+        ensure!(ok && out.contains(who), "curl {url}: {out}");
+        eprintln!("curl {url} by its hostAlias: {who}");
+    }
+
+    // SRV of a ClusterIP Service's named ports: its name and port.
+    let named_vip: Ipv4Addr = lab.get_json(&["get", "svc", "named"])?["spec"]["clusterIP"]
+        .as_str()
+        .context("a ClusterIP")?
+        .parse()?;
+    let srv = |name: &str| -> Result<(Vec<SrvRecord>, Vec<Ipv4Addr>)> {
+        let a = ask(client_ns, gateway, name, RecordType::SRV, 1)?;
+        ensure!(a.code == ResponseCode::NoError, "{name}: {:?}", a.code);
+        let mut recs: Vec<SrvRecord> = a
+            .last
+            .answers()
+            .iter()
+            .filter_map(|r| r.data().as_srv())
+            .map(|s| (s.port(), s.target().to_ascii()))
+            .collect();
+        recs.sort();
+        let mut addrs: Vec<Ipv4Addr> = a
+            .last
+            .additionals()
+            .iter()
+            .filter_map(|r| r.data().as_a().map(|a| a.0))
+            .collect();
+        addrs.sort();
+        Ok((recs, addrs))
+    };
+    let (recs, addrs) = srv("_http._tcp.named.default.svc.cluster.local.")?;
+    ensure!(
+        recs == [(80, "named.default.svc.cluster.local.".to_string())] && addrs == [named_vip],
+        "{recs:?} {addrs:?}"
+    );
+    let (recs, _) = srv("_dns._udp.named.default.svc.cluster.local.")?;
+    ensure!(recs.len() == 1 && recs[0].0 == 53, "{recs:?}");
+    let missing = ask(
+        client_ns,
+        gateway,
+        "_http._udp.named.default.svc.cluster.local.",
+        RecordType::SRV,
+        1,
+    )?;
+    ensure!(missing.code == ResponseCode::NXDomain, "{:?}", missing.code);
+    // A headless one's: each ready pod, by a name that resolves to it, and its port.
+    let (recs, addrs) = srv("_web._tcp.hl.default.svc.cluster.local.")?;
+    let pod_name_of = |ip: &str| format!("{}.hl.default.svc.cluster.local.", ip.replace('.', "-"));
+    let mut want = vec![(8080, pod_name_of(near_ip)), (8080, pod_name_of(far_ip))];
+    want.sort();
+    ensure!(recs == want && addrs.len() == 2, "{recs:?} {addrs:?}");
+    let a = ask(client_ns, gateway, &pod_name_of(near_ip), RecordType::A, 1)?;
+    ensure!(a.ips == [near_ip.parse::<Ipv4Addr>()?], "{:?}", a.ips);
+    // busybox's nslookup in the container: `service = priority weight port target`.
+    let (_, out) = exec(
+        lab,
+        "client",
+        &[
+            "nslookup",
+            "-type=SRV",
+            "_http._tcp.named.default.svc.cluster.local",
+        ],
+    )?;
+    ensure!(
+        out.contains("80 named.default.svc.cluster.local"),
+        "nslookup -type=SRV: {out}"
+    );
+    eprintln!(
+        "SRV of named ports: headless {recs:?}; busybox's nslookup -type=SRV: {}",
+        out.lines()
+            .find(|l| l.contains("service ="))
+            .unwrap_or_default()
+    );
     Ok(())
 }

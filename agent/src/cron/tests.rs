@@ -25,6 +25,7 @@ fn cron(policy: CronPolicy, deadline: Option<u32>, n: usize) -> NodeCron {
             volumes: BVec::new(),
             image_pull_secrets: BVec::new(),
             priority: 0,
+            dns: None,
         },
         policy,
         starting_deadline_secs: deadline,

@@ -15,7 +15,7 @@ use tokio::net::{TcpListener, TcpStream, UdpSocket};
 use tokio::sync::{watch, Semaphore};
 use tracing::{debug, info, warn};
 
-use super::names::{Lookup, Names};
+use super::names::{Lookup, Names, Srv};
 use super::upstream::{relay_tcp, relay_udp, Upstreams};
 use super::DnsError;
 
@@ -89,74 +89,162 @@ impl Resolver {
             (1, Ok(q)) => q,
             _ => {
                 h.set_response_code(ResponseCode::FormErr);
-                return reply(&h, None, &[]).map_or(Reply::Drop, Reply::Now);
+                return reply(&h, None, Answers::None, udp).map_or(Reply::Drop, Reply::Now);
             }
         };
         if req.op_code() != OpCode::Query {
             h.set_response_code(ResponseCode::NotImp);
-            return reply(&h, Some(&q), &[]).map_or(Reply::Drop, Reply::Now);
+            return reply(&h, Some(&q), Answers::None, udp).map_or(Reply::Drop, Reply::Now);
         }
         let names = self.names();
         match names.lookup(&q.name().to_ascii()) {
             Lookup::Elsewhere => {
                 h.set_response_code(ResponseCode::ServFail);
-                reply(&h, Some(&q), &[]).map_or(Reply::Drop, |servfail| Reply::Relay { servfail })
+                reply(&h, Some(&q), Answers::None, udp)
+                    .map_or(Reply::Drop, |servfail| Reply::Relay { servfail })
             }
             Lookup::Missing => {
                 h.set_authoritative(true);
                 h.set_response_code(ResponseCode::NXDomain);
-                reply(&h, Some(&q), &[]).map_or(Reply::Drop, Reply::Now)
+                reply(&h, Some(&q), Answers::None, udp).map_or(Reply::Drop, Reply::Now)
             }
             Lookup::Found(ips) => {
                 h.set_authoritative(true);
                 // Pods are IPv4: AAAA and every other type of a known name is an empty
                 // NOERROR, so resolvers keep the A answer instead of giving up on the name.
-                let mut ips = match q.query_type() {
-                    RecordType::A | RecordType::ANY => ips,
-                    _ => &[],
+                let answers = match q.query_type() {
+                    RecordType::A | RecordType::ANY => Answers::A(ips),
+                    _ => Answers::None,
                 };
-                // The request's EDNS is not read: 512 bytes, as without it. Too many pod IPs
-                // for that: truncated, and the client asks again over TCP.
-                let fits = (MAX_UDP - 12 - q.name().len() - 6) / A_RECORD_LEN;
-                if udp && ips.len() > fits {
-                    h.set_truncated(true);
-                    ips = &ips[..fits];
-                }
-                reply(&h, Some(&q), ips).map_or(Reply::Drop, Reply::Now)
+                reply(&h, Some(&q), answers, udp).map_or(Reply::Drop, Reply::Now)
+            }
+            Lookup::Srv(srv) => {
+                h.set_authoritative(true);
+                let answers = match q.query_type() {
+                    RecordType::SRV | RecordType::ANY => Answers::Srv(srv),
+                    _ => Answers::None,
+                };
+                reply(&h, Some(&q), answers, udp).map_or(Reply::Drop, Reply::Now)
             }
         }
     }
 }
 
-/// A DNS message without EDNS: 512 bytes at most over UDP.
+/// A DNS message without EDNS: 512 bytes at most over UDP. The request's EDNS is not read:
+/// a longer answer is truncated (TC set), and the client asks again over TCP.
 const MAX_UDP: usize = 512;
-/// One A record whose name points at the question's (offset 12): pointer, type, class,
-/// TTL, length, address.
-const A_RECORD_LEN: usize = 2 + 2 + 2 + 4 + 2 + 4;
+/// A name pointer to the question's name, right after the 12-byte header.
+const QNAME: [u8; 2] = [0xc0, 0x0c];
 
-/// The wire bytes of a response: `h` (its counts set here), the question and A records
-/// for `ips`.
-fn reply(h: &Header, q: Option<&Query>, ips: &[Ipv4Addr]) -> Option<Vec<u8>> {
-    let mut h = *h;
-    h.set_query_count(u16::from(q.is_some()))
-        .set_answer_count(ips.len() as u16)
-        .set_name_server_count(0)
-        .set_additional_count(0);
-    let mut buf = Vec::with_capacity(64 + ips.len() * A_RECORD_LEN);
+/// The records of an answer, written here (hickory's record types would link every
+/// type's code into the agent).
+enum Answers<'a> {
+    None,
+    A(&'a [Ipv4Addr]),
+    /// SRV records, with their targets' A records in the additional section.
+    Srv(&'a [Srv]),
+}
+
+/// Appends one record of class IN: `name` (encoded), type, TTL and `rdata`.
+fn record(buf: &mut Vec<u8>, name: &[u8], rtype: RecordType, rdata: &[u8]) {
+    buf.extend_from_slice(name);
+    buf.extend_from_slice(&u16::from(rtype).to_be_bytes());
+    buf.extend_from_slice(&1u16.to_be_bytes());
+    buf.extend_from_slice(&TTL.to_be_bytes());
+    buf.extend_from_slice(&(rdata.len() as u16).to_be_bytes());
+    buf.extend_from_slice(rdata);
+}
+
+/// `name` (fully qualified, labels of at most 63 bytes) in wire form, uncompressed.
+fn encode_name(out: &mut Vec<u8>, name: &str) {
+    for label in name.trim_end_matches('.').split('.') {
+        out.push(label.len() as u8);
+        out.extend_from_slice(label.as_bytes());
+    }
+    out.push(0);
+}
+
+/// Appends a record to `buf` unless it would take it past `limit`: where it starts.
+fn push(
+    buf: &mut Vec<u8>,
+    limit: usize,
+    name: &[u8],
+    t: RecordType,
+    rdata: &[u8],
+) -> Option<usize> {
+    let at = buf.len();
+    record(buf, name, t, rdata);
+    if buf.len() > limit {
+        buf.truncate(at);
+        return None;
+    }
+    Some(at)
+}
+
+/// The wire bytes of a response: `h` (its counts set here), the question and `answers`.
+/// Over UDP, as many answers as fit 512 bytes, with TC set if one did not.
+fn reply(h: &Header, q: Option<&Query>, answers: Answers<'_>, udp: bool) -> Option<Vec<u8>> {
+    let limit = if udp { MAX_UDP } else { usize::from(u16::MAX) };
+    let mut buf = Vec::with_capacity(128);
     let mut enc = BinEncoder::new(&mut buf);
     h.emit(&mut enc).ok()?;
     if let Some(q) = q {
         q.emit(&mut enc).ok()?;
     }
-    for ip in ips {
-        // The question's name starts right after the 12-byte header.
-        enc.emit_u16(0xc00c).ok()?;
-        enc.emit_u16(u16::from(RecordType::A)).ok()?;
-        enc.emit_u16(1).ok()?; // class IN
-        enc.emit_u32(TTL).ok()?;
-        enc.emit_u16(4).ok()?;
-        enc.emit_vec(&ip.octets()).ok()?;
+    let (mut an, mut ar, mut truncated) = (0u16, 0u16, false);
+    match answers {
+        Answers::None => {}
+        Answers::A(ips) => {
+            for ip in ips {
+                if push(&mut buf, limit, &QNAME, RecordType::A, &ip.octets()).is_none() {
+                    truncated = true;
+                    break;
+                }
+                an += 1;
+            }
+        }
+        Answers::Srv(srv) => {
+            // CoreDNS's weights: an equal share of 100 each.
+            let weight = (100 / srv.len().max(1)).max(1) as u16;
+            let mut targets = Vec::with_capacity(srv.len());
+            for s in srv {
+                let mut rdata = Vec::with_capacity(6 + s.target.len() + 1);
+                rdata.extend_from_slice(&0u16.to_be_bytes()); // priority
+                rdata.extend_from_slice(&weight.to_be_bytes());
+                rdata.extend_from_slice(&s.port.to_be_bytes());
+                encode_name(&mut rdata, &s.target);
+                let Some(at) = push(&mut buf, limit, &QNAME, RecordType::SRV, &rdata) else {
+                    truncated = true;
+                    break;
+                };
+                an += 1;
+                // Where the target's name is: after this record's name pointer, type,
+                // class, TTL, length, priority, weight and port.
+                targets.push((at + 18, s.addr));
+            }
+            // The targets' addresses, saving the client a query, named by pointers to the
+            // names above. Additional records left out for room need no TC.
+            for (at, addr) in targets {
+                let ptr = match u16::try_from(at) {
+                    Ok(p) if p <= 0x3fff => (p | 0xc000).to_be_bytes(),
+                    _ => break,
+                };
+                if push(&mut buf, limit, &ptr, RecordType::A, &addr.octets()).is_none() {
+                    break;
+                }
+                ar += 1;
+            }
+        }
     }
+    let mut h = *h;
+    h.set_query_count(u16::from(q.is_some()))
+        .set_answer_count(an)
+        .set_name_server_count(0)
+        .set_additional_count(ar)
+        .set_truncated(truncated);
+    let mut head = Vec::with_capacity(12);
+    h.emit(&mut BinEncoder::new(&mut head)).ok()?;
+    buf.get_mut(..12)?.copy_from_slice(head.get(..12)?);
     Some(buf)
 }
 

@@ -108,6 +108,7 @@ mod tests {
             volumes: BVec::new(),
             image_pull_secrets: BVec::new(),
             priority: 0,
+            dns: None,
         }
     }
 

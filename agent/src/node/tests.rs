@@ -151,6 +151,7 @@ fn pod_of(uid: &str, grace_secs: u32, c: ContainerSpec) -> PodSpec {
         volumes: BVec::new(),
         image_pull_secrets: BVec::new(),
         priority: 0,
+        dns: None,
     }
 }
 

@@ -47,6 +47,7 @@ pub use namespaces::Access;
 mod node_spec;
 mod nodes;
 mod pod_cidrs;
+mod pod_dns;
 mod requests;
 mod schedule;
 pub mod secrets;

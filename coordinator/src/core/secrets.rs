@@ -255,12 +255,14 @@ impl Core {
 
     /// Why `p` cannot be sent to its node yet (a `CreateContainerConfigError` message).
     /// Also a pod using ConfigMaps on an agent too old for them ([`Core::config_map_blocker`]),
-    /// and a pod of a namespace but `default` on one ([`Core::namespace_blocker`]).
+    /// a pod of a namespace but `default` on one ([`Core::namespace_blocker`]), and a pod
+    /// with DNS settings on one ([`Core::dns_blocker`]).
     pub(super) fn secret_blocker(&self, p: &api::Pod) -> Option<String> {
         let node = p.spec.node_name.as_deref()?;
         blocker(self.secret_keeper.as_ref(), &p.spec, node, &self.secrets)
             .or_else(|| self.config_map_blocker(p))
             .or_else(|| self.namespace_blocker(p))
+            .or_else(|| self.dns_blocker(p))
     }
 
     /// The secrets `pods` (a node's desired pods) and `crons` (the CronJobs it fires

@@ -16,6 +16,7 @@ mod job;
 mod namespace;
 mod node;
 mod pod;
+mod pod_dns;
 mod secret;
 mod service;
 
@@ -28,6 +29,7 @@ pub use job::*;
 pub use namespace::*;
 pub use node::*;
 pub use pod::*;
+pub use pod_dns::*;
 pub use secret::*;
 pub use service::*;
 

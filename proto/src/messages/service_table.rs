@@ -57,6 +57,9 @@ pub struct ServicePortEntry {
     pub port: u16,
     pub protocol: Protocol,
     pub node_port: Option<u16>,
+    /// The port's name, for cluster DNS's SRV records (`_<name>._<proto>.<svc>...`);
+    /// `None` for an unnamed port.
+    pub name: Option<BString<63>>,
 }
 
 /// A Ready pod behind a Service: its address and, for each of the Service's ports in

@@ -133,3 +133,87 @@ fn too_many_addresses_for_udp_are_truncated() {
     assert!(!m.truncated());
     assert_eq!(m.answers().len(), 100);
 }
+
+/// A named port's SRV record: the port and the Service's name, with its address in the
+/// additional section; an A query of the SRV name is an empty NOERROR.
+#[test]
+fn srv_records_of_named_ports() {
+    let mut t = table(Ipv4Addr::new(10, 43, 0, 9));
+    let mut web = t.services[0].clone();
+    web.ports = BVec::from_vec(vec![baton_proto::ServicePortEntry {
+        port: 8080,
+        protocol: baton_proto::Protocol::Tcp,
+        node_port: None,
+        name: Some(BString::new("http").unwrap()),
+    }])
+    .unwrap();
+    t = ServiceTable::new(BVec::from_vec(vec![web]).unwrap(), BVec::new()).unwrap();
+    let (_tx, rx) = watch::channel(t);
+    let r = Resolver::new(rx, Path::new("/nonexistent"), "10.42.1.1".parse().unwrap());
+    let name = "_http._tcp.web.default.svc.cluster.local.";
+    let m = now(r.answer(&query(name, RecordType::SRV), true));
+    assert_eq!(m.response_code(), ResponseCode::NoError);
+    let srv: Vec<_> = m
+        .answers()
+        .iter()
+        .filter_map(|a| a.data().as_srv())
+        .collect();
+    assert_eq!(srv.len(), 1);
+    assert_eq!(
+        (srv[0].priority(), srv[0].weight(), srv[0].port()),
+        (0, 100, 8080)
+    );
+    assert_eq!(srv[0].target().to_ascii(), "web.default.svc.cluster.local.");
+    let extra: Vec<_> = m.additionals().iter().collect();
+    assert_eq!(extra.len(), 1);
+    assert_eq!(extra[0].name().to_ascii(), "web.default.svc.cluster.local.");
+    assert_eq!(
+        extra[0].data().as_a(),
+        Some(&A(Ipv4Addr::new(10, 43, 0, 9)))
+    );
+    let m = now(r.answer(&query(name, RecordType::A), true));
+    assert_eq!(m.response_code(), ResponseCode::NoError);
+    assert!(m.answers().is_empty());
+}
+
+/// A headless Service with more pods than a 512-byte datagram holds SRV records for:
+/// as many as fit and TC over UDP, all over TCP.
+#[test]
+fn too_many_srv_records_for_udp_are_truncated() {
+    let eps: Vec<baton_proto::ServiceEndpoint> = (0..60u8)
+        .map(|i| baton_proto::ServiceEndpoint {
+            ip: Ipv4Addr::new(10, 42, 1, i),
+            target_ports: BVec::from_vec(vec![5432]).unwrap(),
+        })
+        .collect();
+    let mut db = table(Ipv4Addr::UNSPECIFIED).services[0].clone();
+    db.endpoints = BVec::from_vec(eps).unwrap();
+    db.ports = BVec::from_vec(vec![baton_proto::ServicePortEntry {
+        port: 5432,
+        protocol: baton_proto::Protocol::Tcp,
+        node_port: None,
+        name: Some(BString::new("pg").unwrap()),
+    }])
+    .unwrap();
+    let t = ServiceTable::new(BVec::from_vec(vec![db]).unwrap(), BVec::new()).unwrap();
+    let (_tx, rx) = watch::channel(t);
+    let r = Resolver::new(rx, Path::new("/nonexistent"), "10.42.1.1".parse().unwrap());
+    let q = query("_pg._tcp.web.default.svc.cluster.local.", RecordType::SRV);
+    let Reply::Now(b) = r.answer(&q, true) else {
+        panic!("answered here")
+    };
+    assert!(b.len() <= 512, "{}", b.len());
+    let m = Message::from_vec(&b).unwrap();
+    assert!(m.truncated());
+    assert!(!m.answers().is_empty());
+    let m = now(r.answer(&q, false));
+    assert!(!m.truncated());
+    assert_eq!(m.answers().len(), 60);
+    assert_eq!(m.additionals().len(), 60);
+    let srv = m.answers()[7].data().as_srv().unwrap();
+    assert_eq!(srv.port(), 5432);
+    assert_eq!(
+        srv.target().to_ascii(),
+        "10-42-1-7.web.default.svc.cluster.local."
+    );
+}

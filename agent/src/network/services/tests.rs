@@ -33,6 +33,7 @@ fn port(port: u16, protocol: Protocol, node_port: Option<u16>) -> ServicePortEnt
         port,
         protocol,
         node_port,
+        name: None,
     }
 }
 

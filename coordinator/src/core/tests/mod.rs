@@ -11,6 +11,7 @@ mod metrics;
 mod namespaces;
 mod node_spec;
 mod nodes;
+mod pod_dns;
 mod pressure;
 mod requests;
 mod rollouts;

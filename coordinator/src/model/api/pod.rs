@@ -72,6 +72,13 @@ pub struct PodSpec {
     /// Resolved from `priority_class_name` at admission, as Kubernetes' Priority plugin does.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub priority: Option<i32>,
+    /// `None` for ClusterFirst, the default, spelled out or not.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dns_policy: Option<DnsPolicy>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dns_config: Option<PodDnsConfig>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub host_aliases: Vec<HostAlias>,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -166,6 +173,12 @@ pub enum TolerationOperator {
 }
 
 impl PodSpec {
+    /// Whether the pod's name resolution differs from the default (ClusterFirst, no
+    /// `dnsConfig`, no `hostAliases`), which a v4 agent cannot express.
+    pub fn has_dns_settings(&self) -> bool {
+        self.dns_policy.is_some() || self.dns_config.is_some() || !self.host_aliases.is_empty()
+    }
+
     /// Init containers first, then the main ones, each with its manifest path.
     pub fn all_containers<'a>(
         &'a self,

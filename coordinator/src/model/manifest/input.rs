@@ -154,6 +154,35 @@ pub(super) struct InPodSpec {
     pub(super) affinity: Option<InAffinity>,
     pub(super) priority_class_name: Option<String>,
     pub(super) priority: Option<i64>,
+    pub(super) dns_config: Option<InDnsConfig>,
+    #[serde(default)]
+    pub(super) host_aliases: Vec<InHostAlias>,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub(super) struct InDnsConfig {
+    #[serde(default)]
+    pub(super) nameservers: Vec<String>,
+    #[serde(default)]
+    pub(super) searches: Vec<String>,
+    #[serde(default)]
+    pub(super) options: Vec<InDnsOption>,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub(super) struct InDnsOption {
+    pub(super) name: Option<String>,
+    pub(super) value: Option<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub(super) struct InHostAlias {
+    pub(super) ip: Option<String>,
+    #[serde(default)]
+    pub(super) hostnames: Vec<String>,
 }
 
 #[derive(Deserialize)]

@@ -25,6 +25,7 @@ mod deployment;
 mod input;
 mod job;
 mod pod;
+mod pod_dns;
 mod probe;
 mod secret;
 mod service;

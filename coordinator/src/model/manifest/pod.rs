@@ -36,17 +36,8 @@ pub(super) fn pod_spec(path: &str, spec: InPodSpec) -> Result<api::PodSpec, Inva
         qualified_name(&p, k)?;
         label_value(&format!("{p}.{k}"), v)?;
     }
-    // Every pod gets ClusterFirst's resolv.conf (agent/src/dns); manifests exported from
-    // Kubernetes spell the default out. The other policies are refused, not ignored.
-    match spec.dns_policy.as_deref() {
-        None | Some("ClusterFirst") => {}
-        Some(p) => {
-            return invalid(
-                format!("{path}.dnsPolicy"),
-                format!("{p} is not supported by Baton (only ClusterFirst, the default)"),
-            )
-        }
-    }
+    let (dns_policy, dns_config, host_aliases) =
+        super::pod_dns::pod_dns(path, spec.dns_policy, spec.dns_config, spec.host_aliases)?;
     let grace = match spec.termination_grace_period_seconds {
         None => None,
         Some(s) => Some(u32::try_from(s).map_err(|_| {
@@ -127,6 +118,9 @@ pub(super) fn pod_spec(path: &str, spec: InPodSpec) -> Result<api::PodSpec, Inva
             .transpose()?,
         priority: priority(path, spec.priority_class_name.as_deref(), spec.priority)?,
         priority_class_name: spec.priority_class_name,
+        dns_policy,
+        dns_config,
+        host_aliases,
     })
 }
 

@@ -138,6 +138,27 @@ const POD_SPEC: Shape = Shape::Object(&[
     ("nodeSelector", Shape::FreeMap),
     ("hostNetwork", Shape::Leaf),
     ("dnsPolicy", Shape::Leaf),
+    (
+        "dnsConfig",
+        Shape::Object(&[
+            ("nameservers", Shape::Leaf),
+            ("searches", Shape::Leaf),
+            (
+                "options",
+                Shape::List(&Shape::Object(&[
+                    ("name", Shape::Leaf),
+                    ("value", Shape::Leaf),
+                ])),
+            ),
+        ]),
+    ),
+    (
+        "hostAliases",
+        Shape::List(&Shape::Object(&[
+            ("ip", Shape::Leaf),
+            ("hostnames", Shape::Leaf),
+        ])),
+    ),
     ("restartPolicy", Shape::Leaf),
     ("terminationGracePeriodSeconds", Shape::Leaf),
     (

@@ -161,8 +161,8 @@ fn unsupported_fields_are_named_by_path() {
         ),
         (
             "all unsupported fields are listed",
-            doc("", "", "      dnsConfig: {}\n", "        lifecycle: {}\n"),
-            "error: document 1: spec.template.spec.dnsConfig: field not supported by Baton; spec.template.spec.containers[0].lifecycle: field not supported by Baton",
+            doc("", "", "      readinessGates: []\n", "        lifecycle: {}\n"),
+            "error: document 1: spec.template.spec.readinessGates: field not supported by Baton; spec.template.spec.containers[0].lifecycle: field not supported by Baton",
         ),
         (
             "typo at the top",
@@ -341,9 +341,79 @@ fn validation_rules() {
             "ok",
         ),
         (
-            "dnsPolicy other than ClusterFirst",
+            "dnsPolicy None with dnsConfig, and hostAliases, as the Kubernetes docs write them",
+            doc("", "", "      dnsPolicy: None\n      dnsConfig:\n        nameservers: [192.0.2.1, \"2001:db8::1\"]\n        searches: [ns1.svc.cluster-domain.example, my.dns.search.suffix.]\n        options:\n        - {name: ndots, value: \"2\"}\n        - name: edns0\n      hostAliases:\n      - ip: 127.0.0.1\n        hostnames: [foo.local, bar.local]\n", ""),
+            "ok",
+        ),
+        (
+            "dnsPolicy Default",
             doc("", "", "      dnsPolicy: Default\n", ""),
-            "error: document 1: spec.template.spec.dnsPolicy: Default is not supported by Baton (only ClusterFirst, the default)",
+            "ok",
+        ),
+        (
+            "dnsPolicy ClusterFirstWithHostNet",
+            doc("", "", "      hostNetwork: true\n      dnsPolicy: ClusterFirstWithHostNet\n", ""),
+            "ok",
+        ),
+        (
+            "unknown dnsPolicy",
+            doc("", "", "      dnsPolicy: Cluster\n", ""),
+            "error: document 1: spec.template.spec.dnsPolicy: must be ClusterFirst, ClusterFirstWithHostNet, Default or None, got \"Cluster\"",
+        ),
+        (
+            "dnsPolicy None without dnsConfig",
+            doc("", "", "      dnsPolicy: None\n", ""),
+            "error: document 1: spec.template.spec.dnsConfig: required when dnsPolicy is None",
+        ),
+        (
+            "dnsPolicy None without nameservers",
+            doc("", "", "      dnsPolicy: None\n      dnsConfig: {searches: [lab]}\n", ""),
+            "error: document 1: spec.template.spec.dnsConfig.nameservers: at least one nameserver is required when dnsPolicy is None",
+        ),
+        (
+            "four nameservers",
+            doc("", "", "      dnsConfig: {nameservers: [1.1.1.1, 1.0.0.1, 8.8.8.8, 8.8.4.4]}\n", ""),
+            "error: document 1: spec.template.spec.dnsConfig.nameservers: must not have more than 3 nameservers, got 4",
+        ),
+        (
+            "a nameserver that is not an address",
+            doc("", "", "      dnsConfig: {nameservers: [1.1.1.1, dns.example]}\n", ""),
+            "error: document 1: spec.template.spec.dnsConfig.nameservers[1]: \"dns.example\" is not an IP address",
+        ),
+        (
+            "a search domain that is not one",
+            doc("", "", "      dnsConfig: {searches: [lab, Bad_Domain]}\n", ""),
+            "error: document 1: spec.template.spec.dnsConfig.searches[1]: \"Bad_Domain\" must be a lowercase RFC 1123 subdomain",
+        ),
+        (
+            "33 search domains",
+            doc("", "", &format!("      dnsConfig: {{searches: [{}]}}\n", vec!["a"; 33].join(", ")), ""),
+            "error: document 1: spec.template.spec.dnsConfig.searches: must not have more than 32 search paths, got 33",
+        ),
+        (
+            "search domains of more than 2048 characters",
+            doc("", "", &format!("      dnsConfig: {{searches: [{}]}}\n", vec![format!("{}.{}.{}", "a".repeat(63), "b".repeat(63), "c".repeat(63)); 11].join(", ")), ""),
+            "error: document 1: spec.template.spec.dnsConfig.searches: must not have more than 2048 characters (including spaces) in the search list",
+        ),
+        (
+            "a dnsConfig option without a name",
+            doc("", "", "      dnsConfig: {options: [{name: ndots, value: \"1\"}, {value: \"2\"}]}\n", ""),
+            "error: document 1: spec.template.spec.dnsConfig.options[1].name: required",
+        ),
+        (
+            "a hostAlias without an address",
+            doc("", "", "      hostAliases:\n      - {hostnames: [a]}\n", ""),
+            "error: document 1: spec.template.spec.hostAliases[0].ip: required",
+        ),
+        (
+            "a hostAlias with a bad address",
+            doc("", "", "      hostAliases:\n      - {ip: 10.0.0.300, hostnames: [a]}\n", ""),
+            "error: document 1: spec.template.spec.hostAliases[0].ip: \"10.0.0.300\" is not an IP address",
+        ),
+        (
+            "a hostAlias with a bad hostname",
+            doc("", "", "      hostAliases:\n      - {ip: 10.0.0.3, hostnames: [ok, \"not ok\"]}\n", ""),
+            "error: document 1: spec.template.spec.hostAliases[0].hostnames[1]: \"not ok\" must be a lowercase RFC 1123 subdomain",
         ),
         (
             "unknown restartPolicy",

@@ -147,7 +147,7 @@ pub(super) fn dns_label(path: &str, s: &str, max: usize) -> Result<(), Invalid> 
 }
 
 /// RFC 1123 subdomain: dot-separated labels, at most 253 characters.
-fn dns_subdomain(s: &str) -> bool {
+pub(super) fn dns_subdomain(s: &str) -> bool {
     s.len() <= 253
         && s.split('.').all(|l| {
             let b = l.as_bytes();

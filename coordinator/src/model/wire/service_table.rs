@@ -31,12 +31,19 @@ fn entry(
         .spec
         .ports
         .iter()
-        .map(|p| proto::ServicePortEntry {
-            port: p.port,
-            protocol: protocol(p.protocol),
-            node_port: p.node_port,
+        .map(|p| {
+            Ok(proto::ServicePortEntry {
+                port: p.port,
+                protocol: protocol(p.protocol),
+                node_port: p.node_port,
+                name: p
+                    .name
+                    .as_deref()
+                    .map(|n| bstr(name, "spec.ports.name", n))
+                    .transpose()?,
+            })
         })
-        .collect();
+        .collect::<Result<Vec<_>, WireError>>()?;
     let mut endpoints = Vec::new();
     for subset in &eps.subsets {
         // The subset's port for each Service port, by name and protocol (names are
@@ -146,5 +153,16 @@ mod tests {
         let e = service_entry(&service("10.43.0.5"), &eps).unwrap().unwrap();
         assert_eq!(e.vip, Ipv4Addr::new(10, 43, 0, 5));
         assert!(service_entry(&service(""), &eps).is_none());
+    }
+
+    /// A port's name travels, for cluster DNS's SRV records.
+    #[test]
+    fn port_names_are_sent() {
+        let mut s = service("10.43.0.5");
+        let e = service_entry(&s, &endpoints(&[])).unwrap().unwrap();
+        assert_eq!(e.ports[0].name, None);
+        s.spec.ports[0].name = Some("pg".into());
+        let e = service_entry(&s, &endpoints(&[])).unwrap().unwrap();
+        assert_eq!(e.ports[0].name.as_deref(), Some("pg"));
     }
 }

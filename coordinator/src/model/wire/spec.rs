@@ -366,5 +366,74 @@ pub fn pod_spec(pod: &api::Pod) -> Result<proto::PodSpec, WireError> {
         volumes: bvec(name, "spec.volumes", volumes)?,
         image_pull_secrets: bvec(name, "spec.imagePullSecrets", pull_secrets)?,
         priority: spec.priority.unwrap_or(0),
+        dns: pod_dns(name, spec)?,
     })
+}
+
+/// `dnsPolicy`, `dnsConfig` and `hostAliases`; `None` for the default, so that a pod
+/// without them costs one byte.
+fn pod_dns(pod: &str, spec: &api::PodSpec) -> Result<Option<proto::PodDns>, WireError> {
+    if !spec.has_dns_settings() {
+        return Ok(None);
+    }
+    let ip = |path: String, s: &str| {
+        s.parse::<std::net::IpAddr>()
+            .map_err(|e| field_err(pod, path, e))
+    };
+    let c = spec.dns_config.clone().unwrap_or_default();
+    let nameservers = c
+        .nameservers
+        .iter()
+        .enumerate()
+        .map(|(i, n)| ip(format!("spec.dnsConfig.nameservers[{i}]"), n))
+        .collect::<Result<Vec<_>, _>>()?;
+    let searches = c
+        .searches
+        .iter()
+        .map(|s| bstr(pod, "spec.dnsConfig.searches", s))
+        .collect::<Result<Vec<_>, _>>()?;
+    let options = c
+        .options
+        .iter()
+        .map(|o| {
+            Ok(proto::DnsOption {
+                name: bstr(pod, "spec.dnsConfig.options.name", &o.name)?,
+                value: o
+                    .value
+                    .as_deref()
+                    .map(|v| bstr(pod, "spec.dnsConfig.options.value", v))
+                    .transpose()?,
+            })
+        })
+        .collect::<Result<Vec<_>, WireError>>()?;
+    let host_aliases = spec
+        .host_aliases
+        .iter()
+        .enumerate()
+        .map(|(i, a)| {
+            let hostnames = a
+                .hostnames
+                .iter()
+                .map(|h| bstr(pod, format!("spec.hostAliases[{i}].hostnames"), h))
+                .collect::<Result<Vec<_>, _>>()?;
+            Ok(proto::HostAlias {
+                ip: ip(format!("spec.hostAliases[{i}].ip"), &a.ip)?,
+                hostnames: bvec(pod, format!("spec.hostAliases[{i}].hostnames"), hostnames)?,
+            })
+        })
+        .collect::<Result<Vec<_>, WireError>>()?;
+    Ok(Some(proto::PodDns {
+        policy: match spec.dns_policy {
+            None | Some(api::DnsPolicy::ClusterFirst) => proto::DnsPolicy::ClusterFirst,
+            Some(api::DnsPolicy::ClusterFirstWithHostNet) => {
+                proto::DnsPolicy::ClusterFirstWithHostNet
+            }
+            Some(api::DnsPolicy::Default) => proto::DnsPolicy::Default,
+            Some(api::DnsPolicy::None) => proto::DnsPolicy::None,
+        },
+        nameservers: bvec(pod, "spec.dnsConfig.nameservers", nameservers)?,
+        searches: bvec(pod, "spec.dnsConfig.searches", searches)?,
+        options: bvec(pod, "spec.dnsConfig.options", options)?,
+        host_aliases: bvec(pod, "spec.hostAliases", host_aliases)?,
+    }))
 }

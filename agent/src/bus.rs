@@ -151,6 +151,10 @@ pub fn ask_tcp_liveness(opts: &mut MqttOptions, within: Option<Duration>) {
 /// agents reconnecting at once is spread by the jitter instead.
 const RECONNECT_CAP: Duration = Duration::from_secs(8);
 
+/// The first pause before a refused subscription is asked again; doubled up to
+/// [`RECONNECT_CAP`].
+const SUBSCRIBE_RETRY: Duration = Duration::from_secs(1);
+
 /// 75-100% of `d`, so agents that lost the broker together do not return in lockstep.
 fn with_jitter(d: Duration) -> Duration {
     d.mul_f64(0.75 + rand::random::<f64>() * 0.25)
@@ -241,6 +245,7 @@ impl Bus {
         let task = bus.clone();
         tokio::spawn(async move {
             let mut backoff = Duration::from_millis(250);
+            let mut resubscribe = SUBSCRIBE_RETRY;
             let mut link = LinkLog::new(brokers[0].0.clone(), tls);
             loop {
                 let polled = tokio::select! {
@@ -255,6 +260,7 @@ impl Bus {
                             .lock()
                             .unwrap_or_else(|e| e.into_inner()) = report;
                         backoff = Duration::from_millis(250);
+                        resubscribe = SUBSCRIBE_RETRY;
                         if let Err(e) = task
                             .client
                             .try_subscribe(topics::agent_filter(&task.node), QoS::AtLeastOnce)
@@ -270,7 +276,18 @@ impl Bus {
                         // An ACL that denies our topics answers 0x80 here and drops our
                         // publishes silently: this is the only sign of it.
                         if ack.return_codes.contains(&SubscribeReasonCode::Failure) {
-                            link.subscribe_denied(&topics::agent_filter(&task.node));
+                            let filter = topics::agent_filter(&task.node);
+                            // Said once a connection; retried, since a clustered broker
+                            // (NATS) also refuses while it cannot set a subscription up.
+                            if resubscribe == SUBSCRIBE_RETRY {
+                                link.subscribe_denied(&filter);
+                            }
+                            let (client, wait) = (task.client.clone(), with_jitter(resubscribe));
+                            tokio::spawn(async move {
+                                tokio::time::sleep(wait).await;
+                                let _ = client.try_subscribe(filter, QoS::AtLeastOnce);
+                            });
+                            resubscribe = (resubscribe * 2).min(RECONNECT_CAP);
                         }
                     }
                     Ok(Event::Incoming(Packet::Publish(p))) => {

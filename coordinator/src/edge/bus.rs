@@ -322,6 +322,7 @@ async fn receive_loop(
     let mut addr = brokers[0].1.url();
     let mut repeats = Repeats::new(WARN_EVERY);
     let mut up = false;
+    let mut resubscribe = MIN_BACKOFF;
     loop {
         match eventloop.poll().await {
             Ok(MqttEvent::Incoming(Packet::ConnAck(_))) => {
@@ -335,6 +336,7 @@ async fn receive_loop(
                     None => tracing::info!(broker = %addr, "connected to the MQTT broker"),
                 }
                 backoff = MIN_BACKOFF;
+                resubscribe = MIN_BACKOFF;
                 // Clean session: the subscription is gone after every reconnect. `try_`
                 // because awaiting here, in the loop that drains the request queue, could
                 // deadlock if the queue were full.
@@ -348,8 +350,18 @@ async fn receive_loop(
                     // our publishes silently): no node can ever appear, so say why.
                     let why = LinkFault::SubscribeDenied(topics::COORDINATOR_FILTER.into())
                         .explain(Side::Coordinator, tls);
-                    tracing::warn!(broker = %addr, "the MQTT broker at {addr}: {why}");
+                    // Said once a connection, and asked again: a clustered broker (NATS)
+                    // also refuses while it cannot set the subscription up.
+                    if resubscribe == MIN_BACKOFF {
+                        tracing::warn!(broker = %addr, "the MQTT broker at {addr}: {why}");
+                    }
                     stats.set_error(Some(why));
+                    let client = client.clone();
+                    tokio::spawn(async move {
+                        tokio::time::sleep(resubscribe).await;
+                        let _ = client.try_subscribe(topics::COORDINATOR_FILTER, QoS::AtLeastOnce);
+                    });
+                    resubscribe = (resubscribe * 2).min(MAX_BACKOFF);
                     continue;
                 }
                 // Only now can nodes' messages reach us: "connected" means subscribed.

@@ -644,7 +644,12 @@ impl LinkLog {
 
     fn subscribe_denied(&mut self, filter: &str) {
         let fault = LinkFault::SubscribeDenied(filter.to_owned());
-        warn!(broker = %self.url, "the MQTT broker at {}: {}", self.url, fault.explain(Side::Agent, self.tls));
+        // NATS 2.9.10, Debian 12's, refuses '.' in MQTT topics (nats-server#4243 maps it).
+        let dot = match filter.contains('.') {
+            true => "; NATS 2.9.10 refuses a node name with '.' in MQTT topics",
+            false => "",
+        };
+        warn!(broker = %self.url, "the MQTT broker at {}: {}{dot}", self.url, fault.explain(Side::Agent, self.tls));
     }
 
     /// Connected: logs it (with the outage it ends, if any) and returns the line and what

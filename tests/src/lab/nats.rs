@@ -16,6 +16,9 @@ use crate::{wait_for, Netns, Proc};
 /// Nodes in the cluster.
 pub const NODES: usize = 3;
 
+/// How long a restarted node's cluster must stay healthy before it counts as recovered.
+const SETTLE: Duration = Duration::from_secs(10);
+
 /// The MQTT port of node `i`.
 pub fn mqtt_port(i: usize) -> u16 {
     1883 + i as u16
@@ -126,11 +129,27 @@ impl Nats {
         }
     }
 
-    /// Starts node `i` again with its store and waits until it caught up.
+    /// Starts node `i` again with its store and waits until it caught up: every running
+    /// node healthy for [`SETTLE`] on end. One `/healthz` that passes is not enough: right
+    /// after a restart it can pass before the node has taken up the JetStream consumers
+    /// made while it was down, and losing another node then leaves them without a quorum
+    /// ("has NO quorum, stalled": the retained desired states stop flowing).
     pub fn restart(&mut self, i: usize) -> Result<()> {
         self.kill(i);
         self.spawn(i)?;
-        self.wait_healthy(i)
+        self.wait_healthy(i)?;
+        let mut since = std::time::Instant::now();
+        wait_for(
+            "the NATS cluster to settle",
+            Duration::from_secs(120),
+            || {
+                let live: Vec<usize> = (0..NODES).filter(|&n| self.nodes[n].is_some()).collect();
+                if !live.iter().all(|&n| self.healthy(n)) {
+                    since = std::time::Instant::now();
+                }
+                Ok((since.elapsed() >= SETTLE).then_some(()))
+            },
+        )
     }
 
     /// Everything node `i` logged, across its restarts.

@@ -1,8 +1,9 @@
 //! A clustered broker (issue 17): a real 3-node NATS cluster as the MQTT broker, with the
 //! coordinator and the agents given all three addresses. Killing the node they are
-//! connected to (kill -9) moves them to the next one, restarts no pod, and loses no
-//! desired state: a scale change made after the kill reaches the agents through the
-//! cluster. An agent, and a coordinator, whose first broker is dead connect to another.
+//! connected to (kill -9) moves them to another, restarts no pod, and loses no desired
+//! state: a scale change made after the kill reaches the agents through the cluster. An
+//! agent, and a coordinator, whose first broker is dead connect to another. The node comes
+//! back, another dies, and the same holds.
 
 use std::time::Duration;
 
@@ -127,6 +128,32 @@ fn agents_and_coordinator_fail_over_between_nats_nodes_without_restarting_pods()
             "the agent that joined after the first kill got no pod: {six:?}"
         );
         unrestarted(&lab, "while a NATS node was down")?;
+        wait_for("all three nodes Ready", LONG, || all_ready(&lab, 3))?;
+
+        // The first node returns and catches up, then the one most are on dies: they move
+        // again, and a change still reaches every agent.
+        lab.nats.as_mut().context("nats")?.restart(0)?;
+        let on = wait_off(&lab, 0, &[0, 1, 2])?;
+        let busiest = (1..nats::NODES)
+            .max_by_key(|n| on.iter().filter(|o| *o == n).count())
+            .context("nodes")?;
+        lab.nats.as_mut().context("nats")?.kill(busiest);
+        let on = wait_off(&lab, busiest, &[0, 1, 2])?;
+        eprintln!("FIGURE after NATS node {busiest} died, coordinator and agents on nodes {on:?}");
+        lab.baton(&["scale", "deployment/web", "--replicas", "3"])?;
+        let three = wait_pods(&lab, "web", 3, LONG, "3 pods Running", is_running)?;
+        ensure!(
+            uids(&three).is_subset(&uids(&six)),
+            "pods were replaced: {three:?}"
+        );
+        for (p, pid) in pods.iter().zip(&pids) {
+            if uids(&three).contains(&uid(p)) {
+                ensure!(
+                    init_pid(&lab, &node_of(p), &uid(p), "echo")? == *pid,
+                    "a container restarted when the second NATS node died"
+                );
+            }
+        }
         wait_for("all three nodes Ready", LONG, || all_ready(&lab, 3))
     })();
     if result.is_err() {

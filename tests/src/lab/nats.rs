@@ -43,14 +43,17 @@ impl Nats {
             let store = dir.join(format!("nats{i}"));
             fs::create_dir_all(&store)?;
             // `server_name` and JetStream are what the MQTT gateway needs; the streams it
-            // makes get as many replicas as the cluster has nodes (at most 3).
+            // makes get as many replicas as the cluster has nodes (at most 3). Consumers
+            // get one, as docs/operations.md says: a clean session's live only as long as
+            // its connection, and replicated ones stalled 2.9.10 ("NO quorum") when a
+            // second node died after the first came back.
             let conf = format!(
                 "server_name: baton-nats-{i}\n\
                  listen: {ip}:{client}\n\
                  http: {ip}:{http}\n\
                  jetstream {{ store_dir: \"{store}\", max_memory_store: 64MB, max_file_store: 512MB }}\n\
                  cluster {{ name: baton-lab, listen: {ip}:{route}, routes: [{routes}] }}\n\
-                 mqtt {{ listen: {ip}:{mqtt} }}\n",
+                 mqtt {{ listen: {ip}:{mqtt}, consumer_replicas: 1 }}\n",
                 client = 4222 + i,
                 http = 8222 + i,
                 route = 6222 + i,

@@ -34,17 +34,18 @@ install_missing() {
 #   protobuf-compiler libprotobuf-dev  protoc, for the etcd client's gRPC code (coordinator
 #                              build), and the well-known types it imports (descriptor.proto)
 #   etcd-server                a real etcd for the coordinator's etcd store (tests/tests/etcd_store.rs, ha.rs)
+#   nats-server                a real 3-node NATS cluster as a clustered MQTT broker (tests/tests/broker_cluster.rs)
 #   chromium chromium-driver   the web dashboard in a real headless browser (tests/tests/dashboard.rs)
 PKGS=(iproute2 iptables libseccomp-dev docker-registry mosquitto mosquitto-clients runc
       busybox-static gcc-aarch64-linux-gnu qemu-user-static curl python3 pkg-config
       linux-libc-dev-arm64-cross apache2-utils openssl gperf make python3-pip prometheus
-      protobuf-compiler libprotobuf-dev etcd-server chromium chromium-driver)
+      protobuf-compiler libprotobuf-dev etcd-server chromium chromium-driver nats-server)
 
 install_missing "${PKGS[@]}"
 
 # Debian starts these daemons on install; the tests start their own instances on
 # loopback or inside their own namespaces, so the system-wide ones must not hold ports.
-for svc in mosquitto docker-registry prometheus etcd; do
+for svc in mosquitto docker-registry prometheus etcd nats-server; do
   if command -v systemctl >/dev/null 2>&1 && systemctl is-active --quiet "$svc" 2>/dev/null; then
     systemctl stop "$svc" || true
   fi

@@ -73,6 +73,30 @@ pub fn parse_url(url: &str) -> Result<(String, u16), BusError> {
     baton_proto::broker::parse_broker_url(url).map_err(|e| BusError::BadUrl(e.to_string()))
 }
 
+/// The addresses of a broker list (`mqtt://a:1883,mqtt://b:1883`, see
+/// [`baton_proto::broker::parse_broker_list`]), each as written, checked.
+pub fn parse_list(list: &str) -> Result<Vec<String>, BusError> {
+    baton_proto::broker::parse_broker_list(list).map_err(|e| BusError::BadUrl(e.to_string()))?;
+    Ok(list.split(',').map(|e| e.trim().to_owned()).collect())
+}
+
+/// [`mqtt_options`] for every address of the broker list `list`, with [`ask_tcp_liveness`].
+pub fn list_options(
+    list: &str,
+    node: &NodeName,
+    tls: Option<&MqttTls>,
+    link: &crate::link_profile::Settings,
+) -> Result<Vec<(String, MqttOptions)>, BusError> {
+    parse_list(list)?
+        .into_iter()
+        .map(|url| {
+            let mut opts = mqtt_options(&url, node, tls, link.keepalive)?;
+            ask_tcp_liveness(&mut opts, link.tcp_liveness);
+            Ok((url, opts))
+        })
+        .collect()
+}
+
 /// The MQTT connection settings for `node`: address, session, packet limits, last will,
 /// and the transport. `mqtts://` needs `tls` and `mqtt://` refuses it, so certificates are
 /// never silently ignored and a TLS address never falls back to clear text.
@@ -126,6 +150,10 @@ pub fn ask_tcp_liveness(opts: &mut MqttOptions, within: Option<Duration>) {
 /// seconds of its link (the chaos suite measured 11 s with a 30 s cap); a fleet's worth of
 /// agents reconnecting at once is spread by the jitter instead.
 const RECONNECT_CAP: Duration = Duration::from_secs(8);
+
+/// The first pause before a refused subscription is asked again; doubled up to
+/// [`RECONNECT_CAP`].
+const SUBSCRIBE_RETRY: Duration = Duration::from_secs(1);
 
 /// 75-100% of `d`, so agents that lost the broker together do not return in lockstep.
 fn with_jitter(d: Duration) -> Duration {
@@ -183,6 +211,9 @@ impl Bus {
     /// messages signed by the pinned coordinator key when `security` is given
     /// (see [`crate::identity`]), and none of a leader's term below `leader_term` (the
     /// persisted one, [`crate::node::Node::leader_term`]) or below a term accepted since.
+    ///
+    /// `url` may list several brokers (see [`parse_list`]): the first is tried first, and
+    /// every failed or lost connection moves to the next.
     pub fn start_secure(
         url: &str,
         node: NodeName,
@@ -192,16 +223,16 @@ impl Bus {
         leader_term: u64,
         events: mpsc::Sender<BusEvent>,
     ) -> Result<Self, BusError> {
-        let mut opts = mqtt_options(url, &node, tls, link.keepalive)?;
-        ask_tcp_liveness(&mut opts, link.tcp_liveness);
+        let brokers = list_options(url, &node, tls, link)?;
         if let Some(problem) = tls.and_then(|t| identity_problem(&t.cert_pem, &node)) {
             warn!("{problem}");
         }
+        let mut opts = brokers[0].1.clone();
         if let Some(sec) = &security {
             opts.set_last_will(signed_will(sec)?);
         }
-        let tls = baton_proto::broker::BrokerUrl::parse(url).is_ok_and(|u| u.tls);
-        let url = url.to_owned();
+        let tls = matches!(opts.transport(), Transport::Tls(_));
+        let mut rotation = baton_proto::broker::Rotation::new(brokers.len());
         let (client, mut eventloop) = AsyncClient::new(opts, 64);
         let bus = Bus {
             client,
@@ -218,7 +249,8 @@ impl Bus {
         let task = bus.clone();
         tokio::spawn(async move {
             let mut backoff = Duration::from_millis(250);
-            let mut link = LinkLog::new(url, tls);
+            let mut resubscribe = SUBSCRIBE_RETRY;
+            let mut link = LinkLog::new(brokers[0].0.clone(), tls);
             loop {
                 let polled = tokio::select! {
                     _ = task.close.notified() => return,
@@ -232,6 +264,7 @@ impl Bus {
                             .lock()
                             .unwrap_or_else(|e| e.into_inner()) = report;
                         backoff = Duration::from_millis(250);
+                        resubscribe = SUBSCRIBE_RETRY;
                         if let Err(e) = task
                             .client
                             .try_subscribe(topics::agent_filter(&task.node), QoS::AtLeastOnce)
@@ -247,7 +280,18 @@ impl Bus {
                         // An ACL that denies our topics answers 0x80 here and drops our
                         // publishes silently: this is the only sign of it.
                         if ack.return_codes.contains(&SubscribeReasonCode::Failure) {
-                            link.subscribe_denied(&topics::agent_filter(&task.node));
+                            let filter = topics::agent_filter(&task.node);
+                            // Said once a connection; retried, since a clustered broker
+                            // (NATS) also refuses while it cannot set a subscription up.
+                            if resubscribe == SUBSCRIBE_RETRY {
+                                link.subscribe_denied(&filter);
+                            }
+                            let (client, wait) = (task.client.clone(), with_jitter(resubscribe));
+                            tokio::spawn(async move {
+                                tokio::time::sleep(wait).await;
+                                let _ = client.try_subscribe(filter, QoS::AtLeastOnce);
+                            });
+                            resubscribe = (resubscribe * 2).min(RECONNECT_CAP);
                         }
                     }
                     Ok(Event::Incoming(Packet::Publish(p))) => {
@@ -270,7 +314,7 @@ impl Bus {
                             }
                         }
                         if task.connected.swap(false, Ordering::SeqCst) {
-                            warn!(error = %e, "lost the broker; pods keep running, reconnecting");
+                            warn!(error = %e, broker = %link.url, "lost the broker; pods keep running, reconnecting");
                             link.lost(&e);
                             if events.send(BusEvent::Disconnected).await.is_err() {
                                 return;
@@ -278,6 +322,17 @@ impl Bus {
                         } else {
                             debug!(error = %e, retry_in = ?backoff, "broker unreachable");
                             let _ = link.failed(&e);
+                        }
+                        // The next attempt goes to the next broker of the list, if any,
+                        // with the last will just signed.
+                        if brokers.len() > 1 {
+                            let (url, opts) = &brokers[rotation.advance()];
+                            let will = eventloop.mqtt_options.last_will();
+                            eventloop.mqtt_options = opts.clone();
+                            if let Some(will) = will {
+                                eventloop.mqtt_options.set_last_will(will);
+                            }
+                            link.url = url.clone();
                         }
                         tokio::time::sleep(with_jitter(backoff)).await;
                         backoff = (backoff * 2).min(RECONNECT_CAP);
@@ -596,7 +651,12 @@ impl LinkLog {
 
     fn subscribe_denied(&mut self, filter: &str) {
         let fault = LinkFault::SubscribeDenied(filter.to_owned());
-        warn!(broker = %self.url, "the MQTT broker at {}: {}", self.url, fault.explain(Side::Agent, self.tls));
+        // NATS 2.9.10, Debian 12's, refuses '.' in MQTT topics (nats-server#4243 maps it).
+        let dot = match filter.contains('.') {
+            true => "; NATS 2.9.10 refuses a node name with '.' in MQTT topics",
+            false => "",
+        };
+        warn!(broker = %self.url, "the MQTT broker at {}: {}{dot}", self.url, fault.explain(Side::Agent, self.tls));
     }
 
     /// Connected: logs it (with the outage it ends, if any) and returns the line and what

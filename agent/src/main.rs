@@ -98,7 +98,9 @@ struct UninstallArgs {
 struct RunArgs {
     /// The MQTT broker the coordinator uses, e.g. mqtts://10.0.0.1:8883 (default: the local
     /// embedded broker, mqtts://127.0.0.1:1883, or mqtt:// with --insecure-unenrolled and
-    /// no identity). Over mqtts:// the agent presents its enrolled node certificate.
+    /// no identity). Over mqtts:// the agent presents its enrolled node certificate. The
+    /// nodes of a broker cluster, comma-separated, are tried in turn: the next one after
+    /// every failed or lost connection.
     #[arg(long, env = "BATON_COORDINATOR")]
     coordinator: Option<String>,
     /// Override the identity's CA for an `mqtts://` broker: the PEM CA that signed the
@@ -302,10 +304,16 @@ fn host_capacity() -> (u32, u64) {
     (cpus * 1000, mem)
 }
 
-/// The local address the kernel would use to reach the broker. No packet is sent.
-fn route_address(url: &str) -> Option<IpAddr> {
-    let (host, port) = baton_agent::bus::parse_url(url).ok()?;
-    let addr = (host.as_str(), port).to_socket_addrs().ok()?.next()?;
+/// The local address the kernel would use to reach the broker (the first of a list that
+/// resolves). No packet is sent.
+fn route_address(list: &str) -> Option<IpAddr> {
+    let addr = baton_agent::bus::parse_list(list)
+        .ok()?
+        .iter()
+        .find_map(|url| {
+            let (host, port) = baton_agent::bus::parse_url(url).ok()?;
+            (host.as_str(), port).to_socket_addrs().ok()?.next()
+        })?;
     let sock = UdpSocket::bind(if addr.is_ipv4() {
         "0.0.0.0:0"
     } else {
@@ -341,10 +349,13 @@ fn flag_labels(a: &RunArgs) -> Result<Vec<(String, String)>> {
 /// The broker: --coordinator, else the local embedded broker, over TLS unless the agent
 /// runs unenrolled.
 fn broker_url(a: &RunArgs, enrolled: bool) -> String {
-    a.coordinator.clone().unwrap_or_else(|| {
-        let scheme = if enrolled { "mqtts" } else { "mqtt" };
-        format!("{scheme}://127.0.0.1:1883")
-    })
+    a.coordinator
+        .as_deref()
+        .map(|c| c.trim().to_owned())
+        .unwrap_or_else(|| {
+            let scheme = if enrolled { "mqtts" } else { "mqtt" };
+            format!("{scheme}://127.0.0.1:1883")
+        })
 }
 
 /// What the flags say, checked without an identity: before enrollment, so that a bad
@@ -360,8 +371,9 @@ struct Checked {
 
 fn check_flags(a: &RunArgs, enrolled: bool) -> Result<Checked> {
     let url = broker_url(a, enrolled);
-    let tls_url = baton_agent::bus::parse_url(&url)
-        .map(|_| url.starts_with("mqtts://"))
+    // A list's entries share their scheme (`parse_list`): the first's is everyone's.
+    let tls_url = baton_agent::bus::parse_list(&url)
+        .map(|l| l[0].starts_with("mqtts://"))
         .context("--coordinator")?;
     let flag_tls = match (&a.mqtt_ca, &a.mqtt_cert, &a.mqtt_key) {
         (Some(ca), Some(cert), Some(key)) => {
@@ -517,7 +529,7 @@ fn config(a: RunArgs, identity: Option<IdentityFile>) -> Result<(AgentConfig, Li
     };
     let front = link_front(&a, &url, identity.as_ref())?;
     let link_settings = a.link.settings(front);
-    baton_agent::bus::mqtt_options(&url, &node, mqtt_tls.as_ref(), link_settings.keepalive)
+    baton_agent::bus::list_options(&url, &node, mqtt_tls.as_ref(), &link_settings)
         .context("--coordinator")?;
     let security = match &identity {
         Some(id) => {

@@ -91,7 +91,7 @@ pub(super) fn install(args: InstallArgs, m: &clap::ArgMatches) -> Result<()> {
         .coordinator
         .as_deref()
         .context("--coordinator is required: the broker's URL, e.g. mqtts://10.0.0.1:8883")?;
-    baton_agent::bus::parse_url(coordinator).context("--coordinator")?;
+    baton_agent::bus::parse_list(coordinator).context("--coordinator")?;
     if let Some(n) = &a.node_name {
         NodeName::new(n).context("--node-name")?;
     }

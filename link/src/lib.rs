@@ -139,10 +139,10 @@ impl LinkFault {
                 "the broker must speak MQTT 3.1.1"
             }
             (F::SubscribeDenied(_), Agent) => {
-                "the broker's ACL denies this node its topics: its certificate's CN must be the node name (deploy/mosquitto/acl)"
+                "the broker's ACL denies this node its topics: its certificate's CN must be the node name (deploy/mosquitto/acl); or a clustered broker cannot set the subscription up yet; asked again"
             }
             (F::SubscribeDenied(_), Coordinator) => {
-                "the broker's ACL denies the coordinator its topics: its certificate's CN must be baton:coordinator (deploy/mosquitto/acl)"
+                "the broker's ACL denies the coordinator its topics: its certificate's CN must be baton:coordinator (deploy/mosquitto/acl); or a clustered broker cannot set the subscription up yet; asked again"
             }
             _ => return None,
         })

@@ -2,6 +2,10 @@
 //! or a bare `host[:port]`), port 1883 by default, or `mqtts://host[:port]` for MQTT over
 //! TLS, port 8883 by default. Defined once so an address that works for the coordinator's
 //! `--broker` works for an agent's `--coordinator` too.
+//!
+//! Either side may name several addresses, comma-separated: the members of one broker
+//! cluster ([`parse_broker_list`]). It connects to one at a time and moves to the next
+//! ([`Rotation`]) whenever a connection fails or is lost.
 
 use crate::ProtoError;
 
@@ -66,6 +70,66 @@ impl BrokerUrl {
             port,
             tls,
         })
+    }
+}
+
+/// A comma-separated list of broker addresses, e.g.
+/// `mqtt://10.0.0.1:1883,mqtt://10.0.0.2:1883`. A single address parses (and fails) exactly
+/// as [`BrokerUrl::parse`]; in a longer list the error names the entry by position. Every
+/// entry uses the same scheme, so that failing over never drops TLS (nor asks for it
+/// without the material).
+pub fn parse_broker_list(list: &str) -> Result<Vec<BrokerUrl>, ProtoError> {
+    let entries: Vec<&str> = list.split(',').map(str::trim).collect();
+    if let [one] = entries[..] {
+        return BrokerUrl::parse(one).map(|u| vec![u]);
+    }
+    let n = entries.len();
+    let err = |i: usize, reason: String| ProtoError::BrokerUrl {
+        url: list.to_owned(),
+        reason: format!("entry {} of {n}: {reason}", i + 1),
+    };
+    let mut out: Vec<BrokerUrl> = Vec::with_capacity(n);
+    for (i, e) in entries.into_iter().enumerate() {
+        if e.is_empty() {
+            return Err(err(i, "empty (a stray comma?)".into()));
+        }
+        let u = BrokerUrl::parse(e).map_err(|e| match e {
+            ProtoError::BrokerUrl { url, reason } => err(i, format!("{url:?}: {reason}")),
+            other => err(i, other.to_string()),
+        })?;
+        if out.first().is_some_and(|f| f.tls != u.tls) {
+            return Err(err(
+                i,
+                "mixes mqtt:// and mqtts://: every broker of a list uses the same scheme".into(),
+            ));
+        }
+        out.push(u);
+    }
+    Ok(out)
+}
+
+/// Which address of a broker list to connect to: the first, then round robin, one step
+/// after every failed or lost connection. With one address it never moves.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Rotation {
+    len: usize,
+    at: usize,
+}
+
+impl Rotation {
+    pub fn new(len: usize) -> Self {
+        Self { len, at: 0 }
+    }
+
+    /// The index of the address to use now.
+    pub fn current(&self) -> usize {
+        self.at
+    }
+
+    /// Moves to the next address (after the last, the first) and returns its index.
+    pub fn advance(&mut self) -> usize {
+        self.at = (self.at + 1) % self.len.max(1);
+        self.at
     }
 }
 
@@ -142,6 +206,62 @@ mod tests {
         // Port 8883 without the scheme is still clear text: never guessed from the port.
         assert!(!u("mqtt://h:8883").tls && !u("h:8883").tls);
         assert_eq!(parse_broker_url("mqtts://h").unwrap(), ("h".into(), 8883));
+    }
+
+    #[test]
+    fn broker_lists() {
+        let hosts = |l: &str| -> Vec<(String, u16)> {
+            parse_broker_list(l)
+                .unwrap()
+                .into_iter()
+                .map(|u| (u.host, u.port))
+                .collect()
+        };
+        assert_eq!(hosts("mqtt://a:1"), [("a".into(), 1)]);
+        assert_eq!(
+            hosts("mqtt://a:1, b,tcp://[::1]:3"),
+            [("a".into(), 1), ("b".into(), 1883), ("::1".into(), 3)]
+        );
+        let tls = parse_broker_list("mqtts://a,mqtts://b:8884").unwrap();
+        assert!(tls.iter().all(|u| u.tls) && tls[1].port == 8884);
+        // One address: the same error as before lists existed.
+        assert_eq!(
+            parse_broker_list("mqtt://h:x").unwrap_err().to_string(),
+            BrokerUrl::parse("mqtt://h:x").unwrap_err().to_string()
+        );
+        let err = |l: &str| parse_broker_list(l).unwrap_err().to_string();
+        for (list, says) in [
+            ("mqtt://a,,mqtt://b", "entry 2 of 3: empty"),
+            ("mqtt://a,", "entry 2 of 2: empty"),
+            (",mqtt://a", "entry 1 of 2: empty"),
+            (
+                "mqtt://a,mqtt://b:notaport",
+                "entry 2 of 2: \"mqtt://b:notaport\": bad port",
+            ),
+            (
+                "mqtt://a,http://b",
+                "entry 2 of 2: \"http://b\": unsupported scheme",
+            ),
+            (
+                "mqtts://a,mqtt://b",
+                "entry 2 of 2: mixes mqtt:// and mqtts://",
+            ),
+            ("a,mqtts://b", "entry 2 of 2: mixes"),
+        ] {
+            let e = err(list);
+            assert!(e.contains(says), "{list:?}: {e}");
+        }
+    }
+
+    #[test]
+    fn rotation_is_round_robin() {
+        let mut r = Rotation::new(3);
+        assert_eq!(r.current(), 0);
+        let seen: Vec<usize> = (0..5).map(|_| r.advance()).collect();
+        assert_eq!(seen, [1, 2, 0, 1, 2]);
+        assert_eq!(r.current(), 2);
+        let mut one = Rotation::new(1);
+        assert_eq!((one.advance(), one.advance(), one.current()), (0, 0, 0));
     }
 
     #[test]

@@ -14,12 +14,16 @@ use serde_json::Value;
 use crate::*;
 
 mod enroll;
+pub mod nats;
 
 pub enum Broker {
     /// The coordinator's embedded broker.
     Embedded,
     /// A real Mosquitto in the hub namespace; the coordinator uses `--broker`.
     Mosquitto,
+    /// A real 3-node NATS cluster in the hub namespace ([`nats::Nats`]); the coordinator
+    /// and the agents get all three addresses.
+    Nats,
 }
 
 pub struct Agent {
@@ -56,6 +60,8 @@ pub struct Lab {
     pub agents: Vec<Agent>,
     pub coordinator: Option<Proc>,
     pub mosquitto: Option<Proc>,
+    /// With [`Broker::Nats`].
+    pub nats: Option<nats::Nats>,
     broker: Broker,
     registry_dir: PathBuf,
     coordinator_starts: u32,
@@ -119,6 +125,9 @@ impl Lab {
     pub fn mqtt_url(&self) -> String {
         if let Some(r) = &self.remote {
             return r.mqtt.clone();
+        }
+        if let Some(n) = &self.nats {
+            return n.url();
         }
         match self.mtls {
             Some(_) => format!("mqtts://{}:8883", self.hub_ip()),
@@ -205,13 +214,22 @@ impl Lab {
         start_agents: bool,
     ) -> Result<Lab> {
         let mut lab = Self::build(tag, agents, broker, coordinator_args)?;
+        ensure!(
+            !(mtls && matches!(lab.broker, Broker::Nats)),
+            "the NATS lab speaks plain MQTT only"
+        );
         if mtls {
             lab.mtls = Some(lab.make_pki()?);
         }
         let started = (|| {
             lab.start_registry()?;
-            if matches!(lab.broker, Broker::Mosquitto) {
-                lab.start_mosquitto()?;
+            match lab.broker {
+                Broker::Mosquitto => lab.start_mosquitto()?,
+                Broker::Nats => {
+                    let dir = lab.dir.path().to_owned();
+                    lab.nats = Some(nats::Nats::start(&lab.hub, &lab.hub_ip(), dir)?);
+                }
+                Broker::Embedded => {}
             }
             lab.start_coordinator()?;
             for i in (0..agents).filter(|_| start_agents) {
@@ -265,6 +283,7 @@ impl Lab {
             agents: Vec::new(),
             coordinator: None,
             mosquitto: None,
+            nats: None,
             broker,
             registry_dir,
             coordinator_starts: 0,
@@ -316,6 +335,7 @@ impl Lab {
             .coordinator
             .iter()
             .chain(self.mosquitto.iter())
+            .chain(self.nats.iter().flat_map(|n| n.nodes.iter().flatten()))
             .chain(self.agents.iter().filter_map(|a| a.proc.as_ref()));
         for p in procs {
             let log = p.log();
@@ -463,7 +483,7 @@ impl Lab {
         cmd.args(DEV_COORDINATOR_FLAGS);
         match (&self.broker, &self.mtls) {
             (Broker::Embedded, None) => cmd.args(["--mqtt-listen", &listen]),
-            (Broker::Mosquitto, None) => cmd.args(["--broker", &self.mqtt_url()]),
+            (Broker::Mosquitto | Broker::Nats, None) => cmd.args(["--broker", &self.mqtt_url()]),
             (Broker::Embedded, Some(pki)) => cmd
                 .args(["--mqtt-listen", &listen])
                 .arg("--mqtt-tls-cert")
@@ -472,7 +492,7 @@ impl Lab {
                 .arg(&pki.server.key)
                 .arg("--mqtt-client-ca")
                 .arg(&pki.ca.ca),
-            (Broker::Mosquitto, Some(pki)) => cmd
+            (Broker::Mosquitto | Broker::Nats, Some(pki)) => cmd
                 .args(["--broker", &self.mqtt_url()])
                 .arg("--broker-ca")
                 .arg(&pki.ca.ca)
@@ -659,6 +679,7 @@ impl Drop for Lab {
         self.coordinator.take();
         self.etcd.take();
         self.mosquitto.take();
+        self.nats.take();
         let _ = self
             .hub
             .cmd(repo_root().join("images/registry.sh"))

@@ -376,3 +376,61 @@ fn concurrent_publishes_are_queued_in_seq_order() {
     let out_of_order = seqs.windows(2).filter(|w| w[1] <= w[0]).count();
     assert_eq!(out_of_order, 0, "messages queued out of seq order");
 }
+
+/// A broker that answers one CONNECT with a CONNACK and holds the connection until told
+/// to drop it; it reports the client id of the CONNECT it got.
+async fn one_connection_broker() -> (
+    String,
+    tokio::sync::oneshot::Receiver<Vec<u8>>,
+    tokio::sync::oneshot::Sender<()>,
+) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("mqtt://{}", l.local_addr().unwrap());
+    let (got, got_rx) = tokio::sync::oneshot::channel();
+    let (drop_tx, drop_rx) = tokio::sync::oneshot::channel::<()>();
+    tokio::spawn(async move {
+        let (mut s, _) = l.accept().await.unwrap();
+        let mut buf = vec![0u8; 4096];
+        let n = s.read(&mut buf).await.unwrap();
+        s.write_all(&[0x20, 0x02, 0x00, 0x00]).await.unwrap();
+        let _ = got.send(buf[..n].to_vec());
+        let _ = drop_rx.await;
+    });
+    (url, got_rx, drop_tx)
+}
+
+/// A broker list: a dead first entry is passed over, and a lost connection moves on to
+/// the next broker, not back to the one that went away.
+#[tokio::test]
+async fn a_broker_list_skips_the_dead_and_fails_over_to_the_next() {
+    let dead = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let dead_url = format!("mqtt://{}", dead.local_addr().unwrap());
+    drop(dead);
+    let (b, b_got, b_drop) = one_connection_broker().await;
+    let (c, c_got, _c_hold) = one_connection_broker().await;
+    let node = NodeName::new("pi-1").unwrap();
+    let (tx, mut rx) = mpsc::channel(16);
+    let bus = Bus::start(&format!("{dead_url}, {b},{c}"), node, tx).unwrap();
+    async fn next(rx: &mut mpsc::Receiver<BusEvent>) -> BusEvent {
+        let ev = tokio::time::timeout(Duration::from_secs(10), rx.recv());
+        ev.await.expect("no bus event").unwrap()
+    }
+    assert!(matches!(next(&mut rx).await, BusEvent::Connected));
+    let connect = b_got.await.unwrap();
+    assert!(
+        connect.windows(16).any(|w| w == b"baton-agent-pi-1"),
+        "the second entry got the CONNECT"
+    );
+    assert!(bus.is_connected());
+    drop(b_drop);
+    assert!(matches!(next(&mut rx).await, BusEvent::Disconnected));
+    assert!(matches!(next(&mut rx).await, BusEvent::Connected));
+    assert!(c_got.await.is_ok(), "the third entry took over");
+    // A bad entry is refused by position, before anything connects.
+    let (tx, _rx) = mpsc::channel(1);
+    let err = Bus::start("mqtt://a,,mqtt://b", NodeName::new("pi-1").unwrap(), tx)
+        .err()
+        .unwrap();
+    assert!(err.to_string().contains("entry 2 of 3: empty"), "{err}");
+}

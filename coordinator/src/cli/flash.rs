@@ -79,7 +79,8 @@ pub struct FlashArgs {
     /// Where the cross-built agents are, one folder per target triple.
     #[arg(long, env = "BATON_FLASH_AGENTS_DIR", default_value = "target/cross")]
     pub agents_dir: PathBuf,
-    /// The MQTT broker as the device reaches it, e.g. mqtts://192.168.1.10:8883.
+    /// The MQTT broker as the device reaches it, e.g. mqtts://192.168.1.10:8883; a broker
+    /// cluster's members comma-separated.
     #[arg(long, env = "BATON_FLASH_MQTT")]
     pub mqtt: String,
     /// The coordinator's enrollment API as the device reaches it, e.g. https://192.168.1.10:7475.
@@ -192,7 +193,7 @@ pub(super) async fn flash(client: &Client, args: &FlashArgs) -> Result<String, C
 
 fn common(args: &FlashArgs) -> Result<Common, FlashError> {
     Ok(Common {
-        mqtt: settings::url("--mqtt", &args.mqtt, &["mqtt", "mqtts"])?,
+        mqtt: settings::url_list("--mqtt", &args.mqtt, &["mqtt", "mqtts"])?,
         api: settings::url("--api", &args.api, &["http", "https"])?,
         insecure_registries: settings::registries(&args.insecure_registry)?,
         wifi: settings::wifi(

@@ -137,6 +137,37 @@ impl BrokerAddr {
             login: None,
         })
     }
+
+    /// A comma-separated list of broker addresses, the members of one broker cluster
+    /// (see [`baton_proto::broker::parse_broker_list`]): the first is tried first, and
+    /// every failed or lost connection moves to the next.
+    pub fn parse_list(list: &str) -> Result<Vec<Self>, BusError> {
+        let urls = baton_proto::broker::parse_broker_list(list).map_err(|e| BusError::Url {
+            url: list.to_owned(),
+            reason: match e {
+                baton_proto::ProtoError::BrokerUrl { reason, .. } => reason,
+                other => other.to_string(),
+            },
+        })?;
+        Ok(urls
+            .into_iter()
+            .map(|u| Self {
+                host: u.host,
+                port: u.port,
+                tls: u.tls,
+                login: None,
+            })
+            .collect())
+    }
+
+    /// `mqtt://host:port` or `mqtts://host:port`, for logs.
+    pub fn url(&self) -> String {
+        let scheme = if self.tls { "mqtts" } else { "mqtt" };
+        match self.host.contains(':') {
+            true => format!("{scheme}://[{}]:{}", self.host, self.port),
+            false => format!("{scheme}://{}:{}", self.host, self.port),
+        }
+    }
 }
 
 /// A plain-MQTT address (the embedded broker's local listener).
@@ -209,11 +240,12 @@ pub struct Bus {
 impl Bus {
     /// Starts the bridge with `tls` for an `mqtts://` broker (see [`mqtt_options`]). It
     /// connects (and reconnects for ever, with capped backoff) in the background, so this
-    /// does not wait for the broker. Every message in passes `gate`, every message out is
-    /// sealed by it. What passes goes to `to`: state to the core, log chunks to their
-    /// sessions.
+    /// does not wait for the broker. With several `brokers` (one cluster) it connects to
+    /// the first, and moves to the next after every failed or lost connection. Every
+    /// message in passes `gate`, every message out is sealed by it. What passes goes to
+    /// `to`: state to the core, log chunks to their sessions.
     pub fn start(
-        broker: BrokerAddr,
+        brokers: Vec<BrokerAddr>,
         tls: Option<Arc<rustls::ClientConfig>>,
         client_id: &str,
         to: Inbound,
@@ -221,24 +253,26 @@ impl Bus {
         stats: Arc<BusStats>,
         gate: Arc<Security>,
     ) -> Result<Self, BusError> {
-        let opts = mqtt_options(&broker, client_id, tls)?;
+        let brokers = brokers
+            .into_iter()
+            .map(|b| Ok((mqtt_options(&b, client_id, tls.clone())?, b)))
+            .collect::<Result<Vec<_>, BusError>>()?;
         Ok(Self::start_with_options(
-            broker, opts, to.events, outbound, stats, gate, to.logs,
+            brokers, to.events, outbound, stats, gate, to.logs,
         ))
     }
 
     fn start_with_options(
-        broker: BrokerAddr,
-        opts: MqttOptions,
+        brokers: Vec<(MqttOptions, BrokerAddr)>,
         events: mpsc::Sender<Event>,
         outbound: mpsc::Receiver<Outbound>,
         stats: Arc<BusStats>,
         gate: Arc<Security>,
         logs: Arc<LogHub>,
     ) -> Self {
-        let (client, eventloop) = AsyncClient::new(opts, 256);
+        let (client, eventloop) = AsyncClient::new(brokers[0].0.clone(), 256);
         let recv = tokio::spawn(receive_loop(
-            broker,
+            brokers,
             client.clone(),
             eventloop,
             events,
@@ -271,7 +305,7 @@ impl Bus {
 }
 
 async fn receive_loop(
-    broker: BrokerAddr,
+    brokers: Vec<(MqttOptions, BrokerAddr)>,
     client: AsyncClient,
     mut eventloop: rumqttc::EventLoop,
     events: mpsc::Sender<Event>,
@@ -282,14 +316,13 @@ async fn receive_loop(
     const MIN_BACKOFF: Duration = Duration::from_millis(100);
     const MAX_BACKOFF: Duration = Duration::from_secs(5);
     let mut backoff = MIN_BACKOFF;
-    let addr = format!(
-        "{}://{}:{}",
-        if broker.tls { "mqtts" } else { "mqtt" },
-        broker.host,
-        broker.port
-    );
+    let mut rotation = baton_proto::broker::Rotation::new(brokers.len());
+    // A list's brokers share their scheme (`parse_broker_list`).
+    let tls = brokers[0].1.tls;
+    let mut addr = brokers[0].1.url();
     let mut repeats = Repeats::new(WARN_EVERY);
     let mut up = false;
+    let mut resubscribe = MIN_BACKOFF;
     loop {
         match eventloop.poll().await {
             Ok(MqttEvent::Incoming(Packet::ConnAck(_))) => {
@@ -303,6 +336,7 @@ async fn receive_loop(
                     None => tracing::info!(broker = %addr, "connected to the MQTT broker"),
                 }
                 backoff = MIN_BACKOFF;
+                resubscribe = MIN_BACKOFF;
                 // Clean session: the subscription is gone after every reconnect. `try_`
                 // because awaiting here, in the loop that drains the request queue, could
                 // deadlock if the queue were full.
@@ -315,9 +349,19 @@ async fn receive_loop(
                     // The broker's ACL refused us (Mosquitto answers 0x80 and would drop
                     // our publishes silently): no node can ever appear, so say why.
                     let why = LinkFault::SubscribeDenied(topics::COORDINATOR_FILTER.into())
-                        .explain(Side::Coordinator, broker.tls);
-                    tracing::warn!(broker = %addr, "the MQTT broker at {addr}: {why}");
+                        .explain(Side::Coordinator, tls);
+                    // Said once a connection, and asked again: a clustered broker (NATS)
+                    // also refuses while it cannot set the subscription up.
+                    if resubscribe == MIN_BACKOFF {
+                        tracing::warn!(broker = %addr, "the MQTT broker at {addr}: {why}");
+                    }
                     stats.set_error(Some(why));
+                    let client = client.clone();
+                    tokio::spawn(async move {
+                        tokio::time::sleep(resubscribe).await;
+                        let _ = client.try_subscribe(topics::COORDINATOR_FILTER, QoS::AtLeastOnce);
+                    });
+                    resubscribe = (resubscribe * 2).min(MAX_BACKOFF);
                     continue;
                 }
                 // Only now can nodes' messages reach us: "connected" means subscribed.
@@ -361,9 +405,9 @@ async fn receive_loop(
             Err(e) => {
                 stats.connected.store(false, Ordering::Relaxed);
                 let fault = link_fault(&e, up);
-                let why = fault.explain(Side::Coordinator, broker.tls);
+                let why = fault.explain(Side::Coordinator, tls);
                 if std::mem::take(&mut up) {
-                    tracing::warn!(error = %e, "lost the MQTT broker connection; reconnecting");
+                    tracing::warn!(error = %e, broker = %addr, "lost the MQTT broker connection; reconnecting");
                     repeats.failed(tokio::time::Instant::now().into_std(), &fault.to_string());
                 } else {
                     tracing::debug!(error = %e, ?backoff, "cannot reach the MQTT broker; retrying");
@@ -382,6 +426,12 @@ async fn receive_loop(
                     }
                 }
                 stats.set_error(Some(why));
+                // The next attempt goes to the next broker of the list, if any.
+                if brokers.len() > 1 {
+                    let (opts, next) = &brokers[rotation.advance()];
+                    eventloop.mqtt_options = opts.clone();
+                    addr = next.url();
+                }
                 tokio::time::sleep(backoff).await;
                 backoff = (backoff * 2).min(MAX_BACKOFF);
             }
@@ -496,6 +546,16 @@ mod tests {
         for bad in ["http://x:1", "mqtt://", "mqtt://h:notaport", "mqtt://u@h:1"] {
             assert!(BrokerAddr::parse(bad).is_err(), "{bad}");
         }
+        // A broker cluster's members, in order; a bad one named by position.
+        let list = BrokerAddr::parse_list("mqtt://a:1,mqtt://[::1]:2, b").unwrap();
+        let urls: Vec<String> = list.iter().map(BrokerAddr::url).collect();
+        assert_eq!(urls, ["mqtt://a:1", "mqtt://[::1]:2", "mqtt://b:1883"]);
+        assert_eq!(
+            BrokerAddr::parse_list("mqtts://b").unwrap(),
+            [BrokerAddr::parse("mqtts://b").unwrap()]
+        );
+        let e = BrokerAddr::parse_list("mqtt://a:1,mqtt://b:x").unwrap_err();
+        assert!(e.to_string().contains("entry 2 of 2"), "{e}");
     }
 
     /// The coordinator's certificate is checked for the CN the shipped ACL expects, and

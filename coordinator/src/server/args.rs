@@ -38,7 +38,9 @@ pub struct ServerArgs {
     /// Use this MQTT broker instead of the embedded one: mqtts://host:port (its
     /// certificate from the coordinator's CA, `baton broker mosquitto-config`; the
     /// coordinator presents a client certificate it issues itself, CN baton:coordinator),
-    /// or mqtt://host:port in clear text.
+    /// or mqtt://host:port in clear text. The nodes of a broker cluster, comma-separated
+    /// (mqtt://10.0.0.1:1883,mqtt://10.0.0.2:1883), are tried in turn: the next one after
+    /// every failed or lost connection.
     #[arg(long, env = "BATON_BROKER")]
     pub broker: Option<String>,
     /// Override: the PEM CA that signed the external broker's certificate (mqtts://).

@@ -187,7 +187,8 @@ pub struct Server {
     /// With etcd: this coordinator leads until this says otherwise (`leader`).
     leadership: Option<leader::Leadership>,
     http_addr: SocketAddr,
-    broker: BrokerAddr,
+    /// Where the bridge connects: one broker, or the members of one cluster in turn.
+    broker: Vec<BrokerAddr>,
     embedded_mqtt: Option<SocketAddr>,
     /// TLS for the bridge's own connection (an `mqtts://` external broker).
     broker_tls: Option<Arc<rustls::ClientConfig>>,
@@ -503,7 +504,7 @@ impl Server {
 
         tracing::info!(
             api = %server_url(http_addr, tls.is_some()),
-            broker = %format!("{}://{}:{}", if broker.tls { "mqtts" } else { "mqtt" }, broker.host, broker.port),
+            broker = %broker.iter().map(BrokerAddr::url).collect::<Vec<_>>().join(","),
             "coordinator serving"
         );
         // Both listeners share one connection bound: together they stay within the fds.
@@ -585,7 +586,7 @@ async fn start_mqtt(
     security: &Arc<crate::security::gate::Security>,
 ) -> Result<
     (
-        BrokerAddr,
+        Vec<BrokerAddr>,
         Option<SocketAddr>,
         Option<Arc<rustls::ClientConfig>>,
     ),
@@ -631,7 +632,7 @@ async fn start_mqtt(
             // login only this process knows.
             let mut local = BrokerAddr::from(l.local);
             local.login = l.login;
-            Ok((local, Some(l.addr), None))
+            Ok((vec![local], Some(l.addr), None))
         }
         MqttMode::External { url } => {
             if cfg.mqtt_tls.is_some() {
@@ -639,7 +640,8 @@ async fn start_mqtt(
                     "--mqtt-tls-cert/--mqtt-tls-key/--mqtt-client-ca configure the embedded broker, not an external --broker",
                 ));
             }
-            let addr = BrokerAddr::parse(url)?;
+            let brokers = BrokerAddr::parse_list(url)?;
+            let addr = &brokers[0];
             let tls = match (&cfg.broker_tls, addr.tls) {
                 (Some(files), _) => Some(tls::mqtt_client_config(files)?),
                 // The broker's certificate is from our CA (`baton broker
@@ -656,11 +658,11 @@ async fn start_mqtt(
             };
             // Refuses mqtts:// without material and material without mqtts://, now
             // rather than in the background.
-            mqtt_bus::mqtt_options(&addr, "check", tls.clone())?;
+            mqtt_bus::mqtt_options(addr, "check", tls.clone())?;
             if !addr.tls {
-                tracing::warn!(host = %addr.host, port = addr.port, "the external MQTT broker is reached in clear text (mqtt://)");
+                tracing::warn!(broker = %url, "the external MQTT broker is reached in clear text (mqtt://)");
             }
-            Ok((addr, None, tls))
+            Ok((brokers, None, tls))
         }
     }
 }

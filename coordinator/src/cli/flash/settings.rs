@@ -157,6 +157,27 @@ pub(super) fn url(flag: &str, s: &str, schemes: &[&str]) -> Result<String, Flash
     Ok(s.trim_end_matches('/').to_owned())
 }
 
+/// [`url`] for each address of a comma-separated list (a broker cluster's members); an
+/// entry that fails is named by position.
+pub(super) fn url_list(flag: &str, s: &str, schemes: &[&str]) -> Result<String, FlashError> {
+    let entries: Vec<&str> = s.split(',').collect();
+    if let [one] = entries[..] {
+        return url(flag, one, schemes);
+    }
+    let n = entries.len();
+    let mut out = Vec::with_capacity(n);
+    for (i, e) in entries.into_iter().enumerate() {
+        let at = format!("{flag} (entry {} of {n})", i + 1);
+        if e.trim().is_empty() {
+            return Err(FlashError::Invalid(format!(
+                "{at} is empty (a stray comma?)"
+            )));
+        }
+        out.push(url(&at, e.trim(), schemes)?);
+    }
+    Ok(out.join(","))
+}
+
 /// `HOST:PORT` registries the agent may pull from over plain HTTP.
 pub(super) fn registries(items: &[String]) -> Result<Vec<String>, FlashError> {
     let mut out = Vec::new();

@@ -803,6 +803,16 @@ fn settings_are_checked() {
     assert!(settings::url("--api", "https://h:1/'$(id)'", &["https"]).is_err());
     assert!(settings::url("--api", "http://10.0.2.2:7474", &["http", "https"]).is_err());
     assert!(settings::url("--api", "http://127.0.0.1:7474", &["http", "https"]).is_ok());
+    // A broker cluster's members: each checked, the bad one named by position.
+    let m = ["mqtt", "mqtts"];
+    assert_eq!(
+        settings::url_list("--mqtt", "mqtts://a:8883, mqtts://b:8883", &m).unwrap(),
+        "mqtts://a:8883,mqtts://b:8883"
+    );
+    let e = settings::url_list("--mqtt", "mqtts://a:8883,,mqtts://b", &m).unwrap_err();
+    assert!(e.to_string().contains("(entry 2 of 3) is empty"), "{e}");
+    let e = settings::url_list("--mqtt", "mqtts://a:8883,http://b", &m).unwrap_err();
+    assert!(e.to_string().contains("(entry 2 of 2)"), "{e}");
     assert!(settings::registries(&["10.0.2.2:5000".into()]).is_ok());
     assert!(settings::registries(&["a b:1".into()]).is_err());
     assert!(settings::wifi(Some("net"), None, None).is_err());

@@ -16,6 +16,7 @@ use std::time::{Duration, Instant, SystemTime};
 use anyhow::{ensure, Context, Result};
 use baton_e2e::cron::{jobs_of, logs, pod_of, run_node, EveryMinute, FiredBy};
 use baton_e2e::fleet::text;
+use baton_e2e::lines::{read_until, spawn_lines};
 use baton_e2e::{container_pids, wait_for, Broker, Lab};
 use serde_json::Value;
 
@@ -355,7 +356,8 @@ fn an_agent_restarted_mid_run_adopts_it(lab: &mut Lab, fires: &str) -> Result<()
             Ok((!pids.is_empty()).then_some(pids))
         },
     )?;
-    // Its pod is Running in `get pods`, on the node, and `baton logs` reads it as it runs.
+    // Its pod is Running in `get pods`, on the node, and `baton logs` (and `-f`) reads it
+    // as it runs.
     let pod = wait_for(
         &format!("{job}'s pod Running"),
         Duration::from_secs(30),
@@ -371,6 +373,13 @@ fn an_agent_restarted_mid_run_adopts_it(lab: &mut Lab, fires: &str) -> Result<()
         said.contains("slow started"),
         "baton logs {pod_name}: {said:?}"
     );
+    let (mut follower, rx) = spawn_lines(lab, &["logs", "-f", &pod_name])?;
+    let seen = read_until(&rx, Duration::from_secs(30), "slow's line", |l| {
+        l.contains("slow started")
+    });
+    let _ = follower.kill();
+    let _ = follower.wait();
+    seen?;
     lab.kill_agent(0);
     lab.start_agent(0)?;
     ensure!(

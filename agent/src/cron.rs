@@ -283,23 +283,20 @@ impl Runs {
 
     /// The active runs: (CronJob, minute).
     pub fn active(&self) -> impl Iterator<Item = (&str, u32)> {
-        self.0.iter().flat_map(|(name, h)| {
-            h.runs
-                .iter()
-                .filter(|r| r.outcome == CronOutcome::Active)
-                .map(move |r| (name.as_str(), r.minute))
-        })
+        self.all()
+            .filter(|(_, r)| r.outcome == CronOutcome::Active)
+            .map(|(name, r)| (name, r.minute))
+    }
+
+    /// Every run kept, active or ended within the history limits: (CronJob, run).
+    pub fn all(&self) -> impl Iterator<Item = (&str, &Run)> {
+        self.0
+            .iter()
+            .flat_map(|(name, h)| h.runs.iter().map(move |r| (name.as_str(), r)))
     }
 
     pub fn is_empty(&self) -> bool {
         self.0.values().all(|h| h.runs.is_empty())
-    }
-
-    /// Whether `uid` is a run's pod (`<cronjob uid>-<minute>`).
-    pub fn is_run_uid(&self, uid: &str) -> bool {
-        uid.rsplit_once('-').is_some_and(|(cron, m)| {
-            m.bytes().all(|b| b.is_ascii_digit()) && self.0.values().any(|h| h.uid == cron)
-        })
     }
 
     /// The runs as reported: all of them, or only `which`.

@@ -1,5 +1,5 @@
 //! CronJobs in a lab: an every-minute CronJob's manifest, fired by the coordinator or by
-//! its nodes (`baton.io/schedule-on: node`), and the Jobs it started.
+//! its nodes (`baton.io/schedule-on: node`), and the Jobs and pods it started.
 
 use anyhow::Result;
 use serde_json::Value;
@@ -112,4 +112,23 @@ pub fn run_node(job: &Value) -> &str {
     job["metadata"]["annotations"]["baton.io/node"]
         .as_str()
         .unwrap_or_default()
+}
+
+/// The pod of a Job (`metadata.job`), as `get pods` shows it, if there is one.
+pub fn pod_of(lab: &Lab, job: &str) -> Result<Option<Value>> {
+    Ok(lab
+        .pods()?
+        .into_iter()
+        .find(|p| p["metadata"]["job"] == job))
+}
+
+/// `baton logs POD`'s output, or the error.
+pub fn logs(lab: &Lab, pod: &str) -> Result<String> {
+    let out = lab.baton_raw(&["logs", pod], None)?;
+    anyhow::ensure!(
+        out.status.success(),
+        "baton logs {pod}: {}",
+        String::from_utf8_lossy(&out.stderr).trim()
+    );
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
 }

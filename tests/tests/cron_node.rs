@@ -5,14 +5,18 @@
 //! run outlasts the minute never has two runs at once; the node the selector leaves out
 //! never runs either; a CronJob every node fires keeps its history limit per node; an
 //! agent restarted while a run is active adopts it (the same process, fired once, its end
-//! reported, with its exit code unknown).
+//! reported, with its exit code unknown). Each run's pod is in `get pods` on its node,
+//! owned by its Job and the CronJob, Running then Succeeded, and `baton logs` reads it
+//! while it runs and after it ended, the runs fired offline too; the pods go with their
+//! CronJob.
 
 use std::os::unix::fs::MetadataExt;
 use std::time::{Duration, Instant, SystemTime};
 
 use anyhow::{ensure, Context, Result};
-use baton_e2e::cron::{jobs_of, run_node, EveryMinute, FiredBy};
+use baton_e2e::cron::{jobs_of, logs, pod_of, run_node, EveryMinute, FiredBy};
 use baton_e2e::fleet::text;
+use baton_e2e::lines::{read_until, spawn_lines};
 use baton_e2e::{container_pids, wait_for, Broker, Lab};
 use serde_json::Value;
 
@@ -72,7 +76,7 @@ fn scenario(lab: &mut Lab) -> Result<()> {
     let applied = lab.apply(&format!(
         "apiVersion: v1\nkind: ConfigMap\nmetadata: {{name: tick-conf}}\ndata: {{word: tock}}\n---\n{}---\n{}",
         tick.yaml(&reg),
-        on_fires("slow", "Forbid", "sleep 100").yaml(&reg),
+        on_fires("slow", "Forbid", "echo slow started && sleep 100").yaml(&reg),
     ))?;
     ensure!(
         applied.status.success(),
@@ -86,6 +90,30 @@ fn scenario(lab: &mut Lab) -> Result<()> {
     })?;
     ensure!(run_node(&first) == fires.as_str(), "{first}");
     ensure!(first["status"]["succeeded"] == 1, "{first}");
+    // Its pod: on the node, owned by the Job and the CronJob, Succeeded, its log read.
+    let first_job = text(&first["metadata"]["name"]);
+    let pod = wait_for(
+        "the first run's pod Succeeded",
+        Duration::from_secs(30),
+        || Ok(pod_of(lab, &first_job)?.filter(|p| p["status"]["phase"] == "Succeeded")),
+    )?;
+    let pod_name = text(&pod["metadata"]["name"]);
+    ensure!(
+        pod["spec"]["nodeName"] == fires.as_str() && pod["metadata"]["cronJob"] == "tick",
+        "{pod}"
+    );
+    ensure!(
+        pod["status"]["containerStatuses"][0]["state"]["exited"]["exitCode"] == 0,
+        "{pod}"
+    );
+    let said = logs(lab, &pod_name)?;
+    ensure!(said.trim() == "tick", "baton logs {pod_name}: {said:?}");
+    let described =
+        String::from_utf8_lossy(&lab.baton(&["describe", "pod", &pod_name])?.stdout).into_owned();
+    ensure!(
+        described.contains(&format!("Job/{first_job}")),
+        "{described}"
+    );
 
     // Cut the node off for two and a half minutes: it keeps firing.
     lab.set_link(0, false)?;
@@ -161,6 +189,16 @@ fn scenario(lab: &mut Lab) -> Result<()> {
     );
     for j in &offline {
         ensure!(j["status"]["succeeded"] == 1, "{j}");
+        // Its pod came back too, Succeeded, its log still on the device.
+        let job = text(&j["metadata"]["name"]);
+        let pod = wait_for(
+            &format!("{job}'s pod, Succeeded"),
+            Duration::from_secs(30),
+            || Ok(pod_of(lab, &job)?.filter(|p| p["status"]["phase"] == "Succeeded")),
+        )?;
+        ensure!(pod["spec"]["nodeName"] == fires.as_str(), "{pod}");
+        let said = logs(lab, &text(&pod["metadata"]["name"]))?;
+        ensure!(said.trim() == "tick", "{job}'s pod's log: {said:?}");
         let scheduled =
             time(&j["metadata"]["annotations"]["batch.kubernetes.io/cronjob-scheduled-timestamp"])
                 .context("a scheduled time")?;
@@ -270,6 +308,17 @@ fn scenario(lab: &mut Lab) -> Result<()> {
         lab.agent_log(0).contains("CronJob fires"),
         "{fires}'s log says when it fires"
     );
+
+    // Deleting a CronJob removes its runs' pods.
+    lab.baton(&["delete", "cronjob", "tick"])?;
+    wait_for("tick's pods gone", Duration::from_secs(30), || {
+        let left = lab
+            .pods()?
+            .into_iter()
+            .filter(|p| p["metadata"]["cronJob"] == "tick")
+            .count();
+        Ok((left == 0).then_some(()))
+    })?;
     Ok(())
 }
 
@@ -307,6 +356,30 @@ fn an_agent_restarted_mid_run_adopts_it(lab: &mut Lab, fires: &str) -> Result<()
             Ok((!pids.is_empty()).then_some(pids))
         },
     )?;
+    // Its pod is Running in `get pods`, on the node, and `baton logs` (and `-f`) reads it
+    // as it runs.
+    let pod = wait_for(
+        &format!("{job}'s pod Running"),
+        Duration::from_secs(30),
+        || Ok(pod_of(lab, &job)?.filter(|p| p["status"]["phase"] == "Running")),
+    )?;
+    let pod_name = text(&pod["metadata"]["name"]);
+    ensure!(
+        pod["spec"]["nodeName"] == fires && pod["metadata"]["uid"] == uid.as_str(),
+        "{pod}"
+    );
+    let said = logs(lab, &pod_name)?;
+    ensure!(
+        said.contains("slow started"),
+        "baton logs {pod_name}: {said:?}"
+    );
+    let (mut follower, rx) = spawn_lines(lab, &["logs", "-f", &pod_name])?;
+    let seen = read_until(&rx, Duration::from_secs(30), "slow's line", |l| {
+        l.contains("slow started")
+    });
+    let _ = follower.kill();
+    let _ = follower.wait();
+    seen?;
     lab.kill_agent(0);
     lab.start_agent(0)?;
     ensure!(

@@ -1,13 +1,14 @@
 //! The node loop's side of node-scheduled CronJobs (`crate::cron`): at every turn, the
 //! ended runs are recorded, the due ones started (their pods join what the reconciler
-//! runs) and the runs that changed reported; on the trusted clock only.
+//! runs, and the node's `Status`) and the runs that changed reported; on the trusted
+//! clock only.
 
-use baton_proto::{BVec, Body, CronOutcome, CronReport, PodSpec};
+use baton_proto::{BVec, Body, CronOutcome, CronReport, PodSpec, RestartPolicy};
 use tracing::{info, warn};
 
 use super::{Agent, Publish};
 use crate::cron::{self, Runs};
-use crate::reconcile::Millis;
+use crate::reconcile::{ContainerObs, Lifecycle, Millis};
 
 /// How often a node with CronJobs and an untrusted clock looks at it again (NTP may set it
 /// without any event).
@@ -35,18 +36,35 @@ impl CronState {
 }
 
 impl Agent {
-    /// The pods of the active runs.
+    /// The pods of the active runs, and of the ended ones the history keeps, as a Job's
+    /// ended pods are kept (for `baton logs` and `get pods`): while the pod is still here
+    /// and done, so that nothing in it runs again. A run the history drops, or whose pod
+    /// is gone (an agent restart), or still runs (replaced, past its backoff limit), has
+    /// its pod stopped and removed, its logs with it.
     pub(super) fn run_pods(&self) -> Vec<PodSpec> {
         self.cron
             .runs
-            .active()
-            .filter_map(|(name, minute)| {
+            .all()
+            .filter_map(|(name, run)| {
                 let c = self
                     .desired
                     .crons
                     .iter()
                     .find(|c| c.name.as_str() == name)?;
-                Some(cron::run_pod(c, minute))
+                let pod = cron::run_pod(c, run.minute);
+                let keep = run.outcome == CronOutcome::Active
+                    || self.pods.get(pod.uid.as_str()).is_some_and(|p| {
+                        p.lifecycle == Lifecycle::Running
+                            && (p.spec.restart_policy == RestartPolicy::Never
+                                || run.outcome == CronOutcome::Succeeded)
+                            && p.ctrs.iter().all(|c| {
+                                !matches!(
+                                    c.obs,
+                                    ContainerObs::Running { .. } | ContainerObs::Creating
+                                )
+                            })
+                    });
+                keep.then_some(pod)
             })
             .collect()
     }

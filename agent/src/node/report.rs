@@ -154,8 +154,8 @@ impl Agent {
         let pods = self
             .pods
             .iter()
-            // CronJob runs are reported as runs (`Body::CronRuns`), not as pods.
-            .filter(|(uid, _)| !self.cron.runs.is_run_uid(uid))
+            // CronJob runs' pods too: the coordinator keeps them as its pods of this node
+            // (`Body::CronRuns` says how each run ended).
             .filter_map(|(uid, p)| {
                 let of = |init: bool| {
                     p.ctrs

@@ -840,7 +840,7 @@ fn tick_cron(mut template: PodSpec, first: u64, deltas: Vec<u32>) -> baton_proto
 
 /// A node-scheduled CronJob: nothing fires on an untrusted clock (and the node says so);
 /// on a trusted one its due instant starts one run, whose pod the reconciler runs, which
-/// is reported as a run and left out of the node's status.
+/// is reported as a run and its pod in the node's status.
 #[tokio::test]
 async fn a_cron_job_fires_on_the_trusted_clock_only() {
     const T0: u64 = 1_800_000_000;
@@ -897,8 +897,14 @@ async fn a_cron_job_fires_on_the_trusted_clock_only() {
         (runs[0].minute, &runs[0].outcome),
         (minute, &baton_proto::CronOutcome::Active)
     );
+    // Its pod is in the node's status as any pod, under the run's name and uid.
     let status = Harness::last_status(&sent).unwrap();
-    assert!(status.pods.is_empty(), "a run is not a pod of the status");
+    let listed: Vec<(&str, &str)> = status
+        .pods
+        .iter()
+        .map(|p| (p.name.as_str(), p.uid.as_str()))
+        .collect();
+    assert_eq!(listed, [(format!("tick-{minute}").as_str(), uid.as_str())]);
     // Forbid, and fired once: the same instant again starts nothing more.
     h.agent.turn(None, &h.bus);
     assert_eq!(h.agent.pods.len(), 1);
@@ -943,6 +949,69 @@ async fn a_cron_job_fires_on_the_trusted_clock_only() {
     h.agent.turn(None, &h.bus);
     let next = format!("cu-{}", minute + 1);
     assert_eq!(h.agent.pods.keys().collect::<Vec<_>>(), [&next]);
+}
+
+/// An ended run's pod stays, done (never started again), in the node's status and with
+/// its directory (its logs), while the history keeps the run; the run the history drops
+/// has its pod removed.
+#[tokio::test]
+async fn an_ended_runs_pod_is_kept_while_its_history_keeps_it() {
+    const T0: u64 = 1_800_000_000;
+    let mut h = Harness::new().await;
+    h.connect();
+    let mut cron = tick_cron(pod("tick", 0), T0 + 60, vec![60; 9]);
+    cron.successful_history = 1;
+    let mut d = desired(3, vec![]);
+    d.crons = baton_proto::BVec::from_vec(vec![cron]).unwrap();
+    h.bus.clock.set(Some((T0 + 65) * 1000));
+    h.bus_event(BusEvent::Desired(d));
+    let first = format!("cu-{}", (T0 + 60) / 60);
+    let running = |uid: String| {
+        move |a: &Agent| {
+            a.pods.get(&uid).is_some_and(|p| {
+                p.ctrs
+                    .iter()
+                    .all(|c| matches!(c.obs, ContainerObs::Running { .. }))
+            })
+        }
+    };
+    h.until(running(first.clone())).await;
+    h.rt.exit(&id(&format!("{first}-app")), ExitReason::Exited(0));
+    let ended = |a: &Agent| a.cron.runs.active().next().is_none();
+    h.until(ended).await;
+    let started = h.runs();
+    h.bus.take();
+    for _ in 0..3 {
+        h.agent.turn(None, &h.bus);
+    }
+    assert_eq!(h.runs(), started, "an ended run's pod runs nothing again");
+    let p = &h.agent.pods[&first];
+    assert_eq!(p.lifecycle, Lifecycle::Running);
+    assert!(h.agent.deps.pod_dir(&first).exists(), "its logs stay");
+    h.agent.status_dirty = true;
+    h.agent.turn(None, &h.bus);
+    let sent = h.bus.take();
+    let status = Harness::last_status(&sent).expect("a status");
+    let ps = status
+        .pods
+        .iter()
+        .find(|p| p.uid.as_str() == first)
+        .unwrap();
+    assert_eq!(ps.containers[0].state, ContainerState::Exited { code: 0 });
+
+    // The next run ends too: the history keeps one, so the first run's pod goes.
+    h.bus.clock.set(Some((T0 + 125) * 1000));
+    h.agent.turn(None, &h.bus);
+    let second = format!("cu-{}", (T0 + 120) / 60);
+    h.until(running(second.clone())).await;
+    h.rt.exit(&id(&format!("{second}-app")), ExitReason::Exited(0));
+    let gone = first.clone();
+    h.until(move |a| !a.pods.contains_key(&gone)).await;
+    assert!(
+        h.agent.pods.contains_key(&second),
+        "the kept run's pod stays"
+    );
+    assert!(!h.agent.deps.pod_dir(&first).exists());
 }
 
 /// A node-fired CronJob's ConfigMap stays on the device between runs: a new desired state

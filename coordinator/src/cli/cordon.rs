@@ -107,7 +107,8 @@ fn parse_label_arg(arg: &str) -> Result<(String, Option<String>), String> {
 /// that their Deployments replace them elsewhere, and waits until none is left. Pods no
 /// controller replaces are refused unless `force`, as kubectl does. DaemonSet pods stay:
 /// they belong to the node (and tolerate the cordon), as with kubectl's
-/// `--ignore-daemonsets`, and the output names them.
+/// `--ignore-daemonsets`, and the output names them; so do the pods of node-scheduled
+/// CronJob runs, which the node fires itself.
 pub(super) async fn drain(
     client: &Client,
     node: &str,
@@ -130,13 +131,23 @@ pub(super) async fn drain(
     };
     let (daemons, pods): (Vec<_>, Vec<_>) = on_node(client.call(&list, &NoBody).await?.items)
         .into_iter()
-        .partition(|p| p.metadata.daemon_set.is_some());
-    if !daemons.is_empty() {
-        let names: Vec<&str> = daemons.iter().map(|p| p.metadata.name.as_str()).collect();
-        out.push_str(&format!(
-            "Warning: ignoring DaemonSet-managed pods: {}\n",
-            names.join(", ")
-        ));
+        // A node-scheduled CronJob's runs are the node's too: only the node stops them.
+        .partition(|p| p.metadata.daemon_set.is_some() || p.node_run());
+    for (what, node_own) in [
+        ("DaemonSet-managed", true),
+        ("node-scheduled CronJob", false),
+    ] {
+        let names: Vec<&str> = daemons
+            .iter()
+            .filter(|p| p.metadata.daemon_set.is_some() == node_own)
+            .map(|p| p.metadata.name.as_str())
+            .collect();
+        if !names.is_empty() {
+            out.push_str(&format!(
+                "Warning: ignoring {what} pods: {}\n",
+                names.join(", ")
+            ));
+        }
     }
     let bare: Vec<&str> = pods
         .iter()
@@ -163,7 +174,7 @@ pub(super) async fn drain(
     loop {
         let left: Vec<_> = on_node(client.call(&list, &NoBody).await?.items)
             .into_iter()
-            .filter(|p| p.metadata.daemon_set.is_none())
+            .filter(|p| p.metadata.daemon_set.is_none() && !p.node_run())
             .collect();
         if left.is_empty() {
             break;

@@ -1,6 +1,8 @@
 //! Node-scheduled CronJobs (`baton.io/schedule-on: node`, `crate::decide::cron_node`):
 //! what each node is sent in its desired state, and the runs nodes report, recorded as
-//! Jobs of the CronJob. The coordinator never fires them.
+//! Jobs of the CronJob with a pod each (`metadata.cronJob` set: a pod of the node's own,
+//! never sent to it, evicted or drained; its status comes in the node's `Status`). The
+//! coordinator never fires them.
 
 use std::collections::BTreeMap;
 use std::time::SystemTime;
@@ -167,7 +169,9 @@ impl Core {
             else {
                 continue;
             };
-            if !self.jobs.contains_key(&job_name) {
+            let new_pod = (!self.jobs.contains_key(&job_name))
+                .then(|| cron_node::run_pod(cj, &job, node, run));
+            if let Some(pod) = new_pod {
                 job.metadata.uid = new_uid();
                 job.metadata.creation_timestamp = api::now_rfc3339();
                 job.metadata.generation = 1;
@@ -176,6 +180,15 @@ impl Core {
                     "SuccessfulCreate",
                     format!("Node {node} ran job {job_name}"),
                 );
+                // Its pod, once, with the Job: the node's `Status` (sent after this
+                // report) fills in its containers.
+                let pod_name = pod.metadata.name.clone();
+                if !self.pods.contains_key(&pod_name) {
+                    self.pods.insert(pod_name.clone(), pod);
+                    self.touch(Tab::Pod, &pod_name);
+                }
+            } else {
+                self.end_run_pod(&cj_name, node, run);
             }
             let ended = job.status.finished().map(|c| c.type_);
             self.jobs.insert(job_name.clone(), job);
@@ -201,6 +214,37 @@ impl Core {
                 }
             }
         }
+    }
+
+    /// A run that ended leaves its pod in its phase, whatever the node said last: a pod
+    /// the node stops at the end (replaced, past its backoff limit) is not reported again.
+    fn end_run_pod(&mut self, cj: &str, node: &str, run: &proto::CronRun) {
+        let Some((phase, why)) = cron_node::ended_phase(run) else {
+            return;
+        };
+        let name = cron_node::run_pod_name(cj, run.minute, node);
+        let Some(p) = self.pods.get_mut(&name) else {
+            return;
+        };
+        if p.ended() {
+            return;
+        }
+        p.status.phase = phase;
+        if why.is_some() {
+            p.status.message = why;
+        }
+        self.touch(Tab::Pod, &name);
+    }
+
+    /// The name under which the coordinator keeps the pod `ps` that `node` reports, when
+    /// it is the pod of one of its node-scheduled CronJob runs (the device names it
+    /// `<cronjob>-<minute>`, the coordinator per node: `cron_node::run_pod_name`).
+    pub(super) fn run_pod_key(&self, node: &str, ps: &proto::PodStatus) -> Option<String> {
+        let (cj, cj_uid, minute) = cron_node::parse_run_pod(ps.name.as_str(), ps.uid.as_str())?;
+        self.cron_jobs
+            .get(cj)
+            .filter(|c| c.on_node() && c.metadata.uid == cj_uid)?;
+        Some(cron_node::run_pod_name(cj, minute, node))
     }
 
     /// What `apply` checks of a node-scheduled CronJob beyond any CronJob's: the opt-in's

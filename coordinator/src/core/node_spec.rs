@@ -150,6 +150,8 @@ impl Core {
         let evict: Vec<(String, String, api::Taint)> = self
             .pods
             .values()
+            // A node-scheduled CronJob's runs are the node's (not sent, nothing to stop).
+            .filter(|p| !p.node_run())
             .filter_map(|p| {
                 let node = p.spec.node_name.as_deref()?;
                 let n = self.nodes.get(node)?;

@@ -345,7 +345,10 @@ impl Core {
                 let mut evicted = Vec::new();
                 let metrics = self.metrics.clone();
                 for ps in st.pods.iter() {
-                    let Some(pod) = self.pods.get_mut(ps.name.as_str()) else {
+                    // A node-scheduled CronJob's run: kept under a name of its node's.
+                    let run_key = self.run_pod_key(name, ps);
+                    let key = run_key.as_deref().unwrap_or(ps.name.as_str());
+                    let Some(pod) = self.pods.get_mut(key) else {
                         continue;
                     };
                     if pod.metadata.uid != ps.uid.as_str()
@@ -354,7 +357,16 @@ impl Core {
                         continue; // an older incarnation, or a pod moved away
                     }
                     let new = wire::pod_status(ps, &pod.spec, host_ip.clone());
-                    if new == pod.status {
+                    if new == pod.status
+                        || (run_key.is_some()
+                            && pod.ended()
+                            && !matches!(
+                                new.phase,
+                                api::PodPhase::Succeeded | api::PodPhase::Failed
+                            ))
+                    {
+                        // An ended run's pod ends as its run did (`record_node_runs`),
+                        // not as a pod its node is stopping.
                         continue;
                     }
                     let old = std::mem::replace(&mut pod.status, new);
@@ -506,6 +518,8 @@ impl Core {
                 .values()
                 .filter(|p| p.spec.node_name.as_deref() == Some(node))
                 .filter(|p| p.metadata.owner.is_some() || is_live_job_pod(p))
+                // A node-scheduled CronJob's runs are the node's own, as it is offline.
+                .filter(|p| !p.node_run())
                 .map(|p| p.metadata.name.clone())
                 .collect();
             if evict.is_empty() {

@@ -197,13 +197,16 @@ impl Core {
         ApiError::NotFound(format!("{} {name:?} not found", kind.as_str()))
     }
 
-    /// A pod as the API shows it: on a node that is not ready, its phase is `Unknown`.
+    /// A pod as the API shows it: on a node that is not ready, its phase is `Unknown`,
+    /// unless it ended (Succeeded or Failed, as Kubernetes keeps it: nothing of it runs
+    /// to be unknown, say a Job's, or a run its node fired while cut off).
     fn pod_view(&self, p: &api::Pod) -> ApiObject {
         let lost = p
             .spec
             .node_name
             .as_ref()
-            .is_some_and(|n| self.nodes.get(n).is_some_and(|n| !n.status.ready));
+            .is_some_and(|n| self.nodes.get(n).is_some_and(|n| !n.status.ready))
+            && !p.ended();
         if lost {
             let mut p = p.clone();
             p.status.phase = api::PodPhase::Unknown;

@@ -357,7 +357,8 @@ impl Core {
             let Some(list) = out.get_mut(node) else {
                 continue;
             };
-            if self.revoked.contains(node) || self.secret_blocker(p).is_some() {
+            // A node-scheduled CronJob's runs: the node made them, from its `crons`.
+            if self.revoked.contains(node) || p.node_run() || self.secret_blocker(p).is_some() {
                 continue;
             }
             match wire::pod_spec(p) {
@@ -380,6 +381,8 @@ impl Core {
             .pods
             .values()
             .filter(|p| p.spec.node_name.as_deref() == Some(node))
+            // A node-scheduled CronJob's runs: the node made them, from its `crons`.
+            .filter(|p| !p.node_run())
             .filter(|p| self.secret_blocker(p).is_none())
         {
             match wire::pod_spec(p) {

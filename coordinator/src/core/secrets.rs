@@ -333,7 +333,8 @@ impl Core {
             let Some(node) = p.spec.node_name.as_deref() else {
                 continue;
             };
-            if controller::is_terminating(p) {
+            // A node-scheduled CronJob's run: its node has its secrets with its `crons`.
+            if controller::is_terminating(p) || p.node_run() {
                 continue;
             }
             let ours = p.status.reason.as_deref() == Some(CONFIG_ERROR);

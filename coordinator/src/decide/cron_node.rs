@@ -1,6 +1,6 @@
 //! Node-scheduled CronJobs (`baton.io/schedule-on: node`), pure: the instants a node is
-//! sent, when that horizon moves, which nodes fire the CronJob, and the Job that records a
-//! node's run.
+//! sent, when that horizon moves, which nodes fire the CronJob, and the Job and the pod
+//! that record a node's run.
 //!
 //! The device has no cron parser and no time-zone database (both stay here, out of the
 //! agent's size budget): the schedule is expanded into its instants, in UTC seconds, from
@@ -150,6 +150,53 @@ pub fn run_job(cj: &api::CronJob, node: &str, run: &proto::CronRun) -> api::Job 
     }
     job.status = run_status(run);
     job
+}
+
+/// The pod of `node`'s run `minute` of CronJob `cj` as the coordinator keeps it: its Job's
+/// name (`<cronjob>-<minute>-<node>`) and `-run`, one name per node, where the device
+/// calls it `<cronjob>-<minute>` ([`run_pod_uid`] ties the two).
+pub fn run_pod_name(cj: &str, minute: u32, node: &str) -> String {
+    format!("{cj}-{minute}-{node}-run")
+}
+
+/// The uid of a run's pod, the device's own (`<cronjob uid>-<minute>`): the one the
+/// node's `Status` reports it under and `logs` asks for.
+pub fn run_pod_uid(cj_uid: &str, minute: u32) -> String {
+    format!("{cj_uid}-{minute}")
+}
+
+/// The CronJob and minute of a run's pod as its node reports it (`<cronjob>-<minute>`,
+/// uid `<cronjob uid>-<minute>`); `None` for any other pod.
+pub fn parse_run_pod<'a>(name: &'a str, uid: &'a str) -> Option<(&'a str, &'a str, u32)> {
+    let (cj_uid, minute) = uid.rsplit_once('-')?;
+    let cj = name.strip_suffix(minute)?.strip_suffix('-')?;
+    Some((cj, cj_uid, minute.parse().ok()?))
+}
+
+/// The pod recording `node`'s `run` of `cj`, owned by `job` (its Job) and the CronJob,
+/// bound to the node. Never sent to it: the node made it, and reports its status as any
+/// pod's. Its phase until then is the run's.
+pub fn run_pod(cj: &api::CronJob, job: &api::Job, node: &str, run: &proto::CronRun) -> api::Pod {
+    let mut pod = super::job::new_pod(job, "run");
+    pod.metadata.name = run_pod_name(&cj.metadata.name, run.minute, node);
+    pod.metadata.uid = run_pod_uid(&cj.metadata.uid, run.minute);
+    pod.metadata.cron_job = Some(cj.metadata.name.clone());
+    pod.metadata.creation_timestamp = rfc3339_ms(run.started_at_ms);
+    pod.spec.node_name = Some(node.to_owned());
+    if let Some((phase, why)) = ended_phase(run) {
+        pod.status.phase = phase;
+        pod.status.message = why;
+    }
+    pod
+}
+
+/// The phase a run that ended leaves its pod in (and why it failed); `None` while active.
+pub fn ended_phase(run: &proto::CronRun) -> Option<(api::PodPhase, Option<String>)> {
+    match &run.outcome {
+        proto::CronOutcome::Active => None,
+        proto::CronOutcome::Succeeded => Some((api::PodPhase::Succeeded, None)),
+        proto::CronOutcome::Failed(why) => Some((api::PodPhase::Failed, Some(why.to_string()))),
+    }
 }
 
 fn rfc3339_ms(ms: u64) -> String {

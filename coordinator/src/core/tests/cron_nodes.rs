@@ -1,6 +1,6 @@
 //! Node-scheduled CronJobs in the core: sent to the nodes their template selects (never
 //! to a v4 agent, with an event saying so), never fired here, and the nodes' runs
-//! recorded as Jobs, once each.
+//! recorded as Jobs, once each, with their pods as the nodes report them.
 
 use super::*;
 
@@ -126,7 +126,17 @@ async fn the_selected_v5_node_is_sent_the_cron_job_and_its_runs_become_jobs() {
         2,
         "the Job controller runs none of them"
     );
-    assert!(h.pods().is_empty());
+    // Each run's pod is kept (of the node, owned by its Job and the CronJob), ended as
+    // its run, and never sent to the node.
+    let pods = h.pods();
+    let names: Vec<&str> = pods.iter().map(|p| p.metadata.name.as_str()).collect();
+    assert_eq!(names, ["tick-30000001-pi-1-run", "tick-30000002-pi-1-run"]);
+    assert!(
+        pods.iter()
+            .all(|p| p.status.phase == api::PodPhase::Succeeded),
+        "{pods:?}"
+    );
+    assert!(desired_for(&h.drain(), "pi-1").is_none_or(|d| d.pods.is_empty()));
 
     // An untrusted clock is said on the node.
     h.send(
@@ -194,4 +204,177 @@ async fn its_secrets_and_config_maps_go_to_its_nodes() {
     // Ticks change nothing: the node's secrets are not recomputed as stale every time.
     h.core.handle(Event::Tick);
     assert!(desired_for(&h.drain(), "pi-1").is_none());
+}
+
+fn pod_of(h: &mut Harness, name: &str) -> api::Pod {
+    h.pods()
+        .into_iter()
+        .find(|p| p.metadata.name == name)
+        .unwrap_or_else(|| panic!("no pod {name}"))
+}
+
+/// A run's pod as its node reports it in its `Status`: `<cronjob>-<minute>`.
+fn run_status(uid: &str, minute: u32, state: ContainerState) -> NodeStatus {
+    NodeStatus {
+        applied_generation: 1,
+        pods: BVec::from_vec(vec![PodStatus {
+            name: BString::new(format!("tick-{minute}")).unwrap(),
+            uid: BString::new(format!("{uid}-{minute}")).unwrap(),
+            pod_ip: Some("10.42.1.9".parse().unwrap()),
+            containers: BVec::from_vec(vec![ContainerStatus {
+                name: BString::new("c").unwrap(),
+                state,
+                restart_count: 0,
+                last_termination: None,
+                ready: false,
+            }])
+            .unwrap(),
+            init_containers: BVec::new(),
+            evicted: None,
+        }])
+        .unwrap(),
+    }
+}
+
+/// A node's run is a pod of that node, owned by its Job and the CronJob: made when the
+/// run is reported, its status from the node's `Status` (Running, then Succeeded), never
+/// sent to the node, left alone when the node is lost (it fires offline), ended as its
+/// run when the node stops it, and gone with the CronJob.
+#[tokio::test(start_paused = true)]
+async fn a_run_is_a_pod_of_its_node_as_it_reports_it() {
+    let (tx, out) = mpsc::channel(1024);
+    let store = Arc::new(MemStore::new());
+    let core = Core::new(store.clone(), tx, TIMEOUT)
+        .unwrap()
+        .with_pod_eviction_timeout(Duration::from_secs(5));
+    let mut h = Harness {
+        core,
+        out,
+        store,
+        releases: Default::default(),
+    };
+    h.send("pi-1", hello(4000));
+    h.send("pi-2", hello(4000));
+    h.apply(&node_cron("pi-1")).unwrap();
+    h.drain();
+    let uid = match h
+        .api(ApiOp::Get {
+            kind: ResourceKind::CronJob,
+            name: Some("tick".into()),
+        })
+        .unwrap()
+    {
+        ApiReply::Object(ApiObject::CronJob(c)) => c.metadata.uid,
+        other => panic!("unexpected {other:?}"),
+    };
+    let run = |minute, outcome| baton_proto::CronRun {
+        cron: BString::new("tick").unwrap(),
+        minute,
+        started_at_ms: u64::from(minute) * 60_000 + 200,
+        finished_at_ms: None,
+        outcome,
+    };
+    let report = |runs| {
+        Body::CronRuns(baton_proto::CronReport {
+            clock_untrusted: false,
+            runs: BVec::from_vec(runs).unwrap(),
+        })
+    };
+    let (a, b) = (30_000_001, 30_000_002);
+    h.send(
+        "pi-1",
+        report(vec![
+            run(a, baton_proto::CronOutcome::Active),
+            run(b, baton_proto::CronOutcome::Active),
+        ]),
+    );
+    let name = format!("tick-{a}-pi-1-run");
+    let p = pod_of(&mut h, &name);
+    assert_eq!(p.metadata.uid, format!("{uid}-{a}"), "the device's uid");
+    assert_eq!(p.spec.node_name.as_deref(), Some("pi-1"));
+    assert_eq!(
+        p.metadata.job.as_deref(),
+        Some(format!("tick-{a}-pi-1").as_str())
+    );
+    assert_eq!(p.metadata.cron_job.as_deref(), Some("tick"));
+    assert_eq!(p.status.phase, api::PodPhase::Pending);
+    assert!(
+        desired_for(&h.drain(), "pi-1").is_none_or(|d| d.pods.is_empty()),
+        "never sent to its node"
+    );
+
+    h.send(
+        "pi-1",
+        Body::Status(run_status(
+            &uid,
+            a,
+            ContainerState::Running {
+                started_at_ms: u64::from(a) * 60_000 + 300,
+            },
+        )),
+    );
+    let p = pod_of(&mut h, &name);
+    assert_eq!(p.status.phase, api::PodPhase::Running);
+    assert_eq!(p.status.pod_ip.as_deref(), Some("10.42.1.9"));
+    // Another node's report of the same device pod is not this one.
+    h.send(
+        "pi-2",
+        Body::Status(run_status(&uid, a, ContainerState::Exited { code: 3 })),
+    );
+    assert_eq!(pod_of(&mut h, &name).status.phase, api::PodPhase::Running);
+
+    // pi-1 is lost past the eviction timeout: its runs stay its own.
+    for _ in 0..(TIMEOUT.as_secs() + 10) {
+        tokio::time::advance(Duration::from_secs(1)).await;
+        h.send(
+            "pi-2",
+            Body::Heartbeat(Heartbeat {
+                applied_generation: 0,
+                status_digest: 0,
+                ..Default::default()
+            }),
+        );
+        h.core.handle(Event::Tick);
+    }
+    assert!(!h.node("pi-1").status.ready);
+    assert_eq!(h.pods().len(), 2, "not evicted");
+
+    // Back: the run ended, then its pod's containers.
+    h.send("pi-1", hello(4000));
+    h.send(
+        "pi-1",
+        report(vec![run(a, baton_proto::CronOutcome::Succeeded)]),
+    );
+    h.send(
+        "pi-1",
+        Body::Status(run_status(&uid, a, ContainerState::Exited { code: 0 })),
+    );
+    let p = pod_of(&mut h, &name);
+    assert_eq!(p.status.phase, api::PodPhase::Succeeded);
+    assert_eq!(
+        p.status.container_statuses[0].state,
+        api::ContainerState::Exited { exit_code: 0 }
+    );
+    // `b` is replaced: Failed, also when the node's last word on its pod, stopping it,
+    // was not.
+    let why = BString::new("Replaced by a newer run").unwrap();
+    h.send(
+        "pi-1",
+        report(vec![run(b, baton_proto::CronOutcome::Failed(why))]),
+    );
+    h.send(
+        "pi-1",
+        Body::Status(run_status(&uid, b, ContainerState::Pending)),
+    );
+    let p = pod_of(&mut h, &format!("tick-{b}-pi-1-run"));
+    assert_eq!(p.status.phase, api::PodPhase::Failed);
+    assert_eq!(p.status.message.as_deref(), Some("Replaced by a newer run"));
+
+    h.api(ApiOp::Delete {
+        kind: ResourceKind::CronJob,
+        name: "tick".into(),
+    })
+    .unwrap();
+    h.core.handle(Event::Tick);
+    assert!(h.pods().is_empty(), "gone with the CronJob: {:?}", h.pods());
 }

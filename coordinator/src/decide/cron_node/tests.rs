@@ -223,6 +223,47 @@ fn a_run_is_recorded_once_as_a_job_of_its_node() {
     assert_eq!(cond.reason.as_deref(), Some("exit code 2"));
 }
 
+/// A run's pod: per node on the coordinator, the device's uid, owned by its Job and the
+/// CronJob, bound to the node, in its run's phase; and the device's name and uid of it
+/// lead back to the CronJob and minute, in a namespace too, and only for a run's pod.
+#[test]
+fn a_runs_pod_is_the_nodes_under_the_devices_uid() {
+    let c = on_node("  schedule: \"* * * * *\"\n");
+    let failed = run(
+        30_000_001,
+        proto::CronOutcome::Failed(proto::BString::new("exit code 2").unwrap()),
+    );
+    let j = run_job(&c, "pi-1", &failed);
+    let p = run_pod(&c, &j, "pi-1", &failed);
+    assert_eq!(p.metadata.name, "tick-30000001-pi-1-run");
+    assert_eq!(p.metadata.uid, "u1-30000001");
+    assert_eq!(p.metadata.job.as_deref(), Some("tick-30000001-pi-1"));
+    assert!(p.node_run() && p.metadata.owner.is_none());
+    assert_eq!(p.spec.node_name.as_deref(), Some("pi-1"));
+    assert_eq!(p.status.phase, api::PodPhase::Failed);
+    assert_eq!(p.status.message.as_deref(), Some("exit code 2"));
+    assert_eq!(p.metadata.creation_timestamp, "2027-01-15T08:01:00Z");
+    let active = run_pod(&c, &j, "pi-1", &run(30_000_001, proto::CronOutcome::Active));
+    assert_eq!(active.status.phase, api::PodPhase::Pending);
+
+    assert_eq!(
+        parse_run_pod("tick-30000001", "u1-30000001"),
+        Some(("tick", "u1", 30_000_001))
+    );
+    assert_eq!(
+        parse_run_pod("team_tick-30000001", "u2-30000001"),
+        Some(("team_tick", "u2", 30_000_001))
+    );
+    for (name, uid) in [
+        ("web-5d8f7", "7e176e7c-225d-aada-d214-7439dd3579e4"),
+        ("tick-30000001", "u1-30000002"),
+        ("tick-30000001", "u1"),
+        ("30000001", "u1-30000001"),
+    ] {
+        assert_eq!(parse_run_pod(name, uid), None, "{name} {uid}");
+    }
+}
+
 #[test]
 fn what_a_device_cannot_do_is_refused() {
     let c = on_node("  schedule: \"* * * * *\"\n");

@@ -17,6 +17,19 @@ pub struct Pod {
     pub status: PodStatus,
 }
 
+impl Pod {
+    /// Succeeded or Failed: nothing of it runs again.
+    pub fn ended(&self) -> bool {
+        matches!(self.status.phase, PodPhase::Succeeded | PodPhase::Failed)
+    }
+
+    /// The pod of a node's own run of a node-scheduled CronJob (`metadata.cronJob`, which
+    /// only those pods have): never sent to its node, evicted nor drained.
+    pub fn node_run(&self) -> bool {
+        self.metadata.cron_job.is_some()
+    }
+}
+
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub enum RestartPolicy {
     #[default]

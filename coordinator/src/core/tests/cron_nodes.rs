@@ -242,17 +242,7 @@ fn run_status(uid: &str, minute: u32, state: ContainerState) -> NodeStatus {
 /// run when the node stops it, and gone with the CronJob.
 #[tokio::test(start_paused = true)]
 async fn a_run_is_a_pod_of_its_node_as_it_reports_it() {
-    let (tx, out) = mpsc::channel(1024);
-    let store = Arc::new(MemStore::new());
-    let core = Core::new(store.clone(), tx, TIMEOUT)
-        .unwrap()
-        .with_pod_eviction_timeout(Duration::from_secs(5));
-    let mut h = Harness {
-        core,
-        out,
-        store,
-        releases: Default::default(),
-    };
+    let mut h = Harness::evicting_after(Arc::new(MemStore::new()), Duration::from_secs(5));
     h.send("pi-1", hello(4000));
     h.send("pi-2", hello(4000));
     h.apply(&node_cron("pi-1")).unwrap();

@@ -58,17 +58,7 @@ fn report_running(h: &mut Harness, msgs: &[Outbound], node: &str) {
 
 #[tokio::test(start_paused = true)]
 async fn every_node_runs_one_pod_and_a_lost_node_keeps_it() {
-    let (tx, out) = mpsc::channel(1024);
-    let store = Arc::new(MemStore::new());
-    let core = Core::new(store.clone(), tx, TIMEOUT)
-        .unwrap()
-        .with_pod_eviction_timeout(Duration::from_secs(5));
-    let mut h = Harness {
-        core,
-        out,
-        store,
-        releases: Default::default(),
-    };
+    let mut h = Harness::evicting_after(Arc::new(MemStore::new()), Duration::from_secs(5));
     h.send("pi-1", hello(4000));
     h.send("pi-2", hello(4000));
     h.drain();

@@ -52,17 +52,8 @@ fn report(h: &mut Harness, msgs: &[Outbound], node: &str, done: &str) {
 
 #[tokio::test(start_paused = true)]
 async fn ended_pods_count_a_lost_live_pod_is_replaced_and_status_survives_a_restart() {
-    let (tx, out) = mpsc::channel(1024);
     let store = Arc::new(MemStore::new());
-    let core = Core::new(store.clone(), tx, TIMEOUT)
-        .unwrap()
-        .with_pod_eviction_timeout(Duration::from_secs(5));
-    let mut h = Harness {
-        core,
-        out,
-        store: store.clone(),
-        releases: Default::default(),
-    };
+    let mut h = Harness::evicting_after(store.clone(), Duration::from_secs(5));
     h.send("pi-1", hello(4000));
     h.send("pi-2", hello(4000));
     h.drain();

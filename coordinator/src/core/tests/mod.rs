@@ -76,11 +76,23 @@ impl crate::model::release::ReleaseIndex for TestReleases {
 
 impl Harness {
     fn new(store: Arc<MemStore>) -> Self {
+        Self::build(store, None)
+    }
+
+    /// A core that evicts a lost node's pods after `timeout`.
+    fn evicting_after(store: Arc<MemStore>, timeout: Duration) -> Self {
+        Self::build(store, Some(timeout))
+    }
+
+    fn build(store: Arc<MemStore>, eviction: Option<Duration>) -> Self {
         let (tx, out) = mpsc::channel(1024);
         let releases = Arc::new(TestReleases::default());
-        let core = Core::new(store.clone(), tx, TIMEOUT)
+        let mut core = Core::new(store.clone(), tx, TIMEOUT)
             .unwrap()
             .with_releases(releases.clone(), Default::default());
+        if let Some(t) = eviction {
+            core = core.with_pod_eviction_timeout(t);
+        }
         Self {
             core,
             out,

@@ -429,17 +429,7 @@ async fn a_silent_node_loses_its_deployment_pods_after_the_eviction_timeout() {
 
 #[tokio::test(start_paused = true)]
 async fn an_offline_node_is_not_ready_at_once_and_evicted_after_the_timeout() {
-    let (tx, out) = mpsc::channel(1024);
-    let store = Arc::new(MemStore::new());
-    let core = Core::new(store.clone(), tx, TIMEOUT)
-        .unwrap()
-        .with_pod_eviction_timeout(Duration::from_secs(5));
-    let mut h = Harness {
-        core,
-        out,
-        store,
-        releases: Default::default(),
-    };
+    let mut h = Harness::evicting_after(Arc::new(MemStore::new()), Duration::from_secs(5));
     h.send("pi-1", hello(4000));
     h.send("pi-2", hello(4000));
     h.apply(&deployment("web", 2, "100m")).unwrap();

@@ -240,13 +240,10 @@ impl Lab {
     /// A lab whose coordinator keeps its state in a real etcd on the hub (`--store etcd://`,
     /// docs/operations.md "State in etcd") instead of redb.
     pub fn start_on_etcd(tag: &str, agents: usize, broker: Broker) -> Result<Lab> {
-        let mosquitto = matches!(broker, Broker::Mosquitto);
         let mut lab = Self::build(tag, agents, broker, &[])?;
         let started = (|| {
             lab.start_registry()?;
-            if mosquitto {
-                lab.start_mosquitto()?;
-            }
+            lab.start_broker()?;
             let hub = lab.hub.0.clone();
             let etcd = Etcd::start(
                 move |program| {

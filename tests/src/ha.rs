@@ -36,13 +36,21 @@ impl HaSite {
     /// in the hub) plus three machines, each with an etcd member and a coordinator; waits
     /// until one leads and every node is Ready.
     pub fn start(tag: &str, agents: usize, hollow: usize, broker: Broker) -> Result<HaSite> {
-        let mosquitto = matches!(broker, Broker::Mosquitto);
-        let mut lab = Lab::build(tag, agents + 3, broker, &[])?;
+        Self::start_with(tag, agents, hollow, broker, &[])
+    }
+
+    /// [`HaSite::start`], with extra `baton server` flags for every coordinator.
+    pub fn start_with(
+        tag: &str,
+        agents: usize,
+        hollow: usize,
+        broker: Broker,
+        coordinator_args: &[&str],
+    ) -> Result<HaSite> {
+        let mut lab = Lab::build(tag, agents + 3, broker, coordinator_args)?;
         let machines: Vec<usize> = (agents..agents + 3).collect();
         lab.start_registry()?;
-        if mosquitto {
-            lab.start_mosquitto()?;
-        }
+        lab.start_broker()?;
         let hosts: Vec<(String, String)> = machines
             .iter()
             .map(|&i| (lab.agents[i].ns.0.clone(), lab.agents[i].addr.clone()))
@@ -159,33 +167,28 @@ impl HaSite {
         })
     }
 
-    /// `/healthz` of the coordinator at `api`: `Some(true)` leading, `Some(false)`
-    /// standing by (503), `None` not answering.
+    /// What coordinator `api` says it is: `Some(true)` leading (`/healthz` 200, or 503 for
+    /// a broker problem of its own: a leader still, say while a NATS cluster sets its
+    /// subscription up), `Some(false)` a standby (503, saying so), `None` not answering.
     fn health(&self, api: &str) -> Option<bool> {
         let out = self
             .lab
             .hub
             .cmd("curl")
-            .args([
-                "-s",
-                "-o",
-                "/dev/null",
-                "--max-time",
-                "2",
-                "-w",
-                "%{http_code}",
-            ])
+            .args(["-s", "--max-time", "2", "-w", "\n%{http_code}"])
             .arg(format!("{api}/healthz"))
             .output()
             .ok()?;
-        match String::from_utf8_lossy(&out.stdout).as_ref() {
+        let text = String::from_utf8_lossy(&out.stdout);
+        let (body, code) = text.rsplit_once('\n')?;
+        match code {
             "200" => Some(true),
-            "503" => Some(false),
+            "503" => Some(!body.contains("is a standby")),
             _ => None,
         }
     }
 
-    /// The coordinators whose `/healthz` says they lead.
+    /// The coordinators that say they lead ([`HaSite::health`]).
     pub fn leaders(&self) -> Vec<usize> {
         (0..self.coordinators.len())
             .filter(|&k| self.coordinators[k].is_some())

@@ -223,14 +223,7 @@ impl Lab {
         }
         let started = (|| {
             lab.start_registry()?;
-            match lab.broker {
-                Broker::Mosquitto => lab.start_mosquitto()?,
-                Broker::Nats => {
-                    let dir = lab.dir.path().to_owned();
-                    lab.nats = Some(nats::Nats::start(&lab.hub, &lab.hub_ip(), dir)?);
-                }
-                Broker::Embedded => {}
-            }
+            lab.start_broker()?;
             lab.start_coordinator()?;
             for i in (0..agents).filter(|_| start_agents) {
                 lab.start_agent(i)?;
@@ -415,6 +408,19 @@ impl Lab {
             bail!("deploy/mosquitto/mosquitto.conf no longer has the paths this lab replaces");
         }
         Ok(conf + "\n# test only\nuser root\n")
+    }
+
+    /// Starts the lab's broker, unless the coordinator embeds it.
+    pub(crate) fn start_broker(&mut self) -> Result<()> {
+        match self.broker {
+            Broker::Mosquitto => self.start_mosquitto()?,
+            Broker::Nats => {
+                let dir = self.dir.path().to_owned();
+                self.nats = Some(nats::Nats::start(&self.hub, &self.hub_ip(), dir)?);
+            }
+            Broker::Embedded => {}
+        }
+        Ok(())
     }
 
     pub(crate) fn start_mosquitto(&mut self) -> Result<()> {

@@ -160,7 +160,11 @@ async fn keep_alive(
                 .and_then(Result::ok);
         }
         if let (Some(c), None) = (client.as_mut(), stream.as_ref()) {
-            stream = c.lease_keep_alive(id).await.ok();
+            // Bounded, as every step here: a hung call must not outlive the lease unseen.
+            stream = tokio::time::timeout(every, c.lease_keep_alive(id))
+                .await
+                .ok()
+                .and_then(Result::ok);
         }
         if let Some((keeper, responses)) = stream.as_mut() {
             let renewed = async {

@@ -239,6 +239,24 @@ impl HaSite {
         Ok(self.lab.baton_cmd_at(&self.api(k)).args(args).output()?)
     }
 
+    /// Sends `signal` (`-KILL`, `-STOP`, `-CONT`) to coordinator `k`, leaving it in the
+    /// site: for a site shared with another thread, or a pause.
+    pub fn signal(&self, k: usize, signal: &str) -> Result<()> {
+        let pid = self.coordinators[k]
+            .as_ref()
+            .and_then(|p| p.pid())
+            .context("no such coordinator running")?;
+        sh(Command::new("kill").args([signal, &pid.to_string()]))?;
+        Ok(())
+    }
+
+    /// Waits until coordinator `k` says it stepped down (`lost the leadership`).
+    pub fn stepped_down(&self, k: usize) -> Result<()> {
+        wait_for(&format!("coordinator {k} to step down"), LONG, || {
+            Ok(self.log(k).contains("lost the leadership").then_some(()))
+        })
+    }
+
     /// Kills coordinator `k` with SIGKILL.
     pub fn kill_coordinator(&mut self, k: usize) {
         if let Some(mut p) = self.coordinators[k].take() {

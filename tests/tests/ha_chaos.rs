@@ -146,20 +146,10 @@ fn chaos(site: &mut HaSite) -> Result<()> {
             r?;
         }
         // Not `site.kill_coordinator`: the site is shared with the sampler.
-        let pid = site.coordinators[leader]
-            .as_ref()
-            .and_then(|p| p.pid())
-            .context("leader pid")?;
-        baton_e2e::sh(std::process::Command::new("kill").args(["-KILL", &pid.to_string()]))?;
+        site.signal(leader, "-KILL")?;
         let killed = Instant::now();
         let r = (|| {
-            let (next, seen) =
-                site.single_leader_but(Some(leader), ONE_LEADER + Duration::from_secs(5))?;
-            let took = seen - killed;
-            println!(
-                "FIGURE HA: leader {leader} killed mid-rollout; {next} leads after {took:.1?}"
-            );
-            ensure!(took <= ONE_LEADER, "a single leader only after {took:?}");
+            let next = took_over(site, leader, killed, "killed mid-rollout")?;
             Ok((
                 wait_web(site, 3, 2, "the rollout to finish under the new leader")?,
                 next,
@@ -207,22 +197,13 @@ fn chaos(site: &mut HaSite) -> Result<()> {
     site.cut_from_etcd(leader, true)?;
     let cut = Instant::now();
     let r = (|| {
-        let (next, seen) =
-            site.single_leader_but(Some(leader), ONE_LEADER + Duration::from_secs(10))?;
-        let took = seen - cut;
-        println!("FIGURE HA: leader {leader} cut from etcd; {next} alone leads after {took:.1?}");
-        ensure!(took <= ONE_LEADER, "a single leader only after {took:?}");
+        let next = took_over(site, leader, cut, "cut from etcd")?;
         site.use_api(next);
         scale(site, next, 3)
     })();
     site.cut_from_etcd(leader, false)?;
     r?;
-    wait_for("the cut-off coordinator to step down", LONG, || {
-        Ok(site
-            .log(leader)
-            .contains("lost the leadership")
-            .then_some(()))
-    })?;
+    site.stepped_down(leader)?;
     let three = wait_web(site, 3, 2, "3 pods Running after the cut")?;
     let kept: Vec<_> = before
         .iter()
@@ -242,32 +223,14 @@ fn chaos(site: &mut HaSite) -> Result<()> {
     // 4. The leader is paused (SIGSTOP) for 30 s: another leads meanwhile, and the old one,
     // resumed, finds its lease gone and steps down, leaving one leader.
     let (leader, _) = site.single_leader(ONE_LEADER)?;
-    let pid = site.coordinators[leader]
-        .as_ref()
-        .and_then(|p| p.pid())
-        .context("leader pid")?;
-    let signal =
-        |sig: &str| baton_e2e::sh(std::process::Command::new("kill").args([sig, &pid.to_string()]));
-    signal("-STOP")?;
+    site.signal(leader, "-STOP")?;
     let paused = Instant::now();
-    let r = (|| {
-        let (next, seen) =
-            site.single_leader_but(Some(leader), ONE_LEADER + Duration::from_secs(10))?;
-        let took = seen - paused;
-        println!("FIGURE HA: leader {leader} paused; {next} alone leads after {took:.1?}");
-        ensure!(took <= ONE_LEADER, "a single leader only after {took:?}");
-        site.use_api(next);
-        Ok(next)
-    })();
+    let r = took_over(site, leader, paused, "paused");
     std::thread::sleep(Duration::from_secs(30).saturating_sub(paused.elapsed()));
-    signal("-CONT")?;
+    site.signal(leader, "-CONT")?;
     let next = r?;
-    wait_for("the resumed coordinator to step down", LONG, || {
-        Ok(site
-            .log(leader)
-            .contains("lost the leadership")
-            .then_some(()))
-    })?;
+    site.use_api(next);
+    site.stepped_down(leader)?;
     ensure!(
         site.leaders() == vec![next],
         "leaders after the old one resumed: {:?}",
@@ -275,6 +238,16 @@ fn chaos(site: &mut HaSite) -> Result<()> {
     );
     unchanged(site, &kept, "the leader paused for 30 s")?;
     all_ready(site, "the leader paused for 30 s")
+}
+
+/// Waits until one coordinator other than `old` alone leads, and checks that it took at
+/// most [`ONE_LEADER`] from `since` (the fault `what` was done to `old`); returns it.
+fn took_over(site: &HaSite, old: usize, since: Instant, what: &str) -> Result<usize> {
+    let (next, seen) = site.single_leader_but(Some(old), ONE_LEADER + Duration::from_secs(10))?;
+    let took = seen - since;
+    println!("FIGURE HA: leader {old} {what}; {next} alone leads after {took:.1?}");
+    ensure!(took <= ONE_LEADER, "a single leader only after {took:?}");
+    Ok(next)
 }
 
 /// Waits until every node, real and hollow, is Ready under the current leader.

@@ -316,14 +316,7 @@ async fn a_run_is_a_pod_of_its_node_as_it_reports_it() {
     // pi-1 is lost past the eviction timeout: its runs stay its own.
     for _ in 0..(TIMEOUT.as_secs() + 10) {
         tokio::time::advance(Duration::from_secs(1)).await;
-        h.send(
-            "pi-2",
-            Body::Heartbeat(Heartbeat {
-                applied_generation: 0,
-                status_digest: 0,
-                ..Default::default()
-            }),
-        );
+        h.send("pi-2", Body::Heartbeat(Heartbeat::default()));
         h.core.handle(Event::Tick);
     }
     assert!(!h.node("pi-1").status.ready);

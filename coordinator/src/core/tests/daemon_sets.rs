@@ -95,14 +95,7 @@ async fn every_node_runs_one_pod_and_a_lost_node_keeps_it() {
     for _ in 0..(TIMEOUT.as_secs() + 10) {
         tokio::time::advance(Duration::from_secs(1)).await;
         for alive in ["pi-1", "pi-3"] {
-            h.send(
-                alive,
-                Body::Heartbeat(Heartbeat {
-                    applied_generation: 0,
-                    status_digest: 0,
-                    ..Default::default()
-                }),
-            );
+            h.send(alive, Body::Heartbeat(Heartbeat::default()));
         }
         h.core.handle(Event::Tick);
     }

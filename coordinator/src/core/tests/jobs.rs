@@ -94,14 +94,7 @@ async fn ended_pods_count_a_lost_live_pod_is_replaced_and_status_survives_a_rest
         .collect();
     for _ in 0..(TIMEOUT.as_secs() + 10) {
         tokio::time::advance(Duration::from_secs(1)).await;
-        h.send(
-            alive,
-            Body::Heartbeat(Heartbeat {
-                applied_generation: 0,
-                status_digest: 0,
-                ..Default::default()
-            }),
-        );
+        h.send(alive, Body::Heartbeat(Heartbeat::default()));
         h.core.handle(Event::Tick);
     }
     let pods = h.pods();

@@ -189,14 +189,7 @@ async fn lost_nodes_become_not_ready() {
     // pi-2 keeps beating for a while, then stops.
     for _ in 0..3 {
         tokio::time::advance(Duration::from_secs(5)).await;
-        h.send(
-            "pi-2",
-            Body::Heartbeat(Heartbeat {
-                applied_generation: 0,
-                status_digest: 0,
-                ..Default::default()
-            }),
-        );
+        h.send("pi-2", Body::Heartbeat(Heartbeat::default()));
         h.core.handle(Event::Tick);
         assert!(h.node("pi-2").status.ready);
     }
@@ -217,14 +210,7 @@ async fn lost_nodes_become_not_ready() {
     assert_eq!(ev.last().map(|e| e.reason.as_str()), Some("NodeNotReady"));
 
     // A heartbeat brings it back.
-    h.send(
-        "pi-2",
-        Body::Heartbeat(Heartbeat {
-            applied_generation: 0,
-            status_digest: 0,
-            ..Default::default()
-        }),
-    );
+    h.send("pi-2", Body::Heartbeat(Heartbeat::default()));
     assert!(h.node("pi-2").status.ready);
 }
 
@@ -295,14 +281,7 @@ async fn a_quiet_node_is_timed_by_its_link_profile() {
 // ----- node loss: eviction and return ----------------------------------------
 
 fn beat(h: &mut Harness, node: &str) {
-    h.send(
-        node,
-        Body::Heartbeat(Heartbeat {
-            applied_generation: 0,
-            status_digest: 0,
-            ..Default::default()
-        }),
-    );
+    h.send(node, Body::Heartbeat(Heartbeat::default()));
 }
 
 /// Lets `secs` pass in 1 s steps, `alive` beating and the core ticking every second.

@@ -246,6 +246,10 @@ impl HaSite {
             .as_ref()
             .and_then(|p| p.pid())
             .context("no such coordinator running")?;
+        if signal == "-STOP" {
+            // Returns once it is really paused, not merely signalled.
+            return crate::pause_process(pid);
+        }
         sh(Command::new("kill").args([signal, &pid.to_string()]))?;
         Ok(())
     }

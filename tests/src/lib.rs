@@ -114,6 +114,39 @@ pub fn wait_for<T>(
     }
 }
 
+/// Pauses process `pid` with SIGSTOP and returns once every one of its threads is stopped.
+///
+/// kill(2) returns before a multi-threaded process has stopped: one thread takes the
+/// signal and then stops the others, and on a loaded machine the rest keep running for
+/// a while. A test that acts "while paused" right after kill(2) races them.
+pub fn pause_process(pid: u32) -> Result<()> {
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(pid as i32),
+        nix::sys::signal::Signal::SIGSTOP,
+    )
+    .with_context(|| format!("SIGSTOP to {pid}"))?;
+    let start = Instant::now();
+    loop {
+        let running: Vec<String> = fs::read_dir(format!("/proc/{pid}/task"))
+            .with_context(|| format!("process {pid} is gone"))?
+            .filter_map(|t| t.ok())
+            .filter_map(|t| fs::read_to_string(t.path().join("stat")).ok())
+            .filter(|stat| {
+                // The state follows the command name, which may itself hold ") ".
+                let state = stat.rsplit_once(") ").map(|(_, r)| r.as_bytes()[0]);
+                !matches!(state, Some(b'T' | b't' | b'Z' | b'X') | None)
+            })
+            .collect();
+        if running.is_empty() {
+            return Ok(());
+        }
+        if start.elapsed() > Duration::from_secs(10) {
+            bail!("process {pid} not stopped 10 s after SIGSTOP: {running:?}");
+        }
+        std::thread::sleep(Duration::from_millis(2));
+    }
+}
+
 /// A child process that is stopped (SIGTERM, then SIGKILL) when dropped.
 pub struct Proc {
     pub name: String,

@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{ensure, Context, Result};
 use baton_e2e::fleet::uid;
-use baton_e2e::{bin, container_pids, sh, wait_for, Broker, Lab};
+use baton_e2e::{bin, container_pids, pause_process, sh, wait_for, Broker, Lab};
 
 const LONG: Duration = Duration::from_secs(120);
 
@@ -239,7 +239,7 @@ fn enrolled(lab: &mut Lab) -> Result<()> {
         .as_ref()
         .and_then(|p| p.pid())
         .context("coordinator pid")?;
-    sh(std::process::Command::new("kill").args(["-STOP", &coordinator.to_string()]))?;
+    pause_process(coordinator)?;
     let paused = Instant::now();
     let _ = cli.kill();
     let _ = cli.wait();

@@ -252,7 +252,7 @@ fn a_standby_takes_over_from_a_paused_leader_which_then_writes_nothing() -> Resu
         .as_ref()
         .and_then(|p| p.pid())
         .context("leader pid")?;
-    baton_e2e::sh(std::process::Command::new("kill").args(["-STOP", &old.to_string()]))?;
+    baton_e2e::pause_process(old)?;
     let paused = Instant::now();
     wait_for("the standby to lead", LONG, || {
         Ok(standby.log().contains("leading").then_some(()))

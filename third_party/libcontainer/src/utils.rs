@@ -327,6 +327,8 @@ pub enum NetDevicesError {
     RootlessNotSupported,
     #[error("invalid network device name: {0}")]
     InvalidDeviceName(String),
+    #[error("network devices (linux.netDevices) need libcontainer's net-devices feature")]
+    Unsupported,
     #[error(transparent)]
     IO(#[from] std::io::Error),
     #[error(transparent)]
@@ -345,6 +347,10 @@ pub fn validate_spec_for_net_devices(
 
     if linux.net_devices().is_none() {
         return Ok(());
+    }
+    #[cfg(not(feature = "net-devices"))]
+    if linux.net_devices().as_ref().is_some_and(|d| !d.is_empty()) {
+        return Err(NetDevicesError::Unsupported);
     }
 
     let has_net_namespace = match linux.namespaces() {

@@ -1,5 +1,6 @@
 use std::net::IpAddr;
 
+#[cfg(feature = "net-devices")]
 use netlink_packet_route::address::{AddressAttribute, AddressMessage};
 use serde::{Deserialize, Serialize};
 
@@ -9,6 +10,7 @@ pub struct CidrAddress {
     pub address: IpAddr,
 }
 
+#[cfg(feature = "net-devices")]
 impl From<&AddressMessage> for CidrAddress {
     fn from(msg: &AddressMessage) -> Self {
         let address =
@@ -34,6 +36,7 @@ impl From<&AddressMessage> for CidrAddress {
 /// Note: While the RFC does not explicitly prohibit multiple IFA_ADDRESS attributes,
 /// common implementations (libnl, vishvananda/netlink) assume a single instance.
 /// This implementation follows the same assumption and uses the first matching attribute.
+#[cfg(feature = "net-devices")]
 fn parse_ip_address(addr: &AddressMessage) -> Option<IpAddr> {
     // First, try to find IFA_LOCAL
     let local = addr.attributes.iter().find_map(|attr| match attr {
@@ -53,7 +56,7 @@ fn parse_ip_address(addr: &AddressMessage) -> Option<IpAddr> {
     })
 }
 
-#[cfg(test)]
+#[cfg(all(test, feature = "net-devices"))]
 mod tests {
     use std::net::{IpAddr, Ipv4Addr};
 

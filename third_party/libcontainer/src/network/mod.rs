@@ -1,10 +1,17 @@
+#[cfg(feature = "net-devices")]
 pub mod address;
 pub mod cidr;
+#[cfg(feature = "net-devices")]
 mod client;
+#[cfg(feature = "net-devices")]
 mod fake;
+#[cfg(feature = "net-devices")]
 pub mod link;
+#[cfg(feature = "net-devices")]
 pub mod network_device;
+#[cfg(feature = "net-devices")]
 mod traits;
+#[cfg(feature = "net-devices")]
 pub mod wrapper;
 
 #[derive(Debug, thiserror::Error)]
@@ -15,8 +22,11 @@ pub enum NetworkError {
     IO(#[from] std::io::Error),
     #[error("failed to initialize NetlinkClient")]
     ClientInitializeError,
+    #[error("network devices (linux.netDevices) need libcontainer's net-devices feature")]
+    Unsupported,
 }
 
+#[cfg(feature = "net-devices")]
 type Result<T> = std::result::Result<T, NetworkError>;
 
 /// Represents a response from a Netlink operation.

@@ -23,9 +23,13 @@ use super::error::InitProcessError;
 use crate::config::PersonalityDomain;
 use crate::error::MissingSpecError;
 use crate::namespaces::Namespaces;
+#[cfg(feature = "net-devices")]
 use crate::network::address::AddressClient;
+#[cfg(feature = "net-devices")]
 use crate::network::link::LinkClient;
+#[cfg(feature = "net-devices")]
 use crate::network::network_device::{resolve_device_name, setup_addresses_in_network_namespace};
+#[cfg(feature = "net-devices")]
 use crate::network::wrapper::create_network_client;
 use crate::process::args::{ContainerArgs, ContainerType};
 use crate::process::{channel, memory_policy};
@@ -962,6 +966,19 @@ fn sync_seccomp(
     Ok(())
 }
 
+#[cfg(not(feature = "net-devices"))]
+fn configure_container_network_devices(
+    net_device: &HashMap<String, LinuxNetDevice>,
+    _main_sender: &mut channel::MainSender,
+    _init_receiver: &mut channel::InitReceiver,
+) -> Result<()> {
+    if net_device.is_empty() {
+        return Ok(());
+    }
+    Err(crate::network::NetworkError::Unsupported.into())
+}
+
+#[cfg(feature = "net-devices")]
 fn configure_container_network_devices(
     net_device: &HashMap<String, LinuxNetDevice>,
     main_sender: &mut channel::MainSender,

@@ -12,6 +12,7 @@ pub mod adopt;
 pub mod build_info;
 pub mod bus;
 pub mod config_maps;
+pub mod crash;
 pub mod cron;
 pub mod datadir;
 pub mod dns;

@@ -645,6 +645,8 @@ fn main() -> Result<()> {
         let format = std::env::var("BATON_LOG_FORMAT").unwrap_or_default();
         init_logging_to(&format, std::sync::Mutex::new(log));
     });
+    // A panic on hostile input leaves a marker, so the restart refuses that input (crash.rs).
+    baton_agent::crash::install_hook();
     let matches = Cli::command().get_matches();
     let cli = Cli::from_arg_matches(&matches).unwrap_or_else(|e| e.exit());
     let (args, reset, rotate) = match cli.command {

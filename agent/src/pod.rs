@@ -89,6 +89,7 @@ pub enum WorkerError {
     #[error("HostPortFailed: {0}")]
     HostPort(String),
     /// The worker task itself failed (a panic): a bug, not a reason kubelet has a word for.
+    /// Only where panics unwind (x86_64 and test builds); the device build aborts (crash.rs).
     #[error("worker panicked: {0}")]
     Panicked(String),
 }

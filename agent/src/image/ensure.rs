@@ -49,6 +49,19 @@ impl Inner {
         digest: &str,
         diff_id: &str,
     ) -> Result<(), ImageError> {
+        // A layer that made the agent panic before is refused, not unpacked again: with the
+        // device build's abort on panic, it would crash the agent at every start (crash.rs).
+        let quarantine = self.layout.quarantine(digest)?;
+        if let Some(why) = crate::crash::marker(&quarantine) {
+            return Err(ImageError::InvalidLayer {
+                digest: digest.to_owned(),
+                reason: format!(
+                    "quarantined: {why}; remove {} to try it again",
+                    quarantine.display()
+                ),
+            });
+        }
+        let _guard = crate::crash::guard(quarantine, format!("unpacking layer {digest}"));
         let meter = meter::StoreMeter::new(self, digest)?;
         unpack::unpack_layer(blob, dir, digest, diff_id, &meter)
     }

@@ -77,6 +77,11 @@ impl Layout {
         &self.root
     }
 
+    /// The marker left by a panic while unpacking layer `digest` (crate::crash).
+    pub(crate) fn quarantine(&self, digest: &str) -> Result<PathBuf, ImageError> {
+        Ok(self.root.join("quarantine").join(digest_hex(digest)?))
+    }
+
     pub(crate) fn blobs_dir(&self) -> &Path {
         &self.blobs
     }

@@ -17,6 +17,11 @@ fn put(dir: &Path, bytes: &[u8]) -> (String, usize) {
 /// An OCI layout with a linux/amd64 + linux/arm64 index named `name`; the arm64 image's
 /// layer is left out (only the node's platform may be read).
 fn layout(dir: &Path, name: &str, content: &str) {
+    layout_with(dir, name, "hello.txt", content)
+}
+
+/// [`layout`] with the layer's one file named `file`.
+fn layout_with(dir: &Path, name: &str, file: &str, content: &str) {
     let mut layer = tar::Builder::new(Vec::new());
     let mut h = tar::Header::new_gnu();
     h.set_entry_type(tar::EntryType::Regular);
@@ -26,9 +31,7 @@ fn layout(dir: &Path, name: &str, content: &str) {
     h.set_gid(0);
     h.set_mtime(1_700_000_000);
     h.set_cksum();
-    layer
-        .append_data(&mut h, "hello.txt", content.as_bytes())
-        .unwrap();
+    layer.append_data(&mut h, file, content.as_bytes()).unwrap();
     let layer = layer.into_inner().unwrap();
     let (ld, ls) = put(dir, &layer);
     let mut entries = Vec::new();
@@ -148,4 +151,36 @@ async fn an_image_for_another_platform_is_refused() {
     .unwrap();
     let e = s.preload(&tmp.path().join("l")).await.unwrap_err();
     assert!(matches!(e, ImageError::NoMatchingPlatform { .. }), "{e}");
+}
+
+/// A layer whose unpack panics is quarantined: refused with the panic's reason from then on,
+/// by this store and by the next agent process, instead of being unpacked again (under the
+/// device build's abort on panic, again would mean a crash at every start).
+#[tokio::test]
+async fn a_layer_that_panicked_the_unpack_is_quarantined() {
+    crate::crash::install_hook();
+    let tmp = tempfile::tempdir().unwrap();
+    let src = tmp.path().join("src");
+    layout_with(&src, NAME, crate::image::unpack::PANIC_IN_TESTS, "boom");
+    let archive = tmp.path().join("app.tar");
+    tar_dir(&src, &archive);
+    let root = tmp.path().join("store");
+
+    let s = store(&root);
+    let first = s.preload(&archive).await.unwrap_err().to_string();
+    assert!(first.contains("image store task failed"), "{first}");
+    drop(s);
+    let again = store(&root).preload(&archive).await.unwrap_err();
+    let ImageError::InvalidLayer { digest, reason } = &again else {
+        panic!("{again:?}");
+    };
+    assert!(
+        reason.starts_with(&format!(
+            "quarantined: unpacking layer {digest} panicked: a test layer's stand-in"
+        )) && reason.contains("remove "),
+        "{reason}"
+    );
+    // Nothing of it was left in the store.
+    let layer = root.join("layers/sha256").join(digest_hex(digest).unwrap());
+    assert!(!layer.exists());
 }

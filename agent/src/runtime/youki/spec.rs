@@ -481,8 +481,14 @@ mod tests {
                 .build()
                 .unwrap()]);
             if devices {
-                let dev = LinuxNetDeviceBuilder::default().name("eth1").build().unwrap();
-                b = b.net_devices(std::collections::HashMap::from([("dummy0".to_string(), dev)]));
+                let dev = LinuxNetDeviceBuilder::default()
+                    .name("eth1")
+                    .build()
+                    .unwrap();
+                b = b.net_devices(std::collections::HashMap::from([(
+                    "dummy0".to_string(),
+                    dev,
+                )]));
             }
             SpecBuilder::default()
                 .linux(b.build().unwrap())

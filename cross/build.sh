@@ -10,10 +10,11 @@
 #   BATON_CROSS_COORDINATOR32=1 cross/build.sh armv7-unknown-linux-musleabihf
 #                                   also the armv7 coordinator (not built by CI)
 #
-# Every agent has the `seccomp` feature, with a libseccomp built for musl (cross/libseccomp.sh).
-# aarch64 links with Debian's cross gcc and rustup's std; the 32-bit targets have no std on
-# rustup's mirror, so std is compiled from rust-src (-Z build-std) and zig links them
-# (cargo-zigbuild). A target whose inputs (sources, Cargo.lock, these scripts, toolchain) did
+# Every agent has the `seccomp` feature, with a libseccomp built for musl (cross/libseccomp.sh),
+# and is built by cross/agent.sh (std from source, abort on panic: sized for small boards).
+# aarch64 links with Debian's cross gcc (the coordinator with rustup's std); the 32-bit
+# targets have no std on rustup's mirror, so std is compiled from rust-src (-Z build-std)
+# and zig links them (cargo-zigbuild). A target whose inputs (sources, Cargo.lock, these scripts, toolchain) did
 # not change since its last build is not rebuilt, only checked again.
 set -euo pipefail
 
@@ -54,6 +55,8 @@ rustup component list --installed | grep -q '^rust-src' || rustup component add 
 . "$root/cross/tools.sh"
 # shellcheck source=cross/link-extras.sh
 . "$root/cross/link-extras.sh"
+# shellcheck source=cross/agent.sh
+. "$root/cross/agent.sh"
 
 # What a build depends on; a change to any of it rebuilds every target. Docs (*.md) are not.
 inputs_hash() {
@@ -89,6 +92,10 @@ for t in "${targets[@]}"; do
     # server) went into the agent, 0.6-1 MB over its size bound. Shared dependencies with
     # the same features are still built once.
     for pkg in "${pkgs[@]}"; do
+    if [ "$pkg" = baton-agent ]; then
+      agent_build "$t" "$libdir"
+      continue
+    fi
     args=(--profile "$PROFILE" --locked --target "$t" -p "$pkg" --bins)
     case "$t" in
       aarch64-unknown-linux-musl)
@@ -96,27 +103,15 @@ for t in "${targets[@]}"; do
         LIBSECCOMP_LINK_TYPE=static LIBSECCOMP_LIB_PATH="$libdir" cargo build "${args[@]}"
         ;;
       *)
-        # Link-time extras on a native search path, for rustc and zig to find:
-        # - libatomic.a, empty: some C build scripts ask for -latomic on 32-bit ARM; zig has
-        #   no libatomic (its compiler-rt has the __atomic_* functions).
-        # - crt1.o, crti.o, crtbegin.o, crtend.o, crtn.o, empty: rustc links musl targets
-        #   "self-contained" and names these objects, which rustup's (missing) std for these
-        #   targets would have shipped; it looks them up on the native search paths. zig adds
-        #   musl's real crt1/crti/crtn itself (two copies clash), and ARM EHABI unwinding needs
-        #   no crtbegin/crtend frame registry.
+        # The opt-in armv7 coordinator: std from source and zig, as the agent (cross/agent.sh),
+        # but unwinding.
         atomic="$root/target/cross-deps/$t/empty-libatomic"
         link_extras "$t" "$atomic"
         tvar=$(echo "$t" | tr 'a-z-' 'A-Z_')
-        export "CARGO_TARGET_${tvar}_RUSTFLAGS=-L native=$atomic"
-        # No rustup std for these targets: build std once per target from rust-src.
-        # Without the device profile's fat LTO and single codegen unit: with std compiled
-        # from source, LTO made each 32-bit build a long single-threaded link (the armv7
-        # pair alone ran past 30 min beside CI's tests), and these build in the background
-        # while the second pass of the tests waits for them. Their size bound is their own
-        # (tests/bench/sizes.sh).
         lto=(--config 'profile.device.lto=false' --config 'profile.device.codegen-units=16')
         echo "cross/build: cargo zigbuild -Z build-std=std,panic_abort ${lto[*]} ${args[*]}"
-        RUSTC_BOOTSTRAP=1 LIBSECCOMP_LINK_TYPE=static LIBSECCOMP_LIB_PATH="$libdir" \
+        env "CARGO_TARGET_${tvar}_RUSTFLAGS=-L native=$atomic" RUSTC_BOOTSTRAP=1 \
+          LIBSECCOMP_LINK_TYPE=static LIBSECCOMP_LIB_PATH="$libdir" \
           cargo zigbuild -Z build-std=std,panic_abort "${lto[@]}" "${args[@]}"
         ;;
     esac

@@ -10,9 +10,9 @@
 # Host: the build goes through target/debug (an incremental rebuild of the agent, ~20 s,
 # instead of a cold build in a target dir of its own), then a plain build makes
 # target/debug/baton-agent 0.2.0 again: run it before the tests, never beside them.
-# aarch64: the same cargo invocation as cross/build.sh's agent build (profile `device`,
-# `-p baton-agent` alone, the musl libseccomp), in the same target dir, so only the agent
-# crate recompiles. cross/build.sh builds each package on its own since session 14; this
+# aarch64: cross/build.sh's agent build itself (agent_build in cross/agent.sh: profile
+# `device`, `-p baton-agent` alone, std from source, abort on panic, the musl libseccomp), in
+# the same target dir, so only the agent crate recompiles. cross/build.sh builds each package on its own since session 14; this
 # script still built both together, so every dependency was compiled again with the
 # coordinator's features unified in: 874 s of CI's serial path in one rehearsal, and a
 # 0.2.1 agent that was not the 0.2.0 one but for its version. target/cross/<triple>/baton-agent,
@@ -35,7 +35,7 @@ esac
 index=$(mktemp)
 trap 'rm -f "$index"' EXIT
 cp "$(git rev-parse --git-path index)" "$index"
-sources=(Cargo.toml Cargo.lock .cargo proto agent third_party)
+sources=(Cargo.toml Cargo.lock .cargo proto agent third_party cross/agent.sh)
 GIT_INDEX_FILE=$index git add -A -- "${sources[@]}"
 tree=$(GIT_INDEX_FILE=$index git write-tree)
 key=$(git ls-tree "$tree" "${sources[@]}" | git hash-object --stdin)
@@ -68,9 +68,9 @@ else
   for v in "${versions[@]}"; do
     [ -x "$out/baton-agent-$v-$target" ] && continue
     start=$(date +%s)
-    BATON_BUILD_VERSION=$v LIBSECCOMP_LINK_TYPE=static LIBSECCOMP_LIB_PATH="$libdir" \
-      nice -n 10 cargo build --profile device --locked --target "$target" \
-      -p baton-agent --bins >&2
+    root=$root BATON_BUILD_VERSION=$v nice -n 10 bash -c \
+      '. "$root/cross/tools.sh"; . "$root/cross/link-extras.sh"; . "$root/cross/agent.sh"; agent_build "$@"' \
+      agent_build "$target" "$libdir" >&2
     bin=$tdir/$target/device/baton-agent
     got=$(qemu-aarch64-static "$bin" --version)
     [ "$got" = "baton-agent $v" ] || { echo "tests/ota/build-releases.sh: built $got, not $v" >&2; exit 1; }

@@ -13,8 +13,8 @@
 //!
 //! | profile | liveness | keepalive | node loss noticed | unchanged heartbeat | status batched | usage sampled |
 //! |---|---|---|---|---|---|---|
-//! | `lan` | `keepalive` | 13 s | ≤ 19.5 s | every 10 min | no | 30 s |
-//! | `lan` | `front` | 120 s | ≤ 18 s (TCP probes) | every 10 min | no | 30 s |
+//! | `lan` | `keepalive` | 13 s | ≤ 19.5 s | every 10 min | no | 5 min |
+//! | `lan` | `front` | 120 s | ≤ 18 s (TCP probes) | every 10 min | no | 5 min |
 //! | `metered` | either | 190 s | ≤ 4.75 min | every 6 h | 1 s | 1 h |
 //!
 //! **Liveness** (`--link-liveness`): over TLS a 13 s MQTT keepalive alone costs about
@@ -102,7 +102,11 @@ impl Profile {
                 keepalive: Duration::from_secs(13),
                 tcp_liveness: None,
                 status_batch: Duration::ZERO,
-                usage_every: Duration::from_secs(30),
+                // At most 288 reports a day (~210 KiB signed over TLS with their ACKs): with
+                // the front's liveness (~690 KiB) that stays within the 1 MiB budget even on
+                // a board whose CPU moves at every sample. At 30 s, usage reports alone were
+                // ~1.5 MiB a day on a busy host (docs/benchmarks.md).
+                usage_every: Duration::from_secs(300),
             },
             // 190 s: 455 ping rounds a day (71 KiB plain, 91 KiB over TLS; 180 s measured
             // 100.5 KiB over TLS, docs/benchmarks.md), and the broker drops a silent agent
@@ -163,7 +167,7 @@ pub struct LinkArgs {
     #[arg(long, env = "BATON_STATUS_BATCH_MS")]
     pub status_batch_ms: Option<u64>,
     /// How often usage (`baton top`) is sampled and, when it moved, reported (profile: lan
-    /// 30, metered 3600).
+    /// 300, metered 3600).
     #[arg(long, env = "BATON_USAGE_SECS", value_parser = clap::value_parser!(u64).range(1..))]
     pub usage_secs: Option<u64>,
 }

@@ -978,13 +978,41 @@ fn service_table() {
         // 05 | 00 Coordinator | 0e seq | 00 | 13 ServiceTable | digest (varint) |
         // 01 service: "web", 10.43.0.2, 00 not LB, 00 no affinity, 01 port: 80, 00 tcp,
         // 01 nodePort 30080, 01 name "http"; 01 endpoint: 10.42.1.5, 01 port 8080 |
-        // 01 route: "10.42.1.0/24" via 192.168.1.10 | 03 term | 00 no signature
+        // 01 route: "10.42.1.0/24" via 192.168.1.10 | 03 term | 00 every node serves
+        // LoadBalancers | 00 no signature
         "05000e0013 86cde9a4f5ccc1cb26 \
          01 03776562 0a2b0002 00 00 01 50 00 0180eb01 01 0468747470 01 0a2a0105 01903f \
-         01 0c31302e34322e312e302f3234 c0a8010a 03 00"
+         01 0c31302e34322e312e302f3234 c0a8010a 03 00 00"
             .replace(' ', "")
             .as_str(),
     );
+}
+
+/// LoadBalancer ports on labelled nodes only: the addresses are content (a new digest).
+#[test]
+fn service_table_with_load_balancer_nodes() {
+    let plain = small_table();
+    let table = small_table()
+        .with_lb_nodes(Some(
+            BVec::from_vec(vec![Ipv4Addr::new(192, 168, 1, 12)]).unwrap(),
+        ))
+        .unwrap();
+    table.check().unwrap();
+    assert_ne!(table.digest, plain.digest);
+    assert!(table.serves_load_balancers(Ipv4Addr::new(192, 168, 1, 12)));
+    assert!(!table.serves_load_balancers(Ipv4Addr::new(192, 168, 1, 10)));
+    assert!(plain.serves_load_balancers(Ipv4Addr::new(192, 168, 1, 10)));
+    let mut forged = table.clone();
+    forged.lb_nodes = None;
+    assert!(
+        forged.check().is_err(),
+        "dropping the node list changes the digest"
+    );
+    let env = Envelope::new(Sender::Coordinator, 1, Body::ServiceTable(table));
+    let hex = hex::encode(env.encode().unwrap());
+    // ... 00 term | 01 Some, 01 node: 192.168.1.12 | 00 no signature
+    assert!(hex.ends_with("c0a8010a000101c0a8010c00"), "{hex}");
+    assert_eq!(Envelope::decode(&env.encode().unwrap()).unwrap(), env);
 }
 
 /// A table changed on the way (or made without its digest) is refused by `check`, and

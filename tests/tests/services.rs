@@ -504,6 +504,8 @@ fn traffic(lab: &mut Lab) -> Result<()> {
         ensure!(seen.is_subset(&names) && !seen.is_empty(), "{seen:?}");
     }
 
+    load_balancer_nodes(lab, &hub, &names)?;
+
     // An agent restart writes the same rules back: the VIP keeps answering, also while
     // the agent is down (the rules are the kernel's).
     lab.kill_agent(0);
@@ -531,6 +533,56 @@ fn traffic(lab: &mut Lab) -> Result<()> {
         );
         Ok(())
     })?;
+    Ok(())
+}
+
+/// A LoadBalancer answers on every node's address, and once a node carries k3s's
+/// `enablelb` label (Baton's own here), on the labelled nodes only, which are then its
+/// EXTERNAL-IPs; the label's removal brings the others back.
+fn load_balancer_nodes(lab: &mut Lab, hub: &str, names: &BTreeSet<String>) -> Result<()> {
+    lab.apply(
+        "apiVersion: v1\nkind: Service\nmetadata: {name: web-lb}\nspec:\n  type: LoadBalancer\n  \
+         selector: {app: web}\n  ports:\n  - {port: 8081, targetPort: 8080}\n",
+    )?;
+    let addrs: Vec<String> = lab.agents[..2].iter().map(|a| a.addr.to_string()).collect();
+    let external = |lab: &Lab| -> Result<BTreeSet<String>> {
+        let s = lab.get_json(&["get", "svc", "web-lb"])?;
+        Ok(s["status"]["loadBalancer"]["ingress"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|i| i["ip"].as_str().map(str::to_owned))
+            .collect())
+    };
+    let serves = |addr: &str| -> Result<bool> {
+        let (code, body) = curl_in(hub, &format!("http://{addr}:8081/cgi-bin/info"), 3)?;
+        Ok(code == Some(0) && answered_by(&body).is_some_and(|n| names.contains(&n)))
+    };
+    let all: BTreeSet<String> = addrs.iter().cloned().collect();
+    wait_for("the LoadBalancer on both nodes", LONG, || {
+        Ok((external(lab)? == all && serves(&addrs[0])? && serves(&addrs[1])?).then_some(()))
+    })?;
+
+    let n2 = lab.agents[1].name.clone();
+    lab.baton(&["label", "node", &n2, "baton.io/enablelb=true"])?;
+    let only: BTreeSet<String> = [addrs[1].clone()].into();
+    let started = std::time::Instant::now();
+    wait_for("the LoadBalancer on the labelled node only", LONG, || {
+        Ok((external(lab)? == only && serves(&addrs[1])? && !serves(&addrs[0])?).then_some(()))
+    })?;
+    eprintln!(
+        "FIGURE services: LoadBalancer on the labelled node only {:?} after the label",
+        started.elapsed()
+    );
+    // Only the LoadBalancer's own address rule went: the unlabelled node keeps the
+    // ClusterIP and the NodePort.
+    ensure!(!answers(hub, &format!("http://{}:30080/cgi-bin/info", addrs[0]), 3)?.is_empty());
+
+    lab.baton(&["label", "node", &n2, "baton.io/enablelb-"])?;
+    wait_for("the LoadBalancer on both nodes again", LONG, || {
+        Ok((external(lab)? == all && serves(&addrs[0])? && serves(&addrs[1])?).then_some(()))
+    })?;
+    lab.baton(&["delete", "service", "web-lb"])?;
     Ok(())
 }
 

@@ -142,6 +142,9 @@ impl Network {
         nat.rule(&mq, "-j MASQUERADE");
         // NodePorts come after every ClusterIP rule, as kube-proxy's KUBE-NODEPORTS does.
         let mut node_ports = Vec::new();
+        // Where LoadBalancer ports answer: this node's address, unless only other nodes
+        // serve them (labelled ones, `ServiceTable::lb_nodes`).
+        let lb_addr = node_addr.filter(|a| table.serves_load_balancers(*a));
         // A headless Service (no ClusterIP) is only a DNS name.
         for s in table.services.iter().filter(|s| !s.vip.is_unspecified()) {
             for (i, p) in s.ports.iter().enumerate() {
@@ -157,7 +160,7 @@ impl Network {
                     .collect();
                 let vip = format!("-d {}/32 {m}", s.vip);
                 let mut entries = vec![(vip, false)];
-                if let (true, Some(a)) = (s.load_balancer, node_addr) {
+                if let (true, Some(a)) = (s.load_balancer, lb_addr) {
                     entries.push((format!("-d {a}/32 {m}"), true));
                 }
                 let np = p.node_port.map(|n| {

@@ -33,6 +33,10 @@ use crate::model::{api, wire};
 
 use super::{new_uid, ApiError, Core, Outbound, Tab};
 
+/// Node labels that, set to `true` on any node, restrict LoadBalancer ports to the nodes
+/// carrying them: Baton's own, and k3s's ServiceLB label, so k3s habits carry over.
+pub const LB_NODE_LABELS: [&str; 2] = ["baton.io/enablelb", "svccontroller.k3s.cattle.io/enablelb"];
+
 /// The oldest agent protocol that has [`proto::Body::ServiceTable`].
 const SERVICE_TABLE_PROTO: u16 = 5;
 
@@ -126,20 +130,39 @@ impl Core {
         Ok(())
     }
 
-    /// A Service as the API shows it: a LoadBalancer lists the Ready nodes' addresses
-    /// (every node serves it, as k3s's ServiceLB does); none known shows `<pending>`.
+    /// A Service as the API shows it: a LoadBalancer lists the addresses of the Ready nodes
+    /// that serve it (every node, as k3s's ServiceLB does, or the labelled ones:
+    /// [`Core::lb_nodes`]); none known shows `<pending>`.
     pub(super) fn service_view(&self, s: &api::Service) -> api::Service {
         let mut s = s.clone();
         if s.spec.type_ == api::ServiceType::LoadBalancer {
+            let only = self.lb_nodes();
             s.status.load_balancer.ingress = self
                 .nodes
                 .values()
                 .filter(|n| n.status.ready)
+                .filter(|n| only.as_ref().is_none_or(|o| o.contains(&n.metadata.name)))
                 .filter_map(|n| n.status.address.clone())
                 .map(|ip| api::LoadBalancerIngress { ip })
                 .collect();
         }
         s
+    }
+
+    /// The nodes that serve LoadBalancer ports when only some do: those with one of
+    /// [`LB_NODE_LABELS`] set to `true`, if any node has it; `None`: every node.
+    pub(super) fn lb_nodes(&self) -> Option<Vec<String>> {
+        let labelled: Vec<String> = self
+            .nodes
+            .values()
+            .filter(|n| {
+                LB_NODE_LABELS
+                    .iter()
+                    .any(|l| n.metadata.labels.get(*l).is_some_and(|v| v == "true"))
+            })
+            .map(|n| n.metadata.name.clone())
+            .collect();
+        (!labelled.is_empty()).then_some(labelled)
     }
 
     /// The Service's endpoints now (see the module docs).
@@ -177,7 +200,27 @@ impl Core {
             .map_err(|e| format!("{n} services with a ClusterIP: {e}"))?;
         let n = routes.len();
         let routes = proto::BVec::from_vec(routes).map_err(|e| format!("{n} node routes: {e}"))?;
-        let table = proto::ServiceTable::new(services, routes).map_err(|e| e.to_string())?;
+        // Labelled LoadBalancer nodes by address, whether Ready or not: a node that is not
+        // Ready gets no table anyway, and one coming back needs no new one.
+        let lb_nodes = match self.lb_nodes() {
+            None => None,
+            Some(names) => {
+                let mut addrs: Vec<std::net::Ipv4Addr> = names
+                    .iter()
+                    .filter_map(|n| self.nodes.get(n))
+                    .filter_map(|n| n.status.address.as_deref()?.parse().ok())
+                    .collect();
+                addrs.sort();
+                let n = addrs.len();
+                Some(
+                    proto::BVec::from_vec(addrs)
+                        .map_err(|e| format!("{n} LoadBalancer nodes: {e}"))?,
+                )
+            }
+        };
+        let table = proto::ServiceTable::new(services, routes)
+            .and_then(|t| t.with_lb_nodes(lb_nodes))
+            .map_err(|e| e.to_string())?;
         let len = postcard::to_allocvec(&table)
             .map_err(|e| e.to_string())?
             .len();

@@ -34,6 +34,9 @@ pub struct ServiceTable {
     /// content (`digest`). A deposed leader's late table would otherwise stand until the
     /// next change, since a leader sends a node only tables that differ from its last.
     pub term: u64,
+    /// The nodes (by address) that serve LoadBalancer ports, when only some do (k3s's
+    /// ServiceLB with `enablelb` node labels); `None`: every node.
+    pub lb_nodes: Option<BVec<Ipv4Addr, MAX_NODE_ROUTES>>,
 }
 
 /// One Service: its virtual address, or for a headless Service (`clusterIP: None`)
@@ -44,7 +47,8 @@ pub struct ServiceEntry {
     pub name: BString<63>,
     /// The ClusterIP.
     pub vip: Ipv4Addr,
-    /// `type: LoadBalancer`: every node also serves the ports on its own address.
+    /// `type: LoadBalancer`: every node (or those in [`ServiceTable::lb_nodes`]) also serves
+    /// the ports on its own address.
     pub load_balancer: bool,
     /// `sessionAffinity: ClientIP`'s timeout in seconds; 0 without affinity.
     pub affinity_secs: u32,
@@ -88,15 +92,35 @@ impl ServiceTable {
             services,
             routes,
             term: 0,
+            lb_nodes: None,
         };
         t.digest = t.content_digest()?;
         Ok(t)
     }
 
-    /// SHA-256 of the encoding of `services` and `routes`, first 8 bytes, big-endian.
+    /// The table with LoadBalancer ports served only on `lb_nodes` (`None`: every node).
+    pub fn with_lb_nodes(
+        mut self,
+        lb_nodes: Option<BVec<Ipv4Addr, MAX_NODE_ROUTES>>,
+    ) -> Result<Self, ProtoError> {
+        self.lb_nodes = lb_nodes;
+        self.digest = self.content_digest()?;
+        Ok(self)
+    }
+
+    /// Whether the node at `addr` serves LoadBalancer ports.
+    pub fn serves_load_balancers(&self, addr: Ipv4Addr) -> bool {
+        self.lb_nodes.as_ref().is_none_or(|n| n.contains(&addr))
+    }
+
+    /// SHA-256 of the encoding of `services`, `routes` and, when set, `lb_nodes`, first 8
+    /// bytes, big-endian.
     pub fn content_digest(&self) -> Result<u64, ProtoError> {
-        let encoded =
-            postcard::to_allocvec(&(&self.services, &self.routes)).map_err(ProtoError::Encode)?;
+        let encoded = match &self.lb_nodes {
+            None => postcard::to_allocvec(&(&self.services, &self.routes)),
+            Some(lb) => postcard::to_allocvec(&(&self.services, &self.routes, lb)),
+        }
+        .map_err(ProtoError::Encode)?;
         Ok(crate::config_map_digest(&encoded))
     }
 

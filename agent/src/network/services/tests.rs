@@ -204,8 +204,31 @@ fn node_ports_and_load_balancers_are_masqueraded_after_the_cluster_ips() {
         s.load_balancer = true;
         s
     };
-    let got = net.service_script(&table(vec![lb2]), None, &[]);
+    let got = net.service_script(&table(vec![lb2.clone()]), None, &[]);
     assert!(!got.contains("192.168"), "{got}");
+
+    // When only labelled nodes serve LoadBalancers, the others keep the ClusterIP and the
+    // NodePort but do not answer on their own address.
+    let only = |addrs: Vec<Ipv4Addr>| {
+        table(vec![lb2.clone()])
+            .with_lb_nodes(Some(BVec::from_vec(addrs).unwrap()))
+            .unwrap()
+    };
+    let elsewhere = net.service_script(&only(vec![Ipv4Addr::new(192, 168, 1, 11)]), addr, &[]);
+    assert!(!elsewhere.contains("-d 192.168.1.10/32"), "{elsewhere}");
+    assert!(elsewhere.contains("--dport 30080"), "{elsewhere}");
+    let here = net.service_script(
+        &only(vec![
+            Ipv4Addr::new(192, 168, 1, 11),
+            Ipv4Addr::new(192, 168, 1, 10),
+        ]),
+        addr,
+        &[],
+    );
+    assert!(
+        here.contains("-d 192.168.1.10/32 -p tcp -m tcp --dport 80"),
+        "{here}"
+    );
 }
 
 #[test]

@@ -214,6 +214,61 @@ spec:
     assert!(get_eps(&mut h).subsets.is_empty());
 }
 
+/// With k3s's `enablelb` label (or Baton's) on some nodes, only they serve LoadBalancer
+/// ports: the API lists their addresses, and the table sent to every node names them.
+#[tokio::test(start_paused = true)]
+async fn a_load_balancer_is_served_by_the_labelled_nodes_only_when_some_are() {
+    let mut h = Harness::new(Arc::new(MemStore::new()));
+    h.send("pi-1", hello_net(1));
+    let Body::Hello(mut labelled) = hello_net(2) else {
+        unreachable!("hello_net() is a Hello")
+    };
+    labelled.labels = BVec::from_vec(vec![baton_proto::Label {
+        key: BString::new("svccontroller.k3s.cattle.io/enablelb").unwrap(),
+        value: BString::new("true").unwrap(),
+    }])
+    .unwrap();
+    h.send("pi-2", Body::Hello(labelled));
+    h.apply(
+        "apiVersion: v1
+kind: Service
+metadata: {name: web}
+spec:
+  type: LoadBalancer
+  selector: {app: web}
+  ports:
+  - {port: 80}
+",
+    )
+    .unwrap();
+    let ingress = |h: &mut Harness| -> Vec<String> {
+        let s = get_service(h, "web").unwrap();
+        s.status
+            .load_balancer
+            .ingress
+            .iter()
+            .map(|i| i.ip.clone())
+            .collect()
+    };
+    assert_eq!(ingress(&mut h), ["192.168.1.12"]);
+    h.drain();
+    let sent = tables(&after_window(&mut h).await);
+    let lb: Vec<_> = sent.iter().map(|(_, t)| t.lb_nodes.clone()).collect();
+    assert!(!lb.is_empty());
+    for l in lb {
+        assert_eq!(
+            l.as_deref(),
+            Some(&["192.168.1.12".parse::<std::net::Ipv4Addr>().unwrap()][..])
+        );
+    }
+
+    // Without the label anywhere (pi-2 says hello without it), every node serves it again.
+    h.send("pi-2", hello_net(2));
+    assert_eq!(ingress(&mut h), ["192.168.1.11", "192.168.1.12"]);
+    let sent = tables(&after_window(&mut h).await);
+    assert!(!sent.is_empty() && sent.iter().all(|(_, t)| t.lb_nodes.is_none()));
+}
+
 fn get_eps(h: &mut Harness) -> api::Endpoints {
     match h.api(ApiOp::Get {
         kind: ResourceKind::Endpoints,

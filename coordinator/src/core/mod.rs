@@ -100,6 +100,12 @@ pub enum Event {
     Tick,
     /// Open a watch (`watch`); answered on the request's own channel.
     Watch(watch::WatchRequest),
+    /// The coordinator's own broker link went down (`false`), or is up again: connected
+    /// and subscribed to the nodes' topics (`true`). While it is down the nodes' silence
+    /// says nothing about them, so it does not count (`nodes::bus_link`).
+    BusLink {
+        up: bool,
+    },
 }
 
 /// One message from the core to a node.
@@ -382,6 +388,8 @@ pub struct Core {
     /// Nodes whose identity is revoked: never Ready, sent an empty desired state once.
     revoked: BTreeSet<String>,
     live: HashMap<String, Live>,
+    /// The broker link is down ([`Event::BusLink`]): no node is timed out or evicted.
+    bus_down: bool,
     /// Each node's desired content as last published (or loaded), to detect changes.
     desired: HashMap<String, Vec<proto::PodSpec>>,
     /// Each node's node-scheduled CronJobs as last published (or loaded).
@@ -470,6 +478,7 @@ impl Core {
             policy: Policy::default(),
             revoked: BTreeSet::new(),
             live: HashMap::new(),
+            bus_down: false,
             desired: HashMap::new(),
             desired_crons: HashMap::new(),
             node_crons: BTreeMap::new(),
@@ -626,6 +635,10 @@ impl Core {
                 let _ = self.finish();
             }
             Event::Watch(req) => self.watch(req),
+            Event::BusLink { up } => {
+                self.bus_link(up);
+                let _ = self.finish();
+            }
             Event::Tick => {
                 self.tick();
                 self.send_due_service_tables();

@@ -461,7 +461,47 @@ impl Core {
         }
     }
 
+    /// The coordinator's broker link went down or came back ([`super::Event::BusLink`]).
+    /// While it is down nothing a node sends can arrive, so silence proves nothing: no node
+    /// is timed out and no NotReady one evicted. Once it is back every node gets a fresh
+    /// window, as after a leader's load (`txn`): a full heartbeat timeout to be heard
+    /// (the messages sent meanwhile are lost with the clean session), and a NotReady one a
+    /// full eviction timeout.
+    pub(super) fn bus_link(&mut self, up: bool) {
+        if !up {
+            if !self.bus_down {
+                tracing::info!(
+                    "the broker link is down: node silence does not count until it is back"
+                );
+            }
+            self.bus_down = true;
+            return;
+        }
+        if !std::mem::take(&mut self.bus_down) {
+            return;
+        }
+        let now = Instant::now();
+        for name in self.nodes.keys() {
+            let live = self.live.entry(name.clone()).or_insert(Live {
+                last_seen: now,
+                status_digest: None,
+                timeout: None,
+            });
+            live.last_seen = now;
+        }
+        for since in self.not_ready_since.values_mut() {
+            *since = now;
+        }
+        tracing::info!(
+            nodes = self.nodes.len(),
+            "the broker link is back: every node has a fresh heartbeat window"
+        );
+    }
+
     pub(super) fn tick(&mut self) {
+        if self.bus_down {
+            return;
+        }
         let now = Instant::now();
         let stale: Vec<(String, Duration)> = self
             .nodes

@@ -278,6 +278,57 @@ async fn a_quiet_node_is_timed_by_its_link_profile() {
     );
 }
 
+/// While the coordinator's own broker link is down, the nodes' silence says nothing about
+/// them: none is timed out, and a NotReady one is not evicted. Once the link is back each
+/// gets a fresh window (a full heartbeat timeout, a full eviction timeout), as under a new
+/// leader, and the one that stays silent is lost then, and only then.
+#[tokio::test(start_paused = true)]
+async fn silence_while_the_coordinators_broker_link_is_down_does_not_count() {
+    let eviction = Duration::from_secs(60);
+    let mut h = Harness::evicting_after(Arc::new(MemStore::new()), eviction);
+    for n in ["pi-1", "pi-2", "pi-3"] {
+        h.send(n, hello(4000));
+    }
+    h.apply(&deployment("web", 3, "100m")).unwrap();
+    // pi-3 went away before the link did: NotReady, its pods due for eviction.
+    h.send("pi-3", Body::Offline);
+    let on_3 = on_node(&h.pods(), "pi-3").len();
+    assert!(on_3 > 0, "pi-3 runs a web pod");
+
+    // The link is down for longer than both timeouts, ticking all along.
+    h.core.handle(Event::BusLink { up: false });
+    for _ in 0..eviction.as_secs() + TIMEOUT.as_secs() {
+        tokio::time::advance(Duration::from_secs(1)).await;
+        h.core.handle(Event::Tick);
+    }
+    assert!(
+        h.node("pi-1").status.ready,
+        "timed out while we could not hear it"
+    );
+    assert!(h.node("pi-2").status.ready);
+    assert_eq!(on_node(&h.pods(), "pi-3").len(), on_3, "evicted while deaf");
+
+    // Back: pi-1 beats, pi-2 stays silent. A full heartbeat timeout passes before pi-2 is
+    // NotReady, and a full eviction timeout before pi-3's pods go.
+    h.core.handle(Event::BusLink { up: true });
+    pass(&mut h, TIMEOUT.as_secs() - 1, "pi-1").await;
+    assert!(
+        h.node("pi-2").status.ready,
+        "no fresh window after the link came back"
+    );
+    pass(&mut h, 2, "pi-1").await;
+    assert!(!h.node("pi-2").status.ready);
+    assert!(h.node("pi-1").status.ready);
+    pass(&mut h, eviction.as_secs() - TIMEOUT.as_secs() - 3, "pi-1").await;
+    assert_eq!(
+        on_node(&h.pods(), "pi-3").len(),
+        on_3,
+        "no fresh eviction window"
+    );
+    pass(&mut h, TIMEOUT.as_secs() + 3, "pi-1").await;
+    assert!(on_node(&h.pods(), "pi-3").is_empty(), "never evicted");
+}
+
 // ----- node loss: eviction and return ----------------------------------------
 
 fn beat(h: &mut Harness, node: &str) {

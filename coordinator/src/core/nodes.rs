@@ -420,6 +420,16 @@ impl Core {
                     live.status_digest = None;
                 }
                 self.set_ready(name, false, "Agent went offline (last will)");
+                // A will can come late, for a connection the node has already replaced: a
+                // broker cluster publishes one when it closes a connection the client gave
+                // up on while it was slow to accept it (NATS, while JetStream moves), or
+                // that a newer one took over, on another node. Such a node is connected,
+                // and quiet: it would stay NotReady until its next heartbeat, minutes away
+                // on a quiet link. Asked, a connected node says Hello (Ready again at
+                // once); a gone one never gets the question (it is not retained).
+                if self.nodes.contains_key(name) {
+                    self.request_status(node);
+                }
             }
             Body::UpdateReport(r) => {
                 if !self.nodes.contains_key(name) {
@@ -522,6 +532,13 @@ impl Core {
             }
             let why = format!("No heartbeat for {}s", timeout.as_secs());
             self.set_ready(&name, false, &why);
+            // Silence can be a lost message, not a lost node: a Link that a broker dropped
+            // (NATS, while JetStream moves, loses QoS 1 messages it cannot store) leaves a
+            // quiet node on the plain heartbeat timeout, which it never meets. Asked once,
+            // a connected node says Hello and its Link again.
+            if let Ok(node) = NodeName::new(&name) {
+                self.request_status(&node);
+            }
         }
         self.evict_from_lost_nodes(now);
     }

@@ -457,6 +457,56 @@ async fn a_silent_node_loses_its_deployment_pods_after_the_eviction_timeout() {
     assert_eq!(desired_for(&h.drain(), &lost), Some(back));
 }
 
+/// A last will may come late, for a connection its node already replaced (a broker
+/// cluster closing a connect the client gave up on): the node is asked for its status,
+/// and one that is connected answers with a Hello and is Ready again at once rather than
+/// at its next heartbeat, minutes away on a quiet link.
+#[tokio::test(start_paused = true)]
+async fn a_last_will_asks_the_node_whether_it_is_still_there() {
+    let mut h = two_nodes();
+    h.send("pi-1", Body::Offline);
+    assert!(!h.node("pi-1").status.ready);
+    let msgs = h.drain();
+    assert_eq!(status_requests(&msgs, "pi-1"), 1, "{msgs:?}");
+    assert_eq!(status_requests(&msgs, "pi-2"), 0);
+    h.send("pi-1", hello(4000));
+    assert!(h.node("pi-1").status.ready);
+    // A Hello asks nothing back (the two would ping-pong).
+    assert_eq!(status_requests(&h.drain(), "pi-1"), 0);
+    // An unknown node's will is not answered.
+    h.send("pi-9", Body::Offline);
+    assert_eq!(status_requests(&h.drain(), "pi-9"), 0);
+}
+
+/// A node that times out is asked once for its status: its silence may be a lost Link (a
+/// broker cluster dropping messages while it moves its leaders), which leaves a quiet
+/// node on the plain heartbeat timeout; connected, it answers with a Hello and its Link.
+#[tokio::test(start_paused = true)]
+async fn a_node_that_times_out_is_asked_once() {
+    let mut h = two_nodes();
+    h.send(
+        "pi-2",
+        Body::Link(LinkProfile {
+            keepalive_secs: 13,
+            heartbeat_max_secs: 600,
+        }),
+    );
+    h.drain();
+    tokio::time::advance(TIMEOUT + Duration::from_secs(1)).await;
+    h.core.handle(Event::Tick);
+    assert!(!h.node("pi-1").status.ready);
+    assert!(h.node("pi-2").status.ready, "timed by its link profile");
+    let msgs = h.drain();
+    assert_eq!(status_requests(&msgs, "pi-1"), 1, "{msgs:?}");
+    assert_eq!(status_requests(&msgs, "pi-2"), 0);
+    // Once: the next ticks of a NotReady node ask nothing.
+    tokio::time::advance(Duration::from_secs(1)).await;
+    h.core.handle(Event::Tick);
+    assert_eq!(status_requests(&h.drain(), "pi-1"), 0);
+    h.send("pi-1", hello(4000));
+    assert!(h.node("pi-1").status.ready);
+}
+
 #[tokio::test(start_paused = true)]
 async fn an_offline_node_is_not_ready_at_once_and_evicted_after_the_timeout() {
     let mut h = Harness::evicting_after(Arc::new(MemStore::new()), Duration::from_secs(5));

@@ -270,7 +270,10 @@ impl Bus {
         gate: Arc<Security>,
         logs: Arc<LogHub>,
     ) -> Self {
-        let (client, eventloop) = AsyncClient::new(brokers[0].0.clone(), 256);
+        let (client, mut eventloop) = AsyncClient::new(brokers[0].0.clone(), 256);
+        eventloop
+            .network_options
+            .set_connection_timeout(baton_proto::broker::CONNECT_TIMEOUT_SECS);
         let recv = tokio::spawn(receive_loop(
             brokers,
             client.clone(),

@@ -1,7 +1,7 @@
 //! The coordinator's state machine.
 //!
 //! One task owns all state and handles one [`Event`] at a time: an API request, a message
-//! from a node, or a once-a-second tick. Nothing else touches the state, so there are no
+//! from a node, a once-a-second tick, or news of the broker link. Nothing else touches the state, so there are no
 //! locks, and the MQTT bridge and the HTTP server are mere producers of events (tests
 //! drive the core with events directly, see `core/tests/`).
 //!
@@ -390,6 +390,8 @@ pub struct Core {
     live: HashMap<String, Live>,
     /// The broker link is down ([`Event::BusLink`]): no node is timed out or evicted.
     bus_down: bool,
+    /// The term this coordinator leads with ([`Core::with_leader_term`]), shown on nodes.
+    leader_term: u64,
     /// Each node's desired content as last published (or loaded), to detect changes.
     desired: HashMap<String, Vec<proto::PodSpec>>,
     /// Each node's node-scheduled CronJobs as last published (or loaded).
@@ -479,6 +481,7 @@ impl Core {
             revoked: BTreeSet::new(),
             live: HashMap::new(),
             bus_down: false,
+            leader_term: 0,
             desired: HashMap::new(),
             desired_crons: HashMap::new(),
             node_crons: BTreeMap::new(),
@@ -504,6 +507,13 @@ impl Core {
     /// hits a pod that was already told to stop. Zero removes pods at once.
     pub fn with_pod_drain(mut self, drain: Duration) -> Self {
         self.pod_drain = drain;
+        self
+    }
+
+    /// The leader's term the security gate stamps on what this coordinator sends (a
+    /// single coordinator's stored one); `get` and `describe node` show it.
+    pub fn with_leader_term(mut self, term: u64) -> Self {
+        self.leader_term = term;
         self
     }
 

@@ -54,6 +54,14 @@ impl Core {
         })
     }
 
+    /// A node as the API shows it: as stored, with the leader's term its desired states
+    /// carry.
+    pub(super) fn node_view(&self, n: &api::Node) -> api::Node {
+        let mut n = n.clone();
+        n.status.leader_term = self.leader_term;
+        n
+    }
+
     /// The protocol version each known node spoke last, as stored (0: unknown), for the
     /// security gate of a coordinator that has not heard them yet.
     pub fn protocol_versions(&self) -> Vec<(String, u16)> {

@@ -575,3 +575,46 @@ async fn a_started_core_asks_every_known_node_for_its_status() {
     assert_eq!(status_requests(&msgs, "pi-1"), 1, "{msgs:?}");
     assert_eq!(status_requests(&msgs, "pi-2"), 1, "{msgs:?}");
 }
+
+/// `get` and `describe node` show the leader's term the node's desired states carry (the
+/// serving coordinator's: agents do not report theirs); it is never stored.
+#[tokio::test(start_paused = true)]
+async fn a_node_shows_the_leaders_term_unstored() {
+    let mut h = two_nodes();
+    h.core.leader_term = 7;
+    assert_eq!(h.node("pi-1").status.leader_term, 7);
+    let ApiReply::Described {
+        object: ApiObject::Node(n),
+        ..
+    } = h
+        .api(ApiOp::Describe {
+            kind: ResourceKind::Node,
+            name: "pi-1".into(),
+        })
+        .unwrap()
+    else {
+        panic!("not a node")
+    };
+    assert_eq!(n.status.leader_term, 7);
+    let ApiReply::Objects(all) = h
+        .api(ApiOp::Get {
+            kind: ResourceKind::Node,
+            name: None,
+        })
+        .unwrap()
+    else {
+        panic!("not a list")
+    };
+    assert!(all
+        .iter()
+        .all(|o| matches!(o, ApiObject::Node(n) if n.status.leader_term == 7)));
+    let stored = h.store.list(Table::Nodes).unwrap();
+    assert!(!stored.is_empty());
+    for (name, bytes) in stored {
+        let text = String::from_utf8_lossy(&bytes);
+        assert!(
+            !text.contains("leaderTerm"),
+            "{name} stored its term: {text}"
+        );
+    }
+}

@@ -234,6 +234,9 @@ impl Bus {
         let tls = matches!(opts.transport(), Transport::Tls(_));
         let mut rotation = baton_proto::broker::Rotation::new(brokers.len());
         let (client, mut eventloop) = AsyncClient::new(opts, 64);
+        eventloop
+            .network_options
+            .set_connection_timeout(baton_proto::broker::CONNECT_TIMEOUT_SECS);
         let bus = Bus {
             client,
             node,

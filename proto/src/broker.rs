@@ -108,6 +108,19 @@ pub fn parse_broker_list(list: &str) -> Result<Vec<BrokerUrl>, ProtoError> {
     Ok(out)
 }
 
+/// How long a client waits for a broker to take its connection (TCP, then CONNACK) before
+/// it gives up on that broker and tries the next. rumqttc's default is 5 s, but NATS
+/// answers a CONNECT only after the JetStream calls that set its session up, each of
+/// which may wait 4 s while JetStream moves its leaders (a node just died), and a clean
+/// session makes up to five in a row (its read loop took up to 20.6 s a packet in
+/// tests/tests/ha_chaos.rs). A client
+/// that gave up is connected there all the same a moment later; the broker then closes
+/// the abandoned connection and publishes its last will, though the client is by now
+/// connected elsewhere, and the node flaps NotReady. A dead broker costs little more: its
+/// host refuses at once, and an unreachable host on the LAN fails within seconds (no ARP
+/// answer); only a black-holed route waits this long.
+pub const CONNECT_TIMEOUT_SECS: u64 = 30;
+
 /// Which address of a broker list to connect to: the first, then round robin, one step
 /// after every failed or lost connection. With one address it never moves.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]

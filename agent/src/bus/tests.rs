@@ -434,3 +434,38 @@ async fn a_broker_list_skips_the_dead_and_fails_over_to_the_next() {
         .unwrap();
     assert!(err.to_string().contains("entry 2 of 3: empty"), "{err}");
 }
+
+/// A broker slow to answer CONNECT (NATS while JetStream moves its leaders) is waited for
+/// rather than given up on at rumqttc's default 5 s: a client that gave up would be
+/// connected there all the same, and that broker would then publish its last will while
+/// it is connected elsewhere (see [`baton_proto::broker::CONNECT_TIMEOUT_SECS`]).
+#[tokio::test]
+async fn a_broker_slow_to_answer_connect_is_waited_for() {
+    use std::sync::atomic::AtomicUsize;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("mqtt://{}", l.local_addr().unwrap());
+    let accepted = Arc::new(AtomicUsize::new(0));
+    let count = accepted.clone();
+    tokio::spawn(async move {
+        let mut held = Vec::new();
+        loop {
+            let (mut s, _) = l.accept().await.unwrap();
+            count.fetch_add(1, Ordering::SeqCst);
+            let mut buf = vec![0u8; 4096];
+            let _ = s.read(&mut buf).await;
+            tokio::time::sleep(Duration::from_secs(6)).await;
+            let _ = s.write_all(&[0x20, 0x02, 0x00, 0x00]).await;
+            held.push(s);
+        }
+    });
+    let (tx, mut rx) = mpsc::channel(16);
+    let _bus = Bus::start(&url, NodeName::new("pi-1").unwrap(), tx).unwrap();
+    let ev = tokio::time::timeout(Duration::from_secs(15), rx.recv()).await;
+    assert!(matches!(ev, Ok(Some(BusEvent::Connected))), "{ev:?}");
+    assert_eq!(
+        accepted.load(Ordering::SeqCst),
+        1,
+        "a connect was given up on"
+    );
+}

@@ -1,7 +1,7 @@
 //! The coordinator's state machine.
 //!
 //! One task owns all state and handles one [`Event`] at a time: an API request, a message
-//! from a node, or a once-a-second tick. Nothing else touches the state, so there are no
+//! from a node, a once-a-second tick, or news of the broker link. Nothing else touches the state, so there are no
 //! locks, and the MQTT bridge and the HTTP server are mere producers of events (tests
 //! drive the core with events directly, see `core/tests/`).
 //!
@@ -100,6 +100,12 @@ pub enum Event {
     Tick,
     /// Open a watch (`watch`); answered on the request's own channel.
     Watch(watch::WatchRequest),
+    /// The coordinator's own broker link went down (`false`), or is up again: connected
+    /// and subscribed to the nodes' topics (`true`). While it is down the nodes' silence
+    /// says nothing about them, so it does not count (`nodes::bus_link`).
+    BusLink {
+        up: bool,
+    },
 }
 
 /// One message from the core to a node.
@@ -382,6 +388,10 @@ pub struct Core {
     /// Nodes whose identity is revoked: never Ready, sent an empty desired state once.
     revoked: BTreeSet<String>,
     live: HashMap<String, Live>,
+    /// The broker link is down ([`Event::BusLink`]): no node is timed out or evicted.
+    bus_down: bool,
+    /// The term this coordinator leads with ([`Core::with_leader_term`]), shown on nodes.
+    leader_term: u64,
     /// Each node's desired content as last published (or loaded), to detect changes.
     desired: HashMap<String, Vec<proto::PodSpec>>,
     /// Each node's node-scheduled CronJobs as last published (or loaded).
@@ -470,6 +480,8 @@ impl Core {
             policy: Policy::default(),
             revoked: BTreeSet::new(),
             live: HashMap::new(),
+            bus_down: false,
+            leader_term: 0,
             desired: HashMap::new(),
             desired_crons: HashMap::new(),
             node_crons: BTreeMap::new(),
@@ -495,6 +507,13 @@ impl Core {
     /// hits a pod that was already told to stop. Zero removes pods at once.
     pub fn with_pod_drain(mut self, drain: Duration) -> Self {
         self.pod_drain = drain;
+        self
+    }
+
+    /// The leader's term the security gate stamps on what this coordinator sends (a
+    /// single coordinator's stored one); `get` and `describe node` show it.
+    pub fn with_leader_term(mut self, term: u64) -> Self {
+        self.leader_term = term;
         self
     }
 
@@ -626,6 +645,10 @@ impl Core {
                 let _ = self.finish();
             }
             Event::Watch(req) => self.watch(req),
+            Event::BusLink { up } => {
+                self.bus_link(up);
+                let _ = self.finish();
+            }
             Event::Tick => {
                 self.tick();
                 self.send_due_service_tables();

@@ -54,6 +54,14 @@ impl Core {
         })
     }
 
+    /// A node as the API shows it: as stored, with the leader's term its desired states
+    /// carry.
+    pub(super) fn node_view(&self, n: &api::Node) -> api::Node {
+        let mut n = n.clone();
+        n.status.leader_term = self.leader_term;
+        n
+    }
+
     /// The protocol version each known node spoke last, as stored (0: unknown), for the
     /// security gate of a coordinator that has not heard them yet.
     pub fn protocol_versions(&self) -> Vec<(String, u16)> {
@@ -420,6 +428,16 @@ impl Core {
                     live.status_digest = None;
                 }
                 self.set_ready(name, false, "Agent went offline (last will)");
+                // A will can come late, for a connection the node has already replaced: a
+                // broker cluster publishes one when it closes a connection the client gave
+                // up on while it was slow to accept it (NATS, while JetStream moves), or
+                // that a newer one took over, on another node. Such a node is connected,
+                // and quiet: it would stay NotReady until its next heartbeat, minutes away
+                // on a quiet link. Asked, a connected node says Hello (Ready again at
+                // once); a gone one never gets the question (it is not retained).
+                if self.nodes.contains_key(name) {
+                    self.request_status(node);
+                }
             }
             Body::UpdateReport(r) => {
                 if !self.nodes.contains_key(name) {
@@ -461,7 +479,47 @@ impl Core {
         }
     }
 
+    /// The coordinator's broker link went down or came back ([`super::Event::BusLink`]).
+    /// While it is down nothing a node sends can arrive, so silence proves nothing: no node
+    /// is timed out and no NotReady one evicted. Once it is back every node gets a fresh
+    /// window, as after a leader's load (`txn`): a full heartbeat timeout to be heard
+    /// (the messages sent meanwhile are lost with the clean session), and a NotReady one a
+    /// full eviction timeout.
+    pub(super) fn bus_link(&mut self, up: bool) {
+        if !up {
+            if !self.bus_down {
+                tracing::info!(
+                    "the broker link is down: node silence does not count until it is back"
+                );
+            }
+            self.bus_down = true;
+            return;
+        }
+        if !std::mem::take(&mut self.bus_down) {
+            return;
+        }
+        let now = Instant::now();
+        for name in self.nodes.keys() {
+            let live = self.live.entry(name.clone()).or_insert(Live {
+                last_seen: now,
+                status_digest: None,
+                timeout: None,
+            });
+            live.last_seen = now;
+        }
+        for since in self.not_ready_since.values_mut() {
+            *since = now;
+        }
+        tracing::info!(
+            nodes = self.nodes.len(),
+            "the broker link is back: every node has a fresh heartbeat window"
+        );
+    }
+
     pub(super) fn tick(&mut self) {
+        if self.bus_down {
+            return;
+        }
         let now = Instant::now();
         let stale: Vec<(String, Duration)> = self
             .nodes
@@ -482,6 +540,13 @@ impl Core {
             }
             let why = format!("No heartbeat for {}s", timeout.as_secs());
             self.set_ready(&name, false, &why);
+            // Silence can be a lost message, not a lost node: a Link that a broker dropped
+            // (NATS, while JetStream moves, loses QoS 1 messages it cannot store) leaves a
+            // quiet node on the plain heartbeat timeout, which it never meets. Asked once,
+            // a connected node says Hello and its Link again.
+            if let Ok(node) = NodeName::new(&name) {
+                self.request_status(&node);
+            }
         }
         self.evict_from_lost_nodes(now);
     }

@@ -219,7 +219,10 @@ impl Core {
 
     pub(super) fn get_one(&self, kind: ResourceKind, name: &str) -> Result<ApiObject, ApiError> {
         let v = match kind {
-            ResourceKind::Node => self.nodes.get(name).cloned().map(ApiObject::Node),
+            ResourceKind::Node => self
+                .nodes
+                .get(name)
+                .map(|n| ApiObject::Node(self.node_view(n))),
             ResourceKind::Deployment => self
                 .deployments
                 .get(name)
@@ -259,7 +262,11 @@ impl Core {
 
     pub(super) fn get_all(&self, kind: ResourceKind) -> Vec<ApiObject> {
         match kind {
-            ResourceKind::Node => self.nodes.values().cloned().map(ApiObject::Node).collect(),
+            ResourceKind::Node => self
+                .nodes
+                .values()
+                .map(|n| ApiObject::Node(self.node_view(n)))
+                .collect(),
             ResourceKind::Deployment => self
                 .deployments
                 .values()

@@ -270,7 +270,10 @@ impl Bus {
         gate: Arc<Security>,
         logs: Arc<LogHub>,
     ) -> Self {
-        let (client, eventloop) = AsyncClient::new(brokers[0].0.clone(), 256);
+        let (client, mut eventloop) = AsyncClient::new(brokers[0].0.clone(), 256);
+        eventloop
+            .network_options
+            .set_connection_timeout(baton_proto::broker::CONNECT_TIMEOUT_SECS);
         let recv = tokio::spawn(receive_loop(
             brokers,
             client.clone(),
@@ -323,6 +326,12 @@ async fn receive_loop(
     let mut repeats = Repeats::new(WARN_EVERY);
     let mut up = false;
     let mut resubscribe = MIN_BACKOFF;
+    // What the core was last told of the link (`Event::BusLink`): down until subscribed,
+    // so that nodes are not timed out while nothing they send can reach us.
+    let mut told_up = true;
+    if !tell_link(&events, &mut told_up, false).await {
+        return;
+    }
     loop {
         match eventloop.poll().await {
             Ok(MqttEvent::Incoming(Packet::ConnAck(_))) => {
@@ -367,6 +376,9 @@ async fn receive_loop(
                 // Only now can nodes' messages reach us: "connected" means subscribed.
                 stats.set_error(None);
                 stats.connected.store(true, Ordering::Relaxed);
+                if !tell_link(&events, &mut told_up, true).await {
+                    return;
+                }
             }
             Ok(MqttEvent::Incoming(Packet::Publish(p))) => {
                 stats.received.fetch_add(1, Ordering::Relaxed);
@@ -404,6 +416,9 @@ async fn receive_loop(
             Ok(_) => {}
             Err(e) => {
                 stats.connected.store(false, Ordering::Relaxed);
+                if !tell_link(&events, &mut told_up, false).await {
+                    return;
+                }
                 let fault = link_fault(&e, up);
                 let why = fault.explain(Side::Coordinator, tls);
                 if std::mem::take(&mut up) {
@@ -437,6 +452,16 @@ async fn receive_loop(
             }
         }
     }
+}
+
+/// Tells the core the link is `up` (or down) if that is news (`told`: what it was told
+/// last); `false` if the core has stopped.
+async fn tell_link(events: &mpsc::Sender<Event>, told: &mut bool, up: bool) -> bool {
+    if *told == up {
+        return true;
+    }
+    *told = up;
+    events.send(Event::BusLink { up }).await.is_ok()
 }
 
 /// What is wrong with the coordinator's MQTT client certificate `cert_pem`, if its CN is

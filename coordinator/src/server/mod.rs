@@ -330,6 +330,7 @@ impl Server {
         let logs = crate::edge::logs::LogHub::new(outbound_tx.clone());
         let metrics = Arc::new(crate::metrics::Metrics::default());
         let core = Core::new(store, outbound_tx, cfg.heartbeat_timeout)?
+            .with_leader_term(term)
             .with_metrics(metrics.clone())
             .with_revoked(security.revoked())
             .with_releases(registry.releases(), registry.releases().rollout_versions())

@@ -516,6 +516,15 @@ pub fn describe_node(
             n.status.desired_generation, n.status.applied_generation
         ),
     );
+    // The serving leader's: agents do not report the term they last accepted.
+    kv(
+        &mut out,
+        "Leader Term",
+        match n.status.leader_term {
+            0 => "<none>".to_owned(),
+            t => format!("{t} (the serving leader's)"),
+        },
+    );
     // Why the node lags, in the agent's words with the cause.
     if let Some(e) = &n.status.apply_error {
         kv(&mut out, "Apply Error", e);

@@ -465,6 +465,20 @@ fn ready_node() -> api::Node {
 }
 
 #[test]
+fn describe_node_shows_the_leaders_term() {
+    let now = ts("2026-12-05T12:00:00Z");
+    let mut n = ready_node();
+    let out = describe_node(&n, None, &[], &[], now);
+    assert!(out.contains("Leader Term:    <none>"), "{out}");
+    n.status.leader_term = 7;
+    let out = describe_node(&n, None, &[], &[], now);
+    assert!(
+        out.contains("Leader Term:    7 (the serving leader's)"),
+        "{out}"
+    );
+}
+
+#[test]
 fn describe_and_wide_show_the_last_connect_error_and_enrollment() {
     let now = ts("2026-12-05T12:00:00Z");
     let mut n = ready_node();

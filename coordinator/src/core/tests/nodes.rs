@@ -278,6 +278,57 @@ async fn a_quiet_node_is_timed_by_its_link_profile() {
     );
 }
 
+/// While the coordinator's own broker link is down, the nodes' silence says nothing about
+/// them: none is timed out, and a NotReady one is not evicted. Once the link is back each
+/// gets a fresh window (a full heartbeat timeout, a full eviction timeout), as under a new
+/// leader, and the one that stays silent is lost then, and only then.
+#[tokio::test(start_paused = true)]
+async fn silence_while_the_coordinators_broker_link_is_down_does_not_count() {
+    let eviction = Duration::from_secs(60);
+    let mut h = Harness::evicting_after(Arc::new(MemStore::new()), eviction);
+    for n in ["pi-1", "pi-2", "pi-3"] {
+        h.send(n, hello(4000));
+    }
+    h.apply(&deployment("web", 3, "100m")).unwrap();
+    // pi-3 went away before the link did: NotReady, its pods due for eviction.
+    h.send("pi-3", Body::Offline);
+    let on_3 = on_node(&h.pods(), "pi-3").len();
+    assert!(on_3 > 0, "pi-3 runs a web pod");
+
+    // The link is down for longer than both timeouts, ticking all along.
+    h.core.handle(Event::BusLink { up: false });
+    for _ in 0..eviction.as_secs() + TIMEOUT.as_secs() {
+        tokio::time::advance(Duration::from_secs(1)).await;
+        h.core.handle(Event::Tick);
+    }
+    assert!(
+        h.node("pi-1").status.ready,
+        "timed out while we could not hear it"
+    );
+    assert!(h.node("pi-2").status.ready);
+    assert_eq!(on_node(&h.pods(), "pi-3").len(), on_3, "evicted while deaf");
+
+    // Back: pi-1 beats, pi-2 stays silent. A full heartbeat timeout passes before pi-2 is
+    // NotReady, and a full eviction timeout before pi-3's pods go.
+    h.core.handle(Event::BusLink { up: true });
+    pass(&mut h, TIMEOUT.as_secs() - 1, "pi-1").await;
+    assert!(
+        h.node("pi-2").status.ready,
+        "no fresh window after the link came back"
+    );
+    pass(&mut h, 2, "pi-1").await;
+    assert!(!h.node("pi-2").status.ready);
+    assert!(h.node("pi-1").status.ready);
+    pass(&mut h, eviction.as_secs() - TIMEOUT.as_secs() - 3, "pi-1").await;
+    assert_eq!(
+        on_node(&h.pods(), "pi-3").len(),
+        on_3,
+        "no fresh eviction window"
+    );
+    pass(&mut h, TIMEOUT.as_secs() + 3, "pi-1").await;
+    assert!(on_node(&h.pods(), "pi-3").is_empty(), "never evicted");
+}
+
 // ----- node loss: eviction and return ----------------------------------------
 
 fn beat(h: &mut Harness, node: &str) {
@@ -406,6 +457,56 @@ async fn a_silent_node_loses_its_deployment_pods_after_the_eviction_timeout() {
     assert_eq!(desired_for(&h.drain(), &lost), Some(back));
 }
 
+/// A last will may come late, for a connection its node already replaced (a broker
+/// cluster closing a connect the client gave up on): the node is asked for its status,
+/// and one that is connected answers with a Hello and is Ready again at once rather than
+/// at its next heartbeat, minutes away on a quiet link.
+#[tokio::test(start_paused = true)]
+async fn a_last_will_asks_the_node_whether_it_is_still_there() {
+    let mut h = two_nodes();
+    h.send("pi-1", Body::Offline);
+    assert!(!h.node("pi-1").status.ready);
+    let msgs = h.drain();
+    assert_eq!(status_requests(&msgs, "pi-1"), 1, "{msgs:?}");
+    assert_eq!(status_requests(&msgs, "pi-2"), 0);
+    h.send("pi-1", hello(4000));
+    assert!(h.node("pi-1").status.ready);
+    // A Hello asks nothing back (the two would ping-pong).
+    assert_eq!(status_requests(&h.drain(), "pi-1"), 0);
+    // An unknown node's will is not answered.
+    h.send("pi-9", Body::Offline);
+    assert_eq!(status_requests(&h.drain(), "pi-9"), 0);
+}
+
+/// A node that times out is asked once for its status: its silence may be a lost Link (a
+/// broker cluster dropping messages while it moves its leaders), which leaves a quiet
+/// node on the plain heartbeat timeout; connected, it answers with a Hello and its Link.
+#[tokio::test(start_paused = true)]
+async fn a_node_that_times_out_is_asked_once() {
+    let mut h = two_nodes();
+    h.send(
+        "pi-2",
+        Body::Link(LinkProfile {
+            keepalive_secs: 13,
+            heartbeat_max_secs: 600,
+        }),
+    );
+    h.drain();
+    tokio::time::advance(TIMEOUT + Duration::from_secs(1)).await;
+    h.core.handle(Event::Tick);
+    assert!(!h.node("pi-1").status.ready);
+    assert!(h.node("pi-2").status.ready, "timed by its link profile");
+    let msgs = h.drain();
+    assert_eq!(status_requests(&msgs, "pi-1"), 1, "{msgs:?}");
+    assert_eq!(status_requests(&msgs, "pi-2"), 0);
+    // Once: the next ticks of a NotReady node ask nothing.
+    tokio::time::advance(Duration::from_secs(1)).await;
+    h.core.handle(Event::Tick);
+    assert_eq!(status_requests(&h.drain(), "pi-1"), 0);
+    h.send("pi-1", hello(4000));
+    assert!(h.node("pi-1").status.ready);
+}
+
 #[tokio::test(start_paused = true)]
 async fn an_offline_node_is_not_ready_at_once_and_evicted_after_the_timeout() {
     let mut h = Harness::evicting_after(Arc::new(MemStore::new()), Duration::from_secs(5));
@@ -473,4 +574,47 @@ async fn a_started_core_asks_every_known_node_for_its_status() {
     let msgs = h.drain();
     assert_eq!(status_requests(&msgs, "pi-1"), 1, "{msgs:?}");
     assert_eq!(status_requests(&msgs, "pi-2"), 1, "{msgs:?}");
+}
+
+/// `get` and `describe node` show the leader's term the node's desired states carry (the
+/// serving coordinator's: agents do not report theirs); it is never stored.
+#[tokio::test(start_paused = true)]
+async fn a_node_shows_the_leaders_term_unstored() {
+    let mut h = two_nodes();
+    h.core.leader_term = 7;
+    assert_eq!(h.node("pi-1").status.leader_term, 7);
+    let ApiReply::Described {
+        object: ApiObject::Node(n),
+        ..
+    } = h
+        .api(ApiOp::Describe {
+            kind: ResourceKind::Node,
+            name: "pi-1".into(),
+        })
+        .unwrap()
+    else {
+        panic!("not a node")
+    };
+    assert_eq!(n.status.leader_term, 7);
+    let ApiReply::Objects(all) = h
+        .api(ApiOp::Get {
+            kind: ResourceKind::Node,
+            name: None,
+        })
+        .unwrap()
+    else {
+        panic!("not a list")
+    };
+    assert!(all
+        .iter()
+        .all(|o| matches!(o, ApiObject::Node(n) if n.status.leader_term == 7)));
+    let stored = h.store.list(Table::Nodes).unwrap();
+    assert!(!stored.is_empty());
+    for (name, bytes) in stored {
+        let text = String::from_utf8_lossy(&bytes);
+        assert!(
+            !text.contains("leaderTerm"),
+            "{name} stored its term: {text}"
+        );
+    }
 }

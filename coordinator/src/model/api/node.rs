@@ -138,6 +138,15 @@ pub struct NodeStatus {
     /// refused, with its reason).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_update: Option<LastUpdate>,
+    /// The leader's term the node's desired states carry: the serving coordinator's, as
+    /// agents do not report the term they last accepted (docs/protocol.md, "The leader's
+    /// term"). Filled in for the API (`get`, `describe`), never stored; 0: unknown.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub leader_term: u64,
+}
+
+fn is_zero(n: &u64) -> bool {
+    *n == 0
 }
 
 /// An agent's report of its failed connection attempts (see [`NodeStatus`]).

@@ -51,6 +51,7 @@ pub fn node_from_hello(name: &proto::NodeName, h: &proto::Hello) -> api::Node {
             conditions: Vec::new(),
             apply_error: None,
             last_update: None,
+            leader_term: 0,
         },
     }
 }

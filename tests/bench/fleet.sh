@@ -2,10 +2,12 @@
 # The benchmarks' one-machine fleet, sourced by run.sh, probes.sh and idle.sh: a registry with
 # the example images, a coordinator (embedded broker and store) and one agent, on loopback
 # ports and data dirs of their own. Set before sourcing: root, work, bindir, fleet_http,
-# fleet_mqtt, fleet_reg, fleet_node, fleet_cidr; optionally agent_env (VAR=value ...).
+# fleet_mqtt, fleet_reg, fleet_node, fleet_cidr; optionally agent_env (VAR=value ...) and
+# agent_bin (another agent build than "$bindir/baton-agent", e.g. a static musl one).
 export BATON_SERVER=http://$fleet_http
 export BATON_CONFIG=$work/coordinator/admin.conf # written by `baton server` on first start
 baton="$bindir/baton"
+agent_bin=${agent_bin:-$bindir/baton-agent}
 fleet_up=0
 rss() { awk '/^VmRSS:/ { print $2 }' "/proc/$1/status"; }
 # Bytes the process caused to be written to a block device.
@@ -26,7 +28,7 @@ fleet_start() {
   # development disk can be tens of GB, and a node under DiskPressure evicts the very pods
   # being measured.
   env BATON_EVICTION_HARD="memory.available<50Mi,nodefs.available<1Gi,imagefs.available<1Gi" \
-    ${agent_env[@]+"${agent_env[@]}"} BATON_AGENT_RUN_DIR=/run/baton RUST_LOG=warn "$bindir/baton-agent" \
+    ${agent_env[@]+"${agent_env[@]}"} BATON_AGENT_RUN_DIR=/run/baton RUST_LOG=warn "$agent_bin" \
     --coordinator "mqtt://$fleet_mqtt" --node-name "$fleet_node" --data-dir "$work/agent" \
     --insecure-registry "$fleet_reg" --pod-cidr "$fleet_cidr" --insecure-unenrolled >"$work/agent.log" 2>&1 &
   agent_pid=$!
@@ -39,7 +41,7 @@ fleet_stop() {
   "$baton" delete deployment sleepers >/dev/null 2>&1 || true
   sleep 3
   kill -TERM "$agent_pid" 2>/dev/null; wait "$agent_pid" 2>/dev/null || true
-  "$bindir/baton-agent" reset --node-name "$fleet_node" --data-dir "$work/agent" --pod-cidr "$fleet_cidr" >/dev/null 2>&1 || true
+  "$agent_bin" reset --node-name "$fleet_node" --data-dir "$work/agent" --pod-cidr "$fleet_cidr" >/dev/null 2>&1 || true
   kill -TERM "$coord_pid" 2>/dev/null; wait "$coord_pid" 2>/dev/null || true
   "$root/images/registry.sh" stop "$fleet_reg" "$work/registry" >/dev/null 2>&1 || true
   fleet_up=0

@@ -559,16 +559,31 @@ fn load_balancer_nodes(lab: &mut Lab, hub: &str, names: &BTreeSet<String>) -> Re
         Ok(code == Some(0) && answered_by(&body).is_some_and(|n| names.contains(&n)))
     };
     let all: BTreeSet<String> = addrs.iter().cloned().collect();
-    wait_for("the LoadBalancer on both nodes", LONG, || {
-        Ok((external(lab)? == all && serves(&addrs[0])? && serves(&addrs[1])?).then_some(()))
-    })?;
+    let on_both = |lab: &Lab| -> Result<Option<()>> {
+        let (ext, on1, on2) = (external(lab)?, serves(&addrs[0])?, serves(&addrs[1])?);
+        ensure!(
+            ext == all && on1 && on2,
+            "EXTERNAL-IP {ext:?}, answers on {}: {on1}, on {}: {on2}",
+            addrs[0],
+            addrs[1]
+        );
+        Ok(Some(()))
+    };
+    wait_for("the LoadBalancer on both nodes", LONG, || on_both(lab))?;
 
     let n2 = lab.agents[1].name.clone();
     lab.baton(&["label", "node", &n2, "baton.io/enablelb=true"])?;
     let only: BTreeSet<String> = [addrs[1].clone()].into();
     let started = std::time::Instant::now();
     wait_for("the LoadBalancer on the labelled node only", LONG, || {
-        Ok((external(lab)? == only && serves(&addrs[1])? && !serves(&addrs[0])?).then_some(()))
+        let (ext, on2, on1) = (external(lab)?, serves(&addrs[1])?, serves(&addrs[0])?);
+        ensure!(
+            ext == only && on2 && !on1,
+            "EXTERNAL-IP {ext:?}, answers on {}: {on2}, on {}: {on1}",
+            addrs[1],
+            addrs[0]
+        );
+        Ok(Some(()))
     })?;
     eprintln!(
         "FIGURE services: LoadBalancer on the labelled node only {:?} after the label",
@@ -580,7 +595,7 @@ fn load_balancer_nodes(lab: &mut Lab, hub: &str, names: &BTreeSet<String>) -> Re
 
     lab.baton(&["label", "node", &n2, "baton.io/enablelb-"])?;
     wait_for("the LoadBalancer on both nodes again", LONG, || {
-        Ok((external(lab)? == all && serves(&addrs[0])? && serves(&addrs[1])?).then_some(()))
+        on_both(lab)
     })?;
     lab.baton(&["delete", "service", "web-lb"])?;
     Ok(())

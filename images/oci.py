@@ -155,10 +155,12 @@ def base_tree(busybox, applets):
 
 
 ECHO_CGI = """#!/bin/sh
-# Says which replica answered: the container's hostname and its MESSAGE env var.
+# Says which replica answered (the container's hostname, its MESSAGE env var) and to whom
+# (the client's address as the pod saw it: Service tests check it is preserved).
 echo "Content-Type: text/plain"
 echo ""
 echo "hostname=$(hostname)"
+echo "remote=${REMOTE_ADDR}"
 echo "message=${MESSAGE}"
 echo "version=%(version)s"
 """

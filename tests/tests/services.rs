@@ -491,6 +491,54 @@ fn traffic(lab: &mut Lab) -> Result<()> {
         ensure!(seen.contains(&pod_name(b)), "{seen:?}");
     }
 
+    // In-cluster traffic keeps its source: every backend, on either node, sees the client
+    // pod's own address through the ClusterIP (kube-proxy's promise; only NodePort and
+    // LoadBalancer traffic is masqueraded).
+    let client_ip = client["status"]["podIP"]
+        .as_str()
+        .context("the client's pod IP")?
+        .to_owned();
+    let mut seen_from = BTreeSet::new();
+    for _ in 0..20 {
+        let (code, body) = curl_in(&client_ns, &url, 3)?;
+        ensure!(code == Some(0), "{url}: {body}");
+        let remote = body
+            .lines()
+            .find_map(|l| l.strip_prefix("remote="))
+            .with_context(|| format!("no remote= in {body:?}"))?;
+        // busybox httpd listens on IPv6 and writes IPv4 clients as [::ffff:a.b.c.d].
+        let remote = remote
+            .strip_prefix("[::ffff:")
+            .and_then(|r| r.strip_suffix(']'))
+            .unwrap_or(remote);
+        ensure!(
+            remote == client_ip,
+            "a backend saw {remote}, not the client's {client_ip}: {body}"
+        );
+        seen_from.extend(answered_by(&body));
+    }
+    ensure!(seen_from == names, "source checked on {seen_from:?} only");
+
+    // sessionAffinity: ClientIP sends one client to one backend, every time.
+    lab.apply(
+        "apiVersion: v1\nkind: Service\nmetadata: {name: sticky}\nspec:\n  selector: {app: web}\n  \
+         sessionAffinity: ClientIP\n  ports:\n  - {port: 80, targetPort: 8080}\n",
+    )?;
+    let sticky = lab.get_json(&["get", "svc", "sticky"])?["spec"]["clusterIP"]
+        .as_str()
+        .context("sticky's ClusterIP")?
+        .to_owned();
+    let sticky_url = format!("http://{sticky}/cgi-bin/info");
+    let pinned = wait_for("the sticky Service to answer", LONG, || {
+        Ok(answers(&client_ns, &sticky_url, 1).ok())
+    })?;
+    let all = answers(&client_ns, &sticky_url, 30)?;
+    ensure!(
+        all == pinned,
+        "ClientIP affinity: answered by {all:?} after {pinned:?}"
+    );
+    lab.baton(&["delete", "service", "sticky"])?;
+
     // Hairpin: a backend reaches its own Service (and so, at times, itself).
     for b in &backends {
         let seen = answers(&pod_ns(b), &url, 10)?;

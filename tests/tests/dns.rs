@@ -221,7 +221,7 @@ fn run(lab: &mut Lab) -> Result<()> {
     let conf = lab.dir.path().join("upstream-resolv.conf");
     std::fs::write(
         &conf,
-        format!("# the lab's upstream\nnameserver {hub_ip}\n"),
+        format!("# the lab's upstream\nnameserver {hub_ip}\nsearch lab.example\n"),
     )?;
     lab.agent_args = vec!["--resolv-conf".into(), conf.display().to_string()];
     lab.start_agent(0)?;
@@ -276,13 +276,13 @@ fn run(lab: &mut Lab) -> Result<()> {
     let (near_vip, far_vip) = (vip("near")?, vip("far")?);
     let gateway = Ipv4Addr::new(10, 42, 1, 1);
 
-    // The pod's files, kubelet's.
+    // The pod's files, kubelet's: the node's search domains after the cluster's.
     let (_, resolv) = exec(lab, "client", &["cat", "/etc/resolv.conf"])?;
     ensure!(
         resolv
             == format!(
                 "nameserver {gateway}\nsearch default.svc.cluster.local svc.cluster.local \
-                 cluster.local\noptions ndots:5\n"
+                 cluster.local lab.example\noptions ndots:5\n"
             ),
         "{resolv}"
     );

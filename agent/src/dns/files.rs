@@ -3,7 +3,8 @@
 //!
 //! - resolv.conf by the pod's `dnsPolicy` ([`baton_proto::PodDns`]), as kubelet writes it:
 //!   `ClusterFirst` (the default) is the node's DNS server ([`super::server`]) and the
-//!   search path of the pod's namespace, `ndots:5`, except for a `hostNetwork` pod, which
+//!   search path of the pod's namespace followed by the node's own search domains,
+//!   `ndots:5`, except for a `hostNetwork` pod, which
 //!   gets the node's file (the agent's `--resolv-conf`), as with `Default`;
 //!   `ClusterFirstWithHostNet` is cluster DNS for every pod; `None` is empty. Then
 //!   `dnsConfig` is merged in as kubelet merges it: its nameservers and searches appended
@@ -40,10 +41,29 @@ pub fn namespace_of(pod_name: &str) -> &str {
     pod_name.split_once('_').map_or("default", |(ns, _)| ns)
 }
 
-/// resolv.conf for `dnsPolicy: ClusterFirst` in `namespace`.
-pub fn cluster_first(namespace: &str, nameserver: Ipv4Addr) -> String {
+/// The most search domains a pod's resolv.conf gets, as kubelet's `MaxDNSSearchPaths`.
+const MAX_SEARCHES: usize = 32;
+
+/// resolv.conf for `dnsPolicy: ClusterFirst` in `namespace`: the cluster's search path,
+/// then the node's own search domains (`node_searches`, from its resolv.conf), as kubelet
+/// appends them, so that a pod resolves the site's short names as the node does.
+pub fn cluster_first(namespace: &str, nameserver: Ipv4Addr, node_searches: &[String]) -> String {
     let d = CLUSTER_DOMAIN;
-    format!("nameserver {nameserver}\nsearch {namespace}.svc.{d} svc.{d} {d}\noptions ndots:5\n")
+    let mut search = vec![
+        format!("{namespace}.svc.{d}"),
+        format!("svc.{d}"),
+        d.to_owned(),
+    ];
+    for s in node_searches {
+        let s = s.trim_end_matches('.');
+        if !s.is_empty() && !search.iter().any(|x| x == s) && search.len() < MAX_SEARCHES {
+            search.push(s.to_owned());
+        }
+    }
+    format!(
+        "nameserver {nameserver}\nsearch {}\noptions ndots:5\n",
+        search.join(" ")
+    )
 }
 
 /// The settings of a resolv.conf (kubelet's `DNSConfig`).
@@ -129,7 +149,7 @@ pub fn resolv_conf(
     } else if policy == DnsPolicy::None {
         String::new()
     } else {
-        cluster_first(namespace, nameserver)
+        cluster_first(namespace, nameserver, &parse(node).searches)
     };
     match dns {
         Some(d) if !(d.nameservers.is_empty() && d.searches.is_empty() && d.options.is_empty()) => {
@@ -196,8 +216,12 @@ pub fn write(
     let policy = dns.map_or(DnsPolicy::ClusterFirst, |d| d.policy);
     let node = if node_file(policy, host_network) {
         read(node_resolv)?
-    } else {
+    } else if policy == DnsPolicy::None {
         String::new()
+    } else {
+        // Only its search domains are used here; the DNS server, which forwards to its
+        // nameservers, reports a file it cannot read.
+        std::fs::read_to_string(node_resolv).unwrap_or_default()
     };
     let resolv = resolv_conf(dns, host_network, namespace_of(pod_name), gateway, &node);
     let hosts = match pod_ip {
@@ -243,10 +267,35 @@ mod tests {
         assert_eq!(namespace_of("shop_web-1"), "shop");
         assert_eq!(namespace_of("web-1"), "default");
         assert_eq!(
-            cluster_first("shop", Ipv4Addr::new(10, 42, 1, 1)),
+            cluster_first("shop", Ipv4Addr::new(10, 42, 1, 1), &[]),
             "nameserver 10.42.1.1\nsearch shop.svc.cluster.local svc.cluster.local \
              cluster.local\noptions ndots:5\n"
         );
+        // The node's search domains follow the cluster's, once each, at most 32 in all.
+        let node: Vec<String> = ["home.arpa.", "cluster.local", "lab.example"]
+            .into_iter()
+            .map(str::to_owned)
+            .chain((0..40).map(|i| format!("d{i}.example")))
+            .collect();
+        let conf = cluster_first("shop", Ipv4Addr::new(10, 42, 1, 1), &node);
+        let search: Vec<&str> = conf
+            .lines()
+            .find_map(|l| l.strip_prefix("search "))
+            .unwrap()
+            .split(' ')
+            .collect();
+        assert_eq!(
+            search[..6],
+            [
+                "shop.svc.cluster.local",
+                "svc.cluster.local",
+                "cluster.local",
+                "home.arpa",
+                "lab.example",
+                "d0.example"
+            ]
+        );
+        assert_eq!(search.len(), 32);
         let h = hosts(Ipv4Addr::new(10, 42, 1, 7), "web-1");
         assert!(h.starts_with("# Kubernetes-managed hosts file.\n127.0.0.1\tlocalhost\n"));
         assert!(h.ends_with("\n10.42.1.7\tweb-1\n"));
@@ -260,7 +309,7 @@ mod tests {
             "none before they are written"
         );
         let node = dir.path().join("node-resolv.conf");
-        std::fs::write(&node, "nameserver 192.168.1.1\n").unwrap();
+        std::fs::write(&node, "nameserver 192.168.1.1\nsearch home.arpa\n").unwrap();
         let (pod, gw) = ("shop_web-1", Ipv4Addr::new(10, 42, 1, 1));
         write(
             dir.path(),
@@ -277,12 +326,17 @@ mod tests {
         assert!(m.iter().all(|m| m.read_only));
         assert_eq!(m[0].destination, "/etc/resolv.conf");
         let text = std::fs::read_to_string(&m[0].source).unwrap();
-        assert!(text.contains("search shop.svc.cluster.local"), "{text}");
+        assert!(
+            text.contains(
+                "search shop.svc.cluster.local svc.cluster.local cluster.local home.arpa\n"
+            ),
+            "{text}"
+        );
         // hostNetwork: the node's file.
         write(dir.path(), pod, "web-1", None, None, gw, &node).unwrap();
         assert_eq!(
             std::fs::read_to_string(&m[0].source).unwrap(),
-            "nameserver 192.168.1.1\n"
+            "nameserver 192.168.1.1\nsearch home.arpa\n"
         );
     }
 
@@ -299,7 +353,9 @@ mod tests {
     /// kubelet's policies: which file a pod starts from, with and without hostNetwork.
     #[test]
     fn policies() {
-        let cluster = cluster_first("shop", GW);
+        let cluster = cluster_first("shop", GW, &["home.arpa".to_owned()]);
+        assert!(cluster
+            .contains("search shop.svc.cluster.local svc.cluster.local cluster.local home.arpa\n"));
         let conf = |d: Option<&PodDns>, host| resolv_conf(d, host, "shop", GW, NODE);
         assert_eq!(conf(None, false), cluster);
         assert_eq!(
@@ -346,7 +402,7 @@ mod tests {
         assert_eq!(
             resolv_conf(Some(&d), false, "shop", GW, NODE),
             "nameserver 10.42.1.1\nnameserver 192.0.2.53\n\
-             search shop.svc.cluster.local svc.cluster.local cluster.local lab.example\n\
+             search shop.svc.cluster.local svc.cluster.local cluster.local home.arpa lab.example\n\
              options ndots:2 edns0\n"
         );
         d.policy = DnsPolicy::Default;

@@ -47,9 +47,11 @@ fleet_stop() {
   fleet_up=0
 }
 # The benchmarks' Deployment: $1 replicas of busybox running $2 (a YAML flow list; default
-# `sleep 3600`), 16Mi limit; $3, if given, is appended to the container (e.g. probes).
+# `sleep 3600`), 16Mi limit, requests $SLEEPERS_REQUESTS (default 10m CPU, 8Mi); $3, if
+# given, is appended to the container (e.g. probes).
 sleepers() {
-  local cmd='[sleep, "3600"]'
+  local cmd='[sleep, "3600"]' requests='{cpu: 10m, memory: 8Mi}'
+  if [ -n "${SLEEPERS_REQUESTS:-}" ]; then requests=$SLEEPERS_REQUESTS; fi
   if [ -n "${2:-}" ]; then cmd=$2; fi
   cat <<Y
 apiVersion: apps/v1
@@ -66,7 +68,7 @@ spec:
       - name: c
         image: $fleet_reg/baton/busybox:1
         command: $cmd
-        resources: {requests: {cpu: 10m, memory: 8Mi}, limits: {memory: 16Mi}}
+        resources: {requests: $requests, limits: {memory: 16Mi}}
 Y
   if [ -n "${3:-}" ]; then printf '%s\n' "$3"; fi
 }

@@ -22,25 +22,7 @@ fleet_node=rbench-$$ fleet_cidr=10.77.250.0/24
 trap 'fleet_stop; rm -rf "$work"' EXIT
 fleet_start
 # Small requests, so 100 pods fit a 2-core node's allocatable CPU.
-light() {
-  cat <<Y
-apiVersion: apps/v1
-kind: Deployment
-metadata: {name: sleepers}
-spec:
-  replicas: $1
-  selector: {matchLabels: {app: sleepers}}
-  template:
-    metadata: {labels: {app: sleepers}}
-    spec:
-      terminationGracePeriodSeconds: 1
-      containers:
-      - name: c
-        image: $fleet_reg/baton/busybox:1
-        command: [sleep, "3600"]
-        resources: {requests: {cpu: 1m, memory: 1Mi}, limits: {memory: 16Mi}}
-Y
-}
+light() { SLEEPERS_REQUESTS='{cpu: 1m, memory: 1Mi}' sleepers "$1"; }
 wait_none() { for _ in $(seq 1 1200); do [ "$("$baton" get pods 2>/dev/null | wc -l)" -le 1 ] && return 0; sleep 0.2; done; return 1; }
 field() { awk -v k="$1:" '$1 == k { print $2 }' "/proc/$agent_pid/status"; }
 declare -A idle

@@ -107,7 +107,9 @@ fn scale(site: &HaSite, k: usize, replicas: usize) -> Result<()> {
     })
 }
 
-fn chaos(site: &mut HaSite) -> Result<()> {
+/// Waits for a single leader, then applies `web` (3 replicas on the real agents): the
+/// leader and the running pods.
+fn web_on_real_agents(site: &mut HaSite) -> Result<(usize, Vec<Value>)> {
     let reg = site.lab.registry();
     let (leader, _) = site.single_leader(ONE_LEADER)?;
     site.lab.apply(
@@ -115,7 +117,13 @@ fn chaos(site: &mut HaSite) -> Result<()> {
             .node_selector(REAL.0, REAL.1)
             .yaml(&reg),
     )?;
-    wait_web(site, 3, 1, "3 pods Running on version 1")?;
+    let pods = wait_web(site, 3, 1, "3 pods Running on version 1")?;
+    Ok((leader, pods))
+}
+
+fn chaos(site: &mut HaSite) -> Result<()> {
+    let reg = site.lab.registry();
+    let (leader, _) = web_on_real_agents(site)?;
 
     // 1. The leader dies (SIGKILL) in the middle of a rollout. A sampler counts the live
     // pods all along, through whichever coordinator answers.
@@ -335,14 +343,7 @@ fn an_ha_site_on_a_nats_cluster_loses_a_broker_node_then_its_leader() -> Result<
 }
 
 fn on_nats(site: &mut HaSite) -> Result<()> {
-    let reg = site.lab.registry();
-    let (leader, _) = site.single_leader(ONE_LEADER)?;
-    site.lab.apply(
-        &EchoDeployment::new(3)
-            .node_selector(REAL.0, REAL.1)
-            .yaml(&reg),
-    )?;
-    let pods = wait_web(site, 3, 1, "3 pods Running on version 1")?;
+    let (leader, pods) = web_on_real_agents(site)?;
     let before = pids(site, &pods)?;
 
     // The NATS node the leader is on dies: the leadership (etcd's) stays, the coordinator

@@ -166,10 +166,8 @@ async fn a_collision_refuses_the_whole_apply() {
     assert!(matches!(h.apply(&moved), Err(ApiError::Conflict(m)) if m.contains("immutable")));
 }
 
-#[tokio::test(start_paused = true)]
-async fn endpoints_follow_ready_pods_and_a_load_balancer_shows_ready_nodes() {
-    let mut h = two_net_nodes();
-    let svc = "apiVersion: v1
+/// A LoadBalancer in front of the `web` pods.
+const LB_WEB: &str = "apiVersion: v1
 kind: Service
 metadata: {name: web}
 spec:
@@ -178,7 +176,11 @@ spec:
   ports:
   - {name: http, port: 80, targetPort: 8080}
 ";
-    h.apply(&format!("{}---\n{svc}", deployment("web", 1, "100m")))
+
+#[tokio::test(start_paused = true)]
+async fn endpoints_follow_ready_pods_and_a_load_balancer_shows_ready_nodes() {
+    let mut h = two_net_nodes();
+    h.apply(&format!("{}---\n{LB_WEB}", deployment("web", 1, "100m")))
         .unwrap();
     // Scheduled but not yet running: no endpoints.
     let msgs = h.drain();
@@ -229,18 +231,7 @@ async fn a_load_balancer_is_served_by_the_labelled_nodes_only_when_some_are() {
     }])
     .unwrap();
     h.send("pi-2", Body::Hello(labelled));
-    h.apply(
-        "apiVersion: v1
-kind: Service
-metadata: {name: web}
-spec:
-  type: LoadBalancer
-  selector: {app: web}
-  ports:
-  - {port: 80}
-",
-    )
-    .unwrap();
+    h.apply(LB_WEB).unwrap();
     let ingress = |h: &mut Harness| -> Vec<String> {
         let s = get_service(h, "web").unwrap();
         s.status

@@ -539,6 +539,8 @@ fn traffic(lab: &mut Lab) -> Result<()> {
     );
     lab.baton(&["delete", "service", "sticky"])?;
 
+    udp_through_a_service(lab, &client_ns, &client_ip, &backends, &names)?;
+
     // Hairpin: a backend reaches its own Service (and so, at times, itself).
     for b in &backends {
         let seen = answers(&pod_ns(b), &url, 10)?;
@@ -581,6 +583,91 @@ fn traffic(lab: &mut Lab) -> Result<()> {
         );
         Ok(())
     })?;
+    Ok(())
+}
+
+/// A UDP echo in a pod's network namespace: answers every datagram with `<name> <source>`.
+/// busybox's `nc` here has no UDP mode, so the listener is the host's Python in the pod's
+/// namespace: what the Service proxy sees is the same, a socket on the pod's address.
+const UDP_ECHO: &str = r#"
+import socket, sys
+s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+s.bind(("0.0.0.0", 5300))
+while True:
+    d, a = s.recvfrom(2048)
+    s.sendto((sys.argv[1] + " " + a[0]).encode(), a)
+"#;
+
+/// `n` datagrams to `ip:port`, each from a new socket (a new conntrack entry): the answers.
+const UDP_ASK: &str = r#"
+import socket, sys
+for _ in range(int(sys.argv[3])):
+    s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    s.settimeout(2)
+    s.sendto(b"hi", (sys.argv[1], int(sys.argv[2])))
+    print(s.recvfrom(2048)[0].decode())
+    s.close()
+"#;
+
+/// A `protocol: UDP` Service port: datagrams to the ClusterIP reach both backends, with
+/// the client's own address as their source.
+fn udp_through_a_service(
+    lab: &mut Lab,
+    client_ns: &str,
+    client_ip: &str,
+    backends: &[Value],
+    names: &BTreeSet<String>,
+) -> Result<()> {
+    lab.apply(
+        "apiVersion: v1\nkind: Service\nmetadata: {name: udp}\nspec:\n  selector: {app: web}\n  \
+         ports:\n  - {name: echo, port: 5353, targetPort: 5300, protocol: UDP}\n",
+    )?;
+    let vip = lab.get_json(&["get", "svc", "udp"])?["spec"]["clusterIP"]
+        .as_str()
+        .context("udp's ClusterIP")?
+        .to_owned();
+    let mut echoes = Vec::new();
+    for (i, b) in backends.iter().enumerate() {
+        echoes.push(baton_e2e::Proc::spawn(
+            &format!("udp-echo-{i}"),
+            std::process::Command::new("ip")
+                .args(["netns", "exec", &pod_ns(b), "python3", "-c", UDP_ECHO])
+                .arg(pod_name(b)),
+            lab.dir.path().join(format!("udp-echo-{i}.log")),
+        )?);
+    }
+    let ask = |n: usize| -> Result<Vec<(String, String)>> {
+        let out = std::process::Command::new("ip")
+            .args([
+                "netns", "exec", client_ns, "python3", "-c", UDP_ASK, &vip, "5353",
+            ])
+            .arg(n.to_string())
+            .output()?;
+        ensure!(
+            out.status.success(),
+            "UDP to {vip}:5353: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        Ok(String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .filter_map(|l| l.split_once(' '))
+            .map(|(a, b)| (a.to_owned(), b.to_owned()))
+            .collect())
+    };
+    let answers = wait_for("UDP answers from both backends", LONG, || {
+        let got = ask(20)?;
+        let from: BTreeSet<String> = got.iter().map(|(n, _)| n.clone()).collect();
+        ensure!(from == *names, "answered by {from:?} of {names:?}");
+        Ok(Some(got))
+    })?;
+    for (name, source) in &answers {
+        ensure!(
+            source == client_ip,
+            "{name} saw the datagram from {source}, not the client's {client_ip}"
+        );
+    }
+    drop(echoes);
+    lab.baton(&["delete", "service", "udp"])?;
     Ok(())
 }
 

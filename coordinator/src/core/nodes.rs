@@ -46,7 +46,7 @@ pub(super) fn liveness_timeout(
 
 impl Core {
     /// The node's liveness record, created as seen now if it has none yet.
-    fn live_entry(&mut self, name: &str, now: Instant) -> &mut Live {
+    pub(super) fn live_entry(&mut self, name: &str, now: Instant) -> &mut Live {
         self.live.entry(name.to_owned()).or_insert(Live {
             last_seen: now,
             status_digest: None,
@@ -499,13 +499,9 @@ impl Core {
             return;
         }
         let now = Instant::now();
-        for name in self.nodes.keys() {
-            let live = self.live.entry(name.clone()).or_insert(Live {
-                last_seen: now,
-                status_digest: None,
-                timeout: None,
-            });
-            live.last_seen = now;
+        let names: Vec<String> = self.nodes.keys().cloned().collect();
+        for name in names {
+            self.live_entry(&name, now).last_seen = now;
         }
         for since in self.not_ready_since.values_mut() {
             *since = now;

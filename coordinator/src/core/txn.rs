@@ -11,7 +11,7 @@ use crate::model::api;
 use crate::store::{Op, Store, Table};
 
 use super::events::event_key;
-use super::{ApiError, Core, CoreError, Live, Tab, MAX_EVENTS};
+use super::{ApiError, Core, CoreError, Tab, MAX_EVENTS};
 
 /// How often a core holding uncommitted changes tries to reload from the store.
 const RELOAD_EVERY: std::time::Duration = std::time::Duration::from_secs(2);
@@ -55,12 +55,9 @@ impl Core {
         self.next_event = self.events.back().map_or(1, |(s, _)| s + 1);
         let now = Instant::now();
         // A node known from the store gets a full heartbeat timeout to come back.
-        for name in self.nodes.keys() {
-            self.live.entry(name.clone()).or_insert(Live {
-                last_seen: now,
-                status_digest: None,
-                timeout: None,
-            });
+        let names: Vec<String> = self.nodes.keys().cloned().collect();
+        for name in names {
+            self.live_entry(&name, now);
         }
         // ...and a NotReady one a full eviction timeout.
         for n in self.nodes.values().filter(|n| !n.status.ready) {

@@ -367,13 +367,7 @@ fn on_nats(site: &mut HaSite) -> Result<()> {
     );
     scale(site, leader, 4)?;
     wait_web(site, 4, 1, "4 pods Running after a NATS node died")?;
-    unchanged(site, &before, "a NATS node died")?;
-    all_ready(site, "a NATS node died")?;
-    println!(
-        "FIGURE HA on NATS: all nodes Ready {:.1?} after the NATS node died; {}",
-        killed.elapsed(),
-        no_hollow_wills(site, "a NATS node died")?
-    );
+    settled_on_nats(site, &before, "a NATS node died", killed)?;
 
     // Then the leader dies: a standby leads over the remaining two NATS nodes.
     site.kill_coordinator(leader);
@@ -388,12 +382,23 @@ fn on_nats(site: &mut HaSite) -> Result<()> {
         .cloned()
         .collect();
     ensure!(kept.len() >= 2, "scaling 4 -> 3 replaced pods: {three:?}");
-    unchanged(site, &kept, "the leader died on NATS")?;
-    all_ready(site, "the leader died on NATS")?;
+    settled_on_nats(site, &kept, "the leader died on NATS", killed)
+}
+
+/// After a fault on NATS (`what`, at `since`): the kept containers untouched, every node
+/// Ready, no hollow node's last will; prints how long that took.
+fn settled_on_nats(
+    site: &HaSite,
+    kept: &[(String, u32)],
+    what: &str,
+    since: Instant,
+) -> Result<()> {
+    unchanged(site, kept, what)?;
+    all_ready(site, what)?;
     println!(
-        "FIGURE HA on NATS: all nodes Ready {:.1?} after the leader died; {}",
-        killed.elapsed(),
-        no_hollow_wills(site, "the leader died on NATS")?
+        "FIGURE HA on NATS: all nodes Ready {:.1?} after {what}; {}",
+        since.elapsed(),
+        no_hollow_wills(site, what)?
     );
     Ok(())
 }
